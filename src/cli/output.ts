@@ -1,0 +1,36 @@
+// Readable tables by default, JSON with --json.
+
+export function table(rows: Record<string, unknown>[], columns: string[]): string {
+  const cell = (v: unknown) =>
+    v === null || v === undefined ? "-" : typeof v === "object" ? JSON.stringify(v) : String(v);
+  const widths = columns.map((c) => Math.max(c.length, ...rows.map((r) => cell(r[c]).length)));
+  const line = (vals: string[]) => vals.map((v, i) => v.padEnd(widths[i])).join("  ").trimEnd();
+  return [
+    line(columns.map((c) => c.toUpperCase())),
+    ...rows.map((r) => line(columns.map((c) => cell(r[c])))),
+  ]
+    .join("\n");
+}
+
+export function keyValues(obj: Record<string, unknown>): string {
+  const w = Math.max(...Object.keys(obj).map((k) => k.length));
+  return Object.entries(obj).map(([k, v]) =>
+    `${k.padEnd(w)}  ${
+      v === null || v === undefined ? "-" : typeof v === "object" ? JSON.stringify(v) : v
+    }`
+  ).join("\n");
+}
+
+export function print(json: boolean | undefined, data: unknown, human: () => string): void {
+  console.log(json ? JSON.stringify(data, null, 2) : human());
+}
+
+export function humanBytes(n: number): string {
+  const u = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < u.length - 1) {
+    n /= 1024;
+    i++;
+  }
+  return `${i ? n.toFixed(1) : n} ${u[i]}`;
+}

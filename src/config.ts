@@ -1,0 +1,171 @@
+// Server configuration: embedded defaults, an optional JSON config file, then command-line flags.
+import { parseArgs } from "node:util";
+import { defaultDataDir } from "./datadir.ts";
+import { UserError } from "./errors.ts";
+
+export type DhcpMode = "full" | "proxy" | "off";
+export type ProxyStrategy = "option43" | "port4011";
+export type NfsMode = "kernel" | "ganesha" | "off";
+
+export interface ServerConfig {
+  dataDir: string;
+  http: { host: string; port: number };
+  /** Boot services (DHCP, TFTP) run on this interface; its IPv4 address is the server address. */
+  interface?: string;
+  /** IPv4 address nodes use to reach us (from --interface or --address). */
+  serverIp?: string;
+  /** Create and own this bridge with `address` (CIDR) — for virtual nodes. */
+  bridge?: { name: string; address: string };
+  dhcp: {
+    mode: DhcpMode;
+    range?: { start: string; end: string };
+    leaseSeconds: number;
+    proxyStrategy: ProxyStrategy;
+    registerUnknown: boolean;
+    router?: string;
+    dns?: string[];
+  };
+  tftp: { port: number };
+  /** Directory holding undionly.kpxe / ipxe.efi / snponly.efi (Debian package `ipxe`). */
+  ipxeDir: string;
+  nfs: { mode: NfsMode; version: 3 | 4 };
+  /** Send IPv6 router advertisements on the boot interface (stops iPXE's ~13 s IPv6 wait). */
+  ra: boolean;
+  vnode: { accel: "auto" | "kvm" | "tcg" };
+}
+
+export function defaultConfig(): ServerConfig {
+  return {
+    dataDir: defaultDataDir(),
+    http: { host: "0.0.0.0", port: 8080 },
+    dhcp: {
+      mode: "proxy",
+      leaseSeconds: 86400,
+      proxyStrategy: "option43",
+      registerUnknown: true,
+    },
+    tftp: { port: 69 },
+    ipxeDir: "/usr/lib/ipxe",
+    nfs: { mode: "off", version: 4 },
+    ra: true,
+    vnode: { accel: "auto" },
+  };
+}
+
+export const serveOptions = {
+  config: { type: "string" },
+  data: { type: "string" },
+  http: { type: "string" },
+  interface: { type: "string" },
+  bridge: { type: "string" },
+  address: { type: "string" },
+  "dhcp-mode": { type: "string" },
+  "dhcp-range": { type: "string" },
+  "lease-time": { type: "string" },
+  "proxy-strategy": { type: "string" },
+  "register-unknown": { type: "string" },
+  "tftp-port": { type: "string" },
+  "ipxe-dir": { type: "string" },
+  nfs: { type: "string" },
+  "nfs-version": { type: "string" },
+  ra: { type: "string" },
+  accel: { type: "string" },
+  help: { type: "boolean", short: "h" },
+} as const;
+
+function parseHostPort(s: string): { host: string; port: number } {
+  const m = /^(?:(.*):)?(\d+)$/.exec(s);
+  if (!m) throw new UserError(`--http expects HOST:PORT or PORT, got ${s}`);
+  const port = Number(m[2]);
+  if (port < 0 || port > 65535) throw new UserError(`--http port out of range: ${s}`);
+  return { host: m[1] || "0.0.0.0", port };
+}
+
+function bool(name: string, v: string): boolean {
+  if (/^(true|yes|1|on)$/i.test(v)) return true;
+  if (/^(false|no|0|off)$/i.test(v)) return false;
+  throw new UserError(`--${name} expects true or false, got ${v}`);
+}
+
+function oneOf<T extends string>(name: string, v: string, allowed: readonly T[]): T {
+  if (!(allowed as readonly string[]).includes(v)) {
+    throw new UserError(`--${name} must be one of ${allowed.join(", ")}, got ${v}`);
+  }
+  return v as T;
+}
+
+const ipv4 = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/;
+
+export function parseRange(s: string): { start: string; end: string } {
+  const [start, end] = s.split("-").map((x) => x.trim());
+  if (!start || !end || !ipv4.test(start) || !ipv4.test(end)) {
+    throw new UserError(`--dhcp-range expects START-END IPv4 addresses, got ${s}`);
+  }
+  return { start, end };
+}
+
+/** Merge a config file (JSON, same shape as ServerConfig, partial) and flags over the defaults. */
+export async function loadServeConfig(args: string[]): Promise<ServerConfig> {
+  const { values } = parseArgs({ args, options: serveOptions, allowPositionals: false });
+  const cfg = defaultConfig();
+  if (values.config) {
+    let file: Partial<ServerConfig>;
+    try {
+      file = JSON.parse(await Deno.readTextFile(values.config));
+    } catch (e) {
+      throw new UserError(`cannot read config file ${values.config}: ${(e as Error).message}`);
+    }
+    Object.assign(cfg, file, {
+      http: { ...cfg.http, ...file.http },
+      dhcp: { ...cfg.dhcp, ...file.dhcp },
+      tftp: { ...cfg.tftp, ...file.tftp },
+      nfs: { ...cfg.nfs, ...file.nfs },
+      vnode: { ...cfg.vnode, ...file.vnode },
+    });
+  }
+  if (values.data) cfg.dataDir = values.data;
+  if (values.http) cfg.http = parseHostPort(values.http);
+  if (values.interface) cfg.interface = values.interface;
+  if (values.bridge) {
+    if (!values.address) throw new UserError("--bridge needs --address A.B.C.D/NN");
+    cfg.bridge = { name: values.bridge, address: values.address };
+    cfg.interface ??= values.bridge;
+  }
+  if (values.address && !values.bridge) cfg.serverIp = values.address.split("/")[0];
+  if (values["dhcp-range"]) cfg.dhcp.range = parseRange(values["dhcp-range"]);
+  if (values["dhcp-mode"]) {
+    cfg.dhcp.mode = oneOf("dhcp-mode", values["dhcp-mode"], ["full", "proxy", "off"] as const);
+  } else if (!values.config || cfg.dhcp.range) cfg.dhcp.mode = cfg.dhcp.range ? "full" : "proxy";
+  if (cfg.dhcp.mode === "full" && !cfg.dhcp.range) {
+    throw new UserError("--dhcp-mode full needs --dhcp-range START-END");
+  }
+  if (values["lease-time"]) {
+    const n = Number(values["lease-time"]);
+    if (!Number.isInteger(n) || n < 60) throw new UserError("--lease-time expects seconds ≥ 60");
+    cfg.dhcp.leaseSeconds = n;
+  }
+  if (values["proxy-strategy"]) {
+    cfg.dhcp.proxyStrategy = oneOf(
+      "proxy-strategy",
+      values["proxy-strategy"],
+      [
+        "option43",
+        "port4011",
+      ] as const,
+    );
+  }
+  if (values["register-unknown"]) {
+    cfg.dhcp.registerUnknown = bool("register-unknown", values["register-unknown"]);
+  }
+  if (values["tftp-port"]) cfg.tftp.port = Number(values["tftp-port"]);
+  if (values["ipxe-dir"]) cfg.ipxeDir = values["ipxe-dir"];
+  if (values.nfs) cfg.nfs.mode = oneOf("nfs", values.nfs, ["kernel", "ganesha", "off"] as const);
+  if (values["nfs-version"]) {
+    cfg.nfs.version = Number(oneOf("nfs-version", values["nfs-version"], ["3", "4"])) as 3 | 4;
+  }
+  if (values.ra) cfg.ra = bool("ra", values.ra);
+  if (values.accel) {
+    cfg.vnode.accel = oneOf("accel", values.accel, ["auto", "kvm", "tcg"] as const);
+  }
+  return cfg;
+}

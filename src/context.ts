@@ -1,0 +1,29 @@
+// What every server component gets: configuration, state, and the two registries.
+import type { ServerConfig } from "./config.ts";
+import type { DataDir } from "./datadir.ts";
+import type { Db } from "./db.ts";
+import type { ImageStore } from "./images/store.ts";
+import type { NodeRegistry } from "./nodes.ts";
+import type { Rebooter } from "./reboot.ts";
+
+export interface Service {
+  name: string;
+  close(): Promise<void>;
+}
+
+export interface Context {
+  config: ServerConfig;
+  data: DataDir;
+  db: Db;
+  images: ImageStore;
+  nodes: NodeRegistry;
+  rebooter: Rebooter;
+  /** API write token (also in data/token, mode 0600). */
+  token: string;
+  /** Fires `new Event("nodes")` after registrations/deploys/forgets and `new Event("images")`
+   *  after imports/removals, so NFS exports, DHCP reservations and vnodes follow. */
+  changes: EventTarget;
+  /** Base URL nodes use to reach the HTTP server, e.g. http://10.77.0.1:8080 (undefined without
+   *  a boot interface). */
+  nodeUrl?: string;
+}

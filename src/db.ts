@@ -1,0 +1,108 @@
+// The embedded state: one SQLite file (node:sqlite), WAL, busy timeout, versioned migrations.
+// The database is the truth; the data dir tree (image dirs, node symlinks) is reconciled from it.
+import { DatabaseSync } from "node:sqlite";
+
+export type Db = DatabaseSync;
+
+/** Append-only list: migration N (1-based) brings user_version from N-1 to N. Never edit a landed one. */
+const migrations: string[] = [
+  `
+  CREATE TABLE images (
+    id TEXT PRIMARY KEY,              -- sha256 of the content manifest
+    name TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL,
+    size INTEGER NOT NULL,            -- bytes of regular files
+    files INTEGER NOT NULL,           -- manifest entries
+    kernel TEXT,                      -- path inside the rootfs, e.g. /boot/vmlinuz-6.1.0-56-amd64
+    initrd TEXT,
+    kernel_version TEXT,
+    bootable INTEGER NOT NULL DEFAULT 0,
+    reason TEXT                       -- why not bootable
+  );
+  CREATE TABLE nodes (
+    mac TEXT PRIMARY KEY,             -- lower-case aa:bb:cc:dd:ee:ff
+    name TEXT NOT NULL UNIQUE,
+    model TEXT NOT NULL DEFAULT 'pc-x86-64',
+    image_id TEXT REFERENCES images(id),
+    ip TEXT,                          -- reserved / last known IPv4 address
+    virtual INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL,
+    last_seen TEXT
+  );
+  CREATE TABLE node_settings (
+    mac TEXT NOT NULL REFERENCES nodes(mac) ON DELETE CASCADE,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (mac, key)
+  );
+  CREATE TABLE events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    mac TEXT,                         -- NULL for server-wide events
+    ts TEXT NOT NULL,
+    kind TEXT NOT NULL,               -- e.g. dhcp.ack, tftp.done, http.kernel, init.stage, deploy
+    detail TEXT NOT NULL DEFAULT '{}' -- JSON
+  );
+  CREATE INDEX events_mac ON events(mac, id);
+  CREATE TABLE leases (
+    mac TEXT PRIMARY KEY,
+    ip TEXT NOT NULL UNIQUE,
+    expires_at INTEGER NOT NULL,      -- unix seconds; reservations of registered nodes never lapse
+    state TEXT NOT NULL DEFAULT 'offered'   -- offered | bound | released | declined
+  );
+  CREATE TABLE boots (
+    token TEXT PRIMARY KEY,           -- per-boot token put on the kernel command line
+    mac TEXT NOT NULL,
+    image_id TEXT,
+    started_at TEXT NOT NULL,
+    reported_at TEXT,
+    stage TEXT
+  );
+  CREATE TABLE vnodes (
+    mac TEXT PRIMARY KEY REFERENCES nodes(mac) ON DELETE CASCADE,
+    ram TEXT NOT NULL DEFAULT '512M',
+    cpus INTEGER NOT NULL DEFAULT 1,
+    disks TEXT NOT NULL DEFAULT '[]'  -- JSON [{size, template}]
+  );
+  `,
+];
+
+export const schemaVersion = migrations.length;
+
+export function openDatabase(path: string): Db {
+  const db = new DatabaseSync(path, { timeout: 5000 });
+  db.exec("PRAGMA journal_mode=WAL; PRAGMA foreign_keys=ON; PRAGMA synchronous=NORMAL;");
+  migrate(db);
+  return db;
+}
+
+export function migrate(db: Db): void {
+  const current = Number(
+    (db.prepare("PRAGMA user_version").get() as { user_version: number })
+      .user_version,
+  );
+  if (current > migrations.length) {
+    throw new Error(
+      `database schema version ${current} is newer than this program (${migrations.length}): upgrade netroot`,
+    );
+  }
+  for (let v = current; v < migrations.length; v++) {
+    tx(db, () => {
+      db.exec(migrations[v]);
+      db.exec(`PRAGMA user_version = ${v + 1}`);
+    });
+  }
+}
+
+/** Runs fn in a BEGIN IMMEDIATE transaction (node:sqlite has no db.transaction()). Nested calls join. */
+export function tx<T>(db: Db, fn: () => T): T {
+  if (db.isTransaction) return fn();
+  db.exec("BEGIN IMMEDIATE");
+  try {
+    const out = fn();
+    db.exec("COMMIT");
+    return out;
+  } catch (e) {
+    db.exec("ROLLBACK");
+    throw e;
+  }
+}

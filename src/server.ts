@@ -1,0 +1,130 @@
+// `netroot serve`: opens the state, reconciles the tree, then starts HTTP (API + boot + dashboard)
+// and, with a boot interface, DHCP, TFTP, router advertisements, NFS exports and virtual nodes.
+import { Hono } from "hono";
+import type { ServerConfig } from "./config.ts";
+import type { Context, Service } from "./context.ts";
+import { DataDir } from "./datadir.ts";
+import { openDatabase } from "./db.ts";
+import { UserError } from "./errors.ts";
+import { recordEvent } from "./events.ts";
+import { ImageStore } from "./images/store.ts";
+import { logger } from "./log.ts";
+import { NodeRegistry } from "./nodes.ts";
+import { Rebooter } from "./reboot.ts";
+import { apiRoutes, loadOrCreateToken } from "./api.ts";
+import { dashboardRoutes } from "./dashboard.ts";
+import { bootRoutes } from "../netboot/http.ts";
+import { startDhcp } from "../netboot/dhcp4/server.ts";
+import { startTftp } from "../netboot/tftp/server.ts";
+import { startRouterAdvertisements } from "../netboot/ra.ts";
+import { startNfs } from "./nfs.ts";
+import { ensureBridge } from "./vnode/bridge.ts";
+import { startVnodes } from "./vnode/manager.ts";
+
+const log = logger("serve");
+
+export interface RunningServer {
+  ctx: Context;
+  /** The bound HTTP address (port resolved when 0 was asked). */
+  http: { host: string; port: number };
+  services: Service[];
+  close(): Promise<void>;
+}
+
+/** IPv4 address of an interface, or a clear error. */
+export function interfaceAddress(name: string): string {
+  const a = Deno.networkInterfaces().find((i) => i.name === name && i.family === "IPv4");
+  if (!a) throw new UserError(`interface ${name} has no IPv4 address (or does not exist)`);
+  return a.address;
+}
+
+/** Builds the context: state opened, migrations run, tree reconciled. Used by serve and tests. */
+export async function openContext(config: ServerConfig): Promise<Context> {
+  const data = new DataDir(config.dataDir);
+  await data.ensure();
+  const db = openDatabase(data.db);
+  const rebooter = new Rebooter(db);
+  const images = new ImageStore(data, db);
+  const changes = new EventTarget();
+  const nodes = new NodeRegistry(data, db, images, rebooter, changes);
+  images.changes = changes;
+  const token = await loadOrCreateToken(data.token);
+  const fixed = await images.reconcile();
+  const fixedNodes = await nodes.reconcile();
+  if (fixed + fixedNodes > 0) {
+    log.info("reconciled data dir with database", { fixed: fixed + fixedNodes });
+  }
+  return { config, data, db, images, nodes, rebooter, token, changes };
+}
+
+export function buildApp(ctx: Context): Hono {
+  const app = new Hono();
+  app.route("/api/v1", apiRoutes(ctx));
+  app.route("/boot", bootRoutes(ctx));
+  app.route("/", dashboardRoutes(ctx));
+  return app;
+}
+
+export async function serve(config: ServerConfig, opts: { signal?: AbortSignal } = {}): Promise<
+  RunningServer
+> {
+  const ctx = await openContext(config);
+  const services: Service[] = [];
+  try {
+    if (config.bridge) services.push(await ensureBridge(config.bridge));
+    if (config.interface) {
+      config.serverIp ??= interfaceAddress(config.interface);
+    }
+    const httpHostForNodes = config.serverIp;
+    const app = buildApp(ctx);
+    const ready = Promise.withResolvers<{ hostname: string; port: number }>();
+    const httpServer = Deno.serve({
+      hostname: config.http.host,
+      port: config.http.port,
+      onListen: (addr) => ready.resolve(addr),
+      signal: opts.signal,
+    }, app.fetch);
+    const addr = await ready.promise;
+    services.push({ name: "http", close: () => httpServer.shutdown() });
+    if (httpHostForNodes) ctx.nodeUrl = `http://${httpHostForNodes}:${addr.port}`;
+    log.info("http listening", { host: addr.hostname, port: addr.port, data: config.dataDir });
+
+    if (!config.interface) {
+      log.info("no --interface: HTTP only (no DHCP, TFTP, NFS exports or router advertisements)");
+    } else {
+      if (config.dhcp.mode !== "off") services.push(await startDhcp(ctx));
+      services.push(await startTftp(ctx));
+      if (config.ra) services.push(await startRouterAdvertisements(ctx));
+    }
+    if (config.nfs.mode !== "off") services.push(await startNfs(ctx));
+    services.push(await startVnodes(ctx));
+    recordEvent(ctx.db, null, "server.start", {
+      interface: config.interface,
+      http: `${addr.hostname}:${addr.port}`,
+      dhcp: config.interface ? config.dhcp.mode : "off",
+      nfs: config.nfs.mode,
+    });
+    let closed = false;
+    return {
+      ctx,
+      http: { host: addr.hostname, port: addr.port },
+      services,
+      async close() {
+        if (closed) return;
+        closed = true;
+        for (const s of [...services].reverse()) {
+          try {
+            await s.close();
+          } catch (e) {
+            log.warn("service close failed", { service: s.name, error: (e as Error).message });
+          }
+        }
+        ctx.db.close();
+      },
+    };
+  } catch (e) {
+    for (const s of services.reverse()) await s.close().catch(() => {});
+    ctx.db.close();
+    throw e;
+  }
+}

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what it needs (Debian packages, the pinned Deno), then checks
+# formatting, lint and types and runs every test, virtual-machine tests included.
+#   ./test.sh              everything (root needed: namespaces, qemu, mounts)
+#   ./test.sh --skip-vm    skip the slow qemu boot tests (they still run in CI)
+#   ./test.sh [--skip-vm] [deno test args…]   e.g. ./test.sh tests/dhcp_test.ts
+set -euo pipefail
+cd "$(dirname "$(readlink -f "$0")")"
+export NO_COLOR=1 DENO_NO_UPDATE_CHECK=1 RUST_BACKTRACE=0
+if [ "${1:-}" = "--skip-vm" ]; then export NETROOT_SKIP_VM=1; shift; fi
+
+missing=()
+while read -r p; do
+  [ -z "$p" ] || [ "${p#\#}" != "$p" ] && continue
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done < tools/apt-packages.txt
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "test.sh: installing Debian packages: ${missing[*]}"
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+if [ ! -x tools/node_modules/.bin/deno ]; then npm ci --prefix tools --no-audit --no-fund; fi
+export PATH="$PWD/tools/node_modules/.bin:$PATH"
+deno --version | head -1
+deno install            # frozen lock: fails if deno.lock is stale
+deno fmt --check
+deno lint
+deno task check
+set +e
+deno test -A --parallel "${@:-tests/}" 2>&1 | tee .test.log
+rc=${PIPESTATUS[0]}
+set -e
+# Deno's closing line is `ok | 3 passed (2 steps) | 0 failed (19ms)`; re-print it plainly.
+sed -nE 's/^(ok|FAILED) \| ([0-9]+) passed( \([0-9]+ steps?\))? \| ([0-9]+) failed.*/\2 passed, \4 failed/p' .test.log | tail -1
+exit "$rc"
