@@ -1,5 +1,262 @@
-// PLACEHOLDER — replaced by its owner; signature is the contract.
-export function run(_args: string[]): Promise<number> {
-  return Promise.reject(new Error("not yet built"));
+// `netroot node …` (and `netroot deploy`): node management through the running server's API.
+import { parseArgs } from "node:util";
+import { UserError } from "../errors.ts";
+import type { Event } from "../events.ts";
+import type { NodeInfo } from "../nodes.ts";
+import type { RebootResult } from "../reboot.ts";
+import { ApiClient, clientOptions } from "./client.ts";
+import { keyValues, print, table } from "./output.ts";
+
+type ListedNode = NodeInfo & { lastEvent?: { ts: string; kind: string } | null };
+
+const common = "Common options: --server URL (or NETROOT_SERVER), --json, --help.";
+
+const help: Record<string, string> = {
+  node: `usage: netroot node COMMAND [ARGS…]
+
+  add MAC [--name NAME] [--model MODEL] [--image IMAGE]   register a node
+  ls                                        list nodes
+  show NODE                                 one node, its settings and last events
+  rename NODE NEW                           change a node's name
+  forget NODE                               remove a node (keeps its persist data on the server)
+  config NODE [key=value…]                  show or change settings (key= removes one)
+  boot NODE[,NODE…] IMAGE [--no-reboot] [--force]   deploy an image (alias: netroot deploy)
+  reboot NODE [--cause TEXT]                reboot a node
+  log NODE [--follow]                       the node's timeline
+  console NODE [--follow]                   a virtual node's console output
+
+NODE is a name or a MAC address (any common spelling). ${common}`,
+  add: `usage: netroot node add MAC [--name NAME] [--model MODEL] [--image IMAGE]
+
+Registers a node. Default name node-<last 3 MAC bytes>; default image the one named "default".
+${common}`,
+  ls: `usage: netroot node ls [--json]\n\nLists nodes: name, MAC, IP, image, last event. ${common}`,
+  show: `usage: netroot node show NODE [--json]\n\n${common}`,
+  rename: `usage: netroot node rename NODE NEW-NAME\n\n${common}`,
+  forget: `usage: netroot node forget NODE
+
+Removes the node from the database and its fs link. Its persist data stays in
+<data>/nodes/<mac>/ (delete it by hand). ${common}`,
+  config: `usage: netroot node config NODE [key=value…]
+
+Without key=value prints the node's settings. key= (empty value) removes a setting.
+Keys: kernel.cmdline (extra kernel arguments), boot.mode (auto|network), boot.timeout (seconds),
+tmpfs.size (e.g. 50% or 512m), initramfs (netroot|image), persist (true|false), and the virtual
+node keys when the server has them. ${common}`,
+  boot: `usage: netroot node boot NODE[,NODE…] IMAGE [--no-reboot] [--force]
+       netroot deploy NODE[,NODE…] IMAGE …
+
+Points the nodes at IMAGE (one transaction; each node's fs link flips atomically) and asks each
+node's reboot mechanism to reboot it. --no-reboot only switches; --force deploys an image that is
+not bootable. ${common}`,
+  reboot: `usage: netroot node reboot NODE [--cause TEXT]\n\n${common}`,
+  log: `usage: netroot node log NODE [--follow] [--limit N]
+
+The node's timeline (DHCP, TFTP, HTTP, init stages, deploys, reboots). --follow keeps polling.
+${common}`,
+  console: `usage: netroot node console NODE [--follow]
+
+Prints a virtual node's console output; --follow keeps printing new output. ${common}`,
+};
+
+const options = {
+  ...clientOptions,
+  name: { type: "string" },
+  model: { type: "string" },
+  image: { type: "string" },
+  follow: { type: "boolean", short: "f" },
+  limit: { type: "string" },
+  cause: { type: "string" },
+  "no-reboot": { type: "boolean" },
+  force: { type: "boolean" },
+} as const;
+
+/** Poll period for --follow. */
+const followMs = 1000;
+
+function positionals(args: string[], n: number, usage: string): string[] {
+  if (args.length < n) throw new UserError(`missing argument (${usage.split("\n")[0]})`);
+  return args;
 }
-export const deploy = run;
+
+function eventLine(e: Event): string {
+  const detail = Object.keys(e.detail).length ? " " + JSON.stringify(e.detail) : "";
+  return `${e.ts}  ${e.kind}${detail}`;
+}
+
+function nodeRow(n: ListedNode): Record<string, unknown> {
+  return {
+    name: n.name,
+    mac: n.mac,
+    ip: n.ip,
+    image: n.imageName ?? n.imageId?.slice(0, 12),
+    model: n.model,
+    virtual: n.virtual ? "yes" : "no",
+    "last event": n.lastEvent ? `${n.lastEvent.kind} ${n.lastEvent.ts}` : null,
+  };
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export async function run(args: string[]): Promise<number> {
+  const [sub, ...rest] = args;
+  if (!sub || sub === "--help" || sub === "-h" || sub === "help") {
+    console.log(help.node);
+    return sub ? 0 : 2;
+  }
+  const cmd = sub === "deploy" ? "boot" : sub;
+  if (!help[cmd] || cmd === "node") {
+    throw new UserError(`unknown node command ${sub} (try netroot node --help)`);
+  }
+  const { values: o, positionals: p } = parseArgs({
+    args: rest,
+    options,
+    allowPositionals: true,
+  });
+  if (o.help) {
+    console.log(help[cmd]);
+    return 0;
+  }
+  const api = ApiClient.fromEnv(o.server);
+  const json = o.json;
+  const enc = encodeURIComponent;
+
+  switch (cmd) {
+    case "add": {
+      const [mac] = positionals(p, 1, help.add);
+      const node = await api.post<NodeInfo>("/nodes", {
+        mac,
+        name: o.name,
+        model: o.model,
+        image: o.image,
+      });
+      print(json, node, () => `added ${node.name} (${node.mac})`);
+      return 0;
+    }
+    case "ls": {
+      const nodes = await api.get<ListedNode[]>("/nodes");
+      print(json, nodes, () =>
+        nodes.length
+          ? table(nodes.map(nodeRow), ["name", "mac", "ip", "image", "model", "virtual", "last event"])
+          : "no nodes (they register on first DHCP contact, or: netroot node add MAC)");
+      return 0;
+    }
+    case "show": {
+      const [ref] = positionals(p, 1, help.show);
+      const node = await api.get<ListedNode>(`/nodes/${enc(ref)}`);
+      const events = await api.get<Event[]>(`/nodes/${enc(ref)}/events?limit=10`);
+      print(json, { ...node, events }, () => {
+        const { settings, lastEvent: _, ...rest } = node;
+        const lines = [keyValues({ ...rest, image: node.imageName ?? node.imageId })];
+        lines.push("", "settings:");
+        lines.push(Object.keys(settings).length ? keyValues(settings) : "  (none)");
+        lines.push("", "last events:");
+        lines.push(events.length ? events.map(eventLine).join("\n") : "  (none)");
+        return lines.join("\n");
+      });
+      return 0;
+    }
+    case "rename": {
+      const [ref, name] = positionals(p, 2, help.rename);
+      const node = await api.patch<NodeInfo>(`/nodes/${enc(ref)}`, { name });
+      print(json, node, () => `renamed ${ref} to ${node.name}`);
+      return 0;
+    }
+    case "forget": {
+      const [ref] = positionals(p, 1, help.forget);
+      const r = await api.delete<{ forgotten: string; name: string }>(`/nodes/${enc(ref)}`);
+      print(json, r, () => `forgot ${r.name} (${r.forgotten})`);
+      return 0;
+    }
+    case "config": {
+      const [ref, ...pairs] = positionals(p, 1, help.config);
+      let node: NodeInfo;
+      if (pairs.length === 0) {
+        node = await api.get<NodeInfo>(`/nodes/${enc(ref)}`);
+      } else {
+        const settings: Record<string, string | null> = {};
+        for (const kv of pairs) {
+          const i = kv.indexOf("=");
+          if (i <= 0) throw new UserError(`expected key=value, got "${kv}"`);
+          settings[kv.slice(0, i)] = kv.slice(i + 1) === "" ? null : kv.slice(i + 1);
+        }
+        node = await api.patch<NodeInfo>(`/nodes/${enc(ref)}/config`, settings);
+      }
+      print(json, node.settings, () =>
+        Object.keys(node.settings).length
+          ? keyValues(node.settings)
+          : `${node.name}: no settings (defaults apply)`);
+      return 0;
+    }
+    case "boot": {
+      const [refs, image] = positionals(p, 2, help.boot);
+      const r = await api.post<{ nodes: NodeInfo[]; reboots: RebootResult[] }>("/deploy", {
+        nodes: refs.split(",").map((s) => s.trim()).filter(Boolean),
+        image,
+        reboot: !o["no-reboot"],
+        force: o.force ?? false,
+      });
+      print(json, r, () => {
+        const reboot = new Map(r.reboots.map((x) => [x.mac, x]));
+        return table(
+          r.nodes.map((n) => ({
+            name: n.name,
+            mac: n.mac,
+            image: n.imageName ?? n.imageId,
+            reboot: reboot.get(n.mac)?.message ?? "not requested",
+          })),
+          ["name", "mac", "image", "reboot"],
+        );
+      });
+      return 0;
+    }
+    case "reboot": {
+      const [ref] = positionals(p, 1, help.reboot);
+      const r = await api.post<RebootResult>(`/nodes/${enc(ref)}/reboot`, { cause: o.cause });
+      print(json, r, () => `${ref}: ${r.message}`);
+      // No mechanism or a failed one: the node did not reboot, which the exit status says.
+      if (!r.ok) return 1;
+      return 0;
+    }
+    case "log": {
+      const [ref] = positionals(p, 1, help.log);
+      const limit = o.limit ?? "200";
+      let since = 0;
+      for (;;) {
+        const events = await api.get<Event[]>(
+          `/nodes/${enc(ref)}/events?since=${since}&limit=${since ? 10000 : enc(limit)}`,
+        );
+        for (const e of events) console.log(json ? JSON.stringify(e) : eventLine(e));
+        if (events.length) since = events[events.length - 1].id;
+        if (!o.follow) {
+          if (!events.length && !json) console.log(`(no events for ${ref})`);
+          return 0;
+        }
+        await sleep(followMs);
+      }
+    }
+    case "console": {
+      const [ref] = positionals(p, 1, help.console);
+      // Served by the virtual-node code: GET /nodes/:ref/console?offset=N answers
+      // {text, offset} (offset = where the next read starts) or plain text.
+      let offset = 0;
+      for (;;) {
+        const r = await api.get<{ text: string; offset: number } | string>(
+          `/nodes/${enc(ref)}/console?offset=${offset}`,
+        );
+        const text = typeof r === "string" ? r : r.text;
+        if (json) console.log(JSON.stringify(r));
+        else if (text) await Deno.stdout.write(new TextEncoder().encode(text));
+        offset = typeof r === "string" ? offset + new TextEncoder().encode(r).length : r.offset;
+        if (!o.follow) return 0;
+        await sleep(followMs);
+      }
+    }
+  }
+  throw new UserError(`unknown node command ${sub}`);
+}
+
+/** `netroot deploy NODES IMAGE` = `netroot node boot NODES IMAGE`. */
+export function deploy(args: string[]): Promise<number> {
+  return run(["boot", ...args]);
+}
