@@ -1,5 +1,496 @@
-// PLACEHOLDER — replaced by its owner; signature is the contract.
+// The DHCPv4 service: full mode (leases from a range, reservations for registered nodes) or proxy
+// mode (boot information only, beside the lab's DHCP server; answers on 67 with option 43, or on
+// UDP 4011). `DhcpResponder` is the socket-free policy (packet in → reply + destination out);
+// `startDhcp` wires it to FFI sockets bound to the boot interface.
+import { existsSync } from "node:fs";
+import { join } from "node:path";
 import type { Context, Service } from "../../src/context.ts";
-export function startDhcp(_ctx: Context): Promise<Service> {
-  return Promise.resolve({ name: "startDhcp", close: () => Promise.resolve() });
+import { recordEvent } from "../../src/events.ts";
+import { logger } from "../../src/log.ts";
+import { UdpSocket } from "../../src/linux/udp.ts";
+import { type Classification, classify, REQUIRED_IPXE_FILES } from "./classify.ts";
+import { intToIp, ipToInt, LeaseStore } from "./leases.ts";
+import {
+  ipv4,
+  ipv4List,
+  IPXE_NO_PXEDHCP,
+  MessageType,
+  messageTypeName,
+  Opt,
+  PXE_BOOT_FILE_DIRECTLY,
+  readIp,
+  readU16,
+  RPI_PXE_MENU,
+  text,
+  u32,
+  u8,
+} from "./options.ts";
+import {
+  BOOTREPLY,
+  BOOTREQUEST,
+  decode,
+  DhcpDecodeError,
+  type DhcpPacket,
+  encode,
+} from "./packet.ts";
+
+const log = logger("dhcp");
+const ZERO = "0.0.0.0";
+const BROADCAST = "255.255.255.255";
+
+/** What the DHCP service needs from the node registry (src/nodes.ts). */
+export interface DhcpNode {
+  mac: string;
+  name?: string;
+  ip?: string | null;
+}
+export interface DhcpNodes {
+  find(mac: string): DhcpNode | undefined | null | Promise<DhcpNode | undefined | null>;
+  register(mac: string, source: Record<string, unknown>): DhcpNode | Promise<DhcpNode>;
+  setIp(mac: string, ip: string): unknown;
+  touch(mac: string): unknown;
+}
+
+export interface ResponderConfig {
+  mode: "full" | "proxy";
+  serverIp: string;
+  netmask: string;
+  range?: { start: string; end: string };
+  leaseSeconds: number;
+  proxyStrategy: "option43" | "port4011";
+  registerUnknown: boolean;
+  router?: string;
+  dns?: string[];
+  nodeUrl?: string;
+}
+
+export interface Reply {
+  packet: DhcpPacket;
+  bytes: Uint8Array;
+  to: { address: string; port: number };
+}
+
+export interface DhcpStats {
+  received: number;
+  malformed: number;
+  ignored: number;
+  sent: Record<string, number>;
+  errors: number;
+}
+
+export class DhcpResponder {
+  readonly stats: DhcpStats = { received: 0, malformed: 0, ignored: 0, sent: {}, errors: 0 };
+  readonly leases?: LeaseStore;
+  private readonly broadcastAddr: string;
+
+  constructor(
+    private readonly cfg: ResponderConfig,
+    private readonly db: Context["db"],
+    private readonly nodes: DhcpNodes,
+  ) {
+    const mask = ipToInt(cfg.netmask);
+    this.broadcastAddr = intToIp((ipToInt(cfg.serverIp) & mask) | (~mask >>> 0));
+    if (cfg.mode === "full") {
+      if (!cfg.range) throw new Error("full DHCP mode needs a range");
+      this.leases = new LeaseStore(db, {
+        range: cfg.range,
+        exclude: [cfg.serverIp, ...(cfg.router ? [cfg.router] : [])],
+      });
+    }
+  }
+
+  /** Decodes and answers one datagram; never throws (bad input is counted and dropped). */
+  async handle(
+    data: Uint8Array,
+    via: { port: number; from: { address: string; port: number } },
+  ): Promise<Reply | null> {
+    this.stats.received++;
+    let req: DhcpPacket;
+    try {
+      req = decode(data);
+    } catch (e) {
+      this.stats.malformed++;
+      if (!(e instanceof DhcpDecodeError)) log.warn("unexpected decode failure", { error: e });
+      return null;
+    }
+    try {
+      const reply = await this.respond(req, via);
+      if (!reply) this.stats.ignored++;
+      else {
+        const t = messageTypeName(reply.packet.options.get(Opt.messageType)![0]);
+        this.stats.sent[t] = (this.stats.sent[t] ?? 0) + 1;
+      }
+      return reply;
+    } catch (e) {
+      this.stats.errors++;
+      log.error("request failed", { error: e, xid: req.xid });
+      return null;
+    }
+  }
+
+  private async respond(
+    req: DhcpPacket,
+    via: { port: number; from: { address: string; port: number } },
+  ): Promise<Reply | null> {
+    const type = req.options.get(Opt.messageType)?.[0];
+    if (req.op !== BOOTREQUEST || req.htype !== 1 || req.hlen !== 6 || type === undefined) {
+      return null;
+    }
+    const cls = classify(req, { nodeUrl: this.cfg.nodeUrl });
+    if (/^(00:){5}00$|^ff(:ff){5}$/.test(cls.mac) || (req.chaddr[0] & 1) === 1) return null;
+    const node = await this.nodeFor(cls);
+    if (!node) return null;
+    const fields = { mac: cls.mac, type: messageTypeName(type), firmware: cls.firmware };
+    log.debug("request", { ...fields, vendorClass: cls.vendorClass, port: via.port });
+    if (via.port === 4011) return this.pxeBootServer(req, cls, type, via.from);
+    if (this.cfg.mode === "proxy") return this.proxy(req, cls, type);
+    return this.full(req, cls, type, node);
+  }
+
+  /** Registers a first-seen MAC (or refuses it when registerUnknown is off). */
+  private async nodeFor(cls: Classification): Promise<DhcpNode | null> {
+    const known = await this.nodes.find(cls.mac);
+    if (known) {
+      await this.nodes.touch(cls.mac);
+      return known;
+    }
+    if (!this.cfg.registerUnknown) return null;
+    const node = await this.nodes.register(cls.mac, {
+      via: "dhcp",
+      vendorClass: cls.vendorClass,
+      arch: cls.arch,
+      firmware: cls.firmware,
+    });
+    log.info("registered node", { mac: cls.mac, name: node.name, firmware: cls.firmware });
+    return node;
+  }
+
+  // ---- full mode -------------------------------------------------------------------------
+
+  private async full(
+    req: DhcpPacket,
+    cls: Classification,
+    type: number,
+    node: DhcpNode,
+  ): Promise<Reply | null> {
+    const leases = this.leases!;
+    const now = Math.floor(Date.now() / 1000);
+    const mac = cls.mac;
+    const serverId = readIp(req.options.get(Opt.serverId));
+    const requested = readIp(req.options.get(Opt.requestedIp));
+    switch (type) {
+      case MessageType.Discover: {
+        const ip = leases.pick(mac, now, node.ip ?? undefined, requested);
+        if (!ip) {
+          log.warn("address pool exhausted", { mac, range: this.cfg.range });
+          recordEvent(this.db, mac, "dhcp.exhausted", {});
+          return null;
+        }
+        leases.offer(mac, ip, now);
+        if (node.ip !== ip) await this.nodes.setIp(mac, ip); // the reservation, made at first contact
+        return this.answer(req, cls, MessageType.Offer, ip, "dhcp.offer");
+      }
+      case MessageType.Request: {
+        if (serverId && serverId !== this.cfg.serverIp) {
+          // The client chose another server: free our offer at once.
+          const cur = leases.get(mac);
+          if (cur?.state === "offered") leases.release(mac, cur.ip, now);
+          return null;
+        }
+        const want = requested ?? (req.ciaddr !== ZERO ? req.ciaddr : undefined);
+        if (!want) return null;
+        const ip = leases.pick(mac, now, node.ip ?? undefined, want);
+        if (ip !== want) {
+          recordEvent(this.db, mac, "dhcp.nak", { requested: want, offered: ip ?? null });
+          return this.nak(req, `address ${want} not available`);
+        }
+        leases.bind(mac, ip, this.cfg.leaseSeconds, now);
+        if (node.ip !== ip) await this.nodes.setIp(mac, ip);
+        return this.answer(req, cls, MessageType.Ack, ip, "dhcp.ack");
+      }
+      case MessageType.Decline: {
+        if (serverId !== this.cfg.serverIp || !requested) return null;
+        leases.decline(mac, requested, now);
+        log.warn("client declined address (in use elsewhere)", { mac, ip: requested });
+        recordEvent(this.db, mac, "dhcp.decline", { ip: requested });
+        return null;
+      }
+      case MessageType.Release: {
+        if (serverId && serverId !== this.cfg.serverIp) return null;
+        if (leases.release(mac, req.ciaddr, now)) {
+          recordEvent(this.db, mac, "dhcp.release", { ip: req.ciaddr });
+        }
+        return null;
+      }
+      case MessageType.Inform: {
+        if (req.ciaddr === ZERO) return null;
+        return this.answer(req, cls, MessageType.Ack, undefined, "dhcp.inform");
+      }
+      default:
+        return null;
+    }
+  }
+
+  /** OFFER/ACK with an address (full mode) or without (INFORM). */
+  private answer(
+    req: DhcpPacket,
+    cls: Classification,
+    type: MessageType,
+    ip: string | undefined,
+    event: string,
+  ): Reply {
+    const o = new Map<number, Uint8Array>();
+    o.set(Opt.messageType, u8(type));
+    o.set(Opt.serverId, ipv4(this.cfg.serverIp));
+    if (ip) {
+      const t = this.cfg.leaseSeconds;
+      o.set(Opt.leaseTime, u32(t));
+      o.set(Opt.renewalTime, u32(Math.floor(t / 2)));
+      o.set(Opt.rebindingTime, u32(Math.floor((t * 7) / 8)));
+    }
+    o.set(Opt.subnetMask, ipv4(this.cfg.netmask));
+    o.set(Opt.broadcast, ipv4(this.broadcastAddr));
+    if (this.cfg.router) o.set(Opt.router, ipv4(this.cfg.router));
+    if (this.cfg.dns?.length) o.set(Opt.dns, ipv4List(this.cfg.dns));
+    const packet = this.reply(req, o, ip ?? ZERO);
+    if (type === MessageType.Inform || type === MessageType.Ack && req.ciaddr !== ZERO) {
+      packet.ciaddr = req.ciaddr;
+    }
+    this.bootInfo(req, cls, packet, false);
+    recordEvent(this.db, cls.mac, event, {
+      ip: ip ?? req.ciaddr,
+      firmware: cls.firmware,
+      bootfile: cls.bootfile ?? null,
+    });
+    log.info(event.slice(5), { mac: cls.mac, ip: ip ?? req.ciaddr, firmware: cls.firmware });
+    return this.finish(req, packet);
+  }
+
+  private nak(req: DhcpPacket, message: string): Reply {
+    const o = new Map<number, Uint8Array>([
+      [Opt.messageType, u8(MessageType.Nak)],
+      [Opt.serverId, ipv4(this.cfg.serverIp)],
+      [Opt.message, text(message)],
+    ]);
+    const packet = this.reply(req, o, ZERO);
+    return this.finish(req, packet, true);
+  }
+
+  // ---- proxy mode (UDP 67) and the PXE boot server (UDP 4011) ----------------------------
+
+  private proxy(req: DhcpPacket, cls: Classification, type: number): Reply | null {
+    if (!cls.netboot) return null; // not a PXE/HTTP-boot client: the lab's DHCP server's business
+    const serverId = readIp(req.options.get(Opt.serverId));
+    if (type === MessageType.Request && serverId !== this.cfg.serverIp) return null;
+    if (type !== MessageType.Discover && type !== MessageType.Request) return null;
+    const reply = type === MessageType.Discover ? MessageType.Offer : MessageType.Ack;
+    const o = new Map<number, Uint8Array>([
+      [Opt.messageType, u8(reply)],
+      [Opt.serverId, ipv4(this.cfg.serverIp)],
+    ]);
+    const packet = this.reply(req, o, ZERO);
+    // port4011: a bare offer, so the firmware asks the boot server on 4011 for the file (PXE
+    // spec; Pixiecore's EFI path). iPXE and HTTP boot never go to 4011: they get the file here.
+    const bare = this.cfg.proxyStrategy === "port4011" && cls.firmware !== "ipxe" &&
+      cls.firmware !== "uefi-http" && cls.firmware !== "rpi";
+    this.bootInfo(req, cls, packet, !bare, bare);
+    const event = reply === MessageType.Offer ? "dhcp.proxy-offer" : "dhcp.proxy-ack";
+    recordEvent(this.db, cls.mac, event, {
+      firmware: cls.firmware,
+      bootfile: bare ? null : cls.bootfile ?? null,
+      strategy: this.cfg.proxyStrategy,
+    });
+    log.info(event.slice(5), { mac: cls.mac, firmware: cls.firmware, bootfile: cls.bootfile });
+    return this.finish(req, packet);
+  }
+
+  private pxeBootServer(
+    req: DhcpPacket,
+    cls: Classification,
+    type: number,
+    from: { address: string; port: number },
+  ): Reply | null {
+    if (type !== MessageType.Request && type !== MessageType.Inform) return null;
+    if (!cls.netboot && cls.firmware !== "ipxe") return null;
+    const o = new Map<number, Uint8Array>([
+      [Opt.messageType, u8(MessageType.Ack)],
+      [Opt.serverId, ipv4(this.cfg.serverIp)],
+    ]);
+    const packet = this.reply(req, o, ZERO);
+    packet.ciaddr = req.ciaddr;
+    this.bootInfo(req, cls, packet, true);
+    recordEvent(this.db, cls.mac, "dhcp.pxe-ack", {
+      ip: from.address,
+      firmware: cls.firmware,
+      bootfile: cls.bootfile ?? null,
+    });
+    log.info("pxe-ack", { mac: cls.mac, ip: from.address, bootfile: cls.bootfile });
+    const bytes = encode(packet, this.maxSize(req));
+    return { packet, bytes, to: { address: from.address, port: from.port } };
+  }
+
+  // ---- shared -----------------------------------------------------------------------------
+
+  private reply(req: DhcpPacket, options: Map<number, Uint8Array>, yiaddr: string): DhcpPacket {
+    return {
+      op: BOOTREPLY,
+      htype: req.htype,
+      hlen: req.hlen,
+      hops: 0,
+      xid: req.xid,
+      secs: 0,
+      flags: req.flags,
+      ciaddr: ZERO,
+      yiaddr,
+      siaddr: ZERO,
+      giaddr: req.giaddr,
+      chaddr: req.chaddr,
+      sname: "",
+      file: "",
+      options,
+    };
+  }
+
+  /** Adds what makes the client boot: next-server + file, and the vendor options PXE firmware
+   *  (proxy offers), UEFI HTTP boot, the Raspberry Pi ROM and iPXE each need. */
+  private bootInfo(
+    req: DhcpPacket,
+    cls: Classification,
+    p: DhcpPacket,
+    pxeVendor: boolean,
+    bare = false,
+  ): void {
+    const o = p.options;
+    if (cls.firmware === "uefi-http") o.set(Opt.vendorClass, text("HTTPClient"));
+    else if (pxeVendor || bare) {
+      o.set(Opt.vendorClass, text("PXEClient"));
+      if (!bare) o.set(Opt.vendorSpecific, PXE_BOOT_FILE_DIRECTLY);
+    }
+    if (cls.firmware === "rpi") {
+      o.set(Opt.vendorClass, text("PXEClient"));
+      o.set(Opt.vendorSpecific, RPI_PXE_MENU);
+    }
+    const uuid = req.options.get(Opt.clientUuid);
+    if (pxeVendor && uuid?.length === 17 && uuid[0] === 0) o.set(Opt.clientUuid, uuid);
+    if (bare) {
+      p.siaddr = this.cfg.serverIp;
+      return;
+    }
+    if (cls.firmware === "rpi") p.siaddr = this.cfg.serverIp; // the ROM TFTPs from siaddr
+    if (!cls.bootfile) return;
+    p.siaddr = this.cfg.serverIp;
+    if (cls.bootfile.length < 128) p.file = cls.bootfile;
+    o.set(Opt.bootfile, text(cls.bootfile));
+    if (cls.firmware === "ipxe") o.set(Opt.ipxe, IPXE_NO_PXEDHCP);
+  }
+
+  /** Biggest reply the client accepts: 576 (RFC 2131) unless option 57 allows more. */
+  private maxSize(req: DhcpPacket): number {
+    const asked = readU16(req.options.get(Opt.maxMessageSize)) ?? 576;
+    return Math.min(Math.max(asked, 576), 1472 + 28) - 28; // option 57 counts IP + UDP headers
+  }
+
+  /** Destination per RFC 2131 §4.1: relay, else ciaddr, else broadcast (no ARP injection). */
+  private finish(req: DhcpPacket, packet: DhcpPacket, isNak = false): Reply {
+    const bytes = encode(packet, this.maxSize(req));
+    let to = { address: BROADCAST, port: 68 };
+    if (req.giaddr !== ZERO) to = { address: req.giaddr, port: 67 };
+    else if (!isNak && req.ciaddr !== ZERO) to = { address: req.ciaddr, port: 68 };
+    return { packet, bytes, to };
+  }
+}
+
+function interfaceNetmask(name: string, address: string): string {
+  const a =
+    Deno.networkInterfaces().find((i) =>
+      i.name === name && i.family === "IPv4" && i.address === address
+    ) ?? Deno.networkInterfaces().find((i) => i.name === name && i.family === "IPv4");
+  return a?.netmask ?? "255.255.255.0";
+}
+
+/** Warns (once, at start) about iPXE binaries missing from config.ipxeDir. */
+export function checkIpxeFiles(dir: string): string[] {
+  const missing = REQUIRED_IPXE_FILES.filter((f) => !existsSync(join(dir, f)));
+  if (missing.length) {
+    log.warn(
+      `iPXE binaries missing from ${dir}: ${missing.join(", ")}; PXE ROM clients cannot boot ` +
+        "(install the Debian package 'ipxe', or set ipxeDir)",
+    );
+  }
+  return missing;
+}
+
+export function startDhcp(ctx: Context): Promise<Service> {
+  const { config } = ctx;
+  const device = config.interface;
+  if (!device || !config.serverIp) {
+    return Promise.reject(new Error("DHCP needs --interface (and its IPv4 address)"));
+  }
+  if (config.dhcp.mode === "off") {
+    return Promise.resolve({ name: "dhcp", close: () => Promise.resolve() });
+  }
+  checkIpxeFiles(config.ipxeDir);
+  const responder = new DhcpResponder(
+    {
+      mode: config.dhcp.mode,
+      serverIp: config.serverIp,
+      netmask: interfaceNetmask(device, config.serverIp),
+      range: config.dhcp.range,
+      leaseSeconds: config.dhcp.leaseSeconds,
+      proxyStrategy: config.dhcp.proxyStrategy,
+      registerUnknown: config.dhcp.registerUnknown,
+      router: config.dhcp.router,
+      dns: config.dhcp.dns,
+      nodeUrl: ctx.nodeUrl,
+    },
+    ctx.db,
+    ctx.nodes,
+  );
+  const ports = config.dhcp.mode === "proxy" ? [67, 4011] : [67];
+  const sockets: UdpSocket[] = [];
+  try {
+    for (const port of ports) {
+      sockets.push(UdpSocket.open({ port, device, receiveBuffer: 4 << 20 }));
+    }
+  } catch (e) {
+    for (const s of sockets) s.close();
+    return Promise.reject(
+      new Error(`cannot open DHCP sockets on ${device}: ${(e as Error).message}`),
+    );
+  }
+  const loops = sockets.map(async (sock) => {
+    for (;;) {
+      const d = await sock.recv();
+      if (!d) return;
+      const reply = await responder.handle(d.data, { port: sock.port, from: d.from });
+      if (!reply) continue;
+      try {
+        sock.send(reply.bytes, reply.to.address, reply.to.port);
+      } catch (e) {
+        responder.stats.errors++;
+        log.warn("send failed", { to: reply.to.address, error: e });
+      }
+    }
+  });
+  log.info("dhcp listening", {
+    interface: device,
+    mode: config.dhcp.mode,
+    server: config.serverIp,
+    range: config.dhcp.range ? `${config.dhcp.range.start}-${config.dhcp.range.end}` : undefined,
+    strategy: config.dhcp.mode === "proxy" ? config.dhcp.proxyStrategy : undefined,
+  });
+  return Promise.resolve(
+    {
+      name: "dhcp",
+      stats: responder.stats,
+      async close() {
+        await Promise.all(sockets.map((s) => s.close()));
+        await Promise.all(loops);
+        log.info("dhcp stopped", {
+          ...responder.stats,
+          sent: JSON.stringify(responder.stats.sent),
+        });
+      },
+    } as Service & { stats: DhcpStats },
+  );
 }

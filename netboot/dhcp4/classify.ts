@@ -1,0 +1,113 @@
+// Who is asking, and what boots it (protocols.md §1–3, §7). Pure: packet in, decision out.
+import type { DhcpPacket } from "./packet.ts";
+import { Opt, readText, readU16 } from "./options.ts";
+import { macFromBytes } from "../../src/mac.ts";
+
+export type Firmware =
+  | "bios"
+  | "uefi32"
+  | "uefi64"
+  | "arm32"
+  | "arm64"
+  | "uefi-http"
+  | "ipxe"
+  | "rpi"
+  | "linux";
+
+/** iPXE binaries (Debian package `ipxe`, under config.ipxeDir) per firmware, fetched by TFTP. */
+export const IPXE_BINARY: Partial<Record<Firmware, string>> = {
+  bios: "undionly.kpxe",
+  uefi32: "ipxe-i386.efi",
+  uefi64: "ipxe.efi",
+  arm32: "snp-arm32.efi",
+  arm64: "snp-arm64.efi",
+};
+/** The files whose absence is worth a start-up warning (what the Debian amd64 package ships). */
+export const REQUIRED_IPXE_FILES = ["undionly.kpxe", "ipxe.efi"];
+
+/** Raspberry Pi Foundation / Raspberry Pi Trading OUIs (WALT server/tools.py, LTSP). */
+export const RPI_OUIS = new Set([
+  "28:cd:c1",
+  "b8:27:eb",
+  "d8:3a:dd",
+  "dc:a6:32",
+  "e4:5f:01",
+  "2c:cf:67",
+  "88:a2:9e",
+]);
+
+export interface Classification {
+  mac: string;
+  firmware: Firmware;
+  /** Option 93 value, when sent. */
+  arch?: number;
+  vendorClass?: string;
+  userClass?: string;
+  /** A PXE ROM or UEFI HTTP client (echo option 60, answer in proxy mode). */
+  netboot: boolean;
+  /** TFTP file name or http:// URL to boot; undefined = plain lease (Linux DHCP, Pi ROM). */
+  bootfile?: string;
+}
+
+export interface ClassifyEnv {
+  /** Base URL of the HTTP server nodes use, e.g. http://10.77.0.1:8080. */
+  nodeUrl?: string;
+}
+
+const IPXE_RAW = "iPXE";
+
+function firmwareFromArch(arch: number | undefined): Firmware {
+  switch (arch) {
+    case 6:
+      return "uefi32";
+    case 7:
+    case 9: // RFC 4578 swaps 7 and 9 (errata); firmware uses both for x64 UEFI
+      return "uefi64";
+    case 10:
+      return "arm32";
+    case 11:
+      return "arm64";
+    default:
+      return "bios";
+  }
+}
+
+export function classify(p: DhcpPacket, env: ClassifyEnv): Classification {
+  const mac = macFromBytes(p.chaddr);
+  const vendorClass = readText(p.options.get(Opt.vendorClass));
+  const userClass = readText(p.options.get(Opt.userClass));
+  const arch = readU16(p.options.get(Opt.clientArch));
+  const base = { mac, arch, vendorClass, userClass };
+  const pxe = vendorClass?.startsWith("PXEClient") ?? false;
+  const http = vendorClass?.startsWith("HTTPClient") ?? false;
+  // 1. iPXE itself (raw option 77 or its encapsulated 175): give it the per-node script, not
+  //    another iPXE binary — this is what breaks the chain-load loop.
+  if (userClass === IPXE_RAW || p.options.has(Opt.ipxe)) {
+    return {
+      ...base,
+      firmware: "ipxe",
+      netboot: pxe || http,
+      bootfile: env.nodeUrl ? `${env.nodeUrl}/boot/${mac}.ipxe` : undefined,
+    };
+  }
+  // 2. Raspberry Pi boot ROM (the Pi 5 says arch 0 like a PC BIOS: test the OUI first). It needs
+  //    option 43 "Raspberry Pi Boot" and fetches its files by TFTP by itself; no file name.
+  if (RPI_OUIS.has(mac.slice(0, 8)) && pxe) return { ...base, firmware: "rpi", netboot: true };
+  // 3. UEFI HTTP boot: the firmware fetches an EFI binary by URL.
+  if (http || arch === 15 || arch === 16 || arch === 18 || arch === 19) {
+    const file = arch === 18 || arch === 19 ? IPXE_BINARY.arm64! : IPXE_BINARY.uefi64!;
+    return {
+      ...base,
+      firmware: "uefi-http",
+      netboot: true,
+      bootfile: env.nodeUrl ? `${env.nodeUrl}/boot/ipxe/${file}` : undefined,
+    };
+  }
+  // 4. A PXE ROM: send the iPXE binary for its architecture, by TFTP.
+  if (pxe || arch !== undefined) {
+    const firmware = firmwareFromArch(arch);
+    return { ...base, firmware, netboot: pxe, bootfile: IPXE_BINARY[firmware] };
+  }
+  // 5. Anything else (udhcpc in the initramfs, an OS): a plain lease.
+  return { ...base, firmware: "linux", netboot: false };
+}

@@ -1,0 +1,128 @@
+// Address allocation for full-mode DHCP, persisted in the `leases` table. Registered nodes also
+// hold a reservation in nodes.ip (never lapses); leases of unregistered clients expire.
+// A declined address is parked under the pseudo-MAC "declined:<ip>" until the hold time passes.
+import type { Db } from "../../src/db.ts";
+
+export interface Lease {
+  mac: string;
+  ip: string;
+  expiresAt: number;
+  state: "offered" | "bound" | "released" | "declined";
+}
+
+export function ipToInt(ip: string): number {
+  const p = ip.split(".").map(Number);
+  return ((p[0] << 24) | (p[1] << 16) | (p[2] << 8) | p[3]) >>> 0;
+}
+export function intToIp(n: number): string {
+  return [n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join(".");
+}
+
+export interface LeaseOptions {
+  range: { start: string; end: string };
+  /** Never handed out (our own address, the router). */
+  exclude?: string[];
+  /** How long an OFFER holds its address before another client may get it. */
+  offerSeconds?: number;
+  /** How long a DECLINEd (in use elsewhere) address stays out of the pool. */
+  declineSeconds?: number;
+}
+
+export class LeaseStore {
+  private readonly start: number;
+  private readonly end: number;
+  private readonly exclude: Set<string>;
+  readonly offerSeconds: number;
+  readonly declineSeconds: number;
+
+  constructor(private readonly db: Db, o: LeaseOptions) {
+    this.start = ipToInt(o.range.start);
+    this.end = ipToInt(o.range.end);
+    if (this.end < this.start) {
+      throw new Error(`DHCP range ${o.range.start}-${o.range.end} is empty (end before start)`);
+    }
+    this.exclude = new Set(o.exclude ?? []);
+    this.offerSeconds = o.offerSeconds ?? 60;
+    this.declineSeconds = o.declineSeconds ?? 600;
+  }
+
+  inRange(ip: string): boolean {
+    const n = ipToInt(ip);
+    return n >= this.start && n <= this.end;
+  }
+
+  get(mac: string): Lease | undefined {
+    const r = this.db.prepare("SELECT mac, ip, expires_at, state FROM leases WHERE mac = ?")
+      .get(mac) as
+        | { mac: string; ip: string; expires_at: number; state: Lease["state"] }
+        | undefined;
+    return r && { mac: r.mac, ip: r.ip, expiresAt: r.expires_at, state: r.state };
+  }
+
+  /** Is `ip` free for `mac`: not ours, not another client's live lease or a node reservation. */
+  isFree(mac: string, ip: string, now: number): boolean {
+    if (this.exclude.has(ip)) return false;
+    const holder = this.db.prepare(
+      "SELECT mac, expires_at, state FROM leases WHERE ip = ?",
+    ).get(ip) as { mac: string; expires_at: number; state: string } | undefined;
+    if (holder && holder.mac !== mac && holder.expires_at > now && holder.state !== "released") {
+      return false;
+    }
+    const node = this.db.prepare("SELECT mac FROM nodes WHERE ip = ? AND mac <> ?").get(ip, mac);
+    return node === undefined;
+  }
+
+  /** The address to offer: the reservation, else the client's current lease, else the requested
+   *  one, else the lowest free one in the range. undefined when the pool is exhausted. */
+  pick(mac: string, now: number, reserved?: string, requested?: string): string | undefined {
+    if (reserved && this.isFree(mac, reserved, now)) return reserved;
+    const current = this.get(mac);
+    if (current && this.inRange(current.ip) && this.isFree(mac, current.ip, now)) return current.ip;
+    if (requested && this.inRange(requested) && this.isFree(mac, requested, now)) return requested;
+    const used = new Set<string>(this.exclude);
+    const held = this.db.prepare(
+      "SELECT ip FROM leases WHERE mac <> ? AND expires_at > ? AND state <> 'released' " +
+        "UNION SELECT ip FROM nodes WHERE ip IS NOT NULL AND mac <> ?",
+    ).all(mac, now, mac) as { ip: string }[];
+    for (const r of held) used.add(r.ip);
+    for (let n = this.start; n <= this.end; n++) {
+      const ip = intToIp(n);
+      if (!used.has(ip)) return ip;
+    }
+    return undefined;
+  }
+
+  private put(mac: string, ip: string, expiresAt: number, state: Lease["state"]): void {
+    // The address may still sit in an expired row of another client (ip is UNIQUE).
+    this.db.prepare("DELETE FROM leases WHERE ip = ? AND mac <> ?").run(ip, mac);
+    this.db.prepare(
+      `INSERT INTO leases (mac, ip, expires_at, state) VALUES (?, ?, ?, ?)
+       ON CONFLICT(mac) DO UPDATE SET ip = excluded.ip, expires_at = excluded.expires_at,
+       state = excluded.state`,
+    ).run(mac, ip, expiresAt, state);
+  }
+
+  offer(mac: string, ip: string, now: number): void {
+    const cur = this.get(mac);
+    // Re-offering a bound address must not shorten the lease the client already holds.
+    if (cur && cur.ip === ip && cur.state === "bound" && cur.expiresAt > now) return;
+    this.put(mac, ip, now + this.offerSeconds, "offered");
+  }
+
+  bind(mac: string, ip: string, seconds: number, now: number): void {
+    this.put(mac, ip, now + seconds, "bound");
+  }
+
+  release(mac: string, ip: string, now: number): boolean {
+    const r = this.db.prepare(
+      "UPDATE leases SET state = 'released', expires_at = ? WHERE mac = ? AND ip = ?",
+    ).run(now, mac, ip);
+    return Number(r.changes) > 0;
+  }
+
+  /** The client found `ip` in use by someone else: keep it out of the pool for a while. */
+  decline(mac: string, ip: string, now: number): void {
+    this.db.prepare("DELETE FROM leases WHERE mac = ? AND ip = ?").run(mac, ip);
+    this.put(`declined:${ip}`, ip, now + this.declineSeconds, "declined");
+  }
+}
