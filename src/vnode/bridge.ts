@@ -1,5 +1,88 @@
-// PLACEHOLDER — replaced by its owner; signature is the contract.
+// The boot bridge `serve --bridge NAME --address A.B.C.D/NN` creates: virtual nodes' taps join it
+// and the boot services listen on it. A bridge we created is deleted when the server stops; an
+// existing bridge (an admin's, or one left by a crashed server) is reused and left in place.
 import type { Service } from "../context.ts";
-export function ensureBridge(_b: { name: string; address: string }): Promise<Service> {
-  return Promise.resolve({ name: "bridge", close: () => Promise.resolve() });
+import { UserError } from "../errors.ts";
+import { logger } from "../log.ts";
+import { runTool } from "./exec.ts";
+
+const log = logger("bridge");
+
+interface IpLink {
+  ifname: string;
+  linkinfo?: { info_kind?: string };
+  addr_info?: { family: string; local: string; prefixlen: number }[];
+}
+
+export async function linkInfo(name: string): Promise<IpLink | undefined> {
+  try {
+    const [l] = JSON.parse(await runTool("ip", ["-d", "-j", "addr", "show", "dev", name]));
+    return l;
+  } catch (e) {
+    if (e instanceof UserError) throw e; // ip itself missing
+    return undefined; // "Device does not exist"
+  }
+}
+
+export function isBridge(l: IpLink | undefined): boolean {
+  return l?.linkinfo?.info_kind === "bridge";
+}
+
+function checkCidr(address: string): { ip: string; prefix: number } {
+  const m = /^(\d{1,3}(?:\.\d{1,3}){3})\/(\d{1,2})$/.exec(address);
+  if (!m || m[1].split(".").some((o) => Number(o) > 255) || Number(m[2]) > 30 || Number(m[2]) < 8) {
+    throw new UserError(`--address expects A.B.C.D/NN (prefix 8–30), got ${address}`);
+  }
+  return { ip: m[1], prefix: Number(m[2]) };
+}
+
+export async function ensureBridge(b: { name: string; address: string }): Promise<Service> {
+  const { ip, prefix } = checkCidr(b.address);
+  if (!/^[A-Za-z0-9_.-]{1,15}$/.test(b.name)) {
+    throw new UserError(`bad bridge name ${b.name}: up to 15 letters, digits, _ . -`);
+  }
+  let link = await linkInfo(b.name);
+  const created = !link;
+  if (link && !isBridge(link)) {
+    throw new UserError(`${b.name} exists and is not a bridge: choose another --bridge name`, 409);
+  }
+  if (!link) {
+    // forward_delay 0: a node's tap forwards at once (iPXE sends DHCP within a second of reset).
+    await runTool("ip", ["link", "add", b.name, "type", "bridge", "forward_delay", "0"]);
+    link = await linkInfo(b.name);
+  }
+  try {
+    const has = link?.addr_info?.some((a) =>
+      a.family === "inet" && a.local === ip && a.prefixlen === prefix
+    );
+    if (!has) await runTool("ip", ["addr", "add", b.address, "dev", b.name]);
+    await runTool("ip", ["link", "set", b.name, "up"]);
+  } catch (e) {
+    if (created) await runTool("ip", ["link", "del", b.name]).catch(() => {});
+    throw e;
+  }
+  log.info(created ? "bridge created" : "bridge reused", { bridge: b.name, address: b.address });
+  return {
+    name: "bridge",
+    async close() {
+      if (created) await runTool("ip", ["link", "del", b.name]).catch(() => {});
+    },
+  };
+}
+
+/** Adds a tap for a virtual node to `bridge` (recreated if a stale one exists). */
+export async function addTap(tap: string, bridge: string): Promise<void> {
+  if (await linkInfo(tap)) await runTool("ip", ["link", "del", tap]);
+  await runTool("ip", ["tuntap", "add", "dev", tap, "mode", "tap"]);
+  try {
+    await runTool("ip", ["link", "set", tap, "master", bridge]);
+    await runTool("ip", ["link", "set", tap, "up"]);
+  } catch (e) {
+    await deleteTap(tap);
+    throw e;
+  }
+}
+
+export async function deleteTap(tap: string): Promise<void> {
+  await runTool("ip", ["link", "del", tap]).catch(() => {});
 }

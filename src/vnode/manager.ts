@@ -1,5 +1,490 @@
-// PLACEHOLDER — replaced by its owner; signature is the contract.
+// Virtual nodes: a registered node (virtual=1) plus a `vnodes` row (ram, cpus, disks), run as a
+// qemu process that PXE-boots through its own iPXE ROM on a tap in the server's boot bridge.
+// The server starts every vnode when it starts and stops them when it stops; a guest poweroff ends
+// the qemu process (the node stays registered; `node reboot` starts it again). Reboot resets the
+// VM through QMP, or restarts qemu when its ram/cpus/disks changed since it started.
+// Files under ctx.data.vm(mac): disk<i>.img/.json, console.log (serial, appended), qemu.log
+// (qemu's stderr), qmp.sock, qemu.pid.
+import { join } from "node:path";
 import type { Context, Service } from "../context.ts";
-export function startVnodes(_ctx: Context): Promise<Service> {
-  return Promise.resolve({ name: "startVnodes", close: () => Promise.resolve() });
+import { tx } from "../db.ts";
+import { conflict, notFound, UserError } from "../errors.ts";
+import { recordEvent } from "../events.ts";
+import { logger } from "../log.ts";
+import { type NodeInfo, registerSettingValidator } from "../nodes.ts";
+import type { RebootTarget } from "../reboot.ts";
+import { chooseAccel } from "./accel.ts";
+import { addTap, deleteTap, isBridge, linkInfo } from "./bridge.ts";
+import { checkDisk, type DiskSpec, ensureDisks, formatDisk, parseDiskSpec } from "./disks.ts";
+import { haveTool, missingTool } from "./exec.ts";
+import {
+  parseCpus,
+  parseRam,
+  qemuArgs,
+  qemuBinary,
+  qmp,
+  randomVnodeMac,
+  tapName,
+  type VmSpec,
+} from "./qemu.ts";
+import { registerVnodeApi } from "./api.ts";
+
+const log = logger("vnode");
+
+/** What a vnode runs with. Node settings `ram`, `cpus`, `disks` override the vnodes row. */
+export interface VnodeSpec {
+  ram: string;
+  cpus: number;
+  disks: DiskSpec[];
+}
+
+export interface VnodeInfo extends VnodeSpec {
+  name: string;
+  mac: string;
+  image: string | null;
+  running: boolean;
+  pid?: number;
+  accel?: string;
+  startedAt?: string;
+}
+
+export interface CreateRequest {
+  name: string;
+  ram?: string;
+  cpus?: number | string;
+  disks?: (string | { size: unknown; template?: unknown })[];
+  image?: string;
+}
+
+interface Running {
+  child: Deno.ChildProcess;
+  pid: number;
+  spec: string; // JSON of the VnodeSpec it started with
+  accel: string;
+  startedAt: string;
+  exited: Promise<Deno.CommandStatus>;
+  stopping: boolean;
+}
+
+/** Splits `8G[template=ext4],64M` on the commas outside brackets. */
+export function parseDiskList(s: string): DiskSpec[] {
+  return s.trim() === "" || s.trim() === "none"
+    ? []
+    : s.split(/,(?![^[]*\])/).map((d) => parseDiskSpec(d));
+}
+
+registerSettingValidator("ram", (_k, v) => parseRam(v));
+registerSettingValidator("cpus", (_k, v) => String(parseCpus(v)));
+registerSettingValidator("disks", (_k, v) => parseDiskList(v).map(formatDisk).join(","));
+
+/** Serial consoles older than this are rotated to console.log.1 when the VM starts. */
+const consoleRotateBytes = 16 * 1024 * 1024;
+/** How long qemu gets to open its QMP socket (a failure to start shows up within this). */
+const startTimeoutMs = 10_000;
+
+export class VnodeManager {
+  #running = new Map<string, Running>();
+  #locks = new Map<string, Promise<unknown>>();
+  #closed = false;
+  #onNodes = () => void this.#reapForgotten();
+
+  constructor(readonly ctx: Context, readonly bridge: string | undefined) {
+    ctx.changes.addEventListener("nodes", this.#onNodes);
+  }
+
+  /** Serialises operations on one vnode (create/start/stop/reboot/remove). */
+  #lock<T>(mac: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.#locks.get(mac) ?? Promise.resolve();
+    const next = prev.catch(() => {}).then(fn);
+    this.#locks.set(mac, next);
+    return next.finally(() => {
+      if (this.#locks.get(mac) === next) this.#locks.delete(mac);
+    });
+  }
+
+  #row(mac: string): { mac: string; ram: string; cpus: number; disks: string } | undefined {
+    return this.ctx.db.prepare("SELECT mac, ram, cpus, disks FROM vnodes WHERE mac = ?").get(mac) as
+      | { mac: string; ram: string; cpus: number; disks: string }
+      | undefined;
+  }
+
+  spec(node: NodeInfo): VnodeSpec {
+    const row = this.#row(node.mac);
+    if (!row) throw notFound(`virtual node ${node.name}`);
+    const s = node.settings;
+    return {
+      ram: s.ram ?? row.ram,
+      cpus: Number(s.cpus ?? row.cpus),
+      disks: s.disks !== undefined
+        ? parseDiskList(s.disks)
+        : (JSON.parse(row.disks) as DiskSpec[]).map(checkDisk),
+    };
+  }
+
+  /** The vnode behind a node reference (name or MAC), or 404. */
+  node(ref: string): NodeInfo {
+    const node = this.ctx.nodes.get(ref);
+    if (!node.virtual || !this.#row(node.mac)) {
+      throw notFound(`virtual node ${ref} (${node.name} is not a virtual node)`);
+    }
+    return node;
+  }
+
+  list(): VnodeInfo[] {
+    const macs = new Set(
+      (this.ctx.db.prepare("SELECT mac FROM vnodes").all() as { mac: string }[]).map((r) => r.mac),
+    );
+    return this.ctx.nodes.list().filter((n) => macs.has(n.mac)).map((n) => this.info(n));
+  }
+
+  info(node: NodeInfo): VnodeInfo {
+    const r = this.#running.get(node.mac);
+    return {
+      name: node.name,
+      mac: node.mac,
+      image: node.imageName ?? node.imageId,
+      ...this.spec(node),
+      running: !!r,
+      pid: r?.pid,
+      accel: r?.accel,
+      startedAt: r?.startedAt,
+    };
+  }
+
+  #requireHost(): string {
+    if (!this.bridge) {
+      throw new UserError(
+        "virtual nodes need a boot bridge: start the server with " +
+          "`netroot serve --bridge netroot0 --address 10.x.y.1/24 --dhcp-range …`",
+        409,
+      );
+    }
+    if (!haveTool(qemuBinary)) throw missingTool(qemuBinary);
+    // qemu loads virtio-net's PXE ROM from its data dir; Debian ships it in ipxe-qemu.
+    const rom = "/usr/share/qemu/efi-virtio.rom";
+    try {
+      Deno.statSync("/usr/share/qemu");
+      try {
+        Deno.statSync(rom);
+      } catch {
+        throw new UserError(
+          `${rom} not found: install the Debian package ipxe-qemu (qemu's PXE boot ROMs)`,
+          503,
+        );
+      }
+    } catch (e) {
+      if (e instanceof UserError) throw e; // a non-Debian qemu layout: let qemu say it
+    }
+    return this.bridge;
+  }
+
+  async create(req: CreateRequest): Promise<VnodeInfo> {
+    if (typeof req.name !== "string" || !req.name) {
+      throw new UserError("a virtual node needs a name");
+    }
+    const spec: VnodeSpec = {
+      ram: parseRam(req.ram ?? "512M"),
+      cpus: parseCpus(req.cpus ?? 1),
+      disks: (req.disks ?? []).map((d) => typeof d === "string" ? parseDiskSpec(d) : checkDisk(d)),
+    };
+    if (!Array.isArray(req.disks ?? [])) throw new UserError("disks must be a list");
+    this.#requireHost();
+    if (this.ctx.nodes.find(req.name)) throw conflict(`node name ${req.name} is already taken`);
+    let mac = randomVnodeMac();
+    while (this.ctx.nodes.find(mac)) mac = randomVnodeMac();
+    return await this.#lock(mac, async () => {
+      tx(this.ctx.db, () => {
+        this.ctx.nodes.add(mac, {
+          name: req.name,
+          model: "pc-x86-64",
+          virtual: true,
+          image: req.image,
+        });
+        this.ctx.db.prepare("INSERT INTO vnodes (mac, ram, cpus, disks) VALUES (?, ?, ?, ?)")
+          .run(mac, spec.ram, spec.cpus, JSON.stringify(spec.disks));
+        recordEvent(this.ctx.db, mac, "vnode.created", {
+          ram: spec.ram,
+          cpus: spec.cpus,
+          disks: spec.disks.map(formatDisk),
+        });
+      });
+      try {
+        await this.#start(mac);
+      } catch (e) {
+        // Nothing half-made stays behind: the node, its row and its disks go.
+        await this.#stop(mac, "create failed");
+        this.ctx.nodes.forget(mac);
+        await Deno.remove(this.ctx.data.vm(mac), { recursive: true }).catch(() => {});
+        throw e;
+      }
+      return this.info(this.ctx.nodes.get(mac));
+    });
+  }
+
+  async remove(ref: string): Promise<void> {
+    const node = this.node(ref);
+    await this.#lock(node.mac, async () => {
+      await this.#stop(node.mac, "removed");
+      this.ctx.nodes.forget(node.mac); // cascades to the vnodes row
+      await Deno.remove(this.ctx.data.vm(node.mac), { recursive: true }).catch(() => {});
+    });
+  }
+
+  start(ref: string): Promise<void> {
+    const node = this.node(ref);
+    return this.#lock(node.mac, () => this.#start(node.mac));
+  }
+
+  stop(ref: string): Promise<void> {
+    const node = this.node(ref);
+    return this.#lock(node.mac, () => this.#stop(node.mac, "stopped"));
+  }
+
+  /** Reset through QMP; a changed spec (or a stopped VM) means a fresh qemu. */
+  reboot(mac: string): Promise<void> {
+    return this.#lock(mac, async () => {
+      const r = this.#running.get(mac);
+      const node = this.ctx.nodes.get(mac);
+      if (r && r.spec === JSON.stringify(this.spec(node))) {
+        await qmp(join(this.ctx.data.vm(mac), "qmp.sock"), "system_reset");
+        recordEvent(this.ctx.db, mac, "vnode.reset", {});
+        return;
+      }
+      if (r) await this.#stop(mac, "restart with new settings");
+      await this.#start(mac);
+    });
+  }
+
+  async #start(mac: string): Promise<void> {
+    if (this.#closed) throw new UserError("the server is stopping", 503);
+    if (this.#running.has(mac)) return;
+    const bridge = this.#requireHost();
+    const node = this.ctx.nodes.get(mac);
+    const spec = this.spec(node);
+    const vm = this.ctx.data.vm(mac);
+    await Deno.mkdir(vm, { recursive: true });
+    await killStale(vm);
+    const disks = await ensureDisks(vm, spec.disks);
+    const consoleLog = join(vm, "console.log");
+    const size = await Deno.stat(consoleLog).then((s) => s.size, () => 0);
+    if (size > consoleRotateBytes) await Deno.rename(consoleLog, `${consoleLog}.1`);
+    const qmpSocket = join(vm, "qmp.sock");
+    await Deno.remove(qmpSocket).catch(() => {});
+    const accel = await chooseAccel(this.ctx.config.vnode.accel, {
+      kernels: this.#probeKernels(),
+      cacheFile: join(this.ctx.data.run, "accel.json"),
+    });
+    const tap = tapName(mac);
+    await addTap(tap, bridge);
+    const vmSpec: VmSpec = {
+      name: node.name,
+      mac,
+      ram: spec.ram,
+      cpus: spec.cpus,
+      accel: accel.accel,
+      tap,
+      disks,
+      consoleLog,
+      qmpSocket,
+      pidFile: join(vm, "qemu.pid"),
+    };
+    const qemuLog = await Deno.open(join(vm, "qemu.log"), {
+      write: true,
+      create: true,
+      append: true,
+    });
+    let child: Deno.ChildProcess;
+    try {
+      child = new Deno.Command(qemuBinary, {
+        args: qemuArgs(vmSpec),
+        stdin: "null", // CI has no stdin; qemu must never read one
+        stdout: "null",
+        stderr: "piped",
+      }).spawn();
+    } catch (e) {
+      qemuLog.close();
+      await deleteTap(tap);
+      if (e instanceof Deno.errors.NotFound) throw missingTool(qemuBinary);
+      throw e;
+    }
+    child.stderr.pipeTo(qemuLog.writable).catch(() => {});
+    const r: Running = {
+      child,
+      pid: child.pid,
+      spec: JSON.stringify(spec),
+      accel: accel.accel,
+      startedAt: new Date().toISOString(),
+      exited: child.status,
+      stopping: false,
+    };
+    this.#running.set(mac, r);
+    r.exited.then((st) => this.#exited(mac, r, st));
+    // Started means QMP answers; an early exit (bad tap, bad drive…) is the caller's error.
+    const deadline = Date.now() + startTimeoutMs;
+    for (;;) {
+      const gone = await Promise.race([r.exited.then(() => true), delay(100).then(() => false)]);
+      if (gone) {
+        const tail = (await Deno.readTextFile(join(vm, "qemu.log")).catch(() => "")).trim()
+          .split("\n").slice(-3).join(" | ");
+        throw new Error(`qemu for ${node.name} exited at start: ${tail || "no message"}`);
+      }
+      try {
+        await qmp(qmpSocket, "query-status", undefined, 2000);
+        break;
+      } catch (e) {
+        if (Date.now() > deadline) {
+          throw new Error(`qemu for ${node.name} did not open QMP: ${(e as Error).message}`);
+        }
+      }
+    }
+    recordEvent(this.ctx.db, mac, "vnode.start", {
+      pid: r.pid,
+      accel: accel.accel,
+      accelReason: accel.reason,
+      ram: spec.ram,
+      cpus: spec.cpus,
+      disks: spec.disks.map(formatDisk),
+    });
+    log.info("vnode started", { name: node.name, mac, pid: r.pid, accel: accel.accel });
+  }
+
+  #exited(mac: string, r: Running, st: Deno.CommandStatus): void {
+    if (this.#running.get(mac) === r) this.#running.delete(mac);
+    void deleteTap(tapName(mac));
+    if (r.stopping) return;
+    // Guest poweroff ends qemu with status 0; anything else is a crash worth a warning.
+    const detail = { code: st.code, signal: st.signal ?? undefined };
+    try {
+      recordEvent(this.ctx.db, mac, "vnode.exit", detail);
+    } catch { /* database closed during shutdown */ }
+    (st.success ? log.info : log.warn)("vnode exited", { mac, ...detail });
+  }
+
+  async #stop(mac: string, cause: string): Promise<void> {
+    const r = this.#running.get(mac);
+    if (!r) return;
+    r.stopping = true;
+    // SIGTERM: qemu flushes its disk files and exits (a power cut for the guest).
+    try {
+      r.child.kill("SIGTERM");
+    } catch { /* already gone */ }
+    const timer = setTimeout(() => {
+      try {
+        r.child.kill("SIGKILL");
+      } catch { /* gone */ }
+    }, 5000);
+    await r.exited;
+    clearTimeout(timer);
+    this.#running.delete(mac);
+    await deleteTap(tapName(mac));
+    try {
+      recordEvent(this.ctx.db, mac, "vnode.stop", { cause });
+    } catch { /* database closed */ }
+  }
+
+  /** Kernels that can verify KVM: the images' own, then the host's. */
+  #probeKernels(): string[] {
+    const rows = this.ctx.db.prepare(
+      "SELECT id, kernel FROM images WHERE bootable = 1 AND kernel IS NOT NULL",
+    ).all() as { id: string; kernel: string }[];
+    return [
+      ...rows.map((r) => join(this.ctx.data.rootfs(r.id), r.kernel)),
+      `/boot/vmlinuz-${Deno.osRelease()}`,
+    ];
+  }
+
+  /** `node rm` of a running vnode: its qemu goes too. */
+  async #reapForgotten(): Promise<void> {
+    for (const mac of [...this.#running.keys()]) {
+      if (!this.ctx.nodes.find(mac)) {
+        await this.#lock(mac, () => this.#stop(mac, "node forgotten")).catch(() => {});
+      }
+    }
+  }
+
+  /** Starts every vnode (server start). One failing does not stop the others. */
+  async startAll(): Promise<void> {
+    const all = this.list();
+    if (all.length && !this.bridge) {
+      log.warn("virtual nodes not started: the server has no boot bridge (serve --bridge …)", {
+        count: all.length,
+      });
+      return;
+    }
+    await Promise.all(
+      all.map((v) =>
+        this.#lock(v.mac, () => this.#start(v.mac)).catch((e) =>
+          log.error("vnode failed to start", { name: v.name, error: (e as Error).message })
+        )
+      ),
+    );
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    this.ctx.changes.removeEventListener("nodes", this.#onNodes);
+    await Promise.all([...this.#running.keys()].map((mac) => this.#stop(mac, "server stop")));
+  }
+}
+
+const delay = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** A qemu left running by a server that died (kill -9) still holds the tap and disks: end it. */
+async function killStale(vm: string): Promise<void> {
+  const pidFile = join(vm, "qemu.pid");
+  const pid = Number((await Deno.readTextFile(pidFile).catch(() => "")).trim());
+  if (!pid) return;
+  const cmdline = await Deno.readTextFile(`/proc/${pid}/cmdline`).catch(() => "");
+  // Only a qemu whose command line names this VM's QMP socket is ours to kill.
+  if (cmdline.includes(join(vm, "qmp.sock"))) {
+    log.warn("stopping a stale qemu from a previous server run", { pid });
+    try {
+      Deno.kill(pid, "SIGKILL");
+    } catch { /* gone meanwhile */ }
+    for (
+      let i = 0;
+      i < 50 && (await Deno.stat(`/proc/${pid}`).then(() => true, () => false));
+      i++
+    ) {
+      await delay(100);
+    }
+  }
+  await Deno.remove(pidFile).catch(() => {});
+}
+
+const managers = new WeakMap<Context, VnodeManager>();
+
+/** The running manager of a server context (the API routes look it up per request). */
+export function vnodeManager(ctx: Context): VnodeManager {
+  const m = managers.get(ctx);
+  if (!m) throw new UserError("virtual nodes are not running on this server", 503);
+  return m;
+}
+
+registerVnodeApi(vnodeManager);
+
+export async function startVnodes(ctx: Context): Promise<Service> {
+  let bridge = ctx.config.bridge?.name;
+  // A server on an existing bridge (--interface br0) can host vnodes too.
+  if (
+    !bridge && ctx.config.interface &&
+    isBridge(await linkInfo(ctx.config.interface).catch(() => undefined))
+  ) {
+    bridge = ctx.config.interface;
+  }
+  const m = new VnodeManager(ctx, bridge);
+  managers.set(ctx, m);
+  ctx.rebooter.register({
+    name: "qemu",
+    handles: (n: RebootTarget) => n.virtual && managers.get(ctx) === m,
+    reboot: (n: RebootTarget) => m.reboot(n.mac),
+  });
+  await m.startAll();
+  return {
+    name: "vnodes",
+    async close() {
+      await m.close();
+      managers.delete(ctx);
+    },
+  };
 }

@@ -1,0 +1,148 @@
+// qemu for virtual nodes: the command line (pure), and QMP (reset, quit, status) over the unix
+// socket each VM listens on. The node boots through qemu's own PXE ROM (iPXE) on virtio-net.
+import { UserError } from "../errors.ts";
+
+export const qemuBinary = "qemu-system-x86_64";
+
+export interface VmSpec {
+  name: string;
+  mac: string;
+  /** qemu -m syntax, e.g. 512M. */
+  ram: string;
+  cpus: number;
+  accel: "kvm" | "tcg";
+  tap: string;
+  disks: string[];
+  consoleLog: string;
+  qmpSocket: string;
+  pidFile: string;
+}
+
+/** qemu's option parser splits on commas; a literal comma is written twice. */
+const esc = (s: string) => s.replaceAll(",", ",,");
+
+export function qemuArgs(vm: VmSpec): string[] {
+  return [
+    "-name",
+    esc(`netroot-${vm.name}`),
+    "-accel",
+    vm.accel,
+    // KVM: the host CPU; TCG: qemu's default model (`host` needs KVM).
+    ...(vm.accel === "kvm" ? ["-cpu", "host"] : []),
+    "-m",
+    vm.ram,
+    "-smp",
+    String(vm.cpus),
+    // No window, no monitor on stdio (stdin is /dev/null: CI has none), the serial console goes to
+    // a log that survives restarts (append) so console offsets stay valid.
+    "-display",
+    "none",
+    "-monitor",
+    "none",
+    "-chardev",
+    `file,id=console,path=${esc(vm.consoleLog)},append=on`,
+    "-serial",
+    "chardev:console",
+    "-qmp",
+    `unix:${esc(vm.qmpSocket)},server=on,wait=off`,
+    "-pidfile",
+    vm.pidFile,
+    "-boot",
+    "n",
+    "-netdev",
+    `tap,id=n0,ifname=${vm.tap},script=no,downscript=no`,
+    "-device",
+    `virtio-net-pci,netdev=n0,mac=${vm.mac}`,
+    ...vm.disks.flatMap((d) => ["-drive", `file=${esc(d)},format=raw,if=virtio`]),
+  ];
+}
+
+/** `512M`, `1G` (binary units, as qemu -m); at least 64M. Returns the canonical form. */
+export function parseRam(s: string): string {
+  const m = /^(\d+)([MG])$/i.exec(String(s).trim());
+  const mib = m ? Number(m[1]) * (m[2].toUpperCase() === "G" ? 1024 : 1) : NaN;
+  if (!m || !(mib >= 64) || mib > 1024 * 1024) {
+    throw new UserError(`bad RAM size ${s}: expected e.g. 512M or 2G (at least 64M)`);
+  }
+  return `${Number(m[1])}${m[2].toUpperCase()}`;
+}
+
+export function parseCpus(v: unknown): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1 || n > 64) {
+    throw new UserError(`bad CPU count ${v}: expected an integer from 1 to 64`);
+  }
+  return n;
+}
+
+/** Linux limits interface names to 15 bytes: "nr" + the 12 hex digits of the MAC. */
+export function tapName(mac: string): string {
+  return `nr${mac.replaceAll(":", "")}`;
+}
+
+/** A locally administered MAC in qemu's 52:54:00 range. */
+export function randomVnodeMac(): string {
+  const b = crypto.getRandomValues(new Uint8Array(3));
+  return ["52", "54", "00", ...Array.from(b, (x) => x.toString(16).padStart(2, "0"))].join(":");
+}
+
+/** One QMP exchange: connect, negotiate capabilities, run `command`, return its result. */
+export async function qmp(
+  socket: string,
+  command: string,
+  args?: Record<string, unknown>,
+  timeoutMs = 5000,
+): Promise<unknown> {
+  const conn = await Deno.connect({ transport: "unix", path: socket });
+  const timer = setTimeout(() => conn.close(), timeoutMs);
+  try {
+    const lines = readLines(conn);
+    const next = async (): Promise<Record<string, unknown>> => {
+      for (;;) {
+        const r = await lines.next();
+        if (r.done) throw new Error(`QMP ${socket}: connection closed`);
+        const msg = JSON.parse(r.value);
+        if (!("event" in msg)) return msg; // asynchronous events are not answers
+      }
+    };
+    const greeting = await next();
+    if (!("QMP" in greeting)) throw new Error(`QMP ${socket}: unexpected greeting`);
+    const send = async (execute: string, a?: Record<string, unknown>) => {
+      await conn.write(new TextEncoder().encode(JSON.stringify({ execute, arguments: a }) + "\n"));
+      const res = await next();
+      if ("error" in res) {
+        throw new Error(`QMP ${execute}: ${(res.error as { desc?: string }).desc ?? "error"}`);
+      }
+      return res.return;
+    };
+    await send("qmp_capabilities");
+    return await send(command, args);
+  } catch (e) {
+    if (e instanceof Deno.errors.BadResource || e instanceof Deno.errors.Interrupted) {
+      throw new Error(`QMP ${command} on ${socket}: no answer within ${timeoutMs} ms`);
+    }
+    throw e;
+  } finally {
+    clearTimeout(timer);
+    try {
+      conn.close();
+    } catch { /* closed by the timer */ }
+  }
+}
+
+async function* readLines(conn: Deno.Conn): AsyncGenerator<string> {
+  const dec = new TextDecoder();
+  const buf = new Uint8Array(65536);
+  let pending = "";
+  for (;;) {
+    const n = await conn.read(buf);
+    if (n === null) return;
+    pending += dec.decode(buf.subarray(0, n), { stream: true });
+    let i;
+    while ((i = pending.indexOf("\n")) >= 0) {
+      const line = pending.slice(0, i).trim();
+      pending = pending.slice(i + 1);
+      if (line) yield line;
+    }
+  }
+}
