@@ -147,7 +147,7 @@ export async function run(args: string[]): Promise<number> {
       const events = await api.get<Event[]>(`/nodes/${enc(ref)}/events?limit=10`);
       print(json, { ...node, events }, () => {
         const { settings, lastEvent: _, ...rest } = node;
-        const lines = [keyValues({ ...rest, image: node.imageName ?? node.imageId })];
+        const lines = [keyValues({ ...rest, lastEvent: node.lastEvent?.kind })];
         lines.push("", "settings:");
         lines.push(Object.keys(settings).length ? keyValues(settings) : "  (none)");
         lines.push("", "last events:");
@@ -243,7 +243,12 @@ export async function run(args: string[]): Promise<number> {
       for (;;) {
         const r = await api.get<{ text: string; offset: number } | string>(
           `/nodes/${enc(ref)}/console?offset=${offset}`,
-        );
+        ).catch((e) => {
+          if (/no such API route/.test(e.message)) {
+            throw new UserError("this server has no node console (no virtual-node support)", 404);
+          }
+          throw e;
+        });
         const text = typeof r === "string" ? r : r.text;
         if (json) console.log(JSON.stringify(r));
         else if (text) await Deno.stdout.write(new TextEncoder().encode(text));

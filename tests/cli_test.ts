@@ -1,0 +1,206 @@
+// `netroot node …` as a user runs it: a child `deno run main.ts` process talking HTTP to a real
+// server on a loopback port; exit codes, stdout tables/JSON and one-line stderr errors.
+import assert from "node:assert/strict";
+import { mkdirSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import { defaultConfig } from "../src/config.ts";
+import type { Context } from "../src/context.ts";
+import { buildApp, openContext } from "../src/server.ts";
+
+const mainTs = fileURLToPath(new URL("../main.ts", import.meta.url));
+
+interface Run {
+  code: number;
+  out: string;
+  err: string;
+}
+
+async function withServer(
+  fn: (
+    cli: (...args: (string | Record<string, string>)[]) => Promise<Run>,
+    ctx: Context,
+  ) => Promise<void>,
+): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "nr-cli-" });
+  const ctx = await openContext({ ...defaultConfig(), dataDir: dir });
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen: () => {} },
+    buildApp(ctx).fetch,
+  );
+  /** Runs the CLI; a trailing object overrides environment variables. */
+  const cli = async (...args: (string | Record<string, string>)[]): Promise<Run> => {
+    const env = typeof args.at(-1) === "object" ? args.pop() as Record<string, string> : {};
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", mainTs, ...args as string[]],
+      env: {
+        NETROOT_SERVER: `http://127.0.0.1:${server.addr.port}`,
+        NETROOT_DATA: dir, // the token is read from the data dir, as on the server host
+        NO_COLOR: "1",
+        ...env,
+      },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const dec = new TextDecoder();
+    return { code: out.code, out: dec.decode(out.stdout), err: dec.decode(out.stderr) };
+  };
+  try {
+    await fn(cli, ctx);
+  } finally {
+    await server.shutdown();
+    ctx.db.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+function ok(r: Run): string {
+  assert.equal(r.code, 0, `exit ${r.code}, stderr: ${r.err}`);
+  return r.out;
+}
+
+/** A failure: non-zero, exactly one line on stderr, matching `re`. */
+function fails(r: Run, re: RegExp): void {
+  assert.notEqual(r.code, 0, `expected failure, got stdout ${r.out}`);
+  const lines = r.err.trim().split("\n");
+  assert.equal(lines.length, 1, `stderr should be one line: ${r.err}`);
+  assert.match(lines[0], re);
+}
+
+Deno.test("node CLI: add, ls, show, rename, config, boot, log, reboot, forget", () =>
+  withServer(async (cli, ctx) => {
+    const id = "ab".repeat(32);
+    ctx.db.prepare(
+      `INSERT INTO images (id, name, created_at, size, files, bootable) VALUES (?, 'debian', ?, 0, 0, 1)`,
+    ).run(id, new Date().toISOString());
+    mkdirSync(ctx.data.rootfs(id), { recursive: true });
+
+    assert.match(
+      ok(await cli("node", "add", "52:54:00:AA:00:01", "--name", "alpha")),
+      /added alpha/,
+    );
+    ok(await cli("node", "add", "52-54-00-aa-00-02"));
+    fails(await cli("node", "add", "52:54:00:aa:00:01"), /^netroot node: node .* already exists$/);
+    fails(await cli("node", "add", "nonsense"), /invalid MAC address: nonsense/);
+    fails(await cli("node", "add"), /missing argument/);
+
+    const table = ok(await cli("node", "ls"));
+    assert.match(table.split("\n")[0], /^NAME\s+MAC\s+IP\s+IMAGE/);
+    assert.match(table, /alpha\s+52:54:00:aa:00:01/);
+    assert.match(table, /node-aa0002\s+52:54:00:aa:00:02/);
+    const list = JSON.parse(ok(await cli("node", "ls", "--json")));
+    assert.deepEqual(list.map((n: { name: string }) => n.name), ["alpha", "node-aa0002"]);
+
+    ok(await cli("node", "rename", "node-aa0002", "beta"));
+    fails(await cli("node", "rename", "beta", "alpha"), /already taken/);
+
+    assert.match(
+      ok(await cli("node", "config", "alpha", "boot.timeout=60", "kernel.cmdline=quiet")),
+      /boot\.timeout\s+60/,
+    );
+    fails(
+      await cli("node", "config", "alpha", "boot.mode=fast"),
+      /boot\.mode must be one of auto, network/,
+    );
+    fails(await cli("node", "config", "alpha", "oops"), /expected key=value/);
+    assert.deepEqual(
+      JSON.parse(ok(await cli("node", "config", "alpha", "kernel.cmdline=", "--json"))),
+      {
+        "boot.timeout": "60",
+      },
+    );
+
+    const boot = ok(await cli("node", "boot", "alpha,beta", "debian"));
+    assert.match(boot, /alpha\s+52:54:00:aa:00:01\s+debian\s+no reboot mechanism/);
+    assert.equal(ctx.nodes.get("beta").imageId, id);
+    const viaAlias = JSON.parse(ok(await cli("deploy", "beta", "debian", "--no-reboot", "--json")));
+    assert.deepEqual(viaAlias.reboots, []);
+    fails(await cli("deploy", "alpha,ghost", "debian"), /node ghost not found/);
+    fails(await cli("deploy", "alpha", "nothing"), /not found/);
+
+    const show = ok(await cli("node", "show", "52:54:00:aa:00:01"));
+    assert.match(show, /name\s+alpha/);
+    assert.match(show, /image\s+debian/);
+    assert.match(show, /boot\.timeout\s+60/);
+    assert.equal(JSON.parse(ok(await cli("node", "show", "alpha", "--json"))).imageId, id);
+
+    const log = ok(await cli("node", "log", "alpha"));
+    assert.match(log, /node\.added/);
+    assert.match(log, /deploy \{"image":"a/);
+    assert.match(log, /reboot\.none/);
+
+    // No reboot mechanism exists yet: the command says so and exits non-zero.
+    const reboot = await cli("node", "reboot", "alpha");
+    assert.equal(reboot.code, 1);
+    assert.match(reboot.out, /no reboot mechanism/);
+
+    fails(await cli("node", "show", "ghost"), /^netroot node: node ghost not found$/);
+    fails(await cli("node", "frobnicate"), /unknown node command frobnicate/);
+    fails(await cli("node", "ls", "--bogus"), /bogus/);
+    assert.match(ok(await cli("node", "forget", "beta")), /forgot beta \(52:54:00:aa:00:02\)/);
+    assert.equal(ctx.nodes.find("beta"), undefined);
+  }));
+
+Deno.test("node CLI: --help everywhere, clear errors without a server or token", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nr-cli-" });
+  try {
+    const run = async (env: Record<string, string>, ...args: string[]) => {
+      const out = await new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", mainTs, ...args],
+        env: { NETROOT_DATA: dir, NO_COLOR: "1", ...env },
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const dec = new TextDecoder();
+      return { code: out.code, out: dec.decode(out.stdout), err: dec.decode(out.stderr) };
+    };
+    for (
+      const cmd of [
+        "add",
+        "ls",
+        "show",
+        "rename",
+        "forget",
+        "config",
+        "boot",
+        "reboot",
+        "log",
+        "console",
+      ]
+    ) {
+      const r = await run({}, "node", cmd, "--help");
+      assert.equal(r.code, 0);
+      assert.match(r.out, new RegExp(`^usage: netroot node ${cmd}`));
+    }
+    assert.match(ok(await run({}, "node", "--help")), /boot NODE\[,NODE…\] IMAGE/);
+    assert.match(ok(await run({}, "deploy", "--help")), /netroot deploy NODE/);
+    // Port 9 on loopback: nothing listens there.
+    fails(
+      await run({ NETROOT_SERVER: "http://127.0.0.1:9" }, "node", "ls"),
+      /cannot reach the netroot server at http:\/\/127\.0\.0\.1:9/,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("node CLI: writes without the token are refused with 401's message", () =>
+  withServer(async (cli, ctx) => {
+    const token = () => Promise.resolve(ctx.token);
+    const empty = await Deno.makeTempDir({ prefix: "nr-cli-" });
+    try {
+      // No token in this data dir and none in the environment: reads work, writes do not.
+      ok(await cli("node", "ls", { NETROOT_DATA: empty }));
+      fails(
+        await cli("node", "add", "52:54:00:aa:00:09", { NETROOT_DATA: empty }),
+        /missing or wrong API token/,
+      );
+      ok(
+        await cli("node", "add", "52:54:00:aa:00:09", {
+          NETROOT_DATA: empty,
+          NETROOT_TOKEN: await token(),
+        }),
+      );
+    } finally {
+      await Deno.remove(empty, { recursive: true });
+    }
+  }));

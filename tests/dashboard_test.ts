@@ -1,0 +1,101 @@
+// The dashboard rendered by a real headless Chromium against a server on loopback: the DOM it
+// dumps must hold data the page's script fetched from the API (the served HTML holds none).
+import assert from "node:assert/strict";
+import { mkdirSync } from "node:fs";
+import { defaultConfig } from "../src/config.ts";
+import { recordEvent } from "../src/events.ts";
+import { buildApp, openContext } from "../src/server.ts";
+
+const chromium = "/usr/bin/chromium";
+const haveChromium = (() => {
+  try {
+    return Deno.statSync(chromium).isFile;
+  } catch {
+    return false;
+  }
+})();
+
+async function dumpDom(url: string): Promise<string> {
+  const profile = await Deno.makeTempDir({ prefix: "nr-dash-chromium-" });
+  try {
+    const out = await new Deno.Command(chromium, {
+      args: [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        `--user-data-dir=${profile}`,
+        // Lets the page's fetches and rendering finish (in virtual time) before the dump.
+        "--virtual-time-budget=5000",
+        "--dump-dom",
+        url,
+      ],
+      stdout: "piped",
+      stderr: "piped",
+      signal: AbortSignal.timeout(60_000),
+    }).output();
+    assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+    return new TextDecoder().decode(out.stdout);
+  } finally {
+    await Deno.remove(profile, { recursive: true });
+  }
+}
+
+Deno.test({
+  name: "dashboard: Chromium renders nodes, images and a node timeline fetched from the API",
+  ignore: !haveChromium,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "nr-dash-" });
+    const ctx = await openContext({ ...defaultConfig(), dataDir: dir });
+    const server = Deno.serve(
+      { hostname: "127.0.0.1", port: 0, onListen: () => {} },
+      buildApp(ctx).fetch,
+    );
+    try {
+      const id = "ef".repeat(32);
+      ctx.db.prepare(
+        `INSERT INTO images (id, name, created_at, size, files, bootable)
+         VALUES (?, 'bookworm-lab', ?, 1048576, 1, 1)`,
+      ).run(id, new Date().toISOString());
+      mkdirSync(ctx.data.rootfs(id), { recursive: true });
+      ctx.nodes.add("52:54:00:d4:5b:01", { name: "dash-node-1", image: "bookworm-lab" });
+      ctx.nodes.add("52:54:00:d4:5b:02", { name: "vm-2", virtual: true });
+      ctx.nodes.setIp("52:54:00:d4:5b:01", "10.77.0.42");
+      await ctx.nodes.deploy(["dash-node-1"], "bookworm-lab");
+      recordEvent(ctx.db, "52:54:00:d4:5b:01", "init.fatal", { detail: "<b>not-markup</b>" });
+
+      const base = `http://127.0.0.1:${server.addr.port}/`;
+      const page = await (await fetch(base)).text();
+      assert.ok(!page.includes("dash-node-1"), "the served page must not embed data");
+      assert.doesNotMatch(page, /<(script|link)[^>]+(src|href)=/, "no external assets");
+
+      const dom = await dumpDom(base);
+      const row = /<tr data-mac="52:54:00:d4:5b:01">(.*?)<\/tr>/s.exec(dom)?.[1] ?? "";
+      assert.match(row, />dash-node-1</);
+      assert.match(row, /10\.77\.0\.42/);
+      assert.match(row, /bookworm-lab/);
+      assert.match(row, /init\.fatal \(/); // last event
+      assert.match(dom, /<td>bookworm-lab<\/td><td class="mono">efefefefefef<\/td><td>1\.0 MiB/);
+      assert.match(dom, /<tr data-mac="52:54:00:d4:5b:02">.*?>vm-2<.*?<td>yes<\/td>/s);
+      assert.match(dom, /2 nodes, 1 images/);
+
+      const timeline = await dumpDom(`${base}#node=52:54:00:d4:5b:01`);
+      const section = /<section id="timeline"[^>]*>(.*?)<\/section>/s.exec(timeline);
+      assert.ok(section, "timeline section present");
+      assert.doesNotMatch(section[0], /<section id="timeline" hidden/);
+      // Event details are text, never markup.
+      assert.match(section[1], /&lt;b&gt;not-markup&lt;\/b&gt;/);
+      for (const kind of ["node.added", "deploy", "reboot.none", "init.fatal"]) {
+        assert.match(section[1], new RegExp(`<td>${kind.replace(".", "\\.")}</td>`));
+      }
+    } finally {
+      await server.shutdown();
+      ctx.db.close();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
