@@ -1,0 +1,41 @@
+// Console output of the node init: every line starts with `netroot-init:` (the e2e harness and
+// humans grep for it). /dev/console is our stdout when the kernel starts us as /init.
+const enc = new TextEncoder();
+export const PREFIX = "netroot-init:";
+
+export interface InitConsole {
+  line(msg: string): void;
+  /** A failure a human must see even when scrolling fast (framed, several lines). */
+  loud(title: string, lines: string[]): void;
+}
+
+/** Writes synchronously (a dying init must not lose its last words to a pending promise). */
+export function consoleOn(write: (b: Uint8Array) => number = (b) => Deno.stdout.writeSync(b)) {
+  const put = (text: string) => {
+    let b = enc.encode(text);
+    while (b.length) b = b.subarray(write(b));
+  };
+  const c: InitConsole = {
+    line: (msg) => put(`${PREFIX} ${msg}\n`),
+    loud: (title, lines) => {
+      const bar = `${PREFIX} ${"*".repeat(68)}\n`;
+      put(bar + [title, ...lines].map((l) => `${PREFIX} * ${l}\n`).join("") + bar);
+    },
+  };
+  return c;
+}
+
+export const fmtMs = (ms: number) =>
+  ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(2)} s`;
+
+export function fmtBytes(n: number): string {
+  if (n < 1024) return `${n} B`;
+  const units = ["KiB", "MiB", "GiB"];
+  let v = n;
+  let i = -1;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return `${v.toFixed(1)} ${units[i]}`;
+}

@@ -1,0 +1,82 @@
+// Where the read-only lower layer (and /persist) come from. Production: NFS through mount(2) with
+// kernel text options. Tests on a host without an NFS client: a bind mount of a local directory.
+// Both go through the same sequence in newroot.ts.
+import { mount, MS_BIND, MS_RDONLY, MS_REMOUNT } from "../src/linux/mount.ts";
+import type { BootParams, NfsTarget } from "./cmdline.ts";
+import type { InitConsole } from "./console.ts";
+import { fmtMs } from "./console.ts";
+
+export interface MountSource {
+  /** What a human reads on the console ("nfs4 10.77.0.1:/netroot/images/x"). */
+  describe: string;
+  /** Mounts it at `target` (read-only or read-write as `readOnly` says); throws on failure. */
+  mount(target: string, readOnly: boolean): void;
+}
+
+/** fstype and data for mount(2): no mount.nfs to translate, so `addr=` is explicit. */
+export function nfsMountArgs(
+  t: NfsTarget,
+  version: BootParams["nfsVersion"],
+): { source: string; fstype: string; data: string } {
+  const source = `${t.host}:${t.path}`;
+  if (version === "3") {
+    return { source, fstype: "nfs", data: `vers=3,proto=tcp,nolock,addr=${t.host}` };
+  }
+  return { source, fstype: "nfs4", data: `vers=${version},addr=${t.host}` };
+}
+
+export function nfsSource(t: NfsTarget, version: BootParams["nfsVersion"]): MountSource {
+  const a = nfsMountArgs(t, version);
+  return {
+    describe: `${a.fstype} ${a.source} (${a.data})`,
+    mount: (target, ro) => mount(a.source, target, a.fstype, ro ? MS_RDONLY : 0, a.data),
+  };
+}
+
+/** A local directory, bind-mounted (read-only via a remount, as the bind flag alone ignores it). */
+export function bindSource(dir: string): MountSource {
+  return {
+    describe: `bind ${dir}`,
+    mount: (target, ro) => {
+      mount(dir, target, null, MS_BIND);
+      if (ro) mount(null, target, null, MS_BIND | MS_REMOUNT | MS_RDONLY);
+    },
+  };
+}
+
+/** Backoff between attempts: 0.5 s doubling, at most 5 s. */
+export const backoffMs = (attempt: number) => Math.min(5000, 500 * 2 ** (attempt - 1));
+
+/**
+ * Mounts `src` at `target`, retrying until `budgetMs` is spent, printing each failed attempt.
+ * Each mount(2) is synchronous (errno is per thread, so the call stays on ours); the budget is
+ * checked between attempts.
+ */
+export async function mountWithRetry(
+  src: MountSource,
+  target: string,
+  readOnly: boolean,
+  budgetMs: number,
+  out: InitConsole,
+  sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms)),
+): Promise<{ attempts: number; ms: number }> {
+  const t0 = performance.now();
+  for (let attempt = 1;; attempt++) {
+    try {
+      src.mount(target, readOnly);
+      return { attempts: attempt, ms: performance.now() - t0 };
+    } catch (e) {
+      const spent = performance.now() - t0;
+      const wait = Math.min(backoffMs(attempt), budgetMs - spent);
+      const msg = e instanceof Error ? e.message : String(e);
+      if (wait <= 0) {
+        throw new Error(`${msg} — gave up after ${attempt} attempts in ${fmtMs(spent)}`);
+      }
+      out.line(
+        `mount ${src.describe} attempt ${attempt} failed: ${msg}; retrying in ${fmtMs(wait)} ` +
+          `(${fmtMs(spent)} of ${fmtMs(budgetMs)} spent)`,
+      );
+      await sleep(wait);
+    }
+  }
+}

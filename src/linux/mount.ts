@@ -1,0 +1,80 @@
+// mount(2), umount2(2) and statfs(2) through FFI: what the node init needs to build its new root
+// (proc/sys/devtmpfs, tmpfs, overlay, NFS with kernel text options, bind and MS_MOVE).
+import { check, cstr, openLibc } from "./libc.ts";
+
+export const MS_RDONLY = 0x1;
+export const MS_NOSUID = 0x2;
+export const MS_NODEV = 0x4;
+export const MS_NOEXEC = 0x8;
+export const MS_REMOUNT = 0x20;
+export const MS_BIND = 0x1000;
+export const MS_MOVE = 0x2000;
+export const MS_REC = 0x4000;
+export const MS_PRIVATE = 0x40000;
+export const MNT_DETACH = 0x2;
+
+/** statfs f_type values the init cares about (linux/magic.h). */
+export const RAMFS_MAGIC = 0x858458f6;
+export const TMPFS_MAGIC = 0x01021994;
+export const OVERLAYFS_MAGIC = 0x794c7630;
+
+let lib:
+  | Deno.DynamicLibrary<{
+    mount: { parameters: ["buffer", "buffer", "buffer", "u64", "buffer"]; result: "i32" };
+    umount2: { parameters: ["buffer", "i32"]; result: "i32" };
+    statfs: { parameters: ["buffer", "buffer"]; result: "i32" };
+  }>
+  | undefined;
+
+function libc() {
+  lib ??= openLibc(
+    {
+      mount: { parameters: ["buffer", "buffer", "buffer", "u64", "buffer"], result: "i32" },
+      umount2: { parameters: ["buffer", "i32"], result: "i32" },
+      statfs: { parameters: ["buffer", "buffer"], result: "i32" },
+    } as const,
+  );
+  return lib;
+}
+
+const orNull = (s: string | null | undefined) => (s == null ? null : cstr(s));
+
+/**
+ * mount(2). `data` is the filesystem's text options (for NFS the kernel's own syntax, with `addr=`,
+ * since there is no mount.nfs helper to translate). Throws SyscallError naming source and target.
+ */
+export function mount(
+  source: string | null,
+  target: string,
+  fstype: string | null,
+  flags = 0,
+  data: string | null = null,
+): void {
+  check(
+    "mount",
+    libc().symbols.mount(orNull(source), cstr(target), orNull(fstype), BigInt(flags), orNull(data)),
+    `${fstype ?? "(move/bind)"} ${source ?? "none"} on ${target}${data ? ` (${data})` : ""}`,
+  );
+}
+
+export function umount(target: string, flags = 0): void {
+  check("umount2", libc().symbols.umount2(cstr(target), flags), target);
+}
+
+/** The filesystem type magic (statfs f_type) of the filesystem holding `path`. */
+export function fsType(path: string): number {
+  const buf = new Uint8Array(120); // struct statfs is 120 bytes on x86_64; f_type is the first long
+  check("statfs", libc().symbols.statfs(cstr(path), buf), path);
+  return Number(new DataView(buf.buffer).getBigInt64(0, true));
+}
+
+/** True when `path` is the root of a mount (its device differs from its parent's, or it is "/"). */
+export function isMountPoint(path: string): boolean {
+  try {
+    const self = Deno.lstatSync(path);
+    const parent = Deno.lstatSync(`${path.replace(/\/+$/, "")}/..`);
+    return self.dev !== parent.dev || self.ino === parent.ino;
+  } catch {
+    return false;
+  }
+}
