@@ -1,0 +1,97 @@
+// The program the node runs as /init, in the form this server runs in:
+//  - bundle mode (running from source or from a `deno bundle` output): the pinned deno binary plus
+//    one bundled .js, started by the generated launcher;
+//  - compiled mode (running as a `deno compile` executable): that executable itself is /init;
+//    main.ts treats PID 1 as `netroot init`. (Not testable here: denort cannot be fetched.)
+// The version hash keys the initramfs cache, so a new program or a new deno gives a new initramfs.
+import { createHash } from "node:crypto";
+import { realpathSync } from "node:fs";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { checkoutRoot } from "../datadir.ts";
+import { launcherElf } from "./elf.ts";
+
+export type ProgramFiles =
+  | { kind: "bundle"; deno: string; script: string; hash: string }
+  | { kind: "compiled"; exe: string; hash: string };
+
+/** In-initramfs paths of bundle mode; overlay/init.ts runs from them. */
+export const NODE_DENO = "/netroot/deno";
+export const NODE_SCRIPT = "/netroot/netroot.js";
+export const INIT_ARGV = [NODE_DENO, "run", "-A", "--no-config", NODE_SCRIPT, "init"];
+/** DENO_DIR on the tmpfs /run (init mounts it): deno refuses to start without a cache dir. */
+export const INIT_ENV = [
+  "HOME=/",
+  "TERM=linux",
+  "DENO_DIR=/run/deno-cache",
+  "DENO_NO_UPDATE_CHECK=1",
+  "NO_COLOR=1",
+  "RUST_BACKTRACE=0",
+];
+
+export function nodeLauncher(): Uint8Array {
+  return launcherElf({ path: NODE_DENO, argv: INIT_ARGV, envp: INIT_ENV });
+}
+
+async function sha256File(path: string, extra = ""): Promise<string> {
+  const h = createHash("sha256");
+  using f = await Deno.open(path);
+  for (;;) {
+    const buf = new Uint8Array(1 << 20);
+    const n = await f.read(buf);
+    if (n === null) break;
+    h.update(buf.subarray(0, n));
+  }
+  h.update(extra);
+  return h.digest("hex");
+}
+
+/** True when this code runs inside a `deno compile` executable (its modules live in a virtual
+ *  directory named after the binary, e.g. /tmp/deno-compile-netroot/). */
+export function isCompiled(moduleUrl = import.meta.url): boolean {
+  return moduleUrl.includes("/deno-compile-");
+}
+
+let current: Promise<ProgramFiles> | undefined;
+
+/** The running program, bundled into `cacheDir` first when running from source (once per process). */
+export function currentProgram(cacheDir: string): Promise<ProgramFiles> {
+  current ??= findProgram(cacheDir).catch((e) => {
+    current = undefined;
+    throw e;
+  });
+  return current;
+}
+
+async function findProgram(cacheDir: string): Promise<ProgramFiles> {
+  const exe = realpathSync(Deno.execPath());
+  if (isCompiled()) return { kind: "compiled", exe, hash: await sha256File(exe) };
+  // The deno binary and the launcher are part of the version: a deno upgrade rebuilds too.
+  const extra = `deno ${Deno.version.deno}\n${exe}\n${INIT_ARGV.join(" ")}\n${INIT_ENV.join(" ")}`;
+  const self = fileURLToPath(import.meta.url);
+  if (self.endsWith(".js")) {
+    return { kind: "bundle", deno: exe, script: self, hash: await sha256File(self, extra) };
+  }
+  const root = checkoutRoot();
+  if (!root) throw new Error(`cannot tell how netroot runs (module ${import.meta.url})`);
+  await Deno.mkdir(cacheDir, { recursive: true });
+  const tmp = join(cacheDir, `.netroot-${Deno.pid}-${crypto.randomUUID()}.js`);
+  try {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["bundle", "--quiet", "--platform", "deno", "-o", tmp, join(root, "main.ts")],
+      cwd: root,
+      stdout: "piped",
+      stderr: "piped",
+      env: { NO_COLOR: "1", DENO_NO_UPDATE_CHECK: "1" },
+    }).output();
+    if (!out.success) {
+      throw new Error(`deno bundle failed: ${new TextDecoder().decode(out.stderr).trim()}`);
+    }
+    const hash = await sha256File(tmp, extra);
+    const script = join(cacheDir, `netroot-${hash.slice(0, 16)}.js`);
+    await Deno.rename(tmp, script);
+    return { kind: "bundle", deno: exe, script, hash };
+  } finally {
+    await Deno.remove(tmp).catch(() => {});
+  }
+}

@@ -1,0 +1,132 @@
+// Which kernel modules the node init loads, in which order — resolved from the image's own
+// /lib/modules/<kv>/modules.dep like `modprobe --show-depends`, without running modprobe (the
+// initramfs has none and the image kernel is not the host's). Pure: text in, lists out.
+
+/** What a node needs before its root is mounted: NICs, disks, NFS, overlay, ext4, the ESP. */
+export const WANTED_MODULES = [
+  // NICs: virtual machines, then the common wired chips in lab PCs
+  "virtio_pci",
+  "virtio_net",
+  "e1000",
+  "e1000e",
+  "igb",
+  "igc",
+  "ixgbe",
+  "r8169",
+  "tg3",
+  // disks (hybrid mode copies the image to a local partition)
+  "virtio_blk",
+  "virtio_scsi",
+  "sd_mod",
+  "ahci",
+  "nvme",
+  // filesystems
+  "nfsv4",
+  "nfsv3",
+  "overlay",
+  "ext4",
+  "vfat",
+  "nls_cp437",
+  "nls_iso8859_1",
+  // raw sockets for DHCP (built in on Debian kernels)
+  "af_packet",
+];
+
+/** Module name as the kernel knows it: basename without .ko[.xz|.zst|.gz], `-` read as `_`. */
+export function moduleName(path: string): string {
+  return path.replace(/^.*\//, "").replace(/\.ko(\.(xz|zst|gz))?$/, "").replaceAll("-", "_");
+}
+
+export interface ModuleIndex {
+  /** name → path relative to /lib/modules/<kv>/ */
+  paths: Map<string, string>;
+  /** path → direct and indirect dependencies as modules.dep lists them (paths) */
+  deps: Map<string, string[]>;
+  builtin: Set<string>;
+  /** name → modules to load before it (modules.softdep `pre:`), possibly aliases */
+  softPre: Map<string, string[]>;
+  /** exact (non-glob) aliases → module names, e.g. crypto-crc32c → crc32c_generic, crc32c_intel */
+  aliases: Map<string, string[]>;
+}
+
+export function parseModuleIndex(files: {
+  dep: string;
+  builtin?: string;
+  softdep?: string;
+  alias?: string;
+}): ModuleIndex {
+  const idx: ModuleIndex = {
+    paths: new Map(),
+    deps: new Map(),
+    builtin: new Set(),
+    softPre: new Map(),
+    aliases: new Map(),
+  };
+  for (const line of files.dep.split("\n")) {
+    const colon = line.indexOf(":");
+    if (colon < 0) continue;
+    const path = line.slice(0, colon).trim();
+    idx.paths.set(moduleName(path), path);
+    idx.deps.set(path, line.slice(colon + 1).trim().split(/\s+/).filter(Boolean));
+  }
+  for (const line of (files.builtin ?? "").split("\n")) {
+    if (line.trim()) idx.builtin.add(moduleName(line.trim()));
+  }
+  for (const line of (files.softdep ?? "").split("\n")) {
+    const m = /^softdep\s+(\S+)\s+(.*)$/.exec(line.trim());
+    if (!m) continue;
+    const pre = /(?:^|\s)pre:\s*(.*?)(?:\s+post:|$)/.exec(m[2])?.[1];
+    if (pre) {
+      const name = moduleName(m[1]);
+      idx.softPre.set(name, [...(idx.softPre.get(name) ?? []), ...pre.split(/\s+/)]);
+    }
+  }
+  for (const line of (files.alias ?? "").split("\n")) {
+    const m = /^alias\s+(\S+)\s+(\S+)$/.exec(line.trim());
+    if (!m || /[*?[]/.test(m[1])) continue;
+    idx.aliases.set(m[1], [...(idx.aliases.get(m[1]) ?? []), moduleName(m[2])]);
+  }
+  return idx;
+}
+
+export interface ModulePlan {
+  /** paths relative to /lib/modules/<kv>/, dependencies before their users, no duplicates */
+  order: string[];
+  /** wanted names the kernel has built in (nothing to load) */
+  builtin: string[];
+  /** wanted names this kernel does not have (skipped) */
+  missing: string[];
+}
+
+/**
+ * Load order for `wanted`: each module after its dependencies (depth-first, post-order) and after
+ * its soft `pre:` dependencies (optional: those this kernel lacks are dropped silently).
+ */
+export function planModules(idx: ModuleIndex, wanted: string[]): ModulePlan {
+  const plan: ModulePlan = { order: [], builtin: [], missing: [] };
+  const done = new Set<string>();
+  const visit = (path: string, stack: Set<string>) => {
+    if (done.has(path) || stack.has(path)) return; // modules.dep has no cycles; guard anyway
+    stack.add(path);
+    for (const pre of idx.softPre.get(moduleName(path)) ?? []) {
+      for (const name of idx.aliases.get(pre) ?? [moduleName(pre)]) {
+        const p = idx.paths.get(name);
+        if (p) visit(p, stack);
+      }
+    }
+    // modules.dep lists the full closure with the first-needed last (modprobe loads it
+    // backwards); recursing on each keeps the order right even for hand-written files.
+    for (const dep of [...(idx.deps.get(path) ?? [])].reverse()) visit(dep, stack);
+    stack.delete(path);
+    done.add(path);
+    plan.order.push(path);
+  };
+  for (const w of wanted) {
+    const name = moduleName(w);
+    const path = idx.paths.get(name);
+    if (path) visit(path, new Set());
+    else if (idx.builtin.has(name)) plan.builtin.push(name);
+    else plan.missing.push(name);
+  }
+  return plan;
+}
