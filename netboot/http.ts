@@ -1,6 +1,416 @@
-// PLACEHOLDER — replaced by its owner; signature is the contract.
+// HTTP boot, mounted at /boot:
+//   GET  /boot/<mac>.ipxe         the node's iPXE script (kernel + initramfs URLs, command line)
+//   GET  /boot/<mac>/kernel       the kernel of the node's image        (Range, HEAD)
+//   GET  /boot/<mac>/initramfs    the netroot initramfs, or the image's own (setting `initramfs`)
+//   GET  /boot/<mac>/manifest     the content manifest of the node's image (hybrid mode)
+//   POST /boot/report             a boot stage reported by the node-side init (per-boot token)
+// <mac> may be aa:bb:…, aa-bb-… (iPXE ${net0/mac:hexhyp}) or 12 hex digits. Every fetch lands on
+// the node's timeline (events table).
 import { Hono } from "hono";
+import type { Context as HonoContext } from "hono";
+import { lstat, readlink } from "node:fs/promises";
+import { isAbsolute, join } from "node:path";
 import type { Context } from "../src/context.ts";
-export function bootRoutes(_ctx: Context): Hono {
-  return new Hono();
+import { findBoot, openBoot, recordStage } from "../src/boots.ts";
+import { recordEvent } from "../src/events.ts";
+import { ensureInitramfs } from "../src/initramfs/build.ts";
+import { logger } from "../src/log.ts";
+import { normalizeMac } from "../src/mac.ts";
+import { bootNetwork, nfsPersistPath, nfsRootPath } from "../src/nfs.ts";
+import type { NodeInfo } from "../src/nodes.ts";
+import { renderBootScript, renderCmdline, renderRefusalScript } from "./ipxe.ts";
+
+const log = logger("http");
+
+/** The MAC in a URL segment (any common spelling), or undefined. */
+export function parseMacParam(s: string): string | undefined {
+  try {
+    return normalizeMac(decodeURIComponent(s));
+  } catch {
+    return undefined;
+  }
+}
+
+export type ByteRange = { start: number; end: number }; // inclusive end
+
+/**
+ * A `Range` header against a file of `size` bytes: undefined → send everything (no header, another
+ * unit, or several ranges, which RFC 9110 lets a server ignore); "unsatisfiable" → 416.
+ */
+export function parseRange(
+  header: string | undefined,
+  size: number,
+): ByteRange | "unsatisfiable" | undefined {
+  if (!header) return undefined;
+  const m = /^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$/i.exec(header);
+  if (!m) {
+    return /^\s*bytes\s*=/i.test(header) && !header.includes(",") ? "unsatisfiable" : undefined;
+  }
+  const [a, b] = [m[1], m[2]];
+  if (a === "" && b === "") return "unsatisfiable";
+  if (a === "") {
+    const n = Number(b); // suffix: the last n bytes
+    if (n === 0 || size === 0) return "unsatisfiable";
+    return { start: Math.max(0, size - n), end: size - 1 };
+  }
+  const start = Number(a);
+  const end = b === "" ? size - 1 : Math.min(Number(b), size - 1);
+  if (start >= size || start > end) return "unsatisfiable";
+  return { start, end };
+}
+
+/**
+ * `path` (absolute, inside an image) resolved to a real file under `root`, following symlinks as if
+ * `root` were `/` (absolute targets are re-rooted, `..` stops at the root): an image's
+ * /vmlinuz -> boot/vmlinuz-… or -> /boot/vmlinuz-… must not reach the server's own files.
+ */
+export async function resolveInRoot(root: string, path: string): Promise<string> {
+  let todo = path.split("/").filter((c) => c && c !== ".");
+  const done: string[] = [];
+  for (let hops = 0; todo.length > 0;) {
+    const c = todo.shift()!;
+    if (c === "..") {
+      done.pop();
+      continue;
+    }
+    const here = join(root, ...done, c);
+    const st = await lstat(here);
+    if (st.isSymbolicLink()) {
+      if (++hops > 40) throw new Error(`too many symbolic links resolving ${path}`);
+      const target = await readlink(here);
+      if (isAbsolute(target)) done.length = 0;
+      todo = [...target.split("/").filter((x) => x && x !== "."), ...todo];
+    } else done.push(c);
+  }
+  return join(root, ...done);
+}
+
+// 512 KiB reads: measured on loopback, 256–512 KiB keep up with nginx's sendfile where file.readable's
+// 64 KiB chunks reach ~70 % of it (bench/http_bench.ts).
+const chunk = 512 << 10;
+
+/** A file (or a slice of it) as a response body; `onEnd` gets the bytes sent and whether the
+ *  client took all of them (a reset download counts as incomplete). */
+function fileBody(
+  file: Deno.FsFile,
+  start: number,
+  length: number,
+  onEnd: (bytes: number, complete: boolean) => void,
+): ReadableStream<Uint8Array> {
+  let sent = 0;
+  let positioned = false;
+  const finish = (complete: boolean) => {
+    try {
+      file.close();
+    } catch { /* closed */ }
+    onEnd(sent, complete);
+  };
+  return new ReadableStream({
+    async pull(ctl) {
+      try {
+        if (!positioned) {
+          if (start > 0) await file.seek(start, Deno.SeekMode.Start);
+          positioned = true;
+        }
+        const buf = new Uint8Array(Math.min(chunk, length - sent));
+        const n = buf.length ? await file.read(buf) : null;
+        if (n === null) {
+          ctl.close();
+          return finish(sent === length);
+        }
+        sent += n;
+        ctl.enqueue(n === buf.length ? buf : buf.subarray(0, n));
+        if (sent >= length) {
+          ctl.close();
+          finish(true);
+        }
+      } catch (e) {
+        ctl.error(e);
+        finish(false);
+      }
+    },
+    cancel() {
+      finish(false);
+    },
+  }, { highWaterMark: 2 });
+}
+
+/** Serves a file with Content-Length, Accept-Ranges and Range (206/416); HEAD sends headers only. */
+async function sendFile(
+  c: HonoContext,
+  path: string,
+  contentType: string,
+  onEnd?: (bytes: number, ms: number, complete: boolean) => void,
+): Promise<Response> {
+  const file = await Deno.open(path, { read: true });
+  const size = (await file.stat()).size;
+  const range = parseRange(c.req.header("range"), size);
+  const headers: Record<string, string> = {
+    "content-type": contentType,
+    "accept-ranges": "bytes",
+    "cache-control": "no-store",
+  };
+  if (range === "unsatisfiable") {
+    file.close();
+    return new Response(null, {
+      status: 416,
+      headers: { ...headers, "content-range": `bytes */${size}` },
+    });
+  }
+  const { start, end } = range ?? { start: 0, end: size - 1 };
+  const length = end - start + 1;
+  headers["content-length"] = String(length);
+  if (range) headers["content-range"] = `bytes ${start}-${end}/${size}`;
+  const status = range ? 206 : 200;
+  if (c.req.method === "HEAD" || length === 0) {
+    file.close();
+    return new Response(null, { status, headers });
+  }
+  const t0 = performance.now();
+  const body = fileBody(
+    file,
+    start,
+    length,
+    (bytes, complete) => onEnd?.(bytes, Math.round(performance.now() - t0), complete),
+  );
+  return new Response(body, { status, headers });
+}
+
+const text = (
+  c: HonoContext,
+  body: string,
+  status: 200 | 400 | 403 | 404 | 413 | 500 | 503 = 200,
+) =>
+  c.body(body, status, {
+    "content-type": "text/plain; charset=utf-8",
+    "cache-control": "no-store",
+  });
+
+function setting(node: NodeInfo, key: string, fallback: string): string {
+  const v = node.settings?.[key];
+  return v === undefined || v === "" ? fallback : v;
+}
+
+/** The client's IPv4 address as Deno.serve saw it (Hono passes the serve info as env). */
+function remoteIpv4(c: HonoContext): string | undefined {
+  const addr = (c.env as Deno.ServeHandlerInfo<Deno.NetAddr> | undefined)?.remoteAddr;
+  const ip = addr?.hostname?.replace(/^::ffff:/, "");
+  // Loopback is a test or a local client, never a node's boot address.
+  return ip && /^\d+\.\d+\.\d+\.\d+$/.test(ip) && !ip.startsWith("127.") ? ip : undefined;
+}
+
+export function bootRoutes(ctx: Context): Hono {
+  const app = new Hono();
+
+  /** The image a node boots: a specific one (?image=, pinned by the script so that kernel and
+   *  initramfs come from the same image even if a deploy lands in between), else its current. */
+  const imageFor = (mac: string, pinned?: string) => {
+    const id = pinned || ctx.nodes.currentImageId(mac);
+    if (!id) return undefined;
+    try {
+      return ctx.images.get(id);
+    } catch {
+      return undefined;
+    }
+  };
+
+  const lookup = (c: HonoContext) => {
+    const mac = parseMacParam(c.req.param("mac") ?? "");
+    const node = mac ? ctx.nodes.find(mac) : undefined;
+    return { mac, node, image: node && imageFor(node.mac, c.req.query("image")) };
+  };
+
+  app.get("/:file{[^/]+\\.ipxe}", (c) => {
+    const raw = c.req.param("file").replace(/\.ipxe$/, "");
+    const mac = parseMacParam(raw);
+    if (!mac) return text(c, `invalid MAC address in URL: ${raw}\n`, 400);
+    const base = ctx.nodeUrl ?? new URL(c.req.url).origin;
+    const node = ctx.nodes.find(mac);
+    if (!node) {
+      recordEvent(ctx.db, mac, "http.unknown", { url: c.req.path });
+      log.warn("boot script for unknown node", { mac });
+      return text(
+        c,
+        renderRefusalScript(`this machine (${mac}) is not registered on the netroot server`),
+      );
+    }
+    const refuse = (reason: string) => {
+      recordEvent(ctx.db, mac, "http.refused", { reason });
+      log.warn("boot refused", { mac, reason });
+      return text(c, renderRefusalScript(reason));
+    };
+    const imageId = ctx.nodes.currentImageId(mac);
+    if (!imageId) return refuse(`node ${node.name} has no image deployed`);
+    const image = imageFor(mac, imageId);
+    if (!image) return refuse(`image ${imageId} of node ${node.name} is missing`);
+    if (!image.bootable) {
+      return refuse(`image ${image.name} is not bootable: ${image.reason ?? "no kernel found"}`);
+    }
+    const initramfs = setting(node, "initramfs", "netroot");
+    if (initramfs === "image" && !image.initrd) {
+      return refuse(`image ${image.name} has no initrd of its own (node setting initramfs=image)`);
+    }
+    // The node's own address: its DHCP lease, else where this request came from, else the
+    // registry's last known one. It is also what its /persist export is restricted to.
+    const lease = ctx.db.prepare("SELECT ip FROM leases WHERE mac = ? AND state = 'bound'")
+      .get(mac) as { ip: string } | undefined;
+    const nodeIp = lease?.ip ?? remoteIpv4(c) ?? node.ip ?? undefined;
+    if (nodeIp && nodeIp !== node.ip) {
+      ctx.nodes.setIp(mac, nodeIp);
+      ctx.changes.dispatchEvent(new Event("nodes")); // NFS: /persist follows the address
+    }
+    const serverIp = ctx.config.serverIp ?? new URL(base).hostname;
+    const net = bootNetwork(ctx);
+    const token = openBoot(ctx.db, mac, image.id);
+    let cmdline: string;
+    try {
+      cmdline = renderCmdline({
+        mac,
+        hostname: node.name,
+        nodeIp,
+        serverIp,
+        gateway: ctx.config.dhcp.router,
+        netmask: net?.netmask ?? "255.255.255.0",
+        url: base,
+        root: `${serverIp}:${nfsRootPath(ctx, image.id)}`,
+        persist: setting(node, "persist", "true") === "false"
+          ? undefined
+          : `${serverIp}:${nfsPersistPath(ctx, mac)}`,
+        nfs: ctx.config.nfs.version === 3 ? "3" : "4.2",
+        imageId: image.id,
+        token,
+        mode: setting(node, "boot.mode", "auto"),
+        timeout: setting(node, "boot.timeout", "180"),
+        tmpfs: setting(node, "tmpfs.size", "50%"),
+        // The last console= is /dev/console: serial last so virtual nodes (and serial-attached lab
+        // PCs) get the init's output; the screen still shows kernel messages.
+        consoles: node.model === "pc-x86-64" ? ["tty0", "ttyS0,115200"] : [],
+        extra: node.settings?.["kernel.cmdline"],
+      });
+    } catch (e) {
+      return refuse((e as Error).message);
+    }
+    if (initramfs === "netroot") {
+      // Build (or find) it now, while iPXE downloads the kernel.
+      ensureInitramfs(ctx, image.id).catch((e) =>
+        log.error("initramfs build failed", { image: image.id, error: (e as Error).message })
+      );
+    }
+    const hyphen = mac.replaceAll(":", "-"); // colons in URL paths break some HTTP clients
+    const q = `?image=${image.id}`;
+    recordEvent(ctx.db, mac, "http.script", { image: image.id, token });
+    ctx.nodes.touch(mac);
+    return text(
+      c,
+      renderBootScript({
+        mac,
+        node: node.name,
+        imageName: image.name,
+        imageId: image.id,
+        kernelUrl: `${base}/boot/${hyphen}/kernel${q}`,
+        initramfsUrl: `${base}/boot/${hyphen}/initramfs${q}`,
+        cmdline,
+      }),
+    );
+  });
+
+  /** Streams one boot file and puts the download on the node's timeline when it ends. */
+  const bootFile = (
+    kind: "kernel" | "initramfs" | "manifest",
+    pathOf: (
+      mac: string,
+      node: NodeInfo,
+      image: { id: string; kernel?: string | null; initrd?: string | null },
+    ) => Promise<string>,
+  ) =>
+  async (c: HonoContext) => {
+    const { mac, node, image } = lookup(c);
+    if (!mac) return text(c, "invalid MAC address in URL\n", 400);
+    if (!node) {
+      recordEvent(ctx.db, mac, "http.unknown", { url: c.req.path });
+      return text(c, `node ${mac} is not registered\n`, 404);
+    }
+    if (!image) return text(c, `node ${node.name} has no image to boot\n`, 404);
+    let path: string;
+    try {
+      path = await pathOf(mac, node, image);
+    } catch (e) {
+      const msg = `${kind} of image ${image.id} unavailable: ${(e as Error).message}`;
+      recordEvent(ctx.db, mac, `http.${kind}.error`, { image: image.id, error: msg });
+      log.error("boot file unavailable", { mac, kind, error: msg });
+      return text(c, msg + "\n", 404);
+    }
+    return sendFile(
+      c,
+      path,
+      kind === "manifest" ? "text/plain; charset=utf-8" : "application/octet-stream",
+      (bytes, ms, complete) => {
+        recordEvent(ctx.db, mac, `http.${kind}`, {
+          image: image.id,
+          bytes,
+          ms,
+          ...(complete ? {} : { incomplete: true }),
+          ...(c.req.header("range") ? { range: c.req.header("range") } : {}),
+        });
+      },
+    );
+  };
+
+  app.get(
+    "/:mac/kernel",
+    bootFile("kernel", (_mac, _node, image) => {
+      if (!image.kernel) return Promise.reject(new Error("the image has no kernel"));
+      return resolveInRoot(ctx.data.rootfs(image.id), image.kernel);
+    }),
+  );
+
+  app.get(
+    "/:mac/initramfs",
+    bootFile("initramfs", (_mac, node, image) => {
+      if (setting(node, "initramfs", "netroot") === "image") {
+        if (!image.initrd) return Promise.reject(new Error("the image has no initrd"));
+        return resolveInRoot(ctx.data.rootfs(image.id), image.initrd);
+      }
+      return ensureInitramfs(ctx, image.id);
+    }),
+  );
+
+  app.get(
+    "/:mac/manifest",
+    bootFile("manifest", (_m, _n, image) => Promise.resolve(ctx.data.manifest(image.id))),
+  );
+
+  app.post("/report", async (c) => {
+    const raw = await c.req.text();
+    if (raw.length > 65536) return text(c, "report too large\n", 413);
+    let body: Record<string, unknown>;
+    try {
+      body = JSON.parse(raw);
+      if (typeof body !== "object" || body === null || Array.isArray(body)) throw new Error();
+    } catch {
+      return text(c, "report must be a JSON object {token, mac, stage, ms?, ok?, detail?}\n", 400);
+    }
+    const { token, stage } = body;
+    const mac = typeof body.mac === "string" ? parseMacParam(body.mac) : undefined;
+    if (typeof token !== "string" || !mac) return text(c, "report needs token and mac\n", 400);
+    if (typeof stage !== "string" || !/^[a-z][a-z0-9_-]{0,39}$/.test(stage)) {
+      return text(c, "report needs stage: lower-case letters, digits, - or _\n", 400);
+    }
+    const boot = findBoot(ctx.db, token);
+    if (!boot || boot.mac !== mac) {
+      recordEvent(ctx.db, mac, "http.report.rejected", { stage });
+      return text(c, "token does not belong to this node's boots\n", 403);
+    }
+    const detail: Record<string, unknown> = { image: boot.imageId };
+    if (typeof body.ms === "number") detail.ms = body.ms;
+    if (typeof body.ok === "boolean") detail.ok = body.ok;
+    if (body.detail !== undefined) detail.detail = body.detail;
+    for (const k of ["done", "total", "rate"]) if (typeof body[k] === "number") detail[k] = body[k];
+    recordEvent(ctx.db, mac, `init.${stage}`, detail);
+    recordStage(ctx.db, token, stage);
+    ctx.nodes.touch(mac);
+    return c.json({ ok: true });
+  });
+
+  return app;
 }

@@ -1,0 +1,129 @@
+// HTTP boot download throughput: netroot's /boot/<mac>/kernel against nginx (sendfile) serving the
+// very same file, both on loopback, same client, same run. Target: ≥ 0.8× nginx.
+//   deno run -A bench/http_bench.ts [MiB]
+import { createHash } from "node:crypto";
+import { mkdirSync, symlinkSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { Hono } from "hono";
+import { defaultConfig } from "../src/config.ts";
+import { setLogLevel } from "../src/log.ts";
+import { openContext } from "../src/server.ts";
+import { bootRoutes } from "../netboot/http.ts";
+
+const mib = Number(Deno.args[0] ?? 64);
+const rounds = 9;
+setLogLevel("warn");
+
+function freePort(): number {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return port;
+}
+
+async function run(cmd: string, args: string[]): Promise<string> {
+  const out = await new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).output();
+  if (!out.success) {
+    throw new Error(`${cmd} ${args.join(" ")}: ${new TextDecoder().decode(out.stderr)}`);
+  }
+  return new TextDecoder().decode(out.stdout);
+}
+
+/** Median single-stream download rate (MB/s) over `rounds` curl runs. */
+async function curlRate(url: string): Promise<number> {
+  const rates: number[] = [];
+  for (let i = 0; i < rounds; i++) {
+    const out = await run("curl", [
+      "-sS",
+      "-o",
+      "/dev/null",
+      "-w",
+      "%{speed_download} %{size_download}",
+      url,
+    ]);
+    const [speed, size] = out.trim().split(" ").map(Number);
+    if (size !== mib * 1024 * 1024) throw new Error(`${url}: got ${size} bytes`);
+    rates.push(speed / 1e6);
+  }
+  return rates.sort((a, b) => a - b)[Math.floor(rounds / 2)];
+}
+
+/** Aggregate rate (MB/s) with 4 concurrent connections for 4 s (wrk). */
+async function wrkRate(url: string): Promise<number> {
+  const out = await run("wrk", ["-t2", "-c4", "-d4s", url]);
+  const m = /Transfer\/sec:\s+([\d.]+)([KMG]B)/.exec(out);
+  if (!m) throw new Error(`wrk output not understood:\n${out}`);
+  return Number(m[1]) * { KB: 1e-3, MB: 1, GB: 1e3 }[m[2] as "KB" | "MB" | "GB"]! * 1.048576;
+}
+
+const dir = await Deno.makeTempDir({ prefix: "nr-httpbench-" });
+const ac = new AbortController();
+let nginx: Deno.ChildProcess | undefined;
+try {
+  const ctx = await openContext({ ...defaultConfig(), dataDir: dir });
+  const manifest = "netroot-bench\n";
+  const id = createHash("sha256").update(manifest).digest("hex");
+  const boot = join(ctx.data.rootfs(id), "boot");
+  mkdirSync(boot, { recursive: true });
+  const kernel = join(boot, "vmlinuz-bench");
+  const f = await Deno.open(kernel, { write: true, create: true });
+  const block = crypto.getRandomValues(new Uint8Array(65536));
+  for (let i = 0; i < mib * 16; i++) await f.write(block);
+  f.close();
+  writeFileSync(ctx.data.manifest(id), manifest);
+  ctx.db.prepare(
+    `INSERT INTO images (id, name, created_at, size, files, kernel, bootable)
+     VALUES (?, 'bench', ?, 0, 0, '/boot/vmlinuz-bench', 1)`,
+  ).run(id, new Date().toISOString());
+  const mac = "02:00:00:00:be:01";
+  ctx.db.prepare("INSERT INTO nodes (mac, name, image_id, created_at) VALUES (?, 'bench', ?, ?)")
+    .run(mac, id, new Date().toISOString());
+  mkdirSync(ctx.data.node(mac), { recursive: true });
+  symlinkSync(`../../images/${id}/rootfs`, ctx.data.nodeFs(mac));
+
+  const ready = Promise.withResolvers<number>();
+  Deno.serve(
+    { hostname: "127.0.0.1", port: 0, signal: ac.signal, onListen: (a) => ready.resolve(a.port) },
+    new Hono().route("/boot", bootRoutes(ctx)).fetch,
+  );
+  const ours = `http://127.0.0.1:${await ready.promise}/boot/02-00-00-00-be-01/kernel`;
+
+  const ngPort = freePort();
+  const conf = join(dir, "nginx.conf");
+  writeFileSync(
+    conf,
+    `user root; worker_processes 1; daemon off; pid ${dir}/nginx.pid; error_log ${dir}/nginx.err;
+events { worker_connections 64; }
+http { access_log off; sendfile on; tcp_nopush on;
+  server { listen 127.0.0.1:${ngPort}; root ${boot}; } }
+`,
+  );
+  nginx = new Deno.Command("nginx", { args: ["-c", conf], stdout: "null", stderr: "null" }).spawn();
+  const theirs = `http://127.0.0.1:${ngPort}/vmlinuz-bench`;
+  for (let i = 0; i < 50; i++) {
+    if (await fetch(theirs, { method: "HEAD" }).then((r) => r.ok, () => false)) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+
+  console.log(`file ${mib} MiB, loopback, 2 cores shared by server and client`);
+  const c1 = await curlRate(ours), c2 = await curlRate(theirs);
+  console.log(
+    `curl single stream (median of ${rounds}): netroot ${c1.toFixed(0)} MB/s, nginx ${
+      c2.toFixed(0)
+    } MB/s, ratio ${(c1 / c2).toFixed(2)}×`,
+  );
+  const w1 = await wrkRate(ours), w2 = await wrkRate(theirs);
+  console.log(
+    `wrk 4 connections: netroot ${w1.toFixed(0)} MB/s, nginx ${w2.toFixed(0)} MB/s, ratio ${
+      (w1 / w2).toFixed(2)
+    }×`,
+  );
+  ctx.db.close();
+} finally {
+  ac.abort();
+  if (nginx) {
+    nginx.kill("SIGQUIT"); // graceful stop of our own nginx master (by PID), workers follow
+    await nginx.status;
+  }
+  await Deno.remove(dir, { recursive: true });
+}

@@ -1,0 +1,64 @@
+// Per-boot tokens (table `boots`): every iPXE script fetch opens a boot with a fresh random token
+// that goes on the kernel command line; the node-side init presents it with each stage report, so
+// a report is accepted only from the boot the server handed out to that MAC.
+import { randomBytes } from "node:crypto";
+import type { Db } from "./db.ts";
+
+export interface Boot {
+  token: string;
+  mac: string;
+  imageId: string | null;
+  startedAt: string;
+  reportedAt: string | null;
+  stage: string | null;
+}
+
+/** Boots kept per node: enough history for the timeline, bounded so the table cannot grow forever. */
+const keepPerNode = 50;
+
+export function openBoot(db: Db, mac: string, imageId: string | null): string {
+  const token = randomBytes(16).toString("hex");
+  db.prepare("INSERT INTO boots (token, mac, image_id, started_at) VALUES (?, ?, ?, ?)")
+    .run(token, mac, imageId, new Date().toISOString());
+  db.prepare(
+    `DELETE FROM boots WHERE mac = ? AND token NOT IN
+       (SELECT token FROM boots WHERE mac = ? ORDER BY started_at DESC, rowid DESC LIMIT ?)`,
+  ).run(mac, mac, keepPerNode);
+  return token;
+}
+
+export function findBoot(db: Db, token: string): Boot | undefined {
+  const r = db.prepare(
+    "SELECT token, mac, image_id, started_at, reported_at, stage FROM boots WHERE token = ?",
+  ).get(token) as
+    | {
+      token: string;
+      mac: string;
+      image_id: string | null;
+      started_at: string;
+      reported_at: string | null;
+      stage: string | null;
+    }
+    | undefined;
+  return r && {
+    token: r.token,
+    mac: r.mac,
+    imageId: r.image_id,
+    startedAt: r.started_at,
+    reportedAt: r.reported_at,
+    stage: r.stage,
+  };
+}
+
+export function recordStage(db: Db, token: string, stage: string): void {
+  db.prepare("UPDATE boots SET stage = ?, reported_at = ? WHERE token = ?")
+    .run(stage, new Date().toISOString(), token);
+}
+
+/** The node's most recent boot (what `node show` reports as its current stage). */
+export function lastBoot(db: Db, mac: string): Boot | undefined {
+  const r = db.prepare(
+    "SELECT token FROM boots WHERE mac = ? ORDER BY started_at DESC, rowid DESC LIMIT 1",
+  ).get(mac) as { token: string } | undefined;
+  return r && findBoot(db, r.token);
+}

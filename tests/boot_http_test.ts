@@ -1,0 +1,480 @@
+// HTTP boot: iPXE script rendering (pure), Range parsing, symlink resolution inside an image, and the
+// /boot routes served for real on loopback against a real data dir and database.
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { mkdirSync, symlinkSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { Hono } from "hono";
+import { defaultConfig } from "../src/config.ts";
+import type { Context } from "../src/context.ts";
+import { listEvents } from "../src/events.ts";
+import { openContext } from "../src/server.ts";
+import { parseMacParam, parseRange, resolveInRoot } from "../netboot/http.ts";
+import { bootRoutes } from "../netboot/http.ts";
+import { renderBootScript, renderCmdline, renderRefusalScript } from "../netboot/ipxe.ts";
+
+Deno.test("parseMacParam accepts colon, hyphen (iPXE hexhyp) and bare hex; rejects junk", () => {
+  for (
+    const s of [
+      "52:54:00:AB:cd:01",
+      "52-54-00-ab-cd-01",
+      "525400abcd01",
+      "52%3A54%3A00%3Aab%3Acd%3A01",
+    ]
+  ) {
+    assert.equal(parseMacParam(s), "52:54:00:ab:cd:01");
+  }
+  for (const s of ["52:54:00:ab:cd", "zz-54-00-ab-cd-01", "", "kernel"]) {
+    assert.equal(parseMacParam(s), undefined);
+  }
+});
+
+Deno.test("parseRange: single ranges, suffixes, open ends, unsatisfiable and ignored forms", () => {
+  assert.deepEqual(parseRange("bytes=0-9", 100), { start: 0, end: 9 });
+  assert.deepEqual(parseRange("bytes=90-", 100), { start: 90, end: 99 });
+  assert.deepEqual(parseRange("bytes=-10", 100), { start: 90, end: 99 });
+  assert.deepEqual(parseRange("bytes=-1000", 100), { start: 0, end: 99 });
+  assert.deepEqual(parseRange("bytes=50-5000", 100), { start: 50, end: 99 });
+  assert.equal(parseRange("bytes=100-", 100), "unsatisfiable");
+  assert.equal(parseRange("bytes=9-3", 100), "unsatisfiable");
+  assert.equal(parseRange("bytes=-0", 100), "unsatisfiable");
+  assert.equal(parseRange("bytes=a-b", 100), "unsatisfiable");
+  assert.equal(parseRange(undefined, 100), undefined);
+  assert.equal(parseRange("items=0-1", 100), undefined);
+  assert.equal(parseRange("bytes=0-1,5-6", 100), undefined);
+});
+
+Deno.test("resolveInRoot follows relative and absolute links inside the image, never out of it", async () => {
+  const root = await Deno.makeTempDir({ prefix: "nr-resolve-" });
+  try {
+    mkdirSync(join(root, "boot"));
+    writeFileSync(join(root, "boot/vmlinuz-6.1"), "K");
+    mkdirSync(join(root, "etc"));
+    writeFileSync(join(root, "etc/hostname"), "image");
+    symlinkSync("boot/vmlinuz-6.1", join(root, "vmlinuz"));
+    symlinkSync("/boot/vmlinuz-6.1", join(root, "vmlinuz.abs"));
+    symlinkSync("../../../../etc/hostname", join(root, "boot/escape"));
+    symlinkSync("loop2", join(root, "loop1"));
+    symlinkSync("loop1", join(root, "loop2"));
+    assert.equal(await resolveInRoot(root, "/vmlinuz"), join(root, "boot/vmlinuz-6.1"));
+    assert.equal(await resolveInRoot(root, "/vmlinuz.abs"), join(root, "boot/vmlinuz-6.1"));
+    // `..` stops at the image root, as it would at `/` on the node.
+    assert.equal(await resolveInRoot(root, "/boot/escape"), join(root, "etc/hostname"));
+    await assert.rejects(resolveInRoot(root, "/loop1"), /too many symbolic links/);
+    await assert.rejects(resolveInRoot(root, "/missing"), /ENOENT/);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+const cmdBase = {
+  mac: "52:54:00:00:00:01",
+  hostname: "node-1",
+  nodeIp: "10.77.0.23",
+  serverIp: "10.77.0.1",
+  netmask: "255.255.255.0",
+  url: "http://10.77.0.1:8080",
+  root: "10.77.0.1:/netroot/images/abc",
+  persist: "10.77.0.1:/netroot/persist/525400000001",
+  nfs: "4.2" as const,
+  imageId: "abc",
+  token: "t0k",
+  mode: "auto",
+  timeout: "180",
+  tmpfs: "50%",
+  consoles: ["tty0", "ttyS0,115200"],
+};
+
+Deno.test("renderCmdline carries the architecture contract, persist optional, extra last", () => {
+  const c = renderCmdline({ ...cmdBase, extra: "  quiet   loglevel=3 " });
+  assert.equal(
+    c,
+    "console=tty0 console=ttyS0,115200 ip=10.77.0.23:10.77.0.1::255.255.255.0:node-1::off " +
+      "netroot.mac=52:54:00:00:00:01 netroot.server=10.77.0.1 netroot.url=http://10.77.0.1:8080 " +
+      "netroot.root=10.77.0.1:/netroot/images/abc netroot.persist=10.77.0.1:/netroot/persist/525400000001 " +
+      "netroot.nfs=4.2 netroot.image=abc netroot.token=t0k netroot.mode=auto netroot.timeout=180 " +
+      "netroot.tmpfs=50% init=/sbin/init quiet loglevel=3",
+  );
+  const noPersist = renderCmdline({ ...cmdBase, persist: undefined, nodeIp: undefined });
+  assert.ok(!noPersist.includes("netroot.persist"));
+  assert.ok(noPersist.includes(" ip=dhcp "));
+  assert.throws(() => renderCmdline({ ...cmdBase, extra: "a\nchain http://evil" }), /control/);
+  assert.throws(() => renderCmdline({ ...cmdBase, extra: "x=${net0/ip}" }), /\$\{/);
+  assert.throws(() => renderCmdline({ ...cmdBase, root: "10.77.0.1:/a path" }), /root/);
+});
+
+Deno.test("boot script: kernel with initrd=, named initrd, retries with imgfree, then reboot", () => {
+  const s = renderBootScript({
+    mac: "52:54:00:00:00:01",
+    node: "node-1",
+    imageName: "debian ${evil}",
+    imageId: "0123456789abcdef0123",
+    kernelUrl: "http://s/boot/52-54-00-00-00-01/kernel",
+    initramfsUrl: "http://s/boot/52-54-00-00-00-01/initramfs",
+    cmdline: "console=ttyS0",
+    tries: 3,
+  });
+  const lines = s.split("\n");
+  assert.equal(lines[0], "#!ipxe");
+  assert.ok(
+    lines.includes(
+      "kernel http://s/boot/52-54-00-00-00-01/kernel initrd=initramfs console=ttyS0 || goto failed",
+    ),
+  );
+  assert.ok(
+    lines.includes(
+      "initrd --name initramfs http://s/boot/52-54-00-00-00-01/initramfs || goto failed",
+    ),
+  );
+  assert.ok(lines.includes("boot || goto failed"));
+  assert.ok(lines.includes("iseq ${netroot-try} 3 && goto giveup ||"));
+  assert.ok(lines.indexOf("imgfree ||") > lines.indexOf(":failed"));
+  assert.equal(lines.at(-2), "reboot");
+  // Names are echoed but never expanded by iPXE.
+  assert.ok(s.includes("echo netroot: image debian S{evil} (0123456789ab)"));
+  const r = renderRefusalScript("node x has no image deployed", 7);
+  assert.equal(
+    r,
+    "#!ipxe\necho netroot: node x has no image deployed\necho netroot: rebooting in 7 s\nsleep 7\nreboot\n",
+  );
+});
+
+// ---- the routes, for real ----
+
+interface Fixture {
+  ctx: Context;
+  url: string;
+  dir: string;
+  kernel: Uint8Array;
+  initrd: Uint8Array;
+  imageId: string;
+  close(): Promise<void>;
+}
+
+/** An image tree the way the image store lays it out, with the row inserted directly. */
+function addImage(ctx: Context, name: string, files: Record<string, Uint8Array | string>): string {
+  const manifest = `netroot-test ${name} ${Object.keys(files).sort().join(" ")}\n`;
+  const id = createHash("sha256").update(manifest).digest("hex");
+  const root = ctx.data.rootfs(id);
+  for (const [path, content] of Object.entries(files)) {
+    mkdirSync(join(root, path, ".."), { recursive: true });
+    if (typeof content === "string" && content.startsWith("->")) {
+      symlinkSync(content.slice(2), join(root, path));
+    } else writeFileSync(join(root, path), content);
+  }
+  writeFileSync(ctx.data.manifest(id), manifest);
+  ctx.db.prepare(
+    `INSERT INTO images (id, name, created_at, size, files, kernel, initrd, kernel_version, bootable)
+     VALUES (?, ?, ?, 0, 0, '/vmlinuz', '/initrd.img', '6.1.0-test', 1)`,
+  ).run(id, name, new Date().toISOString());
+  return id;
+}
+
+function addNode(
+  ctx: Context,
+  mac: string,
+  name: string,
+  imageId: string | null,
+  settings: Record<string, string> = {},
+) {
+  ctx.db.prepare("INSERT INTO nodes (mac, name, image_id, created_at) VALUES (?, ?, ?, ?)")
+    .run(mac, name, imageId, new Date().toISOString());
+  mkdirSync(ctx.data.node(mac), { recursive: true });
+  if (imageId) symlinkSync(`../../images/${imageId}/rootfs`, ctx.data.nodeFs(mac));
+  for (const [k, v] of Object.entries(settings)) {
+    ctx.db.prepare("INSERT INTO node_settings (mac, key, value) VALUES (?, ?, ?)").run(mac, k, v);
+  }
+}
+
+async function fixture(): Promise<Fixture> {
+  const dir = await Deno.makeTempDir({ prefix: "nr-boothttp-" });
+  const config = { ...defaultConfig(), dataDir: dir };
+  const ctx = await openContext(config);
+  const kernel = crypto.getRandomValues(new Uint8Array(3 * 1024 * 1024 + 17));
+  const initrd = crypto.getRandomValues(new Uint8Array(700 * 1024));
+  const imageId = addImage(ctx, "testimg", {
+    "boot/vmlinuz-6.1.0-test": kernel,
+    "boot/initrd.img-6.1.0-test": initrd,
+    "vmlinuz": "->/boot/vmlinuz-6.1.0-test",
+    "initrd.img": "->boot/initrd.img-6.1.0-test",
+  });
+  const app = new Hono().route("/boot", bootRoutes(ctx));
+  const ac = new AbortController();
+  const ready = Promise.withResolvers<number>();
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, signal: ac.signal, onListen: (a) => ready.resolve(a.port) },
+    app.fetch,
+  );
+  const url = `http://127.0.0.1:${await ready.promise}`;
+  return {
+    ctx,
+    url,
+    dir,
+    kernel,
+    initrd,
+    imageId,
+    async close() {
+      ac.abort();
+      await server.finished;
+      ctx.db.close();
+      await Deno.remove(dir, { recursive: true });
+    },
+  };
+}
+
+/** Waits for an event a streamed download records when its body has gone out. */
+async function waitEvent(ctx: Context, mac: string, kind: string, after = 0) {
+  for (let i = 0; i < 100; i++) {
+    const e = listEvents(ctx.db, { mac, sinceId: after }).find((x) => x.kind === kind);
+    if (e) return e;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  throw new Error(`no ${kind} event for ${mac}`);
+}
+
+const lastId = (ctx: Context) =>
+  (ctx.db.prepare("SELECT COALESCE(MAX(id), 0) AS id FROM events").get() as { id: number }).id;
+
+Deno.test("boot routes: script, kernel, initramfs, manifest, Range, HEAD, reports (loopback)", async (t) => {
+  const f = await fixture();
+  const mac = "52:54:00:12:34:56";
+  try {
+    addNode(f.ctx, mac, "pc1", f.imageId, {
+      initramfs: "image",
+      "kernel.cmdline": "quiet loglevel=3",
+    });
+    f.ctx.db.prepare("INSERT INTO leases (mac, ip, expires_at, state) VALUES (?, ?, ?, 'bound')")
+      .run(mac, "10.77.0.42", 2 ** 31);
+
+    let token = "";
+    await t.step("iPXE script for every MAC spelling", async () => {
+      for (const spelling of ["52-54-00-12-34-56", "525400123456", "52:54:00:12:34:56"]) {
+        const r = await fetch(`${f.url}/boot/${spelling}.ipxe`);
+        assert.equal(r.status, 200);
+        const s = await r.text();
+        assert.ok(s.startsWith("#!ipxe\n"));
+        assert.ok(
+          s.includes(
+            `kernel ${f.url}/boot/52-54-00-12-34-56/kernel?image=${f.imageId} initrd=initramfs `,
+          ),
+        );
+        assert.ok(
+          s.includes(
+            `initrd --name initramfs ${f.url}/boot/52-54-00-12-34-56/initramfs?image=${f.imageId}`,
+          ),
+        );
+        assert.ok(s.includes("echo netroot: node pc1 (52:54:00:12:34:56)"));
+        const cmdline = /^kernel \S+ initrd=initramfs (.*) \|\| goto failed$/m.exec(s)![1];
+        assert.ok(
+          cmdline.startsWith("console=tty0 console=ttyS0,115200 ip=10.77.0.42:127.0.0.1::"),
+        );
+        assert.ok(
+          cmdline.includes(":pc1::off netroot.mac=52:54:00:12:34:56 netroot.server=127.0.0.1 "),
+        );
+        assert.ok(cmdline.includes(`netroot.url=${f.url} `));
+        assert.ok(cmdline.includes(`netroot.root=127.0.0.1:${f.ctx.data.rootfs(f.imageId)} `)); // nfs off: real path
+        assert.ok(cmdline.includes(`netroot.persist=127.0.0.1:${f.ctx.data.persist(mac)} `));
+        assert.ok(cmdline.includes(" netroot.nfs=4.2 netroot.image=" + f.imageId));
+        assert.ok(cmdline.includes(" netroot.mode=auto netroot.timeout=180 netroot.tmpfs=50% "));
+        assert.ok(cmdline.endsWith(" quiet loglevel=3"));
+        token = /netroot\.token=([0-9a-f]+)/.exec(cmdline)![1];
+      }
+      const boots = f.ctx.db.prepare("SELECT token, image_id FROM boots WHERE mac = ?").all(
+        mac,
+      ) as {
+        token: string;
+        image_id: string;
+      }[];
+      assert.equal(boots.length, 3, "one boot row per script fetch");
+      assert.equal(new Set(boots.map((b) => b.token)).size, 3);
+      assert.ok(boots.every((b) => b.image_id === f.imageId));
+      const ev = listEvents(f.ctx.db, { mac }).filter((e) => e.kind === "http.script");
+      assert.equal(ev.length, 3);
+      assert.equal(ev[2].detail.token, token);
+      assert.equal(ev[2].detail.image, f.imageId);
+    });
+
+    await t.step("kernel streams whole with Content-Length, recorded on completion", async () => {
+      const before = lastId(f.ctx);
+      const r = await fetch(`${f.url}/boot/52-54-00-12-34-56/kernel`);
+      assert.equal(r.status, 200);
+      assert.equal(r.headers.get("content-length"), String(f.kernel.length));
+      assert.equal(r.headers.get("accept-ranges"), "bytes");
+      assert.deepEqual(new Uint8Array(await r.arrayBuffer()), f.kernel);
+      const e = await waitEvent(f.ctx, mac, "http.kernel", before);
+      assert.equal(e.detail.bytes, f.kernel.length);
+      assert.equal(typeof e.detail.ms, "number");
+      assert.equal(e.detail.incomplete, undefined);
+    });
+
+    await t.step("Range → 206 + Content-Range; suffix; unsatisfiable → 416", async () => {
+      let r = await fetch(`${f.url}/boot/${mac}/kernel`, {
+        headers: { range: "bytes=1048570-1048589" },
+      });
+      assert.equal(r.status, 206);
+      assert.equal(r.headers.get("content-range"), `bytes 1048570-1048589/${f.kernel.length}`);
+      assert.equal(r.headers.get("content-length"), "20");
+      assert.deepEqual(new Uint8Array(await r.arrayBuffer()), f.kernel.subarray(1048570, 1048590));
+      r = await fetch(`${f.url}/boot/${mac}/kernel`, { headers: { range: "bytes=-7" } });
+      assert.equal(r.status, 206);
+      assert.deepEqual(
+        new Uint8Array(await r.arrayBuffer()),
+        f.kernel.subarray(f.kernel.length - 7),
+      );
+      r = await fetch(`${f.url}/boot/${mac}/kernel`, {
+        headers: { range: `bytes=${f.kernel.length}-` },
+      });
+      assert.equal(r.status, 416);
+      assert.equal(r.headers.get("content-range"), `bytes */${f.kernel.length}`);
+      await r.body?.cancel();
+    });
+
+    await t.step("HEAD gives the headers, no body, no download event", async () => {
+      const before = lastId(f.ctx);
+      const r = await fetch(`${f.url}/boot/${mac}/kernel`, { method: "HEAD" });
+      assert.equal(r.status, 200);
+      assert.equal(r.headers.get("content-length"), String(f.kernel.length));
+      assert.equal((await r.arrayBuffer()).byteLength, 0);
+      await new Promise((res) => setTimeout(res, 50));
+      assert.equal(listEvents(f.ctx.db, { mac, sinceId: before }).length, 0);
+    });
+
+    await t.step("a download cut short is recorded as incomplete", async () => {
+      const before = lastId(f.ctx);
+      const r = await fetch(`${f.url}/boot/${mac}/kernel`);
+      const reader = r.body!.getReader();
+      await reader.read();
+      await reader.cancel();
+      const e = await waitEvent(f.ctx, mac, "http.kernel", before);
+      assert.equal(e.detail.incomplete, true);
+      assert.ok((e.detail.bytes as number) < f.kernel.length);
+    });
+
+    await t.step(
+      "initramfs=image serves the image's own initrd; manifest is the image's",
+      async () => {
+        const before = lastId(f.ctx);
+        let r = await fetch(`${f.url}/boot/${mac}/initramfs`);
+        assert.equal(r.status, 200);
+        assert.deepEqual(new Uint8Array(await r.arrayBuffer()), f.initrd);
+        const e = await waitEvent(f.ctx, mac, "http.initramfs", before);
+        assert.equal(e.detail.bytes, f.initrd.length);
+        r = await fetch(`${f.url}/boot/${mac}/manifest`);
+        assert.equal(r.status, 200);
+        assert.equal(await r.text(), await Deno.readTextFile(f.ctx.data.manifest(f.imageId)));
+      },
+    );
+
+    await t.step(
+      "reports: accepted with the boot's token, 403 for another MAC or token",
+      async () => {
+        const post = (body: unknown) =>
+          fetch(`${f.url}/boot/report`, {
+            method: "POST",
+            body: typeof body === "string" ? body : JSON.stringify(body),
+          });
+        let r = await post({
+          token,
+          mac: "52-54-00-12-34-56",
+          stage: "nfs-root",
+          ms: 412,
+          ok: true,
+        });
+        assert.equal(r.status, 200);
+        assert.deepEqual(await r.json(), { ok: true });
+        const e = await waitEvent(f.ctx, mac, "init.nfs-root");
+        assert.deepEqual(e.detail, { image: f.imageId, ms: 412, ok: true });
+        const b = f.ctx.db.prepare("SELECT stage, reported_at FROM boots WHERE token = ?").get(
+          token,
+        ) as {
+          stage: string;
+          reported_at: string;
+        };
+        assert.equal(b.stage, "nfs-root");
+        assert.ok(b.reported_at);
+        r = await post({
+          token,
+          mac,
+          stage: "hybrid-copy",
+          detail: "copying",
+          done: 10,
+          total: 20,
+          rate: 5.5,
+        });
+        assert.equal(r.status, 200);
+        await r.body?.cancel();
+        assert.deepEqual((await waitEvent(f.ctx, mac, "init.hybrid-copy")).detail, {
+          image: f.imageId,
+          detail: "copying",
+          done: 10,
+          total: 20,
+          rate: 5.5,
+        });
+        const before = lastId(f.ctx);
+        r = await post({ token, mac: "52:54:00:99:99:99", stage: "start" });
+        assert.equal(r.status, 403);
+        await r.body?.cancel();
+        r = await post({ token: "00".repeat(16), mac, stage: "start" });
+        assert.equal(r.status, 403);
+        await r.body?.cancel();
+        assert.ok(
+          !listEvents(f.ctx.db, { sinceId: before }).some((x) => x.kind.startsWith("init.")),
+        );
+        for (const bad of ["{not json", "[]", JSON.stringify({ token, mac, stage: "Bad Stage" })]) {
+          r = await post(bad);
+          assert.equal(r.status, 400, bad);
+          await r.body?.cancel();
+        }
+      },
+    );
+  } finally {
+    await f.close();
+  }
+});
+
+Deno.test("boot routes: unknown MAC, no image, unbootable image, persist off", async () => {
+  const f = await fixture();
+  try {
+    let r = await fetch(`${f.url}/boot/02-00-00-00-00-09.ipxe`);
+    assert.equal(r.status, 200);
+    let s = await r.text();
+    assert.ok(s.startsWith("#!ipxe\n"));
+    assert.ok(s.includes("echo netroot: this machine (02:00:00:00:00:09) is not registered"));
+    assert.ok(s.includes("\nsleep 30\nreboot\n"));
+    assert.ok(
+      listEvents(f.ctx.db, { mac: "02:00:00:00:00:09" }).some((e) => e.kind === "http.unknown"),
+    );
+
+    r = await fetch(`${f.url}/boot/not-a-mac.ipxe`);
+    assert.equal(r.status, 400);
+    await r.body?.cancel();
+
+    addNode(f.ctx, "02:00:00:00:00:01", "bare", null);
+    s = await (await fetch(`${f.url}/boot/02-00-00-00-00-01.ipxe`)).text();
+    assert.ok(s.includes("echo netroot: node bare has no image deployed"));
+    assert.ok(s.includes("\nreboot\n"));
+    r = await fetch(`${f.url}/boot/02-00-00-00-00-01/kernel`);
+    assert.equal(r.status, 404);
+    await r.body?.cancel();
+
+    const broken = addImage(f.ctx, "broken", { "etc/os-release": "x" });
+    f.ctx.db.prepare("UPDATE images SET bootable = 0, reason = 'no kernel in /boot' WHERE id = ?")
+      .run(broken);
+    addNode(f.ctx, "02:00:00:00:00:02", "nokernel", broken);
+    s = await (await fetch(`${f.url}/boot/02-00-00-00-00-02.ipxe`)).text();
+    assert.ok(s.includes("echo netroot: image broken is not bootable: no kernel in /boot"), s);
+    assert.equal(f.ctx.db.prepare("SELECT COUNT(*) AS n FROM boots").get()!.n, 0, "no boot opened");
+
+    addNode(f.ctx, "02:00:00:00:00:03", "nopersist", f.imageId, {
+      persist: "false",
+      initramfs: "image",
+    });
+    s = await (await fetch(`${f.url}/boot/02-00-00-00-00-03.ipxe`)).text();
+    assert.ok(s.includes("netroot.root="));
+    assert.ok(!s.includes("netroot.persist="));
+    // Loopback: the node's address is unknown here, so the node configures itself.
+    assert.ok(s.includes(" ip=dhcp "));
+  } finally {
+    await f.close();
+  }
+});
