@@ -1,0 +1,92 @@
+import assert from "node:assert/strict";
+import { nfsReadBytes, Reporter } from "../overlay/report.ts";
+
+Deno.test("reporter: queued before the network, then sent in order over real HTTP", async () => {
+  const got: unknown[] = [];
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, async (req) => {
+    if (req.method !== "POST" || new URL(req.url).pathname !== "/boot/report") {
+      return new Response("no", { status: 404 });
+    }
+    got.push(await req.json());
+    return new Response(null, { status: 204 });
+  });
+  try {
+    const errors: string[] = [];
+    const r = new Reporter({ token: "t", mac: "52:54:00:00:00:01" }, (m) => errors.push(m));
+    r.send({ stage: "start", ms: 1, ok: true });
+    r.send({ stage: "modules", ms: 20, ok: true, detail: "3 loaded" });
+    await new Promise((res) => setTimeout(res, 50));
+    assert.deepEqual(got, []); // no network yet: nothing sent
+    r.enable(`http://127.0.0.1:${server.addr.port}`);
+    r.send({ stage: "network", ms: 5, ok: true, nfsReadBytes: 0 });
+    assert.equal(await r.flush(5000), true);
+    assert.deepEqual(got, [
+      { token: "t", mac: "52:54:00:00:00:01", stage: "start", ms: 1, ok: true },
+      {
+        token: "t",
+        mac: "52:54:00:00:00:01",
+        stage: "modules",
+        ms: 20,
+        ok: true,
+        detail: "3 loaded",
+      },
+      { token: "t", mac: "52:54:00:00:00:01", stage: "network", ms: 5, ok: true, nfsReadBytes: 0 },
+    ]);
+    assert.deepEqual(errors, []);
+  } finally {
+    await server.shutdown();
+  }
+});
+
+Deno.test("reporter: a failing server is said once and never blocks beyond the flush bound", async () => {
+  const errors: string[] = [];
+  let calls = 0;
+  const r = new Reporter(
+    { mac: "52:54:00:00:00:01" },
+    (m) => errors.push(m),
+    async (_url, _body, signal) => {
+      calls++;
+      if (calls === 1) throw new Error("HTTP 500");
+      // a server that never answers: only the abort signal ends it
+      await new Promise((_res, rej) => signal.addEventListener("abort", () => rej(signal.reason)));
+    },
+    200,
+  );
+  r.enable("http://10.0.0.1:8080");
+  r.send({ stage: "start" });
+  r.send({ stage: "network" });
+  const t0 = performance.now();
+  assert.equal(await r.flush(50), false); // gave up waiting, boot goes on
+  assert.ok(performance.now() - t0 < 150);
+  assert.equal(await r.flush(2000), true); // the per-request timeout ends the hung one
+  assert.equal(calls, 2);
+  assert.equal(errors.length, 1);
+  assert.match(
+    errors[0],
+    /report start to http:\/\/10\.0\.0\.1:8080\/boot\/report failed: .*HTTP 500/,
+  );
+});
+
+Deno.test("reporter: without netroot.url nothing is sent and flush is immediate", async () => {
+  const r = new Reporter({ mac: "m" }, () => {}, () => Promise.reject(new Error("must not post")));
+  r.enable(undefined);
+  r.send({ stage: "start" });
+  assert.equal(r.enabled, false);
+  assert.equal(await r.flush(10), true);
+});
+
+Deno.test("nfs bytes: server read bytes of nfs and nfs4 mounts only, from mountstats", () => {
+  const stats = `device rootfs mounted on / with fstype rootfs
+device proc mounted on /proc with fstype proc
+device 10.77.0.1:/netroot/images/abc mounted on /run/netroot/lower with fstype nfs4 statvers=1.1
+	opts:	ro,vers=4.2,rsize=1048576
+	bytes:	1000 0 0 0 123456 0 31 0
+	RPC iostats version: 1.1  p/v: 100003/4 (nfs)
+device overlay mounted on /newroot with fstype overlay
+	bytes:	9 9 9 9 999999 9 9 9
+device 10.77.0.1:/netroot/persist/x mounted on /newroot/persist with fstype nfs statvers=1.1
+	bytes:	10 20 0 0 4096 20 1 1
+`;
+  assert.equal(nfsReadBytes(stats), 123456 + 4096);
+  assert.equal(nfsReadBytes("device proc mounted on /proc with fstype proc\n"), 0);
+});

@@ -1,0 +1,61 @@
+// Privileged (root, mount namespace via unshare): mount(2) bindings and the initramfs freeing.
+import assert from "node:assert/strict";
+
+const root = new URL("../", import.meta.url).href;
+const dec = new TextDecoder();
+
+/** Runs a module body with Deno in a private mount namespace; returns stdout (throws on failure). */
+async function inMountNs(code: string): Promise<string> {
+  const o = await new Deno.Command("unshare", {
+    args: ["--mount", "--", Deno.execPath(), "eval", "--no-config", code],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = dec.decode(o.stdout);
+  if (!o.success) throw new Error(`rc ${o.code}: ${text}${dec.decode(o.stderr)}`);
+  return text;
+}
+
+Deno.test("mount (root, mount ns): freeing a tmpfs root spares mount points and what is below them", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nr-mount-" });
+  const diskDir = await Deno.makeTempDir({ prefix: "nr-mount-disk-" });
+  try {
+    const out = await inMountNs(`
+      import * as m from "${root}src/linux/mount.ts";
+      import { freeInitramfs } from "${root}overlay/newroot.ts";
+      const d = ${JSON.stringify(dir)};
+      m.mount("t", d, "tmpfs", 0, "mode=0755");
+      console.log("tmpfs", m.fsType(d) === m.TMPFS_MAGIC, m.isMountPoint(d));
+      Deno.mkdirSync(d + "/netroot/x", { recursive: true });
+      Deno.writeFileSync(d + "/netroot/deno", new Uint8Array(100000));
+      Deno.writeTextFileSync(d + "/init", "x");
+      Deno.symlinkSync("netroot/deno", d + "/link");
+      Deno.mkdirSync(d + "/newroot");
+      Deno.mkdirSync(d + "/run/deep", { recursive: true });
+      m.mount("keep", d + "/newroot", "tmpfs", 0, null);
+      Deno.writeTextFileSync(d + "/newroot/kept", "yes");
+      m.mount("keep2", d + "/run/deep", "tmpfs", 0, null);
+      Deno.writeTextFileSync(d + "/run/deep/kept", "yes");
+      console.log("freed", freeInitramfs(d));
+      const left = [];
+      const walk = (p) => { for (const e of Deno.readDirSync(p)) { left.push((p + "/" + e.name).slice(d.length)); if (e.isDirectory) walk(p + "/" + e.name); } };
+      walk(d);
+      console.log("left", JSON.stringify(left.sort()));
+      // A bind of a disk directory is refused: never delete a real root filesystem.
+      Deno.mkdirSync(d + "/disk");
+      m.mount(${JSON.stringify(diskDir)}, d + "/disk", null, m.MS_BIND);
+      try { freeInitramfs(d + "/disk"); console.log("refused", false); }
+      catch (e) { console.log("refused", e.message); }
+    `);
+    assert.match(out, /^tmpfs true true$/m);
+    assert.match(out, /^freed 100013$/m); // deno 100000 + init 1 + the symlink itself 12 (not its target)
+    assert.match(
+      out,
+      /^left \["\/newroot","\/newroot\/kept","\/run","\/run\/deep","\/run\/deep\/kept"\]$/m,
+    );
+    assert.match(out, /^refused .* is not an initramfs \(statfs type 0xef53\); not freeing$/m);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+    await Deno.remove(diskDir, { recursive: true });
+  }
+});
