@@ -1,0 +1,398 @@
+// Boot-storm generator: N simulated PXE clients, each doing what a BIOS PXE ROM + iPXE does —
+// DHCP as a PXE ROM, TFTP of the iPXE binary, DHCP again as iPXE, HTTP of its script, then HTTP
+// of the kernel and initramfs the script names. Run it on a host (or netns) attached to the boot
+// network; all simulated clients share one interface and are told apart by MAC and xid.
+import dgram from "node:dgram";
+import { Buffer } from "node:buffer";
+import { UdpSocket } from "../src/linux/udp.ts";
+import { BOOTREQUEST, decode, type DhcpPacket, encode } from "./dhcp4/packet.ts";
+import { MessageType, Opt, readIp, readText, text, u16, u8 } from "./dhcp4/options.ts";
+
+const ZERO = "0.0.0.0";
+
+export interface ClientIdentity {
+  mac: Uint8Array;
+  /** "pxe": a BIOS PXE ROM; "ipxe": iPXE (user class + 175); "linux": plain. */
+  kind: "pxe" | "ipxe" | "linux";
+}
+
+export function macFor(index: number, prefix = [0x02, 0x6e, 0x72]): Uint8Array {
+  return new Uint8Array([...prefix, (index >> 16) & 255, (index >> 8) & 255, index & 255]);
+}
+
+/** A client request as the real firmware sends it (options from our iPXE/udhcpc captures). */
+export function clientPacket(
+  id: ClientIdentity,
+  xid: number,
+  type: MessageType,
+  extra: { serverId?: string; requestedIp?: string; ciaddr?: string } = {},
+): DhcpPacket {
+  const o = new Map<number, Uint8Array>();
+  o.set(Opt.messageType, u8(type));
+  o.set(Opt.maxMessageSize, u16(1472));
+  if (id.kind !== "linux") {
+    o.set(Opt.clientArch, u16(0));
+    o.set(Opt.clientNdi, new Uint8Array([1, 2, 1]));
+    o.set(Opt.vendorClass, text("PXEClient:Arch:00000:UNDI:002001"));
+  }
+  if (id.kind === "ipxe") {
+    o.set(Opt.userClass, text("iPXE"));
+    o.set(Opt.ipxe, new Uint8Array([19, 1, 1, 21, 1, 1, 24, 1, 1]));
+  }
+  o.set(Opt.paramRequest, new Uint8Array([1, 3, 6, 12, 15, 17, 43, 60, 66, 67, 175]));
+  o.set(Opt.clientId, new Uint8Array([1, ...id.mac]));
+  if (extra.serverId) o.set(Opt.serverId, new Uint8Array(extra.serverId.split(".").map(Number)));
+  if (extra.requestedIp) {
+    o.set(Opt.requestedIp, new Uint8Array(extra.requestedIp.split(".").map(Number)));
+  }
+  const chaddr = new Uint8Array(16);
+  chaddr.set(id.mac);
+  return {
+    op: BOOTREQUEST,
+    htype: 1,
+    hlen: 6,
+    hops: 0,
+    xid,
+    secs: 0,
+    flags: 0x8000, // broadcast: one shared socket receives for every simulated client
+    ciaddr: extra.ciaddr ?? ZERO,
+    yiaddr: ZERO,
+    siaddr: ZERO,
+    giaddr: ZERO,
+    chaddr,
+    sname: "",
+    file: "",
+    options: o,
+  };
+}
+
+export const msgType = (p: DhcpPacket) => p.options.get(Opt.messageType)?.[0];
+
+/** One UDP port 68 socket on the interface, shared by all simulated clients (replies by xid). */
+export class DhcpClientPort {
+  private readonly waiters = new Map<number, (p: DhcpPacket) => void>();
+  private readonly loop: Promise<void>;
+  private nextXid = (Math.random() * 0x7fffffff) >>> 0;
+  received = 0;
+
+  private constructor(private readonly sock: UdpSocket) {
+    this.loop = (async () => {
+      for (;;) {
+        const d = await sock.recv();
+        if (!d) return;
+        try {
+          const p = decode(d.data);
+          this.received++;
+          if (p.op === 2) this.waiters.get(p.xid)?.(p);
+        } catch { /* not for us / malformed: a load generator ignores it */ }
+      }
+    })();
+  }
+
+  static open(device: string, port = 68): DhcpClientPort {
+    return new DhcpClientPort(
+      UdpSocket.open({ port, device, broadcast: true, receiveBuffer: 8 << 20 }),
+    );
+  }
+
+  xid(): number {
+    return (this.nextXid = (this.nextXid + 1) >>> 0);
+  }
+
+  /** Sends `req` (retransmitting) until `accept` returns a reply; collects every reply seen
+   *  in `seen` when given. Rejects after the last retry. */
+  exchange(
+    req: DhcpPacket,
+    accept: (p: DhcpPacket) => boolean,
+    o: { to?: string; port?: number; timeoutMs?: number; retries?: number; seen?: DhcpPacket[] } =
+      {},
+  ): Promise<DhcpPacket> {
+    const bytes = encode(req);
+    const timeoutMs = o.timeoutMs ?? 2000;
+    let tries = 0;
+    return new Promise<DhcpPacket>((resolve, reject) => {
+      let timer: ReturnType<typeof setTimeout>;
+      const done = () => {
+        clearTimeout(timer);
+        this.waiters.delete(req.xid);
+      };
+      const send = () => {
+        if (tries++ > (o.retries ?? 3)) {
+          done();
+          reject(new Error(`no answer to ${MessageType[msgType(req)!]} after ${tries - 1} tries`));
+          return;
+        }
+        try {
+          this.sock.send(bytes, o.to ?? "255.255.255.255", o.port ?? 67);
+        } catch (e) {
+          done();
+          reject(e);
+          return;
+        }
+        timer = setTimeout(send, timeoutMs);
+      };
+      this.waiters.set(req.xid, (p) => {
+        o.seen?.push(p);
+        if (accept(p)) {
+          done();
+          resolve(p);
+        }
+      });
+      send();
+    });
+  }
+
+  /** DISCOVER → OFFER (with an address) → REQUEST → ACK. Returns the ACK. */
+  async lease(id: ClientIdentity, timeoutMs = 2000): Promise<DhcpPacket> {
+    const offer = await this.exchange(
+      clientPacket(id, this.xid(), MessageType.Discover),
+      (p) => msgType(p) === MessageType.Offer && p.yiaddr !== ZERO,
+      { timeoutMs },
+    );
+    const serverId = readIp(offer.options.get(Opt.serverId));
+    const ack = await this.exchange(
+      clientPacket(id, this.xid(), MessageType.Request, {
+        serverId,
+        requestedIp: offer.yiaddr,
+      }),
+      (p) => msgType(p) === MessageType.Ack || msgType(p) === MessageType.Nak,
+      { timeoutMs },
+    );
+    if (msgType(ack) === MessageType.Nak) {
+      throw new Error(`NAK: ${readText(ack.options.get(Opt.message)) ?? ""}`);
+    }
+    return ack;
+  }
+
+  async close(): Promise<void> {
+    await this.sock.close();
+    await this.loop;
+  }
+}
+
+export function bootfileOf(p: DhcpPacket): string | undefined {
+  return readText(p.options.get(Opt.bootfile)) || p.file || undefined;
+}
+
+/** RFC 1350 + 2347/2348/2349 client (octet, blksize, tsize): returns the byte count. */
+export async function tftpGet(
+  server: string,
+  file: string,
+  o: { port?: number; blksize?: number; timeoutMs?: number; retries?: number } = {},
+): Promise<number> {
+  const sock = dgram.createSocket("udp4");
+  await new Promise<void>((r) => sock.bind(0, r));
+  const queue: { msg: Uint8Array; port: number }[] = [];
+  let wake: (() => void) | undefined;
+  sock.on("message", (msg: Uint8Array, rinfo: { port: number }) => {
+    queue.push({ msg, port: rinfo.port });
+    wake?.();
+  });
+  const next = (ms: number) =>
+    new Promise<{ msg: Uint8Array; port: number } | null>((resolve) => {
+      if (queue.length) return resolve(queue.shift()!);
+      const t = setTimeout(() => {
+        wake = undefined;
+        resolve(null);
+      }, ms);
+      wake = () => {
+        clearTimeout(t);
+        wake = undefined;
+        resolve(queue.shift()!);
+      };
+    });
+  const send = (b: Uint8Array, port: number) =>
+    new Promise<void>((r, j) => sock.send(Buffer.from(b), port, server, (e) => e ? j(e) : r()));
+  const blksize = o.blksize ?? 1432;
+  const z = (s: string) => [...new TextEncoder().encode(s), 0];
+  const rrq = new Uint8Array([
+    0,
+    1,
+    ...z(file),
+    ...z("octet"),
+    ...z("blksize"),
+    ...z(String(blksize)),
+    ...z("tsize"),
+    ...z("0"),
+  ]);
+  const ack = (n: number) => new Uint8Array([0, 4, (n >> 8) & 255, n & 255]);
+  try {
+    let last = rrq, lastPort = o.port ?? 69, tid = 0, expect = 1, size = 0, block = 512;
+    await send(last, lastPort);
+    for (let tries = 0;;) {
+      const m = await next(o.timeoutMs ?? 2000);
+      if (!m) {
+        if (++tries > (o.retries ?? 5)) throw new Error(`TFTP ${file}: timeout`);
+        await send(last, lastPort);
+        continue;
+      }
+      if (tid && m.port !== tid) continue; // another TID: ignore (RFC 1350 would send ERROR 5)
+      const op = (m.msg[0] << 8) | m.msg[1];
+      if (op === 5) {
+        const msg = new TextDecoder().decode(m.msg.subarray(4, m.msg.indexOf(0, 4)));
+        throw new Error(`TFTP ${file}: error ${(m.msg[2] << 8) | m.msg[3]} ${msg}`);
+      }
+      tid = m.port;
+      if (op === 6) { // OACK: our options accepted
+        const parts = new TextDecoder().decode(m.msg.subarray(2)).split("\0");
+        const i = parts.indexOf("blksize");
+        if (i >= 0) block = Number(parts[i + 1]);
+        last = ack(0);
+        lastPort = tid;
+        await send(last, tid);
+        tries = 0;
+        continue;
+      }
+      if (op !== 3) continue;
+      const n = (m.msg[2] << 8) | m.msg[3];
+      if (n === (expect & 0xffff)) {
+        size += m.msg.length - 4;
+        expect++;
+        tries = 0;
+        last = ack(n);
+        lastPort = tid;
+        await send(last, tid);
+        if (m.msg.length - 4 < block) return size;
+      } else await send(ack(n), tid); // duplicate: re-ACK it
+    }
+  } finally {
+    sock.close();
+  }
+}
+
+async function httpGet(url: string): Promise<{ bytes: number; script?: string }> {
+  const res = await fetch(url);
+  if (!res.ok) {
+    await res.body?.cancel();
+    throw new Error(`GET ${url}: HTTP ${res.status}`);
+  }
+  let bytes = 0, head: Uint8Array | undefined;
+  const chunks: Uint8Array[] = [];
+  for await (const chunk of res.body!) {
+    bytes += chunk.length;
+    head ??= chunk;
+    // keep only what could be a script: "#!ipxe" and small
+    if (bytes <= 65536 && new TextDecoder().decode(head.subarray(0, 6)) === "#!ipxe") {
+      chunks.push(chunk);
+    }
+  }
+  if (!chunks.length || bytes > 65536) return { bytes };
+  return {
+    bytes,
+    script: new TextDecoder().decode(new Uint8Array(await new Blob(chunks).arrayBuffer())),
+  };
+}
+
+/** The kernel and initrd URLs of an iPXE script (`kernel [--opts] URL args…`, `initrd URL`). */
+export function scriptDownloads(script: string): string[] {
+  const out: string[] = [];
+  for (const line of script.split("\n")) {
+    const m = /^\s*(kernel|initrd|imgfetch|module)\s+(.*)$/.exec(line);
+    if (!m) continue;
+    const url = m[2].split(/\s+/).find((w) => /^https?:\/\//.test(w));
+    if (url) out.push(url);
+  }
+  return out;
+}
+
+export interface StormOptions {
+  device: string;
+  clients: number;
+  /** Clients in flight at once (default: all of them, a real storm). */
+  concurrency?: number;
+  timeoutMs?: number;
+  /** Skip phases (e.g. measure DHCP + TFTP only). */
+  http?: boolean;
+  tftp?: boolean;
+  firstIndex?: number;
+}
+
+export interface StormReport {
+  clients: number;
+  ok: number;
+  failures: number;
+  errors: Record<string, number>;
+  seconds: number;
+  bytes: number;
+  bytesPerSecond: number;
+  perClientMs: { p50: number; p95: number; max: number };
+  dhcpExchanges: number;
+}
+
+/** One simulated client, start to finish; returns bytes fetched. */
+async function bootOne(
+  port: DhcpClientPort,
+  mac: Uint8Array,
+  o: StormOptions,
+  count: () => void,
+): Promise<number> {
+  const t = o.timeoutMs ?? 2000;
+  let bytes = 0;
+  const pxeAck = await port.lease({ mac, kind: "pxe" }, t);
+  count();
+  const file = bootfileOf(pxeAck);
+  if (!file) throw new Error("PXE: no boot file in the ACK");
+  const next = pxeAck.siaddr !== ZERO ? pxeAck.siaddr : readIp(pxeAck.options.get(Opt.serverId))!;
+  if (o.tftp ?? true) bytes += await tftpGet(next, file, { timeoutMs: t });
+  const ipxeAck = await port.lease({ mac, kind: "ipxe" }, t);
+  count();
+  const script = bootfileOf(ipxeAck);
+  if (!script?.startsWith("http")) throw new Error(`iPXE: boot file is not a URL: ${script}`);
+  if (o.http ?? true) {
+    const s = await httpGet(script);
+    bytes += s.bytes;
+    const downloads = scriptDownloads(s.script ?? "");
+    if (downloads.length === 0) throw new Error("iPXE script names no kernel/initrd");
+    for (const url of downloads) bytes += (await httpGet(url)).bytes;
+  }
+  return bytes;
+}
+
+export async function runStorm(o: StormOptions): Promise<StormReport> {
+  const port = DhcpClientPort.open(o.device);
+  const errors: Record<string, number> = {};
+  const times: number[] = [];
+  let bytes = 0, ok = 0, exchanges = 0, nextIndex = 0;
+  const t0 = performance.now();
+  const worker = async () => {
+    while (nextIndex < o.clients) {
+      const i = nextIndex++;
+      const t1 = performance.now();
+      try {
+        // (not `bytes += await …`: that reads `bytes` before the await and loses updates)
+        const got = await bootOne(port, macFor((o.firstIndex ?? 0) + i), o, () => exchanges++);
+        bytes += got;
+        ok++;
+        times.push(performance.now() - t1);
+      } catch (e) {
+        const key = (e as Error).message.replace(
+          /\d+(\.\d+){3}|[0-9a-f]{2}(:[0-9a-f]{2}){5}/g,
+          "*",
+        );
+        errors[key] = (errors[key] ?? 0) + 1;
+      }
+    }
+  };
+  try {
+    await Promise.all(
+      Array.from({ length: Math.min(o.concurrency ?? o.clients, o.clients) }, worker),
+    );
+  } finally {
+    await port.close();
+  }
+  const seconds = (performance.now() - t0) / 1000;
+  times.sort((a, b) => a - b);
+  const pct = (q: number) =>
+    Math.round(times[Math.min(times.length - 1, Math.floor(q * times.length))] ?? 0);
+  return {
+    clients: o.clients,
+    ok,
+    failures: o.clients - ok,
+    errors,
+    seconds,
+    bytes,
+    bytesPerSecond: bytes / seconds,
+    perClientMs: { p50: pct(0.5), p95: pct(0.95), max: Math.round(times.at(-1) ?? 0) },
+    dhcpExchanges: exchanges,
+  };
+}
