@@ -171,7 +171,9 @@ export function apiRoutes(ctx: Context): Hono {
     const unknown = Object.keys(b).filter((k) => k !== "name");
     if (unknown.length) {
       throw new UserError(
-        `cannot change ${unknown.join(", ")} here (only name; settings: PATCH /nodes/:ref/config; image: POST /deploy)`,
+        `cannot change ${
+          unknown.join(", ")
+        } here (only name; settings: PATCH /nodes/:ref/config; image: POST /deploy)`,
       );
     }
     return c.json(nodes.rename(c.req.param("ref"), str(b.name, "name", true)));

@@ -78,7 +78,9 @@ registerSettingValidator("boot.mode", oneOf(["auto", "network"]));
 registerSettingValidator("boot.timeout", (key, value) => {
   const n = Number(value.trim());
   if (!/^\d+$/.test(value.trim()) || n < 10 || n > 3600) {
-    throw new UserError(`${key} must be a whole number of seconds between 10 and 3600, got "${value}"`);
+    throw new UserError(
+      `${key} must be a whole number of seconds between 10 and 3600, got "${value}"`,
+    );
   }
   return String(n);
 });
@@ -88,7 +90,9 @@ registerSettingValidator("tmpfs.size", (key, value) => {
   const pct = /^(\d{1,3})%$/.exec(v);
   if (pct && Number(pct[1]) >= 1 && Number(pct[1]) <= 100) return v;
   if (!pct && /^\d+[kmgKMG]?$/.test(v) && !/^0+[kmgKMG]?$/.test(v)) return v.toLowerCase();
-  throw new UserError(`${key} must be a percentage of RAM (1%-100%) or a size like 512m, got "${value}"`);
+  throw new UserError(
+    `${key} must be a percentage of RAM (1%-100%) or a size like 512m, got "${value}"`,
+  );
 });
 registerSettingValidator("initramfs", oneOf(["netroot", "image"]));
 registerSettingValidator("persist", oneOf(["true", "false"]));
@@ -135,8 +139,14 @@ export function flipSymlink(link: string, target: string | null): void {
     return;
   }
   const tmp = `${link}.tmp-${Deno.pid}`;
-  rmSync(tmp, { force: true });
-  symlinkSync(target, tmp);
+  try {
+    symlinkSync(target, tmp);
+  } catch (e) {
+    // A leftover of an interrupted flip by a process with our PID: replace it.
+    if ((e as { code?: string }).code !== "EEXIST") throw e;
+    rmSync(tmp, { force: true });
+    symlinkSync(target, tmp);
+  }
   renameSync(tmp, link);
 }
 
@@ -214,9 +224,10 @@ export class NodeRegistry {
   find(ref: string): NodeInfo | undefined {
     const r = ref.trim();
     const mac = asMac(r);
-    const row = (mac
-      ? this.db.prepare(`${selectNodes} WHERE n.mac = ?`).get(mac)
-      : this.db.prepare(`${selectNodes} WHERE n.name = ?`).get(r)) as NodeRow | undefined;
+    const row =
+      (mac
+        ? this.db.prepare(`${selectNodes} WHERE n.mac = ?`).get(mac)
+        : this.db.prepare(`${selectNodes} WHERE n.name = ?`).get(r)) as NodeRow | undefined;
     return row && this.#info(row, this.#settings(row.mac));
   }
 
@@ -368,18 +379,25 @@ export class NodeRegistry {
     opts: { reboot?: boolean; force?: boolean } = {},
   ): Promise<{ nodes: NodeInfo[]; reboots: RebootResult[] }> {
     if (refs.length === 0) throw new UserError("deploy needs at least one node");
+    // One listing instead of a lookup per ref: deploys of hundreds of nodes are the usual case.
+    const byRef = new Map<string, NodeInfo>();
+    for (const n of this.list()) byRef.set(n.mac, n).set(n.name, n);
     const missing: string[] = [];
     const targets = new Map<string, NodeInfo>();
     for (const ref of refs) {
-      const n = this.find(ref);
+      const n = byRef.get(asMac(ref) ?? ref.trim());
       if (n) targets.set(n.mac, n);
       else missing.push(ref);
     }
-    if (missing.length) throw notFound(`node${missing.length > 1 ? "s" : ""} ${missing.join(", ")}`);
+    if (missing.length) {
+      throw notFound(`node${missing.length > 1 ? "s" : ""} ${missing.join(", ")}`);
+    }
     const image = this.images.get(imageRef);
     if (!image.bootable && !opts.force) {
       throw new UserError(
-        `image ${image.name} is not bootable: ${image.reason ?? "unknown reason"} (force to deploy anyway)`,
+        `image ${image.name} is not bootable: ${
+          image.reason ?? "unknown reason"
+        } (force to deploy anyway)`,
       );
     }
     const nodes = [...targets.values()];
@@ -416,7 +434,8 @@ export class NodeRegistry {
     const reboots = opts.reboot === false
       ? []
       : await Promise.all(nodes.map((n) => this.rebooter.reboot(n, "image change")));
-    return { nodes: nodes.map((n) => this.get(n.mac)), reboots };
+    const after = new Map(this.list().map((n) => [n.mac, n]));
+    return { nodes: nodes.map((n) => after.get(n.mac)!), reboots };
   }
 
   reboot(ref: string, cause: string): Promise<RebootResult> {

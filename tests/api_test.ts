@@ -9,9 +9,9 @@ import { buildApp, openContext } from "../src/server.ts";
 
 // Registered before any app is built, as a later component (virtual nodes) does at load time.
 registerApiExtension((app, ctx) => {
-  app.get("/nodes/:ref/console", (c) => {
+  app.get("/nodes/:ref/test-extension", (c) => {
     const n = ctx.nodes.get(c.req.param("ref"));
-    return c.json({ text: `console of ${n.name}\n`, offset: 1 });
+    return c.json({ text: `extension sees ${n.name}` });
   });
 });
 
@@ -182,8 +182,8 @@ Deno.test("API: health, auth, node CRUD, config, deploy, events, errors", () =>
     assert.equal((await call("GET", "/events?limit=abc")).status, 400);
 
     // The extension hook added a route.
-    const con = await call("GET", "/nodes/gamma/console");
-    assert.equal(con.json.text, "console of gamma\n");
+    const ext = await call("GET", "/nodes/gamma/test-extension");
+    assert.equal(ext.json.text, "extension sees gamma");
 
     const del = await call("DELETE", "/nodes/gamma");
     assert.deepEqual(del.json, { forgotten: mac, name: "gamma" });

@@ -135,10 +135,22 @@ export async function run(args: string[]): Promise<number> {
     }
     case "ls": {
       const nodes = await api.get<ListedNode[]>("/nodes");
-      print(json, nodes, () =>
-        nodes.length
-          ? table(nodes.map(nodeRow), ["name", "mac", "ip", "image", "model", "virtual", "last event"])
-          : "no nodes (they register on first DHCP contact, or: netroot node add MAC)");
+      print(
+        json,
+        nodes,
+        () =>
+          nodes.length
+            ? table(nodes.map(nodeRow), [
+              "name",
+              "mac",
+              "ip",
+              "image",
+              "model",
+              "virtual",
+              "last event",
+            ])
+            : "no nodes (they register on first DHCP contact, or: netroot node add MAC)",
+      );
       return 0;
     }
     case "show": {
@@ -182,10 +194,14 @@ export async function run(args: string[]): Promise<number> {
         }
         node = await api.patch<NodeInfo>(`/nodes/${enc(ref)}/config`, settings);
       }
-      print(json, node.settings, () =>
-        Object.keys(node.settings).length
-          ? keyValues(node.settings)
-          : `${node.name}: no settings (defaults apply)`);
+      print(
+        json,
+        node.settings,
+        () =>
+          Object.keys(node.settings).length
+            ? keyValues(node.settings)
+            : `${node.name}: no settings (defaults apply)`,
+      );
       return 0;
     }
     case "boot": {
