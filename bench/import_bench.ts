@@ -1,0 +1,123 @@
+// Image import throughput against its peer, plain GNU `tar -x` of the same tarball into the same
+// disk, measured in the same run. The import does strictly more (manifest: lstat, xattrs and
+// sha256 of every file; the database row); the target is ratio ≥ 0.7.
+//   deno run -A bench/import_bench.ts [--files N] [--mb M] [--rounds R]
+import { parseArgs } from "node:util";
+import { DataDir } from "../src/datadir.ts";
+import { openDatabase } from "../src/db.ts";
+import { ImageStore } from "../src/images/store.ts";
+
+const { values } = parseArgs({
+  args: Deno.args,
+  options: {
+    files: { type: "string", default: "3000" },
+    mb: { type: "string", default: "200" },
+    rounds: { type: "string", default: "5" },
+  },
+});
+const nFiles = Number(values.files), totalBytes = Number(values.mb) * 1e6;
+const rounds = Number(values.rounds);
+
+const work = await Deno.makeTempDir({ prefix: "netroot-import-bench-" });
+const run = (cmd: string, ...args: string[]) => {
+  const out = new Deno.Command(cmd, { args, stderr: "piped" }).outputSync();
+  if (!out.success) throw new Error(`${cmd} failed: ${new TextDecoder().decode(out.stderr)}`);
+};
+
+/** A tree shaped like an OS image: many small files, a few large ones, dirs, symlinks. */
+function makeTree(root: string): number {
+  let s = 0x9e3779b9;
+  const pool = new Uint8Array(16 << 20);
+  const u = new Uint32Array(pool.buffer);
+  for (let i = 0; i < u.length; i++) {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    u[i] = s >>> 0;
+  }
+  const big = Math.max(1, Math.floor(nFiles / 100)); // 1% of files hold 60% of the bytes
+  const bigSize = Math.floor(totalBytes * 0.6 / big);
+  const smallSize = Math.floor(totalBytes * 0.4 / (nFiles - big));
+  let bytes = 0;
+  for (let i = 0; i < nFiles; i++) {
+    const dir = `${root}/usr/d${i % 97}/s${i % 7}`;
+    if (i < 97 * 7) Deno.mkdirSync(dir, { recursive: true });
+    const size = i < big ? bigSize : Math.max(1, Math.floor(smallSize * ((i % 13) + 1) / 7));
+    const off = (i * 7919) % (pool.length - Math.min(size, pool.length - 1));
+    const f = Deno.openSync(`${dir}/f${i}`, { write: true, create: true });
+    for (let w = 0; w < size; w += pool.length) {
+      f.writeSync(pool.subarray(off % 4096, Math.min(size - w, pool.length - 4096) + off % 4096));
+    }
+    f.close();
+    bytes += size;
+    if (i % 50 === 0) Deno.symlinkSync(`f${i}`, `${dir}/link${i}`);
+  }
+  return bytes;
+}
+
+function settle() {
+  run("sync");
+}
+
+try {
+  const src = `${work}/src`;
+  const bytes = makeTree(src);
+  const tarball = `${work}/image.tar`;
+  run("tar", "--xattrs", "-C", src, "-cf", tarball, ".");
+  await Deno.remove(src, { recursive: true });
+  const tarSize = (await Deno.stat(tarball)).size;
+  console.log(
+    `tree: ${nFiles} files, ${(bytes / 1e6).toFixed(0)} MB; tarball ${
+      (tarSize / 1e6).toFixed(0)
+    } MB`,
+  );
+
+  const tarTimes: number[] = [], importTimes: number[] = [];
+  for (let r = 0; r < rounds; r++) {
+    const out = `${work}/tar-out`;
+    await Deno.mkdir(out);
+    settle();
+    let t = performance.now();
+    run(
+      "tar",
+      "--numeric-owner",
+      "--xattrs",
+      "--xattrs-include=*",
+      "-p",
+      "-C",
+      out,
+      "-xf",
+      tarball,
+    );
+    tarTimes.push((performance.now() - t) / 1000);
+    await Deno.remove(out, { recursive: true });
+
+    const data = new DataDir(`${work}/data`);
+    await data.ensure();
+    const db = openDatabase(data.db);
+    const store = new ImageStore(data, db);
+    settle();
+    t = performance.now();
+    await store.import(tarball, `bench-${r}`);
+    importTimes.push((performance.now() - t) / 1000);
+    db.close();
+    await Deno.remove(data.root, { recursive: true });
+  }
+  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+  const tm = median(tarTimes), im = median(importTimes);
+  console.log(
+    `tar -x        median ${tm.toFixed(3)} s  ${(tarSize / 1e6 / tm).toFixed(0)} MB/s  runs ${
+      tarTimes.map((x) => x.toFixed(2)).join(" ")
+    }`,
+  );
+  console.log(
+    `netroot import median ${im.toFixed(3)} s  ${(tarSize / 1e6 / im).toFixed(0)} MB/s  runs ${
+      importTimes.map((x) => x.toFixed(2)).join(" ")
+    }`,
+  );
+  console.log(
+    `ratio (import throughput / tar -x throughput): ${(tm / im).toFixed(2)}  (target ≥ 0.70)`,
+  );
+} finally {
+  await Deno.remove(work, { recursive: true });
+}
