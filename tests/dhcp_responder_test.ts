@@ -1,0 +1,238 @@
+// DHCP policy without sockets: the responder with a real Context (SQLite state, node registry).
+import assert from "node:assert/strict";
+import { defaultConfig } from "../src/config.ts";
+import { openContext } from "../src/server.ts";
+import type { Context } from "../src/context.ts";
+import { DhcpResponder, type ResponderConfig } from "../netboot/dhcp4/server.ts";
+import { decode, type DhcpPacket, encode } from "../netboot/dhcp4/packet.ts";
+import { MessageType, Opt, readIp, readText, readU16 } from "../netboot/dhcp4/options.ts";
+import { clientPacket, macFor } from "../netboot/storm.ts";
+import { listEvents } from "../src/events.ts";
+import { setLogLevel } from "../src/log.ts";
+
+setLogLevel("warn");
+
+const from = { address: "0.0.0.0", port: 68 };
+
+async function withResponder(
+  cfg: Partial<ResponderConfig>,
+  fn: (r: DhcpResponder, ctx: Context) => Promise<void>,
+) {
+  const dir = await Deno.makeTempDir({ prefix: "nr-dhcpr-" });
+  const ctx = await openContext({ ...defaultConfig(), dataDir: dir });
+  try {
+    const r = new DhcpResponder(
+      {
+        mode: "full",
+        serverIp: "10.85.0.1",
+        netmask: "255.255.255.0",
+        range: { start: "10.85.0.10", end: "10.85.0.19" },
+        leaseSeconds: 3600,
+        proxyStrategy: "option43",
+        registerUnknown: true,
+        nodeUrl: "http://10.85.0.1:8080",
+        ...cfg,
+      },
+      ctx.db,
+      ctx.nodes,
+    );
+    await fn(r, ctx);
+  } finally {
+    ctx.db.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+let xid = 1;
+const pkt = (
+  i: number,
+  kind: "pxe" | "ipxe" | "linux",
+  type: MessageType,
+  extra: Parameters<typeof clientPacket>[3] = {},
+) => clientPacket({ mac: macFor(i), kind }, xid++, type, extra);
+
+async function ask(r: DhcpResponder, p: DhcpPacket, port = 67) {
+  const reply = await r.handle(encode(p), { port, from });
+  return reply && { ...reply, p: decode(reply.bytes) };
+}
+const type = (p: DhcpPacket) => p.options.get(Opt.messageType)?.[0];
+
+async function lease(r: DhcpResponder, i: number, kind: "pxe" | "ipxe" | "linux" = "linux") {
+  const offer = (await ask(r, pkt(i, kind, MessageType.Discover)))!;
+  assert.equal(type(offer.p), MessageType.Offer);
+  const ack = (await ask(
+    r,
+    pkt(i, kind, MessageType.Request, { serverId: "10.85.0.1", requestedIp: offer.p.yiaddr }),
+  ))!;
+  assert.equal(type(ack.p), MessageType.Ack);
+  return ack;
+}
+
+Deno.test("full mode: lease, stable reservation, DECLINE moves it, RELEASE frees it", async () => {
+  await withResponder({}, async (r, ctx) => {
+    const a = await lease(r, 1);
+    assert.equal(a.p.yiaddr, "10.85.0.10");
+    assert.deepEqual(a.to, { address: "255.255.255.255", port: 68 });
+    assert.equal(readIp(a.p.options.get(Opt.subnetMask)), "255.255.255.0");
+    assert.equal(readIp(a.p.options.get(Opt.broadcast)), "10.85.0.255");
+    assert.equal(a.p.options.has(Opt.router), false); // no router configured: none sent
+    assert.equal(ctx.nodes.find("02:6e:72:00:00:01")?.ip, "10.85.0.10");
+    assert.equal((await lease(r, 2)).p.yiaddr, "10.85.0.11");
+    // The same client later: the same address (its reservation).
+    assert.equal((await lease(r, 1)).p.yiaddr, "10.85.0.10");
+
+    // DECLINE: the address is in use by someone else; the client gets another one.
+    await ask(
+      r,
+      pkt(2, "linux", MessageType.Decline, { serverId: "10.85.0.1", requestedIp: "10.85.0.11" }),
+    );
+    const again = await lease(r, 2);
+    assert.equal(again.p.yiaddr, "10.85.0.12");
+    assert.equal(ctx.nodes.find("02:6e:72:00:00:02")?.ip, "10.85.0.12");
+    // …and no one else gets the declined one meanwhile.
+    assert.equal((await lease(r, 3)).p.yiaddr, "10.85.0.13");
+
+    await ask(
+      r,
+      pkt(3, "linux", MessageType.Release, { serverId: "10.85.0.1", ciaddr: "10.85.0.13" }),
+    );
+    assert.equal(r.leases!.get("02:6e:72:00:00:03")?.state, "released");
+    const kinds = listEvents(ctx.db, { mac: "02:6e:72:00:00:02" }).map((e) => e.kind);
+    assert.deepEqual(kinds.filter((k) => k.startsWith("dhcp.")), [
+      "dhcp.offer",
+      "dhcp.ack",
+      "dhcp.decline",
+      "dhcp.offer",
+      "dhcp.ack",
+    ]);
+  });
+});
+
+Deno.test("full mode: NAK, foreign server id, INFORM, relay, pool exhaustion", async () => {
+  await withResponder({ range: { start: "10.85.0.10", end: "10.85.0.11" } }, async (r, ctx) => {
+    await lease(r, 1);
+    // INIT-REBOOT asking for an address that is not its own: NAK, by broadcast.
+    const nak =
+      (await ask(r, pkt(1, "linux", MessageType.Request, { requestedIp: "10.85.0.11" })))!;
+    assert.equal(type(nak.p), MessageType.Nak);
+    assert.equal(nak.to.address, "255.255.255.255");
+    // A REQUEST naming another server: ignored, and our pending offer is freed.
+    const offer = (await ask(r, pkt(2, "linux", MessageType.Discover)))!;
+    assert.equal(offer.p.yiaddr, "10.85.0.11");
+    assert.equal(
+      await ask(
+        r,
+        pkt(2, "linux", MessageType.Request, { serverId: "10.85.0.99", requestedIp: "10.85.0.11" }),
+      ),
+      null,
+    );
+    assert.equal(r.leases!.get("02:6e:72:00:00:02")?.state, "released");
+    // INFORM: configuration only, unicast to ciaddr, no address, no lease time.
+    const inf = (await ask(r, pkt(1, "linux", MessageType.Inform, { ciaddr: "10.85.0.10" })))!;
+    assert.equal(type(inf.p), MessageType.Ack);
+    assert.equal(inf.p.yiaddr, "0.0.0.0");
+    assert.equal(inf.p.options.has(Opt.leaseTime), false);
+    assert.deepEqual(inf.to, { address: "10.85.0.10", port: 68 });
+    // Relayed: the reply goes to the relay agent on port 67.
+    const relayed = pkt(1, "linux", MessageType.Discover);
+    relayed.giaddr = "10.85.0.254";
+    assert.deepEqual((await ask(r, relayed))!.to, { address: "10.85.0.254", port: 67 });
+    // Client 2's node holds the reservation 10.85.0.11: pool (2 addresses) exhausted for client 3.
+    assert.equal(await ask(r, pkt(3, "linux", MessageType.Discover)), null);
+    assert.ok(
+      listEvents(ctx.db, { mac: "02:6e:72:00:00:03" }).some((e) => e.kind === "dhcp.exhausted"),
+    );
+  });
+});
+
+Deno.test("registerUnknown=false ignores unknown MACs and serves known ones", async () => {
+  await withResponder({ registerUnknown: false }, async (r, ctx) => {
+    assert.equal(await ask(r, pkt(7, "pxe", MessageType.Discover)), null);
+    assert.equal(ctx.nodes.find("02:6e:72:00:00:07"), undefined);
+    ctx.nodes.add("02:6e:72:00:00:07");
+    const offer = (await ask(r, pkt(7, "pxe", MessageType.Discover)))!;
+    assert.equal(offer.p.file, "undionly.kpxe");
+    assert.equal(offer.p.siaddr, "10.85.0.1");
+  });
+});
+
+Deno.test("boot info per firmware: iPXE script + 175.176, UEFI HTTP, Raspberry Pi, UEFI PXE", async () => {
+  await withResponder({}, async (r) => {
+    const ipxe = await lease(r, 1, "ipxe");
+    assert.equal(
+      readText(ipxe.p.options.get(Opt.bootfile)),
+      "http://10.85.0.1:8080/boot/02:6e:72:00:00:01.ipxe",
+    );
+    assert.deepEqual([...ipxe.p.options.get(Opt.ipxe)!], [176, 1, 1]);
+
+    const http = pkt(2, "pxe", MessageType.Discover);
+    http.options.set(Opt.vendorClass, new TextEncoder().encode("HTTPClient:Arch:00016"));
+    http.options.set(Opt.clientArch, new Uint8Array([0, 16]));
+    const h = (await ask(r, http))!;
+    assert.equal(readText(h.p.options.get(Opt.vendorClass)), "HTTPClient");
+    assert.equal(
+      readText(h.p.options.get(Opt.bootfile)),
+      "http://10.85.0.1:8080/boot/ipxe/ipxe.efi",
+    );
+
+    const pi = clientPacket(
+      { mac: new Uint8Array([0xdc, 0xa6, 0x32, 1, 2, 3]), kind: "pxe" },
+      99,
+      MessageType.Discover,
+    );
+    const p = (await ask(r, pi))!;
+    assert.ok(
+      new TextDecoder().decode(p.p.options.get(Opt.vendorSpecific)).includes("Raspberry Pi Boot"),
+    );
+    assert.equal(readText(p.p.options.get(Opt.vendorClass)), "PXEClient");
+
+    const efi = pkt(3, "pxe", MessageType.Discover);
+    efi.options.set(Opt.clientArch, new Uint8Array([0, 7]));
+    assert.equal((await ask(r, efi))!.p.file, "ipxe.efi");
+  });
+});
+
+Deno.test("replies fit in 576 bytes unless option 57 allows more", async () => {
+  await withResponder({ nodeUrl: `http://10.85.0.1:8080/${"x".repeat(200)}` }, async (r) => {
+    const p = pkt(1, "ipxe", MessageType.Discover);
+    p.options.delete(Opt.maxMessageSize);
+    p.options.set(Opt.hostname, new Uint8Array(250).fill(0x41)); // a big request
+    const reply = (await ask(r, p))!;
+    assert.ok(reply.bytes.length + 28 <= 576, `${reply.bytes.length}`);
+    assert.ok(readU16(p.options.get(Opt.maxMessageSize)) === undefined);
+  });
+});
+
+Deno.test("proxy mode: silent for plain clients; port4011 strategy offers bare, 4011 gives the file", async () => {
+  await withResponder({ mode: "proxy", range: undefined, proxyStrategy: "port4011" }, async (r) => {
+    assert.equal(await ask(r, pkt(1, "linux", MessageType.Discover)), null);
+    const offer = (await ask(r, pkt(2, "pxe", MessageType.Discover)))!;
+    assert.equal(offer.p.yiaddr, "0.0.0.0");
+    assert.equal(offer.p.file, "");
+    assert.equal(offer.p.options.has(Opt.vendorSpecific), false);
+    assert.equal(readText(offer.p.options.get(Opt.vendorClass)), "PXEClient");
+    const req = pkt(2, "pxe", MessageType.Request, { ciaddr: "10.85.0.77" });
+    const ack =
+      (await r.handle(encode(req), { port: 4011, from: { address: "10.85.0.77", port: 4011 } }))!;
+    assert.deepEqual(ack.to, { address: "10.85.0.77", port: 4011 });
+    assert.equal(decode(ack.bytes).file, "undionly.kpxe");
+    assert.equal(r.leases, undefined);
+  });
+});
+
+Deno.test("hostile input: handle() never throws; malformed packets are counted", async () => {
+  await withResponder({}, async (r) => {
+    const good = encode(pkt(1, "pxe", MessageType.Discover));
+    let seed = 12345;
+    const rand = () => (seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32;
+    for (let i = 0; i < 3000; i++) {
+      const b = good.slice(0, Math.floor(rand() * (good.length + 1)));
+      for (let k = 0; k < 4; k++) b[Math.floor(rand() * b.length)] = Math.floor(rand() * 256);
+      await r.handle(b, { port: 67, from });
+    }
+    await r.handle(new Uint8Array(0), { port: 67, from });
+    assert.equal(r.stats.received, 3001);
+    assert.ok(r.stats.malformed > 100);
+    assert.equal(r.stats.errors, 0);
+  });
+});
