@@ -9,8 +9,28 @@ export interface InitConsole {
   loud(title: string, lines: string[]): void;
 }
 
+let devConsole: Deno.FsFile | undefined;
+
+/**
+ * stdout, or /dev/console when stdout is not open (an initramfs without a /dev/console node: the
+ * kernel then starts init without fds 0-2; /dev/console appears with devtmpfs). Output that cannot
+ * be written is dropped: a console problem must never kill PID 1.
+ */
+function writeConsole(b: Uint8Array): number {
+  try {
+    return Deno.stdout.writeSync(b);
+  } catch {
+    try {
+      devConsole ??= Deno.openSync("/dev/console", { write: true });
+      return devConsole.writeSync(b);
+    } catch {
+      return b.length;
+    }
+  }
+}
+
 /** Writes synchronously (a dying init must not lose its last words to a pending promise). */
-export function consoleOn(write: (b: Uint8Array) => number = (b) => Deno.stdout.writeSync(b)) {
+export function consoleOn(write: (b: Uint8Array) => number = writeConsole) {
   const put = (text: string) => {
     let b = enc.encode(text);
     while (b.length) b = b.subarray(write(b));

@@ -4,7 +4,7 @@
 // failure: a clear console message, a report when the network is up, a countdown, reboot(2).
 import { execve, switchRoot } from "../src/linux/exec.ts";
 import { loadModuleFile } from "../src/linux/kmod.ts";
-import { reboot, uname, uptimeMs } from "../src/linux/sysinfo.ts";
+import { reboot, setHostname, uname, uptimeMs } from "../src/linux/sysinfo.ts";
 import { type BootParams, CmdlineError, parseCmdline } from "./cmdline.ts";
 import { consoleOn, fmtBytes, fmtMs, type InitConsole } from "./console.ts";
 import { type LoadModule, loadModules, parseModulesOrder, summarize } from "./modules.ts";
@@ -189,7 +189,12 @@ export async function boot(deps: InitDeps): Promise<void> {
     await timed(
       "network",
       `netroot.mac=${p.mac} is a NIC of this node and its driver is in ${deps.modulesOrder}`,
-      () => bringUpNetwork(p.mac, p.ip, out, deps.network),
+      async () => {
+        const n = await bringUpNetwork(p.mac, p.ip, out, deps.network);
+        // The hostname the server chose (ip= field 5); the image's init may still override it.
+        if (p.ip.hostname) setHostname(p.ip.hostname);
+        return n;
+      },
       (n) =>
         `${n.ifname} ${p.ip.address}/${p.ip.prefix}${p.ip.gateway ? ` via ${p.ip.gateway}` : ""}` +
         (n.carrier ? "" : " (no carrier)"),
@@ -332,16 +337,21 @@ export async function run(args: string[]): Promise<number> {
     console.log(USAGE);
     return 0;
   }
-  if (args.length) {
-    console.error(`netroot init: unexpected arguments: ${args.join(" ")}\n${USAGE}`);
-    return 2;
-  }
   if (Deno.pid !== 1) {
     // It would take over this system's mounts and delete its root filesystem's contents.
     console.error("netroot init: refusing to run: not PID 1 (this is the initramfs /init)");
     return 2;
   }
-  await boot(productionDeps());
+  // From here on, returning or throwing means Deno exits and the kernel panics ("Attempted to kill
+  // init"): stray arguments (the kernel passes unknown words to init) are only mentioned, and an
+  // unexpected rejection is printed instead of ending the process.
+  const deps = productionDeps();
+  if (args.length) deps.out.line(`ignoring arguments: ${args.join(" ")}`);
+  globalThis.addEventListener("unhandledrejection", (e) => {
+    e.preventDefault();
+    deps.out.line(`internal error (ignored): ${errText(e.reason)}`);
+  });
+  await boot(deps);
   // Only reached when reboot(2) failed: a dying PID 1 panics the kernel, so stay, quietly.
   for (;;) await sleep(3_600_000);
 }

@@ -1,5 +1,5 @@
 // Privileged harness for tests/init_switch_test.ts and bench/init_bench.ts (not a test itself).
-// Run as `unshare --mount --pid --fork --net deno run -A tests/init_harness.ts <config.json>`: it
+// Run as `unshare --mount --pid --fork --net --uts deno run -A tests/init_harness.ts <config.json>`: it
 // is then PID 1 of a fresh PID namespace, in a private mount namespace and an empty network
 // namespace. It builds a fake initramfs (a tmpfs with the real layout), a veth NIC with the MAC
 // of the command line and a report server, chroots into the fake initramfs and runs the real

@@ -1,5 +1,5 @@
 // IPv4 interface configuration with the classic ioctls (no `ip`, no netlink): list interfaces,
-// read a MAC, set flags/address/netmask, add a gateway route, read carrier. x86_64 layouts:
+// read a MAC, set flags/address/netmask, add a gateway route; carrier from sysfs. x86_64 layouts:
 // struct ifreq = 16-byte name + 24-byte union; struct rtentry = 120 bytes (checked with gcc).
 import { macFromBytes } from "../mac.ts";
 import { check, cstr, enc, openLibc } from "./libc.ts";
@@ -136,7 +136,18 @@ export function setUp(name: string): void {
   });
 }
 
-export const hasCarrier = (name: string) => (getFlags(name) & IFF_RUNNING) !== 0;
+/**
+ * Carrier, from sysfs (netif_carrier_ok). IFF_RUNNING is only the fallback when /sys is not
+ * mounted: right after "up" it reads true until linkwatch has computed the operstate (seen with a
+ * veth whose peer is down).
+ */
+export function hasCarrier(name: string): boolean {
+  try {
+    return Deno.readTextFileSync(`/sys/class/net/${name}/carrier`).trim() === "1";
+  } catch {
+    return (getFlags(name) & (IFF_UP | IFF_RUNNING)) === (IFF_UP | IFF_RUNNING);
+  }
+}
 
 /** Sets the interface's IPv4 address and netmask (the broadcast follows from them). */
 export function setAddress(name: string, address: string, netmask: string): void {

@@ -1,5 +1,5 @@
 // reboot(2), sync(2), uname(2) and CLOCK_BOOTTIME through FFI.
-import { check, openLibc, readCString } from "./libc.ts";
+import { check, enc, openLibc, readCString } from "./libc.ts";
 
 const LINUX_REBOOT_CMD_RESTART = 0x01234567;
 const CLOCK_BOOTTIME = 7;
@@ -10,6 +10,7 @@ let lib:
     sync: { parameters: []; result: "void" };
     uname: { parameters: ["buffer"]; result: "i32" };
     clock_gettime: { parameters: ["i32", "buffer"]; result: "i32" };
+    sethostname: { parameters: ["buffer", "u64"]; result: "i32" };
   }>
   | undefined;
 
@@ -20,6 +21,7 @@ function libc() {
       sync: { parameters: [], result: "void" },
       uname: { parameters: ["buffer"], result: "i32" },
       clock_gettime: { parameters: ["i32", "buffer"], result: "i32" },
+      sethostname: { parameters: ["buffer", "u64"], result: "i32" },
     } as const,
   );
   return lib;
@@ -53,4 +55,10 @@ export function uptimeMs(): number {
   const ts = new BigInt64Array(2);
   check("clock_gettime", libc().symbols.clock_gettime(CLOCK_BOOTTIME, ts));
   return Number(ts[0]) * 1000 + Number(ts[1]) / 1e6;
+}
+
+/** sethostname(2) (of this UTS namespace). */
+export function setHostname(name: string): void {
+  const b = enc.encode(name);
+  check("sethostname", libc().symbols.sethostname(b, BigInt(b.length)), name);
 }
