@@ -5,7 +5,7 @@
 import { DataDir } from "../src/datadir.ts";
 import { openDatabase, tx } from "../src/db.ts";
 import { ImageStore } from "../src/images/store.ts";
-import { linkTarget, NodeRegistry } from "../src/nodes.ts";
+import { flipSymlink, linkTarget, NodeRegistry } from "../src/nodes.ts";
 import { Rebooter } from "../src/reboot.ts";
 
 const sizes = [1, 100, 1000];
@@ -59,25 +59,40 @@ try {
     return performance.now() - t0;
   };
 
+  /** The filesystem's own cost: the same flips without database, events or reboots. */
+  const floor = (n: number) => {
+    const t0 = performance.now();
+    for (const node of all.slice(0, n)) {
+      flipSymlink(data.nodeFs(node.mac), linkTarget(ids[++flip % 2]));
+    }
+    return performance.now() - t0;
+  };
+
   await ours(10); // warm up the JIT and SQLite statement caches
   console.log(
     "deploy: netroot (one transaction + rename(2) flips) vs peer (one `ln -sfn` per node)",
   );
-  console.log("nodes   netroot ms   per node µs   peer ms   ratio (peer/netroot)");
+  console.log(
+    "nodes   netroot ms   per node µs   fs floor ms   peer ms   ratio (peer/netroot)",
+  );
   const results: Record<number, number> = {};
   for (const n of sizes) {
     const a: number[] = [];
     const b: number[] = [];
+    const f: number[] = [];
     for (let r = 0; r < runs; r++) {
       a.push(await ours(n));
+      f.push(floor(n));
       b.push(await peer(n));
     }
-    const [ma, mb] = [median(a), median(b)];
+    const [ma, mb, mf] = [median(a), median(b), median(f)];
     results[n] = ma;
     console.log(
       `${String(n).padStart(5)}   ${ma.toFixed(1).padStart(10)}   ${
         (ma * 1000 / n).toFixed(0).padStart(11)
-      }   ${mb.toFixed(1).padStart(7)}   ${(mb / ma).toFixed(1).padStart(6)}x`,
+      }   ${mf.toFixed(1).padStart(11)}   ${mb.toFixed(1).padStart(7)}   ${
+        (mb / ma).toFixed(1).padStart(6)
+      }x`,
     );
   }
   console.log(

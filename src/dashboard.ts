@@ -114,7 +114,8 @@ async function refresh() {
   clearTimeout(timer);
   const status = document.getElementById("status");
   try {
-    const [nodes, images] = await Promise.all([get("/nodes"), get("/images")]);
+    const [nodes, imgs] = await Promise.all([get("/nodes"), get("/images")]);
+    const images = Array.isArray(imgs) ? imgs : imgs.images || [];
     renderNodes(nodes);
     renderImages(images);
     await renderTimeline();

@@ -372,6 +372,15 @@ export class NodeRegistry {
     return this.get(node.mac);
   }
 
+  /** find() for a few refs; for many, one listing indexed by MAC and name (a query per ref
+   *  costs more than listing everything past a few dozen nodes). */
+  #lookup(count: number): (ref: string) => NodeInfo | undefined {
+    if (count <= 32) return (ref) => this.find(ref);
+    const byRef = new Map<string, NodeInfo>();
+    for (const n of this.list()) byRef.set(n.mac, n).set(n.name, n);
+    return (ref) => byRef.get(asMac(ref) ?? ref.trim());
+  }
+
   /** Boots `imageRef` on the nodes: rows, links and events in one transaction, then reboots. */
   async deploy(
     refs: string[],
@@ -379,13 +388,11 @@ export class NodeRegistry {
     opts: { reboot?: boolean; force?: boolean } = {},
   ): Promise<{ nodes: NodeInfo[]; reboots: RebootResult[] }> {
     if (refs.length === 0) throw new UserError("deploy needs at least one node");
-    // One listing instead of a lookup per ref: deploys of hundreds of nodes are the usual case.
-    const byRef = new Map<string, NodeInfo>();
-    for (const n of this.list()) byRef.set(n.mac, n).set(n.name, n);
+    const lookup = this.#lookup(refs.length);
     const missing: string[] = [];
     const targets = new Map<string, NodeInfo>();
     for (const ref of refs) {
-      const n = byRef.get(asMac(ref) ?? ref.trim());
+      const n = lookup(ref);
       if (n) targets.set(n.mac, n);
       else missing.push(ref);
     }
@@ -434,8 +441,8 @@ export class NodeRegistry {
     const reboots = opts.reboot === false
       ? []
       : await Promise.all(nodes.map((n) => this.rebooter.reboot(n, "image change")));
-    const after = new Map(this.list().map((n) => [n.mac, n]));
-    return { nodes: nodes.map((n) => after.get(n.mac)!), reboots };
+    const after = this.#lookup(nodes.length);
+    return { nodes: nodes.map((n) => after(n.mac)!), reboots };
   }
 
   reboot(ref: string, cause: string): Promise<RebootResult> {

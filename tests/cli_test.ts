@@ -119,7 +119,7 @@ Deno.test("node CLI: add, ls, show, rename, config, boot, log, reboot, forget", 
 
     const show = ok(await cli("node", "show", "52:54:00:aa:00:01"));
     assert.match(show, /name\s+alpha/);
-    assert.match(show, /image\s+debian/);
+    assert.match(show, /imageName\s+debian/);
     assert.match(show, /boot\.timeout\s+60/);
     assert.equal(JSON.parse(ok(await cli("node", "show", "alpha", "--json"))).imageId, id);
 

@@ -126,6 +126,7 @@ Deno.test({
            VALUES (?, ?, ?, 0, 0, 1)`,
         ).run(id, `img${i}`, new Date().toISOString());
         mkdirSync(data.rootfs(id), { recursive: true });
+        Deno.writeTextFileSync(data.manifest(id), ""); // a tree without one reads as damaged
       });
       const add = db.prepare(
         "INSERT INTO nodes (mac, name, image_id, created_at) VALUES (?, ?, ?, ?)",
