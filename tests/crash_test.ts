@@ -23,9 +23,6 @@ async function start(dataDir: string): Promise<Server> {
     args: [
       "run",
       "-A",
-      "--no-check",
-      "--import-map",
-      "/tmp/h2/import_map.json",
       mainTs,
       "serve",
       "--data",
