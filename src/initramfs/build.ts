@@ -138,7 +138,9 @@ async function readOptional(path: string): Promise<string | undefined> {
   try {
     return await Deno.readTextFile(path);
   } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return undefined;
+    if (e instanceof Deno.errors.NotFound || e instanceof Deno.errors.NotADirectory) {
+      return undefined;
+    }
     throw e;
   }
 }
@@ -166,8 +168,13 @@ export async function buildInitramfs(opts: BuildOptions): Promise<BuildResult> {
   const t0 = performance.now();
   const kv = opts.kernelVersion;
   if (!/^[\w.+~-]+$/.test(kv)) throw new UserError(`bad kernel version ${JSON.stringify(kv)}`);
-  const modDir = resolveInRoot(opts.rootfs, `lib/modules/${kv}`);
-  const dep = await readOptional(join(modDir, "modules.dep"));
+  // /lib/modules, or /usr/lib/modules in a merged-/usr image without the /lib link.
+  let modDir = resolveInRoot(opts.rootfs, `lib/modules/${kv}`);
+  let dep = await readOptional(join(modDir, "modules.dep"));
+  if (dep === undefined) {
+    modDir = resolveInRoot(opts.rootfs, `usr/lib/modules/${kv}`);
+    dep = await readOptional(join(modDir, "modules.dep"));
+  }
   if (dep === undefined) {
     throw new UserError(
       `the image has no /lib/modules/${kv}/modules.dep (run \`depmod ${kv}\` in the image)`,
@@ -278,7 +285,11 @@ export function initramfsFileName(
  * callers for the same key share one build; the file appears complete or not at all (temp name,
  * then rename), so a killed build leaves only a `.tmp` file that a later build sweeps.
  */
-export async function ensureInitramfs(ctx: InitramfsContext, imageId: string): Promise<string> {
+export async function ensureInitramfs(
+  ctx: InitramfsContext,
+  imageId: string,
+  opts: { program?: ProgramFiles } = {},
+): Promise<string> {
   const img = await ctx.images.get(imageId);
   if (!img) throw notFound(`image ${imageId}`);
   if (!img.bootable || !img.kernelVersion) {
@@ -288,49 +299,53 @@ export async function ensureInitramfs(ctx: InitramfsContext, imageId: string): P
     );
   }
   const cache = ctx.data.initramfs;
-  const program = await currentProgram(join(cache, "program"));
+  const program = opts.program ?? await currentProgram(join(cache, "program"));
   const rootfs = ctx.data.rootfs(img.id);
   const compression = initramfsCompression(rootfs, img.kernelVersion);
   const name = initramfsFileName(img.id, img.kernelVersion, program, compression);
+  // Registered before any await so a concurrent caller for the same key finds it.
+  let build = inflight.get(name);
+  if (!build) {
+    build = buildOnce(img.id, img.kernelVersion, rootfs, program, compression, cache, name)
+      .finally(() => inflight.delete(name));
+    inflight.set(name, build);
+  }
+  return await build;
+}
+
+async function buildOnce(
+  imageId: string,
+  kv: string,
+  rootfs: string,
+  program: ProgramFiles,
+  compression: Compression,
+  cache: string,
+  name: string,
+): Promise<string> {
   const path = join(cache, name);
-  const pending = inflight.get(name);
-  if (pending) return pending;
   try {
     await Deno.stat(path);
     return path;
   } catch { /* not built yet */ }
-  const build = (async () => {
-    await Deno.mkdir(cache, { recursive: true });
-    await sweepTempFiles(cache);
-    const tmp = join(cache, `.${name}.${Deno.pid}.tmp`);
-    try {
-      const r = await buildInitramfs({
-        rootfs,
-        kernelVersion: img.kernelVersion!,
-        out: tmp,
-        program,
-        compression,
-      });
-      await Deno.rename(tmp, path);
-      log.info("built", {
-        image: img.id.slice(0, 12),
-        kv: img.kernelVersion,
-        file: name,
-        bytes: r.bytes,
-        files: r.files,
-        modules: r.modules.length,
-        ms: r.ms,
-      });
-      return path;
-    } finally {
-      await Deno.remove(tmp).catch(() => {});
-    }
-  })();
-  inflight.set(name, build);
+  await Deno.mkdir(cache, { recursive: true });
+  await sweepTempFiles(cache);
+  const tmp = join(cache, `.${name}.${Deno.pid}.tmp`);
   try {
-    return await build;
+    const r = await buildInitramfs({ rootfs, kernelVersion: kv, out: tmp, program, compression });
+    await Deno.rename(tmp, path);
+    log.info("built", {
+      image: imageId.slice(0, 12),
+      kv,
+      file: name,
+      bytes: r.bytes,
+      files: r.files,
+      modules: r.modules.length,
+      compression,
+      ms: r.ms,
+    });
+    return path;
   } finally {
-    inflight.delete(name);
+    await Deno.remove(tmp).catch(() => {});
   }
 }
 

@@ -1,0 +1,275 @@
+// The initramfs builder on the real Debian kernel tree and the real deno binary: the archive is
+// read back with GNU cpio, and the extracted tree is run with chroot — /init (the generated
+// launcher) must start deno from the archive's own libraries. Needs root (chroot, mknod).
+import assert from "node:assert/strict";
+import { realpathSync } from "node:fs";
+import { join } from "node:path";
+import { DataDir } from "../src/datadir.ts";
+import { UserError } from "../src/errors.ts";
+import {
+  type BootableImage,
+  buildInitramfs,
+  ensureInitramfs,
+  initramfsCompression,
+  type ProgramFiles,
+} from "../src/initramfs/build.ts";
+import { currentProgram, INIT_ENV, nodeLauncher } from "../src/initramfs/bundle.ts";
+import { debianKernel } from "./support/kernel.ts";
+
+const dec = new TextDecoder();
+const deno = realpathSync(Deno.execPath());
+
+async function sh(
+  cmd: string,
+  args: string[],
+  opts: { cwd?: string; stdin?: string; env?: Record<string, string> } = {},
+) {
+  // A clean environment: what the chroot'ed /init sees must come from the launcher alone.
+  const p = new Deno.Command(cmd, {
+    args,
+    cwd: opts.cwd,
+    clearEnv: true,
+    env: opts.env,
+    stdin: opts.stdin ? "piped" : "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  if (opts.stdin) {
+    const src = await Deno.open(opts.stdin);
+    await src.readable.pipeTo(p.stdin);
+  }
+  const out = await p.output();
+  assert.ok(out.success, `${cmd} ${args.join(" ")} (rc ${out.code}): ${dec.decode(out.stderr)}`);
+  return dec.decode(out.stdout);
+}
+
+/** A program whose script prints what it was started with, then whether FFI on libc works. */
+async function probeProgram(dir: string): Promise<ProgramFiles> {
+  const script = join(dir, "probe.js");
+  await Deno.writeTextFile(
+    script,
+    `const libc = Deno.dlopen("libc.so.6", { getpid: { parameters: [], result: "i32" } });
+console.log(JSON.stringify({ args: Deno.args, env: Deno.env.toObject(), ffiPid: libc.symbols.getpid() === Deno.pid }));`,
+  );
+  return { kind: "bundle", deno, script, hash: "0".repeat(64) };
+}
+
+Deno.test("Debian kernel tree: zstd archive with launcher, deno, libraries, modules; /init runs in chroot (root)", async () => {
+  const k = await debianKernel();
+  const dir = await Deno.makeTempDir({ prefix: "nr-initramfs-" });
+  try {
+    const program = await probeProgram(dir);
+    assert.equal(initramfsCompression(k.root, k.kv), "zstd"); // Debian: CONFIG_RD_ZSTD=y
+    const out = join(dir, "initrd.cpio.zst");
+    const r = await buildInitramfs({ rootfs: k.root, kernelVersion: k.kv, out, program });
+    console.log(
+      `initramfs: ${r.bytes} B ${r.compression} (cpio ${r.cpioBytes} B, ${r.files} files, ` +
+        `${r.modules.length} modules) in ${r.ms} ms`,
+    );
+    assert.equal(r.compression, "zstd");
+    assert.ok(r.bytes <= 45_000_000, `${r.bytes} B > 45 MB target`);
+    assert.equal((await Deno.stat(out)).size, r.bytes);
+
+    const cpioPath = join(dir, "initrd.cpio");
+    await Deno.writeTextFile(cpioPath, ""); // zstd -o wants to create it; -f overwrites
+    await sh("zstd", ["-q", "-f", "-d", out, "-o", cpioPath]);
+    assert.equal((await Deno.stat(cpioPath)).size, r.cpioBytes);
+    const listed = (await sh("cpio", ["-t", "--quiet"], { stdin: cpioPath })).trim().split("\n");
+    for (
+      const p of [
+        "dev",
+        "dev/console",
+        "dev/null",
+        "proc",
+        "sys",
+        "run",
+        "tmp",
+        "newroot",
+        "init",
+        "netroot/deno",
+        "netroot/netroot.js",
+        "netroot/modules.order",
+        "lib64/ld-linux-x86-64.so.2",
+        "lib/x86_64-linux-gnu/libc.so.6",
+        `lib/modules/${k.kv}/kernel/fs/nfs/nfsv4.ko`,
+      ]
+    ) assert.ok(listed.includes(p), p);
+    // Every parent directory comes before what it holds (the kernel unpacks in one pass).
+    const seen = new Set<string>();
+    for (const p of listed) {
+      const parent = p.slice(0, p.lastIndexOf("/"));
+      assert.ok(!p.includes("/") || seen.has(parent), `${p} before ${parent}`);
+      seen.add(p);
+    }
+
+    const tree = join(dir, "tree");
+    await Deno.mkdir(tree);
+    await sh("cpio", ["-idm", "--quiet", "--no-absolute-filenames"], {
+      cwd: tree,
+      stdin: cpioPath,
+    });
+    assert.deepEqual(await Deno.readFile(join(tree, "init")), nodeLauncher());
+    assert.equal((await Deno.stat(join(tree, "netroot/deno"))).size, (await Deno.stat(deno)).size);
+    const order = (await Deno.readTextFile(join(tree, "netroot/modules.order"))).trim().split("\n");
+    assert.deepEqual(order, r.modules);
+    for (const m of order) {
+      const a = await Deno.readFile(join(tree, "lib/modules", k.kv, m));
+      const b = await Deno.readFile(join(k.root, "lib/modules", k.kv, m));
+      assert.equal(a.length, b.length, m);
+    }
+    const console_ = Deno.lstatSync(join(tree, "dev/console"));
+    assert.ok(console_.isCharDevice);
+    assert.equal(console_.rdev, (5 << 8) | 1);
+
+    // The real proof: inside the archive alone, the launcher starts deno, which runs the script.
+    const ran = JSON.parse(await sh("chroot", [tree, "/init"]));
+    assert.deepEqual(ran.args, ["init"]);
+    assert.equal(ran.ffiPid, true);
+    for (const e of INIT_ENV) assert.equal(ran.env[e.split("=")[0]], e.split("=")[1]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+/** An image-like tree whose /lib is an absolute symlink (merged /usr), holding one real module. */
+async function smallImage(dir: string, kv: string, module: Uint8Array): Promise<string> {
+  const root = join(dir, "rootfs");
+  const mods = join(root, "usr/lib/modules", kv);
+  await Deno.mkdir(join(mods, "kernel"), { recursive: true });
+  await Deno.symlink("/usr/lib", join(root, "lib")); // must resolve inside the image, not the host
+  await Deno.writeTextFile(join(mods, "modules.dep"), "kernel/e1000.ko:\n");
+  await Deno.writeFile(join(mods, "kernel/e1000.ko"), module);
+  return root;
+}
+
+Deno.test("image symlinks resolve inside the image; gzip without a kernel config; missing modules noted", async () => {
+  const k = await debianKernel();
+  const dir = await Deno.makeTempDir({ prefix: "nr-initramfs-" });
+  try {
+    const e1000 = await Deno.readFile(
+      join(k.root, "lib/modules", k.kv, "kernel/drivers/net/ethernet/intel/e1000/e1000.ko"),
+    );
+    const root = await smallImage(dir, "9.9.9-test", e1000);
+    const out = join(dir, "i.cpio.gz");
+    const r = await buildInitramfs({
+      rootfs: root,
+      kernelVersion: "9.9.9-test",
+      out,
+      program: await probeProgram(dir),
+      wantedModules: ["e1000", "not_a_module"],
+    });
+    assert.equal(r.compression, "gzip");
+    assert.deepEqual(r.modules, ["kernel/e1000.ko"]);
+    assert.deepEqual(r.missing, ["not_a_module"]);
+    const cpioPath = join(dir, "i.cpio");
+    await Deno.writeFile(
+      cpioPath,
+      await new Response(
+        (await Deno.open(out)).readable.pipeThrough(new DecompressionStream("gzip")),
+      ).bytes(),
+    );
+    const listed = await sh("cpio", ["-t", "--quiet"], { stdin: cpioPath });
+    assert.match(listed, /^lib\/modules\/9\.9\.9-test\/kernel\/e1000\.ko$/m);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("clear errors: no modules.dep, bad kernel version, aarch64 kernel; nothing left behind", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nr-initramfs-" });
+  try {
+    const program = await probeProgram(dir);
+    const out = join(dir, "x.cpio.gz");
+    await Deno.mkdir(join(dir, "empty"));
+    await assert.rejects(
+      buildInitramfs({ rootfs: join(dir, "empty"), kernelVersion: "6.1.0-1", out, program }),
+      (e) =>
+        e instanceof UserError &&
+        e.message ===
+          "the image has no /lib/modules/6.1.0-1/modules.dep (run `depmod 6.1.0-1` in the image)",
+    );
+    await assert.rejects(
+      buildInitramfs({ rootfs: dir, kernelVersion: "../../etc", out, program }),
+      /bad kernel version/,
+    );
+    // A module whose ELF header says aarch64.
+    const arm = new Uint8Array(64);
+    arm.set([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1]);
+    new DataView(arm.buffer).setUint16(18, 183, true);
+    const root = await smallImage(dir, "6.1.0-arm64", arm);
+    await assert.rejects(
+      buildInitramfs({ rootfs: root, kernelVersion: "6.1.0-arm64", out, program }),
+      { message: "the image kernel is aarch64: only x86-64 nodes are supported so far" },
+    );
+    await assert.rejects(Deno.stat(out), Deno.errors.NotFound);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("ensureInitramfs: one shared build per key, atomic file, cache hit, 404/409 (root)", async () => {
+  const k = await debianKernel();
+  const dir = await Deno.makeTempDir({ prefix: "nr-initramfs-" });
+  try {
+    const data = new DataDir(join(dir, "data"));
+    await data.ensure();
+    const id = "f".repeat(64);
+    await Deno.mkdir(data.image(id), { recursive: true });
+    const e1000 = await Deno.readFile(
+      join(k.root, "lib/modules", k.kv, "kernel/drivers/net/ethernet/intel/e1000/e1000.ko"),
+    );
+    await Deno.rename(await smallImage(dir, "9.9.9-test", e1000), data.rootfs(id));
+    const images = new Map<string, BootableImage>([
+      [id, { id, name: "img", bootable: true, kernelVersion: "9.9.9-test" }],
+      ["broken", { id: "b".repeat(64), name: "broken", bootable: false, reason: "no kernel" }],
+    ]);
+    const ctx = { data, images: { get: (ref: string) => images.get(ref) } };
+    const program = await probeProgram(dir);
+    // A temp file of a build killed earlier (its process is gone): swept by the next build.
+    const stale = join(data.initramfs, `.${id}-x.cpio.gz.999999999.tmp`);
+    await Deno.writeTextFile(stale, "partial");
+
+    const [a, b] = await Promise.all([
+      ensureInitramfs(ctx, id, { program }),
+      ensureInitramfs(ctx, id, { program }),
+    ]);
+    assert.equal(a, b);
+    assert.match(a, new RegExp(`/${id}-9\\.9\\.9-test-0{16}\\.cpio\\.gz$`));
+    const names = [...Deno.readDirSync(data.initramfs)].map((e) => e.name);
+    assert.deepEqual(names, [a.slice(a.lastIndexOf("/") + 1)]);
+    const before = (await Deno.stat(a)).mtime;
+    assert.equal(await ensureInitramfs(ctx, id, { program }), a);
+    assert.deepEqual((await Deno.stat(a)).mtime, before);
+
+    await assert.rejects(
+      ensureInitramfs(ctx, "nope", { program }),
+      (e) => e instanceof UserError && e.status === 404,
+    );
+    await assert.rejects(
+      ensureInitramfs(ctx, "broken", { program }),
+      (e) =>
+        e instanceof UserError && e.status === 409 &&
+        e.message === "image broken is not bootable: no kernel",
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("from source, the program is a deno bundle of main.ts that runs", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nr-initramfs-" });
+  try {
+    const p = await currentProgram(dir);
+    assert.equal(p.kind, "bundle");
+    if (p.kind !== "bundle") return;
+    assert.equal(p.deno, deno);
+    assert.match(p.hash, /^[0-9a-f]{64}$/);
+    assert.equal(p.script, join(dir, `netroot-${p.hash.slice(0, 16)}.js`));
+    const help = await sh(deno, ["run", "-A", "--no-config", p.script, "help"], {
+      env: { DENO_DIR: join(dir, "deno-cache"), NO_COLOR: "1" },
+    });
+    assert.match(help, /usage: netroot COMMAND/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
