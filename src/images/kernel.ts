@@ -67,10 +67,13 @@ const isFile = (e: ManifestEntry | undefined) => e?.type === "file" || e?.type =
 export function detectKernel(entries: Iterable<ManifestEntry>): KernelInfo {
   const byPath = new Map<string, ManifestEntry>();
   for (const e of entries) byPath.set(e.path, e);
-  const modulesDir = (kv: string) =>
-    ["/lib/modules/", "/usr/lib/modules/"].map((d) => d + kv).find((p) =>
-      resolveIn(byPath, p)?.type === "dir"
-    ) ?? null;
+  const modulesDir = (kv: string) => {
+    for (const d of ["/lib/modules/", "/usr/lib/modules/"]) {
+      const e = resolveIn(byPath, d + kv);
+      if (e?.type === "dir") return e.path; // the real path (/lib may link to usr/lib)
+    }
+    return null;
+  };
   const moduleVersions = () => {
     const out = new Set<string>();
     for (const d of ["/lib/modules", "/usr/lib/modules"]) {

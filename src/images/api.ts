@@ -1,0 +1,88 @@
+// /api/v1/images: list, show, import (from a path on the server machine), rename, remove.
+// An import asked with `accept: application/x-ndjson` streams progress lines {phase, done, total}
+// then one final {image} or {error}; otherwise the reply is the plain JSON result.
+import { Hono } from "hono";
+import type { Context } from "../context.ts";
+import { UserError } from "../errors.ts";
+import { logger } from "../log.ts";
+import { validateName } from "./store.ts";
+
+const log = logger("images");
+
+async function jsonBody(req: Request): Promise<Record<string, unknown>> {
+  try {
+    const v = await req.json();
+    if (v && typeof v === "object" && !Array.isArray(v)) return v as Record<string, unknown>;
+  } catch { /* fall through */ }
+  throw new UserError("request body must be a JSON object");
+}
+
+export function imageRoutes(ctx: Context): Hono {
+  const app = new Hono();
+  app.onError((e, c) => {
+    if (e instanceof UserError) return c.json({ error: e.message }, e.status);
+    log.error("request failed", { path: c.req.path, error: e });
+    return c.json({ error: `internal error: ${e.message}` }, 500);
+  });
+
+  app.get("/", (c) => c.json(ctx.images.list()));
+  // Names may hold "/" (alice/rpi:latest): the ref is the rest of the path.
+  app.get("/:ref{.+}", (c) => c.json(ctx.images.get(c.req.param("ref"))));
+
+  app.post("/", async (c) => {
+    const body = await jsonBody(c.req.raw);
+    const path = body.path, name = validateName(body.name);
+    if (typeof path !== "string" || !path.startsWith("/")) {
+      throw new UserError("path must be an absolute path on the server machine");
+    }
+    if (!c.req.header("accept")?.includes("application/x-ndjson")) {
+      const image = await ctx.images.import(path, name);
+      return c.json(image, image.existed ? 200 : 201);
+    }
+    const enc = new TextEncoder();
+    const { readable, writable } = new TransformStream<Uint8Array, Uint8Array>();
+    const writer = writable.getWriter();
+    // A client that went away does not stop the import; its lines are dropped.
+    const send = (o: unknown) => writer.write(enc.encode(JSON.stringify(o) + "\n")).catch(() => {});
+    let started = false, lastPhase = "", lastAt = 0;
+    const first = Promise.withResolvers<void>();
+    const job = ctx.images.import(path, name, {
+      onProgress: (p) => {
+        started = true;
+        first.resolve();
+        const now = performance.now();
+        if (p.phase !== lastPhase || now - lastAt > 200 || p.done === p.total) {
+          lastPhase = p.phase;
+          lastAt = now;
+          send(p);
+        }
+      },
+    });
+    // Errors found before any work (name taken, bad path, unknown format) get a real HTTP status.
+    await Promise.race([first.promise, job.then(() => {}, () => {})]);
+    if (!started) {
+      const image = await job; // rethrows the early error
+      return c.json(image, image.existed ? 200 : 201);
+    }
+    job.then(
+      (image) => send({ image }),
+      (e) => {
+        if (!(e instanceof UserError)) log.error("import failed", { path, error: e });
+        return send({ error: (e as Error).message });
+      },
+    ).finally(() => writer.close().catch(() => {}));
+    return new Response(readable, { headers: { "content-type": "application/x-ndjson" } });
+  });
+
+  app.patch("/:ref{.+}", async (c) => {
+    const body = await jsonBody(c.req.raw);
+    return c.json(ctx.images.rename(c.req.param("ref"), validateName(body.name)));
+  });
+
+  app.delete("/:ref{.+}", (c) => {
+    const image = ctx.images.get(c.req.param("ref"));
+    ctx.images.remove(image.id);
+    return c.json({ removed: image.id, name: image.name });
+  });
+  return app;
+}

@@ -1,0 +1,181 @@
+// Imports of rootfs tarballs and directories built with GNU tar, checked on disk and in the
+// manifest. Needs root (mknod, chown, setcap, security.* xattrs).
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { parseManifest } from "../src/manifest.ts";
+import { listXattrs } from "../src/images/xattr.ts";
+import {
+  buildSampleTree,
+  dirEntries,
+  rowCount,
+  sh,
+  T0,
+  tarOf,
+  tempStore,
+} from "./images_helpers.ts";
+
+const capValue = (path: string) => listXattrs(path)?.get("security.capability");
+
+Deno.test("tarball import keeps hardlinks, symlinks, devices, fifo, suid, xattrs, owners, mtimes (root)", async () => {
+  const t = await tempStore();
+  try {
+    const src = `${t.dir}/src`;
+    buildSampleTree(src);
+    const tarball = tarOf(src, `${t.dir}/img.tar`);
+    const img = await t.store.import(tarball, "sample");
+    assert.equal(img.existed, false);
+    assert.match(img.id, /^[0-9a-f]{64}$/);
+
+    // The id is the sha256 of the manifest file.
+    const manifestBytes = await Deno.readFile(t.data.manifest(img.id));
+    assert.equal(createHash("sha256").update(manifestBytes).digest("hex"), img.id);
+    const entries = parseManifest(new TextDecoder().decode(manifestBytes));
+    const by = new Map(entries.map((e) => [e.path, e]));
+    assert.equal(img.files, entries.length);
+
+    const root = t.data.rootfs(img.id);
+    // hardlink: same inode on disk; manifest names the first path
+    const a = Deno.lstatSync(`${root}/usr/bin/tool`),
+      b = Deno.lstatSync(`${root}/usr/bin/tool-alias`);
+    assert.equal(a.ino, b.ino);
+    assert.equal(a.nlink, 2);
+    assert.equal(by.get("/usr/bin/tool")!.type, "file");
+    assert.deepEqual(
+      { type: by.get("/usr/bin/tool-alias")!.type, target: by.get("/usr/bin/tool-alias")!.target },
+      { type: "hardlink", target: "/usr/bin/tool" },
+    );
+    // symlinks
+    assert.equal(Deno.readLinkSync(`${root}/bin`), "usr/bin");
+    assert.equal(Deno.readLinkSync(`${root}/etc/passwd.abs`), "/etc/passwd");
+    assert.equal(by.get("/bin")!.type, "symlink");
+    assert.equal(by.get("/bin")!.target, "usr/bin");
+    // device nodes and fifo
+    const dn = Deno.lstatSync(`${root}/dev/null`);
+    assert.ok(dn.isCharDevice);
+    assert.deepEqual(by.get("/dev/null")!.rdev, { major: 1, minor: 3 });
+    assert.equal(by.get("/dev/null")!.mode, 0o666);
+    assert.ok(Deno.lstatSync(`${root}/dev/sda`).isBlockDevice);
+    assert.deepEqual(by.get("/dev/sda"), {
+      path: "/dev/sda",
+      type: "block",
+      mode: 0o660,
+      uid: 0,
+      gid: 0,
+      size: 0,
+      mtime: T0,
+      rdev: { major: 8, minor: 0 },
+    });
+    assert.ok(Deno.lstatSync(`${root}/run-fifo`).isFifo);
+    assert.equal(by.get("/run-fifo")!.type, "fifo");
+    // suid bit and owners
+    assert.equal(Deno.lstatSync(`${root}/usr/bin/su`).mode! & 0o7777, 0o4755);
+    assert.equal(by.get("/usr/bin/su")!.mode, 0o4755);
+    assert.equal(Deno.lstatSync(`${root}/home/user/space name.txt`).uid, 1000);
+    assert.equal(by.get("/home/user")!.gid, 1000);
+    // xattrs: the file capability survives, on disk and in the manifest
+    const cap = capValue(`${root}/usr/bin/ping`);
+    assert.ok(cap, "security.capability kept on disk");
+    assert.deepEqual(cap, capValue(`${src}/usr/bin/ping`));
+    assert.match(sh("getcap", `${root}/usr/bin/ping`), /cap_net_raw=ep/);
+    assert.equal(
+      by.get("/usr/bin/ping")!.xattrs?.["security.capability"],
+      btoa(String.fromCharCode(...cap!)),
+    );
+    assert.equal(atob(by.get("/etc/hostname")!.xattrs!["user.netroot.test"]), "hello");
+    // content digests and mtimes
+    assert.equal(
+      by.get("/etc/passwd")!.sha256,
+      createHash("sha256").update("root:x:0:0:root:/root:/bin/sh\n").digest("hex"),
+    );
+    assert.ok(entries.every((e) => e.mtime === T0), "every mtime kept");
+    assert.ok(by.has("/home/user/tab\tname") && by.has("/home/user/ünïcödé"));
+    // size counts hardlinked content once
+    const fileBytes = entries.filter((e) => e.type === "file").reduce((s, e) => s + e.size, 0);
+    assert.equal(img.size, fileBytes);
+    // kernel detection
+    assert.equal(img.kernel, "/boot/vmlinuz-6.1.0-test");
+    assert.equal(img.initrd, "/boot/initrd.img-6.1.0-test");
+    assert.equal(img.kernelVersion, "6.1.0-test");
+    assert.equal(img.bootable, true);
+    assert.equal(img.reason, null);
+    assert.deepEqual(await dirEntries(t.data.tmp), []);
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("same content → same id and no second copy, from .tar, .tar.gz, .tar.xz, .tar.zst and a directory (root)", async () => {
+  const t = await tempStore();
+  try {
+    const src = `${t.dir}/src`;
+    buildSampleTree(src);
+    const first = await t.store.import(tarOf(src, `${t.dir}/i.tar`), "one");
+    for (const c of ["gzip", "xz", "zstd"] as const) {
+      const again = await t.store.import(tarOf(src, `${t.dir}/i.${c}.tar`, c), `again-${c}`);
+      assert.equal(again.id, first.id, c);
+      assert.equal(again.existed, true);
+      assert.equal(again.name, "one", "keeps its first name");
+    }
+    const fromDir = await t.store.import(src, "from-dir");
+    assert.equal(fromDir.id, first.id);
+    assert.equal(fromDir.existed, true);
+    assert.deepEqual(await dirEntries(t.data.images), [first.id]);
+    assert.equal(rowCount(t.db), 1);
+    assert.deepEqual(await dirEntries(t.data.tmp), []);
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("directories the archive does not carry get fixed metadata: two imports a second apart match", async () => {
+  const ids: string[] = [];
+  for (let i = 0; i < 2; i++) {
+    const t = await tempStore();
+    try {
+      Deno.mkdirSync(`${t.dir}/src/usr/bin`, { recursive: true });
+      Deno.writeTextFileSync(`${t.dir}/src/usr/bin/x`, "x");
+      sh("touch", "-d", `@${T0}`, `${t.dir}/src/usr/bin/x`);
+      // Member list without any directory (no ./, no usr/, no usr/bin/).
+      sh("tar", "-C", `${t.dir}/src`, "-cf", `${t.dir}/x.tar`, "usr/bin/x");
+      const img = await t.store.import(`${t.dir}/x.tar`, "x");
+      ids.push(img.id);
+      const m = parseManifest(await Deno.readTextFile(t.data.manifest(img.id)));
+      assert.deepEqual(m.map((e) => [e.path, e.type, e.mode, e.mtime]), [
+        ["/", "dir", 0o755, 0],
+        ["/usr", "dir", 0o755, 0],
+        ["/usr/bin", "dir", 0o755, 0],
+        ["/usr/bin/x", "file", 0o644, T0],
+      ]);
+      assert.equal(img.bootable, false);
+      assert.match(img.reason!, /no kernel found/);
+    } finally {
+      await t.close();
+    }
+    if (i === 0) await new Promise((r) => setTimeout(r, 1100));
+  }
+  assert.equal(ids[0], ids[1]);
+});
+
+Deno.test("a member overwritten later in the archive is hashed as its final content", async () => {
+  const t = await tempStore();
+  try {
+    const a = `${t.dir}/a`, b = `${t.dir}/b`;
+    for (const [d, s] of [[a, "old content"], [b, "new content, longer"]]) {
+      Deno.mkdirSync(`${d}/etc`, { recursive: true });
+      Deno.writeTextFileSync(`${d}/etc/conf`, s);
+      for (let i = 0; i < 200; i++) Deno.writeTextFileSync(`${d}/etc/pad${i}`, `${i}`);
+    }
+    sh("tar", "-C", a, "-cf", `${t.dir}/x.tar`, ".");
+    sh("tar", "-C", b, "-rf", `${t.dir}/x.tar`, "./etc/conf"); // appended: same path again
+    const img = await t.store.import(`${t.dir}/x.tar`, "x");
+    const e = parseManifest(await Deno.readTextFile(t.data.manifest(img.id)))
+      .find((e) => e.path === "/etc/conf")!;
+    assert.equal(e.sha256, createHash("sha256").update("new content, longer").digest("hex"));
+    assert.equal(
+      await Deno.readTextFile(`${t.data.rootfs(img.id)}/etc/conf`),
+      "new content, longer",
+    );
+  } finally {
+    await t.close();
+  }
+});
