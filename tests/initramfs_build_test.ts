@@ -14,6 +14,7 @@ import {
   type ProgramFiles,
 } from "../src/initramfs/build.ts";
 import { currentProgram, INIT_ENV, nodeLauncher } from "../src/initramfs/bundle.ts";
+import { keepNewest } from "../src/initramfs/prune.ts";
 import { debianKernel } from "./support/kernel.ts";
 
 const dec = new TextDecoder();
@@ -207,7 +208,17 @@ Deno.test("clear errors: no modules.dep, bad kernel version, aarch64 kernel; not
   }
 });
 
-Deno.test("ensureInitramfs: one shared build per key, atomic file, cache hit, 404/409 (root)", async () => {
+const killedBuild = `
+import { DataDir } from "${new URL("../src/datadir.ts", import.meta.url)}";
+import { ensureInitramfs } from "${new URL("../src/initramfs/build.ts", import.meta.url)}";
+const [root, img, program] = Deno.args;
+const image = JSON.parse(img);
+await ensureInitramfs({ data: new DataDir(root), images: { get: () => image } }, image.id, {
+  program: JSON.parse(program),
+});
+`;
+
+Deno.test("ensureInitramfs: kill -9 leaves no complete-looking file; one shared build per key; cache hit; 404/409", async () => {
   const k = await debianKernel();
   const dir = await Deno.makeTempDir({ prefix: "nr-initramfs-" });
   try {
@@ -225,9 +236,32 @@ Deno.test("ensureInitramfs: one shared build per key, atomic file, cache hit, 40
     ]);
     const ctx = { data, images: { get: (ref: string) => images.get(ref) } };
     const program = await probeProgram(dir);
-    // A temp file of a build killed earlier (its process is gone): swept by the next build.
-    const stale = join(data.initramfs, `.${id}-x.cpio.gz.999999999.tmp`);
-    await Deno.writeTextFile(stale, "partial");
+    // A build killed (SIGKILL) mid-way leaves only a temp file, which the next build sweeps.
+    const child = new Deno.Command(Deno.execPath(), {
+      args: [
+        "eval",
+        killedBuild,
+        data.root,
+        JSON.stringify(images.get(id)),
+        JSON.stringify(program),
+      ],
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+    try {
+      const deadline = Date.now() + 30_000;
+      while (![...Deno.readDirSync(data.initramfs)].some((e) => e.name.endsWith(".tmp"))) {
+        assert.ok(Date.now() < deadline, "the child build never started writing");
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      await new Promise((r) => setTimeout(r, 300)); // well into the write
+    } finally {
+      child.kill("SIGKILL");
+      await child.status;
+    }
+    const leftovers = [...Deno.readDirSync(data.initramfs)].map((e) => e.name);
+    assert.equal(leftovers.length, 1);
+    assert.match(leftovers[0], new RegExp(`^\\.${id}-.*\\.${child.pid}\\.tmp$`));
 
     const [a, b] = await Promise.all([
       ensureInitramfs(ctx, id, { program }),
@@ -269,6 +303,27 @@ Deno.test("from source, the program is a deno bundle of main.ts that runs", asyn
       env: { DENO_DIR: join(dir, "deno-cache"), NO_COLOR: "1" },
     });
     assert.match(help, /usage: netroot COMMAND/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("cache pruning keeps the newest files of one image only", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nr-initramfs-" });
+  try {
+    const names = ["a-1.cpio.zst", "a-2.cpio.zst", "a-3.cpio.gz", "b-1.cpio.zst", "a-notes.txt"];
+    for (const [i, n] of names.entries()) {
+      await Deno.writeTextFile(join(dir, n), n);
+      await Deno.utime(join(dir, n), 1000 + i, 1000 + i);
+    }
+    const removed = await keepNewest(dir, (n) => n.startsWith("a-") && /\.cpio\./.test(n), 2);
+    assert.deepEqual(removed, [join(dir, "a-1.cpio.zst")]);
+    assert.deepEqual([...Deno.readDirSync(dir)].map((e) => e.name).sort(), [
+      "a-2.cpio.zst",
+      "a-3.cpio.gz",
+      "a-notes.txt",
+      "b-1.cpio.zst",
+    ]);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -11,6 +11,7 @@ import { logger } from "../log.ts";
 import { type CpioEntry, CpioWriter } from "./cpio.ts";
 import { EM_X86_64, machineName, readElfFile } from "./elf.ts";
 import { sharedLibraries } from "./libs.ts";
+import { keepNewest } from "./prune.ts";
 import { parseModuleIndex, planModules, WANTED_MODULES } from "./modules.ts";
 import {
   currentProgram,
@@ -333,6 +334,8 @@ async function buildOnce(
   try {
     const r = await buildInitramfs({ rootfs, kernelVersion: kv, out: tmp, program, compression });
     await Deno.rename(tmp, path);
+    // The previous program version's file stays for a rollback; older ones go.
+    await keepNewest(cache, (n) => n.startsWith(`${imageId}-`) && /\.cpio\.(gz|zst)$/.test(n), 2);
     log.info("built", {
       image: imageId.slice(0, 12),
       kv,
@@ -382,4 +385,21 @@ export function prebuildForImage(ctx: InitramfsContext, imageId: string): void {
       log.info("image not bootable: no initramfs", { image: imageId, reason: e.message });
     } else log.warn("prebuild failed", { image: imageId, error: (e as Error).message });
   });
+}
+
+/**
+ * Fire-and-forget, one at a time: the initramfs of every bootable image for the running program.
+ * Call at server start so a program upgrade rebuilds before nodes ask (cache hits are cheap).
+ */
+export function prebuildAll(
+  ctx: InitramfsContext & { images: { list(): BootableImage[] } },
+): Promise<void> {
+  return (async () => {
+    for (const img of ctx.images.list()) {
+      if (!img.bootable) continue;
+      await ensureInitramfs(ctx, img.id).catch((e) =>
+        log.warn("prebuild failed", { image: img.id, error: (e as Error).message })
+      );
+    }
+  })();
 }

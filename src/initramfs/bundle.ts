@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { checkoutRoot } from "../datadir.ts";
 import { launcherElf } from "./elf.ts";
+import { keepNewest } from "./prune.ts";
 
 export type ProgramFiles =
   | { kind: "bundle"; deno: string; script: string; hash: string }
@@ -90,6 +91,7 @@ async function findProgram(cacheDir: string): Promise<ProgramFiles> {
     const hash = await sha256File(tmp, extra);
     const script = join(cacheDir, `netroot-${hash.slice(0, 16)}.js`);
     await Deno.rename(tmp, script);
+    await keepNewest(cacheDir, (n) => /^netroot-[0-9a-f]{16}\.js$/.test(n), 4);
     return { kind: "bundle", deno: exe, script, hash };
   } finally {
     await Deno.remove(tmp).catch(() => {});
