@@ -1,0 +1,325 @@
+// The local copy of an image for hybrid boot, driven by the image's content manifest:
+// - verified: every regular file is hashed while it is written and must match the manifest; the
+//   copy becomes `<id>/image` (atomic rename of `<id>/image.part`) only after syncfs;
+// - resumable: after a power cut, `image.part` is reused file by file, but only files whose size
+//   and sha256 match again (re-read locally, never trusted blindly);
+// - incremental: a file with the same content and metadata in another complete copy on the disk is
+//   hard-linked from there instead of being written.
+// Disk layout under the hybrid dir (WalT-compatible names):  <id>/image  <id>/image.part
+// <id>/manifest  <id>/diff (overlay upper)  <id>/work  <id>/last-boot
+import { createHash } from "node:crypto";
+import { join } from "node:path";
+import { type ManifestEntry, manifestLines } from "../src/manifest.ts";
+import {
+  fsyncDir,
+  lchown,
+  lsetxattr,
+  lutimes,
+  mknod,
+  S_IFBLK,
+  S_IFCHR,
+  S_IFIFO,
+  S_IFSOCK,
+  syncfs,
+} from "../src/linux/fsops.ts";
+
+export class HybridError extends Error {
+  constructor(readonly reason: "no-space" | "corrupt" | "io" | "manifest", message: string) {
+    super(message);
+    this.name = "HybridError";
+  }
+}
+
+export interface CopyProgress {
+  done: number;
+  total: number;
+  /** bytes/s of data actually written */
+  rate: number;
+}
+
+export interface CopyReport {
+  imageId: string;
+  entries: number;
+  bytesTotal: number;
+  /** data read from the source and written to the disk */
+  bytesWritten: number;
+  /** data hard-linked from other complete copies on the disk (nothing written) */
+  bytesLinked: number;
+  /** data kept from an interrupted earlier copy after re-verification */
+  bytesReused: number;
+  resumed: boolean;
+  ms: number;
+}
+
+export const imageIdPattern = /^[0-9a-f]{64}$/;
+
+export function sha256hex(data: Uint8Array | string): string {
+  return createHash("sha256").update(data).digest("hex");
+}
+
+export function copyPaths(hybridDir: string, imageId: string) {
+  const base = join(hybridDir, imageId);
+  return {
+    base,
+    image: join(base, "image"),
+    part: join(base, "image.part"),
+    manifest: join(base, "manifest"),
+    upper: join(base, "diff"),
+    work: join(base, "work"),
+    lastBoot: join(base, "last-boot"),
+  };
+}
+
+export function isComplete(hybridDir: string, imageId: string): boolean {
+  const p = copyPaths(hybridDir, imageId);
+  try {
+    return Deno.statSync(p.image).isDirectory && Deno.statSync(p.manifest).isFile;
+  } catch {
+    return false;
+  }
+}
+
+/** Key under which identical files (content and metadata) can share an inode. */
+function linkKey(e: ManifestEntry): string {
+  return `${e.sha256}:${e.mode}:${e.uid}:${e.gid}:${e.mtime}:${JSON.stringify(e.xattrs ?? {})}`;
+}
+
+/** sha256+metadata → path of that file in another complete copy on this disk. */
+export function indexOtherCopies(hybridDir: string, except: string): Map<string, string> {
+  const index = new Map<string, string>();
+  let names: string[] = [];
+  try {
+    names = [...Deno.readDirSync(hybridDir)].filter((e) => e.isDirectory && e.name !== except)
+      .map((e) => e.name);
+  } catch { /* empty dir */ }
+  for (const id of names) {
+    if (!imageIdPattern.test(id) || !isComplete(hybridDir, id)) continue;
+    const p = copyPaths(hybridDir, id);
+    for (const e of manifestLines(Deno.readTextFileSync(p.manifest))) {
+      if (e.type === "file" && e.sha256 && !index.has(linkKey(e))) {
+        index.set(linkKey(e), p.image + e.path);
+      }
+    }
+  }
+  return index;
+}
+
+/** Bytes (rounded to blocks) and inodes a copy still needs, given what can be hard-linked. */
+export function estimateNeed(
+  entries: ManifestEntry[],
+  index: Map<string, string>,
+  blockSize = 4096,
+): { bytes: number; inodes: number } {
+  let bytes = 0, inodes = 0;
+  for (const e of entries) {
+    if (e.type === "hardlink") continue;
+    if (e.type === "file" && index.has(linkKey(e))) continue;
+    inodes++;
+    const size = e.type === "file" ? e.size : e.type === "dir" ? blockSize : 0;
+    bytes += Math.ceil(size / blockSize) * blockSize;
+  }
+  return { bytes, inodes };
+}
+
+function lstatOrNull(p: string): Deno.FileInfo | null {
+  try {
+    return Deno.lstatSync(p);
+  } catch {
+    return null;
+  }
+}
+
+function removeIfExists(p: string): void {
+  const st = lstatOrNull(p);
+  if (st) Deno.removeSync(p, { recursive: st.isDirectory });
+}
+
+function applyMeta(path: string, e: ManifestEntry): void {
+  lchown(path, e.uid, e.gid);
+  if (e.type !== "symlink") Deno.chmodSync(path, e.mode & 0o7777); // after chown: it clears suid
+  for (const [name, b64] of Object.entries(e.xattrs ?? {})) {
+    lsetxattr(path, name, Uint8Array.from(atob(b64), (c) => c.charCodeAt(0)));
+  }
+  lutimes(path, e.mtime);
+}
+
+const CHUNK = 1 << 20;
+
+async function hashFile(path: string, buf: Uint8Array): Promise<string> {
+  const h = createHash("sha256");
+  using f = await Deno.open(path, { read: true });
+  for (;;) {
+    const n = await f.read(buf);
+    if (n === null) break;
+    h.update(buf.subarray(0, n));
+  }
+  return h.digest("hex");
+}
+
+async function copyVerified(src: string, dst: string, e: ManifestEntry, buf: Uint8Array) {
+  const h = createHash("sha256");
+  let size = 0;
+  {
+    using inF = await Deno.open(src, { read: true });
+    using outF = await Deno.open(dst, { write: true, create: true, truncate: true, mode: 0o600 });
+    for (;;) {
+      const n = await inF.read(buf);
+      if (n === null) break;
+      const chunk = buf.subarray(0, n);
+      h.update(chunk);
+      let off = 0;
+      while (off < n) off += await outF.write(chunk.subarray(off));
+      size += n;
+    }
+  }
+  const digest = h.digest("hex");
+  if (digest !== e.sha256 || size !== e.size) {
+    Deno.removeSync(dst);
+    throw new HybridError(
+      "corrupt",
+      `${e.path}: source does not match the manifest (sha256 ${
+        digest.slice(0, 12)
+      }…, ${size} bytes; ` +
+        `expected ${e.sha256?.slice(0, 12)}…, ${e.size} bytes)`,
+    );
+  }
+}
+
+function wrapFsError(e: unknown, what: string): never {
+  if (e instanceof HybridError) throw e;
+  const err = e as Error & { code?: string };
+  if (err.code === "ENOSPC" || /No space left|ENOSPC/.test(err.message)) {
+    throw new HybridError("no-space", `disk full while writing ${what}`);
+  }
+  throw new HybridError("io", `${what}: ${err.message}`);
+}
+
+export interface CopyOptions {
+  /** the image tree to copy from (the read-only NFS mount) */
+  source: string;
+  hybridDir: string;
+  imageId: string;
+  /** the manifest text; its sha256 must be the image id */
+  manifestText: string;
+  onProgress?(p: CopyProgress): void;
+  progressIntervalMs?: number;
+}
+
+/** Ensures `<id>/image` is a complete, verified copy; returns what it did. */
+export async function ensureLocalCopy(opts: CopyOptions): Promise<CopyReport> {
+  const t0 = performance.now();
+  const { imageId, hybridDir } = opts;
+  if (sha256hex(opts.manifestText) !== imageId) {
+    throw new HybridError(
+      "manifest",
+      `manifest does not hash to image id ${imageId.slice(0, 12)}…`,
+    );
+  }
+  const entries = [...manifestLines(opts.manifestText)];
+  const p = copyPaths(hybridDir, imageId);
+  const bytesTotal = entries.reduce((s, e) => s + (e.type === "file" ? e.size : 0), 0);
+  const report: CopyReport = {
+    imageId,
+    entries: entries.length,
+    bytesTotal,
+    bytesWritten: 0,
+    bytesLinked: 0,
+    bytesReused: 0,
+    resumed: false,
+    ms: 0,
+  };
+  if (isComplete(hybridDir, imageId)) {
+    report.ms = performance.now() - t0;
+    return report;
+  }
+  Deno.mkdirSync(p.base, { recursive: true });
+  report.resumed = lstatOrNull(p.part) !== null;
+  Deno.mkdirSync(p.part, { recursive: true });
+  const index = indexOtherCopies(hybridDir, imageId);
+  const buf = new Uint8Array(CHUNK);
+  const interval = opts.progressIntervalMs ?? 1000;
+  let lastTick = performance.now();
+  const tick = (force = false) => {
+    const now = performance.now();
+    if (!opts.onProgress || (!force && now - lastTick < interval)) return;
+    lastTick = now;
+    opts.onProgress({
+      done: report.bytesWritten + report.bytesLinked + report.bytesReused,
+      total: bytesTotal,
+      rate: report.bytesWritten / Math.max((now - t0) / 1000, 1e-3),
+    });
+  };
+  const dirs: ManifestEntry[] = [];
+  for (const e of entries) {
+    const dst = e.path === "/" ? p.part : p.part + e.path;
+    try {
+      switch (e.type) {
+        case "dir": {
+          const st = lstatOrNull(dst);
+          if (st && !st.isDirectory) removeIfExists(dst);
+          if (!st?.isDirectory) Deno.mkdirSync(dst, { mode: 0o700 });
+          dirs.push(e);
+          break;
+        }
+        case "file": {
+          const st = lstatOrNull(dst);
+          if (st?.isFile && st.size === e.size && report.resumed) {
+            if (await hashFile(dst, buf) === e.sha256) {
+              report.bytesReused += e.size;
+              applyMeta(dst, e);
+              break;
+            }
+          }
+          if (st) removeIfExists(dst);
+          const other = index.get(linkKey(e));
+          if (other) {
+            Deno.linkSync(other, dst);
+            report.bytesLinked += e.size;
+            break;
+          }
+          await copyVerified(opts.source + e.path, dst, e, buf);
+          report.bytesWritten += e.size;
+          applyMeta(dst, e);
+          break;
+        }
+        case "hardlink": {
+          const target = p.part + e.target!;
+          const st = lstatOrNull(dst), tst = Deno.lstatSync(target);
+          if (st && st.ino === tst.ino) break;
+          if (st) removeIfExists(dst);
+          Deno.linkSync(target, dst);
+          break;
+        }
+        case "symlink":
+          removeIfExists(dst);
+          Deno.symlinkSync(e.target!, dst);
+          applyMeta(dst, e);
+          break;
+        default: {
+          removeIfExists(dst);
+          const kind = { char: S_IFCHR, block: S_IFBLK, fifo: S_IFIFO, socket: S_IFSOCK }[e.type];
+          mknod(dst, kind | (e.mode & 0o7777), e.rdev?.major ?? 0, e.rdev?.minor ?? 0);
+          applyMeta(dst, e);
+        }
+      }
+    } catch (err) {
+      wrapFsError(err, e.path);
+    }
+    tick();
+  }
+  try {
+    // Directories last, deepest first, so creating children does not bump their mtimes again.
+    for (const e of dirs.reverse()) applyMeta(e.path === "/" ? p.part : p.part + e.path, e);
+    syncfs(p.base);
+    const tmp = `${p.manifest}.tmp`;
+    Deno.writeTextFileSync(tmp, opts.manifestText);
+    Deno.renameSync(tmp, p.manifest);
+    Deno.renameSync(p.part, p.image);
+    fsyncDir(p.base);
+  } catch (err) {
+    wrapFsError(err, "completing the copy");
+  }
+  tick(true);
+  report.ms = performance.now() - t0;
+  return report;
+}

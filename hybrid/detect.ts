@@ -1,0 +1,146 @@
+// Finds the partition that enables hybrid boot: the first ext4 file system (stable order, below)
+// whose root holds `walt-hybrid/` (the spec's name) or `walt_hybrid/` (WalT's). If one partition
+// holds both, `walt-hybrid/` wins. `.persistent` inside the directory selects the persistent variant.
+//
+// Order: block devices by natural name order (mmcblk0p2 < sda1 < sda2 < sdb1 < vda1 < vdb1), so
+// the choice is the same at every boot. Whole disks are considered only when they carry no
+// partition table the kernel recognised (a file system written straight onto the disk).
+import { join } from "node:path";
+import { mknod, S_IFBLK } from "../src/linux/fsops.ts";
+import { type ExtSuperblock, parseExtSuperblock } from "./ext4.ts";
+
+export const HYBRID_DIR_NAMES = ["walt-hybrid", "walt_hybrid"] as const;
+const SKIP = /^(loop|ram|nbd|sr|zram|fd|mtdblock)\d/;
+
+export interface BlockDev {
+  name: string;
+  major: number;
+  minor: number;
+  partition: boolean;
+}
+
+export interface HybridTarget {
+  device: string; // /dev/vda1
+  mountpoint: string; // where it is mounted (stays mounted)
+  dir: string; // mountpoint/walt-hybrid
+  dirName: string;
+  persistent: boolean;
+  superblock: ExtSuperblock;
+}
+
+export interface DetectDeps {
+  mount(device: string, dir: string): Promise<void>;
+  umount(dir: string): Promise<void>;
+  /** Directory under which candidates are mounted, one subdir per device. */
+  mountBase: string;
+  sysClassBlock?: string;
+  devDir?: string;
+  /** Device-name filter (tests point it at their loop devices). */
+  skip?: RegExp;
+  log?(msg: string): void;
+}
+
+export function naturalCompare(a: string, b: string): number {
+  return a.localeCompare(b, "en", { numeric: true });
+}
+
+export function listBlockDevices(sysClassBlock = "/sys/class/block", skip = SKIP): BlockDev[] {
+  const out: BlockDev[] = [];
+  let names: string[];
+  try {
+    names = [...Deno.readDirSync(sysClassBlock)].map((e) => e.name);
+  } catch {
+    return out;
+  }
+  const isPart = (n: string) => {
+    try {
+      Deno.statSync(join(sysClassBlock, n, "partition"));
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  const parts = new Set(names.filter(isPart));
+  for (const name of names) {
+    if (skip.test(name)) continue;
+    const partition = parts.has(name);
+    // a whole disk with recognised partitions: only its partitions are candidates
+    if (!partition && [...parts].some((p) => p.startsWith(name))) continue;
+    let majmin: string;
+    try {
+      majmin = Deno.readTextFileSync(join(sysClassBlock, name, "dev")).trim();
+    } catch {
+      continue;
+    }
+    const [major, minor] = majmin.split(":").map(Number);
+    out.push({ name, major, minor, partition });
+  }
+  return out.sort((a, b) => naturalCompare(a.name, b.name));
+}
+
+/** /dev/<name>, created from its major:minor when no udev/devtmpfs made it. */
+export function ensureDevNode(dev: BlockDev, devDir = "/dev"): string {
+  const path = join(devDir, dev.name);
+  try {
+    Deno.statSync(path);
+  } catch {
+    mknod(path, S_IFBLK | 0o600, dev.major, dev.minor);
+  }
+  return path;
+}
+
+export async function readSuperblock(device: string): Promise<ExtSuperblock | undefined> {
+  let f: Deno.FsFile | undefined;
+  try {
+    f = await Deno.open(device, { read: true });
+    const head = new Uint8Array(4096);
+    let n = 0;
+    while (n < 2048) {
+      const r = await f.read(head.subarray(n));
+      if (r === null) break;
+      n += r;
+    }
+    return parseExtSuperblock(head.subarray(0, n));
+  } catch {
+    return undefined;
+  } finally {
+    f?.close();
+  }
+}
+
+function dirExists(p: string): boolean {
+  try {
+    return Deno.statSync(p).isDirectory;
+  } catch {
+    return false;
+  }
+}
+
+export async function findHybridPartition(deps: DetectDeps): Promise<HybridTarget | undefined> {
+  const log = deps.log ?? (() => {});
+  for (const bd of listBlockDevices(deps.sysClassBlock, deps.skip)) {
+    const device = ensureDevNode(bd, deps.devDir);
+    const sb = await readSuperblock(device);
+    if (!sb) continue;
+    const mountpoint = join(deps.mountBase, bd.name);
+    await Deno.mkdir(mountpoint, { recursive: true });
+    try {
+      await deps.mount(device, mountpoint);
+    } catch (e) {
+      log(`${device}: ${sb.kind} but cannot mount it (${(e as Error).message}); skipped`);
+      continue;
+    }
+    const dirName = HYBRID_DIR_NAMES.find((n) => dirExists(join(mountpoint, n)));
+    if (dirName) {
+      const dir = join(mountpoint, dirName);
+      let persistent = false;
+      try {
+        Deno.statSync(join(dir, ".persistent"));
+        persistent = true;
+      } catch { /* volatile */ }
+      return { device, mountpoint, dir, dirName, persistent, superblock: sb };
+    }
+    await deps.umount(mountpoint);
+  }
+  return undefined;
+}

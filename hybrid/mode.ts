@@ -1,0 +1,140 @@
+// Hybrid boot, node side: make room (evict least-recently-booted copies), ensure the verified local
+// copy, then lay out the overlay dirs for the variant:
+//   volatile   — upper and work emptied at every boot: each boot starts from the image alone;
+//   persistent — upper kept across reboots (except /tmp), work emptied.
+// Any HybridError makes the caller fall back to network mode.
+import { join } from "node:path";
+import { statvfs } from "../src/linux/fsops.ts";
+import { manifestLines } from "../src/manifest.ts";
+import {
+  copyPaths,
+  type CopyProgress,
+  type CopyReport,
+  ensureLocalCopy,
+  estimateNeed,
+  HybridError,
+  imageIdPattern,
+  indexOtherCopies,
+  isComplete,
+} from "./copy.ts";
+
+export type Variant = "volatile" | "persistent";
+
+export interface HybridRoot {
+  variant: Variant;
+  lower: string;
+  upper: string;
+  work: string;
+  report: CopyReport;
+  evicted: string[];
+}
+
+function lastBooted(hybridDir: string, id: string): number {
+  try {
+    return Deno.statSync(copyPaths(hybridDir, id).lastBoot).mtime?.getTime() ?? 0;
+  } catch {
+    return 0;
+  }
+}
+
+/**
+ * Frees space for `need` by removing other images' copies, least recently booted first (unfinished
+ * copies of other images before complete ones). Never touches `keep`. Returns the removed ids.
+ */
+export function makeRoom(
+  hybridDir: string,
+  keep: string,
+  need: { bytes: number; inodes: number },
+  space: (path: string) => { freeBytes: number; freeInodes: number } = statvfs,
+): string[] {
+  const fits = () => {
+    const s = space(hybridDir);
+    return s.freeBytes >= need.bytes && s.freeInodes >= need.inodes;
+  };
+  const evicted: string[] = [];
+  if (fits()) return evicted;
+  const others = [...Deno.readDirSync(hybridDir)]
+    .filter((e) => e.isDirectory && imageIdPattern.test(e.name) && e.name !== keep)
+    .map((e) => e.name)
+    .sort((a, b) =>
+      Number(isComplete(hybridDir, a)) - Number(isComplete(hybridDir, b)) ||
+      lastBooted(hybridDir, a) - lastBooted(hybridDir, b)
+    );
+  for (const id of others) {
+    Deno.removeSync(copyPaths(hybridDir, id).base, { recursive: true });
+    evicted.push(id);
+    if (fits()) return evicted;
+  }
+  return evicted;
+}
+
+export interface PrepareOptions {
+  hybridDir: string;
+  persistent: boolean;
+  imageId: string;
+  manifestText: string;
+  source: string;
+  onProgress?(p: CopyProgress): void;
+  log?(msg: string): void;
+  space?: (path: string) => { freeBytes: number; freeInodes: number };
+}
+
+export async function prepareHybridRoot(opts: PrepareOptions): Promise<HybridRoot> {
+  const log = opts.log ?? (() => {});
+  const p = copyPaths(opts.hybridDir, opts.imageId);
+  let evicted: string[] = [];
+  if (!isComplete(opts.hybridDir, opts.imageId)) {
+    const entries = [...manifestLines(opts.manifestText)];
+    const index = indexOtherCopies(opts.hybridDir, opts.imageId);
+    const need = estimateNeed(entries, index);
+    // 5 % margin: directory blocks, journal, metadata of the overlay dirs
+    need.bytes = Math.ceil(need.bytes * 1.05) + (1 << 20);
+    // Evicting a copy we would hard-link from defeats the purpose, but correctness first: the
+    // need is recomputed after eviction below by the copy itself (links to evicted copies vanish).
+    evicted = makeRoom(opts.hybridDir, opts.imageId, need, opts.space);
+    if (evicted.length) log(`evicted ${evicted.length} older image copies to make room`);
+    const s = (opts.space ?? statvfs)(opts.hybridDir);
+    if (s.freeBytes < need.bytes || s.freeInodes < need.inodes) {
+      throw new HybridError(
+        "no-space",
+        `the image needs ${mb(need.bytes)} MB on the hybrid partition, only ${
+          mb(s.freeBytes)
+        } MB free`,
+      );
+    }
+  }
+  let report: CopyReport;
+  try {
+    report = await ensureLocalCopy({
+      source: opts.source,
+      hybridDir: opts.hybridDir,
+      imageId: opts.imageId,
+      manifestText: opts.manifestText,
+      onProgress: opts.onProgress,
+    });
+  } catch (e) {
+    // A full disk leaves the partial copy useless and in the way of other copies: remove it.
+    if (e instanceof HybridError && e.reason === "no-space") {
+      Deno.removeSync(p.base, { recursive: true });
+    }
+    throw e;
+  }
+  const variant: Variant = opts.persistent ? "persistent" : "volatile";
+  rmrf(p.work);
+  if (variant === "volatile") rmrf(p.upper);
+  else rmrf(join(p.upper, "tmp"));
+  Deno.mkdirSync(p.upper, { recursive: true });
+  Deno.mkdirSync(p.work, { recursive: true });
+  Deno.writeTextFileSync(p.lastBoot, new Date().toISOString() + "\n");
+  return { variant, lower: p.image, upper: p.upper, work: p.work, report, evicted };
+}
+
+function rmrf(path: string): void {
+  try {
+    Deno.removeSync(path, { recursive: true });
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+  }
+}
+
+const mb = (n: number) => (n / 1e6).toFixed(1);

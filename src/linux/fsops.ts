@@ -1,0 +1,106 @@
+// File-system calls Deno does not expose: lchown, utimensat (no-follow), mknod, l*xattr, syncfs,
+// statvfs, fsync of a directory. Used by the hybrid copy (node side) and by image tools.
+import { check, cstr, openLibc } from "./libc.ts";
+
+const AT_FDCWD = -100;
+const AT_SYMLINK_NOFOLLOW = 0x100;
+const O_RDONLY = 0, O_DIRECTORY = 0o200000, O_CLOEXEC = 0o2000000;
+
+let lib: ReturnType<typeof open> | undefined;
+function open() {
+  return openLibc(
+    {
+      lchown: { parameters: ["buffer", "u32", "u32"], result: "i32" },
+      utimensat: { parameters: ["i32", "buffer", "buffer", "i32"], result: "i32" },
+      mknod: { parameters: ["buffer", "u32", "u64"], result: "i32" },
+      lsetxattr: { parameters: ["buffer", "buffer", "buffer", "usize", "i32"], result: "i32" },
+      open: { parameters: ["buffer", "i32", "u32"], result: "i32" },
+      close: { parameters: ["i32"], result: "i32" },
+      syncfs: { parameters: ["i32"], result: "i32" },
+      fsync: { parameters: ["i32"], result: "i32" },
+      statvfs: { parameters: ["buffer", "buffer"], result: "i32" },
+    } as const,
+  );
+}
+const libc = () => (lib ??= open()).symbols;
+
+export function lchown(path: string, uid: number, gid: number): void {
+  check("lchown", libc().lchown(cstr(path), uid, gid), path);
+}
+
+/** Sets atime and mtime (seconds, fractional allowed) without following a final symlink. */
+export function lutimes(path: string, mtime: number, atime = mtime): void {
+  const ts = new BigInt64Array(4);
+  const split = (t: number, i: number) => {
+    const s = Math.floor(t);
+    ts[i] = BigInt(s);
+    ts[i + 1] = BigInt(Math.round((t - s) * 1e9));
+  };
+  split(atime, 0);
+  split(mtime, 2);
+  check(
+    "utimensat",
+    libc().utimensat(AT_FDCWD, cstr(path), new Uint8Array(ts.buffer), AT_SYMLINK_NOFOLLOW),
+    path,
+  );
+}
+
+export function makedev(major: number, minor: number): bigint {
+  const ma = BigInt(major), mi = BigInt(minor);
+  return ((ma & 0xfffff000n) << 32n) | ((ma & 0xfffn) << 8n) | ((mi & 0xffffff00n) << 12n) |
+    (mi & 0xffn);
+}
+
+export const S_IFCHR = 0o020000, S_IFBLK = 0o060000, S_IFIFO = 0o010000, S_IFSOCK = 0o140000;
+
+export function mknod(path: string, mode: number, major = 0, minor = 0): void {
+  check("mknod", libc().mknod(cstr(path), mode, makedev(major, minor)), path);
+}
+
+export function lsetxattr(path: string, name: string, value: Uint8Array): void {
+  const v = new Uint8Array(value); // own buffer for FFI
+  check(
+    "lsetxattr",
+    libc().lsetxattr(cstr(path), cstr(name), v, BigInt(v.length), 0),
+    `${path} ${name}`,
+  );
+}
+
+function withFd<T>(path: string, flags: number, fn: (fd: number) => T): T {
+  const fd = check("open", libc().open(cstr(path), flags | O_CLOEXEC, 0), path);
+  try {
+    return fn(fd);
+  } finally {
+    libc().close(fd);
+  }
+}
+
+/** Flushes the whole file system holding `path` (one call instead of an fsync per file). */
+export function syncfs(path: string): void {
+  withFd(path, O_RDONLY, (fd) => check("syncfs", libc().syncfs(fd), path));
+}
+
+/** fsync of a directory: makes a rename inside it durable. */
+export function fsyncDir(path: string): void {
+  withFd(path, O_RDONLY | O_DIRECTORY, (fd) => check("fsync", libc().fsync(fd), path));
+}
+
+export interface FsSpace {
+  /** bytes available to unprivileged users */
+  freeBytes: number;
+  totalBytes: number;
+  freeInodes: number;
+  blockSize: number;
+}
+
+export function statvfs(path: string): FsSpace {
+  const buf = new BigUint64Array(14);
+  check("statvfs", libc().statvfs(cstr(path), new Uint8Array(buf.buffer)), path);
+  const frsize = Number(buf[1]);
+  return {
+    blockSize: frsize,
+    totalBytes: Number(buf[2]) * frsize,
+    freeBytes: Number(buf[4]) * frsize,
+    freeInodes: Number(buf[7]),
+  };
+}

@@ -1,0 +1,129 @@
+// Hybrid partition detection on real partitioned disks (loop devices with partition scan; root),
+// and the ext superblock parser on real mkfs output.
+import assert from "node:assert/strict";
+import { parseExtSuperblock } from "../hybrid/ext4.ts";
+import { findHybridPartition, listBlockDevices, naturalCompare } from "../hybrid/detect.ts";
+import { run } from "./support/ext4disk.ts";
+
+function head(file: string): Uint8Array {
+  const f = Deno.openSync(file);
+  const b = new Uint8Array(4096);
+  f.readSync(b);
+  f.close();
+  return b;
+}
+
+Deno.test("ext superblock parser: ext4 / ext2 recognised with label, FAT and zeros are not", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    run("truncate", "-s", "16M", `${dir}/a`, `${dir}/b`, `${dir}/c`, `${dir}/d`);
+    run("mkfs.ext4", "-q", "-F", "-L", "WALTDATA", `${dir}/a`);
+    run("mkfs.ext2", "-q", "-F", `${dir}/b`);
+    run("mkfs.vfat", `${dir}/c`);
+    const a = parseExtSuperblock(head(`${dir}/a`))!;
+    assert.equal(a.kind, "ext4");
+    assert.equal(a.label, "WALTDATA");
+    assert.equal(a.blocks * a.blockSize, 16 * 1024 * 1024);
+    assert.match(a.uuid, /^[0-9a-f]{8}-[0-9a-f]{4}-/);
+    assert.equal(parseExtSuperblock(head(`${dir}/b`))!.kind, "ext2");
+    assert.equal(parseExtSuperblock(head(`${dir}/c`)), undefined);
+    assert.equal(parseExtSuperblock(head(`${dir}/d`)), undefined);
+    assert.equal(parseExtSuperblock(new Uint8Array(100)), undefined);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("natural device order", () => {
+  assert.deepEqual(
+    ["vdb1", "sda10", "sda2", "mmcblk0p2", "sda1", "vda1"].sort(naturalCompare),
+    ["mmcblk0p2", "sda1", "sda2", "sda10", "vda1", "vdb1"],
+  );
+});
+
+/** Loop devices as stand-ins for a disk's partitions: this host's kernel does not scan partitions
+ *  on loop devices, so a sysfs-like tree maps vda, vda1… onto real loop block devices. The init
+ *  reads the same files (`dev`, `partition`) in the real /sys/class/block inside qemu (e2e). */
+function fakeDisk(dir: string, images: string[]) {
+  const loops = images.map((img) => run("losetup", "-f", "--show", img));
+  const sys = `${dir}/sys`;
+  const majmin = (l: string) => run("cat", `/sys/class/block/${l.replace("/dev/", "")}/dev`);
+  Deno.mkdirSync(`${sys}/vda`, { recursive: true });
+  Deno.writeTextFileSync(`${sys}/vda/dev`, majmin(loops[0]) + "\n"); // the whole disk: never a candidate
+  loops.forEach((l, i) => {
+    Deno.mkdirSync(`${sys}/vda${i + 1}`);
+    Deno.writeTextFileSync(`${sys}/vda${i + 1}/dev`, majmin(l) + "\n");
+    Deno.writeTextFileSync(`${sys}/vda${i + 1}/partition`, `${i + 1}\n`);
+  });
+  return { loops, sys };
+}
+
+Deno.test("hybrid detect (root, real block devices): FAT + plain ext4 skipped, walt_hybrid found, .persistent read; walt-hybrid wins over walt_hybrid", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "netroot-detect-" });
+  let loops: string[] = [];
+  const mounted: string[] = [];
+  try {
+    const devDir = `${dir}/dev`;
+    await Deno.mkdir(devDir);
+    const imgs = [1, 2, 3].map((i) => `${dir}/p${i}.img`);
+    run("truncate", "-s", "16M", ...imgs);
+    run("mkfs.vfat", imgs[0]);
+    for (const [i, d] of [[1, "other"], [2, "walt_hybrid"]] as const) {
+      await Deno.mkdir(`${dir}/stage${i}/${d}`, { recursive: true });
+      if (i === 2) await Deno.writeTextFile(`${dir}/stage${i}/${d}/.persistent`, "");
+      run("mkfs.ext4", "-q", "-F", "-d", `${dir}/stage${i}`, imgs[i]);
+    }
+    const disk = fakeDisk(dir, imgs);
+    loops = disk.loops;
+    assert.deepEqual(listBlockDevices(disk.sys).map((d) => d.name), ["vda1", "vda2", "vda3"]);
+    const deps = {
+      mount: (dev: string, mnt: string) => {
+        run("mount", "-t", "ext4", dev, mnt);
+        mounted.push(mnt);
+        return Promise.resolve();
+      },
+      umount: (mnt: string) => {
+        run("umount", mnt);
+        mounted.splice(mounted.indexOf(mnt), 1);
+        return Promise.resolve();
+      },
+      mountBase: `${dir}/mnt`,
+      devDir,
+      sysClassBlock: disk.sys,
+    };
+    const t = await findHybridPartition(deps);
+    assert.ok(t);
+    assert.equal(t.device, `${devDir}/vda3`, "device node made from sysfs major:minor");
+    assert.equal(t.dirName, "walt_hybrid");
+    assert.equal(t.persistent, true);
+    assert.deepEqual(mounted, [t.mountpoint], "non-matching candidates are unmounted");
+    await deps.umount(t.mountpoint);
+    // Both names on one (earlier) partition: it wins by order, and the spec's walt-hybrid wins.
+    await Deno.mkdir(`${dir}/stage3/walt-hybrid`, { recursive: true });
+    await Deno.mkdir(`${dir}/stage3/walt_hybrid`, { recursive: true });
+    run("mkfs.ext4", "-q", "-F", "-d", `${dir}/stage3`, `${devDir}/vda2`);
+    const t2 = await findHybridPartition(deps);
+    assert.equal(t2?.device, `${devDir}/vda2`);
+    assert.equal(t2?.dirName, "walt-hybrid");
+    assert.equal(t2?.persistent, false);
+  } finally {
+    for (const m of mounted) run("umount", m);
+    for (const l of loops) run("losetup", "-d", l);
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("hybrid detect: no candidate → undefined (network mode)", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const t = await findHybridPartition({
+      mount: () => Promise.reject(new Error("unused")),
+      umount: () => Promise.resolve(),
+      mountBase: dir,
+      skip: /.*/,
+    });
+    assert.equal(t, undefined);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

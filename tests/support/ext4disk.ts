@@ -1,0 +1,54 @@
+// Real ext4 on a real loop device for the hybrid tests (root needed: losetup, mount).
+export function run(cmd: string, ...args: string[]): string {
+  const out = new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).outputSync();
+  if (!out.success) {
+    throw new Error(`${cmd} ${args.join(" ")}: ${new TextDecoder().decode(out.stderr).trim()}`);
+  }
+  return new TextDecoder().decode(out.stdout).trim();
+}
+
+export interface LoopExt4 {
+  file: string;
+  loop: string; // /dev/loopN
+  mnt: string;
+  /** sectors written to the loop device so far (/sys/block/loopN/stat field 7) */
+  writtenBytes(): number;
+  close(): Promise<void>;
+}
+
+/** A fresh ext4 file system of sizeMiB on a loop device, mounted. */
+export async function loopExt4(sizeMiB: number, dir?: string): Promise<LoopExt4> {
+  const base = dir ?? await Deno.makeTempDir({ prefix: "netroot-ext4-" });
+  const file = `${base}/disk.img`;
+  const mnt = `${base}/mnt`;
+  await Deno.mkdir(mnt, { recursive: true });
+  run("truncate", "-s", `${sizeMiB}M`, file);
+  run("mkfs.ext4", "-q", "-F", "-b", "4096", "-m", "0", file);
+  const loop = run("losetup", "-f", "--show", file);
+  try {
+    run("mount", "-t", "ext4", loop, mnt);
+  } catch (e) {
+    run("losetup", "-d", loop);
+    throw e;
+  }
+  const name = loop.replace("/dev/", "");
+  return {
+    file,
+    loop,
+    mnt,
+    writtenBytes() {
+      run("sync");
+      const f = Deno.readTextFileSync(`/sys/block/${name}/stat`).trim().split(/\s+/).map(Number);
+      return f[6] * 512;
+    },
+    async close() {
+      try {
+        run("umount", mnt);
+      } catch { /* already */ }
+      try {
+        run("losetup", "-d", loop);
+      } catch { /* already */ }
+      if (!dir) await Deno.remove(base, { recursive: true }).catch(() => {});
+    },
+  };
+}
