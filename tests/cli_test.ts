@@ -2,12 +2,16 @@
 // server on a loopback port; exit codes, stdout tables/JSON and one-line stderr errors.
 import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { defaultConfig } from "../src/config.ts";
 import type { Context } from "../src/context.ts";
 import { buildApp, openContext } from "../src/server.ts";
+import { registerVnodeApi } from "../src/vnode/api.ts";
 
 const mainTs = fileURLToPath(new URL("../main.ts", import.meta.url));
+const ports = new WeakMap<Context, number>();
+const serverPort = (ctx: Context) => ports.get(ctx)!;
 
 interface Run {
   code: number;
@@ -27,6 +31,7 @@ async function withServer(
     { hostname: "127.0.0.1", port: 0, onListen: () => {} },
     buildApp(ctx).fetch,
   );
+  ports.set(ctx, server.addr.port);
   /** Runs the CLI; a trailing object overrides environment variables. */
   const cli = async (...args: (string | Record<string, string>)[]): Promise<Run> => {
     const env = typeof args.at(-1) === "object" ? args.pop() as Record<string, string> : {};
@@ -202,5 +207,50 @@ Deno.test("node CLI: writes without the token are refused with 401's message", (
       );
     } finally {
       await Deno.remove(empty, { recursive: true });
+    }
+  }));
+
+// The console route is the virtual-node code's (added through the API extension hook).
+registerVnodeApi(() => {
+  throw new Error("the console route needs no vnode manager");
+});
+
+Deno.test("node CLI: console prints a virtual node's serial log; --follow streams appends", () =>
+  withServer(async (cli, ctx) => {
+    ctx.nodes.add("52:54:00:aa:00:20", { name: "vm1", virtual: true });
+    ctx.nodes.add("52:54:00:aa:00:21", { name: "metal" });
+    const log = join(ctx.data.vm("52:54:00:aa:00:20"), "console.log");
+    mkdirSync(ctx.data.vm("52:54:00:aa:00:20"), { recursive: true });
+    Deno.writeTextFileSync(log, "SeaBIOS\niPXE\n");
+    assert.equal(ok(await cli("node", "console", "vm1")), "SeaBIOS\niPXE\n");
+    fails(await cli("node", "console", "metal"), /only virtual nodes/);
+
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", mainTs, "node", "console", "vm1", "--follow"],
+      env: { NETROOT_SERVER: `http://127.0.0.1:${serverPort(ctx)}` },
+      stdout: "piped",
+      stderr: "null",
+    }).spawn();
+    try {
+      const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+      let seen = "";
+      const until = async (text: string) => {
+        const deadline = Date.now() + 15_000;
+        while (!seen.includes(text) && Date.now() < deadline) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          seen += value;
+        }
+        assert.ok(seen.includes(text), `console --follow printed ${JSON.stringify(seen)}`);
+      };
+      await until("iPXE\n");
+      Deno.writeTextFileSync(log, "Linux version 6.1\n", { append: true });
+      await until("Linux version 6.1\n");
+      assert.equal(seen, "SeaBIOS\niPXE\nLinux version 6.1\n");
+      reader.releaseLock();
+    } finally {
+      child.kill("SIGTERM");
+      await child.status;
+      await child.stdout.cancel().catch(() => {});
     }
   }));
