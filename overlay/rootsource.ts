@@ -72,8 +72,9 @@ export async function mountWithRetry(
       if (wait <= 0) {
         throw new Error(`${msg} — gave up after ${attempt} attempts in ${fmtMs(spent)}`);
       }
+      // msg names source, target and options already (SyscallError detail).
       out.line(
-        `mount ${src.describe} attempt ${attempt} failed: ${msg}; retrying in ${fmtMs(wait)} ` +
+        `mount attempt ${attempt} failed: ${msg}; retrying in ${fmtMs(wait)} ` +
           `(${fmtMs(spent)} of ${fmtMs(budgetMs)} spent)`,
       );
       await sleep(wait);
