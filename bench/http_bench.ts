@@ -29,31 +29,44 @@ async function run(cmd: string, args: string[]): Promise<string> {
   return new TextDecoder().decode(out.stdout);
 }
 
-/** Median single-stream download rate (MB/s) over `rounds` curl runs. */
+const median = (xs: number[]) => xs.sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+/** Single-stream download rate (MB/s) of one curl run. */
 async function curlRate(url: string): Promise<number> {
-  const rates: number[] = [];
-  for (let i = 0; i < rounds; i++) {
-    const out = await run("curl", [
-      "-sS",
-      "-o",
-      "/dev/null",
-      "-w",
-      "%{speed_download} %{size_download}",
-      url,
-    ]);
-    const [speed, size] = out.trim().split(" ").map(Number);
-    if (size !== mib * 1024 * 1024) throw new Error(`${url}: got ${size} bytes`);
-    rates.push(speed / 1e6);
-  }
-  return rates.sort((a, b) => a - b)[Math.floor(rounds / 2)];
+  const out = await run("curl", [
+    "-sS",
+    "-o",
+    "/dev/null",
+    "-w",
+    "%{speed_download} %{size_download}",
+    url,
+  ]);
+  const [speed, size] = out.trim().split(" ").map(Number);
+  if (size !== mib * 1024 * 1024) throw new Error(`${url}: got ${size} bytes`);
+  return speed / 1e6;
 }
 
-/** Aggregate rate (MB/s) with 4 concurrent connections for 4 s (wrk). */
+/** Aggregate rate (MB/s) with 4 concurrent connections for 2 s (wrk). */
 async function wrkRate(url: string): Promise<number> {
-  const out = await run("wrk", ["-t2", "-c4", "-d4s", url]);
+  const out = await run("wrk", ["-t2", "-c4", "-d2s", url]);
   const m = /Transfer\/sec:\s+([\d.]+)([KMG]B)/.exec(out);
   if (!m) throw new Error(`wrk output not understood:\n${out}`);
   return Number(m[1]) * { KB: 1e-3, MB: 1, GB: 1e3 }[m[2] as "KB" | "MB" | "GB"]! * 1.048576;
+}
+
+/** Medians of alternating runs (ours, theirs, ours, …): load from elsewhere hits both alike. */
+async function alternate(
+  n: number,
+  measure: (url: string) => Promise<number>,
+  a: string,
+  b: string,
+) {
+  const ra: number[] = [], rb: number[] = [];
+  for (let i = 0; i < n; i++) {
+    ra.push(await measure(a));
+    rb.push(await measure(b));
+  }
+  return [median(ra), median(rb)];
 }
 
 const dir = await Deno.makeTempDir({ prefix: "nr-httpbench-" });
@@ -92,7 +105,7 @@ try {
   const conf = join(dir, "nginx.conf");
   writeFileSync(
     conf,
-    `user root; worker_processes 1; daemon off; pid ${dir}/nginx.pid; error_log ${dir}/nginx.err;
+    `user root; worker_processes auto; daemon off; pid ${dir}/nginx.pid; error_log ${dir}/nginx.err;
 events { worker_connections 64; }
 http { access_log off; sendfile on; tcp_nopush on;
   server { listen 127.0.0.1:${ngPort}; root ${boot}; } }
@@ -106,17 +119,17 @@ http { access_log off; sendfile on; tcp_nopush on;
   }
 
   console.log(`file ${mib} MiB, loopback, 2 cores shared by server and client`);
-  const c1 = await curlRate(ours), c2 = await curlRate(theirs);
+  const [c1, c2] = await alternate(rounds, curlRate, ours, theirs);
   console.log(
     `curl single stream (median of ${rounds}): netroot ${c1.toFixed(0)} MB/s, nginx ${
       c2.toFixed(0)
     } MB/s, ratio ${(c1 / c2).toFixed(2)}×`,
   );
-  const w1 = await wrkRate(ours), w2 = await wrkRate(theirs);
+  const [w1, w2] = await alternate(3, wrkRate, ours, theirs);
   console.log(
-    `wrk 4 connections: netroot ${w1.toFixed(0)} MB/s, nginx ${w2.toFixed(0)} MB/s, ratio ${
-      (w1 / w2).toFixed(2)
-    }×`,
+    `wrk 4 connections (median of 3 × 2 s): netroot ${w1.toFixed(0)} MB/s, nginx ${
+      w2.toFixed(0)
+    } MB/s, ratio ${(w1 / w2).toFixed(2)}×`,
   );
   ctx.db.close();
 } finally {

@@ -204,23 +204,23 @@ export function bootRoutes(ctx: Context): Hono {
 
   /** The image a node boots: a specific one (?image=, pinned by the script so that kernel and
    *  initramfs come from the same image even if a deploy lands in between), else its current. */
-  const imageFor = (mac: string, pinned?: string) => {
+  const imageFor = async (mac: string, pinned?: string) => {
     const id = pinned || ctx.nodes.currentImageId(mac);
     if (!id) return undefined;
     try {
-      return ctx.images.get(id);
+      return await ctx.images.get(id);
     } catch {
       return undefined;
     }
   };
 
-  const lookup = (c: HonoContext) => {
+  const lookup = async (c: HonoContext) => {
     const mac = parseMacParam(c.req.param("mac") ?? "");
     const node = mac ? ctx.nodes.find(mac) : undefined;
-    return { mac, node, image: node && imageFor(node.mac, c.req.query("image")) };
+    return { mac, node, image: node && await imageFor(node.mac, c.req.query("image")) };
   };
 
-  app.get("/:file{[^/]+\\.ipxe}", (c) => {
+  app.get("/:file{[^/]+\\.ipxe}", async (c) => {
     const raw = c.req.param("file").replace(/\.ipxe$/, "");
     const mac = parseMacParam(raw);
     if (!mac) return text(c, `invalid MAC address in URL: ${raw}\n`, 400);
@@ -241,7 +241,7 @@ export function bootRoutes(ctx: Context): Hono {
     };
     const imageId = ctx.nodes.currentImageId(mac);
     if (!imageId) return refuse(`node ${node.name} has no image deployed`);
-    const image = imageFor(mac, imageId);
+    const image = await imageFor(mac, imageId);
     if (!image) return refuse(`image ${imageId} of node ${node.name} is missing`);
     if (!image.bootable) {
       return refuse(`image ${image.name} is not bootable: ${image.reason ?? "no kernel found"}`);
@@ -324,7 +324,7 @@ export function bootRoutes(ctx: Context): Hono {
     ) => Promise<string>,
   ) =>
   async (c: HonoContext) => {
-    const { mac, node, image } = lookup(c);
+    const { mac, node, image } = await lookup(c);
     if (!mac) return text(c, "invalid MAC address in URL\n", 400);
     if (!node) {
       recordEvent(ctx.db, mac, "http.unknown", { url: c.req.path });

@@ -76,7 +76,12 @@ export function renderCmdline(p: CmdlineParams): string {
     }
     words.push(p.extra.trim().replace(/\s+/g, " "));
   }
-  return words.join(" ");
+  const line = words.join(" ");
+  // x86 Linux keeps 2048 bytes (COMMAND_LINE_SIZE) and silently cuts the rest.
+  if (line.length > 2047) {
+    throw new Error(`kernel command line is ${line.length} bytes; Linux keeps 2047`);
+  }
+  return line;
 }
 
 /** Text safe inside an iPXE `echo` (no setting expansion, no line breaks). */

@@ -335,6 +335,7 @@ async function startGanesha(ctx: Context, opts: NfsOptions): Promise<Service> {
       const done = await Promise.race([exited, sleep(100).then(() => undefined)]);
       if (done) {
         child = undefined;
+        if (closing) return; // stopped by close() while starting
         throw new Error(
           `ganesha.nfsd exited at startup (code ${done.code}): ${logProblems(logFile, logStart)}` +
             (ctx.config.nfs.version === 3 ? " (NFSv3 needs rpcbind running)" : ""),

@@ -262,9 +262,19 @@ Deno.test("ganesha (root, netns): serves on 2049, follows a deploy by SIGHUP, st
     assert.equal(Number(readFileSync(join(dir, "ganesha.pid"), "utf8")), pid, "same process");
     assert.ok(await listening2049(ns), "still serving");
 
+    // Supervision: a crashed ganesha is started again (same config, same export ids).
+    Deno.kill(pid, "SIGKILL");
+    const starts = () => listEvents(ctx.db).filter((e) => e.kind === "nfs.start").length;
+    for (let i = 0; i < 100 && starts() < 2; i++) await new Promise((r) => setTimeout(r, 100));
+    assert.equal(starts(), 2, "restarted");
+    const pid2 = Number(readFileSync(join(dir, "ganesha.pid"), "utf8"));
+    assert.notEqual(pid2, pid);
+    assert.ok(await listening2049(ns), "serving again");
+    assert.ok(listEvents(ctx.db).some((e) => e.kind === "nfs.exit"));
+
     await service.close();
     service = undefined;
-    assert.ok(!existsSync(`/proc/${pid}`), "ganesha stopped by PID");
+    assert.ok(!existsSync(`/proc/${pid2}`), "ganesha stopped by PID");
   } finally {
     await service?.close();
     await ip("netns", "del", ns).catch(() => {});
