@@ -10,7 +10,15 @@
 // `forget` removes the row (settings and vnode row cascade) and the fs symlink but keeps
 // `nodes/<mac>/persist` and `vm/`: user data is never deleted implicitly; re-adding the MAC gets
 // it back, `rm -r <data>/nodes/<mac>` removes it for good.
-import { mkdirSync, readdirSync, readlinkSync, renameSync, rmSync, symlinkSync } from "node:fs";
+import {
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readlinkSync,
+  renameSync,
+  rmSync,
+  symlinkSync,
+} from "node:fs";
 import { join } from "node:path";
 import type { DataDir } from "./datadir.ts";
 import { type Db, tx } from "./db.ts";
@@ -18,7 +26,10 @@ import { conflict, notFound, UserError } from "./errors.ts";
 import { recordEvent } from "./events.ts";
 import type { ImageStore } from "./images/store.ts";
 import { normalizeMac } from "./mac.ts";
+import { logger } from "./log.ts";
 import type { Rebooter, RebootResult } from "./reboot.ts";
+
+const log = logger("nodes");
 
 export interface NodeInfo {
   mac: string;
@@ -472,17 +483,24 @@ export class NodeRegistry {
     }[];
     const known = new Set(rows.map((r) => r.mac));
     for (const r of rows) {
-      const want = r.image_id && linkTarget(r.image_id);
-      if (readLink(this.data.nodeFs(r.mac)) !== want) {
-        mkdirSync(this.data.node(r.mac), { recursive: true });
-        flipSymlink(this.data.nodeFs(r.mac), want);
-        fixed++;
-      }
+      // One node's broken directory must not keep the server from starting: say so, go on.
       try {
-        mkdirSync(this.data.persist(r.mac), { recursive: false });
-        fixed++;
+        const want = r.image_id && linkTarget(r.image_id);
+        if (readLink(this.data.nodeFs(r.mac)) !== want) {
+          mkdirSync(this.data.node(r.mac), { recursive: true });
+          flipSymlink(this.data.nodeFs(r.mac), want);
+          fixed++;
+        }
+        if (!existsSync(this.data.persist(r.mac))) {
+          mkdirSync(this.data.persist(r.mac), { recursive: true });
+          fixed++;
+        }
       } catch (e) {
-        if ((e as { code?: string }).code !== "EEXIST") throw e;
+        log.error("cannot repair the node's directory", {
+          mac: r.mac,
+          dir: this.data.node(r.mac),
+          error: (e as Error).message,
+        });
       }
     }
     for (const mac of entriesOf(this.data.nodes)) {

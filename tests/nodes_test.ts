@@ -275,6 +275,8 @@ Deno.test("deploy: a flip failing midway rolls back the rows and restores the fl
       assert.equal(readlinkSync(ctx.data.nodeFs(n.mac)), linkTarget(old));
     }
     assert.equal(listEvents(ctx.db).filter((e) => e.kind === "deploy").length, 0);
+    // The broken node directory is reported, not fatal: a start must still succeed.
+    assert.equal(await nodes.reconcile(), 0);
   }));
 
 Deno.test("forget removes row, settings and link, keeps persist data; re-add gets it back", () =>
