@@ -74,6 +74,7 @@ export function productionDeps(): InitDeps {
     loadModule: loadModuleFile,
     rootSource: (p) => nfsSource(p.root, p.nfsVersion),
     persistSource: (p) => p.persist && nfsSource(p.persist, p.nfsVersion),
+    // hybrid: wired here by the hybrid-mode issue (a HybridProbe from hybrid/).
     reboot,
     rebootDelayS: 10,
     sleep,
@@ -125,9 +126,8 @@ export async function boot(deps: InitDeps): Promise<void> {
   const { out, layout: l } = deps;
   const t0 = performance.now();
   let reporter: Reporter | undefined;
-  let nfsMounted = false;
-  const report = (r: StageReport) =>
-    reporter?.send(nfsMounted ? { ...r, nfsReadBytes: readNfsBytes() } : r);
+  // Every report carries the NFS bytes read so far (0 before the root is mounted).
+  const report = (r: StageReport) => reporter?.send({ ...r, nfsReadBytes: readNfsBytes() });
   // Runs a stage, prints its duration and reports it.
   const timed = async <T>(
     stage: string,
@@ -145,7 +145,8 @@ export async function boot(deps: InitDeps): Promise<void> {
   };
 
   try {
-    out.line(`starting (pid ${Deno.pid}, kernel uptime ${fmtMs(uptimeMs())})`);
+    const bootedMs = uptimeMs();
+    out.line(`starting (pid ${Deno.pid}, kernel uptime ${fmtMs(bootedMs)})`);
     await step("start", "the initramfs layout (/proc, /sys, /dev, /run mount points)", () => {
       const mounted = mountApiFilesystems();
       if (mounted.length) out.line(`mounted ${mounted.join(" ")}`);
@@ -165,7 +166,7 @@ export async function boot(deps: InitDeps): Promise<void> {
       stage: "start",
       ms: Math.round(performance.now() - t0),
       ok: true,
-      detail: `image ${p.image ?? "?"}`,
+      detail: `image ${p.image ?? "?"}, init started ${fmtMs(bootedMs)} after kernel start`,
     });
 
     await timed(
@@ -203,15 +204,14 @@ export async function boot(deps: InitDeps): Promise<void> {
 
     const rootSource = deps.rootSource(p);
     let hybridRoot: HybridRoot | null = null;
-    if (p.mode === "auto") {
-      if (deps.hybrid) {
-        hybridRoot = await timed(
-          "hybrid-detect",
-          "the local disks of this node (or boot with netroot.mode=network)",
-          () => deps.hybrid!({ params: p, out, report, rootSource, layout: l }),
-          (h) => h ? `${h.mode}` : "no walt-hybrid partition: network mode",
-        );
-      }
+    const hybrid = p.mode === "auto" ? deps.hybrid : undefined;
+    if (hybrid) {
+      hybridRoot = await timed(
+        "hybrid-detect",
+        "the local disks of this node (or boot with netroot.mode=network)",
+        () => hybrid({ params: p, out, report, rootSource, layout: l }),
+        (h) => h ? h.mode : "no walt-hybrid partition: network mode",
+      );
     }
     if (hybridRoot) {
       const h = hybridRoot;
@@ -223,7 +223,7 @@ export async function boot(deps: InitDeps): Promise<void> {
           `and this node reaches ${p.root.host} (TCP 2049); netroot.timeout=${p.timeoutS}`,
         async () => {
           Deno.mkdirSync(l.lower, { recursive: true });
-          const r = await mountWithRetry(
+          return await mountWithRetry(
             rootSource,
             l.lower,
             true,
@@ -231,8 +231,6 @@ export async function boot(deps: InitDeps): Promise<void> {
             out,
             deps.sleep,
           );
-          nfsMounted = true;
-          return r;
         },
         (r) => `${rootSource.describe} on ${l.lower}, attempt ${r.attempts}`,
       );

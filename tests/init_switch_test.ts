@@ -139,3 +139,25 @@ Deno.test("init (root, namespaces): missing init in the image is fatal before an
     await Deno.remove(s.dir, { recursive: true });
   }
 });
+
+Deno.test("init (root, namespaces): /persist failing is loud but not fatal", async () => {
+  const s = await makeScratch();
+  try {
+    const r = await runHarness(s, { persist: `${s.dir}/no-such-persist` });
+    const ctx = `\n--- output ---\n${r.out}`;
+    assert.equal(r.code, 0, ctx); // booted anyway
+    assert.equal(marker(r, "pid"), "1", ctx);
+    assert.ok(
+      r.lines.some((l) =>
+        l.includes("WARNING: /persist was not mounted; files written there stay in RAM")
+      ),
+      ctx,
+    );
+    const p = r.reports.find((x) => x.stage === "persist");
+    assert.equal(p?.ok, false, ctx);
+    assert.match(String(p?.detail), /^\/persist is NOT mounted: mount .*No such file or directory/);
+    assert.equal(r.reports.at(-1)?.stage, "handover", ctx);
+  } finally {
+    await Deno.remove(s.dir, { recursive: true });
+  }
+});

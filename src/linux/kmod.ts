@@ -7,6 +7,7 @@ const O_CLOEXEC = 0o2000000;
 /** Ask the kernel to decompress (.ko.xz/.ko.zst/.ko.gz); Linux ≥ 6.4, EINVAL before. */
 export const MODULE_INIT_COMPRESSED_FILE = 4;
 export const EEXIST = 17;
+const EINVAL = 22;
 
 let lib:
   | Deno.DynamicLibrary<{
@@ -44,7 +45,13 @@ export function loadModuleFile(path: string, params = ""): "loaded" | "present" 
     if (rc < 0n) {
       const code = errno();
       if (code === EEXIST) return "present";
-      throw new SyscallError("finit_module", code, path);
+      throw new SyscallError(
+        "finit_module",
+        code,
+        flags && code === EINVAL
+          ? `${path} (kernels before 6.4 cannot decompress modules: ship them uncompressed)`
+          : path,
+      );
     }
     return "loaded";
   } finally {
