@@ -12,6 +12,7 @@ import { lstat, readlink } from "node:fs/promises";
 import { isAbsolute, join } from "node:path";
 import type { Context } from "../src/context.ts";
 import { findBoot, openBoot, recordStage } from "../src/boots.ts";
+import { notFound, UserError } from "../src/errors.ts";
 import { recordEvent } from "../src/events.ts";
 import { ensureInitramfs } from "../src/initramfs/build.ts";
 import { logger } from "../src/log.ts";
@@ -74,7 +75,13 @@ export async function resolveInRoot(root: string, path: string): Promise<string>
       continue;
     }
     const here = join(root, ...done, c);
-    const st = await lstat(here);
+    const st = await lstat(here).catch((e) => {
+      // Say it in the image's terms; the server's own paths are none of the node's business.
+      if (e.code !== "ENOENT") throw e;
+      throw new Deno.errors.NotFound(
+        `${path}: /${[...done, c].join("/")} does not exist in the image`,
+      );
+    });
     if (st.isSymbolicLink()) {
       if (++hops > 40) throw new Error(`too many symbolic links resolving ${path}`);
       const target = await readlink(here);
@@ -143,7 +150,14 @@ async function sendFile(
   onEnd?: (bytes: number, ms: number, complete: boolean) => void,
 ): Promise<Response> {
   const file = await Deno.open(path, { read: true });
-  const size = (await file.stat()).size;
+  const st = await file.stat();
+  if (!st.isFile) {
+    file.close();
+    throw new Deno.errors.NotFound(
+      `${path.slice(path.lastIndexOf("/") + 1)} is not a regular file`,
+    );
+  }
+  const size = st.size;
   const range = parseRange(c.req.header("range"), size);
   const headers: Record<string, string> = {
     "content-type": contentType,
@@ -331,35 +345,37 @@ export function bootRoutes(ctx: Context): Hono {
       return text(c, `node ${mac} is not registered\n`, 404);
     }
     if (!image) return text(c, `node ${node.name} has no image to boot\n`, 404);
-    let path: string;
     try {
-      path = await pathOf(mac, node, image);
+      return await sendFile(
+        c,
+        await pathOf(mac, node, image),
+        kind === "manifest" ? "text/plain; charset=utf-8" : "application/octet-stream",
+        (bytes, ms, complete) => {
+          recordEvent(ctx.db, mac, `http.${kind}`, {
+            image: image.id,
+            bytes,
+            ms,
+            ...(complete ? {} : { incomplete: true }),
+            ...(c.req.header("range") ? { range: c.req.header("range") } : {}),
+          });
+        },
+      );
     } catch (e) {
+      // Missing files are 404; a failed initramfs build or I/O error is the server's (500).
+      const missing = e instanceof Deno.errors.NotFound ||
+        (e as { code?: string }).code === "ENOENT" ||
+        (e instanceof UserError && e.status === 404);
       const msg = `${kind} of image ${image.id} unavailable: ${(e as Error).message}`;
       recordEvent(ctx.db, mac, `http.${kind}.error`, { image: image.id, error: msg });
       log.error("boot file unavailable", { mac, kind, error: msg });
-      return text(c, msg + "\n", 404);
+      return text(c, msg + "\n", missing ? 404 : 500);
     }
-    return sendFile(
-      c,
-      path,
-      kind === "manifest" ? "text/plain; charset=utf-8" : "application/octet-stream",
-      (bytes, ms, complete) => {
-        recordEvent(ctx.db, mac, `http.${kind}`, {
-          image: image.id,
-          bytes,
-          ms,
-          ...(complete ? {} : { incomplete: true }),
-          ...(c.req.header("range") ? { range: c.req.header("range") } : {}),
-        });
-      },
-    );
   };
 
   app.get(
     "/:mac/kernel",
     bootFile("kernel", (_mac, _node, image) => {
-      if (!image.kernel) return Promise.reject(new Error("the image has no kernel"));
+      if (!image.kernel) return Promise.reject(notFound("the image's kernel"));
       return resolveInRoot(ctx.data.rootfs(image.id), image.kernel);
     }),
   );
@@ -368,7 +384,7 @@ export function bootRoutes(ctx: Context): Hono {
     "/:mac/initramfs",
     bootFile("initramfs", (_mac, node, image) => {
       if (setting(node, "initramfs", "netroot") === "image") {
-        if (!image.initrd) return Promise.reject(new Error("the image has no initrd"));
+        if (!image.initrd) return Promise.reject(notFound("the image's initrd"));
         return resolveInRoot(ctx.data.rootfs(image.id), image.initrd);
       }
       return ensureInitramfs(ctx, image.id);

@@ -61,7 +61,14 @@ Deno.test("resolveInRoot follows relative and absolute links inside the image, n
     // `..` stops at the image root, as it would at `/` on the node.
     assert.equal(await resolveInRoot(root, "/boot/escape"), join(root, "etc/hostname"));
     await assert.rejects(resolveInRoot(root, "/loop1"), /too many symbolic links/);
-    await assert.rejects(resolveInRoot(root, "/missing"), /ENOENT/);
+    await assert.rejects(
+      resolveInRoot(root, "/vmlinuz.abs/x"),
+      /ENOTDIR|not a directory/,
+    );
+    await assert.rejects(
+      resolveInRoot(root, "/boot/missing"),
+      /\/boot\/missing does not exist in the image/,
+    );
   } finally {
     await Deno.remove(root, { recursive: true });
   }
@@ -495,6 +502,32 @@ Deno.test("boot routes: unknown MAC, no image, unbootable image, persist off", a
     assert.ok(!s.includes("netroot.persist="));
     // Loopback: the node's address is unknown here, so the node configures itself.
     assert.ok(s.includes(" ip=dhcp "));
+
+    // Default initramfs=netroot: this fake image has no modules for its kernel, so the build
+    // fails and the node gets a 404 saying why (and the timeline records it).
+    addNode(f.ctx, "02:00:00:00:00:04", "netrootinit", f.imageId);
+    r = await fetch(`${f.url}/boot/02-00-00-00-00-04/initramfs`);
+    assert.equal(r.status, 500);
+    assert.match(await r.text(), /^initramfs of image [0-9a-f]{64} unavailable: .+/);
+    assert.ok(
+      listEvents(f.ctx.db, { mac: "02:00:00:00:00:04" }).some((e) =>
+        e.kind === "http.initramfs.error"
+      ),
+    );
+
+    // A kernel link pointing nowhere, and a manifest gone missing: 404s that say what is missing.
+    const dangling = addImage(f.ctx, "dangling", { "vmlinuz": "->boot/vmlinuz-gone" });
+    addNode(f.ctx, "02:00:00:00:00:05", "dangling", dangling);
+    await Deno.remove(f.ctx.data.manifest(dangling));
+    r = await fetch(`${f.url}/boot/02-00-00-00-00-05/kernel`);
+    assert.equal(r.status, 404);
+    assert.match(
+      await r.text(),
+      /^kernel of image [0-9a-f]{64} unavailable: \/vmlinuz: \/boot does not exist in the image$/m,
+    );
+    r = await fetch(`${f.url}/boot/02-00-00-00-00-05/manifest`);
+    assert.equal(r.status, 404);
+    assert.match(await r.text(), /^manifest of image [0-9a-f]{64} unavailable: /);
   } finally {
     await f.close();
   }
