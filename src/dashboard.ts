@@ -23,6 +23,7 @@ const page = `<!doctype html>
   #status { color: #777; font-size: 12px; }
   #status.error { color: #b00; }
   tr.selected { background: #eef3ff; }
+  td.time { white-space: nowrap; }
   .muted { color: #888; }
 </style>
 </head>
@@ -42,6 +43,7 @@ const page = `<!doctype html>
 <script>
 "use strict";
 const api = "/api/v1";
+let names = {};
 let selected = decodeURIComponent((location.hash.match(/node=([^&]+)/) || [])[1] || "");
 
 function el(tag, text, cls) {
@@ -65,6 +67,7 @@ async function get(path) {
 }
 
 function renderNodes(nodes) {
+  names = Object.fromEntries(nodes.map((n) => [n.mac, n.name]));
   fill(document.querySelector("#nodes tbody"), nodes.length ? nodes.map((n) => {
     const tr = el("tr");
     tr.dataset.mac = n.mac;
@@ -92,10 +95,11 @@ async function renderTimeline() {
   const section = document.getElementById("timeline");
   if (!selected) { section.hidden = true; return; }
   const events = await get("/events?mac=" + encodeURIComponent(selected) + "&limit=500");
-  document.getElementById("timeline-node").textContent = selected;
+  document.getElementById("timeline-node").textContent =
+    names[selected] ? names[selected] + " (" + selected + ")" : selected;
   fill(section.querySelector("tbody"), events.slice().reverse().map((e) => {
     const tr = el("tr");
-    tr.append(el("td", when(e.ts)), el("td", e.kind),
+    tr.append(el("td", when(e.ts), "time"), el("td", e.kind),
       el("td", Object.keys(e.detail || {}).length ? JSON.stringify(e.detail) : "", "mono"));
     return tr;
   }));

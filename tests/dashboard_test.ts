@@ -87,6 +87,7 @@ Deno.test({
       const section = /<section id="timeline"[^>]*>(.*?)<\/section>/s.exec(timeline);
       assert.ok(section, "timeline section present");
       assert.doesNotMatch(section[0], /<section id="timeline" hidden/);
+      assert.match(section[1], /<span id="timeline-node">dash-node-1 \(52:54:00:d4:5b:01\)</);
       // Event details are text, never markup.
       assert.match(section[1], /&lt;b&gt;not-markup&lt;\/b&gt;/);
       for (const kind of ["node.added", "deploy", "reboot.none", "init.fatal"]) {
