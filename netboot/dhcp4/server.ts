@@ -5,7 +5,7 @@
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import type { Context, Service } from "../../src/context.ts";
-import { recordEvent } from "../../src/events.ts";
+import { tx } from "../../src/db.ts";
 import { logger } from "../../src/log.ts";
 import { UdpSocket } from "../../src/linux/udp.ts";
 import { type Classification, classify, REQUIRED_IPXE_FILES } from "./classify.ts";
@@ -45,10 +45,8 @@ export interface DhcpNode {
   ip?: string | null;
 }
 export interface DhcpNodes {
-  find(mac: string): DhcpNode | undefined | null | Promise<DhcpNode | undefined | null>;
-  register(mac: string, source: Record<string, unknown>): DhcpNode | Promise<DhcpNode>;
+  register(mac: string, source: Record<string, unknown>): DhcpNode;
   setIp(mac: string, ip: string): unknown;
-  touch(mac: string): unknown;
 }
 
 export interface ResponderConfig {
@@ -82,12 +80,22 @@ export class DhcpResponder {
   readonly stats: DhcpStats = { received: 0, malformed: 0, ignored: 0, sent: {}, errors: 0 };
   readonly leases?: LeaseStore;
   private readonly broadcastAddr: string;
+  // The hot path (every packet of every known node) reads and touches the nodes row and appends
+  // to the events table with statements prepared once; through NodeRegistry.find/touch and
+  // recordEvent (prepared per call, settings and image joins) a lease exchange cost 3× more.
+  private readonly nodeRow: ReturnType<Context["db"]["prepare"]>;
+  private readonly touchRow: ReturnType<Context["db"]["prepare"]>;
+  private readonly eventRow: ReturnType<Context["db"]["prepare"]>;
 
   constructor(
     private readonly cfg: ResponderConfig,
     private readonly db: Context["db"],
     private readonly nodes: DhcpNodes,
   ) {
+    this.nodeRow = db.prepare("SELECT mac, name, ip FROM nodes WHERE mac = ?");
+    this.touchRow = db.prepare("UPDATE nodes SET last_seen = ? WHERE mac = ?");
+    // Same row as src/events.ts recordEvent writes.
+    this.eventRow = db.prepare("INSERT INTO events (mac, ts, kind, detail) VALUES (?, ?, ?, ?)");
     const mask = ipToInt(cfg.netmask);
     this.broadcastAddr = intToIp((ipToInt(cfg.serverIp) & mask) | (~mask >>> 0));
     if (cfg.mode === "full") {
@@ -99,11 +107,12 @@ export class DhcpResponder {
     }
   }
 
-  /** Decodes and answers one datagram; never throws (bad input is counted and dropped). */
-  async handle(
+  /** Decodes and answers one datagram; never throws (bad input is counted and dropped).
+   *  One SQLite transaction per request: a handful of writes, one commit. */
+  handle(
     data: Uint8Array,
     via: { port: number; from: { address: string; port: number } },
-  ): Promise<Reply | null> {
+  ): Reply | null {
     this.stats.received++;
     let req: DhcpPacket;
     try {
@@ -114,7 +123,7 @@ export class DhcpResponder {
       return null;
     }
     try {
-      const reply = await this.respond(req, via);
+      const reply = tx(this.db, () => this.respond(req, via));
       if (!reply) this.stats.ignored++;
       else {
         const t = messageTypeName(reply.packet.options.get(Opt.messageType)![0]);
@@ -128,17 +137,17 @@ export class DhcpResponder {
     }
   }
 
-  private async respond(
+  private respond(
     req: DhcpPacket,
     via: { port: number; from: { address: string; port: number } },
-  ): Promise<Reply | null> {
+  ): Reply | null {
     const type = req.options.get(Opt.messageType)?.[0];
     if (req.op !== BOOTREQUEST || req.htype !== 1 || req.hlen !== 6 || type === undefined) {
       return null;
     }
     const cls = classify(req, { nodeUrl: this.cfg.nodeUrl });
     if (/^(00:){5}00$|^ff(:ff){5}$/.test(cls.mac) || (req.chaddr[0] & 1) === 1) return null;
-    const node = await this.nodeFor(cls);
+    const node = this.nodeFor(cls);
     if (!node) return null;
     const fields = { mac: cls.mac, type: messageTypeName(type), firmware: cls.firmware };
     log.debug("request", { ...fields, vendorClass: cls.vendorClass, port: via.port });
@@ -147,15 +156,19 @@ export class DhcpResponder {
     return this.full(req, cls, type, node);
   }
 
+  private event(mac: string, kind: string, detail: Record<string, unknown>): void {
+    this.eventRow.run(mac, new Date().toISOString(), kind, JSON.stringify(detail));
+  }
+
   /** Registers a first-seen MAC (or refuses it when registerUnknown is off). */
-  private async nodeFor(cls: Classification): Promise<DhcpNode | null> {
-    const known = await this.nodes.find(cls.mac);
+  private nodeFor(cls: Classification): DhcpNode | null {
+    const known = this.nodeRow.get(cls.mac) as DhcpNode | undefined;
     if (known) {
-      await this.nodes.touch(cls.mac);
+      this.touchRow.run(new Date().toISOString(), cls.mac);
       return known;
     }
     if (!this.cfg.registerUnknown) return null;
-    const node = await this.nodes.register(cls.mac, {
+    const node = this.nodes.register(cls.mac, {
       via: "dhcp",
       vendorClass: cls.vendorClass,
       arch: cls.arch,
@@ -167,12 +180,12 @@ export class DhcpResponder {
 
   // ---- full mode -------------------------------------------------------------------------
 
-  private async full(
+  private full(
     req: DhcpPacket,
     cls: Classification,
     type: number,
     node: DhcpNode,
-  ): Promise<Reply | null> {
+  ): Reply | null {
     const leases = this.leases!;
     const now = Math.floor(Date.now() / 1000);
     const mac = cls.mac;
@@ -183,11 +196,11 @@ export class DhcpResponder {
         const ip = leases.pick(mac, now, node.ip ?? undefined, requested);
         if (!ip) {
           log.warn("address pool exhausted", { mac, range: this.cfg.range });
-          recordEvent(this.db, mac, "dhcp.exhausted", {});
+          this.event(mac, "dhcp.exhausted", {});
           return null;
         }
         leases.offer(mac, ip, now);
-        if (node.ip !== ip) await this.nodes.setIp(mac, ip); // the reservation, made at first contact
+        if (node.ip !== ip) this.nodes.setIp(mac, ip); // the reservation, made at first contact
         return this.answer(req, cls, MessageType.Offer, ip, "dhcp.offer");
       }
       case MessageType.Request: {
@@ -201,24 +214,24 @@ export class DhcpResponder {
         if (!want) return null;
         const ip = leases.pick(mac, now, node.ip ?? undefined, want);
         if (ip !== want) {
-          recordEvent(this.db, mac, "dhcp.nak", { requested: want, offered: ip ?? null });
+          this.event(mac, "dhcp.nak", { requested: want, offered: ip ?? null });
           return this.nak(req, `address ${want} not available`);
         }
         leases.bind(mac, ip, this.cfg.leaseSeconds, now);
-        if (node.ip !== ip) await this.nodes.setIp(mac, ip);
+        if (node.ip !== ip) this.nodes.setIp(mac, ip);
         return this.answer(req, cls, MessageType.Ack, ip, "dhcp.ack");
       }
       case MessageType.Decline: {
         if (serverId !== this.cfg.serverIp || !requested) return null;
         leases.decline(mac, requested, now);
         log.warn("client declined address (in use elsewhere)", { mac, ip: requested });
-        recordEvent(this.db, mac, "dhcp.decline", { ip: requested });
+        this.event(mac, "dhcp.decline", { ip: requested });
         return null;
       }
       case MessageType.Release: {
         if (serverId && serverId !== this.cfg.serverIp) return null;
         if (leases.release(mac, req.ciaddr, now)) {
-          recordEvent(this.db, mac, "dhcp.release", { ip: req.ciaddr });
+          this.event(mac, "dhcp.release", { ip: req.ciaddr });
         }
         return null;
       }
@@ -257,7 +270,7 @@ export class DhcpResponder {
       packet.ciaddr = req.ciaddr;
     }
     this.bootInfo(req, cls, packet, false);
-    recordEvent(this.db, cls.mac, event, {
+    this.event(cls.mac, event, {
       ip: ip ?? req.ciaddr,
       firmware: cls.firmware,
       bootfile: cls.bootfile ?? null,
@@ -295,7 +308,7 @@ export class DhcpResponder {
       cls.firmware !== "uefi-http" && cls.firmware !== "rpi";
     this.bootInfo(req, cls, packet, !bare, bare);
     const event = reply === MessageType.Offer ? "dhcp.proxy-offer" : "dhcp.proxy-ack";
-    recordEvent(this.db, cls.mac, event, {
+    this.event(cls.mac, event, {
       firmware: cls.firmware,
       bootfile: bare ? null : cls.bootfile ?? null,
       strategy: this.cfg.proxyStrategy,
@@ -319,7 +332,7 @@ export class DhcpResponder {
     const packet = this.reply(req, o, ZERO);
     packet.ciaddr = req.ciaddr;
     this.bootInfo(req, cls, packet, true);
-    recordEvent(this.db, cls.mac, "dhcp.pxe-ack", {
+    this.event(cls.mac, "dhcp.pxe-ack", {
       ip: from.address,
       firmware: cls.firmware,
       bootfile: cls.bootfile ?? null,
@@ -462,7 +475,7 @@ export function startDhcp(ctx: Context): Promise<Service> {
     for (;;) {
       const d = await sock.recv();
       if (!d) return;
-      const reply = await responder.handle(d.data, { port: sock.port, from: d.from });
+      const reply = responder.handle(d.data, { port: sock.port, from: d.from });
       if (!reply) continue;
       try {
         sock.send(reply.bytes, reply.to.address, reply.to.port);
