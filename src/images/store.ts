@@ -80,7 +80,7 @@ export function validateName(name: unknown): string {
 }
 
 function isNoSpace(e: unknown): boolean {
-  return /No space left on device|os error 28/.test((e as Error)?.message ?? "");
+  return /no space left on device|os error 28/i.test((e as Error)?.message ?? "");
 }
 
 export class ImageStore {
@@ -155,7 +155,6 @@ export class ImageStore {
         cache: unpacked.cache,
         onProgress: opts.onProgress,
       });
-      opts.onProgress?.({ phase: "manifest", done: 0, total: 1 });
       const text = new TextEncoder().encode(manifestText(entries));
       const id = createHash("sha256").update(text).digest("hex");
       await Deno.writeFile(join(work, "manifest"), text);
@@ -223,7 +222,7 @@ export class ImageStore {
       opts.onProgress?.({ phase: "manifest", done: 1, total: 1 });
       return { ...info, existed };
     } catch (e) {
-      if (isNoSpace(e) && !(e instanceof UserError)) {
+      if (isNoSpace(e)) {
         throw new UserError(
           `no space left on device in ${this.data.root} while importing ${source}`,
           500,
@@ -300,7 +299,9 @@ export class ImageStore {
     let fixed = 0;
     await Deno.mkdir(this.data.tmp, { recursive: true });
     for await (const e of Deno.readDir(this.data.tmp)) {
-      await Deno.remove(join(this.data.tmp, e.name), { recursive: true });
+      await Deno.remove(join(this.data.tmp, e.name), { recursive: true }).catch((err) => {
+        if (!(err instanceof Deno.errors.NotFound)) throw err;
+      });
       fixed++;
     }
     await Deno.mkdir(this.data.images, { recursive: true });

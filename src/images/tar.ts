@@ -101,7 +101,7 @@ export function memberPath(name: string): { rel: string; dir: boolean } {
 
 /** One clear line out of tar's (and its decompressor's) stderr. */
 export function tarFailure(stderr: string, what: string, compression: Compression): UserError {
-  const lines = stderr.split("\n").map((l) => l.trim()).filter((l) =>
+  const lines = stderr.split("\n").map((l) => l.trim().replace(/^\S*\btar: /, "")).filter((l) =>
     l &&
     !/Removing leading|Exiting with failure status|Error is not recoverable|Ignoring unknown extended header/
       .test(l)

@@ -142,7 +142,7 @@ async function copyTree(src: string, dest: string, onProgress?: Progress): Promi
     if (err.some((l) => /No space left on device/.test(l))) {
       throw new UserError(`no space left on device while importing ${src}`, 500);
     }
-    throw new UserError(`cannot copy ${src}: ${err[0]}`);
+    throw new UserError(`cannot copy ${src}: ${err[0].replace(/^\S*\bcp: /, "")}`);
   }
   onProgress?.({ phase: "copy", done: 1, total: 1 });
 }

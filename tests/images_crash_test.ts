@@ -1,0 +1,122 @@
+// kill -9 of a process importing an image, at many points of the import: after the next start
+// (reconcile) the database and the data dir agree, and the import can simply be run again.
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { DataDir } from "../src/datadir.ts";
+import { openDatabase } from "../src/db.ts";
+import { ImageStore } from "../src/images/store.ts";
+import { dirEntries, sh } from "./images_helpers.ts";
+
+const storeUrl = new URL("../src/images/store.ts", import.meta.url).href;
+const dbUrl = new URL("../src/db.ts", import.meta.url).href;
+const dataUrl = new URL("../src/datadir.ts", import.meta.url).href;
+
+function importer(dataRoot: string, tarball: string): Deno.ChildProcess {
+  const code = `
+    import { ImageStore } from ${JSON.stringify(storeUrl)};
+    import { openDatabase } from ${JSON.stringify(dbUrl)};
+    import { DataDir } from ${JSON.stringify(dataUrl)};
+    const data = new DataDir(${JSON.stringify(dataRoot)});
+    await data.ensure();
+    const store = new ImageStore(data, openDatabase(data.db));
+    await store.reconcile();
+    console.log("start");
+    await store.import(${JSON.stringify(tarball)}, "crashy");
+    console.log("done");`;
+  return new Deno.Command(Deno.execPath(), {
+    args: ["eval", "--no-config", code],
+    stdout: "piped",
+    stderr: "null",
+    env: { NETROOT_LOG: "error" },
+  }).spawn();
+}
+
+async function assertConsistent(dataRoot: string): Promise<string | undefined> {
+  const data = new DataDir(dataRoot);
+  const db = openDatabase(data.db);
+  try {
+    const store = new ImageStore(data, db);
+    await store.reconcile();
+    assert.deepEqual(await dirEntries(data.tmp), [], "tmp/ wiped");
+    const rows = store.list();
+    assert.deepEqual(
+      await dirEntries(data.images),
+      rows.map((r) => r.id).sort(),
+      "every image dir has a row and every row its dir",
+    );
+    for (const r of rows) {
+      const m = await Deno.readFile(data.manifest(r.id));
+      assert.equal(createHash("sha256").update(m).digest("hex"), r.id, "manifest matches id");
+      assert.ok(Deno.statSync(data.rootfs(r.id)).isDirectory);
+      assert.equal(r.bootable, true);
+    }
+    return rows[0]?.id;
+  } finally {
+    db.close();
+  }
+}
+
+Deno.test("kill -9 during imports at many points leaves db and tree consistent (root)", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "netroot-images-crash-" });
+  try {
+    const src = `${dir}/src`;
+    const chunk = new Uint8Array(64 * 1024);
+    for (let d = 0; d < 20; d++) {
+      Deno.mkdirSync(`${src}/usr/share/d${d}`, { recursive: true });
+      for (let f = 0; f < 60; f++) {
+        crypto.getRandomValues(chunk);
+        Deno.writeFileSync(`${src}/usr/share/d${d}/f${f}`, chunk.subarray(0, (f * 997) % 65536));
+      }
+    }
+    Deno.mkdirSync(`${src}/boot`);
+    Deno.writeTextFileSync(`${src}/boot/vmlinuz-6.1.0-k`, "k");
+    Deno.mkdirSync(`${src}/lib/modules/6.1.0-k`, { recursive: true });
+    const tarball = `${dir}/img.tar`;
+    sh("tar", "-C", src, "-cf", tarball, ".");
+
+    const dataRoot = `${dir}/data`;
+    let completed = 0;
+    let ids = new Set<string>();
+    // Kill points spread from start-up through extraction, hashing, rename and insert.
+    for (const delay of [30, 80, 140, 200, 260, 320, 400, 500, 650, 800, 1000, 1300]) {
+      const child = importer(dataRoot, tarball);
+      const out = (async () => {
+        let text = "";
+        for await (const c of child.stdout.pipeThrough(new TextDecoderStream())) text += c;
+        return text;
+      })();
+      // time from the child's "start" line would be nicer, but a wall-clock delay also covers
+      // start-up and reconcile
+      await new Promise((r) => setTimeout(r, delay + 150));
+      try {
+        child.kill("SIGKILL");
+      } catch { /* already exited */ }
+      await child.status;
+      if ((await out).includes("done")) completed++;
+      const id = await assertConsistent(dataRoot);
+      if (id) ids.add(id);
+      if (id) {
+        // Start over so that later kills hit an import again.
+        const data = new DataDir(dataRoot);
+        const db = openDatabase(data.db);
+        new ImageStore(data, db).remove(id);
+        db.close();
+        await assertConsistent(dataRoot);
+      }
+    }
+    // A last, uninterrupted import works and gives the same id as any completed one.
+    const child = importer(dataRoot, tarball);
+    await child.stdout.cancel();
+    assert.equal((await child.status).code, 0);
+    const id = await assertConsistent(dataRoot);
+    assert.ok(id);
+    ids.add(id!);
+    ids = new Set(ids);
+    assert.equal(ids.size, 1, "every completed import has the same id");
+    console.log(
+      `kill points: ${12 - completed} interrupted, ${completed} completed before the kill`,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
