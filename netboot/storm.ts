@@ -266,21 +266,14 @@ async function httpGet(url: string): Promise<{ bytes: number; script?: string }>
     await res.body?.cancel();
     throw new Error(`GET ${url}: HTTP ${res.status}`);
   }
-  let bytes = 0, head: Uint8Array | undefined;
-  const chunks: Uint8Array[] = [];
+  // Count every byte; keep the text only of what is an iPXE script (small, "#!ipxe").
+  const dec = new TextDecoder();
+  let bytes = 0, text = "";
   for await (const chunk of res.body!) {
     bytes += chunk.length;
-    head ??= chunk;
-    // keep only what could be a script: "#!ipxe" and small
-    if (bytes <= 65536 && new TextDecoder().decode(head.subarray(0, 6)) === "#!ipxe") {
-      chunks.push(chunk);
-    }
+    if (bytes <= 65536) text += dec.decode(chunk, { stream: true });
   }
-  if (!chunks.length || bytes > 65536) return { bytes };
-  return {
-    bytes,
-    script: new TextDecoder().decode(new Uint8Array(await new Blob(chunks).arrayBuffer())),
-  };
+  return { bytes, script: bytes <= 65536 && text.startsWith("#!ipxe") ? text : undefined };
 }
 
 /** The kernel and initrd URLs of an iPXE script (`kernel [--opts] URL args…`, `initrd URL`). */
