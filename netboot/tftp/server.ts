@@ -1,5 +1,272 @@
-// PLACEHOLDER — replaced by its owner; signature is the contract.
+// TFTP server, read-only. Port 69 (main thread) takes requests, applies the path policy and option
+// negotiation, then a transfer worker (engine.ts) moves the bytes from its own port (new TID per
+// transfer). Files are read once and kept in a bounded cache shared with the workers.
+import dgram from "node:dgram";
 import type { Context, Service } from "../../src/context.ts";
-export function startTftp(_ctx: Context): Promise<Service> {
-  return Promise.resolve({ name: "startTftp", close: () => Promise.resolve() });
+import { recordEvent } from "../../src/events.ts";
+import { logger } from "../../src/log.ts";
+import { TransferPool } from "./engine.ts";
+import { decode, encode, ErrorCode, negotiate, TftpDecodeError } from "./packet.ts";
+import { resolveRequest } from "./resolve.ts";
+
+const log = logger("tftp");
+
+export type ResolveResult = { file: string } | { data: Uint8Array } | {
+  error: number;
+  message: string;
+};
+
+export interface ClientAddress {
+  address: string;
+  port: number;
+}
+
+export interface TransferEvent {
+  outcome: "done" | "aborted" | "failed" | "refused";
+  file: string;
+  client: ClientAddress;
+  bytes: number;
+  ms: number;
+  blksize: number;
+  windowsize: number;
+  /** Size of the file served (undefined when refused). */
+  size?: number;
+  resent?: number;
+  reason?: string;
+  /** TFTP error code: the one we sent (refused) or the client sent (aborted). */
+  errorCode?: number;
+}
+
+export interface TftpServerOptions {
+  port: number;
+  /** Address to listen on (default 0.0.0.0); transfer sockets bind to it too. */
+  host?: string;
+  resolve(path: string, client: ClientAddress): Promise<ResolveResult>;
+  onTransfer?(e: TransferEvent): void;
+  /** Largest blksize granted (default 65464, the RFC 2348 maximum). */
+  maxBlksize?: number;
+  /** Largest windowsize granted (default 64: tftp-hpa fails above, and gains level out). */
+  maxWindowsize?: number;
+  /** Retransmission timeout when the client does not ask for one (default 1000 ms). */
+  timeoutMs?: number;
+  retries?: number;
+  /** Transfer worker threads (default: CPU count, at most 4). */
+  workers?: number;
+  /** Bytes of file contents kept in memory between transfers (default 256 MiB). */
+  cacheBytes?: number;
+}
+
+export interface TftpServer {
+  /** The bound port (resolved when 0 was asked). */
+  port: number;
+  /** Transfers in progress. */
+  readonly active: number;
+  close(): Promise<void>;
+}
+
+/** Contents of files, keyed by path and validated by inode/size/mtime, in SharedArrayBuffers so
+ *  that concurrent transfers of one file share one copy. Least recently used goes first. */
+class FileCache {
+  #entries = new Map<string, { stamp: string; data: Uint8Array }>();
+  #bytes = 0;
+  constructor(readonly budget: number) {}
+
+  async read(path: string): Promise<Uint8Array> {
+    const st = await Deno.stat(path);
+    if (!st.isFile) throw new Error("not a regular file");
+    const stamp = `${st.dev}:${st.ino}:${st.size}:${st.mtime?.getTime()}`;
+    const hit = this.#entries.get(path);
+    if (hit && hit.stamp === stamp) {
+      this.#entries.delete(path); // re-insert: most recently used last
+      this.#entries.set(path, hit);
+      return hit.data;
+    }
+    if (hit) this.#drop(path);
+    const bytes = await Deno.readFile(path);
+    const data = new Uint8Array(new SharedArrayBuffer(bytes.length));
+    data.set(bytes);
+    if (data.length <= this.budget / 4) {
+      this.#entries.set(path, { stamp, data });
+      this.#bytes += data.length;
+      for (const key of this.#entries.keys()) {
+        if (this.#bytes <= this.budget) break;
+        this.#drop(key);
+      }
+    }
+    return data;
+  }
+
+  #drop(key: string) {
+    this.#bytes -= this.#entries.get(key)?.data.length ?? 0;
+    this.#entries.delete(key);
+  }
+}
+
+export async function createTftpServer(opts: TftpServerOptions): Promise<TftpServer> {
+  const host = opts.host ?? "0.0.0.0";
+  const limits = {
+    maxBlksize: opts.maxBlksize ?? 65464,
+    maxWindowsize: opts.maxWindowsize ?? 64,
+    defaultTimeoutMs: opts.timeoutMs ?? 1000,
+  };
+  const retries = opts.retries ?? 5;
+  const cache = new FileCache(opts.cacheBytes ?? 256 * 1024 * 1024);
+  const pool = await TransferPool.create(
+    opts.workers ?? Math.max(1, Math.min(4, navigator.hardwareConcurrency)),
+  );
+  const sock = dgram.createSocket({ type: "udp4", reuseAddr: false });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      sock.once("error", reject);
+      sock.bind(opts.port, host, () => {
+        sock.off("error", reject);
+        resolve();
+      });
+    });
+  } catch (e) {
+    await pool.close();
+    throw new Error(`TFTP cannot listen on ${host}:${opts.port}: ${(e as Error).message}`);
+  }
+  sock.on("error", (e) => log.warn("socket error", { error: e.message }));
+  const report = (e: TransferEvent) => {
+    try {
+      opts.onTransfer?.(e);
+    } catch (err) {
+      log.warn("onTransfer failed", { error: (err as Error).message });
+    }
+  };
+  const sendError = (client: ClientAddress, code: number, message: string) =>
+    sock.send(encode({ op: "ERROR", code, message }), client.port, client.address);
+
+  const handle = async (msg: Uint8Array, client: ClientAddress) => {
+    let p;
+    try {
+      p = decode(msg);
+    } catch (e) {
+      // Only answer what looks like a request; stray datagrams get silence.
+      if (e instanceof TftpDecodeError && msg.length >= 2 && msg[0] === 0 && msg[1] <= 2) {
+        sendError(client, ErrorCode.illegalOperation, `malformed request: ${e.message}`);
+      }
+      return;
+    }
+    if (p.op !== "RRQ" && p.op !== "WRQ") return; // belongs to no transfer of ours
+    const refused = (code: number, reason: string) => {
+      sendError(client, code, reason);
+      report({
+        outcome: "refused",
+        file: p.filename,
+        client,
+        bytes: 0,
+        ms: 0,
+        blksize: 0,
+        windowsize: 0,
+        reason,
+        errorCode: code,
+      });
+    };
+    if (p.op === "WRQ") return refused(ErrorCode.accessViolation, "write requests are refused");
+    if (p.mode !== "octet") {
+      return refused(ErrorCode.illegalOperation, `mode ${p.mode} not supported, use octet`);
+    }
+    let data: Uint8Array;
+    try {
+      const r = await opts.resolve(p.filename, client);
+      if ("error" in r) return refused(r.error, r.message);
+      data = "data" in r ? r.data : await cache.read(r.file);
+    } catch (e) {
+      log.warn("cannot read file", { file: p.filename, error: (e as Error).message });
+      return refused(ErrorCode.notDefined, "cannot read file");
+    }
+    const n = negotiate(p.options, data.length, limits);
+    // Block numbers wrap after 65535 (as tftp-hpa, curl and iPXE expect), so any size goes.
+    const end = await pool.run({
+      ip: client.address,
+      port: client.port,
+      bindIp: host,
+      data,
+      blksize: n.blksize,
+      windowsize: n.windowsize,
+      timeoutMs: n.timeoutMs,
+      retries,
+      oack: n.oack ? encode({ op: "OACK", options: n.oack }) : undefined,
+    });
+    report({
+      ...end,
+      file: p.filename,
+      client,
+      size: data.length,
+      blksize: n.blksize,
+      windowsize: n.windowsize,
+    });
+  };
+  sock.on("message", (msg, rinfo) => {
+    const client = { address: rinfo.address, port: rinfo.port };
+    handle(new Uint8Array(msg.buffer, msg.byteOffset, msg.byteLength), client).catch((e) =>
+      log.error("request failed", { client: client.address, error: (e as Error).message })
+    );
+  });
+  let closed = false;
+  return {
+    port: sock.address().port,
+    get active() {
+      return pool.active;
+    },
+    async close() {
+      if (closed) return;
+      closed = true;
+      await new Promise<void>((r) => sock.close(() => r()));
+      await pool.close();
+    },
+  };
+}
+
+/** The real service: iPXE binaries for anyone, the node's image /boot for known nodes; every
+ *  transfer lands on the node's timeline (or the server's, for an unknown client). */
+export async function startTftp(ctx: Context): Promise<Service> {
+  const nodes = ctx.nodes;
+  const server = await createTftpServer({
+    port: ctx.config.tftp.port,
+    resolve: (path, client) => {
+      const node = nodes.byIp(client.address);
+      return resolveRequest(path, {
+        ipxeDir: ctx.config.ipxeDir,
+        nodeFs: node ? ctx.data.nodeFs(node.mac) : undefined,
+      });
+    },
+    onTransfer: (e) => {
+      const mac = nodes.byIp(e.client.address)?.mac ?? null;
+      const base = { file: e.file, client: e.client.address };
+      const fields = { ...base, mac: mac ?? undefined, ms: e.ms, bytes: e.bytes };
+      if (e.outcome === "done") {
+        const d = {
+          ...base,
+          bytes: e.bytes,
+          ms: e.ms,
+          blksize: e.blksize,
+          windowsize: e.windowsize,
+        };
+        recordEvent(ctx.db, mac, "tftp.done", d);
+        log.info("sent", { ...fields, blksize: e.blksize, windowsize: e.windowsize });
+      } else if (e.outcome === "refused") {
+        recordEvent(ctx.db, mac, "tftp.refused", { ...base, reason: e.reason, code: e.errorCode });
+        log.warn("refused", { ...fields, reason: e.reason });
+      } else if (e.outcome === "aborted") {
+        // UEFI asks for the size (tsize), then aborts with error 8 and asks again: normal.
+        const probe = e.errorCode === ErrorCode.optionRefused && e.bytes === 0;
+        recordEvent(ctx.db, mac, "tftp.aborted", {
+          ...base,
+          bytes: e.bytes,
+          code: e.errorCode,
+          reason: e.reason,
+          sizeProbe: probe,
+        });
+        (probe ? log.debug : log.info)("client aborted", { ...fields, code: e.errorCode });
+      } else {
+        recordEvent(ctx.db, mac, "tftp.failed", { ...base, bytes: e.bytes, reason: e.reason });
+        log.warn("transfer failed", { ...fields, reason: e.reason });
+      }
+    },
+  });
+  log.info("listening", { port: server.port });
+  return { name: "tftp", close: () => server.close() };
 }

@@ -1,0 +1,117 @@
+// TFTP throughput on loopback: netroot vs tftpd-hpa (in.tftpd), same client (curl, stop-and-wait,
+// blksize 1468 as UEFI asks), same files; runs alternate between the two servers and the median
+// counts, because this host is shared. Also: netroot with RFC 7440 windowsize (atftp; tftpd-hpa
+// has no windowsize), and the packet decoder's rate on random/mutated input (the fuzz, longer).
+// Usage: deno run -A bench/tftp_bench.ts [--fuzz N]
+import dgram from "node:dgram";
+import { parseArgs } from "node:util";
+import { createTftpServer } from "../netboot/tftp/server.ts";
+import { fuzzDecode } from "../tests/tftp_fuzz_test.ts";
+
+const { values } = parseArgs({ options: { fuzz: { type: "string", default: "2000000" } } });
+const dir = await Deno.makeTempDir({ prefix: "nr-tftp-bench-" });
+await Deno.chmod(dir, 0o755); // in.tftpd drops to an unprivileged user
+const files = [{ name: "f1m", size: 1 << 20, runs: 15 }, { name: "f16m", size: 16 << 20, runs: 5 }];
+for (const f of files) {
+  const content = new Uint8Array(f.size).map((_, i) => (i * 2654435761) >>> 24); // not constant
+  await Deno.writeFile(`${dir}/${f.name}`, content, { mode: 0o644 });
+}
+
+async function freeUdpPort(): Promise<number> {
+  const s = dgram.createSocket("udp4");
+  await new Promise<void>((r) => s.bind(0, "127.0.0.1", r));
+  const port = s.address().port;
+  await new Promise<void>((r) => s.close(() => r()));
+  return port;
+}
+
+async function timed(cmd: string, args: string[]): Promise<number> {
+  const t0 = performance.now();
+  const out = await new Deno.Command(cmd, { args, stdout: "null", stderr: "piped" }).output();
+  const ms = performance.now() - t0;
+  if (!out.success) {
+    throw new Error(`${cmd} ${args.join(" ")}: ${new TextDecoder().decode(out.stderr)}`);
+  }
+  return ms;
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const mbps = (bytes: number, ms: number) => bytes / 1e6 / (ms / 1000);
+
+const server = await createTftpServer({
+  port: 0,
+  host: "127.0.0.1",
+  resolve: (p) => Promise.resolve({ file: `${dir}/${p}` }),
+});
+const hpaPort = await freeUdpPort();
+const hpa = new Deno.Command("in.tftpd", {
+  args: ["--listen", "--foreground", "--address", `127.0.0.1:${hpaPort}`, "--secure", dir],
+  stdout: "null",
+  stderr: "null",
+}).spawn();
+try {
+  await new Promise((r) => setTimeout(r, 300));
+  const out = `${dir}/out`;
+  console.log("TFTP loopback throughput, curl --tftp-blksize 1468 (median of alternating runs)");
+  for (const f of files) {
+    const curl = (port: number) =>
+      timed("curl", [
+        "-sS",
+        "--tftp-blksize",
+        "1468",
+        `tftp://127.0.0.1:${port}/${f.name}`,
+        "-o",
+        out,
+      ]);
+    await curl(server.port), await curl(hpaPort); // warm both (page cache, JIT, file cache)
+    const ours: number[] = [], theirs: number[] = [];
+    for (let i = 0; i < f.runs; i++) {
+      ours.push(await curl(server.port)), theirs.push(await curl(hpaPort));
+    }
+    const a = mbps(f.size, median(ours)), b = mbps(f.size, median(theirs));
+    console.log(
+      `  ${f.name.padEnd(5)} netroot ${a.toFixed(1).padStart(6)} MB/s   tftpd-hpa ${
+        b.toFixed(1).padStart(6)
+      } MB/s   ratio ${(a / b).toFixed(2)}x`,
+    );
+  }
+  const big = files[1];
+  for (const w of [1, 8, 32]) {
+    const ms: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      ms.push(
+        await timed("atftp", [
+          "--option",
+          "blksize 1468",
+          "--option",
+          `windowsize ${w}`,
+          "-g",
+          "-r",
+          big.name,
+          "-l",
+          out,
+          "127.0.0.1",
+          String(server.port),
+        ]),
+      );
+    }
+    console.log(
+      `  atftp ${big.name} blksize 1468 windowsize ${String(w).padEnd(2)}: netroot ${
+        mbps(big.size, median(ms)).toFixed(1)
+      } MB/s`,
+    );
+  }
+  const n = Number(values.fuzz);
+  const t0 = performance.now();
+  const r = fuzzDecode(n, 42);
+  const s = (performance.now() - t0) / 1000;
+  console.log(
+    `TFTP decoder fuzz: ${n} packets in ${s.toFixed(1)} s (${(n / s / 1e3).toFixed(0)} k/s), ` +
+      `${r.decoded} decoded, ${r.rejected} rejected, 0 escaped`,
+  );
+} finally {
+  hpa.kill();
+  await hpa.status;
+  await server.close();
+  await Deno.remove(dir, { recursive: true });
+}

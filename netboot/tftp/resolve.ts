@@ -1,0 +1,141 @@
+// Which file a TFTP filename names, and why not. Two roots: the iPXE binaries (fixed names in the
+// iPXE dir) and, for a known node, `/boot` of the node's current image. Image symlinks are resolved
+// as if the image root were `/` (Debian's /vmlinuz -> boot/vmlinuz-…, or absolute links), and a
+// file that ends up outside the image's /boot is refused.
+import { lstat, readlink, realpath } from "node:fs/promises";
+import { join } from "node:path";
+import { ErrorCode } from "./packet.ts";
+
+export type Resolution = { file: string } | { error: number; message: string };
+
+/** The iPXE builds a PXE ROM or UEFI firmware may be told to fetch. */
+export const IPXE_NAMES = new Set([
+  "undionly.kpxe",
+  "undionly.kkpxe",
+  "ipxe.pxe",
+  "ipxe.efi",
+  "snponly.efi",
+  "snp.efi",
+]);
+
+const refuse = (message: string): Resolution => ({ error: ErrorCode.accessViolation, message });
+const notFound = (message = "file not found"): Resolution => ({
+  error: ErrorCode.fileNotFound,
+  message,
+});
+
+/**
+ * Normalizes a requested filename into path components relative to a served root, or says why it
+ * is refused. Leading slashes are dropped (PXE ROMs often send "/pxelinux.0"); `.` and empty
+ * components vanish; `..`, backslashes and anything but printable ASCII are refused.
+ */
+export function cleanFilename(name: string): { parts: string[] } | { refused: string } {
+  if (name.length === 0) return { refused: "empty filename" };
+  if (name.length > 1024) return { refused: "filename longer than 1024 characters" };
+  for (let i = 0; i < name.length; i++) {
+    const c = name.charCodeAt(i);
+    if (c < 0x20 || c > 0x7e) return { refused: "filename is not printable ASCII" };
+  }
+  if (name.includes("\\")) return { refused: "backslash in filename" };
+  const parts = name.split("/").filter((p) => p !== "" && p !== ".");
+  if (parts.includes("..")) return { refused: "'..' in filename" };
+  if (parts.length === 0) return { refused: "filename names a directory" };
+  return { parts };
+}
+
+/**
+ * Resolves `parts` inside `root` like a chroot would: symlinks are followed with absolute targets
+ * taken relative to `root`, and `..` may not climb above it. Returns the real path of an existing
+ * regular file, or a refusal.
+ */
+export async function resolveInRoot(root: string, parts: string[]): Promise<Resolution> {
+  const stack = [...parts].reverse(); // components still to walk, next one last
+  const here: string[] = []; // components walked so far (no symlinks among them)
+  let hops = 0;
+  while (stack.length) {
+    const part = stack.pop()!;
+    if (part === "" || part === ".") continue;
+    if (part === "..") {
+      if (here.length === 0) return refuse("symlink escapes the served root");
+      here.pop();
+      continue;
+    }
+    const path = join(root, ...here, part);
+    let st;
+    try {
+      st = await lstat(path);
+    } catch {
+      return notFound();
+    }
+    if (st.isSymbolicLink()) {
+      if (++hops > 40) return refuse("too many symlinks");
+      const target = await readlink(path);
+      if (target.startsWith("/")) here.length = 0;
+      stack.push(...target.split("/").reverse());
+      continue;
+    }
+    if (stack.length && !st.isDirectory()) return notFound();
+    here.push(part);
+  }
+  const file = join(root, ...here);
+  try {
+    if (!(await lstat(file)).isFile()) return notFound("not a regular file");
+  } catch {
+    return notFound();
+  }
+  return { file };
+}
+
+export interface NodeBootRoot {
+  /** Node's deploy link (nodes/<mac>/fs), pointing at its image rootfs. */
+  fs: string;
+}
+
+/** An iPXE binary by exact name; symlinks in the iPXE dir are the operator's (Debian links
+ *  ipxe.efi to /boot/ipxe.efi), so they are followed wherever they point. */
+export async function resolveIpxe(ipxeDir: string, parts: string[]): Promise<Resolution | null> {
+  if (parts.length !== 1 || !IPXE_NAMES.has(parts[0])) return null;
+  try {
+    const file = await realpath(join(ipxeDir, parts[0]));
+    if ((await lstat(file)).isFile()) return { file };
+  } catch { /* fall through */ }
+  return notFound(`${parts[0]} is not installed in ${ipxeDir}`);
+}
+
+/** `boot/X` or `X` -> the image's /boot/X (or a root-level link such as /vmlinuz into /boot). */
+export async function resolveNodeBoot(fsLink: string, parts: string[]): Promise<Resolution> {
+  let root: string;
+  try {
+    root = await realpath(fsLink);
+  } catch {
+    return notFound("node has no deployed image");
+  }
+  const candidates = parts[0] === "boot" ? [parts] : [["boot", ...parts], parts];
+  let last: Resolution = notFound();
+  for (const c of candidates) {
+    const r = await resolveInRoot(root, c);
+    if ("file" in r) {
+      const inBoot = join(root, "boot") + "/";
+      return r.file.startsWith(inBoot) ? r : refuse("file lies outside the image's /boot");
+    }
+    if (r.error === ErrorCode.accessViolation) return r;
+    last = r;
+  }
+  return last;
+}
+
+export interface PolicyInput {
+  ipxeDir: string;
+  /** The deploy link of the node behind the client address, if the client is a known node. */
+  nodeFs?: string;
+}
+
+/** The whole policy: iPXE binaries for everyone, then the node's image /boot for known nodes. */
+export async function resolveRequest(name: string, p: PolicyInput): Promise<Resolution> {
+  const clean = cleanFilename(name);
+  if ("refused" in clean) return refuse(clean.refused);
+  const ipxe = await resolveIpxe(p.ipxeDir, clean.parts);
+  if (ipxe) return ipxe;
+  if (!p.nodeFs) return notFound("unknown client: only iPXE binaries are served");
+  return resolveNodeBoot(p.nodeFs, clean.parts);
+}
