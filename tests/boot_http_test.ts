@@ -231,8 +231,8 @@ async function fixture(): Promise<Fixture> {
 }
 
 /** Waits for an event a streamed download records when its body has gone out. */
-async function waitEvent(ctx: Context, mac: string, kind: string, after = 0) {
-  for (let i = 0; i < 100; i++) {
+async function waitEvent(ctx: Context, mac: string, kind: string, after = 0, ms = 2000) {
+  for (let i = 0; i < ms / 20; i++) {
     const e = listEvents(ctx.db, { mac, sinceId: after }).find((x) => x.kind === kind);
     if (e) return e;
     await new Promise((r) => setTimeout(r, 20));
@@ -531,4 +531,102 @@ Deno.test("boot routes: unknown MAC, no image, unbootable image, persist off", a
   } finally {
     await f.close();
   }
+});
+
+// ---- real iPXE (qemu, TCG): the script as the firmware runs it ----
+
+Deno.test({
+  name: "real iPXE (qemu): chains the script by ${net0/mac:hexhyp}, retries a failed kernel, boots",
+  ignore: Deno.env.get("NETROOT_SKIP_VM") === "1",
+  async fn() {
+    const { debianKernel } = await import("./support/kernel.ts");
+    const k = await debianKernel();
+    const f = await fixture();
+    const mac = "52:54:00:b0:07:05";
+    let qemu: Deno.ChildProcess | undefined;
+    try {
+      // An image whose own initrd only prints the command line it was given, then powers off.
+      const stage = join(f.dir, "stage");
+      mkdirSync(join(stage, "bin"), { recursive: true });
+      mkdirSync(join(stage, "dev"));
+      mkdirSync(join(stage, "proc"));
+      await Deno.copyFile("/usr/bin/busybox", join(stage, "bin/busybox"));
+      writeFileSync(
+        join(stage, "init"),
+        "#!/bin/busybox sh\n/bin/busybox mount -t proc proc /proc\n" +
+          'echo "H5-CMDLINE $(/bin/busybox cat /proc/cmdline)"\n/bin/busybox poweroff -f\n',
+        { mode: 0o755 },
+      );
+      const initrd = join(f.dir, "initrd.gz");
+      const sh = await new Deno.Command("sh", {
+        args: [
+          "-c",
+          `mknod -m 600 dev/console c 5 1 && find . | cpio -o -H newc --quiet | gzip -1 > ${initrd}`,
+        ],
+        cwd: stage,
+      }).output();
+      assert.ok(sh.success, "initrd built");
+      // The kernel link dangles at first: iPXE's first `kernel` fails, the script must retry.
+      const id = addImage(f.ctx, "vmtest", {
+        "boot/initrd.img-test": await Deno.readFile(initrd),
+        "vmlinuz": "->/boot/vmlinuz-test",
+        "initrd.img": "->/boot/initrd.img-test",
+      });
+      addNode(f.ctx, mac, "vm1", id, { initramfs: "image", "kernel.cmdline": "panic=-1" });
+
+      const port = new URL(f.url).port;
+      const chain = join(f.dir, "chain.ipxe");
+      // qemu user networking: the guest reaches this host's loopback as 10.0.2.2.
+      writeFileSync(
+        chain,
+        `#!ipxe\ndhcp\nchain http://10.0.2.2:${port}/boot/\${net0/mac:hexhyp}.ipxe\n`,
+      );
+      const serial = join(f.dir, "serial.log");
+      qemu = new Deno.Command("qemu-system-x86_64", {
+        args: [
+          ...["-accel", "tcg", "-m", "256", "-display", "none", "-monitor", "none"],
+          ...["-serial", `file:${serial}`, "-no-reboot"],
+          ...["-kernel", "/usr/lib/ipxe/ipxe.lkrn", "-initrd", chain], // lkrn runs its initrd as a script
+          ...["-netdev", "user,id=n0", "-device", `virtio-net-pci,netdev=n0,mac=${mac},romfile=`],
+        ],
+        stdin: "null",
+        stdout: "null",
+        stderr: "piped",
+      }).spawn();
+
+      await waitEvent(f.ctx, mac, "http.kernel.error", 0, 60_000);
+      await Deno.copyFile(k.vmlinuz, join(f.ctx.data.rootfs(id), "boot/vmlinuz-test"));
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const done = await Promise.race([
+        qemu.output(),
+        new Promise<undefined>((r) => timer = setTimeout(() => r(undefined), 120_000)),
+      ]);
+      clearTimeout(timer);
+      assert.ok(done, "qemu powered off within 120 s");
+      qemu = undefined;
+      const log = await Deno.readTextFile(serial);
+      const line = /^H5-CMDLINE (.*)$/m.exec(log)?.[1];
+      assert.ok(line, `the image's initrd ran; serial log ends:\n${log.slice(-1500)}`);
+      const tokens = (f.ctx.db.prepare("SELECT token FROM boots WHERE mac = ? ORDER BY rowid")
+        .all(mac) as { token: string }[]).map((b) => b.token);
+      assert.equal(tokens.length, 1, "one script fetch, retries stay within it");
+      assert.ok(line.includes(` netroot.token=${tokens[0]} `), line);
+      assert.ok(line.includes(` netroot.mac=${mac} netroot.server=10.0.2.2 `), line);
+      assert.ok(line.includes(`netroot.image=${id}`), line);
+      assert.ok(line.endsWith(" panic=-1"), line);
+      const kinds = listEvents(f.ctx.db, { mac }).map((e) => e.kind);
+      assert.deepEqual(
+        kinds.filter((x) => x.startsWith("http.")),
+        ["http.script", "http.kernel.error", "http.kernel", "http.initramfs"],
+      );
+      const kernelEv = listEvents(f.ctx.db, { mac }).find((e) => e.kind === "http.kernel")!;
+      assert.equal(kernelEv.detail.bytes, (await Deno.stat(k.vmlinuz)).size);
+    } finally {
+      if (qemu) {
+        qemu.kill("SIGKILL");
+        await qemu.status;
+      }
+      await f.close();
+    }
+  },
 });
