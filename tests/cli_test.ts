@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { defaultConfig } from "../src/config.ts";
 import type { Context } from "../src/context.ts";
+import { recordEvent } from "../src/events.ts";
 import { buildApp, openContext } from "../src/server.ts";
 import { registerVnodeApi } from "../src/vnode/api.ts";
 
@@ -210,6 +211,49 @@ Deno.test("node CLI: writes without the token are refused with 401's message", (
     }
   }));
 
+/** Runs a `--follow` command; `until(text)` waits for it on stdout and returns all output so far. */
+async function following(
+  ctx: Context,
+  args: string[],
+  fn: (until: (text: string) => Promise<string>) => Promise<void>,
+): Promise<void> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", mainTs, ...args],
+    env: { NETROOT_SERVER: `http://127.0.0.1:${serverPort(ctx)}` },
+    stdout: "piped",
+    stderr: "null",
+  }).spawn();
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  try {
+    let seen = "";
+    await fn(async (text) => {
+      const deadline = Date.now() + 15_000;
+      while (!seen.includes(text) && Date.now() < deadline) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        seen += value;
+      }
+      assert.ok(seen.includes(text), `${args.join(" ")} printed ${JSON.stringify(seen)}`);
+      return seen;
+    });
+  } finally {
+    child.kill("SIGTERM");
+    await child.status;
+    await reader.cancel().catch(() => {});
+  }
+}
+
+Deno.test("node CLI: log --follow prints new timeline events as they are recorded", () =>
+  withServer(async (_cli, ctx) => {
+    ctx.nodes.add("52:54:00:aa:00:30", { name: "watched" });
+    await following(ctx, ["node", "log", "watched", "--follow"], async (until) => {
+      await until("node.added");
+      recordEvent(ctx.db, "52:54:00:aa:00:30", "dhcp.ack", { ip: "10.77.0.30" });
+      const out = await until("dhcp.ack");
+      assert.match(out, /^\S+Z {2}node\.added .*\n\S+Z {2}dhcp\.ack \{"ip":"10\.77\.0\.30"\}\n$/);
+    });
+  }));
+
 // The console route is the virtual-node code's (added through the API extension hook).
 registerVnodeApi(() => {
   throw new Error("the console route needs no vnode manager");
@@ -225,32 +269,9 @@ Deno.test("node CLI: console prints a virtual node's serial log; --follow stream
     assert.equal(ok(await cli("node", "console", "vm1")), "SeaBIOS\niPXE\n");
     fails(await cli("node", "console", "metal"), /only virtual nodes/);
 
-    const child = new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", mainTs, "node", "console", "vm1", "--follow"],
-      env: { NETROOT_SERVER: `http://127.0.0.1:${serverPort(ctx)}` },
-      stdout: "piped",
-      stderr: "null",
-    }).spawn();
-    try {
-      const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-      let seen = "";
-      const until = async (text: string) => {
-        const deadline = Date.now() + 15_000;
-        while (!seen.includes(text) && Date.now() < deadline) {
-          const { value, done } = await reader.read();
-          if (done) break;
-          seen += value;
-        }
-        assert.ok(seen.includes(text), `console --follow printed ${JSON.stringify(seen)}`);
-      };
-      await until("iPXE\n");
+    await following(ctx, ["node", "console", "vm1", "--follow"], async (until) => {
+      assert.equal(await until("iPXE\n"), "SeaBIOS\niPXE\n");
       Deno.writeTextFileSync(log, "Linux version 6.1\n", { append: true });
-      await until("Linux version 6.1\n");
-      assert.equal(seen, "SeaBIOS\niPXE\nLinux version 6.1\n");
-      reader.releaseLock();
-    } finally {
-      child.kill("SIGTERM");
-      await child.status;
-      await child.stdout.cancel().catch(() => {});
-    }
+      assert.equal(await until("Linux version 6.1\n"), "SeaBIOS\niPXE\nLinux version 6.1\n");
+    });
   }));
