@@ -126,3 +126,20 @@ Deno.test("malformed packets are rejected with DhcpDecodeError", () => {
   overload.fill(0x42, 108, 236); // file field claimed to hold options, but garbage
   assert.throws(() => decode(overload), DhcpDecodeError);
 });
+
+Deno.test("a missing iPXE binary is reported at start, naming the Debian package", async () => {
+  const { checkIpxeFiles } = await import("../netboot/dhcp4/server.ts");
+  const { setLogSink } = await import("../src/log.ts");
+  const lines: string[] = [];
+  setLogSink((l) => lines.push(l));
+  try {
+    const dir = await Deno.makeTempDir();
+    await Deno.writeFile(`${dir}/undionly.kpxe`, new Uint8Array(1));
+    assert.deepEqual(checkIpxeFiles(dir), ["ipxe.efi"]);
+    assert.match(lines.join("\n"), /WARN dhcp .*ipxe\.efi.*Debian package 'ipxe'/);
+    assert.deepEqual(checkIpxeFiles("/usr/lib/ipxe"), []);
+    await Deno.remove(dir, { recursive: true });
+  } finally {
+    setLogSink((l) => console.error(l));
+  }
+});

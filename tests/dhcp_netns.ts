@@ -27,8 +27,9 @@ export interface Link {
   close(): Promise<void>;
 }
 
-/** A fresh pair of namespaces; `net` must be unique per test file (e.g. "10.81.1"). */
-export async function makeLink(tag: string, net: string): Promise<Link> {
+/** A fresh pair of namespaces; `net` must be unique per test file (e.g. "10.81.1"); the server
+ *  side gets `${net}.1/${prefixLen}`. */
+export async function makeLink(tag: string, net: string, prefixLen = 24): Promise<Link> {
   const id = `${Deno.pid}-${counter++}`;
   const srvNs = `nr-${tag}-s-${id}`, cliNs = `nr-${tag}-c-${id}`;
   const srvIf = "veth-srv", cliIf = "veth-cli";
@@ -50,7 +51,7 @@ export async function makeLink(tag: string, net: string): Promise<Link> {
     await sh(["ip", "netns", "add", cliNs]);
     await sh(["ip", "-n", srvNs, "link", "add", srvIf, "type", "veth", "peer", "name", cliIf]);
     await sh(["ip", "-n", srvNs, "link", "set", cliIf, "netns", cliNs]);
-    await sh(["ip", "-n", srvNs, "addr", "add", `${net}.1/24`, "dev", srvIf]);
+    await sh(["ip", "-n", srvNs, "addr", "add", `${net}.1/${prefixLen}`, "dev", srvIf]);
     for (const [ns, ifc] of [[srvNs, srvIf], [cliNs, cliIf]]) {
       await sh(["ip", "-n", ns, "link", "set", "lo", "up"]);
       await sh(["ip", "-n", ns, "link", "set", ifc, "up"]);

@@ -1,7 +1,7 @@
 // The boot-storm generator (`netroot bench storm`) against real peer servers — dnsmasq for DHCP
 // and TFTP, python3 http.server for HTTP — in network namespaces. Needs root.
 import assert from "node:assert/strict";
-import { makeLink, sh } from "./dhcp_netns.ts";
+import { makeLink, sh, startServer } from "./dhcp_netns.ts";
 import { scriptDownloads } from "../netboot/storm.ts";
 
 const main = new URL("../main.ts", import.meta.url).pathname;
@@ -100,5 +100,52 @@ Deno.test("bench storm (root): 40 PXE clients against dnsmasq + http.server, 0 f
     }
     await link.close();
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("bench storm (root): 500 PXE clients against netroot's own DHCP + TFTP, 0 failures", async () => {
+  // The HTTP phase needs a deployed bootable image (kernel + initramfs), so it is left out here.
+  const link = await makeLink("stormn", "10.90.0", 16);
+  let server;
+  try {
+    await sh(["ip", "-n", link.cliNs, "addr", "add", "10.90.0.2/16", "dev", link.cliIf]);
+    server = await startServer(link, {
+      dhcp: {
+        mode: "full",
+        range: { start: "10.90.1.0", end: "10.90.3.255" },
+        leaseSeconds: 3600,
+        proxyStrategy: "option43",
+        registerUnknown: true,
+      },
+      ra: false,
+    });
+    const n = 500;
+    const out = await new Deno.Command("ip", {
+      args: link.inCli([
+        Deno.execPath(),
+        "run",
+        "-A",
+        main,
+        "bench",
+        "storm",
+        "--interface",
+        link.cliIf,
+        "--clients",
+        String(n),
+        "--no-http",
+        "--json",
+      ]).slice(1),
+    }).output();
+    const text = new TextDecoder().decode(out.stdout);
+    assert.ok(out.success, text + new TextDecoder().decode(out.stderr));
+    const report = JSON.parse(text);
+    assert.equal(report.failures, 0, JSON.stringify(report.errors));
+    assert.equal(report.dhcpExchanges, 2 * n);
+    const kpxe = (await Deno.stat("/usr/lib/ipxe/undionly.kpxe")).size;
+    assert.equal(report.bytes, n * kpxe);
+    console.log(`netroot DHCP+TFTP storm: ${n} clients in ${report.seconds.toFixed(2)} s`);
+  } finally {
+    await server?.stop();
+    await link.close();
   }
 });
