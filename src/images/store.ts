@@ -299,10 +299,18 @@ export class ImageStore {
     let fixed = 0;
     await Deno.mkdir(this.data.tmp, { recursive: true });
     for await (const e of Deno.readDir(this.data.tmp)) {
-      await Deno.remove(join(this.data.tmp, e.name), { recursive: true }).catch((err) => {
-        if (!(err instanceof Deno.errors.NotFound)) throw err;
-      });
-      fixed++;
+      // Not fatal: a tool orphaned by a killed server may still be writing there for a moment.
+      await Deno.remove(join(this.data.tmp, e.name), { recursive: true }).then(
+        () => fixed++,
+        (err) => {
+          if (!(err instanceof Deno.errors.NotFound)) {
+            log.warn("could not clean tmp/ entry; retried at next start", {
+              entry: e.name,
+              error: err.message,
+            });
+          }
+        },
+      );
     }
     await Deno.mkdir(this.data.images, { recursive: true });
     for await (const e of Deno.readDir(this.data.images)) {

@@ -310,6 +310,33 @@ export async function listArchive(file: string, what: string): Promise<Map<strin
   return paths;
 }
 
+/**
+ * Runs a tool that writes into the import's scratch dir with `-v` output drained by us: if this
+ * process is killed, the tool's next write hits a closed pipe (SIGPIPE) and it stops, instead of
+ * writing on into tmp/ while the next start wipes it. Returns stderr (capped) and success.
+ */
+export async function runDrained(
+  cmd: string,
+  args: string[],
+): Promise<{ ok: boolean; stderr: string }> {
+  const child = new Deno.Command(cmd, {
+    args,
+    env: { LC_ALL: "C" },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const drain = (async () => {
+    for await (const _ of child.stdout) { /* discard */ }
+  })();
+  let stderr = "";
+  for await (const chunk of child.stderr.pipeThrough(new TextDecoderStream())) {
+    if (stderr.length < 64 * 1024) stderr += chunk;
+  }
+  await drain;
+  return { ok: (await child.status).success, stderr };
+}
+
 /** Extracts an archive file (a layer) with tar reading it directly; no progress, no hashing. */
 export async function extractFile(
   file: string,
@@ -317,11 +344,15 @@ export async function extractFile(
   what: string,
   extraArgs: string[] = [],
 ): Promise<void> {
-  const out = await new Deno.Command("tar", {
-    args: ["-x", "-f", file, "-C", dest, ...EXTRACT_FLAGS, ...extraArgs],
-    env: { LC_ALL: "C" },
-    stdout: "null",
-    stderr: "piped",
-  }).output();
-  if (!out.success) throw tarFailure(new TextDecoder().decode(out.stderr), what, "none");
+  const r = await runDrained("tar", [
+    "-x",
+    "-v",
+    "-f",
+    file,
+    "-C",
+    dest,
+    ...EXTRACT_FLAGS,
+    ...extraArgs,
+  ]);
+  if (!r.ok) throw tarFailure(r.stderr, what, "none");
 }

@@ -10,6 +10,7 @@ import {
   extractArchive,
   extractFile,
   listArchive,
+  runDrained,
   sniff,
 } from "./tar.ts";
 import { type CachedHash, hashFileSync, type Progress } from "./walk.ts";
@@ -131,14 +132,16 @@ async function copyTree(src: string, dest: string, onProgress?: Progress): Promi
   onProgress?.({ phase: "copy", done: 0 });
   // cp -a keeps owners, modes, hardlinks, xattrs, devices and times; -x stays on one file system
   // (importing "/" of a machine must not descend into /proc).
-  const out = await new Deno.Command("cp", {
-    args: ["-a", "--one-file-system", "--reflink=auto", `${src}/.`, dest],
-    env: { LC_ALL: "C" },
-    stdout: "null",
-    stderr: "piped",
-  }).output();
-  if (!out.success) {
-    const err = new TextDecoder().decode(out.stderr).trim().split("\n");
+  const out = await runDrained("cp", [
+    "-a",
+    "-v",
+    "--one-file-system",
+    "--reflink=auto",
+    `${src}/.`,
+    dest,
+  ]);
+  if (!out.ok) {
+    const err = out.stderr.trim().split("\n");
     if (err.some((l) => /No space left on device/.test(l))) {
       throw new UserError(`no space left on device while importing ${src}`, 500);
     }
