@@ -238,6 +238,8 @@ export function bootRoutes(ctx: Context): Hono {
     const raw = c.req.param("file").replace(/\.ipxe$/, "");
     const mac = parseMacParam(raw);
     if (!mac) return text(c, `invalid MAC address in URL: ${raw}\n`, 400);
+    // HEAD must not open a boot (a new token) or touch the timeline.
+    if (c.req.method === "HEAD") return text(c, "");
     const base = ctx.nodeUrl ?? new URL(c.req.url).origin;
     const node = ctx.nodes.find(mac);
     if (!node) {

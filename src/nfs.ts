@@ -320,12 +320,20 @@ async function startGanesha(ctx: Context, opts: NfsOptions): Promise<Service> {
       "ganesha.nfsd",
       ...["-F", "-L", logFile, "-f", conf, "-p", pidFile, "-N", "NIV_EVENT"],
     ];
-    const proc = new Deno.Command(argv[0], {
-      args: argv.slice(1),
-      stdin: "null",
-      stdout: "null",
-      stderr: "null",
-    }).spawn();
+    let proc: Deno.ChildProcess;
+    try {
+      proc = new Deno.Command(argv[0], {
+        args: argv.slice(1),
+        stdin: "null",
+        stdout: "null",
+        stderr: "null",
+      }).spawn();
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+      throw new UserError(
+        `--nfs ganesha needs ${argv[0]} (Debian packages nfs-ganesha nfs-ganesha-vfs)`,
+      );
+    }
     child = proc;
     const exited = proc.status.then((s) => s);
     const started = Date.now();

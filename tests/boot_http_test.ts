@@ -343,6 +343,12 @@ Deno.test("boot routes: script, kernel, initramfs, manifest, Range, HEAD, report
       assert.equal(r.status, 200);
       assert.equal(r.headers.get("content-length"), String(f.kernel.length));
       assert.equal((await r.arrayBuffer()).byteLength, 0);
+      const boots = () => f.ctx.db.prepare("SELECT COUNT(*) AS n FROM boots").get()!.n;
+      const nBoots = boots();
+      const s = await fetch(`${f.url}/boot/${mac}.ipxe`, { method: "HEAD" });
+      assert.equal(s.status, 200);
+      await s.body?.cancel();
+      assert.equal(boots(), nBoots, "HEAD of the script opens no boot");
       await new Promise((res) => setTimeout(res, 50));
       assert.equal(listEvents(f.ctx.db, { mac, sinceId: before }).length, 0);
     });
