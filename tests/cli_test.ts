@@ -8,7 +8,6 @@ import { defaultConfig } from "../src/config.ts";
 import type { Context } from "../src/context.ts";
 import { recordEvent } from "../src/events.ts";
 import { buildApp, openContext } from "../src/server.ts";
-import { registerVnodeApi } from "../src/vnode/api.ts";
 
 const mainTs = fileURLToPath(new URL("../main.ts", import.meta.url));
 const ports = new WeakMap<Context, number>();
@@ -254,11 +253,7 @@ Deno.test("node CLI: log --follow prints new timeline events as they are recorde
     });
   }));
 
-// The console route is the virtual-node code's (added through the API extension hook).
-registerVnodeApi(() => {
-  throw new Error("the console route needs no vnode manager");
-});
-
+// The console route is the virtual-node code's (src/vnode/api.ts, through the API extension hook).
 Deno.test("node CLI: console prints a virtual node's serial log; --follow streams appends", () =>
   withServer(async (cli, ctx) => {
     ctx.nodes.add("52:54:00:aa:00:20", { name: "vm1", virtual: true });
