@@ -149,13 +149,14 @@ async function sendFile(
   contentType: string,
   onEnd?: (bytes: number, ms: number, complete: boolean) => void,
 ): Promise<Response> {
-  const file = await Deno.open(path, { read: true });
+  const name = path.slice(path.lastIndexOf("/") + 1);
+  const file = await Deno.open(path, { read: true }).catch((e) => {
+    throw e instanceof Deno.errors.NotFound ? new Deno.errors.NotFound(`${name} is missing`) : e;
+  });
   const st = await file.stat();
   if (!st.isFile) {
     file.close();
-    throw new Deno.errors.NotFound(
-      `${path.slice(path.lastIndexOf("/") + 1)} is not a regular file`,
-    );
+    throw new Deno.errors.NotFound(`${name} is not a regular file`);
   }
   const size = st.size;
   const range = parseRange(c.req.header("range"), size);

@@ -533,7 +533,10 @@ Deno.test("boot routes: unknown MAC, no image, unbootable image, persist off", a
     );
     r = await fetch(`${f.url}/boot/02-00-00-00-00-05/manifest`);
     assert.equal(r.status, 404);
-    assert.match(await r.text(), /^manifest of image [0-9a-f]{64} unavailable: /);
+    assert.match(
+      await r.text(),
+      /^manifest of image [0-9a-f]{64} unavailable: manifest is missing$/m,
+    );
   } finally {
     await f.close();
   }
