@@ -11,7 +11,7 @@ import type { Context as HonoContext } from "hono";
 import { lstat, readlink } from "node:fs/promises";
 import { isAbsolute, join } from "node:path";
 import type { Context } from "../src/context.ts";
-import { findBoot, openBoot, recordStage } from "../src/boots.ts";
+import { dropBoot, findBoot, openBoot, recordStage } from "../src/boots.ts";
 import { notFound, UserError } from "../src/errors.ts";
 import { recordEvent } from "../src/events.ts";
 import { ensureInitramfs } from "../src/initramfs/build.ts";
@@ -305,6 +305,7 @@ export function bootRoutes(ctx: Context): Hono {
         extra: node.settings?.["kernel.cmdline"],
       });
     } catch (e) {
+      dropBoot(ctx.db, token);
       return refuse((e as Error).message);
     }
     if (initramfs === "netroot") {

@@ -27,6 +27,11 @@ export function openBoot(db: Db, mac: string, imageId: string | null): string {
   return token;
 }
 
+/** Withdraws a token that never reached a node (its script could not be rendered). */
+export function dropBoot(db: Db, token: string): void {
+  db.prepare("DELETE FROM boots WHERE token = ?").run(token);
+}
+
 export function findBoot(db: Db, token: string): Boot | undefined {
   const r = db.prepare(
     "SELECT token, mac, image_id, started_at, reported_at, stage FROM boots WHERE token = ?",

@@ -509,6 +509,17 @@ Deno.test("boot routes: unknown MAC, no image, unbootable image, persist off", a
     // Loopback: the node's address is unknown here, so the node configures itself.
     assert.ok(s.includes(" ip=dhcp "));
 
+    // A command line iPXE would expand: refused with the reason, and no token left behind.
+    const nBoots = f.ctx.db.prepare("SELECT COUNT(*) AS n FROM boots").get()!.n;
+    addNode(f.ctx, "02:00:00:00:00:06", "badcmd", f.imageId, { "kernel.cmdline": "x=${ip}" });
+    s = await (await fetch(`${f.url}/boot/02-00-00-00-00-06.ipxe`)).text();
+    assert.match(
+      s,
+      /^echo netroot: kernel.cmdline "x=S\{ip\}" contains control characters or S\{$/m,
+    );
+    assert.ok(s.endsWith("\nreboot\n"));
+    assert.equal(f.ctx.db.prepare("SELECT COUNT(*) AS n FROM boots").get()!.n, nBoots);
+
     // Default initramfs=netroot: this fake image has no modules for its kernel, so the build
     // fails and the node gets a 404 saying why (and the timeline records it).
     addNode(f.ctx, "02:00:00:00:00:04", "netrootinit", f.imageId);
