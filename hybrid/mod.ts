@@ -1,6 +1,9 @@
 // Hybrid boot entry point for `netroot init`: detect the partition, copy/verify the image, lay out
 // the overlay. Returns undefined for network mode (no partition, or any failure — the node must
 // still boot, so failures fall back to network mode and are said loudly).
+import type { HybridProbe } from "../overlay/init.ts";
+import { mountWithRetry } from "../overlay/rootsource.ts";
+import { MNT_DETACH, mount, umount } from "../src/linux/mount.ts";
 import { findHybridPartition, type HybridTarget } from "./detect.ts";
 import { type HybridRoot, prepareHybridRoot } from "./mode.ts";
 import type { CopyProgress } from "./copy.ts";
@@ -10,8 +13,9 @@ export type { HybridRoot, HybridTarget };
 
 export interface HybridBootOptions {
   imageId: string;
-  /** the image tree (read-only NFS mount) */
-  source: string;
+  /** mounts the image tree (read-only NFS) and returns where; called only when a partition is found */
+  mountSource(): Promise<string>;
+  unmountSource(): Promise<void>;
   /** where candidate partitions get mounted, e.g. /run/netroot/disks */
   mountBase: string;
   mount(device: string, dir: string): Promise<void>;
@@ -39,22 +43,16 @@ export async function tryHybridBoot(o: HybridBootOptions): Promise<HybridBoot | 
     skip: o.skip,
     log: o.log,
   });
-  const detectMs = Math.round(performance.now() - t0);
-  if (!target) {
-    o.report("hybrid-detect", { found: false, ms: detectMs });
-    return undefined;
-  }
+  if (!target) return undefined;
   const variant = target.persistent ? "persistent" : "volatile";
-  o.log(`hybrid mode (${variant}): ${target.device} holds ${target.dirName}/`);
-  o.report("hybrid-detect", {
-    found: true,
-    device: target.device,
-    dir: target.dirName,
-    variant,
-    ms: detectMs,
-  });
+  o.log(
+    `hybrid mode (${variant}): ${target.device} holds ${target.dirName}/ ` +
+      `(${Math.round(performance.now() - t0)} ms)`,
+  );
+  let source: string | undefined;
   try {
     const manifestText = await o.fetchManifest();
+    source = await o.mountSource();
     let lastPct = -1;
     const onProgress = (p: CopyProgress) => {
       const pct = p.total ? Math.floor((p.done / p.total) * 100) : 100;
@@ -68,7 +66,7 @@ export async function tryHybridBoot(o: HybridBootOptions): Promise<HybridBoot | 
       persistent: target.persistent,
       imageId: o.imageId,
       manifestText,
-      source: o.source,
+      source,
       onProgress,
       log: o.log,
     });
@@ -89,9 +87,58 @@ export async function tryHybridBoot(o: HybridBootOptions): Promise<HybridBoot | 
     const msg = (e as Error).message;
     o.log(`HYBRID MODE FAILED: ${msg} — falling back to network mode`);
     o.report("hybrid-failed", { error: msg, reason: (e as { reason?: string }).reason }, false);
+    if (source) await o.unmountSource().catch(() => {});
     await o.umount(target.mountpoint).catch(() => {});
     return undefined;
   }
 }
 
 const mb = (n: number) => (n / 1e6).toFixed(1);
+
+/** The HybridProbe that `netroot init` calls in netroot.mode=auto (overlay/init.ts). */
+export const hybridProbe: HybridProbe = async (
+  { params: p, out, report, rootSource, layout: l },
+) => {
+  if (!p.image || !p.url) {
+    out.line("hybrid: no netroot.image/netroot.url on the command line: network mode");
+    return null;
+  }
+  const boot = await tryHybridBoot({
+    imageId: p.image,
+    mountBase: "/run/netroot/disks",
+    mount: (dev, dir) => Promise.resolve(mount(dev, dir, "ext4", 0, null)),
+    umount: (dir) => Promise.resolve(umount(dir)),
+    mountSource: async () => {
+      Deno.mkdirSync(l.lower, { recursive: true });
+      await mountWithRetry(rootSource, l.lower, true, p.timeoutS * 1000, out);
+      return l.lower;
+    },
+    unmountSource: () => Promise.resolve(umount(l.lower, MNT_DETACH)),
+    fetchManifest: async () => {
+      const r = await fetch(`${p.url}/boot/${p.mac}/manifest`, {
+        signal: AbortSignal.timeout(30_000),
+      });
+      if (!r.ok) throw new Error(`manifest: HTTP ${r.status} from ${p.url}`);
+      return await r.text();
+    },
+    log: (m) => out.line(m),
+    report: (stage, detail, ok = true) => report({ stage, ok, detail: JSON.stringify(detail) }),
+  });
+  if (!boot) return null;
+  return {
+    mode: `hybrid-${boot.variant} on ${boot.target.device} (${boot.target.dirName}/)`,
+    mountNewRoot(newRoot: string) {
+      Deno.mkdirSync(newRoot, { recursive: true });
+      mount(
+        "overlay",
+        newRoot,
+        "overlay",
+        0,
+        `lowerdir=${boot.lower},upperdir=${boot.upper},workdir=${boot.work}`,
+      );
+      // The local copy is the root now: the NFS image is no longer needed.
+      umount(l.lower, MNT_DETACH);
+      return Promise.resolve();
+    },
+  };
+};

@@ -20,6 +20,7 @@ import {
 } from "./newroot.ts";
 import { type Post, readNfsBytes, Reporter, type StageReport } from "./report.ts";
 import { type MountSource, mountWithRetry, nfsSource } from "./rootsource.ts";
+import { hybridProbe } from "../hybrid/mod.ts";
 
 /** What a hybrid-mode implementation gets (see HybridProbe). */
 export interface HybridEnv {
@@ -74,7 +75,7 @@ export function productionDeps(): InitDeps {
     loadModule: loadModuleFile,
     rootSource: (p) => nfsSource(p.root, p.nfsVersion),
     persistSource: (p) => p.persist && nfsSource(p.persist, p.nfsVersion),
-    // hybrid: wired here by the hybrid-mode issue (a HybridProbe from hybrid/).
+    hybrid: hybridProbe,
     reboot,
     rebootDelayS: 10,
     sleep,
