@@ -1,6 +1,6 @@
 // Which qemu accelerator virtual nodes use. /dev/kvm existing proves little: on some hosts
 // (nested "kvm-pvm" here) qemu starts under KVM but a Linux guest hangs in its decompressor at
-// 100 % CPU. So "auto" boots a real Linux kernel under KVM with no root filesystem and expects it
+// 100 % CPU (and `-cpu host` aborts qemu on an MSR write). So "auto" boots a real Linux kernel under KVM with no root filesystem and expects it
 // to reach its "Kernel panic" (≈ 1 s with working KVM); anything else means TCG, which always works.
 import { join } from "node:path";
 import { logger } from "../log.ts";
@@ -26,19 +26,20 @@ function kvmOpenable(): string | undefined {
   }
 }
 
-/** Boots `kernel` under KVM; true when it reached its panic (no root fs) in time. */
-export async function kernelBootsUnderKvm(kernel: string, timeoutMs = probeTimeoutMs): Promise<
-  boolean
-> {
+/** Boots `kernel` with `accel`; true when it reached its panic (no root fs) in time. */
+export async function kernelBoots(
+  kernel: string,
+  accel: Accel,
+  timeoutMs = probeTimeoutMs,
+): Promise<boolean> {
   const dir = await Deno.makeTempDir({ prefix: "netroot-kvm-probe-" });
   const serial = join(dir, "serial.log");
   try {
     const child = new Deno.Command(qemuBinary, {
       args: [
         "-accel",
-        "kvm",
-        "-cpu",
-        "host",
+        accel,
+        ...(accel === "kvm" ? ["-cpu", "host"] : []),
         "-nodefaults",
         "-display",
         "none",
@@ -101,7 +102,7 @@ export async function chooseAccel(
   // Without a kernel KVM cannot be verified: TCG for now, not remembered, probed again next time.
   if (!kernel) return { accel: "tcg", reason: "no Linux kernel available to verify KVM with" };
   const t0 = performance.now();
-  const ok = await kernelBootsUnderKvm(kernel);
+  const ok = await kernelBoots(kernel, "kvm");
   const ms = Math.round(performance.now() - t0);
   memo = ok
     ? { accel: "kvm", reason: `KVM booted ${kernel} in ${ms} ms` }

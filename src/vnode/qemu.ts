@@ -29,6 +29,12 @@ export function qemuArgs(vm: VmSpec): string[] {
     vm.accel,
     // KVM: the host CPU; TCG: qemu's default model (`host` needs KVM).
     ...(vm.accel === "kvm" ? ["-cpu", "host"] : []),
+    // graphics=off: SeaBIOS and iPXE print to the serial console too (their boot steps land in
+    // console.log next to the kernel's); no VGA card to emulate.
+    "-machine",
+    "pc,graphics=off",
+    "-vga",
+    "none",
     "-m",
     vm.ram,
     "-smp",

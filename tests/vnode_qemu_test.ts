@@ -1,0 +1,101 @@
+// qemu command line, QMP, bridge and taps. The VM part needs root and qemu: it runs a real qemu
+// (TCG) in a private network namespace through tests/vnode_qemu_child.ts.
+import assert from "node:assert/strict";
+import { parseCpus, parseRam, qemuArgs, randomVnodeMac, tapName } from "../src/vnode/qemu.ts";
+import { UserError } from "../src/errors.ts";
+
+Deno.test("qemu command line: PXE on virtio-net via a tap, no stdio, console and QMP files", () => {
+  const args = qemuArgs({
+    name: "vm1",
+    mac: "52:54:00:01:02:03",
+    ram: "512M",
+    cpus: 2,
+    accel: "tcg",
+    tap: "nr525400010203",
+    disks: ["/d/disk0.img", "/d,x/disk1.img"],
+    consoleLog: "/d/console.log",
+    qmpSocket: "/d/qmp.sock",
+    pidFile: "/d/qemu.pid",
+  });
+  const line = args.join(" ");
+  assert.match(line, /-accel tcg/);
+  assert.doesNotMatch(line, /-cpu host/);
+  assert.match(line, /-boot n/);
+  assert.match(line, /-netdev tap,id=n0,ifname=nr525400010203,script=no,downscript=no/);
+  assert.match(line, /-device virtio-net-pci,netdev=n0,mac=52:54:00:01:02:03/);
+  assert.match(line, /-drive file=\/d\/disk0.img,format=raw,if=virtio/);
+  assert.match(line, /-drive file=\/d,,x\/disk1.img,format=raw,if=virtio/); // comma escaped
+  assert.match(
+    line,
+    /-chardev file,id=console,path=\/d\/console.log,append=on -serial chardev:console/,
+  );
+  assert.match(line, /-qmp unix:\/d\/qmp.sock,server=on,wait=off/);
+  assert.match(line, /-monitor none/);
+  assert.doesNotMatch(line, /nographic|stdio/);
+  assert.match(line, /-m 512M -smp 2/);
+  const kvm = qemuArgs({
+    ...{ name: "v", mac: "52:54:00:00:00:01", ram: "1G", cpus: 1 },
+    accel: "kvm",
+    tap: "t",
+    disks: [],
+    consoleLog: "c",
+    qmpSocket: "q",
+    pidFile: "p",
+  });
+  assert.match(kvm.join(" "), /-accel kvm -cpu host/);
+});
+
+Deno.test("vnode parameters: RAM, CPUs, MACs, tap names", () => {
+  assert.equal(parseRam("512m"), "512M");
+  assert.equal(parseRam("2G"), "2G");
+  for (const bad of ["", "512", "32M", "1.5G", "lots", "-1G"]) {
+    assert.throws(() => parseRam(bad), UserError);
+  }
+  assert.equal(parseCpus("4"), 4);
+  for (const bad of ["0", "x", "1.5", "65"]) assert.throws(() => parseCpus(bad), UserError);
+  const macs = new Set(Array.from({ length: 50 }, randomVnodeMac));
+  assert.ok(macs.size > 45);
+  for (const m of macs) assert.match(m, /^52:54:00(:[0-9a-f]{2}){3}$/);
+  assert.equal(tapName("52:54:00:aa:bb:cc"), "nr525400aabbcc");
+  assert.ok(tapName("52:54:00:aa:bb:cc").length <= 15);
+});
+
+Deno.test({
+  name: "bridge, tap and a real qemu through QMP (root, qemu, netns)",
+  ignore: Deno.env.get("NETROOT_SKIP_VM") === "1",
+  async fn() {
+    const ns = `nr-vqemu-${Deno.pid}`;
+    const dir = await Deno.makeTempDir({ prefix: "nr-vnode-qemu-" });
+    const ip = (...a: string[]) =>
+      new Deno.Command("ip", { args: a, stdout: "null", stderr: "null" }).output();
+    assert.ok((await ip("netns", "add", ns)).success);
+    try {
+      await ip("-n", ns, "link", "set", "lo", "up");
+      const child = new Deno.Command("timeout", {
+        args: [
+          "180",
+          "ip",
+          "netns",
+          "exec",
+          ns,
+          Deno.execPath(),
+          "run",
+          "-A",
+          new URL("./vnode_qemu_child.ts", import.meta.url).pathname,
+          dir,
+        ],
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+      });
+      const out = await child.output();
+      const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
+      console.log(text.trim());
+      assert.equal(out.code, 0, text);
+      assert.match(text, /bridge removed/);
+    } finally {
+      await ip("netns", "del", ns);
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
