@@ -64,9 +64,12 @@ export function tftpGetDetailed(
   let tries = 0;
   let timer: ReturnType<typeof setTimeout> | undefined;
 
+  let sending = Promise.resolve();
   const finish = (err?: Error) => {
     clearTimeout(timer);
-    sock.close();
+    // Close only after the final ACK left: closing first drops it, and the server would then
+    // resend into a closed port.
+    sending.finally(() => sock.close());
     if (err) reject(err);
     else {
       const data = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
@@ -75,7 +78,11 @@ export function tftpGetDetailed(
       resolve({ data, options: granted });
     }
   };
-  const sendLast = () => sock.send(last, peer?.port ?? port, peer?.address ?? host);
+  const sendLast = () => {
+    sending = new Promise((r) =>
+      sock.send(last, peer?.port ?? port, peer?.address ?? host, () => r())
+    );
+  };
   const arm = () => {
     clearTimeout(timer);
     timer = setTimeout(() => {

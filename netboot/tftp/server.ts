@@ -11,10 +11,11 @@ import { resolveRequest } from "./resolve.ts";
 
 const log = logger("tftp");
 
-export type ResolveResult = { file: string } | { data: Uint8Array } | {
-  error: number;
-  message: string;
-};
+/** What a filename names: a file, bytes, or a TFTP error. `meta` comes back in the transfer's
+ *  event (e.g. which node asked, decided when the request came in). */
+export type ResolveResult =
+  & ({ file: string } | { data: Uint8Array } | { error: number; message: string })
+  & { meta?: Record<string, unknown> };
 
 export interface ClientAddress {
   address: string;
@@ -35,6 +36,8 @@ export interface TransferEvent {
   reason?: string;
   /** TFTP error code: the one we sent (refused) or the client sent (aborted). */
   errorCode?: number;
+  /** From the resolver's answer. */
+  meta?: Record<string, unknown>;
 }
 
 export interface TftpServerOptions {
@@ -150,6 +153,7 @@ export async function createTftpServer(opts: TftpServerOptions): Promise<TftpSer
       return;
     }
     if (p.op !== "RRQ" && p.op !== "WRQ") return; // belongs to no transfer of ours
+    let meta: Record<string, unknown> | undefined;
     const refused = (code: number, reason: string) => {
       sendError(client, code, reason);
       report({
@@ -162,6 +166,7 @@ export async function createTftpServer(opts: TftpServerOptions): Promise<TftpSer
         windowsize: 0,
         reason,
         errorCode: code,
+        meta,
       });
     };
     if (p.op === "WRQ") return refused(ErrorCode.accessViolation, "write requests are refused");
@@ -171,11 +176,15 @@ export async function createTftpServer(opts: TftpServerOptions): Promise<TftpSer
     let data: Uint8Array;
     try {
       const r = await opts.resolve(p.filename, client);
+      meta = r.meta;
       if ("error" in r) return refused(r.error, r.message);
       data = "data" in r ? r.data : await cache.read(r.file);
     } catch (e) {
+      if (e instanceof Deno.errors.NotFound) {
+        return refused(ErrorCode.fileNotFound, "file not found");
+      }
       log.warn("cannot read file", { file: p.filename, error: (e as Error).message });
-      return refused(ErrorCode.notDefined, "cannot read file");
+      return refused(ErrorCode.accessViolation, "cannot read file");
     }
     const n = negotiate(p.options, data.length, limits);
     // Block numbers wrap after 65535 (as tftp-hpa, curl and iPXE expect), so any size goes.
@@ -197,6 +206,7 @@ export async function createTftpServer(opts: TftpServerOptions): Promise<TftpSer
       size: data.length,
       blksize: n.blksize,
       windowsize: n.windowsize,
+      meta,
     });
   };
   sock.on("message", (msg, rinfo) => {
@@ -222,21 +232,22 @@ export async function createTftpServer(opts: TftpServerOptions): Promise<TftpSer
 
 /** The real service: iPXE binaries for anyone, the node's image /boot for known nodes; every
  *  transfer lands on the node's timeline (or the server's, for an unknown client). */
-export async function startTftp(ctx: Context): Promise<Service> {
+export async function startTftp(ctx: Context): Promise<Service & { port: number }> {
   const nodes = ctx.nodes;
   const server = await createTftpServer({
     port: ctx.config.tftp.port,
-    resolve: (path, client) => {
+    resolve: async (path, client) => {
       const node = nodes.byIp(client.address);
-      return resolveRequest(path, {
+      const r = await resolveRequest(path, {
         ipxeDir: ctx.config.ipxeDir,
         nodeFs: node ? ctx.data.nodeFs(node.mac) : undefined,
       });
+      return { ...r, meta: { mac: node?.mac ?? null } };
     },
     onTransfer: (e) => {
-      const mac = nodes.byIp(e.client.address)?.mac ?? null;
+      const mac = (e.meta?.mac as string | null | undefined) ?? null;
       const base = { file: e.file, client: e.client.address };
-      const fields = { ...base, mac: mac ?? undefined, ms: e.ms, bytes: e.bytes };
+      const fields = { ...base, mac: mac ?? undefined };
       if (e.outcome === "done") {
         const d = {
           ...base,
@@ -246,7 +257,7 @@ export async function startTftp(ctx: Context): Promise<Service> {
           windowsize: e.windowsize,
         };
         recordEvent(ctx.db, mac, "tftp.done", d);
-        log.info("sent", { ...fields, blksize: e.blksize, windowsize: e.windowsize });
+        log.info("sent", { ...fields, ...d });
       } else if (e.outcome === "refused") {
         recordEvent(ctx.db, mac, "tftp.refused", { ...base, reason: e.reason, code: e.errorCode });
         log.warn("refused", { ...fields, reason: e.reason });
@@ -260,13 +271,17 @@ export async function startTftp(ctx: Context): Promise<Service> {
           reason: e.reason,
           sizeProbe: probe,
         });
-        (probe ? log.debug : log.info)("client aborted", { ...fields, code: e.errorCode });
+        (probe ? log.debug : log.info)("client aborted", {
+          ...fields,
+          bytes: e.bytes,
+          code: e.errorCode,
+        });
       } else {
         recordEvent(ctx.db, mac, "tftp.failed", { ...base, bytes: e.bytes, reason: e.reason });
-        log.warn("transfer failed", { ...fields, reason: e.reason });
+        log.warn("transfer failed", { ...fields, bytes: e.bytes, reason: e.reason });
       }
     },
   });
   log.info("listening", { port: server.port });
-  return { name: "tftp", close: () => server.close() };
+  return { name: "tftp", port: server.port, close: () => server.close() };
 }

@@ -1,0 +1,353 @@
+// TFTP server against real clients (tftp-hpa, curl, atftp) and our own client, on loopback with a
+// random port: byte-identical files for each blksize/tsize/windowsize, the path policy (traversal,
+// symlinks leaving the image, WRQ), retransmission with lost and duplicated ACKs, the UEFI tsize
+// probe, many concurrent transfers, and the node timeline through startTftp.
+import assert from "node:assert/strict";
+import dgram from "node:dgram";
+import { join } from "node:path";
+import { createTftpServer, startTftp, type TransferEvent } from "../netboot/tftp/server.ts";
+import { resolveRequest } from "../netboot/tftp/resolve.ts";
+import { TftpError, tftpGet, tftpGetDetailed } from "../netboot/tftp/client.ts";
+import { decode, encode } from "../netboot/tftp/packet.ts";
+import { defaultConfig } from "../src/config.ts";
+import { openContext } from "../src/server.ts";
+import { listEvents } from "../src/events.ts";
+
+const pattern = (n: number, salt = 0) =>
+  new Uint8Array(n).map((_, i) => ((i + salt) * 2654435761) >>> 24);
+
+/** A served tree: an iPXE dir and a node image whose /boot has the usual Debian links. */
+async function fixture() {
+  const dir = await Deno.makeTempDir({ prefix: "nr-tftp-" });
+  const ipxe = join(dir, "ipxe"), rootfs = join(dir, "images", "abc", "rootfs");
+  await Deno.mkdir(ipxe, { recursive: true });
+  await Deno.mkdir(join(rootfs, "boot"), { recursive: true });
+  await Deno.mkdir(join(rootfs, "etc"), { recursive: true });
+  await Deno.mkdir(join(dir, "node"), { recursive: true });
+  const files = {
+    undionly: pattern(74_213, 1),
+    efi: pattern(1432 * 40, 2), // exact multiple of 1432: ends with an empty DATA block
+    kernel: pattern(600_001, 3),
+    initrd: pattern(1_200_000, 4),
+  };
+  await Deno.writeFile(join(ipxe, "undionly.kpxe"), files.undionly);
+  await Deno.writeFile(join(dir, "elsewhere.efi"), files.efi);
+  await Deno.symlink(join(dir, "elsewhere.efi"), join(ipxe, "ipxe.efi")); // like Debian's link
+  await Deno.writeFile(join(rootfs, "boot", "vmlinuz-6.1.0-9-amd64"), files.kernel);
+  await Deno.writeFile(join(rootfs, "boot", "initrd.img-6.1.0-9-amd64"), files.initrd);
+  await Deno.writeTextFile(join(rootfs, "etc", "shadow"), "root:secret\n");
+  await Deno.writeTextFile(join(dir, "outside"), "not yours\n");
+  await Deno.symlink("/boot/vmlinuz-6.1.0-9-amd64", join(rootfs, "boot", "vmlinuz")); // absolute
+  await Deno.symlink("boot/initrd.img-6.1.0-9-amd64", join(rootfs, "initrd.img")); // root-level
+  await Deno.symlink("/etc/shadow", join(rootfs, "boot", "shadow")); // in the image, not in /boot
+  await Deno.symlink("../../../../../outside", join(rootfs, "boot", "escape")); // climbs out
+  await Deno.symlink(join(dir, "outside"), join(rootfs, "boot", "host")); // absolute, host path
+  await Deno.symlink("../images/abc/rootfs", join(dir, "node", "fs")); // the deploy link
+  return { dir, ipxe, nodeFs: join(dir, "node", "fs"), files };
+}
+
+async function run(cmd: string, args: string[], cwd?: string) {
+  const out = await new Deno.Command(cmd, { args, cwd, stdout: "piped", stderr: "piped" })
+    .output();
+  const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
+  return { code: out.code, text };
+}
+
+async function withServer(
+  fn: (port: number, f: Awaited<ReturnType<typeof fixture>>, events: TransferEvent[]) => Promise<
+    void
+  >,
+) {
+  const f = await fixture();
+  const events: TransferEvent[] = [];
+  const server = await createTftpServer({
+    port: 0,
+    host: "127.0.0.1",
+    workers: 2,
+    timeoutMs: 300,
+    resolve: (path) => resolveRequest(path, { ipxeDir: f.ipxe, nodeFs: f.nodeFs }),
+    onTransfer: (e) => events.push(e),
+  });
+  try {
+    await fn(server.port, f, events);
+    // The client is done before the server sees its last ACK: give the server a moment.
+    for (let i = 0; i < 50 && server.active > 0; i++) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(server.active, 0, "transfers left running");
+  } finally {
+    await server.close();
+    await Deno.remove(f.dir, { recursive: true });
+  }
+}
+
+/** Waits for the server's report of a transfer (it lands just after the client's last ACK). */
+async function eventFor(events: TransferEvent[], file: string, n = 1): Promise<TransferEvent[]> {
+  for (let i = 0; i < 100; i++) {
+    const got = events.filter((e) => e.file === file);
+    if (got.length >= n) return got;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  throw new Error(`no transfer event for ${file}: ${JSON.stringify(events)}`);
+}
+
+Deno.test("tftp: tftp-hpa, curl and atftp fetch byte-identical files (blksize, tsize, windowsize)", async () => {
+  await withServer(async (port, f, events) => {
+    const out = join(f.dir, "out");
+    const check = async (what: string, want: Uint8Array) =>
+      assert.deepEqual(await Deno.readFile(out), want, `${what}: content differs`);
+
+    // tftp-hpa: plain RFC 1350, 512-byte blocks, no options.
+    let r = await run("tftp", [
+      "127.0.0.1",
+      String(port),
+      "-m",
+      "binary",
+      "-c",
+      "get",
+      "undionly.kpxe",
+      out,
+    ]);
+    assert.doesNotMatch(r.text, /rror/, r.text);
+    await check("tftp-hpa undionly.kpxe", f.files.undionly);
+    r = await run("tftp", [
+      "127.0.0.1",
+      String(port),
+      "-m",
+      "binary",
+      "-c",
+      "get",
+      "boot/vmlinuz",
+      out,
+    ]);
+    await check("tftp-hpa boot/vmlinuz (absolute symlink)", f.files.kernel);
+
+    // curl asks blksize and tsize; 1432 is what iPXE asks.
+    for (const blksize of [512, 1432, 8192]) {
+      for (
+        const [name, want] of [["ipxe.efi", f.files.efi], ["initrd.img", f.files.initrd]] as const
+      ) {
+        r = await run("curl", [
+          "-sS",
+          "--tftp-blksize",
+          String(blksize),
+          `tftp://127.0.0.1:${port}/${name}`,
+          "-o",
+          out,
+        ]);
+        assert.equal(r.code, 0, r.text);
+        await check(`curl blksize ${blksize} ${name}`, want);
+      }
+    }
+    const curlEfi = (await eventFor(events, "ipxe.efi", 3)).map((
+      e,
+    ) => [e.outcome, e.blksize, e.size]);
+    assert.deepEqual(curlEfi, [["done", 512, 1432 * 40], ["done", 1432, 1432 * 40], [
+      "done",
+      8192,
+      1432 * 40,
+    ]]);
+
+    // atftp: RFC 7440 windowsize with tsize.
+    for (const [blksize, windowsize] of [[1432, 8], [8192, 16], [512, 64]]) {
+      r = await run("atftp", [
+        "--option",
+        `blksize ${blksize}`,
+        "--option",
+        `windowsize ${windowsize}`,
+        "--option",
+        "tsize 0",
+        "-g",
+        "-r",
+        "vmlinuz-6.1.0-9-amd64",
+        "-l",
+        out,
+        "127.0.0.1",
+        String(port),
+      ]);
+      assert.equal(r.code, 0, r.text);
+      await check(`atftp blksize ${blksize} windowsize ${windowsize}`, f.files.kernel);
+    }
+    const windowed = (await eventFor(events, "vmlinuz-6.1.0-9-amd64", 3)).map((
+      e,
+    ) => [e.outcome, e.windowsize]);
+    assert.deepEqual(windowed, [["done", 8], ["done", 16], ["done", 64]]);
+  });
+});
+
+Deno.test("tftp: traversal, escaping symlinks, bad names and writes are refused with an error and an event", async () => {
+  await withServer(async (port, f, events) => {
+    const refused = async (name: string, code: number) => {
+      await assert.rejects(
+        tftpGet("127.0.0.1", port, name, { timeoutMs: 300 }),
+        (e) => e instanceof TftpError && e.code === code,
+        `${JSON.stringify(name)} was not refused with code ${code}`,
+      );
+    };
+    for (
+      const name of [
+        "../outside",
+        "boot/../../outside",
+        "/../../etc/passwd",
+        "boot/shadow",
+        "boot/escape",
+        "a\\..\\b",
+        "boot/\x01x",
+        "boot/caf\xe9",
+        "etc/shadow",
+      ]
+    ) {
+      await refused(name, 2);
+    }
+    // boot/host links to a host path: inside the image (chroot semantics) it does not exist.
+    for (const name of ["/etc/passwd", "boot/missing", "boot/host", "undionly.kkpxe"]) {
+      await refused(name, 1);
+    }
+    // A real client too, and a write request.
+    let r = await run("tftp", [
+      "127.0.0.1",
+      String(port),
+      "-m",
+      "binary",
+      "-c",
+      "get",
+      "../../../etc/passwd",
+      join(f.dir, "x"),
+    ]);
+    assert.match(r.text, /Error code 2/);
+    await Deno.writeTextFile(join(f.dir, "up"), "data");
+    r = await run("tftp", [
+      "127.0.0.1",
+      String(port),
+      "-m",
+      "binary",
+      "-c",
+      "put",
+      join(f.dir, "up"),
+      "up",
+    ]);
+    assert.match(r.text, /Error code 2: write requests are refused/);
+    await eventFor(events, "up");
+    const refusals = events.filter((e) => e.outcome === "refused");
+    assert.equal(refusals.length, 15);
+    assert.ok(refusals.every((e) => e.reason), "every refusal says why");
+    assert.equal(events.filter((e) => e.outcome !== "refused").length, 0);
+    // Leading slashes are fine (PXE ROMs send them): /boot/vmlinuz is the image's.
+    assert.deepEqual(await tftpGet("127.0.0.1", port, "/boot/vmlinuz"), f.files.kernel);
+  });
+});
+
+Deno.test("tftp: lost and duplicated ACKs still deliver the file (stop-and-wait and windowed)", async () => {
+  await withServer(async (port, f, events) => {
+    for (const windowsize of [1, 4]) {
+      let n = 0;
+      const got = await tftpGetDetailed("127.0.0.1", port, "boot/vmlinuz-6.1.0-9-amd64", {
+        blksize: 1432,
+        windowsize,
+        timeoutMs: 300,
+        // Drop every 40th ACK but the last (419), send every 3rd twice.
+        onAck: (
+          block,
+        ) => (block < 419 && ++n % 40 === 0 ? "drop" : n % 3 === 0 ? "duplicate" : "send"),
+      });
+      assert.deepEqual(got.data, f.files.kernel);
+      assert.equal(got.options.windowsize, String(windowsize));
+    }
+    const [a, b] = await eventFor(events, "boot/vmlinuz-6.1.0-9-amd64", 2);
+    assert.equal(a.outcome, "done");
+    assert.equal(b.outcome, "done");
+    assert.ok(a.resent! > 0 && b.resent! > 0, "the server resent after lost ACKs");
+    // Duplicated ACKs did not make it send twice per ACK (Sorcerer's Apprentice): resends stay
+    // near the number of dropped ACKs (419 ACKs / 40 = 10 drops).
+    assert.ok(a.resent! <= 2 * 10 + 2, `stop-and-wait resent ${a.resent}`);
+  });
+});
+
+Deno.test("tftp: the UEFI tsize probe (OACK then ERROR 8) is an abort, then the real fetch works", async () => {
+  await withServer(async (port, f, events) => {
+    const sock = dgram.createSocket("udp4");
+    try {
+      const reply = new Promise<{ msg: Uint8Array; port: number }>((resolve) =>
+        sock.once("message", (msg, rinfo) => resolve({ msg, port: rinfo.port }))
+      );
+      await new Promise<void>((r) => sock.bind(0, "127.0.0.1", r));
+      const rrq = { op: "RRQ", filename: "ipxe.efi", mode: "octet" } as const;
+      sock.send(encode({ ...rrq, options: { tsize: "0", blksize: "1468" } }), port, "127.0.0.1");
+      const { msg, port: tid } = await reply;
+      assert.deepEqual(decode(msg), {
+        op: "OACK",
+        options: { blksize: "1468", tsize: String(f.files.efi.length) },
+      });
+      sock.send(encode({ op: "ERROR", code: 8, message: "tsize probe" }), tid, "127.0.0.1");
+      const [probe] = await eventFor(events, "ipxe.efi");
+      assert.equal(probe.outcome, "aborted");
+      assert.equal(probe.errorCode, 8);
+      assert.equal(probe.bytes, 0);
+      assert.deepEqual(
+        await tftpGet("127.0.0.1", port, "ipxe.efi", { blksize: 1468 }),
+        f.files.efi,
+      );
+    } finally {
+      sock.close();
+    }
+  });
+});
+
+Deno.test("tftp: 300 concurrent transfers all complete intact", async () => {
+  await withServer(async (port, f, events) => {
+    const names = ["undionly.kpxe", "ipxe.efi"];
+    const wants = [f.files.undionly, f.files.efi];
+    const results = await Promise.all(
+      Array.from({ length: 300 }, (_, i) =>
+        tftpGet("127.0.0.1", port, names[i % 2], {
+          blksize: [512, 1432, 1468][i % 3],
+          windowsize: i % 4 === 0 ? 8 : undefined,
+          timeoutMs: 2000,
+        })),
+    );
+    results.forEach((r, i) => assert.deepEqual(r, wants[i % 2], `transfer ${i}`));
+    const done = await eventFor(events, "undionly.kpxe", 150);
+    assert.deepEqual(done.filter((e) => e.outcome !== "done"), []);
+  });
+});
+
+Deno.test("tftp: startTftp serves a node its image's /boot and writes the node's timeline", async () => {
+  const f = await fixture();
+  const config = {
+    ...defaultConfig(),
+    dataDir: join(f.dir, "data"),
+    ipxeDir: f.ipxe,
+    tftp: { port: 0 },
+  };
+  const ctx = await openContext(config);
+  const svc = await startTftp(ctx);
+  try {
+    const mac = "52:54:00:12:34:56";
+    ctx.nodes.add(mac);
+    ctx.nodes.setIp(mac, "127.0.0.1");
+    await Deno.remove(ctx.data.nodeFs(mac)).catch(() => {});
+    await Deno.symlink(join(f.dir, "images", "abc", "rootfs"), ctx.data.nodeFs(mac));
+    assert.deepEqual(
+      await tftpGet("127.0.0.1", svc.port, "vmlinuz", { blksize: 1432 }),
+      f.files.kernel,
+    );
+    await assert.rejects(tftpGet("127.0.0.1", svc.port, "../x"), TftpError);
+    // An unknown client gets the iPXE binaries only.
+    ctx.nodes.setIp(mac, null);
+    assert.deepEqual(await tftpGet("127.0.0.1", svc.port, "undionly.kpxe"), f.files.undionly);
+    await assert.rejects(
+      tftpGet("127.0.0.1", svc.port, "vmlinuz"),
+      (e) => e instanceof TftpError && e.code === 1,
+    );
+    await new Promise((r) => setTimeout(r, 100));
+    const mine = listEvents(ctx.db, { mac }).filter((e) => e.kind.startsWith("tftp."));
+    assert.deepEqual(mine.map((e) => e.kind), ["tftp.done", "tftp.refused"]);
+    assert.equal(mine[0].detail.file, "vmlinuz");
+    assert.equal(mine[0].detail.bytes, f.files.kernel.length);
+    assert.equal(mine[0].detail.blksize, 1432);
+    const server = listEvents(ctx.db).filter((e) => e.mac === null && e.kind.startsWith("tftp."));
+    assert.deepEqual(server.map((e) => e.kind), ["tftp.done", "tftp.refused"]);
+  } finally {
+    await svc.close();
+    ctx.db.close();
+    await Deno.remove(f.dir, { recursive: true });
+  }
+});
