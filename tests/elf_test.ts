@@ -125,3 +125,36 @@ Deno.test("launcher reports a failed execve on stderr and exits 127", async () =
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("launcher mounts before execve; a failed mount does not stop it (root, private mount ns)", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nr-elf-" });
+  try {
+    const target = join(dir, "mnt");
+    await Deno.mkdir(target);
+    const bin = launcherElf({
+      path: "/bin/sh",
+      argv: ["sh", "-c", `grep " ${target} " /proc/self/mounts`],
+      envp: [],
+      mounts: [
+        { source: "none", target: join(dir, "missing"), fstype: "tmpfs", flags: 0 },
+        { source: "nr-elf-test", target, fstype: "tmpfs", flags: 2 | 4 | 8 },
+      ],
+    });
+    const path = join(dir, "launcher");
+    await Deno.writeFile(path, bin, { mode: 0o755 });
+    // unshare execs the launcher in a new mount namespace: the mount dies with it.
+    const out = await new Deno.Command("unshare", {
+      args: ["-m", "--propagation", "private", path],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert.equal(out.code, 0, dec.decode(out.stderr));
+    assert.match(
+      dec.decode(out.stdout),
+      new RegExp(`^nr-elf-test ${target} tmpfs rw,nosuid,nodev,noexec`),
+    );
+    assert.ok(!Deno.readTextFileSync("/proc/self/mounts").includes(target));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -1,6 +1,6 @@
 // The initramfs builder on the real Debian kernel tree and the real deno binary: the archive is
 // read back with GNU cpio, and the extracted tree is run with chroot — /init (the generated
-// launcher) must start deno from the archive's own libraries. Needs root (chroot, mknod).
+// launcher) must start deno from the archive's own libraries. Needs root (chroot, mknod, unshare).
 import assert from "node:assert/strict";
 import { realpathSync } from "node:fs";
 import { join } from "node:path";
@@ -13,7 +13,15 @@ import {
   initramfsCompression,
   type ProgramFiles,
 } from "../src/initramfs/build.ts";
-import { currentProgram, INIT_ENV, nodeLauncher } from "../src/initramfs/bundle.ts";
+import {
+  currentProgram,
+  INIT_ARGV,
+  INIT_ENV,
+  INIT_MOUNTS,
+  NODE_DENO,
+  nodeLauncher,
+} from "../src/initramfs/bundle.ts";
+import { launcherElf } from "../src/initramfs/elf.ts";
 import { keepNewest } from "../src/initramfs/prune.ts";
 import { debianKernel } from "./support/kernel.ts";
 
@@ -50,7 +58,8 @@ async function probeProgram(dir: string): Promise<ProgramFiles> {
   await Deno.writeTextFile(
     script,
     `const libc = Deno.dlopen("libc.so.6", { getpid: { parameters: [], result: "i32" } });
-console.log(JSON.stringify({ args: Deno.args, env: Deno.env.toObject(), ffiPid: libc.symbols.getpid() === Deno.pid }));`,
+const proc = (() => { try { return Deno.readLinkSync("/proc/self/exe"); } catch { return null; } })();
+console.log(JSON.stringify({ args: Deno.args, env: Deno.env.toObject(), ffiPid: libc.symbols.getpid() === Deno.pid, proc }));`,
   );
   return { kind: "bundle", deno, script, hash: "0".repeat(64) };
 }
@@ -123,10 +132,61 @@ Deno.test("Debian kernel tree: zstd archive with launcher, deno, libraries, modu
     assert.equal(console_.rdev, (5 << 8) | 1);
 
     // The real proof: inside the archive alone, the launcher starts deno, which runs the script.
-    const ran = JSON.parse(await sh("chroot", [tree, "/init"]));
+    // In a private mount namespace: the /proc the launcher mounts goes away with it.
+    const ran = JSON.parse(
+      await sh("unshare", ["-m", "--propagation", "private", "/usr/sbin/chroot", tree, "/init"]),
+    );
     assert.deepEqual(ran.args, ["init"]);
     assert.equal(ran.ffiPid, true);
+    assert.equal(ran.proc, "/netroot/deno"); // /proc mounted by the launcher
     for (const e of INIT_ENV) assert.equal(ran.env[e.split("=")[0]], e.split("=")[1]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("the real netroot bundle starts from the archive: launcher-mounted /proc, own libraries (root)", async () => {
+  const k = await debianKernel();
+  const dir = await Deno.makeTempDir({ prefix: "nr-initramfs-" });
+  try {
+    const program = await currentProgram(join(dir, "program"));
+    const mods = join(dir, "rootfs/lib/modules", k.kv);
+    await Deno.mkdir(mods, { recursive: true });
+    await Deno.writeTextFile(join(mods, "modules.dep"), "");
+    const out = join(dir, "initrd");
+    await buildInitramfs({
+      rootfs: join(dir, "rootfs"),
+      kernelVersion: k.kv,
+      out,
+      program,
+      compression: "zstd",
+    });
+    const tree = join(dir, "tree");
+    await Deno.mkdir(tree);
+    const cpioPath = join(dir, "initrd.cpio");
+    await Deno.writeTextFile(cpioPath, "");
+    await sh("zstd", ["-q", "-f", "-d", out, "-o", cpioPath]);
+    await sh("cpio", ["-idm", "--quiet", "--no-absolute-filenames"], {
+      cwd: tree,
+      stdin: cpioPath,
+    });
+    // The node's launcher with `help` instead of `init` (init would reconfigure this host).
+    const launcher = launcherElf({
+      path: NODE_DENO,
+      argv: INIT_ARGV.map((a) => a === "init" ? "help" : a),
+      envp: INIT_ENV,
+      mounts: INIT_MOUNTS,
+    });
+    await Deno.writeFile(join(tree, "help-init"), launcher, { mode: 0o755 });
+    const help = await sh("unshare", [
+      "-m",
+      "--propagation",
+      "private",
+      "/usr/sbin/chroot",
+      tree,
+      "/help-init",
+    ]);
+    assert.match(help, /^usage: netroot COMMAND/);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

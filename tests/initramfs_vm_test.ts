@@ -18,8 +18,8 @@ const libc = Deno.dlopen("libc.so.6", {
 });
 const c = (s) => new TextEncoder().encode(s + "\\0");
 const errno = () => new Deno.UnsafePointerView(libc.symbols.__errno_location()).getInt32();
-console.log("PROBE start pid=" + Deno.pid + " args=" + Deno.args.join(","));
-libc.symbols.mount(c("proc"), c("/proc"), c("proc"), 0n, null);
+console.log("PROBE start pid=" + Deno.pid + " args=" + Deno.args.join(",") +
+  " exe=" + Deno.readLinkSync("/proc/self/exe")); // /proc: mounted by the launcher
 libc.symbols.mount(c("sysfs"), c("/sys"), c("sysfs"), 0n, null);
 const kv = Deno.osRelease();
 const order = Deno.readTextFileSync("/netroot/modules.order").split("\\n").filter(Boolean);
@@ -81,7 +81,7 @@ Deno.test({
         `booted ${r.bytes} B initramfs, powered off after ${Math.round(performance.now() - t0)} ms`,
       );
       assert.ok(status.success, `qemu rc ${status.code}\n${out.slice(-3000)}`);
-      assert.ok(probe.includes("PROBE start pid=1 args=init"), out.slice(-3000));
+      assert.ok(probe.includes("PROBE start pid=1 args=init exe=/netroot/deno"), out.slice(-3000));
       // Only the CPU-feature variants may fail under TCG's qemu64 CPU (no SSE4.2 / PCLMUL):
       // ENODEV (19). Any other failure (e.g. ENOENT: unknown symbol) means a bad order.
       const fails = probe.filter((l) => l.startsWith("PROBE fail"));

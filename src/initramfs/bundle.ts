@@ -30,8 +30,16 @@ export const INIT_ENV = [
   "RUST_BACKTRACE=0",
 ];
 
+/**
+ * /proc is mounted before deno starts: deno 2.9 panics ("no /proc/self/exe available. Is /proc
+ * mounted?") as soon as a module imports node:fs, node:crypto, node:zlib or node:process — which
+ * the one-file bundle does at its top, before any init code could mount it.
+ * MS_NOSUID | MS_NODEV | MS_NOEXEC, as init would; init skips mounts already there.
+ */
+export const INIT_MOUNTS = [{ source: "proc", target: "/proc", fstype: "proc", flags: 2 | 4 | 8 }];
+
 export function nodeLauncher(): Uint8Array {
-  return launcherElf({ path: NODE_DENO, argv: INIT_ARGV, envp: INIT_ENV });
+  return launcherElf({ path: NODE_DENO, argv: INIT_ARGV, envp: INIT_ENV, mounts: INIT_MOUNTS });
 }
 
 async function sha256File(path: string, extra = ""): Promise<string> {
@@ -53,22 +61,28 @@ export function isCompiled(moduleUrl = import.meta.url): boolean {
   return moduleUrl.includes("/deno-compile-");
 }
 
-let current: Promise<ProgramFiles> | undefined;
+const current = new Map<string, Promise<ProgramFiles>>();
 
-/** The running program, bundled into `cacheDir` first when running from source (once per process). */
+/** The running program, bundled into `cacheDir` first when running from source (once per process
+ *  and cache dir). */
 export function currentProgram(cacheDir: string): Promise<ProgramFiles> {
-  current ??= findProgram(cacheDir).catch((e) => {
-    current = undefined;
-    throw e;
-  });
-  return current;
+  let p = current.get(cacheDir);
+  if (!p) {
+    p = findProgram(cacheDir).catch((e) => {
+      current.delete(cacheDir);
+      throw e;
+    });
+    current.set(cacheDir, p);
+  }
+  return p;
 }
 
 async function findProgram(cacheDir: string): Promise<ProgramFiles> {
   const exe = realpathSync(Deno.execPath());
   if (isCompiled()) return { kind: "compiled", exe, hash: await sha256File(exe) };
   // The deno binary and the launcher are part of the version: a deno upgrade rebuilds too.
-  const extra = `deno ${Deno.version.deno}\n${exe}\n${INIT_ARGV.join(" ")}\n${INIT_ENV.join(" ")}`;
+  const extra = `deno ${Deno.version.deno}\n${exe}\n` +
+    btoa(String.fromCharCode(...nodeLauncher()));
   const self = fileURLToPath(import.meta.url);
   if (self.endsWith(".js")) {
     return { kind: "bundle", deno: exe, script: self, hash: await sha256File(self, extra) };

@@ -109,20 +109,62 @@ export interface LauncherSpec {
   path: string;
   argv: string[];
   envp: string[];
+  /** mount(2) calls made before execve; a failure is ignored (the program reports what lacks). */
+  mounts?: { source: string; target: string; fstype: string; flags: number }[];
 }
 
 /**
- * A static x86-64 ELF that does execve(path, argv, envp); on failure it writes a line to fd 2 and
- * exits 127 (as PID 1 the kernel then panics with that code, after the message is on the console).
- * Layout: ELF header, one PT_LOAD (R+X) mapping the whole file at 0x400000, code, strings, then
- * the argv/envp pointer arrays. Addresses are absolute (ET_EXEC at a fixed base < 4 GiB), so
- * 32-bit immediates load them.
+ * A static x86-64 ELF that does the given mounts, then execve(path, argv, envp); on failure it
+ * writes a line to fd 2 and exits 127 (as PID 1 the kernel then panics with that code, after the
+ * message is on the console). Layout: ELF header, one PT_LOAD (R+X) mapping the whole file at
+ * 0x400000, code, strings, then the argv/envp pointer arrays. Addresses are absolute (ET_EXEC at a
+ * fixed base < 4 GiB), so 32-bit immediates load them.
  */
 export function launcherElf(spec: LauncherSpec): Uint8Array {
   const base = 0x400000;
   const enc = new TextEncoder();
   const codeOff = 64 + 56;
-  const codeLen = 5 * 3 + 5 + 2 + 5 * 4 + 2 + 5 * 2 + 2; // see the instruction list below
+  const mounts = spec.mounts ?? [];
+  const msg = enc.encode(`netroot /init: execve ${spec.path} failed\n`);
+
+  // Machine code for given data addresses; emitted once with zeros to learn its length.
+  type Addrs = { path: number; argv: number; envp: number; msg: number; mounts: number[][] };
+  const emit = (a: Addrs) => {
+    const code: number[] = [];
+    const imm32 = (v: number) => [v & 0xff, (v >>> 8) & 0xff, (v >>> 16) & 0xff, (v >>> 24) & 0xff];
+    const movEdi = (v: number) => code.push(0xbf, ...imm32(v)); // mov edi, imm32 (zero-extends)
+    const movEsi = (v: number) => code.push(0xbe, ...imm32(v));
+    const movEdx = (v: number) => code.push(0xba, ...imm32(v));
+    const movEax = (v: number) => code.push(0xb8, ...imm32(v));
+    const syscall = () => code.push(0x0f, 0x05);
+    mounts.forEach((m, i) => {
+      const [source, target, fstype] = a.mounts[i];
+      movEdi(source);
+      movEsi(target);
+      movEdx(fstype);
+      code.push(0x41, 0xba, ...imm32(m.flags)); // mov r10d, flags
+      code.push(0x45, 0x31, 0xc0); // xor r8d, r8d: data = NULL
+      movEax(165); // mount
+      syscall();
+    });
+    movEdi(a.path);
+    movEsi(a.argv);
+    movEdx(a.envp);
+    movEax(59); // execve: returns only on failure
+    syscall();
+    movEdi(2);
+    movEsi(a.msg);
+    movEdx(msg.length);
+    movEax(1); // write(2, msg, len)
+    syscall();
+    movEdi(127);
+    movEax(60); // exit(127)
+    syscall();
+    return code;
+  };
+  const codeLen = emit({ path: 0, argv: 0, envp: 0, msg: 0, mounts: mounts.map(() => [0, 0, 0]) })
+    .length;
+
   const strings: Uint8Array[] = [];
   let strEnd = codeOff + codeLen;
   const place = (b: Uint8Array) => {
@@ -134,34 +176,19 @@ export function launcherElf(spec: LauncherSpec): Uint8Array {
   const pathAddr = placeCString(spec.path);
   const argvAddrs = spec.argv.map(placeCString);
   const envAddrs = spec.envp.map(placeCString);
-  const msg = enc.encode(`netroot /init: execve ${spec.path} failed\n`);
+  const mountAddrs = mounts.map((m) => [m.source, m.target, m.fstype].map(placeCString));
   const msgAddr = place(msg);
   const arrOff = strEnd + ((8 - (strEnd % 8)) % 8);
   const argvArr = base + arrOff;
   const envArr = argvArr + 8 * (argvAddrs.length + 1);
   const total = arrOff + 8 * (argvAddrs.length + 1 + envAddrs.length + 1);
-
-  const code: number[] = [];
-  const imm32 = (v: number) => [v & 0xff, (v >>> 8) & 0xff, (v >>> 16) & 0xff, (v >>> 24) & 0xff];
-  const movEdi = (v: number) => code.push(0xbf, ...imm32(v)); // mov edi, imm32 (zero-extends)
-  const movEsi = (v: number) => code.push(0xbe, ...imm32(v));
-  const movEdx = (v: number) => code.push(0xba, ...imm32(v));
-  const movEax = (v: number) => code.push(0xb8, ...imm32(v));
-  const syscall = () => code.push(0x0f, 0x05);
-  movEdi(pathAddr);
-  movEsi(argvArr);
-  movEdx(envArr);
-  movEax(59); // execve: returns only on failure
-  syscall();
-  movEdi(2);
-  movEsi(msgAddr);
-  movEdx(msg.length);
-  movEax(1); // write(2, msg, len)
-  syscall();
-  movEdi(127);
-  movEax(60); // exit(127)
-  syscall();
-  if (code.length !== codeLen) throw new Error(`launcher code length ${code.length} ≠ ${codeLen}`);
+  const code = emit({
+    path: pathAddr,
+    argv: argvArr,
+    envp: envArr,
+    msg: msgAddr,
+    mounts: mountAddrs,
+  });
 
   const out = new Uint8Array(total);
   const v = new DataView(out.buffer);
