@@ -4,7 +4,14 @@ import assert from "node:assert/strict";
 import { Hono } from "hono";
 import type { Context } from "../src/context.ts";
 import { imageRoutes } from "../src/images/api.ts";
-import { buildSampleTree, rowCount, tarOf, tempStore } from "./images_helpers.ts";
+import {
+  assertStoreEmpty,
+  buildSampleTree,
+  dirEntries,
+  rowCount,
+  tarOf,
+  tempStore,
+} from "./images_helpers.ts";
 
 function appFor(t: Awaited<ReturnType<typeof tempStore>>): Hono {
   const ctx = { data: t.data, db: t.db, images: t.store, changes: new EventTarget() };
@@ -174,6 +181,35 @@ Deno.test("netroot image CLI: import with plain progress lines, ls, show, rename
     assert.equal(rowCount(t.db), 0);
   } finally {
     ac.abort();
+    await t.close();
+  }
+});
+
+Deno.test("a client that goes away cancels its import: tar killed, nothing left", async () => {
+  const t = await tempStore();
+  try {
+    const app = appFor(t);
+    const src = `${t.dir}/src`;
+    Deno.mkdirSync(src);
+    const chunk = new Uint8Array(1 << 20);
+    for (let i = 0; i < 80; i++) {
+      for (let o = 0; o < chunk.length; o += 65536) {
+        crypto.getRandomValues(chunk.subarray(o, o + 65536));
+      }
+      Deno.writeFileSync(`${src}/f${i}`, chunk);
+    }
+    const tar = tarOf(src, `${t.dir}/big.tar`);
+    const res = await post(app, { path: tar, name: "big" }, true);
+    const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
+    const { value } = await reader.read();
+    assert.equal(JSON.parse(value!.split("\n")[0]).phase, "extract");
+    await reader.cancel();
+    // the cancelled import cleans up after itself
+    for (let i = 0; i < 100 && (await dirEntries(t.data.tmp)).length; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    await assertStoreEmpty(t);
+  } finally {
     await t.close();
   }
 });

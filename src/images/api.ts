@@ -39,14 +39,24 @@ export function imageRoutes(ctx: Context): Hono {
       const image = await ctx.images.import(path, name);
       return c.json(image, image.existed ? 200 : 201);
     }
+    // A client that goes away (Ctrl-C on `netroot image import`) cancels the stream, which
+    // cancels the import. (request.signal is not used: Deno also aborts it on success.)
+    const cancel = new AbortController();
     const enc = new TextEncoder();
-    const { readable, writable } = new TransformStream<Uint8Array, Uint8Array>();
-    const writer = writable.getWriter();
-    // A client that went away does not stop the import; its lines are dropped.
-    const send = (o: unknown) => writer.write(enc.encode(JSON.stringify(o) + "\n")).catch(() => {});
+    let out: ReadableStreamDefaultController<Uint8Array> | undefined;
+    const readable = new ReadableStream<Uint8Array>({
+      start: (controller) => void (out = controller),
+      cancel: () => cancel.abort(),
+    });
+    const send = (o: unknown) => {
+      try {
+        out!.enqueue(enc.encode(JSON.stringify(o) + "\n"));
+      } catch { /* closed */ }
+    };
     let started = false, lastPhase = "", lastAt = 0;
     const first = Promise.withResolvers<void>();
     const job = ctx.images.import(path, name, {
+      signal: cancel.signal,
       onProgress: (p) => {
         started = true;
         first.resolve();
@@ -68,9 +78,13 @@ export function imageRoutes(ctx: Context): Hono {
       (image) => send({ image }),
       (e) => {
         if (!(e instanceof UserError)) log.error("import failed", { path, error: e });
-        return send({ error: (e as Error).message });
+        send({ error: (e as Error).message });
       },
-    ).finally(() => writer.close().catch(() => {}));
+    ).finally(() => {
+      try {
+        out!.close();
+      } catch { /* cancelled */ }
+    });
     return new Response(readable, { headers: { "content-type": "application/x-ndjson" } });
   });
 

@@ -130,7 +130,11 @@ export class ImageStore {
   async import(
     source: string,
     name: string,
-    opts: { onProgress?: Progress } = {},
+    opts: {
+      onProgress?: Progress;
+      /** Cancels the import (the API aborts it when the client goes away). */
+      signal?: AbortSignal;
+    } = {},
   ): Promise<ImageInfo & { existed: boolean }> {
     validateName(name);
     if (!source.startsWith("/")) throw new UserError(`import path must be absolute: ${source}`);
@@ -150,11 +154,14 @@ export class ImageStore {
     try {
       await Deno.mkdir(work, { recursive: true });
       const rootfs = join(work, "rootfs");
-      const unpacked = await unpack(source, rootfs, opts);
-      const { entries, bytes } = await scanTree(rootfs, {
-        cache: unpacked.cache,
-        onProgress: opts.onProgress,
-      });
+      // Every progress report is also a cancellation point.
+      const onProgress: Progress = (p) => {
+        opts.signal?.throwIfAborted();
+        opts.onProgress?.(p);
+      };
+      const unpacked = await unpack(source, rootfs, { onProgress, signal: opts.signal });
+      const { entries, bytes } = await scanTree(rootfs, { cache: unpacked.cache, onProgress });
+      opts.signal?.throwIfAborted();
       const text = new TextEncoder().encode(manifestText(entries));
       const id = createHash("sha256").update(text).digest("hex");
       await Deno.writeFile(join(work, "manifest"), text);
@@ -222,6 +229,10 @@ export class ImageStore {
       opts.onProgress?.({ phase: "manifest", done: 1, total: 1 });
       return { ...info, existed };
     } catch (e) {
+      if (opts.signal?.aborted) {
+        log.info("import cancelled", { source, name });
+        throw new UserError(`import of ${source} cancelled`);
+      }
       if (isNoSpace(e)) {
         throw new UserError(
           `no space left on device in ${this.data.root} while importing ${source}`,

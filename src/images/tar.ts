@@ -176,6 +176,19 @@ function startHashWorker() {
   };
 }
 
+/** Kills the child when the import is cancelled; returns the un-registration. */
+function killOnAbort(child: Deno.ChildProcess, signal?: AbortSignal): () => void {
+  if (!signal) return () => {};
+  const kill = () => {
+    try {
+      child.kill("SIGKILL");
+    } catch { /* already gone */ }
+  };
+  if (signal.aborted) kill();
+  signal.addEventListener("abort", kill, { once: true });
+  return () => signal.removeEventListener("abort", kill);
+}
+
 /** Offset in `file` of the first process in pid's tree that has it open. */
 function archiveOffset(pid: number, file: string): number | undefined {
   const queue = [pid];
@@ -218,7 +231,7 @@ export async function extractArchive(
   file: string,
   compression: Compression,
   dest: string,
-  opts: { onProgress?: Progress; what?: string; hash?: boolean } = {},
+  opts: { onProgress?: Progress; what?: string; hash?: boolean; signal?: AbortSignal } = {},
 ): Promise<Members> {
   const what = opts.what ?? file;
   const size = (await Deno.stat(file)).size;
@@ -230,6 +243,7 @@ export async function extractArchive(
     stderr: "piped",
     env: { LC_ALL: "C" },
   }).spawn();
+  const stop = killOnAbort(child, opts.signal);
   const hasher = opts.hash === false ? undefined : startHashWorker();
   const paths = new Map<string, boolean>();
   const relisted = new Set<string>();
@@ -272,7 +286,9 @@ export async function extractArchive(
   const watch = async () => {
     while (running) {
       const pos = archiveOffset(child.pid, file);
-      if (pos !== undefined) opts.onProgress?.({ phase: "extract", done: pos, total: size });
+      try {
+        if (pos !== undefined) opts.onProgress?.({ phase: "extract", done: pos, total: size });
+      } catch { /* a cancelled import: tar is being killed */ }
       await new Promise((r) => setTimeout(r, 200));
     }
   };
@@ -283,11 +299,13 @@ export async function extractArchive(
     running = false;
     await watching;
     opts.onProgress?.({ phase: "extract", done: size, total: size });
+    opts.signal?.throwIfAborted();
     if (!status.success) throw tarFailure(stderr, what, compression);
     await hasher?.finish();
     for (const rel of relisted) hasher?.cache.delete(rel);
     return { paths, cache: hasher?.cache ?? new Map() };
   } finally {
+    stop();
     hasher?.stop();
   }
 }
@@ -318,6 +336,7 @@ export async function listArchive(file: string, what: string): Promise<Map<strin
 export async function runDrained(
   cmd: string,
   args: string[],
+  signal?: AbortSignal,
 ): Promise<{ ok: boolean; stderr: string }> {
   const child = new Deno.Command(cmd, {
     args,
@@ -326,6 +345,7 @@ export async function runDrained(
     stdout: "piped",
     stderr: "piped",
   }).spawn();
+  const stop = killOnAbort(child, signal);
   const drain = (async () => {
     for await (const _ of child.stdout) { /* discard */ }
   })();
@@ -334,7 +354,10 @@ export async function runDrained(
     if (stderr.length < 64 * 1024) stderr += chunk;
   }
   await drain;
-  return { ok: (await child.status).success, stderr };
+  const status = await child.status;
+  stop();
+  signal?.throwIfAborted();
+  return { ok: status.success, stderr };
 }
 
 /** Extracts an archive file (a layer) with tar reading it directly; no progress, no hashing. */
@@ -343,6 +366,7 @@ export async function extractFile(
   dest: string,
   what: string,
   extraArgs: string[] = [],
+  signal?: AbortSignal,
 ): Promise<void> {
   const r = await runDrained("tar", [
     "-x",
@@ -353,6 +377,6 @@ export async function extractFile(
     dest,
     ...EXTRACT_FLAGS,
     ...extraArgs,
-  ]);
+  ], signal);
   if (!r.ok) throw tarFailure(r.stderr, what, "none");
 }

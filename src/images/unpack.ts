@@ -28,7 +28,7 @@ const expected =
 export async function unpack(
   source: string,
   rootfs: string,
-  opts: { onProgress?: Progress } = {},
+  opts: { onProgress?: Progress; signal?: AbortSignal } = {},
 ): Promise<Unpacked> {
   let st: Deno.FileInfo;
   try {
@@ -46,10 +46,10 @@ export async function unpack(
     const layout = await imageLayout(source, source);
     await Deno.mkdir(rootfs);
     if (layout) {
-      await applyLayers(layout, rootfs, source, opts.onProgress);
+      await applyLayers(layout, rootfs, source, opts);
       return { format: layout.kind, cache: new Map() };
     }
-    await copyTree(source, rootfs, opts.onProgress);
+    await copyTree(source, rootfs, opts);
     return { format: "directory", cache: new Map() };
   }
   if (!st.isFile) {
@@ -65,6 +65,7 @@ export async function unpack(
   await Deno.mkdir(rootfs);
   const members = await extractArchive(source, compression, rootfs, {
     onProgress: opts.onProgress,
+    signal: opts.signal,
     what: source,
   });
   const layout = await imageLayout(rootfs, source);
@@ -77,7 +78,7 @@ export async function unpack(
       path: archive + l.path.slice(rootfs.length),
     }));
     await Deno.mkdir(rootfs);
-    await applyLayers(layout, rootfs, source, opts.onProgress);
+    await applyLayers(layout, rootfs, source, opts);
     await Deno.remove(archive, { recursive: true });
     return { format: layout.kind, cache: new Map() };
   }
@@ -128,7 +129,11 @@ async function checkTarEnd(path: string, size: number): Promise<void> {
   }
 }
 
-async function copyTree(src: string, dest: string, onProgress?: Progress): Promise<void> {
+async function copyTree(
+  src: string,
+  dest: string,
+  { onProgress, signal }: { onProgress?: Progress; signal?: AbortSignal },
+): Promise<void> {
   onProgress?.({ phase: "copy", done: 0 });
   // cp -a keeps owners, modes, hardlinks, xattrs, devices and times; -x stays on one file system
   // (importing "/" of a machine must not descend into /proc).
@@ -139,7 +144,7 @@ async function copyTree(src: string, dest: string, onProgress?: Progress): Promi
     "--reflink=auto",
     `${src}/.`,
     dest,
-  ]);
+  ], signal);
   if (!out.ok) {
     const err = out.stderr.trim().split("\n");
     if (err.some((l) => /No space left on device/.test(l))) {
@@ -306,7 +311,7 @@ async function applyLayers(
   layout: Layout,
   rootfs: string,
   what: string,
-  onProgress?: Progress,
+  { onProgress, signal }: { onProgress?: Progress; signal?: AbortSignal },
 ): Promise<void> {
   const listedAll = new Set<string>(), touchedAll = new Set<string>(["/"]);
   const n = layout.layers.length;
@@ -380,7 +385,7 @@ async function applyLayers(
         );
       }
     }
-    await extractFile(layer.path, rootfs, lw, [`--exclude=${WH}*`]);
+    await extractFile(layer.path, rootfs, lw, [`--exclude=${WH}*`], signal);
     for (const [rel, mtime] of saved) Deno.utimeSync(at(rel), mtime, mtime);
     for (const d of layerDirs) listedAll.add(d);
     for (const t of touched) touchedAll.add(t);
