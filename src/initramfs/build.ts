@@ -1,5 +1,5 @@
-// Builds the node initramfs (layout: docs/architecture.md "Initramfs layout") as a gzip'd newc
-// cpio, and caches it per (image, kernel version, program version) under the data dir.
+// Builds the node initramfs (layout: docs/architecture.md "Initramfs layout") as a zstd- or
+// gzip-compressed newc cpio, cached per (image, kernel version, program version) under the data dir.
 import { once } from "node:events";
 import { createWriteStream } from "node:fs";
 import { dirname, join } from "node:path";
@@ -170,10 +170,12 @@ export async function buildInitramfs(opts: BuildOptions): Promise<BuildResult> {
   const kv = opts.kernelVersion;
   if (!/^[\w.+~-]+$/.test(kv)) throw new UserError(`bad kernel version ${JSON.stringify(kv)}`);
   // /lib/modules, or /usr/lib/modules in a merged-/usr image without the /lib link.
-  let modDir = resolveInRoot(opts.rootfs, `lib/modules/${kv}`);
+  let modRel = `lib/modules/${kv}`;
+  let modDir = resolveInRoot(opts.rootfs, modRel);
   let dep = await readOptional(join(modDir, "modules.dep"));
   if (dep === undefined) {
-    modDir = resolveInRoot(opts.rootfs, `usr/lib/modules/${kv}`);
+    modRel = `usr/lib/modules/${kv}`;
+    modDir = resolveInRoot(opts.rootfs, modRel);
     dep = await readOptional(join(modDir, "modules.dep"));
   }
   if (dep === undefined) {
@@ -191,7 +193,7 @@ export async function buildInitramfs(opts: BuildOptions): Promise<BuildResult> {
   if (plan.missing.length) {
     log.info("modules not in this kernel, skipped", { kv, missing: plan.missing.join(",") });
   }
-  const modSources = plan.order.map((rel) => resolveInRoot(modDir, rel));
+  const modSources = plan.order.map((rel) => resolveInRoot(opts.rootfs, `${modRel}/${rel}`));
   checkArch(opts.program, modSources[0]);
 
   const tree = new Tree();
@@ -224,19 +226,19 @@ export async function buildInitramfs(opts: BuildOptions): Promise<BuildResult> {
   });
 
   const compression = opts.compression ?? initramfsCompression(opts.rootfs, kv);
-  const gz = compressor(compression);
-  const written = pipeline(gz, createWriteStream(opts.out, { mode: 0o644 }));
+  const out = compressor(compression);
+  const written = pipeline(out, createWriteStream(opts.out, { mode: 0o644 }));
   written.catch(() => {}); // observed below; avoids an unhandled rejection while writing
   const cpio = new CpioWriter(async (chunk) => {
-    if (!gz.write(chunk)) await once(gz, "drain");
+    if (!out.write(chunk)) await once(out, "drain");
   });
   try {
     for (const e of tree.entries) await cpio.add(e);
     await cpio.finish();
-    gz.end();
+    out.end();
     await written;
   } catch (e) {
-    gz.destroy();
+    out.destroy();
     await written.catch(() => {});
     await Deno.remove(opts.out).catch(() => {});
     throw e;
