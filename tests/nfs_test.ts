@@ -281,3 +281,147 @@ Deno.test("ganesha (root, netns): serves on 2049, follows a deploy by SIGHUP, st
     await dropContext(ctx);
   }
 });
+
+// ---- a real NFS client (qemu guest, TCG) against the supervised ganesha ----
+
+/** Module files for `wanted` and their dependencies, in load order (modules.dep lists each
+ *  module's full dependency closure, deepest last). */
+function moduleClosure(modDir: string, wanted: string[]): string[] {
+  const deps = new Map<string, string[]>();
+  for (const line of readFileSync(join(modDir, "modules.dep"), "utf8").split("\n")) {
+    const [mod, rest] = line.split(":");
+    if (mod) deps.set(mod, rest.trim().split(/\s+/).filter(Boolean));
+  }
+  const order: string[] = [];
+  const add = (m: string) => {
+    if (order.includes(m)) return;
+    for (const d of [...(deps.get(m) ?? [])].reverse()) add(d);
+    order.push(m);
+  };
+  for (const w of wanted) {
+    const m = [...deps.keys()].find((k) => k.endsWith(`/${w}.ko`));
+    if (!m) throw new Error(`module ${w} not in modules.dep`);
+    add(m);
+  }
+  return order;
+}
+
+Deno.test({
+  name: "ganesha (root, netns, qemu): a node mounts its image read-only and only its own /persist",
+  ignore: Deno.env.get("NETROOT_SKIP_VM") === "1",
+  async fn() {
+    const { debianKernel } = await import("./support/kernel.ts");
+    const k = await debianKernel();
+    const ns = `nr-nfsvm-${Deno.pid}`;
+    await ip("netns", "add", ns);
+    const ctx = await tempContext({ mode: "ganesha", version: 4 }, "10.67.0.1");
+    let service: { close(): Promise<void> } | undefined;
+    let qemu: Deno.ChildProcess | undefined;
+    try {
+      await ip("-n", ns, "tuntap", "add", "tap0", "mode", "tap");
+      await ip("-n", ns, "addr", "add", "10.67.0.1/24", "dev", "tap0");
+      await ip("-n", ns, "link", "set", "tap0", "up");
+      await ip("-n", ns, "link", "set", "lo", "up");
+      const img = addImage(ctx, "a");
+      const me = "52:54:00:00:67:21", other = "52:54:00:00:67:22";
+      addNode(ctx, me, "vm", img, "10.67.0.21");
+      addNode(ctx, other, "neighbour", img, "10.67.0.22");
+      service = await startNfs(ctx, { wrap: ["ip", "netns", "exec", ns] });
+
+      // The guest: static busybox, the NIC and NFS modules, and a script printing what works.
+      const stage = join(ctx.config.dataDir, "stage");
+      const modDir = join(k.root, "lib/modules", k.kv);
+      const mods = moduleClosure(modDir, ["virtio_pci", "virtio_net", "nfsv4"]);
+      for (const d of ["bin", "dev", "proc", "sys", "img", "mine", "theirs", "mods"]) {
+        mkdirSync(join(stage, d), { recursive: true });
+      }
+      for (const m of mods) {
+        await Deno.copyFile(join(modDir, m), join(stage, "mods", m.split("/").pop()!));
+      }
+      await Deno.copyFile("/usr/bin/busybox", join(stage, "bin/busybox"));
+      const nfs = "vers=4.2,soft,timeo=30,retrans=2";
+      writeFileSync(
+        join(stage, "init"),
+        `#!/bin/busybox sh
+export PATH=/bin
+/bin/busybox --install -s /bin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+for m in ${
+          mods.map((m) => m.split("/").pop()).join(" ")
+        }; do insmod /mods/$m || echo "INSMOD-FAIL $m"; done
+sleep 1
+ip link set eth0 up; ip addr add 10.67.0.21/24 dev eth0
+if mount -t nfs4 -o rw,${nfs} 10.67.0.1:/netroot/images/${img} /img; then
+  echo "IMG-MOUNT-OK $(cat /img/etc/hostname)"
+  if echo x > /img/probe 2>/dev/null; then echo "IMG-WRITE=allowed"; else echo "IMG-WRITE=refused"; fi
+else echo "IMG-MOUNT-FAIL"; fi
+if mount -t nfs4 -o rw,${nfs} 10.67.0.1:/netroot/persist/${me.replaceAll(":", "")} /mine; then
+  echo hello-from-guest > /mine/hello && echo "PERSIST-WRITE-OK"
+else echo "PERSIST-MOUNT-FAIL"; fi
+if mount -t nfs4 -o rw,${nfs} 10.67.0.1:/netroot/persist/${other.replaceAll(":", "")} /theirs; then
+  echo "OTHER-PERSIST=mounted"
+else echo "OTHER-PERSIST=refused"; fi
+echo GUEST-DONE
+poweroff -f
+`,
+        { mode: 0o755 },
+      );
+      const initrd = join(ctx.config.dataDir, "initrd.gz");
+      const sh = await new Deno.Command("sh", {
+        args: [
+          "-c",
+          `mknod -m 600 dev/console c 5 1 && find . | cpio -o -H newc --quiet | gzip -1 > ${initrd}`,
+        ],
+        cwd: stage,
+      }).output();
+      assert.ok(sh.success, "initrd built");
+
+      const serial = join(ctx.config.dataDir, "serial.log");
+      qemu = new Deno.Command("ip", {
+        args: [
+          ...["netns", "exec", ns, "qemu-system-x86_64"],
+          ...["-accel", "tcg", "-m", "256", "-display", "none", "-monitor", "none"],
+          ...["-serial", `file:${serial}`, "-no-reboot"],
+          ...["-kernel", k.vmlinuz, "-initrd", initrd, "-append", "console=ttyS0 panic=-1 quiet"],
+          ...["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"],
+          ...["-device", `virtio-net-pci,netdev=n0,mac=${me},romfile=`],
+        ],
+        stdin: "null",
+        stdout: "null",
+        stderr: "null",
+      }).spawn();
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const done = await Promise.race([
+        qemu.status,
+        new Promise<undefined>((r) => timer = setTimeout(() => r(undefined), 150_000)),
+      ]);
+      clearTimeout(timer);
+      assert.ok(done, "guest powered off within 150 s");
+      qemu = undefined;
+      const log = readFileSync(serial, "utf8");
+      const tail = `serial log ends:\n${log.slice(-2000)}`;
+      assert.ok(log.includes("GUEST-DONE"), tail);
+      assert.ok(!log.includes("INSMOD-FAIL"), tail);
+      assert.ok(log.includes("IMG-MOUNT-OK a"), tail);
+      assert.ok(
+        log.includes("IMG-WRITE=refused"),
+        "image export is read-only on the server\n" + tail,
+      );
+      assert.ok(log.includes("PERSIST-WRITE-OK"), tail);
+      assert.ok(
+        log.includes("OTHER-PERSIST=refused"),
+        "another node's /persist is not exported to us\n" + tail,
+      );
+      assert.equal(readFileSync(join(ctx.data.persist(me), "hello"), "utf8"), "hello-from-guest\n");
+      assert.ok(!existsSync(join(ctx.data.rootfs(img), "probe")));
+    } finally {
+      if (qemu) {
+        qemu.kill("SIGKILL");
+        await qemu.status;
+      }
+      await service?.close();
+      await ip("netns", "del", ns).catch(() => {});
+      await dropContext(ctx);
+    }
+  },
+});
