@@ -4,6 +4,7 @@
 //   GET  /boot/<mac>/initramfs    the netroot initramfs, or the image's own (setting `initramfs`)
 //   GET  /boot/<mac>/manifest     the content manifest of the node's image (hybrid mode)
 //   POST /boot/report             a boot stage reported by the node-side init (per-boot token)
+//   GET  /boot/ipxe/<file>        iPXE binaries from config.ipxeDir (UEFI HTTP boot, see dhcp4)
 // <mac> may be aa:bb:…, aa-bb-… (iPXE ${net0/mac:hexhyp}) or 12 hex digits. Every fetch lands on
 // the node's timeline (events table).
 import { Hono } from "hono";
@@ -399,6 +400,32 @@ export function bootRoutes(ctx: Context): Hono {
     "/:mac/manifest",
     bootFile("manifest", (_m, _n, image) => Promise.resolve(ctx.data.manifest(image.id))),
   );
+
+  // UEFI HTTP boot fetches iPXE itself by URL (no MAC in it): the timeline is found by address.
+  app.get("/ipxe/:file{[A-Za-z0-9][A-Za-z0-9._-]*\\.(?:efi|kpxe|kkpxe|pxe|lkrn)}", async (c) => {
+    const file = c.req.param("file");
+    const ip = remoteIpv4(c);
+    const mac = (ip && ctx.nodes.byIp(ip)?.mac) || null;
+    try {
+      return await sendFile(
+        c,
+        join(ctx.config.ipxeDir, file),
+        "application/octet-stream",
+        (bytes, ms, complete) =>
+          recordEvent(ctx.db, mac, "http.ipxe", {
+            file,
+            ip,
+            bytes,
+            ms,
+            ...(complete ? {} : { incomplete: true }),
+          }),
+      );
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+      recordEvent(ctx.db, mac, "http.ipxe.error", { file, ip, error: (e as Error).message });
+      return text(c, `${file} is not in ${ctx.config.ipxeDir} (Debian package ipxe)\n`, 404);
+    }
+  });
 
   app.post("/report", async (c) => {
     const raw = await c.req.text();

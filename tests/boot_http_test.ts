@@ -469,6 +469,21 @@ Deno.test("boot routes: script, kernel, initramfs, manifest, Range, HEAD, report
 Deno.test("boot routes: unknown MAC, no image, unbootable image, persist off", async () => {
   const f = await fixture();
   try {
+    // iPXE binaries for UEFI HTTP boot, from config.ipxeDir; nothing else from there.
+    const ipxeDir = join(f.dir, "ipxe");
+    mkdirSync(ipxeDir);
+    writeFileSync(join(ipxeDir, "ipxe.efi"), "MZ-fake-efi");
+    writeFileSync(join(ipxeDir, "secret.txt"), "no");
+    f.ctx.config.ipxeDir = ipxeDir;
+    let r0 = await fetch(`${f.url}/boot/ipxe/ipxe.efi`);
+    assert.equal(r0.status, 200);
+    assert.equal(await r0.text(), "MZ-fake-efi");
+    for (const bad of ["secret.txt", "..%2Fnetroot.db", "snponly.efi"]) {
+      r0 = await fetch(`${f.url}/boot/ipxe/${bad}`);
+      assert.equal(r0.status, 404, bad);
+      await r0.body?.cancel();
+    }
+
     let r = await fetch(`${f.url}/boot/02-00-00-00-00-09.ipxe`);
     assert.equal(r.status, 200);
     let s = await r.text();
