@@ -3,10 +3,11 @@
 //    one bundled .js, started by the generated launcher;
 //  - compiled mode (running as a `deno compile` executable): that executable itself is /init;
 //    main.ts treats PID 1 as `netroot init`. (Not testable here: denort cannot be fetched.)
+// The node runs only `netroot init`: the bundle is made from overlay/node_main.ts (no server code).
 // The version hash keys the initramfs cache, so a new program or a new deno gives a new initramfs.
 import { createHash } from "node:crypto";
-import { realpathSync } from "node:fs";
-import { join } from "node:path";
+import { existsSync, realpathSync } from "node:fs";
+import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { checkoutRoot } from "../datadir.ts";
 import { launcherElf } from "./elf.ts";
@@ -85,7 +86,11 @@ async function findProgram(cacheDir: string): Promise<ProgramFiles> {
     btoa(String.fromCharCode(...nodeLauncher()));
   const self = fileURLToPath(import.meta.url);
   if (self.endsWith(".js")) {
-    return { kind: "bundle", deno: exe, script: self, hash: await sha256File(self, extra) };
+    // `deno task bundle` writes the node-only entry beside the server bundle; the full bundle
+    // also works as /init (main.ts dispatches PID 1 to `init`), just larger and slower to start.
+    const nodeOnly = join(dirname(self), "netroot-init.js");
+    const script = existsSync(nodeOnly) ? nodeOnly : self;
+    return { kind: "bundle", deno: exe, script, hash: await sha256File(script, extra) };
   }
   const root = checkoutRoot();
   if (!root) throw new Error(`cannot tell how netroot runs (module ${import.meta.url})`);
@@ -93,7 +98,15 @@ async function findProgram(cacheDir: string): Promise<ProgramFiles> {
   const tmp = join(cacheDir, `.netroot-${Deno.pid}-${crypto.randomUUID()}.js`);
   try {
     const out = await new Deno.Command(Deno.execPath(), {
-      args: ["bundle", "--quiet", "--platform", "deno", "-o", tmp, join(root, "main.ts")],
+      args: [
+        "bundle",
+        "--quiet",
+        "--platform",
+        "deno",
+        "-o",
+        tmp,
+        join(root, "overlay", "node_main.ts"),
+      ],
       cwd: root,
       stdout: "piped",
       stderr: "piped",
