@@ -20,6 +20,7 @@ import { startRouterAdvertisements } from "../netboot/ra.ts";
 import { startNfs } from "./nfs.ts";
 import { ensureBridge } from "./vnode/bridge.ts";
 import { startVnodes } from "./vnode/manager.ts";
+import { prebuildAll, removeInitramfsFor } from "./initramfs/build.ts";
 
 const log = logger("serve");
 
@@ -65,6 +66,50 @@ export function buildApp(ctx: Context): Hono {
   return app;
 }
 
+/**
+ * Keeps the initramfs cache in step with the images (boot servers only): built for every bootable
+ * image at start (a program upgrade rebuilds before nodes ask) and after imports, removed with
+ * the image. One pass at a time; a change during a pass queues one more.
+ */
+function followImagesWithInitramfs(ctx: Context): Service {
+  let running: Promise<void> | undefined;
+  let again = false;
+  const pass = async () => {
+    const known = new Set(ctx.images.list().map((i) => i.id));
+    for await (const e of Deno.readDir(ctx.data.initramfs)) {
+      const id = /^([0-9a-f]{64})-/.exec(e.name)?.[1];
+      if (id && !known.has(id)) await removeInitramfsFor(ctx, id);
+    }
+    await prebuildAll(ctx);
+  };
+  const kick = () => {
+    if (running) {
+      again = true;
+      return;
+    }
+    running = pass().catch((e) =>
+      log.warn("initramfs sync failed", { error: (e as Error).message })
+    )
+      .finally(() => {
+        running = undefined;
+        if (again) {
+          again = false;
+          kick();
+        }
+      });
+  };
+  ctx.changes.addEventListener("images", kick);
+  kick();
+  return {
+    name: "initramfs",
+    async close() {
+      ctx.changes.removeEventListener("images", kick);
+      again = false;
+      await running;
+    },
+  };
+}
+
 export async function serve(config: ServerConfig, opts: { signal?: AbortSignal } = {}): Promise<
   RunningServer
 > {
@@ -97,6 +142,7 @@ export async function serve(config: ServerConfig, opts: { signal?: AbortSignal }
       if (config.ra) services.push(await startRouterAdvertisements(ctx));
     }
     if (config.nfs.mode !== "off") services.push(await startNfs(ctx));
+    if (config.interface) services.push(followImagesWithInitramfs(ctx));
     services.push(await startVnodes(ctx));
     recordEvent(ctx.db, null, "server.start", {
       interface: config.interface,
