@@ -118,7 +118,11 @@ http { access_log off; sendfile on; tcp_nopush on;
     await new Promise((r) => setTimeout(r, 100));
   }
 
-  console.log(`file ${mib} MiB, loopback, 2 cores shared by server and client`);
+  // Both servers share the CPUs with the client (and whatever else runs): say how busy they were.
+  const load = (await Deno.readTextFile("/proc/loadavg")).split(" ")[0];
+  console.log(
+    `file ${mib} MiB, loopback, ${navigator.hardwareConcurrency} CPUs shared by servers and client, load ${load}`,
+  );
   const [c1, c2] = await alternate(rounds, curlRate, ours, theirs);
   console.log(
     `curl single stream (median of ${rounds}): netroot ${c1.toFixed(0)} MB/s, nginx ${
