@@ -20,7 +20,7 @@ async function waitFor(what: string, ms: number, fn: () => Promise<boolean>) {
 }
 
 const bridge = await ensureBridge({ name: "nrtest0", address: "10.78.0.1/24" });
-let l = await linkInfo("nrtest0");
+const l = await linkInfo("nrtest0");
 assert.equal(l?.linkinfo?.info_kind, "bridge");
 assert.ok(l?.addr_info?.some((a) => a.local === "10.78.0.1" && a.prefixlen === 24));
 // A second server start reuses the bridge and leaves it in place when it stops.

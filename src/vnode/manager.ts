@@ -5,6 +5,7 @@
 // VM through QMP, or restarts qemu when its ram/cpus/disks changed since it started.
 // Files under ctx.data.vm(mac): disk<i>.img/.json, console.log (serial, appended), qemu.log
 // (qemu's stderr), qmp.sock, qemu.pid.
+import { existsSync } from "node:fs";
 import { join } from "node:path";
 import type { Context, Service } from "../context.ts";
 import { tx } from "../db.ts";
@@ -77,6 +78,8 @@ registerSettingValidator("ram", (_k, v) => parseRam(v));
 registerSettingValidator("cpus", (_k, v) => String(parseCpus(v)));
 registerSettingValidator("disks", (_k, v) => parseDiskList(v).map(formatDisk).join(","));
 
+/** Where qemu builds look for option ROMs (Debian: /usr/lib/ipxe/qemu, others: share/qemu). */
+const virtioRomDirs = ["/usr/lib/ipxe/qemu", "/usr/share/qemu", "/usr/local/share/qemu"];
 /** Serial consoles older than this are rotated to console.log.1 when the VM starts. */
 const consoleRotateBytes = 16 * 1024 * 1024;
 /** How long qemu gets to open its QMP socket (a failure to start shows up within this). */
@@ -160,20 +163,15 @@ export class VnodeManager {
       );
     }
     if (!haveTool(qemuBinary)) throw missingTool(qemuBinary);
-    // qemu loads virtio-net's PXE ROM from its data dir; Debian ships it in ipxe-qemu.
-    const rom = "/usr/share/qemu/efi-virtio.rom";
-    try {
-      Deno.statSync("/usr/share/qemu");
-      try {
-        Deno.statSync(rom);
-      } catch {
-        throw new UserError(
-          `${rom} not found: install the Debian package ipxe-qemu (qemu's PXE boot ROMs)`,
-          503,
-        );
-      }
-    } catch (e) {
-      if (e instanceof UserError) throw e; // a non-Debian qemu layout: let qemu say it
+    // qemu loads virtio-net's PXE ROM from its data dirs; Debian ships it in ipxe-qemu.
+    if (!virtioRomDirs.some((d) => existsSync(join(d, "efi-virtio.rom")))) {
+      throw new UserError(
+        `efi-virtio.rom (qemu's PXE ROM for virtio-net) not found in ${
+          virtioRomDirs.join(", ")
+        }: ` +
+          "install the Debian package ipxe-qemu",
+        503,
+      );
     }
     return this.bridge;
   }

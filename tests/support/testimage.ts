@@ -10,7 +10,7 @@
 //   E2E-OS[…] IMAGE-BOOT-OK
 //   then `reboot -f` while bootcount < e2e.reboots=N (kernel command line), else `poweroff -f`.
 // Stand-in /boot/initrd.img-<kv> (initrd: true): prints `E2E-INITRD KERNEL-STARTED kv=<kv>` and
-// its command line, then powers off.
+// its command line and PCI devices, then powers off.
 import { dirname, join } from "node:path";
 import type { DebianKernel } from "./kernel.ts";
 import { kernelCacheDir } from "./kernel.ts";
@@ -148,9 +148,12 @@ poweroff -f
 `;
 
 const standInInit = `#!/bin/sh
-mount -t proc proc /proc
+mount -t proc proc /proc; mount -t sysfs sys /sys
 echo "E2E-INITRD KERNEL-STARTED kv=$(uname -r)"
 echo "E2E-INITRD cmdline: $(cat /proc/cmdline)"
+# virtio devices by PCI id (1af4:1000 net, 1af4:1001 block): no drivers are loaded here.
+for d in /sys/bus/pci/devices/*; do printf '%s:%s ' $(cat $d/vendor $d/device); done | sed 's/0x//g; s/^/E2E-INITRD pci: /'; echo
+
 poweroff -f
 `;
 

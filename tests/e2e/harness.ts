@@ -1,0 +1,343 @@
+// End-to-end lab: a private network namespace in which `netroot serve` creates and owns its boot
+// bridge, runs DHCP, TFTP, HTTP, router advertisements (and NFS when asked), and virtual nodes
+// PXE-boot through qemu's real iPXE ROM. Needs root, qemu (TCG), iproute2.
+//
+//   const lab = await startLab();
+//   await lab.cli("image", "import", dir, "--name", "test");
+//   const vm = await lab.createVnode("vm1", { image: "test" });
+//   await lab.waitConsole(vm.mac, /IMAGE-BOOT-OK/, 120_000);
+//   const kinds = (await lab.events(vm.mac)).map((e) => e.kind);
+//   await lab.close();            // always (finally): stops everything by PID, deletes the netns
+//
+// Never connect to a namespace address from the host namespace (it would leave through the
+// host's default route): every request runs inside the namespace (`ip netns exec`).
+// NETROOT_E2E_KEEP=1 keeps the lab directory (server log, data dir, console logs) for debugging.
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import type { Event } from "../../src/events.ts";
+import type { VnodeInfo } from "../../src/vnode/manager.ts";
+
+export const serverIp = "10.77.0.1";
+export const httpPort = 8080;
+const mainTs = fileURLToPath(new URL("../../main.ts", import.meta.url));
+
+export interface LabOptions {
+  /** NFS server mode for the lab (ganesha for network-mode boots). Default off. */
+  nfs?: "ganesha" | "off";
+  /** qemu accelerator; default tcg (the e2e budget cannot afford a KVM probe timing out). */
+  accel?: "auto" | "kvm" | "tcg";
+  /** More `netroot serve` flags. */
+  serveArgs?: string[];
+}
+
+export interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+const dec = new TextDecoder();
+/** SeaBIOS/iPXE colour and cursor sequences, stripped from console tails in error messages. */
+// deno-lint-ignore no-control-regex
+const ansiEscape = /\x1b\[[0-9;?]*[a-zA-Z]/g;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export class Lab {
+  readonly t0 = performance.now();
+  readonly url = `http://127.0.0.1:${httpPort}`;
+  readonly data: string;
+  readonly serverLog: string;
+  token = "";
+  #server?: Deno.ChildProcess;
+  #serverExit?: Promise<Deno.CommandStatus>;
+  #closed = false;
+  #opts: LabOptions = {};
+
+  constructor(readonly ns: string, readonly dir: string) {
+    this.data = join(dir, "data");
+    this.serverLog = join(dir, "server.log");
+  }
+
+  /** Timestamped progress line (seconds since the lab started). */
+  log(msg: string): void {
+    console.log(`[e2e ${((performance.now() - this.t0) / 1000).toFixed(1).padStart(6)}s] ${msg}`);
+  }
+
+  /** Runs a command inside the namespace; kills it after timeoutMs. */
+  async run(
+    cmd: string[],
+    opts: { timeoutMs?: number; env?: Record<string, string> } = {},
+  ): Promise<
+    CliResult
+  > {
+    const child = new Deno.Command("ip", {
+      args: ["netns", "exec", this.ns, ...cmd],
+      env: opts.env,
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const timer = setTimeout(() => {
+      try {
+        child.kill("SIGKILL");
+      } catch { /* exited */ }
+    }, opts.timeoutMs ?? 120_000);
+    const out = await child.output();
+    clearTimeout(timer);
+    return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+  }
+
+  /** `netroot ARGS…` inside the namespace against the lab's server; throws on a non-zero exit
+   *  unless `check: false` is the last argument. */
+  async cli(...args: (string | { check: false })[]): Promise<CliResult> {
+    const check = typeof args[args.length - 1] !== "object";
+    const argv = args.filter((a): a is string => typeof a === "string");
+    const r = await this.run([Deno.execPath(), "run", "-A", mainTs, ...argv], {
+      env: { NETROOT_SERVER: this.url, NETROOT_TOKEN: this.token, NO_COLOR: "1" },
+    });
+    if (check && r.code !== 0) {
+      throw new Error(`netroot ${argv.join(" ")} failed (${r.code}): ${r.stderr.trim()}`);
+    }
+    return r;
+  }
+
+  /** A JSON API call from inside the namespace (curl). */
+  async api<T = unknown>(method: string, path: string, body?: unknown): Promise<T> {
+    const r = await this.run([
+      "curl",
+      "-sS",
+      "-X",
+      method,
+      "-H",
+      `authorization: Bearer ${this.token}`,
+      "-H",
+      "content-type: application/json",
+      ...(body === undefined ? [] : ["--data-binary", JSON.stringify(body)]),
+      "-w",
+      "\n%{http_code}",
+      `${this.url}/api/v1${path}`,
+    ], { timeoutMs: 30_000 });
+    const nl = r.stdout.lastIndexOf("\n");
+    const status = Number(r.stdout.slice(nl + 1));
+    const text = r.stdout.slice(0, nl);
+    if (r.code !== 0 || status >= 400) {
+      throw new Error(`${method} ${path}: HTTP ${status} ${text} ${r.stderr}`);
+    }
+    return (text ? JSON.parse(text) : undefined) as T;
+  }
+
+  /** Starts `netroot serve` in the namespace (startLab calls it). */
+  async startServer(opts: LabOptions): Promise<void> {
+    this.#opts = opts;
+    const log = await Deno.open(this.serverLog, { write: true, create: true, append: true });
+    this.#server = new Deno.Command("ip", {
+      args: [
+        "netns",
+        "exec",
+        this.ns,
+        Deno.execPath(),
+        "run",
+        "-A",
+        mainTs,
+        "serve",
+        "--data",
+        this.data,
+        "--bridge",
+        "netroot0",
+        "--address",
+        `${serverIp}/24`,
+        "--dhcp-range",
+        "10.77.0.100-10.77.0.150",
+        "--http",
+        `0.0.0.0:${httpPort}`,
+        "--nfs",
+        opts.nfs ?? "off",
+        "--accel",
+        opts.accel ?? "tcg",
+        ...(opts.serveArgs ?? []),
+      ],
+      env: { NO_COLOR: "1", NETROOT_LOG: "debug" },
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    // `ip netns exec` execs the command: this PID is the server's.
+    this.#serverExit = this.#server.status;
+    const both = new ReadableStream<Uint8Array>({
+      start: (c) => {
+        let open = 2;
+        for (const s of [this.#server!.stdout, this.#server!.stderr]) {
+          (async () => {
+            for await (const chunk of s) c.enqueue(chunk);
+            if (--open === 0) c.close();
+          })().catch(() => {});
+        }
+      },
+    });
+    both.pipeTo(log.writable).catch(() => {});
+    const deadline = Date.now() + 60_000;
+    for (;;) {
+      const exited = await Promise.race([
+        this.#serverExit.then(() => true),
+        sleep(200).then(() => false),
+      ]);
+      if (exited) throw new Error(`netroot serve exited at start:\n${await this.serverLogTail()}`);
+      try {
+        this.token = (await Deno.readTextFile(join(this.data, "token"))).trim();
+        await this.api("GET", "/health");
+        break;
+      } catch (e) {
+        if (Date.now() > deadline) {
+          throw new Error(
+            `netroot serve not ready in 60 s (${(e as Error).message}):\n${await this
+              .serverLogTail()}`,
+          );
+        }
+      }
+    }
+  }
+
+  /** Stops the server gracefully (as an admin would) and starts it again on the same data. */
+  async restartServer(): Promise<void> {
+    await this.#stopServer();
+    await this.startServer(this.#opts);
+    this.log("server restarted");
+  }
+
+  async #stopServer(): Promise<void> {
+    if (!this.#server) return;
+    try {
+      this.#server.kill("SIGTERM");
+    } catch { /* exited */ }
+    const done = await Promise.race([
+      this.#serverExit!.then(() => true),
+      sleep(20_000).then(() => false),
+    ]);
+    if (!done) {
+      this.log("server did not stop on SIGTERM: SIGKILL");
+      try {
+        this.#server.kill("SIGKILL");
+      } catch { /* exited */ }
+      await this.#serverExit;
+    }
+    this.#server = undefined;
+  }
+
+  async serverLogTail(lines = 40): Promise<string> {
+    const t = await Deno.readTextFile(this.serverLog).catch(() => "");
+    return t.trim().split("\n").slice(-lines).join("\n");
+  }
+
+  async createVnode(
+    name: string,
+    opts: { ram?: string; cpus?: number; disks?: string[]; image?: string } = {},
+  ): Promise<VnodeInfo> {
+    const args = ["vnode", "create", name, "--json"];
+    if (opts.ram) args.push("--ram", opts.ram);
+    if (opts.cpus) args.push("--cpus", String(opts.cpus));
+    for (const d of opts.disks ?? []) args.push("--disk", d);
+    if (opts.image) args.push("--image", opts.image);
+    const v = JSON.parse((await this.cli(...args)).stdout) as VnodeInfo;
+    this.log(`vnode ${name} created: ${v.mac}`);
+    return v;
+  }
+
+  consolePath(mac: string): string {
+    return join(this.data, "nodes", mac, "vm", "console.log");
+  }
+
+  async console(mac: string): Promise<string> {
+    return await Deno.readTextFile(this.consolePath(mac)).catch(() => "");
+  }
+
+  /** Waits until the node's serial console matches `re` (counting from byte `from`); fails fast
+   *  on a kernel panic, and with the console's tail on timeout. Returns the console text. */
+  async waitConsole(
+    mac: string,
+    re: RegExp,
+    timeoutMs: number,
+    opts: { from?: number; failOn?: RegExp } = {},
+  ): Promise<string> {
+    const failOn = opts.failOn ?? /Kernel panic|E2E[^\n]*FAIL/;
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const text = (await this.console(mac)).slice(opts.from ?? 0);
+      if (re.test(text)) {
+        this.log(`console ${mac}: ${re}`);
+        return text;
+      }
+      const tail = () => text.replace(ansiEscape, "").split("\n").slice(-25).join("\n");
+      if (failOn.test(text)) throw new Error(`console of ${mac} shows ${failOn}:\n${tail()}`);
+      if (Date.now() > deadline) {
+        throw new Error(`no ${re} on the console of ${mac} within ${timeoutMs} ms:\n${tail()}`);
+      }
+      await sleep(250);
+    }
+  }
+
+  events(mac: string): Promise<Event[]> {
+    return this.api<Event[]>("GET", `/nodes/${mac}/events?limit=10000`);
+  }
+
+  /** Waits for an event of `kind` after event id `since`. */
+  async waitEvent(mac: string, kind: string, timeoutMs: number, since = 0): Promise<Event> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const e = (await this.events(mac)).find((e) => e.id > since && e.kind === kind);
+      if (e) return e;
+      if (Date.now() > deadline) {
+        const kinds = (await this.events(mac)).filter((e) => e.id > since).map((e) => e.kind);
+        throw new Error(
+          `no ${kind} event for ${mac} within ${timeoutMs} ms; got ${kinds.join(", ")}`,
+        );
+      }
+      await sleep(500);
+    }
+  }
+
+  /** Stops the server (SIGTERM, then SIGKILL), any qemu it left, and deletes the namespace. */
+  async close(opts: { keep?: boolean } = {}): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await this.#stopServer();
+    // A server that died hard leaves its qemu processes: their pid files say which.
+    for (
+      const mac of await Array.fromAsync(Deno.readDir(join(this.data, "nodes"))).catch(() => [])
+    ) {
+      const vm = join(this.data, "nodes", mac.name, "vm");
+      const pid = Number((await Deno.readTextFile(join(vm, "qemu.pid")).catch(() => "")).trim());
+      const cmd = pid ? await Deno.readTextFile(`/proc/${pid}/cmdline`).catch(() => "") : "";
+      if (pid && cmd.includes(vm)) {
+        this.log(`killing leftover qemu ${pid}`);
+        Deno.kill(pid, "SIGKILL");
+      }
+    }
+    await new Deno.Command("ip", { args: ["netns", "del", this.ns], stderr: "null" }).output();
+    const keep = opts.keep ?? Deno.env.get("NETROOT_E2E_KEEP") === "1";
+    if (keep) this.log(`lab kept in ${this.dir}`);
+    else await Deno.remove(this.dir, { recursive: true }).catch(() => {});
+    this.log("lab closed");
+  }
+}
+
+/** Creates the namespace and starts `netroot serve` in it. On any failure everything is undone. */
+export async function startLab(opts: LabOptions = {}): Promise<Lab> {
+  const ns = `nr-e2e-${Deno.pid}-${crypto.getRandomValues(new Uint32Array(1))[0].toString(36)}`;
+  const dir = await Deno.makeTempDir({ prefix: "nr-e2e-" });
+  const add = await new Deno.Command("ip", { args: ["netns", "add", ns], stderr: "piped" })
+    .output();
+  if (!add.success) {
+    await Deno.remove(dir, { recursive: true });
+    throw new Error(`ip netns add ${ns}: ${dec.decode(add.stderr)} (root needed)`);
+  }
+  const lab = new Lab(ns, dir);
+  try {
+    await lab.run(["ip", "link", "set", "lo", "up"]);
+    await lab.startServer(opts);
+    lab.log(`server up in ${ns} (data ${lab.data})`);
+    return lab;
+  } catch (e) {
+    await lab.close({ keep: true });
+    throw e;
+  }
+}

@@ -1,0 +1,136 @@
+// End to end (root, qemu TCG, network namespace): a virtual node PXE-boots through qemu's iPXE
+// ROM from netroot alone — netroot's DHCP, the iPXE script and kernel + initramfs over netroot's
+// HTTP, its router advertisements (no dnsmasq runs) — into the test image's kernel with the
+// image's own stand-in initramfs (node setting initramfs=image), which prints KERNEL-STARTED and
+// powers off. Also: reboot of a vnode (QMP reset; restart when stopped), the restart of vnodes
+// with the server, `vnode ls`, `node console`, `vnode rm`.
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { debianKernel } from "../support/kernel.ts";
+import { buildTestImage } from "../support/testimage.ts";
+import { type Lab, startLab } from "./harness.ts";
+
+const ignore = Deno.env.get("NETROOT_SKIP_VM") === "1";
+/** One TCG PXE boot to the initramfs takes 10–20 s here; 10× margin, and a hung VM fails. */
+const bootTimeoutMs = 180_000;
+
+/** Kinds after event id `since`, in order. */
+async function kindsSince(lab: Lab, mac: string, since: number): Promise<string[]> {
+  return (await lab.events(mac)).filter((e) => e.id > since).map((e) => e.kind);
+}
+
+function assertInOrder(kinds: string[], want: string[]): void {
+  let i = 0;
+  for (const k of kinds) if (k === want[i]) i++;
+  assert.equal(
+    i,
+    want.length,
+    `timeline ${kinds.join(" → ")} lacks ${want.slice(i).join(", ")} in order`,
+  );
+}
+
+Deno.test({
+  name:
+    "e2e: a vnode PXE-boots from netroot (DHCP, iPXE script, kernel, initramfs), reboots, survives a server restart",
+  ignore,
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    const kernel = await debianKernel();
+    const imageDir = await Deno.makeTempDir({ prefix: "nr-e2e-image-" });
+    const image = await buildTestImage(join(imageDir, "rootfs"), {
+      kernel,
+      release: "v1",
+      initrd: true,
+    });
+    let lab: Lab | undefined;
+    let ok = false;
+    try {
+      lab = await startLab();
+      lab.log(`test image built: ${image.modules} modules, kernel ${image.kv}`);
+      await lab.cli("image", "import", image.dir, "--name", "test");
+      lab.log("image imported");
+
+      const vm = await lab.createVnode("vm1", {
+        image: "test",
+        ram: "384M",
+        disks: ["64M[template=hybrid-boot-v]"],
+      });
+      assert.match(vm.mac, /^52:54:00(:[0-9a-f]{2}){3}$/);
+      assert.equal(vm.running, true);
+      // The stand-in initramfs (this image's own) until netroot's init boots the image itself.
+      await lab.cli("node", "config", "vm1", "initramfs=image");
+      const before = Math.max(0, ...(await lab.events(vm.mac)).map((e) => e.id));
+      const reboot = JSON.parse((await lab.cli("node", "reboot", "vm1", "--json")).stdout);
+      assert.equal(reboot.ok, true, JSON.stringify(reboot));
+      assert.equal(reboot.mechanism, "qemu");
+      const consoleAt = (await lab.console(vm.mac)).length;
+
+      await lab.waitConsole(vm.mac, /KERNEL-STARTED/, bootTimeoutMs, { from: consoleAt });
+      await lab.waitEvent(vm.mac, "vnode.exit", 60_000, before); // the stand-in powered off
+      const out = (await lab.console(vm.mac)).slice(consoleAt);
+      assert.match(out, new RegExp(`KERNEL-STARTED kv=${image.kv}`));
+      assert.match(out, /iPXE/); // SeaBIOS and iPXE print on the serial console too
+      assert.match(out, /E2E-INITRD pci:.*1af4:1001/); // the template disk is attached (virtio-blk)
+      const kinds = await kindsSince(lab, vm.mac, before);
+      lab.log(`timeline: ${kinds.join(" → ")}`);
+      assertInOrder(kinds, [
+        "vnode.reset",
+        "dhcp.ack",
+        "http.script",
+        "http.kernel",
+        "http.initramfs",
+        "vnode.exit",
+      ]);
+      const ack = (await lab.events(vm.mac)).find((e) => e.id > before && e.kind === "dhcp.ack")!;
+      assert.match(String(ack.detail.ip), /^10\.77\.0\.(1[0-4]\d|150)$/);
+
+      // vnode ls: stopped after the poweroff; console through the API/CLI.
+      const ls = JSON.parse((await lab.cli("vnode", "ls", "--json")).stdout);
+      assert.deepEqual(ls.map((v: { name: string; running: boolean }) => [v.name, v.running]), [[
+        "vm1",
+        false,
+      ]]);
+      assert.equal(ls[0].disks[0].template, "hybrid-volatile");
+      const printed = (await lab.cli("node", "console", "vm1")).stdout;
+      assert.match(printed, /KERNEL-STARTED/);
+
+      // Reboot of a powered-off vnode starts its qemu again.
+      let mark = Math.max(...(await lab.events(vm.mac)).map((e) => e.id));
+      let at = (await lab.console(vm.mac)).length;
+      await lab.cli("node", "reboot", "vm1");
+      await lab.waitConsole(vm.mac, /KERNEL-STARTED/, bootTimeoutMs, { from: at });
+      assertInOrder(await kindsSince(lab, vm.mac, mark), [
+        "vnode.start",
+        "dhcp.ack",
+        "http.kernel",
+      ]);
+      await lab.waitEvent(vm.mac, "vnode.exit", 60_000, mark);
+
+      // A server restart starts every vnode again (powered off or not), on the same disks.
+      mark = Math.max(...(await lab.events(vm.mac)).map((e) => e.id));
+      at = (await lab.console(vm.mac)).length;
+      const diskStat = await Deno.stat(join(lab.data, "nodes", vm.mac, "vm", "disk0.img"));
+      await lab.restartServer();
+      await lab.waitConsole(vm.mac, /KERNEL-STARTED/, bootTimeoutMs, { from: at });
+      assertInOrder(await kindsSince(lab, vm.mac, mark), ["vnode.start", "dhcp.ack"]);
+      const diskAfter = await Deno.stat(join(lab.data, "nodes", vm.mac, "vm", "disk0.img"));
+      assert.equal(diskAfter.ino, diskStat.ino, "unchanged disk spec: the disk persists");
+
+      // vnode rm: qemu stopped, node forgotten, disks deleted.
+      await lab.cli("vnode", "rm", "vm1");
+      assert.deepEqual(JSON.parse((await lab.cli("vnode", "ls", "--json")).stdout), []);
+      await assert.rejects(Deno.stat(join(lab.data, "nodes", vm.mac, "vm")));
+      const taps = await lab.run(["ip", "-j", "link", "show", "master", "netroot0"]);
+      assert.deepEqual(JSON.parse(taps.stdout || "[]"), []);
+      ok = true;
+    } catch (e) {
+      if (lab) console.error(`server log tail:\n${await lab.serverLogTail(60)}`);
+      throw e;
+    } finally {
+      // A failed run keeps its lab directory (server log, console logs) for a look.
+      await lab?.close({ keep: !ok || undefined });
+      await Deno.remove(imageDir, { recursive: true });
+    }
+  },
+});
