@@ -1,0 +1,178 @@
+// The vnode manager's checks and bookkeeping, without booting anything: bad input is refused with
+// a clear message before anything is registered; node settings override the stored spec; the
+// API routes and the console reader.
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { defaultConfig } from "../src/config.ts";
+import type { Context } from "../src/context.ts";
+import { buildApp, openContext } from "../src/server.ts";
+import { readConsole } from "../src/vnode/api.ts";
+import { parseDiskList, startVnodes, VnodeManager, vnodeManager } from "../src/vnode/manager.ts";
+import { missingTool } from "../src/vnode/exec.ts";
+
+async function withCtx(fn: (ctx: Context, dir: string) => Promise<void>): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "nr-vnode-mgr-" });
+  const ctx = await openContext({ ...defaultConfig(), dataDir: join(dir, "data") });
+  try {
+    await fn(ctx, dir);
+  } finally {
+    ctx.db.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+Deno.test("vnode create refuses bad input and registers nothing", async () => {
+  await withCtx(async (ctx) => {
+    const m = new VnodeManager(ctx, "nrnone0");
+    const cases: [Record<string, unknown>, RegExp][] = [
+      [{ name: "vm1", disks: ["8G[template=zfs]"] }, /unknown disk template zfs/],
+      [{ name: "vm1", disks: ["8Q"] }, /bad disk size 8Q/],
+      [{ name: "vm1", disks: ["10M[template=ext4]"] }, /needs at least 64M/],
+      [{ name: "vm1", ram: "12" }, /bad RAM size 12/],
+      [{ name: "vm1", cpus: 0 }, /bad CPU count 0/],
+      [{ name: "" }, /needs a name/],
+    ];
+    for (const [req, re] of cases) {
+      await assert.rejects(m.create(req as never), re, JSON.stringify(req));
+    }
+    ctx.nodes.add("52:54:00:00:00:01", { name: "taken" });
+    await assert.rejects(m.create({ name: "taken" }), /already taken/);
+    assert.deepEqual(ctx.nodes.list().map((n) => n.name), ["taken"]);
+    assert.equal((ctx.db.prepare("SELECT count(*) AS n FROM vnodes").get() as { n: number }).n, 0);
+    await m.close();
+  });
+});
+
+Deno.test("without a boot bridge, vnode create says how to start the server", async () => {
+  await withCtx(async (ctx) => {
+    const m = new VnodeManager(ctx, undefined);
+    await assert.rejects(m.create({ name: "vm1" }), /need a boot bridge.*--bridge/);
+    assert.equal(ctx.nodes.list().length, 0);
+    await m.close();
+  });
+});
+
+Deno.test("a missing qemu names the package to install", async () => {
+  assert.match(missingTool("qemu-system-x86_64").message, /apt-get install qemu-system-x86/);
+  // The manager's check, in a process whose PATH has no qemu.
+  const code = `
+    import { defaultConfig } from "${new URL("../src/config.ts", import.meta.url)}";
+    import { openContext } from "${new URL("../src/server.ts", import.meta.url)}";
+    import { VnodeManager } from "${new URL("../src/vnode/manager.ts", import.meta.url)}";
+    const dir = await Deno.makeTempDir();
+    const ctx = await openContext({ ...defaultConfig(), dataDir: dir });
+    try { await new VnodeManager(ctx, "br0").create({ name: "vm1" }); }
+    catch (e) { console.log(e.message, ctx.nodes.list().length); }
+    finally { ctx.db.close(); await Deno.remove(dir, { recursive: true }); }`;
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["eval", code],
+    env: { PATH: "/nonexistent" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
+  assert.match(
+    text,
+    /qemu-system-x86_64 not found: install the Debian package qemu-system-x86.* 0/,
+  );
+});
+
+Deno.test("node settings ram/cpus/disks are validated and override the vnode's stored spec", async () => {
+  await withCtx(async (ctx) => {
+    const m = new VnodeManager(ctx, "br0");
+    const mac = "52:54:00:00:00:02";
+    ctx.nodes.add(mac, { name: "vm2", virtual: true });
+    ctx.db.prepare("INSERT INTO vnodes (mac, ram, cpus, disks) VALUES (?, '512M', 1, ?)")
+      .run(mac, JSON.stringify([{ size: 64e6, template: "ext4" }]));
+    assert.deepEqual(m.spec(ctx.nodes.get(mac)), {
+      ram: "512M",
+      cpus: 1,
+      disks: [{ size: 64e6, template: "ext4" }],
+    });
+    assert.throws(() => ctx.nodes.configure(mac, { ram: "lots" }), /bad RAM size/);
+    assert.throws(
+      () => ctx.nodes.configure(mac, { disks: "8G[template=nope]" }),
+      /unknown disk template/,
+    );
+    const n = ctx.nodes.configure(mac, {
+      ram: "1g",
+      cpus: "2",
+      disks: "8G[template=hybrid-boot-p],64M",
+    });
+    assert.equal(n.settings.ram, "1G");
+    assert.equal(n.settings.disks, "8G[template=hybrid-persistent],64M");
+    assert.deepEqual(m.spec(n), {
+      ram: "1G",
+      cpus: 2,
+      disks: [{ size: 8e9, template: "hybrid-persistent" }, { size: 64e6, template: "none" }],
+    });
+    assert.deepEqual(m.list().map((v) => [v.name, v.running, v.ram]), [["vm2", false, "1G"]]);
+    assert.deepEqual(parseDiskList("none"), []);
+    // A physical node is not a vnode.
+    ctx.nodes.add("aa:bb:cc:dd:ee:ff", { name: "pc1" });
+    assert.throws(() => m.node("pc1"), /not a virtual node/);
+    await m.close();
+  });
+});
+
+Deno.test("vnode API routes: list, create errors as JSON, console offsets", async () => {
+  await withCtx(async (ctx) => {
+    const svc = await startVnodes(ctx); // no bridge configured: vnodes cannot start
+    const app = buildApp(ctx);
+    const auth = { authorization: `Bearer ${ctx.token}` };
+    try {
+      assert.ok(vnodeManager(ctx));
+      let res = await app.request("/api/v1/vnodes");
+      assert.deepEqual(await res.json(), []);
+      res = await app.request("/api/v1/vnodes", {
+        method: "POST",
+        headers: auth,
+        body: JSON.stringify({ name: "vm1", disks: ["1G[template=zfs]"] }),
+      });
+      assert.equal(res.status, 400);
+      assert.match((await res.json()).error, /unknown disk template/);
+      res = await app.request("/api/v1/vnodes", {
+        method: "POST",
+        headers: auth,
+        body: '{"name":"vm1"}',
+      });
+      assert.equal(res.status, 409);
+      assert.match((await res.json()).error, /--bridge/);
+      res = await app.request("/api/v1/vnodes", { method: "POST", body: '{"name":"vm1"}' });
+      assert.equal(res.status, 401);
+
+      const mac = "52:54:00:00:00:03";
+      ctx.nodes.add(mac, { name: "vm3", virtual: true });
+      ctx.db.prepare("INSERT INTO vnodes (mac) VALUES (?)").run(mac);
+      res = await app.request("/api/v1/nodes/vm3/console");
+      assert.deepEqual(await res.json(), { text: "", offset: 0 }); // not started yet
+      await Deno.mkdir(ctx.data.vm(mac), { recursive: true });
+      await Deno.writeTextFile(join(ctx.data.vm(mac), "console.log"), "hello\nworld\n");
+      res = await app.request("/api/v1/nodes/vm3/console?offset=6");
+      assert.deepEqual(await res.json(), { text: "world\n", offset: 12 });
+      res = await app.request("/api/v1/nodes/vm3/console?offset=x");
+      assert.equal(res.status, 400);
+      res = await app.request(`/api/v1/vnodes/${mac}`, { method: "DELETE", headers: auth });
+      assert.equal(res.status, 200);
+      assert.equal(ctx.nodes.find(mac), undefined);
+      ctx.nodes.add("aa:bb:cc:dd:ee:01", { name: "pc1" });
+      res = await app.request("/api/v1/nodes/pc1/console");
+      assert.equal(res.status, 404);
+    } finally {
+      await svc.close();
+    }
+  });
+});
+
+Deno.test("console reader: a log shorter than the offset (rotated) restarts at 0", async () => {
+  const f = await Deno.makeTempFile();
+  try {
+    await Deno.writeTextFile(f, "abc");
+    assert.deepEqual(await readConsole(f, 0), { text: "abc", offset: 3 });
+    assert.deepEqual(await readConsole(f, 3), { text: "", offset: 3 });
+    assert.deepEqual(await readConsole(f, 99), { text: "abc", offset: 3 });
+    assert.deepEqual(await readConsole(`${f}.none`, 5), { text: "", offset: 0 });
+  } finally {
+    await Deno.remove(f);
+  }
+});
