@@ -1,6 +1,7 @@
 // Test harness (root): two network namespaces joined by a veth pair — the server side holds the
 // address, the client side runs real DHCP clients — and a netroot server started inside the
 // server namespace through tests/dhcp_driver.ts. Everything started here is stopped by PID.
+import { DatabaseSync } from "node:sqlite";
 import type { ServerConfig } from "../src/config.ts";
 
 const here = new URL(".", import.meta.url).pathname;
@@ -138,4 +139,154 @@ export function parseEnv(text: string): Record<string, string> {
     if (i > 0) out[line.slice(0, i)] = line.slice(i + 1);
   }
   return out;
+}
+
+/** A boot LAN for VMs: namespace `srvNs` with bridge br0 (`${net}.1/24`, fd<x>::1/64) and tap0 on
+ *  it for qemu; with `labDhcp`, a second namespace on the bridge (veth, `${net}.3`) runs dnsmasq
+ *  as the lab's own DHCP server (addresses `${net}.100-150`, gateway itself). */
+export async function bootLan(
+  tag: string,
+  net: string,
+  opts: { labDhcp?: boolean } = {},
+): Promise<Link & { dnsmasqLeases?: string }> {
+  const id = `${Deno.pid}-${counter++}`;
+  const ns = `nr-${tag}-${id}`, lab = `nr-${tag}-d-${id}`;
+  const dir = opts.labDhcp ? await Deno.makeTempDir({ prefix: "nr-labdhcp-" }) : undefined;
+  let dnsmasqPid = 0;
+  const link: Link & { dnsmasqLeases?: string } = {
+    srvNs: ns,
+    srvIf: "br0",
+    cliNs: ns,
+    cliIf: "tap0",
+    net,
+    inSrv: (c) => ["ip", "netns", "exec", ns, ...c],
+    inCli: (c) => ["ip", "netns", "exec", ns, ...c],
+    dnsmasqLeases: dir && `${dir}/leases`,
+    async close() {
+      if (dnsmasqPid) {
+        try {
+          Deno.kill(dnsmasqPid, "SIGTERM");
+        } catch { /* gone */ }
+      }
+      await sh(["ip", "netns", "del", ns], { ok: false });
+      if (dir) {
+        await sh(["ip", "netns", "del", lab], { ok: false });
+        await Deno.remove(dir, { recursive: true });
+      }
+    },
+  };
+  try {
+    const n = (...a: string[]) => sh(["ip", "-n", ns, ...a]);
+    await sh(["ip", "netns", "add", ns]);
+    await n("link", "set", "lo", "up");
+    await n("link", "add", "br0", "type", "bridge");
+    await n("tuntap", "add", "dev", "tap0", "mode", "tap");
+    await n("link", "set", "tap0", "master", "br0");
+    await n("addr", "add", `${net}.1/24`, "dev", "br0");
+    await n("-6", "addr", "add", `fd${net.split(".")[1]}::1/64`, "dev", "br0", "nodad");
+    await n("link", "set", "tap0", "up");
+    await n("link", "set", "br0", "up");
+    if (dir) {
+      await sh(["ip", "netns", "add", lab]);
+      await n("link", "add", "vb", "type", "veth", "peer", "name", "vd");
+      await n("link", "set", "vd", "netns", lab);
+      await n("link", "set", "vb", "master", "br0");
+      await n("link", "set", "vb", "up");
+      await sh(["ip", "-n", lab, "addr", "add", `${net}.3/24`, "dev", "vd"]);
+      await sh(["ip", "-n", lab, "link", "set", "vd", "up"]);
+      await Deno.writeTextFile(
+        `${dir}/dnsmasq.conf`,
+        [
+          "port=0",
+          "user=root",
+          "interface=vd",
+          "bind-interfaces",
+          `dhcp-range=${net}.100,${net}.150,255.255.255.0,1h`,
+          `dhcp-leasefile=${dir}/leases`,
+          `pid-file=${dir}/dnsmasq.pid`,
+          "no-ping",
+        ].join("\n") + "\n",
+      );
+      await sh(["ip", "netns", "exec", lab, "dnsmasq", "-C", `${dir}/dnsmasq.conf`]);
+      dnsmasqPid = Number(await Deno.readTextFile(`${dir}/dnsmasq.pid`));
+    }
+    return link;
+  } catch (e) {
+    await link.close();
+    throw e;
+  }
+}
+
+/** Boots qemu on tap0 until the server records the node's fetch of its iPXE script (the
+ *  per-node URL it can only have learned from our DHCP); returns the seconds it took. */
+export async function bootUntilScript(
+  link: Link,
+  dataDir: string,
+  mac: string,
+  extraQemu: string[] = [],
+  nic = `virtio-net-pci,netdev=n0,mac=${mac}`,
+): Promise<number> {
+  const qemu = new Deno.Command("ip", {
+    args: link.inSrv([
+      "timeout",
+      "150",
+      "qemu-system-x86_64",
+      "-accel",
+      "tcg",
+      "-m",
+      "256",
+      "-display",
+      "none",
+      "-monitor",
+      "none",
+      "-serial",
+      "none",
+      "-boot",
+      "n",
+      "-no-reboot",
+      ...extraQemu,
+      "-netdev",
+      "tap,id=n0,ifname=tap0,script=no,downscript=no",
+      "-device",
+      nic,
+    ]).slice(1),
+    stdin: "null",
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  const t0 = performance.now();
+  const db = new DatabaseSync(`${dataDir}/netroot.db`, { readOnly: true });
+  try {
+    const q = db.prepare(
+      "SELECT kind FROM events WHERE mac = ? AND kind IN ('http.script', 'http.refused')",
+    );
+    while (performance.now() - t0 < 140_000) {
+      if (q.get(mac)) return (performance.now() - t0) / 1000;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    throw new Error("the VM never fetched its iPXE script");
+  } finally {
+    db.close();
+    try {
+      qemu.kill("SIGKILL");
+    } catch { /* exited */ }
+    await qemu.status;
+  }
+}
+
+export function dhcpEvents(
+  dataDir: string,
+  mac: string,
+): { kind: string; detail: Record<string, unknown> }[] {
+  const db = new DatabaseSync(`${dataDir}/netroot.db`, { readOnly: true });
+  try {
+    return (db.prepare(
+      "SELECT kind, detail FROM events WHERE mac = ? AND (kind LIKE 'dhcp.%' OR kind LIKE 'tftp.%') ORDER BY id",
+    ).all(mac) as { kind: string; detail: string }[]).map((e) => ({
+      kind: e.kind,
+      detail: JSON.parse(e.detail),
+    }));
+  } finally {
+    db.close();
+  }
 }

@@ -313,7 +313,11 @@ export class DhcpResponder {
       bootfile: bare ? null : cls.bootfile ?? null,
       strategy: this.cfg.proxyStrategy,
     });
-    log.info(event.slice(5), { mac: cls.mac, firmware: cls.firmware, bootfile: cls.bootfile });
+    log.info(event.slice(5), {
+      mac: cls.mac,
+      firmware: cls.firmware,
+      bootfile: bare ? "(ask on port 4011)" : cls.bootfile,
+    });
     return this.finish(req, packet);
   }
 
