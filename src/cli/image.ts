@@ -26,7 +26,9 @@ OCI/Docker image archive (docker save, OCI layout tar or directory; layers appli
 whiteouts). Owners, modes, symlinks, hardlinks, device nodes, xattrs and mtimes are kept. PATH is
 resolved here and read by the server (same machine, or a path valid on the server).
 The image id is the sha256 of its content manifest: importing the same content again copies
-nothing and reports the image it already is.`,
+nothing and reports the image it already is (under its existing name).
+Progress shows on stderr; interrupting the command (Ctrl-C) cancels the import on the server.
+An image without a kernel (/boot/vmlinuz-*, /vmlinuz) is imported but marked not bootable.`,
   ls: `usage: netroot image ls [--server URL] [--json]
 
 Lists images: name, id, size, files, kernel version, bootable.`,
