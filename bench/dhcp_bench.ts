@@ -2,7 +2,8 @@
 // (netboot/storm.ts DhcpClientPort, broadcast flag set so both servers broadcast their replies),
 // same veth pair between two network namespaces. Two passes each: new MACs (netroot registers
 // each as a node), then the same MACs again (existing reservations/leases). Needs root.
-//   deno run -A bench/dhcp_bench.ts [--clients N] [--window W]
+// Then the DHCP decoder fuzz with --fuzz packets (default 1,000,000).
+//   deno run -A bench/dhcp_bench.ts [--clients N] [--window W] [--fuzz N]
 import { parseArgs } from "node:util";
 import { DhcpClientPort, macFor } from "../netboot/storm.ts";
 
@@ -15,6 +16,7 @@ const { values: a } = parseArgs({
     role: { type: "string" },
     device: { type: "string" },
     data: { type: "string" },
+    fuzz: { type: "string", default: "1000000" },
   },
 });
 const clients = Number(a.clients), window = Number(a.window);
@@ -44,7 +46,7 @@ if (a.role === "load") {
   }));
   const seconds = (performance.now() - t0) / 1000;
   await port.close();
-  console.log(JSON.stringify({ done, failed, seconds }));
+  console.log(JSON.stringify({ done, failed, seconds, retransmits: port.retransmits }));
   Deno.exit(0);
 }
 
@@ -104,7 +106,7 @@ if (a.role === "netroot") {
       `${label.padEnd(30)} ${r.done}/${clients} ok, ${r.failed} failed, ${
         r.seconds.toFixed(2)
       } s, ` +
-        `${rate.toFixed(0)} leases/s`,
+        `${rate.toFixed(0)} leases/s (${r.retransmits} retransmits)`,
     );
     return rate;
   };
@@ -174,6 +176,7 @@ if (a.role === "netroot") {
         "no-ping",
         "dhcp-authoritative",
         "dhcp-lease-max=100000",
+        "quiet-dhcp", // netroot runs with log level warn: neither logs each lease
       ].join("\n") + "\n",
     );
     await sh(inSrv(["dnsmasq", "-C", `${dir}/dnsmasq.conf`]));
@@ -184,6 +187,19 @@ if (a.role === "netroot") {
       `ratio netroot/dnsmasq: new MACs ${(n1 / d1).toFixed(2)}×, known MACs ${
         (n2 / d2).toFixed(2)
       }×`,
+    );
+
+    // The decoder fuzz, 10× the test suite's default run.
+    const fuzz = await new Deno.Command(Deno.execPath(), {
+      args: ["test", "-A", new URL("../tests/dhcp_fuzz_test.ts", import.meta.url).pathname],
+      env: { NETROOT_FUZZ_N: String(a.fuzz) },
+      stderr: "null",
+    }).output();
+    const line = new TextDecoder().decode(fuzz.stdout).split("\n").find((l) =>
+      l.startsWith("fuzz:")
+    );
+    console.log(
+      `${line ?? "fuzz: no result"}: ${fuzz.success ? "no exception escaped" : "FAILED"}`,
     );
   } finally {
     if (child) {

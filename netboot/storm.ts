@@ -74,6 +74,8 @@ export class DhcpClientPort {
   private readonly loop: Promise<void>;
   private nextXid = (Math.random() * 0x7fffffff) >>> 0;
   received = 0;
+  /** Requests sent again after a timeout (lost or slow answers). */
+  retransmits = 0;
 
   private constructor(private readonly sock: UdpSocket) {
     this.loop = (async () => {
@@ -122,6 +124,7 @@ export class DhcpClientPort {
           reject(new Error(`no answer to ${MessageType[msgType(req)!]} after ${tries - 1} tries`));
           return;
         }
+        if (tries > 1) this.retransmits++;
         try {
           this.sock.send(bytes, o.to ?? "255.255.255.255", o.port ?? 67);
         } catch (e) {

@@ -52,6 +52,7 @@ Deno.test("full mode (root): udhcpc and dhclient get leases; PXE and iPXE get bo
     assert.equal(plain.router, "10.81.1.254");
     assert.equal(plain.lease, "600");
     assert.equal(plain.boot_file ?? "", "");
+    assert.equal(plain.hostname, "node-008101"); // the name it was registered under
 
     // 2. same MAC again: the same (reserved) address
     await Deno.remove(`${dir}/bound.env`);

@@ -201,7 +201,7 @@ export class DhcpResponder {
         }
         leases.offer(mac, ip, now);
         if (node.ip !== ip) this.nodes.setIp(mac, ip); // the reservation, made at first contact
-        return this.answer(req, cls, MessageType.Offer, ip, "dhcp.offer");
+        return this.answer(req, cls, MessageType.Offer, ip, "dhcp.offer", node.name);
       }
       case MessageType.Request: {
         if (serverId && serverId !== this.cfg.serverIp) {
@@ -219,7 +219,7 @@ export class DhcpResponder {
         }
         leases.bind(mac, ip, this.cfg.leaseSeconds, now);
         if (node.ip !== ip) this.nodes.setIp(mac, ip);
-        return this.answer(req, cls, MessageType.Ack, ip, "dhcp.ack");
+        return this.answer(req, cls, MessageType.Ack, ip, "dhcp.ack", node.name);
       }
       case MessageType.Decline: {
         if (serverId !== this.cfg.serverIp || !requested) return null;
@@ -237,7 +237,7 @@ export class DhcpResponder {
       }
       case MessageType.Inform: {
         if (req.ciaddr === ZERO) return null;
-        return this.answer(req, cls, MessageType.Ack, undefined, "dhcp.inform");
+        return this.answer(req, cls, MessageType.Ack, undefined, "dhcp.inform", node.name);
       }
       default:
         return null;
@@ -251,6 +251,7 @@ export class DhcpResponder {
     type: MessageType,
     ip: string | undefined,
     event: string,
+    name?: string,
   ): Reply {
     const o = new Map<number, Uint8Array>();
     o.set(Opt.messageType, u8(type));
@@ -265,6 +266,10 @@ export class DhcpResponder {
     o.set(Opt.broadcast, ipv4(this.broadcastAddr));
     if (this.cfg.router) o.set(Opt.router, ipv4(this.cfg.router));
     if (this.cfg.dns?.length) o.set(Opt.dns, ipv4List(this.cfg.dns));
+    // The node's name as its host name, for clients that ask (udhcpc, dhclient do).
+    if (name && req.options.get(Opt.paramRequest)?.includes(Opt.hostname)) {
+      o.set(Opt.hostname, text(name));
+    }
     const packet = this.reply(req, o, ip ?? ZERO);
     if (type === MessageType.Inform || type === MessageType.Ack && req.ciaddr !== ZERO) {
       packet.ciaddr = req.ciaddr;
