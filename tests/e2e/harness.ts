@@ -320,6 +320,27 @@ export class Lab {
   }
 }
 
+/** Asserts `want` occurs in `kinds` in this order (other kinds may come between). */
+export function assertInOrder(kinds: string[], want: string[]): void {
+  let i = 0;
+  for (const k of kinds) if (k === want[i]) i++;
+  if (i !== want.length) {
+    throw new Error(
+      `timeline ${kinds.join(" → ")} lacks ${want.slice(i).join(", ")} in this order`,
+    );
+  }
+}
+
+/** Kinds of the node's events after event id `since`, oldest first. */
+export async function kindsSince(lab: Lab, mac: string, since = 0): Promise<string[]> {
+  return (await lab.events(mac)).filter((e) => e.id > since).map((e) => e.kind);
+}
+
+/** The newest event id of a node (0 without events): a mark to wait for what comes after. */
+export async function lastEventId(lab: Lab, mac: string): Promise<number> {
+  return Math.max(0, ...(await lab.events(mac)).map((e) => e.id));
+}
+
 /** Creates the namespace and starts `netroot serve` in it. On any failure everything is undone. */
 export async function startLab(opts: LabOptions = {}): Promise<Lab> {
   const ns = `nr-e2e-${Deno.pid}-${crypto.getRandomValues(new Uint32Array(1))[0].toString(36)}`;

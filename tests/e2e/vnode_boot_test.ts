@@ -8,26 +8,11 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { debianKernel } from "../support/kernel.ts";
 import { buildTestImage } from "../support/testimage.ts";
-import { type Lab, startLab } from "./harness.ts";
+import { assertInOrder, kindsSince, type Lab, lastEventId, startLab } from "./harness.ts";
 
 const ignore = Deno.env.get("NETROOT_SKIP_VM") === "1";
 /** One TCG PXE boot to the initramfs takes 10–20 s here; 10× margin, and a hung VM fails. */
 const bootTimeoutMs = 180_000;
-
-/** Kinds after event id `since`, in order. */
-async function kindsSince(lab: Lab, mac: string, since: number): Promise<string[]> {
-  return (await lab.events(mac)).filter((e) => e.id > since).map((e) => e.kind);
-}
-
-function assertInOrder(kinds: string[], want: string[]): void {
-  let i = 0;
-  for (const k of kinds) if (k === want[i]) i++;
-  assert.equal(
-    i,
-    want.length,
-    `timeline ${kinds.join(" → ")} lacks ${want.slice(i).join(", ")} in order`,
-  );
-}
 
 Deno.test({
   name:
@@ -60,7 +45,7 @@ Deno.test({
       assert.equal(vm.running, true);
       // The stand-in initramfs (this image's own) until netroot's init boots the image itself.
       await lab.cli("node", "config", "vm1", "initramfs=image");
-      const before = Math.max(0, ...(await lab.events(vm.mac)).map((e) => e.id));
+      const before = await lastEventId(lab, vm.mac);
       const reboot = JSON.parse((await lab.cli("node", "reboot", "vm1", "--json")).stdout);
       assert.equal(reboot.ok, true, JSON.stringify(reboot));
       assert.equal(reboot.mechanism, "qemu");
@@ -96,7 +81,7 @@ Deno.test({
       assert.match(printed, /KERNEL-STARTED/);
 
       // Reboot of a powered-off vnode starts its qemu again.
-      let mark = Math.max(...(await lab.events(vm.mac)).map((e) => e.id));
+      let mark = await lastEventId(lab, vm.mac);
       let at = (await lab.console(vm.mac)).length;
       await lab.cli("node", "reboot", "vm1");
       await lab.waitConsole(vm.mac, /KERNEL-STARTED/, bootTimeoutMs, { from: at });
@@ -108,7 +93,7 @@ Deno.test({
       await lab.waitEvent(vm.mac, "vnode.exit", 60_000, mark);
 
       // A server restart starts every vnode again (powered off or not), on the same disks.
-      mark = Math.max(...(await lab.events(vm.mac)).map((e) => e.id));
+      mark = await lastEventId(lab, vm.mac);
       at = (await lab.console(vm.mac)).length;
       const diskStat = await Deno.stat(join(lab.data, "nodes", vm.mac, "vm", "disk0.img"));
       await lab.restartServer();
