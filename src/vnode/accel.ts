@@ -71,27 +71,41 @@ export async function kernelBoots(
   }
 }
 
-/** Memoized per process and, when a kernel verified the answer, per data dir (keyed by host
- *  kernel release and qemu binary) so later server starts skip the probe. */
-let memo: AccelChoice | undefined;
+/** Memoized per process (concurrent vnode starts share one probe) and, when a kernel verified
+ *  the answer, per data dir (keyed by host kernel release and qemu binary) so later server starts
+ *  skip the probe. */
+let memo: Promise<AccelChoice & { unverified?: boolean }> | undefined;
 
-export async function chooseAccel(
+export function chooseAccel(
   wanted: "auto" | Accel,
   opts: { kernels: string[]; cacheFile?: string },
 ): Promise<AccelChoice> {
-  if (wanted !== "auto") return { accel: wanted, reason: "configured" };
-  if (memo) return memo;
+  if (wanted !== "auto") return Promise.resolve({ accel: wanted, reason: "configured" });
+  const p = memo ?? probe(opts);
+  memo = p;
+  // An unverified answer (no kernel yet) is not kept: the next start probes again.
+  p.then((c) => {
+    if (c.unverified && memo === p) memo = undefined;
+  }, () => {
+    if (memo === p) memo = undefined;
+  });
+  return p.then(({ accel, reason }) => ({ accel, reason }));
+}
+
+async function probe(
+  opts: { kernels: string[]; cacheFile?: string },
+): Promise<AccelChoice & { unverified?: boolean }> {
   const key = `${Deno.osRelease()} ${await qemuIdentity()}`;
   if (opts.cacheFile) {
     try {
       const c = JSON.parse(await Deno.readTextFile(opts.cacheFile));
       if (c.key === key && (c.accel === "kvm" || c.accel === "tcg")) {
-        return memo = { accel: c.accel, reason: `${c.reason} (cached)` };
+        return { accel: c.accel, reason: `${c.reason} (cached)` };
       }
     } catch { /* no cache yet */ }
   }
   const unusable = kvmOpenable();
-  if (unusable) return memo = { accel: "tcg", reason: unusable };
+  if (unusable) return { accel: "tcg", reason: unusable };
   const kernel = opts.kernels.find((k) => {
     try {
       return Deno.statSync(k).isFile;
@@ -99,21 +113,26 @@ export async function chooseAccel(
       return false;
     }
   });
-  // Without a kernel KVM cannot be verified: TCG for now, not remembered, probed again next time.
-  if (!kernel) return { accel: "tcg", reason: "no Linux kernel available to verify KVM with" };
+  if (!kernel) {
+    return {
+      accel: "tcg",
+      reason: "no Linux kernel available to verify KVM with",
+      unverified: true,
+    };
+  }
   const t0 = performance.now();
   const ok = await kernelBoots(kernel, "kvm");
   const ms = Math.round(performance.now() - t0);
-  memo = ok
+  const choice: AccelChoice = ok
     ? { accel: "kvm", reason: `KVM booted ${kernel} in ${ms} ms` }
     : { accel: "tcg", reason: `a Linux guest does not boot under KVM here (probe ${ms} ms)` };
-  log.info("accelerator probed", { ...memo });
+  log.info("accelerator probed", { ...choice });
   if (opts.cacheFile) {
-    await Deno.writeTextFile(opts.cacheFile, JSON.stringify({ key, ...memo }) + "\n").catch(
+    await Deno.writeTextFile(opts.cacheFile, JSON.stringify({ key, ...choice }) + "\n").catch(
       () => {},
     );
   }
-  return memo;
+  return choice;
 }
 
 async function qemuIdentity(): Promise<string> {

@@ -348,8 +348,11 @@ export class VnodeManager {
 
   #exited(mac: string, r: Running, st: Deno.CommandStatus): void {
     if (this.#running.get(mac) === r) this.#running.delete(mac);
-    void deleteTap(tapName(mac));
-    if (r.stopping) return;
+    if (r.stopping) return; // #stop removes the tap
+    // Under the lock, so that it cannot remove the tap of a qemu started meanwhile.
+    void this.#lock(mac, async () => {
+      if (!this.#running.has(mac)) await deleteTap(tapName(mac));
+    }).catch(() => {});
     // Guest poweroff ends qemu with status 0; anything else is a crash worth a warning.
     const detail = { code: st.code, signal: st.signal ?? undefined };
     try {
