@@ -104,6 +104,28 @@ Deno.test("truncated and corrupt tarballs, unknown formats: clear error, nothing
   }
 });
 
+Deno.test("a rootfs tarball writing through its own symlink is refused (GNU tar), nothing outside", async () => {
+  const t = await tempStore();
+  const outside = await Deno.makeTempDir({ prefix: "netroot-outside-" });
+  try {
+    Deno.mkdirSync(`${t.dir}/a`);
+    Deno.mkdirSync(`${t.dir}/b/evil`, { recursive: true });
+    Deno.symlinkSync(outside, `${t.dir}/a/evil`);
+    Deno.writeTextFileSync(`${t.dir}/b/evil/pwned`, "pwned");
+    sh("tar", "-C", `${t.dir}/a`, "-cf", `${t.dir}/e.tar`, "./evil");
+    sh("tar", "-C", `${t.dir}/b`, "-rf", `${t.dir}/e.tar`, "./evil/pwned");
+    await rejectsCleanly(
+      t,
+      `${t.dir}/e.tar`,
+      /^cannot extract .*e\.tar: \.\/evil\/pwned: Cannot open/,
+    );
+    assert.deepEqual(await dirEntries(outside), []);
+  } finally {
+    await t.close();
+    await Deno.remove(outside, { recursive: true });
+  }
+});
+
 Deno.test("full disk: clear error, nothing left in the store (root: tmpfs mount)", async () => {
   const mnt = await Deno.makeTempDir({ prefix: "netroot-full-" });
   sh("mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", mnt);

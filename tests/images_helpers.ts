@@ -92,7 +92,11 @@ export function fixTimes(root: string): void {
 }
 
 /** `tar` of the whole tree (with ./ and xattrs); compression by GNU tar's flag. */
-export function tarOf(dir: string, out: string, compress?: "gzip" | "xz" | "zstd"): string {
+export function tarOf(
+  dir: string,
+  out: string,
+  compress?: "gzip" | "xz" | "zstd" | "bzip2",
+): string {
   sh(
     "tar",
     "--xattrs",

@@ -104,13 +104,13 @@ Deno.test("tarball import keeps hardlinks, symlinks, devices, fifo, suid, xattrs
   }
 });
 
-Deno.test("same content → same id and no second copy, from .tar, .tar.gz, .tar.xz, .tar.zst and a directory (root)", async () => {
+Deno.test("same content → same id and no second copy, from .tar, .tar.gz, .tar.xz, .tar.zst, .tar.bz2 and a directory (root)", async () => {
   const t = await tempStore();
   try {
     const src = `${t.dir}/src`;
     buildSampleTree(src);
     const first = await t.store.import(tarOf(src, `${t.dir}/i.tar`), "one");
-    for (const c of ["gzip", "xz", "zstd"] as const) {
+    for (const c of ["gzip", "xz", "zstd", "bzip2"] as const) {
       const again = await t.store.import(tarOf(src, `${t.dir}/i.${c}.tar`, c), `again-${c}`);
       assert.equal(again.id, first.id, c);
       assert.equal(again.existed, true);
