@@ -25,7 +25,13 @@ export interface Link {
   net: string;
   inSrv(cmd: string[]): string[];
   inCli(cmd: string[]): string[];
+  /** Removed by close() (server data dirs). */
+  tempDirs: string[];
   close(): Promise<void>;
+}
+
+async function removeDirs(dirs: string[]): Promise<void> {
+  for (const d of dirs) await Deno.remove(d, { recursive: true }).catch(() => {});
 }
 
 /** A fresh pair of namespaces; `net` must be unique per test file (e.g. "10.81.1"); the server
@@ -42,9 +48,11 @@ export async function makeLink(tag: string, net: string, prefixLen = 24): Promis
     net,
     inSrv: (c) => ["ip", "netns", "exec", srvNs, ...c],
     inCli: (c) => ["ip", "netns", "exec", cliNs, ...c],
+    tempDirs: [],
     async close() {
       await sh(["ip", "netns", "del", srvNs], { ok: false });
       await sh(["ip", "netns", "del", cliNs], { ok: false });
+      await removeDirs(link.tempDirs);
     },
   };
   try {
@@ -74,6 +82,7 @@ export interface Driven {
 /** Runs `netroot serve` (via serve() in src/server.ts) inside the server namespace. */
 export async function startServer(link: Link, cfg: Partial<ServerConfig>): Promise<Driven> {
   const dataDir = await Deno.makeTempDir({ prefix: "nr-dhcp-" });
+  link.tempDirs.push(dataDir);
   const config = { dataDir, interface: link.srvIf, http: { host: "0.0.0.0", port: 0 }, ...cfg };
   const child = new Deno.Command("ip", {
     args: link.inSrv([
@@ -162,7 +171,9 @@ export async function bootLan(
     inSrv: (c) => ["ip", "netns", "exec", ns, ...c],
     inCli: (c) => ["ip", "netns", "exec", ns, ...c],
     dnsmasqLeases: dir && `${dir}/leases`,
+    tempDirs: [],
     async close() {
+      await removeDirs(link.tempDirs);
       if (dnsmasqPid) {
         try {
           Deno.kill(dnsmasqPid, "SIGTERM");
