@@ -129,6 +129,12 @@ Deno.test("proxy mode (root): boot info and no address, beside dnsmasq", async (
     try {
       const leases = db.prepare("SELECT count(*) AS n FROM leases").get() as { n: number };
       assert.equal(leases.n, 0, "proxy mode hands out no addresses");
+      const nodes = db.prepare("SELECT mac FROM nodes ORDER BY mac").all() as { mac: string }[];
+      assert.deepEqual(nodes.map((n) => n.mac), [
+        "02:00:00:00:84:01",
+        "02:00:00:00:84:02",
+        "02:00:00:00:84:03",
+      ], "the plain udhcpc client is the lab's, not a node");
       const events = (db.prepare(
         "SELECT mac, kind FROM events WHERE kind LIKE 'dhcp.%' ORDER BY id",
       ).all() as { mac: string; kind: string }[]).map((e) => `${e.mac} ${e.kind}`);

@@ -204,20 +204,25 @@ Deno.test("replies fit in 576 bytes unless option 57 allows more", async () => {
 });
 
 Deno.test("proxy mode: silent for plain clients; port4011 strategy offers bare, 4011 gives the file", async () => {
-  await withResponder({ mode: "proxy", range: undefined, proxyStrategy: "port4011" }, async (r) => {
-    assert.equal(await ask(r, pkt(1, "linux", MessageType.Discover)), null);
-    const offer = (await ask(r, pkt(2, "pxe", MessageType.Discover)))!;
-    assert.equal(offer.p.yiaddr, "0.0.0.0");
-    assert.equal(offer.p.file, "");
-    assert.equal(offer.p.options.has(Opt.vendorSpecific), false);
-    assert.equal(readText(offer.p.options.get(Opt.vendorClass)), "PXEClient");
-    const req = pkt(2, "pxe", MessageType.Request, { ciaddr: "10.85.0.77" });
-    const ack =
-      (await r.handle(encode(req), { port: 4011, from: { address: "10.85.0.77", port: 4011 } }))!;
-    assert.deepEqual(ack.to, { address: "10.85.0.77", port: 4011 });
-    assert.equal(decode(ack.bytes).file, "undionly.kpxe");
-    assert.equal(r.leases, undefined);
-  });
+  await withResponder(
+    { mode: "proxy", range: undefined, proxyStrategy: "port4011" },
+    async (r, ctx) => {
+      assert.equal(await ask(r, pkt(1, "linux", MessageType.Discover)), null);
+      // …and a laptop on the lab LAN does not become a node.
+      assert.equal(ctx.nodes.find("02:6e:72:00:00:01"), undefined);
+      const offer = (await ask(r, pkt(2, "pxe", MessageType.Discover)))!;
+      assert.equal(offer.p.yiaddr, "0.0.0.0");
+      assert.equal(offer.p.file, "");
+      assert.equal(offer.p.options.has(Opt.vendorSpecific), false);
+      assert.equal(readText(offer.p.options.get(Opt.vendorClass)), "PXEClient");
+      const req = pkt(2, "pxe", MessageType.Request, { ciaddr: "10.85.0.77" });
+      const ack =
+        (await r.handle(encode(req), { port: 4011, from: { address: "10.85.0.77", port: 4011 } }))!;
+      assert.deepEqual(ack.to, { address: "10.85.0.77", port: 4011 });
+      assert.equal(decode(ack.bytes).file, "undionly.kpxe");
+      assert.equal(r.leases, undefined);
+    },
+  );
 });
 
 Deno.test("hostile input: handle() never throws; malformed packets are counted", async () => {

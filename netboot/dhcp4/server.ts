@@ -147,6 +147,14 @@ export class DhcpResponder {
     }
     const cls = classify(req, { nodeUrl: this.cfg.nodeUrl });
     if (/^(00:){5}00$|^ff(:ff){5}$/.test(cls.mac) || (req.chaddr[0] & 1) === 1) return null;
+    // Beside the lab's DHCP server we see every device on the LAN: only network-booting
+    // firmware and iPXE are ours (and become nodes), and only their DISCOVER/REQUEST/INFORM.
+    if (
+      (via.port === 4011 || this.cfg.mode === "proxy") &&
+      ((!cls.netboot && cls.firmware !== "ipxe") ||
+        (type !== MessageType.Discover && type !== MessageType.Request &&
+          type !== MessageType.Inform))
+    ) return null;
     const node = this.nodeFor(cls);
     if (!node) return null;
     const fields = { mac: cls.mac, type: messageTypeName(type), firmware: cls.firmware };
@@ -297,7 +305,6 @@ export class DhcpResponder {
   // ---- proxy mode (UDP 67) and the PXE boot server (UDP 4011) ----------------------------
 
   private proxy(req: DhcpPacket, cls: Classification, type: number): Reply | null {
-    if (!cls.netboot) return null; // not a PXE/HTTP-boot client: the lab's DHCP server's business
     const serverId = readIp(req.options.get(Opt.serverId));
     if (type === MessageType.Request && serverId !== this.cfg.serverIp) return null;
     if (type !== MessageType.Discover && type !== MessageType.Request) return null;
@@ -333,7 +340,6 @@ export class DhcpResponder {
     from: { address: string; port: number },
   ): Reply | null {
     if (type !== MessageType.Request && type !== MessageType.Inform) return null;
-    if (!cls.netboot && cls.firmware !== "ipxe") return null;
     const o = new Map<number, Uint8Array>([
       [Opt.messageType, u8(MessageType.Ack)],
       [Opt.serverId, ipv4(this.cfg.serverIp)],
