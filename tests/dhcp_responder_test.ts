@@ -91,6 +91,10 @@ Deno.test("full mode: lease, stable reservation, DECLINE moves it, RELEASE frees
     assert.equal(ctx.nodes.find("02:6e:72:00:00:02")?.ip, "10.85.0.12");
     // …and no one else gets the declined one meanwhile.
     assert.equal((await lease(r, 3)).p.yiaddr, "10.85.0.13");
+    // A reservation off our subnet (set by hand, or an old range) is not handed out here.
+    ctx.nodes.setIp("02:6e:72:00:00:03", "192.168.7.7");
+    assert.equal((await lease(r, 3)).p.yiaddr, "10.85.0.13");
+    assert.equal(ctx.nodes.find("02:6e:72:00:00:03")?.ip, "10.85.0.13");
 
     await ask(
       r,

@@ -164,6 +164,14 @@ export class DhcpResponder {
     return this.full(req, cls, type, node);
   }
 
+  /** The node's reserved address, if it is on our subnet (a range moved to another subnet, or
+   *  an address set by hand elsewhere, must not be handed out here). */
+  private reservation(node: DhcpNode): string | undefined {
+    const mask = ipToInt(this.cfg.netmask);
+    if (!node.ip || !/^\d+\.\d+\.\d+\.\d+$/.test(node.ip)) return undefined;
+    return ((ipToInt(node.ip) ^ ipToInt(this.cfg.serverIp)) & mask) === 0 ? node.ip : undefined;
+  }
+
   private event(mac: string, kind: string, detail: Record<string, unknown>): void {
     this.eventRow.run(mac, new Date().toISOString(), kind, JSON.stringify(detail));
   }
@@ -201,7 +209,7 @@ export class DhcpResponder {
     const requested = readIp(req.options.get(Opt.requestedIp));
     switch (type) {
       case MessageType.Discover: {
-        const ip = leases.pick(mac, now, node.ip ?? undefined, requested);
+        const ip = leases.pick(mac, now, this.reservation(node), requested);
         if (!ip) {
           log.warn("address pool exhausted", { mac, range: this.cfg.range });
           this.event(mac, "dhcp.exhausted", {});
@@ -220,7 +228,7 @@ export class DhcpResponder {
         }
         const want = requested ?? (req.ciaddr !== ZERO ? req.ciaddr : undefined);
         if (!want) return null;
-        const ip = leases.pick(mac, now, node.ip ?? undefined, want);
+        const ip = leases.pick(mac, now, this.reservation(node), want);
         if (ip !== want) {
           this.event(mac, "dhcp.nak", { requested: want, offered: ip ?? null });
           return this.nak(req, `address ${want} not available`);
