@@ -4,13 +4,16 @@
 import { parseArgs } from "node:util";
 import { UserError } from "../errors.ts";
 
-const usage = `usage: netroot demo [--keep] [--timeout SECONDS]
+const usage = `usage: netroot demo [--stand-in] [--keep] [--timeout SECONDS]
 
 Builds a tiny test OS image (static busybox + the Debian kernel, downloaded once into .work/),
-creates a network namespace, starts \`netroot serve --bridge netroot0 --address 10.77.0.1/24\` in
-it, imports the image, creates one virtual node and shows its serial console while it PXE-boots
-(SeaBIOS → iPXE → netroot's DHCP → iPXE script, kernel and initramfs over HTTP → Linux), then
-prints the node's timeline and removes everything. Needs root.
+creates a network namespace, starts \`netroot serve --bridge netroot0 --address 10.77.0.1/24
+--nfs ganesha\` in it, imports the image, creates one virtual node and shows its serial console
+while it PXE-boots: SeaBIOS → iPXE → netroot's DHCP → iPXE script, kernel and netroot's initramfs
+over HTTP → the netroot init mounts the image over NFS with a RAM overlay → the image's own
+/sbin/init prints IMAGE-BOOT-OK and powers off. Then it prints the node's timeline and removes
+everything. Needs root, qemu-system-x86, ipxe-qemu, nfs-ganesha(-vfs), curl.
+  --stand-in   boot the image's own tiny initramfs instead (no NFS: it prints KERNEL-STARTED)
   --keep       keep the lab directory (server log, data dir) afterwards
   --timeout S  give up after S seconds (default 300)`;
 
@@ -22,6 +25,7 @@ export async function run(args: string[]): Promise<number> {
     args,
     options: {
       keep: { type: "boolean" },
+      "stand-in": { type: "boolean" },
       timeout: { type: "string" },
       help: { type: "boolean", short: "h" },
     },
@@ -43,6 +47,7 @@ export async function run(args: string[]): Promise<number> {
   } catch (e) {
     throw new UserError(`the demo runs from a netroot checkout (${(e as Error).message})`);
   }
+  const standIn = values["stand-in"] ?? false;
   console.log("netroot demo: fetching the Debian kernel and busybox-static (cached in .work/)…");
   const kernel = await kernelMod.debianKernel();
   const imageDir = await Deno.makeTempDir({ prefix: "netroot-demo-image-" });
@@ -52,16 +57,17 @@ export async function run(args: string[]): Promise<number> {
     const image = await imageMod.buildTestImage(`${imageDir}/rootfs`, {
       kernel,
       release: "demo",
-      initrd: true,
+      initrd: standIn,
     });
-    lab = await harness.startLab();
+    lab = await harness.startLab({ nfs: standIn ? "off" : "ganesha" });
     await lab.cli("image", "import", image.dir, "--name", "demo");
     lab.log(`image "demo" imported (kernel ${image.kv})`);
     const vm = await lab.createVnode("demo1", { image: "demo", ram: "384M" });
-    // The image's own small initramfs: it prints KERNEL-STARTED and powers off. (netroot's own
-    // initramfs would go on to mount the image over NFS.)
-    await lab.cli("node", "config", "demo1", "initramfs=image");
-    await lab.cli("node", "reboot", "demo1");
+    if (standIn) {
+      // The image's own small initramfs: it prints KERNEL-STARTED and powers off.
+      await lab.cli("node", "config", "demo1", "initramfs=image");
+      await lab.cli("node", "reboot", "demo1");
+    }
     lab.log("--- serial console of demo1 ---");
     let shown = 0;
     const deadline = Date.now() + timeoutMs;
@@ -71,7 +77,7 @@ export async function run(args: string[]): Promise<number> {
         await Deno.stdout.write(new TextEncoder().encode(text.slice(shown).replace(ansi, "")));
         shown = text.length;
       }
-      if (/KERNEL-STARTED[\s\S]*reboot: Power down/.test(text)) break;
+      if (/(KERNEL-STARTED|IMAGE-BOOT-OK)[\s\S]*reboot: Power down/.test(text)) break;
       if (Date.now() > deadline) throw new UserError(`no boot within ${timeoutMs / 1000} s`);
       await new Promise((r) => setTimeout(r, 300));
     }
