@@ -62,6 +62,7 @@ export const serveOptions = {
   "dhcp-mode": { type: "string" },
   "dhcp-range": { type: "string" },
   "lease-time": { type: "string" },
+  "dhcp-router": { type: "string" },
   "proxy-strategy": { type: "string" },
   "register-unknown": { type: "string" },
   "tftp-port": { type: "string" },
@@ -138,6 +139,12 @@ export async function loadServeConfig(args: string[]): Promise<ServerConfig> {
   } else if (!values.config || cfg.dhcp.range) cfg.dhcp.mode = cfg.dhcp.range ? "full" : "proxy";
   if (cfg.dhcp.mode === "full" && !cfg.dhcp.range) {
     throw new UserError("--dhcp-mode full needs --dhcp-range START-END");
+  }
+  if (values["dhcp-router"]) {
+    if (!ipv4.test(values["dhcp-router"])) {
+      throw new UserError(`--dhcp-router expects an IPv4 address, got ${values["dhcp-router"]}`);
+    }
+    cfg.dhcp.router = values["dhcp-router"];
   }
   if (values["lease-time"]) {
     const n = Number(values["lease-time"]);

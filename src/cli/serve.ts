@@ -5,6 +5,7 @@ import { serve } from "../server.ts";
 export const serveHelp = `usage: netroot serve [--data DIR] [--http HOST:PORT] [--config FILE]
                      [--interface IF | --bridge NAME --address A.B.C.D/NN]
                      [--dhcp-mode full|proxy|off] [--dhcp-range START-END] [--lease-time SECONDS]
+                     [--dhcp-router A.B.C.D]
                      [--proxy-strategy option43|port4011] [--register-unknown true|false]
                      [--tftp-port N] [--ipxe-dir DIR] [--nfs kernel|ganesha|off] [--nfs-version 3|4]
                      [--ra true|false] [--accel auto|kvm|tcg]
