@@ -65,7 +65,10 @@ export function tftpGetDetailed(
   let timer: ReturnType<typeof setTimeout> | undefined;
 
   let sending = Promise.resolve();
+  let finished = false;
   const finish = (err?: Error) => {
+    if (finished) return;
+    finished = true;
     clearTimeout(timer);
     // Close only after the final ACK left: closing first drops it, and the server would then
     // resend into a closed port.
@@ -99,6 +102,7 @@ export function tftpGetDetailed(
   };
 
   sock.on("message", (msg, rinfo) => {
+    if (finished) return;
     if (peer && (rinfo.port !== peer.port || rinfo.address !== peer.address)) {
       // Another TID (e.g. a duplicate transfer started by our resent RRQ): tell it to stop.
       sock.send(

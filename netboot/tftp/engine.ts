@@ -120,6 +120,7 @@ function workerMain(): void {
     tries: number;
     resent: number;
     started: number;
+    ended: boolean;
   }
   const transfers = new Map<number, Transfer>();
   const sendBuf = new Uint8Array(4 + 65464);
@@ -128,6 +129,7 @@ function workerMain(): void {
   let nextScan = Infinity;
 
   const end = (t: Transfer, outcome: string, extra: Record<string, unknown> = {}) => {
+    t.ended = true;
     c.epoll_ctl(epfd, EPOLL_CTL_DEL, t.fd, evOne);
     c.close(t.fd);
     transfers.delete(t.fd);
@@ -153,7 +155,7 @@ function workerMain(): void {
       const e = errno();
       if (e === EINTR) continue;
       if (e === EAGAIN) return true; // socket buffer full: the timeout resends
-      end(t, "failed", { reason: `send: ${strerror(e)}` });
+      clientGone(t, "send", e);
       return false;
     }
   };
@@ -171,7 +173,7 @@ function workerMain(): void {
       const to = Math.min(from + t.blksize, t.data.length);
       sendBuf[0] = 0, sendBuf[1] = 3, sendBuf[2] = (b >> 8) & 0xff, sendBuf[3] = b & 0xff;
       sendBuf.set(t.data.subarray(from, to), 4);
-      if (!sendPacket(t, sendBuf, 4 + to - from)) return;
+      if (!sendPacket(t, sendBuf, 4 + to - from) || t.ended) return;
     }
   };
   const onPacket = (t: Transfer, n: number) => {
@@ -205,18 +207,21 @@ function workerMain(): void {
     t.tries = 0;
     sendWindow(t);
   };
-  const drain = (t: Transfer) => {
-    for (;;) {
-      const n = c.recv(t.fd, recvBuf, sz(recvBuf.length), 0);
-      if (n < 0) {
-        const e = errno();
-        if (e === EINTR) continue;
-        if (e !== EAGAIN) end(t, "failed", { reason: `recv: ${strerror(e)}` });
-        return;
-      }
+  /** One datagram per readiness event: epoll is level-triggered and will report the socket again
+   *  if more wait, and stop-and-wait never has more, so no extra recv ending in EAGAIN. */
+  const receive = (t: Transfer) => {
+    const n = c.recv(t.fd, recvBuf, sz(recvBuf.length), 0);
+    if (n >= 0) return onPacket(t, n);
+    const e = errno();
+    if (e !== EAGAIN && e !== EINTR) clientGone(t, "recv", e);
+  };
+  /** A socket error (ICMP port unreachable: the client exited). Linux reports it before the
+   *  datagrams already queued, and the client's final ACK may be among them: read those first. */
+  const clientGone = (t: Transfer, call: string, e: number) => {
+    for (let n; !t.ended && (n = c.recv(t.fd, recvBuf, sz(recvBuf.length), 0)) >= 0;) {
       onPacket(t, n);
-      if (!transfers.has(t.fd)) return;
     }
+    if (!t.ended) end(t, "failed", { reason: `${call}: ${strerror(e)}` });
   };
   const scanTimers = (now: number) => {
     nextScan = Infinity;
@@ -268,6 +273,7 @@ function workerMain(): void {
       tries: 0,
       resent: 0,
       started,
+      ended: false,
     };
     transfers.set(fd, t);
     sendWindow(t);
@@ -316,7 +322,7 @@ function workerMain(): void {
           continue;
         }
         const t = transfers.get(fd);
-        if (t) drain(t);
+        if (t) receive(t);
       }
       const now = performance.now();
       if (now >= nextScan) scanTimers(now);
