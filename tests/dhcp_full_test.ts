@@ -38,6 +38,11 @@ Deno.test("full mode (root): udhcpc and dhclient get leases; PXE and iPXE get bo
       ra: false,
     });
     const nodeUrl = `http://10.81.1.1:${server.http.port}`;
+    // No route to the limited broadcast: our broadcast replies leave through SO_BINDTODEVICE.
+    assert.match(
+      await sh(link.inSrv(["ip", "route", "get", "255.255.255.255"]), { ok: false }),
+      /Network is unreachable/,
+    );
     const hook = await udhcpcScript(dir);
     const setMac = (mac: string) =>
       sh(["ip", "-n", link.cliNs, "link", "set", link.cliIf, "address", mac]);
