@@ -1,0 +1,76 @@
+import assert from "node:assert/strict";
+import { defaultConfig, loadServeConfig } from "../src/config.ts";
+import { UserError } from "../src/errors.ts";
+
+Deno.test("serve config: embedded defaults need no file", async () => {
+  const c = await loadServeConfig([]);
+  assert.deepEqual(c.http, { host: "0.0.0.0", port: 8080 });
+  assert.equal(c.dhcp.mode, "proxy");
+  assert.equal(c.interface, undefined);
+  assert.equal(c.nfs.mode, "off");
+  assert.deepEqual(defaultConfig().tftp, { port: 69 });
+});
+
+Deno.test("serve config: a DHCP range means full mode; flags parse and validate", async () => {
+  const c = await loadServeConfig([
+    "--interface=eth1",
+    "--dhcp-range",
+    "10.0.0.100-10.0.0.200",
+    "--http",
+    "127.0.0.1:9000",
+    "--lease-time",
+    "600",
+    "--dhcp-router",
+    "10.0.0.1",
+    "--nfs",
+    "ganesha",
+  ]);
+  assert.equal(c.dhcp.mode, "full");
+  assert.deepEqual(c.dhcp.range, { start: "10.0.0.100", end: "10.0.0.200" });
+  assert.deepEqual(c.http, { host: "127.0.0.1", port: 9000 });
+  assert.equal(c.dhcp.leaseSeconds, 600);
+  assert.equal(c.dhcp.router, "10.0.0.1");
+  assert.equal(c.nfs.mode, "ganesha");
+  const b = await loadServeConfig(["--bridge", "netroot0", "--address", "10.77.0.1/24"]);
+  assert.equal(b.interface, "netroot0");
+  assert.deepEqual(b.bridge, { name: "netroot0", address: "10.77.0.1/24" });
+  for (
+    const [args, re] of [
+      [["--bridge", "br0"], /needs --address/],
+      [["--dhcp-mode", "full"], /needs --dhcp-range/],
+      [["--dhcp-range", "10.0.0.1"], /START-END/],
+      [["--http", "x:y"], /HOST:PORT/],
+      [["--nfs", "smb"], /one of kernel, ganesha, off/],
+      [["--lease-time", "5"], /≥ 60/],
+      [["--register-unknown", "maybe"], /true or false/],
+    ] as const
+  ) {
+    await assert.rejects(
+      loadServeConfig([...args]),
+      (e) => e instanceof UserError && re.test(e.message),
+    );
+  }
+  await assert.rejects(loadServeConfig(["--bogus"]), /bogus/);
+});
+
+Deno.test("serve config: a JSON file merges under the flags", async () => {
+  const f = await Deno.makeTempFile({ suffix: ".json" });
+  try {
+    await Deno.writeTextFile(
+      f,
+      JSON.stringify({
+        http: { port: 7000 },
+        dhcp: { range: { start: "10.1.0.10", end: "10.1.0.20" } },
+      }),
+    );
+    const c = await loadServeConfig(["--config", f, "--http", "7001"]);
+    assert.equal(c.http.port, 7001);
+    assert.equal(c.http.host, "0.0.0.0");
+    assert.equal(c.dhcp.mode, "full");
+    assert.equal(c.dhcp.leaseSeconds, 86400);
+    await Deno.writeTextFile(f, "{not json");
+    await assert.rejects(loadServeConfig(["--config", f]), /cannot read config file/);
+  } finally {
+    await Deno.remove(f);
+  }
+});
