@@ -179,3 +179,26 @@ Deno.test("a member overwritten later in the archive is hashed as its final cont
     await t.close();
   }
 });
+
+Deno.test("two concurrent imports of the same content: one copy, one row, the other reports it", async () => {
+  const t = await tempStore();
+  try {
+    const src = `${t.dir}/src`;
+    buildSampleTree(src);
+    const [a, b] = await Promise.all([
+      t.store.import(tarOf(src, `${t.dir}/a.tar`), "a"),
+      t.store.import(tarOf(src, `${t.dir}/b.tar.gz`, "gzip"), "b"),
+    ]);
+    assert.equal(a.id, b.id);
+    assert.deepEqual([a.existed, b.existed].sort(), [false, true]);
+    assert.equal(a.name, b.name);
+    assert.deepEqual(await dirEntries(t.data.images), [a.id]);
+    assert.equal(rowCount(t.db), 1);
+    await assert.rejects(
+      Promise.all([t.store.import(src, "same"), t.store.import(src, "same")]),
+      /already (taken|running)/,
+    );
+  } finally {
+    await t.close();
+  }
+});

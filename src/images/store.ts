@@ -172,8 +172,10 @@ export class ImageStore {
         log.info("import: same content already in the store", { source, id, as: existing.name });
         return { ...existing, existed: true };
       }
+      let renamed = false;
       try {
         await Deno.rename(work, this.data.image(id));
+        renamed = true;
       } catch (e) {
         // Another import of the same content won the rename; its row is (or will be) there.
         if (!(await Deno.stat(this.data.manifest(id)).catch(() => null))) throw e;
@@ -196,8 +198,9 @@ export class ImageStore {
           k.reason,
         );
       } catch (e) {
+        // Without its row the tree must not stay (reconcile would remove it at the next start).
+        if (renamed) this.#discard(this.data.image(id));
         if (/constraint/i.test((e as Error).message)) {
-          this.#discard(this.data.image(id));
           throw conflict(`image name ${name} was taken while importing`);
         }
         throw e;
