@@ -1,6 +1,6 @@
 // `netroot demo`: one virtual node booting end to end, in a private network namespace, then
 // everything cleaned up. It uses the e2e lab (tests/e2e/harness.ts): it runs from a checkout,
-// as root, with qemu, iproute2, curl and the Debian packages of tools/apt-packages.txt.
+// as root, with qemu, iproute2 and the Debian packages of tools/apt-packages.txt.
 import { parseArgs } from "node:util";
 import { UserError } from "../errors.ts";
 
@@ -12,7 +12,7 @@ creates a network namespace, starts \`netroot serve --bridge netroot0 --address 
 while it PXE-boots: SeaBIOS → iPXE → netroot's DHCP → iPXE script, kernel and netroot's initramfs
 over HTTP → the netroot init mounts the image over NFS with a RAM overlay → the image's own
 /sbin/init prints IMAGE-BOOT-OK and powers off. Then it prints the node's timeline and removes
-everything. Needs root, qemu-system-x86, ipxe-qemu, nfs-ganesha(-vfs), curl.
+everything. Needs root, qemu-system-x86, ipxe-qemu, nfs-ganesha(-vfs).
   --stand-in   boot the image's own tiny initramfs instead (no NFS: it prints KERNEL-STARTED)
   --keep       keep the lab directory (server log, data dir) afterwards
   --timeout S  give up after S seconds (default 300)`;

@@ -18,6 +18,11 @@ import type { Event } from "../../src/events.ts";
 import type { VnodeInfo } from "../../src/vnode/manager.ts";
 
 export const serverIp = "10.77.0.1";
+/** Run by `deno eval` inside the namespace: METHOD URL TOKEN BODY → status line, then the body. */
+const fetchScript = `const [method, url, token, body] = Deno.args;
+const res = await fetch(url, { method, body: body || undefined,
+  headers: { authorization: "Bearer " + token, "content-type": "application/json" } });
+console.log(res.status); console.log(await res.text());`;
 export const httpPort = 8080;
 const mainTs = fileURLToPath(new URL("../../main.ts", import.meta.url));
 
@@ -101,27 +106,22 @@ export class Lab {
     return r;
   }
 
-  /** A JSON API call from inside the namespace (curl). */
+  /** A JSON API call from inside the namespace (a one-line deno fetch: no curl needed). */
   async api<T = unknown>(method: string, path: string, body?: unknown): Promise<T> {
     const r = await this.run([
-      "curl",
-      "-sS",
-      "-X",
+      Deno.execPath(),
+      "eval",
+      fetchScript,
       method,
-      "-H",
-      `authorization: Bearer ${this.token}`,
-      "-H",
-      "content-type: application/json",
-      ...(body === undefined ? [] : ["--data-binary", JSON.stringify(body)]),
-      "-w",
-      "\n%{http_code}",
       `${this.url}/api/v1${path}`,
+      this.token,
+      body === undefined ? "" : JSON.stringify(body),
     ], { timeoutMs: 30_000 });
-    const nl = r.stdout.lastIndexOf("\n");
-    const status = Number(r.stdout.slice(nl + 1));
-    const text = r.stdout.slice(0, nl);
-    if (r.code !== 0 || status >= 400) {
-      throw new Error(`${method} ${path}: HTTP ${status} ${text} ${r.stderr}`);
+    const nl = r.stdout.indexOf("\n");
+    const status = Number(r.stdout.slice(0, nl));
+    const text = r.stdout.slice(nl + 1).trimEnd();
+    if (r.code !== 0 || !(status < 400)) {
+      throw new Error(`${method} ${path}: HTTP ${status || "-"} ${text} ${r.stderr.trim()}`);
     }
     return (text ? JSON.parse(text) : undefined) as T;
   }
