@@ -102,14 +102,22 @@ export function startRouterAdvertisements(
       sent++;
       lastSent = Date.now();
       log.debug("router advertisement sent", { why, prefixes: info.prefixes.length });
+      return true;
     } catch (e) {
-      // e.g. no link-local source address yet (DAD in progress): the next one will do.
+      // e.g. no link-local source address yet (duplicate address detection in progress).
       failed++;
       log.debug("router advertisement not sent", { why, error: e });
+      return false;
     }
   };
   const timer = setInterval(() => advertise("periodic"), (opts.intervalSeconds ?? 60) * 1000);
-  advertise("start");
+  // The first one, retried each second while the interface has no usable source address yet
+  // (a freshly created interface is still in duplicate address detection).
+  let retry: ReturnType<typeof setTimeout> | undefined;
+  const first = (attempt: number) => {
+    if (!advertise("start") && attempt < 20) retry = setTimeout(() => first(attempt + 1), 1000);
+  };
+  first(0);
   const loop = (async () => {
     for (;;) {
       const d = await sock.recv();
@@ -124,6 +132,7 @@ export function startRouterAdvertisements(
     name: "ra",
     async close() {
       clearInterval(timer);
+      clearTimeout(retry);
       await sock.close();
       await loop;
       log.info("router advertisements stopped", { sent, failed });

@@ -508,7 +508,7 @@ export function startDhcp(ctx: Context): Promise<Service> {
       }
     }
   });
-  log.info("dhcp listening", {
+  log.info("listening", {
     interface: device,
     mode: config.dhcp.mode,
     server: config.serverIp,
@@ -522,7 +522,7 @@ export function startDhcp(ctx: Context): Promise<Service> {
       async close() {
         await Promise.all(sockets.map((s) => s.close()));
         await Promise.all(loops);
-        log.info("dhcp stopped", {
+        log.info("stopped", {
           ...responder.stats,
           sent: JSON.stringify(responder.stats.sent),
         });
