@@ -1,7 +1,7 @@
 // Image import throughput against its peer, plain GNU `tar -x` of the same tarball into the same
 // disk, measured in the same run. The import does strictly more (manifest: lstat, xattrs and
 // sha256 of every file; the database row); the target is ratio ≥ 0.7.
-//   deno run -A bench/import_bench.ts [--files N] [--mb M] [--rounds R]
+//   deno run -A bench/import_bench.ts [--files N] [--mb M] [--rounds R] [--compress gzip|zstd|xz]
 import { parseArgs } from "node:util";
 import { DataDir } from "../src/datadir.ts";
 import { openDatabase } from "../src/db.ts";
@@ -13,6 +13,7 @@ const { values } = parseArgs({
     files: { type: "string", default: "3000" },
     mb: { type: "string", default: "200" },
     rounds: { type: "string", default: "7" },
+    compress: { type: "string", default: "none" }, // none | gzip | zstd | xz
   },
 });
 const nFiles = Number(values.files), totalBytes = Number(values.mb) * 1e6;
@@ -70,8 +71,9 @@ function settle() {
 try {
   const src = `${work}/src`;
   const bytes = makeTree(src);
-  const tarball = `${work}/image.tar`;
-  run("tar", "--xattrs", "-C", src, "-cf", tarball, ".");
+  const compress = values.compress === "none" ? [] : [`--${values.compress}`];
+  const tarball = `${work}/image.tar${compress.length ? `.${values.compress}` : ""}`;
+  run("tar", "--xattrs", ...compress, "-C", src, "-cf", tarball, ".");
   await Deno.remove(src, { recursive: true });
   const tarSize = (await Deno.stat(tarball)).size;
   console.log(
@@ -96,6 +98,7 @@ try {
       "--xattrs",
       "--xattrs-include=*",
       "-p",
+      ...compress,
       "-C",
       out,
       "-xf",

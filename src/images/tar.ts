@@ -149,6 +149,15 @@ self.onmessage = (e) => {
   } catch { /* gone or unreadable: the final walk hashes it */ }
 };`;
 
+/** The worker is an optimisation: without it (e.g. workers unavailable) the walk hashes all. */
+function tryStartHashWorker(): ReturnType<typeof startHashWorker> | undefined {
+  try {
+    return startHashWorker();
+  } catch {
+    return undefined;
+  }
+}
+
 function startHashWorker() {
   const url = URL.createObjectURL(new Blob([hashWorkerCode], { type: "text/javascript" }));
   const worker = new Worker(url, { type: "module" });
@@ -244,7 +253,7 @@ export async function extractArchive(
     env: { LC_ALL: "C" },
   }).spawn();
   const stop = killOnAbort(child, opts.signal);
-  const hasher = opts.hash === false ? undefined : startHashWorker();
+  const hasher = opts.hash === false ? undefined : tryStartHashWorker();
   const paths = new Map<string, boolean>();
   const relisted = new Set<string>();
 
