@@ -64,6 +64,8 @@ const migrations: string[] = [
     disks TEXT NOT NULL DEFAULT '[]'  -- JSON [{size, template}]
   );
   `,
+  // 2: DHCP looks nodes up by address on every allocation
+  `CREATE INDEX nodes_ip ON nodes(ip);`,
 ];
 
 export const schemaVersion = migrations.length;
