@@ -57,6 +57,9 @@ export interface TftpServerOptions {
   workers?: number;
   /** Bytes of file contents kept in memory between transfers (default 256 MiB). */
   cacheBytes?: number;
+  /** Transfers at once; more are refused with "server busy" so a flood cannot exhaust file
+   *  descriptors (default 1000). */
+  maxTransfers?: number;
 }
 
 export interface TftpServer {
@@ -170,6 +173,9 @@ export async function createTftpServer(opts: TftpServerOptions): Promise<TftpSer
       });
     };
     if (p.op === "WRQ") return refused(ErrorCode.accessViolation, "write requests are refused");
+    if (pool.active >= (opts.maxTransfers ?? 1000)) {
+      return refused(ErrorCode.notDefined, "server busy, try again");
+    }
     if (p.mode !== "octet") {
       return refused(ErrorCode.illegalOperation, `mode ${p.mode} not supported, use octet`);
     }
