@@ -180,12 +180,12 @@ export class VnodeManager {
     if (typeof req.name !== "string" || !req.name) {
       throw new UserError("a virtual node needs a name");
     }
+    if (!Array.isArray(req.disks ?? [])) throw new UserError("disks must be a list");
     const spec: VnodeSpec = {
       ram: parseRam(req.ram ?? "512M"),
       cpus: parseCpus(req.cpus ?? 1),
       disks: (req.disks ?? []).map((d) => typeof d === "string" ? parseDiskSpec(d) : checkDisk(d)),
     };
-    if (!Array.isArray(req.disks ?? [])) throw new UserError("disks must be a list");
     this.#requireHost();
     if (this.ctx.nodes.find(req.name)) throw conflict(`node name ${req.name} is already taken`);
     let mac = randomVnodeMac();
@@ -226,16 +226,6 @@ export class VnodeManager {
       this.ctx.nodes.forget(node.mac); // cascades to the vnodes row
       await Deno.remove(this.ctx.data.vm(node.mac), { recursive: true }).catch(() => {});
     });
-  }
-
-  start(ref: string): Promise<void> {
-    const node = this.node(ref);
-    return this.#lock(node.mac, () => this.#start(node.mac));
-  }
-
-  stop(ref: string): Promise<void> {
-    const node = this.node(ref);
-    return this.#lock(node.mac, () => this.#stop(node.mac, "stopped"));
   }
 
   /** Reset through QMP; a changed spec (or a stopped VM) means a fresh qemu. */
@@ -414,9 +404,11 @@ export class VnodeManager {
     }
     await Promise.all(
       all.map((v) =>
-        this.#lock(v.mac, () => this.#start(v.mac)).catch((e) =>
-          log.error("vnode failed to start", { name: v.name, error: (e as Error).message })
-        )
+        this.#lock(v.mac, () => this.#start(v.mac)).catch((e) => {
+          const error = (e as Error).message;
+          log.error("vnode failed to start", { name: v.name, error });
+          recordEvent(this.ctx.db, v.mac, "vnode.error", { error });
+        })
       ),
     );
   }

@@ -129,52 +129,48 @@ export class Lab {
   /** Starts `netroot serve` in the namespace (startLab calls it). */
   async startServer(opts: LabOptions): Promise<void> {
     this.#opts = opts;
-    const log = await Deno.open(this.serverLog, { write: true, create: true, append: true });
-    this.#server = new Deno.Command("ip", {
+    // The shell redirects the server's output straight into the log file and execs `ip netns
+    // exec`, which execs deno: the child's PID is the server's, and no pipe depends on us.
+    const serveArgs = [
+      Deno.execPath(),
+      "run",
+      "-A",
+      mainTs,
+      "serve",
+      "--data",
+      this.data,
+      "--bridge",
+      "netroot0",
+      "--address",
+      `${serverIp}/24`,
+      "--dhcp-range",
+      "10.77.0.100-10.77.0.150",
+      "--http",
+      `0.0.0.0:${httpPort}`,
+      "--nfs",
+      opts.nfs ?? "off",
+      "--accel",
+      opts.accel ?? "tcg",
+      ...(opts.serveArgs ?? []),
+    ];
+    this.#server = new Deno.Command("sh", {
       args: [
+        "-c",
+        'log="$1"; shift; exec "$@" >>"$log" 2>&1',
+        "sh",
+        this.serverLog,
+        "ip",
         "netns",
         "exec",
         this.ns,
-        Deno.execPath(),
-        "run",
-        "-A",
-        mainTs,
-        "serve",
-        "--data",
-        this.data,
-        "--bridge",
-        "netroot0",
-        "--address",
-        `${serverIp}/24`,
-        "--dhcp-range",
-        "10.77.0.100-10.77.0.150",
-        "--http",
-        `0.0.0.0:${httpPort}`,
-        "--nfs",
-        opts.nfs ?? "off",
-        "--accel",
-        opts.accel ?? "tcg",
-        ...(opts.serveArgs ?? []),
+        ...serveArgs,
       ],
       env: { NO_COLOR: "1", NETROOT_LOG: "debug" },
       stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
+      stdout: "null",
+      stderr: "null",
     }).spawn();
-    // `ip netns exec` execs the command: this PID is the server's.
     this.#serverExit = this.#server.status;
-    const both = new ReadableStream<Uint8Array>({
-      start: (c) => {
-        let open = 2;
-        for (const s of [this.#server!.stdout, this.#server!.stderr]) {
-          (async () => {
-            for await (const chunk of s) c.enqueue(chunk);
-            if (--open === 0) c.close();
-          })().catch(() => {});
-        }
-      },
-    });
-    both.pipeTo(log.writable).catch(() => {});
     const deadline = Date.now() + 60_000;
     for (;;) {
       const exited = await Promise.race([
@@ -197,17 +193,18 @@ export class Lab {
     }
   }
 
-  /** Stops the server gracefully (as an admin would) and starts it again on the same data. */
-  async restartServer(): Promise<void> {
-    await this.#stopServer();
+  /** Stops the server gracefully (as an admin would; `crash`: SIGKILL, as a crash would) and
+   *  starts it again on the same data. */
+  async restartServer(opts: { crash?: boolean } = {}): Promise<void> {
+    await this.#stopServer(opts.crash ? "SIGKILL" : "SIGTERM");
     await this.startServer(this.#opts);
-    this.log("server restarted");
+    this.log(`server restarted${opts.crash ? " after a crash" : ""}`);
   }
 
-  async #stopServer(): Promise<void> {
+  async #stopServer(signal: Deno.Signal = "SIGTERM"): Promise<void> {
     if (!this.#server) return;
     try {
-      this.#server.kill("SIGTERM");
+      this.#server.kill(signal);
     } catch { /* exited */ }
     const done = await Promise.race([
       this.#serverExit!.then(() => true),
@@ -221,6 +218,19 @@ export class Lab {
       await this.#serverExit;
     }
     this.#server = undefined;
+  }
+
+  /** Waits for a line matching `re` in the server's log (copied from its stderr asynchronously). */
+  async waitServerLog(re: RegExp, timeoutMs = 10_000): Promise<string> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const line = (await Deno.readTextFile(this.serverLog)).split("\n").find((l) => re.test(l));
+      if (line) return line;
+      if (Date.now() > deadline) {
+        throw new Error(`no ${re} in the server log within ${timeoutMs} ms`);
+      }
+      await sleep(200);
+    }
   }
 
   async serverLogTail(lines = 40): Promise<string> {

@@ -16,7 +16,7 @@ const bootTimeoutMs = 180_000;
 
 Deno.test({
   name:
-    "e2e: a vnode PXE-boots from netroot (DHCP, iPXE script, kernel, initramfs), reboots, restarts with the server and with new settings",
+    "e2e: a vnode PXE-boots from netroot (DHCP, iPXE script, kernel, initramfs), reboots, restarts with the server (also after a crash) and with new settings",
   ignore,
   sanitizeResources: false,
   sanitizeOps: false,
@@ -120,6 +120,18 @@ Deno.test({
         ),
       );
       assert.equal(restart.find((e) => e.kind === "vnode.start")?.detail.cpus, 2);
+
+      // A server that crashes leaves its qemu running; the next start replaces it with a fresh one.
+      await lab.waitEvent(vm.mac, "vnode.exit", 60_000, mark);
+      await lab.cli("node", "reboot", "vm1"); // powered off: starts a qemu
+      const pidFile = join(lab.data, "nodes", vm.mac, "vm", "qemu.pid");
+      const stalePid = Number(await Deno.readTextFile(pidFile));
+      mark = await lastEventId(lab, vm.mac);
+      await lab.restartServer({ crash: true });
+      const fresh = await lab.waitEvent(vm.mac, "vnode.start", 60_000, mark);
+      assert.notEqual(fresh.detail.pid, stalePid);
+      await assert.rejects(Deno.stat(`/proc/${stalePid}`), "the stale qemu is gone");
+      assert.match(await lab.waitServerLog(/stopping a stale qemu/), new RegExp(`pid=${stalePid}`));
 
       // vnode rm: qemu stopped, node forgotten, disks deleted.
       await lab.cli("vnode", "rm", "vm1");
