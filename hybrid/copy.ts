@@ -7,8 +7,6 @@
 //   hard-linked from there instead of being written.
 // Disk layout under the hybrid dir (WalT-compatible names):  <id>/image  <id>/image.part
 // <id>/manifest  <id>/diff (overlay upper)  <id>/work  <id>/last-boot
-import { createHash } from "node:crypto";
-import { join } from "node:path";
 import { type ManifestEntry, manifestLines } from "../src/manifest.ts";
 import {
   fsyncDir,
@@ -53,20 +51,23 @@ export interface CopyReport {
 
 export const imageIdPattern = /^[0-9a-f]{64}$/;
 
-export function sha256hex(data: Uint8Array | string): string {
-  return createHash("sha256").update(data).digest("hex");
+// No node:* import in the node program's static graph: Deno's node polyfills need /proc, and the
+// init must start before anything is mounted. (The data workers import node:crypto at run time.)
+export async function sha256hex(data: string): Promise<string> {
+  const d = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(data));
+  return Array.from(new Uint8Array(d), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 export function copyPaths(hybridDir: string, imageId: string) {
-  const base = join(hybridDir, imageId);
+  const base = `${hybridDir}/${imageId}`;
   return {
     base,
-    image: join(base, "image"),
-    part: join(base, "image.part"),
-    manifest: join(base, "manifest"),
-    upper: join(base, "diff"),
-    work: join(base, "work"),
-    lastBoot: join(base, "last-boot"),
+    image: `${base}/image`,
+    part: `${base}/image.part`,
+    manifest: `${base}/manifest`,
+    upper: `${base}/diff`,
+    work: `${base}/work`,
+    lastBoot: `${base}/last-boot`,
   };
 }
 
@@ -247,7 +248,7 @@ export interface CopyOptions {
 export async function ensureLocalCopy(opts: CopyOptions): Promise<CopyReport> {
   const t0 = performance.now();
   const { imageId, hybridDir } = opts;
-  if (sha256hex(opts.manifestText) !== imageId) {
+  if (await sha256hex(opts.manifestText) !== imageId) {
     throw new HybridError(
       "manifest",
       `manifest does not hash to image id ${imageId.slice(0, 12)}…`,

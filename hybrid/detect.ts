@@ -5,9 +5,10 @@
 // Order: block devices by natural name order (mmcblk0p2 < sda1 < sda2 < sdb1 < vda1 < vdb1), so
 // the choice is the same at every boot. Whole disks are considered only when they carry no
 // partition table the kernel recognised (a file system written straight onto the disk).
-import { join } from "node:path";
 import { mknod, S_IFBLK } from "../src/linux/fsops.ts";
 import { type ExtSuperblock, parseExtSuperblock } from "./ext4.ts";
+
+const join = (...parts: string[]) => parts.join("/");
 
 export const HYBRID_DIR_NAMES = ["walt-hybrid", "walt_hybrid"] as const;
 const SKIP = /^(loop|ram|nbd|sr|zram|fd|mtdblock)\d/;

@@ -3,7 +3,6 @@
 //   volatile   — upper and work emptied at every boot: each boot starts from the image alone;
 //   persistent — upper kept across reboots (except /tmp), work emptied.
 // Any HybridError makes the caller fall back to network mode.
-import { join } from "node:path";
 import { statvfs } from "../src/linux/fsops.ts";
 import { manifestLines } from "../src/manifest.ts";
 import {
@@ -122,7 +121,7 @@ export async function prepareHybridRoot(opts: PrepareOptions): Promise<HybridRoo
   const variant: Variant = opts.persistent ? "persistent" : "volatile";
   rmrf(p.work);
   if (variant === "volatile") rmrf(p.upper);
-  else rmrf(join(p.upper, "tmp"));
+  else rmrf(`${p.upper}/tmp`);
   Deno.mkdirSync(p.upper, { recursive: true });
   Deno.mkdirSync(p.work, { recursive: true });
   Deno.writeTextFileSync(p.lastBoot, new Date().toISOString() + "\n");
