@@ -16,7 +16,7 @@ async function sh(cmd: string, ...args: string[]) {
 
 /** Boots qemu from the network with `bootfile` offered; returns our server's transfer events
  *  up to and including the first completed transfer of `bootfile`. */
-async function pxeBoot(NS: string, firmware: string[], bootfile: string) {
+async function pxeBoot(NS: string, firmware: string[], bootfile: string, nicOptions = "") {
   const dir = await Deno.makeTempDir({ prefix: "nr-tftp-pxe-" });
   const procs: Deno.ChildProcess[] = [];
   try {
@@ -118,7 +118,7 @@ async function pxeBoot(NS: string, firmware: string[], bootfile: string) {
           "-netdev",
           "tap,id=n0,ifname=tap0,script=no,downscript=no",
           "-device",
-          "virtio-net-pci,netdev=n0,mac=52:54:00:79:00:01",
+          `virtio-net-pci,netdev=n0,mac=52:54:00:79:00:01${nicOptions}`,
         ],
         stdin: "null",
         stdout: "null",
@@ -178,6 +178,33 @@ Deno.test({
     console.log(
       `UEFI PXE: ${e.bytes} bytes in ${e.ms} ms, blksize ${e.blksize}; before it: ` +
         JSON.stringify(events.slice(0, -1).map((x) => [x.outcome, x.errorCode, x.reason])),
+    );
+  },
+});
+
+Deno.test({
+  name: "tftp (root, qemu): OVMF's own PXE client (EDK2, no iPXE ROM) probes tsize, then loads",
+  ignore: skipVm,
+  async fn() {
+    // romfile= leaves the NIC without iPXE: OVMF's VirtioNetDxe + PxeBcDxe do the TFTP, and EDK2
+    // asks the size first, then aborts with error 8 and asks again (protocols.md §8).
+    const events = await pxeBoot(
+      `nr-tftp-e${Deno.pid}`,
+      ["-bios", "/usr/share/qemu/OVMF.fd"],
+      "ipxe.efi",
+      ",romfile=",
+    );
+    const e = events.at(-1)!;
+    assert.equal(e.bytes, (await Deno.stat("/usr/lib/ipxe/ipxe.efi")).size);
+    const before = events.slice(0, -1);
+    assert.ok(before.length >= 1, "no tsize probe seen");
+    for (const x of before) {
+      assert.equal(x.outcome, "aborted", JSON.stringify(x));
+      assert.equal(x.bytes, 0);
+    }
+    console.log(
+      `EDK2 PXE: ${e.bytes} bytes in ${e.ms} ms, blksize ${e.blksize}; before it: ` +
+        JSON.stringify(before.map((x) => [x.outcome, x.errorCode, x.reason])),
     );
   },
 });
