@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { decode, encode, negotiate, TftpDecodeError } from "../netboot/tftp/packet.ts";
 import { cleanFilename } from "../netboot/tftp/resolve.ts";
-import { createTftpServer } from "../netboot/tftp/server.ts";
+import { createTftpServer, printableName } from "../netboot/tftp/server.ts";
 import { tftpGetDetailed } from "../netboot/tftp/client.ts";
 
 const bytes = (...parts: (string | number[])[]) =>
@@ -119,4 +119,9 @@ Deno.test("tftp: block numbers wrap past 65535 (blksize 8, 70,000 blocks)", asyn
   } finally {
     await server.close();
   }
+});
+
+Deno.test("tftp: requested names are escaped before they reach logs and events", () => {
+  assert.equal(printableName("boot/\x01\n\xe9x"), "boot/\\x01\\x0a\\xe9x");
+  assert.equal(printableName("a".repeat(300)).length, 257);
 });

@@ -24,6 +24,7 @@ export interface ClientAddress {
 
 export interface TransferEvent {
   outcome: "done" | "aborted" | "failed" | "refused";
+  /** The requested name, non-printable bytes escaped as \xNN (see printableName). */
   file: string;
   client: ClientAddress;
   bytes: number;
@@ -108,6 +109,15 @@ class FileCache {
   }
 }
 
+/** A requested name as it may appear in logs and events: escaped, bounded (it is attacker text). */
+export function printableName(name: string): string {
+  const s = name.replace(
+    /[^\x20-\x7e]/g,
+    (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`,
+  );
+  return s.length > 256 ? `${s.slice(0, 256)}…` : s;
+}
+
 export async function createTftpServer(opts: TftpServerOptions): Promise<TftpServer> {
   const host = opts.host ?? "0.0.0.0";
   const limits = {
@@ -156,12 +166,13 @@ export async function createTftpServer(opts: TftpServerOptions): Promise<TftpSer
       return;
     }
     if (p.op !== "RRQ" && p.op !== "WRQ") return; // belongs to no transfer of ours
+    const file = printableName(p.filename);
     let meta: Record<string, unknown> | undefined;
     const refused = (code: number, reason: string) => {
       sendError(client, code, reason);
       report({
         outcome: "refused",
-        file: p.filename,
+        file,
         client,
         bytes: 0,
         ms: 0,
@@ -189,7 +200,7 @@ export async function createTftpServer(opts: TftpServerOptions): Promise<TftpSer
       if (e instanceof Deno.errors.NotFound) {
         return refused(ErrorCode.fileNotFound, "file not found");
       }
-      log.warn("cannot read file", { file: p.filename, error: (e as Error).message });
+      log.warn("cannot read file", { file, error: (e as Error).message });
       return refused(ErrorCode.accessViolation, "cannot read file");
     }
     const n = negotiate(p.options, data.length, limits);
@@ -207,7 +218,7 @@ export async function createTftpServer(opts: TftpServerOptions): Promise<TftpSer
     });
     report({
       ...end,
-      file: p.filename,
+      file,
       client,
       size: data.length,
       blksize: n.blksize,
