@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { decode, encode, negotiate, TftpDecodeError } from "../netboot/tftp/packet.ts";
 import { cleanFilename } from "../netboot/tftp/resolve.ts";
-import { createTftpServer, printableName } from "../netboot/tftp/server.ts";
+import { blksizeForInterface, createTftpServer, printableName } from "../netboot/tftp/server.ts";
 import { tftpGetDetailed } from "../netboot/tftp/client.ts";
 
 const bytes = (...parts: (string | number[])[]) =>
@@ -124,4 +124,10 @@ Deno.test("tftp: block numbers wrap past 65535 (blksize 8, 70,000 blocks)", asyn
 Deno.test("tftp: requested names are escaped before they reach logs and events", () => {
   assert.equal(printableName("boot/\x01\n\xe9x"), "boot/\\x01\\x0a\\xe9x");
   assert.equal(printableName("a".repeat(300)).length, 257);
+});
+
+Deno.test("tftp: blksize is capped to the boot interface's MTU (no IP fragments)", () => {
+  assert.equal(blksizeForInterface("lo"), 65464); // lo: MTU 65536
+  assert.equal(blksizeForInterface(undefined), 65464);
+  assert.equal(blksizeForInterface("nr-no-such-if"), 1468);
 });

@@ -249,10 +249,22 @@ export async function createTftpServer(opts: TftpServerOptions): Promise<TftpSer
 
 /** The real service: iPXE binaries for anyone, the node's image /boot for known nodes; every
  *  transfer lands on the node's timeline (or the server's, for an unknown client). */
+/** Largest blksize that fits one Ethernet frame on `iface` (MTU − IP 20 − UDP 8 − TFTP 4): a
+ *  client asking more gets this, so no DATA packet is IP-fragmented (some firmware drops those). */
+export function blksizeForInterface(iface: string | undefined): number {
+  if (!iface) return 65464;
+  try {
+    const mtu = Number(Deno.readTextFileSync(`/sys/class/net/${iface}/mtu`).trim());
+    if (mtu >= 68) return Math.min(65464, mtu - 32);
+  } catch { /* interface gone or not Linux: the common Ethernet value */ }
+  return 1468;
+}
+
 export async function startTftp(ctx: Context): Promise<Service & { port: number }> {
   const nodes = ctx.nodes;
   const server = await createTftpServer({
     port: ctx.config.tftp.port,
+    maxBlksize: blksizeForInterface(ctx.config.interface),
     resolve: async (path, client) => {
       const node = nodes.byIp(client.address);
       const r = await resolveRequest(path, {
