@@ -7,7 +7,13 @@ import { defaultConfig } from "../src/config.ts";
 import type { Context } from "../src/context.ts";
 import { buildApp, openContext } from "../src/server.ts";
 import { readConsole } from "../src/vnode/api.ts";
-import { parseDiskList, startVnodes, VnodeManager, vnodeManager } from "../src/vnode/manager.ts";
+import {
+  parseDiskList,
+  qmpSocketPath,
+  startVnodes,
+  VnodeManager,
+  vnodeManager,
+} from "../src/vnode/manager.ts";
 import { missingTool } from "../src/vnode/exec.ts";
 
 async function withCtx(fn: (ctx: Context, dir: string) => Promise<void>): Promise<void> {
@@ -175,4 +181,16 @@ Deno.test("console reader: a log shorter than the offset (rotated) restarts at 0
   } finally {
     await Deno.remove(f);
   }
+});
+
+Deno.test("QMP sockets stay within the unix path limit", () => {
+  assert.equal(
+    qmpSocketPath("/var/lib/netroot/nodes/x/vm"),
+    "/var/lib/netroot/nodes/x/vm/qmp.sock",
+  );
+  const deep = "/" + "d".repeat(120) + "/vm";
+  const p = qmpSocketPath(deep);
+  assert.ok(p.length <= 107);
+  assert.equal(qmpSocketPath(deep), p); // stable
+  assert.notEqual(qmpSocketPath(deep + "2"), p);
 });

@@ -4,7 +4,8 @@
 // the qemu process (the node stays registered; `node reboot` starts it again). Reboot resets the
 // VM through QMP, or restarts qemu when its ram/cpus/disks changed since it started.
 // Files under ctx.data.vm(mac): disk<i>.img/.json, console.log (serial, appended), qemu.log
-// (qemu's stderr), qmp.sock, qemu.pid.
+// (qemu's stderr), qmp.sock (see qmpSocketPath), qemu.pid.
+import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import type { Context, Service } from "../context.ts";
@@ -224,6 +225,7 @@ export class VnodeManager {
     await this.#lock(node.mac, async () => {
       await this.#stop(node.mac, "removed");
       this.ctx.nodes.forget(node.mac); // cascades to the vnodes row
+      await Deno.remove(qmpSocketPath(this.ctx.data.vm(node.mac))).catch(() => {});
       await Deno.remove(this.ctx.data.vm(node.mac), { recursive: true }).catch(() => {});
     });
   }
@@ -234,7 +236,7 @@ export class VnodeManager {
       const r = this.#running.get(mac);
       const node = this.ctx.nodes.get(mac);
       if (r && r.spec === JSON.stringify(this.spec(node))) {
-        await qmp(join(this.ctx.data.vm(mac), "qmp.sock"), "system_reset");
+        await qmp(qmpSocketPath(this.ctx.data.vm(mac)), "system_reset");
         recordEvent(this.ctx.db, mac, "vnode.reset", {});
         return;
       }
@@ -256,7 +258,7 @@ export class VnodeManager {
     const consoleLog = join(vm, "console.log");
     const size = await Deno.stat(consoleLog).then((s) => s.size, () => 0);
     if (size > consoleRotateBytes) await Deno.rename(consoleLog, `${consoleLog}.1`);
-    const qmpSocket = join(vm, "qmp.sock");
+    const qmpSocket = qmpSocketPath(vm);
     await Deno.remove(qmpSocket).catch(() => {});
     const accel = await chooseAccel(this.ctx.config.vnode.accel, {
       kernels: this.#probeKernels(),
@@ -420,6 +422,14 @@ export class VnodeManager {
   }
 }
 
+/** A unix socket path holds at most 107 bytes: a deep data dir gets its sockets in /tmp, named
+ *  by a hash of the VM directory (stable across restarts). */
+export function qmpSocketPath(vm: string): string {
+  const p = join(vm, "qmp.sock");
+  if (new TextEncoder().encode(p).length <= 100) return p;
+  return `/tmp/netroot-qmp-${createHash("sha256").update(vm).digest("hex").slice(0, 16)}.sock`;
+}
+
 const delay = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** A qemu left running by a server that died (kill -9) still holds the tap and disks: end it. */
@@ -429,7 +439,7 @@ async function killStale(vm: string): Promise<void> {
   if (!pid) return;
   const cmdline = await Deno.readTextFile(`/proc/${pid}/cmdline`).catch(() => "");
   // Only a qemu whose command line names this VM's QMP socket is ours to kill.
-  if (cmdline.includes(join(vm, "qmp.sock"))) {
+  if (cmdline.includes(qmpSocketPath(vm))) {
     log.warn("stopping a stale qemu from a previous server run", { pid });
     try {
       Deno.kill(pid, "SIGKILL");
