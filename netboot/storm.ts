@@ -2,8 +2,7 @@
 // DHCP as a PXE ROM, TFTP of the iPXE binary, DHCP again as iPXE, HTTP of its script, then HTTP
 // of the kernel and initramfs the script names. Run it on a host (or netns) attached to the boot
 // network; all simulated clients share one interface and are told apart by MAC and xid.
-import dgram from "node:dgram";
-import { Buffer } from "node:buffer";
+import { tftpGet } from "./tftp/client.ts";
 import { UdpSocket } from "../src/linux/udp.ts";
 import { BOOTREQUEST, decode, type DhcpPacket, encode } from "./dhcp4/packet.ts";
 import { MessageType, Opt, readIp, readText, text, u16, u8 } from "./dhcp4/options.ts";
@@ -177,92 +176,6 @@ export function bootfileOf(p: DhcpPacket): string | undefined {
   return readText(p.options.get(Opt.bootfile)) || p.file || undefined;
 }
 
-/** RFC 1350 + 2347/2348/2349 client (octet, blksize, tsize): returns the byte count. */
-export async function tftpGet(
-  server: string,
-  file: string,
-  o: { port?: number; blksize?: number; timeoutMs?: number; retries?: number } = {},
-): Promise<number> {
-  const sock = dgram.createSocket("udp4");
-  await new Promise<void>((r) => sock.bind(0, r));
-  const queue: { msg: Uint8Array; port: number }[] = [];
-  let wake: (() => void) | undefined;
-  sock.on("message", (msg: Uint8Array, rinfo: { port: number }) => {
-    queue.push({ msg, port: rinfo.port });
-    wake?.();
-  });
-  const next = (ms: number) =>
-    new Promise<{ msg: Uint8Array; port: number } | null>((resolve) => {
-      if (queue.length) return resolve(queue.shift()!);
-      const t = setTimeout(() => {
-        wake = undefined;
-        resolve(null);
-      }, ms);
-      wake = () => {
-        clearTimeout(t);
-        wake = undefined;
-        resolve(queue.shift()!);
-      };
-    });
-  const send = (b: Uint8Array, port: number) =>
-    new Promise<void>((r, j) => sock.send(Buffer.from(b), port, server, (e) => e ? j(e) : r()));
-  const blksize = o.blksize ?? 1432;
-  const z = (s: string) => [...new TextEncoder().encode(s), 0];
-  const rrq = new Uint8Array([
-    0,
-    1,
-    ...z(file),
-    ...z("octet"),
-    ...z("blksize"),
-    ...z(String(blksize)),
-    ...z("tsize"),
-    ...z("0"),
-  ]);
-  const ack = (n: number) => new Uint8Array([0, 4, (n >> 8) & 255, n & 255]);
-  try {
-    let last = rrq, lastPort = o.port ?? 69, tid = 0, expect = 1, size = 0, block = 512;
-    await send(last, lastPort);
-    for (let tries = 0;;) {
-      const m = await next(o.timeoutMs ?? 2000);
-      if (!m) {
-        if (++tries > (o.retries ?? 5)) throw new Error(`TFTP ${file}: timeout`);
-        await send(last, lastPort);
-        continue;
-      }
-      if (tid && m.port !== tid) continue; // another TID: ignore (RFC 1350 would send ERROR 5)
-      const op = (m.msg[0] << 8) | m.msg[1];
-      if (op === 5) {
-        const msg = new TextDecoder().decode(m.msg.subarray(4, m.msg.indexOf(0, 4)));
-        throw new Error(`TFTP ${file}: error ${(m.msg[2] << 8) | m.msg[3]} ${msg}`);
-      }
-      tid = m.port;
-      if (op === 6) { // OACK: our options accepted
-        const parts = new TextDecoder().decode(m.msg.subarray(2)).split("\0");
-        const i = parts.indexOf("blksize");
-        if (i >= 0) block = Number(parts[i + 1]);
-        last = ack(0);
-        lastPort = tid;
-        await send(last, tid);
-        tries = 0;
-        continue;
-      }
-      if (op !== 3) continue;
-      const n = (m.msg[2] << 8) | m.msg[3];
-      if (n === (expect & 0xffff)) {
-        size += m.msg.length - 4;
-        expect++;
-        tries = 0;
-        last = ack(n);
-        lastPort = tid;
-        await send(last, tid);
-        if (m.msg.length - 4 < block) return size;
-      } else await send(ack(n), tid); // duplicate: re-ACK it
-    }
-  } finally {
-    sock.close();
-  }
-}
-
 async function httpGet(url: string): Promise<{ bytes: number; script?: string }> {
   const res = await fetch(url);
   if (!res.ok) {
@@ -329,7 +242,9 @@ async function bootOne(
   const file = bootfileOf(pxeAck);
   if (!file) throw new Error("PXE: no boot file in the ACK");
   const next = pxeAck.siaddr !== ZERO ? pxeAck.siaddr : readIp(pxeAck.options.get(Opt.serverId))!;
-  if (o.tftp ?? true) bytes += await tftpGet(next, file, { timeoutMs: t });
+  if (o.tftp ?? true) {
+    bytes += (await tftpGet(next, 69, file, { blksize: 1432, tsize: true, timeoutMs: t })).length;
+  }
   const ipxeAck = await port.lease({ mac, kind: "ipxe" }, t);
   count();
   const script = bootfileOf(ipxeAck);

@@ -45,6 +45,10 @@ export interface TftpServerOptions {
   port: number;
   /** Address to listen on (default 0.0.0.0); transfer sockets bind to it too. */
   host?: string;
+  /** Source address of transfers when listening on 0.0.0.0: the server address clients were
+   *  told (siaddr). Without it the kernel picks by route, which is wrong when the boot address
+   *  is a secondary one, and firmware then rejects the replies (UEFI: connection refused). */
+  transferIp?: string;
   resolve(path: string, client: ClientAddress): Promise<ResolveResult>;
   onTransfer?(e: TransferEvent): void;
   /** Largest blksize granted (default 65464, the RFC 2348 maximum). */
@@ -208,7 +212,7 @@ export async function createTftpServer(opts: TftpServerOptions): Promise<TftpSer
     const end = await pool.run({
       ip: client.address,
       port: client.port,
-      bindIp: host,
+      bindIp: opts.transferIp ?? host,
       data,
       blksize: n.blksize,
       windowsize: n.windowsize,
@@ -264,6 +268,7 @@ export async function startTftp(ctx: Context): Promise<Service & { port: number 
   const nodes = ctx.nodes;
   const server = await createTftpServer({
     port: ctx.config.tftp.port,
+    transferIp: ctx.config.serverIp,
     maxBlksize: blksizeForInterface(ctx.config.interface),
     resolve: async (path, client) => {
       const node = nodes.byIp(client.address);
