@@ -14,9 +14,12 @@ while read -r p; do
   [ -z "$p" ] || [ "${p#\#}" != "$p" ] && continue
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done < tools/apt-packages.txt
+# The e2e tests `apt-get download` the kernel and busybox-static: package lists must exist.
+if [ ${#missing[@]} -gt 0 ] || ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1; then
+  apt-get update -q
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "test.sh: installing Debian packages: ${missing[*]}"
-  apt-get update -q
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 if [ ! -x tools/node_modules/.bin/deno ]; then npm ci --prefix tools --no-audit --no-fund; fi
