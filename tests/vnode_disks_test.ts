@@ -17,14 +17,20 @@ async function sh(cmd: string, args: string[]): Promise<string> {
   return new TextDecoder().decode(out.stdout);
 }
 
-Deno.test("disk specs: sizes, templates, WalT aliases, and clear errors", () => {
+Deno.test("disk specs: sizes, templates (WalT's names kept as given), and clear errors", () => {
   assert.deepEqual(parseDiskSpec("8G"), { size: 8e9, template: "none" });
   assert.deepEqual(parseDiskSpec("64M[template=ext4]"), { size: 64e6, template: "ext4" });
+  // WalT's template names stay distinct: they create WalT's directory name (walt_hybrid/).
   assert.deepEqual(parseDiskSpec("1T[template=hybrid-boot-v]"), {
     size: 1e12,
-    template: "hybrid-volatile",
+    template: "hybrid-boot-v",
   });
-  assert.equal(parseDiskSpec("2G[template=hybrid-boot-p]").template, "hybrid-persistent");
+  assert.equal(parseDiskSpec("2G[template=hybrid-boot-p]").template, "hybrid-boot-p");
+  assert.equal(
+    formatDisk(parseDiskSpec("2G[template=hybrid-boot-p]")),
+    "2G[template=hybrid-boot-p]",
+  );
+  assert.equal(parseDiskSpec("2G[template=hybrid-persistent]").template, "hybrid-persistent");
   assert.equal(formatDisk(parseDiskSpec("2G[template=fat32]")), "2G[template=fat32]");
   assert.equal(parseSize("512M"), 512e6);
   for (
@@ -34,16 +40,16 @@ Deno.test("disk specs: sizes, templates, WalT aliases, and clear errors", () => 
   }
   assert.throws(
     () => parseDiskSpec("8G[template=zfs]"),
-    /unknown disk template zfs.*hybrid-volatile/,
+    /unknown disk template zfs.*hybrid-volatile.*hybrid-boot-p/,
   );
   assert.throws(() => parseDiskSpec("10M[template=ext4]"), /needs at least 64M/);
   assert.deepEqual(checkDisk({ size: "1G", template: "hybrid-boot-p" }), {
     size: 1e9,
-    template: "hybrid-persistent",
+    template: "hybrid-boot-p",
   });
 });
 
-Deno.test("disk templates: partition table, filesystems, walt-hybrid/ marker, sparse files", async () => {
+Deno.test("disk templates: partition table, filesystems, walt-hybrid/ and walt_hybrid/ markers, sparse files", async () => {
   const dir = await Deno.makeTempDir({ prefix: "nr-vnode-disks-" });
   try {
     const specs: DiskSpec[] = [
@@ -52,9 +58,11 @@ Deno.test("disk templates: partition table, filesystems, walt-hybrid/ marker, sp
       { size: 64e6, template: "fat32" },
       { size: 64e6, template: "hybrid-volatile" },
       { size: 1e9, template: "hybrid-persistent" },
+      { size: 64e6, template: "hybrid-boot-v" },
+      { size: 64e6, template: "hybrid-boot-p" },
     ];
     const paths = await ensureDisks(dir, specs);
-    assert.equal(paths.length, 5);
+    assert.equal(paths.length, 7);
     for (const [i, p] of paths.entries()) {
       const st = await Deno.stat(p);
       assert.equal(st.size, specs[i].size);
@@ -62,7 +70,7 @@ Deno.test("disk templates: partition table, filesystems, walt-hybrid/ marker, sp
     }
     // none: nothing written at all.
     assert.equal((await Deno.stat(paths[0])).blocks, 0);
-    for (const i of [1, 2, 3, 4]) {
+    for (const i of [1, 2, 3, 4, 5, 6]) {
       const part = JSON.parse(await sh("sfdisk", ["-J", paths[i]])).partitiontable.partitions;
       assert.equal(part.length, 1);
       assert.equal(part[0].start, 2048);
@@ -83,6 +91,18 @@ Deno.test("disk templates: partition table, filesystems, walt-hybrid/ marker, sp
     assert.doesNotMatch(vol, /\.persistent/);
     assert.match(await sh("debugfs", ["-R", "stat /walt-hybrid", at(paths[3])]), /Type: directory/);
     assert.match(await sh("debugfs", ["-R", "ls -l /walt-hybrid", at(paths[4])]), /\.persistent/);
+    // WalT's templates: walt_hybrid/ only (never both names on one partition).
+    const rootOf = (i: number) => sh("debugfs", ["-R", "ls /", at(paths[i])]);
+    for (const i of [3, 4]) assert.doesNotMatch(await rootOf(i), /walt_hybrid/);
+    for (const i of [5, 6]) {
+      assert.match(await rootOf(i), /walt_hybrid/);
+      assert.doesNotMatch(await rootOf(i), /walt-hybrid/);
+    }
+    assert.doesNotMatch(
+      await sh("debugfs", ["-R", "ls -l /walt_hybrid", at(paths[5])]),
+      /\.persistent/,
+    );
+    assert.match(await sh("debugfs", ["-R", "ls -l /walt_hybrid", at(paths[6])]), /\.persistent/);
     // The filesystem fits the partition (sized from the partition, not the file).
     const blocks = Number(
       /Block count:\s+(\d+)/.exec(await sh("dumpe2fs", ["-h", at(paths[4])]))![1],

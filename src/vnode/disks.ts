@@ -6,7 +6,14 @@ import { join } from "node:path";
 import { UserError } from "../errors.ts";
 import { runTool } from "./exec.ts";
 
-export type Template = "none" | "ext4" | "fat32" | "hybrid-volatile" | "hybrid-persistent";
+export type Template =
+  | "none"
+  | "ext4"
+  | "fat32"
+  | "hybrid-volatile"
+  | "hybrid-persistent"
+  | "hybrid-boot-v"
+  | "hybrid-boot-p";
 export interface DiskSpec {
   /** Bytes. */
   size: number;
@@ -19,11 +26,19 @@ const templates: readonly Template[] = [
   "fat32",
   "hybrid-volatile",
   "hybrid-persistent",
+  "hybrid-boot-v",
+  "hybrid-boot-p",
 ];
-/** WalT's names for the hybrid templates. */
-const aliases: Record<string, Template> = {
-  "hybrid-boot-v": "hybrid-volatile",
-  "hybrid-boot-p": "hybrid-persistent",
+/** The hybrid templates: the directory they create and whether it is marked `.persistent`.
+ *  WalT's own templates (hybrid-boot-v/-p) create WalT's directory name `walt_hybrid/`; netroot's
+ *  (hybrid-volatile/-persistent) the spec's `walt-hybrid/`. The node accepts both. */
+export const hybridTemplates: Readonly<
+  Record<string, { dir: "walt-hybrid" | "walt_hybrid"; persistent: boolean }>
+> = {
+  "hybrid-volatile": { dir: "walt-hybrid", persistent: false },
+  "hybrid-persistent": { dir: "walt-hybrid", persistent: true },
+  "hybrid-boot-v": { dir: "walt_hybrid", persistent: false },
+  "hybrid-boot-p": { dir: "walt_hybrid", persistent: true },
 };
 /** Decimal units, as WalT (`32G` = 32·10⁹ bytes). */
 const units: Record<string, number> = { M: 1e6, G: 1e9, T: 1e12 };
@@ -33,15 +48,10 @@ export const partitionOffset = 1024 * 1024;
 const minFormatted = 64e6;
 
 export function parseTemplate(s: string): Template {
-  const t = aliases[s] ?? s;
-  if (!(templates as readonly string[]).includes(t)) {
-    throw new UserError(
-      `unknown disk template ${s}: expected one of ${
-        templates.join(", ")
-      }, hybrid-boot-v, hybrid-boot-p`,
-    );
+  if (!(templates as readonly string[]).includes(s)) {
+    throw new UserError(`unknown disk template ${s}: expected one of ${templates.join(", ")}`);
   }
-  return t as Template;
+  return s as Template;
 }
 
 export function parseSize(s: string): number {
@@ -172,13 +182,12 @@ async function formatPartition(img: string, t: Exclude<Template, "none">): Promi
   }
   const args = ["-q", "-F", "-b", "4096", "-E", `offset=${partitionOffset}`];
   let stage: string | undefined;
-  if (t !== "ext4") {
-    // The hybrid boot mode looks for a walt-hybrid/ directory (.persistent: keep the upper layer).
+  const hybrid = hybridTemplates[t];
+  if (hybrid) {
+    // The hybrid boot mode looks for this directory (.persistent: keep the upper layer).
     stage = await Deno.makeTempDir({ prefix: "netroot-disk-" });
-    await Deno.mkdir(join(stage, "walt-hybrid"));
-    if (t === "hybrid-persistent") {
-      await Deno.writeTextFile(join(stage, "walt-hybrid/.persistent"), "");
-    }
+    await Deno.mkdir(join(stage, hybrid.dir));
+    if (hybrid.persistent) await Deno.writeTextFile(join(stage, hybrid.dir, ".persistent"), "");
     args.push("-L", "WALTDATA", "-d", stage);
   }
   try {
