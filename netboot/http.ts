@@ -7,10 +7,10 @@
 //   GET  /boot/ipxe/<file>        iPXE binaries from config.ipxeDir (UEFI HTTP boot, see dhcp4)
 // <mac> may be aa:bb:…, aa-bb-… (iPXE ${net0/mac:hexhyp}) or 12 hex digits. Every fetch lands on
 // the node's timeline (events table).
+import { resolveInRoot as resolveImagePath } from "../src/rootpath.ts";
 import { Hono } from "hono";
 import type { Context as HonoContext } from "hono";
-import { lstat, readlink } from "node:fs/promises";
-import { isAbsolute, join } from "node:path";
+import { join } from "node:path";
 import type { Context } from "../src/context.ts";
 import { dropBoot, findBoot, openBoot, recordStage } from "../src/boots.ts";
 import { notFound, UserError } from "../src/errors.ts";
@@ -61,36 +61,18 @@ export function parseRange(
   return { start, end };
 }
 
-/**
- * `path` (absolute, inside an image) resolved to a real file under `root`, following symlinks as if
- * `root` were `/` (absolute targets are re-rooted, `..` stops at the root): an image's
- * /vmlinuz -> boot/vmlinuz-… or -> /boot/vmlinuz-… must not reach the server's own files.
- */
-export async function resolveInRoot(root: string, path: string): Promise<string> {
-  let todo = path.split("/").filter((c) => c && c !== ".");
-  const done: string[] = [];
-  for (let hops = 0; todo.length > 0;) {
-    const c = todo.shift()!;
-    if (c === "..") {
-      done.pop();
-      continue;
+/** `path` (absolute, inside an image) resolved to a file under `root` (src/rootpath.ts); a missing
+ *  one is NotFound in the image's terms (the server's own paths are none of the node's business). */
+export function resolveInRoot(root: string, path: string): Promise<string> {
+  try {
+    const r = resolveImagePath(root, path);
+    if (r.missing) {
+      throw new Deno.errors.NotFound(`${path}: ${r.missing} does not exist in the image`);
     }
-    const here = join(root, ...done, c);
-    const st = await lstat(here).catch((e) => {
-      // Say it in the image's terms; the server's own paths are none of the node's business.
-      if (e.code !== "ENOENT") throw e;
-      throw new Deno.errors.NotFound(
-        `${path}: /${[...done, c].join("/")} does not exist in the image`,
-      );
-    });
-    if (st.isSymbolicLink()) {
-      if (++hops > 40) throw new Error(`too many symbolic links resolving ${path}`);
-      const target = await readlink(here);
-      if (isAbsolute(target)) done.length = 0;
-      todo = [...target.split("/").filter((x) => x && x !== "."), ...todo];
-    } else done.push(c);
+    return Promise.resolve(r.host);
+  } catch (e) {
+    return Promise.reject(e);
   }
-  return join(root, ...done);
 }
 
 // 512 KiB reads: measured on loopback, 256–512 KiB keep up with nginx's sendfile where file.readable's

@@ -1,6 +1,7 @@
 // Steps 1, 4, 5, 7 on the mount side: API filesystems, tmpfs + overlay, /persist, moving the API
 // mounts into the new root, freeing the initramfs, switch_root. Each step is a small function so
 // the privileged test drives the very same sequence with a bind mount as the lower layer.
+import { resolveInRoot as resolveImagePath } from "../src/rootpath.ts";
 import { removeSameDevice } from "../src/linux/exec.ts";
 import {
   fsType,
@@ -68,39 +69,16 @@ export function mountOverlay(l: Layout, tmpfsSize: string): void {
   );
 }
 
-/**
- * Resolves `path` inside `root` as chroot(root) would (absolute symlinks are relative to root).
- * Returns the host-side path of the target, or undefined when it does not exist. Used to check
- * the image's init before the point of no return.
- */
+/** The host-side path of `path` inside the new root as chroot(root) would see it
+ *  (src/rootpath.ts), or undefined when it does not exist. Used to check the image's init before
+ *  the point of no return. */
 export function resolveInRoot(root: string, path: string, hops = 40): string | undefined {
-  const base = root.replace(/\/+$/, "");
-  let rest = path.split("/").filter(Boolean);
-  const cur: string[] = [];
-  while (rest.length) {
-    const part = rest.shift()!;
-    if (part === ".") continue;
-    if (part === "..") {
-      cur.pop();
-      continue;
-    }
-    const host = `${base}/${[...cur, part].join("/")}`;
-    let st: Deno.FileInfo;
-    try {
-      st = Deno.lstatSync(host);
-    } catch {
-      return undefined;
-    }
-    if (!st.isSymlink) {
-      cur.push(part);
-      continue;
-    }
-    if (--hops < 0) return undefined;
-    const target = Deno.readLinkSync(host);
-    if (target.startsWith("/")) cur.length = 0;
-    rest = [...target.split("/").filter(Boolean), ...rest];
+  try {
+    const r = resolveImagePath(root, path, hops);
+    return r.missing ? undefined : r.host;
+  } catch {
+    return undefined;
   }
-  return `${base}/${cur.join("/")}`;
 }
 
 /** True when `path` (inside `root`) resolves to an executable regular file. */

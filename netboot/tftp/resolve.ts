@@ -2,7 +2,8 @@
 // iPXE dir) and, for a known node, `/boot` of the node's current image. Image symlinks are resolved
 // as if the image root were `/` (Debian's /vmlinuz -> boot/vmlinuz-…, or absolute links), and a
 // file that ends up outside the image's /boot is refused.
-import { lstat, readlink, realpath } from "node:fs/promises";
+import { resolveInRoot as resolveImagePath } from "../../src/rootpath.ts";
+import { lstat, realpath } from "node:fs/promises";
 import { join } from "node:path";
 import { ErrorCode } from "./packet.ts";
 
@@ -43,47 +44,23 @@ export function cleanFilename(name: string): { parts: string[] } | { refused: st
   return { parts };
 }
 
-/**
- * Resolves `parts` inside `root` like a chroot would: symlinks are followed with absolute targets
- * taken relative to `root`, and `..` may not climb above it. Returns the real path of an existing
- * regular file, or a refusal.
- */
+/** `parts` inside `root` as chroot would see them (src/rootpath.ts); a `..` climbing above the
+ *  root is refused, and only an existing regular file is served. */
 export async function resolveInRoot(root: string, parts: string[]): Promise<Resolution> {
-  const stack = [...parts].reverse(); // components still to walk, next one last
-  const here: string[] = []; // components walked so far (no symlinks among them)
-  let hops = 0;
-  while (stack.length) {
-    const part = stack.pop()!;
-    if (part === "" || part === ".") continue;
-    if (part === "..") {
-      if (here.length === 0) return refuse("symlink escapes the served root");
-      here.pop();
-      continue;
-    }
-    const path = join(root, ...here, part);
-    let st;
-    try {
-      st = await lstat(path);
-    } catch {
-      return notFound();
-    }
-    if (st.isSymbolicLink()) {
-      if (++hops > 40) return refuse("too many symlinks");
-      const target = await readlink(path);
-      if (target.startsWith("/")) here.length = 0;
-      stack.push(...target.split("/").reverse());
-      continue;
-    }
-    if (stack.length && !st.isDirectory()) return notFound();
-    here.push(part);
-  }
-  const file = join(root, ...here);
+  let r;
   try {
-    if (!(await lstat(file)).isFile()) return notFound("not a regular file");
+    r = resolveImagePath(root, parts.join("/"));
+  } catch {
+    return refuse("too many symlinks");
+  }
+  if (r.escaped) return refuse("symlink escapes the served root");
+  if (r.missing) return notFound();
+  try {
+    if (!(await lstat(r.host)).isFile()) return notFound("not a regular file");
   } catch {
     return notFound();
   }
-  return { file };
+  return { file: r.host };
 }
 
 export interface NodeBootRoot {

@@ -1,5 +1,6 @@
 // Builds the node initramfs (layout: docs/architecture.md "Initramfs layout") as a zstd- or
 // gzip-compressed newc cpio, cached per (image, kernel version, program version) under the data dir.
+import { resolveInRoot as resolveImagePath } from "../rootpath.ts";
 import { once } from "node:events";
 import { createWriteStream } from "node:fs";
 import { dirname, join } from "node:path";
@@ -49,30 +50,7 @@ function compressor(c: Compression) {
 
 /** Symlinks of the image resolved inside its tree (an absolute link must not reach the host). */
 export function resolveInRoot(root: string, path: string): string {
-  const parts = path.split("/").filter(Boolean);
-  const done: string[] = [];
-  let hops = 0;
-  while (parts.length) {
-    const part = parts.shift()!;
-    if (part === ".") continue;
-    if (part === "..") {
-      done.pop();
-      continue;
-    }
-    const host = join(root, ...done, part);
-    let target: string | undefined;
-    try {
-      if (Deno.lstatSync(host).isSymlink) target = Deno.readLinkSync(host);
-    } catch { /* missing: the caller's stat reports it */ }
-    if (target === undefined) {
-      done.push(part);
-      continue;
-    }
-    if (++hops > 40) throw new UserError(`too many symlinks resolving ${path} in the image`);
-    if (target.startsWith("/")) done.length = 0;
-    parts.unshift(...target.split("/").filter(Boolean));
-  }
-  return join(root, ...done);
+  return resolveImagePath(root, path).host;
 }
 
 /** Archive contents in write order; parents are added as directories before their children. */

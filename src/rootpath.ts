@@ -1,0 +1,46 @@
+// Paths inside an image tree, resolved as chroot(root) would: absolute symlink targets are taken
+// relative to the root and `..` stops at the root, so an image's `/vmlinuz -> /boot/vmlinuz-…` or
+// a hostile `../../etc/shadow` never reaches the host's files. Shared by the HTTP and TFTP boot
+// routes, the initramfs builder and the node init (which checks the image's /sbin/init).
+
+export interface RootPath {
+  /** Host path of the target (under root); what exists of it when `missing` is set. */
+  host: string;
+  /** The first component that does not exist, in the image's terms ("/boot/vmlinuz-6.1"). */
+  missing?: string;
+  /** True when a `..` tried to climb above the root (clamped, as the kernel does). */
+  escaped: boolean;
+}
+
+export function resolveInRoot(root: string, path: string, maxLinks = 40): RootPath {
+  const base = root.replace(/\/+$/, "");
+  let todo = path.split("/").filter((c) => c && c !== ".");
+  const done: string[] = [];
+  let escaped = false;
+  for (let links = 0; todo.length;) {
+    const c = todo.shift()!;
+    if (c === "..") {
+      if (!done.length) escaped = true;
+      done.pop();
+      continue;
+    }
+    const host = `${base}/${[...done, c].join("/")}`;
+    let st: Deno.FileInfo;
+    try {
+      st = Deno.lstatSync(host);
+    } catch {
+      return {
+        host: `${base}/${[...done, c, ...todo].join("/")}`,
+        missing: `/${[...done, c].join("/")}`,
+        escaped,
+      };
+    }
+    if (st.isSymlink) {
+      if (++links > maxLinks) throw new Error(`too many symbolic links resolving ${path}`);
+      const target = Deno.readLinkSync(host);
+      if (target.startsWith("/")) done.length = 0;
+      todo = [...target.split("/").filter((x) => x && x !== "."), ...todo];
+    } else done.push(c);
+  }
+  return { host: `${base}/${done.join("/")}`, escaped };
+}
