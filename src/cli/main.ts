@@ -43,7 +43,7 @@ const commands: Record<string, { summary: string; load: () => Promise<Command> }
   },
   help: {
     summary: "this help; `help show boot-modes` prints the boot-modes guide",
-    load: async () => help,
+    load: () => Promise.resolve(help),
   },
 };
 
