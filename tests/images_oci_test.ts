@@ -189,3 +189,51 @@ Deno.test("OCI layout with a layer that does not match its digest: clear error, 
     await t.close();
   }
 });
+
+Deno.test("multi-platform OCI index: the linux/amd64 image is applied, attestations ignored", async () => {
+  const t = await tempStore();
+  try {
+    const l1 = `${t.dir}/l1`;
+    write(l1, "/etc/os-release", "ID=test\n");
+    fixTimes(l1);
+    const lay = ociLayout(t.dir, { layer1: ["-C", l1, "."], layer2: ["-C", l1, "./etc"] });
+    const single = await t.store.import(lay, "single");
+    const index = JSON.parse(Deno.readTextFileSync(`${lay}/index.json`));
+    const amd64 = index.manifests[0];
+    const nested = JSON.stringify({
+      schemaVersion: 2,
+      mediaType: "application/vnd.oci.image.index.v1+json",
+      manifests: [
+        {
+          ...amd64,
+          digest: `sha256:${"1".repeat(64)}`,
+          platform: { os: "linux", architecture: "arm64" },
+        },
+        { ...amd64, platform: { os: "linux", architecture: "amd64" } },
+        {
+          ...amd64,
+          digest: `sha256:${"2".repeat(64)}`,
+          platform: { os: "unknown", architecture: "unknown" },
+        },
+      ],
+    });
+    const d = sha(nested);
+    Deno.writeTextFileSync(`${lay}/blobs/sha256/${d}`, nested);
+    Deno.writeTextFileSync(
+      `${lay}/index.json`,
+      JSON.stringify({
+        schemaVersion: 2,
+        manifests: [{
+          mediaType: "application/vnd.oci.image.index.v1+json",
+          digest: `sha256:${d}`,
+          size: nested.length,
+        }],
+      }),
+    );
+    t.store.remove("single");
+    const multi = await t.store.import(lay, "multi");
+    assert.equal(multi.id, single.id);
+  } finally {
+    await t.close();
+  }
+});
