@@ -268,8 +268,10 @@ export async function extractArchive(
       // A member listed twice was overwritten: its early digest may be of the old content.
       if (paths.has(rel)) relisted.add(rel);
       paths.set(rel, dir);
-      if (first && looksLikeImageArchive.test(rel)) hashing = false; // layers, not a rootfs
-      first = false;
+      if (first && rel !== "/") {
+        if (looksLikeImageArchive.test(rel)) hashing = false; // blobs of layers, not a rootfs
+        first = false;
+      }
       if (hashing && prev !== undefined) hasher!.post(prev, dest + prev);
       prev = dir ? undefined : rel;
     };
