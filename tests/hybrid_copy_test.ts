@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { manifestText } from "../src/manifest.ts";
 import { scanTree } from "../src/images/walk.ts";
-import { lsetxattr } from "../src/linux/fsops.ts";
+import { setXattr as lsetxattr } from "../src/linux/xattr.ts";
 import { copyPaths, ensureLocalCopy, HybridError } from "../hybrid/copy.ts";
 import { makeRoom, prepareHybridRoot } from "../hybrid/mode.ts";
 import { loopExt4, run } from "./support/ext4disk.ts";

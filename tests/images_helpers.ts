@@ -3,7 +3,7 @@
 import { DataDir } from "../src/datadir.ts";
 import { type Db, openDatabase } from "../src/db.ts";
 import { ImageStore } from "../src/images/store.ts";
-import { setXattr } from "../src/images/xattr.ts";
+import { setXattr } from "../src/linux/xattr.ts";
 import { setLogSink } from "../src/log.ts";
 
 setLogSink(() => {}); // keep test output readable

@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { parseManifest } from "../src/manifest.ts";
-import { listXattrs } from "../src/images/xattr.ts";
+import { listXattrs } from "../src/linux/xattr.ts";
 import {
   buildSampleTree,
   dirEntries,

@@ -9,6 +9,7 @@
 // Same content imported again (any name): no second copy; the existing image is returned with
 // existed=true and keeps its name (`image import` prints "already imported as NAME (id …)").
 // A name already used by another image is refused (409) before any work is done.
+import { syncfs } from "../linux/fsops.ts";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import type { DataDir } from "../datadir.ts";
@@ -180,6 +181,9 @@ export class ImageStore {
         // Another import of the same content won the rename; its row is (or will be) there.
         if (!(await Deno.stat(this.data.manifest(id)).catch(() => null))) throw e;
       }
+      // The row promises a complete tree: flush it first (a power cut must not leave a row over
+      // half-written files; one syncfs instead of an fsync per file).
+      syncfs(this.data.image(id));
       const createdAt = new Date().toISOString();
       try {
         this.db.prepare(

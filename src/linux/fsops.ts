@@ -1,4 +1,4 @@
-// File-system calls Deno does not expose: lchown, utimensat (no-follow), mknod, l*xattr, syncfs,
+// File-system calls Deno does not expose: lchown, utimensat (no-follow), mknod, syncfs,
 // statvfs, fsync of a directory. Used by the hybrid copy (node side) and by image tools.
 import { check, cstr, openLibc } from "./libc.ts";
 
@@ -13,7 +13,6 @@ function open() {
       lchown: { parameters: ["buffer", "u32", "u32"], result: "i32" },
       utimensat: { parameters: ["i32", "buffer", "buffer", "i32"], result: "i32" },
       mknod: { parameters: ["buffer", "u32", "u64"], result: "i32" },
-      lsetxattr: { parameters: ["buffer", "buffer", "buffer", "usize", "i32"], result: "i32" },
       open: { parameters: ["buffer", "i32", "u32"], result: "i32" },
       close: { parameters: ["i32"], result: "i32" },
       syncfs: { parameters: ["i32"], result: "i32" },
@@ -55,15 +54,6 @@ export const S_IFCHR = 0o020000, S_IFBLK = 0o060000, S_IFIFO = 0o010000, S_IFSOC
 
 export function mknod(path: string, mode: number, major = 0, minor = 0): void {
   check("mknod", libc().mknod(cstr(path), mode, makedev(major, minor)), path);
-}
-
-export function lsetxattr(path: string, name: string, value: Uint8Array): void {
-  const v = new Uint8Array(value); // own buffer for FFI
-  check(
-    "lsetxattr",
-    libc().lsetxattr(cstr(path), cstr(name), v, BigInt(v.length), 0),
-    `${path} ${name}`,
-  );
 }
 
 function withFd<T>(path: string, flags: number, fn: (fd: number) => T): T {

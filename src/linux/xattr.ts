@@ -1,6 +1,6 @@
 // Extended attributes through libc (Deno has no xattr API). The l* variants: never follow symlinks,
 // since a symlink's own attributes (e.g. security.selinux) are what an image carries.
-import { check, cstr, errno, openLibc, SyscallError } from "../linux/libc.ts";
+import { check, cstr, errno, openLibc, SyscallError } from "./libc.ts";
 
 const ENODATA = 61, ENOTSUP = 95, ERANGE = 34;
 
