@@ -1,6 +1,9 @@
 // `netroot serve`: foreground server until SIGINT/SIGTERM.
 import { loadServeConfig } from "../config.ts";
+import { logger } from "../log.ts";
 import { serve } from "../server.ts";
+
+const log = logger("serve");
 
 export const serveHelp = `usage: netroot serve [--data DIR] [--http HOST:PORT] [--config FILE]
                      [--interface IF | --bridge NAME --address A.B.C.D/NN]
@@ -12,7 +15,8 @@ export const serveHelp = `usage: netroot serve [--data DIR] [--http HOST:PORT] [
 
 Runs on embedded defaults: data in ./netroot-data (checkout) or /var/lib/netroot, HTTP on
 0.0.0.0:8080. Without --interface only HTTP runs. --dhcp-mode defaults to full when --dhcp-range
-is given, proxy otherwise (a lab DHCP server keeps handing out addresses).`;
+is given, proxy otherwise (a lab DHCP server keeps handing out addresses).
+SIGINT/SIGTERM stop it cleanly (virtual nodes, ganesha, sockets); a second signal exits at once.`;
 
 export async function run(args: string[]): Promise<number> {
   if (args.includes("--help") || args.includes("-h")) {
@@ -20,12 +24,30 @@ export async function run(args: string[]): Promise<number> {
     return 0;
   }
   const config = await loadServeConfig(args);
-  const server = await serve(config);
+  // Listeners go in before start-up: a signal while services start (reconcile, ganesha, qemu of
+  // the virtual nodes) must close what started, not kill us with children and the bridge left.
+  // A second signal is the admin insisting (a close stuck on an in-flight request): exit now.
   const stop = Promise.withResolvers<void>();
-  for (const sig of ["SIGINT", "SIGTERM"] as const) {
-    Deno.addSignalListener(sig, () => stop.resolve());
+  let stopping = false;
+  const onSignal = () => {
+    if (stopping) {
+      log.warn("second signal: exiting without finishing the clean-up");
+      Deno.exit(130);
+    }
+    stopping = true;
+    stop.resolve();
+  };
+  const signals = ["SIGINT", "SIGTERM"] as const;
+  for (const sig of signals) Deno.addSignalListener(sig, onSignal);
+  try {
+    log.info("starting", { data: config.dataDir });
+    const server = await serve(config);
+    await stop.promise;
+    log.info("stopping");
+    await server.close();
+    log.info("stopped");
+    return 0;
+  } finally {
+    for (const sig of signals) Deno.removeSignalListener(sig, onSignal);
   }
-  await stop.promise;
-  await server.close();
-  return 0;
 }
