@@ -82,6 +82,13 @@ function parseHostPort(s: string): { host: string; port: number } {
   return { host: m[1] || "0.0.0.0", port };
 }
 
+function port(name: string, v: string): number {
+  if (!/^\d{1,5}$/.test(v) || Number(v) > 65535) {
+    throw new UserError(`--${name} expects a port number (0-65535), got ${v}`);
+  }
+  return Number(v);
+}
+
 function bool(name: string, v: string): boolean {
   if (/^(true|yes|1|on)$/i.test(v)) return true;
   if (/^(false|no|0|off)$/i.test(v)) return false;
@@ -109,6 +116,7 @@ export function parseRange(s: string): { start: string; end: string } {
 export async function loadServeConfig(args: string[]): Promise<ServerConfig> {
   const { values } = parseArgs({ args, options: serveOptions, allowPositionals: false });
   const cfg = defaultConfig();
+  let fileSetsDhcpMode = false;
   if (values.config) {
     let file: Partial<ServerConfig>;
     try {
@@ -123,6 +131,7 @@ export async function loadServeConfig(args: string[]): Promise<ServerConfig> {
       nfs: { ...cfg.nfs, ...file.nfs },
       vnode: { ...cfg.vnode, ...file.vnode },
     });
+    fileSetsDhcpMode = file.dhcp?.mode !== undefined;
   }
   if (values.data) cfg.dataDir = values.data;
   if (values.http) cfg.http = parseHostPort(values.http);
@@ -132,11 +141,16 @@ export async function loadServeConfig(args: string[]): Promise<ServerConfig> {
     cfg.bridge = { name: values.bridge, address: values.address };
     cfg.interface ??= values.bridge;
   }
+  if (values.address && !ipv4.test(values.address.split("/")[0])) {
+    throw new UserError(`--address expects A.B.C.D or A.B.C.D/NN, got ${values.address}`);
+  }
   if (values.address && !values.bridge) cfg.serverIp = values.address.split("/")[0];
   if (values["dhcp-range"]) cfg.dhcp.range = parseRange(values["dhcp-range"]);
   if (values["dhcp-mode"]) {
     cfg.dhcp.mode = oneOf("dhcp-mode", values["dhcp-mode"], ["full", "proxy", "off"] as const);
-  } else if (!values.config || cfg.dhcp.range) cfg.dhcp.mode = cfg.dhcp.range ? "full" : "proxy";
+  } else if (!fileSetsDhcpMode) cfg.dhcp.mode = cfg.dhcp.range ? "full" : "proxy";
+  // A config file's values get the same checks as the flags.
+  cfg.dhcp.mode = oneOf("dhcp-mode", cfg.dhcp.mode, ["full", "proxy", "off"] as const);
   if (cfg.dhcp.mode === "full" && !cfg.dhcp.range) {
     throw new UserError("--dhcp-mode full needs --dhcp-range START-END");
   }
@@ -164,7 +178,7 @@ export async function loadServeConfig(args: string[]): Promise<ServerConfig> {
   if (values["register-unknown"]) {
     cfg.dhcp.registerUnknown = bool("register-unknown", values["register-unknown"]);
   }
-  if (values["tftp-port"]) cfg.tftp.port = Number(values["tftp-port"]);
+  if (values["tftp-port"]) cfg.tftp.port = port("tftp-port", values["tftp-port"]);
   if (values["ipxe-dir"]) cfg.ipxeDir = values["ipxe-dir"];
   if (values.nfs) cfg.nfs.mode = oneOf("nfs", values.nfs, ["kernel", "ganesha", "off"] as const);
   if (values["nfs-version"]) {

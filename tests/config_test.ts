@@ -43,6 +43,9 @@ Deno.test("serve config: a DHCP range means full mode; flags parse and validate"
       [["--nfs", "smb"], /one of kernel, ganesha, off/],
       [["--lease-time", "5"], /≥ 60/],
       [["--register-unknown", "maybe"], /true or false/],
+      [["--tftp-port", "sixty-nine"], /port number/],
+      [["--tftp-port", "70000"], /port number/],
+      [["--address", "server.lab"], /A\.B\.C\.D/],
     ] as const
   ) {
     await assert.rejects(
@@ -70,6 +73,22 @@ Deno.test("serve config: a JSON file merges under the flags", async () => {
     assert.equal(c.dhcp.leaseSeconds, 86400);
     await Deno.writeTextFile(f, "{not json");
     await assert.rejects(loadServeConfig(["--config", f]), /cannot read config file/);
+  } finally {
+    await Deno.remove(f);
+  }
+});
+
+Deno.test("serve config: the file's own dhcp.mode is kept (a range does not turn off into full)", async () => {
+  const f = await Deno.makeTempFile({ suffix: ".json" });
+  const range = { start: "10.1.0.10", end: "10.1.0.20" };
+  try {
+    await Deno.writeTextFile(f, JSON.stringify({ dhcp: { mode: "off", range } }));
+    assert.equal((await loadServeConfig(["--config", f])).dhcp.mode, "off");
+    await Deno.writeTextFile(f, JSON.stringify({ dhcp: { mode: "proxy", range } }));
+    assert.equal((await loadServeConfig(["--config", f])).dhcp.mode, "proxy");
+    assert.equal((await loadServeConfig(["--config", f, "--dhcp-mode", "full"])).dhcp.mode, "full");
+    await Deno.writeTextFile(f, JSON.stringify({ dhcp: { mode: "fulll" } }));
+    await assert.rejects(loadServeConfig(["--config", f]), /dhcp-mode must be one of/);
   } finally {
     await Deno.remove(f);
   }
