@@ -1,0 +1,131 @@
+// A realistic OS image for measurements: Debian bookworm minbase with systemd as init
+// (`debootstrap --variant=minbase --include=systemd-sysv`), plus the Debian test kernel and all its
+// modules (as a real installed kernel would have), plus one oneshot unit that prints the NFS bytes
+// read so far on the console once the system is up, then powers off.
+// Cached under <checkout>/.work/minbase/ (gitignored): the debootstrap tree once, the bootable tree
+// per kernel version. Both appear by rename only when complete.
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import type { DebianKernel } from "./kernel.ts";
+
+export const minbaseCacheDir = fileURLToPath(new URL("../../.work/minbase/", import.meta.url));
+
+/** Console line the bench unit prints: `NETROOT-BENCH nfs-read-bytes=N uptime=S`. */
+export const benchLine = /NETROOT-BENCH nfs-read-bytes=(\d+) uptime=([\d.]+)/;
+
+async function run(cmd: string, args: string[]): Promise<string> {
+  const out = await new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).output();
+  const text = new TextDecoder();
+  if (!out.success) {
+    const err = (text.decode(out.stderr) + text.decode(out.stdout)).trim().split("\n").slice(-8);
+    throw new Error(`${cmd} ${args.join(" ")} failed (rc ${out.code}):\n${err.join("\n")}`);
+  }
+  return text.decode(out.stdout);
+}
+
+const exists = (p: string) => Deno.stat(p).then(() => true, () => false);
+
+/** The Debian mirror apt uses on this machine (deb822 or one-line sources). */
+export async function aptMirror(): Promise<string> {
+  const files = ["/etc/apt/sources.list"];
+  const dropIns = await Array.fromAsync(Deno.readDir("/etc/apt/sources.list.d")).catch(() => []);
+  for (const e of dropIns) {
+    if (/\.(list|sources)$/.test(e.name)) files.push(join("/etc/apt/sources.list.d", e.name));
+  }
+  for (const f of files) {
+    const t = await Deno.readTextFile(f).catch(() => "");
+    // deb822: a stanza with URIs: and Suites: bookworm; one-line: deb URI bookworm main.
+    for (const stanza of t.split(/\n\s*\n/)) {
+      const uri = /^URIs:\s*(\S+)/m.exec(stanza)?.[1];
+      if (uri && /^Suites:.*\bbookworm\b/m.test(stanza)) return uri;
+    }
+    const line = /^deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+bookworm\s/m.exec(t)?.[1];
+    if (line) return line;
+  }
+  throw new Error(`no bookworm mirror in ${files.join(", ")}`);
+}
+
+/** The debootstrap tree (built once, ≈ 1 min and 240 MB). */
+export async function minbaseTree(): Promise<string> {
+  const dir = join(minbaseCacheDir, "bookworm-minbase-systemd");
+  if (await exists(join(dir, "usr/lib/systemd/systemd"))) return dir;
+  await Deno.mkdir(minbaseCacheDir, { recursive: true });
+  if (!(await exists("/usr/sbin/debootstrap"))) {
+    throw new Error("debootstrap is not installed (apt-get install debootstrap)");
+  }
+  const mirror = await aptMirror();
+  const work = join(minbaseCacheDir, `.tmp-${Deno.pid}`);
+  await Deno.remove(work, { recursive: true }).catch(() => {});
+  try {
+    await run("debootstrap", [
+      "--variant=minbase",
+      "--include=systemd-sysv",
+      "bookworm",
+      work,
+      mirror,
+    ]);
+    await Deno.rename(work, dir);
+  } catch (e) {
+    await Deno.remove(work, { recursive: true }).catch(() => {});
+    throw new Error(`debootstrap from ${mirror} failed: ${(e as Error).message}`);
+  }
+  return dir;
+}
+
+const benchScript = `#!/bin/sh
+# Bytes the NFS client read from the server (field 5 of each nfs mount's "bytes:" line), as the
+# netroot init reports them.
+b=$(awk '/^device /{nfs=($0 ~ / with fstype nfs/)} nfs && $1=="bytes:"{s+=$6} END{print s+0}' /proc/self/mountstats)
+echo "NETROOT-BENCH nfs-read-bytes=$b uptime=$(cut -d' ' -f1 /proc/uptime)" > /dev/console
+systemctl --no-block poweroff
+`;
+
+const benchUnit = `[Unit]
+Description=netroot bench: NFS bytes read until the system is up
+After=multi-user.target
+
+[Service]
+Type=idle
+ExecStart=/usr/local/sbin/netroot-bench
+
+[Install]
+WantedBy=multi-user.target
+`;
+
+/** The bootable tree for `kernel`: minbase + /boot/vmlinuz-<kv> + /usr/lib/modules/<kv> + the
+ *  bench unit. Returns its directory (import it as is). */
+export async function minbaseImage(kernel: DebianKernel): Promise<string> {
+  const dir = join(minbaseCacheDir, `image-${kernel.kv}`);
+  if (await exists(join(dir, "usr/local/sbin/netroot-bench"))) return dir;
+  const base = await minbaseTree();
+  const work = join(minbaseCacheDir, `.tmp-image-${Deno.pid}`);
+  await Deno.remove(work, { recursive: true }).catch(() => {});
+  try {
+    await run("cp", ["-a", base, work]);
+    await run("cp", ["-a", kernel.vmlinuz, join(work, "boot")]);
+    // Merged /usr: /lib is a link to usr/lib.
+    await Deno.mkdir(join(work, "usr/lib/modules"), { recursive: true });
+    await run("cp", [
+      "-a",
+      join(kernel.root, "lib/modules", kernel.kv),
+      join(work, "usr/lib/modules"),
+    ]);
+    await Deno.writeTextFile(join(work, "etc/hostname"), "netroot-minbase\n");
+    // Root can log in on the console without a password (a bench image, never a real one).
+    await run("chroot", [work, "passwd", "-d", "root"]);
+    await Deno.mkdir(join(work, "usr/local/sbin"), { recursive: true });
+    await Deno.writeTextFile(join(work, "usr/local/sbin/netroot-bench"), benchScript, {
+      mode: 0o755,
+    });
+    await Deno.chmod(join(work, "usr/local/sbin/netroot-bench"), 0o755);
+    await Deno.writeTextFile(join(work, "etc/systemd/system/netroot-bench.service"), benchUnit);
+    const wants = join(work, "etc/systemd/system/multi-user.target.wants");
+    await Deno.mkdir(wants, { recursive: true });
+    await Deno.symlink("../netroot-bench.service", join(wants, "netroot-bench.service"));
+    await Deno.rename(work, dir);
+  } catch (e) {
+    await Deno.remove(work, { recursive: true }).catch(() => {});
+    throw e;
+  }
+  return dir;
+}
