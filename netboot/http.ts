@@ -20,6 +20,7 @@ import { logger } from "../src/log.ts";
 import { normalizeMac } from "../src/mac.ts";
 import { bootNetwork, nfsPersistPath, nfsRootPath } from "../src/nfs.ts";
 import type { NodeInfo } from "../src/nodes.ts";
+import { ipToInt } from "./dhcp4/leases.ts";
 import { renderBootScript, renderCmdline, renderRefusalScript } from "./ipxe.ts";
 
 const log = logger("http");
@@ -197,6 +198,11 @@ function remoteIpv4(c: HonoContext): string | undefined {
   return ip && /^\d+\.\d+\.\d+\.\d+$/.test(ip) && !ip.startsWith("127.") ? ip : undefined;
 }
 
+function sameSubnet(a: string, b: string, netmask: string): boolean {
+  const m = ipToInt(netmask);
+  return ((ipToInt(a) ^ ipToInt(b)) & m) === 0;
+}
+
 export function bootRoutes(ctx: Context): Hono {
   const app = new Hono();
 
@@ -254,13 +260,19 @@ export function bootRoutes(ctx: Context): Hono {
     // registry's last known one. It is also what its /persist export is restricted to.
     const lease = ctx.db.prepare("SELECT ip FROM leases WHERE mac = ? AND state = 'bound'")
       .get(mac) as { ip: string } | undefined;
-    const nodeIp = lease?.ip ?? remoteIpv4(c) ?? node.ip ?? undefined;
+    // Only an address on the boot network counts: an admin's `curl` of the script from their
+    // desk (or anyone beyond the boot network) must not move the node's /persist export to it.
+    const net = bootNetwork(ctx);
+    const remote = remoteIpv4(c);
+    const fromBootNet = remote && net && sameSubnet(remote, net.address, net.netmask)
+      ? remote
+      : undefined;
+    const nodeIp = lease?.ip ?? fromBootNet ?? node.ip ?? undefined;
     if (nodeIp && nodeIp !== node.ip) {
       ctx.nodes.setIp(mac, nodeIp);
       ctx.changes.dispatchEvent(new Event("nodes")); // NFS: /persist follows the address
     }
     const serverIp = ctx.config.serverIp ?? new URL(base).hostname;
-    const net = bootNetwork(ctx);
     const token = openBoot(ctx.db, mac, image.id);
     let cmdline: string;
     try {

@@ -665,3 +665,31 @@ Deno.test({
     }
   },
 });
+
+// The script request's source address becomes the node's address (its /persist export follows)
+// only from the boot network: an admin fetching the script from elsewhere moves nothing.
+Deno.test("boot script: only a source address on the boot network is taken as the node's", async () => {
+  const f = await fixture();
+  const mac = "52:54:00:12:34:77";
+  try {
+    f.ctx.config.serverIp = "198.51.100.1"; // no such interface here: the boot network is its /24
+    addNode(f.ctx, mac, "pc7", f.imageId);
+    const app = new Hono().route("/boot", bootRoutes(f.ctx));
+    const from = (hostname: string) =>
+      app.request(`/boot/${mac}.ipxe`, {}, {
+        remoteAddr: { hostname, port: 40000, transport: "tcp" },
+      });
+    let r = await from("192.0.2.9");
+    assert.equal(r.status, 200);
+    await r.text();
+    assert.equal(f.ctx.nodes.get(mac).ip, null);
+    r = await from("198.51.100.77");
+    assert.match(await r.text(), /ip=198\.51\.100\.77:198\.51\.100\.1:/);
+    assert.equal(f.ctx.nodes.get(mac).ip, "198.51.100.77");
+    r = await from("192.0.2.9");
+    assert.match(await r.text(), /ip=198\.51\.100\.77:/);
+    assert.equal(f.ctx.nodes.get(mac).ip, "198.51.100.77");
+  } finally {
+    await f.close();
+  }
+});
