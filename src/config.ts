@@ -144,7 +144,8 @@ export async function loadServeConfig(args: string[]): Promise<ServerConfig> {
   if (values.address && !ipv4.test(values.address.split("/")[0])) {
     throw new UserError(`--address expects A.B.C.D or A.B.C.D/NN, got ${values.address}`);
   }
-  if (values.address && !values.bridge) cfg.serverIp = values.address.split("/")[0];
+  // With --bridge too: a reused bridge may hold other addresses, and the first one is not ours.
+  if (values.address) cfg.serverIp = values.address.split("/")[0];
   if (values["dhcp-range"]) cfg.dhcp.range = parseRange(values["dhcp-range"]);
   if (values["dhcp-mode"]) {
     cfg.dhcp.mode = oneOf("dhcp-mode", values["dhcp-mode"], ["full", "proxy", "off"] as const);

@@ -34,6 +34,7 @@ Deno.test("serve config: a DHCP range means full mode; flags parse and validate"
   const b = await loadServeConfig(["--bridge", "netroot0", "--address", "10.77.0.1/24"]);
   assert.equal(b.interface, "netroot0");
   assert.deepEqual(b.bridge, { name: "netroot0", address: "10.77.0.1/24" });
+  assert.equal(b.serverIp, "10.77.0.1");
   for (
     const [args, re] of [
       [["--bridge", "br0"], /needs --address/],
