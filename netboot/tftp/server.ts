@@ -251,8 +251,6 @@ export async function createTftpServer(opts: TftpServerOptions): Promise<TftpSer
   };
 }
 
-/** The real service: iPXE binaries for anyone, the node's image /boot for known nodes; every
- *  transfer lands on the node's timeline (or the server's, for an unknown client). */
 /** Largest blksize that fits one Ethernet frame on `iface` (MTU − IP 20 − UDP 8 − TFTP 4): a
  *  client asking more gets this, so no DATA packet is IP-fragmented (some firmware drops those). */
 export function blksizeForInterface(iface: string | undefined): number {
@@ -264,6 +262,8 @@ export function blksizeForInterface(iface: string | undefined): number {
   return 1468;
 }
 
+/** The real service: iPXE binaries for anyone, the node's image /boot for known nodes; every
+ *  transfer lands on the node's timeline (or the server's, for an unknown client). */
 export async function startTftp(ctx: Context): Promise<Service & { port: number }> {
   const nodes = ctx.nodes;
   const server = await createTftpServer({

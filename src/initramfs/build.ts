@@ -358,15 +358,6 @@ export async function removeInitramfsFor(ctx: { data: DataDir }, imageId: string
   }
 }
 
-/** Fire-and-forget build after an import (the first boot then finds it ready). */
-export function prebuildForImage(ctx: InitramfsContext, imageId: string): void {
-  ensureInitramfs(ctx, imageId).catch((e) => {
-    if (e instanceof UserError && e.status === 409) {
-      log.info("image not bootable: no initramfs", { image: imageId, reason: e.message });
-    } else log.warn("prebuild failed", { image: imageId, error: (e as Error).message });
-  });
-}
-
 /**
  * Fire-and-forget, one at a time: the initramfs of every bootable image for the running program.
  * Call at server start so a program upgrade rebuilds before nodes ask (cache hits are cheap).
