@@ -3,6 +3,7 @@
 // (mode 0600). Errors are `{error}` with 400 (bad input), 401, 404, 409 (conflict) or 500.
 import { timingSafeEqual } from "node:crypto";
 import { Hono } from "hono";
+import { apiErrorResponse } from "./apierror.ts";
 import type { Context } from "./context.ts";
 import { UserError } from "./errors.ts";
 import { listEvents } from "./events.ts";
@@ -101,17 +102,7 @@ export function apiRoutes(ctx: Context): Hono {
   const app = new Hono();
   const { nodes } = ctx;
 
-  app.onError((err, c) => {
-    if (err instanceof UserError) return c.json({ error: err.message }, err.status);
-    if (err instanceof SyntaxError || (err as { code?: string }).code?.startsWith("ERR_PARSE")) {
-      return c.json({ error: err.message }, 400);
-    }
-    // A concurrent writer won a uniqueness or reference race that our checks passed.
-    const sqlite = (err as { errstr?: string }).errstr;
-    if (sqlite === "constraint failed") return c.json({ error: err.message }, 409);
-    log.error("request failed", { method: c.req.method, path: c.req.path, error: err.stack });
-    return c.json({ error: `internal error: ${err.message}` }, 500);
-  });
+  app.onError(apiErrorResponse);
 
   app.use("*", async (c, next) => {
     if (c.req.method !== "GET" && c.req.method !== "HEAD") {

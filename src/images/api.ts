@@ -2,6 +2,7 @@
 // An import asked with `accept: application/x-ndjson` streams progress lines {phase, done, total}
 // then one final {image} or {error}; otherwise the reply is the plain JSON result.
 import { Hono } from "hono";
+import { apiErrorResponse } from "../apierror.ts";
 import type { Context } from "../context.ts";
 import { UserError } from "../errors.ts";
 import { logger } from "../log.ts";
@@ -19,11 +20,7 @@ async function jsonBody(req: Request): Promise<Record<string, unknown>> {
 
 export function imageRoutes(ctx: Context): Hono {
   const app = new Hono();
-  app.onError((e, c) => {
-    if (e instanceof UserError) return c.json({ error: e.message }, e.status);
-    log.error("request failed", { path: c.req.path, error: e });
-    return c.json({ error: `internal error: ${e.message}` }, 500);
-  });
+  app.onError(apiErrorResponse);
 
   app.get("/", (c) => c.json(ctx.images.list()));
   // Names may hold "/" (alice/rpi:latest): the ref is the rest of the path.
