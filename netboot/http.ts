@@ -446,7 +446,10 @@ export function bootRoutes(ctx: Context): Hono {
     if (typeof body.ms === "number") detail.ms = body.ms;
     if (typeof body.ok === "boolean") detail.ok = body.ok;
     if (body.detail !== undefined) detail.detail = body.detail;
-    for (const k of ["done", "total", "rate"]) if (typeof body[k] === "number") detail[k] = body[k];
+    // Progress of hybrid-copy, and NFS bytes read so far (every report of overlay/report.ts).
+    for (const k of ["done", "total", "rate", "nfsReadBytes"]) {
+      if (typeof body[k] === "number") detail[k] = body[k];
+    }
     recordEvent(ctx.db, mac, `init.${stage}`, detail);
     recordStage(ctx.db, token, stage);
     ctx.nodes.touch(mac);

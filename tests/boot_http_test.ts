@@ -8,6 +8,7 @@ import { Hono } from "hono";
 import { defaultConfig } from "../src/config.ts";
 import type { Context } from "../src/context.ts";
 import { listEvents } from "../src/events.ts";
+import { openBoot } from "../src/boots.ts";
 import { openContext } from "../src/server.ts";
 import { parseMacParam, parseRange, resolveInRoot } from "../netboot/http.ts";
 import { bootRoutes } from "../netboot/http.ts";
@@ -689,6 +690,25 @@ Deno.test("boot script: only a source address on the boot network is taken as th
     r = await from("192.0.2.9");
     assert.match(await r.text(), /ip=198\.51\.100\.77:/);
     assert.equal(f.ctx.nodes.get(mac).ip, "198.51.100.77");
+  } finally {
+    await f.close();
+  }
+});
+
+Deno.test("report: the node's nfsReadBytes lands in the timeline event", async () => {
+  const f = await fixture();
+  const mac = "52:54:00:12:34:78";
+  try {
+    addNode(f.ctx, mac, "pc8", f.imageId);
+    const token = openBoot(f.ctx.db, mac, f.imageId);
+    const app = new Hono().route("/boot", bootRoutes(f.ctx));
+    const r = await app.request("/boot/report", {
+      method: "POST",
+      body: JSON.stringify({ token, mac, stage: "handover", ok: true, nfsReadBytes: 123456 }),
+    });
+    assert.equal(r.status, 200);
+    const e = listEvents(f.ctx.db, { mac }).find((x) => x.kind === "init.handover");
+    assert.equal(e?.detail.nfsReadBytes, 123456);
   } finally {
     await f.close();
   }
