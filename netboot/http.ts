@@ -257,18 +257,16 @@ export function bootRoutes(ctx: Context): Hono {
       return refuse(`image ${image.name} has no initrd of its own (node setting initramfs=image)`);
     }
     // The node's own address: its DHCP lease, else where this request came from, else the
-    // registry's last known one. It is also what its /persist export is restricted to.
+    // registry's last known one. It is also what its /persist export is restricted to, so it is
+    // recorded only from a lease or the boot network: an admin's `curl` of the script from their
+    // desk (or anyone beyond the boot network) must not move the node's /persist export to it.
     const lease = ctx.db.prepare("SELECT ip FROM leases WHERE mac = ? AND state = 'bound'")
       .get(mac) as { ip: string } | undefined;
-    // Only an address on the boot network counts: an admin's `curl` of the script from their
-    // desk (or anyone beyond the boot network) must not move the node's /persist export to it.
     const net = bootNetwork(ctx);
     const remote = remoteIpv4(c);
-    const fromBootNet = remote && net && sameSubnet(remote, net.address, net.netmask)
-      ? remote
-      : undefined;
-    const nodeIp = lease?.ip ?? fromBootNet ?? node.ip ?? undefined;
-    if (nodeIp && nodeIp !== node.ip) {
+    const nodeIp = lease?.ip ?? remote ?? node.ip ?? undefined;
+    const onBootNet = (ip: string) => !!net && sameSubnet(ip, net.address, net.netmask);
+    if (nodeIp && nodeIp !== node.ip && (lease || onBootNet(nodeIp))) {
       ctx.nodes.setIp(mac, nodeIp);
       ctx.changes.dispatchEvent(new Event("nodes")); // NFS: /persist follows the address
     }
