@@ -137,13 +137,14 @@ export function assignExportIds(keys: string[], known: Map<string, number>): Map
 
 // ---- state → export set ----
 
-/** IPv4 address and netmask of the boot network: the boot interface, else the interface holding
- *  the server address, else the server address in a /24. */
+/** IPv4 address and netmask of the boot network: the boot interface's entry for the server
+ *  address (else its first), else the interface holding the server address, else a /24. */
 export function bootNetwork(ctx: Context): { address: string; netmask: string } | undefined {
   const ifs = Deno.networkInterfaces().filter((i) => i.family === "IPv4");
-  const byName = ctx.config.interface && ifs.find((i) => i.name === ctx.config.interface);
-  const byAddr = ctx.config.serverIp && ifs.find((i) => i.address === ctx.config.serverIp);
-  const i = byName || byAddr;
+  const { interface: name, serverIp } = ctx.config;
+  // The server address's own entry first: the interface may hold other (secondary) addresses.
+  const i = ifs.find((e) => e.name === name && e.address === serverIp) ??
+    ifs.find((e) => e.name === name) ?? ifs.find((e) => e.address === serverIp);
   if (i) return { address: i.address, netmask: i.netmask };
   return ctx.config.serverIp
     ? { address: ctx.config.serverIp, netmask: "255.255.255.0" }
