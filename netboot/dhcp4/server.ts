@@ -7,6 +7,7 @@ import { join } from "node:path";
 import type { Context, Service } from "../../src/context.ts";
 import { tx } from "../../src/db.ts";
 import { logger } from "../../src/log.ts";
+import { bootNetwork } from "../../src/nfs.ts";
 import { UdpSocket } from "../../src/linux/udp.ts";
 import { type Classification, classify, REQUIRED_IPXE_FILES } from "./classify.ts";
 import { intToIp, ipToInt, LeaseStore } from "./leases.ts";
@@ -436,14 +437,6 @@ export class DhcpResponder {
   }
 }
 
-function interfaceNetmask(name: string, address: string): string {
-  const a =
-    Deno.networkInterfaces().find((i) =>
-      i.name === name && i.family === "IPv4" && i.address === address
-    ) ?? Deno.networkInterfaces().find((i) => i.name === name && i.family === "IPv4");
-  return a?.netmask ?? "255.255.255.0";
-}
-
 /** Warns (once, at start) about iPXE binaries missing from config.ipxeDir. */
 export function checkIpxeFiles(dir: string): string[] {
   const missing = REQUIRED_IPXE_FILES.filter((f) => !existsSync(join(dir, f)));
@@ -470,7 +463,7 @@ export function startDhcp(ctx: Context): Promise<Service> {
     {
       mode: config.dhcp.mode,
       serverIp: config.serverIp,
-      netmask: interfaceNetmask(device, config.serverIp),
+      netmask: bootNetwork(ctx)?.netmask ?? "255.255.255.0",
       range: config.dhcp.range,
       leaseSeconds: config.dhcp.leaseSeconds,
       proxyStrategy: config.dhcp.proxyStrategy,
