@@ -184,19 +184,23 @@ interface Job {
   reject(e: Error): void;
 }
 
+/** Jobs queued in each worker: it starts the next file without a round trip through the main
+ *  thread (which may be busy walking the manifest or applying metadata). */
+const perWorker = 8;
+
 class DataPool {
-  #workers: { w: Worker; busy: boolean }[] = [];
+  #workers: { w: Worker; inflight: number }[] = [];
   #queue: Job[] = [];
   #jobs = new Map<number, Job>();
   #next = 0;
   constructor(n: number) {
     const url = URL.createObjectURL(new Blob([workerSource], { type: "text/javascript" }));
     for (let i = 0; i < n; i++) {
-      const slot = { w: new Worker(url, { type: "module" }), busy: false };
+      const slot = { w: new Worker(url, { type: "module" }), inflight: 0 };
       slot.w.onmessage = ({ data }) => {
         const job = this.#jobs.get(data.id)!;
         this.#jobs.delete(data.id);
-        slot.busy = false;
+        slot.inflight--;
         if (data.error) job.reject(new Error(data.error));
         else job.resolve(data);
         this.#pump();
@@ -211,12 +215,14 @@ class DataPool {
     });
   }
   #pump() {
-    for (const slot of this.#workers) {
-      if (slot.busy || !this.#queue.length) continue;
+    while (this.#queue.length) {
+      // the least loaded worker, so that one large file does not hold up the queue behind it
+      const slot = this.#workers.reduce((a, b) => b.inflight < a.inflight ? b : a);
+      if (slot.inflight >= perWorker) return;
       const job = this.#queue.shift()!;
       const id = this.#next++;
       this.#jobs.set(id, job);
-      slot.busy = true;
+      slot.inflight++;
       slot.w.postMessage({ id, op: job.op, src: job.src, dst: job.dst });
     }
   }
@@ -291,6 +297,7 @@ export async function ensureLocalCopy(opts: CopyOptions): Promise<CopyReport> {
         if ((await pool.run("hash", dst)).digest === e.sha256) {
           report.bytesReused += e.size;
           applyMeta(dst, e);
+          tick(); // re-verifying a large interrupted copy takes a while too: show progress
           return;
         }
       }
