@@ -198,6 +198,27 @@ function remoteIpv4(c: HonoContext): string | undefined {
   return ip && /^\d+\.\d+\.\d+\.\d+$/.test(ip) && !ip.startsWith("127.") ? ip : undefined;
 }
 
+/** The request body as text, or undefined past `max` bytes: reading stops there (the route is
+ *  open to anyone on the network, and a report is a few hundred bytes). */
+async function textUpTo(req: Request, max: number): Promise<string | undefined> {
+  if (Number(req.headers.get("content-length") ?? 0) > max) return undefined;
+  if (!req.body) return "";
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for await (const chunk of req.body) {
+    size += chunk.length;
+    if (size > max) return undefined; // leaving the loop cancels the stream
+    chunks.push(chunk);
+  }
+  const all = new Uint8Array(size);
+  let at = 0;
+  for (const chunk of chunks) {
+    all.set(chunk, at);
+    at += chunk.length;
+  }
+  return new TextDecoder().decode(all);
+}
+
 function sameSubnet(a: string, b: string, netmask: string): boolean {
   const m = ipToInt(netmask);
   return ((ipToInt(a) ^ ipToInt(b)) & m) === 0;
@@ -420,8 +441,8 @@ export function bootRoutes(ctx: Context): Hono {
   });
 
   app.post("/report", async (c) => {
-    const raw = await c.req.text();
-    if (raw.length > 65536) return text(c, "report too large\n", 413);
+    const raw = await textUpTo(c.req.raw, 65536);
+    if (raw === undefined) return text(c, "report too large\n", 413);
     let body: Record<string, unknown>;
     try {
       body = JSON.parse(raw);

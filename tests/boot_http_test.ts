@@ -713,3 +713,29 @@ Deno.test("report: the node's nfsReadBytes lands in the timeline event", async (
     await f.close();
   }
 });
+
+Deno.test("report: a body past 64 KiB is 413, declared or streamed without a length", async () => {
+  const f = await fixture();
+  try {
+    const big = JSON.stringify({ token: "t", mac: "52:54:00:12:34:79", detail: "x".repeat(70000) });
+    let r = await fetch(`${f.url}/boot/report`, { method: "POST", body: big });
+    assert.equal(r.status, 413);
+    await r.body?.cancel();
+    // Chunked: no content-length to judge by, the reading itself stops.
+    const bytes = new TextEncoder().encode(big);
+    const stream = new ReadableStream<Uint8Array>({
+      start(ctl) {
+        for (let i = 0; i < bytes.length; i += 8192) ctl.enqueue(bytes.subarray(i, i + 8192));
+        ctl.close();
+      },
+    });
+    r = await fetch(`${f.url}/boot/report`, { method: "POST", body: stream });
+    assert.equal(r.status, 413);
+    await r.body?.cancel();
+    r = await fetch(`${f.url}/boot/report`, { method: "POST", body: "{}" });
+    assert.equal(r.status, 400);
+    await r.body?.cancel();
+  } finally {
+    await f.close();
+  }
+});
