@@ -1,5 +1,6 @@
-// A realistic OS image for measurements: Debian bookworm minbase with systemd as init
-// (`debootstrap --variant=minbase --include=systemd-sysv`), plus the Debian test kernel and all its
+// A realistic OS image for measurements: Debian bookworm minbase with systemd as init and udev
+// (`debootstrap --variant=minbase --include=systemd-sysv,udev,kmod`: without udev no device unit
+// ever appears and systemd waits 90 s for /dev/ttyS0, which no real install does), plus the Debian test kernel and all its
 // modules (as a real installed kernel would have), plus one oneshot unit that prints the NFS bytes
 // read so far on the console once the system is up, then powers off.
 // Cached under <checkout>/.work/minbase/ (gitignored): the debootstrap tree once, the bootable tree
@@ -45,9 +46,11 @@ export async function aptMirror(): Promise<string> {
   throw new Error(`no bookworm mirror in ${files.join(", ")}`);
 }
 
-/** The debootstrap tree (built once, ≈ 1 min and 240 MB). */
+const baseName = "bookworm-minbase-systemd-udev";
+
+/** The debootstrap tree (built once, ≈ 1 min and 250 MB). */
 export async function minbaseTree(): Promise<string> {
-  const dir = join(minbaseCacheDir, "bookworm-minbase-systemd");
+  const dir = join(minbaseCacheDir, baseName);
   if (await exists(join(dir, "usr/lib/systemd/systemd"))) return dir;
   await Deno.mkdir(minbaseCacheDir, { recursive: true });
   if (!(await exists("/usr/sbin/debootstrap"))) {
@@ -59,7 +62,7 @@ export async function minbaseTree(): Promise<string> {
   try {
     await run("debootstrap", [
       "--variant=minbase",
-      "--include=systemd-sysv",
+      "--include=systemd-sysv,udev,kmod",
       "bookworm",
       work,
       mirror,
@@ -95,7 +98,7 @@ WantedBy=multi-user.target
 /** The bootable tree for `kernel`: minbase + /boot/vmlinuz-<kv> + /usr/lib/modules/<kv> + the
  *  bench unit. Returns its directory (import it as is). */
 export async function minbaseImage(kernel: DebianKernel): Promise<string> {
-  const dir = join(minbaseCacheDir, `image-${kernel.kv}`);
+  const dir = join(minbaseCacheDir, `image-${baseName}-${kernel.kv}`);
   if (await exists(join(dir, "usr/local/sbin/netroot-bench"))) return dir;
   const base = await minbaseTree();
   const work = join(minbaseCacheDir, `.tmp-image-${Deno.pid}`);
