@@ -106,11 +106,11 @@ Deno.test("node settings ram/cpus/disks are validated and override the vnode's s
       disks: "8G[template=hybrid-boot-p],64M",
     });
     assert.equal(n.settings.ram, "1G");
-    assert.equal(n.settings.disks, "8G[template=hybrid-persistent],64M");
+    assert.equal(n.settings.disks, "8G[template=hybrid-boot-p],64M");
     assert.deepEqual(m.spec(n), {
       ram: "1G",
       cpus: 2,
-      disks: [{ size: 8e9, template: "hybrid-persistent" }, { size: 64e6, template: "none" }],
+      disks: [{ size: 8e9, template: "hybrid-boot-p" }, { size: 64e6, template: "none" }],
     });
     assert.deepEqual(m.list().map((v) => [v.name, v.running, v.ram]), [["vm2", false, "1G"]]);
     assert.deepEqual(parseDiskList("none"), []);

@@ -13,7 +13,8 @@ const usage = `usage: netroot vnode COMMAND [ARGS…]
   create NAME [--ram 512M] [--cpus 1] [--disk SIZE[template=T]]… [--image IMAGE]
         registers a node with a fresh 52:54:00:… MAC and starts it (qemu, PXE boot through the
         server's bridge). SIZE: e.g. 64M, 8G, 1T (decimal, as WalT). Templates: none (default),
-        ext4, fat32, hybrid-volatile, hybrid-persistent (or WalT's hybrid-boot-v, hybrid-boot-p).
+        ext4, fat32, hybrid-volatile, hybrid-persistent (walt-hybrid/), or WalT's
+        hybrid-boot-v, hybrid-boot-p (walt_hybrid/).
   ls    list virtual nodes
   rm NAME   stop it, forget the node and delete its disks
 

@@ -80,7 +80,7 @@ Deno.test({
         "vm1",
         false,
       ]]);
-      assert.equal(ls[0].disks[0].template, "hybrid-volatile");
+      assert.equal(ls[0].disks[0].template, "hybrid-boot-v");
       const printed = (await lab.cli("node", "console", "vm1")).stdout;
       assert.match(printed, /KERNEL-STARTED/);
 
