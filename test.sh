@@ -15,7 +15,7 @@ while read -r p; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done < tools/apt-packages.txt
 # The e2e tests `apt-get download` the kernel and busybox-static: package lists must exist.
-if [ ${#missing[@]} -gt 0 ] || ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1; then
+if [ ${#missing[@]} -gt 0 ] || ! ls /var/lib/apt/lists/*_Packages* >/dev/null 2>&1; then
   apt-get update -q
 fi
 if [ ${#missing[@]} -gt 0 ]; then

@@ -42,13 +42,20 @@ export async function loopExt4(sizeMiB: number, dir?: string): Promise<LoopExt4>
       return f[6] * 512;
     },
     async close() {
+      // A busy mount (a straggling reader) is detached lazily: never delete `base` while the file
+      // system is still mounted below it, or the recursive remove would empty it.
+      let unmounted = false;
+      for (const args of [[mnt], ["-l", mnt]]) {
+        try {
+          run("umount", ...args);
+          unmounted = true;
+          break;
+        } catch { /* try the next way */ }
+      }
       try {
-        run("umount", mnt);
+        run("losetup", "-d", loop); // busy: the kernel detaches it when the last user goes
       } catch { /* already */ }
-      try {
-        run("losetup", "-d", loop);
-      } catch { /* already */ }
-      if (!dir) await Deno.remove(base, { recursive: true }).catch(() => {});
+      if (!dir && unmounted) await Deno.remove(base, { recursive: true }).catch(() => {});
     },
   };
 }
