@@ -7,6 +7,7 @@
 //   GET  /boot/ipxe/<file>        iPXE binaries from config.ipxeDir (UEFI HTTP boot, see dhcp4)
 // <mac> may be aa:bb:…, aa-bb-… (iPXE ${net0/mac:hexhyp}) or 12 hex digits. Every fetch lands on
 // the node's timeline (events table).
+import { BootFileCache } from "./bootcache.ts";
 import { resolveInRoot as resolveImagePath } from "../src/rootpath.ts";
 import { Hono } from "hono";
 import type { Context as HonoContext } from "hono";
@@ -126,6 +127,41 @@ function fileBody(
   }, { highWaterMark: 2 });
 }
 
+const memoryChunk = 4 << 20;
+
+/** A slice of an in-memory file as a response body (views, no copies), counting what was sent. */
+function memoryBody(
+  bytes: Uint8Array,
+  start: number,
+  length: number,
+  onEnd: (bytes: number, complete: boolean) => void,
+): ReadableStream<Uint8Array> {
+  let at = start;
+  const end = start + length;
+  let ended = false;
+  const finish = (complete: boolean) => {
+    if (ended) return;
+    ended = true;
+    onEnd(at - start, complete);
+  };
+  return new ReadableStream({
+    pull(ctl) {
+      const next = Math.min(at + memoryChunk, end);
+      ctl.enqueue(bytes.subarray(at, next));
+      at = next;
+      if (at >= end) {
+        ctl.close();
+        finish(true);
+      }
+    },
+    cancel() {
+      finish(false);
+    },
+  });
+}
+
+const bootFiles = new BootFileCache();
+
 /** Serves a file with Content-Length, Accept-Ranges and Range (206/416); HEAD sends headers only. */
 async function sendFile(
   c: HonoContext,
@@ -166,13 +202,14 @@ async function sendFile(
     return new Response(null, { status, headers });
   }
   const t0 = performance.now();
-  const body = fileBody(
-    file,
-    start,
-    length,
-    (bytes, complete) => onEnd?.(bytes, Math.round(performance.now() - t0), complete),
-  );
-  return new Response(body, { status, headers });
+  const ended = (bytes: number, complete: boolean) =>
+    onEnd?.(bytes, Math.round(performance.now() - t0), complete);
+  const cached = bootFiles.get(path, st);
+  if (cached) {
+    file.close();
+    return new Response(memoryBody(await cached, start, length, ended), { status, headers });
+  }
+  return new Response(fileBody(file, start, length, ended), { status, headers });
 }
 
 const text = (
