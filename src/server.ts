@@ -132,6 +132,12 @@ export async function serve(config: ServerConfig, opts: { signal?: AbortSignal }
     const addr = await ready.promise;
     services.push({ name: "http", close: () => httpServer.shutdown() });
     if (httpHostForNodes) ctx.nodeUrl = `http://${httpHostForNodes}:${addr.port}`;
+    if (config.interface && /^(127\.|localhost$|::1$)/.test(config.http.host)) {
+      log.warn("HTTP listens on loopback only: nodes cannot fetch their boot script", {
+        http: `${config.http.host}:${addr.port}`,
+        nodeUrl: ctx.nodeUrl,
+      });
+    }
     log.info("http listening", { host: addr.hostname, port: addr.port, data: config.dataDir });
 
     if (!config.interface) {
