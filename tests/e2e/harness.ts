@@ -16,6 +16,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { Event } from "../../src/events.ts";
 import type { VnodeInfo } from "../../src/vnode/manager.ts";
+import { type DebianKernel, debianKernel } from "../support/kernel.ts";
 
 export const serverIp = "10.77.0.1";
 /** Run by `deno eval` inside the namespace: METHOD URL TOKEN BODY → status line, then the body. */
@@ -371,4 +372,39 @@ export async function startLab(opts: LabOptions = {}): Promise<Lab> {
     await lab.close({ keep: true });
     throw e;
   }
+}
+
+/**
+ * One end-to-end test (root, qemu): the Debian kernel, a scratch dir for test images and a lab
+ * started by `start()`. Skipped with NETROOT_SKIP_VM=1. On failure the server log tail is printed
+ * and the lab directory (server and console logs) is kept for a look.
+ */
+export function labTest(
+  name: string,
+  fn: (
+    t: { kernel: DebianKernel; imageDir: string; start(opts?: LabOptions): Promise<Lab> },
+  ) => Promise<void>,
+): void {
+  Deno.test({
+    name,
+    ignore: Deno.env.get("NETROOT_SKIP_VM") === "1",
+    sanitizeResources: false,
+    sanitizeOps: false,
+    async fn() {
+      const kernel = await debianKernel();
+      const imageDir = await Deno.makeTempDir({ prefix: "nr-e2e-image-" });
+      let lab: Lab | undefined;
+      let ok = false;
+      try {
+        await fn({ kernel, imageDir, start: async (opts) => (lab = await startLab(opts)) });
+        ok = true;
+      } catch (e) {
+        if (lab) console.error(`server log tail:\n${await lab.serverLogTail(60)}`);
+        throw e;
+      } finally {
+        await lab?.close({ keep: !ok || undefined });
+        await Deno.remove(imageDir, { recursive: true });
+      }
+    },
+  });
 }

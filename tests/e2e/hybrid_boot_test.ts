@@ -5,75 +5,58 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import type { Event } from "../../src/events.ts";
-import { debianKernel } from "../support/kernel.ts";
 import { buildTestImage } from "../support/testimage.ts";
-import { type Lab, lastEventId, startLab } from "./harness.ts";
+import { labTest, lastEventId } from "./harness.ts";
 
 const count = (s: string, re: RegExp) => s.match(new RegExp(re.source, "g"))?.length ?? 0;
 /** A node report's own detail (the report route stores it as a JSON string under `detail`). */
 const reported = (e: Event): Record<string, unknown> =>
   typeof e.detail.detail === "string" ? JSON.parse(e.detail.detail) : e.detail;
 
-Deno.test({
-  name: "e2e: hybrid-volatile and hybrid-persistent disk templates boot twice from the local copy",
-  ignore: Deno.env.get("NETROOT_SKIP_VM") === "1",
-  sanitizeResources: false,
-  sanitizeOps: false,
-  async fn() {
-    const kernel = await debianKernel();
-    const imageDir = await Deno.makeTempDir({ prefix: "nr-e2e-image-" });
+labTest(
+  "e2e: hybrid-volatile and hybrid-persistent disk templates boot twice from the local copy",
+  async ({ kernel, imageDir, start }) => {
     const image = await buildTestImage(join(imageDir, "rootfs"), { kernel, release: "v1" });
-    let lab: Lab | undefined;
-    let ok = false;
-    try {
-      lab = await startLab({ nfs: "ganesha" });
-      await lab.cli("image", "import", image.dir, "--name", "test");
-      const vms = await Promise.all(
-        (["volatile", "persistent"] as const).map(async (mode) => {
-          const name = `hyb-${mode.slice(0, 3)}`;
-          const vm = await lab!.createVnode(name, {
-            image: "test",
-            ram: "512M",
-            disks: [`256M[template=hybrid-boot-${mode[0]}]`],
-          });
-          // Boot (again) with the reboot count on the command line.
-          await lab!.cli("node", "config", name, "kernel.cmdline=e2e.reboots=2");
-          const mark = await lastEventId(lab!, vm.mac);
-          const at = (await lab!.console(vm.mac)).length;
-          await lab!.cli("node", "reboot", name);
-          await lab!.waitConsole(vm.mac, /IMAGE-BOOT-OK[\s\S]*IMAGE-BOOT-OK/, 360_000, {
-            from: at,
-          });
-          await lab!.waitEvent(vm.mac, "vnode.exit", 60_000, mark);
-          const events = (await lab!.events(vm.mac)).filter((e) => e.id > mark);
-          return { mode, vm, out: (await lab!.console(vm.mac)).slice(at), events };
-        }),
+    const lab = await start({ nfs: "ganesha" });
+    await lab.cli("image", "import", image.dir, "--name", "test");
+    const vms = await Promise.all(
+      (["volatile", "persistent"] as const).map(async (mode) => {
+        const name = `hyb-${mode.slice(0, 3)}`;
+        const vm = await lab.createVnode(name, {
+          image: "test",
+          ram: "512M",
+          disks: [`256M[template=hybrid-boot-${mode[0]}]`],
+        });
+        // Boot (again) with the reboot count on the command line.
+        await lab.cli("node", "config", name, "kernel.cmdline=e2e.reboots=2");
+        const mark = await lastEventId(lab, vm.mac);
+        const at = (await lab.console(vm.mac)).length;
+        await lab.cli("node", "reboot", name);
+        await lab.waitConsole(vm.mac, /IMAGE-BOOT-OK[\s\S]*IMAGE-BOOT-OK/, 360_000, {
+          from: at,
+        });
+        await lab.waitEvent(vm.mac, "vnode.exit", 60_000, mark);
+        const events = (await lab.events(vm.mac)).filter((e) => e.id > mark);
+        return { mode, vm, out: (await lab.console(vm.mac)).slice(at), events };
+      }),
+    );
+    for (const { mode, vm, out, events } of vms) {
+      lab.log(`${mode}: ${events.map((e) => e.kind).join(" → ")}`);
+      assert.equal(count(out, new RegExp(`hybrid mode \\(${mode}\\)`)), 2, out);
+      const ready = events.filter((e: Event) => e.kind === "init.hybrid-ready");
+      assert.equal(ready.length, 2);
+      assert.ok(Number(reported(ready[0]).bytesWritten) > 0, "first boot copies the image");
+      assert.equal(Number(reported(ready[1]).bytesWritten), 0, "second boot copies nothing");
+      assert.equal(
+        (await Deno.readTextFile(join(lab.data, "nodes", vm.mac, "persist", "bootcount"))).trim(),
+        "2",
       );
-      for (const { mode, vm, out, events } of vms) {
-        lab.log(`${mode}: ${events.map((e) => e.kind).join(" → ")}`);
-        assert.equal(count(out, new RegExp(`hybrid mode \\(${mode}\\)`)), 2, out);
-        const ready = events.filter((e: Event) => e.kind === "init.hybrid-ready");
-        assert.equal(ready.length, 2);
-        assert.ok(Number(reported(ready[0]).bytesWritten) > 0, "first boot copies the image");
-        assert.equal(Number(reported(ready[1]).bytesWritten), 0, "second boot copies nothing");
-        assert.equal(
-          (await Deno.readTextFile(join(lab.data, "nodes", vm.mac, "persist", "bootcount"))).trim(),
-          "2",
-        );
-        // The root's upper layer: reset each boot (volatile) or kept (persistent).
-        if (mode === "volatile") assert.equal(count(out, /previous-boot-marker=none/), 2);
-        else {
-          assert.equal(count(out, /previous-boot-marker=none/), 1);
-          assert.equal(count(out, /previous-boot-marker=boot at/), 1);
-        }
+      // The root's upper layer: reset each boot (volatile) or kept (persistent).
+      if (mode === "volatile") assert.equal(count(out, /previous-boot-marker=none/), 2);
+      else {
+        assert.equal(count(out, /previous-boot-marker=none/), 1);
+        assert.equal(count(out, /previous-boot-marker=boot at/), 1);
       }
-      ok = true;
-    } catch (e) {
-      if (lab) console.error(`server log tail:\n${await lab.serverLogTail(60)}`);
-      throw e;
-    } finally {
-      await lab?.close({ keep: !ok || undefined });
-      await Deno.remove(imageDir, { recursive: true });
     }
   },
-});
+);

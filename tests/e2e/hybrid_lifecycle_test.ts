@@ -15,9 +15,8 @@
 import assert from "node:assert/strict";
 import { dirname, join } from "node:path";
 import type { Event } from "../../src/events.ts";
-import { debianKernel } from "../support/kernel.ts";
 import { buildTestImage } from "../support/testimage.ts";
-import { assertInOrder, kindsSince, type Lab, lastEventId, startLab } from "./harness.ts";
+import { assertInOrder, kindsSince, type Lab, labTest, lastEventId } from "./harness.ts";
 
 const bootTimeoutMs = 300_000;
 const count = (s: string, re: RegExp) => s.match(new RegExp(re.source, "g"))?.length ?? 0;
@@ -89,132 +88,116 @@ async function copyTree(from: string, to: string): Promise<void> {
   if (!out.success) throw new Error(`cp -a ${from} ${to}: ${new TextDecoder().decode(out.stderr)}`);
 }
 
-Deno.test({
-  name: "e2e (root, qemu): hybrid copy survives a power cut, copies only the difference of a new " +
+labTest(
+  "e2e (root, qemu): hybrid copy survives a power cut, copies only the difference of a new " +
     "version, falls back to network mode on a small disk; walt_hybrid/ and walt-hybrid/",
-  ignore: Deno.env.get("NETROOT_SKIP_VM") === "1",
-  sanitizeResources: false,
-  sanitizeOps: false,
-  async fn() {
-    const kernel = await debianKernel();
-    const imageDir = await Deno.makeTempDir({ prefix: "nr-e2e-hlife-" });
+  async ({ kernel, imageDir, start }) => {
     const v1 = join(imageDir, "v1"), v2 = join(imageDir, "v2");
-    let lab: Lab | undefined;
-    let ok = false;
-    try {
-      await buildTestImage(v1, { kernel, release: "v1" });
-      await addDiskStats(v1);
-      await addBulk(v1, 40, 4 << 20);
-      await copyTree(v1, v2);
-      await Deno.writeTextFile(join(v2, "etc/image-release"), "netroot-test-image v2\n");
-      await Deno.writeFile(join(v2, "bulk/added"), randomBytes(1 << 20));
-      lab = await startLab({ nfs: "ganesha" });
-      await lab.cli("image", "import", v1, "--name", "big-v1");
-      await lab.cli("image", "import", v2, "--name", "big-v2");
-      lab.log("images imported");
+    await buildTestImage(v1, { kernel, release: "v1" });
+    await addDiskStats(v1);
+    await addBulk(v1, 40, 4 << 20);
+    await copyTree(v1, v2);
+    await Deno.writeTextFile(join(v2, "etc/image-release"), "netroot-test-image v2\n");
+    await Deno.writeFile(join(v2, "bulk/added"), randomBytes(1 << 20));
+    const lab = await start({ nfs: "ganesha" });
+    await lab.cli("image", "import", v1, "--name", "big-v1");
+    await lab.cli("image", "import", v2, "--name", "big-v2");
+    lab.log("images imported");
 
-      // Both nodes boot as soon as they are created (image set; no reboots: poweroff at the end).
-      const cut = await lab.createVnode("hyb-cut", {
-        image: "big-v1",
-        ram: "512M",
-        disks: ["512M[template=hybrid-boot-v]"],
-      });
-      const small = await lab.createVnode("hyb-small", {
-        image: "big-v1",
-        ram: "512M",
-        disks: ["64M[template=hybrid-volatile]"],
-      });
-      const smallBoot = checkSmallDisk(lab, small.mac);
-      smallBoot.catch(() => {}); // awaited below; a failure must not be unhandled meanwhile
+    // Both nodes boot as soon as they are created (image set; no reboots: poweroff at the end).
+    const cut = await lab.createVnode("hyb-cut", {
+      image: "big-v1",
+      ram: "512M",
+      disks: ["512M[template=hybrid-boot-v]"],
+    });
+    const small = await lab.createVnode("hyb-small", {
+      image: "big-v1",
+      ram: "512M",
+      disks: ["64M[template=hybrid-volatile]"],
+    });
+    const smallBoot = checkSmallDisk(lab, small.mac);
+    smallBoot.catch(() => {}); // awaited below; a failure must not be unhandled meanwhile
 
-      // hyb-cut, boot 1: power cut in the middle of the first copy. The kill follows the progress
-      // line within one poll (250 ms), well before the copy can end.
-      const qemuPid = await ourQemu(lab, cut.mac);
-      let mark = await lastEventId(lab, cut.mac);
-      const progress = await lab.waitConsole(
-        cut.mac,
-        /hybrid copy (?:[6-9]\d)% /,
-        bootTimeoutMs,
-        { failOn: /Kernel panic|E2E[^\n]*FAIL|hybrid copy done|HYBRID MODE FAILED/ },
-      );
-      assert.match(progress, /hybrid mode \(volatile\): \/dev\/vda1 holds walt_hybrid\//);
-      const pct = [...progress.matchAll(/hybrid copy (\d+)% /g)].map((m) => m[1]).pop();
-      Deno.kill(qemuPid, "SIGKILL");
-      lab.log(`hyb-cut: power cut at ${pct} % of the first copy`);
-      const exit = await lab.waitEvent(cut.mac, "vnode.exit", 30_000, mark);
-      assert.equal(exit.detail.signal, "SIGKILL");
-      mark = await lastEventId(lab, cut.mac);
-      let at = (await lab.console(cut.mac)).length;
-      await lab.cli("node", "reboot", "hyb-cut"); // a stopped vnode: a fresh qemu
-      const copyEvents = (await lab.events(cut.mac)).filter((e) => e.kind === "init.hybrid-copy");
-      assert.ok(copyEvents.length > 0, "init.hybrid-copy progress events before the power cut");
-      assert.ok(!(await lab.events(cut.mac)).some((e) => e.kind === "init.hybrid-ready"));
+    // hyb-cut, boot 1: power cut in the middle of the first copy. The kill follows the progress
+    // line within one poll (250 ms), well before the copy can end.
+    const qemuPid = await ourQemu(lab, cut.mac);
+    let mark = await lastEventId(lab, cut.mac);
+    const progress = await lab.waitConsole(
+      cut.mac,
+      /hybrid copy (?:[6-9]\d)% /,
+      bootTimeoutMs,
+      { failOn: /Kernel panic|E2E[^\n]*FAIL|hybrid copy done|HYBRID MODE FAILED/ },
+    );
+    assert.match(progress, /hybrid mode \(volatile\): \/dev\/vda1 holds walt_hybrid\//);
+    const pct = [...progress.matchAll(/hybrid copy (\d+)% /g)].map((m) => m[1]).pop();
+    Deno.kill(qemuPid, "SIGKILL");
+    lab.log(`hyb-cut: power cut at ${pct} % of the first copy`);
+    const exit = await lab.waitEvent(cut.mac, "vnode.exit", 30_000, mark);
+    assert.equal(exit.detail.signal, "SIGKILL");
+    mark = await lastEventId(lab, cut.mac);
+    let at = (await lab.console(cut.mac)).length;
+    await lab.cli("node", "reboot", "hyb-cut"); // a stopped vnode: a fresh qemu
+    const copyEvents = (await lab.events(cut.mac)).filter((e) => e.kind === "init.hybrid-copy");
+    assert.ok(copyEvents.length > 0, "init.hybrid-copy progress events before the power cut");
+    assert.ok(!(await lab.events(cut.mac)).some((e) => e.kind === "init.hybrid-ready"));
 
-      // Boot 2: resumes, verifies, boots.
-      let out = await lab.waitConsole(cut.mac, /IMAGE-BOOT-OK/, bootTimeoutMs, { from: at });
-      await lab.waitEvent(cut.mac, "vnode.exit", 60_000, mark);
-      let events = (await lab.events(cut.mac)).filter((e) => e.id > mark);
-      const resumed = readyReport(events);
-      lab.log(`hyb-cut boot 2 (resumed): ${JSON.stringify(resumed)}`);
-      assert.match(out, /hybrid mode \(volatile\): \/dev\/vda1 holds walt_hybrid\//);
-      assert.match(out, /netroot-test-image v1/);
-      assert.equal(resumed.resumed, true);
-      // ≥ 60 % (113 MB) was reported before the cut, and the copy checkpoints (syncfs) every 64 MiB:
-      // at least ~46 MB were on disk, kept after re-hashing.
-      assert.ok(resumed.bytesReused >= 40e6, `${resumed.bytesReused} bytes kept from image.part`);
-      assert.ok(resumed.bytesWritten > 0, "the rest was copied");
-      assert.equal(resumed.bytesLinked, 0);
-      assert.equal(
-        resumed.bytesWritten + resumed.bytesReused,
-        resumed.bytesTotal,
-        "every byte accounted for",
-      );
-      assert.ok(resumed.bytesTotal > 160e6, `image of ${resumed.bytesTotal} bytes`);
-      assertInOrder(events.map((e) => e.kind), [
-        "vnode.start",
-        "init.hybrid-ready",
-        "init.handover",
-        "vnode.exit",
-      ]);
-      assert.ok(!events.some((e) => e.kind === "init.nfs-root" || e.kind === "init.hybrid-failed"));
-      // The guest wrote at least what the report says it copied (the kept part was only read).
-      const written2 = vdaWritten(out);
-      assert.ok(written2 >= resumed.bytesWritten, `${written2} ≥ ${resumed.bytesWritten}`);
+    // Boot 2: resumes, verifies, boots.
+    let out = await lab.waitConsole(cut.mac, /IMAGE-BOOT-OK/, bootTimeoutMs, { from: at });
+    await lab.waitEvent(cut.mac, "vnode.exit", 60_000, mark);
+    let events = (await lab.events(cut.mac)).filter((e) => e.id > mark);
+    const resumed = readyReport(events);
+    lab.log(`hyb-cut boot 2 (resumed): ${JSON.stringify(resumed)}`);
+    assert.match(out, /hybrid mode \(volatile\): \/dev\/vda1 holds walt_hybrid\//);
+    assert.match(out, /netroot-test-image v1/);
+    assert.equal(resumed.resumed, true);
+    // ≥ 60 % (113 MB) was reported before the cut, and the copy checkpoints (syncfs) every 64 MiB:
+    // at least ~46 MB were on disk, kept after re-hashing.
+    assert.ok(resumed.bytesReused >= 40e6, `${resumed.bytesReused} bytes kept from image.part`);
+    assert.ok(resumed.bytesWritten > 0, "the rest was copied");
+    assert.equal(resumed.bytesLinked, 0);
+    assert.equal(
+      resumed.bytesWritten + resumed.bytesReused,
+      resumed.bytesTotal,
+      "every byte accounted for",
+    );
+    assert.ok(resumed.bytesTotal > 160e6, `image of ${resumed.bytesTotal} bytes`);
+    assertInOrder(events.map((e) => e.kind), [
+      "vnode.start",
+      "init.hybrid-ready",
+      "init.handover",
+      "vnode.exit",
+    ]);
+    assert.ok(!events.some((e) => e.kind === "init.nfs-root" || e.kind === "init.hybrid-failed"));
+    // The guest wrote at least what the report says it copied (the kept part was only read).
+    const written2 = vdaWritten(out);
+    assert.ok(written2 >= resumed.bytesWritten, `${written2} ≥ ${resumed.bytesWritten}`);
 
-      // Boot 3: a new version of the image; only the difference is copied.
-      mark = await lastEventId(lab, cut.mac);
-      at = (await lab.console(cut.mac)).length;
-      await lab.cli("deploy", "hyb-cut", "big-v2");
-      out = await lab.waitConsole(cut.mac, /IMAGE-BOOT-OK/, bootTimeoutMs, { from: at });
-      await lab.waitEvent(cut.mac, "vnode.exit", 60_000, mark);
-      events = (await lab.events(cut.mac)).filter((e) => e.id > mark);
-      const delta = readyReport(events);
-      lab.log(`hyb-cut boot 3 (v2): ${JSON.stringify(delta)}`);
-      assert.match(out, /netroot-test-image v2/);
-      assert.equal(delta.resumed, false);
-      assert.equal(delta.evicted, 0, "v1's copy stays: it was the source of the links");
-      // Changed: etc/image-release (22 bytes) and the new 1 MB file; all else is linked.
-      assert.ok(delta.bytesWritten >= 1 << 20, `${delta.bytesWritten} bytes written`);
-      assert.ok(delta.bytesWritten < (1 << 20) + 4096, `${delta.bytesWritten} bytes written`);
-      assert.equal(delta.bytesLinked + delta.bytesWritten, delta.bytesTotal);
-      assert.ok(delta.bytesTotal > resumed.bytesTotal);
-      // The guest's block device agrees: a few MB (data, inodes, journal), not the image again.
-      const written3 = vdaWritten(out);
-      lab.log(`vda written: boot 2 ${mb(written2)} MB, boot 3 ${mb(written3)} MB`);
-      assert.ok(written3 < 0.1 * delta.bytesTotal, `${written3} bytes written to vda`);
-      assert.ok(written3 * 10 < written2);
+    // Boot 3: a new version of the image; only the difference is copied.
+    mark = await lastEventId(lab, cut.mac);
+    at = (await lab.console(cut.mac)).length;
+    await lab.cli("deploy", "hyb-cut", "big-v2");
+    out = await lab.waitConsole(cut.mac, /IMAGE-BOOT-OK/, bootTimeoutMs, { from: at });
+    await lab.waitEvent(cut.mac, "vnode.exit", 60_000, mark);
+    events = (await lab.events(cut.mac)).filter((e) => e.id > mark);
+    const delta = readyReport(events);
+    lab.log(`hyb-cut boot 3 (v2): ${JSON.stringify(delta)}`);
+    assert.match(out, /netroot-test-image v2/);
+    assert.equal(delta.resumed, false);
+    assert.equal(delta.evicted, 0, "v1's copy stays: it was the source of the links");
+    // Changed: etc/image-release (22 bytes) and the new 1 MB file; all else is linked.
+    assert.ok(delta.bytesWritten >= 1 << 20, `${delta.bytesWritten} bytes written`);
+    assert.ok(delta.bytesWritten < (1 << 20) + 4096, `${delta.bytesWritten} bytes written`);
+    assert.equal(delta.bytesLinked + delta.bytesWritten, delta.bytesTotal);
+    assert.ok(delta.bytesTotal > resumed.bytesTotal);
+    // The guest's block device agrees: a few MB (data, inodes, journal), not the image again.
+    const written3 = vdaWritten(out);
+    lab.log(`vda written: boot 2 ${mb(written2)} MB, boot 3 ${mb(written3)} MB`);
+    assert.ok(written3 < 0.1 * delta.bytesTotal, `${written3} bytes written to vda`);
+    assert.ok(written3 * 10 < written2);
 
-      await smallBoot;
-      ok = true;
-    } catch (e) {
-      if (lab) console.error(`server log tail:\n${await lab.serverLogTail(60)}`);
-      throw e;
-    } finally {
-      await lab?.close({ keep: !ok || undefined });
-      await Deno.remove(imageDir, { recursive: true });
-    }
+    await smallBoot;
   },
-});
+);
 
 const mb = (n: number) => (n / 1e6).toFixed(1);
 

@@ -4,58 +4,40 @@
 // and the image's /sbin/init prints IMAGE-BOOT-OK; the boot reports land on the timeline.
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { debianKernel } from "../support/kernel.ts";
 import { buildTestImage } from "../support/testimage.ts";
-import { assertInOrder, kindsSince, type Lab, startLab } from "./harness.ts";
+import { assertInOrder, kindsSince, labTest } from "./harness.ts";
 
-Deno.test({
-  name:
-    "e2e: network-mode boot with netroot's initramfs over NFS (ganesha) reaches the image's init",
-  ignore: Deno.env.get("NETROOT_SKIP_VM") === "1",
-  sanitizeResources: false,
-  sanitizeOps: false,
-  async fn() {
-    const kernel = await debianKernel();
-    const imageDir = await Deno.makeTempDir({ prefix: "nr-e2e-image-" });
+labTest(
+  "e2e: network-mode boot with netroot's initramfs over NFS (ganesha) reaches the image's init",
+  async ({ kernel, imageDir, start }) => {
     const image = await buildTestImage(join(imageDir, "rootfs"), { kernel, release: "v1" });
-    let lab: Lab | undefined;
-    let ok = false;
-    try {
-      lab = await startLab({ nfs: "ganesha" });
-      await lab.cli("image", "import", image.dir, "--name", "test");
-      const vm = await lab.createVnode("net1", { image: "test", ram: "512M" });
-      const out = await lab.waitConsole(vm.mac, /IMAGE-BOOT-OK/, 240_000);
-      assert.match(out, /image init started: netroot-test-image v1/);
-      assert.match(out, /bootcount=1/);
-      await lab.waitEvent(vm.mac, "vnode.exit", 60_000);
-      assert.match(out, /overlay \/ overlay/); // the image's init sees an overlay root
-      const kinds = await kindsSince(lab, vm.mac);
-      lab.log(`timeline: ${kinds.join(" → ")}`);
-      assertInOrder(kinds, [
-        "vnode.start",
-        "dhcp.ack",
-        "http.script",
-        "http.kernel",
-        "http.initramfs",
-        "init.start",
-        "init.network",
-        "init.nfs-root",
-        "init.overlay",
-        "init.persist",
-        "init.handover",
-        "vnode.exit",
-      ]);
-      assert.equal(
-        (await Deno.readTextFile(join(lab.data, "nodes", vm.mac, "persist", "bootcount"))).trim(),
-        "1",
-      );
-      ok = true;
-    } catch (e) {
-      if (lab) console.error(`server log tail:\n${await lab.serverLogTail(60)}`);
-      throw e;
-    } finally {
-      await lab?.close({ keep: !ok || undefined });
-      await Deno.remove(imageDir, { recursive: true });
-    }
+    const lab = await start({ nfs: "ganesha" });
+    await lab.cli("image", "import", image.dir, "--name", "test");
+    const vm = await lab.createVnode("net1", { image: "test", ram: "512M" });
+    const out = await lab.waitConsole(vm.mac, /IMAGE-BOOT-OK/, 240_000);
+    assert.match(out, /image init started: netroot-test-image v1/);
+    assert.match(out, /bootcount=1/);
+    await lab.waitEvent(vm.mac, "vnode.exit", 60_000);
+    assert.match(out, /overlay \/ overlay/); // the image's init sees an overlay root
+    const kinds = await kindsSince(lab, vm.mac);
+    lab.log(`timeline: ${kinds.join(" → ")}`);
+    assertInOrder(kinds, [
+      "vnode.start",
+      "dhcp.ack",
+      "http.script",
+      "http.kernel",
+      "http.initramfs",
+      "init.start",
+      "init.network",
+      "init.nfs-root",
+      "init.overlay",
+      "init.persist",
+      "init.handover",
+      "vnode.exit",
+    ]);
+    assert.equal(
+      (await Deno.readTextFile(join(lab.data, "nodes", vm.mac, "persist", "bootcount"))).trim(),
+      "1",
+    );
   },
-});
+);

@@ -16,9 +16,8 @@ import { join } from "node:path";
 import { scanTree } from "../../src/images/walk.ts";
 import { manifestText } from "../../src/manifest.ts";
 import type { Event } from "../../src/events.ts";
-import { debianKernel } from "../support/kernel.ts";
 import { buildTestImage } from "../support/testimage.ts";
-import { assertInOrder, type Lab, lastEventId, startLab } from "./harness.ts";
+import { assertInOrder, type Lab, labTest, lastEventId } from "./harness.ts";
 
 /** One TCG boot to the image's init takes ≈ 30 s here; a hung VM fails after this. */
 const bootMs = 300_000;
@@ -97,159 +96,142 @@ async function iptables(lab: Lab, op: "-I" | "-D"): Promise<void> {
   if (r.code !== 0) throw new Error(`iptables ${op} ${rule.join(" ")}: ${r.stderr.trim()}`);
 }
 
-Deno.test({
-  name:
-    "e2e (root, qemu, ganesha, iptables): network-mode lifecycle — RAM root, kept /persist, untouched image, deploy + reboot to v2, NFS outage retries then boots",
-  ignore: Deno.env.get("NETROOT_SKIP_VM") === "1",
-  sanitizeResources: false,
-  sanitizeOps: false,
-  async fn() {
-    const kernel = await debianKernel();
-    const imageDir = await Deno.makeTempDir({ prefix: "nr-e2e-life-" });
+labTest(
+  "e2e (root, qemu, ganesha, iptables): network-mode lifecycle — RAM root, kept /persist, untouched image, deploy + reboot to v2, NFS outage retries then boots",
+  async ({ kernel, imageDir, start }) => {
     const v1 = await buildTestImage(join(imageDir, "v1"), { kernel, release: "v1" });
     const v2 = await buildTestImage(join(imageDir, "v2"), { kernel, release: "v2" });
     await addEtcProbe(v1.dir);
     await addEtcProbe(v2.dir);
-    let lab: Lab | undefined;
-    let ok = false;
+    const lab = await start({ nfs: "ganesha" });
+    await lab.cli("image", "import", v1.dir, "--name", "v1");
+    await lab.cli("image", "import", v2.dir, "--name", "v2");
+    const images = JSON.parse((await lab.cli("image", "ls", "--json")).stdout) as {
+      name: string;
+      id: string;
+    }[];
+    const id = Object.fromEntries(images.map((i) => [i.name, i.id]));
+    assert.ok(id.v1 && id.v2 && id.v1 !== id.v2, JSON.stringify(images));
+    const rootfs = (i: string) => join(lab.data, "images", i, "rootfs");
+    assert.equal(await treeId(rootfs(id.v1)), id.v1, "the stored tree matches its manifest");
+
+    // ---- 1. v1: two boots (the image reboots itself once), RAM root vs /persist ----
+    const vm = await lab.createVnode("life", { image: "v1", ram: "512M" });
+    const persist = join(lab.data, "nodes", vm.mac, "persist");
+    await lab.cli("node", "config", "life", "kernel.cmdline=e2e.reboots=2");
+    // The setting applies from the next iPXE script: reset the boot that started with create.
+    let mark = await lastEventId(lab, vm.mac);
+    let at = (await lab.console(vm.mac)).length;
+    await lab.cli("node", "reboot", "life");
+    await lab.waitConsole(vm.mac, /bootcount=1[\s\S]*REBOOTING/, bootMs, { from: at });
+    await lab.waitConsole(vm.mac, /bootcount=2[\s\S]*IMAGE-BOOT-OK/, bootMs, { from: at });
+    await lab.waitEvent(vm.mac, "vnode.exit", 60_000, mark); // bootcount 2 = e2e.reboots: off
+    const boots = imageBoots((await lab.console(vm.mac)).slice(at));
+    assert.equal(boots.length, 2, `two image boots on the console:\n${boots.join("\n---\n")}`);
+    for (const [i, b] of boots.entries()) {
+      assert.match(b, /image init started: netroot-test-image v1/);
+      // The first boot wrote /etc/e2e-probe and /boot-marker; the second sees neither.
+      assert.match(b, /E2E-PROBE etc-before=none/, `boot ${i + 1}: /etc is fresh`);
+      assert.match(b, /E2E-PROBE etc-now=written at uptime/, `boot ${i + 1}: /etc writable`);
+      assert.match(b, /previous-boot-marker=none/, `boot ${i + 1}: / is fresh`);
+      assert.match(b, new RegExp(`bootcount=${i + 1}\\b`), `boot ${i + 1}: /persist kept`);
+      assert.match(b, /overlay \/ overlay/);
+      assert.match(b, / \/persist nfs4? /);
+    }
+    assert.equal((await Deno.readTextFile(join(persist, "bootcount"))).trim(), "2");
+    assert.equal(await Deno.readTextFile(join(persist, "releases")), "v1\nv1\n");
+    let events = await lab.events(vm.mac);
+    let kinds = events.filter((e) => e.id > mark).map((e) => e.kind);
+    lab.log(`v1 timeline: ${kinds.join(" → ")}`);
+    assertInOrder(kinds, ["vnode.reset", ...bootStages, ...bootStages, "vnode.exit"]);
+    lab.log(`v1 init stages: ${stageTimes(events, mark)}`);
+    for (const e of events.filter((e) => e.id > mark && e.kind.startsWith("init."))) {
+      assert.equal(e.detail.image, id.v1, `${e.kind} belongs to a v1 boot`);
+      assert.equal(typeof e.detail.ms, "number", `${e.kind} carries its duration`);
+    }
+    // The nodes wrote into /etc and / of a root whose lower layer is the image: on the server
+    // the image is the imported one, file for file.
+    assert.equal(await treeId(rootfs(id.v1)), id.v1, "v1 unchanged by two boots");
+    await assert.rejects(Deno.stat(join(rootfs(id.v1), "etc/e2e-probe")));
+    await assert.rejects(Deno.stat(join(rootfs(id.v1), "boot-marker")));
+
+    // ---- 2. deploy v2 with the CLI: the node is pointed at v2 and restarted by qemu ----
+    mark = await lastEventId(lab, vm.mac);
+    at = (await lab.console(vm.mac)).length;
+    const deployed = JSON.parse((await lab.cli("node", "boot", "life", "v2", "--json")).stdout);
+    assert.equal(deployed.reboots[0].ok, true, JSON.stringify(deployed));
+    assert.equal(deployed.reboots[0].mechanism, "qemu");
+    assert.equal(
+      await Deno.readLink(join(lab.data, "nodes", vm.mac, "fs")),
+      join("..", "..", "images", id.v2, "rootfs"),
+    );
+    const v2out = await lab.waitConsole(vm.mac, /IMAGE-BOOT-OK/, bootMs, { from: at });
+    assert.match(v2out, /image init started: netroot-test-image v2/);
+    assert.doesNotMatch(v2out, /netroot-test-image v1/);
+    assert.match(v2out, /E2E-PROBE etc-before=none/);
+    assert.match(v2out, /bootcount=3\b/);
+    await lab.waitEvent(vm.mac, "vnode.exit", 60_000, mark);
+    assert.equal(await Deno.readTextFile(join(persist, "releases")), "v1\nv1\nv2\n");
+    events = await lab.events(vm.mac);
+    kinds = events.filter((e) => e.id > mark).map((e) => e.kind);
+    lab.log(`deploy timeline: ${kinds.join(" → ")}`);
+    assertInOrder(kinds, ["deploy", "vnode.start", ...bootStages, "vnode.exit"]);
+    const script = events.find((e) => e.id > mark && e.kind === "http.script")!;
+    assert.equal(script.detail.image, id.v2);
+    assert.equal(
+      events.find((e) => e.id > mark && e.kind === "init.handover")!.detail.image,
+      id.v2,
+    );
+    lab.log(`v2 init stages: ${stageTimes(events, mark)}`);
+
+    // ---- 3. NFS unreachable: retries, FATAL, reboot; then it boots by itself ----
+    await lab.cli("node", "config", "life", "boot.timeout=20");
+    await iptables(lab, "-I");
+    let blocked = true;
     try {
-      lab = await startLab({ nfs: "ganesha" });
-      await lab.cli("image", "import", v1.dir, "--name", "v1");
-      await lab.cli("image", "import", v2.dir, "--name", "v2");
-      const images = JSON.parse((await lab.cli("image", "ls", "--json")).stdout) as {
-        name: string;
-        id: string;
-      }[];
-      const id = Object.fromEntries(images.map((i) => [i.name, i.id]));
-      assert.ok(id.v1 && id.v2 && id.v1 !== id.v2, JSON.stringify(images));
-      const rootfs = (i: string) => join(lab!.data, "images", i, "rootfs");
-      assert.equal(await treeId(rootfs(id.v1)), id.v1, "the stored tree matches its manifest");
-
-      // ---- 1. v1: two boots (the image reboots itself once), RAM root vs /persist ----
-      const vm = await lab.createVnode("life", { image: "v1", ram: "512M" });
-      const persist = join(lab.data, "nodes", vm.mac, "persist");
-      await lab.cli("node", "config", "life", "kernel.cmdline=e2e.reboots=2");
-      // The setting applies from the next iPXE script: reset the boot that started with create.
-      let mark = await lastEventId(lab, vm.mac);
-      let at = (await lab.console(vm.mac)).length;
-      await lab.cli("node", "reboot", "life");
-      await lab.waitConsole(vm.mac, /bootcount=1[\s\S]*REBOOTING/, bootMs, { from: at });
-      await lab.waitConsole(vm.mac, /bootcount=2[\s\S]*IMAGE-BOOT-OK/, bootMs, { from: at });
-      await lab.waitEvent(vm.mac, "vnode.exit", 60_000, mark); // bootcount 2 = e2e.reboots: off
-      const boots = imageBoots((await lab.console(vm.mac)).slice(at));
-      assert.equal(boots.length, 2, `two image boots on the console:\n${boots.join("\n---\n")}`);
-      for (const [i, b] of boots.entries()) {
-        assert.match(b, /image init started: netroot-test-image v1/);
-        // The first boot wrote /etc/e2e-probe and /boot-marker; the second sees neither.
-        assert.match(b, /E2E-PROBE etc-before=none/, `boot ${i + 1}: /etc is fresh`);
-        assert.match(b, /E2E-PROBE etc-now=written at uptime/, `boot ${i + 1}: /etc writable`);
-        assert.match(b, /previous-boot-marker=none/, `boot ${i + 1}: / is fresh`);
-        assert.match(b, new RegExp(`bootcount=${i + 1}\\b`), `boot ${i + 1}: /persist kept`);
-        assert.match(b, /overlay \/ overlay/);
-        assert.match(b, / \/persist nfs4? /);
-      }
-      assert.equal((await Deno.readTextFile(join(persist, "bootcount"))).trim(), "2");
-      assert.equal(await Deno.readTextFile(join(persist, "releases")), "v1\nv1\n");
-      let events = await lab.events(vm.mac);
-      let kinds = events.filter((e) => e.id > mark).map((e) => e.kind);
-      lab.log(`v1 timeline: ${kinds.join(" → ")}`);
-      assertInOrder(kinds, ["vnode.reset", ...bootStages, ...bootStages, "vnode.exit"]);
-      lab.log(`v1 init stages: ${stageTimes(events, mark)}`);
-      for (const e of events.filter((e) => e.id > mark && e.kind.startsWith("init."))) {
-        assert.equal(e.detail.image, id.v1, `${e.kind} belongs to a v1 boot`);
-        assert.equal(typeof e.detail.ms, "number", `${e.kind} carries its duration`);
-      }
-      // The nodes wrote into /etc and / of a root whose lower layer is the image: on the server
-      // the image is the imported one, file for file.
-      assert.equal(await treeId(rootfs(id.v1)), id.v1, "v1 unchanged by two boots");
-      await assert.rejects(Deno.stat(join(rootfs(id.v1), "etc/e2e-probe")));
-      await assert.rejects(Deno.stat(join(rootfs(id.v1), "boot-marker")));
-
-      // ---- 2. deploy v2 with the CLI: the node is pointed at v2 and restarted by qemu ----
       mark = await lastEventId(lab, vm.mac);
       at = (await lab.console(vm.mac)).length;
-      const deployed = JSON.parse((await lab.cli("node", "boot", "life", "v2", "--json")).stdout);
-      assert.equal(deployed.reboots[0].ok, true, JSON.stringify(deployed));
-      assert.equal(deployed.reboots[0].mechanism, "qemu");
-      assert.equal(
-        await Deno.readLink(join(lab.data, "nodes", vm.mac, "fs")),
-        join("..", "..", "images", id.v2, "rootfs"),
-      );
-      const v2out = await lab.waitConsole(vm.mac, /IMAGE-BOOT-OK/, bootMs, { from: at });
-      assert.match(v2out, /image init started: netroot-test-image v2/);
-      assert.doesNotMatch(v2out, /netroot-test-image v1/);
-      assert.match(v2out, /E2E-PROBE etc-before=none/);
-      assert.match(v2out, /bootcount=3\b/);
-      await lab.waitEvent(vm.mac, "vnode.exit", 60_000, mark);
-      assert.equal(await Deno.readTextFile(join(persist, "releases")), "v1\nv1\nv2\n");
-      events = await lab.events(vm.mac);
-      kinds = events.filter((e) => e.id > mark).map((e) => e.kind);
-      lab.log(`deploy timeline: ${kinds.join(" → ")}`);
-      assertInOrder(kinds, ["deploy", "vnode.start", ...bootStages, "vnode.exit"]);
-      const script = events.find((e) => e.id > mark && e.kind === "http.script")!;
-      assert.equal(script.detail.image, id.v2);
-      assert.equal(
-        events.find((e) => e.id > mark && e.kind === "init.handover")!.detail.image,
-        id.v2,
-      );
-      lab.log(`v2 init stages: ${stageTimes(events, mark)}`);
-
-      // ---- 3. NFS unreachable: retries, FATAL, reboot; then it boots by itself ----
-      await lab.cli("node", "config", "life", "boot.timeout=20");
-      await iptables(lab, "-I");
-      let blocked = true;
-      try {
-        mark = await lastEventId(lab, vm.mac);
-        at = (await lab.console(vm.mac)).length;
-        await lab.cli("node", "reboot", "life");
-        await lab.waitConsole(vm.mac, /mount attempt 2 failed/, bootMs, { from: at });
-        const failed = await lab.waitConsole(vm.mac, /rebooting now/, 120_000, { from: at });
-        assert.match(failed, /netroot\.timeout=20/);
-        assert.match(failed, /FATAL: boot stage "nfs-root" failed/);
-        assert.match(failed, /gave up after \d+ attempts/);
-        assert.doesNotMatch(failed, /E2E-PROBE/, "no image init ran without its root");
-        const attempts = failed.match(/mount attempt \d+ failed[^\n]*/g) ?? [];
-        lab.log(`${attempts.length} mount attempts; last: ${attempts.at(-1)}`);
-        at += failed.length;
-        await iptables(lab, "-D");
-        blocked = false;
-      } finally {
-        if (blocked) await iptables(lab, "-D").catch(() => {});
-      }
-      // The init's reboot(2) resets the VM: with NFS back it boots like before.
-      const back = await lab.waitConsole(vm.mac, /IMAGE-BOOT-OK/, bootMs, { from: at });
-      assert.match(back, /image init started: netroot-test-image v2/);
-      assert.match(back, /bootcount=4\b/, "the failed boot never reached /persist");
-      await lab.waitEvent(vm.mac, "vnode.exit", 60_000, mark);
-      events = await lab.events(vm.mac);
-      kinds = events.filter((e) => e.id > mark).map((e) => e.kind);
-      lab.log(`NFS outage timeline: ${kinds.join(" → ")}`);
-      const fatal = events.find((e) => e.id > mark && e.kind === "init.fatal");
-      assert.ok(fatal, "the fatal stage is reported");
-      assert.match(String(fatal.detail.detail), /^nfs-root: /);
-      assertInOrder(kinds, [
-        "vnode.start",
-        "dhcp.ack",
-        "http.script",
-        "init.network",
-        "init.fatal",
-        ...bootStages,
-        "vnode.exit",
-      ]);
-      // No NFS root was mounted in the failed boot: its init.nfs-root comes only after the fatal.
-      const fatalAt = kinds.indexOf("init.fatal");
-      assert.equal(kinds.slice(0, fatalAt).includes("init.nfs-root"), false);
-
-      // Both images stay as imported after five boots of writes.
-      assert.equal(await treeId(rootfs(id.v1)), id.v1);
-      assert.equal(await treeId(rootfs(id.v2)), id.v2);
-      ok = true;
-    } catch (e) {
-      if (lab) console.error(`server log tail:\n${await lab.serverLogTail(60)}`);
-      throw e;
+      await lab.cli("node", "reboot", "life");
+      await lab.waitConsole(vm.mac, /mount attempt 2 failed/, bootMs, { from: at });
+      const failed = await lab.waitConsole(vm.mac, /rebooting now/, 120_000, { from: at });
+      assert.match(failed, /netroot\.timeout=20/);
+      assert.match(failed, /FATAL: boot stage "nfs-root" failed/);
+      assert.match(failed, /gave up after \d+ attempts/);
+      assert.doesNotMatch(failed, /E2E-PROBE/, "no image init ran without its root");
+      const attempts = failed.match(/mount attempt \d+ failed[^\n]*/g) ?? [];
+      lab.log(`${attempts.length} mount attempts; last: ${attempts.at(-1)}`);
+      at += failed.length;
+      await iptables(lab, "-D");
+      blocked = false;
     } finally {
-      await lab?.close({ keep: !ok || undefined });
-      await Deno.remove(imageDir, { recursive: true });
+      if (blocked) await iptables(lab, "-D").catch(() => {});
     }
+    // The init's reboot(2) resets the VM: with NFS back it boots like before.
+    const back = await lab.waitConsole(vm.mac, /IMAGE-BOOT-OK/, bootMs, { from: at });
+    assert.match(back, /image init started: netroot-test-image v2/);
+    assert.match(back, /bootcount=4\b/, "the failed boot never reached /persist");
+    await lab.waitEvent(vm.mac, "vnode.exit", 60_000, mark);
+    events = await lab.events(vm.mac);
+    kinds = events.filter((e) => e.id > mark).map((e) => e.kind);
+    lab.log(`NFS outage timeline: ${kinds.join(" → ")}`);
+    const fatal = events.find((e) => e.id > mark && e.kind === "init.fatal");
+    assert.ok(fatal, "the fatal stage is reported");
+    assert.match(String(fatal.detail.detail), /^nfs-root: /);
+    assertInOrder(kinds, [
+      "vnode.start",
+      "dhcp.ack",
+      "http.script",
+      "init.network",
+      "init.fatal",
+      ...bootStages,
+      "vnode.exit",
+    ]);
+    // No NFS root was mounted in the failed boot: its init.nfs-root comes only after the fatal.
+    const fatalAt = kinds.indexOf("init.fatal");
+    assert.equal(kinds.slice(0, fatalAt).includes("init.nfs-root"), false);
+
+    // Both images stay as imported after five boots of writes.
+    assert.equal(await treeId(rootfs(id.v1)), id.v1);
+    assert.equal(await treeId(rootfs(id.v2)), id.v2);
   },
-});
+);
