@@ -162,6 +162,18 @@ function memoryBody(
 
 const bootFiles = new BootFileCache();
 
+// These routes are open to the boot network: an unknown MAC (a loop of retries, or a flood of
+// made-up ones) is written to the events table at most once a minute per MAC, so it cannot grow
+// the database without bound.
+const unknownSeen = new Map<string, number>();
+function unknownNoted(mac: string, now = Date.now()): boolean {
+  const last = unknownSeen.get(mac);
+  if (last !== undefined && now - last < 60_000) return false;
+  if (unknownSeen.size >= 10_000) unknownSeen.clear();
+  unknownSeen.set(mac, now);
+  return true;
+}
+
 /** Serves a file with Content-Length, Accept-Ranges and Range (206/416); HEAD sends headers only. */
 async function sendFile(
   c: HonoContext,
@@ -291,8 +303,10 @@ export function bootRoutes(ctx: Context): Hono {
     const base = ctx.nodeUrl ?? new URL(c.req.url).origin;
     const node = ctx.nodes.find(mac);
     if (!node) {
-      recordEvent(ctx.db, mac, "http.unknown", { url: c.req.path });
-      log.warn("boot script for unknown node", { mac });
+      if (unknownNoted(mac)) {
+        recordEvent(ctx.db, mac, "http.unknown", { url: c.req.path });
+        log.warn("boot script for unknown node", { mac });
+      }
       return text(
         c,
         renderRefusalScript(`this machine (${mac}) is not registered on the netroot server`),
@@ -396,7 +410,7 @@ export function bootRoutes(ctx: Context): Hono {
     const { mac, node, image } = await lookup(c);
     if (!mac) return text(c, "invalid MAC address in URL\n", 400);
     if (!node) {
-      recordEvent(ctx.db, mac, "http.unknown", { url: c.req.path });
+      if (unknownNoted(mac)) recordEvent(ctx.db, mac, "http.unknown", { url: c.req.path });
       return text(c, `node ${mac} is not registered\n`, 404);
     }
     if (!image) return text(c, `node ${node.name} has no image to boot\n`, 404);
