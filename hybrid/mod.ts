@@ -114,13 +114,7 @@ export const hybridProbe: HybridProbe = async (
       return l.lower;
     },
     unmountSource: () => Promise.resolve(umount(l.lower, MNT_DETACH)),
-    fetchManifest: async () => {
-      const r = await fetch(`${p.url}/boot/${p.mac}/manifest`, {
-        signal: AbortSignal.timeout(30_000),
-      });
-      if (!r.ok) throw new Error(`manifest: HTTP ${r.status} from ${p.url}`);
-      return await r.text();
-    },
+    fetchManifest: () => fetchManifest(`${p.url}/boot/${p.mac}/manifest`, (m) => out.line(m)),
     log: (m) => out.line(m),
     report: (stage, detail, ok = true) => report({ stage, ok, detail: JSON.stringify(detail) }),
   });
@@ -142,3 +136,30 @@ export const hybridProbe: HybridProbe = async (
     },
   };
 };
+
+/**
+ * The manifest, with a few short attempts rather than one long one: right after the NIC comes up a
+ * first connection can stall (seen under TCG: a request hung for its whole 30 s), and a fresh
+ * connection goes through while a hybrid node would otherwise fall back to network mode.
+ */
+export async function fetchManifest(
+  url: string,
+  log: (m: string) => void,
+  attempts = 4,
+  timeoutMs = 8000,
+): Promise<string> {
+  for (let i = 1;; i++) {
+    try {
+      const r = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) });
+      if (!r.ok) {
+        await r.body?.cancel();
+        throw new Error(`manifest: HTTP ${r.status} from ${url}`);
+      }
+      return await r.text();
+    } catch (e) {
+      if (i >= attempts || /HTTP 4\d\d/.test((e as Error).message)) throw e;
+      log(`manifest attempt ${i} failed: ${(e as Error).message}; retrying`);
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  }
+}

@@ -1,0 +1,30 @@
+import assert from "node:assert/strict";
+import { fetchManifest } from "../hybrid/mod.ts";
+
+Deno.test("hybrid manifest fetch: a stalled first request is retried on a fresh one; 404 is final", async () => {
+  let calls = 0, missing = 0;
+  const stalled: (() => void)[] = [];
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, (req) => {
+    if (new URL(req.url).pathname === "/missing") {
+      missing++;
+      return new Response("no", { status: 404 });
+    }
+    if (++calls === 1) return new Promise<Response>((r) => stalled.push(() => r(new Response(""))));
+    return new Response("netroot-manifest 1\n");
+  });
+  try {
+    const base = `http://127.0.0.1:${server.addr.port}`;
+    const logs: string[] = [];
+    assert.equal(
+      await fetchManifest(`${base}/m`, (m) => logs.push(m), 3, 300),
+      "netroot-manifest 1\n",
+    );
+    assert.equal(calls, 2);
+    assert.match(logs[0], /manifest attempt 1 failed/);
+    await assert.rejects(fetchManifest(`${base}/missing`, () => {}, 3, 300), /HTTP 404/);
+    assert.equal(missing, 1, "a 404 is not retried");
+  } finally {
+    for (const s of stalled) s();
+    await server.shutdown();
+  }
+});
