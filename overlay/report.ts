@@ -59,12 +59,18 @@ export class Reporter {
       while (this.#url && this.#queue.length) {
         const r = this.#queue.shift()!;
         const body = JSON.stringify({ ...this.ident, ...r });
-        try {
-          await this.post(this.#url, body, AbortSignal.timeout(this.perRequestMs));
-        } catch (e) {
-          // Say it once: a server that ignores reports must not flood the console.
-          if (!this.#failed) this.onError(`report ${r.stage} to ${this.#url} failed: ${e}`);
-          this.#failed = true;
+        // Two tries: right after the NIC comes up a first connection can stall (seen under qemu
+        // TCG); a fresh one usually goes through. Still bounded: flush() caps the wait at handover.
+        for (let attempt = 1; attempt <= 2; attempt++) {
+          try {
+            await this.post(this.#url, body, AbortSignal.timeout(this.perRequestMs));
+            break;
+          } catch (e) {
+            if (attempt < 2) continue;
+            // Say it once: a server that ignores reports must not flood the console.
+            if (!this.#failed) this.onError(`report ${r.stage} to ${this.#url} failed: ${e}`);
+            this.#failed = true;
+          }
         }
       }
     });
