@@ -281,6 +281,11 @@ Deno.test({
         if (round === 0) {
           assert.ok(await request);
           importMs = performance.now() - t0;
+        } else if (round === 1) {
+          // One kill surely inside an import: as soon as its scratch tree exists in tmp/.
+          for (let t = 0; t < 1000 && readdirSync(data.tmp).length === 0; t++) {
+            await new Promise((r) => setTimeout(r, 5));
+          }
         } else {
           await new Promise((r) => setTimeout(r, importMs * 1.2 * Math.random()));
         }
