@@ -1,6 +1,7 @@
 // The REST API over real HTTP (Deno.serve on a loopback port 0) against a real data dir.
+import { addImage } from "./support/images.ts";
 import assert from "node:assert/strict";
-import { mkdirSync, readlinkSync } from "node:fs";
+import { readlinkSync } from "node:fs";
 import { join } from "node:path";
 import { loadOrCreateToken, registerApiExtension } from "../src/api.ts";
 import { defaultConfig } from "../src/config.ts";
@@ -53,19 +54,6 @@ async function withApi(fn: (api: Api) => Promise<void>): Promise<void> {
     ctx.db.close();
     await Deno.remove(dir, { recursive: true });
   }
-}
-
-function addImage(ctx: Context, name: string, bootable = true): string {
-  const id = Array.from(
-    crypto.getRandomValues(new Uint8Array(32)),
-    (b) => b.toString(16).padStart(2, "0"),
-  ).join("");
-  ctx.db.prepare(
-    `INSERT INTO images (id, name, created_at, size, files, bootable, reason)
-     VALUES (?, ?, ?, 0, 0, ?, ?)`,
-  ).run(id, name, new Date().toISOString(), bootable ? 1 : 0, bootable ? null : "no kernel");
-  mkdirSync(ctx.data.rootfs(id), { recursive: true });
-  return id;
 }
 
 Deno.test("token: 64 hex chars, mode 0600, stable, rewritten when malformed or too open", async () => {

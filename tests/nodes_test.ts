@@ -1,5 +1,6 @@
 // Node registry against a real data dir and SQLite: names, settings, the atomic symlink flip,
 // all-or-nothing deploys, reconcile.
+import { addImage } from "./support/images.ts";
 import assert from "node:assert/strict";
 import { existsSync, mkdirSync, readlinkSync, realpathSync, rmSync, symlinkSync } from "node:fs";
 import { join } from "node:path";
@@ -19,20 +20,6 @@ async function withCtx(fn: (ctx: Context) => Promise<void> | void): Promise<void
     ctx.db.close();
     await Deno.remove(dir, { recursive: true });
   }
-}
-
-/** An image row plus its rootfs dir, as an import leaves them. */
-function addImage(ctx: Context, name: string, bootable = true): string {
-  const id = Array.from(
-    crypto.getRandomValues(new Uint8Array(32)),
-    (b) => b.toString(16).padStart(2, "0"),
-  ).join("");
-  ctx.db.prepare(
-    `INSERT INTO images (id, name, created_at, size, files, bootable, reason)
-     VALUES (?, ?, ?, 0, 0, ?, ?)`,
-  ).run(id, name, new Date().toISOString(), bootable ? 1 : 0, bootable ? null : "no kernel");
-  mkdirSync(ctx.data.rootfs(id), { recursive: true });
-  return id;
 }
 
 const status = (fn: () => unknown): number => {
