@@ -14,6 +14,7 @@ import type { Context, Service } from "./context.ts";
 import { UserError } from "./errors.ts";
 import { recordEvent } from "./events.ts";
 import { logger } from "./log.ts";
+import { StartFailure, startProcess, stopStale, Supervisor } from "./supervisor.ts";
 
 const log = logger("nfs");
 
@@ -280,7 +281,14 @@ async function startGanesha(ctx: Context, opts: NfsOptions): Promise<Service> {
   const idsFile = join(dir, "export-ids.json");
   const recovery = join(dir, "recovery");
   mkdirSync(recovery, { recursive: true });
-  await stopStale(pidFile, conf);
+  // A ganesha left running by a netroot that was killed holds port 2049: stop it, but only when
+  // its PID (from our pid file) still runs ganesha.nfsd with our config.
+  await stopStale(
+    pidFile,
+    (argv) => argv[0].endsWith("ganesha.nfsd") && argv.includes(conf),
+    10_000,
+    (pid) => log.warn("stopping a ganesha.nfsd left by a previous run", { pid }),
+  );
 
   let ids = new Map<string, number>(
     Object.entries(readJson(idsFile) as Record<string, number>),
@@ -309,76 +317,61 @@ async function startGanesha(ctx: Context, opts: NfsOptions): Promise<Service> {
   };
   write(render());
 
-  let child: Deno.ChildProcess | undefined;
-  let closing = false;
-  let restartDelay = 1000;
-  let restartTimer: ReturnType<typeof setTimeout> | undefined;
-
-  const spawn = async () => {
-    const logStart = fileSize(logFile);
-    const argv = [
-      ...(opts.wrap ?? []),
-      "ganesha.nfsd",
-      ...["-F", "-L", logFile, "-f", conf, "-p", pidFile, "-N", "NIV_EVENT"],
-    ];
-    let proc: Deno.ChildProcess;
-    try {
-      proc = new Deno.Command(argv[0], {
-        args: argv.slice(1),
-        stdin: "null",
-        stdout: "null",
-        stderr: "null",
-      }).spawn();
-    } catch (e) {
-      if (!(e instanceof Deno.errors.NotFound)) throw e;
-      throw new UserError(
-        `--nfs ganesha needs ${argv[0]} (Debian packages nfs-ganesha nfs-ganesha-vfs)`,
-      );
-    }
-    child = proc;
-    const exited = proc.status.then((s) => s);
-    const started = Date.now();
+  // Supervision: a crashed ganesha is restarted with backoff; nodes' mounts recover (hard mounts).
+  let logStart = 0;
+  const ganesha = new Supervisor({
+    spawn: () => {
+      logStart = fileSize(logFile);
+      const argv = [
+        ...(opts.wrap ?? []),
+        "ganesha.nfsd",
+        ...["-F", "-L", logFile, "-f", conf, "-p", pidFile, "-N", "NIV_EVENT"],
+      ];
+      try {
+        // ganesha takes 2-3 s to wind down on SIGTERM.
+        return startProcess({ argv, stopGraceMs: 10_000 });
+      } catch (e) {
+        if (!(e instanceof Deno.errors.NotFound)) throw e;
+        throw new UserError(
+          `--nfs ganesha needs ${argv[0]} (Debian packages nfs-ganesha nfs-ganesha-vfs)`,
+        );
+      }
+    },
     // Ready when ganesha logs that it serves (checking the port would not work from outside a
     // network namespace); an early exit is a startup failure, explained from its log.
-    while (true) {
-      const done = await Promise.race([exited, sleep(100).then(() => undefined)]);
-      if (done) {
-        child = undefined;
-        if (closing) return; // stopped by close() while starting
+    ready: async (proc) => {
+      try {
+        await proc.waitReady(
+          () => logSince(logFile, logStart).includes("NFS SERVER INITIALIZED"),
+          20_000,
+        );
+      } catch (e) {
+        if (!(e instanceof StartFailure)) throw e;
+        if (!e.exit) {
+          throw new Error(`ganesha.nfsd not ready after 20 s: ${logProblems(logFile, logStart)}`);
+        }
         throw new Error(
-          `ganesha.nfsd exited at startup (code ${done.code}): ${logProblems(logFile, logStart)}` +
+          `ganesha.nfsd exited at startup (code ${e.exit.code}): ` +
+            logProblems(logFile, logStart) +
             (ctx.config.nfs.version === 3 ? " (NFSv3 needs rpcbind running)" : ""),
         );
       }
-      if (logSince(logFile, logStart).includes("NFS SERVER INITIALIZED")) break;
-      if (Date.now() - started > 20_000) {
-        await stopProcess(proc);
-        child = undefined;
-        throw new Error(`ganesha.nfsd not ready after 20 s: ${logProblems(logFile, logStart)}`);
-      }
-    }
-    log.info("ganesha serving", { pid: proc.pid, bind: serverIp, exports: ids.size });
-    recordEvent(ctx.db, null, "nfs.start", { pid: proc.pid, exports: ids.size });
-    restartDelay = 1000;
-    exited.then((s) => {
-      if (child !== proc || closing) return;
-      child = undefined;
-      // Supervision: a crashed server is restarted with backoff; nodes' mounts recover (hard mounts).
-      log.error("ganesha.nfsd exited; restarting", { code: s.code, inMs: restartDelay });
+      log.info("ganesha serving", { pid: proc.pid, bind: serverIp, exports: ids.size });
+      recordEvent(ctx.db, null, "nfs.start", { pid: proc.pid, exports: ids.size });
+    },
+    onExit: (s, inMs) => {
+      log.error("ganesha.nfsd exited; restarting", { code: s.code, inMs });
       recordEvent(ctx.db, null, "nfs.exit", { code: s.code, log: logProblems(logFile, logStart) });
-      restartTimer = setTimeout(() => {
-        spawn().catch((e) => log.error("ganesha restart failed", { error: e.message }));
-      }, restartDelay);
-      restartDelay = Math.min(restartDelay * 2, 30_000);
-    });
-  };
-  await spawn();
+    },
+    onRestartFailed: (e) => log.error("ganesha restart failed", { error: e.message }),
+  });
+  await ganesha.start();
 
   const f = follow(ctx, opts, () => {
     const t = render();
     if (t === text) return Promise.resolve();
     write(t);
-    if (child) Deno.kill(child.pid, "SIGHUP"); // ganesha ≥ 2.6 rereads its exports on SIGHUP
+    ganesha.process?.signal("SIGHUP"); // ganesha ≥ 2.6 rereads its exports on SIGHUP
     recordEvent(ctx.db, null, "nfs.exports", {
       images: set.images.length,
       persist: set.persists.length,
@@ -390,47 +383,13 @@ async function startGanesha(ctx: Context, opts: NfsOptions): Promise<Service> {
   return {
     name: "nfs",
     async close() {
-      closing = true;
-      clearTimeout(restartTimer);
       await f.stop();
-      if (child) await stopProcess(child);
-      child = undefined;
+      await ganesha.stop();
     },
   };
 }
 
-// ---- process helpers ----
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** SIGTERM, then SIGKILL if it is still there after 10 s (ganesha takes 2-3 s to wind down). */
-async function stopProcess(proc: Deno.ChildProcess): Promise<void> {
-  try {
-    proc.kill("SIGTERM");
-  } catch {
-    return; // already gone
-  }
-  const t = setTimeout(() => {
-    try {
-      proc.kill("SIGKILL");
-    } catch { /* exited meanwhile */ }
-  }, 10_000);
-  await proc.status;
-  clearTimeout(t);
-}
-
-/** A ganesha left running by a netroot that was killed holds port 2049: stop it, but only when
- *  its PID (from our pid file) still runs ganesha.nfsd with our config. */
-async function stopStale(pidFile: string, conf: string): Promise<void> {
-  const pid = Number(readText(pidFile).trim());
-  if (!Number.isInteger(pid) || pid <= 1) return;
-  const cmdline = readText(`/proc/${pid}/cmdline`).split("\0");
-  if (!cmdline[0]?.endsWith("ganesha.nfsd") || !cmdline.includes(conf)) return;
-  log.warn("stopping a ganesha.nfsd left by a previous run", { pid });
-  Deno.kill(pid, "SIGTERM");
-  for (let i = 0; i < 100 && existsSync(`/proc/${pid}`); i++) await sleep(100);
-  if (existsSync(`/proc/${pid}`)) Deno.kill(pid, "SIGKILL");
-}
+// ---- helpers ----
 
 function readText(path: string): string {
   try {

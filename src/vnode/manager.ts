@@ -13,6 +13,7 @@ import { tx } from "../db.ts";
 import { conflict, notFound, UserError } from "../errors.ts";
 import { recordEvent } from "../events.ts";
 import { logger } from "../log.ts";
+import { type ManagedProcess, StartFailure, startProcess, stopStale } from "../supervisor.ts";
 import { type NodeInfo, registerSettingValidator } from "../nodes.ts";
 import type { RebootTarget } from "../reboot.ts";
 import { chooseAccel } from "./accel.ts";
@@ -59,13 +60,10 @@ export interface CreateRequest {
 }
 
 interface Running {
-  child: Deno.ChildProcess;
-  pid: number;
+  proc: ManagedProcess;
   spec: string; // JSON of the VnodeSpec it started with
   accel: string;
   startedAt: string;
-  exited: Promise<Deno.CommandStatus>;
-  stopping: boolean;
 }
 
 /** Splits `8G[template=ext4],64M` on the commas outside brackets. */
@@ -149,7 +147,7 @@ export class VnodeManager {
       image: node.imageName ?? node.imageId,
       ...this.spec(node),
       running: !!r,
-      pid: r?.pid,
+      pid: r?.proc.pid,
       accel: r?.accel,
       startedAt: r?.startedAt,
     };
@@ -278,69 +276,56 @@ export class VnodeManager {
       qmpSocket,
       pidFile: join(vm, "qemu.pid"),
     };
-    const qemuLog = await Deno.open(join(vm, "qemu.log"), {
-      write: true,
-      create: true,
-      append: true,
-    });
-    let child: Deno.ChildProcess;
+    let proc: ManagedProcess;
     try {
-      child = new Deno.Command(qemuBinary, {
-        args: qemuArgs(vmSpec),
-        stdin: "null", // CI has no stdin; qemu must never read one
-        stdout: "null",
-        stderr: "piped",
-      }).spawn();
+      // SIGTERM on stop: qemu flushes its disk files and exits (a power cut for the guest).
+      proc = startProcess({
+        argv: [qemuBinary, ...qemuArgs(vmSpec)],
+        stderrFile: join(vm, "qemu.log"),
+        stopGraceMs: 5000,
+      });
     } catch (e) {
-      qemuLog.close();
       await deleteTap(tap);
       if (e instanceof Deno.errors.NotFound) throw missingTool(qemuBinary);
       throw e;
     }
-    child.stderr.pipeTo(qemuLog.writable).catch(() => {});
     const r: Running = {
-      child,
-      pid: child.pid,
+      proc,
       spec: JSON.stringify(spec),
       accel: accel.accel,
       startedAt: new Date().toISOString(),
-      exited: child.status,
-      stopping: false,
     };
     this.#running.set(mac, r);
-    r.exited.then((st) => this.#exited(mac, r, st));
+    proc.onExit((st) => this.#exited(mac, r, st));
     // Started means QMP answers; an early exit (bad tap, bad drive…) is the caller's error.
-    const deadline = Date.now() + startTimeoutMs;
-    for (;;) {
-      const gone = await Promise.race([r.exited.then(() => true), delay(100).then(() => false)]);
-      if (gone) {
-        const tail = (await Deno.readTextFile(join(vm, "qemu.log")).catch(() => "")).trim()
-          .split("\n").slice(-3).join(" | ");
-        throw new Error(`qemu for ${node.name} exited at start: ${tail || "no message"}`);
-      }
-      try {
+    try {
+      await proc.waitReady(async () => {
         await qmp(qmpSocket, "query-status", undefined, 2000);
-        break;
-      } catch (e) {
-        if (Date.now() > deadline) {
-          throw new Error(`qemu for ${node.name} did not open QMP: ${(e as Error).message}`);
-        }
+        return true;
+      }, startTimeoutMs);
+    } catch (e) {
+      if (!(e instanceof StartFailure)) throw e;
+      if (!e.exit) {
+        throw new Error(`qemu for ${node.name} did not open QMP: ${(e.cause as Error)?.message}`);
       }
+      const tail = (await Deno.readTextFile(join(vm, "qemu.log")).catch(() => "")).trim()
+        .split("\n").slice(-3).join(" | ");
+      throw new Error(`qemu for ${node.name} exited at start: ${tail || "no message"}`);
     }
     recordEvent(this.ctx.db, mac, "vnode.start", {
-      pid: r.pid,
+      pid: proc.pid,
       accel: accel.accel,
       accelReason: accel.reason,
       ram: spec.ram,
       cpus: spec.cpus,
       disks: spec.disks.map(formatDisk),
     });
-    log.info("vnode started", { name: node.name, mac, pid: r.pid, accel: accel.accel });
+    log.info("vnode started", { name: node.name, mac, pid: proc.pid, accel: accel.accel });
   }
 
+  /** qemu ended without #stop (guest poweroff, crash). */
   #exited(mac: string, r: Running, st: Deno.CommandStatus): void {
     if (this.#running.get(mac) === r) this.#running.delete(mac);
-    if (r.stopping) return; // #stop removes the tap
     // Under the lock, so that it cannot remove the tap of a qemu started meanwhile.
     void this.#lock(mac, async () => {
       if (!this.#running.has(mac)) await deleteTap(tapName(mac));
@@ -356,18 +341,7 @@ export class VnodeManager {
   async #stop(mac: string, cause: string): Promise<void> {
     const r = this.#running.get(mac);
     if (!r) return;
-    r.stopping = true;
-    // SIGTERM: qemu flushes its disk files and exits (a power cut for the guest).
-    try {
-      r.child.kill("SIGTERM");
-    } catch { /* already gone */ }
-    const timer = setTimeout(() => {
-      try {
-        r.child.kill("SIGKILL");
-      } catch { /* gone */ }
-    }, 5000);
-    await r.exited;
-    clearTimeout(timer);
+    await r.proc.stop();
     this.#running.delete(mac);
     await deleteTap(tapName(mac));
     try {
@@ -430,29 +404,16 @@ export function qmpSocketPath(vm: string): string {
   return `/tmp/netroot-qmp-${createHash("sha256").update(vm).digest("hex").slice(0, 16)}.sock`;
 }
 
-const delay = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** A qemu left running by a server that died (kill -9) still holds the tap and disks: end it. */
-async function killStale(vm: string): Promise<void> {
-  const pidFile = join(vm, "qemu.pid");
-  const pid = Number((await Deno.readTextFile(pidFile).catch(() => "")).trim());
-  if (!pid) return;
-  const cmdline = await Deno.readTextFile(`/proc/${pid}/cmdline`).catch(() => "");
-  // Only a qemu whose command line names this VM's QMP socket is ours to kill.
-  if (cmdline.includes(qmpSocketPath(vm))) {
-    log.warn("stopping a stale qemu from a previous server run", { pid });
-    try {
-      Deno.kill(pid, "SIGKILL");
-    } catch { /* gone meanwhile */ }
-    for (
-      let i = 0;
-      i < 50 && (await Deno.stat(`/proc/${pid}`).then(() => true, () => false));
-      i++
-    ) {
-      await delay(100);
-    }
-  }
-  await Deno.remove(pidFile).catch(() => {});
+/** A qemu left running by a server that died (kill -9) still holds the tap and disks: end it.
+ *  Only a qemu whose command line names this VM's QMP socket is ours to stop. */
+export async function killStale(vm: string): Promise<void> {
+  const socket = qmpSocketPath(vm);
+  await stopStale(
+    join(vm, "qemu.pid"),
+    (argv) => argv.some((a) => a.includes(socket)),
+    5000,
+    (pid) => log.warn("stopping a stale qemu from a previous server run", { pid }),
+  );
 }
 
 const managers = new WeakMap<Context, VnodeManager>();
