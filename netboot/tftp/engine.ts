@@ -5,8 +5,8 @@
 // 69, the path policy and the events; it hands each accepted transfer (bytes + negotiated options)
 // to the least busy worker and gets one "end" message back.
 //
-// The worker body is one self-contained function turned into a Blob URL, so it survives
-// `deno bundle` and `deno compile` (no separate module file to locate at run time).
+// The worker body is one self-contained function started by workerFromSource (src/worker.ts).
+import { workerFromSource } from "../../src/worker.ts";
 
 export interface TransferRequest {
   /** Client address and port (its TID). */
@@ -360,13 +360,8 @@ export class TransferPool {
     } as const,
   );
   #one = new Uint8Array(new BigUint64Array([1n]).buffer);
-  #url: string;
 
-  private constructor() {
-    this.#url = URL.createObjectURL(
-      new Blob([`(${workerMain.toString()})()`], { type: "application/javascript" }),
-    );
-  }
+  private constructor() {}
 
   static async create(workers: number): Promise<TransferPool> {
     const pool = new TransferPool();
@@ -375,7 +370,7 @@ export class TransferPool {
   }
 
   #spawn(): Promise<void> {
-    const worker = new Worker(this.#url, { type: "module" });
+    const worker = workerFromSource(workerMain);
     const ready = Promise.withResolvers<void>();
     const slot: Slot = { worker, eventfd: -1, active: 0 };
     worker.onmessage = (e: MessageEvent<FromWorker>) => {
@@ -454,6 +449,5 @@ export class TransferPool {
     }));
     this.#slots = [];
     this.#lib.close();
-    URL.revokeObjectURL(this.#url);
   }
 }

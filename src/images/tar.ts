@@ -7,6 +7,7 @@
 //   - the member list tells which directories the archive did not carry (see normalizeDirs).
 import { UserError } from "../errors.ts";
 import type { CachedHash, Progress } from "./walk.ts";
+import { workerFromSource } from "../worker.ts";
 
 export type Compression = "gzip" | "xz" | "zstd" | "bzip2" | "none";
 
@@ -159,9 +160,7 @@ function tryStartHashWorker(): ReturnType<typeof startHashWorker> | undefined {
 }
 
 function startHashWorker() {
-  const url = URL.createObjectURL(new Blob([hashWorkerCode], { type: "text/javascript" }));
-  const worker = new Worker(url, { type: "module" });
-  URL.revokeObjectURL(url);
+  const worker = workerFromSource(hashWorkerCode);
   const cache = new Map<string, CachedHash>();
   const ended = Promise.withResolvers<void>();
   worker.onmessage = (e) => {
