@@ -1,12 +1,18 @@
 // `netroot demo`: one virtual node booting end to end, in a private network namespace, then
-// everything cleaned up. It uses the e2e lab (tests/e2e/harness.ts): it runs from a checkout,
+// everything cleaned up. It runs in the lab (src/lab/), from a checkout or an installed bundle,
 // as root, with qemu, iproute2 and the Debian packages of tools/apt-packages.txt.
+import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { UserError } from "../errors.ts";
+import { defaultCacheDir } from "../lab/cache.ts";
+import { debianKernel } from "../lab/kernel.ts";
+import { type Lab, startLab } from "../lab/lab.ts";
+import { buildTinyImage } from "../lab/tinyimage.ts";
 
 const usage = `usage: netroot demo [--stand-in] [--keep] [--timeout SECONDS]
 
-Builds a tiny test OS image (static busybox + the Debian kernel, downloaded once into .work/),
+Builds a tiny test OS image (static busybox + the Debian kernel, downloaded once into the cache:
+$NETROOT_CACHE, else $XDG_CACHE_HOME/netroot, else /var/cache/netroot),
 creates a network namespace, starts \`netroot serve --bridge netroot0 --address 10.77.0.1/24
 --nfs ganesha\` in it, imports the image, creates one virtual node and shows its serial console
 while it PXE-boots: SeaBIOS → iPXE → netroot's DHCP → iPXE script, kernel and netroot's initramfs
@@ -39,27 +45,23 @@ export async function run(args: string[]): Promise<number> {
   if (Deno.uid() !== 0) {
     throw new UserError("the demo needs root (network namespace, bridge, taps)");
   }
-  let harness, kernelMod, imageMod;
-  try {
-    harness = await import("../../tests/e2e/harness.ts");
-    kernelMod = await import("../../tests/support/kernel.ts");
-    imageMod = await import("../../tests/support/testimage.ts");
-  } catch (e) {
-    throw new UserError(`the demo runs from a netroot checkout (${(e as Error).message})`);
-  }
   const standIn = values["stand-in"] ?? false;
-  console.log("netroot demo: fetching the Debian kernel and busybox-static (cached in .work/)…");
-  const kernel = await kernelMod.debianKernel();
+  const cacheDir = defaultCacheDir();
+  console.log(
+    `netroot demo: fetching the Debian kernel and busybox-static (cached in ${cacheDir})…`,
+  );
+  const kernel = await debianKernel(cacheDir);
   const imageDir = await Deno.makeTempDir({ prefix: "netroot-demo-image-" });
-  let lab: Awaited<ReturnType<typeof harness.startLab>> | undefined;
+  let lab: Lab | undefined;
   let ok = false;
   try {
-    const image = await imageMod.buildTestImage(`${imageDir}/rootfs`, {
+    const image = await buildTinyImage(join(imageDir, "rootfs"), {
       kernel,
+      cacheDir,
       release: "demo",
       initrd: standIn,
     });
-    lab = await harness.startLab({ nfs: standIn ? "off" : "ganesha" });
+    lab = await startLab({ nfs: standIn ? "off" : "ganesha" });
     await lab.cli("image", "import", image.dir, "--name", "demo");
     lab.log(`image "demo" imported (kernel ${image.kv})`);
     const vm = await lab.createVnode("demo1", { image: "demo", ram: "384M" });
