@@ -1,26 +1,42 @@
-// netroot as a library: what another TypeScript program imports.
+// netroot as a library, server side: what another TypeScript program imports to embed the boot
+// server, drive its registries, or build a node initramfs. The node side (the initramfs /init)
+// is node.ts; the command line is main.ts. Modules not exported here are internal.
 
-// Server: state, registries, the HTTP app and the whole service set.
-export { buildApp, openContext, serve } from "./src/server.ts";
+// Embed the server: `serve(config)` starts what `netroot serve` starts (HTTP API and dashboard,
+// and with an interface DHCP, TFTP, NFS exports, virtual nodes); `close()` stops all of it.
+export { serve } from "./src/server.ts";
 export type { RunningServer } from "./src/server.ts";
 export { defaultConfig, loadServeConfig } from "./src/config.ts";
-export type { ServerConfig } from "./src/config.ts";
+export type { DhcpMode, NfsMode, ProxyStrategy, ServerConfig } from "./src/config.ts";
+
+// The state without the services: `openContext(config)` opens the data dir and database
+// (reconciled); `buildApp(ctx)` is the HTTP app (API, boot routes, dashboard) to mount elsewhere.
+export { buildApp, openContext } from "./src/server.ts";
 export type { Context, Service } from "./src/context.ts";
-export { openDatabase, tx } from "./src/db.ts";
-export { listEvents, recordEvent } from "./src/events.ts";
-export type { Event } from "./src/events.ts";
 export { DataDir } from "./src/datadir.ts";
-export { normalizeMac } from "./src/mac.ts";
 export { ImageStore } from "./src/images/store.ts";
 export type { ImageInfo } from "./src/images/store.ts";
-export { NodeRegistry, registerSettingValidator } from "./src/nodes.ts";
+export { NodeRegistry } from "./src/nodes.ts";
 export type { NodeInfo } from "./src/nodes.ts";
+export { listEvents, recordEvent } from "./src/events.ts";
+export type { Event } from "./src/events.ts";
+export { normalizeMac } from "./src/mac.ts";
+
+// Extension seams: node settings, API routes, reboot mechanisms, and the database they may use.
+export { registerSettingValidator } from "./src/nodes.ts";
 export { registerApiExtension } from "./src/api.ts";
+export type { ApiExtension } from "./src/api.ts";
 export { Rebooter } from "./src/reboot.ts";
 export type { RebootMechanism } from "./src/reboot.ts";
-export { ensureInitramfs } from "./src/initramfs/build.ts";
+export { openDatabase, tx } from "./src/db.ts";
 
-// Content manifests (image ids) — a pure codec.
+// Node initramfs: `ensureInitramfs(ctx, image)` returns (building once) the initramfs of an
+// imported image for the running program; `buildInitramfs` builds one from any image tree.
+export { buildInitramfs, ensureInitramfs } from "./src/initramfs/build.ts";
+export type { BuildOptions, BuildResult, ProgramFiles } from "./src/initramfs/build.ts";
+export { currentProgram } from "./src/initramfs/bundle.ts";
+
+// Content manifests (image ids) — a pure codec shared with the node side.
 export { manifestLines, manifestText, parseManifest, serializeEntry } from "./src/manifest.ts";
 export type { ManifestEntry } from "./src/manifest.ts";
 
@@ -38,7 +54,3 @@ export {
 } from "./netboot/tftp/packet.ts";
 export { createTftpServer } from "./netboot/tftp/server.ts";
 export { tftpGet } from "./netboot/tftp/client.ts";
-
-// Node side.
-export { boot as bootNode } from "./overlay/init.ts";
-export { tryHybridBoot } from "./hybrid/mod.ts";

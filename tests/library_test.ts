@@ -1,0 +1,79 @@
+// The library entries as another TypeScript program uses them: mod.ts embeds the server (temp
+// data dir, loopback, port 0) and drives its registry; node.ts gives the init and reaches no
+// server code (a bundle of it stays node-only).
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import * as netroot from "../mod.ts";
+import * as node from "../node.ts";
+
+Deno.test("mod.ts: serve on a temp data dir on loopback, register a node, see it, stop", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nr-lib-" });
+  try {
+    const config: netroot.ServerConfig = {
+      ...netroot.defaultConfig(),
+      dataDir: join(dir, "data"),
+      http: { host: "127.0.0.1", port: 0 },
+    };
+    const server = await netroot.serve(config);
+    const base = `http://127.0.0.1:${server.http.port}/api/v1`;
+    let closed = false;
+    try {
+      assert.equal((await (await fetch(`${base}/health`)).json()).ok, true);
+      const info = server.ctx.nodes.add(netroot.normalizeMac("52-54-00-AA-BB-01"), { name: "n1" });
+      assert.equal(info.mac, "52:54:00:aa:bb:01");
+      const nodes = await (await fetch(`${base}/nodes`)).json() as { name: string }[];
+      assert.deepEqual(nodes.map((n) => n.name), ["n1"]);
+      assert.ok(netroot.listEvents(server.ctx.db).some((e) => e.kind === "server.start"));
+      await server.close();
+      closed = true;
+      await assert.rejects(fetch(`${base}/health`), "the port is closed after close()");
+    } finally {
+      if (!closed) await server.close();
+    }
+    // The state outlives the server: a second embedding opens it with the node in it.
+    const ctx = await netroot.openContext(config);
+    try {
+      assert.equal(ctx.nodes.get("n1").mac, "52:54:00:aa:bb:01");
+      const res = await netroot.buildApp(ctx).request("/api/v1/nodes/n1");
+      assert.equal(res.status, 200);
+    } finally {
+      ctx.db.close();
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("node.ts: the init refuses to run outside PID 1", async () => {
+  assert.equal(typeof node.boot, "function");
+  assert.equal(typeof node.tryHybridBoot, "function");
+  const err = console.error;
+  const said: string[] = [];
+  console.error = (...a: unknown[]) => said.push(a.join(" "));
+  try {
+    assert.equal(await node.runInit([]), 2);
+  } finally {
+    console.error = err;
+  }
+  assert.match(said.join("\n"), /not PID 1/);
+});
+
+Deno.test("node.ts reaches no server module (database, HTTP framework, server, API)", async () => {
+  const root = fileURLToPath(new URL("../", import.meta.url));
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["info", "--json", "node.ts"],
+    cwd: root,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.ok(out.success, new TextDecoder().decode(out.stderr));
+  const mods = (JSON.parse(new TextDecoder().decode(out.stdout)) as {
+    modules: { specifier: string }[];
+  }).modules.map((m) => m.specifier);
+  assert.ok(mods.some((m) => m.endsWith("/overlay/init.ts")));
+  const server = mods.filter((m) =>
+    /hono|node:sqlite|\/src\/(server|db|api|nodes|nfs|dashboard|events)\.ts$|\/netboot\//.test(m)
+  );
+  assert.deepEqual(server, []);
+});
