@@ -1,10 +1,12 @@
 // NFS exports: the pure renderings (kernel exports(5) text, ganesha.conf, export ids, paths) and,
 // as root, a real ganesha.nfsd supervised inside a network namespace this test creates (the host
-// kernel has no NFS client: the mount itself is proven by the qemu e2e tests).
+// kernel has no NFS client: mounts are made by qemu guests), and the exports text served by the
+// Debian kernel's nfsd in a qemu guest to a hostile client that forges file handles.
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { defaultConfig, type ServerConfig } from "../src/config.ts";
 import type { Context } from "../src/context.ts";
 import { listEvents } from "../src/events.ts";
@@ -511,6 +513,197 @@ poweroff -f
       await service?.close();
       await ip("netns", "del", ns).catch(() => {});
       await dropContext(ctx);
+    }
+  },
+});
+
+// ---- kernel nfsd (the Debian test kernel's, in a qemu guest) against a hostile client ----
+
+Deno.test({
+  name: "kernel nfsd (root, netns, qemu): exportfs takes the text; forged handles are stale; " +
+    "image root squashed",
+  ignore: Deno.env.get("NETROOT_SKIP_VM") === "1",
+  async fn() {
+    const { debianKernel } = await import("./support/kernel.ts");
+    const { knfsdTools } = await import("./support/knfsd.ts");
+    const k = await debianKernel();
+    const tools = await knfsdTools();
+    const work = await Deno.makeTempDir({ prefix: "nr-knfsd-" });
+    const ns = `nr-knfsd-${Deno.pid}`;
+    await ip("netns", "add", ns);
+    let qemu: Deno.ChildProcess | undefined;
+    try {
+      // The data disk as netroot lays it out: an image, a node's /persist, and, outside every
+      // export, files a forged handle must not reach (a root-only and a world-readable one).
+      const mac = "52:54:00:00:71:21", data = "/srv/data";
+      const tree = join(work, "tree");
+      const rootfs = `images/aa11/rootfs`, persist = `nodes/${mac}/persist`;
+      mkdirSync(join(tree, rootfs, "etc/ssh"), { recursive: true });
+      mkdirSync(join(tree, persist), { recursive: true });
+      writeFileSync(join(tree, rootfs, "etc/hostname"), "a\n");
+      writeFileSync(join(tree, rootfs, "etc/ssh/ssh_host_ed25519_key"), "key\n", { mode: 0o600 });
+      writeFileSync(join(tree, persist, "mine"), "mine\n");
+      writeFileSync(join(tree, "netroot.db"), "SECRET\n", { mode: 0o600 });
+      writeFileSync(join(tree, "public"), "PUBLIC\n", { mode: 0o644 });
+      const disk = join(work, "disk.img");
+      const run = async (cmd: string, ...args: string[]) => {
+        const o = await new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).output();
+        const text = new TextDecoder().decode(o.stdout) + new TextDecoder().decode(o.stderr);
+        if (!o.success) throw new Error(`${cmd} ${args.join(" ")}: ${text}`);
+        return text;
+      };
+      await run("mkfs.ext4", "-q", "-F", "-d", tree, disk, "64M");
+      const inode = async (p: string) =>
+        /Inode: (\d+)/.exec(await run("debugfs", "-R", `stat ${p}`, disk))![1];
+      const outside = [await inode("/netroot.db"), await inode("/public")];
+      const text = renderKernelExports({
+        subnet: "10.71.0.0/24",
+        images: [{ id: "aa11", path: `${data}/${rootfs}`, pseudo: "" }],
+        persists: [{ mac, ip: "10.71.0.21", path: `${data}/${persist}`, pseudo: "" }],
+      });
+
+      // The guest: busybox, virtio + ext4 + nfsd modules, Debian's exportfs/rpc.mountd/rpc.nfsd.
+      const stage = join(work, "stage");
+      const modDir = join(k.root, "lib/modules", k.kv);
+      const mods = moduleClosure(modDir, [
+        "virtio_pci",
+        "virtio_net",
+        "virtio_blk",
+        "crc32c_generic",
+        "ext4",
+        "nfsd",
+      ]);
+      for (const d of ["bin", "dev", "proc", "sys", "mods", "run", "tmp", "usr/sbin"]) {
+        mkdirSync(join(stage, d), { recursive: true });
+      }
+      mkdirSync(join(stage, "etc/exports.d"), { recursive: true });
+      mkdirSync(join(stage, "var/lib/nfs"), { recursive: true });
+      mkdirSync(join(stage, data), { recursive: true });
+      for (const m of mods) {
+        await Deno.copyFile(join(modDir, m), join(stage, "mods", m.split("/").pop()!));
+      }
+      await Deno.copyFile("/usr/bin/busybox", join(stage, "bin/busybox"));
+      for (const p of tools.programs) {
+        await Deno.copyFile(p, join(stage, "usr/sbin", p.split("/").pop()!));
+      }
+      for (const l of tools.libs) {
+        mkdirSync(join(stage, l, ".."), { recursive: true });
+        await Deno.copyFile(Deno.realPathSync(l), join(stage, l));
+      }
+      for (const f of ["/etc/netconfig", "/etc/protocols", "/etc/services"]) {
+        await Deno.copyFile(f, join(stage, f));
+      }
+      writeFileSync(join(stage, "etc/passwd"), "root:x:0:0::/:/bin/sh\n");
+      writeFileSync(join(stage, "etc/group"), "root:x:0:\n");
+      writeFileSync(join(stage, "etc/exports"), "");
+      writeFileSync(join(stage, "etc/exports.d/netroot.exports"), text);
+      writeFileSync(
+        join(stage, "init"),
+        `#!/bin/busybox sh
+export PATH=/bin:/usr/sbin
+/bin/busybox --install -s /bin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+for m in ${
+          mods.map((m) => m.split("/").pop()).join(" ")
+        }; do insmod /mods/$m || echo "INSMOD-FAIL $m"; done
+ip link set lo up; ip link set eth0 up; ip addr add 10.71.0.1/24 dev eth0
+mount -t ext4 /dev/vda ${data} || echo "DISK-MOUNT-FAIL"
+mount -t nfsd nfsd /proc/fs/nfsd
+echo 10 > /proc/fs/nfsd/nfsv4gracetime
+rpc.mountd -N 2 -N 3 -F &
+sleep 1
+exportfs -ra 2>&1; echo "EXPORTFS-RC=$?"
+exportfs -v | tr -s ' \\t\\n' ' ' | sed 's/^/EXPORTS-V /'; echo
+rpc.nfsd -N 3 --no-udp 4 2>&1; echo "NFSD-RC=$?"
+echo NFSD-READY
+sleep 600
+`,
+        { mode: 0o755 },
+      );
+      const initrd = join(work, "initrd.gz");
+      const cpio = await new Deno.Command("sh", {
+        args: [
+          "-c",
+          `mknod -m 600 dev/console c 5 1 && find . | cpio -o -H newc --quiet | gzip -1 > ${initrd}`,
+        ],
+        cwd: stage,
+      }).output();
+      assert.ok(cpio.success, "initrd built");
+
+      // The test side of the tap is the node's address: inside the subnet, and the one client
+      // its /persist is exported to.
+      await ip("-n", ns, "tuntap", "add", "tap0", "mode", "tap");
+      await ip("-n", ns, "addr", "add", "10.71.0.21/24", "dev", "tap0");
+      await ip("-n", ns, "link", "set", "tap0", "up");
+      await ip("-n", ns, "link", "set", "lo", "up");
+      const serial = join(work, "serial.log");
+      qemu = new Deno.Command("ip", {
+        args: [
+          ...["netns", "exec", ns, "qemu-system-x86_64"],
+          ...["-accel", "tcg", "-m", "384", "-display", "none", "-monitor", "none"],
+          ...["-serial", `file:${serial}`, "-no-reboot"],
+          ...["-kernel", k.vmlinuz, "-initrd", initrd, "-append", "console=ttyS0 panic=-1 quiet"],
+          ...["-drive", `file=${disk},if=virtio,format=raw`],
+          ...["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"],
+          ...["-device", "virtio-net-pci,netdev=n0,mac=52:54:00:00:71:01,romfile="],
+        ],
+        stdin: "null",
+        stdout: "null",
+        stderr: "null",
+      }).spawn();
+      const log = () => existsSync(serial) ? readFileSync(serial, "utf8") : "";
+      for (let i = 0; i < 300 && !log().includes("NFSD-READY"); i++) {
+        await new Promise((r) => setTimeout(r, 500));
+      }
+      const tail = `serial log ends:\n${log().slice(-2500)}`;
+      assert.ok(log().includes("NFSD-READY"), tail);
+      assert.ok(!/INSMOD-FAIL|DISK-MOUNT-FAIL/.test(log()), tail);
+      assert.ok(log().includes("EXPORTFS-RC=0"), "exportfs takes netroot's text\n" + tail);
+      assert.ok(log().includes("NFSD-RC=0"), tail);
+      const probe = async (exportPath: string, inside: string) => {
+        const out = await new Deno.Command("ip", {
+          args: [
+            ...["netns", "exec", ns, Deno.execPath(), "run", "-A", "--no-config"],
+            fileURLToPath(new URL("./support/nfs4_forge.ts", import.meta.url)),
+            ...["10.71.0.1", exportPath, inside, ...outside],
+          ],
+          stdout: "piped",
+          stderr: "piped",
+        }).output();
+        const err = new TextDecoder().decode(out.stderr);
+        assert.ok(out.success, `nfs4_forge: ${err}`);
+        return JSON.parse(new TextDecoder().decode(out.stdout)) as {
+          legit: { status: number; data?: string };
+          forged: Record<string, number[]>;
+        };
+      };
+      const NFS4ERR_STALE = 70, NFS4ERR_ACCESS = 13;
+      const viaImage = await probe(`${data}/${rootfs}`, "etc/hostname");
+      const viaPersist = await probe(`${data}/${persist}`, "mine");
+      assert.deepEqual(viaImage.legit, { status: 0, data: "a\n" }, "the image reads normally");
+      assert.deepEqual(viaPersist.legit, { status: 0, data: "mine\n" }, "/persist reads normally");
+      // A handle forged from either export, naming a file outside every export: stale (the old
+      // no_subtree_check text read both, the root-only one through the image export too).
+      for (const r of [viaImage, viaPersist]) {
+        for (const ino of outside) {
+          assert.deepEqual(r.forged[ino], [NFS4ERR_STALE, NFS4ERR_STALE], JSON.stringify(r));
+        }
+      }
+      // Root squashed on the image: root-only files of the image are closed to the node's root.
+      const key = await probe(`${data}/${rootfs}`, "etc/ssh/ssh_host_ed25519_key");
+      assert.equal(key.legit.status, NFS4ERR_ACCESS, JSON.stringify(key));
+      // What nfsd made of the text (exportfs -v prints no_subtree_check only when it is set).
+      const exportsV = /EXPORTS-V (.*)/.exec(log())![1];
+      assert.match(exportsV, /\/rootfs 10\.71\.0\.0\/24\([^)]*,ro,[^)]*,root_squash/, exportsV);
+      assert.match(exportsV, /\/persist 10\.71\.0\.21\([^)]*,rw,[^)]*,no_root_squash/, exportsV);
+      assert.ok(!exportsV.includes("no_subtree_check"), exportsV);
+    } finally {
+      if (qemu) {
+        qemu.kill("SIGKILL");
+        await qemu.status;
+      }
+      await ip("netns", "del", ns).catch(() => {});
+      await Deno.remove(work, { recursive: true }).catch(() => {});
     }
   },
 });
