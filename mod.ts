@@ -21,8 +21,8 @@ export type { RebootMechanism } from "./src/reboot.ts";
 export { ensureInitramfs } from "./src/initramfs/build.ts";
 
 // Content manifests (image ids) — a pure codec.
-export { manifestLines, manifestText, parseManifest, serializeEntry } from "./src/manifest.ts";
-export type { ManifestEntry } from "./src/manifest.ts";
+export { manifestLines, manifestText, parseManifest, serializeEntry } from "./contract/manifest.ts";
+export type { ManifestEntry } from "./contract/manifest.ts";
 
 // Protocol codecs (bytes ↔ values) and stand-alone servers/clients.
 export {

@@ -1,6 +1,148 @@
-// The kernel command line the server renders (docs/architecture.md), parsed into what the node
-// init needs. Pure: text in, BootParams out, or one CmdlineError listing every problem at once.
-import { isMac, normalizeMac } from "../src/mac.ts";
+// The kernel command line: the one contract between the server, which renders it into the node's
+// iPXE script (netboot/http.ts), and the node init, which parses /proc/cmdline (overlay/init.ts).
+// Rendering, parsing, the defaults and the value rules live here only: a node setting is accepted
+// (src/nodes.ts) exactly when the node accepts it on its command line, and a value the server
+// renders is one the node parses. Pure: text in, values out. Keys: docs/architecture.md.
+import { isIPv4, netmaskPrefix } from "./ipv4.ts";
+import { isMac, parseMac } from "./mac.ts";
+
+export const NFS_VERSIONS = ["3", "4", "4.0", "4.1", "4.2"] as const;
+export type NfsVersion = typeof NFS_VERSIONS[number];
+export const BOOT_MODES = ["auto", "network"] as const;
+export type BootMode = typeof BOOT_MODES[number];
+
+/** What a missing key (on the command line) or a missing node setting (on the server) means. */
+export const DEFAULTS = {
+  mode: "auto" as BootMode,
+  timeoutS: 180,
+  tmpfs: "50%",
+  nfs: "4.2" as NfsVersion,
+  init: "/sbin/init",
+};
+
+/** A value rule: the node's parser and the server's setting validator both apply it. */
+export interface ValueRule {
+  /** What is expected, for error messages ("a whole number of seconds between 10 and 3600"). */
+  expected: string;
+  test(value: string): boolean;
+}
+
+/** The rules of the values a node setting puts on the command line. */
+export const RULES = {
+  /** netroot.mode (setting boot.mode) */
+  mode: { expected: "auto or network", test: (v) => (BOOT_MODES as readonly string[]).includes(v) },
+  /** netroot.timeout (setting boot.timeout): the NFS retry budget. */
+  timeout: {
+    expected: "a whole number of seconds between 10 and 3600",
+    test: (v) => /^\d+$/.test(v) && Number(v) >= 10 && Number(v) <= 3600,
+  },
+  /** netroot.tmpfs (setting tmpfs.size): mount(2)'s tmpfs size=, a share of RAM or a size. */
+  tmpfs: {
+    expected: "a percentage of RAM (1%-100%) or a size like 512m",
+    test: (v) => {
+      const pct = /^(\d{1,3})%$/.exec(v);
+      if (pct) return Number(pct[1]) >= 1 && Number(pct[1]) <= 100;
+      return /^\d+[kmgKMG]?$/.test(v) && !/^0+[kmgKMG]?$/.test(v);
+    },
+  },
+  nfs: { expected: "3, 4, 4.0, 4.1 or 4.2", test: (v) => NFS_VERSIONS.some((n) => n === v) },
+} satisfies Record<string, ValueRule>;
+
+// ---- the server side: rendering ------------------------------------------------------------
+
+export interface CmdlineValues {
+  mac: string;
+  hostname: string;
+  /** The node's IPv4 address; undefined → `ip=dhcp` (which the netroot init refuses). */
+  nodeIp?: string;
+  serverIp: string;
+  gateway?: string;
+  netmask: string;
+  /** Base URL of the HTTP server as the node sees it (reports, manifests). */
+  url: string;
+  /** `<server>:<path>` of the read-only image export. */
+  root: string;
+  /** `<server>:<path>` of the node's /persist export; undefined when persist is off. */
+  persist?: string;
+  nfs: "4.2" | "3";
+  imageId: string;
+  token: string;
+  /** The node settings boot.mode, boot.timeout, tmpfs.size; undefined or "" → DEFAULTS. */
+  mode?: string;
+  timeout?: string;
+  tmpfs?: string;
+  /** console= arguments (without the key), e.g. ["tty0", "ttyS0,115200"]; the last is /dev/console. */
+  consoles: string[];
+  /** Per-node `kernel.cmdline`, appended last so it can override anything before it. */
+  extra?: string;
+}
+
+/** Characters that would break a command line word, the iPXE script line, or the `ip=` fields. */
+// deno-lint-ignore no-control-regex -- rejecting control characters is the point
+const unsafeWord = /[\s\x00-\x1f\x7f"'\\$]/;
+
+/** Throws (with the setting name) when a value cannot be put on the command line as one word. */
+export function checkWord(name: string, value: string): string {
+  if (value === "" || unsafeWord.test(value)) {
+    throw new Error(`${name} ${JSON.stringify(value)} cannot go on the kernel command line`);
+  }
+  return value;
+}
+
+/** A setting's value (or its default) checked against its rule; throws naming the setting. */
+function ruled(name: string, rule: ValueRule, value: string | undefined, fallback: string) {
+  const v = value || fallback;
+  if (!rule.test(v)) throw new Error(`${name} ${JSON.stringify(v)}: expected ${rule.expected}`);
+  return v;
+}
+
+/** A hostname safe for the `ip=` field (colons separate fields there). */
+export function ipHostname(name: string): string {
+  return name.replace(/[^A-Za-z0-9.-]/g, "-").slice(0, 63);
+}
+
+/** The per-node `kernel.cmdline`, as words: a newline would end the iPXE `kernel` line and `${`
+ *  would be expanded by iPXE, so those are refused rather than boot something else than asked. */
+function extraWords(extra: string | undefined): string[] {
+  if (extra === undefined || extra.trim() === "") return [];
+  // deno-lint-ignore no-control-regex -- rejecting control characters is the point
+  if (/[\x00-\x1f\x7f]|\$\{/.test(extra)) {
+    throw new Error(`kernel.cmdline ${JSON.stringify(extra)} contains control characters or \${`);
+  }
+  return [extra.trim().replace(/\s+/g, " ")];
+}
+
+/** The command line the server sends; throws a one-line reason when it cannot be rendered. */
+export function renderCmdline(v: CmdlineValues): string {
+  const ip = v.nodeIp
+    ? `ip=${v.nodeIp}:${v.serverIp}:${v.gateway ?? ""}:${v.netmask}:${ipHostname(v.hostname)}::off`
+    : "ip=dhcp";
+  const words = [
+    ...v.consoles.map((c) => `console=${checkWord("console", c)}`),
+    ip,
+    `netroot.mac=${v.mac}`,
+    `netroot.server=${v.serverIp}`,
+    `netroot.url=${checkWord("url", v.url)}`,
+    `netroot.root=${checkWord("root", v.root)}`,
+    ...(v.persist ? [`netroot.persist=${checkWord("persist", v.persist)}`] : []),
+    `netroot.nfs=${v.nfs}`,
+    `netroot.image=${checkWord("image", v.imageId)}`,
+    `netroot.token=${checkWord("token", v.token)}`,
+    `netroot.mode=${ruled("boot.mode", RULES.mode, v.mode, DEFAULTS.mode)}`,
+    `netroot.timeout=${ruled("boot.timeout", RULES.timeout, v.timeout, `${DEFAULTS.timeoutS}`)}`,
+    `netroot.tmpfs=${ruled("tmpfs.size", RULES.tmpfs, v.tmpfs, DEFAULTS.tmpfs)}`,
+    `init=${DEFAULTS.init}`,
+    ...extraWords(v.extra),
+  ];
+  const line = words.join(" ");
+  // x86 Linux keeps 2048 bytes (COMMAND_LINE_SIZE) and silently cuts the rest.
+  if (line.length > 2047) {
+    throw new Error(`kernel command line is ${line.length} bytes; Linux keeps 2047`);
+  }
+  return line;
+}
+
+// ---- the node side: parsing ----------------------------------------------------------------
 
 export interface IpConfig {
   address: string;
@@ -23,10 +165,10 @@ export interface BootParams {
   url?: string;
   root: NfsTarget;
   persist?: NfsTarget;
-  nfsVersion: "3" | "4" | "4.0" | "4.1" | "4.2";
+  nfsVersion: NfsVersion;
   image?: string;
   token?: string;
-  mode: "auto" | "network";
+  mode: BootMode;
   timeoutS: number;
   tmpfsSize: string;
   init: string;
@@ -64,17 +206,6 @@ export function splitCmdline(text: string): string[] {
   }
   if (has) out.push(cur);
   return out;
-}
-
-const IPV4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
-export const isIPv4 = (s: string) => IPV4.test(s);
-
-/** Prefix length of a contiguous netmask, or -1. */
-export function netmaskPrefix(mask: string): number {
-  if (!isIPv4(mask)) return -1;
-  const n = mask.split(".").reduce((a, o) => a * 256 + Number(o), 0);
-  const bits = n.toString(2).padStart(32, "0");
-  return /^1*0*$/.test(bits) ? bits.indexOf("0") === -1 ? 32 : bits.indexOf("0") : -1;
 }
 
 /** `ip=<client>:<server>:<gw>:<netmask>:<hostname>:<device>:<autoconf>` (static form only). */
@@ -129,31 +260,39 @@ const KNOWN = new Set([
   "tmpfs",
 ]);
 
-export function parseCmdline(text: string): BootParams {
-  const problems: string[] = [];
-  const warnings: string[] = [];
-  const words = splitCmdline(text);
-  const dd = words.indexOf("--");
+/** The words before ` -- ` as key → value (the last one wins, as for the kernel). */
+function keyValues(words: string[]): Map<string, string> {
   const kv = new Map<string, string>();
-  for (const w of dd < 0 ? words : words.slice(0, dd)) {
+  for (const w of words) {
     const eq = w.indexOf("=");
-    if (eq > 0) kv.set(w.slice(0, eq), w.slice(eq + 1)); // last one wins, as for the kernel
+    if (eq > 0) kv.set(w.slice(0, eq), w.slice(eq + 1));
   }
-  for (const k of kv.keys()) {
-    if (k.startsWith("netroot.") && !KNOWN.has(k.slice(8))) warnings.push(`unknown ${k} ignored`);
-  }
+  return kv;
+}
+
+/** The key's value (or `fallback`), with a problem noted when it breaks its rule. */
+function ruledKey(
+  kv: Map<string, string>,
+  key: string,
+  rule: ValueRule,
+  fallback: string,
+  problems: string[],
+): string {
+  const v = kv.get(key) ?? fallback;
+  if (!rule.test(v)) problems.push(`${key}=${v}: expected ${rule.expected}`);
+  return v;
+}
+
+/** The keys every boot needs: the NIC, its address and the image export. */
+function parseIdentity(kv: Map<string, string>, problems: string[]) {
   const need = (k: string) => {
     const v = kv.get(k);
     if (v === undefined || v === "") problems.push(`${k}= is missing`);
     return v || undefined;
   };
-
   const macText = need("netroot.mac");
-  let mac = "";
-  if (macText !== undefined) {
-    if (isMac(macText)) mac = normalizeMac(macText);
-    else problems.push(`netroot.mac=${macText} is not a MAC address`);
-  }
+  const mac = macText === undefined ? undefined : isMac(macText) ? parseMac(macText) : undefined;
+  if (macText !== undefined && !mac) problems.push(`netroot.mac=${macText} is not a MAC address`);
   const ipText = need("ip");
   const ip = ipText === undefined ? undefined : parseIpParam(ipText, problems);
   const rootText = need("netroot.root");
@@ -164,45 +303,39 @@ export function parseCmdline(text: string): BootParams {
   const persist = persistText
     ? parseNfsTarget("netroot.persist", persistText, problems)
     : undefined;
+  return { mac: mac ?? "", ip: ip!, root: root!, persist };
+}
 
-  const nfs = kv.get("netroot.nfs") ?? "4.2";
-  if (!["3", "4", "4.0", "4.1", "4.2"].includes(nfs)) {
-    problems.push(`netroot.nfs=${nfs}: expected 3, 4, 4.0, 4.1 or 4.2`);
-  }
-  const mode = kv.get("netroot.mode") ?? "auto";
-  if (mode !== "auto" && mode !== "network") {
-    problems.push(`netroot.mode=${mode}: expected auto or network`);
-  }
-  const timeoutText = kv.get("netroot.timeout") ?? "180";
-  const timeoutS = Number(timeoutText);
-  if (!/^\d+$/.test(timeoutText) || timeoutS < 1) {
-    problems.push(`netroot.timeout=${timeoutText}: expected a whole number of seconds ≥ 1`);
-  }
-  const tmpfsSize = kv.get("netroot.tmpfs") ?? "50%";
-  const pct = /^(\d+)%$/.exec(tmpfsSize);
-  if (pct ? Number(pct[1]) < 1 || Number(pct[1]) > 100 : !/^\d+[kmgKMG]?$/.test(tmpfsSize)) {
-    problems.push(`netroot.tmpfs=${tmpfsSize}: expected a percentage of RAM (50%) or a size (2g)`);
-  }
+/** /proc/cmdline as the node init needs it, or one CmdlineError listing every problem at once. */
+export function parseCmdline(text: string): BootParams {
+  const problems: string[] = [];
+  const words = splitCmdline(text);
+  const dd = words.indexOf("--");
+  const kv = keyValues(dd < 0 ? words : words.slice(0, dd));
+  const warnings = [...kv.keys()].filter((k) => k.startsWith("netroot.") && !KNOWN.has(k.slice(8)))
+    .map((k) => `unknown ${k} ignored`);
+  const id = parseIdentity(kv, problems);
+  const nfs = ruledKey(kv, "netroot.nfs", RULES.nfs, DEFAULTS.nfs, problems);
+  const mode = ruledKey(kv, "netroot.mode", RULES.mode, DEFAULTS.mode, problems);
+  const timeout = ruledKey(kv, "netroot.timeout", RULES.timeout, `${DEFAULTS.timeoutS}`, problems);
+  const tmpfsSize = ruledKey(kv, "netroot.tmpfs", RULES.tmpfs, DEFAULTS.tmpfs, problems);
   const url = kv.get("netroot.url");
   if (url !== undefined && !/^https?:\/\/[^/\s]+/.test(url)) {
     problems.push(`netroot.url=${url}: expected http://<server-ip>:<port>`);
   }
-  const init = kv.get("init") ?? "/sbin/init";
+  const init = kv.get("init") ?? DEFAULTS.init;
   if (!init.startsWith("/")) problems.push(`init=${init}: must be an absolute path`);
 
   if (problems.length) throw new CmdlineError(problems);
   return {
-    mac,
-    ip: ip!,
+    ...id,
     server: kv.get("netroot.server"),
     url: url?.replace(/\/+$/, ""),
-    root: root!,
-    persist,
-    nfsVersion: nfs as BootParams["nfsVersion"],
+    nfsVersion: nfs as NfsVersion,
     image: kv.get("netroot.image"),
     token: kv.get("netroot.token"),
-    mode: mode as BootParams["mode"],
-    timeoutS,
+    mode: mode as BootMode,
+    timeoutS: Number(timeout),
     tmpfsSize,
     init,
     initArgs: dd < 0 ? [] : words.slice(dd + 1),

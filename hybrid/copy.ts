@@ -9,7 +9,7 @@
 //   hard-linked from there instead of being written.
 // Disk layout under the hybrid dir (WalT-compatible names):  <id>/image  <id>/image.part
 // <id>/manifest  <id>/diff (overlay upper)  <id>/work  <id>/last-boot
-import { type ManifestEntry, manifestLines } from "../src/manifest.ts";
+import { type ManifestEntry, manifestLines } from "../contract/manifest.ts";
 import {
   fsyncDir,
   lchown,

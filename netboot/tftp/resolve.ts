@@ -2,7 +2,7 @@
 // iPXE dir) and, for a known node, `/boot` of the node's current image. Image symlinks are resolved
 // as if the image root were `/` (Debian's /vmlinuz -> boot/vmlinuz-…, or absolute links), and a
 // file that ends up outside the image's /boot is refused.
-import { resolveInRoot as resolveImagePath } from "../../src/rootpath.ts";
+import { resolveInRoot as resolveImagePath } from "../../contract/rootpath.ts";
 import { lstat, realpath } from "node:fs/promises";
 import { join } from "node:path";
 import { ErrorCode } from "./packet.ts";
