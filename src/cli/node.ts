@@ -107,6 +107,16 @@ export function timelinePrinter(columns: number | undefined, write: (line: strin
   };
 }
 
+/** The terminal's width when stdout is one (80 when it does not say), else undefined. */
+function terminalColumns(): number | undefined {
+  if (!Deno.stdout.isTerminal()) return undefined;
+  try {
+    return Deno.consoleSize().columns || 80;
+  } catch {
+    return 80;
+  }
+}
+
 function nodeRow(n: ListedNode): Record<string, unknown> {
   return {
     name: n.name,
@@ -261,8 +271,7 @@ export async function run(args: string[]): Promise<number> {
       const [ref] = positionals(p, 1, help.log);
       const limit = o.limit ?? "200";
       let since = 0;
-      const columns = Deno.stdout.isTerminal() ? Deno.consoleSize().columns : undefined;
-      const print = timelinePrinter(columns, (line) => console.log(line));
+      const print = timelinePrinter(terminalColumns(), (line) => console.log(line));
       for (;;) {
         const events = await api.get<Event[]>(
           `/nodes/${enc(ref)}/events?since=${since}&limit=${since ? 10000 : enc(limit)}`,
