@@ -65,7 +65,7 @@ export function parseRange(
   return { start, end };
 }
 
-/** `path` (absolute, inside an image) resolved to a file under `root` (src/rootpath.ts); a missing
+/** `path` (absolute, inside an image) resolved to a file under `root` (contract/rootpath.ts); a missing
  *  one is NotFound in the image's terms (the server's own paths are none of the node's business). */
 export function resolveInRoot(root: string, path: string): Promise<string> {
   try {

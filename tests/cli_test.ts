@@ -317,10 +317,13 @@ Deno.test("node CLI: log shows a copy's progress as one readable line; --follow 
       progress(50);
       await until("50% (");
       // Cursor up over the old line's rows, erase, then the new line in its place.
+      // deno-lint-ignore no-control-regex -- the terminal's escape sequences are the point
       assert.match(seen, /25% \([^\n]*\n\x1b\[\d+A\r\x1b\[0J\S+Z {2}init\.hybrid-copy 50% \(/);
       recordEvent(ctx.db, mac, "init.hybrid-ready", { ok: true });
       await until("init.hybrid-ready");
-      assert.doesNotMatch(seen, /50% \([^\n]*\n\x1b\[\d+A/); // a new event gets a line of its own
+      // A new event gets a line of its own.
+      // deno-lint-ignore no-control-regex -- the terminal's escape sequences are the point
+      assert.doesNotMatch(seen, /50% \([^\n]*\n\x1b\[\d+A/);
     } finally {
       child.kill("SIGTERM");
       await child.status;

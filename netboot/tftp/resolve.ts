@@ -44,7 +44,7 @@ export function cleanFilename(name: string): { parts: string[] } | { refused: st
   return { parts };
 }
 
-/** `parts` inside `root` as chroot would see them (src/rootpath.ts); a `..` climbing above the
+/** `parts` inside `root` as chroot would see them (contract/rootpath.ts); a `..` climbing above the
  *  root is refused, and only an existing regular file is served. */
 export async function resolveInRoot(root: string, parts: string[]): Promise<Resolution> {
   let r;
