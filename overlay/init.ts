@@ -18,8 +18,6 @@ import { type MountSource, mountWithRetry, nfsSource } from "./rootsource.ts";
 import { errText, InitFailure, Stages } from "./stage.ts";
 import { isExecutableIn, mountApiFilesystems, switchRoot } from "./switchroot.ts";
 
-export { InitFailure };
-
 export interface InitDeps {
   out: InitConsole;
   layout: Layout;
