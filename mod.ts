@@ -37,8 +37,8 @@ export type { BuildOptions, BuildResult, ProgramFiles } from "./src/initramfs/bu
 export { currentProgram } from "./src/initramfs/bundle.ts";
 
 // Content manifests (image ids) — a pure codec shared with the node side.
-export { manifestLines, manifestText, parseManifest, serializeEntry } from "./src/manifest.ts";
-export type { ManifestEntry } from "./src/manifest.ts";
+export { manifestLines, manifestText, parseManifest, serializeEntry } from "./contract/manifest.ts";
+export type { ManifestEntry } from "./contract/manifest.ts";
 
 // Protocol codecs (bytes ↔ values) and stand-alone servers/clients.
 export {

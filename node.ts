@@ -4,10 +4,17 @@
 
 // The init: `runInit(args)` is `netroot init` (refuses unless PID 1); `boot(deps)` is the whole
 // sequence with its seams injected (`productionDeps()` are the real ones).
-export { boot, InitFailure, productionDeps, run as runInit } from "./overlay/init.ts";
-export type { HybridEnv, HybridProbe, HybridRoot, InitDeps } from "./overlay/init.ts";
+export { boot, productionDeps, run as runInit } from "./overlay/init.ts";
+export { InitFailure } from "./overlay/stage.ts";
+export type { InitDeps } from "./overlay/init.ts";
 
-// Hybrid mode (verified local copy on ext4 `walt-hybrid/`): the probe the init uses, and the
-// copy-and-verify step on its own.
-export { hybridProbe, tryHybridBoot } from "./hybrid/mod.ts";
+// The two ways of making a root (one interface, contract/rootmode.ts): network mode (NFS + RAM
+// overlay) and hybrid mode (verified local copy on ext4 `walt-hybrid/`).
+export { networkMode } from "./overlay/nfsroot.ts";
+export { hybridMode, tryHybridBoot } from "./hybrid/mod.ts";
 export type { HybridBoot, HybridBootOptions } from "./hybrid/mod.ts";
+export type { RootEnv, RootMode } from "./contract/rootmode.ts";
+
+// The server↔node wire contract: kernel command line and stage reports.
+export { parseCmdline, renderCmdline } from "./contract/cmdline.ts";
+export { parseReport } from "./contract/report.ts";

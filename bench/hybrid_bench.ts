@@ -3,7 +3,7 @@
 // Prints first-copy throughput ratio (target ≥ 0.9×) and the bytes written for a 1 %-changed image
 // (target ≤ 2 %).
 import { createHash } from "node:crypto";
-import { manifestText } from "../src/manifest.ts";
+import { manifestText } from "../contract/manifest.ts";
 import { scanTree } from "../src/images/walk.ts";
 import { ensureLocalCopy } from "../hybrid/copy.ts";
 import { loopExt4, run } from "../tests/support/ext4disk.ts";

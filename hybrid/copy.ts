@@ -9,7 +9,7 @@
 //   hard-linked from there instead of being written.
 // Disk layout under the hybrid dir (WalT-compatible names):  <id>/image  <id>/image.part
 // <id>/manifest  <id>/diff (overlay upper)  <id>/work  <id>/last-boot
-import { type ManifestEntry, manifestLines } from "../src/manifest.ts";
+import { type ManifestEntry, manifestLines } from "../contract/manifest.ts";
 import {
   fsyncDir,
   lchown,
@@ -266,43 +266,125 @@ export async function ensureLocalCopy(opts: CopyOptions): Promise<CopyReport> {
     );
   }
   const entries = [...manifestLines(opts.manifestText)];
-  const p = copyPaths(hybridDir, imageId);
-  const bytesTotal = entries.reduce((s, e) => s + (e.type === "file" ? e.size : 0), 0);
   const report: CopyReport = {
     imageId,
     entries: entries.length,
-    bytesTotal,
+    bytesTotal: entries.reduce((s, e) => s + (e.type === "file" ? e.size : 0), 0),
     bytesWritten: 0,
     bytesLinked: 0,
     bytesReused: 0,
     resumed: false,
     ms: 0,
   };
-  if (isComplete(hybridDir, imageId)) {
-    report.ms = performance.now() - t0;
-    return report;
+  if (!isComplete(hybridDir, imageId)) {
+    const run = new CopyRun(opts, report, t0);
+    await run.copyTree(entries);
+    run.complete();
   }
-  Deno.mkdirSync(p.base, { recursive: true });
-  report.resumed = lstatOrNull(p.part) !== null;
-  Deno.mkdirSync(p.part, { recursive: true });
-  const index = indexOtherCopies(hybridDir, imageId);
-  const pool = new DataPool(Math.max(2, Math.min(4, navigator.hardwareConcurrency || 2)));
-  const pending: Promise<void>[] = [];
-  const links: ManifestEntry[] = [];
-  let failure: unknown;
-  const copyFile = async (e: ManifestEntry, dst: string, st: Deno.FileInfo | null) => {
-    if (failure) return;
+  report.ms = performance.now() - t0;
+  return report;
+}
+
+/** One copy into `<id>/image.part`: the entries in manifest order, file data through the pool. */
+class CopyRun {
+  readonly p: ReturnType<typeof copyPaths>;
+  readonly index: Map<string, string>;
+  readonly pool = new DataPool(Math.max(2, Math.min(4, navigator.hardwareConcurrency || 2)));
+  /** Directories, for their metadata once everything below them is in place. */
+  readonly dirs: ManifestEntry[] = [];
+  /** Hard links, made after the data copies: their first entry may still be in flight. */
+  readonly links: ManifestEntry[] = [];
+  /** The first failure of a file copy (they run concurrently; the others stop early). */
+  failure: unknown;
+  sinceCheckpoint: { bytes: number; at: number };
+  lastTick = performance.now();
+
+  constructor(readonly opts: CopyOptions, readonly report: CopyReport, readonly t0: number) {
+    this.p = copyPaths(opts.hybridDir, opts.imageId);
+    Deno.mkdirSync(this.p.base, { recursive: true });
+    report.resumed = lstatOrNull(this.p.part) !== null;
+    Deno.mkdirSync(this.p.part, { recursive: true });
+    this.index = indexOtherCopies(opts.hybridDir, opts.imageId);
+    this.sinceCheckpoint = { bytes: report.bytesWritten, at: performance.now() };
+  }
+
+  dst(e: ManifestEntry): string {
+    return e.path === "/" ? this.p.part : this.p.part + e.path;
+  }
+
+  async copyTree(entries: ManifestEntry[]): Promise<void> {
+    const pending: Promise<void>[] = [];
     try {
-      if (st?.isFile && st.size === e.size && report.resumed) {
-        if ((await pool.run("hash", dst)).digest === e.sha256) {
-          report.bytesReused += e.size;
+      for (const e of entries) {
+        try {
+          const copying = this.place(e);
+          if (copying) pending.push(copying);
+        } catch (err) {
+          wrapFsError(err, e.path);
+        }
+        this.tick();
+      }
+      await Promise.all(pending);
+    } finally {
+      this.pool.close();
+    }
+    if (this.failure) throw this.failure;
+    for (const e of this.links) this.hardLink(e);
+  }
+
+  /** Puts one entry in place; a file that needs its data copied returns the copy in flight. */
+  place(e: ManifestEntry): Promise<void> | undefined {
+    const dst = this.dst(e);
+    switch (e.type) {
+      case "dir": {
+        const st = lstatOrNull(dst);
+        if (st && !st.isDirectory) removeIfExists(dst);
+        if (!st?.isDirectory) Deno.mkdirSync(dst, { mode: 0o700 });
+        this.dirs.push(e);
+        return;
+      }
+      case "file": {
+        const st = lstatOrNull(dst);
+        const other = this.index.get(linkKey(e));
+        if (!(st?.isFile && st.size === e.size && this.report.resumed) && other) {
+          if (st) removeIfExists(dst);
+          Deno.linkSync(other, dst);
+          this.report.bytesLinked += e.size;
+          return;
+        }
+        return this.copyFile(e, dst, st);
+      }
+      case "hardlink":
+        this.links.push(e);
+        return;
+      case "symlink":
+        removeIfExists(dst);
+        Deno.symlinkSync(e.target!, dst);
+        applyMeta(dst, e);
+        return;
+      default: {
+        removeIfExists(dst);
+        const kind = { char: S_IFCHR, block: S_IFBLK, fifo: S_IFIFO, socket: S_IFSOCK }[e.type];
+        mknod(dst, kind | (e.mode & 0o7777), e.rdev?.major ?? 0, e.rdev?.minor ?? 0);
+        applyMeta(dst, e);
+      }
+    }
+  }
+
+  /** A file's data: kept when an interrupted copy left it intact (re-hashed), else copied. */
+  async copyFile(e: ManifestEntry, dst: string, st: Deno.FileInfo | null): Promise<void> {
+    if (this.failure) return;
+    try {
+      if (st?.isFile && st.size === e.size && this.report.resumed) {
+        if ((await this.pool.run("hash", dst)).digest === e.sha256) {
+          this.report.bytesReused += e.size;
           applyMeta(dst, e);
-          tick(); // re-verifying a large interrupted copy takes a while too: show progress
+          this.tick(); // re-verifying a large interrupted copy takes a while too: show progress
           return;
         }
       }
       if (st) removeIfExists(dst);
-      const r = await pool.run("copy", opts.source + e.path, dst);
+      const r = await this.pool.run("copy", this.opts.source + e.path, dst);
       if (r.digest !== e.sha256 || r.size !== e.size) {
         Deno.removeSync(dst);
         throw new HybridError(
@@ -311,115 +393,73 @@ export async function ensureLocalCopy(opts: CopyOptions): Promise<CopyReport> {
             `${r.size} bytes; expected ${e.sha256?.slice(0, 12)}…, ${e.size} bytes)`,
         );
       }
-      report.bytesWritten += e.size;
+      this.report.bytesWritten += e.size;
       applyMeta(dst, e);
-      checkpoint();
-      tick();
+      this.checkpoint();
+      this.tick();
     } catch (err) {
       try {
         wrapFsError(err, e.path);
       } catch (wrapped) {
-        failure ??= wrapped;
+        this.failure ??= wrapped;
       }
     }
-  };
-  // Files completed before a checkpoint survive a power cut (and are re-verified, not trusted).
-  // Synchronous, before the progress tick: a reported `done` is at most one interval ahead of disk.
-  let sinceCheckpoint = { bytes: report.bytesWritten, at: performance.now() };
-  const checkpoint = () => {
-    if (
-      report.bytesWritten - sinceCheckpoint.bytes < (opts.checkpointBytes ?? 64 << 20) &&
-      performance.now() - sinceCheckpoint.at < (opts.checkpointMs ?? 5000)
-    ) return;
-    syncfs(p.base);
-    sinceCheckpoint = { bytes: report.bytesWritten, at: performance.now() };
-  };
-  const interval = opts.progressIntervalMs ?? 1000;
-  let lastTick = performance.now();
-  const tick = (force = false) => {
-    const now = performance.now();
-    if (!opts.onProgress || (!force && now - lastTick < interval)) return;
-    lastTick = now;
-    opts.onProgress({
-      done: report.bytesWritten + report.bytesLinked + report.bytesReused,
-      total: bytesTotal,
-      rate: report.bytesWritten / Math.max((now - t0) / 1000, 1e-3),
-    });
-  };
-  const dirs: ManifestEntry[] = [];
-  for (const e of entries) {
-    const dst = e.path === "/" ? p.part : p.part + e.path;
-    try {
-      switch (e.type) {
-        case "dir": {
-          const st = lstatOrNull(dst);
-          if (st && !st.isDirectory) removeIfExists(dst);
-          if (!st?.isDirectory) Deno.mkdirSync(dst, { mode: 0o700 });
-          dirs.push(e);
-          break;
-        }
-        case "file": {
-          const st = lstatOrNull(dst);
-          const other = index.get(linkKey(e));
-          if (!(st?.isFile && st.size === e.size && report.resumed) && other) {
-            if (st) removeIfExists(dst);
-            Deno.linkSync(other, dst);
-            report.bytesLinked += e.size;
-            break;
-          }
-          pending.push(copyFile(e, dst, st));
-          break;
-        }
-        case "hardlink":
-          links.push(e); // after the data copies: its first entry may still be in flight
-          break;
-        case "symlink":
-          removeIfExists(dst);
-          Deno.symlinkSync(e.target!, dst);
-          applyMeta(dst, e);
-          break;
-        default: {
-          removeIfExists(dst);
-          const kind = { char: S_IFCHR, block: S_IFBLK, fifo: S_IFIFO, socket: S_IFSOCK }[e.type];
-          mknod(dst, kind | (e.mode & 0o7777), e.rdev?.major ?? 0, e.rdev?.minor ?? 0);
-          applyMeta(dst, e);
-        }
-      }
-    } catch (err) {
-      wrapFsError(err, e.path);
-    }
-    tick();
   }
-  try {
-    await Promise.all(pending);
-  } finally {
-    pool.close();
-  }
-  if (failure) throw failure;
-  for (const e of links) {
-    const dst = p.part + e.path, target = p.part + e.target!;
+
+  hardLink(e: ManifestEntry): void {
+    const dst = this.p.part + e.path, target = this.p.part + e.target!;
     try {
       const st = lstatOrNull(dst);
-      if (st && st.ino === Deno.lstatSync(target).ino) continue;
+      if (st && st.ino === Deno.lstatSync(target).ino) return;
       if (st) removeIfExists(dst);
       Deno.linkSync(target, dst);
     } catch (err) {
       wrapFsError(err, e.path);
     }
   }
-  try {
-    // Directories last, deepest first, so creating children does not bump their mtimes again.
-    for (const e of dirs.reverse()) applyMeta(e.path === "/" ? p.part : p.part + e.path, e);
-    syncfs(p.base);
-    const tmp = `${p.manifest}.tmp`;
-    Deno.writeTextFileSync(tmp, opts.manifestText);
-    Deno.renameSync(tmp, p.manifest);
-    Deno.renameSync(p.part, p.image);
-    fsyncDir(p.base);
-  } catch (err) {
-    wrapFsError(err, "completing the copy");
+
+  /** Files completed before a checkpoint survive a power cut (and are re-verified, not trusted).
+   *  Synchronous, before the progress tick: a reported `done` is at most one interval ahead of
+   *  the disk. */
+  checkpoint(): void {
+    const { opts, report } = this;
+    if (
+      report.bytesWritten - this.sinceCheckpoint.bytes < (opts.checkpointBytes ?? 64 << 20) &&
+      performance.now() - this.sinceCheckpoint.at < (opts.checkpointMs ?? 5000)
+    ) return;
+    syncfs(this.p.base);
+    this.sinceCheckpoint = { bytes: report.bytesWritten, at: performance.now() };
   }
-  tick(true);
-  report.ms = performance.now() - t0;
-  return report;
+
+  tick(force = false): void {
+    const { opts, report } = this;
+    const now = performance.now();
+    if (!opts.onProgress || (!force && now - this.lastTick < (opts.progressIntervalMs ?? 1000))) {
+      return;
+    }
+    this.lastTick = now;
+    opts.onProgress({
+      done: report.bytesWritten + report.bytesLinked + report.bytesReused,
+      total: report.bytesTotal,
+      rate: report.bytesWritten / Math.max((now - this.t0) / 1000, 1e-3),
+    });
+  }
+
+  /** Directory metadata, then the copy becomes `<id>/image` (after syncfs: all or nothing). */
+  complete(): void {
+    const p = this.p;
+    try {
+      // Directories last, deepest first, so creating children does not bump their mtimes again.
+      for (const e of this.dirs.reverse()) applyMeta(this.dst(e), e);
+      syncfs(p.base);
+      const tmp = `${p.manifest}.tmp`;
+      Deno.writeTextFileSync(tmp, this.opts.manifestText);
+      Deno.renameSync(tmp, p.manifest);
+      Deno.renameSync(p.part, p.image);
+      fsyncDir(p.base);
+    } catch (err) {
+      wrapFsError(err, "completing the copy");
+    }
+    this.tick(true);
+  }
 }

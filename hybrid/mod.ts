@@ -1,12 +1,13 @@
-// Hybrid boot entry point for `netroot init`: detect the partition, copy/verify the image, lay out
-// the overlay. Returns undefined for network mode (no partition, or any failure — the node must
-// still boot, so failures fall back to network mode and are said loudly).
-import type { HybridProbe } from "../overlay/init.ts";
-import { mountWithRetry } from "../overlay/rootsource.ts";
+// Hybrid mode (a RootMode, contract/rootmode.ts), the node side of `netroot init` in
+// netroot.mode=auto: detect the partition, copy/verify the image, lay out the overlay. Not applying
+// (false) means network mode: no partition, or any failure — the node must still boot, so failures
+// fall back to network mode and are said loudly.
+import { progressText, type StageReport } from "../contract/report.ts";
+import type { Layout, RootEnv, RootMode } from "../contract/rootmode.ts";
 import { MNT_DETACH, mount, umount } from "../src/linux/mount.ts";
 import { findHybridPartition, type HybridTarget } from "./detect.ts";
 import { type HybridRoot, prepareHybridRoot } from "./mode.ts";
-import type { CopyProgress } from "./copy.ts";
+import type { CopyProgress, CopyReport, HybridError } from "./copy.ts";
 
 export { HYBRID_DIR_NAMES } from "./detect.ts";
 export type { HybridRoot, HybridTarget };
@@ -22,7 +23,7 @@ export interface HybridBootOptions {
   umount(dir: string): Promise<void>;
   fetchManifest(): Promise<string>;
   log(msg: string): void;
-  report(stage: string, detail: Record<string, unknown>, ok?: boolean): void;
+  report(r: StageReport): void;
   sysClassBlock?: string;
   devDir?: string;
   skip?: RegExp;
@@ -53,88 +54,123 @@ export async function tryHybridBoot(o: HybridBootOptions): Promise<HybridBoot | 
   try {
     const manifestText = await o.fetchManifest();
     source = await o.mountSource();
-    let lastPct = -1;
-    const onProgress = (p: CopyProgress) => {
-      const pct = p.total ? Math.floor((p.done / p.total) * 100) : 100;
-      if (pct === lastPct) return;
-      lastPct = pct;
-      o.log(`hybrid copy ${pct}% (${mb(p.done)}/${mb(p.total)} MB, ${mb(p.rate)} MB/s)`);
-      o.report("hybrid-copy", { done: p.done, total: p.total, rate: Math.round(p.rate) });
-    };
     const root = await prepareHybridRoot({
       hybridDir: target.dir,
       persistent: target.persistent,
       imageId: o.imageId,
       manifestText,
       source,
-      onProgress,
+      onProgress: progressReporter(o),
       log: o.log,
     });
-    const r = root.report;
-    o.log(
-      r.bytesWritten + r.bytesLinked + r.bytesReused === 0
-        ? "hybrid copy already complete: no copy"
-        : `hybrid copy done: ${mb(r.bytesWritten)} MB written, ${
-          mb(r.bytesLinked)
-        } MB linked from ` +
-          `other copies, ${mb(r.bytesReused)} MB kept from an interrupted copy, ${
-            (r.ms / 1000).toFixed(1)
-          } s`,
-    );
-    o.report("hybrid-ready", { variant, ...r, evicted: root.evicted.length });
+    const done = copyDoneText(root.report);
+    o.log(done);
+    o.report({ stage: "hybrid-ready", ok: true, detail: done, ...readyFields(root) });
     return { ...root, target };
   } catch (e) {
     const msg = (e as Error).message;
     o.log(`HYBRID MODE FAILED: ${msg} — falling back to network mode`);
-    o.report("hybrid-failed", { error: msg, reason: (e as { reason?: string }).reason }, false);
+    o.report({ stage: "hybrid-failed", ok: false, detail: msg, reason: (e as HybridError).reason });
     if (source) await o.unmountSource().catch(() => {});
     await o.umount(target.mountpoint).catch(() => {});
     return undefined;
   }
 }
 
+/** Progress on the console and to the server, once per whole percent. */
+function progressReporter(o: HybridBootOptions): (p: CopyProgress) => void {
+  let lastPct = -1;
+  return (p) => {
+    const pct = p.total ? Math.floor((p.done / p.total) * 100) : 100;
+    if (pct === lastPct) return;
+    lastPct = pct;
+    o.log(`hybrid copy ${progressText(p)}`);
+    o.report({ stage: "hybrid-copy", done: p.done, total: p.total, rate: Math.round(p.rate) });
+  };
+}
+
+function copyDoneText(r: CopyReport): string {
+  if (r.bytesWritten + r.bytesLinked + r.bytesReused === 0) {
+    return "hybrid copy already complete: no copy";
+  }
+  return `hybrid copy done: ${mb(r.bytesWritten)} MB written, ${mb(r.bytesLinked)} MB linked ` +
+    `from other copies, ${mb(r.bytesReused)} MB kept from an interrupted copy, ` +
+    `${(r.ms / 1000).toFixed(1)} s`;
+}
+
+/** The hybrid-ready report's fields: what the copy did (contract/report.ts). */
+function readyFields(root: HybridRoot): Partial<StageReport> {
+  const r = root.report;
+  return {
+    ms: Math.round(r.ms),
+    variant: root.variant,
+    entries: r.entries,
+    bytesTotal: r.bytesTotal,
+    bytesWritten: r.bytesWritten,
+    bytesLinked: r.bytesLinked,
+    bytesReused: r.bytesReused,
+    resumed: r.resumed,
+    evicted: root.evicted.length,
+  };
+}
+
 const mb = (n: number) => (n / 1e6).toFixed(1);
 
-/** The HybridProbe that `netroot init` calls in netroot.mode=auto (overlay/init.ts). */
-export const hybridProbe: HybridProbe = async (
-  { params: p, out, report, rootSource, layout: l },
-) => {
+/** The local copy's overlay as the new root; the NFS image it was copied from is let go. */
+function mountLocalRoot(boot: HybridBoot, l: Layout): void {
+  Deno.mkdirSync(l.newRoot, { recursive: true });
+  mount(
+    "overlay",
+    l.newRoot,
+    "overlay",
+    0,
+    `lowerdir=${boot.lower},upperdir=${boot.upper},workdir=${boot.work}`,
+  );
+  umount(l.lower, MNT_DETACH);
+}
+
+/** tryHybridBoot on the node's real disks, with the init's NFS mount and reports. */
+function detectAndCopy(env: RootEnv): Promise<HybridBoot | undefined> {
+  const { params: p, layout: l } = env;
   if (!p.image || !p.url) {
-    out.line("hybrid: no netroot.image/netroot.url on the command line: network mode");
-    return null;
+    env.log("hybrid: no netroot.image/netroot.url on the command line: network mode");
+    return Promise.resolve(undefined);
   }
-  const boot = await tryHybridBoot({
+  const manifestUrl = `${p.url}/boot/${p.mac}/manifest`;
+  return tryHybridBoot({
     imageId: p.image,
     mountBase: "/run/netroot/disks",
     mount: (dev, dir) => Promise.resolve(mount(dev, dir, "ext4", 0, null)),
     umount: (dir) => Promise.resolve(umount(dir)),
     mountSource: async () => {
-      Deno.mkdirSync(l.lower, { recursive: true });
-      await mountWithRetry(rootSource, l.lower, true, p.timeoutS * 1000, out);
+      await env.mountImage(l.lower);
       return l.lower;
     },
     unmountSource: () => Promise.resolve(umount(l.lower, MNT_DETACH)),
-    fetchManifest: () => fetchManifest(`${p.url}/boot/${p.mac}/manifest`, (m) => out.line(m)),
-    log: (m) => out.line(m),
-    report: (stage, detail, ok = true) => report({ stage, ok, detail: JSON.stringify(detail) }),
+    fetchManifest: () => fetchManifest(manifestUrl, env.log),
+    log: env.log,
+    report: env.report,
   });
-  if (!boot) return null;
-  return {
-    mode: `hybrid-${boot.variant} on ${boot.target.device} (${boot.target.dirName}/)`,
-    mountNewRoot(newRoot: string) {
-      Deno.mkdirSync(newRoot, { recursive: true });
-      mount(
-        "overlay",
-        newRoot,
-        "overlay",
-        0,
-        `lowerdir=${boot.lower},upperdir=${boot.upper},workdir=${boot.work}`,
-      );
-      // The local copy is the root now: the NFS image is no longer needed.
-      umount(l.lower, MNT_DETACH);
-      return Promise.resolve();
-    },
-  };
+}
+
+export const hybridMode: RootMode = {
+  name: "hybrid",
+  async mountRoot(env) {
+    const boot = await env.stage(
+      "hybrid-detect",
+      "the local disks of this node (or boot with netroot.mode=network)",
+      () => detectAndCopy(env),
+      (b) =>
+        b
+          ? `hybrid-${b.variant} on ${b.target.device} (${b.target.dirName}/)`
+          : "no walt-hybrid partition: network mode",
+    );
+    if (!boot) return false;
+    await env.stage("hybrid", "the hybrid partition of this node", () => {
+      mountLocalRoot(boot, env.layout);
+    });
+    return true;
+  },
 };
 
 /**

@@ -4,7 +4,7 @@
 //   persistent — upper kept across reboots (except /tmp), work emptied.
 // Any HybridError makes the caller fall back to network mode.
 import { statvfs } from "../src/linux/fsops.ts";
-import { manifestLines } from "../src/manifest.ts";
+import { manifestLines } from "../contract/manifest.ts";
 import {
   copyPaths,
   type CopyProgress,

@@ -8,21 +8,23 @@
 // <mac> may be aa:bb:…, aa-bb-… (iPXE ${net0/mac:hexhyp}) or 12 hex digits. Every fetch lands on
 // the node's timeline (events table).
 import { BootFileCache } from "./bootcache.ts";
-import { resolveInRoot as resolveImagePath } from "../src/rootpath.ts";
+import { renderCmdline } from "../contract/cmdline.ts";
+import { parseReport, PROGRESS_STAGES, reportFields } from "../contract/report.ts";
+import { resolveInRoot as resolveImagePath } from "../contract/rootpath.ts";
 import { Hono } from "hono";
 import type { Context as HonoContext } from "hono";
 import { join } from "node:path";
 import type { Context } from "../src/context.ts";
 import { dropBoot, findBoot, openBoot, recordStage } from "../src/boots.ts";
 import { notFound, UserError } from "../src/errors.ts";
-import { recordEvent } from "../src/events.ts";
+import { recordEvent, recordProgress } from "../src/events.ts";
 import { ensureInitramfs } from "../src/initramfs/build.ts";
 import { logger } from "../src/log.ts";
 import { normalizeMac } from "../src/mac.ts";
 import { bootNetwork, nfsPersistPath, nfsRootPath } from "../src/nfs.ts";
 import type { NodeInfo } from "../src/nodes.ts";
 import { ipToInt } from "./dhcp4/leases.ts";
-import { renderBootScript, renderCmdline, renderRefusalScript } from "./ipxe.ts";
+import { renderBootScript, renderRefusalScript } from "./ipxe.ts";
 
 const log = logger("http");
 
@@ -63,7 +65,7 @@ export function parseRange(
   return { start, end };
 }
 
-/** `path` (absolute, inside an image) resolved to a file under `root` (src/rootpath.ts); a missing
+/** `path` (absolute, inside an image) resolved to a file under `root` (contract/rootpath.ts); a missing
  *  one is NotFound in the image's terms (the server's own paths are none of the node's business). */
 export function resolveInRoot(root: string, path: string): Promise<string> {
   try {
@@ -361,9 +363,9 @@ export function bootRoutes(ctx: Context): Hono {
         nfs: ctx.config.nfs.version === 3 ? "3" : "4.2",
         imageId: image.id,
         token,
-        mode: setting(node, "boot.mode", "auto"),
-        timeout: setting(node, "boot.timeout", "180"),
-        tmpfs: setting(node, "tmpfs.size", "50%"),
+        mode: node.settings?.["boot.mode"],
+        timeout: node.settings?.["boot.timeout"],
+        tmpfs: node.settings?.["tmpfs.size"],
         // The last console= is /dev/console: serial last so virtual nodes (and serial-attached lab
         // PCs) get the init's output; the screen still shows kernel messages.
         consoles: node.model === "pc-x86-64" ? ["tty0", "ttyS0,115200"] : [],
@@ -494,33 +496,19 @@ export function bootRoutes(ctx: Context): Hono {
   app.post("/report", async (c) => {
     const raw = await textUpTo(c.req.raw, 65536);
     if (raw === undefined) return text(c, "report too large\n", 413);
-    let body: Record<string, unknown>;
-    try {
-      body = JSON.parse(raw);
-      if (typeof body !== "object" || body === null || Array.isArray(body)) throw new Error();
-    } catch {
-      return text(c, "report must be a JSON object {token, mac, stage, ms?, ok?, detail?}\n", 400);
-    }
-    const { token, stage } = body;
-    const mac = typeof body.mac === "string" ? parseMacParam(body.mac) : undefined;
-    if (typeof token !== "string" || !mac) return text(c, "report needs token and mac\n", 400);
-    if (typeof stage !== "string" || !/^[a-z][a-z0-9_-]{0,39}$/.test(stage)) {
-      return text(c, "report needs stage: lower-case letters, digits, - or _\n", 400);
-    }
+    const report = parseReport(raw);
+    if ("error" in report) return text(c, `${report.error}\n`, 400);
+    const { token, stage } = report;
+    const mac = parseMacParam(report.mac);
+    if (!mac) return text(c, "report needs token and mac\n", 400);
     const boot = findBoot(ctx.db, token);
     if (!boot || boot.mac !== mac) {
       recordEvent(ctx.db, mac, "http.report.rejected", { stage });
       return text(c, "token does not belong to this node's boots\n", 403);
     }
-    const detail: Record<string, unknown> = { image: boot.imageId };
-    if (typeof body.ms === "number") detail.ms = body.ms;
-    if (typeof body.ok === "boolean") detail.ok = body.ok;
-    if (body.detail !== undefined) detail.detail = body.detail;
-    // Progress of hybrid-copy, and NFS bytes read so far (every report of overlay/report.ts).
-    for (const k of ["done", "total", "rate", "nfsReadBytes"]) {
-      if (typeof body[k] === "number") detail[k] = body[k];
-    }
-    recordEvent(ctx.db, mac, `init.${stage}`, detail);
+    // A progress report replaces the previous one: one line that updates, not one per second.
+    const record = PROGRESS_STAGES.has(stage) ? recordProgress : recordEvent;
+    record(ctx.db, mac, `init.${stage}`, { image: boot.imageId, ...reportFields(report) });
     recordStage(ctx.db, token, stage);
     ctx.nodes.touch(mac);
     return c.json({ ok: true });

@@ -1,49 +1,22 @@
-// `netroot init`: the node side, network boot mode. Runs as PID 1 from the initramfs, builds the
-// new root (NFS read-only lower + tmpfs overlay + /persist over NFS), reports each stage to the
-// server, then switch_root + execve of the image's init (Deno must not stay PID 1). Any fatal
-// failure: a clear console message, a report when the network is up, a countdown, reboot(2).
-import { execve, switchRoot } from "../src/linux/exec.ts";
+// `netroot init`: the node side. The kernel runs it as PID 1 from the initramfs; `boot` reads top
+// to bottom: API filesystems, kernel command line, modules, NIC, the new root (the first root mode
+// that applies: hybrid when a local partition asks for it, else network — contract/rootmode.ts),
+// /persist, then switchRoot + execve of the image's init. Each stage is printed and reported to the
+// server. A fatal failure: a clear console message, a report when the network is up, a countdown,
+// reboot(2).
+import { type BootParams, parseCmdline } from "../contract/cmdline.ts";
+import { defaultLayout, type Layout, type RootEnv, type RootMode } from "../contract/rootmode.ts";
+import { hybridMode } from "../hybrid/mod.ts";
 import { loadModuleFile } from "../src/linux/kmod.ts";
 import { reboot, setHostname, uname, uptimeMs } from "../src/linux/sysinfo.ts";
-import { type BootParams, CmdlineError, parseCmdline } from "./cmdline.ts";
 import { consoleOn, fmtBytes, fmtMs, type InitConsole } from "./console.ts";
 import { type LoadModule, loadModules, parseModulesOrder, summarize } from "./modules.ts";
 import { bringUpNetwork } from "./network.ts";
-import {
-  defaultLayout,
-  freeInitramfs,
-  isExecutableIn,
-  type Layout,
-  mountApiFilesystems,
-  mountOverlay,
-  moveApiMounts,
-} from "./newroot.ts";
-import { type Post, readNfsBytes, Reporter, type StageReport } from "./report.ts";
+import { networkMode } from "./nfsroot.ts";
+import { type Post, readNfsBytes, Reporter } from "./report.ts";
 import { type MountSource, mountWithRetry, nfsSource } from "./rootsource.ts";
-import { hybridProbe } from "../hybrid/mod.ts";
-
-/** What a hybrid-mode implementation gets (see HybridProbe). */
-export interface HybridEnv {
-  params: BootParams;
-  out: InitConsole;
-  report: (r: StageReport) => void;
-  /** The image, not mounted yet: hybrid mounts it where it wants to copy from. */
-  rootSource: MountSource;
-  layout: Layout;
-}
-
-/** A hybrid root: mounts the complete new root (lower on local disk + overlay) at `newRoot`. */
-export interface HybridRoot {
-  mode: string;
-  mountNewRoot(newRoot: string): Promise<void>;
-}
-
-/**
- * The hybrid seam (netroot.mode=auto): called once the network is up and before the NFS-root
- * overlay. Returns null to go on in network mode (no walt-hybrid partition), or a HybridRoot.
- * /persist, the mount moves and the switch stay common to both modes.
- */
-export type HybridProbe = (env: HybridEnv) => Promise<HybridRoot | null>;
+import { errText, InitFailure, Stages } from "./stage.ts";
+import { isExecutableIn, mountApiFilesystems, switchRoot } from "./switchroot.ts";
 
 export interface InitDeps {
   out: InitConsole;
@@ -54,7 +27,8 @@ export interface InitDeps {
   loadModule: LoadModule;
   rootSource: (p: BootParams) => MountSource;
   persistSource: (p: BootParams) => MountSource | undefined;
-  hybrid?: HybridProbe;
+  /** The ways to make the root, preferred first (netroot.mode=network keeps the network one). */
+  rootModes: RootMode[];
   post?: Post;
   network?: { appearMs?: number; carrierMs?: number };
   /** Last action of the fatal path (reboot(2) in production; tests inject their own). */
@@ -75,34 +49,152 @@ export function productionDeps(): InitDeps {
     loadModule: loadModuleFile,
     rootSource: (p) => nfsSource(p.root, p.nfsVersion),
     persistSource: (p) => p.persist && nfsSource(p.persist, p.nfsVersion),
-    hybrid: hybridProbe,
+    rootModes: [hybridMode, networkMode],
     reboot,
     rebootDelayS: 10,
     sleep,
   };
 }
 
-/** A fatal failure: where, what, and what a human should check. */
-export class InitFailure extends Error {
-  constructor(
-    readonly stage: string,
-    message: string,
-    readonly hint: string,
-    readonly details: string[] = [],
-  ) {
-    super(message);
+/**
+ * The whole sequence. Never returns: it ends in execve (success) or in `deps.reboot` (failure);
+ * the promise only settles if an injected reboot returns.
+ */
+export async function boot(deps: InitDeps): Promise<void> {
+  const s = new Stages(deps.out);
+  try {
+    const bootedMs = await mountApi(s, deps);
+    const p = await readCommandLine(s, deps, bootedMs);
+    await loadKernelModules(s, deps);
+    await configureNic(s, deps, p);
+    await mountRoot(s, deps, p);
+    mountPersist(s, deps, p);
+    await handOver(s, deps, p);
+  } catch (e) {
+    const f = e instanceof InitFailure
+      ? e
+      : new InitFailure("init", errText(e), "the netroot-init console output above");
+    await fatal(deps, f, s.reporter);
   }
 }
 
-const errText = (e: unknown) => e instanceof Error ? e.message : String(e);
+/** /proc, /sys, /dev, /run; returns the kernel's uptime when init started. */
+async function mountApi(s: Stages, { out }: InitDeps): Promise<number> {
+  const bootedMs = uptimeMs();
+  out.line(`starting (pid ${Deno.pid}, kernel uptime ${fmtMs(bootedMs)})`);
+  await s.run("start", "the initramfs layout (/proc, /sys, /dev, /run mount points)", () => {
+    const mounted = mountApiFilesystems();
+    if (mounted.length) out.line(`mounted ${mounted.join(" ")}`);
+  });
+  return bootedMs;
+}
 
-/** Runs `fn` as stage `stage`; any error becomes an InitFailure carrying `hint`. */
-async function step<T>(stage: string, hint: string, fn: () => T | Promise<T>): Promise<T> {
+/** The command line; from here on reports can be made (sent once the network is up). */
+async function readCommandLine(s: Stages, deps: InitDeps, bootedMs: number): Promise<BootParams> {
+  const p = await s.run(
+    "cmdline",
+    "the kernel command line rendered by the server (cat /proc/cmdline); see docs/architecture.md",
+    () => parseCmdline(deps.readCmdline()),
+  );
+  for (const w of p.warnings) deps.out.line(`warning: ${w}`);
+  s.reporter = new Reporter(
+    { token: p.token, mac: p.mac },
+    (m) => deps.out.line(`warning: ${m}`),
+    deps.post,
+  );
+  s.report({
+    stage: "start",
+    ms: Math.round(performance.now() - s.t0),
+    ok: true,
+    detail: `image ${p.image ?? "?"}, init started ${fmtMs(bootedMs)} after kernel start`,
+  });
+  return p;
+}
+
+async function loadKernelModules(s: Stages, deps: InitDeps): Promise<void> {
+  await s.run(
+    "modules",
+    "the modules in the initramfs match the running kernel",
+    () => {
+      let text: string;
+      try {
+        text = Deno.readTextFileSync(deps.modulesOrder);
+      } catch (e) {
+        if (e instanceof Deno.errors.NotFound) return undefined;
+        throw e;
+      }
+      const r = loadModules(deps.modulesDir(), parseModulesOrder(text), deps.loadModule);
+      for (const f of r.failed) deps.out.line(`module ${f.path}: ${f.error} (going on)`);
+      return r;
+    },
+    (r) => r ? summarize(r) : `no ${deps.modulesOrder}: nothing to load`,
+  );
+}
+
+/** The boot NIC with the address the server gave; then the queued reports go out. */
+async function configureNic(s: Stages, deps: InitDeps, p: BootParams): Promise<void> {
+  await s.run(
+    "network",
+    `netroot.mac=${p.mac} is a NIC of this node and its driver is in ${deps.modulesOrder}`,
+    async () => {
+      const n = await bringUpNetwork(p.mac, p.ip, deps.out, deps.network);
+      // The hostname the server chose (ip= field 5); the image's init may still override it.
+      if (p.ip.hostname) setHostname(p.ip.hostname);
+      return n;
+    },
+    (n) =>
+      `${n.ifname} ${p.ip.address}/${p.ip.prefix}${p.ip.gateway ? ` via ${p.ip.gateway}` : ""}` +
+      (n.carrier ? "" : " (no carrier)"),
+  );
+  s.reporter!.enable(p.url);
+}
+
+/** The new root at layout.newRoot, by the first root mode that applies to this node. */
+async function mountRoot(s: Stages, deps: InitDeps, p: BootParams): Promise<void> {
+  const source = deps.rootSource(p);
+  const env: RootEnv = {
+    params: p,
+    layout: deps.layout,
+    log: (line) => deps.out.line(line),
+    report: s.report,
+    stage: s.run,
+    mountImage: async (target) => {
+      Deno.mkdirSync(target, { recursive: true });
+      const budgetMs = p.timeoutS * 1000;
+      const r = await mountWithRetry(source, target, true, budgetMs, deps.out, deps.sleep);
+      return { describe: source.describe, attempts: r.attempts };
+    },
+  };
+  for (const mode of deps.rootModes) {
+    if (p.mode !== "auto" && mode.name !== p.mode) continue;
+    if (await mode.mountRoot(env)) return;
+  }
+  throw new InitFailure(
+    "root",
+    `no root mode for netroot.mode=${p.mode}`,
+    "netroot.mode on the kernel command line",
+  );
+}
+
+/** /persist over NFS: a failure is not fatal (WalT boots on), but it must not go unnoticed. */
+function mountPersist(s: Stages, deps: InitDeps, p: BootParams): void {
+  const { out, layout: l } = deps;
+  const ps = performance.now();
+  const persist = deps.persistSource(p);
   try {
-    return await fn();
+    if (!persist) throw new Error("no netroot.persist on the kernel command line");
+    Deno.mkdirSync(`${l.newRoot}/persist`, { recursive: true });
+    persist.mount(`${l.newRoot}/persist`, false);
+    const ms = performance.now() - ps;
+    out.line(`persist: ${persist.describe} on /persist (${fmtMs(ms)})`);
+    s.report({ stage: "persist", ms: Math.round(ms), ok: true, detail: persist.describe });
   } catch (e) {
-    if (e instanceof InitFailure) throw e;
-    throw new InitFailure(stage, errText(e), hint, e instanceof CmdlineError ? e.problems : []);
+    const msg = `/persist is NOT mounted: ${errText(e)}`;
+    out.loud("WARNING: /persist was not mounted; files written there stay in RAM", [
+      msg,
+      "check: the node's persist export on the server (netroot node show <node>)",
+    ]);
+    s.report({ stage: "persist", ms: Math.round(performance.now() - ps), ok: false, detail: msg });
   }
 }
 
@@ -119,184 +211,39 @@ function initEnv(): Record<string, string> {
   return env;
 }
 
-/**
- * The whole sequence. Never returns: it ends in execve (success) or in `deps.reboot` (failure);
- * the promise only settles if an injected reboot returns.
- */
-export async function boot(deps: InitDeps): Promise<void> {
+/** The last report, then the switch: the image's init replaces us (same PID). */
+async function handOver(s: Stages, deps: InitDeps, p: BootParams): Promise<void> {
   const { out, layout: l } = deps;
-  const t0 = performance.now();
-  let reporter: Reporter | undefined;
-  // Every report carries the NFS bytes read so far (0 before the root is mounted).
-  const report = (r: StageReport) => reporter?.send({ ...r, nfsReadBytes: readNfsBytes() });
-  // Runs a stage, prints its duration and reports it.
-  const timed = async <T>(
-    stage: string,
-    hint: string,
-    fn: () => T | Promise<T>,
-    detail: (v: T) => string,
-  ): Promise<T> => {
-    const ts = performance.now();
-    const v = await step(stage, hint, fn);
-    const ms = performance.now() - ts;
-    const d = detail(v);
-    out.line(`${stage}: ${d} (${fmtMs(ms)})`);
-    report({ stage, ms: Math.round(ms), ok: true, detail: d });
-    return v;
-  };
-
-  try {
-    const bootedMs = uptimeMs();
-    out.line(`starting (pid ${Deno.pid}, kernel uptime ${fmtMs(bootedMs)})`);
-    await step("start", "the initramfs layout (/proc, /sys, /dev, /run mount points)", () => {
-      const mounted = mountApiFilesystems();
-      if (mounted.length) out.line(`mounted ${mounted.join(" ")}`);
-    });
-    const p = await step(
-      "cmdline",
-      "the kernel command line rendered by the server (cat /proc/cmdline); see docs/architecture.md",
-      () => parseCmdline(deps.readCmdline()),
+  if (!isExecutableIn(l.newRoot, p.init)) {
+    throw new InitFailure(
+      "handover",
+      `${p.init} is missing or not executable in the image`,
+      `the image ${p.image ?? ""} has ${p.init} (or pass init=<path> in the node's kernel.cmdline)`,
     );
-    for (const w of p.warnings) out.line(`warning: ${w}`);
-    reporter = new Reporter(
-      { token: p.token, mac: p.mac },
-      (m) => out.line(`warning: ${m}`),
-      deps.post,
-    );
-    report({
-      stage: "start",
-      ms: Math.round(performance.now() - t0),
-      ok: true,
-      detail: `image ${p.image ?? "?"}, init started ${fmtMs(bootedMs)} after kernel start`,
-    });
-
-    await timed(
-      "modules",
-      "the modules in the initramfs match the running kernel",
-      () => {
-        let text: string;
-        try {
-          text = Deno.readTextFileSync(deps.modulesOrder);
-        } catch (e) {
-          if (e instanceof Deno.errors.NotFound) return undefined;
-          throw e;
-        }
-        const r = loadModules(deps.modulesDir(), parseModulesOrder(text), deps.loadModule);
-        for (const f of r.failed) out.line(`module ${f.path}: ${f.error} (going on)`);
-        return r;
-      },
-      (r) => r ? summarize(r) : `no ${deps.modulesOrder}: nothing to load`,
-    );
-
-    await timed(
-      "network",
-      `netroot.mac=${p.mac} is a NIC of this node and its driver is in ${deps.modulesOrder}`,
-      async () => {
-        const n = await bringUpNetwork(p.mac, p.ip, out, deps.network);
-        // The hostname the server chose (ip= field 5); the image's init may still override it.
-        if (p.ip.hostname) setHostname(p.ip.hostname);
-        return n;
-      },
-      (n) =>
-        `${n.ifname} ${p.ip.address}/${p.ip.prefix}${p.ip.gateway ? ` via ${p.ip.gateway}` : ""}` +
-        (n.carrier ? "" : " (no carrier)"),
-    );
-    reporter.enable(p.url);
-
-    const rootSource = deps.rootSource(p);
-    let hybridRoot: HybridRoot | null = null;
-    const hybrid = p.mode === "auto" ? deps.hybrid : undefined;
-    if (hybrid) {
-      hybridRoot = await timed(
-        "hybrid-detect",
-        "the local disks of this node (or boot with netroot.mode=network)",
-        () => hybrid({ params: p, out, report, rootSource, layout: l }),
-        (h) => h ? h.mode : "no walt-hybrid partition: network mode",
-      );
-    }
-    if (hybridRoot) {
-      const h = hybridRoot;
-      await step("hybrid", "the hybrid partition of this node", () => h.mountNewRoot(l.newRoot));
-    } else {
-      await timed(
-        "nfs-root",
-        `the server exports ${p.root.host}:${p.root.path} (netroot serve running, NFS server up) ` +
-          `and this node reaches ${p.root.host} (TCP 2049); netroot.timeout=${p.timeoutS}`,
-        async () => {
-          Deno.mkdirSync(l.lower, { recursive: true });
-          return await mountWithRetry(
-            rootSource,
-            l.lower,
-            true,
-            p.timeoutS * 1000,
-            out,
-            deps.sleep,
-          );
-        },
-        (r) => `${rootSource.describe} on ${l.lower}, attempt ${r.attempts}`,
-      );
-      await timed(
-        "overlay",
-        "the kernel has overlay and tmpfs (modules.order) and netroot.tmpfs is a valid size",
-        () => mountOverlay(l, p.tmpfsSize),
-        () => `overlay on ${l.newRoot}, upper in tmpfs size=${p.tmpfsSize}`,
-      );
-    }
-
-    // /persist: failure is not fatal (WalT boots on), but it must not go unnoticed.
-    const ps = performance.now();
-    const persist = deps.persistSource(p);
-    try {
-      if (!persist) throw new Error("no netroot.persist on the kernel command line");
-      Deno.mkdirSync(`${l.newRoot}/persist`, { recursive: true });
-      persist.mount(`${l.newRoot}/persist`, false);
-      const ms = performance.now() - ps;
-      out.line(`persist: ${persist.describe} on /persist (${fmtMs(ms)})`);
-      report({ stage: "persist", ms: Math.round(ms), ok: true, detail: persist.describe });
-    } catch (e) {
-      const msg = `/persist is NOT mounted: ${errText(e)}`;
-      out.loud("WARNING: /persist was not mounted; files written there stay in RAM", [
-        msg,
-        "check: the node's persist export on the server (netroot node show <node>)",
-      ]);
-      report({ stage: "persist", ms: Math.round(performance.now() - ps), ok: false, detail: msg });
-    }
-
-    if (!isExecutableIn(l.newRoot, p.init)) {
-      throw new InitFailure(
-        "handover",
-        `${p.init} is missing or not executable in the image`,
-        `the image ${
-          p.image ?? ""
-        } has ${p.init} (or pass init=<path> in the node's kernel.cmdline)`,
-      );
-    }
-    const total = performance.now() - t0;
-    const nfsBytes = readNfsBytes();
-    report({
-      stage: "handover",
-      ms: Math.round(total),
-      ok: true,
-      detail: `${p.init}${nfsBytes !== undefined ? `, nfs read ${fmtBytes(nfsBytes)}` : ""}`,
-    });
-    if (!(await reporter.flush(3000))) {
-      out.line("warning: reports not all delivered before handover");
-    }
-
-    await step("handover", "the image's root filesystem layout (/dev /proc /sys /run)", () => {
-      moveApiMounts(l.newRoot);
-      const freed = freeInitramfs(l.root);
-      out.line(`freed ${fmtBytes(freed)} of initramfs`);
-      switchRoot(l.newRoot);
-    });
-    out.line(`handover to ${p.init} (${fmtMs(performance.now() - t0)} since init start)`);
-    execve(p.init, [p.init, ...p.initArgs], initEnv());
-  } catch (e) {
-    const f = e instanceof InitFailure
-      ? e
-      : new InitFailure("init", errText(e), "the netroot-init console output above");
-    await fatal(deps, f, reporter);
   }
+  const nfsBytes = readNfsBytes();
+  s.report({
+    stage: "handover",
+    ms: Math.round(performance.now() - s.t0),
+    ok: true,
+    detail: `${p.init}${nfsBytes !== undefined ? `, nfs read ${fmtBytes(nfsBytes)}` : ""}`,
+  });
+  if (!(await s.reporter!.flush(3000))) {
+    out.line("warning: reports not all delivered before handover");
+  }
+  await s.run(
+    "handover",
+    "the image's root filesystem layout (/dev /proc /sys /run)",
+    () =>
+      switchRoot(l.newRoot, p.init, {
+        args: p.initArgs,
+        env: initEnv(),
+        initramfs: l.root,
+        log: (line) => out.line(line),
+        beforeExec: () =>
+          out.line(`handover to ${p.init} (${fmtMs(performance.now() - s.t0)} since init start)`),
+      }),
+  );
 }
 
 async function fatal(deps: InitDeps, f: InitFailure, reporter?: Reporter): Promise<void> {

@@ -9,7 +9,7 @@ import {
   setAddress,
   setUp,
 } from "../src/linux/netif.ts";
-import type { IpConfig } from "./cmdline.ts";
+import type { IpConfig } from "../contract/cmdline.ts";
 import type { InitConsole } from "./console.ts";
 import { fmtMs } from "./console.ts";
 

@@ -1,16 +1,8 @@
-// Stage reports to the server: POST <netroot.url>/boot/report with
-// {token, mac, stage, ms, ok, detail} (docs/architecture.md). Reports made before the network is
-// up are queued and sent once it is; sending never blocks a boot stage, and a server that does not
-// answer costs at most a bounded wait at handover.
-
-export interface StageReport {
-  stage: string;
-  ms?: number;
-  ok?: boolean;
-  detail?: string;
-  /** Bytes the NFS client has read from the server so far (root + persist). */
-  nfsReadBytes?: number;
-}
+// Stage reports to the server: POST <netroot.url>/boot/report with the boot's identity and the
+// report's fields (contract/report.ts). Reports made before the network is up are queued and sent
+// once it is; sending never blocks a boot stage, and a server that does not answer costs at most a
+// bounded wait at handover.
+import type { StageReport } from "../contract/report.ts";
 
 export type Post = (url: string, body: string, signal: AbortSignal) => Promise<void>;
 

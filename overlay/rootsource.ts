@@ -1,8 +1,8 @@
 // Where the read-only lower layer (and /persist) come from. Production: NFS through mount(2) with
 // kernel text options. Tests on a host without an NFS client: a bind mount of a local directory.
-// Both go through the same sequence in newroot.ts.
+// Both go through the same sequence (overlay/init.ts hands the image to the root modes).
+import type { NfsTarget, NfsVersion } from "../contract/cmdline.ts";
 import { mount, MS_BIND, MS_RDONLY, MS_REMOUNT } from "../src/linux/mount.ts";
-import type { BootParams, NfsTarget } from "./cmdline.ts";
 import type { InitConsole } from "./console.ts";
 import { fmtMs } from "./console.ts";
 
@@ -16,7 +16,7 @@ export interface MountSource {
 /** fstype and data for mount(2): no mount.nfs to translate, so `addr=` is explicit. */
 export function nfsMountArgs(
   t: NfsTarget,
-  version: BootParams["nfsVersion"],
+  version: NfsVersion,
 ): { source: string; fstype: string; data: string } {
   const source = `${t.host}:${t.path}`;
   if (version === "3") {
@@ -25,7 +25,7 @@ export function nfsMountArgs(
   return { source, fstype: "nfs4", data: `vers=${version},addr=${t.host}` };
 }
 
-export function nfsSource(t: NfsTarget, version: BootParams["nfsVersion"]): MountSource {
+export function nfsSource(t: NfsTarget, version: NfsVersion): MountSource {
   const a = nfsMountArgs(t, version);
   return {
     describe: `${a.fstype} ${a.source} (${a.data})`,

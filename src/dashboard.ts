@@ -2,6 +2,7 @@
 // no build step) that reads the JSON API and refreshes itself. Read-only, so no token.
 // Data is inserted with textContent only: names and event details never become markup.
 import { Hono } from "hono";
+import { progressText } from "../contract/report.ts";
 import type { Context } from "./context.ts";
 
 const page = `<!doctype html>
@@ -45,6 +46,8 @@ const page = `<!doctype html>
 const api = "/api/v1";
 let names = {};
 let selected = decodeURIComponent((location.hash.match(/node=([^&]+)/) || [])[1] || "");
+// A copy's progress as one line: the function netroot node log uses (contract/report.ts).
+const progressText = ${progressText};
 
 function el(tag, text, cls) {
   const e = document.createElement(tag);
@@ -99,8 +102,9 @@ async function renderTimeline() {
     names[selected] ? names[selected] + " (" + selected + ")" : selected;
   fill(section.querySelector("tbody"), events.slice().reverse().map((e) => {
     const tr = el("tr");
+    const d = e.detail || {};
     tr.append(el("td", when(e.ts), "time"), el("td", e.kind),
-      el("td", Object.keys(e.detail || {}).length ? JSON.stringify(e.detail) : "", "mono"));
+      el("td", progressText(d) ?? (Object.keys(d).length ? JSON.stringify(d) : ""), "mono"));
     return tr;
   }));
   section.hidden = false;

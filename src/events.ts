@@ -1,5 +1,6 @@
-// The append-only events table: every component writes here; per node it is the boot timeline.
-import type { Db } from "./db.ts";
+// The events table: every component appends here (progress replaces its own previous row); per
+// node it is the boot timeline.
+import { type Db, tx } from "./db.ts";
 
 export interface Event {
   id: number;
@@ -17,6 +18,26 @@ export function recordEvent(
 ): void {
   db.prepare("INSERT INTO events (mac, ts, kind, detail) VALUES (?, ?, ?, ?)")
     .run(mac, new Date().toISOString(), kind, JSON.stringify(detail));
+}
+
+/**
+ * Progress (a hybrid copy's percentage): replaces the node's newest event when it is progress of
+ * the same kind, so a copy is one timeline row that moves to the end with each report (a new id:
+ * `node log --follow` and the dashboard see the update) instead of an event per second.
+ */
+export function recordProgress(
+  db: Db,
+  mac: string,
+  kind: string,
+  detail: Record<string, unknown>,
+): void {
+  tx(db, () => {
+    db.prepare(
+      `DELETE FROM events WHERE id = (SELECT id FROM events WHERE mac = ? ORDER BY id DESC LIMIT 1)
+       AND kind = ?`,
+    ).run(mac, kind);
+    recordEvent(db, mac, kind, detail);
+  });
 }
 
 export function listEvents(

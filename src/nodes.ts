@@ -26,6 +26,7 @@ import { conflict, notFound, UserError } from "./errors.ts";
 import { recordEvent } from "./events.ts";
 import type { ImageStore } from "./images/store.ts";
 import { normalizeMac } from "./mac.ts";
+import { BOOT_MODES, RULES } from "../contract/cmdline.ts";
 import { logger } from "./log.ts";
 import type { Rebooter, RebootResult } from "./reboot.ts";
 
@@ -85,25 +86,22 @@ registerSettingValidator("kernel.cmdline", (key, value) => {
   if (value.length > 1024) throw new UserError(`${key} is longer than 1024 characters`);
   return value.trim();
 });
-registerSettingValidator("boot.mode", oneOf(["auto", "network"]));
+// The values that go on the kernel command line follow its contract's rules (contract/cmdline.ts),
+// so a setting is accepted exactly when the node accepts it.
+registerSettingValidator("boot.mode", oneOf([...BOOT_MODES]));
 registerSettingValidator("boot.timeout", (key, value) => {
-  const n = Number(value.trim());
-  if (!/^\d+$/.test(value.trim()) || n < 10 || n > 3600) {
-    throw new UserError(
-      `${key} must be a whole number of seconds between 10 and 3600, got "${value}"`,
-    );
+  const v = value.trim();
+  if (!RULES.timeout.test(v)) {
+    throw new UserError(`${key} must be ${RULES.timeout.expected}, got "${value}"`);
   }
-  return String(n);
+  return String(Number(v));
 });
 registerSettingValidator("tmpfs.size", (key, value) => {
-  // Passed to mount(2) as tmpfs size=: a percentage of RAM or a size with k/m/g suffix.
   const v = value.trim();
-  const pct = /^(\d{1,3})%$/.exec(v);
-  if (pct && Number(pct[1]) >= 1 && Number(pct[1]) <= 100) return v;
-  if (!pct && /^\d+[kmgKMG]?$/.test(v) && !/^0+[kmgKMG]?$/.test(v)) return v.toLowerCase();
-  throw new UserError(
-    `${key} must be a percentage of RAM (1%-100%) or a size like 512m, got "${value}"`,
-  );
+  if (!RULES.tmpfs.test(v)) {
+    throw new UserError(`${key} must be ${RULES.tmpfs.expected}, got "${value}"`);
+  }
+  return v.toLowerCase();
 });
 registerSettingValidator("initramfs", oneOf(["netroot", "image"]));
 registerSettingValidator("persist", oneOf(["true", "false"]));

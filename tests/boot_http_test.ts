@@ -12,7 +12,8 @@ import { openBoot } from "../src/boots.ts";
 import { openContext } from "../src/server.ts";
 import { parseMacParam, parseRange, resolveInRoot } from "../netboot/http.ts";
 import { bootRoutes } from "../netboot/http.ts";
-import { renderBootScript, renderCmdline, renderRefusalScript } from "../netboot/ipxe.ts";
+import { renderCmdline } from "../contract/cmdline.ts";
+import { renderBootScript, renderRefusalScript } from "../netboot/ipxe.ts";
 
 Deno.test("parseMacParam accepts colon, hyphen (iPXE hexhyp) and bare hex; rejects junk", () => {
   for (

@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { defaultConfig } from "../src/config.ts";
 import type { Context } from "../src/context.ts";
-import { recordEvent } from "../src/events.ts";
+import { recordEvent, recordProgress } from "../src/events.ts";
 import { buildApp, openContext } from "../src/server.ts";
 
 const mainTs = fileURLToPath(new URL("../main.ts", import.meta.url));
@@ -269,4 +269,64 @@ Deno.test("node CLI: console prints a virtual node's serial log; --follow stream
       Deno.writeTextFileSync(log, "Linux version 6.1\n", { append: true });
       assert.equal(await until("Linux version 6.1\n"), "SeaBIOS\niPXE\nLinux version 6.1\n");
     });
+  }));
+
+Deno.test("node CLI: log shows a copy's progress as one readable line; --follow on a terminal rewrites it", () =>
+  withServer(async (cli, ctx) => {
+    const mac = "52:54:00:aa:00:40";
+    ctx.nodes.add(mac, { name: "copier" });
+    const progress = (pct: number) =>
+      recordProgress(ctx.db, mac, "init.hybrid-copy", {
+        image: "ab".repeat(32),
+        done: pct * 4e6,
+        total: 400e6,
+        rate: 20e6,
+      });
+    recordEvent(ctx.db, mac, "init.hybrid-detect", { ms: 12, ok: true });
+    progress(10);
+    progress(25); // replaces the 10 % row
+    const log = ok(await cli("node", "log", "copier"));
+    assert.match(log, /Z {2}init\.hybrid-copy 25% \(100\.0\/400\.0 MB, 20\.0 MB\/s, ETA 15 s\)\n/);
+    assert.doesNotMatch(log, /10%|"done"/);
+
+    // --follow on a terminal (a pty from script(1)): the next progress rewrites the line.
+    const child = new Deno.Command("script", {
+      args: [
+        "-qfec",
+        `'${Deno.execPath()}' run -A '${mainTs}' node log copier --follow`,
+        "/dev/null",
+      ],
+      env: { NETROOT_SERVER: `http://127.0.0.1:${serverPort(ctx)}`, NO_COLOR: "1" },
+      stdin: "null",
+      stdout: "piped",
+      stderr: "null",
+    }).spawn();
+    const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    let seen = "";
+    const until = async (text: string) => {
+      const deadline = Date.now() + 15_000;
+      while (!seen.includes(text) && Date.now() < deadline) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        seen += value;
+      }
+      assert.ok(seen.includes(text), `printed ${JSON.stringify(seen)}`);
+    };
+    try {
+      await until("25% (");
+      progress(50);
+      await until("50% (");
+      // Cursor up over the old line's rows, erase, then the new line in its place.
+      // deno-lint-ignore no-control-regex -- the terminal's escape sequences are the point
+      assert.match(seen, /25% \([^\n]*\n\x1b\[\d+A\r\x1b\[0J\S+Z {2}init\.hybrid-copy 50% \(/);
+      recordEvent(ctx.db, mac, "init.hybrid-ready", { ok: true });
+      await until("init.hybrid-ready");
+      // A new event gets a line of its own.
+      // deno-lint-ignore no-control-regex -- the terminal's escape sequences are the point
+      assert.doesNotMatch(seen, /50% \([^\n]*\n\x1b\[\d+A/);
+    } finally {
+      child.kill("SIGTERM");
+      await child.status;
+      await reader.cancel().catch(() => {});
+    }
   }));

@@ -1,11 +1,6 @@
 import assert from "node:assert/strict";
-import {
-  CmdlineError,
-  netmaskPrefix,
-  parseCmdline,
-  parseIpParam,
-  splitCmdline,
-} from "../overlay/cmdline.ts";
+import { CmdlineError, parseCmdline, parseIpParam, splitCmdline } from "../contract/cmdline.ts";
+import { netmaskPrefix } from "../contract/ipv4.ts";
 
 /** The CmdlineError `text` raises (fails the test if it parses). */
 function problemsOf(text: string): string[] {

@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
 import { defaultConfig } from "../src/config.ts";
-import { recordEvent } from "../src/events.ts";
+import { recordEvent, recordProgress } from "../src/events.ts";
 import { buildApp, openContext } from "../src/server.ts";
 
 const chromium = "/usr/bin/chromium";
@@ -66,6 +66,13 @@ Deno.test({
       ctx.nodes.add("52:54:00:d4:5b:02", { name: "vm-2", virtual: true });
       ctx.nodes.setIp("52:54:00:d4:5b:01", "10.77.0.42");
       await ctx.nodes.deploy(["dash-node-1"], "bookworm-lab");
+      for (const done of [40e6, 100e6]) { // the second report replaces the first
+        recordProgress(ctx.db, "52:54:00:d4:5b:01", "init.hybrid-copy", {
+          done,
+          total: 400e6,
+          rate: 20e6,
+        });
+      }
       recordEvent(ctx.db, "52:54:00:d4:5b:01", "init.fatal", { detail: "<b>not-markup</b>" });
 
       const base = `http://127.0.0.1:${server.addr.port}/`;
@@ -90,6 +97,12 @@ Deno.test({
       assert.match(section[1], /<span id="timeline-node">dash-node-1 \(52:54:00:d4:5b:01\)</);
       // Event details are text, never markup.
       assert.match(section[1], /&lt;b&gt;not-markup&lt;\/b&gt;/);
+      // A copy's progress: one readable row, the latest (the node log's own formatting).
+      assert.match(
+        section[1],
+        /<td>init\.hybrid-copy<\/td><td class="mono">25% \(100\.0\/400\.0 MB, 20\.0 MB\/s, ETA 15 s\)<\/td>/,
+      );
+      assert.doesNotMatch(section[1], /10% \(|&quot;done&quot;|"done"/);
       for (const kind of ["node.added", "deploy", "reboot.none", "init.fatal"]) {
         assert.match(section[1], new RegExp(`<td>${kind.replace(".", "\\.")}</td>`));
       }

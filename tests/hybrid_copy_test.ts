@@ -2,7 +2,7 @@
 // incremental, space handling and the two variants.
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { manifestText } from "../src/manifest.ts";
+import { manifestText } from "../contract/manifest.ts";
 import { scanTree } from "../src/images/walk.ts";
 import { setXattr as lsetxattr } from "../src/linux/xattr.ts";
 import { copyPaths, ensureLocalCopy, HybridError } from "../hybrid/copy.ts";

@@ -2,7 +2,7 @@
 // manifest. Needs root (mknod, chown, setcap, security.* xattrs).
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { parseManifest } from "../src/manifest.ts";
+import { parseManifest } from "../contract/manifest.ts";
 import { listXattrs } from "../src/linux/xattr.ts";
 import {
   buildSampleTree,

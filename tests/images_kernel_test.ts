@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import type { ManifestEntry } from "../src/manifest.ts";
+import type { ManifestEntry } from "../contract/manifest.ts";
 import { compareVersions, detectKernel } from "../src/images/kernel.ts";
 
 const b = { mode: 0o755, uid: 0, gid: 0, size: 0, mtime: 0 };

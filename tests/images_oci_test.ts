@@ -2,7 +2,7 @@
 // whiteouts, opaque directories, type changes, and a malicious layer. Needs root (setcap, chown).
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { parseManifest } from "../src/manifest.ts";
+import { parseManifest } from "../contract/manifest.ts";
 import { listXattrs } from "../src/linux/xattr.ts";
 import { assertStoreEmpty, dirEntries, fixTimes, sh, T0, tempStore } from "./images_helpers.ts";
 

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { isExecutableIn, resolveInRoot } from "../overlay/newroot.ts";
+import { resolveInRoot } from "../contract/rootpath.ts";
+import { isExecutableIn } from "../overlay/switchroot.ts";
 
 Deno.test("resolveInRoot: absolute and relative symlinks resolve inside the new root, never outside", async () => {
   const r = await Deno.makeTempDir({ prefix: "nr-newroot-" });
@@ -16,12 +17,18 @@ Deno.test("resolveInRoot: absolute and relative symlinks resolve inside the new 
     await Deno.symlink("loop1", `${r}/sbin/loop2`);
     await Deno.symlink("../../../../../../lib/systemd/systemd", `${r}/sbin/dotdot`);
 
-    assert.equal(resolveInRoot(r, "/sbin/init"), `${r}/lib/systemd/systemd`);
-    assert.equal(resolveInRoot(r, "/sbin/rel"), `${r}/lib/systemd/systemd`);
-    assert.equal(resolveInRoot(r, "/sbin/dotdot"), `${r}/lib/systemd/systemd`); // .. stops at /
-    assert.equal(resolveInRoot(r, "/sbin/escape"), undefined);
-    assert.equal(resolveInRoot(r, "/sbin/loop1"), undefined);
+    assert.deepEqual(resolveInRoot(r, "/sbin/init"), {
+      host: `${r}/lib/systemd/systemd`,
+      escaped: false,
+    });
+    assert.equal(resolveInRoot(r, "/sbin/rel").host, `${r}/lib/systemd/systemd`);
+    const dotdot = resolveInRoot(r, "/sbin/dotdot"); // .. stops at /
+    assert.deepEqual(dotdot, { host: `${r}/lib/systemd/systemd`, escaped: true });
+    assert.equal(resolveInRoot(r, "/sbin/escape").missing, "/etc"); // not the host's /etc/passwd
+    assert.throws(() => resolveInRoot(r, "/sbin/loop1"), /too many symbolic links/);
     assert.ok(isExecutableIn(r, "/sbin/init"));
+    assert.ok(!isExecutableIn(r, "/sbin/escape"));
+    assert.ok(!isExecutableIn(r, "/sbin/loop1"));
     assert.ok(!isExecutableIn(r, "/usr/bin/data")); // not executable
     assert.ok(!isExecutableIn(r, "/usr/bin")); // a directory
     assert.ok(!isExecutableIn(r, "/sbin/missing"));

@@ -57,7 +57,7 @@ export function cmdline(port: number, extra = ""): string {
     "netroot.token=t0k3n",
     "netroot.image=abc",
     "netroot.mode=network",
-    "netroot.timeout=1",
+    "netroot.timeout=10", // the least the contract allows: the missing-root case gives up after 10 s
     "netroot.tmpfs=64m",
     extra,
   ].join(" ");

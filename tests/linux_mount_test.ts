@@ -22,7 +22,7 @@ Deno.test("mount (root, mount ns): freeing a tmpfs root spares mount points and 
   try {
     const out = await inMountNs(`
       import * as m from "${root}src/linux/mount.ts";
-      import { freeInitramfs } from "${root}overlay/newroot.ts";
+      import { freeInitramfs } from "${root}overlay/switchroot.ts";
       const d = ${JSON.stringify(dir)};
       m.mount("t", d, "tmpfs", 0, "mode=0755");
       console.log("tmpfs", m.fsType(d) === m.TMPFS_MAGIC, m.isMountPoint(d));

@@ -10,7 +10,7 @@ import {
   parseEntry,
   parseManifest,
   serializeEntry,
-} from "../src/manifest.ts";
+} from "../contract/manifest.ts";
 
 const base = { mode: 0o755, uid: 0, gid: 0, size: 0, mtime: 1_600_000_000 };
 const sample: ManifestEntry[] = [

@@ -1,6 +1,7 @@
 // Address allocation for full-mode DHCP, persisted in the `leases` table. Registered nodes also
 // hold a reservation in nodes.ip (never lapses); leases of unregistered clients expire.
 // A declined address is parked under the pseudo-MAC "declined:<ip>" until the hold time passes.
+import { intToIp, ipToInt } from "../../contract/ipv4.ts";
 import type { Db } from "../../src/db.ts";
 
 export interface Lease {
@@ -10,13 +11,7 @@ export interface Lease {
   state: "offered" | "bound" | "released" | "declined";
 }
 
-export function ipToInt(ip: string): number {
-  const p = ip.split(".").map(Number);
-  return ((p[0] << 24) | (p[1] << 16) | (p[2] << 8) | p[3]) >>> 0;
-}
-export function intToIp(n: number): string {
-  return [n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join(".");
-}
+export { intToIp, ipToInt };
 
 export interface LeaseOptions {
   range: { start: string; end: string };

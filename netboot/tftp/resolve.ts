@@ -2,7 +2,7 @@
 // iPXE dir) and, for a known node, `/boot` of the node's current image. Image symlinks are resolved
 // as if the image root were `/` (Debian's /vmlinuz -> boot/vmlinuz-…, or absolute links), and a
 // file that ends up outside the image's /boot is refused.
-import { resolveInRoot as resolveImagePath } from "../../src/rootpath.ts";
+import { resolveInRoot as resolveImagePath } from "../../contract/rootpath.ts";
 import { lstat, realpath } from "node:fs/promises";
 import { join } from "node:path";
 import { ErrorCode } from "./packet.ts";
@@ -44,7 +44,7 @@ export function cleanFilename(name: string): { parts: string[] } | { refused: st
   return { parts };
 }
 
-/** `parts` inside `root` as chroot would see them (src/rootpath.ts); a `..` climbing above the
+/** `parts` inside `root` as chroot would see them (contract/rootpath.ts); a `..` climbing above the
  *  root is refused, and only an existing regular file is served. */
 export async function resolveInRoot(root: string, parts: string[]): Promise<Resolution> {
   let r;

@@ -1,5 +1,6 @@
 // `netroot node …` (and `netroot deploy`): node management through the running server's API.
 import { parseArgs } from "node:util";
+import { progressText } from "../../contract/report.ts";
 import { UserError } from "../errors.ts";
 import type { Event } from "../events.ts";
 import type { NodeInfo } from "../nodes.ts";
@@ -53,6 +54,8 @@ not bootable. ${common}`,
   log: `usage: netroot node log NODE [--follow] [--limit N]
 
 The node's timeline (DHCP, TFTP, HTTP, init stages, deploys, reboots). --follow keeps polling.
+A hybrid copy's progress is one line (percentage, MB/s, ETA); on a terminal --follow updates it
+in place.
 ${common}`,
   console: `usage: netroot node console NODE [--follow]
 
@@ -79,9 +82,39 @@ function positionals(args: string[], n: number, usage: string): string[] {
   return args;
 }
 
-function eventLine(e: Event): string {
-  const detail = Object.keys(e.detail).length ? " " + JSON.stringify(e.detail) : "";
-  return `${e.ts}  ${e.kind}${detail}`;
+/** One timeline line: copy progress as text ("42% (126.0/300.0 MB, 12.3 MB/s, ETA 14 s)"), any
+ *  other detail as JSON. */
+export function eventLine(e: Event): string {
+  const progress = progressText(e.detail);
+  const detail = progress ?? (Object.keys(e.detail).length ? JSON.stringify(e.detail) : "");
+  return `${e.ts}  ${e.kind}${detail ? ` ${detail}` : ""}`;
+}
+
+/**
+ * The printer of `node log`: on a terminal (`columns` wide), a progress event right after one of
+ * its own kind rewrites that line (cursor up over its rows, erase), so a copy is one line that
+ * updates under --follow. Elsewhere (a pipe, a file: no `columns`) every event is a line of its own.
+ */
+export function timelinePrinter(columns: number | undefined, write: (line: string) => void) {
+  let progress: { kind: string; rows: number } | undefined;
+  return (e: Event) => {
+    const line = eventLine(e);
+    const rewrite = columns && progress?.kind === e.kind && progressText(e.detail) !== undefined;
+    write(`${rewrite ? `\x1b[${progress!.rows}A\r\x1b[0J` : ""}${line}`);
+    progress = columns && progressText(e.detail) !== undefined
+      ? { kind: e.kind, rows: Math.max(1, Math.ceil(line.length / columns)) }
+      : undefined;
+  };
+}
+
+/** The terminal's width when stdout is one (80 when it does not say), else undefined. */
+function terminalColumns(): number | undefined {
+  if (!Deno.stdout.isTerminal()) return undefined;
+  try {
+    return Deno.consoleSize().columns || 80;
+  } catch {
+    return 80;
+  }
 }
 
 function nodeRow(n: ListedNode): Record<string, unknown> {
@@ -238,11 +271,15 @@ export async function run(args: string[]): Promise<number> {
       const [ref] = positionals(p, 1, help.log);
       const limit = o.limit ?? "200";
       let since = 0;
+      const print = timelinePrinter(terminalColumns(), (line) => console.log(line));
       for (;;) {
         const events = await api.get<Event[]>(
           `/nodes/${enc(ref)}/events?since=${since}&limit=${since ? 10000 : enc(limit)}`,
         );
-        for (const e of events) console.log(json ? JSON.stringify(e) : eventLine(e));
+        for (const e of events) {
+          if (json) console.log(JSON.stringify(e));
+          else print(e);
+        }
         if (events.length) since = events[events.length - 1].id;
         if (!o.follow) {
           if (!events.length && !json) console.log(`(no events for ${ref})`);

@@ -1,6 +1,6 @@
 // Finds the kernel and initrd of an image from its manifest (pure: no file system), following the
 // image's own symlinks (/vmlinuz -> boot/vmlinuz-6.1.0-13-amd64, /lib -> usr/lib).
-import type { ManifestEntry } from "../manifest.ts";
+import type { ManifestEntry } from "../../contract/manifest.ts";
 
 export interface KernelInfo {
   kernel: string | null;

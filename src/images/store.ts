@@ -17,7 +17,7 @@ import type { Db } from "../db.ts";
 import { conflict, notFound, UserError } from "../errors.ts";
 import { recordEvent } from "../events.ts";
 import { logger } from "../log.ts";
-import { manifestText } from "../manifest.ts";
+import { manifestText } from "../../contract/manifest.ts";
 import { detectKernel } from "./kernel.ts";
 import { unpack } from "./unpack.ts";
 import { type Progress, scanTree } from "./walk.ts";

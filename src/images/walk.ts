@@ -4,7 +4,7 @@
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { UserError } from "../errors.ts";
-import { compareBytes, type EntryType, type ManifestEntry } from "../manifest.ts";
+import { compareBytes, type EntryType, type ManifestEntry } from "../../contract/manifest.ts";
 import { listXattrs } from "../linux/xattr.ts";
 
 /** A digest computed while the file was being extracted; used only if the file is unchanged. */

@@ -1,6 +1,6 @@
 // Builds the node initramfs (layout: docs/architecture.md "Initramfs layout") as a zstd- or
 // gzip-compressed newc cpio, cached per (image, kernel version, program version) under the data dir.
-import { resolveInRoot as resolveImagePath } from "../rootpath.ts";
+import { resolveInRoot } from "../../contract/rootpath.ts";
 import { once } from "node:events";
 import { createWriteStream } from "node:fs";
 import { dirname, join } from "node:path";
@@ -35,7 +35,7 @@ export type Compression = "zstd" | "gzip";
  */
 export function initramfsCompression(rootfs: string, kv: string): Compression {
   try {
-    const config = Deno.readTextFileSync(resolveInRoot(rootfs, `boot/config-${kv}`));
+    const config = Deno.readTextFileSync(resolveInRoot(rootfs, `boot/config-${kv}`).host);
     return /^CONFIG_RD_ZSTD=y$/m.test(config) ? "zstd" : "gzip";
   } catch {
     return "gzip";
@@ -46,11 +46,6 @@ function compressor(c: Compression) {
   return c === "zstd"
     ? createZstdCompress({ params: { [zc.ZSTD_c_compressionLevel]: 9 } })
     : createGzip({ level: 9 });
-}
-
-/** Symlinks of the image resolved inside its tree (an absolute link must not reach the host). */
-export function resolveInRoot(root: string, path: string): string {
-  return resolveImagePath(root, path).host;
 }
 
 /** Archive contents in write order; parents are added as directories before their children. */
@@ -149,11 +144,11 @@ export async function buildInitramfs(opts: BuildOptions): Promise<BuildResult> {
   if (!/^[\w.+~-]+$/.test(kv)) throw new UserError(`bad kernel version ${JSON.stringify(kv)}`);
   // /lib/modules, or /usr/lib/modules in a merged-/usr image without the /lib link.
   let modRel = `lib/modules/${kv}`;
-  let modDir = resolveInRoot(opts.rootfs, modRel);
+  let modDir = resolveInRoot(opts.rootfs, modRel).host;
   let dep = await readOptional(join(modDir, "modules.dep"));
   if (dep === undefined) {
     modRel = `usr/lib/modules/${kv}`;
-    modDir = resolveInRoot(opts.rootfs, modRel);
+    modDir = resolveInRoot(opts.rootfs, modRel).host;
     dep = await readOptional(join(modDir, "modules.dep"));
   }
   if (dep === undefined) {
@@ -171,7 +166,7 @@ export async function buildInitramfs(opts: BuildOptions): Promise<BuildResult> {
   if (plan.missing.length) {
     log.info("modules not in this kernel, skipped", { kv, missing: plan.missing.join(",") });
   }
-  const modSources = plan.order.map((rel) => resolveInRoot(opts.rootfs, `${modRel}/${rel}`));
+  const modSources = plan.order.map((rel) => resolveInRoot(opts.rootfs, `${modRel}/${rel}`).host);
   checkArch(opts.program, modSources[0]);
 
   const tree = new Tree();

@@ -1,7 +1,7 @@
 // IPv4 interface configuration with the classic ioctls (no `ip`, no netlink): list interfaces,
 // read a MAC, set flags/address/netmask, add a gateway route; carrier from sysfs. x86_64 layouts:
 // struct ifreq = 16-byte name + 24-byte union; struct rtentry = 120 bytes (checked with gcc).
-import { macFromBytes } from "../mac.ts";
+import { macFromBytes } from "../../contract/mac.ts";
 import { check, cstr, enc, openLibc } from "./libc.ts";
 
 const AF_INET = 2;

@@ -14,7 +14,7 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { scanTree } from "../../src/images/walk.ts";
-import { manifestText } from "../../src/manifest.ts";
+import { manifestText } from "../../contract/manifest.ts";
 import type { Event } from "../../src/events.ts";
 import { buildTestImage } from "../support/testimage.ts";
 import { assertInOrder, type Lab, labTest, lastEventId } from "./harness.ts";

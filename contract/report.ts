@@ -1,0 +1,120 @@
+// Stage reports: the node init POSTs one JSON object per boot stage to <netroot.url>/boot/report
+// (overlay/report.ts sends them, netboot/http.ts records them as `init.<stage>` events). Flat: every
+// field at the top level with one type, so the timeline shows values, not JSON inside a string.
+// The server keeps the known fields of the right type and drops anything else.
+
+/** One report as the node makes it (the sender adds the boot's identity: token and mac). */
+export interface StageReport {
+  /** start, modules, network, hybrid-detect, hybrid-copy, hybrid-ready, hybrid-failed, nfs-root,
+   *  overlay, persist, handover, fatal (docs/architecture.md). */
+  stage: string;
+  /** How long the stage took. */
+  ms?: number;
+  ok?: boolean;
+  /** One human-readable line. */
+  detail?: string;
+  /** Bytes the NFS client has read from the server so far (root + persist). */
+  nfsReadBytes?: number;
+  /** hybrid-copy progress: bytes done (written, linked or kept) of total, bytes/s written. */
+  done?: number;
+  total?: number;
+  rate?: number;
+  /** hybrid-ready: what the copy did. */
+  variant?: string;
+  entries?: number;
+  bytesTotal?: number;
+  bytesWritten?: number;
+  bytesLinked?: number;
+  bytesReused?: number;
+  resumed?: boolean;
+  evicted?: number;
+  /** hybrid-failed: why (no-space, corrupt, io, manifest). */
+  reason?: string;
+}
+
+/** A report on the wire: the boot's identity (the per-boot token of netroot.token) and its fields. */
+export interface WireReport extends StageReport {
+  token: string;
+  mac: string;
+}
+
+type Field = Exclude<keyof StageReport, "stage">;
+const FIELDS: Record<Field, "number" | "string" | "boolean"> = {
+  ms: "number",
+  ok: "boolean",
+  detail: "string",
+  nfsReadBytes: "number",
+  done: "number",
+  total: "number",
+  rate: "number",
+  variant: "string",
+  entries: "number",
+  bytesTotal: "number",
+  bytesWritten: "number",
+  bytesLinked: "number",
+  bytesReused: "number",
+  resumed: "boolean",
+  evicted: "number",
+  reason: "string",
+};
+
+export const STAGE_NAME = /^[a-z][a-z0-9_-]{0,39}$/;
+
+/** Stages that report progress: each report replaces the previous one on the timeline instead of
+ *  adding an event per second of copy. */
+export const PROGRESS_STAGES: ReadonlySet<string> = new Set(["hybrid-copy"]);
+
+/** The report in `text` (its MAC as written: the receiver parses it), or why it is refused. */
+export function parseReport(text: string): WireReport | { error: string } {
+  let body: Record<string, unknown>;
+  try {
+    body = JSON.parse(text);
+    if (typeof body !== "object" || body === null || Array.isArray(body)) throw new Error();
+  } catch {
+    return { error: "report must be a JSON object {token, mac, stage, ms?, ok?, detail?}" };
+  }
+  const { token, mac, stage } = body;
+  if (typeof token !== "string" || typeof mac !== "string") {
+    return { error: "report needs token and mac" };
+  }
+  if (typeof stage !== "string" || !STAGE_NAME.test(stage)) {
+    return { error: "report needs stage: lower-case letters, digits, - or _" };
+  }
+  const r: WireReport = { token, mac, stage };
+  for (const [k, type] of Object.entries(FIELDS) as [Field, string][]) {
+    const v = body[k];
+    if (typeof v === type && (type !== "number" || Number.isFinite(v))) {
+      (r as unknown as Record<string, unknown>)[k] = v;
+    }
+  }
+  return r;
+}
+
+/** The fields of a report the timeline keeps (everything but the boot's identity). */
+export function reportFields(r: WireReport): Record<string, unknown> {
+  const { token: _t, mac: _m, stage: _s, ...fields } = r;
+  return fields;
+}
+
+/**
+ * Progress as one line — "42% (126.0/300.0 MB, 12.3 MB/s, ETA 14 s)" — or undefined when `d` holds
+ * no progress. Shared by the node console, `netroot node log` and the dashboard, which embeds this
+ * function's source in its page: keep it self-contained (no outside names).
+ */
+export function progressText(
+  d: { done?: unknown; total?: unknown; rate?: unknown },
+): string | undefined {
+  const { done, total, rate } = d;
+  if (typeof done !== "number" || typeof total !== "number") return undefined;
+  const mb = (n: number) => (n / 1e6).toFixed(1);
+  const pct = total > 0 ? Math.min(100, Math.floor((done / total) * 100)) : 100;
+  let text = `${pct}% (${mb(done)}/${mb(total)} MB`;
+  if (typeof rate === "number") {
+    text += `, ${mb(rate)} MB/s`;
+    if (rate > 0 && done < total) {
+      const s = Math.ceil((total - done) / rate);
+      text += `, ETA ${s >= 60 ? `${Math.floor(s / 60)} min ${s % 60} s` : `${s} s`}`;
+    }
+  }
+  return `${text})`;
+}
