@@ -13,6 +13,7 @@ import type { DataDir } from "../datadir.ts";
 import { UserError } from "../errors.ts";
 import {
   firstLine,
+  hasControlChars,
   type PowerAction,
   PowerError,
   type PowerTarget,
@@ -57,7 +58,7 @@ export function splitCommandLine(line: string): string[] {
 
 /** Checks a power.command value (the setting validator). */
 export function checkCommandLine(line: string): string {
-  if (/[\0-\x1f\x7f]/.test(line)) throw new UserError("power.command must be a single line");
+  if (hasControlChars(line)) throw new UserError("power.command must be a single line");
   if (line.length > 1024) throw new UserError("power.command is longer than 1024 characters");
   const words = splitCommandLine(line);
   if (!words.length) throw new UserError("power.command is empty");

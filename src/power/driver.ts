@@ -77,6 +77,12 @@ export function parseHostPort(value: string, defaultPort: number): { host: strin
   return { host: m[1] ?? m[2], port };
 }
 
+/** True when `s` holds a control character (a line break would split a config line). */
+export function hasControlChars(s: string): boolean {
+  // deno-lint-ignore no-control-regex -- rejecting control characters is the point
+  return /[\0-\x1f\x7f]/.test(s);
+}
+
 /** Debian package of each tool, for the "install X" hint. */
 const packageOf: Record<string, string> = {
   ipmitool: "ipmitool",

@@ -63,11 +63,12 @@ function driverOf(node: NodeInfo, settings: Record<string, string>) {
   return driver;
 }
 
-/** `text` with every secret setting value of the node replaced by `***`. */
+/** `text` with every secret setting value of the node replaced by `***` (a tool or script may
+ *  echo one). Values shorter than 4 characters are left: they would garble the message. */
 function scrub(text: string, settings: Record<string, string>): string {
   const shown = redactSettings(settings);
   for (const [k, v] of Object.entries(settings)) {
-    if (shown[k] === secretShown && v) text = text.split(v).join(secretShown);
+    if (shown[k] === secretShown && v.length >= 4) text = text.split(v).join(secretShown);
   }
   return text;
 }

@@ -3,7 +3,7 @@
 import { UserError } from "../errors.ts";
 import { registerSettingValidator, secretShown, type SettingValidator } from "../nodes.ts";
 import { checkCommandLine } from "./command.ts";
-import { parseHostPort, powerDriverNames } from "./driver.ts";
+import { hasControlChars, parseHostPort, powerDriverNames } from "./driver.ts";
 
 function choice(allowed: () => string[], fold: (s: string) => string): SettingValidator {
   return (key, value) => {
@@ -17,7 +17,7 @@ function choice(allowed: () => string[], fold: (s: string) => string): SettingVa
  *  `spaces` false: values written into snmp.conf, where a blank would end the word. */
 function text(opts: { max: number; min?: number; spaces?: boolean }): SettingValidator {
   return (key, value) => {
-    if (/[\0-\x1f\x7f]/.test(value)) throw new UserError(`${key} must be a single line`);
+    if (hasControlChars(value)) throw new UserError(`${key} must be a single line`);
     if (!opts.spaces && /\s/.test(value)) throw new UserError(`${key} must not contain blanks`);
     if (value.length > opts.max) {
       throw new UserError(`${key} is longer than ${opts.max} characters`);
@@ -53,7 +53,7 @@ function wholeNumber(min: number, max: number, what: string): SettingValidator {
 const upper = (s: string) => s.toUpperCase();
 
 registerSettingValidator("power.driver", choice(powerDriverNames, (s) => s.toLowerCase()));
-registerSettingValidator("power.host", (key, value) => {
+registerSettingValidator("power.host", (_key, value) => {
   parseHostPort(value.trim(), 1); // argv-safe: a host never starts with "-"
   return value.trim();
 });

@@ -9,7 +9,6 @@ import {
   firstLine,
   parseHostPort,
   PowerError,
-  type PowerState,
   type PowerTarget,
   registerPowerDriver,
   required,
@@ -46,8 +45,10 @@ function clientConfig(t: PowerTarget): string {
   return lines.join("\n") + "\n";
 }
 
-/** The most telling line of a net-snmp error: its "Reason:" line, else the first one. */
-function snmpError(stderr: string): string {
+/** The most telling line of a net-snmp error: its "Reason:" line, else the first one (its
+ *  note about creating the persistent dir, which is our fresh temp dir, aside). */
+function snmpError(text: string): string {
+  const stderr = text.replace(/^Created directory: .*\n?/gm, "");
   const reason = /^Reason: (.*)$/m.exec(stderr)?.[1];
   const first = firstLine(stderr);
   if (/^Timeout/.test(first)) return `${first} (switch unreachable, or wrong community/user)`;

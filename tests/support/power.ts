@@ -67,6 +67,14 @@ export function freeUdpPort(): number {
   return port;
 }
 
+/** A TCP port free on 127.0.0.1 right now. */
+export function freeTcpPort(): number {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return port;
+}
+
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Polls `check` every 100 ms until true; fails the test with `what` after `ms`. */
@@ -78,15 +86,25 @@ export async function waitFor(what: string, check: () => boolean, ms = 10_000): 
   }
 }
 
+/** True while `pid` runs (a zombie has ended). */
+export function pidAlive(pid: number): boolean {
+  try {
+    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    return !/^ [ZX] /.test(stat.slice(stat.lastIndexOf(")") + 1));
+  } catch {
+    return false;
+  }
+}
+
 /** The live process whose pid `pidFile` holds, or undefined. */
 export function livePid(pidFile: string): number | undefined {
+  let pid: number;
   try {
-    const pid = Number(Deno.readTextFileSync(pidFile).trim());
-    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-    return / [ZX] /.test(stat.slice(stat.lastIndexOf(")"))) ? undefined : pid; // zombies are gone
+    pid = Number(Deno.readTextFileSync(pidFile).trim());
   } catch {
     return undefined;
   }
+  return pid > 1 && pidAlive(pid) ? pid : undefined;
 }
 
 /** Ends the process `pidFile` names (a test's own child left behind), by PID. */
