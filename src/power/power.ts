@@ -113,10 +113,13 @@ export function nodePower(ctx: Context, ref: string, action: PowerAction): Promi
 /** Makes each power driver (but qemu: a vnode keeps its QMP reset) the reboot mechanism of the
  *  nodes that select it: `node reboot` and deploys power-cycle them. */
 export function registerPowerReboots(ctx: Context): void {
+  // Deploys pass NodeInfo (settings included): no query per node and mechanism.
+  const settingsOf = (n: RebootTarget) =>
+    (n as Partial<NodeInfo>).settings ?? ctx.nodes.find(n.mac)?.settings;
   for (const name of powerDriverNames().filter((n) => n !== "qemu")) {
     ctx.rebooter.register({
       name,
-      handles: (n: RebootTarget) => ctx.nodes.find(n.mac)?.settings["power.driver"] === name,
+      handles: (n: RebootTarget) => settingsOf(n)?.["power.driver"] === name,
       reboot: async (n: RebootTarget) => void await nodePower(ctx, n.mac, "cycle"),
     });
   }
