@@ -22,12 +22,15 @@ export { listEvents, recordEvent } from "./src/events.ts";
 export type { Event } from "./src/events.ts";
 export { normalizeMac } from "./src/mac.ts";
 
-// Extension seams: node settings, API routes, reboot mechanisms, and the database they may use.
+// Extension seams: node settings, API routes, reboot mechanisms, power drivers, and the database
+// they may use.
 export { registerSettingValidator } from "./src/nodes.ts";
 export { registerApiExtension } from "./src/api.ts";
 export type { ApiExtension } from "./src/api.ts";
 export { Rebooter } from "./src/reboot.ts";
 export type { RebootMechanism } from "./src/reboot.ts";
+export { registerPowerDriver } from "./src/power/driver.ts";
+export type { PowerDriver, PowerTarget } from "./src/power/driver.ts";
 export { openDatabase, tx } from "./src/db.ts";
 
 // Node initramfs: `ensureInitramfs(ctx, image)` returns (building once) the initramfs of an

@@ -49,20 +49,48 @@ export interface NodeInfo {
 export type SettingValidator = (key: string, value: string) => string;
 
 const validators = new Map<string, SettingValidator>();
+/** Registered prefixes whose values are secrets (passwords, communities, keys). */
+const secrets = new Set<string>();
+/** What the API, CLI, dashboard and events show instead of a secret setting's value. */
+export const secretShown = "***";
 
 /** Adds the settings under `prefix` (the key itself, or `prefix.*`; a prefix ending in "." only
- *  matches below it). Later components (virtual nodes) call this at module load time. */
-export function registerSettingValidator(prefix: string, fn: SettingValidator): void {
+ *  matches below it). Later components (virtual nodes) call this at module load time. A `secret`
+ *  setting is stored as given but shown as `***` everywhere (NodeInfo, events); the code that
+ *  uses it reads it with NodeRegistry.secretSettings(). */
+export function registerSettingValidator(
+  prefix: string,
+  fn: SettingValidator,
+  opts: { secret?: boolean } = {},
+): void {
   validators.set(prefix, fn);
+  if (opts.secret) secrets.add(prefix);
+  else secrets.delete(prefix);
+}
+
+function registeredPrefix(key: string): string | undefined {
+  if (validators.has(key)) return key;
+  for (const prefix of validators.keys()) {
+    if (key.startsWith(prefix.endsWith(".") ? prefix : prefix + ".")) return prefix;
+  }
+  return undefined;
 }
 
 function validatorFor(key: string): SettingValidator | undefined {
-  const exact = validators.get(key);
-  if (exact) return exact;
-  for (const [prefix, fn] of validators) {
-    if (key.startsWith(prefix.endsWith(".") ? prefix : prefix + ".")) return fn;
-  }
-  return undefined;
+  const prefix = registeredPrefix(key);
+  return prefix === undefined ? undefined : validators.get(prefix);
+}
+
+/** `settings` with every secret value replaced by `***` (a removal, null, stays null). */
+export function redactSettings<T extends string | null>(
+  settings: Record<string, T>,
+): Record<string, T | string> {
+  return Object.fromEntries(
+    Object.entries(settings).map(([k, v]) => {
+      const prefix = registeredPrefix(k);
+      return [k, v !== null && prefix !== undefined && secrets.has(prefix) ? secretShown : v];
+    }),
+  );
 }
 
 /** Setting keys known right now (built-in and registered), for error messages and help. */
@@ -202,7 +230,7 @@ export class NodeRegistry {
       virtual: row.virtual === 1,
       createdAt: row.created_at,
       lastSeen: row.last_seen,
-      settings,
+      settings: redactSettings(settings),
     };
   }
 
@@ -210,6 +238,12 @@ export class NodeRegistry {
     const rows = this.db.prepare("SELECT key, value FROM node_settings WHERE mac = ? ORDER BY key")
       .all(mac) as { key: string; value: string }[];
     return Object.fromEntries(rows.map((r) => [r.key, r.value]));
+  }
+
+  /** The node's settings with secrets in clear, for the code that uses them (power drivers);
+   *  never for display. */
+  secretSettings(mac: string): Record<string, string> {
+    return this.#settings(normalizeMac(mac));
   }
 
   #changed(): void {
@@ -375,7 +409,7 @@ export class NodeRegistry {
           ).run(node.mac, key, value);
         }
       }
-      recordEvent(this.db, node.mac, "node.config", Object.fromEntries(normalized));
+      recordEvent(this.db, node.mac, "node.config", redactSettings(Object.fromEntries(normalized)));
     });
     this.#changed();
     return this.get(node.mac);

@@ -20,6 +20,8 @@ import { startRouterAdvertisements } from "../netboot/ra.ts";
 import { startNfs } from "./nfs.ts";
 import { ensureBridge } from "./vnode/bridge.ts";
 import { startVnodes } from "./vnode/manager.ts";
+import { registerPowerReboots } from "./power/power.ts";
+import "./power/api.ts";
 import { prebuildAll, removeInitramfsFor } from "./initramfs/build.ts";
 
 const log = logger("serve");
@@ -55,7 +57,9 @@ export async function openContext(config: ServerConfig): Promise<Context> {
   if (fixed + fixedNodes > 0) {
     log.info("reconciled data dir with database", { fixed: fixed + fixedNodes });
   }
-  return { config, data, db, images, nodes, rebooter, token, changes };
+  const ctx: Context = { config, data, db, images, nodes, rebooter, token, changes };
+  registerPowerReboots(ctx); // before vnodes' QMP reset: an explicit power.driver wins
+  return ctx;
 }
 
 export function buildApp(ctx: Context): Hono {

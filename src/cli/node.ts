@@ -5,6 +5,7 @@ import { UserError } from "../errors.ts";
 import type { Event } from "../events.ts";
 import type { NodeInfo } from "../nodes.ts";
 import type { RebootResult } from "../reboot.ts";
+import type { PowerResult } from "../power/power.ts";
 import { ApiClient, clientOptions } from "./client.ts";
 import { keyValues, print, table } from "./output.ts";
 
@@ -23,6 +24,7 @@ const help: Record<string, string> = {
   config NODE [key=value…]                  show or change settings (key= removes one)
   boot NODE[,NODE…] IMAGE [--no-reboot] [--force]   deploy an image (alias: netroot deploy)
   reboot NODE [--cause TEXT]                reboot a node
+  power NODE on|off|cycle|status            switch a node's power (its power.driver)
   log NODE [--follow]                       the node's timeline
   console NODE [--follow]                   a virtual node's console output
 
@@ -42,15 +44,31 @@ Removes the node from the database and its fs link. Its persist data stays in
 
 Without key=value prints the node's settings. key= (empty value) removes a setting.
 Keys: kernel.cmdline (extra kernel arguments), boot.mode (auto|network), boot.timeout (seconds),
-tmpfs.size (e.g. 50% or 512m), initramfs (netroot|image), persist (true|false), and the virtual
-node keys when the server has them. ${common}`,
+tmpfs.size (e.g. 50% or 512m), initramfs (netroot|image), persist (true|false), power.* (see
+netroot node power --help), and the virtual node keys when the server has them. Secret settings
+(power.password, power.community, power.auth.key, power.priv.key) are shown as ***. ${common}`,
   boot: `usage: netroot node boot NODE[,NODE…] IMAGE [--no-reboot] [--force]
        netroot deploy NODE[,NODE…] IMAGE …
 
 Points the nodes at IMAGE (one transaction; each node's fs link flips atomically) and asks each
 node's reboot mechanism to reboot it. --no-reboot only switches; --force deploys an image that is
 not bootable. ${common}`,
-  reboot: `usage: netroot node reboot NODE [--cause TEXT]\n\n${common}`,
+  reboot: `usage: netroot node reboot NODE [--cause TEXT]
+
+A virtual node is reset (QMP); a node with power.driver set is power-cycled by its driver; the
+node's timeline says which mechanism did it. ${common}`,
+  power: `usage: netroot node power NODE on|off|cycle|status
+
+Switches the node's power through the driver its settings name (virtual nodes: qemu):
+  power.driver=ipmi      power.host=BMC[:port] power.user=U power.password=P [power.cipher=N]
+  power.driver=snmp-poe  power.host=SWITCH[:port] power.poe.port=[GROUP.]PORT and either
+                         power.community=C (SNMP v2c) or power.user=U [power.auth.protocol=SHA
+                         power.auth.key=K [power.priv.protocol=AES power.priv.key=K]] (v3)
+  power.driver=command   power.command='PROGRAM ARGS…' (PROGRAM in <data>/power/; {action} {mac}
+                         {name} {ip} are replaced in arguments, also in NETROOT_* variables)
+  power.driver=qemu      a virtual node's qemu (the default for virtual nodes)
+power.timeout=S bounds each device command (default 15). Exits 1 when the device fails.
+${common}`,
   log: `usage: netroot node log NODE [--follow] [--limit N]
 
 The node's timeline (DHCP, TFTP, HTTP, init stages, deploys, reboots). --follow keeps polling.
@@ -265,6 +283,20 @@ export async function run(args: string[]): Promise<number> {
       print(json, r, () => `${ref}: ${r.message}`);
       // No mechanism or a failed one: the node did not reboot, which the exit status says.
       if (!r.ok) return 1;
+      return 0;
+    }
+    case "power": {
+      const [ref, action] = positionals(p, 2, help.power);
+      const r = await api.post<PowerResult>(`/nodes/${enc(ref)}/power`, { action });
+      const done = { on: "powered on", off: "powered off", cycle: "power-cycled" };
+      print(
+        json,
+        r,
+        () =>
+          `${r.name}: ${
+            r.action === "status" ? r.state : done[r.action as keyof typeof done]
+          } (${r.driver})`,
+      );
       return 0;
     }
     case "log": {

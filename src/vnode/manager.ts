@@ -243,6 +243,20 @@ export class VnodeManager {
     });
   }
 
+  /** Power on (power.driver=qemu): starts qemu; nothing when it runs. */
+  powerOn(mac: string): Promise<void> {
+    return this.#lock(mac, () => this.#start(mac));
+  }
+
+  /** Power off: stops qemu (SIGTERM: a power cut for the guest). */
+  powerOff(mac: string): Promise<void> {
+    return this.#lock(mac, () => this.#stop(mac, "power off"));
+  }
+
+  isRunning(mac: string): boolean {
+    return this.#running.has(mac);
+  }
+
   async #start(mac: string): Promise<void> {
     if (this.#closed) throw new UserError("the server is stopping", 503);
     if (this.#running.has(mac)) return;

@@ -1,0 +1,203 @@
+// Power drivers: how netroot switches a node on and off. A node picks its driver with the setting
+// `power.driver` (virtual nodes default to `qemu`); each driver reads its own `power.*` settings.
+// Every external tool runs with a deadline, in its own process group (a timeout ends the tool and
+// whatever it started), and fails with one clear line: the tool's own stderr, never a secret.
+import type { Context } from "../context.ts";
+import { UserError } from "../errors.ts";
+import type { NodeInfo } from "../nodes.ts";
+
+export type PowerAction = "on" | "off" | "cycle" | "status";
+export const powerActions: PowerAction[] = ["on", "off", "cycle", "status"];
+export type PowerState = "on" | "off";
+
+/** What a driver acts on: the node, its settings with secrets in clear, and the server. */
+export interface PowerTarget {
+  ctx: Context;
+  node: NodeInfo;
+  settings: Record<string, string>;
+  /** Deadline for each external command, ms (setting power.timeout, default 15 s). */
+  timeoutMs: number;
+}
+
+export interface PowerDriver {
+  name: string;
+  on(t: PowerTarget): Promise<void>;
+  off(t: PowerTarget): Promise<void>;
+  /** Off then on (or the device's own cycle); a node that is off ends up on. */
+  cycle(t: PowerTarget): Promise<void>;
+  status(t: PowerTarget): Promise<PowerState>;
+}
+
+const drivers = new Map<string, PowerDriver>();
+
+/** Adds a driver (at module load time), selectable with `power.driver=<name>`. */
+export function registerPowerDriver(d: PowerDriver): void {
+  drivers.set(d.name, d);
+}
+
+export function powerDriver(name: string): PowerDriver | undefined {
+  return drivers.get(name);
+}
+
+export function powerDriverNames(): string[] {
+  return [...drivers.keys()].sort();
+}
+
+/** A failure of the power device or its tool (bad credentials, no answer): HTTP 502. */
+export class PowerError extends UserError {
+  constructor(message: string) {
+    super(message, 502);
+    this.name = "PowerError";
+  }
+}
+
+/** A setting the driver needs, or a 409 saying how to set it. */
+export function required(t: PowerTarget, key: string, what: string): string {
+  const v = t.settings[key];
+  if (v === undefined || v === "") {
+    throw new UserError(
+      `node ${t.node.name}: power.driver=${t.settings["power.driver"]} needs ${key} (${what}): ` +
+        `netroot node config ${t.node.name} ${key}=…`,
+      409,
+    );
+  }
+  return v;
+}
+
+/** `power.host` as host and port: `name`, `1.2.3.4`, `name:port`, `[v6]` or `[v6]:port`. */
+export function parseHostPort(value: string, defaultPort: number): { host: string; port: number } {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9][A-Za-z0-9.-]*))(?::(\d{1,5}))?$/.exec(value);
+  const port = m?.[3] === undefined ? defaultPort : Number(m[3]);
+  if (!m || port < 1 || port > 65535) {
+    throw new UserError(
+      `power.host must be a host name or address with an optional :port (IPv6 in brackets), ` +
+        `got "${value}"`,
+    );
+  }
+  return { host: m[1] ?? m[2], port };
+}
+
+/** True when `s` holds a control character (a line break would split a config line). */
+export function hasControlChars(s: string): boolean {
+  // deno-lint-ignore no-control-regex -- rejecting control characters is the point
+  return /[\0-\x1f\x7f]/.test(s);
+}
+
+/** Debian package of each tool, for the "install X" hint. */
+const packageOf: Record<string, string> = {
+  ipmitool: "ipmitool",
+  snmpget: "snmp",
+  snmpset: "snmp",
+};
+
+/** The first non-empty line of a tool's output, trimmed and bounded. */
+export function firstLine(text: string): string {
+  const line = text.split("\n").map((l) => l.trim()).find((l) => l !== "") ?? "";
+  return line.length > 300 ? line.slice(0, 300) + "…" : line;
+}
+
+/** Output kept per stream: enough for any status line or error, bounded against a chatty tool. */
+const outputCap = 64 * 1024;
+/** After SIGTERM on timeout, SIGKILL follows after this long. */
+const killGraceMs = 1000;
+
+async function readCapped(stream: ReadableStream<Uint8Array>, done: Promise<unknown>) {
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  const reader = stream.getReader();
+  // A grandchild that outlives the tool may keep the pipe open: stop reading soon after the exit.
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  let finished = false;
+  done.then(() => {
+    if (!finished) timer = setTimeout(() => reader.cancel().catch(() => {}), 500);
+  });
+  try {
+    for (;;) {
+      const r = await reader.read();
+      if (r.done) break;
+      if (size < outputCap) chunks.push(r.value.subarray(0, outputCap - size));
+      size += r.value.length;
+    }
+  } catch {
+    /* cancelled */
+  } finally {
+    finished = true;
+    clearTimeout(timer);
+  }
+  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
+  let off = 0;
+  for (const c of chunks) {
+    out.set(c, off);
+    off += c.length;
+  }
+  return new TextDecoder().decode(out);
+}
+
+export interface ToolResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * Runs `argv` (no shell) with `env` added, stdin closed, in its own process group; after
+ * `timeoutMs` the group gets SIGTERM, then SIGKILL, and a PowerError says so. A missing program
+ * is a 503 naming its package. The exit code is returned: the caller decides what failed means.
+ */
+export async function runTool(
+  argv: string[],
+  opts: { env?: Record<string, string>; timeoutMs: number },
+): Promise<ToolResult> {
+  let child: Deno.ChildProcess;
+  try {
+    child = new Deno.Command(argv[0], {
+      args: argv.slice(1),
+      env: opts.env,
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+      detached: true, // setsid: the timeout can end the whole group
+    }).spawn();
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) {
+      const pkg = packageOf[argv[0]];
+      throw new UserError(
+        `${argv[0]} not found${pkg ? `: install the Debian package ${pkg}` : ""}`,
+        503,
+      );
+    }
+    if (e instanceof Deno.errors.PermissionDenied) {
+      throw new UserError(`${argv[0]} is not executable`, 409);
+    }
+    throw e;
+  }
+  const group = (sig: Deno.Signal) => {
+    try {
+      Deno.kill(-child.pid, sig);
+    } catch { /* gone */ }
+  };
+  let timedOut = false;
+  let killer: ReturnType<typeof setTimeout> | undefined;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    group("SIGTERM");
+    killer = setTimeout(() => group("SIGKILL"), killGraceMs);
+  }, opts.timeoutMs);
+  const status = child.status;
+  const [stdout, stderr, st] = await Promise.all([
+    readCapped(child.stdout, status),
+    readCapped(child.stderr, status),
+    status,
+  ]).finally(() => {
+    clearTimeout(timer);
+    clearTimeout(killer);
+  });
+  if (timedOut) {
+    group("SIGKILL"); // whatever the tool left behind in its group
+    const said = firstLine(stderr);
+    throw new PowerError(
+      `${argv[0]} did not finish within ${opts.timeoutMs / 1000} s${said ? ` (${said})` : ""}`,
+    );
+  }
+  return { code: st.code, stdout, stderr };
+}
