@@ -141,10 +141,12 @@ Deno.test("full mode: NAK, foreign server id, INFORM, relay, pool exhaustion", a
     const relayed = pkt(1, "linux", MessageType.Discover);
     relayed.giaddr = "10.85.0.254";
     assert.deepEqual((await ask(r, relayed))!.to, { address: "10.85.0.254", port: 67 });
-    // Client 2's node holds the reservation 10.85.0.11: pool (2 addresses) exhausted for client 3.
-    assert.equal(await ask(r, pkt(3, "linux", MessageType.Discover)), null);
+    // Client 2 went elsewhere, so its offer holds nothing: client 3 leases 10.85.0.11, and the
+    // pool (2 addresses) is exhausted for client 4.
+    assert.equal((await lease(r, 3)).p.yiaddr, "10.85.0.11");
+    assert.equal(await ask(r, pkt(4, "linux", MessageType.Discover)), null);
     assert.ok(
-      listEvents(ctx.db, { mac: "02:6e:72:00:00:03" }).some((e) => e.kind === "dhcp.exhausted"),
+      listEvents(ctx.db, { mac: "02:6e:72:00:00:04" }).some((e) => e.kind === "dhcp.exhausted"),
     );
   });
 });

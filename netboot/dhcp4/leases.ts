@@ -1,5 +1,6 @@
-// Address allocation for full-mode DHCP, persisted in the `leases` table. Registered nodes also
-// hold a reservation in nodes.ip (never lapses); leases of unregistered clients expire.
+// Address allocation for full-mode DHCP, persisted in the `leases` table. An OFFER holds its
+// address for offerSeconds; at ACK it becomes a lease and, for a registered node, its
+// reservation in nodes.ip (never lapses while the node exists).
 // A declined address is parked under the pseudo-MAC "declined:<ip>" until the hold time passes.
 import type { Db } from "../../src/db.ts";
 
@@ -134,9 +135,14 @@ export class LeaseStore {
     return Number(r.changes) > 0;
   }
 
-  /** The client found `ip` in use by someone else: keep it out of the pool for a while. */
-  decline(mac: string, ip: string, now: number): void {
+  /** The client found `ip` in use by someone else: keep it out of the pool for a while. Only
+   *  the client `ip` was offered or leased to can decline it (Kea checks the lease's owner the
+   *  same way): false, and nothing changed, for anyone else. */
+  decline(mac: string, ip: string, now: number): boolean {
+    const own = this.get(mac);
+    if (!own || own.ip !== ip || (own.state !== "offered" && own.state !== "bound")) return false;
     this.sql("DELETE FROM leases WHERE mac = ? AND ip = ?").run(mac, ip);
     this.put(`declined:${ip}`, ip, now + this.declineSeconds, "declined");
+    return true;
   }
 }
