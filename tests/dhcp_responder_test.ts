@@ -259,28 +259,39 @@ const leaseRow = (ctx: Context, mac: string) =>
     | { ip: string; state: string }
     | undefined;
 
-Deno.test("an OFFER holds its address for offerSeconds only; the node's reservation is made at ACK", async () => {
+Deno.test("an OFFER holds its address a while (not past a full pool); the node's reservation is made at ACK", async () => {
   let now = Date.parse("2026-01-01T00:00:00Z");
   const range = { start: "10.85.0.10", end: "10.85.0.12" };
   await withResponder({ offerSeconds: 30, range }, async (r, ctx) => {
-    const o1 = (await ask(r, pkt(1, "pxe", MessageType.Discover)))!;
-    const o2 = (await ask(r, pkt(2, "pxe", MessageType.Discover)))!;
-    assert.deepEqual([o1.p.yiaddr, o2.p.yiaddr], ["10.85.0.10", "10.85.0.11"]);
-    // Registered, but no address is theirs yet: an offer is not a reservation.
+    const discover = async (i: number) => (await ask(r, pkt(i, "pxe", MessageType.Discover)))?.p;
+    assert.equal((await discover(1))?.yiaddr, "10.85.0.10");
+    assert.equal((await discover(2))?.yiaddr, "10.85.0.11");
+    // Registered, but no address is theirs: an offer is not a reservation.
     assert.equal(ctx.nodes.get(macOf(1)).ip, null);
     assert.equal(ctx.nodes.get(macOf(2)).ip, null);
-    // Within the hold no one else gets them (the pool of 3 is exhausted for a fourth client)…
-    now += 29_000;
-    assert.equal((await ask(r, pkt(3, "pxe", MessageType.Discover)))!.p.yiaddr, "10.85.0.12");
-    assert.equal(await ask(r, pkt(4, "pxe", MessageType.Discover)), null);
-    // …past it, they are free again: offers that were never taken up hold nothing.
-    now += 2_000;
-    const ack = await lease(r, 4, "pxe");
-    assert.ok(["10.85.0.10", "10.85.0.11"].includes(ack.p.yiaddr), ack.p.yiaddr);
+    // While free addresses remain, held ones are not offered again.
+    now += 10_000;
+    const ack = await lease(r, 3, "pxe");
+    assert.equal(ack.p.yiaddr, "10.85.0.12");
     // At ACK the address is the node's: its reservation, which outlives the lease.
-    assert.equal(ctx.nodes.get(macOf(4)).ip, ack.p.yiaddr);
-    assert.equal(ctx.nodes.get(macOf(1)).ip, null);
-    assert.ok(listEvents(ctx.db, { mac: macOf(4) }).some((e) => e.kind === "node.address"));
+    assert.equal(ctx.nodes.get(macOf(3)).ip, "10.85.0.12");
+    assert.ok(listEvents(ctx.db, { mac: macOf(3) }).some((e) => e.kind === "node.address"));
+    // The pool is full: the oldest offer gives way, never the lease; its client gets a NAK.
+    now += 10_000;
+    assert.equal((await discover(4))?.yiaddr, "10.85.0.10");
+    assert.equal((await discover(5))?.yiaddr, "10.85.0.11");
+    assert.equal((await discover(6))?.yiaddr, "10.85.0.10");
+    const late = (await ask(
+      r,
+      pkt(1, "pxe", MessageType.Request, { serverId: "10.85.0.1", requestedIp: "10.85.0.10" }),
+    ))!;
+    assert.equal(type(late.p), MessageType.Nak);
+    assert.deepEqual({ ...leaseRow(ctx, macOf(3)) }, { ip: "10.85.0.12", state: "bound" });
+    // Past the hold, an offer that was never taken up holds nothing.
+    now += 31_000;
+    const seventh = (await lease(r, 7, "pxe")).p.yiaddr;
+    assert.ok(["10.85.0.10", "10.85.0.11"].includes(seventh), seventh);
+    assert.equal(ctx.nodes.get(macOf(5)).ip, null);
   }, () => now);
 });
 

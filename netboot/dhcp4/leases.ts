@@ -1,6 +1,7 @@
 // Address allocation for full-mode DHCP, persisted in the `leases` table. An OFFER holds its
-// address for offerSeconds; at ACK it becomes a lease and, for a registered node, its
-// reservation in nodes.ip (never lapses while the node exists).
+// address for offerSeconds (unless the pool runs out: then the oldest offer gives way); at ACK
+// it becomes a lease and, for a registered node, its reservation in nodes.ip (never lapses while
+// the node exists).
 // A declined address is parked under the pseudo-MAC "declined:<ip>" until the hold time passes.
 import type { Db } from "../../src/db.ts";
 
@@ -104,7 +105,19 @@ export class LeaseStore {
         return ip;
       }
     }
-    return undefined;
+    return this.oldestOffer(mac);
+  }
+
+  /** Exhausted: the oldest pending offer of another client gives way. An OFFER is a hint, a
+   *  lease a promise: that client, if it REQUESTs after all, gets a NAK and starts over, and
+   *  DISCOVERs from made-up MACs can never hold the whole pool. Never a lease, a node's
+   *  reservation or an excluded address. */
+  private oldestOffer(mac: string): string | undefined {
+    const offers = this.sql(
+      `SELECT ip FROM leases WHERE state = 'offered' AND mac <> ?
+       AND ip NOT IN (SELECT ip FROM nodes WHERE ip IS NOT NULL) ORDER BY expires_at`,
+    ).all(mac) as { ip: string }[];
+    return offers.find((o) => this.inRange(o.ip) && !this.exclude.has(o.ip))?.ip;
   }
 
   private put(mac: string, ip: string, expiresAt: number, state: Lease["state"]): void {

@@ -51,8 +51,6 @@ export interface DhcpNodes {
   observeAddress(mac: string, ip: string, evidence: "lease"): unknown;
   /** Nodes registered by us that no admin has adopted (checked against registerMax). */
   countAutoRegistered(): number;
-  /** Forgets auto-registered nodes idle for ttlSeconds that never got past DHCP. */
-  ageOut(ttlSeconds: number, now?: number): string[];
 }
 
 export interface ResponderConfig {
@@ -195,7 +193,11 @@ export class DhcpResponder {
         (type !== MessageType.Discover && type !== MessageType.Request &&
           type !== MessageType.Inform))
     ) return null;
-    const node = this.nodeFor(cls, type);
+    // A first DISCOVER, or a REQUEST for us (not one choosing the lab's server), may register.
+    const serverId = readIp(req.options.get(Opt.serverId));
+    const mayRegister = type === MessageType.Discover ||
+      (type === MessageType.Request && (!serverId || serverId === this.cfg.serverIp));
+    const node = this.nodeFor(cls, mayRegister);
     if (!node) return null;
     const fields = { mac: cls.mac, type: messageTypeName(type), firmware: cls.firmware };
     log.debug("request", { ...fields, vendorClass: cls.vendorClass, port: via.port });
@@ -216,17 +218,16 @@ export class DhcpResponder {
     this.eventRow.run(mac, new Date(this.clock()).toISOString(), kind, JSON.stringify(detail));
   }
 
-  /** Registers a first-seen MAC at its DISCOVER or REQUEST, within the registration rate and
-   *  cap (or refuses it when registerUnknown is off). Spoofed packets from made-up MACs can
-   *  therefore add at most registerRate nodes a minute and registerMax in all. */
-  private nodeFor(cls: Classification, type: number): DhcpNode | null {
+  /** The known node, or a first-seen MAC registered (when `mayRegister`) within the
+   *  registration rate and cap, or null (also when registerUnknown is off). Spoofed packets from
+   *  made-up MACs can therefore add at most registerRate nodes a minute and registerMax in all. */
+  private nodeFor(cls: Classification, mayRegister: boolean): DhcpNode | null {
     const known = this.nodeRow.get(cls.mac) as DhcpNode | undefined;
     if (known) {
       this.touchRow.run(new Date(this.clock()).toISOString(), cls.mac);
       return known;
     }
-    if (!this.cfg.registerUnknown) return null;
-    if (type !== MessageType.Discover && type !== MessageType.Request) return null;
+    if (!this.cfg.registerUnknown || !mayRegister) return null;
     // The bucket first: a flood costs no query past it.
     const now = this.clock();
     const max = this.cfg.registerMax ?? 1000;
@@ -530,10 +531,10 @@ export function checkIpxeFiles(dir: string): string[] {
   return missing;
 }
 
-/** Runs nodes.ageOut now and then every tenth of the TTL (at least every second, at most every
- *  ten minutes) while the DHCP service runs; undefined when aging is off (TTL 0). */
-export function startAgeOut(
-  nodes: Pick<DhcpNodes, "ageOut">,
+/** Runs nodes.ageOut (src/nodes.ts) now and then every tenth of the TTL (at least every second,
+ *  at most every ten minutes) while the DHCP service runs; undefined when aging is off (TTL 0). */
+function startAgeOut(
+  nodes: { ageOut(ttlSeconds: number): unknown },
   ttlSeconds: number,
 ): ReturnType<typeof setInterval> | undefined {
   if (ttlSeconds <= 0) return undefined;

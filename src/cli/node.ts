@@ -41,7 +41,8 @@ Removes the node from the database and its fs link. Its persist data stays in
 
 Without key=value prints the node's settings. key= (empty value) removes a setting.
 Keys: kernel.cmdline (extra kernel arguments), boot.mode (auto|network), boot.timeout (seconds),
-tmpfs.size (e.g. 50% or 512m), initramfs (netroot|image), persist (true|false), and the virtual
+tmpfs.size (e.g. 50% or 512m), initramfs (netroot|image), persist (true|false), ip (the node's
+address, fixed by you: its /persist export and kernel command line follow it), and the virtual
 node keys when the server has them. ${common}`,
   boot: `usage: netroot node boot NODE[,NODE…] IMAGE [--no-reboot] [--force]
        netroot deploy NODE[,NODE…] IMAGE …
