@@ -71,6 +71,7 @@ const migrations: string[] = [
   `
   ALTER TABLE nodes ADD COLUMN auto_registered INTEGER NOT NULL DEFAULT 0;
   ALTER TABLE nodes ADD COLUMN booted_at TEXT;  -- first boot script or report: past DHCP
+  CREATE INDEX nodes_auto ON nodes(mac) WHERE auto_registered = 1;  -- counted per registration
   `,
 ];
 

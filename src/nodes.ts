@@ -235,6 +235,14 @@ export class NodeRegistry {
     this.changes.dispatchEvent(new Event("nodes"));
   }
 
+  readonly #statements = new Map<string, ReturnType<Db["prepare"]>>();
+  /** Prepared once: for what the DHCP service calls per lease or registration. */
+  #sql(query: string) {
+    let st = this.#statements.get(query);
+    if (!st) this.#statements.set(query, st = this.db.prepare(query));
+    return st;
+  }
+
   list(): NodeInfo[] {
     const rows = this.db.prepare(`${selectNodes} ORDER BY n.name`).all() as unknown as NodeRow[];
     const settings = new Map<string, Record<string, string>>();
@@ -274,10 +282,8 @@ export class NodeRegistry {
   setIp(mac: string, ip: string | null): void {
     const m = normalizeMac(mac);
     tx(this.db, () => {
-      if (ip !== null) {
-        this.db.prepare("UPDATE nodes SET ip = NULL WHERE ip = ? AND mac <> ?").run(ip, m);
-      }
-      this.db.prepare("UPDATE nodes SET ip = ? WHERE mac = ?").run(ip, m);
+      if (ip !== null) this.#sql("UPDATE nodes SET ip = NULL WHERE ip = ? AND mac <> ?").run(ip, m);
+      this.#sql("UPDATE nodes SET ip = ? WHERE mac = ?").run(ip, m);
     });
   }
 
@@ -288,12 +294,12 @@ export class NodeRegistry {
   observeAddress(mac: string, ip: string, evidence: "lease" | "neighbour"): boolean {
     const m = normalizeMac(mac);
     const changed = tx(this.db, () => {
-      const row = this.db.prepare(
+      const row = this.#sql(
         `SELECT n.ip, s.value AS fixed FROM nodes n
          LEFT JOIN node_settings s ON s.mac = n.mac AND s.key = 'ip' WHERE n.mac = ?`,
       ).get(m) as { ip: string | null; fixed: string | null } | undefined;
       if (!row || row.fixed !== null || row.ip === ip) return false;
-      const owner = this.db.prepare(
+      const owner = this.#sql(
         "SELECT mac FROM node_settings WHERE key = 'ip' AND value = ? AND mac <> ?",
       ).get(ip, m) as { mac: string } | undefined;
       if (owner) {
@@ -320,7 +326,7 @@ export class NodeRegistry {
 
   /** Nodes the DHCP service registered that no admin has adopted (the cap counts them). */
   countAutoRegistered(): number {
-    return (this.db.prepare("SELECT count(*) AS n FROM nodes WHERE auto_registered = 1").get() as {
+    return (this.#sql("SELECT count(*) AS n FROM nodes WHERE auto_registered = 1").get() as {
       n: number;
     }).n;
   }
