@@ -318,10 +318,8 @@ export class NodeRegistry {
    *  is seen now, and an auto-registered node is no longer aged out. */
   touch(mac: string): void {
     const now = new Date().toISOString();
-    this.db.prepare(
-      "UPDATE nodes SET last_seen = ?, booted_at = COALESCE(booted_at, ?) WHERE mac = ?",
-    )
-      .run(now, now, normalizeMac(mac));
+    const seen = "UPDATE nodes SET last_seen = ?, booted_at = COALESCE(booted_at, ?) WHERE mac = ?";
+    this.#sql(seen).run(now, now, normalizeMac(mac));
   }
 
   /** Nodes the DHCP service registered that no admin has adopted (the cap counts them). */
