@@ -68,6 +68,9 @@ if (a.role === "netroot") {
     mode: "full",
     range: { start: "10.88.1.0", end: "10.88.255.250" },
     leaseSeconds: 3600,
+    // The first pass measures what a registration costs, not the limit on how many a minute.
+    registerRate: 1_000_000,
+    registerMax: 10_000_000,
   };
   const ctx = await openContext(config);
   ctx.nodeUrl = "http://10.88.0.1:8080";

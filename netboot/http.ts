@@ -19,11 +19,11 @@ import { dropBoot, findBoot, openBoot, recordStage } from "../src/boots.ts";
 import { notFound, UserError } from "../src/errors.ts";
 import { recordEvent, recordProgress } from "../src/events.ts";
 import { ensureInitramfs } from "../src/initramfs/build.ts";
+import { neighbourMac } from "../src/linux/neigh.ts";
 import { logger } from "../src/log.ts";
 import { normalizeMac } from "../src/mac.ts";
 import { bootNetwork, nfsPersistPath, nfsRootPath } from "../src/nfs.ts";
 import type { NodeInfo } from "../src/nodes.ts";
-import { ipToInt } from "./dhcp4/leases.ts";
 import { renderBootScript, renderRefusalScript } from "./ipxe.ts";
 
 const log = logger("http");
@@ -270,11 +270,6 @@ async function textUpTo(req: Request, max: number): Promise<string | undefined> 
   return new TextDecoder().decode(all);
 }
 
-function sameSubnet(a: string, b: string, netmask: string): boolean {
-  const m = ipToInt(netmask);
-  return ((ipToInt(a) ^ ipToInt(b)) & m) === 0;
-}
-
 export function bootRoutes(ctx: Context): Hono {
   const app = new Hono();
 
@@ -330,19 +325,19 @@ export function bootRoutes(ctx: Context): Hono {
     if (initramfs === "image" && !image.initrd) {
       return refuse(`image ${image.name} has no initrd of its own (node setting initramfs=image)`);
     }
-    // The node's own address: its DHCP lease, else where this request came from, else the
-    // registry's last known one. It is also what its /persist export is restricted to, so it is
-    // recorded only from a lease or the boot network: an admin's `curl` of the script from their
-    // desk (or anyone beyond the boot network) must not move the node's /persist export to it.
+    // The node's address on its command line: the admin's `ip` setting, else its DHCP lease,
+    // else where this request came from, else the registry's last known one. The registry's
+    // address (what its /persist export follows) moves only on evidence bound to the MAC:
+    // anyone can fetch any node's script, so the source address alone proves nothing; the boot
+    // interface's neighbour table holding this MAC for it does (docs/architecture.md).
     const lease = ctx.db.prepare("SELECT ip FROM leases WHERE mac = ? AND state = 'bound'")
       .get(mac) as { ip: string } | undefined;
     const net = bootNetwork(ctx);
     const remote = remoteIpv4(c);
-    const nodeIp = lease?.ip ?? remote ?? node.ip ?? undefined;
-    const onBootNet = (ip: string) => !!net && sameSubnet(ip, net.address, net.netmask);
-    if (nodeIp && nodeIp !== node.ip && (lease || onBootNet(nodeIp))) {
-      ctx.nodes.setIp(mac, nodeIp);
-      ctx.changes.dispatchEvent(new Event("nodes")); // NFS: /persist follows the address
+    const nodeIp = node.settings.ip ?? lease?.ip ?? remote ?? node.ip ?? undefined;
+    const iface = ctx.config.interface;
+    if (!lease && remote && iface && neighbourMac(remote, iface) === mac) {
+      ctx.nodes.observeAddress(mac, remote, "neighbour"); // NFS: /persist follows it
     }
     const serverIp = ctx.config.serverIp ?? new URL(base).hostname;
     const token = openBoot(ctx.db, mac, image.id);

@@ -22,6 +22,16 @@ export interface ServerConfig {
     leaseSeconds: number;
     proxyStrategy: ProxyStrategy;
     registerUnknown: boolean;
+    /** How long an OFFER holds its address for the client (the lease is made at ACK). */
+    offerSeconds: number;
+    /** New nodes the DHCP service registers per minute on the boot interface (a burst of this
+     *  many, then this many a minute). */
+    registerRate: number;
+    /** Auto-registered nodes kept at most (not counting those an admin added or adopted). */
+    registerMax: number;
+    /** Idle seconds after which an auto-registered node that never got past DHCP is forgotten
+     *  (0: never). */
+    registerTtlSeconds: number;
     router?: string;
     dns?: string[];
   };
@@ -43,6 +53,10 @@ export function defaultConfig(): ServerConfig {
       leaseSeconds: 86400,
       proxyStrategy: "option43",
       registerUnknown: true,
+      offerSeconds: 60,
+      registerRate: 60,
+      registerMax: 1000,
+      registerTtlSeconds: 86400,
     },
     tftp: { port: 69 },
     ipxeDir: "/usr/lib/ipxe",
@@ -65,6 +79,10 @@ export const serveOptions = {
   "dhcp-router": { type: "string" },
   "proxy-strategy": { type: "string" },
   "register-unknown": { type: "string" },
+  "offer-time": { type: "string" },
+  "register-rate": { type: "string" },
+  "register-max": { type: "string" },
+  "register-ttl": { type: "string" },
   "tftp-port": { type: "string" },
   "ipxe-dir": { type: "string" },
   nfs: { type: "string" },
@@ -100,6 +118,16 @@ function oneOf<T extends string>(name: string, v: string, allowed: readonly T[])
     throw new UserError(`--${name} must be one of ${allowed.join(", ")}, got ${v}`);
   }
   return v as T;
+}
+
+/** A whole number in [min, max] (flag text or a config file's number), or a UserError naming the
+ *  flag. */
+function wholeNumber(name: string, v: string | number, min: number, max: number): number {
+  const n = typeof v === "number" ? v : /^\d{1,10}$/.test(v.trim()) ? Number(v) : NaN;
+  if (!Number.isInteger(n) || n < min || n > max) {
+    throw new UserError(`--${name} expects a whole number from ${min} to ${max}, got ${v}`);
+  }
+  return n;
 }
 
 const ipv4 = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/;
@@ -178,6 +206,22 @@ export async function loadServeConfig(args: string[]): Promise<ServerConfig> {
   }
   if (values["register-unknown"]) {
     cfg.dhcp.registerUnknown = bool("register-unknown", values["register-unknown"]);
+  }
+  // Flag over file over default, the file's values checked like the flags.
+  const d = cfg.dhcp;
+  d.offerSeconds = wholeNumber("offer-time", values["offer-time"] ?? d.offerSeconds, 5, 3600);
+  d.registerRate = wholeNumber("register-rate", values["register-rate"] ?? d.registerRate, 1, 1e6);
+  d.registerMax = wholeNumber("register-max", values["register-max"] ?? d.registerMax, 1, 1e7);
+  d.registerTtlSeconds = wholeNumber(
+    "register-ttl",
+    values["register-ttl"] ?? d.registerTtlSeconds,
+    0,
+    10 * 365 * 86400,
+  );
+  if (d.registerTtlSeconds > 0 && d.registerTtlSeconds < 60) {
+    throw new UserError(
+      `--register-ttl expects 0 (never) or seconds ≥ 60, got ${d.registerTtlSeconds}`,
+    );
   }
   if (values["tftp-port"]) cfg.tftp.port = port("tftp-port", values["tftp-port"]);
   if (values["ipxe-dir"]) cfg.ipxeDir = values["ipxe-dir"];

@@ -66,6 +66,13 @@ const migrations: string[] = [
   `,
   // 2: DHCP looks nodes up by address on every allocation
   `CREATE INDEX nodes_ip ON nodes(ip);`,
+  // 3: nodes the DHCP service registered on its own are capped and, while they never get past
+  // DHCP, aged out (src/nodes.ts ageOut); an admin's action adopts one (auto_registered = 0)
+  `
+  ALTER TABLE nodes ADD COLUMN auto_registered INTEGER NOT NULL DEFAULT 0;
+  ALTER TABLE nodes ADD COLUMN booted_at TEXT;  -- first boot script or report: past DHCP
+  CREATE INDEX nodes_auto ON nodes(mac) WHERE auto_registered = 1;  -- counted per registration
+  `,
 ];
 
 export const schemaVersion = migrations.length;

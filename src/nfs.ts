@@ -208,10 +208,12 @@ export function desiredExports(ctx: Context): ExportSet {
   const images = (ctx.db.prepare("SELECT id FROM images ORDER BY id").all() as { id: string }[])
     .filter((r) => existsSync(ctx.data.rootfs(r.id)))
     .map((r) => ({ id: r.id, path: ctx.data.rootfs(r.id), pseudo: `/netroot/images/${r.id}` }));
-  // The lease is the current address in full DHCP mode; nodes.ip is the reserved / last seen one.
+  // An address the admin fixed (setting `ip`) wins; else the lease is the current address in
+  // full DHCP mode; nodes.ip is the reserved / last seen one (src/nodes.ts: evidence only).
   const rows = ctx.db.prepare(
-    `SELECT n.mac AS mac, COALESCE(l.ip, n.ip) AS ip, s.value AS persist FROM nodes n
+    `SELECT n.mac AS mac, COALESCE(a.value, l.ip, n.ip) AS ip, s.value AS persist FROM nodes n
      LEFT JOIN leases l ON l.mac = n.mac AND l.state = 'bound'
+     LEFT JOIN node_settings a ON a.mac = n.mac AND a.key = 'ip'
      LEFT JOIN node_settings s ON s.mac = n.mac AND s.key = 'persist'
      ORDER BY n.mac`,
   ).all() as { mac: string; ip: string | null; persist: string | null }[];

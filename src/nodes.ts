@@ -10,12 +10,19 @@
 // `forget` removes the row (settings and vnode row cascade) and the fs symlink but keeps
 // `nodes/<mac>/persist` and `vm/`: user data is never deleted implicitly; re-adding the MAC gets
 // it back, `rm -r <data>/nodes/<mac>` removes it for good.
+//
+// A node's address (`nodes.ip`: what its /persist export, TFTP and DHCP reservation follow) comes
+// only from evidence bound to its MAC: the admin's `ip` setting, which wins; else a lease netroot
+// ACKed; else the boot interface's neighbour table showing that MAC behind the address of its
+// boot-script request (`observeAddress`). Nodes the DHCP service registers on its own
+// (`register`) are `auto_registered`; those that never get past DHCP are aged out (`ageOut`).
 import {
   existsSync,
   mkdirSync,
   readdirSync,
   readlinkSync,
   renameSync,
+  rmdirSync,
   rmSync,
   symlinkSync,
 } from "node:fs";
@@ -132,6 +139,16 @@ registerSettingValidator("tmpfs.size", (key, value) => {
   return v.toLowerCase();
 });
 registerSettingValidator("initramfs", oneOf(["netroot", "image"]));
+registerSettingValidator("ip", (key, value) => {
+  // The node's address, fixed by the admin: a unicast IPv4 address (its /persist is exported
+  // read-write to it, and the kernel command line configures it).
+  const v = value.trim();
+  const o = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(v)?.slice(1).map(Number);
+  if (!o || o.some((x) => x > 255) || o[0] === 0 || o[0] === 127 || o[0] >= 224) {
+    throw new UserError(`${key} must be a unicast IPv4 address like 192.168.50.21, got "${value}"`);
+  }
+  return o.join(".");
+});
 registerSettingValidator("persist", oneOf(["true", "false"]));
 
 /** The normalised MAC if `ref` reads as one (any spelling normalizeMac accepts), else undefined. */
@@ -250,6 +267,14 @@ export class NodeRegistry {
     this.changes.dispatchEvent(new Event("nodes"));
   }
 
+  readonly #statements = new Map<string, ReturnType<Db["prepare"]>>();
+  /** Prepared once: for what the DHCP service calls per lease or registration. */
+  #sql(query: string) {
+    let st = this.#statements.get(query);
+    if (!st) this.#statements.set(query, st = this.db.prepare(query));
+    return st;
+  }
+
   list(): NodeInfo[] {
     const rows = this.db.prepare(`${selectNodes} ORDER BY n.name`).all() as unknown as NodeRow[];
     const settings = new Map<string, Record<string, string>>();
@@ -289,16 +314,94 @@ export class NodeRegistry {
   setIp(mac: string, ip: string | null): void {
     const m = normalizeMac(mac);
     tx(this.db, () => {
-      if (ip !== null) {
-        this.db.prepare("UPDATE nodes SET ip = NULL WHERE ip = ? AND mac <> ?").run(ip, m);
-      }
-      this.db.prepare("UPDATE nodes SET ip = ? WHERE mac = ?").run(ip, m);
+      if (ip !== null) this.#sql("UPDATE nodes SET ip = NULL WHERE ip = ? AND mac <> ?").run(ip, m);
+      this.#sql("UPDATE nodes SET ip = ? WHERE mac = ?").run(ip, m);
     });
   }
 
+  /** Evidence bound to the MAC (`lease`: an address netroot ACKed to it; `neighbour`: the boot
+   *  interface's neighbour table maps the address of its request to its MAC) that the node is
+   *  at `ip`. Recorded unless an admin fixed the node's address (`ip` setting), or fixed `ip` as
+   *  another node's. Returns whether the address changed; a change re-exports its /persist. */
+  observeAddress(mac: string, ip: string, evidence: "lease" | "neighbour"): boolean {
+    const m = normalizeMac(mac);
+    const changed = tx(this.db, () => {
+      const row = this.#sql(
+        `SELECT n.ip, s.value AS fixed FROM nodes n
+         LEFT JOIN node_settings s ON s.mac = n.mac AND s.key = 'ip' WHERE n.mac = ?`,
+      ).get(m) as { ip: string | null; fixed: string | null } | undefined;
+      if (!row || row.fixed !== null || row.ip === ip) return false;
+      const owner = this.#sql(
+        "SELECT mac FROM node_settings WHERE key = 'ip' AND value = ? AND mac <> ?",
+      ).get(ip, m) as { mac: string } | undefined;
+      if (owner) {
+        log.warn("address is fixed for another node: not taken", { mac: m, ip, owner: owner.mac });
+        return false;
+      }
+      this.setIp(m, ip);
+      recordEvent(this.db, m, "node.address", { ip, previous: row.ip, evidence });
+      return true;
+    });
+    if (changed) this.#changed();
+    return changed;
+  }
+
+  /** The node did something beyond DHCP (fetched its boot script, reported a boot stage): it
+   *  is seen now, and an auto-registered node is no longer aged out. */
   touch(mac: string): void {
-    this.db.prepare("UPDATE nodes SET last_seen = ? WHERE mac = ?")
-      .run(new Date().toISOString(), normalizeMac(mac));
+    const now = new Date().toISOString();
+    const seen = "UPDATE nodes SET last_seen = ?, booted_at = COALESCE(booted_at, ?) WHERE mac = ?";
+    this.#sql(seen).run(now, now, normalizeMac(mac));
+  }
+
+  /** Nodes the DHCP service registered that no admin has adopted (the cap counts them). */
+  countAutoRegistered(): number {
+    return (this.#sql("SELECT count(*) AS n FROM nodes WHERE auto_registered = 1").get() as {
+      n: number;
+    }).n;
+  }
+
+  /** Forgets the auto-registered nodes that never got past DHCP and have been idle (no DHCP
+   *  packet either) for `ttlSeconds`: rows, fs links, and their directories when empty (a
+   *  /persist holding files is kept, as `forget` keeps it). Admin-added or adopted nodes are
+   *  never aged out. Returns the MACs forgotten. */
+  ageOut(ttlSeconds: number, now = Date.now()): string[] {
+    if (ttlSeconds <= 0) return [];
+    const cutoff = new Date(now - ttlSeconds * 1000).toISOString();
+    const macs = tx(this.db, () => {
+      const rows = this.db.prepare(
+        `SELECT mac FROM nodes WHERE auto_registered = 1 AND booted_at IS NULL
+         AND COALESCE(last_seen, created_at) < ?`,
+      ).all(cutoff) as { mac: string }[];
+      const del = this.db.prepare("DELETE FROM nodes WHERE mac = ?");
+      for (const r of rows) {
+        del.run(r.mac);
+        recordEvent(this.db, r.mac, "node.aged-out", { ttl: ttlSeconds });
+      }
+      return rows.map((r) => r.mac);
+    });
+    for (const mac of macs) {
+      try {
+        flipSymlink(this.data.nodeFs(mac), null);
+        for (const dir of [this.data.persist(mac), this.data.node(mac)]) {
+          if (existsSync(dir) && readdirSync(dir).length === 0) rmdirSync(dir);
+        }
+      } catch (e) {
+        log.warn("cannot tidy an aged-out node's directory", {
+          mac,
+          dir: this.data.node(mac),
+          error: (e as Error).message,
+        });
+      }
+    }
+    if (macs.length) {
+      log.info("aged out auto-registered nodes that never booted", {
+        count: macs.length,
+        ttl: ttlSeconds,
+      });
+      this.#changed();
+    }
+    return macs;
   }
 
   #defaultName(mac: string): string {
@@ -311,7 +414,14 @@ export class NodeRegistry {
 
   add(
     mac: string,
-    opts: { name?: string; model?: string; virtual?: boolean; image?: string } = {},
+    opts: {
+      name?: string;
+      model?: string;
+      virtual?: boolean;
+      image?: string;
+      /** Registered by the DHCP service, not by an admin (capped, aged out until it boots). */
+      auto?: boolean;
+    } = {},
   ): NodeInfo {
     const m = normalizeMac(mac);
     if (this.find(m)) throw conflict(`node ${m} already exists`);
@@ -338,9 +448,17 @@ export class NodeRegistry {
         if (this.find(name)) throw conflict(`node name ${name} is already taken`);
       } else name = this.#defaultName(m);
       this.db.prepare(
-        `INSERT INTO nodes (mac, name, model, image_id, virtual, created_at)
-         VALUES (?, ?, ?, ?, ?, ?)`,
-      ).run(m, name, model, imageId, opts.virtual ? 1 : 0, new Date().toISOString());
+        `INSERT INTO nodes (mac, name, model, image_id, virtual, created_at, auto_registered)
+         VALUES (?, ?, ?, ?, ?, ?, ?)`,
+      ).run(
+        m,
+        name,
+        model,
+        imageId,
+        opts.virtual ? 1 : 0,
+        new Date().toISOString(),
+        opts.auto ? 1 : 0,
+      );
       recordEvent(this.db, m, "node.added", { name, model, image: imageId });
       mkdirSync(this.data.persist(m), { recursive: true });
       flipSymlink(this.data.nodeFs(m), imageId && linkTarget(imageId));
@@ -355,7 +473,7 @@ export class NodeRegistry {
     const m = normalizeMac(mac);
     const existing = this.find(m);
     if (existing) return existing;
-    const node = this.add(m);
+    const node = this.add(m, { auto: true });
     recordEvent(this.db, m, "node.registered", source);
     return node;
   }
@@ -367,7 +485,8 @@ export class NodeRegistry {
     const other = this.find(newName);
     if (other) throw conflict(`node name ${newName} is already taken by ${other.mac}`);
     tx(this.db, () => {
-      this.db.prepare("UPDATE nodes SET name = ? WHERE mac = ?").run(newName, node.mac);
+      this.db.prepare("UPDATE nodes SET name = ?, auto_registered = 0 WHERE mac = ?")
+        .run(newName, node.mac);
       recordEvent(this.db, node.mac, "node.renamed", { from: node.name, to: newName });
     });
     this.#changed();
@@ -399,7 +518,9 @@ export class NodeRegistry {
       normalized.push([key, value === null ? null : validate(key, value)]);
     }
     tx(this.db, () => {
+      this.db.prepare("UPDATE nodes SET auto_registered = 0 WHERE mac = ?").run(node.mac);
       for (const [key, value] of normalized) {
+        if (key === "ip") this.#fixAddress(node.mac, value);
         if (value === null) {
           this.db.prepare("DELETE FROM node_settings WHERE mac = ? AND key = ?").run(node.mac, key);
         } else {
@@ -413,6 +534,18 @@ export class NodeRegistry {
     });
     this.#changed();
     return this.get(node.mac);
+  }
+
+  /** The admin's `ip` setting is the node's address (null: no longer fixed; evidence will
+   *  find it again). One node per fixed address. */
+  #fixAddress(mac: string, ip: string | null): void {
+    if (ip !== null) {
+      const other = this.db.prepare(
+        "SELECT mac FROM node_settings WHERE key = 'ip' AND value = ? AND mac <> ?",
+      ).get(ip, mac) as { mac: string } | undefined;
+      if (other) throw conflict(`address ${ip} is already fixed for node ${other.mac}`);
+    }
+    this.setIp(mac, ip);
   }
 
   /** find() for a few refs; for many, one listing indexed by MAC and name (a query per ref
@@ -454,7 +587,9 @@ export class NodeRegistry {
     const flipped: NodeInfo[] = [];
     try {
       tx(this.db, () => {
-        const update = this.db.prepare("UPDATE nodes SET image_id = ? WHERE mac = ?");
+        const update = this.db.prepare(
+          "UPDATE nodes SET image_id = ?, auto_registered = 0 WHERE mac = ?",
+        );
         const event = this.db.prepare(
           "INSERT INTO events (mac, ts, kind, detail) VALUES (?, ?, 'deploy', ?)",
         );

@@ -672,9 +672,11 @@ Deno.test({
   },
 });
 
-// The script request's source address becomes the node's address (its /persist export follows)
-// only from the boot network: an admin fetching the script from elsewhere moves nothing.
-Deno.test("boot script: only a source address on the boot network is taken as the node's", async () => {
+// Anyone can fetch any node's script: the request's source address alone never becomes the
+// node's address (what its /persist export follows), on the boot network or off it. The
+// neighbour-table evidence that does is proven in tests/node_address_test.ts (namespaces). An
+// address the admin fixed is what the command line carries.
+Deno.test("boot script: the asker's source address alone is never taken as the node's", async () => {
   const f = await fixture();
   const mac = "52:54:00:12:34:77";
   try {
@@ -685,16 +687,18 @@ Deno.test("boot script: only a source address on the boot network is taken as th
       app.request(`/boot/${mac}.ipxe`, {}, {
         remoteAddr: { hostname, port: 40000, transport: "tcp" },
       });
-    // The script answers the asker as before; only the registry (and NFS) ignore it.
+    // The script answers the asker as before; the registry (and NFS) ignore where it came from.
     let r = await from("192.0.2.9");
     assert.equal(r.status, 200);
     assert.match(await r.text(), /ip=192\.0\.2\.9:/);
     assert.equal(f.ctx.nodes.get(mac).ip, null);
     r = await from("198.51.100.77");
     assert.match(await r.text(), /ip=198\.51\.100\.77:198\.51\.100\.1:/);
-    assert.equal(f.ctx.nodes.get(mac).ip, "198.51.100.77");
-    await (await from("192.0.2.9")).text();
-    assert.equal(f.ctx.nodes.get(mac).ip, "198.51.100.77");
+    assert.equal(f.ctx.nodes.get(mac).ip, null, "a boot-network address proves nothing either");
+    f.ctx.nodes.configure(mac, { ip: "198.51.100.50" });
+    r = await from("198.51.100.77");
+    assert.match(await r.text(), /ip=198\.51\.100\.50:198\.51\.100\.1:/);
+    assert.equal(f.ctx.nodes.get(mac).ip, "198.51.100.50");
   } finally {
     await f.close();
   }

@@ -94,3 +94,52 @@ Deno.test("serve config: the file's own dhcp.mode is kept (a range does not turn
     await Deno.remove(f);
   }
 });
+
+Deno.test("serve config: offer hold and registration limits, from flags or the file, checked", async () => {
+  const d = defaultConfig().dhcp;
+  assert.deepEqual(
+    [d.offerSeconds, d.registerRate, d.registerMax, d.registerTtlSeconds],
+    [60, 60, 1000, 86400],
+  );
+  const c = await loadServeConfig([
+    "--offer-time",
+    "30",
+    "--register-rate",
+    "10",
+    "--register-max",
+    "200",
+    "--register-ttl",
+    "0",
+  ]);
+  assert.deepEqual(
+    [c.dhcp.offerSeconds, c.dhcp.registerRate, c.dhcp.registerMax, c.dhcp.registerTtlSeconds],
+    [30, 10, 200, 0],
+  );
+  for (
+    const [args, re] of [
+      [["--offer-time", "1"], /--offer-time expects a whole number from 5 to 3600/],
+      [["--register-rate", "0"], /--register-rate expects/],
+      [["--register-rate", "ten"], /--register-rate expects/],
+      [["--register-max", "0"], /--register-max expects/],
+      [["--register-ttl", "30"], /--register-ttl expects 0 \(never\) or seconds ≥ 60/],
+      [["--register-ttl", "1.5"], /--register-ttl expects/],
+    ] as const
+  ) {
+    await assert.rejects(
+      loadServeConfig([...args]),
+      (e) => e instanceof UserError && re.test(e.message),
+    );
+  }
+  const f = await Deno.makeTempFile({ suffix: ".json" });
+  try {
+    await Deno.writeTextFile(f, JSON.stringify({ dhcp: { registerMax: 50, offerSeconds: 120 } }));
+    const fromFile = await loadServeConfig(["--config", f, "--offer-time", "90"]);
+    assert.equal(fromFile.dhcp.registerMax, 50);
+    assert.equal(fromFile.dhcp.offerSeconds, 90, "the flag wins over the file");
+    assert.equal(fromFile.dhcp.registerRate, 60);
+    await Deno.writeTextFile(f, JSON.stringify({ dhcp: { registerRate: -1 } }));
+    await assert.rejects(loadServeConfig(["--config", f]), /--register-rate expects/);
+  } finally {
+    await Deno.remove(f);
+  }
+});

@@ -2,8 +2,9 @@
 // `READY {"host":…,"port":…}` on stdout once listening. Used by tests/dhcp_netns.ts.
 import { defaultConfig, type ServerConfig } from "../src/config.ts";
 import { serve } from "../src/server.ts";
+import type { DriverConfig } from "./dhcp_netns.ts";
 
-const partial = JSON.parse(Deno.args[0]) as Partial<ServerConfig>;
+const partial = JSON.parse(Deno.args[0]) as DriverConfig;
 const base = defaultConfig();
 const config: ServerConfig = {
   ...base,

@@ -79,10 +79,16 @@ export interface Driven {
   stop(): Promise<string>;
 }
 
-/** Runs `netroot serve` (via serve() in src/server.ts) inside the server namespace. */
-export async function startServer(link: Link, cfg: Partial<ServerConfig>): Promise<Driven> {
-  const dataDir = await Deno.makeTempDir({ prefix: "nr-dhcp-" });
-  link.tempDirs.push(dataDir);
+/** A partial config: tests/dhcp_driver.ts merges it (and its dhcp part) over the defaults. */
+export type DriverConfig = Partial<Omit<ServerConfig, "dhcp">> & {
+  dhcp?: Partial<ServerConfig["dhcp"]>;
+};
+
+/** Runs `netroot serve` (via serve() in src/server.ts) inside the server namespace; in a fresh
+ *  data dir unless `cfg.dataDir` names one. */
+export async function startServer(link: Link, cfg: DriverConfig): Promise<Driven> {
+  const dataDir = cfg.dataDir ?? await Deno.makeTempDir({ prefix: "nr-dhcp-" });
+  if (!cfg.dataDir) link.tempDirs.push(dataDir);
   const config = { dataDir, interface: link.srvIf, http: { host: "0.0.0.0", port: 0 }, ...cfg };
   const child = new Deno.Command("ip", {
     args: link.inSrv([

@@ -17,6 +17,7 @@ const from = { address: "0.0.0.0", port: 68 };
 async function withResponder(
   cfg: Partial<ResponderConfig>,
   fn: (r: DhcpResponder, ctx: Context) => Promise<void>,
+  clock?: () => number,
 ) {
   const dir = await Deno.makeTempDir({ prefix: "nr-dhcpr-" });
   const ctx = await openContext({ ...defaultConfig(), dataDir: dir });
@@ -35,6 +36,7 @@ async function withResponder(
       },
       ctx.db,
       ctx.nodes,
+      clock,
     );
     await fn(r, ctx);
   } finally {
@@ -141,10 +143,12 @@ Deno.test("full mode: NAK, foreign server id, INFORM, relay, pool exhaustion", a
     const relayed = pkt(1, "linux", MessageType.Discover);
     relayed.giaddr = "10.85.0.254";
     assert.deepEqual((await ask(r, relayed))!.to, { address: "10.85.0.254", port: 67 });
-    // Client 2's node holds the reservation 10.85.0.11: pool (2 addresses) exhausted for client 3.
-    assert.equal(await ask(r, pkt(3, "linux", MessageType.Discover)), null);
+    // Client 2 went elsewhere, so its offer holds nothing: client 3 leases 10.85.0.11, and the
+    // pool (2 addresses) is exhausted for client 4.
+    assert.equal((await lease(r, 3)).p.yiaddr, "10.85.0.11");
+    assert.equal(await ask(r, pkt(4, "linux", MessageType.Discover)), null);
     assert.ok(
-      listEvents(ctx.db, { mac: "02:6e:72:00:00:03" }).some((e) => e.kind === "dhcp.exhausted"),
+      listEvents(ctx.db, { mac: "02:6e:72:00:00:04" }).some((e) => e.kind === "dhcp.exhausted"),
     );
   });
 });
@@ -244,4 +248,114 @@ Deno.test("hostile input: handle() never throws; malformed packets are counted",
     assert.ok(r.stats.malformed > 100);
     assert.equal(r.stats.errors, 0);
   });
+});
+
+// ---- hostile neighbours: spoofed packets from made-up or other clients' MACs ----
+
+const macOf = (i: number) =>
+  Array.from(macFor(i), (b) => b.toString(16).padStart(2, "0")).join(":");
+const leaseRow = (ctx: Context, mac: string) =>
+  ctx.db.prepare("SELECT ip, state FROM leases WHERE mac = ?").get(mac) as
+    | { ip: string; state: string }
+    | undefined;
+
+Deno.test("an OFFER holds its address a while (not past a full pool); the node's reservation is made at ACK", async () => {
+  let now = Date.parse("2026-01-01T00:00:00Z");
+  const range = { start: "10.85.0.10", end: "10.85.0.12" };
+  await withResponder({ offerSeconds: 30, range }, async (r, ctx) => {
+    const discover = async (i: number) => (await ask(r, pkt(i, "pxe", MessageType.Discover)))?.p;
+    assert.equal((await discover(1))?.yiaddr, "10.85.0.10");
+    assert.equal((await discover(2))?.yiaddr, "10.85.0.11");
+    // Registered, but no address is theirs: an offer is not a reservation.
+    assert.equal(ctx.nodes.get(macOf(1)).ip, null);
+    assert.equal(ctx.nodes.get(macOf(2)).ip, null);
+    // While free addresses remain, held ones are not offered again.
+    now += 10_000;
+    const ack = await lease(r, 3, "pxe");
+    assert.equal(ack.p.yiaddr, "10.85.0.12");
+    // At ACK the address is the node's: its reservation, which outlives the lease.
+    assert.equal(ctx.nodes.get(macOf(3)).ip, "10.85.0.12");
+    assert.ok(listEvents(ctx.db, { mac: macOf(3) }).some((e) => e.kind === "node.address"));
+    // The pool is full: the oldest offer gives way, never the lease; its client gets a NAK.
+    now += 10_000;
+    assert.equal((await discover(4))?.yiaddr, "10.85.0.10");
+    assert.equal((await discover(5))?.yiaddr, "10.85.0.11");
+    assert.equal((await discover(6))?.yiaddr, "10.85.0.10");
+    const late = (await ask(
+      r,
+      pkt(1, "pxe", MessageType.Request, { serverId: "10.85.0.1", requestedIp: "10.85.0.10" }),
+    ))!;
+    assert.equal(type(late.p), MessageType.Nak);
+    assert.deepEqual({ ...leaseRow(ctx, macOf(3)) }, { ip: "10.85.0.12", state: "bound" });
+    // Past the hold, an offer that was never taken up holds nothing.
+    now += 31_000;
+    const seventh = (await lease(r, 7, "pxe")).p.yiaddr;
+    assert.ok(["10.85.0.10", "10.85.0.11"].includes(seventh), seventh);
+    assert.equal(ctx.nodes.get(macOf(5)).ip, null);
+  }, () => now);
+});
+
+Deno.test("DECLINE is honoured only from the client the address was offered or leased to", async () => {
+  await withResponder({}, async (r, ctx) => {
+    const victim = await lease(r, 1);
+    assert.equal(victim.p.yiaddr, "10.85.0.10");
+    await lease(r, 2);
+    const decline = (i: number, ip: string) =>
+      ask(r, pkt(i, "linux", MessageType.Decline, { serverId: "10.85.0.1", requestedIp: ip }));
+    // Another node, and a made-up MAC, decline the victim's address: nothing happens.
+    assert.equal(await decline(2, "10.85.0.10"), null);
+    assert.equal(await decline(77, "10.85.0.10"), null);
+    assert.deepEqual({ ...leaseRow(ctx, macOf(1)) }, { ip: "10.85.0.10", state: "bound" });
+    assert.equal(leaseRow(ctx, "declined:10.85.0.10"), undefined);
+    assert.equal(ctx.nodes.find(macOf(77)), undefined, "a DECLINE registers no one");
+    // The victim renews and keeps its address; no one else is offered it.
+    assert.equal((await lease(r, 1)).p.yiaddr, "10.85.0.10");
+    assert.equal((await lease(r, 3)).p.yiaddr, "10.85.0.12");
+    // Said once (a flood of spoofs writes one line a minute), server-wide.
+    const notes = listEvents(ctx.db).filter((e) => e.kind === "dhcp.decline-ignored");
+    assert.equal(notes.length, 1);
+    assert.equal(notes[0].mac, null);
+    // The owner's own DECLINE still works: the address leaves the pool for a while.
+    await decline(3, "10.85.0.12");
+    assert.equal(leaseRow(ctx, "declined:10.85.0.12")?.state, "declined");
+    assert.equal((await lease(r, 3)).p.yiaddr, "10.85.0.13");
+  });
+});
+
+Deno.test("registration: at most registerRate new nodes a minute and registerMax in all; one warning a minute", async () => {
+  let now = Date.parse("2026-01-01T00:00:00Z");
+  await withResponder({ registerRate: 5, registerMax: 8 }, async (r, ctx) => {
+    ctx.nodes.add(macOf(900)); // an admin's node: served always, never counted
+    const discover = async (i: number) =>
+      (await ask(r, pkt(i, "pxe", MessageType.Discover))) !== null;
+    const answered: boolean[] = [];
+    for (let i = 1; i <= 20; i++) answered.push(await discover(i));
+    assert.deepEqual(answered.filter(Boolean).length, 5, "a burst of registerRate");
+    assert.equal(ctx.nodes.countAutoRegistered(), 5);
+    assert.equal(ctx.nodes.find(macOf(6)), undefined, "ignored clients are not registered");
+    assert.ok(await discover(900), "a known node is served at the limit");
+    assert.ok(await discover(1), "and so is one registered before it");
+    let notes = listEvents(ctx.db).filter((e) => e.kind === "dhcp.register-limited");
+    assert.equal(notes.length, 1, "one warning for the 15 ignored");
+    assert.equal(notes[0].mac, null);
+    assert.match(String(notes[0].detail.limit), /5 new nodes a minute/);
+    // The bucket refills at registerRate a minute: one more after 12 s.
+    now += 12_000;
+    assert.ok(await discover(21));
+    assert.equal(await discover(22), false);
+    // A minute on: the cap (8 auto-registered) stops it before the rate does.
+    now += 60_000;
+    const more: boolean[] = [];
+    for (let i = 23; i <= 30; i++) more.push(await discover(i));
+    assert.equal(more.filter(Boolean).length, 2);
+    assert.equal(ctx.nodes.countAutoRegistered(), 8);
+    notes = listEvents(ctx.db).filter((e) => e.kind === "dhcp.register-limited");
+    assert.equal(notes.length, 2, "a minute later, a second warning");
+    assert.match(String(notes[1].detail.limit), /8 auto-registered nodes/);
+    assert.ok(Number(notes[1].detail.ignored) >= 2);
+    // An admin adopting a node frees its place.
+    ctx.nodes.rename(macOf(1), "adopted");
+    now += 12_000;
+    assert.ok(await discover(31));
+  }, () => now);
 });

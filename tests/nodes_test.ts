@@ -2,7 +2,16 @@
 // all-or-nothing deploys, reconcile.
 import { addImage } from "./support/images.ts";
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, readlinkSync, realpathSync, rmSync, symlinkSync } from "node:fs";
+import {
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  readlinkSync,
+  realpathSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { join } from "node:path";
 import { defaultConfig } from "../src/config.ts";
 import type { Context } from "../src/context.ts";
@@ -323,4 +332,46 @@ Deno.test("reconcile makes the tree say what the database says", () =>
     assert.equal(nodes.currentImageId("52:54:00:00:00:01"), b);
     rmSync(ctx.data.nodeFs("52:54:00:00:00:01"));
     assert.equal(nodes.currentImageId("52:54:00:00:00:01"), a);
+  }));
+
+Deno.test("ageOut forgets auto-registered nodes that never got past DHCP, idle past the TTL", () =>
+  withCtx((ctx) => {
+    const nodes = ctx.nodes;
+    const day = 86400;
+    const t0 = Date.now();
+    const mac = (i: number) => `52:54:00:00:0a:0${i}`;
+    nodes.register(mac(1), { via: "dhcp" }); // never seen again
+    nodes.register(mac(2), { via: "dhcp" });
+    nodes.touch(mac(2)); // fetched its boot script: past DHCP
+    nodes.register(mac(3), { via: "dhcp" });
+    nodes.configure(mac(3), { "boot.mode": "network" }); // adopted by an admin
+    nodes.add(mac(4)); // an admin's node, never booted
+    nodes.register(mac(5), { via: "dhcp" });
+    writeFileSync(join(ctx.data.persist(mac(5)), "notes"), "kept"); // data in its /persist
+    nodes.register(mac(6), { via: "dhcp" });
+    assert.equal(nodes.countAutoRegistered(), 4);
+    const changes: string[] = [];
+    ctx.changes.addEventListener("nodes", (e) => changes.push(e.type));
+
+    assert.deepEqual(nodes.ageOut(day, t0 + (day - 60) * 1000), [], "not idle long enough yet");
+    // DHCP traffic keeps a node alive (its last_seen moves): node 6 is still talking.
+    ctx.db.prepare("UPDATE nodes SET last_seen = ? WHERE mac = ?")
+      .run(new Date(t0 + 12 * 3600_000).toISOString(), mac(6));
+    const gone = nodes.ageOut(day, t0 + (day + 60) * 1000);
+    assert.deepEqual(gone.sort(), [mac(1), mac(5)]);
+    assert.deepEqual(nodes.list().map((n) => n.mac).sort(), [mac(2), mac(3), mac(4), mac(6)]);
+    assert.equal(changes.length, 1, "one change event: exports follow");
+    // Its fs link and empty directories went with it; a /persist holding data stays.
+    assert.equal(existsSync(ctx.data.node(mac(1))), false);
+    assert.equal(readFileSync(join(ctx.data.persist(mac(5)), "notes"), "utf8"), "kept");
+    assert.equal(existsSync(ctx.data.nodeFs(mac(5))), false);
+    assert.deepEqual(listEvents(ctx.db, { mac: mac(1) }).at(-1)?.kind, "node.aged-out");
+    // Idle a day and a half: node 6 goes too; the others never do. TTL 0 turns it off.
+    assert.deepEqual(nodes.ageOut(0, t0 + 100 * day * 1000), []);
+    assert.deepEqual(nodes.ageOut(day, t0 + 100 * day * 1000), [mac(6)]);
+    assert.deepEqual(nodes.list().map((n) => n.mac).sort(), [mac(2), mac(3), mac(4)]);
+    assert.equal(nodes.countAutoRegistered(), 1);
+    // Registering again later is a fresh start.
+    assert.equal(nodes.register(mac(1), { via: "dhcp" }).mac, mac(1));
+    assert.ok(existsSync(ctx.data.persist(mac(1))));
   }));

@@ -1,5 +1,7 @@
-// Address allocation for full-mode DHCP, persisted in the `leases` table. Registered nodes also
-// hold a reservation in nodes.ip (never lapses); leases of unregistered clients expire.
+// Address allocation for full-mode DHCP, persisted in the `leases` table. An OFFER holds its
+// address for offerSeconds (unless the pool runs out: then the oldest offer gives way); at ACK
+// it becomes a lease and, for a registered node, its reservation in nodes.ip (never lapses while
+// the node exists).
 // A declined address is parked under the pseudo-MAC "declined:<ip>" until the hold time passes.
 import { intToIp, ipToInt } from "../../contract/ipv4.ts";
 import type { Db } from "../../src/db.ts";
@@ -98,7 +100,19 @@ export class LeaseStore {
         return ip;
       }
     }
-    return undefined;
+    return this.oldestOffer(mac);
+  }
+
+  /** Exhausted: the oldest pending offer of another client gives way. An OFFER is a hint, a
+   *  lease a promise: that client, if it REQUESTs after all, gets a NAK and starts over, and
+   *  DISCOVERs from made-up MACs can never hold the whole pool. Never a lease, a node's
+   *  reservation or an excluded address. */
+  private oldestOffer(mac: string): string | undefined {
+    const offers = this.sql(
+      `SELECT ip FROM leases WHERE state = 'offered' AND mac <> ?
+       AND ip NOT IN (SELECT ip FROM nodes WHERE ip IS NOT NULL) ORDER BY expires_at`,
+    ).all(mac) as { ip: string }[];
+    return offers.find((o) => this.inRange(o.ip) && !this.exclude.has(o.ip))?.ip;
   }
 
   private put(mac: string, ip: string, expiresAt: number, state: Lease["state"]): void {
@@ -129,9 +143,14 @@ export class LeaseStore {
     return Number(r.changes) > 0;
   }
 
-  /** The client found `ip` in use by someone else: keep it out of the pool for a while. */
-  decline(mac: string, ip: string, now: number): void {
+  /** The client found `ip` in use by someone else: keep it out of the pool for a while. Only
+   *  the client `ip` was offered or leased to can decline it (Kea checks the lease's owner the
+   *  same way): false, and nothing changed, for anyone else. */
+  decline(mac: string, ip: string, now: number): boolean {
+    const own = this.get(mac);
+    if (!own || own.ip !== ip || (own.state !== "offered" && own.state !== "bound")) return false;
     this.sql("DELETE FROM leases WHERE mac = ? AND ip = ?").run(mac, ip);
     this.put(`declined:${ip}`, ip, now + this.declineSeconds, "declined");
+    return true;
   }
 }

@@ -47,7 +47,10 @@ export interface DhcpNode {
 }
 export interface DhcpNodes {
   register(mac: string, source: Record<string, unknown>): DhcpNode;
-  setIp(mac: string, ip: string): unknown;
+  /** An address we ACKed to the MAC: the node's address (unless an admin fixed it). */
+  observeAddress(mac: string, ip: string, evidence: "lease"): unknown;
+  /** Nodes registered by us that no admin has adopted (checked against registerMax). */
+  countAutoRegistered(): number;
 }
 
 export interface ResponderConfig {
@@ -58,6 +61,13 @@ export interface ResponderConfig {
   leaseSeconds: number;
   proxyStrategy: "option43" | "port4011";
   registerUnknown: boolean;
+  /** How long an OFFER holds its address (default 60 s; ISC dhcpd holds one 120 s). */
+  offerSeconds?: number;
+  /** Registrations of unknown MACs per minute on this interface (default 60, in a burst of as
+   *  many); past it, or past registerMax auto-registered nodes (default 1000), unknown clients
+   *  are ignored. */
+  registerRate?: number;
+  registerMax?: number;
   router?: string;
   dns?: string[];
   nodeUrl?: string;
@@ -77,9 +87,32 @@ export interface DhcpStats {
   errors: number;
 }
 
+/** Token bucket: `perMinute` registrations in a burst, refilled at `perMinute` a minute. */
+export class RegistrationLimit {
+  private tokens: number;
+  private last: number;
+  constructor(private readonly perMinute: number, now: number) {
+    this.tokens = perMinute;
+    this.last = now;
+  }
+  take(now: number): boolean {
+    this.tokens = Math.min(
+      this.perMinute,
+      this.tokens + (now - this.last) * this.perMinute / 60_000,
+    );
+    this.last = now;
+    if (this.tokens < 1) return false;
+    this.tokens--;
+    return true;
+  }
+}
+
 export class DhcpResponder {
   readonly stats: DhcpStats = { received: 0, malformed: 0, ignored: 0, sent: {}, errors: 0 };
   readonly leases?: LeaseStore;
+  private readonly limit: RegistrationLimit;
+  /** Per warning kind: packets ignored since it was last said, and when (once a minute). */
+  private readonly notices = new Map<string, { count: number; at: number }>();
   private readonly broadcastAddr: string;
   // The hot path (every packet of every known node) reads and touches the nodes row and appends
   // to the events table with statements prepared once; through NodeRegistry.find/touch and
@@ -92,7 +125,10 @@ export class DhcpResponder {
     private readonly cfg: ResponderConfig,
     private readonly db: Context["db"],
     private readonly nodes: DhcpNodes,
+    /** Milliseconds since the epoch (tests move it). */
+    private readonly clock: () => number = Date.now,
   ) {
+    this.limit = new RegistrationLimit(cfg.registerRate ?? 60, clock());
     this.nodeRow = db.prepare("SELECT mac, name, ip FROM nodes WHERE mac = ?");
     this.touchRow = db.prepare("UPDATE nodes SET last_seen = ? WHERE mac = ?");
     // Same row as src/events.ts recordEvent writes.
@@ -104,6 +140,7 @@ export class DhcpResponder {
       this.leases = new LeaseStore(db, {
         range: cfg.range,
         exclude: [cfg.serverIp, ...(cfg.router ? [cfg.router] : [])],
+        offerSeconds: cfg.offerSeconds,
       });
     }
   }
@@ -156,7 +193,11 @@ export class DhcpResponder {
         (type !== MessageType.Discover && type !== MessageType.Request &&
           type !== MessageType.Inform))
     ) return null;
-    const node = this.nodeFor(cls);
+    // A first DISCOVER, or a REQUEST for us (not one choosing the lab's server), may register.
+    const serverId = readIp(req.options.get(Opt.serverId));
+    const mayRegister = type === MessageType.Discover ||
+      (type === MessageType.Request && (!serverId || serverId === this.cfg.serverIp));
+    const node = this.nodeFor(cls, mayRegister);
     if (!node) return null;
     const fields = { mac: cls.mac, type: messageTypeName(type), firmware: cls.firmware };
     log.debug("request", { ...fields, vendorClass: cls.vendorClass, port: via.port });
@@ -173,18 +214,35 @@ export class DhcpResponder {
     return ((ipToInt(node.ip) ^ ipToInt(this.cfg.serverIp)) & mask) === 0 ? node.ip : undefined;
   }
 
-  private event(mac: string, kind: string, detail: Record<string, unknown>): void {
-    this.eventRow.run(mac, new Date().toISOString(), kind, JSON.stringify(detail));
+  private event(mac: string | null, kind: string, detail: Record<string, unknown>): void {
+    this.eventRow.run(mac, new Date(this.clock()).toISOString(), kind, JSON.stringify(detail));
   }
 
-  /** Registers a first-seen MAC (or refuses it when registerUnknown is off). */
-  private nodeFor(cls: Classification): DhcpNode | null {
+  /** The known node, or a first-seen MAC registered (when `mayRegister`) within the
+   *  registration rate and cap, or null (also when registerUnknown is off). Spoofed packets from
+   *  made-up MACs can therefore add at most registerRate nodes a minute and registerMax in all. */
+  private nodeFor(cls: Classification, mayRegister: boolean): DhcpNode | null {
     const known = this.nodeRow.get(cls.mac) as DhcpNode | undefined;
     if (known) {
-      this.touchRow.run(new Date().toISOString(), cls.mac);
+      this.touchRow.run(new Date(this.clock()).toISOString(), cls.mac);
       return known;
     }
-    if (!this.cfg.registerUnknown) return null;
+    if (!this.cfg.registerUnknown || !mayRegister) return null;
+    // The bucket first: a flood costs no query past it.
+    const now = this.clock();
+    const max = this.cfg.registerMax ?? 1000;
+    const limited = (limit: string) =>
+      this.notice("dhcp.register-limited", "registration limit reached: unknown clients ignored", {
+        limit,
+      });
+    if (!this.limit.take(now)) {
+      limited(`${this.cfg.registerRate ?? 60} new nodes a minute`);
+      return null;
+    }
+    if (this.nodes.countAutoRegistered() >= max) {
+      limited(`${max} auto-registered nodes`);
+      return null;
+    }
     const node = this.nodes.register(cls.mac, {
       via: "dhcp",
       vendorClass: cls.vendorClass,
@@ -193,6 +251,20 @@ export class DhcpResponder {
     });
     log.info("registered node", { mac: cls.mac, name: node.name, firmware: cls.firmware });
     return node;
+  }
+
+  /** Counts a packet ignored for `kind`; says so (log warning and server event) at most once a
+   *  minute per kind, with how many were ignored since: a flood cannot flood the log. */
+  private notice(kind: string, message: string, detail: Record<string, unknown>): void {
+    const now = this.clock();
+    const n = this.notices.get(kind) ?? { count: 0, at: -Infinity };
+    n.count++;
+    this.notices.set(kind, n);
+    if (now - n.at < 60_000) return;
+    const fields = { ...detail, ignored: n.count };
+    log.warn(message, fields);
+    this.event(null, kind, fields);
+    this.notices.set(kind, { count: 0, at: now });
   }
 
   // ---- full mode -------------------------------------------------------------------------
@@ -204,7 +276,7 @@ export class DhcpResponder {
     node: DhcpNode,
   ): Reply | null {
     const leases = this.leases!;
-    const now = Math.floor(Date.now() / 1000);
+    const now = Math.floor(this.clock() / 1000);
     const mac = cls.mac;
     const serverId = readIp(req.options.get(Opt.serverId));
     const requested = readIp(req.options.get(Opt.requestedIp));
@@ -216,8 +288,9 @@ export class DhcpResponder {
           this.event(mac, "dhcp.exhausted", {});
           return null;
         }
+        // Held for offerSeconds only: the address is the client's at ACK (a DISCOVER flood
+        // from made-up MACs cannot take the pool for longer).
         leases.offer(mac, ip, now);
-        if (node.ip !== ip) this.nodes.setIp(mac, ip); // the reservation, made at first contact
         return this.answer(req, cls, MessageType.Offer, ip, "dhcp.offer", node.name);
       }
       case MessageType.Request: {
@@ -235,12 +308,21 @@ export class DhcpResponder {
           return this.nak(req, `address ${want} not available`);
         }
         leases.bind(mac, ip, this.cfg.leaseSeconds, now);
-        if (node.ip !== ip) this.nodes.setIp(mac, ip);
+        if (node.ip !== ip) this.nodes.observeAddress(mac, ip, "lease"); // its reservation
         return this.answer(req, cls, MessageType.Ack, ip, "dhcp.ack", node.name);
       }
       case MessageType.Decline: {
         if (serverId !== this.cfg.serverIp || !requested) return null;
-        leases.decline(mac, requested, now);
+        // Only the client the address was offered or leased to can decline it: a DECLINE for
+        // another client's address (a spoof) must not take it away.
+        if (!leases.decline(mac, requested, now)) {
+          this.notice(
+            "dhcp.decline-ignored",
+            "DECLINE of an address not offered or leased to that client: ignored",
+            { mac, ip: requested },
+          );
+          return null;
+        }
         log.warn("client declined address (in use elsewhere)", { mac, ip: requested });
         this.event(mac, "dhcp.decline", { ip: requested });
         return null;
@@ -449,6 +531,24 @@ export function checkIpxeFiles(dir: string): string[] {
   return missing;
 }
 
+/** Runs nodes.ageOut (src/nodes.ts) now and then every tenth of the TTL (at least every second,
+ *  at most every ten minutes) while the DHCP service runs; undefined when aging is off (TTL 0). */
+function startAgeOut(
+  nodes: { ageOut(ttlSeconds: number): unknown },
+  ttlSeconds: number,
+): ReturnType<typeof setInterval> | undefined {
+  if (ttlSeconds <= 0) return undefined;
+  const run = () => {
+    try {
+      nodes.ageOut(ttlSeconds);
+    } catch (e) {
+      log.error("aging out unbooted nodes failed", { error: e });
+    }
+  };
+  run();
+  return setInterval(run, Math.min(600_000, Math.max(1000, ttlSeconds * 100)));
+}
+
 export function startDhcp(ctx: Context): Promise<Service> {
   const { config } = ctx;
   const device = config.interface;
@@ -468,6 +568,9 @@ export function startDhcp(ctx: Context): Promise<Service> {
       leaseSeconds: config.dhcp.leaseSeconds,
       proxyStrategy: config.dhcp.proxyStrategy,
       registerUnknown: config.dhcp.registerUnknown,
+      offerSeconds: config.dhcp.offerSeconds,
+      registerRate: config.dhcp.registerRate,
+      registerMax: config.dhcp.registerMax,
       router: config.dhcp.router,
       dns: config.dhcp.dns,
       nodeUrl: ctx.nodeUrl,
@@ -501,6 +604,7 @@ export function startDhcp(ctx: Context): Promise<Service> {
       }
     }
   });
+  const ageOut = startAgeOut(ctx.nodes, config.dhcp.registerTtlSeconds);
   log.info("listening", {
     interface: device,
     mode: config.dhcp.mode,
@@ -513,6 +617,7 @@ export function startDhcp(ctx: Context): Promise<Service> {
       name: "dhcp",
       stats: responder.stats,
       async close() {
+        clearInterval(ageOut);
         await Promise.all(sockets.map((s) => s.close()));
         await Promise.all(loops);
         log.info("stopped", {

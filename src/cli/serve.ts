@@ -9,13 +9,19 @@ export const serveHelp = `usage: netroot serve [--data DIR] [--http HOST:PORT] [
                      [--interface IF | --bridge NAME --address A.B.C.D/NN]
                      [--dhcp-mode full|proxy|off] [--dhcp-range START-END] [--lease-time SECONDS]
                      [--dhcp-router A.B.C.D]
-                     [--proxy-strategy option43|port4011] [--register-unknown true|false]
+                     [--proxy-strategy option43|port4011] [--offer-time SECONDS]
+                     [--register-unknown true|false] [--register-rate PER-MINUTE]
+                     [--register-max N] [--register-ttl SECONDS]
                      [--tftp-port N] [--ipxe-dir DIR] [--nfs kernel|ganesha|off] [--nfs-version 3|4]
                      [--ra true|false] [--accel auto|kvm|tcg]
 
 Runs on embedded defaults: data in ./netroot-data (checkout) or /var/lib/netroot, HTTP on
 0.0.0.0:8080. Without --interface only HTTP runs. --dhcp-mode defaults to full when --dhcp-range
 is given, proxy otherwise (a lab DHCP server keeps handing out addresses).
+Unknown machines register themselves at their first DHCP request: at most --register-rate a
+minute (default 60) and --register-max in all (default 1000); one that never gets past DHCP is
+forgotten after --register-ttl idle seconds (default 86400, 0 = never). An OFFER holds its address
+for --offer-time seconds (default 60); the address is the client's at ACK.
 SIGINT/SIGTERM stop it cleanly (virtual nodes, ganesha, sockets); a second signal exits at once.`;
 
 export async function run(args: string[]): Promise<number> {

@@ -139,6 +139,14 @@ export interface ToolResult {
   stderr: string;
 }
 
+/** The server's environment without its own NETROOT_* variables (NETROOT_TOKEN among them): a
+ *  power tool sees only the NETROOT_* values its action sets. */
+function inheritedEnv(): Record<string, string> {
+  return Object.fromEntries(
+    Object.entries(Deno.env.toObject()).filter(([k]) => !k.startsWith("NETROOT_")),
+  );
+}
+
 /**
  * Runs `argv` (no shell) with `env` added, stdin closed, in its own process group; after
  * `timeoutMs` the group gets SIGTERM, then SIGKILL, and a PowerError says so. A missing program
@@ -152,7 +160,8 @@ export async function runTool(
   try {
     child = new Deno.Command(argv[0], {
       args: argv.slice(1),
-      env: opts.env,
+      env: { ...inheritedEnv(), ...opts.env },
+      clearEnv: true,
       stdin: "null",
       stdout: "piped",
       stderr: "piped",

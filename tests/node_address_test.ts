@@ -1,0 +1,234 @@
+// A node's address — what its read-write /persist export follows — comes only from evidence
+// bound to its MAC: the admin's `ip` setting (wins), a lease netroot ACKed, or the boot
+// interface's neighbour table mapping the address of its boot-script request to its MAC. Never
+// from whoever asks. Unit tests of the registry, then (root) two clients in network namespaces
+// against a real server with ganesha exports.
+import assert from "node:assert/strict";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { defaultConfig } from "../src/config.ts";
+import type { Context } from "../src/context.ts";
+import { UserError } from "../src/errors.ts";
+import { listEvents } from "../src/events.ts";
+import { parseArpTable } from "../src/linux/neigh.ts";
+import { desiredExports } from "../src/nfs.ts";
+import { openContext } from "../src/server.ts";
+import { type Link, sh, startServer } from "./dhcp_netns.ts";
+import { addImage } from "./support/images.ts";
+
+async function withCtx(fn: (ctx: Context) => Promise<void> | void): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "nr-addr-" });
+  const ctx = await openContext({ ...defaultConfig(), dataDir: dir, serverIp: "10.86.0.1" });
+  try {
+    await fn(ctx);
+  } finally {
+    ctx.db.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+const status = (fn: () => unknown): number => {
+  try {
+    fn();
+  } catch (e) {
+    assert.ok(e instanceof UserError, `expected a UserError, got ${e}`);
+    return e.status;
+  }
+  return 0;
+};
+
+Deno.test("parseArpTable: complete entries only, MACs lower-cased", () => {
+  const text = [
+    "IP address       HW type     Flags       HW address            Mask     Device",
+    "10.86.1.11       0x1         0x2         02:00:00:00:86:0A     *        br0",
+    "10.86.1.12       0x1         0x0         00:00:00:00:00:00     *        br0",
+    "192.168.1.1      0x1         0x6         aa:bb:cc:dd:ee:ff     *        eth0",
+    "",
+  ].join("\n");
+  assert.deepEqual(parseArpTable(text), [
+    { ip: "10.86.1.11", mac: "02:00:00:00:86:0a", device: "br0" },
+    { ip: "192.168.1.1", mac: "aa:bb:cc:dd:ee:ff", device: "eth0" },
+  ]);
+  assert.deepEqual(parseArpTable(""), []);
+});
+
+Deno.test("the admin's ip setting is validated, unique, and wins over any evidence", () =>
+  withCtx((ctx) => {
+    const nodes = ctx.nodes;
+    const a = "52:54:00:00:86:01", b = "52:54:00:00:86:02";
+    nodes.add(a, { name: "a" });
+    nodes.add(b, { name: "b" });
+    for (const bad of ["10.86.0", "10.86.0.300", "0.1.2.3", "127.0.0.1", "224.0.0.1", "x"]) {
+      assert.equal(status(() => nodes.configure("a", { ip: bad })), 400, bad);
+    }
+    // Evidence moves an address that no admin fixed, and says so on the timeline.
+    assert.equal(nodes.observeAddress(a, "10.86.0.21", "neighbour"), true);
+    assert.equal(nodes.get("a").ip, "10.86.0.21");
+    const ev = listEvents(ctx.db, { mac: a }).find((e) => e.kind === "node.address");
+    assert.deepEqual(ev?.detail, { ip: "10.86.0.21", previous: null, evidence: "neighbour" });
+    // Fixed by the admin: the node's address at once, and no evidence moves it.
+    assert.equal(nodes.configure("a", { ip: " 10.86.0.50 " }).ip, "10.86.0.50");
+    assert.equal(nodes.observeAddress(a, "10.86.0.22", "lease"), false);
+    assert.equal(nodes.observeAddress(a, "10.86.0.23", "neighbour"), false);
+    assert.equal(nodes.get("a").ip, "10.86.0.50");
+    // Another node cannot take it, by evidence or by setting.
+    assert.equal(nodes.observeAddress(b, "10.86.0.50", "neighbour"), false);
+    assert.equal(nodes.get("a").ip, "10.86.0.50");
+    assert.equal(status(() => nodes.configure("b", { ip: "10.86.0.50" })), 409);
+    // Exports follow the fixed address even while a lease says otherwise.
+    ctx.db.prepare("INSERT INTO leases (mac, ip, expires_at, state) VALUES (?, ?, ?, 'bound')")
+      .run(a, "10.86.0.60", 2 ** 31);
+    assert.deepEqual(
+      desiredExports(ctx).persists.map((p) => [p.mac, p.ip]),
+      [[a, "10.86.0.50"]],
+    );
+    // Unfixed: the address is forgotten (not exported) until evidence finds it again.
+    assert.equal(nodes.configure("a", { ip: null }).ip, null);
+    assert.deepEqual(desiredExports(ctx).persists.map((p) => [p.mac, p.ip]), [[a, "10.86.0.60"]]);
+    assert.equal(nodes.observeAddress(a, "10.86.0.60", "lease"), true);
+    assert.equal(nodes.get("a").ip, "10.86.0.60");
+  }));
+
+// ---- two clients on one boot LAN (root) ----
+
+interface LanClient {
+  ns: string;
+  mac: string;
+  ip: string;
+}
+
+/** A server namespace with bridge br0 (`${net}.1/24`) and one namespace per client, each with
+ *  eth0 (the given MAC, `${net}.<11+i>/24`) on the bridge. */
+async function makeLan(tag: string, net: string, macs: string[]) {
+  const id = `${Deno.pid}`;
+  const srvNs = `nr-${tag}-s-${id}`;
+  const clients: LanClient[] = macs.map((mac, i) => ({
+    ns: `nr-${tag}-c${i}-${id}`,
+    mac,
+    ip: `${net}.${11 + i}`,
+  }));
+  const link: Link & { clients: LanClient[] } = {
+    srvNs,
+    srvIf: "br0",
+    cliNs: clients[0].ns,
+    cliIf: "eth0",
+    net,
+    inSrv: (c) => ["ip", "netns", "exec", srvNs, ...c],
+    inCli: (c) => ["ip", "netns", "exec", clients[0].ns, ...c],
+    tempDirs: [],
+    clients,
+    async close() {
+      for (const c of clients) await sh(["ip", "netns", "del", c.ns], { ok: false });
+      await sh(["ip", "netns", "del", srvNs], { ok: false });
+    },
+  };
+  try {
+    const n = (...a: string[]) => sh(["ip", "-n", srvNs, ...a]);
+    await sh(["ip", "netns", "add", srvNs]);
+    await n("link", "set", "lo", "up");
+    await n("link", "add", "br0", "type", "bridge");
+    await n("addr", "add", `${net}.1/24`, "dev", "br0");
+    await n("link", "set", "br0", "up");
+    for (const [i, c] of clients.entries()) {
+      await sh(["ip", "netns", "add", c.ns]);
+      await n("link", "add", `vc${i}`, "type", "veth", "peer", "name", "eth0", "netns", c.ns);
+      await n("link", "set", `vc${i}`, "master", "br0");
+      await n("link", "set", `vc${i}`, "up");
+      const m = (...a: string[]) => sh(["ip", "-n", c.ns, ...a]);
+      await m("link", "set", "eth0", "address", c.mac);
+      await m("addr", "add", `${c.ip}/24`, "dev", "eth0");
+      await m("link", "set", "eth0", "up");
+      await m("link", "set", "lo", "up");
+    }
+    return link;
+  } catch (e) {
+    await link.close();
+    throw e;
+  }
+}
+
+const persistClient = (conf: string, mac: string) =>
+  new RegExp(
+    `Pseudo = "/netroot/persist/${mac.replaceAll(":", "")}";[^{}]*` +
+      `CLIENT \\{ Clients = ([0-9.]+); Access_Type = RW;`,
+  ).exec(conf)?.[1];
+
+Deno.test("proxy mode (root, netns): fetching another node's boot script does not move its /persist export", async () => {
+  const a = "02:00:00:00:86:0a", b = "02:00:00:00:86:0b";
+  const lan = await makeLan("addr", "10.86.1", [a, b]);
+  const dataDir = await Deno.makeTempDir({ prefix: "nr-addr-" });
+  let server;
+  try {
+    // The registry before the start: both machines are nodes with a bootable image.
+    const ctx = await openContext({ ...defaultConfig(), dataDir });
+    const image = addImage(ctx, "img");
+    writeFileSync(ctx.data.manifest(image), ""); // as an import leaves it (checked at start)
+    ctx.nodes.add(a, { name: "node-a", image });
+    ctx.nodes.add(b, { name: "node-b", image });
+    ctx.db.close();
+    server = await startServer(lan, {
+      dataDir,
+      dhcp: { mode: "proxy" },
+      nfs: { mode: "ganesha", version: 4 },
+      ra: false,
+    });
+    const url = `http://10.86.1.1:${server.http.port}`;
+    const conf = `${dataDir}/run/ganesha/ganesha.conf`;
+    const exportOf = (mac: string) =>
+      existsSync(conf) ? persistClient(readFileSync(conf, "utf8"), mac) : undefined;
+    const until = async (what: string, ok: () => boolean) => {
+      for (let i = 0; i < 100 && !ok(); i++) await new Promise((r) => setTimeout(r, 100));
+      assert.ok(ok(), what);
+    };
+    const script = (from: LanClient, mac: string) =>
+      sh(["ip", "netns", "exec", from.ns, "curl", "-sf", `${url}/boot/${mac}.ipxe`]);
+    const [ca, cb] = lan.clients;
+
+    // Node A boots: its script carries its address, and /persist is exported to it.
+    assert.match(await script(ca, a), /ip=10\.86\.1\.11:10\.86\.1\.1:/);
+    await until("A's /persist exported to A", () => exportOf(a) === ca.ip);
+
+    // B (another machine on the LAN) fetches A's script: it gets an answer, nothing more.
+    assert.match(await script(cb, a), /ip=10\.86\.1\.12:/);
+    // B boots itself: exports are rendered again after the hostile fetch.
+    await script(cb, b);
+    await until("B's /persist exported to B", () => exportOf(b) === cb.ip);
+    assert.equal(exportOf(a), ca.ip, "A's /persist stays exported to A only");
+
+    // The admin fixes A's address: the export follows it and A's own requests do not undo it.
+    const token = (await Deno.readTextFile(`${dataDir}/token`)).trim();
+    await sh(lan.inSrv([
+      "curl",
+      "-sf",
+      "-X",
+      "PATCH",
+      "-H",
+      `authorization: Bearer ${token}`,
+      "-H",
+      "content-type: application/json",
+      "-d",
+      JSON.stringify({ ip: "10.86.1.50" }),
+      `http://127.0.0.1:${server.http.port}/api/v1/nodes/node-a/config`,
+    ]));
+    await until("A's /persist exported to the fixed address", () => exportOf(a) === "10.86.1.50");
+    assert.match(await script(ca, a), /ip=10\.86\.1\.50:10\.86\.1\.1:/);
+    await script(cb, b); // another render
+    await until("B still exported to B", () => exportOf(b) === cb.ip);
+    assert.equal(exportOf(a), "10.86.1.50");
+
+    await server.stop();
+    server = undefined;
+    const db = await openContext({ ...defaultConfig(), dataDir });
+    try {
+      const moves = listEvents(db.db, { mac: a }).filter((e) => e.kind === "node.address");
+      assert.deepEqual(moves.map((e) => [e.detail.ip, e.detail.evidence]), [
+        ["10.86.1.11", "neighbour"],
+      ]);
+    } finally {
+      db.db.close();
+    }
+  } finally {
+    await server?.stop();
+    await lan.close();
+    await Deno.remove(dataDir, { recursive: true });
+  }
+});
