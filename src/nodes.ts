@@ -227,6 +227,13 @@ interface NodeRow {
 const selectNodes = `SELECT n.mac, n.name, n.model, n.image_id, i.name AS image_name, n.ip,
   n.virtual, n.created_at, n.last_seen FROM nodes n LEFT JOIN images i ON i.id = n.image_id`;
 
+export interface ExportTarget {
+  mac: string;
+  ip: string;
+  persist: boolean;
+  images: string[];
+}
+
 export class NodeRegistry {
   constructor(
     readonly data: DataDir,
@@ -303,6 +310,35 @@ export class NodeRegistry {
     const n = this.find(ref);
     if (!n) throw notFound(`node ${ref}`);
     return n;
+  }
+
+  /** What the NFS exports follow, for every node with an address: the address (the admin's `ip`
+   *  setting, else its bound lease, else the evidence recorded in nodes.ip), whether it has a
+   *  /persist, and the images it may mount as root (its current one and its latest boot's). */
+  exportTargets(): ExportTarget[] {
+    const rows = this.db.prepare(
+      `SELECT n.mac AS mac, COALESCE(a.value, l.ip, n.ip) AS ip, s.value AS persist,
+         n.image_id AS current,
+         (SELECT b.image_id FROM boots b WHERE b.mac = n.mac
+          ORDER BY b.started_at DESC, b.rowid DESC LIMIT 1) AS booted
+       FROM nodes n
+       LEFT JOIN leases l ON l.mac = n.mac AND l.state = 'bound'
+       LEFT JOIN node_settings a ON a.mac = n.mac AND a.key = 'ip'
+       LEFT JOIN node_settings s ON s.mac = n.mac AND s.key = 'persist'
+       ORDER BY n.mac`,
+    ).all() as {
+      mac: string;
+      ip: string | null;
+      persist: string | null;
+      current: string | null;
+      booted: string | null;
+    }[];
+    return rows.filter((r) => r.ip).map((r) => ({
+      mac: r.mac,
+      ip: r.ip!,
+      persist: r.persist !== "false",
+      images: [...new Set([r.current, r.booted].filter((x): x is string => !!x))],
+    }));
   }
 
   byIp(ip: string): NodeInfo | undefined {

@@ -27,7 +27,12 @@ import { openContext } from "../src/server.ts";
 
 const set: ExportSet = {
   subnet: "10.77.0.0/24",
-  images: [{ id: "aa11", path: "/d/images/aa11/rootfs", pseudo: "/netroot/images/aa11" }],
+  images: [{
+    id: "aa11",
+    path: "/d/images/aa11/rootfs",
+    pseudo: "/netroot/images/aa11",
+    nodes: [],
+  }],
   persists: [{
     mac: "52:54:00:00:00:01",
     ip: "10.77.0.23",
@@ -71,6 +76,36 @@ Deno.test("kernel exports: images ro + root squashed, persist rw to the node onl
   );
 });
 
+Deno.test("image exports keep root only for the image's own nodes, squash it for the subnet", () => {
+  const own: ExportSet = {
+    ...set,
+    images: [{ ...set.images[0], nodes: ["10.77.0.23", "10.77.0.24"] }],
+  };
+  const line = renderKernelExports(own).split("\n")[1];
+  const uuid = "[0-9a-f-]{36}";
+  assert.match(
+    line,
+    new RegExp(
+      `^"/d/images/aa11/rootfs" 10\\.77\\.0\\.23\\(ro,sync,no_root_squash,subtree_check,fsid=${uuid}\\) ` +
+        `10\\.77\\.0\\.24\\(ro,sync,no_root_squash,subtree_check,fsid=${uuid}\\) ` +
+        `10\\.77\\.0\\.0/24\\(ro,sync,root_squash,anonuid=65534,anongid=65534,subtree_check,fsid=${uuid}\\)$`,
+    ),
+  );
+  assert.equal(new Set(line.match(/fsid=[0-9a-f-]+/g)).size, 1, "one fsid for the export");
+  const conf = renderGaneshaConfig(own, {
+    bindAddr: "10.77.0.1",
+    version: 4,
+    recoveryDir: "/r",
+    ids: new Map([["image:aa11", 1], ["persist:52:54:00:00:00:01", 2]]),
+  });
+  const img = conf.split("\n").find((l) => l.includes('"/netroot/images/aa11"'))!;
+  // ganesha takes the first matching CLIENT block: the node's own, root kept, before the subnet.
+  assert.match(
+    img,
+    /CLIENT \{ Clients = 10\.77\.0\.23, 10\.77\.0\.24; Access_Type = RO; Squash = No_Root_Squash; Protocols = 4; \} CLIENT \{ Clients = 10\.77\.0\.0\/24; Access_Type = RO; Squash = Root_Squash;/,
+  );
+});
+
 Deno.test("fsids: one per export, from its key alone, the same in both back ends and across runs", () => {
   // Pinned: a changed derivation would make every mounted node's handles stale after an upgrade
   // (the 128 bits are those of the earlier undashed form, which exportfs read the same way).
@@ -99,7 +134,7 @@ Deno.test("fsids: one per export, from its key alone, the same in both back ends
   const more: ExportSet = {
     ...set,
     images: [
-      { id: "bb22", path: "/d/images/bb22/rootfs", pseudo: "/netroot/images/bb22" },
+      { id: "bb22", path: "/d/images/bb22/rootfs", pseudo: "/netroot/images/bb22", nodes: [] },
       ...set.images,
     ],
   };
@@ -286,7 +321,7 @@ Deno.test("ganesha (root, netns): serves on 2049, follows a deploy by SIGHUP, st
       new RegExp(
         `Path = "${
           ctx.data.rootfs(a)
-        }"; Pseudo = "/netroot/images/${a}"; Filesystem_Id = \\d+\\.\\d+; Access_Type = None; CLIENT \\{ Clients = 10\\.66\\.0\\.0/24; Access_Type = RO; Squash = Root_Squash;`,
+        }"; Pseudo = "/netroot/images/${a}"; Filesystem_Id = \\d+\\.\\d+; Access_Type = None; CLIENT \\{ Clients = 10\\.66\\.0\\.21; Access_Type = RO; Squash = No_Root_Squash; Protocols = 4; \\} CLIENT \\{ Clients = 10\\.66\\.0\\.0/24; Access_Type = RO; Squash = Root_Squash;`,
       ),
     );
     assert.match(
@@ -487,10 +522,19 @@ poweroff -f
         log.includes("IMG-WRITE=refused"),
         "image export is read-only on the server\n" + tail,
       );
-      // Root squashed on the image: the node's root reads no root-only file, neither directly nor
-      // through the overlay its init builds (overlayfs reads the lower layer as the mounter, root).
-      for (const line of ["IMG-ROOTONLY=denied", "OVL-ROOTONLY=denied", "OVL-ROOTDIR=denied"]) {
-        assert.ok(log.includes(line), `image root squashed: ${line}\n${tail}`);
+      // Root kept on the image for the node that boots it: its root reads the image's root-only
+      // files (sshd host keys, /root), directly and through the overlay its init builds
+      // (overlayfs reads the lower layer as the mounter), and copies them up. Other hosts of the
+      // subnet are squashed (the kernel nfsd test probes from one).
+      for (
+        const line of [
+          "IMG-ROOTONLY=read",
+          "OVL-ROOTONLY=read",
+          "OVL-ROOTDIR=listed",
+          "OVL-COPYUP=done",
+        ]
+      ) {
+        assert.ok(log.includes(line), `image root kept for its node: ${line}\n${tail}`);
       }
       assert.ok(log.includes("PERSIST-WRITE-OK"), tail);
       // One fsid per export: the client keeps the two exports apart (its own superblock each).
@@ -529,8 +573,9 @@ Deno.test({
     const k = await debianKernel();
     const tools = await knfsdTools();
     const work = await Deno.makeTempDir({ prefix: "nr-knfsd-" });
-    const ns = `nr-knfsd-${Deno.pid}`;
+    const ns = `nr-knfsd-${Deno.pid}`, other = `nr-knfsd-o-${Deno.pid}`;
     await ip("netns", "add", ns);
+    await ip("netns", "add", other);
     let qemu: Deno.ChildProcess | undefined;
     try {
       // The data disk as netroot lays it out: an image, a node's /persist, and, outside every
@@ -558,7 +603,7 @@ Deno.test({
       const outside = [await inode("/netroot.db"), await inode("/public")];
       const text = renderKernelExports({
         subnet: "10.71.0.0/24",
-        images: [{ id: "aa11", path: `${data}/${rootfs}`, pseudo: "" }],
+        images: [{ id: "aa11", path: `${data}/${rootfs}`, pseudo: "", nodes: ["10.71.0.21"] }],
         persists: [{ mac, ip: "10.71.0.21", path: `${data}/${persist}`, pseudo: "" }],
       });
 
@@ -631,11 +676,30 @@ sleep 600
       assert.ok(cpio.success, "initrd built");
 
       // The test side of the tap is the node's address: inside the subnet, and the one client
-      // its /persist is exported to.
+      // its /persist is exported to and root is kept for on the image. Another host of the boot
+      // subnet (10.71.0.22, its own namespace on the same bridge) is squashed on the image.
+      await ip("-n", ns, "link", "add", "br0", "type", "bridge");
       await ip("-n", ns, "tuntap", "add", "tap0", "mode", "tap");
-      await ip("-n", ns, "addr", "add", "10.71.0.21/24", "dev", "tap0");
-      await ip("-n", ns, "link", "set", "tap0", "up");
-      await ip("-n", ns, "link", "set", "lo", "up");
+      await ip("-n", ns, "link", "set", "tap0", "master", "br0");
+      await ip(
+        "-n",
+        ns,
+        "link",
+        "add",
+        "veth0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "veth1",
+        "netns",
+        other,
+      );
+      await ip("-n", ns, "link", "set", "veth0", "master", "br0");
+      await ip("-n", ns, "addr", "add", "10.71.0.21/24", "dev", "br0");
+      await ip("-n", other, "addr", "add", "10.71.0.22/24", "dev", "veth1");
+      for (const d of ["tap0", "veth0", "br0", "lo"]) await ip("-n", ns, "link", "set", d, "up");
+      for (const d of ["veth1", "lo"]) await ip("-n", other, "link", "set", d, "up");
       const serial = join(work, "serial.log");
       qemu = new Deno.Command("ip", {
         args: [
@@ -660,10 +724,10 @@ sleep 600
       assert.ok(!/INSMOD-FAIL|DISK-MOUNT-FAIL/.test(log()), tail);
       assert.ok(log().includes("EXPORTFS-RC=0"), "exportfs takes netroot's text\n" + tail);
       assert.ok(log().includes("NFSD-RC=0"), tail);
-      const probe = async (exportPath: string, inside: string) => {
+      const probe = async (exportPath: string, inside: string, from = ns) => {
         const out = await new Deno.Command("ip", {
           args: [
-            ...["netns", "exec", ns, Deno.execPath(), "run", "-A", "--no-config"],
+            ...["netns", "exec", from, Deno.execPath(), "run", "-A", "--no-config"],
             fileURLToPath(new URL("./support/nfs4_forge.ts", import.meta.url)),
             ...["10.71.0.1", exportPath, inside, ...outside],
           ],
@@ -689,11 +753,21 @@ sleep 600
           assert.deepEqual(r.forged[ino], [NFS4ERR_STALE, NFS4ERR_STALE], JSON.stringify(r));
         }
       }
-      // Root squashed on the image: root-only files of the image are closed to the node's root.
+      // Root kept on the image for its node (a stock image's sshd reads its 0600 host keys), and
+      // squashed for any other host of the subnet: the host entry wins over the subnet entry.
       const key = await probe(`${data}/${rootfs}`, "etc/ssh/ssh_host_ed25519_key");
-      assert.equal(key.legit.status, NFS4ERR_ACCESS, JSON.stringify(key));
+      assert.deepEqual(key.legit, { status: 0, data: "key\n" }, JSON.stringify(key));
+      const stranger = await probe(`${data}/${rootfs}`, "etc/ssh/ssh_host_ed25519_key", other);
+      assert.equal(stranger.legit.status, NFS4ERR_ACCESS, JSON.stringify(stranger));
+      const strangerPublic = await probe(`${data}/${rootfs}`, "etc/hostname", other);
+      assert.deepEqual(
+        strangerPublic.legit,
+        { status: 0, data: "a\n" },
+        "the subnet reads the image",
+      );
       // What nfsd made of the text (exportfs -v prints no_subtree_check only when it is set).
       const exportsV = /EXPORTS-V (.*)/.exec(log())![1];
+      assert.match(exportsV, /\/rootfs 10\.71\.0\.21\([^)]*,ro,[^)]*,no_root_squash/, exportsV);
       assert.match(exportsV, /\/rootfs 10\.71\.0\.0\/24\([^)]*,ro,[^)]*,root_squash/, exportsV);
       assert.match(exportsV, /\/persist 10\.71\.0\.21\([^)]*,rw,[^)]*,no_root_squash/, exportsV);
       assert.ok(!exportsV.includes("no_subtree_check"), exportsV);
@@ -703,6 +777,7 @@ sleep 600
         await qemu.status;
       }
       await ip("netns", "del", ns).catch(() => {});
+      await ip("netns", "del", other).catch(() => {});
       await Deno.remove(work, { recursive: true }).catch(() => {});
     }
   },
