@@ -184,18 +184,20 @@ const buf = new Uint8Array(1 << 20);
 self.onmessage = (e) => {
   const m = e.data;
   if (m.end) { self.postMessage({ end: true }); return; }
-  let ref, fd;
+  let ref;
   try {
     ref = fs.openSync(m.full, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | O_PATH);
-    if (fs.readlinkSync("/proc/self/fd/" + ref) !== m.full) return;
-    const st = fs.fstatSync(ref);
-    if (!st.isFile()) return;
+    const self_ = "/proc/self/fd/" + ref;
+    if (Deno.readLinkSync(self_) !== m.full) return;
+    const st = Deno.statSync(self_);
+    if (!st.isFile) return;
     const h = createHash("sha256");
-    fd = fs.openSync("/proc/self/fd/" + ref, "r");
-    for (;;) { const n = fs.readSync(fd, buf, 0, buf.length, null); if (!n) break; h.update(buf.subarray(0, n)); }
+    const f = Deno.openSync(self_);
+    try {
+      for (;;) { const n = f.readSync(buf); if (!n) break; h.update(buf.subarray(0, n)); }
+    } finally { f.close(); }
     self.postMessage({ rel: m.rel, ino: st.ino, size: st.size, mtimeMs: st.mtime.getTime(), sha256: h.digest("hex") });
   } catch { /* gone or unreadable: the final walk hashes it */ } finally {
-    if (fd !== undefined) fs.closeSync(fd);
     if (ref !== undefined) fs.closeSync(ref);
   }
 };`;
