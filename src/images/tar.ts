@@ -1,11 +1,16 @@
 // GNU tar as the extractor (it knows every header format, xattrs, sparse files, hardlinks), driven
-// so that the import stays observable and fast:
+// so that the import stays observable, fast and confined to its tree:
 //   - progress is tar's read offset in the archive (/proc/<pid>/fdinfo);
-//   - `-v` names each member as tar starts it, so the previous member is complete: a hashing
-//     worker digests it while tar extracts the next one (the manifest's sha256 pass overlaps the
-//     extraction on a second core);
-//   - the member list tells which directories the archive did not carry (see normalizeDirs).
+//   - `-vv` names each member (type, name, link target) as tar starts it, so the previous member
+//     is complete: a hashing worker digests it while tar extracts the next one (the manifest's
+//     sha256 pass overlaps the extraction on a second core);
+//   - every name is checked as it is listed (archivepath.ts): a hostile one stops tar at once.
+//     Within one run GNU tar itself never writes outside `-C` (it strips a leading "/", skips
+//     ".." names, and extracts a symlink pointing up or out as a placeholder file until the end);
+//     what runs before and after it (layers, whiteouts, directory fix-ups) is ours to confine.
+import { statvfs } from "../linux/fsops.ts";
 import { UserError } from "../errors.ts";
+import { type Member, place, type Placed, shown } from "./archivepath.ts";
 import type { CachedHash, Progress } from "./walk.ts";
 import { workerFromSource } from "../worker.ts";
 
@@ -26,7 +31,7 @@ export const EXTRACT_FLAGS = [
   "--same-permissions",
   "--xattrs",
   "--xattrs-include=*",
-  "--quoting-style=escape",
+  "--quoting-style=c",
 ];
 
 function tarHeaderValid(b: Uint8Array): boolean {
@@ -68,36 +73,71 @@ export function describe(head: Uint8Array): string {
   return text ? "a text file" : "unrecognised binary data";
 }
 
-/** GNU tar's "escape" quoting back to the name (octal escapes are UTF-8 bytes in the C locale). */
-export function unescapeTarName(s: string): string {
-  if (!s.includes("\\")) return s;
+const cEscapes: Record<string, number> = {
+  a: 7,
+  b: 8,
+  f: 12,
+  n: 10,
+  r: 13,
+  t: 9,
+  v: 11,
+  "\\": 92,
+  '"': 34,
+  "?": 63,
+};
+
+/** GNU tar's "c" quoting at `s[at]` (a `"`) back to the name; octal escapes are UTF-8 bytes in
+ *  the C locale. Returns the name and the index after the closing quote. */
+export function unquoteTarName(s: string, at: number): { name: string; end: number } {
+  let i = at + 1;
+  while (i < s.length && s[i] !== '"' && s[i] !== "\\") i++;
+  if (s[i] !== "\\") return { name: s.slice(at + 1, i), end: i + 1 }; // the common case
   const bytes: number[] = [];
-  const simple: Record<string, number> = { a: 7, b: 8, f: 12, n: 10, r: 13, t: 9, v: 11, "\\": 92 };
-  for (let i = 0; i < s.length; i++) {
-    const c = s[i];
-    if (c === "\\" && i + 1 < s.length) {
+  for (i = at + 1; i < s.length && s[i] !== '"'; i++) {
+    if (s[i] === "\\" && i + 1 < s.length) {
       const oct = /^[0-7]{3}/.exec(s.slice(i + 1, i + 4));
       if (oct) {
         bytes.push(parseInt(oct[0], 8));
         i += 3;
         continue;
       }
-      if (s[i + 1] in simple) {
-        bytes.push(simple[s[i + 1]]);
+      if (s[i + 1] in cEscapes) {
+        bytes.push(cEscapes[s[i + 1]]);
         i++;
         continue;
       }
     }
-    bytes.push(...new TextEncoder().encode(c));
+    bytes.push(...new TextEncoder().encode(s[i]));
   }
-  return new TextDecoder().decode(new Uint8Array(bytes));
+  return { name: new TextDecoder().decode(new Uint8Array(bytes)), end: i + 1 };
 }
 
-/** "./usr/bin/" → { rel: "/usr/bin", dir: true }; "./" → the root "/". */
-export function memberPath(name: string): { rel: string; dir: boolean } {
-  const dir = name.endsWith("/");
-  const parts = name.split("/").filter((p) => p && p !== ".");
-  return { rel: "/" + parts.join("/"), dir: dir || parts.length === 0 };
+/** `"./a b": Cannot open` (tar's message about a member, c-quoted) → `./a b: Cannot open` */
+function unquoteLead(line: string): string {
+  if (!line.startsWith('"')) return line;
+  const { name, end } = unquoteTarName(line, 0);
+  return shown(name) + line.slice(end);
+}
+
+const kinds: Record<string, Member["kind"]> = { d: "dir", l: "symlink", h: "hardlink" };
+
+/**
+ * One line of `tar -tv` / `tar -xvv` (with --numeric-owner --quoting-style=c):
+ *   `hrw-r--r-- 0/0  0 2024-01-01 00:00 "usr/bin/x" link to "usr/bin/y"`
+ * undefined for other lines ("Creating directory: …") and volume labels, which are not members.
+ */
+export function parseListLine(line: string): Member | undefined {
+  const q = line.indexOf('"');
+  if (q < 0) return undefined;
+  const fields = line.slice(0, q).trim().split(/\s+/);
+  if (!/^\d+\/\d+$/.test(fields[1] ?? "") || line[0] === "V") return undefined;
+  const { name, end } = unquoteTarName(line, q);
+  const kind = kinds[line[0]] ?? "other";
+  const size = kind === "other" && /^\d+$/.test(fields[2]) ? Number(fields[2]) : 0;
+  const rest = line.slice(end);
+  const arrow = rest.startsWith(" -> ") ? 4 : rest.startsWith(" link to ") ? 9 : -1;
+  if (arrow < 0 || rest[arrow] !== '"') return { name, kind, size };
+  return { name, kind, size, link: unquoteTarName(rest, arrow).name };
 }
 
 /** One clear line out of tar's (and its decompressor's) stderr. */
@@ -106,9 +146,10 @@ export function tarFailure(stderr: string, what: string, compression: Compressio
     l &&
     !/Removing leading|Exiting with failure status|Error is not recoverable|Ignoring unknown extended header/
       .test(l)
-  );
+  ).map(unquoteLead);
   const all = lines.join(" | ");
-  if (/No space left on device/.test(all)) {
+  // tar reports a short write ("Wrote only 512 of 10240 bytes") when the disk fills mid-block
+  if (/No space left on device|Wrote only \d+ of \d+ bytes/.test(all)) {
     return new UserError(`no space left on device while importing ${what}`, 500);
   }
   if (/does not look like a tar archive/.test(all)) {
@@ -132,22 +173,34 @@ export function tarFailure(stderr: string, what: string, compression: Compressio
 }
 
 // Runs in a worker: digests files named by the main thread (paths of members tar has finished).
+// It reads only what tar wrote at that path: the file is opened as a bare reference (O_PATH, no
+// symlink followed, no device opened), the kernel's name for it must be the path itself (no
+// symlink on the way, e.g. one tar put in place of its placeholder at the end), and only a
+// regular file is then read, through that reference.
 const hashWorkerCode = `
 import { createHash } from "node:crypto";
+import fs from "node:fs";
+const O_PATH = 0o10000000;
 const buf = new Uint8Array(1 << 20);
 self.onmessage = (e) => {
   const m = e.data;
   if (m.end) { self.postMessage({ end: true }); return; }
+  let ref;
   try {
-    const st = Deno.lstatSync(m.full);
+    ref = fs.openSync(m.full, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | O_PATH);
+    const self_ = "/proc/self/fd/" + ref;
+    if (Deno.readLinkSync(self_) !== m.full) return;
+    const st = Deno.statSync(self_);
     if (!st.isFile) return;
     const h = createHash("sha256");
-    const f = Deno.openSync(m.full);
+    const f = Deno.openSync(self_);
     try {
       for (;;) { const n = f.readSync(buf); if (!n) break; h.update(buf.subarray(0, n)); }
     } finally { f.close(); }
     self.postMessage({ rel: m.rel, ino: st.ino, size: st.size, mtimeMs: st.mtime.getTime(), sha256: h.digest("hex") });
-  } catch { /* gone or unreadable: the final walk hashes it */ }
+  } catch { /* gone or unreadable: the final walk hashes it */ } finally {
+    if (ref !== undefined) fs.closeSync(ref);
+  }
 };`;
 
 /** The worker is an optimisation: without it (e.g. workers unavailable) the walk hashes all. */
@@ -221,9 +274,9 @@ function archiveOffset(pid: number, file: string): number | undefined {
   return undefined;
 }
 
-export interface Members {
-  /** Every member path (normalised, "/"-rooted) → whether it is a directory. */
-  paths: Map<string, boolean>;
+export interface Extracted {
+  /** Every member by its place in the image (the last one listed under a name). */
+  members: Map<string, Placed>;
   /** Digests of files computed during extraction, keyed by path. */
   cache: Map<string, CachedHash>;
 }
@@ -231,21 +284,47 @@ export interface Members {
 const looksLikeImageArchive =
   /^\/(oci-layout|index\.json|manifest\.json|repositories|blobs|[0-9a-f]{64}(\.json|\.tar)?)$/;
 
+/** Lines of a child's output as they come (the last one may lack its newline). */
+async function eachLine(stream: ReadableStream<Uint8Array>, take: (line: string) => void) {
+  let rest = "";
+  for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
+    const lines = (rest + chunk).split("\n");
+    rest = lines.pop()!;
+    for (const l of lines) take(l);
+  }
+  if (rest) take(rest);
+}
+
+/** A child's stderr, kept to its first 64 KiB (a hostile archive can make tar say a lot). */
+async function readCapped(stream: ReadableStream<Uint8Array>): Promise<string> {
+  let text = "";
+  for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
+    if (text.length < 64 * 1024) text += chunk;
+  }
+  return text;
+}
+
+function killQuietly(child: Deno.ChildProcess): void {
+  try {
+    child.kill("SIGKILL");
+  } catch { /* already gone */ }
+}
+
 /**
- * Extracts archive `file` into the existing directory `dest`, feeding it on stdin.
- * Throws a UserError on any tar failure (the caller removes `dest`).
+ * Extracts archive `file` into the existing directory `dest`.
+ * Throws a UserError on any tar failure or hostile member name (the caller removes `dest`).
  */
 export async function extractArchive(
   file: string,
   compression: Compression,
   dest: string,
   opts: { onProgress?: Progress; what?: string; hash?: boolean; signal?: AbortSignal } = {},
-): Promise<Members> {
+): Promise<Extracted> {
   const what = opts.what ?? file;
   const size = (await Deno.stat(file)).size;
   const flag = tarFlag[compression];
   const child = new Deno.Command("tar", {
-    args: ["-x", "-v", "-f", file, "-C", dest, ...EXTRACT_FLAGS, ...(flag ? [flag] : [])],
+    args: ["-x", "-vv", "-f", file, "-C", dest, ...EXTRACT_FLAGS, ...(flag ? [flag] : [])],
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
@@ -253,41 +332,38 @@ export async function extractArchive(
   }).spawn();
   const stop = killOnAbort(child, opts.signal);
   const hasher = opts.hash === false ? undefined : tryStartHashWorker();
-  const paths = new Map<string, boolean>();
+  // The worker checks that the kernel's name of what it opens is exactly this path.
+  const realDest = Deno.realPathSync(dest);
+  const members = new Map<string, Placed>();
   const relisted = new Set<string>();
+  let refused: UserError | undefined;
 
   const readNames = async () => {
     let prev: string | undefined;
     let first = true;
     let hashing = hasher !== undefined;
-    let rest = "";
-    const take = (line: string) => {
-      if (!line) return;
-      const { rel, dir } = memberPath(unescapeTarName(line));
+    await eachLine(child.stdout, (line) => {
+      const m = parseListLine(line);
+      if (!m || refused) return;
+      let p: Placed;
+      try {
+        p = place(m, what);
+      } catch (e) {
+        refused = e as UserError;
+        killQuietly(child);
+        return;
+      }
       // A member listed twice was overwritten: its early digest may be of the old content.
-      if (paths.has(rel)) relisted.add(rel);
-      paths.set(rel, dir);
-      if (first && rel !== "/") {
-        if (looksLikeImageArchive.test(rel)) hashing = false; // blobs of layers, not a rootfs
+      if (members.has(p.rel)) relisted.add(p.rel);
+      members.set(p.rel, p);
+      if (first && p.rel !== "/") {
+        if (looksLikeImageArchive.test(p.rel)) hashing = false; // blobs of layers, not a rootfs
         first = false;
       }
-      if (hashing && prev !== undefined) hasher!.post(prev, dest + prev);
-      prev = dir ? undefined : rel;
-    };
-    for await (const chunk of child.stdout.pipeThrough(new TextDecoderStream())) {
-      const lines = (rest + chunk).split("\n");
-      rest = lines.pop()!;
-      for (const l of lines) take(l);
-    }
-    take(rest);
-    if (hashing && prev !== undefined) hasher!.post(prev, dest + prev);
-  };
-  const readErrors = async () => {
-    let text = "";
-    for await (const chunk of child.stderr.pipeThrough(new TextDecoderStream())) {
-      if (text.length < 64 * 1024) text += chunk;
-    }
-    return text;
+      if (hashing && prev !== undefined) hasher!.post(prev, realDest + prev);
+      prev = p.kind === "other" || p.kind === "hardlink" ? p.rel : undefined;
+    });
+    if (hashing && prev !== undefined && !refused) hasher!.post(prev, realDest + prev);
   };
   // Progress: the read offset of whichever process of tar's tree (tar, or the decompressor it
   // forks) has the archive open, from /proc/<pid>/fdinfo. Piping the archive through us instead
@@ -305,37 +381,118 @@ export async function extractArchive(
   opts.onProgress?.({ phase: "extract", done: 0, total: size });
   try {
     const watching = watch();
-    const [, stderr, status] = await Promise.all([readNames(), readErrors(), child.status]);
+    const [, stderr, status] = await Promise.all([
+      readNames(),
+      readCapped(child.stderr),
+      child.status,
+    ]);
     running = false;
     await watching;
     opts.onProgress?.({ phase: "extract", done: size, total: size });
     opts.signal?.throwIfAborted();
+    if (refused) throw refused;
+    // tar strips a leading "/" or "../" from hard link targets (and says so), and skips a member
+    // whose name holds ".." (and fails): the stored names, listed again, name the member.
+    const rewrote = /Removing leading .* from hard link targets|contains '\.\.'/.test(stderr);
+    if (rewrote) {
+      const bad = await firstUnsafeMember(file, what, opts.signal);
+      if (bad) throw bad;
+    }
     if (!status.success) throw tarFailure(stderr, what, compression);
+    if (rewrote) throw new UserError(`${what}: tar rewrote unsafe names; refusing (unsafe image)`);
     await hasher?.finish();
     for (const rel of relisted) hasher?.cache.delete(rel);
-    return { paths, cache: hasher?.cache ?? new Map() };
+    return { members, cache: hasher?.cache ?? new Map() };
   } finally {
     stop();
     hasher?.stop();
   }
 }
 
-/** The member list of an archive file (tar detects the compression itself). */
-export async function listArchive(file: string, what: string): Promise<Map<string, boolean>> {
-  const out = await new Deno.Command("tar", {
-    args: ["-t", "-f", file, "--quoting-style=escape"],
+/** The first member of an archive whose name or hard link target is refused, if any. */
+async function firstUnsafeMember(
+  file: string,
+  what: string,
+  signal?: AbortSignal,
+): Promise<UserError | undefined> {
+  let list: Map<string, Member>;
+  try {
+    list = await listMembers(file, what, { signal });
+  } catch {
+    return undefined; // unreadable: tar's own error says why
+  }
+  for (const m of list.values()) {
+    try {
+      place(m, what);
+    } catch (e) {
+      return e as UserError;
+    }
+  }
+  return undefined;
+}
+
+/** Room left for an extraction (statvfs of the directory it goes to). */
+export function roomIn(dir: string): { bytes: number; inodes?: number } {
+  const s = statvfs(dir);
+  // Some file systems (btrfs) report no inode counts at all.
+  return { bytes: s.freeBytes, inodes: s.freeInodes > 0 ? s.freeInodes : undefined };
+}
+
+/**
+ * The members of an archive file by stored name (tar detects the compression itself), names and
+ * link targets exactly as stored (-P: nothing stripped). With `room`, the listing stops with the
+ * disk-full error as soon as the members need more bytes or inodes than that: a decompression
+ * bomb is not decompressed to its end just to be listed.
+ */
+export async function listMembers(
+  file: string,
+  what: string,
+  opts: { signal?: AbortSignal; room?: { bytes: number; inodes?: number } } = {},
+): Promise<Map<string, Member>> {
+  const child = new Deno.Command("tar", {
+    args: ["-t", "-v", "-P", "-f", file, "--numeric-owner", "--quoting-style=c"],
     env: { LC_ALL: "C" },
+    stdin: "null",
     stdout: "piped",
     stderr: "piped",
-  }).output();
-  if (!out.success) throw tarFailure(new TextDecoder().decode(out.stderr), what, "none");
-  const paths = new Map<string, boolean>();
-  for (const line of new TextDecoder().decode(out.stdout).split("\n")) {
-    if (!line) continue;
-    const { rel, dir } = memberPath(unescapeTarName(line));
-    paths.set(rel, dir);
+  }).spawn();
+  const stop = killOnAbort(child, opts.signal);
+  const members = new Map<string, Member>();
+  let bytes = 0, full = false;
+  const readList = () =>
+    eachLine(child.stdout, (line) => {
+      const m = parseListLine(line);
+      if (!m || full) return;
+      const before = members.get(m.name);
+      if (before && (before.retyped || before.kind !== m.kind)) m.retyped = true;
+      members.set(m.name, m);
+      bytes += m.size;
+      const room = opts.room;
+      if (
+        room && (bytes > room.bytes || (room.inodes !== undefined && members.size > room.inodes))
+      ) {
+        full = true;
+        killQuietly(child);
+      }
+    });
+  try {
+    const [, stderr, status] = await Promise.all([
+      readList(),
+      readCapped(child.stderr),
+      child.status,
+    ]);
+    opts.signal?.throwIfAborted();
+    if (full) {
+      throw new UserError(
+        `no space left on device while importing ${what} (its files need more than is free)`,
+        500,
+      );
+    }
+    if (!status.success) throw tarFailure(stderr, what, "none");
+    return members;
+  } finally {
+    stop();
   }
-  return paths;
 }
 
 /**
@@ -359,10 +516,7 @@ export async function runDrained(
   const drain = (async () => {
     for await (const _ of child.stdout) { /* discard */ }
   })();
-  let stderr = "";
-  for await (const chunk of child.stderr.pipeThrough(new TextDecoderStream())) {
-    if (stderr.length < 64 * 1024) stderr += chunk;
-  }
+  const stderr = await readCapped(child.stderr);
   await drain;
   const status = await child.status;
   stop();

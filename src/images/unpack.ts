@@ -1,15 +1,27 @@
 // From an import source to a root file system tree: a rootfs tarball (any compression GNU tar
 // reads), a directory, or an OCI/Docker image (archive or layout directory) whose layers are
 // applied in order with whiteouts and opaque directories. The caller owns `rootfs` (a fresh path
-// in the data dir's tmp/) and removes it on failure.
-import { basename, dirname, join, normalize } from "node:path";
+// in the data dir's tmp/) and removes it on failure. Nothing here acts outside `rootfs`: see
+// archivepath.ts for the rules every name from an archive goes through.
+import { resolveInRoot } from "../../contract/rootpath.ts";
 import { UserError } from "../errors.ts";
+import {
+  ancestorsOf,
+  archivePath,
+  type Blocker,
+  type Member,
+  place,
+  type Placed,
+  TreeView,
+  unsafe,
+} from "./archivepath.ts";
 import {
   type Compression,
   describe,
   extractArchive,
   extractFile,
-  listArchive,
+  listMembers,
+  roomIn,
   runDrained,
   sniff,
 } from "./tar.ts";
@@ -63,11 +75,13 @@ export async function unpack(
   }
   if (compression === "none") await checkTarEnd(source, st.size);
   await Deno.mkdir(rootfs);
-  const members = await extractArchive(source, compression, rootfs, {
+  const { members, cache } = await extractArchive(source, compression, rootfs, {
     onProgress: opts.onProgress,
     signal: opts.signal,
     what: source,
   });
+  const tree = new TreeView(rootfs);
+  refuseDetours(tree, members.values(), source);
   const layout = await imageLayout(rootfs, source);
   if (layout) {
     // The archive held an image's blobs, not a root file system: apply its layers.
@@ -75,19 +89,18 @@ export async function unpack(
     await Deno.rename(rootfs, archive);
     layout.layers = layout.layers.map((l) => ({
       ...l,
-      path: archive + l.path.slice(rootfs.length),
+      path: l.path && archive + l.path.slice(rootfs.length),
     }));
     await Deno.mkdir(rootfs);
     await applyLayers(layout, rootfs, source, opts);
     await Deno.remove(archive, { recursive: true });
     return { format: layout.kind, cache: new Map() };
   }
-  const touched = new Set<string>();
-  for (const p of members.paths.keys()) for (const a of ancestorsOf(p)) touched.add(a);
-  touched.add("/");
-  const listed = new Set([...members.paths].filter(([, dir]) => dir).map(([p]) => p));
-  normalizeDirs(rootfs, touched, listed);
-  return { format: compression === "none" ? "tar" : `tar+${compression}`, cache: members.cache };
+  const touched = new Set<string>(["/"]);
+  for (const p of members.keys()) for (const a of ancestorsOf(p)) touched.add(a);
+  const listed = new Set([...members.values()].filter((m) => m.kind === "dir").map((m) => m.rel));
+  normalizeDirs(tree, touched, listed);
+  return { format: compression === "none" ? "tar" : `tar+${compression}`, cache };
 }
 
 async function readHead(path: string, n: number): Promise<Uint8Array> {
@@ -155,24 +168,22 @@ async function copyTree(
   onProgress?.({ phase: "copy", done: 1, total: 1 });
 }
 
-/** "/a/b/c" → "/", "/a", "/a/b" */
-export function ancestorsOf(rel: string): string[] {
-  const out: string[] = [];
-  let i = rel.indexOf("/", 1);
-  if (rel !== "/") out.push("/");
-  while (i > 0) {
-    out.push(rel.slice(0, i));
-    i = rel.indexOf("/", i + 1);
-  }
-  return out;
+/** "the symlink /a" or "/a, which is not a directory" */
+function detour(b: Blocker): string {
+  return b.kind === "symlink" ? `the symlink ${b.at}` : `${b.at}, which is not a directory`;
 }
 
-function lstatOrNull(path: string): Deno.FileInfo | null {
-  try {
-    return Deno.lstatSync(path);
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound || e instanceof Deno.errors.NotADirectory) return null;
-    throw e;
+/**
+ * After one tar run: no member went through a symlink or a file of the tree. GNU tar follows a
+ * symlink it made earlier in the run when it points inside (others are placeholders until the
+ * end); the image then holds a path it does not show, so it is refused like in a layer.
+ */
+function refuseDetours(tree: TreeView, members: Iterable<Placed>, what: string): void {
+  for (const m of members) {
+    const b = tree.blocker(m.rel);
+    if (b) throw unsafe(what, m.rel, `would be written through ${detour(b)}`);
+    const l = m.linkRel && tree.blocker(m.linkRel);
+    if (l) throw unsafe(what, m.rel, `would hard-link through ${detour(l)}`);
   }
 }
 
@@ -180,14 +191,15 @@ function lstatOrNull(path: string): Deno.FileInfo | null {
  * Directories tar had to create or that a layer changed without carrying them (parents of
  * members missing from the archive, the root of an archive without "./") would get the import's
  * clock as mtime: the id would change from one import to the next. They get fixed metadata
- * (0755, root:root, mtime 0) instead.
+ * (0755, root:root, mtime 0) instead; only real directories reached through real directories
+ * (a later layer may have made a parent a symlink).
  */
-function normalizeDirs(rootfs: string, touched: Set<string>, listed: Set<string>): void {
+function normalizeDirs(tree: TreeView, touched: Set<string>, listed: Set<string>): void {
+  tree.forget();
   for (const rel of touched) {
     if (listed.has(rel)) continue;
-    const full = rootfs + (rel === "/" ? "" : rel);
-    const st = lstatOrNull(full);
-    if (!st?.isDirectory) continue;
+    const full = tree.dir(rel);
+    if (!full) continue;
     Deno.chmodSync(full, 0o755);
     Deno.chownSync(full, 0, 0);
     Deno.utimeSync(full, 0, 0);
@@ -198,40 +210,70 @@ function normalizeDirs(rootfs: string, touched: Set<string>, listed: Set<string>
 
 interface Layout {
   kind: "oci" | "docker";
-  layers: { path: string; digest?: string }[];
+  /** Host path of each layer (undefined: the archive does not hold it). */
+  layers: { path: string | undefined; digest?: string }[];
 }
 
-async function readJson(path: string, what: string): Promise<unknown> {
+/** Manifests and indexes are small; the OCI distribution spec's limit for a manifest is 4 MiB. */
+const MAX_JSON = 4 << 20;
+
+/**
+ * The host path of a file an image archive refers to (manifest.json, a blob, a layer), resolved
+ * inside `dir` as if chrooted there (classic `docker save` links a repeated layer.tar to the first
+ * one); undefined when it does not exist. A reference that is absolute, holds "..", or leads out
+ * through a symlink is refused.
+ */
+function archiveFile(dir: string, ref: string, what: string): string | undefined {
+  const p = archivePath(ref);
+  if (p.bad !== undefined) throw unsafe(what, ref, p.bad);
+  let r;
   try {
-    return JSON.parse(await Deno.readTextFile(path));
-  } catch (e) {
-    throw new UserError(
-      `corrupt image archive ${what}: ${basename(path)}: ${(e as Error).message}`,
-    );
+    r = resolveInRoot(dir, p.rel);
+  } catch {
+    throw unsafe(what, ref, "is a symlink loop");
   }
+  if (r.escaped) throw unsafe(what, ref, "leads out of the archive through a symlink");
+  if (r.missing) return undefined;
+  if (!Deno.lstatSync(r.host).isFile) {
+    throw new UserError(`corrupt image archive ${what}: ${ref} is not a regular file`);
+  }
+  return r.host;
 }
 
-async function exists(path: string): Promise<boolean> {
+/** Whether `dir` holds `ref` as a regular file (looking only; a hostile one is no image file). */
+function holds(dir: string, ref: string): boolean {
   try {
-    await Deno.lstat(path);
-    return true;
+    return archiveFile(dir, ref, "") !== undefined;
   } catch {
     return false;
   }
 }
 
-function inside(dir: string, rel: string, what: string): string {
-  const p = normalize(join(dir, rel));
-  if (!p.startsWith(dir + "/")) {
-    throw new UserError(`corrupt image archive ${what}: bad path ${rel}`);
+async function readJson(path: string, ref: string, what: string): Promise<unknown> {
+  if ((await Deno.stat(path)).size > MAX_JSON) {
+    throw new UserError(
+      `corrupt image archive ${what}: ${ref} is larger than ${MAX_JSON >> 20} MiB`,
+    );
   }
-  return p;
+  try {
+    return JSON.parse(await Deno.readTextFile(path));
+  } catch (e) {
+    throw new UserError(`corrupt image archive ${what}: ${ref}: ${(e as Error).message}`);
+  }
 }
 
-function blobPath(dir: string, digest: string, what: string): string {
-  const m = /^(sha256|sha512):([0-9a-f]+)$/.exec(digest ?? "");
+/** A blob the image needs: present (a regular file inside the archive) and matching its digest. */
+function blob(dir: string, digest: unknown, what: string, role: string): string {
+  const m = /^(sha256|sha512):([0-9a-f]+)$/.exec(typeof digest === "string" ? digest : "");
   if (!m) throw new UserError(`corrupt image archive ${what}: bad digest ${digest}`);
-  return join(dir, "blobs", m[1], m[2]);
+  const path = archiveFile(dir, `blobs/${m[1]}/${m[2]}`, what);
+  if (!path) throw new UserError(`corrupt image archive ${what}: ${role} ${digest} is missing`);
+  if (hashFileSync(path, m[1]) !== m[2]) {
+    throw new UserError(
+      `corrupt image archive ${what}: ${role} ${digest} does not match its digest`,
+    );
+  }
+  return path;
 }
 
 const hostArch = Deno.build.arch === "aarch64" ? "arm64" : "amd64";
@@ -244,9 +286,9 @@ interface Descriptor {
 
 /** The layers of an image archive laid out in `dir`, or undefined when dir is not one. */
 async function imageLayout(dir: string, what: string): Promise<Layout | undefined> {
-  if (await exists(join(dir, "manifest.json"))) {
+  if (holds(dir, "manifest.json")) {
     // docker save (both the classic <id>/layer.tar layout and Docker 25+'s OCI blobs).
-    const m = await readJson(join(dir, "manifest.json"), what);
+    const m = await readJson(archiveFile(dir, "manifest.json", what)!, "manifest.json", what);
     if (Array.isArray(m) && m.every((x) => Array.isArray(x?.Layers))) {
       if (m.length !== 1) {
         const tags = m.flatMap((x) => x.RepoTags ?? []).join(", ");
@@ -254,19 +296,32 @@ async function imageLayout(dir: string, what: string): Promise<Layout | undefine
           `${what} holds ${m.length} images${tags ? ` (${tags})` : ""}: save one image per archive`,
         );
       }
+      const { Config: config, Layers: layers } = m[0] as { Config?: unknown; Layers: unknown[] };
+      const ref = (x: unknown) => {
+        if (typeof x !== "string") {
+          throw new UserError(`corrupt image archive ${what}: manifest.json names ${x}`);
+        }
+        return x;
+      };
+      if (!archiveFile(dir, ref(config), what)) {
+        throw new UserError(`corrupt image archive ${what}: config ${config} is missing`);
+      }
       return {
         kind: "docker",
-        layers: (m[0].Layers as string[]).map((l) => {
-          const blob = /^blobs\/(sha256)\/([0-9a-f]{64})$/.exec(l);
-          return { path: inside(dir, l, what), digest: blob ? `${blob[1]}:${blob[2]}` : undefined };
+        layers: layers.map((l) => {
+          const blob = /^blobs\/(sha256)\/([0-9a-f]{64})$/.exec(ref(l));
+          return {
+            path: archiveFile(dir, ref(l), what),
+            digest: blob ? `${blob[1]}:${blob[2]}` : undefined,
+          };
         }),
       };
     }
   }
-  if (!(await exists(join(dir, "oci-layout"))) || !(await exists(join(dir, "index.json")))) {
-    return undefined;
-  }
-  let index = await readJson(join(dir, "index.json"), what) as { manifests?: Descriptor[] };
+  if (!holds(dir, "oci-layout") || !holds(dir, "index.json")) return undefined;
+  let index = await readJson(archiveFile(dir, "index.json", what)!, "index.json", what) as {
+    manifests?: Descriptor[];
+  };
   for (let depth = 0; depth < 4; depth++) {
     const all = (index.manifests ?? []).filter((d) => d.platform?.architecture !== "unknown");
     const matching = all.filter((d) =>
@@ -280,8 +335,9 @@ async function imageLayout(dir: string, what: string): Promise<Layout | undefine
           : `corrupt image archive ${what}: index.json lists no image`,
       );
     }
-    const doc = await readJson(blobPath(dir, pick.digest, what), what) as {
+    const doc = await readJson(blob(dir, pick.digest, what, "manifest"), pick.digest, what) as {
       manifests?: Descriptor[];
+      config?: Descriptor;
       layers?: Descriptor[];
     };
     if (doc.manifests) {
@@ -291,19 +347,135 @@ async function imageLayout(dir: string, what: string): Promise<Layout | undefine
     if (!Array.isArray(doc.layers)) {
       throw new UserError(`corrupt image archive ${what}: manifest ${pick.digest} has no layers`);
     }
+    blob(dir, doc.config?.digest, what, "config");
     return {
       kind: "oci",
-      layers: doc.layers.map((l) => ({ path: blobPath(dir, l.digest, what), digest: l.digest })),
+      layers: doc.layers.map((l) => {
+        const m = /^sha(256|512):([0-9a-f]+)$/.exec(l?.digest ?? "");
+        if (!m) throw new UserError(`corrupt image archive ${what}: bad digest ${l?.digest}`);
+        return { path: archiveFile(dir, `blobs/sha${m[1]}/${m[2]}`, what), digest: l.digest };
+      }),
     };
   }
   throw new UserError(`corrupt image archive ${what}: index nesting too deep`);
 }
 
-const WH = ".wh.", OPAQUE = ".wh..wh..opq";
+const WH = ".wh.", META = ".wh..wh.", OPAQUE = ".wh..wh..opq";
 
 function removeTree(full: string): void {
   // Deno.remove does not follow a symlink it is given: the link itself goes.
   Deno.removeSync(full, { recursive: true });
+}
+
+/** What one layer does to the tree, checked in full before anything is changed. */
+interface LayerPlan {
+  /** Members tar extracts (whiteouts excluded). */
+  entries: Placed[];
+  /** Paths removed first (`.wh.NAME`). */
+  whiteouts: string[];
+  /** Directories emptied first (`.wh..wh..opq`). */
+  opaques: string[];
+  /** Directories the layer carries. */
+  dirs: Set<string>;
+  /** Directories whose content the layer changes. */
+  touched: Set<string>;
+}
+
+/**
+ * Reads one layer's member list into a plan; refuses the layer when a name, a hard link target, a
+ * whiteout or an opaque marker would act outside the tree or through something that is not a
+ * real directory (a symlink of a lower layer or of this one), checked against the tree as it is.
+ */
+function planLayer(listing: Map<string, Member>, tree: TreeView, lw: string): LayerPlan {
+  const plan: LayerPlan = {
+    entries: [],
+    whiteouts: [],
+    opaques: [],
+    dirs: new Set(),
+    touched: new Set(),
+  };
+  const kinds = new Map<string, Member["kind"]>();
+  const checks: { member: Placed; path: string; verb: string }[] = [];
+  for (const m of listing.values()) {
+    const p = place(m, lw);
+    if (m.retyped) throw unsafe(lw, m.name, "is listed twice with different types");
+    const parts = p.rel.split("/");
+    const base = parts.pop()!;
+    const parent = parts.join("/") || "/";
+    if (parts.some((c) => c.startsWith(WH))) {
+      throw unsafe(lw, m.name, "has a whiteout name as a directory");
+    }
+    if (base === OPAQUE) {
+      plan.opaques.push(parent);
+      for (const a of [...ancestorsOf(parent), parent]) plan.touched.add(a);
+      checks.push({ member: p, path: p.rel, verb: "would empty a directory" });
+    } else if (base.startsWith(META)) {
+      continue; // other AUFS metadata (.wh..wh.plnk…): ignored, as containerd does
+    } else if (base.startsWith(WH)) {
+      const name = base.slice(WH.length);
+      if (name === "" || name === "." || name === "..") {
+        throw unsafe(lw, m.name, "is a whiteout of no name");
+      }
+      const target = parent === "/" ? `/${name}` : `${parent}/${name}`;
+      plan.whiteouts.push(target);
+      for (const a of ancestorsOf(target)) plan.touched.add(a);
+      checks.push({ member: p, path: target, verb: "would delete" });
+    } else {
+      plan.entries.push(p);
+      kinds.set(p.rel, p.kind);
+      if (p.kind === "dir") plan.dirs.add(p.rel);
+      for (const a of ancestorsOf(p.rel)) plan.touched.add(a);
+      checks.push({ member: p, path: p.rel, verb: "would be written" });
+      if (p.linkRel) checks.push({ member: p, path: p.linkRel, verb: "would hard-link" });
+    }
+  }
+  // The first ancestor of `path` that is not a real directory when tar runs: one this layer
+  // makes a symlink or file, or one on disk that the layer does not replace by a directory.
+  const blockerOf = (path: string): Blocker | undefined => {
+    const onDisk = tree.blocker(path);
+    for (const a of ancestorsOf(path)) {
+      const k = kinds.get(a);
+      if (k !== undefined && k !== "dir") return { at: a, kind: k === "symlink" ? k : "other" };
+      if (onDisk?.at === a) return k === "dir" ? undefined : onDisk;
+    }
+    return undefined;
+  };
+  for (const { member, path, verb } of checks) {
+    const b = blockerOf(path);
+    if (b) throw unsafe(lw, member.rel, `${verb} through ${detour(b)}`);
+  }
+  return plan;
+}
+
+/** Whiteouts, opaque directories and type changes of one layer, before tar extracts it.
+ *  Returns the mtimes of lower directories the layer changes without carrying them. */
+function prepareLayer(plan: LayerPlan, tree: TreeView, listedAll: Set<string>): Map<string, Date> {
+  const saved = new Map<string, Date>();
+  for (const a of plan.touched) {
+    if (plan.dirs.has(a) || !listedAll.has(a)) continue;
+    const st = tree.lstat(a);
+    if (st?.isDirectory && st.mtime) saved.set(a, st.mtime);
+  }
+  for (const w of plan.whiteouts) {
+    if (tree.lstat(w)) removeTree(tree.host(w));
+  }
+  tree.forget();
+  for (const d of plan.opaques) {
+    const full = tree.dir(d);
+    if (full) { for (const e of Deno.readDirSync(full)) removeTree(`${full}/${e.name}`); }
+  }
+  tree.forget();
+  for (const p of plan.entries) {
+    if (p.rel === "/") continue;
+    const st = tree.lstat(p.rel);
+    // A type change replaces the lower entry (a directory over a file or symlink, or back): tar
+    // would otherwise apply a directory's metadata through a lower symlink.
+    if (st && (p.kind === "dir") !== st.isDirectory) {
+      removeTree(tree.host(p.rel));
+      tree.forget();
+    }
+  }
+  return saved;
 }
 
 /** Applies the layers in order, OCI changeset semantics (image-spec layer.md). */
@@ -315,83 +487,30 @@ async function applyLayers(
 ): Promise<void> {
   const listedAll = new Set<string>(), touchedAll = new Set<string>(["/"]);
   const n = layout.layers.length;
-  const at = (rel: string) => rootfs + (rel === "/" ? "" : rel);
+  const tree = new TreeView(rootfs);
   for (const [i, layer] of layout.layers.entries()) {
     const lw = `layer ${i + 1}/${n} of ${what}`;
     onProgress?.({ phase: "layers", done: i, total: n });
-    if (!(await exists(layer.path))) {
-      throw new UserError(`corrupt image archive ${what}: ${lw} is missing`);
-    }
-    if (layer.digest?.startsWith("sha256:") && hashFileSync(layer.path) !== layer.digest.slice(7)) {
+    if (!layer.path) throw new UserError(`corrupt image archive ${what}: ${lw} is missing`);
+    const m = /^(sha256|sha512):([0-9a-f]+)$/.exec(layer.digest ?? "");
+    if (m && hashFileSync(layer.path, m[1]) !== m[2]) {
       throw new UserError(`corrupt image archive ${what}: ${lw} does not match its digest`);
     }
-    const members = await listArchive(layer.path, lw);
-    const whiteouts: string[] = [], opaques: string[] = [];
-    const entries: [string, boolean][] = [];
-    for (const [rel, dir] of members) {
-      const base = basename(rel), parent = dirname(rel);
-      if (base === OPAQUE) opaques.push(parent);
-      else if (base.startsWith(WH)) whiteouts.push(join(parent, base.slice(WH.length)));
-      else entries.push([rel, dir]);
-    }
-    const layerDirs = new Set(entries.filter(([, d]) => d).map(([p]) => p));
-    const touched = new Set<string>();
-    for (const p of [...entries.map(([p]) => p), ...whiteouts]) {
-      for (const a of ancestorsOf(p)) touched.add(a);
-    }
-    for (const d of opaques) for (const a of [...ancestorsOf(d), d]) touched.add(a);
-
-    // Only act through real directories: a lower layer's symlink must not lead a whiteout or a
-    // member out of the tree.
-    const realDir = new Map<string, boolean>();
-    const throughRealDirs = (rel: string) =>
-      ancestorsOf(rel).every((a) => {
-        let ok = realDir.get(a);
-        if (ok === undefined) {
-          const st = lstatOrNull(at(a));
-          ok = st === null || st.isDirectory;
-          realDir.set(a, ok);
-        }
-        return ok;
-      });
-    const saved = new Map<string, Date>();
-    for (const a of touched) {
-      if (layerDirs.has(a) || !listedAll.has(a)) continue;
-      const st = lstatOrNull(at(a));
-      if (st?.isDirectory && st.mtime) saved.set(a, st.mtime);
-    }
-    for (const w of whiteouts) {
-      if (throughRealDirs(w) && lstatOrNull(at(w))) removeTree(at(w));
-    }
-    for (const d of opaques) {
-      if (!throughRealDirs(d) || !lstatOrNull(at(d))?.isDirectory) continue;
-      for (const e of Deno.readDirSync(at(d))) removeTree(`${at(d)}/${e.name}`);
-    }
-    for (const [rel, dir] of entries) {
-      if (rel === "/" || !throughRealDirs(rel)) continue;
-      const st = lstatOrNull(at(rel));
-      // A type change replaces the lower entry (a directory over a file or symlink, or back).
-      if (st && (dir ? !st.isDirectory : st.isDirectory)) {
-        removeTree(at(rel));
-        realDir.delete(rel);
-      }
-    }
-    realDir.clear();
-    for (const [rel] of entries) {
-      if (!throughRealDirs(rel)) {
-        const link = ancestorsOf(rel).find((a) => !realDir.get(a));
-        throw new UserError(
-          `${lw}: ${rel} would be written through the symlink ${link}; refusing (unsafe image)`,
-        );
-      }
-    }
+    const listing = await listMembers(layer.path, lw, { signal, room: roomIn(rootfs) });
+    tree.forget();
+    const plan = planLayer(listing, tree, lw);
+    const saved = prepareLayer(plan, tree, listedAll);
     await extractFile(layer.path, rootfs, lw, [`--exclude=${WH}*`], signal);
-    for (const [rel, mtime] of saved) Deno.utimeSync(at(rel), mtime, mtime);
-    for (const d of layerDirs) listedAll.add(d);
-    for (const t of touched) touchedAll.add(t);
+    tree.forget();
+    for (const [rel, mtime] of saved) {
+      const full = tree.dir(rel);
+      if (full) Deno.utimeSync(full, mtime, mtime);
+    }
+    for (const d of plan.dirs) listedAll.add(d);
+    for (const t of plan.touched) touchedAll.add(t);
   }
   onProgress?.({ phase: "layers", done: n, total: n });
-  normalizeDirs(rootfs, touchedAll, listedAll);
+  normalizeDirs(tree, touchedAll, listedAll);
 }
 
 export type { Compression };

@@ -19,9 +19,9 @@ export type Progress = (p: { phase: string; done: number; total?: number }) => v
 
 const buf = new Uint8Array(1 << 20);
 
-/** sha256 hex of a file's content, read synchronously in 1 MiB chunks. */
-export function hashFileSync(path: string): string {
-  const h = createHash("sha256");
+/** sha256 (or `algorithm`) hex of a file's content, read synchronously in 1 MiB chunks. */
+export function hashFileSync(path: string, algorithm = "sha256"): string {
+  const h = createHash(algorithm);
   const f = Deno.openSync(path);
   try {
     for (;;) {
