@@ -3,19 +3,22 @@
 //   GET  /boot/<mac>/kernel       the kernel of the node's image        (Range, HEAD)
 //   GET  /boot/<mac>/initramfs    the netroot initramfs, or the image's own (setting `initramfs`)
 //   GET  /boot/<mac>/manifest     the content manifest of the node's image (hybrid mode)
-//   POST /boot/report             a boot stage reported by the node-side init (per-boot token)
+//   POST /boot/report             a boot stage reported by the node-side init (per-boot token,
+//                                 refused once the boot is over: src/boots.ts bootExpiry)
 //   GET  /boot/ipxe/<file>        iPXE binaries from config.ipxeDir (UEFI HTTP boot, see dhcp4)
 // <mac> may be aa:bb:…, aa-bb-… (iPXE ${net0/mac:hexhyp}) or 12 hex digits. Every fetch lands on
-// the node's timeline (events table).
+// the node's timeline (events table); what anyone can cause (unknown MACs, refusals, bad reports)
+// is rate-limited per source address (src/events.ts recordFromSource). The per-boot token is a
+// secret: it is in the script and nowhere else (not in events, logs or API answers).
 import { BootFileCache } from "./bootcache.ts";
 import { resolveInRoot as resolveImagePath } from "../src/rootpath.ts";
 import { Hono } from "hono";
 import type { Context as HonoContext } from "hono";
 import { join } from "node:path";
 import type { Context } from "../src/context.ts";
-import { dropBoot, findBoot, openBoot, recordStage } from "../src/boots.ts";
+import { bootExpiry, dropBoot, findBoot, openBoot, recordStage } from "../src/boots.ts";
 import { notFound, UserError } from "../src/errors.ts";
-import { recordEvent } from "../src/events.ts";
+import { recordEvent, recordFromSource } from "../src/events.ts";
 import { ensureInitramfs } from "../src/initramfs/build.ts";
 import { logger } from "../src/log.ts";
 import { normalizeMac } from "../src/mac.ts";
@@ -162,9 +165,9 @@ function memoryBody(
 
 const bootFiles = new BootFileCache();
 
-// These routes are open to the boot network: an unknown MAC (a loop of retries, or a flood of
-// made-up ones) is written to the events table at most once a minute per MAC, so it cannot grow
-// the database without bound.
+// These routes are open to the boot network: an unknown MAC (a loop of retries) is written to the
+// events table at most once a minute per MAC, and a flood of made-up ones at most at the rate
+// limit of its source address (recordFromSource).
 const unknownSeen = new Map<string, number>();
 function unknownNoted(mac: string, now = Date.now()): boolean {
   const last = unknownSeen.get(mac);
@@ -239,6 +242,11 @@ function setting(node: NodeInfo, key: string, fallback: string): string {
   return v === undefined || v === "" ? fallback : v;
 }
 
+/** The sender's address as Deno.serve saw it, loopback included (the rate limit's key). */
+function sourceOf(c: HonoContext): string | undefined {
+  return (c.env as Deno.ServeHandlerInfo<Deno.NetAddr> | undefined)?.remoteAddr?.hostname;
+}
+
 /** The client's IPv4 address as Deno.serve saw it (Hono passes the serve info as env). */
 function remoteIpv4(c: HonoContext): string | undefined {
   const addr = (c.env as Deno.ServeHandlerInfo<Deno.NetAddr> | undefined)?.remoteAddr;
@@ -303,8 +311,10 @@ export function bootRoutes(ctx: Context): Hono {
     const base = ctx.nodeUrl ?? new URL(c.req.url).origin;
     const node = ctx.nodes.find(mac);
     if (!node) {
-      if (unknownNoted(mac)) {
-        recordEvent(ctx.db, mac, "http.unknown", { url: c.req.path });
+      if (
+        unknownNoted(mac) &&
+        recordFromSource(ctx.db, sourceOf(c), mac, "http.unknown", { url: c.req.path })
+      ) {
         log.warn("boot script for unknown node", { mac });
       }
       return text(
@@ -313,8 +323,9 @@ export function bootRoutes(ctx: Context): Hono {
       );
     }
     const refuse = (reason: string) => {
-      recordEvent(ctx.db, mac, "http.refused", { reason });
-      log.warn("boot refused", { mac, reason });
+      if (recordFromSource(ctx.db, sourceOf(c), mac, "http.refused", { reason })) {
+        log.warn("boot refused", { mac, reason });
+      }
       return text(c, renderRefusalScript(reason));
     };
     const imageId = ctx.nodes.currentImageId(mac);
@@ -381,7 +392,7 @@ export function bootRoutes(ctx: Context): Hono {
     }
     const hyphen = mac.replaceAll(":", "-"); // colons in URL paths break some HTTP clients
     const q = `?image=${image.id}`;
-    recordEvent(ctx.db, mac, "http.script", { image: image.id, token });
+    recordEvent(ctx.db, mac, "http.script", { image: image.id });
     ctx.nodes.touch(mac);
     return text(
       c,
@@ -410,7 +421,9 @@ export function bootRoutes(ctx: Context): Hono {
     const { mac, node, image } = await lookup(c);
     if (!mac) return text(c, "invalid MAC address in URL\n", 400);
     if (!node) {
-      if (unknownNoted(mac)) recordEvent(ctx.db, mac, "http.unknown", { url: c.req.path });
+      if (unknownNoted(mac)) {
+        recordFromSource(ctx.db, sourceOf(c), mac, "http.unknown", { url: c.req.path });
+      }
       return text(c, `node ${mac} is not registered\n`, 404);
     }
     if (!image) return text(c, `node ${node.name} has no image to boot\n`, 404);
@@ -475,18 +488,20 @@ export function bootRoutes(ctx: Context): Hono {
         c,
         join(ctx.config.ipxeDir, file),
         "application/octet-stream",
-        (bytes, ms, complete) =>
-          recordEvent(ctx.db, mac, "http.ipxe", {
-            file,
-            ip,
-            bytes,
-            ms,
-            ...(complete ? {} : { incomplete: true }),
-          }),
+        (bytes, ms, complete) => {
+          const detail = { file, ip, bytes, ms, ...(complete ? {} : { incomplete: true }) };
+          // Anyone may fetch these: only a known node's fetch bypasses the rate limit.
+          if (mac) recordEvent(ctx.db, mac, "http.ipxe", detail);
+          else recordFromSource(ctx.db, sourceOf(c), null, "http.ipxe", detail);
+        },
       );
     } catch (e) {
       if (!(e instanceof Deno.errors.NotFound)) throw e;
-      recordEvent(ctx.db, mac, "http.ipxe.error", { file, ip, error: (e as Error).message });
+      recordFromSource(ctx.db, sourceOf(c), mac, "http.ipxe.error", {
+        file,
+        ip,
+        error: (e as Error).message,
+      });
       return text(c, `${file} is not in ${ctx.config.ipxeDir} (Debian package ipxe)\n`, 404);
     }
   });
@@ -508,9 +523,21 @@ export function bootRoutes(ctx: Context): Hono {
       return text(c, "report needs stage: lower-case letters, digits, - or _\n", 400);
     }
     const boot = findBoot(ctx.db, token);
-    if (!boot || boot.mac !== mac) {
-      recordEvent(ctx.db, mac, "http.report.rejected", { stage });
-      return text(c, "token does not belong to this node's boots\n", 403);
+    const node = boot?.mac === mac ? ctx.nodes.find(mac) : undefined;
+    const reject = (reason: string) => {
+      recordFromSource(ctx.db, sourceOf(c), mac, "http.report.rejected", { stage, reason });
+      return text(c, `${reason}\n`, 403);
+    };
+    if (!boot || !node) return reject("token does not belong to this node's boots");
+    const silentS = Number(setting(node, "boot.timeout", "180")) || 0;
+    if (Date.now() > bootExpiry(boot, silentS)) {
+      return reject(
+        boot.stage === "handover" || boot.stage === "fatal"
+          ? `token expired: its boot ended (${boot.stage} at ${boot.reportedAt})`
+          : `token expired: its boot has not been heard from since ${
+            boot.reportedAt ?? boot.startedAt
+          }`,
+      );
     }
     const detail: Record<string, unknown> = { image: boot.imageId };
     if (typeof body.ms === "number") detail.ms = body.ms;

@@ -1,5 +1,11 @@
-// The append-only events table: every component writes here; per node it is the boot timeline.
+// The events table: every component writes here; per node it is the boot timeline. Nothing a
+// sender on the boot network can cause grows it without bound: events caused by unauthenticated
+// senders go through a per-source-address rate limit (recordFromSource), and a periodic prune
+// keeps it within an age and a count per node (startEventRetention).
 import type { Db } from "./db.ts";
+import { logger } from "./log.ts";
+
+const log = logger("events");
 
 export interface Event {
   id: number;
@@ -34,4 +40,250 @@ export function listEvents(
     detail: string;
   }[];
   return rows.reverse().map((r) => ({ ...r, detail: JSON.parse(r.detail) }));
+}
+
+// ---- rate limit per source address ----
+
+/** The key a sender is limited by: its IPv4 address, or its IPv6 /64 (one host can hold a whole
+ *  /64, so finer keys would give it as many budgets as it likes). */
+export function sourceKey(address: string | undefined): string {
+  if (!address) return "unknown";
+  const a = address.replace(/^::ffff:(?=\d+\.)/i, "");
+  if (!a.includes(":")) return a;
+  const [head, tail = ""] = a.toLowerCase().split("::");
+  const left = head ? head.split(":") : [];
+  const right = tail ? tail.split(":") : [];
+  const groups = [
+    ...left,
+    ...Array(Math.max(0, 8 - left.length - right.length)).fill("0"),
+    ...right,
+  ];
+  return `${groups.slice(0, 4).map((g) => g.replace(/^0+(?=.)/, "")).join(":")}::/64`;
+}
+
+interface Bucket {
+  tokens: number;
+  at: number;
+  suppressed: number;
+}
+
+/**
+ * Token buckets per source: `burst` events at once, refilled at `perMinute`. The table of sources
+ * is bounded too (a sender can forge source addresses): past `maxSources`, new sources share one
+ * bucket ("other"), so a flood from forged addresses is limited as one sender.
+ */
+export class SourceLimiter {
+  #buckets = new Map<string, Bucket>();
+  constructor(
+    readonly burst = 20,
+    readonly perMinute = 12,
+    readonly maxSources = 4096,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  /** True when `source` may record one more event now; else its suppressed count goes up. */
+  allow(source: string): boolean {
+    const now = this.now();
+    let key = source;
+    if (!this.#buckets.has(key) && this.#buckets.size >= this.maxSources) key = "other";
+    let b = this.#buckets.get(key);
+    if (!b) this.#buckets.set(key, b = { tokens: this.burst, at: now, suppressed: 0 });
+    b.tokens = Math.min(this.burst, b.tokens + ((now - b.at) * this.perMinute) / 60_000);
+    b.at = now;
+    if (b.tokens >= 1) {
+      b.tokens -= 1;
+      return true;
+    }
+    b.suppressed++;
+    return false;
+  }
+
+  /** What was suppressed since the last call, busiest sources first; sources whose bucket has
+   *  refilled are forgotten (the table only holds senders that are still busy). */
+  drain(): { total: number; sources: [string, number][] } {
+    const now = this.now();
+    const sources: [string, number][] = [];
+    let total = 0;
+    for (const [key, b] of this.#buckets) {
+      if (b.suppressed) {
+        sources.push([key, b.suppressed]);
+        total += b.suppressed;
+        b.suppressed = 0;
+      } else if (b.tokens + ((now - b.at) * this.perMinute) / 60_000 >= this.burst) {
+        this.#buckets.delete(key);
+      }
+    }
+    sources.sort((a, b) => b[1] - a[1]);
+    return { total, sources };
+  }
+
+  get sources(): number {
+    return this.#buckets.size;
+  }
+}
+
+/** How often (at most) a summary of suppressed events is written. */
+const summaryMs = 60_000;
+const gates = new WeakMap<Db, { limiter: SourceLimiter; summarizedAt: number }>();
+
+function gateFor(db: Db) {
+  let g = gates.get(db);
+  if (!g) gates.set(db, g = { limiter: new SourceLimiter(), summarizedAt: Date.now() });
+  return g;
+}
+
+/**
+ * Records an event caused by an unauthenticated sender at `source` (its IP address): refusals of
+ * unknown clients, reports with bad tokens... A source past its budget is counted instead, and one
+ * `events.suppressed` event a minute says how many were dropped from which addresses. False when
+ * the event was suppressed.
+ */
+export function recordFromSource(
+  db: Db,
+  source: string | undefined,
+  mac: string | null,
+  kind: string,
+  detail: Record<string, unknown> = {},
+): boolean {
+  const g = gateFor(db);
+  const allowed = g.limiter.allow(sourceKey(source));
+  if (allowed) recordEvent(db, mac, kind, detail);
+  if (Date.now() - g.summarizedAt >= summaryMs) recordSuppressed(db);
+  return allowed;
+}
+
+/** Writes the `events.suppressed` summary (when anything was suppressed since the last one). */
+export function recordSuppressed(db: Db): void {
+  const g = gateFor(db);
+  g.summarizedAt = Date.now();
+  const { total, sources } = g.limiter.drain();
+  if (!total) return;
+  const top = sources.slice(0, 10);
+  recordEvent(db, null, "events.suppressed", {
+    events: total,
+    sources: Object.fromEntries(top),
+    ...(sources.length > top.length ? { otherSources: sources.length - top.length } : {}),
+  });
+  log.warn("events suppressed (rate limit per source address)", {
+    events: total,
+    top: top.map(([s, n]) => `${s}:${n}`).join(" "),
+  });
+}
+
+// ---- retention ----
+
+export interface Retention {
+  /** Events older than this go. */
+  maxAgeDays: number;
+  /** Newest events kept per registered node. */
+  maxPerNode: number;
+  /** Newest events kept that belong to no registered node (server-wide, unknown or forgotten
+   *  MACs): senders can make up MACs, so these share one cap. */
+  maxOther: number;
+}
+
+export const defaultRetention: Retention = {
+  maxAgeDays: 30,
+  maxPerNode: 10_000,
+  maxOther: 100_000,
+};
+
+/** Rows deleted per statement: the prune yields between batches so boot services keep running. */
+const batch = 5000;
+const tick = () => new Promise((r) => setTimeout(r, 0));
+
+/** Deletes `ids` (a query returning at most `batch` ids) until it returns none. */
+async function deleteInBatches(db: Db, select: string, params: Record<string, string | number>) {
+  const del = db.prepare(`DELETE FROM events WHERE id IN (${select} LIMIT ${batch})`);
+  let total = 0;
+  for (;;) {
+    const n = Number(del.run(params).changes);
+    total += n;
+    if (n < batch) return total;
+    await tick();
+  }
+}
+
+/** One pass of retention; returns how many events were deleted. */
+export async function pruneEvents(db: Db, r: Retention = defaultRetention): Promise<number> {
+  let deleted = 0;
+  // By age: ids grow with time, so the oldest are the lowest ids (no index on ts needed).
+  const cutoff = new Date(Date.now() - r.maxAgeDays * 86_400_000).toISOString();
+  const firstKept = db.prepare("SELECT id FROM events WHERE ts >= ? ORDER BY id LIMIT 1")
+    .get(cutoff) as { id: number } | undefined;
+  deleted += await deleteInBatches(db, "SELECT id FROM events WHERE id < :first ORDER BY id", {
+    first: firstKept?.id ?? Number.MAX_SAFE_INTEGER,
+  });
+  // By count per registered node: everything older than its maxPerNode-th newest event.
+  const nodes = db.prepare("SELECT mac FROM nodes").all() as { mac: string }[];
+  const nth = db.prepare("SELECT id FROM events WHERE mac = ? ORDER BY id DESC LIMIT 1 OFFSET ?");
+  for (const { mac } of nodes) {
+    const edge = nth.get(mac, r.maxPerNode) as { id: number } | undefined;
+    if (!edge) continue;
+    deleted += await deleteInBatches(
+      db,
+      "SELECT id FROM events WHERE mac = :mac AND id <= :edge ORDER BY id",
+      { mac, edge: edge.id },
+    );
+    await tick();
+  }
+  // Everything else (no MAC, or a MAC no registered node has) under one cap.
+  const other = "(mac IS NULL OR mac NOT IN (SELECT mac FROM nodes))";
+  const edge = db.prepare(`SELECT id FROM events WHERE ${other} ORDER BY id DESC LIMIT 1 OFFSET ?`)
+    .get(r.maxOther) as { id: number } | undefined;
+  if (edge) {
+    deleted += await deleteInBatches(
+      db,
+      `SELECT id FROM events WHERE ${other} AND id <= :edge ORDER BY id`,
+      { edge: edge.id },
+    );
+  }
+  if (deleted) {
+    // Hand the freed pages back to the WAL's checkpoint, so the files stop at their high mark.
+    db.exec("PRAGMA wal_checkpoint(TRUNCATE)");
+  }
+  return deleted;
+}
+
+/**
+ * The server's event upkeep: the suppressed-events summary every minute, retention at start and
+ * every `pruneEveryMs` (default 10 minutes). Stopped by close().
+ */
+export function startEventRetention(
+  db: Db,
+  r: Retention = defaultRetention,
+  pruneEveryMs = 600_000,
+): { name: string; close(): Promise<void> } {
+  let running: Promise<void> | undefined;
+  const prune = () => {
+    if (running) return;
+    const t0 = performance.now();
+    running = pruneEvents(db, r)
+      .then((n) => {
+        if (n) log.info("events pruned", { deleted: n, ms: Math.round(performance.now() - t0) });
+      })
+      .catch((e) => log.warn("event prune failed", { error: (e as Error).message }))
+      .finally(() => running = undefined);
+  };
+  const summary = setInterval(() => {
+    try {
+      recordSuppressed(db);
+    } catch (e) {
+      log.warn("cannot record suppressed events", { error: (e as Error).message });
+    }
+  }, summaryMs);
+  const pruning = setInterval(prune, pruneEveryMs);
+  const first = setTimeout(prune, 1000);
+  return {
+    name: "events",
+    async close() {
+      clearInterval(summary);
+      clearInterval(pruning);
+      clearTimeout(first);
+      await running;
+      try {
+        recordSuppressed(db);
+      } catch { /* the database may be closing */ }
+    },
+  };
 }

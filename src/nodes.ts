@@ -310,7 +310,7 @@ export class NodeRegistry {
          VALUES (?, ?, ?, ?, ?, ?)`,
       ).run(m, name, model, imageId, opts.virtual ? 1 : 0, new Date().toISOString());
       recordEvent(this.db, m, "node.added", { name, model, image: imageId });
-      mkdirSync(this.data.persist(m), { recursive: true });
+      this.data.makePersist(m);
       flipSymlink(this.data.nodeFs(m), imageId && linkTarget(imageId));
     });
     this.#changed();
@@ -492,7 +492,7 @@ export class NodeRegistry {
           fixed++;
         }
         if (!existsSync(this.data.persist(r.mac))) {
-          mkdirSync(this.data.persist(r.mac), { recursive: true });
+          this.data.makePersist(r.mac);
           fixed++;
         }
       } catch (e) {

@@ -5,7 +5,8 @@ import { serve } from "../server.ts";
 
 const log = logger("serve");
 
-export const serveHelp = `usage: netroot serve [--data DIR] [--http HOST:PORT] [--config FILE]
+export const serveHelp = `usage: netroot serve [--data DIR] [--http [HOST:]PORT] [--config FILE]
+                     [--api-auth writes|all]
                      [--interface IF | --bridge NAME --address A.B.C.D/NN]
                      [--dhcp-mode full|proxy|off] [--dhcp-range START-END] [--lease-time SECONDS]
                      [--dhcp-router A.B.C.D]
@@ -13,9 +14,12 @@ export const serveHelp = `usage: netroot serve [--data DIR] [--http HOST:PORT] [
                      [--tftp-port N] [--ipxe-dir DIR] [--nfs kernel|ganesha|off] [--nfs-version 3|4]
                      [--ra true|false] [--accel auto|kvm|tcg]
 
-Runs on embedded defaults: data in ./netroot-data (checkout) or /var/lib/netroot, HTTP on
-0.0.0.0:8080. Without --interface only HTTP runs. --dhcp-mode defaults to full when --dhcp-range
-is given, proxy otherwise (a lab DHCP server keeps handing out addresses).
+Runs on embedded defaults: data in ./netroot-data (checkout) or /var/lib/netroot, HTTP on port
+8080. Without --interface only HTTP runs, on every address (0.0.0.0); with --interface or --bridge
+HTTP listens on the boot address and 127.0.0.1 only: --http 0.0.0.0:8080 (any HOST) widens it.
+--api-auth all: API reads need the token too (default writes: only writes do).
+--dhcp-mode defaults to full when --dhcp-range is given, proxy otherwise (a lab DHCP server keeps
+handing out addresses).
 SIGINT/SIGTERM stop it cleanly (virtual nodes, ganesha, sockets); a second signal exits at once.`;
 
 export async function run(args: string[]): Promise<number> {
