@@ -75,9 +75,9 @@ interface Bucket {
 export class SourceLimiter {
   #buckets = new Map<string, Bucket>();
   constructor(
-    readonly burst = 20,
-    readonly perMinute = 12,
-    readonly maxSources = 4096,
+    readonly burst = 10,
+    readonly perMinute = 6,
+    readonly maxSources = 1024,
     private readonly now: () => number = Date.now,
   ) {}
 
