@@ -7,9 +7,10 @@
 //                                 refused once the boot is over: src/boots.ts bootExpiry)
 //   GET  /boot/ipxe/<file>        iPXE binaries from config.ipxeDir (UEFI HTTP boot, see dhcp4)
 // <mac> may be aa:bb:…, aa-bb-… (iPXE ${net0/mac:hexhyp}) or 12 hex digits. Every fetch lands on
-// the node's timeline (events table); what anyone can cause (unknown MACs, refusals, bad reports)
-// is rate-limited per source address (src/events.ts recordFromSource). The per-boot token is a
-// secret: it is in the script and nowhere else (not in events, logs or API answers).
+// the node's timeline (events table), within the rate limit of the sender's address (src/events.ts
+// recordFromSource: a tight budget for unknown MACs, refusals and bad reports, a wide one for a
+// registered node's boot). The per-boot token is a secret: it is in the script and nowhere else
+// (not in events, logs or API answers).
 import { BootFileCache } from "./bootcache.ts";
 import { resolveInRoot as resolveImagePath } from "../src/rootpath.ts";
 import { Hono } from "hono";
@@ -18,7 +19,7 @@ import { join } from "node:path";
 import type { Context } from "../src/context.ts";
 import { bootExpiry, dropBoot, findBoot, openBoot, recordStage } from "../src/boots.ts";
 import { notFound, UserError } from "../src/errors.ts";
-import { recordEvent, recordFromSource } from "../src/events.ts";
+import { recordFromSource } from "../src/events.ts";
 import { ensureInitramfs } from "../src/initramfs/build.ts";
 import { logger } from "../src/log.ts";
 import { normalizeMac } from "../src/mac.ts";
@@ -392,7 +393,7 @@ export function bootRoutes(ctx: Context): Hono {
     }
     const hyphen = mac.replaceAll(":", "-"); // colons in URL paths break some HTTP clients
     const q = `?image=${image.id}`;
-    recordEvent(ctx.db, mac, "http.script", { image: image.id });
+    recordFromSource(ctx.db, sourceOf(c), mac, "http.script", { image: image.id }, "node");
     ctx.nodes.touch(mac);
     return text(
       c,
@@ -433,13 +434,13 @@ export function bootRoutes(ctx: Context): Hono {
         await pathOf(mac, node, image),
         kind === "manifest" ? "text/plain; charset=utf-8" : "application/octet-stream",
         (bytes, ms, complete) => {
-          recordEvent(ctx.db, mac, `http.${kind}`, {
+          recordFromSource(ctx.db, sourceOf(c), mac, `http.${kind}`, {
             image: image.id,
             bytes,
             ms,
             ...(complete ? {} : { incomplete: true }),
             ...(c.req.header("range") ? { range: c.req.header("range") } : {}),
-          });
+          }, "node");
         },
       );
     } catch (e) {
@@ -448,8 +449,10 @@ export function bootRoutes(ctx: Context): Hono {
         (e as { code?: string }).code === "ENOENT" ||
         (e instanceof UserError && e.status === 404);
       const msg = `${kind} of image ${image.id} unavailable: ${(e as Error).message}`;
-      recordEvent(ctx.db, mac, `http.${kind}.error`, { image: image.id, error: msg });
-      log.error("boot file unavailable", { mac, kind, error: msg });
+      const detail = { image: image.id, error: msg };
+      if (recordFromSource(ctx.db, sourceOf(c), mac, `http.${kind}.error`, detail, "node")) {
+        log.error("boot file unavailable", { mac, kind, error: msg });
+      }
       return text(c, msg + "\n", missing ? 404 : 500);
     }
   };
@@ -490,9 +493,8 @@ export function bootRoutes(ctx: Context): Hono {
         "application/octet-stream",
         (bytes, ms, complete) => {
           const detail = { file, ip, bytes, ms, ...(complete ? {} : { incomplete: true }) };
-          // Anyone may fetch these: only a known node's fetch bypasses the rate limit.
-          if (mac) recordEvent(ctx.db, mac, "http.ipxe", detail);
-          else recordFromSource(ctx.db, sourceOf(c), null, "http.ipxe", detail);
+          const budget = mac ? "node" : "refusal"; // anyone may fetch these
+          recordFromSource(ctx.db, sourceOf(c), mac, "http.ipxe", detail, budget);
         },
       );
     } catch (e) {
@@ -547,7 +549,7 @@ export function bootRoutes(ctx: Context): Hono {
     for (const k of ["done", "total", "rate", "nfsReadBytes"]) {
       if (typeof body[k] === "number") detail[k] = body[k];
     }
-    recordEvent(ctx.db, mac, `init.${stage}`, detail);
+    recordFromSource(ctx.db, sourceOf(c), mac, `init.${stage}`, detail, "node");
     recordStage(ctx.db, token, stage);
     ctx.nodes.touch(mac);
     return c.json({ ok: true });

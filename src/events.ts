@@ -1,7 +1,8 @@
 // The events table: every component writes here; per node it is the boot timeline. Nothing a
-// sender on the boot network can cause grows it without bound: events caused by unauthenticated
-// senders go through a per-source-address rate limit (recordFromSource), and a periodic prune
-// keeps it within an age and a count per node (startEventRetention).
+// sender on the boot network can cause grows it without bound: events caused by senders on the
+// boot network (all unauthenticated: a boot token is anyone's for a script fetch) go through a
+// per-source-address rate limit (recordFromSource), and a periodic prune keeps the table within an
+// age and a count per node (startEventRetention).
 import type { Db } from "./db.ts";
 import { logger } from "./log.ts";
 
@@ -122,19 +123,40 @@ export class SourceLimiter {
   }
 }
 
+/**
+ * What a source may record: `refusal` for what refused or unknown senders cause (unknown MACs and
+ * clients, refused boots, bad reports: 10 at once, then 6 a minute); `node` for the timeline of a
+ * registered node (boot files served, stage reports: a boot makes about 5 plus its reports, up to
+ * ~120 with a hybrid copy's progress, so 200 at once, then 60 a minute).
+ */
+export type Budget = "refusal" | "node";
+const budgets: Record<Budget, [burst: number, perMinute: number]> = {
+  refusal: [10, 6],
+  node: [200, 60],
+};
+
 /** How often (at most) a summary of suppressed events is written. */
 const summaryMs = 60_000;
-const gates = new WeakMap<Db, { limiter: SourceLimiter; summarizedAt: number }>();
+const gates = new WeakMap<
+  Db,
+  { limiters: Record<Budget, SourceLimiter>; summarizedAt: number }
+>();
 
 function gateFor(db: Db) {
   let g = gates.get(db);
-  if (!g) gates.set(db, g = { limiter: new SourceLimiter(), summarizedAt: Date.now() });
+  if (!g) {
+    const limiters = {
+      refusal: new SourceLimiter(...budgets.refusal),
+      node: new SourceLimiter(...budgets.node),
+    };
+    gates.set(db, g = { limiters, summarizedAt: Date.now() });
+  }
   return g;
 }
 
 /**
- * Records an event caused by an unauthenticated sender at `source` (its IP address): refusals of
- * unknown clients, reports with bad tokens... A source past its budget is counted instead, and one
+ * Records an event caused by a sender at `source` (its IP address) on the boot network, within
+ * the sender's `budget`. A source past its budget is counted instead, and one
  * `events.suppressed` event a minute says how many were dropped from which addresses. False when
  * the event was suppressed.
  */
@@ -144,9 +166,10 @@ export function recordFromSource(
   mac: string | null,
   kind: string,
   detail: Record<string, unknown> = {},
+  budget: Budget = "refusal",
 ): boolean {
   const g = gateFor(db);
-  const allowed = g.limiter.allow(sourceKey(source));
+  const allowed = g.limiters[budget].allow(sourceKey(source));
   if (allowed) recordEvent(db, mac, kind, detail);
   if (Date.now() - g.summarizedAt >= summaryMs) recordSuppressed(db);
   return allowed;
@@ -156,7 +179,12 @@ export function recordFromSource(
 export function recordSuppressed(db: Db): void {
   const g = gateFor(db);
   g.summarizedAt = Date.now();
-  const { total, sources } = g.limiter.drain();
+  const counts = new Map<string, number>();
+  for (const l of Object.values(g.limiters)) {
+    for (const [s, n] of l.drain().sources) counts.set(s, (counts.get(s) ?? 0) + n);
+  }
+  const sources = [...counts].sort((a, b) => b[1] - a[1]);
+  const total = sources.reduce((a, [, n]) => a + n, 0);
   if (!total) return;
   const top = sources.slice(0, 10);
   recordEvent(db, null, "events.suppressed", {

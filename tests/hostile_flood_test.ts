@@ -139,3 +139,42 @@ Deno.test({
     }
   },
 });
+
+Deno.test("flood: a registered node's script and reports, 5,000 each from one address: bounded", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nr-flood-node-" });
+  const ctx = await openContext({ ...defaultConfig(), dataDir: dir });
+  try {
+    const id = "ab".repeat(32);
+    ctx.db.prepare(
+      `INSERT INTO images (id, name, created_at, size, files, kernel, initrd, bootable)
+       VALUES (?, 'img', ?, 0, 0, '/vmlinuz', '/initrd.img', 1)`,
+    ).run(id, new Date().toISOString());
+    Deno.mkdirSync(ctx.data.rootfs(id), { recursive: true });
+    const mac = "52:54:00:f1:00:01";
+    ctx.nodes.add(mac, { image: "img" });
+    ctx.nodes.configure(mac, { initramfs: "image" });
+    const app = new Hono().route("/boot", bootRoutes(ctx));
+    // A boot token is anyone's for a script fetch: reports with it are no more trusted.
+    const env = { remoteAddr: { transport: "tcp", hostname: "10.66.0.9", port: 1 } };
+    let token = "";
+    for (let i = 0; i < 5_000; i++) {
+      const s = await (await app.request(`/boot/${mac}.ipxe`, {}, env)).text();
+      token = /netroot\.token=([0-9a-f]+)/.exec(s)![1];
+    }
+    const body = JSON.stringify({ token, mac, stage: "hybrid-copy", done: 1, total: 2 });
+    for (let i = 0; i < 5_000; i++) {
+      const r = await app.request("/boot/report", { method: "POST", body }, env);
+      assert.equal(r.status, 200);
+    }
+    const n = (ctx.db.prepare("SELECT count(*) AS n FROM events WHERE mac = ?").get(mac) as {
+      n: number;
+    }).n;
+    const boots = (ctx.db.prepare("SELECT count(*) AS n FROM boots").get() as { n: number }).n;
+    console.log(`flood of one node: ${n} events, ${boots} boots kept`);
+    assert.ok(n < 1000, `${n} events for the node`);
+    assert.ok(boots <= 50, `${boots} boots kept`);
+  } finally {
+    ctx.db.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -3,7 +3,7 @@
 // transfer). Files are read once and kept in a bounded cache shared with the workers.
 import dgram from "node:dgram";
 import type { Context, Service } from "../../src/context.ts";
-import { recordEvent, recordFromSource } from "../../src/events.ts";
+import { recordFromSource } from "../../src/events.ts";
 import { logger } from "../../src/log.ts";
 import { TransferPool } from "./engine.ts";
 import { decode, encode, ErrorCode, negotiate, TftpDecodeError } from "./packet.ts";
@@ -263,9 +263,10 @@ export function blksizeForInterface(iface: string | undefined): number {
 }
 
 /** The real service: iPXE binaries for anyone, the node's image /boot for known nodes; every
- *  transfer lands on the node's timeline (or the server's, for an unknown client). UDP sources
- *  are anyone's to forge: refusals, and anything an unknown client causes, are rate-limited per
- *  source address (recordFromSource), their log lines with them. */
+ *  transfer lands on the node's timeline (or the server's, for an unknown client), within the
+ *  rate limit of the client's address (recordFromSource; UDP sources are anyone's to forge):
+ *  refusals and unknown clients on the tight budget, a node's transfers on the wide one. Log
+ *  lines go with their events. */
 export async function startTftp(ctx: Context): Promise<Service & { port: number }> {
   const nodes = ctx.nodes;
   const server = await createTftpServer({
@@ -284,10 +285,9 @@ export async function startTftp(ctx: Context): Promise<Service & { port: number 
       const mac = (e.meta?.mac as string | null | undefined) ?? null;
       const base = { file: e.file, client: e.client.address };
       const fields = { ...base, mac: mac ?? undefined };
+      const budget = mac && e.outcome !== "refused" ? "node" : "refusal";
       const record = (kind: string, detail: Record<string, unknown>) =>
-        mac && e.outcome !== "refused"
-          ? (recordEvent(ctx.db, mac, kind, detail), true)
-          : recordFromSource(ctx.db, e.client.address, mac, kind, detail);
+        recordFromSource(ctx.db, e.client.address, mac, kind, detail, budget);
       if (e.outcome === "done") {
         const d = {
           ...base,
