@@ -277,6 +277,12 @@ async function textUpTo(req: Request, max: number): Promise<string | undefined> 
   return new TextDecoder().decode(all);
 }
 
+/** A report's free-form detail, at most 4 KiB of it: each stored event stays small. */
+function boundedDetail(v: unknown): unknown {
+  const s = typeof v === "string" ? v : JSON.stringify(v);
+  return s.length <= 4096 ? v : `${s.slice(0, 4096)}… (${s.length} characters)`;
+}
+
 function sameSubnet(a: string, b: string, netmask: string): boolean {
   const m = ipToInt(netmask);
   return ((ipToInt(a) ^ ipToInt(b)) & m) === 0;
@@ -544,7 +550,7 @@ export function bootRoutes(ctx: Context): Hono {
     const detail: Record<string, unknown> = { image: boot.imageId };
     if (typeof body.ms === "number") detail.ms = body.ms;
     if (typeof body.ok === "boolean") detail.ok = body.ok;
-    if (body.detail !== undefined) detail.detail = body.detail;
+    if (body.detail !== undefined) detail.detail = boundedDetail(body.detail);
     // Progress of hybrid-copy, and NFS bytes read so far (every report of overlay/report.ts).
     for (const k of ["done", "total", "rate", "nfsReadBytes"]) {
       if (typeof body[k] === "number") detail[k] = body[k];

@@ -161,6 +161,13 @@ Deno.test("flood: a registered node's script and reports, 5,000 each from one ad
       const s = await (await app.request(`/boot/${mac}.ipxe`, {}, env)).text();
       token = /netroot\.token=([0-9a-f]+)/.exec(s)![1];
     }
+    // A report's free-form detail is kept to 4 KiB (the body may be 64 KiB).
+    const long = JSON.stringify({ token, mac, stage: "fatal", detail: "x".repeat(60_000) });
+    assert.equal((await app.request("/boot/report", { method: "POST", body: long })).status, 200);
+    const stored = ctx.db.prepare("SELECT detail FROM events WHERE kind = 'init.fatal'").get() as {
+      detail: string;
+    };
+    assert.ok(stored.detail.length < 4300, `a report's detail stored as ${stored.detail.length} B`);
     const body = JSON.stringify({ token, mac, stage: "hybrid-copy", done: 1, total: 2 });
     for (let i = 0; i < 5_000; i++) {
       const r = await app.request("/boot/report", { method: "POST", body }, env);
