@@ -217,17 +217,23 @@ export const defaultRetention: Retention = {
 };
 
 /** Rows deleted per statement: the prune yields between batches so boot services keep running. */
-const batch = 5000;
+const batch = 2000;
 const tick = () => new Promise((r) => setTimeout(r, 0));
 
-/** Deletes `ids` (a query returning at most `batch` ids) until it returns none. */
-async function deleteInBatches(db: Db, select: string, params: Record<string, string | number>) {
-  const del = db.prepare(`DELETE FROM events WHERE id IN (${select} LIMIT ${batch})`);
+/** Deletes the events matching `where`, `batch` at a time in id order, each batch starting where
+ *  the last one ended (not rescanning what it kept). */
+async function deleteInBatches(db: Db, where: string, params: Record<string, string | number>) {
+  const del = db.prepare(
+    `DELETE FROM events WHERE id IN
+       (SELECT id FROM events WHERE ${where} AND id > :after ORDER BY id LIMIT ${batch})
+     RETURNING id`,
+  );
   let total = 0;
-  for (;;) {
-    const n = Number(del.run(params).changes);
-    total += n;
-    if (n < batch) return total;
+  for (let after = 0;;) {
+    const ids = (del.all({ ...params, after }) as { id: number }[]).map((r) => r.id);
+    total += ids.length;
+    if (ids.length < batch) return total;
+    after = Math.max(...ids);
     await tick();
   }
 }
@@ -239,32 +245,38 @@ export async function pruneEvents(db: Db, r: Retention = defaultRetention): Prom
   const cutoff = new Date(Date.now() - r.maxAgeDays * 86_400_000).toISOString();
   const firstKept = db.prepare("SELECT id FROM events WHERE ts >= ? ORDER BY id LIMIT 1")
     .get(cutoff) as { id: number } | undefined;
-  deleted += await deleteInBatches(db, "SELECT id FROM events WHERE id < :first ORDER BY id", {
+  deleted += await deleteInBatches(db, "id < :first", {
     first: firstKept?.id ?? Number.MAX_SAFE_INTEGER,
   });
-  // By count per registered node: everything older than its maxPerNode-th newest event.
-  const nodes = db.prepare("SELECT mac FROM nodes").all() as { mac: string }[];
-  const nth = db.prepare("SELECT id FROM events WHERE mac = ? ORDER BY id DESC LIMIT 1 OFFSET ?");
-  for (const { mac } of nodes) {
-    const edge = nth.get(mac, r.maxPerNode) as { id: number } | undefined;
-    if (!edge) continue;
+  // By count per registered node: everything up to its (maxPerNode+1)-th newest event. The nodes'
+  // events are interleaved, so one pass in id order over all of them (each batch then touches
+  // neighbouring pages), with each node's edge looked up in a temporary table.
+  db.exec(
+    `CREATE TEMP TABLE IF NOT EXISTS prune_edges (mac TEXT PRIMARY KEY, edge INTEGER NOT NULL);
+     DELETE FROM temp.prune_edges;`,
+  );
+  db.prepare(
+    `INSERT INTO temp.prune_edges (mac, edge)
+     SELECT * FROM (SELECT mac,
+       (SELECT id FROM events e WHERE e.mac = n.mac ORDER BY id DESC LIMIT 1 OFFSET ?) AS edge
+       FROM nodes n) WHERE edge IS NOT NULL`,
+  ).run(r.maxPerNode);
+  const top = db.prepare("SELECT max(edge) AS edge FROM temp.prune_edges").get() as {
+    edge: number | null;
+  };
+  if (top.edge !== null) {
     deleted += await deleteInBatches(
       db,
-      "SELECT id FROM events WHERE mac = :mac AND id <= :edge ORDER BY id",
-      { mac, edge: edge.id },
+      "id <= :top AND id <= (SELECT edge FROM temp.prune_edges p WHERE p.mac = events.mac)",
+      { top: top.edge },
     );
-    await tick();
   }
   // Everything else (no MAC, or a MAC no registered node has) under one cap.
   const other = "(mac IS NULL OR mac NOT IN (SELECT mac FROM nodes))";
   const edge = db.prepare(`SELECT id FROM events WHERE ${other} ORDER BY id DESC LIMIT 1 OFFSET ?`)
     .get(r.maxOther) as { id: number } | undefined;
   if (edge) {
-    deleted += await deleteInBatches(
-      db,
-      `SELECT id FROM events WHERE ${other} AND id <= :edge ORDER BY id`,
-      { edge: edge.id },
-    );
+    deleted += await deleteInBatches(db, `${other} AND id <= :edge`, { edge: edge.id });
   }
   if (deleted) {
     // Hand the freed pages back to the WAL's checkpoint, so the files stop at their high mark.
