@@ -177,7 +177,8 @@ export async function serve(config: ServerConfig, opts: { signal?: AbortSignal }
       });
     }
     log.info("http listening", {
-      on: http.addrs.map((a) => `${a.host}:${a.port}`).join(" "),
+      host: http.addrs.map((a) => a.host).join(" "),
+      port: addr.port,
       api: config.api.auth === "all" ? "token for reads and writes" : "token for writes",
       data: config.dataDir,
     });
