@@ -3,21 +3,25 @@
 //   GET  /boot/<mac>/kernel       the kernel of the node's image        (Range, HEAD)
 //   GET  /boot/<mac>/initramfs    the netroot initramfs, or the image's own (setting `initramfs`)
 //   GET  /boot/<mac>/manifest     the content manifest of the node's image (hybrid mode)
-//   POST /boot/report             a boot stage reported by the node-side init (per-boot token)
+//   POST /boot/report             a boot stage reported by the node-side init (per-boot token,
+//                                 refused once the boot is over: src/boots.ts bootExpiry)
 //   GET  /boot/ipxe/<file>        iPXE binaries from config.ipxeDir (UEFI HTTP boot, see dhcp4)
 // <mac> may be aa:bb:…, aa-bb-… (iPXE ${net0/mac:hexhyp}) or 12 hex digits. Every fetch lands on
-// the node's timeline (events table).
+// the node's timeline (events table), within the rate limit of the sender's address (src/events.ts
+// recordFromSource: a tight budget for unknown MACs, refusals and bad reports, a wide one for a
+// registered node's boot). The per-boot token is a secret: it is in the script and nowhere else
+// (not in events, logs or API answers).
 import { BootFileCache } from "./bootcache.ts";
-import { renderCmdline } from "../contract/cmdline.ts";
+import { DEFAULTS, renderCmdline } from "../contract/cmdline.ts";
 import { parseReport, PROGRESS_STAGES, reportFields } from "../contract/report.ts";
 import { resolveInRoot as resolveImagePath } from "../contract/rootpath.ts";
 import { Hono } from "hono";
 import type { Context as HonoContext } from "hono";
 import { join } from "node:path";
 import type { Context } from "../src/context.ts";
-import { dropBoot, findBoot, openBoot, recordStage } from "../src/boots.ts";
+import { bootExpiry, dropBoot, findBoot, openBoot, recordStage } from "../src/boots.ts";
 import { notFound, UserError } from "../src/errors.ts";
-import { recordEvent, recordProgress } from "../src/events.ts";
+import { recordFromSource, recordProgress } from "../src/events.ts";
 import { ensureInitramfs } from "../src/initramfs/build.ts";
 import { neighbourMac } from "../src/linux/neigh.ts";
 import { logger } from "../src/log.ts";
@@ -164,9 +168,9 @@ function memoryBody(
 
 const bootFiles = new BootFileCache();
 
-// These routes are open to the boot network: an unknown MAC (a loop of retries, or a flood of
-// made-up ones) is written to the events table at most once a minute per MAC, so it cannot grow
-// the database without bound.
+// These routes are open to the boot network: an unknown MAC (a loop of retries) is written to the
+// events table at most once a minute per MAC, and a flood of made-up ones at most at the rate
+// limit of its source address (recordFromSource).
 const unknownSeen = new Map<string, number>();
 function unknownNoted(mac: string, now = Date.now()): boolean {
   const last = unknownSeen.get(mac);
@@ -241,6 +245,11 @@ function setting(node: NodeInfo, key: string, fallback: string): string {
   return v === undefined || v === "" ? fallback : v;
 }
 
+/** The sender's address as Deno.serve saw it, loopback included (the rate limit's key). */
+function sourceOf(c: HonoContext): string | undefined {
+  return (c.env as Deno.ServeHandlerInfo<Deno.NetAddr> | undefined)?.remoteAddr?.hostname;
+}
+
 /** The client's IPv4 address as Deno.serve saw it (Hono passes the serve info as env). */
 function remoteIpv4(c: HonoContext): string | undefined {
   const addr = (c.env as Deno.ServeHandlerInfo<Deno.NetAddr> | undefined)?.remoteAddr;
@@ -268,6 +277,12 @@ async function textUpTo(req: Request, max: number): Promise<string | undefined> 
     at += chunk.length;
   }
   return new TextDecoder().decode(all);
+}
+
+/** A report's free-form detail, at most 4 KiB of it: each stored event stays small. */
+function boundedDetail(v: unknown): unknown {
+  const s = typeof v === "string" ? v : JSON.stringify(v);
+  return s.length <= 4096 ? v : `${s.slice(0, 4096)}… (${s.length} characters)`;
 }
 
 export function bootRoutes(ctx: Context): Hono {
@@ -300,8 +315,10 @@ export function bootRoutes(ctx: Context): Hono {
     const base = ctx.nodeUrl ?? new URL(c.req.url).origin;
     const node = ctx.nodes.find(mac);
     if (!node) {
-      if (unknownNoted(mac)) {
-        recordEvent(ctx.db, mac, "http.unknown", { url: c.req.path });
+      if (
+        unknownNoted(mac) &&
+        recordFromSource(ctx.db, sourceOf(c), mac, "http.unknown", { url: c.req.path })
+      ) {
         log.warn("boot script for unknown node", { mac });
       }
       return text(
@@ -310,8 +327,9 @@ export function bootRoutes(ctx: Context): Hono {
       );
     }
     const refuse = (reason: string) => {
-      recordEvent(ctx.db, mac, "http.refused", { reason });
-      log.warn("boot refused", { mac, reason });
+      if (recordFromSource(ctx.db, sourceOf(c), mac, "http.refused", { reason })) {
+        log.warn("boot refused", { mac, reason });
+      }
       return text(c, renderRefusalScript(reason));
     };
     const imageId = ctx.nodes.currentImageId(mac);
@@ -378,7 +396,7 @@ export function bootRoutes(ctx: Context): Hono {
     }
     const hyphen = mac.replaceAll(":", "-"); // colons in URL paths break some HTTP clients
     const q = `?image=${image.id}`;
-    recordEvent(ctx.db, mac, "http.script", { image: image.id, token });
+    recordFromSource(ctx.db, sourceOf(c), mac, "http.script", { image: image.id }, "node");
     ctx.nodes.touch(mac);
     return text(
       c,
@@ -407,7 +425,9 @@ export function bootRoutes(ctx: Context): Hono {
     const { mac, node, image } = await lookup(c);
     if (!mac) return text(c, "invalid MAC address in URL\n", 400);
     if (!node) {
-      if (unknownNoted(mac)) recordEvent(ctx.db, mac, "http.unknown", { url: c.req.path });
+      if (unknownNoted(mac)) {
+        recordFromSource(ctx.db, sourceOf(c), mac, "http.unknown", { url: c.req.path });
+      }
       return text(c, `node ${mac} is not registered\n`, 404);
     }
     if (!image) return text(c, `node ${node.name} has no image to boot\n`, 404);
@@ -417,13 +437,13 @@ export function bootRoutes(ctx: Context): Hono {
         await pathOf(mac, node, image),
         kind === "manifest" ? "text/plain; charset=utf-8" : "application/octet-stream",
         (bytes, ms, complete) => {
-          recordEvent(ctx.db, mac, `http.${kind}`, {
+          recordFromSource(ctx.db, sourceOf(c), mac, `http.${kind}`, {
             image: image.id,
             bytes,
             ms,
             ...(complete ? {} : { incomplete: true }),
             ...(c.req.header("range") ? { range: c.req.header("range") } : {}),
-          });
+          }, "node");
         },
       );
     } catch (e) {
@@ -432,8 +452,10 @@ export function bootRoutes(ctx: Context): Hono {
         (e as { code?: string }).code === "ENOENT" ||
         (e instanceof UserError && e.status === 404);
       const msg = `${kind} of image ${image.id} unavailable: ${(e as Error).message}`;
-      recordEvent(ctx.db, mac, `http.${kind}.error`, { image: image.id, error: msg });
-      log.error("boot file unavailable", { mac, kind, error: msg });
+      const detail = { image: image.id, error: msg };
+      if (recordFromSource(ctx.db, sourceOf(c), mac, `http.${kind}.error`, detail, "node")) {
+        log.error("boot file unavailable", { mac, kind, error: msg });
+      }
       return text(c, msg + "\n", missing ? 404 : 500);
     }
   };
@@ -472,18 +494,19 @@ export function bootRoutes(ctx: Context): Hono {
         c,
         join(ctx.config.ipxeDir, file),
         "application/octet-stream",
-        (bytes, ms, complete) =>
-          recordEvent(ctx.db, mac, "http.ipxe", {
-            file,
-            ip,
-            bytes,
-            ms,
-            ...(complete ? {} : { incomplete: true }),
-          }),
+        (bytes, ms, complete) => {
+          const detail = { file, ip, bytes, ms, ...(complete ? {} : { incomplete: true }) };
+          const budget = mac ? "node" : "refusal"; // anyone may fetch these
+          recordFromSource(ctx.db, sourceOf(c), mac, "http.ipxe", detail, budget);
+        },
       );
     } catch (e) {
       if (!(e instanceof Deno.errors.NotFound)) throw e;
-      recordEvent(ctx.db, mac, "http.ipxe.error", { file, ip, error: (e as Error).message });
+      recordFromSource(ctx.db, sourceOf(c), mac, "http.ipxe.error", {
+        file,
+        ip,
+        error: (e as Error).message,
+      });
       return text(c, `${file} is not in ${ctx.config.ipxeDir} (Debian package ipxe)\n`, 404);
     }
   });
@@ -497,13 +520,27 @@ export function bootRoutes(ctx: Context): Hono {
     const mac = parseMacParam(report.mac);
     if (!mac) return text(c, "report needs token and mac\n", 400);
     const boot = findBoot(ctx.db, token);
-    if (!boot || boot.mac !== mac) {
-      recordEvent(ctx.db, mac, "http.report.rejected", { stage });
-      return text(c, "token does not belong to this node's boots\n", 403);
+    const node = boot?.mac === mac ? ctx.nodes.find(mac) : undefined;
+    const reject = (reason: string) => {
+      recordFromSource(ctx.db, sourceOf(c), mac, "http.report.rejected", { stage, reason });
+      return text(c, `${reason}\n`, 403);
+    };
+    if (!boot || !node) return reject("token does not belong to this node's boots");
+    const silentS = Number(node.settings?.["boot.timeout"]) || DEFAULTS.timeoutS;
+    if (Date.now() > bootExpiry(boot, silentS)) {
+      return reject(
+        boot.stage === "handover" || boot.stage === "fatal"
+          ? `token expired: its boot ended (${boot.stage} at ${boot.reportedAt})`
+          : `token expired: its boot has not been heard from since ${
+            boot.reportedAt ?? boot.startedAt
+          }`,
+      );
     }
     // A progress report replaces the previous one: one line that updates, not one per second.
-    const record = PROGRESS_STAGES.has(stage) ? recordProgress : recordEvent;
-    record(ctx.db, mac, `init.${stage}`, { image: boot.imageId, ...reportFields(report) });
+    const fields: Record<string, unknown> = { image: boot.imageId, ...reportFields(report) };
+    if (fields.detail !== undefined) fields.detail = boundedDetail(fields.detail);
+    if (PROGRESS_STAGES.has(stage)) recordProgress(ctx.db, mac, `init.${stage}`, fields);
+    else recordFromSource(ctx.db, sourceOf(c), mac, `init.${stage}`, fields, "node");
     recordStage(ctx.db, token, stage);
     ctx.nodes.touch(mac);
     return c.json({ ok: true });

@@ -1,8 +1,11 @@
-// JSON REST API under /api/v1. Reads are open; writes (any method but GET/HEAD) need
-// `Authorization: Bearer <token>`, the token being generated on first start into <data>/token
-// (mode 0600). Errors are `{error}` with 400 (bad input), 401, 404, 409 (conflict) or 500.
+// JSON REST API under /api/v1. Writes (any method but GET/HEAD) need `Authorization: Bearer
+// <token>`, the token being generated on first start into <data>/token (mode 0600); reads need it
+// too with --api-auth all (config api.auth), and always for what shows secrets (a virtual node's
+// console shows its kernel command line, boot token included: requireToken).
+// Errors are `{error}` with 400 (bad input), 401, 404, 409 (conflict) or 500.
 import { timingSafeEqual } from "node:crypto";
 import { Hono } from "hono";
+import type { Context as HonoContext } from "hono";
 import { apiErrorResponse } from "./apierror.ts";
 import type { Context } from "./context.ts";
 import { UserError } from "./errors.ts";
@@ -59,6 +62,15 @@ function tokenMatches(header: string | undefined, token: string): boolean {
   return a.length === b.length && timingSafeEqual(a, b);
 }
 
+/** A 401 answer when the request does not carry the API token, else undefined. */
+export function requireToken(c: HonoContext, ctx: Context): Response | undefined {
+  if (tokenMatches(c.req.header("authorization"), ctx.token)) return undefined;
+  return c.json({
+    error: "missing or wrong API token: send Authorization: Bearer <token> " +
+      `(the token is in ${ctx.data.token} on the server)`,
+  }, 401);
+}
+
 /** The request body as a JSON object, or a 400 that says what is wrong. */
 async function body(req: Request): Promise<Record<string, unknown>> {
   const text = await req.text();
@@ -105,13 +117,10 @@ export function apiRoutes(ctx: Context): Hono {
   app.onError(apiErrorResponse);
 
   app.use("*", async (c, next) => {
-    if (c.req.method !== "GET" && c.req.method !== "HEAD") {
-      if (!tokenMatches(c.req.header("authorization"), ctx.token)) {
-        return c.json({
-          error: "missing or wrong API token: send Authorization: Bearer <token> " +
-            `(the token is in ${ctx.data.token} on the server)`,
-        }, 401);
-      }
+    const read = c.req.method === "GET" || c.req.method === "HEAD";
+    if (!read || ctx.config.api.auth === "all") {
+      const refused = requireToken(c, ctx);
+      if (refused) return refused;
     }
     await next();
   });

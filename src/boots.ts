@@ -1,6 +1,8 @@
 // Per-boot tokens (table `boots`): every iPXE script fetch opens a boot with a fresh random token
 // that goes on the kernel command line; the node-side init presents it with each stage report, so
-// a report is accepted only from the boot the server handed out to that MAC.
+// a report is accepted only from the boot the server handed out to that MAC, and only while that
+// boot runs: after the node's image has started, /proc/cmdline (world-readable there) shows the
+// token to every user of the node, so it must not keep working (bootExpiry).
 import { randomBytes } from "node:crypto";
 import type { Db } from "./db.ts";
 
@@ -55,9 +57,38 @@ export function findBoot(db: Db, token: string): Boot | undefined {
   };
 }
 
+/** Stages after which the node-side init sends nothing more (overlay/init.ts). */
+const finalStages = new Set(["handover", "fatal"]);
+
+/** Reports are still taken this long after the final one: the reporter retries a report whose
+ *  answer it did not get (overlay/report.ts), and a failed switch-root reports `fatal` after
+ *  `handover`. Later reports (a future post-handover watchdog) must come within this window. */
+export const endGraceMs = 2 * 60_000;
+
+/** A boot not heard from for this long (plus the node's NFS retry budget, boot.timeout) is over:
+ *  longer than anything the init does silently (kernel download and start, module loading, NFS
+ *  retries, one percent of a hybrid copy). */
+export const idleMs = 30 * 60_000;
+
+/**
+ * When a boot's token stops being accepted: `endGraceMs` after its final report (handover or
+ * fatal), else `idleMs + silentS` after the last sign of it (script fetch or report).
+ */
+export function bootExpiry(boot: Boot, silentS = 0): number {
+  const last = Date.parse(boot.reportedAt ?? boot.startedAt);
+  if (boot.stage && finalStages.has(boot.stage)) return last + endGraceMs;
+  return last + idleMs + silentS * 1000;
+}
+
+/** Records an accepted report. After the final stage the boot's end time no longer moves (a
+ *  repeated or late report must not stretch the grace window), except that a `fatal` after
+ *  `handover` is the boot's true outcome. */
 export function recordStage(db: Db, token: string, stage: string): void {
-  db.prepare("UPDATE boots SET stage = ?, reported_at = ? WHERE token = ?")
-    .run(stage, new Date().toISOString(), token);
+  db.prepare(
+    `UPDATE boots SET stage = ?, reported_at = ?
+     WHERE token = ? AND (stage IS NULL OR stage NOT IN ('handover', 'fatal')
+                          OR (stage = 'handover' AND ? = 'fatal'))`,
+  ).run(stage, new Date().toISOString(), token, stage);
 }
 
 /** The node's most recent boot (what `node show` reports as its current stage). */

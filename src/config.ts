@@ -2,14 +2,22 @@
 import { parseArgs } from "node:util";
 import { defaultDataDir } from "./datadir.ts";
 import { UserError } from "./errors.ts";
+import { defaultRetention, type Retention } from "./events.ts";
 
 export type DhcpMode = "full" | "proxy" | "off";
 export type ProxyStrategy = "option43" | "port4011";
 export type NfsMode = "kernel" | "ganesha" | "off";
+/** Which API requests need the token: writes only, or reads too. */
+export type ApiAuth = "writes" | "all";
 
 export interface ServerConfig {
   dataDir: string;
-  http: { host: string; port: number };
+  /** `host` unset: the boot interface's address and 127.0.0.1 when there is a boot interface,
+   *  else 0.0.0.0. A host given (--http HOST:PORT, e.g. 0.0.0.0:8080) is the only one. */
+  http: { host?: string; port: number };
+  api: { auth: ApiAuth };
+  /** Retention of the events table (src/events.ts). */
+  events: Retention;
   /** Boot services (DHCP, TFTP) run on this interface; its IPv4 address is the server address. */
   interface?: string;
   /** IPv4 address nodes use to reach us (from --interface or --address). */
@@ -47,7 +55,9 @@ export interface ServerConfig {
 export function defaultConfig(): ServerConfig {
   return {
     dataDir: defaultDataDir(),
-    http: { host: "0.0.0.0", port: 8080 },
+    http: { port: 8080 },
+    api: { auth: "writes" },
+    events: { ...defaultRetention },
     dhcp: {
       mode: "proxy",
       leaseSeconds: 86400,
@@ -70,6 +80,7 @@ export const serveOptions = {
   config: { type: "string" },
   data: { type: "string" },
   http: { type: "string" },
+  "api-auth": { type: "string" },
   interface: { type: "string" },
   bridge: { type: "string" },
   address: { type: "string" },
@@ -92,12 +103,13 @@ export const serveOptions = {
   help: { type: "boolean", short: "h" },
 } as const;
 
-function parseHostPort(s: string): { host: string; port: number } {
+/** HOST:PORT, or PORT alone (the default addresses, see ServerConfig.http). */
+function parseHostPort(s: string): { host?: string; port: number } {
   const m = /^(?:(.*):)?(\d+)$/.exec(s);
   if (!m) throw new UserError(`--http expects HOST:PORT or PORT, got ${s}`);
   const port = Number(m[2]);
   if (port < 0 || port > 65535) throw new UserError(`--http port out of range: ${s}`);
-  return { host: m[1] || "0.0.0.0", port };
+  return m[1] ? { host: m[1].replace(/^\[(.*)\]$/, "$1"), port } : { port };
 }
 
 function port(name: string, v: string): number {
@@ -158,11 +170,21 @@ export async function loadServeConfig(args: string[]): Promise<ServerConfig> {
       tftp: { ...cfg.tftp, ...file.tftp },
       nfs: { ...cfg.nfs, ...file.nfs },
       vnode: { ...cfg.vnode, ...file.vnode },
+      api: { ...cfg.api, ...file.api },
+      events: { ...cfg.events, ...file.events },
     });
     fileSetsDhcpMode = file.dhcp?.mode !== undefined;
   }
   if (values.data) cfg.dataDir = values.data;
   if (values.http) cfg.http = parseHostPort(values.http);
+  if (values["api-auth"]) cfg.api.auth = values["api-auth"] as ApiAuth;
+  cfg.api.auth = oneOf("api-auth", cfg.api.auth, ["writes", "all"] as const);
+  for (const k of ["maxAgeDays", "maxPerNode", "maxOther"] as const) {
+    const v = cfg.events[k];
+    if (!Number.isInteger(v) || v < 1) {
+      throw new UserError(`config events.${k} expects a whole number ≥ 1, got ${v}`);
+    }
+  }
   if (values.interface) cfg.interface = values.interface;
   if (values.bridge) {
     if (!values.address) throw new UserError("--bridge needs --address A.B.C.D/NN");

@@ -1,5 +1,7 @@
 // The web dashboard: GET / is one self-contained page (inline CSS and script, no external assets,
-// no build step) that reads the JSON API and refreshes itself. Read-only, so no token.
+// no build step) that reads the JSON API and refreshes itself. Read-only: it needs the API token
+// only when the server requires it for reads (--api-auth all); then it takes it once from
+// `/?token=…` (and drops it from the address bar) or from a form, and keeps it in the browser.
 // Data is inserted with textContent only: names and event details never become markup.
 import { Hono } from "hono";
 import { progressText } from "../contract/report.ts";
@@ -31,6 +33,9 @@ const page = `<!doctype html>
 <body>
 <h1>netroot</h1>
 <div id="status">loading…</div>
+<form id="login" hidden>The API needs its token (the file <span class="mono">token</span> in the
+server's data dir): <input id="login-token" type="password" size="40" autocomplete="off">
+<button>use</button></form>
 <h2>Nodes</h2>
 <table id="nodes"><thead><tr><th>name</th><th>mac</th><th>ip</th><th>image</th><th>virtual</th>
 <th>last event</th></tr></thead><tbody></tbody></table>
@@ -48,6 +53,17 @@ let names = {};
 let selected = decodeURIComponent((location.hash.match(/node=([^&]+)/) || [])[1] || "");
 // A copy's progress as one line: the function netroot node log uses (contract/report.ts).
 const progressText = ${progressText};
+const tokenKey = "netroot-api-token";
+const given = new URLSearchParams(location.search).get("token");
+if (given) {
+  localStorage.setItem(tokenKey, given);
+  history.replaceState(null, "", location.pathname + location.hash);
+}
+document.getElementById("login").onsubmit = (ev) => {
+  ev.preventDefault();
+  localStorage.setItem(tokenKey, document.getElementById("login-token").value.trim());
+  refresh();
+};
 
 function el(tag, text, cls) {
   const e = document.createElement(tag);
@@ -64,7 +80,12 @@ function size(n) {
   return (i ? n.toFixed(1) : n) + " " + u[i];
 }
 async function get(path) {
-  const res = await fetch(api + path, { headers: { accept: "application/json" } });
+  const token = localStorage.getItem(tokenKey);
+  const headers = { accept: "application/json" };
+  if (token) headers.authorization = "Bearer " + token;
+  const res = await fetch(api + path, { headers });
+  document.getElementById("login").hidden = res.status !== 401;
+  if (res.status === 401) throw new Error("the API needs its token (form above)");
   if (!res.ok) throw new Error(path + ": HTTP " + res.status);
   return res.json();
 }

@@ -8,9 +8,14 @@
 //   nodes/<mac>/vm/                    virtual node disks and console log
 //   initramfs/                         built initramfs cache
 //   tmp/                               imports in progress (wiped at start)
+// Modes: nothing here is for other local users. The directories on the way to the NFS exports
+// (the root, images/, nodes/, nodes/<mac>/) are 0711: others may pass through (NFSv4 clients walk
+// the server's path, root-squashed, to reach an export) but not list them; everything secret is
+// owner-only: the database and the token 0600, each node's persist/ and vm/ (disks, and a console
+// log holding the boot's token) 0700, run/ tmp/ initramfs/ 0700.
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { existsSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync } from "node:fs";
 
 export class DataDir {
   constructor(readonly root: string) {}
@@ -57,9 +62,49 @@ export class DataDir {
     return join(this.root, "run");
   }
   async ensure(): Promise<void> {
-    for (const d of [this.root, this.images, this.nodes, this.initramfs, this.tmp, this.run]) {
-      await Deno.mkdir(d, { recursive: true });
+    const modes: [string, number][] = [
+      [this.root, 0o711],
+      [this.images, 0o711],
+      [this.nodes, 0o711],
+      [this.initramfs, 0o700],
+      [this.tmp, 0o700],
+      [this.run, 0o700],
+    ];
+    for (const [d, mode] of modes) {
+      await Deno.mkdir(d, { recursive: true, mode });
+      await Deno.chmod(d, mode); // an existing (older, or admin-made) directory is narrowed too
     }
+    // Data dirs of older versions: their persist/ and vm/ directories were world-readable.
+    for await (const e of Deno.readDir(this.nodes)) {
+      if (!e.isDirectory) continue;
+      for (const d of [join(this.nodes, e.name, "persist"), join(this.nodes, e.name, "vm")]) {
+        await narrow(d);
+      }
+    }
+  }
+  /** Creates a node's /persist, owner-only (the node's root reaches it over NFS as root). */
+  makePersist(mac: string): void {
+    privateDir(this.persist(mac));
+  }
+  /** Creates a virtual node's directory, owner-only: its disks are the node's data, its console
+   *  log shows the boot token. */
+  makeVm(mac: string): void {
+    privateDir(this.vm(mac));
+  }
+}
+
+function privateDir(path: string): void {
+  mkdirSync(join(path, ".."), { recursive: true });
+  mkdirSync(path, { recursive: true, mode: 0o700 });
+  chmodSync(path, 0o700);
+}
+
+async function narrow(path: string): Promise<void> {
+  try {
+    const st = await Deno.lstat(path);
+    if (st.isDirectory && (st.mode ?? 0) & 0o077) await Deno.chmod(path, 0o700);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
   }
 }
 

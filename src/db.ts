@@ -73,15 +73,44 @@ const migrations: string[] = [
   ALTER TABLE nodes ADD COLUMN booted_at TEXT;  -- first boot script or report: past DHCP
   CREATE INDEX nodes_auto ON nodes(mac) WHERE auto_registered = 1;  -- counted per registration
   `,
+  // 4: per-boot tokens are secrets: older versions put them in the (openly readable) events
+  `UPDATE events SET detail = json_remove(detail, '$.token')
+   WHERE kind = 'http.script' AND json_valid(detail) AND json_extract(detail, '$.token') IS NOT NULL;`,
 ];
 
 export const schemaVersion = migrations.length;
 
 export function openDatabase(path: string): Db {
+  ownerOnly(path);
   const db = new DatabaseSync(path, { timeout: 5000 });
-  db.exec("PRAGMA journal_mode=WAL; PRAGMA foreign_keys=ON; PRAGMA synchronous=NORMAL;");
+  // journal_size_limit: after a checkpoint the WAL file shrinks back to this, not to its peak.
+  db.exec(
+    "PRAGMA journal_mode=WAL; PRAGMA foreign_keys=ON; PRAGMA synchronous=NORMAL; " +
+      "PRAGMA journal_size_limit=8388608;",
+  );
   migrate(db);
   return db;
+}
+
+/**
+ * The database holds every node's boot tokens: only its owner reads it. Created 0600 before SQLite
+ * opens it (SQLite gives the -wal and -shm files the database file's mode); an older, wider file
+ * is narrowed.
+ */
+function ownerOnly(path: string): void {
+  if (path === ":memory:" || path === "") return;
+  try {
+    Deno.writeFileSync(path, new Uint8Array(), { createNew: true, mode: 0o600 });
+  } catch (e) {
+    if (!(e instanceof Deno.errors.AlreadyExists)) throw e;
+  }
+  for (const p of [path, `${path}-wal`, `${path}-shm`]) {
+    try {
+      if ((Deno.statSync(p).mode ?? 0) & 0o077) Deno.chmodSync(p, 0o600);
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+    }
+  }
 }
 
 export function migrate(db: Db): void {

@@ -1,6 +1,12 @@
 // The events table: every component appends here (progress replaces its own previous row); per
-// node it is the boot timeline.
+// node it is the boot timeline. Nothing a sender on the boot network can cause grows it without
+// bound: events caused by senders on the boot network (all unauthenticated: a boot token is
+// anyone's for a script fetch) go through a per-source-address rate limit (recordFromSource), and
+// a periodic prune keeps the table within an age and a count per node (startEventRetention).
 import { type Db, tx } from "./db.ts";
+import { logger } from "./log.ts";
+
+const log = logger("events");
 
 export interface Event {
   id: number;
@@ -55,4 +61,289 @@ export function listEvents(
     detail: string;
   }[];
   return rows.reverse().map((r) => ({ ...r, detail: JSON.parse(r.detail) }));
+}
+
+// ---- rate limit per source address ----
+
+/** The key a sender is limited by: its IPv4 address, or its IPv6 /64 (one host can hold a whole
+ *  /64, so finer keys would give it as many budgets as it likes). */
+export function sourceKey(address: string | undefined): string {
+  if (!address) return "unknown";
+  const a = address.replace(/^::ffff:(?=\d+\.)/i, "");
+  if (!a.includes(":")) return a;
+  const [head, tail = ""] = a.toLowerCase().split("::");
+  const left = head ? head.split(":") : [];
+  const right = tail ? tail.split(":") : [];
+  const groups = [
+    ...left,
+    ...Array(Math.max(0, 8 - left.length - right.length)).fill("0"),
+    ...right,
+  ];
+  return `${groups.slice(0, 4).map((g) => g.replace(/^0+(?=.)/, "")).join(":")}::/64`;
+}
+
+interface Bucket {
+  tokens: number;
+  at: number;
+  suppressed: number;
+}
+
+/**
+ * Token buckets per source: `burst` events at once, refilled at `perMinute`. The table of sources
+ * is bounded too (a sender can forge source addresses): past `maxSources`, new sources share one
+ * bucket ("other"), so a flood from forged addresses is limited as one sender.
+ */
+export class SourceLimiter {
+  #buckets = new Map<string, Bucket>();
+  constructor(
+    readonly burst = 10,
+    readonly perMinute = 6,
+    readonly maxSources = 1024,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  /** True when `source` may record one more event now; else its suppressed count goes up. */
+  allow(source: string): boolean {
+    const now = this.now();
+    let key = source;
+    if (!this.#buckets.has(key) && this.#buckets.size >= this.maxSources) key = "other";
+    let b = this.#buckets.get(key);
+    if (!b) this.#buckets.set(key, b = { tokens: this.burst, at: now, suppressed: 0 });
+    b.tokens = Math.min(this.burst, b.tokens + ((now - b.at) * this.perMinute) / 60_000);
+    b.at = now;
+    if (b.tokens >= 1) {
+      b.tokens -= 1;
+      return true;
+    }
+    b.suppressed++;
+    return false;
+  }
+
+  /** What was suppressed since the last call, busiest sources first; sources whose bucket has
+   *  refilled are forgotten (the table only holds senders that are still busy). */
+  drain(): { total: number; sources: [string, number][] } {
+    const now = this.now();
+    const sources: [string, number][] = [];
+    let total = 0;
+    for (const [key, b] of this.#buckets) {
+      if (b.suppressed) {
+        sources.push([key, b.suppressed]);
+        total += b.suppressed;
+        b.suppressed = 0;
+      } else if (b.tokens + ((now - b.at) * this.perMinute) / 60_000 >= this.burst) {
+        this.#buckets.delete(key);
+      }
+    }
+    sources.sort((a, b) => b[1] - a[1]);
+    return { total, sources };
+  }
+
+  get sources(): number {
+    return this.#buckets.size;
+  }
+}
+
+/**
+ * What a source may record: `refusal` for what refused or unknown senders cause (unknown MACs and
+ * clients, refused boots, bad reports: 10 at once, then 6 a minute); `node` for the timeline of a
+ * registered node (boot files served, stage reports: a boot makes about 5 plus its reports, up to
+ * ~120 with a hybrid copy's progress, so 200 at once, then 60 a minute).
+ */
+export type Budget = "refusal" | "node";
+const budgets: Record<Budget, [burst: number, perMinute: number]> = {
+  refusal: [10, 6],
+  node: [200, 60],
+};
+
+/** How often (at most) a summary of suppressed events is written. */
+const summaryMs = 60_000;
+const gates = new WeakMap<
+  Db,
+  { limiters: Record<Budget, SourceLimiter>; summarizedAt: number }
+>();
+
+function gateFor(db: Db) {
+  let g = gates.get(db);
+  if (!g) {
+    const limiters = {
+      refusal: new SourceLimiter(...budgets.refusal),
+      node: new SourceLimiter(...budgets.node),
+    };
+    gates.set(db, g = { limiters, summarizedAt: Date.now() });
+  }
+  return g;
+}
+
+/**
+ * Records an event caused by a sender at `source` (its IP address) on the boot network, within
+ * the sender's `budget`. A source past its budget is counted instead, and one
+ * `events.suppressed` event a minute says how many were dropped from which addresses. False when
+ * the event was suppressed.
+ */
+export function recordFromSource(
+  db: Db,
+  source: string | undefined,
+  mac: string | null,
+  kind: string,
+  detail: Record<string, unknown> = {},
+  budget: Budget = "refusal",
+): boolean {
+  const g = gateFor(db);
+  const allowed = g.limiters[budget].allow(sourceKey(source));
+  if (allowed) recordEvent(db, mac, kind, detail);
+  if (Date.now() - g.summarizedAt >= summaryMs) recordSuppressed(db);
+  return allowed;
+}
+
+/** Writes the `events.suppressed` summary (when anything was suppressed since the last one). */
+export function recordSuppressed(db: Db): void {
+  const g = gateFor(db);
+  g.summarizedAt = Date.now();
+  const counts = new Map<string, number>();
+  for (const l of Object.values(g.limiters)) {
+    for (const [s, n] of l.drain().sources) counts.set(s, (counts.get(s) ?? 0) + n);
+  }
+  const sources = [...counts].sort((a, b) => b[1] - a[1]);
+  const total = sources.reduce((a, [, n]) => a + n, 0);
+  if (!total) return;
+  const top = sources.slice(0, 10);
+  recordEvent(db, null, "events.suppressed", {
+    events: total,
+    sources: Object.fromEntries(top),
+    ...(sources.length > top.length ? { otherSources: sources.length - top.length } : {}),
+  });
+  log.warn("events suppressed (rate limit per source address)", {
+    events: total,
+    top: top.map(([s, n]) => `${s}:${n}`).join(" "),
+  });
+}
+
+// ---- retention ----
+
+export interface Retention {
+  /** Events older than this go. */
+  maxAgeDays: number;
+  /** Newest events kept per registered node. */
+  maxPerNode: number;
+  /** Newest events kept that belong to no registered node (server-wide, unknown or forgotten
+   *  MACs): senders can make up MACs, so these share one cap. */
+  maxOther: number;
+}
+
+export const defaultRetention: Retention = {
+  maxAgeDays: 30,
+  maxPerNode: 10_000,
+  maxOther: 100_000,
+};
+
+/** Rows deleted per statement: the prune yields between batches so boot services keep running. */
+const batch = 2000;
+const tick = () => new Promise((r) => setTimeout(r, 0));
+
+/** Deletes the events matching `where`, `batch` at a time in id order, each batch starting where
+ *  the last one ended (not rescanning what it kept). */
+async function deleteInBatches(db: Db, where: string, params: Record<string, string | number>) {
+  const del = db.prepare(
+    `DELETE FROM events WHERE id IN
+       (SELECT id FROM events WHERE ${where} AND id > :after ORDER BY id LIMIT ${batch})
+     RETURNING id`,
+  );
+  let total = 0;
+  for (let after = 0;;) {
+    const ids = (del.all({ ...params, after }) as { id: number }[]).map((r) => r.id);
+    total += ids.length;
+    if (ids.length < batch) return total;
+    after = Math.max(...ids);
+    await tick();
+  }
+}
+
+/** One pass of retention; returns how many events were deleted. */
+export async function pruneEvents(db: Db, r: Retention = defaultRetention): Promise<number> {
+  let deleted = 0;
+  // By age: ids grow with time, so the oldest are the lowest ids (no index on ts needed).
+  const cutoff = new Date(Date.now() - r.maxAgeDays * 86_400_000).toISOString();
+  const firstKept = db.prepare("SELECT id FROM events WHERE ts >= ? ORDER BY id LIMIT 1")
+    .get(cutoff) as { id: number } | undefined;
+  deleted += await deleteInBatches(db, "id < :first", {
+    first: firstKept?.id ?? Number.MAX_SAFE_INTEGER,
+  });
+  // By count per registered node: everything up to its (maxPerNode+1)-th newest event. The nodes'
+  // events are interleaved, so one pass in id order over all of them (each batch then touches
+  // neighbouring pages), with each node's edge looked up in a temporary table.
+  db.exec(
+    `CREATE TEMP TABLE IF NOT EXISTS prune_edges (mac TEXT PRIMARY KEY, edge INTEGER NOT NULL);
+     DELETE FROM temp.prune_edges;`,
+  );
+  db.prepare(
+    `INSERT INTO temp.prune_edges (mac, edge)
+     SELECT * FROM (SELECT mac,
+       (SELECT id FROM events e WHERE e.mac = n.mac ORDER BY id DESC LIMIT 1 OFFSET ?) AS edge
+       FROM nodes n) WHERE edge IS NOT NULL`,
+  ).run(r.maxPerNode);
+  const top = db.prepare("SELECT max(edge) AS edge FROM temp.prune_edges").get() as {
+    edge: number | null;
+  };
+  if (top.edge !== null) {
+    deleted += await deleteInBatches(
+      db,
+      "id <= :top AND id <= (SELECT edge FROM temp.prune_edges p WHERE p.mac = events.mac)",
+      { top: top.edge },
+    );
+  }
+  // Everything else (no MAC, or a MAC no registered node has) under one cap.
+  const other = "(mac IS NULL OR mac NOT IN (SELECT mac FROM nodes))";
+  const edge = db.prepare(`SELECT id FROM events WHERE ${other} ORDER BY id DESC LIMIT 1 OFFSET ?`)
+    .get(r.maxOther) as { id: number } | undefined;
+  if (edge) {
+    deleted += await deleteInBatches(db, `${other} AND id <= :edge`, { edge: edge.id });
+  }
+  if (deleted) {
+    // Hand the freed pages back to the WAL's checkpoint, so the files stop at their high mark.
+    db.exec("PRAGMA wal_checkpoint(TRUNCATE)");
+  }
+  return deleted;
+}
+
+/**
+ * The server's event upkeep: the suppressed-events summary every minute, retention at start and
+ * every `pruneEveryMs` (default 10 minutes). Stopped by close().
+ */
+export function startEventRetention(
+  db: Db,
+  r: Retention = defaultRetention,
+  pruneEveryMs = 600_000,
+): { name: string; close(): Promise<void> } {
+  let running: Promise<void> | undefined;
+  const prune = () => {
+    if (running) return;
+    const t0 = performance.now();
+    running = pruneEvents(db, r)
+      .then((n) => {
+        if (n) log.info("events pruned", { deleted: n, ms: Math.round(performance.now() - t0) });
+      })
+      .catch((e) => log.warn("event prune failed", { error: (e as Error).message }))
+      .finally(() => running = undefined);
+  };
+  const summary = setInterval(() => {
+    try {
+      recordSuppressed(db);
+    } catch (e) {
+      log.warn("cannot record suppressed events", { error: (e as Error).message });
+    }
+  }, summaryMs);
+  const pruning = setInterval(prune, pruneEveryMs);
+  const first = setTimeout(prune, 1000);
+  return {
+    name: "events",
+    async close() {
+      clearInterval(summary);
+      clearInterval(pruning);
+      clearTimeout(first);
+      await running;
+      try {
+        recordSuppressed(db);
+      } catch { /* the database may be closing */ }
+    },
+  };
 }

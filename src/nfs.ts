@@ -281,7 +281,8 @@ function follow(ctx: Context, opts: NfsOptions, apply: () => Promise<void>) {
 }
 
 function ensurePersistDirs(set: ExportSet): void {
-  for (const p of set.persists) mkdirSync(p.path, { recursive: true });
+  // Owner-only, as DataDir.makePersist makes them (the node's root writes over NFS as root).
+  for (const p of set.persists) mkdirSync(p.path, { recursive: true, mode: 0o700 });
 }
 
 /** Writes through a temporary name and rename: a reader never sees half a file. */

@@ -496,7 +496,7 @@ export class NodeRegistry {
         opts.auto ? 1 : 0,
       );
       recordEvent(this.db, m, "node.added", { name, model, image: imageId });
-      mkdirSync(this.data.persist(m), { recursive: true });
+      this.data.makePersist(m);
       flipSymlink(this.data.nodeFs(m), imageId && linkTarget(imageId));
     });
     this.#changed();
@@ -695,7 +695,7 @@ export class NodeRegistry {
           fixed++;
         }
         if (!existsSync(this.data.persist(r.mac))) {
-          mkdirSync(this.data.persist(r.mac), { recursive: true });
+          this.data.makePersist(r.mac);
           fixed++;
         }
       } catch (e) {

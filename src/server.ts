@@ -6,7 +6,7 @@ import type { Context, Service } from "./context.ts";
 import { DataDir } from "./datadir.ts";
 import { openDatabase } from "./db.ts";
 import { UserError } from "./errors.ts";
-import { recordEvent } from "./events.ts";
+import { recordEvent, startEventRetention } from "./events.ts";
 import { ImageStore } from "./images/store.ts";
 import { logger } from "./log.ts";
 import { NodeRegistry } from "./nodes.ts";
@@ -28,8 +28,10 @@ const log = logger("serve");
 
 export interface RunningServer {
   ctx: Context;
-  /** The bound HTTP address (port resolved when 0 was asked). */
+  /** The bound HTTP address (port resolved when 0 was asked): the first of `listening`. */
   http: { host: string; port: number };
+  /** Every address HTTP listens on. */
+  listening: { host: string; port: number }[];
   services: Service[];
   close(): Promise<void>;
 }
@@ -39,6 +41,48 @@ export function interfaceAddress(name: string): string {
   const a = Deno.networkInterfaces().find((i) => i.name === name && i.family === "IPv4");
   if (!a) throw new UserError(`interface ${name} has no IPv4 address (or does not exist)`);
   return a.address;
+}
+
+/**
+ * Where HTTP listens: the configured host, else — with a boot interface — its address and loopback
+ * (nodes and local tools; the API and dashboard are not offered to every network the server is
+ * on), else everything (no boot interface: a server for local use or behind another front).
+ */
+export function httpHosts(config: ServerConfig): string[] {
+  if (config.http.host) return [config.http.host];
+  if (!config.serverIp) return ["0.0.0.0"];
+  return config.serverIp.startsWith("127.") ? [config.serverIp] : [config.serverIp, "127.0.0.1"];
+}
+
+/** Starts one Deno.serve per host on one port (the first listener picks it when 0 was asked). */
+async function listenHttp(
+  hosts: string[],
+  port: number,
+  handler: Deno.ServeHandler,
+  signal?: AbortSignal,
+): Promise<{ addrs: { host: string; port: number }[]; close(): Promise<void> }> {
+  const servers: Deno.HttpServer[] = [];
+  const addrs: { host: string; port: number }[] = [];
+  const close = async () => {
+    await Promise.all(servers.map((s) => s.shutdown()));
+  };
+  try {
+    for (const host of hosts) {
+      const ready = Promise.withResolvers<Deno.NetAddr>();
+      servers.push(Deno.serve({
+        hostname: host,
+        port: addrs[0]?.port ?? port,
+        onListen: (a) => ready.resolve(a as Deno.NetAddr),
+        signal,
+      }, handler));
+      const a = await ready.promise;
+      addrs.push({ host: a.hostname, port: a.port });
+    }
+  } catch (e) {
+    await close();
+    throw new UserError(`HTTP cannot listen on ${hosts.join(", ")} port ${port}: ${e}`);
+  }
+  return { addrs, close };
 }
 
 /** Builds the context: state opened, migrations run, tree reconciled. Used by serve and tests. */
@@ -126,23 +170,23 @@ export async function serve(config: ServerConfig, opts: { signal?: AbortSignal }
     }
     const httpHostForNodes = config.serverIp;
     const app = buildApp(ctx);
-    const ready = Promise.withResolvers<{ hostname: string; port: number }>();
-    const httpServer = Deno.serve({
-      hostname: config.http.host,
-      port: config.http.port,
-      onListen: (addr) => ready.resolve(addr),
-      signal: opts.signal,
-    }, app.fetch);
-    const addr = await ready.promise;
-    services.push({ name: "http", close: () => httpServer.shutdown() });
+    const http = await listenHttp(httpHosts(config), config.http.port, app.fetch, opts.signal);
+    services.push({ name: "http", close: http.close });
+    const addr = http.addrs[0];
     if (httpHostForNodes) ctx.nodeUrl = `http://${httpHostForNodes}:${addr.port}`;
-    if (config.interface && /^(127\.|localhost$|::1$)/.test(config.http.host)) {
+    if (config.interface && /^(127\.|localhost$|::1$)/.test(config.http.host ?? "")) {
       log.warn("HTTP listens on loopback only: nodes cannot fetch their boot script", {
         http: `${config.http.host}:${addr.port}`,
         nodeUrl: ctx.nodeUrl,
       });
     }
-    log.info("http listening", { host: addr.hostname, port: addr.port, data: config.dataDir });
+    log.info("http listening", {
+      host: http.addrs.map((a) => a.host).join(" "),
+      port: addr.port,
+      api: config.api.auth === "all" ? "token for reads and writes" : "token for writes",
+      data: config.dataDir,
+    });
+    services.push(startEventRetention(ctx.db, config.events));
 
     if (!config.interface) {
       log.info("no --interface: HTTP only (no DHCP, TFTP, NFS exports or router advertisements)");
@@ -156,14 +200,15 @@ export async function serve(config: ServerConfig, opts: { signal?: AbortSignal }
     services.push(await startVnodes(ctx));
     recordEvent(ctx.db, null, "server.start", {
       interface: config.interface,
-      http: `${addr.hostname}:${addr.port}`,
+      http: http.addrs.map((a) => `${a.host}:${a.port}`).join(" "),
       dhcp: config.interface ? config.dhcp.mode : "off",
       nfs: config.nfs.mode,
     });
     let closed = false;
     return {
       ctx,
-      http: { host: addr.hostname, port: addr.port },
+      http: addr,
+      listening: http.addrs,
       services,
       async close() {
         if (closed) return;

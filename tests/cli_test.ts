@@ -218,7 +218,8 @@ async function following(
 ): Promise<void> {
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", mainTs, ...args],
-    env: { NETROOT_SERVER: `http://127.0.0.1:${serverPort(ctx)}` },
+    // The token: a virtual node's console needs it even for reading.
+    env: { NETROOT_SERVER: `http://127.0.0.1:${serverPort(ctx)}`, NETROOT_TOKEN: ctx.token },
     stdout: "piped",
     stderr: "null",
   }).spawn();

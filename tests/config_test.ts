@@ -4,7 +4,8 @@ import { UserError } from "../src/errors.ts";
 
 Deno.test("serve config: embedded defaults need no file", async () => {
   const c = await loadServeConfig([]);
-  assert.deepEqual(c.http, { host: "0.0.0.0", port: 8080 });
+  assert.deepEqual(c.http, { port: 8080 }); // no host: the server picks (httpHosts)
+  assert.equal(c.api.auth, "writes");
   assert.equal(c.dhcp.mode, "proxy");
   assert.equal(c.interface, undefined);
   assert.equal(c.nfs.mode, "off");
@@ -69,7 +70,7 @@ Deno.test("serve config: a JSON file merges under the flags", async () => {
     );
     const c = await loadServeConfig(["--config", f, "--http", "7001"]);
     assert.equal(c.http.port, 7001);
-    assert.equal(c.http.host, "0.0.0.0");
+    assert.equal(c.http.host, undefined);
     assert.equal(c.dhcp.mode, "full");
     assert.equal(c.dhcp.leaseSeconds, 86400);
     await Deno.writeTextFile(f, "{not json");
@@ -139,6 +140,35 @@ Deno.test("serve config: offer hold and registration limits, from flags or the f
     assert.equal(fromFile.dhcp.registerRate, 60);
     await Deno.writeTextFile(f, JSON.stringify({ dhcp: { registerRate: -1 } }));
     await assert.rejects(loadServeConfig(["--config", f]), /--register-rate expects/);
+  } finally {
+    await Deno.remove(f);
+  }
+});
+
+Deno.test("serve config: --api-auth and event retention keys parse and validate", async () => {
+  assert.equal((await loadServeConfig(["--api-auth", "all"])).api.auth, "all");
+  await assert.rejects(
+    loadServeConfig(["--api-auth", "reads"]),
+    (e) => e instanceof UserError && /one of writes, all/.test(e.message),
+  );
+  assert.deepEqual((await loadServeConfig([])).events, {
+    maxAgeDays: 30,
+    maxPerNode: 10000,
+    maxOther: 100000,
+  });
+  const f = await Deno.makeTempFile({ suffix: ".json" });
+  try {
+    await Deno.writeTextFile(
+      f,
+      JSON.stringify({ api: { auth: "all" }, events: { maxAgeDays: 7 } }),
+    );
+    const c = await loadServeConfig(["--config", f]);
+    assert.equal(c.api.auth, "all");
+    assert.deepEqual(c.events, { maxAgeDays: 7, maxPerNode: 10000, maxOther: 100000 });
+    await Deno.writeTextFile(f, JSON.stringify({ events: { maxPerNode: 0 } }));
+    await assert.rejects(loadServeConfig(["--config", f]), /events\.maxPerNode expects/);
+    await Deno.writeTextFile(f, JSON.stringify({ api: { auth: "none" } }));
+    await assert.rejects(loadServeConfig(["--config", f]), /one of writes, all/);
   } finally {
     await Deno.remove(f);
   }

@@ -113,3 +113,31 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "dashboard with --api-auth all: asks for the token; works given ?token= once",
+  ignore: !haveChromium,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "nr-dash-auth-" });
+    const ctx = await openContext({ ...defaultConfig(), dataDir: dir, api: { auth: "all" } });
+    const server = Deno.serve(
+      { hostname: "127.0.0.1", port: 0, onListen: () => {} },
+      buildApp(ctx).fetch,
+    );
+    try {
+      ctx.nodes.add("52:54:00:d4:5b:03", { name: "auth-node" });
+      const base = `http://127.0.0.1:${server.addr.port}/`;
+      const locked = await dumpDom(base);
+      assert.doesNotMatch(locked, /auth-node/);
+      assert.match(locked, /<form id="login">/, "the token form is shown");
+      assert.match(locked, /the API needs its token/);
+      const open = await dumpDom(`${base}?token=${ctx.token}`);
+      assert.match(open, /<tr data-mac="52:54:00:d4:5b:03">.*?>auth-node</s);
+      assert.match(open, /<form id="login" hidden="">/);
+    } finally {
+      await server.shutdown();
+      ctx.db.close();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});

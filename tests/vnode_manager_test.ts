@@ -150,19 +150,23 @@ Deno.test("vnode API routes: list, create errors as JSON, console offsets", asyn
       const mac = "52:54:00:00:00:03";
       ctx.nodes.add(mac, { name: "vm3", virtual: true });
       ctx.db.prepare("INSERT INTO vnodes (mac) VALUES (?)").run(mac);
+      // The console shows the kernel command line (the boot token): never without the API token.
       res = await app.request("/api/v1/nodes/vm3/console");
+      assert.equal(res.status, 401);
+      await res.body?.cancel();
+      res = await app.request("/api/v1/nodes/vm3/console", { headers: auth });
       assert.deepEqual(await res.json(), { text: "", offset: 0 }); // not started yet
       await Deno.mkdir(ctx.data.vm(mac), { recursive: true });
       await Deno.writeTextFile(join(ctx.data.vm(mac), "console.log"), "hello\nworld\n");
-      res = await app.request("/api/v1/nodes/vm3/console?offset=6");
+      res = await app.request("/api/v1/nodes/vm3/console?offset=6", { headers: auth });
       assert.deepEqual(await res.json(), { text: "world\n", offset: 12 });
-      res = await app.request("/api/v1/nodes/vm3/console?offset=x");
+      res = await app.request("/api/v1/nodes/vm3/console?offset=x", { headers: auth });
       assert.equal(res.status, 400);
       res = await app.request(`/api/v1/vnodes/${mac}`, { method: "DELETE", headers: auth });
       assert.equal(res.status, 200);
       assert.equal(ctx.nodes.find(mac), undefined);
       ctx.nodes.add("aa:bb:cc:dd:ee:01", { name: "pc1" });
-      res = await app.request("/api/v1/nodes/pc1/console");
+      res = await app.request("/api/v1/nodes/pc1/console", { headers: auth });
       assert.equal(res.status, 404);
     } finally {
       await svc.close();

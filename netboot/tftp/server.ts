@@ -3,7 +3,7 @@
 // transfer). Files are read once and kept in a bounded cache shared with the workers.
 import dgram from "node:dgram";
 import type { Context, Service } from "../../src/context.ts";
-import { recordEvent } from "../../src/events.ts";
+import { recordFromSource } from "../../src/events.ts";
 import { logger } from "../../src/log.ts";
 import { TransferPool } from "./engine.ts";
 import { decode, encode, ErrorCode, negotiate, TftpDecodeError } from "./packet.ts";
@@ -263,7 +263,10 @@ export function blksizeForInterface(iface: string | undefined): number {
 }
 
 /** The real service: iPXE binaries for anyone, the node's image /boot for known nodes; every
- *  transfer lands on the node's timeline (or the server's, for an unknown client). */
+ *  transfer lands on the node's timeline (or the server's, for an unknown client), within the
+ *  rate limit of the client's address (recordFromSource; UDP sources are anyone's to forge):
+ *  refusals and unknown clients on the tight budget, a node's transfers on the wide one. Log
+ *  lines go with their events. */
 export async function startTftp(ctx: Context): Promise<Service & { port: number }> {
   const nodes = ctx.nodes;
   const server = await createTftpServer({
@@ -282,6 +285,9 @@ export async function startTftp(ctx: Context): Promise<Service & { port: number 
       const mac = (e.meta?.mac as string | null | undefined) ?? null;
       const base = { file: e.file, client: e.client.address };
       const fields = { ...base, mac: mac ?? undefined };
+      const budget = mac && e.outcome !== "refused" ? "node" : "refusal";
+      const record = (kind: string, detail: Record<string, unknown>) =>
+        recordFromSource(ctx.db, e.client.address, mac, kind, detail, budget);
       if (e.outcome === "done") {
         const d = {
           ...base,
@@ -290,28 +296,29 @@ export async function startTftp(ctx: Context): Promise<Service & { port: number 
           blksize: e.blksize,
           windowsize: e.windowsize,
         };
-        recordEvent(ctx.db, mac, "tftp.done", d);
-        log.info("sent", { ...fields, ...d });
+        if (record("tftp.done", d)) log.info("sent", { ...fields, ...d });
       } else if (e.outcome === "refused") {
-        recordEvent(ctx.db, mac, "tftp.refused", { ...base, reason: e.reason, code: e.errorCode });
-        log.warn("refused", { ...fields, reason: e.reason });
+        if (record("tftp.refused", { ...base, reason: e.reason, code: e.errorCode })) {
+          log.warn("refused", { ...fields, reason: e.reason });
+        }
       } else if (e.outcome === "aborted") {
         // UEFI asks for the size (tsize), then aborts with error 8 and asks again: normal.
         const probe = e.errorCode === ErrorCode.optionRefused && e.bytes === 0;
-        recordEvent(ctx.db, mac, "tftp.aborted", {
+        const d = {
           ...base,
           bytes: e.bytes,
           code: e.errorCode,
           reason: e.reason,
           sizeProbe: probe,
-        });
-        (probe ? log.debug : log.info)("client aborted", {
-          ...fields,
-          bytes: e.bytes,
-          code: e.errorCode,
-        });
-      } else {
-        recordEvent(ctx.db, mac, "tftp.failed", { ...base, bytes: e.bytes, reason: e.reason });
+        };
+        if (record("tftp.aborted", d)) {
+          (probe ? log.debug : log.info)("client aborted", {
+            ...fields,
+            bytes: e.bytes,
+            code: e.errorCode,
+          });
+        }
+      } else if (record("tftp.failed", { ...base, bytes: e.bytes, reason: e.reason })) {
         log.warn("transfer failed", { ...fields, bytes: e.bytes, reason: e.reason });
       }
     },

@@ -5,7 +5,8 @@ import { serve } from "../server.ts";
 
 const log = logger("serve");
 
-export const serveHelp = `usage: netroot serve [--data DIR] [--http HOST:PORT] [--config FILE]
+export const serveHelp = `usage: netroot serve [--data DIR] [--http [HOST:]PORT] [--config FILE]
+                     [--api-auth writes|all]
                      [--interface IF | --bridge NAME --address A.B.C.D/NN]
                      [--dhcp-mode full|proxy|off] [--dhcp-range START-END] [--lease-time SECONDS]
                      [--dhcp-router A.B.C.D]
@@ -15,9 +16,12 @@ export const serveHelp = `usage: netroot serve [--data DIR] [--http HOST:PORT] [
                      [--tftp-port N] [--ipxe-dir DIR] [--nfs kernel|ganesha|off] [--nfs-version 3|4]
                      [--ra true|false] [--accel auto|kvm|tcg]
 
-Runs on embedded defaults: data in ./netroot-data (checkout) or /var/lib/netroot, HTTP on
-0.0.0.0:8080. Without --interface only HTTP runs. --dhcp-mode defaults to full when --dhcp-range
-is given, proxy otherwise (a lab DHCP server keeps handing out addresses).
+Runs on embedded defaults: data in ./netroot-data (checkout) or /var/lib/netroot, HTTP on port
+8080. Without --interface only HTTP runs, on every address (0.0.0.0); with --interface or --bridge
+HTTP listens on the boot address and 127.0.0.1 only: --http 0.0.0.0:8080 (any HOST) widens it.
+--api-auth all: API reads need the token too (default writes: only writes do).
+--dhcp-mode defaults to full when --dhcp-range is given, proxy otherwise (a lab DHCP server keeps
+handing out addresses).
 Unknown machines register themselves at their first DHCP request: at most --register-rate a
 minute (default 60) and --register-max in all (default 1000); one that never gets past DHCP is
 forgotten after --register-ttl idle seconds (default 86400, 0 = never). An OFFER holds its address

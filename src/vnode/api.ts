@@ -3,9 +3,11 @@
 //   POST   /vnodes                    {name, ram?, cpus?, disks?: ["8G[template=ext4]"…], image?}
 //   DELETE /vnodes/:ref               stop qemu, forget the node, delete its disks
 //   GET    /nodes/:ref/console?offset=N   {text, offset}: serial output from byte N; offset = next N
+//          (always needs the API token: the console shows the kernel command line, whose
+//          per-boot token would let anyone forge the node's boot reports)
 import { join } from "node:path";
 import type { Hono } from "hono";
-import { registerApiExtension } from "../api.ts";
+import { registerApiExtension, requireToken } from "../api.ts";
 import type { Context } from "../context.ts";
 import { UserError } from "../errors.ts";
 import type { CreateRequest, VnodeManager } from "./manager.ts";
@@ -38,6 +40,8 @@ export function registerVnodeApi(manager: (ctx: Context) => VnodeManager): void 
       return c.json({ removed: node.mac, name: node.name });
     });
     app.get("/nodes/:ref/console", async (c) => {
+      const refused = requireToken(c, ctx);
+      if (refused) return refused;
       const node = ctx.nodes.get(c.req.param("ref"));
       if (!node.virtual) {
         throw new UserError(`node ${node.name} has no console here (only virtual nodes do)`, 404);

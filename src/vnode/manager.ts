@@ -264,7 +264,7 @@ export class VnodeManager {
     const node = this.ctx.nodes.get(mac);
     const spec = this.spec(node);
     const vm = this.ctx.data.vm(mac);
-    await Deno.mkdir(vm, { recursive: true });
+    this.ctx.data.makeVm(mac);
     await killStale(vm);
     const disks = await ensureDisks(vm, spec.disks);
     const consoleLog = join(vm, "console.log");
