@@ -33,6 +33,9 @@ function importer(dataRoot: string, tarball: string): Deno.ChildProcess {
 
 async function assertConsistent(dataRoot: string): Promise<string | undefined> {
   const data = new DataDir(dataRoot);
+  // As the next start does: a kill before the importer made its data dir leaves none (seen when
+  // a loaded machine starts the importer slower than the first kill point).
+  await data.ensure();
   const db = openDatabase(data.db);
   try {
     const store = new ImageStore(data, db);
