@@ -28,7 +28,10 @@ function allRows(db: DatabaseSync): Rows {
 
 Deno.test("every earlier schema version has its fixture (write it before adding a migration)", () => {
   for (let v = 1; v < schemaVersion; v++) {
-    assert.ok(existsSync(fixture(v)), `missing ${fixture(v)}: run tests/fixtures/schema/generate.ts`);
+    assert.ok(
+      existsSync(fixture(v)),
+      `missing ${fixture(v)}: run tests/fixtures/schema/generate.ts`,
+    );
   }
 });
 

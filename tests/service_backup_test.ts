@@ -245,10 +245,11 @@ Deno.test("restore refuses hostile and damaged backups before touching the data 
       ],
       [
         "a newer schema",
-        forged(dir, good, async (t) => {
+        forged(dir, good, (t) => {
           const db = new DatabaseSync(join(t, "netroot.db"));
           db.exec(`PRAGMA user_version = ${schemaVersion + 1}`);
           db.close();
+          return Promise.resolve();
         }),
         new RegExp(`newer netroot \\(schema ${schemaVersion + 1}.*upgrade netroot first`),
       ],

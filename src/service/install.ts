@@ -159,7 +159,8 @@ const systemdRunning = (root: string) => root === "/" && existsSync("/run/system
 export async function installService(opts: InstallOptions = {}): Promise<void> {
   const log = opts.log ?? ((l: string) => console.log(l));
   const root = opts.root ?? "/";
-  const data = opts.data ?? paths.data;
+  // An upgrade (install again without --data) keeps the data dir the installed unit names.
+  const data = opts.data ?? (await installedDataDir(root)) ?? paths.data;
   if (!data.startsWith("/") || /[\s"'\\$%]/.test(data)) {
     throw new UserError(`--data must be an absolute path without spaces or quotes, got ${data}`);
   }
