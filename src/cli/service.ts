@@ -14,8 +14,9 @@ restarted on failure), as root:
   /etc/netroot/config.json               the settings (\`serve --config\`), created empty if missing
   /var/lib/netroot                       the data dir (--data DIR for another one)
   bash and zsh completions under /usr/local/share
-then enables and (re)starts the service. Running it again upgrades: the files are replaced and
-the service restarts on the new program, which migrates the data dir (netroot backup first).
+then enables and (re)starts the service. Running it again upgrades: the program and the unit are
+replaced (the data dir it names, the settings and drop-ins stay) and the service restarts on the
+new program, which migrates the database (take a netroot backup first).
   --no-start   do not enable or start it (later: \`systemctl enable --now netroot\`)
   --root DIR   install into the tree DIR (an image being built) instead of /; no systemctl`;
 

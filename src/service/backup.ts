@@ -17,7 +17,7 @@
 // and reconciles the tree with the database.
 import { backup as sqliteBackup, DatabaseSync } from "node:sqlite";
 import { existsSync } from "node:fs";
-import { basename, dirname, join, resolve } from "node:path";
+import { basename, dirname, extname, join, resolve } from "node:path";
 import { DataDir } from "../datadir.ts";
 import { openDatabase, schemaVersion, versionOf } from "../db.ts";
 import { ImageStore } from "../images/store.ts";
@@ -136,7 +136,9 @@ export async function backupTo(
     const configs = await configFiles(opts.config);
     if (configs.length) await Deno.mkdir(join(stage, "config"));
     for (const c of configs) {
-      const name = configName.test(basename(c)) ? basename(c) : "config.json";
+      // Saved as config.<ext> (any other name keeps its extension, else .json).
+      const ext = /^\.[a-z]{1,8}$/.test(extname(c)) ? extname(c) : ".json";
+      const name = configName.test(basename(c)) ? basename(c) : `config${ext}`;
       await Deno.copyFile(c, join(stage, "config", name)).catch((e) => {
         throw new UserError(`cannot read the settings file ${c}: ${e.message}`);
       });
