@@ -100,6 +100,7 @@ export const serveOptions = {
   "nfs-version": { type: "string" },
   ra: { type: "string" },
   accel: { type: "string" },
+  "log-format": { type: "string" },
   help: { type: "boolean", short: "h" },
 } as const;
 

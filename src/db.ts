@@ -113,17 +113,20 @@ function ownerOnly(path: string): void {
   }
 }
 
-export function migrate(db: Db): void {
-  const current = Number(
-    (db.prepare("PRAGMA user_version").get() as { user_version: number })
-      .user_version,
-  );
+/** The schema version of a database (its user_version; 0 for a new file). */
+export function versionOf(db: Db): number {
+  return Number((db.prepare("PRAGMA user_version").get() as { user_version: number }).user_version);
+}
+
+/** Brings the schema to `target` (the latest unless a test asks for an older one). */
+export function migrate(db: Db, target = migrations.length): void {
+  const current = versionOf(db);
   if (current > migrations.length) {
     throw new Error(
       `database schema version ${current} is newer than this program (${migrations.length}): upgrade netroot`,
     );
   }
-  for (let v = current; v < migrations.length; v++) {
+  for (let v = current; v < target; v++) {
     tx(db, () => {
       db.exec(migrations[v]);
       db.exec(`PRAGMA user_version = ${v + 1}`);

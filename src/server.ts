@@ -8,7 +8,7 @@ import { openDatabase } from "./db.ts";
 import { UserError } from "./errors.ts";
 import { recordEvent, startEventRetention } from "./events.ts";
 import { ImageStore } from "./images/store.ts";
-import { logger } from "./log.ts";
+import { logger, setNodeNamer } from "./log.ts";
 import { NodeRegistry } from "./nodes.ts";
 import { Rebooter } from "./reboot.ts";
 import { apiRoutes, loadOrCreateToken } from "./api.ts";
@@ -162,6 +162,7 @@ export async function serve(config: ServerConfig, opts: { signal?: AbortSignal }
   RunningServer
 > {
   const ctx = await openContext(config);
+  const unnameNodes = setNodeNamer((mac) => ctx.nodes.find(mac)?.name);
   const services: Service[] = [];
   try {
     if (config.bridge) services.push(await ensureBridge(config.bridge));
@@ -220,11 +221,13 @@ export async function serve(config: ServerConfig, opts: { signal?: AbortSignal }
             log.warn("service close failed", { service: s.name, error: (e as Error).message });
           }
         }
+        unnameNodes();
         ctx.db.close();
       },
     };
   } catch (e) {
     for (const s of services.reverse()) await s.close().catch(() => {});
+    unnameNodes();
     ctx.db.close();
     throw e;
   }

@@ -10,8 +10,8 @@ const usage = `usage: netroot bench storm --interface IF [--clients N] [--concur
 Simulates N PXE clients (MACs 02:6e:72:xx:xx:xx), each: DHCP as a BIOS PXE ROM, TFTP of the boot
 file, DHCP as iPXE, HTTP of the iPXE script, HTTP of the kernel and initrd it names. Reports the
 completion time, failures and bytes/s. Exit status 1 when any client failed. Against netroot,
-clients it has not seen before register at most --register-rate a minute (serve; default 60):
-serve with a higher rate, or run the storm once to register them, for a storm of new machines.`;
+clients it has not seen before register at most 60 a minute by default (the server's
+register-rate option): raise it, or run the storm once to register them, for a storm of new machines.`;
 
 export async function run(args: string[]): Promise<number> {
   const [sub, ...rest] = args;

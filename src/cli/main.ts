@@ -1,51 +1,8 @@
-// Command dispatch. Each command module is imported lazily so that `netroot init` on a node loads
-// only the node-side code.
+// Command dispatch over the command table (commands.ts).
 import { UserError } from "../errors.ts";
+import { commands } from "./commands.ts";
 
-export type Command = (args: string[]) => Promise<number>;
-
-const commands: Record<string, { summary: string; load: () => Promise<Command> }> = {
-  serve: {
-    summary: "run the server (HTTP API, dashboard, DHCP, TFTP, NFS exports, virtual nodes)",
-    load: async () => (await import("./serve.ts")).run,
-  },
-  image: {
-    summary: "import, list, show, rename and remove OS images",
-    load: async () => (await import("./image.ts")).run,
-  },
-  node: {
-    summary: "list, add, configure, deploy (boot), reboot and inspect nodes",
-    load: async () => (await import("./node.ts")).run,
-  },
-  deploy: {
-    summary: "alias of `node boot NODE[,NODE…] IMAGE`",
-    load: async () => (await import("./node.ts")).deploy,
-  },
-  vnode: {
-    summary: "create, list and remove virtual nodes (qemu)",
-    load: async () => (await import("./vnode.ts")).run,
-  },
-  initramfs: {
-    summary: "build the node initramfs for an image",
-    load: async () => (await import("./initramfs.ts")).run,
-  },
-  init: {
-    summary: "node side: run as the initramfs /init (network or hybrid boot mode)",
-    load: async () => (await import("../../overlay/init.ts")).run,
-  },
-  demo: {
-    summary: "one virtual node booting end to end in a private network namespace",
-    load: async () => (await import("./demo.ts")).run,
-  },
-  bench: {
-    summary: "load generators (e.g. `bench storm --clients N`)",
-    load: async () => (await import("./bench.ts")).run,
-  },
-  help: {
-    summary: "this help; `help show boot-modes` prints the boot-modes guide",
-    load: () => Promise.resolve(help),
-  },
-};
+export type { Command } from "./commands.ts";
 
 export function usage(): string {
   const w = Math.max(...Object.keys(commands).map((k) => k.length));
@@ -59,7 +16,7 @@ export function usage(): string {
   ].join("\n");
 }
 
-async function help(args: string[]): Promise<number> {
+export async function help(args: string[]): Promise<number> {
   if (args[0] === "show") {
     const topic = args[1];
     if (topic === "boot-modes") {

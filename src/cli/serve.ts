@@ -1,7 +1,11 @@
 // `netroot serve`: foreground server until SIGINT/SIGTERM.
-import { loadServeConfig } from "../config.ts";
-import { logger } from "../log.ts";
+import { parseArgs } from "node:util";
+import { loadServeConfig, serveOptions } from "../config.ts";
+import { UserError } from "../errors.ts";
+import { sdNotify, watchdogIntervalMs } from "../linux/sdnotify.ts";
+import { logger, setLogFormat } from "../log.ts";
 import { serve } from "../server.ts";
+import { lockDataDir } from "../service/lock.ts";
 
 const log = logger("serve");
 
@@ -14,7 +18,7 @@ export const serveHelp = `usage: netroot serve [--data DIR] [--http [HOST:]PORT]
                      [--register-unknown true|false] [--register-rate PER-MINUTE]
                      [--register-max N] [--register-ttl SECONDS]
                      [--tftp-port N] [--ipxe-dir DIR] [--nfs kernel|ganesha|off] [--nfs-version 3|4]
-                     [--ra true|false] [--accel auto|kvm|tcg]
+                     [--ra true|false] [--accel auto|kvm|tcg] [--log-format text|json]
 
 Runs on embedded defaults: data in ./netroot-data (checkout) or /var/lib/netroot, HTTP on port
 8080. Without --interface only HTTP runs, on every address (0.0.0.0); with --interface or --bridge
@@ -26,12 +30,32 @@ Unknown machines register themselves at their first DHCP request: at most --regi
 minute (default 60) and --register-max in all (default 1000); one that never gets past DHCP is
 forgotten after --register-ttl idle seconds (default 86400, 0 = never). An OFFER holds its address
 for --offer-time seconds (default 60); the address is the client's at ACK.
+Log lines go to stderr: key=value text, or one JSON object per line with --log-format json (or
+NETROOT_LOG_FORMAT=json); under systemd they carry journal priorities and no timestamps.
+One server per data dir (it holds <data>/run/serve.lock). Under systemd (Type=notify) it reports
+READY once every service listens, STOPPING when it begins to stop, and pings the watchdog.
 SIGINT/SIGTERM stop it cleanly (virtual nodes, ganesha, sockets); a second signal exits at once.`;
+
+/** sd_notify that never takes the server down: a service manager that misses it says so itself. */
+function notify(state: string): void {
+  try {
+    sdNotify(state);
+  } catch (e) {
+    log.warn("sd_notify failed", { state, error: (e as Error).message });
+  }
+}
 
 export async function run(args: string[]): Promise<number> {
   if (args.includes("--help") || args.includes("-h")) {
     console.log(serveHelp);
     return 0;
+  }
+  const format = parseArgs({ args, options: serveOptions }).values["log-format"];
+  if (format !== undefined) {
+    if (format !== "text" && format !== "json") {
+      throw new UserError(`--log-format must be text or json, got ${format}`);
+    }
+    setLogFormat(format);
   }
   const config = await loadServeConfig(args);
   // Listeners go in before start-up: a signal while services start (reconcile, ganesha, qemu of
@@ -45,19 +69,28 @@ export async function run(args: string[]): Promise<number> {
       Deno.exit(130);
     }
     stopping = true;
+    notify("STOPPING=1");
     stop.resolve();
   };
   const signals = ["SIGINT", "SIGTERM"] as const;
   for (const sig of signals) Deno.addSignalListener(sig, onSignal);
+  let watchdog: ReturnType<typeof setInterval> | undefined;
   try {
+    using _lock = await lockDataDir(config.dataDir, "netroot serve");
     log.info("starting", { data: config.dataDir });
     const server = await serve(config);
+    notify(`READY=1\nSTATUS=serving on ${server.http.host}:${server.http.port}`);
+    // The ping runs on the event loop: a loop stuck in a synchronous call stops it, and systemd
+    // restarts the server after WatchdogSec.
+    const every = watchdogIntervalMs();
+    if (every) watchdog = setInterval(() => notify("WATCHDOG=1"), every);
     await stop.promise;
     log.info("stopping");
     await server.close();
     log.info("stopped");
     return 0;
   } finally {
+    clearInterval(watchdog);
     for (const sig of signals) Deno.removeSignalListener(sig, onSignal);
   }
 }

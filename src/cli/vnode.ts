@@ -18,8 +18,8 @@ const usage = `usage: netroot vnode COMMAND [ARGS…]
   ls    list virtual nodes
   rm NAME   stop it, forget the node and delete its disks
 
-Also: netroot node reboot NAME (reset), netroot node console NAME [--follow],
-netroot node config NAME ram=1G cpus=2 disks=8G[template=ext4] (applied at the next reboot).
+Also: \`netroot node reboot NAME\` (reset), \`netroot node console NAME [--follow]\`,
+\`netroot node config NAME ram=1G cpus=2 disks=8G[template=ext4]\` (applied at the next reboot).
 Common options: --server URL (or NETROOT_SERVER), --json, --help.`;
 
 const options = {

@@ -1,0 +1,338 @@
+// `netroot backup FILE` and `netroot restore FILE`: the server's state in one tar file.
+//
+//   netroot-backup.json   what this is: format, version, schema version, when, from where
+//   netroot.db            the database: SQLite's online backup (one read transaction: a
+//                         consistent copy while the server keeps writing)
+//   token                 the API write token
+//   power/                the power programs (power.command), files and symlinks
+//   config/config.*       the settings file(s) (/etc/netroot/config.* or --config FILE)
+//
+// Not in it: the image trees, the nodes' /persist and the initramfs cache (file trees, big;
+// copy <data>/images and <data>/nodes with rsync or a file-system snapshot). The file holds the
+// token and power passwords: it is written mode 0600.
+//
+// Restore takes the data dir's lock (a running server holds it: restore refuses), checks the
+// whole backup before touching anything, moves the current files to <data>/replaced-<time>/
+// (nothing is lost), then renames the backup's files in. The next start migrates an older schema
+// and reconciles the tree with the database.
+import { backup as sqliteBackup, DatabaseSync } from "node:sqlite";
+import { existsSync } from "node:fs";
+import { basename, dirname, extname, join, resolve } from "node:path";
+import { DataDir } from "../datadir.ts";
+import { openDatabase, schemaVersion, versionOf } from "../db.ts";
+import { ImageStore } from "../images/store.ts";
+import { UserError } from "../errors.ts";
+import { lockDataDir } from "./lock.ts";
+
+export const MANIFEST = "netroot-backup.json";
+const FORMAT = "netroot-backup", VERSION = 1;
+/** The settings directory of an installed service (install-service). */
+export const etcDir = "/etc/netroot";
+
+const powerName = /^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$/;
+const configName = /^config\.[a-z]{1,8}$/;
+
+export interface Manifest {
+  format: typeof FORMAT;
+  version: number;
+  schemaVersion: number;
+  createdAt: string;
+  dataDir: string;
+  config: string[];
+  power: string[];
+}
+
+async function tar(args: string[]): Promise<string> {
+  const out = await new Deno.Command("tar", {
+    args,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    env: { LC_ALL: "C" },
+  }).output();
+  const text = new TextDecoder();
+  if (!out.success) {
+    throw new UserError(`tar: ${text.decode(out.stderr).trim().split("\n").pop()}`);
+  }
+  return text.decode(out.stdout);
+}
+
+/** Compression from the file name (tar's own --auto-compress would look at the temporary name). */
+function compressionFlag(file: string): string[] {
+  if (/\.(t?gz)$/.test(file)) return ["--gzip"];
+  if (/\.(t?zst)$/.test(file)) return ["--zstd"];
+  if (/\.(t?xz)$/.test(file)) return ["--xz"];
+  return [];
+}
+
+/** A directory's entries; none when it does not exist. */
+async function entries(dir: string): Promise<Deno.DirEntry[]> {
+  try {
+    return await Array.fromAsync(Deno.readDir(dir));
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return [];
+    throw e;
+  }
+}
+
+/** Settings files to save: --config FILE, else /etc/netroot/config.* of an installed service. */
+async function configFiles(config?: string): Promise<string[]> {
+  if (config) return [resolve(config)];
+  const found: string[] = [];
+  for (const e of await entries(etcDir)) {
+    if (e.isFile && configName.test(e.name)) found.push(join(etcDir, e.name));
+  }
+  return found.sort();
+}
+
+/** Copies the power programs: regular files and symlinks with plain names (others are named). */
+async function copyPower(from: string, to: string, warn: (l: string) => void): Promise<string[]> {
+  await Deno.mkdir(to);
+  const names: string[] = [];
+  for (const e of await entries(from)) {
+    if (!powerName.test(e.name) || !(e.isFile || e.isSymlink)) {
+      warn(`not saved: ${join(from, e.name)} (power programs are plain files or symlinks)`);
+      continue;
+    }
+    if (e.isSymlink) await Deno.symlink(await Deno.readLink(join(from, e.name)), join(to, e.name));
+    else await Deno.copyFile(join(from, e.name), join(to, e.name));
+    names.push(e.name);
+  }
+  return names.sort();
+}
+
+export interface BackupResult {
+  file: string;
+  bytes: number;
+  manifest: Manifest;
+}
+
+export async function backupTo(
+  file: string,
+  opts: { dataDir: string; config?: string; warn?: (line: string) => void },
+): Promise<BackupResult> {
+  const warn = opts.warn ?? ((l: string) => console.error(l));
+  const data = new DataDir(opts.dataDir);
+  if (!existsSync(data.db)) throw new UserError(`no netroot database in ${opts.dataDir}`);
+  const target = resolve(file);
+  const stage = await Deno.makeTempDir({ prefix: "netroot-backup-" });
+  const partial = join(dirname(target), `.${basename(target)}.${Deno.pid}.partial`);
+  try {
+    const db = new DatabaseSync(data.db, { timeout: 5000 });
+    let schema: number;
+    try {
+      schema = versionOf(db);
+      // rate -1: every page in one step, so one read transaction: writers go on (WAL), the copy
+      // is the database as of one commit and the backup never restarts.
+      await sqliteBackup(db, join(stage, "netroot.db"), { rate: -1 });
+    } finally {
+      db.close();
+    }
+    await Deno.copyFile(data.token, join(stage, "token")).catch(() => {
+      throw new UserError(`no token in ${opts.dataDir} (has the server ever run there?)`);
+    });
+    const power = await copyPower(join(data.root, "power"), join(stage, "power"), warn);
+    const config: string[] = [];
+    const configs = await configFiles(opts.config);
+    if (configs.length) await Deno.mkdir(join(stage, "config"));
+    for (const c of configs) {
+      // Saved as config.<ext> (any other name keeps its extension, else .json).
+      const ext = /^\.[a-z]{1,8}$/.test(extname(c)) ? extname(c) : ".json";
+      const name = configName.test(basename(c)) ? basename(c) : `config${ext}`;
+      await Deno.copyFile(c, join(stage, "config", name)).catch((e) => {
+        throw new UserError(`cannot read the settings file ${c}: ${e.message}`);
+      });
+      config.push(name);
+    }
+    const manifest: Manifest = {
+      format: FORMAT,
+      version: VERSION,
+      schemaVersion: schema,
+      createdAt: new Date().toISOString(),
+      dataDir: resolve(opts.dataDir),
+      config,
+      power,
+    };
+    await Deno.writeTextFile(join(stage, MANIFEST), JSON.stringify(manifest, null, 2) + "\n");
+    const members = [
+      MANIFEST,
+      "netroot.db",
+      "token",
+      "power",
+      ...(config.length ? ["config"] : []),
+    ];
+    // Created 0600 before tar writes into it: the token and the power passwords are inside.
+    (await Deno.open(partial, { write: true, createNew: true, mode: 0o600 })).close();
+    await tar([
+      "--create",
+      ...compressionFlag(target),
+      "--file",
+      partial,
+      "--directory",
+      stage,
+      "--owner=0",
+      "--group=0",
+      "--numeric-owner",
+      ...members,
+    ]);
+    await Deno.rename(partial, target);
+    return { file: target, bytes: (await Deno.stat(target)).size, manifest };
+  } finally {
+    await Deno.remove(partial).catch(() => {});
+    await Deno.remove(stage, { recursive: true });
+  }
+}
+
+/**
+ * The members of a backup, checked before anything is extracted: only the names above, regular
+ * files (symlinks only in power/), nothing else. A hostile or damaged file is refused whole.
+ */
+async function checkMembers(file: string): Promise<void> {
+  const names = (await tar(["--list", "--file", file, "--quoting-style=escape"])).split("\n")
+    .filter(Boolean);
+  const long = (await tar(["--list", "--verbose", "--file", file, "--quoting-style=escape"]))
+    .split("\n").filter(Boolean);
+  if (names.length !== long.length) throw new UserError(`${file}: unreadable member list`);
+  names.forEach((raw, i) => {
+    const name = raw.replace(/\/$/, "").replace(/^\.\//, "");
+    const type = long[i][0];
+    const ok = (name === MANIFEST || name === "netroot.db" || name === "token")
+      ? type === "-"
+      : name === "power" || name === "config"
+      ? type === "d"
+      : name.startsWith("power/")
+      ? powerName.test(name.slice(6)) && (type === "-" || type === "l")
+      : name.startsWith("config/")
+      ? configName.test(name.slice(7)) && type === "-"
+      : false;
+    if (!ok) throw new UserError(`${file} is not a netroot backup: unexpected member ${raw}`);
+  });
+  for (const needed of [MANIFEST, "netroot.db", "token"]) {
+    if (!names.some((n) => n.replace(/^\.\//, "") === needed)) {
+      throw new UserError(`${file} is not a netroot backup: no ${needed}`);
+    }
+  }
+}
+
+/** Reads and checks what was extracted: manifest, token, database integrity and schema. */
+async function checkExtracted(stage: string, file: string): Promise<Manifest> {
+  let manifest: Manifest;
+  try {
+    manifest = JSON.parse(await Deno.readTextFile(join(stage, MANIFEST)));
+  } catch (e) {
+    throw new UserError(`${file}: unreadable ${MANIFEST} (${(e as Error).message})`);
+  }
+  if (manifest.format !== FORMAT || manifest.version !== VERSION) {
+    throw new UserError(`${file}: not a netroot backup of version ${VERSION}`);
+  }
+  const token = (await Deno.readTextFile(join(stage, "token"))).trim();
+  if (!/^[0-9a-f]{64}$/.test(token)) throw new UserError(`${file}: malformed token`);
+  let db: DatabaseSync | undefined;
+  try {
+    // Read-write on the staged copy: a WAL-mode file opened read-only needs a -shm it lacks.
+    db = new DatabaseSync(join(stage, "netroot.db"));
+    const check = db.prepare("PRAGMA integrity_check").all() as { integrity_check: string }[];
+    if (check[0]?.integrity_check !== "ok") {
+      throw new UserError(`${file}: the database is damaged (${check[0]?.integrity_check})`);
+    }
+    const v = versionOf(db);
+    if (v > schemaVersion) {
+      throw new UserError(
+        `${file} comes from a newer netroot (schema ${v}, this one knows ${schemaVersion}): ` +
+          "upgrade netroot first",
+      );
+    }
+  } catch (e) {
+    if (e instanceof UserError) throw e;
+    throw new UserError(`${file}: the database is damaged (${(e as Error).message})`);
+  } finally {
+    db?.close();
+  }
+  return manifest;
+}
+
+export interface RestoreResult {
+  manifest: Manifest;
+  /** Where the files the backup replaced went (absent when there were none). */
+  replaced?: string;
+  /** Where the settings file(s) went, or why not. */
+  config: string[];
+  /** Images of the database whose tree is not in the data dir. */
+  missingImages: string[];
+}
+
+export async function restoreFrom(
+  file: string,
+  opts: { dataDir: string; config?: string },
+): Promise<RestoreResult> {
+  const source = resolve(file);
+  if (!existsSync(source)) throw new UserError(`${file}: no such file`);
+  await Deno.mkdir(opts.dataDir, { recursive: true });
+  using _lock = await lockDataDir(opts.dataDir, "netroot restore");
+  const data = new DataDir(opts.dataDir);
+  await data.ensure();
+  await checkMembers(source);
+  const stage = await Deno.makeTempDir({ dir: data.tmp, prefix: "restore-" });
+  try {
+    await tar(["--extract", "--file", source, "--directory", stage, "--no-same-owner"]);
+    const manifest = await checkExtracted(stage, file);
+    // Everything checked: from here on only renames within the data dir.
+    const stamp = new Date().toISOString().replace(/[:.]/g, "-");
+    const replaced = join(data.root, `replaced-${stamp}`);
+    const current = ["netroot.db", "netroot.db-wal", "netroot.db-shm", "token", "power"]
+      .filter((n) => existsSync(join(data.root, n)));
+    if (current.length) await Deno.mkdir(replaced);
+    for (const n of current) await Deno.rename(join(data.root, n), join(replaced, n));
+    await Deno.chmod(join(stage, "token"), 0o600);
+    for (const n of ["netroot.db", "token"]) {
+      await Deno.rename(join(stage, n), join(data.root, n));
+    }
+    if (existsSync(join(stage, "power"))) {
+      await Deno.rename(join(stage, "power"), join(data.root, "power"));
+    }
+    const config = await restoreConfig(stage, manifest, opts.config, stamp);
+    return {
+      manifest,
+      replaced: current.length ? replaced : undefined,
+      config,
+      missingImages: missingImages(data),
+    };
+  } finally {
+    await Deno.remove(stage, { recursive: true }).catch(() => {});
+  }
+}
+
+/** Puts the settings file back: to --config FILE, else into /etc/netroot when it exists. The
+ *  file it replaces is kept beside it as NAME.replaced-<time>. */
+async function restoreConfig(
+  stage: string,
+  manifest: Manifest,
+  config: string | undefined,
+  stamp: string,
+): Promise<string[]> {
+  const names = manifest.config.filter((n) => existsSync(join(stage, "config", n)));
+  if (!names.length) return [];
+  if (!config && !existsSync(etcDir)) {
+    return [`not restored: ${names.join(", ")} (no ${etcDir}; --config FILE says where)`];
+  }
+  const done: string[] = [];
+  for (const n of config ? names.slice(0, 1) : names) {
+    const target = config ? resolve(config) : join(etcDir, n);
+    if (existsSync(target)) await Deno.rename(target, `${target}.replaced-${stamp}`);
+    await Deno.copyFile(join(stage, "config", n), target);
+    done.push(target);
+  }
+  return done;
+}
+
+/** Opens the restored database as the server will (migrating an older schema now, so a failure
+ *  shows here) and names the images whose files are not in the data dir. */
+function missingImages(data: DataDir): string[] {
+  const db = openDatabase(data.db);
+  try {
+    return new ImageStore(data, db).list().filter((i) => !existsSync(data.rootfs(i.id)))
+      .map((i) => i.name);
+  } finally {
+    db.close();
+  }
+}

@@ -1,0 +1,305 @@
+// `netroot backup` / `netroot restore` with the real CLI, the real server and GNU tar: a backup
+// taken while the server runs and another process writes is consistent; restore puts everything
+// back and keeps what it replaced; it refuses a running server's data dir and hostile or damaged
+// files before touching anything; a backup of an older schema is migrated.
+import assert from "node:assert/strict";
+import { DatabaseSync } from "node:sqlite";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { schemaVersion, versionOf } from "../src/db.ts";
+import { backupTo, restoreFrom } from "../src/service/backup.ts";
+
+const mainTs = fileURLToPath(new URL("../main.ts", import.meta.url));
+const fixtures = fileURLToPath(new URL("./fixtures/schema/", import.meta.url));
+const dec = new TextDecoder();
+
+async function netroot(...args: string[]): Promise<{ code: number; out: string; err: string }> {
+  const o = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", mainTs, ...args],
+    stdin: "null",
+    env: { NO_COLOR: "1", NETROOT_DATA: "/nonexistent" },
+  }).output();
+  return { code: o.code, out: dec.decode(o.stdout), err: dec.decode(o.stderr) };
+}
+
+async function tar(...args: string[]): Promise<void> {
+  const o = await new Deno.Command("tar", { args, stderr: "piped" }).output();
+  assert.ok(o.success, dec.decode(o.stderr));
+}
+
+/** A running `netroot serve` on `data` (HTTP on a free loopback port). */
+async function startServer(data: string) {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", mainTs, "serve", "--data", data, "--http", "127.0.0.1:0"],
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).spawn();
+  let log = "";
+  const reader = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
+  while (!/http listening .*port=(\d+)/.test(log)) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`serve exited:\n${log}`);
+    log += value;
+  }
+  const port = /http listening .*port=(\d+)/.exec(log)![1];
+  const drain = (async () => {
+    while (!(await reader.read()).done) { /* keep the pipe flowing */ }
+  })();
+  return {
+    base: `http://127.0.0.1:${port}`,
+    async stop() {
+      child.kill("SIGTERM");
+      await child.status;
+      await drain;
+    },
+  };
+}
+
+async function addNode(base: string, data: string, mac: string, name: string) {
+  const token = (await Deno.readTextFile(join(data, "token"))).trim();
+  const r = await fetch(`${base}/api/v1/nodes`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+    body: JSON.stringify({ mac, name }),
+  });
+  assert.equal(r.status, 201, await r.text());
+}
+
+const nodeNames = (dbFile: string) => {
+  const db = new DatabaseSync(dbFile, { readOnly: true });
+  try {
+    return (db.prepare("SELECT name FROM nodes ORDER BY name").all() as { name: string }[])
+      .map((r) => r.name);
+  } finally {
+    db.close();
+  }
+};
+
+Deno.test("backup while serving and writing is consistent; restore puts it all back", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nr-backup-" });
+  const data = join(dir, "data");
+  const server = await startServer(data);
+  try {
+    await addNode(server.base, data, "52:54:00:00:00:01", "kept-n1");
+    await Deno.mkdir(join(data, "power"));
+    await Deno.writeTextFile(join(data, "power", "pdu.sh"), "#!/bin/sh\necho on\n", {
+      mode: 0o755,
+    });
+    await Deno.symlink("/usr/bin/true", join(data, "power", "noop"));
+    const config = join(dir, "config.json");
+    await Deno.writeTextFile(config, '{"http":{"port":8081}}\n');
+
+    // Another process commits pairs of rows as fast as it can while backups are taken.
+    const writer = new Deno.Command(Deno.execPath(), {
+      args: [
+        "eval",
+        `import { DatabaseSync } from "node:sqlite";
+         const db = new DatabaseSync(${
+          JSON.stringify(join(data, "netroot.db"))
+        }, { timeout: 5000 });
+         const ins = db.prepare("INSERT INTO events (mac, ts, kind, detail) VALUES (NULL, '', ?, ?)");
+         const pad = "x".repeat(2000);
+         const end = Date.now() + 4000;
+         while (Date.now() < end) {
+           db.exec("BEGIN IMMEDIATE"); ins.run("pair.a", pad); ins.run("pair.b", pad); db.exec("COMMIT");
+         }`,
+      ],
+      stdout: "null",
+    }).spawn();
+    const backups: string[] = [];
+    for (let i = 0; i < 4; i++) {
+      const file = join(dir, `b${i}.tar${i % 2 ? ".zst" : ""}`);
+      const r = await netroot("backup", file, "--data", data, "--config", config);
+      assert.equal(r.code, 0, r.err);
+      assert.match(
+        r.out,
+        /written to .*: database, token, 2 power program\(s\), settings config\.json/,
+      );
+      backups.push(file);
+    }
+    assert.ok((await writer.status).success);
+    const pairs: number[] = [];
+    for (const file of backups) {
+      assert.equal((await Deno.stat(file)).mode! & 0o777, 0o600, "holds the token");
+      const x = join(dir, `x-${file.split("/").pop()}`);
+      await Deno.mkdir(x);
+      await tar("-xf", file, "-C", x);
+      const db = new DatabaseSync(join(x, "netroot.db"), { readOnly: true });
+      const ok = db.prepare("PRAGMA integrity_check").get() as { integrity_check: string };
+      const count = (k: string) =>
+        (db.prepare("SELECT count(*) AS n FROM events WHERE kind = ?").get(k) as { n: number }).n;
+      assert.equal(ok.integrity_check, "ok");
+      assert.equal(count("pair.a"), count("pair.b"), `${file}: a half-committed transaction`);
+      pairs.push(count("pair.a"));
+      db.close();
+    }
+    // The writer was at work during the backups: each saw a later state.
+    assert.ok(pairs.every((n, i) => i === 0 || n > pairs[i - 1]), `pairs: ${pairs}`);
+
+    // While the server runs, restore refuses and changes nothing.
+    const refused = await netroot("restore", backups[0], "--data", data);
+    assert.equal(refused.code, 1);
+    assert.match(refused.err, /is in use by netroot serve \(pid \d+\): stop it first/);
+    assert.equal(refused.err.trim().split("\n").length, 1, refused.err);
+
+    // Changes after the backup: a node, the token, a power program, the settings.
+    await addNode(server.base, data, "52:54:00:00:00:02", "added-later");
+    await server.stop();
+    const token = await Deno.readTextFile(join(data, "token"));
+    await Deno.writeTextFile(join(data, "token"), "f".repeat(64) + "\n");
+    await Deno.remove(join(data, "power", "pdu.sh"));
+    await Deno.writeTextFile(config, '{"http":{"port":9999}}\n');
+
+    const r = await netroot("restore", backups[0], "--data", data, "--config", config);
+    assert.equal(r.code, 0, r.err);
+    assert.deepEqual(nodeNames(join(data, "netroot.db")), ["kept-n1"]);
+    assert.equal(await Deno.readTextFile(join(data, "token")), token);
+    assert.equal((await Deno.stat(join(data, "token"))).mode! & 0o777, 0o600);
+    assert.equal(await Deno.readTextFile(join(data, "power", "pdu.sh")), "#!/bin/sh\necho on\n");
+    assert.equal(await Deno.readLink(join(data, "power", "noop")), "/usr/bin/true");
+    assert.equal(await Deno.readTextFile(config), '{"http":{"port":8081}}\n');
+    // Nothing lost: what restore replaced is kept.
+    const replaced = /the files it replaced: (\S+)/.exec(r.out)?.[1];
+    assert.ok(replaced, r.out);
+    assert.deepEqual(nodeNames(join(replaced, "netroot.db")), ["added-later", "kept-n1"]);
+    assert.equal(await Deno.readTextFile(join(replaced, "token")), "f".repeat(64) + "\n");
+    const aside = [...Deno.readDirSync(dir)].find((e) =>
+      e.name.startsWith("config.json.replaced-")
+    );
+    assert.equal(await Deno.readTextFile(join(dir, aside!.name)), '{"http":{"port":9999}}\n');
+
+    // The server starts on the restored state.
+    const again = await startServer(data);
+    const nodes = await (await fetch(`${again.base}/api/v1/nodes`)).json();
+    assert.deepEqual(nodes.map((n: { name: string }) => n.name), ["kept-n1"]);
+    await again.stop();
+  } finally {
+    await server.stop().catch(() => {});
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+/** A backup of `data` re-packed with `edit` applied to its extracted tree and `tarArgs` added. */
+async function forged(
+  dir: string,
+  good: string,
+  edit: (tree: string) => Promise<void>,
+  tarArgs: string[] = [],
+): Promise<string> {
+  const tree = await Deno.makeTempDir({ dir, prefix: "forge-" });
+  await tar("-xf", good, "-C", tree);
+  await edit(tree);
+  const out = `${tree}.tar`;
+  const members = [...Deno.readDirSync(tree)].map((e) => e.name);
+  await tar("-cf", out, "-C", tree, ...tarArgs, ...members);
+  return out;
+}
+
+Deno.test("restore refuses hostile and damaged backups before touching the data dir", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nr-restore-bad-" });
+  try {
+    const data = join(dir, "data");
+    const server = await startServer(data);
+    await addNode(server.base, data, "52:54:00:00:00:01", "n1");
+    await server.stop();
+    const good = join(dir, "good.tar");
+    await backupTo(good, { dataDir: data, config: "/nonexistent-config-dir/none.json" }).then(
+      () => assert.fail("a missing --config file must fail the backup"),
+      (e) => assert.match(e.message, /cannot read the settings file/),
+    );
+    await backupTo(good, { dataDir: data });
+    const token = await Deno.readTextFile(join(data, "token"));
+    const cases: [string, Promise<string>, RegExp][] = [
+      [
+        "a member outside the backup",
+        forged(dir, good, async (t) => {
+          await Deno.writeTextFile(join(t, "evil"), "x");
+        }, ["-P", "--transform=s,^evil$,../evil,"]),
+        /unexpected member \.\.\/evil/,
+      ],
+      [
+        "the token as a symlink",
+        forged(dir, good, async (t) => {
+          await Deno.remove(join(t, "token"));
+          await Deno.symlink("/etc/shadow", join(t, "token"));
+        }),
+        /unexpected member token/,
+      ],
+      [
+        "a device node in power/",
+        forged(dir, good, async (t) => {
+          await new Deno.Command("mknod", { args: [join(t, "power", "null"), "c", "1", "3"] })
+            .output();
+        }),
+        /unexpected member power\/null/,
+      ],
+      [
+        "a damaged database",
+        forged(dir, good, async (t) => {
+          await Deno.writeTextFile(join(t, "netroot.db"), "SQLite format 3\0 but not really");
+        }),
+        /the database is damaged/,
+      ],
+      [
+        "a newer schema",
+        forged(dir, good, (t) => {
+          const db = new DatabaseSync(join(t, "netroot.db"));
+          db.exec(`PRAGMA user_version = ${schemaVersion + 1}`);
+          db.close();
+          return Promise.resolve();
+        }),
+        new RegExp(`newer netroot \\(schema ${schemaVersion + 1}.*upgrade netroot first`),
+      ],
+      [
+        "no database",
+        forged(dir, good, (t) => Deno.remove(join(t, "netroot.db"))),
+        /not a netroot backup: no netroot\.db/,
+      ],
+      [
+        "not a tar",
+        Deno.writeTextFile(join(dir, "junk"), "junk".repeat(300)).then(() => join(dir, "junk")),
+        /tar: /,
+      ],
+    ];
+    for (const [what, file, error] of cases) {
+      const r = await netroot("restore", await file, "--data", data);
+      assert.equal(r.code, 1, `${what}: ${r.out}`);
+      assert.match(r.err, error, what);
+      assert.equal(r.err.trim().split("\n").length, 1, `${what}: one line\n${r.err}`);
+      assert.ok(!existsSync(join(dir, "evil")), what);
+      assert.deepEqual(nodeNames(join(data, "netroot.db")), ["n1"], what);
+      assert.equal(await Deno.readTextFile(join(data, "token")), token, what);
+      assert.ok(![...Deno.readDirSync(data)].some((e) => e.name.startsWith("replaced-")), what);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("restore of a backup from an older schema migrates it and names the missing images", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nr-restore-old-" });
+  try {
+    const old = join(dir, "old");
+    await Deno.mkdir(old);
+    const db = new DatabaseSync(join(old, "netroot.db"));
+    db.exec(await Deno.readTextFile(join(fixtures, "v1.sql")));
+    db.close();
+    await Deno.writeTextFile(join(old, "token"), "c".repeat(64) + "\n", { mode: 0o600 });
+    const file = join(dir, "old.tar.gz");
+    const made = await backupTo(file, { dataDir: old });
+    assert.equal(made.manifest.schemaVersion, 1);
+    const fresh = join(dir, "fresh");
+    const r = await restoreFrom(file, { dataDir: fresh });
+    assert.equal(r.replaced, undefined, "nothing to replace in a new data dir");
+    assert.deepEqual(r.missingImages, ["debian12"]);
+    const after = new DatabaseSync(join(fresh, "netroot.db"), { readOnly: true });
+    assert.equal(versionOf(after), schemaVersion);
+    after.close();
+    assert.deepEqual(nodeNames(join(fresh, "netroot.db")), ["rack1-n1", "vm1"]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

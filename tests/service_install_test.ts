@@ -1,0 +1,95 @@
+// install-service / uninstall-service into a staging tree (--root: no systemctl), from this
+// checkout (which bundles the program first), and the unit file the repository ships.
+// (The real thing, booted under systemd, is tests/service_nspawn_test.ts.)
+import assert from "node:assert/strict";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { paths, renderUnit } from "../src/service/install.ts";
+
+const mainTs = fileURLToPath(new URL("../main.ts", import.meta.url));
+const shipped = fileURLToPath(new URL("../src/service/netroot.service", import.meta.url));
+const bundleCommand = [
+  "/usr/local/lib/netroot/deno",
+  "run",
+  "-A",
+  "--no-config",
+  "/usr/local/lib/netroot/netroot.js",
+];
+
+async function netroot(...args: string[]) {
+  const o = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", mainTs, ...args],
+    env: { NO_COLOR: "1" },
+  }).output();
+  const dec = new TextDecoder();
+  return { code: o.code, out: dec.decode(o.stdout), err: dec.decode(o.stderr) };
+}
+
+Deno.test("the shipped unit is the one installed by default; --data and the program path go in", async () => {
+  const text = await Deno.readTextFile(shipped);
+  assert.equal(renderUnit(bundleCommand, "/var/lib/netroot"), text);
+  assert.match(text, /^Type=notify$/m);
+  assert.match(text, /^WatchdogSec=\d+$/m);
+  const other = renderUnit(["/usr/local/lib/netroot/netroot"], "/srv/netroot");
+  assert.match(other, /^Environment=NETROOT_DATA=\/srv\/netroot$/m);
+  assert.match(
+    other,
+    /^ExecStart=\/usr\/local\/lib\/netroot\/netroot serve --config \/etc\/netroot\/config\.json$/m,
+  );
+});
+
+Deno.test("install-service --root from a checkout, then uninstall-service keeps settings and data", async () => {
+  const root = await Deno.makeTempDir({ prefix: "nr-install-" });
+  try {
+    const r = await netroot("install-service", "--root", root, "--data", "/srv/netroot");
+    assert.equal(r.code, 0, r.err);
+    const at = (p: string) => join(root, p);
+    for (const f of ["deno", "netroot.js", "netroot-init.js"]) {
+      assert.ok(existsSync(join(at(paths.lib), f)), f);
+    }
+    assert.equal((await Deno.stat(join(at(paths.lib), "deno"))).mode! & 0o111, 0o111);
+    const unit = await Deno.readTextFile(at(paths.unit));
+    assert.match(unit, /^Environment=NETROOT_DATA=\/srv\/netroot$/m);
+    const wrapper = await Deno.readTextFile(at(paths.bin));
+    assert.match(wrapper, /NETROOT_DATA:=\/srv\/netroot/);
+    assert.match(wrapper, /exec '\/usr\/local\/lib\/netroot\/deno' 'run' .* "\$@"$/m);
+    assert.equal(await Deno.readTextFile(at(paths.config)), "{}\n");
+    assert.ok(existsSync(at("/srv/netroot")));
+    assert.match(
+      await Deno.readTextFile(at(paths.bashCompletion)),
+      /complete -o default -F _netroot/,
+    );
+    assert.match(await Deno.readTextFile(at(paths.zshCompletion)), /^#compdef netroot/);
+    // The installed node program is a bundle that runs (`init --help` needs no PID 1).
+    const init = await new Deno.Command(join(at(paths.lib), "deno"), {
+      args: ["run", "-A", "--no-config", join(at(paths.lib), "netroot-init.js"), "--help"],
+      env: { NO_COLOR: "1" },
+    }).output();
+    assert.match(new TextDecoder().decode(init.stdout), /netroot init/);
+    // A re-install (an upgrade) keeps the admin's settings file and the data dir.
+    await Deno.writeTextFile(at(paths.config), '{"http":{"port":80}}\n');
+    assert.equal((await netroot("install-service", "--root", root)).code, 0);
+    assert.equal(await Deno.readTextFile(at(paths.config)), '{"http":{"port":80}}\n');
+    assert.match(
+      await Deno.readTextFile(at(paths.unit)),
+      /^Environment=NETROOT_DATA=\/srv\/netroot$/m,
+    );
+
+    const u = await netroot("uninstall-service", "--root", root);
+    assert.equal(u.code, 0, u.err);
+    assert.match(
+      u.out,
+      /kept the settings \(\/etc\/netroot\) and the data \(\/srv\/netroot\)/,
+    );
+    for (const p of [paths.unit, paths.lib, paths.bin, paths.bashCompletion, paths.zshCompletion]) {
+      assert.ok(!existsSync(at(p)), `${p} removed`);
+    }
+    assert.ok(existsSync(at(paths.config)) && existsSync(at("/srv/netroot")));
+    const again = await netroot("uninstall-service", "--root", root);
+    assert.equal(again.code, 1);
+    assert.match(again.err, /not installed as a service/);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});

@@ -1,0 +1,169 @@
+// `netroot serve` as a service manager sees it: sd_notify READY/STOPPING/WATCHDOG datagrams on a
+// real unix socket (NOTIFY_SOCKET), the data dir lock, JSON log lines naming the node, and
+// journal mode (priority prefix, no timestamp) only when stderr is the $JOURNAL_STREAM.
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { notifyAddress, watchdogIntervalMs } from "../src/linux/sdnotify.ts";
+import { formatLine, setLogFormat, setNodeNamer } from "../src/log.ts";
+
+const root = fileURLToPath(new URL("..", import.meta.url));
+const mainTs = join(root, "main.ts");
+
+Deno.test("log lines: node named from its mac, text and json", () => {
+  const unset = setNodeNamer((mac) => mac === "52:54:00:00:00:01" ? "rack1-n3" : undefined);
+  try {
+    const text = formatLine("info", "dhcp", "ack", { mac: "52:54:00:00:00:01", ip: "10.0.0.5" });
+    assert.match(text, /^\S+Z INFO dhcp ack node=rack1-n3 mac=52:54:00:00:00:01 ip=10\.0\.0\.5$/);
+    assert.match(formatLine("info", "dhcp", "ack", { mac: "52:54:00:00:00:02" }), /ack mac=/);
+    setLogFormat("json");
+    const obj = JSON.parse(
+      formatLine("warn", "http", "boot refused", {
+        mac: "52:54:00:00:00:01",
+        reason: "no image",
+        error: new Error("boom"),
+      }),
+    );
+    assert.deepEqual({ ...obj, ts: typeof obj.ts }, {
+      ts: "string",
+      level: "warn",
+      component: "http",
+      msg: "boot refused",
+      node: "rack1-n3",
+      mac: "52:54:00:00:00:01",
+      reason: "no image",
+      error: "boom",
+    });
+  } finally {
+    setLogFormat("text");
+    unset();
+  }
+});
+
+Deno.test("sd_notify addresses and the watchdog interval", () => {
+  const path = notifyAddress("/run/systemd/notify");
+  assert.equal(path.len, 2 + "/run/systemd/notify".length + 1);
+  assert.equal(
+    new TextDecoder().decode(path.addr.subarray(2, path.len - 1)),
+    "/run/systemd/notify",
+  );
+  const abs = notifyAddress("@netroot/notify");
+  assert.equal(abs.addr[2], 0); // abstract: sun_path starts with NUL, no trailing NUL counted
+  assert.equal(abs.len, 2 + 1 + "netroot/notify".length);
+  assert.throws(() => notifyAddress("relative"), /neither a path nor an abstract name/);
+  assert.equal(watchdogIntervalMs({ WATCHDOG_USEC: "30000000" }, 7), 15000);
+  assert.equal(watchdogIntervalMs({ WATCHDOG_USEC: "30000000", WATCHDOG_PID: "8" }, 7), 0);
+  assert.equal(watchdogIntervalMs({}, 7), 0);
+});
+
+/** Journal mode decided in a child whose stderr is a file; JOURNAL_STREAM = that file, or not. */
+async function childLogLine(matchStream: boolean): Promise<string> {
+  const dir = await Deno.makeTempDir({ prefix: "nr-journal-" });
+  try {
+    const out = join(dir, "stderr");
+    const code = `import { logger } from ${JSON.stringify(join(root, "src/log.ts"))};` +
+      `logger("serve").warn("disk low", { free: "1 GB" });`;
+    const stream = matchStream ? `$(stat -c %d:%i ${out})` : "1:2";
+    const sh = `exec 2>${out}; JOURNAL_STREAM=${stream} exec "$0" eval "$1"`;
+    const st = await new Deno.Command("sh", {
+      args: ["-c", sh, Deno.execPath(), code],
+      env: { NO_COLOR: "1" },
+    }).output();
+    assert.ok(st.success);
+    return (await Deno.readTextFile(out)).trim();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+Deno.test("log lines on the journal stream: <priority>, no timestamp; elsewhere unchanged", async () => {
+  assert.equal(await childLogLine(true), '<4>WARN serve disk low free="1 GB"');
+  assert.match(await childLogLine(false), /^\d{4}-\S+Z WARN serve disk low free="1 GB"$/);
+});
+
+Deno.test("serve under a service manager: READY after start, watchdog pings, lock, STOPPING", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nr-notify-" });
+  const data = join(dir, "data");
+  const sockPath = join(dir, "notify");
+  const sock = Deno.listenDatagram({ transport: "unixpacket", path: sockPath });
+  const messages: string[] = [];
+  const received = (async () => {
+    try {
+      for (;;) {
+        const [buf] = await sock.receive();
+        messages.push(new TextDecoder().decode(buf));
+      }
+    } catch { /* closed */ }
+  })();
+  const waitFor = async (re: RegExp, what: string, ms = 20_000) => {
+    const end = Date.now() + ms;
+    while (Date.now() < end) {
+      const m = messages.find((x) => re.test(x));
+      if (m) return m;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    throw new Error(`no ${what} datagram; got ${JSON.stringify(messages)}`);
+  };
+  const serveArgs = ["run", "-A", mainTs, "serve", "--data", data, "--http", "127.0.0.1:0"];
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [...serveArgs, "--log-format", "json"],
+    env: { NOTIFY_SOCKET: sockPath, WATCHDOG_USEC: "400000", NO_COLOR: "1" },
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  let log = "";
+  const logDone = (async () => {
+    for await (const c of child.stderr.pipeThrough(new TextDecoderStream())) log += c;
+  })();
+  try {
+    const ready = await waitFor(/^READY=1/, "READY");
+    const port = /STATUS=serving on 127\.0\.0\.1:(\d+)/.exec(ready)?.[1];
+    assert.ok(port, ready);
+    // READY means serving: the API answers at once.
+    const base = `http://127.0.0.1:${port}`;
+    assert.equal((await fetch(`${base}/api/v1/nodes`).then((r) => r.json())).length, 0);
+    // A second server on the same data dir is refused, naming the first.
+    const second = await new Deno.Command(Deno.execPath(), {
+      args: serveArgs,
+      stdout: "null",
+      stderr: "piped",
+      env: { NO_COLOR: "1" },
+    }).output();
+    assert.equal(second.code, 1);
+    assert.match(
+      new TextDecoder().decode(second.stderr),
+      new RegExp(`in use by netroot serve \\(pid ${child.pid}\\): stop it first`),
+    );
+    // A log line about a node names it.
+    const token = (await Deno.readTextFile(join(data, "token"))).trim();
+    const add = await fetch(`${base}/api/v1/nodes`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+      body: JSON.stringify({ mac: "52:54:00:12:34:56", name: "rack1-n3" }),
+    });
+    assert.equal(add.status, 201, await add.text());
+    await (await fetch(`${base}/boot/52-54-00-12-34-56.ipxe`)).text();
+    const pings = () => messages.filter((m) => m === "WATCHDOG=1").length;
+    const end = Date.now() + 5000;
+    while (pings() < 3 && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
+    assert.ok(pings() >= 3, `watchdog pings: ${pings()}`);
+    child.kill("SIGTERM");
+    await waitFor(/^STOPPING=1$/, "STOPPING");
+    assert.equal((await child.status).code, 0);
+    await logDone;
+    const lines = log.trim().split("\n").map((l) => JSON.parse(l));
+    const refused = lines.find((l) => l.msg === "boot refused");
+    assert.equal(refused?.node, "rack1-n3", log);
+    assert.equal(refused?.mac, "52:54:00:12:34:56");
+    assert.ok(lines.some((l) => l.msg === "stopped" && l.level === "info"));
+  } finally {
+    try {
+      child.kill("SIGKILL");
+    } catch { /* exited */ }
+    await child.status;
+    sock.close();
+    await received;
+    await Deno.remove(dir, { recursive: true });
+  }
+});
