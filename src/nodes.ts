@@ -34,6 +34,7 @@ import { recordEvent } from "./events.ts";
 import type { ImageStore } from "./images/store.ts";
 import { normalizeMac } from "./mac.ts";
 import { BOOT_MODES, RULES } from "../contract/cmdline.ts";
+import { ipv4Octets } from "../contract/ipv4.ts";
 import { logger } from "./log.ts";
 import type { Rebooter, RebootResult } from "./reboot.ts";
 
@@ -143,8 +144,8 @@ registerSettingValidator("ip", (key, value) => {
   // The node's address, fixed by the admin: a unicast IPv4 address (its /persist is exported
   // read-write to it, and the kernel command line configures it).
   const v = value.trim();
-  const o = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(v)?.slice(1).map(Number);
-  if (!o || o.some((x) => x > 255) || o[0] === 0 || o[0] === 127 || o[0] >= 224) {
+  const o = ipv4Octets(v);
+  if (!o || o[0] === 0 || o[0] === 127 || o[0] >= 224) {
     throw new UserError(`${key} must be a unicast IPv4 address like 192.168.50.21, got "${value}"`);
   }
   return o.join(".");

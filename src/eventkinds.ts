@@ -1,0 +1,70 @@
+// Every kind of timeline event the server writes, in one list (pure: netboot and the CLI may import
+// it). A kind is `<component>.<what>`; node reports land as `init.<stage>` (contract/report.ts).
+
+export const EVENT_KINDS = [
+  "server.start",
+  "events.suppressed",
+  // node registry (src/nodes.ts) and the reboot seam (src/reboot.ts)
+  "node.added",
+  "node.registered",
+  "node.renamed",
+  "node.forgotten",
+  "node.config",
+  "node.address",
+  "node.aged-out",
+  "deploy",
+  "reboot",
+  "reboot.none",
+  "reboot.failed",
+  // images (src/images/store.ts), NFS exports (src/nfs.ts)
+  "image.import",
+  "image.rename",
+  "image.rm",
+  "nfs.exports",
+  "nfs.start",
+  "nfs.exit",
+  // power drivers (src/power/power.ts), virtual nodes (src/vnode/manager.ts)
+  "power.on",
+  "power.off",
+  "power.cycle",
+  "power.failed",
+  "vnode.created",
+  "vnode.start",
+  "vnode.reset",
+  "vnode.stop",
+  "vnode.exit",
+  "vnode.error",
+  // boot network (netboot/)
+  "dhcp.offer",
+  "dhcp.ack",
+  "dhcp.nak",
+  "dhcp.inform",
+  "dhcp.decline",
+  "dhcp.decline-ignored",
+  "dhcp.release",
+  "dhcp.exhausted",
+  "dhcp.register-limited",
+  "dhcp.proxy-offer",
+  "dhcp.proxy-ack",
+  "dhcp.pxe-ack",
+  "tftp.done",
+  "tftp.refused",
+  "tftp.aborted",
+  "tftp.failed",
+  "http.script",
+  "http.unknown",
+  "http.refused",
+  "http.kernel",
+  "http.kernel.error",
+  "http.initramfs",
+  "http.initramfs.error",
+  "http.manifest",
+  "http.manifest.error",
+  "http.ipxe",
+  "http.ipxe.error",
+  "http.report.rejected",
+] as const;
+
+/** A kind from the list, or a node's stage report (`init.<stage>`). */
+export type EventKind = typeof EVENT_KINDS[number] | `init.${string}`;
+
