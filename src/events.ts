@@ -13,7 +13,8 @@ export interface Event {
   id: number;
   mac: string | null;
   ts: string;
-  kind: EventKind;
+  /** An EventKind, or a kind an older server wrote. */
+  kind: string;
   detail: Record<string, unknown>;
 }
 
