@@ -67,4 +67,3 @@ export const EVENT_KINDS = [
 
 /** A kind from the list, or a node's stage report (`init.<stage>`). */
 export type EventKind = typeof EVENT_KINDS[number] | `init.${string}`;
-

@@ -65,6 +65,15 @@ export function listEvents(
   return rows.reverse().map((r) => ({ ...r, detail: JSON.parse(r.detail) }));
 }
 
+/** The newest event of each MAC (node lists show it). */
+export function lastEventByMac(db: Db): Map<string, { ts: string; kind: string }> {
+  const rows = db.prepare(
+    `SELECT mac, ts, kind FROM events
+     WHERE id IN (SELECT max(id) FROM events WHERE mac IS NOT NULL GROUP BY mac)`,
+  ).all() as { mac: string; ts: string; kind: string }[];
+  return new Map(rows.map((r) => [r.mac, { ts: r.ts, kind: r.kind }]));
+}
+
 // ---- rate limit per source address ----
 
 /** The key a sender is limited by: its IPv4 address, or its IPv6 /64 (one host can hold a whole
