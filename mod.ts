@@ -2,15 +2,17 @@
 // server, drive its registries, or build a node initramfs. The node side (the initramfs /init)
 // is node.ts; the command line is main.ts. Modules not exported here are internal.
 
-// Embed the server: `serve(config)` starts what `netroot serve` starts (HTTP API and dashboard,
-// and with an interface DHCP, TFTP, NFS exports, virtual nodes); `close()` stops all of it.
+// Embed the server: `serve(config, plugins?)` starts what `netroot serve` starts (HTTP API and
+// dashboard, and with an interface DHCP, TFTP, NFS exports, virtual nodes); `close()` stops all of
+// it. `plugins` adds API routes, node settings and power drivers to the built-in ones.
 export { serve } from "./src/server.ts";
-export type { RunningServer } from "./src/server.ts";
+export type { Plugins, RunningServer } from "./src/server.ts";
 export { defaultConfig, loadServeConfig } from "./src/config.ts";
 export type { DhcpMode, NfsMode, ProxyStrategy, ServerConfig } from "./src/config.ts";
 
-// The state without the services: `openContext(config)` opens the data dir and database
-// (reconciled); `buildApp(ctx)` is the HTTP app (API, boot routes, dashboard) to mount elsewhere.
+// The state without the services: `openContext(config, plugins?)` opens the data dir and database
+// (reconciled); `buildApp(ctx, plugins?)` is the HTTP app (API, boot routes, dashboard) to mount
+// elsewhere.
 export { buildApp, openContext } from "./src/server.ts";
 export type { Context, Service } from "./src/context.ts";
 export { DataDir } from "./src/datadir.ts";
@@ -22,14 +24,15 @@ export { listEvents, recordEvent } from "./src/events.ts";
 export type { Event } from "./src/events.ts";
 export { normalizeMac } from "./src/mac.ts";
 
-// Extension seams: node settings, API routes, reboot mechanisms, power drivers, and the database
-// they may use.
-export { registerSettingValidator } from "./src/nodes.ts";
-export { registerApiExtension } from "./src/api.ts";
-export type { ApiExtension } from "./src/api.ts";
+// What plugins are made of (API routes, node settings, power drivers), what routes use (the API's
+// router and body helper, bearer auth), reboot mechanisms (ctx.rebooter.register), and the
+// database they may use.
+export type { ApiRoute } from "./src/api.ts";
+export { bearerAuth, jsonBody } from "./src/api.ts";
+export { apiRouter } from "./src/apierror.ts";
+export type { Setting, SettingValidator } from "./src/nodes.ts";
 export { Rebooter } from "./src/reboot.ts";
 export type { RebootMechanism } from "./src/reboot.ts";
-export { registerPowerDriver } from "./src/power/driver.ts";
 export type { PowerDriver, PowerTarget } from "./src/power/driver.ts";
 export { openDatabase, tx } from "./src/db.ts";
 

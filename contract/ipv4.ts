@@ -22,3 +22,17 @@ export function netmaskPrefix(mask: string): number {
   const zero = bits.indexOf("0");
   return zero < 0 ? 32 : zero;
 }
+
+/** The four numbers of `a.b.c.d` (each 0–255; leading zeros allowed, so "010.0.0.1" is 10.0.0.1),
+ *  or undefined. For admin input, which is then written back normalised. */
+export function ipv4Octets(s: string): number[] | undefined {
+  const o = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(s)?.slice(1).map(Number);
+  return o && o.every((x) => x <= 255) ? o : undefined;
+}
+
+/** `a.b.c.d/nn` of the network holding `ip` under `netmask`. */
+export function networkCidr(ip: string, netmask: string): string {
+  const mask = ipToInt(netmask);
+  const bits = mask.toString(2).replaceAll("0", "").length;
+  return `${intToIp((ipToInt(ip) & mask) >>> 0)}/${bits}`;
+}

@@ -1,30 +1,27 @@
-// JSON REST API under /api/v1. Writes (any method but GET/HEAD) need `Authorization: Bearer
-// <token>`, the token being generated on first start into <data>/token (mode 0600); reads need it
-// too with --api-auth all (config api.auth), and always for what shows secrets (a virtual node's
-// console shows its kernel command line, boot token included: requireToken).
-// Errors are `{error}` with 400 (bad input), 401, 404, 409 (conflict) or 500.
+// The REST API under /api/v1, its plumbing and its core routers. The route table (every router and
+// where it is mounted) is buildApp in src/server.ts; the other routers are images/api.ts,
+// vnode/api.ts and power/api.ts.
+// Auth: writes (any method but GET/HEAD) need `Authorization: Bearer <token>`, the token being
+// generated on first start into <data>/token (mode 0600); reads need it too with --api-auth all
+// (config api.auth), and always for what shows secrets (a virtual node's console shows its kernel
+// command line, boot token included). One middleware does all three: bearerAuth.
+// Bodies are JSON objects (jsonBody). Errors are `{error}` with 400 (bad input), 401, 404, 409
+// (conflict) or 500: every router is an apiRouter() (src/apierror.ts).
 import { timingSafeEqual } from "node:crypto";
-import { Hono } from "hono";
-import type { Context as HonoContext } from "hono";
-import { apiErrorResponse } from "./apierror.ts";
+import type { Hono, MiddlewareHandler } from "hono";
+import { apiRouter } from "./apierror.ts";
 import type { Context } from "./context.ts";
 import { UserError } from "./errors.ts";
-import { listEvents } from "./events.ts";
-import { imageRoutes } from "./images/api.ts";
+import { lastEventByMac, listEvents } from "./events.ts";
 import { logger } from "./log.ts";
 import { asMac, type NodeInfo } from "./nodes.ts";
 
 const log = logger("api");
-const started = Date.now();
 
-export type ApiExtension = (app: Hono, ctx: Context) => void;
-const extensions: ApiExtension[] = [];
-
-/** Lets later components add routes under /api/v1 (e.g. /vnodes, /nodes/:ref/console) without
- *  editing this file. Call at module load time: extensions are applied when apiRoutes() builds
- *  the app. */
-export function registerApiExtension(fn: ApiExtension): void {
-  extensions.push(fn);
+/** A router an embedding program adds under /api/v1 (serve's `apiRoutes`), mounted at `path`. */
+export interface ApiRoute {
+  path: string;
+  routes(ctx: Context): Hono;
 }
 
 /** Reads the token, creating it (32 random bytes, hex, mode 0600) when absent or unreadable. */
@@ -62,17 +59,25 @@ function tokenMatches(header: string | undefined, token: string): boolean {
   return a.length === b.length && timingSafeEqual(a, b);
 }
 
-/** A 401 answer when the request does not carry the API token, else undefined. */
-export function requireToken(c: HonoContext, ctx: Context): Response | undefined {
-  if (tokenMatches(c.req.header("authorization"), ctx.token)) return undefined;
-  return c.json({
-    error: "missing or wrong API token: send Authorization: Bearer <token> " +
-      `(the token is in ${ctx.data.token} on the server)`,
-  }, 401);
+/**
+ * Refuses (401) a request without the API token: writes always, reads (GET, HEAD) too when
+ * `reads` is true.
+ */
+export function bearerAuth(ctx: Context, opts: { reads: boolean }): MiddlewareHandler {
+  return async (c, next) => {
+    const read = c.req.method === "GET" || c.req.method === "HEAD";
+    if ((!read || opts.reads) && !tokenMatches(c.req.header("authorization"), ctx.token)) {
+      return c.json({
+        error: "missing or wrong API token: send Authorization: Bearer <token> " +
+          `(the token is in ${ctx.data.token} on the server)`,
+      }, 401);
+    }
+    await next();
+  };
 }
 
-/** The request body as a JSON object, or a 400 that says what is wrong. */
-async function body(req: Request): Promise<Record<string, unknown>> {
+/** The request body as a JSON object (an empty body is `{}`), or a 400 that says what is wrong. */
+export async function jsonBody(req: Request): Promise<Record<string, unknown>> {
   const text = await req.text();
   if (!text.trim()) return {};
   let v: unknown;
@@ -110,51 +115,46 @@ function int(v: string | undefined, field: string, dflt: number, max: number): n
   return Math.min(Number(v), max);
 }
 
-export function apiRoutes(ctx: Context): Hono {
-  const app = new Hono();
-  const { nodes } = ctx;
-
-  app.onError(apiErrorResponse);
-
-  app.use("*", async (c, next) => {
-    const read = c.req.method === "GET" || c.req.method === "HEAD";
-    if (!read || ctx.config.api.auth === "all") {
-      const refused = requireToken(c, ctx);
-      if (refused) return refused;
-    }
-    await next();
-  });
-
-  app.get("/health", (c) => {
-    const count = (t: string) =>
-      (ctx.db.prepare(`SELECT count(*) AS n FROM ${t}`).get() as { n: number }).n;
-    return c.json({
+/** GET /health: up, and how much is registered. */
+export function healthRoutes(ctx: Context): Hono {
+  const started = Date.now();
+  return apiRouter().get("/", (c) =>
+    c.json({
       ok: true,
       uptimeSeconds: Math.round((Date.now() - started) / 1000),
-      nodes: count("nodes"),
-      images: count("images"),
-    });
-  });
+      nodes: ctx.nodes.count(),
+      images: ctx.images.count(),
+    }));
+}
 
-  app.route("/images", imageRoutes(ctx));
+/** A node ref for the events filter: MACs of forgotten nodes still have a timeline. */
+function macOf(ctx: Context, ref: string): string {
+  return asMac(ref) ?? ctx.nodes.get(ref).mac;
+}
+
+function events(ctx: Context, c: { req: { query(k: string): string | undefined } }, mac?: string) {
+  return listEvents(ctx.db, {
+    mac,
+    sinceId: int(c.req.query("since"), "since", 0, Number.MAX_SAFE_INTEGER),
+    limit: int(c.req.query("limit"), "limit", 200, 10000),
+  });
+}
+
+/** /nodes: list, add, show, rename, forget, settings, reboot, timeline. */
+export function nodeRoutes(ctx: Context): Hono {
+  const { nodes } = ctx;
+  const app = apiRouter();
 
   // Node list entries carry the last timeline event (for `node ls` and the dashboard).
-  const lastEvents = () => {
-    const rows = ctx.db.prepare(
-      `SELECT mac, ts, kind FROM events
-       WHERE id IN (SELECT max(id) FROM events WHERE mac IS NOT NULL GROUP BY mac)`,
-    ).all() as { mac: string; ts: string; kind: string }[];
-    return new Map(rows.map((r) => [r.mac, { ts: r.ts, kind: r.kind }]));
-  };
   const withLast = (list: NodeInfo[]) => {
-    const last = lastEvents();
+    const last = lastEventByMac(ctx.db);
     return list.map((n) => ({ ...n, lastEvent: last.get(n.mac) ?? null }));
   };
 
-  app.get("/nodes", (c) => c.json(withLast(nodes.list())));
+  app.get("/", (c) => c.json(withLast(nodes.list())));
 
-  app.post("/nodes", async (c) => {
-    const b = await body(c.req.raw);
+  app.post("/", async (c) => {
+    const b = await jsonBody(c.req.raw);
     const node = nodes.add(str(b.mac, "mac", true), {
       name: str(b.name, "name"),
       model: str(b.model, "model"),
@@ -164,10 +164,10 @@ export function apiRoutes(ctx: Context): Hono {
     return c.json(node, 201);
   });
 
-  app.get("/nodes/:ref", (c) => c.json(withLast([nodes.get(c.req.param("ref"))])[0]));
+  app.get("/:ref", (c) => c.json(withLast([nodes.get(c.req.param("ref"))])[0]));
 
-  app.patch("/nodes/:ref", async (c) => {
-    const b = await body(c.req.raw);
+  app.patch("/:ref", async (c) => {
+    const b = await jsonBody(c.req.raw);
     const unknown = Object.keys(b).filter((k) => k !== "name");
     if (unknown.length) {
       throw new UserError(
@@ -179,52 +179,46 @@ export function apiRoutes(ctx: Context): Hono {
     return c.json(nodes.rename(c.req.param("ref"), str(b.name, "name", true)));
   });
 
-  app.delete("/nodes/:ref", (c) => {
+  app.delete("/:ref", (c) => {
     const node = nodes.get(c.req.param("ref"));
     nodes.forget(node.mac);
     return c.json({ forgotten: node.mac, name: node.name });
   });
 
-  app.patch("/nodes/:ref/config", async (c) => {
-    const b = await body(c.req.raw);
+  app.patch("/:ref/config", async (c) => {
+    const b = await jsonBody(c.req.raw);
     return c.json(nodes.configure(c.req.param("ref"), b as Record<string, string | null>));
   });
 
-  app.post("/deploy", async (c) => {
-    const b = await body(c.req.raw);
+  app.post("/:ref/reboot", async (c) => {
+    const b = await jsonBody(c.req.raw);
+    return c.json(await nodes.reboot(c.req.param("ref"), str(b.cause, "cause") ?? "user request"));
+  });
+
+  app.get("/:ref/events", (c) => c.json(events(ctx, c, macOf(ctx, c.req.param("ref")))));
+  return app;
+}
+
+/** POST /deploy {nodes, image, reboot?, force?}. */
+export function deployRoutes(ctx: Context): Hono {
+  return apiRouter().post("/", async (c) => {
+    const b = await jsonBody(c.req.raw);
     const refs = b.nodes;
     if (!Array.isArray(refs) || refs.some((r) => typeof r !== "string")) {
       throw new UserError('field "nodes" must be an array of node names or MACs');
     }
-    const result = await nodes.deploy(refs as string[], str(b.image, "image", true), {
+    const result = await ctx.nodes.deploy(refs as string[], str(b.image, "image", true), {
       reboot: bool(b.reboot, "reboot"),
       force: bool(b.force, "force"),
     });
     return c.json(result);
   });
+}
 
-  app.post("/nodes/:ref/reboot", async (c) => {
-    const b = await body(c.req.raw);
-    return c.json(await nodes.reboot(c.req.param("ref"), str(b.cause, "cause") ?? "user request"));
-  });
-
-  /** A node ref for the events filter: MACs of forgotten nodes still have a timeline. */
-  const macOf = (ref: string) => asMac(ref) ?? nodes.get(ref).mac;
-  const events = (c: { req: { query(k: string): string | undefined } }, mac?: string) =>
-    listEvents(ctx.db, {
-      mac,
-      sinceId: int(c.req.query("since"), "since", 0, Number.MAX_SAFE_INTEGER),
-      limit: int(c.req.query("limit"), "limit", 200, 10000),
-    });
-
-  app.get("/events", (c) => {
+/** GET /events?mac=|node=&since=&limit=: the timeline, of one node or of everything. */
+export function eventRoutes(ctx: Context): Hono {
+  return apiRouter().get("/", (c) => {
     const ref = c.req.query("mac") ?? c.req.query("node");
-    return c.json(events(c, ref ? macOf(ref) : undefined));
+    return c.json(events(ctx, c, ref ? macOf(ctx, ref) : undefined));
   });
-  app.get("/nodes/:ref/events", (c) => c.json(events(c, macOf(c.req.param("ref")))));
-
-  for (const ext of extensions) ext(app, ctx);
-
-  app.all("*", (c) => c.json({ error: `no such API route: ${c.req.method} ${c.req.path}` }, 404));
-  return app;
 }

@@ -1,5 +1,6 @@
 // One mapping of a thrown error onto the API's `{error}` replies, shared by every router under
-// /api/v1 (a router mounted on its own, as in tests, answers the same way).
+// /api/v1 (each is an apiRouter(): one mounted on its own, as in tests, answers the same way).
+import { Hono } from "hono";
 import type { Context as HonoContext } from "hono";
 import { UserError } from "./errors.ts";
 import { logger } from "./log.ts";
@@ -23,4 +24,16 @@ export function apiErrorResponse(err: Error, c: HonoContext): Response {
   }
   log.error("request failed", { method: c.req.method, path: c.req.path, error: err.stack });
   return c.json({ error: `internal error: ${err.message}` }, 500);
+}
+
+/** A router for /api/v1: what its handlers throw becomes the `{error}` reply above. */
+export function apiRouter(): Hono {
+  const app = new Hono();
+  app.onError(apiErrorResponse);
+  return app;
+}
+
+/** The `{error}` 404 for a path no router has. */
+export function noSuchRoute(c: HonoContext): Response {
+  return c.json({ error: `no such API route: ${c.req.method} ${c.req.path}` }, 404);
 }

@@ -2,6 +2,7 @@
 import { parseArgs } from "node:util";
 import { defaultDataDir } from "./datadir.ts";
 import { UserError } from "./errors.ts";
+import { ipv4Octets } from "../contract/ipv4.ts";
 import { defaultRetention, type Retention } from "./events.ts";
 
 export type DhcpMode = "full" | "proxy" | "off";
@@ -143,11 +144,9 @@ function wholeNumber(name: string, v: string | number, min: number, max: number)
   return n;
 }
 
-const ipv4 = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/;
-
 export function parseRange(s: string): { start: string; end: string } {
   const [start, end] = s.split("-").map((x) => x.trim());
-  if (!start || !end || !ipv4.test(start) || !ipv4.test(end)) {
+  if (!start || !end || !ipv4Octets(start) || !ipv4Octets(end)) {
     throw new UserError(`--dhcp-range expects START-END IPv4 addresses, got ${s}`);
   }
   return { start, end };
@@ -192,7 +191,7 @@ export async function loadServeConfig(args: string[]): Promise<ServerConfig> {
     cfg.bridge = { name: values.bridge, address: values.address };
     cfg.interface ??= values.bridge;
   }
-  if (values.address && !ipv4.test(values.address.split("/")[0])) {
+  if (values.address && !ipv4Octets(values.address.split("/")[0])) {
     throw new UserError(`--address expects A.B.C.D or A.B.C.D/NN, got ${values.address}`);
   }
   // With --bridge too: a reused bridge may hold other addresses, and the first one is not ours.
@@ -207,7 +206,7 @@ export async function loadServeConfig(args: string[]): Promise<ServerConfig> {
     throw new UserError("--dhcp-mode full needs --dhcp-range START-END");
   }
   if (values["dhcp-router"]) {
-    if (!ipv4.test(values["dhcp-router"])) {
+    if (!ipv4Octets(values["dhcp-router"])) {
       throw new UserError(`--dhcp-router expects an IPv4 address, got ${values["dhcp-router"]}`);
     }
     cfg.dhcp.router = values["dhcp-router"];

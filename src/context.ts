@@ -1,10 +1,13 @@
-// What every server component gets: configuration, state, and the two registries.
+// What every server component gets: configuration, state, the registries, and the per-server
+// parts (power drivers, virtual nodes) that routes reach through it.
 import type { ServerConfig } from "./config.ts";
 import type { DataDir } from "./datadir.ts";
 import type { Db } from "./db.ts";
 import type { ImageStore } from "./images/store.ts";
 import type { NodeRegistry } from "./nodes.ts";
+import type { PowerDrivers } from "./power/driver.ts";
 import type { Rebooter } from "./reboot.ts";
+import type { VnodeManager } from "./vnode/manager.ts";
 
 export interface Service {
   name: string;
@@ -18,6 +21,10 @@ export interface Context {
   images: ImageStore;
   nodes: NodeRegistry;
   rebooter: Rebooter;
+  /** The power drivers nodes can select (`power.driver`), and the action running per node. */
+  power: PowerDrivers;
+  /** The virtual nodes, while they run (startVnodes). */
+  vnodes?: VnodeManager;
   /** API write token (also in data/token, mode 0600). */
   token: string;
   /** Fires `new Event("nodes")` after registrations/deploys/forgets and `new Event("images")`

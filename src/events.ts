@@ -4,6 +4,7 @@
 // anyone's for a script fetch) go through a per-source-address rate limit (recordFromSource), and
 // a periodic prune keeps the table within an age and a count per node (startEventRetention).
 import { type Db, tx } from "./db.ts";
+import type { EventKind } from "./eventkinds.ts";
 import { logger } from "./log.ts";
 
 const log = logger("events");
@@ -12,6 +13,7 @@ export interface Event {
   id: number;
   mac: string | null;
   ts: string;
+  /** An EventKind, or a kind an older server wrote. */
   kind: string;
   detail: Record<string, unknown>;
 }
@@ -19,7 +21,7 @@ export interface Event {
 export function recordEvent(
   db: Db,
   mac: string | null,
-  kind: string,
+  kind: EventKind,
   detail: Record<string, unknown> = {},
 ): void {
   db.prepare("INSERT INTO events (mac, ts, kind, detail) VALUES (?, ?, ?, ?)")
@@ -34,7 +36,7 @@ export function recordEvent(
 export function recordProgress(
   db: Db,
   mac: string,
-  kind: string,
+  kind: EventKind,
   detail: Record<string, unknown>,
 ): void {
   tx(db, () => {
@@ -61,6 +63,15 @@ export function listEvents(
     detail: string;
   }[];
   return rows.reverse().map((r) => ({ ...r, detail: JSON.parse(r.detail) }));
+}
+
+/** The newest event of each MAC (node lists show it). */
+export function lastEventByMac(db: Db): Map<string, { ts: string; kind: string }> {
+  const rows = db.prepare(
+    `SELECT mac, ts, kind FROM events
+     WHERE id IN (SELECT max(id) FROM events WHERE mac IS NOT NULL GROUP BY mac)`,
+  ).all() as { mac: string; ts: string; kind: string }[];
+  return new Map(rows.map((r) => [r.mac, { ts: r.ts, kind: r.kind }]));
 }
 
 // ---- rate limit per source address ----
@@ -184,13 +195,15 @@ export function recordFromSource(
   db: Db,
   source: string | undefined,
   mac: string | null,
-  kind: string,
+  // EventKind once netboot/tftp/server.ts types its `record(kind)` helper (the other call sites
+  // already pass kinds from the list).
+  kind: EventKind | string,
   detail: Record<string, unknown> = {},
   budget: Budget = "refusal",
 ): boolean {
   const g = gateFor(db);
   const allowed = g.limiters[budget].allow(sourceKey(source));
-  if (allowed) recordEvent(db, mac, kind, detail);
+  if (allowed) recordEvent(db, mac, kind as EventKind, detail);
   if (Date.now() - g.summarizedAt >= summaryMs) recordSuppressed(db);
   return allowed;
 }

@@ -11,6 +11,7 @@ import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Context, Service } from "./context.ts";
+import { networkCidr } from "../contract/ipv4.ts";
 import { UserError } from "./errors.ts";
 import { recordEvent } from "./events.ts";
 import { logger } from "./log.ts";
@@ -59,14 +60,6 @@ export interface ExportSet {
 }
 
 // ---- pure rendering ----
-
-/** `a.b.c.d/nn` of the network holding `ip` under `netmask`. */
-export function networkCidr(ip: string, netmask: string): string {
-  const octets = (s: string) => s.split(".").map(Number);
-  const a = octets(ip), m = octets(netmask);
-  const bits = m.reduce((n, o) => n + (o >>> 0).toString(2).replaceAll("0", "").length, 0);
-  return `${a.map((o, i) => o & m[i]).join(".")}/${bits}`;
-}
 
 /** A path as a quoted config/exports string; refuses what neither format can carry. */
 function quoted(path: string): string {

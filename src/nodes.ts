@@ -34,6 +34,7 @@ import { recordEvent } from "./events.ts";
 import type { ImageStore } from "./images/store.ts";
 import { normalizeMac } from "./mac.ts";
 import { BOOT_MODES, RULES } from "../contract/cmdline.ts";
+import { ipv4Octets } from "../contract/ipv4.ts";
 import { logger } from "./log.ts";
 import type { Rebooter, RebootResult } from "./reboot.ts";
 
@@ -55,54 +56,59 @@ export interface NodeInfo {
 /** Checks one setting value and returns it normalised, or throws a UserError saying why. */
 export type SettingValidator = (key: string, value: string) => string;
 
-const validators = new Map<string, SettingValidator>();
-/** Registered prefixes whose values are secrets (passwords, communities, keys). */
-const secrets = new Set<string>();
+/** A node setting: the key itself, or every `key.*` (a key ending in "." only matches below it).
+ *  A `secret` setting is stored as given but shown as `***` everywhere (NodeInfo, events); the
+ *  code that uses it reads it with NodeRegistry.secretSettings(). */
+export interface Setting {
+  key: string;
+  check: SettingValidator;
+  secret?: boolean;
+}
+
 /** What the API, CLI, dashboard and events show instead of a secret setting's value. */
 export const secretShown = "***";
 
-/** Adds the settings under `prefix` (the key itself, or `prefix.*`; a prefix ending in "." only
- *  matches below it). Later components (virtual nodes) call this at module load time. A `secret`
- *  setting is stored as given but shown as `***` everywhere (NodeInfo, events); the code that
- *  uses it reads it with NodeRegistry.secretSettings(). */
-export function registerSettingValidator(
-  prefix: string,
-  fn: SettingValidator,
-  opts: { secret?: boolean } = {},
-): void {
-  validators.set(prefix, fn);
-  if (opts.secret) secrets.add(prefix);
-  else secrets.delete(prefix);
-}
+/** The settings a registry accepts (built-in, virtual nodes', power drivers', an embedder's):
+ *  the first that matches a key checks it; a later one with the same key replaces an earlier. */
+export class SettingRules {
+  #checks = new Map<string, SettingValidator>();
+  #secrets = new Set<string>();
 
-function registeredPrefix(key: string): string | undefined {
-  if (validators.has(key)) return key;
-  for (const prefix of validators.keys()) {
-    if (key.startsWith(prefix.endsWith(".") ? prefix : prefix + ".")) return prefix;
+  constructor(settings: Setting[]) {
+    for (const { key, check, secret } of settings) {
+      this.#checks.set(key, check);
+      if (secret) this.#secrets.add(key);
+      else this.#secrets.delete(key);
+    }
   }
-  return undefined;
-}
 
-function validatorFor(key: string): SettingValidator | undefined {
-  const prefix = registeredPrefix(key);
-  return prefix === undefined ? undefined : validators.get(prefix);
-}
+  #keyOf(key: string): string | undefined {
+    if (this.#checks.has(key)) return key;
+    for (const prefix of this.#checks.keys()) {
+      if (key.startsWith(prefix.endsWith(".") ? prefix : prefix + ".")) return prefix;
+    }
+    return undefined;
+  }
 
-/** `settings` with every secret value replaced by `***` (a removal, null, stays null). */
-export function redactSettings<T extends string | null>(
-  settings: Record<string, T>,
-): Record<string, T | string> {
-  return Object.fromEntries(
-    Object.entries(settings).map(([k, v]) => {
-      const prefix = registeredPrefix(k);
-      return [k, v !== null && prefix !== undefined && secrets.has(prefix) ? secretShown : v];
-    }),
-  );
-}
+  validatorFor(key: string): SettingValidator | undefined {
+    const k = this.#keyOf(key);
+    return k === undefined ? undefined : this.#checks.get(k);
+  }
 
-/** Setting keys known right now (built-in and registered), for error messages and help. */
-export function knownSettings(): string[] {
-  return [...validators.keys()].sort();
+  /** `settings` with every secret value replaced by `***` (a removal, null, stays null). */
+  redact<T extends string | null>(settings: Record<string, T>): Record<string, T | string> {
+    return Object.fromEntries(
+      Object.entries(settings).map(([k, v]) => {
+        const key = this.#keyOf(k);
+        return [k, v !== null && key !== undefined && this.#secrets.has(key) ? secretShown : v];
+      }),
+    );
+  }
+
+  /** Setting keys known, for error messages and help. */
+  known(): string[] {
+    return [...this.#checks.keys()].sort();
+  }
 }
 
 function oneOf(allowed: string[]): SettingValidator {
@@ -115,41 +121,57 @@ function oneOf(allowed: string[]): SettingValidator {
   };
 }
 
-registerSettingValidator("kernel.cmdline", (key, value) => {
-  // Appended to the kernel command line as is: a line break would end it early.
-  if (/[\r\n\0]/.test(value)) throw new UserError(`${key} must be a single line`);
-  if (value.length > 1024) throw new UserError(`${key} is longer than 1024 characters`);
-  return value.trim();
-});
-// The values that go on the kernel command line follow its contract's rules (contract/cmdline.ts),
-// so a setting is accepted exactly when the node accepts it.
-registerSettingValidator("boot.mode", oneOf([...BOOT_MODES]));
-registerSettingValidator("boot.timeout", (key, value) => {
-  const v = value.trim();
-  if (!RULES.timeout.test(v)) {
-    throw new UserError(`${key} must be ${RULES.timeout.expected}, got "${value}"`);
-  }
-  return String(Number(v));
-});
-registerSettingValidator("tmpfs.size", (key, value) => {
-  const v = value.trim();
-  if (!RULES.tmpfs.test(v)) {
-    throw new UserError(`${key} must be ${RULES.tmpfs.expected}, got "${value}"`);
-  }
-  return v.toLowerCase();
-});
-registerSettingValidator("initramfs", oneOf(["netroot", "image"]));
-registerSettingValidator("ip", (key, value) => {
-  // The node's address, fixed by the admin: a unicast IPv4 address (its /persist is exported
-  // read-write to it, and the kernel command line configures it).
-  const v = value.trim();
-  const o = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(v)?.slice(1).map(Number);
-  if (!o || o.some((x) => x > 255) || o[0] === 0 || o[0] === 127 || o[0] >= 224) {
-    throw new UserError(`${key} must be a unicast IPv4 address like 192.168.50.21, got "${value}"`);
-  }
-  return o.join(".");
-});
-registerSettingValidator("persist", oneOf(["true", "false"]));
+/** The settings every node has (virtual nodes and power drivers add theirs: src/server.ts). */
+export const nodeSettings: Setting[] = [
+  {
+    key: "kernel.cmdline",
+    check: (key, value) => {
+      // Appended to the kernel command line as is: a line break would end it early.
+      if (/[\r\n\0]/.test(value)) throw new UserError(`${key} must be a single line`);
+      if (value.length > 1024) throw new UserError(`${key} is longer than 1024 characters`);
+      return value.trim();
+    },
+  },
+  // The values that go on the kernel command line follow its contract's rules
+  // (contract/cmdline.ts), so a setting is accepted exactly when the node accepts it.
+  { key: "boot.mode", check: oneOf([...BOOT_MODES]) },
+  {
+    key: "boot.timeout",
+    check: (key, value) => {
+      const v = value.trim();
+      if (!RULES.timeout.test(v)) {
+        throw new UserError(`${key} must be ${RULES.timeout.expected}, got "${value}"`);
+      }
+      return String(Number(v));
+    },
+  },
+  {
+    key: "tmpfs.size",
+    check: (key, value) => {
+      const v = value.trim();
+      if (!RULES.tmpfs.test(v)) {
+        throw new UserError(`${key} must be ${RULES.tmpfs.expected}, got "${value}"`);
+      }
+      return v.toLowerCase();
+    },
+  },
+  { key: "initramfs", check: oneOf(["netroot", "image"]) },
+  {
+    key: "ip",
+    check: (key, value) => {
+      // The node's address, fixed by the admin: a unicast IPv4 address (its /persist is exported
+      // read-write to it, and the kernel command line configures it).
+      const o = ipv4Octets(value.trim());
+      if (!o || o[0] === 0 || o[0] === 127 || o[0] >= 224) {
+        throw new UserError(
+          `${key} must be a unicast IPv4 address like 192.168.50.21, got "${value}"`,
+        );
+      }
+      return o.join(".");
+    },
+  },
+  { key: "persist", check: oneOf(["true", "false"]) },
+];
 
 /** The normalised MAC if `ref` reads as one (any spelling normalizeMac accepts), else undefined. */
 export function asMac(ref: string): string | undefined {
@@ -241,6 +263,7 @@ export class NodeRegistry {
     readonly images: ImageStore,
     readonly rebooter: Rebooter,
     readonly changes: EventTarget,
+    readonly rules: SettingRules = new SettingRules(nodeSettings),
   ) {}
 
   #info(row: NodeRow, settings: Record<string, string>): NodeInfo {
@@ -254,7 +277,7 @@ export class NodeRegistry {
       virtual: row.virtual === 1,
       createdAt: row.created_at,
       lastSeen: row.last_seen,
-      settings: redactSettings(settings),
+      settings: this.rules.redact(settings),
     };
   }
 
@@ -280,6 +303,11 @@ export class NodeRegistry {
     let st = this.#statements.get(query);
     if (!st) this.#statements.set(query, st = this.db.prepare(query));
     return st;
+  }
+
+  /** How many nodes are registered (the API's health answer). */
+  count(): number {
+    return (this.db.prepare("SELECT count(*) AS n FROM nodes").get() as { n: number }).n;
   }
 
   list(): NodeInfo[] {
@@ -544,9 +572,9 @@ export class NodeRegistry {
     const node = this.get(ref);
     const normalized: [string, string | null][] = [];
     for (const [key, value] of Object.entries(settings)) {
-      const validate = validatorFor(key);
+      const validate = this.rules.validatorFor(key);
       if (!validate) {
-        throw new UserError(`unknown setting ${key} (known: ${knownSettings().join(", ")})`);
+        throw new UserError(`unknown setting ${key} (known: ${this.rules.known().join(", ")})`);
       }
       if (value !== null && typeof value !== "string") {
         throw new UserError(`setting ${key} needs a string value (or null to remove it)`);
@@ -566,7 +594,12 @@ export class NodeRegistry {
           ).run(node.mac, key, value);
         }
       }
-      recordEvent(this.db, node.mac, "node.config", redactSettings(Object.fromEntries(normalized)));
+      recordEvent(
+        this.db,
+        node.mac,
+        "node.config",
+        this.rules.redact(Object.fromEntries(normalized)),
+      );
     });
     this.#changed();
     return this.get(node.mac);

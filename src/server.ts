@@ -9,22 +9,46 @@ import { UserError } from "./errors.ts";
 import { recordEvent, startEventRetention } from "./events.ts";
 import { ImageStore } from "./images/store.ts";
 import { logger, setNodeNamer } from "./log.ts";
-import { NodeRegistry } from "./nodes.ts";
+import { NodeRegistry, nodeSettings, type Setting, SettingRules } from "./nodes.ts";
 import { Rebooter } from "./reboot.ts";
-import { apiRoutes, loadOrCreateToken } from "./api.ts";
+import {
+  type ApiRoute,
+  bearerAuth,
+  deployRoutes,
+  eventRoutes,
+  healthRoutes,
+  loadOrCreateToken,
+  nodeRoutes,
+} from "./api.ts";
+import { apiErrorResponse, noSuchRoute } from "./apierror.ts";
 import { dashboardRoutes } from "./dashboard.ts";
+import { imageRoutes } from "./images/api.ts";
 import { bootRoutes } from "../netboot/http.ts";
 import { startDhcp } from "../netboot/dhcp4/server.ts";
 import { startTftp } from "../netboot/tftp/server.ts";
 import { startRouterAdvertisements } from "../netboot/ra.ts";
 import { startNfs } from "./nfs.ts";
 import { ensureBridge } from "./vnode/bridge.ts";
-import { startVnodes } from "./vnode/manager.ts";
-import { registerPowerReboots } from "./power/power.ts";
-import "./power/api.ts";
+import { consoleRoutes, vnodeRoutes } from "./vnode/api.ts";
+import { startVnodes, vnodeSettings } from "./vnode/manager.ts";
+import { powerRoutes } from "./power/api.ts";
+import { type PowerDriver, PowerDrivers } from "./power/driver.ts";
+import { builtinPowerDrivers, registerPowerReboots } from "./power/power.ts";
+import { powerSettings } from "./power/settings.ts";
 import { prebuildAll, removeInitramfsFor } from "./initramfs/build.ts";
 
 const log = logger("serve");
+
+/** What an embedding program adds to the built-in server (mod.ts): given to serve, or to
+ *  openContext (settings, drivers) and buildApp (routes). */
+export interface Plugins {
+  /** Routers under /api/v1, after the built-in ones (the API's token rules apply to them). */
+  apiRoutes?: ApiRoute[];
+  /** Node settings, after the built-in ones (same key: the plugin's check wins). */
+  settings?: Setting[];
+  /** Power drivers, selectable with `power.driver=<name>` (same name: the plugin's wins). */
+  powerDrivers?: PowerDriver[];
+}
 
 export interface RunningServer {
   ctx: Context;
@@ -86,14 +110,21 @@ async function listenHttp(
 }
 
 /** Builds the context: state opened, migrations run, tree reconciled. Used by serve and tests. */
-export async function openContext(config: ServerConfig): Promise<Context> {
+export async function openContext(config: ServerConfig, plugins: Plugins = {}): Promise<Context> {
   const data = new DataDir(config.dataDir);
   await data.ensure();
   const db = openDatabase(data.db);
   const rebooter = new Rebooter(db);
   const images = new ImageStore(data, db);
   const changes = new EventTarget();
-  const nodes = new NodeRegistry(data, db, images, rebooter, changes);
+  const power = new PowerDrivers([...builtinPowerDrivers, ...plugins.powerDrivers ?? []]);
+  const rules = new SettingRules([
+    ...nodeSettings,
+    ...vnodeSettings,
+    ...powerSettings(() => power.names()),
+    ...plugins.settings ?? [],
+  ]);
+  const nodes = new NodeRegistry(data, db, images, rebooter, changes, rules);
   images.changes = changes;
   const token = await loadOrCreateToken(data.token);
   const fixed = await images.reconcile();
@@ -101,16 +132,31 @@ export async function openContext(config: ServerConfig): Promise<Context> {
   if (fixed + fixedNodes > 0) {
     log.info("reconciled data dir with database", { fixed: fixed + fixedNodes });
   }
-  const ctx: Context = { config, data, db, images, nodes, rebooter, token, changes };
+  const ctx: Context = { config, data, db, images, nodes, rebooter, power, token, changes };
   registerPowerReboots(ctx); // before vnodes' QMP reset: an explicit power.driver wins
   return ctx;
 }
 
-export function buildApp(ctx: Context): Hono {
+/** The HTTP app: every route of the server, in one table. */
+export function buildApp(ctx: Context, plugins: Plugins = {}): Hono {
+  const api = new Hono();
+  api.onError(apiErrorResponse);
+  api.use("*", bearerAuth(ctx, { reads: ctx.config.api.auth === "all" }));
+  api.route("/health", healthRoutes(ctx)); //      GET
+  api.route("/nodes", nodeRoutes(ctx)); //         list, add, show, rename, rm, config, reboot, events
+  api.route("/nodes", powerRoutes(ctx)); //        POST /nodes/:ref/power
+  api.route("/nodes", consoleRoutes(ctx)); //      GET /nodes/:ref/console (token even for reads)
+  api.route("/deploy", deployRoutes(ctx)); //      POST
+  api.route("/events", eventRoutes(ctx)); //       GET
+  api.route("/images", imageRoutes(ctx)); //       list, show, import, rename, rm
+  api.route("/vnodes", vnodeRoutes(ctx)); //       list, create, rm
+  for (const r of plugins.apiRoutes ?? []) api.route(r.path, r.routes(ctx));
+  api.all("*", noSuchRoute);
+
   const app = new Hono();
-  app.route("/api/v1", apiRoutes(ctx));
-  app.route("/boot", bootRoutes(ctx));
-  app.route("/", dashboardRoutes(ctx));
+  app.route("/api/v1", api);
+  app.route("/boot", bootRoutes(ctx)); //          iPXE scripts, kernels, initramfs, node reports
+  app.route("/", dashboardRoutes(ctx)); //         GET /
   return app;
 }
 
@@ -158,10 +204,11 @@ function followImagesWithInitramfs(ctx: Context): Service {
   };
 }
 
-export async function serve(config: ServerConfig, opts: { signal?: AbortSignal } = {}): Promise<
-  RunningServer
-> {
-  const ctx = await openContext(config);
+export async function serve(
+  config: ServerConfig,
+  opts: Plugins & { signal?: AbortSignal } = {},
+): Promise<RunningServer> {
+  const ctx = await openContext(config, opts);
   const unnameNodes = setNodeNamer((mac) => ctx.nodes.find(mac)?.name);
   const services: Service[] = [];
   try {
@@ -170,7 +217,7 @@ export async function serve(config: ServerConfig, opts: { signal?: AbortSignal }
       config.serverIp ??= interfaceAddress(config.interface);
     }
     const httpHostForNodes = config.serverIp;
-    const app = buildApp(ctx);
+    const app = buildApp(ctx, opts);
     const http = await listenHttp(httpHosts(config), config.http.port, app.fetch, opts.signal);
     services.push({ name: "http", close: http.close });
     const addr = http.addrs[0];

@@ -3,18 +3,21 @@ import { addImage } from "./support/images.ts";
 import assert from "node:assert/strict";
 import { readlinkSync } from "node:fs";
 import { join } from "node:path";
-import { loadOrCreateToken, registerApiExtension } from "../src/api.ts";
+import { Hono } from "hono";
+import { type ApiRoute, loadOrCreateToken } from "../src/api.ts";
 import { defaultConfig } from "../src/config.ts";
 import type { Context } from "../src/context.ts";
 import { buildApp, openContext } from "../src/server.ts";
 
-// Registered before any app is built, as a later component (virtual nodes) does at load time.
-registerApiExtension((app, ctx) => {
-  app.get("/nodes/:ref/test-extension", (c) => {
-    const n = ctx.nodes.get(c.req.param("ref"));
-    return c.json({ text: `extension sees ${n.name}` });
-  });
-});
+// An embedder's router (plugins.apiRoutes), mounted next to the built-in /nodes routes.
+const extension: ApiRoute = {
+  path: "/nodes",
+  routes: (ctx) =>
+    new Hono().get("/:ref/test-extension", (c) => {
+      const n = ctx.nodes.get(c.req.param("ref"));
+      return c.json({ text: `extension sees ${n.name}` });
+    }),
+};
 
 interface Api {
   ctx: Context;
@@ -29,7 +32,7 @@ async function withApi(fn: (api: Api) => Promise<void>): Promise<void> {
   const ctx = await openContext({ ...defaultConfig(), dataDir: dir });
   const server = Deno.serve(
     { hostname: "127.0.0.1", port: 0, onListen: () => {} },
-    buildApp(ctx).fetch,
+    buildApp(ctx, { apiRoutes: [extension] }).fetch,
   );
   const base = `http://127.0.0.1:${server.addr.port}/api/v1`;
   try {

@@ -116,7 +116,9 @@ Deno.test("serve: retention runs without being asked, with the configured bounds
     const old = new Date(Date.now() - 8 * 86_400_000).toISOString();
     ctx.db.prepare("INSERT INTO events (mac, ts, kind) VALUES (?, ?, 'ancient')").run(node, old);
     for (let i = 0; i < 400; i++) recordEvent(ctx.db, node, "dhcp.ack");
-    for (let i = 0; i < 2000; i++) recordEvent(ctx.db, `02:00:00:00:${i >> 8}:${i & 255}`, "x");
+    for (let i = 0; i < 2000; i++) {
+      recordEvent(ctx.db, `02:00:00:00:${i >> 8}:${i & 255}`, "dhcp.ack");
+    }
     ctx.db.close();
 
     const server = await serve(config);

@@ -46,7 +46,7 @@ Deno.test({
         const ctx = await openContext({ ...defaultConfig(), dataDir: data });
         try {
           if (!ctx.nodes.find(mac)) ctx.nodes.add(mac, { virtual: true });
-          recordEvent(ctx.db, mac, "test"); // the WAL and its index exist once written
+          recordEvent(ctx.db, mac, "node.config"); // the WAL and its index exist once written
           const secrets = [
             ctx.data.db,
             `${ctx.data.db}-wal`,

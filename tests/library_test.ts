@@ -45,6 +45,76 @@ Deno.test("mod.ts: serve on a temp data dir on loopback, register a node, see it
   }
 });
 
+Deno.test("mod.ts: plugins add an API route, a node setting and a power driver to one server", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nr-lib-" });
+  const switched: string[] = [];
+  const act = (what: string) => (t: netroot.PowerTarget) => {
+    switched.push(`${what} ${t.settings["relay.channel"]}`);
+    return Promise.resolve();
+  };
+  const relay: netroot.PowerDriver = {
+    name: "relay",
+    on: act("on"),
+    off: act("off"),
+    cycle: act("cycle"),
+    status: () => Promise.resolve("on"),
+  };
+  const plugins: netroot.Plugins = {
+    apiRoutes: [{
+      path: "/relays",
+      routes: (ctx) =>
+        netroot.apiRouter().get("/", (c) => c.json({ nodes: ctx.nodes.list().length })),
+    }],
+    settings: [{
+      key: "relay.channel",
+      check: (key, value) => {
+        if (!/^\d+$/.test(value)) throw new Error(`${key} must be a number`);
+        return value;
+      },
+    }],
+    powerDrivers: [relay],
+  };
+  const server = await netroot.serve({
+    ...netroot.defaultConfig(),
+    dataDir: join(dir, "data"),
+    http: { host: "127.0.0.1", port: 0 },
+  }, plugins);
+  try {
+    const base = `http://127.0.0.1:${server.http.port}/api/v1`;
+    const auth = { authorization: `Bearer ${server.ctx.token}` };
+    server.ctx.nodes.add("52:54:00:aa:bb:02", { name: "n2" });
+    assert.deepEqual(await (await fetch(`${base}/relays`)).json(), { nodes: 1 });
+    const set = await fetch(`${base}/nodes/n2/config`, {
+      method: "PATCH",
+      headers: auth,
+      body: JSON.stringify({ "power.driver": "relay", "relay.channel": "3" }),
+    });
+    assert.equal(set.status, 200, await set.clone().text());
+    const power = await fetch(`${base}/nodes/n2/power`, {
+      method: "POST",
+      headers: auth,
+      body: JSON.stringify({ action: "cycle" }),
+    });
+    assert.equal(power.status, 200, await power.clone().text());
+    assert.equal((await power.json()).driver, "relay");
+    assert.deepEqual(switched, ["cycle 3"]);
+    // Writes under a plugin's path need the token like any other.
+    assert.equal((await fetch(`${base}/relays`, { method: "POST" })).status, 401);
+  } finally {
+    await server.close();
+  }
+  // Another server without the plugins knows none of it.
+  const other = await netroot.openContext({ ...netroot.defaultConfig(), dataDir: dir });
+  try {
+    other.nodes.add("52:54:00:aa:bb:03", { name: "n3" });
+    assert.throws(() => other.nodes.configure("n3", { "relay.channel": "3" }), /unknown setting/);
+    assert.throws(() => other.nodes.configure("n3", { "power.driver": "relay" }), /power.driver/);
+  } finally {
+    other.db.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("node.ts: the init refuses to run outside PID 1", async () => {
   assert.equal(typeof node.boot, "function");
   assert.equal(typeof node.tryHybridBoot, "function");

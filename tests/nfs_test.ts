@@ -16,13 +16,13 @@ import {
   type ExportSet,
   fsidOf,
   ganeshaFsidOf,
-  networkCidr,
   nfsPersistPath,
   nfsRootPath,
   renderGaneshaConfig,
   renderKernelExports,
   startNfs,
 } from "../src/nfs.ts";
+import { networkCidr } from "../contract/ipv4.ts";
 import { openContext } from "../src/server.ts";
 
 const set: ExportSet = {

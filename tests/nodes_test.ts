@@ -16,13 +16,16 @@ import { join } from "node:path";
 import { defaultConfig } from "../src/config.ts";
 import type { Context } from "../src/context.ts";
 import { listEvents } from "../src/events.ts";
-import { flipSymlink, linkTarget, registerSettingValidator } from "../src/nodes.ts";
-import { openContext } from "../src/server.ts";
+import { flipSymlink, linkTarget } from "../src/nodes.ts";
+import { openContext, type Plugins } from "../src/server.ts";
 import { UserError } from "../src/errors.ts";
 
-async function withCtx(fn: (ctx: Context) => Promise<void> | void): Promise<void> {
+async function withCtx(
+  fn: (ctx: Context) => Promise<void> | void,
+  plugins?: Plugins,
+): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "nr-nodes-" });
-  const ctx = await openContext({ ...defaultConfig(), dataDir: dir });
+  const ctx = await openContext({ ...defaultConfig(), dataDir: dir }, plugins);
   try {
     await fn(ctx);
   } finally {
@@ -166,7 +169,16 @@ Deno.test("rename, ip, touch", () =>
     assert.ok(Date.now() - Date.parse(nodes.get("b").lastSeen!) < 5000);
   }));
 
-Deno.test("configure validates every key before writing any; null deletes; hooks add keys", () =>
+// An embedder's setting (plugins.settings): every key under "vnode.".
+const vnodeSetting = {
+  key: "vnode.",
+  check: (key: string, value: string) => {
+    if (key === "vnode.cpus" && !/^[1-8]$/.test(value)) throw new UserError(`${key}: 1-8`);
+    return value;
+  },
+};
+
+Deno.test("configure validates every key before writing any; null deletes; plugins add keys", () =>
   withCtx((ctx) => {
     const nodes = ctx.nodes;
     nodes.add("52:54:00:00:00:01", { name: "a" });
@@ -208,13 +220,15 @@ Deno.test("configure validates every key before writing any; null deletes; hooks
     );
     assert.equal(nodes.configure("a", { persist: null }).settings.persist, undefined);
 
-    registerSettingValidator("vnode.", (key, value) => {
-      if (key === "vnode.cpus" && !/^[1-8]$/.test(value)) throw new UserError(`${key}: 1-8`);
-      return value;
-    });
     assert.equal(nodes.configure("a", { "vnode.cpus": "2" }).settings["vnode.cpus"], "2");
     assert.equal(status(() => nodes.configure("a", { "vnode.cpus": "99" })), 400);
     assert.equal(status(() => nodes.configure("a", { vnode: "x" })), 400);
+  }, { settings: [vnodeSetting] }));
+
+Deno.test("a plugin's setting is the plugin's server's only", () =>
+  withCtx((ctx) => {
+    ctx.nodes.add("52:54:00:00:00:01", { name: "a" });
+    assert.throws(() => ctx.nodes.configure("a", { "vnode.cpus": "2" }), /unknown setting/);
   }));
 
 Deno.test("deploy: one transaction, links flipped, deploy and reboot events, non-bootable refused", () =>

@@ -1,8 +1,9 @@
 // /api/v1/images: list, show, import (from a path on the server machine), rename, remove.
 // An import asked with `accept: application/x-ndjson` streams progress lines {phase, done, total}
 // then one final {image} or {error}; otherwise the reply is the plain JSON result.
-import { Hono } from "hono";
-import { apiErrorResponse } from "../apierror.ts";
+import type { Hono } from "hono";
+import { jsonBody } from "../api.ts";
+import { apiRouter } from "../apierror.ts";
 import type { Context } from "../context.ts";
 import { UserError } from "../errors.ts";
 import { logger } from "../log.ts";
@@ -10,17 +11,8 @@ import { validateName } from "./store.ts";
 
 const log = logger("images");
 
-async function jsonBody(req: Request): Promise<Record<string, unknown>> {
-  try {
-    const v = await req.json();
-    if (v && typeof v === "object" && !Array.isArray(v)) return v as Record<string, unknown>;
-  } catch { /* fall through */ }
-  throw new UserError("request body must be a JSON object");
-}
-
 export function imageRoutes(ctx: Context): Hono {
-  const app = new Hono();
-  app.onError(apiErrorResponse);
+  const app = apiRouter();
 
   app.get("/", (c) => c.json(ctx.images.list()));
   // Names may hold "/" (alice/rpi:latest): the ref is the rest of the path.

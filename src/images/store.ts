@@ -100,6 +100,11 @@ export class ImageStore {
     this.changes?.dispatchEvent(new Event("images"));
   }
 
+  /** How many images there are (the API's health answer). */
+  count(): number {
+    return (this.db.prepare("SELECT count(*) AS n FROM images").get() as { n: number }).n;
+  }
+
   list(): ImageInfo[] {
     return (this.db.prepare("SELECT * FROM images ORDER BY name").all() as unknown as Row[]).map(
       toInfo,

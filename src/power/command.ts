@@ -15,9 +15,9 @@ import {
   firstLine,
   hasControlChars,
   type PowerAction,
+  type PowerDriver,
   PowerError,
   type PowerTarget,
-  registerPowerDriver,
   required,
   runTool,
 } from "./driver.ts";
@@ -111,7 +111,7 @@ async function run(t: PowerTarget, action: PowerAction): Promise<string> {
   return r.stdout;
 }
 
-registerPowerDriver({
+export const commandDriver: PowerDriver = {
   name: "command",
   on: async (t) => void await run(t, "on"),
   off: async (t) => void await run(t, "off"),
@@ -126,4 +126,4 @@ registerPowerDriver({
     }
     return word;
   },
-});
+};

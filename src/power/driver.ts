@@ -28,19 +28,24 @@ export interface PowerDriver {
   status(t: PowerTarget): Promise<PowerState>;
 }
 
-const drivers = new Map<string, PowerDriver>();
+/** The power drivers of one server (built-in and an embedder's), selectable with
+ *  `power.driver=<name>`; a later driver with the same name replaces an earlier one. */
+export class PowerDrivers {
+  #byName = new Map<string, PowerDriver>();
+  /** The action running per node: one at a time (a cycle must not interleave with an off). */
+  readonly running = new Map<string, Promise<unknown>>();
 
-/** Adds a driver (at module load time), selectable with `power.driver=<name>`. */
-export function registerPowerDriver(d: PowerDriver): void {
-  drivers.set(d.name, d);
-}
+  constructor(drivers: PowerDriver[]) {
+    for (const d of drivers) this.#byName.set(d.name, d);
+  }
 
-export function powerDriver(name: string): PowerDriver | undefined {
-  return drivers.get(name);
-}
+  get(name: string): PowerDriver | undefined {
+    return this.#byName.get(name);
+  }
 
-export function powerDriverNames(): string[] {
-  return [...drivers.keys()].sort();
+  names(): string[] {
+    return [...this.#byName.keys()].sort();
+  }
 }
 
 /** A failure of the power device or its tool (bad credentials, no answer): HTTP 502. */

@@ -5,10 +5,10 @@
 import {
   firstLine,
   parseHostPort,
+  type PowerDriver,
   PowerError,
   type PowerState,
   type PowerTarget,
-  registerPowerDriver,
   required,
   runTool,
 } from "./driver.ts";
@@ -58,7 +58,7 @@ async function status(t: PowerTarget): Promise<PowerState> {
   return m[1].toLowerCase() as PowerState;
 }
 
-registerPowerDriver({
+export const ipmiDriver: PowerDriver = {
   name: "ipmi",
   on: async (t) => void await ipmitool(t, ["chassis", "power", "on"]),
   off: async (t) => void await ipmitool(t, ["chassis", "power", "off"]),
@@ -66,4 +66,4 @@ registerPowerDriver({
   cycle: async (t) =>
     void await ipmitool(t, ["chassis", "power", (await status(t)) === "on" ? "cycle" : "on"]),
   status,
-});
+};

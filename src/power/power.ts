@@ -5,21 +5,27 @@
 import type { Context } from "../context.ts";
 import { UserError } from "../errors.ts";
 import { recordEvent } from "../events.ts";
-import { type NodeInfo, redactSettings, secretShown } from "../nodes.ts";
+import { type NodeInfo, secretShown } from "../nodes.ts";
 import type { RebootTarget } from "../reboot.ts";
+import { commandDriver } from "./command.ts";
 import {
   type PowerAction,
   powerActions,
-  powerDriver,
-  powerDriverNames,
+  type PowerDriver,
   type PowerState,
   type PowerTarget,
 } from "./driver.ts";
-import "./ipmi.ts";
-import "./snmp.ts";
-import "./command.ts";
-import "./qemu.ts";
-import "./settings.ts";
+import { ipmiDriver } from "./ipmi.ts";
+import { qemuDriver } from "./qemu.ts";
+import { snmpPoeDriver } from "./snmp.ts";
+
+/** The drivers every server has (src/server.ts adds an embedder's after them). */
+export const builtinPowerDrivers: PowerDriver[] = [
+  ipmiDriver,
+  snmpPoeDriver,
+  commandDriver,
+  qemuDriver,
+];
 
 export interface PowerResult {
   mac: string;
@@ -33,12 +39,9 @@ export interface PowerResult {
 /** Default deadline of each external command (setting power.timeout overrides it). */
 const defaultTimeoutS = 15;
 
-const locks = new WeakMap<Context, Map<string, Promise<unknown>>>();
-
 /** One power action at a time per node (a cycle must not interleave with an off). */
 function serialized<T>(ctx: Context, mac: string, fn: () => Promise<T>): Promise<T> {
-  if (!locks.has(ctx)) locks.set(ctx, new Map());
-  const m = locks.get(ctx)!;
+  const m = ctx.power.running;
   const next = (m.get(mac) ?? Promise.resolve()).catch(() => {}).then(fn);
   m.set(mac, next);
   return next.finally(() => {
@@ -47,26 +50,26 @@ function serialized<T>(ctx: Context, mac: string, fn: () => Promise<T>): Promise
 }
 
 /** The driver a node's settings select, or why there is none. */
-function driverOf(node: NodeInfo, settings: Record<string, string>) {
+function driverOf(ctx: Context, node: NodeInfo, settings: Record<string, string>) {
   const name = settings["power.driver"] ?? (node.virtual ? "qemu" : undefined);
   if (!name) {
     throw new UserError(
       `node ${node.name} has no power driver: netroot node config ${node.name} ` +
         `power.driver=${
-          powerDriverNames().filter((n) => n !== "qemu").join("|")
+          ctx.power.names().filter((n) => n !== "qemu").join("|")
         } (and its power.* settings)`,
       409,
     );
   }
-  const driver = powerDriver(name);
+  const driver = ctx.power.get(name);
   if (!driver) throw new UserError(`node ${node.name}: unknown power.driver ${name}`, 409);
   return driver;
 }
 
 /** `text` with every secret setting value of the node replaced by `***` (a tool or script may
  *  echo one). Values shorter than 4 characters are left: they would garble the message. */
-function scrub(text: string, settings: Record<string, string>): string {
-  const shown = redactSettings(settings);
+function scrub(ctx: Context, text: string, settings: Record<string, string>): string {
+  const shown = ctx.nodes.rules.redact(settings);
   for (const [k, v] of Object.entries(settings)) {
     if (shown[k] === secretShown && v.length >= 4) text = text.split(v).join(secretShown);
   }
@@ -80,7 +83,7 @@ export function nodePower(ctx: Context, ref: string, action: PowerAction): Promi
   }
   const node = ctx.nodes.get(ref);
   const settings = ctx.nodes.secretSettings(node.mac);
-  const driver = driverOf(node, settings);
+  const driver = driverOf(ctx, node, settings);
   const target: PowerTarget = {
     ctx,
     node,
@@ -102,7 +105,7 @@ export function nodePower(ctx: Context, ref: string, action: PowerAction): Promi
       return result(action === "off" ? "off" : "on");
     } catch (e) {
       if (!(e instanceof Error)) throw e;
-      const message = scrub(e.message, settings);
+      const message = scrub(ctx, e.message, settings);
       recordEvent(ctx.db, node.mac, "power.failed", { driver: driver.name, action, message });
       if (e instanceof UserError) throw new UserError(message, e.status);
       throw new Error(message);
@@ -116,7 +119,7 @@ export function registerPowerReboots(ctx: Context): void {
   // Deploys pass NodeInfo (settings included): no query per node and mechanism.
   const settingsOf = (n: RebootTarget) =>
     (n as Partial<NodeInfo>).settings ?? ctx.nodes.find(n.mac)?.settings;
-  for (const name of powerDriverNames().filter((n) => n !== "qemu")) {
+  for (const name of ctx.power.names().filter((n) => n !== "qemu")) {
     ctx.rebooter.register({
       name,
       handles: (n: RebootTarget) => settingsOf(n)?.["power.driver"] === name,

@@ -3,7 +3,7 @@
 // a vnode keeps its QMP reset: src/vnode/manager.ts registers that reboot mechanism.)
 import { UserError } from "../errors.ts";
 import { vnodeManager } from "../vnode/manager.ts";
-import { type PowerTarget, registerPowerDriver } from "./driver.ts";
+import { type PowerDriver, type PowerTarget } from "./driver.ts";
 
 function manager(t: PowerTarget) {
   if (!t.node.virtual) {
@@ -15,7 +15,7 @@ function manager(t: PowerTarget) {
   return vnodeManager(t.ctx);
 }
 
-registerPowerDriver({
+export const qemuDriver: PowerDriver = {
   name: "qemu",
   on: (t) => manager(t).powerOn(t.node.mac),
   off: (t) => manager(t).powerOff(t.node.mac),
@@ -24,4 +24,4 @@ registerPowerDriver({
     await manager(t).powerOn(t.node.mac);
   },
   status: (t) => Promise.resolve(manager(t).isRunning(t.node.mac) ? "on" : "off"),
-});
+};

@@ -1,9 +1,9 @@
 // The `power.*` node settings: checked when set (one clear line when wrong), secrets marked so
 // that the API, CLI, dashboard and events show `***` instead of them.
 import { UserError } from "../errors.ts";
-import { registerSettingValidator, secretShown, type SettingValidator } from "../nodes.ts";
+import { secretShown, type Setting, type SettingValidator } from "../nodes.ts";
 import { checkCommandLine } from "./command.ts";
-import { hasControlChars, parseHostPort, powerDriverNames } from "./driver.ts";
+import { hasControlChars, parseHostPort } from "./driver.ts";
 
 function choice(allowed: () => string[], fold: (s: string) => string): SettingValidator {
   return (key, value) => {
@@ -52,37 +52,49 @@ function wholeNumber(min: number, max: number, what: string): SettingValidator {
 
 const upper = (s: string) => s.toUpperCase();
 
-registerSettingValidator("power.driver", choice(powerDriverNames, (s) => s.toLowerCase()));
-registerSettingValidator("power.host", (_key, value) => {
-  parseHostPort(value.trim(), 1); // argv-safe: a host never starts with "-"
-  return value.trim();
-});
-registerSettingValidator("power.user", (key, value) => {
-  const v = text({ max: 64 })(key, value);
-  if (v.startsWith("-")) throw new UserError(`${key} must not start with "-"`);
-  return v;
-});
-registerSettingValidator("power.password", secret(text({ max: 128, spaces: true })), {
-  secret: true,
-});
-registerSettingValidator("power.cipher", wholeNumber(0, 17, "an IPMI cipher suite"));
-registerSettingValidator("power.timeout", wholeNumber(1, 300, "a number of seconds"));
-registerSettingValidator("power.community", secret(text({ max: 64 })), { secret: true });
-registerSettingValidator(
-  "power.auth.protocol",
-  choice(() => ["MD5", "SHA", "SHA-224", "SHA-256", "SHA-384", "SHA-512"], upper),
-);
-registerSettingValidator("power.auth.key", secret(text({ max: 128, min: 8 })), { secret: true });
-registerSettingValidator(
-  "power.priv.protocol",
-  choice(() => ["DES", "AES", "AES-192", "AES-256"], upper),
-);
-registerSettingValidator("power.priv.key", secret(text({ max: 128, min: 8 })), { secret: true });
-registerSettingValidator("power.poe.port", (key, value) => {
-  const m = /^(?:(\d{1,5})\.)?(\d{1,5})$/.exec(value.trim());
-  if (!m || Number(m[2]) === 0 || m[1] === "0") {
-    throw new UserError(`${key} must be a PoE port index like 4, or GROUP.PORT like 1.4`);
-  }
-  return `${Number(m[1] ?? 1)}.${Number(m[2])}`;
-});
-registerSettingValidator("power.command", (_key, value) => checkCommandLine(value));
+/** The power.* settings; `power.driver` takes the names `driverNames` gives (the server's). */
+export function powerSettings(driverNames: () => string[]): Setting[] {
+  return [
+    { key: "power.driver", check: choice(driverNames, (s) => s.toLowerCase()) },
+    {
+      key: "power.host",
+      check: (_key, value) => {
+        parseHostPort(value.trim(), 1); // argv-safe: a host never starts with "-"
+        return value.trim();
+      },
+    },
+    {
+      key: "power.user",
+      check: (key, value) => {
+        const v = text({ max: 64 })(key, value);
+        if (v.startsWith("-")) throw new UserError(`${key} must not start with "-"`);
+        return v;
+      },
+    },
+    { key: "power.password", check: secret(text({ max: 128, spaces: true })), secret: true },
+    { key: "power.cipher", check: wholeNumber(0, 17, "an IPMI cipher suite") },
+    { key: "power.timeout", check: wholeNumber(1, 300, "a number of seconds") },
+    { key: "power.community", check: secret(text({ max: 64 })), secret: true },
+    {
+      key: "power.auth.protocol",
+      check: choice(() => ["MD5", "SHA", "SHA-224", "SHA-256", "SHA-384", "SHA-512"], upper),
+    },
+    { key: "power.auth.key", check: secret(text({ max: 128, min: 8 })), secret: true },
+    {
+      key: "power.priv.protocol",
+      check: choice(() => ["DES", "AES", "AES-192", "AES-256"], upper),
+    },
+    { key: "power.priv.key", check: secret(text({ max: 128, min: 8 })), secret: true },
+    {
+      key: "power.poe.port",
+      check: (key, value) => {
+        const m = /^(?:(\d{1,5})\.)?(\d{1,5})$/.exec(value.trim());
+        if (!m || Number(m[2]) === 0 || m[1] === "0") {
+          throw new UserError(`${key} must be a PoE port index like 4, or GROUP.PORT like 1.4`);
+        }
+        return `${Number(m[1] ?? 1)}.${Number(m[2])}`;
+      },
+    },
+    { key: "power.command", check: (_key, value) => checkCommandLine(value) },
+  ];
+}

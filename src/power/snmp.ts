@@ -8,9 +8,9 @@
 import {
   firstLine,
   parseHostPort,
+  type PowerDriver,
   PowerError,
   type PowerTarget,
-  registerPowerDriver,
   required,
   runTool,
 } from "./driver.ts";
@@ -93,7 +93,7 @@ async function snmp(t: PowerTarget, tool: "snmpget" | "snmpset", value?: 1 | 2):
   }
 }
 
-registerPowerDriver({
+export const snmpPoeDriver: PowerDriver = {
   name: "snmp-poe",
   on: async (t) => void await snmp(t, "snmpset", 1),
   off: async (t) => void await snmp(t, "snmpset", 2),
@@ -103,4 +103,4 @@ registerPowerDriver({
     await snmp(t, "snmpset", 1);
   },
   status: async (t) => (await snmp(t, "snmpget")) === "1" ? "on" : "off",
-});
+};

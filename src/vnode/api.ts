@@ -1,4 +1,5 @@
-// API routes of virtual nodes, added under /api/v1 through the API's extension hook:
+// API routes of virtual nodes (mounted by buildApp: vnodeRoutes at /api/v1/vnodes, consoleRoutes
+// at /api/v1/nodes):
 //   GET    /vnodes                    list (spec + running state)
 //   POST   /vnodes                    {name, ram?, cpus?, disks?: ["8G[template=ext4]"…], image?}
 //   DELETE /vnodes/:ref               stop qemu, forget the node, delete its disks
@@ -7,49 +8,43 @@
 //          per-boot token would let anyone forge the node's boot reports)
 import { join } from "node:path";
 import type { Hono } from "hono";
-import { registerApiExtension, requireToken } from "../api.ts";
+import { bearerAuth, jsonBody } from "../api.ts";
+import { apiRouter } from "../apierror.ts";
 import type { Context } from "../context.ts";
 import { UserError } from "../errors.ts";
-import type { CreateRequest, VnodeManager } from "./manager.ts";
+import { type CreateRequest, vnodeManager } from "./manager.ts";
 
 /** At most this much console text per answer; followers come back for the rest. */
 const consoleChunk = 1024 * 1024;
 
-export function registerVnodeApi(manager: (ctx: Context) => VnodeManager): void {
-  registerApiExtension((app: Hono, ctx: Context) => {
-    app.get("/vnodes", (c) => c.json(manager(ctx).list()));
-    app.post("/vnodes", async (c) => {
-      let b: CreateRequest;
-      try {
-        b = await c.req.json();
-      } catch (e) {
-        throw new UserError(`request body is not valid JSON: ${(e as Error).message}`);
-      }
-      if (typeof b !== "object" || b === null) {
-        throw new UserError("request body must be an object");
-      }
-      if (b.disks !== undefined && !Array.isArray(b.disks)) {
-        throw new UserError('field "disks" must be a list like ["8G[template=ext4]"]');
-      }
-      return c.json(await manager(ctx).create(b), 201);
-    });
-    app.delete("/vnodes/:ref", async (c) => {
-      const m = manager(ctx);
-      const node = m.node(c.req.param("ref"));
-      await m.remove(node.mac);
-      return c.json({ removed: node.mac, name: node.name });
-    });
-    app.get("/nodes/:ref/console", async (c) => {
-      const refused = requireToken(c, ctx);
-      if (refused) return refused;
-      const node = ctx.nodes.get(c.req.param("ref"));
-      if (!node.virtual) {
-        throw new UserError(`node ${node.name} has no console here (only virtual nodes do)`, 404);
-      }
-      const q = c.req.query("offset") ?? "0";
-      if (!/^\d+$/.test(q)) throw new UserError("query parameter offset must be a whole number");
-      return c.json(await readConsole(join(ctx.data.vm(node.mac), "console.log"), Number(q)));
-    });
+export function vnodeRoutes(ctx: Context): Hono {
+  const app = apiRouter();
+  app.get("/", (c) => c.json(vnodeManager(ctx).list()));
+  app.post("/", async (c) => {
+    const b = await jsonBody(c.req.raw) as unknown as CreateRequest;
+    if (b.disks !== undefined && !Array.isArray(b.disks)) {
+      throw new UserError('field "disks" must be a list like ["8G[template=ext4]"]');
+    }
+    return c.json(await vnodeManager(ctx).create(b), 201);
+  });
+  app.delete("/:ref", async (c) => {
+    const m = vnodeManager(ctx);
+    const node = m.node(c.req.param("ref"));
+    await m.remove(node.mac);
+    return c.json({ removed: node.mac, name: node.name });
+  });
+  return app;
+}
+
+export function consoleRoutes(ctx: Context): Hono {
+  return apiRouter().get("/:ref/console", bearerAuth(ctx, { reads: true }), async (c) => {
+    const node = ctx.nodes.get(c.req.param("ref"));
+    if (!node.virtual) {
+      throw new UserError(`node ${node.name} has no console here (only virtual nodes do)`, 404);
+    }
+    const q = c.req.query("offset") ?? "0";
+    if (!/^\d+$/.test(q)) throw new UserError("query parameter offset must be a whole number");
+    return c.json(await readConsole(join(ctx.data.vm(node.mac), "console.log"), Number(q)));
   });
 }
 

@@ -14,7 +14,7 @@ import { conflict, notFound, UserError } from "../errors.ts";
 import { recordEvent } from "../events.ts";
 import { logger } from "../log.ts";
 import { type ManagedProcess, StartFailure, startProcess, stopStale } from "../supervisor.ts";
-import { type NodeInfo, registerSettingValidator } from "../nodes.ts";
+import type { NodeInfo, Setting } from "../nodes.ts";
 import type { RebootTarget } from "../reboot.ts";
 import { chooseAccel } from "./accel.ts";
 import { addTap, deleteTap, isBridge, linkInfo } from "./bridge.ts";
@@ -30,7 +30,7 @@ import {
   tapName,
   type VmSpec,
 } from "./qemu.ts";
-import { registerVnodeApi } from "./api.ts";
+import { VnodeStore } from "./store.ts";
 
 const log = logger("vnode");
 
@@ -73,9 +73,12 @@ export function parseDiskList(s: string): DiskSpec[] {
     : s.split(/,(?![^[]*\])/).map((d) => parseDiskSpec(d));
 }
 
-registerSettingValidator("ram", (_k, v) => parseRam(v));
-registerSettingValidator("cpus", (_k, v) => String(parseCpus(v)));
-registerSettingValidator("disks", (_k, v) => parseDiskList(v).map(formatDisk).join(","));
+/** Node settings `ram`, `cpus`, `disks`: a vnode's spec overridden per node. */
+export const vnodeSettings: Setting[] = [
+  { key: "ram", check: (_k, v) => parseRam(v) },
+  { key: "cpus", check: (_k, v) => String(parseCpus(v)) },
+  { key: "disks", check: (_k, v) => parseDiskList(v).map(formatDisk).join(",") },
+];
 
 /** Where qemu builds look for option ROMs (Debian: /usr/lib/ipxe/qemu, others: share/qemu). */
 const virtioRomDirs = ["/usr/lib/ipxe/qemu", "/usr/share/qemu", "/usr/local/share/qemu"];
@@ -88,9 +91,11 @@ export class VnodeManager {
   #running = new Map<string, Running>();
   #locks = new Map<string, Promise<unknown>>();
   #closed = false;
+  readonly store: VnodeStore;
   #onNodes = () => void this.#reapForgotten();
 
   constructor(readonly ctx: Context, readonly bridge: string | undefined) {
+    this.store = new VnodeStore(ctx.db);
     ctx.changes.addEventListener("nodes", this.#onNodes);
   }
 
@@ -104,14 +109,8 @@ export class VnodeManager {
     });
   }
 
-  #row(mac: string): { mac: string; ram: string; cpus: number; disks: string } | undefined {
-    return this.ctx.db.prepare("SELECT mac, ram, cpus, disks FROM vnodes WHERE mac = ?").get(mac) as
-      | { mac: string; ram: string; cpus: number; disks: string }
-      | undefined;
-  }
-
   spec(node: NodeInfo): VnodeSpec {
-    const row = this.#row(node.mac);
+    const row = this.store.get(node.mac);
     if (!row) throw notFound(`virtual node ${node.name}`);
     const s = node.settings;
     return {
@@ -126,16 +125,14 @@ export class VnodeManager {
   /** The vnode behind a node reference (name or MAC), or 404. */
   node(ref: string): NodeInfo {
     const node = this.ctx.nodes.get(ref);
-    if (!node.virtual || !this.#row(node.mac)) {
+    if (!node.virtual || !this.store.get(node.mac)) {
       throw notFound(`virtual node ${ref} (${node.name} is not a virtual node)`);
     }
     return node;
   }
 
   list(): VnodeInfo[] {
-    const macs = new Set(
-      (this.ctx.db.prepare("SELECT mac FROM vnodes").all() as { mac: string }[]).map((r) => r.mac),
-    );
+    const macs = this.store.macs();
     return this.ctx.nodes.list().filter((n) => macs.has(n.mac)).map((n) => this.info(n));
   }
 
@@ -197,8 +194,7 @@ export class VnodeManager {
           virtual: true,
           image: req.image,
         });
-        this.ctx.db.prepare("INSERT INTO vnodes (mac, ram, cpus, disks) VALUES (?, ?, ?, ?)")
-          .run(mac, spec.ram, spec.cpus, JSON.stringify(spec.disks));
+        this.store.add(mac, spec);
         recordEvent(this.ctx.db, mac, "vnode.created", {
           ram: spec.ram,
           cpus: spec.cpus,
@@ -365,11 +361,9 @@ export class VnodeManager {
 
   /** Kernels that can verify KVM: the images' own, then the host's. */
   #probeKernels(): string[] {
-    const rows = this.ctx.db.prepare(
-      "SELECT id, kernel FROM images WHERE bootable = 1 AND kernel IS NOT NULL",
-    ).all() as { id: string; kernel: string }[];
     return [
-      ...rows.map((r) => join(this.ctx.data.rootfs(r.id), r.kernel)),
+      ...this.ctx.images.list().filter((i) => i.bootable && i.kernel)
+        .map((i) => join(this.ctx.data.rootfs(i.id), i.kernel!)),
       `/boot/vmlinuz-${Deno.osRelease()}`,
     ];
   }
@@ -430,16 +424,11 @@ export async function killStale(vm: string): Promise<void> {
   );
 }
 
-const managers = new WeakMap<Context, VnodeManager>();
-
 /** The running manager of a server context (the API routes look it up per request). */
 export function vnodeManager(ctx: Context): VnodeManager {
-  const m = managers.get(ctx);
-  if (!m) throw new UserError("virtual nodes are not running on this server", 503);
-  return m;
+  if (!ctx.vnodes) throw new UserError("virtual nodes are not running on this server", 503);
+  return ctx.vnodes;
 }
-
-registerVnodeApi(vnodeManager);
 
 export async function startVnodes(ctx: Context): Promise<Service> {
   let bridge = ctx.config.bridge?.name;
@@ -451,10 +440,10 @@ export async function startVnodes(ctx: Context): Promise<Service> {
     bridge = ctx.config.interface;
   }
   const m = new VnodeManager(ctx, bridge);
-  managers.set(ctx, m);
+  ctx.vnodes = m;
   ctx.rebooter.register({
     name: "qemu",
-    handles: (n: RebootTarget) => n.virtual && managers.get(ctx) === m,
+    handles: (n: RebootTarget) => n.virtual && ctx.vnodes === m,
     reboot: (n: RebootTarget) => m.reboot(n.mac),
   });
   await m.startAll();
@@ -462,7 +451,7 @@ export async function startVnodes(ctx: Context): Promise<Service> {
     name: "vnodes",
     async close() {
       await m.close();
-      managers.delete(ctx);
+      if (ctx.vnodes === m) ctx.vnodes = undefined;
     },
   };
 }
