@@ -14,9 +14,9 @@ import { Rebooter } from "./reboot.ts";
 import { apiRoutes, loadOrCreateToken } from "./api.ts";
 import { dashboardRoutes } from "./dashboard.ts";
 import { bootRoutes } from "../netboot/http.ts";
-import { startDhcp } from "../netboot/dhcp4/server.ts";
-import { startTftp } from "../netboot/tftp/server.ts";
 import { startRouterAdvertisements } from "../netboot/ra.ts";
+import { contextBooter } from "./boot/booter.ts";
+import { startDhcpService, startTftpService } from "./boot/services.ts";
 import { startNfs } from "./nfs.ts";
 import { ensureBridge } from "./vnode/bridge.ts";
 import { startVnodes } from "./vnode/manager.ts";
@@ -106,10 +106,10 @@ export async function openContext(config: ServerConfig): Promise<Context> {
   return ctx;
 }
 
-export function buildApp(ctx: Context): Hono {
+export function buildApp(ctx: Context, booter = contextBooter(ctx)): Hono {
   const app = new Hono();
   app.route("/api/v1", apiRoutes(ctx));
-  app.route("/boot", bootRoutes(ctx));
+  app.route("/boot", bootRoutes(booter));
   app.route("/", dashboardRoutes(ctx));
   return app;
 }
@@ -169,7 +169,9 @@ export async function serve(config: ServerConfig, opts: { signal?: AbortSignal }
       config.serverIp ??= interfaceAddress(config.interface);
     }
     const httpHostForNodes = config.serverIp;
-    const app = buildApp(ctx);
+    // One Booter for HTTP, DHCP and TFTP (they also share one boot file cache: netboot/bootcache.ts).
+    const booter = contextBooter(ctx);
+    const app = buildApp(ctx, booter);
     const http = await listenHttp(httpHosts(config), config.http.port, app.fetch, opts.signal);
     services.push({ name: "http", close: http.close });
     const addr = http.addrs[0];
@@ -191,9 +193,9 @@ export async function serve(config: ServerConfig, opts: { signal?: AbortSignal }
     if (!config.interface) {
       log.info("no --interface: HTTP only (no DHCP, TFTP, NFS exports or router advertisements)");
     } else {
-      if (config.dhcp.mode !== "off") services.push(await startDhcp(ctx));
-      services.push(await startTftp(ctx));
-      if (config.ra) services.push(await startRouterAdvertisements(ctx));
+      if (config.dhcp.mode !== "off") services.push(await startDhcpService(ctx, booter));
+      services.push(await startTftpService(ctx, booter));
+      if (config.ra) services.push(await startRouterAdvertisements(config.interface));
     }
     if (config.nfs.mode !== "off") services.push(await startNfs(ctx));
     if (config.interface) services.push(followImagesWithInitramfs(ctx));

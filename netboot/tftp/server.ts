@@ -1,9 +1,10 @@
 // TFTP server, read-only. Port 69 (main thread) takes requests, applies the path policy and option
 // negotiation, then a transfer worker (engine.ts) moves the bytes from its own port (new TID per
-// transfer). Files are read once and kept in a bounded cache shared with the workers.
+// transfer). Files are read once and kept in the boot file cache (../bootcache.ts, shared with
+// HTTP boot and, through SharedArrayBuffers, with the workers).
 import dgram from "node:dgram";
-import type { Context, Service } from "../../src/context.ts";
-import { recordFromSource } from "../../src/events.ts";
+import { type BootFileCache, bootFiles } from "../bootcache.ts";
+import type { TftpBooter } from "../booter.ts";
 import { logger } from "../../src/log.ts";
 import { TransferPool } from "./engine.ts";
 import { decode, encode, ErrorCode, negotiate, TftpDecodeError } from "./packet.ts";
@@ -60,8 +61,8 @@ export interface TftpServerOptions {
   retries?: number;
   /** Transfer worker threads (default: CPU count, at most 4). */
   workers?: number;
-  /** Bytes of file contents kept in memory between transfers (default 256 MiB). */
-  cacheBytes?: number;
+  /** Where file contents are kept between transfers (default: `bootFiles`, shared with HTTP). */
+  cache?: BootFileCache;
   /** Transfers at once; more are refused with "server busy" so a flood cannot exhaust file
    *  descriptors (default 1000). */
   maxTransfers?: number;
@@ -73,44 +74,6 @@ export interface TftpServer {
   /** Transfers in progress. */
   readonly active: number;
   close(): Promise<void>;
-}
-
-/** Contents of files, keyed by path and validated by inode/size/mtime, in SharedArrayBuffers so
- *  that concurrent transfers of one file share one copy. Least recently used goes first. */
-class FileCache {
-  #entries = new Map<string, { stamp: string; data: Uint8Array }>();
-  #bytes = 0;
-  constructor(readonly budget: number) {}
-
-  async read(path: string): Promise<Uint8Array> {
-    const st = await Deno.stat(path);
-    if (!st.isFile) throw new Error("not a regular file");
-    const stamp = `${st.dev}:${st.ino}:${st.size}:${st.mtime?.getTime()}`;
-    const hit = this.#entries.get(path);
-    if (hit && hit.stamp === stamp) {
-      this.#entries.delete(path); // re-insert: most recently used last
-      this.#entries.set(path, hit);
-      return hit.data;
-    }
-    if (hit) this.#drop(path);
-    const bytes = await Deno.readFile(path);
-    const data = new Uint8Array(new SharedArrayBuffer(bytes.length));
-    data.set(bytes);
-    if (data.length <= this.budget / 4) {
-      this.#entries.set(path, { stamp, data });
-      this.#bytes += data.length;
-      for (const key of this.#entries.keys()) {
-        if (this.#bytes <= this.budget) break;
-        this.#drop(key);
-      }
-    }
-    return data;
-  }
-
-  #drop(key: string) {
-    this.#bytes -= this.#entries.get(key)?.data.length ?? 0;
-    this.#entries.delete(key);
-  }
 }
 
 /** A requested name as it may appear in logs and events: escaped, bounded (it is attacker text). */
@@ -130,7 +93,7 @@ export async function createTftpServer(opts: TftpServerOptions): Promise<TftpSer
     defaultTimeoutMs: opts.timeoutMs ?? 1000,
   };
   const retries = opts.retries ?? 5;
-  const cache = new FileCache(opts.cacheBytes ?? 256 * 1024 * 1024);
+  const cache = opts.cache ?? bootFiles;
   const pool = await TransferPool.create(
     opts.workers ?? Math.max(1, Math.min(4, navigator.hardwareConcurrency)),
   );
@@ -267,18 +230,28 @@ export function blksizeForInterface(iface: string | undefined): number {
  *  rate limit of the client's address (recordFromSource; UDP sources are anyone's to forge):
  *  refusals and unknown clients on the tight budget, a node's transfers on the wide one. Log
  *  lines go with their events. */
-export async function startTftp(ctx: Context): Promise<Service & { port: number }> {
-  const nodes = ctx.nodes;
+export interface TftpServiceOptions {
+  port: number;
+  /** The boot interface (its MTU bounds blksize). */
+  interface?: string;
+  /** The server address clients were told (transfers' source address). */
+  serverIp?: string;
+  ipxeDir: string;
+  cache?: BootFileCache;
+}
+
+export async function startTftp(
+  o: TftpServiceOptions,
+  booter: TftpBooter,
+): Promise<{ name: string; port: number; close(): Promise<void> }> {
   const server = await createTftpServer({
-    port: ctx.config.tftp.port,
-    transferIp: ctx.config.serverIp,
-    maxBlksize: blksizeForInterface(ctx.config.interface),
+    port: o.port,
+    transferIp: o.serverIp,
+    maxBlksize: blksizeForInterface(o.interface),
+    cache: o.cache,
     resolve: async (path, client) => {
-      const node = nodes.byIp(client.address);
-      const r = await resolveRequest(path, {
-        ipxeDir: ctx.config.ipxeDir,
-        nodeFs: node ? ctx.data.nodeFs(node.mac) : undefined,
-      });
+      const node = booter.nodeAt(client.address);
+      const r = await resolveRequest(path, { ipxeDir: o.ipxeDir, nodeFs: node?.fs });
       return { ...r, meta: { mac: node?.mac ?? null } };
     },
     onTransfer: (e) => {
@@ -287,7 +260,7 @@ export async function startTftp(ctx: Context): Promise<Service & { port: number 
       const fields = { ...base, mac: mac ?? undefined };
       const budget = mac && e.outcome !== "refused" ? "node" : "refusal";
       const record = (kind: string, detail: Record<string, unknown>) =>
-        recordFromSource(ctx.db, e.client.address, mac, kind, detail, budget);
+        booter.events.fromSource(e.client.address, mac, kind, detail, budget);
       if (e.outcome === "done") {
         const d = {
           ...base,
