@@ -85,6 +85,97 @@ export function printableName(name: string): string {
   return s.length > 256 ? `${s.slice(0, 256)}…` : s;
 }
 
+/** What a request on port 69 needs of its server. */
+interface RequestScope {
+  opts: TftpServerOptions;
+  host: string;
+  pool: TransferPool;
+  cache: BootFileCache;
+  limits: { maxBlksize: number; maxWindowsize: number; defaultTimeoutMs: number };
+  retries: number;
+  report(e: TransferEvent): void;
+  sendError(client: ClientAddress, code: number, message: string): void;
+}
+
+/** Answers one datagram on port 69: a refusal, or a transfer handed to the pool. */
+async function handleRequest(
+  s: RequestScope,
+  msg: Uint8Array,
+  client: ClientAddress,
+): Promise<void> {
+  const { opts, pool, cache, limits, retries, report, sendError } = s;
+  let p;
+  try {
+    p = decode(msg);
+  } catch (e) {
+    // Only answer what looks like a request; stray datagrams get silence.
+    if (e instanceof TftpDecodeError && msg.length >= 2 && msg[0] === 0 && msg[1] <= 2) {
+      sendError(client, ErrorCode.illegalOperation, `malformed request: ${e.message}`);
+    }
+    return;
+  }
+  if (p.op !== "RRQ" && p.op !== "WRQ") return; // belongs to no transfer of ours
+  const file = printableName(p.filename);
+  let meta: Record<string, unknown> | undefined;
+  const refused = (code: number, reason: string) => {
+    sendError(client, code, reason);
+    report({
+      outcome: "refused",
+      file,
+      client,
+      bytes: 0,
+      ms: 0,
+      blksize: 0,
+      windowsize: 0,
+      reason,
+      errorCode: code,
+      meta,
+    });
+  };
+  if (p.op === "WRQ") return refused(ErrorCode.accessViolation, "write requests are refused");
+  if (pool.active >= (opts.maxTransfers ?? 1000)) {
+    return refused(ErrorCode.notDefined, "server busy, try again");
+  }
+  if (p.mode !== "octet") {
+    return refused(ErrorCode.illegalOperation, `mode ${p.mode} not supported, use octet`);
+  }
+  let data: Uint8Array;
+  try {
+    const r = await opts.resolve(p.filename, client);
+    meta = r.meta;
+    if ("error" in r) return refused(r.error, r.message);
+    data = "data" in r ? r.data : await cache.read(r.file);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) {
+      return refused(ErrorCode.fileNotFound, "file not found");
+    }
+    log.warn("cannot read file", { file, error: (e as Error).message });
+    return refused(ErrorCode.accessViolation, "cannot read file");
+  }
+  const n = negotiate(p.options, data.length, limits);
+  // Block numbers wrap after 65535 (as tftp-hpa, curl and iPXE expect), so any size goes.
+  const end = await pool.run({
+    ip: client.address,
+    port: client.port,
+    bindIp: opts.transferIp ?? s.host,
+    data,
+    blksize: n.blksize,
+    windowsize: n.windowsize,
+    timeoutMs: n.timeoutMs,
+    retries,
+    oack: n.oack ? encode({ op: "OACK", options: n.oack }) : undefined,
+  });
+  report({
+    ...end,
+    file,
+    client,
+    size: data.length,
+    blksize: n.blksize,
+    windowsize: n.windowsize,
+    meta,
+  });
+}
+
 export async function createTftpServer(opts: TftpServerOptions): Promise<TftpServer> {
   const host = opts.host ?? "0.0.0.0";
   const limits = {
@@ -121,78 +212,17 @@ export async function createTftpServer(opts: TftpServerOptions): Promise<TftpSer
   const sendError = (client: ClientAddress, code: number, message: string) =>
     sock.send(encode({ op: "ERROR", code, message }), client.port, client.address);
 
-  const handle = async (msg: Uint8Array, client: ClientAddress) => {
-    let p;
-    try {
-      p = decode(msg);
-    } catch (e) {
-      // Only answer what looks like a request; stray datagrams get silence.
-      if (e instanceof TftpDecodeError && msg.length >= 2 && msg[0] === 0 && msg[1] <= 2) {
-        sendError(client, ErrorCode.illegalOperation, `malformed request: ${e.message}`);
-      }
-      return;
-    }
-    if (p.op !== "RRQ" && p.op !== "WRQ") return; // belongs to no transfer of ours
-    const file = printableName(p.filename);
-    let meta: Record<string, unknown> | undefined;
-    const refused = (code: number, reason: string) => {
-      sendError(client, code, reason);
-      report({
-        outcome: "refused",
-        file,
-        client,
-        bytes: 0,
-        ms: 0,
-        blksize: 0,
-        windowsize: 0,
-        reason,
-        errorCode: code,
-        meta,
-      });
-    };
-    if (p.op === "WRQ") return refused(ErrorCode.accessViolation, "write requests are refused");
-    if (pool.active >= (opts.maxTransfers ?? 1000)) {
-      return refused(ErrorCode.notDefined, "server busy, try again");
-    }
-    if (p.mode !== "octet") {
-      return refused(ErrorCode.illegalOperation, `mode ${p.mode} not supported, use octet`);
-    }
-    let data: Uint8Array;
-    try {
-      const r = await opts.resolve(p.filename, client);
-      meta = r.meta;
-      if ("error" in r) return refused(r.error, r.message);
-      data = "data" in r ? r.data : await cache.read(r.file);
-    } catch (e) {
-      if (e instanceof Deno.errors.NotFound) {
-        return refused(ErrorCode.fileNotFound, "file not found");
-      }
-      log.warn("cannot read file", { file, error: (e as Error).message });
-      return refused(ErrorCode.accessViolation, "cannot read file");
-    }
-    const n = negotiate(p.options, data.length, limits);
-    // Block numbers wrap after 65535 (as tftp-hpa, curl and iPXE expect), so any size goes.
-    const end = await pool.run({
-      ip: client.address,
-      port: client.port,
-      bindIp: opts.transferIp ?? host,
-      data,
-      blksize: n.blksize,
-      windowsize: n.windowsize,
-      timeoutMs: n.timeoutMs,
-      retries,
-      oack: n.oack ? encode({ op: "OACK", options: n.oack }) : undefined,
-    });
-    report({
-      ...end,
-      file,
-      client,
-      size: data.length,
-      blksize: n.blksize,
-      windowsize: n.windowsize,
-      meta,
-    });
+  const scope: RequestScope = {
+    opts,
+    host,
+    pool,
+    cache,
+    limits,
+    retries,
+    report,
+    sendError,
   };
+  const handle = (msg: Uint8Array, client: ClientAddress) => handleRequest(scope, msg, client);
   sock.on("message", (msg, rinfo) => {
     const client = { address: rinfo.address, port: rinfo.port };
     handle(new Uint8Array(msg.buffer, msg.byteOffset, msg.byteLength), client).catch((e) =>
