@@ -71,11 +71,11 @@ function planInput(ctx: Context, node: NodeInfo, base: string): PlanInput {
 }
 
 /** A script fetch: the node's plan (a new boot opened for it), or why it boots nothing. */
-async function script(
+function script(
   ctx: Context,
   mac: string,
   req: { base: string; remote?: string },
-): Promise<ScriptPlan | Refusal> {
+): ScriptPlan | Refusal {
   const node = ctx.nodes.find(mac);
   if (!node) {
     return {
@@ -182,7 +182,7 @@ export function contextBooter(ctx: Context): Booter {
       return node && { mac: node.mac, fs: ctx.data.nodeFs(node.mac) };
     },
     // HTTP
-    script: (mac, req) => script(ctx, mac, req),
+    script: (mac, req) => Promise.resolve(script(ctx, mac, req)),
     bootFile(mac, kind, pinned) {
       const node = ctx.nodes.find(mac);
       if (!node) {
