@@ -54,7 +54,7 @@ if (a.role === "netroot") {
   // netroot's DHCP service alone, with the real context (SQLite, node registry).
   const { defaultConfig } = await import("../src/config.ts");
   const { openContext } = await import("../src/server.ts");
-  const { startDhcp } = await import("../netboot/dhcp4/server.ts");
+  const { startDhcpService: startDhcp } = await import("../src/boot/services.ts");
   const { setLogLevel } = await import("../src/log.ts");
   setLogLevel("warn");
   const config = {

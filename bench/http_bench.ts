@@ -9,6 +9,7 @@ import { defaultConfig } from "../src/config.ts";
 import { setLogLevel } from "../src/log.ts";
 import { openContext } from "../src/server.ts";
 import { bootRoutes } from "../netboot/http.ts";
+import { contextBooter } from "../src/boot/booter.ts";
 
 const mib = Number(Deno.args[0] ?? 64);
 const rounds = 9;
@@ -97,7 +98,7 @@ try {
   const ready = Promise.withResolvers<number>();
   Deno.serve(
     { hostname: "127.0.0.1", port: 0, signal: ac.signal, onListen: (a) => ready.resolve(a.port) },
-    new Hono().route("/boot", bootRoutes(ctx)).fetch,
+    new Hono().route("/boot", bootRoutes(contextBooter(ctx))).fetch,
   );
   const ours = `http://127.0.0.1:${await ready.promise}/boot/02-00-00-00-be-01/kernel`;
 

@@ -1,8 +1,11 @@
-// Boot files (kernels, initramfs) held in memory. A boot storm sends the same few files to hundreds
-// of nodes; streaming them from memory runs about twice as fast as reading the file again for every
-// download (bench/http_bench.ts), and one read serves every concurrent first request.
-// Entries are keyed by inode, size and mtime, so a rebuilt initramfs is read afresh; least recently
-// used entries go first when the budget is exceeded.
+// Boot files (kernels, initramfs, iPXE binaries) held in memory, one cache for HTTP and TFTP (both
+// use `bootFiles` unless handed another instance, so one budget covers both). A boot storm sends the same few files to
+// hundreds of nodes; streaming them from memory runs about twice as fast as reading the file again
+// for every download (bench/http_bench.ts), and one read serves every concurrent first request.
+// The bytes live in SharedArrayBuffers, so TFTP's transfer workers share one copy (no copy per
+// transfer) and HTTP streams views of it.
+// Entries are keyed by device, inode, size and mtime, so a rebuilt initramfs is read afresh; least
+// recently used entries go first when the budget is exceeded.
 
 export class BootFileCache {
   #entries = new Map<string, { key: string; bytes: Promise<Uint8Array>; size: number }>();
@@ -13,7 +16,7 @@ export class BootFileCache {
   /** The file's bytes when it fits the cache (read once), else undefined: stream it instead. */
   get(path: string, st: Deno.FileInfo): Promise<Uint8Array> | undefined {
     if (st.size > this.maxFile || st.size > this.budget) return undefined;
-    const key = `${st.ino}:${st.size}:${st.mtime?.getTime()}`;
+    const key = `${st.dev}:${st.ino}:${st.size}:${st.mtime?.getTime()}`;
     const hit = this.#entries.get(path);
     if (hit?.key === key) {
       this.#entries.delete(path); // re-insert: Map order is the LRU order
@@ -21,7 +24,7 @@ export class BootFileCache {
       return hit.bytes;
     }
     if (hit) this.#drop(path);
-    const bytes = Deno.readFile(path).then((b) => {
+    const bytes = readShared(path).then((b) => {
       if (b.length !== st.size) throw new Error(`${path} changed while being read`);
       return b;
     });
@@ -35,6 +38,13 @@ export class BootFileCache {
     return bytes;
   }
 
+  /** A whole regular file (TFTP sends from memory): from the cache when it fits, else read now. */
+  async read(path: string): Promise<Uint8Array> {
+    const st = await Deno.stat(path);
+    if (!st.isFile) throw new Error("not a regular file");
+    return await (this.get(path, st) ?? readShared(path));
+  }
+
   #drop(path: string): void {
     const e = this.#entries.get(path);
     if (!e) return;
@@ -42,3 +52,14 @@ export class BootFileCache {
     this.#total -= e.size;
   }
 }
+
+/** The file's bytes in a SharedArrayBuffer (workers take it without a copy). */
+async function readShared(path: string): Promise<Uint8Array> {
+  const bytes = await Deno.readFile(path);
+  const data = new Uint8Array(new SharedArrayBuffer(bytes.length));
+  data.set(bytes);
+  return data;
+}
+
+/** The process's boot file cache: HTTP boot and TFTP share it. */
+export const bootFiles = new BootFileCache();

@@ -11,23 +11,17 @@
 // recordFromSource: a tight budget for unknown MACs, refusals and bad reports, a wide one for a
 // registered node's boot). The per-boot token is a secret: it is in the script and nowhere else
 // (not in events, logs or API answers).
-import { BootFileCache } from "./bootcache.ts";
-import { DEFAULTS, renderCmdline } from "../contract/cmdline.ts";
+// The routes decide nothing about a node's boot: they ask the HttpBooter (./booter.ts; the plan
+// is src/boot/plan.ts) and render its answer.
+import { type BootFileCache, bootFiles } from "./bootcache.ts";
+import type { BootFileKind, HttpBooter, Refusal } from "./booter.ts";
+import { isIPv4 } from "../contract/ipv4.ts";
+import { parseMac } from "../contract/mac.ts";
 import { parseReport, PROGRESS_STAGES, reportFields } from "../contract/report.ts";
-import { resolveInRoot as resolveImagePath } from "../contract/rootpath.ts";
 import { Hono } from "hono";
 import type { Context as HonoContext } from "hono";
 import { join } from "node:path";
-import type { Context } from "../src/context.ts";
-import { bootExpiry, dropBoot, findBoot, openBoot, recordStage } from "../src/boots.ts";
-import { notFound, UserError } from "../src/errors.ts";
-import { recordFromSource, recordProgress } from "../src/events.ts";
-import { ensureInitramfs } from "../src/initramfs/build.ts";
-import { neighbourMac } from "../src/linux/neigh.ts";
 import { logger } from "../src/log.ts";
-import { normalizeMac } from "../src/mac.ts";
-import { bootNetwork, nfsPersistPath, nfsRootPath } from "../src/nfs.ts";
-import type { NodeInfo } from "../src/nodes.ts";
 import { renderBootScript, renderRefusalScript } from "./ipxe.ts";
 
 const log = logger("http");
@@ -35,9 +29,9 @@ const log = logger("http");
 /** The MAC in a URL segment (any common spelling), or undefined. */
 export function parseMacParam(s: string): string | undefined {
   try {
-    return normalizeMac(decodeURIComponent(s));
+    return parseMac(decodeURIComponent(s));
   } catch {
-    return undefined;
+    return undefined; // a malformed %-escape
   }
 }
 
@@ -67,20 +61,6 @@ export function parseRange(
   const end = b === "" ? size - 1 : Math.min(Number(b), size - 1);
   if (start >= size || start > end) return "unsatisfiable";
   return { start, end };
-}
-
-/** `path` (absolute, inside an image) resolved to a file under `root` (contract/rootpath.ts); a missing
- *  one is NotFound in the image's terms (the server's own paths are none of the node's business). */
-export function resolveInRoot(root: string, path: string): Promise<string> {
-  try {
-    const r = resolveImagePath(root, path);
-    if (r.missing) {
-      throw new Deno.errors.NotFound(`${path}: ${r.missing} does not exist in the image`);
-    }
-    return Promise.resolve(r.host);
-  } catch (e) {
-    return Promise.reject(e);
-  }
 }
 
 // 512 KiB reads: measured on loopback, 256–512 KiB keep up with nginx's sendfile where file.readable's
@@ -166,8 +146,6 @@ function memoryBody(
   });
 }
 
-const bootFiles = new BootFileCache();
-
 // These routes are open to the boot network: an unknown MAC (a loop of retries) is written to the
 // events table at most once a minute per MAC, and a flood of made-up ones at most at the rate
 // limit of its source address (recordFromSource).
@@ -183,6 +161,7 @@ function unknownNoted(mac: string, now = Date.now()): boolean {
 /** Serves a file with Content-Length, Accept-Ranges and Range (206/416); HEAD sends headers only. */
 async function sendFile(
   c: HonoContext,
+  cache: BootFileCache,
   path: string,
   contentType: string,
   onEnd?: (bytes: number, ms: number, complete: boolean) => void,
@@ -222,7 +201,7 @@ async function sendFile(
   const t0 = performance.now();
   const ended = (bytes: number, complete: boolean) =>
     onEnd?.(bytes, Math.round(performance.now() - t0), complete);
-  const cached = bootFiles.get(path, st);
+  const cached = cache.get(path, st);
   if (cached) {
     file.close();
     return new Response(memoryBody(await cached, start, length, ended), { status, headers });
@@ -230,19 +209,30 @@ async function sendFile(
   return new Response(fileBody(file, start, length, ended), { status, headers });
 }
 
-const text = (
-  c: HonoContext,
-  body: string,
-  status: 200 | 400 | 403 | 404 | 413 | 500 | 503 = 200,
-) =>
+// ---- /boot's one error style (as src/apierror.ts is /api's) ----------------------------------
+// A script fetch (iPXE) that cannot boot gets a refusal script (200: iPXE shows its text on the
+// node's screen, and would only print the status of an error); every other refusal is one plain
+// line with its HTTP status.
+
+type Status = 200 | 400 | 403 | 404 | 413 | 500 | 503;
+
+const text = (c: HonoContext, body: string, status: Status = 200) =>
   c.body(body, status, {
     "content-type": "text/plain; charset=utf-8",
     "cache-control": "no-store",
   });
 
-function setting(node: NodeInfo, key: string, fallback: string): string {
-  const v = node.settings?.[key];
-  return v === undefined || v === "" ? fallback : v;
+/** A refusal, one line: as an iPXE script for a script fetch, else plain text with `status`. */
+function refusal(c: HonoContext, message: string, status: Status, asScript = false): Response {
+  return asScript ? text(c, renderRefusalScript(message)) : text(c, `${message}\n`, status);
+}
+
+/** A file the booter could not produce: missing (404) or the server's failure (500). */
+function fileErrorStatus(e: unknown): 404 | 500 {
+  const missing = e instanceof Deno.errors.NotFound ||
+    (e as { code?: string }).code === "ENOENT" ||
+    (e as { status?: number }).status === 404;
+  return missing ? 404 : 500;
 }
 
 /** The sender's address as Deno.serve saw it, loopback included (the rate limit's key). */
@@ -255,7 +245,7 @@ function remoteIpv4(c: HonoContext): string | undefined {
   const addr = (c.env as Deno.ServeHandlerInfo<Deno.NetAddr> | undefined)?.remoteAddr;
   const ip = addr?.hostname?.replace(/^::ffff:/, "");
   // Loopback is a test or a local client, never a node's boot address.
-  return ip && /^\d+\.\d+\.\d+\.\d+$/.test(ip) && !ip.startsWith("127.") ? ip : undefined;
+  return ip && isIPv4(ip) && !ip.startsWith("127.") ? ip : undefined;
 }
 
 /** The request body as text, or undefined past `max` bytes: reading stops there (the route is
@@ -285,266 +275,163 @@ function boundedDetail(v: unknown): unknown {
   return s.length <= 4096 ? v : `${s.slice(0, 4096)}… (${s.length} characters)`;
 }
 
-export function bootRoutes(ctx: Context): Hono {
-  const app = new Hono();
-
-  /** The image a node boots: a specific one (?image=, pinned by the script so that kernel and
-   *  initramfs come from the same image even if a deploy lands in between), else its current. */
-  const imageFor = async (mac: string, pinned?: string) => {
-    const id = pinned || ctx.nodes.currentImageId(mac);
-    if (!id) return undefined;
-    try {
-      return await ctx.images.get(id);
-    } catch {
-      return undefined;
-    }
-  };
-
-  const lookup = async (c: HonoContext) => {
-    const mac = parseMacParam(c.req.param("mac") ?? "");
-    const node = mac ? ctx.nodes.find(mac) : undefined;
-    return { mac, node, image: node && await imageFor(node.mac, c.req.query("image")) };
-  };
-
-  app.get("/:file{[^/]+\\.ipxe}", async (c) => {
-    const raw = c.req.param("file").replace(/\.ipxe$/, "");
-    const mac = parseMacParam(raw);
-    if (!mac) return text(c, `invalid MAC address in URL: ${raw}\n`, 400);
-    // HEAD must not open a boot (a new token) or touch the timeline.
-    if (c.req.method === "HEAD") return text(c, "");
-    const base = ctx.nodeUrl ?? new URL(c.req.url).origin;
-    const node = ctx.nodes.find(mac);
-    if (!node) {
+/** GET /boot/<mac>.ipxe: the node's boot plan as an iPXE script, or a refusal script. */
+async function scriptRoute(c: HonoContext, booter: HttpBooter): Promise<Response> {
+  const raw = c.req.param("file")!.replace(/\.ipxe$/, "");
+  const mac = parseMacParam(raw);
+  if (!mac) return refusal(c, `invalid MAC address in URL: ${raw}`, 400);
+  // HEAD must not open a boot (a new token) or touch the timeline.
+  if (c.req.method === "HEAD") return text(c, "");
+  const base = booter.nodeUrl() ?? new URL(c.req.url).origin;
+  const plan = await booter.script(mac, { base, remote: remoteIpv4(c) });
+  const events = booter.events;
+  if ("refused" in plan) {
+    if (plan.unknown) {
       if (
         unknownNoted(mac) &&
-        recordFromSource(ctx.db, sourceOf(c), mac, "http.unknown", { url: c.req.path })
+        events.fromSource(sourceOf(c), mac, "http.unknown", { url: c.req.path })
       ) {
         log.warn("boot script for unknown node", { mac });
       }
-      return text(
-        c,
-        renderRefusalScript(`this machine (${mac}) is not registered on the netroot server`),
-      );
+    } else if (events.fromSource(sourceOf(c), mac, "http.refused", { reason: plan.refused })) {
+      log.warn("boot refused", { mac, reason: plan.refused });
     }
-    const refuse = (reason: string) => {
-      if (recordFromSource(ctx.db, sourceOf(c), mac, "http.refused", { reason })) {
-        log.warn("boot refused", { mac, reason });
-      }
-      return text(c, renderRefusalScript(reason));
-    };
-    const imageId = ctx.nodes.currentImageId(mac);
-    if (!imageId) return refuse(`node ${node.name} has no image deployed`);
-    const image = await imageFor(mac, imageId);
-    if (!image) return refuse(`image ${imageId} of node ${node.name} is missing`);
-    if (!image.bootable) {
-      return refuse(`image ${image.name} is not bootable: ${image.reason ?? "no kernel found"}`);
+    return refusal(c, plan.refused, 200, true);
+  }
+  events.fromSource(sourceOf(c), mac, "http.script", { image: plan.image.id }, "node");
+  return text(
+    c,
+    renderBootScript({
+      mac,
+      node: plan.nodeName,
+      imageName: plan.image.name,
+      imageId: plan.image.id,
+      kernelUrl: plan.kernelUrl,
+      initramfsUrl: plan.initramfsUrl,
+      cmdline: plan.cmdline,
+    }),
+  );
+}
+
+/** GET /boot/<mac>/<kind>: streams one boot file and puts the download on the node's timeline
+ *  when it ends. */
+async function bootFileRoute(
+  c: HonoContext,
+  booter: HttpBooter,
+  cache: BootFileCache,
+  kind: BootFileKind,
+): Promise<Response> {
+  const mac = parseMacParam(c.req.param("mac") ?? "");
+  if (!mac) return refusal(c, "invalid MAC address in URL", 400);
+  const file: { imageId: string; path(): Promise<string> } | Refusal = await booter.bootFile(
+    mac,
+    kind,
+    c.req.query("image"),
+  );
+  const events = booter.events;
+  if ("refused" in file) {
+    if (file.unknown && unknownNoted(mac)) {
+      events.fromSource(sourceOf(c), mac, "http.unknown", { url: c.req.path });
     }
-    const initramfs = setting(node, "initramfs", "netroot");
-    if (initramfs === "image" && !image.initrd) {
-      return refuse(`image ${image.name} has no initrd of its own (node setting initramfs=image)`);
-    }
-    // The node's address on its command line: the admin's `ip` setting, else its DHCP lease,
-    // else where this request came from, else the registry's last known one. The registry's
-    // address (what its /persist export follows) moves only on evidence bound to the MAC:
-    // anyone can fetch any node's script, so the source address alone proves nothing; the boot
-    // interface's neighbour table holding this MAC for it does (docs/architecture.md).
-    const lease = ctx.db.prepare("SELECT ip FROM leases WHERE mac = ? AND state = 'bound'")
-      .get(mac) as { ip: string } | undefined;
-    const net = bootNetwork(ctx);
-    const remote = remoteIpv4(c);
-    const nodeIp = node.settings.ip ?? lease?.ip ?? remote ?? node.ip ?? undefined;
-    const iface = ctx.config.interface;
-    if (!lease && remote && iface && neighbourMac(remote, iface) === mac) {
-      ctx.nodes.observeAddress(mac, remote, "neighbour"); // NFS: /persist follows it
-    }
-    const serverIp = ctx.config.serverIp ?? new URL(base).hostname;
-    const token = openBoot(ctx.db, mac, image.id);
-    let cmdline: string;
-    try {
-      cmdline = renderCmdline({
-        mac,
-        hostname: node.name,
-        nodeIp,
-        serverIp,
-        gateway: ctx.config.dhcp.router,
-        netmask: net?.netmask ?? "255.255.255.0",
-        url: base,
-        root: `${serverIp}:${nfsRootPath(ctx, image.id)}`,
-        persist: setting(node, "persist", "true") === "false"
-          ? undefined
-          : `${serverIp}:${nfsPersistPath(ctx, mac)}`,
-        nfs: ctx.config.nfs.version === 3 ? "3" : "4.2",
-        imageId: image.id,
-        token,
-        mode: node.settings?.["boot.mode"],
-        timeout: node.settings?.["boot.timeout"],
-        tmpfs: node.settings?.["tmpfs.size"],
-        // The last console= is /dev/console: serial last so virtual nodes (and serial-attached lab
-        // PCs) get the init's output; the screen still shows kernel messages.
-        consoles: node.model === "pc-x86-64" ? ["tty0", "ttyS0,115200"] : [],
-        extra: node.settings?.["kernel.cmdline"],
-      });
-    } catch (e) {
-      dropBoot(ctx.db, token);
-      return refuse((e as Error).message);
-    }
-    if (initramfs === "netroot") {
-      // Build (or find) it now, while iPXE downloads the kernel.
-      ensureInitramfs(ctx, image.id).catch((e) =>
-        log.error("initramfs build failed", { image: image.id, error: (e as Error).message })
-      );
-    }
-    const hyphen = mac.replaceAll(":", "-"); // colons in URL paths break some HTTP clients
-    const q = `?image=${image.id}`;
-    recordFromSource(ctx.db, sourceOf(c), mac, "http.script", { image: image.id }, "node");
-    ctx.nodes.touch(mac);
-    return text(
+    return refusal(c, file.refused, 404);
+  }
+  const image = file.imageId;
+  try {
+    return await sendFile(
       c,
-      renderBootScript({
-        mac,
-        node: node.name,
-        imageName: image.name,
-        imageId: image.id,
-        kernelUrl: `${base}/boot/${hyphen}/kernel${q}`,
-        initramfsUrl: `${base}/boot/${hyphen}/initramfs${q}`,
-        cmdline,
-      }),
+      cache,
+      await file.path(),
+      kind === "manifest" ? "text/plain; charset=utf-8" : "application/octet-stream",
+      (bytes, ms, complete) => {
+        events.fromSource(sourceOf(c), mac, `http.${kind}`, {
+          image,
+          bytes,
+          ms,
+          ...(complete ? {} : { incomplete: true }),
+          ...(c.req.header("range") ? { range: c.req.header("range") } : {}),
+        }, "node");
+      },
     );
-  });
-
-  /** Streams one boot file and puts the download on the node's timeline when it ends. */
-  const bootFile = (
-    kind: "kernel" | "initramfs" | "manifest",
-    pathOf: (
-      mac: string,
-      node: NodeInfo,
-      image: { id: string; kernel?: string | null; initrd?: string | null },
-    ) => Promise<string>,
-  ) =>
-  async (c: HonoContext) => {
-    const { mac, node, image } = await lookup(c);
-    if (!mac) return text(c, "invalid MAC address in URL\n", 400);
-    if (!node) {
-      if (unknownNoted(mac)) {
-        recordFromSource(ctx.db, sourceOf(c), mac, "http.unknown", { url: c.req.path });
-      }
-      return text(c, `node ${mac} is not registered\n`, 404);
+  } catch (e) {
+    // Missing files are 404; a failed initramfs build or I/O error is the server's (500).
+    const msg = `${kind} of image ${image} unavailable: ${(e as Error).message}`;
+    const detail = { image, error: msg };
+    if (events.fromSource(sourceOf(c), mac, `http.${kind}.error`, detail, "node")) {
+      log.error("boot file unavailable", { mac, kind, error: msg });
     }
-    if (!image) return text(c, `node ${node.name} has no image to boot\n`, 404);
-    try {
-      return await sendFile(
-        c,
-        await pathOf(mac, node, image),
-        kind === "manifest" ? "text/plain; charset=utf-8" : "application/octet-stream",
-        (bytes, ms, complete) => {
-          recordFromSource(ctx.db, sourceOf(c), mac, `http.${kind}`, {
-            image: image.id,
-            bytes,
-            ms,
-            ...(complete ? {} : { incomplete: true }),
-            ...(c.req.header("range") ? { range: c.req.header("range") } : {}),
-          }, "node");
-        },
-      );
-    } catch (e) {
-      // Missing files are 404; a failed initramfs build or I/O error is the server's (500).
-      const missing = e instanceof Deno.errors.NotFound ||
-        (e as { code?: string }).code === "ENOENT" ||
-        (e instanceof UserError && e.status === 404);
-      const msg = `${kind} of image ${image.id} unavailable: ${(e as Error).message}`;
-      const detail = { image: image.id, error: msg };
-      if (recordFromSource(ctx.db, sourceOf(c), mac, `http.${kind}.error`, detail, "node")) {
-        log.error("boot file unavailable", { mac, kind, error: msg });
-      }
-      return text(c, msg + "\n", missing ? 404 : 500);
-    }
-  };
+    return refusal(c, msg, fileErrorStatus(e));
+  }
+}
 
+/** GET /boot/ipxe/<file>: UEFI HTTP boot fetches iPXE itself by URL (no MAC in it): the timeline
+ *  is found by address. */
+async function ipxeRoute(
+  c: HonoContext,
+  booter: HttpBooter,
+  cache: BootFileCache,
+): Promise<Response> {
+  const file = c.req.param("file")!;
+  const ip = remoteIpv4(c);
+  const mac = (ip && booter.macAt(ip)) || null;
+  try {
+    return await sendFile(
+      c,
+      cache,
+      join(booter.ipxeDir, file),
+      "application/octet-stream",
+      (bytes, ms, complete) => {
+        const detail = { file, ip, bytes, ms, ...(complete ? {} : { incomplete: true }) };
+        const budget = mac ? "node" : "refusal"; // anyone may fetch these
+        booter.events.fromSource(sourceOf(c), mac, "http.ipxe", detail, budget);
+      },
+    );
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+    booter.events.fromSource(sourceOf(c), mac, "http.ipxe.error", {
+      file,
+      ip,
+      error: (e as Error).message,
+    });
+    return refusal(c, `${file} is not in ${booter.ipxeDir} (Debian package ipxe)`, 404);
+  }
+}
+
+/** POST /boot/report: a stage report of the node-side init, taken while its boot's token is. */
+async function reportRoute(c: HonoContext, booter: HttpBooter): Promise<Response> {
+  const raw = await textUpTo(c.req.raw, 65536);
+  if (raw === undefined) return refusal(c, "report too large", 413);
+  const report = parseReport(raw);
+  if ("error" in report) return refusal(c, report.error, 400);
+  const { token, stage } = report;
+  const mac = parseMacParam(report.mac);
+  if (!mac) return refusal(c, "report needs token and mac", 400);
+  const events = booter.events;
+  const accepted = booter.acceptReport(mac, token);
+  if ("rejected" in accepted) {
+    const reason = accepted.rejected;
+    events.fromSource(sourceOf(c), mac, "http.report.rejected", { stage, reason });
+    return refusal(c, reason, 403);
+  }
+  // A progress report replaces the previous one: one line that updates, not one per second.
+  const fields: Record<string, unknown> = { image: accepted.imageId, ...reportFields(report) };
+  if (fields.detail !== undefined) fields.detail = boundedDetail(fields.detail);
+  if (PROGRESS_STAGES.has(stage)) events.progress(mac, `init.${stage}`, fields);
+  else events.fromSource(sourceOf(c), mac, `init.${stage}`, fields, "node");
+  booter.reported(mac, token, stage);
+  return c.json({ ok: true });
+}
+
+/** The /boot routes over a Booter (src/boot/booter.ts); boot files come through `cache`. */
+export function bootRoutes(booter: HttpBooter, cache: BootFileCache = bootFiles): Hono {
+  const app = new Hono();
+  app.get("/:file{[^/]+\\.ipxe}", (c) => scriptRoute(c, booter));
+  for (const kind of ["kernel", "initramfs", "manifest"] as const) {
+    app.get(`/:mac/${kind}`, (c) => bootFileRoute(c, booter, cache, kind));
+  }
   app.get(
-    "/:mac/kernel",
-    bootFile("kernel", (_mac, _node, image) => {
-      if (!image.kernel) return Promise.reject(notFound("the image's kernel"));
-      return resolveInRoot(ctx.data.rootfs(image.id), image.kernel);
-    }),
+    "/ipxe/:file{[A-Za-z0-9][A-Za-z0-9._-]*\\.(?:efi|kpxe|kkpxe|pxe|lkrn)}",
+    (c) => ipxeRoute(c, booter, cache),
   );
-
-  app.get(
-    "/:mac/initramfs",
-    bootFile("initramfs", (_mac, node, image) => {
-      if (setting(node, "initramfs", "netroot") === "image") {
-        if (!image.initrd) return Promise.reject(notFound("the image's initrd"));
-        return resolveInRoot(ctx.data.rootfs(image.id), image.initrd);
-      }
-      return ensureInitramfs(ctx, image.id);
-    }),
-  );
-
-  app.get(
-    "/:mac/manifest",
-    bootFile("manifest", (_m, _n, image) => Promise.resolve(ctx.data.manifest(image.id))),
-  );
-
-  // UEFI HTTP boot fetches iPXE itself by URL (no MAC in it): the timeline is found by address.
-  app.get("/ipxe/:file{[A-Za-z0-9][A-Za-z0-9._-]*\\.(?:efi|kpxe|kkpxe|pxe|lkrn)}", async (c) => {
-    const file = c.req.param("file");
-    const ip = remoteIpv4(c);
-    const mac = (ip && ctx.nodes.byIp(ip)?.mac) || null;
-    try {
-      return await sendFile(
-        c,
-        join(ctx.config.ipxeDir, file),
-        "application/octet-stream",
-        (bytes, ms, complete) => {
-          const detail = { file, ip, bytes, ms, ...(complete ? {} : { incomplete: true }) };
-          const budget = mac ? "node" : "refusal"; // anyone may fetch these
-          recordFromSource(ctx.db, sourceOf(c), mac, "http.ipxe", detail, budget);
-        },
-      );
-    } catch (e) {
-      if (!(e instanceof Deno.errors.NotFound)) throw e;
-      recordFromSource(ctx.db, sourceOf(c), mac, "http.ipxe.error", {
-        file,
-        ip,
-        error: (e as Error).message,
-      });
-      return text(c, `${file} is not in ${ctx.config.ipxeDir} (Debian package ipxe)\n`, 404);
-    }
-  });
-
-  app.post("/report", async (c) => {
-    const raw = await textUpTo(c.req.raw, 65536);
-    if (raw === undefined) return text(c, "report too large\n", 413);
-    const report = parseReport(raw);
-    if ("error" in report) return text(c, `${report.error}\n`, 400);
-    const { token, stage } = report;
-    const mac = parseMacParam(report.mac);
-    if (!mac) return text(c, "report needs token and mac\n", 400);
-    const boot = findBoot(ctx.db, token);
-    const node = boot?.mac === mac ? ctx.nodes.find(mac) : undefined;
-    const reject = (reason: string) => {
-      recordFromSource(ctx.db, sourceOf(c), mac, "http.report.rejected", { stage, reason });
-      return text(c, `${reason}\n`, 403);
-    };
-    if (!boot || !node) return reject("token does not belong to this node's boots");
-    const silentS = Number(node.settings?.["boot.timeout"]) || DEFAULTS.timeoutS;
-    if (Date.now() > bootExpiry(boot, silentS)) {
-      return reject(
-        boot.stage === "handover" || boot.stage === "fatal"
-          ? `token expired: its boot ended (${boot.stage} at ${boot.reportedAt})`
-          : `token expired: its boot has not been heard from since ${
-            boot.reportedAt ?? boot.startedAt
-          }`,
-      );
-    }
-    // A progress report replaces the previous one: one line that updates, not one per second.
-    const fields: Record<string, unknown> = { image: boot.imageId, ...reportFields(report) };
-    if (fields.detail !== undefined) fields.detail = boundedDetail(fields.detail);
-    if (PROGRESS_STAGES.has(stage)) recordProgress(ctx.db, mac, `init.${stage}`, fields);
-    else recordFromSource(ctx.db, sourceOf(c), mac, `init.${stage}`, fields, "node");
-    recordStage(ctx.db, token, stage);
-    ctx.nodes.touch(mac);
-    return c.json({ ok: true });
-  });
-
+  app.post("/report", (c) => reportRoute(c, booter));
   return app;
 }

@@ -2,7 +2,6 @@
 // for IPv6 autoconfiguration unless a router answers its solicitations (e2e-recipe.md §6), so we
 // answer every router solicitation and advertise periodically. Router lifetime 0: nobody uses us
 // as a default router; the on-link /64 prefixes of the interface are announced for SLAAC.
-import type { Context, Service } from "../src/context.ts";
 import { logger } from "../src/log.ts";
 import { Icmp6Socket, ipv6Bytes } from "../src/linux/udp.ts";
 
@@ -80,10 +79,9 @@ export function interfacePrefixes(name: string): { prefixes: Prefix[]; mac?: Uin
 }
 
 export function startRouterAdvertisements(
-  ctx: Context,
+  device: string | undefined,
   opts: { intervalSeconds?: number } = {},
-): Promise<Service> {
-  const device = ctx.config.interface;
+): Promise<{ name: string; close(): Promise<void> }> {
   if (!device) return Promise.reject(new Error("router advertisements need --interface"));
   let sock: Icmp6Socket;
   try {

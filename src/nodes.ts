@@ -750,4 +750,23 @@ export class NodeRegistry {
     }
     return Promise.resolve(fixed);
   }
+
+  /** DHCP's hot path (every packet of every known node): the node's MAC, name and address, its
+   *  last-seen time moved to `at` (ms since the epoch); undefined when not registered. Prepared
+   *  statements and no settings or image joins: through find/touch a lease exchange cost 3×. */
+  seenByDhcp(
+    mac: string,
+    at: number,
+  ): { mac: string; name: string; ip: string | null } | undefined {
+    const row = this.#sql("SELECT mac, name, ip FROM nodes WHERE mac = ?").get(mac) as
+      | { mac: string; name: string; ip: string | null }
+      | undefined;
+    if (row) {
+      this.#sql("UPDATE nodes SET last_seen = ? WHERE mac = ?").run(
+        new Date(at).toISOString(),
+        mac,
+      );
+    }
+    return row;
+  }
 }

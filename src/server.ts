@@ -24,9 +24,10 @@ import { apiErrorResponse, noSuchRoute } from "./apierror.ts";
 import { dashboardRoutes } from "./dashboard.ts";
 import { imageRoutes } from "./images/api.ts";
 import { bootRoutes } from "../netboot/http.ts";
-import { startDhcp } from "../netboot/dhcp4/server.ts";
-import { startTftp } from "../netboot/tftp/server.ts";
+import type { Booter } from "../netboot/booter.ts";
 import { startRouterAdvertisements } from "../netboot/ra.ts";
+import { contextBooter } from "./boot/booter.ts";
+import { startDhcpService, startTftpService } from "./boot/services.ts";
 import { startNfs } from "./nfs.ts";
 import { ensureBridge } from "./vnode/bridge.ts";
 import { consoleRoutes, vnodeRoutes } from "./vnode/api.ts";
@@ -138,7 +139,11 @@ export async function openContext(config: ServerConfig, plugins: Plugins = {}): 
 }
 
 /** The HTTP app: every route of the server, in one table. */
-export function buildApp(ctx: Context, plugins: Plugins = {}): Hono {
+export function buildApp(
+  ctx: Context,
+  plugins: Plugins = {},
+  booter: Booter = contextBooter(ctx),
+): Hono {
   const api = new Hono();
   api.onError(apiErrorResponse);
   api.use("*", bearerAuth(ctx, { reads: ctx.config.api.auth === "all" }));
@@ -155,7 +160,7 @@ export function buildApp(ctx: Context, plugins: Plugins = {}): Hono {
 
   const app = new Hono();
   app.route("/api/v1", api);
-  app.route("/boot", bootRoutes(ctx)); //          iPXE scripts, kernels, initramfs, node reports
+  app.route("/boot", bootRoutes(booter)); //          iPXE scripts, kernels, initramfs, node reports
   app.route("/", dashboardRoutes(ctx)); //         GET /
   return app;
 }
@@ -217,7 +222,9 @@ export async function serve(
       config.serverIp ??= interfaceAddress(config.interface);
     }
     const httpHostForNodes = config.serverIp;
-    const app = buildApp(ctx, opts);
+    // One Booter for HTTP, DHCP and TFTP (they also share one boot file cache: netboot/bootcache.ts).
+    const booter = contextBooter(ctx);
+    const app = buildApp(ctx, opts, booter);
     const http = await listenHttp(httpHosts(config), config.http.port, app.fetch, opts.signal);
     services.push({ name: "http", close: http.close });
     const addr = http.addrs[0];
@@ -239,9 +246,9 @@ export async function serve(
     if (!config.interface) {
       log.info("no --interface: HTTP only (no DHCP, TFTP, NFS exports or router advertisements)");
     } else {
-      if (config.dhcp.mode !== "off") services.push(await startDhcp(ctx));
-      services.push(await startTftp(ctx));
-      if (config.ra) services.push(await startRouterAdvertisements(ctx));
+      if (config.dhcp.mode !== "off") services.push(await startDhcpService(ctx, booter));
+      services.push(await startTftpService(ctx, booter));
+      if (config.ra) services.push(await startRouterAdvertisements(config.interface));
     }
     if (config.nfs.mode !== "off") services.push(await startNfs(ctx));
     if (config.interface) services.push(followImagesWithInitramfs(ctx));

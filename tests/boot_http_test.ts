@@ -10,8 +10,8 @@ import type { Context } from "../src/context.ts";
 import { listEvents } from "../src/events.ts";
 import { openBoot } from "../src/boots.ts";
 import { openContext } from "../src/server.ts";
-import { parseMacParam, parseRange, resolveInRoot } from "../netboot/http.ts";
-import { bootRoutes } from "../netboot/http.ts";
+import { bootRoutes, parseMacParam, parseRange } from "../netboot/http.ts";
+import { contextBooter, resolveInImage as resolveInRoot } from "../src/boot/booter.ts";
 import { renderCmdline } from "../contract/cmdline.ts";
 import { renderBootScript, renderRefusalScript } from "../netboot/ipxe.ts";
 
@@ -208,7 +208,7 @@ async function fixture(): Promise<Fixture> {
     "vmlinuz": "->/boot/vmlinuz-6.1.0-test",
     "initrd.img": "->boot/initrd.img-6.1.0-test",
   });
-  const app = new Hono().route("/boot", bootRoutes(ctx));
+  const app = new Hono().route("/boot", bootRoutes(contextBooter(ctx)));
   const ac = new AbortController();
   const ready = Promise.withResolvers<number>();
   const server = Deno.serve(
@@ -683,7 +683,7 @@ Deno.test("boot script: the asker's source address alone is never taken as the n
   try {
     f.ctx.config.serverIp = "198.51.100.1"; // no such interface here: the boot network is its /24
     addNode(f.ctx, mac, "pc7", f.imageId);
-    const app = new Hono().route("/boot", bootRoutes(f.ctx));
+    const app = new Hono().route("/boot", bootRoutes(contextBooter(f.ctx)));
     const from = (hostname: string) =>
       app.request(`/boot/${mac}.ipxe`, {}, {
         remoteAddr: { hostname, port: 40000, transport: "tcp" },
@@ -711,7 +711,7 @@ Deno.test("report: the node's nfsReadBytes lands in the timeline event", async (
   try {
     addNode(f.ctx, mac, "pc8", f.imageId);
     const token = openBoot(f.ctx.db, mac, f.imageId);
-    const app = new Hono().route("/boot", bootRoutes(f.ctx));
+    const app = new Hono().route("/boot", bootRoutes(contextBooter(f.ctx)));
     const r = await app.request("/boot/report", {
       method: "POST",
       body: JSON.stringify({ token, mac, stage: "handover", ok: true, nfsReadBytes: 123456 }),

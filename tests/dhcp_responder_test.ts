@@ -8,6 +8,7 @@ import { decode, type DhcpPacket, encode } from "../netboot/dhcp4/packet.ts";
 import { MessageType, Opt, readIp, readText, readU16 } from "../netboot/dhcp4/options.ts";
 import { clientPacket, macFor } from "../netboot/storm.ts";
 import { listEvents } from "../src/events.ts";
+import { contextBooter } from "../src/boot/booter.ts";
 import { setLogLevel } from "../src/log.ts";
 
 setLogLevel("warn");
@@ -34,8 +35,7 @@ async function withResponder(
         nodeUrl: "http://10.85.0.1:8080",
         ...cfg,
       },
-      ctx.db,
-      ctx.nodes,
+      contextBooter(ctx),
       clock,
     );
     await fn(r, ctx);

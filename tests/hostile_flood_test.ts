@@ -8,7 +8,8 @@ import { Hono } from "hono";
 import { defaultConfig } from "../src/config.ts";
 import { openContext } from "../src/server.ts";
 import { bootRoutes } from "../netboot/http.ts";
-import { startTftp } from "../netboot/tftp/server.ts";
+import { contextBooter } from "../src/boot/booter.ts";
+import { startTftpService as startTftp } from "../src/boot/services.ts";
 
 const rrq = (name: string) => new TextEncoder().encode(`\0\x01${name}\0octet\0`);
 const mb = (n: number) => (n / 2 ** 20).toFixed(2);
@@ -70,7 +71,7 @@ Deno.test({
       ipxeDir: dir,
     });
     const tftp = await startTftp(ctx);
-    const app = new Hono().route("/boot", bootRoutes(ctx));
+    const app = new Hono().route("/boot", bootRoutes(contextBooter(ctx)));
     const ac = new AbortController();
     const ready = Promise.withResolvers<number>();
     const http = Deno.serve(
@@ -153,7 +154,7 @@ Deno.test("flood: a registered node's script and reports, 5,000 each from one ad
     const mac = "52:54:00:f1:00:01";
     ctx.nodes.add(mac, { image: "img" });
     ctx.nodes.configure(mac, { initramfs: "image" });
-    const app = new Hono().route("/boot", bootRoutes(ctx));
+    const app = new Hono().route("/boot", bootRoutes(contextBooter(ctx)));
     // A boot token is anyone's for a script fetch: reports with it are no more trusted.
     const env = { remoteAddr: { transport: "tcp", hostname: "10.66.0.9", port: 1 } };
     let token = "";

@@ -5,7 +5,8 @@
 import assert from "node:assert/strict";
 import dgram from "node:dgram";
 import { join } from "node:path";
-import { createTftpServer, startTftp, type TransferEvent } from "../netboot/tftp/server.ts";
+import { createTftpServer, type TransferEvent } from "../netboot/tftp/server.ts";
+import { startTftpService as startTftp } from "../src/boot/services.ts";
 import { resolveRequest } from "../netboot/tftp/resolve.ts";
 import { TftpError, tftpGet, tftpGetDetailed } from "../netboot/tftp/client.ts";
 import { decode, encode } from "../netboot/tftp/packet.ts";

@@ -1,7 +1,7 @@
 // Who is asking, and what boots it (protocols.md §1–3, §7). Pure: packet in, decision out.
 import type { DhcpPacket } from "./packet.ts";
 import { Opt, readText, readU16 } from "./options.ts";
-import { macFromBytes } from "../../src/mac.ts";
+import { macFromBytes } from "../../contract/mac.ts";
 
 export type Firmware =
   | "bios"

@@ -1,16 +1,16 @@
 // The DHCPv4 service: full mode (leases from a range, reservations for registered nodes) or proxy
 // mode (boot information only, beside the lab's DHCP server; answers on 67 with option 43, or on
 // UDP 4011). `DhcpResponder` is the socket-free policy (packet in → reply + destination out);
-// `startDhcp` wires it to FFI sockets bound to the boot interface.
+// `startDhcp` wires it to FFI sockets bound to the boot interface. Nodes, leases and the
+// timeline come through the DhcpBooter (../booter.ts): no SQL here.
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import type { Context, Service } from "../../src/context.ts";
-import { tx } from "../../src/db.ts";
+import { intToIp, ipToInt, isIPv4 } from "../../contract/ipv4.ts";
 import { logger } from "../../src/log.ts";
-import { bootNetwork } from "../../src/nfs.ts";
 import { UdpSocket } from "../../src/linux/udp.ts";
+import type { DhcpBooter, DhcpNode, Leases } from "../booter.ts";
+import type { EventKind } from "../../src/eventkinds.ts";
 import { type Classification, classify, REQUIRED_IPXE_FILES } from "./classify.ts";
-import { intToIp, ipToInt, LeaseStore } from "./leases.ts";
 import {
   ipv4,
   ipv4List,
@@ -39,19 +39,7 @@ const log = logger("dhcp");
 const ZERO = "0.0.0.0";
 const BROADCAST = "255.255.255.255";
 
-/** What the DHCP service needs from the node registry (src/nodes.ts). */
-export interface DhcpNode {
-  mac: string;
-  name?: string;
-  ip?: string | null;
-}
-export interface DhcpNodes {
-  register(mac: string, source: Record<string, unknown>): DhcpNode;
-  /** An address we ACKed to the MAC: the node's address (unless an admin fixed it). */
-  observeAddress(mac: string, ip: string, evidence: "lease"): unknown;
-  /** Nodes registered by us that no admin has adopted (checked against registerMax). */
-  countAutoRegistered(): number;
-}
+export type { DhcpBooter, DhcpNode };
 
 export interface ResponderConfig {
   mode: "full" | "proxy";
@@ -109,35 +97,24 @@ export class RegistrationLimit {
 
 export class DhcpResponder {
   readonly stats: DhcpStats = { received: 0, malformed: 0, ignored: 0, sent: {}, errors: 0 };
-  readonly leases?: LeaseStore;
+  readonly leases?: Leases;
   private readonly limit: RegistrationLimit;
   /** Per warning kind: packets ignored since it was last said, and when (once a minute). */
   private readonly notices = new Map<string, { count: number; at: number }>();
   private readonly broadcastAddr: string;
-  // The hot path (every packet of every known node) reads and touches the nodes row and appends
-  // to the events table with statements prepared once; through NodeRegistry.find/touch and
-  // recordEvent (prepared per call, settings and image joins) a lease exchange cost 3× more.
-  private readonly nodeRow: ReturnType<Context["db"]["prepare"]>;
-  private readonly touchRow: ReturnType<Context["db"]["prepare"]>;
-  private readonly eventRow: ReturnType<Context["db"]["prepare"]>;
 
   constructor(
     private readonly cfg: ResponderConfig,
-    private readonly db: Context["db"],
-    private readonly nodes: DhcpNodes,
+    private readonly booter: DhcpBooter,
     /** Milliseconds since the epoch (tests move it). */
     private readonly clock: () => number = Date.now,
   ) {
     this.limit = new RegistrationLimit(cfg.registerRate ?? 60, clock());
-    this.nodeRow = db.prepare("SELECT mac, name, ip FROM nodes WHERE mac = ?");
-    this.touchRow = db.prepare("UPDATE nodes SET last_seen = ? WHERE mac = ?");
-    // Same row as src/events.ts recordEvent writes.
-    this.eventRow = db.prepare("INSERT INTO events (mac, ts, kind, detail) VALUES (?, ?, ?, ?)");
     const mask = ipToInt(cfg.netmask);
     this.broadcastAddr = intToIp((ipToInt(cfg.serverIp) & mask) | (~mask >>> 0));
     if (cfg.mode === "full") {
       if (!cfg.range) throw new Error("full DHCP mode needs a range");
-      this.leases = new LeaseStore(db, {
+      this.leases = booter.leases({
         range: cfg.range,
         exclude: [cfg.serverIp, ...(cfg.router ? [cfg.router] : [])],
         offerSeconds: cfg.offerSeconds,
@@ -161,7 +138,7 @@ export class DhcpResponder {
       return null;
     }
     try {
-      const reply = tx(this.db, () => this.respond(req, via));
+      const reply = this.booter.transaction(() => this.respond(req, via));
       if (!reply) this.stats.ignored++;
       else {
         const t = messageTypeName(reply.packet.options.get(Opt.messageType)![0]);
@@ -210,23 +187,20 @@ export class DhcpResponder {
    *  an address set by hand elsewhere, must not be handed out here). */
   private reservation(node: DhcpNode): string | undefined {
     const mask = ipToInt(this.cfg.netmask);
-    if (!node.ip || !/^\d+\.\d+\.\d+\.\d+$/.test(node.ip)) return undefined;
+    if (!node.ip || !isIPv4(node.ip)) return undefined;
     return ((ipToInt(node.ip) ^ ipToInt(this.cfg.serverIp)) & mask) === 0 ? node.ip : undefined;
   }
 
-  private event(mac: string | null, kind: string, detail: Record<string, unknown>): void {
-    this.eventRow.run(mac, new Date(this.clock()).toISOString(), kind, JSON.stringify(detail));
+  private event(mac: string | null, kind: EventKind, detail: Record<string, unknown>): void {
+    this.booter.events.record(mac, kind, detail, this.clock());
   }
 
   /** The known node, or a first-seen MAC registered (when `mayRegister`) within the
    *  registration rate and cap, or null (also when registerUnknown is off). Spoofed packets from
    *  made-up MACs can therefore add at most registerRate nodes a minute and registerMax in all. */
   private nodeFor(cls: Classification, mayRegister: boolean): DhcpNode | null {
-    const known = this.nodeRow.get(cls.mac) as DhcpNode | undefined;
-    if (known) {
-      this.touchRow.run(new Date(this.clock()).toISOString(), cls.mac);
-      return known;
-    }
+    const known = this.booter.seen(cls.mac, this.clock());
+    if (known) return known;
     if (!this.cfg.registerUnknown || !mayRegister) return null;
     // The bucket first: a flood costs no query past it.
     const now = this.clock();
@@ -239,11 +213,11 @@ export class DhcpResponder {
       limited(`${this.cfg.registerRate ?? 60} new nodes a minute`);
       return null;
     }
-    if (this.nodes.countAutoRegistered() >= max) {
+    if (this.booter.countAutoRegistered() >= max) {
       limited(`${max} auto-registered nodes`);
       return null;
     }
-    const node = this.nodes.register(cls.mac, {
+    const node = this.booter.register(cls.mac, {
       via: "dhcp",
       vendorClass: cls.vendorClass,
       arch: cls.arch,
@@ -255,7 +229,7 @@ export class DhcpResponder {
 
   /** Counts a packet ignored for `kind`; says so (log warning and server event) at most once a
    *  minute per kind, with how many were ignored since: a flood cannot flood the log. */
-  private notice(kind: string, message: string, detail: Record<string, unknown>): void {
+  private notice(kind: EventKind, message: string, detail: Record<string, unknown>): void {
     const now = this.clock();
     const n = this.notices.get(kind) ?? { count: 0, at: -Infinity };
     n.count++;
@@ -308,7 +282,7 @@ export class DhcpResponder {
           return this.nak(req, `address ${want} not available`);
         }
         leases.bind(mac, ip, this.cfg.leaseSeconds, now);
-        if (node.ip !== ip) this.nodes.observeAddress(mac, ip, "lease"); // its reservation
+        if (node.ip !== ip) this.booter.observeAddress(mac, ip, "lease"); // its reservation
         return this.answer(req, cls, MessageType.Ack, ip, "dhcp.ack", node.name);
       }
       case MessageType.Decline: {
@@ -349,7 +323,7 @@ export class DhcpResponder {
     cls: Classification,
     type: MessageType,
     ip: string | undefined,
-    event: string,
+    event: EventKind,
     name?: string,
   ): Reply {
     const o = new Map<number, Uint8Array>();
@@ -549,36 +523,18 @@ function startAgeOut(
   return setInterval(run, Math.min(600_000, Math.max(1000, ttlSeconds * 100)));
 }
 
-export function startDhcp(ctx: Context): Promise<Service> {
-  const { config } = ctx;
-  const device = config.interface;
-  if (!device || !config.serverIp) {
-    return Promise.reject(new Error("DHCP needs --interface (and its IPv4 address)"));
-  }
-  if (config.dhcp.mode === "off") {
-    return Promise.resolve({ name: "dhcp", close: () => Promise.resolve() });
-  }
-  checkIpxeFiles(config.ipxeDir);
-  const responder = new DhcpResponder(
-    {
-      mode: config.dhcp.mode,
-      serverIp: config.serverIp,
-      netmask: bootNetwork(ctx)?.netmask ?? "255.255.255.0",
-      range: config.dhcp.range,
-      leaseSeconds: config.dhcp.leaseSeconds,
-      proxyStrategy: config.dhcp.proxyStrategy,
-      registerUnknown: config.dhcp.registerUnknown,
-      offerSeconds: config.dhcp.offerSeconds,
-      registerRate: config.dhcp.registerRate,
-      registerMax: config.dhcp.registerMax,
-      router: config.dhcp.router,
-      dns: config.dhcp.dns,
-      nodeUrl: ctx.nodeUrl,
-    },
-    ctx.db,
-    ctx.nodes,
-  );
-  const ports = config.dhcp.mode === "proxy" ? [67, 4011] : [67];
+export interface DhcpServiceOptions {
+  /** The boot interface: the sockets bind to it. */
+  device: string;
+  ipxeDir: string;
+  /** Auto-registered nodes that never booted are forgotten after this long (0: never). */
+  registerTtlSeconds: number;
+  responder: ResponderConfig;
+}
+
+/** The DHCP sockets on the boot interface: 67, and 4011 (PXE boot server) in proxy mode. */
+function openSockets(device: string, mode: ResponderConfig["mode"]): UdpSocket[] {
+  const ports = mode === "proxy" ? [67, 4011] : [67];
   const sockets: UdpSocket[] = [];
   try {
     for (const port of ports) {
@@ -586,9 +542,23 @@ export function startDhcp(ctx: Context): Promise<Service> {
     }
   } catch (e) {
     for (const s of sockets) s.close();
-    return Promise.reject(
-      new Error(`cannot open DHCP sockets on ${device}: ${(e as Error).message}`),
-    );
+    throw new Error(`cannot open DHCP sockets on ${device}: ${(e as Error).message}`);
+  }
+  return sockets;
+}
+
+export function startDhcp(
+  o: DhcpServiceOptions,
+  booter: DhcpBooter,
+): Promise<{ name: string; stats: DhcpStats; close(): Promise<void> }> {
+  const { device, responder: cfg } = o;
+  checkIpxeFiles(o.ipxeDir);
+  const responder = new DhcpResponder(cfg, booter);
+  let sockets: UdpSocket[];
+  try {
+    sockets = openSockets(device, cfg.mode);
+  } catch (e) {
+    return Promise.reject(e);
   }
   const loops = sockets.map(async (sock) => {
     for (;;) {
@@ -604,27 +574,25 @@ export function startDhcp(ctx: Context): Promise<Service> {
       }
     }
   });
-  const ageOut = startAgeOut(ctx.nodes, config.dhcp.registerTtlSeconds);
+  const ageOut = startAgeOut(booter, o.registerTtlSeconds);
   log.info("listening", {
     interface: device,
-    mode: config.dhcp.mode,
-    server: config.serverIp,
-    range: config.dhcp.range ? `${config.dhcp.range.start}-${config.dhcp.range.end}` : undefined,
-    strategy: config.dhcp.mode === "proxy" ? config.dhcp.proxyStrategy : undefined,
+    mode: cfg.mode,
+    server: cfg.serverIp,
+    range: cfg.range ? `${cfg.range.start}-${cfg.range.end}` : undefined,
+    strategy: cfg.mode === "proxy" ? cfg.proxyStrategy : undefined,
   });
-  return Promise.resolve(
-    {
-      name: "dhcp",
-      stats: responder.stats,
-      async close() {
-        clearInterval(ageOut);
-        await Promise.all(sockets.map((s) => s.close()));
-        await Promise.all(loops);
-        log.info("stopped", {
-          ...responder.stats,
-          sent: JSON.stringify(responder.stats.sent),
-        });
-      },
-    } as Service & { stats: DhcpStats },
-  );
+  return Promise.resolve({
+    name: "dhcp",
+    stats: responder.stats,
+    async close() {
+      clearInterval(ageOut);
+      await Promise.all(sockets.map((s) => s.close()));
+      await Promise.all(loops);
+      log.info("stopped", {
+        ...responder.stats,
+        sent: JSON.stringify(responder.stats.sent),
+      });
+    },
+  });
 }

@@ -1,13 +1,15 @@
 // TFTP server, read-only. Port 69 (main thread) takes requests, applies the path policy and option
 // negotiation, then a transfer worker (engine.ts) moves the bytes from its own port (new TID per
-// transfer). Files are read once and kept in a bounded cache shared with the workers.
+// transfer). Files are read once and kept in the boot file cache (../bootcache.ts, shared with
+// HTTP boot and, through SharedArrayBuffers, with the workers).
 import dgram from "node:dgram";
-import type { Context, Service } from "../../src/context.ts";
-import { recordFromSource } from "../../src/events.ts";
+import { type BootFileCache, bootFiles } from "../bootcache.ts";
+import type { TftpBooter } from "../booter.ts";
 import { logger } from "../../src/log.ts";
 import { TransferPool } from "./engine.ts";
 import { decode, encode, ErrorCode, negotiate, TftpDecodeError } from "./packet.ts";
 import { resolveRequest } from "./resolve.ts";
+import type { EventKind } from "../../src/eventkinds.ts";
 
 const log = logger("tftp");
 
@@ -60,8 +62,8 @@ export interface TftpServerOptions {
   retries?: number;
   /** Transfer worker threads (default: CPU count, at most 4). */
   workers?: number;
-  /** Bytes of file contents kept in memory between transfers (default 256 MiB). */
-  cacheBytes?: number;
+  /** Where file contents are kept between transfers (default: `bootFiles`, shared with HTTP). */
+  cache?: BootFileCache;
   /** Transfers at once; more are refused with "server busy" so a flood cannot exhaust file
    *  descriptors (default 1000). */
   maxTransfers?: number;
@@ -75,44 +77,6 @@ export interface TftpServer {
   close(): Promise<void>;
 }
 
-/** Contents of files, keyed by path and validated by inode/size/mtime, in SharedArrayBuffers so
- *  that concurrent transfers of one file share one copy. Least recently used goes first. */
-class FileCache {
-  #entries = new Map<string, { stamp: string; data: Uint8Array }>();
-  #bytes = 0;
-  constructor(readonly budget: number) {}
-
-  async read(path: string): Promise<Uint8Array> {
-    const st = await Deno.stat(path);
-    if (!st.isFile) throw new Error("not a regular file");
-    const stamp = `${st.dev}:${st.ino}:${st.size}:${st.mtime?.getTime()}`;
-    const hit = this.#entries.get(path);
-    if (hit && hit.stamp === stamp) {
-      this.#entries.delete(path); // re-insert: most recently used last
-      this.#entries.set(path, hit);
-      return hit.data;
-    }
-    if (hit) this.#drop(path);
-    const bytes = await Deno.readFile(path);
-    const data = new Uint8Array(new SharedArrayBuffer(bytes.length));
-    data.set(bytes);
-    if (data.length <= this.budget / 4) {
-      this.#entries.set(path, { stamp, data });
-      this.#bytes += data.length;
-      for (const key of this.#entries.keys()) {
-        if (this.#bytes <= this.budget) break;
-        this.#drop(key);
-      }
-    }
-    return data;
-  }
-
-  #drop(key: string) {
-    this.#bytes -= this.#entries.get(key)?.data.length ?? 0;
-    this.#entries.delete(key);
-  }
-}
-
 /** A requested name as it may appear in logs and events: escaped, bounded (it is attacker text). */
 export function printableName(name: string): string {
   const s = name.replace(
@@ -120,6 +84,97 @@ export function printableName(name: string): string {
     (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`,
   );
   return s.length > 256 ? `${s.slice(0, 256)}…` : s;
+}
+
+/** What a request on port 69 needs of its server. */
+interface RequestScope {
+  opts: TftpServerOptions;
+  host: string;
+  pool: TransferPool;
+  cache: BootFileCache;
+  limits: { maxBlksize: number; maxWindowsize: number; defaultTimeoutMs: number };
+  retries: number;
+  report(e: TransferEvent): void;
+  sendError(client: ClientAddress, code: number, message: string): void;
+}
+
+/** Answers one datagram on port 69: a refusal, or a transfer handed to the pool. */
+async function handleRequest(
+  s: RequestScope,
+  msg: Uint8Array,
+  client: ClientAddress,
+): Promise<void> {
+  const { opts, pool, cache, limits, retries, report, sendError } = s;
+  let p;
+  try {
+    p = decode(msg);
+  } catch (e) {
+    // Only answer what looks like a request; stray datagrams get silence.
+    if (e instanceof TftpDecodeError && msg.length >= 2 && msg[0] === 0 && msg[1] <= 2) {
+      sendError(client, ErrorCode.illegalOperation, `malformed request: ${e.message}`);
+    }
+    return;
+  }
+  if (p.op !== "RRQ" && p.op !== "WRQ") return; // belongs to no transfer of ours
+  const file = printableName(p.filename);
+  let meta: Record<string, unknown> | undefined;
+  const refused = (code: number, reason: string) => {
+    sendError(client, code, reason);
+    report({
+      outcome: "refused",
+      file,
+      client,
+      bytes: 0,
+      ms: 0,
+      blksize: 0,
+      windowsize: 0,
+      reason,
+      errorCode: code,
+      meta,
+    });
+  };
+  if (p.op === "WRQ") return refused(ErrorCode.accessViolation, "write requests are refused");
+  if (pool.active >= (opts.maxTransfers ?? 1000)) {
+    return refused(ErrorCode.notDefined, "server busy, try again");
+  }
+  if (p.mode !== "octet") {
+    return refused(ErrorCode.illegalOperation, `mode ${p.mode} not supported, use octet`);
+  }
+  let data: Uint8Array;
+  try {
+    const r = await opts.resolve(p.filename, client);
+    meta = r.meta;
+    if ("error" in r) return refused(r.error, r.message);
+    data = "data" in r ? r.data : await cache.read(r.file);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) {
+      return refused(ErrorCode.fileNotFound, "file not found");
+    }
+    log.warn("cannot read file", { file, error: (e as Error).message });
+    return refused(ErrorCode.accessViolation, "cannot read file");
+  }
+  const n = negotiate(p.options, data.length, limits);
+  // Block numbers wrap after 65535 (as tftp-hpa, curl and iPXE expect), so any size goes.
+  const end = await pool.run({
+    ip: client.address,
+    port: client.port,
+    bindIp: opts.transferIp ?? s.host,
+    data,
+    blksize: n.blksize,
+    windowsize: n.windowsize,
+    timeoutMs: n.timeoutMs,
+    retries,
+    oack: n.oack ? encode({ op: "OACK", options: n.oack }) : undefined,
+  });
+  report({
+    ...end,
+    file,
+    client,
+    size: data.length,
+    blksize: n.blksize,
+    windowsize: n.windowsize,
+    meta,
+  });
 }
 
 export async function createTftpServer(opts: TftpServerOptions): Promise<TftpServer> {
@@ -130,7 +185,7 @@ export async function createTftpServer(opts: TftpServerOptions): Promise<TftpSer
     defaultTimeoutMs: opts.timeoutMs ?? 1000,
   };
   const retries = opts.retries ?? 5;
-  const cache = new FileCache(opts.cacheBytes ?? 256 * 1024 * 1024);
+  const cache = opts.cache ?? bootFiles;
   const pool = await TransferPool.create(
     opts.workers ?? Math.max(1, Math.min(4, navigator.hardwareConcurrency)),
   );
@@ -158,78 +213,17 @@ export async function createTftpServer(opts: TftpServerOptions): Promise<TftpSer
   const sendError = (client: ClientAddress, code: number, message: string) =>
     sock.send(encode({ op: "ERROR", code, message }), client.port, client.address);
 
-  const handle = async (msg: Uint8Array, client: ClientAddress) => {
-    let p;
-    try {
-      p = decode(msg);
-    } catch (e) {
-      // Only answer what looks like a request; stray datagrams get silence.
-      if (e instanceof TftpDecodeError && msg.length >= 2 && msg[0] === 0 && msg[1] <= 2) {
-        sendError(client, ErrorCode.illegalOperation, `malformed request: ${e.message}`);
-      }
-      return;
-    }
-    if (p.op !== "RRQ" && p.op !== "WRQ") return; // belongs to no transfer of ours
-    const file = printableName(p.filename);
-    let meta: Record<string, unknown> | undefined;
-    const refused = (code: number, reason: string) => {
-      sendError(client, code, reason);
-      report({
-        outcome: "refused",
-        file,
-        client,
-        bytes: 0,
-        ms: 0,
-        blksize: 0,
-        windowsize: 0,
-        reason,
-        errorCode: code,
-        meta,
-      });
-    };
-    if (p.op === "WRQ") return refused(ErrorCode.accessViolation, "write requests are refused");
-    if (pool.active >= (opts.maxTransfers ?? 1000)) {
-      return refused(ErrorCode.notDefined, "server busy, try again");
-    }
-    if (p.mode !== "octet") {
-      return refused(ErrorCode.illegalOperation, `mode ${p.mode} not supported, use octet`);
-    }
-    let data: Uint8Array;
-    try {
-      const r = await opts.resolve(p.filename, client);
-      meta = r.meta;
-      if ("error" in r) return refused(r.error, r.message);
-      data = "data" in r ? r.data : await cache.read(r.file);
-    } catch (e) {
-      if (e instanceof Deno.errors.NotFound) {
-        return refused(ErrorCode.fileNotFound, "file not found");
-      }
-      log.warn("cannot read file", { file, error: (e as Error).message });
-      return refused(ErrorCode.accessViolation, "cannot read file");
-    }
-    const n = negotiate(p.options, data.length, limits);
-    // Block numbers wrap after 65535 (as tftp-hpa, curl and iPXE expect), so any size goes.
-    const end = await pool.run({
-      ip: client.address,
-      port: client.port,
-      bindIp: opts.transferIp ?? host,
-      data,
-      blksize: n.blksize,
-      windowsize: n.windowsize,
-      timeoutMs: n.timeoutMs,
-      retries,
-      oack: n.oack ? encode({ op: "OACK", options: n.oack }) : undefined,
-    });
-    report({
-      ...end,
-      file,
-      client,
-      size: data.length,
-      blksize: n.blksize,
-      windowsize: n.windowsize,
-      meta,
-    });
+  const scope: RequestScope = {
+    opts,
+    host,
+    pool,
+    cache,
+    limits,
+    retries,
+    report,
+    sendError,
   };
+  const handle = (msg: Uint8Array, client: ClientAddress) => handleRequest(scope, msg, client);
   sock.on("message", (msg, rinfo) => {
     const client = { address: rinfo.address, port: rinfo.port };
     handle(new Uint8Array(msg.buffer, msg.byteOffset, msg.byteLength), client).catch((e) =>
@@ -267,18 +261,28 @@ export function blksizeForInterface(iface: string | undefined): number {
  *  rate limit of the client's address (recordFromSource; UDP sources are anyone's to forge):
  *  refusals and unknown clients on the tight budget, a node's transfers on the wide one. Log
  *  lines go with their events. */
-export async function startTftp(ctx: Context): Promise<Service & { port: number }> {
-  const nodes = ctx.nodes;
+export interface TftpServiceOptions {
+  port: number;
+  /** The boot interface (its MTU bounds blksize). */
+  interface?: string;
+  /** The server address clients were told (transfers' source address). */
+  serverIp?: string;
+  ipxeDir: string;
+  cache?: BootFileCache;
+}
+
+export async function startTftp(
+  o: TftpServiceOptions,
+  booter: TftpBooter,
+): Promise<{ name: string; port: number; close(): Promise<void> }> {
   const server = await createTftpServer({
-    port: ctx.config.tftp.port,
-    transferIp: ctx.config.serverIp,
-    maxBlksize: blksizeForInterface(ctx.config.interface),
+    port: o.port,
+    transferIp: o.serverIp,
+    maxBlksize: blksizeForInterface(o.interface),
+    cache: o.cache,
     resolve: async (path, client) => {
-      const node = nodes.byIp(client.address);
-      const r = await resolveRequest(path, {
-        ipxeDir: ctx.config.ipxeDir,
-        nodeFs: node ? ctx.data.nodeFs(node.mac) : undefined,
-      });
+      const node = booter.nodeAt(client.address);
+      const r = await resolveRequest(path, { ipxeDir: o.ipxeDir, nodeFs: node?.fs });
       return { ...r, meta: { mac: node?.mac ?? null } };
     },
     onTransfer: (e) => {
@@ -286,8 +290,8 @@ export async function startTftp(ctx: Context): Promise<Service & { port: number 
       const base = { file: e.file, client: e.client.address };
       const fields = { ...base, mac: mac ?? undefined };
       const budget = mac && e.outcome !== "refused" ? "node" : "refusal";
-      const record = (kind: string, detail: Record<string, unknown>) =>
-        recordFromSource(ctx.db, e.client.address, mac, kind, detail, budget);
+      const record = (kind: EventKind, detail: Record<string, unknown>) =>
+        booter.events.fromSource(e.client.address, mac, kind, detail, budget);
       if (e.outcome === "done") {
         const d = {
           ...base,

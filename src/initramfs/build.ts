@@ -138,17 +138,15 @@ function checkArch(program: ProgramFiles, firstModule?: string): void {
   }
 }
 
-export async function buildInitramfs(opts: BuildOptions): Promise<BuildResult> {
-  const t0 = performance.now();
-  const kv = opts.kernelVersion;
-  if (!/^[\w.+~-]+$/.test(kv)) throw new UserError(`bad kernel version ${JSON.stringify(kv)}`);
-  // /lib/modules, or /usr/lib/modules in a merged-/usr image without the /lib link.
+/** The kernel's module index: /lib/modules/<kv>, or /usr/lib/modules/<kv> in a merged-/usr
+ *  image without the /lib link. `modRel` is where it was found, relative to the root. */
+async function readModuleIndex(rootfs: string, kv: string) {
   let modRel = `lib/modules/${kv}`;
-  let modDir = resolveInRoot(opts.rootfs, modRel).host;
+  let modDir = resolveInRoot(rootfs, modRel).host;
   let dep = await readOptional(join(modDir, "modules.dep"));
   if (dep === undefined) {
     modRel = `usr/lib/modules/${kv}`;
-    modDir = resolveInRoot(opts.rootfs, modRel).host;
+    modDir = resolveInRoot(rootfs, modRel).host;
     dep = await readOptional(join(modDir, "modules.dep"));
   }
   if (dep === undefined) {
@@ -162,18 +160,16 @@ export async function buildInitramfs(opts: BuildOptions): Promise<BuildResult> {
     softdep: await readOptional(join(modDir, "modules.softdep")),
     alias: await readOptional(join(modDir, "modules.alias")),
   });
-  const plan = planModules(idx, opts.wantedModules ?? WANTED_MODULES);
-  if (plan.missing.length) {
-    log.info("modules not in this kernel, skipped", { kv, missing: plan.missing.join(",") });
-  }
-  const modSources = plan.order.map((rel) => resolveInRoot(opts.rootfs, `${modRel}/${rel}`).host);
-  checkArch(opts.program, modSources[0]);
+  return { modRel, idx };
+}
 
+/** The initramfs tree (docs/architecture.md "Initramfs layout"): the program, its libraries and
+ *  the modules in `order`, read from `modSources`. */
+function initramfsTree(p: ProgramFiles, kv: string, order: string[], modSources: string[]): Tree {
   const tree = new Tree();
   for (const d of ["dev", "proc", "sys", "run", "tmp", "newroot", "netroot"]) tree.dir(d);
   tree.add({ type: "char", path: "dev/console", mode: 0o600, major: 5, minor: 1 });
   tree.add({ type: "char", path: "dev/null", mode: 0o666, major: 1, minor: 3 });
-  const p = opts.program;
   const exe = p.kind === "bundle" ? p.deno : p.exe;
   if (p.kind === "bundle") {
     tree.add({ type: "file", path: "init", mode: 0o755, data: nodeLauncher() });
@@ -191,16 +187,19 @@ export async function buildInitramfs(opts: BuildOptions): Promise<BuildResult> {
     type: "file",
     path: "netroot/modules.order",
     mode: 0o644,
-    data: new TextEncoder().encode(plan.order.map((m) => m + "\n").join("")),
+    data: new TextEncoder().encode(order.map((m) => m + "\n").join("")),
   });
-  plan.order.forEach((rel, i) => {
+  order.forEach((rel, i) => {
     // Compressed modules stay compressed: init passes MODULE_INIT_COMPRESSED_FILE to finit_module.
     tree.hostFile(`lib/modules/${kv}/${rel}`, modSources[i], 0o644);
   });
+  return tree;
+}
 
-  const compression = opts.compression ?? initramfsCompression(opts.rootfs, kv);
+/** Writes the tree as a compressed cpio archive to `path` (removed again on failure). */
+async function writeCpio(tree: Tree, path: string, compression: Compression): Promise<CpioWriter> {
   const out = compressor(compression);
-  const written = pipeline(out, createWriteStream(opts.out, { mode: 0o644 }));
+  const written = pipeline(out, createWriteStream(path, { mode: 0o644 }));
   written.catch(() => {}); // observed below; avoids an unhandled rejection while writing
   const cpio = new CpioWriter(async (chunk) => {
     if (!out.write(chunk)) await once(out, "drain");
@@ -213,9 +212,26 @@ export async function buildInitramfs(opts: BuildOptions): Promise<BuildResult> {
   } catch (e) {
     out.destroy();
     await written.catch(() => {});
-    await Deno.remove(opts.out).catch(() => {});
+    await Deno.remove(path).catch(() => {});
     throw e;
   }
+  return cpio;
+}
+
+export async function buildInitramfs(opts: BuildOptions): Promise<BuildResult> {
+  const t0 = performance.now();
+  const kv = opts.kernelVersion;
+  if (!/^[\w.+~-]+$/.test(kv)) throw new UserError(`bad kernel version ${JSON.stringify(kv)}`);
+  const { modRel, idx } = await readModuleIndex(opts.rootfs, kv);
+  const plan = planModules(idx, opts.wantedModules ?? WANTED_MODULES);
+  if (plan.missing.length) {
+    log.info("modules not in this kernel, skipped", { kv, missing: plan.missing.join(",") });
+  }
+  const modSources = plan.order.map((rel) => resolveInRoot(opts.rootfs, `${modRel}/${rel}`).host);
+  checkArch(opts.program, modSources[0]);
+  const tree = initramfsTree(opts.program, kv, plan.order, modSources);
+  const compression = opts.compression ?? initramfsCompression(opts.rootfs, kv);
+  const cpio = await writeCpio(tree, opts.out, compression);
   return {
     bytes: (await Deno.stat(opts.out)).size,
     cpioBytes: cpio.bytes,

@@ -113,6 +113,70 @@ export interface LauncherSpec {
   mounts?: { source: string; target: string; fstype: string; flags: number }[];
 }
 
+/** Data addresses the launcher's code loads (absolute: ET_EXEC at a fixed base). */
+type LauncherAddrs = { path: number; argv: number; envp: number; msg: number; mounts: number[][] };
+
+/** The launcher's machine code for given data addresses (its length does not depend on them). */
+function launcherCode(
+  mounts: NonNullable<LauncherSpec["mounts"]>,
+  msgLength: number,
+  a: LauncherAddrs,
+): number[] {
+  const code: number[] = [];
+  const imm32 = (v: number) => [v & 0xff, (v >>> 8) & 0xff, (v >>> 16) & 0xff, (v >>> 24) & 0xff];
+  const movEdi = (v: number) => code.push(0xbf, ...imm32(v)); // mov edi, imm32 (zero-extends)
+  const movEsi = (v: number) => code.push(0xbe, ...imm32(v));
+  const movEdx = (v: number) => code.push(0xba, ...imm32(v));
+  const movEax = (v: number) => code.push(0xb8, ...imm32(v));
+  const syscall = () => code.push(0x0f, 0x05);
+  mounts.forEach((m, i) => {
+    const [source, target, fstype] = a.mounts[i];
+    movEdi(source);
+    movEsi(target);
+    movEdx(fstype);
+    code.push(0x41, 0xba, ...imm32(m.flags)); // mov r10d, flags
+    code.push(0x45, 0x31, 0xc0); // xor r8d, r8d: data = NULL
+    movEax(165); // mount
+    syscall();
+  });
+  movEdi(a.path);
+  movEsi(a.argv);
+  movEdx(a.envp);
+  movEax(59); // execve: returns only on failure
+  syscall();
+  movEdi(2);
+  movEsi(a.msg);
+  movEdx(msgLength);
+  movEax(1); // write(2, msg, len)
+  syscall();
+  movEdi(127);
+  movEax(60); // exit(127)
+  syscall();
+  return code;
+}
+
+/** ELF header and the one PT_LOAD (R+X) program header mapping the whole file at `base`. */
+function writeElfHeaders(v: DataView, base: number, entryOff: number, total: number): void {
+  new Uint8Array(v.buffer).set([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1, 0]); // ELF64, LE, v1, SysV ABI
+  v.setUint16(16, 2, true); // ET_EXEC
+  v.setUint16(18, EM_X86_64, true);
+  v.setUint32(20, 1, true); // e_version
+  v.setBigUint64(24, BigInt(base + entryOff), true); // e_entry
+  v.setBigUint64(32, 64n, true); // e_phoff
+  v.setUint16(52, 64, true); // e_ehsize
+  v.setUint16(54, 56, true); // e_phentsize
+  v.setUint16(56, 1, true); // e_phnum
+  v.setUint16(58, 64, true); // e_shentsize (no section headers)
+  v.setUint32(64, PT_LOAD, true);
+  v.setUint32(68, 5, true); // PF_R | PF_X
+  v.setBigUint64(72, 0n, true); // p_offset
+  v.setBigUint64(80, BigInt(base), true); // p_vaddr
+  v.setBigUint64(88, BigInt(base), true); // p_paddr
+  v.setBigUint64(96, BigInt(total), true); // p_filesz
+  v.setBigUint64(104, BigInt(total), true); // p_memsz
+  v.setBigUint64(112, 0x1000n, true); // p_align
+}
+
 /**
  * A static x86-64 ELF that does the given mounts, then execve(path, argv, envp); on failure it
  * writes a line to fd 2 and exits 127 (as PID 1 the kernel then panics with that code, after the
@@ -128,40 +192,7 @@ export function launcherElf(spec: LauncherSpec): Uint8Array {
   const msg = enc.encode(`netroot /init: execve ${spec.path} failed\n`);
 
   // Machine code for given data addresses; emitted once with zeros to learn its length.
-  type Addrs = { path: number; argv: number; envp: number; msg: number; mounts: number[][] };
-  const emit = (a: Addrs) => {
-    const code: number[] = [];
-    const imm32 = (v: number) => [v & 0xff, (v >>> 8) & 0xff, (v >>> 16) & 0xff, (v >>> 24) & 0xff];
-    const movEdi = (v: number) => code.push(0xbf, ...imm32(v)); // mov edi, imm32 (zero-extends)
-    const movEsi = (v: number) => code.push(0xbe, ...imm32(v));
-    const movEdx = (v: number) => code.push(0xba, ...imm32(v));
-    const movEax = (v: number) => code.push(0xb8, ...imm32(v));
-    const syscall = () => code.push(0x0f, 0x05);
-    mounts.forEach((m, i) => {
-      const [source, target, fstype] = a.mounts[i];
-      movEdi(source);
-      movEsi(target);
-      movEdx(fstype);
-      code.push(0x41, 0xba, ...imm32(m.flags)); // mov r10d, flags
-      code.push(0x45, 0x31, 0xc0); // xor r8d, r8d: data = NULL
-      movEax(165); // mount
-      syscall();
-    });
-    movEdi(a.path);
-    movEsi(a.argv);
-    movEdx(a.envp);
-    movEax(59); // execve: returns only on failure
-    syscall();
-    movEdi(2);
-    movEsi(a.msg);
-    movEdx(msg.length);
-    movEax(1); // write(2, msg, len)
-    syscall();
-    movEdi(127);
-    movEax(60); // exit(127)
-    syscall();
-    return code;
-  };
+  const emit = (a: LauncherAddrs) => launcherCode(mounts, msg.length, a);
   const codeLen = emit({ path: 0, argv: 0, envp: 0, msg: 0, mounts: mounts.map(() => [0, 0, 0]) })
     .length;
 
@@ -192,24 +223,7 @@ export function launcherElf(spec: LauncherSpec): Uint8Array {
 
   const out = new Uint8Array(total);
   const v = new DataView(out.buffer);
-  out.set([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1, 0]); // ELF64, little-endian, version 1, SysV ABI
-  v.setUint16(16, 2, true); // ET_EXEC
-  v.setUint16(18, EM_X86_64, true);
-  v.setUint32(20, 1, true); // e_version
-  v.setBigUint64(24, BigInt(base + codeOff), true); // e_entry
-  v.setBigUint64(32, 64n, true); // e_phoff
-  v.setUint16(52, 64, true); // e_ehsize
-  v.setUint16(54, 56, true); // e_phentsize
-  v.setUint16(56, 1, true); // e_phnum
-  v.setUint16(58, 64, true); // e_shentsize (no section headers)
-  v.setUint32(64, PT_LOAD, true);
-  v.setUint32(68, 5, true); // PF_R | PF_X
-  v.setBigUint64(72, 0n, true); // p_offset
-  v.setBigUint64(80, BigInt(base), true); // p_vaddr
-  v.setBigUint64(88, BigInt(base), true); // p_paddr
-  v.setBigUint64(96, BigInt(total), true); // p_filesz
-  v.setBigUint64(104, BigInt(total), true); // p_memsz
-  v.setBigUint64(112, 0x1000n, true); // p_align
+  writeElfHeaders(v, base, codeOff, total);
   out.set(code, codeOff);
   let o = codeOff + codeLen;
   for (const s of strings) {

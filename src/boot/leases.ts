@@ -3,29 +3,23 @@
 // it becomes a lease and, for a registered node, its reservation in nodes.ip (never lapses while
 // the node exists).
 // A declined address is parked under the pseudo-MAC "declined:<ip>" until the hold time passes.
+// DHCP (netboot/dhcp4/server.ts) sees it through the Leases interface of netboot/booter.ts.
 import { intToIp, ipToInt } from "../../contract/ipv4.ts";
-import type { Db } from "../../src/db.ts";
+import type { Lease, LeaseOptions, Leases } from "../../netboot/booter.ts";
+import type { Db } from "../db.ts";
 
-export interface Lease {
-  mac: string;
-  ip: string;
-  expiresAt: number;
-  state: "offered" | "bound" | "released" | "declined";
+export type { Lease, LeaseOptions };
+
+/** The address bound to `mac` by a live DHCP lease, if any (the node's address on its command
+ *  line when no admin fixed one). */
+export function boundLeaseIp(db: Db, mac: string): string | undefined {
+  const r = db.prepare("SELECT ip FROM leases WHERE mac = ? AND state = 'bound'").get(mac) as
+    | { ip: string }
+    | undefined;
+  return r?.ip;
 }
 
-export { intToIp, ipToInt };
-
-export interface LeaseOptions {
-  range: { start: string; end: string };
-  /** Never handed out (our own address, the router). */
-  exclude?: string[];
-  /** How long an OFFER holds its address before another client may get it. */
-  offerSeconds?: number;
-  /** How long a DECLINEd (in use elsewhere) address stays out of the pool. */
-  declineSeconds?: number;
-}
-
-export class LeaseStore {
+export class LeaseStore implements Leases {
   private readonly start: number;
   private readonly end: number;
   private readonly exclude: Set<string>;

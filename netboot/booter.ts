@@ -1,0 +1,141 @@
+// What the boot protocols need from the rest of the server, as one small interface (danderson/
+// netboot's Booter): DHCP, TFTP and HTTP boot never ask the database or the registries themselves.
+// src/boot/booter.ts implements it from the stores; the boot decision itself (which kernel,
+// initramfs and command line a node gets) is src/boot/plan.ts `planBoot`, pure.
+// This file holds types only: netboot/ imports nothing of the registry or the database
+// (tests/netboot_imports_test.ts walks the import graph).
+
+import type { EventKind } from "../src/eventkinds.ts";
+
+/** Which rate budget of its source an event counts against (src/events.ts recordFromSource). */
+export type Budget = "refusal" | "node";
+
+/** Where the protocols write the node timelines (the events table). */
+export interface EventSink {
+  /** An event caused by a sender at `source` on the boot network, within its budget; false when
+   *  it was suppressed (then say nothing in the log either). */
+  fromSource(
+    source: string | undefined,
+    mac: string | null,
+    kind: EventKind,
+    detail?: Record<string, unknown>,
+    budget?: Budget,
+  ): boolean;
+  /** A progress report: replaces the node's newest event when it is progress of the same kind. */
+  progress(mac: string, kind: EventKind, detail: Record<string, unknown>): void;
+  /** An event the caller already limits itself (DHCP), stamped at `at` (ms since the epoch). */
+  record(mac: string | null, kind: EventKind, detail: Record<string, unknown>, at: number): void;
+}
+
+// ---- DHCP ---------------------------------------------------------------------------------
+
+/** A node as DHCP sees it. */
+export interface DhcpNode {
+  mac: string;
+  name?: string;
+  ip?: string | null;
+}
+
+export interface Lease {
+  mac: string;
+  ip: string;
+  expiresAt: number;
+  state: "offered" | "bound" | "released" | "declined";
+}
+
+export interface LeaseOptions {
+  range: { start: string; end: string };
+  /** Never handed out (our own address, the router). */
+  exclude?: string[];
+  /** How long an OFFER holds its address before another client may get it. */
+  offerSeconds?: number;
+  /** How long a DECLINEd (in use elsewhere) address stays out of the pool. */
+  declineSeconds?: number;
+}
+
+/** Address allocation of full-mode DHCP (src/boot/leases.ts: the `leases` table). Times in
+ *  seconds since the epoch. */
+export interface Leases {
+  get(mac: string): Lease | undefined;
+  /** The address to offer (reservation, current lease, requested, next free), or undefined
+   *  when the pool is exhausted. */
+  pick(mac: string, now: number, reserved?: string, requested?: string): string | undefined;
+  offer(mac: string, ip: string, now: number): void;
+  bind(mac: string, ip: string, seconds: number, now: number): void;
+  release(mac: string, ip: string, now: number): boolean;
+  /** False (nothing changed) unless `ip` was offered or leased to `mac`. */
+  decline(mac: string, ip: string, now: number): boolean;
+}
+
+export interface DhcpBooter {
+  /** The registered node with this MAC, its last-seen time moved to `at` (the hot path: every
+   *  packet of every known node). */
+  seen(mac: string, at: number): DhcpNode | undefined;
+  /** Registers a first-seen MAC (the caller applies the rate and the cap). */
+  register(mac: string, source: Record<string, unknown>): DhcpNode;
+  /** An address we ACKed to the MAC: the node's address (unless an admin fixed it). */
+  observeAddress(mac: string, ip: string, evidence: "lease"): unknown;
+  /** Nodes registered by us that no admin has adopted (checked against registerMax). */
+  countAutoRegistered(): number;
+  /** Forgets auto-registered nodes that never booted within the TTL. */
+  ageOut(ttlSeconds: number): unknown;
+  leases(o: LeaseOptions): Leases;
+  /** Runs `fn` as one transaction (one commit per DHCP request). */
+  transaction<T>(fn: () => T): T;
+  events: EventSink;
+}
+
+// ---- TFTP ---------------------------------------------------------------------------------
+
+export interface TftpBooter {
+  /** The node behind a client address, and its deploy link (nodes/<mac>/fs → image rootfs). */
+  nodeAt(ip: string): { mac: string; fs: string } | undefined;
+  events: EventSink;
+}
+
+// ---- HTTP ---------------------------------------------------------------------------------
+
+/** A node's boot as iPXE runs it (src/boot/plan.ts BootPlan, the parts HTTP renders). */
+export interface ScriptPlan {
+  mac: string;
+  nodeName: string;
+  image: { id: string; name: string };
+  kernelUrl: string;
+  initramfsUrl: string;
+  cmdline: string;
+}
+
+/** Why a node gets no boot: `unknown` when the MAC is not registered at all. */
+export interface Refusal {
+  refused: string;
+  unknown?: boolean;
+}
+
+export type BootFileKind = "kernel" | "initramfs" | "manifest";
+
+export interface HttpBooter {
+  /** The node's boot plan for a script fetch (opens a boot: a new token), or why not. */
+  script(mac: string, req: { base: string; remote?: string }): Promise<ScriptPlan | Refusal>;
+  /** Where one of the node's boot files is (image pinned by `?image=`, else its current one);
+   *  `path` rejects with a missing file (Deno.errors.NotFound, ENOENT or `status` 404: HTTP 404)
+   *  or another error (a failed initramfs build, I/O: 500). */
+  bootFile(
+    mac: string,
+    kind: BootFileKind,
+    pinned?: string,
+  ): Promise<{ imageId: string; path(): Promise<string> } | Refusal>;
+  /** The registered node at an address (UEFI HTTP boot fetches iPXE without a MAC). */
+  macAt(ip: string): string | undefined;
+  /** Whether a report with this token is taken from this MAC now: the boot's image, or why not. */
+  acceptReport(mac: string, token: string): { imageId: string | null } | { rejected: string };
+  /** An accepted report was recorded: the boot's stage and the node's last-seen time move. */
+  reported(mac: string, token: string, stage: string): void;
+  /** The iPXE binaries' directory (GET /boot/ipxe/<file>). */
+  ipxeDir: string;
+  /** Base URL nodes use, when the server knows it (else the request's origin). */
+  nodeUrl(): string | undefined;
+  events: EventSink;
+}
+
+/** Everything the boot protocols need, from one object. */
+export interface Booter extends DhcpBooter, TftpBooter, HttpBooter {}

@@ -1,0 +1,207 @@
+// The Booter (netboot/booter.ts) from the server's stores: node registry, images, leases, boots and
+// the events table. The protocols ask it; it gathers the facts, lets src/boot/plan.ts decide, and
+// records what the decision opened (a boot token, an address observed, an initramfs build).
+import type { Context } from "../context.ts";
+import { bootExpiry, dropBoot, findBoot, openBoot, recordStage } from "../boots.ts";
+import { DEFAULTS } from "../../contract/cmdline.ts";
+import { resolveInRoot } from "../../contract/rootpath.ts";
+import { tx } from "../db.ts";
+import { notFound } from "../errors.ts";
+import { eventRecorder, recordFromSource, recordProgress } from "../events.ts";
+import { ensureInitramfs } from "../initramfs/build.ts";
+import { neighbourMac } from "../linux/neigh.ts";
+import { logger } from "../log.ts";
+import { bootNetwork, nfsPersistPath, nfsRootPath } from "../nfs.ts";
+import type { NodeInfo } from "../nodes.ts";
+import type { ImageInfo } from "../images/store.ts";
+import type { Booter, BootFileKind, EventSink, Refusal, ScriptPlan } from "../../netboot/booter.ts";
+import { boundLeaseIp, LeaseStore } from "./leases.ts";
+import { checkBoot, initramfsSource, nodeAddress, planBoot, type PlanInput } from "./plan.ts";
+
+const log = logger("http");
+
+/** The events table as the protocols' sink. */
+export function eventSink(db: Context["db"]): EventSink {
+  let record: ReturnType<typeof eventRecorder> | undefined;
+  return {
+    fromSource: (source, mac, kind, detail, budget) =>
+      recordFromSource(db, source, mac, kind, detail, budget),
+    progress: (mac, kind, detail) => recordProgress(db, mac, kind, detail),
+    record(mac, kind, detail, at) {
+      (record ??= eventRecorder(db))(mac, kind, detail, at);
+    },
+  };
+}
+
+/** The image a node boots: a specific one (`?image=`, pinned by the script so that kernel and
+ *  initramfs come from one image even if a deploy lands in between), else its current one. */
+function imageFor(ctx: Context, mac: string, pinned?: string): ImageInfo | undefined {
+  const id = pinned || ctx.nodes.currentImageId(mac);
+  if (!id) return undefined;
+  try {
+    return ctx.images.get(id);
+  } catch {
+    return undefined;
+  }
+}
+
+/** The plan's input for a node; `token` and `nodeIp` are filled in once the boot passes checkBoot. */
+function planInput(ctx: Context, node: NodeInfo, base: string): PlanInput {
+  const imageId = ctx.nodes.currentImageId(node.mac);
+  const image = imageId ? imageFor(ctx, node.mac, imageId) : undefined;
+  const serverIp = ctx.config.serverIp ?? new URL(base).hostname;
+  return {
+    mac: node.mac,
+    node,
+    imageId,
+    image,
+    network: {
+      serverIp,
+      netmask: bootNetwork(ctx)?.netmask ?? "255.255.255.0",
+      gateway: ctx.config.dhcp.router,
+      base,
+      nfs: ctx.config.nfs.version === 3 ? "3" : "4.2",
+      rootPath: image ? nfsRootPath(ctx, image.id) : "",
+      persistPath: nfsPersistPath(ctx, node.mac),
+    },
+    token: "",
+  };
+}
+
+/** A script fetch: the node's plan (a new boot opened for it), or why it boots nothing. */
+function script(
+  ctx: Context,
+  mac: string,
+  req: { base: string; remote?: string },
+): ScriptPlan | Refusal {
+  const node = ctx.nodes.find(mac);
+  if (!node) {
+    return {
+      refused: `this machine (${mac}) is not registered on the netroot server`,
+      unknown: true,
+    };
+  }
+  const input = planInput(ctx, node, req.base);
+  const early = checkBoot(input);
+  if (early) return early;
+  // The registry's address (what its /persist export follows) moves only on evidence bound to
+  // the MAC: anyone can fetch any node's script, so the source address alone proves nothing;
+  // the boot interface's neighbour table holding this MAC for it does (docs/architecture.md).
+  const lease = boundLeaseIp(ctx.db, mac);
+  input.nodeIp = nodeAddress(node, lease, req.remote);
+  const iface = ctx.config.interface;
+  if (!lease && req.remote && iface && neighbourMac(req.remote, iface) === mac) {
+    ctx.nodes.observeAddress(mac, req.remote, "neighbour"); // NFS: /persist follows it
+  }
+  input.token = openBoot(ctx.db, mac, input.image!.id);
+  const plan = planBoot(input);
+  if ("refused" in plan) {
+    dropBoot(ctx.db, input.token);
+    return plan;
+  }
+  if (plan.initramfs === "netroot") {
+    // Build (or find) it now, while iPXE downloads the kernel.
+    ensureInitramfs(ctx, plan.image.id).catch((e) =>
+      log.error("initramfs build failed", { image: plan.image.id, error: (e as Error).message })
+    );
+  }
+  ctx.nodes.touch(mac);
+  return plan;
+}
+
+/** `path` (absolute, inside an image) resolved to a file under `root` (contract/rootpath.ts); a
+ *  missing one is NotFound in the image's terms (the server's own paths are none of the node's
+ *  business). */
+export function resolveInImage(root: string, path: string): Promise<string> {
+  try {
+    const r = resolveInRoot(root, path);
+    if (r.missing) {
+      throw new Deno.errors.NotFound(`${path}: ${r.missing} does not exist in the image`);
+    }
+    return Promise.resolve(r.host);
+  } catch (e) {
+    return Promise.reject(e);
+  }
+}
+
+/** The path of one boot file of an image; rejects NotFound-like (status 404) when missing. */
+function bootFilePath(
+  ctx: Context,
+  node: NodeInfo,
+  image: ImageInfo,
+  kind: BootFileKind,
+): Promise<string> {
+  const inImage = (path: string | null, what: string) =>
+    path ? resolveInImage(ctx.data.rootfs(image.id), path) : Promise.reject(notFound(what));
+  if (kind === "kernel") return inImage(image.kernel, "the image's kernel");
+  if (kind === "manifest") return Promise.resolve(ctx.data.manifest(image.id));
+  if (initramfsSource(node) === "image") return inImage(image.initrd, "the image's initrd");
+  return ensureInitramfs(ctx, image.id);
+}
+
+/** Whether a report with `token` is taken from `mac` now. */
+function acceptReport(
+  ctx: Context,
+  mac: string,
+  token: string,
+): { imageId: string | null } | { rejected: string } {
+  const boot = findBoot(ctx.db, token);
+  const node = boot?.mac === mac ? ctx.nodes.find(mac) : undefined;
+  if (!boot || !node) return { rejected: "token does not belong to this node's boots" };
+  const silentS = Number(node.settings?.["boot.timeout"]) || DEFAULTS.timeoutS;
+  if (Date.now() > bootExpiry(boot, silentS)) {
+    return {
+      rejected: boot.stage === "handover" || boot.stage === "fatal"
+        ? `token expired: its boot ended (${boot.stage} at ${boot.reportedAt})`
+        : `token expired: its boot has not been heard from since ${
+          boot.reportedAt ?? boot.startedAt
+        }`,
+    };
+  }
+  return { imageId: boot.imageId };
+}
+
+/** The server's Booter: one per server, shared by DHCP, TFTP and HTTP boot. */
+export function contextBooter(ctx: Context): Booter {
+  const events = eventSink(ctx.db);
+  return {
+    events,
+    // DHCP
+    seen: (mac, at) => ctx.nodes.seenByDhcp(mac, at),
+    register: (mac, source) => ctx.nodes.register(mac, source),
+    observeAddress: (mac, ip, evidence) => ctx.nodes.observeAddress(mac, ip, evidence),
+    countAutoRegistered: () => ctx.nodes.countAutoRegistered(),
+    ageOut: (ttl) => ctx.nodes.ageOut(ttl),
+    leases: (o) => new LeaseStore(ctx.db, o),
+    transaction: (fn) => tx(ctx.db, fn),
+    // TFTP
+    nodeAt(ip) {
+      const node = ctx.nodes.byIp(ip);
+      return node && { mac: node.mac, fs: ctx.data.nodeFs(node.mac) };
+    },
+    // HTTP
+    script: (mac, req) => Promise.resolve(script(ctx, mac, req)),
+    bootFile(mac, kind, pinned) {
+      const node = ctx.nodes.find(mac);
+      if (!node) {
+        return Promise.resolve({ refused: `node ${mac} is not registered`, unknown: true });
+      }
+      const image = imageFor(ctx, node.mac, pinned);
+      if (!image) return Promise.resolve({ refused: `node ${node.name} has no image to boot` });
+      return Promise.resolve({
+        imageId: image.id,
+        path: () => bootFilePath(ctx, node, image, kind),
+      });
+    },
+    macAt: (ip) => ctx.nodes.byIp(ip)?.mac,
+    acceptReport: (mac, token) => acceptReport(ctx, mac, token),
+    reported(mac, token, stage) {
+      recordStage(ctx.db, token, stage);
+      ctx.nodes.touch(mac);
+    },
+    get ipxeDir() {
+      return ctx.config.ipxeDir;
+    },
+    nodeUrl: () => ctx.nodeUrl,
+  };
+}

@@ -1,0 +1,101 @@
+// The boot decision without sockets, database or files: src/boot/plan.ts planBoot.
+import assert from "node:assert/strict";
+import { parseCmdline } from "../contract/cmdline.ts";
+import { checkBoot, nodeAddress, planBoot, type PlanInput } from "../src/boot/plan.ts";
+
+const mac = "52:54:00:aa:bb:cc";
+const imageId = "ab".repeat(32);
+
+function input(over: Partial<PlanInput> = {}, settings: Record<string, string> = {}): PlanInput {
+  return {
+    mac,
+    node: { mac, name: "n1", model: "pc-x86-64", ip: "10.0.0.7", settings },
+    imageId,
+    image: { id: imageId, name: "debian", bootable: true, reason: null, initrd: "/initrd.img" },
+    network: {
+      serverIp: "10.0.0.1",
+      netmask: "255.255.255.0",
+      gateway: "10.0.0.254",
+      base: "http://10.0.0.1:8080",
+      nfs: "4.2",
+      rootPath: `/data/images/${imageId}/rootfs`,
+      persistPath: "/data/persist/525400aabbcc",
+    },
+    nodeIp: "10.0.0.7",
+    token: "0123456789abcdef0123456789abcdef",
+    ...over,
+  };
+}
+
+Deno.test("plan: a bootable node gets kernel and initramfs of one image and the contract's command line", () => {
+  const plan = planBoot(input({}, { "boot.mode": "network", "kernel.cmdline": "quiet" }));
+  assert.ok(!("refused" in plan), JSON.stringify(plan));
+  assert.equal(plan.loader, "ipxe");
+  assert.equal(plan.initramfs, "netroot");
+  assert.equal(
+    plan.kernelUrl,
+    `http://10.0.0.1:8080/boot/52-54-00-aa-bb-cc/kernel?image=${imageId}`,
+  );
+  assert.equal(
+    plan.initramfsUrl,
+    `http://10.0.0.1:8080/boot/52-54-00-aa-bb-cc/initramfs?image=${imageId}`,
+  );
+  assert.deepEqual(plan.exports, {
+    root: `10.0.0.1:/data/images/${imageId}/rootfs`,
+    persist: "10.0.0.1:/data/persist/525400aabbcc",
+  });
+  assert.equal(plan.mode, "network");
+  const c = parseCmdline(plan.cmdline); // the node's parser takes it (throws otherwise)
+  assert.equal(c.mac, mac);
+  assert.equal(c.image, imageId);
+  assert.match(
+    plan.cmdline,
+    /^console=tty0 console=ttyS0,115200 ip=10\.0\.0\.7:10\.0\.0\.1:10\.0\.0\.254:255\.255\.255\.0:n1::off /,
+  );
+  assert.match(plan.cmdline, / netroot\.token=0123456789abcdef0123456789abcdef /);
+  assert.match(plan.cmdline, / netroot\.mode=network .* quiet$/);
+});
+
+Deno.test("plan: settings choose the image's initramfs and no /persist", () => {
+  const plan = planBoot(input({}, { initramfs: "image", persist: "false" }));
+  assert.ok(!("refused" in plan));
+  assert.equal(plan.initramfs, "image");
+  assert.equal(plan.exports.persist, undefined);
+  assert.ok(!plan.cmdline.includes("netroot.persist="));
+});
+
+Deno.test("plan: refusals say why, in the order a node meets them", () => {
+  const refused = (i: PlanInput) => {
+    const r = planBoot(i);
+    assert.ok("refused" in r, JSON.stringify(r));
+    return r.refused;
+  };
+  assert.equal(
+    refused(input({ imageId: null, image: undefined })),
+    "node n1 has no image deployed",
+  );
+  assert.equal(refused(input({ image: undefined })), `image ${imageId} of node n1 is missing`);
+  const broken = { ...input().image!, bootable: false, reason: "no kernel in /boot" };
+  assert.equal(
+    refused(input({ image: broken })),
+    "image debian is not bootable: no kernel in /boot",
+  );
+  const noInitrd = { ...input().image!, initrd: null };
+  assert.match(refused(input({ image: noInitrd }, { initramfs: "image" })), /no initrd of its own/);
+  // A value the node would refuse is refused here (checkBoot passes: it needs no token).
+  const bad = input({}, { "boot.timeout": "5" });
+  assert.equal(checkBoot(bad), undefined);
+  assert.match(refused(bad), /boot\.timeout/);
+});
+
+Deno.test("plan: the node's address is the admin's, else its lease, else the request's, else the registry's", () => {
+  const node = input().node;
+  assert.equal(
+    nodeAddress({ ...node, settings: { ip: "10.0.0.9" } }, "10.0.0.8", "10.0.0.5"),
+    "10.0.0.9",
+  );
+  assert.equal(nodeAddress(node, "10.0.0.8", "10.0.0.5"), "10.0.0.8");
+  assert.equal(nodeAddress(node, undefined, "10.0.0.5"), "10.0.0.5");
+  assert.equal(nodeAddress(node, undefined, undefined), "10.0.0.7");
+  assert.equal(nodeAddress({ ...node, ip: null }, undefined, undefined), undefined);
+});
