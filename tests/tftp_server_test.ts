@@ -294,6 +294,39 @@ Deno.test("tftp: the UEFI tsize probe (OACK then ERROR 8) is an abort, then the 
   });
 });
 
+Deno.test("tftp: a resent RRQ (same client port, same bytes) is not a second transfer", async () => {
+  await withServer(async (port, f, events) => {
+    const sock = dgram.createSocket("udp4");
+    try {
+      const senders = new Set<number>();
+      let first: number | undefined;
+      sock.on("message", (msg, rinfo) => {
+        senders.add(rinfo.port);
+        first ??= rinfo.port;
+        const p = decode(msg);
+        // ACK only the first transfer's blocks, as a real client does (it stops the other TID).
+        if (p.op === "DATA" && rinfo.port === first) {
+          sock.send(encode({ op: "ACK", block: p.block }), rinfo.port, "127.0.0.1");
+        }
+      });
+      await new Promise<void>((r) => sock.bind(0, "127.0.0.1", r));
+      const rrq = encode({ op: "RRQ", filename: "undionly.kpxe", mode: "octet", options: {} });
+      // A client whose first RRQ seemed lost (a loaded machine) sends it again, from its port.
+      sock.send(rrq, port, "127.0.0.1");
+      sock.send(rrq, port, "127.0.0.1");
+      sock.send(rrq, port, "127.0.0.1");
+      const [done] = await eventFor(events, "undionly.kpxe");
+      assert.equal(done.outcome, "done");
+      assert.equal(done.bytes, f.files.undionly.length);
+      await new Promise((r) => setTimeout(r, 300));
+      assert.equal(senders.size, 1, "one transfer ID answered the three copies");
+      assert.equal(events.length, 1, JSON.stringify(events));
+    } finally {
+      sock.close();
+    }
+  });
+});
+
 Deno.test("tftp: 300 concurrent transfers all complete intact", async () => {
   await withServer(async (port, f, events) => {
     const names = ["undionly.kpxe", "ipxe.efi"];

@@ -96,6 +96,19 @@ interface RequestScope {
   retries: number;
   report(e: TransferEvent): void;
   sendError(client: ClientAddress, code: number, message: string): void;
+  /** The request each client (address:port) has in progress: a resent copy of it is not a
+   *  second transfer (the client would abort one of the two with "unknown transfer ID"; the
+   *  first one's OACK/DATA, resent by its worker, answers the client anyway). */
+  inProgress: Map<string, string>;
+}
+
+/** One request from one client while its first copy is in progress: the same bytes again. */
+function resentRequest(s: RequestScope, msg: Uint8Array, client: ClientAddress): boolean {
+  const key = `${client.address}:${client.port}`;
+  const bytes = String.fromCharCode(...msg.subarray(0, 512));
+  if (s.inProgress.get(key) === bytes) return true;
+  s.inProgress.set(key, bytes);
+  return false;
 }
 
 /** Answers one datagram on port 69: a refusal, or a transfer handed to the pool. */
@@ -104,7 +117,7 @@ async function handleRequest(
   msg: Uint8Array,
   client: ClientAddress,
 ): Promise<void> {
-  const { opts, pool, cache, limits, retries, report, sendError } = s;
+  const { sendError } = s;
   let p;
   try {
     p = decode(msg);
@@ -116,6 +129,20 @@ async function handleRequest(
     return;
   }
   if (p.op !== "RRQ" && p.op !== "WRQ") return; // belongs to no transfer of ours
+  if (p.op === "RRQ" && resentRequest(s, msg, client)) return;
+  try {
+    await answerRequest(s, p, client);
+  } finally {
+    s.inProgress.delete(`${client.address}:${client.port}`);
+  }
+}
+
+async function answerRequest(
+  s: RequestScope,
+  p: Extract<ReturnType<typeof decode>, { op: "RRQ" | "WRQ" }>,
+  client: ClientAddress,
+): Promise<void> {
+  const { opts, pool, cache, limits, retries, report, sendError } = s;
   const file = printableName(p.filename);
   let meta: Record<string, unknown> | undefined;
   const refused = (code: number, reason: string) => {
@@ -222,6 +249,7 @@ export async function createTftpServer(opts: TftpServerOptions): Promise<TftpSer
     retries,
     report,
     sendError,
+    inProgress: new Map(),
   };
   const handle = (msg: Uint8Array, client: ClientAddress) => handleRequest(scope, msg, client);
   sock.on("message", (msg, rinfo) => {
