@@ -5,6 +5,7 @@
 //    main.ts treats PID 1 as `netroot init`. (Not testable here: denort cannot be fetched.)
 // The node runs only `netroot init`: the bundle is made from overlay/node_main.ts (no server code).
 // The version hash keys the initramfs cache, so a new program or a new deno gives a new initramfs.
+import { oncePerKey } from "../once.ts";
 import { createHash } from "node:crypto";
 import { existsSync, realpathSync } from "node:fs";
 import { dirname, join } from "node:path";
@@ -62,20 +63,12 @@ export function isCompiled(moduleUrl = import.meta.url): boolean {
   return moduleUrl.includes("/deno-compile-");
 }
 
-const current = new Map<string, Promise<ProgramFiles>>();
+const programIn = oncePerKey(findProgram);
 
 /** The running program, bundled into `cacheDir` first when running from source (once per process
  *  and cache dir). */
 export function currentProgram(cacheDir: string): Promise<ProgramFiles> {
-  let p = current.get(cacheDir);
-  if (!p) {
-    p = findProgram(cacheDir).catch((e) => {
-      current.delete(cacheDir);
-      throw e;
-    });
-    current.set(cacheDir, p);
-  }
-  return p;
+  return programIn(cacheDir);
 }
 
 async function findProgram(cacheDir: string): Promise<ProgramFiles> {

@@ -5,6 +5,7 @@
 // Never installed on the host (e2e-recipe.md §2). Parallel processes may race: each extracts
 // into its own temp dir and renames it into place; the first rename wins and the directory only
 // ever appears complete.
+import { oncePerKey } from "../once.ts";
 import { join } from "node:path";
 import { runText } from "./run.ts";
 
@@ -15,20 +16,11 @@ export interface DebianKernel {
   vmlinuz: string;
 }
 
-const memo = new Map<string, Promise<DebianKernel>>();
+const kernelIn = oncePerKey(fetchKernel);
 
 /** The kernel cached under `cacheDir`, downloaded and extracted on first use. */
 export function debianKernel(cacheDir: string): Promise<DebianKernel> {
-  const dir = join(cacheDir, "kernel");
-  let p = memo.get(dir);
-  if (!p) {
-    p = fetchKernel(dir).catch((e) => {
-      memo.delete(dir);
-      throw e;
-    });
-    memo.set(dir, p);
-  }
-  return p;
+  return kernelIn(join(cacheDir, "kernel"));
 }
 
 function complete(kernelDir: string, kv: string): DebianKernel | undefined {

@@ -12,6 +12,7 @@
 //   then `reboot -f` while bootcount < e2e.reboots=N (kernel command line), else `poweroff -f`.
 // Stand-in /boot/initrd.img-<kv> (initrd: true): prints `E2E-INITRD KERNEL-STARTED kv=<kv>` and
 // its command line and PCI devices, then powers off.
+import { oncePerKey } from "../once.ts";
 import { dirname, join } from "node:path";
 import type { DebianKernel } from "./kernel.ts";
 import { runText as text, runTool as sh } from "./run.ts";
@@ -29,21 +30,12 @@ export const bootModules = [
   "vfat",
 ];
 
-const busyboxMemo = new Map<string, Promise<string>>();
+const busyboxIn = oncePerKey(fetchBusybox);
 
 /** A statically linked busybox from the busybox-static .deb, extracted once under `cacheDir`.
  *  (/bin/busybox on a host may be the dynamic one from package busybox: never use it.) */
 export function staticBusybox(cacheDir: string): Promise<string> {
-  const dir = join(cacheDir, "busybox");
-  let p = busyboxMemo.get(dir);
-  if (!p) {
-    p = fetchBusybox(dir).catch((e) => {
-      busyboxMemo.delete(dir);
-      throw e;
-    });
-    busyboxMemo.set(dir, p);
-  }
-  return p;
+  return busyboxIn(join(cacheDir, "busybox"));
 }
 
 async function fetchBusybox(dir: string): Promise<string> {
