@@ -60,3 +60,61 @@ Deno.test("the server bundle (deno bundle main.ts) serves the API from one file"
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+// The TFTP transfer workers run from source text that the bundler may have rewritten (it renames
+// top-level functions that collide with others in the bundle): a bundled server must still serve.
+Deno.test("a bundled TFTP server's transfer workers serve a file", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nr-bundle-tftp-" });
+  try {
+    const file = new Uint8Array(100_000).map((_, i) => (i * 7) & 0xff);
+    await Deno.writeFile(`${dir}/f`, file);
+    // Same names as the worker's functions in a module bundled before the engine: the bundler
+    // keeps them here and renames the worker's (as it does for main.ts: openLibc2, errno2).
+    await Deno.writeTextFile(
+      `${dir}/names.ts`,
+      "export function workerMain() {}\nexport function openLibc() {}\nexport function errno() {}",
+    );
+    const entry = `${dir}/entry.ts`;
+    const mod = (p: string) => JSON.stringify(new URL(p, import.meta.url).pathname);
+    await Deno.writeTextFile(
+      entry,
+      `import * as names from "./names.ts";
+import { createTftpServer } from ${mod("../netboot/tftp/server.ts")};
+import { tftpGet } from ${mod("../netboot/tftp/client.ts")};
+if (![names.workerMain, names.openLibc, names.errno].every((f) => typeof f === "function")) {
+  throw new Error("names.ts not bundled");
+}
+const server = await createTftpServer({ port: 0, host: "127.0.0.1",
+  resolve: (p) => Promise.resolve({ file: ${JSON.stringify(dir)} + "/" + p }) });
+try {
+  for (const windowsize of [1, 4]) {
+    const got = await tftpGet("127.0.0.1", server.port, "f", { blksize: 1024, windowsize });
+    console.log("got", got.length, got.reduce((a, b) => (a * 31 + b) >>> 0, 0));
+  }
+} finally {
+  await server.close();
+}`,
+    );
+    const js = `${dir}/out.js`;
+    const b = await new Deno.Command(Deno.execPath(), {
+      args: ["bundle", "--quiet", "--platform", "deno", "-o", js, entry],
+      stderr: "piped",
+    }).output();
+    assert.ok(b.success, new TextDecoder().decode(b.stderr));
+    const r = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", "--no-config", js],
+      cwd: dir,
+      env: { DENO_DIR: `${dir}/deno-dir`, NO_COLOR: "1" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const sum = file.reduce((a, b) => (a * 31 + b) >>> 0, 0);
+    assert.equal(
+      new TextDecoder().decode(r.stdout).trim(),
+      `got ${file.length} ${sum}\ngot ${file.length} ${sum}`,
+      new TextDecoder().decode(r.stderr),
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
