@@ -45,67 +45,102 @@ export function tftpGetDetailed(
   file: string,
   opts: TftpGetOptions = {},
 ): Promise<TftpGetResult> {
-  const options: Record<string, string> = {};
-  if (opts.blksize) options.blksize = String(opts.blksize);
-  if (opts.windowsize) options.windowsize = String(opts.windowsize);
-  if (opts.tsize) options.tsize = "0";
-  const timeoutMs = opts.timeoutMs ?? 1000;
-  const retries = opts.retries ?? 5;
-  const sock = dgram.createSocket("udp4");
-  const { promise, resolve, reject } = Promise.withResolvers<TftpGetResult>();
+  return new ReadTransfer(host, port, file, opts).run();
+}
 
-  let blksize = 512, windowsize = 1;
-  let granted: Record<string, string> = {};
-  let peer: { address: string; port: number } | undefined; // the server's TID, from its first reply
-  let expected = 1; // next block we need
-  let sinceAck = 0; // blocks received in order since our last ACK (RFC 7440 window)
-  const chunks: Uint8Array[] = [];
-  let last = encode({ op: "RRQ", filename: file, mode: "octet", options });
-  let tries = 0;
-  let timer: ReturnType<typeof setTimeout> | undefined;
+/** One read transfer, the client's side: RRQ, optional OACK, DATA in windows, our ACKs. */
+class ReadTransfer {
+  readonly #sock = dgram.createSocket("udp4");
+  readonly #result = Promise.withResolvers<TftpGetResult>();
+  readonly #timeoutMs: number;
+  readonly #retries: number;
+  #blksize = 512;
+  #windowsize = 1;
+  #granted: Record<string, string> = {};
+  /** The server's TID, from its first reply. */
+  #peer: { address: string; port: number } | undefined;
+  /** Next block we need. */
+  #expected = 1;
+  /** Blocks received in order since our last ACK (RFC 7440 window). */
+  #sinceAck = 0;
+  readonly #chunks: Uint8Array[] = [];
+  /** The packet a timeout resends. */
+  #last: Uint8Array;
+  #tries = 0;
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #sending = Promise.resolve();
+  #finished = false;
 
-  let sending = Promise.resolve();
-  let finished = false;
-  const finish = (err?: Error) => {
-    if (finished) return;
-    finished = true;
-    clearTimeout(timer);
+  constructor(
+    readonly host: string,
+    readonly port: number,
+    readonly file: string,
+    readonly opts: TftpGetOptions,
+  ) {
+    const options: Record<string, string> = {};
+    if (opts.blksize) options.blksize = String(opts.blksize);
+    if (opts.windowsize) options.windowsize = String(opts.windowsize);
+    if (opts.tsize) options.tsize = "0";
+    this.#timeoutMs = opts.timeoutMs ?? 1000;
+    this.#retries = opts.retries ?? 5;
+    this.#last = encode({ op: "RRQ", filename: file, mode: "octet", options });
+  }
+
+  run(): Promise<TftpGetResult> {
+    this.#sock.on("message", (msg, rinfo) => this.#onMessage(msg, rinfo));
+    this.#sock.on("error", (e) => this.#finish(e));
+    this.#sock.bind(0, () => {
+      this.#sendLast();
+      this.#arm();
+    });
+    return this.#result.promise;
+  }
+
+  #finish(err?: Error): void {
+    if (this.#finished) return;
+    this.#finished = true;
+    clearTimeout(this.#timer);
     // Close only after the final ACK left: closing first drops it, and the server would then
     // resend into a closed port.
-    sending.finally(() => sock.close());
-    if (err) reject(err);
-    else {
-      const data = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
-      let off = 0;
-      for (const c of chunks) data.set(c, off), off += c.length;
-      resolve({ data, options: granted });
-    }
-  };
-  const sendLast = () => {
-    sending = new Promise((r) =>
-      sock.send(last, peer?.port ?? port, peer?.address ?? host, () => r())
-    );
-  };
-  const arm = () => {
-    clearTimeout(timer);
-    timer = setTimeout(() => {
-      if (++tries > retries) return finish(new TftpError(0, `timeout fetching ${file}`));
-      sendLast();
-      arm();
-    }, timeoutMs);
-  };
-  const ack = (block: number) => {
-    last = encode({ op: "ACK", block: block & 0xffff });
-    const fate = opts.onAck?.(block) ?? "send";
-    if (fate !== "drop") sendLast();
-    if (fate === "duplicate") sendLast();
-  };
+    this.#sending.finally(() => this.#sock.close());
+    if (err) return this.#result.reject(err);
+    const data = new Uint8Array(this.#chunks.reduce((n, c) => n + c.length, 0));
+    let off = 0;
+    for (const c of this.#chunks) data.set(c, off), off += c.length;
+    this.#result.resolve({ data, options: this.#granted });
+  }
 
-  sock.on("message", (msg, rinfo) => {
-    if (finished) return;
+  #sendLast(): void {
+    const last = this.#last, peer = this.#peer;
+    this.#sending = new Promise((r) =>
+      this.#sock.send(last, peer?.port ?? this.port, peer?.address ?? this.host, () => r())
+    );
+  }
+
+  #arm(): void {
+    clearTimeout(this.#timer);
+    this.#timer = setTimeout(() => {
+      if (++this.#tries > this.#retries) {
+        return this.#finish(new TftpError(0, `timeout fetching ${this.file}`));
+      }
+      this.#sendLast();
+      this.#arm();
+    }, this.#timeoutMs);
+  }
+
+  #ack(block: number): void {
+    this.#last = encode({ op: "ACK", block: block & 0xffff });
+    const fate = this.opts.onAck?.(block) ?? "send";
+    if (fate !== "drop") this.#sendLast();
+    if (fate === "duplicate") this.#sendLast();
+  }
+
+  #onMessage(msg: Uint8Array, rinfo: { address: string; port: number }): void {
+    if (this.#finished) return;
+    const peer = this.#peer;
     if (peer && (rinfo.port !== peer.port || rinfo.address !== peer.address)) {
       // Another TID (e.g. a duplicate transfer started by our resent RRQ): tell it to stop.
-      sock.send(
+      this.#sock.send(
         encode({ op: "ERROR", code: 5, message: "unknown transfer ID" }),
         rinfo.port,
         rinfo.address,
@@ -118,40 +153,37 @@ export function tftpGetDetailed(
     } catch {
       return;
     }
-    peer ??= { address: rinfo.address, port: rinfo.port };
-    tries = 0;
-    if (p.op === "ERROR") return finish(new TftpError(p.code, `${file}: ${p.message}`));
-    if (p.op === "OACK" && expected === 1) {
-      granted = p.options;
-      blksize = Number(p.options.blksize ?? 512);
-      windowsize = Number(p.options.windowsize ?? 1);
-      ack(0);
-      return arm();
+    this.#peer ??= { address: rinfo.address, port: rinfo.port };
+    this.#tries = 0;
+    if (p.op === "ERROR") return this.#finish(new TftpError(p.code, `${this.file}: ${p.message}`));
+    if (p.op === "OACK" && this.#expected === 1) {
+      this.#granted = p.options;
+      this.#blksize = Number(p.options.blksize ?? 512);
+      this.#windowsize = Number(p.options.windowsize ?? 1);
+      this.#ack(0);
+      return this.#arm();
     }
-    if (p.op !== "DATA") return;
-    if (p.block !== (expected & 0xffff)) {
-      if (p.block === ((expected - 1) & 0xffff)) sendLast(); // the server missed our last ACK
-      else if (windowsize > 1) {
+    if (p.op === "DATA") this.#onData(p.block, p.data);
+  }
+
+  #onData(block: number, payload: Uint8Array): void {
+    if (block !== (this.#expected & 0xffff)) {
+      if (block === ((this.#expected - 1) & 0xffff)) this.#sendLast(); // the server missed our last ACK
+      else if (this.#windowsize > 1) {
         // A gap in the window: ACK what we have, the server resends from there (RFC 7440).
-        ack(expected - 1);
-        sinceAck = 0;
+        this.#ack(this.#expected - 1);
+        this.#sinceAck = 0;
       }
-      return arm();
+      return this.#arm();
     }
-    chunks.push(p.data.slice());
-    expected++;
-    const lastBlock = p.data.length < blksize;
-    if (lastBlock || ++sinceAck >= windowsize) {
-      ack(expected - 1);
-      sinceAck = 0;
+    this.#chunks.push(payload.slice());
+    this.#expected++;
+    const lastBlock = payload.length < this.#blksize;
+    if (lastBlock || ++this.#sinceAck >= this.#windowsize) {
+      this.#ack(this.#expected - 1);
+      this.#sinceAck = 0;
     }
-    if (lastBlock) return finish();
-    arm();
-  });
-  sock.on("error", (e) => finish(e));
-  sock.bind(0, () => {
-    sendLast();
-    arm();
-  });
-  return promise;
+    if (lastBlock) return this.#finish();
+    this.#arm();
+  }
 }
