@@ -323,63 +323,71 @@ async function startKernelNfs(ctx: Context, opts: NfsOptions): Promise<Service> 
   return { name: "nfs", close: f.stop };
 }
 
-async function startGanesha(ctx: Context, opts: NfsOptions): Promise<Service> {
-  const serverIp = ctx.config.serverIp;
-  if (!serverIp) {
-    throw new UserError("--nfs ganesha needs the server address (--interface or --address)");
-  }
+/** ganesha's files under <data>/run/ganesha/. */
+function ganeshaPaths(ctx: Context) {
   const dir = join(ctx.data.run, "ganesha");
-  const conf = join(dir, "ganesha.conf");
-  const logFile = join(dir, "ganesha.log");
-  const pidFile = join(dir, "ganesha.pid");
-  const idsFile = join(dir, "export-ids.json");
-  const recovery = join(dir, "recovery");
-  mkdirSync(recovery, { recursive: true });
-  // A ganesha left running by a netroot that was killed holds port 2049: stop it, but only when
-  // its PID (from our pid file) still runs ganesha.nfsd with our config.
-  await stopStale(
-    pidFile,
-    (argv) => argv[0].endsWith("ganesha.nfsd") && argv.includes(conf),
-    10_000,
-    (pid) => log.warn("stopping a ganesha.nfsd left by a previous run", { pid }),
-  );
+  return {
+    conf: join(dir, "ganesha.conf"),
+    log: join(dir, "ganesha.log"),
+    pid: join(dir, "ganesha.pid"),
+    ids: join(dir, "export-ids.json"),
+    recovery: join(dir, "recovery"),
+  };
+}
 
-  let ids = new Map<string, number>(
-    Object.entries(readJson(idsFile) as Record<string, number>),
-  );
-  let text = "";
-  let set: ExportSet;
-  const render = () => {
-    set = desiredExports(ctx);
+/** The export set as ganesha.conf, with Export_Ids kept across renders (handles carry them). */
+class GaneshaConfig {
+  #ids: Map<string, number>;
+  text = "";
+  set!: ExportSet;
+  constructor(
+    private ctx: Context,
+    private paths: ReturnType<typeof ganeshaPaths>,
+    private serverIp: string,
+  ) {
+    this.#ids = new Map(Object.entries(readJson(paths.ids) as Record<string, number>));
+  }
+  get exports(): number {
+    return this.#ids.size;
+  }
+  /** Renders the current state; writes it and returns true when it changed. */
+  update(): boolean {
+    this.set = desiredExports(this.ctx);
     const keys = [
-      ...set.images.map((i) => `image:${i.id}`),
-      ...set.persists.map((p) => `persist:${p.mac}`),
+      ...this.set.images.map((i) => `image:${i.id}`),
+      ...this.set.persists.map((p) => `persist:${p.mac}`),
     ];
-    ids = assignExportIds(keys, ids);
-    return renderGaneshaConfig(set, {
-      bindAddr: serverIp,
-      version: ctx.config.nfs.version,
-      recoveryDir: recovery,
-      ids,
+    this.#ids = assignExportIds(keys, this.#ids);
+    const t = renderGaneshaConfig(this.set, {
+      bindAddr: this.serverIp,
+      version: this.ctx.config.nfs.version,
+      recoveryDir: this.paths.recovery,
+      ids: this.#ids,
     });
-  };
-  const write = (t: string) => {
-    ensurePersistDirs(set);
-    writeAtomic(idsFile, JSON.stringify(Object.fromEntries(ids)));
-    writeAtomic(conf, t);
-    text = t;
-  };
-  write(render());
+    if (t === this.text) return false;
+    ensurePersistDirs(this.set);
+    writeAtomic(this.paths.ids, JSON.stringify(Object.fromEntries(this.#ids)));
+    writeAtomic(this.paths.conf, t);
+    this.text = t;
+    return true;
+  }
+}
 
-  // Supervision: a crashed ganesha is restarted with backoff; nodes' mounts recover (hard mounts).
+/** ganesha.nfsd under supervision: a crashed one is restarted; nodes' hard mounts recover. */
+function ganeshaSupervisor(
+  ctx: Context,
+  opts: NfsOptions,
+  paths: ReturnType<typeof ganeshaPaths>,
+  config: GaneshaConfig,
+): Supervisor {
   let logStart = 0;
-  const ganesha = new Supervisor({
+  return new Supervisor({
     spawn: () => {
-      logStart = fileSize(logFile);
+      logStart = fileSize(paths.log);
       const argv = [
         ...(opts.wrap ?? []),
         "ganesha.nfsd",
-        ...["-F", "-L", logFile, "-f", conf, "-p", pidFile, "-N", "NIV_EVENT"],
+        ...["-F", "-L", paths.log, "-f", paths.conf, "-p", paths.pid, "-N", "NIV_EVENT"],
       ];
       try {
         // ganesha takes 2-3 s to wind down on SIGTERM.
@@ -396,41 +404,59 @@ async function startGanesha(ctx: Context, opts: NfsOptions): Promise<Service> {
     ready: async (proc) => {
       try {
         await proc.waitReady(
-          () => logSince(logFile, logStart).includes("NFS SERVER INITIALIZED"),
+          () => logSince(paths.log, logStart).includes("NFS SERVER INITIALIZED"),
           20_000,
         );
       } catch (e) {
         if (!(e instanceof StartFailure)) throw e;
-        if (!e.exit) {
-          throw new Error(`ganesha.nfsd not ready after 20 s: ${logProblems(logFile, logStart)}`);
-        }
+        const problems = logProblems(paths.log, logStart);
+        if (!e.exit) throw new Error(`ganesha.nfsd not ready after 20 s: ${problems}`);
         throw new Error(
-          `ganesha.nfsd exited at startup (code ${e.exit.code}): ` +
-            logProblems(logFile, logStart) +
+          `ganesha.nfsd exited at startup (code ${e.exit.code}): ${problems}` +
             (ctx.config.nfs.version === 3 ? " (NFSv3 needs rpcbind running)" : ""),
         );
       }
-      log.info("ganesha serving", { pid: proc.pid, bind: serverIp, exports: ids.size });
-      recordEvent(ctx.db, null, "nfs.start", { pid: proc.pid, exports: ids.size });
+      const bind = ctx.config.serverIp;
+      log.info("ganesha serving", { pid: proc.pid, bind, exports: config.exports });
+      recordEvent(ctx.db, null, "nfs.start", { pid: proc.pid, exports: config.exports });
     },
     onExit: (s, inMs) => {
       log.error("ganesha.nfsd exited; restarting", { code: s.code, inMs });
-      recordEvent(ctx.db, null, "nfs.exit", { code: s.code, log: logProblems(logFile, logStart) });
+      recordEvent(ctx.db, null, "nfs.exit", {
+        code: s.code,
+        log: logProblems(paths.log, logStart),
+      });
     },
     onRestartFailed: (e) => log.error("ganesha restart failed", { error: e.message }),
   });
+}
+
+async function startGanesha(ctx: Context, opts: NfsOptions): Promise<Service> {
+  const serverIp = ctx.config.serverIp;
+  if (!serverIp) {
+    throw new UserError("--nfs ganesha needs the server address (--interface or --address)");
+  }
+  const paths = ganeshaPaths(ctx);
+  mkdirSync(paths.recovery, { recursive: true });
+  // A ganesha left running by a netroot that was killed holds port 2049: stop it, but only when
+  // its PID (from our pid file) still runs ganesha.nfsd with our config.
+  await stopStale(
+    paths.pid,
+    (argv) => argv[0].endsWith("ganesha.nfsd") && argv.includes(paths.conf),
+    10_000,
+    (pid) => log.warn("stopping a ganesha.nfsd left by a previous run", { pid }),
+  );
+  const config = new GaneshaConfig(ctx, paths, serverIp);
+  config.update();
+  const ganesha = ganeshaSupervisor(ctx, opts, paths, config);
   await ganesha.start();
 
   const f = follow(ctx, opts, () => {
-    const t = render();
-    if (t === text) return Promise.resolve();
-    write(t);
+    if (!config.update()) return Promise.resolve();
     ganesha.process?.signal("SIGHUP"); // ganesha ≥ 2.6 rereads its exports on SIGHUP
-    recordEvent(ctx.db, null, "nfs.exports", {
-      images: set.images.length,
-      persist: set.persists.length,
-    });
-    log.info("exports reloaded", { images: set.images.length, persist: set.persists.length });
+    const counts = { images: config.set.images.length, persist: config.set.persists.length };
+    recordEvent(ctx.db, null, "nfs.exports", counts);
+    log.info("exports reloaded", counts);
     return Promise.resolve();
   });
 
