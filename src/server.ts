@@ -10,6 +10,7 @@ import { recordEvent, startEventRetention } from "./events.ts";
 import { ImageStore } from "./images/store.ts";
 import { logger, setNodeNamer } from "./log.ts";
 import { NodeRegistry, nodeSettings, type Setting, SettingRules } from "./nodes.ts";
+import { type MonitorOptions, NodeMonitor } from "./nodestate.ts";
 import { Rebooter } from "./reboot.ts";
 import {
   type ApiRoute,
@@ -211,7 +212,7 @@ function followImagesWithInitramfs(ctx: Context): Service {
 
 export async function serve(
   config: ServerConfig,
-  opts: Plugins & { signal?: AbortSignal } = {},
+  opts: Plugins & { signal?: AbortSignal; monitor?: MonitorOptions } = {},
 ): Promise<RunningServer> {
   const ctx = await openContext(config, opts);
   const unnameNodes = setNodeNamer((mac) => ctx.nodes.find(mac)?.name);
@@ -242,6 +243,8 @@ export async function serve(
       data: config.dataDir,
     });
     services.push(startEventRetention(ctx.db, config.events));
+    ctx.monitor = new NodeMonitor(ctx, opts.monitor);
+    services.push(ctx.monitor.start());
 
     if (!config.interface) {
       log.info("no --interface: HTTP only (no DHCP, TFTP, NFS exports or router advertisements)");
