@@ -20,6 +20,7 @@ import {
   healthRoutes,
   loadOrCreateToken,
   nodeRoutes,
+  waitRoutes,
 } from "./api.ts";
 import { apiErrorResponse, noSuchRoute } from "./apierror.ts";
 import { dashboardRoutes } from "./dashboard.ts";
@@ -153,6 +154,7 @@ export function buildApp(
   api.route("/nodes", powerRoutes(ctx)); //        POST /nodes/:ref/power
   api.route("/nodes", consoleRoutes(ctx)); //      GET /nodes/:ref/console (token even for reads)
   api.route("/deploy", deployRoutes(ctx)); //      POST
+  api.route("/wait", waitRoutes(ctx)); //          GET: until nodes reach a state (node wait)
   api.route("/events", eventRoutes(ctx)); //       GET
   api.route("/images", imageRoutes(ctx)); //       list, show, import, rename, rm
   api.route("/vnodes", vnodeRoutes(ctx)); //       list, create, rm

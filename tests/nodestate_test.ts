@@ -15,7 +15,7 @@ import { NodeMonitor, nodeReported } from "../src/nodestate.ts";
 import { powerCommandDir } from "../src/power/command.ts";
 import { openContext } from "../src/server.ts";
 import { bootRoutes } from "../netboot/http.ts";
-import { freeTcpPort, waitFor } from "./support/power.ts";
+import { freeTcpPort, waitFor, withPowerServer } from "./support/power.ts";
 
 const mac = "02:00:00:00:5e:01";
 
@@ -283,4 +283,55 @@ Deno.test("state: a real listener on loopback: booting → booted when it opens 
     } finally {
       await running.close();
     }
+  }));
+
+Deno.test("node wait: returns 0 once every node is booted, 1 naming the laggards; ls and show say the state", () =>
+  withPowerServer(async ({ ctx, call, cli }) => {
+    const macs = ["02:00:00:00:5e:11", "02:00:00:00:5e:12"];
+    ctx.nodes.add(macs[0], { name: "w1" });
+    ctx.nodes.add(macs[1], { name: "w2" });
+    for (const m of macs) ctx.nodes.setState(m, "booting", "boot script fetched");
+
+    // The server holds the request until the states change.
+    const started = Date.now();
+    const held = call("GET", "/wait?nodes=w1,w2&timeout=10");
+    const waiting = cli("node", "wait", "w1,w2", "--timeout", "20");
+    await new Promise((r) => setTimeout(r, 1500));
+    ctx.nodes.setState(macs[0], "booted", "port 22 answered");
+    ctx.nodes.setState(macs[1], "booted", "port 22 answered");
+    const answer = await held;
+    assert.equal(answer.status, 200);
+    assert.equal(answer.json.reached, true);
+    assert.ok(Date.now() - started < 5000, "answered on the change, not at the timeout");
+    const done = await waiting;
+    assert.equal(done.code, 0, done.err);
+    assert.match(done.out, /2 node\(s\) booted/);
+
+    ctx.nodes.setState(macs[1], "down", "port 22: no answer to 3 probes");
+    const late = await cli("node", "wait", "w1,w2", "--timeout", "1");
+    assert.equal(late.code, 1);
+    assert.match(late.out, /not booted: w2 \(down \d+s: port 22: no answer to 3 probes\)/);
+    const lateJson = JSON.parse(
+      (await cli("node", "wait", "w1,w2", "--timeout", "0", "--json")).out,
+    );
+    assert.deepEqual(lateJson.laggards, ["w2"]);
+    assert.equal(lateJson.nodes[0].state, "booted");
+
+    // A failed node will not get there by itself: no waiting for the timeout.
+    ctx.nodes.setState(macs[1], "failed", "watchdog: gave up after 3 reboots; last stage: modules");
+    const t = Date.now();
+    const failed = await cli("node", "wait", "w2", "--timeout", "30");
+    assert.equal(failed.code, 1);
+    assert.ok(Date.now() - t < 15_000);
+    assert.match(failed.out, /w2 \(failed/);
+    assert.equal((await call("GET", "/wait?nodes=w1,nope")).status, 404);
+    assert.equal((await call("GET", "/wait?nodes=w1&state=up")).status, 400);
+
+    const ls = await cli("node", "ls");
+    assert.match(ls.out, /w1 .* booted \d+s/);
+    const show = await cli("node", "show", "w2");
+    assert.match(show.out, /state: failed \d+s \(watchdog: gave up/);
+    const api = (await call("GET", "/nodes/w1")).json;
+    assert.equal(api.state, "booted");
+    assert.ok(typeof api.stateSince === "string");
   }));

@@ -25,6 +25,8 @@ const nodeFlags = {
   cause: "TEXT",
   "no-reboot": "",
   force: "",
+  state: "off|booting|booted|down|failed",
+  timeout: "SECONDS",
 } as const;
 
 export const commands: Record<string, CommandSpec> = {
@@ -78,6 +80,7 @@ export const commands: Record<string, CommandSpec> = {
       "boot",
       "reboot",
       "power",
+      "wait",
       "log",
       "console",
     ],
