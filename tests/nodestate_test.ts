@@ -335,3 +335,32 @@ Deno.test("node wait: returns 0 once every node is booted, 1 naming the laggards
     assert.equal(api.state, "booted");
     assert.ok(typeof api.stateSince === "string");
   }));
+
+Deno.test("node reboot: several nodes at once, the cause in each reboot event, 1 when one did not", () =>
+  withPowerServer(async ({ ctx, dir, cli }) => {
+    const power = join(dir, "power");
+    await Deno.mkdir(power, { recursive: true });
+    await Deno.writeTextFile(join(power, "plug.sh"), plug, { mode: 0o755 });
+    const macs = ["02:00:00:00:5e:21", "02:00:00:00:5e:22", "02:00:00:00:5e:23"];
+    macs.forEach((m, i) => {
+      ctx.nodes.add(m, { name: `r${i + 1}` });
+      ctx.nodes.configure(m, { "power.driver": "command", "power.command": "plug.sh" });
+    });
+    const r = await cli("node", "reboot", "r1,r2", "r3", "--hard", "--cause", "rack maintenance");
+    assert.equal(r.code, 0, r.err);
+    assert.match(
+      r.out,
+      /r1: rebooted by command\nr2: rebooted by command\nr3: rebooted by command/,
+    );
+    const cycled = (await Deno.readTextFile(join(power, "cycles"))).trim().split("\n").sort();
+    assert.deepEqual(cycled, ["r1", "r2", "r3"]);
+    for (const m of macs) {
+      const e = listEvents(ctx.db, { mac: m }).find((x) => x.kind === "reboot");
+      assert.equal(e?.detail.cause, "rack maintenance");
+    }
+    const one = await cli("node", "reboot", "r1", "--json");
+    assert.equal(JSON.parse(one.out).ok, true, "one node: one result object");
+    const bad = await cli("node", "reboot", "r1,nope");
+    assert.equal(bad.code, 1);
+    assert.match(bad.out, /nope: node nope not found|nope: .*not found/);
+  }));

@@ -27,6 +27,7 @@ const nodeFlags = {
   force: "",
   state: "off|booting|booted|down|failed",
   timeout: "SECONDS",
+  hard: "",
 } as const;
 
 export const commands: Record<string, CommandSpec> = {

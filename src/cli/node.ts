@@ -24,7 +24,7 @@ const help: Record<string, string> = {
   forget NODE                               remove a node (keeps its persist data on the server)
   config NODE [key=value…]                  show or change settings (key= removes one)
   boot NODE[,NODE…] IMAGE [--no-reboot] [--force]   deploy an image (alias: netroot deploy)
-  reboot NODE [--cause TEXT]                reboot a node
+  reboot NODE[,NODE…]… [--hard] [--cause TEXT]   reboot nodes
   power NODE on|off|cycle|status            switch a node's power (its power.driver)
   wait NODE[,NODE…] [--state S] [--timeout S]   until the nodes reach a state (default booted)
   log NODE [--follow]                       the node's timeline
@@ -64,10 +64,12 @@ netroot node power --help), and the virtual node keys when the server has them. 
 Points the nodes at IMAGE (one transaction; each node's fs link flips atomically) and asks each
 node's reboot mechanism to reboot it. --no-reboot only switches; --force deploys an image that is
 not bootable. ${common}`,
-  reboot: `usage: netroot node reboot NODE [--cause TEXT]
+  reboot: `usage: netroot node reboot NODE[,NODE…]… [--hard] [--cause TEXT]
 
 A virtual node is reset (QMP); a node with power.driver set is power-cycled by its driver; the
-node's timeline says which mechanism did it. ${common}`,
+node's timeline says which mechanism did it, and the cause (--cause, default "user request").
+--hard asks for a hard reset (every reboot is one for now). Exits 1 when any node did not reboot.
+${common}`,
   power: `usage: netroot node power NODE on|off|cycle|status
 
 Switches the node's power through the driver its settings name (virtual nodes: qemu):
@@ -103,6 +105,7 @@ const options = {
   force: { type: "boolean" },
   state: { type: "string" },
   timeout: { type: "string" },
+  hard: { type: "boolean" },
 } as const;
 
 /** Poll period for --follow. */
@@ -309,12 +312,29 @@ export async function run(args: string[]): Promise<number> {
       return 0;
     }
     case "reboot": {
-      const [ref] = positionals(p, 1, help.reboot);
-      const r = await api.post<RebootResult>(`/nodes/${enc(ref)}/reboot`, { cause: o.cause });
-      print(json, r, () => `${ref}: ${r.message}`);
+      const refs = positionals(p, 1, help.reboot).flatMap((a) => a.split(","))
+        .map((r) => r.trim()).filter(Boolean);
+      const results: (RebootResult & { ref: string })[] = [];
+      // A few at a time: each may wait on a power device for up to power.timeout.
+      for (let i = 0; i < refs.length; i += 16) {
+        results.push(
+          ...await Promise.all(
+            refs.slice(i, i + 16).map(async (ref) => ({
+              ref,
+              ...await api.post<RebootResult>(`/nodes/${enc(ref)}/reboot`, { cause: o.cause })
+                .catch((e): RebootResult => ({ mac: "", ok: false, message: e.message })),
+            })),
+          ),
+        );
+      }
+      const shown = results.map(({ ref: _, ...r }) => r);
+      print(
+        json,
+        shown.length === 1 ? shown[0] : shown,
+        () => results.map((r) => `${r.ref}: ${r.message}`).join("\n"),
+      );
       // No mechanism or a failed one: the node did not reboot, which the exit status says.
-      if (!r.ok) return 1;
-      return 0;
+      return results.every((r) => r.ok) ? 0 : 1;
     }
     case "power": {
       const [ref, action] = positionals(p, 2, help.power);
