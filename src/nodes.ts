@@ -775,17 +775,15 @@ export class NodeRegistry {
     return r?.n ?? 0;
   }
 
-  /** Every node as the monitor sees it (one query for the nodes, one for their settings). */
+  /** Every node as the monitor sees it: one query for the nodes, one for their boot.* settings,
+   *  and, while any node is booting, one scan of `boots` for the latest boot of each. */
   monitored(): MonitoredNode[] {
-    const rows = this.db.prepare(
+    const rows = this.#sql(
       `SELECT n.mac, n.name, n.virtual, COALESCE(a.value, l.ip, n.ip) AS ip, n.state,
-         COALESCE(n.state_since, n.created_at) AS since, n.state_reason, n.watchdog_reboots,
-         b.stage, b.reported_at
+         COALESCE(n.state_since, n.created_at) AS since, n.state_reason, n.watchdog_reboots
        FROM nodes n
        LEFT JOIN leases l ON l.mac = n.mac AND l.state = 'bound'
        LEFT JOIN node_settings a ON a.mac = n.mac AND a.key = 'ip'
-       LEFT JOIN boots b ON b.token = (SELECT token FROM boots WHERE mac = n.mac
-                                       ORDER BY started_at DESC, rowid DESC LIMIT 1)
        ORDER BY n.mac`,
     ).all() as {
       mac: string;
@@ -796,12 +794,19 @@ export class NodeRegistry {
       since: string;
       state_reason: string | null;
       watchdog_reboots: number;
-      stage: string | null;
-      reported_at: string | null;
     }[];
+    const latest = new Map<string, { stage: string | null; reported_at: string | null }>();
+    if (rows.some((r) => r.state === "booting")) {
+      for (
+        const b of this.#sql(
+          // SQLite takes bare columns from the max() row: each node's newest boot, one scan.
+          `SELECT mac, stage, reported_at, max(rowid) FROM boots GROUP BY mac`,
+        ).all() as { mac: string; stage: string | null; reported_at: string | null }[]
+      ) latest.set(b.mac, b);
+    }
     const settings = new Map<string, Record<string, string>>();
     for (
-      const s of this.db.prepare(
+      const s of this.#sql(
         "SELECT mac, key, value FROM node_settings WHERE key LIKE 'boot.%'",
       ).all() as { mac: string; key: string; value: string }[]
     ) {
@@ -818,8 +823,10 @@ export class NodeRegistry {
       stateReason: r.state_reason,
       watchdogReboots: r.watchdog_reboots,
       settings: settings.get(r.mac) ?? {},
-      stage: r.stage,
-      reportedAt: r.reported_at === null ? null : Date.parse(r.reported_at),
+      stage: latest.get(r.mac)?.stage ?? null,
+      reportedAt: latest.get(r.mac)?.reported_at
+        ? Date.parse(latest.get(r.mac)!.reported_at!)
+        : null,
     }));
   }
 

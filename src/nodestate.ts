@@ -123,7 +123,8 @@ export interface MonitorOptions {
   /** The clock (tests pass a fake one). */
   now?: () => number;
   probe?: (ip: string, port: number, timeoutMs: number) => Promise<boolean>;
-  /** How often a pass runs (booting nodes past handover are probed at every pass). */
+  /** How often a pass runs (booting nodes past handover are probed at every pass; a handover
+   *  report starts one at once). */
   tickMs?: number;
   /** How often a booted node is re-probed. */
   recheckMs?: number;
@@ -154,7 +155,7 @@ export class NodeMonitor {
     this.#ctx = ctx;
     this.#now = opts.now ?? Date.now;
     this.#probe = opts.probe ?? tcpProbe;
-    this.tickMs = opts.tickMs ?? 2000;
+    this.tickMs = opts.tickMs ?? 5000;
     this.#recheckMs = opts.recheckMs ?? 10_000;
     this.#downAfter = opts.downAfter ?? 3;
     this.#probeTimeoutMs = opts.probeTimeoutMs ?? 2000;
@@ -221,6 +222,7 @@ export class NodeMonitor {
     const wd = watchdogMs(n.settings);
     const lastSign = Math.max(n.stateSince, n.reportedAt ?? 0);
     const expired = wd !== null && now - lastSign >= wd;
+    if (!handedOver && !expired) return undefined; // nothing to do this pass: no job
     return async () => {
       if (handedOver && port === null) {
         this.#set(n, "booted", "handover reported (boot.probe-port=none)", ["booting"]);
