@@ -108,6 +108,11 @@ export function nodeReported(
     } else ctx.monitor?.probeSoon(mac);
     return;
   }
+  // A fatal after handover (the switch to the image's init failed): not booted after all.
+  ctx.nodes.setState(mac, "booting", "init reported fatal after handover", {
+    from: ["booted"],
+    at: now,
+  });
   const used = ctx.nodes.retriesUsed(mac);
   if (used < retries(settings)) {
     ctx.nodes.countRetry(mac, "init reported fatal: the node reboots itself", now);

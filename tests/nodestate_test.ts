@@ -107,15 +107,24 @@ Deno.test("state: off → booting → booted after handover when the port answer
     assert.equal(ev?.detail.reason, "boot script fetched");
   }));
 
-Deno.test("state: boot.probe-port=none makes the handover report booted at once", () =>
+Deno.test("state: boot.probe-port=none makes the handover report booted at once; fatal reports count as attempts", () =>
   withCtx(async (ctx) => {
     ctx.nodes.add(mac, { name: "n1" });
     ctx.nodes.configure("n1", { "boot.probe-port": "none" });
     ctx.nodes.setState(mac, "booting", "boot script fetched");
-    report(ctx, openBoot(ctx.db, mac, null), "handover");
+    const token = openBoot(ctx.db, mac, null);
+    report(ctx, token, "handover");
     const n = ctx.nodes.get("n1");
     assert.equal(n.state, "booted");
     assert.match(n.stateReason!, /probe-port=none/);
+    // The switch to the image's init failed after all: not booted, one attempt used.
+    report(ctx, token, "fatal");
+    assert.equal(ctx.nodes.get("n1").state, "booting");
+    assert.equal(ctx.nodes.retriesUsed(mac), 1);
+    ctx.nodes.configure("n1", { "boot.retries": "1" });
+    report(ctx, token, "fatal");
+    assert.equal(ctx.nodes.get("n1").state, "failed");
+    assert.match(ctx.nodes.get("n1").stateReason!, /init reported fatal; 1 retries used/);
     await Promise.resolve();
   }));
 
