@@ -181,9 +181,15 @@ export class NodeMonitor {
   async #run(): Promise<void> {
     const now = this.#now();
     const work: (() => Promise<void>)[] = [];
-    for (const n of this.#ctx.nodes.monitored()) {
+    const nodes = this.#ctx.nodes.monitored();
+    for (const n of nodes) {
       const job = this.#plan(n, now);
       if (job) work.push(job);
+    }
+    // Forgotten nodes leave nothing behind here.
+    const known = new Set(nodes.map((n) => n.mac));
+    for (const map of [this.#failures, this.#probedAt]) {
+      for (const mac of map.keys()) if (!known.has(mac)) map.delete(mac);
     }
     let next = 0;
     const worker = async () => {
