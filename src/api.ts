@@ -11,10 +11,11 @@ import { timingSafeEqual } from "node:crypto";
 import type { Hono, MiddlewareHandler } from "hono";
 import { apiRouter } from "./apierror.ts";
 import type { Context } from "./context.ts";
-import { UserError } from "./errors.ts";
+import { notFound, UserError } from "./errors.ts";
 import { lastEventByMac, listEvents } from "./events.ts";
 import { logger } from "./log.ts";
 import { asMac, type NodeInfo } from "./nodes.ts";
+import { NODE_STATES, type NodeState } from "./nodestate.ts";
 
 const log = logger("api");
 
@@ -221,4 +222,100 @@ export function eventRoutes(ctx: Context): Hono {
     const ref = c.req.query("mac") ?? c.req.query("node");
     return c.json(events(ctx, c, ref ? macOf(ctx, ref) : undefined));
   });
+}
+
+/** One node's answer of GET /wait. */
+export interface WaitedNode {
+  name: string;
+  mac: string;
+  state: NodeState;
+  stateSince: string | null;
+  stateReason: string | null;
+}
+
+export interface WaitResult {
+  /** Every node is in the state asked for. */
+  reached: boolean;
+  state: NodeState;
+  nodes: WaitedNode[];
+  /** Names of the nodes not in it (yet, or `failed`: given up). */
+  laggards: string[];
+}
+
+/** Longest a single GET /wait holds the request (the CLI re-issues it). */
+const waitMaxS = 60;
+
+/**
+ * GET /wait?nodes=A,B&state=booted&timeout=S: answers once every node is in `state` (default
+ * booted), or once every laggard is `failed` (it will not get there by itself), or after S
+ * seconds (at most 60). Nothing polls: it re-reads the states when a node's state changes
+ * (ctx.changes "state"). A client that goes away leaves its wait to end at its timeout (Deno's
+ * request.signal also aborts after every successful response, and warns about it).
+ */
+export function waitRoutes(ctx: Context): Hono {
+  return apiRouter().get("/", async (c) => {
+    const refs = (c.req.query("nodes") ?? "").split(",").map((r) => r.trim()).filter(Boolean);
+    if (!refs.length) throw new UserError("query parameter nodes needs node names or MACs");
+    const state = (c.req.query("state") ?? "booted") as NodeState;
+    if (!NODE_STATES.includes(state)) {
+      throw new UserError(`state must be one of ${NODE_STATES.join(", ")}, got "${state}"`);
+    }
+    const timeoutS = int(c.req.query("timeout"), "timeout", 30, waitMaxS);
+    const wanted = nodesByRef(ctx, refs);
+    const check = (): WaitResult => {
+      const now = nodesByRef(ctx, wanted.map((n) => n.mac));
+      const laggards = now.filter((n) => n.state !== state);
+      return {
+        reached: laggards.length === 0,
+        state,
+        nodes: now.map(({ name, mac, state, stateSince, stateReason }) => ({
+          name,
+          mac,
+          state,
+          stateSince,
+          stateReason,
+        })),
+        laggards: laggards.map((n) => n.name),
+      };
+    };
+    const done = (r: WaitResult) =>
+      r.reached || r.nodes.every((n) => n.state === state || n.state === "failed");
+    let result = check();
+    if (done(result) || timeoutS === 0) return c.json(result);
+    result = await new Promise<WaitResult>((resolve) => {
+      let pending: ReturnType<typeof setTimeout> | undefined;
+      const finish = () => {
+        clearTimeout(timer);
+        clearTimeout(pending);
+        ctx.changes.removeEventListener("state", onChange);
+        resolve(check());
+      };
+      // State changes come in bursts (500 nodes booting): re-read at most every 200 ms.
+      const onChange = () => {
+        pending ??= setTimeout(() => {
+          pending = undefined;
+          if (done(check())) finish();
+        }, 200);
+      };
+      const timer = setTimeout(finish, timeoutS * 1000);
+      ctx.changes.addEventListener("state", onChange);
+    });
+    return c.json(result);
+  });
+}
+
+/** The nodes `refs` name, in order (404 naming every unknown one). */
+function nodesByRef(ctx: Context, refs: string[]): NodeInfo[] {
+  const all = refs.length > 32 ? ctx.nodes.list() : undefined;
+  const byRef = new Map<string, NodeInfo>();
+  for (const n of all ?? []) byRef.set(n.mac, n).set(n.name, n);
+  const found: NodeInfo[] = [];
+  const missing: string[] = [];
+  for (const ref of refs) {
+    const n = all ? byRef.get(asMac(ref) ?? ref) : ctx.nodes.find(ref);
+    if (n) found.push(n);
+    else missing.push(ref);
+  }
+  if (missing.length) throw notFound(`node${missing.length > 1 ? "s" : ""} ${missing.join(", ")}`);
+  return found;
 }

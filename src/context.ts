@@ -5,6 +5,7 @@ import type { DataDir } from "./datadir.ts";
 import type { Db } from "./db.ts";
 import type { ImageStore } from "./images/store.ts";
 import type { NodeRegistry } from "./nodes.ts";
+import type { NodeMonitor } from "./nodestate.ts";
 import type { PowerDrivers } from "./power/driver.ts";
 import type { Rebooter } from "./reboot.ts";
 import type { VnodeManager } from "./vnode/manager.ts";
@@ -23,12 +24,15 @@ export interface Context {
   rebooter: Rebooter;
   /** The power drivers nodes can select (`power.driver`), and the action running per node. */
   power: PowerDrivers;
+  /** Probes nodes and runs the boot watchdog (src/nodestate.ts), while serve runs. */
+  monitor?: NodeMonitor;
   /** The virtual nodes, while they run (startVnodes). */
   vnodes?: VnodeManager;
   /** API write token (also in data/token, mode 0600). */
   token: string;
   /** Fires `new Event("nodes")` after registrations/deploys/forgets and `new Event("images")`
-   *  after imports/removals, so NFS exports, DHCP reservations and vnodes follow. */
+   *  after imports/removals, so NFS exports, DHCP reservations and vnodes follow; `new
+   *  Event("state")` after a node's state changed (node wait). */
   changes: EventTarget;
   /** Base URL nodes use to reach the HTTP server, e.g. http://10.77.0.1:8080 (undefined without
    *  a boot interface). */

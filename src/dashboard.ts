@@ -37,8 +37,8 @@ const page = `<!doctype html>
 server's data dir): <input id="login-token" type="password" size="40" autocomplete="off">
 <button>use</button></form>
 <h2>Nodes</h2>
-<table id="nodes"><thead><tr><th>name</th><th>mac</th><th>ip</th><th>image</th><th>virtual</th>
-<th>last event</th></tr></thead><tbody></tbody></table>
+<table id="nodes"><thead><tr><th>name</th><th>mac</th><th>ip</th><th>image</th><th>state</th>
+<th>virtual</th><th>last event</th></tr></thead><tbody></tbody></table>
 <h2>Images</h2>
 <table id="images"><thead><tr><th>name</th><th>id</th><th>size</th><th>bootable</th>
 <th>created</th></tr></thead><tbody></tbody></table>
@@ -99,10 +99,14 @@ function renderNodes(nodes) {
     const name = el("td"); const a = el("a", n.name); a.className = "node-name";
     a.onclick = () => select(n.mac); name.append(a);
     const last = n.lastEvent ? n.lastEvent.kind + " (" + when(n.lastEvent.ts) + ")" : "-";
+    const state = el("td", (n.state || "off") + (n.stateSince ? " (" + when(n.stateSince) + ")" : ""));
+    state.className = "state-" + (n.state || "off");
+    if (n.stateReason) state.title = n.stateReason;
     tr.append(name, el("td", n.mac, "mono"), el("td", n.ip || "-", "mono"),
-      el("td", n.imageName || n.imageId || "-"), el("td", n.virtual ? "yes" : "no"), el("td", last));
+      el("td", n.imageName || n.imageId || "-"), state, el("td", n.virtual ? "yes" : "no"),
+      el("td", last));
     return tr;
-  }) : [Object.assign(el("tr"), { innerHTML: '<td colspan="6" class="muted">no nodes</td>' })]);
+  }) : [Object.assign(el("tr"), { innerHTML: '<td colspan="7" class="muted">no nodes</td>' })]);
 }
 
 function renderImages(images) {

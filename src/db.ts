@@ -76,6 +76,14 @@ const migrations: string[] = [
   // 4: per-boot tokens are secrets: older versions put them in the (openly readable) events
   `UPDATE events SET detail = json_remove(detail, '$.token')
    WHERE kind = 'http.script' AND json_valid(detail) AND json_extract(detail, '$.token') IS NOT NULL;`,
+  // 5: node state (src/nodestate.ts): off | booting | booted | down | failed, since when and why;
+  // watchdog_reboots counts the watchdog's reboots of the current boot attempt (reset at booted)
+  `
+  ALTER TABLE nodes ADD COLUMN state TEXT NOT NULL DEFAULT 'off';
+  ALTER TABLE nodes ADD COLUMN state_since TEXT;
+  ALTER TABLE nodes ADD COLUMN state_reason TEXT;
+  ALTER TABLE nodes ADD COLUMN watchdog_reboots INTEGER NOT NULL DEFAULT 0;
+  `,
 ];
 
 export const schemaVersion = migrations.length;

@@ -12,6 +12,7 @@ export const EVENT_KINDS = [
   "node.config",
   "node.address",
   "node.aged-out",
+  "node.state",
   "deploy",
   "reboot",
   "reboot.none",

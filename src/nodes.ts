@@ -37,6 +37,7 @@ import { BOOT_MODES, RULES } from "../contract/cmdline.ts";
 import { ipv4Octets } from "../contract/ipv4.ts";
 import { logger } from "./log.ts";
 import type { Rebooter, RebootResult } from "./reboot.ts";
+import { type NodeState, stateSettings } from "./nodestate.ts";
 
 const log = logger("nodes");
 
@@ -50,6 +51,10 @@ export interface NodeInfo {
   virtual: boolean;
   createdAt: string;
   lastSeen: string | null;
+  /** Where the node is in its life (src/nodestate.ts), since when, and why. */
+  state: NodeState;
+  stateSince: string | null;
+  stateReason: string | null;
   settings: Record<string, string>;
 }
 
@@ -171,6 +176,7 @@ export const nodeSettings: Setting[] = [
     },
   },
   { key: "persist", check: oneOf(["true", "false"]) },
+  ...stateSettings,
 ];
 
 /** The normalised MAC if `ref` reads as one (any spelling normalizeMac accepts), else undefined. */
@@ -244,10 +250,31 @@ interface NodeRow {
   virtual: number;
   created_at: string;
   last_seen: string | null;
+  state: NodeState;
+  state_since: string | null;
+  state_reason: string | null;
 }
 
 const selectNodes = `SELECT n.mac, n.name, n.model, n.image_id, i.name AS image_name, n.ip,
-  n.virtual, n.created_at, n.last_seen FROM nodes n LEFT JOIN images i ON i.id = n.image_id`;
+  n.virtual, n.created_at, n.last_seen, n.state, n.state_since, n.state_reason
+  FROM nodes n LEFT JOIN images i ON i.id = n.image_id`;
+
+/** What the node monitor (src/nodestate.ts) needs of every node, in one query. */
+export interface MonitoredNode {
+  mac: string;
+  name: string;
+  virtual: boolean;
+  /** The address it is probed at (the `ip` setting, else its bound lease, else the registry's). */
+  ip: string | null;
+  state: NodeState;
+  stateSince: number;
+  stateReason: string | null;
+  watchdogReboots: number;
+  settings: Record<string, string>;
+  /** The latest boot's last reported stage, and when. */
+  stage: string | null;
+  reportedAt: number | null;
+}
 
 export interface ExportTarget {
   mac: string;
@@ -277,6 +304,9 @@ export class NodeRegistry {
       virtual: row.virtual === 1,
       createdAt: row.created_at,
       lastSeen: row.last_seen,
+      state: row.state,
+      stateSince: row.state_since,
+      stateReason: row.state_reason,
       settings: this.rules.redact(settings),
     };
   }
@@ -694,6 +724,110 @@ export class NodeRegistry {
 
   reboot(ref: string, cause: string): Promise<RebootResult> {
     return this.rebooter.reboot(this.get(ref), cause);
+  }
+
+  /**
+   * Moves the node to `to` (when it is in one of `from`, if given): state, since, reason, and a
+   * `node.state` event; reaching `booted` ends the boot attempt (the watchdog's count starts
+   * over). Entering `booting` again restarts its clock without an event (a new attempt of the
+   * same boot). Fires `new Event("state")` on ctx.changes. Returns whether anything changed.
+   */
+  setState(
+    mac: string,
+    to: NodeState,
+    reason: string,
+    opts: { from?: NodeState[]; at?: number } = {},
+  ): boolean {
+    const m = normalizeMac(mac);
+    const at = new Date(opts.at ?? Date.now()).toISOString();
+    const changed = tx(this.db, () => {
+      const row = this.#sql("SELECT state FROM nodes WHERE mac = ?").get(m) as
+        | { state: NodeState }
+        | undefined;
+      if (!row || (opts.from && !opts.from.includes(row.state))) return false;
+      if (row.state === to && to !== "booting") return false;
+      this.#sql(
+        `UPDATE nodes SET state = ?, state_since = ?, state_reason = ?,
+           watchdog_reboots = CASE WHEN ? = 'booted' THEN 0 ELSE watchdog_reboots END
+         WHERE mac = ?`,
+      ).run(to, at, reason, to, m);
+      if (row.state !== to) recordEvent(this.db, m, "node.state", { from: row.state, to, reason });
+      return true;
+    });
+    if (changed) this.changes.dispatchEvent(new Event("state"));
+    return changed;
+  }
+
+  /** The watchdog rebooted the node (or the node gave up and reboots itself): one more attempt
+   *  of this boot, its clock restarted. */
+  countRetry(mac: string, reason: string, at = Date.now()): void {
+    this.#sql(
+      `UPDATE nodes SET watchdog_reboots = watchdog_reboots + 1, state_since = ?, state_reason = ?
+       WHERE mac = ?`,
+    ).run(new Date(at).toISOString(), reason, normalizeMac(mac));
+  }
+
+  /** The attempts of the current boot so far (watchdog reboots and fatal reports). */
+  retriesUsed(mac: string): number {
+    const r = this.#sql("SELECT watchdog_reboots AS n FROM nodes WHERE mac = ?").get(
+      normalizeMac(mac),
+    ) as { n: number } | undefined;
+    return r?.n ?? 0;
+  }
+
+  /** Every node as the monitor sees it: one query for the nodes, one for their boot.* settings,
+   *  and, while any node is booting, one scan of `boots` for the latest boot of each. */
+  monitored(): MonitoredNode[] {
+    const rows = this.#sql(
+      `SELECT n.mac, n.name, n.virtual, COALESCE(a.value, l.ip, n.ip) AS ip, n.state,
+         COALESCE(n.state_since, n.created_at) AS since, n.state_reason, n.watchdog_reboots
+       FROM nodes n
+       LEFT JOIN leases l ON l.mac = n.mac AND l.state = 'bound'
+       LEFT JOIN node_settings a ON a.mac = n.mac AND a.key = 'ip'
+       ORDER BY n.mac`,
+    ).all() as {
+      mac: string;
+      name: string;
+      virtual: number;
+      ip: string | null;
+      state: NodeState;
+      since: string;
+      state_reason: string | null;
+      watchdog_reboots: number;
+    }[];
+    const latest = new Map<string, { stage: string | null; reported_at: string | null }>();
+    if (rows.some((r) => r.state === "booting")) {
+      for (
+        const b of this.#sql(
+          // SQLite takes bare columns from the max() row: each node's newest boot, one scan.
+          `SELECT mac, stage, reported_at, max(rowid) FROM boots GROUP BY mac`,
+        ).all() as { mac: string; stage: string | null; reported_at: string | null }[]
+      ) latest.set(b.mac, b);
+    }
+    const settings = new Map<string, Record<string, string>>();
+    for (
+      const s of this.#sql(
+        "SELECT mac, key, value FROM node_settings WHERE key LIKE 'boot.%'",
+      ).all() as { mac: string; key: string; value: string }[]
+    ) {
+      if (!settings.has(s.mac)) settings.set(s.mac, {});
+      settings.get(s.mac)![s.key] = s.value;
+    }
+    return rows.map((r) => ({
+      mac: r.mac,
+      name: r.name,
+      virtual: r.virtual === 1,
+      ip: r.ip,
+      state: r.state,
+      stateSince: Date.parse(r.since),
+      stateReason: r.state_reason,
+      watchdogReboots: r.watchdog_reboots,
+      settings: settings.get(r.mac) ?? {},
+      stage: latest.get(r.mac)?.stage ?? null,
+      reportedAt: latest.get(r.mac)?.reported_at
+        ? Date.parse(latest.get(r.mac)!.reported_at!)
+        : null,
+    }));
   }
 
   /** The image the node's fs symlink points at (what NFS serves), else the database's. */

@@ -10,6 +10,7 @@ import { recordEvent, startEventRetention } from "./events.ts";
 import { ImageStore } from "./images/store.ts";
 import { logger, setNodeNamer } from "./log.ts";
 import { NodeRegistry, nodeSettings, type Setting, SettingRules } from "./nodes.ts";
+import { type MonitorOptions, NodeMonitor } from "./nodestate.ts";
 import { Rebooter } from "./reboot.ts";
 import {
   type ApiRoute,
@@ -19,6 +20,7 @@ import {
   healthRoutes,
   loadOrCreateToken,
   nodeRoutes,
+  waitRoutes,
 } from "./api.ts";
 import { apiErrorResponse, noSuchRoute } from "./apierror.ts";
 import { dashboardRoutes } from "./dashboard.ts";
@@ -152,6 +154,7 @@ export function buildApp(
   api.route("/nodes", powerRoutes(ctx)); //        POST /nodes/:ref/power
   api.route("/nodes", consoleRoutes(ctx)); //      GET /nodes/:ref/console (token even for reads)
   api.route("/deploy", deployRoutes(ctx)); //      POST
+  api.route("/wait", waitRoutes(ctx)); //          GET: until nodes reach a state (node wait)
   api.route("/events", eventRoutes(ctx)); //       GET
   api.route("/images", imageRoutes(ctx)); //       list, show, import, rename, rm
   api.route("/vnodes", vnodeRoutes(ctx)); //       list, create, rm
@@ -211,7 +214,7 @@ function followImagesWithInitramfs(ctx: Context): Service {
 
 export async function serve(
   config: ServerConfig,
-  opts: Plugins & { signal?: AbortSignal } = {},
+  opts: Plugins & { signal?: AbortSignal; monitor?: MonitorOptions } = {},
 ): Promise<RunningServer> {
   const ctx = await openContext(config, opts);
   const unnameNodes = setNodeNamer((mac) => ctx.nodes.find(mac)?.name);
@@ -242,6 +245,8 @@ export async function serve(
       data: config.dataDir,
     });
     services.push(startEventRetention(ctx.db, config.events));
+    ctx.monitor = new NodeMonitor(ctx, opts.monitor);
+    services.push(ctx.monitor.start());
 
     if (!config.interface) {
       log.info("no --interface: HTTP only (no DHCP, TFTP, NFS exports or router advertisements)");

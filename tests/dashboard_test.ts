@@ -73,6 +73,7 @@ Deno.test({
           rate: 20e6,
         });
       }
+      ctx.nodes.setState("52:54:00:d4:5b:01", "booted", "port 22 answered");
       recordEvent(ctx.db, "52:54:00:d4:5b:01", "init.fatal", { detail: "<b>not-markup</b>" });
 
       const base = `http://127.0.0.1:${server.addr.port}/`;
@@ -86,6 +87,7 @@ Deno.test({
       assert.match(row, /10\.77\.0\.42/);
       assert.match(row, /bookworm-lab/);
       assert.match(row, /init\.fatal \(/); // last event
+      assert.match(row, /<td class="state-booted" title="port 22 answered">booted \(/);
       assert.match(dom, /<td>bookworm-lab<\/td><td class="mono">efefefefefef<\/td><td>1\.0 MiB/);
       assert.match(dom, /<tr data-mac="52:54:00:d4:5b:02">.*?>vm-2<.*?<td>yes<\/td>/s);
       assert.match(dom, /2 nodes, 1 images/);

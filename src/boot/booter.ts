@@ -13,6 +13,7 @@ import { neighbourMac } from "../linux/neigh.ts";
 import { logger } from "../log.ts";
 import { bootNetwork, nfsPersistPath, nfsRootPath } from "../nfs.ts";
 import type { NodeInfo } from "../nodes.ts";
+import { nodeReported } from "../nodestate.ts";
 import type { ImageInfo } from "../images/store.ts";
 import type { Booter, BootFileKind, EventSink, Refusal, ScriptPlan } from "../../netboot/booter.ts";
 import { boundLeaseIp, LeaseStore } from "./leases.ts";
@@ -106,6 +107,7 @@ function script(
     );
   }
   ctx.nodes.touch(mac);
+  ctx.nodes.setState(mac, "booting", "boot script fetched");
   return plan;
 }
 
@@ -198,6 +200,7 @@ export function contextBooter(ctx: Context): Booter {
     reported(mac, token, stage) {
       recordStage(ctx.db, token, stage);
       ctx.nodes.touch(mac);
+      nodeReported(ctx, mac, stage);
     },
     get ipxeDir() {
       return ctx.config.ipxeDir;

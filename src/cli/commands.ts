@@ -25,6 +25,9 @@ const nodeFlags = {
   cause: "TEXT",
   "no-reboot": "",
   force: "",
+  state: "off|booting|booted|down|failed",
+  timeout: "SECONDS",
+  hard: "",
 } as const;
 
 export const commands: Record<string, CommandSpec> = {
@@ -78,6 +81,7 @@ export const commands: Record<string, CommandSpec> = {
       "boot",
       "reboot",
       "power",
+      "wait",
       "log",
       "console",
     ],

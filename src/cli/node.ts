@@ -6,6 +6,7 @@ import type { Event } from "../events.ts";
 import type { NodeInfo } from "../nodes.ts";
 import type { RebootResult } from "../reboot.ts";
 import type { PowerResult } from "../power/power.ts";
+import type { WaitResult } from "../api.ts";
 import { ApiClient, clientOptions } from "./client.ts";
 import { keyValues, print, table } from "./output.ts";
 
@@ -23,8 +24,9 @@ const help: Record<string, string> = {
   forget NODE                               remove a node (keeps its persist data on the server)
   config NODE [key=value…]                  show or change settings (key= removes one)
   boot NODE[,NODE…] IMAGE [--no-reboot] [--force]   deploy an image (alias: netroot deploy)
-  reboot NODE [--cause TEXT]                reboot a node
+  reboot NODE[,NODE…]… [--hard] [--cause TEXT]   reboot nodes
   power NODE on|off|cycle|status            switch a node's power (its power.driver)
+  wait NODE[,NODE…] [--state S] [--timeout S]   until the nodes reach a state (default booted)
   log NODE [--follow]                       the node's timeline
   console NODE [--follow]                   a virtual node's console output
 
@@ -33,7 +35,15 @@ NODE is a name or a MAC address (any common spelling). ${common}`,
 
 Registers a node. Default name node-<last 3 MAC bytes>; default image the one named "default".
 ${common}`,
-  ls: `usage: netroot node ls [--json]\n\nLists nodes: name, MAC, IP, image, last event. ${common}`,
+  ls: `usage: netroot node ls [--json]
+
+Lists nodes: name, MAC, IP, image, state and its age, last event. ${common}`,
+  wait: `usage: netroot node wait NODE[,NODE…] [--state STATE] [--timeout SECONDS]
+
+Waits until every node is in STATE (off, booting, booted, down, failed; default booted). Exits 0
+when all got there, 1 naming the laggards (and their states) after --timeout (default 600) or
+once each laggard is failed. The server answers when states change: waiting costs no polling.
+${common}`,
   show: `usage: netroot node show NODE [--json]\n\n${common}`,
   rename: `usage: netroot node rename NODE NEW-NAME\n\n${common}`,
   forget: `usage: netroot node forget NODE
@@ -54,10 +64,12 @@ netroot node power --help), and the virtual node keys when the server has them. 
 Points the nodes at IMAGE (one transaction; each node's fs link flips atomically) and asks each
 node's reboot mechanism to reboot it. --no-reboot only switches; --force deploys an image that is
 not bootable. ${common}`,
-  reboot: `usage: netroot node reboot NODE [--cause TEXT]
+  reboot: `usage: netroot node reboot NODE[,NODE…]… [--hard] [--cause TEXT]
 
 A virtual node is reset (QMP); a node with power.driver set is power-cycled by its driver; the
-node's timeline says which mechanism did it. ${common}`,
+node's timeline says which mechanism did it, and the cause (--cause, default "user request").
+--hard asks for a hard reset (every reboot is one for now). Exits 1 when any node did not reboot.
+${common}`,
   power: `usage: netroot node power NODE on|off|cycle|status
 
 Switches the node's power through the driver its settings name (virtual nodes: qemu):
@@ -91,6 +103,9 @@ const options = {
   cause: { type: "string" },
   "no-reboot": { type: "boolean" },
   force: { type: "boolean" },
+  state: { type: "string" },
+  timeout: { type: "string" },
+  hard: { type: "boolean" },
 } as const;
 
 /** Poll period for --follow. */
@@ -136,12 +151,28 @@ function terminalColumns(): number | undefined {
   }
 }
 
+/** How long ago `since` was, short: 42s, 5m, 3h, 2d. */
+export function age(since: string | null, now = Date.now()): string {
+  if (!since) return "";
+  const s = Math.max(0, Math.round((now - Date.parse(since)) / 1000));
+  if (s < 120) return `${s}s`;
+  if (s < 7200) return `${Math.floor(s / 60)}m`;
+  if (s < 172800) return `${Math.floor(s / 3600)}h`;
+  return `${Math.floor(s / 86400)}d`;
+}
+
+/** "booted 5m": the node's state and how long it has been in it. */
+export function stateText(n: { state: string; stateSince: string | null }, now = Date.now()) {
+  return n.stateSince ? `${n.state} ${age(n.stateSince, now)}` : n.state;
+}
+
 function nodeRow(n: ListedNode): Record<string, unknown> {
   return {
     name: n.name,
     mac: n.mac,
     ip: n.ip,
     image: n.imageName ?? n.imageId?.slice(0, 12),
+    state: stateText(n),
     model: n.model,
     virtual: n.virtual ? "yes" : "no",
     "last event": n.lastEvent ? `${n.lastEvent.kind} ${n.lastEvent.ts}` : null,
@@ -197,6 +228,7 @@ export async function run(args: string[]): Promise<number> {
               "mac",
               "ip",
               "image",
+              "state",
               "model",
               "virtual",
               "last event",
@@ -212,6 +244,7 @@ export async function run(args: string[]): Promise<number> {
       print(json, { ...node, events }, () => {
         const { settings, lastEvent: _, ...rest } = node;
         const lines = [keyValues({ ...rest, lastEvent: node.lastEvent?.kind })];
+        lines.push(`state: ${stateText(node)}${node.stateReason ? ` (${node.stateReason})` : ""}`);
         lines.push("", "settings:");
         lines.push(Object.keys(settings).length ? keyValues(settings) : "  (none)");
         lines.push("", "last events:");
@@ -279,12 +312,29 @@ export async function run(args: string[]): Promise<number> {
       return 0;
     }
     case "reboot": {
-      const [ref] = positionals(p, 1, help.reboot);
-      const r = await api.post<RebootResult>(`/nodes/${enc(ref)}/reboot`, { cause: o.cause });
-      print(json, r, () => `${ref}: ${r.message}`);
+      const refs = positionals(p, 1, help.reboot).flatMap((a) => a.split(","))
+        .map((r) => r.trim()).filter(Boolean);
+      const results: (RebootResult & { ref: string })[] = [];
+      // A few at a time: each may wait on a power device for up to power.timeout.
+      for (let i = 0; i < refs.length; i += 16) {
+        results.push(
+          ...await Promise.all(
+            refs.slice(i, i + 16).map(async (ref) => ({
+              ref,
+              ...await api.post<RebootResult>(`/nodes/${enc(ref)}/reboot`, { cause: o.cause })
+                .catch((e): RebootResult => ({ mac: "", ok: false, message: e.message })),
+            })),
+          ),
+        );
+      }
+      const shown = results.map(({ ref: _, ...r }) => r);
+      print(
+        json,
+        shown.length === 1 ? shown[0] : shown,
+        () => results.map((r) => `${r.ref}: ${r.message}`).join("\n"),
+      );
       // No mechanism or a failed one: the node did not reboot, which the exit status says.
-      if (!r.ok) return 1;
-      return 0;
+      return results.every((r) => r.ok) ? 0 : 1;
     }
     case "power": {
       const [ref, action] = positionals(p, 2, help.power);
@@ -300,6 +350,8 @@ export async function run(args: string[]): Promise<number> {
       );
       return 0;
     }
+    case "wait":
+      return await waitNodes(api, positionals(p, 1, help.wait)[0], o.state, o.timeout, json);
     case "log": {
       const [ref] = positionals(p, 1, help.log);
       const limit = o.limit ?? "200";
@@ -350,4 +402,37 @@ export async function run(args: string[]): Promise<number> {
 /** `netroot deploy NODES IMAGE` = `netroot node boot NODES IMAGE`. */
 export function deploy(args: string[]): Promise<number> {
   return run(["boot", ...args]);
+}
+
+/** `node wait`: re-issues GET /wait (the server holds each up to a minute) until the nodes are
+ *  in the state, every laggard failed, or the timeout passes. */
+async function waitNodes(
+  api: ApiClient,
+  refs: string,
+  state = "booted",
+  timeout = "600",
+  json?: boolean,
+): Promise<number> {
+  if (!/^\d+$/.test(timeout)) {
+    throw new UserError(`--timeout must be whole seconds, got "${timeout}"`);
+  }
+  const deadline = Date.now() + Number(timeout) * 1000;
+  const nodes = refs.split(",").map((r) => r.trim()).filter(Boolean).join(",");
+  const enc = encodeURIComponent;
+  for (;;) {
+    const left = Math.max(0, Math.ceil((deadline - Date.now()) / 1000));
+    const r = await api.get<WaitResult>(
+      `/wait?nodes=${enc(nodes)}&state=${enc(state)}&timeout=${Math.min(left, 60)}`,
+    );
+    const givenUp = r.nodes.every((n) => n.state === r.state || n.state === "failed");
+    if (r.reached || givenUp || Date.now() >= deadline) {
+      print(json, r, () => {
+        if (r.reached) return `${r.nodes.length} node(s) ${r.state}`;
+        const late = r.nodes.filter((n) => n.state !== r.state)
+          .map((n) => `${n.name} (${stateText(n)}${n.stateReason ? `: ${n.stateReason}` : ""})`);
+        return `not ${r.state}: ${late.join(", ")}`;
+      });
+      return r.reached ? 0 : 1;
+    }
+  }
 }

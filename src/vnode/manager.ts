@@ -344,6 +344,7 @@ export class VnodeManager {
     const detail = { code: st.code, signal: st.signal ?? undefined };
     try {
       recordEvent(this.ctx.db, mac, "vnode.exit", detail);
+      this.ctx.nodes.setState(mac, "off", st.success ? "qemu exited" : `qemu exited (${st.code})`);
     } catch { /* database closed during shutdown */ }
     (st.success ? log.info : log.warn)("vnode exited", { mac, ...detail });
   }
@@ -356,6 +357,7 @@ export class VnodeManager {
     await deleteTap(tapName(mac));
     try {
       recordEvent(this.ctx.db, mac, "vnode.stop", { cause });
+      this.ctx.nodes.setState(mac, "off", `vnode stopped: ${cause}`);
     } catch { /* database closed */ }
   }
 

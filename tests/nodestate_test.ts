@@ -1,0 +1,375 @@
+// Node state: the state machine and the watchdog with a fake clock and a fake probe (no traffic),
+// the watchdog's reboots through a real `command` power driver (a script standing in for a smart
+// plug), and one run against a real TCP listener on loopback standing in for the node's sshd,
+// with the handover report through the real HTTP boot route.
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { Hono } from "hono";
+import { openBoot, recordStage } from "../src/boots.ts";
+import { contextBooter } from "../src/boot/booter.ts";
+import { defaultConfig } from "../src/config.ts";
+import type { Context } from "../src/context.ts";
+import { listEvents } from "../src/events.ts";
+import { setLogSink } from "../src/log.ts";
+import { NodeMonitor, nodeReported } from "../src/nodestate.ts";
+import { powerCommandDir } from "../src/power/command.ts";
+import { openContext } from "../src/server.ts";
+import { bootRoutes } from "../netboot/http.ts";
+import { freeTcpPort, waitFor, withPowerServer } from "./support/power.ts";
+
+const mac = "02:00:00:00:5e:01";
+
+async function withCtx(fn: (ctx: Context) => Promise<void>): Promise<void> {
+  setLogSink(() => {});
+  const dir = await Deno.makeTempDir({ prefix: "nr-state-" });
+  const ctx = await openContext({ ...defaultConfig(), dataDir: dir });
+  try {
+    await fn(ctx);
+  } finally {
+    ctx.db.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+/** A fake clock starting now (reports are stamped with the real one). */
+function clock() {
+  let t = Date.now();
+  return { now: () => t, advance: (ms: number) => t += ms };
+}
+
+const transitions = (ctx: Context) =>
+  listEvents(ctx.db, { mac }).filter((e) => e.kind === "node.state").map((e) =>
+    `${e.detail.from}→${e.detail.to}`
+  );
+
+/** The node's init reached `stage` in its current boot (as the report route records it). */
+function report(ctx: Context, token: string, stage: string): void {
+  recordStage(ctx.db, token, stage);
+  nodeReported(ctx, mac, stage);
+}
+
+Deno.test("state: off → booting → booted after handover when the port answers → down → booted", () =>
+  withCtx(async (ctx) => {
+    ctx.nodes.add(mac, { name: "n1" });
+    ctx.nodes.configure("n1", { ip: "10.9.0.5" });
+    assert.equal(ctx.nodes.get("n1").state, "off");
+    const c = clock();
+    let open = false;
+    const probed: string[] = [];
+    const monitor = new NodeMonitor(ctx, {
+      now: c.now,
+      probe: (ip, port) => (probed.push(`${ip}:${port}`), Promise.resolve(open)),
+    });
+    ctx.monitor = monitor;
+
+    ctx.nodes.setState(mac, "booting", "boot script fetched", { at: c.now() });
+    const token = openBoot(ctx.db, mac, null);
+    await monitor.tick();
+    assert.deepEqual(probed, [], "no probe before the handover report");
+    report(ctx, token, "handover");
+    await monitor.tick();
+    assert.deepEqual(probed, ["10.9.0.5:22"]);
+    assert.equal(ctx.nodes.get("n1").state, "booting", "handover alone is not booted");
+    open = true;
+    c.advance(2000);
+    await monitor.tick();
+    const booted = ctx.nodes.get("n1");
+    assert.equal(booted.state, "booted");
+    assert.equal(booted.stateReason, "port 22 answered");
+    assert.equal(booted.stateSince, new Date(c.now()).toISOString());
+
+    // Re-probed every 10 s, not at every pass; down after three misses in a row.
+    probed.length = 0;
+    c.advance(2000);
+    await monitor.tick();
+    assert.deepEqual(probed, [], "a booted node is re-probed every 10 s only");
+    open = false;
+    for (let i = 0; i < 2; i++) {
+      c.advance(10_000);
+      await monitor.tick();
+      assert.equal(ctx.nodes.get("n1").state, "booted", `miss ${i + 1} of 3`);
+    }
+    c.advance(10_000);
+    await monitor.tick();
+    assert.equal(ctx.nodes.get("n1").state, "down");
+    assert.match(ctx.nodes.get("n1").stateReason!, /no answer to 3 probes/);
+    open = true;
+    c.advance(10_000);
+    await monitor.tick();
+    assert.equal(ctx.nodes.get("n1").state, "booted");
+    assert.deepEqual(transitions(ctx), [
+      "off→booting",
+      "booting→booted",
+      "booted→down",
+      "down→booted",
+    ]);
+    const ev = listEvents(ctx.db, { mac }).find((e) => e.kind === "node.state");
+    assert.equal(ev?.detail.reason, "boot script fetched");
+  }));
+
+Deno.test("state: boot.probe-port=none makes the handover report booted at once; fatal reports count as attempts", () =>
+  withCtx(async (ctx) => {
+    ctx.nodes.add(mac, { name: "n1" });
+    ctx.nodes.configure("n1", { "boot.probe-port": "none" });
+    ctx.nodes.setState(mac, "booting", "boot script fetched");
+    const token = openBoot(ctx.db, mac, null);
+    report(ctx, token, "handover");
+    const n = ctx.nodes.get("n1");
+    assert.equal(n.state, "booted");
+    assert.match(n.stateReason!, /probe-port=none/);
+    // The switch to the image's init failed after all: not booted, one attempt used.
+    report(ctx, token, "fatal");
+    assert.equal(ctx.nodes.get("n1").state, "booting");
+    assert.equal(ctx.nodes.retriesUsed(mac), 1);
+    ctx.nodes.configure("n1", { "boot.retries": "1" });
+    report(ctx, token, "fatal");
+    assert.equal(ctx.nodes.get("n1").state, "failed");
+    assert.match(ctx.nodes.get("n1").stateReason!, /init reported fatal; 1 retries used/);
+    await Promise.resolve();
+  }));
+
+Deno.test("state settings: probe port, watchdog and retries are checked", () =>
+  withCtx(async (ctx) => {
+    ctx.nodes.add(mac, { name: "n1" });
+    const ok = ctx.nodes.configure("n1", {
+      "boot.probe-port": " 2222 ",
+      "boot.watchdog": "NONE",
+      "boot.retries": "0",
+    });
+    assert.deepEqual(ok.settings, {
+      "boot.probe-port": "2222",
+      "boot.retries": "0",
+      "boot.watchdog": "none",
+    });
+    for (
+      const [k, v, re] of [
+        ["boot.probe-port", "0", /TCP port 1–65535 or none/],
+        ["boot.probe-port", "ssh", /TCP port/],
+        ["boot.watchdog", "5", /seconds 10–86400 or none/],
+        ["boot.retries", "-1", /whole number 0–20/],
+      ] as const
+    ) {
+      assert.throws(() => ctx.nodes.configure("n1", { [k]: v }), re);
+    }
+    await Promise.resolve();
+  }));
+
+const plug = `#!/bin/sh
+d=$(dirname "$0")
+[ "$NETROOT_ACTION" = cycle ] && echo "$NETROOT_NAME" >> "$d/cycles"
+[ "$NETROOT_ACTION" = status ] && echo on
+exit 0
+`;
+
+Deno.test("watchdog: reboots a stuck boot through its power driver up to boot.retries, then failed", () =>
+  withCtx(async (ctx) => {
+    const dir = powerCommandDir(ctx.data);
+    await Deno.mkdir(dir, { recursive: true });
+    await Deno.writeTextFile(join(dir, "plug.sh"), plug, { mode: 0o755 });
+    ctx.nodes.add(mac, { name: "n1" });
+    ctx.nodes.configure("n1", {
+      ip: "10.9.0.5",
+      "power.driver": "command",
+      "power.command": "plug.sh",
+      "boot.retries": "2",
+    });
+    const cycles = async () =>
+      (await Deno.readTextFile(join(dir, "cycles")).catch(() => "")).split("\n").filter((l) => l)
+        .length;
+    const c = clock();
+    const monitor = new NodeMonitor(ctx, { now: c.now, probe: () => Promise.resolve(false) });
+    ctx.nodes.setState(mac, "booting", "boot script fetched", { at: c.now() });
+    const token = openBoot(ctx.db, mac, null);
+    report(ctx, token, "modules");
+
+    c.advance(179_000);
+    await monitor.tick();
+    assert.equal(await cycles(), 0, "not before 180 s");
+    for (let i = 1; i <= 2; i++) {
+      c.advance(180_000);
+      await monitor.tick();
+      assert.equal(await cycles(), i, `watchdog reboot ${i}`);
+      assert.equal(ctx.nodes.get("n1").state, "booting");
+    }
+    const reboots = listEvents(ctx.db, { mac }).filter((e) => e.kind === "reboot");
+    assert.equal(reboots.length, 2);
+    assert.equal(reboots[0].detail.mechanism, "command");
+    assert.match(
+      String(reboots[0].detail.cause),
+      /^watchdog: no progress for 180 s \(last stage: modules\), retry 1\/2$/,
+    );
+    c.advance(180_000);
+    await monitor.tick();
+    assert.equal(await cycles(), 2, "no reboot past boot.retries");
+    const n = ctx.nodes.get("n1");
+    assert.equal(n.state, "failed");
+    assert.match(n.stateReason!, /gave up after 2 reboots; last stage: modules/);
+    c.advance(180_000);
+    await monitor.tick();
+    assert.equal(await cycles(), 2, "a failed node is left alone");
+
+    // A new boot that reaches booted starts the count over.
+    ctx.nodes.setState(mac, "booting", "boot script fetched", { at: c.now() });
+    assert.equal(ctx.nodes.retriesUsed(mac), 2);
+    ctx.nodes.setState(mac, "booted", "port 22 answered", { at: c.now() });
+    assert.equal(ctx.nodes.retriesUsed(mac), 0);
+    assert.deepEqual(transitions(ctx), [
+      "off→booting",
+      "booting→failed",
+      "failed→booting",
+      "booting→booted",
+    ]);
+  }));
+
+Deno.test("watchdog: progress reports hold it off; a handover without a probe answer is booted, not rebooted", () =>
+  withCtx(async (ctx) => {
+    ctx.nodes.add(mac, { name: "n1" });
+    ctx.nodes.configure("n1", { ip: "10.9.0.5", "boot.watchdog": "60" });
+    const rebooted: string[] = [];
+    ctx.rebooter.register({
+      name: "test",
+      handles: () => true,
+      reboot: (n) => (rebooted.push(n.mac), Promise.resolve()),
+    });
+    const c = clock();
+    const monitor = new NodeMonitor(ctx, { now: c.now, probe: () => Promise.resolve(false) });
+    ctx.nodes.setState(mac, "booting", "boot script fetched", { at: c.now() });
+    const token = openBoot(ctx.db, mac, null);
+    c.advance(50_000);
+    // The report is stamped by the real clock: move the fake one back to it, then on.
+    report(ctx, token, "handover");
+    const reportedAt = Date.now();
+    c.advance(reportedAt + 59_000 - c.now());
+    await monitor.tick();
+    assert.equal(ctx.nodes.get("n1").state, "booting");
+    c.advance(2000);
+    await monitor.tick();
+    assert.deepEqual(rebooted, [], "a node past handover is not rebooted");
+    const n = ctx.nodes.get("n1");
+    assert.equal(n.state, "booted");
+    assert.match(n.stateReason!, /^handover reported; no answer on port 22 within the watchdog/);
+    c.advance(100_000);
+    await monitor.tick();
+    assert.equal(ctx.nodes.get("n1").state, "booted", "not re-probed into down");
+
+    // Without a handover, the watchdog fires.
+    ctx.nodes.setState(mac, "booting", "boot script fetched", { at: c.now() });
+    c.advance(61_000);
+    await monitor.tick();
+    assert.deepEqual(rebooted, [mac]);
+  }));
+
+Deno.test("state: a real listener on loopback: booting → booted when it opens after handover, → down when it closes", () =>
+  withCtx(async (ctx) => {
+    const port = freeTcpPort();
+    ctx.nodes.add(mac, { name: "n1" });
+    ctx.nodes.configure("n1", { "boot.probe-port": String(port) });
+    ctx.nodes.setIp(mac, "127.0.0.1"); // evidence-recorded address (the ip setting refuses loopback)
+    const monitor = new NodeMonitor(ctx, { tickMs: 50, recheckMs: 100, probeTimeoutMs: 500 });
+    ctx.monitor = monitor;
+    const running = monitor.start();
+    try {
+      ctx.nodes.setState(mac, "booting", "boot script fetched");
+      const token = openBoot(ctx.db, mac, null);
+      const app = new Hono().route("/boot", bootRoutes(contextBooter(ctx)));
+      const r = await app.request("/boot/report", {
+        method: "POST",
+        body: JSON.stringify({ token, mac, stage: "handover", ok: true }),
+      });
+      assert.equal(r.status, 200);
+      await new Promise((r) => setTimeout(r, 300));
+      assert.equal(ctx.nodes.get("n1").state, "booting", "port closed: still booting");
+      const sshd = Deno.listen({ hostname: "127.0.0.1", port });
+      const accepting = (async () => {
+        for await (const conn of sshd) conn.close();
+      })();
+      await waitFor("booted", () => ctx.nodes.get("n1").state === "booted", 5000);
+      assert.equal(ctx.nodes.get("n1").stateReason, `port ${port} answered`);
+      sshd.close();
+      await accepting.catch(() => {});
+      await waitFor("down", () => ctx.nodes.get("n1").state === "down", 5000);
+      assert.deepEqual(transitions(ctx), ["off→booting", "booting→booted", "booted→down"]);
+    } finally {
+      await running.close();
+    }
+  }));
+
+Deno.test("node wait: returns 0 once every node is booted, 1 naming the laggards; ls and show say the state", () =>
+  withPowerServer(async ({ ctx, call, cli }) => {
+    const macs = ["02:00:00:00:5e:11", "02:00:00:00:5e:12"];
+    ctx.nodes.add(macs[0], { name: "w1" });
+    ctx.nodes.add(macs[1], { name: "w2" });
+    for (const m of macs) ctx.nodes.setState(m, "booting", "boot script fetched");
+
+    // The server holds the request until the states change.
+    const started = Date.now();
+    const held = call("GET", "/wait?nodes=w1,w2&timeout=10");
+    const waiting = cli("node", "wait", "w1,w2", "--timeout", "20");
+    await new Promise((r) => setTimeout(r, 1500));
+    ctx.nodes.setState(macs[0], "booted", "port 22 answered");
+    ctx.nodes.setState(macs[1], "booted", "port 22 answered");
+    const answer = await held;
+    assert.equal(answer.status, 200);
+    assert.equal(answer.json.reached, true);
+    assert.ok(Date.now() - started < 5000, "answered on the change, not at the timeout");
+    const done = await waiting;
+    assert.equal(done.code, 0, done.err);
+    assert.match(done.out, /2 node\(s\) booted/);
+
+    ctx.nodes.setState(macs[1], "down", "port 22: no answer to 3 probes");
+    const late = await cli("node", "wait", "w1,w2", "--timeout", "1");
+    assert.equal(late.code, 1);
+    assert.match(late.out, /not booted: w2 \(down \d+s: port 22: no answer to 3 probes\)/);
+    const lateJson = JSON.parse(
+      (await cli("node", "wait", "w1,w2", "--timeout", "0", "--json")).out,
+    );
+    assert.deepEqual(lateJson.laggards, ["w2"]);
+    assert.equal(lateJson.nodes[0].state, "booted");
+
+    // A failed node will not get there by itself: no waiting for the timeout.
+    ctx.nodes.setState(macs[1], "failed", "watchdog: gave up after 3 reboots; last stage: modules");
+    const t = Date.now();
+    const failed = await cli("node", "wait", "w2", "--timeout", "30");
+    assert.equal(failed.code, 1);
+    assert.ok(Date.now() - t < 15_000);
+    assert.match(failed.out, /w2 \(failed/);
+    assert.equal((await call("GET", "/wait?nodes=w1,nope")).status, 404);
+    assert.equal((await call("GET", "/wait?nodes=w1&state=up")).status, 400);
+
+    const ls = await cli("node", "ls");
+    assert.match(ls.out, /w1 .* booted \d+s/);
+    const show = await cli("node", "show", "w2");
+    assert.match(show.out, /state: failed \d+s \(watchdog: gave up/);
+    const api = (await call("GET", "/nodes/w1")).json;
+    assert.equal(api.state, "booted");
+    assert.ok(typeof api.stateSince === "string");
+  }));
+
+Deno.test("node reboot: several nodes at once, the cause in each reboot event, 1 when one did not", () =>
+  withPowerServer(async ({ ctx, dir, cli }) => {
+    const power = join(dir, "power");
+    await Deno.mkdir(power, { recursive: true });
+    await Deno.writeTextFile(join(power, "plug.sh"), plug, { mode: 0o755 });
+    const macs = ["02:00:00:00:5e:21", "02:00:00:00:5e:22", "02:00:00:00:5e:23"];
+    macs.forEach((m, i) => {
+      ctx.nodes.add(m, { name: `r${i + 1}` });
+      ctx.nodes.configure(m, { "power.driver": "command", "power.command": "plug.sh" });
+    });
+    const r = await cli("node", "reboot", "r1,r2", "r3", "--hard", "--cause", "rack maintenance");
+    assert.equal(r.code, 0, r.err);
+    assert.match(
+      r.out,
+      /r1: rebooted by command\nr2: rebooted by command\nr3: rebooted by command/,
+    );
+    const cycled = (await Deno.readTextFile(join(power, "cycles"))).trim().split("\n").sort();
+    assert.deepEqual(cycled, ["r1", "r2", "r3"]);
+    for (const m of macs) {
+      const e = listEvents(ctx.db, { mac: m }).find((x) => x.kind === "reboot");
+      assert.equal(e?.detail.cause, "rack maintenance");
+    }
+    const one = await cli("node", "reboot", "r1", "--json");
+    assert.equal(JSON.parse(one.out).ok, true, "one node: one result object");
+    const bad = await cli("node", "reboot", "r1,nope");
+    assert.equal(bad.code, 1);
+    assert.match(bad.out, /nope: node nope not found|nope: .*not found/);
+  }));
