@@ -9,6 +9,7 @@
 //   hard-linked from there instead of being written.
 // Disk layout under the hybrid dir (WalT-compatible names):  <id>/image  <id>/image.part
 // <id>/manifest  <id>/diff (overlay upper)  <id>/work  <id>/last-boot
+import { workerFromSource } from "../src/worker.ts";
 import { type ManifestEntry, manifestLines } from "../contract/manifest.ts";
 import {
   fsyncDir,
@@ -194,9 +195,8 @@ class DataPool {
   #jobs = new Map<number, Job>();
   #next = 0;
   constructor(n: number) {
-    const url = URL.createObjectURL(new Blob([workerSource], { type: "text/javascript" }));
     for (let i = 0; i < n; i++) {
-      const slot = { w: new Worker(url, { type: "module" }), inflight: 0 };
+      const slot = { w: workerFromSource(workerSource), inflight: 0 };
       slot.w.onmessage = ({ data }) => {
         const job = this.#jobs.get(data.id)!;
         this.#jobs.delete(data.id);

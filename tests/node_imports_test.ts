@@ -4,7 +4,8 @@
 import assert from "node:assert/strict";
 
 const root = new URL("../", import.meta.url).href;
-const allowed = ["contract/", "overlay/", "hybrid/", "src/linux/"];
+// src/worker.ts: the one worker-from-source helper, dependency-free, shared with the server.
+const allowed = ["contract/", "overlay/", "hybrid/", "src/linux/", "src/worker.ts"];
 
 interface Graph {
   modules: {
