@@ -5,7 +5,7 @@
 // Order: block devices by natural name order (mmcblk0p2 < sda1 < sda2 < sdb1 < vda1 < vdb1), so
 // the choice is the same at every boot. Whole disks are considered only when they carry no
 // partition table the kernel recognised (a file system written straight onto the disk).
-import { mknod, S_IFBLK } from "../src/linux/fsops.ts";
+import { mknod, readUpTo, S_IFBLK } from "../src/linux/fsops.ts";
 import { type ExtSuperblock, parseExtSuperblock } from "./ext4.ts";
 
 const join = (...parts: string[]) => parts.join("/");
@@ -91,21 +91,10 @@ export function ensureDevNode(dev: BlockDev, devDir = "/dev"): string {
 }
 
 export async function readSuperblock(device: string): Promise<ExtSuperblock | undefined> {
-  let f: Deno.FsFile | undefined;
   try {
-    f = await Deno.open(device, { read: true });
-    const head = new Uint8Array(4096);
-    let n = 0;
-    while (n < 2048) {
-      const r = await f.read(head.subarray(n));
-      if (r === null) break;
-      n += r;
-    }
-    return parseExtSuperblock(head.subarray(0, n));
+    return parseExtSuperblock(await readUpTo(device, 2048));
   } catch {
     return undefined;
-  } finally {
-    f?.close();
   }
 }
 

@@ -3,6 +3,7 @@
 // applied in order with whiteouts and opaque directories. The caller owns `rootfs` (a fresh path
 // in the data dir's tmp/) and removes it on failure. Nothing here acts outside `rootfs`: see
 // archivepath.ts for the rules every name from an archive goes through.
+import { readUpTo } from "../linux/fsops.ts";
 import { resolveInRoot } from "../../contract/rootpath.ts";
 import { UserError } from "../errors.ts";
 import {
@@ -104,20 +105,10 @@ export async function unpack(
 }
 
 async function readHead(path: string, n: number): Promise<Uint8Array> {
-  const f = await Deno.open(path);
   try {
-    const buf = new Uint8Array(n);
-    let got = 0;
-    while (got < n) {
-      const r = await f.read(buf.subarray(got));
-      if (r === null) break;
-      got += r;
-    }
-    return buf.subarray(0, got);
+    return await readUpTo(path, n);
   } catch (e) {
     throw new UserError(`cannot read ${path}: ${(e as Error).message}`);
-  } finally {
-    f.close();
   }
 }
 
@@ -126,20 +117,8 @@ async function readHead(path: string, n: number): Promise<Uint8Array> {
 async function checkTarEnd(path: string, size: number): Promise<void> {
   const bad = () => new UserError(`truncated archive: ${path} (no end-of-archive marker)`);
   if (size % 512 !== 0 || size < 1536) throw bad();
-  const f = await Deno.open(path);
-  try {
-    await f.seek(size - 1024, Deno.SeekMode.Start);
-    const tail = new Uint8Array(1024);
-    let got = 0;
-    while (got < 1024) {
-      const r = await f.read(tail.subarray(got));
-      if (r === null) break;
-      got += r;
-    }
-    if (got < 1024 || tail.some((b) => b !== 0)) throw bad();
-  } finally {
-    f.close();
-  }
+  const tail = await readUpTo(path, 1024, size - 1024);
+  if (tail.length < 1024 || tail.some((b) => b !== 0)) throw bad();
 }
 
 async function copyTree(

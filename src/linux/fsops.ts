@@ -94,3 +94,22 @@ export function statvfs(path: string): FsSpace {
     freeInodes: Number(buf[7]),
   };
 }
+
+/** Reads `path` from `offset` until `length` bytes or its end: what there is (a short read of a
+ *  file or a block device is not the end). */
+export async function readUpTo(path: string, length: number, offset = 0): Promise<Uint8Array> {
+  const f = await Deno.open(path, { read: true });
+  try {
+    if (offset) await f.seek(offset, Deno.SeekMode.Start);
+    const buf = new Uint8Array(length);
+    let got = 0;
+    while (got < length) {
+      const r = await f.read(buf.subarray(got));
+      if (r === null) break;
+      got += r;
+    }
+    return buf.subarray(0, got);
+  } finally {
+    f.close();
+  }
+}
