@@ -5,7 +5,8 @@ import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { defaultConfig, type ServerConfig } from "../src/config.ts";
 import type { Context } from "../src/context.ts";
-import { openDatabase } from "../src/db.ts";
+import { DatabaseSync } from "node:sqlite";
+import { migrate, openDatabase } from "../src/db.ts";
 import { buildApp, openContext } from "../src/server.ts";
 import { addImage } from "./support/images.ts";
 
@@ -112,8 +113,8 @@ Deno.test("boot token: tokens recorded in events by older versions are scrubbed 
   const dir = await Deno.makeTempDir({ prefix: "nr-scrub-" });
   try {
     // A version-3 database (before the scrub) as the previous release left it.
-    const v3 = openDatabase(`${dir}/t.db`);
-    v3.exec("PRAGMA user_version = 3");
+    const v3 = new DatabaseSync(`${dir}/t.db`);
+    migrate(v3, 3);
     const ins = v3.prepare("INSERT INTO events (mac, ts, kind, detail) VALUES (?, ?, ?, ?)");
     ins.run(mac, "2026-01-01T00:00:00Z", "http.script", '{"image":"abc","token":"deadbeef01"}');
     ins.run(mac, "2026-01-01T00:00:01Z", "init.start", '{"image":"abc","detail":"token"}');
