@@ -37,6 +37,7 @@ import { type PowerDriver, PowerDrivers } from "./power/driver.ts";
 import { builtinPowerDrivers, registerPowerReboots } from "./power/power.ts";
 import { powerSettings } from "./power/settings.ts";
 import { prebuildAll, removeInitramfsFor } from "./initramfs/build.ts";
+import { metricsFor, metricsRoutes } from "./metrics.ts";
 
 const log = logger("serve");
 
@@ -115,6 +116,7 @@ export async function openContext(config: ServerConfig, plugins: Plugins = {}): 
   const data = new DataDir(config.dataDir);
   await data.ensure();
   const db = openDatabase(data.db);
+  metricsFor(db); // counting from the first event on
   const rebooter = new Rebooter(db);
   const images = new ImageStore(data, db);
   const changes = new EventTarget();
@@ -161,6 +163,7 @@ export function buildApp(
   const app = new Hono();
   app.route("/api/v1", api);
   app.route("/boot", bootRoutes(booter)); //          iPXE scripts, kernels, initramfs, node reports
+  app.route("/metrics", metricsRoutes(ctx)); //    Prometheus, no token (counts only)
   app.route("/", dashboardRoutes(ctx)); //         GET /
   return app;
 }
