@@ -159,7 +159,9 @@ Deno.test("serve: SIGHUP takes a new DHCP range from the config file and names r
     }
   } finally {
     if (child) {
-      child.kill("SIGKILL");
+      try {
+        child.kill("SIGKILL");
+      } catch { /* already exited */ }
       await child.status;
     }
     await link.close();
