@@ -110,14 +110,16 @@ Deno.test("serve: SIGHUP takes a new DHCP range from the config file and names r
       stdout: "null",
       stderr: "piped",
     }).spawn();
-    const reader = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
+    let exited = false;
+    const pump = child.stderr.pipeThrough(new TextDecoderStream()).pipeTo(
+      new WritableStream({ write: (t) => void (log += t) }),
+    ).finally(() => exited = true);
     const waitFor = async (re: RegExp) => {
       const deadline = Date.now() + 60_000;
       while (!re.test(log)) {
+        if (exited) throw new Error(`serve exited; log:\n${log}`);
         if (Date.now() > deadline) throw new Error(`no ${re} in the log:\n${log}`);
-        const { value, done } = await reader.read();
-        if (done) throw new Error(`serve exited; log:\n${log}`);
-        log += value;
+        await new Promise((r) => setTimeout(r, 100));
       }
     };
     await waitFor(/dhcp.*listening|listening.*dhcp/i);
@@ -146,6 +148,7 @@ Deno.test("serve: SIGHUP takes a new DHCP range from the config file and names r
 
     child.kill("SIGTERM");
     assert.equal((await child.status).code, 0);
+    await pump;
     child = undefined;
     const db = new DatabaseSync(join(dir, "data", "netroot.db"), { readOnly: true });
     try {

@@ -88,7 +88,12 @@ export async function run(args: string[]): Promise<number> {
   // SIGHUP: re-read the config file, one reload at a time (a bad file keeps the running config).
   let server: Awaited<ReturnType<typeof serve>> | undefined;
   let reloading = Promise.resolve();
+  let hupWhileStarting = false;
   const onHup = () => {
+    if (!server) {
+      hupWhileStarting = true; // taken once every service is up
+      return;
+    }
     reloading = reloading.then(async () => {
       if (!server || stopping) return;
       try {
@@ -104,6 +109,7 @@ export async function run(args: string[]): Promise<number> {
     using _lock = await lockDataDir(config.dataDir, "netroot serve");
     log.info("starting", { data: config.dataDir });
     server = await serve(config);
+    if (hupWhileStarting) onHup();
     notify(`READY=1\nSTATUS=serving on ${server.http.host}:${server.http.port}`);
     // The ping runs on the event loop: a loop stuck in a synchronous call stops it, and systemd
     // restarts the server after WatchdogSec.
