@@ -51,7 +51,12 @@ export interface ServerConfig {
   /** Send IPv6 router advertisements on the boot interface (stops iPXE's ~13 s IPv6 wait). */
   ra: boolean;
   vnode: { accel: "auto" | "kvm" | "tcg" };
+  /** Log line format (--log-format; NETROOT_LOG_FORMAT when neither is given). */
+  logFormat?: "text" | "json";
 }
+
+/** Read when no --config is given and it exists (`netroot install-service` writes it). */
+export const DEFAULT_CONFIG_PATH = "/etc/netroot/config.json";
 
 export function defaultConfig(): ServerConfig {
   return {
@@ -102,6 +107,7 @@ export const serveOptions = {
   ra: { type: "string" },
   accel: { type: "string" },
   "log-format": { type: "string" },
+  "check-config": { type: "boolean" },
   help: { type: "boolean", short: "h" },
 } as const;
 
@@ -152,18 +158,140 @@ export function parseRange(s: string): { start: string; end: string } {
   return { start, end };
 }
 
+// ---- the config file: every key, its flag, its check ----
+
+type Check = (v: unknown) => unknown;
+interface Spec {
+  [key: string]: Check | Spec;
+}
+
+const text = (flag: string): Check => (v) => {
+  if (typeof v !== "string" || !v) throw new UserError(`--${flag} expects a non-empty string`);
+  return v;
+};
+const choice = (flag: string, allowed: readonly string[]): Check => (v) =>
+  oneOf(flag, String(v), allowed);
+const flagBool = (flag: string): Check => (v) => {
+  if (typeof v !== "boolean") throw new UserError(`--${flag} expects true or false, got ${v}`);
+  return v;
+};
+const ipv4 = (flag: string): Check => (v) => {
+  if (typeof v !== "string" || !ipv4Octets(v)) {
+    throw new UserError(`--${flag} expects an IPv4 address, got ${JSON.stringify(v)}`);
+  }
+  return v;
+};
+const portNumber = (flag: string): Check => (v) => {
+  if (!Number.isInteger(v) || (v as number) < 0 || (v as number) > 65535) {
+    throw new UserError(`--${flag} expects a port number (0-65535), got ${JSON.stringify(v)}`);
+  }
+  return v;
+};
+/** Checked with the flags' rules after the merge (their messages name the key or flag). */
+const later: Check = (v) => v;
+
+/** Every key of the config file (the shape of ServerConfig); docs/service.md lists them. */
+const FILE_SPEC: Spec = {
+  dataDir: text("data"),
+  http: { host: text("http"), port: portNumber("http") },
+  api: { auth: later },
+  events: { maxAgeDays: later, maxPerNode: later, maxOther: later },
+  interface: text("interface"),
+  serverIp: ipv4("address"),
+  bridge: {
+    name: text("bridge"),
+    address: (v) => {
+      if (typeof v !== "string" || !/^[\d.]+\/\d{1,2}$/.test(v) || !ipv4Octets(v.split("/")[0])) {
+        throw new UserError(`--address expects A.B.C.D/NN, got ${JSON.stringify(v)}`);
+      }
+      return v;
+    },
+  },
+  dhcp: {
+    mode: later,
+    range: (v) =>
+      typeof v === "string"
+        ? parseRange(v)
+        : parseRange(`${(v as { start?: unknown })?.start}-${(v as { end?: unknown })?.end}`),
+    leaseSeconds: (v) => wholeNumber("lease-time", v as number, 60, 10 * 365 * 86400),
+    proxyStrategy: choice("proxy-strategy", ["option43", "port4011"]),
+    registerUnknown: flagBool("register-unknown"),
+    offerSeconds: later,
+    registerRate: later,
+    registerMax: later,
+    registerTtlSeconds: later,
+    router: ipv4("dhcp-router"),
+    dns: (v) => {
+      if (!Array.isArray(v) || v.some((a) => typeof a !== "string" || !ipv4Octets(a))) {
+        throw new UserError(`expects a list of IPv4 addresses, got ${JSON.stringify(v)}`);
+      }
+      return v;
+    },
+  },
+  tftp: { port: portNumber("tftp-port") },
+  ipxeDir: text("ipxe-dir"),
+  nfs: {
+    mode: choice("nfs", ["kernel", "ganesha", "off"]),
+    version: choice("nfs-version", ["3", "4"]),
+  },
+  ra: flagBool("ra"),
+  vnode: { accel: choice("accel", ["auto", "kvm", "tcg"]) },
+  logFormat: choice("log-format", ["text", "json"]),
+};
+
+/** The file's object checked against the spec: unknown keys and bad values are a UserError naming
+ *  the key; values come back normalised (a "START-END" range becomes {start, end}). */
+function checkFileValues(obj: unknown, spec: Spec, prefix = ""): Record<string, unknown> {
+  if (typeof obj !== "object" || obj === null || Array.isArray(obj)) {
+    throw new UserError(`config key ${prefix || "(top level)"} expects an object`);
+  }
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(obj)) {
+    const key = prefix ? `${prefix}.${k}` : k;
+    const rule = Object.hasOwn(spec, k) ? spec[k] : undefined;
+    if (!rule) {
+      throw new UserError(`config key ${key} is unknown (keys: ${Object.keys(spec).join(", ")})`);
+    }
+    if (typeof rule !== "function") {
+      out[k] = checkFileValues(v, rule, key);
+      continue;
+    }
+    try {
+      out[k] = key === "nfs.version" ? Number(rule(String(v))) : rule(v);
+    } catch (e) {
+      if (!(e instanceof UserError)) throw e;
+      throw new UserError(`config key ${key}: ${e.message}`);
+    }
+  }
+  return out;
+}
+
+/** The config file to read: --config, else DEFAULT_CONFIG_PATH when it exists, else none. */
+export function configPath(args: string[]): string | undefined {
+  const { values } = parseArgs({ args, options: serveOptions, allowPositionals: false });
+  if (values.config) return values.config;
+  try {
+    Deno.statSync(DEFAULT_CONFIG_PATH);
+    return DEFAULT_CONFIG_PATH;
+  } catch {
+    return undefined;
+  }
+}
+
 /** Merge a config file (JSON, same shape as ServerConfig, partial) and flags over the defaults. */
 export async function loadServeConfig(args: string[]): Promise<ServerConfig> {
   const { values } = parseArgs({ args, options: serveOptions, allowPositionals: false });
   const cfg = defaultConfig();
   let fileSetsDhcpMode = false;
-  if (values.config) {
-    let file: Partial<ServerConfig>;
+  const path = configPath(args);
+  if (path) {
+    let raw: unknown;
     try {
-      file = JSON.parse(await Deno.readTextFile(values.config));
+      raw = JSON.parse(await Deno.readTextFile(path));
     } catch (e) {
-      throw new UserError(`cannot read config file ${values.config}: ${(e as Error).message}`);
+      throw new UserError(`cannot read config file ${path}: ${(e as Error).message}`);
     }
+    const file = checkFileValues(raw, FILE_SPEC) as Partial<ServerConfig>;
     Object.assign(cfg, file, {
       http: { ...cfg.http, ...file.http },
       dhcp: { ...cfg.dhcp, ...file.dhcp },
@@ -174,6 +302,16 @@ export async function loadServeConfig(args: string[]): Promise<ServerConfig> {
       events: { ...cfg.events, ...file.events },
     });
     fileSetsDhcpMode = file.dhcp?.mode !== undefined;
+    if (file.bridge) {
+      if (!file.bridge.name || !file.bridge.address) {
+        throw new UserError("config key bridge needs both name and address (A.B.C.D/NN)");
+      }
+      cfg.interface ??= file.bridge.name;
+      cfg.serverIp ??= file.bridge.address.split("/")[0];
+    }
+  }
+  if (values["log-format"]) {
+    cfg.logFormat = oneOf("log-format", values["log-format"], ["text", "json"] as const);
   }
   if (values.data) cfg.dataDir = values.data;
   if (values.http) cfg.http = parseHostPort(values.http);

@@ -3,6 +3,8 @@
 
 export const EVENT_KINDS = [
   "server.start",
+  "server.reload",
+  "server.reload-failed",
   "events.suppressed",
   // node registry (src/nodes.ts) and the reboot seam (src/reboot.ts)
   "node.added",

@@ -18,6 +18,29 @@ export interface Event {
   detail: Record<string, unknown>;
 }
 
+/** Sees every event a database's writers record, suppressed ones included (src/metrics.ts
+ *  counts them: the events are where things happen, so the counters need no hooks of their own). */
+export type EventObserver = (kind: EventKind, detail: Record<string, unknown>) => void;
+const observers = new WeakMap<Db, EventObserver>();
+
+/** Sets the observer of `db`'s events (one per database); returns its removal. */
+export function observeEvents(db: Db, observer: EventObserver): () => void {
+  observers.set(db, observer);
+  return () => {
+    if (observers.get(db) === observer) observers.delete(db);
+  };
+}
+
+function observe(db: Db, kind: EventKind, detail: Record<string, unknown>): void {
+  const o = observers.get(db);
+  if (!o) return;
+  try {
+    o(kind, detail);
+  } catch (e) {
+    log.warn("event observer failed", { kind, error: (e as Error).message });
+  }
+}
+
 export function recordEvent(
   db: Db,
   mac: string | null,
@@ -26,6 +49,7 @@ export function recordEvent(
 ): void {
   db.prepare("INSERT INTO events (mac, ts, kind, detail) VALUES (?, ?, ?, ?)")
     .run(mac, new Date().toISOString(), kind, JSON.stringify(detail));
+  observe(db, kind, detail);
 }
 
 /** recordEvent with its statement prepared once and the time given (a hot path: DHCP). */
@@ -33,8 +57,10 @@ export function eventRecorder(
   db: Db,
 ): (mac: string | null, kind: EventKind, detail: Record<string, unknown>, at: number) => void {
   const insert = db.prepare("INSERT INTO events (mac, ts, kind, detail) VALUES (?, ?, ?, ?)");
-  return (mac, kind, detail, at) =>
+  return (mac, kind, detail, at) => {
     insert.run(mac, new Date(at).toISOString(), kind, JSON.stringify(detail));
+    observe(db, kind, detail);
+  };
 }
 
 /**
@@ -213,6 +239,7 @@ export function recordFromSource(
   const g = gateFor(db);
   const allowed = g.limiters[budget].allow(sourceKey(source));
   if (allowed) recordEvent(db, mac, kind as EventKind, detail);
+  else observe(db, kind, detail); // counted even when the timeline does not keep it
   if (Date.now() - g.summarizedAt >= summaryMs) recordSuppressed(db);
   return allowed;
 }

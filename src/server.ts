@@ -8,7 +8,7 @@ import { openDatabase } from "./db.ts";
 import { UserError } from "./errors.ts";
 import { recordEvent, startEventRetention } from "./events.ts";
 import { ImageStore } from "./images/store.ts";
-import { logger, setNodeNamer } from "./log.ts";
+import { logger, setLogFormat, setNodeNamer } from "./log.ts";
 import { NodeRegistry, nodeSettings, type Setting, SettingRules } from "./nodes.ts";
 import { type MonitorOptions, NodeMonitor } from "./nodestate.ts";
 import { Rebooter } from "./reboot.ts";
@@ -39,6 +39,7 @@ import { type PowerDriver, PowerDrivers } from "./power/driver.ts";
 import { builtinPowerDrivers, registerPowerReboots } from "./power/power.ts";
 import { powerSettings } from "./power/settings.ts";
 import { prebuildAll, removeInitramfsFor } from "./initramfs/build.ts";
+import { metricsFor, metricsRoutes } from "./metrics.ts";
 
 const log = logger("serve");
 
@@ -60,7 +61,27 @@ export interface RunningServer {
   /** Every address HTTP listens on. */
   listening: { host: string; port: number }[];
   services: Service[];
+  /** Takes what can change without a restart from `next` (SIGHUP); says which keys need one. */
+  reload(next: ServerConfig): Promise<{ applied: string[]; restart: string[] }>;
+  /** A reload whose config did not load: logged and recorded, the running config kept. */
+  reloadFailed(error: string): void;
   close(): Promise<void>;
+}
+
+/** Config keys a running server takes on reload; any other changed key needs a restart. */
+const RELOADABLE = [/^dhcp\./, /^api\.auth$/, /^events\./, /^logFormat$/];
+
+function flatKeys(o: unknown, prefix: string, out: Map<string, string>): Map<string, string> {
+  if (o && typeof o === "object" && !Array.isArray(o)) {
+    for (const [k, v] of Object.entries(o)) flatKeys(v, prefix ? `${prefix}.${k}` : k, out);
+  } else if (o !== undefined) out.set(prefix, JSON.stringify(o));
+  return out;
+}
+
+/** The dotted keys (dhcp.range.start, http.port, …) whose values differ between two configs. */
+export function configChanges(a: ServerConfig, b: ServerConfig): string[] {
+  const fa = flatKeys(a, "", new Map()), fb = flatKeys(b, "", new Map());
+  return [...new Set([...fa.keys(), ...fb.keys()])].filter((k) => fa.get(k) !== fb.get(k)).sort();
 }
 
 /** IPv4 address of an interface, or a clear error. */
@@ -117,6 +138,7 @@ export async function openContext(config: ServerConfig, plugins: Plugins = {}): 
   const data = new DataDir(config.dataDir);
   await data.ensure();
   const db = openDatabase(data.db);
+  metricsFor(db); // counting from the first event on
   const rebooter = new Rebooter(db);
   const images = new ImageStore(data, db);
   const changes = new EventTarget();
@@ -148,7 +170,13 @@ export function buildApp(
 ): Hono {
   const api = new Hono();
   api.onError(apiErrorResponse);
-  api.use("*", bearerAuth(ctx, { reads: ctx.config.api.auth === "all" }));
+  // Chosen per request: api.auth changes on reload (SIGHUP).
+  const tokenForWrites = bearerAuth(ctx, { reads: false });
+  const tokenForAll = bearerAuth(ctx, { reads: true });
+  api.use(
+    "*",
+    (c, next) => (ctx.config.api.auth === "all" ? tokenForAll : tokenForWrites)(c, next),
+  );
   api.route("/health", healthRoutes(ctx)); //      GET
   api.route("/nodes", nodeRoutes(ctx)); //         list, add, show, rename, rm, config, reboot, events
   api.route("/nodes", powerRoutes(ctx)); //        POST /nodes/:ref/power
@@ -164,6 +192,7 @@ export function buildApp(
   const app = new Hono();
   app.route("/api/v1", api);
   app.route("/boot", bootRoutes(booter)); //          iPXE scripts, kernels, initramfs, node reports
+  app.route("/metrics", metricsRoutes(ctx)); //    Prometheus, no token (counts only)
   app.route("/", dashboardRoutes(ctx)); //         GET /
   return app;
 }
@@ -265,11 +294,54 @@ export async function serve(
       nfs: config.nfs.mode,
     });
     let closed = false;
+    /** Closes the service named `name` and puts `start()`'s in its place (or at the end). */
+    const replaceService = async (name: string, start?: () => Promise<Service>) => {
+      let at = services.findIndex((s) => s.name === name);
+      if (at >= 0) await services.splice(at, 1)[0].close();
+      else at = services.length;
+      if (start) services.splice(at, 0, await start());
+    };
+    const reload = async (next: ServerConfig) => {
+      next.serverIp ??= config.serverIp; // derived from the interface at start
+      const changed = configChanges(config, next);
+      const restart = changed.filter((k) => !RELOADABLE.some((r) => r.test(k)));
+      const applied = changed.filter((k) => !restart.includes(k));
+      const has = (p: string) => applied.some((k) => k.startsWith(p));
+      config.dhcp = next.dhcp;
+      config.api = next.api;
+      config.events = next.events;
+      if (next.logFormat && has("logFormat")) setLogFormat(next.logFormat);
+      if (has("events.")) {
+        await replaceService(
+          "events",
+          () => Promise.resolve(startEventRetention(ctx.db, config.events)),
+        );
+      }
+      if (has("dhcp.") && config.interface) {
+        await replaceService(
+          "dhcp",
+          config.dhcp.mode === "off" ? undefined : () => startDhcpService(ctx, booter),
+        );
+      }
+      recordEvent(ctx.db, null, "server.reload", { applied, restart });
+      metricsFor(ctx.db).configReloads.inc({ result: "ok" });
+      log.info("config reloaded", { applied: applied.join(" ") || "nothing" });
+      if (restart.length) {
+        log.warn("config changes need a restart to take effect", { keys: restart.join(" ") });
+      }
+      return { applied, restart };
+    };
     return {
       ctx,
       http: addr,
       listening: http.addrs,
       services,
+      reload,
+      reloadFailed(error: string) {
+        log.error("config reload failed; the running config stays", { error });
+        recordEvent(ctx.db, null, "server.reload-failed", { error });
+        metricsFor(ctx.db).configReloads.inc({ result: "error" });
+      },
       async close() {
         if (closed) return;
         closed = true;

@@ -173,3 +173,53 @@ Deno.test("serve config: --api-auth and event retention keys parse and validate"
     await Deno.remove(f);
   }
 });
+
+Deno.test("serve config: every flag has a config file key giving the same config", async () => {
+  const { serveOptions } = await import("../src/config.ts");
+  const cases: [string[], Record<string, unknown>][] = [
+    [["--data", "/srv/nr"], { dataDir: "/srv/nr" }],
+    [["--http", "127.0.0.1:9000"], { http: { host: "127.0.0.1", port: 9000 } }],
+    [["--api-auth", "all"], { api: { auth: "all" } }],
+    [["--interface", "eth9"], { interface: "eth9" }],
+    [["--bridge", "br9", "--address", "10.1.0.1/24"], {
+      bridge: { name: "br9", address: "10.1.0.1/24" },
+    }],
+    [["--address", "10.1.0.5"], { serverIp: "10.1.0.5" }],
+    [["--dhcp-mode", "off"], { dhcp: { mode: "off" } }],
+    [["--dhcp-range", "10.1.0.100-10.1.0.200"], { dhcp: { range: "10.1.0.100-10.1.0.200" } }],
+    [["--lease-time", "600"], { dhcp: { leaseSeconds: 600 } }],
+    [["--dhcp-router", "10.1.0.254"], { dhcp: { router: "10.1.0.254" } }],
+    [["--proxy-strategy", "port4011"], { dhcp: { proxyStrategy: "port4011" } }],
+    [["--register-unknown", "false"], { dhcp: { registerUnknown: false } }],
+    [["--offer-time", "90"], { dhcp: { offerSeconds: 90 } }],
+    [["--register-rate", "5"], { dhcp: { registerRate: 5 } }],
+    [["--register-max", "9"], { dhcp: { registerMax: 9 } }],
+    [["--register-ttl", "0"], { dhcp: { registerTtlSeconds: 0 } }],
+    [["--tftp-port", "6969"], { tftp: { port: 6969 } }],
+    [["--ipxe-dir", "/opt/ipxe"], { ipxeDir: "/opt/ipxe" }],
+    [["--nfs", "ganesha"], { nfs: { mode: "ganesha" } }],
+    [["--nfs-version", "3"], { nfs: { version: 3 } }],
+    [["--ra", "false"], { ra: false }],
+    [["--accel", "tcg"], { vnode: { accel: "tcg" } }],
+    [["--log-format", "json"], { logFormat: "json" }],
+  ];
+  const covered = new Set(cases.flatMap(([a]) => a.filter((x) => x.startsWith("--"))));
+  for (const flag of Object.keys(serveOptions)) {
+    if (["config", "check-config", "help"].includes(flag)) continue;
+    assert.ok(covered.has(`--${flag}`), `--${flag} has no config file case`);
+  }
+  const dir = await Deno.makeTempDir();
+  try {
+    const f = `${dir}/c.json`;
+    for (const [flags, file] of cases) {
+      await Deno.writeTextFile(f, JSON.stringify(file));
+      assert.deepEqual(
+        await loadServeConfig(["--config", f]),
+        await loadServeConfig(flags),
+        flags.join(" "),
+      );
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

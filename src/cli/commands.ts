@@ -38,6 +38,7 @@ export const commands: Record<string, CommandSpec> = {
       data: "DIR",
       http: "HOST:PORT",
       config: "FILE",
+      "check-config": "",
       interface: "IF",
       bridge: "NAME",
       address: "A.B.C.D/NN",

@@ -1,6 +1,6 @@
 // `netroot serve`: foreground server until SIGINT/SIGTERM.
 import { parseArgs } from "node:util";
-import { loadServeConfig, serveOptions } from "../config.ts";
+import { configPath, loadServeConfig, serveOptions } from "../config.ts";
 import { UserError } from "../errors.ts";
 import { sdNotify, watchdogIntervalMs } from "../linux/sdnotify.ts";
 import { logger, setLogFormat } from "../log.ts";
@@ -9,7 +9,8 @@ import { lockDataDir } from "../service/lock.ts";
 
 const log = logger("serve");
 
-export const serveHelp = `usage: netroot serve [--data DIR] [--http [HOST:]PORT] [--config FILE]
+export const serveHelp =
+  `usage: netroot serve [--data DIR] [--http [HOST:]PORT] [--config FILE] [--check-config]
                      [--api-auth writes|all]
                      [--interface IF | --bridge NAME --address A.B.C.D/NN]
                      [--dhcp-mode full|proxy|off] [--dhcp-range START-END] [--lease-time SECONDS]
@@ -34,7 +35,13 @@ Log lines go to stderr: key=value text, or one JSON object per line with --log-f
 NETROOT_LOG_FORMAT=json); under systemd they carry journal priorities and no timestamps.
 One server per data dir (it holds <data>/run/serve.lock). Under systemd (Type=notify) it reports
 READY once every service listens, STOPPING when it begins to stop, and pings the watchdog.
-SIGINT/SIGTERM stop it cleanly (virtual nodes, ganesha, sockets); a second signal exits at once.`;
+SIGINT/SIGTERM stop it cleanly (virtual nodes, ganesha, sockets); a second signal exits at once.
+--config FILE: JSON with a key for every flag (docs/service.md); without --config,
+/etc/netroot/config.json is read when it exists. Flags override the file. --check-config parses and
+validates, prints the effective config as JSON and exits (1 with the bad key named).
+SIGHUP re-reads the file: DHCP settings, --api-auth, event retention and the log format change at
+once; the log and a server.reload event name the changed keys that need a restart.
+GET /metrics: Prometheus metrics (no token needed).`;
 
 /** sd_notify that never takes the server down: a service manager that misses it says so itself. */
 function notify(state: string): void {
@@ -50,14 +57,18 @@ export async function run(args: string[]): Promise<number> {
     console.log(serveHelp);
     return 0;
   }
-  const format = parseArgs({ args, options: serveOptions }).values["log-format"];
-  if (format !== undefined) {
-    if (format !== "text" && format !== "json") {
-      throw new UserError(`--log-format must be text or json, got ${format}`);
-    }
-    setLogFormat(format);
+  const { values } = parseArgs({ args, options: serveOptions });
+  const format = values["log-format"];
+  if (format !== undefined && format !== "text" && format !== "json") {
+    throw new UserError(`--log-format must be text or json, got ${format}`);
   }
   const config = await loadServeConfig(args);
+  if (values["check-config"]) {
+    console.log(JSON.stringify(config, null, 2));
+    console.error(`config ok (${configPath(args) ?? "no config file: defaults and flags"})`);
+    return 0;
+  }
+  if (config.logFormat) setLogFormat(config.logFormat);
   // Listeners go in before start-up: a signal while services start (reconcile, ganesha, qemu of
   // the virtual nodes) must close what started, not kill us with children and the bridge left.
   // A second signal is the admin insisting (a close stuck on an in-flight request): exit now.
@@ -74,17 +85,38 @@ export async function run(args: string[]): Promise<number> {
   };
   const signals = ["SIGINT", "SIGTERM"] as const;
   for (const sig of signals) Deno.addSignalListener(sig, onSignal);
+  // SIGHUP: re-read the config file, one reload at a time (a bad file keeps the running config).
+  let server: Awaited<ReturnType<typeof serve>> | undefined;
+  let reloading = Promise.resolve();
+  let hupWhileStarting = false;
+  const onHup = () => {
+    if (!server) {
+      hupWhileStarting = true; // taken once every service is up
+      return;
+    }
+    reloading = reloading.then(async () => {
+      if (!server || stopping) return;
+      try {
+        await server.reload(await loadServeConfig(args));
+      } catch (e) {
+        server.reloadFailed((e as Error).message);
+      }
+    });
+  };
+  Deno.addSignalListener("SIGHUP", onHup);
   let watchdog: ReturnType<typeof setInterval> | undefined;
   try {
     using _lock = await lockDataDir(config.dataDir, "netroot serve");
     log.info("starting", { data: config.dataDir });
-    const server = await serve(config);
+    server = await serve(config);
+    if (hupWhileStarting) onHup();
     notify(`READY=1\nSTATUS=serving on ${server.http.host}:${server.http.port}`);
     // The ping runs on the event loop: a loop stuck in a synchronous call stops it, and systemd
     // restarts the server after WatchdogSec.
     const every = watchdogIntervalMs();
     if (every) watchdog = setInterval(() => notify("WATCHDOG=1"), every);
     await stop.promise;
+    await reloading;
     log.info("stopping");
     await server.close();
     log.info("stopped");
@@ -92,5 +124,6 @@ export async function run(args: string[]): Promise<number> {
   } finally {
     clearInterval(watchdog);
     for (const sig of signals) Deno.removeSignalListener(sig, onSignal);
+    Deno.removeSignalListener("SIGHUP", onHup);
   }
 }
