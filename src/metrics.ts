@@ -4,6 +4,7 @@
 // images, database size, memory) are read at scrape time. Labels stay low-cardinality: no MACs,
 // no addresses, no image ids, and anything a node on the boot network chooses (a stage name) is
 // bounded to a known set.
+import { NODE_STATES } from "./nodestate.ts";
 import { Hono } from "hono";
 import type { Context } from "./context.ts";
 import type { Db } from "./db.ts";
@@ -229,7 +230,7 @@ export class Metrics {
   }
 }
 
-/** Registered nodes by whether they have an image, and by state when the registry has states. */
+/** Registered nodes by whether they have an image, and by state (every state, 0 included). */
 function nodeGauges(ctx: Context): string[] {
   const nodes = ctx.nodes.list();
   const withImage = nodes.filter((n) => n.imageId).length;
@@ -237,16 +238,11 @@ function nodeGauges(ctx: Context): string[] {
     [{ image: "yes" }, withImage],
     [{ image: "no" }, nodes.length - withImage],
   ]);
-  const states = new Map<string, number>();
-  for (const n of nodes) {
-    const state = (n as { state?: unknown }).state;
-    if (typeof state === "string") states.set(word(state), (states.get(word(state)) ?? 0) + 1);
-  }
-  if (states.size) {
-    out.push(...gauge("netroot_nodes_by_state", "Registered nodes by state.", [
-      ...[...states].map(([state, n]) => [{ state }, n] as [Labels, number]),
-    ]));
-  }
+  out.push(...gauge(
+    "netroot_nodes_by_state",
+    "Registered nodes by state.",
+    NODE_STATES.map((state) => [{ state }, nodes.filter((n) => n.state === state).length]),
+  ));
   return out;
 }
 
