@@ -2,8 +2,8 @@
 // data dir, loopback, port 0) and drives its registry; node.ts gives the init and reaches no
 // server code (a bundle of it stays node-only).
 import assert from "node:assert/strict";
+import { importGraph } from "./support/importgraph.ts";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import * as netroot from "../mod.ts";
 import * as node from "../node.ts";
 
@@ -130,17 +130,7 @@ Deno.test("node.ts: the init refuses to run outside PID 1", async () => {
 });
 
 Deno.test("node.ts reaches no server module (database, HTTP framework, server, API)", async () => {
-  const root = fileURLToPath(new URL("../", import.meta.url));
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["info", "--json", "node.ts"],
-    cwd: root,
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  assert.ok(out.success, new TextDecoder().decode(out.stderr));
-  const mods = (JSON.parse(new TextDecoder().decode(out.stdout)) as {
-    modules: { specifier: string }[];
-  }).modules.map((m) => m.specifier);
+  const mods = (await importGraph("node.ts")).map((m) => `/${m.file}`);
   assert.ok(mods.some((m) => m.endsWith("/overlay/init.ts")));
   const server = mods.filter((m) =>
     /hono|node:sqlite|\/src\/(server|db|api|nodes|nfs|dashboard|events)\.ts$|\/netboot\//.test(m)
