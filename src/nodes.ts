@@ -370,6 +370,15 @@ export class NodeRegistry {
     return n;
   }
 
+  /** A node's name by MAC, one indexed lookup (every log line that names a MAC asks). */
+  nameOf(mac: string): string | undefined {
+    const m = asMac(mac);
+    if (!m) return undefined;
+    return (this.db.prepare("SELECT name FROM nodes WHERE mac = ?").get(m) as
+      | { name: string }
+      | undefined)?.name;
+  }
+
   /** What the NFS exports follow, for every node with an address: the address (the admin's `ip`
    *  setting, else its bound lease, else the evidence recorded in nodes.ip), whether it has a
    *  /persist, and the images it may mount as root (its current one and its latest boot's). */

@@ -246,7 +246,7 @@ export async function serve(
   opts: Plugins & { signal?: AbortSignal; monitor?: MonitorOptions } = {},
 ): Promise<RunningServer> {
   const ctx = await openContext(config, opts);
-  const unnameNodes = setNodeNamer((mac) => ctx.nodes.find(mac)?.name);
+  const unnameNodes = setNodeNamer((mac) => ctx.nodes.nameOf(mac));
   const services: Service[] = [];
   try {
     if (config.bridge) services.push(await ensureBridge(config.bridge));
