@@ -27,11 +27,6 @@ export function setLogFormat(f: LogFormat): void {
   format = f;
 }
 
-/** Journal mode (priority prefixes, no timestamps) on or off; by default it follows stderr. */
-export function setJournal(on: boolean): void {
-  journal = on;
-}
-
 /** Redirects log lines (tests capture them; the node init writes to the console). */
 export function setLogSink(fn: (line: string) => void): void {
   sink = fn;

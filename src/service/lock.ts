@@ -20,19 +20,3 @@ export async function lockDataDir(dataDir: string, holder: string): Promise<Deno
   await f.write(new TextEncoder().encode(`${holder} (pid ${Deno.pid})\n`));
   return f;
 }
-
-/** Who holds the lock now, or undefined when nobody does. */
-export async function lockHolder(dataDir: string): Promise<string | undefined> {
-  let f: Deno.FsFile;
-  try {
-    f = await Deno.open(lockPath(dataDir), { read: true, write: true });
-  } catch {
-    return undefined;
-  }
-  try {
-    if (await f.tryLock(true)) return undefined;
-    return (await Deno.readTextFile(lockPath(dataDir))).trim() || "another netroot process";
-  } finally {
-    f.close();
-  }
-}
