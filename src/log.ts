@@ -16,7 +16,7 @@ const priority: Record<Level, number> = { debug: 7, info: 6, warn: 4, error: 3 }
 let threshold: Level = (Deno.env.get("NETROOT_LOG") as Level | undefined) ?? "info";
 let sink: (line: string) => void = (line) => console.error(line);
 let format: LogFormat = Deno.env.get("NETROOT_LOG_FORMAT") === "json" ? "json" : "text";
-let journal = stderrIsJournal();
+const journal = stderrIsJournal();
 let nodeName: ((mac: string) => string | undefined) | undefined;
 
 export function setLogLevel(level: Level): void {
