@@ -245,7 +245,9 @@ Deno.test("tftp: lost and duplicated ACKs still deliver the file (stop-and-wait 
       const got = await tftpGetDetailed("127.0.0.1", port, "boot/vmlinuz-6.1.0-9-amd64", {
         blksize: 1432,
         windowsize,
-        timeoutMs: 300,
+        // Longer than the server's 300 ms: a dropped ACK must be recovered by the server's
+        // retransmission, not raced by the client resending its ACK first.
+        timeoutMs: 2000,
         // Drop every 40th ACK but the last (419), send every 3rd twice.
         onAck: (
           block,
