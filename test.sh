@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what it needs (Debian packages, the pinned Deno), then checks
-# formatting, lint and types and runs every test, virtual-machine tests included.
+# formatting, lint and types and runs every test, virtual-machine tests included; then the quick
+# benchmarks with their floors (`deno task bench --quick --check`).
 #   ./test.sh              everything (root needed: namespaces, qemu, mounts)
 #   ./test.sh --skip-vm    skip the slow qemu boot tests (they still run in CI)
 #   ./test.sh [--skip-vm] [deno test args…]   e.g. ./test.sh tests/dhcp_test.ts
@@ -35,4 +36,11 @@ rc=${PIPESTATUS[0]}
 set -e
 # Deno's closing line is `ok | 3 passed (2 steps) | 0 failed (19ms)`; re-print it plainly.
 sed -nE 's/^(ok|FAILED) \| ([0-9]+) passed( \([0-9]+ steps?\))? \| ([0-9]+) failed.*/\2 passed, \4 failed/p' .test.log | tail -1
+# The whole suite also holds the benchmark floors (quick variant, after the tests: not beside them).
+if [ "$rc" = 0 ] && [ $# -eq 0 ]; then
+  set +e
+  deno task bench --quick --check 2>&1 | tee .bench.log
+  rc=${PIPESTATUS[0]}
+  set -e
+fi
 exit "$rc"

@@ -1,25 +1,31 @@
 // DHCP DISCOVER→OFFER→REQUEST→ACK per second: netroot vs dnsmasq, same load generator
-// (netboot/storm.ts DhcpClientPort, broadcast flag set so both servers broadcast their replies),
-// same veth pair between two network namespaces. Two passes each: new MACs (netroot registers
-// each as a node), then the same MACs again (existing reservations/leases). Needs root.
-// Then the DHCP decoder fuzz with --fuzz packets (default 1,000,000).
-//   deno run -A bench/dhcp_bench.ts [--clients N] [--window W] [--fuzz N]
+// (netboot/storm.ts DhcpClientPort, broadcast flag set so both servers broadcast their replies).
+// Both servers run at once, each behind its own veth pair between two network namespaces, and the
+// load alternates between them round by round (A B A B…): load from elsewhere hits both alike.
+// Each round: fresh MACs (netroot registers each as a node), then the same MACs again (existing
+// reservations/leases). Needs root. Then the DHCP decoder fuzz with --fuzz packets.
+//   deno run -A bench/dhcp_bench.ts [--quick] [--clients N] [--rounds R] [--window W] [--fuzz N]
 import { parseArgs } from "node:util";
 import { DhcpClientPort, macFor } from "../netboot/storm.ts";
+import { ratio } from "./ratio.ts";
 
 const self = new URL(import.meta.url).pathname;
 const { values: a } = parseArgs({
   args: Deno.args,
   options: {
-    clients: { type: "string", default: "2000" },
+    quick: { type: "boolean" },
+    clients: { type: "string" },
+    rounds: { type: "string" },
+    offset: { type: "string", default: "0" },
     window: { type: "string", default: "32" },
     role: { type: "string" },
     device: { type: "string" },
     data: { type: "string" },
-    fuzz: { type: "string", default: "1000000" },
+    fuzz: { type: "string" },
   },
 });
-const clients = Number(a.clients), window = Number(a.window);
+const clients = Number(a.clients ?? (a.quick ? 500 : 2000)), window = Number(a.window);
+const rounds = Number(a.rounds ?? (a.quick ? 3 : 5));
 
 async function sh(cmd: string[], ok = true): Promise<string> {
   const out = await new Deno.Command(cmd[0], { args: cmd.slice(1), stderr: "piped" }).output();
@@ -35,7 +41,7 @@ if (a.role === "load") {
   const t0 = performance.now();
   await Promise.all(Array.from({ length: window }, async () => {
     while (next < clients) {
-      const i = next++;
+      const i = Number(a.offset) + next++;
       try {
         await port.lease({ mac: macFor(i, [0x02, 0xbe, 0x4e]), kind: "linux" }, 1000);
         done++;
@@ -82,14 +88,13 @@ if (a.role === "netroot") {
     Deno.exit(0);
   });
 } else {
-  // Orchestrator.
+  // Orchestrator: namespace pairs A (netroot) and B (dnsmasq), same addresses in each.
   const id = Deno.pid;
-  const srv = `nr-dhcpb-s-${id}`, cli = `nr-dhcpb-c-${id}`;
+  const ns = (side: string, end: string) => `nr-dhcpb-${side}${end}-${id}`;
   const dir = await Deno.makeTempDir({ prefix: "nr-dhcpb-" });
-  const inSrv = (c: string[]) => ["ip", "netns", "exec", srv, ...c];
-  const inCli = (c: string[]) => ["ip", "netns", "exec", cli, ...c];
-  const load = async (label: string) => {
-    const out = await sh(inCli([
+  const inNs = (n: string, c: string[]) => ["ip", "netns", "exec", n, ...c];
+  const load = async (side: "a" | "b", label: string, round: number) => {
+    const out = await sh(inNs(ns(side, "c"), [
       Deno.execPath(),
       "run",
       "-A",
@@ -100,45 +105,52 @@ if (a.role === "netroot") {
       "veth-cli",
       "--clients",
       String(clients),
+      "--offset",
+      String(round * clients),
       "--window",
       String(window),
     ]));
     const r = JSON.parse(out.trim().split("\n").at(-1)!);
     const rate = r.done / r.seconds;
     console.log(
-      `${label.padEnd(30)} ${r.done}/${clients} ok, ${r.failed} failed, ${
+      `  ${label.padEnd(30)} ${r.done}/${clients} ok, ${r.failed} failed, ${
         r.seconds.toFixed(2)
-      } s, ` +
-        `${rate.toFixed(0)} leases/s (${r.retransmits} retransmits)`,
+      } s, ${rate.toFixed(0)} leases/s (${r.retransmits} retransmits)`,
     );
     return rate;
   };
   let child: Deno.ChildProcess | undefined;
   let dnsmasqPid = 0;
   try {
-    await sh(["ip", "netns", "add", srv]);
-    await sh(["ip", "netns", "add", cli]);
-    await sh([
-      "ip",
-      "-n",
-      srv,
-      "link",
-      "add",
-      "veth-srv",
-      "type",
-      "veth",
-      "peer",
-      "name",
-      "veth-cli",
-    ]);
-    await sh(["ip", "-n", srv, "link", "set", "veth-cli", "netns", cli]);
-    await sh(["ip", "-n", srv, "addr", "add", "10.88.0.1/16", "dev", "veth-srv"]);
-    await sh(["ip", "-n", srv, "link", "set", "veth-srv", "up"]);
-    await sh(["ip", "-n", cli, "link", "set", "veth-cli", "up"]);
-    console.log(`DHCP lease exchanges (DISCOVER→ACK), ${clients} clients, ${window} in flight`);
+    for (const side of ["a", "b"]) {
+      const srv = ns(side, "s"), cli = ns(side, "c");
+      await sh(["ip", "netns", "add", srv]);
+      await sh(["ip", "netns", "add", cli]);
+      await sh([
+        "ip",
+        "-n",
+        srv,
+        "link",
+        "add",
+        "veth-srv",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "veth-cli",
+      ]);
+      await sh(["ip", "-n", srv, "link", "set", "veth-cli", "netns", cli]);
+      await sh(["ip", "-n", srv, "addr", "add", "10.88.0.1/16", "dev", "veth-srv"]);
+      await sh(["ip", "-n", srv, "link", "set", "veth-srv", "up"]);
+      await sh(["ip", "-n", cli, "link", "set", "veth-cli", "up"]);
+    }
+    console.log(
+      `DHCP lease exchanges (DISCOVER→ACK), ${clients} clients per run, ${window} in flight, ` +
+        `${rounds} alternated rounds`,
+    );
 
     child = new Deno.Command("ip", {
-      args: inSrv([
+      args: inNs(ns("a", "s"), [
         Deno.execPath(),
         "run",
         "-A",
@@ -160,11 +172,6 @@ if (a.role === "netroot") {
       buf += value;
     }
     reader.releaseLock();
-    const n1 = await load("netroot, new MACs (register)");
-    const n2 = await load("netroot, known MACs");
-    child.kill("SIGTERM");
-    await child.status;
-    child = undefined;
 
     await Deno.writeTextFile(
       `${dir}/dnsmasq.conf`,
@@ -182,20 +189,35 @@ if (a.role === "netroot") {
         "quiet-dhcp", // netroot runs with log level warn: neither logs each lease
       ].join("\n") + "\n",
     );
-    await sh(inSrv(["dnsmasq", "-C", `${dir}/dnsmasq.conf`]));
+    await sh(inNs(ns("b", "s"), ["dnsmasq", "-C", `${dir}/dnsmasq.conf`]));
     dnsmasqPid = Number(await Deno.readTextFile(`${dir}/dnsmasq.pid`));
-    const d1 = await load("dnsmasq, new MACs");
-    const d2 = await load("dnsmasq, known MACs");
-    console.log(
-      `ratio netroot/dnsmasq: new MACs ${(n1 / d1).toFixed(2)}×, known MACs ${
-        (n2 / d2).toFixed(2)
-      }×`,
-    );
+
+    // A warm-up round for each (its own MACs, not counted): JIT, SQLite statement caches.
+    console.log("warm-up");
+    await load("a", "netroot, warm-up", rounds);
+    await load("b", "dnsmasq, warm-up", rounds);
+    const newRatios: number[] = [], knownRatios: number[] = [];
+    for (let r = 0; r < rounds; r++) {
+      console.log(`round ${r + 1}`);
+      const n1 = await load("a", "netroot, new MACs (register)", r);
+      const d1 = await load("b", "dnsmasq, new MACs", r);
+      const n2 = await load("a", "netroot, known MACs", r);
+      const d2 = await load("b", "dnsmasq, known MACs", r);
+      newRatios.push(n1 / d1), knownRatios.push(n2 / d2);
+    }
+    const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)];
+    const span = (xs: number[]) =>
+      `median ${median(xs).toFixed(2)}× (min ${Math.min(...xs).toFixed(2)}, max ${
+        Math.max(...xs).toFixed(2)
+      })`;
+    console.log(`ratio netroot/dnsmasq, new MACs:   ${span(newRatios)}`);
+    console.log(`ratio netroot/dnsmasq, known MACs: ${span(knownRatios)}`);
+    ratio("dhcp.new-macs", median(newRatios), 1.2);
 
     // The decoder fuzz, 10× the test suite's default run.
     const fuzz = await new Deno.Command(Deno.execPath(), {
       args: ["test", "-A", new URL("../tests/dhcp_fuzz_test.ts", import.meta.url).pathname],
-      env: { NETROOT_FUZZ_N: String(a.fuzz) },
+      env: { NETROOT_FUZZ_N: a.fuzz ?? (a.quick ? "100000" : "1000000") },
       stderr: "null",
     }).output();
     const line = new TextDecoder().decode(fuzz.stdout).split("\n").find((l) =>
@@ -204,6 +226,7 @@ if (a.role === "netroot") {
     console.log(
       `${line ?? "fuzz: no result"}: ${fuzz.success ? "no exception escaped" : "FAILED"}`,
     );
+    if (!fuzz.success) Deno.exit(1);
   } finally {
     if (child) {
       child.kill("SIGTERM");
@@ -214,8 +237,9 @@ if (a.role === "netroot") {
         Deno.kill(dnsmasqPid, "SIGTERM");
       } catch { /* gone */ }
     }
-    await sh(["ip", "netns", "del", srv], false);
-    await sh(["ip", "netns", "del", cli], false);
+    for (const side of ["a", "b"]) {
+      for (const end of ["s", "c"]) await sh(["ip", "netns", "del", ns(side, end)], false);
+    }
     await Deno.remove(dir, { recursive: true });
   }
 }

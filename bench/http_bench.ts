@@ -1,6 +1,6 @@
 // HTTP boot download throughput: netroot's /boot/<mac>/kernel against nginx (sendfile) serving the
 // very same file, both on loopback, same client, same run. Target: ≥ 0.8× nginx.
-//   deno run -A bench/http_bench.ts [MiB]
+//   deno run -A bench/http_bench.ts [--quick] [MiB]
 import { createHash } from "node:crypto";
 import { mkdirSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -10,9 +10,10 @@ import { setLogLevel } from "../src/log.ts";
 import { openContext } from "../src/server.ts";
 import { bootRoutes } from "../netboot/http.ts";
 import { contextBooter } from "../src/boot/booter.ts";
+import { quick, ratio } from "./ratio.ts";
 
-const mib = Number(Deno.args[0] ?? 64);
-const rounds = 9;
+const mib = Number(Deno.args.find((a) => /^\d+$/.test(a)) ?? (quick ? 32 : 64));
+const rounds = quick ? 5 : 9;
 setLogLevel("warn");
 
 function freePort(): number {
@@ -130,12 +131,14 @@ http { access_log off; sendfile on; tcp_nopush on;
       c2.toFixed(0)
     } MB/s, ratio ${(c1 / c2).toFixed(2)}×`,
   );
+  ratio("http.curl", c1 / c2, 0.8);
   const [w1, w2] = await alternate(3, wrkRate, ours, theirs);
   console.log(
     `wrk 4 connections (median of 3 × 2 s): netroot ${w1.toFixed(0)} MB/s, nginx ${
       w2.toFixed(0)
     } MB/s, ratio ${(w1 / w2).toFixed(2)}×`,
   );
+  ratio("http.wrk", w1 / w2, 0.8);
   ctx.db.close();
 } finally {
   ac.abort();

@@ -3,16 +3,23 @@
 //   curl, blksize 1468 (as UEFI asks), stop-and-wait: 1 MiB and 16 MiB;
 //   atftp asking windowsize 8 (RFC 7440; tftpd-hpa does not grant it and runs stop-and-wait);
 // then the packet decoder's rate on random/mutated input (the fuzz test, longer).
-// Usage: deno run -A bench/tftp_bench.ts [--fuzz N]
+// Usage: deno run -A bench/tftp_bench.ts [--quick] [--fuzz N]
 import dgram from "node:dgram";
 import { parseArgs } from "node:util";
 import { createTftpServer } from "../netboot/tftp/server.ts";
 import { fuzzDecode } from "../tests/tftp_fuzz_test.ts";
+import { ratio } from "./ratio.ts";
 
-const { values } = parseArgs({ options: { fuzz: { type: "string", default: "2000000" } } });
+const { values } = parseArgs({
+  options: { fuzz: { type: "string" }, quick: { type: "boolean" } },
+});
+const q = values.quick ? 2 : 1;
 const dir = await Deno.makeTempDir({ prefix: "nr-tftp-bench-" });
 await Deno.chmod(dir, 0o755); // in.tftpd drops to an unprivileged user
-const files = [{ name: "f1m", size: 1 << 20, runs: 21 }, { name: "f16m", size: 16 << 20, runs: 9 }];
+const files = [
+  { name: "f1m", size: 1 << 20, runs: Math.ceil(21 / q) },
+  { name: "f16m", size: 16 << 20, runs: Math.ceil(9 / q) },
+];
 for (const f of files) {
   const content = new Uint8Array(f.size).map((_, i) => (i * 2654435761) >>> 24); // not constant
   await Deno.writeFile(`${dir}/${f.name}`, content, { mode: 0o644 });
@@ -55,6 +62,7 @@ try {
   const out = `${dir}/out`;
   /** Same client, same file, alternating between the servers; prints median and best. */
   const compare = async (
+    key: string,
     label: string,
     size: number,
     runs: number,
@@ -72,10 +80,12 @@ try {
         `ratio ${(a / b).toFixed(2)}x   best: ${bestA.toFixed(1)} vs ${bestB.toFixed(1)} MB/s, ` +
         `ratio ${(bestA / bestB).toFixed(2)}x`,
     );
+    ratio(`tftp.${key}`, a / b, 1.0);
   };
   console.log("TFTP loopback throughput, netroot vs tftpd-hpa (alternating runs)");
   for (const f of files) {
     await compare(
+      `curl-${f.name}`,
       `curl --tftp-blksize 1468 (stop-and-wait, as UEFI), ${f.name}`,
       f.size,
       f.runs,
@@ -94,6 +104,7 @@ try {
   // not grant windowsize, so it runs stop-and-wait; that difference is the point of the option.
   const big = files[1];
   await compare(
+    `atftp-window8-${big.name}`,
     `atftp blksize 1468 windowsize 8, ${big.name}`,
     big.size,
     5,
@@ -112,7 +123,7 @@ try {
         String(port),
       ]),
   );
-  const n = Number(values.fuzz);
+  const n = Number(values.fuzz ?? (values.quick ? 100_000 : 2_000_000));
   const t0 = performance.now();
   const r = fuzzDecode(n, 42);
   const s = (performance.now() - t0) / 1000;
