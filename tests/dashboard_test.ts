@@ -413,7 +413,10 @@ Deno.test("dashboard sessions: login, cookie attributes, Origin checks, logout, 
         headers: { cookie, "content-type": "application/json", ...headers },
         body: JSON.stringify({ "boot.retries": "5" }),
       });
-    for (const h of [{}, { origin: "http://evil.example" }, { origin: "null" }]) {
+    const origins: Record<string, string>[] = [{}, { origin: "http://evil.example" }, {
+      origin: "null",
+    }];
+    for (const h of origins) {
       r = await write(h);
       assert.equal(r.status, 403, JSON.stringify(h));
       assert.match((await r.json()).error, /cross-origin/);
@@ -511,9 +514,10 @@ Deno.test("event streams: live events from since, bounded count, released when c
     const again = await fetch(`${base}/api/v1/events?mac=${mac1}`, {
       headers: { accept: "text/event-stream", "last-event-id": String(id) },
     });
-    const resumed = await readUntil(again.body!.getReader(), /node\.config/);
+    const againReader = again.body!.getReader();
+    const resumed = await readUntil(againReader, /node\.config/);
     assert.doesNotMatch(resumed, /node\.renamed/);
-    await again.body?.cancel();
+    await againReader.cancel();
     ac.abort();
     await reader.cancel().catch(() => {});
 
