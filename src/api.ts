@@ -67,7 +67,9 @@ function bearerToken(header: string | undefined): string | undefined {
 export function bearerAuth(ctx: Context, opts: { reads: boolean }): MiddlewareHandler {
   return async (c, next) => {
     const read = c.req.method === "GET" || c.req.method === "HEAD";
-    if ((!read || opts.reads) && !isApiToken(bearerToken(c.req.header("authorization")), ctx.token)) {
+    if (
+      (!read || opts.reads) && !isApiToken(bearerToken(c.req.header("authorization")), ctx.token)
+    ) {
       if (sessionOf(ctx, c) === undefined) {
         return c.json({
           error: "missing or wrong API token: send Authorization: Bearer <token> " +
@@ -238,7 +240,9 @@ export function eventRoutes(ctx: Context): Hono {
     const mac = ref ? macOf(ctx, ref) : undefined;
     if (c.req.header("accept")?.includes("text/event-stream")) {
       const since = c.req.header("last-event-id") ?? c.req.query("since");
-      const from = since === undefined ? undefined : int(since, "since", 0, Number.MAX_SAFE_INTEGER);
+      const from = since === undefined
+        ? undefined
+        : int(since, "since", 0, Number.MAX_SAFE_INTEGER);
       return streams.respond({ mac, since: from });
     }
     return c.json(events(ctx, c, mac));

@@ -114,8 +114,15 @@ export function lastBootByMac(db: Db): Map<string, BootSummary> {
        SELECT mac, started_at, stage, reported_at, row_number() OVER
          (PARTITION BY mac ORDER BY started_at DESC, rowid DESC) AS newest FROM boots)
      WHERE newest = 1`,
-  ).all() as { mac: string; started_at: string; stage: string | null; reported_at: string | null }[];
+  ).all() as {
+    mac: string;
+    started_at: string;
+    stage: string | null;
+    reported_at: string | null;
+  }[];
   return new Map(
-    rows.map((r) => [r.mac, { startedAt: r.started_at, stage: r.stage, reportedAt: r.reported_at }]),
+    rows.map((
+      r,
+    ) => [r.mac, { startedAt: r.started_at, stage: r.stage, reportedAt: r.reported_at }]),
   );
 }

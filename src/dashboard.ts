@@ -228,10 +228,14 @@ function openPage(mac) {
   $("timeline").tBodies[0].replaceChildren();
   $("console").textContent = "";
   result($("action-result"), "");
-  refresh().then(() => {
-    if (!canRead()) return;
-    if (mac) { loadTimeline(); loadConsole(); } else openStream("");
-  });
+  if (mac) {
+    refresh().then(() => { if (canRead()) { loadTimeline(); loadConsole(); } });
+    return;
+  }
+  // The list follows every event from the newest one before it is read: nothing falls between.
+  (canRead() ? get("/events?limit=1") : Promise.resolve([])).then((newest) => {
+    streamLast = newest.length ? newest[newest.length - 1].id : 0;
+  }, () => {}).then(refresh).then(() => { if (canRead() && !current) openStream(""); });
 }
 
 async function refresh() {
@@ -485,16 +489,24 @@ async function loadTimeline() {
 }
 function openStream(mac) {
   closeStream();
-  let url = api + "/events?";
-  if (mac) url += "mac=" + encodeURIComponent(mac) + "&";
-  if (streamLast) url += "since=" + streamLast;
+  let url = api + "/events?since=" + streamLast;
+  if (mac) url += "&mac=" + encodeURIComponent(mac);
   stream = new EventSource(url);
   stream.onopen = () => { $("live").textContent = "live"; $("live").className = "on"; };
-  stream.onerror = () => { $("live").textContent = "reconnecting…"; $("live").className = "muted"; };
+  const mine = stream;
+  stream.onerror = () => {
+    $("live").textContent = "reconnecting…";
+    $("live").className = "muted";
+    // EventSource retries by itself, except after a refusal (503: too many streams, 401).
+    if (mine.readyState === EventSource.CLOSED) {
+      setTimeout(() => { if (stream === mine && canRead()) openStream(mac); }, 10000);
+    }
+  };
   stream.onmessage = (m) => {
     let e;
     try { e = JSON.parse(m.data); } catch (_) { return; }
     if (mac) showEvent(e, true);
+    else streamLast = Math.max(streamLast, e.id);
     // Whatever changes what the page shows brings a (coalesced) re-read of the nodes.
     if (!mac || /^(node\.|deploy|reboot|power\.|init\.|vnode\.|http\.script)/.test(e.kind)) refreshSoon();
   };

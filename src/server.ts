@@ -24,7 +24,7 @@ import {
 } from "./api.ts";
 import { apiErrorResponse, noSuchRoute } from "./apierror.ts";
 import { dashboardRoutes } from "./dashboard.ts";
-import { Sessions, sessionRoutes } from "./session.ts";
+import { sessionRoutes, Sessions } from "./session.ts";
 import { imageRoutes } from "./images/api.ts";
 import { bootRoutes } from "../netboot/http.ts";
 import type { Booter } from "../netboot/booter.ts";

@@ -16,7 +16,7 @@ import { listEvents, recordEvent } from "../src/events.ts";
 import { eventStreams } from "../src/eventstream.ts";
 import { powerCommandDir } from "../src/power/command.ts";
 import { buildApp, openContext } from "../src/server.ts";
-import { Sessions, sessionMaxAgeS } from "../src/session.ts";
+import { sessionMaxAgeS, Sessions } from "../src/session.ts";
 import { Browser, haveChromium, isPng, type Page } from "./support/cdp.ts";
 
 const mac1 = "52:54:00:d4:5b:01";
@@ -179,8 +179,10 @@ Deno.test({
           });
           assert.equal(r.status, 200, await r.text());
         };
-        const navigations = await page.eval<number>("performance.getEntriesByType('navigation')" +
-          ".length + history.length");
+        const navigations = await page.eval<number>(
+          "performance.getEntriesByType('navigation')" +
+            ".length + history.length",
+        );
         await report({ stage: "modules", ok: true, ms: 120 });
         await page.waitFor(
           "document.querySelector('#timeline tbody tr').dataset.kind === 'init.modules'",
@@ -189,15 +191,15 @@ Deno.test({
         for (const done of [40e6, 100e6]) {
           await report({ stage: "hybrid-copy", done, total: 400e6, rate: 20e6 });
           await page.waitFor(
-            `document.querySelector('#timeline tbody tr').textContent.includes('${
-              done / 4e6
-            }% (')`,
+            `document.querySelector('#timeline tbody tr').textContent.includes('${done / 4e6}% (')`,
             `progress ${done}`,
           );
         }
         assert.equal(
-          await page.eval("document.querySelectorAll('#timeline tr[data-kind=\"init.hybrid-copy\"]')" +
-            ".length"),
+          await page.eval(
+            "document.querySelectorAll('#timeline tr[data-kind=\"init.hybrid-copy\"]')" +
+              ".length",
+          ),
           1,
           "progress replaces its row",
         );
@@ -207,8 +209,10 @@ Deno.test({
           "live rows are marked",
         );
         assert.equal(
-          await page.eval<number>("performance.getEntriesByType('navigation').length + " +
-            "history.length"),
+          await page.eval<number>(
+            "performance.getEntriesByType('navigation').length + " +
+              "history.length",
+          ),
           navigations,
           "no reload",
         );
@@ -353,6 +357,7 @@ Deno.test({
           "document.querySelector('#nodes tr[data-mac=\"52:54:00:d4:5b:09\"]').textContent" +
             ".includes('node.renamed')",
           "the list refreshed by the stream",
+          5000, // before the page's own 10 s refresh: the stream did it
         );
         page.close();
       } finally {
@@ -398,7 +403,9 @@ Deno.test("dashboard sessions: login, cookie attributes, Origin checks, logout, 
     r = await fetch(`${base}/api/v1/nodes`, { headers: { cookie } });
     assert.equal(r.status, 200);
     assert.equal((await r.json())[0].name, "n1");
-    r = await fetch(`${base}/api/v1/nodes`, { headers: { cookie: "netroot_session=" + "a".repeat(64) } });
+    r = await fetch(`${base}/api/v1/nodes`, {
+      headers: { cookie: "netroot_session=" + "a".repeat(64) },
+    });
     assert.equal(r.status, 401, "a made-up session");
     await r.body?.cancel();
     // The console needs the token even for reads: the session carries it there too.

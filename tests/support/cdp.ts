@@ -11,6 +11,18 @@ export const haveChromium = (() => {
   }
 })();
 
+/** A cookie as the browser holds it (DevTools Network.Cookie). */
+export interface Cookie {
+  name: string;
+  value: string;
+  path: string;
+  /** Seconds since the epoch. */
+  expires: number;
+  httpOnly: boolean;
+  secure: boolean;
+  sameSite?: "Strict" | "Lax" | "None";
+}
+
 type Pending = { resolve(v: unknown): void; reject(e: Error): void };
 
 export class Page {
@@ -50,17 +62,20 @@ export class Page {
     return page;
   }
 
-  send(method: string, params: Record<string, unknown> = {}): Promise<any> {
+  send<T = unknown>(method: string, params: Record<string, unknown> = {}): Promise<T> {
     const id = this.#next++;
     const { promise, resolve, reject } = Promise.withResolvers<unknown>();
     this.#pending.set(id, { resolve, reject });
     this.#ws.send(JSON.stringify({ id, method, params }));
-    return promise;
+    return promise as Promise<T>;
   }
 
   /** The value of a JavaScript expression in the page (promises awaited). */
   async eval<T = unknown>(expression: string): Promise<T> {
-    const r = await this.send("Runtime.evaluate", {
+    const r = await this.send<{
+      result: { value?: unknown };
+      exceptionDetails?: { exception?: { description?: string } };
+    }>("Runtime.evaluate", {
       expression,
       awaitPromise: true,
       returnByValue: true,
@@ -94,14 +109,14 @@ export class Page {
 
   /** A PNG of the page, written to `path`; returns its bytes. */
   async screenshot(path: string): Promise<Uint8Array> {
-    const r = await this.send("Page.captureScreenshot", { format: "png" });
+    const r = await this.send<{ data: string }>("Page.captureScreenshot", { format: "png" });
     const bytes = Uint8Array.from(atob(r.data), (c) => c.charCodeAt(0));
     await Deno.writeFile(path, bytes);
     return bytes;
   }
 
-  async cookies(url: string): Promise<Record<string, any>[]> {
-    return (await this.send("Network.getCookies", { urls: [url] })).cookies;
+  async cookies(url: string): Promise<Cookie[]> {
+    return (await this.send<{ cookies: Cookie[] }>("Network.getCookies", { urls: [url] })).cookies;
   }
 
   close(): void {
