@@ -381,7 +381,10 @@ function renderSettings(settings) {
     const input = el("input"); input.size = 30;
     if (secret) input.placeholder = "(secret: type to replace)"; else input.value = settings[k];
     const save = el("button", "save"); save.type = "button";
-    save.onclick = () => configure({ [k]: input.value }, secret ? "*** (new secret)" : null);
+    save.onclick = () => {
+      if (secret && !input.value) return result($("action-result"), "type the new value of " + k, true);
+      configure({ [k]: input.value });
+    };
     const remove = el("button", "remove"); remove.type = "button";
     remove.onclick = () => configure({ [k]: null });
     edit.append(input, " ", save, " ", remove);
@@ -550,6 +553,10 @@ async function loadConsole() {
   consoleTimer = setTimeout(loadConsole, wait);
 }
 
+// Older dashboards took the token from /?token=…: never use it, and drop it from the address bar.
+if (new URLSearchParams(location.search).has("token")) {
+  history.replaceState(null, "", location.pathname + location.hash);
+}
 loadSession().then(route);
 `;
 

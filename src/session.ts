@@ -123,10 +123,16 @@ async function givenToken(c: HonoContext): Promise<string | undefined> {
 /** POST /login, POST /logout, GET /session (mounted at / by buildApp). */
 export function sessionRoutes(ctx: Context): Hono {
   const app = apiRouter();
+  let refusedLogins = 0, refusalLoggedAt = 0;
   app.post("/login", async (c) => {
     if (!sameOrigin(c)) return c.json({ error: "cross-origin login refused" }, 403);
     if (!isApiToken(await givenToken(c), ctx.token)) {
-      log.warn("dashboard login with a wrong token", { from: c.req.header("origin") });
+      refusedLogins++;
+      if (Date.now() - refusalLoggedAt >= 60_000) { // one line a minute, however many tries
+        log.warn("dashboard login with a wrong token", { attempts: refusedLogins });
+        refusalLoggedAt = Date.now();
+        refusedLogins = 0;
+      }
       return c.json({ error: `wrong token (it is in ${ctx.data.token} on the server)` }, 401);
     }
     const s = ctx.sessions.open();
