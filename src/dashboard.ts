@@ -247,23 +247,30 @@ async function refresh() {
     return;
   }
   try {
-    const [nodes, imgs] = await Promise.all([get("/nodes"), get("/images")]);
+    // The node page reads its node only; the list reads them all.
+    const one = current
+      ? get("/nodes/" + encodeURIComponent(current)).catch((e) => ({ missing: e.message }))
+      : null;
+    const [nodes, imgs, node] = await Promise.all([current ? null : get("/nodes"), get("/images"), one]);
     images = Array.isArray(imgs) ? imgs : imgs.images || [];
     fillImageChoices();
     if (current) {
-      nodeInfo = nodes.find((n) => n.mac === current || n.name === current) || null;
-      renderNode();
+      nodeInfo = node && !node.missing ? node : null;
+      renderNode(node && node.missing);
     } else {
       renderNodes(nodes);
       renderImages(nodes);
     }
-    status(nodes.length + " nodes, " + images.length + " images — updated " +
+    status((nodes ? nodes.length + " nodes, " : "") + images.length + " images — updated " +
       new Date().toLocaleTimeString());
   } catch (e) {
     status("cannot reach the API: " + e.message, true);
   }
 }
-function refreshSoon() { pending = pending || setTimeout(() => { pending = null; refresh(); }, 300); }
+// Coalesced: a busy lab's events bring one re-read a second on the list, faster on a node page.
+function refreshSoon() {
+  pending = pending || setTimeout(() => { pending = null; refresh(); }, current ? 300 : 1000);
+}
 
 function stateCell(n) {
   const s = el("span", (n.state || "off") + (n.stateSince ? " · " + age(n.stateSince) : ""),
@@ -341,10 +348,10 @@ function fillImageChoices() {
   }
 }
 
-function renderNode() {
+function renderNode(missing) {
   if (!nodeInfo) {
     $("node-name").textContent = current;
-    $("node-state").replaceChildren(el("span", "unknown node", "error"));
+    $("node-state").replaceChildren(el("span", missing || "unknown node", "error"));
     return;
   }
   const n = nodeInfo;

@@ -87,7 +87,7 @@ export class Page {
   }
 
   /** Waits until `expression` is truthy in the page; returns its value. */
-  async waitFor<T = unknown>(expression: string, what: string, timeoutMs = 15_000): Promise<T> {
+  async waitFor<T = unknown>(expression: string, what: string, timeoutMs = 30_000): Promise<T> {
     const until = Date.now() + timeoutMs;
     let last: unknown;
     while (Date.now() < until) {
