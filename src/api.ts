@@ -235,6 +235,7 @@ export function deployRoutes(ctx: Context): Hono {
  */
 export function eventRoutes(ctx: Context): Hono {
   const streams = eventStreams(ctx.db);
+  ctx.changes.addEventListener("closing", () => streams.closeAll());
   return apiRouter().get("/", (c) => {
     const ref = c.req.query("mac") ?? c.req.query("node");
     const mac = ref ? macOf(ctx, ref) : undefined;

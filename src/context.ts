@@ -35,7 +35,8 @@ export interface Context {
   sessions: Sessions;
   /** Fires `new Event("nodes")` after registrations/deploys/forgets and `new Event("images")`
    *  after imports/removals, so NFS exports, DHCP reservations and vnodes follow; `new
-   *  Event("state")` after a node's state changed (node wait). */
+   *  Event("state")` after a node's state changed (node wait); `new Event("closing")` when the
+   *  server stops (live event streams end). */
   changes: EventTarget;
   /** Base URL nodes use to reach the HTTP server, e.g. http://10.77.0.1:8080 (undefined without
    *  a boot interface). */

@@ -6,7 +6,8 @@
 // `lifetimeMs` (EventSource reconnects by itself, with Last-Event-ID, so nothing is missed), a
 // comment every `heartbeatMs` (a client that went away without closing is found by the failed
 // write), and closed when more than `maxQueuedBytes` wait for a client that does not read. A
-// client that closes its side cancels the stream, which stops everything it held.
+// client that closes its side cancels the stream, which stops everything it held; a stopping
+// server ends them all (ctx.changes "closing"), else its HTTP shutdown would wait for them.
 import type { Db } from "./db.ts";
 import { followEvents, listEvents } from "./events.ts";
 
@@ -35,12 +36,15 @@ export interface EventStreams {
   /** The SSE response for `mac`'s events (all events without one) after id `since` (undefined:
    *  only events recorded from now on). */
   respond(filter: { mac?: string; since?: number }): Response;
+  /** Ends every open stream (the server is stopping: an HTTP shutdown waits for open responses). */
+  closeAll(): void;
 }
 
 /** The event streams of one server (its route table makes one). */
 export function eventStreams(db: Db, limits: StreamLimits = defaultStreamLimits): EventStreams {
   let open = 0;
   const enc = new TextEncoder();
+  const stops = new Set<() => void>();
   const respond = (filter: { mac?: string; since?: number }): Response => {
     if (open >= limits.maxStreams) {
       return Response.json(
@@ -59,6 +63,7 @@ export function eventStreams(db: Db, limits: StreamLimits = defaultStreamLimits)
       if (stopped) return;
       stopped = true;
       open--;
+      stops.delete(stopAndClose);
       unfollow();
       clearTimeout(pending);
       for (const t of timers) clearTimeout(t);
@@ -68,6 +73,8 @@ export function eventStreams(db: Db, limits: StreamLimits = defaultStreamLimits)
         } catch { /* already closed */ }
       }
     };
+    const stopAndClose = () => stop(true);
+    stops.add(stopAndClose);
     const send = (text: string) => {
       if (stopped) return;
       try {
@@ -114,5 +121,8 @@ export function eventStreams(db: Db, limits: StreamLimits = defaultStreamLimits)
       return open;
     },
     respond,
+    closeAll: () => {
+      for (const stop of [...stops]) stop();
+    },
   };
 }

@@ -359,6 +359,7 @@ export async function serve(
       async close() {
         if (closed) return;
         closed = true;
+        ctx.changes.dispatchEvent(new Event("closing")); // long-lived responses end first
         for (const s of [...services].reverse()) {
           try {
             await s.close();

@@ -15,7 +15,7 @@ import type { Context } from "../src/context.ts";
 import { listEvents, recordEvent } from "../src/events.ts";
 import { eventStreams } from "../src/eventstream.ts";
 import { powerCommandDir } from "../src/power/command.ts";
-import { buildApp, openContext } from "../src/server.ts";
+import { buildApp, openContext, serve } from "../src/server.ts";
 import { sessionMaxAgeS, Sessions } from "../src/session.ts";
 import { Browser, haveChromium, isPng, type Page } from "./support/cdp.ts";
 
@@ -584,6 +584,30 @@ Deno.test("event streams end after their lifetime, and let go of a client that d
     await slow.body?.cancel().catch(() => {});
   } finally {
     ctx.db.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("serve's close ends open event streams: an open dashboard does not hold a stop", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nr-dash-close-" });
+  try {
+    const cfg = defaultConfig();
+    cfg.dataDir = dir;
+    cfg.http = { host: "127.0.0.1", port: 0 };
+    cfg.nfs.mode = "off";
+    const server = await serve(cfg);
+    const res = await fetch(
+      `http://127.0.0.1:${server.http.port}/api/v1/events`,
+      { headers: { accept: "text/event-stream" } },
+    );
+    const reader = res.body!.getReader();
+    await readUntil(reader, /retry/);
+    const t0 = Date.now();
+    await server.close();
+    assert.ok(Date.now() - t0 < 5000, `close took ${Date.now() - t0} ms`);
+    const end = await reader.read().catch(() => ({ done: true }));
+    assert.equal(end.done, true, "the stream ended");
+  } finally {
     await Deno.remove(dir, { recursive: true });
   }
 });
