@@ -308,7 +308,7 @@ Deno.test({
         );
         assert.equal(await page.eval("typeof window.pwned"), "undefined", "nothing ran");
         assert.equal(await page.eval("document.querySelectorAll('img, main script').length"), 0);
-        assert.deepEqual(page.errors, [], "no uncaught errors in the page");
+        assert.deepEqual(page.errors, [], "no uncaught errors or CSP refusals in the page");
 
         // Logout ends the session on the server: the old cookie no longer acts.
         await page.eval("document.getElementById('logout').click()");
@@ -359,6 +359,7 @@ Deno.test({
           "the list refreshed by the stream",
           8000, // before the page's own 10 s refresh: the stream did it
         );
+        assert.deepEqual(page.errors, []);
         page.close();
       } finally {
         await browser.close();

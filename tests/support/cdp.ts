@@ -29,7 +29,8 @@ export class Page {
   #ws: WebSocket;
   #next = 1;
   #pending = new Map<number, Pending>();
-  /** Uncaught exceptions and console errors of the page, for assertions. */
+  /** Uncaught exceptions and logged errors of the page (Content-Security-Policy refusals
+   *  included), for assertions. */
   readonly errors: string[] = [];
   readonly closed: Promise<void>;
 
@@ -45,6 +46,11 @@ export class Page {
         else p?.resolve(msg.result);
       } else if (msg.method === "Runtime.exceptionThrown") {
         this.errors.push(msg.params.exceptionDetails?.exception?.description ?? "exception");
+      } else if (
+        msg.method === "Log.entryAdded" && msg.params.entry.level === "error" &&
+        msg.params.entry.source !== "network" // a 404 /favicon.ico
+      ) {
+        this.errors.push(`${msg.params.entry.source}: ${msg.params.entry.text}`); // CSP refusals
       }
     });
   }
@@ -59,6 +65,7 @@ export class Page {
     await page.send("Page.enable");
     await page.send("Runtime.enable");
     await page.send("Network.enable");
+    await page.send("Log.enable");
     return page;
   }
 
