@@ -11,6 +11,7 @@
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import type { Context as HonoContext, Hono } from "hono";
 import { getCookie } from "hono/cookie";
+import { textUpTo } from "../netboot/http.ts";
 import { apiRouter } from "./apierror.ts";
 import type { Context } from "./context.ts";
 import { logger } from "./log.ts";
@@ -108,7 +109,8 @@ function cookie(c: HonoContext, value: string, maxAgeS: number): string {
 
 async function givenToken(c: HonoContext): Promise<string | undefined> {
   const type = c.req.header("content-type") ?? "";
-  const text = (await c.req.text()).slice(0, 4096);
+  const text = await textUpTo(c.req.raw, 4096); // anyone may post here: read no more than that
+  if (text === undefined) return undefined;
   if (type.includes("application/json")) {
     try {
       const v = JSON.parse(text);
