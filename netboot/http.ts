@@ -250,7 +250,7 @@ function remoteIpv4(c: HonoContext): string | undefined {
 
 /** The request body as text, or undefined past `max` bytes: reading stops there (the route is
  *  open to anyone on the network, and a report is a few hundred bytes). */
-async function textUpTo(req: Request, max: number): Promise<string | undefined> {
+export async function textUpTo(req: Request, max: number): Promise<string | undefined> {
   if (Number(req.headers.get("content-length") ?? 0) > max) return undefined;
   if (!req.body) return "";
   const chunks: Uint8Array[] = [];

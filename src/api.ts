@@ -4,18 +4,21 @@
 // Auth: writes (any method but GET/HEAD) need `Authorization: Bearer <token>`, the token being
 // generated on first start into <data>/token (mode 0600); reads need it too with --api-auth all
 // (config api.auth), and always for what shows secrets (a virtual node's console shows its kernel
-// command line, boot token included). One middleware does all three: bearerAuth.
+// command line, boot token included). One middleware does all three: bearerAuth. The dashboard's
+// session cookie (src/session.ts) stands for the token.
 // Bodies are JSON objects (jsonBody). Errors are `{error}` with 400 (bad input), 401, 404, 409
 // (conflict) or 500: every router is an apiRouter() (src/apierror.ts).
-import { timingSafeEqual } from "node:crypto";
 import type { Hono, MiddlewareHandler } from "hono";
 import { apiRouter } from "./apierror.ts";
 import type { Context } from "./context.ts";
 import { notFound, UserError } from "./errors.ts";
+import { lastBootByMac } from "./boots.ts";
 import { lastEventByMac, listEvents } from "./events.ts";
+import { eventStreams } from "./eventstream.ts";
 import { logger } from "./log.ts";
 import { asMac, type NodeInfo } from "./nodes.ts";
 import { NODE_STATES, type NodeState } from "./nodestate.ts";
+import { isApiToken, sameOrigin, sessionOf } from "./session.ts";
 
 const log = logger("api");
 
@@ -52,26 +55,30 @@ export async function loadOrCreateToken(path: string): Promise<string> {
   return token;
 }
 
-function tokenMatches(header: string | undefined, token: string): boolean {
-  const m = /^Bearer\s+(\S+)$/i.exec(header ?? "");
-  if (!m || !token) return false;
-  const a = new TextEncoder().encode(m[1]);
-  const b = new TextEncoder().encode(token);
-  return a.length === b.length && timingSafeEqual(a, b);
+function bearerToken(header: string | undefined): string | undefined {
+  return /^Bearer\s+(\S+)$/i.exec(header ?? "")?.[1];
 }
 
 /**
  * Refuses (401) a request without the API token: writes always, reads (GET, HEAD) too when
- * `reads` is true.
+ * `reads` is true. A dashboard session (src/session.ts) stands for the token; a write made with
+ * one must also come from the dashboard's own origin (403 otherwise: another page's request).
  */
 export function bearerAuth(ctx: Context, opts: { reads: boolean }): MiddlewareHandler {
   return async (c, next) => {
     const read = c.req.method === "GET" || c.req.method === "HEAD";
-    if ((!read || opts.reads) && !tokenMatches(c.req.header("authorization"), ctx.token)) {
-      return c.json({
-        error: "missing or wrong API token: send Authorization: Bearer <token> " +
-          `(the token is in ${ctx.data.token} on the server)`,
-      }, 401);
+    if (
+      (!read || opts.reads) && !isApiToken(bearerToken(c.req.header("authorization")), ctx.token)
+    ) {
+      if (sessionOf(ctx, c) === undefined) {
+        return c.json({
+          error: "missing or wrong API token: send Authorization: Bearer <token> " +
+            `(the token is in ${ctx.data.token} on the server)`,
+        }, 401);
+      }
+      if (!read && !sameOrigin(c)) {
+        return c.json({ error: "cross-origin write refused (Origin is not this server)" }, 403);
+      }
     }
     await next();
   };
@@ -146,10 +153,15 @@ export function nodeRoutes(ctx: Context): Hono {
   const { nodes } = ctx;
   const app = apiRouter();
 
-  // Node list entries carry the last timeline event (for `node ls` and the dashboard).
+  // Node list entries carry the last timeline event and the last boot (`node ls`, dashboard).
   const withLast = (list: NodeInfo[]) => {
     const last = lastEventByMac(ctx.db);
-    return list.map((n) => ({ ...n, lastEvent: last.get(n.mac) ?? null }));
+    const boots = lastBootByMac(ctx.db);
+    return list.map((n) => ({
+      ...n,
+      lastEvent: last.get(n.mac) ?? null,
+      lastBoot: boots.get(n.mac) ?? null,
+    }));
   };
 
   app.get("/", (c) => c.json(withLast(nodes.list())));
@@ -216,11 +228,25 @@ export function deployRoutes(ctx: Context): Hono {
   });
 }
 
-/** GET /events?mac=|node=&since=&limit=: the timeline, of one node or of everything. */
+/**
+ * GET /events?mac=|node=&since=&limit=: the timeline, of one node or of everything. Asked with
+ * `accept: text/event-stream` it is a live stream instead (src/eventstream.ts): from `since` (or
+ * the browser's Last-Event-ID) on, else from now on.
+ */
 export function eventRoutes(ctx: Context): Hono {
+  const streams = eventStreams(ctx.db);
+  ctx.changes.addEventListener("closing", () => streams.closeAll());
   return apiRouter().get("/", (c) => {
     const ref = c.req.query("mac") ?? c.req.query("node");
-    return c.json(events(ctx, c, ref ? macOf(ctx, ref) : undefined));
+    const mac = ref ? macOf(ctx, ref) : undefined;
+    if (c.req.header("accept")?.includes("text/event-stream")) {
+      const since = c.req.header("last-event-id") ?? c.req.query("since");
+      const from = since === undefined
+        ? undefined
+        : int(since, "since", 0, Number.MAX_SAFE_INTEGER);
+      return streams.respond({ mac, since: from });
+    }
+    return c.json(events(ctx, c, mac));
   });
 }
 

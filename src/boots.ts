@@ -98,3 +98,31 @@ export function lastBoot(db: Db, mac: string): Boot | undefined {
   ).get(mac) as { token: string } | undefined;
   return r && findBoot(db, r.token);
 }
+
+/** What the API shows of a boot (never its token). */
+export interface BootSummary {
+  startedAt: string;
+  /** The last stage the node reported (null: none yet). */
+  stage: string | null;
+  reportedAt: string | null;
+}
+
+/** The most recent boot of every node that has one (node lists show it). */
+export function lastBootByMac(db: Db): Map<string, BootSummary> {
+  const rows = db.prepare(
+    `SELECT mac, started_at, stage, reported_at FROM (
+       SELECT mac, started_at, stage, reported_at, row_number() OVER
+         (PARTITION BY mac ORDER BY started_at DESC, rowid DESC) AS newest FROM boots)
+     WHERE newest = 1`,
+  ).all() as {
+    mac: string;
+    started_at: string;
+    stage: string | null;
+    reported_at: string | null;
+  }[];
+  return new Map(
+    rows.map((
+      r,
+    ) => [r.mac, { startedAt: r.started_at, stage: r.stage, reportedAt: r.reported_at }]),
+  );
+}

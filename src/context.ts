@@ -8,6 +8,7 @@ import type { NodeRegistry } from "./nodes.ts";
 import type { NodeMonitor } from "./nodestate.ts";
 import type { PowerDrivers } from "./power/driver.ts";
 import type { Rebooter } from "./reboot.ts";
+import type { Sessions } from "./session.ts";
 import type { VnodeManager } from "./vnode/manager.ts";
 
 export interface Service {
@@ -30,9 +31,12 @@ export interface Context {
   vnodes?: VnodeManager;
   /** API write token (also in data/token, mode 0600). */
   token: string;
+  /** Dashboard logins (src/session.ts): each stands for the token until it expires. */
+  sessions: Sessions;
   /** Fires `new Event("nodes")` after registrations/deploys/forgets and `new Event("images")`
    *  after imports/removals, so NFS exports, DHCP reservations and vnodes follow; `new
-   *  Event("state")` after a node's state changed (node wait). */
+   *  Event("state")` after a node's state changed (node wait); `new Event("closing")` when the
+   *  server stops (live event streams end). */
   changes: EventTarget;
   /** Base URL nodes use to reach the HTTP server, e.g. http://10.77.0.1:8080 (undefined without
    *  a boot interface). */

@@ -41,6 +41,32 @@ function observe(db: Db, kind: EventKind, detail: Record<string, unknown>): void
   }
 }
 
+/** Wakes whoever follows `db`'s events (the API's event streams) after new rows. */
+type Follower = () => void;
+const followers = new WeakMap<Db, Set<Follower>>();
+
+/** Calls `wake` after every new event of `db` (it must read them later, not synchronously: the
+ *  writer's transaction may still be open). Returns the unfollow. */
+export function followEvents(db: Db, wake: Follower): () => void {
+  let set = followers.get(db);
+  if (!set) followers.set(db, set = new Set());
+  set.add(wake);
+  return () => void set.delete(wake);
+}
+
+/** Tells the followers that events were appended (writers that insert rows themselves). */
+export function eventsAppended(db: Db): void {
+  const set = followers.get(db);
+  if (!set) return;
+  for (const wake of set) {
+    try {
+      wake();
+    } catch (e) {
+      log.warn("event follower failed", { error: (e as Error).message });
+    }
+  }
+}
+
 export function recordEvent(
   db: Db,
   mac: string | null,
@@ -50,6 +76,7 @@ export function recordEvent(
   db.prepare("INSERT INTO events (mac, ts, kind, detail) VALUES (?, ?, ?, ?)")
     .run(mac, new Date().toISOString(), kind, JSON.stringify(detail));
   observe(db, kind, detail);
+  eventsAppended(db);
 }
 
 /** recordEvent with its statement prepared once and the time given (a hot path: DHCP). */
@@ -60,6 +87,7 @@ export function eventRecorder(
   return (mac, kind, detail, at) => {
     insert.run(mac, new Date(at).toISOString(), kind, JSON.stringify(detail));
     observe(db, kind, detail);
+    eventsAppended(db);
   };
 }
 

@@ -30,7 +30,7 @@ import { join } from "node:path";
 import type { DataDir } from "./datadir.ts";
 import { type Db, tx } from "./db.ts";
 import { conflict, notFound, UserError } from "./errors.ts";
-import { recordEvent } from "./events.ts";
+import { eventsAppended, recordEvent } from "./events.ts";
 import type { ImageStore } from "./images/store.ts";
 import { normalizeMac } from "./mac.ts";
 import { BOOT_MODES, RULES } from "../contract/cmdline.ts";
@@ -723,6 +723,7 @@ export class NodeRegistry {
       }
       throw e;
     }
+    eventsAppended(this.db);
     this.#changed();
     const reboots = opts.reboot === false
       ? []

@@ -24,6 +24,7 @@ import {
 } from "./api.ts";
 import { apiErrorResponse, noSuchRoute } from "./apierror.ts";
 import { dashboardRoutes } from "./dashboard.ts";
+import { sessionRoutes, Sessions } from "./session.ts";
 import { imageRoutes } from "./images/api.ts";
 import { bootRoutes } from "../netboot/http.ts";
 import type { Booter } from "../netboot/booter.ts";
@@ -157,7 +158,19 @@ export async function openContext(config: ServerConfig, plugins: Plugins = {}): 
   if (fixed + fixedNodes > 0) {
     log.info("reconciled data dir with database", { fixed: fixed + fixedNodes });
   }
-  const ctx: Context = { config, data, db, images, nodes, rebooter, power, token, changes };
+  const sessions = new Sessions();
+  const ctx: Context = {
+    config,
+    data,
+    db,
+    images,
+    nodes,
+    rebooter,
+    power,
+    token,
+    sessions,
+    changes,
+  };
   registerPowerReboots(ctx); // before vnodes' QMP reset: an explicit power.driver wins
   return ctx;
 }
@@ -193,7 +206,8 @@ export function buildApp(
   app.route("/api/v1", api);
   app.route("/boot", bootRoutes(booter)); //          iPXE scripts, kernels, initramfs, node reports
   app.route("/metrics", metricsRoutes(ctx)); //    Prometheus, no token (counts only)
-  app.route("/", dashboardRoutes(ctx)); //         GET /
+  app.route("/", sessionRoutes(ctx)); //           POST /login, POST /logout, GET /session
+  app.route("/", dashboardRoutes(ctx)); //         GET / and its script and style
   return app;
 }
 
@@ -345,6 +359,7 @@ export async function serve(
       async close() {
         if (closed) return;
         closed = true;
+        ctx.changes.dispatchEvent(new Event("closing")); // long-lived responses end first
         for (const s of [...services].reverse()) {
           try {
             await s.close();

@@ -1,145 +1,617 @@
-// The dashboard rendered by a real headless Chromium against a server on loopback: the DOM it
-// dumps must hold data the page's script fetched from the API (the served HTML holds none).
+// The dashboard in a real headless Chromium (driven over the DevTools protocol) against a real
+// server on loopback: log in with the API token (a wrong one refused), the cookie's attributes,
+// the node list with states, a node page whose timeline updates live while the node "boots"
+// (stage reports through the real /boot/report), actions through the REST API (a setting, a
+// reboot, a power-off through a real power.command program) and their effects, hostile names,
+// settings, event details and console text shown as text (nothing of them runs), screenshots.
+// Then the same rules at the HTTP level: sessions, Origin checks, the page's policy, and the
+// bounds of the event streams.
 import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
-import { defaultConfig } from "../src/config.ts";
-import { recordEvent, recordProgress } from "../src/events.ts";
-import { buildApp, openContext } from "../src/server.ts";
+import { join } from "node:path";
+import { openBoot } from "../src/boots.ts";
+import { defaultConfig, type ServerConfig } from "../src/config.ts";
+import type { Context } from "../src/context.ts";
+import { listEvents, recordEvent } from "../src/events.ts";
+import { eventStreams } from "../src/eventstream.ts";
+import { powerCommandDir } from "../src/power/command.ts";
+import { buildApp, openContext, serve } from "../src/server.ts";
+import { sessionMaxAgeS, Sessions } from "../src/session.ts";
+import { Browser, haveChromium, isPng, type Page } from "./support/cdp.ts";
 
-const chromium = "/usr/bin/chromium";
-const haveChromium = (() => {
-  try {
-    return Deno.statSync(chromium).isFile;
-  } catch {
-    return false;
-  }
-})();
+const mac1 = "52:54:00:d4:5b:01";
+const macVm = "52:54:00:d4:5b:02";
+const macEvil = "52:54:00:d4:5b:03";
+// Markup that would run if any of it became HTML: each sets window.pwned.
+const evilName = `<img src=x onerror="window.pwned='name'"><script>window.pwned='name2'</script>`;
+const evilSetting = `<script>window.pwned='setting'</script>`;
+const evilDetail = `<img src=x onerror="window.pwned='detail'">`;
+const evilConsole = `login: <script>window.pwned='console'</script>\x1b[1;31mred\x1b[0m\r\n`;
 
-async function dumpDom(url: string): Promise<string> {
-  const profile = await Deno.makeTempDir({ prefix: "nr-dash-chromium-" });
+async function withServer(
+  config: Partial<ServerConfig>,
+  fn: (ctx: Context, base: string) => Promise<void>,
+): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "nr-dash-" });
+  const ctx = await openContext({ ...defaultConfig(), dataDir: dir, ...config });
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen: () => {} },
+    buildApp(ctx).fetch,
+  );
   try {
-    const out = await new Deno.Command(chromium, {
-      args: [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        `--user-data-dir=${profile}`,
-        // Lets the page's fetches and rendering finish (in virtual time) before the dump.
-        "--virtual-time-budget=5000",
-        "--dump-dom",
-        url,
-      ],
-      stdout: "piped",
-      stderr: "piped",
-      signal: AbortSignal.timeout(60_000),
-    }).output();
-    assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
-    return new TextDecoder().decode(out.stdout);
+    await fn(ctx, `http://127.0.0.1:${server.addr.port}`);
   } finally {
-    await Deno.remove(profile, { recursive: true });
+    await server.shutdown();
+    ctx.db.close();
+    await Deno.remove(dir, { recursive: true });
   }
 }
 
+/** A lab: an image, a physical node (booted, with a power program), a virtual node with a
+ *  console, and a node whose name is hostile (written past the API's name rules, as an old or
+ *  foreign database could hold it). */
+async function seed(ctx: Context): Promise<{ imageId: string; powerLog: string }> {
+  const imageId = "ef".repeat(32);
+  ctx.db.prepare(
+    `INSERT INTO images (id, name, created_at, size, files, bootable, kernel_version)
+     VALUES (?, 'bookworm-lab', ?, 1048576, 1, 1, '6.1.0-lab')`,
+  ).run(imageId, new Date().toISOString());
+  mkdirSync(ctx.data.rootfs(imageId), { recursive: true });
+  ctx.nodes.add(mac1, { name: "dash-node-1", image: "bookworm-lab" });
+  ctx.nodes.add(macVm, { name: "vm-2", virtual: true });
+  ctx.nodes.add(macEvil, { name: "evil-3" });
+  ctx.db.prepare("UPDATE nodes SET name = ? WHERE mac = ?").run(evilName, macEvil);
+  ctx.nodes.setIp(mac1, "10.77.0.42");
+  await ctx.nodes.deploy(["dash-node-1"], "bookworm-lab", { reboot: false });
+  ctx.nodes.setState(mac1, "booted", "port 22 answered");
+  const powerLog = join(ctx.data.root, "power.log");
+  const dir = powerCommandDir(ctx.data);
+  await Deno.mkdir(dir, { recursive: true });
+  await Deno.writeTextFile(
+    join(dir, "fake.sh"),
+    `#!/bin/sh\necho "$1 $NETROOT_NAME" >> '${powerLog}'\n[ "$1" = status ] && echo on\nexit 0\n`,
+    { mode: 0o755 },
+  );
+  ctx.nodes.configure(mac1, {
+    "power.driver": "command",
+    "power.command": "fake.sh {action}",
+    "kernel.cmdline": evilSetting,
+  });
+  recordEvent(ctx.db, mac1, "init.fatal", { detail: evilDetail });
+  await Deno.mkdir(ctx.data.vm(macVm), { recursive: true });
+  await Deno.writeTextFile(join(ctx.data.vm(macVm), "console.log"), evilConsole);
+  return { imageId, powerLog };
+}
+
+const rows = (page: Page, selector: string) =>
+  page.eval<string[]>(
+    `[...document.querySelectorAll(${JSON.stringify(selector)})].map((r) => r.textContent)`,
+  );
+
 Deno.test({
-  name: "dashboard: Chromium renders nodes, images and a node timeline fetched from the API",
+  name: "dashboard: login, node list, live timeline while a node boots, actions, hostile text",
   ignore: !haveChromium,
   async fn() {
-    const dir = await Deno.makeTempDir({ prefix: "nr-dash-" });
-    const ctx = await openContext({ ...defaultConfig(), dataDir: dir });
-    const server = Deno.serve(
-      { hostname: "127.0.0.1", port: 0, onListen: () => {} },
-      buildApp(ctx).fetch,
-    );
-    try {
-      const id = "ef".repeat(32);
-      ctx.db.prepare(
-        `INSERT INTO images (id, name, created_at, size, files, bootable)
-         VALUES (?, 'bookworm-lab', ?, 1048576, 1, 1)`,
-      ).run(id, new Date().toISOString());
-      mkdirSync(ctx.data.rootfs(id), { recursive: true });
-      ctx.nodes.add("52:54:00:d4:5b:01", { name: "dash-node-1", image: "bookworm-lab" });
-      ctx.nodes.add("52:54:00:d4:5b:02", { name: "vm-2", virtual: true });
-      ctx.nodes.setIp("52:54:00:d4:5b:01", "10.77.0.42");
-      await ctx.nodes.deploy(["dash-node-1"], "bookworm-lab");
-      for (const done of [40e6, 100e6]) { // the second report replaces the first
-        recordProgress(ctx.db, "52:54:00:d4:5b:01", "init.hybrid-copy", {
-          done,
-          total: 400e6,
-          rate: 20e6,
+    await withServer({}, async (ctx, base) => {
+      const { imageId, powerLog } = await seed(ctx);
+      const shots = await Deno.makeTempDir({ prefix: "nr-dash-shots-" });
+      const browser = await Browser.launch();
+      try {
+        const page = await browser.page();
+        // Reads are open (--api-auth writes): the list shows, the actions do not.
+        await page.goto(`${base}/`);
+        await page.waitFor(`document.querySelector('#nodes tr[data-mac="${mac1}"]')`, "node row");
+        const row = await page.eval<string>(
+          `document.querySelector('#nodes tr[data-mac="${mac1}"]').textContent`,
+        );
+        assert.match(row, /dash-node-1/);
+        assert.match(row, /booted · \d+ (s|min)/, "state with its age");
+        assert.match(row, /bookworm-lab/);
+        assert.match(row, /10\.77\.0\.42/);
+        assert.match(row, /init\.fatal \(\d+ (s|min) ago\)/);
+        const vmRow = await page.eval<string>(
+          `document.querySelector('#nodes tr[data-mac="${macVm}"]').textContent`,
+        );
+        assert.match(vmRow, /vm-2off/);
+        assert.match(
+          await page.eval<string>(`document.querySelector('#images tr[data-image="bookworm-lab"]')
+            .textContent`),
+          /bookworm-labefefefefefef · .* · 1\.0 MiByes6\.1\.0-lab1/,
+        );
+        assert.equal(await page.eval("document.querySelector('.actions').hidden"), true);
+        assert.equal(await page.eval("document.getElementById('login').hidden"), false);
+
+        // A wrong token is refused, and sets no cookie.
+        await page.eval(`document.getElementById('login-token').value = '${"0".repeat(64)}';
+          document.getElementById('login').requestSubmit()`);
+        await page.waitFor(
+          "document.getElementById('login-error').textContent.includes('wrong token')",
+          "the wrong-token message",
+        );
+        assert.equal((await page.cookies(base)).length, 0);
+
+        // The right one logs in: an HttpOnly, SameSite=Strict session cookie on Path=/.
+        await page.eval(`document.getElementById('login-token').value = '${ctx.token}';
+          document.getElementById('login').requestSubmit()`);
+        await page.waitFor("!document.getElementById('logout').hidden", "logged in");
+        const [cookie, ...more] = await page.cookies(base);
+        assert.equal(more.length, 0);
+        assert.equal(cookie.name, "netroot_session");
+        assert.match(cookie.value, /^[0-9a-f]{64}$/);
+        assert.notEqual(cookie.value, ctx.token, "the cookie is not the token");
+        assert.equal(cookie.httpOnly, true);
+        assert.equal(cookie.sameSite, "Strict");
+        assert.equal(cookie.path, "/");
+        assert.equal(cookie.secure, false, "plain-HTTP lab");
+        const left = cookie.expires - Date.now() / 1000;
+        assert.ok(left > sessionMaxAgeS - 60 && left <= sessionMaxAgeS + 1, `expires in ${left}`);
+        assert.equal(await page.eval("document.cookie"), "", "page scripts cannot read it");
+        assert.equal(await page.eval("document.querySelector('.actions').hidden"), false);
+        const listShot = await page.screenshot(join(shots, "nodes.png"));
+        assert.ok(isPng(listShot), "the node list screenshot is a PNG");
+
+        // The node page: facts, settings, timeline (live), console.
+        await page.eval(`location.hash = '#/node/${mac1}'`);
+        await page.waitFor(
+          "document.getElementById('node-name').textContent === 'dash-node-1'",
+          "node page",
+        );
+        await page.waitFor("document.getElementById('live').textContent === 'live'", "stream");
+        const facts = (await rows(page, "#node-facts tr")).join("\n");
+        assert.match(facts, /mac52:54:00:d4:5b:01/);
+        assert.match(facts, /address10\.77\.0\.42/);
+        assert.match(facts, /imagebookworm-lab/);
+        assert.match(facts, /statebooted since .* — port 22 answered/);
+        const kinds = await page.eval<string[]>(
+          "[...document.querySelectorAll('#timeline tbody tr')].map((r) => r.dataset.kind)",
+        );
+        for (const k of ["node.added", "deploy", "node.state", "node.config", "init.fatal"]) {
+          assert.ok(kinds.includes(k), `${k} in ${kinds}`);
+        }
+
+        // The node boots: its script opens a boot, its init reports stages over HTTP. Each
+        // shows up without a reload, newest first; progress is one row that moves.
+        const token = openBoot(ctx.db, mac1, imageId);
+        const report = async (body: Record<string, unknown>) => {
+          const r = await fetch(`${base}/boot/report`, {
+            method: "POST",
+            body: JSON.stringify({ token, mac: mac1, ...body }),
+          });
+          assert.equal(r.status, 200, await r.text());
+        };
+        const navigations = await page.eval<number>(
+          "performance.getEntriesByType('navigation')" +
+            ".length + history.length",
+        );
+        await report({ stage: "modules", ok: true, ms: 120 });
+        await page.waitFor(
+          "document.querySelector('#timeline tbody tr').dataset.kind === 'init.modules'",
+          "the live init.modules row",
+        );
+        for (const done of [40e6, 100e6]) {
+          await report({ stage: "hybrid-copy", done, total: 400e6, rate: 20e6 });
+          await page.waitFor(
+            `document.querySelector('#timeline tbody tr').textContent.includes('${done / 4e6}% (')`,
+            `progress ${done}`,
+          );
+        }
+        assert.equal(
+          await page.eval(
+            "document.querySelectorAll('#timeline tr[data-kind=\"init.hybrid-copy\"]')" +
+              ".length",
+          ),
+          1,
+          "progress replaces its row",
+        );
+        assert.equal(
+          await page.eval("document.querySelector('#timeline tbody tr').className"),
+          "new",
+          "live rows are marked",
+        );
+        assert.equal(
+          await page.eval<number>(
+            "performance.getEntriesByType('navigation').length + " +
+              "history.length",
+          ),
+          navigations,
+          "no reload",
+        );
+        // The node list's last boot follows too (the boot table, through the API).
+        await page.waitFor(
+          "document.querySelector('#node-facts tr[data-fact=\"last boot\"]').textContent" +
+            ".includes('(hybrid-copy)')",
+          "last boot with its stage",
+        );
+
+        // Actions. A setting edited in the page reaches the registry (and the timeline).
+        await page.eval(`document.getElementById('setting-key').value = 'boot.watchdog';
+          document.getElementById('setting-value').value = '300';
+          document.getElementById('setting-add').requestSubmit()`);
+        await page.waitFor(
+          "document.querySelector('#settings tr[data-key=\"boot.watchdog\"] td.value')" +
+            "?.textContent === '300'",
+          "the new setting",
+        );
+        assert.equal(ctx.nodes.get(mac1).settings["boot.watchdog"], "300");
+        await page.waitFor(
+          "[...document.querySelectorAll('#timeline tr[data-kind=\"node.config\"]')]" +
+            ".some((r) => r.textContent.includes('boot.watchdog'))",
+          "the node.config event, live",
+        );
+        // A bad value gets the API's one-line error.
+        await page.eval(`document.getElementById('setting-key').value = 'boot.watchdog';
+          document.getElementById('setting-value').value = 'soon';
+          document.getElementById('setting-add').requestSubmit()`);
+        await page.waitFor(
+          "document.getElementById('action-result').className.includes('error') && " +
+            "document.getElementById('action-result').textContent.includes('boot.watchdog must')",
+          "the refusal",
+        );
+        // Power off through the node's power.command program: it runs, the node is off.
+        await page.eval("document.querySelector('.act-power[data-action=\"off\"]').click()");
+        await page.waitFor(
+          "document.getElementById('action-result').textContent === 'power off: off (command)'",
+          "power off result",
+        );
+        assert.equal((await Deno.readTextFile(powerLog)).trim(), "off dash-node-1");
+        assert.equal(ctx.nodes.get(mac1).state, "off");
+        await page.waitFor(
+          "document.querySelector('#node-state .state').textContent.startsWith('off')",
+          "the state shown as off",
+        );
+        // Reboot: through the power driver (a cycle), recorded with the dashboard as cause.
+        await page.eval("document.getElementById('act-reboot').click()");
+        await page.waitFor(
+          "document.getElementById('action-result').textContent.startsWith('reboot: done')",
+          "reboot result",
+        );
+        assert.match(await Deno.readTextFile(powerLog), /cycle dash-node-1/);
+        assert.ok(
+          listEvents(ctx.db, { mac: mac1 }).some((e) =>
+            e.kind === "reboot" && e.detail.cause === "dashboard"
+          ),
+        );
+        // Untrusted text stays text: the setting value, the event detail.
+        const settingShown = await page.eval<string>(
+          "document.querySelector('#settings tr[data-key=\"kernel.cmdline\"] td.value').textContent",
+        );
+        assert.equal(settingShown, evilSetting);
+        const fatal = await page.eval<string>(
+          "document.querySelector('#timeline tr[data-kind=\"init.fatal\"] td.detail').textContent",
+        );
+        assert.equal(fatal, JSON.stringify({ detail: evilDetail }));
+        const nodeShot = await page.screenshot(join(shots, "node.png"));
+        assert.ok(isPng(nodeShot), "the node page screenshot is a PNG");
+
+        // A virtual node's console, read through the API (escape sequences dropped).
+        await page.eval(`location.hash = '#/node/${macVm}'`);
+        await page.waitFor(
+          "document.getElementById('console').textContent.includes('red')",
+          "the console",
+        );
+        assert.equal(
+          await page.eval("document.getElementById('console').textContent"),
+          "login: <script>window.pwned='console'</script>red\n",
+        );
+        // The hostile name: shown as written, in the list and on its page.
+        await page.eval(`location.hash = '#/node/${macEvil}'`);
+        await page.waitFor(
+          `document.getElementById('node-name').textContent === ${JSON.stringify(evilName)}`,
+          "the hostile name as text",
+        );
+        await page.eval("location.hash = '#/'");
+        await page.waitFor(
+          `document.querySelector('#nodes tr[data-mac="${macEvil}"] a')?.textContent === ${
+            JSON.stringify(evilName)
+          }`,
+          "the hostile name in the list",
+        );
+        assert.equal(await page.eval("typeof window.pwned"), "undefined", "nothing ran");
+        assert.equal(await page.eval("document.querySelectorAll('img, main script').length"), 0);
+        assert.deepEqual(page.errors, [], "no uncaught errors or CSP refusals in the page");
+
+        // Logout ends the session on the server: the old cookie no longer acts.
+        await page.eval("document.getElementById('logout').click()");
+        await page.waitFor("!document.getElementById('login').hidden", "logged out");
+        assert.equal((await page.cookies(base)).length, 0);
+        const replay = await fetch(`${base}/api/v1/nodes/${mac1}/reboot`, {
+          method: "POST",
+          headers: { cookie: `netroot_session=${cookie.value}`, origin: base },
         });
+        assert.equal(replay.status, 401);
+        page.close();
+        console.log(`screenshots: ${shots}`);
+      } finally {
+        await browser.close();
       }
-      ctx.nodes.setState("52:54:00:d4:5b:01", "booted", "port 22 answered");
-      recordEvent(ctx.db, "52:54:00:d4:5b:01", "init.fatal", { detail: "<b>not-markup</b>" });
-
-      const base = `http://127.0.0.1:${server.addr.port}/`;
-      const page = await (await fetch(base)).text();
-      assert.ok(!page.includes("dash-node-1"), "the served page must not embed data");
-      assert.doesNotMatch(page, /<(script|link)[^>]+(src|href)=/, "no external assets");
-
-      const dom = await dumpDom(base);
-      const row = /<tr data-mac="52:54:00:d4:5b:01">(.*?)<\/tr>/s.exec(dom)?.[1] ?? "";
-      assert.match(row, />dash-node-1</);
-      assert.match(row, /10\.77\.0\.42/);
-      assert.match(row, /bookworm-lab/);
-      assert.match(row, /init\.fatal \(/); // last event
-      assert.match(row, /<td class="state-booted" title="port 22 answered">booted \(/);
-      assert.match(dom, /<td>bookworm-lab<\/td><td class="mono">efefefefefef<\/td><td>1\.0 MiB/);
-      assert.match(dom, /<tr data-mac="52:54:00:d4:5b:02">.*?>vm-2<.*?<td>yes<\/td>/s);
-      assert.match(dom, /2 nodes, 1 images/);
-
-      const timeline = await dumpDom(`${base}#node=52:54:00:d4:5b:01`);
-      const section = /<section id="timeline"[^>]*>(.*?)<\/section>/s.exec(timeline);
-      assert.ok(section, "timeline section present");
-      assert.doesNotMatch(section[0], /<section id="timeline" hidden/);
-      assert.match(section[1], /<span id="timeline-node">dash-node-1 \(52:54:00:d4:5b:01\)</);
-      // Event details are text, never markup.
-      assert.match(section[1], /&lt;b&gt;not-markup&lt;\/b&gt;/);
-      // A copy's progress: one readable row, the latest (the node log's own formatting).
-      assert.match(
-        section[1],
-        /<td>init\.hybrid-copy<\/td><td class="mono">25% \(100\.0\/400\.0 MB, 20\.0 MB\/s, ETA 15 s\)<\/td>/,
-      );
-      assert.doesNotMatch(section[1], /10% \(|&quot;done&quot;|"done"/);
-      for (const kind of ["node.added", "deploy", "reboot.none", "init.fatal"]) {
-        assert.match(section[1], new RegExp(`<td>${kind.replace(".", "\\.")}</td>`));
-      }
-    } finally {
-      await server.shutdown();
-      ctx.db.close();
-      await Deno.remove(dir, { recursive: true });
-    }
+    });
   },
 });
 
 Deno.test({
-  name: "dashboard with --api-auth all: asks for the token; works given ?token= once",
+  name: "dashboard with --api-auth all: nothing shown before login; everything after",
   ignore: !haveChromium,
   async fn() {
-    const dir = await Deno.makeTempDir({ prefix: "nr-dash-auth-" });
-    const ctx = await openContext({ ...defaultConfig(), dataDir: dir, api: { auth: "all" } });
-    const server = Deno.serve(
-      { hostname: "127.0.0.1", port: 0, onListen: () => {} },
-      buildApp(ctx).fetch,
-    );
-    try {
-      ctx.nodes.add("52:54:00:d4:5b:03", { name: "auth-node" });
-      const base = `http://127.0.0.1:${server.addr.port}/`;
-      const locked = await dumpDom(base);
-      assert.doesNotMatch(locked, /auth-node/);
-      assert.match(locked, /<form id="login">/, "the token form is shown");
-      assert.match(locked, /the API needs its token/);
-      const open = await dumpDom(`${base}?token=${ctx.token}`);
-      assert.match(open, /<tr data-mac="52:54:00:d4:5b:03">.*?>auth-node</s);
-      assert.match(open, /<form id="login" hidden="">/);
-    } finally {
-      await server.shutdown();
-      ctx.db.close();
-      await Deno.remove(dir, { recursive: true });
-    }
+    await withServer({ api: { auth: "all" } }, async (ctx, base) => {
+      ctx.nodes.add("52:54:00:d4:5b:09", { name: "auth-node" });
+      const browser = await Browser.launch();
+      try {
+        const page = await browser.page();
+        await page.goto(`${base}/`);
+        await page.waitFor(
+          "document.getElementById('status').textContent.includes('log in')",
+          "the login prompt",
+        );
+        assert.equal(await page.eval("document.getElementById('login').hidden"), false);
+        assert.equal(await page.eval("document.getElementById('page-list').hidden"), true);
+        assert.doesNotMatch(await page.eval<string>("document.body.textContent"), /auth-node/);
+        await page.eval(`document.getElementById('login-token').value = '${ctx.token}';
+          document.getElementById('login').requestSubmit()`);
+        await page.waitFor(
+          "document.querySelector('#nodes tr[data-mac=\"52:54:00:d4:5b:09\"]')",
+          "the node after login",
+        );
+        // The live stream works with the cookie alone (EventSource sends no header).
+        recordEvent(ctx.db, "52:54:00:d4:5b:09", "node.renamed", { from: "a", to: "b" });
+        await page.waitFor(
+          "document.querySelector('#nodes tr[data-mac=\"52:54:00:d4:5b:09\"]').textContent" +
+            ".includes('node.renamed')",
+          "the list refreshed by the stream",
+          8000, // before the page's own 10 s refresh: the stream did it
+        );
+        assert.deepEqual(page.errors, []);
+        page.close();
+      } finally {
+        await browser.close();
+      }
+    });
   },
+});
+
+Deno.test("dashboard sessions: login, cookie attributes, Origin checks, logout, auth modes", async () => {
+  await withServer({ api: { auth: "all" } }, async (ctx, base) => {
+    ctx.nodes.add(mac1, { name: "n1" });
+    const login = (token: string, origin: string | null = base) =>
+      fetch(`${base}/login`, {
+        method: "POST",
+        headers: {
+          "content-type": "application/x-www-form-urlencoded",
+          ...(origin ? { origin } : {}),
+        },
+        body: new URLSearchParams({ token }),
+      });
+    let r = await login("0".repeat(64));
+    assert.equal(r.status, 401);
+    assert.match((await r.json()).error, /wrong token/);
+    assert.equal(r.headers.get("set-cookie"), null);
+    r = await login(ctx.token + "x".repeat(100_000)); // read up to 4 KiB only
+    assert.equal(r.status, 401);
+    await r.body?.cancel();
+    r = await login(ctx.token, "http://evil.example");
+    assert.equal(r.status, 403, "a login posted from another site");
+    await r.body?.cancel();
+    r = await login(ctx.token);
+    assert.equal(r.status, 200);
+    await r.body?.cancel();
+    const set = r.headers.get("set-cookie") ?? "";
+    assert.match(
+      set,
+      /^netroot_session=[0-9a-f]{64}; Path=\/; Max-Age=43200; HttpOnly; SameSite=Strict$/,
+    );
+    const cookie = set.split(";")[0];
+
+    // Reads need the token (api.auth all): the cookie stands for it; nothing else does.
+    r = await fetch(`${base}/api/v1/nodes`);
+    assert.equal(r.status, 401);
+    await r.body?.cancel();
+    r = await fetch(`${base}/api/v1/nodes`, { headers: { cookie } });
+    assert.equal(r.status, 200);
+    assert.equal((await r.json())[0].name, "n1");
+    r = await fetch(`${base}/api/v1/nodes`, {
+      headers: { cookie: "netroot_session=" + "a".repeat(64) },
+    });
+    assert.equal(r.status, 401, "a made-up session");
+    await r.body?.cancel();
+    // The console needs the token even for reads: the session carries it there too.
+    r = await fetch(`${base}/api/v1/nodes/n1/console`, { headers: { cookie } });
+    assert.equal(r.status, 404, "reached the route (a physical node has no console here)");
+    await r.body?.cancel();
+
+    // Writes with the cookie: only from this origin.
+    const write = (headers: Record<string, string>) =>
+      fetch(`${base}/api/v1/nodes/n1/config`, {
+        method: "PATCH",
+        headers: { cookie, "content-type": "application/json", ...headers },
+        body: JSON.stringify({ "boot.retries": "5" }),
+      });
+    const origins: Record<string, string>[] = [{}, { origin: "http://evil.example" }, {
+      origin: "null",
+    }];
+    for (const h of origins) {
+      r = await write(h);
+      assert.equal(r.status, 403, JSON.stringify(h));
+      assert.match((await r.json()).error, /cross-origin/);
+    }
+    assert.equal(ctx.nodes.get("n1").settings["boot.retries"], undefined);
+    r = await write({ origin: base });
+    assert.equal(r.status, 200, await r.text());
+    assert.equal(ctx.nodes.get("n1").settings["boot.retries"], "5");
+    // The bearer token keeps working without any Origin (CLI, scripts).
+    r = await fetch(`${base}/api/v1/nodes/n1/config`, {
+      method: "PATCH",
+      headers: { authorization: `Bearer ${ctx.token}` },
+      body: JSON.stringify({ "boot.retries": "6" }),
+    });
+    assert.equal(r.status, 200);
+    await r.body?.cancel();
+
+    r = await fetch(`${base}/session`, { headers: { cookie } });
+    assert.deepEqual(
+      { ...await r.json(), expires: null },
+      { loggedIn: true, expires: null, apiAuth: "all" },
+    );
+    r = await fetch(`${base}/logout`, { method: "POST", headers: { cookie, origin: base } });
+    assert.match(r.headers.get("set-cookie") ?? "", /^netroot_session=; Path=\/; Max-Age=0;/);
+    await r.body?.cancel();
+    r = await fetch(`${base}/api/v1/nodes`, { headers: { cookie } });
+    assert.equal(r.status, 401, "the session is gone on the server");
+    await r.body?.cancel();
+
+    // The page: no data in it, only its own script and style, no inline script allowed.
+    r = await fetch(`${base}/`);
+    const html = await r.text();
+    assert.doesNotMatch(html, /n1|<script>/);
+    assert.doesNotMatch(html, /(src|href)="(https?:)?\/\//, "no external assets");
+    const csp = r.headers.get("content-security-policy") ?? "";
+    assert.match(csp, /default-src 'none'/);
+    assert.match(csp, /script-src 'self'(;|$)/);
+    const js = await (await fetch(`${base}/dashboard.js`)).text();
+    assert.doesNotMatch(js, /innerHTML|outerHTML|insertAdjacentHTML|document\.write/);
+    assert.match((await fetch(`${base}/dashboard.css`)).headers.get("content-type")!, /text\/css/);
+  });
+});
+
+Deno.test("sessions expire, and there are at most 256", () => {
+  let now = 1_000_000;
+  const s = new Sessions(() => now);
+  const a = s.open();
+  assert.equal(s.check(a.id), a.expires);
+  now += sessionMaxAgeS * 1000 - 1;
+  assert.equal(s.check(a.id), a.expires);
+  now += 1;
+  assert.equal(s.check(a.id), undefined, "expired");
+  const ids = Array.from({ length: 300 }, () => s.open().id);
+  assert.equal(s.size, 256);
+  assert.equal(s.check(ids[0]), undefined, "the oldest gave way");
+  assert.ok(s.check(ids[299]));
+  assert.equal(s.check("not-hex"), undefined);
+});
+
+async function readUntil(reader: ReadableStreamDefaultReader<Uint8Array>, re: RegExp) {
+  let text = "";
+  const dec = new TextDecoder();
+  const until = Date.now() + 10_000;
+  while (!re.test(text)) {
+    assert.ok(Date.now() < until, `timed out waiting for ${re} in ${text}`);
+    const { value, done } = await reader.read();
+    if (done) break;
+    text += dec.decode(value);
+  }
+  return text;
+}
+
+Deno.test("event streams: live events from since, bounded count, released when clients go", async () => {
+  await withServer({}, async (ctx, base) => {
+    ctx.nodes.add(mac1, { name: "n1" });
+    ctx.nodes.add(macVm, { name: "n2" });
+    const first = listEvents(ctx.db, { mac: mac1 }).at(-1)!.id;
+    const open = (query: string, signal?: AbortSignal) =>
+      fetch(`${base}/api/v1/events?${query}`, { headers: { accept: "text/event-stream" }, signal });
+    const ac = new AbortController();
+    const r = await open(`mac=${mac1}&since=0`, ac.signal);
+    assert.equal(r.status, 200);
+    assert.match(r.headers.get("content-type")!, /^text\/event-stream/);
+    const reader = r.body!.getReader();
+    let text = await readUntil(reader, new RegExp(`id: ${first}\n`));
+    assert.match(text, /^retry: 3000\n\n/);
+    assert.match(text, /"kind":"node.added"/);
+    recordEvent(ctx.db, macVm, "node.renamed", { from: "x", to: "n2" }); // another node's
+    recordEvent(ctx.db, mac1, "node.renamed", { from: "y", to: "n1" });
+    text = await readUntil(reader, /"to":"n1"/);
+    assert.doesNotMatch(text, /"to":"n2"/, "only the node asked for");
+    const id = Number(/id: (\d+)\ndata: [^\n]*"to":"n1"/.exec(text)![1]);
+    // Last-Event-ID (EventSource's reconnect) resumes after it.
+    recordEvent(ctx.db, mac1, "node.config", { "boot.retries": "1" });
+    const again = await fetch(`${base}/api/v1/events?mac=${mac1}`, {
+      headers: { accept: "text/event-stream", "last-event-id": String(id) },
+    });
+    const againReader = again.body!.getReader();
+    const resumed = await readUntil(againReader, /node\.config/);
+    assert.doesNotMatch(resumed, /node\.renamed/);
+    await againReader.cancel();
+    ac.abort();
+    await reader.cancel().catch(() => {});
+
+    // 32 at once; the 33rd is refused; once clients go, their streams are released.
+    const held = await Promise.all(
+      Array.from({ length: 32 }, async () => {
+        const c = new AbortController();
+        const res = await open("", c.signal);
+        assert.equal(res.status, 200);
+        const rd = res.body!.getReader();
+        await readUntil(rd, /retry/);
+        return { c, rd };
+      }),
+    );
+    const refused = await open("");
+    assert.equal(refused.status, 503);
+    assert.match((await refused.json()).error, /too many event streams/);
+    for (const h of held) {
+      h.c.abort();
+      await h.rd.cancel().catch(() => {});
+    }
+    const until = Date.now() + 5000;
+    let status = 0;
+    while (Date.now() < until) {
+      const res = await open("");
+      status = res.status;
+      await res.body?.cancel();
+      if (status === 200) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.equal(status, 200, "streams are released when their clients go");
+  });
+});
+
+Deno.test("event streams end after their lifetime, and let go of a client that does not read", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nr-dash-sse-" });
+  const ctx = await openContext({ ...defaultConfig(), dataDir: dir });
+  try {
+    const limits = { maxStreams: 4, lifetimeMs: 300, heartbeatMs: 50, maxQueuedBytes: 64 * 1024 };
+    const streams = eventStreams(ctx.db, limits);
+    const short = streams.respond({});
+    assert.equal(streams.open, 1);
+    const t0 = Date.now();
+    const body = await new Response(short.body).text(); // ends by itself
+    assert.ok(Date.now() - t0 >= 250, "lived its lifetime");
+    assert.match(body, /: keepalive\n\n/);
+    assert.equal(streams.open, 0);
+
+    const slow = streams.respond({ since: 0 }); // never read
+    assert.equal(streams.open, 1);
+    for (let i = 0; i < 400; i++) {
+      recordEvent(ctx.db, mac1, "node.config", { pad: "x".repeat(512), i });
+    }
+    const until = Date.now() + 5000;
+    while (streams.open && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+    assert.equal(streams.open, 0, "a client that does not read is let go");
+    await slow.body?.cancel().catch(() => {});
+  } finally {
+    ctx.db.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("serve's close ends open event streams: an open dashboard does not hold a stop", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nr-dash-close-" });
+  try {
+    const cfg = defaultConfig();
+    cfg.dataDir = dir;
+    cfg.http = { host: "127.0.0.1", port: 0 };
+    cfg.nfs.mode = "off";
+    const server = await serve(cfg);
+    const res = await fetch(
+      `http://127.0.0.1:${server.http.port}/api/v1/events`,
+      { headers: { accept: "text/event-stream" } },
+    );
+    const reader = res.body!.getReader();
+    await readUntil(reader, /retry/);
+    const t0 = Date.now();
+    await server.close();
+    assert.ok(Date.now() - t0 < 5000, `close took ${Date.now() - t0} ms`);
+    const end = await reader.read().catch(() => ({ done: true }));
+    assert.equal(end.done, true, "the stream ended");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
