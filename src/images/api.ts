@@ -1,4 +1,5 @@
-// /api/v1/images: list, show, import (from a path on the server machine), rename, remove.
+// /api/v1/images: list, show, import (from a path on the server machine), rename, remove; versions
+// (history, rollback, diff) and the object store's gc under /api/v1/images/-/.
 // An import asked with `accept: application/x-ndjson` streams progress lines {phase, done, total}
 // then one final {image} or {error}; otherwise the reply is the plain JSON result.
 import type { Hono } from "hono";
@@ -7,25 +8,56 @@ import { apiRouter } from "../apierror.ts";
 import type { Context } from "../context.ts";
 import { UserError } from "../errors.ts";
 import { logger } from "../log.ts";
-import { validateName } from "./store.ts";
+import { type Commit, validateName } from "./store.ts";
+import { publish } from "./versions.ts";
 
 const log = logger("images");
 
 export function imageRoutes(ctx: Context): Hono {
   const app = apiRouter();
 
-  app.get("/", (c) => c.json(ctx.images.list()));
+  // Images by name (their current versions); ?all=1: every version.
+  app.get("/", (c) => c.json(c.req.query("all") ? ctx.images.list() : ctx.images.names()));
+  // Actions sit under "/-/" (no name starts with "-"), before the refs that may hold "/".
+  app.get("/-/history/:ref{.+}", (c) => c.json(ctx.images.history(c.req.param("ref"))));
+  app.get("/-/diff", (c) => {
+    const a = c.req.query("a"), b = c.req.query("b");
+    if (!a || !b) throw new UserError("diff needs ?a=IMAGE&b=IMAGE");
+    return c.json(ctx.images.diff(a, b));
+  });
+  app.post("/-/rollback", async (c) => {
+    const body = await jsonBody(c.req.raw);
+    if (typeof body.image !== "string") throw new UserError("rollback needs image");
+    if (body.version !== undefined && typeof body.version !== "string") {
+      throw new UserError("version must be a version id");
+    }
+    const r = ctx.images.rollback(body.image, body.version as string | undefined);
+    return c.json({ ...r, ...await publish(ctx, r.image, body.rebootNodes === true) });
+  });
+  app.post("/-/gc", async (c) => {
+    const body = await jsonBody(c.req.raw);
+    const keep = body.keep;
+    if (keep !== undefined && (!Number.isInteger(keep) || (keep as number) < 1)) {
+      throw new UserError("keep must be a whole number of versions, at least 1");
+    }
+    return c.json(await ctx.images.gc(keep as number | undefined));
+  });
   // Names may hold "/" (alice/rpi:latest): the ref is the rest of the path.
   app.get("/:ref{.+}", (c) => c.json(ctx.images.get(c.req.param("ref"))));
 
   app.post("/", async (c) => {
     const body = await jsonBody(c.req.raw);
     const path = body.path, name = validateName(body.name);
+    const rebootNodes = body.rebootNodes === true;
     if (typeof path !== "string" || !path.startsWith("/")) {
       throw new UserError("path must be an absolute path on the server machine");
     }
+    const published = async (image: Commit) => ({
+      ...image,
+      ...await publish(ctx, image, rebootNodes && !image.existed),
+    });
     if (!c.req.header("accept")?.includes("application/x-ndjson")) {
-      const image = await ctx.images.import(path, name);
+      const image = await published(await ctx.images.import(path, name));
       return c.json(image, image.existed ? 200 : 201);
     }
     // A client that goes away (Ctrl-C on `netroot image import`) cancels the stream, which
@@ -60,10 +92,10 @@ export function imageRoutes(ctx: Context): Hono {
     // Errors found before any work (name taken, bad path, unknown format) get a real HTTP status.
     await Promise.race([first.promise, job.then(() => {}, () => {})]);
     if (!started) {
-      const image = await job; // rethrows the early error
+      const image = await published(await job); // rethrows the early error
       return c.json(image, image.existed ? 200 : 201);
     }
-    job.then(
+    job.then(published).then(
       (image) => send({ image }),
       (e) => {
         if (!(e instanceof UserError)) log.error("import failed", { path, error: e });
@@ -83,9 +115,12 @@ export function imageRoutes(ctx: Context): Hono {
   });
 
   app.delete("/:ref{.+}", (c) => {
-    const image = ctx.images.get(c.req.param("ref"));
-    ctx.images.remove(image.id);
-    return c.json({ removed: image.id, name: image.name });
+    const removed = ctx.images.remove(c.req.param("ref"));
+    return c.json({
+      removed: removed[0].id,
+      name: removed[0].name,
+      versions: removed.map((v) => v.id),
+    });
   });
   return app;
 }
