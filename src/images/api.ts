@@ -10,6 +10,7 @@ import { UserError } from "../errors.ts";
 import { logger } from "../log.ts";
 import { type Commit, validateName } from "./store.ts";
 import { publish } from "./versions.ts";
+import { copyIn, copyOut } from "./cp.ts";
 
 const log = logger("images");
 
@@ -41,6 +42,54 @@ export function imageRoutes(ctx: Context): Hono {
       throw new UserError("keep must be a whole number of versions, at least 1");
     }
     return c.json(await ctx.images.gc(keep as number | undefined));
+  });
+  // Sessions (image shell): an overlay on a version, its merged tree for the caller's container.
+  app.post("/-/sessions", async (c) => {
+    const body = await jsonBody(c.req.raw);
+    if (typeof body.image !== "string") throw new UserError("a session needs image");
+    const name = body.new === undefined ? undefined : validateName(body.new);
+    return c.json(await ctx.images.sessions.open(body.image, name), 201);
+  });
+  app.post("/-/sessions/:id/commit", async (c) => {
+    const body = await jsonBody(c.req.raw);
+    const image = await ctx.images.sessions.commit(c.req.param("id"), {
+      madeBy: body.madeBy === "build" ? "build" : "shell",
+      command: typeof body.command === "string" ? body.command.slice(0, 4096) : null,
+    });
+    return c.json({ ...image, ...await publish(ctx, image, body.rebootNodes === true) });
+  });
+  app.delete("/-/sessions/:id", async (c) => {
+    await ctx.images.sessions.discard(c.req.param("id"));
+    return c.json({ discarded: c.req.param("id") });
+  });
+  // image cp: host paths (read or written by the server) into or out of an image.
+  app.post("/-/cp", async (c) => {
+    const body = await jsonBody(c.req.raw);
+    const sources = body.sources, image = body.image, path = body.path;
+    if (
+      !Array.isArray(sources) || !sources.length ||
+      !sources.every((p) => typeof p === "string" && p.startsWith("/")) ||
+      typeof image !== "string" || typeof path !== "string" || !path.startsWith("/")
+    ) {
+      throw new UserError("cp needs sources (absolute host paths), image and path (absolute)");
+    }
+    const name = body.new === undefined ? undefined : validateName(body.new);
+    const out = await copyIn(ctx.images, sources as string[], image, path, {
+      name,
+      command: typeof body.command === "string" ? body.command.slice(0, 4096) : null,
+    });
+    return c.json({ ...out, ...await publish(ctx, out, body.rebootNodes === true) });
+  });
+  app.post("/-/cp-out", async (c) => {
+    const body = await jsonBody(c.req.raw);
+    const { image, path, dest } = body;
+    if (
+      typeof image !== "string" || typeof path !== "string" || typeof dest !== "string" ||
+      !dest.startsWith("/")
+    ) {
+      throw new UserError("cp out needs image, path and dest (an absolute host path)");
+    }
+    return c.json(await copyOut(ctx.images, image, path, dest));
   });
   // Names may hold "/" (alice/rpi:latest): the ref is the rest of the path.
   app.get("/:ref{.+}", (c) => c.json(ctx.images.get(c.req.param("ref"))));

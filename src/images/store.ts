@@ -21,6 +21,7 @@ import { diffManifests, manifestLines, manifestText } from "../../contract/manif
 import { detectKernel } from "./kernel.ts";
 import { unpack } from "./unpack.ts";
 import { ObjectStore } from "./objects.ts";
+import { detachMountsUnder, Sessions } from "./session.ts";
 import { type CachedHash, type Progress, scanTree } from "./walk.ts";
 
 const log = logger("images");
@@ -119,9 +120,12 @@ export class ImageStore {
   /** Set by openContext; receives `new Event("images")` after import/rm/rename. */
   changes?: EventTarget;
   readonly objects: ObjectStore;
+  /** Open changes to images (shell, cp, build): overlays on a version. */
+  readonly sessions: Sessions;
 
   constructor(readonly data: DataDir, readonly db: Db) {
     this.objects = new ObjectStore(data.objects);
+    this.sessions = new Sessions(this);
   }
 
   #row(id: string): ImageInfo | undefined {
@@ -505,6 +509,8 @@ export class ImageStore {
   async reconcile(): Promise<number> {
     let fixed = 0;
     await Deno.mkdir(this.data.tmp, { recursive: true });
+    // Image sessions of a server that died: their overlays go before their directories.
+    fixed += detachMountsUnder(this.data.tmp);
     for await (const e of Deno.readDir(this.data.tmp)) {
       // Not fatal: a tool orphaned by a killed server may still be writing there for a moment.
       await Deno.remove(join(this.data.tmp, e.name), { recursive: true }).then(
