@@ -81,7 +81,8 @@ A CMD that fails commits nothing. Runs on the server machine, as root.`,
 Copies files and trees (owners, modes, symlinks, xattrs kept) into an image, committing a new
 version, or out of an image. Every IMAGE:PATH is resolved inside the image as if chrooted: a
 symlink in the image never leads outside it. Paths are read and written by the server.`,
-  build: `usage: netroot image build NAME --from IMAGE -f Buildfile [CONTEXT] [--reboot-nodes] ${common}
+  build:
+    `usage: netroot image build NAME --from IMAGE -f Buildfile [CONTEXT] [--reboot-nodes] ${common}
 
 Builds a new version of NAME (-f is short for --file) from a Dockerfile subset: FROM (an image name, or scratch), RUN, COPY,
 ADD (local files and tarballs), ENV, WORKDIR, ARG, comments and line continuations. --from
@@ -227,9 +228,9 @@ async function importImage(
       return `already imported as ${result.name} (id ${id}); nothing copied`;
     }
     return [
-      `${result.previous ? "new version of" : "imported"} ${result.name} (id ${id}): ${
-        result.files
-      } files, ${humanBytes(result.size)}`,
+      `${
+        result.previous ? "new version of" : "imported"
+      } ${result.name} (id ${id}): ${result.files} files, ${humanBytes(result.size)}`,
       `bootable: ${bootableText(result)}`,
       publishedText(result.name, result),
     ].filter(Boolean).join("\n");
@@ -412,10 +413,14 @@ export async function run(args: string[]): Promise<number> {
       const r = await client.delete<{ removed: string; name: string; versions: string[] }>(
         `/images/${enc(positionals[0])}`,
       );
-      print(json, r, () =>
-        r.versions.length > 1
-          ? `removed ${r.name} and its ${r.versions.length} versions`
-          : `removed ${r.name} (id ${r.removed.slice(0, 12)})`);
+      print(
+        json,
+        r,
+        () =>
+          r.versions.length > 1
+            ? `removed ${r.name} and its ${r.versions.length} versions`
+            : `removed ${r.name} (id ${r.removed.slice(0, 12)})`,
+      );
       break;
     }
     case "rename": {

@@ -372,13 +372,17 @@ export class ImageStore {
     const versions = this.history(name);
     let target: ImageInfo | undefined;
     if (version) {
-      target = this.#byId(version.includes("@") ? version.slice(version.lastIndexOf("@") + 1) : version);
+      target = this.#byId(
+        version.includes("@") ? version.slice(version.lastIndexOf("@") + 1) : version,
+      );
       if (!target || target.name !== name) throw notFound(`version ${version} of image ${name}`);
     } else {
       const head = this.get(name);
       const i = versions.findIndex((v) => v.id === head.id);
       target = versions[i - 1];
-      if (!target) throw new UserError(`image ${name} has no version before ${head.id.slice(0, 12)}`);
+      if (!target) {
+        throw new UserError(`image ${name} has no version before ${head.id.slice(0, 12)}`);
+      }
     }
     const previous = this.get(name).id;
     if (target.id !== previous) {
@@ -468,9 +472,11 @@ export class ImageStore {
     ).all(...ids) as { name: string }[]).map((r) => r.name);
     if (users.length) {
       throw conflict(
-        `image ${info.name} is booted by ${users.length === 1 ? "node" : "nodes"} ${
-          users.join(", ")
-        }; boot ${users.length === 1 ? "it" : "them"} on another image first`,
+        `image ${
+          all.length === 1 && !info.current ? `${info.name}@${info.id.slice(0, 12)}` : info.name
+        } is booted by ${users.length === 1 ? "node" : "nodes"} ${users.join(", ")}; boot ${
+          users.length === 1 ? "it" : "them"
+        } on another image first`,
       );
     }
     tx(this.db, () => {
