@@ -37,7 +37,7 @@ export async function copyIn(
   return await images.sessions.commit(s.id, { madeBy: "cp", command: opts.command });
 }
 
-export function copyOut(
+export async function copyOut(
   images: ImageStore,
   ref: string,
   path: string,
@@ -47,5 +47,6 @@ export function copyOut(
   const src = sourceIn(root, path);
   const st = lstatOrNull(dest);
   const to = st?.isDirectory ? join(dest, basename(src) || "root") : dest;
-  return Promise.resolve({ copied: copyTree(src, to), dest: to });
+  await Promise.resolve();
+  return { copied: copyTree(src, to), dest: to };
 }
