@@ -11,6 +11,7 @@ import { logger } from "../log.ts";
 import { type Commit, validateName } from "./store.ts";
 import { publish } from "./versions.ts";
 import { copyIn, copyOut } from "./cp.ts";
+import { build } from "./build.ts";
 
 const log = logger("images");
 
@@ -90,6 +91,31 @@ export function imageRoutes(ctx: Context): Hono {
       throw new UserError("cp out needs image, path and dest (an absolute host path)");
     }
     return c.json(await copyOut(ctx.images, image, path, dest));
+  });
+  // image build: the log streamed as NDJSON {log} lines, then {image} or {error}.
+  app.post("/-/build", async (c) => {
+    const body = await jsonBody(c.req.raw);
+    const { buildfile, context, from } = body;
+    const name = validateName(body.name);
+    if (
+      typeof buildfile !== "string" || !buildfile.startsWith("/") ||
+      typeof context !== "string" || !context.startsWith("/") ||
+      (from !== undefined && typeof from !== "string")
+    ) {
+      throw new UserError("build needs name, buildfile and context (absolute host paths)");
+    }
+    return ndjson(async (send, signal) => {
+      const image = await build(ctx.images, {
+        name,
+        buildfile,
+        context,
+        from: from as string | undefined,
+        command: typeof body.command === "string" ? body.command.slice(0, 4096) : null,
+        log: (line) => send({ log: line }),
+        signal,
+      });
+      return { ...image, ...await publish(ctx, image, body.rebootNodes === true) };
+    });
   });
   // Names may hold "/" (alice/rpi:latest): the ref is the rest of the path.
   app.get("/:ref{.+}", (c) => c.json(ctx.images.get(c.req.param("ref"))));
@@ -172,4 +198,37 @@ export function imageRoutes(ctx: Context): Hono {
     });
   });
   return app;
+}
+
+/**
+ * A job whose progress streams as NDJSON lines (`send`), ending with {image: result} or
+ * {error}; a client that goes away aborts `signal`.
+ */
+function ndjson(
+  job: (send: (o: unknown) => void, signal: AbortSignal) => Promise<unknown>,
+): Response {
+  const cancel = new AbortController();
+  const enc = new TextEncoder();
+  let out: ReadableStreamDefaultController<Uint8Array> | undefined;
+  const readable = new ReadableStream<Uint8Array>({
+    start: (controller) => void (out = controller),
+    cancel: () => cancel.abort(),
+  });
+  const send = (o: unknown) => {
+    try {
+      out!.enqueue(enc.encode(JSON.stringify(o) + "\n"));
+    } catch { /* closed */ }
+  };
+  job(send, cancel.signal).then(
+    (image) => send({ image }),
+    (e) => {
+      if (!(e instanceof UserError)) log.error("image job failed", { error: e });
+      send({ error: (e as Error).message });
+    },
+  ).finally(() => {
+    try {
+      out!.close();
+    } catch { /* cancelled */ }
+  });
+  return new Response(readable, { headers: { "content-type": "application/x-ndjson" } });
 }

@@ -17,8 +17,8 @@ const log = logger("images");
 
 export interface Session {
   id: string;
-  /** The version it was opened on. */
-  base: { id: string; name: string };
+  /** The version it was opened on (null: an empty tree, FROM scratch). */
+  base: { id: string; name: string } | null;
   /** The name a commit goes to (the base's, or --new NAME). */
   name: string;
   /** The merged tree (root of the container). */
@@ -45,25 +45,27 @@ export class Sessions {
     return s;
   }
 
-  /** Opens a session on a version; commits go to `name` (default: the version's own name). */
-  async open(ref: string, name?: string): Promise<Session> {
-    const base = this.images.get(ref);
+  /** Opens a session on a version (null: an empty tree); commits go to `name` (default: the
+   *  version's own name). */
+  async open(ref: string | null, name?: string): Promise<Session> {
+    const base = ref === null ? null : this.images.get(ref);
+    if (!base && !name) throw new UserError("a build FROM scratch needs a name");
     const id = crypto.randomUUID();
     const dir = join(this.images.data.tmp, `session-${id}`);
     const s: Session = {
       id,
-      base: { id: base.id, name: base.name },
-      name: name ?? base.name,
+      base: base && { id: base.id, name: base.name },
+      name: name ?? base!.name,
       merged: join(dir, "merged"),
       dir,
     };
-    const lower = this.images.data.rootfs(base.id);
-    for (const d of ["upper", "work", "merged"]) {
+    const lower = base ? this.images.data.rootfs(base.id) : join(dir, "empty");
+    for (const d of ["upper", "work", "merged", ...(base ? [] : ["empty"])]) {
       await Deno.mkdir(join(dir, d), { recursive: true, mode: 0o700 });
     }
     // The merged root is the image's root: its mode, not our scratch dir's.
-    const root = await Deno.lstat(lower);
-    await Deno.chmod(join(dir, "upper"), root.mode! & 0o7777);
+    const root = base ? (await Deno.lstat(lower)).mode! & 0o7777 : 0o755;
+    await Deno.chmod(join(dir, "upper"), root);
     if (/[,:\\]/.test(lower + dir)) {
       throw new UserError(`the data dir path ${this.images.data.root} holds , : or \\`);
     }
@@ -78,10 +80,10 @@ export class Sessions {
       );
     } catch (e) {
       await this.images.dropScratch(dir);
-      throw new UserError(`cannot mount an overlay for ${base.name}: ${(e as Error).message}`);
+      throw new UserError(`cannot mount an overlay for ${s.name}: ${(e as Error).message}`);
     }
     this.#open.set(s.id, s);
-    log.info("image session opened", { session: s.id, image: base.name, base: base.id });
+    log.info("image session opened", { session: s.id, image: s.name, base: base?.id ?? null });
     return s;
   }
 
@@ -107,19 +109,20 @@ export class Sessions {
     const work = this.images.scratch("commit");
     try {
       const upper = join(s.dir, "upper");
-      const base = this.images.get(s.base.id);
-      if (![...Deno.readDirSync(upper)].length && s.name === s.base.name) {
+      if (s.base && ![...Deno.readDirSync(upper)].length && s.name === s.base.name) {
+        const base = this.images.get(s.base.id);
         return { ...base, existed: true, previous: null, outdated: null };
       }
       await Deno.mkdir(work, { mode: 0o700 });
       const tree = join(work, "rootfs");
-      await hardLinkCopy(this.images.data.rootfs(s.base.id), tree);
+      if (s.base) await hardLinkCopy(this.images.data.rootfs(s.base.id), tree);
+      else await Deno.mkdir(tree, { mode: 0o755 });
       applyUpper(upper, tree);
       return await this.images.commit(work, s.name, {
         madeBy: meta.madeBy,
         command: meta.command,
-        parent: s.base.id,
-      }, { cache: baseHashes(this.images, s.base.id) });
+        parent: s.base?.id ?? null,
+      }, { cache: s.base ? baseHashes(this.images, s.base.id) : undefined });
     } finally {
       await this.images.dropScratch(work);
       await this.images.dropScratch(s.dir);

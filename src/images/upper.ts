@@ -3,7 +3,7 @@
 // Every path inside an image is reached through real directories only: an existing symlink (or
 // file) where the change needs a directory is replaced, never followed, so nothing the image holds
 // can make a change land outside the copy.
-import { basename, dirname, join } from "node:path";
+import { basename, dirname, join, posix } from "node:path";
 import { resolveInRoot } from "../../contract/rootpath.ts";
 import { UserError } from "../errors.ts";
 import { lchown, lutimes, mknod, S_IFBLK, S_IFCHR, S_IFIFO } from "../linux/fsops.ts";
@@ -84,15 +84,24 @@ export function applyUpper(upper: string, tree: string): UpperStats {
   return stats;
 }
 
+/** What a copy sets instead of the source's own owner or mode (COPY --chown, --chmod). */
+export interface Override {
+  uid?: number;
+  gid?: number;
+  mode?: number;
+}
+
 /** Owner, mode, xattrs (the tree's own ones replaced) and mtime of `st` onto `dst`. */
 function copyMeta(
   st: Deno.FileInfo,
   x: Map<string, Uint8Array> | undefined,
   dst: string,
   replaceXattrs: boolean,
+  o: Override = {},
 ): void {
-  lchown(dst, st.uid!, st.gid!);
-  if (!st.isSymlink) Deno.chmodSync(dst, st.mode! & 0o7777); // after chown, which drops suid
+  lchown(dst, o.uid ?? st.uid!, o.gid ?? st.gid!);
+  // after chown, which drops suid
+  if (!st.isSymlink) Deno.chmodSync(dst, o.mode ?? st.mode! & 0o7777);
   if (replaceXattrs) {
     for (const k of listXattrs(dst)?.keys() ?? []) {
       if (!x?.has(k) || OVERLAY_XATTR.test(k)) removeXattr(dst, k);
@@ -107,14 +116,16 @@ function copyMeta(
  * missing, replacing any non-directory on the way and merging directories. Returns the entries
  * copied. `dst`'s parent must be a real directory.
  */
-export function copyTree(src: string, dst: string): number {
+export function copyTree(src: string, dst: string, o: Override = {}): number {
   const st = Deno.lstatSync(src);
   const have = lstatOrNull(dst);
   let n = 1;
   if (st.isDirectory) {
     if (have && !have.isDirectory) removeTree(dst);
     if (!have || !have.isDirectory) Deno.mkdirSync(dst);
-    for (const e of Deno.readDirSync(src)) n += copyTree(join(src, e.name), join(dst, e.name));
+    for (const e of Deno.readDirSync(src)) {
+      n += copyTree(join(src, e.name), join(dst, e.name), o);
+    }
   } else {
     if (have) removeTree(dst);
     if (st.isFile) Deno.copyFileSync(src, dst);
@@ -125,7 +136,7 @@ export function copyTree(src: string, dst: string): number {
       mknod(dst, kind | (st.mode! & 0o7777), major, minor);
     }
   }
-  copyMeta(st, listXattrs(src), dst, false);
+  copyMeta(st, listXattrs(src), dst, false, o);
   return n;
 }
 
@@ -159,5 +170,32 @@ export function sourceIn(root: string, rel: string): string {
     ? join(parent.host, name)
     : undefined;
   if (!host || !lstatOrNull(host)) throw new UserError(`${rel}: no such file in the image`);
+  return host;
+}
+
+/**
+ * The host path of directory `rel` inside the image at `root`, created (mode 0755, root) where
+ * missing, each component resolved as chroot(root) would. A non-directory in the way is an error.
+ */
+export function mkdirIn(root: string, rel: string): string {
+  let host = root;
+  let at = "";
+  // ".." is taken lexically here (as Docker's WORKDIR and COPY destinations are)
+  for (const c of posix.normalize(`/${rel}`).split("/").filter(Boolean)) {
+    at = `${at}/${c}`;
+    const r = resolveInRoot(root, at || "/");
+    if (r.missing !== undefined) {
+      const parent = resolveInRoot(root, dirname(at));
+      if (parent.missing !== undefined) throw new UserError(`${rel}: cannot create ${at}`);
+      if (lstatOrNull(join(parent.host, basename(at)))) {
+        throw new UserError(`${at}: a symlink to a directory missing from the image`);
+      }
+      Deno.mkdirSync(join(parent.host, basename(at)), { mode: 0o755 });
+      host = join(parent.host, basename(at));
+    } else {
+      host = r.host;
+      if (!Deno.lstatSync(host).isDirectory) throw new UserError(`${at}: not a directory`);
+    }
+  }
   return host;
 }
