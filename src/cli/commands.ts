@@ -28,6 +28,8 @@ const nodeFlags = {
   state: "off|booting|booted|down|failed",
   timeout: "SECONDS",
   hard: "",
+  upper: "FILE",
+  "reboot-nodes": "",
 } as const;
 
 export const commands: Record<string, CommandSpec> = {
@@ -109,6 +111,7 @@ export const commands: Record<string, CommandSpec> = {
       "wait",
       "log",
       "console",
+      "save",
     ],
     flags: nodeFlags,
   },

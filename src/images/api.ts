@@ -12,6 +12,7 @@ import { type Commit, validateName } from "./store.ts";
 import { publish } from "./versions.ts";
 import { copyIn, copyOut } from "./cp.ts";
 import { build } from "./build.ts";
+import { saveNode } from "./save.ts";
 
 const log = logger("images");
 
@@ -91,6 +92,24 @@ export function imageRoutes(ctx: Context): Hono {
       throw new UserError("cp out needs image, path and dest (an absolute host path)");
     }
     return c.json(await copyOut(ctx.images, image, path, dest));
+  });
+  // node save: a node's overlay upper (a tarball the server reads) as a new version on the
+  // image the node booted.
+  app.post("/-/save", async (c) => {
+    const body = await jsonBody(c.req.raw);
+    const { node, upper } = body;
+    const name = validateName(body.name);
+    if (typeof node !== "string" || typeof upper !== "string" || !upper.startsWith("/")) {
+      throw new UserError("save needs node, name and upper (an absolute path on the server)");
+    }
+    const image = await saveNode(
+      ctx,
+      node,
+      name,
+      upper,
+      typeof body.command === "string" ? body.command.slice(0, 4096) : null,
+    );
+    return c.json({ ...image, ...await publish(ctx, image, body.rebootNodes === true) });
   });
   // image build: the log streamed as NDJSON {log} lines, then {image} or {error}.
   app.post("/-/build", async (c) => {

@@ -106,27 +106,45 @@ export class Sessions {
     const s = this.get(id);
     this.#open.delete(id);
     detach(s.merged);
-    const work = this.images.scratch("commit");
     try {
       const upper = join(s.dir, "upper");
       if (s.base && ![...Deno.readDirSync(upper)].length && s.name === s.base.name) {
         const base = this.images.get(s.base.id);
         return { ...base, existed: true, previous: null, outdated: null };
       }
-      await Deno.mkdir(work, { mode: 0o700 });
-      const tree = join(work, "rootfs");
-      if (s.base) await hardLinkCopy(this.images.data.rootfs(s.base.id), tree);
-      else await Deno.mkdir(tree, { mode: 0o755 });
-      applyUpper(upper, tree);
-      return await this.images.commit(work, s.name, {
-        madeBy: meta.madeBy,
-        command: meta.command,
-        parent: s.base?.id ?? null,
-      }, { cache: s.base ? baseHashes(this.images, s.base.id) : undefined });
+      return await commitUpper(this.images, upper, s.base?.id ?? null, s.name, meta);
     } finally {
-      await this.images.dropScratch(work);
       await this.images.dropScratch(s.dir);
     }
+  }
+}
+
+/**
+ * An overlay upper directory (whiteouts and opaque directories included) applied onto a copy of
+ * version `baseId` (null: an empty tree), committed as a new version of `name`. The copy's files
+ * are hard links to the base's; only what the upper holds is new.
+ */
+export async function commitUpper(
+  images: ImageStore,
+  upper: string,
+  baseId: string | null,
+  name: string,
+  meta: { madeBy: MadeBy; command: string | null },
+): Promise<Commit> {
+  const work = images.scratch("commit");
+  try {
+    await Deno.mkdir(work, { mode: 0o700 });
+    const tree = join(work, "rootfs");
+    if (baseId) await hardLinkCopy(images.data.rootfs(baseId), tree);
+    else await Deno.mkdir(tree, { mode: 0o755 });
+    applyUpper(upper, tree);
+    return await images.commit(work, name, {
+      madeBy: meta.madeBy,
+      command: meta.command,
+      parent: baseId,
+    }, { cache: baseId ? baseHashes(images, baseId) : undefined });
+  } finally {
+    await images.dropScratch(work);
   }
 }
 
