@@ -76,7 +76,8 @@ netroot node power --help), and the virtual node keys when the server has them. 
 
 Points the nodes at IMAGE (one transaction; each node's fs link flips atomically) and asks each
 node's reboot mechanism to reboot it. --no-reboot only switches; --force deploys an image that is
-not bootable. ${common}`,
+not bootable. IMAGE as a name: the nodes follow its new versions (image shell, cp, build, import,
+rollback move them at their next boot); as NAME@ID or an id: they stay on that version. ${common}`,
   reboot: `usage: netroot node reboot NODE[,NODE…]… [--hard] [--cause TEXT]
 
 A virtual node is reset (QMP); a node with power.driver set is power-cycled by its driver; the

@@ -49,9 +49,10 @@ export class ObjectStore {
   /**
    * Puts the regular files of a scanned tree (entries from scanTree of `root`) into the store:
    * a new content becomes an object (a link to the tree's file), a known one replaces the tree's
-   * file (and its in-image hard links) by a link to the object, atomically per path.
+   * file (and its in-image hard links) by a link to the object, atomically per path. `known`:
+   * inodes of the version a copy was made from (left as they are).
    */
-  ingest(root: string, entries: ManifestEntry[]): IngestStats {
+  ingest(root: string, entries: ManifestEntry[], known?: Set<number>): IngestStats {
     const stats: IngestStats = { added: 0, addedBytes: 0, shared: 0 };
     const links = new Map<string, string[]>();
     for (const e of entries) {
@@ -65,6 +66,8 @@ export class ObjectStore {
       used.add(key);
       const obj = this.path(key);
       const file = root + e.path;
+      // A file still sharing the base version's inode (a hard-link copy) is already in place.
+      if (known?.has(Deno.lstatSync(file).ino!)) continue;
       for (let attempt = 0; attempt < 3; attempt++) {
         try {
           Deno.linkSync(file, obj);

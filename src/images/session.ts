@@ -138,11 +138,15 @@ export async function commitUpper(
     if (baseId) await hardLinkCopy(images.data.rootfs(baseId), tree);
     else await Deno.mkdir(tree, { mode: 0o755 });
     applyUpper(upper, tree);
+    const cache = baseId ? baseHashes(images, baseId) : undefined;
     return await images.commit(work, name, {
       madeBy: meta.madeBy,
       command: meta.command,
       parent: baseId,
-    }, { cache: baseId ? baseHashes(images, baseId) : undefined });
+    }, {
+      cache,
+      baseInodes: cache && new Set([...cache.values()].map((c) => c.ino)),
+    });
   } finally {
     await images.dropScratch(work);
   }

@@ -278,7 +278,12 @@ export class ImageStore {
     work: string,
     name: string,
     meta: { madeBy: MadeBy; command: string | null; parent: string | null; detail?: object },
-    opts: { cache?: Map<string, CachedHash>; onProgress?: Progress } = {},
+    opts: {
+      cache?: Map<string, CachedHash>;
+      onProgress?: Progress;
+      /** Inodes of the version the tree is a hard-link copy of: already in the object store. */
+      baseInodes?: Set<number>;
+    } = {},
   ): Promise<Commit> {
     validateName(name);
     const started = performance.now();
@@ -293,7 +298,7 @@ export class ImageStore {
     }
     await Deno.writeFile(join(work, "manifest"), text);
     const k = detectKernel(entries);
-    this.objects.ingest(rootfs, entries);
+    this.objects.ingest(rootfs, entries, opts.baseInodes);
     let renamed = false;
     try {
       await Deno.rename(work, this.data.image(id));
