@@ -51,6 +51,9 @@ Deno.test("versions: names follow commits, pinned nodes stay, rollback, rm NAME@
     assert.equal(t.store.get("deb").id, v2.id, "the name points at the latest version");
     assert.equal(t.store.get(v1.id).current, false);
     assert.deepEqual(t.store.names().map((i) => i.id), [v2.id], "image ls: one image");
+    // unique size: what only that version holds ("changed\n" + "new\n"; "sample\n" + "y")
+    assert.equal(t.store.names()[0].uniqueSize, 8 + 4);
+    assert.deepEqual(t.store.history("deb").map((v) => v.uniqueSize), [7 + 1, 8 + 4]);
     assert.deepEqual(t.store.list().map((i) => i.id).sort(), [v1.id, v2.id].sort());
 
     // nodes: the follower moves (its link flips), the pinned one stays; no reboot asked

@@ -48,8 +48,8 @@ An image without a kernel (/boot/vmlinuz-*, /vmlinuz) is imported but marked not
 --reboot-nodes reboots the nodes that follow NAME onto the new version.`,
   ls: `usage: netroot image ls [--all] ${common}
 
-Lists images: name, id (of the current version), versions, size, files, kernel version, bootable.
---all lists every version.`,
+Lists images: name, id (of the current version), size, unique size (the bytes no other version
+shares: what removing it would free), files, kernel version, bootable. --all lists every version.`,
   show: `usage: netroot image show IMAGE ${common}
 
 Shows one image or version: id, size, kernel/initrd found inside, how it was made, and why it is
@@ -328,12 +328,13 @@ export async function run(args: string[]): Promise<number> {
               name: values.all && !i.current ? `${i.name}@${i.id.slice(0, 12)}` : i.name,
               id: i.id.slice(0, 12),
               size: humanBytes(i.size),
+              unique: i.uniqueSize === undefined ? undefined : humanBytes(i.uniqueSize),
               files: i.files,
               kernel: i.kernelVersion,
               bootable: i.bootable ? "yes" : "no",
               created: i.createdAt.slice(0, 19).replace("T", " "),
             })),
-            ["name", "id", "size", "files", "kernel", "bootable", "created"],
+            ["name", "id", "size", "unique", "files", "kernel", "bootable", "created"],
           ),
       );
       break;
@@ -353,9 +354,10 @@ export async function run(args: string[]): Promise<number> {
             created: v.createdAt.slice(0, 19).replace("T", " "),
             "made by": v.madeBy,
             size: humanBytes(v.size),
+            unique: humanBytes(v.uniqueSize ?? 0),
             command: v.command,
           })),
-          [" ", "id", "created", "made by", "size", "command"],
+          [" ", "id", "created", "made by", "size", "unique", "command"],
         ));
       break;
     }

@@ -40,6 +40,9 @@ export interface ImageInfo {
   bootable: boolean;
   /** Why the image is not bootable (null when it is). */
   reason: string | null;
+  /** Bytes of regular files no other version shares (what removing it would free); set by
+   *  `names()` and `history()`. */
+  uniqueSize?: number;
   /** This version is the one its name points at. */
   current: boolean;
   /** How it was made: import | shell | cp | build | save. */
@@ -134,6 +137,7 @@ export class ImageStore {
   }
 
   #changed(): void {
+    this.#uniqueCache.clear();
     this.changes?.dispatchEvent(new Event("images"));
   }
 
@@ -153,14 +157,51 @@ export class ImageStore {
   /** The images as users name them: the current version of each name. */
   names(): ImageInfo[] {
     return (this.db.prepare("SELECT * FROM images WHERE current = 1 ORDER BY name")
-      .all() as unknown as Row[]).map(toInfo);
+      .all() as unknown as Row[]).map(toInfo).map((i) => ({
+        ...i,
+        uniqueSize: this.#unique(i.id),
+      }));
   }
 
   /** The versions of one image, oldest first. */
   history(ref: string): ImageInfo[] {
     const name = this.get(ref).name;
     return (this.db.prepare("SELECT * FROM images WHERE name = ? ORDER BY created_at, rowid")
-      .all(name) as unknown as Row[]).map(toInfo);
+      .all(name) as unknown as Row[]).map(toInfo).map((i) => ({
+        ...i,
+        uniqueSize: this.#unique(i.id),
+      }));
+  }
+
+  #uniqueCache = new Map<string, number>();
+
+  /**
+   * Bytes of the version's regular files that no other tree links to: an inode's links are its
+   * paths in this tree, the object store's one (when it is an object), and other versions'.
+   * One lstat per file; cached until the next change of the store.
+   */
+  #unique(id: string): number {
+    const cached = this.#uniqueCache.get(id);
+    if (cached !== undefined) return cached;
+    let bytes = 0;
+    try {
+      const root = this.data.rootfs(id);
+      const entries = [...manifestLines(Deno.readTextFileSync(this.data.manifest(id)))];
+      const inTree = new Map<string, number>();
+      for (const e of entries) {
+        const first = e.type === "hardlink" ? e.target! : e.type === "file" ? e.path : undefined;
+        if (first) inTree.set(first, (inTree.get(first) ?? 0) + 1);
+      }
+      for (const e of entries) {
+        if (e.type !== "file") continue;
+        const st = Deno.lstatSync(root + e.path);
+        if (st.nlink! - inTree.get(e.path)! <= 1) bytes += e.size;
+      }
+    } catch {
+      return 0; // a tree missing or being removed
+    }
+    this.#uniqueCache.set(id, bytes);
+    return bytes;
   }
 
   /** A name (its current version), NAME@ID (that version), a full id or an id prefix (≥ 6). */
