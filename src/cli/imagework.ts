@@ -4,7 +4,7 @@
 // the server's network and its /etc/resolv.conf bind-mounted.
 import { resolve } from "node:path";
 import { UserError } from "../errors.ts";
-import type { Session } from "../images/session.ts";
+import { nspawnArgs, type Session } from "../images/session.ts";
 import type { Commit } from "../images/store.ts";
 import { type Published, publishedText } from "../images/versions.ts";
 import type { ApiClient } from "./client.ts";
@@ -33,23 +33,6 @@ export async function run(
     }
   }
   throw new UserError(`unknown image command ${sub}`);
-}
-
-/** The systemd-nspawn command line for a session's tree: the server's network, no machine
- *  registration, nothing of the host written into the image (journal, timezone). */
-export function nspawnArgs(merged: string, command: string[] | undefined, tty: boolean): string[] {
-  return [
-    "--quiet",
-    "--register=no",
-    "--keep-unit",
-    "--resolv-conf=bind-host",
-    "--timezone=off",
-    "--link-journal=no",
-    "-D",
-    merged,
-    ...(tty ? [] : ["--pipe"]),
-    ...(command ? ["--", ...command] : []),
-  ];
 }
 
 function ask(question: string): boolean {

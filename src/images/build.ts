@@ -8,7 +8,7 @@ import { basename, join, posix } from "node:path";
 import { UserError } from "../errors.ts";
 import { logger } from "../log.ts";
 import { type BuildStep, parseBuildfile } from "./buildfile.ts";
-import type { Session } from "./session.ts";
+import { nspawnArgs, type Session } from "./session.ts";
 import type { Commit, ImageStore } from "./store.ts";
 import { unpack } from "./unpack.ts";
 import { copyTree, destinationIn, mkdirIn, sourceIn } from "./upper.ts";
@@ -116,21 +116,10 @@ async function run(
   wrap(step, () => mkdirIn(s.merged, state.workdir));
   const argv = step.argv ?? ["/bin/sh", "-c", step.shell!];
   const child = new Deno.Command("systemd-nspawn", {
-    args: [
-      "--quiet",
-      "--register=no",
-      "--keep-unit",
-      "--resolv-conf=bind-host",
-      "--timezone=off",
-      "--link-journal=no",
-      "--pipe",
-      "-D",
-      s.merged,
+    args: nspawnArgs(s.merged, argv, false, [
       `--chdir=${state.workdir}`,
       ...[...state.env].map(([k, v]) => `--setenv=${k}=${v}`),
-      "--",
-      ...argv,
-    ],
+    ]),
     stdin: "null",
     stdout: "piped",
     stderr: "piped",

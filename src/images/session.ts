@@ -152,6 +152,30 @@ export async function commitUpper(
   }
 }
 
+/** The systemd-nspawn command line for a session's tree (image shell, image build): the
+ *  server's network and its resolv.conf, no machine registration, nothing of the host written
+ *  into the image (journal, timezone). nspawn mounts a fresh tmpfs on /tmp. */
+export function nspawnArgs(
+  merged: string,
+  command: string[] | undefined,
+  tty: boolean,
+  extra: string[] = [],
+): string[] {
+  return [
+    "--quiet",
+    "--register=no",
+    "--keep-unit",
+    "--resolv-conf=bind-host",
+    "--timezone=off",
+    "--link-journal=no",
+    "-D",
+    merged,
+    ...(tty ? [] : ["--pipe"]),
+    ...extra,
+    ...(command ? ["--", ...command] : []),
+  ];
+}
+
 /** A copy of a tree whose files are hard links to the original's (GNU cp -al): directories,
  *  symlinks and devices are the copy's own; regular files are never written in place. */
 async function hardLinkCopy(from: string, to: string): Promise<void> {
