@@ -2,7 +2,7 @@
 // (history, rollback, diff) and the object store's gc under /api/v1/images/-/.
 // An import asked with `accept: application/x-ndjson` streams progress lines {phase, done, total}
 // then one final {image} or {error}; otherwise the reply is the plain JSON result.
-import type { Hono } from "hono";
+import type { Context as HonoContext, Hono } from "hono";
 import { jsonBody } from "../api.ts";
 import { apiRouter } from "../apierror.ts";
 import type { Context } from "../context.ts";
@@ -47,6 +47,7 @@ export function imageRoutes(ctx: Context): Hono {
   });
   // Sessions (image shell): an overlay on a version, its merged tree for the caller's container.
   app.post("/-/sessions", async (c) => {
+    onServerMachine(c, "image shell");
     const body = await jsonBody(c.req.raw);
     if (typeof body.image !== "string") throw new UserError("a session needs image");
     const name = body.new === undefined ? undefined : validateName(body.new);
@@ -83,6 +84,7 @@ export function imageRoutes(ctx: Context): Hono {
     return c.json({ ...out, ...await publish(ctx, out, body.rebootNodes === true) });
   });
   app.post("/-/cp-out", async (c) => {
+    onServerMachine(c, "image cp IMAGE:PATH DEST");
     const body = await jsonBody(c.req.raw);
     const { image, path, dest } = body;
     if (
@@ -250,4 +252,14 @@ function ndjson(
     } catch { /* cancelled */ }
   });
   return new Response(readable, { headers: { "content-type": "application/x-ndjson" } });
+}
+
+/**
+ * Writes to the server's own files (cp out) and containers run by the caller on the merged tree
+ * (shell) are for the server machine's root: a request from another host is refused.
+ */
+function onServerMachine(c: HonoContext, what: string): void {
+  const host = (c.env as Deno.ServeHandlerInfo<Deno.NetAddr> | undefined)?.remoteAddr?.hostname;
+  if (host === undefined || host === "::1" || host.startsWith("127.")) return;
+  throw new UserError(`${what} works on the server machine only (this request came from ${host})`);
 }
