@@ -153,3 +153,47 @@ Deno.test("node save: hostile uppers are refused, nothing committed", async () =
     await t.close();
   }
 });
+
+Deno.test("node save: an upper over an image symlink to a host directory changes the image only", async () => {
+  const t = await tempStore();
+  try {
+    const outside = `${t.dir}/outside`;
+    Deno.mkdirSync(outside);
+    Deno.writeTextFileSync(`${outside}/victim`, "host file\n");
+    buildSampleTree(`${t.dir}/src`);
+    Deno.symlinkSync(outside, `${t.dir}/src/etc/evil`); // the image links to the host's dir
+    const base = await t.store.import(`${t.dir}/src`, "deb");
+    const nodes = new NodeRegistry(t.data, t.db, t.store, new Rebooter(t.db), new EventTarget());
+    nodes.add("52:54:00:00:00:12", { name: "n2" });
+    await nodes.deploy(["n2"], "deb", { reboot: false });
+    // a hand-made upper (a node sends what it likes): etc/evil as a directory holding a whiteout
+    // for "victim" and a new file; /etc/passwd as a whiteout
+    const up = `${t.dir}/up`;
+    Deno.mkdirSync(`${up}/etc/evil`, { recursive: true });
+    sh("mknod", `${up}/etc/evil/victim`, "c", "0", "0");
+    sh("mknod", `${up}/etc/passwd`, "c", "0", "0");
+    Deno.writeTextFileSync(`${up}/etc/evil/planted`, "x\n");
+    sh("tar", "--numeric-owner", "-C", up, "-cf", `${t.dir}/up.tar`, ".");
+    const v = await saveNode(
+      { db: t.db, nodes, images: t.store },
+      "n2",
+      "deb",
+      `${t.dir}/up.tar`,
+      null,
+    );
+    assert.deepEqual(
+      [...Deno.readDirSync(outside)].map((e) => e.name),
+      ["victim"],
+      "the host's directory is untouched",
+    );
+    assert.equal(Deno.readTextFileSync(`${outside}/victim`), "host file\n");
+    const m = manifestOf(t, v.id);
+    assert.equal(m.get("/etc/evil")?.type, "dir", "the link was replaced inside the image");
+    assert.ok(m.has("/etc/evil/planted"));
+    assert.equal(m.has("/etc/passwd"), false);
+    assert.ok(Deno.lstatSync(`${t.data.rootfs(base.id)}/etc/evil`).isSymlink, "base intact");
+    assert.deepEqual(await dirEntries(t.data.tmp), []);
+  } finally {
+    await t.close();
+  }
+});
