@@ -40,9 +40,9 @@ NODE is a name or a MAC address (any common spelling). ${common}`,
 Turns what the node changed in its running system (its overlay upper: network mode, the RAM layer
 /run/netroot/rw/upper; hybrid mode, walt-hybrid/<id>/diff) into a new version of image NAME on top
 of the image the node booted, deletions included (overlay whiteouts and opaque directories).
-FILE is a tarball of the upper, read by the server, made on the node with
-  tar --xattrs --xattrs-include='*' --numeric-owner -C /run/netroot/rw/upper -cf upper.tar .
-(netroot cannot fetch it from a live node by itself yet). NAME may be the booted image's own name
+FILE is a tarball of the upper, read by the server, made on the node with GNU tar keeping xattrs
+(all of them: trusted.overlay.* marks opaque directories) and numeric owners; the exact command is
+in the README ("Changing images"). netroot cannot fetch it from a live node by itself yet. NAME may be the booted image's own name
 (a new version of it) or another. --reboot-nodes reboots the nodes that follow NAME. ${common}`,
   add: `usage: netroot node add MAC [--name NAME] [--model MODEL] [--image IMAGE]
 
