@@ -233,6 +233,42 @@ Deno.test("netroot image shell -- CMD (systemd-nspawn) commits; a failing CMD co
     assert.equal(t.store.get("bb").id, v.id);
     assert.deepEqual(await dirEntries(t.data.tmp), [], "the session is gone");
 
+    // a shell killed mid-way: the container stops, the session goes, nothing is committed
+    const killed = new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        main,
+        "image",
+        "shell",
+        "bb",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo half > /etc/half; /bin/busybox sleep 60",
+      ],
+      env: { NETROOT_SERVER: `http://127.0.0.1:${server.addr.port}`, NETROOT_TOKEN: "t" },
+      stdin: "null",
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+    const deadline = Date.now() + 60_000;
+    const half = async () => {
+      for (const d of await dirEntries(t.data.tmp)) {
+        if (Deno.lstatSync(`${t.data.tmp}/${d}/upper/etc/half`).isFile) return true;
+      }
+      return false;
+    };
+    while (!(await half().catch(() => false))) {
+      assert.ok(Date.now() < deadline, "the shell never wrote /etc/half");
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    killed.kill("SIGTERM");
+    assert.equal((await killed.status).code, 130);
+    assert.equal(t.store.get("bb").id, v.id, "nothing committed");
+    assert.deepEqual(await dirEntries(t.data.tmp), [], "the session is gone");
+    assert.equal(t.store.sessions.list().length, 0);
+
     const hist = await cli("history", "bb");
     assert.match(hist.stdout, /\*\s+[0-9a-f]{12}\s+\S+ \S+\s+shell/);
   } finally {

@@ -52,30 +52,39 @@ async function shell(
   if (command && !command.length) throw new UserError("image shell IMAGE -- CMD: CMD is missing");
   const s = await client.post<Session>("/images/-/sessions", { image, new: values.new });
   const discard = () => client.delete(`/images/-/sessions/${s.id}`).catch(() => {});
-  // A shell killed by a signal commits nothing: the session goes.
+  // A shell interrupted or killed by a signal commits nothing: the container is stopped and the
+  // session goes (Ctrl-C in an interactive shell goes to the container, not to us: the terminal
+  // is nspawn's).
+  let child: Deno.ChildProcess | undefined;
   const onSignal = () => {
-    discard().finally(() => Deno.exit(130));
+    try {
+      child?.kill("SIGTERM");
+    } catch { /* gone */ }
+    (child?.status ?? Promise.resolve()).then(discard).finally(() => Deno.exit(130));
   };
-  for (const sig of ["SIGTERM", "SIGHUP"] as const) Deno.addSignalListener(sig, onSignal);
+  const signals = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
+  for (const sig of signals) Deno.addSignalListener(sig, onSignal);
   let code: number;
   try {
     const tty = Deno.stdin.isTerminal();
-    const out = await new Deno.Command("systemd-nspawn", {
-      args: nspawnArgs(s.merged, command, tty),
-      stdin: "inherit",
-      stdout: "inherit",
-      stderr: "inherit",
-    }).output().catch((e) => {
+    try {
+      child = new Deno.Command("systemd-nspawn", {
+        args: nspawnArgs(s.merged, command, tty),
+        stdin: "inherit",
+        stdout: "inherit",
+        stderr: "inherit",
+      }).spawn();
+    } catch (e) {
       throw new UserError(
-        `cannot run systemd-nspawn (Debian package systemd-container): ${e.message}`,
+        `cannot run systemd-nspawn (Debian package systemd-container): ${(e as Error).message}`,
       );
-    });
-    code = out.code;
+    }
+    code = (await child.status).code;
   } catch (e) {
     await discard();
     throw e;
   } finally {
-    for (const sig of ["SIGTERM", "SIGHUP"] as const) Deno.removeSignalListener(sig, onSignal);
+    for (const sig of signals) Deno.removeSignalListener(sig, onSignal);
   }
   let keep: boolean;
   if (command && code !== 0) keep = false;
