@@ -118,6 +118,26 @@ Deno.test("two sessions on one version: both commit, the second says what it did
   }
 });
 
+Deno.test("a server that died with a session open: the next start detaches its overlay and wipes it", async () => {
+  const { t, base } = await setup();
+  try {
+    const s = await t.store.sessions.open("bb");
+    Deno.writeTextFileSync(`${s.merged}/etc/half`, "half\n");
+    const mounted = () => Deno.readTextFileSync("/proc/self/mountinfo").includes(s.merged);
+    assert.ok(mounted());
+    // the next start: a new store on the same data dir (the old one's memory is gone)
+    const { ImageStore } = await import("../src/images/store.ts");
+    const again = new ImageStore(t.data, t.db);
+    assert.ok((await again.reconcile()) >= 1);
+    assert.equal(mounted(), false, "the overlay is detached");
+    assert.deepEqual(await dirEntries(t.data.tmp), []);
+    assert.equal(again.get("bb").id, base.id, "the image is as it was");
+    assert.ok(!manifestOf(t, base.id).has("/etc/half"));
+  } finally {
+    await t.close();
+  }
+});
+
 Deno.test("image cp in: hostile symlinks in the image resolve inside it; nothing written on the host", async () => {
   const { t, untouched } = await setup();
   try {
