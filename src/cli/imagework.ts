@@ -111,7 +111,12 @@ async function shell(
 
 /** What a commit did, for people: the version, an outdated base, the nodes. */
 export function committedText(r: Commit & Published): string {
-  if (r.existed) return `no changes: ${r.name} stays at ${r.id.slice(0, 12)}`;
+  if (r.existed) {
+    return r.current
+      ? `no changes: ${r.name} stays at ${r.id.slice(0, 12)}`
+      : `identical to ${r.name}@${r.id.slice(0, 12)} (not current): nothing committed; ` +
+        `netroot image rollback ${r.name} ${r.id.slice(0, 12)} points the name at it`;
+  }
   return [
     `committed ${r.name}@${r.id.slice(0, 12)}${
       r.previous ? ` (was ${r.previous.slice(0, 12)})` : " (new image)"
