@@ -20,13 +20,16 @@ import { logger } from "../log.ts";
 
 const log = logger("images");
 
-export function objectKey(e: ManifestEntry): string {
+/** What an object stands for: content digest and the metadata a hard link shares. */
+function identity(e: ManifestEntry): string {
   const xattrs = e.xattrs
     ? Object.keys(e.xattrs).sort().map((k) => `${k}=${e.xattrs![k]}`).join(",")
     : "";
-  return createHash("sha256")
-    .update(`${e.sha256}\t${e.mode}\t${e.uid}\t${e.gid}\t${e.mtime}\t${xattrs}`)
-    .digest("hex");
+  return `${e.sha256}\t${e.mode}\t${e.uid}\t${e.gid}\t${e.mtime}\t${xattrs}`;
+}
+
+export function objectKey(e: ManifestEntry): string {
+  return createHash("sha256").update(identity(e)).digest("hex");
 }
 
 const code = (e: unknown) => (e as { code?: string }).code;
@@ -61,13 +64,13 @@ export class ObjectStore {
     const used = new Set<string>();
     for (const e of entries) {
       if (e.type !== "file") continue;
-      const key = objectKey(e);
-      if (used.has(key)) continue; // another file of this tree holds that object
-      used.add(key);
-      const obj = this.path(key);
+      const id = identity(e);
+      if (used.has(id)) continue; // another file of this tree holds that object
+      used.add(id);
       const file = root + e.path;
       // A file still sharing the base version's inode (a hard-link copy) is already in place.
       if (known?.has(Deno.lstatSync(file).ino!)) continue;
+      const obj = this.path(objectKey(e));
       for (let attempt = 0; attempt < 3; attempt++) {
         try {
           Deno.linkSync(file, obj);
