@@ -289,8 +289,19 @@ Deno.test("netroot image shell -- CMD (systemd-nspawn) commits; a failing CMD co
     assert.deepEqual(await dirEntries(t.data.tmp), [], "the session is gone");
     assert.equal(t.store.sessions.list().length, 0);
 
+    // image cp through the CLI: in (a new version, the node told), and out
+    Deno.writeTextFileSync(`${t.dir}/motd`, "via cp\n");
+    const cpIn = await cli("cp", `${t.dir}/motd`, "bb:/etc/");
+    assert.equal(cpIn.code, 0, cpIn.stderr);
+    assert.match(cpIn.stdout, /^committed bb@[0-9a-f]{12}/);
+    assert.equal(t.store.get("bb").madeBy, "cp");
+    const cpOut = await cli("cp", "bb:/etc/motd", `${t.dir}/motd.out`);
+    assert.equal(cpOut.code, 0, cpOut.stderr);
+    assert.equal(Deno.readTextFileSync(`${t.dir}/motd.out`), "via cp\n");
+
     const hist = await cli("history", "bb");
-    assert.match(hist.stdout, /\*\s+[0-9a-f]{12}\s+\S+ \S+\s+shell/);
+    assert.match(hist.stdout, /\*\s+[0-9a-f]{12}\s+\S+ \S+\s+cp /);
+    assert.match(hist.stdout, /\s+[0-9a-f]{12}\s+\S+ \S+\s+shell /);
   } finally {
     ac.abort();
     await t.close();
