@@ -289,6 +289,44 @@ Deno.test("netroot image shell -- CMD (systemd-nspawn) commits; a failing CMD co
     assert.deepEqual(await dirEntries(t.data.tmp), [], "the session is gone");
     assert.equal(t.store.sessions.list().length, 0);
 
+    // interactive (a terminal, through script(1)): the shell, then the question on exit
+    const tty = new Deno.Command("script", {
+      args: [
+        "-qfec",
+        `${Deno.execPath()} run -A ${main} image shell bb`,
+        "/dev/null",
+      ],
+      env: { NETROOT_SERVER: `http://127.0.0.1:${server.addr.port}`, NETROOT_TOKEN: "t" },
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const w = tty.stdin.getWriter();
+    const seen: string[] = [];
+    const reader = (async () => {
+      for await (const c of tty.stdout.pipeThrough(new TextDecoderStream())) seen.push(c);
+    })();
+    const waitFor = async (re: RegExp) => {
+      const until = Date.now() + 60_000;
+      while (!re.test(seen.join(""))) {
+        assert.ok(Date.now() < until, `no ${re} in ${JSON.stringify(seen.join(""))}`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    };
+    await waitFor(/\/\S* # /); // busybox ash, in /root
+    await w.write(new TextEncoder().encode("echo typed > /etc/typed; exit\r"));
+    await waitFor(/commit the changes as a new version of bb\? \[y\/N\]/);
+    await w.write(new TextEncoder().encode("y\r"));
+    await w.close();
+    assert.equal((await tty.status).code, 0, seen.join(""));
+    await reader;
+    assert.match(seen.join(""), /committed bb@[0-9a-f]{12}/);
+    assert.equal(
+      Deno.readTextFileSync(`${t.data.rootfs(t.store.get("bb").id)}/etc/typed`),
+      "typed\n",
+    );
+    assert.match(t.store.get("bb").command!, /interactive shell/);
+
     // image cp through the CLI: in (a new version, the node told), and out
     Deno.writeTextFileSync(`${t.dir}/motd`, "via cp\n");
     const cpIn = await cli("cp", `${t.dir}/motd`, "bb:/etc/");
