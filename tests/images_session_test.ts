@@ -202,7 +202,7 @@ Deno.test("image cp out: an image's symlink is copied as a symlink, never the ho
   }
 });
 
-Deno.test("netroot image shell -- CMD (systemd-nspawn) commits; a failing CMD commits nothing", async () => {
+Deno.test("netroot image shell (-- CMD and interactive, systemd-nspawn) and cp commit; a failing or killed shell commits nothing", async () => {
   const { t, nodes, base } = await setup();
   const ac = new AbortController();
   try {
