@@ -6,6 +6,7 @@
 //   nodes/<mac>/fs -> ../../images/<id>/rootfs   the deploy symlink
 //   nodes/<mac>/persist/               the node's /persist (exported read-write to that node only)
 //   nodes/<mac>/vm/                    virtual node disks and console log
+//   objects/<2 hex>/<key>              every image file once (images/objects.ts), 0700
 //   initramfs/                         built initramfs cache
 //   tmp/                               imports in progress (wiped at start)
 // Modes: nothing here is for other local users. The directories on the way to the NFS exports
@@ -52,6 +53,10 @@ export class DataDir {
   vm(mac: string) {
     return join(this.root, "nodes", mac, "vm");
   }
+  /** The content-addressed file store the image trees are hard links into (images/objects.ts). */
+  get objects() {
+    return join(this.root, "objects");
+  }
   get initramfs() {
     return join(this.root, "initramfs");
   }
@@ -67,6 +72,7 @@ export class DataDir {
       [this.images, 0o711],
       [this.nodes, 0o711],
       [this.initramfs, 0o700],
+      [this.objects, 0o700],
       [this.tmp, 0o700],
       [this.run, 0o700],
     ];

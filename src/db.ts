@@ -84,6 +84,40 @@ const migrations: string[] = [
   ALTER TABLE nodes ADD COLUMN state_reason TEXT;
   ALTER TABLE nodes ADD COLUMN watchdog_reboots INTEGER NOT NULL DEFAULT 0;
   `,
+  // 6: image versions (src/images/store.ts). A row is one version (content id); `name` is the
+  // image it belongs to (no longer unique) and `current` marks the version the name points at.
+  // A node deployed on a name follows it (image_pinned = 0); on an id or NAME@ID it stays.
+  // The table is rebuilt (SQLite cannot drop a UNIQUE); nodes.image_id keeps pointing at it:
+  // foreign keys are checked at COMMIT, once the rows are back under the same ids.
+  `
+  PRAGMA defer_foreign_keys = ON;
+  CREATE TEMP TABLE images_v5 AS SELECT * FROM images;
+  DROP TABLE images;
+  CREATE TABLE images (
+    id TEXT PRIMARY KEY,              -- sha256 of the content manifest
+    name TEXT NOT NULL,               -- the image this version belongs to
+    current INTEGER NOT NULL DEFAULT 1,  -- 1: the version the name points at
+    created_at TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    files INTEGER NOT NULL,
+    kernel TEXT,
+    initrd TEXT,
+    kernel_version TEXT,
+    bootable INTEGER NOT NULL DEFAULT 0,
+    reason TEXT,
+    made_by TEXT NOT NULL DEFAULT 'import',  -- import | shell | cp | build | save
+    command TEXT,                     -- the command that made it
+    parent TEXT                       -- the version it was made on
+  );
+  CREATE UNIQUE INDEX images_current ON images(name) WHERE current = 1;
+  CREATE INDEX images_name ON images(name, created_at);
+  INSERT INTO images (id, name, current, created_at, size, files, kernel, initrd, kernel_version,
+      bootable, reason)
+    SELECT id, name, 1, created_at, size, files, kernel, initrd, kernel_version, bootable, reason
+    FROM images_v5;
+  DROP TABLE temp.images_v5;
+  ALTER TABLE nodes ADD COLUMN image_pinned INTEGER NOT NULL DEFAULT 0;
+  `,
 ];
 
 export const schemaVersion = migrations.length;

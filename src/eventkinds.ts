@@ -21,6 +21,12 @@ export const EVENT_KINDS = [
   "reboot.failed",
   // images (src/images/store.ts), NFS exports (src/nfs.ts)
   "image.import",
+  "image.shell",
+  "image.cp",
+  "image.build",
+  "image.save",
+  "image.rollback",
+  "image.gc",
   "image.rename",
   "image.rm",
   "nfs.exports",

@@ -47,6 +47,8 @@ export interface NodeInfo {
   model: string;
   imageId: string | null;
   imageName: string | null;
+  /** Deployed on one version (an id or NAME@ID): it does not follow the name's new versions. */
+  imagePinned: boolean;
   ip: string | null;
   virtual: boolean;
   createdAt: string;
@@ -246,6 +248,7 @@ interface NodeRow {
   model: string;
   image_id: string | null;
   image_name: string | null;
+  image_pinned: number;
   ip: string | null;
   virtual: number;
   created_at: string;
@@ -255,7 +258,8 @@ interface NodeRow {
   state_reason: string | null;
 }
 
-const selectNodes = `SELECT n.mac, n.name, n.model, n.image_id, i.name AS image_name, n.ip,
+const selectNodes = `SELECT n.mac, n.name, n.model, n.image_id, i.name AS image_name,
+  n.image_pinned, n.ip,
   n.virtual, n.created_at, n.last_seen, n.state, n.state_since, n.state_reason
   FROM nodes n LEFT JOIN images i ON i.id = n.image_id`;
 
@@ -300,6 +304,7 @@ export class NodeRegistry {
       model: row.model,
       imageId: row.image_id,
       imageName: row.image_name,
+      imagePinned: row.image_pinned === 1,
       ip: row.ip,
       virtual: row.virtual === 1,
       createdAt: row.created_at,
@@ -692,11 +697,33 @@ export class NodeRegistry {
       );
     }
     const nodes = [...targets.values()];
-    const flipped: NodeInfo[] = [];
+    // A name: the nodes follow its new versions; an id or NAME@ID: they stay on that version.
+    const pinned = !this.images.isName(imageRef);
+    this.#point(nodes.map((n) => ({ mac: n.mac, from: n.imageId })), image, pinned, true);
+    const reboots = opts.reboot === false
+      ? []
+      : await Promise.all(nodes.map((n) => this.rebooter.reboot(n, "image change")));
+    const after = this.#lookup(nodes.length);
+    return { nodes: nodes.map((n) => after(n.mac)!), reboots };
+  }
+
+  /**
+   * Rows, links and events of a deploy in one transaction: if a flip fails the rows roll back and
+   * the links already flipped are put back.
+   */
+  #point(
+    nodes: { mac: string; from: string | null }[],
+    image: { id: string; name: string },
+    pinned: boolean | null,
+    adopt: boolean,
+  ): void {
+    const flipped: { mac: string; from: string | null }[] = [];
     try {
       tx(this.db, () => {
         const update = this.db.prepare(
-          "UPDATE nodes SET image_id = ?, auto_registered = 0 WHERE mac = ?",
+          `UPDATE nodes SET image_id = ?, image_pinned = coalesce(?, image_pinned)${
+            adopt ? ", auto_registered = 0" : ""
+          } WHERE mac = ?`,
         );
         const event = this.db.prepare(
           "INSERT INTO events (mac, ts, kind, detail) VALUES (?, ?, 'deploy', ?)",
@@ -704,11 +731,11 @@ export class NodeRegistry {
         const ts = new Date().toISOString();
         const target = linkTarget(image.id);
         for (const n of nodes) {
-          update.run(image.id, n.mac);
+          update.run(image.id, pinned === null ? null : pinned ? 1 : 0, n.mac);
           event.run(
             n.mac,
             ts,
-            JSON.stringify({ image: image.id, imageName: image.name, previous: n.imageId }),
+            JSON.stringify({ image: image.id, imageName: image.name, previous: n.from }),
           );
           flipSymlink(this.data.nodeFs(n.mac), target);
           flipped.push(n);
@@ -718,18 +745,44 @@ export class NodeRegistry {
       // The rows rolled back: put the links we already flipped back where the rows say.
       for (const n of flipped) {
         try {
-          flipSymlink(this.data.nodeFs(n.mac), n.imageId && linkTarget(n.imageId));
+          flipSymlink(this.data.nodeFs(n.mac), n.from && linkTarget(n.from));
         } catch { /* reconcile() at the next start repairs it */ }
       }
       throw e;
     }
     eventsAppended(this.db);
     this.#changed();
-    const reboots = opts.reboot === false
-      ? []
-      : await Promise.all(nodes.map((n) => this.rebooter.reboot(n, "image change")));
-    const after = this.#lookup(nodes.length);
-    return { nodes: nodes.map((n) => after(n.mac)!), reboots };
+  }
+
+  /**
+   * Moves every node that follows an image name (deployed on the name, not pinned) and sits on an
+   * older version to the name's current version (after a commit or a rollback). Their next boot
+   * serves it; the running system keeps its own version's export until then. Returns them.
+   */
+  follow(name?: string): { mac: string; name: string; from: string; to: string }[] {
+    const moved = this.db.prepare(
+      `SELECT n.mac, n.name, n.image_id AS "from", c.id AS "to", c.name AS image
+       FROM nodes n JOIN images v ON v.id = n.image_id
+       JOIN images c ON c.name = v.name AND c.current = 1
+       WHERE n.image_pinned = 0 AND v.current = 0 AND (? IS NULL OR v.name = ?)
+       ORDER BY n.name`,
+    ).all(name ?? null, name ?? null) as {
+      mac: string;
+      name: string;
+      from: string;
+      to: string;
+      image: string;
+    }[];
+    for (const to of new Set(moved.map((m) => m.to))) {
+      const group = moved.filter((m) => m.to === to);
+      this.#point(group, { id: to, name: group[0].image }, null, false);
+    }
+    return moved.map(({ mac, name, from, to }) => ({ mac, name, from, to }));
+  }
+
+  /** Reboots nodes through the reboot seam (one cause for all). */
+  rebootAll(macs: string[], cause: string): Promise<RebootResult[]> {
+    return Promise.all(macs.map((m) => this.rebooter.reboot(this.get(m), cause)));
   }
 
   reboot(ref: string, cause: string): Promise<RebootResult> {
@@ -856,7 +909,8 @@ export class NodeRegistry {
    *  absent), links of forgotten nodes and temporary links of interrupted flips are removed,
    *  persist dirs exist. Returns how many things were fixed. */
   reconcile(): Promise<number> {
-    let fixed = 0;
+    // A commit or rollback that died before its nodes followed the name: they follow now.
+    let fixed = this.follow().length;
     const rows = this.db.prepare("SELECT mac, image_id FROM nodes").all() as {
       mac: string;
       image_id: string | null;

@@ -4,6 +4,8 @@ import assert from "node:assert/strict";
 import { Hono } from "hono";
 import type { Context } from "../src/context.ts";
 import { imageRoutes } from "../src/images/api.ts";
+import { NodeRegistry } from "../src/nodes.ts";
+import { Rebooter } from "../src/reboot.ts";
 import {
   assertStoreEmpty,
   buildSampleTree,
@@ -14,7 +16,9 @@ import {
 } from "./images_helpers.ts";
 
 function appFor(t: Awaited<ReturnType<typeof tempStore>>): Hono {
-  const ctx = { data: t.data, db: t.db, images: t.store, changes: new EventTarget() };
+  const changes = new EventTarget();
+  const nodes = new NodeRegistry(t.data, t.db, t.store, new Rebooter(t.db), changes);
+  const ctx = { data: t.data, db: t.db, images: t.store, nodes, changes };
   t.store.changes = ctx.changes;
   return new Hono().route("/api/v1/images", imageRoutes(ctx as unknown as Context));
 }
@@ -64,8 +68,9 @@ Deno.test("images API: import (plain and NDJSON progress), list, show, rename, r
     const early = await post(app, { path: `${t.dir}/nothing.tar`, name: "n" }, true);
     assert.equal(early.status, 400);
     assert.match((await early.json()).error, /no such file or directory/);
-    const taken = await post(app, { path: tar, name: "lab/deb:12" });
-    assert.equal(taken.status, 409);
+    // the same content into its own name: nothing new
+    const same = await post(app, { path: tar, name: "lab/deb:12" });
+    assert.equal(same.status, 200);
     assert.equal((await post(app, { path: "rel.tar", name: "n" })).status, 400);
     assert.equal((await post(app, { path: tar, name: "bad name" })).status, 400);
     const notJson = await app.request("/api/v1/images", { method: "POST", body: "{" });
@@ -109,7 +114,7 @@ Deno.test("images API: import (plain and NDJSON progress), list, show, rename, r
     t.db.prepare("DELETE FROM nodes").run();
     const del = await app.request("/api/v1/images/deb", { method: "DELETE" });
     assert.equal(del.status, 200);
-    assert.deepEqual(await del.json(), { removed: id, name: "deb" });
+    assert.deepEqual(await del.json(), { removed: id, name: "deb", versions: [id] });
     assert.equal(rowCount(t.db), 0);
   } finally {
     await t.close();
@@ -157,7 +162,7 @@ Deno.test("netroot image CLI: import with plain progress lines, ls, show, rename
     assert.equal(ls.code, 0);
     assert.match(
       ls.stdout,
-      /^NAME +ID +SIZE +FILES +KERNEL +BOOTABLE +CREATED\ndeb +[0-9a-f]{12} .* 6\.1\.0-test +yes /,
+      /^NAME +ID +SIZE +UNIQUE +FILES +KERNEL +BOOTABLE +CREATED\ndeb +[0-9a-f]{12} .* 6\.1\.0-test +yes /,
     );
     const lsJson = JSON.parse((await cli("ls", "--json")).stdout);
     assert.equal(lsJson[0].name, "deb");

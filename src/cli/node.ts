@@ -1,4 +1,7 @@
 // `netroot node …` (and `netroot deploy`): node management through the running server's API.
+import { resolve } from "node:path";
+import type { Commit } from "../images/store.ts";
+import type { Published } from "../images/versions.ts";
 import { parseArgs } from "node:util";
 import { progressText } from "../../contract/report.ts";
 import { UserError } from "../errors.ts";
@@ -29,8 +32,18 @@ const help: Record<string, string> = {
   wait NODE[,NODE…] [--state S] [--timeout S]   until the nodes reach a state (default booted)
   log NODE [--follow]                       the node's timeline
   console NODE [--follow]                   a virtual node's console output
+  save NODE NAME --upper FILE [--reboot-nodes]   the node's changes as a new image version
 
 NODE is a name or a MAC address (any common spelling). ${common}`,
+  save: `usage: netroot node save NODE NAME --upper FILE [--reboot-nodes]
+
+Turns what the node changed in its running system (its overlay upper: network mode, the RAM layer
+/run/netroot/rw/upper; hybrid mode, walt-hybrid/<id>/diff) into a new version of image NAME on top
+of the image the node booted, deletions included (overlay whiteouts and opaque directories).
+FILE is a tarball of the upper, read by the server, made on the node with GNU tar keeping xattrs
+(all of them: trusted.overlay.* marks opaque directories) and numeric owners; the exact command is
+in the README ("Changing images"). netroot cannot fetch it from a live node by itself yet. NAME may be the booted image's own name
+(a new version of it) or another. --reboot-nodes reboots the nodes that follow NAME. ${common}`,
   add: `usage: netroot node add MAC [--name NAME] [--model MODEL] [--image IMAGE]
 
 Registers a node. Default name node-<last 3 MAC bytes>; default image the one named "default".
@@ -63,7 +76,8 @@ netroot node power --help), and the virtual node keys when the server has them. 
 
 Points the nodes at IMAGE (one transaction; each node's fs link flips atomically) and asks each
 node's reboot mechanism to reboot it. --no-reboot only switches; --force deploys an image that is
-not bootable. ${common}`,
+not bootable. IMAGE as a name: the nodes follow its new versions (image shell, cp, build, import,
+rollback move them at their next boot); as NAME@ID or an id: they stay on that version. ${common}`,
   reboot: `usage: netroot node reboot NODE[,NODE…]… [--hard] [--cause TEXT]
 
 A virtual node is reset (QMP); a node with power.driver set is power-cycled by its driver; the
@@ -106,6 +120,8 @@ const options = {
   state: { type: "string" },
   timeout: { type: "string" },
   hard: { type: "boolean" },
+  upper: { type: "string" },
+  "reboot-nodes": { type: "boolean" },
 } as const;
 
 /** Poll period for --follow. */
@@ -205,6 +221,20 @@ export async function run(args: string[]): Promise<number> {
   const enc = encodeURIComponent;
 
   switch (cmd) {
+    case "save": {
+      const [node, name] = positionals(p, 2, help.save);
+      if (!o.upper) throw new UserError("node save needs --upper FILE (a tarball of the upper)");
+      const r = await api.post<Commit & Published>("/images/-/save", {
+        node,
+        name,
+        upper: resolve(o.upper),
+        rebootNodes: o["reboot-nodes"] ?? false,
+        command: ["netroot", "node", ...args].join(" "),
+      });
+      const { committedText } = await import("./imagework.ts");
+      print(json, r, () => committedText(r));
+      return 0;
+    }
     case "add": {
       const [mac] = positionals(p, 1, help.add);
       const node = await api.post<NodeInfo>("/nodes", {

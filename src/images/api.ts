@@ -1,31 +1,159 @@
-// /api/v1/images: list, show, import (from a path on the server machine), rename, remove.
+// /api/v1/images: list, show, import (from a path on the server machine), rename, remove; versions
+// (history, rollback, diff) and the object store's gc under /api/v1/images/-/.
 // An import asked with `accept: application/x-ndjson` streams progress lines {phase, done, total}
 // then one final {image} or {error}; otherwise the reply is the plain JSON result.
-import type { Hono } from "hono";
+import type { Context as HonoContext, Hono } from "hono";
 import { jsonBody } from "../api.ts";
 import { apiRouter } from "../apierror.ts";
 import type { Context } from "../context.ts";
 import { UserError } from "../errors.ts";
 import { logger } from "../log.ts";
-import { validateName } from "./store.ts";
+import { type Commit, validateName } from "./store.ts";
+import { publish } from "./versions.ts";
+import { copyIn, copyOut } from "./cp.ts";
+import { build } from "./build.ts";
+import { saveNode } from "./save.ts";
 
 const log = logger("images");
 
 export function imageRoutes(ctx: Context): Hono {
   const app = apiRouter();
 
-  app.get("/", (c) => c.json(ctx.images.list()));
+  // Images by name (their current versions); ?all=1: every version.
+  app.get("/", (c) => c.json(c.req.query("all") ? ctx.images.list() : ctx.images.names()));
+  // Actions sit under "/-/" (no name starts with "-"), before the refs that may hold "/".
+  app.get("/-/history/:ref{.+}", (c) => c.json(ctx.images.history(c.req.param("ref"))));
+  app.get("/-/diff", (c) => {
+    const a = c.req.query("a"), b = c.req.query("b");
+    if (!a || !b) throw new UserError("diff needs ?a=IMAGE&b=IMAGE");
+    return c.json(ctx.images.diff(a, b));
+  });
+  app.post("/-/rollback", async (c) => {
+    const body = await jsonBody(c.req.raw);
+    if (typeof body.image !== "string") throw new UserError("rollback needs image");
+    if (body.version !== undefined && typeof body.version !== "string") {
+      throw new UserError("version must be a version id");
+    }
+    const r = ctx.images.rollback(body.image, body.version as string | undefined);
+    return c.json({ ...r, ...await publish(ctx, r.image, body.rebootNodes === true) });
+  });
+  app.post("/-/gc", async (c) => {
+    const body = await jsonBody(c.req.raw);
+    const keep = body.keep;
+    if (keep !== undefined && (!Number.isInteger(keep) || (keep as number) < 1)) {
+      throw new UserError("keep must be a whole number of versions, at least 1");
+    }
+    return c.json(await ctx.images.gc(keep as number | undefined));
+  });
+  // Sessions (image shell): an overlay on a version, its merged tree for the caller's container.
+  app.post("/-/sessions", async (c) => {
+    onServerMachine(c, "image shell");
+    const body = await jsonBody(c.req.raw);
+    if (typeof body.image !== "string") throw new UserError("a session needs image");
+    const name = body.new === undefined ? undefined : validateName(body.new);
+    return c.json(await ctx.images.sessions.open(body.image, name), 201);
+  });
+  app.post("/-/sessions/:id/commit", async (c) => {
+    const body = await jsonBody(c.req.raw);
+    const image = await ctx.images.sessions.commit(c.req.param("id"), {
+      madeBy: body.madeBy === "build" ? "build" : "shell",
+      command: typeof body.command === "string" ? body.command.slice(0, 4096) : null,
+    });
+    return c.json({ ...image, ...await publish(ctx, image, body.rebootNodes === true) });
+  });
+  app.delete("/-/sessions/:id", async (c) => {
+    await ctx.images.sessions.discard(c.req.param("id"));
+    return c.json({ discarded: c.req.param("id") });
+  });
+  // image cp: host paths (read or written by the server) into or out of an image.
+  app.post("/-/cp", async (c) => {
+    const body = await jsonBody(c.req.raw);
+    const sources = body.sources, image = body.image, path = body.path;
+    if (
+      !Array.isArray(sources) || !sources.length ||
+      !sources.every((p) => typeof p === "string" && p.startsWith("/")) ||
+      typeof image !== "string" || typeof path !== "string" || !path.startsWith("/")
+    ) {
+      throw new UserError("cp needs sources (absolute host paths), image and path (absolute)");
+    }
+    const name = body.new === undefined ? undefined : validateName(body.new);
+    const out = await copyIn(ctx.images, sources as string[], image, path, {
+      name,
+      command: typeof body.command === "string" ? body.command.slice(0, 4096) : null,
+    });
+    return c.json({ ...out, ...await publish(ctx, out, body.rebootNodes === true) });
+  });
+  app.post("/-/cp-out", async (c) => {
+    onServerMachine(c, "image cp IMAGE:PATH DEST");
+    const body = await jsonBody(c.req.raw);
+    const { image, path, dest } = body;
+    if (
+      typeof image !== "string" || typeof path !== "string" || typeof dest !== "string" ||
+      !dest.startsWith("/")
+    ) {
+      throw new UserError("cp out needs image, path and dest (an absolute host path)");
+    }
+    return c.json(await copyOut(ctx.images, image, path, dest));
+  });
+  // node save: a node's overlay upper (a tarball the server reads) as a new version on the
+  // image the node booted.
+  app.post("/-/save", async (c) => {
+    const body = await jsonBody(c.req.raw);
+    const { node, upper } = body;
+    const name = validateName(body.name);
+    if (typeof node !== "string" || typeof upper !== "string" || !upper.startsWith("/")) {
+      throw new UserError("save needs node, name and upper (an absolute path on the server)");
+    }
+    const image = await saveNode(
+      ctx,
+      node,
+      name,
+      upper,
+      typeof body.command === "string" ? body.command.slice(0, 4096) : null,
+    );
+    return c.json({ ...image, ...await publish(ctx, image, body.rebootNodes === true) });
+  });
+  // image build: the log streamed as NDJSON {log} lines, then {image} or {error}.
+  app.post("/-/build", async (c) => {
+    const body = await jsonBody(c.req.raw);
+    const { buildfile, context, from } = body;
+    const name = validateName(body.name);
+    if (
+      typeof buildfile !== "string" || !buildfile.startsWith("/") ||
+      typeof context !== "string" || !context.startsWith("/") ||
+      (from !== undefined && typeof from !== "string")
+    ) {
+      throw new UserError("build needs name, buildfile and context (absolute host paths)");
+    }
+    return ndjson(async (send, signal) => {
+      const image = await build(ctx.images, {
+        name,
+        buildfile,
+        context,
+        from: from as string | undefined,
+        command: typeof body.command === "string" ? body.command.slice(0, 4096) : null,
+        log: (line) => send({ log: line }),
+        signal,
+      });
+      return { ...image, ...await publish(ctx, image, body.rebootNodes === true) };
+    });
+  });
   // Names may hold "/" (alice/rpi:latest): the ref is the rest of the path.
   app.get("/:ref{.+}", (c) => c.json(ctx.images.get(c.req.param("ref"))));
 
   app.post("/", async (c) => {
     const body = await jsonBody(c.req.raw);
     const path = body.path, name = validateName(body.name);
+    const rebootNodes = body.rebootNodes === true;
     if (typeof path !== "string" || !path.startsWith("/")) {
       throw new UserError("path must be an absolute path on the server machine");
     }
+    const published = async (image: Commit) => ({
+      ...image,
+      ...await publish(ctx, image, rebootNodes && !image.existed),
+    });
     if (!c.req.header("accept")?.includes("application/x-ndjson")) {
-      const image = await ctx.images.import(path, name);
+      const image = await published(await ctx.images.import(path, name));
       return c.json(image, image.existed ? 200 : 201);
     }
     // A client that goes away (Ctrl-C on `netroot image import`) cancels the stream, which
@@ -60,10 +188,10 @@ export function imageRoutes(ctx: Context): Hono {
     // Errors found before any work (name taken, bad path, unknown format) get a real HTTP status.
     await Promise.race([first.promise, job.then(() => {}, () => {})]);
     if (!started) {
-      const image = await job; // rethrows the early error
+      const image = await published(await job); // rethrows the early error
       return c.json(image, image.existed ? 200 : 201);
     }
-    job.then(
+    job.then(published).then(
       (image) => send({ image }),
       (e) => {
         if (!(e instanceof UserError)) log.error("import failed", { path, error: e });
@@ -83,9 +211,55 @@ export function imageRoutes(ctx: Context): Hono {
   });
 
   app.delete("/:ref{.+}", (c) => {
-    const image = ctx.images.get(c.req.param("ref"));
-    ctx.images.remove(image.id);
-    return c.json({ removed: image.id, name: image.name });
+    const removed = ctx.images.remove(c.req.param("ref"));
+    return c.json({
+      removed: removed[0].id,
+      name: removed[0].name,
+      versions: removed.map((v) => v.id),
+    });
   });
   return app;
+}
+
+/**
+ * A job whose progress streams as NDJSON lines (`send`), ending with {image: result} or
+ * {error}; a client that goes away aborts `signal`.
+ */
+function ndjson(
+  job: (send: (o: unknown) => void, signal: AbortSignal) => Promise<unknown>,
+): Response {
+  const cancel = new AbortController();
+  const enc = new TextEncoder();
+  let out: ReadableStreamDefaultController<Uint8Array> | undefined;
+  const readable = new ReadableStream<Uint8Array>({
+    start: (controller) => void (out = controller),
+    cancel: () => cancel.abort(),
+  });
+  const send = (o: unknown) => {
+    try {
+      out!.enqueue(enc.encode(JSON.stringify(o) + "\n"));
+    } catch { /* closed */ }
+  };
+  job(send, cancel.signal).then(
+    (image) => send({ image }),
+    (e) => {
+      if (!(e instanceof UserError)) log.error("image job failed", { error: e });
+      send({ error: (e as Error).message });
+    },
+  ).finally(() => {
+    try {
+      out!.close();
+    } catch { /* cancelled */ }
+  });
+  return new Response(readable, { headers: { "content-type": "application/x-ndjson" } });
+}
+
+/**
+ * Writes to the server's own files (cp out) and containers run by the caller on the merged tree
+ * (shell) are for the server machine's root: a request from another host is refused.
+ */
+function onServerMachine(c: HonoContext, what: string): void {
+  const host = (c.env as Deno.ServeHandlerInfo<Deno.NetAddr> | undefined)?.remoteAddr?.hostname;
+  if (host === undefined || host === "::1" || host.startsWith("127.")) return;
+  throw new UserError(`${what} works on the server machine only (this request came from ${host})`);
 }

@@ -13,14 +13,16 @@ import { syncfs } from "../linux/fsops.ts";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import type { DataDir } from "../datadir.ts";
-import type { Db } from "../db.ts";
+import { type Db, tx } from "../db.ts";
 import { conflict, notFound, UserError } from "../errors.ts";
 import { recordEvent } from "../events.ts";
 import { logger } from "../log.ts";
-import { manifestText } from "../../contract/manifest.ts";
+import { diffManifests, manifestLines, manifestText } from "../../contract/manifest.ts";
 import { detectKernel } from "./kernel.ts";
 import { unpack } from "./unpack.ts";
-import { type Progress, scanTree } from "./walk.ts";
+import { ObjectStore } from "./objects.ts";
+import { detachMountsUnder, Sessions } from "./session.ts";
+import { type CachedHash, type Progress, scanTree } from "./walk.ts";
 
 const log = logger("images");
 
@@ -38,6 +40,31 @@ export interface ImageInfo {
   bootable: boolean;
   /** Why the image is not bootable (null when it is). */
   reason: string | null;
+  /** Bytes of regular files no other version shares (what removing it would free); set by
+   *  `names()` and `history()`. */
+  uniqueSize?: number;
+  /** This version is the one its name points at. */
+  current: boolean;
+  /** How it was made: import | shell | cp | build | save. */
+  madeBy: string;
+  /** The command that made it (null for imports through the API). */
+  command: string | null;
+  /** The version it was made on (null: imported). */
+  parent: string | null;
+}
+
+/** How a version was made (`image history`). */
+export type MadeBy = "import" | "shell" | "cp" | "build" | "save";
+
+/** A committed version: the image, and what the name pointed at before. */
+export interface Commit extends ImageInfo {
+  /** Same content already stored (as this version): nothing was committed. */
+  existed: boolean;
+  /** The version the name pointed at before (null: a new image). */
+  previous: string | null;
+  /** Set when the name moved on after the version this change was made on (concurrent
+   *  changes): the version this commit does not contain. */
+  outdated: string | null;
 }
 
 interface Row {
@@ -51,6 +78,10 @@ interface Row {
   kernel_version: string | null;
   bootable: number;
   reason: string | null;
+  current: number;
+  made_by: string;
+  command: string | null;
+  parent: string | null;
 }
 
 const toInfo = (r: Row): ImageInfo => ({
@@ -64,6 +95,10 @@ const toInfo = (r: Row): ImageInfo => ({
   kernelVersion: r.kernel_version,
   bootable: r.bootable === 1,
   reason: r.reason,
+  current: r.current === 1,
+  madeBy: r.made_by,
+  command: r.command,
+  parent: r.parent,
 });
 
 const ID = /^[0-9a-f]{64}$/;
@@ -87,9 +122,14 @@ function isNoSpace(e: unknown): boolean {
 export class ImageStore {
   /** Set by openContext; receives `new Event("images")` after import/rm/rename. */
   changes?: EventTarget;
-  #importing = new Set<string>();
+  readonly objects: ObjectStore;
+  /** Open changes to images (shell, cp, build): overlays on a version. */
+  readonly sessions: Sessions;
 
-  constructor(readonly data: DataDir, readonly db: Db) {}
+  constructor(readonly data: DataDir, readonly db: Db) {
+    this.objects = new ObjectStore(data.objects);
+    this.sessions = new Sessions(this);
+  }
 
   #row(id: string): ImageInfo | undefined {
     const r = this.db.prepare("SELECT * FROM images WHERE id = ?").get(id) as Row | undefined;
@@ -97,25 +137,89 @@ export class ImageStore {
   }
 
   #changed(): void {
+    this.#uniqueCache.clear();
     this.changes?.dispatchEvent(new Event("images"));
   }
 
-  /** How many images there are (the API's health answer). */
+  /** How many images (names) there are (the API's health answer). */
   count(): number {
-    return (this.db.prepare("SELECT count(*) AS n FROM images").get() as { n: number }).n;
+    return (this.db.prepare("SELECT count(*) AS n FROM images WHERE current = 1").get() as {
+      n: number;
+    }).n;
   }
 
+  /** Every version of every image (what NFS exports and the initramfs cache follow). */
   list(): ImageInfo[] {
-    return (this.db.prepare("SELECT * FROM images ORDER BY name").all() as unknown as Row[]).map(
-      toInfo,
-    );
+    return (this.db.prepare("SELECT * FROM images ORDER BY name, created_at, rowid")
+      .all() as unknown as Row[]).map(toInfo);
   }
 
+  /** The images as users name them: the current version of each name. */
+  names(): ImageInfo[] {
+    return (this.db.prepare("SELECT * FROM images WHERE current = 1 ORDER BY name")
+      .all() as unknown as Row[]).map(toInfo).map((i) => ({
+        ...i,
+        uniqueSize: this.#unique(i.id),
+      }));
+  }
+
+  /** The versions of one image, oldest first. */
+  history(ref: string): ImageInfo[] {
+    const name = this.get(ref).name;
+    return (this.db.prepare("SELECT * FROM images WHERE name = ? ORDER BY created_at, rowid")
+      .all(name) as unknown as Row[]).map(toInfo).map((i) => ({
+        ...i,
+        uniqueSize: this.#unique(i.id),
+      }));
+  }
+
+  #uniqueCache = new Map<string, number>();
+
+  /**
+   * Bytes of the version's regular files that no other tree links to: an inode's links are its
+   * paths in this tree, the object store's one (when it is an object), and other versions'.
+   * One lstat per file; cached until the next change of the store.
+   */
+  #unique(id: string): number {
+    const cached = this.#uniqueCache.get(id);
+    if (cached !== undefined) return cached;
+    let bytes = 0;
+    try {
+      const root = this.data.rootfs(id);
+      const entries = [...manifestLines(Deno.readTextFileSync(this.data.manifest(id)))];
+      const inTree = new Map<string, number>();
+      for (const e of entries) {
+        const first = e.type === "hardlink" ? e.target! : e.type === "file" ? e.path : undefined;
+        if (first) inTree.set(first, (inTree.get(first) ?? 0) + 1);
+      }
+      for (const e of entries) {
+        if (e.type !== "file") continue;
+        const st = Deno.lstatSync(root + e.path);
+        if (st.nlink! - inTree.get(e.path)! <= 1) bytes += e.size;
+      }
+    } catch {
+      return 0; // a tree missing or being removed
+    }
+    this.#uniqueCache.set(id, bytes);
+    return bytes;
+  }
+
+  /** A name (its current version), NAME@ID (that version), a full id or an id prefix (≥ 6). */
   find(ref: string): ImageInfo | undefined {
-    const byName = this.db.prepare("SELECT * FROM images WHERE name = ?").get(ref) as
-      | Row
-      | undefined;
+    const byName = this.db.prepare("SELECT * FROM images WHERE name = ? AND current = 1").get(
+      ref,
+    ) as Row | undefined;
     if (byName) return toInfo(byName);
+    const at = ref.lastIndexOf("@");
+    if (at > 0) {
+      const version = this.#byId(ref.slice(at + 1));
+      if (version?.name === ref.slice(0, at)) return version;
+      if (version || this.find(ref.slice(0, at))) return undefined;
+    }
+    return this.#byId(ref);
+  }
+
+  #byId(ref: string): ImageInfo | undefined {
     const r = ref.toLowerCase();
     if (ID.test(r)) return this.#row(r);
     if (!/^[0-9a-f]{6,63}$/.test(r)) return undefined;
@@ -133,6 +237,15 @@ export class ImageStore {
     return info;
   }
 
+  /** Whether a ref names an image (follows its versions) rather than one version. */
+  isName(ref: string): boolean {
+    return this.db.prepare("SELECT 1 FROM images WHERE name = ? AND current = 1").get(ref) !==
+      undefined;
+  }
+
+  /**
+   * Imports an archive or directory as NAME: a new image, or the next version of an existing one.
+   */
   async import(
     source: string,
     name: string,
@@ -141,22 +254,10 @@ export class ImageStore {
       /** Cancels the import (the API aborts it when the client goes away). */
       signal?: AbortSignal;
     } = {},
-  ): Promise<ImageInfo & { existed: boolean }> {
+  ): Promise<Commit> {
     validateName(name);
     if (!source.startsWith("/")) throw new UserError(`import path must be absolute: ${source}`);
-    const taken = this.db.prepare("SELECT id FROM images WHERE name = ?").get(name) as
-      | { id: string }
-      | undefined;
-    if (taken) {
-      throw conflict(
-        `image name ${name} is already taken (image ${taken.id.slice(0, 12)}); ` +
-          "choose another name, or rename or remove that image first",
-      );
-    }
-    if (this.#importing.has(name)) throw conflict(`an import named ${name} is already running`);
-    this.#importing.add(name);
-    const work = join(this.data.tmp, `import-${crypto.randomUUID()}`);
-    const started = performance.now();
+    const work = this.scratch("import");
     try {
       await Deno.mkdir(work, { recursive: true });
       const rootfs = join(work, "rootfs");
@@ -166,80 +267,16 @@ export class ImageStore {
         opts.onProgress?.(p);
       };
       const unpacked = await unpack(source, rootfs, { onProgress, signal: opts.signal });
-      const { entries, bytes } = await scanTree(rootfs, { cache: unpacked.cache, onProgress });
       opts.signal?.throwIfAborted();
-      const text = new TextEncoder().encode(manifestText(entries));
-      const id = createHash("sha256").update(text).digest("hex");
-      await Deno.writeFile(join(work, "manifest"), text);
-      const k = detectKernel(entries);
-
-      const existing = this.#row(id);
-      if (existing) {
-        log.info("import: same content already in the store", { source, id, as: existing.name });
-        return { ...existing, existed: true };
-      }
-      let renamed = false;
-      try {
-        await Deno.rename(work, this.data.image(id));
-        renamed = true;
-      } catch (e) {
-        // Another import of the same content won the rename; its row is (or will be) there.
-        if (!(await Deno.stat(this.data.manifest(id)).catch(() => null))) throw e;
-      }
-      // The row promises a complete tree: flush it first (a power cut must not leave a row over
-      // half-written files; one syncfs instead of an fsync per file).
-      syncfs(this.data.image(id));
-      const createdAt = new Date().toISOString();
-      try {
-        this.db.prepare(
-          `INSERT INTO images (id, name, created_at, size, files, kernel, initrd, kernel_version,
-             bootable, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING`,
-        ).run(
-          id,
-          name,
-          createdAt,
-          bytes,
-          entries.length,
-          k.kernel,
-          k.initrd,
-          k.kernelVersion,
-          k.bootable ? 1 : 0,
-          k.reason,
-        );
-      } catch (e) {
-        // Without its row the tree must not stay (reconcile would remove it at the next start).
-        if (renamed) this.#discard(this.data.image(id));
-        if (/constraint/i.test((e as Error).message)) {
-          throw conflict(`image name ${name} was taken while importing`);
-        }
-        throw e;
-      }
-      const info = this.#row(id)!;
-      const existed = info.createdAt !== createdAt;
-      if (!existed) {
-        recordEvent(this.db, null, "image.import", {
-          id,
-          name,
-          source,
-          format: unpacked.format,
-          files: entries.length,
-          size: bytes,
-          bootable: k.bootable,
-          seconds: Math.round(performance.now() - started) / 1000,
-        });
-        log.info("imported image", {
-          id: id.slice(0, 12),
-          name,
-          format: unpacked.format,
-          files: entries.length,
-          bytes,
-          kernel: k.kernel,
-          reason: k.reason ?? undefined,
-        });
-        this.#changed();
-      }
+      const parent = this.isName(name) ? this.get(name).id : null;
+      const out = await this.commit(work, name, {
+        madeBy: "import",
+        command: null,
+        parent,
+        detail: { source, format: unpacked.format },
+      }, { cache: unpacked.cache, onProgress });
       opts.onProgress?.({ phase: "manifest", done: 1, total: 1 });
-      return { ...info, existed };
+      return out;
     } catch (e) {
       if (opts.signal?.aborted) {
         log.info("import cancelled", { source, name });
@@ -253,47 +290,250 @@ export class ImageStore {
       }
       throw e;
     } finally {
-      this.#importing.delete(name);
-      await Deno.remove(work, { recursive: true }).catch((e) => {
-        if (!(e instanceof Deno.errors.NotFound)) {
-          log.warn("could not remove import scratch dir", { dir: work, error: e.message });
-        }
-      });
+      await this.dropScratch(work);
     }
   }
 
+  /** A new scratch directory path under tmp/ (wiped at every start). */
+  scratch(kind: string): string {
+    return join(this.data.tmp, `${kind}-${crypto.randomUUID()}`);
+  }
+
+  async dropScratch(work: string): Promise<void> {
+    await Deno.remove(work, { recursive: true }).catch((e) => {
+      if (!(e instanceof Deno.errors.NotFound)) {
+        log.warn("could not remove scratch dir", { dir: work, error: e.message });
+      }
+    });
+  }
+
+  /**
+   * Commits `work`/rootfs (a complete tree in tmp/) as the newest version of NAME, which then
+   * points at it. Ordering keeps it crash safe: manifest written, tree renamed to images/<id>,
+   * flushed, then the row (and the name's switch) in one transaction. Same content as an existing
+   * version: nothing is stored, that version is returned with existed = true.
+   * `meta.parent` is the version the change was made on: when the name moved on meanwhile (a
+   * concurrent shell), the commit still lands and `outdated` names the version it did not see.
+   */
+  async commit(
+    work: string,
+    name: string,
+    meta: { madeBy: MadeBy; command: string | null; parent: string | null; detail?: object },
+    opts: {
+      cache?: Map<string, CachedHash>;
+      onProgress?: Progress;
+      /** Inodes of the version the tree is a hard-link copy of: already in the object store. */
+      baseInodes?: Set<number>;
+    } = {},
+  ): Promise<Commit> {
+    validateName(name);
+    const started = performance.now();
+    const rootfs = join(work, "rootfs");
+    const { entries, bytes } = await scanTree(rootfs, opts);
+    const text = new TextEncoder().encode(manifestText(entries));
+    const id = createHash("sha256").update(text).digest("hex");
+    const existing = this.#row(id);
+    if (existing) {
+      log.info("commit: same content already in the store", { name, id, as: existing.name });
+      return { ...existing, existed: true, previous: null, outdated: null };
+    }
+    await Deno.writeFile(join(work, "manifest"), text);
+    const k = detectKernel(entries);
+    this.objects.ingest(rootfs, entries, opts.baseInodes);
+    let renamed = false;
+    try {
+      await Deno.rename(work, this.data.image(id));
+      renamed = true;
+    } catch (e) {
+      // Another commit of the same content won the rename; its row is (or will be) there.
+      if (!(await Deno.stat(this.data.manifest(id)).catch(() => null))) throw e;
+    }
+    // The row promises a complete tree: flush it first (a power cut must not leave a row over
+    // half-written files; one syncfs instead of an fsync per file).
+    syncfs(this.data.image(id));
+    const createdAt = new Date().toISOString();
+    let previous: string | null = null;
+    try {
+      tx(this.db, () => {
+        previous = (this.db.prepare("SELECT id FROM images WHERE name = ? AND current = 1")
+          .get(name) as { id: string } | undefined)?.id ?? null;
+        this.db.prepare("UPDATE images SET current = 0 WHERE name = ? AND current = 1").run(name);
+        this.db.prepare(
+          `INSERT INTO images (id, name, current, created_at, size, files, kernel, initrd,
+             kernel_version, bootable, reason, made_by, command, parent)
+           VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+        ).run(
+          id,
+          name,
+          createdAt,
+          bytes,
+          entries.length,
+          k.kernel,
+          k.initrd,
+          k.kernelVersion,
+          k.bootable ? 1 : 0,
+          k.reason,
+          meta.madeBy,
+          meta.command,
+          meta.parent,
+        );
+      });
+    } catch (e) {
+      // Without its row the tree must not stay (reconcile would remove it at the next start).
+      if (renamed && !this.#row(id)) this.#discard(this.data.image(id));
+      const same = this.#row(id);
+      if (same) return { ...same, existed: true, previous: null, outdated: null };
+      throw e;
+    }
+    recordEvent(this.db, null, `image.${meta.madeBy}`, {
+      id,
+      name,
+      parent: meta.parent,
+      previous,
+      command: meta.command ?? undefined,
+      ...meta.detail,
+      files: entries.length,
+      size: bytes,
+      bootable: k.bootable,
+      seconds: Math.round(performance.now() - started) / 1000,
+    });
+    log.info("committed image version", {
+      id: id.slice(0, 12),
+      name,
+      madeBy: meta.madeBy,
+      files: entries.length,
+      bytes,
+      kernel: k.kernel,
+      reason: k.reason ?? undefined,
+    });
+    this.#changed();
+    const outdated = meta.parent && previous && previous !== meta.parent ? previous : null;
+    return { ...this.#row(id)!, existed: false, previous, outdated };
+  }
+
+  /** Points NAME at one of its versions (default: the one before the current one). */
+  rollback(ref: string, version?: string): { image: ImageInfo; previous: string } {
+    const cur = this.get(ref);
+    const name = cur.name;
+    const versions = this.history(name);
+    let target: ImageInfo | undefined;
+    if (version) {
+      target = this.#byId(
+        version.includes("@") ? version.slice(version.lastIndexOf("@") + 1) : version,
+      );
+      if (!target || target.name !== name) throw notFound(`version ${version} of image ${name}`);
+    } else {
+      const head = this.get(name);
+      const i = versions.findIndex((v) => v.id === head.id);
+      target = versions[i - 1];
+      if (!target) {
+        throw new UserError(`image ${name} has no version before ${head.id.slice(0, 12)}`);
+      }
+    }
+    const previous = this.get(name).id;
+    if (target.id !== previous) {
+      tx(this.db, () => {
+        this.db.prepare("UPDATE images SET current = 0 WHERE name = ? AND current = 1").run(name);
+        this.db.prepare("UPDATE images SET current = 1 WHERE id = ?").run(target!.id);
+      });
+      recordEvent(this.db, null, "image.rollback", { name, id: target.id, previous });
+      this.#changed();
+    }
+    return { image: this.#row(target.id)!, previous };
+  }
+
+  /** Files added, removed and changed from version a to b, from their manifests. */
+  diff(a: string, b: string): { added: string[]; removed: string[]; changed: string[] } {
+    const read = (ref: string) =>
+      manifestLines(Deno.readTextFileSync(this.data.manifest(this.get(ref).id)));
+    const out = { added: [] as string[], removed: [] as string[], changed: [] as string[] };
+    for (const c of diffManifests(read(a), read(b))) {
+      (c.old ? c.new ? out.changed : out.removed : out.added).push(c.path);
+    }
+    return out;
+  }
+
+  /**
+   * Frees space: with `keep`, removes the versions of each name older than its `keep` newest,
+   * never the current one, never one a node is set to boot or booted last; then the objects no
+   * version links to any more. Removed trees are deleted before the objects are looked at.
+   */
+  async gc(keep?: number): Promise<{ versions: string[]; objects: number; bytes: number }> {
+    const versions: string[] = [];
+    if (keep !== undefined) {
+      const used = new Set(
+        (this.db.prepare(
+          `SELECT image_id AS id FROM nodes WHERE image_id IS NOT NULL
+           UNION SELECT b.image_id FROM boots b WHERE b.image_id IS NOT NULL AND b.rowid =
+             (SELECT max(rowid) FROM boots WHERE mac = b.mac)`,
+        ).all() as { id: string }[]).map((r) => r.id),
+      );
+      for (const image of this.names()) {
+        const old = this.history(image.name).reverse().slice(keep);
+        for (const v of old) {
+          if (v.current || used.has(v.id)) continue;
+          this.db.prepare("DELETE FROM images WHERE id = ?").run(v.id);
+          recordEvent(this.db, null, "image.rm", { id: v.id, name: v.name, by: "gc" });
+          const trash = join(this.data.tmp, `rm-${crypto.randomUUID()}`);
+          await Deno.rename(this.data.image(v.id), trash).catch(() => {});
+          await Deno.remove(trash, { recursive: true }).catch(() => {});
+          versions.push(v.id);
+        }
+      }
+      if (versions.length) this.#changed();
+    }
+    const { objects, bytes } = this.objects.gc();
+    recordEvent(this.db, null, "image.gc", { versions: versions.length, objects, bytes });
+    return { versions, objects, bytes };
+  }
+
+  /** Renames an image: every version moves to the new name. */
   rename(ref: string, newName: string): ImageInfo {
     const info = this.get(ref);
     validateName(newName);
     if (newName === info.name) return info;
-    try {
-      this.db.prepare("UPDATE images SET name = ? WHERE id = ?").run(newName, info.id);
-    } catch (e) {
-      if (/constraint/i.test((e as Error).message)) {
-        throw conflict(`image name ${newName} is already taken`);
-      }
-      throw e;
-    }
+    if (this.isName(newName)) throw conflict(`image name ${newName} is already taken`);
+    this.db.prepare("UPDATE images SET name = ? WHERE name = ?").run(newName, info.name);
     recordEvent(this.db, null, "image.rename", { id: info.id, from: info.name, to: newName });
     this.#changed();
     return { ...info, name: newName };
   }
 
-  remove(ref: string): void {
+  /**
+   * Removes an image with every version (ref: its name), or one version (NAME@ID or an id; the
+   * current one only when it is the last). Refused while a node boots a version it removes.
+   */
+  remove(ref: string): ImageInfo[] {
     const info = this.get(ref);
-    const users = (this.db.prepare("SELECT name FROM nodes WHERE image_id = ? ORDER BY name")
-      .all(info.id) as { name: string }[]).map((r) => r.name);
-    if (users.length) {
+    const all = this.isName(ref) ? this.history(info.name) : [info];
+    if (all.length === 1 && info.current && this.history(info.name).length > 1) {
       throw conflict(
-        `image ${info.name} is booted by ${users.length === 1 ? "node" : "nodes"} ${
-          users.join(", ")
-        }; boot ${users.length === 1 ? "it" : "them"} on another image first`,
+        `${info.name}@${info.id.slice(0, 12)} is the current version of ${info.name}: ` +
+          `roll back first (netroot image rollback ${info.name}), or remove the whole image`,
       );
     }
-    this.db.prepare("DELETE FROM images WHERE id = ?").run(info.id);
-    recordEvent(this.db, null, "image.rm", { id: info.id, name: info.name });
-    this.#discard(this.data.image(info.id));
+    const ids = all.map((v) => v.id);
+    const users = (this.db.prepare(
+      `SELECT name FROM nodes WHERE image_id IN (${ids.map(() => "?").join(",")}) ORDER BY name`,
+    ).all(...ids) as { name: string }[]).map((r) => r.name);
+    if (users.length) {
+      throw conflict(
+        `image ${
+          all.length === 1 && !info.current ? `${info.name}@${info.id.slice(0, 12)}` : info.name
+        } is booted by ${users.length === 1 ? "node" : "nodes"} ${users.join(", ")}; boot ${
+          users.length === 1 ? "it" : "them"
+        } on another image first`,
+      );
+    }
+    tx(this.db, () => {
+      for (const v of all) this.db.prepare("DELETE FROM images WHERE id = ?").run(v.id);
+    });
+    for (const v of all) {
+      recordEvent(this.db, null, "image.rm", { id: v.id, name: v.name });
+      this.#discard(this.data.image(v.id));
+    }
     this.#changed();
+    return all;
   }
 
   /** Moves a tree into tmp/ (instant, atomic) and deletes it in the background; a crash midway
@@ -321,6 +561,8 @@ export class ImageStore {
   async reconcile(): Promise<number> {
     let fixed = 0;
     await Deno.mkdir(this.data.tmp, { recursive: true });
+    // Image sessions of a server that died: their overlays go before their directories.
+    fixed += detachMountsUnder(this.data.tmp);
     for await (const e of Deno.readDir(this.data.tmp)) {
       // Not fatal: a tool orphaned by a killed server may still be writing there for a moment.
       await Deno.remove(join(this.data.tmp, e.name), { recursive: true }).then(

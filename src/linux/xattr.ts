@@ -9,6 +9,7 @@ let lib:
     llistxattr: { parameters: ["buffer", "buffer", "usize"]; result: "isize" };
     lgetxattr: { parameters: ["buffer", "buffer", "buffer", "usize"]; result: "isize" };
     lsetxattr: { parameters: ["buffer", "buffer", "buffer", "usize", "i32"]; result: "i32" };
+    lremovexattr: { parameters: ["buffer", "buffer"]; result: "i32" };
   }>
   | undefined;
 
@@ -18,6 +19,7 @@ function libc() {
       llistxattr: { parameters: ["buffer", "buffer", "usize"], result: "isize" },
       lgetxattr: { parameters: ["buffer", "buffer", "buffer", "usize"], result: "isize" },
       lsetxattr: { parameters: ["buffer", "buffer", "buffer", "usize", "i32"], result: "i32" },
+      lremovexattr: { parameters: ["buffer", "buffer"], result: "i32" },
     } as const,
   );
   return lib;
@@ -73,4 +75,11 @@ export function setXattr(path: string, name: string, value: Uint8Array): void {
     ),
     `${path} ${name}`,
   );
+}
+
+/** Removes one attribute (not following a final symlink); absent already is fine. */
+export function removeXattr(path: string, name: string): void {
+  if (libc().symbols.lremovexattr(cstr(path), cstr(name)) === 0) return;
+  const e = errno();
+  if (e !== ENODATA) throw new SyscallError("lremovexattr", e, `${path} ${name}`);
 }

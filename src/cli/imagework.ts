@@ -1,0 +1,177 @@
+// `netroot image shell|cp|build`: changing images. The server owns the versions (a session is an
+// overlay on a version, src/images/session.ts); the shell's container runs here, on the server
+// machine, as root: systemd-nspawn (Debian systemd-container) on the session's merged tree, with
+// the server's network and its /etc/resolv.conf bind-mounted.
+import { resolve } from "node:path";
+import { UserError } from "../errors.ts";
+import { nspawnArgs, type Session } from "../images/session.ts";
+import type { Commit } from "../images/store.ts";
+import { type Published, publishedText } from "../images/versions.ts";
+import type { ApiClient } from "./client.ts";
+import { print } from "./output.ts";
+
+type Values = Record<string, string | boolean | undefined>;
+
+export async function run(
+  sub: string,
+  client: ApiClient,
+  positionals: string[],
+  values: Values,
+  command: string[] | undefined,
+  json: boolean,
+): Promise<number> {
+  const rebootNodes = values["reboot-nodes"] === true;
+  const line = ["netroot", "image", sub, ...Deno.args.slice(2)].join(" ");
+  switch (sub) {
+    case "shell":
+      return await shell(client, positionals[0], values, command, rebootNodes, json);
+    case "cp":
+      return await cp(client, positionals, values, rebootNodes, line, json);
+    case "build": {
+      const build = await import("./imagebuild.ts");
+      return await build.run(client, positionals, values, rebootNodes, json);
+    }
+  }
+  throw new UserError(`unknown image command ${sub}`);
+}
+
+function ask(question: string): boolean {
+  const answer = prompt(question);
+  return /^y(es)?$/i.test(answer?.trim() ?? "");
+}
+
+async function shell(
+  client: ApiClient,
+  image: string,
+  values: Values,
+  command: string[] | undefined,
+  rebootNodes: boolean,
+  json: boolean,
+): Promise<number> {
+  if (values.commit && values.discard) throw new UserError("--commit or --discard, not both");
+  if (command && !command.length) throw new UserError("image shell IMAGE -- CMD: CMD is missing");
+  const s = await client.post<Session>("/images/-/sessions", { image, new: values.new });
+  const discard = () => client.delete(`/images/-/sessions/${s.id}`).catch(() => {});
+  // A shell interrupted or killed by a signal commits nothing: the container is stopped and the
+  // session goes (Ctrl-C in an interactive shell goes to the container, not to us: the terminal
+  // is nspawn's).
+  let child: Deno.ChildProcess | undefined;
+  const onSignal = () => {
+    try {
+      child?.kill("SIGTERM");
+    } catch { /* gone */ }
+    (child?.status ?? Promise.resolve()).then(discard).finally(() => Deno.exit(130));
+  };
+  const signals = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
+  for (const sig of signals) Deno.addSignalListener(sig, onSignal);
+  let code: number;
+  try {
+    const tty = Deno.stdin.isTerminal();
+    try {
+      child = new Deno.Command("systemd-nspawn", {
+        args: nspawnArgs(s.merged, command, tty),
+        stdin: "inherit",
+        stdout: "inherit",
+        stderr: "inherit",
+      }).spawn();
+    } catch (e) {
+      throw new UserError(
+        `cannot run systemd-nspawn (Debian package systemd-container): ${(e as Error).message}`,
+      );
+    }
+    code = (await child.status).code;
+  } catch (e) {
+    await discard();
+    throw e;
+  } finally {
+    for (const sig of signals) Deno.removeSignalListener(sig, onSignal);
+  }
+  let keep: boolean;
+  if (command && code !== 0) keep = false;
+  else if (values.commit) keep = true;
+  else if (values.discard) keep = false;
+  else if (Deno.stdin.isTerminal()) {
+    keep = ask(`commit the changes as a new version of ${s.name}? [y/N]`);
+  } else keep = command !== undefined;
+  if (!keep) {
+    await discard();
+    const why = command && code !== 0 ? `the command exited with ${code}` : "discarded";
+    if (!json) console.error(`${why}: nothing committed`);
+    else print(json, { committed: false, exitCode: code }, () => "");
+    return code || (command ? 0 : 0);
+  }
+  const r = await client.post<Commit & Published>(`/images/-/sessions/${s.id}/commit`, {
+    madeBy: "shell",
+    command: command ? command.join(" ") : "interactive shell",
+    rebootNodes,
+  });
+  print(json, r, () => committedText(r));
+  return code;
+}
+
+/** What a commit did, for people: the version, an outdated base, the nodes. */
+export function committedText(r: Commit & Published): string {
+  if (r.existed) {
+    return r.current
+      ? `no changes: ${r.name} stays at ${r.id.slice(0, 12)}`
+      : `identical to ${r.name}@${r.id.slice(0, 12)} (not current): nothing committed; ` +
+        `netroot image rollback ${r.name} ${r.id.slice(0, 12)} points the name at it`;
+  }
+  return [
+    `committed ${r.name}@${r.id.slice(0, 12)}${
+      r.previous ? ` (was ${r.previous.slice(0, 12)})` : " (new image)"
+    }`,
+    r.outdated
+      ? `warning: made on ${r.parent?.slice(0, 12)}, but ${r.outdated.slice(0, 12)} was ` +
+        `committed meanwhile: this version does not contain its changes`
+      : "",
+    publishedText(r.name, r),
+  ].filter(Boolean).join("\n");
+}
+
+/** "IMAGE:PATH" → [IMAGE, PATH]; a plain path → undefined. Image paths are absolute. */
+function imagePath(arg: string): [string, string] | undefined {
+  const i = arg.indexOf(":/");
+  if (i <= 0 || arg.startsWith("/") || arg.startsWith(".")) return undefined;
+  return [arg.slice(0, i), arg.slice(i + 1)];
+}
+
+async function cp(
+  client: ApiClient,
+  args: string[],
+  values: Values,
+  rebootNodes: boolean,
+  line: string,
+  json: boolean,
+): Promise<number> {
+  const last = args.at(-1)!;
+  const into = imagePath(last);
+  if (into) {
+    const sources = args.slice(0, -1);
+    if (sources.some((s) => imagePath(s))) {
+      throw new UserError("image cp copies between an image and host paths, not two images");
+    }
+    const r = await client.post<Commit & Published>("/images/-/cp", {
+      sources: sources.map((s) => resolve(s)),
+      image: into[0],
+      path: into[1],
+      new: values.new,
+      rebootNodes,
+      command: line,
+    });
+    print(json, r, () => committedText(r));
+    return 0;
+  }
+  const from = imagePath(args[0]);
+  if (!from || args.length !== 2) {
+    throw new UserError("expected image cp SRC… IMAGE:/PATH or image cp IMAGE:/PATH DEST");
+  }
+  if (values.new || rebootNodes) throw new UserError("--new and --reboot-nodes copy into images");
+  const r = await client.post<{ copied: number; dest: string }>("/images/-/cp-out", {
+    image: from[0],
+    path: from[1],
+    dest: resolve(args[1]),
+  });
+  print(json, r, () => `copied ${r.copied} entries to ${r.dest}`);
+  return 0;
+}

@@ -1,0 +1,198 @@
+// `image build`: runs a Buildfile (src/images/buildfile.ts) in one session (an overlay on the FROM
+// version, src/images/session.ts). RUN steps run in systemd-nspawn on the session's tree with the
+// server's network; COPY and ADD read the build context through real directories only (its
+// symlinks are resolved inside it, never towards the host) and write into the image the way
+// `image cp` does. The log goes to `log` line by line; a failing step discards the session and
+// says which step and Buildfile line failed: nothing is committed.
+import { basename, join, posix } from "node:path";
+import { UserError } from "../errors.ts";
+import { logger } from "../log.ts";
+import { type BuildStep, parseBuildfile } from "./buildfile.ts";
+import { nspawnArgs, type Session } from "./session.ts";
+import type { Commit, ImageStore } from "./store.ts";
+import { unpack } from "./unpack.ts";
+import { copyTree, destinationIn, mkdirIn, sourceIn } from "./upper.ts";
+
+const log = logger("images");
+
+export interface BuildOptions {
+  name: string;
+  /** Host path of the Buildfile. */
+  buildfile: string;
+  /** Host path of the build context. */
+  context: string;
+  /** Replaces the Buildfile's FROM. */
+  from?: string;
+  command: string | null;
+  log: (line: string) => void;
+  signal?: AbortSignal;
+}
+
+const TARBALL = /\.(tar|tar\.gz|tgz|tar\.xz|txz|tar\.bz2|tbz2?|tar\.zst|tzst)$/;
+
+export async function build(images: ImageStore, o: BuildOptions): Promise<Commit> {
+  const st = await Deno.stat(o.buildfile).catch(() => null);
+  if (!st?.isFile) throw new UserError(`${o.buildfile}: no such Buildfile`);
+  if (st.size > 1 << 20) throw new UserError(`${o.buildfile}: larger than 1 MiB`);
+  const ctxSt = await Deno.stat(o.context).catch(() => null);
+  if (!ctxSt?.isDirectory) {
+    throw new UserError(`${o.context}: the build context is not a directory`);
+  }
+  let bf;
+  try {
+    bf = parseBuildfile(await Deno.readTextFile(o.buildfile));
+  } catch (e) {
+    throw new UserError((e as Error).message);
+  }
+  const from = o.from ?? bf.from;
+  const s = await images.sessions.open(from, o.name);
+  const state = { env: new Map<string, string>(), workdir: "/" };
+  const steps = bf.steps;
+  o.log(`FROM ${from ?? "scratch"} (line ${bf.fromLine})`);
+  try {
+    for (const [i, step] of steps.entries()) {
+      o.signal?.throwIfAborted();
+      o.log(`step ${i + 1}/${steps.length} (line ${step.line}): ${step.text}`);
+      await runStep(images, s, step, state, o);
+    }
+  } catch (e) {
+    await images.sessions.discard(s.id);
+    if (o.signal?.aborted) throw new UserError("build cancelled: nothing committed");
+    throw new UserError(`${(e as Error).message}; nothing committed`);
+  }
+  log.info("build done, committing", { name: o.name, steps: steps.length });
+  return await images.sessions.commit(s.id, { madeBy: "build", command: o.command });
+}
+
+function failed(step: BuildStep, why: string): Error {
+  return new Error(`Buildfile line ${step.line} failed: ${step.text.split("\n")[0]}: ${why}`);
+}
+
+async function runStep(
+  images: ImageStore,
+  s: Session,
+  step: BuildStep,
+  state: { env: Map<string, string>; workdir: string },
+  o: BuildOptions,
+): Promise<void> {
+  switch (step.kind) {
+    case "ENV":
+      for (const [k, v] of step.vars) state.env.set(k, v);
+      return;
+    case "ARG":
+      if (step.value !== undefined && !state.env.has(step.name)) {
+        state.env.set(step.name, step.value);
+      }
+      return;
+    case "WORKDIR":
+      state.workdir = posix.resolve(state.workdir, step.dir);
+      wrap(step, () => mkdirIn(s.merged, state.workdir));
+      return;
+    case "ignored":
+      o.log(`  ${step.instruction} means nothing to a netroot image: ignored`);
+      return;
+    case "RUN":
+      return await run(s, step, state, o);
+    case "COPY":
+    case "ADD":
+      return await copy(images, s, step, state, o);
+  }
+}
+
+function wrap<T>(step: BuildStep, fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    throw failed(step, (e as Error).message);
+  }
+}
+
+async function run(
+  s: Session,
+  step: Extract<BuildStep, { kind: "RUN" }>,
+  state: { env: Map<string, string>; workdir: string },
+  o: BuildOptions,
+): Promise<void> {
+  wrap(step, () => mkdirIn(s.merged, state.workdir));
+  const argv = step.argv ?? ["/bin/sh", "-c", step.shell!];
+  const child = new Deno.Command("systemd-nspawn", {
+    args: nspawnArgs(s.merged, argv, false, [
+      `--chdir=${state.workdir}`,
+      ...[...state.env].map(([k, v]) => `--setenv=${k}=${v}`),
+    ]),
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    env: { SYSTEMD_COLORS: "0" },
+  }).spawn();
+  const kill = () => child.kill("SIGKILL");
+  o.signal?.addEventListener("abort", kill);
+  const pump = async (stream: ReadableStream<Uint8Array>) => {
+    let rest = "";
+    for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
+      const lines = (rest + chunk).split("\n");
+      rest = lines.pop()!;
+      for (const l of lines) o.log(`  ${l}`);
+      if (rest.length > 64 * 1024) { // a line without end: cut it, do not grow without bound
+        o.log(`  ${rest}`);
+        rest = "";
+      }
+    }
+    if (rest) o.log(`  ${rest}`);
+  };
+  const [status] = await Promise.all([child.status, pump(child.stdout), pump(child.stderr)]);
+  o.signal?.removeEventListener("abort", kill);
+  if (!status.success) {
+    throw failed(step, status.signal ? `killed by ${status.signal}` : `exit code ${status.code}`);
+  }
+}
+
+async function copy(
+  images: ImageStore,
+  s: Session,
+  step: Extract<BuildStep, { kind: "COPY" | "ADD" }>,
+  state: { workdir: string },
+  o: BuildOptions,
+): Promise<void> {
+  const dest = posix.resolve(state.workdir, step.dest);
+  const intoDir = step.dest.endsWith("/") || step.sources.length > 1;
+  // COPY makes root the owner unless --chown says otherwise (as Docker does)
+  const owner = { uid: step.chown?.uid ?? 0, gid: step.chown?.gid ?? 0, mode: step.chmod };
+  for (const src of step.sources) {
+    const host = wrap(step, () => sourceIn(o.context, src));
+    const st = Deno.lstatSync(host);
+    if (step.kind === "ADD" && st.isFile && TARBALL.test(src)) {
+      // A tarball is extracted with the import's rules (no member outside, no write through a
+      // link) into scratch, then copied in with its own owners.
+      const scratch = images.scratch("add");
+      await Deno.mkdir(scratch, { mode: 0o700 });
+      try {
+        await unpack(host, join(scratch, "rootfs"), { signal: o.signal }).catch((e) => {
+          throw failed(step, (e as Error).message);
+        });
+        const to = wrap(step, () => mkdirIn(s.merged, dest));
+        for (const e of Deno.readDirSync(join(scratch, "rootfs"))) {
+          copyTree(join(scratch, "rootfs", e.name), join(to, e.name));
+        }
+      } finally {
+        await images.dropScratch(scratch);
+      }
+      continue;
+    }
+    wrap(step, () => {
+      if (st.isDirectory) {
+        // a directory's contents are copied, not the directory itself
+        const to = mkdirIn(s.merged, dest);
+        for (const e of Deno.readDirSync(host)) {
+          copyTree(join(host, e.name), join(to, e.name), owner);
+        }
+      } else if (intoDir) {
+        copyTree(host, join(mkdirIn(s.merged, dest), basename(host)), owner);
+      } else {
+        mkdirIn(s.merged, posix.dirname(dest));
+        // an existing directory (or a link to one, inside the image) receives the file
+        copyTree(host, destinationIn(s.merged, dest, basename(host)), owner);
+      }
+    });
+  }
+}

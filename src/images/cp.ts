@@ -1,0 +1,52 @@
+// `image cp`: host files into an image (a new version, through a session) and out of one. Image
+// paths are resolved as chroot(image root) would (src/images/upper.ts): a symlink in the image
+// never leads a copy outside it, in either direction.
+import { basename, join } from "node:path";
+import { resolveInRoot } from "../../contract/rootpath.ts";
+import { UserError } from "../errors.ts";
+import { lstatOrNull } from "./archivepath.ts";
+import type { Commit, ImageStore } from "./store.ts";
+import { copyTree, destinationIn, sourceIn } from "./upper.ts";
+
+export async function copyIn(
+  images: ImageStore,
+  sources: string[],
+  ref: string,
+  path: string,
+  opts: { name?: string; command: string | null },
+): Promise<Commit> {
+  for (const src of sources) {
+    if (!lstatOrNull(src)) throw new UserError(`${src}: no such file or directory`);
+  }
+  if (sources.length > 1) {
+    // Several sources go into a directory, as cp(1) wants.
+    const d = resolveInRoot(images.data.rootfs(images.get(ref).id), path);
+    if (d.missing !== undefined || !Deno.lstatSync(d.host).isDirectory) {
+      throw new UserError(`${path}: not a directory in the image`);
+    }
+  }
+  const s = await images.sessions.open(ref, opts.name);
+  try {
+    for (const src of sources) {
+      copyTree(src, destinationIn(s.merged, path, basename(src.replace(/\/+$/, "")) || "root"));
+    }
+  } catch (e) {
+    await images.sessions.discard(s.id);
+    throw e instanceof UserError ? e : new UserError(`image cp: ${(e as Error).message}`);
+  }
+  return await images.sessions.commit(s.id, { madeBy: "cp", command: opts.command });
+}
+
+export async function copyOut(
+  images: ImageStore,
+  ref: string,
+  path: string,
+  dest: string,
+): Promise<{ copied: number; dest: string }> {
+  const root = images.data.rootfs(images.get(ref).id);
+  const src = sourceIn(root, path);
+  const st = lstatOrNull(dest);
+  const to = st?.isDirectory ? join(dest, basename(src) || "root") : dest;
+  await Promise.resolve();
+  return { copied: copyTree(src, to), dest: to };
+}

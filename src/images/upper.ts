@@ -1,0 +1,201 @@
+// Changes to an image tree, as files: an overlayfs upper directory applied onto a copy of the
+// tree (whiteouts and opaque directories included), and files copied into or out of an image.
+// Every path inside an image is reached through real directories only: an existing symlink (or
+// file) where the change needs a directory is replaced, never followed, so nothing the image holds
+// can make a change land outside the copy.
+import { basename, dirname, join, posix } from "node:path";
+import { resolveInRoot } from "../../contract/rootpath.ts";
+import { UserError } from "../errors.ts";
+import { lchown, lutimes, mknod, S_IFBLK, S_IFCHR, S_IFIFO } from "../linux/fsops.ts";
+import { listXattrs, removeXattr, setXattr } from "../linux/xattr.ts";
+import { lstatOrNull, shown } from "./archivepath.ts";
+import { splitDev } from "./walk.ts";
+
+/** overlayfs's own attributes (opaque, origin, impure, redirect, metacopy…): never image content. */
+const OVERLAY_XATTR = /^(trusted|user)\.overlay\./;
+
+const isWhiteout = (st: Deno.FileInfo) => st.isCharDevice && st.rdev === 0;
+
+function isOpaque(x: Map<string, Uint8Array> | undefined): boolean {
+  const v = x?.get("trusted.overlay.opaque") ?? x?.get("user.overlay.opaque");
+  return v !== undefined && new TextDecoder().decode(v) === "y";
+}
+
+function removeTree(path: string): void {
+  Deno.removeSync(path, { recursive: true });
+}
+
+export interface UpperStats {
+  /** Entries written (files, links, directories, devices). */
+  written: number;
+  /** Whiteouts applied (entries deleted from the tree). */
+  deleted: number;
+}
+
+/**
+ * Applies an overlayfs upper directory onto `tree` (a private copy of the lower layer): whiteouts
+ * (char device 0/0) delete, opaque directories replace the directory's contents, every other entry
+ * moves (rename) into the tree with its owner, mode, xattrs and mtime; overlayfs's own attributes
+ * are dropped. A redirected directory or a metacopy-only file (overlay features whose content
+ * lives elsewhere) is refused: they need the layer below, which the upper does not carry.
+ */
+export function applyUpper(upper: string, tree: string): UpperStats {
+  const stats: UpperStats = { written: 0, deleted: 0 };
+  const walk = (rel: string) => {
+    const names = [...Deno.readDirSync(upper + rel)].map((e) => e.name).sort();
+    for (const name of names) {
+      const r = `${rel === "/" ? "" : rel}/${name}`;
+      const src = upper + r, dst = tree + r;
+      const st = Deno.lstatSync(src);
+      const have = lstatOrNull(dst);
+      if (isWhiteout(st)) {
+        if (have) {
+          removeTree(dst);
+          stats.deleted++;
+        }
+        continue;
+      }
+      const x = listXattrs(src);
+      for (const k of ["redirect", "metacopy"]) {
+        if (x?.has(`trusted.overlay.${k}`) || x?.has(`user.overlay.${k}`)) {
+          throw new UserError(
+            `${shown(r)} is an overlay ${k} entry (its content is in another layer): ` +
+              "mount the overlay with redirect_dir=off,metacopy=off",
+          );
+        }
+      }
+      if (st.isDirectory) {
+        if (have && !have.isDirectory) removeTree(dst);
+        if (!have || !have.isDirectory) Deno.mkdirSync(dst);
+        else if (isOpaque(x)) {
+          for (const e of Deno.readDirSync(dst)) removeTree(join(dst, e.name));
+        }
+        walk(r);
+        copyMeta(st, x, dst, true);
+      } else {
+        if (have) removeTree(dst);
+        Deno.renameSync(src, dst);
+        for (const k of x?.keys() ?? []) if (OVERLAY_XATTR.test(k)) removeXattr(dst, k);
+      }
+      stats.written++;
+    }
+  };
+  walk("/");
+  return stats;
+}
+
+/** What a copy sets instead of the source's own owner or mode (COPY --chown, --chmod). */
+export interface Override {
+  uid?: number;
+  gid?: number;
+  mode?: number;
+}
+
+/** Owner, mode, xattrs (the tree's own ones replaced) and mtime of `st` onto `dst`. */
+function copyMeta(
+  st: Deno.FileInfo,
+  x: Map<string, Uint8Array> | undefined,
+  dst: string,
+  replaceXattrs: boolean,
+  o: Override = {},
+): void {
+  lchown(dst, o.uid ?? st.uid!, o.gid ?? st.gid!);
+  // after chown, which drops suid
+  if (!st.isSymlink) Deno.chmodSync(dst, o.mode ?? st.mode! & 0o7777);
+  if (replaceXattrs) {
+    for (const k of listXattrs(dst)?.keys() ?? []) {
+      if (!x?.has(k) || OVERLAY_XATTR.test(k)) removeXattr(dst, k);
+    }
+  }
+  for (const [k, v] of x ?? []) if (!OVERLAY_XATTR.test(k)) setXattr(dst, k, v);
+  lutimes(dst, st.mtime!.getTime() / 1000);
+}
+
+/**
+ * Copies `src` (a host file or tree; symlinks copied as symlinks) to `dst`, creating what is
+ * missing, replacing any non-directory on the way and merging directories. Returns the entries
+ * copied. `dst`'s parent must be a real directory.
+ */
+export function copyTree(src: string, dst: string, o: Override = {}): number {
+  const st = Deno.lstatSync(src);
+  const have = lstatOrNull(dst);
+  let n = 1;
+  if (st.isDirectory) {
+    if (have && !have.isDirectory) removeTree(dst);
+    if (!have || !have.isDirectory) Deno.mkdirSync(dst);
+    for (const e of Deno.readDirSync(src)) {
+      n += copyTree(join(src, e.name), join(dst, e.name), o);
+    }
+  } else {
+    if (have) removeTree(dst);
+    if (st.isFile) Deno.copyFileSync(src, dst);
+    else if (st.isSymlink) Deno.symlinkSync(Deno.readLinkSync(src), dst);
+    else {
+      const kind = st.isCharDevice ? S_IFCHR : st.isBlockDevice ? S_IFBLK : S_IFIFO;
+      const { major, minor } = splitDev(st.rdev ?? 0);
+      mknod(dst, kind | (st.mode! & 0o7777), major, minor);
+    }
+  }
+  copyMeta(st, listXattrs(src), dst, false, o);
+  return n;
+}
+
+/**
+ * Where `rel` (an absolute path inside the image at `root`) lands, resolved as chroot(root) would:
+ * symlinks of the image followed inside it, `..` stopped at its root. An existing directory
+ * receives the source under its own name (`cp a b/`); a missing last component is the new name;
+ * a missing parent is an error.
+ */
+export function destinationIn(root: string, rel: string, srcName: string): string {
+  const r = resolveInRoot(root, rel);
+  if (r.missing !== undefined) {
+    const parent = resolveInRoot(root, dirname(rel));
+    if (parent.missing !== undefined || !Deno.lstatSync(parent.host).isDirectory) {
+      throw new UserError(`${rel}: no such directory in the image (${parent.missing ?? rel})`);
+    }
+    const name = basename(rel);
+    if (name === ".." || name === ".") throw new UserError(`${rel}: not a file name`);
+    return join(parent.host, name);
+  }
+  return Deno.lstatSync(r.host).isDirectory ? join(r.host, srcName) : r.host;
+}
+
+/** The host path of `rel` inside the image at `root`: its parents resolved as chroot(root) would,
+ *  its last component itself (a symlink is copied as a symlink). */
+export function sourceIn(root: string, rel: string): string {
+  if (rel === "/" || rel === "") return root;
+  const parent = resolveInRoot(root, dirname(rel));
+  const name = basename(rel);
+  const host = parent.missing === undefined && name !== ".." && name !== "."
+    ? join(parent.host, name)
+    : undefined;
+  if (!host || !lstatOrNull(host)) throw new UserError(`${rel}: no such file in the image`);
+  return host;
+}
+
+/**
+ * The host path of directory `rel` inside the image at `root`, created (mode 0755, root) where
+ * missing, each component resolved as chroot(root) would. A non-directory in the way is an error.
+ */
+export function mkdirIn(root: string, rel: string): string {
+  let host = root;
+  let at = "";
+  // ".." is taken lexically here (as Docker's WORKDIR and COPY destinations are)
+  for (const c of posix.normalize(`/${rel}`).split("/").filter(Boolean)) {
+    at = `${at}/${c}`;
+    const r = resolveInRoot(root, at || "/");
+    if (r.missing !== undefined) {
+      const parent = resolveInRoot(root, dirname(at));
+      if (parent.missing !== undefined) throw new UserError(`${rel}: cannot create ${at}`);
+      if (lstatOrNull(join(parent.host, basename(at)))) {
+        throw new UserError(`${at}: a symlink to a directory missing from the image`);
+      }
+      Deno.mkdirSync(join(parent.host, basename(at)), { mode: 0o755 });
+      host = join(parent.host, basename(at));
+    } else {
+      host = r.host;
+      if (!Deno.lstatSync(host).isDirectory) throw new UserError(`${at}: not a directory`);
+    }
+  }
+  return host;
+}

@@ -1,0 +1,92 @@
+// The Buildfile codec alone (src/images/buildfile.ts): Dockerfile subset in, steps out, and
+// hostile input refused with its line number.
+import assert from "node:assert/strict";
+import { BuildfileError, expand, parseBuildfile, words } from "../src/images/buildfile.ts";
+
+const fails = (text: string, re: RegExp, line?: number) =>
+  assert.throws(() => parseBuildfile(text), (e: BuildfileError) => {
+    assert.ok(e instanceof BuildfileError, String(e));
+    assert.match(e.message, re);
+    if (line !== undefined) assert.equal(e.line, line, e.message);
+    return true;
+  });
+
+Deno.test("buildfile: every supported instruction, comments, continuations, line numbers", () => {
+  const b = parseBuildfile(`# syntax comment
+ARG BASE=deb12
+FROM \${BASE} AS build
+
+ENV A=1 B="two words"
+ENV LEGACY the rest of it
+WORKDIR /opt/\${A}
+RUN apt-get update && \\
+    # a comment inside a continuation is dropped
+    apt-get install -y \\
+      curl
+RUN ["/bin/echo", "exec form"]
+COPY --chown=1000:1000 --chmod=0640 conf/a.conf ./b /etc/app/
+ADD files.tar.gz /srv/
+CMD ["/bin/true"]
+`);
+  assert.equal(b.from, "deb12");
+  assert.equal(b.fromLine, 3);
+  const brief = b.steps.map((s) => [s.kind, s.line]);
+  assert.deepEqual(brief, [
+    ["ARG", 2],
+    ["ENV", 5],
+    ["ENV", 6],
+    ["WORKDIR", 7],
+    ["RUN", 8],
+    ["RUN", 12],
+    ["COPY", 13],
+    ["ADD", 14],
+    ["ignored", 15],
+  ]);
+  const s = b.steps;
+  assert.deepEqual(s[1].kind === "ENV" && s[1].vars, [["A", "1"], ["B", "two words"]]);
+  assert.deepEqual(s[2].kind === "ENV" && s[2].vars, [["LEGACY", "the rest of it"]]);
+  assert.equal(s[3].kind === "WORKDIR" && s[3].dir, "/opt/1");
+  assert.equal(
+    s[4].kind === "RUN" && s[4].shell,
+    "apt-get update &&     apt-get install -y       curl",
+  );
+  assert.deepEqual(s[5].kind === "RUN" && s[5].argv, ["/bin/echo", "exec form"]);
+  const copy = s[6];
+  assert.ok(copy.kind === "COPY");
+  assert.deepEqual(copy.sources, ["/conf/a.conf", "/b"]);
+  assert.equal(copy.dest, "/etc/app/");
+  assert.deepEqual(copy.chown, { uid: 1000, gid: 1000 });
+  assert.equal(copy.chmod, 0o640);
+  assert.equal(parseBuildfile("FROM scratch\n").from, null);
+});
+
+Deno.test("buildfile: hostile and broken input is refused with its line", () => {
+  fails("FROM x\nCOPY ../../etc/passwd /etc/passwd\n", /outside the build context/, 2);
+  fails("FROM x\nCOPY a/../../etc/passwd /x\n", /outside the build context/, 2);
+  fails("FROM x\nADD https://example.com/x.tgz /\n", /URLs are not supported/, 2);
+  fails("FROM x\nARG P=../..\nCOPY $P/etc/shadow /\n", /outside the build context/, 3);
+  fails("RUN true\n", /before FROM/, 1);
+  fails("FROM a\nFROM b\n", /multi-stage/, 2);
+  fails("FROM a\nUSER nobody\n", /unsupported instruction USER/, 2);
+  fails("FROM a\nCOPY onlyone\n", /source and a destination/, 2);
+  fails("FROM a\nCOPY --chown=root:root a /b\n", /numeric/, 2);
+  fails("FROM a\nCOPY --from=build a /b\n", /unsupported flag --from/, 2);
+  fails('FROM a\nENV X="unterminated\n', /unterminated/, 2);
+  fails("FROM a\nCOPY ${X /b\n", /bad substitution/, 2);
+  fails("# nothing\n", /no FROM/);
+  fails("FROM a\n" + "RUN true\n".repeat(1001), /more than 1000 steps/);
+  fails("FROM a\0", /NUL/);
+  fails("FROM a\n" + "#".repeat(1 << 20), /larger than 1 MiB/);
+  // absolute sources are taken inside the context, as Docker does
+  const b = parseBuildfile("FROM a\nCOPY /etc/passwd /x\n");
+  assert.deepEqual(b.steps[0].kind === "COPY" && b.steps[0].sources, ["/etc/passwd"]);
+});
+
+Deno.test("buildfile: words and substitutions", () => {
+  assert.deepEqual(words(`a "b c" 'd e' f\\ g ""`, 1), ["a", "b c", "d e", "f g", ""]);
+  const v = new Map([["A", "1"], ["E", ""]]);
+  assert.equal(
+    expand("$A ${A} ${B:-dflt} ${A:+set} ${E:-empty} \\$A $", v, 1),
+    "1 1 dflt set empty $A $",
+  );
+});

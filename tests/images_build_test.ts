@@ -1,0 +1,195 @@
+// `image build` with the real tools (root): RUN in systemd-nspawn, COPY/ADD from a context with
+// GNU tar tarballs, the log streamed through the CLI, a failing step named by its Buildfile line
+// and nothing committed; hostile contexts, tarballs and image symlinks stay inside.
+import assert from "node:assert/strict";
+import { Hono } from "hono";
+import type { Context } from "../src/context.ts";
+import { imageRoutes } from "../src/images/api.ts";
+import { build } from "../src/images/build.ts";
+import { NodeRegistry } from "../src/nodes.ts";
+import { Rebooter } from "../src/reboot.ts";
+import { parseManifest } from "../contract/manifest.ts";
+import { dirEntries, fixTimes, sh, tempStore } from "./images_helpers.ts";
+
+const busybox = new URL("../.work/busybox/busybox", import.meta.url).pathname;
+
+async function setup() {
+  const t = await tempStore();
+  const outside = `${t.dir}/outside`;
+  Deno.mkdirSync(outside);
+  Deno.writeTextFileSync(`${outside}/host-secret`, "host\n");
+  const root = `${t.dir}/src`;
+  for (const d of ["bin", "usr", "etc", "opt"]) Deno.mkdirSync(`${root}/${d}`, { recursive: true });
+  Deno.copyFileSync(busybox, `${root}/bin/busybox`);
+  Deno.chmodSync(`${root}/bin/busybox`, 0o755);
+  Deno.symlinkSync("busybox", `${root}/bin/sh`);
+  Deno.writeTextFileSync(`${root}/etc/os-release`, "ID=netroot-test\n");
+  Deno.symlinkSync(outside, `${root}/opt/evil-dir`); // hostile: a link to the host's directory
+  Deno.mkdirSync(`${root}${outside}`, { recursive: true }); // …which the image has too
+  fixTimes(root);
+  await t.store.import(root, "bb");
+
+  const ctxDir = `${t.dir}/ctx`;
+  Deno.mkdirSync(`${ctxDir}/conf`, { recursive: true });
+  Deno.writeTextFileSync(`${ctxDir}/conf/a.conf`, "a=1\n");
+  Deno.writeTextFileSync(`${ctxDir}/secret.txt`, "s3cret\n");
+  Deno.mkdirSync(`${t.dir}/tarsrc/data`, { recursive: true });
+  Deno.writeTextFileSync(`${t.dir}/tarsrc/data/from-tar`, "tar\n");
+  Deno.chownSync(`${t.dir}/tarsrc/data/from-tar`, 7, 8);
+  sh("tar", "--numeric-owner", "-C", `${t.dir}/tarsrc`, "-czf", `${ctxDir}/files.tar.gz`, ".");
+  Deno.symlinkSync("/etc", `${ctxDir}/etc-link`); // hostile: a context link to the host's /etc
+  const untouched = () =>
+    assert.deepEqual(
+      [...Deno.readDirSync(outside)].map((e) => e.name),
+      ["host-secret"],
+      "nothing written on the host",
+    );
+  return { t, ctxDir, outside, untouched };
+}
+
+const manifestOf = (t: Awaited<ReturnType<typeof tempStore>>, id: string) =>
+  new Map(parseManifest(Deno.readTextFileSync(t.data.manifest(id))).map((e) => [e.path, e]));
+
+Deno.test("image build: ARG/ENV/WORKDIR/COPY/ADD/RUN in nspawn make one version", async () => {
+  assert.equal(Deno.uid(), 0, "needs root (overlayfs, systemd-nspawn)");
+  const { t, ctxDir, outside } = await setup();
+  try {
+    Deno.writeTextFileSync(
+      `${ctxDir}/Buildfile`,
+      `# a comment
+FROM bb
+ARG GREETING=hello
+ENV APP=/opt/app
+WORKDIR $APP
+COPY conf/ ./conf/
+COPY --chown=1000:1000 --chmod=0600 secret.txt /etc/secret
+ADD files.tar.gz /srv/
+ADD files.tar.gz /opt/evil-dir/
+RUN echo "$GREETING from $APP in $(/bin/busybox pwd)" > out.txt && \\
+    /bin/busybox cat conf/a.conf >> out.txt
+CMD ["/bin/sh"]
+`,
+    );
+    const lines: string[] = [];
+    const v = await build(t.store, {
+      name: "bb",
+      buildfile: `${ctxDir}/Buildfile`,
+      context: ctxDir,
+      command: "test",
+      log: (l) => lines.push(l),
+    });
+    assert.equal(v.madeBy, "build");
+    const root = t.data.rootfs(v.id);
+    assert.equal(
+      Deno.readTextFileSync(`${root}/opt/app/out.txt`),
+      "hello from /opt/app in /opt/app\na=1\n",
+    );
+    const m = manifestOf(t, v.id);
+    const secret = m.get("/etc/secret")!;
+    assert.deepEqual([secret.uid, secret.gid, secret.mode], [1000, 1000, 0o600]);
+    assert.deepEqual([m.get("/opt/app/conf/a.conf")!.uid], [0], "COPY makes root the owner");
+    const fromTar = m.get("/srv/data/from-tar")!;
+    assert.deepEqual([fromTar.uid, fromTar.gid], [7, 8], "ADD keeps the tarball's owners");
+    assert.ok(m.has(`${outside}/data/from-tar`), "ADD through an image link: inside the image");
+    assert.deepEqual(await dirEntries(outside), ["host-secret"], "nothing written on the host");
+    assert.ok(lines.some((l) => /^step 8\/9 \(line 10\): RUN echo/.test(l)), lines.join("\n"));
+    assert.ok(lines.some((l) => /CMD means nothing/.test(l)));
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("image build: a failing step names its line; hostile sources refused; nothing committed", async () => {
+  const { t, ctxDir, untouched } = await setup();
+  try {
+    const before = t.store.history("bb").map((v) => v.id);
+    const attempt = (text: string) => {
+      Deno.writeTextFileSync(`${ctxDir}/Buildfile`, text);
+      return build(t.store, {
+        name: "bb",
+        buildfile: `${ctxDir}/Buildfile`,
+        context: ctxDir,
+        command: null,
+        log: () => {},
+      });
+    };
+    await assert.rejects(
+      attempt("FROM bb\nRUN echo ok > /etc/ok\nRUN exit 7\nRUN echo never\n"),
+      /^UserError: Buildfile line 3 failed: RUN exit 7: exit code 7; nothing committed$/,
+    );
+    await assert.rejects(
+      attempt("FROM bb\nCOPY ../../etc/passwd /etc/passwd\n"),
+      /line 2: \.\.\/\.\.\/etc\/passwd is outside the build context/,
+    );
+    // a context symlink to the host's /etc resolves inside the context: no such file there
+    await assert.rejects(
+      attempt("FROM bb\nCOPY etc-link/passwd /x\n"),
+      /line 2 failed.*no such file/,
+    );
+    // a tarball with a member climbing out is refused by the import's rules
+    Deno.mkdirSync(`${t.dir}/evil`, { recursive: true });
+    Deno.writeTextFileSync(`${t.dir}/evil/x`, "x");
+    sh(
+      "tar",
+      "-C",
+      `${t.dir}/evil`,
+      "-cf",
+      `${ctxDir}/evil.tar`,
+      "--transform",
+      "s,^,../../,",
+      "x",
+    );
+    await assert.rejects(attempt("FROM bb\nADD evil.tar /\n"), /line 2 failed.*'\.\.'/);
+    await assert.rejects(attempt("FROM nope\nRUN true\n"), /image nope not found/);
+    assert.deepEqual(t.store.history("bb").map((v) => v.id), before);
+    assert.deepEqual(await dirEntries(t.data.tmp), []);
+    untouched();
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("netroot image build streams its log and says which line failed", async () => {
+  const { t, ctxDir } = await setup();
+  const ac = new AbortController();
+  try {
+    const changes = new EventTarget();
+    t.store.changes = changes;
+    const nodes = new NodeRegistry(t.data, t.db, t.store, new Rebooter(t.db), changes);
+    const ctx = { data: t.data, db: t.db, images: t.store, nodes, changes };
+    const app = new Hono().route("/api/v1/images", imageRoutes(ctx as unknown as Context));
+    const server = Deno.serve(
+      { hostname: "127.0.0.1", port: 0, signal: ac.signal, onListen() {} },
+      app.fetch,
+    );
+    const main = new URL("../main.ts", import.meta.url).pathname;
+    const cli = async (...args: string[]) => {
+      const out = await new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", main, "image", ...args],
+        cwd: ctxDir,
+        env: { NETROOT_SERVER: `http://127.0.0.1:${server.addr.port}`, NETROOT_TOKEN: "t" },
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const d = new TextDecoder();
+      return { code: out.code, stdout: d.decode(out.stdout), stderr: d.decode(out.stderr) };
+    };
+    Deno.writeTextFileSync(`${ctxDir}/good`, "FROM x\nRUN echo built-in-nspawn\n");
+    const ok = await cli("build", "bb2", "--from", "bb", "-f", "good");
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.match(
+      ok.stderr,
+      /^step 1\/1 \(line 2\): RUN echo built-in-nspawn\n {2}built-in-nspawn$/m,
+    );
+    assert.match(ok.stdout, /^committed bb2@[0-9a-f]{12} \(new image\)/);
+    assert.equal(t.store.get("bb2").parent, t.store.get("bb").id);
+    Deno.writeTextFileSync(`${ctxDir}/bad`, "FROM bb\n\nRUN echo before\nRUN false\n");
+    const bad = await cli("build", "bb2", "-f", "bad");
+    assert.equal(bad.code, 1);
+    assert.match(bad.stderr, /Buildfile line 4 failed: RUN false: exit code 1; nothing committed/);
+    assert.equal(t.store.history("bb2").length, 1);
+  } finally {
+    ac.abort();
+    await t.close();
+  }
+});

@@ -1,0 +1,199 @@
+// `node save` on the server side (root): a real overlayfs upper made on this host over an image's
+// tree, tarred with GNU tar as a node would, becomes a new version on top of the image the node
+// booted, deletions (whiteouts, opaque directories) included. Hostile tarballs are refused.
+import assert from "node:assert/strict";
+import { MNT_DETACH, mount, umount } from "../src/linux/mount.ts";
+import { setXattr } from "../src/linux/xattr.ts";
+import { NodeRegistry } from "../src/nodes.ts";
+import { Rebooter } from "../src/reboot.ts";
+import { saveNode } from "../src/images/save.ts";
+import { parseManifest } from "../contract/manifest.ts";
+import { buildSampleTree, dirEntries, sh, tempStore } from "./images_helpers.ts";
+
+async function setup() {
+  const t = await tempStore();
+  buildSampleTree(`${t.dir}/src`);
+  const base = await t.store.import(`${t.dir}/src`, "deb");
+  const nodes = new NodeRegistry(t.data, t.db, t.store, new Rebooter(t.db), new EventTarget());
+  nodes.add("52:54:00:00:00:11", { name: "n1" });
+  await nodes.deploy(["n1"], "deb", { reboot: false });
+  t.db.prepare("INSERT INTO boots (token, mac, image_id, started_at) VALUES (?, ?, ?, ?)")
+    .run("tok", "52:54:00:00:00:11", base.id, new Date().toISOString());
+  const ctx = { db: t.db, nodes, images: t.store };
+  return { t, base, nodes, ctx };
+}
+
+/** Mounts an overlay over `lower` like the node's init does, runs `change` on it, unmounts and
+ *  tars the upper with GNU tar the way `node save` asks the node to. */
+function upperTarball(dir: string, lower: string, change: (root: string) => void): string {
+  for (const d of ["upper", "work", "merged"]) Deno.mkdirSync(`${dir}/${d}`, { recursive: true });
+  mount(
+    "overlay",
+    `${dir}/merged`,
+    "overlay",
+    0, // the node's options: kernel defaults
+    `lowerdir=${lower},upperdir=${dir}/upper,workdir=${dir}/work`,
+  );
+  try {
+    change(`${dir}/merged`);
+  } finally {
+    umount(`${dir}/merged`, MNT_DETACH);
+  }
+  sh(
+    "tar",
+    "--xattrs",
+    "--xattrs-include=*",
+    "--numeric-owner",
+    "-C",
+    `${dir}/upper`,
+    "-cf",
+    `${dir}/upper.tar`,
+    ".",
+  );
+  return `${dir}/upper.tar`;
+}
+
+const manifestOf = (t: Awaited<ReturnType<typeof tempStore>>, id: string) =>
+  new Map(parseManifest(Deno.readTextFileSync(t.data.manifest(id))).map((e) => [e.path, e]));
+
+Deno.test("node save: a real overlay upper (tar) with deletions becomes a version on the booted image", async () => {
+  assert.equal(Deno.uid(), 0, "needs root (overlayfs)");
+  const { t, base, nodes, ctx } = await setup();
+  try {
+    const tar = upperTarball(`${t.dir}/node`, t.data.rootfs(base.id), (r) => {
+      Deno.removeSync(`${r}/etc/hostname`);
+      Deno.removeSync(`${r}/home/user`, { recursive: true });
+      Deno.mkdirSync(`${r}/home/user`);
+      Deno.writeTextFileSync(`${r}/home/user/only`, "only this\n");
+      Deno.writeTextFileSync(`${r}/etc/passwd`, "root:x:0:0::/root:/bin/bash\n");
+      Deno.writeTextFileSync(`${r}/etc/new`, "new\n");
+    });
+    // what overlayfs wrote: a whiteout and an opaque directory
+    assert.ok(Deno.lstatSync(`${t.dir}/node/upper/etc/hostname`).isCharDevice);
+    const v = await saveNode(ctx, "n1", "deb", tar, "netroot node save n1 deb");
+    assert.equal(v.madeBy, "save");
+    assert.equal(v.parent, base.id);
+    const m = manifestOf(t, v.id);
+    assert.equal(m.has("/etc/hostname"), false, "the deletion is kept (WalT loses it)");
+    assert.deepEqual(
+      [...m.keys()].filter((p) => p.startsWith("/home/user/")),
+      ["/home/user/only"],
+      "opaque: the image's old files in that directory are gone",
+    );
+    assert.equal(
+      Deno.readTextFileSync(`${t.data.rootfs(v.id)}/etc/passwd`),
+      "root:x:0:0::/root:/bin/bash\n",
+    );
+    assert.ok(m.has("/etc/new"));
+    assert.ok(m.has("/usr/bin/su") && m.get("/usr/bin/su")!.mode === 0o4755, "the rest is kept");
+    for (const e of m.values()) {
+      assert.ok(!Object.keys(e.xattrs ?? {}).some((k) => k.includes("overlay")), e.path);
+    }
+    const d = t.store.diff(base.id, v.id);
+    assert.deepEqual(d.added, ["/etc/new", "/home/user/only"]);
+    assert.deepEqual(d.removed, [
+      "/etc/hostname",
+      "/home/user/space name.txt",
+      "/home/user/tab\tname",
+      "/home/user/ünïcödé",
+    ]);
+    assert.ok(d.changed.includes("/etc/passwd"));
+    assert.ok(
+      d.changed.every((p) => p === "/etc/passwd" || m.get(p)?.type === "dir"),
+      d.changed.join(),
+    );
+    assert.equal(nodes.follow().length, 1, "n1 follows deb to the saved version");
+    assert.deepEqual(await dirEntries(t.data.tmp), []);
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("node save: hostile uppers are refused, nothing committed", async () => {
+  const { t, base, ctx } = await setup();
+  try {
+    const n = () => t.store.history("deb").length;
+    const before = n();
+    // a member climbing out of the upper
+    Deno.mkdirSync(`${t.dir}/evil`);
+    Deno.writeTextFileSync(`${t.dir}/evil/x`, "x");
+    sh("tar", "-C", `${t.dir}/evil`, "-cf", `${t.dir}/climb.tar`, "--transform", "s,^,../,", "x");
+    await assert.rejects(saveNode(ctx, "n1", "deb", `${t.dir}/climb.tar`, null), /'\.\.'/);
+    // the upper's "tarball" is a symlink (to a server file)
+    Deno.symlinkSync("/etc/shadow", `${t.dir}/link.tar`);
+    await assert.rejects(
+      saveNode(ctx, "n1", "deb", `${t.dir}/link.tar`, null),
+      /not a regular file/,
+    );
+    // a redirected directory (its content lives in the node's lower layer): refused, not guessed
+    Deno.mkdirSync(`${t.dir}/redir/upper/moved`, { recursive: true });
+    setXattr(
+      `${t.dir}/redir/upper/moved`,
+      "trusted.overlay.redirect",
+      new TextEncoder().encode("/etc"),
+    );
+    sh(
+      "tar",
+      "--xattrs",
+      "--xattrs-include=*",
+      "-C",
+      `${t.dir}/redir/upper`,
+      "-cf",
+      `${t.dir}/redir.tar`,
+      ".",
+    );
+    await assert.rejects(
+      saveNode(ctx, "n1", "deb", `${t.dir}/redir.tar`, null),
+      /\/moved is an overlay redirect entry/,
+    );
+    assert.equal(n(), before);
+    assert.equal(t.store.get("deb").id, base.id);
+    assert.deepEqual(await dirEntries(t.data.tmp), []);
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("node save: an upper over an image symlink to a host directory changes the image only", async () => {
+  const t = await tempStore();
+  try {
+    const outside = `${t.dir}/outside`;
+    Deno.mkdirSync(outside);
+    Deno.writeTextFileSync(`${outside}/victim`, "host file\n");
+    buildSampleTree(`${t.dir}/src`);
+    Deno.symlinkSync(outside, `${t.dir}/src/etc/evil`); // the image links to the host's dir
+    const base = await t.store.import(`${t.dir}/src`, "deb");
+    const nodes = new NodeRegistry(t.data, t.db, t.store, new Rebooter(t.db), new EventTarget());
+    nodes.add("52:54:00:00:00:12", { name: "n2" });
+    await nodes.deploy(["n2"], "deb", { reboot: false });
+    // a hand-made upper (a node sends what it likes): etc/evil as a directory holding a whiteout
+    // for "victim" and a new file; /etc/passwd as a whiteout
+    const up = `${t.dir}/up`;
+    Deno.mkdirSync(`${up}/etc/evil`, { recursive: true });
+    sh("mknod", `${up}/etc/evil/victim`, "c", "0", "0");
+    sh("mknod", `${up}/etc/passwd`, "c", "0", "0");
+    Deno.writeTextFileSync(`${up}/etc/evil/planted`, "x\n");
+    sh("tar", "--numeric-owner", "-C", up, "-cf", `${t.dir}/up.tar`, ".");
+    const v = await saveNode(
+      { db: t.db, nodes, images: t.store },
+      "n2",
+      "deb",
+      `${t.dir}/up.tar`,
+      null,
+    );
+    assert.deepEqual(
+      [...Deno.readDirSync(outside)].map((e) => e.name),
+      ["victim"],
+      "the host's directory is untouched",
+    );
+    assert.equal(Deno.readTextFileSync(`${outside}/victim`), "host file\n");
+    const m = manifestOf(t, v.id);
+    assert.equal(m.get("/etc/evil")?.type, "dir", "the link was replaced inside the image");
+    assert.ok(m.has("/etc/evil/planted"));
+    assert.equal(m.has("/etc/passwd"), false);
+    assert.ok(Deno.lstatSync(`${t.data.rootfs(base.id)}/etc/evil`).isSymlink, "base intact");
+    assert.deepEqual(await dirEntries(t.data.tmp), []);
+  } finally {
+    await t.close();
+  }
+});

@@ -1,0 +1,347 @@
+// Changing images with the real tools (root): overlayfs sessions, systemd-nspawn for
+// `image shell`, `image cp` in and out, committed as versions. Written also as an attacker would:
+// the image holds symlinks pointing at the host's files and directories; a copy into or out of
+// it must stay inside the copy.
+import assert from "node:assert/strict";
+import { Hono } from "hono";
+import type { Context } from "../src/context.ts";
+import { imageRoutes } from "../src/images/api.ts";
+import { copyIn, copyOut } from "../src/images/cp.ts";
+import { NodeRegistry } from "../src/nodes.ts";
+import { Rebooter } from "../src/reboot.ts";
+import { parseManifest } from "../contract/manifest.ts";
+import { dirEntries, fixTimes, tempStore } from "./images_helpers.ts";
+
+const busybox = new URL("../.work/busybox/busybox", import.meta.url).pathname;
+
+/** A tiny OS tree: static busybox as /bin/sh, plus hostile symlinks to host paths. */
+function busyboxTree(root: string, outside: string): void {
+  for (const d of ["bin", "usr/bin", "etc", "opt", "data/keep", "var/cache/x"]) {
+    Deno.mkdirSync(`${root}/${d}`, { recursive: true });
+  }
+  Deno.copyFileSync(busybox, `${root}/bin/busybox`);
+  Deno.chmodSync(`${root}/bin/busybox`, 0o755);
+  Deno.symlinkSync("busybox", `${root}/bin/sh`);
+  Deno.writeTextFileSync(`${root}/etc/os-release`, "ID=netroot-test\n");
+  Deno.writeTextFileSync(`${root}/etc/hostname`, "bb\n");
+  Deno.writeTextFileSync(`${root}/var/cache/x/old`, "old cache\n");
+  Deno.writeTextFileSync(`${root}/data/keep/file`, "keep\n");
+  // hostile: absolute links to the host's files, as the host would read them
+  Deno.symlinkSync(`${outside}/victim-file`, `${root}/etc/evil-file`);
+  Deno.symlinkSync(`${outside}/victim-dir`, `${root}/opt/evil-dir`);
+  Deno.symlinkSync(`${outside}/victim-dir`, `${root}/data/sub`);
+  Deno.symlinkSync("/", `${root}/opt/root-link`);
+  // the directory the links name exists inside the image too (so a copy may resolve into it)
+  Deno.mkdirSync(`${root}${outside}/victim-dir`, { recursive: true });
+  fixTimes(root);
+}
+
+async function setup() {
+  const t = await tempStore();
+  const outside = `${t.dir}/outside`;
+  Deno.mkdirSync(`${outside}/victim-dir`, { recursive: true });
+  Deno.writeTextFileSync(`${outside}/victim-file`, "host secret\n");
+  busyboxTree(`${t.dir}/src`, outside);
+  const base = await t.store.import(`${t.dir}/src`, "bb");
+  const nodes = new NodeRegistry(t.data, t.db, t.store, new Rebooter(t.db), new EventTarget());
+  const victims = () => ({
+    file: Deno.readTextFileSync(`${outside}/victim-file`),
+    dir: [...Deno.readDirSync(`${outside}/victim-dir`)].map((e) => e.name),
+  });
+  const before = victims();
+  const untouched = () => assert.deepEqual(victims(), before, "nothing written outside");
+  return { t, nodes, base, outside, untouched };
+}
+
+const manifestOf = (t: Awaited<ReturnType<typeof tempStore>>, id: string) =>
+  new Map(parseManifest(Deno.readTextFileSync(t.data.manifest(id))).map((e) => [e.path, e]));
+
+Deno.test("session: a real overlay upper (whiteouts, opaque dir, new files) becomes a version", async () => {
+  assert.equal(Deno.uid(), 0, "needs root (overlayfs)");
+  const { t, base } = await setup();
+  try {
+    const s = await t.store.sessions.open("bb");
+    Deno.removeSync(`${s.merged}/etc/hostname`); // whiteout
+    Deno.removeSync(`${s.merged}/var/cache/x`, { recursive: true });
+    Deno.mkdirSync(`${s.merged}/var/cache/x`); // opaque directory
+    Deno.writeTextFileSync(`${s.merged}/var/cache/x/new`, "new\n");
+    Deno.writeTextFileSync(`${s.merged}/etc/motd`, "hello\n");
+    Deno.chmodSync(`${s.merged}/etc/motd`, 0o600);
+    Deno.chownSync(`${s.merged}/etc/motd`, 1234, 5678);
+    const v = await t.store.sessions.commit(s.id, { madeBy: "shell", command: "test" });
+    assert.equal(v.existed, false);
+    assert.equal(v.parent, base.id);
+    const m = manifestOf(t, v.id);
+    assert.equal(m.has("/etc/hostname"), false);
+    assert.equal(m.has("/var/cache/x/old"), false, "opaque: the lower's contents are gone");
+    assert.equal(m.get("/var/cache/x/new")?.type, "file");
+    const motd = m.get("/etc/motd")!;
+    assert.deepEqual([motd.mode, motd.uid, motd.gid], [0o600, 1234, 5678]);
+    for (const e of m.values()) {
+      assert.ok(!Object.keys(e.xattrs ?? {}).some((k) => k.includes("overlay")), e.path);
+      assert.notEqual(e.type === "char" && e.rdev?.major === 0 && e.rdev.minor === 0, true);
+    }
+    // the base is unchanged and shares the untouched files
+    const b = manifestOf(t, base.id);
+    assert.ok(b.has("/etc/hostname") && b.has("/var/cache/x/old"));
+    const ino = (id: string, p: string) => Deno.lstatSync(t.data.rootfs(id) + p).ino;
+    assert.equal(ino(v.id, "/bin/busybox"), ino(base.id, "/bin/busybox"));
+    assert.deepEqual(await dirEntries(t.data.tmp), [], "session and scratch dirs are gone");
+    assert.equal(t.store.get("bb").id, v.id);
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("two sessions on one version: both commit, the second says what it did not see", async () => {
+  const { t, base } = await setup();
+  try {
+    const a = await t.store.sessions.open("bb");
+    const b = await t.store.sessions.open("bb");
+    Deno.writeTextFileSync(`${a.merged}/etc/a`, "a\n");
+    Deno.writeTextFileSync(`${b.merged}/etc/b`, "b\n");
+    const va = await t.store.sessions.commit(a.id, { madeBy: "shell", command: null });
+    const vb = await t.store.sessions.commit(b.id, { madeBy: "shell", command: null });
+    assert.equal(va.outdated, null);
+    assert.equal(vb.outdated, va.id);
+    assert.equal(vb.previous, va.id);
+    assert.deepEqual(t.store.history("bb").map((v) => v.id), [base.id, va.id, vb.id]);
+    assert.equal(manifestOf(t, vb.id).has("/etc/a"), false, "no silent merge either");
+    // a discarded session leaves nothing, the image unchanged
+    const c = await t.store.sessions.open("bb");
+    Deno.writeTextFileSync(`${c.merged}/etc/c`, "c\n");
+    await t.store.sessions.discard(c.id);
+    assert.equal(t.store.get("bb").id, vb.id);
+    assert.deepEqual(await dirEntries(t.data.tmp), []);
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("a server that died with a session open: the next start detaches its overlay and wipes it", async () => {
+  const { t, base } = await setup();
+  try {
+    const s = await t.store.sessions.open("bb");
+    Deno.writeTextFileSync(`${s.merged}/etc/half`, "half\n");
+    const mounted = () => Deno.readTextFileSync("/proc/self/mountinfo").includes(s.merged);
+    assert.ok(mounted());
+    // the next start: a new store on the same data dir (the old one's memory is gone)
+    const { ImageStore } = await import("../src/images/store.ts");
+    const again = new ImageStore(t.data, t.db);
+    assert.ok((await again.reconcile()) >= 1);
+    assert.equal(mounted(), false, "the overlay is detached");
+    assert.deepEqual(await dirEntries(t.data.tmp), []);
+    assert.equal(again.get("bb").id, base.id, "the image is as it was");
+    assert.ok(!manifestOf(t, base.id).has("/etc/half"));
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("image cp in: hostile symlinks in the image resolve inside it; nothing written on the host", async () => {
+  const { t, untouched } = await setup();
+  try {
+    const host = `${t.dir}/host`;
+    Deno.mkdirSync(`${host}/sub`, { recursive: true });
+    Deno.writeTextFileSync(`${host}/payload`, "payload\n");
+    Deno.chmodSync(`${host}/payload`, 0o640);
+    Deno.chownSync(`${host}/payload`, 42, 43);
+    Deno.writeTextFileSync(`${host}/sub/inner`, "inner\n");
+    const cp = (src: string[], path: string) =>
+      copyIn(t.store, src, "bb", path, { command: "test" });
+
+    // onto a symlink to a host file (missing inside the image): the link is replaced
+    let v = await cp([`${host}/payload`], "/etc/evil-file");
+    untouched();
+    let m = manifestOf(t, v.id);
+    const victim = m.get("/etc/evil-file")!;
+    assert.equal(victim.type, "file");
+    assert.deepEqual([victim.mode, victim.uid, victim.gid], [0o640, 42, 43], "owner, mode kept");
+    untouched();
+    // into a symlinked directory (absolute, to the host), and through "/" links and ".."
+    v = await cp([`${host}/payload`], "/opt/evil-dir/");
+    assert.equal(manifestOf(t, v.id).has(`${t.dir}/outside/victim-dir/payload`), true);
+    v = await cp([`${host}/payload`], "/opt/root-link/../../../../etc/p2");
+    m = manifestOf(t, v.id);
+    assert.ok(m.has("/etc/p2"));
+    untouched();
+    // a tree whose path meets an image symlink below the destination: replaced, not followed
+    Deno.mkdirSync(`${host}/data/sub`, { recursive: true });
+    Deno.writeTextFileSync(`${host}/data/sub/x`, "x\n");
+    v = await cp([`${host}/data`], "/");
+    m = manifestOf(t, v.id);
+    assert.equal(m.get("/data/sub")?.type, "dir");
+    assert.equal(m.get("/data/sub/x")?.type, "file");
+    assert.equal(m.get("/data/keep/file")?.type, "file", "directories merge");
+    untouched();
+    // a missing parent is an error, and nothing is committed
+    const n = t.store.history("bb").length;
+    await assert.rejects(cp([`${host}/payload`], "/nope/x"), /no such directory in the image/);
+    assert.equal(t.store.history("bb").length, n);
+    assert.deepEqual(await dirEntries(t.data.tmp), []);
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("image cp out: an image's symlink is copied as a symlink, never the host file it names", async () => {
+  const { t } = await setup();
+  try {
+    const out = `${t.dir}/out`;
+    Deno.mkdirSync(out);
+    await copyOut(t.store, "bb", "/etc/evil-file", `${out}/f`);
+    assert.ok(Deno.lstatSync(`${out}/f`).isSymlink);
+    // a path through an absolute symlink of the image resolves inside the image
+    const r = await copyOut(t.store, "bb", "/opt/root-link/etc", out);
+    assert.equal(r.dest, `${out}/etc`);
+    assert.equal(Deno.readTextFileSync(`${out}/etc/hostname`), "bb\n");
+    assert.ok(Deno.lstatSync(`${out}/etc/evil-file`).isSymlink);
+    await assert.rejects(copyOut(t.store, "bb", "/../../etc/shadow", out), /no such file/);
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("netroot image shell (-- CMD and interactive, systemd-nspawn) and cp commit; a failing or killed shell commits nothing", async () => {
+  const { t, nodes, base } = await setup();
+  const ac = new AbortController();
+  try {
+    const changes = new EventTarget();
+    t.store.changes = changes;
+    const ctx = { data: t.data, db: t.db, images: t.store, nodes, changes };
+    const app = new Hono().route("/api/v1/images", imageRoutes(ctx as unknown as Context));
+    const server = Deno.serve(
+      { hostname: "127.0.0.1", port: 0, signal: ac.signal, onListen() {} },
+      app.fetch,
+    );
+    nodes.add("52:54:00:00:00:07", { name: "n7" });
+    await nodes.deploy(["n7"], "bb", { reboot: false, force: true });
+    const main = new URL("../main.ts", import.meta.url).pathname;
+    const cli = async (...args: string[]) => {
+      const out = await new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", main, "image", ...args],
+        env: { NETROOT_SERVER: `http://127.0.0.1:${server.addr.port}`, NETROOT_TOKEN: "t" },
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const d = new TextDecoder();
+      return { code: out.code, stdout: d.decode(out.stdout), stderr: d.decode(out.stderr) };
+    };
+    const ok = await cli(
+      "shell",
+      "bb",
+      "--",
+      "/bin/sh",
+      "-c",
+      "echo from-nspawn > /etc/motd && rm /etc/hostname && /bin/busybox hostname >/dev/null",
+    );
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.match(ok.stdout, /^committed bb@[0-9a-f]{12} \(was [0-9a-f]{12}\)/);
+    assert.match(ok.stdout, /still running the old version of bb until they reboot: n7/);
+    const v = t.store.get("bb");
+    assert.equal(v.madeBy, "shell");
+    assert.match(v.command!, /echo from-nspawn/);
+    assert.equal(Deno.readTextFileSync(`${t.data.rootfs(v.id)}/etc/motd`), "from-nspawn\n");
+    assert.equal(manifestOf(t, v.id).has("/etc/hostname"), false);
+    assert.ok(Deno.lstatSync(`${t.data.rootfs(base.id)}/etc/hostname`).isFile, "base intact");
+    assert.equal(nodes.get("n7").imageId, v.id, "the node follows the name");
+
+    const bad = await cli("shell", "bb", "--", "/bin/sh", "-c", "echo x > /etc/x; exit 3");
+    assert.equal(bad.code, 3);
+    assert.match(bad.stderr, /the command exited with 3: nothing committed/);
+    assert.equal(t.store.get("bb").id, v.id);
+    assert.deepEqual(await dirEntries(t.data.tmp), [], "the session is gone");
+
+    // a shell killed mid-way: the container stops, the session goes, nothing is committed
+    const killed = new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        main,
+        "image",
+        "shell",
+        "bb",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo half > /etc/half; /bin/busybox sleep 60",
+      ],
+      env: { NETROOT_SERVER: `http://127.0.0.1:${server.addr.port}`, NETROOT_TOKEN: "t" },
+      stdin: "null",
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+    const deadline = Date.now() + 60_000;
+    const half = async () => {
+      for (const d of await dirEntries(t.data.tmp)) {
+        if (Deno.lstatSync(`${t.data.tmp}/${d}/upper/etc/half`).isFile) return true;
+      }
+      return false;
+    };
+    while (!(await half().catch(() => false))) {
+      assert.ok(Date.now() < deadline, "the shell never wrote /etc/half");
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    killed.kill("SIGTERM");
+    assert.equal((await killed.status).code, 130);
+    assert.equal(t.store.get("bb").id, v.id, "nothing committed");
+    assert.deepEqual(await dirEntries(t.data.tmp), [], "the session is gone");
+    assert.equal(t.store.sessions.list().length, 0);
+
+    // interactive (a terminal, through script(1)): the shell, then the question on exit
+    const tty = new Deno.Command("script", {
+      args: [
+        "-qfec",
+        `${Deno.execPath()} run -A ${main} image shell bb`,
+        "/dev/null",
+      ],
+      env: { NETROOT_SERVER: `http://127.0.0.1:${server.addr.port}`, NETROOT_TOKEN: "t" },
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const w = tty.stdin.getWriter();
+    const seen: string[] = [];
+    const reader = (async () => {
+      for await (const c of tty.stdout.pipeThrough(new TextDecoderStream())) seen.push(c);
+    })();
+    const waitFor = async (re: RegExp) => {
+      const until = Date.now() + 60_000;
+      while (!re.test(seen.join(""))) {
+        assert.ok(Date.now() < until, `no ${re} in ${JSON.stringify(seen.join(""))}`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    };
+    await waitFor(/\/\S* # /); // busybox ash, in /root
+    await w.write(new TextEncoder().encode("echo typed > /etc/typed; exit\r"));
+    await waitFor(/commit the changes as a new version of bb\? \[y\/N\]/);
+    await w.write(new TextEncoder().encode("y\r"));
+    await w.close();
+    assert.equal((await tty.status).code, 0, seen.join(""));
+    await reader;
+    assert.match(seen.join(""), /committed bb@[0-9a-f]{12}/);
+    assert.equal(
+      Deno.readTextFileSync(`${t.data.rootfs(t.store.get("bb").id)}/etc/typed`),
+      "typed\n",
+    );
+    assert.match(t.store.get("bb").command!, /interactive shell/);
+
+    // image cp through the CLI: in (a new version, the node told), and out
+    Deno.writeTextFileSync(`${t.dir}/motd`, "via cp\n");
+    const cpIn = await cli("cp", `${t.dir}/motd`, "bb:/etc/");
+    assert.equal(cpIn.code, 0, cpIn.stderr);
+    assert.match(cpIn.stdout, /^committed bb@[0-9a-f]{12}/);
+    assert.equal(t.store.get("bb").madeBy, "cp");
+    const cpOut = await cli("cp", "bb:/etc/motd", `${t.dir}/motd.out`);
+    assert.equal(cpOut.code, 0, cpOut.stderr);
+    assert.equal(Deno.readTextFileSync(`${t.dir}/motd.out`), "via cp\n");
+
+    const hist = await cli("history", "bb");
+    assert.match(hist.stdout, /\*\s+[0-9a-f]{12}\s+\S+ \S+\s+cp /);
+    assert.match(hist.stdout, /\s+[0-9a-f]{12}\s+\S+ \S+\s+shell /);
+  } finally {
+    ac.abort();
+    await t.close();
+  }
+});

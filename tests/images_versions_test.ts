@@ -1,0 +1,158 @@
+// Image versions on a real store (real GNU tar, real hard links): every commit is a version, the
+// name points at the latest, nodes deployed on the name follow it (their deploy link flips),
+// nodes pinned to NAME@ID stay; rollback, rm of one version, diff; the object store shares the
+// unchanged files between versions and gc frees only what no version (and no node) uses.
+import assert from "node:assert/strict";
+import { NodeRegistry } from "../src/nodes.ts";
+import { Rebooter } from "../src/reboot.ts";
+import { publish } from "../src/images/versions.ts";
+import type { UserError } from "../src/errors.ts";
+import { buildSampleTree, fixTimes, tempStore } from "./images_helpers.ts";
+
+async function lab() {
+  const t = await tempStore();
+  const rebooted: string[] = [];
+  const rebooter = new Rebooter(t.db);
+  rebooter.register({
+    name: "test",
+    handles: () => true,
+    reboot: (n) => {
+      rebooted.push(n.name);
+      return Promise.resolve();
+    },
+  });
+  const nodes = new NodeRegistry(t.data, t.db, t.store, rebooter, new EventTarget());
+  const src = `${t.dir}/src`;
+  buildSampleTree(src);
+  return { t, nodes, rebooted, src };
+}
+
+const link = (t: Awaited<ReturnType<typeof tempStore>>, mac: string) =>
+  Deno.readLinkSync(t.data.nodeFs(mac)).split("/")[3];
+
+Deno.test("versions: names follow commits, pinned nodes stay, rollback, rm NAME@ID, diff", async () => {
+  const { t, nodes, rebooted, src } = await lab();
+  try {
+    const v1 = await t.store.import(src, "deb");
+    assert.equal(v1.previous, null);
+    const follower = nodes.add("52:54:00:00:00:01", { name: "follower" });
+    const pinned = nodes.add("52:54:00:00:00:02", { name: "pinned" });
+    await nodes.deploy(["follower"], "deb", { reboot: false });
+    await nodes.deploy(["pinned"], `deb@${v1.id.slice(0, 10)}`, { reboot: false });
+    assert.equal(nodes.get("follower").imagePinned, false);
+    assert.equal(nodes.get("pinned").imagePinned, true);
+
+    Deno.writeTextFileSync(`${src}/etc/hostname`, "changed\n");
+    Deno.removeSync(`${src}/home/user/tab\tname`);
+    Deno.writeTextFileSync(`${src}/etc/new`, "new\n");
+    fixTimes(src);
+    const v2 = await t.store.import(src, "deb");
+    assert.equal(v2.previous, v1.id);
+    assert.equal(t.store.get("deb").id, v2.id, "the name points at the latest version");
+    assert.equal(t.store.get(v1.id).current, false);
+    assert.deepEqual(t.store.names().map((i) => i.id), [v2.id], "image ls: one image");
+    // unique size: what only that version holds ("changed\n" + "new\n"; "sample\n" + "y")
+    assert.equal(t.store.names()[0].uniqueSize, 8 + 4);
+    assert.deepEqual(t.store.history("deb").map((v) => v.uniqueSize), [7 + 1, 8 + 4]);
+    assert.deepEqual(t.store.list().map((i) => i.id).sort(), [v1.id, v2.id].sort());
+
+    // nodes: the follower moves (its link flips), the pinned one stays; no reboot asked
+    const p = await publish({ nodes }, v2, false);
+    assert.deepEqual(p.followers.map((f) => [f.name, f.from, f.to]), [["follower", v1.id, v2.id]]);
+    assert.deepEqual(p.reboots, []);
+    assert.equal(link(t, follower.mac), v2.id);
+    assert.equal(link(t, pinned.mac), v1.id);
+    assert.equal(nodes.get("pinned").imageId, v1.id);
+
+    // history and diff
+    assert.deepEqual(t.store.history("deb").map((v) => [v.id, v.current, v.madeBy, v.parent]), [
+      [v1.id, false, "import", null],
+      [v2.id, true, "import", v1.id],
+    ]);
+    assert.deepEqual(t.store.diff(`deb@${v1.id}`, "deb"), {
+      added: ["/etc/new"],
+      removed: ["/home/user/tab\tname"],
+      changed: ["/etc/hostname"],
+    });
+
+    // rollback (default: the version before), with --reboot-nodes: the follower goes back
+    const rb = t.store.rollback("deb");
+    assert.equal(rb.image.id, v1.id);
+    assert.equal(rb.previous, v2.id);
+    const back = await publish({ nodes }, rb.image, true);
+    assert.deepEqual(back.followers.map((f) => f.name), ["follower"]);
+    assert.deepEqual(rebooted, ["follower"]);
+    assert.equal(link(t, follower.mac), v1.id);
+    assert.throws(() => t.store.rollback("deb"), /no version before/);
+    const fwd = t.store.rollback("deb", v2.id.slice(0, 8));
+    assert.equal(fwd.image.id, v2.id);
+    await publish({ nodes }, fwd.image, false);
+    assert.throws(() => t.store.rollback("deb", "ffffffff"), /not found/);
+
+    // rm: the current version only as the last one; a version a node boots never
+    assert.throws(
+      () => t.store.remove(`deb@${v2.id.slice(0, 8)}`),
+      (e: UserError) => e.status === 409 && /current version of deb/.test(e.message),
+    );
+    assert.throws(() => t.store.remove(`deb@${v1.id.slice(0, 8)}`), /booted by node pinned/);
+    await nodes.deploy(["pinned"], "deb", { reboot: false });
+    nodes.follow();
+    t.store.remove(`deb@${v1.id.slice(0, 8)}`);
+    assert.deepEqual(t.store.history("deb").map((v) => v.id), [v2.id]);
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("a commit that died before its nodes followed: reconcile moves them at the next start", async () => {
+  const { t, nodes, src } = await lab();
+  try {
+    const v1 = await t.store.import(src, "deb");
+    const n = nodes.add("52:54:00:00:00:03", { name: "n3" });
+    await nodes.deploy(["n3"], "deb", { reboot: false });
+    Deno.writeTextFileSync(`${src}/etc/hostname`, "v2\n");
+    const v2 = await t.store.import(src, "deb"); // no publish(): as if killed right here
+    assert.equal(link(t, n.mac), v1.id);
+    assert.ok((await nodes.reconcile()) >= 1);
+    assert.equal(link(t, n.mac), v2.id);
+    assert.equal(nodes.get("n3").imageId, v2.id);
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("object store: versions share unchanged files (same inode), gc frees only unused ones", async () => {
+  const { t, nodes, src } = await lab();
+  try {
+    Deno.writeFileSync(`${src}/big`, crypto.getRandomValues(new Uint8Array(65536)));
+    Deno.writeTextFileSync(`${src}/dup-a`, "same content, unrelated files\n");
+    Deno.writeTextFileSync(`${src}/dup-b`, "same content, unrelated files\n");
+    fixTimes(src);
+    const v1 = await t.store.import(src, "deb");
+    Deno.writeTextFileSync(`${src}/etc/hostname`, "v2\n");
+    fixTimes(src);
+    const v2 = await t.store.import(src, "deb");
+    const ino = (id: string, p: string) => Deno.lstatSync(t.data.rootfs(id) + p).ino;
+    assert.equal(ino(v1.id, "/big"), ino(v2.id, "/big"), "unchanged: one inode for both");
+    assert.notEqual(ino(v1.id, "/etc/hostname"), ino(v2.id, "/etc/hostname"));
+    // two unrelated identical files of one image stay two files (else its manifest would change)
+    assert.notEqual(ino(v1.id, "/dup-a"), ino(v1.id, "/dup-b"));
+    assert.equal(Deno.lstatSync(t.data.rootfs(v1.id) + "/big").nlink, 3, "two trees + object");
+
+    // gc --keep 1 keeps the version a node boots; plain gc removes only unlinked objects
+    nodes.add("52:54:00:00:00:04", { name: "old" });
+    await nodes.deploy(["old"], v1.id, { reboot: false });
+    const kept = await t.store.gc(1);
+    assert.deepEqual(kept.versions, [], "v1 is booted by a node");
+    assert.equal(kept.objects, 0);
+    await nodes.deploy(["old"], "deb", { reboot: false });
+    const freed = await t.store.gc(1);
+    assert.deepEqual(freed.versions, [v1.id]);
+    assert.equal(freed.objects, 1, "only v1's /etc/hostname was v1's alone");
+    assert.ok(Deno.statSync(t.data.rootfs(v2.id) + "/big").isFile);
+    assert.equal(Deno.lstatSync(t.data.rootfs(v2.id) + "/big").nlink, 2);
+    assert.deepEqual((await t.store.gc()).objects, 0);
+  } finally {
+    await t.close();
+  }
+});
