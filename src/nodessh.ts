@@ -281,7 +281,9 @@ export function sshSoftReboot(ctx: Pick<Context, "nodes"> & { ssh: NodeSsh }): S
     request(n: RebootTarget) {
       const node = ctx.nodes.find(n.mac);
       if (!node) return { unavailable: "no such node" };
-      if (node.state !== "booted") return { unavailable: `the node is ${node.state}, not booted` };
+      if (node.state !== "booted") {
+        return { unavailable: `the node is ${node.state}, not booted`, expected: true };
+      }
       if (node.stateReason?.startsWith("handover")) {
         // Booted by the watchdog without its port ever answering: an image without sshd.
         return { unavailable: `no sshd: ${node.stateReason}` };

@@ -49,7 +49,14 @@ export interface SoftReboot {
   name: string;
   /** Issues the request before returning (the API answers once requests are issued), or says
    *  why this node cannot be asked (not booted, no address, no host keys to trust, no key). */
-  request(node: RebootTarget): SoftRequest | { unavailable: string };
+  request(node: RebootTarget): SoftRequest | SoftUnavailable;
+}
+
+/** Why a node cannot be asked; `expected` (it is not booted): the hard way is the normal one,
+ *  said in the event but not in the caller's message. */
+export interface SoftUnavailable {
+  unavailable: string;
+  expected?: boolean;
 }
 
 /** The settings of the reboot path (src/server.ts adds them to every node's rules). */
@@ -122,14 +129,14 @@ export class Rebooter {
   /** Soft first (unless `hard`); returns once the soft request is issued or the hard one done. */
   reboot(node: RebootTarget, cause: string, opts: { hard?: boolean } = {}): Promise<RebootResult> {
     if (opts.hard || !this.soft) return this.#hard(node, cause, {});
-    let req: SoftRequest | { unavailable: string };
+    let req: SoftRequest | SoftUnavailable;
     try {
       req = this.soft.request(node);
     } catch (e) {
       req = { unavailable: (e as Error).message };
     }
     if ("unavailable" in req) {
-      return this.#hard(node, cause, { soft: `not tried: ${req.unavailable}` });
+      return this.#hard(node, cause, { soft: `not tried: ${req.unavailable}` }, req.expected);
     }
     const mechanism = this.soft.name;
     const timeoutS = req.timeoutMs / 1000;
@@ -181,9 +188,10 @@ export class Rebooter {
     node: RebootTarget,
     cause: string,
     extra: { soft?: string },
+    quiet = false,
   ): Promise<RebootResult> {
     const m = this.#mechanisms.find((x) => x.handles(node));
-    const after = extra.soft ? ` (clean reboot ${extra.soft})` : "";
+    const after = extra.soft && !quiet ? ` (clean reboot ${extra.soft})` : "";
     if (!m) {
       const message = `no reboot mechanism for this node: power-cycle it by hand${after}`;
       recordEvent(this.db, node.mac, "reboot.none", { cause, message, ...extra });

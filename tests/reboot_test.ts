@@ -112,10 +112,17 @@ Deno.test("reboot: not delivered (no sshd) → hard at once; not possible → ha
     assert.equal(a.elapsed(), 0);
     assert.equal(reboots(ctx).pop()!.soft, "ssh failed: connect to port 22: Connection refused");
 
-    const b = rig(ctx, () => ({ unavailable: "the node is booting, not booted" }));
+    const b = rig(ctx, () => ({ unavailable: "its image has no ssh host keys" }));
     const res = await b.r.reboot(node, "c2");
     assert.deepEqual([res.mechanism, res.ok], ["plug", true]);
-    assert.match(res.message, /rebooted by plug \(clean reboot not tried: the node is booting/);
+    assert.equal(
+      res.message,
+      "rebooted by plug (clean reboot not tried: its image has no ssh host keys)",
+    );
+    assert.equal(reboots(ctx).pop()!.soft, "not tried: its image has no ssh host keys");
+    // A node that is not booted is rebooted hard as a matter of course: said in the event only.
+    const b2 = rig(ctx, () => ({ unavailable: "the node is booting, not booted", expected: true }));
+    assert.equal((await b2.r.reboot(node, "c2")).message, "rebooted by plug");
     assert.equal(reboots(ctx).pop()!.soft, "not tried: the node is booting, not booted");
 
     const c = rig(ctx, () => assert.fail("--hard asks nothing of the node"));

@@ -90,7 +90,7 @@ a command that runs longer. Output is kept up to 64 KiB per stream and node. ${c
   shell: `usage: netroot node shell NODE
 
 An interactive root shell on the node: runs ssh with the server's key, <data>/ssh/id_ed25519
-(readable by root on the server: NETROOT_DATA=DIR when the server runs with --data DIR), and the
+(readable by root on the server: NETROOT_DATA=DIR for a server whose data dir is DIR), and the
 node's host keys as the server pinned them. ${common}`,
   power: `usage: netroot node power NODE on|off|cycle|status
 

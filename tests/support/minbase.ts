@@ -47,22 +47,33 @@ export async function aptMirror(): Promise<string> {
 }
 
 const baseName = "bookworm-minbase-systemd-udev";
+/** The same plus openssh-server (a stock image for clean reboots and `node run`). */
+const sshBaseName = "bookworm-minbase-systemd-udev-ssh";
 
 /** The debootstrap tree (built once, ≈ 1 min and 250 MB). */
-export async function minbaseTree(): Promise<string> {
-  const dir = join(minbaseCacheDir, baseName);
+export function minbaseTree(): Promise<string> {
+  return debootstrapTree(baseName, "systemd-sysv,udev,kmod");
+}
+
+/** Minbase with openssh-server: its postinst made the host keys (/etc/ssh/ssh_host_*_key). */
+export function minbaseSshTree(): Promise<string> {
+  return debootstrapTree(sshBaseName, "systemd-sysv,udev,kmod,openssh-server");
+}
+
+async function debootstrapTree(name: string, include: string): Promise<string> {
+  const dir = join(minbaseCacheDir, name);
   if (await exists(join(dir, "usr/lib/systemd/systemd"))) return dir;
   await Deno.mkdir(minbaseCacheDir, { recursive: true });
   if (!(await exists("/usr/sbin/debootstrap"))) {
     throw new Error("debootstrap is not installed (apt-get install debootstrap)");
   }
   const mirror = await aptMirror();
-  const work = join(minbaseCacheDir, `.tmp-${Deno.pid}`);
+  const work = join(minbaseCacheDir, `.tmp-${name}-${Deno.pid}`);
   await Deno.remove(work, { recursive: true }).catch(() => {});
   try {
     await run("debootstrap", [
       "--variant=minbase",
-      "--include=systemd-sysv,udev,kmod",
+      `--include=${include}`,
       "bookworm",
       work,
       mirror,
