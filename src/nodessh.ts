@@ -19,7 +19,7 @@ import { UserError } from "./errors.ts";
 import { logger } from "./log.ts";
 import type { NodeInfo } from "./nodes.ts";
 import { probePort, tcpProbe } from "./nodestate.ts";
-import { runTool, type ToolResult } from "./power/driver.ts";
+import { PowerError, runTool, type ToolResult } from "./power/driver.ts";
 import { type RebootTarget, type SoftReboot, softTimeoutMs } from "./reboot.ts";
 
 const log = logger("ssh");
@@ -299,7 +299,8 @@ export function sshSoftReboot(ctx: Pick<Context, "nodes"> & { ssh: NodeSsh }): S
             delivered: !(r.code === 255 && notDelivered.test(r.stderr)),
             detail: sshFailure(r),
           },
-        (e) => ({ delivered: false, detail: (e as Error).message }),
+        // ssh's own deadline passed: the node may well have the request; wait for it to go down.
+        (e) => ({ delivered: e instanceof PowerError, detail: (e as Error).message }),
       );
       return {
         sent,
