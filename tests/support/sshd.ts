@@ -86,14 +86,21 @@ esac
   const status = child.status.then((s) => (exited = true, s));
   const hostKey = (await Deno.readTextFile(join(dir, "host_ed25519.pub"))).trim().split(/\s+/)
     .slice(0, 2).join(" ");
-  await waitFor(`sshd on port ${port}`, () => {
-    if (exited) throw new Error("sshd exited at start");
-    try {
-      return Deno.statSync(join(dir, "sshd.pid")).isFile;
-    } catch {
-      return false;
-    }
-  });
+  try {
+    await waitFor(`sshd on port ${port}`, () => {
+      if (exited) throw new Error(`sshd exited at start (try: ${sshdBin} -t -f ${config})`);
+      try {
+        return Deno.statSync(join(dir, "sshd.pid")).isFile;
+      } catch {
+        return false;
+      }
+    });
+  } catch (e) {
+    if (!exited) child.kill("SIGKILL");
+    await status;
+    await Deno.remove(dir, { recursive: true });
+    throw e;
+  }
   return {
     dir,
     port,
