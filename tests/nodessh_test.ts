@@ -6,6 +6,7 @@
 // image without host keys → hard, never an unauthenticated ssh.
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import type { Context } from "../src/context.ts";
 import { listEvents } from "../src/events.ts";
 import { setLogSink } from "../src/log.ts";
@@ -13,6 +14,8 @@ import type { RunResult } from "../src/noderun.ts";
 import { type PowerServer, waitFor, withPowerServer } from "./support/power.ts";
 import { addImage } from "./support/images.ts";
 import { type FakeNodeSshd, startSshd } from "./support/sshd.ts";
+
+const mainTs = fileURLToPath(new URL("../main.ts", import.meta.url));
 
 /** A node at 127.0.0.1 whose sshd is `sshd`, booted, deployed an image holding `hostKey`. */
 function addNode(
@@ -89,6 +92,31 @@ Deno.test("node run: each node's output and exit status, in parallel, over real 
     assert.match(bad.err, /^nb: exit status 1$/m);
     const json = await cli("node", "run", "nb", "--json", "--", "echo hi");
     assert.equal(JSON.parse(json.out)[0].stdout, "hi\n");
+  }));
+
+Deno.test("node shell: ssh run by the CLI with the data dir's key; a clear error without it", () =>
+  withNodes(async ({ dir, url }) => {
+    const shell = async (data: string) => {
+      const child = new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", mainTs, "node", "shell", "na"],
+        env: { NETROOT_SERVER: url, NETROOT_DATA: data, NO_COLOR: "1" },
+        stdin: "piped",
+        stdout: "piped",
+        stderr: "piped",
+      }).spawn();
+      const w = child.stdin.getWriter();
+      await w.write(new TextEncoder().encode('echo "shell on $NODE_ID"; exit 7\n'));
+      await w.close();
+      const out = await child.output();
+      const dec = new TextDecoder();
+      return { code: out.code, out: dec.decode(out.stdout), err: dec.decode(out.stderr) };
+    };
+    const ok = await shell(dir);
+    assert.equal(ok.code, 7, ok.err);
+    assert.match(ok.out, /^shell on A$/m);
+    const none = await shell(join(dir, "elsewhere"));
+    assert.equal(none.code, 1);
+    assert.match(none.err, /cannot read the server's ssh key .*elsewhere\/ssh\/id_ed25519/);
   }));
 
 Deno.test("node run: a host key other than the image's is refused; no host keys: no ssh at all", () =>

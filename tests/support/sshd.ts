@@ -2,7 +2,8 @@
 // authorized_keys in a temp dir, started as a child process (never the system's service) and
 // stopped by PID. Every command runs through a forced command that stands in for the node's
 // shell: `reboot` only appends a line to `<dir>/reboots` (and, with `dieOnReboot`, stops this
-// sshd, as a node going down closes its port); anything else runs under /bin/sh with NODE_ID set.
+// sshd, as a node going down closes its port); anything else runs under /bin/sh with NODE_ID set
+// (no command: an interactive /bin/sh, as a login shell).
 import { join } from "node:path";
 import { freeTcpPort, waitFor } from "./power.ts";
 
@@ -49,6 +50,7 @@ case "$SSH_ORIGINAL_COMMAND" in
     echo "$SSH_CONNECTION" >> ${dir}/reboots
     ${opts.dieOnReboot ? `kill "$(cat ${dir}/sshd.pid)"` : ""}
     exit 0 ;;
+  "") NODE_ID=${opts.nodeId ?? "node"} exec /bin/sh ;;
   *) NODE_ID=${opts.nodeId ?? "node"} exec /bin/sh -c "$SSH_ORIGINAL_COMMAND" ;;
 esac
 `,
