@@ -25,7 +25,7 @@ import { type RebootTarget, type SoftReboot, softTimeoutMs } from "./reboot.ts";
 const log = logger("ssh");
 
 /** How long ssh may take to connect (ConnectTimeout). */
-export const connectTimeoutS = 5;
+export const connectTimeoutS = 10; // also bounds sshd's banner: a busy node is not "gone"
 /** A host key file larger than this in an image is ignored (they are ~100 bytes). */
 const maxHostKeyFile = 16 * 1024;
 /** Host key types ssh pins (a line of another form in the image is skipped). */

@@ -62,7 +62,9 @@ Without key=value prints the node's settings. key= (empty value) removes a setti
 Keys: kernel.cmdline (extra kernel arguments), boot.mode (auto|network), boot.timeout (seconds),
 tmpfs.size (e.g. 50% or 512m), initramfs (netroot|image), persist (true|false), ip (the node's
 address, fixed by you: its /persist export and kernel command line follow it), power.* (see
-netroot node power --help), and the virtual node keys when the server has them. Secret settings
+netroot node power --help), reboot.soft-timeout (seconds a clean reboot may take before the hard
+one, default 30), node.down.action (reboot|none: what to do when a booted node stops answering),
+and the virtual node keys when the server has them. Secret settings
 (power.password, power.community, power.auth.key, power.priv.key) are shown as ***. ${common}`,
   boot: `usage: netroot node boot NODE[,NODE…] IMAGE [--no-reboot] [--force] [--hard]
        netroot deploy NODE[,NODE…] IMAGE …
