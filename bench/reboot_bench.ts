@@ -125,12 +125,25 @@ try {
     return { issued, ...await until(before, failed, t0) };
   };
 
+  // The floor on this machine now: starting 50 ssh processes at all (`ssh -V`, exits at once).
+  const floor = async () => {
+    const t0 = performance.now();
+    const ps = names.map(() =>
+      new Deno.Command("ssh", { args: ["-V"], stdin: "null", stdout: "null", stderr: "null" })
+        .spawn()
+    );
+    const issued = performance.now() - t0;
+    await Promise.all(ps.map((p) => p.status));
+    return issued;
+  };
+  const floors: number[] = [];
   const figs: Record<string, { issued: number[]; ran: number[]; failed: number[] }> = {
     "node reboot (16 requests at a time)": { issued: [], ran: [], failed: [] },
     "all 50 POSTs at once": { issued: [], ran: [], failed: [] },
     "peer: sh loop of 50 ssh &": { issued: [], ran: [], failed: [] },
   };
   for (let r = 0; r < runs; r++) {
+    floors.push(await floor());
     for (const [k, f] of Object.entries(figs)) {
       const x = k.startsWith("peer") ? await peer() : await ours(k.startsWith("all") ? count : 16);
       f.issued.push(x.issued);
@@ -155,6 +168,16 @@ try {
       }, ${Math.max(...f.failed)} ssh failed)`,
     );
   }
+  const fl = median(floors);
+  console.log(
+    `  floor: spawning 50 ssh processes (ssh -V) takes ${fl.toFixed(0)} ms here now; issuing ` +
+      `through the API costs ${
+        (median(figs["node reboot (16 requests at a time)"].issued) / fl).toFixed(2)
+      }× ` +
+      `that (16 at a time), ${
+        (median(figs["all 50 POSTs at once"].issued) / fl).toFixed(2)
+      }× (all at once)`,
+  );
   const worst = Math.max(
     median(figs["node reboot (16 requests at a time)"].issued),
     median(figs["all 50 POSTs at once"].issued),

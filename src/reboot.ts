@@ -119,7 +119,8 @@ export class Rebooter {
           r(undefined);
         });
       }));
-    this.#pollMs = opts.pollMs ?? 500;
+    // Each check may be a TCP connect to the node's sshd (a fork there): once a second is enough.
+    this.#pollMs = opts.pollMs ?? 1000;
   }
 
   register(m: RebootMechanism): void {
