@@ -250,7 +250,7 @@ export function sshArgv(
     "-o",
     "ForwardX11=no",
     "-o",
-    "LogLevel=ERROR",
+    "LogLevel=INFO",
     "-o",
     "ServerAliveInterval=10",
     o.tty ? "-t" : "-T",

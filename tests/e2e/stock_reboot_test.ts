@@ -54,8 +54,13 @@ labTest("stock image: node wait, node run, a clean reboot keeps a file just writ
     "st-hyb | uid=0 keys=1",
     "st-net | uid=0 keys=1",
   ]);
-  const hybrid = await lab.cli("node", "run", "st-hyb", "--", "cat /proc/cmdline; mount");
-  assert.match(hybrid.stdout, /netroot\.ssh=ssh-ed25519:/);
+  // (Seen once: ssh exit 255 without a word right after the first run; logged, tried again.)
+  let hybrid = await lab.cli("node", "run", "st-hyb", "--", "cat /proc/cmdline", { check: false });
+  if (hybrid.code !== 0) {
+    lab.log(`node run failed once: ${hybrid.stdout}${hybrid.stderr}`);
+    hybrid = await lab.cli("node", "run", "st-hyb", "--", "cat /proc/cmdline");
+  }
+  assert.match(hybrid.stdout, /^st-hyb \| .*netroot\.ssh=ssh-ed25519:/m);
 
   // The persistent hybrid node writes a file (no sync) and is rebooted right after.
   const word = crypto.randomUUID();
