@@ -90,6 +90,24 @@ try {
   }
   const boot = () => names.forEach((n) => ctx.nodes.setState(ctx.nodes.get(n).mac, "booted", "up"));
 
+  // The server's own part without HTTP: Rebooter.reboot for each node, one after the other.
+  const direct = async () => {
+    boot();
+    const before = ranOnNodes();
+    const failedBefore = softFailures();
+    const c0 = cpuMs();
+    const t0 = performance.now();
+    for (const n of names) {
+      const r = await ctx.rebooter.reboot(ctx.nodes.get(n), "bench");
+      if (r.mechanism !== "ssh") throw new Error(JSON.stringify(r));
+    }
+    const issued = performance.now() - t0;
+    const cpu = cpuMs() - c0;
+    const done = await until(before, () => softFailures() - failedBefore, t0);
+    names.forEach((n) => ctx.nodes.setState(ctx.nodes.get(n).mac, "off", "bench"));
+    await ctx.rebooter.settled();
+    return { issued, cpu, ...done };
+  };
   // ours: what `node reboot r0,…,r49` does (one POST per node, 16 at a time) — and all at once.
   const ours = async (batch: number) => {
     boot();
@@ -153,12 +171,17 @@ try {
     {
       "node reboot (16 requests at a time)": { issued: [], cpu: [], ran: [], failed: [] },
       "all 50 POSTs at once": { issued: [], cpu: [], ran: [], failed: [] },
+      "in-process Rebooter.reboot x 50": { issued: [], cpu: [], ran: [], failed: [] },
       "peer: sh loop of 50 ssh &": { issued: [], cpu: [], ran: [], failed: [] },
     };
   for (let r = 0; r < runs; r++) {
     floors.push(await floor());
     for (const [k, f] of Object.entries(figs)) {
-      const x = k.startsWith("peer") ? await peer() : await ours(k.startsWith("all") ? count : 16);
+      const x = k.startsWith("peer")
+        ? await peer()
+        : k.startsWith("in-process")
+        ? await direct()
+        : await ours(k.startsWith("all") ? count : 16);
       f.issued.push(x.issued);
       f.ran.push(x.ran);
       f.failed.push(x.failed);
