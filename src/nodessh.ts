@@ -213,7 +213,7 @@ export class NodeSsh {
   /** Runs `command` on the node (its shell), within `timeoutMs`. */
   run(t: SshTarget, command: string, timeoutMs: number): Promise<ToolResult> {
     this.key.publicKey();
-    return runTool(this.argv(t, command), { timeoutMs });
+    return runTool(this.argv(t, command), { timeoutMs, group: false });
   }
 }
 
