@@ -226,13 +226,8 @@ export class NodeMonitor {
           if (n.settings["node.down.action"] === "reboot") {
             // Unreachable: the clean path (ssh) cannot work, so hard at once.
             const { mac, name, virtual, ip } = n;
-            await this.#ctx.rebooter.reboot(
-              { mac, name, virtual, ip },
-              `node.down.action=reboot: ${reason}`,
-              {
-                hard: true,
-              },
-            );
+            const cause = `node.down.action=reboot: ${reason}`;
+            await this.#ctx.rebooter.reboot({ mac, name, virtual, ip }, cause, { hard: true });
           }
         }
       };

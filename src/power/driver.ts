@@ -163,7 +163,7 @@ export async function runTool(
     env?: Record<string, string>;
     timeoutMs: number;
     /** false: no process group of its own (a tool that starts nothing, like ssh): spawned without
-     *  fork (posix_spawn), ~10× cheaper for the server; the timeout ends the tool alone. */
+     *  fork (posix_spawn), ~4× less CPU for the server; the timeout ends the tool alone. */
     group?: boolean;
   },
 ): Promise<ToolResult> {
