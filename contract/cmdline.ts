@@ -46,7 +46,27 @@ export const RULES = {
     },
   },
   nfs: { expected: "3, 4, 4.0, 4.1 or 4.2", test: (v) => NFS_VERSIONS.some((n) => n === v) },
+  /** netroot.ssh: the server's public key, `ssh-ed25519:<base64>` (a space would end the word). */
+  ssh: {
+    expected: "ssh-ed25519:<base64 key>",
+    test: (v) => /^ssh-ed25519:AAAAC3NzaC1lZDI1NTE5[A-Za-z0-9+/]{20,200}={0,2}$/.test(v),
+  },
 } satisfies Record<string, ValueRule>;
+
+/** The server's public key line (`ssh-ed25519 AAAA… comment`) as one command-line word. */
+export function encodeSshKey(publicKeyLine: string): string {
+  const [type, blob] = publicKeyLine.trim().split(/\s+/);
+  const word = `${type}:${blob}`;
+  if (!RULES.ssh.test(word)) {
+    throw new Error(`the server's ssh key is not ${RULES.ssh.expected}: ${publicKeyLine.trim()}`);
+  }
+  return word;
+}
+
+/** `netroot.ssh`'s value as an authorized_keys key (`ssh-ed25519 AAAA…`). */
+export function decodeSshKey(word: string): string {
+  return word.replace(":", " ");
+}
 
 // ---- the server side: rendering ------------------------------------------------------------
 
@@ -71,6 +91,9 @@ export interface CmdlineValues {
   mode?: string;
   timeout?: string;
   tmpfs?: string;
+  /** The server's ssh public key line (src/sshkeys.ts): netroot init adds it to the new root's
+   *  /root/.ssh/authorized_keys (soft reboot, node run); undefined → none. */
+  sshKey?: string;
   /** console= arguments (without the key), e.g. ["tty0", "ttyS0,115200"]; the last is /dev/console. */
   consoles: string[];
   /** Per-node `kernel.cmdline`, appended last so it can override anything before it. */
@@ -131,6 +154,7 @@ export function renderCmdline(v: CmdlineValues): string {
     `netroot.mode=${ruled("boot.mode", RULES.mode, v.mode, DEFAULTS.mode)}`,
     `netroot.timeout=${ruled("boot.timeout", RULES.timeout, v.timeout, `${DEFAULTS.timeoutS}`)}`,
     `netroot.tmpfs=${ruled("tmpfs.size", RULES.tmpfs, v.tmpfs, DEFAULTS.tmpfs)}`,
+    ...(v.sshKey ? [`netroot.ssh=${encodeSshKey(v.sshKey)}`] : []),
     `init=${DEFAULTS.init}`,
     ...extraWords(v.extra),
   ];
@@ -171,6 +195,8 @@ export interface BootParams {
   mode: BootMode;
   timeoutS: number;
   tmpfsSize: string;
+  /** The server's public key for root's authorized_keys (`ssh-ed25519 AAAA…`), if sent. */
+  sshKey?: string;
   init: string;
   /** Arguments after ` -- ` (the kernel hands them to init). */
   initArgs: string[];
@@ -258,6 +284,7 @@ const KNOWN = new Set([
   "mode",
   "timeout",
   "tmpfs",
+  "ssh",
 ]);
 
 /** The words before ` -- ` as key → value (the last one wins, as for the kernel). */
@@ -323,6 +350,10 @@ export function parseCmdline(text: string): BootParams {
   if (url !== undefined && !/^https?:\/\/[^/\s]+/.test(url)) {
     problems.push(`netroot.url=${url}: expected http://<server-ip>:<port>`);
   }
+  const ssh = kv.get("netroot.ssh");
+  if (ssh !== undefined && !RULES.ssh.test(ssh)) {
+    problems.push(`netroot.ssh=${ssh.slice(0, 80)}: expected ${RULES.ssh.expected}`);
+  }
   const init = kv.get("init") ?? DEFAULTS.init;
   if (!init.startsWith("/")) problems.push(`init=${init}: must be an absolute path`);
 
@@ -337,6 +368,7 @@ export function parseCmdline(text: string): BootParams {
     mode: mode as BootMode,
     timeoutS: Number(timeout),
     tmpfsSize,
+    ...(ssh === undefined ? {} : { sshKey: decodeSshKey(ssh) }),
     init,
     initArgs: dd < 0 ? [] : words.slice(dd + 1),
     warnings,

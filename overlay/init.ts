@@ -15,6 +15,7 @@ import { bringUpNetwork } from "./network.ts";
 import { networkMode } from "./nfsroot.ts";
 import { type Post, readNfsBytes, Reporter } from "./report.ts";
 import { type MountSource, mountWithRetry, nfsSource } from "./rootsource.ts";
+import { installServerKey } from "./sshkey.ts";
 import { errText, InitFailure, Stages } from "./stage.ts";
 import { isExecutableIn, mountApiFilesystems, switchRoot } from "./switchroot.ts";
 
@@ -69,6 +70,7 @@ export async function boot(deps: InitDeps): Promise<void> {
     await configureNic(s, deps, p);
     await mountRoot(s, deps, p);
     mountPersist(s, deps, p);
+    installSshKey(s, deps, p);
     await handOver(s, deps, p);
   } catch (e) {
     const f = e instanceof InitFailure
@@ -195,6 +197,26 @@ function mountPersist(s: Stages, deps: InitDeps, p: BootParams): void {
       "check: the node's persist export on the server (netroot node show <node>)",
     ]);
     s.report({ stage: "persist", ms: Math.round(performance.now() - ps), ok: false, detail: msg });
+  }
+}
+
+/** The server's ssh key for the image's root (clean reboots, `node run`): a refusal (the image's
+ *  /root is unsafe) is loud, not fatal — the server then reboots this node hard. */
+function installSshKey(s: Stages, { out, layout: l }: InitDeps, p: BootParams): void {
+  if (!p.sshKey) return;
+  const t = performance.now();
+  try {
+    const detail = installServerKey(l.newRoot, p.sshKey);
+    const ms = performance.now() - t;
+    out.line(`ssh-key: ${detail} (${fmtMs(ms)})`);
+    s.report({ stage: "ssh-key", ms: Math.round(ms), ok: true, detail });
+  } catch (e) {
+    const detail = errText(e);
+    out.loud("WARNING: the server's ssh key was not installed", [
+      detail,
+      "the server can neither reboot this node cleanly nor run commands on it (node run)",
+    ]);
+    s.report({ stage: "ssh-key", ms: Math.round(performance.now() - t), ok: false, detail });
   }
 }
 

@@ -205,14 +205,15 @@ export function nodeRoutes(ctx: Context): Hono {
 
   app.post("/:ref/reboot", async (c) => {
     const b = await jsonBody(c.req.raw);
-    return c.json(await nodes.reboot(c.req.param("ref"), str(b.cause, "cause") ?? "user request"));
+    const cause = str(b.cause, "cause") ?? "user request";
+    return c.json(await nodes.reboot(c.req.param("ref"), cause, { hard: bool(b.hard, "hard") }));
   });
 
   app.get("/:ref/events", (c) => c.json(events(ctx, c, macOf(ctx, c.req.param("ref")))));
   return app;
 }
 
-/** POST /deploy {nodes, image, reboot?, force?}. */
+/** POST /deploy {nodes, image, reboot?, force?, hard?}. */
 export function deployRoutes(ctx: Context): Hono {
   return apiRouter().post("/", async (c) => {
     const b = await jsonBody(c.req.raw);
@@ -223,6 +224,7 @@ export function deployRoutes(ctx: Context): Hono {
     const result = await ctx.nodes.deploy(refs as string[], str(b.image, "image", true), {
       reboot: bool(b.reboot, "reboot"),
       force: bool(b.force, "force"),
+      hard: bool(b.hard, "hard"),
     });
     return c.json(result);
   });

@@ -6,6 +6,7 @@ import type { Db } from "./db.ts";
 import type { ImageStore } from "./images/store.ts";
 import type { NodeRegistry } from "./nodes.ts";
 import type { NodeMonitor } from "./nodestate.ts";
+import type { NodeSsh } from "./nodessh.ts";
 import type { PowerDrivers } from "./power/driver.ts";
 import type { Rebooter } from "./reboot.ts";
 import type { Sessions } from "./session.ts";
@@ -23,6 +24,8 @@ export interface Context {
   images: ImageStore;
   nodes: NodeRegistry;
   rebooter: Rebooter;
+  /** The server's ssh key and the nodes' pinned host keys: clean reboots, `node run`. */
+  ssh: NodeSsh;
   /** The power drivers nodes can select (`power.driver`), and the action running per node. */
   power: PowerDrivers;
   /** Probes nodes and runs the boot watchdog (src/nodestate.ts), while serve runs. */

@@ -9,6 +9,8 @@
 //   objects/<2 hex>/<key>              every image file once (images/objects.ts), 0700
 //   initramfs/                         built initramfs cache
 //   tmp/                               imports in progress (wiped at start)
+//   ssh/                               the server's ssh key pair and the nodes' pinned host keys
+//                                      (0700, made on first need by src/nodessh.ts)
 // Modes: nothing here is for other local users. The directories on the way to the NFS exports
 // (the root, images/, nodes/, nodes/<mac>/) are 0711: others may pass through (NFSv4 clients walk
 // the server's path, root-squashed, to reach an export) but not list them; everything secret is

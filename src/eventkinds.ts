@@ -17,6 +17,7 @@ export const EVENT_KINDS = [
   "node.state",
   "deploy",
   "reboot",
+  "reboot.requested",
   "reboot.none",
   "reboot.failed",
   // images (src/images/store.ts), NFS exports (src/nfs.ts)

@@ -413,6 +413,18 @@ export class NodeRegistry {
     }));
   }
 
+  /** Where the node is reached (probes, ssh): its `ip` setting, else its bound lease, else the
+   *  registry's address; as monitored() reads it. */
+  addressOf(mac: string): string | null {
+    const r = this.#sql(
+      `SELECT COALESCE(a.value, l.ip, n.ip) AS ip FROM nodes n
+       LEFT JOIN leases l ON l.mac = n.mac AND l.state = 'bound'
+       LEFT JOIN node_settings a ON a.mac = n.mac AND a.key = 'ip'
+       WHERE n.mac = ?`,
+    ).get(normalizeMac(mac)) as { ip: string | null } | undefined;
+    return r?.ip ?? null;
+  }
+
   byIp(ip: string): NodeInfo | undefined {
     const row = this.db.prepare(`${selectNodes} WHERE n.ip = ?`).get(ip) as NodeRow | undefined;
     return row && this.#info(row, this.#settings(row.mac));
@@ -674,7 +686,7 @@ export class NodeRegistry {
   async deploy(
     refs: string[],
     imageRef: string,
-    opts: { reboot?: boolean; force?: boolean } = {},
+    opts: { reboot?: boolean; force?: boolean; hard?: boolean } = {},
   ): Promise<{ nodes: NodeInfo[]; reboots: RebootResult[] }> {
     if (refs.length === 0) throw new UserError("deploy needs at least one node");
     const lookup = this.#lookup(refs.length);
@@ -700,9 +712,9 @@ export class NodeRegistry {
     // A name: the nodes follow its new versions; an id or NAME@ID: they stay on that version.
     const pinned = !this.images.isName(imageRef);
     this.#point(nodes.map((n) => ({ mac: n.mac, from: n.imageId })), image, pinned, true);
-    const reboots = opts.reboot === false
-      ? []
-      : await Promise.all(nodes.map((n) => this.rebooter.reboot(n, "image change")));
+    const reboots = opts.reboot === false ? [] : await Promise.all(
+      nodes.map((n) => this.rebooter.reboot(n, "image change", { hard: opts.hard })),
+    );
     const after = this.#lookup(nodes.length);
     return { nodes: nodes.map((n) => after(n.mac)!), reboots };
   }
@@ -785,8 +797,8 @@ export class NodeRegistry {
     return Promise.all(macs.map((m) => this.rebooter.reboot(this.get(m), cause)));
   }
 
-  reboot(ref: string, cause: string): Promise<RebootResult> {
-    return this.rebooter.reboot(this.get(ref), cause);
+  reboot(ref: string, cause: string, opts: { hard?: boolean } = {}): Promise<RebootResult> {
+    return this.rebooter.reboot(this.get(ref), cause, opts);
   }
 
   /**
@@ -870,7 +882,7 @@ export class NodeRegistry {
     const settings = new Map<string, Record<string, string>>();
     for (
       const s of this.#sql(
-        "SELECT mac, key, value FROM node_settings WHERE key LIKE 'boot.%'",
+        "SELECT mac, key, value FROM node_settings WHERE key LIKE 'boot.%' OR key = 'node.down.action'",
       ).all() as { mac: string; key: string; value: string }[]
     ) {
       if (!settings.has(s.mac)) settings.set(s.mac, {});

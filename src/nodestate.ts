@@ -221,7 +221,14 @@ export class NodeMonitor {
         if (ok && n.state === "down") {
           this.#set(n, "booted", `port ${port} answered again`, ["down"]);
         } else if (misses >= this.#downAfter && n.state === "booted") {
-          this.#set(n, "down", `port ${port}: no answer to ${misses} probes`, ["booted"]);
+          const reason = `port ${port}: no answer to ${misses} probes`;
+          this.#set(n, "down", reason, ["booted"]);
+          if (n.settings["node.down.action"] === "reboot") {
+            // Unreachable: the clean path (ssh) cannot work, so hard at once.
+            const { mac, name, virtual, ip } = n;
+            const cause = `node.down.action=reboot: ${reason}`;
+            await this.#ctx.rebooter.reboot({ mac, name, virtual, ip }, cause, { hard: true });
+          }
         }
       };
     }
@@ -260,7 +267,7 @@ export class NodeMonitor {
         this.#ctx.nodes.countRetry(n.mac, cause, this.#now());
         // A target without settings: mechanisms look the node's up (n.settings holds boot.* only).
         const { mac, name, virtual, ip } = n;
-        await this.#ctx.rebooter.reboot({ mac, name, virtual, ip }, cause);
+        await this.#ctx.rebooter.reboot({ mac, name, virtual, ip }, cause, { hard: true });
       } else {
         this.#set(
           n,

@@ -1,7 +1,17 @@
-// The seam between "deploy" and "make the node boot again". Mechanisms (virtual node reset, a
-// node's soft-reboot service, PoE) register themselves; the first that handles a node wins.
+// The seam between "deploy" (or `node reboot`, the watchdog, node.down.action) and "make the node
+// boot again". Soft first: a booted node is asked to reboot itself (`soft`: ssh `reboot` in
+// src/nodessh.ts, a clean shutdown by the image's own init), then watched until it goes down; a
+// node that is not down within `reboot.soft-timeout` (default 30 s), or that could not be asked,
+// gets the hard mechanism. Hard mechanisms (virtual node reset, a power driver) register
+// themselves; the first that handles a node wins. The caller gets its answer once the soft
+// request is issued: the wait and any escalation run in the background, as timeline events.
 import type { Db } from "./db.ts";
+import { UserError } from "./errors.ts";
 import { recordEvent } from "./events.ts";
+import { logger } from "./log.ts";
+import type { Setting } from "./nodes.ts";
+
+const log = logger("reboot");
 
 export interface RebootTarget {
   mac: string;
@@ -23,29 +33,201 @@ export interface RebootResult {
   message: string;
 }
 
+/** A soft request under way (see SoftReboot). */
+export interface SoftRequest {
+  /** Settles once the node has the request (`delivered`) or certainly never got it (not
+   *  delivered: no sshd, refused key, wrong host key: escalate at once). */
+  sent: Promise<{ delivered: boolean; detail: string }>;
+  /** Within this long the node must go down, else the hard mechanism follows. */
+  timeoutMs: number;
+  /** Whether the node went down (its port closed, a new boot began, it is off). */
+  isDown(): Promise<boolean>;
+}
+
+/** The soft step: asks the node's own init for a clean reboot. */
+export interface SoftReboot {
+  name: string;
+  /** Issues the request before returning (the API answers once requests are issued), or says
+   *  why this node cannot be asked (not booted, no address, no host keys to trust, no key). */
+  request(node: RebootTarget): SoftRequest | SoftUnavailable;
+}
+
+/** Why a node cannot be asked; `expected` (it is not booted): the hard way is the normal one,
+ *  said in the event but not in the caller's message. */
+export interface SoftUnavailable {
+  unavailable: string;
+  expected?: boolean;
+}
+
+/** The settings of the reboot path (src/server.ts adds them to every node's rules). */
+export const rebootSettings: Setting[] = [
+  {
+    key: "reboot.soft-timeout",
+    check: (key, value) => {
+      const v = value.trim();
+      if (!/^\d+$/.test(v) || Number(v) < 1 || Number(v) > 3600) {
+        throw new UserError(`${key} must be whole seconds 1–3600, got "${value}"`);
+      }
+      return String(Number(v));
+    },
+  },
+  {
+    key: "node.down.action",
+    check: (key, value) => {
+      const v = value.trim().toLowerCase();
+      if (v !== "reboot" && v !== "none") {
+        throw new UserError(`${key} must be reboot or none, got "${value}"`);
+      }
+      return v;
+    },
+  },
+];
+
+export const SOFT_TIMEOUT_S = 30;
+
+/** The node's soft-reboot timeout in ms (setting reboot.soft-timeout). */
+export function softTimeoutMs(settings: Record<string, string>): number {
+  return (Number(settings["reboot.soft-timeout"]) || SOFT_TIMEOUT_S) * 1000;
+}
+
+export interface RebooterOptions {
+  now?: () => number;
+  sleep?: (ms: number) => Promise<void>;
+  /** How often a soft-rebooted node is checked for being down. */
+  pollMs?: number;
+}
+
 export class Rebooter {
   #mechanisms: RebootMechanism[] = [];
-  constructor(private db: Db) {}
+  /** The soft step (set by openContext once the context exists); none: every reboot is hard. */
+  soft?: SoftReboot;
+  #following = new Set<Promise<void>>();
+  #closed = false;
+  #closing = Promise.withResolvers<null>();
+  #now: () => number;
+  #sleep: (ms: number) => Promise<void>;
+  #pollMs: number;
+
+  constructor(private db: Db, opts: RebooterOptions = {}) {
+    this.#now = opts.now ?? Date.now;
+    // A sleep that ends when the server stops (no timer left behind).
+    this.#sleep = opts.sleep ?? ((ms) =>
+      new Promise((r) => {
+        const t = setTimeout(r, ms);
+        this.#closing.promise.then(() => {
+          clearTimeout(t);
+          r(undefined);
+        });
+      }));
+    // Each check may be a TCP connect to the node's sshd (a fork there): once a second is enough.
+    this.#pollMs = opts.pollMs ?? 1000;
+  }
 
   register(m: RebootMechanism): void {
     this.#mechanisms.push(m);
   }
 
-  async reboot(node: RebootTarget, cause: string): Promise<RebootResult> {
+  /** Soft first (unless `hard`); returns once the soft request is issued or the hard one done. */
+  reboot(node: RebootTarget, cause: string, opts: { hard?: boolean } = {}): Promise<RebootResult> {
+    if (opts.hard || !this.soft) return this.#hard(node, cause, {});
+    let req: SoftRequest | SoftUnavailable;
+    try {
+      req = this.soft.request(node);
+    } catch (e) {
+      req = { unavailable: (e as Error).message };
+    }
+    if ("unavailable" in req) {
+      return this.#hard(node, cause, { soft: `not tried: ${req.unavailable}` }, req.expected);
+    }
+    const mechanism = this.soft.name;
+    const timeoutS = req.timeoutMs / 1000;
+    recordEvent(this.db, node.mac, "reboot.requested", { cause, mechanism, timeoutS });
+    const follow = this.#follow(node, cause, req).catch((e) =>
+      log.warn("soft reboot follow-up failed", { node: node.name, error: (e as Error).message })
+    ).finally(() => this.#following.delete(follow));
+    this.#following.add(follow);
+    return Promise.resolve({
+      mac: node.mac,
+      mechanism,
+      ok: true,
+      message:
+        `clean reboot requested (${mechanism}); hard reboot if not down within ${timeoutS} s`,
+    });
+  }
+
+  /** Waits for the soft-rebooted node to go down; else escalates to the hard mechanism. */
+  async #follow(node: RebootTarget, cause: string, req: SoftRequest): Promise<void> {
+    const t0 = this.#now();
+    const mechanism = this.soft!.name;
+    const sent = await Promise.race([req.sent, this.#closing.promise]);
+    if (sent === null) return; // the server stops
+    if (!sent.delivered) {
+      await this.#hard(node, cause, { soft: `${mechanism} failed: ${sent.detail}` });
+      return;
+    }
+    for (;;) {
+      if (this.#closed) return;
+      if (await req.isDown()) {
+        recordEvent(this.db, node.mac, "reboot", {
+          cause,
+          mechanism,
+          downMs: Math.round(this.#now() - t0),
+        });
+        return;
+      }
+      if (this.#now() - t0 >= req.timeoutMs) break;
+      await this.#sleep(this.#pollMs);
+    }
+    if (this.#closed) return;
+    await this.#hard(node, cause, {
+      soft: `${mechanism}: not down within ${req.timeoutMs / 1000} s (${sent.detail})`,
+    });
+  }
+
+  /** The hard mechanism; `extra` says why the soft step was not (or not enough). */
+  async #hard(
+    node: RebootTarget,
+    cause: string,
+    extra: { soft?: string },
+    quiet = false,
+  ): Promise<RebootResult> {
     const m = this.#mechanisms.find((x) => x.handles(node));
+    const after = extra.soft && !quiet ? ` (clean reboot ${extra.soft})` : "";
     if (!m) {
-      const message = "no reboot mechanism for this node: power-cycle it by hand";
-      recordEvent(this.db, node.mac, "reboot.none", { cause, message });
+      const message = `no reboot mechanism for this node: power-cycle it by hand${after}`;
+      recordEvent(this.db, node.mac, "reboot.none", { cause, message, ...extra });
       return { mac: node.mac, ok: false, message };
     }
     try {
       await m.reboot(node, cause);
-      recordEvent(this.db, node.mac, "reboot", { cause, mechanism: m.name });
-      return { mac: node.mac, mechanism: m.name, ok: true, message: `rebooted by ${m.name}` };
+      recordEvent(this.db, node.mac, "reboot", { cause, mechanism: m.name, ...extra });
+      return {
+        mac: node.mac,
+        mechanism: m.name,
+        ok: true,
+        message: `rebooted by ${m.name}${after}`,
+      };
     } catch (e) {
       const message = `${m.name} reboot failed: ${(e as Error).message}`;
-      recordEvent(this.db, node.mac, "reboot.failed", { cause, mechanism: m.name, message });
+      recordEvent(this.db, node.mac, "reboot.failed", {
+        cause,
+        mechanism: m.name,
+        message,
+        ...extra,
+      });
       return { mac: node.mac, mechanism: m.name, ok: false, message };
     }
+  }
+
+  /** Resolves when every soft reboot under way has ended (down, or escalated). */
+  async settled(): Promise<void> {
+    while (this.#following.size) await Promise.all([...this.#following]);
+  }
+
+  /** Stops following soft reboots (the server stops): nothing escalates after this. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    this.#closing.resolve(null);
+    await this.settled();
   }
 }

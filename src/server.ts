@@ -11,7 +11,9 @@ import { ImageStore } from "./images/store.ts";
 import { logger, setLogFormat, setNodeNamer } from "./log.ts";
 import { NodeRegistry, nodeSettings, type Setting, SettingRules } from "./nodes.ts";
 import { type MonitorOptions, NodeMonitor } from "./nodestate.ts";
-import { Rebooter } from "./reboot.ts";
+import { Rebooter, rebootSettings } from "./reboot.ts";
+import { NodeSsh, sshSoftReboot } from "./nodessh.ts";
+import { runRoutes } from "./noderun.ts";
 import {
   type ApiRoute,
   bearerAuth,
@@ -148,6 +150,7 @@ export async function openContext(config: ServerConfig, plugins: Plugins = {}): 
     ...nodeSettings,
     ...vnodeSettings,
     ...powerSettings(() => power.names()),
+    ...rebootSettings,
     ...plugins.settings ?? [],
   ]);
   const nodes = new NodeRegistry(data, db, images, rebooter, changes, rules);
@@ -159,6 +162,7 @@ export async function openContext(config: ServerConfig, plugins: Plugins = {}): 
     log.info("reconciled data dir with database", { fixed: fixed + fixedNodes });
   }
   const sessions = new Sessions();
+  const ssh = new NodeSsh({ data, db, nodes });
   const ctx: Context = {
     config,
     data,
@@ -166,11 +170,13 @@ export async function openContext(config: ServerConfig, plugins: Plugins = {}): 
     images,
     nodes,
     rebooter,
+    ssh,
     power,
     token,
     sessions,
     changes,
   };
+  rebooter.soft = sshSoftReboot(ctx); // soft first: ssh `reboot`, then the hard mechanism
   registerPowerReboots(ctx); // before vnodes' QMP reset: an explicit power.driver wins
   return ctx;
 }
@@ -193,6 +199,7 @@ export function buildApp(
   api.route("/health", healthRoutes(ctx)); //      GET
   api.route("/nodes", nodeRoutes(ctx)); //         list, add, show, rename, rm, config, reboot, events
   api.route("/nodes", powerRoutes(ctx)); //        POST /nodes/:ref/power
+  api.route("/nodes", runRoutes(ctx)); //          POST /nodes/run (ssh), GET /nodes/:ref/ssh
   api.route("/nodes", consoleRoutes(ctx)); //      GET /nodes/:ref/console (token even for reads)
   api.route("/deploy", deployRoutes(ctx)); //      POST
   api.route("/wait", waitRoutes(ctx)); //          GET: until nodes reach a state (node wait)
@@ -301,6 +308,8 @@ export async function serve(
     if (config.nfs.mode !== "off") services.push(await startNfs(ctx));
     if (config.interface) services.push(followImagesWithInitramfs(ctx));
     services.push(await startVnodes(ctx));
+    // Closed first: a soft reboot being followed must not escalate while the rest stops.
+    services.push({ name: "reboots", close: () => ctx.rebooter.close() });
     recordEvent(ctx.db, null, "server.start", {
       interface: config.interface,
       http: http.addrs.map((a) => `${a.host}:${a.port}`).join(" "),

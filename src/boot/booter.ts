@@ -66,7 +66,18 @@ function planInput(ctx: Context, node: NodeInfo, base: string): PlanInput {
       persistPath: nfsPersistPath(ctx, node.mac),
     },
     token: "",
+    sshKey: serverKey(ctx),
   };
+}
+
+/** The server's ssh public key for the node's command line; none (a logged reason, every reboot
+ *  hard) when it cannot be made. */
+function serverKey(ctx: Context): string | undefined {
+  try {
+    return ctx.ssh.key.publicKey();
+  } catch {
+    return undefined;
+  }
 }
 
 /** A script fetch: the node's plan (a new boot opened for it), or why it boots nothing. */

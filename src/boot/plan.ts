@@ -51,6 +51,8 @@ export interface PlanInput {
   nodeIp?: string;
   /** The boot's per-boot token (src/boots.ts openBoot). */
   token: string;
+  /** The server's ssh public key, for the image's root (src/nodessh.ts); undefined: none. */
+  sshKey?: string;
 }
 
 /** Which initramfs the node boots: netroot's own (built per image) or the image's. */
@@ -141,6 +143,7 @@ export function planBoot(i: PlanInput): BootPlan | Refusal {
       // PCs) get the init's output; the screen still shows kernel messages.
       consoles: node.model === "pc-x86-64" ? ["tty0", "ttyS0,115200"] : [],
       extra: node.settings["kernel.cmdline"],
+      sshKey: i.sshKey,
     });
   } catch (e) {
     return { refused: (e as Error).message };

@@ -107,6 +107,8 @@ export const commands: Record<string, CommandSpec> = {
       "config",
       "boot",
       "reboot",
+      "run",
+      "shell",
       "power",
       "wait",
       "save",
@@ -118,7 +120,7 @@ export const commands: Record<string, CommandSpec> = {
   deploy: {
     summary: "alias of `node boot NODE[,NODE…] IMAGE`",
     load: async () => (await import("./node.ts")).deploy,
-    flags: { ...client, "no-reboot": "", force: "" },
+    flags: { ...client, "no-reboot": "", force: "", hard: "" },
   },
   vnode: {
     summary: "create, list and remove virtual nodes (qemu)",

@@ -10,6 +10,10 @@ import type { NodeInfo } from "../nodes.ts";
 import type { RebootResult } from "../reboot.ts";
 import type { PowerResult } from "../power/power.ts";
 import type { WaitResult } from "../api.ts";
+import { join } from "node:path";
+import { defaultDataDir } from "../datadir.ts";
+import { sshArgv, type SshTarget } from "../nodessh.ts";
+import type { RunResult } from "../noderun.ts";
 import { ApiClient, clientOptions } from "./client.ts";
 import { keyValues, print, table } from "./output.ts";
 
@@ -26,8 +30,10 @@ const help: Record<string, string> = {
   rename NODE NEW                           change a node's name
   forget NODE                               remove a node (keeps its persist data on the server)
   config NODE [key=value…]                  show or change settings (key= removes one)
-  boot NODE[,NODE…] IMAGE [--no-reboot] [--force]   deploy an image (alias: netroot deploy)
-  reboot NODE[,NODE…]… [--hard] [--cause TEXT]   reboot nodes
+  boot NODE[,NODE…] IMAGE [--no-reboot] [--force] [--hard]   deploy an image (alias: netroot deploy)
+  reboot NODE[,NODE…]… [--hard] [--cause TEXT]   reboot nodes (cleanly first, over ssh)
+  run NODE[,NODE…] [--timeout S] -- CMD…    run a command on nodes (ssh), output per node
+  shell NODE                                an interactive root shell on the node (ssh)
   power NODE on|off|cycle|status            switch a node's power (its power.driver)
   wait NODE[,NODE…] [--state S] [--timeout S]   until the nodes reach a state (default booted)
   log NODE [--follow]                       the node's timeline
@@ -69,21 +75,40 @@ Without key=value prints the node's settings. key= (empty value) removes a setti
 Keys: kernel.cmdline (extra kernel arguments), boot.mode (auto|network), boot.timeout (seconds),
 tmpfs.size (e.g. 50% or 512m), initramfs (netroot|image), persist (true|false), ip (the node's
 address, fixed by you: its /persist export and kernel command line follow it), power.* (see
-netroot node power --help), and the virtual node keys when the server has them. Secret settings
+netroot node power --help), reboot.soft-timeout (seconds a clean reboot may take before the hard
+one, default 30), node.down.action (reboot|none: what to do when a booted node stops answering),
+and the virtual node keys when the server has them. Secret settings
 (power.password, power.community, power.auth.key, power.priv.key) are shown as ***. ${common}`,
-  boot: `usage: netroot node boot NODE[,NODE…] IMAGE [--no-reboot] [--force]
+  boot: `usage: netroot node boot NODE[,NODE…] IMAGE [--no-reboot] [--force] [--hard]
        netroot deploy NODE[,NODE…] IMAGE …
 
-Points the nodes at IMAGE (one transaction; each node's fs link flips atomically) and asks each
-node's reboot mechanism to reboot it. --no-reboot only switches; --force deploys an image that is
-not bootable. IMAGE as a name: the nodes follow its new versions (image shell, cp, build, import,
-rollback move them at their next boot); as NAME@ID or an id: they stay on that version. ${common}`,
+Points the nodes at IMAGE (one transaction; each node's fs link flips atomically) and reboots
+them as node reboot does (cleanly first; --hard: at once by the hard mechanism). --no-reboot only
+switches; --force deploys an image that is not bootable. IMAGE as a name: the nodes follow its new
+versions (image shell, cp, build, import, rollback move them at their next boot); as NAME@ID or an
+id: they stay on that version. ${common}`,
   reboot: `usage: netroot node reboot NODE[,NODE…]… [--hard] [--cause TEXT]
 
-A virtual node is reset (QMP); a node with power.driver set is power-cycled by its driver; the
-node's timeline says which mechanism did it, and the cause (--cause, default "user request").
---hard asks for a hard reset (every reboot is one for now). Exits 1 when any node did not reboot.
-${common}`,
+Soft first: a booted node is asked over ssh to reboot itself (its own init shuts down cleanly:
+nothing written is lost); when it is not down within reboot.soft-timeout (default 30 s), or
+cannot be asked (not booted, no sshd, no host keys in its image), the hard mechanism follows: a
+virtual node is reset (QMP), a node with power.driver set is power-cycled. --hard skips the soft
+step. The command returns once the requests are issued; the node's timeline (node log) says
+which mechanism did it, any escalation, and the cause (--cause, default "user request"). Exits 1
+when any node could not be rebooted. ${common}`,
+  run: `usage: netroot node run NODE[,NODE…] [--timeout SECONDS] -- COMMAND…
+
+Runs COMMAND as root on every node at once, over ssh with the server's key (netroot init puts it
+in the image's /root/.ssh/authorized_keys at each boot; the node's host key is pinned from its
+image). The words are joined with spaces and read by the node's shell, as ssh does. Prints each
+output line prefixed by the node's name (stderr to stderr), then the exit status of each node
+that failed; exits 1 when any node failed or could not be reached. --timeout (default 300) ends
+a command that runs longer. Output is kept up to 64 KiB per stream and node. ${common}`,
+  shell: `usage: netroot node shell NODE
+
+An interactive root shell on the node: runs ssh with the server's key, <data>/ssh/id_ed25519
+(readable by root on the server: NETROOT_DATA=DIR for a server whose data dir is DIR), and the
+node's host keys as the server pinned them. ${common}`,
   power: `usage: netroot node power NODE on|off|cycle|status
 
 Switches the node's power through the driver its settings name (virtual nodes: qemu):
@@ -207,6 +232,9 @@ export async function run(args: string[]): Promise<number> {
   if (!help[cmd] || cmd === "node") {
     throw new UserError(`unknown node command ${sub} (try netroot node --help)`);
   }
+  // node run NODES -- COMMAND…: the words after -- are the command, never options.
+  const dd = cmd === "run" ? rest.indexOf("--") : -1;
+  const command = dd < 0 ? [] : rest.splice(dd).slice(1);
   const { values: o, positionals: p } = parseArgs({
     args: rest,
     options,
@@ -326,6 +354,7 @@ export async function run(args: string[]): Promise<number> {
         image,
         reboot: !o["no-reboot"],
         force: o.force ?? false,
+        hard: o.hard ?? false,
       });
       print(json, r, () => {
         const reboot = new Map(r.reboots.map((x) => [x.mac, x]));
@@ -351,7 +380,10 @@ export async function run(args: string[]): Promise<number> {
           ...await Promise.all(
             refs.slice(i, i + 16).map(async (ref) => ({
               ref,
-              ...await api.post<RebootResult>(`/nodes/${enc(ref)}/reboot`, { cause: o.cause })
+              ...await api.post<RebootResult>(`/nodes/${enc(ref)}/reboot`, {
+                cause: o.cause,
+                hard: o.hard ?? false,
+              })
                 .catch((e): RebootResult => ({ mac: "", ok: false, message: e.message })),
             })),
           ),
@@ -380,6 +412,10 @@ export async function run(args: string[]): Promise<number> {
       );
       return 0;
     }
+    case "run":
+      return await runCommand(api, positionals(p, 1, help.run), command, o.timeout, json);
+    case "shell":
+      return await shell(api, positionals(p, 1, help.shell)[0]);
     case "wait":
       return await waitNodes(api, positionals(p, 1, help.wait)[0], o.state, o.timeout, json);
     case "log": {
@@ -464,5 +500,87 @@ async function waitNodes(
       });
       return r.reached ? 0 : 1;
     }
+  }
+}
+
+/** `node run`: POST /nodes/run, then each node's output, line by line, prefixed by its name. */
+async function runCommand(
+  api: ApiClient,
+  p: string[],
+  command: string[],
+  timeout = "300", // the server's RUN_TIMEOUT_S
+  json?: boolean,
+): Promise<number> {
+  if (p.length !== 1 || !command.length) {
+    throw new UserError(
+      `usage: netroot node run NODE[,NODE…] -- COMMAND… (got ${
+        p.length > 1 ? `"${p.slice(1).join(" ")}" before --` : "no command"
+      })`,
+    );
+  }
+  if (!/^\d+$/.test(timeout)) {
+    throw new UserError(`--timeout must be whole seconds, got "${timeout}"`);
+  }
+  const nodes = p[0].split(",").map((r) => r.trim()).filter(Boolean);
+  const results = await api.post<RunResult[]>("/nodes/run", {
+    nodes,
+    command: command.join(" "),
+    timeout: Number(timeout),
+  });
+  const failed = results.filter((r) => r.code !== 0);
+  if (json) console.log(JSON.stringify(results, null, 2));
+  else {
+    const width = Math.max(...results.map((r) => r.name.length));
+    const lines = (text: string) => text.replace(/\n$/, "").split("\n");
+    for (const r of results) {
+      const tag = `${r.name.padEnd(width)} |`;
+      if (r.stdout) console.log(lines(r.stdout).map((l) => `${tag} ${l}`).join("\n"));
+      if (r.stderr && r.code !== null) {
+        console.error(lines(r.stderr).map((l) => `${tag} ${l}`).join("\n"));
+      }
+    }
+    for (const r of failed) {
+      console.error(`${r.name}: ${r.code === null ? r.error : `exit status ${r.code}`}`);
+    }
+  }
+  return failed.length ? 1 : 0;
+}
+
+/** `node shell`: ssh run here, with the data dir's key and the host keys the server pinned. */
+async function shell(api: ApiClient, ref: string): Promise<number> {
+  const key = join(defaultDataDir(), "ssh", "id_ed25519");
+  try {
+    Deno.openSync(key).close();
+  } catch (e) {
+    throw new UserError(
+      `cannot read the server's ssh key ${key}: ${(e as Error).message} (run this as root on the ` +
+        "server, with NETROOT_DATA=DIR when it runs with --data DIR)",
+    );
+  }
+  const t = await api.get<SshTarget & { knownHosts: string[] }>(
+    `/nodes/${encodeURIComponent(ref)}/ssh`,
+  );
+  const knownHosts = Deno.makeTempFileSync({ prefix: "netroot-known-hosts-" });
+  try {
+    Deno.writeTextFileSync(knownHosts, t.knownHosts.join("\n") + "\n");
+    const [bin, ...args] = sshArgv(t, "", { identity: key, knownHosts, tty: true });
+    let st: Deno.CommandStatus;
+    try {
+      st = await new Deno.Command(bin, {
+        args,
+        stdin: "inherit",
+        stdout: "inherit",
+        stderr: "inherit",
+      })
+        .spawn().status;
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) {
+        throw new UserError("ssh not found: install the Debian package openssh-client");
+      }
+      throw e;
+    }
+    return st.code;
+  } finally {
+    Deno.removeSync(knownHosts);
   }
 }

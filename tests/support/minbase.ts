@@ -8,6 +8,7 @@
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { DebianKernel } from "./kernel.ts";
+import { bootModules } from "./testimage.ts";
 
 export const minbaseCacheDir = fileURLToPath(new URL("../../.work/minbase/", import.meta.url));
 
@@ -47,22 +48,33 @@ export async function aptMirror(): Promise<string> {
 }
 
 const baseName = "bookworm-minbase-systemd-udev";
+/** The same plus openssh-server (a stock image for clean reboots and `node run`). */
+const sshBaseName = "bookworm-minbase-systemd-udev-ssh";
 
 /** The debootstrap tree (built once, ≈ 1 min and 250 MB). */
-export async function minbaseTree(): Promise<string> {
-  const dir = join(minbaseCacheDir, baseName);
+export function minbaseTree(): Promise<string> {
+  return debootstrapTree(baseName, "systemd-sysv,udev,kmod");
+}
+
+/** Minbase with openssh-server: its postinst made the host keys (/etc/ssh/ssh_host_*_key). */
+export function minbaseSshTree(): Promise<string> {
+  return debootstrapTree(sshBaseName, "systemd-sysv,udev,kmod,openssh-server");
+}
+
+async function debootstrapTree(name: string, include: string): Promise<string> {
+  const dir = join(minbaseCacheDir, name);
   if (await exists(join(dir, "usr/lib/systemd/systemd"))) return dir;
   await Deno.mkdir(minbaseCacheDir, { recursive: true });
   if (!(await exists("/usr/sbin/debootstrap"))) {
     throw new Error("debootstrap is not installed (apt-get install debootstrap)");
   }
   const mirror = await aptMirror();
-  const work = join(minbaseCacheDir, `.tmp-${Deno.pid}`);
+  const work = join(minbaseCacheDir, `.tmp-${name}-${Deno.pid}`);
   await Deno.remove(work, { recursive: true }).catch(() => {});
   try {
     await run("debootstrap", [
       "--variant=minbase",
-      "--include=systemd-sysv,udev,kmod",
+      `--include=${include}`,
       "bookworm",
       work,
       mirror,
@@ -125,6 +137,54 @@ export async function minbaseImage(kernel: DebianKernel): Promise<string> {
     const wants = join(work, "etc/systemd/system/multi-user.target.wants");
     await Deno.mkdir(wants, { recursive: true });
     await Deno.symlink("../netroot-bench.service", join(wants, "netroot-bench.service"));
+    await Deno.rename(work, dir);
+  } catch (e) {
+    await Deno.remove(work, { recursive: true }).catch(() => {});
+    throw e;
+  }
+  return dir;
+}
+
+/**
+ * A stock Debian image for clean reboots and `node run` (tests/e2e/stock_reboot_test.ts): minbase
+ * with systemd and openssh-server (host keys made by its postinst), /boot/vmlinuz-<kv> and the
+ * kernel's boot modules only (the NICs, disks and file systems the initramfs needs: a full module
+ * tree would triple what a hybrid copy writes under TCG), without documentation. Nothing of
+ * netroot in it; root has no password (console) and no ssh key of its own.
+ */
+export async function minbaseSshImage(kernel: DebianKernel): Promise<string> {
+  const dir = join(minbaseCacheDir, `image-${sshBaseName}-${kernel.kv}`);
+  if (await exists(join(dir, "etc/netroot-e2e-image"))) return dir;
+  const base = await minbaseSshTree();
+  const work = join(minbaseCacheDir, `.tmp-image-ssh-${Deno.pid}`);
+  await Deno.remove(work, { recursive: true }).catch(() => {});
+  try {
+    await run("cp", ["-a", base, work]);
+    await run("cp", ["-a", kernel.vmlinuz, join(work, "boot")]);
+    for (const d of ["usr/share/doc", "usr/share/man", "usr/share/locale", "usr/share/info"]) {
+      await Deno.remove(join(work, d), { recursive: true }).catch(() => {});
+    }
+    const src = join(kernel.root, "lib/modules", kernel.kv);
+    const dst = join(work, "usr/lib/modules", kernel.kv);
+    const files = new Set<string>();
+    for (const m of bootModules) {
+      const deps = await run("modprobe", ["-d", kernel.root, "-S", kernel.kv, "--show-depends", m]);
+      for (const line of deps.split("\n")) {
+        const f = /^insmod (\S+)/.exec(line)?.[1];
+        if (f) files.add(f.slice(src.length + 1));
+      }
+    }
+    for (const rel of files) {
+      await Deno.mkdir(join(dst, rel, ".."), { recursive: true });
+      await Deno.copyFile(join(src, rel), join(dst, rel));
+    }
+    for (const f of ["modules.order", "modules.builtin", "modules.builtin.modinfo"]) {
+      await Deno.copyFile(join(src, f), join(dst, f)).catch(() => {});
+    }
+    await run("depmod", ["-b", work, kernel.kv]);
+    await Deno.writeTextFile(join(work, "etc/hostname"), "netroot-stock\n");
+    await run("chroot", [work, "passwd", "-d", "root"]);
+    await Deno.writeTextFile(join(work, "etc/netroot-e2e-image"), "stock ssh image\n");
     await Deno.rename(work, dir);
   } catch (e) {
     await Deno.remove(work, { recursive: true }).catch(() => {});

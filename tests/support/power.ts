@@ -16,6 +16,8 @@ export interface Reply {
 export interface PowerServer {
   ctx: Context;
   dir: string;
+  /** The server's base URL (http://127.0.0.1:PORT). */
+  url: string;
   call(method: string, path: string, body?: unknown): Promise<Reply>;
   /** `netroot ARGS…` against this server: exit code, stdout, stderr. */
   cli(...args: string[]): Promise<{ code: number; out: string; err: string }>;
@@ -33,6 +35,7 @@ export async function withPowerServer(fn: (s: PowerServer) => Promise<void>): Pr
     await fn({
       ctx,
       dir,
+      url,
       async call(method, path, body) {
         const res = await fetch(`${url}/api/v1${path}`, {
           method,

@@ -1,0 +1,316 @@
+// The server's ssh access to its nodes: how a node is rebooted cleanly (`reboot` through the
+// image's own sshd) and how `node run` / `node shell` reach it. Nothing netroot-specific runs on
+// the node: netroot init writes the server's public key into the new root's authorized_keys
+// (overlay/sshkey.ts; the key travels as netroot.ssh on the kernel command line).
+//
+//   <data>/ssh/              0700
+//     id_ed25519(.pub)       the server's key pair, made with ssh-keygen on first need (0600)
+//     known_hosts            the nodes' host keys, pinned from their images (HostKeyAlias = name)
+//
+// The node is authenticated by the host keys of the image it booted (`/etc/ssh/ssh_host_*_key.pub`
+// in the image tree, which the server holds): an image without them cannot be told from an
+// impostor at the node's address, so the server does not ssh to it (soft reboots go hard).
+// Every ssh is BatchMode (no password prompt), no agent, no X11, no user config.
+import { join } from "node:path";
+import { resolveInRoot } from "../contract/rootpath.ts";
+import { lastBoot } from "./boots.ts";
+import type { Context } from "./context.ts";
+import { UserError } from "./errors.ts";
+import { logger } from "./log.ts";
+import type { NodeInfo } from "./nodes.ts";
+import { probePort, tcpProbe } from "./nodestate.ts";
+import { PowerError, runTool, type ToolResult } from "./power/driver.ts";
+import { type RebootTarget, type SoftReboot, softTimeoutMs } from "./reboot.ts";
+
+const log = logger("ssh");
+
+/** How long ssh may take to connect (ConnectTimeout). */
+export const connectTimeoutS = 10; // also bounds sshd's banner: a busy node is not "gone"
+/** A host key file larger than this in an image is ignored (they are ~100 bytes). */
+const maxHostKeyFile = 16 * 1024;
+/** Host key types ssh pins (a line of another form in the image is skipped). */
+const hostKeyLine =
+  /^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(?:256|384|521)) ([A-Za-z0-9+/]+={0,2})(?:\s|$)/;
+
+/** The server's key pair, generated once with ssh-keygen (sync: a few ms, once). */
+export class ServerKey {
+  #public?: string;
+  #failedAt = 0;
+  #failure = "";
+  constructor(readonly dir: string) {}
+
+  get privateKey(): string {
+    return join(this.dir, "id_ed25519");
+  }
+  get knownHosts(): string {
+    return join(this.dir, "known_hosts");
+  }
+
+  /** `ssh-ed25519 AAAA… netroot@host`, made on first need; throws a one-line reason. */
+  publicKey(): string {
+    if (this.#public) return this.#public;
+    // A missing ssh-keygen is not retried on every boot script (once a minute).
+    if (Date.now() - this.#failedAt < 60_000) throw new UserError(this.#failure, 503);
+    try {
+      this.#public = this.#load();
+      return this.#public;
+    } catch (e) {
+      this.#failedAt = Date.now();
+      this.#failure = (e as Error).message;
+      log.warn("no ssh key: nodes are rebooted hard and node run is off", { error: this.#failure });
+      throw new UserError(this.#failure, 503);
+    }
+  }
+
+  #load(): string {
+    Deno.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+    Deno.chmodSync(this.dir, 0o700);
+    try {
+      return Deno.readTextFileSync(`${this.privateKey}.pub`).trim();
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+    }
+    // A private key without its .pub is a half-made pair (ssh-keygen was cut short): made anew.
+    try {
+      Deno.removeSync(this.privateKey);
+    } catch { /* none */ }
+    let out: Deno.CommandOutput;
+    try {
+      out = new Deno.Command("ssh-keygen", {
+        args: [
+          "-q",
+          "-t",
+          "ed25519",
+          "-N",
+          "",
+          "-C",
+          `netroot@${Deno.hostname()}`,
+          "-f",
+          this.privateKey,
+        ],
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+      }).outputSync();
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) {
+        throw new Error("ssh-keygen not found: install the Debian package openssh-client");
+      }
+      throw e;
+    }
+    if (!out.success) {
+      throw new Error(`ssh-keygen failed: ${new TextDecoder().decode(out.stderr).trim()}`);
+    }
+    Deno.chmodSync(this.privateKey, 0o600);
+    return Deno.readTextFileSync(`${this.privateKey}.pub`).trim();
+  }
+}
+
+/** The host key lines (`type base64`) of an image, from its /etc/ssh/ssh_host_*_key.pub, resolved
+ *  inside the image; bounded and validated (the image is untrusted). */
+export function imageHostKeys(rootfs: string): string[] {
+  const dir = resolveInRoot(rootfs, "/etc/ssh");
+  if (dir.missing) return [];
+  const keys: string[] = [];
+  let names: string[];
+  try {
+    names = [...Deno.readDirSync(dir.host)].map((e) => e.name).sort();
+  } catch {
+    return [];
+  }
+  for (const name of names) {
+    if (!/^ssh_host_[a-z0-9]+_key\.pub$/.test(name)) continue;
+    try {
+      const p = resolveInRoot(rootfs, `/etc/ssh/${name}`);
+      if (p.missing) continue;
+      const st = Deno.statSync(p.host);
+      if (!st.isFile || st.size > maxHostKeyFile) continue;
+      const m = hostKeyLine.exec(Deno.readTextFileSync(p.host).trim());
+      if (m) keys.push(`${m[1]} ${m[2]}`);
+    } catch { /* unreadable, a loop: not a key */ }
+  }
+  return keys;
+}
+
+/** What ssh needs to reach one node. */
+export interface SshTarget {
+  mac: string;
+  name: string;
+  ip: string;
+  port: number;
+}
+
+/** The ssh access of one server: key, host key pins, and the ssh command line. */
+export class NodeSsh {
+  readonly key: ServerKey;
+  /** Host keys per image id (images never change: content-addressed). */
+  #imageKeys = new Map<string, string[]>();
+  /** Pinned lines per node MAC, and the text last written to known_hosts. */
+  #pins = new Map<string, string[]>();
+  #written = "";
+
+  constructor(private ctx: Pick<Context, "data" | "db" | "nodes">) {
+    this.key = new ServerKey(join(ctx.data.root, "ssh"));
+  }
+
+  #keysOf(imageId: string): string[] {
+    let k = this.#imageKeys.get(imageId);
+    if (!k) {
+      k = imageHostKeys(this.ctx.data.rootfs(imageId));
+      if (this.#imageKeys.size > 256) this.#imageKeys.clear();
+      this.#imageKeys.set(imageId, k);
+    }
+    return k;
+  }
+
+  /** The node's ssh target with its host keys pinned, or a one-line reason it has none. */
+  target(node: NodeInfo): SshTarget | { unavailable: string } {
+    const ip = this.ctx.nodes.addressOf(node.mac);
+    if (!ip) return { unavailable: "the node's address is unknown" };
+    // The image it booted (a deploy flips the link before the reboot) and its current one.
+    const images = new Set([lastBoot(this.ctx.db, node.mac)?.imageId, node.imageId]);
+    const keys = [...images].filter((i): i is string => !!i).flatMap((i) => this.#keysOf(i));
+    if (!keys.length) {
+      return {
+        unavailable: "its image has no ssh host keys (/etc/ssh/ssh_host_*_key.pub): " +
+          "the node cannot be authenticated",
+      };
+    }
+    this.#pin(node.mac, keys.map((k) => `${node.name} ${k}`));
+    const port = probePort(node.settings) ?? 22;
+    return { mac: node.mac, name: node.name, ip, port };
+  }
+
+  #pin(mac: string, lines: string[]): void {
+    this.#pins.set(mac, lines);
+    const text = [...this.#pins.values()].flat().join("\n") + "\n";
+    if (text === this.#written) return;
+    this.key.publicKey(); // makes the directory (and the key) first
+    const tmp = `${this.key.knownHosts}.tmp-${Deno.pid}`;
+    Deno.writeTextFileSync(tmp, text, { mode: 0o600 });
+    Deno.renameSync(tmp, this.key.knownHosts);
+    this.#written = text;
+  }
+
+  /** The host key lines pinned for the node (`node shell` writes them for its own ssh). */
+  pinned(mac: string): string[] {
+    return this.#pins.get(mac) ?? [];
+  }
+
+  /** ssh's argv for `command` on the target. */
+  argv(
+    t: SshTarget,
+    command: string,
+    opts: { tty?: boolean; knownHosts?: string; identity?: string } = {},
+  ): string[] {
+    return sshArgv(t, command, {
+      identity: opts.identity ?? this.key.privateKey,
+      knownHosts: opts.knownHosts ?? this.key.knownHosts,
+      tty: opts.tty,
+    });
+  }
+
+  /** Runs `command` on the node (its shell), within `timeoutMs`. */
+  run(t: SshTarget, command: string, timeoutMs: number): Promise<ToolResult> {
+    this.key.publicKey();
+    return runTool(this.argv(t, command), { timeoutMs, group: false });
+  }
+}
+
+/** The ssh command line: key only, pinned host key, no prompt, no agent, no X11, no user config. */
+export function sshArgv(
+  t: { name: string; ip: string; port: number },
+  command: string,
+  o: { identity: string; knownHosts: string; tty?: boolean },
+): string[] {
+  return [
+    "ssh",
+    "-F",
+    "/dev/null",
+    "-i",
+    o.identity,
+    "-o",
+    "IdentitiesOnly=yes",
+    "-o",
+    "IdentityAgent=none",
+    "-o",
+    "BatchMode=yes",
+    "-o",
+    `ConnectTimeout=${connectTimeoutS}`,
+    "-o",
+    "StrictHostKeyChecking=yes",
+    "-o",
+    `UserKnownHostsFile=${o.knownHosts}`,
+    "-o",
+    "GlobalKnownHostsFile=/dev/null",
+    "-o",
+    `HostKeyAlias=${t.name}`,
+    "-o",
+    "ForwardAgent=no",
+    "-o",
+    "ForwardX11=no",
+    "-o",
+    "LogLevel=INFO",
+    "-o",
+    "ServerAliveInterval=10",
+    o.tty ? "-t" : "-T",
+    "-p",
+    String(t.port),
+    "-l",
+    "root",
+    t.ip,
+    ...(command ? ["--", command] : []),
+  ];
+}
+
+/** ssh's failure (exit 255) as one line: its own last stderr line. */
+export function sshFailure(r: ToolResult): string {
+  const lines = r.stderr.split("\n").map((l) => l.trim()).filter(Boolean);
+  return lines[lines.length - 1] ?? `ssh exited ${r.code}`;
+}
+
+/** ssh failures after which the node certainly did not get the command: escalate at once. */
+const notDelivered =
+  /Connection refused|timed out|No route to host|Network is unreachable|Permission denied|Host key verification failed|IDENTIFICATION HAS CHANGED|Could not resolve/i;
+
+/** The soft step of src/reboot.ts: `reboot` over ssh (systemd: a clean reboot; busybox: its
+ *  init's signal), then "down" = a new boot, another state, or the port no longer answering. */
+export function sshSoftReboot(ctx: Pick<Context, "nodes"> & { ssh: NodeSsh }): SoftReboot {
+  return {
+    name: "ssh",
+    request(n: RebootTarget) {
+      const node = ctx.nodes.find(n.mac);
+      if (!node) return { unavailable: "no such node" };
+      if (node.state !== "booted") {
+        return { unavailable: `the node is ${node.state}, not booted`, expected: true };
+      }
+      if (node.stateReason?.startsWith("handover")) {
+        // Booted by the watchdog without its port ever answering: an image without sshd.
+        return { unavailable: `no sshd: ${node.stateReason}` };
+      }
+      ctx.ssh.key.publicKey(); // throws the reason when there is no key
+      const t = ctx.ssh.target(node);
+      if ("unavailable" in t) return t;
+      const timeoutMs = softTimeoutMs(node.settings);
+      const since = node.stateSince;
+      const sent = ctx.ssh.run(t, "reboot", timeoutMs).then(
+        (r) =>
+          r.code === 0 ? { delivered: true, detail: `reboot accepted by ${t.ip}` } : {
+            delivered: !(r.code === 255 && notDelivered.test(r.stderr)),
+            detail: sshFailure(r),
+          },
+        // ssh's own deadline passed: the node may well have the request; wait for it to go down.
+        (e) => ({ delivered: e instanceof PowerError, detail: (e as Error).message }),
+      );
+      return {
+        sent,
+        timeoutMs,
+        async isDown() {
+          const now = ctx.nodes.find(n.mac);
+          if (!now || now.state !== "booted" || now.stateSince !== since) return true;
+          return !(await tcpProbe(t.ip, t.port, 1000));
+        },
+      };
+    },
+  };
+}

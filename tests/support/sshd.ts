@@ -1,0 +1,128 @@
+// A real OpenSSH sshd on loopback standing in for a node's: its own config, host key and
+// authorized_keys in a temp dir, started as a child process (never the system's service) and
+// stopped by PID. Every command runs through a forced command that stands in for the node's
+// shell: `reboot` only appends a line to `<dir>/reboots` (and, with `dieOnReboot`, stops this
+// sshd, as a node going down closes its port); anything else runs under /bin/sh with NODE_ID set
+// (no command: an interactive /bin/sh, as a login shell).
+import { join } from "node:path";
+import { freeTcpPort, waitFor } from "./power.ts";
+
+export const sshdBin = "/usr/sbin/sshd";
+
+export interface FakeNodeSshd {
+  dir: string;
+  port: number;
+  /** The host key line (`ssh-ed25519 AAAA…`), as an image's /etc/ssh/ssh_host_ed25519_key.pub. */
+  hostKey: string;
+  /** Lines appended by `reboot` requests. */
+  reboots(): number;
+  running(): boolean;
+  stop(): Promise<void>;
+}
+
+async function sh(cmd: string, ...args: string[]): Promise<void> {
+  const out = await new Deno.Command(cmd, { args, stdout: "null", stderr: "piped" }).output();
+  if (!out.success) throw new Error(`${cmd} failed: ${new TextDecoder().decode(out.stderr)}`);
+}
+
+/** Starts sshd accepting `authorizedKey` for root (any user name), on loopback `addresses`
+ *  (default 127.0.0.1; one per node: the registry gives an address to one node only). */
+export async function startSshd(
+  authorizedKey: string,
+  opts: { nodeId?: string; dieOnReboot?: boolean; maxStartups?: number; addresses?: string[] } = {},
+): Promise<FakeNodeSshd> {
+  try {
+    await Deno.stat(sshdBin);
+  } catch {
+    throw new Error(`${sshdBin} not found: install the Debian package openssh-server`);
+  }
+  // sshd refuses to start without its privilege separation directory.
+  await Deno.mkdir("/run/sshd", { recursive: true, mode: 0o755 });
+  const dir = await Deno.makeTempDir({ prefix: "nr-sshd-" });
+  await sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", join(dir, "host_ed25519"));
+  await Deno.writeTextFile(join(dir, "authorized_keys"), authorizedKey.trim() + "\n");
+  const force = join(dir, "force.sh");
+  await Deno.writeTextFile(
+    force,
+    `#!/bin/sh
+case "$SSH_ORIGINAL_COMMAND" in
+  reboot)
+    echo "$SSH_CONNECTION" >> ${dir}/reboots
+    ${opts.dieOnReboot ? `kill "$(cat ${dir}/sshd.pid)"` : ""}
+    exit 0 ;;
+  "") NODE_ID=${opts.nodeId ?? "node"} exec /bin/sh ;;
+  *) NODE_ID=${opts.nodeId ?? "node"} exec /bin/sh -c "$SSH_ORIGINAL_COMMAND" ;;
+esac
+`,
+    { mode: 0o755 },
+  );
+  await Deno.chmod(force, 0o755);
+  const port = freeTcpPort(); // free on 127.0.0.1, hence on every loopback address
+  const config = join(dir, "sshd_config");
+  await Deno.writeTextFile(
+    config,
+    [
+      `Port ${port}`,
+      ...(opts.addresses ?? ["127.0.0.1"]).map((a) => `ListenAddress ${a}`),
+      `HostKey ${join(dir, "host_ed25519")}`,
+      `PidFile ${join(dir, "sshd.pid")}`,
+      `AuthorizedKeysFile ${join(dir, "authorized_keys")}`,
+      "StrictModes no",
+      "PermitRootLogin prohibit-password",
+      "PasswordAuthentication no",
+      "KbdInteractiveAuthentication no",
+      "UsePAM no",
+      `ForceCommand ${force}`,
+      `MaxStartups ${opts.maxStartups ?? 10}`,
+      "LogLevel ERROR",
+      "",
+    ].join("\n"),
+  );
+  const child = new Deno.Command(sshdBin, {
+    args: ["-D", "-e", "-f", config],
+    stdin: "null",
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  let exited = false;
+  const status = child.status.then((s) => (exited = true, s));
+  const hostKey = (await Deno.readTextFile(join(dir, "host_ed25519.pub"))).trim().split(/\s+/)
+    .slice(0, 2).join(" ");
+  try {
+    await waitFor(`sshd on port ${port}`, () => {
+      if (exited) throw new Error(`sshd exited at start (try: ${sshdBin} -t -f ${config})`);
+      try {
+        return Deno.statSync(join(dir, "sshd.pid")).isFile;
+      } catch {
+        return false;
+      }
+    });
+  } catch (e) {
+    if (!exited) child.kill("SIGKILL");
+    await status;
+    await Deno.remove(dir, { recursive: true });
+    throw e;
+  }
+  return {
+    dir,
+    port,
+    hostKey,
+    reboots: () => {
+      try {
+        return Deno.readTextFileSync(join(dir, "reboots")).trim().split("\n").length;
+      } catch {
+        return 0;
+      }
+    },
+    running: () => !exited,
+    async stop() {
+      if (!exited) {
+        try {
+          child.kill("SIGTERM");
+        } catch { /* gone */ }
+      }
+      await status;
+      await Deno.remove(dir, { recursive: true });
+    },
+  };
+}
