@@ -1,0 +1,132 @@
+// End to end on UEFI (root, qemu TCG, OVMF from the Debian package `ovmf`, nfs-ganesha): the whole
+// chain from the firmware's own network stack to the image's /sbin/init, with no iPXE option ROM
+// on the NIC (as on a UEFI PC):
+//   full DHCP:  OVMF PXE → TFTP ipxe.efi → iPXE script → kernel + netroot initramfs → hybrid mode
+//               OVMF HTTP boot (no TFTP at all: option 60 HTTPClient, option 67 the URL of
+//               ipxe.efi) → iPXE script → network mode
+//   proxy DHCP beside the lab's dnsmasq: OVMF PXE → … → network mode
+// Two labs, three boots, the two of a lab at once.
+import assert from "node:assert/strict";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import type { Event } from "../../src/events.ts";
+import { OVMF_CODE } from "../../src/vnode/qemu.ts";
+import { buildTestImage } from "../support/testimage.ts";
+import { assertInOrder, type Lab, labTest } from "./harness.ts";
+
+/** Boots a new vnode until its image's init has run and powered off; its timeline and console. */
+async function bootToImage(
+  lab: Lab,
+  name: string,
+  opts: { firmware: string; disks?: string[] },
+): Promise<{ mac: string; events: Event[]; kinds: string[]; out: string }> {
+  const t0 = performance.now();
+  const vm = await lab.createVnode(name, { image: "test", ram: "512M", ...opts });
+  const out = await lab.waitConsole(vm.mac, /IMAGE-BOOT-OK/, 420_000);
+  await lab.waitEvent(vm.mac, "vnode.exit", 60_000);
+  const events = await lab.events(vm.mac);
+  const kinds = events.map((e) => e.kind);
+  lab.log(
+    `${name} (${opts.firmware}) booted its image in ${
+      ((performance.now() - t0) / 1000).toFixed(0)
+    } s: ${kinds.join(" → ")}`,
+  );
+  assert.match(out, /image init started: netroot-test-image v1/);
+  return { mac: vm.mac, events, kinds, out };
+}
+
+const dhcp = (events: Event[]) =>
+  events.filter((e) => e.kind.startsWith("dhcp.")).map((e) => `${e.kind}:${e.detail.firmware}`);
+
+const ignore = !existsSync(OVMF_CODE);
+
+labTest(
+  "e2e: UEFI full DHCP — OVMF PXE → TFTP ipxe.efi → hybrid mode, and OVMF HTTP boot → network mode",
+  async ({ kernel, imageDir, start }) => {
+    if (ignore) throw new Error(`${OVMF_CODE} missing: install the Debian package ovmf`);
+    const image = await buildTestImage(join(imageDir, "rootfs"), { kernel, release: "v1" });
+    const lab = await start({ nfs: "ganesha" });
+    await lab.cli("image", "import", image.dir, "--name", "test");
+    const [pxe, http] = await Promise.all([
+      bootToImage(lab, "uefi-pxe", { firmware: "uefi", disks: ["256M[template=hybrid-volatile]"] }),
+      bootToImage(lab, "uefi-http", { firmware: "uefi-http" }),
+    ]);
+
+    // PXE: the firmware (arch 7) gets ipxe.efi by TFTP, iPXE gets the script; hybrid mode.
+    assert.deepEqual(dhcp(pxe.events).slice(0, 4), [
+      "dhcp.offer:uefi64",
+      "dhcp.ack:uefi64",
+      "dhcp.offer:ipxe",
+      "dhcp.ack:ipxe",
+    ]);
+    assert.equal(pxe.events.find((e) => e.kind === "tftp.done")?.detail.file, "ipxe.efi");
+    assertInOrder(pxe.kinds, [
+      "vnode.start",
+      "tftp.done",
+      "http.script",
+      "http.kernel",
+      "http.initramfs",
+      "init.start",
+      "init.hybrid-ready",
+      "init.handover",
+      "vnode.exit",
+    ]);
+    assert.match(pxe.out, /hybrid mode \(volatile\)/);
+
+    // HTTP boot: vendor class HTTPClient, ipxe.efi by URL, never a TFTP packet; network mode.
+    assert.deepEqual(dhcp(http.events).slice(0, 2), [
+      "dhcp.offer:uefi-http",
+      "dhcp.ack:uefi-http",
+    ]);
+    assert.ok(!http.kinds.some((k) => k.startsWith("tftp.")), http.kinds.join(" "));
+    assert.equal(http.events.find((e) => e.kind === "http.ipxe")?.detail.file, "ipxe.efi");
+    assertInOrder(http.kinds, [
+      "vnode.start",
+      "http.ipxe",
+      "dhcp.ack",
+      "http.script",
+      "http.kernel",
+      "http.initramfs",
+      "init.nfs-root",
+      "init.overlay",
+      "init.handover",
+      "vnode.exit",
+    ]);
+    assert.match(http.out, /overlay \/ overlay/);
+  },
+);
+
+labTest(
+  "e2e: UEFI proxy DHCP beside dnsmasq — OVMF PXE → TFTP ipxe.efi → network mode",
+  async ({ kernel, imageDir, start }) => {
+    if (ignore) throw new Error(`${OVMF_CODE} missing: install the Debian package ovmf`);
+    const image = await buildTestImage(join(imageDir, "rootfs"), { kernel, release: "v1" });
+    const lab = await start({ nfs: "ganesha", dhcp: "proxy" });
+    await lab.cli("image", "import", image.dir, "--name", "test");
+    const pxe = await bootToImage(lab, "uefi-proxy", { firmware: "uefi" });
+    assert.deepEqual(dhcp(pxe.events).slice(0, 2), [
+      "dhcp.proxy-offer:uefi64",
+      "dhcp.proxy-offer:ipxe",
+    ]);
+    assert.ok(!pxe.kinds.includes("dhcp.ack"), "the lab's dnsmasq gives the addresses");
+    assertInOrder(pxe.kinds, [
+      "vnode.start",
+      "tftp.done",
+      "http.script",
+      "http.kernel",
+      "http.initramfs",
+      "init.nfs-root",
+      "init.overlay",
+      "init.persist",
+      "init.handover",
+      "vnode.exit",
+    ]);
+    const leases = await Deno.readTextFile(join(lab.dir, "dnsmasq.leases"));
+    assert.match(leases, new RegExp(`${pxe.mac} 10\\.77\\.0\\.1\\d\\d`));
+    assert.equal(
+      (await Deno.readTextFile(join(lab.data, "nodes", pxe.mac, "persist", "bootcount"))).trim(),
+      "1",
+      "the node's /persist is exported to the address dnsmasq gave it",
+    );
+  },
+);
