@@ -4,7 +4,8 @@
 //   full DHCP:  OVMF PXE → TFTP ipxe.efi → iPXE script → kernel + netroot initramfs → hybrid mode
 //               OVMF HTTP boot (no TFTP at all: option 60 HTTPClient, option 67 the URL of
 //               ipxe.efi) → iPXE script → network mode
-//   proxy DHCP beside the lab's dnsmasq: OVMF PXE → … → network mode, and OVMF HTTP boot → …
+//   proxy DHCP (strategy port4011) beside the lab's dnsmasq: OVMF PXE → … → network mode, and
+//               OVMF HTTP boot → … → network mode
 // Two labs, four boots, the two of a lab at once (about 1.5 min under TCG).
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
@@ -38,12 +39,12 @@ async function bootToImage(
 const dhcp = (events: Event[]) =>
   events.filter((e) => e.kind.startsWith("dhcp.")).map((e) => `${e.kind}:${e.detail.firmware}`);
 
-const ignore = !existsSync(OVMF_CODE);
+const noOvmf = !existsSync(OVMF_CODE);
 
 labTest(
   "e2e: UEFI full DHCP — OVMF PXE → TFTP ipxe.efi → hybrid mode, and OVMF HTTP boot → network mode",
   async ({ kernel, imageDir, start }) => {
-    if (ignore) throw new Error(`${OVMF_CODE} missing: install the Debian package ovmf`);
+    if (noOvmf) throw new Error(`${OVMF_CODE} missing: install the Debian package ovmf`);
     const image = await buildTestImage(join(imageDir, "rootfs"), { kernel, release: "v1" });
     const lab = await start({ nfs: "ganesha" });
     await lab.cli("image", "import", image.dir, "--name", "test");
@@ -97,20 +98,29 @@ labTest(
 );
 
 labTest(
-  "e2e: UEFI proxy DHCP beside dnsmasq — OVMF PXE and OVMF HTTP boot → network mode",
+  "e2e: UEFI proxy DHCP (port 4011) beside dnsmasq — OVMF PXE and OVMF HTTP boot → network mode",
   async ({ kernel, imageDir, start }) => {
-    if (ignore) throw new Error(`${OVMF_CODE} missing: install the Debian package ovmf`);
+    if (noOvmf) throw new Error(`${OVMF_CODE} missing: install the Debian package ovmf`);
     const image = await buildTestImage(join(imageDir, "rootfs"), { kernel, release: "v1" });
-    const lab = await start({ nfs: "ganesha", dhcp: "proxy" });
+    // port4011, the strategy with more steps (dhcp_uefi_vm_test proves option43 up to the script):
+    // a bare proxy offer, then the PXE client's request on port 4011 names the file.
+    const lab = await start({
+      nfs: "ganesha",
+      dhcp: "proxy",
+      serveArgs: ["--proxy-strategy", "port4011"],
+    });
     await lab.cli("image", "import", image.dir, "--name", "test");
     const [pxe, http] = await Promise.all([
       bootToImage(lab, "uefi-proxy", { firmware: "uefi" }),
       bootToImage(lab, "http-proxy", { firmware: "uefi-http" }),
     ]);
-    assert.deepEqual(dhcp(pxe.events).slice(0, 2), [
+    assert.deepEqual(dhcp(pxe.events).slice(0, 3), [
       "dhcp.proxy-offer:uefi64",
+      "dhcp.pxe-ack:uefi64",
       "dhcp.proxy-offer:ipxe",
     ]);
+    assert.equal(pxe.events.find((e) => e.kind === "dhcp.proxy-offer")?.detail.bootfile, null);
+    assert.equal(pxe.events.find((e) => e.kind === "dhcp.pxe-ack")?.detail.bootfile, "ipxe.efi");
     assert.ok(!pxe.kinds.includes("dhcp.ack"), "the lab's dnsmasq gives the addresses");
     // The TFTP transfer is not on the node's timeline: in proxy mode nothing ties the client's
     // address to the node before its script fetch (ARP evidence); the server log names it.
@@ -134,7 +144,8 @@ labTest(
       "the node's /persist is exported to the address dnsmasq gave it",
     );
 
-    // HTTP boot takes the URL from netroot's proxy offer (vendor class HTTPClient, no address).
+    // HTTP boot takes the URL from netroot's port 67 proxy offer (vendor class HTTPClient, no
+    // address) whatever the strategy.
     assert.deepEqual(dhcp(http.events).slice(0, 1), ["dhcp.proxy-offer:uefi-http"]);
     assert.ok(!http.kinds.some((k) => k.startsWith("tftp.")), http.kinds.join(" "));
     assertInOrder(http.kinds, [
