@@ -63,6 +63,7 @@ export class Lab {
   #closed = false;
   #opts: LabOptions = {};
   #dnsmasq?: Deno.ChildProcess;
+  #labDhcpNs?: string;
 
   constructor(readonly ns: string, readonly dir: string) {
     this.data = join(dir, "data");
@@ -251,6 +252,7 @@ export class Lab {
       if (!r.success) throw new Error(`${a.join(" ")}: ${dec.decode(r.stderr).trim()}`);
     };
     await sh("ip", "netns", "add", ns);
+    this.#labDhcpNs = ns; // deleted by close(), whatever fails below
     await sh("ip", "-n", this.ns, "link", "add", "labdhcp", "type", "veth", "peer", "name", "vd");
     await sh("ip", "-n", this.ns, "link", "set", "vd", "netns", ns);
     await sh("ip", "-n", this.ns, "link", "set", "labdhcp", "master", "netroot0", "up");
@@ -282,14 +284,17 @@ export class Lab {
   }
 
   async #stopLabDhcp(): Promise<void> {
-    if (!this.#dnsmasq) return;
-    try {
-      this.#dnsmasq.kill("SIGTERM");
-    } catch { /* exited */ }
-    await this.#dnsmasq.status;
-    this.#dnsmasq = undefined;
-    await new Deno.Command("ip", { args: ["netns", "del", `${this.ns}-d`], stderr: "null" })
+    if (this.#dnsmasq) {
+      try {
+        this.#dnsmasq.kill("SIGTERM");
+      } catch { /* exited */ }
+      await this.#dnsmasq.status;
+      this.#dnsmasq = undefined;
+    }
+    if (!this.#labDhcpNs) return;
+    await new Deno.Command("ip", { args: ["netns", "del", this.#labDhcpNs], stderr: "null" })
       .output();
+    this.#labDhcpNs = undefined;
   }
 
   async createVnode(
