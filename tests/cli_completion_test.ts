@@ -26,7 +26,7 @@ function helpFlags(text: string): Map<string, string> {
   const plain = text.replace(/`[^`]*`/gs, "");
   for (
     const m of plain.matchAll(
-      /--([a-z][a-z0-9-]*)(?:[ =]([A-Z][A-Z0-9:._/-]*|[a-z0-9]+(?:\|[a-z0-9]+)+))?/g,
+      /--([a-z][a-z0-9-]*)(?:[ =]([A-Z][A-Z0-9:._/-]*|[a-z0-9]+(?:\|[a-z0-9][a-z0-9-]*)+))?/g,
     )
   ) {
     const value = m[2] ?? "";

@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { realpathSync } from "node:fs";
 import { join } from "node:path";
-import { EM_X86_64, launcherElf, parseElf, readElfFile } from "../src/initramfs/elf.ts";
+import { EM_AARCH64, EM_X86_64, launcherElf, parseElf, readElfFile } from "../src/initramfs/elf.ts";
 import { sharedLibraries } from "../src/initramfs/libs.ts";
 import { INIT_ARGV, INIT_ENV, nodeLauncher } from "../src/initramfs/bundle.ts";
 
@@ -154,6 +154,55 @@ Deno.test("launcher mounts before execve; a failed mount does not stop it (root,
       new RegExp(`^nr-elf-test ${target} tmpfs rw,nosuid,nodev,noexec`),
     );
     assert.ok(!Deno.readTextFileSync("/proc/self/mounts").includes(target));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+// The aarch64 launcher runs under qemu-user (Debian qemu-user): its mount and write/exit calls are
+// emulated, its execve goes to the host kernel, which runs the host's (x86-64) /bin/sh.
+Deno.test("aarch64 launcher: mounts, then execs with exactly its argv and envp; fails loudly (root, qemu-user)", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nr-elf-" });
+  try {
+    const target = join(dir, "mnt");
+    await Deno.mkdir(target);
+    const bin = launcherElf({
+      machine: EM_AARCH64,
+      path: "/bin/sh",
+      argv: ["sh", "-c", `echo "$0|$1|$HOME"; grep " ${target} " /proc/self/mounts`, "zero", "a b"],
+      envp: ["HOME=/h"],
+      mounts: [
+        { source: "none", target: join(dir, "missing"), fstype: "tmpfs", flags: 0 },
+        { source: "nr-elf-a64", target, fstype: "tmpfs", flags: 2 | 4 | 8 },
+      ],
+    });
+    assert.deepEqual(parseElf((o, n) => bin.subarray(o, o + n)), {
+      machine: EM_AARCH64,
+      type: 2,
+      needed: [],
+    });
+    const path = join(dir, "launcher-a64");
+    await Deno.writeFile(path, bin, { mode: 0o755 });
+    const out = await new Deno.Command("unshare", {
+      args: ["-m", "--propagation", "private", "qemu-aarch64", path],
+      clearEnv: true,
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert.equal(out.code, 0, dec.decode(out.stderr));
+    const [first, mount] = dec.decode(out.stdout).trim().split("\n");
+    assert.equal(first, "zero|a b|/h");
+    assert.match(mount, new RegExp(`^nr-elf-a64 ${target} tmpfs rw,nosuid,nodev,noexec`));
+
+    const failed = join(dir, "launcher-a64-missing");
+    await Deno.writeFile(
+      failed,
+      launcherElf({ machine: EM_AARCH64, path: "/nonexistent/deno", argv: ["x"], envp: [] }),
+      { mode: 0o755 },
+    );
+    const r = await new Deno.Command("qemu-aarch64", { args: [failed], stderr: "piped" }).output();
+    assert.equal(r.code, 127);
+    assert.equal(dec.decode(r.stderr), "netroot /init: execve /nonexistent/deno failed\n");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -83,7 +83,7 @@ Deno.test("a missing qemu names the package to install", async () => {
   );
 });
 
-Deno.test("node settings ram/cpus/disks are validated and override the vnode's stored spec", async () => {
+Deno.test("node settings ram/cpus/disks/firmware are validated and override the vnode's stored spec", async () => {
   await withCtx(async (ctx) => {
     const m = new VnodeManager(ctx, "br0");
     const mac = "52:54:00:00:00:02";
@@ -94,8 +94,10 @@ Deno.test("node settings ram/cpus/disks are validated and override the vnode's s
       ram: "512M",
       cpus: 1,
       disks: [{ size: 64e6, template: "ext4" }],
+      firmware: "bios",
     });
     assert.throws(() => ctx.nodes.configure(mac, { ram: "lots" }), /bad RAM size/);
+    assert.throws(() => ctx.nodes.configure(mac, { firmware: "coreboot" }), /bad firmware/);
     assert.throws(
       () => ctx.nodes.configure(mac, { disks: "8G[template=nope]" }),
       /unknown disk template/,
@@ -104,6 +106,7 @@ Deno.test("node settings ram/cpus/disks are validated and override the vnode's s
       ram: "1g",
       cpus: "2",
       disks: "8G[template=hybrid-boot-p],64M",
+      firmware: "UEFI-HTTP",
     });
     assert.equal(n.settings.ram, "1G");
     assert.equal(n.settings.disks, "8G[template=hybrid-boot-p],64M");
@@ -111,6 +114,7 @@ Deno.test("node settings ram/cpus/disks are validated and override the vnode's s
       ram: "1G",
       cpus: 2,
       disks: [{ size: 8e9, template: "hybrid-boot-p" }, { size: 64e6, template: "none" }],
+      firmware: "uefi-http",
     });
     assert.deepEqual(m.list().map((v) => [v.name, v.running, v.ram]), [["vm2", false, "1G"]]);
     assert.deepEqual(parseDiskList("none"), []);

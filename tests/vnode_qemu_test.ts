@@ -1,7 +1,15 @@
 // qemu command line, QMP, bridge and taps. The VM part needs root and qemu: it runs a real qemu
 // (TCG) in a private network namespace through tests/vnode_qemu_child.ts.
 import assert from "node:assert/strict";
-import { parseCpus, parseRam, qemuArgs, randomVnodeMac, tapName } from "../src/vnode/qemu.ts";
+import {
+  OVMF_CODE,
+  parseCpus,
+  parseFirmware,
+  parseRam,
+  qemuArgs,
+  randomVnodeMac,
+  tapName,
+} from "../src/vnode/qemu.ts";
 import { UserError } from "../src/errors.ts";
 
 Deno.test("qemu command line: PXE on virtio-net via a tap, no stdio, console and QMP files", () => {
@@ -43,6 +51,27 @@ Deno.test("qemu command line: PXE on virtio-net via a tap, no stdio, console and
     pidFile: "p",
   });
   assert.match(kvm.join(" "), /-accel kvm -cpu host/);
+});
+
+Deno.test("qemu command line, UEFI: OVMF in pflash, the node's own variables, no NIC option ROM", () => {
+  const vm = {
+    ...{ name: "u", mac: "52:54:00:00:00:07", ram: "512M", cpus: 1, accel: "tcg" as const },
+    ...{ tap: "t", disks: [], consoleLog: "c", qmpSocket: "q", pidFile: "p" },
+  };
+  const bios = qemuArgs(vm).join(" ");
+  assert.doesNotMatch(bios, /pflash|romfile|fw_cfg/);
+  const pxe = qemuArgs({ ...vm, firmware: "uefi", uefiVars: "/d,x/uefi-vars.fd" }).join(" ");
+  assert.match(pxe, new RegExp(`-drive if=pflash,format=raw,readonly=on,file=${OVMF_CODE}`));
+  assert.match(pxe, /-drive if=pflash,format=raw,file=\/d,,x\/uefi-vars.fd/);
+  // OVMF's own PXE client, as on a UEFI PC (qemu's iPXE ROM would replace it), tried first.
+  assert.match(pxe, /-device virtio-net-pci,netdev=n0,mac=52:54:00:00:00:07,romfile=,bootindex=1/);
+  assert.doesNotMatch(pxe, /fw_cfg/);
+  const http = qemuArgs({ ...vm, firmware: "uefi-http", uefiVars: "v" }).join(" ");
+  assert.match(http, /-fw_cfg name=opt\/org.tianocore\/IPv4PXESupport,string=n/);
+  assert.match(http, /-fw_cfg name=opt\/org.tianocore\/IPv6PXESupport,string=n/);
+  assert.throws(() => qemuArgs({ ...vm, firmware: "uefi" }), /variable store/);
+  assert.equal(parseFirmware("UEFI"), "uefi");
+  for (const bad of ["", "efi", "coreboot"]) assert.throws(() => parseFirmware(bad), UserError);
 });
 
 Deno.test("vnode parameters: RAM, CPUs, MACs, tap names", () => {

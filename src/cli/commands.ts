@@ -126,7 +126,14 @@ export const commands: Record<string, CommandSpec> = {
     summary: "create, list and remove virtual nodes (qemu)",
     load: async () => (await import("./vnode.ts")).run,
     subcommands: ["create", "ls", "rm"],
-    flags: { ...client, ram: "SIZE", cpus: "N", disk: "SIZE", image: "IMAGE" },
+    flags: {
+      ...client,
+      ram: "SIZE",
+      cpus: "N",
+      disk: "SIZE",
+      image: "IMAGE",
+      firmware: "bios|uefi|uefi-http",
+    },
   },
   initramfs: {
     summary: "build the node initramfs for an image",

@@ -4,22 +4,26 @@ import { parseArgs } from "node:util";
 import { UserError } from "../errors.ts";
 import { formatDisk, parseDiskSpec } from "../vnode/disks.ts";
 import type { VnodeInfo } from "../vnode/manager.ts";
-import { parseCpus, parseRam } from "../vnode/qemu.ts";
+import { parseCpus, parseFirmware, parseRam } from "../vnode/qemu.ts";
 import { ApiClient, clientOptions } from "./client.ts";
 import { print, table } from "./output.ts";
 
 const usage = `usage: netroot vnode COMMAND [ARGS…]
 
   create NAME [--ram 512M] [--cpus 1] [--disk SIZE[template=T]]… [--image IMAGE]
+         [--firmware bios|uefi|uefi-http]
         registers a node with a fresh 52:54:00:… MAC and starts it (qemu, PXE boot through the
         server's bridge). SIZE: e.g. 64M, 8G, 1T (decimal, as WalT). Templates: none (default),
         ext4, fat32, hybrid-volatile, hybrid-persistent (walt-hybrid/), or WalT's
-        hybrid-boot-v, hybrid-boot-p (walt_hybrid/).
+        hybrid-boot-v, hybrid-boot-p (walt_hybrid/). Firmware: bios (SeaBIOS + qemu's iPXE
+        ROM, default), uefi (OVMF's own PXE: TFTP of ipxe.efi), uefi-http (OVMF's HTTP boot,
+        no TFTP); uefi needs the Debian package ovmf.
   ls    list virtual nodes
   rm NAME   stop it, forget the node and delete its disks
 
 Also: \`netroot node reboot NAME\` (reset), \`netroot node console NAME [--follow]\`,
-\`netroot node config NAME ram=1G cpus=2 disks=8G[template=ext4]\` (applied at the next reboot).
+\`netroot node config NAME ram=1G cpus=2 disks=8G[template=ext4] firmware=uefi\` (applied at the
+next reboot).
 Common options: --server URL (or NETROOT_SERVER), --json, --help.`;
 
 const options = {
@@ -28,6 +32,7 @@ const options = {
   cpus: { type: "string" },
   disk: { type: "string", multiple: true },
   image: { type: "string" },
+  firmware: { type: "string" },
 } as const;
 
 export async function run(args: string[]): Promise<number> {
@@ -53,6 +58,7 @@ export async function run(args: string[]): Promise<number> {
         cpus: o.cpus === undefined ? undefined : parseCpus(o.cpus),
         disks: (o.disk ?? []).map((d) => formatDisk(parseDiskSpec(d))),
         image: o.image,
+        firmware: o.firmware === undefined ? undefined : parseFirmware(o.firmware),
       };
       const v = await api.post<VnodeInfo>("/vnodes", body);
       print(o.json, v, () => `created ${v.name} ${v.mac} (${v.running ? "running" : "stopped"})`);
@@ -70,9 +76,10 @@ export async function run(args: string[]): Promise<number> {
             ram: v.ram,
             cpus: v.cpus,
             disks: v.disks.map(formatDisk).join(",") || "-",
+            firmware: v.firmware,
             state: v.running ? `running (${v.accel}, pid ${v.pid})` : "stopped",
           })),
-          ["name", "mac", "image", "ram", "cpus", "disks", "state"],
+          ["name", "mac", "image", "ram", "cpus", "disks", "firmware", "state"],
         ));
       return 0;
     }

@@ -10,17 +10,11 @@ import type { DataDir } from "../datadir.ts";
 import { notFound, UserError } from "../errors.ts";
 import { logger } from "../log.ts";
 import { type CpioEntry, CpioWriter } from "./cpio.ts";
-import { EM_X86_64, machineName, readElfFile } from "./elf.ts";
-import { sharedLibraries } from "./libs.ts";
+import { EM_AARCH64, EM_X86_64, machineName, readElfFile } from "./elf.ts";
+import { libraryDirs, sharedLibraries } from "./libs.ts";
 import { keepNewest } from "./prune.ts";
 import { parseModuleIndex, planModules, WANTED_MODULES } from "./modules.ts";
-import {
-  currentProgram,
-  NODE_DENO,
-  NODE_SCRIPT,
-  nodeLauncher,
-  type ProgramFiles,
-} from "./bundle.ts";
+import { NODE_DENO, NODE_SCRIPT, nodeLauncher, type ProgramFiles, programFor } from "./bundle.ts";
 
 export type { ProgramFiles } from "./bundle.ts";
 
@@ -119,24 +113,41 @@ async function readOptional(path: string): Promise<string | undefined> {
   }
 }
 
-/** Refuses non-x86-64 programs and kernels: the launcher is x86-64 code (aarch64: not yet). */
-function checkArch(program: ProgramFiles, firstModule?: string): void {
+/** The node's machine: the program's (x86-64 or aarch64, the machines with a launcher), which
+ *  the image kernel's modules must match. */
+function nodeMachine(program: ProgramFiles, firstModule?: string): number {
   const exe = program.kind === "bundle" ? program.deno : program.exe;
   const m = readElfFile(exe).machine;
-  if (m !== EM_X86_64) {
+  if (m !== EM_X86_64 && m !== EM_AARCH64) {
     throw new UserError(
-      `netroot runs on ${machineName(m)}: node initramfs images are only built for x86-64 so far`,
+      `the node program is ${machineName(m)}: node initramfs images are built for x86-64 and ` +
+        "aarch64 only",
     );
   }
   if (firstModule && /\.ko$/.test(firstModule)) {
     const km = readElfFile(firstModule).machine;
-    if (km !== EM_X86_64) {
+    if (km !== m) {
       throw new UserError(
-        `the image kernel is ${machineName(km)}: only x86-64 nodes are supported so far`,
+        `the image kernel is ${machineName(km)} but the node program is ${machineName(m)}`,
       );
     }
   }
+  return m;
 }
+
+/** The machine an image's programs are for (its /bin/sh, else its /sbin/init), or undefined. */
+export function imageMachine(rootfs: string): number | undefined {
+  for (const p of ["/bin/sh", "/sbin/init", "/bin/busybox"]) {
+    try {
+      const host = resolveInRoot(rootfs, p).host;
+      // Only a regular file is opened: a FIFO placed there by an image would block the read.
+      if (Deno.statSync(host).isFile) return readElfFile(host).machine;
+    } catch { /* missing or not ELF (a script): next */ }
+  }
+  return undefined;
+}
+
+const hostMachine = () => readElfFile(Deno.execPath()).machine;
 
 /** The kernel's module index: /lib/modules/<kv>, or /usr/lib/modules/<kv> in a merged-/usr
  *  image without the /lib link. `modRel` is where it was found, relative to the root. */
@@ -164,23 +175,34 @@ async function readModuleIndex(rootfs: string, kv: string) {
 }
 
 /** The initramfs tree (docs/architecture.md "Initramfs layout"): the program, its libraries and
- *  the modules in `order`, read from `modSources`. */
-function initramfsTree(p: ProgramFiles, kv: string, order: string[], modSources: string[]): Tree {
+ *  the modules in `order`, read from `modSources`. A runtime of the server's machine takes the
+ *  server's libraries; one of another machine (aarch64 node, x86-64 server) the image's own. */
+function initramfsTree(
+  p: ProgramFiles,
+  machine: number,
+  rootfs: string,
+  kv: string,
+  order: string[],
+  modSources: string[],
+): Tree {
   const tree = new Tree();
   for (const d of ["dev", "proc", "sys", "run", "tmp", "newroot", "netroot"]) tree.dir(d);
   tree.add({ type: "char", path: "dev/console", mode: 0o600, major: 5, minor: 1 });
   tree.add({ type: "char", path: "dev/null", mode: 0o666, major: 1, minor: 3 });
   const exe = p.kind === "bundle" ? p.deno : p.exe;
   if (p.kind === "bundle") {
-    tree.add({ type: "file", path: "init", mode: 0o755, data: nodeLauncher() });
+    tree.add({ type: "file", path: "init", mode: 0o755, data: nodeLauncher(machine) });
     tree.hostFile(NODE_DENO, p.deno, 0o755);
     tree.hostFile(NODE_SCRIPT, p.script, 0o644);
   } else {
     tree.hostFile("init", p.exe, 0o755);
   }
   // Libraries at their real host paths, with the names the loader opens as symlinks to them.
-  for (const lib of sharedLibraries(exe)) {
-    tree.hostFile(lib.real, lib.real, 0o755);
+  const libs = machine === hostMachine()
+    ? sharedLibraries(exe)
+    : sharedLibraries(exe, libraryDirs(machine), rootfs);
+  for (const lib of libs) {
+    tree.hostFile(lib.real, lib.host, 0o755);
     if (lib.path !== lib.real) tree.add({ type: "symlink", path: lib.path, target: lib.real });
   }
   tree.add({
@@ -228,8 +250,8 @@ export async function buildInitramfs(opts: BuildOptions): Promise<BuildResult> {
     log.info("modules not in this kernel, skipped", { kv, missing: plan.missing.join(",") });
   }
   const modSources = plan.order.map((rel) => resolveInRoot(opts.rootfs, `${modRel}/${rel}`).host);
-  checkArch(opts.program, modSources[0]);
-  const tree = initramfsTree(opts.program, kv, plan.order, modSources);
+  const machine = nodeMachine(opts.program, modSources[0]);
+  const tree = initramfsTree(opts.program, machine, opts.rootfs, kv, plan.order, modSources);
   const compression = opts.compression ?? initramfsCompression(opts.rootfs, kv);
   const cpio = await writeCpio(tree, opts.out, compression);
   return {
@@ -291,8 +313,9 @@ export async function ensureInitramfs(
     );
   }
   const cache = ctx.data.initramfs;
-  const program = opts.program ?? await currentProgram(join(cache, "program"));
   const rootfs = ctx.data.rootfs(img.id);
+  const program = opts.program ??
+    await programFor(imageMachine(rootfs) ?? EM_X86_64, join(cache, "program"));
   const compression = initramfsCompression(rootfs, img.kernelVersion);
   const name = initramfsFileName(img.id, img.kernelVersion, program, compression);
   // Registered before any await so a concurrent caller for the same key finds it.

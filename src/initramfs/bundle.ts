@@ -11,11 +11,14 @@ import { existsSync, realpathSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { checkoutRoot } from "../datadir.ts";
-import { launcherElf } from "./elf.ts";
+import { EM_X86_64, launcherElf, machineName, readElfFile } from "./elf.ts";
 import { keepNewest } from "./prune.ts";
+import { nodeRuntime } from "./runtime.ts";
+import { UserError } from "../errors.ts";
 
+/** `machine`: the node's (EM_X86_64 when absent); `deno` is a runtime for that machine. */
 export type ProgramFiles =
-  | { kind: "bundle"; deno: string; script: string; hash: string }
+  | { kind: "bundle"; deno: string; script: string; hash: string; machine?: number }
   | { kind: "compiled"; exe: string; hash: string };
 
 /** In-initramfs paths of bundle mode; overlay/init.ts runs from them. */
@@ -40,8 +43,14 @@ export const INIT_ENV = [
  */
 export const INIT_MOUNTS = [{ source: "proc", target: "/proc", fstype: "proc", flags: 2 | 4 | 8 }];
 
-export function nodeLauncher(): Uint8Array {
-  return launcherElf({ path: NODE_DENO, argv: INIT_ARGV, envp: INIT_ENV, mounts: INIT_MOUNTS });
+export function nodeLauncher(machine = EM_X86_64): Uint8Array {
+  return launcherElf({
+    machine,
+    path: NODE_DENO,
+    argv: INIT_ARGV,
+    envp: INIT_ENV,
+    mounts: INIT_MOUNTS,
+  });
 }
 
 async function sha256File(path: string, extra = ""): Promise<string> {
@@ -69,6 +78,35 @@ const programIn = oncePerKey(findProgram);
  *  and cache dir). */
 export function currentProgram(cacheDir: string): Promise<ProgramFiles> {
   return programIn(cacheDir);
+}
+
+/**
+ * The node program for nodes of `machine`: the running one when the machine is the server's, else
+ * the same bundled script with the Deno runtime of that machine (runtime.ts, fetched once into
+ * `cacheDir/runtime`). A compiled netroot carries only its own machine's runtime.
+ */
+export async function programFor(machine: number, cacheDir: string): Promise<ProgramFiles> {
+  const own = await currentProgram(cacheDir);
+  const exe = own.kind === "bundle" ? own.deno : own.exe;
+  if (readElfFile(exe).machine === machine) return own;
+  if (own.kind === "compiled") {
+    throw new UserError(
+      `this netroot is a compiled ${
+        machineName(readElfFile(exe).machine)
+      } executable: it builds no ` +
+        `initramfs for ${machineName(machine)} nodes; run the bundle (deno run -A netroot.js)`,
+    );
+  }
+  const deno = await nodeRuntime(machine, join(cacheDir, "runtime"));
+  const extra = `${own.hash}\n${machineName(machine)} deno ${Deno.version.deno}\n` +
+    btoa(String.fromCharCode(...nodeLauncher(machine)));
+  return {
+    kind: "bundle",
+    deno,
+    script: own.script,
+    machine,
+    hash: createHash("sha256").update(extra).digest("hex"),
+  };
 }
 
 async function findProgram(cacheDir: string): Promise<ProgramFiles> {

@@ -1,6 +1,6 @@
 // ELF64 little-endian: just enough reading to know what a dynamic executable needs (PT_INTERP,
-// DT_NEEDED, e_machine), and the generator of the initramfs /init launcher — a static x86-64
-// executable of a few hundred bytes, produced here so building needs no compiler.
+// DT_NEEDED, e_machine), and the generator of the initramfs /init launcher — a static x86-64 or
+// aarch64 executable of a few hundred bytes, produced here so building needs no compiler.
 
 export const EM_X86_64 = 62;
 export const EM_AARCH64 = 183;
@@ -106,6 +106,8 @@ export function readElfFile(path: string): ElfInfo {
 }
 
 export interface LauncherSpec {
+  /** EM_X86_64 (default) or EM_AARCH64: the node's machine. */
+  machine?: number;
   path: string;
   argv: string[];
   envp: string[];
@@ -115,6 +117,46 @@ export interface LauncherSpec {
 
 /** Data addresses the launcher's code loads (absolute: ET_EXEC at a fixed base). */
 type LauncherAddrs = { path: number; argv: number; envp: number; msg: number; mounts: number[][] };
+
+/** The aarch64 launcher: the same calls as launcherCode (syscall numbers of the generic table:
+ *  mount 40, execve 221, write 64, exit 93; arguments in x0–x4, the number in x8, `svc #0`).
+ *  Each address is loaded with movz + movk (always both: the length does not depend on it). */
+function launcherCodeA64(
+  mounts: NonNullable<LauncherSpec["mounts"]>,
+  msgLength: number,
+  a: LauncherAddrs,
+): number[] {
+  const code: number[] = [];
+  const insn = (w: number) => code.push(w & 0xff, (w >>> 8) & 0xff, (w >>> 16) & 0xff, w >>> 24);
+  const mov = (reg: number, v: number) => {
+    insn((0xd2800000 | ((v & 0xffff) << 5) | reg) >>> 0); // movz xR, #lo16
+    insn((0xf2a00000 | (((v >>> 16) & 0xffff) << 5) | reg) >>> 0); // movk xR, #hi16, lsl #16
+  };
+  const svc = (nr: number) => {
+    mov(8, nr);
+    insn(0xd4000001); // svc #0
+  };
+  mounts.forEach((m, i) => {
+    const [source, target, fstype] = a.mounts[i];
+    mov(0, source);
+    mov(1, target);
+    mov(2, fstype);
+    mov(3, m.flags);
+    mov(4, 0); // data = NULL
+    svc(40); // mount
+  });
+  mov(0, a.path);
+  mov(1, a.argv);
+  mov(2, a.envp);
+  svc(221); // execve: returns only on failure
+  mov(0, 2);
+  mov(1, a.msg);
+  mov(2, msgLength);
+  svc(64); // write(2, msg, len)
+  mov(0, 127);
+  svc(93); // exit(127)
+  return code;
+}
 
 /** The launcher's machine code for given data addresses (its length does not depend on them). */
 function launcherCode(
@@ -156,10 +198,16 @@ function launcherCode(
 }
 
 /** ELF header and the one PT_LOAD (R+X) program header mapping the whole file at `base`. */
-function writeElfHeaders(v: DataView, base: number, entryOff: number, total: number): void {
+function writeElfHeaders(
+  v: DataView,
+  machine: number,
+  base: number,
+  entryOff: number,
+  total: number,
+): void {
   new Uint8Array(v.buffer).set([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1, 0]); // ELF64, LE, v1, SysV ABI
   v.setUint16(16, 2, true); // ET_EXEC
-  v.setUint16(18, EM_X86_64, true);
+  v.setUint16(18, machine, true);
   v.setUint32(20, 1, true); // e_version
   v.setBigUint64(24, BigInt(base + entryOff), true); // e_entry
   v.setBigUint64(32, 64n, true); // e_phoff
@@ -174,11 +222,11 @@ function writeElfHeaders(v: DataView, base: number, entryOff: number, total: num
   v.setBigUint64(88, BigInt(base), true); // p_paddr
   v.setBigUint64(96, BigInt(total), true); // p_filesz
   v.setBigUint64(104, BigInt(total), true); // p_memsz
-  v.setBigUint64(112, 0x1000n, true); // p_align
+  v.setBigUint64(112, 0x10000n, true); // p_align: 64 KiB, the largest aarch64 page size
 }
 
 /**
- * A static x86-64 ELF that does the given mounts, then execve(path, argv, envp); on failure it
+ * A static x86-64 (or aarch64: spec.machine) ELF that does the given mounts, then execve(path, argv, envp); on failure it
  * writes a line to fd 2 and exits 127 (as PID 1 the kernel then panics with that code, after the
  * message is on the console). Layout: ELF header, one PT_LOAD (R+X) mapping the whole file at
  * 0x400000, code, strings, then the argv/envp pointer arrays. Addresses are absolute (ET_EXEC at a
@@ -190,9 +238,14 @@ export function launcherElf(spec: LauncherSpec): Uint8Array {
   const codeOff = 64 + 56;
   const mounts = spec.mounts ?? [];
   const msg = enc.encode(`netroot /init: execve ${spec.path} failed\n`);
+  const machine = spec.machine ?? EM_X86_64;
+  if (machine !== EM_X86_64 && machine !== EM_AARCH64) {
+    throw new Error(`no launcher for ${machineName(machine)}`);
+  }
 
   // Machine code for given data addresses; emitted once with zeros to learn its length.
-  const emit = (a: LauncherAddrs) => launcherCode(mounts, msg.length, a);
+  const emit = (a: LauncherAddrs) =>
+    (machine === EM_AARCH64 ? launcherCodeA64 : launcherCode)(mounts, msg.length, a);
   const codeLen = emit({ path: 0, argv: 0, envp: 0, msg: 0, mounts: mounts.map(() => [0, 0, 0]) })
     .length;
 
@@ -223,7 +276,7 @@ export function launcherElf(spec: LauncherSpec): Uint8Array {
 
   const out = new Uint8Array(total);
   const v = new DataView(out.buffer);
-  writeElfHeaders(v, base, codeOff, total);
+  writeElfHeaders(v, machine, base, codeOff, total);
   out.set(code, codeOff);
   let o = codeOff + codeLen;
   for (const s of strings) {

@@ -1,8 +1,12 @@
 // The shared libraries a dynamic executable needs, found like ld.so does without ld.so.cache:
 // DT_NEEDED names searched in the default directories, recursively, plus the PT_INTERP loader.
+// On the host's own file system (an x86-64 node runs the server's libraries), or inside an image
+// tree as chroot would see it (an aarch64 node's runtime takes the libraries of its arm64 image:
+// the x86-64 server has none).
 import { realpathSync } from "node:fs";
 import { join } from "node:path";
-import { machineName, readElfFile } from "./elf.ts";
+import { resolveInRoot } from "../../contract/rootpath.ts";
+import { EM_AARCH64, machineName, readElfFile } from "./elf.ts";
 
 export const LIBRARY_DIRS = [
   "/lib/x86_64-linux-gnu",
@@ -12,50 +16,105 @@ export const LIBRARY_DIRS = [
   "/lib",
   "/usr/lib",
 ];
+/** Debian's multiarch directories first, as its arm64 ld.so searches them. */
+export const LIBRARY_DIRS_AARCH64 = [
+  "/lib/aarch64-linux-gnu",
+  "/usr/lib/aarch64-linux-gnu",
+  "/lib64",
+  "/usr/lib64",
+  "/lib",
+  "/usr/lib",
+];
+
+export function libraryDirs(machine: number): string[] {
+  return machine === EM_AARCH64 ? LIBRARY_DIRS_AARCH64 : LIBRARY_DIRS;
+}
 
 export interface NeededFile {
   /** The path the loader opens (PT_INTERP, or <search dir>/<soname>). */
   path: string;
-  /** The host file behind it (symlinks resolved). */
+  /** The file behind it (symlinks resolved), as a path of the root searched. */
   real: string;
+  /** Where that file is on this host (`real` itself when searching the host). */
+  host: string;
 }
 
-/** Every file the loader opens to start `exe`, interpreter first. Throws naming what is missing. */
-export function sharedLibraries(exe: string, dirs = LIBRARY_DIRS): NeededFile[] {
+/** A path as seen from `root` (undefined: the host): its resolved path and host file, or
+ *  undefined when it does not exist. */
+type Resolver = (path: string) => { real: string; host: string } | undefined;
+
+function resolver(root?: string): Resolver {
+  if (!root) {
+    return (path) => {
+      try {
+        const real = realpathSync(path);
+        return { real, host: real };
+      } catch {
+        return undefined;
+      }
+    };
+  }
+  const base = root.replace(/\/+$/, "");
+  return (path) => {
+    const r = resolveInRoot(base, path);
+    if (r.missing) return undefined;
+    try {
+      if (!Deno.statSync(r.host).isFile) return undefined;
+    } catch {
+      return undefined;
+    }
+    return { real: r.host.slice(base.length) || "/", host: r.host };
+  };
+}
+
+/**
+ * Every file the loader opens to start `exe`, interpreter first, found on the host or, with
+ * `root`, inside that tree (symlinks resolved within it). Throws naming what is missing.
+ */
+export function sharedLibraries(
+  exe: string,
+  dirs = LIBRARY_DIRS,
+  root?: string,
+): NeededFile[] {
   const top = readElfFile(exe);
   const out: NeededFile[] = [];
   if (!top.interp) return out; // static executable
-  out.push({ path: top.interp, real: realpathSync(top.interp) });
+  const resolve = resolver(root);
+  const where = root ? ` in ${root}` : "";
+  const interp = resolve(top.interp);
+  if (!interp) throw new Error(`the loader ${top.interp} (of ${exe}) not found${where}`);
+  out.push({ path: top.interp, ...interp });
   const seen = new Set<string>();
   const queue: { soname: string; by: string }[] = top.needed.map((soname) => ({ soname, by: exe }));
   while (queue.length) {
     const { soname, by } = queue.shift()!;
     if (seen.has(soname)) continue;
     seen.add(soname);
-    const found = findLibrary(soname, top.machine, dirs);
+    const found = findLibrary(soname, top.machine, dirs, resolve);
     if (!found) {
       throw new Error(
-        `shared library ${soname} (needed by ${by}) not found in ${dirs.join(", ")}`,
+        `shared library ${soname} (needed by ${by}) not found in ${dirs.join(", ")}${where}`,
       );
     }
     if (!out.some((f) => f.path === found.path)) out.push(found);
-    for (const n of readElfFile(found.real).needed) queue.push({ soname: n, by: found.path });
+    for (const n of readElfFile(found.host).needed) queue.push({ soname: n, by: found.path });
   }
   return out;
 }
 
-function findLibrary(soname: string, machine: number, dirs: string[]): NeededFile | undefined {
+function findLibrary(
+  soname: string,
+  machine: number,
+  dirs: string[],
+  resolve: Resolver,
+): NeededFile | undefined {
   const candidates = soname.includes("/") ? [soname] : dirs.map((d) => join(d, soname));
   for (const path of candidates) {
-    let real: string;
-    try {
-      real = realpathSync(path);
-    } catch {
-      continue;
-    }
+    const f = resolve(path);
+    if (!f) continue;
     // Like ld.so, skip a library of another architecture (e.g. an i386 one in /lib).
-    const m = readElfFile(real).machine;
-    if (m === machine) return { path, real };
+    const m = readElfFile(f.host).machine;
+    if (m === machine) return { path, ...f };
     if (soname.includes("/")) {
       throw new Error(`${path} is ${machineName(m)}, expected ${machineName(machine)}`);
     }

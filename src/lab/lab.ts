@@ -32,6 +32,10 @@ export interface LabOptions {
   nfs?: "ganesha" | "off";
   /** qemu accelerator; default tcg (the e2e budget cannot afford a KVM probe timing out). */
   accel?: "auto" | "kvm" | "tcg";
+  /** `full` (default): netroot hands out the addresses. `proxy`: the lab's own DHCP server
+   *  (dnsmasq, in a second namespace on the bridge, at .3) does, and netroot answers proxy
+   *  offers beside it (`--dhcp-mode proxy`, strategy option43 unless serveArgs say otherwise). */
+  dhcp?: "full" | "proxy";
   /** More `netroot serve` flags. */
   serveArgs?: string[];
 }
@@ -58,6 +62,8 @@ export class Lab {
   #serverExit?: Promise<Deno.CommandStatus>;
   #closed = false;
   #opts: LabOptions = {};
+  #dnsmasq?: Deno.ChildProcess;
+  #labDhcpNs?: string;
 
   constructor(readonly ns: string, readonly dir: string) {
     this.data = join(dir, "data");
@@ -141,8 +147,9 @@ export class Lab {
       "netroot0",
       "--address",
       `${serverIp}/24`,
-      "--dhcp-range",
-      "10.77.0.100-10.77.0.150",
+      ...(opts.dhcp === "proxy"
+        ? ["--dhcp-mode", "proxy"]
+        : ["--dhcp-range", "10.77.0.100-10.77.0.150"]),
       "--http",
       `0.0.0.0:${httpPort}`,
       "--nfs",
@@ -236,11 +243,66 @@ export class Lab {
     return t.trim().split("\n").slice(-lines).join("\n");
   }
 
+  /** The lab's own DHCP server for proxy mode: dnsmasq in namespace `<ns>-d`, on a veth whose
+   *  other end is on the server's bridge (the server created it), addresses .100–.150. */
+  async startLabDhcp(): Promise<void> {
+    const ns = `${this.ns}-d`;
+    const sh = async (...a: string[]) => {
+      const r = await new Deno.Command(a[0], { args: a.slice(1), stderr: "piped" }).output();
+      if (!r.success) throw new Error(`${a.join(" ")}: ${dec.decode(r.stderr).trim()}`);
+    };
+    await sh("ip", "netns", "add", ns);
+    this.#labDhcpNs = ns; // deleted by close(), whatever fails below
+    await sh("ip", "-n", this.ns, "link", "add", "labdhcp", "type", "veth", "peer", "name", "vd");
+    await sh("ip", "-n", this.ns, "link", "set", "vd", "netns", ns);
+    await sh("ip", "-n", this.ns, "link", "set", "labdhcp", "master", "netroot0", "up");
+    await sh("ip", "-n", ns, "addr", "add", "10.77.0.3/24", "dev", "vd");
+    await sh("ip", "-n", ns, "link", "set", "vd", "up");
+    // --keep-in-foreground: the child is dnsmasq itself, stopped by its PID in close().
+    this.#dnsmasq = new Deno.Command("ip", {
+      args: [
+        "netns",
+        "exec",
+        ns,
+        "dnsmasq",
+        "--keep-in-foreground",
+        "--port=0",
+        "--user=root",
+        "--interface=vd",
+        "--bind-interfaces",
+        "--dhcp-range=10.77.0.100,10.77.0.150,255.255.255.0,1h",
+        `--dhcp-leasefile=${join(this.dir, "dnsmasq.leases")}`,
+        "--no-ping",
+        `--log-facility=${join(this.dir, "dnsmasq.log")}`,
+        "--log-dhcp",
+      ],
+      stdin: "null",
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+    this.log(`lab DHCP server (dnsmasq) at 10.77.0.3 in ${ns}`);
+  }
+
+  async #stopLabDhcp(): Promise<void> {
+    if (this.#dnsmasq) {
+      try {
+        this.#dnsmasq.kill("SIGTERM");
+      } catch { /* exited */ }
+      await this.#dnsmasq.status;
+      this.#dnsmasq = undefined;
+    }
+    if (!this.#labDhcpNs) return;
+    await new Deno.Command("ip", { args: ["netns", "del", this.#labDhcpNs], stderr: "null" })
+      .output();
+    this.#labDhcpNs = undefined;
+  }
+
   async createVnode(
     name: string,
-    opts: { ram?: string; cpus?: number; disks?: string[]; image?: string } = {},
+    opts: { ram?: string; cpus?: number; disks?: string[]; image?: string; firmware?: string } = {},
   ): Promise<VnodeInfo> {
     const args = ["vnode", "create", name, "--json"];
+    if (opts.firmware) args.push("--firmware", opts.firmware);
     if (opts.ram) args.push("--ram", opts.ram);
     if (opts.cpus) args.push("--cpus", String(opts.cpus));
     for (const d of opts.disks ?? []) args.push("--disk", d);
@@ -315,6 +377,7 @@ export class Lab {
       await killStale(join(this.data, "nodes", mac.name, "vm"));
     }
     await new Deno.Command("ip", { args: ["netns", "del", this.ns], stderr: "null" }).output();
+    await this.#stopLabDhcp();
     const keep = opts.keep ?? Deno.env.get("NETROOT_E2E_KEEP") === "1";
     if (keep) this.log(`lab kept in ${this.dir}`);
     else await Deno.remove(this.dir, { recursive: true }).catch(() => {});
@@ -337,6 +400,7 @@ export async function startLab(opts: LabOptions = {}): Promise<Lab> {
     await lab.run(["ip", "link", "set", "lo", "up"]);
     await lab.startServer(opts);
     lab.log(`server up in ${ns} (data ${lab.data})`);
+    if (opts.dhcp === "proxy") await lab.startLabDhcp();
     return lab;
   } catch (e) {
     await lab.close({ keep: true });

@@ -21,7 +21,10 @@ import { addTap, deleteTap, isBridge, linkInfo } from "./bridge.ts";
 import { checkDisk, type DiskSpec, ensureDisks, formatDisk, parseDiskSpec } from "./disks.ts";
 import { haveTool, missingTool } from "./exec.ts";
 import {
+  OVMF_CODE,
+  OVMF_VARS,
   parseCpus,
+  parseFirmware,
   parseRam,
   qemuArgs,
   qemuBinary,
@@ -29,16 +32,19 @@ import {
   randomVnodeMac,
   tapName,
   type VmSpec,
+  type VnodeFirmware,
 } from "./qemu.ts";
 import { VnodeStore } from "./store.ts";
 
 const log = logger("vnode");
 
-/** What a vnode runs with. Node settings `ram`, `cpus`, `disks` override the vnodes row. */
+/** What a vnode runs with. Node settings `ram`, `cpus`, `disks` override the vnodes row; the
+ *  firmware is only a node setting (`firmware`, default bios). */
 export interface VnodeSpec {
   ram: string;
   cpus: number;
   disks: DiskSpec[];
+  firmware: VnodeFirmware;
 }
 
 export interface VnodeInfo extends VnodeSpec {
@@ -57,6 +63,7 @@ export interface CreateRequest {
   cpus?: number | string;
   disks?: (string | { size: unknown; template?: unknown })[];
   image?: string;
+  firmware?: string;
 }
 
 interface Running {
@@ -73,8 +80,9 @@ export function parseDiskList(s: string): DiskSpec[] {
     : s.split(/,(?![^[]*\])/).map((d) => parseDiskSpec(d));
 }
 
-/** Node settings `ram`, `cpus`, `disks`: a vnode's spec overridden per node. */
+/** Node settings `ram`, `cpus`, `disks`, `firmware`: a vnode's spec overridden per node. */
 export const vnodeSettings: Setting[] = [
+  { key: "firmware", check: (_k, v) => parseFirmware(v) },
   { key: "ram", check: (_k, v) => parseRam(v) },
   { key: "cpus", check: (_k, v) => String(parseCpus(v)) },
   { key: "disks", check: (_k, v) => parseDiskList(v).map(formatDisk).join(",") },
@@ -119,6 +127,7 @@ export class VnodeManager {
       disks: s.disks !== undefined
         ? parseDiskList(s.disks)
         : (JSON.parse(row.disks) as DiskSpec[]).map(checkDisk),
+      firmware: parseFirmware(s.firmware ?? "bios"),
     };
   }
 
@@ -181,6 +190,7 @@ export class VnodeManager {
       ram: parseRam(req.ram ?? "512M"),
       cpus: parseCpus(req.cpus ?? 1),
       disks: (req.disks ?? []).map((d) => typeof d === "string" ? parseDiskSpec(d) : checkDisk(d)),
+      firmware: parseFirmware(req.firmware ?? "bios"),
     };
     this.#requireHost();
     if (this.ctx.nodes.find(req.name)) throw conflict(`node name ${req.name} is already taken`);
@@ -195,10 +205,12 @@ export class VnodeManager {
           image: req.image,
         });
         this.store.add(mac, spec);
+        if (spec.firmware !== "bios") this.ctx.nodes.configure(mac, { firmware: spec.firmware });
         recordEvent(this.ctx.db, mac, "vnode.created", {
           ram: spec.ram,
           cpus: spec.cpus,
           disks: spec.disks.map(formatDisk),
+          firmware: spec.firmware,
         });
       });
       try {
@@ -263,6 +275,7 @@ export class VnodeManager {
     this.ctx.data.makeVm(mac);
     await killStale(vm);
     const disks = await ensureDisks(vm, spec.disks);
+    const uefiVars = spec.firmware === "bios" ? undefined : await ensureUefiVars(vm);
     const consoleLog = join(vm, "console.log");
     const size = await Deno.stat(consoleLog).then((s) => s.size, () => 0);
     if (size > consoleRotateBytes) await Deno.rename(consoleLog, `${consoleLog}.1`);
@@ -285,6 +298,8 @@ export class VnodeManager {
       consoleLog,
       qmpSocket,
       pidFile: join(vm, "qemu.pid"),
+      firmware: spec.firmware,
+      uefiVars,
     };
     let proc: ManagedProcess;
     try {
@@ -329,6 +344,7 @@ export class VnodeManager {
       ram: spec.ram,
       cpus: spec.cpus,
       disks: spec.disks.map(formatDisk),
+      firmware: spec.firmware,
     });
     log.info("vnode started", { name: node.name, mac, pid: proc.pid, accel: accel.accel });
   }
@@ -404,6 +420,20 @@ export class VnodeManager {
     this.ctx.changes.removeEventListener("nodes", this.#onNodes);
     await Promise.all([...this.#running.keys()].map((mac) => this.#stop(mac, "server stop")));
   }
+}
+
+/** A UEFI node's variable store (boot entries OVMF writes), copied from OVMF's template at its
+ *  first start and kept across restarts, as a PC keeps its NVRAM. */
+async function ensureUefiVars(vm: string): Promise<string> {
+  if (!existsSync(OVMF_CODE) || !existsSync(OVMF_VARS)) {
+    throw new UserError(
+      `${OVMF_CODE} or ${OVMF_VARS} not found: UEFI virtual nodes need the Debian package ovmf`,
+      503,
+    );
+  }
+  const vars = join(vm, "uefi-vars.fd");
+  if (!existsSync(vars)) await Deno.copyFile(OVMF_VARS, vars);
+  return vars;
 }
 
 /** A unix socket path holds at most 107 bytes: a deep data dir gets its sockets in /tmp, named

@@ -1,8 +1,25 @@
 // qemu for virtual nodes: the command line (pure), and QMP (reset, quit, status) over the unix
-// socket each VM listens on. The node boots through qemu's own PXE ROM (iPXE) on virtio-net.
+// socket each VM listens on. A `bios` node boots through qemu's own PXE ROM (iPXE) on virtio-net;
+// a `uefi` node through OVMF's own network stack (EDK2 PXE, as a UEFI PC's firmware: the NIC's
+// option ROM is left out), `uefi-http` through OVMF's HTTP boot client (PXE switched off).
 import { UserError } from "../errors.ts";
 
 export const qemuBinary = "qemu-system-x86_64";
+
+/** What the virtual machine boots with (node setting `firmware`). */
+export type VnodeFirmware = "bios" | "uefi" | "uefi-http";
+export const VNODE_FIRMWARES: readonly VnodeFirmware[] = ["bios", "uefi", "uefi-http"];
+/** OVMF (Debian package `ovmf`): read-only code, and the variable store each node copies. */
+export const OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+export const OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+export function parseFirmware(v: unknown): VnodeFirmware {
+  const f = String(v).trim().toLowerCase();
+  if (!(VNODE_FIRMWARES as readonly string[]).includes(f)) {
+    throw new UserError(`bad firmware ${v}: expected ${VNODE_FIRMWARES.join(", ")}`);
+  }
+  return f as VnodeFirmware;
+}
 
 export interface VmSpec {
   name: string;
@@ -16,12 +33,16 @@ export interface VmSpec {
   consoleLog: string;
   qmpSocket: string;
   pidFile: string;
+  /** Default bios. UEFI needs `uefiVars`: the node's own copy of OVMF's variable store. */
+  firmware?: VnodeFirmware;
+  uefiVars?: string;
 }
 
 /** qemu's option parser splits on commas; a literal comma is written twice. */
 const esc = (s: string) => s.replaceAll(",", ",,");
 
 export function qemuArgs(vm: VmSpec): string[] {
+  const uefi = (vm.firmware ?? "bios") !== "bios";
   return [
     "-name",
     esc(`netroot-${vm.name}`),
@@ -58,8 +79,30 @@ export function qemuArgs(vm: VmSpec): string[] {
     "-netdev",
     `tap,id=n0,ifname=${vm.tap},script=no,downscript=no`,
     "-device",
-    `virtio-net-pci,netdev=n0,mac=${vm.mac}`,
+    `virtio-net-pci,netdev=n0,mac=${vm.mac}${uefi ? ",romfile=,bootindex=1" : ""}`,
+    ...(uefi ? uefiArgs(vm) : []),
     ...vm.disks.flatMap((d) => ["-drive", `file=${esc(d)},format=raw,if=virtio`]),
+  ];
+}
+
+/** OVMF in two flash chips (code read-only, the node's variables), and for HTTP boot its PXE
+ *  client switched off through fw_cfg (OvmfPkg RUNTIME_CONFIG.md): the firmware's boot manager
+ *  then tries the NIC's "UEFI HTTPv4" entry, whose DHCP asks with vendor class HTTPClient. */
+function uefiArgs(vm: VmSpec): string[] {
+  if (!vm.uefiVars) throw new Error("a UEFI vnode needs its variable store (uefiVars)");
+  return [
+    "-drive",
+    `if=pflash,format=raw,readonly=on,file=${esc(OVMF_CODE)}`,
+    "-drive",
+    `if=pflash,format=raw,file=${esc(vm.uefiVars)}`,
+    ...(vm.firmware === "uefi-http"
+      ? [
+        "-fw_cfg",
+        "name=opt/org.tianocore/IPv4PXESupport,string=n",
+        "-fw_cfg",
+        "name=opt/org.tianocore/IPv6PXESupport,string=n",
+      ]
+      : []),
   ];
 }
 
