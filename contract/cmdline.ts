@@ -31,7 +31,7 @@ export interface ValueRule {
 export const RULES = {
   /** netroot.mode (setting boot.mode) */
   mode: { expected: "auto or network", test: (v) => (BOOT_MODES as readonly string[]).includes(v) },
-  /** netroot.timeout (setting boot.timeout): the NFS retry budget. */
+  /** netroot.timeout (setting nfs.timeout): the NFS retry budget. */
   timeout: {
     expected: "a whole number of seconds between 10 and 3600",
     test: (v) => /^\d+$/.test(v) && Number(v) >= 10 && Number(v) <= 3600,
@@ -67,7 +67,7 @@ export interface CmdlineValues {
   nfs: "4.2" | "3";
   imageId: string;
   token: string;
-  /** The node settings boot.mode, boot.timeout, tmpfs.size; undefined or "" → DEFAULTS. */
+  /** The node settings boot.mode, nfs.timeout, tmpfs.size; undefined or "" → DEFAULTS. */
   mode?: string;
   timeout?: string;
   tmpfs?: string;
@@ -129,7 +129,7 @@ export function renderCmdline(v: CmdlineValues): string {
     `netroot.image=${checkWord("image", v.imageId)}`,
     `netroot.token=${checkWord("token", v.token)}`,
     `netroot.mode=${ruled("boot.mode", RULES.mode, v.mode, DEFAULTS.mode)}`,
-    `netroot.timeout=${ruled("boot.timeout", RULES.timeout, v.timeout, `${DEFAULTS.timeoutS}`)}`,
+    `netroot.timeout=${ruled("nfs.timeout", RULES.timeout, v.timeout, `${DEFAULTS.timeoutS}`)}`,
     `netroot.tmpfs=${ruled("tmpfs.size", RULES.tmpfs, v.tmpfs, DEFAULTS.tmpfs)}`,
     `init=${DEFAULTS.init}`,
     ...extraWords(v.extra),

@@ -141,7 +141,7 @@ export const nodeSettings: Setting[] = [
   // (contract/cmdline.ts), so a setting is accepted exactly when the node accepts it.
   { key: "boot.mode", check: oneOf([...BOOT_MODES]) },
   {
-    key: "boot.timeout",
+    key: "nfs.timeout",
     check: (key, value) => {
       const v = value.trim();
       if (!RULES.timeout.test(v)) {

@@ -83,9 +83,9 @@ Deno.test("plan: refusals say why, in the order a node meets them", () => {
   const noInitrd = { ...input().image!, initrd: null };
   assert.match(refused(input({ image: noInitrd }, { initramfs: "image" })), /no initrd of its own/);
   // A value the node would refuse is refused here (checkBoot passes: it needs no token).
-  const bad = input({}, { "boot.timeout": "5" });
+  const bad = input({}, { "nfs.timeout": "5" });
   assert.equal(checkBoot(bad), undefined);
-  assert.match(refused(bad), /boot\.timeout/);
+  assert.match(refused(bad), /nfs\.timeout/);
 });
 
 Deno.test("plan: the node's address is the admin's, else its lease, else the request's, else the registry's", () => {

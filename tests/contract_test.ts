@@ -83,17 +83,17 @@ Deno.test("cmdline rules: a setting is accepted exactly when the node accepts it
   const ctx = await openContext({ ...defaultConfig(), dataDir: dir });
   try {
     ctx.nodes.add(values.mac, { name: "n1" });
-    const cases:
-      (readonly [setting: "boot.mode" | "boot.timeout" | "tmpfs.size", value: string])[] = [
+    const cases: (readonly [setting: "boot.mode" | "nfs.timeout" | "tmpfs.size", value: string])[] =
+      [
         ...["auto", "network", "hybrid", "AUTO"].map((v) => ["boot.mode", v] as const),
         ...["9", "10", "180", "3600", "3601", "0", "1", "soon", "1.5"].map((v) =>
-          ["boot.timeout", v] as const
+          ["nfs.timeout", v] as const
         ),
         ...["50%", "1%", "100%", "0%", "101%", "1000%", "512m", "2G", "0", "0m", "1x", "50"].map(
           (v) => ["tmpfs.size", v] as const,
         ),
       ];
-    const key = { "boot.mode": "mode", "boot.timeout": "timeout", "tmpfs.size": "tmpfs" } as const;
+    const key = { "boot.mode": "mode", "nfs.timeout": "timeout", "tmpfs.size": "tmpfs" } as const;
     for (const [setting, value] of cases) {
       let stored: string | undefined;
       try {

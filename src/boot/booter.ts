@@ -150,7 +150,7 @@ function acceptReport(
   const boot = findBoot(ctx.db, token);
   const node = boot?.mac === mac ? ctx.nodes.find(mac) : undefined;
   if (!boot || !node) return { rejected: "token does not belong to this node's boots" };
-  const silentS = Number(node.settings?.["boot.timeout"]) || DEFAULTS.timeoutS;
+  const silentS = Number(node.settings?.["nfs.timeout"]) || DEFAULTS.timeoutS;
   if (Date.now() > bootExpiry(boot, silentS)) {
     return {
       rejected: boot.stage === "handover" || boot.stage === "fatal"

@@ -135,7 +135,7 @@ export function planBoot(i: PlanInput): BootPlan | Refusal {
       imageId: image.id,
       token: i.token,
       mode: node.settings["boot.mode"],
-      timeout: node.settings["boot.timeout"],
+      timeout: node.settings["nfs.timeout"],
       tmpfs: node.settings["tmpfs.size"],
       // The last console= is /dev/console: serial last so virtual nodes (and serial-attached lab
       // PCs) get the init's output; the screen still shows kernel messages.

@@ -53,7 +53,8 @@ Removes the node from the database and its fs link. Its persist data stays in
   config: `usage: netroot node config NODE [key=value…]
 
 Without key=value prints the node's settings. key= (empty value) removes a setting.
-Keys: kernel.cmdline (extra kernel arguments), boot.mode (auto|network), boot.timeout (seconds),
+Keys: kernel.cmdline (extra kernel arguments), boot.mode (auto|network), nfs.timeout (the init's
+NFS retry budget, seconds), boot.timeout (watchdog, seconds or none), boot.retries, boot.probe-port,
 tmpfs.size (e.g. 50% or 512m), initramfs (netroot|image), persist (true|false), ip (the node's
 address, fixed by you: its /persist export and kernel command line follow it), power.* (see
 netroot node power --help), and the virtual node keys when the server has them. Secret settings
