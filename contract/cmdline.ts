@@ -73,8 +73,28 @@ export interface CmdlineValues {
   tmpfs?: string;
   /** console= arguments (without the key), e.g. ["tty0", "ttyS0,115200"]; the last is /dev/console. */
   consoles: string[];
+  /** The kernel's netconsole to the server (node setting console.netconsole=true): UDP port of
+   *  the server's receiver and the MAC the node sends to (the server's, on the boot network). */
+  netconsole?: { port: number; serverMac: string };
   /** Per-node `kernel.cmdline`, appended last so it can override anything before it. */
   extra?: string;
+}
+
+/** The UDP source port of the node's netconsole (the kernel's default). */
+export const NETCONSOLE_SOURCE_PORT = 6665;
+
+/** The kernel's `netconsole=[src-port]@[src-ip]/[dev],[tgt-port]@<tgt-ip>/[tgt-mac]`. The device
+ *  is left empty: only the node init knows the NIC's name (netconsoleOnDevice fills it in). */
+export function netconsoleParam(nodeIp: string, serverIp: string, port: number, mac: string) {
+  if (!isMac(mac)) throw new Error(`netconsole: ${JSON.stringify(mac)} is not a MAC address`);
+  return `${NETCONSOLE_SOURCE_PORT}@${nodeIp}/,${port}@${serverIp}/${parseMac(mac)}`;
+}
+
+/** A `netconsole=` value with the local device named (kept when it names one already). */
+export function netconsoleOnDevice(value: string, ifname: string): string {
+  const comma = value.indexOf(",");
+  const local = comma < 0 ? value : value.slice(0, comma);
+  return local.endsWith("/") ? `${local}${ifname}${value.slice(local.length)}` : value;
 }
 
 /** Characters that would break a command line word, the iPXE script line, or the `ip=` fields. */
@@ -131,6 +151,13 @@ export function renderCmdline(v: CmdlineValues): string {
     `netroot.mode=${ruled("boot.mode", RULES.mode, v.mode, DEFAULTS.mode)}`,
     `netroot.timeout=${ruled("nfs.timeout", RULES.timeout, v.timeout, `${DEFAULTS.timeoutS}`)}`,
     `netroot.tmpfs=${ruled("tmpfs.size", RULES.tmpfs, v.tmpfs, DEFAULTS.tmpfs)}`,
+    ...(v.netconsole && v.nodeIp
+      ? [
+        `netconsole=${
+          netconsoleParam(v.nodeIp, v.serverIp, v.netconsole.port, v.netconsole.serverMac)
+        }`,
+      ]
+      : []),
     `init=${DEFAULTS.init}`,
     ...extraWords(v.extra),
   ];
@@ -172,6 +199,8 @@ export interface BootParams {
   timeoutS: number;
   tmpfsSize: string;
   init: string;
+  /** The kernel's `netconsole=` value, when there is one (the init loads netconsole with it). */
+  netconsole?: string;
   /** Arguments after ` -- ` (the kernel hands them to init). */
   initArgs: string[];
   /** Unknown `netroot.*` keys: reported, not fatal (an older init on a newer server). */
@@ -338,6 +367,7 @@ export function parseCmdline(text: string): BootParams {
     timeoutS: Number(timeout),
     tmpfsSize,
     init,
+    ...(kv.get("netconsole") ? { netconsole: kv.get("netconsole") } : {}),
     initArgs: dd < 0 ? [] : words.slice(dd + 1),
     warnings,
   };

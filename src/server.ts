@@ -31,8 +31,10 @@ import { startRouterAdvertisements } from "../netboot/ra.ts";
 import { contextBooter } from "./boot/booter.ts";
 import { startDhcpService, startTftpService } from "./boot/services.ts";
 import { startNfs } from "./nfs.ts";
+import { startNetconsole } from "./netconsole.ts";
 import { ensureBridge } from "./vnode/bridge.ts";
-import { consoleRoutes, vnodeRoutes } from "./vnode/api.ts";
+import { vnodeRoutes } from "./vnode/api.ts";
+import { consoleRoutes } from "./consolelog.ts";
 import { startVnodes, vnodeSettings } from "./vnode/manager.ts";
 import { powerRoutes } from "./power/api.ts";
 import { type PowerDriver, PowerDrivers } from "./power/driver.ts";
@@ -282,6 +284,15 @@ export async function serve(
     } else {
       if (config.dhcp.mode !== "off") services.push(await startDhcpService(ctx, booter));
       services.push(await startTftpService(ctx, booter));
+      // A diagnostic: without it nodes still boot (their plans then carry no netconsole=).
+      const nc = config.serverIp
+        ? await startNetconsole(ctx, config.serverIp, config.netconsole.port).catch((e) => {
+          log.warn("no netconsole receiver", { error: (e as Error).message });
+          return undefined;
+        })
+        : undefined;
+      if (nc) services.push(nc);
+      ctx.netconsolePort = nc?.port;
       if (config.ra) services.push(await startRouterAdvertisements(config.interface));
     }
     if (config.nfs.mode !== "off") services.push(await startNfs(ctx));

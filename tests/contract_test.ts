@@ -6,6 +6,7 @@ import {
   CmdlineError,
   type CmdlineValues,
   DEFAULTS,
+  netconsoleOnDevice,
   parseCmdline,
   renderCmdline,
 } from "../contract/cmdline.ts";
@@ -61,6 +62,27 @@ Deno.test("cmdline round trip: what the server renders, the node parses to the s
     initArgs: [],
     warnings: [],
   });
+});
+
+Deno.test("cmdline: netconsole= names the node, the server and its MAC; the init adds the NIC", () => {
+  const nc = { port: 6666, serverMac: "52:54:00:AA:BB:CC" };
+  const p = parseCmdline(renderCmdline({ ...values, netconsole: nc }));
+  assert.equal(p.netconsole, "6665@10.77.0.23/,6666@10.77.0.1/52:54:00:aa:bb:cc");
+  assert.equal(
+    netconsoleOnDevice(p.netconsole!, "eth1"),
+    "6665@10.77.0.23/eth1,6666@10.77.0.1/52:54:00:aa:bb:cc",
+  );
+  // One the admin wrote with a device (kernel.cmdline, last wins) is kept as written.
+  const own = "6665@10.77.0.23/enp1s0,6666@10.77.0.9/52:54:00:00:00:09";
+  const o = parseCmdline(renderCmdline({ ...values, netconsole: nc, extra: `netconsole=${own}` }));
+  assert.equal(netconsoleOnDevice(o.netconsole!, "eth1"), own);
+  // Without the node's address (ip=dhcp) there is no netconsole=: the kernel needs it.
+  assert.doesNotMatch(
+    renderCmdline({ ...values, nodeIp: undefined, netconsole: nc }),
+    /netconsole/,
+  );
+  assert.throws(() => renderCmdline({ ...values, netconsole: { port: 1, serverMac: "x" } }), /MAC/);
+  assert.equal(parseCmdline(renderCmdline(values)).netconsole, undefined);
 });
 
 Deno.test("cmdline round trip: unset settings are the node's defaults; kernel.cmdline wins", () => {

@@ -28,6 +28,7 @@ const nodeFlags = {
   state: "off|booting|booted|down|failed",
   timeout: "SECONDS",
   hard: "",
+  source: "serial|netconsole",
 } as const;
 
 export const commands: Record<string, CommandSpec> = {
@@ -54,6 +55,7 @@ export const commands: Record<string, CommandSpec> = {
       "register-ttl": "SECONDS",
       "api-auth": "writes|all",
       "tftp-port": "N",
+      "netconsole-port": "N",
       "ipxe-dir": "DIR",
       nfs: "kernel|ganesha|off",
       "nfs-version": "3|4",
