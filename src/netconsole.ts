@@ -17,7 +17,7 @@
 //   newline are removed (the log ends up on an admin's terminal).
 import dgram from "node:dgram";
 import type { Context, Service } from "./context.ts";
-import { consoleLogPath, rotateConsole } from "./consolelog.ts";
+import { consoleLogPath, consoleRotateBytes, rotateConsole } from "./consolelog.ts";
 import { logger } from "./log.ts";
 
 const log = logger("netconsole");
@@ -32,6 +32,8 @@ export interface NetconsoleLimits {
   flushMs: number;
   /** The address → node table is re-read at most this often (and after node changes). */
   sourcesMs: number;
+  /** A node's log past this size becomes `.1` (src/consolelog.ts). */
+  rotateBytes: number;
 }
 
 export const NETCONSOLE_LIMITS: NetconsoleLimits = {
@@ -40,6 +42,7 @@ export const NETCONSOLE_LIMITS: NetconsoleLimits = {
   ratePerS: 64 * 1024,
   flushMs: 200,
   sourcesMs: 2000,
+  rotateBytes: consoleRotateBytes,
 };
 
 export interface NetconsoleStats {
@@ -79,7 +82,8 @@ export async function startNetconsole(
   port: number,
   limits: NetconsoleLimits = NETCONSOLE_LIMITS,
 ): Promise<NetconsoleService> {
-  const sock = dgram.createSocket({ type: "udp4", reuseAddr: false });
+  // Room for bursts: each node sends its whole kernel log so far when its netconsole starts.
+  const sock = dgram.createSocket({ type: "udp4", reuseAddr: false, recvBufferSize: 1 << 22 });
   await new Promise<void>((resolve, reject) => {
     sock.once("error", reject);
     sock.bind(port, host, () => {
@@ -158,7 +162,7 @@ export async function startNetconsole(
       try {
         ctx.data.makeConsole(mac);
         const path = consoleLogPath(ctx.data, mac, "netconsole");
-        await rotateConsole(path, data.length);
+        await rotateConsole(path, data.length, limits.rotateBytes);
         await Deno.writeFile(path, data, { append: true, mode: 0o600 });
       } catch (e) {
         log.warn("cannot store netconsole text", { mac, error: (e as Error).message });
