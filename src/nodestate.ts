@@ -246,7 +246,7 @@ export class NodeMonitor {
         return;
       }
       if (!expired) return;
-      const stage = n.stage ?? "none (no report)";
+      const stage = n.stage ?? "boot script fetched, no report from the init";
       if (handedOver) {
         this.#set(
           n,

@@ -99,3 +99,23 @@ Deno.test("plan: the node's address is the admin's, else its lease, else the req
   assert.equal(nodeAddress(node, undefined, undefined), "10.0.0.7");
   assert.equal(nodeAddress({ ...node, ip: null }, undefined, undefined), undefined);
 });
+
+Deno.test("plan: console.netconsole=true sends the kernel log to the receiver, on the boot link only", () => {
+  const netconsole = { port: 6666, serverMac: "02:00:00:00:00:01" };
+  const cmdline = (over: Partial<PlanInput>, settings: Record<string, string>) => {
+    const plan = planBoot(input(over, settings));
+    assert.ok(!("refused" in plan), JSON.stringify(plan));
+    return plan.cmdline;
+  };
+  const net = { ...input().network, netconsole };
+  const on = { "console.netconsole": "true" };
+  assert.equal(
+    parseCmdline(cmdline({ network: net }, on)).netconsole,
+    "6665@10.0.0.7/,6666@10.0.0.1/02:00:00:00:00:01",
+  );
+  // Off unless asked; not without a receiver; not for a node behind a router (the kernel sends
+  // to one MAC, and the server knows only its own).
+  assert.doesNotMatch(cmdline({ network: net }, {}), /netconsole=/);
+  assert.doesNotMatch(cmdline({}, on), /netconsole=/);
+  assert.doesNotMatch(cmdline({ network: net, nodeIp: "10.0.9.7" }, on), /netconsole=/);
+});
