@@ -10,8 +10,11 @@ export interface InitConsole {
 }
 
 let devConsole: Deno.FsFile | undefined;
-/** Set by toKernelLog: lines go to /dev/kmsg at this level. */
+/** Set by toKernelLog: lines go to the kernel log at this level. */
 let kmsgLevel: number | undefined;
+/** /dev/kmsg opened by toKernelLog: used when the path is gone (between moving /dev into the new
+ *  root and the switch to it). */
+let kmsgHeld: Deno.FsFile | undefined;
 
 /**
  * From now on the console lines go to the kernel log instead: the kernel prints them on every
@@ -25,7 +28,7 @@ export function toKernelLog(): boolean {
     const printk = Deno.readTextFileSync("/proc/sys/kernel/printk");
     const consoleLevel = Number(printk.trim().split(/\s+/)[0]);
     if (!(consoleLevel > 1)) return false;
-    Deno.openSync("/dev/kmsg", { write: true }).close();
+    kmsgHeld = Deno.openSync("/dev/kmsg", { write: true }); // close-on-exec: not the image's
     kmsgLevel = Math.min(6, consoleLevel - 1);
     return true;
   } catch {
@@ -34,14 +37,22 @@ export function toKernelLog(): boolean {
 }
 
 /** One kernel log record per line. /dev/kmsg allows 10 records per 5 s per open file (the
- *  default printk_devkmsg=ratelimit), hence one open per line. */
+ *  default printk_devkmsg=ratelimit), hence one open per line; the held one when /dev/kmsg is not
+ *  there (during the switch to the new root). */
 function writeKernelLog(b: Uint8Array, level: number): boolean {
   try {
     for (const line of new TextDecoder().decode(b).split("\n")) {
       if (!line) continue;
-      const f = Deno.openSync("/dev/kmsg", { write: true });
+      const record = enc.encode(`<${level}>${line}`);
+      let f: Deno.FsFile | undefined;
       try {
-        f.writeSync(enc.encode(`<${level}>${line}`));
+        f = Deno.openSync("/dev/kmsg", { write: true });
+      } catch {
+        kmsgHeld!.writeSync(record);
+        continue;
+      }
+      try {
+        f.writeSync(record);
       } finally {
         f.close();
       }

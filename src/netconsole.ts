@@ -15,10 +15,10 @@
 //   bounded by the log's rotation and by a per-node byte budget (a burst, then a rate);
 // - datagrams larger than netconsole sends are dropped; control characters other than tab and
 //   newline are removed (the log ends up on an admin's terminal).
-import dgram from "node:dgram";
 import type { Context, Service } from "./context.ts";
 import { consoleLogPath, consoleRotateBytes, rotateConsole } from "./consolelog.ts";
 import { logger } from "./log.ts";
+import { UdpSocket } from "./linux/udp.ts";
 
 const log = logger("netconsole");
 
@@ -75,25 +75,35 @@ interface NodeBuffer {
   refilledAt: number;
 }
 
-/** Listens on `host:port` (port 0: any free one, see `.port`). */
-export async function startNetconsole(
+export interface NetconsoleOptions {
+  host: string;
+  /** 0: any free port (see the service's `.port`). */
+  port: number;
+  /** Receive from this interface only (the boot interface). */
+  device?: string;
+  limits?: NetconsoleLimits;
+}
+
+/** Listens on `host:port` (UDP). */
+export function startNetconsole(
   ctx: Pick<Context, "nodes" | "data" | "changes">,
-  host: string,
-  port: number,
-  limits: NetconsoleLimits = NETCONSOLE_LIMITS,
-): Promise<NetconsoleService> {
-  // Room for bursts: each node sends its whole kernel log so far when its netconsole starts.
-  const sock = dgram.createSocket({ type: "udp4", reuseAddr: false, recvBufferSize: 1 << 22 });
-  await new Promise<void>((resolve, reject) => {
-    sock.once("error", reject);
-    sock.bind(port, host, () => {
-      sock.off("error", reject);
-      resolve();
+  opts: NetconsoleOptions,
+): NetconsoleService {
+  const { host, limits = NETCONSOLE_LIMITS } = opts;
+  let sock: UdpSocket;
+  try {
+    // Room for bursts: each node sends its whole kernel log so far when its netconsole starts.
+    sock = UdpSocket.open({
+      port: opts.port,
+      address: host,
+      device: opts.device,
+      broadcast: false,
+      reuseAddress: false,
+      receiveBuffer: 4 << 20,
     });
-  }).catch((e) => {
-    throw new Error(`netconsole cannot listen on ${host}:${port}: ${(e as Error).message}`);
-  });
-  sock.on("error", (e) => log.warn("socket error", { error: e.message }));
+  } catch (e) {
+    throw new Error(`netconsole cannot listen on ${host}:${opts.port}: ${(e as Error).message}`);
+  }
 
   const stats: NetconsoleStats = { stored: 0, bytes: 0, unknown: 0, oversize: 0, overBudget: 0 };
   let sources = new Map<string, string>();
@@ -112,12 +122,12 @@ export async function startNetconsole(
     return sources.get(address);
   };
 
-  sock.on("message", (msg, rinfo) => {
+  const take = (msg: Uint8Array, address: string) => {
     if (msg.length > limits.maxDatagram) {
       stats.oversize++;
       return;
     }
-    const mac = nodeOf(rinfo.address);
+    const mac = nodeOf(address);
     if (!mac) {
       stats.unknown++;
       return;
@@ -142,7 +152,21 @@ export async function startNetconsole(
     b.bytes += text.length;
     stats.stored++;
     stats.bytes += text.length;
-  });
+  };
+  const receiving = (async () => {
+    for (;;) {
+      let d;
+      try {
+        d = await sock.recv();
+      } catch (e) {
+        log.warn("netconsole receive failed", { error: (e as Error).message });
+        await new Promise((r) => setTimeout(r, 100));
+        continue;
+      }
+      if (!d) return;
+      take(d.data, d.from.address);
+    }
+  })();
 
   let writing: Promise<void> = Promise.resolve();
   const write = async () => {
@@ -185,7 +209,7 @@ export async function startNetconsole(
     reported = { ...stats };
   }, 60_000);
 
-  const bound = sock.address().port;
+  const bound = sock.port;
   log.info("netconsole receiver listening", { address: `${host}:${bound}` });
   return {
     name: "netconsole",
@@ -196,7 +220,8 @@ export async function startNetconsole(
       clearInterval(flusher);
       clearInterval(reporter);
       ctx.changes.removeEventListener("nodes", onNodes);
-      await new Promise<void>((r) => sock.close(() => r()));
+      await sock.close();
+      await receiving;
       await flush();
     },
   };

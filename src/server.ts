@@ -104,6 +104,16 @@ export function httpHosts(config: ServerConfig): string[] {
   return config.serverIp.startsWith("127.") ? [config.serverIp] : [config.serverIp, "127.0.0.1"];
 }
 
+/** The netconsole receiver on the boot interface, or a warning (nodes then get no netconsole=). */
+function startNetconsoleOrWarn(ctx: Context, host: string, device: string) {
+  try {
+    return startNetconsole(ctx, { host, port: ctx.config.netconsole.port, device });
+  } catch (e) {
+    log.warn("no netconsole receiver", { error: (e as Error).message });
+    return undefined;
+  }
+}
+
 /** Starts one Deno.serve per host on one port (the first listener picks it when 0 was asked). */
 async function listenHttp(
   hosts: string[],
@@ -286,10 +296,7 @@ export async function serve(
       services.push(await startTftpService(ctx, booter));
       // A diagnostic: without it nodes still boot (their plans then carry no netconsole=).
       const nc = config.serverIp
-        ? await startNetconsole(ctx, config.serverIp, config.netconsole.port).catch((e) => {
-          log.warn("no netconsole receiver", { error: (e as Error).message });
-          return undefined;
-        })
+        ? startNetconsoleOrWarn(ctx, config.serverIp, config.interface)
         : undefined;
       if (nc) services.push(nc);
       ctx.netconsolePort = nc?.port;

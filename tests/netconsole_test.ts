@@ -76,7 +76,7 @@ Deno.test({
       rotateBytes: 100_000,
       flushMs: 50,
     };
-    const nc = await startNetconsole(ctx, "127.0.0.1", 0, limits);
+    const nc = startNetconsole(ctx, { host: "127.0.0.1", port: 0, limits });
     const socks: dgram.Socket[] = [];
     const app = buildApp(ctx);
     const log = join(dir, "nodes", a, "console", "netconsole.log");
