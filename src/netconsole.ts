@@ -30,8 +30,10 @@ export interface NetconsoleLimits {
   ratePerS: number;
   /** Pending text is written at this interval. */
   flushMs: number;
-  /** The address → node table is re-read at most this often (and after node changes). */
+  /** The address → node table is re-read this often, after node changes, and, at most every
+   *  `unknownRefreshMs`, for an address it lacks (a node whose lease was just bound). */
   sourcesMs: number;
+  unknownRefreshMs: number;
   /** A node's log past this size becomes `.1` (src/consolelog.ts). */
   rotateBytes: number;
 }
@@ -42,6 +44,7 @@ export const NETCONSOLE_LIMITS: NetconsoleLimits = {
   ratePerS: 64 * 1024,
   flushMs: 200,
   sourcesMs: 2000,
+  unknownRefreshMs: 250,
   rotateBytes: consoleRotateBytes,
 };
 
@@ -115,11 +118,14 @@ export function startNetconsole(
 
   const nodeOf = (address: string): string | undefined => {
     const now = performance.now();
-    if (now - sourcesAt >= limits.sourcesMs) {
+    let mac = sources.get(address);
+    const age = now - sourcesAt;
+    if (age >= limits.sourcesMs || (!mac && age >= limits.unknownRefreshMs)) {
       sources = ctx.nodes.netconsoleSources();
       sourcesAt = now;
+      mac = sources.get(address);
     }
-    return sources.get(address);
+    return mac;
   };
 
   const take = (msg: Uint8Array, address: string) => {
