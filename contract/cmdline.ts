@@ -31,7 +31,7 @@ export interface ValueRule {
 export const RULES = {
   /** netroot.mode (setting boot.mode) */
   mode: { expected: "auto or network", test: (v) => (BOOT_MODES as readonly string[]).includes(v) },
-  /** netroot.timeout (setting boot.timeout): the NFS retry budget. */
+  /** netroot.timeout (setting nfs.timeout): the NFS retry budget. */
   timeout: {
     expected: "a whole number of seconds between 10 and 3600",
     test: (v) => /^\d+$/.test(v) && Number(v) >= 10 && Number(v) <= 3600,
@@ -87,7 +87,7 @@ export interface CmdlineValues {
   nfs: "4.2" | "3";
   imageId: string;
   token: string;
-  /** The node settings boot.mode, boot.timeout, tmpfs.size; undefined or "" → DEFAULTS. */
+  /** The node settings boot.mode, nfs.timeout, tmpfs.size; undefined or "" → DEFAULTS. */
   mode?: string;
   timeout?: string;
   tmpfs?: string;
@@ -96,8 +96,28 @@ export interface CmdlineValues {
   sshKey?: string;
   /** console= arguments (without the key), e.g. ["tty0", "ttyS0,115200"]; the last is /dev/console. */
   consoles: string[];
+  /** The kernel's netconsole to the server (node setting console.netconsole=true): UDP port of
+   *  the server's receiver and the MAC the node sends to (the server's, on the boot network). */
+  netconsole?: { port: number; serverMac: string };
   /** Per-node `kernel.cmdline`, appended last so it can override anything before it. */
   extra?: string;
+}
+
+/** The UDP source port of the node's netconsole (the kernel's default). */
+export const NETCONSOLE_SOURCE_PORT = 6665;
+
+/** The kernel's `netconsole=[src-port]@[src-ip]/[dev],[tgt-port]@<tgt-ip>/[tgt-mac]`. The device
+ *  is left empty: only the node init knows the NIC's name (netconsoleOnDevice fills it in). */
+export function netconsoleParam(nodeIp: string, serverIp: string, port: number, mac: string) {
+  if (!isMac(mac)) throw new Error(`netconsole: ${JSON.stringify(mac)} is not a MAC address`);
+  return `${NETCONSOLE_SOURCE_PORT}@${nodeIp}/,${port}@${serverIp}/${parseMac(mac)}`;
+}
+
+/** A `netconsole=` value with the local device named (kept when it names one already). */
+export function netconsoleOnDevice(value: string, ifname: string): string {
+  const comma = value.indexOf(",");
+  const local = comma < 0 ? value : value.slice(0, comma);
+  return local.endsWith("/") ? `${local}${ifname}${value.slice(local.length)}` : value;
 }
 
 /** Characters that would break a command line word, the iPXE script line, or the `ip=` fields. */
@@ -152,9 +172,16 @@ export function renderCmdline(v: CmdlineValues): string {
     `netroot.image=${checkWord("image", v.imageId)}`,
     `netroot.token=${checkWord("token", v.token)}`,
     `netroot.mode=${ruled("boot.mode", RULES.mode, v.mode, DEFAULTS.mode)}`,
-    `netroot.timeout=${ruled("boot.timeout", RULES.timeout, v.timeout, `${DEFAULTS.timeoutS}`)}`,
+    `netroot.timeout=${ruled("nfs.timeout", RULES.timeout, v.timeout, `${DEFAULTS.timeoutS}`)}`,
     `netroot.tmpfs=${ruled("tmpfs.size", RULES.tmpfs, v.tmpfs, DEFAULTS.tmpfs)}`,
     ...(v.sshKey ? [`netroot.ssh=${encodeSshKey(v.sshKey)}`] : []),
+    ...(v.netconsole && v.nodeIp
+      ? [
+        `netconsole=${
+          netconsoleParam(v.nodeIp, v.serverIp, v.netconsole.port, v.netconsole.serverMac)
+        }`,
+      ]
+      : []),
     `init=${DEFAULTS.init}`,
     ...extraWords(v.extra),
   ];
@@ -198,6 +225,8 @@ export interface BootParams {
   /** The server's public key for root's authorized_keys (`ssh-ed25519 AAAA…`), if sent. */
   sshKey?: string;
   init: string;
+  /** The kernel's `netconsole=` value, when there is one (the init loads netconsole with it). */
+  netconsole?: string;
   /** Arguments after ` -- ` (the kernel hands them to init). */
   initArgs: string[];
   /** Unknown `netroot.*` keys: reported, not fatal (an older init on a newer server). */
@@ -370,6 +399,7 @@ export function parseCmdline(text: string): BootParams {
     tmpfsSize,
     ...(ssh === undefined ? {} : { sshKey: decodeSshKey(ssh) }),
     init,
+    ...(kv.get("netconsole") ? { netconsole: kv.get("netconsole") } : {}),
     initArgs: dd < 0 ? [] : words.slice(dd + 1),
     warnings,
   };

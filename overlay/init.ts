@@ -9,9 +9,10 @@ import { defaultLayout, type Layout, type RootEnv, type RootMode } from "../cont
 import { hybridMode } from "../hybrid/mod.ts";
 import { loadModuleFile } from "../src/linux/kmod.ts";
 import { reboot, setHostname, uname, uptimeMs } from "../src/linux/sysinfo.ts";
-import { consoleOn, fmtBytes, fmtMs, type InitConsole } from "./console.ts";
+import { consoleOn, fmtBytes, fmtMs, type InitConsole, toKernelLog } from "./console.ts";
 import { type LoadModule, loadModules, parseModulesOrder, summarize } from "./modules.ts";
 import { bringUpNetwork } from "./network.ts";
+import { startNetconsole } from "./netconsole.ts";
 import { networkMode } from "./nfsroot.ts";
 import { type Post, readNfsBytes, Reporter } from "./report.ts";
 import { type MountSource, mountWithRetry, nfsSource } from "./rootsource.ts";
@@ -24,7 +25,12 @@ export interface InitDeps {
   layout: Layout;
   readCmdline: () => string;
   modulesOrder: string;
+  /** Modules loaded only for netconsole (overlay/netconsole.ts). */
+  netconsoleOrder: string;
   modulesDir: () => string;
+  /** Console lines to the kernel log from now on (console.ts toKernelLog): asked for by
+   *  netconsole= on the command line. */
+  toKernelLog: () => boolean;
   loadModule: LoadModule;
   rootSource: (p: BootParams) => MountSource;
   persistSource: (p: BootParams) => MountSource | undefined;
@@ -46,7 +52,9 @@ export function productionDeps(): InitDeps {
     layout: defaultLayout,
     readCmdline: () => Deno.readTextFileSync("/proc/cmdline"),
     modulesOrder: "/netroot/modules.order",
+    netconsoleOrder: "/netroot/netconsole.order",
     modulesDir: () => `/lib/modules/${uname().release}`,
+    toKernelLog,
     loadModule: loadModuleFile,
     rootSource: (p) => nfsSource(p.root, p.nfsVersion),
     persistSource: (p) => p.persist && nfsSource(p.persist, p.nfsVersion),
@@ -99,6 +107,10 @@ async function readCommandLine(s: Stages, deps: InitDeps, bootedMs: number): Pro
     () => parseCmdline(deps.readCmdline()),
   );
   for (const w of p.warnings) deps.out.line(`warning: ${w}`);
+  // From here the init's lines are in the kernel log, which netconsole sends once it runs.
+  if (p.netconsole && !deps.toKernelLog()) {
+    deps.out.line("warning: /dev/kmsg is not writable: netconsole will carry kernel lines only");
+  }
   s.reporter = new Reporter(
     { token: p.token, mac: p.mac },
     (m) => deps.out.line(`warning: ${m}`),
@@ -135,7 +147,7 @@ async function loadKernelModules(s: Stages, deps: InitDeps): Promise<void> {
 
 /** The boot NIC with the address the server gave; then the queued reports go out. */
 async function configureNic(s: Stages, deps: InitDeps, p: BootParams): Promise<void> {
-  await s.run(
+  const nic = await s.run(
     "network",
     `netroot.mac=${p.mac} is a NIC of this node and its driver is in ${deps.modulesOrder}`,
     async () => {
@@ -148,6 +160,14 @@ async function configureNic(s: Stages, deps: InitDeps, p: BootParams): Promise<v
       `${n.ifname} ${p.ip.address}/${p.ip.prefix}${p.ip.gateway ? ` via ${p.ip.gateway}` : ""}` +
       (n.carrier ? "" : " (no carrier)"),
   );
+  if (p.netconsole) {
+    startNetconsole(p.netconsole, nic.ifname, {
+      out: deps.out,
+      order: deps.netconsoleOrder,
+      modulesDir: deps.modulesDir(),
+      loadModule: deps.loadModule,
+    });
+  }
   s.reporter!.enable(p.url);
 }
 

@@ -19,7 +19,8 @@ export function parseModulesOrder(text: string): string[] {
   return out;
 }
 
-export type LoadModule = (path: string) => "loaded" | "present";
+/** Loads one module file (with module parameters, e.g. `netconsole=…`). */
+export type LoadModule = (path: string, params?: string) => "loaded" | "present";
 
 export interface ModulesResult {
   loaded: string[];

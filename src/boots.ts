@@ -65,7 +65,7 @@ const finalStages = new Set(["handover", "fatal"]);
  *  `handover`. Later reports (a future post-handover watchdog) must come within this window. */
 export const endGraceMs = 2 * 60_000;
 
-/** A boot not heard from for this long (plus the node's NFS retry budget, boot.timeout) is over:
+/** A boot not heard from for this long (plus the node's NFS retry budget, nfs.timeout) is over:
  *  longer than anything the init does silently (kernel download and start, module loading, NFS
  *  retries, one percent of a hybrid copy). */
 export const idleMs = 30 * 60_000;

@@ -45,6 +45,8 @@ export interface ServerConfig {
     dns?: string[];
   };
   tftp: { port: number };
+  /** UDP port of the netconsole receiver on the boot address (src/netconsole.ts; 0: any). */
+  netconsole: { port: number };
   /** Directory holding undionly.kpxe / ipxe.efi / snponly.efi (Debian package `ipxe`). */
   ipxeDir: string;
   nfs: { mode: NfsMode; version: 3 | 4 };
@@ -75,6 +77,7 @@ export function defaultConfig(): ServerConfig {
       registerTtlSeconds: 86400,
     },
     tftp: { port: 69 },
+    netconsole: { port: 6666 },
     ipxeDir: "/usr/lib/ipxe",
     nfs: { mode: "off", version: 4 },
     ra: true,
@@ -101,6 +104,7 @@ export const serveOptions = {
   "register-max": { type: "string" },
   "register-ttl": { type: "string" },
   "tftp-port": { type: "string" },
+  "netconsole-port": { type: "string" },
   "ipxe-dir": { type: "string" },
   nfs: { type: "string" },
   "nfs-version": { type: "string" },
@@ -229,6 +233,7 @@ const FILE_SPEC: Spec = {
     },
   },
   tftp: { port: portNumber("tftp-port") },
+  netconsole: { port: portNumber("netconsole-port") },
   ipxeDir: text("ipxe-dir"),
   nfs: {
     mode: choice("nfs", ["kernel", "ganesha", "off"]),
@@ -296,6 +301,7 @@ export async function loadServeConfig(args: string[]): Promise<ServerConfig> {
       http: { ...cfg.http, ...file.http },
       dhcp: { ...cfg.dhcp, ...file.dhcp },
       tftp: { ...cfg.tftp, ...file.tftp },
+      netconsole: { ...cfg.netconsole, ...file.netconsole },
       nfs: { ...cfg.nfs, ...file.nfs },
       vnode: { ...cfg.vnode, ...file.vnode },
       api: { ...cfg.api, ...file.api },
@@ -384,6 +390,9 @@ export async function loadServeConfig(args: string[]): Promise<ServerConfig> {
     );
   }
   if (values["tftp-port"]) cfg.tftp.port = port("tftp-port", values["tftp-port"]);
+  if (values["netconsole-port"]) {
+    cfg.netconsole.port = port("netconsole-port", values["netconsole-port"]);
+  }
   if (values["ipxe-dir"]) cfg.ipxeDir = values["ipxe-dir"];
   if (values.nfs) cfg.nfs.mode = oneOf("nfs", values.nfs, ["kernel", "ganesha", "off"] as const);
   if (values["nfs-version"]) {

@@ -41,6 +41,8 @@ export interface Context {
    *  Event("state")` after a node's state changed (node wait); `new Event("closing")` when the
    *  server stops (live event streams end). */
   changes: EventTarget;
+  /** UDP port of the netconsole receiver (src/netconsole.ts), while it runs. */
+  netconsolePort?: number;
   /** Base URL nodes use to reach the HTTP server, e.g. http://10.77.0.1:8080 (undefined without
    *  a boot interface). */
   nodeUrl?: string;

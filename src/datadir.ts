@@ -5,7 +5,8 @@
 //   images/<id>/manifest               its content manifest (id = sha256 of this file)
 //   nodes/<mac>/fs -> ../../images/<id>/rootfs   the deploy symlink
 //   nodes/<mac>/persist/               the node's /persist (exported read-write to that node only)
-//   nodes/<mac>/vm/                    virtual node disks and console log
+//   nodes/<mac>/vm/                    virtual node disks and serial console log
+//   nodes/<mac>/console/               the node's netconsole log (src/netconsole.ts)
 //   objects/<2 hex>/<key>              every image file once (images/objects.ts), 0700
 //   initramfs/                         built initramfs cache
 //   tmp/                               imports in progress (wiped at start)
@@ -14,8 +15,8 @@
 // Modes: nothing here is for other local users. The directories on the way to the NFS exports
 // (the root, images/, nodes/, nodes/<mac>/) are 0711: others may pass through (NFSv4 clients walk
 // the server's path, root-squashed, to reach an export) but not list them; everything secret is
-// owner-only: the database and the token 0600, each node's persist/ and vm/ (disks, and a console
-// log holding the boot's token) 0700, run/ tmp/ initramfs/ 0700.
+// owner-only: the database and the token 0600, each node's persist/, vm/ and console/ (disks, and
+// console logs holding the boot's token) 0700, run/ tmp/ initramfs/ 0700.
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { chmodSync, existsSync, mkdirSync } from "node:fs";
@@ -59,6 +60,10 @@ export class DataDir {
   get objects() {
     return join(this.root, "objects");
   }
+  /** The node's netconsole log directory (src/netconsole.ts). */
+  console(mac: string) {
+    return join(this.root, "nodes", mac, "console");
+  }
   get initramfs() {
     return join(this.root, "initramfs");
   }
@@ -98,6 +103,10 @@ export class DataDir {
    *  log shows the boot token. */
   makeVm(mac: string): void {
     privateDir(this.vm(mac));
+  }
+  /** Creates a node's netconsole directory, owner-only: the kernel log shows the boot token. */
+  makeConsole(mac: string): void {
+    privateDir(this.console(mac));
   }
 }
 

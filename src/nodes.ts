@@ -143,7 +143,7 @@ export const nodeSettings: Setting[] = [
   // (contract/cmdline.ts), so a setting is accepted exactly when the node accepts it.
   { key: "boot.mode", check: oneOf([...BOOT_MODES]) },
   {
-    key: "boot.timeout",
+    key: "nfs.timeout",
     check: (key, value) => {
       const v = value.trim();
       if (!RULES.timeout.test(v)) {
@@ -178,6 +178,8 @@ export const nodeSettings: Setting[] = [
     },
   },
   { key: "persist", check: oneOf(["true", "false"]) },
+  // The kernel's netconsole to the server's receiver (src/netconsole.ts), from the next boot.
+  { key: "console.netconsole", check: oneOf(["true", "false"]) },
   ...stateSettings,
 ];
 
@@ -423,6 +425,19 @@ export class NodeRegistry {
        WHERE n.mac = ?`,
     ).get(normalizeMac(mac)) as { ip: string | null } | undefined;
     return r?.ip ?? null;
+  }
+
+  /** The nodes with `console.netconsole=true`, by address (the admin's `ip` setting, else the
+   *  bound lease, else nodes.ip: evidence bound to the MAC, as exportTargets): address → MAC. */
+  netconsoleSources(): Map<string, string> {
+    const rows = this.db.prepare(
+      `SELECT n.mac AS mac, COALESCE(a.value, l.ip, n.ip) AS ip
+       FROM nodes n
+       JOIN node_settings c ON c.mac = n.mac AND c.key = 'console.netconsole' AND c.value = 'true'
+       LEFT JOIN leases l ON l.mac = n.mac AND l.state = 'bound'
+       LEFT JOIN node_settings a ON a.mac = n.mac AND a.key = 'ip'`,
+    ).all() as { mac: string; ip: string | null }[];
+    return new Map(rows.filter((r) => r.ip).map((r) => [r.ip!, r.mac]));
   }
 
   byIp(ip: string): NodeInfo | undefined {

@@ -4,7 +4,7 @@
 // (setting `boot.probe-port`, default 22: sshd, as WalT does) until it accepts a connection, and
 // re-probes booted nodes every `recheckMs` (one connect per node, bounded concurrency).
 //
-// The watchdog (setting `boot.watchdog`, default 180 s) hard-reboots a booting node that shows no
+// The watchdog (setting `boot.timeout`, default 180 s) hard-reboots a booting node that shows no
 // progress (no report, no script fetch) for that long, through the reboot seam (src/reboot.ts), up
 // to `boot.retries` (default 3) times; then the node is `failed`. A node whose init handed over
 // but whose probe port never answers (an image without sshd) is not rebooted: when the watchdog
@@ -34,7 +34,7 @@ function numberOrNone(min: number, max: number, what: string) {
 
 export const stateSettings: Setting[] = [
   { key: "boot.probe-port", check: numberOrNone(1, 65535, "a TCP port") },
-  { key: "boot.watchdog", check: numberOrNone(10, 86400, "seconds") },
+  { key: "boot.timeout", check: numberOrNone(10, 86400, "seconds") },
   {
     key: "boot.retries",
     check: (key, value) => {
@@ -55,7 +55,7 @@ export function probePort(settings: Record<string, string>): number | null {
 
 /** The node's watchdog in ms, or null (`none`: disabled). */
 export function watchdogMs(settings: Record<string, string>): number | null {
-  const v = settings["boot.watchdog"];
+  const v = settings["boot.timeout"];
   return v === "none" ? null : (Number(v) || STATE_DEFAULTS.watchdogS) * 1000;
 }
 
@@ -253,7 +253,7 @@ export class NodeMonitor {
         return;
       }
       if (!expired) return;
-      const stage = n.stage ?? "none (no report)";
+      const stage = n.stage ?? "boot script fetched, no report from the init";
       if (handedOver) {
         this.#set(
           n,

@@ -34,8 +34,10 @@ import { startRouterAdvertisements } from "../netboot/ra.ts";
 import { contextBooter } from "./boot/booter.ts";
 import { startDhcpService, startTftpService } from "./boot/services.ts";
 import { startNfs } from "./nfs.ts";
+import { startNetconsole } from "./netconsole.ts";
 import { ensureBridge } from "./vnode/bridge.ts";
-import { consoleRoutes, vnodeRoutes } from "./vnode/api.ts";
+import { vnodeRoutes } from "./vnode/api.ts";
+import { consoleRoutes } from "./consolelog.ts";
 import { startVnodes, vnodeSettings } from "./vnode/manager.ts";
 import { powerRoutes } from "./power/api.ts";
 import { type PowerDriver, PowerDrivers } from "./power/driver.ts";
@@ -103,6 +105,16 @@ export function httpHosts(config: ServerConfig): string[] {
   if (config.http.host) return [config.http.host];
   if (!config.serverIp) return ["0.0.0.0"];
   return config.serverIp.startsWith("127.") ? [config.serverIp] : [config.serverIp, "127.0.0.1"];
+}
+
+/** The netconsole receiver on the boot interface, or a warning (nodes then get no netconsole=). */
+function startNetconsoleOrWarn(ctx: Context, host: string, device: string) {
+  try {
+    return startNetconsole(ctx, { host, port: ctx.config.netconsole.port, device });
+  } catch (e) {
+    log.warn("no netconsole receiver", { error: (e as Error).message });
+    return undefined;
+  }
 }
 
 /** Starts one Deno.serve per host on one port (the first listener picks it when 0 was asked). */
@@ -303,6 +315,12 @@ export async function serve(
     } else {
       if (config.dhcp.mode !== "off") services.push(await startDhcpService(ctx, booter));
       services.push(await startTftpService(ctx, booter));
+      // A diagnostic: without it nodes still boot (their plans then carry no netconsole=).
+      const nc = config.serverIp
+        ? startNetconsoleOrWarn(ctx, config.serverIp, config.interface)
+        : undefined;
+      if (nc) services.push(nc);
+      ctx.netconsolePort = nc?.port;
       if (config.ra) services.push(await startRouterAdvertisements(config.interface));
     }
     if (config.nfs.mode !== "off") services.push(await startNfs(ctx));

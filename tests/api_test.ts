@@ -122,12 +122,12 @@ Deno.test("API: health, auth, node CRUD, config, deploy, events, errors", () =>
     assert.equal((await call("PATCH", "/nodes/gamma", { name: "beta" })).status, 409);
     assert.equal((await call("PATCH", "/nodes/gamma", { model: "x" })).status, 400);
 
-    const cfg = await call("PATCH", "/nodes/gamma/config", { "boot.timeout": "90" });
-    assert.deepEqual(cfg.json.settings, { "boot.timeout": "90" });
+    const cfg = await call("PATCH", "/nodes/gamma/config", { "nfs.timeout": "90" });
+    assert.deepEqual(cfg.json.settings, { "nfs.timeout": "90" });
     assert.equal((await call("PATCH", "/nodes/gamma/config", { "boot.mode": "x" })).status, 400);
-    assert.equal((await call("PATCH", "/nodes/gamma/config", { "boot.timeout": 90 })).status, 400);
+    assert.equal((await call("PATCH", "/nodes/gamma/config", { "nfs.timeout": 90 })).status, 400);
     assert.deepEqual(
-      (await call("PATCH", "/nodes/gamma/config", { "boot.timeout": null })).json.settings,
+      (await call("PATCH", "/nodes/gamma/config", { "nfs.timeout": null })).json.settings,
       {},
     );
 

@@ -83,9 +83,9 @@ Deno.test("plan: refusals say why, in the order a node meets them", () => {
   const noInitrd = { ...input().image!, initrd: null };
   assert.match(refused(input({ image: noInitrd }, { initramfs: "image" })), /no initrd of its own/);
   // A value the node would refuse is refused here (checkBoot passes: it needs no token).
-  const bad = input({}, { "boot.timeout": "5" });
+  const bad = input({}, { "nfs.timeout": "5" });
   assert.equal(checkBoot(bad), undefined);
-  assert.match(refused(bad), /boot\.timeout/);
+  assert.match(refused(bad), /nfs\.timeout/);
 });
 
 Deno.test("plan: the node's address is the admin's, else its lease, else the request's, else the registry's", () => {
@@ -98,4 +98,24 @@ Deno.test("plan: the node's address is the admin's, else its lease, else the req
   assert.equal(nodeAddress(node, undefined, "10.0.0.5"), "10.0.0.5");
   assert.equal(nodeAddress(node, undefined, undefined), "10.0.0.7");
   assert.equal(nodeAddress({ ...node, ip: null }, undefined, undefined), undefined);
+});
+
+Deno.test("plan: console.netconsole=true sends the kernel log to the receiver, on the boot link only", () => {
+  const netconsole = { port: 6666, serverMac: "02:00:00:00:00:01" };
+  const cmdline = (over: Partial<PlanInput>, settings: Record<string, string>) => {
+    const plan = planBoot(input(over, settings));
+    assert.ok(!("refused" in plan), JSON.stringify(plan));
+    return plan.cmdline;
+  };
+  const net = { ...input().network, netconsole };
+  const on = { "console.netconsole": "true" };
+  assert.equal(
+    parseCmdline(cmdline({ network: net }, on)).netconsole,
+    "6665@10.0.0.7/,6666@10.0.0.1/02:00:00:00:00:01",
+  );
+  // Off unless asked; not without a receiver; not for a node behind a router (the kernel sends
+  // to one MAC, and the server knows only its own).
+  assert.doesNotMatch(cmdline({ network: net }, {}), /netconsole=/);
+  assert.doesNotMatch(cmdline({}, on), /netconsole=/);
+  assert.doesNotMatch(cmdline({ network: net, nodeIp: "10.0.9.7" }, on), /netconsole=/);
 });

@@ -99,8 +99,8 @@ Deno.test("node CLI: add, ls, show, rename, config, boot, log, reboot, forget", 
     fails(await cli("node", "rename", "beta", "alpha"), /already taken/);
 
     assert.match(
-      ok(await cli("node", "config", "alpha", "boot.timeout=60", "kernel.cmdline=quiet")),
-      /boot\.timeout\s+60/,
+      ok(await cli("node", "config", "alpha", "nfs.timeout=60", "kernel.cmdline=quiet")),
+      /nfs\.timeout\s+60/,
     );
     fails(
       await cli("node", "config", "alpha", "boot.mode=fast"),
@@ -110,7 +110,7 @@ Deno.test("node CLI: add, ls, show, rename, config, boot, log, reboot, forget", 
     assert.deepEqual(
       JSON.parse(ok(await cli("node", "config", "alpha", "kernel.cmdline=", "--json"))),
       {
-        "boot.timeout": "60",
+        "nfs.timeout": "60",
       },
     );
 
@@ -125,7 +125,7 @@ Deno.test("node CLI: add, ls, show, rename, config, boot, log, reboot, forget", 
     const show = ok(await cli("node", "show", "52:54:00:aa:00:01"));
     assert.match(show, /name\s+alpha/);
     assert.match(show, /imageName\s+debian/);
-    assert.match(show, /boot\.timeout\s+60/);
+    assert.match(show, /nfs\.timeout\s+60/);
     assert.equal(JSON.parse(ok(await cli("node", "show", "alpha", "--json"))).imageId, id);
 
     const log = ok(await cli("node", "log", "alpha"));

@@ -196,6 +196,7 @@ Deno.test("serve config: every flag has a config file key giving the same config
     [["--register-max", "9"], { dhcp: { registerMax: 9 } }],
     [["--register-ttl", "0"], { dhcp: { registerTtlSeconds: 0 } }],
     [["--tftp-port", "6969"], { tftp: { port: 6969 } }],
+    [["--netconsole-port", "6667"], { netconsole: { port: 6667 } }],
     [["--ipxe-dir", "/opt/ipxe"], { ipxeDir: "/opt/ipxe" }],
     [["--nfs", "ganesha"], { nfs: { mode: "ganesha" } }],
     [["--nfs-version", "3"], { nfs: { version: 3 } }],

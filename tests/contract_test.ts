@@ -6,6 +6,7 @@ import {
   CmdlineError,
   type CmdlineValues,
   DEFAULTS,
+  netconsoleOnDevice,
   parseCmdline,
   renderCmdline,
 } from "../contract/cmdline.ts";
@@ -63,6 +64,27 @@ Deno.test("cmdline round trip: what the server renders, the node parses to the s
   });
 });
 
+Deno.test("cmdline: netconsole= names the node, the server and its MAC; the init adds the NIC", () => {
+  const nc = { port: 6666, serverMac: "52:54:00:AA:BB:CC" };
+  const p = parseCmdline(renderCmdline({ ...values, netconsole: nc }));
+  assert.equal(p.netconsole, "6665@10.77.0.23/,6666@10.77.0.1/52:54:00:aa:bb:cc");
+  assert.equal(
+    netconsoleOnDevice(p.netconsole!, "eth1"),
+    "6665@10.77.0.23/eth1,6666@10.77.0.1/52:54:00:aa:bb:cc",
+  );
+  // One the admin wrote with a device (kernel.cmdline, last wins) is kept as written.
+  const own = "6665@10.77.0.23/enp1s0,6666@10.77.0.9/52:54:00:00:00:09";
+  const o = parseCmdline(renderCmdline({ ...values, netconsole: nc, extra: `netconsole=${own}` }));
+  assert.equal(netconsoleOnDevice(o.netconsole!, "eth1"), own);
+  // Without the node's address (ip=dhcp) there is no netconsole=: the kernel needs it.
+  assert.doesNotMatch(
+    renderCmdline({ ...values, nodeIp: undefined, netconsole: nc }),
+    /netconsole/,
+  );
+  assert.throws(() => renderCmdline({ ...values, netconsole: { port: 1, serverMac: "x" } }), /MAC/);
+  assert.equal(parseCmdline(renderCmdline(values)).netconsole, undefined);
+});
+
 Deno.test("cmdline round trip: unset settings are the node's defaults; kernel.cmdline wins", () => {
   const unset = { ...values, mode: undefined, timeout: "", tmpfs: undefined, persist: undefined };
   const p = parseCmdline(renderCmdline(unset));
@@ -83,17 +105,17 @@ Deno.test("cmdline rules: a setting is accepted exactly when the node accepts it
   const ctx = await openContext({ ...defaultConfig(), dataDir: dir });
   try {
     ctx.nodes.add(values.mac, { name: "n1" });
-    const cases:
-      (readonly [setting: "boot.mode" | "boot.timeout" | "tmpfs.size", value: string])[] = [
+    const cases: (readonly [setting: "boot.mode" | "nfs.timeout" | "tmpfs.size", value: string])[] =
+      [
         ...["auto", "network", "hybrid", "AUTO"].map((v) => ["boot.mode", v] as const),
         ...["9", "10", "180", "3600", "3601", "0", "1", "soon", "1.5"].map((v) =>
-          ["boot.timeout", v] as const
+          ["nfs.timeout", v] as const
         ),
         ...["50%", "1%", "100%", "0%", "101%", "1000%", "512m", "2G", "0", "0m", "1x", "50"].map(
           (v) => ["tmpfs.size", v] as const,
         ),
       ];
-    const key = { "boot.mode": "mode", "boot.timeout": "timeout", "tmpfs.size": "tmpfs" } as const;
+    const key = { "boot.mode": "mode", "nfs.timeout": "timeout", "tmpfs.size": "tmpfs" } as const;
     for (const [setting, value] of cases) {
       let stored: string | undefined;
       try {

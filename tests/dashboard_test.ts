@@ -224,27 +224,27 @@ Deno.test({
         );
 
         // Actions. A setting edited in the page reaches the registry (and the timeline).
-        await page.eval(`document.getElementById('setting-key').value = 'boot.watchdog';
+        await page.eval(`document.getElementById('setting-key').value = 'boot.timeout';
           document.getElementById('setting-value').value = '300';
           document.getElementById('setting-add').requestSubmit()`);
         await page.waitFor(
-          "document.querySelector('#settings tr[data-key=\"boot.watchdog\"] td.value')" +
+          "document.querySelector('#settings tr[data-key=\"boot.timeout\"] td.value')" +
             "?.textContent === '300'",
           "the new setting",
         );
-        assert.equal(ctx.nodes.get(mac1).settings["boot.watchdog"], "300");
+        assert.equal(ctx.nodes.get(mac1).settings["boot.timeout"], "300");
         await page.waitFor(
           "[...document.querySelectorAll('#timeline tr[data-kind=\"node.config\"]')]" +
-            ".some((r) => r.textContent.includes('boot.watchdog'))",
+            ".some((r) => r.textContent.includes('boot.timeout'))",
           "the node.config event, live",
         );
         // A bad value gets the API's one-line error.
-        await page.eval(`document.getElementById('setting-key').value = 'boot.watchdog';
+        await page.eval(`document.getElementById('setting-key').value = 'boot.timeout';
           document.getElementById('setting-value').value = 'soon';
           document.getElementById('setting-add').requestSubmit()`);
         await page.waitFor(
           "document.getElementById('action-result').className.includes('error') && " +
-            "document.getElementById('action-result').textContent.includes('boot.watchdog must')",
+            "document.getElementById('action-result').textContent.includes('boot.timeout must')",
           "the refusal",
         );
         // Power off through the node's power.command program: it runs, the node is off.

@@ -198,8 +198,13 @@ async function smallImage(dir: string, kv: string, module: Uint8Array): Promise<
   const mods = join(root, "usr/lib/modules", kv);
   await Deno.mkdir(join(mods, "kernel"), { recursive: true });
   await Deno.symlink("/usr/lib", join(root, "lib")); // must resolve inside the image, not the host
-  await Deno.writeTextFile(join(mods, "modules.dep"), "kernel/e1000.ko:\n");
-  await Deno.writeFile(join(mods, "kernel/e1000.ko"), module);
+  await Deno.writeTextFile(
+    join(mods, "modules.dep"),
+    "kernel/e1000.ko:\nkernel/configfs.ko:\nkernel/netconsole.ko: kernel/configfs.ko\n",
+  );
+  for (const m of ["e1000", "configfs", "netconsole"]) {
+    await Deno.writeFile(join(mods, `kernel/${m}.ko`), module);
+  }
   return root;
 }
 
@@ -231,6 +236,15 @@ Deno.test("image symlinks resolve inside the image; gzip without a kernel config
     );
     const listed = await sh("cpio", ["-t", "--quiet"], { stdin: cpioPath });
     assert.match(listed, /^lib\/modules\/9\.9\.9-test\/kernel\/e1000\.ko$/m);
+    // netconsole ships beside, in its own order file: loaded only when the command line asks.
+    assert.match(listed, /^lib\/modules\/9\.9\.9-test\/kernel\/netconsole\.ko$/m);
+    const file = (name: string) =>
+      sh("cpio", ["-i", "--quiet", "--to-stdout", name], { stdin: cpioPath });
+    assert.equal(await file("netroot/modules.order"), "kernel/e1000.ko\n");
+    assert.equal(
+      await file("netroot/netconsole.order"),
+      "kernel/configfs.ko\nkernel/netconsole.ko\n",
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -185,14 +185,14 @@ Deno.test("configure validates every key before writing any; null deletes; plugi
     const n = nodes.configure("a", {
       "kernel.cmdline": " quiet loglevel=3 ",
       "boot.mode": "NETWORK",
-      "boot.timeout": "180",
+      "nfs.timeout": "180",
       "tmpfs.size": "50%",
       initramfs: "netroot",
       persist: "false",
     });
     assert.deepEqual(n.settings, {
       "boot.mode": "network",
-      "boot.timeout": "180",
+      "nfs.timeout": "180",
       initramfs: "netroot",
       "kernel.cmdline": "quiet loglevel=3",
       persist: "false",
@@ -201,8 +201,8 @@ Deno.test("configure validates every key before writing any; null deletes; plugi
     for (
       const bad of <Record<string, string>[]> [
         { "boot.mode": "hybrid" },
-        { "boot.timeout": "-1" },
-        { "boot.timeout": "ten" },
+        { "nfs.timeout": "-1" },
+        { "nfs.timeout": "ten" },
         { "tmpfs.size": "150%" },
         { "tmpfs.size": "0" },
         { "kernel.cmdline": "a\nb" },
@@ -211,9 +211,9 @@ Deno.test("configure validates every key before writing any; null deletes; plugi
       ]
     ) {
       // One valid key alongside the bad one: nothing may be written.
-      assert.equal(status(() => nodes.configure("a", { "boot.timeout": "60", ...bad })), 400);
+      assert.equal(status(() => nodes.configure("a", { "nfs.timeout": "60", ...bad })), 400);
     }
-    assert.equal(nodes.get("a").settings["boot.timeout"], "180");
+    assert.equal(nodes.get("a").settings["nfs.timeout"], "180");
     assert.throws(
       () => nodes.configure("a", { colour: "blue" }),
       /unknown setting colour.*boot\.mode/,

@@ -133,19 +133,19 @@ Deno.test("state settings: probe port, watchdog and retries are checked", () =>
     ctx.nodes.add(mac, { name: "n1" });
     const ok = ctx.nodes.configure("n1", {
       "boot.probe-port": " 2222 ",
-      "boot.watchdog": "NONE",
+      "boot.timeout": "NONE",
       "boot.retries": "0",
     });
     assert.deepEqual(ok.settings, {
       "boot.probe-port": "2222",
       "boot.retries": "0",
-      "boot.watchdog": "none",
+      "boot.timeout": "none",
     });
     for (
       const [k, v, re] of [
         ["boot.probe-port", "0", /TCP port 1–65535 or none/],
         ["boot.probe-port", "ssh", /TCP port/],
-        ["boot.watchdog", "5", /seconds 10–86400 or none/],
+        ["boot.timeout", "5", /seconds 10–86400 or none/],
         ["boot.retries", "-1", /whole number 0–20/],
       ] as const
     ) {
@@ -224,7 +224,7 @@ Deno.test("watchdog: reboots a stuck boot through its power driver up to boot.re
 Deno.test("watchdog: progress reports hold it off; a handover without a probe answer is booted, not rebooted", () =>
   withCtx(async (ctx) => {
     ctx.nodes.add(mac, { name: "n1" });
-    ctx.nodes.configure("n1", { ip: "10.9.0.5", "boot.watchdog": "60" });
+    ctx.nodes.configure("n1", { ip: "10.9.0.5", "boot.timeout": "60" });
     const rebooted: string[] = [];
     ctx.rebooter.register({
       name: "test",

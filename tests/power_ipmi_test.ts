@@ -119,9 +119,11 @@ Deno.test("ipmi driver: ipmi_sim BMC powers a qemu node on, off, cycle; bad cred
       assert.equal(livePid(qemuPid), first, "a failed power off must leave the node running");
       await s.call("PATCH", "/nodes/bm1/config", { "power.host": `127.0.0.1:${port}` });
 
-      // node reboot of a running node: the BMC's power cycle, a new qemu.
-      const reboot = await s.call("POST", "/nodes/bm1/reboot", { cause: "test" });
-      assert.deepEqual(reboot.json, {
+      // `node reboot --hard` (the user's command) of a running node: the BMC's power cycle, a
+      // new qemu.
+      const hard = await s.cli("node", "reboot", "bm1", "--hard", "--cause", "test", "--json");
+      assert.equal(hard.code, 0, hard.err);
+      assert.deepEqual(JSON.parse(hard.out), {
         mac,
         mechanism: "ipmi",
         ok: true,

@@ -117,11 +117,14 @@ Deno.test("snmp-poe driver: snmpd PoE port powers a qemu node (v2c, v3); bad cre
       assert.equal(livePid(qemuPid), first);
       await s.call("PATCH", "/nodes/sw1-node/config", { "power.poe.port": "1.4" });
 
-      // node reboot = off, 2 s, on: a new qemu; the reboot event names snmp-poe.
+      // `node reboot --hard` (the user's command) = off, 2 s, on: a new qemu; the reboot names
+      // snmp-poe.
       const t0 = Date.now();
-      const reboot = await s.call("POST", "/nodes/sw1-node/reboot", { cause: "test" });
-      assert.equal(reboot.json.mechanism, "snmp-poe");
-      assert.equal(reboot.json.ok, true, JSON.stringify(reboot.json));
+      const hard = await s.cli("node", "reboot", "sw1-node", "--hard", "--cause", "test", "--json");
+      assert.equal(hard.code, 0, hard.err);
+      const reboot = JSON.parse(hard.out);
+      assert.equal(reboot.mechanism, "snmp-poe");
+      assert.equal(reboot.ok, true, hard.out);
       assert.ok(Date.now() - t0 >= 2000, "the port stayed off for 2 s");
       const second = livePid(qemuPid);
       assert.ok(second && second !== first && !pidAlive(first!), "a new qemu after the cycle");

@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { defaultConfig } from "../src/config.ts";
 import type { Context } from "../src/context.ts";
 import { buildApp, openContext } from "../src/server.ts";
-import { readConsole } from "../src/vnode/api.ts";
+import { readConsole } from "../src/consolelog.ts";
 import {
   parseDiskList,
   qmpSocketPath,
@@ -159,11 +159,11 @@ Deno.test("vnode API routes: list, create errors as JSON, console offsets", asyn
       assert.equal(res.status, 401);
       await res.body?.cancel();
       res = await app.request("/api/v1/nodes/vm3/console", { headers: auth });
-      assert.deepEqual(await res.json(), { text: "", offset: 0 }); // not started yet
+      assert.deepEqual(await res.json(), { text: "", offset: 0, source: "serial" }); // not started
       await Deno.mkdir(ctx.data.vm(mac), { recursive: true });
       await Deno.writeTextFile(join(ctx.data.vm(mac), "console.log"), "hello\nworld\n");
       res = await app.request("/api/v1/nodes/vm3/console?offset=6", { headers: auth });
-      assert.deepEqual(await res.json(), { text: "world\n", offset: 12 });
+      assert.deepEqual(await res.json(), { text: "world\n", offset: 12, source: "serial" });
       res = await app.request("/api/v1/nodes/vm3/console?offset=x", { headers: auth });
       assert.equal(res.status, 400);
       res = await app.request(`/api/v1/vnodes/${mac}`, { method: "DELETE", headers: auth });

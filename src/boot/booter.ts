@@ -17,7 +17,15 @@ import { nodeReported } from "../nodestate.ts";
 import type { ImageInfo } from "../images/store.ts";
 import type { Booter, BootFileKind, EventSink, Refusal, ScriptPlan } from "../../netboot/booter.ts";
 import { boundLeaseIp, LeaseStore } from "./leases.ts";
-import { checkBoot, initramfsSource, nodeAddress, planBoot, type PlanInput } from "./plan.ts";
+import {
+  checkBoot,
+  initramfsSource,
+  nodeAddress,
+  planBoot,
+  type PlanInput,
+  type PlanNetwork,
+} from "./plan.ts";
+import { hardwareAddress } from "../linux/netif.ts";
 
 const log = logger("http");
 
@@ -46,6 +54,18 @@ function imageFor(ctx: Context, mac: string, pinned?: string): ImageInfo | undef
   }
 }
 
+/** Where nodes send their netconsole: the receiver's port and the boot interface's MAC (read at
+ *  each plan: a bridge's MAC follows its ports until set). */
+function netconsoleTarget(ctx: Context): PlanNetwork["netconsole"] {
+  const iface = ctx.config.interface;
+  if (ctx.netconsolePort === undefined || !iface) return undefined;
+  try {
+    return { port: ctx.netconsolePort, serverMac: hardwareAddress(iface) };
+  } catch {
+    return undefined;
+  }
+}
+
 /** The plan's input for a node; `token` and `nodeIp` are filled in once the boot passes checkBoot. */
 function planInput(ctx: Context, node: NodeInfo, base: string): PlanInput {
   const imageId = ctx.nodes.currentImageId(node.mac);
@@ -64,6 +84,7 @@ function planInput(ctx: Context, node: NodeInfo, base: string): PlanInput {
       nfs: ctx.config.nfs.version === 3 ? "3" : "4.2",
       rootPath: image ? nfsRootPath(ctx, image.id) : "",
       persistPath: nfsPersistPath(ctx, node.mac),
+      netconsole: netconsoleTarget(ctx),
     },
     token: "",
     sshKey: serverKey(ctx),
@@ -161,7 +182,7 @@ function acceptReport(
   const boot = findBoot(ctx.db, token);
   const node = boot?.mac === mac ? ctx.nodes.find(mac) : undefined;
   if (!boot || !node) return { rejected: "token does not belong to this node's boots" };
-  const silentS = Number(node.settings?.["boot.timeout"]) || DEFAULTS.timeoutS;
+  const silentS = Number(node.settings?.["nfs.timeout"]) || DEFAULTS.timeoutS;
   if (Date.now() > bootExpiry(boot, silentS)) {
     return {
       rejected: boot.stage === "handover" || boot.stage === "fatal"

@@ -4,6 +4,7 @@
 // stores, and HTTP boot (netboot/http.ts) renders the plan as an iPXE script. The command line is
 // the node contract's (contract/cmdline.ts).
 import { renderCmdline } from "../../contract/cmdline.ts";
+import { networkCidr } from "../../contract/ipv4.ts";
 import type { Refusal } from "../../netboot/booter.ts";
 
 export type { Refusal };
@@ -38,6 +39,9 @@ export interface PlanNetwork {
   /** Export paths of the image's root and of the node's /persist (src/nfs.ts). */
   rootPath: string;
   persistPath: string;
+  /** The netconsole receiver (src/netconsole.ts) and the boot interface's MAC, when both are
+   *  known: nodes with console.netconsole=true on the boot subnet send their kernel log there. */
+  netconsole?: { port: number; serverMac: string };
 }
 
 export interface PlanInput {
@@ -111,6 +115,12 @@ export function checkBoot(i: Omit<PlanInput, "token" | "nodeIp" | "network">): R
   return undefined;
 }
 
+/** Whether the node reaches the server without a router: the kernel's netconsole sends to one
+ *  MAC, which the server knows only on its own link. */
+function sameSubnet(a: string, b: string, netmask: string): boolean {
+  return networkCidr(a, netmask) === networkCidr(b, netmask);
+}
+
 /** The boot plan of a node, or why it gets none (a setting the command line refuses, say). */
 export function planBoot(i: PlanInput): BootPlan | Refusal {
   const early = checkBoot(i);
@@ -137,11 +147,15 @@ export function planBoot(i: PlanInput): BootPlan | Refusal {
       imageId: image.id,
       token: i.token,
       mode: node.settings["boot.mode"],
-      timeout: node.settings["boot.timeout"],
+      timeout: node.settings["nfs.timeout"],
       tmpfs: node.settings["tmpfs.size"],
       // The last console= is /dev/console: serial last so virtual nodes (and serial-attached lab
       // PCs) get the init's output; the screen still shows kernel messages.
       consoles: node.model === "pc-x86-64" ? ["tty0", "ttyS0,115200"] : [],
+      netconsole: setting(node, "console.netconsole", "false") === "true" &&
+          i.nodeIp && sameSubnet(i.nodeIp, net.serverIp, net.netmask)
+        ? net.netconsole
+        : undefined,
       extra: node.settings["kernel.cmdline"],
       sshKey: i.sshKey,
     });

@@ -30,6 +30,7 @@ const nodeFlags = {
   hard: "",
   upper: "FILE",
   "reboot-nodes": "",
+  source: "serial|netconsole",
 } as const;
 
 export const commands: Record<string, CommandSpec> = {
@@ -56,6 +57,7 @@ export const commands: Record<string, CommandSpec> = {
       "register-ttl": "SECONDS",
       "api-auth": "writes|all",
       "tftp-port": "N",
+      "netconsole-port": "N",
       "ipxe-dir": "DIR",
       nfs: "kernel|ganesha|off",
       "nfs-version": "3|4",

@@ -37,7 +37,7 @@ const help: Record<string, string> = {
   power NODE on|off|cycle|status            switch a node's power (its power.driver)
   wait NODE[,NODE…] [--state S] [--timeout S]   until the nodes reach a state (default booted)
   log NODE [--follow]                       the node's timeline
-  console NODE [--follow]                   a virtual node's console output
+  console NODE [--follow] [--source S]      the node's console (serial or netconsole)
   save NODE NAME --upper FILE [--reboot-nodes]   the node's changes as a new image version
 
 NODE is a name or a MAC address (any common spelling). ${common}`,
@@ -72,8 +72,10 @@ Removes the node from the database and its fs link. Its persist data stays in
   config: `usage: netroot node config NODE [key=value…]
 
 Without key=value prints the node's settings. key= (empty value) removes a setting.
-Keys: kernel.cmdline (extra kernel arguments), boot.mode (auto|network), boot.timeout (seconds),
-tmpfs.size (e.g. 50% or 512m), initramfs (netroot|image), persist (true|false), ip (the node's
+Keys: kernel.cmdline (extra kernel arguments), boot.mode (auto|network), nfs.timeout (the init's
+NFS retry budget, seconds), boot.timeout (watchdog, seconds or none), boot.retries, boot.probe-port,
+tmpfs.size (e.g. 50% or 512m), initramfs (netroot|image), persist (true|false),
+console.netconsole (true|false: the kernel log to the server, see node console), ip (the node's
 address, fixed by you: its /persist export and kernel command line follow it), power.* (see
 netroot node power --help), reboot.soft-timeout (seconds a clean reboot may take before the hard
 one, default 30), node.down.action (reboot|none: what to do when a booted node stops answering),
@@ -127,9 +129,12 @@ The node's timeline (DHCP, TFTP, HTTP, init stages, deploys, reboots). --follow 
 A hybrid copy's progress is one line (percentage, MB/s, ETA); on a terminal --follow updates it
 in place.
 ${common}`,
-  console: `usage: netroot node console NODE [--follow]
+  console: `usage: netroot node console NODE [--follow] [--source serial|netconsole]
 
-Prints a virtual node's console output; --follow keeps printing new output. ${common}`,
+Prints the node's console output; --follow keeps printing new output. A node with
+console.netconsole=true sends its kernel log (and netroot init's lines) to the server by the
+kernel's netconsole: shown by default, for physical and virtual nodes. A virtual node's serial
+console: --source serial (the default without netconsole). ${common}`,
 };
 
 const options = {
@@ -147,6 +152,7 @@ const options = {
   hard: { type: "boolean" },
   upper: { type: "string" },
   "reboot-nodes": { type: "boolean" },
+  source: { type: "string" },
 } as const;
 
 /** Poll period for --follow. */
@@ -441,12 +447,13 @@ export async function run(args: string[]): Promise<number> {
     }
     case "console": {
       const [ref] = positionals(p, 1, help.console);
-      // Served by the virtual-node code: GET /nodes/:ref/console?offset=N answers
-      // {text, offset} (offset = where the next read starts) or plain text.
+      // GET /nodes/:ref/console?offset=N[&source=S] answers {text, offset, source} (offset =
+      // where the next read starts; src/consolelog.ts) or plain text.
       let offset = 0;
       for (;;) {
+        const source = o.source ? `&source=${enc(o.source)}` : "";
         const r = await api.get<{ text: string; offset: number } | string>(
-          `/nodes/${enc(ref)}/console?offset=${offset}`,
+          `/nodes/${enc(ref)}/console?offset=${offset}${source}`,
         ).catch((e) => {
           if (/no such API route/.test(e.message)) {
             throw new UserError("this server has no node console (no virtual-node support)", 404);

@@ -18,7 +18,8 @@ export const serveHelp =
                      [--proxy-strategy option43|port4011] [--offer-time SECONDS]
                      [--register-unknown true|false] [--register-rate PER-MINUTE]
                      [--register-max N] [--register-ttl SECONDS]
-                     [--tftp-port N] [--ipxe-dir DIR] [--nfs kernel|ganesha|off] [--nfs-version 3|4]
+                     [--tftp-port N] [--netconsole-port N] [--ipxe-dir DIR]
+                     [--nfs kernel|ganesha|off] [--nfs-version 3|4]
                      [--ra true|false] [--accel auto|kvm|tcg] [--log-format text|json]
 
 Runs on embedded defaults: data in ./netroot-data (checkout) or /var/lib/netroot, HTTP on port
@@ -31,6 +32,8 @@ Unknown machines register themselves at their first DHCP request: at most --regi
 minute (default 60) and --register-max in all (default 1000); one that never gets past DHCP is
 forgotten after --register-ttl idle seconds (default 86400, 0 = never). An OFFER holds its address
 for --offer-time seconds (default 60); the address is the client's at ACK.
+With a boot interface the server receives the kernel netconsole of nodes with
+console.netconsole=true on UDP --netconsole-port (default 6666) of the boot address.
 Log lines go to stderr: key=value text, or one JSON object per line with --log-format json (or
 NETROOT_LOG_FORMAT=json); under systemd they carry journal priorities and no timestamps.
 One server per data dir (it holds <data>/run/serve.lock). Under systemd (Type=notify) it reports

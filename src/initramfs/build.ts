@@ -13,7 +13,7 @@ import { type CpioEntry, CpioWriter } from "./cpio.ts";
 import { EM_AARCH64, EM_X86_64, machineName, readElfFile } from "./elf.ts";
 import { libraryDirs, sharedLibraries } from "./libs.ts";
 import { keepNewest } from "./prune.ts";
-import { parseModuleIndex, planModules, WANTED_MODULES } from "./modules.ts";
+import { NETCONSOLE_MODULES, parseModuleIndex, planModules, WANTED_MODULES } from "./modules.ts";
 import { NODE_DENO, NODE_SCRIPT, nodeLauncher, type ProgramFiles, programFor } from "./bundle.ts";
 
 export type { ProgramFiles } from "./bundle.ts";
@@ -174,16 +174,19 @@ async function readModuleIndex(rootfs: string, kv: string) {
   return { modRel, idx };
 }
 
-/** The initramfs tree (docs/architecture.md "Initramfs layout"): the program, its libraries and
- *  the modules in `order`, read from `modSources`. A runtime of the server's machine takes the
- *  server's libraries; one of another machine (aarch64 node, x86-64 server) the image's own. */
+/** The initramfs tree (docs/architecture.md "Initramfs layout"): the program, its libraries, the
+ *  modules in `order` (loaded at start) and in `netconsoleOrder` (loaded when the command line
+ *  asks for netconsole), read from `modSources` (relative path → host path). A runtime of the
+ *  server's machine takes the server's libraries; one of another machine (aarch64 node, x86-64
+ *  server) the image's own. */
 function initramfsTree(
   p: ProgramFiles,
   machine: number,
   rootfs: string,
   kv: string,
   order: string[],
-  modSources: string[],
+  netconsoleOrder: string[],
+  modSources: Map<string, string>,
 ): Tree {
   const tree = new Tree();
   for (const d of ["dev", "proc", "sys", "run", "tmp", "newroot", "netroot"]) tree.dir(d);
@@ -205,16 +208,18 @@ function initramfsTree(
     tree.hostFile(lib.real, lib.host, 0o755);
     if (lib.path !== lib.real) tree.add({ type: "symlink", path: lib.path, target: lib.real });
   }
-  tree.add({
-    type: "file",
-    path: "netroot/modules.order",
-    mode: 0o644,
-    data: new TextEncoder().encode(order.map((m) => m + "\n").join("")),
-  });
-  order.forEach((rel, i) => {
+  for (const [name, list] of [["modules.order", order], ["netconsole.order", netconsoleOrder]]) {
+    tree.add({
+      type: "file",
+      path: `netroot/${name}`,
+      mode: 0o644,
+      data: new TextEncoder().encode((list as string[]).map((m) => m + "\n").join("")),
+    });
+  }
+  for (const [rel, host] of modSources) {
     // Compressed modules stay compressed: init passes MODULE_INIT_COMPRESSED_FILE to finit_module.
-    tree.hostFile(`lib/modules/${kv}/${rel}`, modSources[i], 0o644);
-  });
+    tree.hostFile(`lib/modules/${kv}/${rel}`, host, 0o644);
+  }
   return tree;
 }
 
@@ -249,9 +254,24 @@ export async function buildInitramfs(opts: BuildOptions): Promise<BuildResult> {
   if (plan.missing.length) {
     log.info("modules not in this kernel, skipped", { kv, missing: plan.missing.join(",") });
   }
-  const modSources = plan.order.map((rel) => resolveInRoot(opts.rootfs, `${modRel}/${rel}`).host);
-  const machine = nodeMachine(opts.program, modSources[0]);
-  const tree = initramfsTree(opts.program, machine, opts.rootfs, kv, plan.order, modSources);
+  // netconsole is loaded later, with its target (overlay/init.ts), and only when asked for.
+  const netconsole = planModules(idx, NETCONSOLE_MODULES).order;
+  const modSources = new Map(
+    [...plan.order, ...netconsole].map((rel) => [
+      rel,
+      resolveInRoot(opts.rootfs, `${modRel}/${rel}`).host,
+    ]),
+  );
+  const machine = nodeMachine(opts.program, modSources.values().next().value);
+  const tree = initramfsTree(
+    opts.program,
+    machine,
+    opts.rootfs,
+    kv,
+    plan.order,
+    netconsole,
+    modSources,
+  );
   const compression = opts.compression ?? initramfsCompression(opts.rootfs, kv);
   const cpio = await writeCpio(tree, opts.out, compression);
   return {

@@ -32,6 +32,10 @@ export const WANTED_MODULES = [
   "af_packet",
 ];
 
+/** Shipped, not loaded at start: the init loads them (the last with its target as parameter)
+ *  when the kernel command line has netconsole=. */
+export const NETCONSOLE_MODULES = ["netconsole"];
+
 /** Module name as the kernel knows it: basename without .ko[.xz|.zst|.gz], `-` read as `_`. */
 export function moduleName(path: string): string {
   return path.replace(/^.*\//, "").replace(/\.ko(\.(xz|zst|gz))?$/, "").replaceAll("-", "_");

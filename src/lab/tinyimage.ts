@@ -17,7 +17,8 @@ import { dirname, join } from "node:path";
 import type { DebianKernel } from "./kernel.ts";
 import { runText as text, runTool as sh } from "./run.ts";
 
-/** Modules a netroot boot needs (virtio NIC and disk, e1000, NFS, overlay, ext4, vfat). */
+/** Modules a netroot boot needs (virtio NIC and disk, e1000, NFS, overlay, ext4, vfat), and
+ *  netconsole (node setting console.netconsole=true). */
 export const bootModules = [
   "virtio_pci",
   "virtio_net",
@@ -28,6 +29,7 @@ export const bootModules = [
   "overlay",
   "ext4",
   "vfat",
+  "netconsole",
 ];
 
 const busyboxIn = oncePerKey(fetchBusybox);
@@ -180,7 +182,14 @@ export interface TinyImage {
  *  busybox-static is kept (cache.ts). */
 export async function buildTinyImage(
   dir: string,
-  opts: { kernel: DebianKernel; cacheDir: string; release?: string; initrd?: boolean },
+  opts: {
+    kernel: DebianKernel;
+    cacheDir: string;
+    release?: string;
+    initrd?: boolean;
+    /** The stand-in initrd's /init script (default: print and power off). */
+    initrdInit?: string;
+  },
 ): Promise<TinyImage> {
   const { kernel } = opts;
   const release = opts.release ?? "v1";
@@ -199,7 +208,7 @@ export async function buildTinyImage(
       await busyboxTree(ir, opts.cacheDir);
       // The init's output needs a console before anything mounts devtmpfs.
       await sh("mknod", ["-m", "600", join(ir, "dev/console"), "c", "5", "1"]);
-      await Deno.writeTextFile(join(ir, "init"), standInInit);
+      await Deno.writeTextFile(join(ir, "init"), opts.initrdInit ?? standInInit);
       await Deno.chmod(join(ir, "init"), 0o755);
       await cpioGz(ir, join(dir, `boot/initrd.img-${kernel.kv}`));
     } finally {

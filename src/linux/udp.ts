@@ -11,6 +11,7 @@ import { check, cstr, errno, openLibc, SyscallError } from "./libc.ts";
 const AF_INET = 2, AF_INET6 = 10;
 const SOCK_DGRAM = 2, SOCK_RAW = 3, SOCK_CLOEXEC = 0o2000000;
 const SOL_SOCKET = 1, SO_REUSEADDR = 2, SO_BROADCAST = 6, SO_RCVBUF = 8, SO_BINDTODEVICE = 25;
+const SO_RCVBUFFORCE = 33;
 const IPPROTO_IP = 0, IP_PKTINFO = 8;
 const IPPROTO_IPV6 = 41, IPV6_UNICAST_HOPS = 16, IPV6_MULTICAST_HOPS = 18, IPV6_JOIN_GROUP = 20;
 const IPPROTO_ICMPV6 = 58, ICMP6_FILTER = 1;
@@ -233,7 +234,7 @@ export interface UdpOptions {
   device?: string;
   broadcast?: boolean;
   reuseAddress?: boolean;
-  /** SO_RCVBUF in bytes (a boot storm queues many packets). */
+  /** SO_RCVBUF(FORCE) in bytes (a boot storm queues many packets). */
   receiveBuffer?: number;
 }
 
@@ -252,7 +253,13 @@ export class UdpSocket extends FfiDatagramSocket {
       if (o.reuseAddress ?? true) set(SOL_SOCKET, SO_REUSEADDR, on, "SO_REUSEADDR");
       if (o.broadcast ?? true) set(SOL_SOCKET, SO_BROADCAST, on, "SO_BROADCAST");
       if (o.device) set(SOL_SOCKET, SO_BINDTODEVICE, cstr(o.device), `SO_BINDTODEVICE ${o.device}`);
-      if (o.receiveBuffer) set(SOL_SOCKET, SO_RCVBUF, int32(o.receiveBuffer), "SO_RCVBUF");
+      if (o.receiveBuffer) {
+        // Past net.core.rmem_max when we may (CAP_NET_ADMIN), else up to it.
+        const size = int32(o.receiveBuffer);
+        if (libc().setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, size, size.length) < 0) {
+          set(SOL_SOCKET, SO_RCVBUF, size, "SO_RCVBUF");
+        }
+      }
       set(IPPROTO_IP, IP_PKTINFO, on, "IP_PKTINFO");
       const addr = sockaddrIn(o.address ?? "0.0.0.0", o.port);
       check("bind", libc().bind(fd, addr, addr.length), `${o.address ?? "0.0.0.0"}:${o.port}`);

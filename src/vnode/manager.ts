@@ -16,6 +16,7 @@ import { logger } from "../log.ts";
 import { type ManagedProcess, StartFailure, startProcess, stopStale } from "../supervisor.ts";
 import type { NodeInfo, Setting } from "../nodes.ts";
 import type { RebootTarget } from "../reboot.ts";
+import { consoleLogPath, rotateConsole } from "../consolelog.ts";
 import { chooseAccel } from "./accel.ts";
 import { addTap, deleteTap, isBridge, linkInfo } from "./bridge.ts";
 import { checkDisk, type DiskSpec, ensureDisks, formatDisk, parseDiskSpec } from "./disks.ts";
@@ -90,8 +91,6 @@ export const vnodeSettings: Setting[] = [
 
 /** Where qemu builds look for option ROMs (Debian: /usr/lib/ipxe/qemu, others: share/qemu). */
 const virtioRomDirs = ["/usr/lib/ipxe/qemu", "/usr/share/qemu", "/usr/local/share/qemu"];
-/** Serial consoles older than this are rotated to console.log.1 when the VM starts. */
-const consoleRotateBytes = 16 * 1024 * 1024;
 /** How long qemu gets to open its QMP socket (a failure to start shows up within this). */
 const startTimeoutMs = 10_000;
 
@@ -276,9 +275,9 @@ export class VnodeManager {
     await killStale(vm);
     const disks = await ensureDisks(vm, spec.disks);
     const uefiVars = spec.firmware === "bios" ? undefined : await ensureUefiVars(vm);
-    const consoleLog = join(vm, "console.log");
-    const size = await Deno.stat(consoleLog).then((s) => s.size, () => 0);
-    if (size > consoleRotateBytes) await Deno.rename(consoleLog, `${consoleLog}.1`);
+    // qemu appends to the serial console log: a long one is rotated when the VM starts.
+    const consoleLog = consoleLogPath(this.ctx.data, mac, "serial");
+    await rotateConsole(consoleLog);
     const qmpSocket = qmpSocketPath(vm);
     await Deno.remove(qmpSocket).catch(() => {});
     const accel = await chooseAccel(this.ctx.config.vnode.accel, {

@@ -5,7 +5,7 @@
 //      itself; the second boot sees no /etc or / change (RAM overlay gone) but /persist kept; the
 //      image tree on the server is byte-for-byte the imported one (its manifest hash = its id).
 //   2. `netroot node boot NODE v2` (deploy + qemu restart): the next boot runs v2, same /persist.
-//   3. NFS unreachable (TCP 2049 rejected in the namespace) with boot.timeout=20: the console
+//   3. NFS unreachable (TCP 2049 rejected in the namespace) with nfs.timeout=20: the console
 //      shows the init's `mount attempt` retries, the FATAL message and the reboot; once NFS is
 //      reachable again the node boots v2 to IMAGE-BOOT-OK by itself.
 // Every boot's timeline has dhcp → http.script → http.kernel → http.initramfs → init.* →
@@ -185,7 +185,7 @@ labTest(
     lab.log(`v2 init stages: ${stageTimes(events, mark)}`);
 
     // ---- 3. NFS unreachable: retries, FATAL, reboot; then it boots by itself ----
-    await lab.cli("node", "config", "life", "boot.timeout=20");
+    await lab.cli("node", "config", "life", "nfs.timeout=20");
     await iptables(lab, "-I");
     let blocked = true;
     try {

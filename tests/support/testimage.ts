@@ -10,7 +10,7 @@ export type TestImage = TinyImage;
 /** Builds the test image tree in `dir` (created; must not exist or be empty). */
 export function buildTestImage(
   dir: string,
-  opts: { kernel: DebianKernel; release?: string; initrd?: boolean },
+  opts: { kernel: DebianKernel; release?: string; initrd?: boolean; initrdInit?: string },
 ): Promise<TestImage> {
   return buildTinyImage(dir, { ...opts, cacheDir: workCacheDir });
 }
