@@ -270,6 +270,8 @@ export interface MonitoredNode {
   mac: string;
   name: string;
   virtual: boolean;
+  /** The image it is deployed on. */
+  imageId: string | null;
   /** The address it is probed at (the `ip` setting, else its bound lease, else the registry's). */
   ip: string | null;
   state: NodeState;
@@ -869,7 +871,7 @@ export class NodeRegistry {
    *  and, while any node is booting, one scan of `boots` for the latest boot of each. */
   monitored(): MonitoredNode[] {
     const rows = this.#sql(
-      `SELECT n.mac, n.name, n.virtual, COALESCE(a.value, l.ip, n.ip) AS ip, n.state,
+      `SELECT n.mac, n.name, n.virtual, n.image_id, COALESCE(a.value, l.ip, n.ip) AS ip, n.state,
          COALESCE(n.state_since, n.created_at) AS since, n.state_reason, n.watchdog_reboots
        FROM nodes n
        LEFT JOIN leases l ON l.mac = n.mac AND l.state = 'bound'
@@ -879,6 +881,7 @@ export class NodeRegistry {
       mac: string;
       name: string;
       virtual: number;
+      image_id: string | null;
       ip: string | null;
       state: NodeState;
       since: string;
@@ -907,6 +910,7 @@ export class NodeRegistry {
       mac: r.mac,
       name: r.name,
       virtual: r.virtual === 1,
+      imageId: r.image_id,
       ip: r.ip,
       state: r.state,
       stateSince: Date.parse(r.since),

@@ -163,6 +163,11 @@ export class NodeSsh {
     return k;
   }
 
+  /** Whether the image runs an sshd netroot can authenticate (it carries ssh host keys). */
+  serves(imageId: string): boolean {
+    return this.#keysOf(imageId).length > 0;
+  }
+
   /** The node's ssh target with its host keys pinned, or a one-line reason it has none. */
   target(node: NodeInfo): SshTarget | { unavailable: string } {
     const ip = this.ctx.nodes.addressOf(node.mac);

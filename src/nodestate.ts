@@ -7,8 +7,10 @@
 // The watchdog (setting `boot.timeout`, default 180 s) hard-reboots a booting node that shows no
 // progress (no report, no script fetch) for that long, through the reboot seam (src/reboot.ts), up
 // to `boot.retries` (default 3) times; then the node is `failed`. A node whose init handed over
-// but whose probe port never answers (an image without sshd) is not rebooted: when the watchdog
-// fires it is `booted` with the reason "no answer on port N" and not re-probed.
+// but whose probe port never answers counts as hung, and is retried the same way, when an answer
+// is expected: its image has an sshd (ssh host keys) or `boot.probe-port` is set explicitly. An
+// image without sshd is not rebooted in a loop: when the watchdog fires it is `booted` with the
+// reason "no answer on port N" and not re-probed.
 import type { Context, Service } from "./context.ts";
 import { UserError } from "./errors.ts";
 import { logger } from "./log.ts";
@@ -133,6 +135,12 @@ export interface MonitorOptions {
   tickMs?: number;
   /** How often a booted node is re-probed. */
   recheckMs?: number;
+  /** Whether a node that handed over must also answer on its probe port to count as booted (its
+   *  userland hung otherwise: the watchdog retries it). Default: when `boot.probe-port` is set
+   *  explicitly, or its image has an sshd netroot knows (ctx.ssh: host keys in the image).
+   *  Otherwise the handover suffices when the watchdog fires (an image without sshd is not
+   *  rebooted in a loop). */
+  answerExpected?: (n: MonitoredNode) => boolean;
   /** Failed probes in a row after which a booted node is down. */
   downAfter?: number;
   probeTimeoutMs?: number;
@@ -144,9 +152,10 @@ export interface MonitorOptions {
 const unprobed = (r: string | null) => r?.startsWith("handover") ?? false;
 
 export class NodeMonitor {
-  #ctx: Pick<Context, "nodes" | "rebooter">;
+  #ctx: Pick<Context, "nodes" | "rebooter"> & Partial<Pick<Context, "ssh">>;
   #now: () => number;
   #probe: NonNullable<MonitorOptions["probe"]>;
+  #answerExpected: NonNullable<MonitorOptions["answerExpected"]>;
   readonly tickMs: number;
   #recheckMs: number;
   #downAfter: number;
@@ -156,10 +165,17 @@ export class NodeMonitor {
   #probedAt = new Map<string, number>();
   #pass?: Promise<void>;
 
-  constructor(ctx: Pick<Context, "nodes" | "rebooter">, opts: MonitorOptions = {}) {
+  constructor(
+    ctx: Pick<Context, "nodes" | "rebooter"> & Partial<Pick<Context, "ssh">>,
+    opts: MonitorOptions = {},
+  ) {
     this.#ctx = ctx;
     this.#now = opts.now ?? Date.now;
     this.#probe = opts.probe ?? tcpProbe;
+    this.#answerExpected = opts.answerExpected ??
+      ((n) =>
+        "boot.probe-port" in n.settings ||
+        (n.imageId !== null && (ctx.ssh?.serves(n.imageId) ?? false)));
     this.tickMs = opts.tickMs ?? 5000;
     this.#recheckMs = opts.recheckMs ?? 10_000;
     this.#downAfter = opts.downAfter ?? 3;
@@ -253,8 +269,10 @@ export class NodeMonitor {
         return;
       }
       if (!expired) return;
-      const stage = n.stage ?? "boot script fetched, no report from the init";
-      if (handedOver) {
+      const stage = handedOver
+        ? `handover, then no answer on port ${port}`
+        : n.stage ?? "boot script fetched, no report from the init";
+      if (handedOver && !this.#answerExpected(n)) {
         this.#set(
           n,
           "booted",

@@ -15,6 +15,7 @@ import { NodeMonitor, nodeReported } from "../src/nodestate.ts";
 import { powerCommandDir } from "../src/power/command.ts";
 import { openContext } from "../src/server.ts";
 import { bootRoutes } from "../netboot/http.ts";
+import { addImage } from "./support/images.ts";
 import { freeTcpPort, waitFor, withPowerServer } from "./support/power.ts";
 
 const mac = "02:00:00:00:5e:01";
@@ -257,6 +258,48 @@ Deno.test("watchdog: progress reports hold it off; a handover without a probe an
     c.advance(61_000);
     await monitor.tick();
     assert.deepEqual(rebooted, [mac]);
+  }));
+
+Deno.test("watchdog: an image with an sshd that hands over but never answers is a hung boot: retried, then failed", () =>
+  withCtx(async (ctx) => {
+    const image = addImage(ctx, "stock");
+    const etc = join(ctx.data.rootfs(image), "etc/ssh");
+    Deno.mkdirSync(etc, { recursive: true });
+    Deno.writeTextFileSync(
+      join(etc, "ssh_host_ed25519_key.pub"),
+      "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHhvc3Qta2V5LWZvci10aGUtd2F0Y2hkb2ctdGVzdA root@img\n",
+    );
+    ctx.nodes.add(mac, { name: "n1" });
+    ctx.nodes.configure("n1", { ip: "10.9.0.5", "boot.timeout": "60", "boot.retries": "1" });
+    await ctx.nodes.deploy(["n1"], "stock", { reboot: false });
+    const rebooted: string[] = [];
+    ctx.rebooter.register({
+      name: "test",
+      handles: () => true,
+      reboot: (n) => (rebooted.push(n.mac), Promise.resolve()),
+    });
+    const c = clock();
+    const monitor = new NodeMonitor(ctx, { now: c.now, probe: () => Promise.resolve(false) });
+    const hangAfterHandover = async () => {
+      ctx.nodes.setState(mac, "booting", "boot script fetched", { at: c.now() });
+      const token = openBoot(ctx.db, mac, null);
+      report(ctx, token, "handover");
+      // 61 s after the latest sign of life (the report's real stamp, or the retry's fake one).
+      c.advance(Math.max(Date.now(), c.now()) + 61_000 - c.now());
+      await monitor.tick();
+    };
+    await hangAfterHandover();
+    assert.deepEqual(rebooted, [mac], "the hung userland was rebooted");
+    assert.equal(ctx.nodes.get("n1").state, "booting");
+    assert.match(
+      ctx.nodes.get("n1").stateReason!,
+      /last stage: handover, then no answer on port 22\), retry 1\/1/,
+    );
+    await hangAfterHandover();
+    assert.deepEqual(rebooted, [mac], "no reboot beyond boot.retries");
+    const n = ctx.nodes.get("n1");
+    assert.equal(n.state, "failed");
+    assert.match(n.stateReason!, /^watchdog: gave up after 1 reboots; last stage: handover/);
   }));
 
 Deno.test("state: a real listener on loopback: booting → booted when it opens after handover, → down when it closes", () =>
