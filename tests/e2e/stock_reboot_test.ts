@@ -8,24 +8,10 @@
 //   - the persistent hybrid node writes a file and `node reboot` follows within 2 s: the reboot is
 //     a clean one (ssh `reboot`, systemd shuts down: no QMP reset), and the file is there after it.
 import assert from "node:assert/strict";
-import type { Lab } from "../../src/lab/lab.ts";
 import { minbaseSshImage } from "../support/minbase.ts";
-import { labTest, lastEventId } from "./harness.ts";
+import { labTest, lastEventId, waitBooted } from "./harness.ts";
 
 const bootMs = 1_500_000; // systemd under TCG on a shared machine, a hybrid copy first
-
-/** `node wait NODES` until they are booted (each call within the lab's 120 s command limit). */
-async function waitBooted(lab: Lab, nodes: string, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const r = await lab.cli("node", "wait", nodes, "--timeout", "90", { check: false });
-    if (r.code === 0) {
-      lab.log(`node wait ${nodes}: ${r.stdout.trim()}`);
-      return;
-    }
-    if (Date.now() > deadline) throw new Error(`node wait ${nodes}: ${r.stdout}${r.stderr}`);
-  }
-}
 
 labTest("stock image: node wait, node run, a clean reboot keeps a file just written", async (
   { kernel, start },
