@@ -285,7 +285,7 @@ Deno.test("node save NODE NAME: the upper fetched from the running node over ssh
   );
 });
 
-Deno.test("node save NODE NAME: busybox tar, a node not booted, an upper over the bound: one line, nothing committed", async () => {
+Deno.test("node save NODE NAME: busybox tar, a node not booted, over the size or idle bound: one line, nothing committed", async () => {
   assert.equal(Deno.uid(), 0, "needs root (overlayfs, mount namespaces)");
   const big = (lower: string) =>
     changedUpper(lower, (r) => Deno.writeTextFileSync(`${r}/big`, "x".repeat(1 << 20)));
@@ -312,4 +312,25 @@ Deno.test("node save NODE NAME: busybox tar, a node not booted, an upper over th
     assert.throws(() => ctx.images.get("saved"), /saved/);
     assert.deepEqual(await dirEntries(ctx.data.tmp), []);
   });
+  // a node that says it is GNU tar, then sends nothing: the idle bound ends it
+  const stall = Deno.makeTempDirSync({ prefix: "nr-stall-" });
+  Deno.writeTextFileSync(
+    `${stall}/tar`,
+    '#!/bin/sh\n[ "$1" = --version ] && { echo "tar (GNU tar) 1.34"; exit 0; }\nexec sleep 10\n',
+    { mode: 0o755 },
+  );
+  try {
+    await withLiveNode(big, async ({ ctx }) => {
+      const t0 = performance.now();
+      await assert.rejects(
+        saveLiveNode(ctx, "n1", "saved", null, { idleMs: 1000 }),
+        /cannot fetch the upper of n1: no data for 1 s/,
+      );
+      assert.ok(performance.now() - t0 < 8000, "not the 10 s of the node's sleep");
+      assert.throws(() => ctx.images.get("saved"), /saved/);
+      assert.deepEqual(await dirEntries(ctx.data.tmp), []);
+    }, { tar: `${stall}/tar` });
+  } finally {
+    Deno.removeSync(stall, { recursive: true });
+  }
 });

@@ -148,7 +148,7 @@ export async function fetchUpper(
       child.kill("SIGKILL");
     } catch { /* gone */ }
   };
-  let idle = setTimeout(() => {}, 0);
+  let idle: ReturnType<typeof setTimeout> | undefined;
   const wake = () => {
     clearTimeout(idle);
     idle = setTimeout(() => stop(`no data for ${o.idleMs / 1000} s`), o.idleMs);
@@ -165,6 +165,10 @@ export async function fetchUpper(
       }
       for (let at = 0; at < chunk.length;) at += await file.write(chunk.subarray(at));
     }
+  } catch (e) {
+    stop("the server could not write it"); // e.g. a full disk: ssh ends with it
+    await Promise.allSettled([child.status, stderr]);
+    throw e;
   } finally {
     clearTimeout(idle);
     file.close();
