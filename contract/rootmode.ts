@@ -15,6 +15,9 @@ export interface Layout {
   lower: string;
   /** The tmpfs holding the overlay's upper and work dirs (network mode). */
   rw: string;
+  /** The overlay's upper dir, read-only, whatever the mode: where `node save` reads the node's
+   *  changes after the switch (under /run, so it moves along). */
+  upper: string;
 }
 
 export const defaultLayout: Layout = {
@@ -22,6 +25,7 @@ export const defaultLayout: Layout = {
   newRoot: "/newroot",
   lower: "/run/netroot/lower",
   rw: "/run/netroot/rw",
+  upper: "/run/netroot/upper",
 };
 
 /**

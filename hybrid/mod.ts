@@ -4,7 +4,7 @@
 // fall back to network mode and are said loudly.
 import { progressText, type StageReport } from "../contract/report.ts";
 import type { Layout, RootEnv, RootMode } from "../contract/rootmode.ts";
-import { MNT_DETACH, mount, umount } from "../src/linux/mount.ts";
+import { bindReadOnly, MNT_DETACH, mount, umount } from "../src/linux/mount.ts";
 import { findHybridPartition, type HybridTarget } from "./detect.ts";
 import { type HybridRoot, prepareHybridRoot } from "./mode.ts";
 import type { CopyProgress, CopyReport, HybridError } from "./copy.ts";
@@ -116,7 +116,8 @@ function readyFields(root: HybridRoot): Partial<StageReport> {
 
 const mb = (n: number) => (n / 1e6).toFixed(1);
 
-/** The local copy's overlay as the new root; the NFS image it was copied from is let go. */
+/** The local copy's overlay as the new root, its upper read-only at layout.upper (where
+ *  `node save` reads it); the NFS image it was copied from is let go. */
 function mountLocalRoot(boot: HybridBoot, l: Layout): void {
   Deno.mkdirSync(l.newRoot, { recursive: true });
   mount(
@@ -126,6 +127,7 @@ function mountLocalRoot(boot: HybridBoot, l: Layout): void {
     0,
     `lowerdir=${boot.lower},upperdir=${boot.upper},workdir=${boot.work}`,
   );
+  bindReadOnly(boot.upper, l.upper);
   umount(l.lower, MNT_DETACH);
 }
 

@@ -2,9 +2,10 @@
 // a tmpfs for the upper and work dirs, the overlay of both as the new root. Every file the node
 // reads comes from the server; every write stays in RAM (or goes to /persist, mounted by the init).
 import type { Layout, RootMode } from "../contract/rootmode.ts";
-import { mount, MS_NODEV, MS_NOSUID } from "../src/linux/mount.ts";
+import { bindReadOnly, mount, MS_NODEV, MS_NOSUID } from "../src/linux/mount.ts";
 
-/** tmpfs (upper + work) and the overlay at `newRoot`, over the already mounted `lower`. */
+/** tmpfs (upper + work) and the overlay at `newRoot`, over the already mounted `lower`; the upper
+ *  also read-only at `upper` (the place `node save` reads, the same in hybrid mode). */
 export function mountOverlay(l: Layout, tmpfsSize: string): void {
   Deno.mkdirSync(l.rw, { recursive: true });
   mount("netroot-rw", l.rw, "tmpfs", MS_NOSUID | MS_NODEV, `size=${tmpfsSize},mode=0755`);
@@ -18,6 +19,7 @@ export function mountOverlay(l: Layout, tmpfsSize: string): void {
     0,
     `lowerdir=${l.lower},upperdir=${l.rw}/upper,workdir=${l.rw}/work`,
   );
+  bindReadOnly(`${l.rw}/upper`, l.upper);
 }
 
 export const networkMode: RootMode = {

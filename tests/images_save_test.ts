@@ -6,7 +6,10 @@ import { MNT_DETACH, mount, umount } from "../src/linux/mount.ts";
 import { setXattr } from "../src/linux/xattr.ts";
 import { NodeRegistry } from "../src/nodes.ts";
 import { Rebooter } from "../src/reboot.ts";
-import { saveNode } from "../src/images/save.ts";
+import { saveLiveNode, saveNode } from "../src/images/save.ts";
+import { setLogSink } from "../src/log.ts";
+import { type PowerServer, withPowerServer } from "./support/power.ts";
+import { type FakeNodeSshd, startSshd } from "./support/sshd.ts";
 import { parseManifest } from "../contract/manifest.ts";
 import { buildSampleTree, dirEntries, sh, tempStore } from "./images_helpers.ts";
 
@@ -195,5 +198,139 @@ Deno.test("node save: an upper over an image symlink to a host directory changes
     assert.deepEqual(await dirEntries(t.data.tmp), []);
   } finally {
     await t.close();
+  }
+});
+
+/** A server (API), a real sshd on loopback standing in for node n1's (its commands see `upper` at
+ *  /run/netroot/upper, read-only, and run `tar`), n1 booted on image "deb" holding that sshd's
+ *  host key. */
+async function withLiveNode(
+  upper: (lower: string) => string,
+  fn: (s: PowerServer, node: FakeNodeSshd, baseId: string) => Promise<void>,
+  opts: { tar?: string; state?: "booted" | "off" } = {},
+): Promise<void> {
+  setLogSink(() => {});
+  await withPowerServer(async (s) => {
+    const src = `${s.dir}/src`;
+    buildSampleTree(src);
+    Deno.mkdirSync(`${src}/etc/ssh`);
+    const key = s.ctx.ssh.key.publicKey();
+    const dir = await Deno.makeTempDir({ prefix: "nr-save-node-" });
+    let node: FakeNodeSshd | undefined;
+    try {
+      // the host key is known only once sshd made it: the image gets it after the start
+      node = await startSshd(key, {
+        upper: `${dir}/upper`,
+        tar: opts.tar,
+        addresses: ["127.0.0.21"],
+      });
+      Deno.writeTextFileSync(`${src}/etc/ssh/ssh_host_ed25519_key.pub`, `${node.hostKey} root\n`);
+      const base = await s.ctx.images.import(src, "deb");
+      const up = upper(s.ctx.data.rootfs(base.id));
+      Deno.renameSync(up, `${dir}/upper`);
+      s.ctx.nodes.add("52:54:00:00:00:21", { name: "n1" });
+      s.ctx.nodes.configure("n1", { "boot.probe-port": String(node.port) });
+      s.ctx.nodes.setIp("52:54:00:00:00:21", "127.0.0.21");
+      await s.ctx.nodes.deploy(["n1"], "deb", { reboot: false });
+      s.ctx.nodes.setState("52:54:00:00:00:21", opts.state ?? "booted", "port answered");
+      await fn(s, node, base.id);
+      await s.ctx.rebooter.close();
+    } finally {
+      await node?.stop();
+      await Deno.remove(dir, { recursive: true });
+    }
+  });
+}
+
+/** A real overlayfs upper over `lower` (mounted, changed, unmounted), left in a new directory. */
+function changedUpper(lower: string, change: (root: string) => void): string {
+  const dir = Deno.makeTempDirSync({ prefix: "nr-upper-" });
+  upperTarball(dir, lower, change);
+  return `${dir}/upper`;
+}
+
+Deno.test("node save NODE NAME: the upper fetched from the running node over ssh (GNU tar), deletions included", async () => {
+  assert.equal(Deno.uid(), 0, "needs root (overlayfs, mount namespaces)");
+  await withLiveNode(
+    (lower) =>
+      changedUpper(lower, (r) => {
+        Deno.removeSync(`${r}/etc/hostname`);
+        Deno.removeSync(`${r}/home/user`, { recursive: true });
+        Deno.mkdirSync(`${r}/home/user`);
+        Deno.writeTextFileSync(`${r}/home/user/only`, "only this\n");
+        Deno.writeTextFileSync(`${r}/etc/new`, "new\n");
+      }),
+    async ({ ctx, call, cli }, _node, baseId) => {
+      const r = await cli("node", "save", "n1", "saved");
+      assert.equal(r.code, 0, r.err);
+      const v = ctx.images.get("saved");
+      assert.equal(v.madeBy, "save");
+      assert.equal(v.parent, baseId);
+      assert.equal(v.command, "netroot node save n1 saved");
+      const d = ctx.images.diff(baseId, v.id);
+      assert.deepEqual(d.added, ["/etc/new", "/home/user/only"]);
+      assert.deepEqual(d.removed, [
+        "/etc/hostname",
+        "/home/user/space name.txt",
+        "/home/user/tab\tname",
+        "/home/user/ünïcödé",
+      ]);
+      assert.equal(Deno.readTextFileSync(`${ctx.data.rootfs(v.id)}/etc/new`), "new\n");
+      // the API alone, as a script would: the same upper, the same content (id) again
+      const again = await call("POST", "/images/-/save", { node: "n1", name: "saved" });
+      assert.equal(again.status, 200, JSON.stringify(again.json));
+      assert.equal(again.json.id, v.id);
+      assert.deepEqual(await dirEntries(ctx.data.tmp), []);
+    },
+  );
+});
+
+Deno.test("node save NODE NAME: busybox tar, a node not booted, over the size or idle bound: one line, nothing committed", async () => {
+  assert.equal(Deno.uid(), 0, "needs root (overlayfs, mount namespaces)");
+  const big = (lower: string) =>
+    changedUpper(lower, (r) => Deno.writeTextFileSync(`${r}/big`, "x".repeat(1 << 20)));
+  await withLiveNode(big, async ({ ctx, cli }) => {
+    const r = await cli("node", "save", "n1", "saved");
+    assert.equal(r.code, 1);
+    assert.match(r.err, /cannot fetch the upper of n1: the image has no GNU tar \(busybox tar/);
+    assert.throws(() => ctx.images.get("saved"), /saved/);
+  }, { tar: "/bin/busybox" });
+  await withLiveNode(big, async ({ ctx, cli }) => {
+    const r = await cli("node", "save", "n1", "saved");
+    assert.equal(r.code, 1);
+    assert.match(
+      r.err,
+      /cannot fetch the upper of n1: it is off, not booted \(or use --upper FILE\)/,
+    );
+    assert.throws(() => ctx.images.get("saved"), /saved/);
+  }, { state: "off" });
+  await withLiveNode(big, async ({ ctx }) => {
+    await assert.rejects(
+      saveLiveNode(ctx, "n1", "saved", null, { limitBytes: 100_000 }),
+      /cannot fetch the upper of n1: it is larger than 0 MB/,
+    );
+    assert.throws(() => ctx.images.get("saved"), /saved/);
+    assert.deepEqual(await dirEntries(ctx.data.tmp), []);
+  });
+  // a node that says it is GNU tar, then sends nothing: the idle bound ends it
+  const stall = Deno.makeTempDirSync({ prefix: "nr-stall-" });
+  Deno.writeTextFileSync(
+    `${stall}/tar`,
+    '#!/bin/sh\n[ "$1" = --version ] && { echo "tar (GNU tar) 1.34"; exit 0; }\nexec sleep 10\n',
+    { mode: 0o755 },
+  );
+  try {
+    await withLiveNode(big, async ({ ctx }) => {
+      const t0 = performance.now();
+      await assert.rejects(
+        saveLiveNode(ctx, "n1", "saved", null, { idleMs: 1000 }),
+        /cannot fetch the upper of n1: no data for 1 s/,
+      );
+      assert.ok(performance.now() - t0 < 8000, "not the 10 s of the node's sleep");
+      assert.throws(() => ctx.images.get("saved"), /saved/);
+      assert.deepEqual(await dirEntries(ctx.data.tmp), []);
+    }, { tar: `${stall}/tar` });
+  } finally {
+    Deno.removeSync(stall, { recursive: true });
   }
 });

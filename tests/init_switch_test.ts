@@ -34,6 +34,9 @@ Deno.test("init (root, namespaces): overlay + persist + switch_root + execve kee
     assert.equal(marker(r, "persist"), "ok", ctx);
     assert.equal(marker(r, "devnull"), "ok", ctx);
     assert.equal(marker(r, "lower-visible"), "ok", ctx);
+    // node save reads the upper there: the node's own writes, read-only.
+    assert.equal(marker(r, "upper-visible"), "ok", ctx);
+    assert.equal(marker(r, "upper-readonly"), "ok", ctx);
     assert.equal(marker(r, "no-initramfs-leftovers"), "ok", ctx);
     assert.match(marker(r, "addr") ?? "", /inet 10\.99\.0\.2\/24/, ctx);
     assert.match(marker(r, "route") ?? "", /default via 10\.99\.0\.1 dev nr0/, ctx);

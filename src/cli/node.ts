@@ -38,18 +38,20 @@ const help: Record<string, string> = {
   wait NODE[,NODE…] [--state S] [--timeout S]   until the nodes reach a state (default booted)
   log NODE [--follow]                       the node's timeline
   console NODE [--follow] [--source S]      the node's console (serial or netconsole)
-  save NODE NAME --upper FILE [--reboot-nodes]   the node's changes as a new image version
+  save NODE NAME [--upper FILE] [--reboot-nodes]   the node's changes as a new image version
 
 NODE is a name or a MAC address (any common spelling). ${common}`,
-  save: `usage: netroot node save NODE NAME --upper FILE [--reboot-nodes]
+  save: `usage: netroot node save NODE NAME [--upper FILE] [--reboot-nodes]
 
-Turns what the node changed in its running system (its overlay upper: network mode, the RAM layer
-/run/netroot/rw/upper; hybrid mode, walt-hybrid/<id>/diff) into a new version of image NAME on top
-of the image the node booted, deletions included (overlay whiteouts and opaque directories).
-FILE is a tarball of the upper, read by the server, made on the node with GNU tar keeping xattrs
-(all of them: trusted.overlay.* marks opaque directories) and numeric owners; the exact command is
-in the README ("Changing images"). netroot cannot fetch it from a live node by itself yet. NAME may be the booted image's own name
-(a new version of it) or another. --reboot-nodes reboots the nodes that follow NAME. ${common}`,
+Turns what the node changed in its running system (its overlay upper: network mode, the RAM layer;
+hybrid mode, walt-hybrid/<id>/diff; netroot init shows either read-only at /run/netroot/upper) into
+a new version of image NAME on top of the image the node booted, deletions included (overlay
+whiteouts and opaque directories). The server fetches the upper from the booted node over ssh, as
+node run does, with the image's own GNU tar (busybox tar keeps no xattrs: refused). --upper FILE
+instead reads a tarball of the upper on the server machine, made on the node with GNU tar keeping
+xattrs and numeric owners (README, "Changing images"): for a node that is down. NAME may be the
+booted image's own name (a new version of it) or another. --reboot-nodes reboots the nodes that
+follow NAME. ${common}`,
   add: `usage: netroot node add MAC [--name NAME] [--model MODEL] [--image IMAGE]
 
 Registers a node. Default name node-<last 3 MAC bytes>; default image the one named "default".
@@ -257,11 +259,10 @@ export async function run(args: string[]): Promise<number> {
   switch (cmd) {
     case "save": {
       const [node, name] = positionals(p, 2, help.save);
-      if (!o.upper) throw new UserError("node save needs --upper FILE (a tarball of the upper)");
       const r = await api.post<Commit & Published>("/images/-/save", {
         node,
         name,
-        upper: resolve(o.upper),
+        upper: o.upper === undefined ? undefined : resolve(o.upper),
         rebootNodes: o["reboot-nodes"] ?? false,
         command: ["netroot", "node", ...args].join(" "),
       });

@@ -12,7 +12,7 @@ import { type Commit, validateName } from "./store.ts";
 import { publish } from "./versions.ts";
 import { copyIn, copyOut } from "./cp.ts";
 import { build } from "./build.ts";
-import { saveNode } from "./save.ts";
+import { saveLiveNode, saveNode } from "./save.ts";
 
 const log = logger("images");
 
@@ -95,22 +95,22 @@ export function imageRoutes(ctx: Context): Hono {
     }
     return c.json(await copyOut(ctx.images, image, path, dest));
   });
-  // node save: a node's overlay upper (a tarball the server reads) as a new version on the
-  // image the node booted.
+  // node save: a node's overlay upper as a new version on the image the node booted, fetched from
+  // the running node over ssh, or (upper) a tarball the server reads.
   app.post("/-/save", async (c) => {
     const body = await jsonBody(c.req.raw);
     const { node, upper } = body;
     const name = validateName(body.name);
-    if (typeof node !== "string" || typeof upper !== "string" || !upper.startsWith("/")) {
-      throw new UserError("save needs node, name and upper (an absolute path on the server)");
+    if (
+      typeof node !== "string" ||
+      (upper !== undefined && (typeof upper !== "string" || !upper.startsWith("/")))
+    ) {
+      throw new UserError("save needs node, name and maybe upper (an absolute path on the server)");
     }
-    const image = await saveNode(
-      ctx,
-      node,
-      name,
-      upper,
-      typeof body.command === "string" ? body.command.slice(0, 4096) : null,
-    );
+    const command = typeof body.command === "string" ? body.command.slice(0, 4096) : null;
+    const image = upper === undefined
+      ? await saveLiveNode(ctx, node, name, command)
+      : await saveNode(ctx, node, name, upper as string, command);
     return c.json({ ...image, ...await publish(ctx, image, body.rebootNodes === true) });
   });
   // image build: the log streamed as NDJSON {log} lines, then {image} or {error}.

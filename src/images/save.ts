@@ -1,12 +1,18 @@
-// `node save NODE NAME`: a node's overlay upper (network mode: the RAM layer, /run/netroot/rw/upper
-// on the node; hybrid mode: walt-hybrid/<id>/diff on its disk) as a new version on top of the
-// image the node booted, deletions included (overlay whiteouts: char device 0/0; opaque
-// directories: trusted.overlay.opaque=y). The upper arrives as a tarball (GNU tar with
-// --xattrs --xattrs-include='*' --numeric-owner, made on the node): it is untrusted and unpacked
-// with the import's rules into scratch, then applied like a session's upper.
+// `node save NODE NAME`: a node's overlay upper (network mode: the RAM layer; hybrid mode:
+// walt-hybrid/<id>/diff on its disk; netroot init shows either read-only at /run/netroot/upper) as
+// a new version on top of the image the node booted, deletions included (overlay whiteouts: char
+// device 0/0; opaque directories: trusted.overlay.opaque=y). The upper arrives as a tarball (GNU
+// tar with --xattrs --xattrs-include='*' --numeric-owner): fetched from the running node over the
+// server's ssh channel (src/nodessh.ts) with the image's own GNU tar, or a file the admin made
+// there. Either way it is untrusted: bounded while it arrives, unpacked with the import's rules
+// into scratch, then applied like a session's upper. The conversion happens here only.
 import { join } from "node:path";
+import { defaultLayout } from "../../contract/rootmode.ts";
 import type { Context } from "../context.ts";
 import { UserError } from "../errors.ts";
+import { statvfs } from "../linux/fsops.ts";
+import type { NodeInfo } from "../nodes.ts";
+import { sshFailure } from "../nodessh.ts";
 import { commitUpper } from "./session.ts";
 import type { Commit } from "./store.ts";
 import { unpack } from "./unpack.ts";
@@ -22,24 +28,177 @@ export function bootedImage(ctx: Pick<Context, "db" | "nodes">, nodeRef: string)
   return id;
 }
 
+type SaveContext = Pick<Context, "db" | "nodes" | "images">;
+
+/** `node save NODE NAME --upper FILE`: the upper as a tarball on the server machine. */
 export async function saveNode(
-  ctx: Pick<Context, "db" | "nodes" | "images">,
+  ctx: SaveContext,
   nodeRef: string,
   name: string,
   upperTar: string,
   command: string | null,
 ): Promise<Commit> {
-  const base = ctx.images.get(bootedImage(ctx, nodeRef));
+  const base = bootedImage(ctx, nodeRef);
   const st = await Deno.lstat(upperTar).catch(() => null);
   if (!st?.isFile) throw new UserError(`${upperTar}: not a regular file (the upper's tarball)`);
+  return await inScratch(ctx, (scratch) => commitTar(ctx, base, scratch, upperTar, name, command));
+}
+
+/** `node save NODE NAME`: the upper fetched from the running node over ssh. */
+export async function saveLiveNode(
+  ctx: SaveContext & Pick<Context, "ssh">,
+  nodeRef: string,
+  name: string,
+  command: string | null,
+  fetch: Partial<FetchOptions> = {},
+): Promise<Commit> {
+  const node = ctx.nodes.get(nodeRef);
+  const base = bootedImage(ctx, nodeRef);
+  return await inScratch(ctx, async (scratch) => {
+    const tar = join(scratch, "upper.tar");
+    // The tar and its extraction share the data dir's file system: half its free space each.
+    const limit = fetch.limitBytes ?? Math.floor(statvfs(scratch).freeBytes / 2);
+    await fetchUpper(ctx, node, tar, { ...fetchDefaults, ...fetch, limitBytes: limit });
+    return await commitTar(ctx, base, scratch, tar, name, command, `the upper of ${node.name}`);
+  });
+}
+
+async function inScratch<T>(ctx: SaveContext, fn: (scratch: string) => Promise<T>): Promise<T> {
   const scratch = ctx.images.scratch("save");
   try {
     await Deno.mkdir(scratch, { mode: 0o700 });
-    const upper = join(scratch, "upper");
-    const u = await unpack(upperTar, upper);
-    if (!u.format.startsWith("tar")) throw new UserError(`${upperTar}: not a tarball`);
-    return await commitUpper(ctx.images, upper, base.id, name, { madeBy: "save", command });
+    return await fn(scratch);
   } finally {
     await ctx.images.dropScratch(scratch);
   }
 }
+
+async function commitTar(
+  ctx: SaveContext,
+  baseId: string,
+  scratch: string,
+  tar: string,
+  name: string,
+  command: string | null,
+  what = tar,
+): Promise<Commit> {
+  const upper = join(scratch, "upper");
+  const u = await unpack(tar, upper).catch((e) => {
+    if (e instanceof UserError && what !== tar) e.message = e.message.replaceAll(tar, what);
+    throw e;
+  });
+  if (!u.format.startsWith("tar")) throw new UserError(`${what}: not a tarball`);
+  return await commitUpper(ctx.images, upper, baseId, name, { madeBy: "save", command });
+}
+
+export interface FetchOptions {
+  /** The stream stops (and nothing is committed) past this many bytes. */
+  limitBytes: number;
+  /** … or after this long without a byte (a stalled node). */
+  idleMs: number;
+  /** The upper on the node (tests point it elsewhere). */
+  dir: string;
+}
+
+const fetchDefaults = { idleMs: 120_000, dir: defaultLayout.upper };
+
+/** Exit codes of the node-side command for its own refusals (tar's own are 1 and 2). */
+const NO_UPPER = 90, NO_GNU_TAR = 91;
+
+/**
+ * The node side: the upper as a tar stream on stdout, made by the image's own tar. GNU tar only:
+ * busybox tar stores no xattrs, and trusted.overlay.opaque is what marks an opaque directory.
+ */
+export function upperTarCommand(dir: string): string {
+  return [
+    `cd ${dir} 2>/dev/null || { echo "no ${dir} on the node:` +
+    ` booted by a netroot init older than node save, or not by netroot" >&2; exit ${NO_UPPER}; }`,
+    `case "$(tar --version 2>/dev/null)" in *"GNU tar"*) ;; *) echo "the image has no GNU tar` +
+    ` (busybox tar keeps no xattrs, which mark opaque directories): install tar in it, or use` +
+    ` --upper FILE" >&2; exit ${NO_GNU_TAR};; esac`,
+    "exec tar --xattrs --xattrs-include='*' --numeric-owner --one-file-system -cf - .",
+  ].join("; ");
+}
+
+/** The running node's upper into `dest` (a new file) over ssh, bounded; throws one line. */
+export async function fetchUpper(
+  ctx: Pick<Context, "ssh">,
+  node: NodeInfo,
+  dest: string,
+  o: FetchOptions,
+): Promise<number> {
+  const cannot = (why: string) =>
+    new UserError(`cannot fetch the upper of ${node.name}: ${why} (or use --upper FILE)`, 409);
+  if (node.state !== "booted") throw cannot(`it is ${node.state}, not booted`);
+  if (node.stateReason?.startsWith("handover")) {
+    throw cannot(`its sshd never answered (${node.stateReason})`);
+  }
+  ctx.ssh.key.publicKey(); // throws the reason when the server has no key
+  const t = ctx.ssh.target(node);
+  if ("unavailable" in t) throw cannot(t.unavailable);
+  const [cmd, ...args] = ctx.ssh.argv(t, upperTarCommand(o.dir));
+  const child = new Deno.Command(cmd, { args, stdin: "null", stdout: "piped", stderr: "piped" })
+    .spawn();
+  const file = await Deno.open(dest, { createNew: true, write: true, mode: 0o600 });
+  let bytes = 0;
+  let stopped: string | undefined;
+  const stop = (why: string) => {
+    stopped ??= why;
+    try {
+      child.kill("SIGKILL");
+    } catch { /* gone */ }
+  };
+  let idle: ReturnType<typeof setTimeout> | undefined;
+  const wake = () => {
+    clearTimeout(idle);
+    idle = setTimeout(() => stop(`no data for ${o.idleMs / 1000} s`), o.idleMs);
+  };
+  const stderr = readTail(child.stderr);
+  try {
+    wake();
+    for await (const chunk of child.stdout) {
+      wake();
+      bytes += chunk.length;
+      if (bytes > o.limitBytes) {
+        stop(`it is larger than ${mb(o.limitBytes)} MB (half the free space of the data dir)`);
+        continue; // drain what is buffered; ssh is gone
+      }
+      for (let at = 0; at < chunk.length;) at += await file.write(chunk.subarray(at));
+    }
+  } catch (e) {
+    stop("the server could not write it"); // e.g. a full disk: ssh ends with it
+    await Promise.allSettled([child.status, stderr]);
+    throw e;
+  } finally {
+    clearTimeout(idle);
+    file.close();
+  }
+  const status = await child.status;
+  const err = await stderr;
+  if (stopped) throw cannot(stopped);
+  if (status.code === 0) return bytes;
+  if (status.code === 255) {
+    throw cannot(`ssh: ${sshFailure({ code: 255, stdout: "", stderr: err })}`);
+  }
+  const said = lastLine(err);
+  if (status.code === NO_UPPER || status.code === NO_GNU_TAR) throw cannot(said);
+  // GNU tar's 1: a file changed while it was read (a live system): the archive is whole.
+  if (
+    status.code === 1 && err.split("\n").every((l) => !l || /file changed as we read it/.test(l))
+  ) {
+    return bytes;
+  }
+  throw cannot(`tar on the node exited ${status.code}${said ? `: ${said}` : ""}`);
+}
+
+/** A child's stderr, its last 8 KiB (a hostile node can say a lot). */
+async function readTail(stream: ReadableStream<Uint8Array>): Promise<string> {
+  let text = "";
+  for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
+    text = (text + chunk).slice(-8192);
+  }
+  return text;
+}
+
+const lastLine = (s: string) => s.split("\n").map((l) => l.trim()).filter(Boolean).at(-1) ?? "";
+const mb = (n: number) => Math.round(n / 1e6);

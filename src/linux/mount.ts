@@ -61,6 +61,14 @@ export function umount(target: string, flags = 0): void {
   check("umount2", libc().symbols.umount2(cstr(target), flags), target);
 }
 
+/** A read-only view of directory `source` at `target` (a bind mount, then its read-only remount:
+ *  the kernel takes no MS_RDONLY with the bind itself). */
+export function bindReadOnly(source: string, target: string): void {
+  Deno.mkdirSync(target, { recursive: true });
+  mount(source, target, null, MS_BIND);
+  mount(null, target, null, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC);
+}
+
 /** The filesystem type magic (statfs f_type) of the filesystem holding `path`. */
 export function fsType(path: string): number {
   const buf = new Uint8Array(120); // struct statfs is 120 bytes on x86_64; f_type is the first long

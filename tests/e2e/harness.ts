@@ -43,6 +43,19 @@ export async function lastEventId(lab: Lab, mac: string): Promise<number> {
   return Math.max(0, ...(await lab.events(mac)).map((e) => e.id));
 }
 
+/** `node wait NODES` until they are booted (each call within the lab's 120 s command limit). */
+export async function waitBooted(lab: Lab, nodes: string, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const r = await lab.cli("node", "wait", nodes, "--timeout", "90", { check: false });
+    if (r.code === 0) {
+      lab.log(`node wait ${nodes}: ${r.stdout.trim()}`);
+      return;
+    }
+    if (Date.now() > deadline) throw new Error(`node wait ${nodes}: ${r.stdout}${r.stderr}`);
+  }
+}
+
 /**
  * One end-to-end test (root, qemu): the Debian kernel, a scratch dir for test images and a lab
  * started by `start()`. Skipped with NETROOT_SKIP_VM=1. On failure the server log tail is printed

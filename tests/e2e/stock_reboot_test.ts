@@ -6,26 +6,13 @@
 //   - `node run` returns each node's output, over ssh with the key netroot init put into the
 //     image's /root/.ssh/authorized_keys, the node's host key pinned from the image;
 //   - the persistent hybrid node writes a file and `node reboot` follows within 2 s: the reboot is
-//     a clean one (ssh `reboot`, systemd shuts down: no QMP reset), and the file is there after it.
+//     a clean one (ssh `reboot`, systemd shuts down: no QMP reset), and the file is there after it,
+//     and in the overlay upper netroot init shows read-only at /run/netroot/upper (node save).
 import assert from "node:assert/strict";
-import type { Lab } from "../../src/lab/lab.ts";
 import { minbaseSshImage } from "../support/minbase.ts";
-import { labTest, lastEventId } from "./harness.ts";
+import { labTest, lastEventId, waitBooted } from "./harness.ts";
 
 const bootMs = 1_500_000; // systemd under TCG on a shared machine, a hybrid copy first
-
-/** `node wait NODES` until they are booted (each call within the lab's 120 s command limit). */
-async function waitBooted(lab: Lab, nodes: string, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const r = await lab.cli("node", "wait", nodes, "--timeout", "90", { check: false });
-    if (r.code === 0) {
-      lab.log(`node wait ${nodes}: ${r.stdout.trim()}`);
-      return;
-    }
-    if (Date.now() > deadline) throw new Error(`node wait ${nodes}: ${r.stdout}${r.stderr}`);
-  }
-}
 
 labTest("stock image: node wait, node run, a clean reboot keeps a file just written", async (
   { kernel, start },
@@ -76,8 +63,19 @@ labTest("stock image: node wait, node run, a clean reboot keeps a file just writ
   assert.equal(down.detail.mechanism, "ssh", JSON.stringify(down.detail));
   await lab.waitEvent(hyb.mac, "init.handover", bootMs, mark);
   await waitBooted(lab, "st-hyb", bootMs);
-  const after = await lab.cli("node", "run", "st-hyb", "--", "cat /root/keep");
-  assert.equal(after.stdout.trim(), `st-hyb | ${word}`);
+  // …in the disk's upper too, which netroot init shows read-only where node save reads it
+  const after = await lab.cli(
+    "node",
+    "run",
+    "st-hyb",
+    "--",
+    "cat /root/keep /run/netroot/upper/root/keep; touch /run/netroot/upper/x || echo read-only",
+  );
+  assert.deepEqual(after.stdout.trim().split("\n"), [
+    `st-hyb | ${word}`,
+    `st-hyb | ${word}`,
+    "st-hyb | read-only",
+  ]);
   const since = (await lab.events(hyb.mac)).filter((e) => e.id > mark).map((e) => e.kind);
   assert.ok(!since.includes("vnode.reset"), `no hard reset: ${since.join(" ")}`);
   assert.equal(

@@ -3,7 +3,9 @@
 // stopped by PID. Every command runs through a forced command that stands in for the node's
 // shell: `reboot` only appends a line to `<dir>/reboots` (and, with `dieOnReboot`, stops this
 // sshd, as a node going down closes its port); anything else runs under /bin/sh with NODE_ID set
-// (no command: an interactive /bin/sh, as a login shell).
+// (no command: an interactive /bin/sh, as a login shell). With `upper`, each command runs in a
+// private mount namespace where that directory is /run/netroot/upper, read-only, as netroot init
+// leaves a node's overlay upper (a tmpfs on /run there: nothing of the host's /run is touched).
 import { join } from "node:path";
 import { freeTcpPort, waitFor } from "./power.ts";
 
@@ -29,7 +31,15 @@ async function sh(cmd: string, ...args: string[]): Promise<void> {
  *  (default 127.0.0.1; one per node: the registry gives an address to one node only). */
 export async function startSshd(
   authorizedKey: string,
-  opts: { nodeId?: string; dieOnReboot?: boolean; maxStartups?: number; addresses?: string[] } = {},
+  opts: {
+    nodeId?: string;
+    dieOnReboot?: boolean;
+    maxStartups?: number;
+    addresses?: string[];
+    /** The node's overlay upper (a host directory) and, optionally, the `tar` it runs. */
+    upper?: string;
+    tar?: string;
+  } = {},
 ): Promise<FakeNodeSshd> {
   try {
     await Deno.stat(sshdBin);
@@ -41,6 +51,16 @@ export async function startSshd(
   const dir = await Deno.makeTempDir({ prefix: "nr-sshd-" });
   await sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", join(dir, "host_ed25519"));
   await Deno.writeTextFile(join(dir, "authorized_keys"), authorizedKey.trim() + "\n");
+  if (opts.tar) {
+    await Deno.mkdir(join(dir, "bin"));
+    await Deno.symlink(opts.tar, join(dir, "bin/tar"));
+  }
+  const path = opts.tar ? `PATH=${join(dir, "bin")}:$PATH ` : "";
+  const asNode = opts.upper
+    ? `unshare --mount --propagation private /bin/sh -c 'mount -t tmpfs nr-run /run && ` +
+      `mkdir -p /run/netroot/upper && mount --bind -o ro "$0" /run/netroot/upper && ` +
+      `${path}exec "$@"' ${opts.upper}`
+    : "";
   const force = join(dir, "force.sh");
   await Deno.writeTextFile(
     force,
@@ -51,7 +71,7 @@ case "$SSH_ORIGINAL_COMMAND" in
     ${opts.dieOnReboot ? `kill "$(cat ${dir}/sshd.pid)"` : ""}
     exit 0 ;;
   "") NODE_ID=${opts.nodeId ?? "node"} exec /bin/sh ;;
-  *) NODE_ID=${opts.nodeId ?? "node"} exec /bin/sh -c "$SSH_ORIGINAL_COMMAND" ;;
+  *) NODE_ID=${opts.nodeId ?? "node"} exec ${asNode} /bin/sh -c "$SSH_ORIGINAL_COMMAND" ;;
 esac
 `,
     { mode: 0o755 },
