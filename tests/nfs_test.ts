@@ -24,6 +24,7 @@ import {
 } from "../src/nfs.ts";
 import { networkCidr } from "../contract/ipv4.ts";
 import { openContext } from "../src/server.ts";
+import { moduleClosure } from "./support/modules.ts";
 
 const set: ExportSet = {
   subnet: "10.77.0.0/24",
@@ -383,28 +384,6 @@ Deno.test("ganesha (root, netns): serves on 2049, follows a deploy by SIGHUP, st
 });
 
 // ---- a real NFS client (qemu guest, TCG) against the supervised ganesha ----
-
-/** Module files for `wanted` and their dependencies, in load order (modules.dep lists each
- *  module's full dependency closure, deepest last). */
-function moduleClosure(modDir: string, wanted: string[]): string[] {
-  const deps = new Map<string, string[]>();
-  for (const line of readFileSync(join(modDir, "modules.dep"), "utf8").split("\n")) {
-    const [mod, rest] = line.split(":");
-    if (mod) deps.set(mod, rest.trim().split(/\s+/).filter(Boolean));
-  }
-  const order: string[] = [];
-  const add = (m: string) => {
-    if (order.includes(m)) return;
-    for (const d of [...(deps.get(m) ?? [])].reverse()) add(d);
-    order.push(m);
-  };
-  for (const w of wanted) {
-    const m = [...deps.keys()].find((k) => k.endsWith(`/${w}.ko`));
-    if (!m) throw new Error(`module ${w} not in modules.dep`);
-    add(m);
-  }
-  return order;
-}
 
 Deno.test({
   name: "ganesha (root, netns, qemu): a node mounts its image read-only and only its own /persist",
