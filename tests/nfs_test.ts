@@ -12,6 +12,7 @@ import type { Context } from "../src/context.ts";
 import { listEvents } from "../src/events.ts";
 import {
   assignExportIds,
+  checkKernelServer,
   desiredExports,
   type ExportSet,
   fsidOf,
@@ -281,6 +282,31 @@ Deno.test("startNfs kernel mode refuses clearly on a kernel without nfsd", {
     await assert.rejects(startNfs(ctx), /no NFS server \(nfsd\); use --nfs ganesha/);
   } finally {
     await dropContext(ctx);
+  }
+});
+
+Deno.test("kernel mode requires the system's NFS server: nfsd threads, the version, rpc.mountd", async () => {
+  const proc = await Deno.makeTempDir({ prefix: "nr-proc-" });
+  try {
+    mkdirSync(join(proc, "fs/nfsd"), { recursive: true });
+    const state = (threads: string, versions: string, mountd: boolean) => {
+      writeFileSync(join(proc, "fs/nfsd/threads"), `${threads}\n`);
+      writeFileSync(join(proc, "fs/nfsd/versions"), `${versions}\n`);
+      mkdirSync(join(proc, "4242"), { recursive: true });
+      writeFileSync(join(proc, "4242/comm"), mountd ? "rpc.mountd\n" : "sleep\n");
+    };
+    state("0", "-3 +4 +4.1 +4.2", true);
+    await assert.rejects(checkKernelServer(4, proc), /nfsd is not running .*nfs-kernel-server/);
+    state("8", "+3 +4 +4.1 -4.2", true);
+    await assert.rejects(checkKernelServer(4, proc), /does not serve NFSv4\.2 .*vers4\.2=y/);
+    state("8", "-3 +4 +4.1 +4.2", true);
+    await assert.rejects(checkKernelServer(3, proc), /does not serve NFSv3 .*vers3=y/);
+    state("8", "-3 +4 +4.1 +4.2", false);
+    await assert.rejects(checkKernelServer(4, proc), /rpc\.mountd is not running/);
+    state("8", "-3 +4 +4.1 +4.2", true);
+    await checkKernelServer(4, proc);
+  } finally {
+    await Deno.remove(proc, { recursive: true });
   }
 });
 

@@ -186,9 +186,13 @@ export async function startServerVm(o: {
   const binds = [...new Set([dirname(Deno.execPath()), work])];
   const deno = Deno.execPath();
   const serveCmd = `${deno} run -A --no-config ${o.bundle} serve --data ${dataDir}`;
-  writeFileSync(join(stage, "init"), initScript({ mods: mods.map((m) => m.split("/").pop()!), binds, serveCmd }), {
-    mode: 0o755,
-  });
+  writeFileSync(
+    join(stage, "init"),
+    initScript({ mods: mods.map((m) => m.split("/").pop()!), binds, serveCmd }),
+    {
+      mode: 0o755,
+    },
+  );
   const initrd = join(work, "server-initrd.gz");
   await run("sh", [
     "-c",
