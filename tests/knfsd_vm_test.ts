@@ -91,12 +91,17 @@ async function addProbe(root: string): Promise<void> {
   await Deno.chmod(join(root, "etc/secret"), 0o600);
 }
 
-/** Path → clients of `exportfs -v` (a long path puts its clients on the next line). */
+/** Path → clients of `exportfs -v` (a line per path and client; a long path puts the client on
+ *  the next line). */
 function parseExports(text: string): Map<string, string[]> {
   const m = new Map<string, string[]>();
   let path = "";
   for (const tok of text.split(/\s+/).filter(Boolean)) {
-    if (tok.startsWith("/")) m.set(path = tok, []);
+    if (tok.startsWith("/")) {
+      path = tok;
+      if (!m.has(path)) m.set(path, []);
+    } // one line per path and client
+
     else m.get(path)!.push(tok);
   }
   return m;
@@ -168,19 +173,23 @@ async function prepareData(
       id: string;
     }[];
     const ids = Object.fromEntries(list.map((i) => [i.name, i.id]));
-    // The nodes' initramfs of every image, built after its import.
-    const built = () => {
-      const files = [...Deno.readDirSync(join(data, "initramfs"))].map((e) => e.name);
-      return Object.values(ids).every((id) => files.some((f) => f.startsWith(`${id}-`)));
-    };
-    for (let i = 0; !built(); i++) {
-      if (i > 240) throw new Error("initramfs not built in 120 s");
-      await sleep(500);
-    }
     return ids;
   } finally {
     serve.kill("SIGTERM");
     await serve.status;
+  }
+}
+
+/** The nodes' initramfs of each image, by the bundle the server VM runs (its cache key). */
+async function buildInitramfs(bundle: string, data: string, names: string[]): Promise<void> {
+  for (const name of names) {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", "--no-config", bundle, "initramfs", "build", name, "--data", data],
+      env: { NO_COLOR: "1" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    if (!out.success) throw new Error(`initramfs build ${name}: ${dec.decode(out.stderr)}`);
   }
 }
 
@@ -262,6 +271,7 @@ Deno.test({
       // The data dir is prepared on the host (imports and the nodes' initramfs: minutes of deno
       // and gzip under TCG) by this same bundle, then becomes the server VM's data disk.
       const id = await prepareData(bundle, join(work, "data"), { v1: v1.dir, v2: v2.dir });
+      await buildInitramfs(bundle, join(work, "data"), ["v1", "v2"]);
       const disk = join(work, "data.img");
       const mk = await new Deno.Command("mkfs.ext4", {
         args: ["-q", "-F", "-d", join(work, "data"), disk, "1G"],
