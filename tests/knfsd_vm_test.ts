@@ -67,6 +67,7 @@ if [ -n "$(arg e2e.policy)" ]; then
   if echo from-node > /persist/hello; then p PERSIST-WRITE=ok; else p PERSIST-WRITE=failed; fi
 fi
 if [ -n "$(arg e2e.hold)" ]; then
+  httpd -p 2222 -h / # the port the server probes to call the node booted (boot.probe-port)
   p HOLD
   i=0
   while :; do
@@ -326,7 +327,7 @@ Deno.test({
             }
           } catch { /* not yet */ }
           if (
-            (await sh("kill -0 $(cat /run/serve.pid) && echo running", { check: false }))
+            (await sh("alive $(cat /run/serve.pid) && echo running", { check: false }))
               .trim() !== "running"
           ) {
             return { up: false, log: await sh("cat /run/serve.log") };
@@ -340,7 +341,7 @@ Deno.test({
       const stopServe = async (signal: "TERM" | "KILL") => {
         await sh(
           `p=$(cat /run/serve.pid); kill -${signal} $p; ` +
-            "for i in $(seq 120); do kill -0 $p 2>/dev/null || exit 0; sleep 0.5; done; exit 1",
+            "for i in $(seq 120); do alive $p || exit 0; sleep 0.5; done; exit 1",
         );
       };
       const exportsNow = async () => parseExports(await sh("exportfs -v"));
@@ -356,7 +357,13 @@ Deno.test({
       const args = (extra: string) =>
         `kernel.cmdline=e2e.srv=${bootNet.server} e2e.own=${rootfs(id.v1)} ` +
         `e2e.other=${rootfs(id.v2)} e2e.theirs=${persistOf(other)} ${extra}`;
-      await cli("node", "config", "n1", args("e2e.policy=1 e2e.hold=1 e2e.reboots=2"));
+      await cli(
+        "node",
+        "config",
+        "n1",
+        args("e2e.policy=1 e2e.hold=1 e2e.reboots=2"),
+        "boot.probe-port=2222",
+      );
 
       // ---- A: the boot, the policy from the node ----
       const nfsBytes = async () =>
@@ -387,6 +394,9 @@ Deno.test({
       );
       const kinds = (await api<Event[]>(`/nodes/${me}/events?limit=1000`)).map((e) => e.kind);
       assert.ok(kinds.includes("init.handover"), kinds.join(" "));
+      const state = async () => (await api<{ state: string }>(`/nodes/${me}`)).state;
+      for (let i = 0; i < 60 && await state() !== "booted"; i++) await sleep(1000);
+      assert.equal(await state(), "booted", "the server calls the node booted (its port answers)");
 
       // ---- exportfs -v: exactly netroot's exports, and the admin's ----
       const expected = () =>

@@ -181,6 +181,12 @@ export async function startServerVm(o: {
   writeFileSync(join(stage, "etc/exports"), `# the admin's own exports\n${adminLine}\n`);
   writeFileSync(join(stage, "bin/nfs-system"), nfsSystem, { mode: 0o755 });
   writeFileSync(join(stage, "www/cgi-bin/sh"), cgi, { mode: 0o755 });
+  // `alive PID`: runs and is no zombie (PID 1 here, a shell in `sleep`, reaps nothing).
+  writeFileSync(
+    join(stage, "bin/alive"),
+    `#!/bin/sh\n[ -r /proc/$1/stat ] && [ "$(cut -d' ' -f3 /proc/$1/stat)" != Z ]\n`,
+    { mode: 0o755 },
+  );
   // The same paths as on the host: deno, the bundle and the test's image dirs (`image import`
   // reads its PATH on the server).
   const binds = [...new Set([dirname(Deno.execPath()), work])];
