@@ -298,6 +298,7 @@ async function startKernelNfs(ctx: Context, opts: NfsOptions): Promise<Service> 
   if (!onPath) {
     throw new UserError("--nfs kernel needs exportfs (Debian package nfs-kernel-server)");
   }
+  await checkKernelServer(ctx.config.nfs.version);
   let last = "";
   const apply = async () => {
     const set = desiredExports(ctx);
@@ -321,6 +322,70 @@ async function startKernelNfs(ctx: Context, opts: NfsOptions): Promise<Service> 
   const f = follow(ctx, opts, apply);
   // Exports stay in place on close: running nodes keep their root while netroot restarts.
   return { name: "nfs", close: f.stop };
+}
+
+/** The system's NFS server is running the way `version` needs (netroot only writes exports;
+ *  nfs-kernel-server runs nfsd, rpc.mountd and, for NFSv3, rpcbind): otherwise exports would be
+ *  applied and every node's mount would hang or be refused without a word on the server. */
+export async function checkKernelServer(version: 3 | 4, procDir = "/proc"): Promise<void> {
+  const start = "start nfs-kernel-server (systemctl start nfs-kernel-server)";
+  const threads = Number(readText(join(procDir, "fs/nfsd/threads")).trim() || "0");
+  if (!(threads > 0)) {
+    throw new UserError(`--nfs kernel: nfsd is not running (no threads): ${start}`);
+  }
+  const versions = readText(join(procDir, "fs/nfsd/versions")).trim().split(/\s+/);
+  const want = version === 3 ? "3" : "4.2";
+  if (!versions.includes(`+${want}`)) {
+    throw new UserError(
+      `--nfs kernel --nfs-version ${version}: nfsd does not serve NFSv${want} ` +
+        `(versions: ${versions.join(" ")}); enable vers${want}=y in /etc/nfs.conf [nfsd] and ` +
+        "restart nfs-kernel-server",
+    );
+  }
+  // nfsd asks rpc.mountd about every client and export it has not cached (NFSv4 too).
+  if (!processRunning("rpc.mountd", procDir)) {
+    throw new UserError(`--nfs kernel: rpc.mountd is not running: ${start}`);
+  }
+  if (version !== 3) return;
+  // NFSv3 clients find mountd (and nfsd) through rpcbind: both must be registered there.
+  const out = await new Deno.Command("rpcinfo", {
+    args: ["-p", "127.0.0.1"],
+    stdout: "piped",
+    stderr: "piped",
+  }).output().catch((e) => {
+    if (e instanceof Deno.errors.NotFound) return undefined;
+    throw e;
+  });
+  if (!out) {
+    throw new UserError("--nfs-version 3 needs rpcbind (Debian package rpcbind) running");
+  }
+  const table = new TextDecoder().decode(out.stdout);
+  if (!out.success) {
+    throw new UserError(
+      "--nfs-version 3: rpcbind is not running (rpcinfo: " +
+        `${new TextDecoder().decode(out.stderr).trim()}): systemctl start rpcbind, then ` +
+        "restart nfs-kernel-server",
+    );
+  }
+  for (const [program, name] of [["100005", "rpc.mountd"], ["100003", "nfsd"]]) {
+    if (!new RegExp(`^\\s*${program}\\s+3\\s+tcp\\b`, "m").test(table)) {
+      throw new UserError(
+        `--nfs-version 3: ${name} is not registered with rpcbind for NFSv3 over TCP: ` +
+          "restart nfs-kernel-server (after rpcbind)",
+      );
+    }
+  }
+}
+
+/** Some process runs the program `name` (its /proc/PID/comm). */
+function processRunning(name: string, procDir: string): boolean {
+  const comm = name.slice(0, 15); // the kernel keeps 15 characters of the name
+  for (const e of Deno.readDirSync(procDir)) {
+    if (/^\d+$/.test(e.name) && readText(join(procDir, e.name, "comm")).trim() === comm) {
+      return true;
+    }
+  }
+  return false;
 }
 
 /** ganesha's files under <data>/run/ganesha/. */

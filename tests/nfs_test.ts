@@ -12,6 +12,7 @@ import type { Context } from "../src/context.ts";
 import { listEvents } from "../src/events.ts";
 import {
   assignExportIds,
+  checkKernelServer,
   desiredExports,
   type ExportSet,
   fsidOf,
@@ -24,6 +25,7 @@ import {
 } from "../src/nfs.ts";
 import { networkCidr } from "../contract/ipv4.ts";
 import { openContext } from "../src/server.ts";
+import { moduleClosure } from "./support/modules.ts";
 
 const set: ExportSet = {
   subnet: "10.77.0.0/24",
@@ -283,6 +285,31 @@ Deno.test("startNfs kernel mode refuses clearly on a kernel without nfsd", {
   }
 });
 
+Deno.test("kernel mode requires the system's NFS server: nfsd threads, the version, rpc.mountd", async () => {
+  const proc = await Deno.makeTempDir({ prefix: "nr-proc-" });
+  try {
+    mkdirSync(join(proc, "fs/nfsd"), { recursive: true });
+    const state = (threads: string, versions: string, mountd: boolean) => {
+      writeFileSync(join(proc, "fs/nfsd/threads"), `${threads}\n`);
+      writeFileSync(join(proc, "fs/nfsd/versions"), `${versions}\n`);
+      mkdirSync(join(proc, "4242"), { recursive: true });
+      writeFileSync(join(proc, "4242/comm"), mountd ? "rpc.mountd\n" : "sleep\n");
+    };
+    state("0", "-3 +4 +4.1 +4.2", true);
+    await assert.rejects(checkKernelServer(4, proc), /nfsd is not running .*nfs-kernel-server/);
+    state("8", "+3 +4 +4.1 -4.2", true);
+    await assert.rejects(checkKernelServer(4, proc), /does not serve NFSv4\.2 .*vers4\.2=y/);
+    state("8", "-3 +4 +4.1 +4.2", true);
+    await assert.rejects(checkKernelServer(3, proc), /does not serve NFSv3 .*vers3=y/);
+    state("8", "-3 +4 +4.1 +4.2", false);
+    await assert.rejects(checkKernelServer(4, proc), /rpc\.mountd is not running/);
+    state("8", "-3 +4 +4.1 +4.2", true);
+    await checkKernelServer(4, proc);
+  } finally {
+    await Deno.remove(proc, { recursive: true });
+  }
+});
+
 async function ip(...args: string[]) {
   const out = await new Deno.Command("ip", { args, stderr: "piped" }).output();
   if (!out.success) {
@@ -383,28 +410,6 @@ Deno.test("ganesha (root, netns): serves on 2049, follows a deploy by SIGHUP, st
 });
 
 // ---- a real NFS client (qemu guest, TCG) against the supervised ganesha ----
-
-/** Module files for `wanted` and their dependencies, in load order (modules.dep lists each
- *  module's full dependency closure, deepest last). */
-function moduleClosure(modDir: string, wanted: string[]): string[] {
-  const deps = new Map<string, string[]>();
-  for (const line of readFileSync(join(modDir, "modules.dep"), "utf8").split("\n")) {
-    const [mod, rest] = line.split(":");
-    if (mod) deps.set(mod, rest.trim().split(/\s+/).filter(Boolean));
-  }
-  const order: string[] = [];
-  const add = (m: string) => {
-    if (order.includes(m)) return;
-    for (const d of [...(deps.get(m) ?? [])].reverse()) add(d);
-    order.push(m);
-  };
-  for (const w of wanted) {
-    const m = [...deps.keys()].find((k) => k.endsWith(`/${w}.ko`));
-    if (!m) throw new Error(`module ${w} not in modules.dep`);
-    add(m);
-  }
-  return order;
-}
 
 Deno.test({
   name: "ganesha (root, netns, qemu): a node mounts its image read-only and only its own /persist",
