@@ -102,7 +102,9 @@ stop)
 start)
   echo 10 > /proc/fs/nfsd/nfsv4gracetime; echo 10 > /proc/fs/nfsd/nfsv4leasetime
   if [ "$2" = 3 ]; then
-    pidof rpcbind >/dev/null || rpcbind -w
+    # rpcbind forks before its socket answers: rpc.nfsd registering too early is refused.
+    pidof rpcbind >/dev/null || rpcbind
+    for i in $(seq 50); do rpcinfo -p 127.0.0.1 >/dev/null 2>&1 && break; sleep 0.2; done
     rpc.mountd -N 2
     rpc.nfsd --no-udp 8
   else
