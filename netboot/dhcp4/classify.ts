@@ -49,6 +49,36 @@ export interface Classification {
   netboot: boolean;
   /** TFTP file name or http:// URL to boot; undefined = plain lease (Linux DHCP, Pi ROM). */
   bootfile?: string;
+  /** A Raspberry Pi boot ROM/EEPROM: what its DHCP request says of it (rpiIdentity). */
+  rpi?: RpiIdentity;
+}
+
+/** What a Pi tells in its DHCP request. Informative only: the serial names the TFTP directory the
+ *  Pi asks for, but anyone can send any serial; nothing is granted on it (docs/firmware.md). */
+export interface RpiIdentity {
+  /** "3" for the BCM2837 ROM (3B, 3B+: OUI b8:27:eb, no fourcc), "4" or "5" from option 97. */
+  model?: "3" | "4" | "5";
+  /** The board serial as the TFTP prefix spells it (8 lower-case hex digits), when sent. */
+  serial?: string;
+}
+
+/** Option 97 of a Pi 4/5 EEPROM: 0, fourcc "RPi4" (0x34695052 little-endian), board revision (4),
+ *  MAC's low 4 bytes, serial (4, big-endian); older EEPROMs sent the serial 4 times (Raspberry Pi
+ *  docs, bcm2711 bootloader DHCP_OPTION97). A 3B+ ROM's GUID carries no serial; its MAC's low 3
+ *  bytes are the serial's (the OUI b8:27:eb + serial & 0xffffff). */
+export function rpiIdentity(mac: string, guid: Uint8Array | undefined): RpiIdentity {
+  const hex = (b: Uint8Array) => [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
+  if (guid?.length === 17 && guid[0] === 0) {
+    const fourcc = String.fromCharCode(...guid.subarray(1, 5));
+    if (fourcc === "RPi4" || fourcc === "RPi5") {
+      return { model: fourcc === "RPi4" ? "4" : "5", serial: hex(guid.subarray(13, 17)) };
+    }
+    const s = guid.subarray(1, 5);
+    if ([5, 9, 13].every((o) => hex(guid.subarray(o, o + 4)) === hex(s))) {
+      return { model: "4", serial: hex(s) };
+    }
+  }
+  return mac.startsWith("b8:27:eb") ? { model: "3" } : {};
 }
 
 export interface ClassifyEnv {
@@ -94,7 +124,10 @@ export function classify(p: DhcpPacket, env: ClassifyEnv): Classification {
   }
   // 2. Raspberry Pi boot ROM (the Pi 5 says arch 0 like a PC BIOS: test the OUI first). It needs
   //    option 43 "Raspberry Pi Boot" and fetches its files by TFTP by itself; no file name.
-  if (RPI_OUIS.has(mac.slice(0, 8)) && pxe) return { ...base, firmware: "rpi", netboot: true };
+  if (RPI_OUIS.has(mac.slice(0, 8)) && pxe) {
+    const rpi = rpiIdentity(mac, p.options.get(Opt.clientUuid));
+    return { ...base, firmware: "rpi", netboot: true, rpi };
+  }
   // 3. UEFI HTTP boot: the firmware fetches an EFI binary by URL.
   if (http || arch === 15 || arch === 16 || arch === 18 || arch === 19) {
     const file = arch === 18 || arch === 19 ? IPXE_BINARY.arm64! : IPXE_BINARY.uefi64!;

@@ -469,7 +469,12 @@ export class DhcpResponder {
       p.siaddr = this.cfg.serverIp;
       return;
     }
-    if (cls.firmware === "rpi") p.siaddr = this.cfg.serverIp; // the ROM TFTPs from siaddr
+    if (cls.firmware === "rpi") {
+      // The 3B+ ROM TFTPs the DHCP server unless option 66 names another (gh:raspberrypi/
+      // firmware#670): in proxy mode that is the lab's server, so name ours. Text, as dnsmasq.
+      p.siaddr = this.cfg.serverIp;
+      o.set(Opt.tftpServer, text(this.cfg.serverIp));
+    }
     if (!cls.bootfile) return;
     p.siaddr = this.cfg.serverIp;
     if (cls.bootfile.length < 128) p.file = cls.bootfile;

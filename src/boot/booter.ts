@@ -5,6 +5,7 @@ import type { Context } from "../context.ts";
 import { bootExpiry, dropBoot, findBoot, openBoot, recordStage } from "../boots.ts";
 import { DEFAULTS } from "../../contract/cmdline.ts";
 import { resolveInRoot } from "../../contract/rootpath.ts";
+import { join } from "node:path";
 import { tx } from "../db.ts";
 import { notFound } from "../errors.ts";
 import { eventRecorder, recordFromSource, recordProgress } from "../events.ts";
@@ -15,9 +16,23 @@ import { bootNetwork, nfsPersistPath, nfsRootPath } from "../nfs.ts";
 import type { NodeInfo } from "../nodes.ts";
 import { nodeReported } from "../nodestate.ts";
 import type { ImageInfo } from "../images/store.ts";
-import type { Booter, BootFileKind, EventSink, Refusal, ScriptPlan } from "../../netboot/booter.ts";
+import type {
+  Booter,
+  BootFileKind,
+  EventSink,
+  PiBootFile,
+  Refusal,
+  ScriptPlan,
+} from "../../netboot/booter.ts";
 import { boundLeaseIp, LeaseStore } from "./leases.ts";
-import { checkBoot, initramfsSource, nodeAddress, planBoot, type PlanInput } from "./plan.ts";
+import {
+  checkBoot,
+  initramfsSource,
+  nodeAddress,
+  planBoot,
+  type PlanInput,
+  renderPiConfig,
+} from "./plan.ts";
 
 const log = logger("http");
 
@@ -152,6 +167,43 @@ function bootFilePath(
   return ensureInitramfs(ctx, image.id);
 }
 
+/** A Pi node's boot file fetched by TFTP: the kernel and initramfs of its image (as HTTP boot
+ *  serves them), or config.txt / cmdline.txt rendered into nodes/<mac>/rpi/ (written anew, so the
+ *  boot file cache sees a new file). cmdline.txt opens the boot, as an iPXE script fetch does. */
+async function piFile(
+  ctx: Context,
+  mac: string,
+  name: PiBootFile,
+  remote: string,
+): Promise<{ file: string } | Refusal> {
+  const node = ctx.nodes.find(mac);
+  if (!node) return { refused: `node ${mac} is not registered`, unknown: true };
+  const base = ctx.nodeUrl;
+  if (!base) return { refused: "the HTTP address nodes use is unknown (no --http for nodes)" };
+  const input = planInput(ctx, node, base);
+  const early = checkBoot(input);
+  if (early) return early;
+  if (name === "netroot-kernel" || name === "netroot-initramfs") {
+    const kind = name === "netroot-kernel" ? "kernel" : "initramfs";
+    const image = imageFor(ctx, mac, input.imageId!)!;
+    return { file: await bootFilePath(ctx, node, image, kind) };
+  }
+  let text: string;
+  if (name === "config.txt") {
+    text = renderPiConfig({ nodeName: node.name, image: input.image! });
+  } else {
+    const plan = script(ctx, mac, { base, remote });
+    if ("refused" in plan) return plan;
+    text = plan.cmdline + "\n";
+  }
+  const dir = join(ctx.data.node(mac), "rpi");
+  await Deno.mkdir(dir, { recursive: true });
+  const file = join(dir, name);
+  await Deno.writeTextFile(`${file}.tmp`, text);
+  await Deno.rename(`${file}.tmp`, file);
+  return { file };
+}
+
 /** Whether a report with `token` is taken from `mac` now. */
 function acceptReport(
   ctx: Context,
@@ -192,6 +244,7 @@ export function contextBooter(ctx: Context): Booter {
       const node = ctx.nodes.byIp(ip);
       return node && { mac: node.mac, fs: ctx.data.nodeFs(node.mac) };
     },
+    piFile: (mac, name, remote) => piFile(ctx, mac, name, remote),
     // HTTP
     script: (mac, req) => Promise.resolve(script(ctx, mac, req)),
     bootFile(mac, kind, pinned) {
