@@ -56,29 +56,31 @@ export interface Classification {
 /** What a Pi tells in its DHCP request. Informative only: the serial names the TFTP directory the
  *  Pi asks for, but anyone can send any serial; nothing is granted on it (docs/firmware.md). */
 export interface RpiIdentity {
-  /** "3" for the BCM2837 ROM (3B, 3B+: OUI b8:27:eb, no fourcc), "4" or "5" from option 97. */
+  /** "3" for the BCM2837 ROM (3B, 3B+: OUI b8:27:eb), "4" or "5" from option 97's fourcc. */
   model?: "3" | "4" | "5";
   /** The board serial as the TFTP prefix spells it (8 lower-case hex digits), when sent. */
   serial?: string;
 }
 
-/** Option 97 of a Pi 4/5 EEPROM: 0, fourcc "RPi4" (0x34695052 little-endian), board revision (4),
- *  MAC's low 4 bytes, serial (4, big-endian); older EEPROMs sent the serial 4 times (Raspberry Pi
- *  docs, bcm2711 bootloader DHCP_OPTION97). A 3B+ ROM's GUID carries no serial; its MAC's low 3
- *  bytes are the serial's (the OUI b8:27:eb + serial & 0xffffff). */
+/** Option 97 of a Pi: 0 then four little-endian 32-bit words. The Pi 4/5 EEPROM sends fourcc
+ *  "RPi4" (0x34695052), board revision, the MAC's low 4 bytes and the serial (Raspberry Pi docs,
+ *  bcm2711 bootloader DHCP_OPTION97); the 3B/3B+ ROM and older EEPROMs send the serial 4 times
+ *  (captures: gh:raspberrypi/firmware#1362, #1605). On a 3B/3B+ the MAC is b8:27:eb + the serial's
+ *  low 3 bytes. */
 export function rpiIdentity(mac: string, guid: Uint8Array | undefined): RpiIdentity {
-  const hex = (b: Uint8Array) => [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
+  const le = (o: number) =>
+    [...guid!.subarray(o, o + 4)].reverse().map((x) => x.toString(16).padStart(2, "0")).join("");
+  const pi3 = mac.startsWith("b8:27:eb");
   if (guid?.length === 17 && guid[0] === 0) {
     const fourcc = String.fromCharCode(...guid.subarray(1, 5));
     if (fourcc === "RPi4" || fourcc === "RPi5") {
-      return { model: fourcc === "RPi4" ? "4" : "5", serial: hex(guid.subarray(13, 17)) };
+      return { model: fourcc === "RPi4" ? "4" : "5", serial: le(13) };
     }
-    const s = guid.subarray(1, 5);
-    if ([5, 9, 13].every((o) => hex(guid.subarray(o, o + 4)) === hex(s))) {
-      return { model: "4", serial: hex(s) };
+    if ([5, 9, 13].every((o) => le(o) === le(1))) {
+      return { ...(pi3 ? { model: "3" as const } : {}), serial: le(1) };
     }
   }
-  return mac.startsWith("b8:27:eb") ? { model: "3" } : {};
+  return pi3 ? { model: "3" } : {};
 }
 
 export interface ClassifyEnv {
