@@ -55,7 +55,7 @@ function packet(d: PiDiscover, type = MessageType.Discover, requested?: string):
   };
 }
 
-async function withContext(fn: (ctx: Context, dir: string) => Promise<void>) {
+async function withContext(fn: (ctx: Context, dir: string) => Promise<void> | void) {
   const dir = await Deno.makeTempDir({ prefix: "nr-rpi-" });
   const ctx = await openContext({
     ...defaultConfig(),
@@ -131,7 +131,7 @@ Deno.test("rpi: each model's DISCOVER is classified by OUI + PXE class, with its
 });
 
 Deno.test("rpi: full DHCP answers each model's DISCOVER and REQUEST with dnsmasq's option 43, 66 and siaddr", async () => {
-  await withContext(async (ctx) => {
+  await withContext((ctx) => {
     const r = responder(ctx, "full");
     for (const d of DISCOVERS) {
       const offer = r.handle(encode(packet(d)), {
@@ -156,7 +156,7 @@ Deno.test("rpi: full DHCP answers each model's DISCOVER and REQUEST with dnsmasq
 });
 
 Deno.test("rpi: proxy DHCP answers the Pi on port 67 even with the port4011 strategy", async () => {
-  await withContext(async (ctx) => {
+  await withContext((ctx) => {
     const r = responder(ctx, "proxy");
     for (const d of DISCOVERS) {
       const reply = r.handle(encode(packet(d)), {
@@ -215,7 +215,7 @@ const FIRMWARE = [
 const text = (b: Uint8Array) => new TextDecoder().decode(b);
 
 Deno.test("rpi: TFTP replay of each model's requests gets the image's firmware and the node's rendered files", async () => {
-  await withContext(async (ctx, dir) => {
+  await withContext(async (ctx) => {
     const files: Record<string, string> = {
       "boot/vmlinuz-6.12.0-arm64": "KERNEL arm64",
       "boot/initrd.img-6.12.0-arm64": "INITRD arm64",
@@ -280,7 +280,6 @@ Deno.test("rpi: TFTP replay of each model's requests gets the image's firmware a
     } finally {
       await svc.close();
     }
-    void dir;
   });
 });
 
