@@ -93,9 +93,14 @@ export type PiBootFile = "config.txt" | "cmdline.txt" | "netroot-kernel" | "netr
 export interface TftpBooter {
   /** The node behind a client address, and its deploy link (nodes/<mac>/fs → image rootfs). */
   nodeAt(ip: string): { mac: string; fs: string } | undefined;
-  /** One of a Pi node's rendered boot files (cmdline.txt opens a boot, as an iPXE script fetch
-   *  does), as a path, or why not; `remote` is the TFTP client's address. */
-  piFile?(mac: string, name: PiBootFile, remote: string): Promise<{ file: string } | Refusal>;
+  /** One of a Pi node's boot files: the kernel or initramfs (a path), config.txt or cmdline.txt
+   *  (rendered bytes; cmdline.txt opens a boot, as an iPXE script fetch does), or why not;
+   *  `remote` is the TFTP client's address. */
+  piFile?(
+    mac: string,
+    name: PiBootFile,
+    remote: string,
+  ): Promise<{ file: string } | { data: Uint8Array } | Refusal>;
   events: EventSink;
 }
 

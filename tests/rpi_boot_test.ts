@@ -12,6 +12,7 @@ import { contextBooter } from "../src/boot/booter.ts";
 import { startTftpService } from "../src/boot/services.ts";
 import { renderPiConfig } from "../src/boot/plan.ts";
 import { setLogLevel } from "../src/log.ts";
+import { listEvents } from "../src/events.ts";
 import { DhcpResponder } from "../netboot/dhcp4/server.ts";
 import { classify } from "../netboot/dhcp4/classify.ts";
 import { BOOTREQUEST, decode, type DhcpPacket, encode } from "../netboot/dhcp4/packet.ts";
@@ -151,6 +152,11 @@ Deno.test("rpi: full DHCP answers each model's DISCOVER and REQUEST with dnsmasq
       assertPiAnswer(ack, `${d.model} ack`);
       // The lease is MAC-bound evidence: TFTP from that address is this node.
       assert.equal(ctx.nodes.byIp(o.yiaddr)?.mac, d.mac);
+      const ackEvent = listEvents(ctx.db, { mac: d.mac }).find((e) => e.kind === "dhcp.ack")!;
+      assert.deepEqual(ackEvent.detail.rpi, {
+        model: d.model === "3B+" ? "3" : d.model,
+        serial: d.serial,
+      });
     }
   });
 });

@@ -222,6 +222,7 @@ export class DhcpResponder {
       vendorClass: cls.vendorClass,
       arch: cls.arch,
       firmware: cls.firmware,
+      ...(cls.rpi && { rpi: cls.rpi }),
     });
     log.info("registered node", { mac: cls.mac, name: node.name, firmware: cls.firmware });
     return node;
@@ -352,6 +353,7 @@ export class DhcpResponder {
       ip: ip ?? req.ciaddr,
       firmware: cls.firmware,
       bootfile: cls.bootfile ?? null,
+      ...(cls.rpi && { rpi: cls.rpi }), // what the Pi said of itself: information only
     });
     log.info(event.slice(5), { mac: cls.mac, ip: ip ?? req.ciaddr, firmware: cls.firmware });
     return this.finish(req, packet);

@@ -8,7 +8,10 @@ import { join } from "node:path";
 import { ErrorCode } from "./packet.ts";
 import type { PiBootFile } from "../booter.ts";
 
-export type Resolution = { file: string } | { error: number; message: string };
+export type Resolution =
+  | { file: string }
+  | { data: Uint8Array }
+  | { error: number; message: string };
 
 /** The iPXE builds a PXE ROM or UEFI firmware may be told to fetch. */
 export const IPXE_NAMES = new Set([
@@ -99,7 +102,7 @@ export async function resolveNodeBoot(fsLink: string, parts: string[]): Promise<
       const inBoot = join(root, "boot") + "/";
       return r.file.startsWith(inBoot) ? r : refuse("file lies outside the image's /boot");
     }
-    if (r.error === ErrorCode.accessViolation) return r;
+    if ("error" in r && r.error === ErrorCode.accessViolation) return r;
     last = r;
   }
   return last;

@@ -312,8 +312,13 @@ export async function startTftp(
       const node = booter.nodeAt(client.address);
       const piFile = node && booter.piFile &&
         (async (name: PiBootFile): Promise<Resolution> => {
-          const r = await booter.piFile!(node.mac, name, client.address);
-          return "file" in r ? r : { error: ErrorCode.fileNotFound, message: r.refused };
+          let r;
+          try {
+            r = await booter.piFile!(node.mac, name, client.address);
+          } catch (e) { // a missing kernel, a failed initramfs build: the node's event says which
+            r = { refused: (e as Error).message };
+          }
+          return "refused" in r ? { error: ErrorCode.fileNotFound, message: r.refused } : r;
         });
       const r = await resolveRequest(path, { ipxeDir: o.ipxeDir, nodeFs: node?.fs, piFile });
       return { ...r, meta: { mac: node?.mac ?? null } };

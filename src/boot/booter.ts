@@ -5,7 +5,6 @@ import type { Context } from "../context.ts";
 import { bootExpiry, dropBoot, findBoot, openBoot, recordStage } from "../boots.ts";
 import { DEFAULTS } from "../../contract/cmdline.ts";
 import { resolveInRoot } from "../../contract/rootpath.ts";
-import { join } from "node:path";
 import { tx } from "../db.ts";
 import { notFound } from "../errors.ts";
 import { eventRecorder, recordFromSource, recordProgress } from "../events.ts";
@@ -168,14 +167,14 @@ function bootFilePath(
 }
 
 /** A Pi node's boot file fetched by TFTP: the kernel and initramfs of its image (as HTTP boot
- *  serves them), or config.txt / cmdline.txt rendered into nodes/<mac>/rpi/ (written anew, so the
- *  boot file cache sees a new file). cmdline.txt opens the boot, as an iPXE script fetch does. */
+ *  serves them), or config.txt / cmdline.txt rendered in memory. cmdline.txt opens the boot, as an
+ *  iPXE script fetch does. */
 async function piFile(
   ctx: Context,
   mac: string,
   name: PiBootFile,
   remote: string,
-): Promise<{ file: string } | Refusal> {
+): Promise<{ file: string } | { data: Uint8Array } | Refusal> {
   const node = ctx.nodes.find(mac);
   if (!node) return { refused: `node ${mac} is not registered`, unknown: true };
   const base = ctx.nodeUrl;
@@ -196,12 +195,7 @@ async function piFile(
     if ("refused" in plan) return plan;
     text = plan.cmdline + "\n";
   }
-  const dir = join(ctx.data.node(mac), "rpi");
-  await Deno.mkdir(dir, { recursive: true });
-  const file = join(dir, name);
-  await Deno.writeTextFile(`${file}.tmp`, text);
-  await Deno.rename(`${file}.tmp`, file);
-  return { file };
+  return { data: new TextEncoder().encode(text) };
 }
 
 /** Whether a report with `token` is taken from `mac` now. */
