@@ -87,9 +87,20 @@ export interface DhcpBooter {
 
 // ---- TFTP ---------------------------------------------------------------------------------
 
+/** A Raspberry Pi's boot file that netroot makes for the node (netboot/tftp/resolve.ts). */
+export type PiBootFile = "config.txt" | "cmdline.txt" | "netroot-kernel" | "netroot-initramfs";
+
 export interface TftpBooter {
   /** The node behind a client address, and its deploy link (nodes/<mac>/fs → image rootfs). */
   nodeAt(ip: string): { mac: string; fs: string } | undefined;
+  /** One of a Pi node's boot files: the kernel or initramfs (a path), config.txt or cmdline.txt
+   *  (rendered bytes; cmdline.txt opens a boot, as an iPXE script fetch does), or why not;
+   *  `remote` is the TFTP client's address. */
+  piFile?(
+    mac: string,
+    name: PiBootFile,
+    remote: string,
+  ): Promise<{ file: string } | { data: Uint8Array } | Refusal>;
   events: EventSink;
 }
 

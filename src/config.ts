@@ -1,4 +1,5 @@
 // Server configuration: embedded defaults, an optional JSON config file, then command-line flags.
+import { defaultIpxeDir } from "./release/ipxe.ts";
 import { parseArgs } from "node:util";
 import { defaultDataDir } from "./datadir.ts";
 import { UserError } from "./errors.ts";
@@ -288,6 +289,7 @@ export async function loadServeConfig(args: string[]): Promise<ServerConfig> {
   const { values } = parseArgs({ args, options: serveOptions, allowPositionals: false });
   const cfg = defaultConfig();
   let fileSetsDhcpMode = false;
+  let ipxeGiven = values["ipxe-dir"] !== undefined;
   const path = configPath(args);
   if (path) {
     let raw: unknown;
@@ -308,6 +310,7 @@ export async function loadServeConfig(args: string[]): Promise<ServerConfig> {
       events: { ...cfg.events, ...file.events },
     });
     fileSetsDhcpMode = file.dhcp?.mode !== undefined;
+    ipxeGiven ||= file.ipxeDir !== undefined;
     if (file.bridge) {
       if (!file.bridge.name || !file.bridge.address) {
         throw new UserError("config key bridge needs both name and address (A.B.C.D/NN)");
@@ -394,6 +397,8 @@ export async function loadServeConfig(args: string[]): Promise<ServerConfig> {
     cfg.netconsole.port = port("netconsole-port", values["netconsole-port"]);
   }
   if (values["ipxe-dir"]) cfg.ipxeDir = values["ipxe-dir"];
+  // Not given: the system's iPXE, else the release bundle's (src/release/ipxe.ts).
+  if (!ipxeGiven) cfg.ipxeDir = defaultIpxeDir();
   if (values.nfs) cfg.nfs.mode = oneOf("nfs", values.nfs, ["kernel", "ganesha", "off"] as const);
   if (values["nfs-version"]) {
     cfg.nfs.version = Number(oneOf("nfs-version", values["nfs-version"], ["3", "4"])) as 3 | 4;

@@ -14,11 +14,13 @@ import {
   type ProgramFiles,
 } from "../src/initramfs/build.ts";
 import {
+  compiledLauncher,
   currentProgram,
   INIT_ARGV,
   INIT_ENV,
   INIT_MOUNTS,
   NODE_DENO,
+  NODE_EXE,
   nodeLauncher,
 } from "../src/initramfs/bundle.ts";
 import { launcherElf } from "../src/initramfs/elf.ts";
@@ -187,6 +189,67 @@ Deno.test("the real netroot bundle starts from the archive: launcher-mounted /pr
       "/help-init",
     ]);
     assert.match(help, /^usage: netroot init/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+// Compiled mode (`deno compile`): /init is the launcher, which mounts /proc and runs the executable
+// as `netroot init`. A real compiled netroot needs denort (not fetchable here): the stand-in
+// executable is a copy of the deno binary, an ELF of the same runtime with the same libraries.
+Deno.test("compiled mode layout: /init launcher mounts /proc, then runs /netroot/netroot init (root)", async () => {
+  const k = await debianKernel();
+  const dir = await Deno.makeTempDir({ prefix: "nr-initramfs-compiled-" });
+  try {
+    const exe = join(dir, "netroot");
+    await Deno.copyFile(deno, exe);
+    const program: ProgramFiles = { kind: "compiled", exe, hash: "1".repeat(64) };
+    const mods = join(dir, "rootfs/lib/modules", k.kv);
+    await Deno.mkdir(mods, { recursive: true });
+    await Deno.writeTextFile(join(mods, "modules.dep"), "");
+    const out = join(dir, "initrd");
+    await buildInitramfs({
+      rootfs: join(dir, "rootfs"),
+      kernelVersion: k.kv,
+      out,
+      program,
+      compression: "zstd",
+    });
+    const tree = join(dir, "tree");
+    await Deno.mkdir(tree);
+    const cpioPath = join(dir, "initrd.cpio");
+    await Deno.writeTextFile(cpioPath, "");
+    await sh("zstd", ["-q", "-f", "-d", out, "-o", cpioPath]);
+    await sh("cpio", ["-idm", "--quiet", "--no-absolute-filenames"], {
+      cwd: tree,
+      stdin: cpioPath,
+    });
+    assert.deepEqual(await Deno.readFile(join(tree, "init")), compiledLauncher());
+    assert.ok(!Deno.lstatSync(join(tree, "init")).isSymlink);
+    assert.equal((await Deno.stat(join(tree, NODE_EXE))).size, (await Deno.stat(exe)).size);
+    // /init as built: the launcher mounts /proc and execs `/netroot/netroot init`; the stand-in
+    // (deno) takes `init` as its own subcommand and creates a project in /, proving it ran from
+    // the archive with the archive's libraries.
+    await sh("unshare", ["-m", "--propagation", "private", "/usr/sbin/chroot", tree, "/init"]);
+    assert.ok(Deno.lstatSync(join(tree, "deno.json")).isFile, "the executable ran as `… init`");
+    // The same launcher shape with a probe for argv: the runtime sees /proc (mounted by the
+    // launcher: the tree's /proc is an empty directory) and itself at /netroot/netroot.
+    const probe = launcherElf({
+      path: NODE_EXE,
+      argv: [NODE_EXE, "eval", "console.log(Deno.readLinkSync('/proc/self/exe'))"],
+      envp: INIT_ENV,
+      mounts: INIT_MOUNTS,
+    });
+    await Deno.writeFile(join(tree, "probe-init"), probe, { mode: 0o755 });
+    const self = await sh("unshare", [
+      "-m",
+      "--propagation",
+      "private",
+      "/usr/sbin/chroot",
+      tree,
+      "/probe-init",
+    ]);
+    assert.equal(self.trim(), NODE_EXE);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -49,6 +49,38 @@ export interface Classification {
   netboot: boolean;
   /** TFTP file name or http:// URL to boot; undefined = plain lease (Linux DHCP, Pi ROM). */
   bootfile?: string;
+  /** A Raspberry Pi boot ROM/EEPROM: what its DHCP request says of it (rpiIdentity). */
+  rpi?: RpiIdentity;
+}
+
+/** What a Pi tells in its DHCP request. Informative only: the serial names the TFTP directory the
+ *  Pi asks for, but anyone can send any serial; nothing is granted on it (docs/firmware.md). */
+export interface RpiIdentity {
+  /** "3" for the BCM2837 ROM (3B, 3B+: OUI b8:27:eb), "4" or "5" from option 97's fourcc. */
+  model?: "3" | "4" | "5";
+  /** The board serial as the TFTP prefix spells it (8 lower-case hex digits), when sent. */
+  serial?: string;
+}
+
+/** Option 97 of a Pi: 0 then four little-endian 32-bit words. The Pi 4/5 EEPROM sends fourcc
+ *  "RPi4" (0x34695052), board revision, the MAC's low 4 bytes and the serial (Raspberry Pi docs,
+ *  bcm2711 bootloader DHCP_OPTION97); the 3B/3B+ ROM and older EEPROMs send the serial 4 times
+ *  (captures: gh:raspberrypi/firmware#1362, #1605). On a 3B/3B+ the MAC is b8:27:eb + the serial's
+ *  low 3 bytes. */
+export function rpiIdentity(mac: string, guid: Uint8Array | undefined): RpiIdentity {
+  const le = (o: number) =>
+    [...guid!.subarray(o, o + 4)].reverse().map((x) => x.toString(16).padStart(2, "0")).join("");
+  const pi3 = mac.startsWith("b8:27:eb");
+  if (guid?.length === 17 && guid[0] === 0) {
+    const fourcc = String.fromCharCode(...guid.subarray(1, 5));
+    if (fourcc === "RPi4" || fourcc === "RPi5") {
+      return { model: fourcc === "RPi4" ? "4" : "5", serial: le(13) };
+    }
+    if ([5, 9, 13].every((o) => le(o) === le(1))) {
+      return { ...(pi3 ? { model: "3" as const } : {}), serial: le(1) };
+    }
+  }
+  return pi3 ? { model: "3" } : {};
 }
 
 export interface ClassifyEnv {
@@ -94,7 +126,10 @@ export function classify(p: DhcpPacket, env: ClassifyEnv): Classification {
   }
   // 2. Raspberry Pi boot ROM (the Pi 5 says arch 0 like a PC BIOS: test the OUI first). It needs
   //    option 43 "Raspberry Pi Boot" and fetches its files by TFTP by itself; no file name.
-  if (RPI_OUIS.has(mac.slice(0, 8)) && pxe) return { ...base, firmware: "rpi", netboot: true };
+  if (RPI_OUIS.has(mac.slice(0, 8)) && pxe) {
+    const rpi = rpiIdentity(mac, p.options.get(Opt.clientUuid));
+    return { ...base, firmware: "rpi", netboot: true, rpi };
+  }
   // 3. UEFI HTTP boot: the firmware fetches an EFI binary by URL.
   if (http || arch === 15 || arch === 16 || arch === 18 || arch === 19) {
     const file = arch === 18 || arch === 19 ? IPXE_BINARY.arm64! : IPXE_BINARY.uefi64!;

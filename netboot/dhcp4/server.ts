@@ -222,6 +222,7 @@ export class DhcpResponder {
       vendorClass: cls.vendorClass,
       arch: cls.arch,
       firmware: cls.firmware,
+      ...(cls.rpi && { rpi: cls.rpi }),
     });
     log.info("registered node", { mac: cls.mac, name: node.name, firmware: cls.firmware });
     return node;
@@ -352,6 +353,7 @@ export class DhcpResponder {
       ip: ip ?? req.ciaddr,
       firmware: cls.firmware,
       bootfile: cls.bootfile ?? null,
+      ...(cls.rpi && { rpi: cls.rpi }), // what the Pi said of itself: information only
     });
     log.info(event.slice(5), { mac: cls.mac, ip: ip ?? req.ciaddr, firmware: cls.firmware });
     return this.finish(req, packet);
@@ -469,7 +471,12 @@ export class DhcpResponder {
       p.siaddr = this.cfg.serverIp;
       return;
     }
-    if (cls.firmware === "rpi") p.siaddr = this.cfg.serverIp; // the ROM TFTPs from siaddr
+    if (cls.firmware === "rpi") {
+      // The 3B+ ROM TFTPs the DHCP server unless option 66 names another (gh:raspberrypi/
+      // firmware#670): in proxy mode that is the lab's server, so name ours. Text, as dnsmasq.
+      p.siaddr = this.cfg.serverIp;
+      o.set(Opt.tftpServer, text(this.cfg.serverIp));
+    }
     if (!cls.bootfile) return;
     p.siaddr = this.cfg.serverIp;
     if (cls.bootfile.length < 128) p.file = cls.bootfile;

@@ -6,8 +6,12 @@ import { resolveInRoot as resolveImagePath } from "../../contract/rootpath.ts";
 import { lstat, realpath } from "node:fs/promises";
 import { join } from "node:path";
 import { ErrorCode } from "./packet.ts";
+import type { PiBootFile } from "../booter.ts";
 
-export type Resolution = { file: string } | { error: number; message: string };
+export type Resolution =
+  | { file: string }
+  | { data: Uint8Array }
+  | { error: number; message: string };
 
 /** The iPXE builds a PXE ROM or UEFI firmware may be told to fetch. */
 export const IPXE_NAMES = new Set([
@@ -87,7 +91,10 @@ export async function resolveNodeBoot(fsLink: string, parts: string[]): Promise<
   } catch {
     return notFound("node has no deployed image");
   }
-  const candidates = parts[0] === "boot" ? [parts] : [["boot", ...parts], parts];
+  // A Pi image keeps its firmware in /boot/firmware (Debian, Raspberry Pi OS since bookworm).
+  const candidates = parts[0] === "boot"
+    ? [parts]
+    : [["boot", "firmware", ...parts], ["boot", ...parts], parts];
   let last: Resolution = notFound();
   for (const c of candidates) {
     const r = await resolveInRoot(root, c);
@@ -95,24 +102,48 @@ export async function resolveNodeBoot(fsLink: string, parts: string[]): Promise<
       const inBoot = join(root, "boot") + "/";
       return r.file.startsWith(inBoot) ? r : refuse("file lies outside the image's /boot");
     }
-    if (r.error === ErrorCode.accessViolation) return r;
+    if ("error" in r && r.error === ErrorCode.accessViolation) return r;
     last = r;
   }
   return last;
+}
+
+/** The files a Raspberry Pi reads that netroot renders per node instead of taking them from the
+ *  image: the firmware's config.txt and cmdline.txt, and the kernel and initramfs config.txt names
+ *  (src/boot/booter.ts piFile). */
+export const PI_RENDERED: readonly string[] = [
+  "config.txt",
+  "cmdline.txt",
+  "netroot-kernel",
+  "netroot-initramfs",
+] satisfies PiBootFile[];
+
+/** A Pi 4/5 EEPROM (TFTP_PREFIX=0, the default) and the 3B+ bootcode.bin ask for `<serial>/file`,
+ *  the serial as 8 hex digits. The serial is a name only: the node is the one behind the client
+ *  address, so a made-up or another board's serial still gets this node's files. */
+export function dropSerialDir(parts: string[]): string[] {
+  return parts.length > 1 && /^[0-9a-f]{8}$/i.test(parts[0]) ? parts.slice(1) : parts;
 }
 
 export interface PolicyInput {
   ipxeDir: string;
   /** The deploy link of the node behind the client address, if the client is a known node. */
   nodeFs?: string;
+  /** The node's rendered Pi boot files (config.txt, cmdline.txt, kernel, initramfs). */
+  piFile?(name: PiBootFile): Promise<Resolution>;
 }
 
-/** The whole policy: iPXE binaries for everyone, then the node's image /boot for known nodes. */
+/** The whole policy: iPXE binaries for everyone, then for known nodes the rendered Pi files and
+ *  the node's image /boot (a Pi's serial directory dropped). */
 export async function resolveRequest(name: string, p: PolicyInput): Promise<Resolution> {
   const clean = cleanFilename(name);
   if ("refused" in clean) return refuse(clean.refused);
   const ipxe = await resolveIpxe(p.ipxeDir, clean.parts);
   if (ipxe) return ipxe;
   if (!p.nodeFs) return notFound("unknown client: only iPXE binaries are served");
-  return resolveNodeBoot(p.nodeFs, clean.parts);
+  const parts = dropSerialDir(clean.parts);
+  if (p.piFile && parts.length === 1 && PI_RENDERED.includes(parts[0])) {
+    return p.piFile(parts[0] as PiBootFile);
+  }
+  return resolveNodeBoot(p.nodeFs, parts);
 }

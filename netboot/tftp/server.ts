@@ -4,11 +4,11 @@
 // HTTP boot and, through SharedArrayBuffers, with the workers).
 import dgram from "node:dgram";
 import { type BootFileCache, bootFiles } from "../bootcache.ts";
-import type { TftpBooter } from "../booter.ts";
+import type { PiBootFile, TftpBooter } from "../booter.ts";
 import { logger } from "../../src/log.ts";
 import { TransferPool } from "./engine.ts";
 import { decode, encode, ErrorCode, negotiate, TftpDecodeError } from "./packet.ts";
-import { resolveRequest } from "./resolve.ts";
+import { type Resolution, resolveRequest } from "./resolve.ts";
 import type { EventKind } from "../../src/eventkinds.ts";
 
 const log = logger("tftp");
@@ -310,7 +310,17 @@ export async function startTftp(
     cache: o.cache,
     resolve: async (path, client) => {
       const node = booter.nodeAt(client.address);
-      const r = await resolveRequest(path, { ipxeDir: o.ipxeDir, nodeFs: node?.fs });
+      const piFile = node && booter.piFile &&
+        (async (name: PiBootFile): Promise<Resolution> => {
+          let r;
+          try {
+            r = await booter.piFile!(node.mac, name, client.address);
+          } catch (e) { // a missing kernel, a failed initramfs build: the node's event says which
+            r = { refused: (e as Error).message };
+          }
+          return "refused" in r ? { error: ErrorCode.fileNotFound, message: r.refused } : r;
+        });
+      const r = await resolveRequest(path, { ipxeDir: o.ipxeDir, nodeFs: node?.fs, piFile });
       return { ...r, meta: { mac: node?.mac ?? null } };
     },
     onTransfer: (e) => {

@@ -15,7 +15,14 @@ import { bootNetwork, nfsPersistPath, nfsRootPath } from "../nfs.ts";
 import type { NodeInfo } from "../nodes.ts";
 import { nodeReported } from "../nodestate.ts";
 import type { ImageInfo } from "../images/store.ts";
-import type { Booter, BootFileKind, EventSink, Refusal, ScriptPlan } from "../../netboot/booter.ts";
+import type {
+  Booter,
+  BootFileKind,
+  EventSink,
+  PiBootFile,
+  Refusal,
+  ScriptPlan,
+} from "../../netboot/booter.ts";
 import { boundLeaseIp, LeaseStore } from "./leases.ts";
 import {
   checkBoot,
@@ -24,6 +31,7 @@ import {
   planBoot,
   type PlanInput,
   type PlanNetwork,
+  renderPiConfig,
 } from "./plan.ts";
 import { hardwareAddress } from "../linux/netif.ts";
 
@@ -173,6 +181,38 @@ function bootFilePath(
   return ensureInitramfs(ctx, image.id);
 }
 
+/** A Pi node's boot file fetched by TFTP: the kernel and initramfs of its image (as HTTP boot
+ *  serves them), or config.txt / cmdline.txt rendered in memory. cmdline.txt opens the boot, as an
+ *  iPXE script fetch does. */
+async function piFile(
+  ctx: Context,
+  mac: string,
+  name: PiBootFile,
+  remote: string,
+): Promise<{ file: string } | { data: Uint8Array } | Refusal> {
+  const node = ctx.nodes.find(mac);
+  if (!node) return { refused: `node ${mac} is not registered`, unknown: true };
+  const base = ctx.nodeUrl;
+  if (!base) return { refused: "the HTTP address nodes use is unknown (no --http for nodes)" };
+  const input = planInput(ctx, node, base);
+  const early = checkBoot(input);
+  if (early) return early;
+  if (name === "netroot-kernel" || name === "netroot-initramfs") {
+    const kind = name === "netroot-kernel" ? "kernel" : "initramfs";
+    const image = imageFor(ctx, mac, input.imageId!)!;
+    return { file: await bootFilePath(ctx, node, image, kind) };
+  }
+  let text: string;
+  if (name === "config.txt") {
+    text = renderPiConfig({ nodeName: node.name, image: input.image! });
+  } else {
+    const plan = script(ctx, mac, { base, remote });
+    if ("refused" in plan) return plan;
+    text = plan.cmdline + "\n";
+  }
+  return { data: new TextEncoder().encode(text) };
+}
+
 /** Whether a report with `token` is taken from `mac` now. */
 function acceptReport(
   ctx: Context,
@@ -213,6 +253,7 @@ export function contextBooter(ctx: Context): Booter {
       const node = ctx.nodes.byIp(ip);
       return node && { mac: node.mac, fs: ctx.data.nodeFs(node.mac) };
     },
+    piFile: (mac, name, remote) => piFile(ctx, mac, name, remote),
     // HTTP
     script: (mac, req) => Promise.resolve(script(ctx, mac, req)),
     bootFile(mac, kind, pinned) {

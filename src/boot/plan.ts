@@ -178,3 +178,22 @@ export function planBoot(i: PlanInput): BootPlan | Refusal {
     mode: node.settings["boot.mode"] || undefined,
   };
 }
+
+/**
+ * A Raspberry Pi node's config.txt: the firmware (start*.elf, or the Pi 5 EEPROM) loads netroot's
+ * kernel and initramfs by TFTP, beside the image's own firmware files and device trees, and boots
+ * the kernel in 64-bit mode with cmdline.txt (the plan's command line). `kernel=` takes Debian's
+ * gzip-compressed arm64 vmlinuz as Debian's raspi-firmware does; `followkernel` loads the
+ * initramfs right after it.
+ */
+export function renderPiConfig(plan: Pick<BootPlan, "nodeName" | "image">): string {
+  return [
+    `# netroot: node ${plan.nodeName}, image ${plan.image.name} (rendered at each boot)`,
+    "[all]",
+    "arm_64bit=1",
+    "kernel=netroot-kernel",
+    "initramfs netroot-initramfs followkernel",
+    "enable_uart=1",
+    "",
+  ].join("\n");
+}

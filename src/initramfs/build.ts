@@ -14,7 +14,15 @@ import { EM_AARCH64, EM_X86_64, machineName, readElfFile } from "./elf.ts";
 import { libraryDirs, sharedLibraries } from "./libs.ts";
 import { keepNewest } from "./prune.ts";
 import { NETCONSOLE_MODULES, parseModuleIndex, planModules, WANTED_MODULES } from "./modules.ts";
-import { NODE_DENO, NODE_SCRIPT, nodeLauncher, type ProgramFiles, programFor } from "./bundle.ts";
+import {
+  compiledLauncher,
+  NODE_DENO,
+  NODE_EXE,
+  NODE_SCRIPT,
+  nodeLauncher,
+  type ProgramFiles,
+  programFor,
+} from "./bundle.ts";
 
 export type { ProgramFiles } from "./bundle.ts";
 
@@ -198,7 +206,8 @@ function initramfsTree(
     tree.hostFile(NODE_DENO, p.deno, 0o755);
     tree.hostFile(NODE_SCRIPT, p.script, 0o644);
   } else {
-    tree.hostFile("init", p.exe, 0o755);
+    tree.add({ type: "file", path: "init", mode: 0o755, data: compiledLauncher(machine) });
+    tree.hostFile(NODE_EXE, p.exe, 0o755);
   }
   // Libraries at their real host paths, with the names the loader opens as symlinks to them.
   const libs = machine === hostMachine()

@@ -1,8 +1,9 @@
 // The program the node runs as /init, in the form this server runs in:
 //  - bundle mode (running from source or from a `deno bundle` output): the pinned deno binary plus
 //    one bundled .js, started by the generated launcher;
-//  - compiled mode (running as a `deno compile` executable): that executable itself is /init;
-//    main.ts treats PID 1 as `netroot init`. (Not testable here: denort cannot be fetched.)
+//  - compiled mode (running as a `deno compile` executable): that executable, started as
+//    `netroot init` by a launcher at /init that mounts /proc first (the runtime needs it, as deno
+//    does). Tested with a stand-in executable (denort cannot be fetched here).
 // The node runs only `netroot init`: the bundle is made from overlay/node_main.ts (no server code).
 // The version hash keys the initramfs cache, so a new program or a new deno gives a new initramfs.
 import { oncePerKey } from "../once.ts";
@@ -48,6 +49,20 @@ export function nodeLauncher(machine = EM_X86_64): Uint8Array {
     machine,
     path: NODE_DENO,
     argv: INIT_ARGV,
+    envp: INIT_ENV,
+    mounts: INIT_MOUNTS,
+  });
+}
+
+/** In-initramfs path of compiled mode's executable. */
+export const NODE_EXE = "/netroot/netroot";
+
+/** Compiled mode's /init: mounts /proc (INIT_MOUNTS), then runs the executable as `netroot init`. */
+export function compiledLauncher(machine = EM_X86_64): Uint8Array {
+  return launcherElf({
+    machine,
+    path: NODE_EXE,
+    argv: [NODE_EXE, "init"],
     envp: INIT_ENV,
     mounts: INIT_MOUNTS,
   });

@@ -4,6 +4,7 @@
 // replaced whole (written beside, then renamed), so a re-install is an upgrade: the new program
 // starts with `systemctl restart` and migrates the data dir. Uninstall keeps the settings and the
 // data dir.
+import { bundledIpxeDir } from "../release/ipxe.ts";
 import { existsSync, realpathSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -147,6 +148,16 @@ async function installProgram(root: string, program: Program): Promise<void> {
   for (const [name, from] of files) {
     await Deno.copyFile(from, join(fresh, name));
     await Deno.chmod(join(fresh, name), name.endsWith(".js") ? 0o644 : 0o755);
+  }
+  // The bundle's boot loaders go along (src/release/ipxe.ts looks for ipxe/ beside the program).
+  const loaders = bundledIpxeDir();
+  if (loaders && existsSync(loaders)) {
+    await Deno.mkdir(join(fresh, "ipxe"), { mode: 0o755 });
+    for (const e of Deno.readDirSync(loaders)) {
+      if (!e.isFile) continue;
+      await Deno.copyFile(join(loaders, e.name), join(fresh, "ipxe", e.name));
+      await Deno.chmod(join(fresh, "ipxe", e.name), 0o644);
+    }
   }
   const had = existsSync(lib);
   if (had) await Deno.rename(lib, old);

@@ -1,0 +1,165 @@
+// The boot loaders travel with the release bundle: packIpxe takes them from Debian's `ipxe`
+// package with its licence and source pointer, and a bundled server on a system without
+// /usr/lib/ipxe (hidden by an empty tmpfs in a mount namespace of its own) serves them by TFTP and
+// HTTP. Needs root (unshare -m) and the Debian package ipxe on the test host (tools/apt-packages).
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { join } from "node:path";
+import {
+  BUNDLED_IPXE_FILES,
+  bundledIpxeDir,
+  defaultIpxeDir,
+  packIpxe,
+  SYSTEM_IPXE_DIR,
+} from "../src/release/ipxe.ts";
+import { tftpGet } from "../netboot/tftp/client.ts";
+
+const sha = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
+
+Deno.test("packIpxe copies Debian's iPXE builds with the copyright file and a source pointer", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nr-ipxe-pack-" });
+  try {
+    const { version } = await packIpxe(dir);
+    for (const f of BUNDLED_IPXE_FILES) {
+      const st = await Deno.lstat(join(dir, f));
+      assert.ok(st.isFile && st.size > 10_000, `${f}: a regular file (links resolved)`);
+      assert.equal(
+        sha(await Deno.readFile(join(dir, f))),
+        sha(await Deno.readFile(join(SYSTEM_IPXE_DIR, f))),
+        f,
+      );
+    }
+    assert.match(await Deno.readTextFile(join(dir, "COPYING")), /GPL/);
+    const source = await Deno.readTextFile(join(dir, "SOURCE.txt"));
+    assert.ok(source.includes(`Debian package ipxe ${version}`), source);
+    assert.ok(source.includes(`https://sources.debian.org/src/ipxe/${version}/`), source);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("defaultIpxeDir: the system's loaders, else the bundle's, else the system path", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nr-ipxe-dirs-" });
+  try {
+    const [system, bundle, none] = ["system", "bundle", "none"].map((d) => join(dir, d));
+    for (const d of [system, bundle, none]) await Deno.mkdir(d);
+    for (const d of [system, bundle]) {
+      for (const f of ["undionly.kpxe", "ipxe.efi"]) await Deno.writeTextFile(join(d, f), d);
+    }
+    assert.equal(defaultIpxeDir(system, bundle), system);
+    assert.equal(defaultIpxeDir(none, bundle), bundle);
+    assert.equal(defaultIpxeDir(join(dir, "missing"), bundle), bundle);
+    assert.equal(defaultIpxeDir(none, none), none); // start-up warns about the missing files
+    assert.equal(defaultIpxeDir(none, undefined), none);
+    // Half a bundle is no bundle: BIOS and UEFI both must be there.
+    await Deno.remove(join(bundle, "ipxe.efi"));
+    assert.equal(defaultIpxeDir(none, bundle), none);
+    // Where the bundle's loaders are looked for: beside the bundle file.
+    assert.equal(bundledIpxeDir("file:///opt/netroot/netroot.js"), "/opt/netroot/ipxe");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+/** A free UDP port on loopback (closed again: the server binds it a moment later). */
+function freeUdpPort(): number {
+  const s = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 });
+  const port = (s.addr as Deno.NetAddr).port;
+  s.close();
+  return port;
+}
+
+Deno.test("a bundled server on a system without /usr/lib/ipxe serves the bundle's loaders (TFTP, HTTP)", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nr-ipxe-bundle-" });
+  let child: Deno.ChildProcess | undefined;
+  try {
+    const js = join(dir, "netroot.js");
+    const b = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "bundle",
+        "--quiet",
+        "--platform",
+        "deno",
+        "-o",
+        js,
+        new URL("../main.ts", import.meta.url).pathname,
+      ],
+      stderr: "piped",
+    }).output();
+    assert.ok(b.success, new TextDecoder().decode(b.stderr));
+    await packIpxe(join(dir, "ipxe"));
+    const tftpPort = freeUdpPort();
+    // The server's own mount namespace: /usr/lib/ipxe is an empty tmpfs there (checked first).
+    const script = `mount -t tmpfs netroot-test ${SYSTEM_IPXE_DIR} && ` +
+      `[ -z "$(ls -A ${SYSTEM_IPXE_DIR})" ] && echo "ipxe hidden" >&2 && exec "$@"`;
+    child = new Deno.Command("unshare", {
+      args: [
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        script,
+        "sh",
+        Deno.execPath(),
+        "run",
+        "-A",
+        "--no-config",
+        js,
+        "serve",
+        "--data",
+        join(dir, "data"),
+        "--http",
+        "127.0.0.1:0",
+        "--interface",
+        "lo",
+        "--dhcp-mode",
+        "off",
+        "--nfs",
+        "off",
+        "--ra",
+        "false",
+        "--tftp-port",
+        String(tftpPort),
+      ],
+      env: { DENO_DIR: join(dir, "deno-dir"), NO_COLOR: "1" },
+      stdout: "null",
+      stderr: "piped",
+    }).spawn();
+    let log = "";
+    const reader = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
+    let port: string | undefined;
+    while (!port || !/tftp.*listening/.test(log)) {
+      const { value, done } = await reader.read();
+      if (done) throw new Error(`server exited:\n${log}`);
+      log += value;
+      port = /http listening .*port=(\d+)/.exec(log)?.[1];
+    }
+    assert.match(log, /ipxe hidden/);
+    assert.doesNotMatch(log, /iPXE binaries missing/);
+    // The host's own /usr/lib/ipxe is untouched (the tmpfs lives in the server's namespace only).
+    assert.ok((await Deno.lstat(join(SYSTEM_IPXE_DIR, "undionly.kpxe"))).isFile);
+    const bundled = (f: string) => Deno.readFile(join(dir, "ipxe", f));
+    // PC BIOS: TFTP undionly.kpxe, as the PXE ROM asks for it.
+    const bios = await tftpGet("127.0.0.1", tftpPort, "undionly.kpxe", { timeoutMs: 3000 });
+    assert.equal(sha(bios), sha(await bundled("undionly.kpxe")));
+    // x86-64 UEFI: TFTP ipxe.efi and snponly.efi, and the UEFI HTTP boot URL.
+    for (const f of ["ipxe.efi", "snponly.efi"]) {
+      const got = await tftpGet("127.0.0.1", tftpPort, f, { blksize: 1468, timeoutMs: 3000 });
+      assert.equal(sha(got), sha(await bundled(f)), f);
+    }
+    const res = await fetch(`http://127.0.0.1:${port}/boot/ipxe/ipxe.efi`);
+    assert.equal(res.status, 200);
+    assert.equal(sha(new Uint8Array(await res.arrayBuffer())), sha(await bundled("ipxe.efi")));
+    child.kill("SIGTERM");
+    assert.equal((await child.status).code, 0);
+    child = undefined;
+    await reader.cancel();
+  } finally {
+    try {
+      child?.kill("SIGKILL");
+      await child?.status;
+    } catch { /* exited */ }
+    await Deno.remove(dir, { recursive: true });
+  }
+});
