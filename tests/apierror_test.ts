@@ -31,6 +31,9 @@ Deno.test("images API: a constraint race is 409, an unexpected error 500, both {
       list: () => {
         throw new Error("disk on fire");
       },
+      names: () => {
+        throw new Error("disk on fire");
+      },
     },
   } as unknown as Context;
   const app = new Hono().route("/api/v1/images", imageRoutes(ctx));
