@@ -3,6 +3,9 @@
 // nodes pinned to NAME@ID stay; rollback, rm of one version, diff; the object store shares the
 // unchanged files between versions and gc frees only what no version (and no node) uses.
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { manifestText } from "../contract/manifest.ts";
+import { scanTree } from "../src/images/walk.ts";
 import { NodeRegistry } from "../src/nodes.ts";
 import { Rebooter } from "../src/reboot.ts";
 import { publish } from "../src/images/versions.ts";
@@ -152,6 +155,24 @@ Deno.test("object store: versions share unchanged files (same inode), gc frees o
     assert.ok(Deno.statSync(t.data.rootfs(v2.id) + "/big").isFile);
     assert.equal(Deno.lstatSync(t.data.rootfs(v2.id) + "/big").nlink, 2);
     assert.deepEqual((await t.store.gc()).objects, 0);
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("object store: an import sharing files with an earlier image still matches its manifest (directory times kept)", async () => {
+  const { t, src } = await lab();
+  try {
+    const a = await t.store.import(src, "a");
+    // Same files, one more: every shared file of b is replaced by a link to a's object.
+    Deno.writeTextFileSync(`${src}/etc/extra`, "extra\n");
+    fixTimes(src);
+    const b = await t.store.import(src, "b");
+    for (const img of [a, b]) {
+      const { entries } = await scanTree(t.data.rootfs(img.id));
+      const id = createHash("sha256").update(manifestText(entries)).digest("hex");
+      assert.equal(id, img.id, `${img.name}: the stored tree matches its manifest`);
+    }
   } finally {
     await t.close();
   }

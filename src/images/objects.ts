@@ -62,6 +62,14 @@ export class ObjectStore {
       if (e.type === "hardlink") links.set(e.target!, [...links.get(e.target!) ?? [], e.path]);
     }
     const used = new Set<string>();
+    // Replacing a file by a link renames over it, which changes its directory's mtime: each
+    // directory's times as scanned, put back at the end (the tree must still match its manifest).
+    const dirTimes = new Map<string, Deno.FileInfo>();
+    const replace = (obj: string, path: string) => {
+      const dir = path.slice(0, path.lastIndexOf("/")) || "/";
+      if (!dirTimes.has(dir)) dirTimes.set(dir, Deno.lstatSync(dir));
+      replaceByLink(obj, path);
+    };
     for (const e of entries) {
       if (e.type !== "file") continue;
       const id = identity(e);
@@ -90,7 +98,7 @@ export class ObjectStore {
         const o = Deno.lstatSync(obj), f = Deno.lstatSync(file);
         if (o.ino === f.ino && o.dev === f.dev) break; // already the object (a copied tree)
         try {
-          for (const p of [e.path, ...links.get(e.path) ?? []]) replaceByLink(obj, root + p);
+          for (const p of [e.path, ...links.get(e.path) ?? []]) replace(obj, root + p);
           stats.shared++;
           break;
         } catch (err) {
@@ -99,6 +107,7 @@ export class ObjectStore {
         }
       }
     }
+    for (const [dir, st] of dirTimes) Deno.utimeSync(dir, st.atime!, st.mtime!);
     return stats;
   }
 
