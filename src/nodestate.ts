@@ -135,12 +135,6 @@ export interface MonitorOptions {
   tickMs?: number;
   /** How often a booted node is re-probed. */
   recheckMs?: number;
-  /** Whether a node that handed over must also answer on its probe port to count as booted (its
-   *  userland hung otherwise: the watchdog retries it). Default: when `boot.probe-port` is set
-   *  explicitly, or its image has an sshd netroot knows (ctx.ssh: host keys in the image).
-   *  Otherwise the handover suffices when the watchdog fires (an image without sshd is not
-   *  rebooted in a loop). */
-  answerExpected?: (n: MonitoredNode) => boolean;
   /** Failed probes in a row after which a booted node is down. */
   downAfter?: number;
   probeTimeoutMs?: number;
@@ -155,7 +149,6 @@ export class NodeMonitor {
   #ctx: Pick<Context, "nodes" | "rebooter"> & Partial<Pick<Context, "ssh">>;
   #now: () => number;
   #probe: NonNullable<MonitorOptions["probe"]>;
-  #answerExpected: NonNullable<MonitorOptions["answerExpected"]>;
   readonly tickMs: number;
   #recheckMs: number;
   #downAfter: number;
@@ -172,10 +165,6 @@ export class NodeMonitor {
     this.#ctx = ctx;
     this.#now = opts.now ?? Date.now;
     this.#probe = opts.probe ?? tcpProbe;
-    this.#answerExpected = opts.answerExpected ??
-      ((n) =>
-        "boot.probe-port" in n.settings ||
-        (n.imageId !== null && (ctx.ssh?.serves(n.imageId) ?? false)));
     this.tickMs = opts.tickMs ?? 5000;
     this.#recheckMs = opts.recheckMs ?? 10_000;
     this.#downAfter = opts.downAfter ?? 3;
@@ -295,6 +284,15 @@ export class NodeMonitor {
         );
       }
     };
+  }
+
+  /** Whether a node that handed over must also answer on its probe port to count as booted (its
+   *  userland hung otherwise: the watchdog retries it): when `boot.probe-port` is set explicitly,
+   *  or its image has an sshd netroot knows (ctx.ssh: host keys in the image). Otherwise the
+   *  handover suffices when the watchdog fires (an image without sshd is not rebooted in a loop). */
+  #answerExpected(n: MonitoredNode): boolean {
+    if ("boot.probe-port" in n.settings) return true;
+    return n.imageId !== null && (this.#ctx.ssh?.serves(n.imageId) ?? false);
   }
 
   #set(n: MonitoredNode, to: NodeState, reason: string, from: NodeState[]): void {
