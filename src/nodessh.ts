@@ -215,10 +215,12 @@ export class NodeSsh {
     });
   }
 
-  /** Runs `command` on the node (its shell), within `timeoutMs`. */
+  /** Runs `command` on the node (its shell), within `timeoutMs`. ssh runs niced: its key exchange
+   *  is CPU work that must not delay the server's own (DHCP, TFTP, the next spawn — each spawn
+   *  waits until its child has exec'd, which a CPU busy with 50 handshakes delays tenfold). */
   run(t: SshTarget, command: string, timeoutMs: number): Promise<ToolResult> {
     this.key.publicKey();
-    return runTool(this.argv(t, command), { timeoutMs, group: false });
+    return runTool(["nice", "-n", "19", ...this.argv(t, command)], { timeoutMs, group: false });
   }
 }
 

@@ -36,6 +36,9 @@ export async function startSshd(
     dieOnReboot?: boolean;
     maxStartups?: number;
     addresses?: string[];
+    /** Runs sshd (and its sessions) on these CPUs only (`taskset -c` list): a bench's stand-in
+     *  nodes, whose CPU is on other machines in a lab, do not take the server's. */
+    cpus?: string;
     /** The node's overlay upper (a host directory) and, optionally, the `tar` it runs. */
     upper?: string;
     tar?: string;
@@ -98,8 +101,9 @@ esac
       "",
     ].join("\n"),
   );
-  const child = new Deno.Command(sshdBin, {
-    args: ["-D", "-e", "-f", config],
+  const argv = [...(opts.cpus ? ["taskset", "-c", opts.cpus] : []), sshdBin];
+  const child = new Deno.Command(argv[0], {
+    args: [...argv.slice(1), "-D", "-e", "-f", config],
     stdin: "null",
     stdout: "null",
     stderr: "null",
