@@ -19,7 +19,7 @@
 // console logs holding the boot's token) 0700, run/ tmp/ initramfs/ 0700.
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { chmodSync, existsSync, mkdirSync } from "node:fs";
+import { chmodSync, existsSync } from "node:fs";
 
 export class DataDir {
   constructor(readonly root: string) {}
@@ -110,9 +110,17 @@ export class DataDir {
   }
 }
 
+/** Creates `path` owner-only (its parents as needed). The parent usually exists: one mkdir, no
+ *  recursive walk (a boot storm registers hundreds of nodes a second). */
 function privateDir(path: string): void {
-  mkdirSync(join(path, ".."), { recursive: true });
-  mkdirSync(path, { recursive: true, mode: 0o700 });
+  try {
+    Deno.mkdirSync(path, { mode: 0o700 });
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) {
+      Deno.mkdirSync(join(path, ".."), { recursive: true });
+      Deno.mkdirSync(path, { recursive: true, mode: 0o700 });
+    } else if (!(e instanceof Deno.errors.AlreadyExists)) throw e;
+  }
   chmodSync(path, 0o700);
 }
 

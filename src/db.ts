@@ -1,6 +1,6 @@
 // The embedded state: one SQLite file (node:sqlite), WAL, busy timeout, versioned migrations.
 // The database is the truth; the data dir tree (image dirs, node symlinks) is reconciled from it.
-import { DatabaseSync } from "node:sqlite";
+import { DatabaseSync, type StatementSync } from "node:sqlite";
 
 export type Db = DatabaseSync;
 
@@ -131,7 +131,28 @@ export function openDatabase(path: string): Db {
       "PRAGMA journal_size_limit=8388608;",
   );
   migrate(db);
+  cacheStatements(db);
   return db;
+}
+
+/**
+ * Makes `db.prepare` return the statement already prepared for the same SQL text: preparing costs
+ * more than running most of these queries (a DHCP registration of a new machine prepared about ten
+ * statements: 7–9 ms of its 10 under load, 100 registrations a second in a boot storm). Statements
+ * run synchronously to completion (nothing iterates), so sharing one is safe. Bounded: the few
+ * SQL texts built at run time (IN lists) cannot grow it without end.
+ */
+function cacheStatements(db: DatabaseSync): void {
+  const prepare = db.prepare.bind(db);
+  const cache = new Map<string, StatementSync>();
+  db.prepare = (sql: string) => {
+    let st = cache.get(sql);
+    if (!st) {
+      if (cache.size >= 512) cache.clear();
+      cache.set(sql, st = prepare(sql));
+    }
+    return st;
+  };
 }
 
 /**

@@ -265,6 +265,13 @@ const selectNodes = `SELECT n.mac, n.name, n.model, n.image_id, i.name AS image_
   n.virtual, n.created_at, n.last_seen, n.state, n.state_since, n.state_reason
   FROM nodes n LEFT JOIN images i ON i.id = n.image_id`;
 
+/** The "state" event on ctx.changes: which node moved to which state (node wait follows it). */
+export class StateChange extends Event {
+  constructor(readonly mac: string, readonly state: NodeState) {
+    super("state");
+  }
+}
+
 /** What the node monitor (src/nodestate.ts) needs of every node, in one query. */
 export interface MonitoredNode {
   mac: string;
@@ -334,14 +341,6 @@ export class NodeRegistry {
 
   #changed(): void {
     this.changes.dispatchEvent(new Event("nodes"));
-  }
-
-  readonly #statements = new Map<string, ReturnType<Db["prepare"]>>();
-  /** Prepared once: for what the DHCP service calls per lease or registration. */
-  #sql(query: string) {
-    let st = this.#statements.get(query);
-    if (!st) this.#statements.set(query, st = this.db.prepare(query));
-    return st;
   }
 
   /** How many nodes are registered (the API's health answer). */
@@ -420,7 +419,7 @@ export class NodeRegistry {
   /** Where the node is reached (probes, ssh): its `ip` setting, else its bound lease, else the
    *  registry's address; as monitored() reads it. */
   addressOf(mac: string): string | null {
-    const r = this.#sql(
+    const r = this.db.prepare(
       `SELECT COALESCE(a.value, l.ip, n.ip) AS ip FROM nodes n
        LEFT JOIN leases l ON l.mac = n.mac AND l.state = 'bound'
        LEFT JOIN node_settings a ON a.mac = n.mac AND a.key = 'ip'
@@ -451,8 +450,10 @@ export class NodeRegistry {
   setIp(mac: string, ip: string | null): void {
     const m = normalizeMac(mac);
     tx(this.db, () => {
-      if (ip !== null) this.#sql("UPDATE nodes SET ip = NULL WHERE ip = ? AND mac <> ?").run(ip, m);
-      this.#sql("UPDATE nodes SET ip = ? WHERE mac = ?").run(ip, m);
+      if (ip !== null) {
+        this.db.prepare("UPDATE nodes SET ip = NULL WHERE ip = ? AND mac <> ?").run(ip, m);
+      }
+      this.db.prepare("UPDATE nodes SET ip = ? WHERE mac = ?").run(ip, m);
     });
   }
 
@@ -463,12 +464,12 @@ export class NodeRegistry {
   observeAddress(mac: string, ip: string, evidence: "lease" | "neighbour"): boolean {
     const m = normalizeMac(mac);
     const changed = tx(this.db, () => {
-      const row = this.#sql(
+      const row = this.db.prepare(
         `SELECT n.ip, s.value AS fixed FROM nodes n
          LEFT JOIN node_settings s ON s.mac = n.mac AND s.key = 'ip' WHERE n.mac = ?`,
       ).get(m) as { ip: string | null; fixed: string | null } | undefined;
       if (!row || row.fixed !== null || row.ip === ip) return false;
-      const owner = this.#sql(
+      const owner = this.db.prepare(
         "SELECT mac FROM node_settings WHERE key = 'ip' AND value = ? AND mac <> ?",
       ).get(ip, m) as { mac: string } | undefined;
       if (owner) {
@@ -488,12 +489,12 @@ export class NodeRegistry {
   touch(mac: string): void {
     const now = new Date().toISOString();
     const seen = "UPDATE nodes SET last_seen = ?, booted_at = COALESCE(booted_at, ?) WHERE mac = ?";
-    this.#sql(seen).run(now, now, normalizeMac(mac));
+    this.db.prepare(seen).run(now, now, normalizeMac(mac));
   }
 
   /** Nodes the DHCP service registered that no admin has adopted (the cap counts them). */
   countAutoRegistered(): number {
-    return (this.#sql("SELECT count(*) AS n FROM nodes WHERE auto_registered = 1").get() as {
+    return (this.db.prepare("SELECT count(*) AS n FROM nodes WHERE auto_registered = 1").get() as {
       n: number;
     }).n;
   }
@@ -822,7 +823,7 @@ export class NodeRegistry {
    * Moves the node to `to` (when it is in one of `from`, if given): state, since, reason, and a
    * `node.state` event; reaching `booted` ends the boot attempt (the watchdog's count starts
    * over). Entering `booting` again restarts its clock without an event (a new attempt of the
-   * same boot). Fires `new Event("state")` on ctx.changes. Returns whether anything changed.
+   * same boot). Fires a StateChange on ctx.changes. Returns whether anything changed.
    */
   setState(
     mac: string,
@@ -833,12 +834,12 @@ export class NodeRegistry {
     const m = normalizeMac(mac);
     const at = new Date(opts.at ?? Date.now()).toISOString();
     const changed = tx(this.db, () => {
-      const row = this.#sql("SELECT state FROM nodes WHERE mac = ?").get(m) as
+      const row = this.db.prepare("SELECT state FROM nodes WHERE mac = ?").get(m) as
         | { state: NodeState }
         | undefined;
       if (!row || (opts.from && !opts.from.includes(row.state))) return false;
       if (row.state === to && to !== "booting") return false;
-      this.#sql(
+      this.db.prepare(
         `UPDATE nodes SET state = ?, state_since = ?, state_reason = ?,
            watchdog_reboots = CASE WHEN ? = 'booted' THEN 0 ELSE watchdog_reboots END
          WHERE mac = ?`,
@@ -846,14 +847,14 @@ export class NodeRegistry {
       if (row.state !== to) recordEvent(this.db, m, "node.state", { from: row.state, to, reason });
       return true;
     });
-    if (changed) this.changes.dispatchEvent(new Event("state"));
+    if (changed) this.changes.dispatchEvent(new StateChange(m, to));
     return changed;
   }
 
   /** The watchdog rebooted the node (or the node gave up and reboots itself): one more attempt
    *  of this boot, its clock restarted. */
   countRetry(mac: string, reason: string, at = Date.now()): void {
-    this.#sql(
+    this.db.prepare(
       `UPDATE nodes SET watchdog_reboots = watchdog_reboots + 1, state_since = ?, state_reason = ?
        WHERE mac = ?`,
     ).run(new Date(at).toISOString(), reason, normalizeMac(mac));
@@ -861,7 +862,7 @@ export class NodeRegistry {
 
   /** The attempts of the current boot so far (watchdog reboots and fatal reports). */
   retriesUsed(mac: string): number {
-    const r = this.#sql("SELECT watchdog_reboots AS n FROM nodes WHERE mac = ?").get(
+    const r = this.db.prepare("SELECT watchdog_reboots AS n FROM nodes WHERE mac = ?").get(
       normalizeMac(mac),
     ) as { n: number } | undefined;
     return r?.n ?? 0;
@@ -870,7 +871,7 @@ export class NodeRegistry {
   /** Every node as the monitor sees it: one query for the nodes, one for their boot.* settings,
    *  and, while any node is booting, one scan of `boots` for the latest boot of each. */
   monitored(): MonitoredNode[] {
-    const rows = this.#sql(
+    const rows = this.db.prepare(
       `SELECT n.mac, n.name, n.virtual, n.image_id, COALESCE(a.value, l.ip, n.ip) AS ip, n.state,
          COALESCE(n.state_since, n.created_at) AS since, n.state_reason, n.watchdog_reboots
        FROM nodes n
@@ -891,7 +892,7 @@ export class NodeRegistry {
     const latest = new Map<string, { stage: string | null; reported_at: string | null }>();
     if (rows.some((r) => r.state === "booting")) {
       for (
-        const b of this.#sql(
+        const b of this.db.prepare(
           // SQLite takes bare columns from the max() row: each node's newest boot, one scan.
           `SELECT mac, stage, reported_at, max(rowid) FROM boots GROUP BY mac`,
         ).all() as { mac: string; stage: string | null; reported_at: string | null }[]
@@ -899,7 +900,7 @@ export class NodeRegistry {
     }
     const settings = new Map<string, Record<string, string>>();
     for (
-      const s of this.#sql(
+      const s of this.db.prepare(
         "SELECT mac, key, value FROM node_settings WHERE key LIKE 'boot.%' OR key = 'node.down.action'",
       ).all() as { mac: string; key: string; value: string }[]
     ) {
@@ -987,11 +988,11 @@ export class NodeRegistry {
     mac: string,
     at: number,
   ): { mac: string; name: string; ip: string | null } | undefined {
-    const row = this.#sql("SELECT mac, name, ip FROM nodes WHERE mac = ?").get(mac) as
+    const row = this.db.prepare("SELECT mac, name, ip FROM nodes WHERE mac = ?").get(mac) as
       | { mac: string; name: string; ip: string | null }
       | undefined;
     if (row) {
-      this.#sql("UPDATE nodes SET last_seen = ? WHERE mac = ?").run(
+      this.db.prepare("UPDATE nodes SET last_seen = ? WHERE mac = ?").run(
         new Date(at).toISOString(),
         mac,
       );

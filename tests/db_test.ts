@@ -51,3 +51,29 @@ Deno.test("a database from a newer program is refused", async () => {
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("prepare returns the statement already prepared for the same SQL (bounded cache)", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const db = openDatabase(`${dir}/t.db`);
+    const a = db.prepare("SELECT count(*) AS n FROM nodes");
+    assert.equal(db.prepare("SELECT count(*) AS n FROM nodes"), a);
+    assert.notEqual(db.prepare("SELECT count(*) AS n FROM images"), a);
+    // Reused statements still see new rows and bind new parameters.
+    db.prepare("INSERT INTO nodes (mac, name, created_at) VALUES (?, ?, ?)")
+      .run("02:00:00:00:00:01", "a", new Date().toISOString());
+    db.prepare("INSERT INTO nodes (mac, name, created_at) VALUES (?, ?, ?)")
+      .run("02:00:00:00:00:02", "b", new Date().toISOString());
+    assert.equal((a.get() as { n: number }).n, 2);
+    const byName = (n: string) =>
+      (db.prepare("SELECT mac FROM nodes WHERE name = ?").get(n) as { mac: string }).mac;
+    assert.equal(byName("a"), "02:00:00:00:00:01");
+    assert.equal(byName("b"), "02:00:00:00:00:02");
+    // SQL texts made at run time do not grow it without end: past 512 it starts again.
+    for (let i = 0; i < 600; i++) db.prepare(`SELECT ${i} AS x`).get();
+    assert.notEqual(db.prepare("SELECT count(*) AS n FROM nodes"), a);
+    db.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
