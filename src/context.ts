@@ -37,8 +37,8 @@ export interface Context {
   /** Dashboard logins (src/session.ts): each stands for the token until it expires. */
   sessions: Sessions;
   /** Fires `new Event("nodes")` after registrations/deploys/forgets and `new Event("images")`
-   *  after imports/removals, so NFS exports, DHCP reservations and vnodes follow; `new
-   *  Event("state")` after a node's state changed (node wait); `new Event("closing")` when the
+   *  after imports/removals, so NFS exports, DHCP reservations and vnodes follow; a
+   *  StateChange ("state", src/nodes.ts) after a node's state changed (node wait); `new Event("closing")` when the
    *  server stops (live event streams end). */
   changes: EventTarget;
   /** UDP port of the netconsole receiver (src/netconsole.ts), while it runs. */
