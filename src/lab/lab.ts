@@ -38,6 +38,9 @@ export interface LabOptions {
   dhcp?: "full" | "proxy";
   /** More `netroot serve` flags. */
   serveArgs?: string[];
+  /** The boot network's prefix length and netroot's address range (full DHCP), for labs of more
+   *  than the default 51 clients (a boot storm). Default 24 and .100–.150. */
+  network?: { prefixLen: number; dhcpRange: string };
 }
 
 export interface CliResult {
@@ -146,10 +149,10 @@ export class Lab {
       "--bridge",
       "netroot0",
       "--address",
-      `${serverIp}/24`,
+      `${serverIp}/${opts.network?.prefixLen ?? 24}`,
       ...(opts.dhcp === "proxy"
         ? ["--dhcp-mode", "proxy"]
-        : ["--dhcp-range", "10.77.0.100-10.77.0.150"]),
+        : ["--dhcp-range", opts.network?.dhcpRange ?? "10.77.0.100-10.77.0.150"]),
       "--http",
       `0.0.0.0:${httpPort}`,
       "--nfs",
@@ -196,6 +199,11 @@ export class Lab {
         }
       }
     }
+  }
+
+  /** The PID of `netroot serve` (the shell and `ip netns exec` exec'd into it). */
+  get serverPid(): number | undefined {
+    return this.#server?.pid;
   }
 
   /** Stops the server gracefully (as an admin would; `crash`: SIGKILL, as a crash would) and
