@@ -4,6 +4,8 @@
 // hard-link copy of the base, the upper applied, the copy scanned), on real overlayfs uppers.
 import assert from "node:assert/strict";
 import { manifestText, parseManifest } from "../contract/manifest.ts";
+import { openDatabase } from "../src/db.ts";
+import { ImageStore } from "../src/images/store.ts";
 import { applyUpper } from "../src/images/upper.ts";
 import { setXattr } from "../src/linux/xattr.ts";
 import { scanTree } from "../src/images/walk.ts";
@@ -128,5 +130,92 @@ Deno.test("derived commit: every kind of change gives the manifest a scan of the
     for (const v of [base, v1, v2]) await assertTreeMatches(t, v.id);
   } finally {
     await t.close();
+  }
+});
+
+const storeUrl = new URL("../src/images/store.ts", import.meta.url).href;
+const dbUrl = new URL("../src/db.ts", import.meta.url).href;
+const dataUrl = new URL("../src/datadir.ts", import.meta.url).href;
+
+/** A process that changes 1/20 of the image in a session and commits it; prints "commit" right
+ *  before the commit starts. */
+function committer(dataRoot: string): Deno.ChildProcess {
+  const code = `
+    import { ImageStore } from ${JSON.stringify(storeUrl)};
+    import { openDatabase } from ${JSON.stringify(dbUrl)};
+    import { DataDir } from ${JSON.stringify(dataUrl)};
+    const data = new DataDir(${JSON.stringify(dataRoot)});
+    const store = new ImageStore(data, openDatabase(data.db));
+    await store.reconcile();
+    const s = await store.sessions.open("crashy");
+    for (let f = 0; f < 60; f++) Deno.writeTextFileSync(s.merged + "/usr/d3/f" + f, crypto.randomUUID());
+    Deno.removeSync(s.merged + "/usr/d4", { recursive: true });
+    console.log("commit");
+    await store.sessions.commit(s.id, { madeBy: "shell", command: null });
+    console.log("done");`;
+  return new Deno.Command(Deno.execPath(), {
+    args: ["eval", "--no-config", code],
+    stdout: "piped",
+    stderr: "null",
+    env: { NETROOT_LOG: "error" },
+  }).spawn();
+}
+
+Deno.test("kill -9 during derived commits: the previous version stays current and intact, nothing half-committed (root)", async () => {
+  assert.equal(Deno.uid(), 0, "needs root (overlayfs)");
+  const t = await tempStore();
+  try {
+    const src = `${t.dir}/src`;
+    for (let d = 0; d < 20; d++) {
+      Deno.mkdirSync(`${src}/usr/d${d}`, { recursive: true });
+      for (let f = 0; f < 60; f++) Deno.writeTextFileSync(`${src}/usr/d${d}/f${f}`, `${d}/${f}`);
+    }
+    await t.store.import(src, "crashy");
+    t.db.close();
+    let completed = 0, interrupted = 0;
+    for (const delay of [0, 5, 15, 30, 60, 100, 160, 250, 400, 700, 1500, 5000]) {
+      const child = committer(t.data.root);
+      let seen = "";
+      const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+      while (!seen.includes("commit")) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        seen += value;
+      }
+      await new Promise((r) => setTimeout(r, delay));
+      try {
+        child.kill("SIGKILL");
+      } catch { /* exited */ }
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        seen += value;
+      }
+      await child.status;
+      if (seen.includes("done")) completed++;
+      else interrupted++;
+      // the next start: every version's tree matches its manifest, tmp/ is empty, the name's
+      // current version is a complete one
+      const db = openDatabase(t.data.db);
+      const store = new ImageStore(t.data, db);
+      await store.reconcile();
+      assert.deepEqual(await dirEntries(t.data.tmp), [], "tmp/ wiped");
+      const rows = store.list();
+      assert.deepEqual(await dirEntries(t.data.images), rows.map((r) => r.id).sort());
+      for (const r of rows) {
+        const { entries } = await scanTree(t.data.rootfs(r.id));
+        assert.equal(
+          manifestText(entries),
+          Deno.readTextFileSync(t.data.manifest(r.id)),
+          `${r.id.slice(0, 12)} intact`,
+        );
+      }
+      assert.equal(rows.filter((r) => r.current).length, 1);
+      db.close();
+    }
+    console.log(`kill points: ${interrupted} interrupted, ${completed} completed before the kill`);
+    assert.ok(interrupted > 0, "some kills hit a commit");
+  } finally {
+    await t.close().catch(() => {});
   }
 });
