@@ -69,6 +69,14 @@ Deno.test("derived commit: every kind of change gives the manifest a scan of the
     Deno.writeTextFileSync(`${src}/srv/p`, "pair 2\n");
     Deno.linkSync(`${src}/srv/p`, `${src}/srv/q`);
     Deno.writeTextFileSync(`${src}/srv/same`, "same content\n");
+    // a set-group-ID directory: what is made in it inherits its group
+    Deno.mkdirSync(`${src}/var/mail/sub`, { recursive: true });
+    Deno.chownSync(`${src}/var/mail`, 0, 8);
+    Deno.chmodSync(`${src}/var/mail`, 0o2775);
+    Deno.chownSync(`${src}/var/mail/sub`, 0, 0);
+    Deno.chmodSync(`${src}/var/mail/sub`, 0o700);
+    Deno.symlinkSync("sub", `${src}/var/mail/link`);
+    Deno.chownSync(`${src}/var/mail/link`, 0, 0);
     sh("find", src, "-exec", "touch", "-h", "-d", `@${T0}`, "{}", "+");
     const base = await t.store.import(src, "img");
     await assertTreeMatches(t, base.id);

@@ -11,6 +11,7 @@
 // directory's content, overlayfs's own attributes are dropped, redirect/metacopy are refused.
 // The root directory keeps the base's entry.
 import { join } from "node:path";
+import process from "node:process";
 import {
   compareBytes,
   MANIFEST_HEADER,
@@ -306,15 +307,40 @@ export function buildDerived(
     }
   }
   const dirs: Node[] = [];
+  /** Set-group-ID directories of the new tree (their entries inherit the group): path → gid. */
+  const sgid = new Map<string, number>();
+  // The base's files: one link(2) each, once the directories exist (the kernel's work per link
+  // is most of a commit's time: a worker thread sharing them did not make it faster here).
+  const links: string[] = [];
+  const rest: Node[] = [];
   for (const n of d.nodes) {
     const e = n.e;
     const dst = e.path === "/" ? tree : tree + e.path;
     if (e.type === "dir") {
-      Deno.mkdirSync(dst);
-      setMeta(dst, e, true);
+      if (e.path === "/") {
+        Deno.mkdirSync(dst);
+        setMeta(dst, e, true);
+      } else {
+        Deno.mkdirSync(dst, { mode: e.mode & 0o777 });
+        setMetaOfNew(dst, e, sgid, true);
+      }
+      if (e.mode & 0o2000) sgid.set(e.path, e.gid);
       dirs.push(n);
-      continue;
+    } else if (n.src === undefined && (e.type === "file" || e.type === "hardlink")) {
+      links.push(baseRoot + e.path, dst);
+    } else rest.push(n);
+  }
+  for (let i = 0; i < links.length; i += 2) {
+    try {
+      Deno.linkSync(links[i], links[i + 1]);
+    } catch {
+      const dst = links[i + 1];
+      linkBase(links[i], dst, d.nodes.find((x) => tree + x.e.path === dst)!.e, objects);
     }
+  }
+  for (const n of rest) {
+    const e = n.e;
+    const dst = tree + e.path;
     if (n.src !== undefined) {
       if (e.type === "hardlink") Deno.linkSync(tree + e.target!, dst);
       else if (n.obj && linkShared(n.obj, dst)) stats.shared++;
@@ -322,13 +348,9 @@ export function buildDerived(
       continue;
     }
     switch (e.type) {
-      case "file":
-      case "hardlink":
-        linkBase(baseRoot + e.path, dst, e, objects);
-        break;
       case "symlink":
         Deno.symlinkSync(e.target!, dst);
-        setMeta(dst, e, false);
+        setMetaOfNew(dst, e, sgid, false);
         lutimes(dst, e.mtime);
         break;
       default: {
@@ -374,6 +396,33 @@ function linkBase(src: string, dst: string, e: ManifestEntry, objects: ObjectSto
   Deno.copyFileSync(src, dst);
   setMeta(dst, e, true);
   lutimes(dst, st.mtime!.getTime() / 1000);
+}
+
+/** The umask new entries get (read once: mkdir's mode is masked by it). */
+const umask = (() => {
+  const m = process.umask(0o022);
+  process.umask(m);
+  return m;
+})();
+const isRoot = Deno.uid() === 0;
+
+/**
+ * setMeta for an entry this process just created (owned by root, mode as mkdir gave it), without
+ * the calls that would change nothing: a root-owned entry outside set-group-ID directories keeps
+ * its owner; a directory made with its mode keeps it unless umask or a special bit is involved.
+ */
+function setMetaOfNew(
+  dst: string,
+  e: ManifestEntry,
+  sgid: Map<string, number>,
+  chmod: boolean,
+): void {
+  const parentGid = sgid.get(e.path.slice(0, e.path.lastIndexOf("/")) || "/");
+  if (!isRoot || e.uid !== 0 || e.gid !== (parentGid ?? 0)) lchown(dst, e.uid, e.gid);
+  if (chmod && (!isRoot || (e.mode & 0o7000) || (e.mode & umask) || parentGid !== undefined)) {
+    Deno.chmodSync(dst, e.mode);
+  }
+  for (const [k, v] of Object.entries(e.xattrs ?? {})) setXattr(dst, k, unb64(v));
 }
 
 /** Owner, mode and xattrs of an entry onto a path made for it (times are set by the caller). */
