@@ -6,8 +6,8 @@
 // and the commits on a fresh data dir each. Targets (issue 12): disk growth per version ≤ 2 % of
 // the image; commit time ≤ 0.1× the full import of the same image.
 //   deno run -A bench/image_versions_bench.ts [--tree DIR] [--versions N] [--percent P] [--rounds R]
-// RATIO lines (higher is better, floor 1): image_commit = (0.1 × import) / commit (median
-// round), image_version_disk = 2 % / growth per version.
+// RATIO lines (higher is better, floor 1): images.commit-vs-0.1-import = (0.1 × import) / commit
+// (median round), images.version-disk-vs-2pct = 2 % / growth per version.
 import { parseArgs } from "node:util";
 import { DataDir } from "../src/datadir.ts";
 import { openDatabase } from "../src/db.ts";
@@ -164,5 +164,5 @@ console.log(
     `${x0.growthKiB} KiB`,
 );
 const med = (xs: number[]) => stats(xs).median;
-ratio("image_commit", 0.1 / med(commitRatios), 1);
-ratio("image_version_disk", 2 / med(growth), 1);
+ratio("images.commit-vs-0.1-import", 0.1 / med(commitRatios), 1);
+ratio("images.version-disk-vs-2pct", 2 / med(growth), 1);

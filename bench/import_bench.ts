@@ -169,7 +169,7 @@ try {
         (Math.min(...runs.map((r) => r.tar)) / Math.min(...runs.map((r) => r.imp))).toFixed(2)
       }`,
   );
-  ratio("import_vs_tar", median(ratios), 0.7);
+  ratio("images.import-vs-tar", median(ratios), 0.7);
 } finally {
   await Deno.remove(work, { recursive: true });
 }
