@@ -21,7 +21,7 @@ import { logger } from "../log.ts";
 const log = logger("images");
 
 /** What an object stands for: content digest and the metadata a hard link shares. */
-function identity(e: ManifestEntry): string {
+export function identity(e: ManifestEntry): string {
   const xattrs = e.xattrs
     ? Object.keys(e.xattrs).sort().map((k) => `${k}=${e.xattrs![k]}`).join(",")
     : "";

@@ -1,17 +1,17 @@
 // Changing an image: a session is an overlayfs mount with the version's tree as its read-only
 // lower layer and a private upper in tmp/, so the image itself never changes. `image shell` runs
 // systemd-nspawn on the merged tree, `image cp` and `image build` write into it. Commit turns the
-// upper into a new version (a hard-link copy of the base tree with the upper applied: time and
-// space in proportion to the change, the files shared through the object store); discard drops it.
+// upper into a new version (the base's manifest with the upper applied, the tree written from it
+// as hard links to the base's files: time and space in proportion to the change, the files
+// shared through the object store); discard drops it.
 // A server restart drops every open session (tmp/ is wiped, its mounts detached first).
 import { join } from "node:path";
 import { UserError } from "../errors.ts";
 import { MNT_DETACH, mount, umount } from "../linux/mount.ts";
 import { logger } from "../log.ts";
-import { manifestLines } from "../../contract/manifest.ts";
 import type { Commit, ImageStore, MadeBy } from "./store.ts";
 import { applyUpper } from "./upper.ts";
-import type { CachedHash } from "./walk.ts";
+import { buildDerived, deriveManifest } from "./derive.ts";
 
 const log = logger("images");
 
@@ -120,9 +120,11 @@ export class Sessions {
 }
 
 /**
- * An overlay upper directory (whiteouts and opaque directories included) applied onto a copy of
- * version `baseId` (null: an empty tree), committed as a new version of `name`. The copy's files
- * are hard links to the base's; only what the upper holds is new.
+ * An overlay upper directory (whiteouts and opaque directories included) applied onto version
+ * `baseId` (null: an empty tree), committed as a new version of `name`. Time and space in
+ * proportion to the change (derive.ts): the new manifest is the base's with the upper applied,
+ * the new tree is written from it with the base's files as hard links (one link(2) each, no
+ * scan or hash of the unchanged tree); only what the upper holds is new.
  */
 export async function commitUpper(
   images: ImageStore,
@@ -135,17 +137,23 @@ export async function commitUpper(
   try {
     await Deno.mkdir(work, { mode: 0o700 });
     const tree = join(work, "rootfs");
-    if (baseId) await hardLinkCopy(images.data.rootfs(baseId), tree);
-    else await Deno.mkdir(tree, { mode: 0o755 });
-    applyUpper(upper, tree);
-    const cache = baseId ? baseHashes(images, baseId) : undefined;
-    return await images.commit(work, name, {
-      madeBy: meta.madeBy,
-      command: meta.command,
-      parent: baseId,
-    }, {
-      cache,
-      baseInodes: cache && new Set([...cache.values()].map((c) => c.ino)),
+    const commitMeta = { madeBy: meta.madeBy, command: meta.command, parent: baseId };
+    if (!baseId) {
+      await Deno.mkdir(tree, { mode: 0o755 });
+      applyUpper(upper, tree);
+      return await images.commit(work, name, commitMeta);
+    }
+    const started = performance.now();
+    const base = await Deno.readTextFile(images.data.manifest(baseId));
+    const d = deriveManifest(base, upper);
+    return await images.commitManifest(work, name, commitMeta, {
+      entries: d.entries,
+      bytes: d.bytes,
+      text: d.text,
+      started,
+      materialize: () => {
+        buildDerived(d, images.data.rootfs(baseId), tree, images.objects);
+      },
     });
   } finally {
     await images.dropScratch(work);
@@ -174,39 +182,6 @@ export function nspawnArgs(
     ...extra,
     ...(command ? ["--", ...command] : []),
   ];
-}
-
-/** A copy of a tree whose files are hard links to the original's (GNU cp -al): directories,
- *  symlinks and devices are the copy's own; regular files are never written in place. */
-async function hardLinkCopy(from: string, to: string): Promise<void> {
-  const out = await new Deno.Command("cp", {
-    args: ["-a", "-l", "--no-target-directory", from, to],
-    stdout: "null",
-    stderr: "piped",
-  }).output();
-  if (!out.success) {
-    throw new Error(`cp -al ${from}: ${new TextDecoder().decode(out.stderr).trim()}`);
-  }
-}
-
-/** The base version's digests keyed by path, for the files the new tree still shares (same
- *  inode): the commit hashes only what changed. */
-function baseHashes(images: ImageStore, id: string): Map<string, CachedHash> {
-  const root = images.data.rootfs(id);
-  const cache = new Map<string, CachedHash>();
-  for (const e of manifestLines(Deno.readTextFileSync(images.data.manifest(id)))) {
-    if (e.type !== "file" || !e.sha256) continue;
-    try {
-      const st = Deno.lstatSync(root + e.path);
-      cache.set(e.path, {
-        ino: st.ino!,
-        size: st.size,
-        mtimeMs: st.mtime!.getTime(),
-        sha256: e.sha256,
-      });
-    } catch { /* gone: hashed again */ }
-  }
-  return cache;
 }
 
 function detach(path: string): void {

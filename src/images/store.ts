@@ -17,7 +17,12 @@ import { type Db, tx } from "../db.ts";
 import { conflict, notFound, UserError } from "../errors.ts";
 import { recordEvent } from "../events.ts";
 import { logger } from "../log.ts";
-import { diffManifests, manifestLines, manifestText } from "../../contract/manifest.ts";
+import {
+  diffManifests,
+  type ManifestEntry,
+  manifestLines,
+  manifestText,
+} from "../../contract/manifest.ts";
 import { detectKernel } from "./kernel.ts";
 import { unpack } from "./unpack.ts";
 import { ObjectStore } from "./objects.ts";
@@ -330,16 +335,46 @@ export class ImageStore {
     const started = performance.now();
     const rootfs = join(work, "rootfs");
     const { entries, bytes } = await scanTree(rootfs, opts);
-    const text = new TextEncoder().encode(manifestText(entries));
+    return await this.commitManifest(work, name, meta, {
+      entries,
+      bytes,
+      text: manifestText(entries),
+      started,
+      materialize: () => {
+        this.objects.ingest(rootfs, entries, opts.baseInodes);
+      },
+    });
+  }
+
+  /**
+   * Commits a version whose manifest is known (`entries`, its `text`): `materialize` makes
+   * `work`/rootfs match it, with its files in the object store (not called when that content is
+   * already stored). Same ordering and crash safety as commit().
+   */
+  async commitManifest(
+    work: string,
+    name: string,
+    meta: { madeBy: MadeBy; command: string | null; parent: string | null; detail?: object },
+    m: {
+      entries: ManifestEntry[];
+      bytes: number;
+      text: string;
+      started: number;
+      materialize: () => void | Promise<void>;
+    },
+  ): Promise<Commit> {
+    validateName(name);
+    const { entries, bytes, started } = m;
+    const text = new TextEncoder().encode(m.text);
     const id = createHash("sha256").update(text).digest("hex");
     const existing = this.#row(id);
     if (existing) {
       log.info("commit: same content already in the store", { name, id, as: existing.name });
       return { ...existing, existed: true, previous: null, outdated: null };
     }
+    await m.materialize();
     await Deno.writeFile(join(work, "manifest"), text);
     const k = detectKernel(entries);
-    this.objects.ingest(rootfs, entries, opts.baseInodes);
     let renamed = false;
     try {
       await Deno.rename(work, this.data.image(id));

@@ -61,6 +61,65 @@ export function minbaseSshTree(): Promise<string> {
   return debootstrapTree(sshBaseName, "systemd-sysv,udev,kmod,openssh-server");
 }
 
+/** Name of the ≈ 700 MB Debian tree (issue 12's image-versions bench). */
+const largeName = "bookworm-minbase-700m";
+
+/** What the large tree adds to minbase: a developer image as labs keep them. */
+const largePackages = [
+  "build-essential",
+  "python3-dev",
+  "git",
+  "vim",
+  "gdb",
+  "locales",
+  "man-db",
+  "curl",
+  "less",
+  "openssh-server",
+];
+
+/**
+ * A Debian bookworm tree of about 700 MB of files (the size issue 12's storage targets name): the
+ * cached minbase tree plus a compiler toolchain, Python with its headers, git, vim, gdb and their
+ * documentation, installed with apt-get inside systemd-nspawn from the machine's mirror. Built
+ * once (a few minutes), cached; appears by rename only when complete.
+ */
+export async function minbaseLargeTree(): Promise<string> {
+  const dir = join(minbaseCacheDir, largeName);
+  if (await exists(join(dir, "usr/bin/gdb"))) return dir;
+  const base = await minbaseTree();
+  const work = join(minbaseCacheDir, `.tmp-${largeName}-${Deno.pid}`);
+  await Deno.remove(work, { recursive: true }).catch(() => {});
+  const nspawn = (cmd: string) =>
+    run("systemd-nspawn", [
+      "--quiet",
+      "--register=no",
+      "--keep-unit",
+      "--resolv-conf=bind-host",
+      "--timezone=off",
+      "--link-journal=no",
+      "--pipe",
+      "-D",
+      work,
+      "--",
+      "/bin/sh",
+      "-c",
+      cmd,
+    ]);
+  try {
+    await run("cp", ["-a", base, work]);
+    await nspawn(
+      "export DEBIAN_FRONTEND=noninteractive; apt-get update -q && " +
+        `apt-get install -y -q --no-install-recommends ${largePackages.join(" ")} && apt-get clean`,
+    );
+    await Deno.rename(work, dir);
+  } catch (e) {
+    await Deno.remove(work, { recursive: true }).catch(() => {});
+    throw e;
+  }
+  return dir;
+}
+
 async function debootstrapTree(name: string, include: string): Promise<string> {
   const dir = join(minbaseCacheDir, name);
   if (await exists(join(dir, "usr/lib/systemd/systemd"))) return dir;

@@ -1,0 +1,433 @@
+// A new version from a base version and an overlay upper, in time proportional to the change
+// (issue 12): the manifest is the base's manifest with the upper's entries applied (only the
+// upper is read and hashed, never the unchanged tree), and the new tree is written straight from
+// that manifest — one mkdir per directory, one link(2) per file to the base's inode (already in
+// the object store), the upper's entries renamed in. No copy of the base is scanned: the base's
+// manifest already says what every entry is.
+//
+// The result is exactly what scanTree would read from the tree (tests/images_derive_test.ts
+// checks it on every case): the tree is a normal directory tree, as NFS and the hybrid copy need.
+// The same rules as applyUpper (upper.ts): whiteouts delete, opaque directories replace the
+// directory's content, overlayfs's own attributes are dropped, redirect/metacopy are refused.
+// The root directory keeps the base's entry.
+import { join } from "node:path";
+import process from "node:process";
+import {
+  compareBytes,
+  MANIFEST_HEADER,
+  type ManifestEntry,
+  parseEntry,
+  serializeEntry,
+} from "../../contract/manifest.ts";
+import { UserError } from "../errors.ts";
+import { lchown, lutimes, mknod, S_IFBLK, S_IFCHR, S_IFIFO, S_IFSOCK } from "../linux/fsops.ts";
+import { listXattrs, removeXattr, setXattr } from "../linux/xattr.ts";
+import { shown } from "./archivepath.ts";
+import { identity, objectKey, type ObjectStore } from "./objects.ts";
+import { fileType, hashFileSync, splitDev } from "./walk.ts";
+
+const OVERLAY_XATTR = /^(trusted|user)\.overlay\./;
+const isWhiteout = (st: Deno.FileInfo) => st.isCharDevice && st.rdev === 0;
+const code = (e: unknown) => (e as { code?: string }).code;
+
+function b64(bytes: Uint8Array): string {
+  let s = "";
+  for (let i = 0; i < bytes.length; i++) s += String.fromCharCode(bytes[i]);
+  return btoa(s);
+}
+
+function unb64(s: string): Uint8Array {
+  const bin = atob(s);
+  const out = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+  return out;
+}
+
+/** One entry of the new tree: from the base (its manifest line, kept when unchanged) or the
+ *  upper (its host path there). */
+interface Node {
+  e: ManifestEntry;
+  /** The base's manifest line, when the entry is the base's unchanged. */
+  line?: string;
+  /** Host path in the upper (entries the upper brings). */
+  src?: string;
+  /** Inode in the upper (hard links made in the upper). */
+  ino?: number;
+  /** Where a new file's content goes: its object (shared) or the upper file renamed in. */
+  obj?: string;
+}
+
+export interface Derived {
+  /** The new manifest's entries, in manifest order. */
+  entries: ManifestEntry[];
+  /** The manifest text. */
+  text: string;
+  /** Bytes of regular files (hard links once). */
+  bytes: number;
+  /** What the upper changed: entries written, entries deleted. */
+  written: number;
+  deleted: number;
+  nodes: Node[];
+}
+
+/** Path and type of a manifest line without parsing the rest. */
+function pathOf(line: string): string {
+  const p = line.slice(0, line.indexOf("\t"));
+  return p.includes("\\") ? parseEntry(line).path : p;
+}
+
+function typeOf(line: string): string {
+  const a = line.indexOf("\t") + 1;
+  return line.slice(a, line.indexOf("\t", a));
+}
+
+/**
+ * The manifest of `upper` applied onto the version whose manifest text is `baseText`. Reads and
+ * hashes the upper's entries only; strips overlayfs attributes from the upper's files.
+ */
+export function deriveManifest(baseText: string, upper: string): Derived {
+  const lines = baseText.split("\n");
+  if (lines[0] !== MANIFEST_HEADER) throw new Error("base manifest: unsupported header");
+  lines.shift();
+  if (lines.at(-1) === "") lines.pop();
+  const paths = lines.map(pathOf);
+  const index = new Map<string, number>();
+  for (let i = 0; i < paths.length; i++) index.set(paths[i], i);
+  const removed = new Uint8Array(paths.length);
+  const added = new Map<string, Node>();
+  let written = 0, deleted = 0;
+
+  /** First index whose path is ≥ p (byte order). */
+  const lowerBound = (p: string) => {
+    let lo = 0, hi = paths.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (compareBytes(paths[mid], p) < 0) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  };
+  const present = (p: string): string | undefined => {
+    const i = index.get(p);
+    return i !== undefined && !removed[i] ? typeOf(lines[i]) : undefined;
+  };
+  const removeChildren = (p: string) => {
+    const prefix = p === "/" ? "/" : `${p}/`;
+    for (let i = lowerBound(prefix); i < paths.length && paths[i].startsWith(prefix); i++) {
+      removed[i] = 1;
+    }
+  };
+  const removeTree = (p: string) => {
+    const i = index.get(p)!;
+    if (typeOf(lines[i]) === "dir") removeChildren(p);
+    removed[i] = 1;
+  };
+
+  const walk = (rel: string) => {
+    const dir = rel === "/" ? upper : upper + rel;
+    const names = [...Deno.readDirSync(dir)].map((e) => e.name).sort();
+    for (const name of names) {
+      const r = `${rel === "/" ? "" : rel}/${name}`;
+      const src = upper + r;
+      const st = Deno.lstatSync(src);
+      const have = present(r);
+      if (isWhiteout(st)) {
+        if (have) {
+          removeTree(r);
+          deleted++;
+        }
+        continue;
+      }
+      const x = listXattrs(src);
+      for (const k of ["redirect", "metacopy"]) {
+        if (x?.has(`trusted.overlay.${k}`) || x?.has(`user.overlay.${k}`)) {
+          throw new UserError(
+            `${shown(r)} is an overlay ${k} entry (its content is in another layer): ` +
+              "mount the overlay with redirect_dir=off,metacopy=off",
+          );
+        }
+      }
+      const type = fileType(st);
+      const e: ManifestEntry = {
+        path: r,
+        type,
+        mode: st.mode! & 0o7777,
+        uid: st.uid!,
+        gid: st.gid!,
+        size: type === "file" ? st.size : 0,
+        mtime: Math.floor(st.mtime!.getTime() / 1000),
+      };
+      const kept = new Map<string, Uint8Array>();
+      for (const [k, v] of x ?? []) {
+        if (OVERLAY_XATTR.test(k)) {
+          if (type !== "dir") removeXattr(src, k); // the file itself moves into the tree
+        } else kept.set(k, v);
+      }
+      if (kept.size) {
+        e.xattrs = {};
+        for (const [k, v] of kept) e.xattrs[k] = b64(v);
+      }
+      if (type === "dir") {
+        if (have && have !== "dir") removeTree(r);
+        else if (have) {
+          if (isOpaque(x)) removeChildren(r);
+          removed[index.get(r)!] = 1; // its entry is the upper's now
+        }
+        added.set(r, { e, src });
+        written++;
+        walk(r);
+        continue;
+      }
+      if (have) removeTree(r);
+      if (type === "symlink") e.target = Deno.readLinkSync(src);
+      if (type === "char" || type === "block") e.rdev = splitDev(st.rdev!);
+      if (type === "file") e.sha256 = hashFileSync(src);
+      added.set(r, { e, src, ino: st.ino! });
+      written++;
+    }
+  };
+  walk("/");
+
+  // Merge: the base's entries left, the upper's, in manifest order.
+  const news = [...added.values()].sort((a, b) => compareBytes(a.e.path, b.e.path));
+  const nodes: Node[] = [];
+  let j = 0;
+  const baseNode = (i: number): Node => ({ e: parseEntry(lines[i]), line: lines[i] });
+  for (let i = 0; i < lines.length; i++) {
+    if (removed[i]) continue;
+    while (j < news.length && compareBytes(news[j].e.path, paths[i]) < 0) nodes.push(news[j++]);
+    nodes.push(baseNode(i));
+  }
+  while (j < news.length) nodes.push(news[j++]);
+
+  // Hard links: the first remaining path of an inode (in manifest order) is its "file" entry.
+  const firstOfBase = new Map<string, string>(), firstOfUpper = new Map<number, string>();
+  for (const n of nodes) {
+    const e = n.e;
+    if (n.src === undefined) {
+      if (e.type !== "file" && e.type !== "hardlink") continue;
+      const group = e.type === "file" ? e.path : e.target!;
+      const first = firstOfBase.get(group);
+      if (first === undefined) {
+        firstOfBase.set(group, e.path);
+        if (e.type === "hardlink") {
+          // its file entry went: this path is the inode's first now
+          e.type = "file";
+          e.sha256 = parseEntry(lines[index.get(group)!]).sha256;
+          delete e.target;
+          n.line = undefined;
+        }
+      } else if (e.target !== first) {
+        e.target = first;
+        n.line = undefined;
+      }
+    } else if (e.type === "file") {
+      const first = firstOfUpper.get(n.ino!);
+      if (first === undefined) firstOfUpper.set(n.ino!, e.path);
+      else {
+        e.type = "hardlink";
+        e.target = first;
+        delete e.sha256;
+      }
+    }
+  }
+  let bytes = 0;
+  const out = [MANIFEST_HEADER];
+  for (const n of nodes) {
+    out.push(n.line ?? serializeEntry(n.e));
+    if (n.e.type === "file") bytes += n.e.size;
+  }
+  return {
+    entries: nodes.map((n) => n.e),
+    text: out.join("\n") + "\n",
+    bytes,
+    written,
+    deleted,
+    nodes,
+  };
+}
+
+function isOpaque(x: Map<string, Uint8Array> | undefined): boolean {
+  const v = x?.get("trusted.overlay.opaque") ?? x?.get("user.overlay.opaque");
+  return v !== undefined && new TextDecoder().decode(v) === "y";
+}
+
+export interface BuildStats {
+  /** New files whose content became an object. */
+  added: number;
+  addedBytes: number;
+  /** New files that share an object already stored. */
+  shared: number;
+}
+
+/**
+ * Writes the tree of `d` at `tree` (a fresh path): directories made, the base's files linked
+ * from `baseRoot` (same inodes: already objects), the upper's entries renamed in, new files put
+ * into the object store (or linked to the object of the same content and metadata). Directory
+ * times last, so the tree matches the manifest.
+ */
+export function buildDerived(
+  d: Derived,
+  baseRoot: string,
+  tree: string,
+  objects: ObjectStore,
+): BuildStats {
+  const stats: BuildStats = { added: 0, addedBytes: 0, shared: 0 };
+  // Objects for the new files: one object per manifest "file" identity in a tree (objects.ts).
+  const newFiles = d.nodes.filter((n) => n.src !== undefined && n.e.type === "file");
+  if (newFiles.length) {
+    const used = new Set<string>();
+    const shas = new Set(newFiles.map((n) => n.e.sha256));
+    for (const n of d.nodes) {
+      if (n.src === undefined && n.e.type === "file" && shas.has(n.e.sha256)) {
+        used.add(identity(n.e));
+      }
+    }
+    for (const n of newFiles) {
+      const id = identity(n.e);
+      if (used.has(id)) continue; // another file of this tree holds that object
+      used.add(id);
+      const obj = objects.path(objectKey(n.e));
+      for (let attempt = 0; attempt < 3; attempt++) {
+        try {
+          Deno.linkSync(n.src!, obj);
+          stats.added++;
+          stats.addedBytes += n.e.size;
+          break;
+        } catch (err) {
+          if (code(err) === "ENOENT") {
+            Deno.mkdirSync(join(obj, ".."), { recursive: true, mode: 0o700 });
+            continue;
+          }
+          if (code(err) === "EEXIST") n.obj = obj;
+          else if (code(err) !== "EMLINK") throw err;
+          break;
+        }
+      }
+    }
+  }
+  const dirs: Node[] = [];
+  /** Set-group-ID directories of the new tree (their entries inherit the group): path → gid. */
+  const sgid = new Map<string, number>();
+  // The base's files: one link(2) each, once the directories exist (the kernel's work per link
+  // is most of a commit's time: a worker thread sharing them did not make it faster here).
+  const links: string[] = [];
+  const rest: Node[] = [];
+  for (const n of d.nodes) {
+    const e = n.e;
+    const dst = e.path === "/" ? tree : tree + e.path;
+    if (e.type === "dir") {
+      if (e.path === "/") {
+        Deno.mkdirSync(dst);
+        setMeta(dst, e, true);
+      } else {
+        Deno.mkdirSync(dst, { mode: e.mode & 0o777 });
+        setMetaOfNew(dst, e, sgid, true);
+      }
+      if (e.mode & 0o2000) sgid.set(e.path, e.gid);
+      dirs.push(n);
+    } else if (n.src === undefined && (e.type === "file" || e.type === "hardlink")) {
+      links.push(baseRoot + e.path, dst);
+    } else rest.push(n);
+  }
+  for (let i = 0; i < links.length; i += 2) {
+    try {
+      Deno.linkSync(links[i], links[i + 1]);
+    } catch {
+      const dst = links[i + 1];
+      linkBase(links[i], dst, d.nodes.find((x) => tree + x.e.path === dst)!.e, objects);
+    }
+  }
+  for (const n of rest) {
+    const e = n.e;
+    const dst = tree + e.path;
+    if (n.src !== undefined) {
+      if (e.type === "hardlink") Deno.linkSync(tree + e.target!, dst);
+      else if (n.obj && linkShared(n.obj, dst)) stats.shared++;
+      else Deno.renameSync(n.src, dst);
+      continue;
+    }
+    switch (e.type) {
+      case "symlink":
+        Deno.symlinkSync(e.target!, dst);
+        setMetaOfNew(dst, e, sgid, false);
+        lutimes(dst, e.mtime);
+        break;
+      default: {
+        const kind = { char: S_IFCHR, block: S_IFBLK, fifo: S_IFIFO, socket: S_IFSOCK }[
+          e.type as "char"
+        ];
+        mknod(dst, kind | e.mode, e.rdev?.major ?? 0, e.rdev?.minor ?? 0);
+        setMeta(dst, e, true);
+        lutimes(dst, e.mtime);
+      }
+    }
+  }
+  for (const n of dirs) lutimes(n.e.path === "/" ? tree : tree + n.e.path, n.e.mtime);
+  return stats;
+}
+
+/** A hard link to an object; false when it cannot be (gone meanwhile, too many links). */
+function linkShared(obj: string, dst: string): boolean {
+  try {
+    Deno.linkSync(obj, dst);
+    return true;
+  } catch (err) {
+    if (code(err) === "ENOENT" || code(err) === "EMLINK") return false;
+    throw err;
+  }
+}
+
+/** The base's file in the new tree: a link to its inode; its object if the base's path is gone;
+ *  a copy when the inode has too many links. */
+function linkBase(src: string, dst: string, e: ManifestEntry, objects: ObjectStore): void {
+  try {
+    Deno.linkSync(src, dst);
+    return;
+  } catch (err) {
+    if (
+      code(err) === "ENOENT" && e.type === "file" && linkShared(objects.path(objectKey(e)), dst)
+    ) {
+      return;
+    }
+    if (code(err) !== "EMLINK") throw err;
+  }
+  const st = Deno.lstatSync(src);
+  Deno.copyFileSync(src, dst);
+  setMeta(dst, e, true);
+  lutimes(dst, st.mtime!.getTime() / 1000);
+}
+
+/** The umask new entries get (read once: mkdir's mode is masked by it). */
+const umask = (() => {
+  const m = process.umask(0o022);
+  process.umask(m);
+  return m;
+})();
+const isRoot = Deno.uid() === 0;
+
+/**
+ * setMeta for an entry this process just created (owned by root, mode as mkdir gave it), without
+ * the calls that would change nothing: a root-owned entry outside set-group-ID directories keeps
+ * its owner; a directory made with its mode keeps it unless umask or a special bit is involved.
+ */
+function setMetaOfNew(
+  dst: string,
+  e: ManifestEntry,
+  sgid: Map<string, number>,
+  chmod: boolean,
+): void {
+  const parentGid = sgid.get(e.path.slice(0, e.path.lastIndexOf("/")) || "/");
+  if (!isRoot || e.uid !== 0 || e.gid !== (parentGid ?? 0)) lchown(dst, e.uid, e.gid);
+  if (chmod && (!isRoot || (e.mode & 0o7000) || (e.mode & umask) || parentGid !== undefined)) {
+    Deno.chmodSync(dst, e.mode);
+  }
+  for (const [k, v] of Object.entries(e.xattrs ?? {})) setXattr(dst, k, unb64(v));
+}
+
+/** Owner, mode and xattrs of an entry onto a path made for it (times are set by the caller). */
+function setMeta(dst: string, e: ManifestEntry, chmod: boolean): void {
+  lchown(dst, e.uid, e.gid);
+  if (chmod) Deno.chmodSync(dst, e.mode); // after chown, which drops suid
+  for (const [k, v] of Object.entries(e.xattrs ?? {})) setXattr(dst, k, unb64(v));
+}
