@@ -304,12 +304,23 @@ export class ImageStore {
     return join(this.data.tmp, `${kind}-${crypto.randomUUID()}`);
   }
 
+  /** Removes a scratch directory. A session's overlay is detached lazily: while its last
+   *  process (nspawn's) is still going away the work dir can be busy, so a failed removal is
+   *  tried again a few times before it is left for the next start's wipe of tmp/. */
   async dropScratch(work: string): Promise<void> {
-    await Deno.remove(work, { recursive: true }).catch((e) => {
-      if (!(e instanceof Deno.errors.NotFound)) {
-        log.warn("could not remove scratch dir", { dir: work, error: e.message });
+    for (let attempt = 1;; attempt++) {
+      try {
+        await Deno.remove(work, { recursive: true });
+        return;
+      } catch (e) {
+        if (e instanceof Deno.errors.NotFound) return;
+        if (attempt >= 10) {
+          log.warn("could not remove scratch dir", { dir: work, error: (e as Error).message });
+          return;
+        }
+        await new Promise((r) => setTimeout(r, 100 * attempt));
       }
-    });
+    }
   }
 
   /**
