@@ -151,8 +151,8 @@ function applyMeta(path: string, e: ManifestEntry): void {
   lutimes(path, e.mtime);
 }
 
-// File data is copied and hashed by a pool of workers (poolSize: one per core, started as batches
-// wait for them). Each worker takes batches of files (up to
+// File data is copied and hashed by a pool of workers (poolSize: one per core, started first
+// thing). Each worker takes batches of files (up to
 // `batchBytes` or `batchFiles`) and does all of a file's work itself: read, hash while reading,
 // one large write per buffer, compare with the manifest, then owner, mode and mtime. The main
 // thread sees one message per batch, not per file. The worker is plain JS from a string so that it
@@ -184,7 +184,7 @@ function one(j) {
   const digest = h.digest("hex");
   if (digest !== j.sha256 || size !== j.size) return { digest, size };
   if (j.op === "copy") {
-    Deno.chownSync(j.dst, j.uid, j.gid);
+    if (j.chown) Deno.chownSync(j.dst, j.uid, j.gid);
     Deno.chmodSync(j.dst, j.mode & 0o7777); // after chown: it clears suid
     Deno.utimeSync(j.dst, j.mtime, j.mtime);
   }
@@ -218,6 +218,8 @@ interface Job {
   mtime: number;
   /** write over the existing file (same inode, no truncate first; its own, not linked) */
   overwrite?: boolean;
+  /** set the owner (not needed for a new file of root's in a fresh copy made by root) */
+  chown: boolean;
 }
 
 /** A worker's answer for one job of a batch: a mismatch (digest/size) or an error. */
@@ -252,7 +254,10 @@ class DataPool {
   #queue: Batch[] = [];
   #batches = new Map<number, Batch>();
   #next = 0;
-  constructor(readonly size: number) {}
+  /** All workers start at once, while the main thread still parses the manifest. */
+  constructor(readonly size: number) {
+    for (let i = 0; i < size; i++) this.#start();
+  }
   #start(): { w: Worker; inflight: number } {
     const slot = { w: workerFromSource(workerSource), inflight: 0 };
     slot.w.onmessage = ({ data }) => {
@@ -273,10 +278,8 @@ class DataPool {
   }
   #pump() {
     while (this.#queue.length) {
-      // an idle worker, or a new one while there are fewer than `size`, else the least loaded
-      let slot = this.#workers.find((s) => s.inflight === 0);
-      if (!slot && this.#workers.length < this.size) slot = this.#start();
-      slot ??= this.#workers.reduce((a, b) => b.inflight < a.inflight ? b : a);
+      // the least loaded worker, so that one large file does not hold up the queue behind it
+      const slot = this.#workers.reduce((a, b) => b.inflight < a.inflight ? b : a);
       if (slot.inflight >= perWorker) return;
       const b = this.#queue.shift()!;
       const id = this.#next++;
@@ -393,6 +396,16 @@ export function planCopy(hybridDir: string, imageId: string, entries: ManifestEn
 export async function ensureLocalCopy(opts: CopyOptions): Promise<CopyReport> {
   const t0 = performance.now();
   const { imageId, hybridDir } = opts;
+  const pool = isComplete(hybridDir, imageId) ? undefined : new DataPool(poolSize());
+  try {
+    return await ensureWith(opts, t0, pool);
+  } finally {
+    pool?.close();
+  }
+}
+
+async function ensureWith(opts: CopyOptions, t0: number, pool?: DataPool): Promise<CopyReport> {
+  const { imageId, hybridDir } = opts;
   if (await sha256hex(opts.manifestText) !== imageId) {
     throw new HybridError(
       "manifest",
@@ -411,19 +424,18 @@ export async function ensureLocalCopy(opts: CopyOptions): Promise<CopyReport> {
     resumed: false,
     ms: 0,
   };
-  if (!isComplete(hybridDir, imageId)) {
+  if (pool && !isComplete(hybridDir, imageId)) {
     const plan = opts.plan ?? planCopy(hybridDir, imageId, entries);
-    const run = new CopyRun(opts, report, t0, plan);
-    try {
-      await run.copyTree(entries);
-    } finally {
-      run.pool.close();
-    }
+    const run = new CopyRun(opts, report, t0, plan, pool);
+    await run.copyTree(entries);
     await run.complete();
   }
   report.ms = performance.now() - t0;
   return report;
 }
+
+/** Files created by this process are root's: no chown needed for root's files. */
+const rootCreates = Deno.uid() === 0 && Deno.gid() === 0;
 
 /** Metadata equal (what applyMeta sets). */
 function sameMeta(a: ManifestEntry, b: ManifestEntry): boolean {
@@ -440,7 +452,6 @@ function parentOf(path: string): string {
 class CopyRun {
   readonly p: ReturnType<typeof copyPaths>;
   readonly index: Map<string, string>;
-  readonly pool = new DataPool(poolSize());
   /** Directories whose metadata is set once everything below them is in place. */
   readonly dirs: ManifestEntry[] = [];
   /** Hard links, made after the data copies: their first entry may still be in flight. */
@@ -462,6 +473,7 @@ class CopyRun {
     readonly report: CopyReport,
     readonly t0: number,
     readonly plan: CopyPlan,
+    readonly pool: DataPool,
   ) {
     this.p = copyPaths(opts.hybridDir, opts.imageId);
     Deno.mkdirSync(this.p.base, { recursive: true });
@@ -644,7 +656,9 @@ class CopyRun {
   }
 
   job(op: Job["op"], e: ManifestEntry, dst: string): Job {
+    const fresh = !this.base && !this.report.resumed;
     return {
+      chown: !(fresh && e.uid === 0 && e.gid === 0 && rootCreates),
       op,
       src: this.opts.source + e.path,
       dst,
