@@ -22,7 +22,7 @@ import {
   S_IFSOCK,
   syncfsAsync,
 } from "../src/linux/fsops.ts";
-import { setXattr } from "../src/linux/xattr.ts";
+import { removeXattr, setXattr } from "../src/linux/xattr.ts";
 
 export class HybridError extends Error {
   constructor(readonly reason: "no-space" | "corrupt" | "io" | "manifest", message: string) {
@@ -620,7 +620,9 @@ class CopyRun {
           return;
         }
         const st = Deno.lstatSync(dst);
-        if (st.nlink === 1) {
+        // (an xattr the new version no longer has is not removed: such a file is written anew)
+        const dropped = Object.keys(b.xattrs ?? {}).some((k) => !(k in (e.xattrs ?? {})));
+        if (st.nlink === 1 && !dropped) {
           applyMeta(dst, e);
           this.report.bytesKept += e.size;
           return;
@@ -629,7 +631,8 @@ class CopyRun {
       // Changed: written over its own inode when not shared (no new inode, no directory entry);
       // a file linked from elsewhere is replaced so the other name keeps its content.
       const st = b ? lstatOrNull(dst) : null;
-      const overwrite = !!st?.isFile && st.nlink === 1;
+      const dropped = Object.keys(b?.xattrs ?? {}).some((k) => !(k in (e.xattrs ?? {})));
+      const overwrite = !!st?.isFile && st.nlink === 1 && !dropped;
       if (st && !overwrite) removeIfExists(dst);
       if (!st || !overwrite) this.touch(e);
       return this.queue({ ...this.job("copy", e, dst), overwrite }, e);
@@ -794,7 +797,12 @@ class CopyRun {
       // Directories last, deepest first, so creating children does not bump their mtimes again;
       // in place, only those whose metadata or entries changed.
       for (const e of this.dirs.reverse()) {
-        if (!this.base || this.touched.has(e.path)) applyMeta(this.dst(e), e);
+        if (!this.base || this.touched.has(e.path)) {
+          for (const name of Object.keys(this.base?.get(e.path)?.xattrs ?? {})) {
+            if (!(name in (e.xattrs ?? {}))) removeXattr(this.dst(e), name);
+          }
+          applyMeta(this.dst(e), e);
+        }
       }
       await syncfsAsync(p.base);
       const tmp = `${p.manifest}.tmp`;

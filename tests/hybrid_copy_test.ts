@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { manifestText } from "../contract/manifest.ts";
 import { scanTree } from "../src/images/walk.ts";
-import { setXattr as lsetxattr } from "../src/linux/xattr.ts";
+import { removeXattr, setXattr as lsetxattr } from "../src/linux/xattr.ts";
 import {
   copyPaths,
   type CopyReport,
@@ -222,6 +222,8 @@ Deno.test("hybrid copy (root): in place, every kind of change; a file linked fro
     await Deno.mkdir(`${tmp}/v1/gone/deep`, { recursive: true });
     await Deno.writeTextFile(`${tmp}/v1/gone/deep/x`, "x");
     await Deno.writeTextFile(`${tmp}/v1/etc/becomes-dir`, "file");
+    lsetxattr(`${tmp}/v1/data/f0006`, "user.gone", new TextEncoder().encode("1"));
+    lsetxattr(`${tmp}/v1/data`, "user.gone", new TextEncoder().encode("1"));
     const v1 = await manifestOf(`${tmp}/v1`);
     // Another image holding f0001 identical: v1's copy links it from there.
     await Deno.mkdir(`${tmp}/other/data`, { recursive: true });
@@ -240,6 +242,8 @@ Deno.test("hybrid copy (root): in place, every kind of change; a file linked fro
     Deno.utimeSync(`${tmp}/v2/data/f0001`, 1_600_000_000, 1_600_000_000);
     Deno.writeFileSync(`${tmp}/v2/data/f0002`, new Uint8Array(10)); // shorter
     Deno.chmodSync(`${tmp}/v2/data/f0003`, 0o600); // metadata only
+    removeXattr(`${tmp}/v2/data/f0006`, "user.gone"); // an xattr dropped, file and directory
+    removeXattr(`${tmp}/v2/data`, "user.gone");
     Deno.removeSync(`${tmp}/v2/data/f0004`);
     Deno.writeTextFileSync(`${tmp}/v2/data/new`, "new file");
     Deno.removeSync(`${tmp}/v2/gone`, { recursive: true });
