@@ -47,17 +47,19 @@ export async function loopExt4(sizeMiB: number, dir?: string): Promise<LoopExt4>
   await Deno.mkdir(mnt, { recursive: true });
   run("truncate", "-s", `${sizeMiB}M`, file);
   run("mkfs.ext4", "-q", "-F", "-b", "4096", "-m", "0", file);
-  const loop = run("losetup", "-f", "--show", file);
+  let loop = run("losetup", "-f", "--show", file);
   try {
     run("mount", "-t", "ext4", loop, mnt);
   } catch (e) {
     run("losetup", "-d", loop);
     throw e;
   }
-  const name = loop.replace("/dev/", "");
+  let name = loop.replace("/dev/", "");
   return {
     file,
-    loop,
+    get loop() {
+      return loop;
+    },
     mnt,
     writtenBytes() {
       run("sync");
@@ -86,6 +88,15 @@ export async function loopExt4(sizeMiB: number, dir?: string): Promise<LoopExt4>
           run("sleep", "0.1"); // a worker of the interrupted copy may still hold a file open
         }
       }
+      // On a new loop device over the same file: another mount namespace made meanwhile (any
+      // `ip netns exec`, `unshare -m` on this machine) may hold a copy of the old mount, which
+      // keeps the shut-down superblock alive; mounting the same device again would get that one
+      // back (every call EIO) instead of replaying the journal.
+      try {
+        run("losetup", "-d", loop);
+      } catch { /* busy: detached when its last user goes */ }
+      loop = run("losetup", "-f", "--show", file);
+      name = loop.replace("/dev/", "");
       run("mount", "-t", "ext4", loop, mnt);
     },
     async close() {
