@@ -1,14 +1,30 @@
-// Hybrid copy benchmark (root: loop device). Peer: WalT's method, `tar cf - . | tar xf -` of the
-// same tree onto the same kind of disk (a fresh ext4 on a loop device), both ending with sync.
-// Prints first-copy throughput ratio (target ≥ 0.9×) and the bytes written for a 1 %-changed image
-// (target ≤ 2 %).
+// Hybrid copy benchmark (root: loop devices). Peer: WalT's method, `tar cf - . | tar xpf -` of the
+// same tree onto the same kind of disk (a fresh 1 GiB ext4 image file on a loop device, one per
+// run), both timed from a `sync` to the end of a `sync`. Runs alternate A B A B… (tar, netroot,
+// tar, netroot…) so that load from elsewhere hits both alike; each round gives one ratio.
+//   hybrid.first-copy     tar time / netroot time of a first, verified copy (target ≥ 1.0×; a
+//                         RATIO line in the full run only)
+//   hybrid.redeploy-2pct  2 % / what the block device wrote for a re-deploy after a 1 % change
+//                         (sectors written, /sys/block/loopN/stat; target ≤ 2 %, so ≥ 1.0)
+//   deno run -A bench/hybrid_bench.ts [--quick] [--rounds N] [--files N]
 import { createHash } from "node:crypto";
+import { parseArgs } from "node:util";
 import { manifestText } from "../contract/manifest.ts";
 import { scanTree } from "../src/images/walk.ts";
 import { ensureLocalCopy } from "../hybrid/copy.ts";
 import { loopExt4, run } from "../tests/support/ext4disk.ts";
+import { ratio } from "./ratio.ts";
 
-const FILES = Number(Deno.env.get("FILES") ?? 3000);
+const { values: a } = parseArgs({
+  args: Deno.args,
+  options: {
+    quick: { type: "boolean" },
+    rounds: { type: "string" },
+    files: { type: "string" },
+  },
+});
+const FILES = Number(a.files ?? Deno.env.get("FILES") ?? 3000);
+const rounds = Number(a.rounds ?? (a.quick ? 3 : 5));
 const tmp = await Deno.makeTempDir({ prefix: "netroot-hybrid-bench-" });
 const src = `${tmp}/src`;
 // A size mix like an OS image: many small files, some large ones (≈ 200 MB total).
@@ -22,9 +38,11 @@ for (let i = 0; i < FILES; i++) {
   await Deno.writeFile(`${dir}/f${i}`, b);
   total += size;
 }
-const { entries } = await scanTree(src);
-const text = manifestText(entries);
-const id = createHash("sha256").update(text).digest("hex");
+async function manifestOf(dir: string) {
+  const text = manifestText((await scanTree(dir)).entries);
+  return { text, id: createHash("sha256").update(text).digest("hex") };
+}
+const v1 = await manifestOf(src);
 
 async function timed(fn: () => Promise<void>): Promise<number> {
   run("sync");
@@ -34,71 +52,114 @@ async function timed(fn: () => Promise<void>): Promise<number> {
   return (performance.now() - t) / 1000;
 }
 
-const results: Record<string, number> = {};
-for (const round of [1, 2]) {
+/** One timed run on a fresh disk. */
+async function onFreshDisk(fn: (mnt: string) => Promise<void>): Promise<number> {
   const disk = await loopExt4(1024, await Deno.makeTempDir({ dir: tmp }));
   try {
-    await Deno.mkdir(`${disk.mnt}/tar`);
-    const tarS = await timed(async () => {
-      const p = new Deno.Command("bash", {
-        args: ["-c", `cd '${src}' && tar cf - . | (cd '${disk.mnt}/tar' && tar xpf -)`],
-      }).spawn();
-      if (!(await p.status).success) throw new Error("tar pipe failed");
-    });
-    await Deno.mkdir(`${disk.mnt}/walt-hybrid`);
-    const oursS = await timed(async () => {
-      await ensureLocalCopy({
-        source: src,
-        hybridDir: `${disk.mnt}/walt-hybrid`,
-        imageId: id,
-        manifestText: text,
-      });
-    });
-    results[`tar${round}`] = tarS;
-    results[`ours${round}`] = oursS;
+    return await timed(() => fn(disk.mnt));
   } finally {
     await disk.close();
   }
 }
-const tarS = Math.min(results.tar1, results.tar2), oursS = Math.min(results.ours1, results.ours2);
-const mbs = (s: number) => (total / 1e6 / s).toFixed(0);
-console.log(`image: ${FILES} files, ${(total / 1e6).toFixed(0)} MB (page-cached source)`);
-console.log(`tar | tar (WalT):         ${tarS.toFixed(2)} s  ${mbs(tarS)} MB/s`);
-console.log(
-  `netroot verified copy:    ${oursS.toFixed(2)} s  ${mbs(oursS)} MB/s (sha256 of every file)`,
-);
-console.log(`ratio netroot/tar:        ${(tarS / oursS).toFixed(2)}x  (target >= 0.9x)`);
 
-// 1 %-changed image on a disk holding the previous copy
-const disk = await loopExt4(1024, await Deno.makeTempDir({ dir: tmp }));
-try {
-  const hd = `${disk.mnt}/walt-hybrid`;
-  await Deno.mkdir(hd);
-  await ensureLocalCopy({ source: src, hybridDir: hd, imageId: id, manifestText: text });
-  // change ~1 % of the bytes: rewrite the first large files until 1 % is reached
-  let changed = 0;
-  for (let i = 1; changed < total / 100; i++) {
-    if (i % 100 === 0) continue; // small files only: 1 % of the bytes, not one 4 MB file
-    const f = `${src}/d${i % 50}/f${i}`;
-    const b = await Deno.readFile(f);
-    b[0] ^= 1;
-    await Deno.writeFile(f, b);
-    changed += b.length;
-  }
-  const e2 = (await scanTree(src)).entries;
-  const t2 = manifestText(e2);
-  const id2 = createHash("sha256").update(t2).digest("hex");
-  const before = disk.writtenBytes();
-  const r = await ensureLocalCopy({ source: src, hybridDir: hd, imageId: id2, manifestText: t2 });
-  const dev = disk.writtenBytes() - before;
+const tarRun = () =>
+  onFreshDisk(async (mnt) => {
+    await Deno.mkdir(`${mnt}/tar`);
+    const p = new Deno.Command("bash", {
+      args: ["-c", `cd '${src}' && tar cf - . | (cd '${mnt}/tar' && tar xpf -)`],
+    }).spawn();
+    if (!(await p.status).success) throw new Error("tar pipe failed");
+  });
+
+const oursRun = () =>
+  onFreshDisk(async (mnt) => {
+    await Deno.mkdir(`${mnt}/walt-hybrid`);
+    const r = await ensureLocalCopy({
+      source: src,
+      hybridDir: `${mnt}/walt-hybrid`,
+      imageId: v1.id,
+      manifestText: v1.text,
+    });
+    if (r.bytesWritten !== total) throw new Error(`copied ${r.bytesWritten} of ${total} bytes`);
+  });
+
+const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)];
+const span = (xs: number[], d = 2) =>
+  `median ${median(xs).toFixed(d)} (min ${Math.min(...xs).toFixed(d)}, max ${
+    Math.max(...xs).toFixed(d)
+  })`;
+const mbs = (s: number) => (total / 1e6 / s).toFixed(0);
+
+console.log(
+  `image: ${FILES} files, ${(total / 1e6).toFixed(0)} MB (page-cached source), ${rounds} rounds, ` +
+    `${navigator.hardwareConcurrency} cores, load ${Deno.loadavg()[0].toFixed(1)}`,
+);
+// A warm-up of each (not counted): page cache of the source, JIT, worker start-up code.
+await tarRun(), await oursRun();
+const ratios: number[] = [], tars: number[] = [], ours: number[] = [];
+for (let r = 0; r < rounds; r++) {
+  const t = await tarRun();
+  const o = await oursRun();
+  tars.push(t), ours.push(o), ratios.push(t / o);
   console.log(
-    `1%-changed image (${(100 * changed / total).toFixed(2)} % of bytes): copy wrote ` +
-      `${(100 * r.bytesWritten / r.bytesTotal).toFixed(2)} %, block device wrote ${
-        (100 * dev / r.bytesTotal).toFixed(2)
-      } % ` +
-      `(target <= 2 %; WalT rewrites 100 %)`,
+    `round ${r + 1}: tar | tar ${t.toFixed(2)} s (${mbs(t)} MB/s), netroot ${o.toFixed(2)} s ` +
+      `(${mbs(o)} MB/s), ratio ${(t / o).toFixed(2)}×`,
   );
-} finally {
-  await disk.close();
-  await Deno.remove(tmp, { recursive: true });
 }
+console.log(`tar | tar (WalT):      ${span(tars)} s`);
+console.log(`netroot verified copy: ${span(ours)} s (sha256 of every file against the manifest)`);
+console.log(`ratio tar/netroot:     ${span(ratios)}× (target ≥ 1.0×)`);
+// The target as floor, in the full run only: on this shared 2-core machine the first copy moves
+// between 0.45× and 1.4× with the neighbours' load (docs/benchmarks.md), so CI's quick check does
+// not hold it; the re-deploy figure (block-device sectors, not time) is steady and is held.
+if (a.quick) console.log(`first copy (not a floor in --quick): ${median(ratios).toFixed(3)}`);
+else ratio("hybrid.first-copy", median(ratios), 1.0);
+
+// Re-deploy: a 1 %-changed image on a disk holding the previous copy.
+const redeploys: number[] = [];
+for (let r = 0; r < (a.quick ? 2 : 3); r++) {
+  const disk = await loopExt4(1024, await Deno.makeTempDir({ dir: tmp }));
+  const tree = `${tmp}/redeploy-src`;
+  try {
+    run("cp", "-a", src, tree);
+    const hd = `${disk.mnt}/walt-hybrid`;
+    await Deno.mkdir(hd);
+    await ensureLocalCopy({ source: tree, hybridDir: hd, imageId: v1.id, manifestText: v1.text });
+    // change ~1 % of the bytes: one byte of each of the first small files until 1 % is reached
+    // (different files each round)
+    let changed = 0;
+    for (let i = 1 + r * 500; changed < total / 100; i++) {
+      if (i % 100 === 0) continue; // small files only: 1 % of the bytes, not one 4 MB file
+      const f = `${tree}/d${i % 50}/f${i}`;
+      const b = await Deno.readFile(f);
+      b[0] ^= 1;
+      await Deno.writeFile(f, b);
+      changed += b.length;
+    }
+    const v2 = await manifestOf(tree);
+    const before = disk.writtenBytes();
+    const rep = await ensureLocalCopy({
+      source: tree,
+      hybridDir: hd,
+      imageId: v2.id,
+      manifestText: v2.text,
+    });
+    const dev = disk.writtenBytes() - before;
+    const pct = 100 * dev / rep.bytesTotal;
+    redeploys.push(pct);
+    console.log(
+      `re-deploy ${r + 1}: ${(100 * changed / total).toFixed(2)} % of the bytes changed; copy ` +
+        `wrote ${(100 * rep.bytesWritten / rep.bytesTotal).toFixed(2)} %, the block device ` +
+        `${pct.toFixed(2)} % (${(dev / 1e6).toFixed(2)} MB)`,
+    );
+  } finally {
+    await disk.close();
+    await Deno.remove(tree, { recursive: true });
+  }
+}
+console.log(
+  `re-deploy after a 1 % change, block device writes: ${span(redeploys)} % of the image ` +
+    `(target ≤ 2 %; WalT rewrites 100 %)`,
+);
+ratio("hybrid.redeploy-2pct", 2 / median(redeploys), 1.0);
+await Deno.remove(tmp, { recursive: true });

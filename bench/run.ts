@@ -8,7 +8,7 @@ import { parseArgs } from "node:util";
 import { parseRatios, type Ratio } from "./ratio.ts";
 
 /** Benches with a quick variant: the floors CI holds. */
-const QUICK = ["deploy", "dhcp", "http", "tftp"];
+const QUICK = ["deploy", "dhcp", "http", "hybrid", "tftp"];
 
 const { values, positionals } = parseArgs({
   args: Deno.args,

@@ -26,6 +26,8 @@ export interface StageReport {
   bytesWritten?: number;
   bytesLinked?: number;
   bytesReused?: number;
+  /** data kept in place from the previous version's copy (a re-deploy in place) */
+  bytesKept?: number;
   resumed?: boolean;
   evicted?: number;
   /** hybrid-failed: why (no-space, corrupt, io, manifest). */
@@ -53,6 +55,7 @@ const FIELDS: Record<Field, "number" | "string" | "boolean"> = {
   bytesWritten: "number",
   bytesLinked: "number",
   bytesReused: "number",
+  bytesKept: "number",
   resumed: "boolean",
   evicted: "number",
   reason: "string",

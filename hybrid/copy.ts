@@ -20,9 +20,9 @@ import {
   S_IFCHR,
   S_IFIFO,
   S_IFSOCK,
-  syncfs,
+  syncfsAsync,
 } from "../src/linux/fsops.ts";
-import { setXattr } from "../src/linux/xattr.ts";
+import { removeXattr, setXattr } from "../src/linux/xattr.ts";
 
 export class HybridError extends Error {
   constructor(readonly reason: "no-space" | "corrupt" | "io" | "manifest", message: string) {
@@ -48,6 +48,8 @@ export interface CopyReport {
   bytesLinked: number;
   /** data kept from an interrupted earlier copy after re-verification */
   bytesReused: number;
+  /** data kept in place from the previous version's copy (a re-deploy in place) */
+  bytesKept: number;
   resumed: boolean;
   ms: number;
 }
@@ -113,11 +115,13 @@ export function estimateNeed(
   entries: ManifestEntry[],
   index: Map<string, string>,
   blockSize = 4096,
+  present: (e: ManifestEntry) => boolean = () => false,
 ): { bytes: number; inodes: number } {
   let bytes = 0, inodes = 0;
   for (const e of entries) {
     if (e.type === "hardlink") continue;
     if (e.type === "file" && index.has(linkKey(e))) continue;
+    if (present(e)) continue;
     inodes++;
     const size = e.type === "file" ? e.size : e.type === "dir" ? blockSize : 0;
     bytes += Math.ceil(size / blockSize) * blockSize;
@@ -147,70 +151,128 @@ function applyMeta(path: string, e: ManifestEntry): void {
   lutimes(path, e.mtime);
 }
 
-// File data is copied and hashed by a small pool of workers (one per core): hashing is the CPU
-// cost of verification, and spreading it keeps the copy close to `tar | tar` speed. The worker is
-// plain JS from a string so that it also runs from the single-file bundle in the initramfs.
+// File data is copied and hashed by a pool of workers (poolSize: one per core, started first
+// thing). Each worker takes batches of files (up to
+// `batchBytes` or `batchFiles`) and does all of a file's work itself: read, hash while reading,
+// one large write per buffer, compare with the manifest, then owner, mode and mtime. The main
+// thread sees one message per batch, not per file. The worker is plain JS from a string so that it
+// also runs from the single-file bundle in the initramfs.
 const workerSource = `import { createHash } from "node:crypto";
-const buf = new Uint8Array(1 << 20);
-self.onmessage = ({ data: { id, op, src, dst } }) => {
+const buf = new Uint8Array(256 << 10);
+function one(j) {
+  const h = createHash("sha256");
+  let size = 0;
+  const inF = Deno.openSync(j.op === "hash" ? j.dst : j.src, { read: true });
+  let outF = null;
   try {
-    const h = createHash("sha256");
-    let size = 0;
-    const inF = Deno.openSync(src, { read: true });
-    const outF = op === "copy" ? Deno.openSync(dst, { write: true, create: true, truncate: true, mode: 0o600 }) : null;
-    try {
-      for (;;) {
-        const n = inF.readSync(buf);
-        if (n === null) break;
-        const chunk = buf.subarray(0, n);
-        h.update(chunk);
-        if (outF) for (let off = 0; off < n;) off += outF.writeSync(chunk.subarray(off));
-        size += n;
-      }
-    } finally {
-      inF.close();
-      outF?.close();
+    if (j.op === "copy") {
+      outF = Deno.openSync(j.dst, { write: true, create: true, truncate: !j.overwrite, mode: 0o600 });
     }
-    self.postMessage({ id, digest: h.digest("hex"), size });
-  } catch (e) {
-    self.postMessage({ id, error: String(e?.message ?? e) });
+    for (;;) {
+      const n = inF.readSync(buf);
+      if (n === null) break;
+      const chunk = buf.subarray(0, n);
+      h.update(chunk);
+      if (outF) for (let off = 0; off < n;) off += outF.writeSync(chunk.subarray(off));
+      size += n;
+    }
+    if (outF && j.overwrite) outF.truncateSync(size);
+  } finally {
+    inF.close();
+    outF?.close();
   }
+  const digest = h.digest("hex");
+  if (digest !== j.sha256 || size !== j.size) return { digest, size };
+  if (j.op === "copy") {
+    if (j.chown) Deno.chownSync(j.dst, j.uid, j.gid);
+    Deno.chmodSync(j.dst, j.mode & 0o7777); // after chown: it clears suid
+    Deno.utimeSync(j.dst, j.mtime, j.mtime);
+  }
+  return null;
+}
+self.onmessage = ({ data: { id, jobs } }) => {
+  const out = [];
+  for (let i = 0; i < jobs.length; i++) {
+    try {
+      const r = one(jobs[i]);
+      if (r) out.push({ i, ...r });
+    } catch (e) {
+      out.push({ i, error: String(e?.message ?? e), code: e?.code });
+      if (e?.code === "ENOSPC") break;
+    }
+  }
+  self.postMessage({ id, out, n: jobs.length });
 };`;
 
+/** One file for a worker: copy `src` to `dst` (or, "hash", re-hash `dst`), verified against the
+ *  manifest's sha256 and size; a verified copy gets its owner, mode and mtime. */
 interface Job {
   op: "copy" | "hash";
   src: string;
-  dst?: string;
-  resolve(r: { digest: string; size: number }): void;
+  dst: string;
+  size: number;
+  sha256: string;
+  uid: number;
+  gid: number;
+  mode: number;
+  mtime: number;
+  /** write over the existing file (same inode, no truncate first; its own, not linked) */
+  overwrite?: boolean;
+  /** set the owner (not needed for a new file of root's in a fresh copy made by root) */
+  chown: boolean;
+}
+
+/** A worker's answer for one job of a batch: a mismatch (digest/size) or an error. */
+interface JobFault {
+  i: number;
+  digest?: string;
+  size?: number;
+  error?: string;
+  code?: string;
+}
+
+interface Batch {
+  jobs: Job[];
+  entries: ManifestEntry[];
+  bytes: number;
+  resolve(faults: JobFault[]): void;
   reject(e: Error): void;
 }
 
-/** Jobs queued in each worker: it starts the next file without a round trip through the main
- *  thread (which may be busy walking the manifest or applying metadata). */
-const perWorker = 8;
+const batchBytes = 8 << 20, batchFiles = 64;
+/** Batches queued in each worker: it starts the next without waiting for the main thread. */
+const perWorker = 2;
+
+/** One worker per core (at least two: one can wait for the source while the other hashes):
+ *  each starts in ~0.1 s of CPU, which more workers than cores do not earn back. */
+export function poolSize(cores = navigator.hardwareConcurrency || 2): number {
+  return Math.max(2, Math.min(8, cores));
+}
 
 class DataPool {
   #workers: { w: Worker; inflight: number }[] = [];
-  #queue: Job[] = [];
-  #jobs = new Map<number, Job>();
+  #queue: Batch[] = [];
+  #batches = new Map<number, Batch>();
   #next = 0;
-  constructor(n: number) {
-    for (let i = 0; i < n; i++) {
-      const slot = { w: workerFromSource(workerSource), inflight: 0 };
-      slot.w.onmessage = ({ data }) => {
-        const job = this.#jobs.get(data.id)!;
-        this.#jobs.delete(data.id);
-        slot.inflight--;
-        if (data.error) job.reject(new Error(data.error));
-        else job.resolve(data);
-        this.#pump();
-      };
-      this.#workers.push(slot);
-    }
+  /** All workers start at once, while the main thread still parses the manifest. */
+  constructor(readonly size: number) {
+    for (let i = 0; i < size; i++) this.#start();
   }
-  run(op: Job["op"], src: string, dst?: string): Promise<{ digest: string; size: number }> {
+  #start(): { w: Worker; inflight: number } {
+    const slot = { w: workerFromSource(workerSource), inflight: 0 };
+    slot.w.onmessage = ({ data }) => {
+      const b = this.#batches.get(data.id)!;
+      this.#batches.delete(data.id);
+      slot.inflight--;
+      b.resolve(data.out);
+      this.#pump();
+    };
+    this.#workers.push(slot);
+    return slot;
+  }
+  run(jobs: Job[], entries: ManifestEntry[], bytes: number): Promise<JobFault[]> {
     return new Promise((resolve, reject) => {
-      this.#queue.push({ op, src, dst, resolve, reject });
+      this.#queue.push({ jobs, entries, bytes, resolve, reject });
       this.#pump();
     });
   }
@@ -219,16 +281,18 @@ class DataPool {
       // the least loaded worker, so that one large file does not hold up the queue behind it
       const slot = this.#workers.reduce((a, b) => b.inflight < a.inflight ? b : a);
       if (slot.inflight >= perWorker) return;
-      const job = this.#queue.shift()!;
+      const b = this.#queue.shift()!;
       const id = this.#next++;
-      this.#jobs.set(id, job);
+      this.#batches.set(id, b);
       slot.inflight++;
-      slot.w.postMessage({ id, op: job.op, src: job.src, dst: job.dst });
+      slot.w.postMessage({ id, jobs: b.jobs });
     }
   }
   close() {
     for (const s of this.#workers) s.w.terminate();
-    for (const j of [...this.#queue, ...this.#jobs.values()]) j.reject(new Error("copy aborted"));
+    for (const b of [...this.#queue, ...this.#batches.values()]) {
+      b.reject(new Error("copy aborted"));
+    }
   }
 }
 
@@ -253,11 +317,94 @@ export interface CopyOptions {
   /** syncfs after this much written data (default 64 MiB) or time (default 5 s), whichever first */
   checkpointBytes?: number;
   checkpointMs?: number;
+  /** how the copy is made (planCopy); planned here when not given */
+  plan?: CopyPlan;
+}
+
+/**
+ * How a copy of `imageId` is made:
+ * - "fresh": a new `image.part`, files hard-linked from other complete copies when identical;
+ * - "resume": `image.part` exists (an interrupted copy, or an interrupted re-deploy in place):
+ *   whatever it holds is re-verified (sha256 of each file), extra entries removed;
+ * - "in-place": re-deploy over the complete copy `base` (a previous version sharing most of its
+ *   bytes): its `image` becomes this image's `image.part` (one rename, made durable before anything
+ *   is changed; from then on the base is incomplete and never booted), and only the entries that
+ *   differ between the two manifests are written, removed or have their metadata set. Unchanged
+ *   files are not touched at all (a hard-link farm would update every inode's link count).
+ */
+export interface CopyPlan {
+  mode: "fresh" | "resume" | "in-place";
+  base?: string;
+  /** space still needed on the partition (blocks rounded, inodes) */
+  need: { bytes: number; inodes: number };
+}
+
+/** Share of the image's bytes a complete copy must already hold (same path and content) for a
+ *  re-deploy in place over it. */
+export const inPlaceShare = 0.5;
+
+function baseManifest(hybridDir: string, id: string): ManifestEntry[] {
+  return [...manifestLines(Deno.readTextFileSync(copyPaths(hybridDir, id).manifest))];
+}
+
+function completeCopies(hybridDir: string, except: string): string[] {
+  try {
+    return [...Deno.readDirSync(hybridDir)]
+      .filter((e) => e.isDirectory && e.name !== except && imageIdPattern.test(e.name))
+      .map((e) => e.name)
+      .filter((id) => isComplete(hybridDir, id))
+      .sort();
+  } catch {
+    return [];
+  }
+}
+
+/** What a copy of `imageId` will do and how much room it still needs. */
+export function planCopy(hybridDir: string, imageId: string, entries: ManifestEntry[]): CopyPlan {
+  const p = copyPaths(hybridDir, imageId);
+  if (lstatOrNull(p.part)) {
+    // Count what the interrupted copy already holds at the right size (verified later).
+    const need = estimateNeed(entries, indexOtherCopies(hybridDir, imageId), 4096, (e) => {
+      const st = e.type === "file" ? lstatOrNull(p.part + e.path) : null;
+      return !!st?.isFile && st.size === e.size;
+    });
+    return { mode: "resume", need };
+  }
+  const total = entries.reduce((s, e) => s + (e.type === "file" ? e.size : 0), 0);
+  let best: { id: string; shared: number; base: Map<string, ManifestEntry> } | undefined;
+  for (const id of completeCopies(hybridDir, imageId)) {
+    const base = new Map(baseManifest(hybridDir, id).map((e) => [e.path, e]));
+    let shared = 0;
+    for (const e of entries) {
+      const b = base.get(e.path);
+      if (e.type === "file" && b?.type === "file" && b.sha256 === e.sha256) shared += e.size;
+    }
+    if (!best || shared > best.shared) best = { id, shared, base };
+  }
+  if (best && total > 0 && best.shared >= inPlaceShare * total) {
+    const base = best.base;
+    const need = estimateNeed(entries, new Map(), 4096, (e) => {
+      const b = base.get(e.path);
+      return !!b && b.type === e.type && (e.type !== "file" || b.sha256 === e.sha256);
+    });
+    return { mode: "in-place", base: best.id, need };
+  }
+  return { mode: "fresh", need: estimateNeed(entries, indexOtherCopies(hybridDir, imageId)) };
 }
 
 /** Ensures `<id>/image` is a complete, verified copy; returns what it did. */
 export async function ensureLocalCopy(opts: CopyOptions): Promise<CopyReport> {
   const t0 = performance.now();
+  const { imageId, hybridDir } = opts;
+  const pool = isComplete(hybridDir, imageId) ? undefined : new DataPool(poolSize());
+  try {
+    return await ensureWith(opts, t0, pool);
+  } finally {
+    pool?.close();
+  }
+}
+
+async function ensureWith(opts: CopyOptions, t0: number, pool?: DataPool): Promise<CopyReport> {
   const { imageId, hybridDir } = opts;
   if (await sha256hex(opts.manifestText) !== imageId) {
     throw new HybridError(
@@ -273,39 +420,82 @@ export async function ensureLocalCopy(opts: CopyOptions): Promise<CopyReport> {
     bytesWritten: 0,
     bytesLinked: 0,
     bytesReused: 0,
+    bytesKept: 0,
     resumed: false,
     ms: 0,
   };
-  if (!isComplete(hybridDir, imageId)) {
-    const run = new CopyRun(opts, report, t0);
+  if (pool && !isComplete(hybridDir, imageId)) {
+    const plan = opts.plan ?? planCopy(hybridDir, imageId, entries);
+    const run = new CopyRun(opts, report, t0, plan, pool);
     await run.copyTree(entries);
-    run.complete();
+    await run.complete();
   }
   report.ms = performance.now() - t0;
   return report;
+}
+
+/** Files created by this process are root's: no chown needed for root's files. */
+const rootCreates = Deno.uid() === 0 && Deno.gid() === 0;
+
+/** Metadata equal (what applyMeta sets). */
+function sameMeta(a: ManifestEntry, b: ManifestEntry): boolean {
+  return a.mode === b.mode && a.uid === b.uid && a.gid === b.gid && a.mtime === b.mtime &&
+    JSON.stringify(a.xattrs ?? {}) === JSON.stringify(b.xattrs ?? {});
+}
+
+function parentOf(path: string): string {
+  const i = path.lastIndexOf("/");
+  return i <= 0 ? "/" : path.slice(0, i);
 }
 
 /** One copy into `<id>/image.part`: the entries in manifest order, file data through the pool. */
 class CopyRun {
   readonly p: ReturnType<typeof copyPaths>;
   readonly index: Map<string, string>;
-  readonly pool = new DataPool(Math.max(2, Math.min(4, navigator.hardwareConcurrency || 2)));
-  /** Directories, for their metadata once everything below them is in place. */
+  /** Directories whose metadata is set once everything below them is in place. */
   readonly dirs: ManifestEntry[] = [];
   /** Hard links, made after the data copies: their first entry may still be in flight. */
   readonly links: ManifestEntry[] = [];
+  /** In place: the base's entries by path (what image.part holds, trusted: it was complete). */
+  readonly base?: Map<string, ManifestEntry>;
+  /** In place: directories whose entries changed (their mtime is set again). */
+  readonly touched = new Set<string>();
   /** The first failure of a file copy (they run concurrently; the others stop early). */
   failure: unknown;
+  pending: Promise<void>[] = [];
+  batch: { jobs: Job[]; entries: ManifestEntry[]; bytes: number } = this.emptyBatch();
   sinceCheckpoint: { bytes: number; at: number };
+  checkpointing?: Promise<void>;
   lastTick = performance.now();
 
-  constructor(readonly opts: CopyOptions, readonly report: CopyReport, readonly t0: number) {
+  constructor(
+    readonly opts: CopyOptions,
+    readonly report: CopyReport,
+    readonly t0: number,
+    readonly plan: CopyPlan,
+    readonly pool: DataPool,
+  ) {
     this.p = copyPaths(opts.hybridDir, opts.imageId);
     Deno.mkdirSync(this.p.base, { recursive: true });
-    report.resumed = lstatOrNull(this.p.part) !== null;
-    Deno.mkdirSync(this.p.part, { recursive: true });
-    this.index = indexOtherCopies(opts.hybridDir, opts.imageId);
+    this.index = plan.mode === "in-place"
+      ? new Map()
+      : indexOtherCopies(opts.hybridDir, opts.imageId);
+    if (plan.mode === "in-place") {
+      const bp = copyPaths(opts.hybridDir, plan.base!);
+      this.base = new Map(baseManifest(opts.hybridDir, plan.base!).map((e) => [e.path, e]));
+      // The one step that takes the base: durable before any file of it is changed, so that a
+      // power cut leaves either the base complete or this image's image.part (re-verified).
+      Deno.renameSync(bp.image, this.p.part);
+      fsyncDir(this.p.base);
+    } else {
+      report.resumed = lstatOrNull(this.p.part) !== null;
+      Deno.mkdirSync(this.p.part, { recursive: true });
+    }
     this.sinceCheckpoint = { bytes: report.bytesWritten, at: performance.now() };
+  }
+
+  emptyBatch() {
+    return { jobs: [] as Job[], entries: [] as ManifestEntry[], bytes: 0 };
   }
 
   dst(e: ManifestEntry): string {
@@ -313,57 +503,102 @@ class CopyRun {
   }
 
   async copyTree(entries: ManifestEntry[]): Promise<void> {
-    const pending: Promise<void>[] = [];
-    try {
-      for (const e of entries) {
-        try {
-          const copying = this.place(e);
-          if (copying) pending.push(copying);
-        } catch (err) {
-          wrapFsError(err, e.path);
-        }
-        this.tick();
+    if (this.base) this.removeStale(entries);
+    else if (this.report.resumed) this.pruneExtra(entries);
+    for (const e of entries) {
+      if (this.failure) break;
+      try {
+        this.place(e);
+      } catch (err) {
+        wrapFsError(err, e.path);
       }
-      await Promise.all(pending);
-    } finally {
-      this.pool.close();
+      this.tick();
     }
+    this.flush();
+    // settle() may queue more (a resumed file that did not verify is copied again)
+    for (let n = -1; n !== this.pending.length;) {
+      n = this.pending.length;
+      await Promise.all(this.pending);
+    }
+    await this.checkpointing;
     if (this.failure) throw this.failure;
     for (const e of this.links) this.hardLink(e);
   }
 
-  /** Puts one entry in place; a file that needs its data copied returns the copy in flight. */
-  place(e: ManifestEntry): Promise<void> | undefined {
+  /** In place: entries of the base that this image does not have (or not as that type) go. */
+  removeStale(entries: ManifestEntry[]): void {
+    const want = new Map(entries.map((e) => [e.path, e]));
+    const stale = [...this.base!.values()].filter((b) => {
+      const e = want.get(b.path);
+      return !e || e.type !== b.type || (b.type === "hardlink" && e.target !== b.target);
+    });
+    for (const b of stale.reverse()) {
+      try {
+        removeIfExists(this.dst(b)); // a stale directory went with its parent: nothing left
+      } catch (err) {
+        wrapFsError(err, b.path);
+      }
+      this.base!.delete(b.path);
+      this.touched.add(parentOf(b.path));
+    }
+  }
+
+  /** Resume: entries image.part holds that the manifest does not (an interrupted re-deploy in
+   *  place leaves the older version's) are removed; a walk of the tree, reads only. */
+  pruneExtra(entries: ManifestEntry[]): void {
+    const want = new Map(entries.map((e) => [e.path, e.type]));
+    const walk = (rel: string) => {
+      for (const d of Deno.readDirSync(this.p.part + rel)) {
+        const path = `${rel}/${d.name}`;
+        const type = want.get(path);
+        if (type === undefined || (type === "dir") !== d.isDirectory) {
+          removeIfExists(this.p.part + path);
+        } else if (d.isDirectory) walk(path);
+      }
+    };
+    walk("");
+  }
+
+  /** Puts one entry in place; file data goes to the pool in batches. */
+  place(e: ManifestEntry): void {
     const dst = this.dst(e);
+    const b = this.base?.get(e.path);
     switch (e.type) {
       case "dir": {
-        const st = lstatOrNull(dst);
-        if (st && !st.isDirectory) removeIfExists(dst);
-        if (!st?.isDirectory) Deno.mkdirSync(dst, { mode: 0o700 });
+        if (this.base) {
+          if (!b) {
+            Deno.mkdirSync(dst, { mode: 0o700 });
+            this.touched.add(parentOf(e.path));
+          }
+          if (!b || !sameMeta(b, e)) this.touched.add(e.path);
+        } else if (!this.report.resumed) {
+          if (e.path !== "/") Deno.mkdirSync(dst, { mode: 0o700 });
+        } else {
+          const st = lstatOrNull(dst);
+          if (!st?.isDirectory) Deno.mkdirSync(dst, { mode: 0o700 });
+        }
         this.dirs.push(e);
         return;
       }
-      case "file": {
-        const st = lstatOrNull(dst);
-        const other = this.index.get(linkKey(e));
-        if (!(st?.isFile && st.size === e.size && this.report.resumed) && other) {
-          if (st) removeIfExists(dst);
-          Deno.linkSync(other, dst);
-          this.report.bytesLinked += e.size;
-          return;
-        }
-        return this.copyFile(e, dst, st);
-      }
+      case "file":
+        return this.placeFile(e, dst, b);
       case "hardlink":
         this.links.push(e);
         return;
       case "symlink":
-        removeIfExists(dst);
+        if (b && b.target === e.target && sameMeta(b, e)) return;
+        this.touch(e);
+        if (this.base || this.report.resumed) removeIfExists(dst);
         Deno.symlinkSync(e.target!, dst);
         applyMeta(dst, e);
         return;
       default: {
-        removeIfExists(dst);
+        if (b && b.rdev?.major === e.rdev?.major && b.rdev?.minor === e.rdev?.minor) {
+          if (!sameMeta(b, e)) applyMeta(dst, e);
+          return;
+        }
+        this.touch(e);
+        if (this.base || this.report.resumed) removeIfExists(dst);
         const kind = { char: S_IFCHR, block: S_IFBLK, fifo: S_IFIFO, socket: S_IFSOCK }[e.type];
         mknod(dst, kind | (e.mode & 0o7777), e.rdev?.major ?? 0, e.rdev?.minor ?? 0);
         applyMeta(dst, e);
@@ -371,35 +606,137 @@ class CopyRun {
     }
   }
 
-  /** A file's data: kept when an interrupted copy left it intact (re-hashed), else copied. */
-  async copyFile(e: ManifestEntry, dst: string, st: Deno.FileInfo | null): Promise<void> {
-    if (this.failure) return;
-    try {
-      if (st?.isFile && st.size === e.size && this.report.resumed) {
-        if ((await this.pool.run("hash", dst)).digest === e.sha256) {
-          this.report.bytesReused += e.size;
+  /** In place: a created or removed entry changes its directory's mtime. */
+  touch(e: ManifestEntry): void {
+    if (this.base) this.touched.add(parentOf(e.path));
+  }
+
+  placeFile(e: ManifestEntry, dst: string, b: ManifestEntry | undefined): void {
+    if (this.base) {
+      if (b && b.sha256 === e.sha256 && b.size === e.size) {
+        // Unchanged data: not touched (its metadata set only if it changed, on its own inode).
+        if (sameMeta(b, e)) {
+          this.report.bytesKept += e.size;
+          return;
+        }
+        const st = Deno.lstatSync(dst);
+        // (an xattr the new version no longer has is not removed: such a file is written anew)
+        const dropped = Object.keys(b.xattrs ?? {}).some((k) => !(k in (e.xattrs ?? {})));
+        if (st.nlink === 1 && !dropped) {
           applyMeta(dst, e);
-          this.tick(); // re-verifying a large interrupted copy takes a while too: show progress
+          this.report.bytesKept += e.size;
           return;
         }
       }
-      if (st) removeIfExists(dst);
-      const r = await this.pool.run("copy", this.opts.source + e.path, dst);
-      if (r.digest !== e.sha256 || r.size !== e.size) {
-        Deno.removeSync(dst);
-        throw new HybridError(
-          "corrupt",
-          `${e.path}: source does not match the manifest (sha256 ${r.digest.slice(0, 12)}…, ` +
-            `${r.size} bytes; expected ${e.sha256?.slice(0, 12)}…, ${e.size} bytes)`,
-        );
+      // Changed: written over its own inode when not shared (no new inode, no directory entry);
+      // a file linked from elsewhere is replaced so the other name keeps its content.
+      const st = b ? lstatOrNull(dst) : null;
+      const dropped = Object.keys(b?.xattrs ?? {}).some((k) => !(k in (e.xattrs ?? {})));
+      const overwrite = !!st?.isFile && st.nlink === 1 && !dropped;
+      if (st && !overwrite) removeIfExists(dst);
+      if (!st || !overwrite) this.touch(e);
+      return this.queue({ ...this.job("copy", e, dst), overwrite }, e);
+    }
+    if (!this.report.resumed) {
+      const other = this.index.get(linkKey(e));
+      if (other) {
+        Deno.linkSync(other, dst);
+        this.report.bytesLinked += e.size;
+        return;
       }
-      this.report.bytesWritten += e.size;
-      applyMeta(dst, e);
+      return this.queue(this.job("copy", e, dst), e);
+    }
+    const st = lstatOrNull(dst);
+    if (st?.isFile && st.size === e.size) return this.queue(this.job("hash", e, dst), e);
+    const other = this.index.get(linkKey(e));
+    if (st) removeIfExists(dst);
+    if (other) {
+      Deno.linkSync(other, dst);
+      this.report.bytesLinked += e.size;
+      return;
+    }
+    return this.queue(this.job("copy", e, dst), e);
+  }
+
+  job(op: Job["op"], e: ManifestEntry, dst: string): Job {
+    const fresh = !this.base && !this.report.resumed;
+    return {
+      chown: !(fresh && e.uid === 0 && e.gid === 0 && rootCreates),
+      op,
+      src: this.opts.source + e.path,
+      dst,
+      size: e.size,
+      sha256: e.sha256 ?? "",
+      uid: e.uid,
+      gid: e.gid,
+      mode: e.mode,
+      mtime: e.mtime,
+    };
+  }
+
+  queue(job: Job, e: ManifestEntry): void {
+    const b = this.batch;
+    b.jobs.push(job), b.entries.push(e), b.bytes += e.size;
+    if (b.bytes >= batchBytes || b.jobs.length >= batchFiles) this.flush();
+  }
+
+  flush(): void {
+    const { jobs, entries, bytes } = this.batch;
+    if (!jobs.length) return;
+    this.batch = this.emptyBatch();
+    this.pending.push(
+      this.pool.run(jobs, entries, bytes).then(
+        (faults) => this.settle(jobs, entries, faults),
+        (err) => {
+          this.failure ??= err;
+        },
+      ),
+    );
+  }
+
+  /** A batch is back: mismatches and errors fail the copy; a resumed file that did not verify is
+   *  copied again; xattrs are set (after the worker's chown, which clears capabilities). */
+  settle(jobs: Job[], entries: ManifestEntry[], faults: JobFault[]): void {
+    try {
+      const bad = new Map(faults.map((f) => [f.i, f]));
+      for (let i = 0; i < jobs.length; i++) {
+        const j = jobs[i], e = entries[i], f = bad.get(i);
+        if (f?.error !== undefined) {
+          const err = Object.assign(new Error(f.error), { code: f.code });
+          wrapFsError(err, e.path);
+        }
+        if (this.failure) return;
+        if (j.op === "hash") {
+          if (f) {
+            removeIfExists(j.dst);
+            this.queue(this.job("copy", e, j.dst), e);
+            continue;
+          }
+          this.report.bytesReused += e.size;
+          applyMeta(j.dst, e);
+          continue;
+        }
+        if (f) {
+          removeIfExists(j.dst);
+          throw new HybridError(
+            "corrupt",
+            `${e.path}: source does not match the manifest (sha256 ${f.digest?.slice(0, 12)}…, ` +
+              `${f.size} bytes; expected ${e.sha256?.slice(0, 12)}…, ${e.size} bytes)`,
+          );
+        }
+        if (e.xattrs) {
+          for (const [name, b64] of Object.entries(e.xattrs)) {
+            setXattr(j.dst, name, Uint8Array.from(atob(b64), (c) => c.charCodeAt(0)));
+          }
+        }
+        this.report.bytesWritten += e.size;
+      }
+      if (this.batch.jobs.length) this.flush(); // files to copy again after a failed re-hash
       this.checkpoint();
       this.tick();
     } catch (err) {
       try {
-        wrapFsError(err, e.path);
+        wrapFsError(err, "copy");
       } catch (wrapped) {
         this.failure ??= wrapped;
       }
@@ -409,26 +746,34 @@ class CopyRun {
   hardLink(e: ManifestEntry): void {
     const dst = this.p.part + e.path, target = this.p.part + e.target!;
     try {
-      const st = lstatOrNull(dst);
-      if (st && st.ino === Deno.lstatSync(target).ino) return;
-      if (st) removeIfExists(dst);
+      if (this.base || this.report.resumed) {
+        const st = lstatOrNull(dst);
+        if (st && st.ino === Deno.lstatSync(target).ino) return;
+        if (st) removeIfExists(dst);
+      }
       Deno.linkSync(target, dst);
+      this.touch(e);
     } catch (err) {
       wrapFsError(err, e.path);
     }
   }
 
   /** Files completed before a checkpoint survive a power cut (and are re-verified, not trusted).
-   *  Synchronous, before the progress tick: a reported `done` is at most one interval ahead of
-   *  the disk. */
+   *  The flush runs on a thread of its own while the copy goes on; one at a time, so what a
+   *  progress report calls done is at most about two intervals ahead of the disk. */
   checkpoint(): void {
     const { opts, report } = this;
+    if (this.checkpointing) return;
     if (
       report.bytesWritten - this.sinceCheckpoint.bytes < (opts.checkpointBytes ?? 64 << 20) &&
       performance.now() - this.sinceCheckpoint.at < (opts.checkpointMs ?? 5000)
     ) return;
-    syncfs(this.p.base);
     this.sinceCheckpoint = { bytes: report.bytesWritten, at: performance.now() };
+    this.checkpointing = syncfsAsync(this.p.base).catch((err) => {
+      this.failure ??= new HybridError("io", `checkpoint: ${(err as Error).message}`);
+    }).finally(() => {
+      this.checkpointing = undefined;
+    });
   }
 
   tick(force = false): void {
@@ -439,19 +784,27 @@ class CopyRun {
     }
     this.lastTick = now;
     opts.onProgress({
-      done: report.bytesWritten + report.bytesLinked + report.bytesReused,
+      done: report.bytesWritten + report.bytesLinked + report.bytesReused + report.bytesKept,
       total: report.bytesTotal,
       rate: report.bytesWritten / Math.max((now - this.t0) / 1000, 1e-3),
     });
   }
 
   /** Directory metadata, then the copy becomes `<id>/image` (after syncfs: all or nothing). */
-  complete(): void {
+  async complete(): Promise<void> {
     const p = this.p;
     try {
-      // Directories last, deepest first, so creating children does not bump their mtimes again.
-      for (const e of this.dirs.reverse()) applyMeta(this.dst(e), e);
-      syncfs(p.base);
+      // Directories last, deepest first, so creating children does not bump their mtimes again;
+      // in place, only those whose metadata or entries changed.
+      for (const e of this.dirs.reverse()) {
+        if (!this.base || this.touched.has(e.path)) {
+          for (const name of Object.keys(this.base?.get(e.path)?.xattrs ?? {})) {
+            if (!(name in (e.xattrs ?? {}))) removeXattr(this.dst(e), name);
+          }
+          applyMeta(this.dst(e), e);
+        }
+      }
+      await syncfsAsync(p.base);
       const tmp = `${p.manifest}.tmp`;
       Deno.writeTextFileSync(tmp, this.opts.manifestText);
       Deno.renameSync(tmp, p.manifest);

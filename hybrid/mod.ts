@@ -90,11 +90,12 @@ function progressReporter(o: HybridBootOptions): (p: CopyProgress) => void {
 }
 
 function copyDoneText(r: CopyReport): string {
-  if (r.bytesWritten + r.bytesLinked + r.bytesReused === 0) {
+  if (r.bytesWritten + r.bytesLinked + r.bytesReused + r.bytesKept === 0) {
     return "hybrid copy already complete: no copy";
   }
   return `hybrid copy done: ${mb(r.bytesWritten)} MB written, ${mb(r.bytesLinked)} MB linked ` +
     `from other copies, ${mb(r.bytesReused)} MB kept from an interrupted copy, ` +
+    `${mb(r.bytesKept)} MB kept in place from the previous version, ` +
     `${(r.ms / 1000).toFixed(1)} s`;
 }
 
@@ -109,6 +110,7 @@ function readyFields(root: HybridRoot): Partial<StageReport> {
     bytesWritten: r.bytesWritten,
     bytesLinked: r.bytesLinked,
     bytesReused: r.bytesReused,
+    bytesKept: r.bytesKept,
     resumed: r.resumed,
     evicted: root.evicted.length,
   };

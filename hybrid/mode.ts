@@ -7,6 +7,7 @@ import { statvfs } from "../src/linux/fsops.ts";
 import { manifestLines } from "../contract/manifest.ts";
 import {
   copyPaths,
+  type CopyPlan,
   type CopyProgress,
   type CopyReport,
   ensureLocalCopy,
@@ -15,6 +16,7 @@ import {
   imageIdPattern,
   indexOtherCopies,
   isComplete,
+  planCopy,
 } from "./copy.ts";
 
 export type Variant = "volatile" | "persistent";
@@ -38,11 +40,12 @@ function lastBooted(hybridDir: string, id: string): number {
 
 /**
  * Frees space for `need` by removing other images' copies, least recently booted first (unfinished
- * copies of other images before complete ones). Never touches `keep`. Returns the removed ids.
+ * copies of other images before complete ones). Never touches `keep`: the image being deployed and
+ * the copy it is re-deployed over in place. Returns the removed ids.
  */
 export function makeRoom(
   hybridDir: string,
-  keep: string,
+  keep: string | string[],
   need: { bytes: number; inodes: number },
   space: (path: string) => { freeBytes: number; freeInodes: number } = statvfs,
 ): string[] {
@@ -52,8 +55,9 @@ export function makeRoom(
   };
   const evicted: string[] = [];
   if (fits()) return evicted;
+  const kept = new Set([keep].flat());
   const others = [...Deno.readDirSync(hybridDir)]
-    .filter((e) => e.isDirectory && imageIdPattern.test(e.name) && e.name !== keep)
+    .filter((e) => e.isDirectory && imageIdPattern.test(e.name) && !kept.has(e.name))
     .map((e) => e.name)
     .sort((a, b) =>
       Number(isComplete(hybridDir, a)) - Number(isComplete(hybridDir, b)) ||
@@ -74,6 +78,7 @@ export interface PrepareOptions {
   manifestText: string;
   source: string;
   onProgress?(p: CopyProgress): void;
+  progressIntervalMs?: number;
   log?(msg: string): void;
   space?: (path: string) => { freeBytes: number; freeInodes: number };
 }
@@ -82,15 +87,23 @@ export async function prepareHybridRoot(opts: PrepareOptions): Promise<HybridRoo
   const log = opts.log ?? (() => {});
   const p = copyPaths(opts.hybridDir, opts.imageId);
   let evicted: string[] = [];
+  let plan: CopyPlan | undefined;
   if (!isComplete(opts.hybridDir, opts.imageId)) {
     const entries = [...manifestLines(opts.manifestText)];
-    const index = indexOtherCopies(opts.hybridDir, opts.imageId);
-    const need = estimateNeed(entries, index);
+    plan = planCopy(opts.hybridDir, opts.imageId, entries);
+    const need = { ...plan.need };
     // 5 % margin: directory blocks, journal, metadata of the overlay dirs
     need.bytes = Math.ceil(need.bytes * 1.05) + (1 << 20);
     // Evicting a copy we would hard-link from defeats the purpose, but correctness first: the
-    // need is recomputed after eviction below by the copy itself (links to evicted copies vanish).
-    evicted = makeRoom(opts.hybridDir, opts.imageId, need, opts.space);
+    // copy indexes the other copies again after eviction (links to evicted copies vanish). The
+    // base of a re-deploy in place is kept with the image itself: its tree becomes the new copy.
+    evicted = makeRoom(opts.hybridDir, [opts.imageId, plan.base ?? opts.imageId], need, opts.space);
+    if (plan.mode === "fresh" && evicted.length) {
+      plan = {
+        ...plan,
+        need: estimateNeed(entries, indexOtherCopies(opts.hybridDir, opts.imageId)),
+      };
+    }
     if (evicted.length) log(`evicted ${evicted.length} older image copies to make room`);
     const s = (opts.space ?? statvfs)(opts.hybridDir);
     if (s.freeBytes < need.bytes || s.freeInodes < need.inodes) {
@@ -110,6 +123,8 @@ export async function prepareHybridRoot(opts: PrepareOptions): Promise<HybridRoo
       imageId: opts.imageId,
       manifestText: opts.manifestText,
       onProgress: opts.onProgress,
+      progressIntervalMs: opts.progressIntervalMs,
+      plan,
     });
   } catch (e) {
     // A full disk leaves the partial copy useless and in the way of other copies: remove it.

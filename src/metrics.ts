@@ -137,7 +137,7 @@ export class Metrics {
   );
   readonly hybridBytes = new Counter(
     "netroot_hybrid_copy_bytes_total",
-    "Bytes of completed hybrid copies, by how (written, linked, reused).",
+    "Bytes of completed hybrid copies, by how (written, linked, reused, kept).",
   );
   readonly nfsReloads = new Counter(
     "netroot_nfs_export_reloads_total",
@@ -171,6 +171,7 @@ export class Metrics {
         this.hybridBytes.inc({ how: "written" }, num(d.bytesWritten));
         this.hybridBytes.inc({ how: "linked" }, num(d.bytesLinked));
         this.hybridBytes.inc({ how: "reused" }, num(d.bytesReused));
+        this.hybridBytes.inc({ how: "kept" }, num(d.bytesKept));
       }
     } else if (kind === "nfs.exports") {
       this.nfsReloads.inc();

@@ -4,8 +4,14 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { manifestText } from "../contract/manifest.ts";
 import { scanTree } from "../src/images/walk.ts";
-import { setXattr as lsetxattr } from "../src/linux/xattr.ts";
-import { copyPaths, ensureLocalCopy, HybridError } from "../hybrid/copy.ts";
+import { removeXattr, setXattr as lsetxattr } from "../src/linux/xattr.ts";
+import {
+  copyPaths,
+  type CopyReport,
+  ensureLocalCopy,
+  HybridError,
+  isComplete,
+} from "../hybrid/copy.ts";
 import { makeRoom, prepareHybridRoot } from "../hybrid/mode.ts";
 import { loopExt4, run } from "./support/ext4disk.ts";
 
@@ -148,8 +154,11 @@ Deno.test("hybrid copy (root): killed mid-copy, the next run resumes, re-verifie
     await reader.cancel();
     const part = copyPaths(hybridDir, m.id).part;
     assert.ok(Deno.statSync(part).isDirectory, "an interrupted copy leaves image.part");
-    // A half-written file with the right size but wrong bytes must not be trusted.
-    const victim = `${part}/data/f0000`;
+    // A half-written file with the right size but wrong bytes must not be trusted. (The workers
+    // finish their batches in any order: the first complete file, not necessarily f0000.)
+    const victim = [...Deno.readDirSync(`${part}/data`)].map((d) => `${part}/data/${d.name}`)
+      .sort().find((f) => Deno.statSync(f).size === 1024 * 1024);
+    assert.ok(victim, "at least one file was complete at the cut");
     const b = Deno.readFileSync(victim);
     b[100] ^= 0xff;
     Deno.writeFileSync(victim, b);
@@ -166,7 +175,7 @@ Deno.test("hybrid copy (root): killed mid-copy, the next run resumes, re-verifie
   });
 });
 
-Deno.test("hybrid copy (root): a 1 %-changed image writes ≤ 2 % (hard links from the older copy)", async () => {
+Deno.test("hybrid copy (root): a 1 %-changed image is re-deployed in place: ≤ 2 % written at the device", async () => {
   await withDisk(128, async (disk, tmp) => {
     await makeTree(`${tmp}/v1`, { files: 100, fileKiB: 256, seed: 4 });
     const v1 = await manifestOf(`${tmp}/v1`);
@@ -194,15 +203,152 @@ Deno.test("hybrid copy (root): a 1 %-changed image writes ≤ 2 % (hard links fr
       r.bytesWritten <= 0.02 * r.bytesTotal,
       `copy wrote ${r.bytesWritten} of ${r.bytesTotal}`,
     );
-    assert.ok(r.bytesLinked >= 0.98 * r.bytesTotal);
-    // Block-device statistics include metadata and the journal: still far below a full rewrite.
-    assert.ok(deviceWrites < 0.1 * r.bytesTotal, `device wrote ${deviceWrites} of ${r.bytesTotal}`);
+    assert.ok(r.bytesKept >= 0.98 * r.bytesTotal, `kept ${r.bytesKept}`);
+    assert.equal(r.bytesLinked + r.bytesReused, 0);
+    // Block-device statistics include metadata, the manifest and the journal.
+    assert.ok(
+      deviceWrites < 0.02 * r.bytesTotal,
+      `device wrote ${deviceWrites} of ${r.bytesTotal}`,
+    );
     console.log(
       `1%-changed image: copy wrote ${(100 * r.bytesWritten / r.bytesTotal).toFixed(2)} % of ` +
         `${r.bytesTotal} B; block device wrote ${(100 * deviceWrites / r.bytesTotal).toFixed(2)} %`,
     );
     assert.equal((await manifestOf(copyPaths(hybridDir, v2.id).image)).text, v2.text);
+    assert.ok(!isComplete(hybridDir, v1.id), "v1's tree became v2's");
   });
+});
+
+Deno.test("hybrid copy (root): in place, every kind of change; a file linked from another copy is left intact", async () => {
+  await withDisk(64, async (disk, tmp) => {
+    await makeTree(`${tmp}/v1`, { files: 20, fileKiB: 64, seed: 12 });
+    await Deno.mkdir(`${tmp}/v1/gone/deep`, { recursive: true });
+    await Deno.writeTextFile(`${tmp}/v1/gone/deep/x`, "x");
+    await Deno.writeTextFile(`${tmp}/v1/etc/becomes-dir`, "file");
+    lsetxattr(`${tmp}/v1/data/f0006`, "user.gone", new TextEncoder().encode("1"));
+    lsetxattr(`${tmp}/v1/data`, "user.gone", new TextEncoder().encode("1"));
+    const v1 = await manifestOf(`${tmp}/v1`);
+    // Another image holding f0001 identical: v1's copy links it from there.
+    await Deno.mkdir(`${tmp}/other/data`, { recursive: true });
+    run("cp", "-a", `${tmp}/v1/data/f0001`, `${tmp}/other/data/f0001`);
+    const other = await manifestOf(`${tmp}/other`);
+    const hybridDir = `${disk.mnt}/walt-hybrid`;
+    const copy = (src: string, m: { id: string; text: string }) =>
+      ensureLocalCopy({ source: `${tmp}/${src}`, hybridDir, imageId: m.id, manifestText: m.text });
+    await copy("other", other);
+    assert.ok((await copy("v1", v1)).bytesLinked > 0);
+
+    run("cp", "-a", `${tmp}/v1`, `${tmp}/v2`);
+    const f1 = Deno.readFileSync(`${tmp}/v2/data/f0001`);
+    f1[0] ^= 1;
+    Deno.writeFileSync(`${tmp}/v2/data/f0001`, f1); // content change of a linked file
+    Deno.utimeSync(`${tmp}/v2/data/f0001`, 1_600_000_000, 1_600_000_000);
+    Deno.writeFileSync(`${tmp}/v2/data/f0002`, new Uint8Array(10)); // shorter
+    Deno.chmodSync(`${tmp}/v2/data/f0003`, 0o600); // metadata only
+    removeXattr(`${tmp}/v2/data/f0006`, "user.gone"); // an xattr dropped, file and directory
+    removeXattr(`${tmp}/v2/data`, "user.gone");
+    Deno.removeSync(`${tmp}/v2/data/f0004`);
+    Deno.writeTextFileSync(`${tmp}/v2/data/new`, "new file");
+    Deno.removeSync(`${tmp}/v2/gone`, { recursive: true });
+    Deno.removeSync(`${tmp}/v2/etc/becomes-dir`);
+    Deno.mkdirSync(`${tmp}/v2/etc/becomes-dir`);
+    Deno.removeSync(`${tmp}/v2/etc/ping-link`);
+    Deno.symlinkSync("elsewhere", `${tmp}/v2/etc/ping-link`);
+    Deno.removeSync(`${tmp}/v2/usr/bin/ping6`); // the hard link goes…
+    Deno.linkSync(`${tmp}/v2/data/f0005`, `${tmp}/v2/usr/bin/ping6`); // …to another file
+    const v2 = await manifestOf(`${tmp}/v2`);
+    const r = await copy("v2", v2);
+    assert.ok(r.bytesKept > 0 && r.bytesWritten < r.bytesTotal / 2, JSON.stringify(r));
+    assert.equal((await manifestOf(copyPaths(hybridDir, v2.id).image)).text, v2.text);
+    assert.equal(
+      (await manifestOf(copyPaths(hybridDir, other.id).image)).text,
+      other.text,
+      "the other image's copy, which shared f0001 with v1, is unchanged",
+    );
+  });
+});
+
+/** v1 copied, then a re-deploy of v2 (1 file of 40 changed, one added, one removed) cut by a power
+ *  cut after `progressAt` progress reports (Infinity: right after the commit); the next boot must
+ *  give v2 complete and verified. */
+async function cutRedeploy(progressAt: number): Promise<{ cut: boolean; next: CopyReport }> {
+  let out: { cut: boolean; next: CopyReport } | undefined;
+  await withDisk(64, async (disk, tmp) => {
+    await makeTree(`${tmp}/v1`, { files: 40, fileKiB: 256, seed: 13 });
+    const v1 = await manifestOf(`${tmp}/v1`);
+    run("cp", "-a", `${tmp}/v1`, `${tmp}/v2`);
+    for (const i of [3, 17, 31]) {
+      const f = `${tmp}/v2/data/f${String(i).padStart(4, "0")}`;
+      const b = Deno.readFileSync(f);
+      b[5] ^= 1;
+      Deno.writeFileSync(f, b);
+    }
+    Deno.removeSync(`${tmp}/v2/data/f0020`);
+    Deno.writeFileSync(`${tmp}/v2/data/added`, new Uint8Array(300_000).fill(3));
+    const v2 = await manifestOf(`${tmp}/v2`);
+    const hybridDir = `${disk.mnt}/walt-hybrid`;
+    const prepare = (src: string, m: { id: string; text: string }) =>
+      prepareHybridRoot({
+        hybridDir,
+        persistent: false,
+        imageId: m.id,
+        manifestText: m.text,
+        source: `${tmp}/${src}`,
+      });
+    await prepare("v1", v1);
+    run("sync");
+    // The re-deploy runs in a child process that stops dead at its Nth progress report (or right
+    // after its commit); the power is cut then, the child killed: nothing of it runs afterwards.
+    await Deno.writeTextFile(`${tmp}/manifest`, v2.text);
+    const script = `${tmp}/redeploy.ts`;
+    await Deno.writeTextFile(
+      script,
+      `import { prepareHybridRoot } from "${new URL("../hybrid/mode.ts", import.meta.url).href}";
+       const stop = () => { console.log("CUT"); Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0); };
+       let n = 0;
+       await prepareHybridRoot({ hybridDir: "${hybridDir}", persistent: false, imageId: "${v2.id}",
+         manifestText: Deno.readTextFileSync("${tmp}/manifest"), source: "${tmp}/v2",
+         progressIntervalMs: 0, onProgress: () => { if (++n === ${progressAt}) stop(); } });
+       stop();`,
+    );
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", script],
+      stdout: "piped",
+      stderr: "inherit",
+    }).spawn();
+    const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    let buf = "", cut = false;
+    while (!buf.includes("CUT")) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buf += value;
+    }
+    if (buf.includes("CUT")) disk.powerCut(), cut = true;
+    child.kill("SIGKILL");
+    await child.status;
+    await reader.cancel();
+    disk.powerOn();
+    // Next boot: v2 is there, complete and exactly its manifest.
+    const next = await prepare("v2", v2);
+    assert.equal((await manifestOf(copyPaths(hybridDir, v2.id).image)).text, v2.text);
+    assert.ok(isComplete(hybridDir, v2.id));
+    out = { cut, next: next.report };
+  });
+  return out!;
+}
+
+Deno.test("hybrid (root): re-deploy in place cut by a power cut before its commit → the next boot re-verifies and completes it", async () => {
+  for (const at of [1, 20, 45]) {
+    const { cut, next } = await cutRedeploy(at);
+    assert.ok(cut, `cut at progress report ${at}`);
+    assert.ok(next.resumed, `the next boot resumed v2's image.part: ${JSON.stringify(next)}`);
+  }
+});
+
+Deno.test("hybrid (root): re-deploy cut after its commit → the next boot finds it complete, copies nothing", async () => {
+  const { cut, next } = await cutRedeploy(Infinity);
+  assert.ok(cut);
+  assert.equal(next.bytesWritten + next.bytesReused + next.bytesLinked + next.bytesKept, 0);
 });
 
 Deno.test("hybrid (root): no room → no-space error before copying; older copies evicted LRU first", async () => {
@@ -244,6 +390,15 @@ Deno.test("hybrid (root): no room → no-space error before copying; older copie
       () => ({ freeBytes: free++, freeInodes: 1e6 }),
     );
     assert.deepEqual(evicted, [ids[0]]);
+    // Kept: the image being deployed and the copy it is re-deployed over, whatever their age.
+    free = 0;
+    assert.deepEqual(
+      makeRoom(hybridDir, [ids[2], ids[1]], { bytes: 1e15, inodes: 1 }, () => ({
+        freeBytes: free++,
+        freeInodes: 1e6,
+      })),
+      [],
+    );
     assert.ok(
       Deno.statSync(copyPaths(hybridDir, ids[2]).image).isDirectory,
       "current never evicted",

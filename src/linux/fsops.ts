@@ -70,6 +70,25 @@ export function syncfs(path: string): void {
   withFd(path, O_RDONLY, (fd) => check("syncfs", libc().syncfs(fd), path));
 }
 
+let asyncLib:
+  | Deno.DynamicLibrary<{ syncfs: { parameters: ["i32"]; result: "i32"; nonblocking: true } }>
+  | undefined;
+
+/** syncfs on a thread of its own: the caller keeps working while the file system is flushed.
+ *  Everything written before the call is on disk when the promise resolves. */
+export async function syncfsAsync(path: string): Promise<void> {
+  asyncLib ??= openLibc(
+    { syncfs: { parameters: ["i32"], result: "i32", nonblocking: true } } as const,
+  );
+  const fd = check("open", libc().open(cstr(path), O_RDONLY | O_CLOEXEC, 0), path);
+  try {
+    const rc = await asyncLib.symbols.syncfs(fd);
+    if (rc < 0) throw new Error(`syncfs ${path}: failed (the errno of another thread is not ours)`);
+  } finally {
+    libc().close(fd);
+  }
+}
+
 /** fsync of a directory: makes a rename inside it durable. */
 export function fsyncDir(path: string): void {
   withFd(path, O_RDONLY | O_DIRECTORY, (fd) => check("fsync", libc().fsync(fd), path));

@@ -7,12 +7,35 @@ export function run(cmd: string, ...args: string[]): string {
   return new TextDecoder().decode(out.stdout).trim();
 }
 
+const EXT4_IOC_SHUTDOWN = 0x8004587dn, EXT4_GOING_FLAGS_NOLOGFLUSH = 2;
+let lib:
+  | Deno.DynamicLibrary<{
+    open: { parameters: ["buffer", "i32", "u32"]; result: "i32" };
+    close: { parameters: ["i32"]; result: "i32" };
+    ioctl: { parameters: ["i32", "u64", "buffer"]; result: "i32" };
+  }>
+  | undefined;
+const libc = () =>
+  (lib ??= Deno.dlopen(
+    "libc.so.6",
+    {
+      open: { parameters: ["buffer", "i32", "u32"], result: "i32" },
+      close: { parameters: ["i32"], result: "i32" },
+      ioctl: { parameters: ["i32", "u64", "buffer"], result: "i32" },
+    } as const,
+  )).symbols;
+
 export interface LoopExt4 {
   file: string;
   loop: string; // /dev/loopN
   mnt: string;
   /** sectors written to the loop device so far (/sys/block/loopN/stat field 7) */
   writtenBytes(): number;
+  /** A power cut: the file system stops at once (EXT4_IOC_SHUTDOWN, no log flush): what is not on
+   *  the device yet is lost, every later call on it fails. */
+  powerCut(): void;
+  /** After a power cut (once its writer has stopped): unmount, mount again (journal replay). */
+  powerOn(): void;
   close(): Promise<void>;
 }
 
@@ -24,22 +47,57 @@ export async function loopExt4(sizeMiB: number, dir?: string): Promise<LoopExt4>
   await Deno.mkdir(mnt, { recursive: true });
   run("truncate", "-s", `${sizeMiB}M`, file);
   run("mkfs.ext4", "-q", "-F", "-b", "4096", "-m", "0", file);
-  const loop = run("losetup", "-f", "--show", file);
+  let loop = run("losetup", "-f", "--show", file);
   try {
     run("mount", "-t", "ext4", loop, mnt);
   } catch (e) {
     run("losetup", "-d", loop);
     throw e;
   }
-  const name = loop.replace("/dev/", "");
+  let name = loop.replace("/dev/", "");
   return {
     file,
-    loop,
+    get loop() {
+      return loop;
+    },
     mnt,
     writtenBytes() {
       run("sync");
       const f = Deno.readTextFileSync(`/sys/block/${name}/stat`).trim().split(/\s+/).map(Number);
       return f[6] * 512;
+    },
+    powerCut() {
+      const fd = libc().open(new TextEncoder().encode(mnt + "\0"), 0o2000000, 0);
+      if (fd < 0) throw new Error(`open ${mnt} failed`);
+      try {
+        const flags = new Uint32Array([EXT4_GOING_FLAGS_NOLOGFLUSH]);
+        if (libc().ioctl(fd, EXT4_IOC_SHUTDOWN, new Uint8Array(flags.buffer)) < 0) {
+          throw new Error("EXT4_IOC_SHUTDOWN failed");
+        }
+      } finally {
+        libc().close(fd);
+      }
+    },
+    powerOn() {
+      for (let i = 0;; i++) {
+        try {
+          run("umount", mnt);
+          break;
+        } catch (e) {
+          if (i >= 50) throw e;
+          run("sleep", "0.1"); // a worker of the interrupted copy may still hold a file open
+        }
+      }
+      // On a new loop device over the same file: another mount namespace made meanwhile (any
+      // `ip netns exec`, `unshare -m` on this machine) may hold a copy of the old mount, which
+      // keeps the shut-down superblock alive; mounting the same device again would get that one
+      // back (every call EIO) instead of replaying the journal.
+      try {
+        run("losetup", "-d", loop);
+      } catch { /* busy: detached when its last user goes */ }
+      loop = run("losetup", "-f", "--show", file);
+      name = loop.replace("/dev/", "");
+      run("mount", "-t", "ext4", loop, mnt);
     },
     async close() {
       // A busy mount (a straggling reader) is detached lazily: never delete `base` while the file
