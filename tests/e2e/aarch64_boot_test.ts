@@ -11,7 +11,7 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { AAVMF_CODE } from "../../src/vnode/qemu.ts";
 import { buildTinyImage } from "../../src/lab/tinyimage.ts";
-import { arm64Kernel, loaderDirWithArm64 } from "../support/arm64.ts";
+import { arm64Kernel, loaderDirWithArm64, seedArm64Runtime } from "../support/arm64.ts";
 import { workCacheDir } from "../support/kernel.ts";
 import { assertInOrder, type Lab, startLab } from "./harness.ts";
 
@@ -39,6 +39,7 @@ Deno.test({
       });
       const loaders = await loaderDirWithArm64(join(tmp, "ipxe"));
       lab = await startLab({ nfs: "ganesha", serveArgs: ["--ipxe-dir", loaders] });
+      await seedArm64Runtime(lab.data);
       await lab.cli("image", "import", image.dir, "--name", "arm");
       lab.log(`setup (kernel ${kernel.kv}, image, lab) took ${secs(t0)} s`);
       const t1 = performance.now();
