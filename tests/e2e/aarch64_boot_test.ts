@@ -5,7 +5,8 @@
 //   → Debian's arm64 kernel + netroot's aarch64 initramfs (the arm64 Deno runtime from npm, its
 //   libraries from the image) → network mode (NFS root + overlay) → the image's init (an arm64
 //   busybox-static image).
-// One boot under TCG (a few minutes): the same chain proves the Raspberry Pi path from the kernel on.
+// One boot under TCG (36 s from vnode create to the image's init on a 2-core host, 44 s in all with
+// the lab): the same chain proves the Raspberry Pi path from the kernel on.
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
