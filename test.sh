@@ -10,13 +10,17 @@ cd "$(dirname "$(readlink -f "$0")")"
 export NO_COLOR=1 DENO_NO_UPDATE_CHECK=1 RUST_BACKTRACE=0
 if [ "${1:-}" = "--skip-vm" ]; then export NETROOT_SKIP_VM=1; shift; fi
 
+# The aarch64 e2e downloads arm64 packages (kernel, busybox-static, libc6): the architecture must be
+# known to dpkg (idempotent; the x86 packages are untouched) and its package lists present.
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then dpkg --add-architecture arm64; fi
 missing=()
 while read -r p; do
   [ -z "$p" ] || [ "${p#\#}" != "$p" ] && continue
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done < tools/apt-packages.txt
 # The e2e tests `apt-get download` the kernel and busybox-static: package lists must exist.
-if [ ${#missing[@]} -gt 0 ] || ! ls /var/lib/apt/lists/*_Packages* >/dev/null 2>&1; then
+if [ ${#missing[@]} -gt 0 ] || ! ls /var/lib/apt/lists/*_Packages* >/dev/null 2>&1 ||
+  ! ls /var/lib/apt/lists/*binary-arm64_Packages* >/dev/null 2>&1; then
   apt-get update -q
 fi
 if [ ${#missing[@]} -gt 0 ]; then

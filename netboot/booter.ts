@@ -143,6 +143,8 @@ export interface HttpBooter {
   reported(mac: string, token: string, stage: string): void;
   /** The iPXE binaries' directory (GET /boot/ipxe/<file>). */
   ipxeDir: string;
+  /** Where a binary missing from ipxeDir is looked for (the release bundle's loaders). */
+  ipxeFallbackDir?: string;
   /** Base URL nodes use, when the server knows it (else the request's origin). */
   nodeUrl(): string | undefined;
   events: EventSink;

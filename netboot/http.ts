@@ -23,6 +23,7 @@ import type { Context as HonoContext } from "hono";
 import { join } from "node:path";
 import { logger } from "../src/log.ts";
 import { renderBootScript, renderRefusalScript } from "./ipxe.ts";
+import { ipxeFile } from "./tftp/resolve.ts";
 
 const log = logger("http");
 
@@ -373,11 +374,14 @@ async function ipxeRoute(
   const file = c.req.param("file")!;
   const ip = remoteIpv4(c);
   const mac = (ip && booter.macAt(ip)) || null;
+  // A loader missing from the iPXE dir comes from the fallback (the release bundle's) if there.
+  const path = await ipxeFile(booter.ipxeDir, file, booter.ipxeFallbackDir) ??
+    join(booter.ipxeDir, file);
   try {
     return await sendFile(
       c,
       cache,
-      join(booter.ipxeDir, file),
+      path,
       "application/octet-stream",
       (bytes, ms, complete) => {
         const detail = { file, ip, bytes, ms, ...(complete ? {} : { incomplete: true }) };

@@ -1,5 +1,5 @@
 // Server configuration: embedded defaults, an optional JSON config file, then command-line flags.
-import { defaultIpxeDir } from "./release/ipxe.ts";
+import { bundledIpxeDir, defaultIpxeDir } from "./release/ipxe.ts";
 import { parseArgs } from "node:util";
 import { defaultDataDir } from "./datadir.ts";
 import { UserError } from "./errors.ts";
@@ -50,6 +50,9 @@ export interface ServerConfig {
   netconsole: { port: number };
   /** Directory holding undionly.kpxe / ipxe.efi / snponly.efi (Debian package `ipxe`). */
   ipxeDir: string;
+  /** Not a setting: where a loader missing from ipxeDir is served from when --ipxe-dir is not
+   *  given (the release bundle's ipxe/, e.g. ipxe-arm64.efi beside bookworm's x86 package). */
+  ipxeFallbackDir?: string;
   nfs: { mode: NfsMode; version: 3 | 4 };
   /** Send IPv6 router advertisements on the boot interface (stops iPXE's ~13 s IPv6 wait). */
   ra: boolean;
@@ -398,7 +401,11 @@ export async function loadServeConfig(args: string[]): Promise<ServerConfig> {
   }
   if (values["ipxe-dir"]) cfg.ipxeDir = values["ipxe-dir"];
   // Not given: the system's iPXE, else the release bundle's (src/release/ipxe.ts).
-  if (!ipxeGiven) cfg.ipxeDir = defaultIpxeDir();
+  if (!ipxeGiven) {
+    cfg.ipxeDir = defaultIpxeDir();
+    const bundled = bundledIpxeDir();
+    if (bundled && bundled !== cfg.ipxeDir) cfg.ipxeFallbackDir = bundled;
+  }
   if (values.nfs) cfg.nfs.mode = oneOf("nfs", values.nfs, ["kernel", "ganesha", "off"] as const);
   if (values["nfs-version"]) {
     cfg.nfs.version = Number(oneOf("nfs-version", values["nfs-version"], ["3", "4"])) as 3 | 4;

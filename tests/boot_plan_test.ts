@@ -56,6 +56,17 @@ Deno.test("plan: a bootable node gets kernel and initramfs of one image and the 
   assert.match(plan.cmdline, / netroot\.mode=network .* quiet$/);
 });
 
+Deno.test("plan: an aarch64 virtual node's console is the virt machine's UART, other models none", () => {
+  const cmdline = (model: string) => {
+    const i = input();
+    const plan = planBoot({ ...i, node: { ...i.node, model } });
+    assert.ok(!("refused" in plan), JSON.stringify(plan));
+    return plan.cmdline;
+  };
+  assert.match(cmdline("qemu-virt-aarch64"), /^console=ttyAMA0,115200 ip=/);
+  assert.match(cmdline("rpi-4"), /^ip=/);
+});
+
 Deno.test("plan: settings choose the image's initramfs and no /persist", () => {
   const plan = planBoot(input({}, { initramfs: "image", persist: "false" }));
   assert.ok(!("refused" in plan));

@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import {
+  ARM64_IPXE,
   BUNDLED_IPXE_FILES,
   bundledIpxeDir,
   defaultIpxeDir,
@@ -13,13 +14,14 @@ import {
   SYSTEM_IPXE_DIR,
 } from "../src/release/ipxe.ts";
 import { tftpGet } from "../netboot/tftp/client.ts";
+import { resolveIpxe } from "../netboot/tftp/resolve.ts";
 
 const sha = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
 
 Deno.test("packIpxe copies Debian's iPXE builds with the copyright file and a source pointer", async () => {
   const dir = await Deno.makeTempDir({ prefix: "nr-ipxe-pack-" });
   try {
-    const { version } = await packIpxe(dir);
+    const { version, files, arm64 } = await packIpxe(dir);
     for (const f of BUNDLED_IPXE_FILES) {
       const st = await Deno.lstat(join(dir, f));
       assert.ok(st.isFile && st.size > 10_000, `${f}: a regular file (links resolved)`);
@@ -33,6 +35,18 @@ Deno.test("packIpxe copies Debian's iPXE builds with the copyright file and a so
     const source = await Deno.readTextFile(join(dir, "SOURCE.txt"));
     assert.ok(source.includes(`Debian package ipxe ${version}`), source);
     assert.ok(source.includes(`https://sources.debian.org/src/ipxe/${version}/`), source);
+    // The aarch64 loader: Debian's (trixie's package when the system's has none), a PE32+ EFI
+    // application for machine 0xaa64, with its own copyright file and version.
+    assert.ok(files.includes(ARM64_IPXE), files.join(" "));
+    const arm = await Deno.readFile(join(dir, ARM64_IPXE));
+    const pe = new DataView(arm.buffer).getUint32(0x3c, true);
+    assert.equal(String.fromCharCode(arm[0], arm[1]), "MZ");
+    assert.equal(new DataView(arm.buffer).getUint16(pe + 4, true), 0xaa64);
+    assert.match(await Deno.readTextFile(join(dir, "COPYING-arm64")), /GPL/);
+    assert.ok(
+      source.includes(`${ARM64_IPXE} is the Debian package ipxe ${arm64!.version}`),
+      source,
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
@@ -56,6 +70,28 @@ Deno.test("defaultIpxeDir: the system's loaders, else the bundle's, else the sys
     assert.equal(defaultIpxeDir(none, bundle), none);
     // Where the bundle's loaders are looked for: beside the bundle file.
     assert.equal(bundledIpxeDir("file:///opt/netroot/netroot.js"), "/opt/netroot/ipxe");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a loader missing from the iPXE dir is served from the fallback (the bundle's)", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nr-ipxe-fallback-" });
+  try {
+    const [system, bundle] = ["system", "bundle"].map((d) => join(dir, d));
+    for (const d of [system, bundle]) await Deno.mkdir(d);
+    await Deno.writeTextFile(join(system, "ipxe.efi"), "system x86");
+    await Deno.writeTextFile(join(bundle, "ipxe.efi"), "bundle x86");
+    await Deno.writeTextFile(join(bundle, ARM64_IPXE), "bundle arm64");
+    const file = async (name: string, fallback?: string) => {
+      const r = await resolveIpxe(system, [name], fallback);
+      return r && "file" in r ? await Deno.readTextFile(r.file) : r && "error" in r ? "404" : r;
+    };
+    assert.equal(await file("ipxe.efi", bundle), "system x86"); // the system's first
+    assert.equal(await file(ARM64_IPXE, bundle), "bundle arm64");
+    assert.equal(await file(ARM64_IPXE), "404"); // no fallback: not found
+    assert.equal(await file("snponly.efi", bundle), "404"); // in neither
+    assert.equal(await file("vmlinuz", bundle), null); // not a loader name: the node's files
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
@@ -151,6 +187,14 @@ Deno.test("a bundled server on a system without /usr/lib/ipxe serves the bundle'
     const res = await fetch(`http://127.0.0.1:${port}/boot/ipxe/ipxe.efi`);
     assert.equal(res.status, 200);
     assert.equal(sha(new Uint8Array(await res.arrayBuffer())), sha(await bundled("ipxe.efi")));
+    // aarch64 UEFI: TFTP ipxe-arm64.efi (DHCP arch 11 is told that name), and by HTTP (arch 19).
+    const arm = await tftpGet("127.0.0.1", tftpPort, ARM64_IPXE, {
+      blksize: 1468,
+      timeoutMs: 3000,
+    });
+    assert.equal(sha(arm), sha(await bundled(ARM64_IPXE)));
+    const armRes = await fetch(`http://127.0.0.1:${port}/boot/ipxe/${ARM64_IPXE}`);
+    assert.equal(sha(new Uint8Array(await armRes.arrayBuffer())), sha(await bundled(ARM64_IPXE)));
     child.kill("SIGTERM");
     assert.equal((await child.status).code, 0);
     child = undefined;

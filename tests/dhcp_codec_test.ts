@@ -71,7 +71,7 @@ Deno.test("classifies firmware by option 93, 60 and the Raspberry Pi OUI", () =>
   assert.equal(withOpts(mac, [[93, arch(9)]]).firmware, "uefi64");
   assert.equal(withOpts(mac, [[93, arch(10)]]).firmware, "arm32");
   assert.equal(withOpts(mac, [[93, arch(11)]]).firmware, "arm64");
-  assert.equal(withOpts(mac, [[93, arch(11)]]).bootfile, "snp.efi");
+  assert.equal(withOpts(mac, [[93, arch(11)]]).bootfile, "ipxe-arm64.efi");
   const http = withOpts(mac, [[93, arch(16)], [60, vc("HTTPClient:Arch:00016")]]);
   assert.equal(http.firmware, "uefi-http");
   assert.equal(http.bootfile, "http://10.77.0.1:8080/boot/ipxe/ipxe.efi");

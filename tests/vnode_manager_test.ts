@@ -95,9 +95,11 @@ Deno.test("node settings ram/cpus/disks/firmware are validated and override the 
       cpus: 1,
       disks: [{ size: 64e6, template: "ext4" }],
       firmware: "bios",
+      arch: "x86_64",
     });
     assert.throws(() => ctx.nodes.configure(mac, { ram: "lots" }), /bad RAM size/);
     assert.throws(() => ctx.nodes.configure(mac, { firmware: "coreboot" }), /bad firmware/);
+    assert.throws(() => ctx.nodes.configure(mac, { arch: "riscv64" }), /bad arch/);
     assert.throws(
       () => ctx.nodes.configure(mac, { disks: "8G[template=nope]" }),
       /unknown disk template/,
@@ -115,7 +117,14 @@ Deno.test("node settings ram/cpus/disks/firmware are validated and override the 
       cpus: 2,
       disks: [{ size: 8e9, template: "hybrid-boot-p" }, { size: 64e6, template: "none" }],
       firmware: "uefi-http",
+      arch: "x86_64",
     });
+    // An aarch64 node: its firmware is UEFI unless set (it has no BIOS).
+    const arm = ctx.nodes.configure(mac, { firmware: null, arch: "arm64" });
+    assert.equal(arm.settings.arch, "aarch64");
+    assert.equal(m.spec(arm).firmware, "uefi");
+    assert.equal(m.spec(arm).arch, "aarch64");
+    ctx.nodes.configure(mac, { firmware: "uefi-http", arch: null });
     assert.deepEqual(m.list().map((v) => [v.name, v.running, v.ram]), [["vm2", false, "1G"]]);
     assert.deepEqual(parseDiskList("none"), []);
     // A physical node is not a vnode.

@@ -2,7 +2,9 @@
 // (TCG) in a private network namespace through tests/vnode_qemu_child.ts.
 import assert from "node:assert/strict";
 import {
+  AAVMF_CODE,
   OVMF_CODE,
+  parseArch,
   parseCpus,
   parseFirmware,
   parseRam,
@@ -72,6 +74,29 @@ Deno.test("qemu command line, UEFI: OVMF in pflash, the node's own variables, no
   assert.throws(() => qemuArgs({ ...vm, firmware: "uefi" }), /variable store/);
   assert.equal(parseFirmware("UEFI"), "uefi");
   for (const bad of ["", "efi", "coreboot"]) assert.throws(() => parseFirmware(bad), UserError);
+});
+
+Deno.test("qemu command line, aarch64: virt machine, Cortex-A72 under TCG, AAVMF, UEFI only", () => {
+  const vm = {
+    ...{ name: "a", mac: "52:54:00:00:00:08", ram: "1G", cpus: 1, accel: "tcg" as const },
+    ...{ tap: "t", disks: [], consoleLog: "c", qmpSocket: "q", pidFile: "p" },
+    arch: "aarch64" as const,
+  };
+  const pxe = qemuArgs({ ...vm, firmware: "uefi", uefiVars: "v.fd" }).join(" ");
+  assert.match(pxe, /-machine virt,graphics=off/);
+  assert.match(pxe, /-cpu cortex-a72/);
+  assert.match(pxe, new RegExp(`-drive if=pflash,format=raw,readonly=on,file=${AAVMF_CODE}`));
+  assert.match(pxe, /-drive if=pflash,format=raw,file=v.fd/);
+  assert.match(pxe, /-device virtio-net-pci,netdev=n0,mac=52:54:00:00:00:08,romfile=,bootindex=1/);
+  assert.doesNotMatch(pxe, /OVMF|-machine pc/);
+  assert.match(
+    qemuArgs({ ...vm, firmware: "uefi", uefiVars: "v", accel: "kvm" }).join(" "),
+    /-cpu host/,
+  );
+  assert.throws(() => qemuArgs({ ...vm, firmware: "bios" }), /UEFI only/);
+  assert.equal(parseArch("arm64"), "aarch64");
+  assert.equal(parseArch("AMD64"), "x86_64");
+  for (const bad of ["", "arm", "riscv64"]) assert.throws(() => parseArch(bad), UserError);
 });
 
 Deno.test("vnode parameters: RAM, CPUs, MACs, tap names", () => {

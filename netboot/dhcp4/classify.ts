@@ -15,14 +15,15 @@ export type Firmware =
   | "linux";
 
 /** iPXE binaries (under config.ipxeDir) per firmware, fetched by TFTP. The Debian package `ipxe`
- *  ships the x86 ones; an arm64 iPXE build goes in as snp.efi (Smee's name; x86 UEFI gets
- *  ipxe.efi, so the name is free). 32-bit UEFI (x86, ARM) is rare and has no Debian build. */
+ *  ships the x86 ones, and from trixie on the arm64 UEFI one too (ipxe-arm64.efi, its name there;
+ *  the release bundle carries it for servers whose package has none). 32-bit UEFI (x86, ARM) is
+ *  rare and has no Debian build. */
 export const IPXE_BINARY: Partial<Record<Firmware, string>> = {
   bios: "undionly.kpxe",
   uefi32: "ipxe-i386.efi",
   uefi64: "ipxe.efi",
   arm32: "snp-arm32.efi",
-  arm64: "snp.efi",
+  arm64: "ipxe-arm64.efi",
 };
 /** The files whose absence is worth a start-up warning (what the Debian amd64 package ships). */
 export const REQUIRED_IPXE_FILES = ["undionly.kpxe", "ipxe.efi"];

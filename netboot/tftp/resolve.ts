@@ -21,6 +21,7 @@ export const IPXE_NAMES = new Set([
   "ipxe.efi",
   "snponly.efi",
   "snp.efi",
+  "ipxe-arm64.efi",
 ]);
 
 const refuse = (message: string): Resolution => ({ error: ErrorCode.accessViolation, message });
@@ -73,14 +74,33 @@ export interface NodeBootRoot {
 }
 
 /** An iPXE binary by exact name; symlinks in the iPXE dir are the operator's (Debian links
- *  ipxe.efi to /boot/ipxe.efi), so they are followed wherever they point. */
-export async function resolveIpxe(ipxeDir: string, parts: string[]): Promise<Resolution | null> {
+ *  ipxe.efi to /boot/ipxe.efi), so they are followed wherever they point. A name missing there
+ *  is looked for in `fallbackDir` (the release bundle's loaders: the aarch64 one that a system
+ *  package without it lacks). */
+export async function resolveIpxe(
+  ipxeDir: string,
+  parts: string[],
+  fallbackDir?: string,
+): Promise<Resolution | null> {
   if (parts.length !== 1 || !IPXE_NAMES.has(parts[0])) return null;
-  try {
-    const file = await realpath(join(ipxeDir, parts[0]));
-    if ((await lstat(file)).isFile()) return { file };
-  } catch { /* fall through */ }
-  return notFound(`${parts[0]} is not installed in ${ipxeDir}`);
+  const file = await ipxeFile(ipxeDir, parts[0], fallbackDir);
+  return file ? { file } : notFound(`${parts[0]} is not installed in ${ipxeDir}`);
+}
+
+/** The host path of iPXE binary `name`: in `ipxeDir`, else in `fallbackDir`; undefined if in
+ *  neither (TFTP and HTTP boot share this). */
+export async function ipxeFile(
+  ipxeDir: string,
+  name: string,
+  fallbackDir?: string,
+): Promise<string | undefined> {
+  for (const dir of fallbackDir ? [ipxeDir, fallbackDir] : [ipxeDir]) {
+    try {
+      const file = await realpath(join(dir, name));
+      if ((await lstat(file)).isFile()) return file;
+    } catch { /* next */ }
+  }
+  return undefined;
 }
 
 /** `boot/X` or `X` -> the image's /boot/X (or a root-level link such as /vmlinuz into /boot). */
@@ -127,6 +147,8 @@ export function dropSerialDir(parts: string[]): string[] {
 
 export interface PolicyInput {
   ipxeDir: string;
+  /** Where an iPXE binary missing from ipxeDir is looked for (the release bundle's). */
+  ipxeFallbackDir?: string;
   /** The deploy link of the node behind the client address, if the client is a known node. */
   nodeFs?: string;
   /** The node's rendered Pi boot files (config.txt, cmdline.txt, kernel, initramfs). */
@@ -138,7 +160,7 @@ export interface PolicyInput {
 export async function resolveRequest(name: string, p: PolicyInput): Promise<Resolution> {
   const clean = cleanFilename(name);
   if ("refused" in clean) return refuse(clean.refused);
-  const ipxe = await resolveIpxe(p.ipxeDir, clean.parts);
+  const ipxe = await resolveIpxe(p.ipxeDir, clean.parts, p.ipxeFallbackDir);
   if (ipxe) return ipxe;
   if (!p.nodeFs) return notFound("unknown client: only iPXE binaries are served");
   const parts = dropSerialDir(clean.parts);

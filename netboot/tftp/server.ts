@@ -296,6 +296,8 @@ export interface TftpServiceOptions {
   /** The server address clients were told (transfers' source address). */
   serverIp?: string;
   ipxeDir: string;
+  /** Where an iPXE binary missing from ipxeDir is looked for (the release bundle's). */
+  ipxeFallbackDir?: string;
   cache?: BootFileCache;
 }
 
@@ -320,7 +322,12 @@ export async function startTftp(
           }
           return "refused" in r ? { error: ErrorCode.fileNotFound, message: r.refused } : r;
         });
-      const r = await resolveRequest(path, { ipxeDir: o.ipxeDir, nodeFs: node?.fs, piFile });
+      const r = await resolveRequest(path, {
+        ipxeDir: o.ipxeDir,
+        ipxeFallbackDir: o.ipxeFallbackDir,
+        nodeFs: node?.fs,
+        piFile,
+      });
       return { ...r, meta: { mac: node?.mac ?? null } };
     },
     onTransfer: (e) => {

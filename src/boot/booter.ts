@@ -278,6 +278,9 @@ export function contextBooter(ctx: Context): Booter {
     get ipxeDir() {
       return ctx.config.ipxeDir;
     },
+    get ipxeFallbackDir() {
+      return ctx.config.ipxeFallbackDir;
+    },
     nodeUrl: () => ctx.nodeUrl,
   };
 }

@@ -151,7 +151,12 @@ export function planBoot(i: PlanInput): BootPlan | Refusal {
       tmpfs: node.settings["tmpfs.size"],
       // The last console= is /dev/console: serial last so virtual nodes (and serial-attached lab
       // PCs) get the init's output; the screen still shows kernel messages.
-      consoles: node.model === "pc-x86-64" ? ["tty0", "ttyS0,115200"] : [],
+      consoles: node.model === "pc-x86-64"
+        ? ["tty0", "ttyS0,115200"]
+        // qemu's virt machine (aarch64 vnodes): its PL011 UART.
+        : node.model === "qemu-virt-aarch64"
+        ? ["ttyAMA0,115200"]
+        : [],
       netconsole: setting(node, "console.netconsole", "false") === "true" &&
           i.nodeIp && sameSubnet(i.nodeIp, net.serverIp, net.netmask)
         ? net.netconsole

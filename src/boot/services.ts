@@ -52,5 +52,6 @@ export function startTftpService(
     interface: ctx.config.interface,
     serverIp: ctx.config.serverIp,
     ipxeDir: ctx.config.ipxeDir,
+    ipxeFallbackDir: ctx.config.ipxeFallbackDir,
   }, booter);
 }

@@ -135,6 +135,7 @@ export const commands: Record<string, CommandSpec> = {
       disk: "SIZE",
       image: "IMAGE",
       firmware: "bios|uefi|uefi-http",
+      arch: "x86_64|aarch64",
     },
   },
   initramfs: {

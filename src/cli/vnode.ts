@@ -4,20 +4,22 @@ import { parseArgs } from "node:util";
 import { UserError } from "../errors.ts";
 import { formatDisk, parseDiskSpec } from "../vnode/disks.ts";
 import type { VnodeInfo } from "../vnode/manager.ts";
-import { parseCpus, parseFirmware, parseRam } from "../vnode/qemu.ts";
+import { parseArch, parseCpus, parseFirmware, parseRam } from "../vnode/qemu.ts";
 import { ApiClient, clientOptions } from "./client.ts";
 import { print, table } from "./output.ts";
 
 const usage = `usage: netroot vnode COMMAND [ARGS…]
 
   create NAME [--ram 512M] [--cpus 1] [--disk SIZE[template=T]]… [--image IMAGE]
-         [--firmware bios|uefi|uefi-http]
+         [--firmware bios|uefi|uefi-http] [--arch x86_64|aarch64]
         registers a node with a fresh 52:54:00:… MAC and starts it (qemu, PXE boot through the
         server's bridge). SIZE: e.g. 64M, 8G, 1T (decimal, as WalT). Templates: none (default),
         ext4, fat32, hybrid-volatile, hybrid-persistent (walt-hybrid/), or WalT's
         hybrid-boot-v, hybrid-boot-p (walt_hybrid/). Firmware: bios (SeaBIOS + qemu's iPXE
         ROM, default), uefi (OVMF's own PXE: TFTP of ipxe.efi), uefi-http (OVMF's HTTP boot,
-        no TFTP); uefi needs the Debian package ovmf.
+        no TFTP); uefi needs the Debian package ovmf. Arch: x86_64 (default) or aarch64 (qemu's
+        virt machine with AAVMF, Debian qemu-system-arm + qemu-efi-aarch64; firmware uefi,
+        the default there: its PXE fetches ipxe-arm64.efi; TCG unless the host is arm64).
   ls    list virtual nodes
   rm NAME   stop it, forget the node and delete its disks
 
@@ -33,6 +35,7 @@ const options = {
   disk: { type: "string", multiple: true },
   image: { type: "string" },
   firmware: { type: "string" },
+  arch: { type: "string" },
 } as const;
 
 export async function run(args: string[]): Promise<number> {
@@ -59,6 +62,7 @@ export async function run(args: string[]): Promise<number> {
         disks: (o.disk ?? []).map((d) => formatDisk(parseDiskSpec(d))),
         image: o.image,
         firmware: o.firmware === undefined ? undefined : parseFirmware(o.firmware),
+        arch: o.arch === undefined ? undefined : parseArch(o.arch),
       };
       const v = await api.post<VnodeInfo>("/vnodes", body);
       print(o.json, v, () => `created ${v.name} ${v.mac} (${v.running ? "running" : "stopped"})`);

@@ -41,14 +41,32 @@ async function run(cmd: string, args: string[], cwd: string): Promise<void> {
   }
 }
 
+/** Fetches under way, by cached path: builds that start together (an import's, a boot's) share
+ *  one `npm pack` instead of each downloading the runtime. */
+const fetching = new Map<string, Promise<string>>();
+
 /**
  * The path of the Deno binary for `machine`, fetched from npm when not cached yet (into a temp
  * dir, then renamed into place: a killed fetch leaves no half file under the cached name).
  */
-export async function nodeRuntime(
+export function nodeRuntime(
   machine: number,
   cacheDir: string,
   opts: { version?: string; npm?: string } = {},
+): Promise<string> {
+  const key = runtimePath(cacheDir, machine, opts.version ?? Deno.version.deno);
+  let p = fetching.get(key);
+  if (!p) {
+    p = fetchRuntime(machine, cacheDir, opts).finally(() => fetching.delete(key));
+    fetching.set(key, p);
+  }
+  return p;
+}
+
+async function fetchRuntime(
+  machine: number,
+  cacheDir: string,
+  opts: { version?: string; npm?: string },
 ): Promise<string> {
   const version = opts.version ?? Deno.version.deno;
   const pkg = NPM_RUNTIME[machine];

@@ -18,9 +18,13 @@ export interface DebianKernel {
 
 const kernelIn = oncePerKey(fetchKernel);
 
+/** Debian architectures the lab has kernels for: the server's (amd64), and arm64 for aarch64
+ *  nodes (`kernel-arm64/`; `dpkg --add-architecture arm64` and `apt-get update` first). */
+export type KernelArch = "amd64" | "arm64";
+
 /** The kernel cached under `cacheDir`, downloaded and extracted on first use. */
-export function debianKernel(cacheDir: string): Promise<DebianKernel> {
-  return kernelIn(join(cacheDir, "kernel"));
+export function debianKernel(cacheDir: string, arch: KernelArch = "amd64"): Promise<DebianKernel> {
+  return kernelIn(join(cacheDir, arch === "amd64" ? "kernel" : `kernel-${arch}`));
 }
 
 function complete(kernelDir: string, kv: string): DebianKernel | undefined {
@@ -36,6 +40,7 @@ function complete(kernelDir: string, kv: string): DebianKernel | undefined {
 }
 
 async function fetchKernel(kernelDir: string): Promise<DebianKernel> {
+  const arch: KernelArch = kernelDir.endsWith("-arm64") ? "arm64" : "amd64";
   await Deno.mkdir(kernelDir, { recursive: true });
   // A kernel already here is used as is (offline runs work once it has been fetched).
   const present = [...Deno.readDirSync(kernelDir)]
@@ -46,13 +51,14 @@ async function fetchKernel(kernelDir: string): Promise<DebianKernel> {
     const k = complete(kernelDir, kv);
     if (k) return k;
   }
-  const deps = await runText("apt-cache", ["depends", "linux-image-amd64"]);
-  const pkg = /Depends: (linux-image-\d\S*)/.exec(deps)?.[1];
-  if (!pkg) throw new Error(`no linux-image-<version> in apt-cache depends linux-image-amd64`);
+  const meta = `linux-image-${arch}:${arch}`;
+  const deps = await runText("apt-cache", ["depends", meta]);
+  const pkg = /Depends: (linux-image-\d[^\s:]*)/.exec(deps)?.[1];
+  if (!pkg) throw new Error(`no linux-image-<version> in apt-cache depends ${meta}`);
   const kv = pkg.slice("linux-image-".length);
   const work = await Deno.makeTempDir({ dir: kernelDir, prefix: ".tmp-" });
   try {
-    await runText("apt-get", ["download", pkg], work);
+    await runText("apt-get", ["download", `${pkg}:${arch}`], work);
     const deb = [...Deno.readDirSync(work)].find((e) => e.name.endsWith(".deb"));
     if (!deb) throw new Error(`apt-get download ${pkg} produced no .deb`);
     const root = join(work, "root");

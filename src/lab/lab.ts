@@ -307,10 +307,18 @@ export class Lab {
 
   async createVnode(
     name: string,
-    opts: { ram?: string; cpus?: number; disks?: string[]; image?: string; firmware?: string } = {},
+    opts: {
+      ram?: string;
+      cpus?: number;
+      disks?: string[];
+      image?: string;
+      firmware?: string;
+      arch?: string;
+    } = {},
   ): Promise<VnodeInfo> {
     const args = ["vnode", "create", name, "--json"];
     if (opts.firmware) args.push("--firmware", opts.firmware);
+    if (opts.arch) args.push("--arch", opts.arch);
     if (opts.ram) args.push("--ram", opts.ram);
     if (opts.cpus) args.push("--cpus", String(opts.cpus));
     for (const d of opts.disks ?? []) args.push("--disk", d);

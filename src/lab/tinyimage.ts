@@ -34,10 +34,29 @@ export const bootModules = [
 
 const busyboxIn = oncePerKey(fetchBusybox);
 
-/** A statically linked busybox from the busybox-static .deb, extracted once under `cacheDir`.
- *  (/bin/busybox on a host may be the dynamic one from package busybox: never use it.) */
-export function staticBusybox(cacheDir: string): Promise<string> {
-  return busyboxIn(join(cacheDir, "busybox"));
+/** Debian architectures a tiny image is built for: the server's, or arm64 (aarch64 nodes). */
+export type ImageArch = "amd64" | "arm64";
+
+/** A statically linked busybox from the busybox-static .deb, extracted once under `cacheDir`
+ *  (`busybox/`, `busybox-arm64/`). (/bin/busybox on a host may be the dynamic one from package
+ *  busybox: never use it.) */
+export function staticBusybox(cacheDir: string, arch: ImageArch = "amd64"): Promise<string> {
+  return busyboxIn(join(cacheDir, arch === "amd64" ? "busybox" : `busybox-${arch}`));
+}
+
+/** `apt-get download PKG` into a temp dir under `dir`, unpacked: calls `use` with the tree. */
+async function withDeb<T>(dir: string, pkg: string, use: (tree: string) => Promise<T>) {
+  await Deno.mkdir(dir, { recursive: true });
+  const work = await Deno.makeTempDir({ dir, prefix: ".tmp-" });
+  try {
+    await sh("apt-get", ["download", pkg], { cwd: work });
+    const deb = [...Deno.readDirSync(work)].find((e) => e.name.endsWith(".deb"));
+    if (!deb) throw new Error(`apt-get download ${pkg} produced no .deb`);
+    await sh("dpkg-deb", ["-x", join(work, deb.name), join(work, "x")]);
+    return await use(join(work, "x"));
+  } finally {
+    await Deno.remove(work, { recursive: true }).catch(() => {});
+  }
 }
 
 async function fetchBusybox(dir: string): Promise<string> {
@@ -46,14 +65,9 @@ async function fetchBusybox(dir: string): Promise<string> {
     await Deno.stat(target);
     return target;
   } catch { /* fetch it */ }
-  await Deno.mkdir(dir, { recursive: true });
-  const work = await Deno.makeTempDir({ dir, prefix: ".tmp-" });
-  try {
-    await sh("apt-get", ["download", "busybox-static"], { cwd: work });
-    const deb = [...Deno.readDirSync(work)].find((e) => e.name.endsWith(".deb"));
-    if (!deb) throw new Error("apt-get download busybox-static produced no .deb");
-    await sh("dpkg-deb", ["-x", join(work, deb.name), join(work, "x")]);
-    const bb = join(work, "x", "bin", "busybox");
+  const arch = dir.endsWith("-arm64") ? ":arm64" : "";
+  await withDeb(dir, `busybox-static${arch}`, async (x) => {
+    const bb = join(x, "bin", "busybox");
     const kind = await text("file", ["-b", bb]);
     if (!/statically linked|static-pie/.test(kind)) {
       throw new Error(`busybox-static is not static: ${kind}`);
@@ -62,15 +76,47 @@ async function fetchBusybox(dir: string): Promise<string> {
     await Deno.rename(bb, target).catch(async (e) => {
       if (!(await Deno.stat(target).then(() => true, () => false))) throw e;
     });
-  } finally {
-    await Deno.remove(work, { recursive: true }).catch(() => {});
-  }
+  });
   return target;
 }
 
+const glibcIn = oncePerKey(fetchGlibc);
+
+/** The C library of an arm64 image (what an aarch64 node's Deno runtime links against: the
+ *  initramfs builder takes an aarch64 node's libraries from its image): libc6 and libgcc-s1,
+ *  unpacked once into `<cacheDir>/glibc-arm64/`. */
+export function arm64Glibc(cacheDir: string): Promise<string> {
+  return glibcIn(join(cacheDir, "glibc-arm64"));
+}
+
+async function fetchGlibc(dir: string): Promise<string> {
+  const tree = join(dir, "root");
+  if (await Deno.stat(join(tree, "lib", "ld-linux-aarch64.so.1")).then(() => true, () => false)) {
+    return tree;
+  }
+  await Deno.mkdir(dir, { recursive: true });
+  const work = await Deno.makeTempDir({ dir, prefix: ".tree-" });
+  try {
+    for (const pkg of ["libc6:arm64", "libgcc-s1:arm64"]) {
+      await withDeb(dir, pkg, (x) => sh("cp", ["-a", `${x}/.`, work]));
+    }
+    await Deno.remove(join(work, "usr", "share"), { recursive: true }).catch(() => {});
+    await Deno.rename(work, tree).catch(async (e) => {
+      if (!(await Deno.stat(tree).then(() => true, () => false))) throw e;
+    });
+  } finally {
+    await Deno.remove(work, { recursive: true }).catch(() => {});
+  }
+  return tree;
+}
+
 /** Directories and busybox applet links (skipping `busybox` itself: a self-link loops, ELOOP). */
-export async function busyboxTree(root: string, cacheDir: string): Promise<void> {
-  const bb = await staticBusybox(cacheDir);
+export async function busyboxTree(
+  root: string,
+  cacheDir: string,
+  arch: ImageArch = "amd64",
+): Promise<void> {
+  const bb = await staticBusybox(cacheDir, arch);
   for (
     const d of [
       "bin",
@@ -94,7 +140,11 @@ export async function busyboxTree(root: string, cacheDir: string): Promise<void>
   }
   await Deno.copyFile(bb, join(root, "bin/busybox"));
   await Deno.chmod(join(root, "bin/busybox"), 0o755);
-  for (const a of (await text(bb, ["--list"])).split("\n").filter(Boolean)) {
+  // An arm64 busybox lists its applets under qemu's user-mode emulator (Debian qemu-user).
+  const list = arch === "amd64"
+    ? await text(bb, ["--list"])
+    : await text("qemu-aarch64", [bb, "--list"]);
+  for (const a of list.split("\n").filter(Boolean)) {
     if (a !== "busybox") await Deno.symlink("busybox", join(root, "bin", a)).catch(() => {});
   }
 }
@@ -189,11 +239,16 @@ export async function buildTinyImage(
     initrd?: boolean;
     /** The stand-in initrd's /init script (default: print and power off). */
     initrdInit?: string;
+    /** Default amd64. arm64: busybox-static:arm64 plus the arm64 C library (arm64Glibc), for an
+     *  arm64 kernel (debianKernel(…, "arm64")). */
+    arch?: ImageArch;
   },
 ): Promise<TinyImage> {
   const { kernel } = opts;
+  const arch = opts.arch ?? "amd64";
   const release = opts.release ?? "v1";
-  await busyboxTree(dir, opts.cacheDir);
+  await busyboxTree(dir, opts.cacheDir, arch);
+  if (arch === "arm64") await sh("cp", ["-a", `${await arm64Glibc(opts.cacheDir)}/.`, dir]);
   await Deno.writeTextFile(join(dir, "etc/image-release"), `netroot-test-image ${release}\n`);
   await Deno.writeTextFile(join(dir, "etc/hostname"), "netroot-test\n");
   await Deno.writeTextFile(join(dir, "sbin/init"), imageInit, { mode: 0o755 });
@@ -205,7 +260,7 @@ export async function buildTinyImage(
   if (opts.initrd) {
     const ir = await Deno.makeTempDir({ prefix: "nr-initrd-" });
     try {
-      await busyboxTree(ir, opts.cacheDir);
+      await busyboxTree(ir, opts.cacheDir, arch);
       // The init's output needs a console before anything mounts devtmpfs.
       await sh("mknod", ["-m", "600", join(ir, "dev/console"), "c", "5", "1"]);
       await Deno.writeTextFile(join(ir, "init"), opts.initrdInit ?? standInInit);

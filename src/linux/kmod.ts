@@ -1,7 +1,9 @@
 // finit_module(2) through FFI: load a kernel module file without insmod/modprobe.
 import { check, cstr, errno, openLibc, SyscallError } from "./libc.ts";
 
-const SYS_finit_module = 313n; // x86_64
+/** The syscall's number on the node's machine: x86_64's table, or the generic one of aarch64
+ *  (asm-generic/unistd.h). The other calls here go through libc, which knows its own. */
+const SYS_finit_module = Deno.build.arch === "aarch64" ? 273n : 313n;
 const O_RDONLY = 0;
 const O_CLOEXEC = 0o2000000;
 /** Ask the kernel to decompress (.ko.xz/.ko.zst/.ko.gz); Linux ≥ 6.4, EINVAL before. */

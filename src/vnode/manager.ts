@@ -22,30 +22,34 @@ import { addTap, deleteTap, isBridge, linkInfo } from "./bridge.ts";
 import { checkDisk, type DiskSpec, ensureDisks, formatDisk, parseDiskSpec } from "./disks.ts";
 import { haveTool, missingTool } from "./exec.ts";
 import {
-  OVMF_CODE,
-  OVMF_VARS,
+  parseArch,
   parseCpus,
   parseFirmware,
   parseRam,
   qemuArgs,
-  qemuBinary,
+  qemuBinaryFor,
   qmp,
   randomVnodeMac,
   tapName,
+  uefiFirmware,
   type VmSpec,
+  type VnodeArch,
   type VnodeFirmware,
+  vnodeModel,
 } from "./qemu.ts";
 import { VnodeStore } from "./store.ts";
 
 const log = logger("vnode");
 
 /** What a vnode runs with. Node settings `ram`, `cpus`, `disks` override the vnodes row; the
- *  firmware is only a node setting (`firmware`, default bios). */
+ *  firmware and the machine are only node settings (`firmware`, default bios, uefi for aarch64;
+ *  `arch`, default x86_64). */
 export interface VnodeSpec {
   ram: string;
   cpus: number;
   disks: DiskSpec[];
   firmware: VnodeFirmware;
+  arch: VnodeArch;
 }
 
 export interface VnodeInfo extends VnodeSpec {
@@ -65,6 +69,8 @@ export interface CreateRequest {
   disks?: (string | { size: unknown; template?: unknown })[];
   image?: string;
   firmware?: string;
+  /** x86_64 (default) or aarch64 (qemu-system-aarch64 -M virt with AAVMF, UEFI only). */
+  arch?: string;
 }
 
 interface Running {
@@ -84,6 +90,7 @@ export function parseDiskList(s: string): DiskSpec[] {
 /** Node settings `ram`, `cpus`, `disks`, `firmware`: a vnode's spec overridden per node. */
 export const vnodeSettings: Setting[] = [
   { key: "firmware", check: (_k, v) => parseFirmware(v) },
+  { key: "arch", check: (_k, v) => parseArch(v) },
   { key: "ram", check: (_k, v) => parseRam(v) },
   { key: "cpus", check: (_k, v) => String(parseCpus(v)) },
   { key: "disks", check: (_k, v) => parseDiskList(v).map(formatDisk).join(",") },
@@ -120,13 +127,15 @@ export class VnodeManager {
     const row = this.store.get(node.mac);
     if (!row) throw notFound(`virtual node ${node.name}`);
     const s = node.settings;
+    const arch = parseArch(s.arch ?? "x86_64");
     return {
       ram: s.ram ?? row.ram,
       cpus: Number(s.cpus ?? row.cpus),
       disks: s.disks !== undefined
         ? parseDiskList(s.disks)
         : (JSON.parse(row.disks) as DiskSpec[]).map(checkDisk),
-      firmware: parseFirmware(s.firmware ?? "bios"),
+      firmware: parseFirmware(s.firmware ?? defaultFirmware(arch)),
+      arch,
     };
   }
 
@@ -158,7 +167,7 @@ export class VnodeManager {
     };
   }
 
-  #requireHost(): string {
+  #requireHost(arch: VnodeArch = "x86_64"): string {
     if (!this.bridge) {
       throw new UserError(
         "virtual nodes need a boot bridge: start the server with " +
@@ -166,7 +175,10 @@ export class VnodeManager {
         409,
       );
     }
+    const qemuBinary = qemuBinaryFor(arch);
     if (!haveTool(qemuBinary)) throw missingTool(qemuBinary);
+    // An aarch64 node boots through its firmware's own network stack (no option ROM).
+    if (arch === "aarch64") return this.bridge;
     // qemu loads virtio-net's PXE ROM from its data dirs; Debian ships it in ipxe-qemu.
     if (!virtioRomDirs.some((d) => existsSync(join(d, "efi-virtio.rom")))) {
       throw new UserError(
@@ -185,13 +197,18 @@ export class VnodeManager {
       throw new UserError("a virtual node needs a name");
     }
     if (!Array.isArray(req.disks ?? [])) throw new UserError("disks must be a list");
+    const arch = parseArch(req.arch ?? "x86_64");
     const spec: VnodeSpec = {
       ram: parseRam(req.ram ?? "512M"),
       cpus: parseCpus(req.cpus ?? 1),
       disks: (req.disks ?? []).map((d) => typeof d === "string" ? parseDiskSpec(d) : checkDisk(d)),
-      firmware: parseFirmware(req.firmware ?? "bios"),
+      firmware: parseFirmware(req.firmware ?? defaultFirmware(arch)),
+      arch,
     };
-    this.#requireHost();
+    if (arch === "aarch64" && spec.firmware === "bios") {
+      throw new UserError("an aarch64 virtual node boots UEFI only (firmware uefi or uefi-http)");
+    }
+    this.#requireHost(arch);
     if (this.ctx.nodes.find(req.name)) throw conflict(`node name ${req.name} is already taken`);
     let mac = randomVnodeMac();
     while (this.ctx.nodes.find(mac)) mac = randomVnodeMac();
@@ -199,17 +216,21 @@ export class VnodeManager {
       tx(this.ctx.db, () => {
         this.ctx.nodes.add(mac, {
           name: req.name,
-          model: "pc-x86-64",
+          model: vnodeModel(arch),
           virtual: true,
           image: req.image,
         });
         this.store.add(mac, spec);
-        if (spec.firmware !== "bios") this.ctx.nodes.configure(mac, { firmware: spec.firmware });
+        if (spec.firmware !== defaultFirmware(arch)) {
+          this.ctx.nodes.configure(mac, { firmware: spec.firmware });
+        }
+        if (arch !== "x86_64") this.ctx.nodes.configure(mac, { arch });
         recordEvent(this.ctx.db, mac, "vnode.created", {
           ram: spec.ram,
           cpus: spec.cpus,
           disks: spec.disks.map(formatDisk),
           firmware: spec.firmware,
+          ...(arch !== "x86_64" ? { arch } : {}),
         });
       });
       try {
@@ -267,14 +288,14 @@ export class VnodeManager {
   async #start(mac: string): Promise<void> {
     if (this.#closed) throw new UserError("the server is stopping", 503);
     if (this.#running.has(mac)) return;
-    const bridge = this.#requireHost();
     const node = this.ctx.nodes.get(mac);
     const spec = this.spec(node);
+    const bridge = this.#requireHost(spec.arch);
     const vm = this.ctx.data.vm(mac);
     this.ctx.data.makeVm(mac);
     await killStale(vm);
     const disks = await ensureDisks(vm, spec.disks);
-    const uefiVars = spec.firmware === "bios" ? undefined : await ensureUefiVars(vm);
+    const uefiVars = spec.firmware === "bios" ? undefined : await ensureUefiVars(vm, spec.arch);
     // qemu appends to the serial console log: a long one is rotated when the VM starts.
     const consoleLog = consoleLogPath(this.ctx.data, mac, "serial");
     await rotateConsole(consoleLog);
@@ -299,7 +320,9 @@ export class VnodeManager {
       pidFile: join(vm, "qemu.pid"),
       firmware: spec.firmware,
       uefiVars,
+      arch: spec.arch,
     };
+    const qemuBinary = qemuBinaryFor(spec.arch);
     let proc: ManagedProcess;
     try {
       // SIGTERM on stop: qemu flushes its disk files and exits (a power cut for the guest).
@@ -423,16 +446,23 @@ export class VnodeManager {
 
 /** A UEFI node's variable store (boot entries OVMF writes), copied from OVMF's template at its
  *  first start and kept across restarts, as a PC keeps its NVRAM. */
-async function ensureUefiVars(vm: string): Promise<string> {
-  if (!existsSync(OVMF_CODE) || !existsSync(OVMF_VARS)) {
+async function ensureUefiVars(vm: string, arch: VnodeArch): Promise<string> {
+  const { code, vars: template } = uefiFirmware(arch);
+  if (!existsSync(code) || !existsSync(template)) {
+    const pkg = arch === "aarch64" ? "qemu-efi-aarch64" : "ovmf";
     throw new UserError(
-      `${OVMF_CODE} or ${OVMF_VARS} not found: UEFI virtual nodes need the Debian package ovmf`,
+      `${code} or ${template} not found: UEFI ${arch} virtual nodes need the Debian package ${pkg}`,
       503,
     );
   }
   const vars = join(vm, "uefi-vars.fd");
-  if (!existsSync(vars)) await Deno.copyFile(OVMF_VARS, vars);
+  if (!existsSync(vars)) await Deno.copyFile(template, vars);
   return vars;
+}
+
+/** bios for x86-64 nodes; aarch64 nodes have UEFI only. */
+function defaultFirmware(arch: VnodeArch): VnodeFirmware {
+  return arch === "aarch64" ? "uefi" : "bios";
 }
 
 /** A unix socket path holds at most 107 bytes: a deep data dir gets its sockets in /tmp, named

@@ -2,9 +2,35 @@
 // socket each VM listens on. A `bios` node boots through qemu's own PXE ROM (iPXE) on virtio-net;
 // a `uefi` node through OVMF's own network stack (EDK2 PXE, as a UEFI PC's firmware: the NIC's
 // option ROM is left out), `uefi-http` through OVMF's HTTP boot client (PXE switched off).
+// An aarch64 node (`arch` aarch64) is qemu's `virt` machine with AAVMF (EDK2 for ARM, Debian
+// package qemu-efi-aarch64), UEFI only: its PXE fetches ipxe-arm64.efi as an x86 UEFI node's
+// fetches ipxe.efi.
 import { UserError } from "../errors.ts";
 
-export const qemuBinary = "qemu-system-x86_64";
+/** The machine a virtual node emulates (node setting `arch`, fixed at creation). */
+export type VnodeArch = "x86_64" | "aarch64";
+export const VNODE_ARCHES: readonly VnodeArch[] = ["x86_64", "aarch64"];
+
+/** The qemu program of a machine. */
+export function qemuBinaryFor(arch: VnodeArch = "x86_64"): string {
+  return arch === "aarch64" ? "qemu-system-aarch64" : "qemu-system-x86_64";
+}
+export const qemuBinary = qemuBinaryFor("x86_64");
+
+export function parseArch(v: unknown): VnodeArch {
+  const a = String(v).trim().toLowerCase();
+  const alias: Record<string, VnodeArch> = { amd64: "x86_64", arm64: "aarch64" };
+  const r = alias[a] ?? a;
+  if (!(VNODE_ARCHES as readonly string[]).includes(r)) {
+    throw new UserError(`bad arch ${v}: expected ${VNODE_ARCHES.join(", ")}`);
+  }
+  return r as VnodeArch;
+}
+
+/** The node model a virtual node registers with (the boot plan picks its consoles by it). */
+export function vnodeModel(arch: VnodeArch = "x86_64"): string {
+  return arch === "aarch64" ? "qemu-virt-aarch64" : "pc-x86-64";
+}
 
 /** What the virtual machine boots with (node setting `firmware`). */
 export type VnodeFirmware = "bios" | "uefi" | "uefi-http";
@@ -12,6 +38,17 @@ export const VNODE_FIRMWARES: readonly VnodeFirmware[] = ["bios", "uefi", "uefi-
 /** OVMF (Debian package `ovmf`): read-only code, and the variable store each node copies. */
 export const OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 export const OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/** AAVMF (Debian package `qemu-efi-aarch64`): the same pair for aarch64 nodes (64 MiB each, the
+ *  flash size of qemu's virt machine). */
+export const AAVMF_CODE = "/usr/share/AAVMF/AAVMF_CODE.fd";
+export const AAVMF_VARS = "/usr/share/AAVMF/AAVMF_VARS.fd";
+
+/** The UEFI firmware pair of a machine. */
+export function uefiFirmware(arch: VnodeArch = "x86_64"): { code: string; vars: string } {
+  return arch === "aarch64"
+    ? { code: AAVMF_CODE, vars: AAVMF_VARS }
+    : { code: OVMF_CODE, vars: OVMF_VARS };
+}
 
 export function parseFirmware(v: unknown): VnodeFirmware {
   const f = String(v).trim().toLowerCase();
@@ -36,24 +73,31 @@ export interface VmSpec {
   /** Default bios. UEFI needs `uefiVars`: the node's own copy of OVMF's variable store. */
   firmware?: VnodeFirmware;
   uefiVars?: string;
+  /** Default x86_64. aarch64 is UEFI only (firmware uefi or uefi-http). */
+  arch?: VnodeArch;
 }
 
 /** qemu's option parser splits on commas; a literal comma is written twice. */
 const esc = (s: string) => s.replaceAll(",", ",,");
 
 export function qemuArgs(vm: VmSpec): string[] {
+  const arm = vm.arch === "aarch64";
+  if (arm && (vm.firmware ?? "bios") === "bios") {
+    throw new UserError("an aarch64 virtual node boots UEFI only (firmware uefi or uefi-http)");
+  }
   const uefi = (vm.firmware ?? "bios") !== "bios";
   return [
     "-name",
     esc(`netroot-${vm.name}`),
     "-accel",
     vm.accel,
-    // KVM: the host CPU; TCG: qemu's default model (`host` needs KVM).
-    ...(vm.accel === "kvm" ? ["-cpu", "host"] : []),
+    // KVM: the host CPU; TCG: qemu's default model (`host` needs KVM), on aarch64 a Cortex-A72
+    // (virt has no default CPU; `max` emulates features, pointer authentication…, at a cost).
+    ...(vm.accel === "kvm" ? ["-cpu", "host"] : arm ? ["-cpu", "cortex-a72"] : []),
     // graphics=off: SeaBIOS and iPXE print to the serial console too (their boot steps land in
     // console.log next to the kernel's); no VGA card to emulate.
     "-machine",
-    "pc,graphics=off",
+    arm ? "virt,graphics=off" : "pc,graphics=off",
     "-vga",
     "none",
     "-m",
@@ -92,7 +136,7 @@ function uefiArgs(vm: VmSpec): string[] {
   if (!vm.uefiVars) throw new Error("a UEFI vnode needs its variable store (uefiVars)");
   return [
     "-drive",
-    `if=pflash,format=raw,readonly=on,file=${esc(OVMF_CODE)}`,
+    `if=pflash,format=raw,readonly=on,file=${esc(uefiFirmware(vm.arch).code)}`,
     "-drive",
     `if=pflash,format=raw,file=${esc(vm.uefiVars)}`,
     ...(vm.firmware === "uefi-http"
