@@ -377,9 +377,10 @@ async function handOver(s: Stages, deps: InitDeps, p: BootParams): Promise<void>
     ok: true,
     detail: `${p.init}${nfsBytes !== undefined ? `, nfs read ${fmtBytes(nfsBytes)}` : ""}`,
   });
+  const tf = performance.now();
   if (!(await s.reporter!.flush(3000))) {
     out.line("warning: reports not all delivered before handover");
-  }
+  } else out.line(`reports delivered (waited ${fmtMs(performance.now() - tf)} at handover)`);
   await s.run(
     "handover",
     "the image's root filesystem layout (/dev /proc /sys /run)",
