@@ -8,9 +8,22 @@ import { type BootParams, parseCmdline } from "../contract/cmdline.ts";
 import { defaultLayout, type Layout, type RootEnv, type RootMode } from "../contract/rootmode.ts";
 import { hybridMode } from "../hybrid/mod.ts";
 import { loadModuleFile } from "../src/linux/kmod.ts";
+import { findByMac } from "../src/linux/netif.ts";
 import { reboot, setHostname, uname, uptimeMs } from "../src/linux/sysinfo.ts";
 import { consoleOn, fmtBytes, fmtMs, type InitConsole, toKernelLog } from "./console.ts";
-import { type LoadModule, loadModules, parseModulesOrder, summarize } from "./modules.ts";
+import {
+  DISK_DRIVERS,
+  loadHardwareModules,
+  type LoadModule,
+  loadModules,
+  loadNamed,
+  type ModulesPlan,
+  type ModulesResult,
+  parseModulesOrder,
+  parseModulesPlan,
+  readModaliases,
+  summarize,
+} from "./modules.ts";
 import { bringUpNetwork } from "./network.ts";
 import { startNetconsole } from "./netconsole.ts";
 import { networkMode } from "./nfsroot.ts";
@@ -25,6 +38,10 @@ export interface InitDeps {
   layout: Layout;
   readCmdline: () => string;
   modulesOrder: string;
+  /** Which of them to load for which device or mode (overlay/modules.ts); without it, all. */
+  modulesPlan: string;
+  /** The modalias of every device the kernel found (the modalias files under /sys/bus). */
+  modaliases: () => string[];
   /** Modules loaded only for netconsole (overlay/netconsole.ts). */
   netconsoleOrder: string;
   modulesDir: () => string;
@@ -52,6 +69,8 @@ export function productionDeps(): InitDeps {
     layout: defaultLayout,
     readCmdline: () => Deno.readTextFileSync("/proc/cmdline"),
     modulesOrder: "/netroot/modules.order",
+    modulesPlan: "/netroot/modules.plan",
+    modaliases: () => readModaliases(),
     netconsoleOrder: "/netroot/netconsole.order",
     modulesDir: () => `/lib/modules/${uname().release}`,
     toKernelLog,
@@ -74,8 +93,8 @@ export async function boot(deps: InitDeps): Promise<void> {
   try {
     const bootedMs = await mountApi(s, deps);
     const p = await readCommandLine(s, deps, bootedMs);
-    await loadKernelModules(s, deps);
-    await configureNic(s, deps, p);
+    const mods = await loadKernelModules(s, deps);
+    await configureNic(s, deps, p, mods);
     await mountRoot(s, deps, p);
     mountPersist(s, deps, p);
     installSshKey(s, deps, p);
@@ -125,33 +144,118 @@ async function readCommandLine(s: Stages, deps: InitDeps, bootedMs: number): Pro
   return p;
 }
 
-async function loadKernelModules(s: Stages, deps: InitDeps): Promise<void> {
+/** What the modules stage loaded, and what is left to load once the NIC is configuring. */
+interface LoadedModules {
+  plan?: ModulesPlan;
+  /** Paths loaded or tried so far. */
+  done: Set<string>;
+  /** Names asked for by the devices (hardware round). */
+  names: string[];
+}
+
+function readOptionalText(path: string): string | undefined {
+  try {
+    return Deno.readTextFileSync(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return undefined;
+    throw e;
+  }
+}
+
+/** The drivers of this node's devices (modules.plan), else every module of modules.order. */
+async function loadKernelModules(s: Stages, deps: InitDeps): Promise<LoadedModules> {
+  const loaded: LoadedModules = { done: new Set(), names: [] };
   await s.run(
     "modules",
     "the modules in the initramfs match the running kernel",
     () => {
-      let text: string;
-      try {
-        text = Deno.readTextFileSync(deps.modulesOrder);
-      } catch (e) {
-        if (e instanceof Deno.errors.NotFound) return undefined;
-        throw e;
+      const planText = readOptionalText(deps.modulesPlan);
+      if (planText !== undefined) {
+        loaded.plan = parseModulesPlan(planText);
+        const hw = loadHardwareModules(
+          loaded.plan,
+          deps.modulesDir(),
+          deps.loadModule,
+          deps.modaliases,
+          loaded.done,
+        );
+        loaded.names = hw.names;
+        for (const f of hw.result.failed) deps.out.line(`module ${f.path}: ${f.error} (going on)`);
+        return hw.result;
       }
+      const text = readOptionalText(deps.modulesOrder);
+      if (text === undefined) return undefined;
       const r = loadModules(deps.modulesDir(), parseModulesOrder(text), deps.loadModule);
       for (const f of r.failed) deps.out.line(`module ${f.path}: ${f.error} (going on)`);
       return r;
     },
-    (r) => r ? summarize(r) : `no ${deps.modulesOrder}: nothing to load`,
+    (r) =>
+      r
+        ? summarize(r) + (loaded.plan ? ` for the devices found (${loaded.names.join(" ")})` : "")
+        : `no ${deps.modulesOrder}: nothing to load`,
   );
+  return loaded;
 }
 
-/** The boot NIC with the address the server gave; then the queued reports go out. */
-async function configureNic(s: Stages, deps: InitDeps, p: BootParams): Promise<void> {
+/** Every module of modules.order not loaded yet: the NIC was not among the devices matched. */
+function loadRemaining(deps: InitDeps, m: LoadedModules): ModulesResult {
+  const text = readOptionalText(deps.modulesOrder) ?? "";
+  const order = parseModulesOrder(text).filter((p) => !m.done.has(p));
+  for (const p of order) m.done.add(p);
+  return loadModules(deps.modulesDir(), order, deps.loadModule);
+}
+
+/** The file systems the mode needs: NFS (the root or the hybrid copy's source) and overlay; ext4
+ *  when a hybrid partition may exist (mode auto and a disk controller or block device present). */
+function modeModules(p: BootParams, m: LoadedModules): string[] {
+  const names = [p.nfsVersion === "3" ? "nfsv3" : "nfsv4", "overlay"];
+  if (p.mode === "auto" && (m.names.some((n) => DISK_DRIVERS.includes(n)) || hasBlockDevice())) {
+    names.push("ext4");
+  }
+  return names;
+}
+
+function hasBlockDevice(): boolean {
+  try {
+    return [...Deno.readDirSync("/sys/class/block")].some((e) =>
+      !/^(loop|ram|zram|nbd)\d/.test(e.name)
+    );
+  } catch {
+    return false;
+  }
+}
+
+/** The boot NIC with the address the server gave; then the queued reports go out. While the link
+ *  comes up, the mode's file system modules load (mount needs them next). */
+async function configureNic(
+  s: Stages,
+  deps: InitDeps,
+  p: BootParams,
+  mods: LoadedModules,
+): Promise<void> {
+  const plan = mods.plan;
+  if (plan && !findByMac(p.mac)) {
+    // The boot NIC's driver did not match any device: load every candidate, as without a plan.
+    const r = loadRemaining(deps, mods);
+    deps.out.line(`no NIC ${p.mac} after the device drivers: loaded all modules (${summarize(r)})`);
+  }
+  let fsModules: ModulesResult | undefined;
+  let fsMs = 0;
   const nic = await s.run(
     "network",
     `netroot.mac=${p.mac} is a NIC of this node and its driver is in ${deps.modulesOrder}`,
     async () => {
-      const n = await bringUpNetwork(p.mac, p.ip, deps.out, deps.network);
+      const up = bringUpNetwork(p.mac, p.ip, deps.out, deps.network);
+      if (plan) {
+        const t = performance.now();
+        fsModules = { loaded: [], present: [], failed: [] };
+        const names = modeModules(p, mods);
+        loadNamed(plan, names, deps.modulesDir(), deps.loadModule, mods.done, fsModules);
+        fsMs = performance.now() - t;
+        for (const f of fsModules.failed) deps.out.line(`module ${f.path}: ${f.error} (going on)`);
+        deps.out.line(`modules for ${names.join(" ")}: ${summarize(fsModules)} (${fmtMs(fsMs)})`);
+      }
+      const n = await up;
       // The hostname the server chose (ip= field 5); the image's init may still override it.
       if (p.ip.hostname) setHostname(p.ip.hostname);
       return n;
@@ -160,6 +264,9 @@ async function configureNic(s: Stages, deps: InitDeps, p: BootParams): Promise<v
       `${n.ifname} ${p.ip.address}/${p.ip.prefix}${p.ip.gateway ? ` via ${p.ip.gateway}` : ""}` +
       (n.carrier ? "" : " (no carrier)"),
   );
+  if (fsModules) {
+    s.report({ stage: "modules-fs", ms: Math.round(fsMs), ok: true, detail: summarize(fsModules) });
+  }
   if (p.netconsole) {
     startNetconsole(p.netconsole, nic.ifname, {
       out: deps.out,
@@ -270,9 +377,10 @@ async function handOver(s: Stages, deps: InitDeps, p: BootParams): Promise<void>
     ok: true,
     detail: `${p.init}${nfsBytes !== undefined ? `, nfs read ${fmtBytes(nfsBytes)}` : ""}`,
   });
+  const tf = performance.now();
   if (!(await s.reporter!.flush(3000))) {
     out.line("warning: reports not all delivered before handover");
-  }
+  } else out.line(`reports delivered (waited ${fmtMs(performance.now() - tf)} at handover)`);
   await s.run(
     "handover",
     "the image's root filesystem layout (/dev /proc /sys /run)",

@@ -15,7 +15,7 @@ import {
   RAMFS_MAGIC,
   TMPFS_MAGIC,
 } from "../src/linux/mount.ts";
-import { fmtBytes } from "./console.ts";
+import { fmtBytes, fmtMs } from "./console.ts";
 
 /** The API filesystems, in the order they are mounted and moved. */
 export const apiMounts = [
@@ -88,8 +88,9 @@ export interface SwitchOptions {
 /** The point of no return: returns only by throwing (a failed step, or the execve error). */
 export function switchRoot(newRoot: string, init: string, o: SwitchOptions = {}): never {
   moveApiMounts(newRoot);
+  const tf = performance.now();
   const freed = freeInitramfs(o.initramfs ?? "/");
-  o.log?.(`freed ${fmtBytes(freed)} of initramfs`);
+  o.log?.(`freed ${fmtBytes(freed)} of initramfs (${fmtMs(performance.now() - tf)})`);
   enterRoot(newRoot);
   o.beforeExec?.();
   return execve(init, [init, ...(o.args ?? [])], o.env ?? {});

@@ -1,5 +1,15 @@
 import assert from "node:assert/strict";
-import { loadModules, moduleName, parseModulesOrder, summarize } from "../overlay/modules.ts";
+import {
+  globToRegExp,
+  loadHardwareModules,
+  loadModules,
+  matchModaliases,
+  moduleName,
+  parseModulesOrder,
+  parseModulesPlan,
+  readModaliases,
+  summarize,
+} from "../overlay/modules.ts";
 import { isCompressedModule } from "../src/linux/kmod.ts";
 
 Deno.test("modules.order: order kept, blanks/comments skipped, duplicates keep their first place", () => {
@@ -52,4 +62,106 @@ Deno.test("module names and the in-kernel decompression flag", () => {
   assert.equal(moduleName("kernel/fs/nfs/nfs.ko"), "nfs");
   assert.ok(isCompressedModule("a/b.ko.xz") && isCompressedModule("a/b.ko.zst"));
   assert.ok(!isCompressedModule("a/b.ko") && !isCompressedModule("a/b.xz.ko"));
+});
+
+Deno.test("modalias globs match as fnmatch does (* ? [...] [!...]), literal text literally", () => {
+  const g = globToRegExp("pci:v00008086d000010D3sv*sd*bc*sc*i*");
+  assert.ok(g.test("pci:v00008086d000010D3sv00008086sd0000A01Fbc02sc00i00"));
+  assert.ok(!g.test("pci:v00008086d000010D4sv00008086sd0000A01Fbc02sc00i00"));
+  assert.ok(
+    globToRegExp("usb:v0B95p1790d*dc*dsc*dp*ic*isc*ip*in*").test(
+      "usb:v0B95p1790d0100dcFFdsc00dp00icFFisc00ip00in00",
+    ),
+  );
+  assert.ok(globToRegExp("a?c").test("abc") && !globToRegExp("a?c").test("ac"));
+  assert.ok(globToRegExp("x[0-3]y").test("x2y") && !globToRegExp("x[0-3]y").test("x7y"));
+  assert.ok(globToRegExp("x[!0-3]y").test("x7y") && !globToRegExp("x[!0-3]y").test("x2y"));
+  // regex metacharacters in the alias are plain text
+  assert.ok(globToRegExp("of:N*T*Cfsl,imx6q-fec.C*").test("of:NethernetT(null)Cfsl,imx6q-fec.C"));
+  assert.ok(!globToRegExp("a.b").test("axb"));
+});
+
+const planText = `# netroot modules plan
+module virtio_pci kernel/virtio_ring.ko kernel/virtio.ko kernel/virtio_pci.ko
+module virtio_net kernel/virtio_ring.ko kernel/virtio.ko kernel/virtio_net.ko
+module e1000e kernel/e1000e.ko
+module ahci kernel/scsi_mod.ko kernel/libata.ko kernel/ahci.ko
+module sd_mod kernel/scsi_mod.ko kernel/sd_mod.ko
+module nfsv4 kernel/sunrpc.ko kernel/nfs.ko kernel/nfsv4.ko
+alias pci:v00001AF4d*sv*sd*bc*sc*i* virtio_pci
+alias virtio:d00000001v* virtio_net
+alias pci:v00008086d000010D3sv*sd*bc*sc*i* e1000e
+alias pci:v*d*sv*sd*bc01sc06i01* ahci
+`;
+
+Deno.test("modules plan: the drivers whose aliases match the devices, in rounds, deps first", () => {
+  const plan = parseModulesPlan(planText);
+  assert.deepEqual(plan.modules.get("virtio_net"), [
+    "kernel/virtio_ring.ko",
+    "kernel/virtio.ko",
+    "kernel/virtio_net.ko",
+  ]);
+  assert.deepEqual(
+    matchModaliases(plan, ["pci:v00008086d000010D3sv00008086sd00000000bc02sc00i00"]),
+    [
+      "e1000e",
+    ],
+  );
+  assert.deepEqual(matchModaliases(plan, ["acpi:PNP0A03:", "platform:serial8250"]), []);
+  // virtio_pci makes the virtio devices appear: a second round finds virtio_net.
+  const calls: string[] = [];
+  let round = 0;
+  const devices = () =>
+    round++ === 0
+      ? ["pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00", "acpi:PNP0A03:"]
+      : ["pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00", "virtio:d00000001v00001AF4"];
+  const hw = loadHardwareModules(plan, "/m", (p) => {
+    calls.push(p);
+    return "loaded";
+  }, devices);
+  assert.deepEqual(hw.names, ["virtio_pci", "virtio_net"]);
+  assert.deepEqual(calls, [
+    "/m/kernel/virtio_ring.ko",
+    "/m/kernel/virtio.ko",
+    "/m/kernel/virtio_pci.ko",
+    "/m/kernel/virtio_net.ko",
+  ]);
+  assert.equal(hw.result.loaded.length, 4);
+});
+
+Deno.test("modules plan: an AHCI controller brings sd_mod (its disks appear later)", () => {
+  const plan = parseModulesPlan(planText);
+  const calls: string[] = [];
+  const hw = loadHardwareModules(plan, "/m", (p) => {
+    calls.push(p);
+    return "loaded";
+  }, () => ["pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01"]);
+  assert.deepEqual(hw.names, ["ahci", "sd_mod"]);
+  assert.deepEqual(calls, [
+    "/m/kernel/scsi_mod.ko",
+    "/m/kernel/libata.ko",
+    "/m/kernel/ahci.ko",
+    "/m/kernel/sd_mod.ko",
+  ]);
+});
+
+Deno.test("modaliases are read from every bus's devices", () => {
+  const sys = Deno.makeTempDirSync();
+  try {
+    for (
+      const [bus, dev, alias] of [["pci", "0000:00:03.0", "pci:v1"], [
+        "virtio",
+        "virtio0",
+        "virtio:d1",
+      ]]
+    ) {
+      Deno.mkdirSync(`${sys}/bus/${bus}/devices/${dev}`, { recursive: true });
+      Deno.writeTextFileSync(`${sys}/bus/${bus}/devices/${dev}/modalias`, `${alias}\n`);
+    }
+    Deno.mkdirSync(`${sys}/bus/pci/devices/0000:00:00.0`); // no modalias file
+    assert.deepEqual(readModaliases(sys).sort(), ["pci:v1", "virtio:d1"]);
+    assert.deepEqual(readModaliases(`${sys}/none`), []);
+  } finally {
+    Deno.removeSync(sys, { recursive: true });
+  }
 });

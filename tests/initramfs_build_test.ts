@@ -101,6 +101,7 @@ Deno.test("Debian kernel tree: zstd archive with launcher, deno, libraries, modu
         "netroot/deno",
         "netroot/netroot.js",
         "netroot/modules.order",
+        "netroot/modules.plan",
         "lib64/ld-linux-x86-64.so.2",
         "lib/x86_64-linux-gnu/libc.so.6",
         `lib/modules/${k.kv}/kernel/fs/nfs/nfsv4.ko`,
@@ -124,6 +125,10 @@ Deno.test("Debian kernel tree: zstd archive with launcher, deno, libraries, modu
     assert.equal((await Deno.stat(join(tree, "netroot/deno"))).size, (await Deno.stat(deno)).size);
     const order = (await Deno.readTextFile(join(tree, "netroot/modules.order"))).trim().split("\n");
     assert.deepEqual(order, r.modules);
+    // The plan names a load order for every shipped module the node may want, ending with it.
+    const plan = await Deno.readTextFile(join(tree, "netroot/modules.plan"));
+    assert.match(plan, /^module virtio_net .*virtio_net\.ko\S*$/m);
+    assert.match(plan, /^alias virtio:d00000001v\* virtio_net$/m);
     for (const m of order) {
       const a = await Deno.readFile(join(tree, "lib/modules", k.kv, m));
       const b = await Deno.readFile(join(k.root, "lib/modules", k.kv, m));

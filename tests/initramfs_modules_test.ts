@@ -6,8 +6,10 @@ import {
   moduleName,
   parseModuleIndex,
   planModules,
+  renderModulesPlan,
   WANTED_MODULES,
 } from "../src/initramfs/modules.ts";
+import { loadHardwareModules, parseModulesPlan } from "../overlay/modules.ts";
 import { debianKernel } from "./support/kernel.ts";
 
 Deno.test("module names: extension stripped, dashes read as underscores", () => {
@@ -102,4 +104,38 @@ Deno.test("Debian kernel: same modules as modprobe --show-depends, every depende
   for (const m of ["virtio_net", "e1000", "nfsv4", "overlay", "ext4", "crc32c_generic"]) {
     assert.ok(plan.order.some((p) => moduleName(p) === m), m);
   }
+});
+
+Deno.test("modules plan of the Debian kernel: a virtio node loads virtio_pci then virtio_net only", async () => {
+  const k = await debianKernel();
+  const dir = join(k.root, "lib/modules", k.kv);
+  const read = (f: string) => Deno.readTextFileSync(join(dir, f));
+  const alias = read("modules.alias");
+  const idx = parseModuleIndex({
+    dep: read("modules.dep"),
+    builtin: read("modules.builtin"),
+    softdep: read("modules.softdep"),
+    alias,
+  });
+  const plan = parseModulesPlan(renderModulesPlan(idx, WANTED_MODULES, alias));
+  // Every module line is that module's own closure, itself last; aliases name only planned modules.
+  for (const [name, paths] of plan.modules) {
+    assert.equal(moduleName(paths[paths.length - 1]), name);
+    assert.deepEqual(paths, planModules(idx, [name]).order);
+  }
+  for (const a of plan.aliases) assert.ok(plan.modules.has(a.name), a.name);
+  assert.ok(plan.aliases.length > 100);
+  let round = 0;
+  const loaded: string[] = [];
+  const hw = loadHardwareModules(plan, "", (p) => {
+    loaded.push(moduleName(p));
+    return "loaded";
+  }, () => [
+    "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00", // virtio-net-pci
+    "pci:v00008086d00007000sv00001AF4sd00001100bc06sc01i00", // PIIX3 ISA bridge: nothing
+    ...(round++ ? ["virtio:d00000001v00001AF4"] : []),
+  ]);
+  assert.deepEqual(hw.names, ["virtio_pci", "virtio_net"]);
+  assert.equal(loaded[loaded.length - 1], "virtio_net");
+  assert.ok(!loaded.includes("e1000e") && !loaded.includes("ext4"), loaded.join(" "));
 });

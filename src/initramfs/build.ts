@@ -13,7 +13,13 @@ import { type CpioEntry, CpioWriter } from "./cpio.ts";
 import { EM_AARCH64, EM_X86_64, machineName, readElfFile } from "./elf.ts";
 import { libraryDirs, sharedLibraries } from "./libs.ts";
 import { keepNewest } from "./prune.ts";
-import { NETCONSOLE_MODULES, parseModuleIndex, planModules, WANTED_MODULES } from "./modules.ts";
+import {
+  NETCONSOLE_MODULES,
+  parseModuleIndex,
+  planModules,
+  renderModulesPlan,
+  WANTED_MODULES,
+} from "./modules.ts";
 import {
   compiledLauncher,
   NODE_DENO,
@@ -173,18 +179,20 @@ async function readModuleIndex(rootfs: string, kv: string) {
       `the image has no /lib/modules/${kv}/modules.dep (run \`depmod ${kv}\` in the image)`,
     );
   }
+  const alias = await readOptional(join(modDir, "modules.alias"));
   const idx = parseModuleIndex({
     dep,
     builtin: await readOptional(join(modDir, "modules.builtin")),
     softdep: await readOptional(join(modDir, "modules.softdep")),
-    alias: await readOptional(join(modDir, "modules.alias")),
+    alias,
   });
-  return { modRel, idx };
+  return { modRel, idx, alias };
 }
 
 /** The initramfs tree (docs/architecture.md "Initramfs layout"): the program, its libraries, the
- *  modules in `order` (loaded at start) and in `netconsoleOrder` (loaded when the command line
- *  asks for netconsole), read from `modSources` (relative path → host path). A runtime of the
+ *  modules in `order` (the candidates; `modulesPlan` says which of them the init loads for which
+ *  device or mode) and in `netconsoleOrder` (loaded when the command line asks for netconsole),
+ *  read from `modSources` (relative path → host path). A runtime of the
  *  server's machine takes the server's libraries; one of another machine (aarch64 node, x86-64
  *  server) the image's own. */
 function initramfsTree(
@@ -195,6 +203,7 @@ function initramfsTree(
   order: string[],
   netconsoleOrder: string[],
   modSources: Map<string, string>,
+  modulesPlan: string,
 ): Tree {
   const tree = new Tree();
   for (const d of ["dev", "proc", "sys", "run", "tmp", "newroot", "netroot"]) tree.dir(d);
@@ -225,6 +234,12 @@ function initramfsTree(
       data: new TextEncoder().encode((list as string[]).map((m) => m + "\n").join("")),
     });
   }
+  tree.add({
+    type: "file",
+    path: "netroot/modules.plan",
+    mode: 0o644,
+    data: new TextEncoder().encode(modulesPlan),
+  });
   for (const [rel, host] of modSources) {
     // Compressed modules stay compressed: init passes MODULE_INIT_COMPRESSED_FILE to finit_module.
     tree.hostFile(`lib/modules/${kv}/${rel}`, host, 0o644);
@@ -258,8 +273,9 @@ export async function buildInitramfs(opts: BuildOptions): Promise<BuildResult> {
   const t0 = performance.now();
   const kv = opts.kernelVersion;
   if (!/^[\w.+~-]+$/.test(kv)) throw new UserError(`bad kernel version ${JSON.stringify(kv)}`);
-  const { modRel, idx } = await readModuleIndex(opts.rootfs, kv);
-  const plan = planModules(idx, opts.wantedModules ?? WANTED_MODULES);
+  const { modRel, idx, alias } = await readModuleIndex(opts.rootfs, kv);
+  const wanted = opts.wantedModules ?? WANTED_MODULES;
+  const plan = planModules(idx, wanted);
   if (plan.missing.length) {
     log.info("modules not in this kernel, skipped", { kv, missing: plan.missing.join(",") });
   }
@@ -280,6 +296,7 @@ export async function buildInitramfs(opts: BuildOptions): Promise<BuildResult> {
     plan.order,
     netconsole,
     modSources,
+    renderModulesPlan(idx, wanted, alias),
   );
   const compression = opts.compression ?? initramfsCompression(opts.rootfs, kv);
   const cpio = await writeCpio(tree, opts.out, compression);

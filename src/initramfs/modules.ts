@@ -36,6 +36,30 @@ export const WANTED_MODULES = [
  *  when the kernel command line has netconsole=. */
 export const NETCONSOLE_MODULES = ["netconsole"];
 
+/**
+ * /netroot/modules.plan (overlay/modules.ts parseModulesPlan): for each of `wanted` that this
+ * kernel has as a module, `module <name> <paths in load order>`, then every modules.alias line
+ * (globs included) naming one of them. The init loads from it only what its devices and its mode
+ * need.
+ */
+export function renderModulesPlan(idx: ModuleIndex, wanted: string[], aliasText = ""): string {
+  const lines = [
+    "# netroot modules plan: module <name> <load order>; alias <modalias glob> <name>",
+  ];
+  const names = new Set<string>();
+  for (const w of wanted) {
+    const name = moduleName(w);
+    if (names.has(name) || !idx.paths.has(name)) continue;
+    names.add(name);
+    lines.push(`module ${name} ${planModules(idx, [name]).order.join(" ")}`);
+  }
+  for (const line of aliasText.split("\n")) {
+    const m = /^alias\s+(\S+)\s+(\S+)$/.exec(line.trim());
+    if (m && names.has(moduleName(m[2]))) lines.push(`alias ${m[1]} ${moduleName(m[2])}`);
+  }
+  return lines.join("\n") + "\n";
+}
+
 /** Module name as the kernel knows it: basename without .ko[.xz|.zst|.gz], `-` read as `_`. */
 export function moduleName(path: string): string {
   return path.replace(/^.*\//, "").replace(/\.ko(\.(xz|zst|gz))?$/, "").replaceAll("-", "_");
