@@ -377,13 +377,15 @@ export async function checkKernelServer(version: 3 | 4, procDir = "/proc"): Prom
   }
 }
 
-/** Some process runs the program `name` (its /proc/PID/comm). */
+/** Some live process runs the program `name` (its /proc/PID/comm): a zombie (state Z in
+ *  /proc/PID/stat, a daemon that exited and was not reaped yet) serves nothing. */
 function processRunning(name: string, procDir: string): boolean {
   const comm = name.slice(0, 15); // the kernel keeps 15 characters of the name
   for (const e of Deno.readDirSync(procDir)) {
-    if (/^\d+$/.test(e.name) && readText(join(procDir, e.name, "comm")).trim() === comm) {
-      return true;
-    }
+    if (!/^\d+$/.test(e.name) || readText(join(procDir, e.name, "comm")).trim() !== comm) continue;
+    const stat = readText(join(procDir, e.name, "stat"));
+    // "PID (comm) S …": the state follows the last ")" (comm may hold one).
+    if (stat.slice(stat.lastIndexOf(")") + 1).trim()[0] !== "Z") return true;
   }
   return false;
 }

@@ -285,7 +285,7 @@ Deno.test("startNfs kernel mode refuses clearly on a kernel without nfsd", {
   }
 });
 
-Deno.test("kernel mode requires the system's NFS server: nfsd threads, the version, rpc.mountd", async () => {
+Deno.test("kernel mode requires the system's NFS server: nfsd threads, the version, a live rpc.mountd", async () => {
   const proc = await Deno.makeTempDir({ prefix: "nr-proc-" });
   try {
     mkdirSync(join(proc, "fs/nfsd"), { recursive: true });
@@ -304,6 +304,11 @@ Deno.test("kernel mode requires the system's NFS server: nfsd threads, the versi
     state("8", "-3 +4 +4.1 +4.2", false);
     await assert.rejects(checkKernelServer(4, proc), /rpc\.mountd is not running/);
     state("8", "-3 +4 +4.1 +4.2", true);
+    await checkKernelServer(4, proc);
+    // An rpc.mountd that was killed and not reaped yet is no rpc.mountd.
+    writeFileSync(join(proc, "4242/stat"), "4242 (rpc.mountd) Z 1 4242 4242 0 -1 4227404\n");
+    await assert.rejects(checkKernelServer(4, proc), /rpc\.mountd is not running/);
+    writeFileSync(join(proc, "4242/stat"), "4242 (rpc.mountd) S 1 4242 4242 0 -1 4227404\n");
     await checkKernelServer(4, proc);
   } finally {
     await Deno.remove(proc, { recursive: true });
