@@ -9,15 +9,22 @@
 //      stopped, exports changed behind its back, started again → reconciled; the same after
 //      kill -9; the node stays `booted` and keeps reading its root throughout.
 //   B. released, it reboots (e2e.reboots=2): the RAM overlay is reset, /persist kept.
-//   C. NFSv3: `serve --nfs-version 3` refuses clearly while rpcbind is down. (Not yet: serving
-//      v3 once rpcbind runs again, a deploy of v2 and a hybrid boot over v3.)
+//   C. NFSv3: `serve --nfs-version 3` refuses clearly while rpcbind is down; once the admin starts
+//      rpcbind and restarts the NFS service (as the error says), it serves.
+//   D. v2 deployed (the node booted v1): the node boots v2 in network mode over NFSv3, /persist
+//      kept.
+//   E. one hybrid boot (a hybrid-boot-v disk): v2 copied to the disk, /persist over NFSv3.
+//   F. only with NETROOT_KNFSD_BENCH=1 (docs/benchmarks.md): v1 booted once from kernel nfsd
+//      (NFSv4.2) and once from ganesha, both in the server VM; NFS bytes read by handover and
+//      DHCP ack → handover side by side (a `BENCH` block in the output).
 // Measured (logged): each phase's wall time, NFS bytes the server sent and DHCP→handover time of
 // boot B.
 import assert from "node:assert/strict";
 import { existsSync, readFileSync } from "node:fs";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import type { Event } from "../src/events.ts";
 import { netrootCommand } from "../src/lab/self.ts";
+import { createDisk } from "../src/vnode/disks.ts";
 import { debianKernel } from "./support/kernel.ts";
 import {
   adminExport,
@@ -25,6 +32,7 @@ import {
   bootNet,
   bundleNetroot,
   dataDir,
+  hostDenoDir,
   type ServerVm,
   startServerVm,
 } from "./support/servervm.ts";
@@ -79,6 +87,9 @@ if [ -n "$(arg e2e.hold)" ]; then
   rm -f /persist/go
   p RELEASED
 fi
+# What the node read over NFS (server read bytes, every nfs/nfs4 mount) by the time the image's
+# init runs: the figure the bench (F) compares.
+p "nfs-read=$(awk '/^device/ { n = / with fstype nfs/ } n && $1 == "bytes:" { s += $6 } END { print s + 0 }' /proc/self/mountstats)"
 exec /sbin/init.testimage
 `;
 
@@ -145,7 +156,7 @@ async function prepareData(
       "--http",
       `127.0.0.1:${port}`,
     ],
-    env: { NO_COLOR: "1" },
+    env: { NO_COLOR: "1", DENO_DIR: hostDenoDir(dirname(data)) },
     stdin: "null",
     stdout: "null",
     stderr: "null",
@@ -185,7 +196,7 @@ async function buildInitramfs(bundle: string, data: string, names: string[]): Pr
   for (const name of names) {
     const out = await new Deno.Command(Deno.execPath(), {
       args: ["run", "-A", "--no-config", bundle, "initramfs", "build", name, "--data", data],
-      env: { NO_COLOR: "1" },
+      env: { NO_COLOR: "1", DENO_DIR: hostDenoDir(dirname(data)) },
       stdout: "piped",
       stderr: "piped",
     }).output();
@@ -248,8 +259,8 @@ class Node {
 
 Deno.test({
   name: "kernel nfsd (root, qemu): netroot serves from a server VM with nfsd; a node VM boots " +
-    "NFSv4.2, survives serve restart and kill -9, reboots, then boots a deployed image over NFSv3 " +
-    "in hybrid mode",
+    "NFSv4.2, survives serve restart and kill -9, reboots; NFSv3: refused without rpcbind, then a " +
+    "deployed image booted in network and hybrid mode",
   ignore: Deno.env.get("NETROOT_SKIP_VM") === "1",
   sanitizeResources: false,
   sanitizeOps: false,
@@ -367,6 +378,26 @@ Deno.test({
       // ---- A: the boot, the policy from the node ----
       const nfsBytes = async () =>
         Number(/^io (\d+)/m.exec(await sh("cat /proc/net/rpc/nfsd"))?.[1] ?? NaN);
+      /** The figures of the node's last boot after event `mark`: DHCP ack → init.handover (server
+       *  clock), the init's own time to handover and the NFS bytes the node had read by then. */
+      const bootFigures = async (mark: number) => {
+        const ev = (await api<Event[]>(`/nodes/${me}/events?limit=1000`))
+          .filter((e) => e.id > mark).sort((x, y) => x.id - y.id);
+        const hand = ev.filter((e) => e.kind === "init.handover").at(-1);
+        assert.ok(hand, `an init.handover after event ${mark}`);
+        const dhcp = ev.filter((e) => e.kind === "dhcp.ack" && e.id < hand.id).at(-1)!;
+        const m = /nfs read ([\d.]+) (B|KiB|MiB|GiB)/.exec(String(hand.detail.detail ?? ""));
+        return {
+          handoverMs: Date.parse(hand.ts) - Date.parse(dhcp.ts),
+          initMs: Number(hand.detail.ms),
+          nfsRead: m
+            ? Math.round(Number(m[1]) * 1024 ** ["B", "KiB", "MiB", "GiB"].indexOf(m[2]))
+            : NaN,
+          last: ev.at(-1)!.id,
+        };
+      };
+      const lastEvent = async () =>
+        Math.max(0, ...(await api<Event[]>(`/nodes/${me}/events?limit=1`)).map((e) => e.id));
       node.start();
       const a = await node.wait(/E2E-PROBE HOLD/, 0);
       say("boot A held");
@@ -490,16 +521,18 @@ Deno.test({
       assert.match(second, /E2E-PROBE etc-before=none/, "the RAM overlay is reset");
       assert.match(second, /previous-boot-marker=none/);
       assert.match(second, /bootcount=2\b/, "/persist kept");
-      const events = await api<Event[]>(`/nodes/${me}/events?limit=1000`);
-      const lastDhcp = events.filter((e) => e.kind === "dhcp.ack").at(-1)!;
-      const handover = events.filter((e) => e.kind === "init.handover").at(-1)!;
-      const handoverMs = Date.parse(handover.ts) - Date.parse(lastDhcp.ts);
-      say(`boot B: NFS bytes sent ${bytesB}, DHCP ack → handover ${handoverMs} ms (kernel nfsd)`);
+      const figB = await bootFigures(0);
+      say(
+        `boot B (kernel nfsd, NFSv4.2): DHCP ack → handover ${figB.handoverMs} ms, NFS read at ` +
+          `handover ${figB.nfsRead} B (node), NFS bytes sent ${bytesB} (server, whole boot)`,
+      );
+      const handoverMs = figB.handoverMs;
       assert.ok(bytesB > 0 && handoverMs > 0);
 
-      // ---- C: NFSv3 needs rpcbind; deploy v2, a hybrid boot over NFSv3 ----
+      // ---- C: NFSv3 needs rpcbind: refused clearly without it, served once it runs ----
       await stopServe("TERM");
-      await sh("nfs-system stop; nfs-system start 3; kill $(pidof rpcbind); sleep 1");
+      await sh("nfs-system stop; nfs-system start 3; kill $(pidof rpcbind)");
+      await sh("for i in $(seq 50); do rpcinfo -p 127.0.0.1 || exit 0; sleep 0.2; done; exit 1");
       // HTTP may answer before the NFS check runs: wait for the exit.
       await serve(["--nfs-version", "3"]);
       await sh(
@@ -508,13 +541,92 @@ Deno.test({
       const refused = await sh("cat /run/serve.log");
       assert.match(refused, /--nfs-version 3: rpcbind is not running/, refused);
       say("NFSv3 without rpcbind: refused clearly");
-      // Not proven yet: serving NFSv3 once rpcbind is back (rpcbind does not come back up in this
-      // VM after being killed), then a deploy of v2 and a hybrid boot over NFSv3.
+      // The admin does what the error says: starts rpcbind, then restarts the NFS service.
+      await sh("nfs-system stop; nfs-system start 3");
+      const table = await sh("rpcinfo -p 127.0.0.1");
+      assert.match(table, /^\s*100005\s+3\s+tcp\b/m, `mountd registered for v3:\n${table}`);
+      const v3 = await serve(["--nfs-version", "3"]);
+      assert.ok(v3.up, `serve --nfs-version 3 once rpcbind runs:\n${!v3.up && v3.log}`);
+      say("NFSv3: served once rpcbind runs");
+
+      // ---- D: the node booted v1; v2 is deployed; it boots v2 (network mode, NFSv3) ----
+      await cli("node", "boot", "n1", "v2", "--no-reboot");
+      await cli("node", "config", "n1", args("e2e.reboots=1"));
+      const atD = node.console().length;
+      const tD = performance.now();
+      node.start();
+      const d = await node.wait(/IMAGE-BOOT-OK/, atD);
+      await node.exited();
+      assert.match(d, /image init started: netroot-test-image v2/, d.slice(-3000));
+      assert.doesNotMatch(d, /hybrid mode/, "network mode");
+      assert.match(d, /E2E-PROBE mount \S+ \/persist nfs [^\n]*vers=3/, d.slice(-3000));
+      assert.doesNotMatch(d, /E2E-PROBE mount \S+ \S+ nfs4 /, "no NFSv4 mount");
+      assert.match(d, /bootcount=3\b/, "/persist kept across the deploy");
+      say(
+        `boot D: v2 deployed, network mode over NFSv3 (${
+          ((performance.now() - tD) / 1000).toFixed(0)
+        } s)`,
+      );
+
+      // ---- E: one hybrid boot (v2 copied to a hybrid-boot-v disk), same server (NFSv3) ----
+      const hybridDisk = join(work, "hybrid.img");
+      await createDisk(hybridDisk, { size: 256e6, template: "hybrid-boot-v" });
+      const atE = node.console().length;
+      const tE = performance.now();
+      node.start([hybridDisk]);
+      const e = await node.wait(/IMAGE-BOOT-OK/, atE);
+      await node.exited();
+      assert.match(e, /hybrid mode \(volatile\)/, e.slice(-3000));
+      assert.match(e, /image init started: netroot-test-image v2/);
+      assert.match(e, /E2E-PROBE mount \S+ \/persist nfs [^\n]*vers=3/, e.slice(-3000));
+      assert.match(e, /bootcount=4\b/);
+      say(`boot E: hybrid, v2, NFSv3 (${((performance.now() - tE) / 1000).toFixed(0)} s)`);
+
+      // ---- F (NETROOT_KNFSD_BENCH=1): image v1 booted once from kernel nfsd (NFSv4.2) and once
+      // from ganesha, both in this server VM: NFS bytes and DHCP ack → handover side by side ----
+      if (Deno.env.get("NETROOT_KNFSD_BENCH") === "1") {
+        await cli("node", "boot", "n1", "v1", "--no-reboot");
+        await cli("node", "config", "n1", args("e2e.reboots=1"));
+        const rows: string[] = [];
+        for (const mode of ["kernel", "ganesha"] as const) {
+          await stopServe("TERM");
+          await sh(mode === "kernel" ? "nfs-system stop; nfs-system start 4" : "nfs-system stop");
+          const up = await serve(["--nfs", mode]);
+          assert.ok(up.up, `serve --nfs ${mode}:\n${!up.up && up.log}`);
+          say(
+            `${mode}: ${await sh("netstat -ltn | grep ':2049 '; cat /proc/fs/nfsd/portlist", {
+              check: false,
+            })}`,
+          );
+          const mark = await lastEvent();
+          const at = node.console().length;
+          node.start();
+          const f = await node.wait(/IMAGE-BOOT-OK/, at);
+          await node.exited();
+          assert.match(f, /image init started: netroot-test-image v1/);
+          const fig = await bootFigures(mark);
+          const read = Number(/E2E-PROBE nfs-read=(\d+)/.exec(f)?.[1]);
+          rows.push(
+            `${mode.padEnd(8)} DHCP ack → handover ${String(fig.handoverMs).padStart(6)} ms, ` +
+              `init start → handover ${String(fig.initMs).padStart(6)} ms, NFS read by the ` +
+              `image's init ${read} B (at handover ${fig.nfsRead} B)`,
+          );
+          assert.ok(read > 0, `the node read its root over NFS (${mode})`);
+          say(`bench boot (${mode}): ${rows.at(-1)}`);
+        }
+        console.log(`BENCH kernel nfsd vs ganesha (image v1, server VM, TCG):\n${rows.join("\n")}`);
+      }
       ok = true;
     } finally {
       if (!ok && vm) {
         console.error(`serve log:\n${await vm.sh("tail -40 /run/serve.log").catch((e) => e)}`);
         console.error(`server serial:\n${vm.serial().slice(-1500)}`);
+        console.error(
+          `ganesha log (problems):\n${await vm.sh(
+            `grep -E 'CRIT|MAJ|FATAL|Export' ${dataDir}/run/ganesha/ganesha.log | tail -30`,
+            { check: false },
+          ).catch((e) => e)}`,
+        );
         if (node) console.error(`node console:\n${node.console().slice(-2500)}`);
       }
       await node?.kill();

@@ -52,6 +52,10 @@ async function run(cmd: string, args: string[], cwd?: string): Promise<string> {
   return dec.decode(o.stdout);
 }
 
+/** DENO_DIR for the host's runs of the bundle (`work` is the test's scratch dir): the server VM
+ *  starts with a copy of it. */
+export const hostDenoDir = (work: string) => join(work, "deno-dir");
+
 /** netroot as one file (plus the node-only init bundle beside it, which serve puts in the
  *  initramfs): what a release ships, and what loads fast over 9p under TCG. */
 export async function bundleNetroot(dir: string): Promise<string> {
@@ -275,7 +279,10 @@ export async function startServerVm(o: {
         ...["--interface", "eth0", "--dhcp-range", bootNet.range, "--http", "0.0.0.0:8080"],
         ...(args.includes("--nfs") ? args : ["--nfs", "kernel", ...args]),
       ].join(" ");
-      return `cd /tmp && HOME=/tmp DENO_DIR=/tmp/deno NO_COLOR=1 NETROOT_LOG=debug ` +
+      // The host's runs of the bundle (hostDenoDir) left V8's code cache for it: copied, the first
+      // start does not compile the bundle again under TCG.
+      return `[ -d /tmp/deno ] || cp -a ${hostDenoDir(work)} /tmp/deno 2>/dev/null; ` +
+        `cd /tmp && HOME=/tmp DENO_DIR=/tmp/deno NO_COLOR=1 NETROOT_LOG=debug ` +
         `setsid ${serve} >>/run/serve.log 2>&1 </dev/null & echo $! > /run/serve.pid`;
     },
     nodeNetdev(mac) {
