@@ -14,7 +14,7 @@
 //   D. v2 deployed (the node booted v1): the node boots v2 in network mode over NFSv3, /persist
 //      kept.
 //   E. one hybrid boot (a hybrid-boot-v disk): v2 copied to the disk, /persist over NFSv3.
-//   F. only with NETROOT_KNFSD_BENCH=1 (docs/benchmarks.md): v1 booted once from kernel nfsd
+//   F. only with NETROOT_KNFSD_BENCH=1 (after A-E) or =only (F alone; docs/benchmarks.md): v1 booted once from kernel nfsd
 //      (NFSv4.2) and once from ganesha, both in the server VM; NFS bytes read by handover and
 //      DHCP ack → handover side by side (a `BENCH` block in the output).
 // Measured (logged): each phase's wall time, NFS bytes the server sent and DHCP→handover time of
@@ -375,7 +375,8 @@ Deno.test({
         "boot.probe-port=2222",
       );
 
-      // ---- A: the boot, the policy from the node ----
+      const bench = Deno.env.get("NETROOT_KNFSD_BENCH") ?? "";
+      // NETROOT_KNFSD_BENCH=only: the bench phase (F) alone, on the same setup.
       const nfsBytes = async () =>
         Number(/^io (\d+)/m.exec(await sh("cat /proc/net/rpc/nfsd"))?.[1] ?? NaN);
       /** The figures of the node's last boot after event `mark`: DHCP ack → init.handover (server
@@ -398,193 +399,199 @@ Deno.test({
       };
       const lastEvent = async () =>
         Math.max(0, ...(await api<Event[]>(`/nodes/${me}/events?limit=1`)).map((e) => e.id));
-      node.start();
-      const a = await node.wait(/E2E-PROBE HOLD/, 0);
-      say("boot A held");
-      const myIp = (await api<{ ip: string }>(`/nodes/${me}`)).ip;
-      assert.match(myIp, /^10\.78\.0\.1\d\d$/);
-      assert.match(a, /E2E-PROBE mount \S+ \/persist nfs4 [^\n]*vers=4\.2/, a);
-      for (
-        const line of [
-          "OWN-WRITE=refused", // the image is read-only on the server
-          "OWN-ROOTONLY=read", // root kept for the nodes that boot the image
-          "OTHER-PUBLIC=netroot-test-image v2",
-          "OTHER-ROOTONLY=denied", // root squashed on an image it does not boot
-          "OTHER-WRITE=refused",
-          "THEIRS=refused", // another node's /persist
-          "PERSIST-WRITE=ok",
-        ]
-      ) {
-        assert.ok(a.includes(`E2E-PROBE ${line}`), `${line}\n${a.slice(-3000)}`);
-      }
-      assert.equal(
-        (await sh(`stat -c '%u %s' ${persistOf(me)}/hello`)).trim(),
-        "0 10",
-        "/persist written by the node's root, as root",
-      );
-      const kinds = (await api<Event[]>(`/nodes/${me}/events?limit=1000`)).map((e) => e.kind);
-      assert.ok(kinds.includes("init.handover"), kinds.join(" "));
-      const state = async () => (await api<{ state: string }>(`/nodes/${me}`)).state;
-      for (let i = 0; i < 60 && await state() !== "booted"; i++) await sleep(1000);
-      assert.equal(await state(), "booted", "the server calls the node booted (its port answers)");
-
-      // ---- exportfs -v: exactly netroot's exports, and the admin's ----
-      const expected = () =>
-        new Map([
-          [adminExport, [subnet]],
-          [rootfs(id.v1), [myIp, otherIp, subnet].sort()],
-          [rootfs(id.v2), [subnet]],
-          [persistOf(me), [myIp]],
-          [persistOf(other), [otherIp]],
-        ]);
-      const assertExports = async (want: Map<string, string[]>, why: string) => {
-        // netroot applies within ~10 s of a change (its recheck).
-        let got = await exportsNow();
-        for (let i = 0; i < 30; i++) {
-          const same = got.size === want.size &&
-            [...want].every(([p, c]) => JSON.stringify(clientsOf(got, p)) === JSON.stringify(c));
-          if (same) break;
-          await sleep(1000);
-          got = await exportsNow();
+      if (bench !== "only") {
+        // ---- A: the boot, the policy from the node ----
+        node.start();
+        const a = await node.wait(/E2E-PROBE HOLD/, 0);
+        say("boot A held");
+        const myIp = (await api<{ ip: string }>(`/nodes/${me}`)).ip;
+        assert.match(myIp, /^10\.78\.0\.1\d\d$/);
+        assert.match(a, /E2E-PROBE mount \S+ \/persist nfs4 [^\n]*vers=4\.2/, a);
+        for (
+          const line of [
+            "OWN-WRITE=refused", // the image is read-only on the server
+            "OWN-ROOTONLY=read", // root kept for the nodes that boot the image
+            "OTHER-PUBLIC=netroot-test-image v2",
+            "OTHER-ROOTONLY=denied", // root squashed on an image it does not boot
+            "OTHER-WRITE=refused",
+            "THEIRS=refused", // another node's /persist
+            "PERSIST-WRITE=ok",
+          ]
+        ) {
+          assert.ok(a.includes(`E2E-PROBE ${line}`), `${line}\n${a.slice(-3000)}`);
         }
-        assert.deepEqual(
-          new Map([...got.keys()].map((p) => [p, clientsOf(got, p)])),
-          new Map([...want].map(([p, c]) => [p, [...c].sort()])),
-          `${why}: exportfs -v`,
+        assert.equal(
+          (await sh(`stat -c '%u %s' ${persistOf(me)}/hello`)).trim(),
+          "0 10",
+          "/persist written by the node's root, as root",
         );
-        return got;
-      };
-      const got = await assertExports(expected(), "after boot A");
-      const opts = (p: string, client: string) =>
-        got.get(p)!.find((c) => c.startsWith(`${client}(`))!;
-      assert.match(opts(rootfs(id.v2), subnet), /\bro\b.*\broot_squash\b/);
-      assert.match(opts(rootfs(id.v1), myIp), /\bro\b.*\bno_root_squash\b/);
-      assert.match(opts(persistOf(me), myIp), /\brw\b.*\bno_root_squash\b/);
-      for (const [p, cs] of got) {
-        if (p === adminExport) continue;
-        for (const c of cs) assert.ok(!c.includes("no_subtree_check"), `${p} ${c}`);
+        const kinds = (await api<Event[]>(`/nodes/${me}/events?limit=1000`)).map((e) => e.kind);
+        assert.ok(kinds.includes("init.handover"), kinds.join(" "));
+        const state = async () => (await api<{ state: string }>(`/nodes/${me}`)).state;
+        for (let i = 0; i < 60 && await state() !== "booted"; i++) await sleep(1000);
+        assert.equal(
+          await state(),
+          "booted",
+          "the server calls the node booted (its port answers)",
+        );
+
+        // ---- exportfs -v: exactly netroot's exports, and the admin's ----
+        const expected = () =>
+          new Map([
+            [adminExport, [subnet]],
+            [rootfs(id.v1), [myIp, otherIp, subnet].sort()],
+            [rootfs(id.v2), [subnet]],
+            [persistOf(me), [myIp]],
+            [persistOf(other), [otherIp]],
+          ]);
+        const assertExports = async (want: Map<string, string[]>, why: string) => {
+          // netroot applies within ~10 s of a change (its recheck).
+          let got = await exportsNow();
+          for (let i = 0; i < 30; i++) {
+            const same = got.size === want.size &&
+              [...want].every(([p, c]) => JSON.stringify(clientsOf(got, p)) === JSON.stringify(c));
+            if (same) break;
+            await sleep(1000);
+            got = await exportsNow();
+          }
+          assert.deepEqual(
+            new Map([...got.keys()].map((p) => [p, clientsOf(got, p)])),
+            new Map([...want].map(([p, c]) => [p, [...c].sort()])),
+            `${why}: exportfs -v`,
+          );
+          return got;
+        };
+        const got = await assertExports(expected(), "after boot A");
+        const opts = (p: string, client: string) =>
+          got.get(p)!.find((c) => c.startsWith(`${client}(`))!;
+        assert.match(opts(rootfs(id.v2), subnet), /\bro\b.*\broot_squash\b/);
+        assert.match(opts(rootfs(id.v1), myIp), /\bro\b.*\bno_root_squash\b/);
+        assert.match(opts(persistOf(me), myIp), /\brw\b.*\bno_root_squash\b/);
+        for (const [p, cs] of got) {
+          if (p === adminExport) continue;
+          for (const c of cs) assert.ok(!c.includes("no_subtree_check"), `${p} ${c}`);
+        }
+        assert.equal(
+          await sh("cat /etc/exports"),
+          `# the admin's own exports\n${adminLine}\n`,
+          "the admin's /etc/exports is untouched",
+        );
+        assert.equal(
+          (await sh("ls /etc/exports.d")).trim(),
+          "netroot.exports",
+          "netroot owns one file under /etc/exports.d/",
+        );
+
+        // ---- restart with changes behind serve's back; then kill -9 ----
+        const alive = () => (node!.console().match(/E2E-PROBE ALIVE \d+ ok/g) ?? []).length;
+        const stayedUp = async (why: string) => {
+          const before = alive();
+          await node!.wait(new RegExp(`ALIVE ${before + 2} ok`), 0, 60_000);
+          assert.doesNotMatch(node!.console(), /ALIVE \d+ FAIL/, why);
+          const n = await api<{ state: string }>(`/nodes/${me}`);
+          assert.equal(n.state, "booted", `${why}: the node stays booted`);
+        };
+        await stopServe("TERM");
+        say("serve stopped (SIGTERM)");
+        // Exports left in place for the booted node; meanwhile an admin unexports an image and the
+        // neighbour's address changes in the database.
+        assert.deepEqual(clientsOf(await exportsNow(), persistOf(me)), [myIp]);
+        await sh(`exportfs -u ${subnet}:${rootfs(id.v2)}`);
+        await sh(
+          `sqlite3 ${dataDir}/netroot.db "UPDATE node_settings SET value='${otherIpMoved}' ` +
+            `WHERE mac='${other}' AND key='ip'"`,
+        );
+        assert.ok((await serve()).up);
+        const moved = expected();
+        moved.set(rootfs(id.v1), [myIp, otherIpMoved, subnet].sort());
+        moved.set(persistOf(other), [otherIpMoved]);
+        await assertExports(moved, "after a restart (missing added, stale removed)");
+        await stayedUp("restart");
+        say("restart reconciled");
+
+        await stopServe("KILL");
+        await sh(`exportfs -u ${subnet}:${rootfs(id.v1)}`);
+        assert.ok((await serve()).up, "serve starts after kill -9");
+        await assertExports(moved, "after kill -9");
+        await stayedUp("kill -9");
+        say("kill -9 reconciled");
+
+        // ---- B: released, the node reboots; the overlay is reset, /persist kept ----
+        await cli("node", "config", "n1", args("e2e.reboots=2"));
+        const atB = node.console().length;
+        const bytesB0 = await nfsBytes();
+        await sh(`touch ${persistOf(me)}/go`);
+        const b = await node.wait(/REBOOTING[\s\S]*IMAGE-BOOT-OK/, atB);
+        await node.exited();
+        const bytesB = (await nfsBytes()) - bytesB0;
+        const second = b.slice(b.indexOf("REBOOTING"));
+        assert.match(second, /E2E-PROBE etc-before=none/, "the RAM overlay is reset");
+        assert.match(second, /previous-boot-marker=none/);
+        assert.match(second, /bootcount=2\b/, "/persist kept");
+        const figB = await bootFigures(0);
+        say(
+          `boot B (kernel nfsd, NFSv4.2): DHCP ack → handover ${figB.handoverMs} ms, NFS read at ` +
+            `handover ${figB.nfsRead} B (node), NFS bytes sent ${bytesB} (server, whole boot)`,
+        );
+        const handoverMs = figB.handoverMs;
+        assert.ok(bytesB > 0 && handoverMs > 0);
+
+        // ---- C: NFSv3 needs rpcbind: refused clearly without it, served once it runs ----
+        await stopServe("TERM");
+        await sh("nfs-system stop; nfs-system start 3; kill $(pidof rpcbind)");
+        await sh("for i in $(seq 50); do rpcinfo -p 127.0.0.1 || exit 0; sleep 0.2; done; exit 1");
+        // HTTP may answer before the NFS check runs: wait for the exit.
+        await serve(["--nfs-version", "3"]);
+        await sh(
+          "for i in $(seq 240); do alive $(cat /run/serve.pid) || exit 0; sleep 0.5; done; exit 1",
+        );
+        const refused = await sh("cat /run/serve.log");
+        assert.match(refused, /--nfs-version 3: rpcbind is not running/, refused);
+        say("NFSv3 without rpcbind: refused clearly");
+        // The admin does what the error says: starts rpcbind, then restarts the NFS service.
+        await sh("nfs-system stop; nfs-system start 3");
+        const table = await sh("rpcinfo -p 127.0.0.1");
+        assert.match(table, /^\s*100005\s+3\s+tcp\b/m, `mountd registered for v3:\n${table}`);
+        const v3 = await serve(["--nfs-version", "3"]);
+        assert.ok(v3.up, `serve --nfs-version 3 once rpcbind runs:\n${!v3.up && v3.log}`);
+        say("NFSv3: served once rpcbind runs");
+
+        // ---- D: the node booted v1; v2 is deployed; it boots v2 (network mode, NFSv3) ----
+        await cli("node", "boot", "n1", "v2", "--no-reboot");
+        await cli("node", "config", "n1", args("e2e.reboots=1"));
+        const atD = node.console().length;
+        const tD = performance.now();
+        node.start();
+        const d = await node.wait(/IMAGE-BOOT-OK/, atD);
+        await node.exited();
+        assert.match(d, /image init started: netroot-test-image v2/, d.slice(-3000));
+        assert.doesNotMatch(d, /hybrid mode/, "network mode");
+        assert.match(d, /E2E-PROBE mount \S+ \/persist nfs [^\n]*vers=3/, d.slice(-3000));
+        assert.doesNotMatch(d, /E2E-PROBE mount \S+ \S+ nfs4 /, "no NFSv4 mount");
+        assert.match(d, /bootcount=3\b/, "/persist kept across the deploy");
+        say(
+          `boot D: v2 deployed, network mode over NFSv3 (${
+            ((performance.now() - tD) / 1000).toFixed(0)
+          } s)`,
+        );
+
+        // ---- E: one hybrid boot (v2 copied to a hybrid-boot-v disk), same server (NFSv3) ----
+        const hybridDisk = join(work, "hybrid.img");
+        await createDisk(hybridDisk, { size: 256e6, template: "hybrid-boot-v" });
+        const atE = node.console().length;
+        const tE = performance.now();
+        node.start([hybridDisk]);
+        const e = await node.wait(/IMAGE-BOOT-OK/, atE);
+        await node.exited();
+        assert.match(e, /hybrid mode \(volatile\)/, e.slice(-3000));
+        assert.match(e, /image init started: netroot-test-image v2/);
+        assert.match(e, /E2E-PROBE mount \S+ \/persist nfs [^\n]*vers=3/, e.slice(-3000));
+        assert.match(e, /bootcount=4\b/);
+        say(`boot E: hybrid, v2, NFSv3 (${((performance.now() - tE) / 1000).toFixed(0)} s)`);
       }
-      assert.equal(
-        await sh("cat /etc/exports"),
-        `# the admin's own exports\n${adminLine}\n`,
-        "the admin's /etc/exports is untouched",
-      );
-      assert.equal(
-        (await sh("ls /etc/exports.d")).trim(),
-        "netroot.exports",
-        "netroot owns one file under /etc/exports.d/",
-      );
-
-      // ---- restart with changes behind serve's back; then kill -9 ----
-      const alive = () => (node!.console().match(/E2E-PROBE ALIVE \d+ ok/g) ?? []).length;
-      const stayedUp = async (why: string) => {
-        const before = alive();
-        await node!.wait(new RegExp(`ALIVE ${before + 2} ok`), 0, 60_000);
-        assert.doesNotMatch(node!.console(), /ALIVE \d+ FAIL/, why);
-        const n = await api<{ state: string }>(`/nodes/${me}`);
-        assert.equal(n.state, "booted", `${why}: the node stays booted`);
-      };
-      await stopServe("TERM");
-      say("serve stopped (SIGTERM)");
-      // Exports left in place for the booted node; meanwhile an admin unexports an image and the
-      // neighbour's address changes in the database.
-      assert.deepEqual(clientsOf(await exportsNow(), persistOf(me)), [myIp]);
-      await sh(`exportfs -u ${subnet}:${rootfs(id.v2)}`);
-      await sh(
-        `sqlite3 ${dataDir}/netroot.db "UPDATE node_settings SET value='${otherIpMoved}' ` +
-          `WHERE mac='${other}' AND key='ip'"`,
-      );
-      assert.ok((await serve()).up);
-      const moved = expected();
-      moved.set(rootfs(id.v1), [myIp, otherIpMoved, subnet].sort());
-      moved.set(persistOf(other), [otherIpMoved]);
-      await assertExports(moved, "after a restart (missing added, stale removed)");
-      await stayedUp("restart");
-      say("restart reconciled");
-
-      await stopServe("KILL");
-      await sh(`exportfs -u ${subnet}:${rootfs(id.v1)}`);
-      assert.ok((await serve()).up, "serve starts after kill -9");
-      await assertExports(moved, "after kill -9");
-      await stayedUp("kill -9");
-      say("kill -9 reconciled");
-
-      // ---- B: released, the node reboots; the overlay is reset, /persist kept ----
-      await cli("node", "config", "n1", args("e2e.reboots=2"));
-      const atB = node.console().length;
-      const bytesB0 = await nfsBytes();
-      await sh(`touch ${persistOf(me)}/go`);
-      const b = await node.wait(/REBOOTING[\s\S]*IMAGE-BOOT-OK/, atB);
-      await node.exited();
-      const bytesB = (await nfsBytes()) - bytesB0;
-      const second = b.slice(b.indexOf("REBOOTING"));
-      assert.match(second, /E2E-PROBE etc-before=none/, "the RAM overlay is reset");
-      assert.match(second, /previous-boot-marker=none/);
-      assert.match(second, /bootcount=2\b/, "/persist kept");
-      const figB = await bootFigures(0);
-      say(
-        `boot B (kernel nfsd, NFSv4.2): DHCP ack → handover ${figB.handoverMs} ms, NFS read at ` +
-          `handover ${figB.nfsRead} B (node), NFS bytes sent ${bytesB} (server, whole boot)`,
-      );
-      const handoverMs = figB.handoverMs;
-      assert.ok(bytesB > 0 && handoverMs > 0);
-
-      // ---- C: NFSv3 needs rpcbind: refused clearly without it, served once it runs ----
-      await stopServe("TERM");
-      await sh("nfs-system stop; nfs-system start 3; kill $(pidof rpcbind)");
-      await sh("for i in $(seq 50); do rpcinfo -p 127.0.0.1 || exit 0; sleep 0.2; done; exit 1");
-      // HTTP may answer before the NFS check runs: wait for the exit.
-      await serve(["--nfs-version", "3"]);
-      await sh(
-        "for i in $(seq 240); do alive $(cat /run/serve.pid) || exit 0; sleep 0.5; done; exit 1",
-      );
-      const refused = await sh("cat /run/serve.log");
-      assert.match(refused, /--nfs-version 3: rpcbind is not running/, refused);
-      say("NFSv3 without rpcbind: refused clearly");
-      // The admin does what the error says: starts rpcbind, then restarts the NFS service.
-      await sh("nfs-system stop; nfs-system start 3");
-      const table = await sh("rpcinfo -p 127.0.0.1");
-      assert.match(table, /^\s*100005\s+3\s+tcp\b/m, `mountd registered for v3:\n${table}`);
-      const v3 = await serve(["--nfs-version", "3"]);
-      assert.ok(v3.up, `serve --nfs-version 3 once rpcbind runs:\n${!v3.up && v3.log}`);
-      say("NFSv3: served once rpcbind runs");
-
-      // ---- D: the node booted v1; v2 is deployed; it boots v2 (network mode, NFSv3) ----
-      await cli("node", "boot", "n1", "v2", "--no-reboot");
-      await cli("node", "config", "n1", args("e2e.reboots=1"));
-      const atD = node.console().length;
-      const tD = performance.now();
-      node.start();
-      const d = await node.wait(/IMAGE-BOOT-OK/, atD);
-      await node.exited();
-      assert.match(d, /image init started: netroot-test-image v2/, d.slice(-3000));
-      assert.doesNotMatch(d, /hybrid mode/, "network mode");
-      assert.match(d, /E2E-PROBE mount \S+ \/persist nfs [^\n]*vers=3/, d.slice(-3000));
-      assert.doesNotMatch(d, /E2E-PROBE mount \S+ \S+ nfs4 /, "no NFSv4 mount");
-      assert.match(d, /bootcount=3\b/, "/persist kept across the deploy");
-      say(
-        `boot D: v2 deployed, network mode over NFSv3 (${
-          ((performance.now() - tD) / 1000).toFixed(0)
-        } s)`,
-      );
-
-      // ---- E: one hybrid boot (v2 copied to a hybrid-boot-v disk), same server (NFSv3) ----
-      const hybridDisk = join(work, "hybrid.img");
-      await createDisk(hybridDisk, { size: 256e6, template: "hybrid-boot-v" });
-      const atE = node.console().length;
-      const tE = performance.now();
-      node.start([hybridDisk]);
-      const e = await node.wait(/IMAGE-BOOT-OK/, atE);
-      await node.exited();
-      assert.match(e, /hybrid mode \(volatile\)/, e.slice(-3000));
-      assert.match(e, /image init started: netroot-test-image v2/);
-      assert.match(e, /E2E-PROBE mount \S+ \/persist nfs [^\n]*vers=3/, e.slice(-3000));
-      assert.match(e, /bootcount=4\b/);
-      say(`boot E: hybrid, v2, NFSv3 (${((performance.now() - tE) / 1000).toFixed(0)} s)`);
-
       // ---- F (NETROOT_KNFSD_BENCH=1): image v1 booted once from kernel nfsd (NFSv4.2) and once
       // from ganesha, both in this server VM: NFS bytes and DHCP ack → handover side by side ----
-      if (Deno.env.get("NETROOT_KNFSD_BENCH") === "1") {
+      if (bench === "1" || bench === "only") {
         await cli("node", "boot", "n1", "v1", "--no-reboot");
         await cli("node", "config", "n1", args("e2e.reboots=1"));
         const rows: string[] = [];

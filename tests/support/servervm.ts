@@ -82,6 +82,7 @@ mkdir -p /dev/pts /dev/shm; mount -t devpts devpts /dev/pts; mount -t tmpfs tmpf
 for m in ${o.mods.join(" ")}; do insmod /mods/$m || echo "INSMOD-FAIL $m"; done
 mkdir -p /tmp /run; mount -t tmpfs tmpfs /tmp; mount -t tmpfs tmpfs /run
 mkdir -p /run/rpcbind /var/lib/nfs/v4recovery
+ln -s /proc/self/mounts /etc/mtab # as on Debian: ganesha's FSAL VFS finds file systems there
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose host /host || echo "9P-FAIL"
 for d in ${o.binds.join(" ")}; do mkdir -p $d && mount --bind /host$d $d; done
 mkdir -p ${dataDir} ${adminExport}
