@@ -483,6 +483,15 @@ function ganeshaSupervisor(
             (ctx.config.nfs.version === 3 ? " (NFSv3 needs rpcbind running)" : ""),
         );
       }
+      // ganesha serves even when an export could not be created (its path's file system not
+      // found, the FSAL refusing it): the nodes would get ENOENT for their root, unexplained.
+      const failed = exportFailures(logSince(paths.log, logStart));
+      if (failed.length) {
+        throw new Error(
+          `ganesha.nfsd could not create ${failed.length} export(s) (${failed.join(", ")}): ` +
+            logProblems(paths.log, logStart),
+        );
+      }
       const bind = ctx.config.serverIp;
       log.info("ganesha serving", { pid: proc.pid, bind, exports: config.exports });
       recordEvent(ctx.db, null, "nfs.start", { pid: proc.pid, exports: config.exports });
@@ -564,6 +573,11 @@ function fileSize(path: string): number {
 
 function logSince(path: string, offset: number): string {
   return readText(path).slice(offset);
+}
+
+/** The pseudo paths of the exports ganesha's log says it could not create. */
+export function exportFailures(logText: string): string[] {
+  return [...logText.matchAll(/Could not create export for \(([^)]*)\)/g)].map((m) => m[1]);
 }
 
 /** CRIT lines ganesha always logs without dbus, kerberos or rpcbind (e2e-recipe.md §8). */

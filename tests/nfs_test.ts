@@ -14,6 +14,7 @@ import {
   assignExportIds,
   checkKernelServer,
   desiredExports,
+  exportFailures,
   type ExportSet,
   fsidOf,
   ganeshaFsidOf,
@@ -283,6 +284,23 @@ Deno.test("startNfs kernel mode refuses clearly on a kernel without nfsd", {
   } finally {
     await dropContext(ctx);
   }
+});
+
+Deno.test("ganesha's log: the exports it could not create (it serves without them)", () => {
+  // Lines of ganesha 4.3 in a system without /etc/mtab (the server VM before it had one).
+  const log = [
+    "02/12/2026 13:54:38 : epoch 6b10231d : (none) : ganesha.nfsd-1492[main] " +
+    "populate_posix_file_systems :FSAL :CRIT :Error 2 in setmntent(/etc/mtab): No such file or directory",
+    "02/12/2026 13:54:38 : epoch 6b10231d : (none) : ganesha.nfsd-1492[main] fsal_cfg_commit " +
+    ":CONFIG :CRIT :Could not create export for (/netroot/images/ab12) to (/srv/netroot/images/ab12/rootfs)",
+    "02/12/2026 13:54:38 : epoch 6b10231d : (none) : ganesha.nfsd-1492[main] fsal_cfg_commit " +
+    ":CONFIG :CRIT :Could not create export for (/netroot/persist/525400780021) to " +
+    "(/srv/netroot/nodes/52:54:00:78:00:21/persist)",
+    "02/12/2026 13:54:38 : epoch 6b10231d : (none) : ganesha.nfsd-1492[main] nfs_start " +
+    ":NFS STARTUP :EVENT :             NFS SERVER INITIALIZED",
+  ].join("\n");
+  assert.deepEqual(exportFailures(log), ["/netroot/images/ab12", "/netroot/persist/525400780021"]);
+  assert.deepEqual(exportFailures(log.split("\n").at(-1)!), []);
 });
 
 Deno.test("kernel mode requires the system's NFS server: nfsd threads, the version, a live rpc.mountd", async () => {
