@@ -1,6 +1,6 @@
 // `--nfs kernel` for real (root, qemu TCG): netroot serves from a server VM whose Debian kernel
 // has nfsd (tests/support/servervm.ts), and a node VM on a network it shares only with that VM
-// (qemu dgram over host loopback) PXE-boots from it through qemu's iPXE ROM. One node, two boots:
+// (qemu dgram over host loopback) PXE-boots from it through qemu's iPXE ROM. One node, five boots:
 //   A. image v1, network mode, NFSv4.2: the node checks the export policy itself (its image is
 //      read-only; root is squashed on an image it does not boot; another node's /persist is
 //      refused; its /persist is read-write) and then holds, reading its NFS root every few
@@ -14,11 +14,12 @@
 //   D. v2 deployed (the node booted v1): the node boots v2 in network mode over NFSv3, /persist
 //      kept.
 //   E. one hybrid boot (a hybrid-boot-v disk): v2 copied to the disk, /persist over NFSv3.
-//   F. only with NETROOT_KNFSD_BENCH=1 (after A-E) or =only (F alone; docs/benchmarks.md): v1 booted once from kernel nfsd
-//      (NFSv4.2) and once from ganesha, both in the server VM; NFS bytes read by handover and
-//      DHCP ack → handover side by side (a `BENCH` block in the output).
+//   F. only with NETROOT_KNFSD_BENCH=1 (after A-E) or =only (F alone), docs/benchmarks.md: v1
+//      booted once from kernel nfsd (NFSv4.2) and once from ganesha, both in the server VM; NFS
+//      bytes the node read by its image's init and DHCP ack → handover side by side (a `BENCH`
+//      block in the output).
 // Measured (logged): each phase's wall time, NFS bytes the server sent and DHCP→handover time of
-// boot B.
+// boot B. 2026-12-02, 2 shared cores: A-E in 381 s at load average ~8, 759 s at 40-80.
 import assert from "node:assert/strict";
 import { existsSync, readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
