@@ -1,6 +1,6 @@
 // `--nfs kernel` for real (root, qemu TCG): netroot serves from a server VM whose Debian kernel
 // has nfsd (tests/support/servervm.ts), and a node VM on a network it shares only with that VM
-// (qemu dgram over host loopback) PXE-boots from it through qemu's iPXE ROM. One node, five boots:
+// (qemu dgram over host loopback) PXE-boots from it through qemu's iPXE ROM. One node, four boots:
 //   A. image v1, network mode, NFSv4.2: the node checks the export policy itself (its image is
 //      read-only; root is squashed on an image it does not boot; another node's /persist is
 //      refused; its /persist is read-write) and then holds, reading its NFS root every few
