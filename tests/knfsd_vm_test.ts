@@ -601,11 +601,6 @@ Deno.test({
           await sh(mode === "kernel" ? "nfs-system stop; nfs-system start 4" : "nfs-system stop");
           const up = await serve(["--nfs", mode]);
           assert.ok(up.up, `serve --nfs ${mode}:\n${!up.up && up.log}`);
-          say(
-            `${mode}: ${await sh("netstat -ltn | grep ':2049 '; cat /proc/fs/nfsd/portlist", {
-              check: false,
-            })}`,
-          );
           const mark = await lastEvent();
           const at = node.console().length;
           node.start();
