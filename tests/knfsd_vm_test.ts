@@ -19,7 +19,8 @@
 //      bytes the node read by its image's init and DHCP ack → handover side by side (a `BENCH`
 //      block in the output).
 // Measured (logged): each phase's wall time, NFS bytes the server sent and DHCP→handover time of
-// boot B. 2026-12-02, 2 shared cores: A-E in 381 s at load average ~8, 759 s at 40-80.
+// boot B. 2026-12-02, 2 shared cores: the test (A-E) in 198 s at load average ~2.5, 381 s at ~8,
+// 759 s at 40-80.
 import assert from "node:assert/strict";
 import { existsSync, readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
