@@ -377,13 +377,15 @@ export async function checkKernelServer(version: 3 | 4, procDir = "/proc"): Prom
   }
 }
 
-/** Some process runs the program `name` (its /proc/PID/comm). */
+/** Some live process runs the program `name` (its /proc/PID/comm): a zombie (state Z in
+ *  /proc/PID/stat, a daemon that exited and was not reaped yet) serves nothing. */
 function processRunning(name: string, procDir: string): boolean {
   const comm = name.slice(0, 15); // the kernel keeps 15 characters of the name
   for (const e of Deno.readDirSync(procDir)) {
-    if (/^\d+$/.test(e.name) && readText(join(procDir, e.name, "comm")).trim() === comm) {
-      return true;
-    }
+    if (!/^\d+$/.test(e.name) || readText(join(procDir, e.name, "comm")).trim() !== comm) continue;
+    const stat = readText(join(procDir, e.name, "stat"));
+    // "PID (comm) S …": the state follows the last ")" (comm may hold one).
+    if (stat.slice(stat.lastIndexOf(")") + 1).trim()[0] !== "Z") return true;
   }
   return false;
 }
@@ -481,6 +483,15 @@ function ganeshaSupervisor(
             (ctx.config.nfs.version === 3 ? " (NFSv3 needs rpcbind running)" : ""),
         );
       }
+      // ganesha serves even when an export could not be created (its path's file system not
+      // found, the FSAL refusing it): the nodes would get ENOENT for their root, unexplained.
+      const failed = exportFailures(logSince(paths.log, logStart));
+      if (failed.length) {
+        throw new Error(
+          `ganesha.nfsd could not create ${failed.length} export(s) (${failed.join(", ")}): ` +
+            logProblems(paths.log, logStart),
+        );
+      }
       const bind = ctx.config.serverIp;
       log.info("ganesha serving", { pid: proc.pid, bind, exports: config.exports });
       recordEvent(ctx.db, null, "nfs.start", { pid: proc.pid, exports: config.exports });
@@ -562,6 +573,11 @@ function fileSize(path: string): number {
 
 function logSince(path: string, offset: number): string {
   return readText(path).slice(offset);
+}
+
+/** The pseudo paths of the exports ganesha's log says it could not create. */
+export function exportFailures(logText: string): string[] {
+  return [...logText.matchAll(/Could not create export for \(([^)]*)\)/g)].map((m) => m[1]);
 }
 
 /** CRIT lines ganesha always logs without dbus, kerberos or rpcbind (e2e-recipe.md §8). */

@@ -1,6 +1,6 @@
 // `--nfs kernel` for real (root, qemu TCG): netroot serves from a server VM whose Debian kernel
 // has nfsd (tests/support/servervm.ts), and a node VM on a network it shares only with that VM
-// (qemu dgram over host loopback) PXE-boots from it through qemu's iPXE ROM. One node, two boots:
+// (qemu dgram over host loopback) PXE-boots from it through qemu's iPXE ROM. One node, four boots:
 //   A. image v1, network mode, NFSv4.2: the node checks the export policy itself (its image is
 //      read-only; root is squashed on an image it does not boot; another node's /persist is
 //      refused; its /persist is read-write) and then holds, reading its NFS root every few
@@ -9,15 +9,24 @@
 //      stopped, exports changed behind its back, started again → reconciled; the same after
 //      kill -9; the node stays `booted` and keeps reading its root throughout.
 //   B. released, it reboots (e2e.reboots=2): the RAM overlay is reset, /persist kept.
-//   C. NFSv3: `serve --nfs-version 3` refuses clearly while rpcbind is down. (Not yet: serving
-//      v3 once rpcbind runs again, a deploy of v2 and a hybrid boot over v3.)
+//   C. NFSv3: `serve --nfs-version 3` refuses clearly while rpcbind is down; once the admin starts
+//      rpcbind and restarts the NFS service (as the error says), it serves.
+//   D. v2 deployed (the node booted v1): the node boots v2 in network mode over NFSv3, /persist
+//      kept.
+//   E. one hybrid boot (a hybrid-boot-v disk): v2 copied to the disk, /persist over NFSv3.
+//   F. only with NETROOT_KNFSD_BENCH=1 (after A-E) or =only (F alone), docs/benchmarks.md: v1
+//      booted once from kernel nfsd (NFSv4.2) and once from ganesha, both in the server VM; NFS
+//      bytes the node read by its image's init and DHCP ack → handover side by side (a `BENCH`
+//      block in the output).
 // Measured (logged): each phase's wall time, NFS bytes the server sent and DHCP→handover time of
-// boot B.
+// boot B. 2026-12-02, 2 shared cores: the test (A-E) in 198 s at load average ~2.5, 381 s at ~8,
+// 759 s at 40-80.
 import assert from "node:assert/strict";
 import { existsSync, readFileSync } from "node:fs";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import type { Event } from "../src/events.ts";
 import { netrootCommand } from "../src/lab/self.ts";
+import { createDisk } from "../src/vnode/disks.ts";
 import { debianKernel } from "./support/kernel.ts";
 import {
   adminExport,
@@ -25,6 +34,7 @@ import {
   bootNet,
   bundleNetroot,
   dataDir,
+  hostDenoDir,
   type ServerVm,
   startServerVm,
 } from "./support/servervm.ts";
@@ -79,6 +89,9 @@ if [ -n "$(arg e2e.hold)" ]; then
   rm -f /persist/go
   p RELEASED
 fi
+# What the node read over NFS (server read bytes, every nfs/nfs4 mount) by the time the image's
+# init runs: the figure the bench (F) compares.
+p "nfs-read=$(awk '/^device/ { n = / with fstype nfs/ } n && $1 == "bytes:" { s += $6 } END { print s + 0 }' /proc/self/mountstats)"
 exec /sbin/init.testimage
 `;
 
@@ -145,7 +158,7 @@ async function prepareData(
       "--http",
       `127.0.0.1:${port}`,
     ],
-    env: { NO_COLOR: "1" },
+    env: { NO_COLOR: "1", DENO_DIR: hostDenoDir(dirname(data)) },
     stdin: "null",
     stdout: "null",
     stderr: "null",
@@ -185,7 +198,7 @@ async function buildInitramfs(bundle: string, data: string, names: string[]): Pr
   for (const name of names) {
     const out = await new Deno.Command(Deno.execPath(), {
       args: ["run", "-A", "--no-config", bundle, "initramfs", "build", name, "--data", data],
-      env: { NO_COLOR: "1" },
+      env: { NO_COLOR: "1", DENO_DIR: hostDenoDir(dirname(data)) },
       stdout: "piped",
       stderr: "piped",
     }).output();
@@ -248,8 +261,8 @@ class Node {
 
 Deno.test({
   name: "kernel nfsd (root, qemu): netroot serves from a server VM with nfsd; a node VM boots " +
-    "NFSv4.2, survives serve restart and kill -9, reboots, then boots a deployed image over NFSv3 " +
-    "in hybrid mode",
+    "NFSv4.2, survives serve restart and kill -9, reboots; NFSv3: refused without rpcbind, then a " +
+    "deployed image booted in network and hybrid mode",
   ignore: Deno.env.get("NETROOT_SKIP_VM") === "1",
   sanitizeResources: false,
   sanitizeOps: false,
@@ -364,157 +377,260 @@ Deno.test({
         "boot.probe-port=2222",
       );
 
-      // ---- A: the boot, the policy from the node ----
+      const bench = Deno.env.get("NETROOT_KNFSD_BENCH") ?? "";
+      // NETROOT_KNFSD_BENCH=only: the bench phase (F) alone, on the same setup.
       const nfsBytes = async () =>
         Number(/^io (\d+)/m.exec(await sh("cat /proc/net/rpc/nfsd"))?.[1] ?? NaN);
-      node.start();
-      const a = await node.wait(/E2E-PROBE HOLD/, 0);
-      say("boot A held");
-      const myIp = (await api<{ ip: string }>(`/nodes/${me}`)).ip;
-      assert.match(myIp, /^10\.78\.0\.1\d\d$/);
-      assert.match(a, /E2E-PROBE mount \S+ \/persist nfs4 [^\n]*vers=4\.2/, a);
-      for (
-        const line of [
-          "OWN-WRITE=refused", // the image is read-only on the server
-          "OWN-ROOTONLY=read", // root kept for the nodes that boot the image
-          "OTHER-PUBLIC=netroot-test-image v2",
-          "OTHER-ROOTONLY=denied", // root squashed on an image it does not boot
-          "OTHER-WRITE=refused",
-          "THEIRS=refused", // another node's /persist
-          "PERSIST-WRITE=ok",
-        ]
-      ) {
-        assert.ok(a.includes(`E2E-PROBE ${line}`), `${line}\n${a.slice(-3000)}`);
-      }
-      assert.equal(
-        (await sh(`stat -c '%u %s' ${persistOf(me)}/hello`)).trim(),
-        "0 10",
-        "/persist written by the node's root, as root",
-      );
-      const kinds = (await api<Event[]>(`/nodes/${me}/events?limit=1000`)).map((e) => e.kind);
-      assert.ok(kinds.includes("init.handover"), kinds.join(" "));
-      const state = async () => (await api<{ state: string }>(`/nodes/${me}`)).state;
-      for (let i = 0; i < 60 && await state() !== "booted"; i++) await sleep(1000);
-      assert.equal(await state(), "booted", "the server calls the node booted (its port answers)");
-
-      // ---- exportfs -v: exactly netroot's exports, and the admin's ----
-      const expected = () =>
-        new Map([
-          [adminExport, [subnet]],
-          [rootfs(id.v1), [myIp, otherIp, subnet].sort()],
-          [rootfs(id.v2), [subnet]],
-          [persistOf(me), [myIp]],
-          [persistOf(other), [otherIp]],
-        ]);
-      const assertExports = async (want: Map<string, string[]>, why: string) => {
-        // netroot applies within ~10 s of a change (its recheck).
-        let got = await exportsNow();
-        for (let i = 0; i < 30; i++) {
-          const same = got.size === want.size &&
-            [...want].every(([p, c]) => JSON.stringify(clientsOf(got, p)) === JSON.stringify(c));
-          if (same) break;
-          await sleep(1000);
-          got = await exportsNow();
+      /** The figures of the node's last boot after event `mark`: DHCP ack → init.handover (server
+       *  clock), the init's own time to handover and the NFS bytes the node had read by then. */
+      const bootFigures = async (mark: number) => {
+        const ev = (await api<Event[]>(`/nodes/${me}/events?limit=1000`))
+          .filter((e) => e.id > mark).sort((x, y) => x.id - y.id);
+        const hand = ev.filter((e) => e.kind === "init.handover").at(-1);
+        assert.ok(hand, `an init.handover after event ${mark}`);
+        const dhcp = ev.filter((e) => e.kind === "dhcp.ack" && e.id < hand.id).at(-1)!;
+        const m = /nfs read ([\d.]+) (B|KiB|MiB|GiB)/.exec(String(hand.detail.detail ?? ""));
+        return {
+          handoverMs: Date.parse(hand.ts) - Date.parse(dhcp.ts),
+          initMs: Number(hand.detail.ms),
+          nfsRead: m
+            ? Math.round(Number(m[1]) * 1024 ** ["B", "KiB", "MiB", "GiB"].indexOf(m[2]))
+            : NaN,
+          last: ev.at(-1)!.id,
+        };
+      };
+      const lastEvent = async () =>
+        Math.max(0, ...(await api<Event[]>(`/nodes/${me}/events?limit=1`)).map((e) => e.id));
+      if (bench !== "only") {
+        // ---- A: the boot, the policy from the node ----
+        node.start();
+        const a = await node.wait(/E2E-PROBE HOLD/, 0);
+        say("boot A held");
+        const myIp = (await api<{ ip: string }>(`/nodes/${me}`)).ip;
+        assert.match(myIp, /^10\.78\.0\.1\d\d$/);
+        assert.match(a, /E2E-PROBE mount \S+ \/persist nfs4 [^\n]*vers=4\.2/, a);
+        for (
+          const line of [
+            "OWN-WRITE=refused", // the image is read-only on the server
+            "OWN-ROOTONLY=read", // root kept for the nodes that boot the image
+            "OTHER-PUBLIC=netroot-test-image v2",
+            "OTHER-ROOTONLY=denied", // root squashed on an image it does not boot
+            "OTHER-WRITE=refused",
+            "THEIRS=refused", // another node's /persist
+            "PERSIST-WRITE=ok",
+          ]
+        ) {
+          assert.ok(a.includes(`E2E-PROBE ${line}`), `${line}\n${a.slice(-3000)}`);
         }
-        assert.deepEqual(
-          new Map([...got.keys()].map((p) => [p, clientsOf(got, p)])),
-          new Map([...want].map(([p, c]) => [p, [...c].sort()])),
-          `${why}: exportfs -v`,
+        assert.equal(
+          (await sh(`stat -c '%u %s' ${persistOf(me)}/hello`)).trim(),
+          "0 10",
+          "/persist written by the node's root, as root",
         );
-        return got;
-      };
-      const got = await assertExports(expected(), "after boot A");
-      const opts = (p: string, client: string) =>
-        got.get(p)!.find((c) => c.startsWith(`${client}(`))!;
-      assert.match(opts(rootfs(id.v2), subnet), /\bro\b.*\broot_squash\b/);
-      assert.match(opts(rootfs(id.v1), myIp), /\bro\b.*\bno_root_squash\b/);
-      assert.match(opts(persistOf(me), myIp), /\brw\b.*\bno_root_squash\b/);
-      for (const [p, cs] of got) {
-        if (p === adminExport) continue;
-        for (const c of cs) assert.ok(!c.includes("no_subtree_check"), `${p} ${c}`);
+        const kinds = (await api<Event[]>(`/nodes/${me}/events?limit=1000`)).map((e) => e.kind);
+        assert.ok(kinds.includes("init.handover"), kinds.join(" "));
+        const state = async () => (await api<{ state: string }>(`/nodes/${me}`)).state;
+        for (let i = 0; i < 60 && await state() !== "booted"; i++) await sleep(1000);
+        assert.equal(
+          await state(),
+          "booted",
+          "the server calls the node booted (its port answers)",
+        );
+
+        // ---- exportfs -v: exactly netroot's exports, and the admin's ----
+        const expected = () =>
+          new Map([
+            [adminExport, [subnet]],
+            [rootfs(id.v1), [myIp, otherIp, subnet].sort()],
+            [rootfs(id.v2), [subnet]],
+            [persistOf(me), [myIp]],
+            [persistOf(other), [otherIp]],
+          ]);
+        const assertExports = async (want: Map<string, string[]>, why: string) => {
+          // netroot applies within ~10 s of a change (its recheck).
+          let got = await exportsNow();
+          for (let i = 0; i < 30; i++) {
+            const same = got.size === want.size &&
+              [...want].every(([p, c]) => JSON.stringify(clientsOf(got, p)) === JSON.stringify(c));
+            if (same) break;
+            await sleep(1000);
+            got = await exportsNow();
+          }
+          assert.deepEqual(
+            new Map([...got.keys()].map((p) => [p, clientsOf(got, p)])),
+            new Map([...want].map(([p, c]) => [p, [...c].sort()])),
+            `${why}: exportfs -v`,
+          );
+          return got;
+        };
+        const got = await assertExports(expected(), "after boot A");
+        const opts = (p: string, client: string) =>
+          got.get(p)!.find((c) => c.startsWith(`${client}(`))!;
+        assert.match(opts(rootfs(id.v2), subnet), /\bro\b.*\broot_squash\b/);
+        assert.match(opts(rootfs(id.v1), myIp), /\bro\b.*\bno_root_squash\b/);
+        assert.match(opts(persistOf(me), myIp), /\brw\b.*\bno_root_squash\b/);
+        for (const [p, cs] of got) {
+          if (p === adminExport) continue;
+          for (const c of cs) assert.ok(!c.includes("no_subtree_check"), `${p} ${c}`);
+        }
+        assert.equal(
+          await sh("cat /etc/exports"),
+          `# the admin's own exports\n${adminLine}\n`,
+          "the admin's /etc/exports is untouched",
+        );
+        assert.equal(
+          (await sh("ls /etc/exports.d")).trim(),
+          "netroot.exports",
+          "netroot owns one file under /etc/exports.d/",
+        );
+
+        // ---- restart with changes behind serve's back; then kill -9 ----
+        const alive = () => (node!.console().match(/E2E-PROBE ALIVE \d+ ok/g) ?? []).length;
+        const stayedUp = async (why: string) => {
+          const before = alive();
+          await node!.wait(new RegExp(`ALIVE ${before + 2} ok`), 0, 60_000);
+          assert.doesNotMatch(node!.console(), /ALIVE \d+ FAIL/, why);
+          const n = await api<{ state: string }>(`/nodes/${me}`);
+          assert.equal(n.state, "booted", `${why}: the node stays booted`);
+        };
+        await stopServe("TERM");
+        say("serve stopped (SIGTERM)");
+        // Exports left in place for the booted node; meanwhile an admin unexports an image and the
+        // neighbour's address changes in the database.
+        assert.deepEqual(clientsOf(await exportsNow(), persistOf(me)), [myIp]);
+        await sh(`exportfs -u ${subnet}:${rootfs(id.v2)}`);
+        await sh(
+          `sqlite3 ${dataDir}/netroot.db "UPDATE node_settings SET value='${otherIpMoved}' ` +
+            `WHERE mac='${other}' AND key='ip'"`,
+        );
+        assert.ok((await serve()).up);
+        const moved = expected();
+        moved.set(rootfs(id.v1), [myIp, otherIpMoved, subnet].sort());
+        moved.set(persistOf(other), [otherIpMoved]);
+        await assertExports(moved, "after a restart (missing added, stale removed)");
+        await stayedUp("restart");
+        say("restart reconciled");
+
+        await stopServe("KILL");
+        await sh(`exportfs -u ${subnet}:${rootfs(id.v1)}`);
+        assert.ok((await serve()).up, "serve starts after kill -9");
+        await assertExports(moved, "after kill -9");
+        await stayedUp("kill -9");
+        say("kill -9 reconciled");
+
+        // ---- B: released, the node reboots; the overlay is reset, /persist kept ----
+        await cli("node", "config", "n1", args("e2e.reboots=2"));
+        const atB = node.console().length;
+        const bytesB0 = await nfsBytes();
+        await sh(`touch ${persistOf(me)}/go`);
+        const b = await node.wait(/REBOOTING[\s\S]*IMAGE-BOOT-OK/, atB);
+        await node.exited();
+        const bytesB = (await nfsBytes()) - bytesB0;
+        const second = b.slice(b.indexOf("REBOOTING"));
+        assert.match(second, /E2E-PROBE etc-before=none/, "the RAM overlay is reset");
+        assert.match(second, /previous-boot-marker=none/);
+        assert.match(second, /bootcount=2\b/, "/persist kept");
+        const figB = await bootFigures(0);
+        say(
+          `boot B (kernel nfsd, NFSv4.2): DHCP ack → handover ${figB.handoverMs} ms, NFS read at ` +
+            `handover ${figB.nfsRead} B (node), NFS bytes sent ${bytesB} (server, whole boot)`,
+        );
+        const handoverMs = figB.handoverMs;
+        assert.ok(bytesB > 0 && handoverMs > 0);
+
+        // ---- C: NFSv3 needs rpcbind: refused clearly without it, served once it runs ----
+        await stopServe("TERM");
+        await sh("nfs-system stop; nfs-system start 3; kill $(pidof rpcbind)");
+        await sh("for i in $(seq 50); do rpcinfo -p 127.0.0.1 || exit 0; sleep 0.2; done; exit 1");
+        // HTTP may answer before the NFS check runs: wait for the exit.
+        await serve(["--nfs-version", "3"]);
+        await sh(
+          "for i in $(seq 240); do alive $(cat /run/serve.pid) || exit 0; sleep 0.5; done; exit 1",
+        );
+        const refused = await sh("cat /run/serve.log");
+        assert.match(refused, /--nfs-version 3: rpcbind is not running/, refused);
+        say("NFSv3 without rpcbind: refused clearly");
+        // The admin does what the error says: starts rpcbind, then restarts the NFS service.
+        await sh("nfs-system stop; nfs-system start 3");
+        const table = await sh("rpcinfo -p 127.0.0.1");
+        assert.match(table, /^\s*100005\s+3\s+tcp\b/m, `mountd registered for v3:\n${table}`);
+        const v3 = await serve(["--nfs-version", "3"]);
+        assert.ok(v3.up, `serve --nfs-version 3 once rpcbind runs:\n${!v3.up && v3.log}`);
+        say("NFSv3: served once rpcbind runs");
+
+        // ---- D: the node booted v1; v2 is deployed; it boots v2 (network mode, NFSv3) ----
+        await cli("node", "boot", "n1", "v2", "--no-reboot");
+        await cli("node", "config", "n1", args("e2e.reboots=1"));
+        const atD = node.console().length;
+        const tD = performance.now();
+        node.start();
+        const d = await node.wait(/IMAGE-BOOT-OK/, atD);
+        await node.exited();
+        assert.match(d, /image init started: netroot-test-image v2/, d.slice(-3000));
+        assert.doesNotMatch(d, /hybrid mode/, "network mode");
+        assert.match(d, /E2E-PROBE mount \S+ \/persist nfs [^\n]*vers=3/, d.slice(-3000));
+        assert.doesNotMatch(d, /E2E-PROBE mount \S+ \S+ nfs4 /, "no NFSv4 mount");
+        assert.match(d, /bootcount=3\b/, "/persist kept across the deploy");
+        say(
+          `boot D: v2 deployed, network mode over NFSv3 (${
+            ((performance.now() - tD) / 1000).toFixed(0)
+          } s)`,
+        );
+
+        // ---- E: one hybrid boot (v2 copied to a hybrid-boot-v disk), same server (NFSv3) ----
+        const hybridDisk = join(work, "hybrid.img");
+        await createDisk(hybridDisk, { size: 256e6, template: "hybrid-boot-v" });
+        const atE = node.console().length;
+        const tE = performance.now();
+        node.start([hybridDisk]);
+        const e = await node.wait(/IMAGE-BOOT-OK/, atE);
+        await node.exited();
+        assert.match(e, /hybrid mode \(volatile\)/, e.slice(-3000));
+        assert.match(e, /image init started: netroot-test-image v2/);
+        assert.match(e, /E2E-PROBE mount \S+ \/persist nfs [^\n]*vers=3/, e.slice(-3000));
+        assert.match(e, /bootcount=4\b/);
+        say(`boot E: hybrid, v2, NFSv3 (${((performance.now() - tE) / 1000).toFixed(0)} s)`);
       }
-      assert.equal(
-        await sh("cat /etc/exports"),
-        `# the admin's own exports\n${adminLine}\n`,
-        "the admin's /etc/exports is untouched",
-      );
-      assert.equal(
-        (await sh("ls /etc/exports.d")).trim(),
-        "netroot.exports",
-        "netroot owns one file under /etc/exports.d/",
-      );
-
-      // ---- restart with changes behind serve's back; then kill -9 ----
-      const alive = () => (node!.console().match(/E2E-PROBE ALIVE \d+ ok/g) ?? []).length;
-      const stayedUp = async (why: string) => {
-        const before = alive();
-        await node!.wait(new RegExp(`ALIVE ${before + 2} ok`), 0, 60_000);
-        assert.doesNotMatch(node!.console(), /ALIVE \d+ FAIL/, why);
-        const n = await api<{ state: string }>(`/nodes/${me}`);
-        assert.equal(n.state, "booted", `${why}: the node stays booted`);
-      };
-      await stopServe("TERM");
-      say("serve stopped (SIGTERM)");
-      // Exports left in place for the booted node; meanwhile an admin unexports an image and the
-      // neighbour's address changes in the database.
-      assert.deepEqual(clientsOf(await exportsNow(), persistOf(me)), [myIp]);
-      await sh(`exportfs -u ${subnet}:${rootfs(id.v2)}`);
-      await sh(
-        `sqlite3 ${dataDir}/netroot.db "UPDATE node_settings SET value='${otherIpMoved}' ` +
-          `WHERE mac='${other}' AND key='ip'"`,
-      );
-      assert.ok((await serve()).up);
-      const moved = expected();
-      moved.set(rootfs(id.v1), [myIp, otherIpMoved, subnet].sort());
-      moved.set(persistOf(other), [otherIpMoved]);
-      await assertExports(moved, "after a restart (missing added, stale removed)");
-      await stayedUp("restart");
-      say("restart reconciled");
-
-      await stopServe("KILL");
-      await sh(`exportfs -u ${subnet}:${rootfs(id.v1)}`);
-      assert.ok((await serve()).up, "serve starts after kill -9");
-      await assertExports(moved, "after kill -9");
-      await stayedUp("kill -9");
-      say("kill -9 reconciled");
-
-      // ---- B: released, the node reboots; the overlay is reset, /persist kept ----
-      await cli("node", "config", "n1", args("e2e.reboots=2"));
-      const atB = node.console().length;
-      const bytesB0 = await nfsBytes();
-      await sh(`touch ${persistOf(me)}/go`);
-      const b = await node.wait(/REBOOTING[\s\S]*IMAGE-BOOT-OK/, atB);
-      await node.exited();
-      const bytesB = (await nfsBytes()) - bytesB0;
-      const second = b.slice(b.indexOf("REBOOTING"));
-      assert.match(second, /E2E-PROBE etc-before=none/, "the RAM overlay is reset");
-      assert.match(second, /previous-boot-marker=none/);
-      assert.match(second, /bootcount=2\b/, "/persist kept");
-      const events = await api<Event[]>(`/nodes/${me}/events?limit=1000`);
-      const lastDhcp = events.filter((e) => e.kind === "dhcp.ack").at(-1)!;
-      const handover = events.filter((e) => e.kind === "init.handover").at(-1)!;
-      const handoverMs = Date.parse(handover.ts) - Date.parse(lastDhcp.ts);
-      say(`boot B: NFS bytes sent ${bytesB}, DHCP ack → handover ${handoverMs} ms (kernel nfsd)`);
-      assert.ok(bytesB > 0 && handoverMs > 0);
-
-      // ---- C: NFSv3 needs rpcbind; deploy v2, a hybrid boot over NFSv3 ----
-      await stopServe("TERM");
-      await sh("nfs-system stop; nfs-system start 3; kill $(pidof rpcbind); sleep 1");
-      // HTTP may answer before the NFS check runs: wait for the exit.
-      await serve(["--nfs-version", "3"]);
-      await sh(
-        "for i in $(seq 240); do alive $(cat /run/serve.pid) || exit 0; sleep 0.5; done; exit 1",
-      );
-      const refused = await sh("cat /run/serve.log");
-      assert.match(refused, /--nfs-version 3: rpcbind is not running/, refused);
-      say("NFSv3 without rpcbind: refused clearly");
-      // Not proven yet: serving NFSv3 once rpcbind is back (rpcbind does not come back up in this
-      // VM after being killed), then a deploy of v2 and a hybrid boot over NFSv3.
+      // ---- F (NETROOT_KNFSD_BENCH=1): image v1 booted once from kernel nfsd (NFSv4.2) and once
+      // from ganesha, both in this server VM: NFS bytes and DHCP ack → handover side by side ----
+      if (bench === "1" || bench === "only") {
+        await cli("node", "boot", "n1", "v1", "--no-reboot");
+        await cli("node", "config", "n1", args("e2e.reboots=1"));
+        const rows: string[] = [];
+        for (const mode of ["kernel", "ganesha"] as const) {
+          await stopServe("TERM");
+          await sh(mode === "kernel" ? "nfs-system stop; nfs-system start 4" : "nfs-system stop");
+          const up = await serve(["--nfs", mode]);
+          assert.ok(up.up, `serve --nfs ${mode}:\n${!up.up && up.log}`);
+          const mark = await lastEvent();
+          const at = node.console().length;
+          node.start();
+          const f = await node.wait(/IMAGE-BOOT-OK/, at);
+          await node.exited();
+          assert.match(f, /image init started: netroot-test-image v1/);
+          const fig = await bootFigures(mark);
+          const read = Number(/E2E-PROBE nfs-read=(\d+)/.exec(f)?.[1]);
+          rows.push(
+            `${mode.padEnd(8)} DHCP ack → handover ${String(fig.handoverMs).padStart(6)} ms, ` +
+              `init start → handover ${String(fig.initMs).padStart(6)} ms, NFS read by the ` +
+              `image's init ${read} B (at handover ${fig.nfsRead} B)`,
+          );
+          assert.ok(read > 0, `the node read its root over NFS (${mode})`);
+          say(`bench boot (${mode}): ${rows.at(-1)}`);
+        }
+        console.log(`BENCH kernel nfsd vs ganesha (image v1, server VM, TCG):\n${rows.join("\n")}`);
+      }
       ok = true;
     } finally {
       if (!ok && vm) {
         console.error(`serve log:\n${await vm.sh("tail -40 /run/serve.log").catch((e) => e)}`);
         console.error(`server serial:\n${vm.serial().slice(-1500)}`);
+        console.error(
+          `ganesha log (problems):\n${await vm.sh(
+            `grep -E 'CRIT|MAJ|FATAL|Export' ${dataDir}/run/ganesha/ganesha.log | tail -30`,
+            { check: false },
+          ).catch((e) => e)}`,
+        );
         if (node) console.error(`node console:\n${node.console().slice(-2500)}`);
       }
       await node?.kill();

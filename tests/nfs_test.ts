@@ -14,6 +14,7 @@ import {
   assignExportIds,
   checkKernelServer,
   desiredExports,
+  exportFailures,
   type ExportSet,
   fsidOf,
   ganeshaFsidOf,
@@ -285,7 +286,24 @@ Deno.test("startNfs kernel mode refuses clearly on a kernel without nfsd", {
   }
 });
 
-Deno.test("kernel mode requires the system's NFS server: nfsd threads, the version, rpc.mountd", async () => {
+Deno.test("ganesha's log: the exports it could not create (it serves without them)", () => {
+  // Lines of ganesha 4.3 in a system without /etc/mtab (the server VM before it had one).
+  const log = [
+    "02/12/2026 13:54:38 : epoch 6b10231d : (none) : ganesha.nfsd-1492[main] " +
+    "populate_posix_file_systems :FSAL :CRIT :Error 2 in setmntent(/etc/mtab): No such file or directory",
+    "02/12/2026 13:54:38 : epoch 6b10231d : (none) : ganesha.nfsd-1492[main] fsal_cfg_commit " +
+    ":CONFIG :CRIT :Could not create export for (/netroot/images/ab12) to (/srv/netroot/images/ab12/rootfs)",
+    "02/12/2026 13:54:38 : epoch 6b10231d : (none) : ganesha.nfsd-1492[main] fsal_cfg_commit " +
+    ":CONFIG :CRIT :Could not create export for (/netroot/persist/525400780021) to " +
+    "(/srv/netroot/nodes/52:54:00:78:00:21/persist)",
+    "02/12/2026 13:54:38 : epoch 6b10231d : (none) : ganesha.nfsd-1492[main] nfs_start " +
+    ":NFS STARTUP :EVENT :             NFS SERVER INITIALIZED",
+  ].join("\n");
+  assert.deepEqual(exportFailures(log), ["/netroot/images/ab12", "/netroot/persist/525400780021"]);
+  assert.deepEqual(exportFailures(log.split("\n").at(-1)!), []);
+});
+
+Deno.test("kernel mode requires the system's NFS server: nfsd threads, the version, a live rpc.mountd", async () => {
   const proc = await Deno.makeTempDir({ prefix: "nr-proc-" });
   try {
     mkdirSync(join(proc, "fs/nfsd"), { recursive: true });
@@ -304,6 +322,11 @@ Deno.test("kernel mode requires the system's NFS server: nfsd threads, the versi
     state("8", "-3 +4 +4.1 +4.2", false);
     await assert.rejects(checkKernelServer(4, proc), /rpc\.mountd is not running/);
     state("8", "-3 +4 +4.1 +4.2", true);
+    await checkKernelServer(4, proc);
+    // An rpc.mountd that was killed and not reaped yet is no rpc.mountd.
+    writeFileSync(join(proc, "4242/stat"), "4242 (rpc.mountd) Z 1 4242 4242 0 -1 4227404\n");
+    await assert.rejects(checkKernelServer(4, proc), /rpc\.mountd is not running/);
+    writeFileSync(join(proc, "4242/stat"), "4242 (rpc.mountd) S 1 4242 4242 0 -1 4227404\n");
     await checkKernelServer(4, proc);
   } finally {
     await Deno.remove(proc, { recursive: true });

@@ -52,6 +52,10 @@ async function run(cmd: string, args: string[], cwd?: string): Promise<string> {
   return dec.decode(o.stdout);
 }
 
+/** DENO_DIR for the host's runs of the bundle (`work` is the test's scratch dir): the server VM
+ *  starts with a copy of it. */
+export const hostDenoDir = (work: string) => join(work, "deno-dir");
+
 /** netroot as one file (plus the node-only init bundle beside it, which serve puts in the
  *  initramfs): what a release ships, and what loads fast over 9p under TCG. */
 export async function bundleNetroot(dir: string): Promise<string> {
@@ -78,6 +82,7 @@ mkdir -p /dev/pts /dev/shm; mount -t devpts devpts /dev/pts; mount -t tmpfs tmpf
 for m in ${o.mods.join(" ")}; do insmod /mods/$m || echo "INSMOD-FAIL $m"; done
 mkdir -p /tmp /run; mount -t tmpfs tmpfs /tmp; mount -t tmpfs tmpfs /run
 mkdir -p /run/rpcbind /var/lib/nfs/v4recovery
+ln -s /proc/self/mounts /etc/mtab # as on Debian: ganesha's FSAL VFS finds file systems there
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose host /host || echo "9P-FAIL"
 for d in ${o.binds.join(" ")}; do mkdir -p $d && mount --bind /host$d $d; done
 mkdir -p ${dataDir} ${adminExport}
@@ -90,20 +95,29 @@ v=4; for a in $(cat /proc/cmdline); do case $a in nr.nfsv=*) v=\${a#*=};; esac; 
 nfs-system start $v
 httpd -p 9000 -h /www
 echo "SERVER-VM-READY"
-exec sleep 100000
+# PID 1 reaps: daemons (rpcbind, rpc.mountd, netroot) are reparented here when they fork or their
+# parent exits. A "sleep" here reaped nothing, so a killed rpcbind stayed a zombie that "pidof"
+# still listed, and "nfs-system start 3" took it for a running rpcbind and started none.
+# (ash's "wait" waits with waitpid(-1): it reaps every child, its jobs and orphans alike.)
+while :; do sleep 2 & wait; done
 `;
 
 /** The "system service" (what nfs-kernel-server's units do), version 3 or 4. */
 const nfsSystem = `#!/bin/sh
+# running NAME: a live (not zombie) process runs NAME.
+running() { for p in $(pidof $1); do alive $p && return 0; done; return 1; }
 case "$1" in
 stop)
   rpc.nfsd 0; exportfs -f
-  for p in $(pidof rpc.mountd) $(pidof rpcbind); do kill $p; done; sleep 1;;
+  for p in $(pidof rpc.mountd) $(pidof rpcbind); do kill $p; done
+  for i in $(seq 50); do running rpc.mountd || running rpcbind || break; sleep 0.2; done;;
 start)
   echo 10 > /proc/fs/nfsd/nfsv4gracetime; echo 10 > /proc/fs/nfsd/nfsv4leasetime
   if [ "$2" = 3 ]; then
-    # rpcbind forks before its socket answers: rpc.nfsd registering too early is refused.
-    pidof rpcbind >/dev/null || rpcbind
+    # As Debian's rpcbind.service: -w (warm start: registrations saved in /run/rpcbind on
+    # SIGTERM come back). rpcbind forks before its socket answers: rpc.nfsd registering too
+    # early is refused, so wait for it.
+    running rpcbind || rpcbind -w
     for i in $(seq 50); do rpcinfo -p 127.0.0.1 >/dev/null 2>&1 && break; sleep 0.2; done
     rpc.mountd -N 2
     rpc.nfsd --no-udp 8
@@ -128,7 +142,8 @@ export interface ServerVm {
   /** Runs a shell script in the server VM; resolves with its output (throws on a non-zero
    *  status unless `check: false`). */
   sh(script: string, opts?: { check?: boolean; timeoutMs?: number }): Promise<string>;
-  /** Starts `netroot serve` (the bundle) with the boot-network flags and `args`, in the
+  /** Starts `netroot serve` (the bundle) with the boot-network flags and `args` (`--nfs kernel`
+   *  unless they hold another --nfs), in the
    *  background; its output goes to /run/serve.log, its PID to /run/serve.pid. */
   serveCommand(args: string[]): string;
   /** The qemu -netdev/-device pair a node VM joins the boot network with. */
@@ -183,7 +198,7 @@ export async function startServerVm(o: {
   writeFileSync(join(stage, "etc/exports"), `# the admin's own exports\n${adminLine}\n`);
   writeFileSync(join(stage, "bin/nfs-system"), nfsSystem, { mode: 0o755 });
   writeFileSync(join(stage, "www/cgi-bin/sh"), cgi, { mode: 0o755 });
-  // `alive PID`: runs and is no zombie (PID 1 here, a shell in `sleep`, reaps nothing).
+  // `alive PID`: runs and is no zombie (a zombie waits for PID 1 to reap it).
   writeFileSync(
     join(stage, "bin/alive"),
     `#!/bin/sh\n[ -r /proc/$1/stat ] && [ "$(cut -d' ' -f3 /proc/$1/stat)" != Z ]\n`,
@@ -263,9 +278,12 @@ export async function startServerVm(o: {
       const serve = [
         serveCmd,
         ...["--interface", "eth0", "--dhcp-range", bootNet.range, "--http", "0.0.0.0:8080"],
-        ...["--nfs", "kernel", ...args],
+        ...(args.includes("--nfs") ? args : ["--nfs", "kernel", ...args]),
       ].join(" ");
-      return `cd /tmp && HOME=/tmp DENO_DIR=/tmp/deno NO_COLOR=1 NETROOT_LOG=debug ` +
+      // The host's runs of the bundle (hostDenoDir) left V8's code cache for it: copied, the first
+      // start does not compile the bundle again under TCG.
+      return `[ -d /tmp/deno ] || cp -a ${hostDenoDir(work)} /tmp/deno 2>/dev/null; ` +
+        `cd /tmp && HOME=/tmp DENO_DIR=/tmp/deno NO_COLOR=1 NETROOT_LOG=debug ` +
         `setsid ${serve} >>/run/serve.log 2>&1 </dev/null & echo $! > /run/serve.pid`;
     },
     nodeNetdev(mac) {
