@@ -20,7 +20,7 @@ import { buildInitramfs, initramfsCompression } from "../src/initramfs/build.ts"
 import { currentProgram } from "../src/initramfs/bundle.ts";
 import { qemuArgs, qemuBinary } from "../src/vnode/qemu.ts";
 import { type DebianKernel, debianKernel } from "../tests/support/kernel.ts";
-import { initramfsToolsInitrd } from "../tests/support/initramfs_tools.ts";
+import { initramfsToolsInitrd, run } from "../tests/support/initramfs_tools.ts";
 import { minbaseImage } from "../tests/support/minbase.ts";
 import { quick, ratio } from "./ratio.ts";
 
@@ -41,18 +41,6 @@ const MAC = "52:54:00:b0:07:01";
 const RAM = "1024M";
 const BOOT_TIMEOUT_MS = 300_000;
 
-const dec = new TextDecoder();
-async function run(cmd: string, args: string[], opts: { quiet?: boolean } = {}): Promise<string> {
-  const out = await new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).output();
-  if (!out.success && !opts.quiet) {
-    throw new Error(
-      `${cmd} ${args.join(" ")} failed (rc ${out.code}): ${
-        (dec.decode(out.stderr) + dec.decode(out.stdout)).trim().split("\n").slice(-15).join("\n")
-      }`,
-    );
-  }
-  return dec.decode(out.stdout);
-}
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 const ganeshaConf = (image: string, persist: string, dir: string) =>

@@ -19,22 +19,13 @@ import {
   parseEntry,
   serializeEntry,
 } from "../../contract/manifest.ts";
-import { UserError } from "../errors.ts";
 import { lchown, lutimes, mknod, S_IFBLK, S_IFCHR, S_IFIFO, S_IFSOCK } from "../linux/fsops.ts";
 import { listXattrs, removeXattr, setXattr } from "../linux/xattr.ts";
-import { shown } from "./archivepath.ts";
 import { identity, objectKey, type ObjectStore } from "./objects.ts";
-import { fileType, hashFileSync, splitDev } from "./walk.ts";
+import { b64, hashFileSync, splitDev, statEntry } from "./walk.ts";
+import { isOpaque, isWhiteout, OVERLAY_XATTR, refuseIndirect } from "./upper.ts";
 
-const OVERLAY_XATTR = /^(trusted|user)\.overlay\./;
-const isWhiteout = (st: Deno.FileInfo) => st.isCharDevice && st.rdev === 0;
 const code = (e: unknown) => (e as { code?: string }).code;
-
-function b64(bytes: Uint8Array): string {
-  let s = "";
-  for (let i = 0; i < bytes.length; i++) s += String.fromCharCode(bytes[i]);
-  return btoa(s);
-}
 
 function unb64(s: string): Uint8Array {
   const bin = atob(s);
@@ -139,24 +130,9 @@ export function deriveManifest(baseText: string, upper: string): Derived {
         continue;
       }
       const x = listXattrs(src);
-      for (const k of ["redirect", "metacopy"]) {
-        if (x?.has(`trusted.overlay.${k}`) || x?.has(`user.overlay.${k}`)) {
-          throw new UserError(
-            `${shown(r)} is an overlay ${k} entry (its content is in another layer): ` +
-              "mount the overlay with redirect_dir=off,metacopy=off",
-          );
-        }
-      }
-      const type = fileType(st);
-      const e: ManifestEntry = {
-        path: r,
-        type,
-        mode: st.mode! & 0o7777,
-        uid: st.uid!,
-        gid: st.gid!,
-        size: type === "file" ? st.size : 0,
-        mtime: Math.floor(st.mtime!.getTime() / 1000),
-      };
+      refuseIndirect(r, x);
+      const e = statEntry(r, st);
+      const type = e.type;
       const kept = new Map<string, Uint8Array>();
       for (const [k, v] of x ?? []) {
         if (OVERLAY_XATTR.test(k)) {
@@ -245,11 +221,6 @@ export function deriveManifest(baseText: string, upper: string): Derived {
     deleted,
     nodes,
   };
-}
-
-function isOpaque(x: Map<string, Uint8Array> | undefined): boolean {
-  const v = x?.get("trusted.overlay.opaque") ?? x?.get("user.overlay.opaque");
-  return v !== undefined && new TextDecoder().decode(v) === "y";
 }
 
 export interface BuildStats {

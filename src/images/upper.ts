@@ -12,11 +12,13 @@ import { lstatOrNull, shown } from "./archivepath.ts";
 import { splitDev } from "./walk.ts";
 
 /** overlayfs's own attributes (opaque, origin, impure, redirect, metacopy…): never image content. */
-const OVERLAY_XATTR = /^(trusted|user)\.overlay\./;
+export const OVERLAY_XATTR = /^(trusted|user)\.overlay\./;
 
-const isWhiteout = (st: Deno.FileInfo) => st.isCharDevice && st.rdev === 0;
+/** An overlay whiteout: a character device 0/0. */
+export const isWhiteout = (st: Deno.FileInfo) => st.isCharDevice && st.rdev === 0;
 
-function isOpaque(x: Map<string, Uint8Array> | undefined): boolean {
+/** A directory the overlay marked opaque (what was below it is gone). */
+export function isOpaque(x: Map<string, Uint8Array> | undefined): boolean {
   const v = x?.get("trusted.overlay.opaque") ?? x?.get("user.overlay.opaque");
   return v !== undefined && new TextDecoder().decode(v) === "y";
 }
@@ -39,6 +41,18 @@ export interface UpperStats {
  * are dropped. A redirected directory or a metacopy-only file (overlay features whose content
  * lives elsewhere) is refused: they need the layer below, which the upper does not carry.
  */
+/** Refuses an upper entry whose content lives in another layer (redirect, metacopy). */
+export function refuseIndirect(r: string, x: Map<string, Uint8Array> | undefined): void {
+  for (const k of ["redirect", "metacopy"]) {
+    if (x?.has(`trusted.overlay.${k}`) || x?.has(`user.overlay.${k}`)) {
+      throw new UserError(
+        `${shown(r)} is an overlay ${k} entry (its content is in another layer): ` +
+          "mount the overlay with redirect_dir=off,metacopy=off",
+      );
+    }
+  }
+}
+
 export function applyUpper(upper: string, tree: string): UpperStats {
   const stats: UpperStats = { written: 0, deleted: 0 };
   const walk = (rel: string) => {
@@ -56,14 +70,7 @@ export function applyUpper(upper: string, tree: string): UpperStats {
         continue;
       }
       const x = listXattrs(src);
-      for (const k of ["redirect", "metacopy"]) {
-        if (x?.has(`trusted.overlay.${k}`) || x?.has(`user.overlay.${k}`)) {
-          throw new UserError(
-            `${shown(r)} is an overlay ${k} entry (its content is in another layer): ` +
-              "mount the overlay with redirect_dir=off,metacopy=off",
-          );
-        }
-      }
+      refuseIndirect(r, x);
       if (st.isDirectory) {
         if (have && !have.isDirectory) removeTree(dst);
         if (!have || !have.isDirectory) Deno.mkdirSync(dst);

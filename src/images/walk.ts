@@ -47,6 +47,20 @@ export function fileType(st: Deno.FileInfo): EntryType {
 }
 
 /** glibc's dev_t split (gnu_dev_major / gnu_dev_minor). */
+/** A manifest entry's stat part (type, mode, owner, size, mtime) for `path` of that lstat. */
+export function statEntry(path: string, st: Deno.FileInfo): ManifestEntry {
+  const type = fileType(st);
+  return {
+    path,
+    type,
+    mode: st.mode! & 0o7777,
+    uid: st.uid!,
+    gid: st.gid!,
+    size: type === "file" ? st.size : 0,
+    mtime: Math.floor(st.mtime!.getTime() / 1000),
+  };
+}
+
 export function splitDev(dev: number): { major: number; minor: number } {
   const d = BigInt(dev);
   return {
@@ -55,7 +69,7 @@ export function splitDev(dev: number): { major: number; minor: number } {
   };
 }
 
-function b64(bytes: Uint8Array): string {
+export function b64(bytes: Uint8Array): string {
   let s = "";
   for (let i = 0; i < bytes.length; i++) s += String.fromCharCode(bytes[i]);
   return btoa(s);
@@ -100,16 +114,8 @@ export async function scanTree(
     }
   };
   const add = (rel: string, full: string, st: Deno.FileInfo) => {
-    const type = fileType(st);
-    const entry: ManifestEntry = {
-      path: rel,
-      type,
-      mode: st.mode! & 0o7777,
-      uid: st.uid!,
-      gid: st.gid!,
-      size: type === "file" ? st.size : 0,
-      mtime: Math.floor(st.mtime!.getTime() / 1000),
-    };
+    const entry = statEntry(rel, st);
+    const type = entry.type;
     if (type === "symlink") entry.target = Deno.readLinkSync(full);
     if (type === "char" || type === "block") entry.rdev = splitDev(st.rdev!);
     const xa = listXattrs(full);

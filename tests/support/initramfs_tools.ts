@@ -4,7 +4,12 @@ import { join } from "node:path";
 import { type DebianKernel, workCacheDir } from "./kernel.ts";
 
 const dec = new TextDecoder();
-async function run(cmd: string, args: string[], opts: { quiet?: boolean } = {}): Promise<string> {
+/** Runs a command; its stdout, or an error with the tail of its output (unless `quiet`). */
+export async function run(
+  cmd: string,
+  args: string[],
+  opts: { quiet?: boolean } = {},
+): Promise<string> {
   const out = await new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).output();
   if (!out.success && !opts.quiet) {
     throw new Error(
