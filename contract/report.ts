@@ -38,6 +38,10 @@ export interface StageReport {
 export interface WireReport extends StageReport {
   token: string;
   mac: string;
+  /** The report's number in its boot (1, 2, …; the node's Reporter counts): a retry of a report
+   *  the server did receive (the node gave up waiting for the answer) carries the same number, and
+   *  the server records it once. Absent: always recorded. */
+  seq?: number;
 }
 
 type Field = Exclude<keyof StageReport, "stage">;
@@ -84,6 +88,13 @@ export function parseReport(text: string): WireReport | { error: string } {
     return { error: "report needs stage: lower-case letters, digits, - or _" };
   }
   const r: WireReport = { token, mac, stage };
+  const seq = body.seq;
+  if (seq !== undefined) {
+    if (typeof seq !== "number" || !Number.isSafeInteger(seq) || seq < 0) {
+      return { error: "report seq must be a whole number ≥ 0" };
+    }
+    r.seq = seq;
+  }
   for (const [k, type] of Object.entries(FIELDS) as [Field, string][]) {
     const v = body[k];
     if (typeof v === type && (type !== "number" || Number.isFinite(v))) {
@@ -95,7 +106,7 @@ export function parseReport(text: string): WireReport | { error: string } {
 
 /** The fields of a report the timeline keeps (everything but the boot's identity). */
 export function reportFields(r: WireReport): Record<string, unknown> {
-  const { token: _t, mac: _m, stage: _s, ...fields } = r;
+  const { token: _t, mac: _m, stage: _s, seq: _n, ...fields } = r;
   return fields;
 }
 

@@ -400,8 +400,15 @@ async function ipxeRoute(
   }
 }
 
+/** Boots whose last report number is remembered (past it, the least recent is forgotten). */
+const maxReportingBoots = 4096;
+
 /** POST /boot/report: a stage report of the node-side init, taken while its boot's token is. */
-async function reportRoute(c: HonoContext, booter: HttpBooter): Promise<Response> {
+async function reportRoute(
+  c: HonoContext,
+  booter: HttpBooter,
+  lastSeq: Map<string, number>,
+): Promise<Response> {
   const raw = await textUpTo(c.req.raw, 65536);
   if (raw === undefined) return refusal(c, "report too large", 413);
   const report = parseReport(raw);
@@ -415,6 +422,14 @@ async function reportRoute(c: HonoContext, booter: HttpBooter): Promise<Response
     const reason = accepted.rejected;
     events.fromSource(sourceOf(c), mac, "http.report.rejected", { stage, reason });
     return refusal(c, reason, 403);
+  }
+  // A retry of a report already recorded (the node's wait for the answer ran out): once only.
+  if (report.seq !== undefined) {
+    const last = lastSeq.get(token);
+    if (last !== undefined && report.seq <= last) return c.json({ ok: true, duplicate: true });
+    lastSeq.delete(token); // most recent last: the oldest boots are the ones forgotten
+    lastSeq.set(token, report.seq);
+    if (lastSeq.size > maxReportingBoots) lastSeq.delete(lastSeq.keys().next().value!);
   }
   // A progress report replaces the previous one: one line that updates, not one per second.
   const fields: Record<string, unknown> = { image: accepted.imageId, ...reportFields(report) };
@@ -436,6 +451,8 @@ export function bootRoutes(booter: HttpBooter, cache: BootFileCache = bootFiles)
     "/ipxe/:file{[A-Za-z0-9][A-Za-z0-9._-]*\\.(?:efi|kpxe|kkpxe|pxe|lkrn)}",
     (c) => ipxeRoute(c, booter, cache),
   );
-  app.post("/report", (c) => reportRoute(c, booter));
+  // The last report number of each boot still reporting (bounded: tokens expire anyway).
+  const lastSeq = new Map<string, number>();
+  app.post("/report", (c) => reportRoute(c, booter, lastSeq));
   return app;
 }

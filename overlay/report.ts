@@ -18,7 +18,9 @@ const httpPost: Post = async (url, body, signal) => {
 };
 
 export class Reporter {
-  #queue: StageReport[] = [];
+  #queue: (StageReport & { seq: number })[] = [];
+  /** Numbers the reports of this boot: a retry sends the same number (contract/report.ts). */
+  #seq = 0;
   #url?: string;
   #sending: Promise<void> = Promise.resolve();
   #failed = false;
@@ -42,7 +44,7 @@ export class Reporter {
   }
 
   send(r: StageReport): void {
-    this.#queue.push(r);
+    this.#queue.push({ ...r, seq: ++this.#seq });
     if (this.#url) this.#pump();
   }
 

@@ -724,6 +724,47 @@ Deno.test("report: the node's nfsReadBytes lands in the timeline event", async (
   }
 });
 
+Deno.test("report: a retry of a report already recorded (same seq) is recorded once; a bad seq is 400", async () => {
+  const f = await fixture();
+  const mac = "52:54:00:12:34:7a";
+  try {
+    addNode(f.ctx, mac, "pc9", f.imageId);
+    const token = openBoot(f.ctx.db, mac, f.imageId);
+    const app = new Hono().route("/boot", bootRoutes(contextBooter(f.ctx)));
+    const post = (body: Record<string, unknown>) =>
+      app.request("/boot/report", {
+        method: "POST",
+        body: JSON.stringify({ token, mac, ...body }),
+      });
+    const count = (kind: string) =>
+      listEvents(f.ctx.db, { mac }).filter((x) => x.kind === kind).length;
+    assert.equal((await post({ stage: "modules", ok: true, seq: 1 })).status, 200);
+    // The node gave up waiting for the answer and sent it again: the same number.
+    const again = await post({ stage: "modules", ok: true, seq: 1 });
+    assert.equal(again.status, 200);
+    assert.equal((await again.json()).duplicate, true);
+    assert.equal(count("init.modules"), 1);
+    assert.equal((await post({ stage: "network", ok: true, seq: 2 })).status, 200);
+    assert.equal((await post({ stage: "modules", ok: true, seq: 1 })).status, 200); // late retry
+    assert.equal(count("init.modules"), 1);
+    assert.equal(count("init.network"), 1);
+    // The number stays out of the timeline; reports without one are always recorded.
+    const e = listEvents(f.ctx.db, { mac }).find((x) => x.kind === "init.network");
+    assert.equal(e?.detail.seq, undefined);
+    await post({ stage: "persist", ok: true });
+    await post({ stage: "persist", ok: true });
+    assert.equal(count("init.persist"), 2);
+    for (const seq of [-1, 1.5, "3", 2 ** 60]) {
+      const r = await post({ stage: "overlay", seq });
+      assert.equal(r.status, 400, String(seq));
+      assert.match(await r.text(), /seq must be a whole number/);
+    }
+    assert.equal(count("init.overlay"), 0);
+  } finally {
+    await f.close();
+  }
+});
+
 Deno.test("report: a body past 64 KiB is 413, declared or streamed without a length", async () => {
   const f = await fixture();
   try {

@@ -21,7 +21,7 @@ Deno.test("reporter: queued before the network, then sent in order over real HTT
     r.send({ stage: "network", ms: 5, ok: true, nfsReadBytes: 0 });
     assert.equal(await r.flush(5000), true);
     assert.deepEqual(got, [
-      { token: "t", mac: "52:54:00:00:00:01", stage: "start", ms: 1, ok: true },
+      { token: "t", mac: "52:54:00:00:00:01", stage: "start", ms: 1, ok: true, seq: 1 },
       {
         token: "t",
         mac: "52:54:00:00:00:01",
@@ -29,8 +29,17 @@ Deno.test("reporter: queued before the network, then sent in order over real HTT
         ms: 20,
         ok: true,
         detail: "3 loaded",
+        seq: 2,
       },
-      { token: "t", mac: "52:54:00:00:00:01", stage: "network", ms: 5, ok: true, nfsReadBytes: 0 },
+      {
+        token: "t",
+        mac: "52:54:00:00:00:01",
+        stage: "network",
+        ms: 5,
+        ok: true,
+        nfsReadBytes: 0,
+        seq: 3,
+      },
     ]);
     assert.deepEqual(errors, []);
   } finally {
@@ -41,12 +50,14 @@ Deno.test("reporter: queued before the network, then sent in order over real HTT
 Deno.test("reporter: a failed report is tried once more; a failing server is said once and never blocks beyond the flush bound", async () => {
   const errors: string[] = [];
   const delivered: string[] = [];
+  const seqs: number[] = [];
   let calls = 0;
   const r = new Reporter(
     { mac: "52:54:00:00:00:01" },
     (m) => errors.push(m),
     async (_url, body, signal) => {
       calls++;
+      seqs.push(JSON.parse(body).seq);
       if (calls === 1) throw new Error("HTTP 500"); // a stalled first connection
       if (calls === 2) return void delivered.push(JSON.parse(body).stage); // the retry goes through
       // then a server that never answers: only the abort signal ends it
@@ -63,6 +74,7 @@ Deno.test("reporter: a failed report is tried once more; a failing server is sai
   assert.equal(await r.flush(2000), true); // the per-request timeouts end the hung ones
   assert.deepEqual(delivered, ["start"]);
   assert.equal(calls, 4); // start: 2 tries; network: 2 tries
+  assert.deepEqual(seqs, [1, 1, 2, 2]); // a retry is the same report: the server records it once
   assert.equal(errors.length, 1);
   assert.match(errors[0], /report network to http:\/\/10\.0\.0\.1:8080\/boot\/report failed/);
 });
