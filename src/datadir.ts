@@ -120,6 +120,9 @@ function privateDir(path: string): void {
       Deno.mkdirSync(join(path, ".."), { recursive: true });
       Deno.mkdirSync(path, { recursive: true, mode: 0o700 });
     } else if (!(e instanceof Deno.errors.AlreadyExists)) throw e;
+    else if (!Deno.lstatSync(path).isDirectory) {
+      throw new Error(`${path} exists and is not a directory`);
+    }
   }
   chmodSync(path, 0o700);
 }
