@@ -2,6 +2,7 @@
 // tree, tarred with GNU tar as a node would, becomes a new version on top of the image the node
 // booted, deletions (whiteouts, opaque directories) included. Hostile tarballs are refused.
 import assert from "node:assert/strict";
+import { dirname } from "node:path";
 import { MNT_DETACH, mount, umount } from "../src/linux/mount.ts";
 import { setXattr } from "../src/linux/xattr.ts";
 import { NodeRegistry } from "../src/nodes.ts";
@@ -228,6 +229,7 @@ async function withLiveNode(
       const base = await s.ctx.images.import(src, "deb");
       const up = upper(s.ctx.data.rootfs(base.id));
       Deno.renameSync(up, `${dir}/upper`);
+      Deno.removeSync(dirname(up), { recursive: true }); // changedUpper's scratch (tarball, work)
       s.ctx.nodes.add("52:54:00:00:00:21", { name: "n1" });
       s.ctx.nodes.configure("n1", { "boot.probe-port": String(node.port) });
       s.ctx.nodes.setIp("52:54:00:00:00:21", "127.0.0.21");
@@ -242,7 +244,8 @@ async function withLiveNode(
   });
 }
 
-/** A real overlayfs upper over `lower` (mounted, changed, unmounted), left in a new directory. */
+/** A real overlayfs upper over `lower` (mounted, changed, unmounted), left in a new directory
+ *  (withLiveNode takes the upper and removes that directory). */
 function changedUpper(lower: string, change: (root: string) => void): string {
   const dir = Deno.makeTempDirSync({ prefix: "nr-upper-" });
   upperTarball(dir, lower, change);
