@@ -277,8 +277,9 @@ const waitMaxS = 60;
  * GET /wait?nodes=A,B&state=booted&timeout=S: answers once every node is in `state` (default
  * booted), or once every laggard is `failed` (it will not get there by itself), or after S
  * seconds (at most 60). Nothing polls: it follows the nodes' state changes (ctx.changes "state",
- * each a StateChange naming its node) and re-reads them once to answer. A client that goes away leaves its wait to end at its timeout (Deno's
- * request.signal also aborts after every successful response, and warns about it).
+ * each a StateChange naming its node) and re-reads them once to answer. A client that goes away
+ * leaves its wait to end at its timeout (Deno's request.signal also aborts after every successful
+ * response, and warns about it).
  */
 export function waitRoutes(ctx: Context): Hono {
   return apiRouter().get("/", async (c) => {
