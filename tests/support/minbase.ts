@@ -7,6 +7,7 @@
 // per kernel version. Both appear by rename only when complete.
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { nspawnArgs } from "../../src/images/session.ts";
 import type { DebianKernel } from "./kernel.ts";
 import { bootModules } from "./testimage.ts";
 
@@ -90,22 +91,9 @@ export async function minbaseLargeTree(): Promise<string> {
   const base = await minbaseTree();
   const work = join(minbaseCacheDir, `.tmp-${largeName}-${Deno.pid}`);
   await Deno.remove(work, { recursive: true }).catch(() => {});
+  // The same container as `image shell` (src/images/session.ts).
   const nspawn = (cmd: string) =>
-    run("systemd-nspawn", [
-      "--quiet",
-      "--register=no",
-      "--keep-unit",
-      "--resolv-conf=bind-host",
-      "--timezone=off",
-      "--link-journal=no",
-      "--pipe",
-      "-D",
-      work,
-      "--",
-      "/bin/sh",
-      "-c",
-      cmd,
-    ]);
+    run("systemd-nspawn", nspawnArgs(work, ["/bin/sh", "-c", cmd], false));
   try {
     await run("cp", ["-a", base, work]);
     await nspawn(
