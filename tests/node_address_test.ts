@@ -183,15 +183,22 @@ Deno.test("proxy mode (root, netns): fetching another node's boot script does no
       sh(["ip", "netns", "exec", from.ns, "curl", "-sf", `${url}/boot/${mac}.ipxe`]);
     const [ca, cb] = lan.clients;
 
+    // Before A ever boots, B fetches A's script (the attacker comes first): A gets no address
+    // and no export, even once the exports are rendered again (B boots itself).
+    assert.match(await script(cb, a), /ip=10\.86\.1\.12:/);
+    await script(cb, b);
+    await until("B's /persist exported to B", () => exportOf(b) === cb.ip);
+    assert.equal(exportOf(a), undefined, "A's /persist is exported to nobody");
+
     // Node A boots: its script carries its address, and /persist is exported to it.
     assert.match(await script(ca, a), /ip=10\.86\.1\.11:10\.86\.1\.1:/);
     await until("A's /persist exported to A", () => exportOf(a) === ca.ip);
 
-    // B (another machine on the LAN) fetches A's script: it gets an answer, nothing more.
+    // B (another machine on the LAN) fetches A's script again: it gets an answer, nothing more.
     assert.match(await script(cb, a), /ip=10\.86\.1\.12:/);
     // B boots itself: exports are rendered again after the hostile fetch.
     await script(cb, b);
-    await until("B's /persist exported to B", () => exportOf(b) === cb.ip);
+    await until("B's /persist still exported to B", () => exportOf(b) === cb.ip);
     assert.equal(exportOf(a), ca.ip, "A's /persist stays exported to A only");
 
     // The admin fixes A's address: the export follows it and A's own requests do not undo it.
