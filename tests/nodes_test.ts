@@ -363,6 +363,9 @@ Deno.test("ageOut forgets auto-registered nodes that never got past DHCP, idle p
     nodes.register(mac(5), { via: "dhcp" });
     writeFileSync(join(ctx.data.persist(mac(5)), "notes"), "kept"); // data in its /persist
     nodes.register(mac(6), { via: "dhcp" });
+    // Node 1 had an address (a lease netroot ACKed): its /persist was exported to it.
+    nodes.observeAddress(mac(1), "10.0.9.1", "lease");
+    assert.ok(nodes.exportTargets().some((t) => t.mac === mac(1) && t.persist));
     assert.equal(nodes.countAutoRegistered(), 4);
     const changes: string[] = [];
     ctx.changes.addEventListener("nodes", (e) => changes.push(e.type));
@@ -375,6 +378,7 @@ Deno.test("ageOut forgets auto-registered nodes that never got past DHCP, idle p
     assert.deepEqual(gone.sort(), [mac(1), mac(5)]);
     assert.deepEqual(nodes.list().map((n) => n.mac).sort(), [mac(2), mac(3), mac(4), mac(6)]);
     assert.equal(changes.length, 1, "one change event: exports follow");
+    assert.ok(!nodes.exportTargets().some((t) => t.mac === mac(1)), "its export is gone");
     // Its fs link and empty directories went with it; a /persist holding data stays.
     assert.equal(existsSync(ctx.data.node(mac(1))), false);
     assert.equal(readFileSync(join(ctx.data.persist(mac(5)), "notes"), "utf8"), "kept");
