@@ -52,6 +52,18 @@ Deno.test("boot token: not in events, the open API or `node log`/`node show` out
   withServer(async (url, ctx) => {
     const token = await bootToken(url);
     assert.equal((await report(url, token, "start")).status, 200);
+    assert.equal((await report(url, token, "handover")).status, 200);
+    // At the root: no table but boots holds it, in any column (events, live stream, dashboard
+    // and metrics all read from these).
+    const tables = ctx.db.prepare(
+      "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+    ).all() as { name: string }[];
+    assert.ok(tables.some((t) => t.name === "events"));
+    for (const { name } of tables) {
+      const rows = ctx.db.prepare(`SELECT * FROM "${name}"`).all();
+      const hits = rows.filter((r) => JSON.stringify(r).includes(token)).length;
+      assert.equal(hits, name === "boots" ? 1 : 0, `table ${name} holds the boot token`);
+    }
     for (const path of ["/events", `/nodes/${mac}/events`, "/nodes/pc1", "/nodes"]) {
       const body = await (await fetch(`${url}/api/v1${path}`)).text();
       assert.ok(body.includes("http.script") || path.startsWith("/nodes"), path);
