@@ -607,12 +607,17 @@ Deno.test({
     let qemu: Deno.ChildProcess | undefined;
     try {
       // The data disk as netroot lays it out: an image, a node's /persist, and, outside every
-      // export, files a forged handle must not reach (a root-only and a world-readable one).
+      // export, files a forged handle must not reach (a root-only and a world-readable one);
+      // and another node's /persist, exported to that node only, which a handle forged from
+      // this node's exports must not reach either.
       const mac = "52:54:00:00:71:21", data = "/srv/data";
+      const otherMac = "52:54:00:00:71:22", theirs = `nodes/${otherMac}/persist`;
       const tree = join(work, "tree");
       const rootfs = `images/aa11/rootfs`, persist = `nodes/${mac}/persist`;
       mkdirSync(join(tree, rootfs, "etc/ssh"), { recursive: true });
       mkdirSync(join(tree, persist), { recursive: true });
+      mkdirSync(join(tree, theirs), { recursive: true });
+      writeFileSync(join(tree, theirs, "theirs"), "THEIRS\n", { mode: 0o644 });
       writeFileSync(join(tree, rootfs, "etc/hostname"), "a\n");
       writeFileSync(join(tree, rootfs, "etc/ssh/ssh_host_ed25519_key"), "key\n", { mode: 0o600 });
       writeFileSync(join(tree, persist, "mine"), "mine\n");
@@ -628,11 +633,18 @@ Deno.test({
       await run("mkfs.ext4", "-q", "-F", "-d", tree, disk, "64M");
       const inode = async (p: string) =>
         /Inode: (\d+)/.exec(await run("debugfs", "-R", `stat ${p}`, disk))![1];
-      const outside = [await inode("/netroot.db"), await inode("/public")];
+      const outside = [
+        await inode("/netroot.db"),
+        await inode("/public"),
+        await inode(`/${theirs}/theirs`),
+      ];
       const text = renderKernelExports({
         subnet: "10.71.0.0/24",
         images: [{ id: "aa11", path: `${data}/${rootfs}`, pseudo: "", nodes: ["10.71.0.21"] }],
-        persists: [{ mac, ip: "10.71.0.21", path: `${data}/${persist}`, pseudo: "" }],
+        persists: [
+          { mac, ip: "10.71.0.21", path: `${data}/${persist}`, pseudo: "" },
+          { mac: otherMac, ip: "10.71.0.22", path: `${data}/${theirs}`, pseudo: "" },
+        ],
       });
 
       // The guest: busybox, virtio + ext4 + nfsd modules, Debian's exportfs/rpc.mountd/rpc.nfsd.
@@ -774,8 +786,9 @@ sleep 600
       const viaPersist = await probe(`${data}/${persist}`, "mine");
       assert.deepEqual(viaImage.legit, { status: 0, data: "a\n" }, "the image reads normally");
       assert.deepEqual(viaPersist.legit, { status: 0, data: "mine\n" }, "/persist reads normally");
-      // A handle forged from either export, naming a file outside every export: stale (the old
-      // no_subtree_check text read both, the root-only one through the image export too).
+      // A handle forged from either export, naming a file outside every export or in another
+      // node's /persist: stale (the old no_subtree_check text read them, the root-only one
+      // through the image export too).
       for (const r of [viaImage, viaPersist]) {
         for (const ino of outside) {
           assert.deepEqual(r.forged[ino], [NFS4ERR_STALE, NFS4ERR_STALE], JSON.stringify(r));
