@@ -512,6 +512,12 @@ async function startGanesha(ctx: Context, opts: NfsOptions): Promise<Service> {
   if (!serverIp) {
     throw new UserError("--nfs ganesha needs the server address (--interface or --address)");
   }
+  // Said at every start: the admin chose this mode, and may not have read docs/security.md.
+  log.warn(
+    "ganesha cannot keep a forged NFS file handle inside its export: a host on the boot " +
+      "network can reach files of the data dir's file system; use --nfs kernel where nodes or " +
+      "the boot network are not trusted (docs/security.md)",
+  );
   const paths = ganeshaPaths(ctx);
   mkdirSync(paths.recovery, { recursive: true });
   // A ganesha left running by a netroot that was killed holds port 2049: stop it, but only when

@@ -25,6 +25,7 @@ import {
   startNfs,
 } from "../src/nfs.ts";
 import { networkCidr } from "../contract/ipv4.ts";
+import { setLogSink } from "../src/log.ts";
 import { openContext } from "../src/server.ts";
 import { moduleClosure } from "./support/modules.ts";
 
@@ -360,7 +361,18 @@ Deno.test("ganesha (root, netns): serves on 2049, follows a deploy by SIGHUP, st
     const a = addImage(ctx, "a");
     addNode(ctx, "52:54:00:00:00:01", "n1", a, "10.66.0.21");
 
-    service = await startNfs(ctx, { wrap: ["ip", "netns", "exec", ns] });
+    const lines: string[] = [];
+    setLogSink((l) => lines.push(l));
+    try {
+      service = await startNfs(ctx, { wrap: ["ip", "netns", "exec", ns] });
+    } finally {
+      setLogSink((l) => console.error(l));
+    }
+    // The one thing ganesha cannot do (forged handles) is said where the admin sees it.
+    assert.ok(
+      lines.some((l) => /WARN .*ganesha cannot keep a forged NFS file handle inside/.test(l)),
+      lines.join("\n"),
+    );
     const dir = join(ctx.data.run, "ganesha");
     const pid = Number(readFileSync(join(dir, "ganesha.pid"), "utf8"));
     assert.ok(existsSync(`/proc/${pid}`));
