@@ -67,6 +67,20 @@ Deno.test({
           });
           const vm = [ctx.data.vm(mac), join(ctx.data.vm(mac), "console.log")];
           assert.deepEqual(await readableByNobody(vm), [], which);
+          // And whatever else is there (the server's ssh key too): no file of the data dir
+          // outside the image trees is readable by another user.
+          ctx.ssh.key.publicKey();
+          const files: string[] = [];
+          const walk = (d: string) => {
+            for (const e of Deno.readDirSync(d)) {
+              const p = join(d, e.name);
+              if (e.isDirectory && p !== ctx.data.images) walk(p);
+              else if (e.isFile && !p.endsWith(".pub")) files.push(p);
+            }
+          };
+          walk(ctx.data.root);
+          assert.ok(files.includes(ctx.data.token) && files.length >= 6, files.join(" "));
+          assert.deepEqual(await readableByNobody(files), [], which);
           for (
             const f of [ctx.data.db, `${ctx.data.db}-wal`, `${ctx.data.db}-shm`, ctx.data.token]
           ) {
