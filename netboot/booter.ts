@@ -23,7 +23,9 @@ export interface EventSink {
   ): boolean;
   /** A progress report: replaces the node's newest event when it is progress of the same kind. */
   progress(mac: string, kind: EventKind, detail: Record<string, unknown>): void;
-  /** An event the caller already limits itself (DHCP), stamped at `at` (ms since the epoch). */
+  /** A DHCP event, stamped at `at` (ms since the epoch). DHCP has no source address to limit by:
+   *  the sink limits it per MAC (src/events.ts recordDhcpAllowed); the caller limits what unknown
+   *  MACs cause (registration) itself. */
   record(mac: string | null, kind: EventKind, detail: Record<string, unknown>, at: number): void;
 }
 

@@ -233,7 +233,7 @@ const budgets: Record<Budget, [burst: number, perMinute: number]> = {
 const summaryMs = 60_000;
 const gates = new WeakMap<
   Db,
-  { limiters: Record<Budget, SourceLimiter>; summarizedAt: number }
+  { limiters: Record<Budget | "dhcp", SourceLimiter>; summarizedAt: number }
 >();
 
 function gateFor(db: Db) {
@@ -242,6 +242,8 @@ function gateFor(db: Db) {
     const limiters = {
       refusal: new SourceLimiter(...budgets.refusal),
       node: new SourceLimiter(...budgets.node),
+      // One bucket per registered MAC that DHCP is busy with (see recordDhcpAllowed).
+      dhcp: new SourceLimiter(...budgets.node, 16_384),
     };
     gates.set(db, g = { limiters, summarizedAt: Date.now() });
   }
@@ -268,6 +270,29 @@ export function recordFromSource(
   const allowed = g.limiters[budget].allow(sourceKey(source));
   if (allowed) recordEvent(db, mac, kind as EventKind, detail);
   else observe(db, kind, detail); // counted even when the timeline does not keep it
+  if (Date.now() - g.summarizedAt >= summaryMs) recordSuppressed(db);
+  return allowed;
+}
+
+/**
+ * Whether a DHCP event may be recorded: within its MAC's `node` budget (200 at once, then 60 a
+ * minute). A DHCP packet has no source address to limit by (a client has none before its lease:
+ * 0.0.0.0), so the claimed MAC stands in. That is sound here and nowhere else: DHCP records events
+ * only for registered MACs (an unknown one is registered at most `registerRate` a minute and
+ * `registerMax` in all, and ignored past them), so spoofed packets claiming any number of MACs
+ * add at most 60 events a minute per node, and cannot push a node's real history out of its
+ * `maxPerNode` in seconds. A suppressed event is counted in the `events.suppressed` summary
+ * ("dhcp <mac>") and by the metrics.
+ */
+export function recordDhcpAllowed(
+  db: Db,
+  mac: string | null,
+  kind: EventKind,
+  detail: Record<string, unknown>,
+): boolean {
+  const g = gateFor(db);
+  const allowed = g.limiters.dhcp.allow(`dhcp ${mac ?? "server"}`);
+  if (!allowed) observe(db, kind, detail);
   if (Date.now() - g.summarizedAt >= summaryMs) recordSuppressed(db);
   return allowed;
 }

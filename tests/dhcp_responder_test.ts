@@ -7,7 +7,7 @@ import { DhcpResponder, type ResponderConfig } from "../netboot/dhcp4/server.ts"
 import { decode, type DhcpPacket, encode } from "../netboot/dhcp4/packet.ts";
 import { MessageType, Opt, readIp, readText, readU16 } from "../netboot/dhcp4/options.ts";
 import { clientPacket, macFor } from "../netboot/storm.ts";
-import { listEvents } from "../src/events.ts";
+import { listEvents, recordSuppressed } from "../src/events.ts";
 import { contextBooter } from "../src/boot/booter.ts";
 import { setLogLevel } from "../src/log.ts";
 
@@ -358,4 +358,33 @@ Deno.test("registration: at most registerRate new nodes a minute and registerMax
     now += 12_000;
     assert.ok(await discover(31));
   }, () => now);
+});
+
+Deno.test("spoofed DHCP claiming a registered node's MAC: its timeline takes a burst, then 60 a minute; others unaffected", async () => {
+  await withResponder({ range: { start: "10.85.0.10", end: "10.85.0.200" } }, async (r, ctx) => {
+    const victim = macOf(1), bystander = macOf(2);
+    ctx.nodes.add(victim, { name: "victim" });
+    ctx.nodes.add(bystander, { name: "bystander" });
+    const dhcpEvents = (mac: string) =>
+      listEvents(ctx.db, { mac, limit: 100_000 }).filter((e) => e.kind.startsWith("dhcp."))
+        .length;
+    // 2,000 DISCOVERs as the victim (DHCP has no source address: 0.0.0.0 each), one OFFER
+    // event each in the old code.
+    for (let i = 0; i < 2000; i++) {
+      assert.equal(type((await ask(r, pkt(1, "pxe", MessageType.Discover)))!.p), MessageType.Offer);
+    }
+    // Served every time (DHCP itself is not limited), recorded within the MAC's budget: a burst
+    // of 200 and the refill over the few seconds this took (the old code: one row a packet).
+    const n = dhcpEvents(victim);
+    assert.ok(n >= 200 && n < 230, `${n} DHCP events recorded for 2,000 packets`);
+    // The bystander's own DHCP is recorded as usual.
+    await lease(r, 2, "pxe");
+    assert.equal(dhcpEvents(bystander), 2);
+    // What was dropped is said once, by MAC.
+    recordSuppressed(ctx.db);
+    const s = listEvents(ctx.db).filter((e) => e.kind === "events.suppressed");
+    assert.equal(s.length, 1);
+    const dropped = (s[0].detail.sources as Record<string, number>)[`dhcp ${victim}`];
+    assert.equal(dropped + n, 2000, JSON.stringify(s[0].detail));
+  });
 });

@@ -7,7 +7,7 @@ import { DEFAULTS } from "../../contract/cmdline.ts";
 import { resolveInRoot } from "../../contract/rootpath.ts";
 import { tx } from "../db.ts";
 import { notFound } from "../errors.ts";
-import { eventRecorder, recordFromSource, recordProgress } from "../events.ts";
+import { eventRecorder, recordDhcpAllowed, recordFromSource, recordProgress } from "../events.ts";
 import { ensureInitramfs } from "../initramfs/build.ts";
 import { neighbourMac } from "../linux/neigh.ts";
 import { logger } from "../log.ts";
@@ -45,6 +45,7 @@ export function eventSink(db: Context["db"]): EventSink {
       recordFromSource(db, source, mac, kind, detail, budget),
     progress: (mac, kind, detail) => recordProgress(db, mac, kind, detail),
     record(mac, kind, detail, at) {
+      if (!recordDhcpAllowed(db, mac, kind, detail)) return; // spoofed DHCP: bounded per MAC
       (record ??= eventRecorder(db))(mac, kind, detail, at);
     },
   };
