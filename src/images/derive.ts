@@ -78,11 +78,17 @@ function typeOf(line: string): string {
   return line.slice(a, line.indexOf("\t", a));
 }
 
-/**
- * The manifest of `upper` applied onto the version whose manifest text is `baseText`. Reads and
- * hashes the upper's entries only; strips overlayfs attributes from the upper's files.
- */
-export function deriveManifest(baseText: string, upper: string): Derived {
+/** A base version's manifest split into lines, its paths indexed; `entries` parsed (all of them,
+ *  or filled in by the caller: prepareTree parses them ahead of the commit). One use only:
+ *  deriveManifest changes the entries it takes over. */
+export interface BaseIndex {
+  lines: string[];
+  paths: string[];
+  index: Map<string, number>;
+  entries: (ManifestEntry | undefined)[];
+}
+
+export function indexBase(baseText: string): BaseIndex {
   const lines = baseText.split("\n");
   if (lines[0] !== MANIFEST_HEADER) throw new Error("base manifest: unsupported header");
   lines.shift();
@@ -90,6 +96,17 @@ export function deriveManifest(baseText: string, upper: string): Derived {
   const paths = lines.map(pathOf);
   const index = new Map<string, number>();
   for (let i = 0; i < paths.length; i++) index.set(paths[i], i);
+  return { lines, paths, index, entries: new Array(lines.length) };
+}
+
+/**
+ * The manifest of `upper` applied onto the version whose manifest text (or index of it) is
+ * `baseText`. Reads and hashes the upper's entries only; strips overlayfs attributes from the
+ * upper's files.
+ */
+export function deriveManifest(baseText: string | BaseIndex, upper: string): Derived {
+  const base = typeof baseText === "string" ? indexBase(baseText) : baseText;
+  const { lines, paths, index } = base;
   const removed = new Uint8Array(paths.length);
   const added = new Map<string, Node>();
   let written = 0, deleted = 0;
@@ -197,7 +214,10 @@ export function deriveManifest(baseText: string, upper: string): Derived {
   const news = [...added.values()].sort((a, b) => compareBytes(a.e.path, b.e.path));
   const nodes: Node[] = [];
   let j = 0;
-  const baseNode = (i: number): Node => ({ e: parseEntry(lines[i]), line: lines[i] });
+  const baseNode = (i: number): Node => ({
+    e: base.entries[i] ?? parseEntry(lines[i]),
+    line: lines[i],
+  });
   for (let i = 0; i < lines.length; i++) {
     if (removed[i]) continue;
     while (j < news.length && compareBytes(news[j].e.path, paths[i]) < 0) nodes.push(news[j++]);
@@ -254,18 +274,15 @@ export function deriveManifest(baseText: string, upper: string): Derived {
   };
 }
 
-/** The base itself as a Derived (no upper): what prepareTree writes, a copy of the base. */
-export function baseDerived(baseText: string): Derived {
-  const lines = baseText.split("\n");
-  if (lines[0] !== MANIFEST_HEADER) throw new Error("base manifest: unsupported header");
-  lines.shift();
-  if (lines.at(-1) === "") lines.pop();
-  const nodes = lines.map((line) => ({ e: parseEntry(line), line }));
+/** The base itself as a Derived (no upper; its entries all parsed): what prepareTree writes, a
+ *  copy of the base. */
+export function baseDerived(base: BaseIndex): Derived {
+  const nodes = base.lines.map((line, i) => ({ e: base.entries[i] ??= parseEntry(line), line }));
   let bytes = 0;
   for (const n of nodes) if (n.e.type === "file") bytes += n.e.size;
   return {
     entries: nodes.map((n) => n.e),
-    text: baseText,
+    text: "",
     bytes,
     written: 0,
     deleted: 0,

@@ -16,12 +16,22 @@
 // at the next start) leave nothing of it; it reaches images/ only through commitManifest's
 // rename, complete.
 import { join } from "node:path";
+import { parseEntry } from "../../contract/manifest.ts";
 import { UserError } from "../errors.ts";
 import { MNT_DETACH, mount, umount } from "../linux/mount.ts";
 import { logger } from "../log.ts";
 import type { Commit, ImageStore, MadeBy } from "./store.ts";
 import { applyUpper } from "./upper.ts";
-import { applyDerived, baseDerived, buildDerived, buildSteps, deriveManifest } from "./derive.ts";
+import {
+  applyDerived,
+  baseDerived,
+  type BaseIndex,
+  buildDerived,
+  buildSteps,
+  deriveManifest,
+  indexBase,
+  SLICE,
+} from "./derive.ts";
 
 const log = logger("images");
 
@@ -44,6 +54,8 @@ const OVERLAY_OPTS = "redirect_dir=off,metacopy=off,index=off,xino=off";
 interface Prep {
   /** Its path (in the session's directory). */
   tree: string;
+  /** The base's manifest, indexed and parsed (the commit's derive starts from it). */
+  base?: BaseIndex;
   /** Settles when the copy is complete (true) or given up (false: failed or cancelled). */
   done: Promise<boolean>;
   /** No more slices: finish as fast as possible (a commit waits for it). */
@@ -70,14 +82,27 @@ function prepareTree(images: ImageStore, baseId: string, tree: string): Prep {
     try {
       await new Promise((r) => setTimeout(r, 0)); // after the session is handed out
       if (cancelled) return false;
-      const d = baseDerived(await Deno.readTextFile(images.data.manifest(baseId)));
+      const base = indexBase(await Deno.readTextFile(images.data.manifest(baseId)));
+      for (let i = 0; i < base.lines.length; i++) {
+        base.entries[i] = parseEntry(base.lines[i]);
+        if (i % (SLICE * 16) === 0 && !hurried) await new Promise((r) => setTimeout(r, 0));
+        if (cancelled) return false;
+      }
+      const d = baseDerived(base);
       const steps = buildSteps(d, images.data.rootfs(baseId), tree, images.objects);
       for (;;) {
         if (cancelled) return false;
         if (steps.next().done) break;
         if (!hurried) await new Promise((r) => setTimeout(r, 0));
       }
+      // Flushed ahead too (syncfs in another process, the event loop free meanwhile): the
+      // commit's syncfs, and the overlay's own at its unmount, then have only the change to write.
+      if (!hurried) {
+        await new Deno.Command("sync", { args: ["-f", tree], stdout: "null", stderr: "null" })
+          .output().catch(() => {});
+      }
       p.ended = performance.now();
+      p.base = base;
       return true;
     } catch (e) {
       log.warn("could not write the next version's tree ahead; the commit writes it", {
@@ -166,12 +191,12 @@ export class Sessions {
   }
 
   /** The session's prepared tree, waited for (and hurried); undefined when there is none. */
-  async #takePrep(id: string): Promise<string | undefined> {
+  async #takePrep(id: string): Promise<Prepared | undefined> {
     const p = this.#preps.get(id);
     if (!p) return undefined;
     this.#preps.delete(id);
     p.hurry();
-    return (await p.done) ? p.tree : undefined;
+    return (await p.done) ? { tree: p.tree, base: p.base! } : undefined;
   }
 
   /** Stops writing the session's tree ahead: no slice runs after this (the event loop runs one
@@ -225,6 +250,12 @@ export class Sessions {
   }
 }
 
+/** A session's base version written ahead (prepareTree): its tree and its parsed manifest. */
+export interface Prepared {
+  tree: string;
+  base: BaseIndex;
+}
+
 /**
  * An overlay upper directory (whiteouts and opaque directories included) applied onto version
  * `baseId` (null: an empty tree), committed as a new version of `name`. Time and space in
@@ -239,7 +270,7 @@ export async function commitUpper(
   name: string,
   meta: { madeBy: MadeBy; command: string | null },
   /** A complete copy of the base version's tree (prepareTree), moved in and changed in place. */
-  prepared?: string,
+  prepared?: Prepared,
 ): Promise<Commit> {
   const work = images.scratch("commit");
   try {
@@ -252,7 +283,7 @@ export async function commitUpper(
       return await images.commit(work, name, commitMeta);
     }
     const started = performance.now();
-    const base = await Deno.readTextFile(images.data.manifest(baseId));
+    const base = prepared?.base ?? await Deno.readTextFile(images.data.manifest(baseId));
     const d = deriveManifest(base, upper);
     return await images.commitManifest(work, name, commitMeta, {
       entries: d.entries,
@@ -261,7 +292,7 @@ export async function commitUpper(
       started,
       materialize: () => {
         if (prepared) {
-          Deno.renameSync(prepared, tree);
+          Deno.renameSync(prepared.tree, tree);
           applyDerived(d, tree, images.objects);
         } else buildDerived(d, images.data.rootfs(baseId), tree, images.objects);
       },
