@@ -3,7 +3,9 @@
 // upper is read and hashed, never the unchanged tree), and the new tree is written straight from
 // that manifest — one mkdir per directory, one link(2) per file to the base's inode (already in
 // the object store), the upper's entries renamed in. No copy of the base is scanned: the base's
-// manifest already says what every entry is.
+// manifest already says what every entry is. A session writes that tree ahead from the base alone
+// (buildSteps on baseDerived, session.ts) and its commit only applies the upper to it
+// (applyDerived); buildDerived writes it whole (node save, or a session without the copy).
 //
 // The result is exactly what scanTree would read from the tree (tests/images_derive_test.ts
 // checks it on every case): the tree is a normal directory tree, as NFS and the hybrid copy need.
