@@ -34,10 +34,24 @@ async function oldWay(t: T, baseId: string, upperCopy: string): Promise<string> 
 const withoutRoot = (text: string) =>
   manifestText(parseManifest(text).filter((e) => e.path !== "/"));
 
+/** How a commit gets its tree: written ahead and complete before the commit ("waited"), written
+ *  ahead but finished by the commit ("hurried"), written by the commit ("off"). */
+type Ahead = "waited" | "hurried" | "off";
+
 /** Commits a session after `change`, checking the result both ways; returns the version. */
-async function commitChecked(t: T, ref: string, change: (merged: string) => void) {
+async function commitChecked(
+  t: T,
+  ref: string,
+  change: (merged: string) => void,
+  ahead: Ahead = "waited",
+) {
+  t.store.sessions.writeAhead = ahead !== "off";
   const s = await t.store.sessions.open(ref);
   change(s.merged);
+  if (ahead === "waited") {
+    assert.equal((await t.store.sessions.prepared(s.id)).ready, true, "tree written ahead");
+    assert.ok(Deno.statSync(`${s.dir}/next`).isDirectory);
+  }
   const copy = `${t.dir}/upper-${crypto.randomUUID()}`;
   sh("cp", "-a", `${s.dir}/upper`, copy); // trusted.overlay.* kept (root)
   const v = await t.store.sessions.commit(s.id, { madeBy: "shell", command: "test" });
@@ -47,7 +61,13 @@ async function commitChecked(t: T, ref: string, change: (merged: string) => void
   return v;
 }
 
-Deno.test("derived commit: every kind of change gives the manifest a scan of the tree gives", async () => {
+for (const ahead of ["waited", "hurried", "off"] as const) {
+  Deno.test(`derived commit (tree written ahead: ${ahead}): every kind of change gives the manifest a scan of the tree gives`, async () => {
+    await everyKindOfChange(ahead);
+  });
+}
+
+async function everyKindOfChange(ahead: Ahead) {
   assert.equal(Deno.uid(), 0, "needs root (overlayfs)");
   const t = await tempStore();
   try {
@@ -105,7 +125,7 @@ Deno.test("derived commit: every kind of change gives the manifest a scan of the
       Deno.removeSync(`${m}/etc/passwd.abs`);
       Deno.symlinkSync("/etc/shadow", `${m}/etc/passwd.abs`);
       sh("mkfifo", `${m}/srv/fifo`);
-    });
+    }, ahead);
     const m1 = new Map(
       parseManifest(Deno.readTextFileSync(t.data.manifest(v1.id))).map((e) => [
         e.path,
@@ -130,7 +150,7 @@ Deno.test("derived commit: every kind of change gives the manifest a scan of the
       setXattr(`${m}/etc/hostname`, "user.netroot.test", new TextEncoder().encode("hello"));
       Deno.removeSync(`${m}/srv/b`);
       Deno.writeTextFileSync(`${m}/var/opq/new`, "changed again\n");
-    });
+    }, ahead);
     assert.equal(ino(v2.id, "/etc/hostname"), ino(base.id, "/etc/hostname"), "object shared");
     assert.equal(ino(v2.id, "/srv/c"), ino(base.id, "/srv/b"));
     assert.deepEqual(await dirEntries(t.data.tmp), [], "no scratch left");
@@ -139,7 +159,7 @@ Deno.test("derived commit: every kind of change gives the manifest a scan of the
   } finally {
     await t.close();
   }
-});
+}
 
 const storeUrl = new URL("../src/images/store.ts", import.meta.url).href;
 const dbUrl = new URL("../src/db.ts", import.meta.url).href;
@@ -225,5 +245,48 @@ Deno.test("kill -9 during derived commits: the previous version stays current an
     assert.ok(interrupted > 0, "some kills hit a commit");
   } finally {
     await t.close().catch(() => {});
+  }
+});
+
+Deno.test("trees written ahead: concurrent sessions on one image each commit their own version; discard and no-change commits leave nothing", async () => {
+  assert.equal(Deno.uid(), 0, "needs root (overlayfs)");
+  const t = await tempStore();
+  try {
+    const src = `${t.dir}/src`;
+    // byte order puts "/d-x" between "/d" and "/d/sub": removing both must not trip on it
+    for (const d of ["/d/sub/deep", "/d-x/in"]) Deno.mkdirSync(src + d, { recursive: true });
+    for (let f = 0; f < 300; f++) Deno.writeTextFileSync(`${src}/d/sub/deep/f${f}`, `${f}`);
+    Deno.writeTextFileSync(`${src}/d-x/in/g`, "g\n");
+    Deno.writeTextFileSync(`${src}/top`, "top\n");
+    const base = await t.store.import(src, "img");
+    const a = await t.store.sessions.open("img");
+    const b = await t.store.sessions.open("img");
+    const c = await t.store.sessions.open("img");
+    const none = await t.store.sessions.open("img");
+    Deno.removeSync(`${a.merged}/d`, { recursive: true });
+    Deno.removeSync(`${a.merged}/d-x`, { recursive: true });
+    Deno.writeTextFileSync(`${b.merged}/top`, "b's top\n");
+    Deno.writeTextFileSync(`${b.merged}/d/sub/deep/f7`, "b's f7\n");
+    for (const s of [a, b, c, none]) {
+      assert.equal((await t.store.sessions.prepared(s.id)).ready, true);
+    }
+    await t.store.sessions.discard(c.id);
+    const noChange = await t.store.sessions.commit(none.id, { madeBy: "shell", command: null });
+    assert.equal(noChange.existed, true);
+    assert.equal(noChange.id, base.id);
+    const vb = await t.store.sessions.commit(b.id, { madeBy: "shell", command: null });
+    const va = await t.store.sessions.commit(a.id, { madeBy: "shell", command: null });
+    assert.equal(vb.parent, base.id);
+    assert.equal(va.parent, base.id);
+    assert.equal(va.outdated, vb.id, "a did not see b's version");
+    for (const v of [base, va, vb]) await assertTreeMatches(t, v.id);
+    const names = (id: string) => parseManifest(Deno.readTextFileSync(t.data.manifest(id)));
+    assert.deepEqual(names(va.id).map((e) => e.path), ["/", "/top"]);
+    assert.equal(Deno.readTextFileSync(`${t.data.rootfs(vb.id)}/top`), "b's top\n");
+    assert.equal(Deno.readTextFileSync(`${t.data.rootfs(base.id)}/top`), "top\n");
+    assert.equal(names(vb.id).length, names(base.id).length);
+    assert.deepEqual(await dirEntries(t.data.tmp), [], "no session or prepared tree left");
+  } finally {
+    await t.close();
   }
 });

@@ -123,6 +123,9 @@ Deno.test("a server that died with a session open: the next start detaches its o
   try {
     const s = await t.store.sessions.open("bb");
     Deno.writeTextFileSync(`${s.merged}/etc/half`, "half\n");
+    // its next version's tree written ahead too (a dead server writes nothing more: wait for it)
+    assert.equal((await t.store.sessions.prepared(s.id)).ready, true);
+    assert.ok(Deno.statSync(`${s.dir}/next/etc`).isDirectory);
     const mounted = () => Deno.readTextFileSync("/proc/self/mountinfo").includes(s.merged);
     assert.ok(mounted());
     // the next start: a new store on the same data dir (the old one's memory is gone)

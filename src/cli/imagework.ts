@@ -56,7 +56,9 @@ async function shell(
   // session goes (Ctrl-C in an interactive shell goes to the container, not to us: the terminal
   // is nspawn's).
   let child: Deno.ChildProcess | undefined;
+  let signalled = false;
   const onSignal = () => {
+    signalled = true;
     try {
       child?.kill("SIGTERM");
     } catch { /* gone */ }
@@ -86,6 +88,9 @@ async function shell(
   } finally {
     for (const sig of signals) Deno.removeSignalListener(sig, onSignal);
   }
+  // Stopped by a signal: its handler discards the session and exits 130 once the server has
+  // dropped it (answering here too would race it to the exit).
+  if (signalled) return await new Promise<number>(() => {});
   let keep: boolean;
   if (command && code !== 0) keep = false;
   else if (values.commit) keep = true;

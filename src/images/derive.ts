@@ -3,7 +3,9 @@
 // upper is read and hashed, never the unchanged tree), and the new tree is written straight from
 // that manifest — one mkdir per directory, one link(2) per file to the base's inode (already in
 // the object store), the upper's entries renamed in. No copy of the base is scanned: the base's
-// manifest already says what every entry is.
+// manifest already says what every entry is. A session writes that tree ahead from the base alone
+// (buildSteps on baseDerived, session.ts) and its commit only applies the upper to it
+// (applyDerived); buildDerived writes it whole (node save, or a session without the copy).
 //
 // The result is exactly what scanTree would read from the tree (tests/images_derive_test.ts
 // checks it on every case): the tree is a normal directory tree, as NFS and the hybrid copy need.
@@ -59,6 +61,12 @@ export interface Derived {
   written: number;
   deleted: number;
   nodes: Node[];
+  /** The base's paths that are not in the new tree, topmost only (a directory's content goes
+   *  with it): what a copy of the base loses (applyDerived). */
+  gone: string[];
+  /** The base's directories the upper's directory of the same path merges with (their content
+   *  stays; their owner, mode, xattrs and time are the upper's). */
+  merged: Set<string>;
 }
 
 /** Path and type of a manifest line without parsing the rest. */
@@ -72,11 +80,17 @@ function typeOf(line: string): string {
   return line.slice(a, line.indexOf("\t", a));
 }
 
-/**
- * The manifest of `upper` applied onto the version whose manifest text is `baseText`. Reads and
- * hashes the upper's entries only; strips overlayfs attributes from the upper's files.
- */
-export function deriveManifest(baseText: string, upper: string): Derived {
+/** A base version's manifest split into lines, its paths indexed; `entries` parsed (all of them,
+ *  or filled in by the caller: prepareTree parses them ahead of the commit). One use only:
+ *  deriveManifest changes the entries it takes over. */
+export interface BaseIndex {
+  lines: string[];
+  paths: string[];
+  index: Map<string, number>;
+  entries: (ManifestEntry | undefined)[];
+}
+
+export function indexBase(baseText: string): BaseIndex {
   const lines = baseText.split("\n");
   if (lines[0] !== MANIFEST_HEADER) throw new Error("base manifest: unsupported header");
   lines.shift();
@@ -84,6 +98,17 @@ export function deriveManifest(baseText: string, upper: string): Derived {
   const paths = lines.map(pathOf);
   const index = new Map<string, number>();
   for (let i = 0; i < paths.length; i++) index.set(paths[i], i);
+  return { lines, paths, index, entries: new Array(lines.length) };
+}
+
+/**
+ * The manifest of `upper` applied onto the version whose manifest text (or index of it) is
+ * `baseText`. Reads and hashes the upper's entries only; strips overlayfs attributes from the
+ * upper's files.
+ */
+export function deriveManifest(baseText: string | BaseIndex, upper: string): Derived {
+  const base = typeof baseText === "string" ? indexBase(baseText) : baseText;
+  const { lines, paths, index } = base;
   const removed = new Uint8Array(paths.length);
   const added = new Map<string, Node>();
   let written = 0, deleted = 0;
@@ -164,11 +189,37 @@ export function deriveManifest(baseText: string, upper: string): Derived {
   };
   walk("/");
 
+  // (byte order does not keep a directory's content next to it: "/a-b" sorts between "/a" and
+  // "/a/b", so an entry's ancestors are looked up, not a running prefix)
+  const gone: string[] = [];
+  const goneDirs = new Set<string>();
+  const merged = new Set<string>();
+  const underGone = (p: string) => {
+    for (let k = p.lastIndexOf("/"); k > 0; k = p.lastIndexOf("/", k - 1)) {
+      if (goneDirs.has(p.slice(0, k))) return true;
+    }
+    return false;
+  };
+  for (let i = 0; i < lines.length; i++) {
+    if (!removed[i]) continue;
+    const p = paths[i];
+    if (underGone(p)) continue;
+    const isDir = typeOf(lines[i]) === "dir";
+    if (isDir && added.get(p)?.e.type === "dir") merged.add(p);
+    else {
+      gone.push(p);
+      if (isDir) goneDirs.add(p);
+    }
+  }
+
   // Merge: the base's entries left, the upper's, in manifest order.
   const news = [...added.values()].sort((a, b) => compareBytes(a.e.path, b.e.path));
   const nodes: Node[] = [];
   let j = 0;
-  const baseNode = (i: number): Node => ({ e: parseEntry(lines[i]), line: lines[i] });
+  const baseNode = (i: number): Node => ({
+    e: base.entries[i] ?? parseEntry(lines[i]),
+    line: lines[i],
+  });
   for (let i = 0; i < lines.length; i++) {
     if (removed[i]) continue;
     while (j < news.length && compareBytes(news[j].e.path, paths[i]) < 0) nodes.push(news[j++]);
@@ -220,6 +271,26 @@ export function deriveManifest(baseText: string, upper: string): Derived {
     written,
     deleted,
     nodes,
+    gone,
+    merged,
+  };
+}
+
+/** The base itself as a Derived (no upper; its entries all parsed): what prepareTree writes, a
+ *  copy of the base. */
+export function baseDerived(base: BaseIndex): Derived {
+  const nodes = base.lines.map((line, i) => ({ e: base.entries[i] ??= parseEntry(line), line }));
+  let bytes = 0;
+  for (const n of nodes) if (n.e.type === "file") bytes += n.e.size;
+  return {
+    entries: nodes.map((n) => n.e),
+    text: "",
+    bytes,
+    written: 0,
+    deleted: 0,
+    nodes,
+    gone: [],
+    merged: new Set(),
   };
 }
 
@@ -229,6 +300,52 @@ export interface BuildStats {
   addedBytes: number;
   /** New files that share an object already stored. */
   shared: number;
+}
+
+/** Objects for the upper's new files: one object per manifest "file" identity in a tree
+ *  (objects.ts). A new content's upper file becomes the object; a content already stored is
+ *  noted in `n.obj` (the tree links to it). */
+function storeNewFiles(d: Derived, objects: ObjectStore, stats: BuildStats): void {
+  const newFiles = d.nodes.filter((n) => n.src !== undefined && n.e.type === "file");
+  if (!newFiles.length) return;
+  const used = new Set<string>();
+  const shas = new Set(newFiles.map((n) => n.e.sha256));
+  for (const n of d.nodes) {
+    if (n.src === undefined && n.e.type === "file" && shas.has(n.e.sha256)) {
+      used.add(identity(n.e));
+    }
+  }
+  for (const n of newFiles) {
+    const id = identity(n.e);
+    if (used.has(id)) continue; // another file of this tree holds that object
+    used.add(id);
+    const obj = objects.path(objectKey(n.e));
+    for (let attempt = 0; attempt < 3; attempt++) {
+      try {
+        Deno.linkSync(n.src!, obj);
+        stats.added++;
+        stats.addedBytes += n.e.size;
+        break;
+      } catch (err) {
+        if (code(err) === "ENOENT") {
+          Deno.mkdirSync(join(obj, ".."), { recursive: true, mode: 0o700 });
+          continue;
+        }
+        if (code(err) === "EEXIST") n.obj = obj;
+        else if (code(err) !== "EMLINK") throw err;
+        break;
+      }
+    }
+  }
+}
+
+/** One of the upper's entries (not a directory) into the tree: moved in, or linked. */
+function placeUpperEntry(n: Node, tree: string, stats: BuildStats): void {
+  const e = n.e;
+  const dst = tree + e.path;
+  if (e.type === "hardlink") Deno.linkSync(tree + e.target!, dst);
+  else if (n.obj && linkShared(n.obj, dst)) stats.shared++;
+  else Deno.renameSync(n.src!, dst);
 }
 
 /**
@@ -243,40 +360,30 @@ export function buildDerived(
   tree: string,
   objects: ObjectStore,
 ): BuildStats {
-  const stats: BuildStats = { added: 0, addedBytes: 0, shared: 0 };
-  // Objects for the new files: one object per manifest "file" identity in a tree (objects.ts).
-  const newFiles = d.nodes.filter((n) => n.src !== undefined && n.e.type === "file");
-  if (newFiles.length) {
-    const used = new Set<string>();
-    const shas = new Set(newFiles.map((n) => n.e.sha256));
-    for (const n of d.nodes) {
-      if (n.src === undefined && n.e.type === "file" && shas.has(n.e.sha256)) {
-        used.add(identity(n.e));
-      }
-    }
-    for (const n of newFiles) {
-      const id = identity(n.e);
-      if (used.has(id)) continue; // another file of this tree holds that object
-      used.add(id);
-      const obj = objects.path(objectKey(n.e));
-      for (let attempt = 0; attempt < 3; attempt++) {
-        try {
-          Deno.linkSync(n.src!, obj);
-          stats.added++;
-          stats.addedBytes += n.e.size;
-          break;
-        } catch (err) {
-          if (code(err) === "ENOENT") {
-            Deno.mkdirSync(join(obj, ".."), { recursive: true, mode: 0o700 });
-            continue;
-          }
-          if (code(err) === "EEXIST") n.obj = obj;
-          else if (code(err) !== "EMLINK") throw err;
-          break;
-        }
-      }
-    }
+  const steps = buildSteps(d, baseRoot, tree, objects, Infinity);
+  for (;;) {
+    const r = steps.next();
+    if (r.done) return r.value;
   }
+}
+
+/** Operations between two yields of buildSteps (one link(2) ≈ 40 µs here: ~10 ms a slice). */
+export const SLICE = 256;
+
+/**
+ * buildDerived in slices: yields after every `slice` kernel calls, so a caller can write a tree
+ * in the background between other work (prepareTree).
+ */
+export function* buildSteps(
+  d: Derived,
+  baseRoot: string,
+  tree: string,
+  objects: ObjectStore,
+  slice = SLICE,
+): Generator<void, BuildStats, void> {
+  const stats: BuildStats = { added: 0, addedBytes: 0, shared: 0 };
+  storeNewFiles(d, objects, stats);
+  let ops = 0;
   const dirs: Node[] = [];
   /** Set-group-ID directories of the new tree (their entries inherit the group): path → gid. */
   const sgid = new Map<string, number>();
@@ -297,6 +404,7 @@ export function buildDerived(
       }
       if (e.mode & 0o2000) sgid.set(e.path, e.gid);
       dirs.push(n);
+      if (++ops % slice === 0) yield;
     } else if (n.src === undefined && (e.type === "file" || e.type === "hardlink")) {
       links.push(baseRoot + e.path, dst);
     } else rest.push(n);
@@ -308,33 +416,90 @@ export function buildDerived(
       const dst = links[i + 1];
       linkBase(links[i], dst, d.nodes.find((x) => tree + x.e.path === dst)!.e, objects);
     }
+    if (++ops % slice === 0) yield;
   }
   for (const n of rest) {
+    if (++ops % slice === 0) yield;
     const e = n.e;
     const dst = tree + e.path;
     if (n.src !== undefined) {
-      if (e.type === "hardlink") Deno.linkSync(tree + e.target!, dst);
-      else if (n.obj && linkShared(n.obj, dst)) stats.shared++;
-      else Deno.renameSync(n.src, dst);
+      placeUpperEntry(n, tree, stats);
       continue;
     }
-    switch (e.type) {
-      case "symlink":
-        Deno.symlinkSync(e.target!, dst);
-        setMetaOfNew(dst, e, sgid, false);
-        lutimes(dst, e.mtime);
-        break;
-      default: {
-        const kind = { char: S_IFCHR, block: S_IFBLK, fifo: S_IFIFO, socket: S_IFSOCK }[
-          e.type as "char"
-        ];
-        mknod(dst, kind | e.mode, e.rdev?.major ?? 0, e.rdev?.minor ?? 0);
-        setMeta(dst, e, true);
-        lutimes(dst, e.mtime);
-      }
+    makeSpecial(dst, e, (dst, e) => setMetaOfNew(dst, e, sgid, false));
+  }
+  for (const n of dirs) {
+    lutimes(n.e.path === "/" ? tree : tree + n.e.path, n.e.mtime);
+    if (++ops % slice === 0) yield;
+  }
+  return stats;
+}
+
+/** A symlink or device node of the manifest at `dst`, with its metadata and time. */
+function makeSpecial(
+  dst: string,
+  e: ManifestEntry,
+  symlinkMeta: (dst: string, e: ManifestEntry) => void,
+): void {
+  switch (e.type) {
+    case "symlink":
+      Deno.symlinkSync(e.target!, dst);
+      symlinkMeta(dst, e);
+      lutimes(dst, e.mtime);
+      break;
+    default: {
+      const kind = { char: S_IFCHR, block: S_IFBLK, fifo: S_IFIFO, socket: S_IFSOCK }[
+        e.type as "char"
+      ];
+      mknod(dst, kind | e.mode, e.rdev?.major ?? 0, e.rdev?.minor ?? 0);
+      setMeta(dst, e, true);
+      lutimes(dst, e.mtime);
     }
   }
-  for (const n of dirs) lutimes(n.e.path === "/" ? tree : tree + n.e.path, n.e.mtime);
+}
+
+/**
+ * Turns `tree`, an exact copy of the base version (prepareTree: the base's directories, its files
+ * as links to the same inodes), into the tree of `d`: the base's entries the upper removed or
+ * replaced are deleted, the upper's entries moved in (new files into the object store first, as
+ * buildDerived does), the directories the upper merges with get the upper's metadata, and the
+ * times of every directory whose content changed are put back to the manifest's. Work in
+ * proportion to the change: the unchanged tree is not touched.
+ */
+export function applyDerived(d: Derived, tree: string, objects: ObjectStore): BuildStats {
+  const stats: BuildStats = { added: 0, addedBytes: 0, shared: 0 };
+  storeNewFiles(d, objects, stats);
+  const parentOf = (p: string) => p.slice(0, p.lastIndexOf("/")) || "/";
+  const at = (p: string) => (p === "/" ? tree : tree + p);
+  /** Directories whose entries or metadata changed: their times go back to the manifest's. */
+  const touched = new Set<string>();
+  for (const p of d.gone) {
+    Deno.removeSync(at(p), { recursive: true });
+    touched.add(parentOf(p));
+  }
+  for (const n of d.nodes) {
+    if (n.src === undefined) continue;
+    const e = n.e;
+    const dst = at(e.path);
+    touched.add(parentOf(e.path));
+    if (e.type !== "dir") {
+      placeUpperEntry(n, tree, stats);
+      continue;
+    }
+    touched.add(e.path);
+    if (d.merged.has(e.path)) {
+      // the base's directory stays (its content is kept): the upper's owner, mode and xattrs
+      for (const k of listXattrs(dst)?.keys() ?? []) {
+        if (!e.xattrs?.[k]) removeXattr(dst, k);
+      }
+    } else Deno.mkdirSync(dst, { mode: e.mode & 0o777 });
+    setMeta(dst, e, true);
+  }
+  if (touched.size) {
+    for (const n of d.nodes) {
+      if (n.e.type === "dir" && touched.has(n.e.path)) lutimes(at(n.e.path), n.e.mtime);
+    }
+  }
   return stats;
 }
 

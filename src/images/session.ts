@@ -5,13 +5,33 @@
 // as hard links to the base's files: time and space in proportion to the change, the files
 // shared through the object store); discard drops it.
 // A server restart drops every open session (tmp/ is wiped, its mounts detached first).
+//
+// While a session is open, the next version's tree is written ahead (prepareTree): a copy of the
+// base version (its directories, its files as hard links to the same inodes) in the session's
+// directory, written in slices between other work. The commit then only applies the upper to it
+// (applyDerived) instead of writing a whole tree (one link(2) per file) after the request. A
+// commit that comes before the copy is done finishes it first (no slices), so it is never slower
+// than writing the tree from nothing. The copy lives in tmp/ like the rest of the session: a
+// session discarded, a commit that finds its content already stored, or a crash (tmp/ is wiped
+// at the next start) leave nothing of it; it reaches images/ only through commitManifest's
+// rename, complete.
 import { join } from "node:path";
+import { parseEntry } from "../../contract/manifest.ts";
 import { UserError } from "../errors.ts";
 import { MNT_DETACH, mount, umount } from "../linux/mount.ts";
 import { logger } from "../log.ts";
 import type { Commit, ImageStore, MadeBy } from "./store.ts";
 import { applyUpper } from "./upper.ts";
-import { buildDerived, deriveManifest } from "./derive.ts";
+import {
+  applyDerived,
+  baseDerived,
+  type BaseIndex,
+  buildDerived,
+  buildSteps,
+  deriveManifest,
+  indexBase,
+  SLICE,
+} from "./derive.ts";
 
 const log = logger("images");
 
@@ -30,8 +50,77 @@ export interface Session {
  *  (no redirect), files copied up with their content (no metacopy), no inode index. */
 const OVERLAY_OPTS = "redirect_dir=off,metacopy=off,index=off,xino=off";
 
+/** The copy of a session's base version written ahead of its commit (prepareTree). */
+interface Prep {
+  /** Its path (in the session's directory). */
+  tree: string;
+  /** The base's manifest, indexed and parsed (the commit's derive starts from it). */
+  base?: BaseIndex;
+  /** Settles when the copy is complete (true) or given up (false: failed or cancelled). */
+  done: Promise<boolean>;
+  /** No more slices: finish as fast as possible (a commit waits for it). */
+  hurry: () => void;
+  /** Stop (the session is discarded): `done` settles false. */
+  cancel: () => void;
+  /** When it started and ended (performance.now()), for the log and the bench. */
+  started: number;
+  ended?: number;
+}
+
+/** Writes a copy of version `baseId` at `tree` in slices (buildSteps), yielding to the event
+ *  loop between them: the server stays responsive while the copy is written. */
+function prepareTree(images: ImageStore, baseId: string, tree: string): Prep {
+  let hurried = false, cancelled = false;
+  const p: Prep = {
+    tree,
+    started: performance.now(),
+    done: Promise.resolve(false),
+    hurry: () => hurried = true,
+    cancel: () => cancelled = true,
+  };
+  p.done = (async () => {
+    try {
+      await new Promise((r) => setTimeout(r, 0)); // after the session is handed out
+      if (cancelled) return false;
+      const base = indexBase(await Deno.readTextFile(images.data.manifest(baseId)));
+      for (let i = 0; i < base.lines.length; i++) {
+        base.entries[i] = parseEntry(base.lines[i]);
+        if (i % (SLICE * 16) === 0 && !hurried) await new Promise((r) => setTimeout(r, 0));
+        if (cancelled) return false;
+      }
+      const d = baseDerived(base);
+      const steps = buildSteps(d, images.data.rootfs(baseId), tree, images.objects);
+      for (;;) {
+        if (cancelled) return false;
+        if (steps.next().done) break;
+        if (!hurried) await new Promise((r) => setTimeout(r, 0));
+      }
+      // Flushed ahead too (syncfs in another process, the event loop free meanwhile): the
+      // commit's syncfs, and the overlay's own at its unmount, then have only the change to write.
+      if (!hurried) {
+        await new Deno.Command("sync", { args: ["-f", tree], stdout: "null", stderr: "null" })
+          .output().catch(() => {});
+      }
+      p.ended = performance.now();
+      p.base = base;
+      return true;
+    } catch (e) {
+      log.warn("could not write the next version's tree ahead; the commit writes it", {
+        base: baseId,
+        error: (e as Error).message,
+      });
+      return false;
+    }
+  })();
+  return p;
+}
+
 export class Sessions {
   #open = new Map<string, Session>();
+  #preps = new Map<string, Prep>();
+  /** Write the next version's tree ahead while a session is open (off: the commit writes the
+   *  whole tree, as before; the tests check both ways give the same version). */
+  writeAhead = true;
 
   constructor(readonly images: ImageStore) {}
 
@@ -83,16 +172,55 @@ export class Sessions {
       throw new UserError(`cannot mount an overlay for ${s.name}: ${(e as Error).message}`);
     }
     this.#open.set(s.id, s);
+    if (base && this.writeAhead) {
+      this.#preps.set(s.id, prepareTree(this.images, base.id, join(dir, "next")));
+    }
     log.info("image session opened", { session: s.id, image: s.name, base: base?.id ?? null });
     return s;
   }
 
+  /**
+   * Settles when the session's next tree (written ahead, prepareTree) is complete: true, or
+   * false when there is none (FROM scratch) or it was given up. Milliseconds it took in `ms`.
+   */
+  async prepared(id: string): Promise<{ ready: boolean; ms: number }> {
+    this.get(id);
+    const p = this.#preps.get(id);
+    const ready = p ? await p.done : false;
+    return { ready, ms: p?.ended !== undefined ? p.ended - p.started : 0 };
+  }
+
+  /** The session's prepared tree, waited for (and hurried); undefined when there is none. */
+  async #takePrep(id: string): Promise<Prepared | undefined> {
+    const p = this.#preps.get(id);
+    if (!p) return undefined;
+    this.#preps.delete(id);
+    p.hurry();
+    return (await p.done) ? { tree: p.tree, base: p.base! } : undefined;
+  }
+
+  /** Stops writing the session's tree ahead: no slice runs after this (the event loop runs one
+   *  at a time and each checks first), so its directory can go at once. */
+  #dropPrep(id: string): void {
+    this.#preps.get(id)?.cancel();
+    this.#preps.delete(id);
+  }
+
+  /** Discards under way: a second discard of the same session (a client that asks again as it
+   *  exits) answers when the first is done, not before its files are gone. */
+  #closing = new Map<string, Promise<void>>();
+
   /** Unmounts and forgets the session; its files go. */
   async discard(id: string): Promise<void> {
+    const closing = this.#closing.get(id);
+    if (closing) return await closing;
     const s = this.get(id);
     this.#open.delete(id);
+    this.#dropPrep(id);
     detach(s.merged);
-    await this.images.dropScratch(s.dir);
+    const done = this.images.dropScratch(s.dir).finally(() => this.#closing.delete(id));
+    this.#closing.set(id, done);
+    await done;
   }
 
   /**
@@ -109,14 +237,23 @@ export class Sessions {
     try {
       const upper = join(s.dir, "upper");
       if (s.base && ![...Deno.readDirSync(upper)].length && s.name === s.base.name) {
+        this.#dropPrep(id);
         const base = this.images.get(s.base.id);
         return { ...base, existed: true, previous: null, outdated: null };
       }
-      return await commitUpper(this.images, upper, s.base?.id ?? null, s.name, meta);
+      const prepared = await this.#takePrep(id);
+      return await commitUpper(this.images, upper, s.base?.id ?? null, s.name, meta, prepared);
     } finally {
+      this.#dropPrep(id);
       await this.images.dropScratch(s.dir);
     }
   }
+}
+
+/** A session's base version written ahead (prepareTree): its tree and its parsed manifest. */
+export interface Prepared {
+  tree: string;
+  base: BaseIndex;
 }
 
 /**
@@ -132,6 +269,8 @@ export async function commitUpper(
   baseId: string | null,
   name: string,
   meta: { madeBy: MadeBy; command: string | null },
+  /** A complete copy of the base version's tree (prepareTree), moved in and changed in place. */
+  prepared?: Prepared,
 ): Promise<Commit> {
   const work = images.scratch("commit");
   try {
@@ -144,7 +283,7 @@ export async function commitUpper(
       return await images.commit(work, name, commitMeta);
     }
     const started = performance.now();
-    const base = await Deno.readTextFile(images.data.manifest(baseId));
+    const base = prepared?.base ?? await Deno.readTextFile(images.data.manifest(baseId));
     const d = deriveManifest(base, upper);
     return await images.commitManifest(work, name, commitMeta, {
       entries: d.entries,
@@ -152,7 +291,10 @@ export async function commitUpper(
       text: d.text,
       started,
       materialize: () => {
-        buildDerived(d, images.data.rootfs(baseId), tree, images.objects);
+        if (prepared) {
+          Deno.renameSync(prepared.tree, tree);
+          applyDerived(d, tree, images.objects);
+        } else buildDerived(d, images.data.rootfs(baseId), tree, images.objects);
       },
     });
   } finally {
