@@ -17,4 +17,4 @@ export type { RootEnv, RootMode } from "./contract/rootmode.ts";
 
 // The server↔node wire contract: kernel command line and stage reports.
 export { parseCmdline, renderCmdline } from "./contract/cmdline.ts";
-export { parseReport } from "./contract/report.ts";
+export { MAX_BATCH, parseReport, parseReports } from "./contract/report.ts";

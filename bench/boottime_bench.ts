@@ -16,7 +16,7 @@
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { renderCmdline } from "../contract/cmdline.ts";
-import { buildInitramfs, initramfsCompression } from "../src/initramfs/build.ts";
+import { buildInitramfs, type Compression, initramfsCompression } from "../src/initramfs/build.ts";
 import { currentProgram } from "../src/initramfs/bundle.ts";
 import { qemuArgs, qemuBinary } from "../src/vnode/qemu.ts";
 import { type DebianKernel, debianKernel } from "../tests/support/kernel.ts";
@@ -30,6 +30,7 @@ const { values: opt } = parseArgs({
     rounds: { type: "string" },
     keep: { type: "boolean" },
     quick: { type: "boolean" },
+    compression: { type: "string" },
   },
 });
 const rounds = Number(opt.rounds ?? (quick ? 2 : 5));
@@ -197,7 +198,8 @@ try {
     out: netroot,
     program: await currentProgram(join(dir, "program")),
     // As for an installed kernel (its /boot/config-<kv>): the cached image has no kernel config.
-    compression: initramfsCompression(kernel.root, kernel.kv),
+    compression: (opt.compression as Compression | undefined) ??
+      initramfsCompression(kernel.root, kernel.kv),
   });
   const size = async (p: string) => (await Deno.stat(p)).size / 1e6;
   console.log(

@@ -1,5 +1,6 @@
-// Stage reports: the node init POSTs one JSON object per boot stage to <netroot.url>/boot/report
-// (overlay/report.ts sends them, netboot/http.ts records them as `init.<stage>` events). Flat: every
+// Stage reports: the node init POSTs its boot stages to <netroot.url>/boot/report, several numbered
+// reports in one batch (overlay/report.ts sends them, netboot/http.ts records them as
+// `init.<stage>` events; one report object alone is accepted too). Flat: every
 // field at the top level with one type, so the timeline shows values, not JSON inside a string.
 // The server keeps the known fields of the right type and drops anything else.
 
@@ -71,19 +72,50 @@ export const STAGE_NAME = /^[a-z][a-z0-9_-]{0,39}$/;
  *  adding an event per second of copy. */
 export const PROGRESS_STAGES: ReadonlySet<string> = new Set(["hybrid-copy"]);
 
+/** At most this many reports in one batch (a boot makes about ten; hybrid progress adds one a
+ *  second, sent together when the server was slow). */
+export const MAX_BATCH = 64;
+
+/** A batch on the wire: the boot's identity once, then its numbered reports, oldest first. */
+export interface WireBatch {
+  token: string;
+  mac: string;
+  reports: (StageReport & { seq: number })[];
+}
+
+const OBJECT_FORM = "report must be a JSON object {token, mac, stage, ms?, ok?, detail?}";
+
 /** The report in `text` (its MAC as written: the receiver parses it), or why it is refused. */
 export function parseReport(text: string): WireReport | { error: string } {
-  let body: Record<string, unknown>;
+  let body: unknown;
   try {
     body = JSON.parse(text);
-    if (typeof body !== "object" || body === null || Array.isArray(body)) throw new Error();
   } catch {
-    return { error: "report must be a JSON object {token, mac, stage, ms?, ok?, detail?}" };
+    return { error: OBJECT_FORM };
   }
-  const { token, mac, stage } = body;
+  return reportOf(body);
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+/** One report object: its identity (token, mac), stage, seq and the known fields. */
+function reportOf(body: unknown): WireReport | { error: string } {
+  if (!isObject(body)) return { error: OBJECT_FORM };
+  const { token, mac } = body;
   if (typeof token !== "string" || typeof mac !== "string") {
     return { error: "report needs token and mac" };
   }
+  return fieldsOf(body, token, mac);
+}
+
+function fieldsOf(
+  body: Record<string, unknown>,
+  token: string,
+  mac: string,
+): WireReport | { error: string } {
+  const { stage } = body;
   if (typeof stage !== "string" || !STAGE_NAME.test(stage)) {
     return { error: "report needs stage: lower-case letters, digits, - or _" };
   }
@@ -102,6 +134,48 @@ export function parseReport(text: string): WireReport | { error: string } {
     }
   }
   return r;
+}
+
+/**
+ * The reports in `text`: one report object (the older form), or a batch
+ * `{token, mac, reports: [{seq, stage, …}, …]}` — one boot's identity for all, at most MAX_BATCH
+ * reports, each numbered (seq) in increasing order; an identity inside a report is ignored. All or
+ * nothing: one bad report refuses the batch, so a node never has part of one recorded.
+ */
+export function parseReports(
+  text: string,
+): { token: string; mac: string; reports: WireReport[] } | { error: string } {
+  let body: unknown;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    return { error: OBJECT_FORM };
+  }
+  if (!isObject(body) || !("reports" in body)) {
+    const r = reportOf(body);
+    return "error" in r ? r : { token: r.token, mac: r.mac, reports: [r] };
+  }
+  const { token, mac, reports } = body;
+  if (typeof token !== "string" || typeof mac !== "string") {
+    return { error: "report needs token and mac" };
+  }
+  if (!Array.isArray(reports) || reports.length === 0 || reports.length > MAX_BATCH) {
+    return { error: `reports must be an array of 1 to ${MAX_BATCH} report objects` };
+  }
+  const out: WireReport[] = [];
+  for (const item of reports) {
+    if (!isObject(item)) {
+      return { error: `reports must be an array of 1 to ${MAX_BATCH} report objects` };
+    }
+    const r = fieldsOf(item, token, mac);
+    if ("error" in r) return r;
+    if (r.seq === undefined) return { error: "each report of a batch needs its seq" };
+    if (out.length && r.seq <= out[out.length - 1].seq!) {
+      return { error: "the reports of a batch go in increasing seq order" };
+    }
+    out.push(r);
+  }
+  return { token, mac, reports: out };
 }
 
 /** The fields of a report the timeline keeps (everything but the boot's identity). */

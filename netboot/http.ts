@@ -17,7 +17,7 @@ import { type BootFileCache, bootFiles } from "./bootcache.ts";
 import type { BootFileKind, HttpBooter, Refusal } from "./booter.ts";
 import { isIPv4 } from "../contract/ipv4.ts";
 import { parseMac } from "../contract/mac.ts";
-import { parseReport, PROGRESS_STAGES, reportFields } from "../contract/report.ts";
+import { parseReports, PROGRESS_STAGES, reportFields } from "../contract/report.ts";
 import { Hono } from "hono";
 import type { Context as HonoContext } from "hono";
 import { join } from "node:path";
@@ -403,7 +403,8 @@ async function ipxeRoute(
 /** Boots whose last report number is remembered (past it, the least recent is forgotten). */
 const maxReportingBoots = 4096;
 
-/** POST /boot/report: a stage report of the node-side init, taken while its boot's token is. */
+/** POST /boot/report: stage reports of the node-side init, taken while its boot's token is: one
+ *  report, or a batch of numbered ones (contract/report.ts parseReports), recorded all or none. */
 async function reportRoute(
   c: HonoContext,
   booter: HttpBooter,
@@ -411,33 +412,44 @@ async function reportRoute(
 ): Promise<Response> {
   const raw = await textUpTo(c.req.raw, 65536);
   if (raw === undefined) return refusal(c, "report too large", 413);
-  const report = parseReport(raw);
-  if ("error" in report) return refusal(c, report.error, 400);
-  const { token, stage } = report;
-  const mac = parseMacParam(report.mac);
+  const batch = parseReports(raw);
+  if ("error" in batch) return refusal(c, batch.error, 400);
+  const { token, reports } = batch;
+  const mac = parseMacParam(batch.mac);
   if (!mac) return refusal(c, "report needs token and mac", 400);
   const events = booter.events;
   const accepted = booter.acceptReport(mac, token);
   if ("rejected" in accepted) {
     const reason = accepted.rejected;
+    const stage = reports.length === 1 ? reports[0].stage : `${reports.length} reports`;
     events.fromSource(sourceOf(c), mac, "http.report.rejected", { stage, reason });
     return refusal(c, reason, 403);
   }
-  // A retry of a report already recorded (the node's wait for the answer ran out): once only.
-  if (report.seq !== undefined) {
-    const last = lastSeq.get(token);
-    if (last !== undefined && report.seq <= last) return c.json({ ok: true, duplicate: true });
-    lastSeq.delete(token); // most recent last: the oldest boots are the ones forgotten
-    lastSeq.set(token, report.seq);
-    if (lastSeq.size > maxReportingBoots) lastSeq.delete(lastSeq.keys().next().value!);
+  let recorded = 0;
+  for (const report of reports) {
+    // A retry of a report already recorded (the node's wait for the answer ran out): once only.
+    if (report.seq !== undefined) {
+      const last = lastSeq.get(token);
+      if (last !== undefined && report.seq <= last) continue;
+      lastSeq.delete(token); // most recent last: the oldest boots are the ones forgotten
+      lastSeq.set(token, report.seq);
+      if (lastSeq.size > maxReportingBoots) lastSeq.delete(lastSeq.keys().next().value!);
+    }
+    const stage = report.stage;
+    // A progress report replaces the previous one: one line that updates, not one per second.
+    const fields: Record<string, unknown> = { image: accepted.imageId, ...reportFields(report) };
+    if (fields.detail !== undefined) fields.detail = boundedDetail(fields.detail);
+    if (PROGRESS_STAGES.has(stage)) events.progress(mac, `init.${stage}`, fields);
+    else events.fromSource(sourceOf(c), mac, `init.${stage}`, fields, "node");
+    booter.reported(mac, token, stage);
+    recorded++;
   }
-  // A progress report replaces the previous one: one line that updates, not one per second.
-  const fields: Record<string, unknown> = { image: accepted.imageId, ...reportFields(report) };
-  if (fields.detail !== undefined) fields.detail = boundedDetail(fields.detail);
-  if (PROGRESS_STAGES.has(stage)) events.progress(mac, `init.${stage}`, fields);
-  else events.fromSource(sourceOf(c), mac, `init.${stage}`, fields, "node");
-  booter.reported(mac, token, stage);
-  return c.json({ ok: true });
+  if (!recorded) return c.json({ ok: true, duplicate: true });
+  return c.json(
+    recorded === reports.length
+      ? { ok: true }
+      : { ok: true, recorded, duplicates: reports.length - recorded },
+  );
 }
 
 /** The /boot routes over a Booter (src/boot/booter.ts); boot files come through `cache`. */

@@ -765,6 +765,84 @@ Deno.test("report: a retry of a report already recorded (same seq) is recorded o
   }
 });
 
+Deno.test("report: a batch records each numbered report once, all or none; retries and bad batches", async () => {
+  const f = await fixture();
+  const mac = "52:54:00:12:34:7b";
+  try {
+    addNode(f.ctx, mac, "pc10", f.imageId);
+    const token = openBoot(f.ctx.db, mac, f.imageId);
+    const app = new Hono().route("/boot", bootRoutes(contextBooter(f.ctx)));
+    const post = (body: unknown) =>
+      app.request("/boot/report", { method: "POST", body: JSON.stringify(body) });
+    const batch = (reports: unknown) => post({ token, mac, reports });
+    const kinds = () =>
+      listEvents(f.ctx.db, { mac }).map((x) => x.kind).filter((k) => k.startsWith("init."));
+    let r = await batch([
+      { seq: 1, stage: "start", ok: true, ms: 3 },
+      { seq: 2, stage: "modules", ok: true, detail: "8 loaded" },
+      { seq: 3, stage: "network", ok: true },
+    ]);
+    assert.equal(r.status, 200);
+    assert.deepEqual(await r.json(), { ok: true });
+    assert.deepEqual(kinds().sort(), ["init.modules", "init.network", "init.start"]);
+    const ev = listEvents(f.ctx.db, { mac }).find((x) => x.kind === "init.modules");
+    assert.equal(ev?.detail.detail, "8 loaded");
+    assert.equal(ev?.detail.seq, undefined);
+    // The node gave up waiting and sent the batch again with one more: only the new one counts.
+    r = await batch([
+      { seq: 2, stage: "modules", ok: true },
+      { seq: 3, stage: "network", ok: true },
+      { seq: 4, stage: "nfs-root", ok: true },
+    ]);
+    assert.deepEqual(await r.json(), { ok: true, recorded: 1, duplicates: 2 });
+    r = await batch([{ seq: 4, stage: "nfs-root", ok: true }]);
+    assert.deepEqual(await r.json(), { ok: true, duplicate: true });
+    // A single report (the older form) shares the numbering.
+    assert.equal((await post({ token, mac, stage: "overlay", seq: 4 })).status, 200);
+    assert.equal(kinds().length, 4);
+    // All or nothing: one bad report refuses the batch, nothing of it is recorded.
+    const bad: [unknown, RegExp][] = [
+      [[{ seq: 5, stage: "persist" }, { seq: 6, stage: "Handover!" }], /needs stage/],
+      [[{ seq: 5, stage: "persist" }, { stage: "handover" }], /needs its seq/],
+      [[{ seq: 6, stage: "persist" }, { seq: 5, stage: "handover" }], /increasing seq/],
+      [[{ seq: 5, stage: "persist" }, { seq: 5, stage: "handover" }], /increasing seq/],
+      [[{ seq: -1, stage: "persist" }], /seq must be a whole number/],
+      [[{ seq: 5, stage: "persist" }, "handover"], /array of 1 to 64/],
+      [[], /array of 1 to 64/],
+      ["persist", /array of 1 to 64/],
+      [{ seq: 5, stage: "persist" }, /array of 1 to 64/],
+      [Array.from({ length: 65 }, (_, i) => ({ seq: 5 + i, stage: "x" })), /array of 1 to 64/],
+    ];
+    for (const [reports, why] of bad) {
+      r = await batch(reports);
+      assert.equal(r.status, 400, JSON.stringify(reports).slice(0, 80));
+      assert.match(await r.text(), why);
+    }
+    assert.equal((await post([{ token, mac, seq: 5, stage: "persist" }])).status, 400);
+    assert.equal((await post({ mac, reports: [{ seq: 5, stage: "persist" }] })).status, 400);
+    assert.equal(kinds().length, 4);
+    // A batch with another boot's token is refused whole and noted once.
+    r = await post({
+      token: "0".repeat(32),
+      mac,
+      reports: [{ seq: 5, stage: "persist" }, { seq: 6, stage: "handover" }],
+    });
+    assert.equal(r.status, 403);
+    const rejected = listEvents(f.ctx.db, { mac }).filter((x) => x.kind === "http.report.rejected");
+    assert.equal(rejected.length, 1);
+    assert.equal(rejected[0].detail.stage, "2 reports");
+    // An identity inside a report is ignored: the batch's is the one checked and recorded.
+    const other = "52:54:00:12:34:7c";
+    r = await batch([{ seq: 5, stage: "persist", ok: true, token: "x", mac: other }]);
+    assert.equal(r.status, 200);
+    assert.equal(listEvents(f.ctx.db, { mac: other }).length, 0);
+    assert.equal(kinds().length, 5);
+    assert.equal(kinds().length, 5);
+  } finally {
+    await f.close();
+  }
+});
+
 Deno.test("report: a body past 64 KiB is 413, declared or streamed without a length", async () => {
   const f = await fixture();
   try {

@@ -46,7 +46,10 @@ Deno.test("launcher is a static x86-64 executable with no interpreter", () => {
   assert.ok(bin.length < 1024, `${bin.length} bytes`);
   const info = parseElf((o, n) => bin.subarray(o, o + n));
   assert.deepEqual(info, { machine: EM_X86_64, type: 2, needed: [] });
-  assert.equal(INIT_ARGV.join(" "), "/netroot/deno run -A --no-config /netroot/netroot.js init");
+  assert.equal(
+    INIT_ARGV.join(" "),
+    "/netroot/deno run -A --no-config --no-code-cache /netroot/netroot.js init",
+  );
 });
 
 async function runLauncher(bin: Uint8Array, dir: string) {

@@ -141,7 +141,7 @@ Deno.test({
   },
 });
 
-Deno.test("flood: a registered node's script and reports, 5,000 each from one address: bounded", async () => {
+Deno.test("flood: a registered node's script and reports, 5,000 each and 500 full batches from one address: bounded", async () => {
   const dir = await Deno.makeTempDir({ prefix: "nr-flood-node-" });
   const ctx = await openContext({ ...defaultConfig(), dataDir: dir });
   try {
@@ -174,6 +174,42 @@ Deno.test("flood: a registered node's script and reports, 5,000 each from one ad
       const r = await app.request("/boot/report", { method: "POST", body }, env);
       assert.equal(r.status, 200);
     }
+    // Batches, as an attacker holding the token would send them: the most reports a body may hold
+    // (64, each with a 900-byte detail), seq counting up so none is a duplicate, 500 times from
+    // one address: each report still goes through the per-source budget, and a bigger batch is
+    // refused before anything of it is recorded.
+    let seq = 1;
+    for (let i = 0; i < 500; i++) {
+      const reports = Array.from({ length: 64 }, () => ({
+        seq: seq++,
+        stage: "modules",
+        detail: "y".repeat(900),
+      }));
+      const r = await app.request(
+        "/boot/report",
+        { method: "POST", body: JSON.stringify({ token, mac, reports }) },
+        env,
+      );
+      assert.equal(r.status, 200);
+      await r.body?.cancel();
+    }
+    const tooMany = Array.from({ length: 65 }, () => ({ seq: seq++, stage: "modules" }));
+    const big = await app.request(
+      "/boot/report",
+      { method: "POST", body: JSON.stringify({ token, mac, reports: tooMany }) },
+      env,
+    );
+    assert.equal(big.status, 400);
+    const over = Array.from(
+      { length: 64 },
+      () => ({ seq: seq++, stage: "x", detail: "z".repeat(1100) }),
+    );
+    const large = await app.request(
+      "/boot/report",
+      { method: "POST", body: JSON.stringify({ token, mac, reports: over }) },
+      env,
+    );
+    assert.equal(large.status, 413); // past the 64 KiB body bound
     const n = (ctx.db.prepare("SELECT count(*) AS n FROM events WHERE mac = ?").get(mac) as {
       n: number;
     }).n;

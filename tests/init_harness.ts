@@ -44,7 +44,12 @@ const server = Deno.serve(
   { hostname: "0.0.0.0", port: cfg.reportPort, onListen() {} },
   async (req) => {
     if (req.method === "POST" && new URL(req.url).pathname === "/boot/report") {
-      console.log(`REPORT ${JSON.stringify(await req.json())}`);
+      // One line per report: a batch's identity goes with each of its reports.
+      const body = await req.json();
+      const { reports, ...ident } = body;
+      for (const r of Array.isArray(reports) ? reports : [body]) {
+        console.log(`REPORT ${JSON.stringify({ ...ident, ...r })}`);
+      }
       return new Response(null, { status: 204 });
     }
     return new Response("not found", { status: 404 });

@@ -276,6 +276,43 @@ async function smallImage(dir: string, kv: string, module: Uint8Array): Promise<
   return root;
 }
 
+Deno.test("initramfs lz4 (the legacy frame the kernel reads) and none: one newc archive, unpacked the same", async () => {
+  const k = await debianKernel();
+  const dir = await Deno.makeTempDir({ prefix: "nr-initramfs-" });
+  try {
+    const e1000 = await Deno.readFile(
+      join(k.root, "lib/modules", k.kv, "kernel/drivers/net/ethernet/intel/e1000/e1000.ko"),
+    );
+    const root = await smallImage(dir, "9.9.9-test", e1000);
+    const program = await probeProgram(dir);
+    const build = (compression: "lz4" | "none") =>
+      buildInitramfs({
+        rootfs: root,
+        kernelVersion: "9.9.9-test",
+        out: join(dir, `i.${compression}`),
+        program,
+        compression,
+        wantedModules: ["e1000"],
+      });
+    const none = await build("none");
+    const lz4 = await build("lz4");
+    assert.equal(none.compression, "none");
+    assert.equal(lz4.compression, "lz4");
+    const raw = await Deno.readFile(join(dir, "i.none"));
+    assert.equal(raw.length, none.bytes);
+    assert.equal(none.bytes, none.cpioBytes);
+    assert.equal(new TextDecoder().decode(raw.subarray(0, 6)), "070701"); // newc, uncompressed
+    const packed = await Deno.readFile(join(dir, "i.lz4"));
+    // The legacy frame's magic (lz4 -l), the only lz4 format the kernel's unpacker takes.
+    assert.deepEqual([...packed.subarray(0, 4)], [0x02, 0x21, 0x4c, 0x18]);
+    assert.ok(packed.length < raw.length);
+    await sh("lz4", ["-d", "-q", "-f", join(dir, "i.lz4"), join(dir, "i.unlz4")]);
+    assert.deepEqual(await Deno.readFile(join(dir, "i.unlz4")), raw);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("image symlinks resolve inside the image; gzip without a kernel config; missing modules noted", async () => {
   const k = await debianKernel();
   const dir = await Deno.makeTempDir({ prefix: "nr-initramfs-" });

@@ -34,7 +34,7 @@ export type { ProgramFiles } from "./bundle.ts";
 
 const log = logger("initramfs");
 
-export type Compression = "zstd" | "gzip";
+export type Compression = "zstd" | "gzip" | "lz4" | "none";
 
 /**
  * zstd when the image kernel can unpack it (CONFIG_RD_ZSTD, Debian's default since bookworm):
@@ -247,22 +247,94 @@ function initramfsTree(
   return tree;
 }
 
-/** Writes the tree as a compressed cpio archive to `path` (removed again on failure). */
-async function writeCpio(tree: Tree, path: string, compression: Compression): Promise<CpioWriter> {
-  const out = compressor(compression);
+/** A sink for the archive's bytes: `write` each chunk (awaiting backpressure), then `end`. */
+interface Sink {
+  write(chunk: Uint8Array): Promise<void>;
+  end(): Promise<void>;
+  abort(): Promise<void>;
+}
+
+/** zlib's compressors (zstd, gzip) as a node stream into the file. */
+function zlibSink(c: "zstd" | "gzip", path: string): Sink {
+  const out = compressor(c);
   const written = pipeline(out, createWriteStream(path, { mode: 0o644 }));
   written.catch(() => {}); // observed below; avoids an unhandled rejection while writing
-  const cpio = new CpioWriter(async (chunk) => {
-    if (!out.write(chunk)) await once(out, "drain");
-  });
+  return {
+    write: async (chunk) => {
+      if (!out.write(chunk)) await once(out, "drain");
+    },
+    end: async () => {
+      out.end();
+      await written;
+    },
+    abort: async () => {
+      out.destroy();
+      await written.catch(() => {});
+    },
+  };
+}
+
+/** The archive as is (none), or through `lz4 -l` (the legacy frame, the one the kernel reads). */
+async function fileSink(c: "lz4" | "none", path: string): Promise<Sink> {
+  const file = await Deno.open(path, { write: true, create: true, truncate: true, mode: 0o644 });
+  if (c === "none") {
+    const w = file.writable.getWriter();
+    return {
+      write: (chunk) => w.write(chunk),
+      end: () => w.close(),
+      abort: () => w.abort(),
+    };
+  }
+  let child: Deno.ChildProcess;
+  try {
+    child = new Deno.Command("lz4", {
+      args: ["-l", "-9", "-q", "-c"],
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+  } catch (e) {
+    file.close();
+    if (e instanceof Deno.errors.NotFound) {
+      throw new UserError("lz4 not found: an lz4 initramfs needs it (Debian package lz4)", 503);
+    }
+    throw e;
+  }
+  const copied = child.stdout.pipeTo(file.writable);
+  copied.catch(() => {});
+  const w = child.stdin.getWriter();
+  return {
+    write: (chunk) => w.write(chunk),
+    end: async () => {
+      await w.close();
+      const [st, err] = await Promise.all([child.status, new Response(child.stderr).text()]);
+      await copied;
+      if (!st.success) throw new Error(`lz4 failed: ${err.trim()}`);
+    },
+    abort: async () => {
+      await w.abort().catch(() => {});
+      try {
+        child.kill("SIGKILL");
+      } catch { /* exited */ }
+      await child.status;
+      await copied.catch(() => {});
+      await child.stderr.cancel().catch(() => {});
+    },
+  };
+}
+
+/** Writes the tree as a (compressed) cpio archive to `path` (removed again on failure). */
+async function writeCpio(tree: Tree, path: string, compression: Compression): Promise<CpioWriter> {
+  const out = compression === "zstd" || compression === "gzip"
+    ? zlibSink(compression, path)
+    : await fileSink(compression, path);
+  const cpio = new CpioWriter((chunk) => out.write(chunk));
   try {
     for (const e of tree.entries) await cpio.add(e);
     await cpio.finish();
-    out.end();
-    await written;
+    await out.end();
   } catch (e) {
-    out.destroy();
-    await written.catch(() => {});
+    await out.abort();
     await Deno.remove(path).catch(() => {});
     throw e;
   }

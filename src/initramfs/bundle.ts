@@ -25,7 +25,15 @@ export type ProgramFiles =
 /** In-initramfs paths of bundle mode; overlay/init.ts runs from them. */
 export const NODE_DENO = "/netroot/deno";
 export const NODE_SCRIPT = "/netroot/netroot.js";
-export const INIT_ARGV = [NODE_DENO, "run", "-A", "--no-config", NODE_SCRIPT, "init"];
+export const INIT_ARGV = [
+  NODE_DENO,
+  "run",
+  "-A",
+  "--no-config",
+  "--no-code-cache",
+  NODE_SCRIPT,
+  "init",
+];
 /** DENO_DIR on the tmpfs /run (init mounts it): deno refuses to start without a cache dir. */
 export const INIT_ENV = [
   "HOME=/",
