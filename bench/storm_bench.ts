@@ -6,6 +6,11 @@
 // that limit (target ≤ 1.2×), failures (target 0), and the server's RSS sampled during the storm
 // (target ≤ 256 MB). Needs root (namespaces, tc) and the Debian kernel of the tests' cache.
 //   deno run -A bench/storm_bench.ts [--quick] [--clients N] [--rate 1gbit]
+// Besides the figures, what tells the generator from the server: both sides' retransmissions,
+// the generator's event-loop lag, CPU of each, UDP drops (RcvbufErrors) in both namespaces.
+// STORM_PCAP=DIR captures the storm's UDP on both sides (tcpdump) to follow single transfers.
+// --procs P splits the generator over P processes: not usable yet (with 4, one died on its DHCP
+// socket: recvmsg reported errno 2 in src/linux/udp.ts, with several sockets on port 68).
 import { parseArgs } from "node:util";
 import { join } from "node:path";
 import { startLab } from "../src/lab/lab.ts";
@@ -21,9 +26,11 @@ const { values: a } = parseArgs({
     clients: { type: "string" },
     rate: { type: "string", default: "1gbit" },
     "dhcp-only": { type: "boolean" },
+    procs: { type: "string", default: "1" },
   },
 });
 const clients = Number(a.clients ?? (quick ? 100 : 1000));
+const procs = Math.max(1, Number(a.procs));
 const rateBits = (() => {
   const m = /^(\d+)(k|m|g)bit$/.exec(a.rate!);
   if (!m) throw new Error("--rate: like 1gbit, 500mbit");
@@ -128,8 +135,34 @@ try {
       seconds: number;
       bytes: number;
       perClientMs: { p50: number; p95: number; max: number };
+      retransmits: { dhcp: number; tftp: number };
+      loopLagMs: { p99: number; max: number };
+      cpuSeconds: { user: number; system: number };
     };
   };
+  /** CPU seconds (user + system) of a process, and of the whole machine busy (not idle). */
+  const cpuOf = (pid: number) => {
+    const f = Deno.readTextFileSync(`/proc/${pid}/stat`).split(") ")[1].split(" ");
+    return { user: Number(f[11]) / 100, system: Number(f[12]) / 100 };
+  };
+  const userSys = (c: { user: number; system: number }) =>
+    `${c.user.toFixed(0)} user + ${c.system.toFixed(0)} sys`;
+  const machine = () => {
+    const f = Deno.readTextFileSync("/proc/stat").split("\n")[0].split(/\s+/).slice(1)
+      .map(Number);
+    const idle = f[3] + f[4];
+    return { busy: (f.reduce((x, y) => x + y, 0) - idle) / 100, idle: idle / 100 };
+  };
+  /** UDP counters of a namespace (/proc/net/snmp's Udp line). */
+  const udp = async (ns: string) => {
+    const lines = (await sh("ip", "netns", "exec", ns, "cat", "/proc/net/snmp")).split("\n")
+      .filter((l) => l.startsWith("Udp:"));
+    const [names, values] = lines.map((l) => l.split(/\s+/).slice(1));
+    return Object.fromEntries(names.map((n, i) => [n, Number(values[i])]));
+  };
+  const delta = (x: Record<string, number>, y: Record<string, number>) =>
+    Object.entries(y).filter(([k, v]) => v !== x[k]).map(([k, v]) => `${k} +${v - x[k]}`)
+      .join(", ");
   // Warm-up: 10 machines (the server builds and caches the image's boot files once).
   const warm = await storm(10, 0);
   if (warm.failures) throw new Error(`warm-up failed: ${JSON.stringify(warm.errors)}`);
@@ -141,7 +174,66 @@ try {
       peak = Math.max(peak, memory(pid).rss);
     } catch { /* exited: the storm's result says why */ }
   }, 100);
-  const r = await storm(clients, 1000).finally(() => clearInterval(sampler));
+  const udpBefore = { server: await udp(lab.ns), clients: await udp(cliNs) };
+  const logBefore = (await Deno.readTextFile(lab.serverLog)).length;
+  // The generator in `procs` processes (each its share of the clients) or one.
+  const pcapDir = Deno.env.get("STORM_PCAP");
+  const dumps = pcapDir
+    ? [[lab.ns, "netroot0", "server"], [cliNs, "sc", "clients"]].map(([ns, dev, name]) =>
+      new Deno.Command("ip", {
+        args: [
+          "netns",
+          "exec",
+          ns,
+          "tcpdump",
+          "-i",
+          dev,
+          "-nn",
+          "-s",
+          "96",
+          "-w",
+          `${pcapDir}/${name}.pcap`,
+          "udp",
+        ],
+        stdout: "null",
+        stderr: "null",
+      }).spawn()
+    )
+    : [];
+  if (dumps.length) await new Promise((r) => setTimeout(r, 1000));
+  const t0 = performance.now(), serverCpu0 = cpuOf(pid), machine0 = machine();
+  const parts = await Promise.all(
+    Array.from({ length: procs }, (_, p) => {
+      const n = Math.floor(clients / procs) + (p < clients % procs ? 1 : 0);
+      const first = 1000 + p * Math.ceil(clients / procs);
+      return storm(n, first);
+    }),
+  ).finally(() => clearInterval(sampler));
+  const wall = (performance.now() - t0) / 1000;
+  for (const d of dumps) d.kill("SIGINT");
+  for (const d of dumps) await d.status;
+  const serverCpu1 = cpuOf(pid), machine1 = machine();
+  const serverCpu = {
+    user: serverCpu1.user - serverCpu0.user,
+    system: serverCpu1.system - serverCpu0.system,
+  };
+  const r = {
+    ok: parts.reduce((n, q) => n + q.ok, 0),
+    failures: parts.reduce((n, q) => n + q.failures, 0),
+    errors: Object.fromEntries(
+      [...new Set(parts.flatMap((q) => Object.keys(q.errors)))].map((k) => [
+        k,
+        parts.reduce((n, q) => n + (q.errors[k] ?? 0), 0),
+      ]),
+    ),
+    seconds: procs === 1 ? parts[0].seconds : wall,
+    bytes: parts.reduce((n, q) => n + q.bytes, 0),
+    perClientMs: parts[0].perClientMs,
+  };
+  const udpAfter = { server: await udp(lab.ns), clients: await udp(cliNs) };
+  const serverLog = (await Deno.readTextFile(lab.serverLog)).slice(logBefore);
+  const count = (re: RegExp) => serverLog.match(re)?.length ?? 0;
+  const load = (await Deno.readTextFile("/proc/loadavg")).split(" ").slice(0, 3).join(" ");
   const after = memory(pid);
   const limit = r.bytes * 8 / rateBits;
   console.log(
@@ -161,6 +253,28 @@ try {
     `  server RSS: ${before.rss.toFixed(0)} MiB before, peak ${peak.toFixed(0)} MiB sampled ` +
       `(VmHWM ${after.hwm.toFixed(0)} MiB), ${after.rss.toFixed(0)} MiB after (target ≤ 256 MB)`,
   );
+  console.log(
+    `  generator: ${procs} process(es); retransmits DHCP ${
+      parts.map((q) => q.retransmits.dhcp).join("+")
+    }, TFTP ${parts.map((q) => q.retransmits.tftp).join("+")}; event-loop lag p99/max ${
+      parts.map((q) => `${q.loopLagMs.p99}/${q.loopLagMs.max}`).join(", ")
+    } ms`,
+  );
+  console.log(
+    `  server: TFTP transfers failed ${count(/ tftp transfer failed/g)}, done ${
+      count(/ tftp sent /g)
+    }; UDP counters server ns: ${delta(udpBefore.server, udpAfter.server)}`,
+  );
+  console.log(`  UDP counters clients ns: ${delta(udpBefore.clients, udpAfter.clients)}`);
+  console.log(`  tc: ${(await tc("-s", "class", "show", "dev", "storm0")).replace(/\s+/g, " ")}`);
+  console.log(
+    `  CPU seconds: server ${userSys(serverCpu)}, generator ${
+      parts.map((q) => userSys(q.cpuSeconds)).join(", ")
+    }, machine busy ${(machine1.busy - machine0.busy).toFixed(0)} idle ${
+      (machine1.idle - machine0.idle).toFixed(0)
+    } (of ${(wall * navigator.hardwareConcurrency).toFixed(0)})`,
+  );
+  console.log(`  load average ${load}`);
   if (r.failures) throw new Error(`${r.failures} clients failed`);
   // Higher is better: 1.2× the link's limit over the wall time (≥ 1: within 1.2× of the limit);
   // 256 MiB over the peak RSS (≥ 1: under the target).

@@ -226,6 +226,23 @@ export interface StormReport {
   bytesPerSecond: number;
   perClientMs: { p50: number; p95: number; max: number };
   dhcpExchanges: number;
+  /** DHCP requests and TFTP packets the generator sent again after a timeout. */
+  retransmits: { dhcp: number; tftp: number };
+  /** How late the generator's own event loop ran a 100 ms timer: its max and 99th percentile, ms
+   *  (a busy generator delays every client's packets, and its figures would be its own). */
+  loopLagMs: { p99: number; max: number };
+  /** CPU seconds the generator used, all its threads (Linux only, else 0). */
+  cpuSeconds: { user: number; system: number };
+}
+
+/** CPU seconds of this process so far: /proc/self/stat, in clock ticks of 10 ms. */
+function cpuSeconds(): { user: number; system: number } {
+  try {
+    const f = Deno.readTextFileSync("/proc/self/stat").split(") ")[1].split(" ");
+    return { user: Number(f[11]) / 100, system: Number(f[12]) / 100 };
+  } catch {
+    return { user: 0, system: 0 };
+  }
 }
 
 /** One simulated client, start to finish; returns bytes fetched. */
@@ -234,6 +251,7 @@ async function bootOne(
   mac: Uint8Array,
   o: StormOptions,
   count: () => void,
+  tftpRetransmit: () => void,
 ): Promise<number> {
   const t = o.timeoutMs ?? 2000;
   let bytes = 0;
@@ -243,7 +261,12 @@ async function bootOne(
   if (!file) throw new Error("PXE: no boot file in the ACK");
   const next = pxeAck.siaddr !== ZERO ? pxeAck.siaddr : readIp(pxeAck.options.get(Opt.serverId))!;
   if (o.tftp ?? true) {
-    bytes += (await tftpGet(next, 69, file, { blksize: 1432, tsize: true, timeoutMs: t })).length;
+    bytes += (await tftpGet(next, 69, file, {
+      blksize: 1432,
+      tsize: true,
+      timeoutMs: t,
+      onRetransmit: tftpRetransmit,
+    })).length;
   }
   const ipxeAck = await port.lease({ mac, kind: "ipxe" }, t);
   count();
@@ -263,15 +286,28 @@ export async function runStorm(o: StormOptions): Promise<StormReport> {
   const port = DhcpClientPort.open(o.device);
   const errors: Record<string, number> = {};
   const times: number[] = [];
-  let bytes = 0, ok = 0, exchanges = 0, nextIndex = 0;
-  const t0 = performance.now();
+  let bytes = 0, ok = 0, exchanges = 0, nextIndex = 0, tftpRetransmits = 0;
+  const t0 = performance.now(), cpu0 = cpuSeconds();
+  const lags: number[] = [];
+  let tick = t0;
+  const probe = setInterval(() => {
+    const now = performance.now();
+    lags.push(Math.max(0, now - tick - 100));
+    tick = now;
+  }, 100);
   const worker = async () => {
     while (nextIndex < o.clients) {
       const i = nextIndex++;
       const t1 = performance.now();
       try {
         // (not `bytes += await …`: that reads `bytes` before the await and loses updates)
-        const got = await bootOne(port, macFor((o.firstIndex ?? 0) + i), o, () => exchanges++);
+        const got = await bootOne(
+          port,
+          macFor((o.firstIndex ?? 0) + i),
+          o,
+          () => exchanges++,
+          () => tftpRetransmits++,
+        );
         bytes += got;
         ok++;
         times.push(performance.now() - t1);
@@ -289,8 +325,10 @@ export async function runStorm(o: StormOptions): Promise<StormReport> {
       Array.from({ length: Math.min(o.concurrency ?? o.clients, o.clients) }, worker),
     );
   } finally {
+    clearInterval(probe);
     await port.close();
   }
+  lags.sort((a, b) => a - b);
   const seconds = (performance.now() - t0) / 1000;
   times.sort((a, b) => a - b);
   const pct = (q: number) =>
@@ -305,5 +343,13 @@ export async function runStorm(o: StormOptions): Promise<StormReport> {
     bytesPerSecond: bytes / seconds,
     perClientMs: { p50: pct(0.5), p95: pct(0.95), max: Math.round(times.at(-1) ?? 0) },
     dhcpExchanges: exchanges,
+    retransmits: { dhcp: port.retransmits, tftp: tftpRetransmits },
+    loopLagMs: {
+      p99: Math.round(lags[Math.floor(0.99 * (lags.length - 1))] ?? 0),
+      max: Math.round(lags.at(-1) ?? 0),
+    },
+    cpuSeconds: (({ user, system }) => ({ user: user - cpu0.user, system: system - cpu0.system }))(
+      cpuSeconds(),
+    ),
   };
 }

@@ -12,6 +12,8 @@ export interface TftpGetOptions {
   timeoutMs?: number;
   /** Resends before giving up (default 5). */
   retries?: number;
+  /** Called at each resend after a timeout (a load generator counts them). */
+  onRetransmit?(): void;
   /** Test seam: decides the fate of each ACK we are about to send. */
   onAck?(block: number): "send" | "drop" | "duplicate";
 }
@@ -123,6 +125,7 @@ class ReadTransfer {
       if (++this.#tries > this.#retries) {
         return this.#finish(new TftpError(0, `timeout fetching ${this.file}`));
       }
+      this.opts.onRetransmit?.();
       this.#sendLast();
       this.#arm();
     }, this.#timeoutMs);
