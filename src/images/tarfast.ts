@@ -162,6 +162,9 @@ function parsePax(data: Uint8Array, o: Override): void {
     if (eq < 0) throw new Unsupported("bad pax record");
     const key = str(rec, 0, eq);
     const raw = rec.subarray(eq + 1);
+    if (!key.startsWith("SCHILY.xattr.") && raw.includes(0)) {
+      throw new Unsupported("NUL in a pax value");
+    }
     if (key.startsWith("SCHILY.xattr.")) {
       const name = key.slice("SCHILY.xattr.".length);
       // ACLs and other system.* attributes: GNU tar's rules for them are its own.
@@ -187,6 +190,9 @@ function parsePax(data: Uint8Array, o: Override): void {
 
 /** The archive's bytes, in order: a file read directly, or a decompressor's output. */
 interface Source {
+  /** After the end-of-archive marker: whether the input ended well (a decompressor can report
+   *  a bad checksum only once it has read everything). */
+  finish(): Promise<boolean>;
   /** Fills `into`, returns how many bytes (0: end). */
   read(into: Uint8Array): Promise<number> | number;
   /** Bytes of the archive file consumed so far (for progress), when known. */
@@ -216,6 +222,7 @@ function openSource(
         return n;
       },
       offset: () => at,
+      finish: () => Promise.resolve(true),
       close: () => Promise.resolve(f.close()),
     };
   }
@@ -246,6 +253,17 @@ function openSource(
       return n;
     },
     offset: () => offsetOf(child.pid),
+    async finish() {
+      // What follows the end marker is padding; a stream that goes on for long is GNU tar's.
+      let rest = pending?.length ?? 0;
+      pending = undefined;
+      while (rest < 16 << 20) {
+        const r = await reader.read();
+        if (r.done) return (await child.status).success;
+        rest += r.value.length;
+      }
+      return false;
+    },
     async close() {
       try {
         child.kill("SIGKILL");
@@ -398,7 +416,10 @@ export async function extractFast(
       }
       await fill(512);
       const h = buf.subarray(pos, pos + 512);
-      if (h.every((b) => b === 0)) break; // end of archive
+      if (h.every((b) => b === 0)) { // end of archive
+        if (!(await src.finish())) throw new Unsupported("the decompressor failed");
+        break;
+      }
       if (!checksumOk(h)) throw new Unsupported("header checksum");
       const magic = str(h, 257, 8);
       const gnu = magic === "ustar  ";
@@ -406,9 +427,10 @@ export async function extractFast(
         throw new Unsupported("not a POSIX or GNU tar header");
       }
       const type = String.fromCharCode(h[156]);
-      const size = o.size ?? num(h, 124, 12);
+      const meta = type === "x" || type === "L" || type === "K";
+      const size = meta ? num(h, 124, 12) : o.size ?? num(h, 124, 12);
       pos += 512;
-      if (type === "x" || type === "L" || type === "K") {
+      if (meta) {
         if (size > MAX_META) throw new Unsupported("extended header too large");
         const data = await take(size);
         await stream(pad(size));
@@ -429,6 +451,7 @@ export async function extractFast(
       }
       const link = o.linkpath ?? str(h, 157, 100);
       const uid = o.uid ?? num(h, 108, 8), gid = o.gid ?? num(h, 116, 8);
+      if (uid > 0xfffffffe || gid > 0xfffffffe) throw new Unsupported("owner out of range");
       const mode = num(h, 100, 8) & 0o7777;
       const mtime = o.mtime ?? { sec: num(h, 136, 12), nsec: 0 };
       const xattrs = o.xattrs;
@@ -446,6 +469,7 @@ export async function extractFast(
       if (name.endsWith("/") && kind !== "dir") throw new Unsupported("file name ends in /");
       if (name === "") throw new Unsupported("empty name");
       const regular = type === "0" || type === "\0" || type === "7";
+      if (!regular && size !== 0) throw new Unsupported(`data with a member of type ${type}`);
       const m: Member = { name, kind, size: regular ? size : 0 };
       if (kind === "symlink" || kind === "hardlink") m.link = link;
       const p = place(m, what); // a hostile name or link target ends the import here
