@@ -248,6 +248,16 @@ Deno.test("our tar reader and GNU tar extract the same tree, with the same diges
             offsetOf: () => undefined,
             imageArchive: /^$/,
           });
+          // Every digest taken while writing is one the scan takes (same inode, size, mtime).
+          for (const [rel, c] of r.cache) {
+            const st = Deno.lstatSync(dest + rel);
+            assert.deepEqual(
+              [c.ino, c.size, c.mtimeMs],
+              [st.ino, st.size, st.mtime!.getTime()],
+              `${name}: ${rel}`,
+            );
+          }
+          assert.ok(r.cache.size >= 10, `${name}: ${r.cache.size} digests taken while writing`);
           const { entries } = await scanTree(dest, { cache: r.cache });
           const hashed = (await scanTree(dest)).entries;
           assert.deepEqual(entries, hashed, `${name}: digests taken while writing are right`);

@@ -31,6 +31,7 @@ function openLib() {
       write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
       close: { parameters: ["i32"], result: "i32" },
       fchown: { parameters: ["i32", "u32", "u32"], result: "i32" },
+      fstat: { parameters: ["i32", "buffer"], result: "i32" },
       fchmod: { parameters: ["i32", "u32"], result: "i32" },
       futimens: { parameters: ["i32", "buffer"], result: "i32" },
       fsetxattr: { parameters: ["i32", "buffer", "buffer", "usize", "i32"], result: "i32" },
@@ -47,6 +48,10 @@ function openLib() {
   );
 }
 const libc = () => (lib ??= openLib()).symbols;
+
+// struct stat (x86_64 and the generic layout of aarch64 alike): st_ino is the u64 at offset 8.
+const statBuf = new Uint8Array(256);
+const statView = new DataView(statBuf.buffer);
 
 const O_WRONLY = 0o1, O_CREAT = 0o100, O_EXCL = 0o200, O_NOFOLLOW = 0o400000;
 const O_CLOEXEC = 0o2000000;
@@ -530,16 +535,18 @@ export async function extractFast(
             );
           }
           ok(sym.futimens(fd, times(mtime.sec, mtime.nsec)), "futimens", what);
+          if (digest) ok(sym.fstat(fd, statBuf), "fstat", what);
         } finally {
           sym.close(fd);
         }
         written += size;
         if (digest) {
-          const st = Deno.lstatSync(full);
+          // What the scan's lstat will say of this file (inode, size, mtime in ms as Deno
+          // gives it): from the descriptor, no second lookup of the path.
           cache.set(p.rel, {
-            ino: st.ino!,
-            size: st.size,
-            mtimeMs: st.mtime!.getTime(),
+            ino: Number(statView.getBigUint64(8, true)),
+            size,
+            mtimeMs: mtime.sec * 1000 + Math.floor(mtime.nsec / 1e6),
             sha256: digest.digest("hex"),
           });
         }
