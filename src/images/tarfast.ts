@@ -409,6 +409,7 @@ export async function extractFast(
   };
 
   try {
+    opts.onProgress?.({ phase: "extract", done: 0, total: opts.total });
     let o: Override = {};
     for (;;) {
       if (performance.now() - last > 50) {
