@@ -6,7 +6,7 @@ import { manifestText, parseManifest } from "../contract/manifest.ts";
 import { extractArchive, sniff } from "../src/images/tar.ts";
 import { extractFast } from "../src/images/tarfast.ts";
 import { scanTree } from "../src/images/walk.ts";
-import { listXattrs } from "../src/linux/xattr.ts";
+import { listXattrs, setXattr } from "../src/linux/xattr.ts";
 import {
   buildSampleTree,
   dirEntries,
@@ -215,6 +215,14 @@ Deno.test("our tar reader and GNU tar extract the same tree, with the same diges
     const deep = `${src}/usr/share/${"long-directory-name-".repeat(6)}`;
     Deno.mkdirSync(deep, { recursive: true });
     Deno.writeTextFileSync(`${deep}/${"f".repeat(120)}`, "deep\n");
+    // POSIX ACLs (systemd puts them on /var/log/journal): the raw value debootstrap's tree holds.
+    const acl = Uint8Array.from(
+      "0200000001000700ffffffff04000500ffffffff080005000400000010000500ffffffff20000500ffffffff"
+        .match(/../g)!.map((x) => parseInt(x, 16)),
+    );
+    Deno.mkdirSync(`${src}/var/log/journal`, { recursive: true });
+    setXattr(`${src}/var/log/journal`, "system.posix_acl_access", acl);
+    setXattr(`${src}/var/log/journal`, "system.posix_acl_default", acl);
     const big = new Uint8Array(6 << 20).map((_, i) => (i * 2654435761) >>> 24);
     Deno.writeFileSync(`${src}/usr/big.bin`, big);
     fixTimes(src);
@@ -270,6 +278,7 @@ Deno.test("our tar reader and GNU tar extract the same tree, with the same diges
       }
       assert.equal(trees[0], trees[1], `${name}: same manifest from both extractors`);
       assert.match(trees[0], /security\.capability/);
+      assert.match(trees[0], /system\.posix_acl_default/);
     }
     // Appending the same path again: the reader replaces it (GNU tar does the same).
     sh("tar", "-C", src, "-rf", `${t.dir}/gnu.tar`, "./etc/hostname");

@@ -172,8 +172,11 @@ function parsePax(data: Uint8Array, o: Override): void {
     }
     if (key.startsWith("SCHILY.xattr.")) {
       const name = key.slice("SCHILY.xattr.".length);
-      // ACLs and other system.* attributes: GNU tar's rules for them are its own.
-      if (!/^(user|security|trusted)\./.test(name)) throw new Unsupported(`xattr ${name}`);
+      // POSIX ACLs are set as GNU tar sets them (raw, after chmod); other system.* attributes
+      // are left to GNU tar's own rules.
+      if (!/^(user\.|security\.|trusted\.|system\.posix_acl_(access|default)$)/.test(name)) {
+        throw new Unsupported(`xattr ${name}`);
+      }
       (o.xattrs ??= []).push([name, raw.slice()]);
     } else if (key === "path" || key === "linkpath") {
       o[key] = str(rec, eq + 1, raw.length);
