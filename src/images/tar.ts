@@ -1,5 +1,6 @@
-// GNU tar as the extractor (it knows every header format, xattrs, sparse files, hardlinks), driven
-// so that the import stays observable, fast and confined to its tree:
+// GNU tar as the extractor of layers and of every rootfs archive our own reader (tarfast.ts, tried
+// first) leaves to it (it knows every header format, xattrs, sparse files, hardlinks), driven so
+// that the import stays observable, fast and confined to its tree:
 //   - progress is tar's read offset in the archive (/proc/<pid>/fdinfo);
 //   - `-vv` names each member (type, name, link target) as tar starts it, so the previous member
 //     is complete: a hashing worker digests it while tar extracts the next one (the manifest's
