@@ -73,6 +73,15 @@ Deno.test("truncated and corrupt tarballs, unknown formats: clear error, nothing
       `${t.dir}/flip.tar.gz`,
       /^(corrupt|truncated) archive: .*flip\.tar\.gz/,
     );
+    // Only the gzip trailer's CRC is wrong: every member reads well, the decompressor fails last.
+    const crc = gz.slice();
+    crc[crc.length - 8] ^= 0xff;
+    Deno.writeFileSync(`${t.dir}/crc.tar.gz`, crc);
+    await rejectsCleanly(
+      t,
+      `${t.dir}/crc.tar.gz`,
+      /^corrupt archive: .*crc\.tar\.gz \(.*crc error/,
+    );
     const zst = Deno.readFileSync(tarOf(src, `${t.dir}/x.tar.zst`, "zstd"));
     await rejectsCleanly(
       t,

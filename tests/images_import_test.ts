@@ -2,11 +2,15 @@
 // manifest. Needs root (mknod, chown, setcap, security.* xattrs).
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { parseManifest } from "../contract/manifest.ts";
-import { listXattrs } from "../src/linux/xattr.ts";
+import { manifestText, parseManifest } from "../contract/manifest.ts";
+import { extractArchive, sniff } from "../src/images/tar.ts";
+import { extractFast } from "../src/images/tarfast.ts";
+import { scanTree } from "../src/images/walk.ts";
+import { listXattrs, setXattr } from "../src/linux/xattr.ts";
 import {
   buildSampleTree,
   dirEntries,
+  fixTimes,
   rowCount,
   sh,
   T0,
@@ -197,6 +201,97 @@ Deno.test("two concurrent imports of the same content: one copy, one row, the ot
     // Into one name at once: the same content lands once, the other reports it.
     const twice = await Promise.all([t.store.import(src, "same"), t.store.import(src, "same")]);
     assert.equal(twice[0].id, twice[1].id);
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("our tar reader and GNU tar extract the same tree, with the same digests, from every compression (root)", async () => {
+  const t = await tempStore();
+  try {
+    const src = `${t.dir}/src`;
+    buildSampleTree(src);
+    // Also: a long name (GNU 'L' / PAX path), a large file crossing reads, a member listed again.
+    const deep = `${src}/usr/share/${"long-directory-name-".repeat(6)}`;
+    Deno.mkdirSync(deep, { recursive: true });
+    Deno.writeTextFileSync(`${deep}/${"f".repeat(120)}`, "deep\n");
+    // POSIX ACLs (systemd puts them on /var/log/journal): the raw value debootstrap's tree holds.
+    const acl = Uint8Array.from(
+      "0200000001000700ffffffff04000500ffffffff080005000400000010000500ffffffff20000500ffffffff"
+        .match(/../g)!.map((x) => parseInt(x, 16)),
+    );
+    Deno.mkdirSync(`${src}/var/log/journal`, { recursive: true });
+    setXattr(`${src}/var/log/journal`, "system.posix_acl_access", acl);
+    setXattr(`${src}/var/log/journal`, "system.posix_acl_default", acl);
+    const big = new Uint8Array(6 << 20).map((_, i) => (i * 2654435761) >>> 24);
+    Deno.writeFileSync(`${src}/usr/big.bin`, big);
+    fixTimes(src);
+    const cases: [string, string[]][] = [["gnu.tar", []], ["pax.tar", ["--format=pax"]]];
+    for (const c of ["gzip", "xz", "zstd", "bzip2"]) cases.push([`x.tar.${c}`, [`--${c}`]]);
+    for (const [name, flags] of cases) {
+      const file = `${t.dir}/${name}`;
+      sh(
+        "tar",
+        "--xattrs",
+        "--xattrs-include=*",
+        "--numeric-owner",
+        ...flags,
+        "-C",
+        src,
+        "-cf",
+        file,
+        ".",
+      );
+      const compression = sniff(Deno.readFileSync(file).subarray(0, 512))!;
+      const trees: string[] = [];
+      for (const extractor of ["fast", "tar"] as const) {
+        const dest = `${t.dir}/out-${extractor}`;
+        Deno.mkdirSync(dest);
+        if (extractor === "fast") {
+          // The fast path itself, not a fallback to GNU tar.
+          const r = await extractFast(file, compression, dest, {
+            what: file,
+            hash: true,
+            total: 1,
+            offsetOf: () => undefined,
+            imageArchive: /^$/,
+          });
+          // Every digest taken while writing is one the scan takes (same inode, size, mtime).
+          for (const [rel, c] of r.cache) {
+            const st = Deno.lstatSync(dest + rel);
+            assert.deepEqual(
+              [c.ino, c.size, c.mtimeMs],
+              [st.ino, st.size, st.mtime!.getTime()],
+              `${name}: ${rel}`,
+            );
+          }
+          assert.ok(r.cache.size >= 10, `${name}: ${r.cache.size} digests taken while writing`);
+          const { entries } = await scanTree(dest, { cache: r.cache });
+          const hashed = (await scanTree(dest)).entries;
+          assert.deepEqual(entries, hashed, `${name}: digests taken while writing are right`);
+          trees.push(manifestText(entries));
+        } else {
+          await extractArchive(file, compression, dest, { extractor });
+          trees.push(manifestText((await scanTree(dest)).entries));
+        }
+        Deno.removeSync(dest, { recursive: true });
+      }
+      assert.equal(trees[0], trees[1], `${name}: same manifest from both extractors`);
+      assert.match(trees[0], /security\.capability/);
+      assert.match(trees[0], /system\.posix_acl_default/);
+    }
+    // Appending the same path again: the reader replaces it (GNU tar does the same).
+    sh("tar", "-C", src, "-rf", `${t.dir}/gnu.tar`, "./etc/hostname");
+    const dest = `${t.dir}/again`;
+    Deno.mkdirSync(dest);
+    await extractFast(`${t.dir}/gnu.tar`, "none", dest, {
+      what: "x",
+      hash: true,
+      total: 1,
+      offsetOf: () => undefined,
+      imageArchive: /^$/,
+    });
+    assert.equal(Deno.readTextFileSync(`${dest}/etc/hostname`), "sample\n");
   } finally {
     await t.close();
   }

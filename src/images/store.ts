@@ -9,7 +9,7 @@
 // Same content imported again (any name): no second copy; the existing image is returned with
 // existed=true and keeps its name (`image import` prints "already imported as NAME (id …)").
 // A name already used by another image is refused (409) before any work is done.
-import { syncfs } from "../linux/fsops.ts";
+import { syncfs, syncfsAsync } from "../linux/fsops.ts";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import type { DataDir } from "../datadir.ts";
@@ -345,12 +345,16 @@ export class ImageStore {
     validateName(name);
     const started = performance.now();
     const rootfs = join(work, "rootfs");
+    // The tree's data goes to disk while it is scanned and put in the object store: the flush
+    // before the row (commitManifest) then has only what changed since.
+    const flushing = syncfsAsync(rootfs).catch(() => {});
     const { entries, bytes } = await scanTree(rootfs, opts);
     return await this.commitManifest(work, name, meta, {
       entries,
       bytes,
       text: manifestText(entries),
       started,
+      flushing,
       materialize: () => {
         this.objects.ingest(rootfs, entries, opts.baseInodes);
       },
@@ -372,6 +376,8 @@ export class ImageStore {
       text: string;
       started: number;
       materialize: () => void | Promise<void>;
+      /** A flush of the tree already under way (awaited before the final one). */
+      flushing?: Promise<void>;
     },
   ): Promise<Commit> {
     validateName(name);
@@ -380,6 +386,7 @@ export class ImageStore {
     const id = createHash("sha256").update(text).digest("hex");
     const existing = this.#row(id);
     if (existing) {
+      await m.flushing;
       log.info("commit: same content already in the store", { name, id, as: existing.name });
       return { ...existing, existed: true, previous: null, outdated: null };
     }
@@ -396,6 +403,7 @@ export class ImageStore {
     }
     // The row promises a complete tree: flush it first (a power cut must not leave a row over
     // half-written files; one syncfs instead of an fsync per file).
+    await m.flushing;
     syncfs(this.data.image(id));
     const createdAt = new Date().toISOString();
     let previous: string | null = null;

@@ -1,5 +1,6 @@
-// GNU tar as the extractor (it knows every header format, xattrs, sparse files, hardlinks), driven
-// so that the import stays observable, fast and confined to its tree:
+// GNU tar as the extractor of layers and of every rootfs archive our own reader (tarfast.ts, tried
+// first) leaves to it (it knows every header format, xattrs, sparse files, hardlinks), driven so
+// that the import stays observable, fast and confined to its tree:
 //   - progress is tar's read offset in the archive (/proc/<pid>/fdinfo);
 //   - `-vv` names each member (type, name, link target) as tar starts it, so the previous member
 //     is complete: a hashing worker digests it while tar extracts the next one (the manifest's
@@ -13,6 +14,10 @@ import { UserError } from "../errors.ts";
 import { type Member, place, type Placed, shown } from "./archivepath.ts";
 import type { CachedHash, Progress } from "./walk.ts";
 import { workerFromSource } from "../worker.ts";
+import { logger } from "../log.ts";
+import { extractFast, Unsupported } from "./tarfast.ts";
+
+const log = logger("images");
 
 export type Compression = "gzip" | "xz" | "zstd" | "bzip2" | "none";
 
@@ -310,15 +315,55 @@ function killQuietly(child: Deno.ChildProcess): void {
   } catch { /* already gone */ }
 }
 
+export interface ExtractOptions {
+  onProgress?: Progress;
+  what?: string;
+  hash?: boolean;
+  signal?: AbortSignal;
+  /** "tar": GNU tar only (tests compare both paths); default: the fast path, GNU tar for what
+   *  it does not handle. */
+  extractor?: "fast" | "tar";
+}
+
 /**
- * Extracts archive `file` into the existing directory `dest`.
+ * Extracts archive `file` into the existing, empty directory `dest`: our own reader first
+ * (tarfast.ts: one pass writing and hashing), GNU tar when that reader does not handle the
+ * archive (anything but plain members, or any error but a refused name or a full disk).
  * Throws a UserError on any tar failure or hostile member name (the caller removes `dest`).
  */
 export async function extractArchive(
   file: string,
   compression: Compression,
   dest: string,
-  opts: { onProgress?: Progress; what?: string; hash?: boolean; signal?: AbortSignal } = {},
+  opts: ExtractOptions = {},
+): Promise<Extracted> {
+  if (opts.extractor !== "tar") {
+    try {
+      return await extractFast(file, compression, dest, {
+        what: opts.what ?? file,
+        hash: opts.hash !== false,
+        total: (await Deno.stat(file)).size,
+        onProgress: opts.onProgress,
+        signal: opts.signal,
+        offsetOf: (pid) => archiveOffset(pid, file),
+        imageArchive: looksLikeImageArchive,
+      });
+    } catch (e) {
+      if (!(e instanceof Unsupported)) throw e;
+      log.debug("archive left to GNU tar", { file, why: e.message });
+      await Deno.remove(dest, { recursive: true });
+      await Deno.mkdir(dest);
+    }
+  }
+  return await extractWithTar(file, compression, dest, opts);
+}
+
+/** extractArchive with GNU tar. */
+async function extractWithTar(
+  file: string,
+  compression: Compression,
+  dest: string,
+  opts: ExtractOptions,
 ): Promise<Extracted> {
   const what = opts.what ?? file;
   const size = (await Deno.stat(file)).size;
