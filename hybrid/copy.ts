@@ -164,11 +164,12 @@ function applyMeta(path: string, e: ManifestEntry): void {
 // File data: a batch of files (up to `batchBytes` or `batchFiles`) at a time, each file's whole
 // work done by one thread: read in large reads, sha256 while reading (no second pass), one write
 // per read, compare with the manifest, then owner, mode and mtime (on the open file). The main
-// thread copies batches itself, with sync calls (no worker to start, no message per batch); helper
-// workers are added only while they pay: when the CPU has a spare core (measured over the last
-// window, /proc/stat) and enough of the copy is left to earn a worker's start (~0.1 s of CPU).
-// A loaded machine therefore gets one copying thread, an idle one with a slow source (NFS) up to
-// one worker per available core besides the main thread.
+// thread copies batches itself, with sync calls (no worker to wait for, no message per batch). A
+// copy of 32 MiB or more on a machine with a second core gets one helper worker from the start (two
+// copying threads, as tar | tar has two processes: on a busy machine each thread gets its share);
+// further workers only while they pay: when the CPU had a spare core over the last window
+// (/proc/stat) and enough of the copy is left to earn a worker's start (~0.1 s of CPU), up to one
+// per available core (an idle node reading a slow source, NFS, gets them; a loaded machine not).
 
 /** The hash the copy uses: node:crypto's (SHA-NI); loaded at run time (see sha256hex). */
 interface Hasher {
