@@ -81,7 +81,11 @@ const oursRun = () =>
       manifestText: v1.text,
     });
     if (r.bytesWritten !== total) throw new Error(`copied ${r.bytesWritten} of ${total} bytes`);
+    threads = `${r.threads} thread${
+      r.threads > 1 ? "s" : ""
+    }, ${r.workerBatches} batches on workers`;
   });
+let threads = "";
 
 const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)];
 const span = (xs: number[], d = 2) =>
@@ -103,7 +107,9 @@ for (let r = 0; r < rounds; r++) {
   tars.push(t), ours.push(o), ratios.push(t / o);
   console.log(
     `round ${r + 1}: tar | tar ${t.toFixed(2)} s (${mbs(t)} MB/s), netroot ${o.toFixed(2)} s ` +
-      `(${mbs(o)} MB/s), ratio ${(t / o).toFixed(2)}×`,
+      `(${mbs(o)} MB/s; ${threads}), ratio ${(t / o).toFixed(2)}×, load ${
+        Deno.loadavg()[0].toFixed(1)
+      }`,
   );
 }
 console.log(`tar | tar (WalT):      ${span(tars)} s`);

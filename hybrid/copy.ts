@@ -3,8 +3,8 @@
 //   copy becomes `<id>/image` (atomic rename of `<id>/image.part`) only after syncfs;
 // - resumable: after a power cut, `image.part` is reused file by file, but only files whose size
 //   and sha256 match again (re-read locally, never trusted blindly). A checkpoint (syncfs) every
-//   64 MiB or 5 s of written data bounds what a power cut loses: without it, delayed allocation can
-//   leave every file of a short copy empty on disk;
+//   256 MiB or 30 s of written data bounds what a power cut loses: without it, delayed allocation
+//   can leave every file of a copy empty on disk;
 // - incremental: a file with the same content and metadata in another complete copy on the disk is
 //   hard-linked from there instead of being written.
 // Disk layout under the hybrid dir (WalT-compatible names):  <id>/image  <id>/image.part
@@ -52,7 +52,17 @@ export interface CopyReport {
   bytesKept: number;
   resumed: boolean;
   ms: number;
+  /** threads that copied: the main thread and the helper workers it added */
+  threads: number;
+  /** batches of files the helper workers copied (the main thread did the others) */
+  workerBatches: number;
 }
+
+/** Checkpoints (syncfs) of a copy: each costs the copy ~0.1 s of CPU per 64 MiB flushed and, on a
+ *  busy machine, stalls its file creations behind the journal commit (measured: a 197 MB copy
+ *  used 0.87 s of CPU with one every 64 MiB, 0.53 s without); so at most one per 256 MiB or 30 s.
+ *  A power cut loses at most that much of the copy (re-verified and copied again on resume). */
+const checkpointBytes = 256 << 20, checkpointMs = 30_000;
 
 export const imageIdPattern = /^[0-9a-f]{64}$/;
 
@@ -151,60 +161,96 @@ function applyMeta(path: string, e: ManifestEntry): void {
   lutimes(path, e.mtime);
 }
 
-// File data is copied and hashed by a pool of workers (poolSize: one per core, started first
-// thing). Each worker takes batches of files (up to
-// `batchBytes` or `batchFiles`) and does all of a file's work itself: read, hash while reading,
-// one large write per buffer, compare with the manifest, then owner, mode and mtime. The main
-// thread sees one message per batch, not per file. The worker is plain JS from a string so that it
-// also runs from the single-file bundle in the initramfs.
-const workerSource = `import { createHash } from "node:crypto";
-const buf = new Uint8Array(256 << 10);
-function one(j) {
-  const h = createHash("sha256");
-  let size = 0;
-  const inF = Deno.openSync(j.op === "hash" ? j.dst : j.src, { read: true });
-  let outF = null;
-  try {
-    if (j.op === "copy") {
-      outF = Deno.openSync(j.dst, { write: true, create: true, truncate: !j.overwrite, mode: 0o600 });
-    }
-    for (;;) {
-      const n = inF.readSync(buf);
-      if (n === null) break;
-      const chunk = buf.subarray(0, n);
-      h.update(chunk);
-      if (outF) for (let off = 0; off < n;) off += outF.writeSync(chunk.subarray(off));
-      size += n;
-    }
-    if (outF && j.overwrite) outF.truncateSync(size);
-  } finally {
-    inF.close();
-    outF?.close();
-  }
-  const digest = h.digest("hex");
-  if (digest !== j.sha256 || size !== j.size) return { digest, size };
-  if (j.op === "copy") {
-    if (j.chown) Deno.chownSync(j.dst, j.uid, j.gid);
-    Deno.chmodSync(j.dst, j.mode & 0o7777); // after chown: it clears suid
-    Deno.utimeSync(j.dst, j.mtime, j.mtime);
-  }
-  return null;
+// File data: a batch of files (up to `batchBytes` or `batchFiles`) at a time, each file's whole
+// work done by one thread: read in large reads, sha256 while reading (no second pass), one write
+// per read, compare with the manifest, then owner, mode and mtime (on the open file). The main
+// thread copies batches itself, with sync calls (no worker to wait for, no message per batch). A
+// copy of 32 MiB or more on a machine with a second core gets one helper worker from the start (two
+// copying threads, as tar | tar has two processes: on a busy machine each thread gets its share);
+// further workers only while they pay: when the CPU had a spare core over the last window
+// (/proc/stat) and enough of the copy is left to earn a worker's start (~0.1 s of CPU), up to one
+// per available core (an idle node reading a slow source, NFS, gets them; a loaded machine not).
+
+/** The hash the copy uses: node:crypto's (SHA-NI); loaded at run time (see sha256hex). */
+interface Hasher {
+  update(b: Uint8Array): Hasher;
+  digest(enc: "hex"): string;
 }
-self.onmessage = ({ data: { id, jobs } }) => {
-  const out = [];
+type CreateHash = (alg: "sha256") => Hasher;
+
+/**
+ * Runs a batch of jobs; what it returns are the faults (a mismatch or an error), by index. Self-
+ * contained (only its arguments, no outer name): its text is also a worker's code.
+ */
+function runJobs(jobs: Job[], buf: Uint8Array, createHash: CreateHash): JobFault[] {
+  const one = (j: Job): JobFault | null => {
+    const h = createHash("sha256");
+    let size = 0;
+    const inF = Deno.openSync(j.op === "hash" ? j.dst : j.src, { read: true });
+    let outF: Deno.FsFile | null = null;
+    try {
+      if (j.op === "copy") {
+        // a new file gets its permission bits now (the directories above are still 0700)
+        const mode = j.overwrite ? 0o600 : j.mode & 0o777;
+        outF = Deno.openSync(j.dst, { write: true, create: true, truncate: !j.overwrite, mode });
+      }
+      for (;;) {
+        const n = inF.readSync(buf);
+        if (n === null) break;
+        const chunk = buf.subarray(0, n);
+        h.update(chunk);
+        if (outF) { for (let off = 0; off < n;) off += outF.writeSync(chunk.subarray(off)); }
+        size += n;
+        // A short read of a regular file is its end: no read for the EOF when it ends where the
+        // manifest says (a longer or shorter file still reads on and fails the size check).
+        if (n < buf.length && size === j.size) break;
+      }
+      const digest = h.digest("hex");
+      if (digest !== j.sha256 || size !== j.size) return { i: -1, digest, size };
+      if (outF) {
+        if (j.overwrite) outF.truncateSync(size);
+        outF.utimeSync(j.mtime, j.mtime); // after the last write, on the open file
+      }
+    } finally {
+      inF.close();
+      outF?.close();
+    }
+    if (j.op === "copy") {
+      if (j.chown) Deno.chownSync(j.dst, j.uid, j.gid);
+      if (j.chmod) Deno.chmodSync(j.dst, j.mode & 0o7777); // after chown: it clears suid
+    }
+    return null;
+  };
+  const out: JobFault[] = [];
   for (let i = 0; i < jobs.length; i++) {
     try {
       const r = one(jobs[i]);
-      if (r) out.push({ i, ...r });
+      if (r) out.push({ ...r, i });
     } catch (e) {
-      out.push({ i, error: String(e?.message ?? e), code: e?.code });
-      if (e?.code === "ENOSPC") break;
+      const err = e as Error & { code?: string };
+      out.push({ i, error: String(err?.message ?? err), code: err?.code });
+      if (err?.code === "ENOSPC") break;
     }
   }
-  self.postMessage({ id, out, n: jobs.length });
+  return out;
+}
+
+const bufSize = 1 << 20;
+const workerSource = `import { createHash } from "node:crypto";
+const runJobs = ${runJobs.toString()};
+const buf = new Uint8Array(${bufSize});
+let state;
+self.onmessage = ({ data }) => {
+  if (data.state) {
+    state = new Int32Array(data.state);
+    Atomics.store(state, 0, 1); // ready: node:crypto is loaded
+    return;
+  }
+  self.postMessage({ id: data.id, out: runJobs(data.jobs, buf, createHash) });
+  Atomics.add(state, 1, 1); // one more batch done (its answer is already on its way)
 };`;
 
-/** One file for a worker: copy `src` to `dst` (or, "hash", re-hash `dst`), verified against the
+/** One file for a copier: copy `src` to `dst` (or, "hash", re-hash `dst`), verified against the
  *  manifest's sha256 and size; a verified copy gets its owner, mode and mtime. */
 interface Job {
   op: "copy" | "hash";
@@ -220,9 +266,11 @@ interface Job {
   overwrite?: boolean;
   /** set the owner (not needed for a new file of root's in a fresh copy made by root) */
   chown: boolean;
+  /** set the mode (not needed when the file is new and the umask left its bits as they are) */
+  chmod: boolean;
 }
 
-/** A worker's answer for one job of a batch: a mismatch (digest/size) or an error. */
+/** A copier's answer for one job of a batch: a mismatch (digest/size) or an error. */
 interface JobFault {
   i: number;
   digest?: string;
@@ -231,68 +279,174 @@ interface JobFault {
   code?: string;
 }
 
-interface Batch {
-  jobs: Job[];
-  entries: ManifestEntry[];
-  bytes: number;
-  resolve(faults: JobFault[]): void;
-  reject(e: Error): void;
-}
-
 const batchBytes = 8 << 20, batchFiles = 64;
 /** Batches queued in each worker: it starts the next without waiting for the main thread. */
 const perWorker = 2;
 
-/** One worker per core (at least two: one can wait for the source while the other hashes):
- *  each starts in ~0.1 s of CPU, which more workers than cores do not earn back. */
-export function poolSize(cores = navigator.hardwareConcurrency || 2): number {
-  return Math.max(2, Math.min(8, cores));
+/** Helper workers at most: one per available core (sched affinity and cgroup quota, as Deno
+ *  counts them), besides the main thread, up to 8. */
+export function maxWorkers(cores = navigator.hardwareConcurrency || 1): number {
+  return Math.max(1, Math.min(8, cores));
 }
 
-class DataPool {
-  #workers: { w: Worker; inflight: number }[] = [];
-  #queue: Batch[] = [];
-  #batches = new Map<number, Batch>();
-  #next = 0;
-  /** All workers start at once, while the main thread still parses the manifest. */
-  constructor(readonly size: number) {
-    for (let i = 0; i < size; i++) this.#start();
+/** Data to write for which a first worker is started at once (given a second core). */
+const firstWorkerBytes = 32 << 20;
+/** Another worker is added when at least this much CPU (in cores) was idle over the last window. */
+const spareToGrow = 0.75;
+/** … and when the copy, at its pace so far, has at least this long to go. */
+const leftToGrowMs = 400;
+/** Length of a measuring window. */
+const windowMs = 150;
+
+/** Idle CPU of the whole machine, in cores, between two calls (/proc/stat; without it, the free
+ *  cores by the load average). */
+class IdleProbe {
+  #last?: { at: number; idle: number };
+  spare(): number | undefined {
+    const at = performance.now();
+    let idle: number;
+    try {
+      const f = Deno.readTextFileSync("/proc/stat").slice(0, 200).split("\n")[0].split(/\s+/);
+      idle = (Number(f[4]) + Number(f[5])) * 10; // idle + iowait, USER_HZ (100) ticks → ms
+    } catch {
+      return (navigator.hardwareConcurrency || 1) - Deno.loadavg()[0];
+    }
+    const last = this.#last;
+    this.#last = { at, idle };
+    return last ? (idle - last.idle) / Math.max(at - last.at, 1) : undefined;
   }
-  #start(): { w: Worker; inflight: number } {
-    const slot = { w: workerFromSource(workerSource), inflight: 0 };
+}
+
+/** A helper worker. Its state is shared memory, so that the main thread, busy copying with sync
+ *  calls, sees without an event-loop turn when the worker is ready and how many batches it has
+ *  done: [0] ready, [1] batches done. Its answers (faults) are read at the next turn. */
+interface Slot {
+  w: Worker;
+  state: Int32Array;
+  posted: number;
+}
+
+/** The threads that copy: the main thread, and the helper workers it added. */
+class Copiers {
+  readonly buf = new Uint8Array(bufSize);
+  #createHash?: CreateHash;
+  #workers: Slot[] = [];
+  #batches = new Map<
+    number,
+    { slot: Slot; resolve(f: JobFault[]): void; reject(e: Error): void }
+  >();
+  #next = 0;
+  /** batches given to workers so far */
+  workerBatches = 0;
+  #probe = new IdleProbe();
+  #windowFrom = performance.now();
+  #lastYield = performance.now();
+
+  constructor(
+    readonly cores = navigator.hardwareConcurrency || 1,
+    readonly limit = maxWorkers(cores),
+  ) {}
+
+  /** A first helper worker, when there is a second core and `bytes` (still to copy, or a bound
+   *  of it) are enough to earn its start: creating it holds the main thread ~0.1 s (Deno builds
+   *  the worker's runtime before `new Worker` returns), so it is made before the copy starts. */
+  first(bytes: number, from = firstWorkerBytes): void {
+    if (this.limit >= 1 && this.cores >= 2 && bytes >= from && !this.#workers.length) {
+      this.#add();
+    }
+  }
+
+  /** The copy starts: the first measuring window opens. */
+  start(): void {
+    this.#probe.spare();
+    this.#windowFrom = performance.now();
+  }
+
+  /** node:crypto, loaded at run time, once /proc is there (see sha256hex): by a name the module
+   *  graph does not see, so that the node program's graph holds no node:* module. */
+  async load(): Promise<void> {
+    const name = ["node", "crypto"].join(":");
+    this.#createHash ??= (await import(name)).createHash as CreateHash;
+  }
+
+  sha256hex(text: string): string {
+    return this.#createHash!("sha256").update(new TextEncoder().encode(text)).digest("hex");
+  }
+
+  get workers(): number {
+    return this.#workers.length;
+  }
+
+  #backlog(s: Slot): number {
+    return s.posted - Atomics.load(s.state, 1);
+  }
+
+  /** A batch on a ready worker with room, else here and now (its faults, synchronously). */
+  run(jobs: Job[]): JobFault[] | Promise<JobFault[]> {
+    let slot: Slot | undefined;
+    for (const s of this.#workers) {
+      if (Atomics.load(s.state, 0) !== 1 || this.#backlog(s) >= perWorker) continue;
+      if (!slot || this.#backlog(s) < this.#backlog(slot)) slot = s;
+    }
+    if (!slot) return runJobs(jobs, this.buf, this.#createHash!);
+    const s = slot;
+    return new Promise((resolve, reject) => {
+      const id = this.#next++;
+      this.#batches.set(id, { slot: s, resolve, reject });
+      s.posted++;
+      this.workerBatches++;
+      s.w.postMessage({ id, jobs });
+    });
+  }
+
+  /** Adds a worker when the last window had a spare core and the copy enough left to earn it
+   *  (`done`/`total`: where the walk of the manifest is, in bytes; `ms`: since it started). */
+  consider(done: number, total: number, ms: number): void {
+    const now = performance.now();
+    if (now - this.#windowFrom < windowMs || this.#workers.length >= this.limit) return;
+    if (this.#workers.some((s) => Atomics.load(s.state, 0) !== 1)) return; // one at a time
+    const spare = this.#probe.spare();
+    this.#windowFrom = now;
+    const left = done > 0 ? (total - done) * ms / done : Infinity;
+    if (spare !== undefined && spare >= spareToGrow && left >= leftToGrowMs) this.#add();
+  }
+
+  #add(): void {
+    const state = new Int32Array(new SharedArrayBuffer(8));
+    const slot: Slot = { w: workerFromSource(workerSource), state, posted: 0 };
+    slot.w.postMessage({ state: state.buffer });
     slot.w.onmessage = ({ data }) => {
       const b = this.#batches.get(data.id)!;
       this.#batches.delete(data.id);
-      slot.inflight--;
       b.resolve(data.out);
-      this.#pump();
+    };
+    slot.w.onerror = (ev) => {
+      ev.preventDefault();
+      Atomics.store(state, 0, 2); // never given work again
+      for (const [id, b] of this.#batches) {
+        if (b.slot !== slot) continue;
+        this.#batches.delete(id);
+        b.reject(new Error(`copy worker: ${ev.message}`));
+      }
     };
     this.#workers.push(slot);
-    return slot;
   }
-  run(jobs: Job[], entries: ManifestEntry[], bytes: number): Promise<JobFault[]> {
-    return new Promise((resolve, reject) => {
-      this.#queue.push({ jobs, entries, bytes, resolve, reject });
-      this.#pump();
-    });
+
+  /** Due every 50 ms: the event loop runs (worker answers, checkpoints, progress reports). A
+   *  turn costs up to ~4 ms (a timer), so not more often. */
+  get mustYield(): boolean {
+    return performance.now() - this.#lastYield >= 50;
   }
-  #pump() {
-    while (this.#queue.length) {
-      // the least loaded worker, so that one large file does not hold up the queue behind it
-      const slot = this.#workers.reduce((a, b) => b.inflight < a.inflight ? b : a);
-      if (slot.inflight >= perWorker) return;
-      const b = this.#queue.shift()!;
-      const id = this.#next++;
-      this.#batches.set(id, b);
-      slot.inflight++;
-      slot.w.postMessage({ id, jobs: b.jobs });
-    }
+
+  async yield(): Promise<void> {
+    await new Promise((resolve) => setTimeout(resolve, 0));
+    this.#lastYield = performance.now();
   }
+
   close() {
     for (const s of this.#workers) s.w.terminate();
-    for (const b of [...this.#queue, ...this.#batches.values()]) {
-      b.reject(new Error("copy aborted"));
-    }
+    for (const b of this.#batches.values()) b.reject(new Error("copy aborted"));
+    this.#batches.clear();
   }
 }
 
@@ -314,11 +468,15 @@ export interface CopyOptions {
   manifestText: string;
   onProgress?(p: CopyProgress): void;
   progressIntervalMs?: number;
-  /** syncfs after this much written data (default 64 MiB) or time (default 5 s), whichever first */
+  /** syncfs after this much written data (default 256 MiB) or time (default 30 s, the kernel's
+   *  own dirty_expire), whichever first */
   checkpointBytes?: number;
   checkpointMs?: number;
   /** how the copy is made (planCopy); planned here when not given */
   plan?: CopyPlan;
+  /** data to write from which a first helper worker starts at once, given a second core
+   *  (default 32 MiB; smaller copies start on the main thread alone) */
+  firstWorkerBytes?: number;
 }
 
 /**
@@ -396,7 +554,7 @@ export function planCopy(hybridDir: string, imageId: string, entries: ManifestEn
 export async function ensureLocalCopy(opts: CopyOptions): Promise<CopyReport> {
   const t0 = performance.now();
   const { imageId, hybridDir } = opts;
-  const pool = isComplete(hybridDir, imageId) ? undefined : new DataPool(poolSize());
+  const pool = isComplete(hybridDir, imageId) ? undefined : new Copiers();
   try {
     return await ensureWith(opts, t0, pool);
   } finally {
@@ -404,9 +562,11 @@ export async function ensureLocalCopy(opts: CopyOptions): Promise<CopyReport> {
   }
 }
 
-async function ensureWith(opts: CopyOptions, t0: number, pool?: DataPool): Promise<CopyReport> {
+async function ensureWith(opts: CopyOptions, t0: number, pool?: Copiers): Promise<CopyReport> {
   const { imageId, hybridDir } = opts;
-  if (await sha256hex(opts.manifestText) !== imageId) {
+  await pool?.load();
+  const id = pool ? pool.sha256hex(opts.manifestText) : await sha256hex(opts.manifestText);
+  if (id !== imageId) {
     throw new HybridError(
       "manifest",
       `manifest does not hash to image id ${imageId.slice(0, 12)}…`,
@@ -423,12 +583,18 @@ async function ensureWith(opts: CopyOptions, t0: number, pool?: DataPool): Promi
     bytesKept: 0,
     resumed: false,
     ms: 0,
+    threads: 0,
+    workerBatches: 0,
   };
   if (pool && !isComplete(hybridDir, imageId)) {
     const plan = opts.plan ?? planCopy(hybridDir, imageId, entries);
+    pool.first(plan.need.bytes, opts.firstWorkerBytes);
+    pool.start();
     const run = new CopyRun(opts, report, t0, plan, pool);
     await run.copyTree(entries);
     await run.complete();
+    report.threads = 1 + pool.workers;
+    report.workerBatches = pool.workerBatches;
   }
   report.ms = performance.now() - t0;
   return report;
@@ -436,6 +602,17 @@ async function ensureWith(opts: CopyOptions, t0: number, pool?: DataPool): Promi
 
 /** Files created by this process are root's: no chown needed for root's files. */
 const rootCreates = Deno.uid() === 0 && Deno.gid() === 0;
+
+/** The process's umask (/proc/self/status: reading it does not change it, unlike umask(2));
+ *  undefined when unknown. */
+function currentUmask(): number | undefined {
+  try {
+    const m = /^Umask:\s*([0-7]+)$/m.exec(Deno.readTextFileSync("/proc/self/status"));
+    return m ? parseInt(m[1], 8) : undefined;
+  } catch {
+    return undefined;
+  }
+}
 
 /** Metadata equal (what applyMeta sets). */
 function sameMeta(a: ManifestEntry, b: ManifestEntry): boolean {
@@ -448,7 +625,7 @@ function parentOf(path: string): string {
   return i <= 0 ? "/" : path.slice(0, i);
 }
 
-/** One copy into `<id>/image.part`: the entries in manifest order, file data through the pool. */
+/** One copy into `<id>/image.part`: the entries in manifest order, file data in batches (Copiers). */
 class CopyRun {
   readonly p: ReturnType<typeof copyPaths>;
   readonly index: Map<string, string>;
@@ -467,13 +644,17 @@ class CopyRun {
   sinceCheckpoint: { bytes: number; at: number };
   checkpointing?: Promise<void>;
   lastTick = performance.now();
+  readonly umask = currentUmask();
+  /** Bytes of the files the walk of the manifest has reached, since walkFrom. */
+  walked = 0;
+  walkFrom = performance.now();
 
   constructor(
     readonly opts: CopyOptions,
     readonly report: CopyReport,
     readonly t0: number,
     readonly plan: CopyPlan,
-    readonly pool: DataPool,
+    readonly pool: Copiers,
   ) {
     this.p = copyPaths(opts.hybridDir, opts.imageId);
     Deno.mkdirSync(this.p.base, { recursive: true });
@@ -505,14 +686,17 @@ class CopyRun {
   async copyTree(entries: ManifestEntry[]): Promise<void> {
     if (this.base) this.removeStale(entries);
     else if (this.report.resumed) this.pruneExtra(entries);
+    this.walkFrom = performance.now();
     for (const e of entries) {
       if (this.failure) break;
+      if (e.type === "file") this.walked += e.size;
       try {
         this.place(e);
       } catch (err) {
         wrapFsError(err, e.path);
       }
       this.tick();
+      if (this.pool.mustYield) await this.pool.yield();
     }
     this.flush();
     // settle() may queue more (a resumed file that did not verify is copied again)
@@ -559,7 +743,7 @@ class CopyRun {
     walk("");
   }
 
-  /** Puts one entry in place; file data goes to the pool in batches. */
+  /** Puts one entry in place; file data goes to the copiers in batches. */
   place(e: ManifestEntry): void {
     const dst = this.dst(e);
     const b = this.base?.get(e.path);
@@ -635,7 +819,7 @@ class CopyRun {
       const overwrite = !!st?.isFile && st.nlink === 1 && !dropped;
       if (st && !overwrite) removeIfExists(dst);
       if (!st || !overwrite) this.touch(e);
-      return this.queue({ ...this.job("copy", e, dst), overwrite }, e);
+      return this.queue(this.job("copy", e, dst, { overwrite }), e);
     }
     if (!this.report.resumed) {
       const other = this.index.get(linkKey(e));
@@ -658,9 +842,15 @@ class CopyRun {
     return this.queue(this.job("copy", e, dst), e);
   }
 
-  job(op: Job["op"], e: ManifestEntry, dst: string): Job {
+  job(op: Job["op"], e: ManifestEntry, dst: string, extra?: { overwrite: boolean }): Job {
     const fresh = !this.base && !this.report.resumed;
+    const overwrite = !!extra?.overwrite, umask = this.umask;
+    // a new file was created with mode & 0777 less the umask; chown clears only suid/sgid
+    const asCreated = !overwrite && umask !== undefined && (e.mode & 0o7000) === 0 &&
+      ((e.mode & 0o777 & ~umask) === (e.mode & 0o777));
     return {
+      overwrite,
+      chmod: !asCreated,
       chown: !(fresh && e.uid === 0 && e.gid === 0 && rootCreates),
       op,
       src: this.opts.source + e.path,
@@ -681,17 +871,18 @@ class CopyRun {
   }
 
   flush(): void {
-    const { jobs, entries, bytes } = this.batch;
+    const { jobs, entries } = this.batch;
     if (!jobs.length) return;
     this.batch = this.emptyBatch();
-    this.pending.push(
-      this.pool.run(jobs, entries, bytes).then(
-        (faults) => this.settle(jobs, entries, faults),
-        (err) => {
-          this.failure ??= err;
-        },
-      ),
-    );
+    this.pool.consider(this.walked, this.report.bytesTotal, performance.now() - this.walkFrom);
+    const faults = this.pool.run(jobs);
+    if (Array.isArray(faults)) return this.settle(jobs, entries, faults);
+    this.pending.push(faults.then(
+      (faults) => this.settle(jobs, entries, faults),
+      (err) => {
+        this.failure ??= err;
+      },
+    ));
   }
 
   /** A batch is back: mismatches and errors fail the copy; a resumed file that did not verify is
@@ -765,8 +956,9 @@ class CopyRun {
     const { opts, report } = this;
     if (this.checkpointing) return;
     if (
-      report.bytesWritten - this.sinceCheckpoint.bytes < (opts.checkpointBytes ?? 64 << 20) &&
-      performance.now() - this.sinceCheckpoint.at < (opts.checkpointMs ?? 5000)
+      report.bytesWritten - this.sinceCheckpoint.bytes <
+        (opts.checkpointBytes ?? checkpointBytes) &&
+      performance.now() - this.sinceCheckpoint.at < (opts.checkpointMs ?? checkpointMs)
     ) return;
     this.sinceCheckpoint = { bytes: report.bytesWritten, at: performance.now() };
     this.checkpointing = syncfsAsync(this.p.base).catch((err) => {

@@ -97,6 +97,31 @@ Deno.test("hybrid copy (root, loop ext4): faithful and verified; second boot cop
   });
 });
 
+Deno.test("hybrid copy (root): with a helper worker beside the main thread, as faithful; a mismatch still refused", async () => {
+  if ((navigator.hardwareConcurrency || 1) < 2) return; // one core: no helper worker at all
+  // big enough (48 MiB) for the worker to join before the main thread is done
+  await withDisk(160, async (disk, tmp) => {
+    await makeTree(`${tmp}/src`, { files: 1500, fileKiB: 32, seed: 7 });
+    const m = await manifestOf(`${tmp}/src`);
+    const hybridDir = `${disk.mnt}/walt-hybrid`;
+    const opts = { source: `${tmp}/src`, hybridDir, imageId: m.id, manifestText: m.text };
+    const r = await ensureLocalCopy({ ...opts, firstWorkerBytes: 0 });
+    assert.equal(r.threads, 2);
+    assert.ok(r.workerBatches > 0, "the worker copied some of the files");
+    assert.equal(r.bytesWritten, r.bytesTotal);
+    assert.equal((await manifestOf(copyPaths(hybridDir, m.id).image)).text, m.text);
+    // the same tree with one file changed, in a fresh directory: refused whichever thread read it
+    await Deno.writeFile(`${tmp}/src/data/f1400`, new Uint8Array(32 * 1024));
+    const hd2 = `${disk.mnt}/other`;
+    await Deno.mkdir(hd2);
+    await assert.rejects(
+      ensureLocalCopy({ ...opts, hybridDir: hd2, firstWorkerBytes: 0 }),
+      (e) => e instanceof HybridError && e.reason === "corrupt" && /f1400/.test(e.message),
+    );
+    assert.equal(isComplete(hd2, m.id), false);
+  });
+});
+
 Deno.test("hybrid copy (root): a source that does not match the manifest is refused", async () => {
   await withDisk(32, async (disk, tmp) => {
     await makeTree(`${tmp}/src`, { files: 3, fileKiB: 4, seed: 2 });
