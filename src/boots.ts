@@ -99,6 +99,14 @@ export function lastBoot(db: Db, mac: string): Boot | undefined {
   return r && findBoot(db, r.token);
 }
 
+/** The image of the node's latest boot that had one (the order the boots were opened in). */
+export function lastBootImage(db: Db, mac: string): string | undefined {
+  const r = db.prepare(
+    "SELECT image_id FROM boots WHERE mac = ? AND image_id IS NOT NULL ORDER BY rowid DESC LIMIT 1",
+  ).get(mac) as { image_id: string } | undefined;
+  return r?.image_id;
+}
+
 /** What the API shows of a boot (never its token). */
 export interface BootSummary {
   startedAt: string;
