@@ -223,7 +223,7 @@ export function buildApp(
 
   const app = new Hono();
   app.route("/api/v1", api);
-  app.route("/boot", bootRoutes(booter)); //          iPXE scripts, kernels, initramfs, node reports
+  app.route("/boot", bootRoutes(booter, booter.files)); //          iPXE scripts, kernels, initramfs, node reports
   app.route("/metrics", metricsRoutes(ctx)); //    Prometheus, no token (counts only)
   app.route("/", sessionRoutes(ctx)); //           POST /login, POST /logout, GET /session
   app.route("/", dashboardRoutes(ctx)); //         GET / and its script and style
@@ -287,7 +287,7 @@ export async function serve(
       config.serverIp ??= interfaceAddress(config.interface);
     }
     const httpHostForNodes = config.serverIp;
-    // One Booter for HTTP, DHCP and TFTP (they also share one boot file cache: netboot/bootcache.ts).
+    // One Booter for HTTP, DHCP and TFTP (they also share its boot file cache, booter.files).
     const booter = contextBooter(ctx);
     const app = buildApp(ctx, opts, booter);
     const http = await listenHttp(httpHosts(config), config.http.port, app.fetch, opts.signal);
