@@ -452,6 +452,11 @@ async function reportRoute(
  *  server passes its booter.files, which TFTP shares). */
 export function bootRoutes(booter: HttpBooter, cache = new BootFileCache()): Hono {
   const app = new Hono();
+  // A failure no route expected (the database, a bug) in the same style as every refusal.
+  app.onError((e, c) => {
+    log.error("boot route failed", { path: c.req.path, error: e.message });
+    return refusal(c, `internal error: ${e.message}`, 500, c.req.path.endsWith(".ipxe"));
+  });
   const unknownNoted = unknownNotes();
   app.get("/:file{[^/]+\\.ipxe}", (c) => scriptRoute(c, booter, unknownNoted));
   for (const kind of ["kernel", "initramfs", "manifest"] as const) {
