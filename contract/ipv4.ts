@@ -30,6 +30,14 @@ export function ipv4Octets(s: string): number[] | undefined {
   return o && o.every((x) => x <= 255) ? o : undefined;
 }
 
+/** The four bytes of a dotted quad (network order, for packets and socket addresses); a
+ *  RangeError for anything else. */
+export function ipv4Bytes(address: string): Uint8Array<ArrayBuffer> {
+  const o = ipv4Octets(address);
+  if (!o) throw new RangeError(`invalid IPv4 address: ${address}`);
+  return new Uint8Array(o);
+}
+
 /** `a.b.c.d/nn` of the network holding `ip` under `netmask`. */
 export function networkCidr(ip: string, netmask: string): string {
   const mask = ipToInt(netmask);

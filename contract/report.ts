@@ -68,6 +68,26 @@ const FIELDS: Record<Field, "number" | "string" | "boolean"> = {
 
 export const STAGE_NAME = /^[a-z][a-z0-9_-]{0,39}$/;
 
+/** The stages the node init reports (overlay/init.ts, hybrid/mod.ts): what the server counts by
+ *  name (metrics); any other name a node sends is counted as "other". */
+export const KNOWN_STAGES: ReadonlySet<string> = new Set([
+  "start",
+  "modules",
+  "network",
+  "hybrid-detect",
+  "hybrid-copy",
+  "hybrid-ready",
+  "hybrid-failed",
+  "nfs-root",
+  "overlay",
+  "persist",
+  "handover",
+  "fatal",
+]);
+
+/** Stages after which the init sends nothing more (the boot's end: src/boots.ts bootExpiry). */
+export const FINAL_STAGES: ReadonlySet<string> = new Set(["handover", "fatal"]);
+
 /** Stages that report progress: each report replaces the previous one on the timeline instead of
  *  adding an event per second of copy. */
 export const PROGRESS_STAGES: ReadonlySet<string> = new Set(["hybrid-copy"]);

@@ -1,9 +1,9 @@
-// Boot files (kernels, initramfs, iPXE binaries) held in memory, one cache for HTTP and TFTP (both
-// use `bootFiles` unless handed another instance, so one budget covers both). A boot storm sends the same few files to
-// hundreds of nodes; streaming them from memory runs about twice as fast as reading the file again
-// for every download (bench/http_bench.ts), and one read serves every concurrent first request.
-// The bytes live in SharedArrayBuffers, so TFTP's transfer workers share one copy (no copy per
-// transfer) and HTTP streams views of it.
+// Boot files (kernels, initramfs, iPXE binaries) held in memory, one cache for HTTP and TFTP: the
+// server's Booter holds one (booter.files) and hands it to both, so one budget covers both.
+// A boot storm sends the same few files to hundreds of nodes; streaming them from memory runs about
+// twice as fast as reading the file again for every download (bench/http_bench.ts), and one read
+// serves every concurrent first request. The bytes live in SharedArrayBuffers, so TFTP's transfer
+// workers share one copy (no copy per transfer) and HTTP streams views of it.
 // Entries are keyed by device, inode, size and mtime, so a rebuilt initramfs is read afresh; least
 // recently used entries go first when the budget is exceeded.
 
@@ -61,5 +61,5 @@ async function readShared(path: string): Promise<Uint8Array> {
   return data;
 }
 
-/** The process's boot file cache: HTTP boot and TFTP share it. */
+/** What a TFTP server started without a cache uses (stand-alone createTftpServer). */
 export const bootFiles = new BootFileCache();

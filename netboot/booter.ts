@@ -6,6 +6,7 @@
 // (tests/netboot_imports_test.ts walks the import graph).
 
 import type { EventKind } from "../src/eventkinds.ts";
+import type { BootFileCache } from "./bootcache.ts";
 
 /** Which rate budget of its source an event counts against (src/events.ts recordFromSource). */
 export type Budget = "refusal" | "node";
@@ -153,4 +154,7 @@ export interface HttpBooter {
 }
 
 /** Everything the boot protocols need, from one object. */
-export interface Booter extends DhcpBooter, TftpBooter, HttpBooter {}
+export interface Booter extends DhcpBooter, TftpBooter, HttpBooter {
+  /** The boot files HTTP and TFTP send, held in memory: one cache (one budget) per server. */
+  files: BootFileCache;
+}

@@ -13,7 +13,7 @@
 // (not in events, logs or API answers).
 // The routes decide nothing about a node's boot: they ask the HttpBooter (./booter.ts; the plan
 // is src/boot/plan.ts) and render its answer.
-import { type BootFileCache, bootFiles } from "./bootcache.ts";
+import { BootFileCache } from "./bootcache.ts";
 import type { BootFileKind, HttpBooter, Refusal } from "./booter.ts";
 import { isIPv4 } from "../contract/ipv4.ts";
 import { parseMac } from "../contract/mac.ts";
@@ -149,14 +149,17 @@ function memoryBody(
 
 // These routes are open to the boot network: an unknown MAC (a loop of retries) is written to the
 // events table at most once a minute per MAC, and a flood of made-up ones at most at the rate
-// limit of its source address (recordFromSource).
-const unknownSeen = new Map<string, number>();
-function unknownNoted(mac: string, now = Date.now()): boolean {
-  const last = unknownSeen.get(mac);
-  if (last !== undefined && now - last < 60_000) return false;
-  if (unknownSeen.size >= 10_000) unknownSeen.clear();
-  unknownSeen.set(mac, now);
-  return true;
+// limit of its source address (recordFromSource). Each bootRoutes instance remembers its own.
+type UnknownNoted = (mac: string) => boolean;
+function unknownNotes(): UnknownNoted {
+  const seen = new Map<string, number>();
+  return (mac, now = Date.now()) => {
+    const last = seen.get(mac);
+    if (last !== undefined && now - last < 60_000) return false;
+    if (seen.size >= 10_000) seen.clear();
+    seen.set(mac, now);
+    return true;
+  };
 }
 
 /** Serves a file with Content-Length, Accept-Ranges and Range (206/416); HEAD sends headers only. */
@@ -277,7 +280,11 @@ function boundedDetail(v: unknown): unknown {
 }
 
 /** GET /boot/<mac>.ipxe: the node's boot plan as an iPXE script, or a refusal script. */
-async function scriptRoute(c: HonoContext, booter: HttpBooter): Promise<Response> {
+async function scriptRoute(
+  c: HonoContext,
+  booter: HttpBooter,
+  unknownNoted: UnknownNoted,
+): Promise<Response> {
   const raw = c.req.param("file")!.replace(/\.ipxe$/, "");
   const mac = parseMacParam(raw);
   if (!mac) return refusal(c, `invalid MAC address in URL: ${raw}`, 400);
@@ -321,6 +328,7 @@ async function bootFileRoute(
   booter: HttpBooter,
   cache: BootFileCache,
   kind: BootFileKind,
+  unknownNoted: UnknownNoted,
 ): Promise<Response> {
   const mac = parseMacParam(c.req.param("mac") ?? "");
   if (!mac) return refusal(c, "invalid MAC address in URL", 400);
@@ -452,12 +460,19 @@ async function reportRoute(
   );
 }
 
-/** The /boot routes over a Booter (src/boot/booter.ts); boot files come through `cache`. */
-export function bootRoutes(booter: HttpBooter, cache: BootFileCache = bootFiles): Hono {
+/** The /boot routes over a Booter (src/boot/booter.ts); boot files come through `cache` (the
+ *  server passes its booter.files, which TFTP shares). */
+export function bootRoutes(booter: HttpBooter, cache = new BootFileCache()): Hono {
   const app = new Hono();
-  app.get("/:file{[^/]+\\.ipxe}", (c) => scriptRoute(c, booter));
+  // A failure no route expected (the database, a bug) in the same style as every refusal.
+  app.onError((e, c) => {
+    log.error("boot route failed", { path: c.req.path, error: e.message });
+    return refusal(c, `internal error: ${e.message}`, 500, c.req.path.endsWith(".ipxe"));
+  });
+  const unknownNoted = unknownNotes();
+  app.get("/:file{[^/]+\\.ipxe}", (c) => scriptRoute(c, booter, unknownNoted));
   for (const kind of ["kernel", "initramfs", "manifest"] as const) {
-    app.get(`/:mac/${kind}`, (c) => bootFileRoute(c, booter, cache, kind));
+    app.get(`/:mac/${kind}`, (c) => bootFileRoute(c, booter, cache, kind, unknownNoted));
   }
   app.get(
     "/ipxe/:file{[A-Za-z0-9][A-Za-z0-9._-]*\\.(?:efi|kpxe|kkpxe|pxe|lkrn)}",

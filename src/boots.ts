@@ -4,6 +4,7 @@
 // boot runs: after the node's image has started, /proc/cmdline (world-readable there) shows the
 // token to every user of the node, so it must not keep working (bootExpiry).
 import { randomBytes } from "node:crypto";
+import { FINAL_STAGES } from "../contract/report.ts";
 import type { Db } from "./db.ts";
 
 export interface Boot {
@@ -57,9 +58,6 @@ export function findBoot(db: Db, token: string): Boot | undefined {
   };
 }
 
-/** Stages after which the node-side init sends nothing more (overlay/init.ts). */
-const finalStages = new Set(["handover", "fatal"]);
-
 /** Reports are still taken this long after the final one: the reporter retries a report whose
  *  answer it did not get (overlay/report.ts), and a failed switch-root reports `fatal` after
  *  `handover`. Later reports (a future post-handover watchdog) must come within this window. */
@@ -76,7 +74,7 @@ export const idleMs = 30 * 60_000;
  */
 export function bootExpiry(boot: Boot, silentS = 0): number {
   const last = Date.parse(boot.reportedAt ?? boot.startedAt);
-  if (boot.stage && finalStages.has(boot.stage)) return last + endGraceMs;
+  if (boot.stage && FINAL_STAGES.has(boot.stage)) return last + endGraceMs;
   return last + idleMs + silentS * 1000;
 }
 
@@ -97,6 +95,14 @@ export function lastBoot(db: Db, mac: string): Boot | undefined {
     "SELECT token FROM boots WHERE mac = ? ORDER BY started_at DESC, rowid DESC LIMIT 1",
   ).get(mac) as { token: string } | undefined;
   return r && findBoot(db, r.token);
+}
+
+/** The image of the node's latest boot that had one (the order the boots were opened in). */
+export function lastBootImage(db: Db, mac: string): string | undefined {
+  const r = db.prepare(
+    "SELECT image_id FROM boots WHERE mac = ? AND image_id IS NOT NULL ORDER BY rowid DESC LIMIT 1",
+  ).get(mac) as { image_id: string } | undefined;
+  return r?.image_id;
 }
 
 /** What the API shows of a boot (never its token). */

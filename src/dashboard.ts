@@ -136,6 +136,15 @@ function el(tag, text, cls) {
   if (cls) e.className = cls;
   return e;
 }
+// A table body: one row per item, or one muted line saying there are none.
+function fillTable(tbody, items, empty, columns, row) {
+  if (!items.length) {
+    const td = el("td", empty, "muted"); td.colSpan = columns;
+    tbody.replaceChildren(el("tr")); tbody.rows[0].append(td);
+    return;
+  }
+  tbody.replaceChildren(...items.map(row));
+}
 function when(ts) { return ts ? new Date(ts).toLocaleString() : "-"; }
 function age(ts) {
   if (!ts) return "";
@@ -286,12 +295,7 @@ function lastBootText(n) {
 function renderNodes(nodes) {
   const tbody = $("nodes").tBodies[0];
   const checked = new Set([...tbody.querySelectorAll("input:checked")].map((c) => c.value));
-  if (!nodes.length) {
-    const td = el("td", "no nodes", "muted"); td.colSpan = 7;
-    tbody.replaceChildren(el("tr")); tbody.rows[0].append(td);
-    return;
-  }
-  tbody.replaceChildren(...nodes.map((n) => {
+  fillTable(tbody, nodes, "no nodes", 7, (n) => {
     const tr = el("tr");
     tr.dataset.mac = n.mac;
     const pick = el("td", null, "needs-write"); pick.hidden = !session.loggedIn;
@@ -304,7 +308,7 @@ function renderNodes(nodes) {
     tr.append(pick, name, state, el("td", n.imageName || n.imageId || "-"),
       el("td", n.ip || "-", "mono"), el("td", lastBootText(n)), el("td", last));
     return tr;
-  }));
+  });
 }
 
 // An image's versions: today one per image (its content id); when the API lists versions
@@ -314,12 +318,7 @@ function versionsOf(i) {
 }
 function renderImages(nodes) {
   const tbody = $("images").tBodies[0];
-  if (!images.length) {
-    const td = el("td", "no images", "muted"); td.colSpan = 5;
-    tbody.replaceChildren(el("tr")); tbody.rows[0].append(td);
-    return;
-  }
-  tbody.replaceChildren(...images.map((i) => {
+  fillTable(tbody, images, "no images", 5, (i) => {
     const tr = el("tr");
     tr.dataset.image = i.name;
     const versions = el("td");
@@ -334,7 +333,7 @@ function renderImages(nodes) {
     tr.append(el("td", i.name), versions, el("td", boot), el("td", i.kernelVersion || "-"),
       el("td", users));
     return tr;
-  }));
+  });
 }
 function fillImageChoices() {
   for (const id of ["bulk-image", "node-image"]) {
@@ -376,12 +375,7 @@ function renderSettings(settings) {
   const focused = document.activeElement && tbody.contains(document.activeElement);
   if (focused) return; // do not pull an edit from under the admin's cursor
   const keys = Object.keys(settings).sort();
-  if (!keys.length) {
-    const td = el("td", "no settings (defaults apply)", "muted"); td.colSpan = 3;
-    tbody.replaceChildren(el("tr")); tbody.rows[0].append(td);
-    return;
-  }
-  tbody.replaceChildren(...keys.map((k) => {
+  fillTable(tbody, keys, "no settings (defaults apply)", 3, (k) => {
     const tr = el("tr"); tr.dataset.key = k;
     const secret = settings[k] === "***";
     const edit = el("td", null, "needs-write"); edit.hidden = !session.loggedIn;
@@ -397,7 +391,7 @@ function renderSettings(settings) {
     edit.append(input, " ", save, " ", remove);
     tr.append(el("td", k, "mono"), el("td", settings[k], "mono value"), edit);
     return tr;
-  }));
+  });
 }
 $("setting-add").onsubmit = (ev) => {
   ev.preventDefault();

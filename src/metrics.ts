@@ -4,6 +4,7 @@
 // images, database size, memory) are read at scrape time. Labels stay low-cardinality: no MACs,
 // no addresses, no image ids, and anything a node on the boot network chooses (a stage name) is
 // bounded to a known set.
+import { KNOWN_STAGES } from "../contract/report.ts";
 import { NODE_STATES } from "./nodestate.ts";
 import { Hono } from "hono";
 import type { Context } from "./context.ts";
@@ -74,21 +75,6 @@ function gauge(name: string, help: string, rows: [Labels, number][]): string[] {
   ];
 }
 
-/** The stages overlay/init.ts reports (contract/report.ts); any other name a node sends is "other". */
-const STAGES = new Set([
-  "start",
-  "modules",
-  "network",
-  "hybrid-detect",
-  "hybrid-copy",
-  "hybrid-ready",
-  "hybrid-failed",
-  "nfs-root",
-  "overlay",
-  "persist",
-  "handover",
-  "fatal",
-]);
 const HTTP_FILES = new Set(["kernel", "initramfs", "manifest", "ipxe"]);
 
 /** A label value from an event's detail: a short lowercase word, else "other". */
@@ -159,7 +145,7 @@ export class Metrics {
     } else if (component === "http") {
       this.http(what, d);
     } else if (component === "init") {
-      const stage = STAGES.has(what) ? what : "other";
+      const stage = KNOWN_STAGES.has(what) ? what : "other";
       this.reports.inc({ stage });
       if (typeof d.ms === "number" && stage !== "hybrid-copy") {
         this.stageSeconds.observe({ stage }, d.ms / 1000);

@@ -93,28 +93,13 @@ export function startNetconsole(
   opts: NetconsoleOptions,
 ): NetconsoleService {
   const { host, limits = NETCONSOLE_LIMITS } = opts;
-  let sock: UdpSocket;
-  try {
-    // Room for bursts: each node sends its whole kernel log so far when its netconsole starts.
-    sock = UdpSocket.open({
-      port: opts.port,
-      address: host,
-      device: opts.device,
-      broadcast: false,
-      reuseAddress: false,
-      receiveBuffer: 4 << 20,
-    });
-  } catch (e) {
-    throw new Error(`netconsole cannot listen on ${host}:${opts.port}: ${(e as Error).message}`);
-  }
-
+  const sock = openSocket(opts);
   const stats: NetconsoleStats = { stored: 0, bytes: 0, unknown: 0, oversize: 0, overBudget: 0 };
   let sources = new Map<string, string>();
   let sourcesAt = -Infinity;
   const onNodes = () => sourcesAt = -Infinity;
   ctx.changes.addEventListener("nodes", onNodes);
   const pending = new Map<string, NodeBuffer>();
-  let reported = { unknown: 0, oversize: 0, overBudget: 0 };
 
   const nodeOf = (address: string): string | undefined => {
     const now = performance.now();
@@ -139,81 +124,19 @@ export function startNetconsole(
       return;
     }
     const text = enc.encode(dec.decode(msg).replace(controls, ""));
-    const now = performance.now();
-    let b = pending.get(mac);
-    if (!b) {
-      pending.set(mac, b = { chunks: [], bytes: 0, tokens: limits.burstBytes, refilledAt: now });
-    }
-    b.tokens = Math.min(
-      limits.burstBytes,
-      b.tokens + (now - b.refilledAt) / 1000 * limits.ratePerS,
-    );
-    b.refilledAt = now;
-    if (text.length > b.tokens) {
+    if (!buffer(pending, mac, text, limits)) {
       stats.overBudget++;
       return;
     }
-    b.tokens -= text.length;
-    b.chunks.push(text);
-    b.bytes += text.length;
     stats.stored++;
     stats.bytes += text.length;
   };
-  const receiving = (async () => {
-    for (;;) {
-      let d;
-      try {
-        d = await sock.recv();
-      } catch (e) {
-        log.warn("netconsole receive failed", { error: (e as Error).message });
-        await new Promise((r) => setTimeout(r, 100));
-        continue;
-      }
-      if (!d) return;
-      take(d.data, d.from.address);
-    }
-  })();
+  const receiving = receive(sock, take);
 
   let writing: Promise<void> = Promise.resolve();
-  const write = async () => {
-    const now = performance.now();
-    for (const [mac, b] of pending) {
-      if (!b.bytes) {
-        // Idle with its budget full again: nothing to remember about this node.
-        const idle = b.tokens + (now - b.refilledAt) / 1000 * limits.ratePerS;
-        if (idle >= limits.burstBytes) pending.delete(mac);
-        continue;
-      }
-      const data = new Uint8Array(b.bytes);
-      let at = 0;
-      for (const c of b.chunks) data.set(c, (at += c.length) - c.length);
-      b.chunks = [];
-      b.bytes = 0;
-      try {
-        ctx.data.makeConsole(mac);
-        const path = consoleLogPath(ctx.data, mac, "netconsole");
-        await rotateConsole(path, data.length, limits.rotateBytes);
-        await Deno.writeFile(path, data, { append: true, mode: 0o600 });
-      } catch (e) {
-        log.warn("cannot store netconsole text", { mac, error: (e as Error).message });
-      }
-    }
-  };
-  const flush = () => writing = writing.then(write);
-
+  const flush = () => writing = writing.then(() => writePending(ctx, pending, limits));
   const flusher = setInterval(() => void flush(), limits.flushMs);
-  // Drops are said once a minute at most, as totals since the last time.
-  const reporter = setInterval(() => {
-    const d = {
-      unknown: stats.unknown - reported.unknown,
-      oversize: stats.oversize - reported.oversize,
-      overBudget: stats.overBudget - reported.overBudget,
-    };
-    if (d.unknown || d.oversize || d.overBudget) {
-      log.warn("netconsole datagrams dropped in the last minute", d);
-    }
-    reported = { ...stats };
-  }, 60_000);
+  const reporter = reportDrops(stats);
 
   const bound = sock.port;
   log.info("netconsole receiver listening", { address: `${host}:${bound}` });
@@ -231,4 +154,108 @@ export function startNetconsole(
       await flush();
     },
   };
+}
+
+function openSocket(opts: NetconsoleOptions): UdpSocket {
+  try {
+    // Room for bursts: each node sends its whole kernel log so far when its netconsole starts.
+    return UdpSocket.open({
+      port: opts.port,
+      address: opts.host,
+      device: opts.device,
+      broadcast: false,
+      reuseAddress: false,
+      receiveBuffer: 4 << 20,
+    });
+  } catch (e) {
+    throw new Error(
+      `netconsole cannot listen on ${opts.host}:${opts.port}: ${(e as Error).message}`,
+    );
+  }
+}
+
+/** Every datagram to `take` until the socket closes (a failed receive is logged, then retried). */
+async function receive(sock: UdpSocket, take: (msg: Uint8Array, from: string) => void) {
+  for (;;) {
+    let d;
+    try {
+      d = await sock.recv();
+    } catch (e) {
+      log.warn("netconsole receive failed", { error: (e as Error).message });
+      await new Promise((r) => setTimeout(r, 100));
+      continue;
+    }
+    if (!d) return;
+    take(d.data, d.from.address);
+  }
+}
+
+/** Queues `text` for the node within its byte budget (a token bucket); false when over it. */
+function buffer(
+  pending: Map<string, NodeBuffer>,
+  mac: string,
+  text: Uint8Array,
+  limits: NetconsoleLimits,
+): boolean {
+  const now = performance.now();
+  let b = pending.get(mac);
+  if (!b) {
+    pending.set(mac, b = { chunks: [], bytes: 0, tokens: limits.burstBytes, refilledAt: now });
+  }
+  b.tokens = Math.min(
+    limits.burstBytes,
+    b.tokens + (now - b.refilledAt) / 1000 * limits.ratePerS,
+  );
+  b.refilledAt = now;
+  if (text.length > b.tokens) return false;
+  b.tokens -= text.length;
+  b.chunks.push(text);
+  b.bytes += text.length;
+  return true;
+}
+
+/** Appends each node's queued text to its netconsole log (rotated at the limit). */
+async function writePending(
+  ctx: Pick<Context, "data">,
+  pending: Map<string, NodeBuffer>,
+  limits: NetconsoleLimits,
+): Promise<void> {
+  const now = performance.now();
+  for (const [mac, b] of pending) {
+    if (!b.bytes) {
+      // Idle with its budget full again: nothing to remember about this node.
+      const idle = b.tokens + (now - b.refilledAt) / 1000 * limits.ratePerS;
+      if (idle >= limits.burstBytes) pending.delete(mac);
+      continue;
+    }
+    const data = new Uint8Array(b.bytes);
+    let at = 0;
+    for (const c of b.chunks) data.set(c, (at += c.length) - c.length);
+    b.chunks = [];
+    b.bytes = 0;
+    try {
+      ctx.data.makeConsole(mac);
+      const path = consoleLogPath(ctx.data, mac, "netconsole");
+      await rotateConsole(path, data.length, limits.rotateBytes);
+      await Deno.writeFile(path, data, { append: true, mode: 0o600 });
+    } catch (e) {
+      log.warn("cannot store netconsole text", { mac, error: (e as Error).message });
+    }
+  }
+}
+
+/** Drops are said once a minute at most, as totals since the last time (the interval's id). */
+function reportDrops(stats: NetconsoleStats): ReturnType<typeof setInterval> {
+  let reported = { unknown: 0, oversize: 0, overBudget: 0 };
+  return setInterval(() => {
+    const d = {
+      unknown: stats.unknown - reported.unknown,
+      oversize: stats.oversize - reported.oversize,
+      overBudget: stats.overBudget - reported.overBudget,
+    };
+    if (d.unknown || d.oversize || d.overBudget) {
+      log.warn("netconsole datagrams dropped in the last minute", d);
+    }
+    reported = { ...stats };
+  }, 60_000);
 }

@@ -223,7 +223,7 @@ export function buildApp(
 
   const app = new Hono();
   app.route("/api/v1", api);
-  app.route("/boot", bootRoutes(booter)); //          iPXE scripts, kernels, initramfs, node reports
+  app.route("/boot", bootRoutes(booter, booter.files)); //          iPXE scripts, kernels, initramfs, node reports
   app.route("/metrics", metricsRoutes(ctx)); //    Prometheus, no token (counts only)
   app.route("/", sessionRoutes(ctx)); //           POST /login, POST /logout, GET /session
   app.route("/", dashboardRoutes(ctx)); //         GET / and its script and style
@@ -274,6 +274,89 @@ function followImagesWithInitramfs(ctx: Context): Service {
   };
 }
 
+/** The HTTP server of `app` on the configured addresses; the URL nodes use (ctx.nodeUrl) is the
+ *  boot network's address with the port it got. */
+async function startHttp(ctx: Context, app: Hono, signal?: AbortSignal) {
+  const { config } = ctx;
+  const http = await listenHttp(httpHosts(config), config.http.port, app.fetch, signal);
+  const addr = http.addrs[0];
+  if (config.serverIp) ctx.nodeUrl = `http://${config.serverIp}:${addr.port}`;
+  if (config.interface && /^(127\.|localhost$|::1$)/.test(config.http.host ?? "")) {
+    log.warn("HTTP listens on loopback only: nodes cannot fetch their boot script", {
+      http: `${config.http.host}:${addr.port}`,
+      nodeUrl: ctx.nodeUrl,
+    });
+  }
+  log.info("http listening", {
+    host: http.addrs.map((a) => a.host).join(" "),
+    port: addr.port,
+    api: config.api.auth === "all" ? "token for reads and writes" : "token for writes",
+    data: config.dataDir,
+  });
+  return http;
+}
+
+/** The boot network's services (DHCP, TFTP, netconsole, router advertisements) on `device`. */
+async function startBootNetwork(
+  ctx: Context,
+  device: string,
+  booter: Booter,
+  services: Service[],
+): Promise<void> {
+  const { config } = ctx;
+  if (config.dhcp.mode !== "off") services.push(await startDhcpService(ctx, booter));
+  services.push(await startTftpService(ctx, booter));
+  // A diagnostic: without it nodes still boot (their plans then carry no netconsole=).
+  const nc = config.serverIp ? startNetconsoleOrWarn(ctx, config.serverIp, device) : undefined;
+  if (nc) services.push(nc);
+  ctx.netconsolePort = nc?.port;
+  if (config.ra) services.push(await startRouterAdvertisements(device));
+}
+
+/** SIGHUP's reload: the keys that can change live (DHCP, API auth, event retention, log format)
+ *  are applied to the running services; the others are named as needing a restart. */
+function reloader(ctx: Context, booter: Booter, services: Service[]) {
+  const { config } = ctx;
+  /** Closes the service named `name` and puts `start()`'s in its place (or at the end). */
+  const replaceService = async (name: string, start?: () => Promise<Service>) => {
+    let at = services.findIndex((s) => s.name === name);
+    if (at >= 0) await services.splice(at, 1)[0].close();
+    else at = services.length;
+    if (start) services.splice(at, 0, await start());
+  };
+  const reload = async (next: ServerConfig) => {
+    next.serverIp ??= config.serverIp; // derived from the interface at start
+    const changed = configChanges(config, next);
+    const restart = changed.filter((k) => !RELOADABLE.some((r) => r.test(k)));
+    const applied = changed.filter((k) => !restart.includes(k));
+    const has = (p: string) => applied.some((k) => k.startsWith(p));
+    config.dhcp = next.dhcp;
+    config.api = next.api;
+    config.events = next.events;
+    if (next.logFormat && has("logFormat")) setLogFormat(next.logFormat);
+    if (has("events.")) {
+      await replaceService(
+        "events",
+        () => Promise.resolve(startEventRetention(ctx.db, config.events)),
+      );
+    }
+    if (has("dhcp.") && config.interface) {
+      await replaceService(
+        "dhcp",
+        config.dhcp.mode === "off" ? undefined : () => startDhcpService(ctx, booter),
+      );
+    }
+    recordEvent(ctx.db, null, "server.reload", { applied, restart });
+    metricsFor(ctx.db).configReloads.inc({ result: "ok" });
+    log.info("config reloaded", { applied: applied.join(" ") || "nothing" });
+    if (restart.length) {
+      log.warn("config changes need a restart to take effect", { keys: restart.join(" ") });
+    }
+    return { applied, restart };
+  };
+  return reload;
+}
+
 export async function serve(
   config: ServerConfig,
   opts: Plugins & { signal?: AbortSignal; monitor?: MonitorOptions } = {},
@@ -286,26 +369,11 @@ export async function serve(
     if (config.interface) {
       config.serverIp ??= interfaceAddress(config.interface);
     }
-    const httpHostForNodes = config.serverIp;
-    // One Booter for HTTP, DHCP and TFTP (they also share one boot file cache: netboot/bootcache.ts).
+    // One Booter for HTTP, DHCP and TFTP (they also share its boot file cache, booter.files).
     const booter = contextBooter(ctx);
-    const app = buildApp(ctx, opts, booter);
-    const http = await listenHttp(httpHosts(config), config.http.port, app.fetch, opts.signal);
+    const http = await startHttp(ctx, buildApp(ctx, opts, booter), opts.signal);
     services.push({ name: "http", close: http.close });
     const addr = http.addrs[0];
-    if (httpHostForNodes) ctx.nodeUrl = `http://${httpHostForNodes}:${addr.port}`;
-    if (config.interface && /^(127\.|localhost$|::1$)/.test(config.http.host ?? "")) {
-      log.warn("HTTP listens on loopback only: nodes cannot fetch their boot script", {
-        http: `${config.http.host}:${addr.port}`,
-        nodeUrl: ctx.nodeUrl,
-      });
-    }
-    log.info("http listening", {
-      host: http.addrs.map((a) => a.host).join(" "),
-      port: addr.port,
-      api: config.api.auth === "all" ? "token for reads and writes" : "token for writes",
-      data: config.dataDir,
-    });
     services.push(startEventRetention(ctx.db, config.events));
     ctx.monitor = new NodeMonitor(ctx, opts.monitor);
     services.push(ctx.monitor.start());
@@ -313,15 +381,7 @@ export async function serve(
     if (!config.interface) {
       log.info("no --interface: HTTP only (no DHCP, TFTP, NFS exports or router advertisements)");
     } else {
-      if (config.dhcp.mode !== "off") services.push(await startDhcpService(ctx, booter));
-      services.push(await startTftpService(ctx, booter));
-      // A diagnostic: without it nodes still boot (their plans then carry no netconsole=).
-      const nc = config.serverIp
-        ? startNetconsoleOrWarn(ctx, config.serverIp, config.interface)
-        : undefined;
-      if (nc) services.push(nc);
-      ctx.netconsolePort = nc?.port;
-      if (config.ra) services.push(await startRouterAdvertisements(config.interface));
+      await startBootNetwork(ctx, config.interface, booter, services);
     }
     if (config.nfs.mode !== "off") services.push(await startNfs(ctx));
     if (config.interface) services.push(followImagesWithInitramfs(ctx));
@@ -334,44 +394,8 @@ export async function serve(
       dhcp: config.interface ? config.dhcp.mode : "off",
       nfs: config.nfs.mode,
     });
+    const reload = reloader(ctx, booter, services);
     let closed = false;
-    /** Closes the service named `name` and puts `start()`'s in its place (or at the end). */
-    const replaceService = async (name: string, start?: () => Promise<Service>) => {
-      let at = services.findIndex((s) => s.name === name);
-      if (at >= 0) await services.splice(at, 1)[0].close();
-      else at = services.length;
-      if (start) services.splice(at, 0, await start());
-    };
-    const reload = async (next: ServerConfig) => {
-      next.serverIp ??= config.serverIp; // derived from the interface at start
-      const changed = configChanges(config, next);
-      const restart = changed.filter((k) => !RELOADABLE.some((r) => r.test(k)));
-      const applied = changed.filter((k) => !restart.includes(k));
-      const has = (p: string) => applied.some((k) => k.startsWith(p));
-      config.dhcp = next.dhcp;
-      config.api = next.api;
-      config.events = next.events;
-      if (next.logFormat && has("logFormat")) setLogFormat(next.logFormat);
-      if (has("events.")) {
-        await replaceService(
-          "events",
-          () => Promise.resolve(startEventRetention(ctx.db, config.events)),
-        );
-      }
-      if (has("dhcp.") && config.interface) {
-        await replaceService(
-          "dhcp",
-          config.dhcp.mode === "off" ? undefined : () => startDhcpService(ctx, booter),
-        );
-      }
-      recordEvent(ctx.db, null, "server.reload", { applied, restart });
-      metricsFor(ctx.db).configReloads.inc({ result: "ok" });
-      log.info("config reloaded", { applied: applied.join(" ") || "nothing" });
-      if (restart.length) {
-        log.warn("config changes need a restart to take effect", { keys: restart.join(" ") });
-      }
-      return { applied, restart };
-    };
     return {
       ctx,
       http: addr,

@@ -705,6 +705,34 @@ Deno.test("boot script: the asker's source address alone is never taken as the n
   }
 });
 
+Deno.test("/boot: an unexpected failure is the routes' one error style (a script for iPXE, else a line)", async () => {
+  const f = await fixture();
+  const mac = "52:54:00:12:34:79";
+  try {
+    addNode(f.ctx, mac, "pc10", f.imageId);
+    const fail = () => {
+      throw new Error("database is locked");
+    };
+    const booter = { ...contextBooter(f.ctx), script: fail, acceptReport: fail };
+    const app = new Hono().route("/boot", bootRoutes(booter));
+    const script = await app.request(`/boot/${mac}.ipxe`);
+    assert.equal(script.status, 200); // iPXE shows a script's text; an error status only its code
+    assert.match(
+      await script.text(),
+      /^#!ipxe\necho netroot: internal error: database is locked\n/,
+    );
+    const report = await app.request("/boot/report", {
+      method: "POST",
+      body: JSON.stringify({ token: "t", mac, stage: "start" }),
+    });
+    assert.equal(report.status, 500);
+    assert.match(report.headers.get("content-type") ?? "", /^text\/plain/);
+    assert.equal(await report.text(), "internal error: database is locked\n");
+  } finally {
+    await f.close();
+  }
+});
+
 Deno.test("report: the node's nfsReadBytes lands in the timeline event", async () => {
   const f = await fixture();
   const mac = "52:54:00:12:34:78";

@@ -15,6 +15,7 @@ import {
 } from "../src/release/ipxe.ts";
 import { tftpGet } from "../netboot/tftp/client.ts";
 import { resolveIpxe } from "../netboot/tftp/resolve.ts";
+import { denoBundle } from "../src/initramfs/bundle.ts";
 
 const sha = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
 
@@ -110,19 +111,7 @@ Deno.test("a bundled server on a system without /usr/lib/ipxe serves the bundle'
   let child: Deno.ChildProcess | undefined;
   try {
     const js = join(dir, "netroot.js");
-    const b = await new Deno.Command(Deno.execPath(), {
-      args: [
-        "bundle",
-        "--quiet",
-        "--platform",
-        "deno",
-        "-o",
-        js,
-        new URL("../main.ts", import.meta.url).pathname,
-      ],
-      stderr: "piped",
-    }).output();
-    assert.ok(b.success, new TextDecoder().decode(b.stderr));
+    await denoBundle(new URL("../main.ts", import.meta.url).pathname, js);
     await packIpxe(join(dir, "ipxe"));
     const tftpPort = freeUdpPort();
     // The server's own mount namespace: /usr/lib/ipxe is an empty tmpfs there (checked first).

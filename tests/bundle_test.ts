@@ -1,26 +1,14 @@
 // The release path proven here: `deno bundle` of main.ts is one JS file that runs the server with
 // only the deno binary (no config, no import map, empty DENO_DIR).
 import assert from "node:assert/strict";
+import { denoBundle } from "../src/initramfs/bundle.ts";
 
 Deno.test("the server bundle (deno bundle main.ts) serves the API from one file", async () => {
   const dir = await Deno.makeTempDir({ prefix: "nr-bundle-" });
   let child: Deno.ChildProcess | undefined;
   try {
     const js = `${dir}/netroot.js`;
-    const b = await new Deno.Command(Deno.execPath(), {
-      args: [
-        "bundle",
-        "--quiet",
-        "--platform",
-        "deno",
-        "-o",
-        js,
-        new URL("../main.ts", import.meta.url).pathname,
-      ],
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    assert.ok(b.success, new TextDecoder().decode(b.stderr));
+    await denoBundle(new URL("../main.ts", import.meta.url).pathname, js);
     assert.doesNotMatch(await Deno.readTextFile(js), /^import .*from "(npm:|jsr:|https?:)/m);
     child = new Deno.Command(Deno.execPath(), {
       args: [
@@ -96,11 +84,7 @@ try {
 }`,
     );
     const js = `${dir}/out.js`;
-    const b = await new Deno.Command(Deno.execPath(), {
-      args: ["bundle", "--quiet", "--platform", "deno", "-o", js, entry],
-      stderr: "piped",
-    }).output();
-    assert.ok(b.success, new TextDecoder().decode(b.stderr));
+    await denoBundle(entry, js);
     const r = await new Deno.Command(Deno.execPath(), {
       args: ["run", "-A", "--no-config", js],
       cwd: dir,

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { CmdlineError, parseCmdline, parseIpParam, splitCmdline } from "../contract/cmdline.ts";
-import { netmaskPrefix } from "../contract/ipv4.ts";
+import { ipv4Bytes, netmaskPrefix } from "../contract/ipv4.ts";
 
 /** The CmdlineError `text` raises (fails the test if it parses). */
 function problemsOf(text: string): string[] {
@@ -120,6 +120,11 @@ Deno.test("cmdline: ip= fields and netmasks", () => {
   assert.equal(netmaskPrefix("0.0.0.0"), 0);
   assert.equal(netmaskPrefix("255.0.255.0"), -1);
   assert.equal(netmaskPrefix("255.255.255.256"), -1);
+  // The one text → bytes conversion (DHCP packets and options, socket addresses on both sides).
+  assert.deepEqual(ipv4Bytes("10.0.0.254"), new Uint8Array([10, 0, 0, 254]));
+  for (const bad of ["10.0.0.256", "10.0.0", "10.0.0.1.2", "a.b.c.d", "1e1.0.0.1", ""]) {
+    assert.throws(() => ipv4Bytes(bad), RangeError, bad);
+  }
   const problems: string[] = [];
   assert.equal(parseIpParam("10.0.0.300::::", problems), undefined);
   assert.equal(parseIpParam("10.0.0.3:x:::", problems), undefined);

@@ -1,4 +1,5 @@
 // DHCP option codes and typed value helpers (RFC 2132, RFC 4578 PXE, iPXE's encapsulated 175).
+import { ipv4Bytes } from "../../contract/ipv4.ts";
 import { DhcpDecodeError } from "./packet.ts";
 
 export const Opt = {
@@ -55,12 +56,9 @@ export function u32(n: number): Uint8Array {
   new DataView(b.buffer).setUint32(0, n >>> 0);
   return b;
 }
-export function ipv4(address: string): Uint8Array {
-  return new Uint8Array(address.split(".").map(Number));
-}
 export function ipv4List(addresses: string[]): Uint8Array {
   const out = new Uint8Array(4 * addresses.length);
-  addresses.forEach((a, i) => out.set(ipv4(a), 4 * i));
+  addresses.forEach((a, i) => out.set(ipv4Bytes(a), 4 * i));
   return out;
 }
 export const text = (s: string) => utf8.encode(s);

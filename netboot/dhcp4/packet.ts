@@ -2,6 +2,7 @@
 // Options are a map keyed by code holding the raw value bytes (so option 77 "iPXE", which iPXE
 // sends without the RFC 3004 length prefix, stays exactly as received). Repeated options are
 // concatenated (RFC 3396); an option 52 overload pulls options out of the file/sname fields.
+import { ipv4Bytes } from "../../contract/ipv4.ts";
 
 export const MAGIC_COOKIE = 0x63825363;
 export const BOOTREQUEST = 1, BOOTREPLY = 2;
@@ -110,11 +111,7 @@ export function decode(bytes: Uint8Array): DhcpPacket {
 }
 
 function putIp(out: Uint8Array, off: number, address: string): void {
-  const p = address.split(".").map(Number);
-  if (p.length !== 4 || p.some((x) => !Number.isInteger(x) || x < 0 || x > 255)) {
-    throw new RangeError(`invalid IPv4 address: ${address}`);
-  }
-  out.set(p, off);
+  out.set(ipv4Bytes(address), off);
 }
 
 function putString(out: Uint8Array, off: number, size: number, s: string, what: string): void {

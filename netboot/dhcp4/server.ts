@@ -5,14 +5,13 @@
 // timeline come through the DhcpBooter (../booter.ts): no SQL here.
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { intToIp, ipToInt, isIPv4 } from "../../contract/ipv4.ts";
+import { intToIp, ipToInt, ipv4Bytes, isIPv4 } from "../../contract/ipv4.ts";
 import { logger } from "../../src/log.ts";
 import { UdpSocket } from "../../src/linux/udp.ts";
 import type { DhcpBooter, DhcpNode, Leases } from "../booter.ts";
 import type { EventKind } from "../../src/eventkinds.ts";
 import { type Classification, classify, REQUIRED_IPXE_FILES } from "./classify.ts";
 import {
-  ipv4,
   ipv4List,
   IPXE_NO_PXEDHCP,
   MessageType,
@@ -329,16 +328,16 @@ export class DhcpResponder {
   ): Reply {
     const o = new Map<number, Uint8Array>();
     o.set(Opt.messageType, u8(type));
-    o.set(Opt.serverId, ipv4(this.cfg.serverIp));
+    o.set(Opt.serverId, ipv4Bytes(this.cfg.serverIp));
     if (ip) {
       const t = this.cfg.leaseSeconds;
       o.set(Opt.leaseTime, u32(t));
       o.set(Opt.renewalTime, u32(Math.floor(t / 2)));
       o.set(Opt.rebindingTime, u32(Math.floor((t * 7) / 8)));
     }
-    o.set(Opt.subnetMask, ipv4(this.cfg.netmask));
-    o.set(Opt.broadcast, ipv4(this.broadcastAddr));
-    if (this.cfg.router) o.set(Opt.router, ipv4(this.cfg.router));
+    o.set(Opt.subnetMask, ipv4Bytes(this.cfg.netmask));
+    o.set(Opt.broadcast, ipv4Bytes(this.broadcastAddr));
+    if (this.cfg.router) o.set(Opt.router, ipv4Bytes(this.cfg.router));
     if (this.cfg.dns?.length) o.set(Opt.dns, ipv4List(this.cfg.dns));
     // The node's name as its host name, for clients that ask (udhcpc, dhclient do).
     if (name && req.options.get(Opt.paramRequest)?.includes(Opt.hostname)) {
@@ -362,7 +361,7 @@ export class DhcpResponder {
   private nak(req: DhcpPacket, message: string): Reply {
     const o = new Map<number, Uint8Array>([
       [Opt.messageType, u8(MessageType.Nak)],
-      [Opt.serverId, ipv4(this.cfg.serverIp)],
+      [Opt.serverId, ipv4Bytes(this.cfg.serverIp)],
       [Opt.message, text(message)],
     ]);
     const packet = this.reply(req, o, ZERO);
@@ -378,7 +377,7 @@ export class DhcpResponder {
     const reply = type === MessageType.Discover ? MessageType.Offer : MessageType.Ack;
     const o = new Map<number, Uint8Array>([
       [Opt.messageType, u8(reply)],
-      [Opt.serverId, ipv4(this.cfg.serverIp)],
+      [Opt.serverId, ipv4Bytes(this.cfg.serverIp)],
     ]);
     const packet = this.reply(req, o, ZERO);
     // port4011: a bare offer, so the firmware asks the boot server on 4011 for the file (PXE
@@ -409,7 +408,7 @@ export class DhcpResponder {
     if (type !== MessageType.Request && type !== MessageType.Inform) return null;
     const o = new Map<number, Uint8Array>([
       [Opt.messageType, u8(MessageType.Ack)],
-      [Opt.serverId, ipv4(this.cfg.serverIp)],
+      [Opt.serverId, ipv4Bytes(this.cfg.serverIp)],
     ]);
     const packet = this.reply(req, o, ZERO);
     packet.ciaddr = req.ciaddr;

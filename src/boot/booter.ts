@@ -6,6 +6,7 @@ import { bootExpiry, dropBoot, findBoot, openBoot, recordStage } from "../boots.
 import { DEFAULTS } from "../../contract/cmdline.ts";
 import { resolveInRoot } from "../../contract/rootpath.ts";
 import { tx } from "../db.ts";
+import { BootFileCache } from "../../netboot/bootcache.ts";
 import { notFound } from "../errors.ts";
 import { eventRecorder, recordDhcpAllowed, recordFromSource, recordProgress } from "../events.ts";
 import { ensureInitramfs } from "../initramfs/build.ts";
@@ -241,6 +242,7 @@ export function contextBooter(ctx: Context): Booter {
   const events = eventSink(ctx.db);
   return {
     events,
+    files: new BootFileCache(),
     // DHCP
     seen: (mac, at) => ctx.nodes.seenByDhcp(mac, at),
     register: (mac, source) => ctx.nodes.register(mac, source),

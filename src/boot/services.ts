@@ -53,5 +53,6 @@ export function startTftpService(
     serverIp: ctx.config.serverIp,
     ipxeDir: ctx.config.ipxeDir,
     ipxeFallbackDir: ctx.config.ipxeFallbackDir,
+    cache: booter.files, // HTTP's too (buildApp)
   }, booter);
 }

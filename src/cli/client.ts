@@ -26,14 +26,21 @@ export class ApiClient {
     return new ApiClient(base, token);
   }
 
-  async request<T = unknown>(method: string, path: string, body?: unknown): Promise<T> {
-    let res: Response;
+  /** The API's raw response (JSON body, token when there is one); an unreachable server is a
+   *  UserError (503). */
+  async fetch(
+    method: string,
+    path: string,
+    body?: unknown,
+    headers: Record<string, string> = {},
+  ): Promise<Response> {
     try {
-      res = await fetch(`${this.base}/api/v1${path}`, {
+      return await fetch(`${this.base}/api/v1${path}`, {
         method,
         headers: {
           ...(body !== undefined ? { "content-type": "application/json" } : {}),
           ...(this.token ? { authorization: `Bearer ${this.token}` } : {}),
+          ...headers,
         },
         body: body === undefined ? undefined : JSON.stringify(body),
       });
@@ -44,6 +51,10 @@ export class ApiClient {
         503,
       );
     }
+  }
+
+  async request<T = unknown>(method: string, path: string, body?: unknown): Promise<T> {
+    const res = await this.fetch(method, path, body);
     const text = await res.text();
     let data: unknown = undefined;
     try {
@@ -68,5 +79,18 @@ export class ApiClient {
   }
   delete<T = unknown>(path: string) {
     return this.request<T>("DELETE", path);
+  }
+}
+
+/** The JSON objects of an NDJSON stream (image import and build: progress or log lines, then
+ *  {image} or {error}), each as its line arrives. */
+export async function* ndjsonLines(
+  body: ReadableStream<Uint8Array>,
+): AsyncGenerator<Record<string, unknown>> {
+  let rest = "";
+  for await (const chunk of body.pipeThrough(new TextDecoderStream())) {
+    const lines = (rest + chunk).split("\n");
+    rest = lines.pop()!;
+    for (const line of lines) if (line) yield JSON.parse(line);
   }
 }

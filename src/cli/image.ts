@@ -5,7 +5,7 @@ import { parseArgs } from "node:util";
 import { UserError } from "../errors.ts";
 import type { Commit, ImageInfo } from "../images/store.ts";
 import { type Published, publishedText } from "../images/versions.ts";
-import { ApiClient, clientOptions } from "./client.ts";
+import { ApiClient, clientOptions, ndjsonLines } from "./client.ts";
 import { humanBytes, keyValues, print, table } from "./output.ts";
 
 const common = "[--server URL] [--json]";
@@ -171,24 +171,9 @@ async function importImage(
   json: boolean,
 ) {
   const abs = resolve(path);
-  let res: Response;
-  try {
-    res = await fetch(`${client.base}/api/v1/images`, {
-      method: "POST",
-      headers: {
-        "content-type": "application/json",
-        accept: "application/x-ndjson",
-        ...(client.token ? { authorization: `Bearer ${client.token}` } : {}),
-      },
-      body: JSON.stringify({ path: abs, name, rebootNodes }),
-    });
-  } catch (e) {
-    throw new UserError(
-      `cannot reach the netroot server at ${client.base} (${(e as Error).message}); ` +
-        "is `netroot serve` running? (set --server or NETROOT_SERVER)",
-      503,
-    );
-  }
+  const res = await client.fetch("POST", "/images", { path: abs, name, rebootNodes }, {
+    accept: "application/x-ndjson",
+  });
   let result: Commit & Published;
   if (!(res.headers.get("content-type") ?? "").includes("ndjson")) {
     const text = await res.text();
@@ -203,17 +188,10 @@ async function importImage(
   } else {
     const bar = progressPrinter(Deno.stderr.isTerminal() && !json);
     let final: { image?: Commit & Published; error?: string } | undefined;
-    let rest = "";
     try {
-      for await (const chunk of res.body!.pipeThrough(new TextDecoderStream())) {
-        const lines = (rest + chunk).split("\n");
-        rest = lines.pop()!;
-        for (const line of lines) {
-          if (!line) continue;
-          const m = JSON.parse(line);
-          if (m.image || m.error) final = m;
-          else if (!json) bar.update(m);
-        }
+      for await (const m of ndjsonLines(res.body!)) {
+        if (m.image || m.error) final = m;
+        else if (!json) bar.update(m as { phase: string; done: number; total?: number });
       }
     } finally {
       bar.end();

@@ -4,7 +4,7 @@ import { dirname, resolve } from "node:path";
 import { UserError } from "../errors.ts";
 import type { Commit } from "../images/store.ts";
 import type { Published } from "../images/versions.ts";
-import type { ApiClient } from "./client.ts";
+import { type ApiClient, ndjsonLines } from "./client.ts";
 import { committedText } from "./imagework.ts";
 import { print } from "./output.ts";
 
@@ -18,44 +18,22 @@ export async function run(
   const [name, context] = positionals;
   if (typeof values.file !== "string") throw new UserError("image build needs -f Buildfile");
   const buildfile = resolve(values.file);
-  let res: Response;
-  try {
-    res = await fetch(`${client.base}/api/v1/images/-/build`, {
-      method: "POST",
-      headers: {
-        "content-type": "application/json",
-        ...(client.token ? { authorization: `Bearer ${client.token}` } : {}),
-      },
-      body: JSON.stringify({
-        name,
-        buildfile,
-        context: resolve(context ?? dirname(buildfile)),
-        from: values.from,
-        rebootNodes,
-        command: ["netroot", "image", "build", ...Deno.args.slice(2)].join(" "),
-      }),
-    });
-  } catch (e) {
-    throw new UserError(
-      `cannot reach the netroot server at ${client.base} (${(e as Error).message})`,
-      503,
-    );
-  }
+  const res = await client.fetch("POST", "/images/-/build", {
+    name,
+    buildfile,
+    context: resolve(context ?? dirname(buildfile)),
+    from: values.from,
+    rebootNodes,
+    command: ["netroot", "image", "build", ...Deno.args.slice(2)].join(" "),
+  });
   if (!(res.headers.get("content-type") ?? "").includes("ndjson")) {
     const data = await res.json().catch(() => ({}));
     throw new UserError(data.error ?? `HTTP ${res.status}`, res.status as 400);
   }
   let final: { image?: Commit & Published; error?: string } | undefined;
-  let rest = "";
-  for await (const chunk of res.body!.pipeThrough(new TextDecoderStream())) {
-    const lines = (rest + chunk).split("\n");
-    rest = lines.pop()!;
-    for (const line of lines) {
-      if (!line) continue;
-      const m = JSON.parse(line);
-      if (m.log !== undefined) console.error(m.log);
-      else final = m;
-    }
+  for await (const m of ndjsonLines(res.body!)) {
+    if (m.log !== undefined) console.error(m.log);
+    else final = m;
   }
   if (!final) throw new UserError("the server closed the connection before the build finished");
   if (final.error) throw new UserError(final.error);

@@ -158,22 +158,11 @@ export function imageRoutes(ctx: Context): Hono {
     }
     // A client that goes away (Ctrl-C on `netroot image import`) cancels the stream, which
     // cancels the import. (request.signal is not used: Deno also aborts it on success.)
-    const cancel = new AbortController();
-    const enc = new TextEncoder();
-    let out: ReadableStreamDefaultController<Uint8Array> | undefined;
-    const readable = new ReadableStream<Uint8Array>({
-      start: (controller) => void (out = controller),
-      cancel: () => cancel.abort(),
-    });
-    const send = (o: unknown) => {
-      try {
-        out!.enqueue(enc.encode(JSON.stringify(o) + "\n"));
-      } catch { /* closed */ }
-    };
+    const stream = ndjsonStream();
     let started = false, lastPhase = "", lastAt = 0;
     const first = Promise.withResolvers<void>();
     const job = ctx.images.import(path, name, {
-      signal: cancel.signal,
+      signal: stream.signal,
       onProgress: (p) => {
         started = true;
         first.resolve();
@@ -181,7 +170,7 @@ export function imageRoutes(ctx: Context): Hono {
         if (p.phase !== lastPhase || now - lastAt > 200 || p.done === p.total) {
           lastPhase = p.phase;
           lastAt = now;
-          send(p);
+          stream.send(p);
         }
       },
     });
@@ -191,18 +180,7 @@ export function imageRoutes(ctx: Context): Hono {
       const image = await published(await job); // rethrows the early error
       return c.json(image, image.existed ? 200 : 201);
     }
-    job.then(published).then(
-      (image) => send({ image }),
-      (e) => {
-        if (!(e instanceof UserError)) log.error("import failed", { path, error: e });
-        send({ error: (e as Error).message });
-      },
-    ).finally(() => {
-      try {
-        out!.close();
-      } catch { /* cancelled */ }
-    });
-    return new Response(readable, { headers: { "content-type": "application/x-ndjson" } });
+    return stream.finish(job.then(published), "import failed", { path });
   });
 
   app.patch("/:ref{.+}", async (c) => {
@@ -222,12 +200,10 @@ export function imageRoutes(ctx: Context): Hono {
 }
 
 /**
- * A job whose progress streams as NDJSON lines (`send`), ending with {image: result} or
+ * An NDJSON response: progress lines (`send`), then `finish(job)` ends it with {image: result} or
  * {error}; a client that goes away aborts `signal`.
  */
-function ndjson(
-  job: (send: (o: unknown) => void, signal: AbortSignal) => Promise<unknown>,
-): Response {
+function ndjsonStream() {
   const cancel = new AbortController();
   const enc = new TextEncoder();
   let out: ReadableStreamDefaultController<Uint8Array> | undefined;
@@ -240,18 +216,29 @@ function ndjson(
       out!.enqueue(enc.encode(JSON.stringify(o) + "\n"));
     } catch { /* closed */ }
   };
-  job(send, cancel.signal).then(
-    (image) => send({ image }),
-    (e) => {
-      if (!(e instanceof UserError)) log.error("image job failed", { error: e });
-      send({ error: (e as Error).message });
-    },
-  ).finally(() => {
-    try {
-      out!.close();
-    } catch { /* cancelled */ }
-  });
-  return new Response(readable, { headers: { "content-type": "application/x-ndjson" } });
+  const finish = (job: Promise<unknown>, failed: string, fields = {}): Response => {
+    job.then(
+      (image) => send({ image }),
+      (e) => {
+        if (!(e instanceof UserError)) log.error(failed, { ...fields, error: e });
+        send({ error: (e as Error).message });
+      },
+    ).finally(() => {
+      try {
+        out!.close();
+      } catch { /* cancelled */ }
+    });
+    return new Response(readable, { headers: { "content-type": "application/x-ndjson" } });
+  };
+  return { send, signal: cancel.signal, finish };
+}
+
+/** A job whose progress streams as NDJSON lines (`send`), ending with {image: result} or {error}. */
+function ndjson(
+  job: (send: (o: unknown) => void, signal: AbortSignal) => Promise<unknown>,
+): Response {
+  const stream = ndjsonStream();
+  return stream.finish(job(stream.send, stream.signal), "image job failed");
 }
 
 /**

@@ -8,6 +8,7 @@
 // into scratch, then applied like a session's upper. The conversion happens here only.
 import { join } from "node:path";
 import { defaultLayout } from "../../contract/rootmode.ts";
+import { lastBootImage } from "../boots.ts";
 import type { Context } from "../context.ts";
 import { UserError } from "../errors.ts";
 import { statvfs } from "../linux/fsops.ts";
@@ -20,10 +21,7 @@ import { unpack } from "./unpack.ts";
 /** The image a node runs: its latest boot's, else the one it is set to boot. */
 export function bootedImage(ctx: Pick<Context, "db" | "nodes">, nodeRef: string): string {
   const node = ctx.nodes.get(nodeRef);
-  const boot = ctx.db.prepare(
-    "SELECT image_id FROM boots WHERE mac = ? AND image_id IS NOT NULL ORDER BY rowid DESC LIMIT 1",
-  ).get(node.mac) as { image_id: string } | undefined;
-  const id = boot?.image_id ?? node.imageId;
+  const id = lastBootImage(ctx.db, node.mac) ?? node.imageId;
   if (!id) throw new UserError(`node ${node.name} has never booted an image`);
   return id;
 }

@@ -132,6 +132,21 @@ export async function programFor(machine: number, cacheDir: string): Promise<Pro
   };
 }
 
+/** `deno bundle` of `entry` into one JS file at `out` (what `deno task bundle` does for a release);
+ *  a failure throws with the bundler's message. */
+export async function denoBundle(entry: string, out: string, cwd?: string): Promise<void> {
+  const r = await new Deno.Command(Deno.execPath(), {
+    args: ["bundle", "--quiet", "--platform", "deno", "-o", out, entry],
+    cwd,
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1", DENO_NO_UPDATE_CHECK: "1" },
+  }).output();
+  if (!r.success) {
+    throw new Error(`deno bundle failed: ${new TextDecoder().decode(r.stderr).trim()}`);
+  }
+}
+
 async function findProgram(cacheDir: string): Promise<ProgramFiles> {
   const exe = realpathSync(Deno.execPath());
   if (isCompiled()) return { kind: "compiled", exe, hash: await sha256File(exe) };
@@ -151,24 +166,7 @@ async function findProgram(cacheDir: string): Promise<ProgramFiles> {
   await Deno.mkdir(cacheDir, { recursive: true });
   const tmp = join(cacheDir, `.netroot-${Deno.pid}-${crypto.randomUUID()}.js`);
   try {
-    const out = await new Deno.Command(Deno.execPath(), {
-      args: [
-        "bundle",
-        "--quiet",
-        "--platform",
-        "deno",
-        "-o",
-        tmp,
-        join(root, "overlay", "node_main.ts"),
-      ],
-      cwd: root,
-      stdout: "piped",
-      stderr: "piped",
-      env: { NO_COLOR: "1", DENO_NO_UPDATE_CHECK: "1" },
-    }).output();
-    if (!out.success) {
-      throw new Error(`deno bundle failed: ${new TextDecoder().decode(out.stderr).trim()}`);
-    }
+    await denoBundle(join(root, "overlay", "node_main.ts"), tmp, root);
     const hash = await sha256File(tmp, extra);
     const script = join(cacheDir, `netroot-${hash.slice(0, 16)}.js`);
     await Deno.rename(tmp, script);

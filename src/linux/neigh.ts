@@ -2,6 +2,7 @@
 // namespace). The HTTP boot route asks it which MAC answers for the address a request came from:
 // evidence, bound to the MAC, of where a node is (src/nodes.ts observeAddress).
 import { readFileSync } from "node:fs";
+import { parseMac } from "../../contract/mac.ts";
 
 export interface Neighbour {
   ip: string;
@@ -18,8 +19,9 @@ export function parseArpTable(text: string): Neighbour[] {
   for (const line of text.split("\n").slice(1)) {
     const [ip, _hw, flags, mac, _mask, device] = line.trim().split(/\s+/);
     if (!device || !(Number(flags) & ATF_COM)) continue;
-    if (!/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/i.test(mac)) continue;
-    out.push({ ip, mac: mac.toLowerCase(), device });
+    const canonical = parseMac(mac);
+    if (!canonical) continue;
+    out.push({ ip, mac: canonical, device });
   }
   return out;
 }

@@ -1,6 +1,7 @@
 // IPv4 interface configuration with the classic ioctls (no `ip`, no netlink): list interfaces,
 // read a MAC, set flags/address/netmask, add a gateway route; carrier from sysfs. x86_64 layouts:
 // struct ifreq = 16-byte name + 24-byte union; struct rtentry = 120 bytes (checked with gcc).
+import { ipv4Bytes } from "../../contract/ipv4.ts";
 import { macFromBytes } from "../../contract/mac.ts";
 import { check, cstr, enc, openLibc } from "./libc.ts";
 
@@ -66,18 +67,10 @@ function ioctl(fd: number, req: number, buf: Uint8Array<ArrayBuffer>, what: stri
   check(`ioctl(0x${req.toString(16)})`, libc().symbols.ioctl(fd, BigInt(req), buf), what);
 }
 
-export function parseIPv4(s: string): Uint8Array {
-  const parts = s.split(".");
-  if (parts.length !== 4 || !parts.every((p) => /^\d{1,3}$/.test(p) && Number(p) <= 255)) {
-    throw new Error(`not an IPv4 address: ${s}`);
-  }
-  return new Uint8Array(parts.map(Number));
-}
-
 /** Writes a struct sockaddr_in (family, port 0, address) at `off`. */
 function putSockaddrIn(buf: Uint8Array, off: number, ip: string): void {
   new DataView(buf.buffer, buf.byteOffset).setUint16(off, AF_INET, true);
-  buf.set(parseIPv4(ip), off + 4);
+  buf.set(ipv4Bytes(ip), off + 4);
 }
 
 /** Names of all interfaces (if_nameindex: netlink, no /sys needed). */

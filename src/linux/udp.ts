@@ -6,6 +6,7 @@
 // blocking recvmsg on an FFI worker thread. close() calls shutdown(), which wakes that blocked
 // call (Linux wakes readers even on unconnected UDP sockets), then close()s the descriptor.
 // One recv() at a time per socket: the receive buffers are shared with the worker thread.
+import { ipv4Bytes } from "../../contract/ipv4.ts";
 import { check, cstr, errno, openLibc, SyscallError } from "./libc.ts";
 
 const AF_INET = 2, AF_INET6 = 10;
@@ -65,14 +66,6 @@ function int32(v: number): Uint8Array<ArrayBuffer> {
   const b = new Uint8Array(4);
   new DataView(b.buffer).setInt32(0, v, true);
   return b;
-}
-
-export function ipv4Bytes(address: string): Uint8Array {
-  const parts = address.split(".").map(Number);
-  if (parts.length !== 4 || parts.some((p) => !Number.isInteger(p) || p < 0 || p > 255)) {
-    throw new Error(`invalid IPv4 address: ${address}`);
-  }
-  return new Uint8Array(parts);
 }
 
 export function ipv6Bytes(address: string): Uint8Array {

@@ -344,21 +344,7 @@ export class VnodeManager {
     };
     this.#running.set(mac, r);
     proc.onExit((st) => this.#exited(mac, r, st));
-    // Started means QMP answers; an early exit (bad tap, bad drive…) is the caller's error.
-    try {
-      await proc.waitReady(async () => {
-        await qmp(qmpSocket, "query-status", undefined, 2000);
-        return true;
-      }, startTimeoutMs);
-    } catch (e) {
-      if (!(e instanceof StartFailure)) throw e;
-      if (!e.exit) {
-        throw new Error(`qemu for ${node.name} did not open QMP: ${(e.cause as Error)?.message}`);
-      }
-      const tail = (await Deno.readTextFile(join(vm, "qemu.log")).catch(() => "")).trim()
-        .split("\n").slice(-3).join(" | ");
-      throw new Error(`qemu for ${node.name} exited at start: ${tail || "no message"}`);
-    }
+    await qmpReady(proc, node.name, vm, qmpSocket);
     recordEvent(this.ctx.db, mac, "vnode.start", {
       pid: proc.pid,
       accel: accel.accel,
@@ -515,4 +501,28 @@ export async function startVnodes(ctx: Context): Promise<Service> {
       if (ctx.vnodes === m) ctx.vnodes = undefined;
     },
   };
+}
+
+/** Started means QMP answers; an early exit (bad tap, bad drive…) is the caller's error, with the
+ *  end of qemu's log. */
+async function qmpReady(
+  proc: ManagedProcess,
+  name: string,
+  vm: string,
+  qmpSocket: string,
+): Promise<void> {
+  try {
+    await proc.waitReady(async () => {
+      await qmp(qmpSocket, "query-status", undefined, 2000);
+      return true;
+    }, startTimeoutMs);
+  } catch (e) {
+    if (!(e instanceof StartFailure)) throw e;
+    if (!e.exit) {
+      throw new Error(`qemu for ${name} did not open QMP: ${(e.cause as Error)?.message}`);
+    }
+    const tail = (await Deno.readTextFile(join(vm, "qemu.log")).catch(() => "")).trim()
+      .split("\n").slice(-3).join(" | ");
+    throw new Error(`qemu for ${name} exited at start: ${tail || "no message"}`);
+  }
 }

@@ -5,6 +5,7 @@
 // An aarch64 node (`arch` aarch64) is qemu's `virt` machine with AAVMF (EDK2 for ARM, Debian
 // package qemu-efi-aarch64), UEFI only: its PXE fetches ipxe-arm64.efi as an x86 UEFI node's
 // fetches ipxe.efi.
+import { macFromBytes } from "../../contract/mac.ts";
 import { UserError } from "../errors.ts";
 
 /** The machine a virtual node emulates (node setting `arch`, fixed at creation). */
@@ -176,7 +177,7 @@ export function tapName(mac: string): string {
 /** A locally administered MAC in qemu's 52:54:00 range. */
 export function randomVnodeMac(): string {
   const b = crypto.getRandomValues(new Uint8Array(3));
-  return ["52", "54", "00", ...Array.from(b, (x) => x.toString(16).padStart(2, "0"))].join(":");
+  return macFromBytes(new Uint8Array([0x52, 0x54, 0x00, ...b]));
 }
 
 /** One QMP exchange: connect, negotiate capabilities, run `command`, return its result. */

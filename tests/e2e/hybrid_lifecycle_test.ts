@@ -14,6 +14,7 @@
 //             the node boots in network mode (init.nfs-root) all the same
 import assert from "node:assert/strict";
 import { dirname, join } from "node:path";
+import type { StageReport } from "../../contract/report.ts";
 import type { Event } from "../../src/events.ts";
 import { buildTestImage } from "../support/testimage.ts";
 import { assertInOrder, kindsSince, type Lab, labTest, lastEventId } from "./harness.ts";
@@ -21,16 +22,20 @@ import { assertInOrder, kindsSince, type Lab, labTest, lastEventId } from "./har
 const bootTimeoutMs = 300_000;
 const count = (s: string, re: RegExp) => s.match(new RegExp(re.source, "g"))?.length ?? 0;
 
-interface CopyReport {
-  bytesTotal: number;
-  bytesWritten: number;
-  bytesLinked: number;
-  bytesReused: number;
-  bytesKept: number;
-  resumed: boolean;
-  ms: number;
-  evicted: number;
-}
+/** The fields of the hybrid-ready report (contract/report.ts) these tests read. */
+type CopyReport = Required<
+  Pick<
+    StageReport,
+    | "bytesTotal"
+    | "bytesWritten"
+    | "bytesLinked"
+    | "bytesReused"
+    | "bytesKept"
+    | "resumed"
+    | "ms"
+    | "evicted"
+  >
+>;
 
 /** The copy report of the one init.hybrid-ready event after `since`. */
 function readyReport(events: Event[]): CopyReport {
