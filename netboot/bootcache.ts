@@ -60,6 +60,3 @@ async function readShared(path: string): Promise<Uint8Array> {
   data.set(bytes);
   return data;
 }
-
-/** What a TFTP server started without a cache uses (stand-alone createTftpServer). */
-export const bootFiles = new BootFileCache();

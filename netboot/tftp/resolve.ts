@@ -2,7 +2,7 @@
 // iPXE dir) and, for a known node, `/boot` of the node's current image. Image symlinks are resolved
 // as if the image root were `/` (Debian's /vmlinuz -> boot/vmlinuz-…, or absolute links), and a
 // file that ends up outside the image's /boot is refused.
-import { resolveInRoot as resolveImagePath } from "../../contract/rootpath.ts";
+import { resolveInRoot } from "../../contract/rootpath.ts";
 import { lstat, realpath } from "node:fs/promises";
 import { join } from "node:path";
 import { ErrorCode } from "./packet.ts";
@@ -51,10 +51,10 @@ export function cleanFilename(name: string): { parts: string[] } | { refused: st
 
 /** `parts` inside `root` as chroot would see them (contract/rootpath.ts); a `..` climbing above the
  *  root is refused, and only an existing regular file is served. */
-export async function resolveInRoot(root: string, parts: string[]): Promise<Resolution> {
+async function servedFileInRoot(root: string, parts: string[]): Promise<Resolution> {
   let r;
   try {
-    r = resolveImagePath(root, parts.join("/"));
+    r = resolveInRoot(root, parts.join("/"));
   } catch {
     return refuse("too many symlinks");
   }
@@ -117,7 +117,7 @@ export async function resolveNodeBoot(fsLink: string, parts: string[]): Promise<
     : [["boot", "firmware", ...parts], ["boot", ...parts], parts];
   let last: Resolution = notFound();
   for (const c of candidates) {
-    const r = await resolveInRoot(root, c);
+    const r = await servedFileInRoot(root, c);
     if ("file" in r) {
       const inBoot = join(root, "boot") + "/";
       return r.file.startsWith(inBoot) ? r : refuse("file lies outside the image's /boot");

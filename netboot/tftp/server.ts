@@ -2,7 +2,7 @@
 // negotiation, then a transfer worker (engine.ts) moves the bytes from its own port (new TID per
 // transfer). Files are read once and kept in the boot file cache (../bootcache.ts, shared with
 // HTTP boot and, through SharedArrayBuffers, with the workers).
-import { type BootFileCache, bootFiles } from "../bootcache.ts";
+import { BootFileCache } from "../bootcache.ts";
 import type { PiBootFile, TftpBooter } from "../booter.ts";
 import { logger } from "../../src/log.ts";
 import { TransferPool } from "./engine.ts";
@@ -62,7 +62,8 @@ export interface TftpServerOptions {
   retries?: number;
   /** Transfer worker threads (default: CPU count, at most 4). */
   workers?: number;
-  /** Where file contents are kept between transfers (default: `bootFiles`, shared with HTTP). */
+  /** Where file contents are kept between transfers (the server hands HTTP's cache, so one copy
+   *  serves both; default: a cache of this server's own). */
   cache?: BootFileCache;
   /** Transfers at once; more are refused with "server busy" so a flood cannot exhaust file
    *  descriptors (default 1000). */
@@ -204,6 +205,47 @@ async function answerRequest(
   });
 }
 
+/** Port 69's socket holds the requests of a whole storm until the main thread reads them: the
+ *  default buffer (~208 KiB) overflowed while the main thread was busy streaming HTTP (a storm
+ *  of 300: 44 RRQs dropped, each a 4 s PXE timeout for its client). 4 MiB, as DHCP's port 67;
+ *  read with libc (one synchronous recvmsg per queued request, src/linux/udp.ts). */
+function openRequestSocket(host: string, port: number): UdpSocket {
+  try {
+    return UdpSocket.open({
+      port,
+      address: host,
+      reuseAddress: false,
+      broadcast: false,
+      receiveBuffer: 4 << 20,
+    });
+  } catch (e) {
+    throw new Error(`TFTP cannot listen on ${host}:${port}: ${(e as Error).message}`);
+  }
+}
+
+/** Reads requests until the socket closes; each is handled on its own (a slow file read does not
+ *  hold the next request). */
+async function receiveRequests(
+  sock: UdpSocket,
+  handle: (msg: Uint8Array, client: ClientAddress) => Promise<void>,
+): Promise<void> {
+  for (;;) {
+    let d;
+    try {
+      d = await sock.recv();
+    } catch (e) {
+      log.warn("socket error", { error: (e as Error).message });
+      await new Promise((r) => setTimeout(r, 100)); // not a hot loop if it persists
+      continue;
+    }
+    if (!d) return;
+    const client = d.from;
+    handle(d.data, client).catch((e) =>
+      log.error("request failed", { client: client.address, error: (e as Error).message })
+    );
+  }
+}
+
 export async function createTftpServer(opts: TftpServerOptions): Promise<TftpServer> {
   const host = opts.host ?? "0.0.0.0";
   const limits = {
@@ -212,26 +254,16 @@ export async function createTftpServer(opts: TftpServerOptions): Promise<TftpSer
     defaultTimeoutMs: opts.timeoutMs ?? 1000,
   };
   const retries = opts.retries ?? 5;
-  const cache = opts.cache ?? bootFiles;
+  const cache = opts.cache ?? new BootFileCache();
   const pool = await TransferPool.create(
     opts.workers ?? Math.max(1, Math.min(4, navigator.hardwareConcurrency)),
   );
-  // Port 69's socket holds the requests of a whole storm until the main thread reads them: the
-  // default buffer (~208 KiB) overflowed while the main thread was busy streaming HTTP (a storm
-  // of 300: 44 RRQs dropped, each a 4 s PXE timeout for its client). 4 MiB, as DHCP's port 67;
-  // read with libc (one synchronous recvmsg per queued request, src/linux/udp.ts).
   let sock: UdpSocket;
   try {
-    sock = UdpSocket.open({
-      port: opts.port,
-      address: host,
-      reuseAddress: false,
-      broadcast: false,
-      receiveBuffer: 4 << 20,
-    });
+    sock = openRequestSocket(host, opts.port);
   } catch (e) {
     await pool.close();
-    throw new Error(`TFTP cannot listen on ${host}:${opts.port}: ${(e as Error).message}`);
+    throw e;
   }
   const report = (e: TransferEvent) => {
     try {
@@ -260,23 +292,7 @@ export async function createTftpServer(opts: TftpServerOptions): Promise<TftpSer
     inProgress: new Map(),
   };
   const handle = (msg: Uint8Array, client: ClientAddress) => handleRequest(scope, msg, client);
-  const receiving = (async () => {
-    for (;;) {
-      let d;
-      try {
-        d = await sock.recv();
-      } catch (e) {
-        log.warn("socket error", { error: (e as Error).message });
-        await new Promise((r) => setTimeout(r, 100)); // not a hot loop if it persists
-        continue;
-      }
-      if (!d) return;
-      const client = d.from;
-      handle(d.data, client).catch((e) =>
-        log.error("request failed", { client: client.address, error: (e as Error).message })
-      );
-    }
-  })();
+  const receiving = receiveRequests(sock, handle);
   let closed = false;
   return {
     port: sock.port,
