@@ -9,6 +9,7 @@ import { scanTree } from "../src/images/walk.ts";
 import { NodeRegistry } from "../src/nodes.ts";
 import { Rebooter } from "../src/reboot.ts";
 import { publish } from "../src/images/versions.ts";
+import { copyOut } from "../src/images/cp.ts";
 import type { UserError } from "../src/errors.ts";
 import { buildSampleTree, fixTimes, tempStore } from "./images_helpers.ts";
 
@@ -254,6 +255,36 @@ Deno.test("thin versions: an old version keeps its manifest and objects, its tre
     await t.store.idle();
     assert.equal(t.store.hasTree(v2.id), false);
     assert.deepEqual(t.store.history("deb").map((v) => v.id), [v1.id, v2.id, v3.id]);
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("thin versions: a session or image cp on a thin version writes its tree first (root)", async () => {
+  assert.equal(Deno.uid(), 0, "needs root (overlayfs)");
+  const { t, src } = await lab();
+  try {
+    const v1 = await t.store.import(src, "deb");
+    const h1 = Deno.readTextFileSync(`${src}/etc/hostname`);
+    Deno.writeTextFileSync(`${src}/etc/hostname`, "v2\n");
+    fixTimes(src);
+    await t.store.import(src, "deb");
+    await t.store.idle();
+    assert.equal(t.store.hasTree(v1.id), false);
+    const out = await copyOut(t.store, `deb@${v1.id.slice(0, 10)}`, "/etc/hostname", t.dir);
+    assert.equal(
+      Deno.readTextFileSync(out.dest),
+      h1,
+      "image cp NAME@ID:PATH out of a thin version",
+    );
+    await t.store.pruneTrees();
+    assert.equal(t.store.hasTree(v1.id), false, "the copy's hold is gone: thin again");
+    const s = await t.store.sessions.open(`deb@${v1.id.slice(0, 10)}`, "from-v1");
+    assert.equal(t.store.hasTree(v1.id), true);
+    assert.deepEqual(await t.store.pruneTrees(), [], "an open session's base keeps its tree");
+    assert.equal(Deno.readTextFileSync(`${s.merged}/etc/hostname`), h1);
+    await t.store.sessions.discard(s.id);
+    assert.deepEqual(await t.store.pruneTrees(), [v1.id]);
   } finally {
     await t.close();
   }
