@@ -134,7 +134,7 @@ function script(
   if (!lease && req.remote && iface && neighbourMac(req.remote, iface) === mac) {
     ctx.nodes.observeAddress(mac, req.remote, "neighbour"); // NFS: /persist follows it
   }
-  if (!ctx.images.hasTree(input.image!.id)) {
+  if (ctx.images.isThin(input.image!.id)) {
     // A thin version (its tree removed while nothing used it; a node set to it since without a
     // deploy, e.g. `node add --image NAME@ID`): written again now, the node's retry boots it.
     ctx.images.ensureTree(input.image!.id).catch(() => {});

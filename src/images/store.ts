@@ -487,6 +487,12 @@ export class ImageStore {
     return existsSync(this.data.rootfs(id));
   }
 
+  /** A thin version: its manifest without its tree (ensureTree writes it). A row with neither is
+   *  broken, not thin (reconcile marks it not bootable). */
+  isThin(id: string): boolean {
+    return !this.hasTree(id) && existsSync(this.data.manifest(id));
+  }
+
   #holds = new Map<string, number>();
 
   /** Keeps the version's tree (pruneTrees leaves it) until the returned function is called. */
@@ -525,7 +531,8 @@ export class ImageStore {
    * renamed to images/<id>/rootfs. Concurrent calls share one build.
    */
   async ensureTree(id: string): Promise<void> {
-    if (this.hasTree(id)) return;
+    if (!this.isThin(id)) return; // a tree already, or nothing to write it from
+
     const running = this.#building.get(id);
     if (running) return await running;
     const release = this.hold(id);
@@ -573,7 +580,8 @@ export class ImageStore {
    */
   async #objectsComplete(id: string): Promise<boolean> {
     const root = this.data.rootfs(id);
-    const text = await Deno.readTextFile(this.data.manifest(id));
+    const text = await Deno.readTextFile(this.data.manifest(id)).catch(() => null);
+    if (text === null) return false; // no manifest to write it again from: the tree stays
     const seen = new Set<string>();
     let n = 0;
     for (const e of manifestLines(text)) {
