@@ -11,8 +11,13 @@
 // build) does, and prints how long the copy took. The commit time runs from the commit request
 // to the version being current. --cold: ask right after the writes (the commit finishes the copy
 // first: what a session shorter than the copy gets).
+// Nothing pins an old version here (no node deployed or pinned on it, no session on it), so each
+// superseded version becomes thin after the commit (store.ts, pruneTrees: its tree removed, its
+// manifest and objects kept); the bench waits for that before the next session and prints how
+// long it took (not in the commit time). --keep-trees: every version keeps its tree (what a
+// version costs while a node uses it).
 //   deno run -A bench/image_versions_bench.ts [--tree DIR] [--versions N] [--percent P] [--rounds R]
-//     [--cold]
+//     [--cold] [--keep-trees]
 // RATIO lines (higher is better, floor 1): images.commit-vs-0.1-import = (0.1 × import) / commit
 // (median round), images.version-disk-vs-2pct = 2 % / growth per version.
 import { parseArgs } from "node:util";
@@ -33,6 +38,7 @@ const { values } = parseArgs({
     rounds: { type: "string", default: quick ? "1" : "3" },
     quick: { type: "boolean" },
     cold: { type: "boolean" },
+    "keep-trees": { type: "boolean" },
   },
 });
 const versions = Number(values.versions), percent = Number(values.percent);
@@ -50,6 +56,9 @@ interface Round {
   commitMs: number[];
   /** Writing the tree ahead (session open → copy complete), per version. */
   aheadMs: number[];
+  /** Removing the previous version's tree after each commit (in the background, waited for
+   *  before the next session: not in the commit time). */
+  pruneMs: number[];
   imageKiB: number;
   growthKiB: number;
   size: number;
@@ -65,6 +74,9 @@ async function round(r: number): Promise<Round> {
     await data.ensure();
     const db = openDatabase(data.db);
     const store = new ImageStore(data, db);
+    // Default: nothing pins an old version (no node, no session on it), so each superseded
+    // version's tree goes after the commit (thin versions). --keep-trees: every tree stays.
+    store.autoPrune = !values["keep-trees"];
     sync();
     let t0 = performance.now();
     const v0 = await store.import(tree, "deb");
@@ -90,7 +102,7 @@ async function round(r: number): Promise<Round> {
     files.sort((a, b) => (a.path < b.path ? -1 : 1));
     const target = v0.size * percent / 100;
 
-    const commitMs: number[] = [], aheadMs: number[] = [];
+    const commitMs: number[] = [], aheadMs: number[] = [], pruneMs: number[] = [];
     let next = r * 104729;
     for (let v = 1; v <= versions; v++) {
       const s = await store.sessions.open("deb");
@@ -115,16 +127,23 @@ async function round(r: number): Promise<Round> {
       const c = await store.sessions.commit(s.id, { madeBy: "shell", command: "bench" });
       commitMs.push(performance.now() - t0);
       if (c.existed) throw new Error("no change committed");
+      const t1 = performance.now();
+      await store.idle();
+      pruneMs.push(performance.now() - t1);
       console.log(
         `round ${r + 1} version ${v}: ${n} files, ${(changed / 1e6).toFixed(1)} MB rewritten, ` +
           `commit ${commitMs.at(-1)!.toFixed(0)} ms` +
-          (values.cold ? "" : ` (tree written ahead in ${aheadMs.at(-1)!.toFixed(0)} ms)`),
+          (values.cold ? "" : ` (tree written ahead in ${aheadMs.at(-1)!.toFixed(0)} ms)`) +
+          (values["keep-trees"]
+            ? ""
+            : `, previous tree removed in ${pruneMs.at(-1)!.toFixed(0)} ms after it`),
       );
     }
     const out: Round = {
       importMs,
       commitMs,
       aheadMs,
+      pruneMs,
       imageKiB,
       growthKiB: duKiB(data.root) - afterImport,
       size: v0.size,
@@ -182,9 +201,17 @@ if (!values.cold) {
     }`,
   );
 }
+if (!values["keep-trees"]) {
+  console.log(
+    `previous version's tree removed after each commit (ms, background, not in the commit ` +
+      `time): ${fmt(stats(results.flatMap((x) => x.pruneMs)), 0)}`,
+  );
+}
 console.log(`commit / import over ${rounds} rounds: ${fmt(stats(commitRatios))} (target ≤ 0.1×)`);
 console.log(
-  `disk growth per version (% of the image): ${fmt(stats(growth), 2)} (target ≤ 2 %); ` +
+  `disk growth per version (% of the image, ${
+    values["keep-trees"] ? "every version's tree kept" : "old versions thin"
+  }): ${fmt(stats(growth), 2)} (target ≤ 2 %); ` +
     `${versions} full copies would take ${versions * x0.imageKiB} KiB, ${versions} versions took ` +
     `${x0.growthKiB} KiB`,
 );

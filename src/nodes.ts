@@ -729,7 +729,15 @@ export class NodeRegistry {
     const nodes = [...targets.values()];
     // A name: the nodes follow its new versions; an id or NAME@ID: they stay on that version.
     const pinned = !this.images.isName(imageRef);
-    this.#point(nodes.map((n) => ({ mac: n.mac, from: n.imageId })), image, pinned, true);
+    // A thin version's tree is written again before the links flip to it (NFS, boots).
+    const release = this.images.hold(image.id);
+    try {
+      await this.images.ensureTree(image.id);
+      this.#point(nodes.map((n) => ({ mac: n.mac, from: n.imageId })), image, pinned, true);
+    } finally {
+      release();
+    }
+    this.images.schedulePrune();
     const reboots = opts.reboot === false ? [] : await Promise.all(
       nodes.map((n) => this.rebooter.reboot(n, "image change", { hard: opts.hard })),
     );

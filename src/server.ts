@@ -419,6 +419,7 @@ export async function serve(
           }
         }
         unnameNodes();
+        await ctx.images.idle(); // a tree being removed or rebuilt uses the database
         ctx.db.close();
       },
     };

@@ -162,7 +162,7 @@ Deno.test("netroot image CLI: import with plain progress lines, ls, show, rename
     assert.equal(ls.code, 0);
     assert.match(
       ls.stdout,
-      /^NAME +ID +SIZE +UNIQUE +FILES +KERNEL +BOOTABLE +CREATED\ndeb +[0-9a-f]{12} .* 6\.1\.0-test +yes /,
+      /^NAME +ID +SIZE +UNIQUE +FILES +KERNEL +BOOTABLE +TREE +CREATED\ndeb +[0-9a-f]{12} .* 6\.1\.0-test +yes +yes /,
     );
     const lsJson = JSON.parse((await cli("ls", "--json")).stdout);
     assert.equal(lsJson[0].name, "deb");

@@ -28,6 +28,7 @@ export async function tempStore(dataRoot?: string): Promise<TempStore> {
     db,
     store,
     async close() {
+      await store.idle();
       db.close();
       await Deno.remove(dir, { recursive: true }).catch(() => {});
     },

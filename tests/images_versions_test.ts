@@ -9,6 +9,7 @@ import { scanTree } from "../src/images/walk.ts";
 import { NodeRegistry } from "../src/nodes.ts";
 import { Rebooter } from "../src/reboot.ts";
 import { publish } from "../src/images/versions.ts";
+import { copyOut } from "../src/images/cp.ts";
 import type { UserError } from "../src/errors.ts";
 import { buildSampleTree, fixTimes, tempStore } from "./images_helpers.ts";
 
@@ -79,18 +80,18 @@ Deno.test("versions: names follow commits, pinned nodes stay, rollback, rm NAME@
     });
 
     // rollback (default: the version before), with --reboot-nodes: the follower goes back
-    const rb = t.store.rollback("deb");
+    const rb = await t.store.rollback("deb");
     assert.equal(rb.image.id, v1.id);
     assert.equal(rb.previous, v2.id);
     const back = await publish({ nodes }, rb.image, true);
     assert.deepEqual(back.followers.map((f) => f.name), ["follower"]);
     assert.deepEqual(rebooted, ["follower"]);
     assert.equal(link(t, follower.mac), v1.id);
-    assert.throws(() => t.store.rollback("deb"), /no version before/);
-    const fwd = t.store.rollback("deb", v2.id.slice(0, 8));
+    await assert.rejects(() => t.store.rollback("deb"), /no version before/);
+    const fwd = await t.store.rollback("deb", v2.id.slice(0, 8));
     assert.equal(fwd.image.id, v2.id);
     await publish({ nodes }, fwd.image, false);
-    assert.throws(() => t.store.rollback("deb", "ffffffff"), /not found/);
+    await assert.rejects(() => t.store.rollback("deb", "ffffffff"), /not found/);
 
     // rm: the current version only as the last one; a version a node boots never
     assert.throws(
@@ -126,6 +127,7 @@ Deno.test("a commit that died before its nodes followed: reconcile moves them at
 
 Deno.test("object store: versions share unchanged files (same inode), gc frees only unused ones", async () => {
   const { t, nodes, src } = await lab();
+  t.store.autoPrune = false; // v1's tree is looked at after v2's commit
   try {
     Deno.writeFileSync(`${src}/big`, crypto.getRandomValues(new Uint8Array(65536)));
     Deno.writeTextFileSync(`${src}/dup-a`, "same content, unrelated files\n");
@@ -173,6 +175,116 @@ Deno.test("object store: an import sharing files with an earlier image still mat
       const id = createHash("sha256").update(manifestText(entries)).digest("hex");
       assert.equal(id, img.id, `${img.name}: the stored tree matches its manifest`);
     }
+  } finally {
+    await t.close();
+  }
+});
+
+/** The manifest of a version's tree as it is on disk now (a full walk: scan, hash). */
+async function walk(t: Awaited<ReturnType<typeof tempStore>>, id: string): Promise<string> {
+  return manifestText((await scanTree(t.data.rootfs(id))).entries);
+}
+
+Deno.test("thin versions: an old version keeps its manifest and objects, its tree only while needed", async () => {
+  const { t, nodes, src } = await lab();
+  try {
+    Deno.writeFileSync(`${src}/big`, crypto.getRandomValues(new Uint8Array(65536)));
+    fixTimes(src);
+    const v1 = await t.store.import(src, "deb");
+    const walk1 = await walk(t, v1.id);
+    assert.equal(walk1, Deno.readTextFileSync(t.data.manifest(v1.id)));
+    Deno.writeTextFileSync(`${src}/etc/hostname`, "v2\n");
+    Deno.removeSync(`${src}/home/user/tab\tname`);
+    fixTimes(src);
+    const v2 = await t.store.import(src, "deb");
+    await t.store.idle();
+
+    // after the commit: v1's tree is gone (nothing uses it), its manifest stays, history lists it
+    assert.equal(t.store.hasTree(v1.id), false, "the superseded version's tree is removed");
+    assert.ok(Deno.statSync(t.data.manifest(v1.id)).isFile, "its manifest remains");
+    assert.deepEqual(t.store.history("deb").map((v) => [v.id, v.current, v.tree]), [
+      [v1.id, false, false],
+      [v2.id, true, true],
+    ]);
+    assert.deepEqual(t.store.names().map((v) => v.tree), [true]);
+    // gc never removes a thin version's objects (no tree links to them: st_nlink 1)
+    const v1Hostname = Deno.readTextFileSync(t.data.manifest(v1.id)).split("\n")
+      .find((l) => l.includes("/etc/hostname"))!;
+    assert.ok(v1Hostname, "v1's manifest names /etc/hostname");
+    assert.equal((await t.store.gc()).objects, 0, "gc keeps every object of v1");
+    assert.equal((await t.store.gc(5)).versions.length, 0);
+    // an export follows only versions with a tree (nfs.ts filters on it): v1 is not one
+
+    // rollback to v1 writes its tree again from manifest + objects, identical to the original
+    const rb = await t.store.rollback("deb");
+    assert.equal(rb.image.id, v1.id);
+    assert.equal(t.store.hasTree(v1.id), true);
+    assert.equal(await walk(t, v1.id), walk1, "the rebuilt tree walks as the original did");
+    await t.store.idle();
+    assert.equal(t.store.hasTree(v2.id), false, "v2, superseded by the rollback, is thin now");
+    assert.equal(
+      Deno.lstatSync(t.data.rootfs(v1.id) + "/big").nlink,
+      2,
+      "the rebuilt file is a link to its object (v1's tree + the object store; v2 is thin)",
+    );
+
+    // a node pinned to an old id keeps its tree: deploy rebuilds v2's before its link flips
+    const pinned = nodes.add("52:54:00:00:00:05", { name: "pinned" });
+    await nodes.deploy(["pinned"], `deb@${v2.id.slice(0, 10)}`, { reboot: false });
+    assert.equal(t.store.hasTree(v2.id), true, "deploy of a thin id writes its tree first");
+    assert.equal(link(t, pinned.mac), v2.id);
+    assert.equal(await walk(t, v2.id), Deno.readTextFileSync(t.data.manifest(v2.id)));
+    Deno.writeTextFileSync(`${src}/etc/hostname`, "v3\n");
+    fixTimes(src);
+    const v3 = await t.store.import(src, "deb");
+    await t.store.idle();
+    assert.deepEqual(t.store.history("deb").map((v) => [v.id, v.current, v.tree]), [
+      [v1.id, false, false],
+      [v2.id, false, true],
+      [v3.id, true, true],
+    ], "v1 thin again; v2 kept for the pinned node");
+    assert.equal(await t.store.pruneTrees().then((x) => x.length), 0);
+
+    // gc with thin versions around, then v1 once more: every object was still there
+    assert.equal((await t.store.gc()).objects, 0);
+    await t.store.rollback("deb", v1.id);
+    assert.equal(await walk(t, v1.id), walk1, "rebuilt again after gc: nothing of v1 was lost");
+
+    // the node leaves v2 (deployed on the name): v2's tree goes, v2 stays in history
+    await nodes.deploy(["pinned"], "deb", { reboot: false });
+    await t.store.idle();
+    assert.equal(t.store.hasTree(v2.id), false);
+    assert.deepEqual(t.store.history("deb").map((v) => v.id), [v1.id, v2.id, v3.id]);
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("thin versions: a session or image cp on a thin version writes its tree first (root)", async () => {
+  assert.equal(Deno.uid(), 0, "needs root (overlayfs)");
+  const { t, src } = await lab();
+  try {
+    const v1 = await t.store.import(src, "deb");
+    const h1 = Deno.readTextFileSync(`${src}/etc/hostname`);
+    Deno.writeTextFileSync(`${src}/etc/hostname`, "v2\n");
+    fixTimes(src);
+    await t.store.import(src, "deb");
+    await t.store.idle();
+    assert.equal(t.store.hasTree(v1.id), false);
+    const out = await copyOut(t.store, `deb@${v1.id.slice(0, 10)}`, "/etc/hostname", t.dir);
+    assert.equal(
+      Deno.readTextFileSync(out.dest),
+      h1,
+      "image cp NAME@ID:PATH out of a thin version",
+    );
+    await t.store.pruneTrees();
+    assert.equal(t.store.hasTree(v1.id), false, "the copy's hold is gone: thin again");
+    const s = await t.store.sessions.open(`deb@${v1.id.slice(0, 10)}`, "from-v1");
+    assert.equal(t.store.hasTree(v1.id), true);
+    assert.deepEqual(await t.store.pruneTrees(), [], "an open session's base keeps its tree");
+    assert.equal(Deno.readTextFileSync(`${s.merged}/etc/hostname`), h1);
+    await t.store.sessions.discard(s.id);
+    assert.deepEqual(await t.store.pruneTrees(), [v1.id]);
   } finally {
     await t.close();
   }

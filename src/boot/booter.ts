@@ -136,7 +136,17 @@ function script(
   if (!lease && req.remote && iface && neighbourMac(req.remote, iface) === mac) {
     ctx.nodes.observeAddress(mac, req.remote, "neighbour"); // NFS: /persist follows it
   }
+  if (ctx.images.isThin(input.image!.id)) {
+    // A thin version (its tree removed while nothing used it; a node set to it since without a
+    // deploy, e.g. `node add --image NAME@ID`): written again now, the node's retry boots it.
+    ctx.images.ensureTree(input.image!.id).catch(() => {});
+    return {
+      refused: `image version ${input.image!.id.slice(0, 12)} is being written from its ` +
+        "manifest (thin version); retrying",
+    };
+  }
   input.token = openBoot(ctx.db, mac, input.image!.id);
+  ctx.images.schedulePrune(); // the version this node ran may be used by nothing now
   const plan = planBoot(input);
   if ("refused" in plan) {
     dropBoot(ctx.db, input.token);

@@ -310,9 +310,10 @@ export async function run(args: string[]): Promise<number> {
               files: i.files,
               kernel: i.kernelVersion,
               bootable: i.bootable ? "yes" : "no",
+              tree: treeText(i),
               created: i.createdAt.slice(0, 19).replace("T", " "),
             })),
-            ["name", "id", "size", "unique", "files", "kernel", "bootable", "created"],
+            ["name", "id", "size", "unique", "files", "kernel", "bootable", "tree", "created"],
           ),
       );
       break;
@@ -333,9 +334,10 @@ export async function run(args: string[]): Promise<number> {
             "made by": v.madeBy,
             size: humanBytes(v.size),
             unique: humanBytes(v.uniqueSize ?? 0),
+            tree: treeText(v),
             command: v.command,
           })),
-          [" ", "id", "created", "made by", "size", "unique", "command"],
+          [" ", "id", "created", "made by", "size", "unique", "tree", "command"],
         ));
       break;
     }
@@ -412,4 +414,11 @@ export async function run(args: string[]): Promise<number> {
     }
   }
   return 0;
+}
+
+/** The tree column of `image ls` / `image history`: "yes" when the version's hard-link tree is
+ *  on disk, "thin" when it is kept as its manifest + objects only (written again when a
+ *  rollback, deploy, session or boot needs it). */
+function treeText(i: ImageInfo): string | undefined {
+  return i.tree === undefined ? undefined : i.tree ? "yes" : "thin";
 }

@@ -20,7 +20,15 @@ export function imageRoutes(ctx: Context): Hono {
   const app = apiRouter();
 
   // Images by name (their current versions); ?all=1: every version.
-  app.get("/", (c) => c.json(c.req.query("all") ? ctx.images.list() : ctx.images.names()));
+  app.get(
+    "/",
+    (c) =>
+      c.json(
+        c.req.query("all")
+          ? ctx.images.list().map((i) => ({ ...i, tree: ctx.images.hasTree(i.id) }))
+          : ctx.images.names(),
+      ),
+  );
   // Actions sit under "/-/" (no name starts with "-"), before the refs that may hold "/".
   app.get("/-/history/:ref{.+}", (c) => c.json(ctx.images.history(c.req.param("ref"))));
   app.get("/-/diff", (c) => {
@@ -34,7 +42,7 @@ export function imageRoutes(ctx: Context): Hono {
     if (body.version !== undefined && typeof body.version !== "string") {
       throw new UserError("version must be a version id");
     }
-    const r = ctx.images.rollback(body.image, body.version as string | undefined);
+    const r = await ctx.images.rollback(body.image, body.version as string | undefined);
     return c.json({ ...r, ...await publish(ctx, r.image, body.rebootNodes === true) });
   });
   app.post("/-/gc", async (c) => {

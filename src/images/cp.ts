@@ -20,6 +20,7 @@ export async function copyIn(
   }
   if (sources.length > 1) {
     // Several sources go into a directory, as cp(1) wants.
+    await images.ensureTree(images.get(ref).id);
     const d = resolveInRoot(images.data.rootfs(images.get(ref).id), path);
     if (d.missing !== undefined || !Deno.lstatSync(d.host).isDirectory) {
       throw new UserError(`${path}: not a directory in the image`);
@@ -43,10 +44,20 @@ export async function copyOut(
   path: string,
   dest: string,
 ): Promise<{ copied: number; dest: string }> {
-  const root = images.data.rootfs(images.get(ref).id);
+  const { id } = images.get(ref);
+  const release = images.hold(id);
+  try {
+    await images.ensureTree(id);
+    return copyFrom(images.data.rootfs(id), path, dest);
+  } finally {
+    release();
+    images.schedulePrune();
+  }
+}
+
+function copyFrom(root: string, path: string, dest: string): { copied: number; dest: string } {
   const src = sourceIn(root, path);
   const st = lstatOrNull(dest);
   const to = st?.isDirectory ? join(dest, basename(src) || "root") : dest;
-  await Promise.resolve();
   return { copied: copyTree(src, to), dest: to };
 }

@@ -376,7 +376,9 @@ export const SLICE = 256;
  */
 export function* buildSteps(
   d: Derived,
-  baseRoot: string,
+  /** Where the base's files are linked from; null: from their objects (a thin version's tree
+   *  written again, ImageStore.ensureTree). */
+  baseRoot: string | null,
   tree: string,
   objects: ObjectStore,
   slice = SLICE,
@@ -390,6 +392,7 @@ export function* buildSteps(
   // The base's files: one link(2) each, once the directories exist (the kernel's work per link
   // is most of a commit's time: a worker thread sharing them did not make it faster here).
   const links: string[] = [];
+  const linkNodes: Node[] = [];
   const rest: Node[] = [];
   for (const n of d.nodes) {
     const e = n.e;
@@ -406,15 +409,26 @@ export function* buildSteps(
       dirs.push(n);
       if (++ops % slice === 0) yield;
     } else if (n.src === undefined && (e.type === "file" || e.type === "hardlink")) {
-      links.push(baseRoot + e.path, dst);
+      links.push(
+        baseRoot !== null
+          ? baseRoot + e.path
+          : e.type === "file"
+          ? objects.path(objectKey(e))
+          : tree + e.target!,
+        dst,
+      );
+      linkNodes.push(n);
     } else rest.push(n);
   }
   for (let i = 0; i < links.length; i += 2) {
     try {
       Deno.linkSync(links[i], links[i + 1]);
     } catch {
-      const dst = links[i + 1];
-      linkBase(links[i], dst, d.nodes.find((x) => tree + x.e.path === dst)!.e, objects);
+      const n = linkNodes[i / 2];
+      if (baseRoot === null || n.e.type === "hardlink") {
+        if (n.e.type === "hardlink") Deno.linkSync(tree + n.e.target!, links[i + 1]);
+        else copyObject(links[i], links[i + 1], n.e);
+      } else linkBase(links[i], links[i + 1], n.e, objects);
     }
     if (++ops % slice === 0) yield;
   }
@@ -512,6 +526,13 @@ function linkShared(obj: string, dst: string): boolean {
     if (code(err) === "ENOENT" || code(err) === "EMLINK") return false;
     throw err;
   }
+}
+
+/** A file of a tree written from objects whose object has too many links: a copy of it. */
+function copyObject(obj: string, dst: string, e: ManifestEntry): void {
+  Deno.copyFileSync(obj, dst);
+  setMeta(dst, e, true);
+  lutimes(dst, e.mtime);
 }
 
 /** The base's file in the new tree: a link to its inode; its object if the base's path is gone;

@@ -111,8 +111,9 @@ export class ObjectStore {
     return stats;
   }
 
-  /** Removes objects no tree links to (st_nlink 1). Returns how many and their bytes. */
-  gc(): { objects: number; bytes: number } {
+  /** Removes objects no tree links to (st_nlink 1), except `keep` (keys of the versions kept
+   *  without a tree: their manifests reference them). Returns how many and their bytes. */
+  gc(keep?: Set<string>): { objects: number; bytes: number } {
     let objects = 0, bytes = 0;
     let dirs: Deno.DirEntry[];
     try {
@@ -126,7 +127,7 @@ export class ObjectStore {
       for (const f of Deno.readDirSync(sub)) {
         const p = join(sub, f.name);
         const st = Deno.lstatSync(p);
-        if (st.nlink !== 1) continue;
+        if (st.nlink !== 1 || keep?.has(f.name)) continue;
         Deno.removeSync(p);
         objects++;
         bytes += st.size;

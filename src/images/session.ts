@@ -20,7 +20,7 @@ import { parseEntry } from "../../contract/manifest.ts";
 import { UserError } from "../errors.ts";
 import { MNT_DETACH, mount, umount } from "../linux/mount.ts";
 import { logger } from "../log.ts";
-import type { Commit, ImageStore, MadeBy } from "./store.ts";
+import type { Commit, ImageInfo, ImageStore, MadeBy } from "./store.ts";
 import { applyUpper } from "./upper.ts";
 import {
   applyDerived,
@@ -139,6 +139,17 @@ export class Sessions {
   async open(ref: string | null, name?: string): Promise<Session> {
     const base = ref === null ? null : this.images.get(ref);
     if (!base && !name) throw new UserError("a build FROM scratch needs a name");
+    // A thin version's tree is written again first; held until the session is registered.
+    const release = base ? this.images.hold(base.id) : () => {};
+    try {
+      if (base) await this.images.ensureTree(base.id);
+      return await this.#open1(base, name);
+    } finally {
+      release();
+    }
+  }
+
+  async #open1(base: ImageInfo | null, name?: string): Promise<Session> {
     const id = crypto.randomUUID();
     const dir = join(this.images.data.tmp, `session-${id}`);
     const s: Session = {

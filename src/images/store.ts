@@ -10,6 +10,7 @@
 // existed=true and keeps its name (`image import` prints "already imported as NAME (id …)").
 // A name already used by another image is refused (409) before any work is done.
 import { syncfs, syncfsAsync } from "../linux/fsops.ts";
+import { existsSync } from "node:fs";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import type { DataDir } from "../datadir.ts";
@@ -24,8 +25,9 @@ import {
   manifestText,
 } from "../../contract/manifest.ts";
 import { detectKernel } from "./kernel.ts";
+import { baseDerived, buildSteps, indexBase, SLICE } from "./derive.ts";
 import { unpack } from "./unpack.ts";
-import { ObjectStore } from "./objects.ts";
+import { objectKey, ObjectStore } from "./objects.ts";
 import { detachMountsUnder, Sessions } from "./session.ts";
 import { type CachedHash, type Progress, scanTree } from "./walk.ts";
 
@@ -56,6 +58,9 @@ export interface ImageInfo {
   command: string | null;
   /** The version it was made on (null: imported). */
   parent: string | null;
+  /** Its hard-link tree is on disk (set by `names()` and `history()`): false for a version kept
+   *  as its manifest + objects only (thin), rebuilt when something needs it. */
+  tree?: boolean;
 }
 
 /** How a version was made (`image history`). */
@@ -165,6 +170,7 @@ export class ImageStore {
       .all() as unknown as Row[]).map(toInfo).map((i) => ({
         ...i,
         uniqueSize: this.#unique(i.id),
+        tree: this.hasTree(i.id),
       }));
   }
 
@@ -175,6 +181,7 @@ export class ImageStore {
       .all(name) as unknown as Row[]).map(toInfo).map((i) => ({
         ...i,
         uniqueSize: this.#unique(i.id),
+        tree: this.hasTree(i.id),
       }));
   }
 
@@ -197,10 +204,12 @@ export class ImageStore {
         const first = e.type === "hardlink" ? e.target! : e.type === "file" ? e.path : undefined;
         if (first) inTree.set(first, (inTree.get(first) ?? 0) + 1);
       }
+      const thin = !this.hasTree(id);
       for (const e of entries) {
         if (e.type !== "file") continue;
-        const st = Deno.lstatSync(root + e.path);
-        if (st.nlink! - inTree.get(e.path)! <= 1) bytes += e.size;
+        // A thin version's files are its objects: unique when no tree links to them.
+        const st = Deno.lstatSync(thin ? this.objects.path(objectKey(e)) : root + e.path);
+        if (st.nlink! - (thin ? 0 : inTree.get(e.path)!) <= 1) bytes += e.size;
       }
     } catch {
       return 0; // a tree missing or being removed
@@ -461,12 +470,233 @@ export class ImageStore {
       reason: k.reason ?? undefined,
     });
     this.#changed();
+    // The previous version's tree goes once nothing needs it (in the background: not in the
+    // commit's time; its nodes move to this version in publish(), which runs first).
+    if (previous) this.schedulePrune();
     const outdated = meta.parent && previous && previous !== meta.parent ? previous : null;
     return { ...this.#row(id)!, existed: false, previous, outdated };
   }
 
+  // ---- thin versions: a version's tree is kept only while something needs it ----
+  //
+  // As OSTree checks out only what is deployed, a version keeps its manifest and its objects
+  // for ever (until removed), but its hard-link tree (images/<id>/rootfs: ~1 % of the image in
+  // directory blocks alone on ext4) only while it is needed: the name's current version, a
+  // node's set version (deployed on the name or pinned to the id), the version a node booted
+  // last (its running system mounts that export until it reboots onto another one), an open
+  // session's base, or a rebuild under way (hold()). Other trees are removed (pruneTrees, run
+  // in the background after a commit, a rollback, a deploy, a boot, and by `image gc`) once
+  // every file of the tree is checked to be in the object store; ensureTree writes a tree
+  // again from the manifest and the objects (the code that writes a session's tree ahead) in
+  // tmp/, flushed, then renamed into place: a crash leaves no half tree.
+
+  /** Whether the version's tree is on disk. */
+  hasTree(id: string): boolean {
+    return existsSync(this.data.rootfs(id));
+  }
+
+  /** A thin version: its manifest without its tree (ensureTree writes it). A row with neither is
+   *  broken, not thin (reconcile marks it not bootable). */
+  isThin(id: string): boolean {
+    return !this.hasTree(id) && existsSync(this.data.manifest(id));
+  }
+
+  #holds = new Map<string, number>();
+
+  /** Keeps the version's tree (pruneTrees leaves it) until the returned function is called. */
+  hold(id: string): () => void {
+    this.#holds.set(id, (this.#holds.get(id) ?? 0) + 1);
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      const n = this.#holds.get(id)! - 1;
+      if (n) this.#holds.set(id, n);
+      else this.#holds.delete(id);
+    };
+  }
+
+  /** The versions whose trees must stay on disk (see above). */
+  neededTrees(): Set<string> {
+    const ids = (this.db.prepare(
+      `SELECT id FROM images WHERE current = 1
+       UNION SELECT image_id FROM nodes WHERE image_id IS NOT NULL
+       UNION SELECT b.image_id FROM boots b WHERE b.image_id IS NOT NULL AND b.rowid =
+         (SELECT x.rowid FROM boots x WHERE x.mac = b.mac
+          ORDER BY x.started_at DESC, x.rowid DESC LIMIT 1)`,
+    ).all() as { id: string }[]).map((r) => r.id);
+    const out = new Set(ids);
+    for (const s of this.sessions.list()) if (s.base) out.add(s.base.id);
+    for (const id of this.#holds.keys()) out.add(id);
+    return out;
+  }
+
+  #building = new Map<string, Promise<void>>();
+
+  /**
+   * Makes sure the version's tree is on disk: a thin version's is written again from its
+   * manifest, each file a link to its object (buildSteps, in slices), in tmp/, flushed, then
+   * renamed to images/<id>/rootfs. Concurrent calls share one build.
+   */
+  async ensureTree(id: string): Promise<void> {
+    if (!this.isThin(id)) return; // a tree already, or nothing to write it from
+
+    const running = this.#building.get(id);
+    if (running) return await running;
+    const release = this.hold(id);
+    const build = (async () => {
+      const started = performance.now();
+      const work = this.scratch("tree");
+      try {
+        await Deno.mkdir(work, { recursive: true, mode: 0o700 });
+        const base = indexBase(await Deno.readTextFile(this.data.manifest(id)));
+        const d = baseDerived(base);
+        // No base tree to link from: every file is a link to its object.
+        const steps = buildSteps(d, null, join(work, "rootfs"), this.objects);
+        for (let i = 0; !steps.next().done; i++) {
+          if (i % 4 === 3) await new Promise((r) => setTimeout(r, 0));
+        }
+        syncfs(work);
+        await Deno.rename(join(work, "rootfs"), this.data.rootfs(id));
+        log.info("rebuilt the tree of a thin version", {
+          id: id.slice(0, 12),
+          files: d.entries.length,
+          ms: Math.round(performance.now() - started),
+        });
+        this.#changed();
+      } catch (e) {
+        if (!this.hasTree(id)) {
+          throw new UserError(
+            `cannot rebuild the tree of image version ${id.slice(0, 12)} from its manifest and ` +
+              `objects: ${(e as Error).message}`,
+            500,
+          );
+        }
+      } finally {
+        release();
+        this.#building.delete(id);
+        await this.dropScratch(work);
+      }
+    })();
+    this.#building.set(id, build);
+    await build;
+  }
+
+  /**
+   * Links each regular file of the version's tree into the object store when its object is
+   * missing; false when one cannot be (too many links): that tree must stay.
+   */
+  async #objectsComplete(id: string): Promise<boolean> {
+    const root = this.data.rootfs(id);
+    const text = await Deno.readTextFile(this.data.manifest(id)).catch(() => null);
+    if (text === null) return false; // no manifest to write it again from: the tree stays
+    const seen = new Set<string>();
+    let n = 0;
+    for (const e of manifestLines(text)) {
+      if (e.type !== "file") continue;
+      if (++n % SLICE === 0) await new Promise((r) => setTimeout(r, 0));
+      const key = objectKey(e);
+      if (seen.has(key)) continue;
+      seen.add(key);
+      const obj = this.objects.path(key);
+      for (let attempt = 0;; attempt++) {
+        try {
+          Deno.linkSync(root + e.path, obj);
+          break;
+        } catch (err) {
+          const c = (err as { code?: string }).code;
+          if (c === "EEXIST") break;
+          if (c === "ENOENT" && attempt === 0 && existsSync(root + e.path)) {
+            Deno.mkdirSync(join(obj, ".."), { recursive: true, mode: 0o700 });
+            continue;
+          }
+          return false;
+        }
+      }
+    }
+    return true;
+  }
+
+  #pruning: Promise<string[]> = Promise.resolve([]);
+
+  /**
+   * Removes the trees of the versions nothing needs (neededTrees) once their objects are
+   * checked complete; serialised. Returns the versions made thin.
+   */
+  pruneTrees(): Promise<string[]> {
+    const run = async () => {
+      const thinned: string[] = [];
+      for (const v of this.list()) {
+        if (!this.hasTree(v.id) || this.neededTrees().has(v.id)) continue;
+        if (!(await this.#objectsComplete(v.id))) {
+          log.warn("keeping a version's tree: a file of it is not in the object store", {
+            id: v.id.slice(0, 12),
+          });
+          continue;
+        }
+        // Needed meanwhile (a deploy, a session, a rebuild), or gone: leave it.
+        if (!this.#row(v.id) || this.neededTrees().has(v.id)) continue;
+        const trash = join(this.data.tmp, `rm-${crypto.randomUUID()}`);
+        try {
+          await Deno.mkdir(this.data.tmp, { recursive: true });
+          Deno.renameSync(this.data.rootfs(v.id), trash);
+        } catch (e) {
+          if (e instanceof Deno.errors.NotFound) continue;
+          throw e;
+        }
+        thinned.push(v.id);
+        this.#changed();
+        await Deno.remove(trash, { recursive: true }).catch((e) =>
+          log.warn("could not delete a thin version's tree", { dir: trash, error: e.message })
+        );
+      }
+      if (thinned.length) {
+        log.info("removed the trees of versions nothing uses (thin)", {
+          versions: thinned.map((id) => id.slice(0, 12)),
+        });
+      }
+      return thinned;
+    };
+    this.#pruning = this.#pruning.catch(() => []).then(run);
+    return this.#pruning;
+  }
+
+  /** Remove unused trees by itself (after commits, rollbacks, deploys, boots); off: only
+   *  pruneTrees() and `image gc` do (tests that look at an old version's tree). */
+  autoPrune = true;
+
+  /** Settles when no tree is being removed or rebuilt (tests, shutdown). */
+  async idle(): Promise<void> {
+    await this.#pruning.catch(() => {});
+    await Promise.allSettled([...this.#building.values()]);
+  }
+
+  /** pruneTrees in the background (its errors logged), when autoPrune is on. */
+  schedulePrune(): void {
+    if (!this.autoPrune) return;
+    this.pruneTrees().catch((e) =>
+      log.warn("could not remove unused version trees", { error: (e as Error).message })
+    );
+  }
+
+  /** Object keys of the versions without a tree: `gc` keeps them (no tree links to them). */
+  #thinObjects(): Set<string> {
+    const keys = new Set<string>();
+    for (const v of this.list()) {
+      if (this.hasTree(v.id)) continue;
+      try {
+        for (const e of manifestLines(Deno.readTextFileSync(this.data.manifest(v.id)))) {
+          if (e.type === "file") keys.add(objectKey(e));
+        }
+      } catch (e) {
+        if (!(e instanceof Deno.errors.NotFound)) throw e;
+      }
+    }
+    return keys;
+  }
+
   /** Points NAME at one of its versions (default: the one before the current one). */
-  rollback(ref: string, version?: string): { image: ImageInfo; previous: string } {
+  async rollback(ref: string, version?: string): Promise<{ image: ImageInfo; previous: string }> {
     const cur = this.get(ref);
     const name = cur.name;
     const versions = this.history(name);
@@ -486,12 +716,23 @@ export class ImageStore {
     }
     const previous = this.get(name).id;
     if (target.id !== previous) {
+      // A thin version's tree is written again before the name points at it (exports, boots).
+      const release = this.hold(target.id);
+      try {
+        await this.ensureTree(target.id);
+      } finally {
+        release();
+      }
+      if (this.get(name).id !== previous) {
+        throw conflict(`image ${name} changed during the rollback: try again`);
+      }
       tx(this.db, () => {
         this.db.prepare("UPDATE images SET current = 0 WHERE name = ? AND current = 1").run(name);
         this.db.prepare("UPDATE images SET current = 1 WHERE id = ?").run(target!.id);
       });
       recordEvent(this.db, null, "image.rollback", { name, id: target.id, previous });
       this.#changed();
+      this.schedulePrune();
     }
     return { image: this.#row(target.id)!, previous };
   }
@@ -536,7 +777,8 @@ export class ImageStore {
       }
       if (versions.length) this.#changed();
     }
-    const { objects, bytes } = this.objects.gc();
+    await this.pruneTrees();
+    const { objects, bytes } = this.objects.gc(this.#thinObjects());
     recordEvent(this.db, null, "image.gc", { versions: versions.length, objects, bytes });
     return { versions, objects, bytes };
   }
@@ -641,12 +883,9 @@ export class ImageStore {
       fixed++;
     }
     for (const img of this.list()) {
-      const ok = await Promise.all(
-        [this.data.manifest(img.id), this.data.rootfs(img.id)].map((p) =>
-          Deno.lstat(p).then(() => true, () => false)
-        ),
-      );
-      if (ok.every((x) => x)) continue;
+      // A version without its tree is thin (pruneTrees): its manifest is what must be there.
+      const ok = await Deno.lstat(this.data.manifest(img.id)).then(() => true, () => false);
+      if (ok) continue;
       const reason = `image tree missing from the data dir (${this.data.image(img.id)}): ` +
         "remove the image and import it again";
       if (img.reason === reason) continue;

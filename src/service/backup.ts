@@ -330,7 +330,7 @@ async function restoreConfig(
 function missingImages(data: DataDir): string[] {
   const db = openDatabase(data.db);
   try {
-    return new ImageStore(data, db).list().filter((i) => !existsSync(data.rootfs(i.id)))
+    return new ImageStore(data, db).list().filter((i) => !existsSync(data.manifest(i.id)))
       .map((i) => i.name);
   } finally {
     db.close();

@@ -388,7 +388,9 @@ export class VnodeManager {
   /** Kernels that can verify KVM: the images' own, then the host's. */
   #probeKernels(): string[] {
     return [
-      ...this.ctx.images.list().filter((i) => i.bootable && i.kernel)
+      ...this.ctx.images.list().filter((i) =>
+        i.bootable && i.kernel && this.ctx.images.hasTree(i.id)
+      )
         .map((i) => join(this.ctx.data.rootfs(i.id), i.kernel!)),
       `/boot/vmlinuz-${Deno.osRelease()}`,
     ];
