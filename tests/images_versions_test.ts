@@ -12,6 +12,9 @@ import { publish } from "../src/images/versions.ts";
 import { copyOut } from "../src/images/cp.ts";
 import type { UserError } from "../src/errors.ts";
 import { buildSampleTree, fixTimes, tempStore } from "./images_helpers.ts";
+import { defaultConfig } from "../src/config.ts";
+import { openContext } from "../src/server.ts";
+import { contextBooter } from "../src/boot/booter.ts";
 
 async function lab() {
   const t = await tempStore();
@@ -287,5 +290,31 @@ Deno.test("thin versions: a session or image cp on a thin version writes its tre
     assert.deepEqual(await t.store.pruneTrees(), [v1.id]);
   } finally {
     await t.close();
+  }
+});
+
+Deno.test("thin versions: a node set to a thin version without a deploy gets its script, the tree written first (loopback)", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nr-thinboot-" });
+  const ctx = await openContext({ ...defaultConfig(), dataDir: `${dir}/data` });
+  try {
+    const src = `${dir}/src`;
+    buildSampleTree(src, { kernel: true });
+    fixTimes(src);
+    const v1 = await ctx.images.import(src, "deb");
+    Deno.writeTextFileSync(`${src}/etc/hostname`, "v2\n");
+    fixTimes(src);
+    await ctx.images.import(src, "deb");
+    await ctx.images.idle();
+    assert.equal(ctx.images.isThin(v1.id), true, "v1 superseded, used by nothing: thin");
+    const node = ctx.nodes.add("52:54:00:00:00:07", { name: "late", image: `deb@${v1.id}` });
+    const plan = await contextBooter(ctx).script(node.mac, { base: "http://127.0.0.1:9" });
+    assert.ok(!("refused" in plan), `script refused: ${"refused" in plan ? plan.refused : ""}`);
+    assert.equal(ctx.images.hasTree(v1.id), true, "the tree was written before the boot opened");
+    await ctx.images.idle();
+    assert.equal(ctx.images.hasTree(v1.id), true, "and stays: the node's latest boot uses it");
+  } finally {
+    await ctx.images.idle();
+    ctx.db.close();
+    await Deno.remove(dir, { recursive: true });
   }
 });

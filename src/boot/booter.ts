@@ -193,6 +193,29 @@ function bootFilePath(
   return ensureInitramfs(ctx, image.id);
 }
 
+/** How long a boot waits for a thin version's tree to be written (≈ 1–2 s for 22 000 entries). */
+const THIN_TREE_WAIT_MS = 60_000;
+
+/** A node set to a thin version (its tree removed while nothing used it, e.g. `node add --image
+ *  NAME@ID` since): its tree is written again before the boot is opened, so the node boots it
+ *  now rather than at its next try; a refusal only when it cannot be written in time. */
+async function thinTreeWritten(ctx: Context, mac: string): Promise<Refusal | undefined> {
+  const id = ctx.nodes.find(mac) && ctx.nodes.currentImageId(mac);
+  if (!id || !ctx.images.isThin(id)) return undefined;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error("not written within 60 s")), THIN_TREE_WAIT_MS);
+  });
+  try {
+    await Promise.race([ctx.images.ensureTree(id), late]);
+    return undefined;
+  } catch (e) {
+    return { refused: `image version ${id.slice(0, 12)}: ${(e as Error).message}` };
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** A Pi node's boot file fetched by TFTP: the kernel and initramfs of its image (as HTTP boot
  *  serves them), or config.txt / cmdline.txt rendered in memory. cmdline.txt opens the boot, as an
  *  iPXE script fetch does. */
@@ -207,7 +230,7 @@ async function piFile(
   const base = ctx.nodeUrl;
   if (!base) return { refused: "the HTTP address nodes use is unknown (no --http for nodes)" };
   const input = planInput(ctx, node, base);
-  const early = checkBoot(input);
+  const early = checkBoot(input) ?? await thinTreeWritten(ctx, mac);
   if (early) return early;
   if (name === "netroot-kernel" || name === "netroot-initramfs") {
     const kind = name === "netroot-kernel" ? "kernel" : "initramfs";
@@ -268,7 +291,7 @@ export function contextBooter(ctx: Context): Booter {
     },
     piFile: (mac, name, remote) => piFile(ctx, mac, name, remote),
     // HTTP
-    script: (mac, req) => Promise.resolve(script(ctx, mac, req)),
+    script: async (mac, req) => (await thinTreeWritten(ctx, mac)) ?? script(ctx, mac, req),
     bootFile(mac, kind, pinned) {
       const node = ctx.nodes.find(mac);
       if (!node) {
