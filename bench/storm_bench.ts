@@ -10,7 +10,8 @@
 // the generator's event-loop lag, CPU of each, UDP drops (RcvbufErrors) in both namespaces.
 // STORM_PCAP=DIR captures the storm's UDP on both sides (tcpdump) to follow single transfers.
 // --procs P splits the generator over P processes: not usable yet (with 4, one died on its DHCP
-// socket: recvmsg reported errno 2 in src/linux/udp.ts, with several sockets on port 68).
+// socket: recvmsg reported errno 2 in src/linux/udp.ts, with several sockets on port 68), and not
+// needed for 0 failures since the generator's TFTP runs in a worker (netboot/tftp/clientpool.ts).
 import { parseArgs } from "node:util";
 import { join } from "node:path";
 import { startLab } from "../src/lab/lab.ts";

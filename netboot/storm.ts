@@ -2,7 +2,7 @@
 // DHCP as a PXE ROM, TFTP of the iPXE binary, DHCP again as iPXE, HTTP of its script, then HTTP
 // of the kernel and initramfs the script names. Run it on a host (or netns) attached to the boot
 // network; all simulated clients share one interface and are told apart by MAC and xid.
-import { tftpGet } from "./tftp/client.ts";
+import { TftpClientPool } from "./tftp/clientpool.ts";
 import { UdpSocket } from "../src/linux/udp.ts";
 import { BOOTREQUEST, decode, type DhcpPacket, encode } from "./dhcp4/packet.ts";
 import { MessageType, Opt, readIp, readText, text, u16, u8 } from "./dhcp4/options.ts";
@@ -214,6 +214,8 @@ export interface StormOptions {
   http?: boolean;
   tftp?: boolean;
   firstIndex?: number;
+  /** Worker threads running the TFTP downloads (default 1). */
+  tftpWorkers?: number;
 }
 
 export interface StormReport {
@@ -248,10 +250,11 @@ function cpuSeconds(): { user: number; system: number } {
 /** One simulated client, start to finish; returns bytes fetched. */
 async function bootOne(
   port: DhcpClientPort,
+  tftp: TftpClientPool,
   mac: Uint8Array,
   o: StormOptions,
   count: () => void,
-  tftpRetransmit: () => void,
+  tftpRetransmits: (n: number) => void,
 ): Promise<number> {
   const t = o.timeoutMs ?? 2000;
   let bytes = 0;
@@ -261,12 +264,22 @@ async function bootOne(
   if (!file) throw new Error("PXE: no boot file in the ACK");
   const next = pxeAck.siaddr !== ZERO ? pxeAck.siaddr : readIp(pxeAck.options.get(Opt.serverId))!;
   if (o.tftp ?? true) {
-    bytes += (await tftpGet(next, 69, file, {
-      blksize: 1432,
-      tsize: true,
-      timeoutMs: t,
-      onRetransmit: tftpRetransmit,
-    })).length;
+    // In a worker on libc sockets, not on this thread's event loop (netboot/tftp/clientpool.ts).
+    try {
+      const got = await tftp.get({
+        host: next,
+        port: 69,
+        file,
+        blksize: 1432,
+        tsize: true,
+        timeoutMs: t,
+      });
+      tftpRetransmits(got.retransmits);
+      bytes += got.bytes;
+    } catch (e) {
+      tftpRetransmits((e as { retransmits?: number }).retransmits ?? 0);
+      throw e;
+    }
   }
   const ipxeAck = await port.lease({ mac, kind: "ipxe" }, t);
   count();
@@ -283,6 +296,7 @@ async function bootOne(
 }
 
 export async function runStorm(o: StormOptions): Promise<StormReport> {
+  const tftp = await TftpClientPool.create(o.tftpWorkers ?? 1);
   const port = DhcpClientPort.open(o.device);
   const errors: Record<string, number> = {};
   const times: number[] = [];
@@ -303,10 +317,11 @@ export async function runStorm(o: StormOptions): Promise<StormReport> {
         // (not `bytes += await …`: that reads `bytes` before the await and loses updates)
         const got = await bootOne(
           port,
+          tftp,
           macFor((o.firstIndex ?? 0) + i),
           o,
           () => exchanges++,
-          () => tftpRetransmits++,
+          (n) => tftpRetransmits += n,
         );
         bytes += got;
         ok++;
@@ -327,6 +342,7 @@ export async function runStorm(o: StormOptions): Promise<StormReport> {
   } finally {
     clearInterval(probe);
     await port.close();
+    await tftp.close();
   }
   lags.sort((a, b) => a - b);
   const seconds = (performance.now() - t0) / 1000;

@@ -10,6 +10,7 @@ import { startTftpService as startTftp } from "../src/boot/services.ts";
 import { resolveRequest } from "../netboot/tftp/resolve.ts";
 import { TftpError, tftpGet, tftpGetDetailed } from "../netboot/tftp/client.ts";
 import { decode, encode } from "../netboot/tftp/packet.ts";
+import { TftpClientPool } from "../netboot/tftp/clientpool.ts";
 import { defaultConfig } from "../src/config.ts";
 import { openContext } from "../src/server.ts";
 import { listEvents } from "../src/events.ts";
@@ -345,6 +346,58 @@ Deno.test("tftp: 300 concurrent transfers all complete intact", async () => {
     const done = await eventFor(events, "undionly.kpxe", 150);
     assert.deepEqual(done.filter((e) => e.outcome !== "done"), []);
   }, { timeoutMs: 1000 }); // a loaded test host can stall the clients' event loop for a while
+});
+
+Deno.test("tftp: the load generator's worker client pool: 300 concurrent transfers, errors, timeouts", async () => {
+  const pool = await TftpClientPool.create(2);
+  try {
+    await withServer(async (port, f, events) => {
+      const names = ["undionly.kpxe", "ipxe.efi"];
+      const sizes = [f.files.undionly.length, f.files.efi.length];
+      const results = await Promise.all(
+        Array.from({ length: 300 }, (_, i) =>
+          pool.get({
+            host: "127.0.0.1",
+            port,
+            file: names[i % 2],
+            blksize: [512, 1432, 1468][i % 3],
+            tsize: i % 2 === 0,
+            timeoutMs: 2000,
+          })),
+      );
+      results.forEach((r, i) => assert.equal(r.bytes, sizes[i % 2], `transfer ${i}`));
+      const done = await eventFor(events, "undionly.kpxe", 150);
+      assert.deepEqual(done.filter((e) => e.outcome !== "done"), []);
+      await assert.rejects(
+        pool.get({ host: "127.0.0.1", port, file: "nothing-here.efi" }),
+        (e) => e instanceof TftpError && e.code === 1,
+      );
+    });
+    // Nobody answers: the RRQ is resent `retries` times, then the transfer fails as a timeout.
+    const mute = dgram.createSocket("udp4");
+    await new Promise<void>((r) => mute.bind(0, "127.0.0.1", r));
+    let rrqs = 0;
+    mute.on("message", () => rrqs++);
+    try {
+      await assert.rejects(
+        pool.get({
+          host: "127.0.0.1",
+          port: mute.address().port,
+          file: "x",
+          timeoutMs: 50,
+          retries: 2,
+        }),
+        (e) =>
+          (e as Error).message === "timeout fetching x" &&
+          (e as { retransmits?: number }).retransmits === 2,
+      );
+      assert.equal(rrqs, 3);
+    } finally {
+      mute.close();
+    }
+  } finally {
+    await pool.close();
+  }
 });
 
 Deno.test("tftp: startTftp serves a node its image's /boot and writes the node's timeline", async () => {

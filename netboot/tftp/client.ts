@@ -1,5 +1,5 @@
-// A small TFTP read client (RRQ with blksize/tsize/windowsize), used by the tests and the boot-storm
-// generator. Async node:dgram: simple rather than fast.
+// A small TFTP read client (RRQ with blksize/tsize/windowsize; tests, mod.ts). Async node:dgram:
+// simple rather than fast (the boot-storm generator uses clientpool.ts, worker threads on libc).
 import dgram from "node:dgram";
 import { decode, encode } from "./packet.ts";
 
