@@ -7,7 +7,17 @@
 // worker's eventfd, and gets one message back per transfer: its size, or why it failed.
 //
 // The worker's functions are shipped as source text (src/worker.ts).
-import { workerFromSource } from "../../src/worker.ts";
+import {
+  createEpollState,
+  type EpollState,
+  EpollWorkerPool,
+  epollWorkerSource,
+  errno,
+  sockaddr,
+  startEpollWorker,
+  unwatchClose,
+  watch,
+} from "./epoll.ts";
 import { TftpError } from "./client.ts";
 
 export interface PooledGet {
@@ -30,39 +40,11 @@ export interface PooledResult {
   retransmits: number;
 }
 
-type FromWorker =
-  | { type: "ready"; eventfd: number }
-  | { type: "end"; id: number; bytes: number; retransmits: number; error?: string; code?: number }
-  | { type: "closed" }
-  | { type: "fatal"; error: string };
-
 // deno-lint-ignore no-explicit-any
 type Any = any;
 
 // The worker: top-level functions shipped together as source text (CLIENT_FUNCTIONS), sharing
 // one ClientState record, as engine.ts's transfer workers do.
-
-/** libc through FFI. */
-function openClientLibc() {
-  return Deno.dlopen(
-    "libc.so.6",
-    {
-      socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
-      sendto: { parameters: ["i32", "buffer", "usize", "i32", "buffer", "u32"], result: "i32" },
-      recvfrom: {
-        parameters: ["i32", "buffer", "usize", "i32", "buffer", "buffer"],
-        result: "i32",
-      },
-      read: { parameters: ["i32", "buffer", "usize"], result: "i32" },
-      close: { parameters: ["i32"], result: "i32" },
-      epoll_create1: { parameters: ["i32"], result: "i32" },
-      epoll_ctl: { parameters: ["i32", "i32", "i32", "buffer"], result: "i32" },
-      epoll_wait: { parameters: ["i32", "buffer", "i32", "i32"], result: "i32" },
-      eventfd: { parameters: ["u32", "i32"], result: "i32" },
-      __errno_location: { parameters: [], result: "pointer" },
-    } as const,
-  ).symbols;
-}
 
 /** One read transfer in the worker. */
 interface ClientTransfer {
@@ -87,68 +69,30 @@ interface ClientTransfer {
   deadline: number;
 }
 
-type ClientState = ReturnType<typeof createClientState>;
+/** A client worker's state: the epoll loop's (epoll.ts) and the sender of each datagram. */
+interface ClientState extends EpollState<ClientTransfer> {
+  rv: DataView;
+  from: Uint8Array;
+  fromView: DataView;
+  fromLen: Uint32Array;
+  fromLenBytes: Uint8Array;
+  enc: TextEncoder;
+  dec: TextDecoder;
+}
 
-function createClientState(scope: Any) {
-  const c = openClientLibc();
-  // struct epoll_event: packed on x86_64 (12 bytes), naturally aligned elsewhere (16 bytes).
-  const x86 = Deno.build.arch === "x86_64";
-  const maxEvents = 64, evSize = x86 ? 12 : 16;
-  const events = new Uint8Array(evSize * maxEvents);
-  const evOne = new Uint8Array(16);
-  const recvBuf = new Uint8Array(65536);
-  const from = new Uint8Array(16);
-  const fromLen = new Uint32Array(1);
-  return {
-    scope,
-    c,
-    errnoView: new Deno.UnsafePointerView(c.__errno_location()!),
-    k: { AF_INET: 2, SOCK_DGRAM: 2, NONBLOCK: 0x800, CLOEXEC: 0x80000, EPOLLIN: 1 },
-    k2: { ADD: 1, DEL: 2, EINTR: 4 },
-    evSize,
-    evData: x86 ? 4 : 8,
-    maxEvents,
-    events,
-    eventsView: new DataView(events.buffer),
-    evOne,
-    evOneView: new DataView(evOne.buffer),
-    recvBuf,
-    recvLen: BigInt(recvBuf.length),
-    rv: new DataView(recvBuf.buffer),
+function createClientState(scope: Any): ClientState {
+  const w = createEpollState<ClientTransfer>(scope, 65536);
+  const from = new Uint8Array(16), fromLen = new Uint32Array(1);
+  // The same record, not a copy: the message handler of createEpollState updates it.
+  return Object.assign(w, {
+    rv: new DataView(w.recvBuf.buffer),
     from,
     fromView: new DataView(from.buffer),
     fromLen,
     fromLenBytes: new Uint8Array(fromLen.buffer),
-    u64: new Uint8Array(8),
     enc: new TextEncoder(),
     dec: new TextDecoder(),
-    epfd: -1,
-    evfd: -1,
-    transfers: new Map<number, ClientTransfer>(),
-    inbox: [] as Any[],
-    received: 0,
-    announced: 0,
-    closing: false,
-    wake: undefined as (() => void) | undefined,
-  };
-}
-
-function clientFail(g: ClientState, call: string): never {
-  throw new Error(`${call}: errno ${g.errnoView.getInt32()}`);
-}
-
-function clientWatch(g: ClientState, fd: number, op: number): void {
-  g.evOneView.setUint32(0, g.k.EPOLLIN, true);
-  g.evOneView.setInt32(g.evData, fd, true);
-  if (g.c.epoll_ctl(g.epfd, op, fd, g.evOne) < 0) clientFail(g, "epoll_ctl");
-}
-
-function clientSockaddr(g: ClientState, ip: string, port: number): Uint8Array {
-  const sa = new Uint8Array(16), v = new DataView(sa.buffer);
-  v.setUint16(0, g.k.AF_INET, true);
-  v.setUint16(2, port, false);
-  ip.split(".").forEach((o, i) => sa[4 + i] = Number(o));
-  return sa;
+  });
 }
 
 function sendTo(g: ClientState, t: ClientTransfer, pkt: Uint8Array, port: number): void {
@@ -167,8 +111,7 @@ function ackBlock(g: ClientState, t: ClientTransfer, block: number): void {
 
 function endTransfer(g: ClientState, t: ClientTransfer, error?: string, code?: number): void {
   g.transfers.delete(t.fd);
-  g.c.epoll_ctl(g.epfd, g.k2.DEL, t.fd, g.evOne);
-  g.c.close(t.fd);
+  unwatchClose(g, t.fd);
   g.scope.postMessage({
     type: "end",
     id: t.id,
@@ -195,12 +138,12 @@ function startTransfer(g: ClientState, m: Any): void {
   const k = g.k;
   const fd = g.c.socket(k.AF_INET, k.SOCK_DGRAM | k.NONBLOCK | k.CLOEXEC, 0);
   if (fd < 0) {
-    const e = g.errnoView.getInt32();
+    const e = errno(g);
     g.scope.postMessage({ type: "end", id: m.id, bytes: 0, retransmits: 0, error: `socket: ${e}` });
     return;
   }
   const rrq = readRequest(g, m);
-  const addr = clientSockaddr(g, m.host, m.port);
+  const addr = sockaddr(g, m.host, m.port);
   const t: ClientTransfer = {
     id: m.id,
     fd,
@@ -221,7 +164,7 @@ function startTransfer(g: ClientState, m: Any): void {
     deadline: performance.now() + (m.timeoutMs ?? 1000),
   };
   g.transfers.set(fd, t);
-  clientWatch(g, fd, g.k2.ADD);
+  watch(g, fd);
   sendTo(g, t, rrq, m.port);
 }
 
@@ -303,80 +246,23 @@ function nextDeadline(g: ClientState): number {
   return d;
 }
 
-function handleInbox(g: ClientState): void {
-  while (g.inbox.length) {
-    const m = g.inbox.shift();
-    if (m.type === "close") g.closing = true;
-    else startTransfer(g, m);
-  }
-}
-
-function nextMessage(g: ClientState): Promise<void> {
-  return new Promise<void>((r) => g.wake = r);
-}
-
-/** One epoll_wait round: packets to their transfers; true when the eventfd announced messages. */
-function pollOnce(g: ClientState): boolean {
-  const wait = Math.max(0, Math.ceil(nextDeadline(g) - performance.now()));
-  const n = g.c.epoll_wait(g.epfd, g.events, g.maxEvents, Math.min(wait, 60_000));
-  if (n < 0 && g.errnoView.getInt32() !== g.k2.EINTR) clientFail(g, "epoll_wait");
-  let announced = false;
-  for (let i = 0; i < n; i++) {
-    const fd = g.eventsView.getInt32(i * g.evSize + g.evData, true);
-    if (fd === g.evfd) {
-      if (g.c.read(g.evfd, g.u64, 8n) === 8) {
-        g.announced += Number(new DataView(g.u64.buffer).getBigUint64(0, true));
-        announced = true;
-      }
-      continue;
-    }
-    const t = g.transfers.get(fd);
-    if (t) receive(g, t);
-  }
-  scanTimers(g, performance.now());
-  return announced;
-}
-
-async function clientLoop(g: ClientState): Promise<void> {
-  while (!g.closing) {
-    handleInbox(g);
-    if (g.closing) break;
-    if (g.transfers.size === 0) {
-      if (g.inbox.length === 0) await nextMessage(g);
-      continue;
-    }
-    const announced = pollOnce(g);
-    while (announced && g.received < g.announced) await nextMessage(g);
-  }
-  for (const t of [...g.transfers.values()]) endTransfer(g, t, "generator closing");
-  g.c.close(g.evfd);
-  g.c.close(g.epfd);
-  g.scope.postMessage({ type: "closed" });
+function abandonTransfer(g: ClientState, t: ClientTransfer): void {
+  endTransfer(g, t, "generator closing");
 }
 
 function clientMain(): void {
-  const scope = self as Any;
-  const g = createClientState(scope);
-  g.epfd = g.c.epoll_create1(g.k.CLOEXEC);
-  if (g.epfd < 0) clientFail(g, "epoll_create1");
-  g.evfd = g.c.eventfd(0, g.k.NONBLOCK | g.k.CLOEXEC);
-  if (g.evfd < 0) clientFail(g, "eventfd");
-  clientWatch(g, g.evfd, g.k2.ADD);
-  scope.onmessage = (e: MessageEvent) => {
-    g.inbox.push(e.data);
-    g.received++;
-    g.wake?.();
-  };
-  clientLoop(g).catch((e) => scope.postMessage({ type: "fatal", error: String(e?.stack ?? e) }));
-  scope.postMessage({ type: "ready", eventfd: g.evfd });
+  startEpollWorker(createClientState(self), {
+    start: startTransfer,
+    deadline: nextDeadline,
+    receive,
+    timers: scanTimers,
+    abandon: abandonTransfer,
+  });
 }
 
-const CLIENT_FUNCTIONS = [
-  openClientLibc,
+/** The worker's module text: the epoll kit and the functions above. */
+const CLIENT_SOURCE = epollWorkerSource([
   createClientState,
-  clientFail,
-  clientWatch,
-  clientSockaddr,
   sendTo,
   sendLast,
   ackBlock,
@@ -389,122 +275,35 @@ const CLIENT_FUNCTIONS = [
   receive,
   scanTimers,
   nextDeadline,
-  handleInbox,
-  nextMessage,
-  pollOnce,
-  clientLoop,
-  clientMain,
-];
-/** The worker's module text. Calls clientMain by its own name: a bundler may rename a top-level
- *  function, but then renames it in the shipped text too. */
-const CLIENT_SOURCE = CLIENT_FUNCTIONS.map(String).join("\n") + `\n${clientMain.name}();\n`;
-
-interface Slot {
-  worker: Worker;
-  eventfd: number;
-  active: number;
-}
+  abandonTransfer,
+], clientMain);
 
 /** A fixed set of TFTP client workers; get() runs one read transfer on the least busy. */
 export class TftpClientPool {
-  #slots: Slot[] = [];
-  #pending = new Map<number, {
-    slot: Slot;
-    resolve: (r: PooledResult) => void;
-    reject: (e: Error) => void;
-  }>();
-  #nextId = 1;
-  #lib = Deno.dlopen(
-    "libc.so.6",
-    {
-      write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
-    } as const,
-  );
-  #one = new Uint8Array(new BigUint64Array([1n]).buffer);
-
-  private constructor() {}
+  private constructor(private pool: EpollWorkerPool<PooledResult>) {}
 
   static async create(workers: number): Promise<TftpClientPool> {
-    const pool = new TftpClientPool();
-    try {
-      await Promise.all(Array.from({ length: Math.max(1, workers) }, () => pool.#spawn()));
-    } catch (e) {
-      await pool.close();
-      throw e;
-    }
-    return pool;
-  }
-
-  #spawn(): Promise<void> {
-    const worker = workerFromSource(CLIENT_SOURCE);
-    const ready = Promise.withResolvers<void>();
-    const slot: Slot = { worker, eventfd: -1, active: 0 };
-    worker.onmessage = (e: MessageEvent<FromWorker>) => {
-      const m = e.data;
-      if (m.type === "ready") {
-        slot.eventfd = m.eventfd;
-        this.#slots.push(slot);
-        ready.resolve();
-      } else if (m.type === "end") {
-        const p = this.#pending.get(m.id);
-        if (!p) return;
-        this.#pending.delete(m.id);
-        slot.active--;
-        if (m.error === undefined) p.resolve({ bytes: m.bytes, retransmits: m.retransmits });
-        else {
+    return new TftpClientPool(
+      await EpollWorkerPool.create<PooledResult>(CLIENT_SOURCE, workers, {
+        what: "TFTP client worker",
+        settle(m) {
+          if (m.error === undefined) return { bytes: m.bytes, retransmits: m.retransmits };
           const e = new TftpError(m.code ?? 0, m.error) as TftpError & { retransmits: number };
           e.retransmits = m.retransmits;
-          p.reject(e);
-        }
-      } else if (m.type === "fatal") {
-        this.#slots = this.#slots.filter((s) => s !== slot);
-        for (const [id, p] of this.#pending) {
-          if (p.slot !== slot) continue;
-          this.#pending.delete(id);
-          p.reject(new Error(`TFTP client worker failed: ${m.error}`));
-        }
-        worker.terminate();
-        ready.reject(new Error(`TFTP client worker failed: ${m.error}`));
-      }
-    };
-    worker.onerror = (e) => {
-      e.preventDefault();
-      ready.reject(new Error(`TFTP client worker failed: ${e.message}`));
-    };
-    return ready.promise;
+          return e;
+        },
+        lost: (reason) => new Error(reason),
+      }),
+    );
   }
 
   /** Fetches one file; rejects with a TftpError (with `retransmits`) on a server error or timeout. */
   get(o: PooledGet): Promise<PooledResult> {
-    const slot = this.#slots.reduce((a, b) => (b.active < a.active ? b : a), this.#slots[0]);
-    if (!slot) return Promise.reject(new Error("no TFTP client worker"));
-    const id = this.#nextId++;
-    const done = Promise.withResolvers<PooledResult>();
-    this.#pending.set(id, { slot, resolve: done.resolve, reject: done.reject });
-    slot.active++;
-    slot.worker.postMessage({ type: "start", id, ...o });
-    this.#lib.symbols.write(slot.eventfd, this.#one, 8n);
-    return done.promise;
+    return this.pool.run(o);
   }
 
   /** Stops the workers; transfers still running fail ("generator closing"). */
-  async close(): Promise<void> {
-    await Promise.all(this.#slots.map((slot) => {
-      const closed = Promise.withResolvers<void>();
-      const prev = slot.worker.onmessage!;
-      slot.worker.onmessage = (e: MessageEvent) => {
-        if (e.data?.type === "closed") closed.resolve();
-        else prev.call(slot.worker, e);
-      };
-      slot.worker.postMessage({ type: "close" });
-      this.#lib.symbols.write(slot.eventfd, this.#one, 8n);
-      const timer = setTimeout(closed.resolve, 2000);
-      return closed.promise.finally(() => {
-        clearTimeout(timer);
-        slot.worker.terminate();
-      });
-    }));
-    this.#slots = [];
-    this.#lib.close();
+  close(): Promise<void> {
+    return this.pool.close();
   }
 }

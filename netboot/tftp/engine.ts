@@ -6,7 +6,18 @@
 // to the least busy worker and gets one "end" message back.
 //
 // The worker body is a set of functions shipped as source text to workerFromSource (src/worker.ts).
-import { workerFromSource } from "../../src/worker.ts";
+import {
+  createEpollState,
+  type EpollState,
+  EpollWorkerPool,
+  epollWorkerSource,
+  errno,
+  sockaddr,
+  startEpollWorker,
+  strerror,
+  unwatchClose,
+  watch,
+} from "./epoll.ts";
 
 export interface TransferRequest {
   /** Client address and port (its TID). */
@@ -36,55 +47,12 @@ export interface TransferEnd {
   errorCode?: number;
 }
 
-type FromWorker =
-  | { type: "ready"; eventfd: number }
-  | ({ type: "end"; id: number } & TransferEnd)
-  | { type: "fatal"; error: string };
-
 // deno-lint-ignore no-explicit-any
 type Any = any;
 
 // Everything below up to TransferPool runs inside the worker, not in this module: the functions
-// are shipped as their own source text (WORKER_SOURCE), so each may use only the others in
-// WORKER_FUNCTIONS, its arguments and globals. Their shared state is one WorkerState record.
-
-/** libc through FFI. */
-function openLibc() {
-  return Deno.dlopen(
-    "libc.so.6",
-    {
-      socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
-      bind: { parameters: ["i32", "buffer", "u32"], result: "i32" },
-      connect: { parameters: ["i32", "buffer", "u32"], result: "i32" },
-      // ssize_t results read as i32: exact for our sizes (< 2^31), and no BigInt per packet.
-      send: { parameters: ["i32", "buffer", "usize", "i32"], result: "i32" },
-      recv: { parameters: ["i32", "buffer", "usize", "i32"], result: "i32" },
-      read: { parameters: ["i32", "buffer", "usize"], result: "i32" },
-      close: { parameters: ["i32"], result: "i32" },
-      epoll_create1: { parameters: ["i32"], result: "i32" },
-      epoll_ctl: { parameters: ["i32", "i32", "i32", "buffer"], result: "i32" },
-      epoll_wait: { parameters: ["i32", "buffer", "i32", "i32"], result: "i32" },
-      eventfd: { parameters: ["u32", "i32"], result: "i32" },
-      __errno_location: { parameters: [], result: "pointer" },
-      strerror: { parameters: ["i32"], result: "pointer" },
-    } as const,
-  ).symbols;
-}
-
-/** The Linux constants the worker uses (the same on x86_64 and aarch64). */
-function linuxConstants() {
-  return {
-    AF_INET: 2,
-    SOCK_DGRAM: 2,
-    NONBLOCK: 0x800,
-    CLOEXEC: 0x80000,
-    EAGAIN: 11,
-    EINTR: 4,
-    EPOLLIN: 1,
-    EPOLL_CTL_ADD: 1,
-    EPOLL_CTL_DEL: 2,
-  } as const;
-}
+// are shipped as their own source text (WORKER_SOURCE), so each may use only the others in its
+// list, epoll.ts's EPOLL_KIT, its arguments and globals. Their shared state is one WorkerState.
 
 interface Transfer {
   id: number;
@@ -108,108 +76,19 @@ interface Transfer {
   fullLen: bigint;
 }
 
-interface WorkerState {
-  scope: Any;
-  c: ReturnType<typeof openLibc>;
-  k: ReturnType<typeof linuxConstants>;
-  errnoView: Deno.UnsafePointerView;
-  epfd: number;
-  evfd: number;
-  /** One struct epoll_event for epoll_ctl. */
-  evOne: Uint8Array;
-  evOneView: DataView;
-  /** struct epoll_event is packed on x86_64 (12 bytes), naturally aligned elsewhere (16 bytes). */
-  evSize: number;
-  evData: number;
-  maxEvents: number;
-  events: Uint8Array;
-  eventsView: DataView;
-  /** Running transfers by socket fd. */
-  transfers: Map<number, Transfer>;
+/** A transfer worker's state: the epoll loop's (epoll.ts), a send buffer, the next timer scan. */
+interface WorkerState extends EpollState<Transfer> {
   sendBuf: Uint8Array;
-  recvBuf: Uint8Array;
-  recvLen: bigint;
-  u64: Uint8Array;
   /** Earliest deadline of any transfer. */
   nextScan: number;
-  inbox: Any[];
-  received: number;
-  announced: number;
-  wake: (() => void) | undefined;
-  closing: boolean;
 }
 
-/** Opens libc, the epoll instance and the eventfd the main thread bumps per message. */
 function createWorkerState(scope: Any): WorkerState {
-  const c = openLibc();
-  const k = linuxConstants();
-  const x86 = Deno.build.arch === "x86_64";
-  const evSize = x86 ? 12 : 16, maxEvents = 64;
-  const evOne = new Uint8Array(16);
-  const events = new Uint8Array(evSize * maxEvents);
-  const recvBuf = new Uint8Array(1500);
-  const w: WorkerState = {
-    scope,
-    c,
-    k,
-    errnoView: new Deno.UnsafePointerView(c.__errno_location()!),
-    epfd: -1,
-    evfd: -1,
-    evOne,
-    evOneView: new DataView(evOne.buffer),
-    evSize,
-    evData: x86 ? 4 : 8,
-    maxEvents,
-    events,
-    eventsView: new DataView(events.buffer),
-    transfers: new Map(),
+  // The same record, not a copy: the message handler of createEpollState updates it.
+  return Object.assign(createEpollState<Transfer>(scope, 1500), {
     sendBuf: new Uint8Array(4 + 65464),
-    recvBuf,
-    // usize parameters are passed as BigInt, computed once: a plain number is accepted too but
-    // takes Deno's slow FFI path (≈ 220 ns a call against ≈ 30 ns, measured).
-    recvLen: BigInt(recvBuf.length),
-    u64: new Uint8Array(8),
     nextScan: Infinity,
-    inbox: [],
-    received: 0,
-    announced: 0,
-    wake: undefined,
-    closing: false,
-  };
-  w.epfd = c.epoll_create1(k.CLOEXEC);
-  if (w.epfd < 0) failCall(w, "epoll_create1");
-  w.evfd = c.eventfd(0, k.NONBLOCK | k.CLOEXEC);
-  if (w.evfd < 0) failCall(w, "eventfd");
-  watch(w, w.evfd);
-  return w;
-}
-
-function errno(w: WorkerState): number {
-  return w.errnoView.getInt32();
-}
-
-function strerror(w: WorkerState, e: number): string {
-  return Deno.UnsafePointerView.getCString(w.c.strerror(e)!);
-}
-
-function failCall(w: WorkerState, call: string): never {
-  const e = errno(w);
-  throw new Error(`${call}: ${strerror(w, e)} (errno ${e})`);
-}
-
-function sockaddr(w: WorkerState, ip: string, port: number): Uint8Array {
-  const sa = new Uint8Array(16);
-  const v = new DataView(sa.buffer);
-  v.setUint16(0, w.k.AF_INET, true);
-  v.setUint16(2, port, false);
-  ip.split(".").forEach((o, i) => sa[4 + i] = Number(o));
-  return sa;
-}
-
-function watch(w: WorkerState, fd: number): void {
-  w.evOneView.setUint32(0, w.k.EPOLLIN, true);
-  w.evOneView.setInt32(w.evData, fd, true);
-  if (w.c.epoll_ctl(w.epfd, w.k.EPOLL_CTL_ADD, fd, w.evOne) < 0) failCall(w, "epoll_ctl");
+  });
 }
 
 /** Opens the transfer's connected socket and sends its first packet (or reports why not). */
@@ -264,8 +143,7 @@ function endTransfer(
   extra: Record<string, unknown> = {},
 ): void {
   t.ended = true;
-  w.c.epoll_ctl(w.epfd, w.k.EPOLL_CTL_DEL, t.fd, w.evOne);
-  w.c.close(t.fd);
+  unwatchClose(w, t.fd);
   w.transfers.delete(t.fd);
   const acked = t.base === 0 ? 0 : Math.min((t.base - 1) * t.blksize, t.data.length);
   w.scope.postMessage({
@@ -384,81 +262,28 @@ function scanTimers(w: WorkerState, now: number): void {
   }
 }
 
-function handleInbox(w: WorkerState): void {
-  for (const m of w.inbox.splice(0)) {
-    if (m.type === "start") startTransfer(w, m);
-    else if (m.type === "close") w.closing = true;
-  }
+/** Runs the timer scan once the earliest deadline has passed. */
+function timersDue(w: WorkerState, now: number): void {
+  if (now >= w.nextScan) scanTimers(w, now);
 }
 
-function nextMessage(w: WorkerState): Promise<void> {
-  return new Promise<void>((r) => w.wake = r);
-}
-
-/** Reads the eventfd: how many messages the main thread has posted since the last read. */
-function readAnnounced(w: WorkerState): boolean {
-  if (w.c.read(w.evfd, w.u64, 8n) !== 8) return false;
-  w.announced += Number(new DataView(w.u64.buffer).getBigUint64(0, true));
-  return true;
-}
-
-async function runLoop(w: WorkerState): Promise<void> {
-  const { c, transfers, events, eventsView, evSize, evData, maxEvents } = w;
-  while (!w.closing) {
-    handleInbox(w);
-    if (w.closing) break;
-    if (transfers.size === 0) {
-      if (w.inbox.length === 0) await nextMessage(w);
-      continue;
-    }
-    const wait = Math.max(0, Math.ceil(w.nextScan - performance.now()));
-    const n = c.epoll_wait(w.epfd, events, maxEvents, Math.min(wait, 60_000));
-    if (n < 0 && errno(w) !== w.k.EINTR) failCall(w, "epoll_wait");
-    let needMessages = false;
-    for (let i = 0; i < n; i++) {
-      const fd = eventsView.getInt32(i * evSize + evData, true);
-      if (fd === w.evfd) {
-        if (readAnnounced(w)) needMessages = true;
-        continue;
-      }
-      const t = transfers.get(fd);
-      if (t) receive(w, t);
-    }
-    const now = performance.now();
-    if (now >= w.nextScan) scanTimers(w, now);
-    while (needMessages && w.received < w.announced) await nextMessage(w);
-  }
-  for (const t of [...transfers.values()]) {
-    endTransfer(w, t, "failed", { reason: "server closing" });
-  }
-  c.close(w.evfd);
-  c.close(w.epfd);
-  w.scope.postMessage({ type: "closed" });
+function abandonTransfer(w: WorkerState, t: Transfer): void {
+  endTransfer(w, t, "failed", { reason: "server closing" });
 }
 
 function workerMain(): void {
-  const scope = self as Any;
-  const w = createWorkerState(scope);
-  // Messages only arrive while this worker awaits; the main thread bumps the eventfd after each
-  // postMessage so a blocked epoll_wait wakes up and the loop knows how many to wait for.
-  scope.onmessage = (e: MessageEvent) => {
-    w.inbox.push(e.data);
-    w.received++;
-    w.wake?.();
-  };
-  runLoop(w).catch((e) => scope.postMessage({ type: "fatal", error: String(e?.stack ?? e) }));
-  scope.postMessage({ type: "ready", eventfd: w.evfd });
+  startEpollWorker(createWorkerState(self), {
+    start: startTransfer,
+    deadline: (w) => w.nextScan,
+    receive,
+    timers: timersDue,
+    abandon: abandonTransfer,
+  });
 }
 
-const WORKER_FUNCTIONS = [
-  openLibc,
-  linuxConstants,
+/** The worker's module text: the epoll kit and the functions above. */
+const WORKER_SOURCE = epollWorkerSource([
   createWorkerState,
-  errno,
-  strerror,
-  failCall,
-  sockaddr,
-  watch,
   startTransfer,
   endTransfer,
   arm,
@@ -468,122 +293,34 @@ const WORKER_FUNCTIONS = [
   receive,
   clientGone,
   scanTimers,
-  handleInbox,
-  nextMessage,
-  readAnnounced,
-  runLoop,
-  workerMain,
-];
-/** The worker's module text. Calls workerMain by its own name: a bundler may rename a top-level
- *  function, but then renames it in the shipped text too. */
-const WORKER_SOURCE = WORKER_FUNCTIONS.map(String).join("\n") + `\n${workerMain.name}();\n`;
-
-interface Slot {
-  worker: Worker;
-  eventfd: number;
-  active: number;
-}
+  timersDue,
+  abandonTransfer,
+], workerMain);
 
 /** A fixed set of transfer workers. */
 export class TransferPool {
-  #slots: Slot[] = [];
-  #pending = new Map<number, { slot: Slot; resolve: (e: TransferEnd) => void }>();
-  #nextId = 1;
-  #lib = Deno.dlopen(
-    "libc.so.6",
-    {
-      write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
-    } as const,
-  );
-  #one = new Uint8Array(new BigUint64Array([1n]).buffer);
-
-  private constructor() {}
+  private constructor(private pool: EpollWorkerPool<TransferEnd>) {}
 
   static async create(workers: number): Promise<TransferPool> {
-    const pool = new TransferPool();
-    await Promise.all(Array.from({ length: workers }, () => pool.#spawn()));
-    return pool;
-  }
-
-  #spawn(): Promise<void> {
-    const worker = workerFromSource(WORKER_SOURCE);
-    const ready = Promise.withResolvers<void>();
-    const slot: Slot = { worker, eventfd: -1, active: 0 };
-    worker.onmessage = (e: MessageEvent<FromWorker>) => {
-      const m = e.data;
-      if (m.type === "ready") {
-        slot.eventfd = m.eventfd;
-        this.#slots.push(slot);
-        ready.resolve();
-      } else if (m.type === "end") {
-        const p = this.#pending.get(m.id);
-        if (!p) return;
-        this.#pending.delete(m.id);
-        slot.active--;
-        const { type: _t, id: _i, ...end } = m;
-        p.resolve(end);
-      } else if (m.type === "fatal") {
-        // A broken worker fails its transfers; the others keep serving.
-        this.#slots = this.#slots.filter((s) => s !== slot);
-        for (const [id, p] of this.#pending) {
-          if (p.slot !== slot) continue;
-          this.#pending.delete(id);
-          p.resolve({ outcome: "failed", bytes: 0, ms: 0, resent: 0, reason: m.error });
-        }
-        worker.terminate();
-        ready.reject(new Error(`TFTP worker failed: ${m.error}`));
-      }
-    };
-    worker.onerror = (e) => {
-      e.preventDefault();
-      ready.reject(new Error(`TFTP worker failed: ${e.message}`));
-    };
-    return ready.promise;
+    return new TransferPool(
+      await EpollWorkerPool.create<TransferEnd>(WORKER_SOURCE, workers, {
+        what: "transfer worker",
+        settle: ({ type: _t, id: _i, ...end }) => end as TransferEnd,
+        lost: (reason) => ({ outcome: "failed", bytes: 0, ms: 0, resent: 0, reason }),
+      }),
+    );
   }
 
   get active(): number {
-    return this.#pending.size;
+    return this.pool.active;
   }
 
   run(req: TransferRequest): Promise<TransferEnd> {
-    const slot = this.#slots.reduce((a, b) => (b.active < a.active ? b : a), this.#slots[0]);
-    if (!slot) {
-      return Promise.resolve({
-        outcome: "failed",
-        bytes: 0,
-        ms: 0,
-        resent: 0,
-        reason: "no transfer worker",
-      });
-    }
-    const id = this.#nextId++;
-    const done = Promise.withResolvers<TransferEnd>();
-    this.#pending.set(id, { slot, resolve: done.resolve });
-    slot.active++;
-    slot.worker.postMessage({ type: "start", id, ...req });
-    this.#lib.symbols.write(slot.eventfd, this.#one, 8n);
-    return done.promise;
+    return this.pool.run(req);
   }
 
   /** Stops the workers; transfers still running end as failed ("server closing"). */
-  async close(): Promise<void> {
-    await Promise.all(this.#slots.map((slot) => {
-      const closed = Promise.withResolvers<void>();
-      const prev = slot.worker.onmessage!;
-      slot.worker.onmessage = (e: MessageEvent) => {
-        if (e.data?.type === "closed") closed.resolve();
-        else prev.call(slot.worker, e);
-      };
-      slot.worker.postMessage({ type: "close" });
-      this.#lib.symbols.write(slot.eventfd, this.#one, 8n);
-      // A worker stuck in a libc call cannot answer; do not wait for it forever.
-      const timer = setTimeout(closed.resolve, 2000);
-      return closed.promise.finally(() => {
-        clearTimeout(timer);
-        slot.worker.terminate();
-      });
-    }));
-    this.#slots = [];
-    this.#lib.close();
+  close(): Promise<void> {
+    return this.pool.close();
   }
 }
