@@ -17,6 +17,7 @@ Deno.test({
   fn: async () => {
     assert.equal(Deno.uid(), 0, "needs root (overlayfs, systemd-nspawn)");
     const t = await tempStore();
+    t.store.autoPrune = false; // the versions' trees are compared (shared inodes) after the commits
     try {
       const base = await t.store.import(tree, "debian");
       const pkg = `${t.dir}/pkg`;
