@@ -859,6 +859,25 @@ export class NodeRegistry {
     return changed;
   }
 
+  /** netroot powered the node on or reset it (vnode start or reset, power on or cycle): a boot
+   *  begins now, so the watchdog also covers the firmware's part of it (a PC whose network boot
+   *  fell through to its firmware shell fetches no script and would otherwise sit `off` for
+   *  ever). A node already booting keeps its reason (the watchdog's cause) with its clock
+   *  restarted; otherwise it enters `booting`. */
+  poweredOn(mac: string, reason: string, at = Date.now()): void {
+    const m = normalizeMac(mac);
+    const row = this.db.prepare("SELECT state FROM nodes WHERE mac = ?").get(m) as
+      | { state: NodeState }
+      | undefined;
+    if (row?.state === "booting") {
+      // max(): the watchdog's own count of this retry may already stand, at its clock.
+      this.db.prepare("UPDATE nodes SET state_since = max(state_since, ?) WHERE mac = ?").run(
+        new Date(at).toISOString(),
+        m,
+      );
+    } else if (row) this.setState(m, "booting", reason, { at });
+  }
+
   /** The watchdog rebooted the node (or the node gave up and reboots itself): one more attempt
    *  of this boot, its clock restarted. */
   countRetry(mac: string, reason: string, at = Date.now()): void {

@@ -1,4 +1,5 @@
-// Node state, as the server knows it: off → booting (boot script fetched) → booted (the image's own
+// Node state, as the server knows it: off → booting (boot script fetched, or netroot powered the
+// node on: vnode start or reset, power on or cycle) → booted (the image's own
 // userland answers) → down (no longer answers); failed when the watchdog gave up. Nothing runs in
 // the image for it: after the node's `handover` report the server probes a TCP port of the node
 // (setting `boot.probe-port`, default 22: sshd, as WalT does) until it accepts a connection, and
@@ -20,6 +21,9 @@ const log = logger("state");
 
 export const NODE_STATES = ["off", "booting", "booted", "down", "failed"] as const;
 export type NodeState = typeof NODE_STATES[number];
+
+/** The reason of `booting` that the boot script's fetch sets. */
+export const SCRIPT_FETCHED = "boot script fetched";
 
 export const STATE_DEFAULTS = { probePort: 22, watchdogS: 180, retries: 3 };
 
@@ -53,6 +57,15 @@ export const stateSettings: Setting[] = [
 export function probePort(settings: Record<string, string>): number | null {
   const v = settings["boot.probe-port"];
   return v === "none" ? null : Number(v) || STATE_DEFAULTS.probePort;
+}
+
+/** How far the node's boot got, for the watchdog's messages: the latest boot's last report,
+ *  else whether the firmware fetched the boot script at all (a boot that netroot powered on
+ *  starts before any script). */
+function thisBootsStage(n: MonitoredNode): string {
+  if (n.stage) return n.stage;
+  if (n.stateReason === SCRIPT_FETCHED) return "boot script fetched, no report from the init";
+  return "no boot script fetched (the firmware's network boot)";
 }
 
 /** The node's watchdog in ms, or null (`none`: disabled). */
@@ -258,9 +271,7 @@ export class NodeMonitor {
         return;
       }
       if (!expired) return;
-      const stage = handedOver
-        ? `handover, then no answer on port ${port}`
-        : n.stage ?? "boot script fetched, no report from the init";
+      const stage = handedOver ? `handover, then no answer on port ${port}` : thisBootsStage(n);
       if (handedOver && !this.#answerExpected(n)) {
         this.#set(
           n,

@@ -13,6 +13,7 @@ import { listEvents } from "../src/events.ts";
 import { setLogSink } from "../src/log.ts";
 import { NodeMonitor, nodeReported } from "../src/nodestate.ts";
 import { powerCommandDir } from "../src/power/command.ts";
+import { nodePower } from "../src/power/power.ts";
 import { openContext } from "../src/server.ts";
 import { bootRoutes } from "../netboot/http.ts";
 import { addImage } from "./support/images.ts";
@@ -220,6 +221,50 @@ Deno.test("watchdog: reboots a stuck boot through its power driver up to boot.re
       "failed→booting",
       "booting→booted",
     ]);
+  }));
+
+Deno.test("watchdog: a node netroot powered on that never fetches its script (firmware gave up) is power-cycled", () =>
+  withCtx(async (ctx) => {
+    const dir = powerCommandDir(ctx.data);
+    await Deno.mkdir(dir, { recursive: true });
+    await Deno.writeTextFile(join(dir, "plug.sh"), plug, { mode: 0o755 });
+    ctx.nodes.add(mac, { name: "n1" });
+    ctx.nodes.configure("n1", { "power.driver": "command", "power.command": "plug.sh" });
+    const cycles = async () =>
+      (await Deno.readTextFile(join(dir, "cycles")).catch(() => "")).split("\n").filter((l) => l)
+        .length;
+    const c = clock();
+    const monitor = new NodeMonitor(ctx, { now: c.now, probe: () => Promise.resolve(false) });
+    await nodePower(ctx, "n1", "on");
+    let n = ctx.nodes.get("n1");
+    assert.equal(n.state, "booting", "powered on: the boot has begun");
+    assert.match(n.stateReason!, /^power on \(command\): no boot script fetched yet$/);
+    c.advance(179_000);
+    await monitor.tick();
+    assert.equal(await cycles(), 0, "not before 180 s");
+    c.advance(2_000);
+    await monitor.tick();
+    assert.equal(await cycles(), 1, "no script within the watchdog: power-cycled");
+    const reboot = listEvents(ctx.db, { mac }).find((e) => e.kind === "reboot");
+    assert.match(
+      String(reboot?.detail.cause),
+      /^watchdog: no progress for 180 s \(last stage: no boot script fetched \(the firmware's network boot\)\), retry 1\/3$/,
+    );
+    n = ctx.nodes.get("n1");
+    assert.equal(n.state, "booting");
+    assert.match(n.stateReason!, /^watchdog: /, "the cycle keeps the watchdog's cause");
+    // The retry fetches its script: an ordinary boot from there, with the script's reason.
+    c.advance(30_000);
+    ctx.nodes.setState(mac, "booting", "boot script fetched", { at: c.now() });
+    c.advance(179_000);
+    await monitor.tick();
+    assert.equal(await cycles(), 1, "the script fetch restarted the clock");
+    // A powered-off node is not watched.
+    await nodePower(ctx, "n1", "off");
+    c.advance(400_000);
+    await monitor.tick();
+    assert.equal(await cycles(), 1);
+    assert.equal(ctx.nodes.get("n1").state, "off");
   }));
 
 Deno.test("watchdog: progress reports hold it off; a handover without a probe answer is booted, not rebooted", () =>

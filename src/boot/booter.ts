@@ -14,7 +14,7 @@ import { neighbourMac } from "../linux/neigh.ts";
 import { logger } from "../log.ts";
 import { bootNetwork, nfsPersistPath, nfsRootPath } from "../nfs.ts";
 import type { NodeInfo } from "../nodes.ts";
-import { nodeReported } from "../nodestate.ts";
+import { nodeReported, SCRIPT_FETCHED } from "../nodestate.ts";
 import type { ImageInfo } from "../images/store.ts";
 import type {
   Booter,
@@ -159,7 +159,7 @@ function script(
     );
   }
   ctx.nodes.touch(mac);
-  ctx.nodes.setState(mac, "booting", "boot script fetched");
+  ctx.nodes.setState(mac, "booting", SCRIPT_FETCHED);
   return plan;
 }
 

@@ -264,6 +264,7 @@ export class VnodeManager {
       if (r && r.spec === JSON.stringify(this.spec(node))) {
         await qmp(qmpSocketPath(this.ctx.data.vm(mac)), "system_reset");
         recordEvent(this.ctx.db, mac, "vnode.reset", {});
+        this.ctx.nodes.poweredOn(mac, "vnode reset: no boot script fetched yet");
         return;
       }
       if (r) await this.#stop(mac, "restart with new settings");
@@ -354,6 +355,7 @@ export class VnodeManager {
       disks: spec.disks.map(formatDisk),
       firmware: spec.firmware,
     });
+    this.ctx.nodes.poweredOn(mac, "vnode started: no boot script fetched yet");
     log.info("vnode started", { name: node.name, mac, pid: proc.pid, accel: accel.accel });
   }
 

@@ -39,7 +39,7 @@ labTest(
       (await Deno.readTextFile(join(lab.data, "nodes", vm.mac, "persist", "bootcount"))).trim(),
       "1",
     );
-    // Node state: booting from the script fetch; the image has no sshd (probe port 22 shut) and
+    // Node state: booting from qemu's start; the image has no sshd (probe port 22 shut) and
     // powers off: off again when qemu exits, never rebooted by the watchdog.
     const shown = JSON.parse((await lab.cli("node", "show", "net1", "--json")).stdout);
     assert.equal(shown.state, "off", shown.stateReason);

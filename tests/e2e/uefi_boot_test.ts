@@ -25,8 +25,21 @@ async function bootToImage(
   const vm = await lab.createVnode(name, { image: "test", ram: "512M", ...opts });
   const out = await lab.waitConsole(vm.mac, /IMAGE-BOOT-OK/, 420_000);
   await lab.waitEvent(vm.mac, "vnode.exit", 60_000);
-  const events = await lab.events(vm.mac);
+  const all = await lab.events(vm.mac);
+  // A firmware whose network boot gave up (OVMF falls through to its shell, seen on a loaded CI
+  // machine) fetched no script: the watchdog resets the node (boot.timeout, 180 s) as it would a
+  // PC in a lab. The checks below look at the boot that reached the image.
+  const reset = all.findLastIndex((e) => e.kind === "vnode.reset");
+  const events = reset < 0 ? all : all.slice(reset);
   const kinds = events.map((e) => e.kind);
+  if (reset >= 0) {
+    const cause = all.find((e) => e.kind === "reboot")?.detail.cause;
+    lab.log(
+      `${name}: reset by the watchdog (${cause}); first try: ${
+        all.slice(0, reset).map((e) => e.kind).join(" → ")
+      }`,
+    );
+  }
   lab.log(
     `${name} (${opts.firmware}) booted its image in ${
       ((performance.now() - t0) / 1000).toFixed(0)
@@ -62,7 +75,6 @@ labTest(
     ]);
     assert.equal(pxe.events.find((e) => e.kind === "tftp.done")?.detail.file, "ipxe.efi");
     assertInOrder(pxe.kinds, [
-      "vnode.start",
       "tftp.done",
       "http.script",
       "http.kernel",
@@ -82,7 +94,6 @@ labTest(
     assert.ok(!http.kinds.some((k) => k.startsWith("tftp.")), http.kinds.join(" "));
     assert.equal(http.events.find((e) => e.kind === "http.ipxe")?.detail.file, "ipxe.efi");
     assertInOrder(http.kinds, [
-      "vnode.start",
       "http.ipxe",
       "dhcp.ack",
       "http.script",
@@ -126,7 +137,6 @@ labTest(
     // address to the node before its script fetch (ARP evidence); the server log names it.
     await lab.waitServerLog(/tftp sent file=ipxe\.efi client=10\.77\.0\.1\d\d/);
     assertInOrder(pxe.kinds, [
-      "vnode.start",
       "http.script",
       "http.kernel",
       "http.initramfs",
@@ -149,7 +159,6 @@ labTest(
     assert.deepEqual(dhcp(http.events).slice(0, 1), ["dhcp.proxy-offer:uefi-http"]);
     assert.ok(!http.kinds.some((k) => k.startsWith("tftp.")), http.kinds.join(" "));
     assertInOrder(http.kinds, [
-      "vnode.start",
       "http.script",
       "http.kernel",
       "http.initramfs",
