@@ -1,4 +1,5 @@
-// A real Debian image (the cached debootstrap minbase tree, see tests/service_nspawn_test.ts)
+// A real Debian image (the cached debootstrap minbase tree of tests/support/minbase.ts, made on
+// first use)
 // gets a package installed: a .deb built here with dpkg-deb is copied in with `image cp`, then
 // `image shell -- dpkg -i` installs it inside systemd-nspawn; the new version has it (dpkg's
 // database included), the old one does not. No network: the package is made locally.
@@ -8,14 +9,13 @@ import { copyIn } from "../src/images/cp.ts";
 import { nspawnArgs } from "../src/images/session.ts";
 import { parseManifest } from "../contract/manifest.ts";
 import { sh, tempStore } from "./images_helpers.ts";
-
-const tree = new URL("../.work/minbase/bookworm-minbase-systemd-udev", import.meta.url).pathname;
+import { minbaseTree } from "./support/minbase.ts";
 
 Deno.test({
   name: "Debian image: image cp a .deb in, dpkg -i in image shell (nspawn), a new version has it",
-  ignore: !existsSync(tree),
   fn: async () => {
     assert.equal(Deno.uid(), 0, "needs root (overlayfs, systemd-nspawn)");
+    const tree = await minbaseTree();
     const t = await tempStore();
     t.store.autoPrune = false; // the versions' trees are compared (shared inodes) after the commits
     try {

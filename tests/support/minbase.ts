@@ -85,7 +85,11 @@ const largePackages = [
  * documentation, installed with apt-get inside systemd-nspawn from the machine's mirror. Built
  * once (a few minutes), cached; appears by rename only when complete.
  */
-export async function minbaseLargeTree(): Promise<string> {
+export function minbaseLargeTree(): Promise<string> {
+  return withCacheLock(largeName, buildMinbaseLargeTree);
+}
+
+async function buildMinbaseLargeTree(): Promise<string> {
   const dir = join(minbaseCacheDir, largeName);
   if (await exists(join(dir, "usr/bin/gdb"))) return dir;
   const base = await minbaseTree();
@@ -108,10 +112,29 @@ export async function minbaseLargeTree(): Promise<string> {
   return dir;
 }
 
-async function debootstrapTree(name: string, include: string): Promise<string> {
+/** Runs `fn` holding an exclusive lock on the cache entry `name` (flock: two test files of a
+ *  parallel run, each an open file of its own, wait for one another instead of both building). */
+async function withCacheLock<T>(name: string, fn: () => Promise<T>): Promise<T> {
+  await Deno.mkdir(minbaseCacheDir, { recursive: true });
+  const lock = await Deno.open(join(minbaseCacheDir, `.lock-${name}`), {
+    create: true,
+    write: true,
+  });
+  try {
+    await lock.lock(true);
+    return await fn();
+  } finally {
+    lock.close();
+  }
+}
+
+function debootstrapTree(name: string, include: string): Promise<string> {
+  return withCacheLock(name, () => buildDebootstrapTree(name, include));
+}
+
+async function buildDebootstrapTree(name: string, include: string): Promise<string> {
   const dir = join(minbaseCacheDir, name);
   if (await exists(join(dir, "usr/lib/systemd/systemd"))) return dir;
-  await Deno.mkdir(minbaseCacheDir, { recursive: true });
   if (!(await exists("/usr/sbin/debootstrap"))) {
     throw new Error("debootstrap is not installed (apt-get install debootstrap)");
   }
@@ -156,7 +179,11 @@ WantedBy=multi-user.target
 
 /** The bootable tree for `kernel`: minbase + /boot/vmlinuz-<kv> + /usr/lib/modules/<kv> + the
  *  bench unit. Returns its directory (import it as is). */
-export async function minbaseImage(kernel: DebianKernel): Promise<string> {
+export function minbaseImage(kernel: DebianKernel): Promise<string> {
+  return withCacheLock(`image-${baseName}-${kernel.kv}`, () => buildMinbaseImage(kernel));
+}
+
+async function buildMinbaseImage(kernel: DebianKernel): Promise<string> {
   const dir = join(minbaseCacheDir, `image-${baseName}-${kernel.kv}`);
   if (await exists(join(dir, "usr/local/sbin/netroot-bench"))) return dir;
   const base = await minbaseTree();
@@ -199,7 +226,11 @@ export async function minbaseImage(kernel: DebianKernel): Promise<string> {
  * tree would triple what a hybrid copy writes under TCG), without documentation. Nothing of
  * netroot in it; root has no password (console) and no ssh key of its own.
  */
-export async function minbaseSshImage(kernel: DebianKernel): Promise<string> {
+export function minbaseSshImage(kernel: DebianKernel): Promise<string> {
+  return withCacheLock(`image-${sshBaseName}-${kernel.kv}`, () => buildMinbaseSshImage(kernel));
+}
+
+async function buildMinbaseSshImage(kernel: DebianKernel): Promise<string> {
   const dir = join(minbaseCacheDir, `image-${sshBaseName}-${kernel.kv}`);
   if (await exists(join(dir, "etc/netroot-e2e-image"))) return dir;
   const base = await minbaseSshTree();
