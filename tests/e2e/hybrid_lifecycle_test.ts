@@ -157,9 +157,11 @@ labTest(
     assert.match(out, /hybrid mode \(volatile\): \/dev\/vda1 holds walt_hybrid\//);
     assert.match(out, /netroot-test-image v1/);
     assert.equal(resumed.resumed, true);
-    // ≥ 60 % (113 MB) was reported before the cut, and the copy checkpoints (syncfs) every 64 MiB:
-    // at least ~46 MB were on disk, kept after re-hashing.
-    assert.ok(resumed.bytesReused >= 40e6, `${resumed.bytesReused} bytes kept from image.part`);
+    // ≥ 60 % (113 MB) was reported before the cut. The copy checkpoints (syncfs) every 256 MiB or
+    // 30 s, so what survived the cut is what the guest kernel's writeback had flushed (22.8–46 MB
+    // seen): no fixed amount. What must hold: the resumed copy re-hashed it (resumed, below) and
+    // every byte is either kept or written again.
+    lab.log(`hyb-cut: ${resumed.bytesReused} bytes kept from image.part`);
     assert.ok(resumed.bytesWritten > 0, "the rest was copied");
     assert.equal(resumed.bytesLinked, 0);
     assert.equal(
