@@ -62,7 +62,7 @@ export function probePort(settings: Record<string, string>): number | null {
 /** How far the node's boot got, for the watchdog's messages: the latest boot's last report,
  *  else whether the firmware fetched the boot script at all (a boot that netroot powered on
  *  starts before any script). */
-function thisBootsStage(n: MonitoredNode): string {
+function bootStage(n: MonitoredNode): string {
   if (n.stage) return n.stage;
   if (n.stateReason === SCRIPT_FETCHED) return "boot script fetched, no report from the init";
   return "no boot script fetched (the firmware's network boot)";
@@ -271,7 +271,7 @@ export class NodeMonitor {
         return;
       }
       if (!expired) return;
-      const stage = handedOver ? `handover, then no answer on port ${port}` : thisBootsStage(n);
+      const stage = handedOver ? `handover, then no answer on port ${port}` : bootStage(n);
       if (handedOver && !this.#answerExpected(n)) {
         this.#set(
           n,

@@ -102,11 +102,11 @@ export function nodePower(ctx: Context, ref: string, action: PowerAction): Promi
       if (action === "status") return result(await driver.status(target));
       await driver[action](target);
       recordEvent(ctx.db, node.mac, `power.${action}`, { driver: driver.name });
-      if (action === "off") ctx.nodes.setState(node.mac, "off", `powered off (${driver.name})`);
-      else {ctx.nodes.poweredOn(
-          node.mac,
-          `power ${action} (${driver.name}): no boot script fetched yet`,
-        );}
+      if (action === "off") {
+        ctx.nodes.setState(node.mac, "off", `powered off (${driver.name})`);
+      } else {
+        ctx.nodes.poweredOn(node.mac, `power ${action} (${driver.name}): no boot script fetched yet`);
+      }
       return result(action === "off" ? "off" : "on");
     } catch (e) {
       if (!(e instanceof Error)) throw e;
