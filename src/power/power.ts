@@ -105,7 +105,10 @@ export function nodePower(ctx: Context, ref: string, action: PowerAction): Promi
       if (action === "off") {
         ctx.nodes.setState(node.mac, "off", `powered off (${driver.name})`);
       } else {
-        ctx.nodes.poweredOn(node.mac, `power ${action} (${driver.name}): no boot script fetched yet`);
+        ctx.nodes.poweredOn(
+          node.mac,
+          `power ${action} (${driver.name}): no boot script fetched yet`,
+        );
       }
       return result(action === "off" ? "off" : "on");
     } catch (e) {
