@@ -19,9 +19,9 @@ import {
   loadNamed,
   type ModulesPlan,
   type ModulesResult,
+  newModaliases,
   parseModulesOrder,
   parseModulesPlan,
-  readModaliases,
   summarize,
 } from "./modules.ts";
 import { bringUpNetwork } from "./network.ts";
@@ -40,7 +40,8 @@ export interface InitDeps {
   modulesOrder: string;
   /** Which of them to load for which device or mode (overlay/modules.ts); without it, all. */
   modulesPlan: string;
-  /** The modalias of every device the kernel found (the modalias files under /sys/bus). */
+  /** The modalias of the devices the kernel found (the modalias files under /sys/bus); each call
+   *  may return only those new since the last one. */
   modaliases: () => string[];
   /** Modules loaded only for netconsole (overlay/netconsole.ts). */
   netconsoleOrder: string;
@@ -70,7 +71,7 @@ export function productionDeps(): InitDeps {
     readCmdline: () => Deno.readTextFileSync("/proc/cmdline"),
     modulesOrder: "/netroot/modules.order",
     modulesPlan: "/netroot/modules.plan",
-    modaliases: () => readModaliases(),
+    modaliases: newModaliases(),
     netconsoleOrder: "/netroot/netconsole.order",
     modulesDir: () => `/lib/modules/${uname().release}`,
     toKernelLog,

@@ -123,8 +123,13 @@ export function matchModaliases(plan: ModulesPlan, modaliases: string[]): string
   return names;
 }
 
-/** The modalias of every device the kernel knows (`/sys/bus/<bus>/devices/<dev>/modalias`). */
-export function readModaliases(sys = "/sys"): string[] {
+/**
+ * The modalias of every device the kernel knows (`/sys/bus/<bus>/devices/<dev>/modalias`). With
+ * `seen`, only devices not in it are read (and added): the hardware rounds ask again after each
+ * load, and under qemu TCG reading every device's file again (most of them have none: an exception
+ * each) costs tens of ms a round.
+ */
+export function readModaliases(sys = "/sys", seen?: Set<string>): string[] {
   const out: string[] = [];
   const list = (dir: string) => {
     try {
@@ -135,13 +140,22 @@ export function readModaliases(sys = "/sys"): string[] {
   };
   for (const bus of list(`${sys}/bus`)) {
     for (const dev of list(`${sys}/bus/${bus}/devices`)) {
+      const path = `${sys}/bus/${bus}/devices/${dev}`;
+      if (seen?.has(path)) continue;
+      seen?.add(path);
       try {
-        const m = Deno.readTextFileSync(`${sys}/bus/${bus}/devices/${dev}/modalias`).trim();
+        const m = Deno.readTextFileSync(`${path}/modalias`).trim();
         if (m) out.push(m);
       } catch { /* no modalias (or not readable): nothing to match */ }
     }
   }
   return out;
+}
+
+/** readModaliases of the devices that appeared since the last call (the first: all of them). */
+export function newModaliases(sys = "/sys"): () => string[] {
+  const seen = new Set<string>();
+  return () => readModaliases(sys, seen);
 }
 
 /** Loads `names` (each after its dependencies) into `r`, skipping paths in `done`; names the plan
@@ -176,7 +190,8 @@ export const DISK_DRIVERS = ["virtio_blk", "virtio_scsi", "ahci", "nvme", "sd_mo
  * The hardware's drivers: rounds of modalias matching until nothing new loads (the devices of a
  * bus driver, e.g. virtio_pci's, appear once it is loaded); sd_mod once SCSI is in (disks behind
  * ahci or virtio_scsi are found asynchronously, after their controller's module returns).
- * Returns the names asked for besides the result.
+ * `modaliases` may return only the devices new since its last call (newModaliases): a device
+ * seen before has had its driver asked for already. Returns the names asked for besides the result.
  */
 export function loadHardwareModules(
   plan: ModulesPlan,

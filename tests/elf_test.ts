@@ -48,7 +48,7 @@ Deno.test("launcher is a static x86-64 executable with no interpreter", () => {
   assert.deepEqual(info, { machine: EM_X86_64, type: 2, needed: [] });
   assert.equal(
     INIT_ARGV.join(" "),
-    "/netroot/deno run -A --no-config --no-code-cache /netroot/netroot.js init",
+    "/netroot/deno run -A --no-config --no-code-cache --v8-flags=--no-opt,--no-maglev,--single-threaded /netroot/netroot.js init",
   );
 });
 

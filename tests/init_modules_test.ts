@@ -5,6 +5,7 @@ import {
   loadModules,
   matchModaliases,
   moduleName,
+  newModaliases,
   parseModulesOrder,
   parseModulesPlan,
   readModaliases,
@@ -127,6 +128,18 @@ Deno.test("modules plan: the drivers whose aliases match the devices, in rounds,
     "/m/kernel/virtio_net.ko",
   ]);
   assert.equal(hw.result.loaded.length, 4);
+  // The same with a source that gives only the devices new since the last round (newModaliases).
+  const incremental = [
+    ["pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00", "acpi:PNP0A03:"],
+    ["virtio:d00000001v00001AF4"],
+  ];
+  const calls2: string[] = [];
+  const hw2 = loadHardwareModules(plan, "/m", (p) => {
+    calls2.push(p);
+    return "loaded";
+  }, () => incremental.shift() ?? []);
+  assert.deepEqual(hw2.names, ["virtio_pci", "virtio_net"]);
+  assert.deepEqual(calls2, calls);
 });
 
 Deno.test("modules plan: an AHCI controller brings sd_mod (its disks appear later)", () => {
@@ -161,6 +174,28 @@ Deno.test("modaliases are read from every bus's devices", () => {
     Deno.mkdirSync(`${sys}/bus/pci/devices/0000:00:00.0`); // no modalias file
     assert.deepEqual(readModaliases(sys).sort(), ["pci:v1", "virtio:d1"]);
     assert.deepEqual(readModaliases(`${sys}/none`), []);
+  } finally {
+    Deno.removeSync(sys, { recursive: true });
+  }
+});
+
+Deno.test("newModaliases: each call reads only the devices that appeared since the last one", () => {
+  const sys = Deno.makeTempDirSync();
+  const dev = (bus: string, name: string, alias?: string) => {
+    Deno.mkdirSync(`${sys}/bus/${bus}/devices/${name}`, { recursive: true });
+    if (alias) Deno.writeTextFileSync(`${sys}/bus/${bus}/devices/${name}/modalias`, `${alias}\n`);
+  };
+  try {
+    dev("pci", "0000:00:03.0", "pci:v1");
+    dev("pci", "0000:00:00.0"); // no modalias file
+    const next = newModaliases(sys);
+    assert.deepEqual(next(), ["pci:v1"]);
+    assert.deepEqual(next(), []); // nothing new: nothing read again
+    dev("virtio", "virtio0", "virtio:d1"); // virtio_pci's devices appear
+    // a modalias file that shows up for a device seen before is not read again
+    Deno.writeTextFileSync(`${sys}/bus/pci/devices/0000:00:00.0/modalias`, "pci:v2\n");
+    assert.deepEqual(next(), ["virtio:d1"]);
+    assert.deepEqual(newModaliases(sys)().sort(), ["pci:v1", "pci:v2", "virtio:d1"]);
   } finally {
     Deno.removeSync(sys, { recursive: true });
   }

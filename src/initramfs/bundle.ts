@@ -25,12 +25,22 @@ export type ProgramFiles =
 /** In-initramfs paths of bundle mode; overlay/init.ts runs from them. */
 export const NODE_DENO = "/netroot/deno";
 export const NODE_SCRIPT = "/netroot/netroot.js";
+/**
+ * V8 without its optimizing tiers (Maglev, TurboFan) and without background threads: the init runs
+ * once, mostly cold code, and under qemu TCG every compiler run is itself cold machine code to
+ * translate (on a single vCPU, a background compile only competes with the init). Measured with
+ * bench/boottime_bench.ts (docs/benchmarks.md): the init phase 6.6 s → 3.9 s, the 8 device modules
+ * 1.1–1.4 s → 0.6–0.7 s. Sparkplug (baseline code) and the regexp compiler stay: the hybrid copy's
+ * loops run in this process too.
+ */
+export const INIT_V8_FLAGS = "--no-opt,--no-maglev,--single-threaded";
 export const INIT_ARGV = [
   NODE_DENO,
   "run",
   "-A",
   "--no-config",
   "--no-code-cache",
+  `--v8-flags=${INIT_V8_FLAGS}`,
   NODE_SCRIPT,
   "init",
 ];
