@@ -5,7 +5,7 @@
 // (tc htb), so the best possible wall time is bytes / rate. Figures: the storm's wall time over
 // that limit (target ≤ 1.2×), failures (target 0), and the server's RSS sampled during the storm
 // (target ≤ 256 MB). Needs root (namespaces, tc) and the Debian kernel of the tests' cache.
-//   deno run -A bench/storm_bench.ts [--quick] [--clients N] [--rate 1gbit]
+//   deno run -A bench/storm_bench.ts [--quick] [--clients N] [--rate 1gbit] [--server-v8-flags F]
 // Besides the figures, what tells the generator from the server: both sides' retransmissions,
 // the generator's event-loop lag, CPU of each, UDP drops (RcvbufErrors) in both namespaces.
 // STORM_PCAP=DIR captures the storm's UDP on both sides (tcpdump) to follow single transfers.
@@ -30,6 +30,7 @@ const { values: a } = parseArgs({
     rate: { type: "string", default: "1gbit" },
     "dhcp-only": { type: "boolean" },
     procs: { type: "string", default: "1" },
+    "server-v8-flags": { type: "string" },
   },
 });
 const clients = Number(a.clients ?? (quick ? 100 : 1000));
@@ -123,6 +124,7 @@ const cliNs = `nr-storm-${Deno.pid}`;
 const lab = await startLab({
   network: { prefixLen: 21, dhcpRange: "10.77.0.100-10.77.7.250" },
   serveArgs: ["--register-rate", "100000", "--register-max", "5000"],
+  serverEnv: a["server-v8-flags"] ? { DENO_V8_FLAGS: a["server-v8-flags"] } : undefined,
 });
 try {
   await memTrace("started");
