@@ -11,9 +11,10 @@
 // STORM_PCAP=DIR captures the storm's UDP on both sides (tcpdump) to follow single transfers.
 // STORM_MEMTRACE=1 prints where the server's memory is (malloc heap, V8, large buffers, threads)
 // after each phase and every second of the storm.
-// --procs P splits the generator over P processes: not usable yet (with 4, one died on its DHCP
-// socket: recvmsg reported errno 2 in src/linux/udp.ts, with several sockets on port 68), and not
-// needed for 0 failures since the generator's TFTP runs in a worker (netboot/tftp/clientpool.ts).
+// --procs P splits the generator over P processes: untested since its crash (with 4, one died on
+// its DHCP socket: recvmsg reported errno 2, which recvmsg never sets; src/linux/udp.ts now waits
+// on the worker thread instead of trusting that errno), and not needed for 0 failures since the
+// generator's TFTP runs in a worker (netboot/tftp/clientpool.ts).
 import { parseArgs } from "node:util";
 import { join } from "node:path";
 import { startLab } from "../src/lab/lab.ts";
