@@ -31,7 +31,8 @@ const { values: a } = parseArgs({
     rate: { type: "string", default: "1gbit" },
     "dhcp-only": { type: "boolean" },
     procs: { type: "string", default: "1" },
-    "server-v8-flags": { type: "string" },
+    // As the installed service runs it (src/service/netroot.service); "" for V8's defaults.
+    "server-v8-flags": { type: "string", default: "--max-semi-space-size=2" },
   },
 });
 const clients = Number(a.clients ?? (quick ? 100 : 1000));
