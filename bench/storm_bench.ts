@@ -5,13 +5,16 @@
 // (tc htb), so the best possible wall time is bytes / rate. Figures: the storm's wall time over
 // that limit (target ≤ 1.2×), failures (target 0), and the server's RSS sampled during the storm
 // (target ≤ 256 MB). Needs root (namespaces, tc) and the Debian kernel of the tests' cache.
-//   deno run -A bench/storm_bench.ts [--quick] [--clients N] [--rate 1gbit]
+//   deno run -A bench/storm_bench.ts [--quick] [--clients N] [--rate 1gbit] [--server-v8-flags F]
 // Besides the figures, what tells the generator from the server: both sides' retransmissions,
 // the generator's event-loop lag, CPU of each, UDP drops (RcvbufErrors) in both namespaces.
 // STORM_PCAP=DIR captures the storm's UDP on both sides (tcpdump) to follow single transfers.
-// --procs P splits the generator over P processes: not usable yet (with 4, one died on its DHCP
-// socket: recvmsg reported errno 2 in src/linux/udp.ts, with several sockets on port 68), and not
-// needed for 0 failures since the generator's TFTP runs in a worker (netboot/tftp/clientpool.ts).
+// STORM_MEMTRACE=1 prints where the server's memory is (malloc heap, V8, large buffers, threads)
+// after each phase and every second of the storm.
+// --procs P splits the generator over P processes: untested since its crash (with 4, one died on
+// its DHCP socket: recvmsg reported errno 2, which recvmsg never sets; src/linux/udp.ts now waits
+// on the worker thread instead of trusting that errno), and not needed for 0 failures since the
+// generator's TFTP runs in a worker (netboot/tftp/clientpool.ts).
 import { parseArgs } from "node:util";
 import { join } from "node:path";
 import { startLab } from "../src/lab/lab.ts";
@@ -28,6 +31,8 @@ const { values: a } = parseArgs({
     rate: { type: "string", default: "1gbit" },
     "dhcp-only": { type: "boolean" },
     procs: { type: "string", default: "1" },
+    // As the installed service runs it (src/service/netroot.service); "" for V8's defaults.
+    "server-v8-flags": { type: "string", default: "--max-semi-space-size=2" },
   },
 });
 const clients = Number(a.clients ?? (quick ? 100 : 1000));
@@ -52,6 +57,68 @@ function memory(pid: number): { rss: number; hwm: number } {
   return { rss: kib("VmRSS") / 1024, hwm: kib("VmHWM") / 1024 };
 }
 
+/** The resident anonymous memory of a process by mapping, MiB: malloc's main heap ([heap]), V8's
+ *  heap pages (256 KiB mappings), single mappings over 4 MiB (large buffers, e.g. the boot file
+ *  cache's), and the rest. */
+function anonymousByMapping(pid: number): string {
+  const sums = { heap: 0, v8: 0, other: 0 };
+  const large: number[] = [];
+  let kib = 0, name = "";
+  const flush = (rss: number) => {
+    if (name === "[heap]") sums.heap += rss;
+    else if (kib === 256) sums.v8 += rss;
+    else if (rss >= 4096) large.push(rss);
+    else sums.other += rss;
+  };
+  for (const line of Deno.readTextFileSync(`/proc/${pid}/smaps`).split("\n")) {
+    const m = /^([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ \S+\s*(.*)$/.exec(line);
+    if (m) {
+      kib = (parseInt(m[2], 16) - parseInt(m[1], 16)) / 1024;
+      name = m[3];
+      continue;
+    }
+    const a = /^Anonymous:\s+(\d+) kB/.exec(line);
+    if (a && Number(a[1])) flush(Number(a[1]));
+  }
+  const f = (k: number) => (k / 1024).toFixed(0);
+  return `malloc heap ${f(sums.heap)}, V8 pages ${f(sums.v8)}, large [${
+    large.sort((x, y) => y - x).map(f).join(", ")
+  }], other ${f(sums.other)}`;
+}
+
+/** Where the server's memory is (STORM_MEMTRACE=1 prints it at each phase and every second of
+ *  the storm): resident anonymous and file-backed memory and threads (/proc), the V8 heap and the
+ *  external (ArrayBuffer) memory (its /metrics). */
+async function memoryDetail(pid: number, ns: string): Promise<string> {
+  const rollup = Deno.readTextFileSync(`/proc/${pid}/smaps_rollup`);
+  const kib = (k: string, t: string) =>
+    Number(new RegExp(`^${k}:\\s+(\\d+) kB`, "m").exec(t)?.[1] ?? 0) / 1024;
+  const status = Deno.readTextFileSync(`/proc/${pid}/status`);
+  const out = await new Deno.Command("ip", {
+    args: ["netns", "exec", ns, "curl", "-s", "http://127.0.0.1:8080/metrics"],
+    stdout: "piped",
+    stderr: "null",
+  }).output();
+  const metrics = new TextDecoder().decode(out.stdout);
+  const gauge = (kind: string) =>
+    Number(
+      new RegExp(`^netroot_process_memory_bytes\\{kind="${kind}"\\} (\\S+)`, "m").exec(metrics)
+        ?.[1] ?? NaN,
+    ) / 2 ** 20;
+  const f = (n: number) => n.toFixed(0);
+  return `rss ${f(kib("Rss", rollup))} (file ${
+    f(kib("Rss", rollup) - kib("Anonymous", rollup))
+  }, anon ${f(kib("Anonymous", rollup))}: ${anonymousByMapping(pid)}) hwm ${
+    f(kib("VmHWM", status))
+  } MiB, threads ${/^Threads:\s+(\d+)/m.exec(status)?.[1]}; V8 heap used/total ${
+    f(gauge("heap_used"))
+  }/${f(gauge("heap_total"))}, external ${f(gauge("external"))} MiB`;
+}
+const memTrace = Deno.env.get("STORM_MEMTRACE")
+  ? async (phase: string) =>
+    console.log(`  [mem] ${phase}: ${await memoryDetail(lab.serverPid!, lab.ns)}`)
+  : async (_phase: string) => {};
+
 const kernel = await debianKernel();
 const imageDir = await Deno.makeTempDir({ prefix: "nr-storm-image-" });
 const cliNs = `nr-storm-${Deno.pid}`;
@@ -59,10 +126,13 @@ const cliNs = `nr-storm-${Deno.pid}`;
 const lab = await startLab({
   network: { prefixLen: 21, dhcpRange: "10.77.0.100-10.77.7.250" },
   serveArgs: ["--register-rate", "100000", "--register-max", "5000"],
+  serverEnv: a["server-v8-flags"] ? { DENO_V8_FLAGS: a["server-v8-flags"] } : undefined,
 });
 try {
+  await memTrace("started");
   await buildTestImage(join(imageDir, "img"), { kernel });
   await lab.cli("image", "import", join(imageDir, "img"), "--name", "default");
+  await memTrace("image imported");
   await sh("ip", "netns", "add", cliNs);
   await sh("ip", "-n", lab.ns, "link", "add", "storm0", "type", "veth", "peer", "name", "sc");
   await sh("ip", "-n", lab.ns, "link", "set", "sc", "netns", cliNs);
@@ -167,6 +237,7 @@ try {
   // Warm-up: 10 machines (the server builds and caches the image's boot files once).
   const warm = await storm(10, 0);
   if (warm.failures) throw new Error(`warm-up failed: ${JSON.stringify(warm.errors)}`);
+  await memTrace("after the warm-up");
   const pid = lab.serverPid!;
   const before = memory(pid);
   let peak = before.rss;
@@ -203,13 +274,23 @@ try {
     : [];
   if (dumps.length) await new Promise((r) => setTimeout(r, 1000));
   const t0 = performance.now(), serverCpu0 = cpuOf(pid), machine0 = machine();
+  let tracing = false;
+  const tracer = setInterval(() => {
+    if (tracing) return;
+    tracing = true;
+    memTrace(`storm ${((performance.now() - t0) / 1000).toFixed(0)} s`).catch(() => {})
+      .finally(() => tracing = false);
+  }, 1000);
   const parts = await Promise.all(
     Array.from({ length: procs }, (_, p) => {
       const n = Math.floor(clients / procs) + (p < clients % procs ? 1 : 0);
       const first = 1000 + p * Math.ceil(clients / procs);
       return storm(n, first);
     }),
-  ).finally(() => clearInterval(sampler));
+  ).finally(() => {
+    clearInterval(sampler);
+    clearInterval(tracer);
+  });
   const wall = (performance.now() - t0) / 1000;
   for (const d of dumps) d.kill("SIGINT");
   for (const d of dumps) await d.status;
@@ -236,6 +317,7 @@ try {
   const count = (re: RegExp) => serverLog.match(re)?.length ?? 0;
   const load = (await Deno.readTextFile("/proc/loadavg")).split(" ").slice(0, 3).join(" ");
   const after = memory(pid);
+  await memTrace("after the storm");
   const limit = r.bytes * 8 / rateBits;
   console.log(
     `boot storm of ${clients} new machines (DHCP ×2, TFTP ${"undionly.kpxe"}, HTTP script + ` +

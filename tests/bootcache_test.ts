@@ -31,3 +31,27 @@ Deno.test("boot file cache: one read for concurrent gets, fresh bytes after a re
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("boot file cache: a file of several read chunks lands whole in one SharedArrayBuffer; a file changed since its stat is refused", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/initramfs`;
+    const data = new Uint8Array(20 << 20 | 12345); // past two 8 MiB reads, not a multiple of one
+    for (let i = 0; i < data.length; i += 4096) data[i] = (i >> 12) & 0xff;
+    await Deno.writeFile(path, data);
+    const cache = new BootFileCache();
+    const bytes = await cache.get(path, await Deno.stat(path))!;
+    assert.ok(bytes.buffer instanceof SharedArrayBuffer, "shared with the TFTP workers");
+    assert.equal(bytes.byteLength, bytes.buffer.byteLength, "no spare room: read straight in");
+    assert.deepEqual(new Uint8Array(bytes), data);
+    // Stat'ed at one size, holding another when read: refused (and not kept).
+    const old = await Deno.stat(path);
+    await Deno.writeFile(path, data.subarray(0, 1000));
+    await assert.rejects(() => new BootFileCache().get(path, old)!, /changed while being read/);
+    await Deno.writeFile(path, new Uint8Array(old.size + 1));
+    await assert.rejects(() => new BootFileCache().get(path, old)!, /changed while being read/);
+    assert.deepEqual(await new BootFileCache().read(path), new Uint8Array(old.size + 1));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

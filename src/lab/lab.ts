@@ -41,6 +41,8 @@ export interface LabOptions {
   /** The boot network's prefix length and netroot's address range (full DHCP), for labs of more
    *  than the default 51 clients (a boot storm). Default 24 and .100–.150. */
   network?: { prefixLen: number; dhcpRange: string };
+  /** More environment for `netroot serve` (e.g. DENO_V8_FLAGS for the server alone). */
+  serverEnv?: Record<string, string>;
 }
 
 export interface CliResult {
@@ -173,7 +175,7 @@ export class Lab {
         this.ns,
         ...serveArgs,
       ],
-      env: { NO_COLOR: "1", NETROOT_LOG: "debug" },
+      env: { NO_COLOR: "1", NETROOT_LOG: "debug", ...opts.serverEnv },
       stdin: "null",
       stdout: "null",
       stderr: "null",

@@ -16,7 +16,9 @@ const SO_RCVBUFFORCE = 33;
 const IPPROTO_IP = 0, IP_PKTINFO = 8;
 const IPPROTO_IPV6 = 41, IPV6_UNICAST_HOPS = 16, IPV6_MULTICAST_HOPS = 18, IPV6_JOIN_GROUP = 20;
 const IPPROTO_ICMPV6 = 58, ICMP6_FILTER = 1;
-const MSG_DONTWAIT = 0x40, EAGAIN = 11, SHUT_RDWR = 2;
+const MSG_DONTWAIT = 0x40, SHUT_RDWR = 2;
+/** recvmsg's errors that mean the descriptor is unusable: EBADF, EFAULT, EINVAL, ENOTSOCK. */
+const DEAD_SOCKET = new Set([9, 14, 22, 88]);
 
 let lib: ReturnType<typeof load> | undefined;
 function load() {
@@ -152,8 +154,12 @@ class FfiDatagramSocket {
         this.arm();
         let n = Number(libc().recvmsg(this.fd, this.msg, MSG_DONTWAIT));
         if (n < 0) {
+          // Nothing queued (EAGAIN), as a rule. errno is read by a second FFI call, and under load
+          // it has come back as 2 (ENOENT, which recvmsg never sets: overwritten in between; a
+          // storm generator in 4 processes died of it): only a descriptor that cannot work ends
+          // the receiver, anything else waits on the worker thread, whose result says more.
           const e = errno();
-          if (e !== EAGAIN) throw new SyscallError("recvmsg", e);
+          if (DEAD_SOCKET.has(e)) throw new SyscallError("recvmsg", e);
           this.arm();
           this.pending = libc().recvmsg_wait(this.fd, this.msg, 0);
           n = Number(await this.pending);
