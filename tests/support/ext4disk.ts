@@ -39,15 +39,22 @@ export interface LoopExt4 {
   close(): Promise<void>;
 }
 
-/** A fresh ext4 file system of sizeMiB on a loop device, mounted. */
-export async function loopExt4(sizeMiB: number, dir?: string): Promise<LoopExt4> {
+/** A fresh ext4 file system of sizeMiB on a loop device, mounted. `directIo`: the loop device
+ *  writes its image file with O_DIRECT (no page cache of the image file under it: a flush goes
+ *  to the disk as it would on a real one, instead of being cached once more and written again). */
+export async function loopExt4(
+  sizeMiB: number,
+  dir?: string,
+  opts: { directIo?: boolean } = {},
+): Promise<LoopExt4> {
+  const dio = opts.directIo ? ["--direct-io=on"] : [];
   const base = dir ?? await Deno.makeTempDir({ prefix: "netroot-ext4-" });
   const file = `${base}/disk.img`;
   const mnt = `${base}/mnt`;
   await Deno.mkdir(mnt, { recursive: true });
   run("truncate", "-s", `${sizeMiB}M`, file);
   run("mkfs.ext4", "-q", "-F", "-b", "4096", "-m", "0", file);
-  let loop = run("losetup", "-f", "--show", file);
+  let loop = run("losetup", "-f", "--show", ...dio, file);
   try {
     run("mount", "-t", "ext4", loop, mnt);
   } catch (e) {
@@ -95,7 +102,7 @@ export async function loopExt4(sizeMiB: number, dir?: string): Promise<LoopExt4>
       try {
         run("losetup", "-d", loop);
       } catch { /* busy: detached when its last user goes */ }
-      loop = run("losetup", "-f", "--show", file);
+      loop = run("losetup", "-f", "--show", ...dio, file);
       name = loop.replace("/dev/", "");
       run("mount", "-t", "ext4", loop, mnt);
     },
