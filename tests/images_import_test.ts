@@ -314,16 +314,18 @@ Deno.test("the manifest of what our tar reader wrote is the one a scan of the tr
     setXattr(`${src}/etc/acl-file`, "system.posix_acl_access", acl);
     Deno.writeTextFileSync(`${src}/etc/late`, "after 2038\n");
     Deno.linkSync(`${src}/etc/passwd`, `${src}/etc/passwd-link`);
+    Deno.writeTextFileSync(`${src}/\uFEFFbom`, "a name that begins with U+FEFF\n");
     fixTimes(src);
     Deno.utimeSync(`${src}/etc/late`, 4_000_000_000, 4_000_000_000);
     const archives: [string, string[]][] = [
       ["gnu.tar", ["-C", src, "."]], // with ./
       ["pax.tar", ["--format=pax", "-C", src, "."]],
-      ["noroot.tar", ["-C", src, "etc", "usr/bin", "dev"]], // parents it does not carry
+      // parents it does not carry; a first name that begins with a BOM, which stays in it
+      ["noroot.tar", ["-C", src, "\uFEFFbom", "etc", "usr/bin", "dev"]],
     ];
     const flags = ["--xattrs", "--xattrs-include=*", "--numeric-owner"];
     for (const [name, args] of archives) {
-      sh("tar", ...flags, "-cf", `${t.dir}/${name}`, ...args.slice(0, -1), ...args.slice(-1));
+      sh("tar", ...flags, "-cf", `${t.dir}/${name}`, ...args);
     }
     // The same path again: a new inode for it, its old hard link partner stays a file of its own.
     const h = `${t.dir}/h`;
@@ -344,6 +346,9 @@ Deno.test("the manifest of what our tar reader wrote is the one a scan of the tr
       const scanned = await scanTree(rootfs);
       assert.deepEqual(u.manifest.entries, scanned.entries, `${name}: same entries as a scan`);
       assert.equal(u.manifest.bytes, scanned.bytes, name);
+      if (name !== "appended.tar") {
+        assert.ok(u.manifest.entries.some((e) => e.path === "/\uFEFFbom"), `${name}: BOM kept`);
+      }
       Deno.removeSync(rootfs, { recursive: true });
     }
     // The kernel adds what the reader did not write (an ACL inherited from above the tree):

@@ -86,7 +86,8 @@ function times(sec: number, nsec: number): Uint8Array<ArrayBuffer> {
   return new Uint8Array(ts.buffer);
 }
 
-const dec = new TextDecoder("utf-8", { fatal: true });
+// ignoreBOM: a name may begin with U+FEFF, which is part of it (the decoder would drop it).
+const dec = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 /** NUL-terminated field as UTF-8 (a name that is not UTF-8 goes to GNU tar). */
 function str(h: Uint8Array, off: number, len: number): string {
@@ -302,7 +303,8 @@ export interface FastResult {
   written: Map<string, Written>;
 }
 
-/** Times the kernel may clamp (ext4 with small inodes stops at 2038): read back. */
+/** Times the kernel may clamp (ext4 with small inodes stops at 2038): read back, as are the
+ *  set-id and sticky bits (a chmod without CAP_FSETID drops set-group-id). */
 const LATE = 0x7fffffff;
 
 /** Regular files (0, NUL, 7: contiguous), devices and fifos. */
@@ -512,7 +514,7 @@ export async function extractFast(
           } else if (k !== "dir") throw new Unsupported(`${p.rel} replaces a non-directory`);
         }
         dirs.set(p.rel, { host: full, uid, gid, mode, mtime, xattrs });
-        const recheck = xattrs !== undefined || mtime.sec > LATE;
+        const recheck = xattrs !== undefined || mtime.sec > LATE || (mode & 0o7000) !== 0;
         written.set(p.rel, { type: "dir", mode, uid, gid, size: 0, mtime: mtime.sec, recheck });
         await stream(size + pad(size));
         continue;
@@ -562,7 +564,7 @@ export async function extractFast(
           gid,
           size,
           mtime: mtime.sec,
-          recheck: xattrs !== undefined || mtime.sec > LATE,
+          recheck: xattrs !== undefined || mtime.sec > LATE || (mode & 0o7000) !== 0,
         });
         if (digest) {
           // What the scan's lstat will say of this file (inode, size, mtime in ms as Deno
