@@ -1,6 +1,8 @@
 // Image import throughput against its peer, plain GNU `tar -x` of the same tarball into the same
-// disk, measured in the same run. The import does strictly more (manifest: lstat, xattrs and
-// sha256 of every file; the database row); the target is ratio ≥ 0.7.
+// disk, measured in the same run. The import does strictly more (the sha256 of every file, the
+// manifest, the object store's links, the flush to disk, the database row); the target is ratio
+// ≥ 0.7. On a disk where removed inodes slow down the next allocations (ext4 without a journal),
+// which tree follows which removal weighs on both: see docs/benchmarks.md.
 //   deno run -A bench/import_bench.ts [--files N] [--mb M] [--rounds R] [--compress gzip|zstd|xz]
 //                                      [--tree DIR]   (a real tree instead, e.g. /usr/share)
 import { parseArgs } from "node:util";

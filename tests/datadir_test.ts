@@ -23,3 +23,23 @@ Deno.test("a node's /persist: made owner-only (parents too), again without harm;
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("ensure: the object store's 256 fan-out directories, owner-only; tmp/ the top of unrelated trees (chattr +T) where the file system has the flag", async () => {
+  const root = await Deno.makeTempDir({ prefix: "netroot-datadir-test-" });
+  try {
+    const d = new DataDir(`${root}/data`);
+    await d.ensure();
+    await d.ensure(); // again on an existing store
+    const fanout = [...Deno.readDirSync(d.objects)].map((e) => e.name).sort();
+    assert.equal(fanout.length, 256);
+    assert.deepEqual([fanout[0], fanout[255]], ["00", "ff"]);
+    assert.equal(Deno.statSync(`${d.objects}/a7`).mode! & 0o777, 0o700);
+    const fsType = new Deno.Command("stat", { args: ["-f", "-c", "%T", d.tmp] }).outputSync();
+    if (new TextDecoder().decode(fsType.stdout).trim() === "ext2/ext3") { // ext2, 3 and 4
+      const lsattr = new Deno.Command("lsattr", { args: ["-d", d.tmp] }).outputSync();
+      assert.match(new TextDecoder().decode(lsattr.stdout).split(" ")[0], /T/);
+    }
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});

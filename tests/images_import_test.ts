@@ -6,6 +6,7 @@ import { manifestText, parseManifest } from "../contract/manifest.ts";
 import { extractArchive, sniff } from "../src/images/tar.ts";
 import { extractFast } from "../src/images/tarfast.ts";
 import { scanTree } from "../src/images/walk.ts";
+import { unpack } from "../src/images/unpack.ts";
 import { listXattrs, setXattr } from "../src/linux/xattr.ts";
 import {
   buildSampleTree,
@@ -292,6 +293,72 @@ Deno.test("our tar reader and GNU tar extract the same tree, with the same diges
       imageArchive: /^$/,
     });
     assert.equal(Deno.readTextFileSync(`${dest}/etc/hostname`), "sample\n");
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("the manifest of what our tar reader wrote is the one a scan of the tree gives (root)", async () => {
+  const t = await tempStore();
+  try {
+    const src = `${t.dir}/src`;
+    buildSampleTree(src);
+    const acl = Uint8Array.from(
+      "0200000001000700ffffffff04000500ffffffff080005000400000010000500ffffffff20000500ffffffff"
+        .match(/../g)!.map((x) => parseInt(x, 16)),
+    );
+    Deno.mkdirSync(`${src}/var/log/journal`, { recursive: true });
+    setXattr(`${src}/var/log/journal`, "system.posix_acl_access", acl);
+    setXattr(`${src}/var/log/journal`, "system.posix_acl_default", acl);
+    Deno.writeTextFileSync(`${src}/etc/acl-file`, "acl\n");
+    setXattr(`${src}/etc/acl-file`, "system.posix_acl_access", acl);
+    Deno.writeTextFileSync(`${src}/etc/late`, "after 2038\n");
+    Deno.linkSync(`${src}/etc/passwd`, `${src}/etc/passwd-link`);
+    Deno.writeTextFileSync(`${src}/\uFEFFbom`, "a name that begins with U+FEFF\n");
+    fixTimes(src);
+    Deno.utimeSync(`${src}/etc/late`, 4_000_000_000, 4_000_000_000);
+    const archives: [string, string[]][] = [
+      ["gnu.tar", ["-C", src, "."]], // with ./
+      ["pax.tar", ["--format=pax", "-C", src, "."]],
+      // parents it does not carry; a first name that begins with a BOM, which stays in it
+      ["noroot.tar", ["-C", src, "\uFEFFbom", "etc", "usr/bin", "dev"]],
+    ];
+    const flags = ["--xattrs", "--xattrs-include=*", "--numeric-owner"];
+    for (const [name, args] of archives) {
+      sh("tar", ...flags, "-cf", `${t.dir}/${name}`, ...args);
+    }
+    // The same path again: a new inode for it, its old hard link partner stays a file of its own.
+    const h = `${t.dir}/h`;
+    Deno.mkdirSync(h);
+    Deno.writeTextFileSync(`${h}/a`, "a\n");
+    Deno.linkSync(`${h}/a`, `${h}/b`);
+    Deno.writeTextFileSync(`${h}/c`, "c\n");
+    sh("tar", "-C", h, "-cf", `${t.dir}/appended.tar`, "./a", "./b", "./c");
+    Deno.writeTextFileSync(`${h}/c`, "c again\n");
+    sh("tar", "-C", h, "-rf", `${t.dir}/appended.tar`, "./a", "./c");
+    archives.push(["appended.tar", []]);
+    let n = 0;
+    for (const [name] of archives) {
+      const file = `${t.dir}/${name}`;
+      const rootfs = `${t.dir}/out${n++}`;
+      const u = await unpack(file, rootfs);
+      assert.ok(u.manifest, `${name}: manifest taken from the reader`);
+      const scanned = await scanTree(rootfs);
+      assert.deepEqual(u.manifest.entries, scanned.entries, `${name}: same entries as a scan`);
+      assert.equal(u.manifest.bytes, scanned.bytes, name);
+      if (name !== "appended.tar") {
+        assert.ok(u.manifest.entries.some((e) => e.path === "/\uFEFFbom"), `${name}: BOM kept`);
+      }
+      Deno.removeSync(rootfs, { recursive: true });
+    }
+    // The kernel adds what the reader did not write (an ACL inherited from above the tree):
+    // no manifest from the reader, the import scans.
+    const inherit = `${t.dir}/inherit`;
+    Deno.mkdirSync(inherit);
+    setXattr(inherit, "system.posix_acl_default", acl);
+    const u = await unpack(`${t.dir}/gnu.tar`, `${inherit}/rootfs`);
+    assert.equal(u.manifest, undefined);
+    assert.ok(listXattrs(`${inherit}/rootfs/etc/passwd`)?.has("system.posix_acl_access"));
   } finally {
     await t.close();
   }

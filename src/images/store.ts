@@ -288,7 +288,7 @@ export class ImageStore {
         command: null,
         parent,
         detail: { source, format: unpacked.format },
-      }, { cache: unpacked.cache, onProgress });
+      }, { cache: unpacked.cache, manifest: unpacked.manifest, onProgress });
       opts.onProgress?.({ phase: "manifest", done: 1, total: 1 });
       return out;
     } catch (e) {
@@ -349,6 +349,8 @@ export class ImageStore {
       onProgress?: Progress;
       /** Inodes of the version the tree is a hard-link copy of: already in the object store. */
       baseInodes?: Set<number>;
+      /** The tree's entries when known without a scan (an import its own reader wrote). */
+      manifest?: { entries: ManifestEntry[]; bytes: number };
     } = {},
   ): Promise<Commit> {
     validateName(name);
@@ -357,7 +359,7 @@ export class ImageStore {
     // The tree's data goes to disk while it is scanned and put in the object store: the flush
     // before the row (commitManifest) then has only what changed since.
     const flushing = syncfsAsync(rootfs).catch(() => {});
-    const { entries, bytes } = await scanTree(rootfs, opts);
+    const { entries, bytes } = opts.manifest ?? await scanTree(rootfs, opts);
     return await this.commitManifest(work, name, meta, {
       entries,
       bytes,

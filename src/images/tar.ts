@@ -12,7 +12,7 @@
 import { statvfs } from "../linux/fsops.ts";
 import { UserError } from "../errors.ts";
 import { type Member, place, type Placed, shown } from "./archivepath.ts";
-import type { CachedHash, Progress } from "./walk.ts";
+import type { CachedHash, Progress, Written } from "./walk.ts";
 import { workerFromSource } from "../worker.ts";
 import { logger } from "../log.ts";
 import { extractFast, Unsupported } from "./tarfast.ts";
@@ -284,6 +284,10 @@ export interface Extracted {
   members: Map<string, Placed>;
   /** Digests of files computed during extraction, keyed by path. */
   cache: Map<string, CachedHash>;
+  /** From the import's own reader only: every path it made and the metadata it set (for the
+   *  manifest without a scan, walk.ts manifestOfWritten). */
+  made?: Map<string, string>;
+  written?: Map<string, Written>;
 }
 
 const looksLikeImageArchive =

@@ -16,7 +16,7 @@ import { cstr, errno, openLibc } from "../linux/libc.ts";
 import { syncfsAsync } from "../linux/fsops.ts";
 import { UserError } from "../errors.ts";
 import { ancestorsOf, type Member, place, type Placed } from "./archivepath.ts";
-import type { CachedHash, Progress } from "./walk.ts";
+import type { CachedHash, Progress, Written } from "./walk.ts";
 
 /** Something the fast path does not handle: the caller falls back to GNU tar. */
 export class Unsupported extends Error {}
@@ -86,7 +86,8 @@ function times(sec: number, nsec: number): Uint8Array<ArrayBuffer> {
   return new Uint8Array(ts.buffer);
 }
 
-const dec = new TextDecoder("utf-8", { fatal: true });
+// ignoreBOM: a name may begin with U+FEFF, which is part of it (the decoder would drop it).
+const dec = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 /** NUL-terminated field as UTF-8 (a name that is not UTF-8 goes to GNU tar). */
 function str(h: Uint8Array, off: number, len: number): string {
@@ -282,7 +283,7 @@ function openSource(
   };
 }
 
-type Kind = "dir" | "file" | "symlink" | "node";
+export type Kind = "dir" | "file" | "symlink" | "node";
 
 interface DirMeta {
   host: string;
@@ -296,7 +297,15 @@ interface DirMeta {
 export interface FastResult {
   members: Map<string, Placed>;
   cache: Map<string, CachedHash>;
+  /** Everything this run made in the tree, by path (the tree holds nothing else). */
+  made: Map<string, Kind>;
+  /** The metadata it gave each member it made (walk.ts manifestOfWritten). */
+  written: Map<string, Written>;
 }
+
+/** Times the kernel may clamp (ext4 with small inodes stops at 2038): read back, as are the
+ *  set-id and sticky bits (a chmod without CAP_FSETID drops set-group-id). */
+const LATE = 0x7fffffff;
 
 /** Regular files (0, NUL, 7: contiguous), devices and fifos. */
 const PLAIN = new Set(["0", "\0", "7", "3", "4", "6"]);
@@ -375,15 +384,16 @@ export async function extractFast(
   const cache = new Map<string, CachedHash>();
   const kinds = new Map<string, Kind>([["/", "dir"]]);
   const dirs = new Map<string, DirMeta>();
+  const written = new Map<string, Written>();
   const host = (rel: string) => rel === "/" ? dest : dest + rel;
   let hashing = opts.hash, first = true;
   let verifiedParent = "/";
-  let written = 0, flushedAt = 0;
+  let bytesOut = 0, flushedAt = 0;
   let flushing: Promise<void> | undefined;
   let last = performance.now();
   const flush = () => {
-    if (flushing || written - flushedAt < FLUSH_EVERY) return;
-    flushedAt = written;
+    if (flushing || bytesOut - flushedAt < FLUSH_EVERY) return;
+    flushedAt = bytesOut;
     flushing = syncfsAsync(dest).catch(() => {}).finally(() => flushing = undefined);
   };
 
@@ -409,6 +419,7 @@ export async function extractFast(
     ok(sym.unlink(cstr(host(rel))), "unlink", what);
     kinds.delete(rel);
     cache.delete(rel);
+    written.delete(rel);
   };
 
   try {
@@ -503,6 +514,8 @@ export async function extractFast(
           } else if (k !== "dir") throw new Unsupported(`${p.rel} replaces a non-directory`);
         }
         dirs.set(p.rel, { host: full, uid, gid, mode, mtime, xattrs });
+        const recheck = xattrs !== undefined || mtime.sec > LATE || (mode & 0o7000) !== 0;
+        written.set(p.rel, { type: "dir", mode, uid, gid, size: 0, mtime: mtime.sec, recheck });
         await stream(size + pad(size));
         continue;
       }
@@ -543,7 +556,16 @@ export async function extractFast(
         } finally {
           sym.close(fd);
         }
-        written += size;
+        bytesOut += size;
+        written.set(p.rel, {
+          type: "file",
+          mode,
+          uid,
+          gid,
+          size,
+          mtime: mtime.sec,
+          recheck: xattrs !== undefined || mtime.sec > LATE || (mode & 0o7000) !== 0,
+        });
         if (digest) {
           // What the scan's lstat will say of this file (inode, size, mtime in ms as Deno
           // gives it): from the descriptor, no second lookup of the path.
@@ -567,12 +589,24 @@ export async function extractFast(
         kinds.set(p.rel, "file");
         const c = cache.get(target);
         if (c) cache.set(p.rel, c);
+        const w = written.get(target);
+        if (w) written.set(p.rel, w); // one inode: the target's metadata
         continue;
       }
       if (kind === "symlink") {
         ok(sym.symlink(cstr(link), cstr(full)), "symlink", what);
         kinds.set(p.rel, "symlink");
         ok(sym.lchown(cstr(full), uid, gid), "lchown", what);
+        written.set(p.rel, {
+          type: "symlink",
+          mode: 0o777,
+          uid,
+          gid,
+          size: 0,
+          mtime: mtime.sec,
+          target: link,
+          recheck: mtime.sec > LATE,
+        });
       } else {
         const ifmt = type === "3" ? S_IFCHR : type === "4" ? S_IFBLK : S_IFIFO;
         const dev = ifmt === S_IFIFO ? 0n : makedev(num(h, 329, 8), num(h, 337, 8));
@@ -580,6 +614,8 @@ export async function extractFast(
         kinds.set(p.rel, "node");
         ok(sym.lchown(cstr(full), uid, gid), "lchown", what);
         ok(sym.chmod(cstr(full), mode), "chmod", what);
+        // rdev as the kernel encodes it: read back
+        written.set(p.rel, { type: "node", mode, uid, gid, size: 0, mtime: 0, recheck: true });
       }
       ok(
         sym.utimensat(AT_FDCWD, cstr(full), times(mtime.sec, mtime.nsec), AT_SYMLINK_NOFOLLOW),
@@ -606,7 +642,7 @@ export async function extractFast(
       );
     }
     opts.onProgress?.({ phase: "extract", done: opts.total, total: opts.total });
-    return { members, cache };
+    return { members, cache, made: kinds, written };
   } finally {
     await src.close();
     await flushing;

@@ -26,13 +26,16 @@ import {
   runDrained,
   sniff,
 } from "./tar.ts";
-import { type CachedHash, hashFileSync, type Progress } from "./walk.ts";
+import { type CachedHash, hashFileSync, manifestOfWritten, type Progress } from "./walk.ts";
+import type { ManifestEntry } from "../../contract/manifest.ts";
 
 export interface Unpacked {
   /** e.g. "tar+gzip", "directory", "oci", "docker" */
   format: string;
   /** Digests computed during extraction (see walk.ts scanTree). */
   cache: Map<string, CachedHash>;
+  /** The tree's manifest entries when the import's reader wrote all of it (no scan needed). */
+  manifest?: { entries: ManifestEntry[]; bytes: number };
 }
 
 const expected =
@@ -76,7 +79,7 @@ export async function unpack(
   }
   if (compression === "none") await checkTarEnd(source, st.size);
   await Deno.mkdir(rootfs);
-  const { members, cache } = await extractArchive(source, compression, rootfs, {
+  const { members, cache, made, written } = await extractArchive(source, compression, rootfs, {
     onProgress: opts.onProgress,
     signal: opts.signal,
     what: source,
@@ -100,8 +103,14 @@ export async function unpack(
   const touched = new Set<string>(["/"]);
   for (const p of members.keys()) for (const a of ancestorsOf(p)) touched.add(a);
   const listed = new Set([...members.values()].filter((m) => m.kind === "dir").map((m) => m.rel));
-  normalizeDirs(tree, touched, listed);
-  return { format: compression === "none" ? "tar" : `tar+${compression}`, cache };
+  const normalized = normalizeDirs(tree, touched, listed);
+  const format = compression === "none" ? "tar" : `tar+${compression}`;
+  const manifest = made && written &&
+    await manifestOfWritten(rootfs, made, written, normalized, {
+      cache,
+      onProgress: opts.onProgress,
+    });
+  return { format, cache, manifest };
 }
 
 async function readHead(path: string, n: number): Promise<Uint8Array> {
@@ -173,7 +182,12 @@ function refuseDetours(tree: TreeView, members: Iterable<Placed>, what: string):
  * (0755, root:root, mtime 0) instead; only real directories reached through real directories
  * (a later layer may have made a parent a symlink).
  */
-function normalizeDirs(tree: TreeView, touched: Set<string>, listed: Set<string>): void {
+function normalizeDirs(
+  tree: TreeView,
+  touched: Set<string>,
+  listed: Set<string>,
+): Set<string> {
+  const done = new Set<string>();
   tree.forget();
   for (const rel of touched) {
     if (listed.has(rel)) continue;
@@ -182,7 +196,9 @@ function normalizeDirs(tree: TreeView, touched: Set<string>, listed: Set<string>
     Deno.chmodSync(full, 0o755);
     Deno.chownSync(full, 0, 0);
     Deno.utimeSync(full, 0, 0);
+    done.add(rel);
   }
+  return done;
 }
 
 // ---- OCI / Docker images ----

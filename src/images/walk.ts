@@ -75,12 +75,27 @@ export function b64(bytes: Uint8Array): string {
   return btoa(s);
 }
 
+/** One entry of a tree as its lstat, readlink and xattrs say, before hard links are resolved. */
 interface Raw {
   entry: ManifestEntry;
   ino: number;
   nlink: number;
   full: string;
   mtimeMs: number;
+}
+
+/** The entry of `rel` (host path `full`) as the file system has it. */
+function rawOf(rel: string, full: string, st: Deno.FileInfo): Raw {
+  const entry = statEntry(rel, st);
+  const type = entry.type;
+  if (type === "symlink") entry.target = Deno.readLinkSync(full);
+  if (type === "char" || type === "block") entry.rdev = splitDev(st.rdev!);
+  const xa = listXattrs(full);
+  if (xa) {
+    entry.xattrs = {};
+    for (const [k, v] of xa) entry.xattrs[k] = b64(v);
+  }
+  return { entry, ino: st.ino!, nlink: st.nlink!, full, mtimeMs: st.mtime!.getTime() };
 }
 
 function lstatNamed(full: string, rel: string): Deno.FileInfo {
@@ -114,17 +129,9 @@ export async function scanTree(
     }
   };
   const add = (rel: string, full: string, st: Deno.FileInfo) => {
-    const entry = statEntry(rel, st);
-    const type = entry.type;
-    if (type === "symlink") entry.target = Deno.readLinkSync(full);
-    if (type === "char" || type === "block") entry.rdev = splitDev(st.rdev!);
-    const xa = listXattrs(full);
-    if (xa) {
-      entry.xattrs = {};
-      for (const [k, v] of xa) entry.xattrs[k] = b64(v);
-    }
-    raws.push({ entry, ino: st.ino!, nlink: st.nlink!, full, mtimeMs: st.mtime!.getTime() });
-    if (type === "dir" && rel !== "/") dirs.push(rel);
+    const r = rawOf(rel, full, st);
+    raws.push(r);
+    if (r.entry.type === "dir" && rel !== "/") dirs.push(rel);
   };
   add("/", root, Deno.lstatSync(root));
   opts.onProgress?.({ phase: "scan", done: 0 });
@@ -139,7 +146,22 @@ export async function scanTree(
     await maybeYield();
   }
   opts.onProgress?.({ phase: "scan", done: raws.length, total: raws.length });
+  return await resolve(raws, opts, last);
+}
 
+/** Sorts the raw entries, resolves hard links (the first path of an inode is the file) and hashes
+ *  the files `cache` has no valid digest of. */
+async function resolve(
+  raws: Raw[],
+  opts: { cache?: Map<string, CachedHash>; onProgress?: Progress },
+  last = performance.now(),
+): Promise<{ entries: ManifestEntry[]; bytes: number }> {
+  const maybeYield = async () => {
+    if (performance.now() - last > 50) {
+      await new Promise((r) => setTimeout(r, 0));
+      last = performance.now();
+    }
+  };
   raws.sort((a, b) => compareBytes(a.entry.path, b.entry.path));
   // Hardlinks: the first path of an inode (in manifest order) is the file, the others point to it.
   const firstOfInode = new Map<number, string>();
@@ -177,4 +199,91 @@ export async function scanTree(
   }
   if (toHash.length) opts.onProgress?.({ phase: "hash", done, total });
   return { entries: raws.map((r) => r.entry), bytes };
+}
+
+/** What the import's tar reader (tarfast.ts) made at one path, as it set it. */
+export interface Written {
+  type: "file" | "dir" | "symlink" | "node";
+  mode: number;
+  uid: number;
+  gid: number;
+  size: number;
+  /** seconds */
+  mtime: number;
+  /** a symlink's target */
+  target?: string;
+  /** Set where the kernel may store something other than what was asked (xattrs, ACLs that
+   *  change the mode, devices, times past 2038): that entry is read back from the tree. */
+  recheck?: boolean;
+}
+
+/**
+ * The manifest of a tree the import's reader wrote in full (every entry it made is in `made`,
+ * its metadata in `written`; `normalized`: directories it made without metadata, which
+ * unpack's normalizeDirs set to 0755 root:root mtime 0), without a scan of the tree: what the
+ * reader set is what an lstat would say. Read back from the tree: the root (made by the caller),
+ * the entries marked `recheck`, and one file and one directory without archive xattrs: when the
+ * kernel added xattrs to those (an SELinux label, an ACL inherited from above the tree), or
+ * anything does not add up, the result is undefined and the caller scans the tree.
+ */
+export async function manifestOfWritten(
+  root: string,
+  made: Map<string, string>,
+  written: Map<string, Written>,
+  normalized: Set<string>,
+  opts: { cache: Map<string, CachedHash>; onProgress?: Progress },
+): Promise<{ entries: ManifestEntry[]; bytes: number } | undefined> {
+  const raws: Raw[] = [rawOf("/", root, Deno.lstatSync(root))];
+  const inodes = new Map<number, number>(); // paths per inode, as st_nlink would count them
+  let probedFile = false, probedDir = false;
+  for (const [rel, kind] of made) {
+    if (rel === "/") continue;
+    const full = root + rel;
+    const w = written.get(rel);
+    if (!w) {
+      if (kind !== "dir" || !normalized.has(rel)) return undefined;
+      raws.push({
+        entry: { path: rel, type: "dir", mode: 0o755, uid: 0, gid: 0, size: 0, mtime: 0 },
+        ino: 0,
+        nlink: 1,
+        full,
+        mtimeMs: 0,
+      });
+      continue;
+    }
+    if (w.type !== kind) return undefined;
+    if (w.recheck) {
+      raws.push(rawOf(rel, full, Deno.lstatSync(full)));
+      continue;
+    }
+    const probe = w.type === "file" ? !probedFile : w.type === "dir" && !probedDir;
+    if (probe) {
+      if (listXattrs(full)) return undefined; // the kernel labels what is made here
+      if (w.type === "file") probedFile = true;
+      else probedDir = true;
+    }
+    const entry: ManifestEntry = {
+      path: rel,
+      type: w.type as EntryType,
+      mode: w.mode,
+      uid: w.uid,
+      gid: w.gid,
+      size: w.size,
+      mtime: w.mtime,
+    };
+    let ino = 0, mtimeMs = 0;
+    if (w.type === "file") {
+      const c = opts.cache.get(rel);
+      if (!c) return undefined;
+      ino = c.ino;
+      mtimeMs = c.mtimeMs;
+      inodes.set(ino, (inodes.get(ino) ?? 0) + 1);
+    } else if (w.type === "symlink") entry.target = w.target;
+    raws.push({ entry, ino, nlink: 1, full, mtimeMs });
+  }
+  for (const r of raws) {
+    if (r.entry.type === "file" && inodes.has(r.ino)) r.nlink = inodes.get(r.ino)!;
+  }
+  opts.onProgress?.({ phase: "scan", done: raws.length, total: raws.length });
+  return await resolve(raws, opts);
 }

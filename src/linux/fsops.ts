@@ -18,6 +18,7 @@ function open() {
       syncfs: { parameters: ["i32"], result: "i32" },
       fsync: { parameters: ["i32"], result: "i32" },
       statvfs: { parameters: ["buffer", "buffer"], result: "i32" },
+      ioctl: { parameters: ["i32", "u64", "buffer"], result: "i32" },
     } as const,
   );
 }
@@ -86,6 +87,28 @@ export async function syncfsAsync(path: string): Promise<void> {
     if (rc < 0) throw new Error(`syncfs ${path}: failed (the errno of another thread is not ours)`);
   } finally {
     libc().close(fd);
+  }
+}
+
+const FS_IOC_GETFLAGS = 0x80086601, FS_IOC_SETFLAGS = 0x40086602, FS_TOPDIR_FL = 0x00020000;
+
+/**
+ * Marks a directory as the top of unrelated hierarchies (`chattr +T`): ext4's allocator then
+ * puts each directory made in it in a block group of its own choosing, with room, instead of
+ * next to its parent. Whether it took (false on file systems without the flag).
+ */
+export function markTopDir(path: string): boolean {
+  try {
+    return withFd(path, O_RDONLY | O_DIRECTORY, (fd) => {
+      const flags = new Int32Array(2);
+      const buf = new Uint8Array(flags.buffer);
+      if (libc().ioctl(fd, BigInt(FS_IOC_GETFLAGS), buf) < 0) return false;
+      if (flags[0] & FS_TOPDIR_FL) return true;
+      flags[0] |= FS_TOPDIR_FL;
+      return libc().ioctl(fd, BigInt(FS_IOC_SETFLAGS), buf) >= 0;
+    });
+  } catch {
+    return false;
   }
 }
 
