@@ -43,7 +43,7 @@ import { powerRoutes } from "./power/api.ts";
 import { type PowerDriver, PowerDrivers } from "./power/driver.ts";
 import { builtinPowerDrivers, registerPowerReboots } from "./power/power.ts";
 import { powerSettings } from "./power/settings.ts";
-import { prebuildAll, removeInitramfsFor } from "./initramfs/build.ts";
+import { initramfsBuildsSettled, prebuildAll, removeInitramfsFor } from "./initramfs/build.ts";
 import { metricsFor, metricsRoutes } from "./metrics.ts";
 
 const log = logger("serve");
@@ -420,6 +420,7 @@ export async function serve(
         }
         unnameNodes();
         await ctx.images.idle(); // a tree being removed or rebuilt uses the database
+        await initramfsBuildsSettled(); // one a boot started writes into the data dir
         ctx.db.close();
       },
     };

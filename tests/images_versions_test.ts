@@ -15,6 +15,7 @@ import { buildSampleTree, fixTimes, tempStore } from "./images_helpers.ts";
 import { defaultConfig } from "../src/config.ts";
 import { openContext } from "../src/server.ts";
 import { contextBooter } from "../src/boot/booter.ts";
+import { initramfsBuildsSettled } from "../src/initramfs/build.ts";
 
 async function lab() {
   const t = await tempStore();
@@ -314,6 +315,7 @@ Deno.test("thin versions: a node set to a thin version without a deploy gets its
     assert.equal(ctx.images.hasTree(v1.id), true, "and stays: the node's latest boot uses it");
   } finally {
     await ctx.images.idle();
+    await initramfsBuildsSettled(); // the script started one for the node's image
     ctx.db.close();
     await Deno.remove(dir, { recursive: true });
   }

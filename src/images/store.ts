@@ -669,8 +669,14 @@ export class ImageStore {
 
   /** Settles when no tree is being removed or rebuilt (tests, shutdown). */
   async idle(): Promise<void> {
-    await this.#pruning.catch(() => {});
-    await Promise.allSettled([...this.#building.values()]);
+    // Until nothing new was started meanwhile: a rebuild's end schedules a prune, and a prune
+    // may be queued behind the one awaited.
+    for (;;) {
+      const pruning = this.#pruning;
+      await pruning.catch(() => {});
+      await Promise.allSettled([...this.#building.values()]);
+      if (pruning === this.#pruning && this.#building.size === 0) return;
+    }
   }
 
   /** pruneTrees in the background (its errors logged), when autoPrune is on. */

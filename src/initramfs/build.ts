@@ -401,6 +401,12 @@ export interface InitramfsContext {
 
 const inflight = new Map<string, Promise<string>>();
 
+/** Settles when no initramfs is being built (a boot starts one in the background; shutdown and
+ *  tests wait for it before closing the database or removing the data dir). */
+export async function initramfsBuildsSettled(): Promise<void> {
+  while (inflight.size) await Promise.allSettled([...inflight.values()]);
+}
+
 /** Cache file of one (image, kernel, program) triple. */
 export function initramfsFileName(
   imageId: string,
