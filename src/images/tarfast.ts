@@ -682,6 +682,8 @@ export async function extractFast(
           }
         } catch (e) {
           sym.close(fd);
+          // (frees its context once its updates are done; awaited on the way out)
+          if (offload) digests.push(offload.digest().then(() => {}, () => {}));
           throw e;
         }
         if (size >= WRITEBACK_MIN) await writeback(fd);
