@@ -363,3 +363,78 @@ Deno.test("the manifest of what our tar reader wrote is the one a scan of the tr
     await t.close();
   }
 });
+
+Deno.test("our tar reader: large files hashed on another thread, modes and owners set without a chmod or chown where none is needed (root)", async () => {
+  const t = await tempStore();
+  try {
+    const src = `${t.dir}/src`;
+    Deno.mkdirSync(`${src}/big/sub`, { recursive: true });
+    const data = (n: number, seed: number) =>
+      new Uint8Array(n).map((_, i) => ((i + seed) * 2654435761) >>> 24);
+    // Around the offload threshold (256 KiB), across the 4 MiB reads, small files in between.
+    const sizes = [(256 << 10) - 1, 256 << 10, 300_000, (4 << 20) + 3, 9_000_001, 5, 70_000];
+    sizes.forEach((n, i) => {
+      Deno.writeFileSync(`${src}/big/f${i}`, data(n, i));
+      Deno.writeTextFileSync(`${src}/big/sub/s${i}`, `small ${i}\n`);
+    });
+    Deno.linkSync(`${src}/big/f4`, `${src}/big/sub/f4-link`);
+    // Modes the umask (022) changes, set-id bits, owners other than ours.
+    const modes: [string, number, number][] = [
+      ["m666", 0o666, 0],
+      ["m777", 0o777, 0],
+      ["m000", 0o000, 0],
+      ["m644", 0o644, 1234],
+      ["m4755", 0o4755, 0],
+      ["m2755", 0o2755, 4321],
+      ["m1777", 0o1777, 0],
+    ];
+    for (const [name, mode, owner] of modes) {
+      Deno.writeTextFileSync(`${src}/${name}`, name);
+      Deno.chownSync(`${src}/${name}`, owner, owner);
+      Deno.chmodSync(`${src}/${name}`, mode);
+    }
+    Deno.symlinkSync("m666", `${src}/link-owned`);
+    sh("chown", "-h", "77:88", `${src}/link-owned`);
+    Deno.mkdirSync(`${src}/d777`);
+    Deno.chmodSync(`${src}/d777`, 0o777);
+    Deno.chownSync(`${src}/d777`, 55, 66);
+    fixTimes(src);
+    const file = tarOf(src, `${t.dir}/big.tar`);
+    // The same large file again later in the archive: its final content counts.
+    Deno.writeFileSync(`${src}/big/f3`, data(5 << 20, 99));
+    sh("tar", "-C", src, "-rf", file, "./big/f3");
+    const trees: string[] = [];
+    for (const fast of [true, false]) {
+      const dest = `${t.dir}/out-${fast}`;
+      Deno.mkdirSync(dest);
+      if (fast) {
+        const r = await extractFast(file, "none", dest, {
+          what: file,
+          hash: true,
+          total: 1,
+          offsetOf: () => undefined,
+          imageArchive: /^$/,
+        });
+        const scanned = (await scanTree(dest)).entries;
+        for (const e of scanned) {
+          if (e.type !== "file") continue;
+          assert.equal(r.cache.get(e.path)?.sha256, e.sha256, e.path);
+        }
+        assert.equal(r.cache.get("/big/sub/f4-link")?.sha256, r.cache.get("/big/f4")?.sha256);
+        assert.equal(
+          r.cache.get("/big/f3")?.sha256,
+          createHash("sha256").update(data(5 << 20, 99)).digest("hex"),
+        );
+        trees.push(manifestText(scanned));
+      } else {
+        await extractArchive(file, "none", dest, { extractor: "tar" });
+        trees.push(manifestText((await scanTree(dest)).entries));
+      }
+      Deno.removeSync(dest, { recursive: true });
+    }
+    assert.equal(trees[0], trees[1], "same tree (modes, owners, digests) as GNU tar's");
+    assert.match(trees[0], /^\/m666\tfile\t0666\t0\t0\t/m);
+  } finally {
+    await t.close();
+  }
+});

@@ -288,7 +288,12 @@ export class ImageStore {
         command: null,
         parent,
         detail: { source, format: unpacked.format },
-      }, { cache: unpacked.cache, manifest: unpacked.manifest, onProgress });
+      }, {
+        cache: unpacked.cache,
+        manifest: unpacked.manifest,
+        flushing: unpacked.flushing,
+        onProgress,
+      });
       opts.onProgress?.({ phase: "manifest", done: 1, total: 1 });
       return out;
     } catch (e) {
@@ -351,6 +356,8 @@ export class ImageStore {
       baseInodes?: Set<number>;
       /** The tree's entries when known without a scan (an import its own reader wrote). */
       manifest?: { entries: ManifestEntry[]; bytes: number };
+      /** A flush of the tree's file system already under way (else one is started here). */
+      flushing?: Promise<void>;
     } = {},
   ): Promise<Commit> {
     validateName(name);
@@ -358,7 +365,7 @@ export class ImageStore {
     const rootfs = join(work, "rootfs");
     // The tree's data goes to disk while it is scanned and put in the object store: the flush
     // before the row (commitManifest) then has only what changed since.
-    const flushing = syncfsAsync(rootfs).catch(() => {});
+    const flushing = opts.flushing ?? syncfsAsync(rootfs).catch(() => {});
     const { entries, bytes } = opts.manifest ?? await scanTree(rootfs, opts);
     return await this.commitManifest(work, name, meta, {
       entries,

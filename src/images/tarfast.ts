@@ -1,6 +1,7 @@
 // The import's fast path: a tar reader of our own that writes every member and digests each file
 // in the same pass (one read of the archive, large writes, no second read of the files, no
-// listing to parse), with the file system's writeback started while it goes on. GNU tar
+// listing to parse), with the file system's writeback started while it goes on and large files
+// hashed on another thread (sha256.ts). GNU tar
 // (tar.ts) stays the extractor of everything this reader does not know for sure: any header,
 // type, extended keyword or tree situation outside the plain cases below makes it give up
 // (`Unsupported`); the caller then empties the tree and runs GNU tar, whose behaviour and error
@@ -12,11 +13,12 @@
 // this run made (or absent: then made as one), so no path ever goes through a symlink or a file;
 // files are created with O_CREAT|O_EXCL|O_NOFOLLOW, links and nodes never replace a directory.
 import { createHash } from "node:crypto";
-import { cstr, errno, openLibc } from "../linux/libc.ts";
-import { syncfsAsync } from "../linux/fsops.ts";
+import { cstr, enc, errno, openLibc } from "../linux/libc.ts";
 import { UserError } from "../errors.ts";
 import { ancestorsOf, type Member, place, type Placed } from "./archivepath.ts";
 import type { CachedHash, Progress, Written } from "./walk.ts";
+import { sha256Stream } from "./sha256.ts";
+import { syncfsAsync } from "../linux/fsops.ts";
 
 /** Something the fast path does not handle: the caller falls back to GNU tar. */
 export class Unsupported extends Error {}
@@ -44,6 +46,16 @@ function openLib() {
       lchown: { parameters: ["buffer", "u32", "u32"], result: "i32" },
       chmod: { parameters: ["buffer", "u32"], result: "i32" },
       utimensat: { parameters: ["i32", "buffer", "buffer", "i32"], result: "i32" },
+      flistxattr: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+      geteuid: { parameters: [], result: "u32" },
+      getegid: { parameters: [], result: "u32" },
+      // On a thread of Deno's blocking pool: the write it starts can wait for room in the
+      // device's queue.
+      sync_file_range: {
+        parameters: ["i32", "i64", "i64", "u32"],
+        result: "i32",
+        nonblocking: true,
+      },
     } as const,
   );
 }
@@ -57,6 +69,17 @@ const O_WRONLY = 0o1, O_CREAT = 0o100, O_EXCL = 0o200, O_NOFOLLOW = 0o400000;
 const O_CLOEXEC = 0o2000000;
 const AT_FDCWD = -100, AT_SYMLINK_NOFOLLOW = 0x100;
 const S_IFCHR = 0o020000, S_IFBLK = 0o060000, S_IFIFO = 0o010000;
+
+/** The process's umask (from /proc: reading it with umask(2) would change it for a moment, for
+ *  every thread); undefined when unknown. */
+function processUmask(): number | undefined {
+  try {
+    const m = /^Umask:\s*([0-7]+)$/m.exec(Deno.readTextFileSync("/proc/self/status"));
+    return m ? parseInt(m[1], 8) : undefined;
+  } catch {
+    return undefined;
+  }
+}
 
 /** A failed call: a full disk ends the import, anything else hands the archive to GNU tar. */
 function failed(call: string, what: string): never {
@@ -77,13 +100,27 @@ function makedev(major: number, minor: number): bigint {
     (mi & 0xffn);
 }
 
-/** timespec[2] for utimensat/futimens: atime left as it is, mtime as in the archive. */
+/** timespec[2] for utimensat/futimens: atime left as it is, mtime as in the archive. One buffer
+ *  for every call (each is synchronous); little-endian 64-bit fields (x86_64, aarch64). */
+const tsWords = new Uint32Array(8);
+tsWords[2] = (1 << 30) - 2; // UTIME_OMIT in atime's tv_nsec
+const tsBytes = new Uint8Array(tsWords.buffer);
 function times(sec: number, nsec: number): Uint8Array<ArrayBuffer> {
-  const ts = new BigInt64Array(4);
-  ts[1] = (1n << 30n) - 2n; // UTIME_OMIT
-  ts[2] = BigInt(sec);
-  ts[3] = BigInt(nsec);
-  return new Uint8Array(ts.buffer);
+  tsWords[4] = sec >>> 0;
+  tsWords[5] = Math.floor(sec / 0x100000000);
+  tsWords[6] = nsec;
+  return tsBytes;
+}
+
+/** A path as a C string, in one of two buffers reused from call to call (each call using it is
+ *  synchronous; `slot` 1 for the second path of a call that takes two). */
+const pathBufs = [new Uint8Array(8192), new Uint8Array(8192)];
+function cpath(s: string, slot = 0): Uint8Array<ArrayBuffer> {
+  const b = pathBufs[slot];
+  const r = enc.encodeInto(s, b);
+  if (r.read !== s.length || r.written >= b.length) return cstr(s);
+  b[r.written] = 0;
+  return b;
 }
 
 // ignoreBOM: a name may begin with U+FEFF, which is part of it (the decoder would drop it).
@@ -91,13 +128,43 @@ const dec = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 /** NUL-terminated field as UTF-8 (a name that is not UTF-8 goes to GNU tar). */
 function str(h: Uint8Array, off: number, len: number): string {
-  let end = off;
-  while (end < off + len && h[end] !== 0) end++;
+  let end = off, ascii = true;
+  while (end < off + len && h[end] !== 0) {
+    if (h[end] > 127) ascii = false;
+    end++;
+  }
+  if (ascii) return latin(h, off, end);
   try {
     return dec.decode(h.subarray(off, end));
   } catch {
     throw new Unsupported("name not UTF-8");
   }
+}
+
+/** Bytes < 128 as a string (no decoder call: most names are ASCII). */
+function latin(h: Uint8Array, off: number, end: number): string {
+  let s = "";
+  for (let i = off; i < end; i += 4096) {
+    const part = h.subarray(i, Math.min(end, i + 4096)) as unknown as number[];
+    s += String.fromCharCode.apply(null, part);
+  }
+  return s;
+}
+
+/** Whether the 512 bytes at h[0] are all zero (the end-of-archive block). */
+function zeroBlock(h: Uint8Array): boolean {
+  for (let i = 0; i < 512; i++) if (h[i] !== 0) return false;
+  return true;
+}
+
+/** The magic field: "ustar\0" + version "00" (POSIX), or "ustar  \0" (GNU); undefined: neither. */
+function magicOf(h: Uint8Array): "posix" | "gnu" | undefined {
+  if (h[257] !== 117 || h[258] !== 115 || h[259] !== 116 || h[260] !== 97 || h[261] !== 114) {
+    return undefined;
+  }
+  if (h[262] === 0 && h[263] === 48 && h[264] === 48) return "posix";
+  if (h[262] === 32 && h[263] === 32 && h[264] === 0) return "gnu";
+  return undefined;
 }
 
 /** An octal (or base-256, non-negative) numeric header field. */
@@ -156,10 +223,13 @@ function paxMtime(v: string): { sec: number; nsec: number } {
 function parsePax(data: Uint8Array, o: Override): void {
   let i = 0;
   while (i < data.length) {
-    let sp = i;
-    while (sp < data.length && data[sp] !== 32) sp++;
-    const len = Number(new TextDecoder().decode(data.subarray(i, sp)));
-    if (!Number.isInteger(len) || len <= sp - i || i + len > data.length) {
+    let sp = i, len = 0;
+    for (; sp < data.length && data[sp] !== 32; sp++) {
+      const d = data[sp] - 48;
+      if (d < 0 || d > 9 || sp - i > 15) throw new Unsupported("bad pax record");
+      len = len * 10 + d;
+    }
+    if (sp === i || len <= sp - i || i + len > data.length) {
       throw new Unsupported("bad pax record");
     }
     const rec = data.subarray(sp + 1, i + len - 1); // without the trailing newline
@@ -310,8 +380,16 @@ const LATE = 0x7fffffff;
 /** Regular files (0, NUL, 7: contiguous), devices and fifos. */
 const PLAIN = new Set(["0", "\0", "7", "3", "4", "6"]);
 const BUF = 4 << 20;
-/** Writeback is started (syncfs on a thread of its own) after each this many bytes written. */
+/** Files from this size on are hashed on another thread while the reader goes on (sha256.ts). */
+const OFFLOAD_MIN = 256 << 10;
+/** Writeback of the whole file system is started (syncfs on a thread of its own) after each
+ *  this many bytes written… */
 const FLUSH_EVERY = 32 << 20;
+/** …and each file from this size on has its own started as soon as it is written. */
+const WRITEBACK_MIN = 64 << 10;
+/** Files whose writeback is being started at most (each keeps its descriptor until then). */
+const WRITEBACK_FDS = 64;
+const SYNC_FILE_RANGE_WRITE = 2;
 const MAX_META = 1 << 20; // a PAX header or long name larger than this goes to GNU tar
 
 /**
@@ -335,15 +413,25 @@ export async function extractFast(
   const what = opts.what;
   const sym = libc();
   const src = openSource(file, compression, opts.offsetOf);
-  const buf = new Uint8Array(BUF);
+  // Two buffers, filled in turn: a buffer is filled again only once the hashes still reading it
+  // on another thread (`busy`) are done, one buffer later.
+  const bufs = [new Uint8Array(BUF), new Uint8Array(BUF)];
+  const busy: Promise<unknown>[][] = [[], []];
+  let cur = 0, buf = bufs[0];
   let pos = 0, end = 0, eof = false;
   const fill = async (need: number) => {
     if (end - pos >= need) return;
-    if (pos > 0) {
-      buf.copyWithin(0, pos, end);
-      end -= pos;
-      pos = 0;
+    const next = cur ^ 1;
+    if (busy[next].length) {
+      const waits = busy[next];
+      busy[next] = [];
+      await Promise.all(waits);
     }
+    bufs[next].set(buf.subarray(pos, end));
+    end -= pos;
+    pos = 0;
+    cur = next;
+    buf = bufs[next];
     while (end < need && !eof) {
       const n = await src.read(buf.subarray(end));
       if (n === 0) eof = true;
@@ -365,13 +453,10 @@ export async function extractFast(
     return out;
   };
   /** Streams `len` bytes to `sink` (a chunk at a time, a view into the buffer). */
-  const stream = async (len: number, sink?: (chunk: Uint8Array) => void) => {
+  const stream = async (len: number, sink?: (chunk: Uint8Array<ArrayBuffer>) => void) => {
     let left = len;
     while (left > 0) {
-      if (pos === end) {
-        pos = end = 0;
-        await fill(1);
-      }
+      if (pos === end) await fill(1);
       const k = Math.min(left, end - pos);
       sink?.(buf.subarray(pos, pos + k));
       pos += k;
@@ -387,14 +472,42 @@ export async function extractFast(
   const written = new Map<string, Written>();
   const host = (rel: string) => rel === "/" ? dest : dest + rel;
   let hashing = opts.hash, first = true;
+  /** Digests still being computed on another thread (each sets its cache entry's sha256). */
+  const digests: Promise<void>[] = [];
+  // Calls the kernel makes unneeded: a new file, directory or symlink is owned by our effective
+  // ids (no set-group-id directory above: the tree's root is checked, the rest is ours), and a
+  // file created with its final mode needs no chmod when the umask leaves that mode as it is.
+  // Only once a file made here is seen without xattrs (no default ACL inherited from above, no
+  // label from a security module, either of which can make the mode differ from the one asked).
+  const euid = sym.geteuid(), egid = sym.getegid();
+  const umask = processUmask();
+  const rootSetgid = ((Deno.statSync(dest).mode ?? 0o2000) & 0o2000) !== 0;
+  let plain = false, probed = false;
+  const ownerSet = (uid: number, gid: number) => plain && uid === euid && gid === egid;
   let verifiedParent = "/";
+  let last = performance.now();
+  // The data goes to disk while the reader goes on, so that the commit's flush has little left:
+  // a syncfs every FLUSH_EVERY bytes (on a journalled ext4 it also commits the journal, and can
+  // hold the reader's creates up meanwhile) and, per large file, sync_file_range (a write
+  // started, no wait, no journal commit). Measured on a journalled ext4 (docs/benchmarks.md):
+  // both together finished the import soonest.
   let bytesOut = 0, flushedAt = 0;
   let flushing: Promise<void> | undefined;
-  let last = performance.now();
   const flush = () => {
     if (flushing || bytesOut - flushedAt < FLUSH_EVERY) return;
     flushedAt = bytesOut;
     flushing = syncfsAsync(dest).catch(() => {}).finally(() => flushing = undefined);
+  };
+  const writebacks = new Set<Promise<void>>();
+  /** Starts the writeback of fd's data, then closes it. */
+  const writeback = async (fd: number) => {
+    while (writebacks.size >= WRITEBACK_FDS) await Promise.race(writebacks);
+    const p = sym.sync_file_range(fd, 0n, 0n, SYNC_FILE_RANGE_WRITE).then(
+      () => void sym.close(fd),
+      () => void sym.close(fd),
+    );
+    writebacks.add(p);
+    p.finally(() => writebacks.delete(p));
   };
 
   /** Makes the ancestors of rel (absent ones as plain directories); any that is not a directory
@@ -406,7 +519,7 @@ export async function extractFast(
       const k = kinds.get(a);
       if (k === "dir") continue;
       if (k !== undefined) throw new Unsupported(`${a} is not a directory`);
-      ok(sym.mkdir(cstr(host(a)), 0o755), "mkdir", what);
+      ok(sym.mkdir(cpath(host(a)), 0o755), "mkdir", what);
       kinds.set(a, "dir");
     }
     verifiedParent = parent;
@@ -416,7 +529,7 @@ export async function extractFast(
     const k = kinds.get(rel);
     if (k === undefined) return;
     if (k === "dir") throw new Unsupported(`${rel} replaces a directory`);
-    ok(sym.unlink(cstr(host(rel))), "unlink", what);
+    ok(sym.unlink(cpath(host(rel))), "unlink", what);
     kinds.delete(rel);
     cache.delete(rel);
     written.delete(rel);
@@ -436,16 +549,14 @@ export async function extractFast(
       }
       await fill(512);
       const h = buf.subarray(pos, pos + 512);
-      if (h.every((b) => b === 0)) { // end of archive
+      if (zeroBlock(h)) { // end of archive
         if (!(await src.finish())) throw new Unsupported("the decompressor failed");
         break;
       }
       if (!checksumOk(h)) throw new Unsupported("header checksum");
-      const magic = str(h, 257, 8);
-      const gnu = magic === "ustar  ";
-      if (!gnu && !(magic === "ustar" && h[263] === 48 && h[264] === 48)) {
-        throw new Unsupported("not a POSIX or GNU tar header");
-      }
+      const magic = magicOf(h);
+      if (!magic) throw new Unsupported("not a POSIX or GNU tar header");
+      const gnu = magic === "gnu";
       const type = String.fromCharCode(h[156]);
       const meta = type === "x" || type === "L" || type === "K";
       const size = meta ? num(h, 124, 12) : o.size ?? num(h, 124, 12);
@@ -469,7 +580,7 @@ export async function extractFast(
         const prefix = gnu ? "" : str(h, 345, 155);
         if (prefix) name = `${prefix}/${name}`;
       }
-      const link = o.linkpath ?? str(h, 157, 100);
+      const link = o.linkpath ?? (h[156] === 49 || h[156] === 50 ? str(h, 157, 100) : "");
       const uid = o.uid ?? num(h, 108, 8), gid = o.gid ?? num(h, 116, 8);
       if (uid > 0xfffffffe || gid > 0xfffffffe) throw new Unsupported("owner out of range");
       const mode = num(h, 100, 8) & 0o7777;
@@ -509,7 +620,7 @@ export async function extractFast(
           parents(p.rel);
           const k = kinds.get(p.rel);
           if (k === undefined) {
-            ok(sym.mkdir(cstr(full), 0o700), "mkdir", what);
+            ok(sym.mkdir(cpath(full), 0o700), "mkdir", what);
             kinds.set(p.rel, "dir");
           } else if (k !== "dir") throw new Unsupported(`${p.rel} replaces a non-directory`);
         }
@@ -522,17 +633,24 @@ export async function extractFast(
       parents(p.rel);
       replaceable(p.rel);
       if (regular) {
+        // Created with its final mode where the umask keeps it and no set-id bit (a chown would
+        // drop those); else 0600 and a chmod after the chown.
+        const direct = plain && (mode & 0o7000) === 0 && (mode & (umask ?? 0o777)) === 0;
         const fd = sym.open(
-          cstr(full),
+          cpath(full),
           O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
-          0o600,
+          direct ? mode : 0o600,
         );
         if (fd < 0) failed("open", what);
         kinds.set(p.rel, "file");
-        const digest = hashing ? createHash("sha256") : undefined;
+        const offload = hashing && size >= OFFLOAD_MIN ? sha256Stream() : undefined;
+        const digest = hashing && !offload ? createHash("sha256") : undefined;
+        let ino = 0;
         try {
           await stream(size, (chunk) => {
-            digest?.update(chunk);
+            if (offload) {
+              busy[cur].push(offload.update(chunk)?.catch(() => {}) ?? Promise.resolve());
+            } else digest?.update(chunk);
             for (let w = 0; w < chunk.length;) {
               const n = Number(sym.write(fd, chunk.subarray(w), BigInt(chunk.length - w)));
               if (n <= 0) {
@@ -542,8 +660,14 @@ export async function extractFast(
               w += n;
             }
           });
-          ok(sym.fchown(fd, uid, gid), "fchown", what);
-          ok(sym.fchmod(fd, mode), "fchmod", what); // after chown, which clears suid bits
+          if (!ownerSet(uid, gid)) ok(sym.fchown(fd, uid, gid), "fchown", what);
+          // after chown, which clears set-id bits
+          if (!direct) ok(sym.fchmod(fd, mode), "fchmod", what);
+          if (!probed && !xattrs && !rootSetgid && umask !== undefined) {
+            // The first file without archive xattrs: does the kernel add any here?
+            probed = true;
+            plain = Number(sym.flistxattr(fd, null, 0n)) === 0;
+          }
           for (const [k, v] of xattrs ?? []) {
             ok(
               sym.fsetxattr(fd, cstr(k), v as Uint8Array<ArrayBuffer>, BigInt(v.length), 0),
@@ -552,10 +676,18 @@ export async function extractFast(
             );
           }
           ok(sym.futimens(fd, times(mtime.sec, mtime.nsec)), "futimens", what);
-          if (digest) ok(sym.fstat(fd, statBuf), "fstat", what);
-        } finally {
+          if (hashing) {
+            ok(sym.fstat(fd, statBuf), "fstat", what);
+            ino = Number(statView.getBigUint64(8, true)); // (the buffer is shared: read now)
+          }
+        } catch (e) {
           sym.close(fd);
+          // (frees its context once its updates are done; awaited on the way out)
+          if (offload) digests.push(offload.digest().then(() => {}, () => {}));
+          throw e;
         }
+        if (size >= WRITEBACK_MIN) await writeback(fd);
+        else sym.close(fd);
         bytesOut += size;
         written.set(p.rel, {
           type: "file",
@@ -566,15 +698,17 @@ export async function extractFast(
           mtime: mtime.sec,
           recheck: xattrs !== undefined || mtime.sec > LATE || (mode & 0o7000) !== 0,
         });
-        if (digest) {
+        if (hashing) {
           // What the scan's lstat will say of this file (inode, size, mtime in ms as Deno
           // gives it): from the descriptor, no second lookup of the path.
-          cache.set(p.rel, {
-            ino: Number(statView.getBigUint64(8, true)),
+          const c: CachedHash = {
+            ino,
             size,
             mtimeMs: mtime.sec * 1000 + Math.floor(mtime.nsec / 1e6),
-            sha256: digest.digest("hex"),
-          });
+            sha256: digest ? digest.digest("hex") : "",
+          };
+          cache.set(p.rel, c); // hard links to it share this object
+          if (offload) digests.push(offload.digest().then((d) => void (c.sha256 = d)));
         }
         await stream(pad(size));
         continue;
@@ -585,7 +719,7 @@ export async function extractFast(
         if (target === p.rel || kinds.get(target) !== "file") {
           throw new Unsupported(`hard link ${p.rel} to ${target}`);
         }
-        ok(sym.link(cstr(host(target)), cstr(full)), "link", what);
+        ok(sym.link(cpath(host(target)), cpath(full, 1)), "link", what);
         kinds.set(p.rel, "file");
         const c = cache.get(target);
         if (c) cache.set(p.rel, c);
@@ -594,9 +728,9 @@ export async function extractFast(
         continue;
       }
       if (kind === "symlink") {
-        ok(sym.symlink(cstr(link), cstr(full)), "symlink", what);
+        ok(sym.symlink(cpath(link), cpath(full, 1)), "symlink", what);
         kinds.set(p.rel, "symlink");
-        ok(sym.lchown(cstr(full), uid, gid), "lchown", what);
+        if (!ownerSet(uid, gid)) ok(sym.lchown(cpath(full), uid, gid), "lchown", what);
         written.set(p.rel, {
           type: "symlink",
           mode: 0o777,
@@ -618,15 +752,15 @@ export async function extractFast(
         written.set(p.rel, { type: "node", mode, uid, gid, size: 0, mtime: 0, recheck: true });
       }
       ok(
-        sym.utimensat(AT_FDCWD, cstr(full), times(mtime.sec, mtime.nsec), AT_SYMLINK_NOFOLLOW),
+        sym.utimensat(AT_FDCWD, cpath(full), times(mtime.sec, mtime.nsec), AT_SYMLINK_NOFOLLOW),
         "utimensat",
         what,
       );
     }
     // Directories last (their content changes their mtime), every one a directory this run made.
     for (const d of dirs.values()) {
-      const p = cstr(d.host);
-      ok(sym.lchown(p, d.uid, d.gid), "lchown", what);
+      const p = cpath(d.host);
+      if (!ownerSet(d.uid, d.gid)) ok(sym.lchown(p, d.uid, d.gid), "lchown", what);
       ok(sym.chmod(p, d.mode), "chmod", what);
       for (const [k, v] of d.xattrs ?? []) {
         ok(
@@ -641,10 +775,14 @@ export async function extractFast(
         what,
       );
     }
+    await Promise.all(digests);
+    await Promise.all(writebacks);
     opts.onProgress?.({ phase: "extract", done: opts.total, total: opts.total });
     return { members, cache, made: kinds, written };
   } finally {
     await src.close();
+    // No hash may still read the buffers, nor a digest context stay allocated, once we return.
+    await Promise.allSettled([...busy[0], ...busy[1], ...digests, ...writebacks]);
     await flushing;
   }
 }

@@ -3,7 +3,7 @@
 // applied in order with whiteouts and opaque directories. The caller owns `rootfs` (a fresh path
 // in the data dir's tmp/) and removes it on failure. Nothing here acts outside `rootfs`: see
 // archivepath.ts for the rules every name from an archive goes through.
-import { readUpTo } from "../linux/fsops.ts";
+import { readUpTo, syncfsAsync } from "../linux/fsops.ts";
 import { resolveInRoot } from "../../contract/rootpath.ts";
 import { UserError } from "../errors.ts";
 import {
@@ -36,6 +36,8 @@ export interface Unpacked {
   cache: Map<string, CachedHash>;
   /** The tree's manifest entries when the import's reader wrote all of it (no scan needed). */
   manifest?: { entries: ManifestEntry[]; bytes: number };
+  /** A flush of the file system started once the tree was written (the commit awaits it). */
+  flushing?: Promise<void>;
 }
 
 const expected =
@@ -100,6 +102,9 @@ export async function unpack(
     await Deno.remove(archive, { recursive: true });
     return { format: layout.kind, cache: new Map() };
   }
+  // The tree's data and metadata go to disk while its manifest is made; the commit waits for
+  // this flush, then flushes what changed since, before its row.
+  const flushing = syncfsAsync(rootfs).catch(() => {});
   const touched = new Set<string>(["/"]);
   for (const p of members.keys()) for (const a of ancestorsOf(p)) touched.add(a);
   const listed = new Set([...members.values()].filter((m) => m.kind === "dir").map((m) => m.rel));
@@ -110,7 +115,7 @@ export async function unpack(
       cache,
       onProgress: opts.onProgress,
     });
-  return { format, cache, manifest };
+  return { format, cache, manifest, flushing };
 }
 
 async function readHead(path: string, n: number): Promise<Uint8Array> {
