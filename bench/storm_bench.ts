@@ -6,6 +6,7 @@
 // that limit (target ≤ 1.2×), failures (target 0), and the server's RSS sampled during the storm
 // (target ≤ 256 MB). Needs root (namespaces, tc) and the Debian kernel of the tests' cache.
 //   deno run -A bench/storm_bench.ts [--quick] [--clients N] [--rate 1gbit] [--server-v8-flags F]
+//     [--server-env KEY=VALUE…] [--tcp-queue BYTES]
 // Besides the figures, what tells the generator from the server: both sides' retransmissions,
 // the generator's event-loop lag, CPU of each, UDP drops (RcvbufErrors) in both namespaces.
 // STORM_PCAP=DIR captures the storm's UDP on both sides (tcpdump) to follow single transfers.
@@ -33,6 +34,12 @@ const { values: a } = parseArgs({
     procs: { type: "string", default: "1" },
     // As the installed service runs it (src/service/netroot.service); "" for V8's defaults.
     "server-v8-flags": { type: "string", default: "--max-semi-space-size=2" },
+    // More environment for the server alone (KEY=VALUE, repeatable).
+    "server-env": { type: "string", multiple: true, default: [] },
+    // The bottleneck's queue for TCP, bytes (a bfifo under htb's TCP class); "" (the default until
+    // a storm has been measured with it) for htb's own, a pfifo of txqueuelen (1,000) skbs.
+    // 33554432 (32 MiB) is what a lab server's qdisc would hold: see where the link is shaped.
+    "tcp-queue": { type: "string", default: "" },
   },
 });
 const clients = Number(a.clients ?? (quick ? 100 : 1000));
@@ -126,7 +133,10 @@ const cliNs = `nr-storm-${Deno.pid}`;
 const lab = await startLab({
   network: { prefixLen: 21, dhcpRange: "10.77.0.100-10.77.7.250" },
   serveArgs: ["--register-rate", "100000", "--register-max", "5000"],
-  serverEnv: a["server-v8-flags"] ? { DENO_V8_FLAGS: a["server-v8-flags"] } : undefined,
+  serverEnv: {
+    ...(a["server-v8-flags"] ? { DENO_V8_FLAGS: a["server-v8-flags"] } : {}),
+    ...Object.fromEntries(a["server-env"]!.map((kv) => kv.split(/=(.*)/s).slice(0, 2))),
+  },
 });
 try {
   await memTrace("started");
@@ -170,6 +180,25 @@ try {
     ..."filter add dev storm0 parent 1: protocol ip prio 1 u32 match ip protocol 17 0xff flowid 1:10"
       .split(" "),
   );
+  // The TCP class's queue (--tcp-queue). The queue of a lab's boot storm is the server's own
+  // qdisc, fq_codel, which drops past 10,240 packets or 32 MiB; its packets are TSO skbs of
+  // several segments, so 32 MiB is the limit that binds. htb's default leaf is a FIFO of 1,000
+  // skbs of 2-3 segments (~3 MB): 1,000 reno flows behind it keep cwnds of 2-3 segments, htb
+  // dropped 10 % (3.7 M of 37.4 M packets at 1,000 clients), and each 2-3 segments are one skb
+  // through veth, htb, TCP receive and an ACK back, on the 2 cores that stand in here for 1,000
+  // clients' own. A 32 MiB FIFO, in a probe of 1,000 reno flows through the same htb: skbs of
+  // ~10 segments, 0.7 % dropped, a fifth of the CPU per byte (docs/benchmarks.md "Boot storm").
+  // Not modelled: codel's drops past 5 ms of queueing, fq's round robin between flows (this
+  // kernel has neither); UDP does not wait in this queue (its own class, served first). Tried
+  // and not used: the server's tcp_min_tso_segs (the skbs' size follows cwnd and the ACKs, not
+  // the TSO goal) and GRO on the clients' veth (a FIFO of 1,000 flows never has two packets of
+  // one flow in a row to merge): neither changed the probe's skbs or CPU.
+  if (a["tcp-queue"]) {
+    await tc(
+      ..."qdisc add dev storm0 parent 1:20 handle 20: bfifo limit".split(" "),
+      a["tcp-queue"],
+    );
+  }
   await sh("ip", "-n", cliNs, "addr", "add", "10.77.0.2/21", "dev", "sc");
   await sh("ip", "-n", cliNs, "link", "set", "sc", "up");
   await sh("ip", "-n", cliNs, "link", "set", "lo", "up");
@@ -224,10 +253,10 @@ try {
     const idle = f[3] + f[4];
     return { busy: (f.reduce((x, y) => x + y, 0) - idle) / 100, idle: idle / 100 };
   };
-  /** UDP counters of a namespace (/proc/net/snmp's Udp line). */
-  const udp = async (ns: string) => {
+  /** UDP (or TCP) counters of a namespace (/proc/net/snmp's Udp line). */
+  const udp = async (ns: string, proto = "Udp") => {
     const lines = (await sh("ip", "netns", "exec", ns, "cat", "/proc/net/snmp")).split("\n")
-      .filter((l) => l.startsWith("Udp:"));
+      .filter((l) => l.startsWith(`${proto}:`));
     const [names, values] = lines.map((l) => l.split(/\s+/).slice(1));
     return Object.fromEntries(names.map((n, i) => [n, Number(values[i])]));
   };
@@ -247,6 +276,13 @@ try {
     } catch { /* exited: the storm's result says why */ }
   }, 100);
   const udpBefore = { server: await udp(lab.ns), clients: await udp(cliNs) };
+  /** Packets (skbs: a GSO skb is one) and bytes the veth carried towards the clients. */
+  const vethTx = async () => {
+    const j = JSON.parse(await sh("ip", "-n", lab.ns, "-s", "-j", "link", "show", "storm0"));
+    return { packets: j[0].stats64.tx.packets as number, bytes: j[0].stats64.tx.bytes as number };
+  };
+  const veth0 = await vethTx();
+  const tcpBefore = { server: await udp(lab.ns, "Tcp"), clients: await udp(cliNs, "Tcp") };
   const logBefore = (await Deno.readTextFile(lab.serverLog)).length;
   // The generator in `procs` processes (each its share of the clients) or one.
   const pcapDir = Deno.env.get("STORM_PCAP");
@@ -313,6 +349,8 @@ try {
     perClientMs: parts[0].perClientMs,
   };
   const udpAfter = { server: await udp(lab.ns), clients: await udp(cliNs) };
+  const veth1 = await vethTx();
+  const tcpAfter = { server: await udp(lab.ns, "Tcp"), clients: await udp(cliNs, "Tcp") };
   const serverLog = (await Deno.readTextFile(lab.serverLog)).slice(logBefore);
   const count = (re: RegExp) => serverLog.match(re)?.length ?? 0;
   const load = (await Deno.readTextFile("/proc/loadavg")).split(" ").slice(0, 3).join(" ");
@@ -349,7 +387,22 @@ try {
     }; UDP counters server ns: ${delta(udpBefore.server, udpAfter.server)}`,
   );
   console.log(`  UDP counters clients ns: ${delta(udpBefore.clients, udpAfter.clients)}`);
+  console.log(
+    `  veth to the clients: ${veth1.packets - veth0.packets} skbs, ${
+      ((veth1.bytes - veth0.bytes) / (veth1.packets - veth0.packets)).toFixed(0)
+    } bytes each`,
+  );
+  const tcpLine = (x: Record<string, number>, y: Record<string, number>) =>
+    ["OutSegs", "InSegs", "RetransSegs"].map((k) => `${k} ${y[k] - x[k]}`).join(", ");
+  console.log(
+    `  TCP server ns: ${tcpLine(tcpBefore.server, tcpAfter.server)}; clients ns: ${
+      tcpLine(tcpBefore.clients, tcpAfter.clients)
+    }`,
+  );
   console.log(`  tc: ${(await tc("-s", "class", "show", "dev", "storm0")).replace(/\s+/g, " ")}`);
+  console.log(
+    `  qdiscs: ${(await tc("-s", "qdisc", "show", "dev", "storm0")).replace(/\s+/g, " ")}`,
+  );
   console.log(
     `  CPU seconds: server ${userSys(serverCpu)}, generator ${
       parts.map((q) => userSys(q.cpuSeconds)).join(", ")
