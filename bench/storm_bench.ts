@@ -288,6 +288,14 @@ try {
   };
   const veth0 = await vethTx();
   const tcpBefore = { server: await udp(lab.ns, "Tcp"), clients: await udp(cliNs, "Tcp") };
+  /** TCP's extended counters of a namespace (/proc/net/netstat's TcpExt line). */
+  const tcpExt = async (ns: string) => {
+    const lines = (await sh("ip", "netns", "exec", ns, "cat", "/proc/net/netstat")).split("\n")
+      .filter((l) => l.startsWith("TcpExt:"));
+    const [names, values] = lines.map((l) => l.split(/\s+/).slice(1));
+    return Object.fromEntries(names.map((n, i) => [n, Number(values[i])]));
+  };
+  const extBefore = await tcpExt(lab.ns);
   const logBefore = (await Deno.readTextFile(lab.serverLog)).length;
   // The generator in `procs` processes (each its share of the clients) or one.
   const pcapDir = Deno.env.get("STORM_PCAP");
@@ -316,6 +324,16 @@ try {
   if (dumps.length) await new Promise((r) => setTimeout(r, 1000));
   const t0 = performance.now(), serverCpu0 = cpuOf(pid), machine0 = machine();
   let tracing = false;
+  // The link's use over the storm: the veth's bytes towards the clients (frames with their
+  // headers), sampled every second.
+  const linkSamples: { t: number; bytes: number }[] = [{ t: 0, bytes: veth0.bytes }];
+  let sampling = false;
+  const linkSampler = setInterval(() => {
+    if (sampling) return;
+    sampling = true;
+    vethTx().then((v) => linkSamples.push({ t: (performance.now() - t0) / 1000, bytes: v.bytes }))
+      .catch(() => {}).finally(() => sampling = false);
+  }, 1000);
   const tracer = setInterval(() => {
     if (tracing) return;
     tracing = true;
@@ -331,6 +349,7 @@ try {
   ).finally(() => {
     clearInterval(sampler);
     clearInterval(tracer);
+    clearInterval(linkSampler);
   });
   const wall = (performance.now() - t0) / 1000;
   for (const d of dumps) d.kill("SIGINT");
@@ -356,6 +375,8 @@ try {
   const udpAfter = { server: await udp(lab.ns), clients: await udp(cliNs) };
   const veth1 = await vethTx();
   const tcpAfter = { server: await udp(lab.ns, "Tcp"), clients: await udp(cliNs, "Tcp") };
+  const extAfter = await tcpExt(lab.ns);
+  linkSamples.push({ t: wall, bytes: veth1.bytes });
   const serverLog = (await Deno.readTextFile(lab.serverLog)).slice(logBefore);
   const count = (re: RegExp) => serverLog.match(re)?.length ?? 0;
   const load = (await Deno.readTextFile("/proc/loadavg")).split(" ").slice(0, 3).join(" ");
@@ -404,6 +425,26 @@ try {
       tcpLine(tcpBefore.clients, tcpAfter.clients)
     }`,
   );
+  console.log(
+    `  server TCP: ${
+      ["TCPTimeouts", "TCPSpuriousRTOs", "TCPLossProbes", "TCPFastRetrans", "TCPSlowStartRetrans"]
+        .map((k) => `${k} ${(extAfter[k] ?? 0) - (extBefore[k] ?? 0)}`).join(", ")
+    }`,
+  );
+  /** The link's use (% of the rate) in each tenth of the storm's wall time. */
+  linkSamples.sort((x, y) => x.t - y.t);
+  const tenths = Array.from({ length: 10 }, (_, i) => {
+    const at = (t: number) => {
+      const j = linkSamples.findIndex((s) => s.t >= t);
+      if (j === -1) return linkSamples[linkSamples.length - 1].bytes;
+      if (j === 0) return linkSamples[0].bytes;
+      const [p, q] = [linkSamples[j - 1], linkSamples[j]];
+      return p.bytes + (q.bytes - p.bytes) * (t - p.t) / (q.t - p.t || 1);
+    };
+    const [from, to] = [wall * i / 10, wall * (i + 1) / 10];
+    return (100 * (at(to) - at(from)) * 8 / rateBits / (to - from)).toFixed(0);
+  });
+  console.log(`  link use by tenth of the wall time: ${tenths.join(" ")} %`);
   console.log(`  tc: ${(await tc("-s", "class", "show", "dev", "storm0")).replace(/\s+/g, " ")}`);
   console.log(
     `  qdiscs: ${(await tc("-s", "qdisc", "show", "dev", "storm0")).replace(/\s+/g, " ")}`,
