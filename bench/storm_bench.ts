@@ -7,6 +7,7 @@
 // (target ≤ 256 MB). Needs root (namespaces, tc) and the Debian kernel of the tests' cache.
 //   deno run -A bench/storm_bench.ts [--quick] [--clients N] [--rate 1gbit] [--server-v8-flags F]
 //     [--server-env KEY=VALUE…] [--tcp-queue BYTES (32 MiB; "" for htb's own queue)]
+//     [--htb-burst BYTES]
 // Besides the figures, what tells the generator from the server: both sides' retransmissions,
 // the generator's event-loop lag, CPU of each, UDP drops (RcvbufErrors) in both namespaces.
 // STORM_PCAP=DIR captures the storm's UDP on both sides (tcpdump) to follow single transfers.
@@ -42,6 +43,9 @@ const { values: a } = parseArgs({
     // txqueuelen (1,000) skbs, which made the 1,000-client storm CPU-bound (1.74× the limit; 1.37×
     // with 32 MiB, docs/benchmarks.md "Boot storm").
     "tcp-queue": { type: "string", default: "33554432" },
+    // htb's burst and cburst for every class, bytes; "" for htb's own (~1,400 bytes at 1 Gbit/s:
+    // every skb larger than that waits for htb's watchdog timer). Not the default: measuring.
+    "htb-burst": { type: "string", default: "" },
   },
 });
 const clients = Number(a.clients ?? (quick ? 100 : 1000));
@@ -164,7 +168,12 @@ try {
   );
   const tc = (...args: string[]) => sh("ip", "netns", "exec", lab.ns, "tc", ...args);
   await tc(..."qdisc add dev storm0 root handle 1: htb default 20 r2q 1000".split(" "));
-  await tc(..."class add dev storm0 parent 1: classid 1:1 htb rate".split(" "), a.rate!);
+  const burst = a["htb-burst"] ? ["burst", a["htb-burst"], "cburst", a["htb-burst"]] : [];
+  await tc(
+    ..."class add dev storm0 parent 1: classid 1:1 htb rate".split(" "),
+    a.rate!,
+    ...burst,
+  );
   for (const [id, prio] of [["1:10", "0"], ["1:20", "1"]]) {
     const share = String(Math.round(rateBits / 1e6 / 2)) + "mbit";
     await tc(
@@ -174,6 +183,7 @@ try {
       share,
       "ceil",
       a.rate!,
+      ...burst,
       "prio",
       prio,
     );
@@ -295,7 +305,7 @@ try {
     const [names, values] = lines.map((l) => l.split(/\s+/).slice(1));
     return Object.fromEntries(names.map((n, i) => [n, Number(values[i])]));
   };
-  const extBefore = await tcpExt(lab.ns);
+  const extBefore = await tcpExt(lab.ns), cliExtBefore = await tcpExt(cliNs);
   const logBefore = (await Deno.readTextFile(lab.serverLog)).length;
   // The generator in `procs` processes (each its share of the clients) or one.
   const pcapDir = Deno.env.get("STORM_PCAP");
@@ -375,7 +385,7 @@ try {
   const udpAfter = { server: await udp(lab.ns), clients: await udp(cliNs) };
   const veth1 = await vethTx();
   const tcpAfter = { server: await udp(lab.ns, "Tcp"), clients: await udp(cliNs, "Tcp") };
-  const extAfter = await tcpExt(lab.ns);
+  const extAfter = await tcpExt(lab.ns), cliExtAfter = await tcpExt(cliNs);
   linkSamples.push({ t: wall, bytes: veth1.bytes });
   const serverLog = (await Deno.readTextFile(lab.serverLog)).slice(logBefore);
   const count = (re: RegExp) => serverLog.match(re)?.length ?? 0;
@@ -429,6 +439,22 @@ try {
     `  server TCP: ${
       ["TCPTimeouts", "TCPSpuriousRTOs", "TCPLossProbes", "TCPFastRetrans", "TCPSlowStartRetrans"]
         .map((k) => `${k} ${(extAfter[k] ?? 0) - (extBefore[k] ?? 0)}`).join(", ")
+    }`,
+  );
+  // Whether the generator reads too slowly: its receive windows closing (zero-window
+  // advertisements), receive queues pruned or dropped.
+  console.log(
+    `  clients TCP: ${
+      [
+        "TCPToZeroWindowAdv",
+        "TCPWantZeroWindowAdv",
+        "TCPZeroWindowDrop",
+        "TCPRcvQDrop",
+        "TCPBacklogDrop",
+        "PruneCalled",
+        "RcvPruned",
+        "TCPOFOQueue",
+      ].map((k) => `${k} ${(cliExtAfter[k] ?? 0) - (cliExtBefore[k] ?? 0)}`).join(", ")
     }`,
   );
   /** The link's use (% of the rate) in each tenth of the storm's wall time. */
