@@ -34,7 +34,7 @@ const { values: a } = parseArgs({
     "dhcp-only": { type: "boolean" },
     procs: { type: "string", default: "1" },
     // As the installed service runs it (src/service/netroot.service); "" for V8's defaults.
-    "server-v8-flags": { type: "string", default: "--max-semi-space-size=2" },
+    "server-v8-flags": { type: "string", default: "--max-semi-space-size=2,--optimize-for-size" },
     // More environment for the server alone (KEY=VALUE, repeatable).
     "server-env": { type: "string", multiple: true, default: [] },
     // The bottleneck's queue for TCP, bytes (a bfifo under htb's TCP class). The test network is
