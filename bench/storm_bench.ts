@@ -270,13 +270,15 @@ try {
     const idle = f[3] + f[4];
     return { busy: (f.reduce((x, y) => x + y, 0) - idle) / 100, idle: idle / 100 };
   };
-  /** UDP (or TCP) counters of a namespace (/proc/net/snmp's Udp line). */
-  const udp = async (ns: string, proto = "Udp") => {
-    const lines = (await sh("ip", "netns", "exec", ns, "cat", "/proc/net/snmp")).split("\n")
-      .filter((l) => l.startsWith(`${proto}:`));
+  /** A namespace's counters of one kind: the header and value lines of `prefix` in a /proc/net
+   *  file (snmp's Udp and Tcp, netstat's TcpExt). */
+  const counters = async (ns: string, file: "snmp" | "netstat", prefix: string) => {
+    const lines = (await sh("ip", "netns", "exec", ns, "cat", `/proc/net/${file}`)).split("\n")
+      .filter((l) => l.startsWith(`${prefix}:`));
     const [names, values] = lines.map((l) => l.split(/\s+/).slice(1));
     return Object.fromEntries(names.map((n, i) => [n, Number(values[i])]));
   };
+  const udp = (ns: string, proto = "Udp") => counters(ns, "snmp", proto);
   const delta = (x: Record<string, number>, y: Record<string, number>) =>
     Object.entries(y).filter(([k, v]) => v !== x[k]).map(([k, v]) => `${k} +${v - x[k]}`)
       .join(", ");
@@ -300,13 +302,7 @@ try {
   };
   const veth0 = await vethTx();
   const tcpBefore = { server: await udp(lab.ns, "Tcp"), clients: await udp(cliNs, "Tcp") };
-  /** TCP's extended counters of a namespace (/proc/net/netstat's TcpExt line). */
-  const tcpExt = async (ns: string) => {
-    const lines = (await sh("ip", "netns", "exec", ns, "cat", "/proc/net/netstat")).split("\n")
-      .filter((l) => l.startsWith("TcpExt:"));
-    const [names, values] = lines.map((l) => l.split(/\s+/).slice(1));
-    return Object.fromEntries(names.map((n, i) => [n, Number(values[i])]));
-  };
+  const tcpExt = (ns: string) => counters(ns, "netstat", "TcpExt");
   const extBefore = await tcpExt(lab.ns), cliExtBefore = await tcpExt(cliNs);
   const logBefore = (await Deno.readTextFile(lab.serverLog)).length;
   // The generator in `procs` processes (each its share of the clients) or one.
