@@ -400,11 +400,14 @@ export interface InitramfsContext {
 }
 
 const inflight = new Map<string, Promise<string>>();
+/** Every ensureInitramfs call under way, from its first step: the program it packs is bundled
+ *  into the data dir's cache before its build is in `inflight`. */
+const calls = new Set<Promise<string>>();
 
 /** Settles when no initramfs is being built (a boot starts one in the background; shutdown and
  *  tests wait for it before closing the database or removing the data dir). */
 export async function initramfsBuildsSettled(): Promise<void> {
-  while (inflight.size) await Promise.allSettled([...inflight.values()]);
+  while (calls.size) await Promise.allSettled([...calls]);
 }
 
 /** Cache file of one (image, kernel, program) triple. */
@@ -424,10 +427,21 @@ export function initramfsFileName(
  * callers for the same key share one build; the file appears complete or not at all (temp name,
  * then rename), so a killed build leaves only a `.tmp` file that a later build sweeps.
  */
-export async function ensureInitramfs(
+export function ensureInitramfs(
   ctx: InitramfsContext,
   imageId: string,
   opts: { program?: ProgramFiles } = {},
+): Promise<string> {
+  const call = initramfsFor(ctx, imageId, opts);
+  calls.add(call);
+  call.then(() => calls.delete(call), () => calls.delete(call));
+  return call;
+}
+
+async function initramfsFor(
+  ctx: InitramfsContext,
+  imageId: string,
+  opts: { program?: ProgramFiles },
 ): Promise<string> {
   const img = await ctx.images.get(imageId);
   if (!img) throw notFound(`image ${imageId}`);
@@ -443,7 +457,7 @@ export async function ensureInitramfs(
     await programFor(imageMachine(rootfs) ?? EM_X86_64, join(cache, "program"));
   const compression = initramfsCompression(rootfs, img.kernelVersion);
   const name = initramfsFileName(img.id, img.kernelVersion, program, compression);
-  // Registered before any await so a concurrent caller for the same key finds it.
+  // Looked up and registered with no await between: a concurrent caller for the key finds it.
   let build = inflight.get(name);
   if (!build) {
     build = buildOnce(img.id, img.kernelVersion, rootfs, program, compression, cache, name)
