@@ -1023,11 +1023,15 @@ class CopyRun {
           applyMeta(this.dst(e), e);
         }
       }
+      // The manifest is written before the syncfs, so that its data is on the disk with the
+      // copy's: a power cut right after the renames' commit must not leave a complete copy with an
+      // empty manifest (ext4 allocates a new file's blocks only at writeback, and a directory's
+      // fsync commits the renames without them).
+      const tmp = `${p.manifest}.tmp`;
+      Deno.writeTextFileSync(tmp, this.opts.manifestText);
       const flushFrom = performance.now();
       await syncfsAsync(p.base);
       this.report.flushMs = performance.now() - flushFrom;
-      const tmp = `${p.manifest}.tmp`;
-      Deno.writeTextFileSync(tmp, this.opts.manifestText);
       Deno.renameSync(tmp, p.manifest);
       Deno.renameSync(p.part, p.image);
       fsyncDir(p.base);

@@ -357,6 +357,8 @@ async function cutRedeploy(progressAt: number): Promise<{ cut: boolean; next: Co
     const next = await prepare("v2", v2);
     assert.equal((await manifestOf(copyPaths(hybridDir, v2.id).image)).text, v2.text);
     assert.ok(isComplete(hybridDir, v2.id));
+    // A complete copy's manifest survives the cut whole: the next re-deploy plans from it.
+    assert.equal(Deno.readTextFileSync(copyPaths(hybridDir, v2.id).manifest), v2.text);
     out = { cut, next: next.report };
   });
   return out!;
