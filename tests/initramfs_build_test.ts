@@ -10,6 +10,7 @@ import {
   type BootableImage,
   buildInitramfs,
   ensureInitramfs,
+  initramfsBuildsSettled,
   initramfsCompression,
   type ProgramFiles,
 } from "../src/initramfs/build.ts";
@@ -25,6 +26,8 @@ import {
 } from "../src/initramfs/bundle.ts";
 import { launcherElf } from "../src/initramfs/elf.ts";
 import { keepNewest } from "../src/initramfs/prune.ts";
+import { fsyncDir } from "../src/linux/fsops.ts";
+import { loopExt4, run } from "./support/ext4disk.ts";
 import { debianKernel } from "./support/kernel.ts";
 
 const dec = new TextDecoder();
@@ -510,6 +513,47 @@ Deno.test("cache pruning keeps the newest files of one image only", async () => 
       "b-1.cpio.zst",
     ]);
   } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("ensureInitramfs (root, loop ext4): a power cut after a build never leaves an empty or torn file under the cached name", async () => {
+  const k = await debianKernel();
+  const dir = await Deno.makeTempDir({ prefix: "nr-initramfs-" });
+  const disk = await loopExt4(64);
+  try {
+    const data = new DataDir(join(disk.mnt, "data"));
+    await data.ensure();
+    const id = "f".repeat(64);
+    await Deno.mkdir(data.image(id), { recursive: true });
+    const e1000 = await Deno.readFile(
+      join(k.root, "lib/modules", k.kv, "kernel/drivers/net/ethernet/intel/e1000/e1000.ko"),
+    );
+    run("cp", "-a", await smallImage(dir, "9.9.9-test", e1000), data.rootfs(id));
+    run("sync"); // the data dir and the image are durable: only the build is at stake
+    const image = { id, name: "img", bootable: true, kernelVersion: "9.9.9-test" };
+    const ctx = { data, images: { get: () => image } };
+    const program = await probeProgram(dir);
+    const path = await ensureInitramfs(ctx, id, { program });
+    const built = await Deno.readFile(path);
+    assert.ok(built.length > 0);
+    // Anything else of the server (an SQLite commit of the database beside it, ext4's 5 s timer)
+    // commits the journal now: the rename goes to the disk with whatever is there of the file.
+    fsyncDir(data.root);
+    disk.powerCut();
+    disk.powerOn();
+    // After the restart the cache is trusted by its name alone: it must be the file, whole.
+    const again = await ensureInitramfs(ctx, id, { program });
+    const after = await Deno.readFile(again);
+    assert.equal(
+      after.length,
+      built.length,
+      `cached initramfs after the cut: ${after.length} bytes`,
+    );
+    assert.ok(after.every((b, i) => b === built[i]), "same content");
+  } finally {
+    await initramfsBuildsSettled();
+    await disk.close();
     await Deno.remove(dir, { recursive: true });
   }
 });

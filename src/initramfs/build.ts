@@ -425,7 +425,8 @@ export function initramfsFileName(
 /**
  * The path of the image's initramfs for the running program, building it if needed. Concurrent
  * callers for the same key share one build; the file appears complete or not at all (temp name,
- * then rename), so a killed build leaves only a `.tmp` file that a later build sweeps.
+ * fsync, then rename), so a killed build or a power cut leaves only a `.tmp` file that a later
+ * build sweeps.
  */
 export function ensureInitramfs(
   ctx: InitramfsContext,
@@ -486,6 +487,10 @@ async function buildOnce(
   const tmp = join(cache, `.${name}.${Deno.pid}.tmp`);
   try {
     const r = await buildInitramfs({ rootfs, kernelVersion: kv, out: tmp, program, compression });
+    // On the disk before it has its name: the name alone is trusted later, and a rename can
+    // reach the disk (any journal commit) before the file's data (ext4 allocates its blocks at
+    // writeback), so a power cut would leave a truncated archive served to every node.
+    await syncFile(tmp);
     await Deno.rename(tmp, path);
     // The previous program version's file stays for a rollback; older ones go.
     await keepNewest(cache, (n) => n.startsWith(`${imageId}-`) && /\.cpio\.(gz|zst)$/.test(n), 2);
@@ -507,6 +512,12 @@ async function buildOnce(
     // that a build usually precedes.
     releaseFreeMemory();
   }
+}
+
+/** fsync(2) of a file written and closed. */
+async function syncFile(path: string): Promise<void> {
+  using f = await Deno.open(path);
+  await f.sync();
 }
 
 /** Removes temp files of builds whose process is gone (killed mid-build). */
