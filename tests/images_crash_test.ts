@@ -5,7 +5,8 @@ import { createHash } from "node:crypto";
 import { DataDir } from "../src/datadir.ts";
 import { openDatabase } from "../src/db.ts";
 import { ImageStore } from "../src/images/store.ts";
-import { dirEntries, sh } from "./images_helpers.ts";
+import { loopExt4 } from "./support/ext4disk.ts";
+import { dirEntries, sh, tempStore } from "./images_helpers.ts";
 
 const storeUrl = new URL("../src/images/store.ts", import.meta.url).href;
 const dbUrl = new URL("../src/db.ts", import.meta.url).href;
@@ -121,5 +122,46 @@ Deno.test("kill -9 during imports at many points leaves db and tree consistent (
     );
   } finally {
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("commit (root, loop ext4): a power cut while the tree is being flushed leaves no empty object for the next commit of that content to trust", async () => {
+  const disk = await loopExt4(64);
+  let t = await tempStore(`${disk.mnt}/data`);
+  try {
+    const write = (work: string) => {
+      Deno.mkdirSync(`${work}/rootfs/etc`, { recursive: true });
+      Deno.writeTextFileSync(`${work}/rootfs/etc/hostname`, "cut\n");
+    };
+    const meta = { madeBy: "import" as const, command: null, parent: null };
+    sh("sync");
+    const work = t.store.scratch("import");
+    write(work);
+    // The flush of the tree under way (a slow disk): the commit goes on while it runs.
+    let flushed!: () => void;
+    const flushing = new Promise<void>((r) => flushed = r);
+    const commit = t.store.commit(work, "cut", meta, { flushing }).catch((e) => e);
+    await new Promise((r) => setTimeout(r, 100));
+    // Any journal commit meanwhile (ext4's 5 s timer, the database's fsync), then the cut.
+    const f = Deno.openSync(`${disk.mnt}/data/journal-commit`, { write: true, create: true });
+    f.syncSync();
+    f.close();
+    disk.powerCut();
+    flushed();
+    await commit;
+    t.db.close();
+    await t.store.idle().catch(() => {});
+    disk.powerOn();
+    await Deno.remove(t.dir, { recursive: true });
+    // The next start, and the same content committed again (an import run again).
+    t = await tempStore(`${disk.mnt}/data`);
+    await t.store.reconcile();
+    const again = t.store.scratch("import");
+    write(again);
+    const c = await t.store.commit(again, "cut", meta);
+    assert.equal(Deno.readTextFileSync(`${t.data.rootfs(c.id)}/etc/hostname`), "cut\n");
+  } finally {
+    await t.close().catch(() => {}); // the first store's database is closed already after a throw
+    await disk.close();
   }
 });

@@ -18,6 +18,7 @@
 import { join } from "node:path";
 import { parseEntry } from "../../contract/manifest.ts";
 import { UserError } from "../errors.ts";
+import { syncfsAsync } from "../linux/fsops.ts";
 import { MNT_DETACH, mount, umount } from "../linux/mount.ts";
 import { logger } from "../log.ts";
 import type { Commit, ImageInfo, ImageStore, MadeBy } from "./store.ts";
@@ -294,6 +295,8 @@ export async function commitUpper(
       return await images.commit(work, name, commitMeta);
     }
     const started = performance.now();
+    // The upper's files become objects: on the disk first (commitManifest waits for this).
+    const flushing = syncfsAsync(upper).catch(() => {});
     const base = prepared?.base ?? await Deno.readTextFile(images.data.manifest(baseId));
     const d = deriveManifest(base, upper);
     return await images.commitManifest(work, name, commitMeta, {
@@ -301,6 +304,7 @@ export async function commitUpper(
       bytes: d.bytes,
       text: d.text,
       started,
+      flushing,
       materialize: () => {
         if (prepared) {
           Deno.renameSync(prepared.tree, tree);

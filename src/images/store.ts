@@ -394,7 +394,7 @@ export class ImageStore {
       text: string;
       started: number;
       materialize: () => void | Promise<void>;
-      /** A flush of the tree already under way (awaited before the final one). */
+      /** A flush of the tree's new files already under way (awaited before `materialize`). */
       flushing?: Promise<void>;
     },
   ): Promise<Commit> {
@@ -408,6 +408,11 @@ export class ImageStore {
       log.info("commit: same content already in the store", { name, id, as: existing.name });
       return { ...existing, existed: true, previous: null, outdated: null };
     }
+    // The tree's files on the disk before any becomes an object: an object is trusted by its name
+    // (a later commit of the same content links to it instead of storing its own file), and a
+    // link reaches the disk with any journal commit, before the data of a file written since
+    // (ext4 allocates its blocks at writeback): a power cut would leave an empty object.
+    await m.flushing;
     await m.materialize();
     await Deno.writeFile(join(work, "manifest"), text);
     const k = detectKernel(entries);
@@ -421,7 +426,6 @@ export class ImageStore {
     }
     // The row promises a complete tree: flush it first (a power cut must not leave a row over
     // half-written files; one syncfs instead of an fsync per file).
-    await m.flushing;
     syncfs(this.data.image(id));
     const createdAt = new Date().toISOString();
     let previous: string | null = null;
