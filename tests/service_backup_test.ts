@@ -7,8 +7,9 @@ import { DatabaseSync } from "node:sqlite";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { schemaVersion, versionOf } from "../src/db.ts";
+import { openDatabase, schemaVersion, versionOf } from "../src/db.ts";
 import { backupTo, restoreFrom } from "../src/service/backup.ts";
+import { loopExt4, run } from "./support/ext4disk.ts";
 
 const mainTs = fileURLToPath(new URL("../main.ts", import.meta.url));
 const fixtures = fileURLToPath(new URL("./fixtures/schema/", import.meta.url));
@@ -300,6 +301,40 @@ Deno.test("restore of a backup from an older schema migrates it and names the mi
     after.close();
     assert.deepEqual(nodeNames(join(fresh, "netroot.db")), ["rack1-n1", "vm1"]);
   } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("restore (root, loop ext4): a power cut after it returns leaves the restored database and token, not empty files", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nr-restore-cut-" });
+  const disk = await loopExt4(64);
+  try {
+    const old = join(dir, "old");
+    await Deno.mkdir(old);
+    const db = new DatabaseSync(join(old, "netroot.db"));
+    db.exec(await Deno.readTextFile(join(fixtures, "v1.sql")));
+    db.close();
+    openDatabase(join(old, "netroot.db")).close(); // the current schema: restore has nothing to migrate
+    await Deno.writeTextFile(join(old, "token"), "c".repeat(64) + "\n", { mode: 0o600 });
+    const data = join(disk.mnt, "data");
+    await Deno.mkdir(data);
+    run("sync");
+    const file = join(disk.mnt, "old.tar");
+    await backupTo(file, { dataDir: old });
+    await restoreFrom(file, { dataDir: data });
+    // Any journal commit afterwards (ext4's 5 s timer, the server started on it), then the cut.
+    const f = Deno.openSync(join(disk.mnt, "journal-commit"), { write: true, create: true });
+    f.syncSync();
+    f.close();
+    disk.powerCut();
+    disk.powerOn();
+    assert.equal(Deno.readTextFileSync(join(data, "token")), "c".repeat(64) + "\n");
+    // An empty netroot.db would open as a new, empty database: the next start would then remove
+    // every image tree as having no row.
+    assert.ok(Deno.statSync(join(data, "netroot.db")).size > 0, "netroot.db is empty");
+    assert.deepEqual(nodeNames(join(data, "netroot.db")), ["rack1-n1", "vm1"]);
+  } finally {
+    await disk.close();
     await Deno.remove(dir, { recursive: true });
   }
 });

@@ -22,6 +22,7 @@ import { DataDir } from "../datadir.ts";
 import { openDatabase, schemaVersion, versionOf } from "../db.ts";
 import { ImageStore } from "../images/store.ts";
 import { UserError } from "../errors.ts";
+import { fsyncDir, syncfs } from "../linux/fsops.ts";
 import { lockDataDir } from "./lock.ts";
 
 export const MANIFEST = "netroot-backup.json";
@@ -276,6 +277,11 @@ export async function restoreFrom(
   try {
     await tar(["--extract", "--file", source, "--directory", stage, "--no-same-owner"]);
     const manifest = await checkExtracted(stage, file);
+    // The extracted files on the disk before they are renamed in: a rename can reach the disk
+    // (any journal commit) before the data of a file just written (ext4 allocates its blocks at
+    // writeback), and an empty netroot.db after a power cut opens as a new, empty database — the
+    // next start would then remove every image tree as having no row.
+    syncfs(stage);
     // Everything checked: from here on only renames within the data dir.
     const stamp = new Date().toISOString().replace(/[:.]/g, "-");
     const replaced = join(data.root, `replaced-${stamp}`);
@@ -290,6 +296,7 @@ export async function restoreFrom(
     if (existsSync(join(stage, "power"))) {
       await Deno.rename(join(stage, "power"), join(data.root, "power"));
     }
+    fsyncDir(data.root); // restored once restore returns
     const config = await restoreConfig(stage, manifest, opts.config, stamp);
     return {
       manifest,
@@ -320,6 +327,8 @@ async function restoreConfig(
     const target = config ? resolve(config) : join(etcDir, n);
     if (existsSync(target)) await Deno.rename(target, `${target}.replaced-${stamp}`);
     await Deno.copyFile(join(stage, "config", n), target);
+    using f = await Deno.open(target);
+    await f.sync(); // not an empty settings file after a power cut
     done.push(target);
   }
   return done;
