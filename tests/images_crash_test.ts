@@ -4,6 +4,7 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { DataDir } from "../src/datadir.ts";
 import { openDatabase } from "../src/db.ts";
+import { commitUpper } from "../src/images/session.ts";
 import { ImageStore } from "../src/images/store.ts";
 import { loopExt4 } from "./support/ext4disk.ts";
 import { dirEntries, sh, tempStore } from "./images_helpers.ts";
@@ -162,6 +163,57 @@ Deno.test("commit (root, loop ext4): a power cut while the tree is being flushed
     assert.equal(Deno.readTextFileSync(`${t.data.rootfs(c.id)}/etc/hostname`), "cut\n");
   } finally {
     await t.close().catch(() => {}); // the first store's database is closed already after a throw
+    await disk.close();
+  }
+});
+
+Deno.test("derived commit (node save) (root, loop ext4): a power cut after the upper's files became objects leaves none empty for the save run again to trust", async () => {
+  const disk = await loopExt4(64);
+  let t = await tempStore(`${disk.mnt}/data`);
+  try {
+    const meta = { madeBy: "import" as const, command: null, parent: null };
+    const work = t.store.scratch("import");
+    Deno.mkdirSync(`${work}/rootfs/etc`, { recursive: true });
+    Deno.writeTextFileSync(`${work}/rootfs/etc/hostname`, "base\n");
+    const base = await t.store.commit(work, "node", meta);
+    // The node's upper as `node save` unpacks it into scratch (no overlay, no flush of its own).
+    const upper = (dir: string) => {
+      Deno.mkdirSync(`${dir}/etc`, { recursive: true });
+      Deno.writeTextFileSync(`${dir}/etc/motd`, "saved\n");
+      sh("touch", "-h", "-d", "@1600000000", `${dir}/etc/motd`, `${dir}/etc`);
+      return dir;
+    };
+    const save = { madeBy: "save" as const, command: null };
+    sh("sync");
+    // Cut right after the commit has put the upper's files into the object store (any journal
+    // commit then: ext4's 5 s timer, the database's fsync).
+    const commitManifest = t.store.commitManifest.bind(t.store);
+    t.store.commitManifest = (work, name, meta, m) =>
+      commitManifest(work, name, meta, {
+        ...m,
+        materialize: async () => {
+          await m.materialize();
+          const f = Deno.openSync(`${disk.mnt}/data/journal-commit`, { write: true, create: true });
+          f.syncSync();
+          f.close();
+          disk.powerCut();
+        },
+      });
+    const first = t.store.scratch("save");
+    await commitUpper(t.store, upper(first), base.id, "node", save).catch(() => {});
+    t.db.close();
+    await t.store.idle().catch(() => {});
+    disk.powerOn();
+    await Deno.remove(t.dir, { recursive: true });
+    // The next start, and the admin runs the save again.
+    t = await tempStore(`${disk.mnt}/data`);
+    await t.store.reconcile();
+    const again = t.store.scratch("save");
+    const c = await commitUpper(t.store, upper(again), base.id, "node", save);
+    assert.equal(Deno.readTextFileSync(`${t.data.rootfs(c.id)}/etc/motd`), "saved\n");
+    assert.equal(Deno.readTextFileSync(`${t.data.rootfs(c.id)}/etc/hostname`), "base\n");
+  } finally {
+    await t.close().catch(() => {});
     await disk.close();
   }
 });
