@@ -89,10 +89,21 @@ export function installServerKey(root: string, key: string): string {
   } else if (st) text = new TextDecoder().decode(Deno.readFileSync(file));
   const tmp = `${dir}/.authorized_keys.netroot-${Deno.pid}`;
   if (lstatOrNull(tmp)) Deno.removeSync(tmp); // the image's, or a leftover: never opened
-  Deno.writeFileSync(tmp, new TextEncoder().encode(withServerKey(text, key)), {
+  const f = Deno.openSync(tmp, {
     createNew: true, // O_EXCL: a symlink planted at this name is not followed
+    write: true,
     mode: 0o600,
   });
+  try {
+    const bytes = new TextEncoder().encode(withServerKey(text, key));
+    for (let at = 0; at < bytes.length;) at += f.writeSync(bytes.subarray(at));
+    // On the disk before the rename: in a persistent root an empty file left by a power cut
+    // would hide the image's own keys for good (ext4 allocates a new file's blocks at writeback,
+    // and the rename can reach the disk first).
+    f.syncSync();
+  } finally {
+    f.close();
+  }
   lchown(tmp, 0, 0);
   Deno.chmodSync(tmp, 0o600);
   Deno.renameSync(tmp, file); // replaces a symlink or a hard link: never writes through one

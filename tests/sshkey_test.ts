@@ -11,6 +11,7 @@ import {
   renderCmdline,
 } from "../contract/cmdline.ts";
 import { installServerKey, keyMarker, withServerKey } from "../overlay/sshkey.ts";
+import { loopExt4, run } from "./support/ext4disk.ts";
 
 const key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPBlmN1w4FAmNoYi+9vXS140PgvIT4SFNa23urUUqUQD";
 const values: CmdlineValues = {
@@ -159,5 +160,54 @@ Deno.test("sshkey: a /root or authorized_keys that cannot be made safe is refuse
   } finally {
     Deno.removeSync(root, { recursive: true });
     Deno.removeSync(outside, { recursive: true });
+  }
+});
+
+Deno.test("sshkey (root, loop ext4): a power cut after the first boot of a persistent root keeps the image's keys", async () => {
+  // Hybrid persistent mode: the image's tree is the overlay's lower layer, the upper on the
+  // node's ext4 keeps what the node writes, boot after boot.
+  const tmp = await Deno.makeTempDir({ prefix: "netroot-sshkey-cut-" });
+  const disk = await loopExt4(32);
+  const merged = join(tmp, "merged");
+  const mountRoot = () =>
+    run(
+      "mount",
+      "-t",
+      "overlay",
+      "overlay",
+      "-o",
+      `lowerdir=${tmp}/lower,upperdir=${disk.mnt}/upper,workdir=${disk.mnt}/work`,
+      merged,
+    );
+  try {
+    Deno.mkdirSync(join(tmp, "lower/root/.ssh"), { recursive: true, mode: 0o700 });
+    Deno.writeTextFileSync(
+      join(tmp, "lower/root/.ssh/authorized_keys"),
+      "ssh-rsa AAAAimage admin@lab\n",
+    );
+    for (const d of ["upper", "work"]) Deno.mkdirSync(join(disk.mnt, d));
+    Deno.mkdirSync(merged);
+    mountRoot();
+    run("sync");
+    installServerKey(merged, key);
+    // Any journal commit meanwhile (ext4's 5 s timer, the booted system writing), then the cut.
+    const f = Deno.openSync(join(disk.mnt, "journal-commit"), { write: true, create: true });
+    f.syncSync();
+    f.close();
+    disk.powerCut();
+    run("umount", merged);
+    disk.powerOn();
+    mountRoot();
+    // The next boot reads the file (and keeps its lines): the image's key must still be there.
+    assert.deepEqual(
+      Deno.readTextFileSync(join(merged, "root/.ssh/authorized_keys")).trimEnd().split("\n"),
+      ["ssh-rsa AAAAimage admin@lab", `${key} ${keyMarker}`],
+    );
+  } finally {
+    try {
+      run("umount", merged);
+    } catch { /* not mounted */ }
+    await disk.close();
+    await Deno.remove(tmp, { recursive: true });
   }
 });
