@@ -13,6 +13,7 @@ import { NODE_DENO, nodeLauncher } from "../src/initramfs/bundle.ts";
 import { EM_AARCH64, EM_X86_64, readElfFile } from "../src/initramfs/elf.ts";
 import { LIBRARY_DIRS_AARCH64, sharedLibraries } from "../src/initramfs/libs.ts";
 import { nodeRuntime, runtimePath } from "../src/initramfs/runtime.ts";
+import { loopExt4 } from "./support/ext4disk.ts";
 import { workCacheDir } from "./support/kernel.ts";
 
 const dec = new TextDecoder();
@@ -269,4 +270,49 @@ Deno.test("the arm64 Deno runtime comes from npm at the running Deno's version, 
       e.message.includes("deno-0.0.0-none-aarch64/deno"),
   );
   await Deno.remove(join(cache, "..", "deno-runtime-missing"), { recursive: true }).catch(() => {});
+});
+
+Deno.test("the arm64 runtime (root, loop ext4): after a power cut the cached file is whole or fetched again, never a torn one trusted", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nr-runtime-cut-" });
+  const disk = await loopExt4(160);
+  try {
+    // A stand-in package: the arm64 headers, then 80 MB (npm's real one is ~85 MB).
+    const deno = new Uint8Array(80 << 20).fill(0x5a);
+    deno.set(armDeno());
+    await Deno.mkdir(join(dir, "package"));
+    await Deno.writeFile(join(dir, "package/deno"), deno);
+    const tgz = join(dir, "pkg.tgz");
+    const tar = await new Deno.Command("tar", { args: ["-C", dir, "-czf", tgz, "package"] })
+      .output();
+    assert.ok(tar.success);
+    const npm = join(dir, "npm");
+    await Deno.writeTextFile(npm, `#!/bin/sh\ncp ${tgz} "$5/"\n`, { mode: 0o755 });
+    const cache = join(disk.mnt, "initramfs/runtime");
+    await Deno.mkdir(cache, { recursive: true });
+    const path = await nodeRuntime(EM_AARCH64, cache, { version: "9.9.9", npm });
+    // Any journal commit afterwards (ext4's 5 s timer, the database's fsync), then the cut.
+    const f = Deno.openSync(join(disk.mnt, "journal-commit"), { write: true, create: true });
+    f.syncSync();
+    f.close();
+    disk.powerCut();
+    disk.powerOn();
+    // No npm now: a file kept under the cached name is used as it is, so it must be whole.
+    const again = await nodeRuntime(EM_AARCH64, cache, {
+      version: "9.9.9",
+      npm: "/nonexistent/npm",
+    })
+      .catch((e) => e);
+    if (typeof again === "string") {
+      assert.equal(again, path);
+      const got = await Deno.readFile(path);
+      assert.equal(
+        got.length,
+        deno.length,
+        `the cached runtime after the cut: ${got.length} bytes`,
+      );
+    } else assert.ok(again instanceof UserError, String(again)); // not trusted: fetched again
+  } finally {
+    await disk.close();
+    await Deno.remove(dir, { recursive: true });
+  }
 });

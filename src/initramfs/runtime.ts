@@ -47,7 +47,8 @@ const fetching = new Map<string, Promise<string>>();
 
 /**
  * The path of the Deno binary for `machine`, fetched from npm when not cached yet (into a temp
- * dir, then renamed into place: a killed fetch leaves no half file under the cached name).
+ * dir, flushed, then renamed into place: a killed fetch or a power cut leaves no half file under
+ * the cached name).
  */
 export function nodeRuntime(
   machine: number,
@@ -98,6 +99,12 @@ async function fetchRuntime(
       throw new UserError(`${spec}: its deno is ${machineName(m)}, not ${machineName(machine)}`);
     }
     await Deno.chmod(deno, 0o755);
+    // On the disk before it has its name: a file there is trusted by its ELF header alone, and a
+    // power cut during writeback would leave a torn binary under it (packed for every node).
+    {
+      using f = await Deno.open(deno);
+      await f.sync();
+    }
     // Whatever is there is not a valid runtime (checked above): replaced whole.
     const dir = join(path, "..");
     await Deno.remove(dir, { recursive: true }).catch(() => {});
