@@ -6,6 +6,7 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { paths, renderUnit } from "../src/service/install.ts";
+import { loopExt4, run } from "./support/ext4disk.ts";
 
 const mainTs = fileURLToPath(new URL("../main.ts", import.meta.url));
 const shipped = fileURLToPath(new URL("../src/service/netroot.service", import.meta.url));
@@ -91,5 +92,34 @@ Deno.test("install-service --root from a checkout, then uninstall-service keeps 
     assert.match(again.err, /not installed as a service/);
   } finally {
     await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("install-service (root, loop ext4): a power cut after it returns leaves the program and the unit whole", async () => {
+  const disk = await loopExt4(512);
+  try {
+    const root = join(disk.mnt, "root");
+    await Deno.mkdir(root);
+    run("sync");
+    const r = await netroot("install-service", "--root", root, "--data", "/srv/netroot");
+    assert.equal(r.code, 0, r.err);
+    const at = (p: string) => join(root, p);
+    const want = new Map<string, number>();
+    for (const f of ["deno", "netroot.js", "netroot-init.js"]) {
+      want.set(join(at(paths.lib), f), (await Deno.stat(join(at(paths.lib), f))).size);
+    }
+    for (const p of [paths.unit, paths.bin, paths.config]) {
+      want.set(at(p), (await Deno.stat(at(p))).size);
+    }
+    // Any journal commit afterwards (ext4's 5 s timer, systemd starting the service), the cut.
+    const f = Deno.openSync(join(disk.mnt, "journal-commit"), { write: true, create: true });
+    f.syncSync();
+    f.close();
+    disk.powerCut();
+    disk.powerOn();
+    const got = new Map([...want.keys()].map((p) => [p, Deno.statSync(p).size]));
+    assert.deepEqual(got, want);
+  } finally {
+    await disk.close();
   }
 });

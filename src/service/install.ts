@@ -135,7 +135,16 @@ async function writeWhole(path: string, text: string, mode: number): Promise<voi
   const tmp = `${path}.new-${Deno.pid}`;
   await Deno.writeTextFile(tmp, text, { mode });
   await Deno.chmod(tmp, mode);
+  await flush(tmp);
   await Deno.rename(tmp, path);
+}
+
+/** fsync(2) of a file written: on the disk before a rename gives it its name. A rename can reach
+ *  the disk (any journal commit) before the data of a new file (ext4 allocates its blocks at
+ *  writeback): a power cut after an install would leave an empty program, unit and settings. */
+async function flush(path: string): Promise<void> {
+  using f = await Deno.open(path);
+  await f.sync();
 }
 
 /** Fills a fresh program directory, then swaps it with the installed one. */
@@ -148,6 +157,7 @@ async function installProgram(root: string, program: Program): Promise<void> {
   for (const [name, from] of files) {
     await Deno.copyFile(from, join(fresh, name));
     await Deno.chmod(join(fresh, name), name.endsWith(".js") ? 0o644 : 0o755);
+    await flush(join(fresh, name));
   }
   // The bundle's boot loaders go along (src/release/ipxe.ts looks for ipxe/ beside the program).
   const loaders = bundledIpxeDir();
@@ -157,6 +167,7 @@ async function installProgram(root: string, program: Program): Promise<void> {
       if (!e.isFile) continue;
       await Deno.copyFile(join(loaders, e.name), join(fresh, "ipxe", e.name));
       await Deno.chmod(join(fresh, "ipxe", e.name), 0o644);
+      await flush(join(fresh, "ipxe", e.name));
     }
   }
   const had = existsSync(lib);
@@ -194,7 +205,7 @@ export async function installService(opts: InstallOptions = {}): Promise<void> {
   log(`unit: ${paths.unit}; command: ${paths.bin}`);
   await Deno.mkdir(at(paths.etc), { recursive: true, mode: 0o755 });
   if (!existsSync(at(paths.config))) {
-    await Deno.writeTextFile(at(paths.config), "{}\n", { mode: 0o644 });
+    await writeWhole(at(paths.config), "{}\n", 0o644);
     log(`settings: ${paths.config} (new, empty: embedded defaults)`);
   } else log(`settings: ${paths.config} (kept)`);
   await Deno.mkdir(at(data), { recursive: true, mode: 0o755 });
