@@ -8,6 +8,7 @@ import type { Context } from "../src/context.ts";
 import { buildApp, openContext } from "../src/server.ts";
 import { readConsole } from "../src/consolelog.ts";
 import {
+  ensureUefiVars,
   parseDiskList,
   qmpSocketPath,
   startVnodes,
@@ -15,6 +16,8 @@ import {
   vnodeManager,
 } from "../src/vnode/manager.ts";
 import { missingTool } from "../src/vnode/exec.ts";
+import { uefiFirmware } from "../src/vnode/qemu.ts";
+import { loopExt4, run } from "./support/ext4disk.ts";
 
 async function withCtx(fn: (ctx: Context, dir: string) => Promise<void>): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "nr-vnode-mgr-" });
@@ -210,4 +213,26 @@ Deno.test("QMP sockets stay within the unix path limit", () => {
   assert.ok(p.length <= 107);
   assert.equal(qmpSocketPath(deep), p); // stable
   assert.notEqual(qmpSocketPath(deep + "2"), p);
+});
+
+Deno.test("a UEFI vnode's variable store (root, loop ext4): a power cut after its first start leaves it whole", async () => {
+  const disk = await loopExt4(32);
+  try {
+    const vm = join(disk.mnt, "vm");
+    await Deno.mkdir(vm);
+    run("sync");
+    const vars = await ensureUefiVars(vm, "x86_64");
+    const want = (await Deno.stat(uefiFirmware("x86_64").vars)).size;
+    // Any journal commit afterwards (ext4's 5 s timer, the database's fsync), then the cut.
+    const f = Deno.openSync(join(disk.mnt, "journal-commit"), { write: true, create: true });
+    f.syncSync();
+    f.close();
+    disk.powerCut();
+    disk.powerOn();
+    // The next start keeps the file it finds (as a PC keeps its NVRAM): it must be whole.
+    assert.equal(await ensureUefiVars(vm, "x86_64"), vars);
+    assert.equal((await Deno.stat(vars)).size, want);
+  } finally {
+    await disk.close();
+  }
 });

@@ -436,7 +436,7 @@ export class VnodeManager {
 
 /** A UEFI node's variable store (boot entries OVMF writes), copied from OVMF's template at its
  *  first start and kept across restarts, as a PC keeps its NVRAM. */
-async function ensureUefiVars(vm: string, arch: VnodeArch): Promise<string> {
+export async function ensureUefiVars(vm: string, arch: VnodeArch): Promise<string> {
   const { code, vars: template } = uefiFirmware(arch);
   if (!existsSync(code) || !existsSync(template)) {
     const pkg = arch === "aarch64" ? "qemu-efi-aarch64" : "ovmf";
@@ -446,7 +446,16 @@ async function ensureUefiVars(vm: string, arch: VnodeArch): Promise<string> {
     );
   }
   const vars = join(vm, "uefi-vars.fd");
-  if (!existsSync(vars)) await Deno.copyFile(template, vars);
+  if (existsSync(vars)) return vars;
+  // Copied aside, flushed, then named: a file under this name is kept for good, so a kill or a
+  // power cut must not leave an empty or partial one there (qemu refuses a short flash image).
+  const tmp = `${vars}.new`;
+  await Deno.copyFile(template, tmp);
+  {
+    using f = await Deno.open(tmp);
+    await f.sync();
+  }
+  await Deno.rename(tmp, vars);
   return vars;
 }
 
