@@ -116,7 +116,9 @@ export async function ensureDisks(vmDir: string, disks: DiskSpec[]): Promise<str
     if (!(await matches(vmDir, i, d))) {
       await createDisk(path, d);
       // The info file is written last: a crash mid-build leaves a disk that is rebuilt next time.
-      await Deno.writeTextFile(infoPath(vmDir, i), JSON.stringify(d) + "\n");
+      // Flushed: an empty one after a power cut would make the next start rebuild the disk over
+      // what the guest wrote on it meanwhile.
+      await writeSynced(infoPath(vmDir, i), JSON.stringify(d) + "\n");
     }
     paths.push(path);
   }
@@ -129,6 +131,13 @@ export async function ensureDisks(vmDir: string, disks: DiskSpec[]): Promise<str
     if (!gone.some(Boolean)) break;
   }
   return paths;
+}
+
+async function writeSynced(path: string, text: string): Promise<void> {
+  using f = await Deno.open(path, { write: true, create: true, truncate: true });
+  const bytes = new TextEncoder().encode(text);
+  for (let at = 0; at < bytes.length;) at += await f.write(bytes.subarray(at));
+  await f.sync();
 }
 
 async function matches(vmDir: string, i: number, d: DiskSpec): Promise<boolean> {
@@ -154,6 +163,10 @@ export async function createDisk(path: string, d: DiskSpec): Promise<void> {
   }
   try {
     if (d.template !== "none") await formatPartition(tmp, d.template);
+    {
+      using f = await Deno.open(tmp);
+      await f.sync(); // what mkfs wrote, on the disk before the image has its name
+    }
     await Deno.rename(tmp, path);
   } catch (e) {
     await Deno.remove(tmp).catch(() => {});
