@@ -13,6 +13,7 @@ import { type CpioEntry, CpioWriter } from "./cpio.ts";
 import { EM_AARCH64, EM_X86_64, machineName, readElfFile } from "./elf.ts";
 import { libraryDirs, sharedLibraries } from "./libs.ts";
 import { keepNewest } from "./prune.ts";
+import { syncFile } from "../linux/fsops.ts";
 import {
   NETCONSOLE_MODULES,
   parseModuleIndex,
@@ -512,12 +513,6 @@ async function buildOnce(
     // that a build usually precedes.
     releaseFreeMemory();
   }
-}
-
-/** fsync(2) of a file written and closed. */
-async function syncFile(path: string): Promise<void> {
-  using f = await Deno.open(path);
-  await f.sync();
 }
 
 /** Removes temp files of builds whose process is gone (killed mid-build). */

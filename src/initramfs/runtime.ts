@@ -4,6 +4,7 @@
 // in the cache dir; an air-gapped server gets the file put there by hand (the error says where).
 import { join } from "node:path";
 import { UserError } from "../errors.ts";
+import { syncFile } from "../linux/fsops.ts";
 import { EM_AARCH64, machineName, readElfFile } from "./elf.ts";
 
 /** npm package of the Deno runtime per node machine. */
@@ -101,10 +102,7 @@ async function fetchRuntime(
     await Deno.chmod(deno, 0o755);
     // On the disk before it has its name: a file there is trusted by its ELF header alone, and a
     // power cut during writeback would leave a torn binary under it (packed for every node).
-    {
-      using f = await Deno.open(deno);
-      await f.sync();
-    }
+    await syncFile(deno);
     // Whatever is there is not a valid runtime (checked above): replaced whole.
     const dir = join(path, "..");
     await Deno.remove(dir, { recursive: true }).catch(() => {});

@@ -22,7 +22,7 @@ import { DataDir } from "../datadir.ts";
 import { openDatabase, schemaVersion, versionOf } from "../db.ts";
 import { ImageStore } from "../images/store.ts";
 import { UserError } from "../errors.ts";
-import { fsyncDir, syncfs } from "../linux/fsops.ts";
+import { fsyncDir, syncFile, syncfs } from "../linux/fsops.ts";
 import { lockDataDir } from "./lock.ts";
 
 export const MANIFEST = "netroot-backup.json";
@@ -327,8 +327,7 @@ async function restoreConfig(
     const target = config ? resolve(config) : join(etcDir, n);
     if (existsSync(target)) await Deno.rename(target, `${target}.replaced-${stamp}`);
     await Deno.copyFile(join(stage, "config", n), target);
-    using f = await Deno.open(target);
-    await f.sync(); // not an empty settings file after a power cut
+    await syncFile(target); // not an empty settings file after a power cut
     done.push(target);
   }
   return done;

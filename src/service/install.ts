@@ -12,6 +12,7 @@ import { checkoutRoot } from "../datadir.ts";
 import { UserError } from "../errors.ts";
 import { isCompiled } from "../initramfs/bundle.ts";
 import { completionScript } from "../cli/completion.ts";
+import { syncFile } from "../linux/fsops.ts";
 import unitTemplate from "./netroot.service" with { type: "text" };
 
 export const paths = {
@@ -135,16 +136,8 @@ async function writeWhole(path: string, text: string, mode: number): Promise<voi
   const tmp = `${path}.new-${Deno.pid}`;
   await Deno.writeTextFile(tmp, text, { mode });
   await Deno.chmod(tmp, mode);
-  await flush(tmp);
+  await syncFile(tmp); // a power cut after an install must not leave an empty program or unit
   await Deno.rename(tmp, path);
-}
-
-/** fsync(2) of a file written: on the disk before a rename gives it its name. A rename can reach
- *  the disk (any journal commit) before the data of a new file (ext4 allocates its blocks at
- *  writeback): a power cut after an install would leave an empty program, unit and settings. */
-async function flush(path: string): Promise<void> {
-  using f = await Deno.open(path);
-  await f.sync();
 }
 
 /** Fills a fresh program directory, then swaps it with the installed one. */
@@ -157,7 +150,7 @@ async function installProgram(root: string, program: Program): Promise<void> {
   for (const [name, from] of files) {
     await Deno.copyFile(from, join(fresh, name));
     await Deno.chmod(join(fresh, name), name.endsWith(".js") ? 0o644 : 0o755);
-    await flush(join(fresh, name));
+    await syncFile(join(fresh, name));
   }
   // The bundle's boot loaders go along (src/release/ipxe.ts looks for ipxe/ beside the program).
   const loaders = bundledIpxeDir();
@@ -167,7 +160,7 @@ async function installProgram(root: string, program: Program): Promise<void> {
       if (!e.isFile) continue;
       await Deno.copyFile(join(loaders, e.name), join(fresh, "ipxe", e.name));
       await Deno.chmod(join(fresh, "ipxe", e.name), 0o644);
-      await flush(join(fresh, "ipxe", e.name));
+      await syncFile(join(fresh, "ipxe", e.name));
     }
   }
   const had = existsSync(lib);

@@ -4,6 +4,7 @@
 // A disk whose size or template changed is recreated; otherwise it persists across restarts.
 import { join } from "node:path";
 import { UserError } from "../errors.ts";
+import { syncFile } from "../linux/fsops.ts";
 import { runTool } from "./exec.ts";
 
 export type Template =
@@ -163,10 +164,7 @@ export async function createDisk(path: string, d: DiskSpec): Promise<void> {
   }
   try {
     if (d.template !== "none") await formatPartition(tmp, d.template);
-    {
-      using f = await Deno.open(tmp);
-      await f.sync(); // what mkfs wrote, on the disk before the image has its name
-    }
+    await syncFile(tmp); // what mkfs wrote, on the disk before the image has its name
     await Deno.rename(tmp, path);
   } catch (e) {
     await Deno.remove(tmp).catch(() => {});

@@ -21,6 +21,7 @@ import { chooseAccel } from "./accel.ts";
 import { addTap, deleteTap, isBridge, linkInfo } from "./bridge.ts";
 import { checkDisk, type DiskSpec, ensureDisks, formatDisk, parseDiskSpec } from "./disks.ts";
 import { haveTool, missingTool } from "./exec.ts";
+import { syncFile } from "../linux/fsops.ts";
 import {
   parseArch,
   parseCpus,
@@ -451,10 +452,7 @@ export async function ensureUefiVars(vm: string, arch: VnodeArch): Promise<strin
   // power cut must not leave an empty or partial one there (qemu refuses a short flash image).
   const tmp = `${vars}.new`;
   await Deno.copyFile(template, tmp);
-  {
-    using f = await Deno.open(tmp);
-    await f.sync();
-  }
+  await syncFile(tmp);
   await Deno.rename(tmp, vars);
   return vars;
 }
