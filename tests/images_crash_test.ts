@@ -144,9 +144,7 @@ Deno.test("commit (root, loop ext4): a power cut while the tree is being flushed
     const commit = t.store.commit(work, "cut", meta, { flushing }).catch((e) => e);
     await new Promise((r) => setTimeout(r, 100));
     // Any journal commit meanwhile (ext4's 5 s timer, the database's fsync), then the cut.
-    const f = Deno.openSync(`${disk.mnt}/data/journal-commit`, { write: true, create: true });
-    f.syncSync();
-    f.close();
+    disk.journalCommit();
     disk.powerCut();
     flushed();
     await commit;
@@ -193,9 +191,7 @@ Deno.test("derived commit (node save) (root, loop ext4): a power cut after the u
         ...m,
         materialize: async () => {
           await m.materialize();
-          const f = Deno.openSync(`${disk.mnt}/data/journal-commit`, { write: true, create: true });
-          f.syncSync();
-          f.close();
+          disk.journalCommit();
           disk.powerCut();
         },
       });

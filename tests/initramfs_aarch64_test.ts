@@ -291,9 +291,7 @@ Deno.test("the arm64 runtime (root, loop ext4): after a power cut the cached fil
     await Deno.mkdir(cache, { recursive: true });
     const path = await nodeRuntime(EM_AARCH64, cache, { version: "9.9.9", npm });
     // Any journal commit afterwards (ext4's 5 s timer, the database's fsync), then the cut.
-    const f = Deno.openSync(join(disk.mnt, "journal-commit"), { write: true, create: true });
-    f.syncSync();
-    f.close();
+    disk.journalCommit();
     disk.powerCut();
     disk.powerOn();
     // No npm now: a file kept under the cached name is used as it is, so it must be whole.

@@ -323,9 +323,7 @@ Deno.test("restore (root, loop ext4): a power cut after it returns leaves the re
     await backupTo(file, { dataDir: old });
     await restoreFrom(file, { dataDir: data });
     // Any journal commit afterwards (ext4's 5 s timer, the server started on it), then the cut.
-    const f = Deno.openSync(join(disk.mnt, "journal-commit"), { write: true, create: true });
-    f.syncSync();
-    f.close();
+    disk.journalCommit();
     disk.powerCut();
     disk.powerOn();
     assert.equal(Deno.readTextFileSync(join(data, "token")), "c".repeat(64) + "\n");

@@ -112,9 +112,7 @@ Deno.test("install-service (root, loop ext4): a power cut after it returns leave
       want.set(at(p), (await Deno.stat(at(p))).size);
     }
     // Any journal commit afterwards (ext4's 5 s timer, systemd starting the service), the cut.
-    const f = Deno.openSync(join(disk.mnt, "journal-commit"), { write: true, create: true });
-    f.syncSync();
-    f.close();
+    disk.journalCommit();
     disk.powerCut();
     disk.powerOn();
     const got = new Map([...want.keys()].map((p) => [p, Deno.statSync(p).size]));

@@ -191,9 +191,7 @@ Deno.test("sshkey (root, loop ext4): a power cut after the first boot of a persi
     run("sync");
     installServerKey(merged, key);
     // Any journal commit meanwhile (ext4's 5 s timer, the booted system writing), then the cut.
-    const f = Deno.openSync(join(disk.mnt, "journal-commit"), { write: true, create: true });
-    f.syncSync();
-    f.close();
+    disk.journalCommit();
     disk.powerCut();
     run("umount", merged);
     disk.powerOn();

@@ -224,9 +224,7 @@ Deno.test("a UEFI vnode's variable store (root, loop ext4): a power cut after it
     const vars = await ensureUefiVars(vm, "x86_64");
     const want = (await Deno.stat(uefiFirmware("x86_64").vars)).size;
     // Any journal commit afterwards (ext4's 5 s timer, the database's fsync), then the cut.
-    const f = Deno.openSync(join(disk.mnt, "journal-commit"), { write: true, create: true });
-    f.syncSync();
-    f.close();
+    disk.journalCommit();
     disk.powerCut();
     disk.powerOn();
     // The next start keeps the file it finds (as a PC keeps its NVRAM): it must be whole.

@@ -31,6 +31,10 @@ export interface LoopExt4 {
   mnt: string;
   /** sectors written to the loop device so far (/sys/block/loopN/stat field 7) */
   writtenBytes(): number;
+  /** A journal commit, as ext4's 5 s timer or any fsync on the file system makes one: metadata
+   *  changed so far (renames, links) reaches the disk, the data of files not written back yet
+   *  does not. What a power cut right after it keeps is what a real one would. */
+  journalCommit(): void;
   /** A power cut: the file system stops at once (EXT4_IOC_SHUTDOWN, no log flush): what is not on
    *  the device yet is lost, every later call on it fails. */
   powerCut(): void;
@@ -72,6 +76,11 @@ export async function loopExt4(
       run("sync");
       const f = Deno.readTextFileSync(`/sys/block/${name}/stat`).trim().split(/\s+/).map(Number);
       return f[6] * 512;
+    },
+    journalCommit() {
+      const f = Deno.openSync(`${mnt}/.journal-commit`, { write: true, create: true });
+      f.syncSync();
+      f.close();
     },
     powerCut() {
       const fd = libc().open(new TextEncoder().encode(mnt + "\0"), 0o2000000, 0);
