@@ -197,6 +197,24 @@ export function migrate(db: Db, target = migrations.length): void {
   }
 }
 
+/**
+ * tx() whose commit is on the disk when it returns. The database runs with synchronous=NORMAL: a
+ * power cut can take the last commits back, never its consistency — right for leases, events and
+ * states that the next boot writes again, not for what the user was told is done and whose loss
+ * costs data: an image version's row (without it the next start removes the version's tree), a
+ * rollback, a deploy. FULL for this one commit: SQLite syncs the WAL before COMMIT returns (a few
+ * ms). Nested in another transaction it joins it, whose own commit then decides.
+ */
+export function durableTx<T>(db: Db, fn: () => T): T {
+  if (db.isTransaction) return fn();
+  db.exec("PRAGMA synchronous=FULL");
+  try {
+    return tx(db, fn);
+  } finally {
+    db.exec("PRAGMA synchronous=NORMAL");
+  }
+}
+
 /** Runs fn in a BEGIN IMMEDIATE transaction (node:sqlite has no db.transaction()). Nested calls join. */
 export function tx<T>(db: Db, fn: () => T): T {
   if (db.isTransaction) return fn();

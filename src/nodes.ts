@@ -28,7 +28,7 @@ import {
 } from "node:fs";
 import { join } from "node:path";
 import type { DataDir } from "./datadir.ts";
-import { type Db, tx } from "./db.ts";
+import { type Db, durableTx, tx } from "./db.ts";
 import { conflict, notFound, UserError } from "./errors.ts";
 import { eventsAppended, recordEvent } from "./events.ts";
 import type { ImageStore } from "./images/store.ts";
@@ -757,7 +757,7 @@ export class NodeRegistry {
   ): void {
     const flipped: { mac: string; from: string | null }[] = [];
     try {
-      tx(this.db, () => {
+      durableTx(this.db, () => {
         const update = this.db.prepare(
           `UPDATE nodes SET image_id = ?, image_pinned = coalesce(?, image_pinned)${
             adopt ? ", auto_registered = 0" : ""

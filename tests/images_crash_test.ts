@@ -213,3 +213,38 @@ Deno.test("derived commit (node save) (root, loop ext4): a power cut after the u
     await disk.close();
   }
 });
+
+Deno.test("commit (root, loop ext4): versions committed and a rollback that returned survive a power cut right after", async () => {
+  const disk = await loopExt4(64);
+  let t = await tempStore(`${disk.mnt}/data`);
+  try {
+    const meta = { madeBy: "import" as const, command: null, parent: null };
+    const work = t.store.scratch("import");
+    Deno.mkdirSync(`${work}/rootfs/etc`, { recursive: true });
+    Deno.writeTextFileSync(`${work}/rootfs/etc/hostname`, "kept\n");
+    sh("sync");
+    // The command has said "committed" (a second version, then a rollback to the first): the
+    // power goes then (ext4's 5 s timer committed the journal meanwhile).
+    const c = await t.store.commit(work, "kept", meta);
+    const work2 = t.store.scratch("import");
+    Deno.mkdirSync(`${work2}/rootfs/etc`, { recursive: true });
+    Deno.writeTextFileSync(`${work2}/rootfs/etc/hostname`, "second\n");
+    const c2 = await t.store.commit(work2, "kept", { ...meta, parent: c.id });
+    await t.store.rollback("kept", c.id);
+    disk.journalCommit();
+    disk.powerCut();
+    t.db.close();
+    await t.store.idle().catch(() => {});
+    disk.powerOn();
+    await Deno.remove(t.dir, { recursive: true });
+    // The next start: the version is there, its name points at it, its tree is whole.
+    t = await tempStore(`${disk.mnt}/data`);
+    await t.store.reconcile();
+    assert.deepEqual(t.store.list().map((v) => v.id).sort(), [c.id, c2.id].sort());
+    assert.equal(t.store.get("kept").id, c.id, "the rollback holds");
+    assert.equal(Deno.readTextFileSync(`${t.data.rootfs(c.id)}/etc/hostname`), "kept\n");
+  } finally {
+    await t.close().catch(() => {});
+    await disk.close();
+  }
+});

@@ -19,6 +19,7 @@ import { listEvents } from "../src/events.ts";
 import { flipSymlink, linkTarget } from "../src/nodes.ts";
 import { openContext, type Plugins } from "../src/server.ts";
 import { UserError } from "../src/errors.ts";
+import { loopExt4, run } from "./support/ext4disk.ts";
 
 async function withCtx(
   fn: (ctx: Context) => Promise<void> | void,
@@ -393,3 +394,33 @@ Deno.test("ageOut forgets auto-registered nodes that never got past DHCP, idle p
     assert.equal(nodes.register(mac(1), { via: "dhcp" }).mac, mac(1));
     assert.ok(existsSync(ctx.data.persist(mac(1))));
   }));
+
+Deno.test("deploy (root, loop ext4): a deploy that returned survives a power cut right after", async () => {
+  const disk = await loopExt4(64);
+  const config = { ...defaultConfig(), dataDir: `${disk.mnt}/data` };
+  let ctx = await openContext(config);
+  try {
+    const work = ctx.images.scratch("import");
+    mkdirSync(`${work}/rootfs/etc`, { recursive: true });
+    writeFileSync(`${work}/rootfs/etc/hostname`, "n1\n");
+    const meta = { madeBy: "import" as const, command: null, parent: null };
+    const image = await ctx.images.commit(work, "plain", meta);
+    ctx.nodes.add("52:54:00:00:00:01", { name: "n1" });
+    run("sync");
+    // The deploy has returned (the admin saw it done); the power goes then, after a journal
+    // commit (ext4's 5 s timer).
+    await ctx.nodes.deploy(["n1"], "plain", { reboot: false, force: true });
+    disk.journalCommit();
+    disk.powerCut();
+    await ctx.images.idle().catch(() => {});
+    ctx.db.close();
+    disk.powerOn();
+    ctx = await openContext(config);
+    assert.equal(ctx.nodes.currentImageId("52:54:00:00:00:01"), image.id);
+    assert.equal(readlinkSync(ctx.data.nodeFs("52:54:00:00:00:01")), linkTarget(image.id));
+  } finally {
+    await ctx.images.idle().catch(() => {});
+    ctx.db.close();
+    await disk.close();
+  }
+});

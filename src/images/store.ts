@@ -14,7 +14,7 @@ import { existsSync } from "node:fs";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import type { DataDir } from "../datadir.ts";
-import { type Db, tx } from "../db.ts";
+import { type Db, durableTx, tx } from "../db.ts";
 import { conflict, notFound, UserError } from "../errors.ts";
 import { recordEvent } from "../events.ts";
 import { logger } from "../log.ts";
@@ -430,7 +430,7 @@ export class ImageStore {
     const createdAt = new Date().toISOString();
     let previous: string | null = null;
     try {
-      tx(this.db, () => {
+      durableTx(this.db, () => {
         previous = (this.db.prepare("SELECT id FROM images WHERE name = ? AND current = 1")
           .get(name) as { id: string } | undefined)?.id ?? null;
         this.db.prepare("UPDATE images SET current = 0 WHERE name = ? AND current = 1").run(name);
@@ -745,7 +745,7 @@ export class ImageStore {
       if (this.get(name).id !== previous) {
         throw conflict(`image ${name} changed during the rollback: try again`);
       }
-      tx(this.db, () => {
+      durableTx(this.db, () => {
         this.db.prepare("UPDATE images SET current = 0 WHERE name = ? AND current = 1").run(name);
         this.db.prepare("UPDATE images SET current = 1 WHERE id = ?").run(target!.id);
       });
@@ -808,7 +808,10 @@ export class ImageStore {
     validateName(newName);
     if (newName === info.name) return info;
     if (this.isName(newName)) throw conflict(`image name ${newName} is already taken`);
-    this.db.prepare("UPDATE images SET name = ? WHERE name = ?").run(newName, info.name);
+    durableTx(
+      this.db,
+      () => this.db.prepare("UPDATE images SET name = ? WHERE name = ?").run(newName, info.name),
+    );
     recordEvent(this.db, null, "image.rename", { id: info.id, from: info.name, to: newName });
     this.#changed();
     return { ...info, name: newName };
