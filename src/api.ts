@@ -16,6 +16,7 @@ import { lastBootByMac } from "./boots.ts";
 import { lastEventByMac, listEvents } from "./events.ts";
 import { eventStreams } from "./eventstream.ts";
 import { logger } from "./log.ts";
+import { syncFile } from "./linux/fsops.ts";
 import { asMac, type NodeInfo, StateChange } from "./nodes.ts";
 import { NODE_STATES, type NodeState } from "./nodestate.ts";
 import { isApiToken, sameOrigin, sessionOf } from "./session.ts";
@@ -51,6 +52,7 @@ export async function loadOrCreateToken(path: string): Promise<string> {
   const tmp = `${path}.tmp-${Deno.pid}`;
   await Deno.writeTextFile(tmp, token + "\n", { mode: 0o600 });
   await Deno.chmod(tmp, 0o600);
+  await syncFile(tmp); // nor an empty one after a power cut (clients would lose their token)
   await Deno.rename(tmp, path);
   return token;
 }

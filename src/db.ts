@@ -211,7 +211,9 @@ export function durableTx<T>(db: Db, fn: () => T): T {
   try {
     return tx(db, fn);
   } finally {
-    db.exec("PRAGMA synchronous=NORMAL");
+    // (SQLite refuses the change inside a transaction: one left open by a failed ROLLBACK keeps
+    // FULL, slower but not wrong, and the original error is not hidden.)
+    if (!db.isTransaction) db.exec("PRAGMA synchronous=NORMAL");
   }
 }
 

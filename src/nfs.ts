@@ -15,6 +15,7 @@ import { networkCidr } from "../contract/ipv4.ts";
 import { UserError } from "./errors.ts";
 import { recordEvent } from "./events.ts";
 import { logger } from "./log.ts";
+import { syncFileSync } from "./linux/fsops.ts";
 import { StartFailure, startProcess, stopStale, Supervisor } from "./supervisor.ts";
 
 const log = logger("nfs");
@@ -278,9 +279,11 @@ function ensurePersistDirs(set: ExportSet): void {
   for (const p of set.persists) mkdirSync(p.path, { recursive: true, mode: 0o700 });
 }
 
-/** Writes through a temporary name and rename: a reader never sees half a file. */
+/** Writes through a temporary name and rename: a reader never sees half a file, and a power cut
+ *  leaves the old one or the new one (export-ids.json keeps the nodes' NFS handles valid). */
 function writeAtomic(path: string, text: string): void {
   writeFileSync(`${path}.tmp`, text);
+  syncFileSync(`${path}.tmp`);
   renameSync(`${path}.tmp`, path);
 }
 

@@ -622,7 +622,7 @@ export class NodeRegistry {
     if (newName === node.name) return node;
     const other = this.find(newName);
     if (other) throw conflict(`node name ${newName} is already taken by ${other.mac}`);
-    tx(this.db, () => {
+    durableTx(this.db, () => {
       this.db.prepare("UPDATE nodes SET name = ?, auto_registered = 0 WHERE mac = ?")
         .run(newName, node.mac);
       recordEvent(this.db, node.mac, "node.renamed", { from: node.name, to: newName });
@@ -633,7 +633,7 @@ export class NodeRegistry {
 
   forget(ref: string): void {
     const node = this.get(ref);
-    tx(this.db, () => {
+    durableTx(this.db, () => {
       this.db.prepare("DELETE FROM nodes WHERE mac = ?").run(node.mac);
       recordEvent(this.db, node.mac, "node.forgotten", { name: node.name });
       flipSymlink(this.data.nodeFs(node.mac), null);
@@ -655,7 +655,7 @@ export class NodeRegistry {
       }
       normalized.push([key, value === null ? null : validate(key, value)]);
     }
-    tx(this.db, () => {
+    durableTx(this.db, () => {
       this.db.prepare("UPDATE nodes SET auto_registered = 0 WHERE mac = ?").run(node.mac);
       for (const [key, value] of normalized) {
         if (key === "ip") this.#fixAddress(node.mac, value);

@@ -17,6 +17,7 @@ import { lastBoot } from "./boots.ts";
 import type { Context } from "./context.ts";
 import { UserError } from "./errors.ts";
 import { logger } from "./log.ts";
+import { syncFileSync } from "./linux/fsops.ts";
 import type { NodeInfo } from "./nodes.ts";
 import { probePort, tcpProbe } from "./nodestate.ts";
 import { PowerError, runTool, type ToolResult } from "./power/driver.ts";
@@ -66,14 +67,21 @@ export class ServerKey {
     Deno.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
     Deno.chmodSync(this.dir, 0o700);
     try {
-      return Deno.readTextFileSync(`${this.privateKey}.pub`).trim();
+      const pub = Deno.readTextFileSync(`${this.privateKey}.pub`).trim();
+      if (/^ssh-ed25519 \S+/.test(pub) && Deno.statSync(this.privateKey).size > 0) return pub;
+      log.warn("the server's ssh key is damaged (empty or torn): making a new one", {
+        key: this.privateKey,
+      });
     } catch (e) {
       if (!(e instanceof Deno.errors.NotFound)) throw e;
     }
-    // A private key without its .pub is a half-made pair (ssh-keygen was cut short): made anew.
-    try {
-      Deno.removeSync(this.privateKey);
-    } catch { /* none */ }
+    // A private key without its .pub, or a damaged pair (ssh-keygen cut short, a power cut before
+    // the pair reached the disk): made anew.
+    for (const f of [this.privateKey, `${this.privateKey}.pub`]) {
+      try {
+        Deno.removeSync(f);
+      } catch { /* none */ }
+    }
     let out: Deno.CommandOutput;
     try {
       out = new Deno.Command("ssh-keygen", {
@@ -102,6 +110,9 @@ export class ServerKey {
       throw new Error(`ssh-keygen failed: ${new TextDecoder().decode(out.stderr).trim()}`);
     }
     Deno.chmodSync(this.privateKey, 0o600);
+    // ssh-keygen writes both files in place without a flush: on the disk before nodes get the key.
+    syncFileSync(this.privateKey);
+    syncFileSync(`${this.privateKey}.pub`);
     return Deno.readTextFileSync(`${this.privateKey}.pub`).trim();
   }
 }

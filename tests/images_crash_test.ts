@@ -128,7 +128,10 @@ Deno.test("kill -9 during imports at many points leaves db and tree consistent (
 
 Deno.test("commit (root, loop ext4): a power cut while the tree is being flushed leaves no empty object for the next commit of that content to trust", async () => {
   const disk = await loopExt4(64);
-  let t = await tempStore(`${disk.mnt}/data`);
+  let t = await tempStore(`${disk.mnt}/data`).catch(async (e) => {
+    await disk.close();
+    throw e;
+  });
   try {
     const write = (work: string) => {
       Deno.mkdirSync(`${work}/rootfs/etc`, { recursive: true });
@@ -167,7 +170,10 @@ Deno.test("commit (root, loop ext4): a power cut while the tree is being flushed
 
 Deno.test("derived commit (node save) (root, loop ext4): a power cut after the upper's files became objects leaves none empty for the save run again to trust", async () => {
   const disk = await loopExt4(64);
-  let t = await tempStore(`${disk.mnt}/data`);
+  let t = await tempStore(`${disk.mnt}/data`).catch(async (e) => {
+    await disk.close();
+    throw e;
+  });
   try {
     const meta = { madeBy: "import" as const, command: null, parent: null };
     const work = t.store.scratch("import");
@@ -216,7 +222,10 @@ Deno.test("derived commit (node save) (root, loop ext4): a power cut after the u
 
 Deno.test("commit (root, loop ext4): versions committed and a rollback that returned survive a power cut right after", async () => {
   const disk = await loopExt4(64);
-  let t = await tempStore(`${disk.mnt}/data`);
+  let t = await tempStore(`${disk.mnt}/data`).catch(async (e) => {
+    await disk.close();
+    throw e;
+  });
   try {
     const meta = { madeBy: "import" as const, command: null, parent: null };
     const work = t.store.scratch("import");

@@ -398,7 +398,10 @@ Deno.test("ageOut forgets auto-registered nodes that never got past DHCP, idle p
 Deno.test("deploy (root, loop ext4): a deploy that returned survives a power cut right after", async () => {
   const disk = await loopExt4(64);
   const config = { ...defaultConfig(), dataDir: `${disk.mnt}/data` };
-  let ctx = await openContext(config);
+  let ctx = await openContext(config).catch(async (e) => {
+    await disk.close();
+    throw e;
+  });
   try {
     const work = ctx.images.scratch("import");
     mkdirSync(`${work}/rootfs/etc`, { recursive: true });

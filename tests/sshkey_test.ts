@@ -11,6 +11,7 @@ import {
   renderCmdline,
 } from "../contract/cmdline.ts";
 import { installServerKey, keyMarker, withServerKey } from "../overlay/sshkey.ts";
+import { ServerKey } from "../src/nodessh.ts";
 import { loopExt4, run } from "./support/ext4disk.ts";
 
 const key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPBlmN1w4FAmNoYi+9vXS140PgvIT4SFNa23urUUqUQD";
@@ -207,5 +208,27 @@ Deno.test("sshkey (root, loop ext4): a power cut after the first boot of a persi
     } catch { /* not mounted */ }
     await disk.close();
     await Deno.remove(tmp, { recursive: true });
+  }
+});
+
+Deno.test("the server's own key (root, loop ext4): whole after a power cut right after it was made; a damaged pair is made anew, never handed out empty", async () => {
+  const disk = await loopExt4(32);
+  try {
+    const dir = join(disk.mnt, "ssh");
+    run("sync");
+    const pub = new ServerKey(dir).publicKey();
+    assert.match(pub, /^ssh-ed25519 \S+/);
+    disk.journalCommit(); // ext4's 5 s timer, or the database's next fsync
+    disk.powerCut();
+    disk.powerOn();
+    assert.equal(new ServerKey(dir).publicKey(), pub);
+    // What a cut left before ssh-keygen's files were flushed: an empty .pub (and private key).
+    Deno.writeTextFileSync(join(dir, "id_ed25519.pub"), "");
+    const fresh = new ServerKey(dir).publicKey();
+    assert.match(fresh, /^ssh-ed25519 \S+/);
+    assert.notEqual(fresh, pub);
+    assert.ok(Deno.statSync(join(dir, "id_ed25519")).size > 0);
+  } finally {
+    await disk.close();
   }
 });

@@ -14,7 +14,7 @@ import { existsSync } from "node:fs";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import type { DataDir } from "../datadir.ts";
-import { type Db, durableTx, tx } from "../db.ts";
+import { type Db, durableTx } from "../db.ts";
 import { conflict, notFound, UserError } from "../errors.ts";
 import { recordEvent } from "../events.ts";
 import { logger } from "../log.ts";
@@ -786,8 +786,10 @@ export class ImageStore {
         const old = this.history(image.name).reverse().slice(keep);
         for (const v of old) {
           if (v.current || used.has(v.id)) continue;
-          this.db.prepare("DELETE FROM images WHERE id = ?").run(v.id);
-          recordEvent(this.db, null, "image.rm", { id: v.id, name: v.name, by: "gc" });
+          durableTx(this.db, () => {
+            this.db.prepare("DELETE FROM images WHERE id = ?").run(v.id);
+            recordEvent(this.db, null, "image.rm", { id: v.id, name: v.name, by: "gc" });
+          });
           const trash = join(this.data.tmp, `rm-${crypto.randomUUID()}`);
           await Deno.rename(this.data.image(v.id), trash).catch(() => {});
           await Deno.remove(trash, { recursive: true }).catch(() => {});
@@ -843,7 +845,7 @@ export class ImageStore {
         } on another image first`,
       );
     }
-    tx(this.db, () => {
+    durableTx(this.db, () => {
       for (const v of all) this.db.prepare("DELETE FROM images WHERE id = ?").run(v.id);
     });
     for (const v of all) {

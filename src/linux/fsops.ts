@@ -112,7 +112,6 @@ export function markTopDir(path: string): boolean {
   }
 }
 
-/** fsync of a directory: makes a rename inside it durable. */
 /** fsync(2) of a file already written and closed: its data on the disk before a rename gives it a
  *  name that is trusted later. A rename can reach the disk with any journal commit before the
  *  data of a file just written (ext4 allocates its blocks at writeback): after a power cut the
@@ -122,6 +121,13 @@ export async function syncFile(path: string): Promise<void> {
   await f.sync();
 }
 
+/** syncFile for callers that cannot await. */
+export function syncFileSync(path: string): void {
+  using f = Deno.openSync(path);
+  f.syncSync();
+}
+
+/** fsync of a directory: makes a rename inside it durable. */
 export function fsyncDir(path: string): void {
   withFd(path, O_RDONLY | O_DIRECTORY, (fd) => check("fsync", libc().fsync(fd), path));
 }

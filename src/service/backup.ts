@@ -176,6 +176,7 @@ export async function backupTo(
       "--numeric-owner",
       ...members,
     ]);
+    await syncFile(partial); // whole under its name after a power cut, on any file system
     await Deno.rename(partial, target);
     return { file: target, bytes: (await Deno.stat(target)).size, manifest };
   } finally {
