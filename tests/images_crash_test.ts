@@ -6,8 +6,8 @@ import { DataDir } from "../src/datadir.ts";
 import { openDatabase } from "../src/db.ts";
 import { commitUpper } from "../src/images/session.ts";
 import { ImageStore } from "../src/images/store.ts";
-import { loopExt4 } from "./support/ext4disk.ts";
-import { dirEntries, sh, tempStore } from "./images_helpers.ts";
+import { type LoopExt4, loopExt4 } from "./support/ext4disk.ts";
+import { dirEntries, sh, type TempStore, tempStore } from "./images_helpers.ts";
 
 const storeUrl = new URL("../src/images/store.ts", import.meta.url).href;
 const dbUrl = new URL("../src/db.ts", import.meta.url).href;
@@ -126,60 +126,67 @@ Deno.test("kill -9 during imports at many points leaves db and tree consistent (
   }
 });
 
-Deno.test("commit (root, loop ext4): a power cut while the tree is being flushed leaves no empty object for the next commit of that content to trust", async () => {
+/**
+ * A store on a fresh loop ext4. `afterCut()` is the next start after a power cut `fn` made: the
+ * store's database closed, its work settled, the power back, a new store over the same data dir,
+ * reconciled; it returns that store.
+ */
+async function storeOnDisk(
+  fn: (disk: LoopExt4, t: TempStore, afterCut: () => Promise<TempStore>) => Promise<void>,
+): Promise<void> {
   const disk = await loopExt4(64);
-  let t = await tempStore(`${disk.mnt}/data`).catch(async (e) => {
-    await disk.close();
-    throw e;
-  });
+  let t: TempStore | undefined;
   try {
-    const write = (work: string) => {
-      Deno.mkdirSync(`${work}/rootfs/etc`, { recursive: true });
-      Deno.writeTextFileSync(`${work}/rootfs/etc/hostname`, "cut\n");
+    t = await tempStore(`${disk.mnt}/data`);
+    const afterCut = async () => {
+      t!.db.close();
+      await t!.store.idle().catch(() => {});
+      disk.powerOn();
+      await Deno.remove(t!.dir, { recursive: true });
+      t = await tempStore(`${disk.mnt}/data`);
+      await t.store.reconcile();
+      return t;
     };
-    const meta = { madeBy: "import" as const, command: null, parent: null };
+    await fn(disk, t, afterCut);
+  } finally {
+    await t?.close().catch(() => {}); // (its database is closed already after a throw)
+    await disk.close();
+  }
+}
+
+const importMeta = { madeBy: "import" as const, command: null, parent: null };
+
+/** A scratch tree with one file, /etc/hostname. */
+function scratchTree(t: TempStore, hostname: string): string {
+  const work = t.store.scratch("import");
+  Deno.mkdirSync(`${work}/rootfs/etc`, { recursive: true });
+  Deno.writeTextFileSync(`${work}/rootfs/etc/hostname`, `${hostname}\n`);
+  return work;
+}
+
+Deno.test("commit (root, loop ext4): a power cut while the tree is being flushed leaves no empty object for the next commit of that content to trust", () =>
+  storeOnDisk(async (disk, t, afterCut) => {
     sh("sync");
-    const work = t.store.scratch("import");
-    write(work);
+    const work = scratchTree(t, "cut");
     // The flush of the tree under way (a slow disk): the commit goes on while it runs.
     let flushed!: () => void;
     const flushing = new Promise<void>((r) => flushed = r);
-    const commit = t.store.commit(work, "cut", meta, { flushing }).catch((e) => e);
+    const commit = t.store.commit(work, "cut", importMeta, { flushing }).catch((e) => e);
     await new Promise((r) => setTimeout(r, 100));
     // Any journal commit meanwhile (ext4's 5 s timer, the database's fsync), then the cut.
     disk.journalCommit();
     disk.powerCut();
     flushed();
     await commit;
-    t.db.close();
-    await t.store.idle().catch(() => {});
-    disk.powerOn();
-    await Deno.remove(t.dir, { recursive: true });
     // The next start, and the same content committed again (an import run again).
-    t = await tempStore(`${disk.mnt}/data`);
-    await t.store.reconcile();
-    const again = t.store.scratch("import");
-    write(again);
-    const c = await t.store.commit(again, "cut", meta);
+    t = await afterCut();
+    const c = await t.store.commit(scratchTree(t, "cut"), "cut", importMeta);
     assert.equal(Deno.readTextFileSync(`${t.data.rootfs(c.id)}/etc/hostname`), "cut\n");
-  } finally {
-    await t.close().catch(() => {}); // the first store's database is closed already after a throw
-    await disk.close();
-  }
-});
+  }));
 
-Deno.test("derived commit (node save) (root, loop ext4): a power cut after the upper's files became objects leaves none empty for the save run again to trust", async () => {
-  const disk = await loopExt4(64);
-  let t = await tempStore(`${disk.mnt}/data`).catch(async (e) => {
-    await disk.close();
-    throw e;
-  });
-  try {
-    const meta = { madeBy: "import" as const, command: null, parent: null };
-    const work = t.store.scratch("import");
-    Deno.mkdirSync(`${work}/rootfs/etc`, { recursive: true });
-    Deno.writeTextFileSync(`${work}/rootfs/etc/hostname`, "base\n");
-    const base = await t.store.commit(work, "node", meta);
+Deno.test("derived commit (node save) (root, loop ext4): a power cut after the upper's files became objects leaves none empty for the save run again to trust", () =>
+  storeOnDisk(async (disk, t, afterCut) => {
+    const base = await t.store.commit(scratchTree(t, "base"), "node", importMeta);
     // The node's upper as `node save` unpacks it into scratch (no overlay, no flush of its own).
     const upper = (dir: string) => {
       Deno.mkdirSync(`${dir}/etc`, { recursive: true });
@@ -201,59 +208,31 @@ Deno.test("derived commit (node save) (root, loop ext4): a power cut after the u
           disk.powerCut();
         },
       });
-    const first = t.store.scratch("save");
-    await commitUpper(t.store, upper(first), base.id, "node", save).catch(() => {});
-    t.db.close();
-    await t.store.idle().catch(() => {});
-    disk.powerOn();
-    await Deno.remove(t.dir, { recursive: true });
+    await commitUpper(t.store, upper(t.store.scratch("save")), base.id, "node", save)
+      .catch(() => {});
     // The next start, and the admin runs the save again.
-    t = await tempStore(`${disk.mnt}/data`);
-    await t.store.reconcile();
-    const again = t.store.scratch("save");
-    const c = await commitUpper(t.store, upper(again), base.id, "node", save);
+    t = await afterCut();
+    const c = await commitUpper(t.store, upper(t.store.scratch("save")), base.id, "node", save);
     assert.equal(Deno.readTextFileSync(`${t.data.rootfs(c.id)}/etc/motd`), "saved\n");
     assert.equal(Deno.readTextFileSync(`${t.data.rootfs(c.id)}/etc/hostname`), "base\n");
-  } finally {
-    await t.close().catch(() => {});
-    await disk.close();
-  }
-});
+  }));
 
-Deno.test("commit (root, loop ext4): versions committed and a rollback that returned survive a power cut right after", async () => {
-  const disk = await loopExt4(64);
-  let t = await tempStore(`${disk.mnt}/data`).catch(async (e) => {
-    await disk.close();
-    throw e;
-  });
-  try {
-    const meta = { madeBy: "import" as const, command: null, parent: null };
-    const work = t.store.scratch("import");
-    Deno.mkdirSync(`${work}/rootfs/etc`, { recursive: true });
-    Deno.writeTextFileSync(`${work}/rootfs/etc/hostname`, "kept\n");
+Deno.test("commit (root, loop ext4): versions committed and a rollback that returned survive a power cut right after", () =>
+  storeOnDisk(async (disk, t, afterCut) => {
     sh("sync");
     // The command has said "committed" (a second version, then a rollback to the first): the
     // power goes then (ext4's 5 s timer committed the journal meanwhile).
-    const c = await t.store.commit(work, "kept", meta);
-    const work2 = t.store.scratch("import");
-    Deno.mkdirSync(`${work2}/rootfs/etc`, { recursive: true });
-    Deno.writeTextFileSync(`${work2}/rootfs/etc/hostname`, "second\n");
-    const c2 = await t.store.commit(work2, "kept", { ...meta, parent: c.id });
+    const c = await t.store.commit(scratchTree(t, "kept"), "kept", importMeta);
+    const c2 = await t.store.commit(scratchTree(t, "second"), "kept", {
+      ...importMeta,
+      parent: c.id,
+    });
     await t.store.rollback("kept", c.id);
     disk.journalCommit();
     disk.powerCut();
-    t.db.close();
-    await t.store.idle().catch(() => {});
-    disk.powerOn();
-    await Deno.remove(t.dir, { recursive: true });
-    // The next start: the version is there, its name points at it, its tree is whole.
-    t = await tempStore(`${disk.mnt}/data`);
-    await t.store.reconcile();
+    // The next start: both versions there, the rollback held, the tree whole.
+    t = await afterCut();
     assert.deepEqual(t.store.list().map((v) => v.id).sort(), [c.id, c2.id].sort());
     assert.equal(t.store.get("kept").id, c.id, "the rollback holds");
     assert.equal(Deno.readTextFileSync(`${t.data.rootfs(c.id)}/etc/hostname`), "kept\n");
-  } finally {
-    await t.close().catch(() => {});
-    await disk.close();
-  }
-});
+  }));
