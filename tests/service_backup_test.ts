@@ -280,15 +280,21 @@ Deno.test("restore refuses hostile and damaged backups before touching the data 
   }
 });
 
+/** `dir`/old: a data dir whose database is the schema-v1 fixture, with an API token. */
+async function schemaV1DataDir(dir: string): Promise<string> {
+  const old = join(dir, "old");
+  await Deno.mkdir(old);
+  const db = new DatabaseSync(join(old, "netroot.db"));
+  db.exec(await Deno.readTextFile(join(fixtures, "v1.sql")));
+  db.close();
+  await Deno.writeTextFile(join(old, "token"), "c".repeat(64) + "\n", { mode: 0o600 });
+  return old;
+}
+
 Deno.test("restore of a backup from an older schema migrates it and names the missing images", async () => {
   const dir = await Deno.makeTempDir({ prefix: "nr-restore-old-" });
   try {
-    const old = join(dir, "old");
-    await Deno.mkdir(old);
-    const db = new DatabaseSync(join(old, "netroot.db"));
-    db.exec(await Deno.readTextFile(join(fixtures, "v1.sql")));
-    db.close();
-    await Deno.writeTextFile(join(old, "token"), "c".repeat(64) + "\n", { mode: 0o600 });
+    const old = await schemaV1DataDir(dir);
     const file = join(dir, "old.tar.gz");
     const made = await backupTo(file, { dataDir: old });
     assert.equal(made.manifest.schemaVersion, 1);
@@ -309,13 +315,8 @@ Deno.test("restore (root, loop ext4): a power cut after it returns leaves the re
   const dir = await Deno.makeTempDir({ prefix: "nr-restore-cut-" });
   const disk = await loopExt4(64);
   try {
-    const old = join(dir, "old");
-    await Deno.mkdir(old);
-    const db = new DatabaseSync(join(old, "netroot.db"));
-    db.exec(await Deno.readTextFile(join(fixtures, "v1.sql")));
-    db.close();
+    const old = await schemaV1DataDir(dir);
     openDatabase(join(old, "netroot.db")).close(); // the current schema: restore has nothing to migrate
-    await Deno.writeTextFile(join(old, "token"), "c".repeat(64) + "\n", { mode: 0o600 });
     const data = join(disk.mnt, "data");
     await Deno.mkdir(data);
     run("sync");
