@@ -6,6 +6,7 @@ import { DataDir } from "../src/datadir.ts";
 import { openDatabase } from "../src/db.ts";
 import { commitUpper } from "../src/images/session.ts";
 import { ImageStore } from "../src/images/store.ts";
+import { syncfsLater } from "../src/linux/fsops.ts";
 import { type LoopExt4, loopExt4 } from "./support/ext4disk.ts";
 import { dirEntries, sh, type TempStore, tempStore } from "./images_helpers.ts";
 
@@ -236,3 +237,25 @@ Deno.test("commit (root, loop ext4): versions committed and a rollback that retu
     assert.equal(t.store.get("kept").id, c.id, "the rollback holds");
     assert.equal(Deno.readTextFileSync(`${t.data.rootfs(c.id)}/etc/hostname`), "kept\n");
   }));
+
+Deno.test("a flush that fails under a commit (EIO: data that never reached the disk) fails the commit and keeps nothing", async () => {
+  // The kernel reports a writeback error once (a second `sync -f` after an EIO returns 0,
+  // measured on a loop device over a full tmpfs): a flush started early must keep its failure
+  // for whoever awaits it, and must not be an unhandled rejection when nobody does.
+  const unawaited = syncfsLater("/nonexistent/netroot-flush");
+  await assert.rejects(syncfsLater("/nonexistent/netroot-flush"), /No such file|ENOENT|not found/i);
+  void unawaited;
+  const t = await tempStore();
+  try {
+    const failing = Promise.reject(new Error("syncfs: Input/output error (os error 5)"));
+    failing.catch(() => {});
+    await assert.rejects(
+      t.store.commit(scratchTree(t, "lost"), "lost", importMeta, { flushing: failing }),
+      /could not be written to the disk \(syncfs: Input\/output error.*nothing committed/,
+    );
+    assert.deepEqual(t.store.list(), []);
+    assert.deepEqual(await dirEntries(t.data.images), []);
+  } finally {
+    await t.close();
+  }
+});

@@ -18,7 +18,7 @@
 import { join } from "node:path";
 import { parseEntry } from "../../contract/manifest.ts";
 import { UserError } from "../errors.ts";
-import { syncfsAsync } from "../linux/fsops.ts";
+import { syncfsLater } from "../linux/fsops.ts";
 import { MNT_DETACH, mount, umount } from "../linux/mount.ts";
 import { logger } from "../log.ts";
 import type { Commit, ImageInfo, ImageStore, MadeBy } from "./store.ts";
@@ -296,7 +296,7 @@ export async function commitUpper(
     }
     const started = performance.now();
     // The upper's files become objects: on the disk first (commitManifest waits for this).
-    const flushing = syncfsAsync(upper).catch(() => {});
+    const flushing = syncfsLater(upper);
     const base = prepared?.base ?? await Deno.readTextFile(images.data.manifest(baseId));
     const d = deriveManifest(base, upper);
     return await images.commitManifest(work, name, commitMeta, {

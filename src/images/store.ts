@@ -9,7 +9,7 @@
 // Same content imported again (any name): no second copy; the existing image is returned with
 // existed=true and keeps its name (`image import` prints "already imported as NAME (id …)").
 // A name already used by another image is refused (409) before any work is done.
-import { syncfs, syncfsAsync } from "../linux/fsops.ts";
+import { syncfs, syncfsLater } from "../linux/fsops.ts";
 import { existsSync } from "node:fs";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
@@ -365,7 +365,7 @@ export class ImageStore {
     const rootfs = join(work, "rootfs");
     // The tree's data goes to disk while it is scanned and put in the object store: the flush
     // before the row (commitManifest) then has only what changed since.
-    const flushing = opts.flushing ?? syncfsAsync(rootfs).catch(() => {});
+    const flushing = opts.flushing ?? syncfsLater(rootfs);
     const { entries, bytes } = opts.manifest ?? await scanTree(rootfs, opts);
     return await this.commitManifest(work, name, meta, {
       entries,
@@ -404,7 +404,7 @@ export class ImageStore {
     const id = createHash("sha256").update(text).digest("hex");
     const existing = this.#row(id);
     if (existing) {
-      await m.flushing;
+      await m.flushing?.catch(() => {}); // nothing of this tree is kept
       log.info("commit: same content already in the store", { name, id, as: existing.name });
       return { ...existing, existed: true, previous: null, outdated: null };
     }
@@ -412,7 +412,14 @@ export class ImageStore {
     // (a later commit of the same content links to it instead of storing its own file), and a
     // link reaches the disk with any journal commit, before the data of a file written since
     // (ext4 allocates its blocks at writeback): a power cut would leave an empty object.
-    await m.flushing;
+    await m.flushing?.catch((e) => {
+      throw new UserError(
+        `the new tree could not be written to the disk (${
+          (e as Error).message
+        }): nothing committed`,
+        500,
+      );
+    });
     await m.materialize();
     await Deno.writeFile(join(work, "manifest"), text);
     const k = detectKernel(entries);

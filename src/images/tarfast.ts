@@ -493,10 +493,14 @@ export async function extractFast(
   // both together finished the import soonest.
   let bytesOut = 0, flushedAt = 0;
   let flushing: Promise<void> | undefined;
+  /** A periodic flush's failure (EIO: data lost on its way to the disk), reported once by the
+   *  kernel: kept to fail the extraction, a later syncfs would not say it again. */
+  let flushFailure: Error | undefined;
   const flush = () => {
     if (flushing || bytesOut - flushedAt < FLUSH_EVERY) return;
     flushedAt = bytesOut;
-    flushing = syncfsAsync(dest).catch(() => {}).finally(() => flushing = undefined);
+    flushing = syncfsAsync(dest).catch((e) => void (flushFailure ??= e))
+      .finally(() => flushing = undefined);
   };
   const writebacks = new Set<Promise<void>>();
   /** Starts the writeback of fd's data, then closes it. */
@@ -777,6 +781,10 @@ export async function extractFast(
     }
     await Promise.all(digests);
     await Promise.all(writebacks);
+    await flushing;
+    if (flushFailure) {
+      throw new UserError(`writing the tree to the disk failed: ${flushFailure.message}`, 500);
+    }
     opts.onProgress?.({ phase: "extract", done: opts.total, total: opts.total });
     return { members, cache, made: kinds, written };
   } finally {

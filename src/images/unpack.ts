@@ -3,7 +3,7 @@
 // applied in order with whiteouts and opaque directories. The caller owns `rootfs` (a fresh path
 // in the data dir's tmp/) and removes it on failure. Nothing here acts outside `rootfs`: see
 // archivepath.ts for the rules every name from an archive goes through.
-import { readUpTo, syncfsAsync } from "../linux/fsops.ts";
+import { readUpTo, syncfsLater } from "../linux/fsops.ts";
 import { resolveInRoot } from "../../contract/rootpath.ts";
 import { UserError } from "../errors.ts";
 import {
@@ -104,7 +104,7 @@ export async function unpack(
   }
   // The tree's data and metadata go to disk while its manifest is made; the commit waits for
   // this flush, then flushes what changed since, before its row.
-  const flushing = syncfsAsync(rootfs).catch(() => {});
+  const flushing = syncfsLater(rootfs);
   const touched = new Set<string>(["/"]);
   for (const p of members.keys()) for (const a of ancestorsOf(p)) touched.add(a);
   const listed = new Set([...members.values()].filter((m) => m.kind === "dir").map((m) => m.rel));

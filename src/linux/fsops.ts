@@ -112,6 +112,18 @@ export function markTopDir(path: string): boolean {
   }
 }
 
+/**
+ * syncfsAsync started now and awaited later, after other work: whoever awaits it gets its failure
+ * (an EIO there is data that never reached the disk, and the kernel reports it once: a later
+ * syncfs of the same file system returns 0), and it is no unhandled rejection when that other
+ * work fails first and nothing awaits it.
+ */
+export function syncfsLater(path: string): Promise<void> {
+  const flushing = syncfsAsync(path);
+  flushing.catch(() => {}); // a handler, not a swallow: awaiting `flushing` still throws
+  return flushing;
+}
+
 /** fsync(2) of a file already written and closed: its data on the disk before a rename gives it a
  *  name that is trusted later. A rename can reach the disk with any journal commit before the
  *  data of a file just written (ext4 allocates its blocks at writeback): after a power cut the
