@@ -16,7 +16,7 @@ import { lastBootByMac } from "./boots.ts";
 import { lastEventByMac, listEvents } from "./events.ts";
 import { eventStreams } from "./eventstream.ts";
 import { logger } from "./log.ts";
-import { syncFile } from "./linux/fsops.ts";
+import { writeFileDurable } from "./linux/fsops.ts";
 import { asMac, type NodeInfo, StateChange } from "./nodes.ts";
 import { NODE_STATES, type NodeState } from "./nodestate.ts";
 import { isApiToken, sameOrigin, sessionOf } from "./session.ts";
@@ -48,12 +48,8 @@ export async function loadOrCreateToken(path: string): Promise<string> {
     crypto.getRandomValues(new Uint8Array(32)),
     (b) => b.toString(16).padStart(2, "0"),
   ).join("");
-  // Written aside then renamed: a crash never leaves an empty or partial token file.
-  const tmp = `${path}.tmp-${Deno.pid}`;
-  await Deno.writeTextFile(tmp, token + "\n", { mode: 0o600 });
-  await Deno.chmod(tmp, 0o600);
-  await syncFile(tmp); // nor an empty one after a power cut (clients would lose their token)
-  await Deno.rename(tmp, path);
+  // Never an empty or partial token file, after a crash or a power cut (clients would lose it).
+  await writeFileDurable(path, token + "\n", 0o600);
   return token;
 }
 

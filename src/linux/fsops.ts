@@ -133,6 +133,22 @@ export async function syncFile(path: string): Promise<void> {
   await f.sync();
 }
 
+/** Writes `text` to `path` whole or not at all, durably: a temporary file beside it, given `mode`
+ *  whatever the umask, flushed, then renamed over `path` — readers and a power cut see the old
+ *  file or the new one, never an empty or partial one. */
+export async function writeFileDurable(path: string, text: string, mode: number): Promise<void> {
+  const tmp = `${path}.new-${Deno.pid}`;
+  try {
+    await Deno.writeTextFile(tmp, text, { mode });
+    await Deno.chmod(tmp, mode);
+    await syncFile(tmp);
+    await Deno.rename(tmp, path);
+  } catch (e) {
+    await Deno.remove(tmp).catch(() => {});
+    throw e;
+  }
+}
+
 /** syncFile for callers that cannot await. */
 export function syncFileSync(path: string): void {
   using f = Deno.openSync(path);

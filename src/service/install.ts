@@ -12,7 +12,7 @@ import { checkoutRoot } from "../datadir.ts";
 import { UserError } from "../errors.ts";
 import { isCompiled } from "../initramfs/bundle.ts";
 import { completionScript } from "../cli/completion.ts";
-import { syncFile } from "../linux/fsops.ts";
+import { syncFile, writeFileDurable } from "../linux/fsops.ts";
 import unitTemplate from "./netroot.service" with { type: "text" };
 
 export const paths = {
@@ -130,14 +130,10 @@ async function currentProgram(scratch: string): Promise<Program> {
   };
 }
 
-/** Writes `text` to `path` through a temporary file and a rename (readers see old or new). */
+/** `text` at `path`, whole (a power cut after an install leaves no empty unit or wrapper). */
 async function writeWhole(path: string, text: string, mode: number): Promise<void> {
   await Deno.mkdir(dirname(path), { recursive: true });
-  const tmp = `${path}.new-${Deno.pid}`;
-  await Deno.writeTextFile(tmp, text, { mode });
-  await Deno.chmod(tmp, mode);
-  await syncFile(tmp); // a power cut after an install must not leave an empty program or unit
-  await Deno.rename(tmp, path);
+  await writeFileDurable(path, text, mode);
 }
 
 /** Fills a fresh program directory, then swaps it with the installed one. */

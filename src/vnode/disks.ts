@@ -4,7 +4,7 @@
 // A disk whose size or template changed is recreated; otherwise it persists across restarts.
 import { join } from "node:path";
 import { UserError } from "../errors.ts";
-import { syncFile } from "../linux/fsops.ts";
+import { syncFile, writeFileDurable } from "../linux/fsops.ts";
 import { runTool } from "./exec.ts";
 
 export type Template =
@@ -119,7 +119,7 @@ export async function ensureDisks(vmDir: string, disks: DiskSpec[]): Promise<str
       // The info file is written last: a crash mid-build leaves a disk that is rebuilt next time.
       // Flushed: an empty one after a power cut would make the next start rebuild the disk over
       // what the guest wrote on it meanwhile.
-      await writeSynced(infoPath(vmDir, i), JSON.stringify(d) + "\n");
+      await writeFileDurable(infoPath(vmDir, i), JSON.stringify(d) + "\n", 0o644);
     }
     paths.push(path);
   }
@@ -132,13 +132,6 @@ export async function ensureDisks(vmDir: string, disks: DiskSpec[]): Promise<str
     if (!gone.some(Boolean)) break;
   }
   return paths;
-}
-
-async function writeSynced(path: string, text: string): Promise<void> {
-  using f = await Deno.open(path, { write: true, create: true, truncate: true });
-  const bytes = new TextEncoder().encode(text);
-  for (let at = 0; at < bytes.length;) at += await f.write(bytes.subarray(at));
-  await f.sync();
 }
 
 async function matches(vmDir: string, i: number, d: DiskSpec): Promise<boolean> {
