@@ -12,8 +12,9 @@ export type { DhcpMode, NfsMode, ProxyStrategy, ServerConfig } from "./src/confi
 
 // The state without the services: `openContext(config, plugins?)` opens the data dir and database
 // (reconciled); `buildApp(ctx, plugins?)` is the HTTP app (API, boot routes, dashboard) to mount
-// elsewhere.
-export { buildApp, openContext } from "./src/server.ts";
+// elsewhere; `closeContext(ctx)` closes it once the work its boots and commits started in the
+// background has settled.
+export { buildApp, closeContext, openContext } from "./src/server.ts";
 export type { Context, Service } from "./src/context.ts";
 export { DataDir } from "./src/datadir.ts";
 export { ImageStore } from "./src/images/store.ts";

@@ -148,6 +148,15 @@ async function listenHttp(
   return { addrs, close };
 }
 
+/** Closes what openContext opened, once the work a boot or a commit started in the background
+ *  (tree prunes and rebuilds, initramfs builds) has settled: that work writes into the data dir
+ *  and the database. Used by serve's shutdown and by tests before they remove the data dir. */
+export async function closeContext(ctx: Context): Promise<void> {
+  await ctx.images.idle();
+  await initramfsBuildsSettled();
+  ctx.db.close();
+}
+
 /** Builds the context: state opened, migrations run, tree reconciled. Used by serve and tests. */
 export async function openContext(config: ServerConfig, plugins: Plugins = {}): Promise<Context> {
   const data = new DataDir(config.dataDir);
@@ -419,9 +428,7 @@ export async function serve(
           }
         }
         unnameNodes();
-        await ctx.images.idle(); // a tree being removed or rebuilt uses the database
-        await initramfsBuildsSettled(); // one a boot started writes into the data dir
-        ctx.db.close();
+        await closeContext(ctx);
       },
     };
   } catch (e) {

@@ -7,7 +7,7 @@ import { Hono } from "hono";
 import { type ApiRoute, loadOrCreateToken } from "../src/api.ts";
 import { defaultConfig } from "../src/config.ts";
 import type { Context } from "../src/context.ts";
-import { buildApp, openContext } from "../src/server.ts";
+import { buildApp, closeContext, openContext } from "../src/server.ts";
 
 // An embedder's router (plugins.apiRoutes), mounted next to the built-in /nodes routes.
 const extension: ApiRoute = {
@@ -54,7 +54,7 @@ async function withApi(fn: (api: Api) => Promise<void>): Promise<void> {
     });
   } finally {
     await server.shutdown();
-    ctx.db.close();
+    await closeContext(ctx);
     await Deno.remove(dir, { recursive: true });
   }
 }

@@ -9,7 +9,7 @@ import { defaultConfig } from "../src/config.ts";
 import type { Context } from "../src/context.ts";
 import { listEvents } from "../src/events.ts";
 import { openBoot } from "../src/boots.ts";
-import { openContext } from "../src/server.ts";
+import { closeContext, openContext } from "../src/server.ts";
 import { bootRoutes, parseMacParam, parseRange } from "../netboot/http.ts";
 import { contextBooter, resolveInImage as resolveInRoot } from "../src/boot/booter.ts";
 import { renderCmdline } from "../contract/cmdline.ts";
@@ -226,7 +226,7 @@ async function fixture(): Promise<Fixture> {
     async close() {
       ac.abort();
       await server.finished;
-      ctx.db.close();
+      await closeContext(ctx);
       await Deno.remove(dir, { recursive: true });
     },
   };

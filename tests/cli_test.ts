@@ -7,7 +7,7 @@ import { fileURLToPath } from "node:url";
 import { defaultConfig } from "../src/config.ts";
 import type { Context } from "../src/context.ts";
 import { recordEvent, recordProgress } from "../src/events.ts";
-import { buildApp, openContext } from "../src/server.ts";
+import { buildApp, closeContext, openContext } from "../src/server.ts";
 
 const mainTs = fileURLToPath(new URL("../main.ts", import.meta.url));
 const ports = new WeakMap<Context, number>();
@@ -53,7 +53,7 @@ async function withServer(
     await fn(cli, ctx);
   } finally {
     await server.shutdown();
-    ctx.db.close();
+    await closeContext(ctx);
     await Deno.remove(dir, { recursive: true });
   }
 }

@@ -14,7 +14,7 @@ import { parseReport, progressText, type StageReport } from "../contract/report.
 import { defaultConfig } from "../src/config.ts";
 import { openBoot } from "../src/boots.ts";
 import { listEvents } from "../src/events.ts";
-import { buildApp, openContext } from "../src/server.ts";
+import { buildApp, closeContext, openContext } from "../src/server.ts";
 import { Reporter } from "../overlay/report.ts";
 
 const values: CmdlineValues = {
@@ -157,7 +157,7 @@ Deno.test("cmdline rules: a setting is accepted exactly when the node accepts it
       }
     }
   } finally {
-    ctx.db.close();
+    await closeContext(ctx);
     await Deno.remove(dir, { recursive: true });
   }
 });
@@ -250,7 +250,7 @@ Deno.test("reports from the node's Reporter reach the timeline with top-level fi
     assert.equal(copies.length, 2);
   } finally {
     await server.shutdown();
-    ctx.db.close();
+    await closeContext(ctx);
     await Deno.remove(dir, { recursive: true });
   }
 });

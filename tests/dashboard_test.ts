@@ -15,7 +15,7 @@ import type { Context } from "../src/context.ts";
 import { listEvents, recordEvent } from "../src/events.ts";
 import { eventStreams } from "../src/eventstream.ts";
 import { powerCommandDir } from "../src/power/command.ts";
-import { buildApp, openContext, serve } from "../src/server.ts";
+import { buildApp, closeContext, openContext, serve } from "../src/server.ts";
 import { sessionMaxAgeS, Sessions } from "../src/session.ts";
 import { Browser, haveChromium, isPng, type Page } from "./support/cdp.ts";
 
@@ -42,7 +42,7 @@ async function withServer(
     await fn(ctx, `http://127.0.0.1:${server.addr.port}`);
   } finally {
     await server.shutdown();
-    ctx.db.close();
+    await closeContext(ctx);
     await Deno.remove(dir, { recursive: true });
   }
 }
@@ -587,7 +587,7 @@ Deno.test("event streams end after their lifetime, and let go of a client that d
     assert.equal(streams.open, 0, "a client that does not read is let go");
     await slow.body?.cancel().catch(() => {});
   } finally {
-    ctx.db.close();
+    await closeContext(ctx);
     await Deno.remove(dir, { recursive: true });
   }
 });

@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { defaultConfig } from "../src/config.ts";
 import { schemaVersion, versionOf } from "../src/db.ts";
-import { openContext } from "../src/server.ts";
+import { closeContext, openContext } from "../src/server.ts";
 import { setLogSink } from "../src/log.ts";
 
 const fixtures = fileURLToPath(new URL("./fixtures/schema/", import.meta.url));
@@ -78,7 +78,7 @@ for (let v = 1; v <= schemaVersion; v++) {
           `../../images/${"a".repeat(64)}/rootfs`,
         );
       } finally {
-        ctx.db.close();
+        await closeContext(ctx);
       }
     } finally {
       setLogSink((l) => console.error(l));

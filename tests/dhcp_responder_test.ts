@@ -1,7 +1,7 @@
 // DHCP policy without sockets: the responder with a real Context (SQLite state, node registry).
 import assert from "node:assert/strict";
 import { defaultConfig } from "../src/config.ts";
-import { openContext } from "../src/server.ts";
+import { closeContext, openContext } from "../src/server.ts";
 import type { Context } from "../src/context.ts";
 import { DhcpResponder, type ResponderConfig } from "../netboot/dhcp4/server.ts";
 import { decode, type DhcpPacket, encode } from "../netboot/dhcp4/packet.ts";
@@ -40,7 +40,7 @@ async function withResponder(
     );
     await fn(r, ctx);
   } finally {
-    ctx.db.close();
+    await closeContext(ctx);
     await Deno.remove(dir, { recursive: true });
   }
 }

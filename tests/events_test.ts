@@ -13,7 +13,7 @@ import {
   sourceKey,
   SourceLimiter,
 } from "../src/events.ts";
-import { openContext, serve } from "../src/server.ts";
+import { closeContext, openContext, serve } from "../src/server.ts";
 
 Deno.test("source limiter: a burst, then the refill rate; forged sources share one bucket", () => {
   let now = 0;
@@ -119,7 +119,7 @@ Deno.test("serve: retention runs without being asked, with the configured bounds
     for (let i = 0; i < 2000; i++) {
       recordEvent(ctx.db, `02:00:00:00:${i >> 8}:${i & 255}`, "dhcp.ack");
     }
-    ctx.db.close();
+    await closeContext(ctx);
 
     const server = await serve(config);
     try {

@@ -6,7 +6,7 @@ import { chmodSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { defaultConfig } from "../src/config.ts";
 import { recordEvent } from "../src/events.ts";
-import { openContext } from "../src/server.ts";
+import { closeContext, openContext } from "../src/server.ts";
 
 const isRoot = Deno.uid() === 0;
 const mode = (p: string) => (Deno.statSync(p).mode ?? 0) & 0o7777;
@@ -94,7 +94,7 @@ Deno.test({
             assert.equal(mode(d), 0o711, `${d} is ${mode(d).toString(8)}`);
           }
         } finally {
-          ctx.db.close();
+          await closeContext(ctx);
         }
       }
     } finally {

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import dgram from "node:dgram";
 import { Hono } from "hono";
 import { defaultConfig } from "../src/config.ts";
-import { openContext } from "../src/server.ts";
+import { closeContext, openContext } from "../src/server.ts";
 import { bootRoutes } from "../netboot/http.ts";
 import { contextBooter } from "../src/boot/booter.ts";
 import { startTftpService as startTftp } from "../src/boot/services.ts";
@@ -135,7 +135,7 @@ Deno.test({
       await tftp.close();
       ac.abort();
       await http.finished;
-      ctx.db.close();
+      await closeContext(ctx);
       await Deno.remove(dir, { recursive: true });
     }
   },
@@ -218,7 +218,7 @@ Deno.test("flood: a registered node's script and reports, 5,000 each and 500 ful
     assert.ok(n < 1000, `${n} events for the node`);
     assert.ok(boots <= 50, `${boots} boots kept`);
   } finally {
-    ctx.db.close();
+    await closeContext(ctx);
     await Deno.remove(dir, { recursive: true });
   }
 });

@@ -7,7 +7,7 @@ import { defaultConfig, type ServerConfig } from "../src/config.ts";
 import type { Context } from "../src/context.ts";
 import { DatabaseSync } from "node:sqlite";
 import { migrate, openDatabase } from "../src/db.ts";
-import { buildApp, openContext } from "../src/server.ts";
+import { buildApp, closeContext, openContext } from "../src/server.ts";
 import { addImage } from "./support/images.ts";
 
 const mainTs = fileURLToPath(new URL("../main.ts", import.meta.url));
@@ -32,7 +32,7 @@ async function withServer(
     await fn(`http://127.0.0.1:${server.addr.port}`, ctx);
   } finally {
     await server.shutdown();
-    ctx.db.close();
+    await closeContext(ctx);
     await Deno.remove(dir, { recursive: true });
   }
 }

@@ -13,9 +13,8 @@ import { copyOut } from "../src/images/cp.ts";
 import type { UserError } from "../src/errors.ts";
 import { buildSampleTree, fixTimes, tempStore } from "./images_helpers.ts";
 import { defaultConfig } from "../src/config.ts";
-import { openContext } from "../src/server.ts";
+import { closeContext, openContext } from "../src/server.ts";
 import { contextBooter } from "../src/boot/booter.ts";
-import { initramfsBuildsSettled } from "../src/initramfs/build.ts";
 
 async function lab() {
   const t = await tempStore();
@@ -314,9 +313,8 @@ Deno.test("thin versions: a node set to a thin version without a deploy gets its
     await ctx.images.idle();
     assert.equal(ctx.images.hasTree(v1.id), true, "and stays: the node's latest boot uses it");
   } finally {
-    await ctx.images.idle();
-    await initramfsBuildsSettled(); // the script started one for the node's image
-    ctx.db.close();
+    await closeContext(ctx); // after the initramfs build the script started
+
     await Deno.remove(dir, { recursive: true });
   }
 });

@@ -38,7 +38,7 @@ Deno.test("mod.ts: serve on a temp data dir on loopback, register a node, see it
       const res = await netroot.buildApp(ctx).request("/api/v1/nodes/n1");
       assert.equal(res.status, 200);
     } finally {
-      ctx.db.close();
+      await netroot.closeContext(ctx);
     }
   } finally {
     await Deno.remove(dir, { recursive: true });
@@ -110,7 +110,7 @@ Deno.test("mod.ts: plugins add an API route, a node setting and a power driver t
     assert.throws(() => other.nodes.configure("n3", { "relay.channel": "3" }), /unknown setting/);
     assert.throws(() => other.nodes.configure("n3", { "power.driver": "relay" }), /power.driver/);
   } finally {
-    other.db.close();
+    await netroot.closeContext(other);
     await Deno.remove(dir, { recursive: true });
   }
 });

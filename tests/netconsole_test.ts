@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import dgram from "node:dgram";
 import { join } from "node:path";
 import { defaultConfig } from "../src/config.ts";
-import { buildApp, openContext } from "../src/server.ts";
+import { buildApp, closeContext, openContext } from "../src/server.ts";
 import { NETCONSOLE_LIMITS, startNetconsole } from "../src/netconsole.ts";
 
 async function from(address: string): Promise<dgram.Socket> {
@@ -159,7 +159,7 @@ Deno.test({
     } finally {
       for (const s of socks) s.close();
       await nc.close();
-      ctx.db.close();
+      await closeContext(ctx);
       await Deno.remove(dir, { recursive: true });
     }
   },

@@ -26,7 +26,7 @@ import {
 } from "../src/nfs.ts";
 import { networkCidr } from "../contract/ipv4.ts";
 import { setLogSink } from "../src/log.ts";
-import { openContext } from "../src/server.ts";
+import { closeContext, openContext } from "../src/server.ts";
 import { moduleClosure } from "./support/modules.ts";
 
 const set: ExportSet = {
@@ -202,7 +202,7 @@ async function tempContext(nfs: ServerConfig["nfs"], serverIp?: string): Promise
 }
 
 async function dropContext(ctx: Context) {
-  ctx.db.close();
+  await closeContext(ctx);
   await Deno.remove(ctx.config.dataDir, { recursive: true });
 }
 

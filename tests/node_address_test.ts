@@ -11,7 +11,7 @@ import { UserError } from "../src/errors.ts";
 import { listEvents } from "../src/events.ts";
 import { parseArpTable } from "../src/linux/neigh.ts";
 import { desiredExports } from "../src/nfs.ts";
-import { openContext } from "../src/server.ts";
+import { closeContext, openContext } from "../src/server.ts";
 import { type Link, sh, startServer } from "./dhcp_netns.ts";
 import { addImage } from "./support/images.ts";
 
@@ -21,7 +21,7 @@ async function withCtx(fn: (ctx: Context) => Promise<void> | void): Promise<void
   try {
     await fn(ctx);
   } finally {
-    ctx.db.close();
+    await closeContext(ctx);
     await Deno.remove(dir, { recursive: true });
   }
 }
@@ -164,7 +164,7 @@ Deno.test("proxy mode (root, netns): fetching another node's boot script does no
     writeFileSync(ctx.data.manifest(image), ""); // as an import leaves it (checked at start)
     ctx.nodes.add(a, { name: "node-a", image });
     ctx.nodes.add(b, { name: "node-b", image });
-    ctx.db.close();
+    await closeContext(ctx);
     server = await startServer(lan, {
       dataDir,
       dhcp: { mode: "proxy" },

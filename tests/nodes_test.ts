@@ -17,7 +17,7 @@ import { defaultConfig } from "../src/config.ts";
 import type { Context } from "../src/context.ts";
 import { listEvents } from "../src/events.ts";
 import { flipSymlink, linkTarget } from "../src/nodes.ts";
-import { openContext, type Plugins } from "../src/server.ts";
+import { closeContext, openContext, type Plugins } from "../src/server.ts";
 import { UserError } from "../src/errors.ts";
 import { loopExt4, run } from "./support/ext4disk.ts";
 
@@ -30,7 +30,7 @@ async function withCtx(
   try {
     await fn(ctx);
   } finally {
-    ctx.db.close();
+    await closeContext(ctx);
     await Deno.remove(dir, { recursive: true });
   }
 }
@@ -416,14 +416,14 @@ Deno.test("deploy (root, loop ext4): a deploy that returned survives a power cut
     disk.journalCommit();
     disk.powerCut();
     await ctx.images.idle().catch(() => {});
-    ctx.db.close();
+    await closeContext(ctx);
     disk.powerOn();
     ctx = await openContext(config);
     assert.equal(ctx.nodes.currentImageId("52:54:00:00:00:01"), image.id);
     assert.equal(readlinkSync(ctx.data.nodeFs("52:54:00:00:00:01")), linkTarget(image.id));
   } finally {
     await ctx.images.idle().catch(() => {});
-    ctx.db.close();
+    await closeContext(ctx);
     await disk.close();
   }
 });

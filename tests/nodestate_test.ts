@@ -14,7 +14,7 @@ import { setLogSink } from "../src/log.ts";
 import { NodeMonitor, nodeReported } from "../src/nodestate.ts";
 import { powerCommandDir } from "../src/power/command.ts";
 import { nodePower } from "../src/power/power.ts";
-import { openContext } from "../src/server.ts";
+import { closeContext, openContext } from "../src/server.ts";
 import { bootRoutes } from "../netboot/http.ts";
 import { addImage } from "./support/images.ts";
 import { freeTcpPort, waitFor, withPowerServer } from "./support/power.ts";
@@ -28,7 +28,7 @@ async function withCtx(fn: (ctx: Context) => Promise<void>): Promise<void> {
   try {
     await fn(ctx);
   } finally {
-    ctx.db.close();
+    await closeContext(ctx);
     await Deno.remove(dir, { recursive: true });
   }
 }

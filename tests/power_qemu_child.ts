@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { defaultConfig } from "../src/config.ts";
 import { nodePower } from "../src/power/power.ts";
-import { openContext } from "../src/server.ts";
+import { closeContext, openContext } from "../src/server.ts";
 import { ensureBridge } from "../src/vnode/bridge.ts";
 import { startVnodes, vnodeManager } from "../src/vnode/manager.ts";
 import { pidAlive, waitFor } from "./support/power.ts";
@@ -51,6 +51,6 @@ try {
   console.log("qemu driver ok");
 } finally {
   await vnodes.close();
-  ctx.db.close();
+  await closeContext(ctx);
   await bridge.close();
 }

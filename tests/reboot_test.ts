@@ -10,7 +10,7 @@ import { listEvents } from "../src/events.ts";
 import { setLogSink } from "../src/log.ts";
 import { NodeMonitor } from "../src/nodestate.ts";
 import { Rebooter, type RebootTarget, type SoftRequest } from "../src/reboot.ts";
-import { openContext } from "../src/server.ts";
+import { closeContext, openContext } from "../src/server.ts";
 
 const mac = "02:00:00:00:5f:01";
 const node: RebootTarget = { mac, name: "n1", virtual: false };
@@ -23,7 +23,7 @@ async function withCtx(fn: (ctx: Context) => Promise<void>): Promise<void> {
     ctx.nodes.add(mac, { name: "n1" });
     await fn(ctx);
   } finally {
-    ctx.db.close();
+    await closeContext(ctx);
     await Deno.remove(dir, { recursive: true });
   }
 }

@@ -7,7 +7,7 @@ import { mkdirSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { defaultConfig } from "../src/config.ts";
 import type { Context } from "../src/context.ts";
-import { openContext } from "../src/server.ts";
+import { closeContext, openContext } from "../src/server.ts";
 import { contextBooter } from "../src/boot/booter.ts";
 import { startTftpService } from "../src/boot/services.ts";
 import { renderPiConfig } from "../src/boot/plan.ts";
@@ -66,7 +66,7 @@ async function withContext(fn: (ctx: Context, dir: string) => Promise<void> | vo
   try {
     await fn(ctx, dir);
   } finally {
-    ctx.db.close();
+    await closeContext(ctx);
     await Deno.remove(dir, { recursive: true });
   }
 }

@@ -12,7 +12,7 @@ import { TftpError, tftpGet, tftpGetDetailed } from "../netboot/tftp/client.ts";
 import { decode, encode } from "../netboot/tftp/packet.ts";
 import { TftpClientPool } from "../netboot/tftp/clientpool.ts";
 import { defaultConfig } from "../src/config.ts";
-import { openContext } from "../src/server.ts";
+import { closeContext, openContext } from "../src/server.ts";
 import { listEvents } from "../src/events.ts";
 
 const pattern = (n: number, salt = 0) =>
@@ -441,7 +441,7 @@ Deno.test("tftp: startTftp serves a node its image's /boot and writes the node's
     assert.deepEqual(kinds(server), ["tftp.done undionly.kpxe", "tftp.refused vmlinuz"]);
   } finally {
     await svc.close();
-    ctx.db.close();
+    await closeContext(ctx);
     await Deno.remove(f.dir, { recursive: true });
   }
 });

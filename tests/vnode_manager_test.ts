@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { defaultConfig } from "../src/config.ts";
 import type { Context } from "../src/context.ts";
-import { buildApp, openContext } from "../src/server.ts";
+import { buildApp, closeContext, openContext } from "../src/server.ts";
 import { readConsole } from "../src/consolelog.ts";
 import {
   ensureUefiVars,
@@ -25,7 +25,7 @@ async function withCtx(fn: (ctx: Context, dir: string) => Promise<void>): Promis
   try {
     await fn(ctx, dir);
   } finally {
-    ctx.db.close();
+    await closeContext(ctx);
     await Deno.remove(dir, { recursive: true });
   }
 }
