@@ -4,8 +4,7 @@
 // - resumable: after a power cut, `image.part` is reused file by file, but only files whose size
 //   and sha256 match again (re-read locally, never trusted blindly). A checkpoint (syncfs) every
 //   256 MiB or 30 s of written data bounds what a power cut loses: without it, delayed allocation
-//   can leave every file of a copy empty on disk. Between checkpoints, each large file's writeback
-//   is started as soon as it is written, so most of the copy is on the disk before any flush;
+//   can leave every file of a copy empty on disk;
 // - incremental: a file with the same content and metadata in another complete copy on the disk is
 //   hard-linked from there instead of being written.
 // Disk layout under the hybrid dir (WalT-compatible names):  <id>/image  <id>/image.part
@@ -185,12 +184,7 @@ type CreateHash = (alg: "sha256") => Hasher;
  * Runs a batch of jobs; what it returns are the faults (a mismatch or an error), by index. Self-
  * contained (only its arguments, no outer name): its text is also a worker's code.
  */
-function runJobs(
-  jobs: Job[],
-  buf: Uint8Array,
-  createHash: CreateHash,
-  writeback: (path: string) => void,
-): JobFault[] {
+function runJobs(jobs: Job[], buf: Uint8Array, createHash: CreateHash): JobFault[] {
   const one = (j: Job): JobFault | null => {
     const h = createHash("sha256");
     let size = 0;
@@ -226,7 +220,6 @@ function runJobs(
     if (j.op === "copy") {
       if (j.chown) Deno.chownSync(j.dst, j.uid, j.gid);
       if (j.chmod) Deno.chmodSync(j.dst, j.mode & 0o7777); // after chown: it clears suid
-      if (size >= 1 << 18) writeback(j.dst); // 256 KiB and more (per small file it costs more)
     }
     return null;
   };
@@ -244,45 +237,9 @@ function runJobs(
   return out;
 }
 
-/**
- * A function that starts the writeback of a file just written: sync_file_range with
- * SYNC_FILE_RANGE_WRITE sends its dirty pages to the disk now, without waiting for them and
- * without a journal commit. So the disk writes while the copy goes on, instead of all of the copy
- * at the final syncfs (a node's RAM, or a server's, holds hundreds of MB dirty before the kernel
- * starts on its own), and a power cut during the copy keeps more of it for the resume (the e2e
- * power cut at 76–81 % of a 188 MB copy: 115–149 MB kept, 23–48 MB before). Only for files of 256
- * KiB and more: for every file the bench's copy took 0.41–0.44 s instead of 0.23–0.25 s (the
- * submission is synchronous) to save 0.07 s of flush. Advisory: a failure is the final syncfs's to
- * report. Without libc FFI, it does nothing. Self-contained (no outer name): its text is also part
- * of a worker's code.
- */
-export function writebackStarter(): (path: string) => void {
-  try {
-    const lib = Deno.dlopen(
-      "libc.so.6",
-      {
-        open: { parameters: ["buffer", "i32", "u32"], result: "i32" },
-        close: { parameters: ["i32"], result: "i32" },
-        sync_file_range: { parameters: ["i32", "i64", "i64", "u32"], result: "i32" },
-      } as const,
-    );
-    const enc = new TextEncoder();
-    const O_NOFOLLOW = 0o400000, O_CLOEXEC = 0o2000000, SYNC_FILE_RANGE_WRITE = 2;
-    return (path) => {
-      const fd = lib.symbols.open(enc.encode(`${path}\0`), O_NOFOLLOW | O_CLOEXEC, 0);
-      if (fd < 0) return;
-      lib.symbols.sync_file_range(fd, 0n, 0n, SYNC_FILE_RANGE_WRITE);
-      lib.symbols.close(fd);
-    };
-  } catch {
-    return () => {};
-  }
-}
-
 const bufSize = 1 << 20;
 const workerSource = `import { createHash } from "node:crypto";
 const runJobs = ${runJobs.toString()};
-const writeback = (${writebackStarter.toString()})();
 const buf = new Uint8Array(${bufSize});
 let state;
 self.onmessage = ({ data }) => {
@@ -291,7 +248,7 @@ self.onmessage = ({ data }) => {
     Atomics.store(state, 0, 1); // ready: node:crypto is loaded
     return;
   }
-  self.postMessage({ id: data.id, out: runJobs(data.jobs, buf, createHash, writeback) });
+  self.postMessage({ id: data.id, out: runJobs(data.jobs, buf, createHash) });
   Atomics.add(state, 1, 1); // one more batch done (its answer is already on its way)
 };`;
 
@@ -379,7 +336,6 @@ interface Slot {
 class Copiers {
   readonly buf = new Uint8Array(bufSize);
   #createHash?: CreateHash;
-  #writeback = writebackStarter();
   #workers: Slot[] = [];
   #batches = new Map<
     number,
@@ -440,7 +396,7 @@ class Copiers {
       if (Atomics.load(s.state, 0) !== 1 || this.#backlog(s) >= perWorker) continue;
       if (!slot || this.#backlog(s) < this.#backlog(slot)) slot = s;
     }
-    if (!slot) return runJobs(jobs, this.buf, this.#createHash!, this.#writeback);
+    if (!slot) return runJobs(jobs, this.buf, this.#createHash!);
     const s = slot;
     return new Promise((resolve, reject) => {
       const id = this.#next++;

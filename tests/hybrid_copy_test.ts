@@ -11,7 +11,6 @@ import {
   ensureLocalCopy,
   HybridError,
   isComplete,
-  writebackStarter,
 } from "../hybrid/copy.ts";
 import { makeRoom, prepareHybridRoot } from "../hybrid/mode.ts";
 import { loopExt4, run } from "./support/ext4disk.ts";
@@ -95,27 +94,6 @@ Deno.test("hybrid copy (root, loop ext4): faithful and verified; second boot cop
       manifestText: m.text,
     });
     assert.equal(r2.bytesWritten + r2.bytesReused + r2.bytesLinked, 0);
-  });
-});
-
-// The copy starts each large file's writeback as soon as the file is written, so that the disk
-// works during the copy rather than all at its final syncfs; without the call the kernel keeps a
-// fresh file's pages dirty (up to 30 s, dirty_expire) while the node has the memory.
-Deno.test("hybrid copy (root, loop ext4): a written file goes to the disk at once, before any flush", async () => {
-  await withDisk(64, async (disk) => {
-    const stat = `/sys/block/${disk.loop.replace("/dev/", "")}/stat`;
-    const written = () => Number(Deno.readTextFileSync(stat).trim().split(/\s+/)[6]) * 512;
-    const size = 8 << 20;
-    const file = `${disk.mnt}/walt-hybrid/big`;
-    const before = written();
-    await Deno.writeFile(file, new Uint8Array(size).fill(7));
-    await new Promise((r) => setTimeout(r, 300));
-    assert.ok(written() - before < size / 2, "left to the kernel, the data waits in memory");
-    writebackStarter()(file);
-    for (let i = 0; i < 150 && written() - before < size; i++) {
-      await new Promise((r) => setTimeout(r, 20));
-    }
-    assert.ok(written() - before >= size, `on the device: ${written() - before} of ${size} bytes`);
   });
 });
 
