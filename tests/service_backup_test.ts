@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { openDatabase, schemaVersion, versionOf } from "../src/db.ts";
 import { backupTo, restoreFrom } from "../src/service/backup.ts";
-import { loopExt4, run } from "./support/ext4disk.ts";
+import { loopExt4 } from "./support/ext4disk.ts";
 
 const mainTs = fileURLToPath(new URL("../main.ts", import.meta.url));
 const fixtures = fileURLToPath(new URL("./fixtures/schema/", import.meta.url));
@@ -317,16 +317,12 @@ Deno.test("restore (root, loop ext4): a power cut after it returns leaves the re
   try {
     const old = await schemaV1DataDir(dir);
     openDatabase(join(old, "netroot.db")).close(); // the current schema: restore has nothing to migrate
-    const data = join(disk.mnt, "data");
-    await Deno.mkdir(data);
-    run("sync");
+    const data = await disk.freshDir("data");
     const file = join(disk.mnt, "old.tar");
     await backupTo(file, { dataDir: old });
     await restoreFrom(file, { dataDir: data });
     // Any journal commit afterwards (ext4's 5 s timer, the server started on it), then the cut.
-    disk.journalCommit();
-    disk.powerCut();
-    disk.powerOn();
+    disk.cutAfterCommit();
     assert.equal(Deno.readTextFileSync(join(data, "token")), "c".repeat(64) + "\n");
     // An empty netroot.db would open as a new, empty database: the next start would then remove
     // every image tree as having no row.

@@ -6,7 +6,7 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { paths, renderUnit } from "../src/service/install.ts";
-import { loopExt4, run } from "./support/ext4disk.ts";
+import { withLoopExt4 } from "./support/ext4disk.ts";
 
 const mainTs = fileURLToPath(new URL("../main.ts", import.meta.url));
 const shipped = fileURLToPath(new URL("../src/service/netroot.service", import.meta.url));
@@ -96,11 +96,8 @@ Deno.test("install-service --root from a checkout, then uninstall-service keeps 
 });
 
 Deno.test("install-service (root, loop ext4): a power cut after it returns leaves the program and the unit whole", async () => {
-  const disk = await loopExt4(512);
-  try {
-    const root = join(disk.mnt, "root");
-    await Deno.mkdir(root);
-    run("sync");
+  await withLoopExt4(512, async (disk) => {
+    const root = await disk.freshDir("root");
     const r = await netroot("install-service", "--root", root, "--data", "/srv/netroot");
     assert.equal(r.code, 0, r.err);
     const at = (p: string) => join(root, p);
@@ -112,12 +109,8 @@ Deno.test("install-service (root, loop ext4): a power cut after it returns leave
       want.set(at(p), (await Deno.stat(at(p))).size);
     }
     // Any journal commit afterwards (ext4's 5 s timer, systemd starting the service), the cut.
-    disk.journalCommit();
-    disk.powerCut();
-    disk.powerOn();
+    disk.cutAfterCommit();
     const got = new Map([...want.keys()].map((p) => [p, Deno.statSync(p).size]));
     assert.deepEqual(got, want);
-  } finally {
-    await disk.close();
-  }
+  });
 });

@@ -10,8 +10,7 @@ import {
   partitionOffset,
 } from "../src/vnode/disks.ts";
 import { UserError } from "../src/errors.ts";
-import { join } from "node:path";
-import { loopExt4, run } from "./support/ext4disk.ts";
+import { withLoopExt4 } from "./support/ext4disk.ts";
 
 async function sh(cmd: string, args: string[]): Promise<string> {
   const out = await new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).output();
@@ -159,11 +158,8 @@ Deno.test("disks persist unless their size or template changes; surplus disks ar
 });
 
 Deno.test("vnode disks (root, loop ext4): a power cut after a disk is made keeps it, and what the guest wrote on it", async () => {
-  const disk = await loopExt4(128);
-  try {
-    const vm = join(disk.mnt, "vm");
-    await Deno.mkdir(vm);
-    run("sync");
+  await withLoopExt4(128, async (disk) => {
+    const vm = await disk.freshDir("vm");
     const spec = { size: 8 << 20, template: "none" as const };
     const [img] = await ensureDisks(vm, [spec]);
     // The guest writes on its disk, flushed (qemu passes its flushes on).
@@ -178,7 +174,5 @@ Deno.test("vnode disks (root, loop ext4): a power cut after a disk is made keeps
     assert.deepEqual(await ensureDisks(vm, [spec]), [img]);
     const got = (await Deno.readFile(img)).subarray(0, data.length);
     assert.equal(new TextDecoder().decode(got), "the guest's data");
-  } finally {
-    await disk.close();
-  }
+  });
 });

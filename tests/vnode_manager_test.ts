@@ -17,7 +17,7 @@ import {
 } from "../src/vnode/manager.ts";
 import { missingTool } from "../src/vnode/exec.ts";
 import { uefiFirmware } from "../src/vnode/qemu.ts";
-import { loopExt4, run } from "./support/ext4disk.ts";
+import { withLoopExt4 } from "./support/ext4disk.ts";
 
 async function withCtx(fn: (ctx: Context, dir: string) => Promise<void>): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "nr-vnode-mgr-" });
@@ -216,21 +216,14 @@ Deno.test("QMP sockets stay within the unix path limit", () => {
 });
 
 Deno.test("a UEFI vnode's variable store (root, loop ext4): a power cut after its first start leaves it whole", async () => {
-  const disk = await loopExt4(32);
-  try {
-    const vm = join(disk.mnt, "vm");
-    await Deno.mkdir(vm);
-    run("sync");
+  await withLoopExt4(32, async (disk) => {
+    const vm = await disk.freshDir("vm");
     const vars = await ensureUefiVars(vm, "x86_64");
     const want = (await Deno.stat(uefiFirmware("x86_64").vars)).size;
     // Any journal commit afterwards (ext4's 5 s timer, the database's fsync), then the cut.
-    disk.journalCommit();
-    disk.powerCut();
-    disk.powerOn();
+    disk.cutAfterCommit();
     // The next start keeps the file it finds (as a PC keeps its NVRAM): it must be whole.
     assert.equal(await ensureUefiVars(vm, "x86_64"), vars);
     assert.equal((await Deno.stat(vars)).size, want);
-  } finally {
-    await disk.close();
-  }
+  });
 });

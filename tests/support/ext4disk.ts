@@ -40,7 +40,25 @@ export interface LoopExt4 {
   powerCut(): void;
   /** After a power cut (once its writer has stopped): unmount, mount again (journal replay). */
   powerOn(): void;
+  /** What most power-cut tests do after the operation: journalCommit, powerCut, powerOn. */
+  cutAfterCommit(): void;
+  /** A new directory `name` on the file system, already on the disk (synced), so that a cut
+   *  takes back only what the test's operation did in it. */
+  freshDir(name: string): Promise<string>;
   close(): Promise<void>;
+}
+
+/** fn on a fresh loopExt4, closed after it whatever happens. */
+export async function withLoopExt4<T>(
+  sizeMiB: number,
+  fn: (disk: LoopExt4) => Promise<T>,
+): Promise<T> {
+  const disk = await loopExt4(sizeMiB);
+  try {
+    return await fn(disk);
+  } finally {
+    await disk.close();
+  }
 }
 
 /** A fresh ext4 file system of sizeMiB on a loop device, mounted. `directIo`: the loop device
@@ -116,6 +134,17 @@ export async function loopExt4(
       loop = run("losetup", "-f", "--show", ...dio, file);
       name = loop.replace("/dev/", "");
       run("mount", "-t", "ext4", loop, mnt);
+    },
+    cutAfterCommit(this: LoopExt4) {
+      this.journalCommit();
+      this.powerCut();
+      this.powerOn();
+    },
+    async freshDir(name: string) {
+      const path = `${mnt}/${name}`;
+      await Deno.mkdir(path, { recursive: true });
+      run("sync");
+      return path;
     },
     async close() {
       // A busy mount (a straggling reader) is detached lazily: never delete `base` while the file
