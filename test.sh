@@ -31,6 +31,9 @@ if [ ! -x tools/node_modules/.bin/deno ]; then npm ci --prefix tools --no-audit 
 export PATH="$PWD/tools/node_modules/.bin:$PATH"
 deno --version | head -1
 deno install            # frozen lock: fails if deno.lock is stale
+# `deno bundle` (the node program of every initramfs built from a checkout) fetches its esbuild from
+# npm on first use: fetch it now, so that a server a test runs in a network namespace finds it.
+deno bundle --quiet --platform deno -o /dev/null overlay/node_main.ts
 deno fmt --check
 deno lint
 deno task check

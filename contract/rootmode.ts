@@ -48,6 +48,9 @@ export interface RootEnv {
   log(line: string): void;
   report(r: StageReport): void;
   stage: RunStage;
+  /** A text from the server, by the init's HTTP client (overlay/http.ts): an answer other than 2xx
+   *  fails with `HTTP <status>`, any other failure names the step that failed. */
+  getText(url: string, signal: AbortSignal, maxBytes: number): Promise<string>;
   /** Mounts the image read-only at `target`, retrying within netroot.timeout (NFS in production). */
   mountImage(target: string): Promise<{ describe: string; attempts: number }>;
 }

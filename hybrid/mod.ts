@@ -151,7 +151,7 @@ function detectAndCopy(env: RootEnv): Promise<HybridBoot | undefined> {
       return l.lower;
     },
     unmountSource: () => Promise.resolve(umount(l.lower, MNT_DETACH)),
-    fetchManifest: () => fetchManifest(manifestUrl, env.log),
+    fetchManifest: () => fetchManifest(env.getText, manifestUrl, env.log),
     log: env.log,
     report: env.report,
   });
@@ -177,12 +177,17 @@ export const hybridMode: RootMode = {
   },
 };
 
+/** The largest manifest taken: ~1.5 million entries, far past any image a node boots. */
+export const maxManifestBytes = 256 << 20;
+
 /**
  * The manifest, with a few short attempts rather than one long one: right after the NIC comes up a
  * first connection can stall (seen under TCG: a request hung for its whole 30 s), and a fresh
- * connection goes through while a hybrid node would otherwise fall back to network mode.
+ * connection goes through while a hybrid node would otherwise fall back to network mode. Each
+ * failed attempt is logged with the step it failed at (connecting, waiting, reading).
  */
 export async function fetchManifest(
+  getText: RootEnv["getText"],
   url: string,
   log: (m: string) => void,
   attempts = 4,
@@ -190,15 +195,12 @@ export async function fetchManifest(
 ): Promise<string> {
   for (let i = 1;; i++) {
     try {
-      const r = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) });
-      if (!r.ok) {
-        await r.body?.cancel();
-        throw new Error(`manifest: HTTP ${r.status} from ${url}`);
-      }
-      return await r.text();
+      return await getText(url, AbortSignal.timeout(timeoutMs), maxManifestBytes);
     } catch (e) {
-      if (i >= attempts || /HTTP 4\d\d/.test((e as Error).message)) throw e;
-      log(`manifest attempt ${i} failed: ${(e as Error).message}; retrying`);
+      const msg = (e as Error).message;
+      if (/^HTTP 4\d\d/.test(msg)) throw new Error(`manifest: ${msg}`);
+      if (i >= attempts) throw new Error(`manifest: ${attempts} attempts failed, the last: ${msg}`);
+      log(`manifest attempt ${i} failed: ${msg}; retrying`);
       await new Promise((r) => setTimeout(r, 1000));
     }
   }

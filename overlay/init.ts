@@ -27,6 +27,7 @@ import {
 import { bringUpNetwork } from "./network.ts";
 import { startNetconsole } from "./netconsole.ts";
 import { networkMode } from "./nfsroot.ts";
+import { httpGetText } from "./http.ts";
 import { type Post, readNfsBytes, Reporter } from "./report.ts";
 import { type MountSource, mountWithRetry, nfsSource } from "./rootsource.ts";
 import { installServerKey } from "./sshkey.ts";
@@ -288,6 +289,7 @@ async function mountRoot(s: Stages, deps: InitDeps, p: BootParams): Promise<void
     log: (line) => deps.out.line(line),
     report: s.report,
     stage: s.run,
+    getText: httpGetText,
     mountImage: async (target) => {
       Deno.mkdirSync(target, { recursive: true });
       const budgetMs = p.timeoutS * 1000;

@@ -4,77 +4,9 @@
 // next one. Sending never blocks a boot stage, and a server that does not answer costs at most a
 // bounded wait at handover.
 import { MAX_BATCH, type StageReport } from "../contract/report.ts";
+import { httpPostJson } from "./http.ts";
 
 export type Post = (url: string, body: string, signal: AbortSignal) => Promise<void>;
-
-/** fetch: for https (and anything but plain http). */
-const fetchPost: Post = async (url, body, signal) => {
-  const r = await fetch(url, {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body,
-    signal,
-  });
-  await r.body?.cancel();
-  if (!r.ok) throw new Error(`HTTP ${r.status}`);
-};
-
-/**
- * One HTTP/1.1 POST over a plain TCP connection, answered by its status line. Cheaper than fetch
- * for the init: fetch's first call sets up an HTTP client (TLS roots included) that costs about a
- * third of a second of CPU under qemu TCG, on the boot's critical path.
- */
-export async function rawHttpPost(url: string, body: string, signal: AbortSignal): Promise<void> {
-  const u = new URL(url);
-  if (u.protocol !== "http:") return fetchPost(url, body, signal);
-  signal.throwIfAborted();
-  const connecting = Deno.connect({
-    hostname: u.hostname.replace(/^\[|\]$/g, ""),
-    port: Number(u.port || 80),
-  });
-  let aborted: () => void = () => {};
-  const abort = new Promise<never>((_, rej) => {
-    aborted = () => rej(signal.reason);
-    signal.addEventListener("abort", aborted, { once: true });
-  });
-  let conn: Deno.TcpConn;
-  try {
-    conn = await Promise.race([connecting, abort]);
-  } catch (e) {
-    connecting.then((c) => c.close(), () => {}); // a connection that comes too late
-    throw e;
-  } finally {
-    signal.removeEventListener("abort", aborted);
-  }
-  const onAbort = () => conn.close();
-  signal.addEventListener("abort", onAbort, { once: true });
-  try {
-    const data = new TextEncoder().encode(body);
-    const head = `POST ${u.pathname}${u.search} HTTP/1.1\r\nHost: ${u.host}\r\n` +
-      `Content-Type: application/json\r\nContent-Length: ${data.length}\r\n` +
-      `Connection: close\r\n\r\n`;
-    const req = new Uint8Array([...new TextEncoder().encode(head), ...data]);
-    for (let at = 0; at < req.length;) at += await conn.write(req.subarray(at));
-    const buf = new Uint8Array(512);
-    let got = "";
-    while (!/\r?\n/.test(got) && got.length < 512) {
-      const n = await conn.read(buf);
-      if (n === null) break;
-      got += new TextDecoder().decode(buf.subarray(0, n));
-    }
-    const status = /^HTTP\/1\.[01] (\d{3})/.exec(got)?.[1];
-    if (!status) throw new Error(`no HTTP answer (${JSON.stringify(got.slice(0, 40))})`);
-    if (!status.startsWith("2")) throw new Error(`HTTP ${status}`);
-  } catch (e) {
-    if (signal.aborted) throw signal.reason;
-    throw e;
-  } finally {
-    signal.removeEventListener("abort", onAbort);
-    try {
-      conn.close();
-    } catch { /* closed by the abort */ }
-  }
-}
 
 /**
  * A signal that aborts once the event loop has been free for `ms`: it counts ticks of a short
@@ -109,7 +41,7 @@ export class Reporter {
   constructor(
     readonly ident: { token?: string; mac: string },
     private readonly onError: (msg: string) => void,
-    private readonly post: Post = rawHttpPost,
+    private readonly post: Post = httpPostJson,
     private readonly perRequestMs = 3000,
   ) {}
 

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { MAX_BATCH } from "../contract/report.ts";
-import { loopTimeout, nfsReadBytes, rawHttpPost, Reporter } from "../overlay/report.ts";
+import { loopTimeout, nfsReadBytes, Reporter } from "../overlay/report.ts";
 
 Deno.test("reporter: queued before the network, then sent in one batch over real HTTP", async () => {
   const got: { token: string; mac: string; reports: Record<string, unknown>[] }[] = [];
@@ -118,54 +118,6 @@ Deno.test("loopTimeout: time the event loop was blocked does not count", async (
   const waited = performance.now() - t0;
   assert.ok(waited >= 150 && waited < 1000, `aborted after ${waited} ms of free loop`);
   t.clear();
-});
-
-Deno.test("rawHttpPost: one POST over TCP; a non-2xx answer fails; a silent server is cut by the signal", async () => {
-  const seen: { method: string; path: string; type: string | null; body: string }[] = [];
-  let status = 200;
-  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, async (req) => {
-    const u = new URL(req.url);
-    seen.push({
-      method: req.method,
-      path: u.pathname + u.search,
-      type: req.headers.get("content-type"),
-      body: await req.text(),
-    });
-    return new Response("ok", { status });
-  });
-  const silent = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const held: Deno.Conn[] = [];
-  const accepting = (async () => {
-    for await (const c of silent) held.push(c); // reads nothing, answers nothing
-  })();
-  try {
-    const url = `http://127.0.0.1:${server.addr.port}/boot/report`;
-    const body = JSON.stringify({ token: "t", mac: "m", reports: [{ seq: 1, stage: "é" }] });
-    await rawHttpPost(url, body, AbortSignal.timeout(2000));
-    assert.deepEqual(seen, [{
-      method: "POST",
-      path: "/boot/report",
-      type: "application/json",
-      body,
-    }]);
-    status = 403;
-    await assert.rejects(rawHttpPost(url, body, AbortSignal.timeout(2000)), /HTTP 403/);
-    const t0 = performance.now();
-    await assert.rejects(
-      rawHttpPost(
-        `http://127.0.0.1:${silent.addr.port}/boot/report`,
-        body,
-        AbortSignal.timeout(200),
-      ),
-      (e: Error) => e.name === "TimeoutError",
-    );
-    assert.ok(performance.now() - t0 < 1500);
-  } finally {
-    silent.close();
-    await accepting.catch(() => {});
-    for (const c of held) c.close();
-    await server.shutdown();
-  }
 });
 
 Deno.test("reporter: without netroot.url nothing is sent and flush is immediate", async () => {

@@ -2,7 +2,7 @@
 // real disks, in two virtual nodes that run side by side (4 boots in all; CI has 2 cores):
 //
 //   hyb-cut   512M[template=hybrid-boot-v]  → WalT's walt_hybrid/ directory
-//     boot 1  first copy of a ~180 MB image (160 MB incompressible): qemu killed (SIGKILL) mid-copy,
+//     boot 1  first copy of a ~270 MB image (250 MB incompressible): qemu killed (SIGKILL) mid-copy,
 //             a power cut (the guest's page cache is lost); `node reboot` starts a fresh qemu
 //     boot 2  the copy resumes (resumed, bytes kept from image.part after re-hashing), is verified,
 //             and the node boots from it
@@ -98,7 +98,7 @@ labTest(
     const v1 = join(imageDir, "v1"), v2 = join(imageDir, "v2");
     await buildTestImage(v1, { kernel, release: "v1" });
     await addDiskStats(v1);
-    await addBulk(v1, 40, 4 << 20);
+    await addBulk(v1, 60, 4 << 20);
     await copyTree(v1, v2);
     await Deno.writeTextFile(join(v2, "etc/image-release"), "netroot-test-image v2\n");
     await Deno.writeFile(join(v2, "bulk/added"), randomBytes(1 << 20));
@@ -121,20 +121,28 @@ labTest(
     const smallBoot = checkSmallDisk(lab, small.mac);
     smallBoot.catch(() => {}); // awaited below; a failure must not be unhandled meanwhile
 
-    // hyb-cut, boot 1: power cut in the middle of the first copy. The kill follows the progress
-    // line within one poll (250 ms), well before the copy can end.
+    // hyb-cut, boot 1: power cut in the middle of the first copy, at a progress line ≥ 50 % and
+    // ≥ 6 s into the copy. ext4 commits its journal every 5 s: a cut before the first commit after
+    // the copy started leaves no image.part, and the copy rightly starts over (not the resume tested
+    // here; seen when this test ran alone on a quiet machine, where the 60 % line came 4 s in).
+    // The image is large enough (~250 MB) that a quiet machine's copy (~30 MB/s) lasts ~8.5 s.
     const qemuPid = await ourQemu(lab, cut.mac);
     let mark = await lastEventId(lab, cut.mac);
-    const progress = await lab.waitConsole(
-      cut.mac,
-      /hybrid copy (?:[6-9]\d)% /,
-      bootTimeoutMs,
-      { failOn: /Kernel panic|E2E[^\n]*FAIL|hybrid copy done|HYBRID MODE FAILED/ },
-    );
-    assert.match(progress, /hybrid mode \(volatile\): \/dev\/vda1 holds walt_hybrid\//);
+    const failOn = /Kernel panic|E2E[^\n]*FAIL|hybrid copy done|HYBRID MODE FAILED/;
+    const copying = await lab.waitConsole(cut.mac, /hybrid copy \d+% /, bootTimeoutMs, { failOn });
+    const copyStart = performance.now();
+    assert.match(copying, /hybrid mode \(volatile\): \/dev\/vda1 holds walt_hybrid\//);
+    await new Promise((r) => setTimeout(r, Math.max(0, 6000 - (performance.now() - copyStart))));
+    const progress = await lab.waitConsole(cut.mac, /hybrid copy (?:[5-9]\d)% /, bootTimeoutMs, {
+      from: (await lab.console(cut.mac)).length,
+      failOn,
+    });
     const pct = [...progress.matchAll(/hybrid copy (\d+)% /g)].map((m) => m[1]).pop();
     Deno.kill(qemuPid, "SIGKILL");
-    lab.log(`hyb-cut: power cut at ${pct} % of the first copy`);
+    lab.log(
+      `hyb-cut: power cut at ${pct} % of the first copy, ` +
+        `${((performance.now() - copyStart) / 1000).toFixed(1)} s after its first progress line`,
+    );
     const exit = await lab.waitEvent(cut.mac, "vnode.exit", 30_000, mark);
     assert.equal(exit.detail.signal, "SIGKILL");
     mark = await lastEventId(lab, cut.mac);
@@ -157,7 +165,7 @@ labTest(
     assert.match(out, /hybrid mode \(volatile\): \/dev\/vda1 holds walt_hybrid\//);
     assert.match(out, /netroot-test-image v1/);
     assert.equal(resumed.resumed, true);
-    // ≥ 60 % (113 MB) was reported before the cut. The copy checkpoints (syncfs) every 256 MiB or
+    // ≥ 50 % (135 MB) was reported before the cut. The copy checkpoints (syncfs) every 256 MiB or
     // 30 s, so what survived the cut is what the guest kernel's writeback had flushed (22.8–46 MB
     // seen): no fixed amount. What must hold: the resumed copy re-hashed it (resumed, below) and
     // every byte is either kept or written again.
@@ -169,7 +177,7 @@ labTest(
       resumed.bytesTotal,
       "every byte accounted for",
     );
-    assert.ok(resumed.bytesTotal > 160e6, `image of ${resumed.bytesTotal} bytes`);
+    assert.ok(resumed.bytesTotal > 250e6, `image of ${resumed.bytesTotal} bytes`);
     assertInOrder(events.map((e) => e.kind), [
       "vnode.start",
       "init.hybrid-ready",

@@ -1,0 +1,226 @@
+// The init's HTTP client: one HTTP/1.1 request per fresh TCP connection (`Connection: close`), for
+// the stage reports (POST) and the hybrid manifest (GET). Not fetch, for two reasons:
+// - fetch's first call sets up an HTTP client (TLS roots included) that costs about a third of a
+//   second of CPU under qemu TCG, on the boot's critical path;
+// - a request that fails says at which step (connecting, waiting for the answer, reading it): a
+//   node that falls back to network mode because its manifest never came must tell why.
+// Anything but plain http (https) goes through fetch.
+
+export interface HttpRequest {
+  method: "GET" | "POST";
+  body?: string;
+  contentType?: string;
+  signal: AbortSignal;
+  /** The largest answer body taken; a larger one is an error (default 1 MiB). */
+  maxBytes?: number;
+}
+
+export interface HttpAnswer {
+  status: number;
+  body: Uint8Array;
+}
+
+const maxHeadBytes = 16 << 10;
+const enc = new TextEncoder(), dec = new TextDecoder();
+
+/** Fails with `HTTP <status>` unless the answer is 2xx. */
+export async function httpRequest(url: string, req: HttpRequest): Promise<HttpAnswer> {
+  const a = await exchange(url, req);
+  if (a.status < 200 || a.status > 299) throw new Error(`HTTP ${a.status} from ${url}`);
+  return a;
+}
+
+export async function httpGetText(url: string, signal: AbortSignal, maxBytes?: number) {
+  return dec.decode((await httpRequest(url, { method: "GET", signal, maxBytes })).body);
+}
+
+export async function httpPostJson(url: string, body: string, signal: AbortSignal): Promise<void> {
+  await httpRequest(url, { method: "POST", body, contentType: "application/json", signal });
+}
+
+async function exchange(url: string, req: HttpRequest): Promise<HttpAnswer> {
+  const u = new URL(url);
+  if (u.protocol !== "http:") return viaFetch(url, req);
+  const max = req.maxBytes ?? 1 << 20;
+  const { signal } = req;
+  let step = `connecting to ${u.host}`;
+  signal.throwIfAborted();
+  const connecting = Deno.connect({
+    hostname: u.hostname.replace(/^\[|\]$/g, ""),
+    port: Number(u.port || 80),
+  });
+  let conn: Deno.TcpConn | undefined;
+  const onAbort = () => conn?.close();
+  let aborted: () => void = () => {};
+  const abort = new Promise<never>((_, rej) => {
+    aborted = () => {
+      onAbort();
+      rej(signal.reason);
+    };
+    signal.addEventListener("abort", aborted, { once: true });
+  });
+  try {
+    try {
+      conn = await Promise.race([connecting, abort]);
+    } catch (e) {
+      connecting.then((c) => c.close(), () => {}); // a connection that comes too late
+      throw e;
+    }
+    step = `sending the request to ${u.host}`;
+    const body = enc.encode(req.body ?? "");
+    const head = `${req.method} ${u.pathname}${u.search} HTTP/1.1\r\nHost: ${u.host}\r\n` +
+      (req.contentType ? `Content-Type: ${req.contentType}\r\n` : "") +
+      (req.method === "POST" ? `Content-Length: ${body.length}\r\n` : "") +
+      `Connection: close\r\n\r\n`;
+    await writeAll(conn, concat([enc.encode(head), body]));
+    step = `waiting for the answer of ${u.host}`;
+    return await readAnswer(conn, max, (s) => step = s);
+  } catch (e) {
+    if (signal.aborted) {
+      const r = signal.reason as Error;
+      throw new DOMException(`${step}: ${r?.message ?? r}`, r?.name ?? "AbortError");
+    }
+    throw new Error(`${step}: ${(e as Error).message}`);
+  } finally {
+    signal.removeEventListener("abort", aborted);
+    try {
+      conn?.close();
+    } catch { /* closed by the abort */ }
+  }
+}
+
+async function writeAll(conn: Deno.Conn, data: Uint8Array): Promise<void> {
+  for (let at = 0; at < data.length;) at += await conn.write(data.subarray(at));
+}
+
+/** The status and body of an HTTP/1.x answer: framed by Content-Length, chunked, or by the end of
+ *  the connection. A body cut short is an error, never a shorter answer. */
+async function readAnswer(
+  conn: Deno.Conn,
+  max: number,
+  setStep: (s: string) => void,
+): Promise<HttpAnswer> {
+  const reader = new Reader(conn);
+  const headEnd = await reader.until(enc.encode("\r\n\r\n"), maxHeadBytes);
+  if (headEnd < 0) throw new Error("no HTTP answer (connection closed or head too long)");
+  const headText = dec.decode(reader.take(headEnd + 4));
+  const status = /^HTTP\/1\.[01] (\d{3})/.exec(headText)?.[1];
+  if (!status) throw new Error(`no HTTP answer (${JSON.stringify(headText.slice(0, 40))})`);
+  const header = (name: string) =>
+    new RegExp(`\\r\\n${name}:[ \\t]*([^\\r\\n]*)`, "i").exec(headText)?.[1].trim();
+  setStep(`reading the answer (HTTP ${status})`);
+  const length = header("content-length");
+  let body: Uint8Array;
+  if (/chunked/i.test(header("transfer-encoding") ?? "")) body = await readChunked(reader, max);
+  else if (length !== undefined) {
+    if (!/^\d+$/.test(length)) throw new Error(`bad Content-Length ${JSON.stringify(length)}`);
+    const n = Number(length);
+    if (n > max) throw new Error(`answer of ${n} bytes, more than the ${max} taken`);
+    if (!(await reader.fill(n))) {
+      throw new Error(`answer cut after ${reader.buffered} of ${n} bytes`);
+    }
+    body = reader.take(n);
+  } else {
+    while (await reader.more()) if (reader.buffered > max) break;
+    if (reader.buffered > max) throw new Error(`answer of more than the ${max} bytes taken`);
+    body = reader.take(reader.buffered);
+  }
+  return { status: Number(status), body };
+}
+
+async function readChunked(reader: Reader, max: number): Promise<Uint8Array> {
+  const parts: Uint8Array[] = [];
+  let total = 0;
+  for (;;) {
+    const eol = await reader.until(enc.encode("\r\n"), 1024);
+    if (eol < 0) throw new Error("chunked answer cut (no chunk size)");
+    const sizeText = dec.decode(reader.take(eol + 2)).split(";")[0].trim();
+    if (!/^[0-9a-fA-F]{1,8}$/.test(sizeText)) {
+      throw new Error(`bad chunk size ${JSON.stringify(sizeText)}`);
+    }
+    const size = parseInt(sizeText, 16);
+    if (size === 0) return concat(parts); // trailers, if any, are not read: the connection closes
+    total += size;
+    if (total > max) throw new Error(`answer of more than the ${max} bytes taken`);
+    if (!(await reader.fill(size + 2))) throw new Error("chunked answer cut in a chunk");
+    parts.push(reader.take(size));
+    reader.take(2);
+  }
+}
+
+/** Bytes read from a connection, kept until taken. */
+class Reader {
+  #buf = new Uint8Array(64 << 10);
+  #len = 0;
+  constructor(private readonly conn: Deno.Conn) {}
+
+  get buffered(): number {
+    return this.#len;
+  }
+
+  /** Reads once more; false at the end of the connection. */
+  async more(): Promise<boolean> {
+    if (this.#len === this.#buf.length) {
+      const bigger = new Uint8Array(this.#buf.length * 2);
+      bigger.set(this.#buf.subarray(0, this.#len));
+      this.#buf = bigger;
+    }
+    const n = await this.conn.read(this.#buf.subarray(this.#len));
+    if (n === null) return false;
+    this.#len += n;
+    return true;
+  }
+
+  /** Until `n` bytes are buffered; false if the connection ended first. */
+  async fill(n: number): Promise<boolean> {
+    while (this.#len < n) if (!(await this.more())) return false;
+    return true;
+  }
+
+  /** The offset of `needle` in the buffer, reading more as needed; -1 if the connection ended
+   *  or `limit` bytes came without it. */
+  async until(needle: Uint8Array, limit: number): Promise<number> {
+    let from = 0;
+    for (;;) {
+      const at = indexOf(this.#buf.subarray(0, this.#len), needle, from);
+      if (at >= 0) return at;
+      from = Math.max(0, this.#len - needle.length + 1);
+      if (this.#len >= limit || !(await this.more())) return -1;
+    }
+  }
+
+  /** The first `n` buffered bytes, removed from the buffer. */
+  take(n: number): Uint8Array {
+    const out = this.#buf.slice(0, n);
+    this.#buf.copyWithin(0, n, this.#len);
+    this.#len -= n;
+    return out;
+  }
+}
+
+function indexOf(hay: Uint8Array, needle: Uint8Array, from: number): number {
+  outer: for (let i = from; i + needle.length <= hay.length; i++) {
+    for (let j = 0; j < needle.length; j++) if (hay[i + j] !== needle[j]) continue outer;
+    return i;
+  }
+  return -1;
+}
+
+function concat(parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) out.set(p, (at += p.length) - p.length);
+  return out;
+}
+
+async function viaFetch(url: string, req: HttpRequest): Promise<HttpAnswer> {
+  const r = await fetch(url, {
+    method: req.method,
+    headers: req.contentType ? { "content-type": req.contentType } : {},
+    body: req.body,
+    signal: req.signal,
+  });
+  const body = new Uint8Array(await r.arrayBuffer());
+  if (body.length > (req.maxBytes ?? 1 << 20)) throw new Error(`answer larger than taken`);
+  return { status: r.status, body };
+}
