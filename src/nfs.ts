@@ -8,14 +8,14 @@
 // applied. Every image is exported, not only deployed ones: a node keeps its root mounted across a
 // deploy until it reboots, so the old image must stay reachable.
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Context, Service } from "./context.ts";
 import { networkCidr } from "../contract/ipv4.ts";
 import { UserError } from "./errors.ts";
 import { recordEvent } from "./events.ts";
 import { logger } from "./log.ts";
-import { syncFileSync } from "./linux/fsops.ts";
+import { writeFileDurableSync } from "./linux/fsops.ts";
 import { StartFailure, startProcess, stopStale, Supervisor } from "./supervisor.ts";
 
 const log = logger("nfs");
@@ -281,12 +281,6 @@ function ensurePersistDirs(set: ExportSet): void {
 
 /** Writes through a temporary name and rename: a reader never sees half a file, and a power cut
  *  leaves the old one or the new one (export-ids.json keeps the nodes' NFS handles valid). */
-function writeAtomic(path: string, text: string): void {
-  writeFileSync(`${path}.tmp`, text);
-  syncFileSync(`${path}.tmp`);
-  renameSync(`${path}.tmp`, path);
-}
-
 async function startKernelNfs(ctx: Context, opts: NfsOptions): Promise<Service> {
   // nfsd may be a module not loaded yet: modprobe loads it (what nfs-kernel-server would do).
   const hasNfsd = async () =>
@@ -309,7 +303,7 @@ async function startKernelNfs(ctx: Context, opts: NfsOptions): Promise<Service> 
     if (text === last) return;
     ensurePersistDirs(set);
     mkdirSync("/etc/exports.d", { recursive: true });
-    writeAtomic(kernelExportsFile, text);
+    writeFileDurableSync(kernelExportsFile, text, 0o644);
     const out = await new Deno.Command("exportfs", { args: ["-ra"], stderr: "piped" }).output();
     if (!out.success) {
       throw new Error(`exportfs -ra failed: ${new TextDecoder().decode(out.stderr).trim()}`);
@@ -436,8 +430,8 @@ class GaneshaConfig {
     });
     if (t === this.text) return false;
     ensurePersistDirs(this.set);
-    writeAtomic(this.paths.ids, JSON.stringify(Object.fromEntries(this.#ids)));
-    writeAtomic(this.paths.conf, t);
+    writeFileDurableSync(this.paths.ids, JSON.stringify(Object.fromEntries(this.#ids)), 0o644);
+    writeFileDurableSync(this.paths.conf, t, 0o644);
     this.text = t;
     return true;
   }

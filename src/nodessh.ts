@@ -17,7 +17,7 @@ import { lastBoot } from "./boots.ts";
 import type { Context } from "./context.ts";
 import { UserError } from "./errors.ts";
 import { logger } from "./log.ts";
-import { syncFileSync } from "./linux/fsops.ts";
+import { syncFileSync, writeFileDurableSync } from "./linux/fsops.ts";
 import type { NodeInfo } from "./nodes.ts";
 import { probePort, tcpProbe } from "./nodestate.ts";
 import { PowerError, runTool, type ToolResult } from "./power/driver.ts";
@@ -202,9 +202,7 @@ export class NodeSsh {
     const text = [...this.#pins.values()].flat().join("\n") + "\n";
     if (text === this.#written) return;
     this.key.publicKey(); // makes the directory (and the key) first
-    const tmp = `${this.key.knownHosts}.tmp-${Deno.pid}`;
-    Deno.writeTextFileSync(tmp, text, { mode: 0o600 });
-    Deno.renameSync(tmp, this.key.knownHosts);
+    writeFileDurableSync(this.key.knownHosts, text, 0o600);
     this.#written = text;
   }
 

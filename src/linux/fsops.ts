@@ -149,6 +149,23 @@ export async function writeFileDurable(path: string, text: string, mode: number)
   }
 }
 
+/** writeFileDurable for callers that cannot await (a config rewritten inside a synchronous
+ *  refresh). */
+export function writeFileDurableSync(path: string, text: string, mode: number): void {
+  const tmp = `${path}.new-${Deno.pid}`;
+  try {
+    Deno.writeTextFileSync(tmp, text, { mode });
+    Deno.chmodSync(tmp, mode);
+    syncFileSync(tmp);
+    Deno.renameSync(tmp, path);
+  } catch (e) {
+    try {
+      Deno.removeSync(tmp);
+    } catch { /* never written */ }
+    throw e;
+  }
+}
+
 /** syncFile for callers that cannot await. */
 export function syncFileSync(path: string): void {
   using f = Deno.openSync(path);
