@@ -2,7 +2,7 @@
 // the bridge and tap code and a real qemu driven through QMP. Exits non-zero on any failure.
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { addTap, deleteTap, ensureBridge, linkInfo } from "../src/vnode/bridge.ts";
+import { addTap, bridgeMac, deleteTap, ensureBridge, linkInfo } from "../src/vnode/bridge.ts";
 import { ensureDisks } from "../src/vnode/disks.ts";
 import { qemuArgs, qemuBinary, qmp, tapName } from "../src/vnode/qemu.ts";
 
@@ -27,6 +27,35 @@ assert.ok(l?.addr_info?.some((a) => a.local === "10.78.0.1" && a.prefixlen === 2
 const again = await ensureBridge({ name: "nrtest0", address: "10.78.0.1/24" });
 await again.close();
 assert.ok(await linkInfo("nrtest0"));
+// Its MAC is pinned: a port with a lower MAC does not take it over, as it does on a bridge whose
+// MAC nobody set (ctl0, the control), nor on a bridge reused from someone else (nrtest1).
+const sys = (dev: string, f: string) => Deno.readTextFileSync(`/sys/class/net/${dev}/${f}`).trim();
+const ipRun = async (...args: string[]) =>
+  assert.ok((await new Deno.Command("ip", { args }).output()).success, `ip ${args.join(" ")}`);
+assert.equal(sys("nrtest0", "address"), bridgeMac("nrtest0"));
+assert.equal(sys("nrtest0", "addr_assign_type"), "3");
+await ipRun("link", "add", "ctl0", "type", "bridge");
+await ipRun("link", "add", "nrtest1", "type", "bridge");
+const foreign = sys("nrtest1", "address");
+await (await ensureBridge({ name: "nrtest1", address: "10.79.0.1/24" })).close();
+for (const [i, br] of ["nrtest0", "ctl0", "nrtest1"].entries()) {
+  const before = sys(br, "address");
+  await ipRun(
+    "link",
+    "add",
+    `low${i}`,
+    "address",
+    `00:00:5e:00:53:0${i}`,
+    "type",
+    "veth",
+    "peer",
+    `peer${i}`,
+  );
+  await ipRun("link", "set", `low${i}`, "master", br);
+  if (br === "ctl0") assert.equal(sys(br, "address"), `00:00:5e:00:53:0${i}`, "the control");
+  else assert.equal(sys(br, "address"), before, `${br} keeps its MAC`);
+}
+assert.equal(sys("nrtest1", "address"), foreign);
 await assert.rejects(ensureBridge({ name: "lo", address: "10.78.0.1/24" }), /not a bridge/);
 await assert.rejects(ensureBridge({ name: "x", address: "10.78.0.1" }), /A\.B\.C\.D\/NN/);
 step("bridge ok");

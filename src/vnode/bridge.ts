@@ -1,6 +1,17 @@
 // The boot bridge `serve --bridge NAME --address A.B.C.D/NN` creates: virtual nodes' taps join it
 // and the boot services listen on it. A bridge we created is deleted when the server stops; an
 // existing bridge (an admin's, or one left by a crashed server) is reused and left in place.
+//
+// The bridge's MAC address is pinned. Linux gives a bridge whose address nobody set the lowest
+// MAC of its ports, and a node's tap gets a random one each time its qemu starts: so a node VM
+// starting or stopping could change the server's MAC, and every other node, whose ARP cache
+// still held the old one, sent to an address nobody answered until that entry went stale (30–60
+// s: boots stalled at their first connection to the server, seen as hybrid nodes falling back to
+// network mode in the e2e tests). A bridge we create gets a MAC derived from the host and the
+// bridge name (the same across server restarts, so running nodes keep reaching the server); a
+// bridge we reuse keeps the MAC it has, made fixed.
+import { createHash } from "node:crypto";
+import { readFileSync } from "node:fs";
 import type { Service } from "../context.ts";
 import { UserError } from "../errors.ts";
 import { logger } from "../log.ts";
@@ -48,10 +59,12 @@ export async function ensureBridge(b: { name: string; address: string }): Promis
   }
   if (!link) {
     // forward_delay 0: a node's tap forwards at once (iPXE sends DHCP within a second of reset).
-    await runTool("ip", ["link", "add", b.name, "type", "bridge", "forward_delay", "0"]);
+    const mac = bridgeMac(b.name); // b.name is checked above: no spaces
+    await runTool("ip", `link add ${b.name} address ${mac} type bridge forward_delay 0`.split(" "));
     link = await linkInfo(b.name);
   }
   try {
+    await pinMac(b.name);
     const has = link?.addr_info?.some((a) =>
       a.family === "inet" && a.local === ip && a.prefixlen === prefix
     );
@@ -68,6 +81,34 @@ export async function ensureBridge(b: { name: string; address: string }): Promis
       if (created) await runTool("ip", ["link", "del", b.name]).catch(() => {});
     },
   };
+}
+
+/** A locally administered unicast MAC for bridge `name` on this host (/etc/machine-id). */
+export function bridgeMac(name: string, machineId = readMachineId()): string {
+  const h = createHash("sha256").update(`netroot bridge\n${machineId}\n${name}`).digest();
+  const bytes = [0x02, ...h.subarray(0, 5)]; // 0x02: locally administered, unicast
+  return bytes.map((x) => x.toString(16).padStart(2, "0")).join(":");
+}
+
+function readMachineId(): string {
+  try {
+    return readFileSync("/etc/machine-id", "utf8").trim();
+  } catch {
+    return "";
+  }
+}
+
+/** Makes the bridge's current MAC its set one (NET_ADDR_SET, 3 in addr_assign_type), which the
+ *  kernel then never replaces by a port's. */
+async function pinMac(name: string): Promise<void> {
+  const sys = `/sys/class/net/${name}`;
+  if (readFileSync(`${sys}/addr_assign_type`, "utf8").trim() === "3") return;
+  const mac = readFileSync(`${sys}/address`, "utf8").trim();
+  await runTool("ip", ["link", "set", "dev", name, "address", mac]);
+  log.info("bridge MAC address pinned (ports joining or leaving no longer change it)", {
+    bridge: name,
+    mac,
+  });
 }
 
 /** Adds a tap for a virtual node to `bridge` (recreated if a stale one exists). */
