@@ -181,10 +181,11 @@ export const hybridMode: RootMode = {
 export const maxManifestBytes = 256 << 20;
 
 /**
- * The manifest, with a few short attempts rather than one long one: right after the NIC comes up a
- * first connection can stall (seen under TCG: a request hung for its whole 30 s), and a fresh
- * connection goes through while a hybrid node would otherwise fall back to network mode. Each
- * failed attempt is logged with the step it failed at (connecting, waiting, reading).
+ * The manifest, with a few short attempts rather than one long one: a connection can stall (a
+ * lost packet on a busy boot network; the server's MAC changed under the node's ARP cache, as a
+ * bridge whose MAC was not pinned did, src/vnode/bridge.ts), and a fresh connection may go through
+ * where a hybrid node would otherwise fall back to network mode. Each failed attempt is logged
+ * with the step it failed at (connecting, waiting, reading).
  */
 export async function fetchManifest(
   getText: RootEnv["getText"],

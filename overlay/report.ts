@@ -77,8 +77,8 @@ export class Reporter {
   async #sendBatch(url: string): Promise<void> {
     const batch = this.#queue.splice(0, MAX_BATCH);
     const body = JSON.stringify({ ...this.ident, reports: batch });
-    // Two tries: right after the NIC comes up a first connection can stall (seen under qemu TCG);
-    // a fresh one usually goes through. The same numbers: the server records a report once.
+    // Two tries: a connection can stall (a lost packet; hybrid/mod.ts fetchManifest), a fresh one
+    // may go through. The same numbers: the server records a report once.
     for (let attempt = 1; attempt <= 2; attempt++) {
       const t = loopTimeout(this.perRequestMs);
       try {
