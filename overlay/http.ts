@@ -144,7 +144,8 @@ async function readChunked(reader: Reader, max: number): Promise<Uint8Array> {
     if (total > max) throw new Error(`answer of more than the ${max} bytes taken`);
     if (!(await reader.fill(size + 2))) throw new Error("chunked answer cut in a chunk");
     parts.push(reader.take(size));
-    reader.take(2);
+    const end = reader.take(2);
+    if (end[0] !== 13 || end[1] !== 10) throw new Error("bad chunk end (no CRLF after its data)");
   }
 }
 
@@ -214,13 +215,20 @@ function concat(parts: Uint8Array[]): Uint8Array {
 }
 
 async function viaFetch(url: string, req: HttpRequest): Promise<HttpAnswer> {
+  const max = req.maxBytes ?? 1 << 20;
   const r = await fetch(url, {
     method: req.method,
     headers: req.contentType ? { "content-type": req.contentType } : {},
     body: req.body,
     signal: req.signal,
   });
-  const body = new Uint8Array(await r.arrayBuffer());
-  if (body.length > (req.maxBytes ?? 1 << 20)) throw new Error(`answer larger than taken`);
-  return { status: r.status, body };
+  const parts: Uint8Array[] = [];
+  let total = 0;
+  for await (const part of r.body ?? []) {
+    total += part.length;
+    // the throw ends the iteration, which cancels the body
+    if (total > max) throw new Error(`answer of more than the ${max} bytes taken`);
+    parts.push(part);
+  }
+  return { status: r.status, body: concat(parts) };
 }

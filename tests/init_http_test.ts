@@ -104,6 +104,9 @@ Deno.test("init http: a silent server, a refused port, a cut or endless answer: 
   const notHttp = rawServer(() => "SSH-2.0-OpenSSH\r\n\r\n");
   const unframed = rawServer(() => "HTTP/1.0 200 OK\r\n\r\n" + "z".repeat(5000));
   const badLength = rawServer(() => "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n");
+  const badChunkEnd = rawServer(() =>
+    "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXY0\r\n\r\n"
+  );
   const refused = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const refusedUrl = `http://127.0.0.1:${(refused.addr as Deno.NetAddr).port}/m`;
   refused.close();
@@ -139,6 +142,10 @@ Deno.test("init http: a silent server, a refused port, a cut or endless answer: 
       httpGetText(`${badLength.url}/m`, AbortSignal.timeout(2000)),
       /bad Content-Length "-1"/,
     );
+    await assert.rejects(
+      httpGetText(`${badChunkEnd.url}/m`, AbortSignal.timeout(2000)),
+      /bad chunk end/,
+    );
     assert.equal((await httpGetText(`${unframed.url}/m`, AbortSignal.timeout(2000))).length, 5000);
     await assert.rejects(
       httpRequest(`${unframed.url}/m`, {
@@ -149,7 +156,9 @@ Deno.test("init http: a silent server, a refused port, a cut or endless answer: 
       /more than the 100 bytes taken/,
     );
   } finally {
-    for (const s of [silent, cut, cutChunked, endlessHead, notHttp, unframed, badLength]) {
+    for (
+      const s of [silent, cut, cutChunked, endlessHead, notHttp, unframed, badLength, badChunkEnd]
+    ) {
       await s.close();
     }
   }
