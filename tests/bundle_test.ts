@@ -102,3 +102,29 @@ try {
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("deno bundle without its esbuild and without a network (root, netns): the error says how to get it", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "netroot-bundle-offline-" });
+  try {
+    await Deno.writeTextFile(`${dir}/entry.ts`, `console.log("x");\n`);
+    // A child in a network namespace of its own (no route anywhere), with an empty DENO_DIR.
+    const child = `import { denoBundle } from ${
+      JSON.stringify(new URL("../src/initramfs/bundle.ts", import.meta.url).href)
+    };
+try { await denoBundle(${JSON.stringify(`${dir}/entry.ts`)}, ${
+      JSON.stringify(`${dir}/out.js`)
+    }); console.log("bundled"); }
+catch (e) { console.log(e.message); }`;
+    const r = await new Deno.Command("unshare", {
+      args: ["-n", Deno.execPath(), "eval", child],
+      env: { DENO_DIR: `${dir}/deno-dir`, NO_COLOR: "1" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const out = new TextDecoder().decode(r.stdout);
+    assert.match(out, /^deno bundle failed: /, new TextDecoder().decode(r.stderr));
+    assert.match(out, /fetches its esbuild from npm once: run \.\/netroot once/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -153,7 +153,13 @@ export async function denoBundle(entry: string, out: string, cwd?: string): Prom
     env: { NO_COLOR: "1", DENO_NO_UPDATE_CHECK: "1" },
   }).output();
   if (!r.success) {
-    throw new Error(`deno bundle failed: ${new TextDecoder().decode(r.stderr).trim()}`);
+    const err = new TextDecoder().decode(r.stderr).trim();
+    // Its bundler (esbuild) comes from npm the first time: an air-gapped checkout lacks it.
+    const hint = /registry\.npmjs\.org|dns error|Connect/.test(err)
+      ? " (deno bundle fetches its esbuild from npm once: run ./netroot once where the network " +
+        "reaches npm, or run the release bundle, dist/netroot.js, which needs no bundling)"
+      : "";
+    throw new Error(`deno bundle failed: ${err}${hint}`);
   }
 }
 
