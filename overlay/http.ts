@@ -4,7 +4,7 @@
 //   second of CPU under qemu TCG, on the boot's critical path;
 // - a request that fails says at which step (connecting, waiting for the answer, reading it): a
 //   node that falls back to network mode because its manifest never came must tell why.
-// Anything but plain http (https) goes through fetch.
+// https goes through fetch; no other scheme is taken.
 
 export interface HttpRequest {
   method: "GET" | "POST";
@@ -40,11 +40,12 @@ export async function httpPostJson(url: string, body: string, signal: AbortSigna
 
 async function exchange(url: string, req: HttpRequest): Promise<HttpAnswer> {
   const u = new URL(url);
-  if (u.protocol !== "http:") return viaFetch(url, req);
+  if (u.protocol === "https:") return viaFetch(url, req);
+  if (u.protocol !== "http:") throw new Error(`${url}: only http and https URLs`);
   const max = req.maxBytes ?? 1 << 20;
   const { signal } = req;
   let step = `connecting to ${u.host}`;
-  signal.throwIfAborted();
+  if (signal.aborted) throw stepError(step, signal, signal.reason);
   const connecting = Deno.connect({
     hostname: u.hostname.replace(/^\[|\]$/g, ""),
     port: Number(u.port || 80),
@@ -76,17 +77,20 @@ async function exchange(url: string, req: HttpRequest): Promise<HttpAnswer> {
     step = `waiting for the answer of ${u.host}`;
     return await readAnswer(conn, max, (s) => step = s);
   } catch (e) {
-    if (signal.aborted) {
-      const r = signal.reason as Error;
-      throw new DOMException(`${step}: ${r?.message ?? r}`, r?.name ?? "AbortError");
-    }
-    throw new Error(`${step}: ${(e as Error).message}`);
+    throw stepError(step, signal, e);
   } finally {
     signal.removeEventListener("abort", aborted);
     try {
       conn?.close();
     } catch { /* closed by the abort */ }
   }
+}
+
+/** The error of a failed step; an abort keeps the signal's name (TimeoutError). */
+function stepError(step: string, signal: AbortSignal, e: unknown): Error {
+  if (!signal.aborted) return new Error(`${step}: ${(e as Error).message}`);
+  const r = signal.reason as Error;
+  return new DOMException(`${step}: ${r?.message ?? r}`, r?.name ?? "AbortError");
 }
 
 async function writeAll(conn: Deno.Conn, data: Uint8Array): Promise<void> {
@@ -100,7 +104,8 @@ async function readAnswer(
   max: number,
   setStep: (s: string) => void,
 ): Promise<HttpAnswer> {
-  const reader = new Reader(conn);
+  // What is held at once: the head, then one chunk (with its size line) or the whole body.
+  const reader = new Reader(conn, maxHeadBytes + max + 1024);
   const headEnd = await reader.until(enc.encode("\r\n\r\n"), maxHeadBytes);
   if (headEnd < 0) throw new Error("no HTTP answer (connection closed or head too long)");
   const headText = dec.decode(reader.take(headEnd + 4));
@@ -116,14 +121,16 @@ async function readAnswer(
     if (!/^\d+$/.test(length)) throw new Error(`bad Content-Length ${JSON.stringify(length)}`);
     const n = Number(length);
     if (n > max) throw new Error(`answer of ${n} bytes, more than the ${max} taken`);
+    reader.reserve(n);
     if (!(await reader.fill(n))) {
       throw new Error(`answer cut after ${reader.buffered} of ${n} bytes`);
     }
-    body = reader.take(n);
+    body = reader.last(n);
   } else {
-    while (await reader.more()) if (reader.buffered > max) break;
-    if (reader.buffered > max) throw new Error(`answer of more than the ${max} bytes taken`);
-    body = reader.take(reader.buffered);
+    do {
+      if (reader.buffered > max) throw new Error(`answer of more than the ${max} bytes taken`);
+    } while (await reader.more());
+    body = reader.last(reader.buffered);
   }
   return { status: Number(status), body };
 }
@@ -149,53 +156,78 @@ async function readChunked(reader: Reader, max: number): Promise<Uint8Array> {
   }
 }
 
-/** Bytes read from a connection, kept until taken. */
+/** Bytes read from a connection, kept until taken; never more than `cap` of them at once. */
 class Reader {
-  #buf = new Uint8Array(64 << 10);
-  #len = 0;
-  constructor(private readonly conn: Deno.Conn) {}
-
-  get buffered(): number {
-    return this.#len;
+  #buf: Uint8Array;
+  #start = 0;
+  #end = 0;
+  constructor(private readonly conn: Deno.Conn, private readonly cap: number) {
+    this.#buf = new Uint8Array(Math.min(64 << 10, cap));
   }
 
-  /** Reads once more; false at the end of the connection. */
-  async more(): Promise<boolean> {
-    if (this.#len === this.#buf.length) {
-      const bigger = new Uint8Array(this.#buf.length * 2);
-      bigger.set(this.#buf.subarray(0, this.#len));
-      this.#buf = bigger;
+  get buffered(): number {
+    return this.#end - this.#start;
+  }
+
+  /** Room for `n` buffered bytes, allocated once (a body of known length). */
+  reserve(n: number): void {
+    if (this.#buf.length - this.#start >= n) return;
+    this.#resize(Math.min(Math.max(n, this.#buf.length), this.cap));
+  }
+
+  #resize(size: number): void {
+    if (size === this.#buf.length) this.#buf.copyWithin(0, this.#start, this.#end);
+    else {
+      const next = new Uint8Array(size);
+      next.set(this.#buf.subarray(this.#start, this.#end));
+      this.#buf = next;
     }
-    const n = await this.conn.read(this.#buf.subarray(this.#len));
+    this.#end -= this.#start;
+    this.#start = 0;
+  }
+
+  /** Reads once more; false at the end of the connection. Past `cap` bytes held: an error. */
+  async more(): Promise<boolean> {
+    if (this.#end === this.#buf.length) {
+      if (this.#start > 0) this.#resize(this.#buf.length); // compact: what was taken goes
+      else if (this.#buf.length >= this.cap) {
+        throw new Error(`answer of more than the ${this.cap} bytes held`);
+      } else this.#resize(Math.min(this.#buf.length * 2, this.cap));
+    }
+    const n = await this.conn.read(this.#buf.subarray(this.#end));
     if (n === null) return false;
-    this.#len += n;
+    this.#end += n;
     return true;
   }
 
   /** Until `n` bytes are buffered; false if the connection ended first. */
   async fill(n: number): Promise<boolean> {
-    while (this.#len < n) if (!(await this.more())) return false;
+    while (this.buffered < n) if (!(await this.more())) return false;
     return true;
   }
 
-  /** The offset of `needle` in the buffer, reading more as needed; -1 if the connection ended
-   *  or `limit` bytes came without it. */
+  /** The offset (from the first buffered byte) of `needle`, reading more as needed; -1 if the
+   *  connection ended or `limit` bytes came without it. */
   async until(needle: Uint8Array, limit: number): Promise<number> {
     let from = 0;
     for (;;) {
-      const at = indexOf(this.#buf.subarray(0, this.#len), needle, from);
+      const at = indexOf(this.#buf.subarray(this.#start, this.#end), needle, from);
       if (at >= 0) return at;
-      from = Math.max(0, this.#len - needle.length + 1);
-      if (this.#len >= limit || !(await this.more())) return -1;
+      from = Math.max(0, this.buffered - needle.length + 1);
+      if (this.buffered >= limit || !(await this.more())) return -1;
     }
   }
 
-  /** The first `n` buffered bytes, removed from the buffer. */
+  /** The first `n` buffered bytes (a copy), removed from the buffer. */
   take(n: number): Uint8Array {
-    const out = this.#buf.slice(0, n);
-    this.#buf.copyWithin(0, n, this.#len);
-    this.#len -= n;
+    const out = this.#buf.slice(this.#start, this.#start + n);
+    this.#start += n;
     return out;
+  }
+
+  /** The first `n` buffered bytes without a copy: the last thing read from this Reader. */
+  last(n: number): Uint8Array {
+    return this.#buf.subarray(this.#start, this.#start + n);
   }
 }
 

@@ -17,7 +17,8 @@ function rawServer(answer: (request: string) => Uint8Array | string | null, hold
         const n = await c.read(buf).catch(() => null);
         const a = answer(new TextDecoder().decode(buf.subarray(0, n ?? 0)));
         if (a === null) return; // silent
-        await c.write(typeof a === "string" ? new TextEncoder().encode(a) : a).catch(() => {});
+        const data = typeof a === "string" ? new TextEncoder().encode(a) : a;
+        for (let at = 0; at < data.length;) at += await c.write(data.subarray(at));
         if (!hold) c.close();
       })().catch(() => {});
     }
@@ -102,8 +103,12 @@ Deno.test("init http: a silent server, a refused port, a cut or endless answer: 
   );
   const endlessHead = rawServer(() => "HTTP/1.1 200 OK\r\nX: " + "y".repeat(40_000), true);
   const notHttp = rawServer(() => "SSH-2.0-OpenSSH\r\n\r\n");
-  const unframed = rawServer(() => "HTTP/1.0 200 OK\r\n\r\n" + "z".repeat(5000));
+  const unframed = rawServer(() => "HTTP/1.0 200 OK\r\n\r\n" + "z".repeat(200_000));
   const badLength = rawServer(() => "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n");
+  const tinyChunks = rawServer(() =>
+    "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + "1\r\na\r\n".repeat(20_000) +
+    "0\r\n\r\n"
+  );
   const badChunkEnd = rawServer(() =>
     "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXY0\r\n\r\n"
   );
@@ -142,11 +147,26 @@ Deno.test("init http: a silent server, a refused port, a cut or endless answer: 
       httpGetText(`${badLength.url}/m`, AbortSignal.timeout(2000)),
       /bad Content-Length "-1"/,
     );
+    assert.equal(
+      await httpGetText(`${tinyChunks.url}/m`, AbortSignal.timeout(5000)),
+      "a".repeat(20_000),
+    );
+    await assert.rejects(httpGetText(`${silent.url}/m`, AbortSignal.abort()), (e: Error) => {
+      assert.match(e.message, /^connecting to 127\.0\.0\.1:\d+: /);
+      return true;
+    });
+    await assert.rejects(
+      httpGetText("file:///etc/passwd", AbortSignal.timeout(2000)),
+      /only http and https/,
+    );
     await assert.rejects(
       httpGetText(`${badChunkEnd.url}/m`, AbortSignal.timeout(2000)),
       /bad chunk end/,
     );
-    assert.equal((await httpGetText(`${unframed.url}/m`, AbortSignal.timeout(2000))).length, 5000);
+    assert.equal(
+      (await httpGetText(`${unframed.url}/m`, AbortSignal.timeout(2000))).length,
+      200_000,
+    );
     await assert.rejects(
       httpRequest(`${unframed.url}/m`, {
         method: "GET",
@@ -157,7 +177,17 @@ Deno.test("init http: a silent server, a refused port, a cut or endless answer: 
     );
   } finally {
     for (
-      const s of [silent, cut, cutChunked, endlessHead, notHttp, unframed, badLength, badChunkEnd]
+      const s of [
+        silent,
+        cut,
+        cutChunked,
+        endlessHead,
+        notHttp,
+        unframed,
+        badLength,
+        badChunkEnd,
+        tinyChunks,
+      ]
     ) {
       await s.close();
     }

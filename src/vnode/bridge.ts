@@ -64,7 +64,7 @@ export async function ensureBridge(b: { name: string; address: string }): Promis
     link = await linkInfo(b.name);
   }
   try {
-    await pinMac(b.name);
+    if (!created) await pinMac(b.name); // one we create has its MAC set already
     const has = link?.addr_info?.some((a) =>
       a.family === "inet" && a.local === ip && a.prefixlen === prefix
     );
@@ -83,27 +83,28 @@ export async function ensureBridge(b: { name: string; address: string }): Promis
   };
 }
 
-/** A locally administered unicast MAC for bridge `name` on this host (/etc/machine-id). */
-export function bridgeMac(name: string, machineId = readMachineId()): string {
-  const h = createHash("sha256").update(`netroot bridge\n${machineId}\n${name}`).digest();
+/** A locally administered unicast MAC for bridge `name` on this host (/etc/machine-id, else the
+ *  host name: two hosts must not derive the same one if their bridges ever share a segment). */
+export function bridgeMac(name: string, hostId = readHostId()): string {
+  const h = createHash("sha256").update(`netroot bridge\n${hostId}\n${name}`).digest();
   const bytes = [0x02, ...h.subarray(0, 5)]; // 0x02: locally administered, unicast
   return bytes.map((x) => x.toString(16).padStart(2, "0")).join(":");
 }
 
-function readMachineId(): string {
+function readHostId(): string {
   try {
-    return readFileSync("/etc/machine-id", "utf8").trim();
+    return readFileSync("/etc/machine-id", "utf8").trim() || Deno.hostname();
   } catch {
-    return "";
+    return Deno.hostname();
   }
 }
 
-/** Makes the bridge's current MAC its set one (NET_ADDR_SET, 3 in addr_assign_type), which the
- *  kernel then never replaces by a port's. */
+/** Sets the bridge's MAC to the one it has: the address is then one somebody set (addr_assign_type
+ *  3, NET_ADDR_SET), which the kernel never replaces by a port's. Through `ip` (its own netlink
+ *  view of this network namespace), not /sys, which can show another namespace's devices. */
 async function pinMac(name: string): Promise<void> {
-  const sys = `/sys/class/net/${name}`;
-  if (readFileSync(`${sys}/addr_assign_type`, "utf8").trim() === "3") return;
-  const mac = readFileSync(`${sys}/address`, "utf8").trim();
+  const [l] = JSON.parse(await runTool("ip", ["-j", "link", "show", "dev", name]));
+  const mac: string = l.address;
   await runTool("ip", ["link", "set", "dev", name, "address", mac]);
   log.info("bridge MAC address pinned (ports joining or leaving no longer change it)", {
     bridge: name,
