@@ -279,8 +279,6 @@ function ensurePersistDirs(set: ExportSet): void {
   for (const p of set.persists) mkdirSync(p.path, { recursive: true, mode: 0o700 });
 }
 
-/** Writes through a temporary name and rename: a reader never sees half a file, and a power cut
- *  leaves the old one or the new one (export-ids.json keeps the nodes' NFS handles valid). */
 async function startKernelNfs(ctx: Context, opts: NfsOptions): Promise<Service> {
   // nfsd may be a module not loaded yet: modprobe loads it (what nfs-kernel-server would do).
   const hasNfsd = async () =>
@@ -430,6 +428,8 @@ class GaneshaConfig {
     });
     if (t === this.text) return false;
     ensurePersistDirs(this.set);
+    // Whole or not at all, durably: a power cut must not lose export-ids.json, which keeps the
+    // nodes' NFS handles valid across restarts.
     writeFileDurableSync(this.paths.ids, JSON.stringify(Object.fromEntries(this.#ids)), 0o644);
     writeFileDurableSync(this.paths.conf, t, 0o644);
     this.text = t;
