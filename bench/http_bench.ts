@@ -13,7 +13,7 @@ import { contextBooter } from "../src/boot/booter.ts";
 import { quick, ratio } from "./ratio.ts";
 
 const mib = Number(Deno.args.find((a) => /^\d+$/.test(a)) ?? (quick ? 32 : 64));
-const rounds = quick ? 5 : 9;
+const rounds = quick ? 7 : 9;
 setLogLevel("warn");
 
 function freePort(): number {
@@ -56,13 +56,18 @@ async function wrkRate(url: string): Promise<number> {
   return Number(m[1]) * { KB: 1e-3, MB: 1, GB: 1e3 }[m[2] as "KB" | "MB" | "GB"]! * 1.048576;
 }
 
-/** Medians of alternating runs (ours, theirs, ours, …): load from elsewhere hits both alike. */
+/** Medians of alternating runs (ours, theirs, ours, …): load from elsewhere hits both alike. One
+ *  untimed run of each first: netroot's first request fills its boot-file cache (that round ran at
+ *  0.7–0.9 GB/s where the others ran at 1.1–2.9 GB/s, and pulled the median of 5 down), nginx's
+ *  the page cache; neither is what a download costs a server that is running. */
 async function alternate(
   n: number,
   measure: (url: string) => Promise<number>,
   a: string,
   b: string,
 ) {
+  await measure(a);
+  await measure(b);
   const ra: number[] = [], rb: number[] = [];
   for (let i = 0; i < n; i++) {
     ra.push(await measure(a));
