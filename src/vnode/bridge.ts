@@ -21,6 +21,8 @@ const log = logger("bridge");
 
 interface IpLink {
   ifname: string;
+  /** the MAC address */
+  address?: string;
   linkinfo?: { info_kind?: string };
   addr_info?: { family: string; local: string; prefixlen: number }[];
 }
@@ -64,7 +66,7 @@ export async function ensureBridge(b: { name: string; address: string }): Promis
     link = await linkInfo(b.name);
   }
   try {
-    if (!created) await pinMac(b.name); // one we create has its MAC set already
+    if (!created) await pinMac(b.name, link!.address!); // one we create has its MAC set already
     const has = link?.addr_info?.some((a) =>
       a.family === "inet" && a.local === ip && a.prefixlen === prefix
     );
@@ -99,12 +101,11 @@ function readHostId(): string {
   }
 }
 
-/** Sets the bridge's MAC to the one it has: the address is then one somebody set (addr_assign_type
- *  3, NET_ADDR_SET), which the kernel never replaces by a port's. Through `ip` (its own netlink
- *  view of this network namespace), not /sys, which can show another namespace's devices. */
-async function pinMac(name: string): Promise<void> {
-  const [l] = JSON.parse(await runTool("ip", ["-j", "link", "show", "dev", name]));
-  const mac: string = l.address;
+/** Sets the bridge's MAC to the one it has (`mac`, as `ip` showed it: its own netlink view of this
+ *  network namespace, not /sys, which can show another namespace's devices): the address is then
+ *  one somebody set (addr_assign_type 3, NET_ADDR_SET), which the kernel never replaces by a
+ *  port's. */
+async function pinMac(name: string, mac: string): Promise<void> {
   await runTool("ip", ["link", "set", "dev", name, "address", mac]);
   log.info("bridge MAC address pinned (ports joining or leaving no longer change it)", {
     bridge: name,
