@@ -13,7 +13,7 @@ import { contextBooter } from "../src/boot/booter.ts";
 import { quick, ratio } from "./ratio.ts";
 
 const mib = Number(Deno.args.find((a) => /^\d+$/.test(a)) ?? (quick ? 32 : 64));
-const rounds = quick ? 7 : 9;
+const rounds = quick ? 21 : 31;
 setLogLevel("warn");
 
 function freePort(): number {

@@ -11,6 +11,7 @@ import { listEvents } from "../src/events.ts";
 import { openBoot } from "../src/boots.ts";
 import { closeContext, openContext } from "../src/server.ts";
 import { bootRoutes, parseMacParam, parseRange } from "../netboot/http.ts";
+import { BootFileCache } from "../netboot/bootcache.ts";
 import { contextBooter, resolveInImage as resolveInRoot } from "../src/boot/booter.ts";
 import { renderCmdline } from "../contract/cmdline.ts";
 import { renderBootScript, renderRefusalScript } from "../netboot/ipxe.ts";
@@ -196,7 +197,7 @@ function addNode(
   }
 }
 
-async function fixture(): Promise<Fixture> {
+async function fixture(cache?: BootFileCache): Promise<Fixture> {
   const dir = await Deno.makeTempDir({ prefix: "nr-boothttp-" });
   const config = { ...defaultConfig(), dataDir: dir };
   const ctx = await openContext(config);
@@ -208,7 +209,7 @@ async function fixture(): Promise<Fixture> {
     "vmlinuz": "->/boot/vmlinuz-6.1.0-test",
     "initrd.img": "->boot/initrd.img-6.1.0-test",
   });
-  const app = new Hono().route("/boot", bootRoutes(contextBooter(ctx)));
+  const app = new Hono().route("/boot", bootRoutes(contextBooter(ctx), cache));
   const ac = new AbortController();
   const ready = Promise.withResolvers<number>();
   const server = Deno.serve(
@@ -464,6 +465,45 @@ Deno.test("boot routes: script, kernel, initramfs, manifest, Range, HEAD, report
         }
       },
     );
+  } finally {
+    await f.close();
+  }
+});
+
+Deno.test("boot files too large for the cache stream from the disk: whole, Range, HEAD, replaced, gone", async () => {
+  // A cache that takes nothing over 1 KiB: every boot file here goes through the streamed path.
+  const f = await fixture(new BootFileCache(4096, 1024));
+  const mac = "52:54:00:12:34:57";
+  try {
+    addNode(f.ctx, mac, "pc2", f.imageId);
+    const kernelUrl = `${f.url}/boot/${mac}/kernel`;
+    let r = await fetch(kernelUrl);
+    assert.equal(r.status, 200);
+    assert.equal(r.headers.get("content-length"), String(f.kernel.length));
+    assert.deepEqual(new Uint8Array(await r.arrayBuffer()), f.kernel);
+    r = await fetch(kernelUrl, { headers: { range: "bytes=2097150-2097159" } });
+    assert.equal(r.status, 206);
+    assert.deepEqual(new Uint8Array(await r.arrayBuffer()), f.kernel.subarray(2097150, 2097160));
+    r = await fetch(kernelUrl, { method: "HEAD" });
+    assert.equal(r.headers.get("content-length"), String(f.kernel.length));
+    assert.equal((await r.arrayBuffer()).byteLength, 0);
+    // Replaced by a shorter file (a new kernel renamed over it): the new one, with its length.
+    const path = join(f.ctx.data.rootfs(f.imageId), "boot/vmlinuz-6.1.0-test");
+    const fresh = new Uint8Array(randomBytes(5000));
+    writeFileSync(`${path}.new`, fresh);
+    Deno.renameSync(`${path}.new`, path);
+    r = await fetch(kernelUrl);
+    assert.equal(r.headers.get("content-length"), "5000");
+    assert.deepEqual(new Uint8Array(await r.arrayBuffer()), fresh);
+    // Gone, then a directory in its place: 404 both, naming the file.
+    Deno.removeSync(path);
+    r = await fetch(kernelUrl);
+    assert.equal(r.status, 404);
+    assert.match(await r.text(), /vmlinuz-6\.1\.0-test does not exist/);
+    mkdirSync(path);
+    r = await fetch(kernelUrl);
+    assert.equal(r.status, 404);
+    assert.match(await r.text(), /vmlinuz-6\.1\.0-test is not a regular file/);
   } finally {
     await f.close();
   }
