@@ -44,7 +44,7 @@ async function freshDisk() {
   };
   return { disk, done };
 }
-/** The copy as a node's hybrid mode runs it (hybrid/mode.ts): with early background writeback. */
+/** The copy as the node's init runs it (hybrid/mod.ts): with early background writeback. */
 const ensureLocalCopy = (o: CopyOptions) => withEarlyWriteback(() => copyAlone(o));
 const FILES = Number(a.files ?? Deno.env.get("FILES") ?? 3000);
 const rounds = Number(a.rounds ?? (a.quick ? 3 : 5));

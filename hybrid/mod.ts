@@ -8,6 +8,7 @@ import { bindReadOnly, MNT_DETACH, mount, umount } from "../src/linux/mount.ts";
 import { findHybridPartition, type HybridTarget } from "./detect.ts";
 import { type HybridRoot, prepareHybridRoot } from "./mode.ts";
 import type { CopyProgress, CopyReport, HybridError } from "./copy.ts";
+import { withEarlyWriteback } from "./writeback.ts";
 
 export { HYBRID_DIR_NAMES } from "./detect.ts";
 export type { HybridRoot, HybridTarget };
@@ -141,20 +142,25 @@ function detectAndCopy(env: RootEnv): Promise<HybridBoot | undefined> {
     return Promise.resolve(undefined);
   }
   const manifestUrl = `${p.url}/boot/${p.mac}/manifest`;
-  return tryHybridBoot({
-    imageId: p.image,
-    mountBase: "/run/netroot/disks",
-    mount: (dev, dir) => Promise.resolve(mount(dev, dir, "ext4", 0, null)),
-    umount: (dir) => Promise.resolve(umount(dir)),
-    mountSource: async () => {
-      await env.mountImage(l.lower);
-      return l.lower;
-    },
-    unmountSource: () => Promise.resolve(umount(l.lower, MNT_DETACH)),
-    fetchManifest: () => fetchManifest(env.getText, manifestUrl, env.log),
-    log: env.log,
-    report: env.report,
-  });
+  const imageId = p.image;
+  // The init owns the node until it hands over: its copy may change how the kernel writes back
+  // (put back before the handover). Only here: tests and tools calling the copy on a shared host
+  // leave the host's setting alone.
+  return withEarlyWriteback(() =>
+    tryHybridBoot({
+      imageId,
+      mountBase: "/run/netroot/disks",
+      mount: (dev, dir) => Promise.resolve(mount(dev, dir, "ext4", 0, null)),
+      umount: (dir) => Promise.resolve(umount(dir)),
+      mountSource: async () => {
+        await env.mountImage(l.lower);
+        return l.lower;
+      },
+      unmountSource: () => Promise.resolve(umount(l.lower, MNT_DETACH)),
+      fetchManifest: () => fetchManifest(env.getText, manifestUrl, env.log),
+      log: env.log,
+      report: env.report,
+    }), { log: env.log });
 }
 
 export const hybridMode: RootMode = {

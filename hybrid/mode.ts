@@ -18,7 +18,6 @@ import {
   isComplete,
   planCopy,
 } from "./copy.ts";
-import { withEarlyWriteback } from "./writeback.ts";
 
 export type Variant = "volatile" | "persistent";
 
@@ -118,17 +117,15 @@ export async function prepareHybridRoot(opts: PrepareOptions): Promise<HybridRoo
   }
   let report: CopyReport;
   try {
-    report = await withEarlyWriteback(() =>
-      ensureLocalCopy({
-        source: opts.source,
-        hybridDir: opts.hybridDir,
-        imageId: opts.imageId,
-        manifestText: opts.manifestText,
-        onProgress: opts.onProgress,
-        progressIntervalMs: opts.progressIntervalMs,
-        plan,
-      })
-    );
+    report = await ensureLocalCopy({
+      source: opts.source,
+      hybridDir: opts.hybridDir,
+      imageId: opts.imageId,
+      manifestText: opts.manifestText,
+      onProgress: opts.onProgress,
+      progressIntervalMs: opts.progressIntervalMs,
+      plan,
+    });
   } catch (e) {
     // A full disk leaves the partial copy useless and in the way of other copies: remove it.
     if (e instanceof HybridError && e.reason === "no-space") {

@@ -10,11 +10,14 @@
 export const EARLY_WRITEBACK_BYTES = 16 << 20;
 
 /** Runs `fn` with early background writeback, then puts the setting back (also when `fn` throws).
- *  Without the right to change it (not root, no /proc) `fn` runs with the kernel's setting. */
+ *  Without the right to change it (not root, no /proc) `fn` runs with the kernel's setting. A
+ *  process killed inside `fn` leaves the setting changed: only the node's init, which owns its
+ *  machine, calls this (hybrid/mod.ts), and the bench, which measures that. */
 export async function withEarlyWriteback<T>(
   fn: () => Promise<T>,
-  vm = "/proc/sys/vm",
+  opts: { vm?: string; log?: (line: string) => void } = {},
 ): Promise<T> {
+  const vm = opts.vm ?? "/proc/sys/vm";
   const bytesFile = `${vm}/dirty_background_bytes`, ratioFile = `${vm}/dirty_background_ratio`;
   let restore: (() => void) | undefined;
   try {
@@ -31,6 +34,8 @@ export async function withEarlyWriteback<T>(
   } finally {
     try {
       restore?.();
-    } catch { /* /proc gone: nothing to put back */ }
+    } catch (e) {
+      opts.log?.(`could not put the kernel's writeback setting back: ${(e as Error).message}`);
+    }
   }
 }

@@ -227,7 +227,7 @@ async function sendFile(
   const ended = (bytes: number, complete: boolean) =>
     onEnd?.(bytes, Math.round(performance.now() - t0), complete);
   const body = cached
-    ? memoryBody(await cached, start, length, ended)
+    ? memoryBody(await cached.catch((e) => Promise.reject(missing(e))), start, length, ended)
     : fileBody(file!, start, length, ended);
   return new Response(body, { status, headers });
 }

@@ -19,7 +19,7 @@ Deno.test("early writeback: set for the copy, the ratio in force put back, also 
       assert.equal(read("bytes"), String(EARLY_WRITEBACK_BYTES));
       Deno.writeTextFileSync(`${vm}/dirty_background_ratio`, "0\n"); // as the kernel does
       return Promise.resolve(42);
-    }, vm);
+    }, { vm });
     assert.equal(r, 42);
     assert.equal(read("ratio"), "10");
     Deno.writeTextFileSync(`${vm}/dirty_background_bytes`, "0\n"); // as the kernel does
@@ -27,7 +27,7 @@ Deno.test("early writeback: set for the copy, the ratio in force put back, also 
       withEarlyWriteback(() => {
         Deno.writeTextFileSync(`${vm}/dirty_background_ratio`, "0\n");
         return Promise.reject(new Error("disk full"));
-      }, vm),
+      }, { vm }),
       /disk full/,
     );
     assert.equal(read("ratio"), "10", "put back after a failed copy");
@@ -39,7 +39,7 @@ Deno.test("early writeback: set for the copy, the ratio in force put back, also 
 Deno.test("early writeback: a byte setting in force is the one put back", async () => {
   const { vm, read } = await fakeVm("33554432", "0");
   try {
-    await withEarlyWriteback(() => Promise.resolve(), vm);
+    await withEarlyWriteback(() => Promise.resolve(), { vm });
     assert.equal(read("bytes"), "33554432");
   } finally {
     await Deno.remove(vm, { recursive: true });
@@ -47,7 +47,10 @@ Deno.test("early writeback: a byte setting in force is the one put back", async 
 });
 
 Deno.test("early writeback: without the setting (no /proc, not root) the copy runs as it is", async () => {
-  assert.equal(await withEarlyWriteback(() => Promise.resolve("ran"), "/nonexistent/vm"), "ran");
+  assert.equal(
+    await withEarlyWriteback(() => Promise.resolve("ran"), { vm: "/nonexistent/vm" }),
+    "ran",
+  );
 });
 
 Deno.test("early writeback: the real kernel setting (root), changed during the copy, back after", async () => {
