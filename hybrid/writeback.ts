@@ -28,6 +28,10 @@ export async function withEarlyWriteback<T>(
     restore = bytes !== "0"
       ? () => Deno.writeTextFileSync(bytesFile, `${bytes}\n`)
       : () => Deno.writeTextFileSync(ratioFile, `${ratio}\n`);
+    const was = bytes !== "0" ? `${bytes} bytes` : `${ratio} % of memory`;
+    opts.log?.(
+      `background writeback from ${EARLY_WRITEBACK_BYTES >> 20} MiB of dirty data (was ${was})`,
+    );
   } catch { /* the kernel's own setting */ }
   try {
     return await fn();

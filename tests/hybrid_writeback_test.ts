@@ -15,12 +15,14 @@ async function fakeVm(bytes: string, ratio: string) {
 Deno.test("early writeback: set for the copy, the ratio in force put back, also after a failure", async () => {
   const { vm, read } = await fakeVm("0", "10");
   try {
+    const said: string[] = [];
     const r = await withEarlyWriteback(() => {
       assert.equal(read("bytes"), String(EARLY_WRITEBACK_BYTES));
       Deno.writeTextFileSync(`${vm}/dirty_background_ratio`, "0\n"); // as the kernel does
       return Promise.resolve(42);
-    }, { vm });
+    }, { vm, log: (l) => said.push(l) });
     assert.equal(r, 42);
+    assert.deepEqual(said, ["background writeback from 16 MiB of dirty data (was 10 % of memory)"]);
     assert.equal(read("ratio"), "10");
     Deno.writeTextFileSync(`${vm}/dirty_background_bytes`, "0\n"); // as the kernel does
     await assert.rejects(
