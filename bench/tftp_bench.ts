@@ -18,9 +18,10 @@ const dir = await Deno.makeTempDir({ prefix: "nr-tftp-bench-" });
 await Deno.chmod(dir, 0o755); // in.tftpd drops to an unprivileged user
 const files = [
   { name: "f1m", size: 1 << 20, runs: Math.ceil(21 / q) },
-  // 16 MiB stop-and-wait is a tie on a VM (each side's turnaround is the wake-up of a sleeping
-  // vCPU, ≈ 30 µs, for both servers): 9 runs in --quick too, so one slow run moves the median less.
-  { name: "f16m", size: 16 << 20, runs: 9 },
+  // 16 MiB stop-and-wait is a near-tie on a VM (each side's turnaround is the wake-up of a
+  // sleeping vCPU, ≈ 30 µs, for both servers; docs/benchmarks.md): 15 runs in --quick too (≈ 20 s),
+  // so that the median moves less from run to run.
+  { name: "f16m", size: 16 << 20, runs: 15 },
 ];
 for (const f of files) {
   const content = new Uint8Array(f.size).map((_, i) => (i * 2654435761) >>> 24); // not constant
