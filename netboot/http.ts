@@ -173,6 +173,7 @@ async function sendFile(
   const name = path.slice(path.lastIndexOf("/") + 1);
   const missing = (e: unknown) =>
     e instanceof Deno.errors.NotFound ? new Deno.errors.NotFound(`${name} is missing`) : e;
+  const notRegular = () => new Deno.errors.NotFound(`${name} is not a regular file`);
   // A boot file is nearly always in the cache: a stat finds it there, and only a file that is not
   // is opened (then measured again through its descriptor: it may have been replaced since). The
   // stat is synchronous: a local inode's attributes take microseconds, where an async open and
@@ -184,7 +185,7 @@ async function sendFile(
   } catch (e) {
     throw missing(e);
   }
-  if (!st.isFile) throw new Deno.errors.NotFound(`${name} is not a regular file`);
+  if (!st.isFile) throw notRegular();
   const head = c.req.method === "HEAD"; // headers only: neither the cache nor the file
   const cached = head ? undefined : cache.get(path, st);
   let file: Deno.FsFile | undefined;
@@ -198,7 +199,7 @@ async function sendFile(
     });
     if (!st.isFile) {
       file.close();
-      throw new Deno.errors.NotFound(`${name} is not a regular file`);
+      throw notRegular();
     }
   }
   const range = parseRange(c.req.header("range"), st.size);
