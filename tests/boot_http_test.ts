@@ -509,6 +509,38 @@ Deno.test("boot files too large for the cache stream from the disk: whole, Range
   }
 });
 
+Deno.test("a hostile image's kernel is a FIFO or a device: 404 at once, nothing opened", async () => {
+  // Opening a FIFO for reading waits for a writer: an image must not be able to hold the server's
+  // threads that way (nor make it read a device). Both the cached and the streamed path.
+  for (const cache of [undefined, new BootFileCache(4096, 1024)]) {
+    const f = await fixture(cache);
+    const mac = "52:54:00:12:34:58";
+    try {
+      addNode(f.ctx, mac, "pc3", f.imageId);
+      const path = join(f.ctx.data.rootfs(f.imageId), "boot/vmlinuz-6.1.0-test");
+      Deno.removeSync(path);
+      new Deno.Command("mkfifo", { args: [path] }).outputSync();
+      assert.ok(Deno.statSync(path).isFifo);
+      for (const method of ["GET", "HEAD", "GET"]) {
+        const r = await fetch(`${f.url}/boot/${mac}/kernel`, {
+          method,
+          signal: AbortSignal.timeout(5000),
+        });
+        assert.equal(r.status, 404, method);
+        if (method === "GET") assert.match(await r.text(), /is not a regular file/);
+        else await r.body?.cancel();
+      }
+      Deno.removeSync(path);
+      new Deno.Command("mknod", { args: [path, "c", "1", "5"] }).outputSync(); // /dev/zero's
+      const r = await fetch(`${f.url}/boot/${mac}/kernel`, { signal: AbortSignal.timeout(5000) });
+      assert.equal(r.status, 404);
+      assert.match(await r.text(), /is not a regular file/);
+    } finally {
+      await f.close();
+    }
+  }
+});
+
 Deno.test("boot routes: unknown MAC, no image, unbootable image, persist off", async () => {
   const f = await fixture();
   try {

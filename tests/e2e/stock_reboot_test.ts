@@ -48,6 +48,19 @@ labTest("stock image: node wait, node run, a clean reboot keeps a file just writ
     hybrid = await lab.cli("node", "run", "st-hyb", "--", "cat /proc/cmdline");
   }
   assert.match(hybrid.stdout, /^st-hyb \| .*netroot\.ssh=ssh-ed25519:/m);
+  // The init ran the hybrid copy with early writeback; Debian's systemd gets the kernel's setting.
+  assert.match(
+    await lab.console(hyb.mac),
+    /background writeback from 16 MiB of dirty data \(was 10 % of memory\)/,
+  );
+  const wb = await lab.cli(
+    "node",
+    "run",
+    "st-hyb",
+    "--",
+    "echo wb=$(cat /proc/sys/vm/dirty_background_bytes)/$(cat /proc/sys/vm/dirty_background_ratio)",
+  );
+  assert.equal(wb.stdout.trim(), "st-hyb | wb=0/10");
 
   // The persistent hybrid node writes a file (no sync) and is rebooted right after.
   const word = crypto.randomUUID();
