@@ -10,6 +10,7 @@
 // Disk layout under the hybrid dir (WalT-compatible names):  <id>/image  <id>/image.part
 // <id>/manifest  <id>/diff (overlay upper)  <id>/work  <id>/last-boot
 import { workerFromSource } from "../src/worker.ts";
+import { sleep } from "../src/timer.ts";
 import { type ManifestEntry, manifestLines } from "../contract/manifest.ts";
 import {
   fsyncDir,
@@ -460,12 +461,12 @@ class Copiers {
   }
 
   /** The event loop runs. For a worker's answer, the turn waits for that message only: it is
-   *  already on its way, so the thread does not sleep. Otherwise a timer: a turn costs ≥ 4 ms of
-   *  sleep then (nested timers are clamped), and on a loaded machine the thread waits its turn
-   *  for the CPU after it (measured 8–67 ms a turn at load 5–6): hence not more often. */
+   *  already on its way, so the thread does not sleep. Otherwise a timer (src/timer.ts: not
+   *  setTimeout): on a loaded machine the thread waits its turn for the CPU after it (measured
+   *  8–67 ms a turn at load 5–6): hence not more often. */
   async yield(): Promise<void> {
     if (this.#answerWaiting()) await new Promise<void>((resolve) => (this.#wake = resolve));
-    else await new Promise((resolve) => setTimeout(resolve, 0));
+    else await sleep(0);
     this.#lastYield = performance.now();
   }
 

@@ -9,6 +9,7 @@ import { findHybridPartition, type HybridTarget } from "./detect.ts";
 import { type HybridRoot, prepareHybridRoot } from "./mode.ts";
 import type { CopyProgress, CopyReport, HybridError } from "./copy.ts";
 import { withEarlyWriteback } from "./writeback.ts";
+import { sleep } from "../src/timer.ts";
 
 export { HYBRID_DIR_NAMES } from "./detect.ts";
 export type { HybridRoot, HybridTarget };
@@ -209,7 +210,7 @@ export async function fetchManifest(
       if (/^HTTP 4\d\d/.test(msg)) throw new Error(`manifest: ${msg}`);
       if (i >= attempts) throw new Error(`manifest: ${attempts} attempts failed, the last: ${msg}`);
       log(`manifest attempt ${i} failed: ${msg}; retrying`);
-      await new Promise((r) => setTimeout(r, 1000));
+      await sleep(1000);
     }
   }
 }

@@ -32,6 +32,7 @@ import { type Post, readNfsBytes, Reporter } from "./report.ts";
 import { type MountSource, mountWithRetry, nfsSource } from "./rootsource.ts";
 import { installServerKey } from "./sshkey.ts";
 import { errText, InitFailure, Stages } from "./stage.ts";
+import { sleep } from "../src/timer.ts";
 import { isExecutableIn, mountApiFilesystems, switchRoot } from "./switchroot.ts";
 
 export interface InitDeps {
@@ -62,8 +63,6 @@ export interface InitDeps {
   rebootDelayS: number;
   sleep: (ms: number) => Promise<void>;
 }
-
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 export function productionDeps(): InitDeps {
   return {

@@ -12,6 +12,7 @@ import {
 import type { IpConfig } from "../contract/cmdline.ts";
 import type { InitConsole } from "./console.ts";
 import { fmtMs } from "./console.ts";
+import { sleep } from "../src/timer.ts";
 
 export interface NetworkUp {
   ifname: string;
@@ -20,8 +21,6 @@ export interface NetworkUp {
 }
 
 export class NetworkError extends Error {}
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /**
  * Waits up to `appearMs` for the NIC (its driver may still be probing after the module load), then

@@ -5,6 +5,7 @@
 // bounded wait at handover.
 import { MAX_BATCH, type StageReport } from "../contract/report.ts";
 import { httpPostJson } from "./http.ts";
+import { after } from "../src/timer.ts";
 
 export type Post = (url: string, body: string, signal: AbortSignal) => Promise<void>;
 
@@ -17,16 +18,16 @@ export function loopTimeout(ms: number, tickMs = 100): { signal: AbortSignal; cl
   const ac = new AbortController();
   let left = ms;
   let last = performance.now();
-  let timer: ReturnType<typeof setTimeout> | undefined;
+  let cancel: () => void;
   const tick = () => {
     const now = performance.now();
     left -= Math.min(now - last, tickMs);
     last = now;
     if (left <= 0) ac.abort(new DOMException(`no answer within ${ms} ms`, "TimeoutError"));
-    else timer = setTimeout(tick, Math.min(tickMs, left));
+    else cancel = after(Math.min(tickMs, left), tick);
   };
-  timer = setTimeout(tick, Math.min(tickMs, left));
-  return { signal: ac.signal, clear: () => clearTimeout(timer) };
+  cancel = after(Math.min(tickMs, left), tick);
+  return { signal: ac.signal, clear: () => cancel() };
 }
 
 export class Reporter {
@@ -100,8 +101,8 @@ export class Reporter {
 
   /** Waits until every queued report is sent, at most `ms`. False when time ran out. */
   async flush(ms: number): Promise<boolean> {
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const timeout = new Promise<false>((res) => timer = setTimeout(() => res(false), ms));
+    let cancel = () => {};
+    const timeout = new Promise<false>((res) => cancel = after(ms, () => res(false)));
     const done = (async () => {
       while (this.#busy || (this.#url && this.#queue.length)) await this.#sending;
       return true;
@@ -109,7 +110,7 @@ export class Reporter {
     try {
       return await Promise.race([done, timeout]);
     } finally {
-      clearTimeout(timer);
+      cancel();
     }
   }
 }

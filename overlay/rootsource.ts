@@ -5,6 +5,7 @@ import type { NfsTarget, NfsVersion } from "../contract/cmdline.ts";
 import { mount, MS_BIND, MS_RDONLY, MS_REMOUNT } from "../src/linux/mount.ts";
 import type { InitConsole } from "./console.ts";
 import { fmtMs } from "./console.ts";
+import { sleep as sleepMs } from "../src/timer.ts";
 
 export interface MountSource {
   /** What a human reads on the console ("nfs4 10.77.0.1:/netroot/images/x"). */
@@ -58,7 +59,7 @@ export async function mountWithRetry(
   readOnly: boolean,
   budgetMs: number,
   out: InitConsole,
-  sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms)),
+  sleep = sleepMs,
 ): Promise<{ attempts: number; ms: number }> {
   const t0 = performance.now();
   for (let attempt = 1;; attempt++) {

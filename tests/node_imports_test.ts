@@ -4,8 +4,9 @@
 import assert from "node:assert/strict";
 import { importGraph } from "./support/importgraph.ts";
 
-// src/worker.ts: the one worker-from-source helper, dependency-free, shared with the server.
-const allowed = ["contract/", "overlay/", "hybrid/", "src/linux/", "src/worker.ts"];
+// src/worker.ts: the one worker-from-source helper, dependency-free, shared with the server;
+// src/timer.ts: the node program's timers (not setTimeout), dependency-free.
+const allowed = ["contract/", "overlay/", "hybrid/", "src/linux/", "src/worker.ts", "src/timer.ts"];
 
 Deno.test("node entry: its import graph stays in contract/, overlay/, hybrid/, src/linux/", async () => {
   const files = (await importGraph("overlay/node_main.ts")).map((m) => m.file);
@@ -29,4 +30,18 @@ Deno.test("root modes: hybrid/ imports nothing of overlay/, network mode nothing
       }
     }
   }
+});
+
+Deno.test("node program: no setTimeout or setInterval (src/timer.ts instead)", async () => {
+  // Deno 2.9's first setTimeout of a process loads Node's timers polyfill: ≈ 0.25 s of the init
+  // under qemu TCG (src/timer.ts; tests/timer_test.ts checks that premise).
+  const calls: string[] = [];
+  for (const { file } of await importGraph("overlay/node_main.ts")) {
+    if (file === "src/timer.ts") continue;
+    const code = (await Deno.readTextFile(file)).replace(/\/\*[\s\S]*?\*\/|\/\/.*$/gm, "");
+    for (const m of code.matchAll(/\b(setTimeout|setInterval)\s*\(/g)) {
+      calls.push(`${file}: ${m[1]}`);
+    }
+  }
+  assert.deepEqual(calls, []);
 });
