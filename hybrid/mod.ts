@@ -29,6 +29,9 @@ export interface HybridBootOptions {
   sysClassBlock?: string;
   devDir?: string;
   skip?: RegExp;
+  /** Runs the copy, once a partition is found: the init's sets the kernel's writeback for it
+   *  (writeback.ts); tests and tools that call the copy leave the host's setting alone. */
+  aroundCopy?: <T>(copy: () => Promise<T>) => Promise<T>;
 }
 
 export interface HybridBoot extends HybridRoot {
@@ -56,15 +59,18 @@ export async function tryHybridBoot(o: HybridBootOptions): Promise<HybridBoot | 
   try {
     const manifestText = await o.fetchManifest();
     source = await o.mountSource();
-    const root = await prepareHybridRoot({
-      hybridDir: target.dir,
-      persistent: target.persistent,
-      imageId: o.imageId,
-      manifestText,
-      source,
-      onProgress: progressReporter(o),
-      log: o.log,
-    });
+    const from = source;
+    const copy = () =>
+      prepareHybridRoot({
+        hybridDir: target.dir,
+        persistent: target.persistent,
+        imageId: o.imageId,
+        manifestText,
+        source: from,
+        onProgress: progressReporter(o),
+        log: o.log,
+      });
+    const root = await (o.aroundCopy ? o.aroundCopy(copy) : copy());
     const done = copyDoneText(root.report);
     o.log(done);
     o.report({ stage: "hybrid-ready", ok: true, detail: done, ...readyFields(root) });
@@ -144,24 +150,23 @@ function detectAndCopy(env: RootEnv): Promise<HybridBoot | undefined> {
   }
   const manifestUrl = `${p.url}/boot/${p.mac}/manifest`;
   const imageId = p.image;
-  // The init owns the node until it hands over: its copy may change how the kernel writes back
-  // (put back before the handover). Only here: tests and tools calling the copy on a shared host
-  // leave the host's setting alone.
-  return withEarlyWriteback(() =>
-    tryHybridBoot({
-      imageId,
-      mountBase: "/run/netroot/disks",
-      mount: (dev, dir) => Promise.resolve(mount(dev, dir, "ext4", 0, null)),
-      umount: (dir) => Promise.resolve(umount(dir)),
-      mountSource: async () => {
-        await env.mountImage(l.lower);
-        return l.lower;
-      },
-      unmountSource: () => Promise.resolve(umount(l.lower, MNT_DETACH)),
-      fetchManifest: () => fetchManifest(env.getText, manifestUrl, env.log),
-      log: env.log,
-      report: env.report,
-    }), { log: env.log });
+  return tryHybridBoot({
+    imageId,
+    mountBase: "/run/netroot/disks",
+    mount: (dev, dir) => Promise.resolve(mount(dev, dir, "ext4", 0, null)),
+    umount: (dir) => Promise.resolve(umount(dir)),
+    mountSource: async () => {
+      await env.mountImage(l.lower);
+      return l.lower;
+    },
+    unmountSource: () => Promise.resolve(umount(l.lower, MNT_DETACH)),
+    fetchManifest: () => fetchManifest(env.getText, manifestUrl, env.log),
+    log: env.log,
+    report: env.report,
+    // The init owns the node until it hands over: its copy may change how the kernel writes
+    // back (put back before the handover).
+    aroundCopy: (copy) => withEarlyWriteback(copy, { log: env.log }),
+  });
 }
 
 export const hybridMode: RootMode = {

@@ -19,6 +19,9 @@ labTest(
     assert.match(out, /bootcount=1/);
     await lab.waitEvent(vm.mac, "vnode.exit", 60_000);
     assert.match(out, /overlay \/ overlay/); // the image's init sees an overlay root
+    // No copy, so the kernel's writeback is left as it is: no line, the image finds the default.
+    assert.doesNotMatch(out, /background writeback/);
+    assert.match(out, /writeback=0\/10\b/);
     const kinds = await kindsSince(lab, vm.mac);
     lab.log(`timeline: ${kinds.join(" → ")}`);
     assertInOrder(kinds, [
