@@ -29,7 +29,7 @@ export interface HybridBootOptions {
   sysClassBlock?: string;
   devDir?: string;
   skip?: RegExp;
-  /** Runs the copy, once a partition is found: the init's sets the kernel's writeback for it
+  /** Runs the copy, once a partition is found: the init sets the kernel's writeback for it
    *  (writeback.ts); tests and tools that call the copy leave the host's setting alone. */
   aroundCopy?: <T>(copy: () => Promise<T>) => Promise<T>;
 }
