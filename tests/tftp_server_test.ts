@@ -445,3 +445,50 @@ Deno.test("tftp: startTftp serves a node its image's /boot and writes the node's
     await Deno.remove(f.dir, { recursive: true });
   }
 });
+
+Deno.test("tftp: a burst of RRQs that never ACK holds no more than maxTransfers (attacker)", async () => {
+  const f = await fixture();
+  const events: TransferEvent[] = [];
+  const server = await createTftpServer({
+    port: 0,
+    host: "127.0.0.1",
+    workers: 2,
+    timeoutMs: 300,
+    retries: 1,
+    maxTransfers: 20,
+    resolve: (path) => resolveRequest(path, { ipxeDir: f.ipxe, nodeFs: f.nodeFs }),
+    onTransfer: (e) => events.push(e),
+  });
+  const sock = dgram.createSocket("udp4");
+  try {
+    await new Promise<void>((r) => sock.bind(0, "127.0.0.1", r));
+    // 200 distinct requests in one burst (each a new transfer: their bytes differ), none ACKed.
+    for (let i = 0; i < 200; i++) {
+      const rrq = encode({
+        op: "RRQ",
+        filename: "undionly.kpxe",
+        mode: "octet",
+        options: { blksize: String(512 + i) },
+      });
+      sock.send(rrq, server.port, "127.0.0.1");
+    }
+    let peak = 0;
+    for (let i = 0; i < 40; i++) {
+      peak = Math.max(peak, server.active);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    assert.ok(peak <= 20, `${peak} transfers at once, limit 20`);
+    for (let i = 0; i < 200 && server.active > 0; i++) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(server.active, 0, "every unanswered transfer timed out");
+    // Every request has its outcome: a refusal ("server busy") or a transfer that timed out.
+    for (let i = 0; i < 100 && events.length < 200; i++) {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    assert.equal(events.length, 200);
+    assert.ok(events.some((e) => e.reason === "server busy, try again"));
+  } finally {
+    sock.close();
+    await server.close();
+    await Deno.remove(f.dir, { recursive: true });
+  }
+});

@@ -101,6 +101,10 @@ interface RequestScope {
    *  second transfer (the client would abort one of the two with "unknown transfer ID"; the
    *  first one's OACK/DATA, resent by its worker, answers the client anyway). */
   inProgress: Map<string, string>;
+  /** Requests being answered (resolving, reading or transferring). The busy check counts these,
+   *  not the pool's transfers: a burst of requests all passed it while the first ones were still
+   *  resolving (200 at once against a limit of 20: 43 transfers ran). */
+  answering: number;
 }
 
 /** One request from one client while its first copy is in progress: the same bytes again. */
@@ -131,9 +135,11 @@ async function handleRequest(
   }
   if (p.op !== "RRQ" && p.op !== "WRQ") return; // belongs to no transfer of ours
   if (p.op === "RRQ" && resentRequest(s, msg, client)) return;
+  s.answering++;
   try {
     await answerRequest(s, p, client);
   } finally {
+    s.answering--;
     s.inProgress.delete(`${client.address}:${client.port}`);
   }
 }
@@ -162,7 +168,7 @@ async function answerRequest(
     });
   };
   if (p.op === "WRQ") return refused(ErrorCode.accessViolation, "write requests are refused");
-  if (pool.active >= (opts.maxTransfers ?? 1000)) {
+  if (s.answering > (opts.maxTransfers ?? 1000)) { // this request is one of them
     return refused(ErrorCode.notDefined, "server busy, try again");
   }
   if (p.mode !== "octet") {
@@ -290,6 +296,7 @@ export async function createTftpServer(opts: TftpServerOptions): Promise<TftpSer
     report,
     sendError,
     inProgress: new Map(),
+    answering: 0,
   };
   const handle = (msg: Uint8Array, client: ClientAddress) => handleRequest(scope, msg, client);
   const receiving = receiveRequests(sock, handle);
