@@ -244,7 +244,9 @@ export function eventRoutes(ctx: Context): Hono {
       const from = since === undefined
         ? undefined
         : int(since, "since", 0, Number.MAX_SAFE_INTEGER);
-      return streams.respond({ mac, since: from });
+      const admin = isApiToken(bearerToken(c.req.header("authorization")), ctx.token) ||
+        sessionOf(ctx, c) !== undefined;
+      return streams.respond({ mac, since: from }, admin);
     }
     return c.json(events(ctx, c, mac));
   });

@@ -2,7 +2,8 @@
 // browser's EventSource sends) answers with server-sent events, one `id:`/`data:` message per
 // event (the JSON of GET /events), from event `since` (or the browser's Last-Event-ID) on, then
 // each new one as it is recorded: the stream wakes on src/events.ts followEvents, nothing polls.
-// Every stream is bounded: at most `maxStreams` open per server (503 past it), each closed after
+// Every stream is bounded: at most `maxStreams` open per server (503 past it), of which at most
+// `maxAnonymous` opened without the API token or a dashboard session, each closed after
 // `lifetimeMs` (EventSource reconnects by itself, with Last-Event-ID, so nothing is missed), a
 // comment every `heartbeatMs` (a client that went away without closing is found by the failed
 // write), and closed when more than `maxQueuedBytes` wait for a client that does not read. A
@@ -13,6 +14,10 @@ import { followEvents, listEvents } from "./events.ts";
 
 export interface StreamLimits {
   maxStreams: number;
+  /** Streams opened without the token or a session. Reads are open by default, so anyone on the
+   *  boot network may open streams: without this share, one neighbour holding all 32 refused the
+   *  admin's dashboard its live timeline for as long as it liked. */
+  maxAnonymous: number;
   lifetimeMs: number;
   heartbeatMs: number;
   maxQueuedBytes: number;
@@ -20,6 +25,7 @@ export interface StreamLimits {
 
 export const defaultStreamLimits: StreamLimits = {
   maxStreams: 32,
+  maxAnonymous: 24,
   lifetimeMs: 10 * 60_000,
   heartbeatMs: 15_000,
   maxQueuedBytes: 1024 * 1024,
@@ -34,25 +40,26 @@ export interface EventStreams {
   /** Streams open now. */
   readonly open: number;
   /** The SSE response for `mac`'s events (all events without one) after id `since` (undefined:
-   *  only events recorded from now on). */
-  respond(filter: { mac?: string; since?: number }): Response;
+   *  only events recorded from now on). `admin`: asked with the API token or a session. */
+  respond(filter: { mac?: string; since?: number }, admin?: boolean): Response;
   /** Ends every open stream (the server is stopping: an HTTP shutdown waits for open responses). */
   closeAll(): void;
 }
 
 /** The event streams of one server (its route table makes one). */
 export function eventStreams(db: Db, limits: StreamLimits = defaultStreamLimits): EventStreams {
-  let open = 0;
+  let open = 0, anonymous = 0;
   const enc = new TextEncoder();
   const stops = new Set<() => void>();
-  const respond = (filter: { mac?: string; since?: number }): Response => {
-    if (open >= limits.maxStreams) {
+  const respond = (filter: { mac?: string; since?: number }, admin = false): Response => {
+    if (open >= limits.maxStreams || (!admin && anonymous >= limits.maxAnonymous)) {
       return Response.json(
         { error: `too many event streams open (${limits.maxStreams}): try again later` },
         { status: 503, headers: { "retry-after": "10" } },
       );
     }
     open++;
+    if (!admin) anonymous++;
     let last = filter.since ?? listEvents(db, { mac: filter.mac, limit: 1 })[0]?.id ?? 0;
     let stopped = false;
     let pending: ReturnType<typeof setTimeout> | undefined;
@@ -63,6 +70,7 @@ export function eventStreams(db: Db, limits: StreamLimits = defaultStreamLimits)
       if (stopped) return;
       stopped = true;
       open--;
+      if (!admin) anonymous--;
       stops.delete(stopAndClose);
       unfollow();
       clearTimeout(pending);

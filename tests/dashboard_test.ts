@@ -532,20 +532,27 @@ Deno.test("event streams: live events from since, bounded count, released when c
     ac.abort();
     await reader.cancel().catch(() => {});
 
-    // 32 at once; the 33rd is refused; once clients go, their streams are released.
+    // 32 at once, 24 of them without the token; past either the next is refused; once clients
+    // go, their streams are released.
+    const auth = { accept: "text/event-stream", authorization: `Bearer ${ctx.token}` };
     const held = await Promise.all(
-      Array.from({ length: 32 }, async () => {
+      Array.from({ length: 32 }, async (_, i) => {
         const c = new AbortController();
-        const res = await open("", c.signal);
+        const res = i < 24
+          ? await open("", c.signal)
+          : await fetch(`${base}/api/v1/events`, { headers: auth, signal: c.signal });
         assert.equal(res.status, 200);
         const rd = res.body!.getReader();
         await readUntil(rd, /retry/);
         return { c, rd };
       }),
     );
-    const refused = await open("");
-    assert.equal(refused.status, 503);
-    assert.match((await refused.json()).error, /too many event streams/);
+    for (
+      const refused of [await open(""), await fetch(`${base}/api/v1/events`, { headers: auth })]
+    ) {
+      assert.equal(refused.status, 503);
+      assert.match((await refused.json()).error, /too many event streams/);
+    }
     for (const h of held) {
       h.c.abort();
       await h.rd.cancel().catch(() => {});
@@ -567,7 +574,13 @@ Deno.test("event streams end after their lifetime, and let go of a client that d
   const dir = await Deno.makeTempDir({ prefix: "nr-dash-sse-" });
   const ctx = await openContext({ ...defaultConfig(), dataDir: dir });
   try {
-    const limits = { maxStreams: 4, lifetimeMs: 300, heartbeatMs: 50, maxQueuedBytes: 64 * 1024 };
+    const limits = {
+      maxStreams: 4,
+      maxAnonymous: 4,
+      lifetimeMs: 300,
+      heartbeatMs: 50,
+      maxQueuedBytes: 64 * 1024,
+    };
     const streams = eventStreams(ctx.db, limits);
     const short = streams.respond({});
     assert.equal(streams.open, 1);
@@ -614,4 +627,30 @@ Deno.test("serve's close ends open event streams: an open dashboard does not hol
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("event streams: a neighbour without the token holding every stream does not lock out the admin (attacker)", async () => {
+  await withServer({}, async (ctx, base) => {
+    const open = (headers: Record<string, string> = {}) =>
+      fetch(`${base}/api/v1/events`, { headers: { accept: "text/event-stream", ...headers } });
+    // Reads are open by default: anyone on the boot network may open streams, as many as it may.
+    const held: Response[] = [];
+    for (let i = 0; i < 40; i++) {
+      const r = await open();
+      if (r.status !== 200) {
+        assert.equal(r.status, 503);
+        await r.body?.cancel();
+        break;
+      }
+      held.push(r);
+    }
+    try {
+      assert.ok(held.length < 32, `${held.length} anonymous streams: none left for the admin`);
+      const r = await open({ authorization: `Bearer ${ctx.token}` });
+      assert.equal(r.status, 200, "the admin's stream is refused");
+      await r.body?.cancel();
+    } finally {
+      for (const r of held) await r.body?.cancel().catch(() => {});
+    }
+  });
 });
