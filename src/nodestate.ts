@@ -264,10 +264,16 @@ export class NodeMonitor {
         this.#set(n, "booted", "handover reported (boot.probe-port=none)", ["booting"]);
         return;
       }
-      if (handedOver && n.ip && await this.#probe(n.ip, port!, this.#probeTimeoutMs)) {
+      // Silent past the watchdog, yet its port answers: the node runs its userland. Anyone on the
+      // boot network may fetch its script, which makes it "booting" (and a flood of fetches drops
+      // its boot's token, refusing its reports): without this probe one GET of a booted node's
+      // script had the watchdog hard-reboot it 180 s later.
+      const silent = !handedOver && port !== null;
+      if ((handedOver || silent) && n.ip && await this.#probe(n.ip, port!, this.#probeTimeoutMs)) {
         this.#failures.set(n.mac, 0);
         this.#probedAt.set(n.mac, this.#now());
-        this.#set(n, "booted", `port ${port} answered`, ["booting"]);
+        const why = handedOver ? "" : " (no report from a boot since: not its boot, or lost)";
+        this.#set(n, "booted", `port ${port} answered${why}`, ["booting"]);
         return;
       }
       if (!expired) return;

@@ -15,6 +15,7 @@ import { BootFileCache } from "../netboot/bootcache.ts";
 import { contextBooter, resolveInImage as resolveInRoot } from "../src/boot/booter.ts";
 import { renderCmdline } from "../contract/cmdline.ts";
 import { renderBootScript, renderRefusalScript } from "../netboot/ipxe.ts";
+import { NodeMonitor } from "../src/nodestate.ts";
 
 Deno.test("parseMacParam accepts colon, hyphen (iPXE hexhyp) and bare hex; rejects junk", () => {
   for (
@@ -964,6 +965,45 @@ Deno.test("report: a body past 64 KiB is 413, declared or streamed without a len
     r = await fetch(`${f.url}/boot/report`, { method: "POST", body: "{}" });
     assert.equal(r.status, 400);
     await r.body?.cancel();
+  } finally {
+    await f.close();
+  }
+});
+
+Deno.test("boot script: a neighbour fetching a booted node's script gets no watchdog reboot of it (attacker)", async () => {
+  const f = await fixture();
+  const mac = "52:54:00:12:34:7a";
+  try {
+    addNode(f.ctx, mac, "pc9", f.imageId, { initramfs: "image" });
+    f.ctx.nodes.setIp(mac, "10.77.0.9");
+    let t = Date.now();
+    const monitor = new NodeMonitor(f.ctx, { now: () => t, probe: () => Promise.resolve(true) });
+    f.ctx.monitor = monitor;
+    const reboots: string[] = [];
+    f.ctx.rebooter.reboot = (target, cause) => {
+      reboots.push(`${target.name}: ${cause}`);
+      return Promise.resolve({ ok: true } as never);
+    };
+    // The node boots: its script, its init's handover, its sshd answers.
+    const script = await (await fetch(`${f.url}/boot/${mac}.ipxe`)).text();
+    const token = /netroot\.token=(\S+)/.exec(script)![1];
+    const r = await fetch(`${f.url}/boot/report`, {
+      method: "POST",
+      body: JSON.stringify({ token, mac, stage: "handover", ok: true }),
+    });
+    assert.equal(r.status, 200);
+    await r.body?.cancel();
+    t += 1000;
+    await monitor.tick();
+    assert.equal(f.ctx.nodes.get("pc9").state, "booted");
+    // Anyone on the boot network fetches the node's script (it is open: firmware cannot log in).
+    await (await fetch(`${f.url}/boot/${mac}.ipxe`)).text();
+    for (let i = 0; i < 4; i++) {
+      t += 200_000; // past boot.timeout (180 s), each time
+      await monitor.tick();
+    }
+    assert.deepEqual(reboots, [], "a running node was rebooted by the watchdog");
+    assert.notEqual(f.ctx.nodes.get("pc9").state, "failed");
   } finally {
     await f.close();
   }
