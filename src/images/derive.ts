@@ -24,7 +24,7 @@ import {
 import { lchown, lutimes, mknod, S_IFBLK, S_IFCHR, S_IFIFO, S_IFSOCK } from "../linux/fsops.ts";
 import { listXattrs, removeXattr, setXattr } from "../linux/xattr.ts";
 import { identity, objectKey, type ObjectStore } from "./objects.ts";
-import { b64, hashFileSync, splitDev, statEntry } from "./walk.ts";
+import { b64, hashFileSync, lstatNamed, splitDev, statEntry } from "./walk.ts";
 import { isOpaque, isWhiteout, OVERLAY_XATTR, refuseIndirect } from "./upper.ts";
 
 const code = (e: unknown) => (e as { code?: string }).code;
@@ -145,7 +145,7 @@ export function deriveManifest(baseText: string | BaseIndex, upper: string): Der
     for (const name of names) {
       const r = `${rel === "/" ? "" : rel}/${name}`;
       const src = upper + r;
-      const st = Deno.lstatSync(src);
+      const st = lstatNamed(src, r);
       const have = present(r);
       if (isWhiteout(st)) {
         if (have) {
