@@ -4,6 +4,7 @@
 import assert from "node:assert/strict";
 import { dirname } from "node:path";
 import { MNT_DETACH, mount, umount } from "../src/linux/mount.ts";
+import { statvfs } from "../src/linux/fsops.ts";
 import { setXattr } from "../src/linux/xattr.ts";
 import { NodeRegistry } from "../src/nodes.ts";
 import { Rebooter } from "../src/reboot.ts";
@@ -150,6 +151,29 @@ Deno.test("node save: hostile uppers are refused, nothing committed", async () =
       saveNode(ctx, "n1", "deb", `${t.dir}/redir.tar`, null),
       /\/moved is an overlay redirect entry/,
     );
+    // a name that is not UTF-8: said as such (before: "No such file or directory", naming a
+    // scratch path of the server)
+    Deno.mkdirSync(`${t.dir}/latin1/etc`, { recursive: true });
+    sh("sh", "-c", `printf x > "${t.dir}/latin1/etc/caf$(printf '\\351')"`);
+    sh("tar", "--numeric-owner", "-C", `${t.dir}/latin1`, "-cf", `${t.dir}/latin1.tar`, ".");
+    await assert.rejects(
+      saveNode(ctx, "n1", "deb", `${t.dir}/latin1.tar`, null),
+      /file name is not valid UTF-8: "\/etc\/caf\uFFFD"/,
+    );
+    // a sparse member standing for more than the data dir holds, in a tarball of a few KiB
+    // (before: unpacked, hashed twice and committed: 76 GiB of zeros took 3 min 39 s here, the
+    // server's event loop blocked for a quarter of it; a node's tmpfs makes them up to exabytes)
+    const free = statvfs(t.data.tmp).freeBytes;
+    Deno.mkdirSync(`${t.dir}/sparse/var`, { recursive: true });
+    sh("truncate", "-s", String(free + (1 << 30)), `${t.dir}/sparse/var/disk.img`);
+    sh("tar", "--sparse", "-C", `${t.dir}/sparse`, "-cf", `${t.dir}/sparse.tar`, ".");
+    assert.ok(Deno.statSync(`${t.dir}/sparse.tar`).size < 1 << 20);
+    const t0 = performance.now();
+    await assert.rejects(
+      saveNode(ctx, "n1", "deb", `${t.dir}/sparse.tar`, null),
+      /no space left on device .*its files need more than is free/,
+    );
+    assert.ok(performance.now() - t0 < 10_000, "refused before anything is unpacked");
     assert.equal(n(), before);
     assert.equal(t.store.get("deb").id, base.id);
     assert.deepEqual(await dirEntries(t.data.tmp), []);
