@@ -361,3 +361,40 @@ Deno.test("node save NODE NAME: busybox tar, a node not booted, over the size or
     Deno.removeSync(stall, { recursive: true });
   }
 });
+
+Deno.test("node save NODE NAME: a stream cut short or not a tarball, though the node's tar exits 0: one line, nothing committed", async () => {
+  assert.equal(Deno.uid(), 0, "needs root (overlayfs, mount namespaces)");
+  const dir = Deno.makeTempDirSync({ prefix: "nr-cut-" });
+  const node = (body: string) => {
+    Deno.writeTextFileSync(
+      `${dir}/tar`,
+      '#!/bin/sh\n[ "$1" = --version ] && { echo "tar (GNU tar) 1.34"; exit 0; }\n' + body,
+      { mode: 0o755 },
+    );
+    return `${dir}/tar`;
+  };
+  const upper = (lower: string) =>
+    changedUpper(lower, (r) => Deno.writeTextFileSync(`${r}/big`, "x".repeat(1 << 20)));
+  try {
+    for (
+      const [body, said] of [
+        // the real stream, cut in the middle of a file (at a block boundary, and not)
+        ['/usr/bin/tar "$@" | head -c 10240; exit 0\n', /truncated archive: the upper of n1/],
+        ['/usr/bin/tar "$@" | head -c 5000; exit 0\n', /truncated archive: the upper of n1/],
+        ["head -c 20000 /dev/urandom; exit 0\n", /the upper of n1 is not a tar archive|unknown/],
+      ] as const
+    ) {
+      await withLiveNode(upper, async ({ ctx, cli }, _node, baseId) => {
+        const r = await cli("node", "save", "n1", "deb");
+        assert.equal(r.code, 1, body);
+        assert.match(r.err, said);
+        assert.equal(r.err.trim().split("\n").length, 1, r.err);
+        assert.equal(ctx.images.get("deb").id, baseId, "the previous version stays current");
+        assert.equal(ctx.images.history("deb").length, 1);
+        assert.deepEqual(await dirEntries(ctx.data.tmp), []);
+      }, { tar: node(body) });
+    }
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});

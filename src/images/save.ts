@@ -16,7 +16,7 @@ import type { NodeInfo } from "../nodes.ts";
 import { sshFailure } from "../nodessh.ts";
 import { commitUpper } from "./session.ts";
 import type { Commit } from "./store.ts";
-import { listMembers, roomIn } from "./tar.ts";
+import { roomIn } from "./tar.ts";
 import { unpack } from "./unpack.ts";
 
 /** The image a node runs: its latest boot's, else the one it is set to boot. */
@@ -83,13 +83,11 @@ async function commitTar(
 ): Promise<Commit> {
   const upper = join(scratch, "upper");
   // The stream's bound does not bound what it unpacks to: a sparse member (or a compressed
-  // --upper FILE) of a few KiB can stand for terabytes, all of them hashed. Its members' sizes
-  // and count are checked against the room left first, as a layer's are.
-  const u = await listMembers(tar, what, { room: roomIn(scratch) }).then(() => unpack(tar, upper))
-    .catch((e) => {
-      if (e instanceof UserError && what !== tar) e.message = e.message.replaceAll(tar, what);
-      throw e;
-    });
+  // --upper FILE) of a few KiB can stand for terabytes, all of them hashed: `room`.
+  const u = await unpack(tar, upper, { room: roomIn(scratch) }).catch((e) => {
+    if (e instanceof UserError && what !== tar) e.message = e.message.replaceAll(tar, what);
+    throw e;
+  });
   if (!u.format.startsWith("tar")) throw new UserError(`${what}: not a tarball`);
   return await commitUpper(ctx.images, upper, baseId, name, { madeBy: "save", command });
 }

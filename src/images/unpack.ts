@@ -46,7 +46,13 @@ const expected =
 export async function unpack(
   source: string,
   rootfs: string,
-  opts: { onProgress?: Progress; signal?: AbortSignal } = {},
+  opts: {
+    onProgress?: Progress;
+    signal?: AbortSignal;
+    /** A tarball's members (their sizes as stored: a sparse file's whole size) are listed first
+     *  and refused past this room, as a layer's are, before anything is written or hashed. */
+    room?: { bytes: number; inodes?: number };
+  } = {},
 ): Promise<Unpacked> {
   let st: Deno.FileInfo;
   try {
@@ -80,6 +86,7 @@ export async function unpack(
     throw new UserError(`unknown format: ${source} is ${describe(head)}; ${expected}`);
   }
   if (compression === "none") await checkTarEnd(source, st.size);
+  if (opts.room) await listMembers(source, source, { signal: opts.signal, room: opts.room });
   await Deno.mkdir(rootfs);
   const { members, cache, made, written } = await extractArchive(source, compression, rootfs, {
     onProgress: opts.onProgress,
