@@ -226,6 +226,30 @@ Deno.test("node save: an upper over an image symlink to a host directory changes
   }
 });
 
+Deno.test("node save: device nodes and set-uid files are kept as the node made them, out of other server users' reach", async () => {
+  const { t, ctx } = await setup();
+  try {
+    const up = `${t.dir}/up`;
+    Deno.mkdirSync(`${up}/home`, { recursive: true });
+    sh("mknod", "-m", "0666", `${up}/home/disk`, "b", "8", "0"); // the server's first disk
+    Deno.writeTextFileSync(`${up}/home/sh`, "#!/bin/sh\n");
+    Deno.chmodSync(`${up}/home/sh`, 0o4755);
+    sh("tar", "--numeric-owner", "-C", up, "-cf", `${t.dir}/up.tar`, ".");
+    const v = await saveNode(ctx, "n1", "deb", `${t.dir}/up.tar`, null);
+    const m = manifestOf(t, v.id);
+    assert.deepEqual(
+      [m.get("/home/disk")?.type, m.get("/home/disk")?.rdev, m.get("/home/disk")?.mode],
+      ["block", { major: 8, minor: 0 }, 0o666],
+    );
+    assert.equal(m.get("/home/sh")?.mode, 0o4755);
+    // on the server they are real: nothing of the version's tree is reachable by other users
+    assert.equal(Deno.statSync(t.data.image(v.id)).mode! & 0o077, 0);
+    assert.ok(Deno.lstatSync(`${t.data.rootfs(v.id)}/home/disk`).isBlockDevice);
+  } finally {
+    await t.close();
+  }
+});
+
 /** A server (API), a real sshd on loopback standing in for node n1's (its commands see `upper` at
  *  /run/netroot/upper, read-only, and run `tar`), n1 booted on image "deb" holding that sshd's
  *  host key. */
