@@ -9,6 +9,7 @@ import { setXattr } from "../src/linux/xattr.ts";
 import { NodeRegistry } from "../src/nodes.ts";
 import { Rebooter } from "../src/reboot.ts";
 import { saveLiveNode, saveNode } from "../src/images/save.ts";
+import { publish } from "../src/images/versions.ts";
 import { setLogSink } from "../src/log.ts";
 import { type PowerServer, withPowerServer } from "./support/power.ts";
 import { type FakeNodeSshd, startSshd } from "./support/sshd.ts";
@@ -245,6 +246,29 @@ Deno.test("node save: device nodes and set-uid files are kept as the node made t
     // on the server they are real: nothing of the version's tree is reachable by other users
     assert.equal(Deno.statSync(t.data.image(v.id)).mode! & 0o077, 0);
     assert.ok(Deno.lstatSync(`${t.data.rootfs(v.id)}/home/disk`).isBlockDevice);
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("node save --upper of a node whose booted version was removed since (it was off): one line", async () => {
+  const { t, base, nodes, ctx } = await setup();
+  try {
+    Deno.writeTextFileSync(`${t.dir}/src/etc/hostname`, "v2\n");
+    const v2 = await t.store.import(`${t.dir}/src`, "deb");
+    await publish(ctx, v2, false); // n1 follows deb, its last boot stays on base
+    t.store.remove(`deb@${base.id}`); // n1 is off: allowed
+    Deno.mkdirSync(`${t.dir}/up/etc`, { recursive: true });
+    Deno.writeTextFileSync(`${t.dir}/up/etc/new`, "new\n");
+    sh("tar", "--numeric-owner", "-C", `${t.dir}/up`, "-cf", `${t.dir}/up.tar`, ".");
+    // (before: "No such file or directory (os error 2): readfile '<data>/images/<id>/manifest'")
+    await assert.rejects(
+      saveNode(ctx, "n1", "deb", `${t.dir}/up.tar`, null),
+      /^UserError: node n1 last booted image version [0-9a-f]{12}, which was removed/,
+    );
+    assert.equal(nodes.get("n1").imageId, v2.id);
+    assert.deepEqual(t.store.history("deb").map((v) => v.id), [v2.id]);
+    assert.deepEqual(await dirEntries(t.data.tmp), []);
   } finally {
     await t.close();
   }

@@ -20,10 +20,21 @@ import { roomIn } from "./tar.ts";
 import { unpack } from "./unpack.ts";
 
 /** The image a node runs: its latest boot's, else the one it is set to boot. */
-export function bootedImage(ctx: Pick<Context, "db" | "nodes">, nodeRef: string): string {
+export function bootedImage(
+  ctx: Pick<Context, "db" | "nodes" | "images">,
+  nodeRef: string,
+): string {
   const node = ctx.nodes.get(nodeRef);
   const id = lastBootImage(ctx.db, node.mac) ?? node.imageId;
   if (!id) throw new UserError(`node ${node.name} has never booted an image`);
+  // removed since (image rm refuses it only while the node is not off): no base to apply onto
+  if (!ctx.images.find(id)) {
+    throw new UserError(
+      `node ${node.name} last booted image version ${id.slice(0, 12)}, which was removed: ` +
+        "its upper has nothing to apply onto",
+      409,
+    );
+  }
   return id;
 }
 
