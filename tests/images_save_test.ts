@@ -268,7 +268,31 @@ Deno.test("node save --upper of a node whose booted version was removed since (i
     );
     assert.equal(nodes.get("n1").imageId, v2.id);
     assert.deepEqual(t.store.history("deb").map((v) => v.id), [v2.id]);
-    assert.deepEqual(await dirEntries(t.data.tmp), []);
+    // (the removed tree may still be being deleted there)
+    assert.deepEqual((await dirEntries(t.data.tmp)).filter((e) => !e.startsWith("rm-")), []);
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("node save: an upper holding a /manifest.json or /oci-layout of its own is saved as files", async () => {
+  const { t, base, ctx } = await setup();
+  try {
+    const up = `${t.dir}/up`;
+    Deno.mkdirSync(`${up}/blobs/sha256`, { recursive: true });
+    Deno.writeTextFileSync(`${up}/manifest.json`, '[{"Config":"config.json","Layers":[]}]');
+    Deno.writeTextFileSync(`${up}/config.json`, "{}");
+    Deno.writeTextFileSync(`${up}/oci-layout`, '{"imageLayoutVersion":"1.0.0"}');
+    sh("tar", "--numeric-owner", "-C", up, "-cf", `${t.dir}/up.tar`, ".");
+    // (before: taken for a docker save archive, its layers applied, then "not a tarball")
+    const v = await saveNode(ctx, "n1", "deb", `${t.dir}/up.tar`, null);
+    assert.deepEqual(t.store.diff(base.id, v.id).added, [
+      "/blobs",
+      "/blobs/sha256",
+      "/config.json",
+      "/manifest.json",
+      "/oci-layout",
+    ]);
   } finally {
     await t.close();
   }

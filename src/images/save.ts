@@ -95,7 +95,7 @@ async function commitTar(
   const upper = join(scratch, "upper");
   // The stream's bound does not bound what it unpacks to: a sparse member (or a compressed
   // --upper FILE) of a few KiB can stand for terabytes, all of them hashed: `room`.
-  const u = await unpack(tar, upper, { room: roomIn(scratch) }).catch((e) => {
+  const u = await unpack(tar, upper, { room: roomIn(scratch), treeOnly: true }).catch((e) => {
     if (e instanceof UserError && what !== tar) e.message = e.message.replaceAll(tar, what);
     throw e;
   });

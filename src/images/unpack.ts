@@ -52,6 +52,9 @@ export async function unpack(
     /** A tarball's members (their sizes as stored: a sparse file's whole size) are listed first
      *  and refused past this room, as a layer's are, before anything is written or hashed. */
     room?: { bytes: number; inodes?: number };
+    /** The tarball is a root file system tree, whatever it holds (a node's upper with a
+     *  /manifest.json or /oci-layout of its own is no image archive). */
+    treeOnly?: boolean;
   } = {},
 ): Promise<Unpacked> {
   let st: Deno.FileInfo;
@@ -95,7 +98,7 @@ export async function unpack(
   });
   const tree = new TreeView(rootfs);
   refuseDetours(tree, members.values(), source);
-  const layout = await imageLayout(rootfs, source);
+  const layout = opts.treeOnly ? undefined : await imageLayout(rootfs, source);
   if (layout) {
     // The archive held an image's blobs, not a root file system: apply its layers.
     const archive = `${rootfs}.archive`;
