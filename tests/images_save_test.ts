@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { dirname } from "node:path";
 import { MNT_DETACH, mount, umount } from "../src/linux/mount.ts";
 import { statvfs } from "../src/linux/fsops.ts";
-import { setXattr } from "../src/linux/xattr.ts";
+import { removeXattr, setXattr } from "../src/linux/xattr.ts";
 import { NodeRegistry } from "../src/nodes.ts";
 import { Rebooter } from "../src/reboot.ts";
 import { saveLiveNode, saveNode } from "../src/images/save.ts";
@@ -152,6 +152,45 @@ Deno.test("node save: hostile uppers are refused, nothing committed", async () =
       saveNode(ctx, "n1", "deb", `${t.dir}/redir.tar`, null),
       /\/moved is an overlay redirect entry/,
     );
+    // the other overlay attributes whose content lives elsewhere, user.* (userxattr mounts) too:
+    // a redirect climbing out of the image, a metacopy file (its data in the node's lower layer)
+    Deno.mkdirSync(`${t.dir}/redir2/upper/etc`, { recursive: true });
+    Deno.writeTextFileSync(`${t.dir}/redir2/upper/etc/shadow`, "");
+    setXattr(
+      `${t.dir}/redir2/upper/etc`,
+      "user.overlay.redirect",
+      new TextEncoder().encode("../../../../etc"),
+    );
+    setXattr(`${t.dir}/redir2/upper/etc/shadow`, "trusted.overlay.metacopy", new Uint8Array());
+    sh(
+      "tar",
+      "--xattrs",
+      "--xattrs-include=*",
+      "-C",
+      `${t.dir}/redir2/upper`,
+      "-cf",
+      `${t.dir}/redir2.tar`,
+      ".",
+    );
+    await assert.rejects(
+      saveNode(ctx, "n1", "deb", `${t.dir}/redir2.tar`, null),
+      /\/etc is an overlay redirect entry/,
+    );
+    removeXattr(`${t.dir}/redir2/upper/etc`, "user.overlay.redirect");
+    sh(
+      "tar",
+      "--xattrs",
+      "--xattrs-include=*",
+      "-C",
+      `${t.dir}/redir2/upper`,
+      "-cf",
+      `${t.dir}/redir2.tar`,
+      ".",
+    );
+    await assert.rejects(
+      saveNode(ctx, "n1", "deb", `${t.dir}/redir2.tar`, null),
+      /\/etc\/shadow is an overlay metacopy entry/,
+    );
     // a name that is not UTF-8: said as such (before: "No such file or directory", naming a
     // scratch path of the server)
     Deno.mkdirSync(`${t.dir}/latin1/etc`, { recursive: true });
@@ -293,6 +332,29 @@ Deno.test("node save: an upper holding a /manifest.json or /oci-layout of its ow
       "/manifest.json",
       "/oci-layout",
     ]);
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("node save: two saves on the same booted version: both land, the later one says it does not hold the other's changes", async () => {
+  const { t, base, ctx } = await setup();
+  try {
+    const tars = ["a", "b"].map((x) => {
+      Deno.mkdirSync(`${t.dir}/${x}/etc`, { recursive: true });
+      Deno.writeTextFileSync(`${t.dir}/${x}/etc/${x}`, `${x}\n`);
+      sh("tar", "--numeric-owner", "-C", `${t.dir}/${x}`, "-cf", `${t.dir}/${x}.tar`, ".");
+      return `${t.dir}/${x}.tar`;
+    });
+    const [a, b] = await Promise.all(tars.map((tar) => saveNode(ctx, "n1", "deb", tar, null)));
+    assert.equal(a.parent, base.id);
+    assert.equal(b.parent, base.id);
+    const [first, second] = a.previous === base.id ? [a, b] : [b, a];
+    assert.equal(first.outdated, null);
+    assert.equal(second.previous, first.id);
+    assert.equal(second.outdated, first.id, "made on an older version: said");
+    assert.equal(t.store.get("deb").id, second.id);
+    assert.equal(t.store.history("deb").length, 3);
   } finally {
     await t.close();
   }
