@@ -10,6 +10,7 @@ import { NodeRegistry } from "../src/nodes.ts";
 import { Rebooter } from "../src/reboot.ts";
 import { saveLiveNode, saveNode } from "../src/images/save.ts";
 import { publish } from "../src/images/versions.ts";
+import { committedText } from "../src/cli/imagework.ts";
 import { setLogSink } from "../src/log.ts";
 import { type PowerServer, withPowerServer } from "./support/power.ts";
 import { type FakeNodeSshd, startSshd } from "./support/sshd.ts";
@@ -353,6 +354,10 @@ Deno.test("node save: two saves on the same booted version: both land, the later
     assert.equal(first.outdated, null);
     assert.equal(second.previous, first.id);
     assert.equal(second.outdated, first.id, "made on an older version: said");
+    assert.match(
+      committedText({ ...second, followers: [], reboots: [] }),
+      new RegExp(`warning: made on ${base.id.slice(0, 12)}, not on ${first.id.slice(0, 12)}`),
+    );
     assert.equal(t.store.get("deb").id, second.id);
     assert.equal(t.store.history("deb").length, 3);
   } finally {
