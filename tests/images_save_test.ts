@@ -14,7 +14,8 @@ import { committedText } from "../src/cli/imagework.ts";
 import { setLogSink } from "../src/log.ts";
 import { type PowerServer, withPowerServer } from "./support/power.ts";
 import { type FakeNodeSshd, startSshd } from "./support/sshd.ts";
-import { parseManifest } from "../contract/manifest.ts";
+import { manifestText, parseManifest } from "../contract/manifest.ts";
+import { scanTree } from "../src/images/walk.ts";
 import { buildSampleTree, dirEntries, sh, tempStore } from "./images_helpers.ts";
 
 async function setup() {
@@ -108,6 +109,11 @@ Deno.test("node save: a real overlay upper (tar) with deletions becomes a versio
     assert.ok(
       d.changed.every((p) => p === "/etc/passwd" || m.get(p)?.type === "dir"),
       d.changed.join(),
+    );
+    // the digests made while the upper was unpacked, taken instead of hashing it again: right
+    assert.equal(
+      manifestText((await scanTree(t.data.rootfs(v.id))).entries),
+      Deno.readTextFileSync(t.data.manifest(v.id)),
     );
     assert.equal(nodes.follow().length, 1, "n1 follows deb to the saved version");
     assert.deepEqual(await dirEntries(t.data.tmp), []);

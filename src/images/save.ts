@@ -100,7 +100,17 @@ async function commitTar(
     throw e;
   });
   if (!u.format.startsWith("tar")) throw new UserError(`${what}: not a tarball`);
-  return await commitUpper(ctx.images, upper, baseId, name, { madeBy: "save", command });
+  // Its files were hashed as they were unpacked (on other threads for the large ones): hashed
+  // again here, they held the server's event loop (2 s for a 2 GiB file).
+  return await commitUpper(
+    ctx.images,
+    upper,
+    baseId,
+    name,
+    { madeBy: "save", command },
+    undefined,
+    u.cache,
+  );
 }
 
 export interface FetchOptions {
