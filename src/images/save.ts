@@ -4,8 +4,9 @@
 // device 0/0; opaque directories: trusted.overlay.opaque=y). The upper arrives as a tarball (GNU
 // tar with --xattrs --xattrs-include='*' --numeric-owner): fetched from the running node over the
 // server's ssh channel (src/nodessh.ts) with the image's own GNU tar, or a file the admin made
-// there. Either way it is untrusted: bounded while it arrives, unpacked with the import's rules
-// into scratch, then applied like a session's upper. The conversion happens here only.
+// there. Either way it is untrusted: bounded while it arrives, its members' sizes and count held
+// to the room left, unpacked with the import's rules into scratch (as a tree, never as an image
+// archive), then applied like a session's upper. The conversion happens here only.
 import { join } from "node:path";
 import { defaultLayout } from "../../contract/rootmode.ts";
 import { lastBootImage } from "../boots.ts";
