@@ -4,14 +4,18 @@
 import assert from "node:assert/strict";
 import { dirname } from "node:path";
 import { MNT_DETACH, mount, umount } from "../src/linux/mount.ts";
-import { setXattr } from "../src/linux/xattr.ts";
+import { statvfs } from "../src/linux/fsops.ts";
+import { removeXattr, setXattr } from "../src/linux/xattr.ts";
 import { NodeRegistry } from "../src/nodes.ts";
 import { Rebooter } from "../src/reboot.ts";
 import { saveLiveNode, saveNode } from "../src/images/save.ts";
+import { publish } from "../src/images/versions.ts";
+import { committedText } from "../src/cli/imagework.ts";
 import { setLogSink } from "../src/log.ts";
 import { type PowerServer, withPowerServer } from "./support/power.ts";
 import { type FakeNodeSshd, startSshd } from "./support/sshd.ts";
-import { parseManifest } from "../contract/manifest.ts";
+import { manifestText, parseManifest } from "../contract/manifest.ts";
+import { scanTree } from "../src/images/walk.ts";
 import { buildSampleTree, dirEntries, sh, tempStore } from "./images_helpers.ts";
 
 async function setup() {
@@ -106,6 +110,11 @@ Deno.test("node save: a real overlay upper (tar) with deletions becomes a versio
       d.changed.every((p) => p === "/etc/passwd" || m.get(p)?.type === "dir"),
       d.changed.join(),
     );
+    // the digests made while the upper was unpacked, taken instead of hashing it again: right
+    assert.equal(
+      manifestText((await scanTree(t.data.rootfs(v.id))).entries),
+      Deno.readTextFileSync(t.data.manifest(v.id)),
+    );
     assert.equal(nodes.follow().length, 1, "n1 follows deb to the saved version");
     assert.deepEqual(await dirEntries(t.data.tmp), []);
   } finally {
@@ -150,6 +159,68 @@ Deno.test("node save: hostile uppers are refused, nothing committed", async () =
       saveNode(ctx, "n1", "deb", `${t.dir}/redir.tar`, null),
       /\/moved is an overlay redirect entry/,
     );
+    // the other overlay attributes whose content lives elsewhere, user.* (userxattr mounts) too:
+    // a redirect climbing out of the image, a metacopy file (its data in the node's lower layer)
+    Deno.mkdirSync(`${t.dir}/redir2/upper/etc`, { recursive: true });
+    Deno.writeTextFileSync(`${t.dir}/redir2/upper/etc/shadow`, "");
+    setXattr(
+      `${t.dir}/redir2/upper/etc`,
+      "user.overlay.redirect",
+      new TextEncoder().encode("../../../../etc"),
+    );
+    setXattr(`${t.dir}/redir2/upper/etc/shadow`, "trusted.overlay.metacopy", new Uint8Array());
+    sh(
+      "tar",
+      "--xattrs",
+      "--xattrs-include=*",
+      "-C",
+      `${t.dir}/redir2/upper`,
+      "-cf",
+      `${t.dir}/redir2.tar`,
+      ".",
+    );
+    await assert.rejects(
+      saveNode(ctx, "n1", "deb", `${t.dir}/redir2.tar`, null),
+      /\/etc is an overlay redirect entry/,
+    );
+    removeXattr(`${t.dir}/redir2/upper/etc`, "user.overlay.redirect");
+    sh(
+      "tar",
+      "--xattrs",
+      "--xattrs-include=*",
+      "-C",
+      `${t.dir}/redir2/upper`,
+      "-cf",
+      `${t.dir}/redir2.tar`,
+      ".",
+    );
+    await assert.rejects(
+      saveNode(ctx, "n1", "deb", `${t.dir}/redir2.tar`, null),
+      /\/etc\/shadow is an overlay metacopy entry/,
+    );
+    // a name that is not UTF-8: said as such (before: "No such file or directory", naming a
+    // scratch path of the server)
+    Deno.mkdirSync(`${t.dir}/latin1/etc`, { recursive: true });
+    sh("sh", "-c", `printf x > "${t.dir}/latin1/etc/caf$(printf '\\351')"`);
+    sh("tar", "--numeric-owner", "-C", `${t.dir}/latin1`, "-cf", `${t.dir}/latin1.tar`, ".");
+    await assert.rejects(
+      saveNode(ctx, "n1", "deb", `${t.dir}/latin1.tar`, null),
+      /file name is not valid UTF-8: "\/etc\/caf\uFFFD"/,
+    );
+    // a sparse member standing for more than the data dir holds, in a tarball of a few KiB
+    // (before: unpacked, hashed twice and committed: 76 GiB of zeros took 3 min 39 s here, the
+    // server's event loop blocked for a quarter of it; a node's tmpfs makes them up to exabytes)
+    const free = statvfs(t.data.tmp).freeBytes;
+    Deno.mkdirSync(`${t.dir}/sparse/var`, { recursive: true });
+    sh("truncate", "-s", String(free + (1 << 30)), `${t.dir}/sparse/var/disk.img`);
+    sh("tar", "--sparse", "-C", `${t.dir}/sparse`, "-cf", `${t.dir}/sparse.tar`, ".");
+    assert.ok(Deno.statSync(`${t.dir}/sparse.tar`).size < 1 << 20);
+    const t0 = performance.now();
+    await assert.rejects(
+      saveNode(ctx, "n1", "deb", `${t.dir}/sparse.tar`, null),
+      /no space left on device .*its files need more than is free/,
+    );
+    assert.ok(performance.now() - t0 < 10_000, "refused before anything is unpacked");
     assert.equal(n(), before);
     assert.equal(t.store.get("deb").id, base.id);
     assert.deepEqual(await dirEntries(t.data.tmp), []);
@@ -197,6 +268,104 @@ Deno.test("node save: an upper over an image symlink to a host directory changes
     assert.equal(m.has("/etc/passwd"), false);
     assert.ok(Deno.lstatSync(`${t.data.rootfs(base.id)}/etc/evil`).isSymlink, "base intact");
     assert.deepEqual(await dirEntries(t.data.tmp), []);
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("node save: device nodes and set-uid files are kept as the node made them, out of other server users' reach", async () => {
+  const { t, ctx } = await setup();
+  try {
+    const up = `${t.dir}/up`;
+    Deno.mkdirSync(`${up}/home`, { recursive: true });
+    sh("mknod", "-m", "0666", `${up}/home/disk`, "b", "8", "0"); // the server's first disk
+    Deno.writeTextFileSync(`${up}/home/sh`, "#!/bin/sh\n");
+    Deno.chmodSync(`${up}/home/sh`, 0o4755);
+    sh("tar", "--numeric-owner", "-C", up, "-cf", `${t.dir}/up.tar`, ".");
+    const v = await saveNode(ctx, "n1", "deb", `${t.dir}/up.tar`, null);
+    const m = manifestOf(t, v.id);
+    assert.deepEqual(
+      [m.get("/home/disk")?.type, m.get("/home/disk")?.rdev, m.get("/home/disk")?.mode],
+      ["block", { major: 8, minor: 0 }, 0o666],
+    );
+    assert.equal(m.get("/home/sh")?.mode, 0o4755);
+    // on the server they are real: nothing of the version's tree is reachable by other users
+    assert.equal(Deno.statSync(t.data.image(v.id)).mode! & 0o077, 0);
+    assert.ok(Deno.lstatSync(`${t.data.rootfs(v.id)}/home/disk`).isBlockDevice);
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("node save --upper of a node whose booted version was removed since (it was off): one line", async () => {
+  const { t, base, nodes, ctx } = await setup();
+  try {
+    Deno.writeTextFileSync(`${t.dir}/src/etc/hostname`, "v2\n");
+    const v2 = await t.store.import(`${t.dir}/src`, "deb");
+    await publish(ctx, v2, false); // n1 follows deb, its last boot stays on base
+    t.store.remove(`deb@${base.id}`); // n1 is off: allowed
+    Deno.mkdirSync(`${t.dir}/up/etc`, { recursive: true });
+    Deno.writeTextFileSync(`${t.dir}/up/etc/new`, "new\n");
+    sh("tar", "--numeric-owner", "-C", `${t.dir}/up`, "-cf", `${t.dir}/up.tar`, ".");
+    // (before: "No such file or directory (os error 2): readfile '<data>/images/<id>/manifest'")
+    await assert.rejects(
+      saveNode(ctx, "n1", "deb", `${t.dir}/up.tar`, null),
+      /^UserError: node n1 last booted image version [0-9a-f]{12}, which was removed/,
+    );
+    assert.equal(nodes.get("n1").imageId, v2.id);
+    assert.deepEqual(t.store.history("deb").map((v) => v.id), [v2.id]);
+    // (the removed tree may still be being deleted there)
+    assert.deepEqual((await dirEntries(t.data.tmp)).filter((e) => !e.startsWith("rm-")), []);
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("node save: an upper holding a /manifest.json or /oci-layout of its own is saved as files", async () => {
+  const { t, base, ctx } = await setup();
+  try {
+    const up = `${t.dir}/up`;
+    Deno.mkdirSync(`${up}/blobs/sha256`, { recursive: true });
+    Deno.writeTextFileSync(`${up}/manifest.json`, '[{"Config":"config.json","Layers":[]}]');
+    Deno.writeTextFileSync(`${up}/config.json`, "{}");
+    Deno.writeTextFileSync(`${up}/oci-layout`, '{"imageLayoutVersion":"1.0.0"}');
+    sh("tar", "--numeric-owner", "-C", up, "-cf", `${t.dir}/up.tar`, ".");
+    // (before: taken for a docker save archive, its layers applied, then "not a tarball")
+    const v = await saveNode(ctx, "n1", "deb", `${t.dir}/up.tar`, null);
+    assert.deepEqual(t.store.diff(base.id, v.id).added, [
+      "/blobs",
+      "/blobs/sha256",
+      "/config.json",
+      "/manifest.json",
+      "/oci-layout",
+    ]);
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("node save: two saves on the same booted version: both land, the later one says it does not hold the other's changes", async () => {
+  const { t, base, ctx } = await setup();
+  try {
+    const tars = ["a", "b"].map((x) => {
+      Deno.mkdirSync(`${t.dir}/${x}/etc`, { recursive: true });
+      Deno.writeTextFileSync(`${t.dir}/${x}/etc/${x}`, `${x}\n`);
+      sh("tar", "--numeric-owner", "-C", `${t.dir}/${x}`, "-cf", `${t.dir}/${x}.tar`, ".");
+      return `${t.dir}/${x}.tar`;
+    });
+    const [a, b] = await Promise.all(tars.map((tar) => saveNode(ctx, "n1", "deb", tar, null)));
+    assert.equal(a.parent, base.id);
+    assert.equal(b.parent, base.id);
+    const [first, second] = a.previous === base.id ? [a, b] : [b, a];
+    assert.equal(first.outdated, null);
+    assert.equal(second.previous, first.id);
+    assert.equal(second.outdated, first.id, "made on an older version: said");
+    assert.match(
+      committedText({ ...second, followers: [], reboots: [] }),
+      new RegExp(`warning: made on ${base.id.slice(0, 12)}, not on ${first.id.slice(0, 12)}`),
+    );
+    assert.equal(t.store.get("deb").id, second.id);
+    assert.equal(t.store.history("deb").length, 3);
   } finally {
     await t.close();
   }
@@ -335,5 +504,42 @@ Deno.test("node save NODE NAME: busybox tar, a node not booted, over the size or
     }, { tar: `${stall}/tar` });
   } finally {
     Deno.removeSync(stall, { recursive: true });
+  }
+});
+
+Deno.test("node save NODE NAME: a stream cut short or not a tarball, though the node's tar exits 0: one line, nothing committed", async () => {
+  assert.equal(Deno.uid(), 0, "needs root (overlayfs, mount namespaces)");
+  const dir = Deno.makeTempDirSync({ prefix: "nr-cut-" });
+  const node = (body: string) => {
+    Deno.writeTextFileSync(
+      `${dir}/tar`,
+      '#!/bin/sh\n[ "$1" = --version ] && { echo "tar (GNU tar) 1.34"; exit 0; }\n' + body,
+      { mode: 0o755 },
+    );
+    return `${dir}/tar`;
+  };
+  const upper = (lower: string) =>
+    changedUpper(lower, (r) => Deno.writeTextFileSync(`${r}/big`, "x".repeat(1 << 20)));
+  try {
+    for (
+      const [body, said] of [
+        // the real stream, cut in the middle of a file (at a block boundary, and not)
+        ['/usr/bin/tar "$@" | head -c 10240; exit 0\n', /truncated archive: the upper of n1/],
+        ['/usr/bin/tar "$@" | head -c 5000; exit 0\n', /truncated archive: the upper of n1/],
+        ["head -c 20000 /dev/urandom; exit 0\n", /the upper of n1 is not a tar archive|unknown/],
+      ] as const
+    ) {
+      await withLiveNode(upper, async ({ ctx, cli }, _node, baseId) => {
+        const r = await cli("node", "save", "n1", "deb");
+        assert.equal(r.code, 1, body);
+        assert.match(r.err, said);
+        assert.equal(r.err.trim().split("\n").length, 1, r.err);
+        assert.equal(ctx.images.get("deb").id, baseId, "the previous version stays current");
+        assert.equal(ctx.images.history("deb").length, 1);
+        assert.deepEqual(await dirEntries(ctx.data.tmp), []);
+      }, { tar: node(body) });
+    }
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
   }
 });

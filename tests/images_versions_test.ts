@@ -318,3 +318,50 @@ Deno.test("thin versions: a node set to a thin version without a deploy gets its
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("image rm and gc --keep leave a version a node still runs or a session is open on (root)", async () => {
+  assert.equal(Deno.uid(), 0, "needs root (overlayfs)");
+  const { t, nodes, src } = await lab();
+  try {
+    const v1 = await t.store.import(src, "deb");
+    Deno.writeTextFileSync(`${src}/etc/hostname`, "v2\n");
+    fixTimes(src);
+    const v2 = await t.store.import(src, "deb");
+    const n1 = nodes.add("52:54:00:00:00:07", { name: "n1" });
+    await nodes.deploy(["n1"], "deb", { reboot: false });
+    t.db.prepare("INSERT INTO boots (token, mac, image_id, started_at) VALUES (?, ?, ?, ?)")
+      .run("tok-v2", n1.mac, v2.id, new Date().toISOString());
+    nodes.setState(n1.mac, "booted", "port answered");
+    Deno.writeTextFileSync(`${src}/etc/hostname`, "v3\n");
+    fixTimes(src);
+    const v3 = await t.store.import(src, "deb");
+    await publish({ nodes }, v3, false);
+    assert.equal(nodes.get("n1").imageId, v3.id, "n1 is set to boot v3, and still runs v2");
+    // (before: removed, the running node's root export deleted under it)
+    assert.throws(
+      () => t.store.remove(`deb@${v2.id}`),
+      (e: UserError) => e.status === 409 && /still running on node n1/.test(e.message),
+    );
+    assert.throws(() => t.store.remove("deb"), /node n1/, "nor the whole image");
+    // a session opened on v1: its overlay's lower layer is v1's tree
+    const s = await t.store.sessions.open(`deb@${v1.id}`, "deb");
+    try {
+      assert.throws(
+        () => t.store.remove(`deb@${v1.id}`),
+        (e: UserError) => e.status === 409 && /open image session/.test(e.message),
+      );
+      // (before: gc --keep 1 removed v1 under the session: its files vanished from the shell)
+      assert.deepEqual((await t.store.gc(1)).versions, []);
+      assert.deepEqual(t.store.history("deb").map((v) => v.id), [v1.id, v2.id, v3.id]);
+      assert.equal(Deno.readTextFileSync(`${s.merged}/etc/hostname`), "sample\n");
+    } finally {
+      await t.store.sessions.discard(s.id);
+    }
+    // not for ever: a node powered off runs nothing; a closed session holds nothing
+    nodes.setState(n1.mac, "off", "powered off");
+    assert.deepEqual(t.store.remove(`deb@${v2.id}`).map((v) => v.id), [v2.id]);
+    assert.deepEqual((await t.store.gc(1)).versions, [v1.id]);
+  } finally {
+    await t.close();
+  }
+});

@@ -92,8 +92,9 @@ it. The log is streamed; a failing step is reported with its line number and not
   rm: `usage: netroot image rm IMAGE | IMAGE@VERSION ${common}
 
 Removes an image with all its versions (its name), or one version (NAME@ID or an id; the current
-version only when it is the last). Refused while a node is set to boot a version it removes (the
-nodes are named). The files go at the next image gc.`,
+version only when it is the last). Refused while a node is set to boot a version it removes, or
+still runs one (booted it last and is not off), or an image session is open on one (the nodes are
+named). The files go at the next image gc.`,
   rename: `usage: netroot image rename IMAGE NEW ${common}
 
 Renames an image: all its versions (their ids do not change).`,
@@ -101,7 +102,7 @@ Renames an image: all its versions (their ids do not change).`,
 
 Removes the stored files no image version uses any more. --keep N also removes, for each image, the
 versions older than its N newest, except the current one and any version a node is set to boot or
-booted last.`,
+booted last or an image session is open on.`,
 };
 
 const enc = (ref: string) => encodeURIComponent(ref);

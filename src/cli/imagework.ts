@@ -126,9 +126,11 @@ export function committedText(r: Commit & Published): string {
     `committed ${r.name}@${r.id.slice(0, 12)}${
       r.previous ? ` (was ${r.previous.slice(0, 12)})` : " (new image)"
     }`,
+    // (not "meanwhile": a save or session committed to another image's name is made on a
+    // version of its own image, and does not contain what that name had either)
     r.outdated
-      ? `warning: made on ${r.parent?.slice(0, 12)}, but ${r.outdated.slice(0, 12)} was ` +
-        `committed meanwhile: this version does not contain its changes`
+      ? `warning: made on ${r.parent?.slice(0, 12)}, not on ${r.outdated.slice(0, 12)} (the ` +
+        `version of ${r.name} then): this version does not contain its changes`
       : "",
     publishedText(r.name, r),
   ].filter(Boolean).join("\n");

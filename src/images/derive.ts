@@ -24,7 +24,7 @@ import {
 import { lchown, lutimes, mknod, S_IFBLK, S_IFCHR, S_IFIFO, S_IFSOCK } from "../linux/fsops.ts";
 import { listXattrs, removeXattr, setXattr } from "../linux/xattr.ts";
 import { identity, objectKey, type ObjectStore } from "./objects.ts";
-import { b64, hashFileSync, splitDev, statEntry } from "./walk.ts";
+import { b64, type CachedHash, hashFileSync, lstatNamed, splitDev, statEntry } from "./walk.ts";
 import { isOpaque, isWhiteout, OVERLAY_XATTR, refuseIndirect } from "./upper.ts";
 
 const code = (e: unknown) => (e as { code?: string }).code;
@@ -103,10 +103,15 @@ export function indexBase(baseText: string): BaseIndex {
 
 /**
  * The manifest of `upper` applied onto the version whose manifest text (or index of it) is
- * `baseText`. Reads and hashes the upper's entries only; strips overlayfs attributes from the
- * upper's files.
+ * `baseText`. Reads and hashes the upper's entries only (a digest of `hashes` is taken instead
+ * when its inode, size and mtime still match, as scanTree does); strips overlayfs attributes
+ * from the upper's files.
  */
-export function deriveManifest(baseText: string | BaseIndex, upper: string): Derived {
+export function deriveManifest(
+  baseText: string | BaseIndex,
+  upper: string,
+  hashes?: Map<string, CachedHash>,
+): Derived {
   const base = typeof baseText === "string" ? indexBase(baseText) : baseText;
   const { lines, paths, index } = base;
   const removed = new Uint8Array(paths.length);
@@ -145,7 +150,7 @@ export function deriveManifest(baseText: string | BaseIndex, upper: string): Der
     for (const name of names) {
       const r = `${rel === "/" ? "" : rel}/${name}`;
       const src = upper + r;
-      const st = Deno.lstatSync(src);
+      const st = lstatNamed(src, r);
       const have = present(r);
       if (isWhiteout(st)) {
         if (have) {
@@ -182,7 +187,13 @@ export function deriveManifest(baseText: string | BaseIndex, upper: string): Der
       if (have) removeTree(r);
       if (type === "symlink") e.target = Deno.readLinkSync(src);
       if (type === "char" || type === "block") e.rdev = splitDev(st.rdev!);
-      if (type === "file") e.sha256 = hashFileSync(src);
+      if (type === "file") {
+        const c = hashes?.get(r);
+        e.sha256 = c?.sha256 && c.ino === st.ino && c.size === st.size &&
+            c.mtimeMs === st.mtime!.getTime()
+          ? c.sha256
+          : hashFileSync(src);
+      }
       added.set(r, { e, src, ino: st.ino! });
       written++;
     }

@@ -4,8 +4,9 @@
 // device 0/0; opaque directories: trusted.overlay.opaque=y). The upper arrives as a tarball (GNU
 // tar with --xattrs --xattrs-include='*' --numeric-owner): fetched from the running node over the
 // server's ssh channel (src/nodessh.ts) with the image's own GNU tar, or a file the admin made
-// there. Either way it is untrusted: bounded while it arrives, unpacked with the import's rules
-// into scratch, then applied like a session's upper. The conversion happens here only.
+// there. Either way it is untrusted: bounded while it arrives, its members' sizes and count held
+// to the room left, unpacked with the import's rules into scratch (as a tree, never as an image
+// archive), then applied like a session's upper. The conversion happens here only.
 import { join } from "node:path";
 import { defaultLayout } from "../../contract/rootmode.ts";
 import { lastBootImage } from "../boots.ts";
@@ -16,13 +17,25 @@ import type { NodeInfo } from "../nodes.ts";
 import { sshFailure } from "../nodessh.ts";
 import { commitUpper } from "./session.ts";
 import type { Commit } from "./store.ts";
+import { roomIn } from "./tar.ts";
 import { unpack } from "./unpack.ts";
 
 /** The image a node runs: its latest boot's, else the one it is set to boot. */
-export function bootedImage(ctx: Pick<Context, "db" | "nodes">, nodeRef: string): string {
+export function bootedImage(
+  ctx: Pick<Context, "db" | "nodes" | "images">,
+  nodeRef: string,
+): string {
   const node = ctx.nodes.get(nodeRef);
   const id = lastBootImage(ctx.db, node.mac) ?? node.imageId;
   if (!id) throw new UserError(`node ${node.name} has never booted an image`);
+  // removed since (image rm refuses it only while the node is not off): no base to apply onto
+  if (!ctx.images.find(id)) {
+    throw new UserError(
+      `node ${node.name} last booted image version ${id.slice(0, 12)}, which was removed: ` +
+        "its upper has nothing to apply onto",
+      409,
+    );
+  }
   return id;
 }
 
@@ -81,12 +94,24 @@ async function commitTar(
   what = tar,
 ): Promise<Commit> {
   const upper = join(scratch, "upper");
-  const u = await unpack(tar, upper).catch((e) => {
+  // The stream's bound does not bound what it unpacks to: a sparse member (or a compressed
+  // --upper FILE) of a few KiB can stand for terabytes, all of them hashed: `room`.
+  const u = await unpack(tar, upper, { room: roomIn(scratch), treeOnly: true }).catch((e) => {
     if (e instanceof UserError && what !== tar) e.message = e.message.replaceAll(tar, what);
     throw e;
   });
   if (!u.format.startsWith("tar")) throw new UserError(`${what}: not a tarball`);
-  return await commitUpper(ctx.images, upper, baseId, name, { madeBy: "save", command });
+  // Its files were hashed as they were unpacked (on other threads for the large ones): hashed
+  // again here, they held the server's event loop (2 s for a 2 GiB file).
+  return await commitUpper(
+    ctx.images,
+    upper,
+    baseId,
+    name,
+    { madeBy: "save", command },
+    undefined,
+    u.cache,
+  );
 }
 
 export interface FetchOptions {

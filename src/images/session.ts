@@ -23,6 +23,7 @@ import { MNT_DETACH, mount, umount } from "../linux/mount.ts";
 import { logger } from "../log.ts";
 import type { Commit, ImageInfo, ImageStore, MadeBy } from "./store.ts";
 import { applyUpper } from "./upper.ts";
+import type { CachedHash } from "./walk.ts";
 import {
   applyDerived,
   baseDerived,
@@ -283,6 +284,8 @@ export async function commitUpper(
   meta: { madeBy: MadeBy; command: string | null },
   /** A complete copy of the base version's tree (prepareTree), moved in and changed in place. */
   prepared?: Prepared,
+  /** Digests of the upper's files made while it was unpacked (node save): not hashed again. */
+  hashes?: Map<string, CachedHash>,
 ): Promise<Commit> {
   const work = images.scratch("commit");
   try {
@@ -298,7 +301,7 @@ export async function commitUpper(
     // The upper's files become objects: on the disk first (commitManifest waits for this).
     const flushing = syncfsLater(upper);
     const base = prepared?.base ?? await Deno.readTextFile(images.data.manifest(baseId));
-    const d = deriveManifest(base, upper);
+    const d = deriveManifest(base, upper, hashes);
     return await images.commitManifest(work, name, commitMeta, {
       entries: d.entries,
       bytes: d.bytes,

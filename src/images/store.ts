@@ -776,23 +776,20 @@ export class ImageStore {
 
   /**
    * Frees space: with `keep`, removes the versions of each name older than its `keep` newest,
-   * never the current one, never one a node is set to boot or booted last; then the objects no
+   * never the current one, never one a node is set to boot or booted last or a session is open
+   * on; then the objects no
    * version links to any more. Removed trees are deleted before the objects are looked at.
    */
   async gc(keep?: number): Promise<{ versions: string[]; objects: number; bytes: number }> {
     const versions: string[] = [];
     if (keep !== undefined) {
-      const used = new Set(
-        (this.db.prepare(
-          `SELECT image_id AS id FROM nodes WHERE image_id IS NOT NULL
-           UNION SELECT b.image_id FROM boots b WHERE b.image_id IS NOT NULL AND b.rowid =
-             (SELECT max(rowid) FROM boots WHERE mac = b.mac)`,
-        ).all() as { id: string }[]).map((r) => r.id),
-      );
       for (const image of this.names()) {
         const old = this.history(image.name).reverse().slice(keep);
         for (const v of old) {
-          if (v.current || used.has(v.id)) continue;
+          // What must keep its tree keeps its row: versions nodes are set to boot or booted
+          // last, an open session's base (its overlay's lower layer), one held (asked each time:
+          // a session may open while trees are deleted).
+          if (v.current || this.neededTrees().has(v.id)) continue;
           durableTx(this.db, () => {
             this.db.prepare("DELETE FROM images WHERE id = ?").run(v.id);
             recordEvent(this.db, null, "image.rm", { id: v.id, name: v.name, by: "gc" });
@@ -828,7 +825,8 @@ export class ImageStore {
 
   /**
    * Removes an image with every version (ref: its name), or one version (NAME@ID or an id; the
-   * current one only when it is the last). Refused while a node boots a version it removes.
+   * current one only when it is the last). Refused while a node is set to boot or still runs a
+   * version it removes, or an image session is open on one.
    */
   remove(ref: string): ImageInfo[] {
     const info = this.get(ref);
@@ -851,6 +849,29 @@ export class ImageStore {
           users.length === 1 ? "it" : "them"
         } on another image first`,
       );
+    }
+    // A node set to boot another version may still run this one (its last boot: its root is
+    // this export until it reboots), and an open session's overlay has it as its lower layer:
+    // removing the tree under either pulls their files away.
+    const running = (this.db.prepare(
+      `SELECT n.name FROM nodes n JOIN boots b ON b.mac = n.mac
+       WHERE n.state != 'off' AND b.image_id IN (${ids.map(() => "?").join(",")})
+         AND b.rowid = (SELECT max(rowid) FROM boots WHERE mac = n.mac AND image_id IS NOT NULL)
+       ORDER BY n.name`,
+    ).all(...ids) as { name: string }[]).map((r) => r.name);
+    const shown = all.length === 1 && !info.current
+      ? `${info.name}@${info.id.slice(0, 12)}`
+      : info.name;
+    if (running.length) {
+      throw conflict(
+        `image ${shown} is still running on ${running.length === 1 ? "node" : "nodes"} ` +
+          `${running.join(", ")} (booted before the name moved on): reboot ${
+            running.length === 1 ? "it" : "them"
+          } first`,
+      );
+    }
+    if (this.sessions.list().some((s) => s.base && ids.includes(s.base.id))) {
+      throw conflict(`image ${shown} has an open image session (shell, cp, build): end it first`);
     }
     durableTx(this.db, () => {
       for (const v of all) this.db.prepare("DELETE FROM images WHERE id = ?").run(v.id);

@@ -46,7 +46,16 @@ const expected =
 export async function unpack(
   source: string,
   rootfs: string,
-  opts: { onProgress?: Progress; signal?: AbortSignal } = {},
+  opts: {
+    onProgress?: Progress;
+    signal?: AbortSignal;
+    /** A tarball's members (their sizes as stored: a sparse file's whole size) are listed first
+     *  and refused past this room, as a layer's are, before anything is written or hashed. */
+    room?: { bytes: number; inodes?: number };
+    /** The tarball is a root file system tree, whatever it holds (a node's upper with a
+     *  /manifest.json or /oci-layout of its own is no image archive). */
+    treeOnly?: boolean;
+  } = {},
 ): Promise<Unpacked> {
   let st: Deno.FileInfo;
   try {
@@ -80,6 +89,7 @@ export async function unpack(
     throw new UserError(`unknown format: ${source} is ${describe(head)}; ${expected}`);
   }
   if (compression === "none") await checkTarEnd(source, st.size);
+  if (opts.room) await listMembers(source, source, { signal: opts.signal, room: opts.room });
   await Deno.mkdir(rootfs);
   const { members, cache, made, written } = await extractArchive(source, compression, rootfs, {
     onProgress: opts.onProgress,
@@ -88,7 +98,7 @@ export async function unpack(
   });
   const tree = new TreeView(rootfs);
   refuseDetours(tree, members.values(), source);
-  const layout = await imageLayout(rootfs, source);
+  const layout = opts.treeOnly ? undefined : await imageLayout(rootfs, source);
   if (layout) {
     // The archive held an image's blobs, not a root file system: apply its layers.
     const archive = `${rootfs}.archive`;

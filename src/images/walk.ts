@@ -98,7 +98,9 @@ function rawOf(rel: string, full: string, st: Deno.FileInfo): Raw {
   return { entry, ino: st.ino!, nlink: st.nlink!, full, mtimeMs: st.mtime!.getTime() };
 }
 
-function lstatNamed(full: string, rel: string): Deno.FileInfo {
+/** lstat of `full` (path `rel` in a tree); a name that is not UTF-8 (which Deno's directory
+ *  listing cannot give back) is said as such instead of "not found". */
+export function lstatNamed(full: string, rel: string): Deno.FileInfo {
   try {
     return Deno.lstatSync(full);
   } catch (e) {
