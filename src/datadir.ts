@@ -104,7 +104,11 @@ export class DataDir {
         if (!(e instanceof Deno.errors.AlreadyExists)) throw e;
       }
     }
-    // Data dirs of older versions: their persist/ and vm/ directories were world-readable.
+    // Data dirs of older versions: imported versions' images/<id>/ were world-readable (their
+    // set-uid files runnable by any user of the server), nodes' persist/ and vm/ too.
+    for await (const e of Deno.readDir(this.images)) {
+      if (e.isDirectory) await narrow(join(this.images, e.name));
+    }
     for await (const e of Deno.readDir(this.nodes)) {
       if (!e.isDirectory) continue;
       for (const d of [join(this.nodes, e.name, "persist"), join(this.nodes, e.name, "vm")]) {

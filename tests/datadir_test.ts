@@ -34,6 +34,11 @@ Deno.test("ensure: the object store's 256 fan-out directories, owner-only; tmp/ 
     assert.equal(fanout.length, 256);
     assert.deepEqual([fanout[0], fanout[255]], ["00", "ff"]);
     assert.equal(Deno.statSync(`${d.objects}/a7`).mode! & 0o777, 0o700);
+    // an image version imported by an older netroot (its directory 0755) is narrowed at start
+    Deno.mkdirSync(d.image("0123abcd"), { mode: 0o755 });
+    Deno.chmodSync(d.image("0123abcd"), 0o755);
+    await d.ensure();
+    assert.equal(Deno.statSync(d.image("0123abcd")).mode! & 0o777, 0o700);
     const fsType = new Deno.Command("stat", { args: ["-f", "-c", "%T", d.tmp] }).outputSync();
     if (new TextDecoder().decode(fsType.stdout).trim() === "ext2/ext3") { // ext2, 3 and 4
       const lsattr = new Deno.Command("lsattr", { args: ["-d", d.tmp] }).outputSync();

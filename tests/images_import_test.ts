@@ -75,6 +75,8 @@ Deno.test("tarball import keeps hardlinks, symlinks, devices, fifo, suid, xattrs
     // suid bit and owners
     assert.equal(Deno.lstatSync(`${root}/usr/bin/su`).mode! & 0o7777, 0o4755);
     assert.equal(by.get("/usr/bin/su")!.mode, 0o4755);
+    // ...out of reach of the server's other users: the version's directory is owner-only
+    assert.equal(Deno.statSync(t.data.image(img.id)).mode! & 0o777, 0o700);
     assert.equal(Deno.lstatSync(`${root}/home/user/space name.txt`).uid, 1000);
     assert.equal(by.get("/home/user")!.gid, 1000);
     // xattrs: the file capability survives, on disk and in the manifest

@@ -273,7 +273,9 @@ export class ImageStore {
     if (!source.startsWith("/")) throw new UserError(`import path must be absolute: ${source}`);
     const work = this.scratch("import");
     try {
-      await Deno.mkdir(work, { recursive: true });
+      // Owner-only, as every other version's images/<id>/: an untrusted image's set-uid files
+      // and device nodes must not be reachable by the server's other users (the id is public).
+      await Deno.mkdir(work, { recursive: true, mode: 0o700 });
       const rootfs = join(work, "rootfs");
       // Every progress report is also a cancellation point.
       const onProgress: Progress = (p) => {
