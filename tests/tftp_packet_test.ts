@@ -90,6 +90,12 @@ Deno.test("tftp negotiation: clamps, ignores what it cannot honour, OACK only wh
   );
   assert.deepEqual(ignored.oack, undefined);
   assert.equal(ignored.blksize, 512);
+  // A long timeout is not taken (attacker: it held a transfer slot 6 × 255 s per forged request).
+  for (const timeout of ["11", "255"]) {
+    const long = negotiate({ timeout, tsize: "0" }, 5, limits);
+    assert.deepEqual([long.timeoutMs, long.oack], [1000, { tsize: "5" }], timeout);
+  }
+  assert.equal(negotiate({ timeout: "10" }, 5, limits).timeoutMs, 10_000);
 });
 
 Deno.test("tftp filenames: printable ASCII, no '..', leading slashes dropped", () => {

@@ -170,6 +170,8 @@ export interface NegotiationLimits {
 }
 
 const decimal = /^[0-9]{1,10}$/;
+/** The largest `timeout` option taken (s). */
+export const MAX_TIMEOUT_S = 10;
 
 /** Server side of RFC 2347: accepted options are echoed (clamped) in the OACK, others ignored. */
 export function negotiate(
@@ -190,7 +192,10 @@ export function negotiate(
   }
   if (num("tsize") !== undefined) oack.tsize = String(fileSize);
   const t = num("timeout");
-  if (t !== undefined && t >= 1 && t <= 255) {
+  // RFC 2349 allows 1..255 s, echoed exactly or not at all. Past MAX_TIMEOUT_S it is not taken (the
+  // client keeps its own): 255 s held a transfer slot 6 × 255 s per forged request, so 1,000
+  // packets kept the server "busy" for 25 min. Boot firmware asks for a few seconds if at all.
+  if (t !== undefined && t >= 1 && t <= MAX_TIMEOUT_S) {
     timeoutMs = t * 1000;
     oack.timeout = String(t);
   }
