@@ -457,7 +457,7 @@ Deno.test("node save NODE NAME: the upper fetched from the running node over ssh
   );
 });
 
-Deno.test("node save NODE NAME: busybox tar, a node not booted, over the size or idle bound: one line, nothing committed", async () => {
+Deno.test("node save NODE NAME: busybox tar, a node not booted, over the size, idle or total bound: one line, nothing committed", async () => {
   assert.equal(Deno.uid(), 0, "needs root (overlayfs, mount namespaces)");
   const big = (lower: string) =>
     changedUpper(lower, (r) => Deno.writeTextFileSync(`${r}/big`, "x".repeat(1 << 20)));
@@ -499,6 +499,23 @@ Deno.test("node save NODE NAME: busybox tar, a node not booted, over the size or
         /cannot fetch the upper of n1: no data for 1 s/,
       );
       assert.ok(performance.now() - t0 < 8000, "not the 10 s of the node's sleep");
+      assert.throws(() => ctx.images.get("saved"), /saved/);
+      assert.deepEqual(await dirEntries(ctx.data.tmp), []);
+    }, { tar: `${stall}/tar` });
+    // attacker: a byte now and then, never idle for long (6 s here): the total bound ends it
+    Deno.writeTextFileSync(
+      `${stall}/tar`,
+      '#!/bin/sh\n[ "$1" = --version ] && { echo "tar (GNU tar) 1.34"; exit 0; }\n' +
+        "for i in $(seq 30); do printf x; sleep 0.2; done\n",
+      { mode: 0o755 },
+    );
+    await withLiveNode(big, async ({ ctx }) => {
+      const t0 = performance.now();
+      await assert.rejects(
+        saveLiveNode(ctx, "n1", "saved", null, { idleMs: 1000, totalMs: 1500 }),
+        /cannot fetch the upper of n1: it took over 0.025 min/,
+      );
+      assert.ok(performance.now() - t0 < 8000);
       assert.throws(() => ctx.images.get("saved"), /saved/);
       assert.deepEqual(await dirEntries(ctx.data.tmp), []);
     }, { tar: `${stall}/tar` });

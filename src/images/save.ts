@@ -119,11 +119,14 @@ export interface FetchOptions {
   limitBytes: number;
   /** … or after this long without a byte (a stalled node). */
   idleMs: number;
+  /** … or after this long in all (a node that sends a byte now and then, never idle long enough;
+   *  an hour moves far more than a node's RAM upper even at 100 Mbit/s). */
+  totalMs: number;
   /** The upper on the node (tests point it elsewhere). */
   dir: string;
 }
 
-const fetchDefaults = { idleMs: 120_000, dir: defaultLayout.upper };
+const fetchDefaults = { idleMs: 120_000, totalMs: 3_600_000, dir: defaultLayout.upper };
 
 /** Exit codes of the node-side command for its own refusals (tar's own are 1 and 2). */
 const NO_UPPER = 90, NO_GNU_TAR = 91;
@@ -177,6 +180,7 @@ export async function fetchUpper(
     idle = setTimeout(() => stop(`no data for ${o.idleMs / 1000} s`), o.idleMs);
   };
   const stderr = readTail(child.stderr);
+  const total = setTimeout(() => stop(`it took over ${o.totalMs / 60_000} min`), o.totalMs);
   try {
     wake();
     for await (const chunk of child.stdout) {
@@ -194,6 +198,7 @@ export async function fetchUpper(
     throw e;
   } finally {
     clearTimeout(idle);
+    clearTimeout(total);
     file.close();
   }
   const status = await child.status;
