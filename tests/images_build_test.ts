@@ -149,6 +149,58 @@ Deno.test("image build: a failing step names its line; hostile sources refused; 
   }
 });
 
+/** Processes whose command line is exactly `argv` (a RUN's, seen from the host). */
+function processesRunning(argv: string[]): number[] {
+  const want = argv.join("\0") + "\0";
+  const pids: number[] = [];
+  for (const e of Deno.readDirSync("/proc")) {
+    if (!/^\d+$/.test(e.name)) continue;
+    try {
+      if (Deno.readTextFileSync(`/proc/${e.name}/cmdline`) === want) pids.push(Number(e.name));
+    } catch { /* exited meanwhile */ }
+  }
+  return pids;
+}
+
+Deno.test("image build: cancelled during a RUN, the container stops, the build ends, nothing committed", async () => {
+  const { t, ctxDir } = await setup();
+  const sleep = ["sleep", String(700_000 + Math.floor(Math.random() * 100_000))];
+  try {
+    const before = t.store.history("bb").map((v) => v.id);
+    Deno.writeTextFileSync(
+      `${ctxDir}/Buildfile`,
+      `FROM bb\nRUN echo started && exec ${sleep.join(" ")}\n`,
+    );
+    const ac = new AbortController();
+    const started = Promise.withResolvers<void>();
+    const job = build(t.store, {
+      name: "bb",
+      buildfile: `${ctxDir}/Buildfile`,
+      context: ctxDir,
+      command: null,
+      log: (l) => l === "  started" && started.resolve(),
+      signal: ac.signal,
+    });
+    await started.promise;
+    assert.equal(processesRunning(sleep).length, 1, "the RUN is running");
+    ac.abort();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const ended = await Promise.race([
+      job.then(() => "committed", (e) => (e as Error).message),
+      new Promise((r) => timer = setTimeout(() => r("still running after 20 s"), 20_000)),
+    ]);
+    clearTimeout(timer);
+    assert.equal(ended, "build cancelled: nothing committed");
+    assert.deepEqual(processesRunning(sleep), [], "no process of the container is left");
+    assert.deepEqual(t.store.history("bb").map((v) => v.id), before);
+    assert.deepEqual(await dirEntries(t.data.tmp), []);
+  } finally {
+    // a container that outlived its build would keep the test (and its overlay) alive
+    for (const pid of processesRunning(sleep)) Deno.kill(pid, "SIGKILL");
+    await t.close();
+  }
+});
+
 Deno.test("netroot image build streams its log and says which line failed", async () => {
   const { t, ctxDir } = await setup();
   const ac = new AbortController();

@@ -125,7 +125,10 @@ async function run(
     stderr: "piped",
     env: { SYSTEMD_COLORS: "0" },
   }).spawn();
-  const kill = () => child.kill("SIGKILL");
+  // SIGTERM, not SIGKILL: nspawn then kills the container's PID 1 (its --kill-signal), which
+  // ends every process of the container. Killed outright, nspawn leaves that PID 1 running (it
+  // keeps the overlay busy and our pipes open: the build would wait on it forever).
+  const kill = () => child.kill("SIGTERM");
   o.signal?.addEventListener("abort", kill);
   const pump = async (stream: ReadableStream<Uint8Array>) => {
     let rest = "";
