@@ -149,6 +149,31 @@ Deno.test("image build: a failing step names its line; hostile sources refused; 
   }
 });
 
+Deno.test("image build: ADD of a tarball's huge sparse member writes no zeros", async () => {
+  const { t, ctxDir } = await setup();
+  try {
+    // a 1 GiB member that is all hole: a tarball of a few KiB, unpacked sparse by GNU tar
+    Deno.mkdirSync(`${t.dir}/sparse`);
+    const f = Deno.openSync(`${t.dir}/sparse/big`, { create: true, write: true });
+    f.truncateSync(1 << 30);
+    f.close();
+    sh("tar", "-S", "-C", `${t.dir}/sparse`, "-cf", `${ctxDir}/sparse.tar`, "big");
+    Deno.writeTextFileSync(`${ctxDir}/Buildfile`, "FROM bb\nADD sparse.tar /srv/\n");
+    const v = await build(t.store, {
+      name: "bb",
+      buildfile: `${ctxDir}/Buildfile`,
+      context: ctxDir,
+      command: null,
+      log: () => {},
+    });
+    const st = Deno.lstatSync(`${t.data.rootfs(v.id)}/srv/big`);
+    assert.equal(st.size, 1 << 30);
+    assert.ok(st.blocks! * 512 < 1 << 20, `${st.blocks! * 512} bytes written for nothing`);
+  } finally {
+    await t.close();
+  }
+});
+
 /** Processes whose command line is exactly `argv` (a RUN's, seen from the host). */
 function processesRunning(argv: string[]): number[] {
   const want = argv.join("\0") + "\0";

@@ -208,6 +208,26 @@ Deno.test("image cp out: an image's symlink is copied as a symlink, never the ho
   }
 });
 
+Deno.test("image cp out: a huge sparse file of the image stays sparse on the host", async () => {
+  const t = await tempStore();
+  try {
+    // an image file of 1 GiB that takes no block: written out in full, it would fill the disk
+    Deno.mkdirSync(`${t.dir}/src`);
+    const f = Deno.openSync(`${t.dir}/src/sparse`, { create: true, write: true });
+    f.truncateSync(1 << 30);
+    f.close();
+    fixTimes(`${t.dir}/src`);
+    await t.store.import(`${t.dir}/src`, "sparse");
+    Deno.mkdirSync(`${t.dir}/out`);
+    await copyOut(t.store, "sparse", "/sparse", `${t.dir}/out`);
+    const st = Deno.lstatSync(`${t.dir}/out/sparse`);
+    assert.equal(st.size, 1 << 30);
+    assert.ok(st.blocks! * 512 < 1 << 20, `${st.blocks! * 512} bytes written for nothing`);
+  } finally {
+    await t.close();
+  }
+});
+
 Deno.test("netroot image shell (-- CMD and interactive, systemd-nspawn) and cp commit; a failing or killed shell commits nothing", async () => {
   const { t, nodes, base } = await setup();
   const ac = new AbortController();
