@@ -226,6 +226,45 @@ Deno.test("image build: cancelled during a RUN, the container stops, the build e
   }
 });
 
+Deno.test("image build over HTTP: a RUN printing without end waits for its reader, not in memory; a reader gone cancels it", async () => {
+  const { t, ctxDir } = await setup();
+  const ac = new AbortController();
+  const yes = ["/bin/busybox", "yes", `flood-${Math.floor(Math.random() * 1e9)}`];
+  try {
+    const ctx = { data: t.data, db: t.db, images: t.store, changes: new EventTarget() };
+    const app = new Hono().route("/api/v1/images", imageRoutes(ctx as unknown as Context));
+    const server = Deno.serve(
+      { hostname: "127.0.0.1", port: 0, signal: ac.signal, onListen() {} },
+      app.fetch,
+    );
+    Deno.writeTextFileSync(`${ctxDir}/Buildfile`, `FROM bb\nRUN ${yes.join(" ")}\n`);
+    const res = await fetch(`http://127.0.0.1:${server.addr.port}/api/v1/images/-/build`, {
+      method: "POST",
+      body: JSON.stringify({ name: "bb2", buildfile: `${ctxDir}/Buildfile`, context: ctxDir }),
+    });
+    const reader = res.body!.getReader();
+    const text = new TextDecoder();
+    let head = "";
+    while (!head.includes(yes[2] + '"}')) head += text.decode((await reader.read()).value);
+    // the client reads nothing for 3 s (before: the server queued ~250 MiB of log a second)
+    const rss = Deno.memoryUsage().rss;
+    await new Promise((r) => setTimeout(r, 3000));
+    const grown = (Deno.memoryUsage().rss - rss) / 2 ** 20;
+    assert.ok(grown < 200, `the server took ${Math.round(grown)} MiB more`);
+    await reader.cancel();
+    for (let i = 0; i < 100 && (await dirEntries(t.data.tmp)).length; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.deepEqual(await dirEntries(t.data.tmp), [], "the build is discarded");
+    assert.deepEqual(processesRunning(yes), [], "its container is gone");
+    assert.throws(() => t.store.get("bb2"), /not found/);
+  } finally {
+    for (const pid of processesRunning(yes)) Deno.kill(pid, "SIGKILL");
+    ac.abort();
+    await t.close();
+  }
+});
+
 Deno.test("netroot image build streams its log and says which line failed", async () => {
   const { t, ctxDir } = await setup();
   const ac = new AbortController();

@@ -24,7 +24,8 @@ export interface BuildOptions {
   /** Replaces the Buildfile's FROM. */
   from?: string;
   command: string | null;
-  log: (line: string) => void;
+  /** A promise returned: the reader has no room; the build waits for it (output is not kept). */
+  log: (line: string) => unknown;
   signal?: AbortSignal;
 }
 
@@ -48,11 +49,11 @@ export async function build(images: ImageStore, o: BuildOptions): Promise<Commit
   const s = await images.sessions.open(from, o.name);
   const state = { env: new Map<string, string>(), workdir: "/" };
   const steps = bf.steps;
-  o.log(`FROM ${from ?? "scratch"} (line ${bf.fromLine})`);
+  await o.log(`FROM ${from ?? "scratch"} (line ${bf.fromLine})`);
   try {
     for (const [i, step] of steps.entries()) {
       o.signal?.throwIfAborted();
-      o.log(`step ${i + 1}/${steps.length} (line ${step.line}): ${step.text}`);
+      await o.log(`step ${i + 1}/${steps.length} (line ${step.line}): ${step.text}`);
       await runStep(images, s, step, state, o);
     }
   } catch (e) {
@@ -89,7 +90,7 @@ async function runStep(
       wrap(step, () => mkdirIn(s.merged, state.workdir));
       return;
     case "ignored":
-      o.log(`  ${step.instruction} means nothing to a netroot image: ignored`);
+      await o.log(`  ${step.instruction} means nothing to a netroot image: ignored`);
       return;
     case "RUN":
       return await run(s, step, state, o);
@@ -130,18 +131,20 @@ async function run(
   // keeps the overlay busy and our pipes open: the build would wait on it forever).
   const kill = () => child.kill("SIGTERM");
   o.signal?.addEventListener("abort", kill);
+  // Each line waits for the reader: a step printing without end, read slowly, is held back by
+  // its pipe instead of piling up here.
   const pump = async (stream: ReadableStream<Uint8Array>) => {
     let rest = "";
     for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
       const lines = (rest + chunk).split("\n");
       rest = lines.pop()!;
-      for (const l of lines) o.log(`  ${l}`);
+      for (const l of lines) await o.log(`  ${l}`);
       if (rest.length > 64 * 1024) { // a line without end: cut it, do not grow without bound
-        o.log(`  ${rest}`);
+        await o.log(`  ${rest}`);
         rest = "";
       }
     }
-    if (rest) o.log(`  ${rest}`);
+    if (rest) await o.log(`  ${rest}`);
   };
   const [status] = await Promise.all([child.status, pump(child.stdout), pump(child.stderr)]);
   o.signal?.removeEventListener("abort", kill);
