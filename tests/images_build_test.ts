@@ -174,6 +174,44 @@ Deno.test("image build: ADD of a tarball's huge sparse member writes no zeros", 
   }
 });
 
+Deno.test("image build: ADD of a tarball listing only files keeps the image's parent directories (/root 0700, /tmp 1777)", async () => {
+  const t = await tempStore();
+  try {
+    const root = `${t.dir}/src`;
+    for (const [d, mode] of [["root/.ssh", 0o700], ["root", 0o700], ["tmp", 0o1777]] as const) {
+      Deno.mkdirSync(`${root}/${d}`, { recursive: true });
+      Deno.chmodSync(`${root}/${d}`, mode);
+    }
+    fixTimes(root);
+    const base = await t.store.import(root, "img");
+    // members only, no directory entries: tar makes root/, root/.ssh/ and tmp/ as parents
+    const tarsrc = `${t.dir}/tarsrc`;
+    Deno.mkdirSync(`${tarsrc}/root/.ssh`, { recursive: true });
+    Deno.mkdirSync(`${tarsrc}/tmp`);
+    Deno.writeTextFileSync(`${tarsrc}/root/.ssh/authorized_keys`, "ssh-ed25519 AAAA\n");
+    Deno.writeTextFileSync(`${tarsrc}/tmp/x`, "x\n");
+    Deno.mkdirSync(`${t.dir}/ctx/`);
+    sh("tar", "-C", tarsrc, "-cf", `${t.dir}/ctx/keys.tar`, "root/.ssh/authorized_keys", "tmp/x");
+    Deno.writeTextFileSync(`${t.dir}/ctx/Buildfile`, "FROM img\nADD keys.tar /\n");
+    const v = await build(t.store, {
+      name: "img",
+      buildfile: `${t.dir}/ctx/Buildfile`,
+      context: `${t.dir}/ctx`,
+      command: null,
+      log: () => {},
+    });
+    const before = manifestOf(t, base.id), after = manifestOf(t, v.id);
+    assert.ok(after.has("/root/.ssh/authorized_keys") && after.has("/tmp/x"));
+    for (const d of ["/root", "/root/.ssh", "/tmp"]) {
+      const [b, a] = [before.get(d)!, after.get(d)!];
+      // before: 0755 root:root, mtime 0 (the extraction's own parents)
+      assert.deepEqual([a.mode, a.uid, a.gid, a.mtime], [b.mode, b.uid, b.gid, b.mtime], d);
+    }
+  } finally {
+    await t.close();
+  }
+});
+
 /** Processes whose command line is exactly `argv` (a RUN's, seen from the host). */
 function processesRunning(argv: string[]): number[] {
   const want = argv.join("\0") + "\0";

@@ -10,6 +10,7 @@ import { logger } from "../log.ts";
 import { type BuildStep, parseBuildfile } from "./buildfile.ts";
 import { nspawnArgs, type Session } from "./session.ts";
 import type { Commit, ImageStore } from "./store.ts";
+import { TreeView } from "./archivepath.ts";
 import { unpack } from "./unpack.ts";
 import { copyTree, destinationIn, mkdirIn, sourceIn } from "./upper.ts";
 
@@ -173,10 +174,12 @@ async function copy(
       const scratch = images.scratch("add");
       await Deno.mkdir(scratch, { mode: 0o700 });
       try {
-        await unpack(host, join(scratch, "rootfs"), { signal: o.signal }).catch((e) => {
-          throw failed(step, (e as Error).message);
-        });
+        const { implied } = await unpack(host, join(scratch, "rootfs"), { signal: o.signal })
+          .catch((e) => {
+            throw failed(step, (e as Error).message);
+          });
         const to = wrap(step, () => mkdirIn(s.merged, dest));
+        keepImageDirs(join(scratch, "rootfs"), to, implied);
         for (const e of Deno.readDirSync(join(scratch, "rootfs"))) {
           copyTree(join(scratch, "rootfs", e.name), join(to, e.name));
         }
@@ -200,5 +203,23 @@ async function copy(
         copyTree(host, destinationIn(s.merged, dest, basename(host)), owner);
       }
     });
+  }
+}
+
+/**
+ * A directory a tarball does not list (tar made it as the parent of a member) takes the image's
+ * owner, mode and time where the image has it, as GNU tar and Docker leave an existing parent
+ * alone: `ADD keys.tar /` holding only root/.ssh/authorized_keys must not turn the image's /root
+ * from 0700 into 0755, nor /tmp from 1777.
+ */
+function keepImageDirs(tree: string, to: string, implied: Set<string> | undefined): void {
+  const image = new TreeView(to);
+  for (const rel of implied ?? []) {
+    const have = rel === "/" ? undefined : image.dir(rel);
+    if (!have) continue;
+    const st = Deno.lstatSync(have);
+    Deno.chownSync(tree + rel, st.uid!, st.gid!);
+    Deno.chmodSync(tree + rel, st.mode! & 0o7777); // after chown, which may drop set-group-ID
+    Deno.utimeSync(tree + rel, st.atime!, st.mtime!);
   }
 }
