@@ -212,6 +212,44 @@ Deno.test("image build: ADD of a tarball listing only files keeps the image's pa
   }
 });
 
+Deno.test("image build: a RUN that fills the disk, then exits 0: the failed commit gives the space back (root: tmpfs)", async () => {
+  const mnt = await Deno.makeTempDir({ prefix: "netroot-full-" });
+  sh("mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", mnt);
+  const t = await tempStore(`${mnt}/data`);
+  const used = () => Number(sh("df", "-k", "--output=used", mnt).split("\n")[1]);
+  try {
+    const root = `${t.dir}/src`;
+    for (const d of ["bin", "etc", "usr"]) Deno.mkdirSync(`${root}/${d}`, { recursive: true });
+    Deno.copyFileSync(busybox, `${root}/bin/busybox`);
+    Deno.chmodSync(`${root}/bin/busybox`, 0o755);
+    Deno.symlinkSync("busybox", `${root}/bin/sh`);
+    fixTimes(root);
+    await t.store.import(root, "bb");
+    const before = used();
+    Deno.mkdirSync(`${t.dir}/ctx`);
+    const attempt = (run: string) => {
+      Deno.writeTextFileSync(`${t.dir}/ctx/Buildfile`, `FROM bb\nRUN ${run}\n`);
+      return build(t.store, {
+        name: "bb",
+        buildfile: `${t.dir}/ctx/Buildfile`,
+        context: `${t.dir}/ctx`,
+        command: null,
+        log: () => {},
+      });
+    };
+    await assert.rejects(attempt("dd if=/dev/zero of=/big bs=1M count=100; true"), /No space left/);
+    assert.deepEqual(await dirEntries(t.data.tmp), []);
+    // before: the new file stayed in objects/ (nothing else linked to it) until `image gc`
+    assert.ok(used() - before < 1024, `${used() - before} KiB still taken`);
+    const v = await attempt("echo ok > /ok");
+    assert.equal(Deno.readTextFileSync(`${t.data.rootfs(v.id)}/ok`), "ok\n");
+  } finally {
+    await t.close();
+    sh("umount", mnt);
+    await Deno.remove(mnt, { recursive: true });
+  }
+});
+
 /** Processes whose command line is exactly `argv` (a RUN's, seen from the host). */
 function processesRunning(argv: string[]): number[] {
   const want = argv.join("\0") + "\0";
