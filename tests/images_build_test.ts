@@ -250,6 +250,44 @@ Deno.test("image build: a RUN that fills the disk, then exits 0: the failed comm
   }
 });
 
+Deno.test("image build: a step's symlinks to host paths (RUN, ADD) lead no later COPY or ADD out of the image", async () => {
+  const { t, ctxDir, outside, untouched } = await setup();
+  try {
+    // a tarball planting a link to the host's directory, then steps writing through the links
+    Deno.mkdirSync(`${t.dir}/plant`);
+    Deno.symlinkSync(outside, `${t.dir}/plant/planted-by-add`);
+    sh("tar", "-C", `${t.dir}/plant`, "-cf", `${ctxDir}/plant.tar`, "planted-by-add");
+    Deno.writeTextFileSync(
+      `${ctxDir}/Buildfile`,
+      `FROM bb
+RUN ln -s ${outside} /planted && ln -s ${outside}/host-secret /planted-file
+ADD plant.tar /
+COPY secret.txt /planted/pwned
+COPY secret.txt /planted-by-add/pwned2
+ADD files.tar.gz /planted/
+COPY secret.txt /planted-file
+`,
+    );
+    const v = await build(t.store, {
+      name: "bb",
+      buildfile: `${ctxDir}/Buildfile`,
+      context: ctxDir,
+      command: null,
+      log: () => {},
+    });
+    untouched();
+    assert.equal(Deno.readTextFileSync(`${outside}/host-secret`), "host\n");
+    const m = manifestOf(t, v.id);
+    for (const p of ["pwned", "pwned2", "data/from-tar"]) {
+      assert.ok(m.has(`${outside}/${p}`), `${p}: inside the image`);
+    }
+    // the link to a file the image lacks: replaced, as `image cp` does
+    assert.equal(m.get("/planted-file")?.type, "file");
+  } finally {
+    await t.close();
+  }
+});
+
 /** Processes whose command line is exactly `argv` (a RUN's, seen from the host). */
 function processesRunning(argv: string[]): number[] {
   const want = argv.join("\0") + "\0";
