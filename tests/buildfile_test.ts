@@ -77,6 +77,12 @@ Deno.test("buildfile: hostile and broken input is refused with its line", () => 
   fails("FROM a\n" + "RUN true\n".repeat(1001), /more than 1000 steps/);
   fails("FROM a\0", /NUL/);
   fails("FROM a\n" + "#".repeat(1 << 20), /larger than 1 MiB/);
+  // substitutions feeding each other: 40 lines of 15 bytes would make 16 × 4^40 bytes (before:
+  // V8's "Invalid string length" once some 400 MiB were taken), or one value used many times
+  fails("FROM a\nARG A=0123456789abcdef\n" + "ENV A=$A$A$A$A\n".repeat(40), /more than 1 MiB/, 10);
+  fails("ARG A=0123456789abcdef\n" + "ARG A=$A$A$A$A\n".repeat(40) + "FROM a\n", /1 MiB/, 9);
+  const kib = "x".repeat(1024);
+  fails(`FROM a\nARG A=${kib}\nCOPY ${"$A ".repeat(2000)}/d\n`, /more than 1 MiB/, 3);
   // absolute sources are taken inside the context, as Docker does
   const b = parseBuildfile("FROM a\nCOPY /etc/passwd /x\n");
   assert.deepEqual(b.steps[0].kind === "COPY" && b.steps[0].sources, ["/etc/passwd"]);

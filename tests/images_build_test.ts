@@ -149,6 +149,235 @@ Deno.test("image build: a failing step names its line; hostile sources refused; 
   }
 });
 
+Deno.test("image build: ADD of a tarball's huge sparse member writes no zeros", async () => {
+  const { t, ctxDir } = await setup();
+  try {
+    // a 1 GiB member that is all hole: a tarball of a few KiB, unpacked sparse by GNU tar
+    Deno.mkdirSync(`${t.dir}/sparse`);
+    const f = Deno.openSync(`${t.dir}/sparse/big`, { create: true, write: true });
+    f.truncateSync(1 << 30);
+    f.close();
+    sh("tar", "-S", "-C", `${t.dir}/sparse`, "-cf", `${ctxDir}/sparse.tar`, "big");
+    Deno.writeTextFileSync(`${ctxDir}/Buildfile`, "FROM bb\nADD sparse.tar /srv/\n");
+    const v = await build(t.store, {
+      name: "bb",
+      buildfile: `${ctxDir}/Buildfile`,
+      context: ctxDir,
+      command: null,
+      log: () => {},
+    });
+    const st = Deno.lstatSync(`${t.data.rootfs(v.id)}/srv/big`);
+    assert.equal(st.size, 1 << 30);
+    assert.ok(st.blocks! * 512 < 1 << 20, `${st.blocks! * 512} bytes written for nothing`);
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("image build: ADD of a tarball listing only files keeps the image's parent directories (/root 0700, /tmp 1777)", async () => {
+  const t = await tempStore();
+  try {
+    const root = `${t.dir}/src`;
+    for (const [d, mode] of [["root/.ssh", 0o700], ["root", 0o700], ["tmp", 0o1777]] as const) {
+      Deno.mkdirSync(`${root}/${d}`, { recursive: true });
+      Deno.chmodSync(`${root}/${d}`, mode);
+    }
+    fixTimes(root);
+    const base = await t.store.import(root, "img");
+    // members only, no directory entries: tar makes root/, root/.ssh/ and tmp/ as parents
+    const tarsrc = `${t.dir}/tarsrc`;
+    Deno.mkdirSync(`${tarsrc}/root/.ssh`, { recursive: true });
+    Deno.mkdirSync(`${tarsrc}/tmp`);
+    Deno.writeTextFileSync(`${tarsrc}/root/.ssh/authorized_keys`, "ssh-ed25519 AAAA\n");
+    Deno.writeTextFileSync(`${tarsrc}/tmp/x`, "x\n");
+    Deno.mkdirSync(`${t.dir}/ctx/`);
+    sh("tar", "-C", tarsrc, "-cf", `${t.dir}/ctx/keys.tar`, "root/.ssh/authorized_keys", "tmp/x");
+    Deno.writeTextFileSync(`${t.dir}/ctx/Buildfile`, "FROM img\nADD keys.tar /\n");
+    const v = await build(t.store, {
+      name: "img",
+      buildfile: `${t.dir}/ctx/Buildfile`,
+      context: `${t.dir}/ctx`,
+      command: null,
+      log: () => {},
+    });
+    const before = manifestOf(t, base.id), after = manifestOf(t, v.id);
+    assert.ok(after.has("/root/.ssh/authorized_keys") && after.has("/tmp/x"));
+    for (const d of ["/root", "/root/.ssh", "/tmp"]) {
+      const [b, a] = [before.get(d)!, after.get(d)!];
+      // before: 0755 root:root, mtime 0 (the extraction's own parents)
+      assert.deepEqual([a.mode, a.uid, a.gid, a.mtime], [b.mode, b.uid, b.gid, b.mtime], d);
+    }
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("image build: a RUN that fills the disk, then exits 0: the failed commit gives the space back (root: tmpfs)", async () => {
+  const mnt = await Deno.makeTempDir({ prefix: "netroot-full-" });
+  sh("mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", mnt);
+  const t = await tempStore(`${mnt}/data`);
+  const used = () => Number(sh("df", "-k", "--output=used", mnt).split("\n")[1]);
+  try {
+    const root = `${t.dir}/src`;
+    for (const d of ["bin", "etc", "usr"]) Deno.mkdirSync(`${root}/${d}`, { recursive: true });
+    Deno.copyFileSync(busybox, `${root}/bin/busybox`);
+    Deno.chmodSync(`${root}/bin/busybox`, 0o755);
+    Deno.symlinkSync("busybox", `${root}/bin/sh`);
+    fixTimes(root);
+    await t.store.import(root, "bb");
+    const before = used();
+    Deno.mkdirSync(`${t.dir}/ctx`);
+    const attempt = (run: string) => {
+      Deno.writeTextFileSync(`${t.dir}/ctx/Buildfile`, `FROM bb\nRUN ${run}\n`);
+      return build(t.store, {
+        name: "bb",
+        buildfile: `${t.dir}/ctx/Buildfile`,
+        context: `${t.dir}/ctx`,
+        command: null,
+        log: () => {},
+      });
+    };
+    await assert.rejects(attempt("dd if=/dev/zero of=/big bs=1M count=100; true"), /No space left/);
+    assert.deepEqual(await dirEntries(t.data.tmp), []);
+    // before: the new file stayed in objects/ (nothing else linked to it) until `image gc`
+    assert.ok(used() - before < 1024, `${used() - before} KiB still taken`);
+    const v = await attempt("echo ok > /ok");
+    assert.equal(Deno.readTextFileSync(`${t.data.rootfs(v.id)}/ok`), "ok\n");
+  } finally {
+    await t.close();
+    sh("umount", mnt);
+    await Deno.remove(mnt, { recursive: true });
+  }
+});
+
+Deno.test("image build: a step's symlinks to host paths (RUN, ADD) lead no later COPY or ADD out of the image", async () => {
+  const { t, ctxDir, outside, untouched } = await setup();
+  try {
+    // a tarball planting a link to the host's directory, then steps writing through the links
+    Deno.mkdirSync(`${t.dir}/plant`);
+    Deno.symlinkSync(outside, `${t.dir}/plant/planted-by-add`);
+    sh("tar", "-C", `${t.dir}/plant`, "-cf", `${ctxDir}/plant.tar`, "planted-by-add");
+    Deno.writeTextFileSync(
+      `${ctxDir}/Buildfile`,
+      `FROM bb
+RUN ln -s ${outside} /planted && ln -s ${outside}/host-secret /planted-file
+ADD plant.tar /
+COPY secret.txt /planted/pwned
+COPY secret.txt /planted-by-add/pwned2
+ADD files.tar.gz /planted/
+COPY secret.txt /planted-file
+`,
+    );
+    const v = await build(t.store, {
+      name: "bb",
+      buildfile: `${ctxDir}/Buildfile`,
+      context: ctxDir,
+      command: null,
+      log: () => {},
+    });
+    untouched();
+    assert.equal(Deno.readTextFileSync(`${outside}/host-secret`), "host\n");
+    const m = manifestOf(t, v.id);
+    for (const p of ["pwned", "pwned2", "data/from-tar"]) {
+      assert.ok(m.has(`${outside}/${p}`), `${p}: inside the image`);
+    }
+    // the link to a file the image lacks: replaced, as `image cp` does
+    assert.equal(m.get("/planted-file")?.type, "file");
+  } finally {
+    await t.close();
+  }
+});
+
+/** Processes whose command line is exactly `argv` (a RUN's, seen from the host). */
+function processesRunning(argv: string[]): number[] {
+  const want = argv.join("\0") + "\0";
+  const pids: number[] = [];
+  for (const e of Deno.readDirSync("/proc")) {
+    if (!/^\d+$/.test(e.name)) continue;
+    try {
+      if (Deno.readTextFileSync(`/proc/${e.name}/cmdline`) === want) pids.push(Number(e.name));
+    } catch { /* exited meanwhile */ }
+  }
+  return pids;
+}
+
+Deno.test("image build: cancelled during a RUN, the container stops, the build ends, nothing committed", async () => {
+  const { t, ctxDir } = await setup();
+  const sleep = ["sleep", String(700_000 + Math.floor(Math.random() * 100_000))];
+  const ac = new AbortController();
+  try {
+    const before = t.store.history("bb").map((v) => v.id);
+    Deno.writeTextFileSync(`${ctxDir}/Buildfile`, `FROM bb\nRUN exec ${sleep.join(" ")}\n`);
+    const job = build(t.store, {
+      name: "bb",
+      buildfile: `${ctxDir}/Buildfile`,
+      context: ctxDir,
+      command: null,
+      log: () => {},
+      signal: ac.signal,
+    });
+    for (let i = 0; i < 200 && !processesRunning(sleep).length; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.equal(processesRunning(sleep).length, 1, "the RUN is running");
+    ac.abort();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const ended = await Promise.race([
+      job.then(() => "committed", (e) => (e as Error).message),
+      new Promise((r) => timer = setTimeout(() => r("still running after 20 s"), 20_000)),
+    ]);
+    clearTimeout(timer);
+    assert.equal(ended, "build cancelled: nothing committed");
+    assert.deepEqual(processesRunning(sleep), [], "no process of the container is left");
+    assert.deepEqual(t.store.history("bb").map((v) => v.id), before);
+    assert.deepEqual(await dirEntries(t.data.tmp), []);
+  } finally {
+    ac.abort();
+    // a container that outlived its build would keep the test (and its overlay) alive
+    for (const pid of processesRunning(sleep)) Deno.kill(pid, "SIGKILL");
+    await t.close();
+  }
+});
+
+Deno.test("image build over HTTP: a RUN printing without end waits for its reader, not in memory; a reader gone cancels it", async () => {
+  const { t, ctxDir } = await setup();
+  const ac = new AbortController();
+  const yes = ["/bin/busybox", "yes", `flood-${Math.floor(Math.random() * 1e9)}`];
+  try {
+    const ctx = { data: t.data, db: t.db, images: t.store, changes: new EventTarget() };
+    const app = new Hono().route("/api/v1/images", imageRoutes(ctx as unknown as Context));
+    const server = Deno.serve(
+      { hostname: "127.0.0.1", port: 0, signal: ac.signal, onListen() {} },
+      app.fetch,
+    );
+    Deno.writeTextFileSync(`${ctxDir}/Buildfile`, `FROM bb\nRUN ${yes.join(" ")}\n`);
+    const res = await fetch(`http://127.0.0.1:${server.addr.port}/api/v1/images/-/build`, {
+      method: "POST",
+      body: JSON.stringify({ name: "bb2", buildfile: `${ctxDir}/Buildfile`, context: ctxDir }),
+    });
+    const reader = res.body!.getReader();
+    const text = new TextDecoder();
+    let head = "";
+    while (!head.includes(yes[2] + '"}')) head += text.decode((await reader.read()).value);
+    // the client reads nothing for 3 s (before: the server queued ~250 MiB of log a second)
+    const rss = Deno.memoryUsage().rss;
+    await new Promise((r) => setTimeout(r, 3000));
+    const grown = (Deno.memoryUsage().rss - rss) / 2 ** 20;
+    assert.ok(grown < 200, `the server took ${Math.round(grown)} MiB more`);
+    await reader.cancel();
+    for (let i = 0; i < 100 && (await dirEntries(t.data.tmp)).length; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.deepEqual(await dirEntries(t.data.tmp), [], "the build is discarded");
+    assert.deepEqual(processesRunning(yes), [], "its container is gone");
+    assert.throws(() => t.store.get("bb2"), /not found/);
+  } finally {
+    for (const pid of processesRunning(yes)) Deno.kill(pid, "SIGKILL");
+    ac.abort();
+    await t.close();
+  }
+});
+
 Deno.test("netroot image build streams its log and says which line failed", async () => {
   const { t, ctxDir } = await setup();
   const ac = new AbortController();

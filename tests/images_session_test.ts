@@ -7,6 +7,7 @@ import { Hono } from "hono";
 import type { Context } from "../src/context.ts";
 import { imageRoutes } from "../src/images/api.ts";
 import { copyIn, copyOut } from "../src/images/cp.ts";
+import { UserError } from "../src/errors.ts";
 import { NodeRegistry } from "../src/nodes.ts";
 import { Rebooter } from "../src/reboot.ts";
 import { parseManifest } from "../contract/manifest.ts";
@@ -190,7 +191,7 @@ Deno.test("image cp in: hostile symlinks in the image resolve inside it; nothing
   }
 });
 
-Deno.test("image cp out: an image's symlink is copied as a symlink, never the host file it names", async () => {
+Deno.test("image cp out: an image's symlink is copied as a symlink, never the host file it names; a symlink loop is the caller's error", async () => {
   const { t } = await setup();
   try {
     const out = `${t.dir}/out`;
@@ -203,6 +204,43 @@ Deno.test("image cp out: an image's symlink is copied as a symlink, never the ho
     assert.equal(Deno.readTextFileSync(`${out}/etc/hostname`), "bb\n");
     assert.ok(Deno.lstatSync(`${out}/etc/evil-file`).isSymlink);
     await assert.rejects(copyOut(t.store, "bb", "/../../etc/shadow", out), /no such file/);
+    // a symlink loop of the image (/etc -> /etc): the caller's error, not the server's (500)
+    const loop = `${t.dir}/loop`;
+    Deno.mkdirSync(`${loop}/usr`, { recursive: true });
+    Deno.symlinkSync("/etc", `${loop}/etc`);
+    await t.store.import(loop, "loop");
+    Deno.writeTextFileSync(`${t.dir}/f`, "f\n");
+    const refused = (e: Error) =>
+      e instanceof UserError && /too many symbolic links/.test(e.message);
+    await assert.rejects(copyOut(t.store, "loop", "/etc/shadow", out), refused);
+    await assert.rejects(
+      copyIn(t.store, [`${t.dir}/f`], "loop", "/etc/x", { command: null }),
+      refused,
+    );
+    await assert.rejects(
+      copyIn(t.store, [`${t.dir}/f`, `${t.dir}/f`], "loop", "/etc/", { command: null }),
+      refused,
+    );
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("image cp out: a huge sparse file of the image stays sparse on the host", async () => {
+  const t = await tempStore();
+  try {
+    // an image file of 1 GiB that takes no block: written out in full, it would fill the disk
+    Deno.mkdirSync(`${t.dir}/src`);
+    const f = Deno.openSync(`${t.dir}/src/sparse`, { create: true, write: true });
+    f.truncateSync(1 << 30);
+    f.close();
+    fixTimes(`${t.dir}/src`);
+    await t.store.import(`${t.dir}/src`, "sparse");
+    Deno.mkdirSync(`${t.dir}/out`);
+    await copyOut(t.store, "sparse", "/sparse", `${t.dir}/out`);
+    const st = Deno.lstatSync(`${t.dir}/out/sparse`);
+    assert.equal(st.size, 1 << 30);
+    assert.ok(st.blocks! * 512 < 1 << 20, `${st.blocks! * 512} bytes written for nothing`);
   } finally {
     await t.close();
   }

@@ -215,14 +215,31 @@ function ndjsonStream() {
   const cancel = new AbortController();
   const enc = new TextEncoder();
   let out: ReadableStreamDefaultController<Uint8Array> | undefined;
+  /** Resolved when the reader takes a line from a full queue (or goes away). */
+  let room: PromiseWithResolvers<void> | undefined;
+  const wake = () => {
+    room?.resolve();
+    room = undefined;
+  };
   const readable = new ReadableStream<Uint8Array>({
     start: (controller) => void (out = controller),
-    cancel: () => cancel.abort(),
-  });
-  const send = (o: unknown) => {
+    pull: wake,
+    cancel: () => {
+      cancel.abort();
+      wake();
+    },
+  }, new CountQueuingStrategy({ highWaterMark: 256 }));
+  /** Queues a line; a promise when the queue is full: a job that can wait for its reader does
+   *  (a build step printing without end to a client that reads slowly would fill the memory). */
+  const send = (o: unknown): Promise<void> | undefined => {
     try {
       out!.enqueue(enc.encode(JSON.stringify(o) + "\n"));
-    } catch { /* closed */ }
+    } catch {
+      return undefined; // closed
+    }
+    if (cancel.signal.aborted || (out!.desiredSize ?? 1) > 0) return undefined;
+    room ??= Promise.withResolvers();
+    return room.promise;
   };
   const finish = (job: Promise<unknown>, failed: string, fields = {}): Response => {
     job.then(
@@ -243,7 +260,7 @@ function ndjsonStream() {
 
 /** A job whose progress streams as NDJSON lines (`send`), ending with {image: result} or {error}. */
 function ndjson(
-  job: (send: (o: unknown) => void, signal: AbortSignal) => Promise<unknown>,
+  job: (send: (o: unknown) => Promise<void> | undefined, signal: AbortSignal) => Promise<unknown>,
 ): Response {
   const stream = ndjsonStream();
   return stream.finish(job(stream.send, stream.signal), "image job failed");

@@ -10,6 +10,7 @@ import { logger } from "../log.ts";
 import { type BuildStep, parseBuildfile } from "./buildfile.ts";
 import { nspawnArgs, type Session } from "./session.ts";
 import type { Commit, ImageStore } from "./store.ts";
+import { TreeView } from "./archivepath.ts";
 import { unpack } from "./unpack.ts";
 import { copyTree, destinationIn, mkdirIn, sourceIn } from "./upper.ts";
 
@@ -24,7 +25,8 @@ export interface BuildOptions {
   /** Replaces the Buildfile's FROM. */
   from?: string;
   command: string | null;
-  log: (line: string) => void;
+  /** A promise returned: the reader has no room; the build waits for it (output is not kept). */
+  log: (line: string) => unknown;
   signal?: AbortSignal;
 }
 
@@ -48,11 +50,11 @@ export async function build(images: ImageStore, o: BuildOptions): Promise<Commit
   const s = await images.sessions.open(from, o.name);
   const state = { env: new Map<string, string>(), workdir: "/" };
   const steps = bf.steps;
-  o.log(`FROM ${from ?? "scratch"} (line ${bf.fromLine})`);
+  await o.log(`FROM ${from ?? "scratch"} (line ${bf.fromLine})`);
   try {
     for (const [i, step] of steps.entries()) {
       o.signal?.throwIfAborted();
-      o.log(`step ${i + 1}/${steps.length} (line ${step.line}): ${step.text}`);
+      await o.log(`step ${i + 1}/${steps.length} (line ${step.line}): ${step.text}`);
       await runStep(images, s, step, state, o);
     }
   } catch (e) {
@@ -89,7 +91,7 @@ async function runStep(
       wrap(step, () => mkdirIn(s.merged, state.workdir));
       return;
     case "ignored":
-      o.log(`  ${step.instruction} means nothing to a netroot image: ignored`);
+      await o.log(`  ${step.instruction} means nothing to a netroot image: ignored`);
       return;
     case "RUN":
       return await run(s, step, state, o);
@@ -125,20 +127,25 @@ async function run(
     stderr: "piped",
     env: { SYSTEMD_COLORS: "0" },
   }).spawn();
-  const kill = () => child.kill("SIGKILL");
+  // SIGTERM, not SIGKILL: nspawn then kills the container's PID 1 (its --kill-signal), which
+  // ends every process of the container. Killed outright, nspawn leaves that PID 1 running (it
+  // keeps the overlay busy and our pipes open: the build would wait on it forever).
+  const kill = () => child.kill("SIGTERM");
   o.signal?.addEventListener("abort", kill);
+  // Each line waits for the reader: a step printing without end, read slowly, is held back by
+  // its pipe instead of piling up here.
   const pump = async (stream: ReadableStream<Uint8Array>) => {
     let rest = "";
     for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
       const lines = (rest + chunk).split("\n");
       rest = lines.pop()!;
-      for (const l of lines) o.log(`  ${l}`);
+      for (const l of lines) await o.log(`  ${l}`);
       if (rest.length > 64 * 1024) { // a line without end: cut it, do not grow without bound
-        o.log(`  ${rest}`);
+        await o.log(`  ${rest}`);
         rest = "";
       }
     }
-    if (rest) o.log(`  ${rest}`);
+    if (rest) await o.log(`  ${rest}`);
   };
   const [status] = await Promise.all([child.status, pump(child.stdout), pump(child.stderr)]);
   o.signal?.removeEventListener("abort", kill);
@@ -167,10 +174,12 @@ async function copy(
       const scratch = images.scratch("add");
       await Deno.mkdir(scratch, { mode: 0o700 });
       try {
-        await unpack(host, join(scratch, "rootfs"), { signal: o.signal }).catch((e) => {
-          throw failed(step, (e as Error).message);
-        });
+        const { implied } = await unpack(host, join(scratch, "rootfs"), { signal: o.signal })
+          .catch((e) => {
+            throw failed(step, (e as Error).message);
+          });
         const to = wrap(step, () => mkdirIn(s.merged, dest));
+        keepImageDirs(join(scratch, "rootfs"), to, implied);
         for (const e of Deno.readDirSync(join(scratch, "rootfs"))) {
           copyTree(join(scratch, "rootfs", e.name), join(to, e.name));
         }
@@ -194,5 +203,23 @@ async function copy(
         copyTree(host, destinationIn(s.merged, dest, basename(host)), owner);
       }
     });
+  }
+}
+
+/**
+ * A directory a tarball does not list (tar made it as the parent of a member) takes the image's
+ * owner, mode and time where the image has it, as GNU tar and Docker leave an existing parent
+ * alone: `ADD keys.tar /` holding only root/.ssh/authorized_keys must not turn the image's /root
+ * from 0700 into 0755, nor /tmp from 1777.
+ */
+function keepImageDirs(tree: string, to: string, implied: Set<string> | undefined): void {
+  const image = new TreeView(to);
+  for (const rel of implied ?? []) {
+    const have = rel === "/" ? undefined : image.dir(rel);
+    if (!have) continue;
+    const st = Deno.lstatSync(have);
+    Deno.chownSync(tree + rel, st.uid!, st.gid!);
+    Deno.chmodSync(tree + rel, st.mode! & 0o7777); // after chown, which may drop set-group-ID
+    Deno.utimeSync(tree + rel, st.atime!, st.mtime!);
   }
 }

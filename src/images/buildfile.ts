@@ -127,8 +127,28 @@ export function words(s: string, line: number): string[] {
   return out;
 }
 
+/**
+ * What substitutions may still add to one Buildfile. Values are substituted into values
+ * (ENV A=$A$A$A$A quadruples A at each line): a few short lines would make gigabytes.
+ */
+export interface Budget {
+  left: number;
+}
+
 /** $NAME, ${NAME}, ${NAME:-default}, ${NAME:+alt} from `vars`; \$ stays a literal $. */
-export function expand(s: string, vars: Map<string, string>, line: number): string {
+export function expand(
+  s: string,
+  vars: Map<string, string>,
+  line: number,
+  budget: Budget = { left: MAX_BYTES },
+): string {
+  // counted as substituted: the refusal comes before the string is built
+  const sub = (v: string) => {
+    if ((budget.left -= v.length) < 0) {
+      throw new BuildfileError(line, "substitutions make more than 1 MiB");
+    }
+    return v;
+  };
   return s.replace(
     /\\\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([-+])([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)|\$\{[^}]*\}?/g,
     (m, braced, op, word, bare) => {
@@ -136,9 +156,9 @@ export function expand(s: string, vars: Map<string, string>, line: number): stri
       const name = braced ?? bare;
       if (name === undefined) throw new BuildfileError(line, `bad substitution ${m}`);
       const v = vars.get(name);
-      if (op === "-") return v ? v : word;
+      if (op === "-") return sub(v ? v : word);
       if (op === "+") return v ? word : "";
-      return v ?? "";
+      return sub(v ?? "");
     },
   );
 }
@@ -164,6 +184,7 @@ function copyStep(
   line: number,
   text: string,
   vars: Map<string, string>,
+  budget: Budget,
 ): BuildStep {
   let list = jsonArray(args, line);
   const flags: string[] = [];
@@ -171,7 +192,7 @@ function copyStep(
     list = words(args, line);
     while (list.length && list[0].startsWith("--")) flags.push(list.shift()!);
   }
-  list = list.map((w) => expand(w, vars, line));
+  list = list.map((w) => expand(w, vars, line, budget));
   if (list.length < 2) throw new BuildfileError(line, `${kind} needs a source and a destination`);
   const step: BuildStep = {
     kind,
@@ -199,7 +220,12 @@ function copyStep(
   return step;
 }
 
-function envVars(args: string, line: number, vars: Map<string, string>): [string, string][] {
+function envVars(
+  args: string,
+  line: number,
+  vars: Map<string, string>,
+  budget: Budget,
+): [string, string][] {
   const w = words(args, line);
   if (!w.length) throw new BuildfileError(line, "ENV needs a name and a value");
   const name = /^[A-Za-z_][A-Za-z0-9_]*$/;
@@ -207,13 +233,13 @@ function envVars(args: string, line: number, vars: Map<string, string>): [string
     // legacy form: ENV NAME the rest of the line
     if (!name.test(w[0])) throw new BuildfileError(line, `bad variable name ${w[0]}`);
     const rest = args.trim().slice(args.trim().indexOf(w[0]) + w[0].length).trim();
-    return [[w[0], expand(rest, vars, line)]];
+    return [[w[0], expand(rest, vars, line, budget)]];
   }
   return w.map((kv) => {
     const i = kv.indexOf("=");
     const k = kv.slice(0, i);
     if (i < 0 || !name.test(k)) throw new BuildfileError(line, `bad ENV item ${kv}`);
-    return [k, expand(kv.slice(i + 1), vars, line)];
+    return [k, expand(kv.slice(i + 1), vars, line, budget)];
   });
 }
 
@@ -221,6 +247,7 @@ export function parseBuildfile(text: string): Buildfile {
   if (text.length > MAX_BYTES) throw new BuildfileError(1, "Buildfile larger than 1 MiB");
   if (text.includes("\0")) throw new BuildfileError(1, "Buildfile holds a NUL byte");
   const vars = new Map<string, string>();
+  const budget: Budget = { left: MAX_BYTES };
   const steps: BuildStep[] = [];
   let from: string | null | undefined, fromLine = 0;
   for (const { line, text: t } of logicalLines(text)) {
@@ -231,7 +258,7 @@ export function parseBuildfile(text: string): Buildfile {
       if (from !== undefined) {
         throw new BuildfileError(line, "a second FROM: multi-stage builds are not supported");
       }
-      const w = words(expand(args, vars, line), line);
+      const w = words(expand(args, vars, line, budget), line);
       if (w.length !== 1 && !(w.length === 3 && w[1].toUpperCase() === "AS")) {
         throw new BuildfileError(line, "FROM takes one image (FROM image [AS name])");
       }
@@ -247,7 +274,7 @@ export function parseBuildfile(text: string): Buildfile {
       if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) {
         throw new BuildfileError(line, `bad ARG name ${name}`);
       }
-      const value = i < 0 ? undefined : expand(w[0].slice(i + 1), vars, line);
+      const value = i < 0 ? undefined : expand(w[0].slice(i + 1), vars, line, budget);
       if (value !== undefined) vars.set(name, value);
       steps.push({ kind: "ARG", line, text: t, name, value });
       continue;
@@ -267,13 +294,13 @@ export function parseBuildfile(text: string): Buildfile {
         },
       );
     } else if (ins === "COPY" || ins === "ADD") {
-      steps.push(copyStep(ins, args.trim(), line, t, vars));
+      steps.push(copyStep(ins, args.trim(), line, t, vars, budget));
     } else if (ins === "ENV") {
-      const kv = envVars(args, line, vars);
+      const kv = envVars(args, line, vars, budget);
       for (const [k, v] of kv) vars.set(k, v);
       steps.push({ kind: "ENV", line, text: t, vars: kv });
     } else if (ins === "WORKDIR") {
-      const w = words(expand(args, vars, line), line);
+      const w = words(expand(args, vars, line, budget), line);
       if (w.length !== 1) throw new BuildfileError(line, "WORKDIR takes one directory");
       steps.push({ kind: "WORKDIR", line, text: t, dir: w[0] });
     } else if (IGNORED.has(ins)) {

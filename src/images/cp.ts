@@ -21,7 +21,7 @@ export async function copyIn(
   if (sources.length > 1) {
     // Several sources go into a directory, as cp(1) wants.
     await images.ensureTree(images.get(ref).id);
-    const d = resolveInRoot(images.data.rootfs(images.get(ref).id), path);
+    const d = inImage(() => resolveInRoot(images.data.rootfs(images.get(ref).id), path));
     if (d.missing !== undefined || !Deno.lstatSync(d.host).isDirectory) {
       throw new UserError(`${path}: not a directory in the image`);
     }
@@ -48,10 +48,20 @@ export async function copyOut(
   const release = images.hold(id);
   try {
     await images.ensureTree(id);
-    return copyFrom(images.data.rootfs(id), path, dest);
+    return inImage(() => copyFrom(images.data.rootfs(id), path, dest));
   } finally {
     release();
     images.schedulePrune();
+  }
+}
+
+/** The image's paths are the caller's: what they lead to (a symlink loop the image holds, say)
+ *  is the caller's error, not the server's. */
+function inImage<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    throw e instanceof UserError ? e : new UserError(`image cp: ${(e as Error).message}`);
   }
 }
 

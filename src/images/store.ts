@@ -422,8 +422,13 @@ export class ImageStore {
         500,
       );
     });
-    await m.materialize();
-    await Deno.writeFile(join(work, "manifest"), text);
+    try {
+      await m.materialize();
+      await Deno.writeFile(join(work, "manifest"), text);
+    } catch (e) {
+      this.#dropNewObjects(join(work, "rootfs"), entries);
+      throw e;
+    }
     const k = detectKernel(entries);
     let renamed = false;
     try {
@@ -888,6 +893,34 @@ export class ImageStore {
 
   /** Moves a tree into tmp/ (instant, atomic) and deletes it in the background; a crash midway
    *  leaves it in tmp/, which the next start wipes. */
+  /**
+   * A commit that failed before its tree was kept: the tree goes now, and with it the objects that
+   * only it linked to (its new files, put in the store by `materialize`). Left for `image gc`, a
+   * commit that failed for lack of space (a build step that filled the disk, then exited 0) kept
+   * the disk full: every later import, cp or build failed too. gc's own rule, on these entries:
+   * no link left but the object's, and no thin version's manifest names it.
+   */
+  #dropNewObjects(tree: string, entries: ManifestEntry[]): void {
+    const gone = (e: unknown) => e instanceof Deno.errors.NotFound;
+    try {
+      Deno.removeSync(tree, { recursive: true });
+      const keep = this.#thinObjects();
+      for (const e of entries) {
+        if (e.type !== "file" || keep.has(objectKey(e))) continue;
+        const obj = this.objects.path(objectKey(e));
+        try {
+          if (Deno.lstatSync(obj).nlink === 1) Deno.removeSync(obj);
+        } catch (err) {
+          if (!gone(err)) throw err; // never stored (too many links: the tree had its own copy)
+        }
+      }
+    } catch (e) {
+      if (!gone(e)) {
+        log.warn("could not remove a failed commit's objects", { error: (e as Error).message });
+      }
+    }
+  }
+
   #discard(dir: string): void {
     const trash = join(this.data.tmp, `rm-${crypto.randomUUID()}`);
     try {

@@ -38,6 +38,9 @@ export interface Unpacked {
   manifest?: { entries: ManifestEntry[]; bytes: number };
   /** A flush of the file system started once the tree was written (the commit awaits it). */
   flushing?: Promise<void>;
+  /** Directories of a tarball's tree that it does not list (tar made them as parents of its
+   *  members): their metadata is ours (normalizeDirs), not the archive's. */
+  implied?: Set<string>;
 }
 
 const expected =
@@ -125,7 +128,7 @@ export async function unpack(
       cache,
       onProgress: opts.onProgress,
     });
-  return { format, cache, manifest, flushing };
+  return { format, cache, manifest, flushing, implied: normalized };
 }
 
 async function readHead(path: string, n: number): Promise<Uint8Array> {

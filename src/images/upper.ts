@@ -119,6 +119,25 @@ function copyMeta(
 }
 
 /**
+ * A regular file's content copied to `dst` (which must not exist), its holes kept as holes:
+ * Deno.copyFileSync writes them out as zeros, and an image's (or a tarball's) sparse file of a
+ * few blocks but 1 TiB long would fill the disk it is copied to. Files without holes take the
+ * fast path; the others GNU cp, which copies only their data (SEEK_DATA).
+ */
+function copyFile(src: string, dst: string, st: Deno.FileInfo): void {
+  if (st.blocks === null || st.blocks * 512 >= st.size) return Deno.copyFileSync(src, dst);
+  const out = new Deno.Command("cp", {
+    args: ["--sparse=always", "--no-target-directory", "--", src, dst],
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+  }).outputSync();
+  if (!out.success) {
+    throw new Error(`cannot copy ${src}: ${new TextDecoder().decode(out.stderr).trim()}`);
+  }
+}
+
+/**
  * Copies `src` (a host file or tree; symlinks copied as symlinks) to `dst`, creating what is
  * missing, replacing any non-directory on the way and merging directories. Returns the entries
  * copied. `dst`'s parent must be a real directory.
@@ -135,7 +154,7 @@ export function copyTree(src: string, dst: string, o: Override = {}): number {
     }
   } else {
     if (have) removeTree(dst);
-    if (st.isFile) Deno.copyFileSync(src, dst);
+    if (st.isFile) copyFile(src, dst, st);
     else if (st.isSymlink) Deno.symlinkSync(Deno.readLinkSync(src), dst);
     else {
       const kind = st.isCharDevice ? S_IFCHR : st.isBlockDevice ? S_IFBLK : S_IFIFO;
