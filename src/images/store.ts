@@ -891,8 +891,6 @@ export class ImageStore {
     return all;
   }
 
-  /** Moves a tree into tmp/ (instant, atomic) and deletes it in the background; a crash midway
-   *  leaves it in tmp/, which the next start wipes. */
   /**
    * A commit that failed before its tree was kept: the tree goes now, and with it the objects that
    * only it linked to (its new files, put in the store by `materialize`). Left for `image gc`, a
@@ -921,6 +919,8 @@ export class ImageStore {
     }
   }
 
+  /** Moves a tree into tmp/ (instant, atomic) and deletes it in the background; a crash midway
+   *  leaves it in tmp/, which the next start wipes. */
   #discard(dir: string): void {
     const trash = join(this.data.tmp, `rm-${crypto.randomUUID()}`);
     try {
