@@ -212,6 +212,49 @@ Deno.test("image build: ADD of a tarball listing only files keeps the image's pa
   }
 });
 
+Deno.test("image build: ADD and COPY of a bin/ onto a usrmerged image keep /bin -> usr/bin; a link out of the image is still replaced", async () => {
+  const t = await tempStore();
+  try {
+    const root = `${t.dir}/src`;
+    Deno.mkdirSync(`${root}/usr/bin`, { recursive: true });
+    Deno.writeTextFileSync(`${root}/usr/bin/ls`, "ls\n");
+    Deno.symlinkSync("usr/bin", `${root}/bin`); // Debian since bookworm
+    Deno.symlinkSync("/usr/bin", `${root}/sbin`); // absolute: resolved inside the image
+    Deno.symlinkSync("../../../../../../..", `${root}/up`); // leads to the image's root only
+    fixTimes(root);
+    const base = await t.store.import(root, "img");
+    const ctx = `${t.dir}/ctx`;
+    for (const d of ["tarsrc/bin", "tarsrc/sbin", "ctx/dir/bin", "ctx/dir/up/etc"]) {
+      Deno.mkdirSync(`${t.dir}/${d}`, { recursive: true });
+    }
+    Deno.writeTextFileSync(`${t.dir}/tarsrc/bin/from-tar`, "t\n");
+    Deno.writeTextFileSync(`${t.dir}/tarsrc/sbin/from-tar-s`, "s\n");
+    Deno.writeTextFileSync(`${ctx}/dir/bin/from-copy`, "c\n");
+    Deno.writeTextFileSync(`${ctx}/dir/up/etc/through-up`, "u\n");
+    sh("tar", "-C", `${t.dir}/tarsrc`, "-cf", `${ctx}/bin.tar`, "bin", "sbin");
+    Deno.writeTextFileSync(`${ctx}/Buildfile`, "FROM img\nADD bin.tar /\nCOPY dir/ /\n");
+    const v = await build(t.store, {
+      name: "img",
+      buildfile: `${ctx}/Buildfile`,
+      context: ctx,
+      command: null,
+      log: () => {},
+    });
+    const m = manifestOf(t, v.id);
+    // before: /bin became a directory holding only the new files, /usr/bin/ls out of its reach
+    assert.deepEqual([m.get("/bin")!.type, m.get("/bin")!.target], ["symlink", "usr/bin"]);
+    assert.deepEqual([m.get("/sbin")!.type, m.get("/sbin")!.target], ["symlink", "/usr/bin"]);
+    for (const f of ["ls", "from-tar", "from-tar-s", "from-copy"]) {
+      assert.equal(m.get(`/usr/bin/${f}`)?.type, "file", f);
+    }
+    assert.equal(m.get("/usr/bin")!.mode, manifestOf(t, base.id).get("/usr/bin")!.mode);
+    assert.equal(m.get("/up")!.type, "symlink");
+    assert.equal(m.get("/etc/through-up")?.type, "file", "`up` leads to the image's root");
+  } finally {
+    await t.close();
+  }
+});
+
 Deno.test("image build: a RUN that fills the disk, then exits 0: the failed commit gives the space back (root: tmpfs)", async () => {
   const mnt = await Deno.makeTempDir({ prefix: "netroot-full-" });
   sh("mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", mnt);

@@ -181,7 +181,7 @@ async function copy(
         const to = wrap(step, () => mkdirIn(s.merged, dest));
         keepImageDirs(join(scratch, "rootfs"), to, implied);
         for (const e of Deno.readDirSync(join(scratch, "rootfs"))) {
-          copyTree(join(scratch, "rootfs", e.name), join(to, e.name));
+          copyTree(join(scratch, "rootfs", e.name), join(to, e.name), {}, s.merged);
         }
       } finally {
         await images.dropScratch(scratch);
@@ -193,14 +193,14 @@ async function copy(
         // a directory's contents are copied, not the directory itself
         const to = mkdirIn(s.merged, dest);
         for (const e of Deno.readDirSync(host)) {
-          copyTree(join(host, e.name), join(to, e.name), owner);
+          copyTree(join(host, e.name), join(to, e.name), owner, s.merged);
         }
       } else if (intoDir) {
-        copyTree(host, join(mkdirIn(s.merged, dest), basename(host)), owner);
+        copyTree(host, join(mkdirIn(s.merged, dest), basename(host)), owner, s.merged);
       } else {
         mkdirIn(s.merged, posix.dirname(dest));
         // an existing directory (or a link to one, inside the image) receives the file
-        copyTree(host, destinationIn(s.merged, dest, basename(host)), owner);
+        copyTree(host, destinationIn(s.merged, dest, basename(host)), owner, s.merged);
       }
     });
   }

@@ -29,7 +29,12 @@ export async function copyIn(
   const s = await images.sessions.open(ref, opts.name);
   try {
     for (const src of sources) {
-      copyTree(src, destinationIn(s.merged, path, basename(src.replace(/\/+$/, "")) || "root"));
+      copyTree(
+        src,
+        destinationIn(s.merged, path, basename(src.replace(/\/+$/, "")) || "root"),
+        {},
+        s.merged,
+      );
     }
   } catch (e) {
     await images.sessions.discard(s.id);

@@ -140,17 +140,27 @@ function copyFile(src: string, dst: string, st: Deno.FileInfo): void {
 /**
  * Copies `src` (a host file or tree; symlinks copied as symlinks) to `dst`, creating what is
  * missing, replacing any non-directory on the way and merging directories. Returns the entries
- * copied. `dst`'s parent must be a real directory.
+ * copied. `dst`'s parent must be a real directory. With `root` (the image `dst` is in), a link of
+ * the image to a directory where `src` has a directory is kept and merged into (resolved inside
+ * the image), as dpkg and `tar --keep-directory-symlink` do: replaced by a directory holding only
+ * what is copied, usrmerge's `/bin -> usr/bin` would take every command of the image away.
  */
-export function copyTree(src: string, dst: string, o: Override = {}): number {
+export function copyTree(src: string, dst: string, o: Override = {}, root?: string): number {
   const st = Deno.lstatSync(src);
   const have = lstatOrNull(dst);
   let n = 1;
   if (st.isDirectory) {
+    const into = have?.isSymlink && root ? linkedDir(root, dst) : undefined;
+    if (into) {
+      for (const e of Deno.readDirSync(src)) {
+        n += copyTree(join(src, e.name), join(into, e.name), o, root);
+      }
+      return n; // the image's directory keeps its own owner, mode and times
+    }
     if (have && !have.isDirectory) removeTree(dst);
     if (!have || !have.isDirectory) Deno.mkdirSync(dst);
     for (const e of Deno.readDirSync(src)) {
-      n += copyTree(join(src, e.name), join(dst, e.name), o);
+      n += copyTree(join(src, e.name), join(dst, e.name), o, root);
     }
   } else {
     if (have) removeTree(dst);
@@ -164,6 +174,18 @@ export function copyTree(src: string, dst: string, o: Override = {}): number {
   }
   copyMeta(st, listXattrs(src), dst, false, o);
   return n;
+}
+
+/** The directory the image's symlink `link` (a host path under `root`) leads to inside the image,
+ *  if it leads to one. */
+function linkedDir(root: string, link: string): string | undefined {
+  if (!link.startsWith(`${root}/`)) return undefined;
+  try {
+    const r = resolveInRoot(root, link.slice(root.length));
+    return r.missing === undefined && Deno.lstatSync(r.host).isDirectory ? r.host : undefined;
+  } catch {
+    return undefined; // a symlink loop: replaced, as before
+  }
 }
 
 /**
