@@ -446,13 +446,20 @@ Deno.test("netroot image build streams its log and says which line failed", asyn
       const d = new TextDecoder();
       return { code: out.code, stdout: d.decode(out.stdout), stderr: d.decode(out.stderr) };
     };
-    Deno.writeTextFileSync(`${ctxDir}/good`, "FROM x\nRUN echo built-in-nspawn\n");
+    // the second RUN prints what a hostile binary of the image could: an escape sequence that
+    // retitles the admin's terminal, a carriage return that hides what came before it
+    Deno.writeTextFileSync(
+      `${ctxDir}/good`,
+      "FROM x\nRUN echo built-in-nspawn\nRUN printf 'a\\033]0;pwned\\007\\rb\\n'\n",
+    );
     const ok = await cli("build", "bb2", "--from", "bb", "-f", "good");
     assert.equal(ok.code, 0, ok.stderr);
     assert.match(
       ok.stderr,
-      /^step 1\/1 \(line 2\): RUN echo built-in-nspawn\n {2}built-in-nspawn$/m,
+      /^step 1\/2 \(line 2\): RUN echo built-in-nspawn\n {2}built-in-nspawn$/m,
     );
+    assert.ok(ok.stderr.includes("  a\\x1b]0;pwned\\x07\\x0db\n"), ok.stderr);
+    for (const c of ["\x1b", "\x07", "\r"]) assert.ok(!ok.stderr.includes(c), "shown, not sent");
     assert.match(ok.stdout, /^committed bb2@[0-9a-f]{12} \(new image\)/);
     assert.equal(t.store.get("bb2").parent, t.store.get("bb").id);
     Deno.writeTextFileSync(`${ctxDir}/bad`, "FROM bb\n\nRUN echo before\nRUN false\n");

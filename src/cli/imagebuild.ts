@@ -6,7 +6,7 @@ import type { Commit } from "../images/store.ts";
 import type { Published } from "../images/versions.ts";
 import { type ApiClient, ndjsonLines } from "./client.ts";
 import { committedText } from "./imagework.ts";
-import { print } from "./output.ts";
+import { print, visible } from "./output.ts";
 
 export async function run(
   client: ApiClient,
@@ -32,7 +32,7 @@ export async function run(
   }
   let final: { image?: Commit & Published; error?: string } | undefined;
   for await (const m of ndjsonLines(res.body!)) {
-    if (m.log !== undefined) console.error(m.log);
+    if (m.log !== undefined) console.error(visible(String(m.log))); // a RUN's output: untrusted
     else final = m;
   }
   if (!final) throw new UserError("the server closed the connection before the build finished");

@@ -34,3 +34,13 @@ export function humanBytes(n: number): string {
   }
   return `${i ? n.toFixed(1) : n} ${u[i]}`;
 }
+
+/** Text from an image or a node for the admin's terminal: control characters (escape sequences
+ *  can retitle, recolour or rewrite a terminal, or set its clipboard) shown as `\xNN` instead. */
+export function visible(text: string): string {
+  return text.replace(
+    // deno-lint-ignore no-control-regex -- finding control characters is the point
+    /[\x00-\x08\x0a-\x1f\x7f-\x9f]/g,
+    (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`,
+  );
+}
