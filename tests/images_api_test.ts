@@ -1,27 +1,16 @@
 // /api/v1/images through Hono's app.request, on a real store; and the `netroot image` CLI against
 // a real HTTP server on loopback.
 import assert from "node:assert/strict";
-import { Hono } from "hono";
-import type { Context } from "../src/context.ts";
-import { imageRoutes } from "../src/images/api.ts";
-import { NodeRegistry } from "../src/nodes.ts";
-import { Rebooter } from "../src/reboot.ts";
+import type { Hono } from "hono";
 import {
   assertStoreEmpty,
   buildSampleTree,
   dirEntries,
+  imagesApp,
   rowCount,
   tarOf,
   tempStore,
 } from "./images_helpers.ts";
-
-function appFor(t: Awaited<ReturnType<typeof tempStore>>): Hono {
-  const changes = new EventTarget();
-  const nodes = new NodeRegistry(t.data, t.db, t.store, new Rebooter(t.db), changes);
-  const ctx = { data: t.data, db: t.db, images: t.store, nodes, changes };
-  t.store.changes = ctx.changes;
-  return new Hono().route("/api/v1/images", imageRoutes(ctx as unknown as Context));
-}
 
 const post = (app: Hono, body: unknown, ndjson = false) =>
   app.request("/api/v1/images", {
@@ -36,7 +25,7 @@ const post = (app: Hono, body: unknown, ndjson = false) =>
 Deno.test("images API: import (plain and NDJSON progress), list, show, rename, remove, errors", async () => {
   const t = await tempStore();
   try {
-    const app = appFor(t);
+    const app = imagesApp(t);
     const src = `${t.dir}/src`;
     buildSampleTree(src);
     const tar = tarOf(src, `${t.dir}/x.tar`);
@@ -127,7 +116,7 @@ Deno.test("netroot image CLI: import with plain progress lines, ls, show, rename
   try {
     const server = Deno.serve(
       { hostname: "127.0.0.1", port: 0, signal: ac.signal, onListen() {} },
-      appFor(t).fetch,
+      imagesApp(t).fetch,
     );
     const url = `http://127.0.0.1:${server.addr.port}`;
     const main = new URL("../main.ts", import.meta.url).pathname;
@@ -193,7 +182,7 @@ Deno.test("netroot image CLI: import with plain progress lines, ls, show, rename
 Deno.test("a client that goes away cancels its import: tar killed, nothing left", async () => {
   const t = await tempStore();
   try {
-    const app = appFor(t);
+    const app = imagesApp(t);
     const src = `${t.dir}/src`;
     Deno.mkdirSync(src);
     const chunk = new Uint8Array(1 << 20);

@@ -2,14 +2,10 @@
 // GNU tar tarballs, the log streamed through the CLI, a failing step named by its Buildfile line
 // and nothing committed; hostile contexts, tarballs and image symlinks stay inside.
 import assert from "node:assert/strict";
-import { Hono } from "hono";
-import type { Context } from "../src/context.ts";
-import { imageRoutes } from "../src/images/api.ts";
 import { build } from "../src/images/build.ts";
-import { NodeRegistry } from "../src/nodes.ts";
-import { Rebooter } from "../src/reboot.ts";
+import type { ImageStore } from "../src/images/store.ts";
 import { parseManifest } from "../contract/manifest.ts";
-import { dirEntries, fixTimes, sh, tempStore } from "./images_helpers.ts";
+import { dirEntries, fixTimes, serveImages, sh, tempStore } from "./images_helpers.ts";
 
 const busybox = new URL("../.work/busybox/busybox", import.meta.url).pathname;
 
@@ -45,6 +41,18 @@ async function setup() {
       "nothing written on the host",
     );
   return { t, ctxDir, outside, untouched };
+}
+
+/** `text` as the Buildfile of the context `ctx`, built into `name` without a log. */
+function buildText(store: ImageStore, ctx: string, name: string, text: string) {
+  Deno.writeTextFileSync(`${ctx}/Buildfile`, text);
+  return build(store, {
+    name,
+    buildfile: `${ctx}/Buildfile`,
+    context: ctx,
+    command: null,
+    log: () => {},
+  });
 }
 
 const manifestOf = (t: Awaited<ReturnType<typeof tempStore>>, id: string) =>
@@ -103,16 +111,7 @@ Deno.test("image build: a failing step names its line; hostile sources refused; 
   const { t, ctxDir, untouched } = await setup();
   try {
     const before = t.store.history("bb").map((v) => v.id);
-    const attempt = (text: string) => {
-      Deno.writeTextFileSync(`${ctxDir}/Buildfile`, text);
-      return build(t.store, {
-        name: "bb",
-        buildfile: `${ctxDir}/Buildfile`,
-        context: ctxDir,
-        command: null,
-        log: () => {},
-      });
-    };
+    const attempt = (text: string) => buildText(t.store, ctxDir, "bb", text);
     await assert.rejects(
       attempt("FROM bb\nRUN echo ok > /etc/ok\nRUN exit 7\nRUN echo never\n"),
       /^UserError: Buildfile line 3 failed: RUN exit 7: exit code 7; nothing committed$/,
@@ -158,14 +157,7 @@ Deno.test("image build: ADD of a tarball's huge sparse member writes no zeros", 
     f.truncateSync(1 << 30);
     f.close();
     sh("tar", "-S", "-C", `${t.dir}/sparse`, "-cf", `${ctxDir}/sparse.tar`, "big");
-    Deno.writeTextFileSync(`${ctxDir}/Buildfile`, "FROM bb\nADD sparse.tar /srv/\n");
-    const v = await build(t.store, {
-      name: "bb",
-      buildfile: `${ctxDir}/Buildfile`,
-      context: ctxDir,
-      command: null,
-      log: () => {},
-    });
+    const v = await buildText(t.store, ctxDir, "bb", "FROM bb\nADD sparse.tar /srv/\n");
     const st = Deno.lstatSync(`${t.data.rootfs(v.id)}/srv/big`);
     assert.equal(st.size, 1 << 30);
     assert.ok(st.blocks! * 512 < 1 << 20, `${st.blocks! * 512} bytes written for nothing`);
@@ -192,14 +184,7 @@ Deno.test("image build: ADD of a tarball listing only files keeps the image's pa
     Deno.writeTextFileSync(`${tarsrc}/tmp/x`, "x\n");
     Deno.mkdirSync(`${t.dir}/ctx/`);
     sh("tar", "-C", tarsrc, "-cf", `${t.dir}/ctx/keys.tar`, "root/.ssh/authorized_keys", "tmp/x");
-    Deno.writeTextFileSync(`${t.dir}/ctx/Buildfile`, "FROM img\nADD keys.tar /\n");
-    const v = await build(t.store, {
-      name: "img",
-      buildfile: `${t.dir}/ctx/Buildfile`,
-      context: `${t.dir}/ctx`,
-      command: null,
-      log: () => {},
-    });
+    const v = await buildText(t.store, `${t.dir}/ctx`, "img", "FROM img\nADD keys.tar /\n");
     const before = manifestOf(t, base.id), after = manifestOf(t, v.id);
     assert.ok(after.has("/root/.ssh/authorized_keys") && after.has("/tmp/x"));
     for (const d of ["/root", "/root/.ssh", "/tmp"]) {
@@ -232,14 +217,7 @@ Deno.test("image build: ADD and COPY of a bin/ onto a usrmerged image keep /bin 
     Deno.writeTextFileSync(`${ctx}/dir/bin/from-copy`, "c\n");
     Deno.writeTextFileSync(`${ctx}/dir/up/etc/through-up`, "u\n");
     sh("tar", "-C", `${t.dir}/tarsrc`, "-cf", `${ctx}/bin.tar`, "bin", "sbin");
-    Deno.writeTextFileSync(`${ctx}/Buildfile`, "FROM img\nADD bin.tar /\nCOPY dir/ /\n");
-    const v = await build(t.store, {
-      name: "img",
-      buildfile: `${ctx}/Buildfile`,
-      context: ctx,
-      command: null,
-      log: () => {},
-    });
+    const v = await buildText(t.store, ctx, "img", "FROM img\nADD bin.tar /\nCOPY dir/ /\n");
     const m = manifestOf(t, v.id);
     // before: /bin became a directory holding only the new files, /usr/bin/ls out of its reach
     assert.deepEqual([m.get("/bin")!.type, m.get("/bin")!.target], ["symlink", "usr/bin"]);
@@ -270,16 +248,8 @@ Deno.test("image build: a RUN that fills the disk, then exits 0: the failed comm
     await t.store.import(root, "bb");
     const before = used();
     Deno.mkdirSync(`${t.dir}/ctx`);
-    const attempt = (run: string) => {
-      Deno.writeTextFileSync(`${t.dir}/ctx/Buildfile`, `FROM bb\nRUN ${run}\n`);
-      return build(t.store, {
-        name: "bb",
-        buildfile: `${t.dir}/ctx/Buildfile`,
-        context: `${t.dir}/ctx`,
-        command: null,
-        log: () => {},
-      });
-    };
+    const attempt = (run: string) =>
+      buildText(t.store, `${t.dir}/ctx`, "bb", `FROM bb\nRUN ${run}\n`);
     await assert.rejects(attempt("dd if=/dev/zero of=/big bs=1M count=100; true"), /No space left/);
     assert.deepEqual(await dirEntries(t.data.tmp), []);
     // before: the new file stayed in objects/ (nothing else linked to it) until `image gc`
@@ -300,8 +270,10 @@ Deno.test("image build: a step's symlinks to host paths (RUN, ADD) lead no later
     Deno.mkdirSync(`${t.dir}/plant`);
     Deno.symlinkSync(outside, `${t.dir}/plant/planted-by-add`);
     sh("tar", "-C", `${t.dir}/plant`, "-cf", `${ctxDir}/plant.tar`, "planted-by-add");
-    Deno.writeTextFileSync(
-      `${ctxDir}/Buildfile`,
+    const v = await buildText(
+      t.store,
+      ctxDir,
+      "bb",
       `FROM bb
 RUN ln -s ${outside} /planted && ln -s ${outside}/host-secret /planted-file
 ADD plant.tar /
@@ -311,13 +283,6 @@ ADD files.tar.gz /planted/
 COPY secret.txt /planted-file
 `,
     );
-    const v = await build(t.store, {
-      name: "bb",
-      buildfile: `${ctxDir}/Buildfile`,
-      context: ctxDir,
-      command: null,
-      log: () => {},
-    });
     untouched();
     assert.equal(Deno.readTextFileSync(`${outside}/host-secret`), "host\n");
     const m = manifestOf(t, v.id);
@@ -387,12 +352,7 @@ Deno.test("image build over HTTP: a RUN printing without end waits for its reade
   const ac = new AbortController();
   const yes = ["/bin/busybox", "yes", `flood-${Math.floor(Math.random() * 1e9)}`];
   try {
-    const ctx = { data: t.data, db: t.db, images: t.store, changes: new EventTarget() };
-    const app = new Hono().route("/api/v1/images", imageRoutes(ctx as unknown as Context));
-    const server = Deno.serve(
-      { hostname: "127.0.0.1", port: 0, signal: ac.signal, onListen() {} },
-      app.fetch,
-    );
+    const server = serveImages(t, ac.signal);
     Deno.writeTextFileSync(`${ctxDir}/Buildfile`, `FROM bb\nRUN ${yes.join(" ")}\n`);
     const res = await fetch(`http://127.0.0.1:${server.addr.port}/api/v1/images/-/build`, {
       method: "POST",
@@ -425,15 +385,7 @@ Deno.test("netroot image build streams its log and says which line failed", asyn
   const { t, ctxDir } = await setup();
   const ac = new AbortController();
   try {
-    const changes = new EventTarget();
-    t.store.changes = changes;
-    const nodes = new NodeRegistry(t.data, t.db, t.store, new Rebooter(t.db), changes);
-    const ctx = { data: t.data, db: t.db, images: t.store, nodes, changes };
-    const app = new Hono().route("/api/v1/images", imageRoutes(ctx as unknown as Context));
-    const server = Deno.serve(
-      { hostname: "127.0.0.1", port: 0, signal: ac.signal, onListen() {} },
-      app.fetch,
-    );
+    const server = serveImages(t, ac.signal);
     const main = new URL("../main.ts", import.meta.url).pathname;
     const cli = async (...args: string[]) => {
       const out = await new Deno.Command(Deno.execPath(), {

@@ -1,10 +1,15 @@
 // Shared fixtures of the image tests: a throwaway store, and trees/tarballs built with the real
 // tools (GNU tar, mknod, setcap) holding what an OS image holds.
+import { Hono } from "hono";
+import type { Context } from "../src/context.ts";
 import { DataDir } from "../src/datadir.ts";
 import { type Db, openDatabase } from "../src/db.ts";
+import { imageRoutes } from "../src/images/api.ts";
 import { ImageStore } from "../src/images/store.ts";
 import { setXattr } from "../src/linux/xattr.ts";
 import { setLogSink } from "../src/log.ts";
+import { NodeRegistry } from "../src/nodes.ts";
+import { Rebooter } from "../src/reboot.ts";
 
 setLogSink(() => {}); // keep test output readable
 
@@ -33,6 +38,23 @@ export async function tempStore(dataRoot?: string): Promise<TempStore> {
       await Deno.remove(dir, { recursive: true }).catch(() => {});
     },
   };
+}
+
+/** The image API over `t`'s store (with a node registry of its own unless `nodes` is given). */
+export function imagesApp(t: TempStore, nodes?: NodeRegistry): Hono {
+  const changes = new EventTarget();
+  t.store.changes = changes;
+  nodes ??= new NodeRegistry(t.data, t.db, t.store, new Rebooter(t.db), changes);
+  const ctx = { data: t.data, db: t.db, images: t.store, nodes, changes };
+  return new Hono().route("/api/v1/images", imageRoutes(ctx as unknown as Context));
+}
+
+/** imagesApp served on loopback until `signal` aborts. */
+export function serveImages(t: TempStore, signal: AbortSignal, nodes?: NodeRegistry) {
+  return Deno.serve(
+    { hostname: "127.0.0.1", port: 0, signal, onListen() {} },
+    imagesApp(t, nodes).fetch,
+  );
 }
 
 export function sh(cmd: string, ...args: string[]): string {

@@ -6,11 +6,8 @@
 // Needs root (tmpfs mount, chown).
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { Hono } from "hono";
-import type { Context } from "../src/context.ts";
 import { UserError } from "../src/errors.ts";
-import { imageRoutes } from "../src/images/api.ts";
-import { assertStoreEmpty, sh, type TempStore, tempStore } from "./images_helpers.ts";
+import { assertStoreEmpty, serveImages, sh, type TempStore, tempStore } from "./images_helpers.ts";
 
 const sha = (b: Uint8Array | string) => createHash("sha256").update(b).digest("hex");
 const enc = new TextEncoder();
@@ -689,12 +686,7 @@ Deno.test("netroot image import of a hostile archive: exit 1, one line naming th
   const t = await tempStore();
   const ac = new AbortController();
   try {
-    const ctx = { data: t.data, db: t.db, images: t.store, changes: new EventTarget() };
-    const app = new Hono().route("/api/v1/images", imageRoutes(ctx as unknown as Context));
-    const server = Deno.serve(
-      { hostname: "127.0.0.1", port: 0, signal: ac.signal, onListen() {} },
-      app.fetch,
-    );
+    const server = serveImages(t, ac.signal);
     const outside = makeSentinel(t);
     const before = snapshot(outside);
     const archive = ociArchive(t.dir, [[{ name: `${UP}/.wh..wh..opq` }]]);

@@ -16,7 +16,7 @@ import { type PowerServer, withPowerServer } from "./support/power.ts";
 import { type FakeNodeSshd, startSshd } from "./support/sshd.ts";
 import { manifestText, parseManifest } from "../contract/manifest.ts";
 import { scanTree } from "../src/images/walk.ts";
-import { buildSampleTree, dirEntries, sh, tempStore } from "./images_helpers.ts";
+import { buildSampleTree, dirEntries, sh, tarOf, tempStore } from "./images_helpers.ts";
 
 async function setup() {
   const t = await tempStore();
@@ -47,17 +47,7 @@ function upperTarball(dir: string, lower: string, change: (root: string) => void
   } finally {
     umount(`${dir}/merged`, MNT_DETACH);
   }
-  sh(
-    "tar",
-    "--xattrs",
-    "--xattrs-include=*",
-    "--numeric-owner",
-    "-C",
-    `${dir}/upper`,
-    "-cf",
-    `${dir}/upper.tar`,
-    ".",
-  );
+  tarOf(`${dir}/upper`, `${dir}/upper.tar`);
   return `${dir}/upper.tar`;
 }
 
@@ -145,16 +135,7 @@ Deno.test("node save: hostile uppers are refused, nothing committed", async () =
       "trusted.overlay.redirect",
       new TextEncoder().encode("/etc"),
     );
-    sh(
-      "tar",
-      "--xattrs",
-      "--xattrs-include=*",
-      "-C",
-      `${t.dir}/redir/upper`,
-      "-cf",
-      `${t.dir}/redir.tar`,
-      ".",
-    );
+    tarOf(`${t.dir}/redir/upper`, `${t.dir}/redir.tar`);
     await assert.rejects(
       saveNode(ctx, "n1", "deb", `${t.dir}/redir.tar`, null),
       /\/moved is an overlay redirect entry/,
@@ -169,31 +150,13 @@ Deno.test("node save: hostile uppers are refused, nothing committed", async () =
       new TextEncoder().encode("../../../../etc"),
     );
     setXattr(`${t.dir}/redir2/upper/etc/shadow`, "trusted.overlay.metacopy", new Uint8Array());
-    sh(
-      "tar",
-      "--xattrs",
-      "--xattrs-include=*",
-      "-C",
-      `${t.dir}/redir2/upper`,
-      "-cf",
-      `${t.dir}/redir2.tar`,
-      ".",
-    );
+    tarOf(`${t.dir}/redir2/upper`, `${t.dir}/redir2.tar`);
     await assert.rejects(
       saveNode(ctx, "n1", "deb", `${t.dir}/redir2.tar`, null),
       /\/etc is an overlay redirect entry/,
     );
     removeXattr(`${t.dir}/redir2/upper/etc`, "user.overlay.redirect");
-    sh(
-      "tar",
-      "--xattrs",
-      "--xattrs-include=*",
-      "-C",
-      `${t.dir}/redir2/upper`,
-      "-cf",
-      `${t.dir}/redir2.tar`,
-      ".",
-    );
+    tarOf(`${t.dir}/redir2/upper`, `${t.dir}/redir2.tar`);
     await assert.rejects(
       saveNode(ctx, "n1", "deb", `${t.dir}/redir2.tar`, null),
       /\/etc\/shadow is an overlay metacopy entry/,

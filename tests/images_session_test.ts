@@ -3,15 +3,12 @@
 // the image holds symlinks pointing at the host's files and directories; a copy into or out of
 // it must stay inside the copy.
 import assert from "node:assert/strict";
-import { Hono } from "hono";
-import type { Context } from "../src/context.ts";
-import { imageRoutes } from "../src/images/api.ts";
 import { copyIn, copyOut } from "../src/images/cp.ts";
 import { UserError } from "../src/errors.ts";
 import { NodeRegistry } from "../src/nodes.ts";
 import { Rebooter } from "../src/reboot.ts";
 import { parseManifest } from "../contract/manifest.ts";
-import { dirEntries, fixTimes, tempStore } from "./images_helpers.ts";
+import { dirEntries, fixTimes, serveImages, tempStore } from "./images_helpers.ts";
 
 const busybox = new URL("../.work/busybox/busybox", import.meta.url).pathname;
 
@@ -252,14 +249,7 @@ Deno.test("netroot image shell (-- CMD and interactive, systemd-nspawn) and cp c
   const { t, nodes, base } = await setup();
   const ac = new AbortController();
   try {
-    const changes = new EventTarget();
-    t.store.changes = changes;
-    const ctx = { data: t.data, db: t.db, images: t.store, nodes, changes };
-    const app = new Hono().route("/api/v1/images", imageRoutes(ctx as unknown as Context));
-    const server = Deno.serve(
-      { hostname: "127.0.0.1", port: 0, signal: ac.signal, onListen() {} },
-      app.fetch,
-    );
+    const server = serveImages(t, ac.signal, nodes);
     nodes.add("52:54:00:00:00:07", { name: "n7" });
     await nodes.deploy(["n7"], "bb", { reboot: false, force: true });
     const main = new URL("../main.ts", import.meta.url).pathname;
