@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import dgram from "node:dgram";
 import { join } from "node:path";
-import { createTftpServer, type TransferEvent } from "../netboot/tftp/server.ts";
+import { createTftpServer, type TftpServer, type TransferEvent } from "../netboot/tftp/server.ts";
 import { startTftpService as startTftp } from "../src/boot/services.ts";
 import { resolveRequest } from "../netboot/tftp/resolve.ts";
 import { TftpError, tftpGet, tftpGetDetailed } from "../netboot/tftp/client.ts";
@@ -56,10 +56,13 @@ async function run(cmd: string, args: string[], cwd?: string) {
 }
 
 async function withServer(
-  fn: (port: number, f: Awaited<ReturnType<typeof fixture>>, events: TransferEvent[]) => Promise<
-    void
-  >,
-  serverOptions: { timeoutMs?: number } = {},
+  fn: (
+    port: number,
+    f: Awaited<ReturnType<typeof fixture>>,
+    events: TransferEvent[],
+    server: TftpServer,
+  ) => Promise<void>,
+  serverOptions: { timeoutMs?: number; retries?: number; maxTransfers?: number } = {},
 ) {
   const f = await fixture();
   const events: TransferEvent[] = [];
@@ -73,7 +76,7 @@ async function withServer(
     onTransfer: (e) => events.push(e),
   });
   try {
-    await fn(server.port, f, events);
+    await fn(server.port, f, events, server);
     // The client is done before the server sees its last ACK: give the server a moment.
     for (let i = 0; i < 50 && server.active > 0; i++) await new Promise((r) => setTimeout(r, 20));
     assert.equal(server.active, 0, "transfers left running");
@@ -447,48 +450,38 @@ Deno.test("tftp: startTftp serves a node its image's /boot and writes the node's
 });
 
 Deno.test("tftp: a burst of RRQs that never ACK holds no more than maxTransfers (attacker)", async () => {
-  const f = await fixture();
-  const events: TransferEvent[] = [];
-  const server = await createTftpServer({
-    port: 0,
-    host: "127.0.0.1",
-    workers: 2,
-    timeoutMs: 300,
-    retries: 1,
-    maxTransfers: 20,
-    resolve: (path) => resolveRequest(path, { ipxeDir: f.ipxe, nodeFs: f.nodeFs }),
-    onTransfer: (e) => events.push(e),
-  });
-  const sock = dgram.createSocket("udp4");
-  try {
-    await new Promise<void>((r) => sock.bind(0, "127.0.0.1", r));
-    // 200 distinct requests in one burst (each a new transfer: their bytes differ), none ACKed.
-    for (let i = 0; i < 200; i++) {
-      const rrq = encode({
-        op: "RRQ",
-        filename: "undionly.kpxe",
-        mode: "octet",
-        options: { blksize: String(512 + i) },
-      });
-      sock.send(rrq, server.port, "127.0.0.1");
+  await withServer(async (port, _f, events, server) => {
+    const sock = dgram.createSocket("udp4");
+    try {
+      await new Promise<void>((r) => sock.bind(0, "127.0.0.1", r));
+      // 200 distinct requests in one burst (each a new transfer: their bytes differ), none ACKed.
+      for (let i = 0; i < 200; i++) {
+        const rrq = encode({
+          op: "RRQ",
+          filename: "undionly.kpxe",
+          mode: "octet",
+          options: { blksize: String(512 + i) },
+        });
+        sock.send(rrq, port, "127.0.0.1");
+      }
+      let peak = 0;
+      for (let i = 0; i < 40; i++) {
+        peak = Math.max(peak, server.active);
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      assert.ok(peak <= 20, `${peak} transfers at once, limit 20`);
+      for (let i = 0; i < 200 && server.active > 0; i++) {
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      assert.equal(server.active, 0, "every unanswered transfer timed out");
+      // Every request has its outcome: a refusal ("server busy") or a transfer that timed out.
+      for (let i = 0; i < 100 && events.length < 200; i++) {
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      assert.equal(events.length, 200);
+      assert.ok(events.some((e) => e.reason === "server busy, try again"));
+    } finally {
+      sock.close();
     }
-    let peak = 0;
-    for (let i = 0; i < 40; i++) {
-      peak = Math.max(peak, server.active);
-      await new Promise((r) => setTimeout(r, 10));
-    }
-    assert.ok(peak <= 20, `${peak} transfers at once, limit 20`);
-    for (let i = 0; i < 200 && server.active > 0; i++) await new Promise((r) => setTimeout(r, 20));
-    assert.equal(server.active, 0, "every unanswered transfer timed out");
-    // Every request has its outcome: a refusal ("server busy") or a transfer that timed out.
-    for (let i = 0; i < 100 && events.length < 200; i++) {
-      await new Promise((r) => setTimeout(r, 20));
-    }
-    assert.equal(events.length, 200);
-    assert.ok(events.some((e) => e.reason === "server busy, try again"));
-  } finally {
-    sock.close();
-    await server.close();
-    await Deno.remove(f.dir, { recursive: true });
-  }
+  }, { retries: 1, maxTransfers: 20 });
 });
