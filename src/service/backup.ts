@@ -227,6 +227,14 @@ async function checkExtracted(stage: string, file: string): Promise<Manifest> {
   if (manifest.format !== FORMAT || manifest.version !== VERSION) {
     throw new UserError(`${file}: not a netroot backup of version ${VERSION}`);
   }
+  // The settings names become paths (config/NAME in the backup, /etc/netroot/NAME): a name with
+  // "/" or ".." would make restore copy a file from outside the backup, or over one outside
+  // /etc/netroot (the one there moved aside first). The same names the members may have.
+  const names = (v: unknown, rule: RegExp) =>
+    Array.isArray(v) && v.every((n) => typeof n === "string" && rule.test(n));
+  if (!names(manifest.config, configName) || !names(manifest.power, powerName)) {
+    throw new UserError(`${file}: ${MANIFEST} names files that are not in a netroot backup`);
+  }
   const token = (await Deno.readTextFile(join(stage, "token"))).trim();
   if (!/^[0-9a-f]{64}$/.test(token)) throw new UserError(`${file}: malformed token`);
   let db: DatabaseSync | undefined;
