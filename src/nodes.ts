@@ -63,7 +63,7 @@ export interface NodeInfo {
 /** Checks one setting value and returns it normalised, or throws a UserError saying why. */
 export type SettingValidator = (key: string, value: string) => string;
 
-/** A node setting: the key itself, or every `key.*` (a key ending in "." only matches below it).
+/** A node setting: the key itself, or, for a key ending in ".", every key below it.
  *  A `secret` setting is stored as given but shown as `***` everywhere (NodeInfo, events); the
  *  code that uses it reads it with NodeRegistry.secretSettings(). */
 export interface Setting {
@@ -91,8 +91,10 @@ export class SettingRules {
 
   #keyOf(key: string): string | undefined {
     if (this.#checks.has(key)) return key;
+    // Only a prefix matches below itself: `kernel.cmdline.x` or `ip.x` is unknown (it was
+    // stored, checked as its parent, and used by nothing: a typo that looked accepted).
     for (const prefix of this.#checks.keys()) {
-      if (key.startsWith(prefix.endsWith(".") ? prefix : prefix + ".")) return prefix;
+      if (prefix.endsWith(".") && key.startsWith(prefix)) return prefix;
     }
     return undefined;
   }

@@ -215,6 +215,9 @@ Deno.test("configure validates every key before writing any; null deletes; plugi
         { "kernel.cmdline": "x=${ip}" },
         { persist: "maybe" },
         { colour: "blue" },
+        // Below a key that is not a prefix: unknown, not checked as its parent and stored.
+        { "kernel.cmdline.x": "init=/bin/sh" },
+        { "persist.x": "true" },
       ]
     ) {
       // One valid key alongside the bad one: nothing may be written.
