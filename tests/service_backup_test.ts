@@ -266,6 +266,17 @@ Deno.test("restore refuses hostile and damaged backups before touching the data 
         /netroot-backup\.json names files that are not in a netroot backup/,
       ],
       [
+        // It passed the checks, replaced the data dir's database, then failed: "no such table".
+        "a database that is not netroot's",
+        forged(dir, good, async (t) => {
+          await Deno.remove(join(t, "netroot.db"));
+          const db = new DatabaseSync(join(t, "netroot.db"));
+          db.exec(`CREATE TABLE other (x TEXT); PRAGMA user_version = ${schemaVersion}`);
+          db.close();
+        }),
+        /not a netroot database \(no table /,
+      ],
+      [
         "no database",
         forged(dir, good, (t) => Deno.remove(join(t, "netroot.db"))),
         /not a netroot backup: no netroot\.db/,

@@ -19,7 +19,7 @@ import { backup as sqliteBackup, DatabaseSync } from "node:sqlite";
 import { existsSync } from "node:fs";
 import { basename, dirname, extname, join, resolve } from "node:path";
 import { DataDir } from "../datadir.ts";
-import { openDatabase, schemaVersion, versionOf } from "../db.ts";
+import { type Db, migrate, openDatabase, schemaVersion, versionOf } from "../db.ts";
 import { ImageStore } from "../images/store.ts";
 import { UserError } from "../errors.ts";
 import { fsyncDir, syncFile, syncfs } from "../linux/fsops.ts";
@@ -286,6 +286,7 @@ export async function restoreFrom(
   try {
     await tar(["--extract", "--file", source, "--directory", stage, "--no-same-owner"]);
     const manifest = await checkExtracted(stage, file);
+    const missing = checkedDatabase(join(stage, "netroot.db"), data, file);
     // The extracted files on the disk before they are renamed in: a rename can reach the disk
     // (any journal commit) before the data of a file just written (ext4 allocates its blocks at
     // writeback), and an empty netroot.db after a power cut opens as a new, empty database — the
@@ -311,7 +312,7 @@ export async function restoreFrom(
       manifest,
       replaced: current.length ? replaced : undefined,
       config,
-      missingImages: missingImages(data),
+      missingImages: missing,
     };
   } finally {
     await Deno.remove(stage, { recursive: true }).catch(() => {});
@@ -342,14 +343,34 @@ async function restoreConfig(
   return done;
 }
 
-/** Opens the restored database as the server will (migrating an older schema now, so a failure
- *  shows here) and names the images whose files are not in the data dir. */
-function missingImages(data: DataDir): string[] {
-  const db = openDatabase(data.db);
+/** Opens the staged database as the server will (migrating an older schema now, so a failure
+ *  shows before anything is replaced), refuses one without netroot's tables (a database that is
+ *  not ours, whatever its user_version says: it replaced the data dir's, then failed), and names
+ *  the images whose files are not in the data dir. */
+function checkedDatabase(path: string, data: DataDir, file: string): string[] {
+  const tables = (db: Db) =>
+    new Set(
+      (db.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").all() as {
+        name: string;
+      }[]).map((r) => r.name),
+    );
+  const fresh = new DatabaseSync(":memory:");
+  let db: Db | undefined;
   try {
+    migrate(fresh);
+    db = openDatabase(path);
+    const have = tables(db);
+    const lacking = [...tables(fresh)].filter((t) => !have.has(t));
+    if (lacking.length) {
+      throw new UserError(`${file}: not a netroot database (no table ${lacking.join(", ")})`);
+    }
     return new ImageStore(data, db).list().filter((i) => !existsSync(data.manifest(i.id)))
       .map((i) => i.name);
+  } catch (e) {
+    if (e instanceof UserError) throw e;
+    throw new UserError(`${file}: the database is damaged (${(e as Error).message})`);
   } finally {
-    db.close();
+    db?.close();
+    fresh.close();
   }
 }
