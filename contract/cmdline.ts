@@ -144,15 +144,32 @@ export function ipHostname(name: string): string {
   return name.replace(/[^A-Za-z0-9.-]/g, "-").slice(0, 63);
 }
 
-/** The per-node `kernel.cmdline`, as words: a newline would end the iPXE `kernel` line and `${`
- *  would be expanded by iPXE, so those are refused rather than boot something else than asked. */
-function extraWords(extra: string | undefined): string[] {
-  if (extra === undefined || extra.trim() === "") return [];
+/** Words iPXE reads as the end of the `kernel` command: `||`, `&&` and `;` start another command
+ *  (`&& chain http://elsewhere/`), a word from `#` on is a comment (the `|| goto failed` after it
+ *  is lost). */
+const ipxeTerminator = /(^|\s)((\|\||&&|;)(\s|$)|#)/;
+
+/** Throws when the per-node `kernel.cmdline` cannot be appended to the iPXE `kernel` line as
+ *  kernel arguments only: a newline would end the line, `${` would be expanded by iPXE, and a
+ *  terminator word would run an iPXE command of the setter's choosing. Refused rather than boot
+ *  something else than asked. */
+export function checkExtra(extra: string): string {
   // deno-lint-ignore no-control-regex -- rejecting control characters is the point
   if (/[\x00-\x1f\x7f]|\$\{/.test(extra)) {
     throw new Error(`kernel.cmdline ${JSON.stringify(extra)} contains control characters or \${`);
   }
-  return [extra.trim().replace(/\s+/g, " ")];
+  if (ipxeTerminator.test(extra)) {
+    throw new Error(
+      `kernel.cmdline ${JSON.stringify(extra)}: a word must not be ||, && or ; or start with #`,
+    );
+  }
+  return extra;
+}
+
+/** The per-node `kernel.cmdline`, as words (checkExtra). */
+function extraWords(extra: string | undefined): string[] {
+  if (extra === undefined || extra.trim() === "") return [];
+  return [checkExtra(extra).trim().replace(/\s+/g, " ")];
 }
 
 /** The command line the server sends; throws a one-line reason when it cannot be rendered. */

@@ -33,7 +33,7 @@ import { conflict, notFound, UserError } from "./errors.ts";
 import { eventsAppended, recordEvent } from "./events.ts";
 import type { ImageStore } from "./images/store.ts";
 import { normalizeMac } from "./mac.ts";
-import { BOOT_MODES, RULES } from "../contract/cmdline.ts";
+import { BOOT_MODES, checkExtra, RULES } from "../contract/cmdline.ts";
 import { ipv4Octets } from "../contract/ipv4.ts";
 import { logger } from "./log.ts";
 import type { Rebooter, RebootResult } from "./reboot.ts";
@@ -63,7 +63,7 @@ export interface NodeInfo {
 /** Checks one setting value and returns it normalised, or throws a UserError saying why. */
 export type SettingValidator = (key: string, value: string) => string;
 
-/** A node setting: the key itself, or every `key.*` (a key ending in "." only matches below it).
+/** A node setting: the key itself, or, for a key ending in ".", every key below it.
  *  A `secret` setting is stored as given but shown as `***` everywhere (NodeInfo, events); the
  *  code that uses it reads it with NodeRegistry.secretSettings(). */
 export interface Setting {
@@ -91,8 +91,10 @@ export class SettingRules {
 
   #keyOf(key: string): string | undefined {
     if (this.#checks.has(key)) return key;
+    // Only a prefix matches below itself: `kernel.cmdline.x` or `ip.x` is unknown (it was
+    // stored, checked as its parent, and used by nothing: a typo that looked accepted).
     for (const prefix of this.#checks.keys()) {
-      if (key.startsWith(prefix.endsWith(".") ? prefix : prefix + ".")) return prefix;
+      if (prefix.endsWith(".") && key.startsWith(prefix)) return prefix;
     }
     return undefined;
   }
@@ -133,10 +135,15 @@ export const nodeSettings: Setting[] = [
   {
     key: "kernel.cmdline",
     check: (key, value) => {
-      // Appended to the kernel command line as is: a line break would end it early.
+      // Appended to the kernel command line as is: a line break would end it early, and the
+      // iPXE script's kernel line must not end or run another command (checkExtra).
       if (/[\r\n\0]/.test(value)) throw new UserError(`${key} must be a single line`);
       if (value.length > 1024) throw new UserError(`${key} is longer than 1024 characters`);
-      return value.trim();
+      try {
+        return checkExtra(value).trim();
+      } catch (e) {
+        throw new UserError((e as Error).message);
+      }
     },
   },
   // The values that go on the kernel command line follow its contract's rules

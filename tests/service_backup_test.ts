@@ -255,6 +255,28 @@ Deno.test("restore refuses hostile and damaged backups before touching the data 
         new RegExp(`newer netroot \\(schema ${schemaVersion + 1}.*upgrade netroot first`),
       ],
       [
+        // Restore joined these names to config/ and /etc/netroot: a file outside the backup was
+        // copied over the settings file (or one outside /etc/netroot moved aside).
+        "a settings name that climbs out",
+        forged(dir, good, async (t) => {
+          const m = JSON.parse(await Deno.readTextFile(join(t, "netroot-backup.json")));
+          m.config = ["../".repeat(30) + join(dir, "secret").slice(1)];
+          await Deno.writeTextFile(join(t, "netroot-backup.json"), JSON.stringify(m));
+        }),
+        /netroot-backup\.json names files that are not in a netroot backup/,
+      ],
+      [
+        // It passed the checks, replaced the data dir's database, then failed: "no such table".
+        "a database that is not netroot's",
+        forged(dir, good, async (t) => {
+          await Deno.remove(join(t, "netroot.db"));
+          const db = new DatabaseSync(join(t, "netroot.db"));
+          db.exec(`CREATE TABLE other (x TEXT); PRAGMA user_version = ${schemaVersion}`);
+          db.close();
+        }),
+        /not a netroot database \(no table /,
+      ],
+      [
         "no database",
         forged(dir, good, (t) => Deno.remove(join(t, "netroot.db"))),
         /not a netroot backup: no netroot\.db/,
@@ -265,12 +287,16 @@ Deno.test("restore refuses hostile and damaged backups before touching the data 
         /tar: /,
       ],
     ];
+    await Deno.writeTextFile(join(dir, "secret"), "not the backup's\n", { mode: 0o600 });
+    const config = join(dir, "config.json");
+    await Deno.writeTextFile(config, "{}\n");
     for (const [what, file, error] of cases) {
-      const r = await netroot("restore", await file, "--data", data);
+      const r = await netroot("restore", await file, "--data", data, "--config", config);
       assert.equal(r.code, 1, `${what}: ${r.out}`);
       assert.match(r.err, error, what);
       assert.equal(r.err.trim().split("\n").length, 1, `${what}: one line\n${r.err}`);
       assert.ok(!existsSync(join(dir, "evil")), what);
+      assert.equal(await Deno.readTextFile(config), "{}\n", what);
       assert.deepEqual(nodeNames(join(data, "netroot.db")), ["n1"], what);
       assert.equal(await Deno.readTextFile(join(data, "token")), token, what);
       assert.ok(![...Deno.readDirSync(data)].some((e) => e.name.startsWith("replaced-")), what);

@@ -95,6 +95,21 @@ Deno.test("install-service --root from a checkout, then uninstall-service keeps 
   }
 });
 
+Deno.test("install-service refuses a data dir the wrapper script's shell would run a command from", async () => {
+  const root = await Deno.makeTempDir({ prefix: "nr-install-bad-" });
+  try {
+    // Inside the wrapper's "${NETROOT_DATA:=…}", backquotes ran `id` at every `netroot` command.
+    for (const data of ["/srv/`id>/tmp/x`", "/srv/$(id)", "/srv/net root", "/srv/%h", "srv"]) {
+      const r = await netroot("install-service", "--root", root, "--data", data);
+      assert.equal(r.code, 1, `${data}: ${r.out}`);
+      assert.match(r.err, /--data must be an absolute path without spaces/, data);
+      assert.deepEqual([...Deno.readDirSync(root)], [], data);
+    }
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
 Deno.test("install-service (root, loop ext4): a power cut after it returns leaves the program and the unit whole", async () => {
   await withLoopExt4(512, async (disk) => {
     const root = await disk.freshDir("root");

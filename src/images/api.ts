@@ -75,6 +75,7 @@ export function imageRoutes(ctx: Context): Hono {
   });
   // image cp: host paths (read or written by the server) into or out of an image.
   app.post("/-/cp", async (c) => {
+    onServerMachine(c, "image cp HOST-PATH IMAGE:PATH");
     const body = await jsonBody(c.req.raw);
     const sources = body.sources, image = body.image, path = body.path;
     if (
@@ -123,6 +124,7 @@ export function imageRoutes(ctx: Context): Hono {
   });
   // image build: the log streamed as NDJSON {log} lines, then {image} or {error}.
   app.post("/-/build", async (c) => {
+    onServerMachine(c, "image build");
     const body = await jsonBody(c.req.raw);
     const { buildfile, context, from } = body;
     const name = validateName(body.name);
@@ -267,8 +269,11 @@ function ndjson(
 }
 
 /**
- * Writes to the server's own files (cp out) and containers run by the caller on the merged tree
- * (shell) are for the server machine's root: a request from another host is refused.
+ * What reads or writes the server's own files as root (cp in and out, a build's context) and what
+ * runs a container as root (shell, build) is for the server machine's root: a request from
+ * another host is refused. A build's RUN has the server's network: from a remote build it reached
+ * the API on 127.0.0.1 and with it everything local-only, and `COPY` from a context of `/` showed
+ * any file of the server in the build's log.
  */
 function onServerMachine(c: HonoContext, what: string): void {
   const host = (c.env as Deno.ServeHandlerInfo<Deno.NetAddr> | undefined)?.remoteAddr?.hostname;

@@ -19,7 +19,7 @@ import { backup as sqliteBackup, DatabaseSync } from "node:sqlite";
 import { existsSync } from "node:fs";
 import { basename, dirname, extname, join, resolve } from "node:path";
 import { DataDir } from "../datadir.ts";
-import { openDatabase, schemaVersion, versionOf } from "../db.ts";
+import { type Db, migrate, openDatabase, schemaVersion, versionOf } from "../db.ts";
 import { ImageStore } from "../images/store.ts";
 import { UserError } from "../errors.ts";
 import { fsyncDir, syncFile, syncfs } from "../linux/fsops.ts";
@@ -227,6 +227,14 @@ async function checkExtracted(stage: string, file: string): Promise<Manifest> {
   if (manifest.format !== FORMAT || manifest.version !== VERSION) {
     throw new UserError(`${file}: not a netroot backup of version ${VERSION}`);
   }
+  // The settings names become paths (config/NAME in the backup, /etc/netroot/NAME): a name with
+  // "/" or ".." would make restore copy a file from outside the backup, or over one outside
+  // /etc/netroot (the one there moved aside first). The same names the members may have.
+  const names = (v: unknown, rule: RegExp) =>
+    Array.isArray(v) && v.every((n) => typeof n === "string" && rule.test(n));
+  if (!names(manifest.config, configName) || !names(manifest.power, powerName)) {
+    throw new UserError(`${file}: ${MANIFEST} names files that are not in a netroot backup`);
+  }
   const token = (await Deno.readTextFile(join(stage, "token"))).trim();
   if (!/^[0-9a-f]{64}$/.test(token)) throw new UserError(`${file}: malformed token`);
   let db: DatabaseSync | undefined;
@@ -278,6 +286,7 @@ export async function restoreFrom(
   try {
     await tar(["--extract", "--file", source, "--directory", stage, "--no-same-owner"]);
     const manifest = await checkExtracted(stage, file);
+    const missing = checkedDatabase(join(stage, "netroot.db"), data, file);
     // The extracted files on the disk before they are renamed in: a rename can reach the disk
     // (any journal commit) before the data of a file just written (ext4 allocates its blocks at
     // writeback), and an empty netroot.db after a power cut opens as a new, empty database — the
@@ -303,7 +312,7 @@ export async function restoreFrom(
       manifest,
       replaced: current.length ? replaced : undefined,
       config,
-      missingImages: missingImages(data),
+      missingImages: missing,
     };
   } finally {
     await Deno.remove(stage, { recursive: true }).catch(() => {});
@@ -334,14 +343,34 @@ async function restoreConfig(
   return done;
 }
 
-/** Opens the restored database as the server will (migrating an older schema now, so a failure
- *  shows here) and names the images whose files are not in the data dir. */
-function missingImages(data: DataDir): string[] {
-  const db = openDatabase(data.db);
+/** Opens the staged database as the server will (migrating an older schema now, so a failure
+ *  shows before anything is replaced), refuses one without netroot's tables (a database that is
+ *  not ours, whatever its user_version says: it replaced the data dir's, then failed), and names
+ *  the images whose files are not in the data dir. */
+function checkedDatabase(path: string, data: DataDir, file: string): string[] {
+  const tables = (db: Db) =>
+    new Set(
+      (db.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").all() as {
+        name: string;
+      }[]).map((r) => r.name),
+    );
+  const fresh = new DatabaseSync(":memory:");
+  let db: Db | undefined;
   try {
+    migrate(fresh);
+    db = openDatabase(path);
+    const have = tables(db);
+    const lacking = [...tables(fresh)].filter((t) => !have.has(t));
+    if (lacking.length) {
+      throw new UserError(`${file}: not a netroot database (no table ${lacking.join(", ")})`);
+    }
     return new ImageStore(data, db).list().filter((i) => !existsSync(data.manifest(i.id)))
       .map((i) => i.name);
+  } catch (e) {
+    if (e instanceof UserError) throw e;
+    throw new UserError(`${file}: the database is damaged (${(e as Error).message})`);
   } finally {
-    db.close();
+    db?.close();
+    fresh.close();
   }
 }

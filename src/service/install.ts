@@ -172,8 +172,12 @@ export async function installService(opts: InstallOptions = {}): Promise<void> {
   const root = opts.root ?? "/";
   // An upgrade (install again without --data) keeps the data dir the installed unit names.
   const data = opts.data ?? (await installedDataDir(root)) ?? paths.data;
-  if (!data.startsWith("/") || /[\s"'\\$%]/.test(data)) {
-    throw new UserError(`--data must be an absolute path without spaces or quotes, got ${data}`);
+  // It goes into the wrapper script inside "…" (where $ and ` substitute) and into the unit
+  // (where % is a specifier).
+  if (!data.startsWith("/") || /[\s"'`\\$%]/.test(data)) {
+    throw new UserError(
+      `--data must be an absolute path without spaces, quotes, backquotes, $ or %, got ${data}`,
+    );
   }
   if (root === "/" && Deno.uid() !== 0) throw new UserError("install-service needs root");
   const scratch = await Deno.makeTempDir({ prefix: "netroot-install-" });
