@@ -113,7 +113,7 @@ Deno.test("images API: import (plain and NDJSON progress), list, show, rename, r
 Deno.test("images API: what reads or writes the server's files or runs a container is refused to other hosts", async () => {
   const t = await tempStore();
   try {
-    const app = appFor(t);
+    const app = imagesApp(t);
     const from = (hostname: string) => ({
       remoteAddr: { transport: "tcp", hostname, port: 40000 },
     });
