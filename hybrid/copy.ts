@@ -91,11 +91,44 @@ export function copyPaths(hybridDir: string, imageId: string) {
 
 export function isComplete(hybridDir: string, imageId: string): boolean {
   const p = copyPaths(hybridDir, imageId);
-  try {
-    return Deno.statSync(p.image).isDirectory && Deno.statSync(p.manifest).isFile;
-  } catch {
-    return false;
+  // lstat: a link planted in place of the copy (the disk is not trusted) is no copy
+  return !!lstatOrNull(p.image)?.isDirectory && !!lstatOrNull(p.manifest)?.isFile;
+}
+
+/**
+ * The disk is not trusted: whoever was root on this node before (any image, or a persistent hybrid
+ * image writing to this very partition) may have put a symlink, a FIFO or a device node where the
+ * copy keeps its own entries, so that the init (PID 1, about to run someone else's image) would
+ * write, remove or block through it. Before the copy touches `<id>/`, each of its own entries that
+ * is not what the copy makes there (a real directory; a regular file) is removed — the entry
+ * itself, never what it points to.
+ */
+export function clearPlanted(hybridDir: string, imageId: string): void {
+  const p = copyPaths(hybridDir, imageId);
+  const expect: [string, "dir" | "file"][] = [
+    [p.base, "dir"],
+    [p.image, "dir"],
+    [p.part, "dir"],
+    [p.upper, "dir"],
+    [p.work, "dir"],
+    [p.manifest, "file"],
+    [p.lastBoot, "file"],
+  ];
+  for (const [path, kind] of expect) {
+    const st = lstatOrNull(path);
+    if (!st || (kind === "dir" ? st.isDirectory : st.isFile)) continue;
+    Deno.removeSync(path);
+    if (path === p.base) return; // nothing below it left to check
   }
+}
+
+/** Writes one of the copy's own files as a new inode (O_EXCL, then renamed over it): never through
+ *  a hard link, symlink or FIFO planted at `path` or at its temporary name. */
+export function writeOwnFile(path: string, text: string): void {
+  const tmp = `${path}.tmp`;
+  removeIfExists(tmp);
+  Deno.writeTextFileSync(tmp, text, { createNew: true });
+  Deno.renameSync(tmp, path);
 }
 
 /** Key under which identical files (content and metadata) can share an inode. */
@@ -581,6 +614,7 @@ export function planCopy(hybridDir: string, imageId: string, entries: ManifestEn
 export async function ensureLocalCopy(opts: CopyOptions): Promise<CopyReport> {
   const t0 = performance.now();
   const { imageId, hybridDir } = opts;
+  clearPlanted(hybridDir, imageId);
   const pool = isComplete(hybridDir, imageId) ? undefined : new Copiers();
   try {
     return await ensureWith(opts, t0, pool);
@@ -1029,7 +1063,8 @@ class CopyRun {
       // empty manifest (ext4 allocates a new file's blocks only at writeback, and a directory's
       // fsync commits the renames without them).
       const tmp = `${p.manifest}.tmp`;
-      Deno.writeTextFileSync(tmp, this.opts.manifestText);
+      removeIfExists(tmp); // a new file, never one planted there (see clearPlanted)
+      Deno.writeTextFileSync(tmp, this.opts.manifestText, { createNew: true });
       const flushFrom = performance.now();
       await syncfsAsync(p.base);
       this.report.flushMs = performance.now() - flushFrom;

@@ -98,9 +98,11 @@ export async function readSuperblock(device: string): Promise<ExtSuperblock | un
   }
 }
 
+/** A real directory: a symlink named walt-hybrid (the disk is not trusted) would make the init
+ *  copy into, and clear, wherever it points — the initramfs, another partition. */
 function dirExists(p: string): boolean {
   try {
-    return Deno.statSync(p).isDirectory;
+    return Deno.lstatSync(p).isDirectory;
   } catch {
     return false;
   }

@@ -485,3 +485,92 @@ Deno.test("hybrid (root): volatile empties the upper at each boot, persistent ke
     assert.deepEqual([...Deno.readDirSync(p2.work)], []);
   });
 });
+
+// A hostile disk: root on the node before (any image, or a persistent hybrid image writing to this
+// very partition) plants links, FIFOs and files inside walt-hybrid/ for the next boot, whose init
+// runs as PID 1. The init must never write, remove or follow anything outside walt-hybrid/.
+
+/** A tree outside walt-hybrid/ (on the same partition, where an attacker's links can point) that
+ *  must come out of every boot exactly as it went in. */
+function victim(root: string): { dir: string; check(): void } {
+  const dir = `${root}/victim`;
+  Deno.mkdirSync(`${dir}/tmp`, { recursive: true });
+  Deno.mkdirSync(`${dir}/work`, { recursive: true });
+  Deno.writeTextFileSync(`${dir}/data`, "precious\n");
+  Deno.writeTextFileSync(`${dir}/tmp/data`, "precious\n");
+  const names = () =>
+    [...Deno.readDirSync(dir)].map((e) => e.name).sort().join(",") + "|" +
+    [...Deno.readDirSync(`${dir}/tmp`)].map((e) => e.name).sort().join(",");
+  const before = names();
+  return {
+    dir,
+    check() {
+      assert.equal(names(), before, "nothing created or removed outside walt-hybrid/");
+      assert.equal(Deno.readTextFileSync(`${dir}/data`), "precious\n");
+      assert.equal(Deno.readTextFileSync(`${dir}/tmp/data`), "precious\n");
+    },
+  };
+}
+
+Deno.test("hybrid (root, hostile disk): links planted at <id>, image.part, image, diff, work lead nowhere outside walt-hybrid/", async () => {
+  for (const at of ["", "/image.part", "/image", "/diff", "/work"]) {
+    for (const persistent of [false, true]) {
+      await withDisk(32, async (disk, tmp) => {
+        const hybridDir = `${disk.mnt}/walt-hybrid`;
+        await makeTree(`${tmp}/src`, { files: 2, fileKiB: 4, seed: 20 });
+        const m = await manifestOf(`${tmp}/src`);
+        const v = victim(disk.mnt);
+        const p = copyPaths(hybridDir, m.id);
+        if (at === "/image") Deno.writeTextFileSync(`${v.dir}/manifest`, m.text); // "complete"
+        if (at) Deno.mkdirSync(p.base);
+        Deno.symlinkSync(v.dir, p.base + at);
+        const root = await prepareHybridRoot({
+          hybridDir,
+          persistent,
+          imageId: m.id,
+          manifestText: m.text,
+          source: `${tmp}/src`,
+        });
+        if (at === "/image") Deno.removeSync(`${v.dir}/manifest`);
+        v.check();
+        for (const d of [p.base, root.lower, root.upper, root.work]) {
+          assert.ok(Deno.lstatSync(d).isDirectory, `${d} ${at}: a real directory`);
+        }
+        assert.equal((await manifestOf(root.lower)).text, m.text);
+      });
+    }
+  }
+});
+
+Deno.test("hybrid (root, hostile disk): last-boot and manifest.tmp as links or FIFOs are not written through", async () => {
+  await withDisk(32, async (disk, tmp) => {
+    const hybridDir = `${disk.mnt}/walt-hybrid`;
+    await makeTree(`${tmp}/src`, { files: 2, fileKiB: 4, seed: 21 });
+    const m = await manifestOf(`${tmp}/src`);
+    const opts = { hybridDir, persistent: false, imageId: m.id, source: `${tmp}/src` };
+    const p = copyPaths(hybridDir, m.id);
+    const v = victim(disk.mnt);
+    Deno.mkdirSync(p.base);
+    Deno.symlinkSync(`${v.dir}/data`, `${p.manifest}.tmp`); // the copy's manifest, written last
+    Deno.linkSync(`${v.dir}/data`, p.lastBoot); // a hard link: same inode as the victim
+    await prepareHybridRoot({ ...opts, manifestText: m.text });
+    v.check();
+    assert.equal(Deno.readTextFileSync(p.manifest), m.text);
+    // A complete copy: last-boot is written at every boot. A symlink, then a FIFO (whose open for
+    // writing would wait for a reader forever: a reader here tells what went through it).
+    Deno.removeSync(p.lastBoot);
+    Deno.symlinkSync(`${v.dir}/data`, p.lastBoot);
+    await prepareHybridRoot({ ...opts, manifestText: m.text });
+    v.check();
+    Deno.removeSync(p.lastBoot);
+    run("mkfifo", p.lastBoot);
+    const reader = new Deno.Command("cat", { args: [p.lastBoot], stdout: "piped" }).spawn();
+    try {
+      await prepareHybridRoot({ ...opts, manifestText: m.text });
+    } finally {
+      reader.kill();
+    }
+    assert.equal(new TextDecoder().decode((await reader.output()).stdout), "");
+    assert.ok(Deno.lstatSync(p.lastBoot).isFile);
+  });
+});

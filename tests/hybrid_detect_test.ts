@@ -127,3 +127,45 @@ Deno.test("hybrid detect: no candidate → undefined (network mode)", async () =
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("hybrid detect (root, hostile disk): a walt-hybrid symlink is not the hybrid dir (it pointed the copy at the initramfs)", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "netroot-detect-" });
+  let loops: string[] = [];
+  const mounted: string[] = [];
+  try {
+    const devDir = `${dir}/dev`;
+    await Deno.mkdir(devDir);
+    const imgs = [1, 2].map((i) => `${dir}/p${i}.img`);
+    run("truncate", "-s", "16M", ...imgs);
+    // vda1: only a link (to the init's own root); vda2: the link beside WalT's real directory
+    await Deno.mkdir(`${dir}/stage1`);
+    Deno.symlinkSync("/", `${dir}/stage1/walt-hybrid`);
+    await Deno.mkdir(`${dir}/stage2/walt_hybrid`, { recursive: true });
+    Deno.symlinkSync("/", `${dir}/stage2/walt-hybrid`);
+    for (const i of [1, 2]) run("mkfs.ext4", "-q", "-F", "-d", `${dir}/stage${i}`, imgs[i - 1]);
+    const disk = fakeDisk(dir, imgs);
+    loops = disk.loops;
+    const t = await findHybridPartition({
+      mount: (dev: string, mnt: string) => {
+        run("mount", "-t", "ext4", dev, mnt);
+        mounted.push(mnt);
+        return Promise.resolve();
+      },
+      umount: (mnt: string) => {
+        run("umount", mnt);
+        mounted.splice(mounted.indexOf(mnt), 1);
+        return Promise.resolve();
+      },
+      mountBase: `${dir}/mnt`,
+      devDir,
+      sysClassBlock: disk.sys,
+    });
+    assert.equal(t?.device, `${devDir}/vda2`);
+    assert.equal(t?.dirName, "walt_hybrid");
+    assert.ok(Deno.lstatSync(t!.dir).isDirectory);
+  } finally {
+    for (const m of mounted) run("umount", m);
+    for (const l of loops) run("losetup", "-d", l);
+    await Deno.remove(dir, { recursive: true });
+  }
+});
