@@ -131,6 +131,22 @@ export function writeOwnFile(path: string, text: string): void {
   Deno.renameSync(tmp, path);
 }
 
+/** The largest manifest taken: ~800,000 entries (a 700 MB Debian image's is 3.3 MB), while a
+ *  node that holds it (about twice, as bytes and as text) still has room to boot. */
+export const maxManifestBytes = 128 << 20;
+
+/** The entries of another complete copy's manifest, as found on the disk (not trusted: any size,
+ *  any text); undefined when it is too big or does not parse: that copy is then not used. */
+function copyManifest(hybridDir: string, id: string): ManifestEntry[] | undefined {
+  const path = copyPaths(hybridDir, id).manifest;
+  try {
+    if (Deno.lstatSync(path).size > maxManifestBytes) return undefined;
+    return [...manifestLines(Deno.readTextFileSync(path))];
+  } catch {
+    return undefined;
+  }
+}
+
 /** Key under which identical files (content and metadata) can share an inode. */
 function linkKey(e: ManifestEntry): string {
   return `${e.sha256}:${e.mode}:${e.uid}:${e.gid}:${e.mtime}:${JSON.stringify(e.xattrs ?? {})}`;
@@ -147,7 +163,7 @@ export function indexOtherCopies(hybridDir: string, except: string): Map<string,
   for (const id of names) {
     if (!imageIdPattern.test(id) || !isComplete(hybridDir, id)) continue;
     const p = copyPaths(hybridDir, id);
-    for (const e of manifestLines(Deno.readTextFileSync(p.manifest))) {
+    for (const e of copyManifest(hybridDir, id) ?? []) {
       if (e.type === "file" && e.sha256 && !index.has(linkKey(e))) {
         index.set(linkKey(e), p.image + e.path);
       }
@@ -561,10 +577,6 @@ export interface CopyPlan {
  *  re-deploy in place over it. */
 export const inPlaceShare = 0.5;
 
-function baseManifest(hybridDir: string, id: string): ManifestEntry[] {
-  return [...manifestLines(Deno.readTextFileSync(copyPaths(hybridDir, id).manifest))];
-}
-
 function completeCopies(hybridDir: string, except: string): string[] {
   try {
     return [...Deno.readDirSync(hybridDir)]
@@ -591,7 +603,9 @@ export function planCopy(hybridDir: string, imageId: string, entries: ManifestEn
   const total = entries.reduce((s, e) => s + (e.type === "file" ? e.size : 0), 0);
   let best: { id: string; shared: number; base: Map<string, ManifestEntry> } | undefined;
   for (const id of completeCopies(hybridDir, imageId)) {
-    const base = new Map(baseManifest(hybridDir, id).map((e) => [e.path, e]));
+    const found = copyManifest(hybridDir, id);
+    if (!found) continue;
+    const base = new Map(found.map((e) => [e.path, e]));
     let shared = 0;
     for (const e of entries) {
       const b = base.get(e.path);
@@ -699,6 +713,8 @@ class CopyRun {
   readonly base?: Map<string, ManifestEntry>;
   /** In place: directories whose entries changed (their mtime is set again). */
   readonly touched = new Set<string>();
+  /** In place: directories of the base's tree found to be real directories (checkParents). */
+  readonly realDirs = new Set<string>();
   /** The first failure of a file copy (they run concurrently; the others stop early). */
   failure: unknown;
   pending: Promise<void>[] = [];
@@ -725,7 +741,9 @@ class CopyRun {
       : indexOtherCopies(opts.hybridDir, opts.imageId);
     if (plan.mode === "in-place") {
       const bp = copyPaths(opts.hybridDir, plan.base!);
-      this.base = new Map(baseManifest(opts.hybridDir, plan.base!).map((e) => [e.path, e]));
+      const found = copyManifest(opts.hybridDir, plan.base!);
+      if (!found) throw new HybridError("manifest", `the manifest of ${plan.base} went bad`);
+      this.base = new Map(found.map((e) => [e.path, e]));
       // The one step that takes the base: durable before any file of it is changed, so that a
       // power cut leaves either the base complete or this image's image.part (re-verified).
       Deno.renameSync(bp.image, this.p.part);
@@ -780,12 +798,29 @@ class CopyRun {
     });
     for (const b of stale.reverse()) {
       try {
+        this.checkParents(b.path);
         removeIfExists(this.dst(b)); // a stale directory went with its parent: nothing left
       } catch (err) {
         wrapFsError(err, b.path);
       }
       this.base!.delete(b.path);
       this.touched.add(parentOf(b.path));
+    }
+  }
+
+  /**
+   * In place: `path` is reached through real directories of image.part. The base's tree and
+   * manifest are the disk's, and the disk is not trusted: a directory there may be a symlink
+   * planted by a previous root of the node, through which a removal or a write would land outside
+   * walt-hybrid/. Such a base is no copy: the boot falls back, and the next one re-verifies
+   * image.part file by file (a resume, which walks the tree without following links).
+   */
+  checkParents(path: string): void {
+    for (let d = parentOf(path); d !== "/" && !this.realDirs.has(d); d = parentOf(d)) {
+      if (!lstatOrNull(this.p.part + d)?.isDirectory) {
+        throw new HybridError("corrupt", `${d}: not a directory in the copy re-deployed over`);
+      }
+      this.realDirs.add(d);
     }
   }
 
@@ -809,6 +844,7 @@ class CopyRun {
   place(e: ManifestEntry): void {
     const dst = this.dst(e);
     const b = this.base?.get(e.path);
+    if (this.base) this.checkParents(e.type === "dir" && b ? `${e.path}/` : e.path);
     switch (e.type) {
       case "dir": {
         if (this.base) {

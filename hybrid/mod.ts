@@ -7,7 +7,7 @@ import type { Layout, RootEnv, RootMode } from "../contract/rootmode.ts";
 import { bindReadOnly, MNT_DETACH, mount, umount } from "../src/linux/mount.ts";
 import { findHybridPartition, type HybridTarget } from "./detect.ts";
 import { type HybridRoot, prepareHybridRoot } from "./mode.ts";
-import type { CopyProgress, CopyReport, HybridError } from "./copy.ts";
+import { type CopyProgress, type CopyReport, type HybridError, maxManifestBytes } from "./copy.ts";
 import { withEarlyWriteback } from "./writeback.ts";
 import { sleep } from "../src/timer.ts";
 
@@ -188,10 +188,6 @@ export const hybridMode: RootMode = {
     return true;
   },
 };
-
-/** The largest manifest taken: ~800,000 entries (a 700 MB Debian image's is 3.3 MB), while a
- *  node that holds it (about twice, as bytes and as text) still has room to boot. */
-export const maxManifestBytes = 128 << 20;
 
 /**
  * The manifest, with a few short attempts rather than one long one: a connection can stall (a
