@@ -141,6 +141,14 @@ function mountLocalRoot(boot: HybridBoot, l: Layout): void {
   umount(l.lower, MNT_DETACH);
 }
 
+/** A candidate partition, read-write. Its superblock is the disk's, not trusted: one that says
+ *  `errors=panic` (tune2fs -e panic), with a corruption the copy then meets, would panic the node
+ *  at every boot, network mode never reached; the kernel is told to go read-only instead, which
+ *  fails the copy (back to network mode). */
+export function mountPartition(device: string, dir: string): void {
+  mount(device, dir, "ext4", 0, "errors=remount-ro");
+}
+
 /** tryHybridBoot on the node's real disks, with the init's NFS mount and reports. */
 function detectAndCopy(env: RootEnv): Promise<HybridBoot | undefined> {
   const { params: p, layout: l } = env;
@@ -153,7 +161,7 @@ function detectAndCopy(env: RootEnv): Promise<HybridBoot | undefined> {
   return tryHybridBoot({
     imageId,
     mountBase: "/run/netroot/disks",
-    mount: (dev, dir) => Promise.resolve(mount(dev, dir, "ext4", 0, null)),
+    mount: (dev, dir) => Promise.resolve(mountPartition(dev, dir)),
     umount: (dir) => Promise.resolve(umount(dir)),
     mountSource: async () => {
       await env.mountImage(l.lower);

@@ -3,6 +3,7 @@
 import assert from "node:assert/strict";
 import { parseExtSuperblock } from "../hybrid/ext4.ts";
 import { findHybridPartition, listBlockDevices, naturalCompare } from "../hybrid/detect.ts";
+import { mountPartition } from "../hybrid/mod.ts";
 import { run } from "./support/ext4disk.ts";
 
 function head(file: string): Uint8Array {
@@ -166,6 +167,29 @@ Deno.test("hybrid detect (root, hostile disk): a walt-hybrid symlink is not the 
   } finally {
     for (const m of mounted) run("umount", m);
     for (const l of loops) run("losetup", "-d", l);
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("hybrid detect (root, hostile disk): a partition whose superblock says errors=panic is mounted errors=remount-ro", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "netroot-detect-" });
+  let loop = "";
+  try {
+    run("truncate", "-s", "16M", `${dir}/p.img`);
+    run("mkfs.ext4", "-q", "-F", `${dir}/p.img`);
+    run("tune2fs", "-e", "panic", `${dir}/p.img`);
+    loop = run("losetup", "-f", "--show", `${dir}/p.img`);
+    await Deno.mkdir(`${dir}/mnt`);
+    mountPartition(loop, `${dir}/mnt`);
+    try {
+      const line = Deno.readTextFileSync("/proc/self/mounts").split("\n")
+        .find((l) => l.split(" ")[1] === `${dir}/mnt`);
+      assert.match(line ?? "", /[ ,]errors=remount-ro[ ,]/);
+    } finally {
+      run("umount", `${dir}/mnt`);
+    }
+  } finally {
+    if (loop) run("losetup", "-d", loop);
     await Deno.remove(dir, { recursive: true });
   }
 });
