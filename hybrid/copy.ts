@@ -122,13 +122,13 @@ export function clearPlanted(hybridDir: string, imageId: string): void {
   }
 }
 
-/** Writes one of the copy's own files as a new inode (O_EXCL, then renamed over it): never through
- *  a hard link, symlink or FIFO planted at `path` or at its temporary name. */
+/** Writes one of the copy's own small files (last-boot): in place when it is a regular file with
+ *  no other name (so that a full partition still takes it, as before), else as a new file — never
+ *  through a symlink, FIFO, device node or hard link planted at `path`. */
 export function writeOwnFile(path: string, text: string): void {
-  const tmp = `${path}.tmp`;
-  removeIfExists(tmp);
-  Deno.writeTextFileSync(tmp, text, { createNew: true });
-  Deno.renameSync(tmp, path);
+  const st = lstatOrNull(path);
+  if (st && !(st.isFile && st.nlink === 1)) Deno.removeSync(path);
+  Deno.writeTextFileSync(path, text);
 }
 
 /** The largest manifest taken: ~800,000 entries (a 700 MB Debian image's is 3.3 MB), while a
