@@ -929,7 +929,12 @@ class CopyRun {
       return this.queue(this.job("copy", e, dst), e);
     }
     const st = lstatOrNull(dst);
-    if (st?.isFile && st.size === e.size) return this.queue(this.job("hash", e, dst), e);
+    // Re-hashed and kept only when it is the copy's own file: a hard link planted in image.part
+    // (to a file elsewhere on the disk, with the right bytes) would get the manifest's owner and
+    // mode set on that file, and make it part of the copy.
+    if (st?.isFile && st.nlink === 1 && st.size === e.size) {
+      return this.queue(this.job("hash", e, dst), e);
+    }
     const other = this.index.get(linkKey(e));
     if (st) removeIfExists(dst);
     if (other) {

@@ -659,3 +659,41 @@ Deno.test("hybrid (root, hostile disk): other copies' manifests that are garbage
     assert.equal((await manifestOf(root.lower)).text, m.text);
   });
 });
+
+Deno.test("hybrid (root, hostile disk): a resume dir with a hard link out, a FIFO, the disk's device node and a symlink at file paths", async () => {
+  await withDisk(32, async (disk, tmp) => {
+    const hybridDir = `${disk.mnt}/walt-hybrid`;
+    await makeTree(`${tmp}/src`, { files: 2, fileKiB: 4, seed: 24 });
+    const m = await manifestOf(`${tmp}/src`);
+    Deno.mkdirSync(`${disk.mnt}/victim`);
+    // outside walt-hybrid/, the very bytes of the image's /etc/image-release (0644, 1234:5678)
+    const release = `${disk.mnt}/victim/release`;
+    Deno.copyFileSync(`${tmp}/src/etc/image-release`, release);
+    Deno.chmodSync(release, 0o600);
+    Deno.chownSync(release, 0, 0);
+    Deno.utimeSync(release, 1_000_000_000, 1_000_000_000);
+    const v = victim(disk.mnt);
+    const part = copyPaths(hybridDir, m.id).part;
+    for (const d of ["etc", "usr/bin", "data"]) Deno.mkdirSync(`${part}/${d}`, { recursive: true });
+    Deno.linkSync(release, `${part}/etc/image-release`);
+    run("mkfifo", `${part}/usr/bin/ping`);
+    const [major, minor] = run("cat", `/sys/class/block/${disk.loop.slice(5)}/dev`).split(":");
+    run("mknod", `${part}/data/f0000`, "b", major, minor);
+    Deno.symlinkSync(`${v.dir}/data`, `${part}/data/f0001`);
+    const root = await prepareHybridRoot({
+      hybridDir,
+      persistent: false,
+      imageId: m.id,
+      manifestText: m.text,
+      source: `${tmp}/src`,
+    });
+    v.check();
+    const st = Deno.lstatSync(release);
+    assert.deepEqual(
+      [st.mode! & 0o7777, st.uid, st.gid, st.mtime?.getTime(), st.nlink],
+      [0o600, 0, 0, 1e12, 1],
+      "the file outside keeps its metadata and is no part of the copy",
+    );
+    assert.equal((await manifestOf(root.lower)).text, m.text);
+  });
+});
