@@ -875,8 +875,11 @@ class CopyRun {
         applyMeta(dst, e);
         return;
       default: {
-        if (b && b.rdev?.major === e.rdev?.major && b.rdev?.minor === e.rdev?.minor) {
-          if (!sameMeta(b, e)) applyMeta(dst, e);
+        // kept when the base has it as a device node, never as a symlink chmod would follow
+        const st = b ? lstatOrNull(dst) : null;
+        const node = !!st && !st.isSymlink && !st.isFile && !st.isDirectory;
+        if (node && b!.rdev?.major === e.rdev?.major && b!.rdev?.minor === e.rdev?.minor) {
+          if (!sameMeta(b!, e)) applyMeta(dst, e);
           return;
         }
         this.touch(e);
@@ -904,7 +907,8 @@ class CopyRun {
         const st = Deno.lstatSync(dst);
         // (an xattr the new version no longer has is not removed: such a file is written anew)
         const dropped = Object.keys(b.xattrs ?? {}).some((k) => !(k in (e.xattrs ?? {})));
-        if (st.nlink === 1 && !dropped) {
+        // its own file only: chmod would follow a symlink planted in the base's tree
+        if (st.isFile && st.nlink === 1 && !dropped) {
           applyMeta(dst, e);
           this.report.bytesKept += e.size;
           return;

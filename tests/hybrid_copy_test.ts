@@ -575,18 +575,19 @@ Deno.test("hybrid (root, hostile disk): last-boot and manifest.tmp as links or F
   });
 });
 
-Deno.test("hybrid (root, hostile disk): a planted copy to re-deploy over, with a linked directory or .. paths, changes nothing outside walt-hybrid/", async () => {
-  for (const trick of ["linked dir", "dot-dot paths"]) {
+Deno.test("hybrid (root, hostile disk): a planted copy to re-deploy over, with a linked directory, linked entries or .. paths, changes nothing outside walt-hybrid/", async () => {
+  for (const trick of ["linked dir", "linked entries", "dot-dot paths"]) {
     await withDisk(32, async (disk, tmp) => {
       const hybridDir = `${disk.mnt}/walt-hybrid`;
       await makeTree(`${tmp}/src`, { files: 8, fileKiB: 64, seed: 22 });
       const m = await manifestOf(`${tmp}/src`);
       Deno.mkdirSync(`${disk.mnt}/victim`);
-      Deno.writeTextFileSync(`${disk.mnt}/victim/image-release`, "precious\n");
+      Deno.writeTextFileSync(`${disk.mnt}/victim/image-release`, "precious\n", { mode: 0o640 });
       const v = victim(disk.mnt);
       v.check = ((check) => () => {
         check();
         assert.equal(Deno.readTextFileSync(`${v.dir}/image-release`), "precious\n");
+        assert.equal(Deno.statSync(`${v.dir}/image-release`).mode! & 0o7777, 0o640);
       })(v.check);
       // A "complete copy" of another id holding the new image's data (so that it is re-deployed
       // over in place), whose manifest says /etc/image-release changed and /etc/old is stale.
@@ -608,6 +609,16 @@ Deno.test("hybrid (root, hostile disk): a planted copy to re-deploy over, with a
           0,
           stale("/etc/data"),
         );
+      } else if (trick === "linked entries") {
+        // the same data or device, another mode: only metadata to set, on a link out
+        for (const [path, mode] of [["/etc/image-release", "0640"], ["/dev/null", "0600"]]) {
+          const i = lines.findIndex((l) => l.startsWith(`${path}\t`));
+          const f = m.text.split("\n")[i].split("\t");
+          f[2] = mode;
+          lines[i] = f.join("\t");
+          Deno.removeSync(fake.image + path);
+          Deno.symlinkSync(`${v.dir}/image-release`, fake.image + path);
+        }
       } else {
         lines.splice(
           1,
