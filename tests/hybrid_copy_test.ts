@@ -10,7 +10,9 @@ import {
   type CopyReport,
   ensureLocalCopy,
   HybridError,
+  indexOtherCopies,
   isComplete,
+  maxManifestBytes,
 } from "../hybrid/copy.ts";
 import { makeRoom, prepareHybridRoot } from "../hybrid/mode.ts";
 import { loopExt4, run } from "./support/ext4disk.ts";
@@ -706,5 +708,22 @@ Deno.test("hybrid (root, hostile disk): a resume dir with a hard link out, a FIF
       "the file outside keeps its metadata and is no part of the copy",
     );
     assert.equal((await manifestOf(root.lower)).text, m.text);
+  });
+});
+
+Deno.test("hybrid (root, hostile disk): other copies' manifests are read up to 128 MiB in all (three planted 86 MB ones took 3 GB)", async () => {
+  await withDisk(32, async (disk, tmp) => {
+    const hybridDir = `${disk.mnt}/walt-hybrid`;
+    await makeTree(`${tmp}/src`, { files: 1, fileKiB: 4, seed: 25 });
+    const m = await manifestOf(`${tmp}/src`);
+    const other = await manifestOf(`${tmp}/src`);
+    const a = copyPaths(hybridDir, "a".repeat(64)), b = copyPaths(hybridDir, "b".repeat(64));
+    for (const p of [a, b]) Deno.mkdirSync(p.image, { recursive: true });
+    // a: read first (name order), as big as the bound leaves room for nothing after it
+    run("truncate", "-s", String(maxManifestBytes - other.text.length + 1), a.manifest);
+    Deno.writeTextFileSync(b.manifest, other.text);
+    assert.equal(indexOtherCopies(hybridDir, m.id).size, 0, "b is past the bound");
+    Deno.truncateSync(a.manifest, 10);
+    assert.ok(indexOtherCopies(hybridDir, m.id).size > 0, "within it, b is used");
   });
 });
