@@ -744,6 +744,9 @@ class CopyRun {
   ) {
     this.p = copyPaths(opts.hybridDir, opts.imageId);
     Deno.mkdirSync(this.p.base, { recursive: true });
+    // An image/ without its manifest is no copy (an eviction cut short, or planted): left there,
+    // it failed the final rename (not empty) after every copy, at every boot.
+    removeIfExists(this.p.image);
     this.index = plan.mode === "in-place"
       ? new Map()
       : indexOtherCopies(opts.hybridDir, opts.imageId);

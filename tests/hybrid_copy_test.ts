@@ -570,7 +570,9 @@ Deno.test("hybrid (root, hostile disk): last-boot and manifest.tmp as links or F
     try {
       await prepareHybridRoot({ ...opts, manifestText: m.text });
     } finally {
-      reader.kill();
+      try {
+        reader.kill();
+      } catch { /* cat found no FIFO to open (removed first): nothing to kill */ }
     }
     assert.equal(new TextDecoder().decode((await reader.output()).stdout), "");
     assert.ok(Deno.lstatSync(p.lastBoot).isFile);
@@ -725,5 +727,24 @@ Deno.test("hybrid (root, hostile disk): other copies' manifests are read up to 1
     assert.equal(indexOtherCopies(hybridDir, m.id).size, 0, "b is past the bound");
     Deno.truncateSync(a.manifest, 10);
     assert.ok(indexOtherCopies(hybridDir, m.id).size > 0, "within it, b is used");
+  });
+});
+
+Deno.test("hybrid (root, hostile disk): an image/ without its manifest (a cut eviction, or planted) does not block the copy", async () => {
+  await withDisk(32, async (disk, tmp) => {
+    const hybridDir = `${disk.mnt}/walt-hybrid`;
+    await makeTree(`${tmp}/src`, { files: 2, fileKiB: 4, seed: 26 });
+    const m = await manifestOf(`${tmp}/src`);
+    const p = copyPaths(hybridDir, m.id);
+    Deno.mkdirSync(`${p.image}/etc`, { recursive: true });
+    Deno.writeTextFileSync(`${p.image}/etc/planted`, "x");
+    const root = await prepareHybridRoot({
+      hybridDir,
+      persistent: false,
+      imageId: m.id,
+      manifestText: m.text,
+      source: `${tmp}/src`,
+    });
+    assert.equal((await manifestOf(root.lower)).text, m.text);
   });
 });
