@@ -544,7 +544,7 @@ Deno.test("hybrid (root, hostile disk): links planted at <id>, image.part, image
   }
 });
 
-Deno.test("hybrid (root, hostile disk): last-boot and manifest.tmp as links or FIFOs are not written through", async () => {
+Deno.test("hybrid (root, hostile disk): last-boot and manifest.tmp as links, FIFOs or device nodes are not written through", async () => {
   await withDisk(32, async (disk, tmp) => {
     const hybridDir = `${disk.mnt}/walt-hybrid`;
     await makeTree(`${tmp}/src`, { files: 2, fileKiB: 4, seed: 21 });
@@ -576,6 +576,20 @@ Deno.test("hybrid (root, hostile disk): last-boot and manifest.tmp as links or F
     }
     assert.equal(new TextDecoder().decode((await reader.output()).stdout), "");
     assert.ok(Deno.lstatSync(p.lastBoot).isFile);
+    // The disk's own device node there: the date went into its first bytes.
+    const head = () => {
+      const f = Deno.openSync(disk.loop);
+      const b = new Uint8Array(1024);
+      f.readSync(b);
+      f.close();
+      return b;
+    };
+    const before = head();
+    Deno.removeSync(p.lastBoot);
+    const [major, minor] = run("cat", `/sys/class/block/${disk.loop.slice(5)}/dev`).split(":");
+    run("mknod", p.lastBoot, "b", major, minor);
+    await prepareHybridRoot({ ...opts, manifestText: m.text });
+    assert.deepEqual(head(), before, "nothing written into the block device");
   });
 });
 
