@@ -30,7 +30,8 @@ export interface HybridTarget {
 }
 
 export interface DetectDeps {
-  mount(device: string, dir: string): Promise<void>;
+  /** Read-only while a candidate is only looked at, read-write once it is the one. */
+  mount(device: string, dir: string, readOnly: boolean): Promise<void>;
   umount(dir: string): Promise<void>;
   /** Directory under which candidates are mounted, one subdir per device. */
   mountBase: string;
@@ -117,7 +118,9 @@ export async function findHybridPartition(deps: DetectDeps): Promise<HybridTarge
     const mountpoint = join(deps.mountBase, bd.name);
     await Deno.mkdir(mountpoint, { recursive: true });
     try {
-      await deps.mount(device, mountpoint);
+      // Read-only: a partition that is not the hybrid one (a user's data) is left as it was, no
+      // mount count or time written (ext4 still replays a journal that needs it, as any mount).
+      await deps.mount(device, mountpoint, true);
     } catch (e) {
       log(`${device}: ${sb.kind} but cannot mount it (${(e as Error).message}); skipped`);
       continue;
@@ -130,6 +133,8 @@ export async function findHybridPartition(deps: DetectDeps): Promise<HybridTarge
         Deno.statSync(join(dir, ".persistent"));
         persistent = true;
       } catch { /* volatile */ }
+      await deps.umount(mountpoint);
+      await deps.mount(device, mountpoint, false);
       return { device, mountpoint, dir, dirName, persistent, superblock: sb };
     }
     await deps.umount(mountpoint);

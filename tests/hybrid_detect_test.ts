@@ -193,3 +193,46 @@ Deno.test("hybrid detect (root, hostile disk): a partition whose superblock says
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("hybrid detect (root): a partition that is not the hybrid one is looked at read-only, left as it was", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "netroot-detect-" });
+  let loops: string[] = [];
+  const mounted: string[] = [];
+  try {
+    const devDir = `${dir}/dev`;
+    await Deno.mkdir(devDir);
+    const imgs = [1, 2].map((i) => `${dir}/p${i}.img`);
+    run("truncate", "-s", "16M", ...imgs);
+    run("mkfs.ext4", "-q", "-F", imgs[0]); // a user's data
+    await Deno.mkdir(`${dir}/stage/walt-hybrid`, { recursive: true });
+    run("mkfs.ext4", "-q", "-F", "-d", `${dir}/stage`, imgs[1]);
+    const disk = fakeDisk(dir, imgs);
+    loops = disk.loops;
+    const mountCount = (dev: string) =>
+      run("dumpe2fs", "-h", dev).match(/^Mount count:\s*(\d+)/m)?.[1];
+    const t = await findHybridPartition({
+      mount: (dev, mnt, readOnly) => {
+        mountPartition(dev, mnt, readOnly);
+        mounted.push(mnt);
+        return Promise.resolve();
+      },
+      umount: (mnt) => {
+        run("umount", mnt);
+        mounted.splice(mounted.indexOf(mnt), 1);
+        return Promise.resolve();
+      },
+      mountBase: `${dir}/mnt`,
+      devDir,
+      sysClassBlock: disk.sys,
+    });
+    assert.equal(t?.device, `${devDir}/vda2`);
+    assert.equal(mountCount(loops[0]), "0", "the data partition: never mounted read-write");
+    const opts = Deno.readTextFileSync("/proc/self/mounts").split("\n")
+      .find((l) => l.split(" ")[1] === t!.mountpoint)?.split(" ")[3];
+    assert.match(opts ?? "", /^rw,/, "the hybrid one: read-write for the copy");
+  } finally {
+    for (const m of mounted) run("umount", m);
+    for (const l of loops) run("losetup", "-d", l);
+    await Deno.remove(dir, { recursive: true });
+  }
+});
