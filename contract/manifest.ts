@@ -142,7 +142,13 @@ export function parseEntry(line: string): ManifestEntry {
     if (!/^[0-9a-f]{64}$/.test(sha256)) throw new Error(`manifest: bad sha256: ${line}`);
     e.sha256 = sha256;
   }
+  // A path with an empty, "." or ".." component names something else once joined to a root: a
+  // node's hybrid copy joins the paths of manifests it finds on its (untrusted) disk.
+  if (!normalPath(e.path)) throw new Error(`manifest: path not normalised: ${line}`);
   if (target) e.target = unescapeText(target);
+  if (type === "hardlink" && !normalPath(e.target ?? "")) {
+    throw new Error(`manifest: hard link target not normalised: ${line}`);
+  }
   if (rdev) {
     const m = /^(\d+),(\d+)$/.exec(rdev);
     if (!m) throw new Error(`manifest: bad rdev ${rdev}: ${line}`);
@@ -157,6 +163,10 @@ export function parseEntry(line: string): ManifestEntry {
     }
   }
   return e;
+}
+
+function normalPath(p: string): boolean {
+  return p === "/" || (p.startsWith("/") && !/\/\/|\/\.\.?(\/|$)|\/$/.test(p));
 }
 
 /** Streams the entries of a manifest text (checks the header line). */

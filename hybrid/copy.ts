@@ -91,10 +91,59 @@ export function copyPaths(hybridDir: string, imageId: string) {
 
 export function isComplete(hybridDir: string, imageId: string): boolean {
   const p = copyPaths(hybridDir, imageId);
+  // lstat: a link planted in place of the copy (the disk is not trusted) is no copy
+  return !!lstatOrNull(p.image)?.isDirectory && !!lstatOrNull(p.manifest)?.isFile;
+}
+
+/**
+ * The disk is not trusted: whoever was root on this node before (any image, or a persistent hybrid
+ * image writing to this very partition) may have put a symlink, a FIFO or a device node where the
+ * copy keeps its own entries, so that the init (PID 1, about to run someone else's image) would
+ * write, remove or block through it. Before the copy touches `<id>/`, each of its own entries that
+ * is not what the copy makes there (a real directory; a regular file) is removed — the entry
+ * itself, never what it points to.
+ */
+export function clearPlanted(hybridDir: string, imageId: string): void {
+  const p = copyPaths(hybridDir, imageId);
+  const expect: [string, "dir" | "file"][] = [
+    [p.base, "dir"],
+    [p.image, "dir"],
+    [p.part, "dir"],
+    [p.upper, "dir"],
+    [p.work, "dir"],
+    [p.manifest, "file"],
+    [p.lastBoot, "file"],
+  ];
+  for (const [path, kind] of expect) {
+    const st = lstatOrNull(path);
+    if (!st || (kind === "dir" ? st.isDirectory : st.isFile)) continue;
+    Deno.removeSync(path);
+    if (path === p.base) return; // nothing below it left to check
+  }
+}
+
+/** Writes one of the copy's own small files (last-boot): in place when it is a regular file with
+ *  no other name (so that a full partition still takes it, as before), else as a new file — never
+ *  through a symlink, FIFO, device node or hard link planted at `path`. */
+export function writeOwnFile(path: string, text: string): void {
+  const st = lstatOrNull(path);
+  if (st && !(st.isFile && st.nlink === 1)) Deno.removeSync(path);
+  Deno.writeTextFileSync(path, text);
+}
+
+/** The largest manifest taken: ~800,000 entries (a 700 MB Debian image's is 3.3 MB), while a
+ *  node that holds it (about twice, as bytes and as text) still has room to boot. */
+export const maxManifestBytes = 128 << 20;
+
+/** The entries of another complete copy's manifest, as found on the disk (not trusted: any size,
+ *  any text); undefined when it is too big or does not parse: that copy is then not used. */
+function copyManifest(hybridDir: string, id: string): ManifestEntry[] | undefined {
+  const path = copyPaths(hybridDir, id).manifest;
   try {
-    return Deno.statSync(p.image).isDirectory && Deno.statSync(p.manifest).isFile;
+    if (Deno.lstatSync(path).size > maxManifestBytes) return undefined;
+    return [...manifestLines(Deno.readTextFileSync(path))];
   } catch {
-    return false;
+    return undefined;
   }
 }
 
@@ -106,15 +155,9 @@ function linkKey(e: ManifestEntry): string {
 /** sha256+metadata → path of that file in another complete copy on this disk. */
 export function indexOtherCopies(hybridDir: string, except: string): Map<string, string> {
   const index = new Map<string, string>();
-  let names: string[] = [];
-  try {
-    names = [...Deno.readDirSync(hybridDir)].filter((e) => e.isDirectory && e.name !== except)
-      .map((e) => e.name);
-  } catch { /* empty dir */ }
-  for (const id of names) {
-    if (!imageIdPattern.test(id) || !isComplete(hybridDir, id)) continue;
+  for (const id of completeCopies(hybridDir, except)) {
     const p = copyPaths(hybridDir, id);
-    for (const e of manifestLines(Deno.readTextFileSync(p.manifest))) {
+    for (const e of copyManifest(hybridDir, id) ?? []) {
       if (e.type === "file" && e.sha256 && !index.has(linkKey(e))) {
         index.set(linkKey(e), p.image + e.path);
       }
@@ -528,13 +571,16 @@ export interface CopyPlan {
  *  re-deploy in place over it. */
 export const inPlaceShare = 0.5;
 
-function baseManifest(hybridDir: string, id: string): ManifestEntry[] {
-  return [...manifestLines(Deno.readTextFileSync(copyPaths(hybridDir, id).manifest))];
-}
-
+/**
+ * The other complete copies whose manifests a copy reads (to link from, to re-deploy over): their
+ * manifests, the disk's, at most maxManifestBytes in all, so that reading them costs the node no
+ * more than its own manifest may. (Measured without the bound: three planted 86 MB manifests took
+ * 3 GB and 23 s to index, an OOM kill of PID 1 on a smaller node.) Those past it are not used.
+ */
 function completeCopies(hybridDir: string, except: string): string[] {
+  let ids: string[];
   try {
-    return [...Deno.readDirSync(hybridDir)]
+    ids = [...Deno.readDirSync(hybridDir)]
       .filter((e) => e.isDirectory && e.name !== except && imageIdPattern.test(e.name))
       .map((e) => e.name)
       .filter((id) => isComplete(hybridDir, id))
@@ -542,6 +588,13 @@ function completeCopies(hybridDir: string, except: string): string[] {
   } catch {
     return [];
   }
+  let budget = maxManifestBytes;
+  return ids.filter((id) => {
+    const size = lstatOrNull(copyPaths(hybridDir, id).manifest)?.size ?? Infinity;
+    if (size > budget) return false;
+    budget -= size;
+    return true;
+  });
 }
 
 /** What a copy of `imageId` will do and how much room it still needs. */
@@ -558,7 +611,9 @@ export function planCopy(hybridDir: string, imageId: string, entries: ManifestEn
   const total = entries.reduce((s, e) => s + (e.type === "file" ? e.size : 0), 0);
   let best: { id: string; shared: number; base: Map<string, ManifestEntry> } | undefined;
   for (const id of completeCopies(hybridDir, imageId)) {
-    const base = new Map(baseManifest(hybridDir, id).map((e) => [e.path, e]));
+    const found = copyManifest(hybridDir, id);
+    if (!found) continue;
+    const base = new Map(found.map((e) => [e.path, e]));
     let shared = 0;
     for (const e of entries) {
       const b = base.get(e.path);
@@ -581,6 +636,7 @@ export function planCopy(hybridDir: string, imageId: string, entries: ManifestEn
 export async function ensureLocalCopy(opts: CopyOptions): Promise<CopyReport> {
   const t0 = performance.now();
   const { imageId, hybridDir } = opts;
+  clearPlanted(hybridDir, imageId);
   const pool = isComplete(hybridDir, imageId) ? undefined : new Copiers();
   try {
     return await ensureWith(opts, t0, pool);
@@ -665,6 +721,8 @@ class CopyRun {
   readonly base?: Map<string, ManifestEntry>;
   /** In place: directories whose entries changed (their mtime is set again). */
   readonly touched = new Set<string>();
+  /** In place: directories of the base's tree found to be real directories (checkParents). */
+  readonly realDirs = new Set<string>();
   /** The first failure of a file copy (they run concurrently; the others stop early). */
   failure: unknown;
   pending: Promise<void>[] = [];
@@ -686,12 +744,17 @@ class CopyRun {
   ) {
     this.p = copyPaths(opts.hybridDir, opts.imageId);
     Deno.mkdirSync(this.p.base, { recursive: true });
+    // An image/ without its manifest is no copy (an eviction cut short, or planted): left there,
+    // it failed the final rename (not empty) after every copy, at every boot.
+    removeIfExists(this.p.image);
     this.index = plan.mode === "in-place"
       ? new Map()
       : indexOtherCopies(opts.hybridDir, opts.imageId);
     if (plan.mode === "in-place") {
       const bp = copyPaths(opts.hybridDir, plan.base!);
-      this.base = new Map(baseManifest(opts.hybridDir, plan.base!).map((e) => [e.path, e]));
+      const found = copyManifest(opts.hybridDir, plan.base!);
+      if (!found) throw new HybridError("manifest", `the manifest of ${plan.base} went bad`);
+      this.base = new Map(found.map((e) => [e.path, e]));
       // The one step that takes the base: durable before any file of it is changed, so that a
       // power cut leaves either the base complete or this image's image.part (re-verified).
       Deno.renameSync(bp.image, this.p.part);
@@ -746,12 +809,29 @@ class CopyRun {
     });
     for (const b of stale.reverse()) {
       try {
+        this.checkParents(b.path);
         removeIfExists(this.dst(b)); // a stale directory went with its parent: nothing left
       } catch (err) {
         wrapFsError(err, b.path);
       }
       this.base!.delete(b.path);
       this.touched.add(parentOf(b.path));
+    }
+  }
+
+  /**
+   * In place: `path` is reached through real directories of image.part. The base's tree and
+   * manifest are the disk's, and the disk is not trusted: a directory there may be a symlink
+   * planted by a previous root of the node, through which a removal or a write would land outside
+   * walt-hybrid/. Such a base is no copy: the boot falls back, and the next one re-verifies
+   * image.part file by file (a resume, which walks the tree without following links).
+   */
+  checkParents(path: string): void {
+    for (let d = parentOf(path); d !== "/" && !this.realDirs.has(d); d = parentOf(d)) {
+      if (!lstatOrNull(this.p.part + d)?.isDirectory) {
+        throw new HybridError("corrupt", `${d}: not a directory in the copy re-deployed over`);
+      }
+      this.realDirs.add(d);
     }
   }
 
@@ -775,6 +855,7 @@ class CopyRun {
   place(e: ManifestEntry): void {
     const dst = this.dst(e);
     const b = this.base?.get(e.path);
+    if (this.base) this.checkParents(e.type === "dir" && b ? `${e.path}/` : e.path);
     switch (e.type) {
       case "dir": {
         if (this.base) {
@@ -805,8 +886,11 @@ class CopyRun {
         applyMeta(dst, e);
         return;
       default: {
-        if (b && b.rdev?.major === e.rdev?.major && b.rdev?.minor === e.rdev?.minor) {
-          if (!sameMeta(b, e)) applyMeta(dst, e);
+        // kept when the base has it as a device node, never as a symlink chmod would follow
+        const st = b ? lstatOrNull(dst) : null;
+        const node = !!st && !st.isSymlink && !st.isFile && !st.isDirectory;
+        if (node && b!.rdev?.major === e.rdev?.major && b!.rdev?.minor === e.rdev?.minor) {
+          if (!sameMeta(b!, e)) applyMeta(dst, e);
           return;
         }
         this.touch(e);
@@ -834,7 +918,8 @@ class CopyRun {
         const st = Deno.lstatSync(dst);
         // (an xattr the new version no longer has is not removed: such a file is written anew)
         const dropped = Object.keys(b.xattrs ?? {}).some((k) => !(k in (e.xattrs ?? {})));
-        if (st.nlink === 1 && !dropped) {
+        // its own file only: chmod would follow a symlink planted in the base's tree
+        if (st.isFile && st.nlink === 1 && !dropped) {
           applyMeta(dst, e);
           this.report.bytesKept += e.size;
           return;
@@ -859,7 +944,12 @@ class CopyRun {
       return this.queue(this.job("copy", e, dst), e);
     }
     const st = lstatOrNull(dst);
-    if (st?.isFile && st.size === e.size) return this.queue(this.job("hash", e, dst), e);
+    // Re-hashed and kept only when it is the copy's own file: a hard link planted in image.part
+    // (to a file elsewhere on the disk, with the right bytes) would get the manifest's owner and
+    // mode set on that file, and make it part of the copy.
+    if (st?.isFile && st.nlink === 1 && st.size === e.size) {
+      return this.queue(this.job("hash", e, dst), e);
+    }
     const other = this.index.get(linkKey(e));
     if (st) removeIfExists(dst);
     if (other) {
@@ -1029,7 +1119,8 @@ class CopyRun {
       // empty manifest (ext4 allocates a new file's blocks only at writeback, and a directory's
       // fsync commits the renames without them).
       const tmp = `${p.manifest}.tmp`;
-      Deno.writeTextFileSync(tmp, this.opts.manifestText);
+      removeIfExists(tmp); // a new file, never one planted there (see clearPlanted)
+      Deno.writeTextFileSync(tmp, this.opts.manifestText, { createNew: true });
       const flushFrom = performance.now();
       await syncfsAsync(p.base);
       this.report.flushMs = performance.now() - flushFrom;

@@ -30,7 +30,8 @@ export interface HybridTarget {
 }
 
 export interface DetectDeps {
-  mount(device: string, dir: string): Promise<void>;
+  /** Read-only while a candidate is only looked at, read-write once it is the one. */
+  mount(device: string, dir: string, readOnly: boolean): Promise<void>;
   umount(dir: string): Promise<void>;
   /** Directory under which candidates are mounted, one subdir per device. */
   mountBase: string;
@@ -98,9 +99,11 @@ export async function readSuperblock(device: string): Promise<ExtSuperblock | un
   }
 }
 
+/** A real directory: a symlink named walt-hybrid (the disk is not trusted) would make the init
+ *  copy into, and clear, wherever it points — the initramfs, another partition. */
 function dirExists(p: string): boolean {
   try {
-    return Deno.statSync(p).isDirectory;
+    return Deno.lstatSync(p).isDirectory;
   } catch {
     return false;
   }
@@ -115,7 +118,9 @@ export async function findHybridPartition(deps: DetectDeps): Promise<HybridTarge
     const mountpoint = join(deps.mountBase, bd.name);
     await Deno.mkdir(mountpoint, { recursive: true });
     try {
-      await deps.mount(device, mountpoint);
+      // Read-only: a partition that is not the hybrid one (a user's data) is left as it was, no
+      // mount count or time written (ext4 still replays a journal that needs it, as any mount).
+      await deps.mount(device, mountpoint, true);
     } catch (e) {
       log(`${device}: ${sb.kind} but cannot mount it (${(e as Error).message}); skipped`);
       continue;
@@ -128,6 +133,8 @@ export async function findHybridPartition(deps: DetectDeps): Promise<HybridTarge
         Deno.statSync(join(dir, ".persistent"));
         persistent = true;
       } catch { /* volatile */ }
+      await deps.umount(mountpoint);
+      await deps.mount(device, mountpoint, false);
       return { device, mountpoint, dir, dirName, persistent, superblock: sb };
     }
     await deps.umount(mountpoint);

@@ -4,10 +4,10 @@
 // fall back to network mode and are said loudly.
 import { progressText, type StageReport } from "../contract/report.ts";
 import type { Layout, RootEnv, RootMode } from "../contract/rootmode.ts";
-import { bindReadOnly, MNT_DETACH, mount, umount } from "../src/linux/mount.ts";
+import { bindReadOnly, MNT_DETACH, mount, MS_RDONLY, umount } from "../src/linux/mount.ts";
 import { findHybridPartition, type HybridTarget } from "./detect.ts";
 import { type HybridRoot, prepareHybridRoot } from "./mode.ts";
-import type { CopyProgress, CopyReport, HybridError } from "./copy.ts";
+import { type CopyProgress, type CopyReport, type HybridError, maxManifestBytes } from "./copy.ts";
 import { withEarlyWriteback } from "./writeback.ts";
 import { sleep } from "../src/timer.ts";
 
@@ -21,7 +21,7 @@ export interface HybridBootOptions {
   unmountSource(): Promise<void>;
   /** where candidate partitions get mounted, e.g. /run/netroot/disks */
   mountBase: string;
-  mount(device: string, dir: string): Promise<void>;
+  mount(device: string, dir: string, readOnly: boolean): Promise<void>;
   umount(dir: string): Promise<void>;
   fetchManifest(): Promise<string>;
   log(msg: string): void;
@@ -141,6 +141,14 @@ function mountLocalRoot(boot: HybridBoot, l: Layout): void {
   umount(l.lower, MNT_DETACH);
 }
 
+/** A candidate partition (read-only while detect.ts looks at it). Its superblock is the disk's, not trusted: one that says
+ *  `errors=panic` (tune2fs -e panic), with a corruption the copy then meets, would panic the node
+ *  at every boot, network mode never reached; the kernel is told to go read-only instead, which
+ *  fails the copy (back to network mode). */
+export function mountPartition(device: string, dir: string, readOnly = false): void {
+  mount(device, dir, "ext4", readOnly ? MS_RDONLY : 0, "errors=remount-ro");
+}
+
 /** tryHybridBoot on the node's real disks, with the init's NFS mount and reports. */
 function detectAndCopy(env: RootEnv): Promise<HybridBoot | undefined> {
   const { params: p, layout: l } = env;
@@ -153,7 +161,7 @@ function detectAndCopy(env: RootEnv): Promise<HybridBoot | undefined> {
   return tryHybridBoot({
     imageId,
     mountBase: "/run/netroot/disks",
-    mount: (dev, dir) => Promise.resolve(mount(dev, dir, "ext4", 0, null)),
+    mount: (dev, dir, readOnly) => Promise.resolve(mountPartition(dev, dir, readOnly)),
     umount: (dir) => Promise.resolve(umount(dir)),
     mountSource: async () => {
       await env.mountImage(l.lower);
@@ -188,10 +196,6 @@ export const hybridMode: RootMode = {
     return true;
   },
 };
-
-/** The largest manifest taken: ~800,000 entries (a 700 MB Debian image's is 3.3 MB), while a
- *  node that holds it (about twice, as bytes and as text) still has room to boot. */
-export const maxManifestBytes = 128 << 20;
 
 /**
  * The manifest, with a few short attempts rather than one long one: a connection can stall (a

@@ -6,6 +6,7 @@
 import { statvfs } from "../src/linux/fsops.ts";
 import { manifestLines } from "../contract/manifest.ts";
 import {
+  clearPlanted,
   copyPaths,
   type CopyPlan,
   type CopyProgress,
@@ -17,6 +18,7 @@ import {
   indexOtherCopies,
   isComplete,
   planCopy,
+  writeOwnFile,
 } from "./copy.ts";
 
 export type Variant = "volatile" | "persistent";
@@ -88,6 +90,7 @@ export async function prepareHybridRoot(opts: PrepareOptions): Promise<HybridRoo
   const p = copyPaths(opts.hybridDir, opts.imageId);
   let evicted: string[] = [];
   let plan: CopyPlan | undefined;
+  clearPlanted(opts.hybridDir, opts.imageId);
   if (!isComplete(opts.hybridDir, opts.imageId)) {
     const entries = [...manifestLines(opts.manifestText)];
     plan = planCopy(opts.hybridDir, opts.imageId, entries);
@@ -139,7 +142,7 @@ export async function prepareHybridRoot(opts: PrepareOptions): Promise<HybridRoo
   else rmrf(`${p.upper}/tmp`);
   Deno.mkdirSync(p.upper, { recursive: true });
   Deno.mkdirSync(p.work, { recursive: true });
-  Deno.writeTextFileSync(p.lastBoot, new Date().toISOString() + "\n");
+  writeOwnFile(p.lastBoot, new Date().toISOString() + "\n");
   return { variant, lower: p.image, upper: p.upper, work: p.work, report, evicted };
 }
 

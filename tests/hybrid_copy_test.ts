@@ -10,7 +10,9 @@ import {
   type CopyReport,
   ensureLocalCopy,
   HybridError,
+  indexOtherCopies,
   isComplete,
+  maxManifestBytes,
 } from "../hybrid/copy.ts";
 import { makeRoom, prepareHybridRoot } from "../hybrid/mode.ts";
 import { loopExt4, run } from "./support/ext4disk.ts";
@@ -483,5 +485,280 @@ Deno.test("hybrid (root): volatile empties the upper at each boot, persistent ke
     assert.equal(Deno.readTextFileSync(`${p2.upper}/kept`), "x");
     assert.throws(() => Deno.statSync(`${p2.upper}/tmp`));
     assert.deepEqual([...Deno.readDirSync(p2.work)], []);
+  });
+});
+
+// A hostile disk: root on the node before (any image, or a persistent hybrid image writing to this
+// very partition) plants links, FIFOs and files inside walt-hybrid/ for the next boot, whose init
+// runs as PID 1. The init must never write, remove or follow anything outside walt-hybrid/.
+
+/** A tree outside walt-hybrid/ (on the same partition, where an attacker's links can point) that
+ *  must come out of every boot exactly as it went in. */
+function victim(root: string): { dir: string; check(): void } {
+  const dir = `${root}/victim`;
+  Deno.mkdirSync(`${dir}/tmp`, { recursive: true });
+  Deno.mkdirSync(`${dir}/work`, { recursive: true });
+  Deno.writeTextFileSync(`${dir}/data`, "precious\n");
+  Deno.writeTextFileSync(`${dir}/tmp/data`, "precious\n");
+  const names = () =>
+    [...Deno.readDirSync(dir)].map((e) => e.name).sort().join(",") + "|" +
+    [...Deno.readDirSync(`${dir}/tmp`)].map((e) => e.name).sort().join(",");
+  const before = names();
+  return {
+    dir,
+    check() {
+      assert.equal(names(), before, "nothing created or removed outside walt-hybrid/");
+      assert.equal(Deno.readTextFileSync(`${dir}/data`), "precious\n");
+      assert.equal(Deno.readTextFileSync(`${dir}/tmp/data`), "precious\n");
+    },
+  };
+}
+
+Deno.test("hybrid (root, hostile disk): links planted at <id>, image.part, image, diff, work lead nowhere outside walt-hybrid/", async () => {
+  for (const at of ["", "/image.part", "/image", "/diff", "/work"]) {
+    for (const persistent of [false, true]) {
+      await withDisk(32, async (disk, tmp) => {
+        const hybridDir = `${disk.mnt}/walt-hybrid`;
+        await makeTree(`${tmp}/src`, { files: 2, fileKiB: 4, seed: 20 });
+        const m = await manifestOf(`${tmp}/src`);
+        const v = victim(disk.mnt);
+        const p = copyPaths(hybridDir, m.id);
+        if (at === "/image") Deno.writeTextFileSync(`${v.dir}/manifest`, m.text); // "complete"
+        if (at) Deno.mkdirSync(p.base);
+        Deno.symlinkSync(v.dir, p.base + at);
+        const root = await prepareHybridRoot({
+          hybridDir,
+          persistent,
+          imageId: m.id,
+          manifestText: m.text,
+          source: `${tmp}/src`,
+        });
+        if (at === "/image") Deno.removeSync(`${v.dir}/manifest`);
+        v.check();
+        for (const d of [p.base, root.lower, root.upper, root.work]) {
+          assert.ok(Deno.lstatSync(d).isDirectory, `${d} ${at}: a real directory`);
+        }
+        assert.equal((await manifestOf(root.lower)).text, m.text);
+      });
+    }
+  }
+});
+
+Deno.test("hybrid (root, hostile disk): last-boot and manifest.tmp as links, FIFOs or device nodes are not written through", async () => {
+  await withDisk(32, async (disk, tmp) => {
+    const hybridDir = `${disk.mnt}/walt-hybrid`;
+    await makeTree(`${tmp}/src`, { files: 2, fileKiB: 4, seed: 21 });
+    const m = await manifestOf(`${tmp}/src`);
+    const opts = { hybridDir, persistent: false, imageId: m.id, source: `${tmp}/src` };
+    const p = copyPaths(hybridDir, m.id);
+    const v = victim(disk.mnt);
+    Deno.mkdirSync(p.base);
+    Deno.symlinkSync(`${v.dir}/data`, `${p.manifest}.tmp`); // the copy's manifest, written last
+    Deno.linkSync(`${v.dir}/data`, p.lastBoot); // a hard link: same inode as the victim
+    await prepareHybridRoot({ ...opts, manifestText: m.text });
+    v.check();
+    assert.equal(Deno.readTextFileSync(p.manifest), m.text);
+    // A complete copy: last-boot is written at every boot. A symlink, then a FIFO (whose open for
+    // writing would wait for a reader forever: a reader here tells what went through it).
+    Deno.removeSync(p.lastBoot);
+    Deno.symlinkSync(`${v.dir}/data`, p.lastBoot);
+    await prepareHybridRoot({ ...opts, manifestText: m.text });
+    v.check();
+    Deno.removeSync(p.lastBoot);
+    run("mkfifo", p.lastBoot);
+    const reader = new Deno.Command("cat", { args: [p.lastBoot], stdout: "piped" }).spawn();
+    try {
+      await prepareHybridRoot({ ...opts, manifestText: m.text });
+    } finally {
+      try {
+        reader.kill();
+      } catch { /* cat found no FIFO to open (removed first): nothing to kill */ }
+    }
+    assert.equal(new TextDecoder().decode((await reader.output()).stdout), "");
+    assert.ok(Deno.lstatSync(p.lastBoot).isFile);
+    // The disk's own device node there: the date went into its first bytes.
+    const head = () => {
+      const f = Deno.openSync(disk.loop);
+      const b = new Uint8Array(1024);
+      f.readSync(b);
+      f.close();
+      return b;
+    };
+    const before = head();
+    Deno.removeSync(p.lastBoot);
+    const [major, minor] = run("cat", `/sys/class/block/${disk.loop.slice(5)}/dev`).split(":");
+    run("mknod", p.lastBoot, "b", major, minor);
+    await prepareHybridRoot({ ...opts, manifestText: m.text });
+    assert.deepEqual(head(), before, "nothing written into the block device");
+  });
+});
+
+Deno.test("hybrid (root, hostile disk): a planted copy to re-deploy over, with a linked directory, linked entries or .. paths, changes nothing outside walt-hybrid/", async () => {
+  for (const trick of ["linked dir", "linked entries", "dot-dot paths"]) {
+    await withDisk(32, async (disk, tmp) => {
+      const hybridDir = `${disk.mnt}/walt-hybrid`;
+      await makeTree(`${tmp}/src`, { files: 8, fileKiB: 64, seed: 22 });
+      const m = await manifestOf(`${tmp}/src`);
+      Deno.mkdirSync(`${disk.mnt}/victim`);
+      Deno.writeTextFileSync(`${disk.mnt}/victim/image-release`, "precious\n", { mode: 0o640 });
+      const v = victim(disk.mnt);
+      v.check = ((check) => () => {
+        check();
+        assert.equal(Deno.readTextFileSync(`${v.dir}/image-release`), "precious\n");
+        assert.equal(Deno.statSync(`${v.dir}/image-release`).mode! & 0o7777, 0o640);
+      })(v.check);
+      // A "complete copy" of another id holding the new image's data (so that it is re-deployed
+      // over in place), whose manifest says /etc/image-release changed and /etc/old is stale.
+      const fake = copyPaths(hybridDir, "f".repeat(64));
+      Deno.mkdirSync(fake.base);
+      run("cp", "-a", `${tmp}/src`, fake.image);
+      const lines = m.text.split("\n").map((l) =>
+        l.startsWith("/etc/image-release\t")
+          ? l.replace(/\t[0-9a-f]{64}\t/, `\t${"0".repeat(64)}\t`)
+          : l
+      );
+      const stale = (path: string) =>
+        `${path}\tfile\t0644\t0\t0\t9\t1600000000\t${"1".repeat(64)}\t\t\t`;
+      if (trick === "linked dir") {
+        Deno.removeSync(`${fake.image}/etc`, { recursive: true });
+        Deno.symlinkSync(v.dir, `${fake.image}/etc`);
+        lines.splice(
+          lines.findIndex((l) => l.startsWith("/etc/image-release\t")),
+          0,
+          stale("/etc/data"),
+        );
+      } else if (trick === "linked entries") {
+        // the same data or device, another mode: only metadata to set, on a link out
+        for (const [path, mode] of [["/etc/image-release", "0640"], ["/dev/null", "0600"]]) {
+          const i = lines.findIndex((l) => l.startsWith(`${path}\t`));
+          const f = m.text.split("\n")[i].split("\t");
+          f[2] = mode;
+          lines[i] = f.join("\t");
+          Deno.removeSync(fake.image + path);
+          Deno.symlinkSync(`${v.dir}/image-release`, fake.image + path);
+        }
+      } else {
+        lines.splice(
+          1,
+          0,
+          stale("/../../../victim/data"),
+          stale("/etc/../../../../victim/tmp/data"),
+        );
+      }
+      Deno.writeTextFileSync(fake.manifest, lines.join("\n"));
+      const opts = {
+        hybridDir,
+        persistent: false,
+        imageId: m.id,
+        manifestText: m.text,
+        source: `${tmp}/src`,
+      };
+      // One boot may fall back to network mode (the planted copy is not what it claims); the next
+      // completes from what the first left, re-verified.
+      const root = await prepareHybridRoot(opts).catch((e) => {
+        assert.ok(e instanceof HybridError, String(e));
+        return prepareHybridRoot(opts);
+      });
+      v.check();
+      assert.equal((await manifestOf(root.lower)).text, m.text, trick);
+    });
+  }
+});
+
+Deno.test("hybrid (root, hostile disk): other copies' manifests that are garbage, huge or FIFOs are passed over; the copy completes", async () => {
+  await withDisk(32, async (disk, tmp) => {
+    const hybridDir = `${disk.mnt}/walt-hybrid`;
+    await makeTree(`${tmp}/src`, { files: 2, fileKiB: 4, seed: 23 });
+    const m = await manifestOf(`${tmp}/src`);
+    const plant = (c: string, manifest: (path: string) => void) => {
+      const p = copyPaths(hybridDir, c.repeat(64));
+      Deno.mkdirSync(p.image, { recursive: true });
+      manifest(p.manifest);
+    };
+    plant("a", (path) => Deno.writeTextFileSync(path, "netroot-manifest 1\nnot\ta\tmanifest\n"));
+    plant("b", (path) => run("truncate", "-s", "4G", path)); // sparse: 4 GiB of NULs to read
+    plant("c", (path) => run("mkfifo", path));
+    const root = await prepareHybridRoot({
+      hybridDir,
+      persistent: false,
+      imageId: m.id,
+      manifestText: m.text,
+      source: `${tmp}/src`,
+    });
+    assert.equal((await manifestOf(root.lower)).text, m.text);
+  });
+});
+
+Deno.test("hybrid (root, hostile disk): a resume dir with a hard link out, a FIFO, the disk's device node and a symlink at file paths", async () => {
+  await withDisk(32, async (disk, tmp) => {
+    const hybridDir = `${disk.mnt}/walt-hybrid`;
+    await makeTree(`${tmp}/src`, { files: 2, fileKiB: 4, seed: 24 });
+    const m = await manifestOf(`${tmp}/src`);
+    Deno.mkdirSync(`${disk.mnt}/victim`);
+    // outside walt-hybrid/, the very bytes of the image's /etc/image-release (0644, 1234:5678)
+    const release = `${disk.mnt}/victim/release`;
+    Deno.copyFileSync(`${tmp}/src/etc/image-release`, release);
+    Deno.chmodSync(release, 0o600);
+    Deno.chownSync(release, 0, 0);
+    Deno.utimeSync(release, 1_000_000_000, 1_000_000_000);
+    const v = victim(disk.mnt);
+    const part = copyPaths(hybridDir, m.id).part;
+    for (const d of ["etc", "usr/bin", "data"]) Deno.mkdirSync(`${part}/${d}`, { recursive: true });
+    Deno.linkSync(release, `${part}/etc/image-release`);
+    run("mkfifo", `${part}/usr/bin/ping`);
+    const [major, minor] = run("cat", `/sys/class/block/${disk.loop.slice(5)}/dev`).split(":");
+    run("mknod", `${part}/data/f0000`, "b", major, minor);
+    Deno.symlinkSync(`${v.dir}/data`, `${part}/data/f0001`);
+    const root = await prepareHybridRoot({
+      hybridDir,
+      persistent: false,
+      imageId: m.id,
+      manifestText: m.text,
+      source: `${tmp}/src`,
+    });
+    v.check();
+    const st = Deno.lstatSync(release);
+    assert.deepEqual(
+      [st.mode! & 0o7777, st.uid, st.gid, st.mtime?.getTime(), st.nlink],
+      [0o600, 0, 0, 1e12, 1],
+      "the file outside keeps its metadata and is no part of the copy",
+    );
+    assert.equal((await manifestOf(root.lower)).text, m.text);
+  });
+});
+
+Deno.test("hybrid (root, hostile disk): other copies' manifests are read up to 128 MiB in all (three planted 86 MB ones took 3 GB)", async () => {
+  await withDisk(32, async (disk, tmp) => {
+    const hybridDir = `${disk.mnt}/walt-hybrid`;
+    await makeTree(`${tmp}/src`, { files: 1, fileKiB: 4, seed: 25 });
+    const m = await manifestOf(`${tmp}/src`);
+    const other = await manifestOf(`${tmp}/src`);
+    const a = copyPaths(hybridDir, "a".repeat(64)), b = copyPaths(hybridDir, "b".repeat(64));
+    for (const p of [a, b]) Deno.mkdirSync(p.image, { recursive: true });
+    // a: read first (name order), as big as the bound leaves room for nothing after it
+    run("truncate", "-s", String(maxManifestBytes - other.text.length + 1), a.manifest);
+    Deno.writeTextFileSync(b.manifest, other.text);
+    assert.equal(indexOtherCopies(hybridDir, m.id).size, 0, "b is past the bound");
+    Deno.truncateSync(a.manifest, 10);
+    assert.ok(indexOtherCopies(hybridDir, m.id).size > 0, "within it, b is used");
+  });
+});
+
+Deno.test("hybrid (root, hostile disk): an image/ without its manifest (a cut eviction, or planted) does not block the copy", async () => {
+  await withDisk(32, async (disk, tmp) => {
+    const hybridDir = `${disk.mnt}/walt-hybrid`;
+    await makeTree(`${tmp}/src`, { files: 2, fileKiB: 4, seed: 26 });
+    const m = await manifestOf(`${tmp}/src`);
+    const p = copyPaths(hybridDir, m.id);
+    Deno.mkdirSync(`${p.image}/etc`, { recursive: true });
+    Deno.writeTextFileSync(`${p.image}/etc/planted`, "x");
+    const root = await prepareHybridRoot({
+      hybridDir,
+      persistent: false,
+      imageId: m.id,
+      manifestText: m.text,
+      source: `${tmp}/src`,
+    });
+    assert.equal((await manifestOf(root.lower)).text, m.text);
   });
 });

@@ -3,6 +3,7 @@
 import assert from "node:assert/strict";
 import { parseExtSuperblock } from "../hybrid/ext4.ts";
 import { findHybridPartition, listBlockDevices, naturalCompare } from "../hybrid/detect.ts";
+import { mountPartition } from "../hybrid/mod.ts";
 import { run } from "./support/ext4disk.ts";
 
 function head(file: string): Uint8Array {
@@ -124,6 +125,114 @@ Deno.test("hybrid detect: no candidate → undefined (network mode)", async () =
     });
     assert.equal(t, undefined);
   } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("hybrid detect (root, hostile disk): a walt-hybrid symlink is not the hybrid dir (it pointed the copy at the initramfs)", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "netroot-detect-" });
+  let loops: string[] = [];
+  const mounted: string[] = [];
+  try {
+    const devDir = `${dir}/dev`;
+    await Deno.mkdir(devDir);
+    const imgs = [1, 2].map((i) => `${dir}/p${i}.img`);
+    run("truncate", "-s", "16M", ...imgs);
+    // vda1: only a link (to the init's own root); vda2: the link beside WalT's real directory
+    await Deno.mkdir(`${dir}/stage1`);
+    Deno.symlinkSync("/", `${dir}/stage1/walt-hybrid`);
+    await Deno.mkdir(`${dir}/stage2/walt_hybrid`, { recursive: true });
+    Deno.symlinkSync("/", `${dir}/stage2/walt-hybrid`);
+    for (const i of [1, 2]) run("mkfs.ext4", "-q", "-F", "-d", `${dir}/stage${i}`, imgs[i - 1]);
+    const disk = fakeDisk(dir, imgs);
+    loops = disk.loops;
+    const t = await findHybridPartition({
+      mount: (dev: string, mnt: string) => {
+        run("mount", "-t", "ext4", dev, mnt);
+        mounted.push(mnt);
+        return Promise.resolve();
+      },
+      umount: (mnt: string) => {
+        run("umount", mnt);
+        mounted.splice(mounted.indexOf(mnt), 1);
+        return Promise.resolve();
+      },
+      mountBase: `${dir}/mnt`,
+      devDir,
+      sysClassBlock: disk.sys,
+    });
+    assert.equal(t?.device, `${devDir}/vda2`);
+    assert.equal(t?.dirName, "walt_hybrid");
+    assert.ok(Deno.lstatSync(t!.dir).isDirectory);
+  } finally {
+    for (const m of mounted) run("umount", m);
+    for (const l of loops) run("losetup", "-d", l);
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("hybrid detect (root, hostile disk): a partition whose superblock says errors=panic is mounted errors=remount-ro", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "netroot-detect-" });
+  let loop = "";
+  try {
+    run("truncate", "-s", "16M", `${dir}/p.img`);
+    run("mkfs.ext4", "-q", "-F", `${dir}/p.img`);
+    run("tune2fs", "-e", "panic", `${dir}/p.img`);
+    loop = run("losetup", "-f", "--show", `${dir}/p.img`);
+    await Deno.mkdir(`${dir}/mnt`);
+    mountPartition(loop, `${dir}/mnt`);
+    try {
+      const line = Deno.readTextFileSync("/proc/self/mounts").split("\n")
+        .find((l) => l.split(" ")[1] === `${dir}/mnt`);
+      assert.match(line ?? "", /[ ,]errors=remount-ro[ ,]/);
+    } finally {
+      run("umount", `${dir}/mnt`);
+    }
+  } finally {
+    if (loop) run("losetup", "-d", loop);
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("hybrid detect (root): a partition that is not the hybrid one is looked at read-only, left as it was", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "netroot-detect-" });
+  let loops: string[] = [];
+  const mounted: string[] = [];
+  try {
+    const devDir = `${dir}/dev`;
+    await Deno.mkdir(devDir);
+    const imgs = [1, 2].map((i) => `${dir}/p${i}.img`);
+    run("truncate", "-s", "16M", ...imgs);
+    run("mkfs.ext4", "-q", "-F", imgs[0]); // a user's data
+    await Deno.mkdir(`${dir}/stage/walt-hybrid`, { recursive: true });
+    run("mkfs.ext4", "-q", "-F", "-d", `${dir}/stage`, imgs[1]);
+    const disk = fakeDisk(dir, imgs);
+    loops = disk.loops;
+    const mountCount = (dev: string) =>
+      run("dumpe2fs", "-h", dev).match(/^Mount count:\s*(\d+)/m)?.[1];
+    const t = await findHybridPartition({
+      mount: (dev, mnt, readOnly) => {
+        mountPartition(dev, mnt, readOnly);
+        mounted.push(mnt);
+        return Promise.resolve();
+      },
+      umount: (mnt) => {
+        run("umount", mnt);
+        mounted.splice(mounted.indexOf(mnt), 1);
+        return Promise.resolve();
+      },
+      mountBase: `${dir}/mnt`,
+      devDir,
+      sysClassBlock: disk.sys,
+    });
+    assert.equal(t?.device, `${devDir}/vda2`);
+    assert.equal(mountCount(loops[0]), "0", "the data partition: never mounted read-write");
+    const opts = Deno.readTextFileSync("/proc/self/mounts").split("\n")
+      .find((l) => l.split(" ")[1] === t!.mountpoint)?.split(" ")[3];
+    assert.match(opts ?? "", /^rw,/, "the hybrid one: read-write for the copy");
+  } finally {
+    for (const m of mounted) run("umount", m);
+    for (const l of loops) run("losetup", "-d", l);
     await Deno.remove(dir, { recursive: true });
   }
 });

@@ -102,6 +102,12 @@ Deno.test("manifestLines streams and rejects bad input with a clear error", () =
   assert.throws(() => parseEntry("x\tfile\t0644\t0\t0\t0\t0\t\t\t\t"), /absolute/);
   assert.throws(() => parseEntry("/x\tfile\t0644\t0\t0\t0\t0\tnothex\t\t\t"), /sha256/);
   assert.throws(() => parseEntry("/x\\q\tfile\t0644\t0\t0\t0\t0\t\t\t\t"), /escape/);
+  // a hybrid node joins these paths to its copy: none may name something outside it
+  for (const p of ["/..", "/a/../../b", "/a/.", "//a", "/a/", "/a\\x2f..\\x2fb"]) {
+    assert.throws(() => parseEntry(`${p}\tfile\t0644\t0\t0\t0\t0\t\t\t\t`), /normalised/, p);
+  }
+  assert.throws(() => parseEntry("/x\thardlink\t0644\t0\t0\t0\t0\t\t/../y\t\t"), /normalised/);
+  assert.equal(parseEntry("/..x/...\tsymlink\t0777\t0\t0\t0\t0\t\t../../y\t\t").target, "../../y");
   assert.deepEqual(parseManifest(MANIFEST_HEADER + "\n"), []);
 });
 
