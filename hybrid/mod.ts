@@ -4,7 +4,15 @@
 // fall back to network mode and are said loudly.
 import { progressText, type StageReport } from "../contract/report.ts";
 import type { Layout, RootEnv, RootMode } from "../contract/rootmode.ts";
-import { bindReadOnly, MNT_DETACH, mount, MS_RDONLY, umount } from "../src/linux/mount.ts";
+import {
+  bindReadOnly,
+  MNT_DETACH,
+  mount,
+  MS_BIND,
+  MS_RDONLY,
+  MS_REMOUNT,
+  umount,
+} from "../src/linux/mount.ts";
 import { findHybridPartition, type HybridTarget } from "./detect.ts";
 import { type HybridRoot, prepareHybridRoot } from "./mode.ts";
 import { type CopyProgress, type CopyReport, type HybridError, maxManifestBytes } from "./copy.ts";
@@ -138,6 +146,12 @@ function mountLocalRoot(boot: HybridBoot, l: Layout): void {
     `lowerdir=${boot.lower},upperdir=${boot.upper},workdir=${boot.work}`,
   );
   bindReadOnly(boot.upper, l.upper);
+  // The partition's own mount (under /run, which the image sees) made read-only, the mount only
+  // (the file system stays writable: the overlay writes its upper through a private clone of the
+  // mount, taken above). The copy is the clean lower layer every boot trusts without hashing it
+  // again ("kept read-only", the spec says): a stray write under /run/netroot/disks/ from the
+  // image would have changed it for every later boot.
+  mount(null, boot.target.mountpoint, null, MS_REMOUNT | MS_BIND | MS_RDONLY);
   umount(l.lower, MNT_DETACH);
 }
 

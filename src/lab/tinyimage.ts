@@ -9,6 +9,7 @@
 //             reboot only if the root's upper layer does)
 //   E2E-OS[…] bootcount=N        (/persist/bootcount when /persist is mounted, else 0)
 //   E2E-OS[…] writeback=<vm.dirty_background_bytes>/<…_ratio>   (as the netroot init left them)
+//   E2E-OS[…] local-disk=ro|rw   (each partition the init left mounted under /run/netroot/disks/)
 //   E2E-OS[…] IMAGE-BOOT-OK
 //   then `reboot -f` while bootcount < e2e.reboots=N (kernel command line), else `poweroff -f`.
 // Stand-in /boot/initrd.img-<kv> (initrd: true): prints `E2E-INITRD KERNEL-STARTED kv=<kv>` and
@@ -162,6 +163,7 @@ n=0
 if grep -q ' /persist ' /proc/mounts; then n=$(cat /persist/bootcount 2>/dev/null || echo 0); n=$((n+1)); echo $n > /persist/bootcount; fi
 t "bootcount=$n"
 t "writeback=$(cat /proc/sys/vm/dirty_background_bytes)/$(cat /proc/sys/vm/dirty_background_ratio)"
+for d in /run/netroot/disks/*/; do [ -d "$d" ] || continue; if touch "$d.probe" 2>/dev/null; then rm -f "$d.probe"; t "local-disk=rw"; else t "local-disk=ro"; fi; done
 t "IMAGE-BOOT-OK"
 sync
 want=0; for a in $(cat /proc/cmdline); do case $a in e2e.reboots=*) want=\${a#*=};; esac; done

@@ -64,6 +64,9 @@ labTest(
       // The init changed the kernel's writeback for the copy: the image gets the kernel's own.
       assert.equal(count(out, /background writeback from 16 MiB .*\(was 10 % of memory\)/), 2, out);
       assert.equal(count(out, /writeback=0\/10\b/), 2, out);
+      // The local copy cannot be written from the image (its partition's mount is read-only).
+      assert.equal(count(out, /local-disk=ro\b/), 2, out);
+      assert.equal(count(out, /local-disk=rw\b/), 0, out);
       // The root's upper layer: reset each boot (volatile) or kept (persistent).
       if (mode === "volatile") assert.equal(count(out, /previous-boot-marker=none/), 2);
       else {
