@@ -59,6 +59,26 @@ function fakeDisk(dir: string, images: string[]) {
   return { loops, sys };
 }
 
+/** Detection's deps on the fake disk: the init's own mount (mountPartition), `mounted` kept up to
+ *  date for the test's cleanup. */
+function diskDeps(dir: string, devDir: string, sys: string, mounted: string[]) {
+  return {
+    mount: (dev: string, mnt: string, readOnly: boolean) => {
+      mountPartition(dev, mnt, readOnly);
+      mounted.push(mnt);
+      return Promise.resolve();
+    },
+    umount: (mnt: string) => {
+      run("umount", mnt);
+      mounted.splice(mounted.indexOf(mnt), 1);
+      return Promise.resolve();
+    },
+    mountBase: `${dir}/mnt`,
+    devDir,
+    sysClassBlock: sys,
+  };
+}
+
 Deno.test("hybrid detect (root, real block devices): FAT + plain ext4 skipped, walt_hybrid found, .persistent read; walt-hybrid wins over walt_hybrid", async () => {
   const dir = await Deno.makeTempDir({ prefix: "netroot-detect-" });
   let loops: string[] = [];
@@ -77,21 +97,7 @@ Deno.test("hybrid detect (root, real block devices): FAT + plain ext4 skipped, w
     const disk = fakeDisk(dir, imgs);
     loops = disk.loops;
     assert.deepEqual(listBlockDevices(disk.sys).map((d) => d.name), ["vda1", "vda2", "vda3"]);
-    const deps = {
-      mount: (dev: string, mnt: string) => {
-        run("mount", "-t", "ext4", dev, mnt);
-        mounted.push(mnt);
-        return Promise.resolve();
-      },
-      umount: (mnt: string) => {
-        run("umount", mnt);
-        mounted.splice(mounted.indexOf(mnt), 1);
-        return Promise.resolve();
-      },
-      mountBase: `${dir}/mnt`,
-      devDir,
-      sysClassBlock: disk.sys,
-    };
+    const deps = diskDeps(dir, devDir, disk.sys, mounted);
     const t = await findHybridPartition(deps);
     assert.ok(t);
     assert.equal(t.device, `${devDir}/vda3`, "device node made from sysfs major:minor");
@@ -146,21 +152,7 @@ Deno.test("hybrid detect (root, hostile disk): a walt-hybrid symlink is not the 
     for (const i of [1, 2]) run("mkfs.ext4", "-q", "-F", "-d", `${dir}/stage${i}`, imgs[i - 1]);
     const disk = fakeDisk(dir, imgs);
     loops = disk.loops;
-    const t = await findHybridPartition({
-      mount: (dev: string, mnt: string) => {
-        run("mount", "-t", "ext4", dev, mnt);
-        mounted.push(mnt);
-        return Promise.resolve();
-      },
-      umount: (mnt: string) => {
-        run("umount", mnt);
-        mounted.splice(mounted.indexOf(mnt), 1);
-        return Promise.resolve();
-      },
-      mountBase: `${dir}/mnt`,
-      devDir,
-      sysClassBlock: disk.sys,
-    });
+    const t = await findHybridPartition(diskDeps(dir, devDir, disk.sys, mounted));
     assert.equal(t?.device, `${devDir}/vda2`);
     assert.equal(t?.dirName, "walt_hybrid");
     assert.ok(Deno.lstatSync(t!.dir).isDirectory);
@@ -210,21 +202,7 @@ Deno.test("hybrid detect (root): a partition that is not the hybrid one is looke
     loops = disk.loops;
     const mountCount = (dev: string) =>
       run("dumpe2fs", "-h", dev).match(/^Mount count:\s*(\d+)/m)?.[1];
-    const t = await findHybridPartition({
-      mount: (dev, mnt, readOnly) => {
-        mountPartition(dev, mnt, readOnly);
-        mounted.push(mnt);
-        return Promise.resolve();
-      },
-      umount: (mnt) => {
-        run("umount", mnt);
-        mounted.splice(mounted.indexOf(mnt), 1);
-        return Promise.resolve();
-      },
-      mountBase: `${dir}/mnt`,
-      devDir,
-      sysClassBlock: disk.sys,
-    });
+    const t = await findHybridPartition(diskDeps(dir, devDir, disk.sys, mounted));
     assert.equal(t?.device, `${devDir}/vda2`);
     assert.equal(mountCount(loops[0]), "0", "the data partition: never mounted read-write");
     const opts = Deno.readTextFileSync("/proc/self/mounts").split("\n")
