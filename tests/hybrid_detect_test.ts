@@ -79,25 +79,50 @@ function diskDeps(dir: string, devDir: string, sys: string, mounted: string[]) {
   };
 }
 
-Deno.test("hybrid detect (root, real block devices): FAT + plain ext4 skipped, walt_hybrid found, .persistent read; walt-hybrid wins over walt_hybrid", async () => {
+/** `n` partition images of 16 MiB filled by `prepare`, as vda1…vdaN (fakeDisk), with detection's
+ *  deps on them; afterwards everything unmounted, detached and removed. */
+async function withFakeDisk(
+  n: number,
+  prepare: (dir: string, imgs: string[]) => Promise<void> | void,
+  body: (d: {
+    dir: string;
+    devDir: string;
+    sys: string;
+    loops: string[];
+    mounted: string[];
+    deps: ReturnType<typeof diskDeps>;
+  }) => Promise<void>,
+): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "netroot-detect-" });
   let loops: string[] = [];
   const mounted: string[] = [];
   try {
     const devDir = `${dir}/dev`;
     await Deno.mkdir(devDir);
-    const imgs = [1, 2, 3].map((i) => `${dir}/p${i}.img`);
+    const imgs = Array.from({ length: n }, (_, i) => `${dir}/p${i + 1}.img`);
     run("truncate", "-s", "16M", ...imgs);
+    await prepare(dir, imgs);
+    const disk = fakeDisk(dir, imgs);
+    loops = disk.loops;
+    const deps = diskDeps(dir, devDir, disk.sys, mounted);
+    await body({ dir, devDir, sys: disk.sys, loops, mounted, deps });
+  } finally {
+    for (const m of mounted) run("umount", m);
+    for (const l of loops) run("losetup", "-d", l);
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+Deno.test("hybrid detect (root, real block devices): FAT + plain ext4 skipped, walt_hybrid found, .persistent read; walt-hybrid wins over walt_hybrid", async () => {
+  await withFakeDisk(3, async (dir, imgs) => {
     run("mkfs.vfat", imgs[0]);
     for (const [i, d] of [[1, "other"], [2, "walt_hybrid"]] as const) {
       await Deno.mkdir(`${dir}/stage${i}/${d}`, { recursive: true });
       if (i === 2) await Deno.writeTextFile(`${dir}/stage${i}/${d}/.persistent`, "");
       run("mkfs.ext4", "-q", "-F", "-d", `${dir}/stage${i}`, imgs[i]);
     }
-    const disk = fakeDisk(dir, imgs);
-    loops = disk.loops;
-    assert.deepEqual(listBlockDevices(disk.sys).map((d) => d.name), ["vda1", "vda2", "vda3"]);
-    const deps = diskDeps(dir, devDir, disk.sys, mounted);
+  }, async ({ dir, devDir, sys, mounted, deps }) => {
+    assert.deepEqual(listBlockDevices(sys).map((d) => d.name), ["vda1", "vda2", "vda3"]);
     const t = await findHybridPartition(deps);
     assert.ok(t);
     assert.equal(t.device, `${devDir}/vda3`, "device node made from sysfs major:minor");
@@ -113,11 +138,7 @@ Deno.test("hybrid detect (root, real block devices): FAT + plain ext4 skipped, w
     assert.equal(t2?.device, `${devDir}/vda2`);
     assert.equal(t2?.dirName, "walt-hybrid");
     assert.equal(t2?.persistent, false);
-  } finally {
-    for (const m of mounted) run("umount", m);
-    for (const l of loops) run("losetup", "-d", l);
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test("hybrid detect: no candidate → undefined (network mode)", async () => {
@@ -136,31 +157,19 @@ Deno.test("hybrid detect: no candidate → undefined (network mode)", async () =
 });
 
 Deno.test("hybrid detect (root, hostile disk): a walt-hybrid symlink is not the hybrid dir (it pointed the copy at the initramfs)", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "netroot-detect-" });
-  let loops: string[] = [];
-  const mounted: string[] = [];
-  try {
-    const devDir = `${dir}/dev`;
-    await Deno.mkdir(devDir);
-    const imgs = [1, 2].map((i) => `${dir}/p${i}.img`);
-    run("truncate", "-s", "16M", ...imgs);
+  await withFakeDisk(2, async (dir, imgs) => {
     // vda1: only a link (to the init's own root); vda2: the link beside WalT's real directory
     await Deno.mkdir(`${dir}/stage1`);
     Deno.symlinkSync("/", `${dir}/stage1/walt-hybrid`);
     await Deno.mkdir(`${dir}/stage2/walt_hybrid`, { recursive: true });
     Deno.symlinkSync("/", `${dir}/stage2/walt-hybrid`);
     for (const i of [1, 2]) run("mkfs.ext4", "-q", "-F", "-d", `${dir}/stage${i}`, imgs[i - 1]);
-    const disk = fakeDisk(dir, imgs);
-    loops = disk.loops;
-    const t = await findHybridPartition(diskDeps(dir, devDir, disk.sys, mounted));
+  }, async ({ devDir, deps }) => {
+    const t = await findHybridPartition(deps);
     assert.equal(t?.device, `${devDir}/vda2`);
     assert.equal(t?.dirName, "walt_hybrid");
     assert.ok(Deno.lstatSync(t!.dir).isDirectory);
-  } finally {
-    for (const m of mounted) run("umount", m);
-    for (const l of loops) run("losetup", "-d", l);
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test("hybrid detect (root, hostile disk): a partition whose superblock says errors=panic is mounted errors=remount-ro", async () => {
@@ -187,30 +196,18 @@ Deno.test("hybrid detect (root, hostile disk): a partition whose superblock says
 });
 
 Deno.test("hybrid detect (root): a partition that is not the hybrid one is looked at read-only, left as it was", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "netroot-detect-" });
-  let loops: string[] = [];
-  const mounted: string[] = [];
-  try {
-    const devDir = `${dir}/dev`;
-    await Deno.mkdir(devDir);
-    const imgs = [1, 2].map((i) => `${dir}/p${i}.img`);
-    run("truncate", "-s", "16M", ...imgs);
+  await withFakeDisk(2, async (dir, imgs) => {
     run("mkfs.ext4", "-q", "-F", imgs[0]); // a user's data
     await Deno.mkdir(`${dir}/stage/walt-hybrid`, { recursive: true });
     run("mkfs.ext4", "-q", "-F", "-d", `${dir}/stage`, imgs[1]);
-    const disk = fakeDisk(dir, imgs);
-    loops = disk.loops;
+  }, async ({ devDir, loops, deps }) => {
     const mountCount = (dev: string) =>
       run("dumpe2fs", "-h", dev).match(/^Mount count:\s*(\d+)/m)?.[1];
-    const t = await findHybridPartition(diskDeps(dir, devDir, disk.sys, mounted));
+    const t = await findHybridPartition(deps);
     assert.equal(t?.device, `${devDir}/vda2`);
     assert.equal(mountCount(loops[0]), "0", "the data partition: never mounted read-write");
     const opts = Deno.readTextFileSync("/proc/self/mounts").split("\n")
       .find((l) => l.split(" ")[1] === t!.mountpoint)?.split(" ")[3];
     assert.match(opts ?? "", /^rw,/, "the hybrid one: read-write for the copy");
-  } finally {
-    for (const m of mounted) run("umount", m);
-    for (const l of loops) run("losetup", "-d", l);
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
