@@ -73,6 +73,24 @@ async function withDisk(
   }
 }
 
+/** A 32 MiB disk with its walt-hybrid/, and an image tree (makeTree `tree` at tmp/src) with its
+ *  manifest. */
+function withImageOnDisk(
+  tree: { files: number; fileKiB: number; seed: number },
+  fn: (d: {
+    disk: Awaited<ReturnType<typeof loopExt4>>;
+    tmp: string;
+    hybridDir: string;
+    m: { text: string; id: string };
+  }) => Promise<void>,
+) {
+  return withDisk(32, async (disk, tmp) => {
+    await makeTree(`${tmp}/src`, tree);
+    const m = await manifestOf(`${tmp}/src`);
+    await fn({ disk, tmp, hybridDir: `${disk.mnt}/walt-hybrid`, m });
+  });
+}
+
 Deno.test("hybrid copy (root, loop ext4): faithful and verified; second boot copies nothing", async () => {
   await withDisk(64, async (disk, tmp) => {
     await makeTree(`${tmp}/src`, { files: 20, fileKiB: 64, seed: 1 });
@@ -466,10 +484,7 @@ Deno.test("hybrid (root): disk full in the middle of the copy → no-space, part
 });
 
 Deno.test("hybrid (root): volatile empties the upper at each boot, persistent keeps it (but /tmp)", async () => {
-  await withDisk(32, async (disk, tmp) => {
-    const hybridDir = `${disk.mnt}/walt-hybrid`;
-    await makeTree(`${tmp}/src`, { files: 1, fileKiB: 4, seed: 11 });
-    const m = await manifestOf(`${tmp}/src`);
+  await withImageOnDisk({ files: 1, fileKiB: 4, seed: 11 }, async ({ tmp, hybridDir, m }) => {
     const opts = { hybridDir, imageId: m.id, manifestText: m.text, source: `${tmp}/src` };
     const v1 = await prepareHybridRoot({ ...opts, persistent: false });
     assert.equal(v1.variant, "volatile");
@@ -517,38 +532,35 @@ function victim(root: string): { dir: string; check(): void } {
 Deno.test("hybrid (root, hostile disk): links planted at <id>, image.part, image, diff, work lead nowhere outside walt-hybrid/", async () => {
   for (const at of ["", "/image.part", "/image", "/diff", "/work"]) {
     for (const persistent of [false, true]) {
-      await withDisk(32, async (disk, tmp) => {
-        const hybridDir = `${disk.mnt}/walt-hybrid`;
-        await makeTree(`${tmp}/src`, { files: 2, fileKiB: 4, seed: 20 });
-        const m = await manifestOf(`${tmp}/src`);
-        const v = victim(disk.mnt);
-        const p = copyPaths(hybridDir, m.id);
-        if (at === "/image") Deno.writeTextFileSync(`${v.dir}/manifest`, m.text); // "complete"
-        if (at) Deno.mkdirSync(p.base);
-        Deno.symlinkSync(v.dir, p.base + at);
-        const root = await prepareHybridRoot({
-          hybridDir,
-          persistent,
-          imageId: m.id,
-          manifestText: m.text,
-          source: `${tmp}/src`,
-        });
-        if (at === "/image") Deno.removeSync(`${v.dir}/manifest`);
-        v.check();
-        for (const d of [p.base, root.lower, root.upper, root.work]) {
-          assert.ok(Deno.lstatSync(d).isDirectory, `${d} ${at}: a real directory`);
-        }
-        assert.equal((await manifestOf(root.lower)).text, m.text);
-      });
+      await withImageOnDisk(
+        { files: 2, fileKiB: 4, seed: 20 },
+        async ({ disk, tmp, hybridDir, m }) => {
+          const v = victim(disk.mnt);
+          const p = copyPaths(hybridDir, m.id);
+          if (at === "/image") Deno.writeTextFileSync(`${v.dir}/manifest`, m.text); // "complete"
+          if (at) Deno.mkdirSync(p.base);
+          Deno.symlinkSync(v.dir, p.base + at);
+          const root = await prepareHybridRoot({
+            hybridDir,
+            persistent,
+            imageId: m.id,
+            manifestText: m.text,
+            source: `${tmp}/src`,
+          });
+          if (at === "/image") Deno.removeSync(`${v.dir}/manifest`);
+          v.check();
+          for (const d of [p.base, root.lower, root.upper, root.work]) {
+            assert.ok(Deno.lstatSync(d).isDirectory, `${d} ${at}: a real directory`);
+          }
+          assert.equal((await manifestOf(root.lower)).text, m.text);
+        },
+      );
     }
   }
 });
 
 Deno.test("hybrid (root, hostile disk): last-boot and manifest.tmp as links, FIFOs or device nodes are not written through", async () => {
-  await withDisk(32, async (disk, tmp) => {
-    const hybridDir = `${disk.mnt}/walt-hybrid`;
-    await makeTree(`${tmp}/src`, { files: 2, fileKiB: 4, seed: 21 });
-    const m = await manifestOf(`${tmp}/src`);
+  await withImageOnDisk({ files: 2, fileKiB: 4, seed: 21 }, async ({ disk, tmp, hybridDir, m }) => {
     const opts = { hybridDir, persistent: false, imageId: m.id, source: `${tmp}/src` };
     const p = copyPaths(hybridDir, m.id);
     const v = victim(disk.mnt);
@@ -595,81 +607,78 @@ Deno.test("hybrid (root, hostile disk): last-boot and manifest.tmp as links, FIF
 
 Deno.test("hybrid (root, hostile disk): a planted copy to re-deploy over, with a linked directory, linked entries or .. paths, changes nothing outside walt-hybrid/", async () => {
   for (const trick of ["linked dir", "linked entries", "dot-dot paths"]) {
-    await withDisk(32, async (disk, tmp) => {
-      const hybridDir = `${disk.mnt}/walt-hybrid`;
-      await makeTree(`${tmp}/src`, { files: 8, fileKiB: 64, seed: 22 });
-      const m = await manifestOf(`${tmp}/src`);
-      Deno.mkdirSync(`${disk.mnt}/victim`);
-      Deno.writeTextFileSync(`${disk.mnt}/victim/image-release`, "precious\n", { mode: 0o640 });
-      const v = victim(disk.mnt);
-      v.check = ((check) => () => {
-        check();
-        assert.equal(Deno.readTextFileSync(`${v.dir}/image-release`), "precious\n");
-        assert.equal(Deno.statSync(`${v.dir}/image-release`).mode! & 0o7777, 0o640);
-      })(v.check);
-      // A "complete copy" of another id holding the new image's data (so that it is re-deployed
-      // over in place), whose manifest says /etc/image-release changed and /etc/old is stale.
-      const fake = copyPaths(hybridDir, "f".repeat(64));
-      Deno.mkdirSync(fake.base);
-      run("cp", "-a", `${tmp}/src`, fake.image);
-      const lines = m.text.split("\n").map((l) =>
-        l.startsWith("/etc/image-release\t")
-          ? l.replace(/\t[0-9a-f]{64}\t/, `\t${"0".repeat(64)}\t`)
-          : l
-      );
-      const stale = (path: string) =>
-        `${path}\tfile\t0644\t0\t0\t9\t1600000000\t${"1".repeat(64)}\t\t\t`;
-      if (trick === "linked dir") {
-        Deno.removeSync(`${fake.image}/etc`, { recursive: true });
-        Deno.symlinkSync(v.dir, `${fake.image}/etc`);
-        lines.splice(
-          lines.findIndex((l) => l.startsWith("/etc/image-release\t")),
-          0,
-          stale("/etc/data"),
+    await withImageOnDisk(
+      { files: 8, fileKiB: 64, seed: 22 },
+      async ({ disk, tmp, hybridDir, m }) => {
+        Deno.mkdirSync(`${disk.mnt}/victim`);
+        Deno.writeTextFileSync(`${disk.mnt}/victim/image-release`, "precious\n", { mode: 0o640 });
+        const v = victim(disk.mnt);
+        v.check = ((check) => () => {
+          check();
+          assert.equal(Deno.readTextFileSync(`${v.dir}/image-release`), "precious\n");
+          assert.equal(Deno.statSync(`${v.dir}/image-release`).mode! & 0o7777, 0o640);
+        })(v.check);
+        // A "complete copy" of another id holding the new image's data (so that it is re-deployed
+        // over in place), whose manifest says /etc/image-release changed and /etc/old is stale.
+        const fake = copyPaths(hybridDir, "f".repeat(64));
+        Deno.mkdirSync(fake.base);
+        run("cp", "-a", `${tmp}/src`, fake.image);
+        const lines = m.text.split("\n").map((l) =>
+          l.startsWith("/etc/image-release\t")
+            ? l.replace(/\t[0-9a-f]{64}\t/, `\t${"0".repeat(64)}\t`)
+            : l
         );
-      } else if (trick === "linked entries") {
-        // the same data or device, another mode: only metadata to set, on a link out
-        for (const [path, mode] of [["/etc/image-release", "0640"], ["/dev/null", "0600"]]) {
-          const i = lines.findIndex((l) => l.startsWith(`${path}\t`));
-          const f = m.text.split("\n")[i].split("\t");
-          f[2] = mode;
-          lines[i] = f.join("\t");
-          Deno.removeSync(fake.image + path);
-          Deno.symlinkSync(`${v.dir}/image-release`, fake.image + path);
+        const stale = (path: string) =>
+          `${path}\tfile\t0644\t0\t0\t9\t1600000000\t${"1".repeat(64)}\t\t\t`;
+        if (trick === "linked dir") {
+          Deno.removeSync(`${fake.image}/etc`, { recursive: true });
+          Deno.symlinkSync(v.dir, `${fake.image}/etc`);
+          lines.splice(
+            lines.findIndex((l) => l.startsWith("/etc/image-release\t")),
+            0,
+            stale("/etc/data"),
+          );
+        } else if (trick === "linked entries") {
+          // the same data or device, another mode: only metadata to set, on a link out
+          for (const [path, mode] of [["/etc/image-release", "0640"], ["/dev/null", "0600"]]) {
+            const i = lines.findIndex((l) => l.startsWith(`${path}\t`));
+            const f = m.text.split("\n")[i].split("\t");
+            f[2] = mode;
+            lines[i] = f.join("\t");
+            Deno.removeSync(fake.image + path);
+            Deno.symlinkSync(`${v.dir}/image-release`, fake.image + path);
+          }
+        } else {
+          lines.splice(
+            1,
+            0,
+            stale("/../../../victim/data"),
+            stale("/etc/../../../../victim/tmp/data"),
+          );
         }
-      } else {
-        lines.splice(
-          1,
-          0,
-          stale("/../../../victim/data"),
-          stale("/etc/../../../../victim/tmp/data"),
-        );
-      }
-      Deno.writeTextFileSync(fake.manifest, lines.join("\n"));
-      const opts = {
-        hybridDir,
-        persistent: false,
-        imageId: m.id,
-        manifestText: m.text,
-        source: `${tmp}/src`,
-      };
-      // One boot may fall back to network mode (the planted copy is not what it claims); the next
-      // completes from what the first left, re-verified.
-      const root = await prepareHybridRoot(opts).catch((e) => {
-        assert.ok(e instanceof HybridError, String(e));
-        return prepareHybridRoot(opts);
-      });
-      v.check();
-      assert.equal((await manifestOf(root.lower)).text, m.text, trick);
-    });
+        Deno.writeTextFileSync(fake.manifest, lines.join("\n"));
+        const opts = {
+          hybridDir,
+          persistent: false,
+          imageId: m.id,
+          manifestText: m.text,
+          source: `${tmp}/src`,
+        };
+        // One boot may fall back to network mode (the planted copy is not what it claims); the next
+        // completes from what the first left, re-verified.
+        const root = await prepareHybridRoot(opts).catch((e) => {
+          assert.ok(e instanceof HybridError, String(e));
+          return prepareHybridRoot(opts);
+        });
+        v.check();
+        assert.equal((await manifestOf(root.lower)).text, m.text, trick);
+      },
+    );
   }
 });
 
 Deno.test("hybrid (root, hostile disk): other copies' manifests that are garbage, huge or FIFOs are passed over; the copy completes", async () => {
-  await withDisk(32, async (disk, tmp) => {
-    const hybridDir = `${disk.mnt}/walt-hybrid`;
-    await makeTree(`${tmp}/src`, { files: 2, fileKiB: 4, seed: 23 });
-    const m = await manifestOf(`${tmp}/src`);
+  await withImageOnDisk({ files: 2, fileKiB: 4, seed: 23 }, async ({ tmp, hybridDir, m }) => {
     const plant = (c: string, manifest: (path: string) => void) => {
       const p = copyPaths(hybridDir, c.repeat(64));
       Deno.mkdirSync(p.image, { recursive: true });
@@ -690,10 +699,7 @@ Deno.test("hybrid (root, hostile disk): other copies' manifests that are garbage
 });
 
 Deno.test("hybrid (root, hostile disk): a resume dir with a hard link out, a FIFO, the disk's device node and a symlink at file paths", async () => {
-  await withDisk(32, async (disk, tmp) => {
-    const hybridDir = `${disk.mnt}/walt-hybrid`;
-    await makeTree(`${tmp}/src`, { files: 2, fileKiB: 4, seed: 24 });
-    const m = await manifestOf(`${tmp}/src`);
+  await withImageOnDisk({ files: 2, fileKiB: 4, seed: 24 }, async ({ disk, tmp, hybridDir, m }) => {
     Deno.mkdirSync(`${disk.mnt}/victim`);
     // outside walt-hybrid/, the very bytes of the image's /etc/image-release (0644, 1234:5678)
     const release = `${disk.mnt}/victim/release`;
@@ -728,10 +734,7 @@ Deno.test("hybrid (root, hostile disk): a resume dir with a hard link out, a FIF
 });
 
 Deno.test("hybrid (root, hostile disk): other copies' manifests are read up to 128 MiB in all (three planted 86 MB ones took 3 GB)", async () => {
-  await withDisk(32, async (disk, tmp) => {
-    const hybridDir = `${disk.mnt}/walt-hybrid`;
-    await makeTree(`${tmp}/src`, { files: 1, fileKiB: 4, seed: 25 });
-    const m = await manifestOf(`${tmp}/src`);
+  await withImageOnDisk({ files: 1, fileKiB: 4, seed: 25 }, async ({ tmp, hybridDir, m }) => {
     const other = await manifestOf(`${tmp}/src`);
     const a = copyPaths(hybridDir, "a".repeat(64)), b = copyPaths(hybridDir, "b".repeat(64));
     for (const p of [a, b]) Deno.mkdirSync(p.image, { recursive: true });
@@ -745,10 +748,7 @@ Deno.test("hybrid (root, hostile disk): other copies' manifests are read up to 1
 });
 
 Deno.test("hybrid (root, hostile disk): an image/ without its manifest (a cut eviction, or planted) does not block the copy", async () => {
-  await withDisk(32, async (disk, tmp) => {
-    const hybridDir = `${disk.mnt}/walt-hybrid`;
-    await makeTree(`${tmp}/src`, { files: 2, fileKiB: 4, seed: 26 });
-    const m = await manifestOf(`${tmp}/src`);
+  await withImageOnDisk({ files: 2, fileKiB: 4, seed: 26 }, async ({ tmp, hybridDir, m }) => {
     const p = copyPaths(hybridDir, m.id);
     Deno.mkdirSync(`${p.image}/etc`, { recursive: true });
     Deno.writeTextFileSync(`${p.image}/etc/planted`, "x");
