@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { Hono } from "hono";
 import { defaultConfig } from "../src/config.ts";
 import { setLogLevel } from "../src/log.ts";
+import { type HttpListener, listenBounded } from "../src/httpbounds.ts";
 import { openContext } from "../src/server.ts";
 import { bootRoutes } from "../netboot/http.ts";
 import { contextBooter } from "../src/boot/booter.ts";
@@ -92,7 +93,7 @@ async function alternate(
 }
 
 const dir = await Deno.makeTempDir({ prefix: "nr-httpbench-" });
-const ac = new AbortController();
+let http: HttpListener | undefined;
 let nginx: Deno.ChildProcess | undefined;
 try {
   const ctx = await openContext({ ...defaultConfig(), dataDir: dir });
@@ -116,12 +117,13 @@ try {
   mkdirSync(ctx.data.node(mac), { recursive: true });
   symlinkSync(`../../images/${id}/rootfs`, ctx.data.nodeFs(mac));
 
-  const ready = Promise.withResolvers<number>();
-  Deno.serve(
-    { hostname: "127.0.0.1", port: 0, signal: ac.signal, onListen: (a) => ready.resolve(a.port) },
-    new Hono().route("/boot", bootRoutes(contextBooter(ctx))).fetch,
-  );
-  const ours = `http://127.0.0.1:${await ready.promise}/boot/02-00-00-00-be-01/kernel`;
+  // The server's own listener (src/httpbounds.ts), as `netroot serve` runs it.
+  http = listenBounded({
+    hostname: "127.0.0.1",
+    port: 0,
+    handler: new Hono().route("/boot", bootRoutes(contextBooter(ctx))).fetch,
+  });
+  const ours = `http://127.0.0.1:${http.addr.port}/boot/02-00-00-00-be-01/kernel`;
 
   const ngPort = freePort();
   const conf = join(dir, "nginx.conf");
@@ -161,7 +163,7 @@ http { access_log off; sendfile on; tcp_nopush on;
   ratio("http.wrk", w1 / w2, 0.8);
   ctx.db.close();
 } finally {
-  ac.abort();
+  await http?.shutdown();
   if (nginx) {
     nginx.kill("SIGQUIT"); // graceful stop of our own nginx master (by PID), workers follow
     await nginx.status;

@@ -21,6 +21,7 @@ import { parseReports, PROGRESS_STAGES, reportFields } from "../contract/report.
 import { Hono } from "hono";
 import type { Context as HonoContext } from "hono";
 import { join } from "node:path";
+import { BodyRefusal, sourceOf, textUpTo } from "../src/httpbounds.ts";
 import { logger } from "../src/log.ts";
 import { renderBootScript, renderRefusalScript } from "./ipxe.ts";
 import { ipxeFile } from "./tftp/resolve.ts";
@@ -238,7 +239,7 @@ async function sendFile(
 // node's screen, and would only print the status of an error); every other refusal is one plain
 // line with its HTTP status.
 
-type Status = 200 | 400 | 403 | 404 | 413 | 500 | 503;
+type Status = 200 | 400 | 403 | 404 | 408 | 413 | 500 | 503;
 
 const text = (c: HonoContext, body: string, status: Status = 200) =>
   c.body(body, status, {
@@ -259,38 +260,12 @@ function fileErrorStatus(e: unknown): 404 | 500 {
   return missing ? 404 : 500;
 }
 
-/** The sender's address as Deno.serve saw it, loopback included (the rate limit's key). */
-function sourceOf(c: HonoContext): string | undefined {
-  return (c.env as Deno.ServeHandlerInfo<Deno.NetAddr> | undefined)?.remoteAddr?.hostname;
-}
-
 /** The client's IPv4 address as Deno.serve saw it (Hono passes the serve info as env). */
 function remoteIpv4(c: HonoContext): string | undefined {
   const addr = (c.env as Deno.ServeHandlerInfo<Deno.NetAddr> | undefined)?.remoteAddr;
   const ip = addr?.hostname?.replace(/^::ffff:/, "");
   // Loopback is a test or a local client, never a node's boot address.
   return ip && isIPv4(ip) && !ip.startsWith("127.") ? ip : undefined;
-}
-
-/** The request body as text, or undefined past `max` bytes: reading stops there (the route is
- *  open to anyone on the network, and a report is a few hundred bytes). */
-export async function textUpTo(req: Request, max: number): Promise<string | undefined> {
-  if (Number(req.headers.get("content-length") ?? 0) > max) return undefined;
-  if (!req.body) return "";
-  const chunks: Uint8Array[] = [];
-  let size = 0;
-  for await (const chunk of req.body) {
-    size += chunk.length;
-    if (size > max) return undefined; // leaving the loop cancels the stream
-    chunks.push(chunk);
-  }
-  const all = new Uint8Array(size);
-  let at = 0;
-  for (const chunk of chunks) {
-    all.set(chunk, at);
-    at += chunk.length;
-  }
-  return new TextDecoder().decode(all);
 }
 
 /** A report's free-form detail, at most 4 KiB of it: each stored event stays small. */
@@ -438,8 +413,8 @@ async function reportRoute(
   booter: HttpBooter,
   lastSeq: Map<string, number>,
 ): Promise<Response> {
-  const raw = await textUpTo(c.req.raw, 65536);
-  if (raw === undefined) return refusal(c, "report too large", 413);
+  const raw = await textUpTo(c.req.raw, 65536, sourceOf(c));
+  if (raw instanceof BodyRefusal) return refusal(c, `report refused: ${raw.message}`, raw.status);
   const batch = parseReports(raw);
   if ("error" in batch) return refusal(c, batch.error, 400);
   const { token, reports } = batch;

@@ -176,8 +176,11 @@ export function bootfileOf(p: DhcpPacket): string | undefined {
   return readText(p.options.get(Opt.bootfile)) || p.file || undefined;
 }
 
-async function httpGet(url: string): Promise<{ bytes: number; script?: string }> {
-  const res = await fetch(url);
+async function httpGet(
+  url: string,
+  client?: Deno.HttpClient,
+): Promise<{ bytes: number; script?: string }> {
+  const res = await fetch(url, { client });
   if (!res.ok) {
     await res.body?.cancel();
     throw new Error(`GET ${url}: HTTP ${res.status}`);
@@ -255,6 +258,7 @@ async function bootOne(
   o: StormOptions,
   count: () => void,
   tftpRetransmits: (n: number) => void,
+  http: Deno.HttpClient | undefined,
 ): Promise<number> {
   const t = o.timeoutMs ?? 2000;
   let bytes = 0;
@@ -286,16 +290,27 @@ async function bootOne(
   const script = bootfileOf(ipxeAck);
   if (!script?.startsWith("http")) throw new Error(`iPXE: boot file is not a URL: ${script}`);
   if (o.http ?? true) {
-    const s = await httpGet(script);
+    const s = await httpGet(script, http);
     bytes += s.bytes;
     const downloads = scriptDownloads(s.script ?? "");
     if (downloads.length === 0) throw new Error("iPXE script names no kernel/initrd");
-    for (const url of downloads) bytes += (await httpGet(url)).bytes;
+    for (const url of downloads) bytes += (await httpGet(url, http)).bytes;
   }
   return bytes;
 }
 
+/** One HTTP client per IPv4 address of `device`, each sending from its address: the simulated
+ *  clients take them in turn, so that a server holding each address to its share of connections
+ *  (src/httpbounds.ts), as it would a lab's machines, sees several hosts. */
+function httpClientsOf(device: string): (Deno.HttpClient | undefined)[] {
+  const addrs = Deno.networkInterfaces().filter((i) => i.name === device && i.family === "IPv4");
+  return addrs.length > 1
+    ? addrs.map((i) => Deno.createHttpClient({ localAddress: i.address }))
+    : [undefined];
+}
+
 export async function runStorm(o: StormOptions): Promise<StormReport> {
+  const http = httpClientsOf(o.device);
   const tftp = await TftpClientPool.create(o.tftpWorkers ?? 1);
   const port = DhcpClientPort.open(o.device);
   const errors: Record<string, number> = {};
@@ -322,6 +337,7 @@ export async function runStorm(o: StormOptions): Promise<StormReport> {
           o,
           () => exchanges++,
           (n) => tftpRetransmits += n,
+          http[i % http.length],
         );
         bytes += got;
         ok++;
@@ -343,6 +359,7 @@ export async function runStorm(o: StormOptions): Promise<StormReport> {
     clearInterval(probe);
     await port.close();
     await tftp.close();
+    for (const c of http) c?.close();
   }
   lags.sort((a, b) => a - b);
   const seconds = (performance.now() - t0) / 1000;

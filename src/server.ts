@@ -8,6 +8,7 @@ import { openDatabase } from "./db.ts";
 import { UserError } from "./errors.ts";
 import { recordEvent, startEventRetention } from "./events.ts";
 import { ImageStore } from "./images/store.ts";
+import { type HttpListener, listenBounded } from "./httpbounds.ts";
 import { logger, setLogFormat, setNodeNamer } from "./log.ts";
 import { NodeRegistry, nodeSettings, type Setting, SettingRules } from "./nodes.ts";
 import { type MonitorOptions, NodeMonitor } from "./nodestate.ts";
@@ -117,35 +118,28 @@ function startNetconsoleOrWarn(ctx: Context, host: string, device: string) {
   }
 }
 
-/** Starts one Deno.serve per host on one port (the first listener picks it when 0 was asked). */
-async function listenHttp(
+/** Listens on each host on one port (the first listener picks it when 0 was asked), with the
+ *  connection bounds of src/httpbounds.ts. */
+function listenHttp(
   hosts: string[],
   port: number,
   handler: Deno.ServeHandler,
-  signal?: AbortSignal,
-): Promise<{ addrs: { host: string; port: number }[]; close(): Promise<void> }> {
-  const servers: Deno.HttpServer[] = [];
-  const addrs: { host: string; port: number }[] = [];
+): { addrs: { host: string; port: number }[]; close(): Promise<void> } {
+  const listeners: HttpListener[] = [];
   const close = async () => {
-    await Promise.all(servers.map((s) => s.shutdown()));
+    await Promise.all(listeners.map((l) => l.shutdown()));
   };
   try {
     for (const host of hosts) {
-      const ready = Promise.withResolvers<Deno.NetAddr>();
-      servers.push(Deno.serve({
-        hostname: host,
-        port: addrs[0]?.port ?? port,
-        onListen: (a) => ready.resolve(a as Deno.NetAddr),
-        signal,
-      }, handler));
-      const a = await ready.promise;
-      addrs.push({ host: a.hostname, port: a.port });
+      listeners.push(
+        listenBounded({ hostname: host, port: listeners[0]?.addr.port ?? port, handler }),
+      );
     }
   } catch (e) {
-    await close();
+    close();
     throw new UserError(`HTTP cannot listen on ${hosts.join(", ")} port ${port}: ${e}`);
   }
-  return { addrs, close };
+  return { addrs: listeners.map((l) => ({ host: l.addr.hostname, port: l.addr.port })), close };
 }
 
 /** Closes what openContext opened, once the work a boot or a commit started in the background
@@ -285,9 +279,9 @@ function followImagesWithInitramfs(ctx: Context): Service {
 
 /** The HTTP server of `app` on the configured addresses; the URL nodes use (ctx.nodeUrl) is the
  *  boot network's address with the port it got. */
-async function startHttp(ctx: Context, app: Hono, signal?: AbortSignal) {
+function startHttp(ctx: Context, app: Hono) {
   const { config } = ctx;
-  const http = await listenHttp(httpHosts(config), config.http.port, app.fetch, signal);
+  const http = listenHttp(httpHosts(config), config.http.port, app.fetch);
   const addr = http.addrs[0];
   if (config.serverIp) ctx.nodeUrl = `http://${config.serverIp}:${addr.port}`;
   if (config.interface && /^(127\.|localhost$|::1$)/.test(config.http.host ?? "")) {
@@ -368,7 +362,7 @@ function reloader(ctx: Context, booter: Booter, services: Service[]) {
 
 export async function serve(
   config: ServerConfig,
-  opts: Plugins & { signal?: AbortSignal; monitor?: MonitorOptions } = {},
+  opts: Plugins & { monitor?: MonitorOptions } = {},
 ): Promise<RunningServer> {
   const ctx = await openContext(config, opts);
   const unnameNodes = setNodeNamer((mac) => ctx.nodes.nameOf(mac));
@@ -380,7 +374,7 @@ export async function serve(
     }
     // One Booter for HTTP, DHCP and TFTP (they also share its boot file cache, booter.files).
     const booter = contextBooter(ctx);
-    const http = await startHttp(ctx, buildApp(ctx, opts, booter), opts.signal);
+    const http = startHttp(ctx, buildApp(ctx, opts, booter));
     services.push({ name: "http", close: http.close });
     const addr = http.addrs[0];
     services.push(startEventRetention(ctx.db, config.events));

@@ -11,7 +11,7 @@
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import type { Context as HonoContext, Hono } from "hono";
 import { getCookie } from "hono/cookie";
-import { textUpTo } from "../netboot/http.ts";
+import { BodyRefusal, sourceOf, textUpTo } from "./httpbounds.ts";
 import { apiRouter } from "./apierror.ts";
 import type { Context } from "./context.ts";
 import { logger } from "./log.ts";
@@ -107,10 +107,11 @@ function cookie(c: HonoContext, value: string, maxAgeS: number): string {
     (secure ? "; Secure" : "");
 }
 
-async function givenToken(c: HonoContext): Promise<string | undefined> {
+async function givenToken(c: HonoContext): Promise<string | undefined | BodyRefusal> {
   const type = c.req.header("content-type") ?? "";
-  const text = await textUpTo(c.req.raw, 4096); // anyone may post here: read no more than that
-  if (text === undefined) return undefined;
+  // anyone may post here: read no more than that, no longer than that
+  const text = await textUpTo(c.req.raw, 4096, sourceOf(c));
+  if (text instanceof BodyRefusal) return text;
   if (type.includes("application/json")) {
     try {
       const v = JSON.parse(text);
@@ -128,7 +129,9 @@ export function sessionRoutes(ctx: Context): Hono {
   let refusedLogins = 0, refusalLoggedAt = 0;
   app.post("/login", async (c) => {
     if (!sameOrigin(c)) return c.json({ error: "cross-origin login refused" }, 403);
-    if (!isApiToken(await givenToken(c), ctx.token)) {
+    const given = await givenToken(c);
+    if (given instanceof BodyRefusal) return c.json({ error: given.message }, given.status);
+    if (!isApiToken(given, ctx.token)) {
       refusedLogins++;
       if (Date.now() - refusalLoggedAt >= 60_000) { // one line a minute, however many tries
         log.warn("dashboard login with a wrong token", { attempts: refusedLogins });

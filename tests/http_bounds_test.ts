@@ -1,0 +1,221 @@
+// What one host that reaches the HTTP port can hold, tried as such a host would: many connections
+// from one address, request heads that never end, idle keep-alive connections, request bodies
+// that stall. Each client binds its own 127.1.x.y address (all of 127/8 is loopback on Linux), so
+// each stands for another host on the boot network; 127.0.0.1 is the server machine itself.
+import assert from "node:assert/strict";
+import net from "node:net";
+import { join } from "node:path";
+import { defaultConfig } from "../src/config.ts";
+import { bodyLimits, listenBounded, textUpTo } from "../src/httpbounds.ts";
+import { type RunningServer, serve } from "../src/server.ts";
+
+/** A raw TCP client from `from` that sends `text` and records when the server ends it. */
+async function client(port: number, from: string, text: string) {
+  const sock = net.connect({ host: "127.0.0.1", port, localAddress: from });
+  let received = "";
+  let ended = false;
+  const closed = new Promise<void>((r) => sock.on("close", () => (ended = true, r())));
+  sock.on("data", (d) => received += d.toString());
+  sock.on("error", () => {});
+  await new Promise<void>((r, j) => {
+    sock.on("connect", () => r());
+    sock.on("error", j);
+  });
+  if (text) sock.write(text);
+  return {
+    sock,
+    closed,
+    get ended() {
+      return ended;
+    },
+    get received() {
+      return received;
+    },
+  };
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const partialHead = "GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+
+async function until(what: string, cond: () => boolean, ms = 5000) {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(20);
+  }
+}
+
+Deno.test("http: one address holds at most its share of connections; another address and the server machine still get in", async () => {
+  const l = listenBounded({
+    hostname: "127.0.0.1",
+    port: 0,
+    handler: () => new Response("ok"),
+    limits: { perSource: 4, total: 12, idleMs: 60_000 },
+  });
+  const port = l.addr.port;
+  const all: Awaited<ReturnType<typeof client>>[] = [];
+  try {
+    // Six heads that never end from one address: four are kept, two are closed at once.
+    for (let i = 0; i < 6; i++) all.push(await client(port, "127.1.0.1", partialHead));
+    await until("two refusals", () => l.refused() === 2);
+    await until("the refused ones closed", () => all.filter((c) => c.ended).length === 2);
+    assert.equal(l.open(), 4);
+    // Another host is served.
+    const other = await client(port, "127.1.0.2", "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    all.push(other);
+    await until("an answer to another address", () => other.received.includes("\r\n\r\nok"));
+    // The server machine is not held to a share: seven more from 127.0.0.1 fill the total (12).
+    for (let i = 0; i < 7; i++) all.push(await client(port, "127.0.0.1", partialHead));
+    await until("12 open", () => l.open() === 12);
+    const late = await client(port, "127.1.0.3", "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    all.push(late);
+    await late.closed;
+    assert.equal(late.received, "", "past the total, a connection is closed unanswered");
+    assert.equal(l.refused(), 3);
+    // Once the holder goes away, its place is free again.
+    for (const c of all.slice(0, 6)) c.sock.destroy();
+    await until("the holder's connections counted out", () => l.open() === 12 - 4);
+    const again = await client(port, "127.1.0.1", "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    all.push(again);
+    await until("the holder's address answered again", () => again.received.includes("ok"));
+  } finally {
+    for (const c of all) c.sock.destroy();
+    await l.shutdown();
+  }
+});
+
+Deno.test("http: a head that never ends and an unused keep-alive connection are closed; a slow answer is not cut", async () => {
+  const l = listenBounded({
+    hostname: "127.0.0.1",
+    port: 0,
+    // A response that takes 1.5 s to send (a kernel to a slow node, an event stream).
+    handler: (req) =>
+      new URL(req.url).pathname === "/slow"
+        ? new Response(
+          new ReadableStream({
+            async start(ctl) {
+              for (let i = 0; i < 15; i++) {
+                ctl.enqueue(new TextEncoder().encode(`${i};`));
+                await sleep(100);
+              }
+              ctl.close();
+            },
+          }),
+        )
+        : new Response("ok"),
+    limits: { perSource: 64, total: 64, idleMs: 300 },
+  });
+  const port = l.addr.port;
+  try {
+    const t0 = Date.now();
+    const stalled = await client(port, "127.1.0.1", partialHead);
+    const kept = await client(port, "127.1.0.2", "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    const slow = await client(port, "127.1.0.3", "GET /slow HTTP/1.1\r\nHost: x\r\n\r\n");
+    await until("the answer on the kept-alive connection", () => kept.received.includes("ok"));
+    await Promise.all([stalled.closed, kept.closed]);
+    const idle = Date.now() - t0;
+    assert.ok(idle >= 250 && idle < 3000, `idle connections closed after ${idle} ms`);
+    await slow.closed;
+    const parts = slow.received.match(/\d+;/g) ?? []; // chunked: count the parts sent
+    assert.deepEqual(parts, Array.from({ length: 15 }, (_, i) => `${i};`), "the slow answer whole");
+    assert.equal(l.open(), 0);
+  } finally {
+    await l.shutdown();
+  }
+});
+
+Deno.test("http bodies: too slow is 408, too large is 413, too many at once from one address is 503", async () => {
+  const saved = { ...bodyLimits };
+  Object.assign(bodyLimits, { deadlineMs: 400, readers: 6, readersPerSource: 2 });
+  const l = listenBounded({
+    hostname: "127.0.0.1",
+    port: 0,
+    handler: async (req, info) => {
+      const t = await textUpTo(req, 100, (info.remoteAddr as Deno.NetAddr).hostname);
+      return typeof t === "string"
+        ? new Response(`read ${t.length}`)
+        : new Response(t.message, { status: t.status });
+    },
+  });
+  const port = l.addr.port;
+  const post = (len: number, body: string) =>
+    `POST / HTTP/1.1\r\nHost: x\r\nContent-Length: ${len}\r\n\r\n${body}`;
+  const status = (c: { received: string }) => /^HTTP\/1\.1 (\d+)/.exec(c.received)?.[1];
+  const all: Awaited<ReturnType<typeof client>>[] = [];
+  try {
+    const ok = await client(port, "127.1.0.1", post(5, "hello"));
+    all.push(ok);
+    await until("a whole body read", () => ok.received.includes("read 5"));
+    // Declared too large, and too large without a length (chunked).
+    const big = await client(port, "127.1.0.1", post(1000, "x".repeat(1000)));
+    const chunked = await client(
+      port,
+      "127.1.0.1",
+      "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" +
+        "40\r\n" + "y".repeat(64) + "\r\n40\r\n" + "y".repeat(64) + "\r\n0\r\n\r\n",
+    );
+    all.push(big, chunked);
+    await until("two 413", () => status(big) === "413" && status(chunked) === "413");
+    // Three stalled bodies from one address: two are read (then 408), the third refused at once.
+    const t0 = Date.now();
+    const stalled: typeof all = [];
+    for (let i = 0; i < 3; i++) stalled.push(await client(port, "127.1.0.2", post(50, "ab")));
+    all.push(...stalled);
+    await until("one refused at once", () => stalled.some((c) => status(c) === "503"));
+    assert.ok(Date.now() - t0 < 350, "refused before the deadline");
+    // Another address still has its readers.
+    const other = await client(port, "127.1.0.3", post(3, "abc"));
+    all.push(other);
+    await until("another address's body read", () => other.received.includes("read 3"));
+    await until("two 408", () => stalled.filter((c) => status(c) === "408").length === 2);
+    assert.ok(Date.now() - t0 >= 380, "408 only at the deadline");
+    assert.match(stalled.find((c) => status(c) === "408")!.received, /not received within 0.4 s/);
+  } finally {
+    Object.assign(bodyLimits, saved);
+    for (const c of all) c.sock.destroy();
+    await l.shutdown();
+  }
+});
+
+Deno.test("http: the real server under 100 connections with stalled reports from one address still answers a node", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nr-httpbounds-" });
+  const saved = { ...bodyLimits };
+  bodyLimits.deadlineMs = 1000;
+  const cfg = defaultConfig();
+  cfg.dataDir = join(dir, "data");
+  cfg.http = { host: "127.0.0.1", port: 0 };
+  let server: RunningServer | undefined;
+  const all: Awaited<ReturnType<typeof client>>[] = [];
+  try {
+    server = await serve(cfg);
+    const port = server.http.port;
+    const report = (body: string, len = body.length) =>
+      `POST /boot/report HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n` +
+      `Content-Length: ${len}\r\n\r\n${body}`;
+    for (let i = 0; i < 100; i++) {
+      all.push(await client(port, "127.1.0.9", report(`{"token":"`, 60_000)));
+    }
+    // 64 are taken, 36 closed unanswered; of the 64, 8 are read and 56 answered 503 at once.
+    const answers = (code: string) => all.filter((c) => c.received.startsWith(`HTTP/1.1 ${code}`));
+    const unanswered = () => all.filter((c) => c.ended && c.received === "").length;
+    await until("the share's refusals", () => answers("503").length + unanswered() >= 36 + 56);
+    assert.equal(answers("503").length, 56);
+    assert.equal(unanswered(), 36);
+    // A node (another address) is answered meanwhile: its report is judged on its contents.
+    const node = await client(
+      port,
+      "127.1.0.10",
+      report(JSON.stringify({ token: "0".repeat(32), mac: "52:54:00:00:00:01", stage: "x" })),
+    );
+    all.push(node);
+    await until("the node's answer", () => node.received.includes("\r\n\r\n"));
+    assert.doesNotMatch(node.received, /^HTTP\/1\.1 (503|408)/, node.received);
+    // The eight that were read end with 408 at the deadline.
+    await until("eight 408", () => answers("408").length === 8, 5000);
+  } finally {
+    Object.assign(bodyLimits, saved);
+    for (const c of all) c.sock.destroy();
+    await server?.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
