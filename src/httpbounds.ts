@@ -46,7 +46,7 @@ export const connectionLimits: ConnectionLimits = { perSource: 64, total: 4096, 
 
 export interface HttpListener {
   addr: Deno.NetAddr;
-  /** Connections open now (the metrics and tests read it). */
+  /** Connections open now. */
   open(): number;
   /** Connections refused so far for a limit. */
   refused(): number;
@@ -72,7 +72,7 @@ const internals = (Deno as any)[(Deno as any).internal] as Record<string, unknow
 const serveOnConnection = internals?.serveHttpOnConnection as ServeOnConnection | undefined;
 
 const defaultOnError = (e: unknown) => {
-  log.error("http handler failed", { error: String(e) });
+  log.error("handler failed", { error: String(e) });
   return new Response("Internal Server Error", { status: 500 });
 };
 
