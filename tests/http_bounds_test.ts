@@ -219,3 +219,47 @@ Deno.test("http: the real server under 100 connections with stalled reports from
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("http: a request answered without its body (a 401), the body never sent, is closed when idle and does not hold shutdown", async () => {
+  const answer = new Uint8Array(2_000_000).fill(65);
+  const l = listenBounded({
+    hostname: "127.0.0.1",
+    port: 0,
+    handler: async (req) => {
+      if (req.method === "POST") return new Response("token needed", { status: 401 });
+      await sleep(200);
+      return new Response(answer);
+    },
+    limits: { perSource: 64, total: 64, idleMs: 300 },
+  });
+  const port = l.addr.port;
+  const post = "POST /api HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nab";
+  const all: Awaited<ReturnType<typeof client>>[] = [];
+  try {
+    const held = await client(port, "127.1.0.1", post);
+    all.push(held);
+    await until("the 401", () => held.received.startsWith("HTTP/1.1 401"));
+    await until("the idle connection closed", () => held.ended, 3000);
+    assert.equal(l.open(), 0);
+    // At shutdown, the same connection is not waited for.
+    const again = await client(port, "127.1.0.1", post);
+    all.push(again);
+    await until("the 401 again", () => again.received.startsWith("HTTP/1.1 401"));
+    // ... while an answer under way is still sent whole.
+    const slow = await client(port, "127.1.0.2", "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    all.push(slow);
+    await sleep(50);
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const stopped = await Promise.race([
+      l.shutdown().then(() => true),
+      new Promise<boolean>((r) => timer = setTimeout(() => r(false), 3000)),
+    ]);
+    clearTimeout(timer);
+    assert.ok(stopped, "shutdown waited for a body nobody sends");
+    await Promise.all([again.closed, slow.closed]);
+    assert.ok(slow.received.length > answer.length, `${slow.received.length} bytes received`);
+  } finally {
+    for (const c of all) c.sock.destroy();
+    await l.shutdown();
+  }
+});
