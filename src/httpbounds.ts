@@ -33,8 +33,9 @@ export function isLocalClient(address: string): boolean {
 }
 
 export interface ConnectionLimits {
-  /** Open connections from one address (isLocalClient excepted). A node uses one or two at a
-   *  time, a dashboard a handful: 64 leaves room for a few clients behind one NAT address. */
+  /** Open connections from one address (isLocalClient excepted), and requests under way from it
+   *  (HTTP/2 carries many on one connection). A node uses one or two at a time, a dashboard a
+   *  handful: 64 leaves room for a few clients behind one NAT address. */
   perSource: number;
   /** Open connections in all: above a 1,000-node boot storm's, far below the descriptor limit. */
   total: number;
@@ -97,6 +98,11 @@ export function listenBounded(opts: {
   if (!serveOnConnection) return unbounded(opts);
   const listener = Deno.listen({ hostname: opts.hostname, port: opts.port });
   const bySource = new Map<string, number>();
+  // Requests under way by address: a connection carries one at a time with HTTP/1.1, but Deno
+  // also speaks HTTP/2 to a client that starts with its preface (no browser or iPXE does without
+  // TLS), and then one connection carried 200 at once: 64 connections, 12,800 requests. An
+  // address holds at most `perSource` requests under way, whatever the protocol.
+  const requestsBySource = new Map<string, number>();
   /** Each open connection's end (its count given back). */
   const ends = new Set<Promise<void>>();
   /** For shutdown: each connection closes once no request is under way on it. */
@@ -145,11 +151,23 @@ export function listenBounded(opts: {
       idle = setTimeout(closeIfIdle, after);
     };
     const handler: Deno.ServeHandler = (req, info) => {
+      const requests = requestsBySource.get(source) ?? 0;
+      if (!local && requests >= limits.perSource) {
+        return new Response(`${limits.perSource} requests under way from this address\n`, {
+          status: 503,
+          headers: { "retry-after": "10" },
+        });
+      }
+      if (!local) requestsBySource.set(source, requests + 1);
       underWay++;
       clearTimeout(idle);
       info.completed.catch(() => {}).finally(() => {
         lastDone = Date.now();
         if (--underWay === 0) armIdle();
+        if (local) return;
+        const n = (requestsBySource.get(source) ?? 1) - 1;
+        if (n > 0) requestsBySource.set(source, n);
+        else requestsBySource.delete(source);
       });
       return opts.handler(req, info);
     };

@@ -3,6 +3,7 @@
 // that stall. Each client binds its own 127.1.x.y address (all of 127/8 is loopback on Linux), so
 // each stands for another host on the boot network; 127.0.0.1 is the server machine itself.
 import assert from "node:assert/strict";
+import http2 from "node:http2";
 import net from "node:net";
 import { join } from "node:path";
 import { defaultConfig } from "../src/config.ts";
@@ -260,6 +261,48 @@ Deno.test("http: a request answered without its body (a 401), the body never sen
     assert.ok(slow.received.length > answer.length, `${slow.received.length} bytes received`);
   } finally {
     for (const c of all) c.sock.destroy();
+    await l.shutdown();
+  }
+});
+
+Deno.test("http: HTTP/2 (prior knowledge) streams on one connection count within the address's share", async () => {
+  let running = 0, most = 0;
+  const from = new Set<string>();
+  const l = listenBounded({
+    hostname: "127.0.0.1",
+    port: 0,
+    handler: async (_req, info) => {
+      from.add((info.remoteAddr as Deno.NetAddr).hostname);
+      most = Math.max(most, ++running);
+      await sleep(300);
+      running--;
+      return new Response("ok");
+    },
+    limits: { perSource: 4, total: 64, idleMs: 60_000 },
+  });
+  // One connection from one host, 40 requests at once (Deno's HTTP/2 takes 200 a connection).
+  const h2 = http2.connect(`http://127.0.0.1:${l.addr.port}`, {
+    localAddress: "127.1.0.1",
+  } as http2.SecureClientSessionOptions);
+  h2.on("error", () => {});
+  try {
+    const statuses = await Promise.all(
+      Array.from({ length: 40 }, (_, i) =>
+        new Promise<number>((resolve) => {
+          const r = h2.request({ ":path": `/${i}` });
+          r.on("response", (h) => resolve(Number(h[":status"])));
+          r.on("error", () => resolve(0));
+          r.resume();
+          r.end();
+        })),
+    );
+    assert.deepEqual([...from], ["127.1.0.1"]);
+    assert.equal(l.open(), 1);
+    assert.ok(most <= 4, `${most} requests under way from one address`);
+    assert.equal(statuses.filter((s) => s === 200).length, 4);
+    assert.equal(statuses.filter((s) => s === 503).length, 36);
+  } finally {
+    h2.destroy();
     await l.shutdown();
   }
 });
