@@ -198,8 +198,15 @@ export function listenBounded(opts: {
         conn = await listener.accept();
       } catch (e) {
         if (stopping || e instanceof Deno.errors.BadResource) return;
-        // Out of descriptors (EMFILE) or a connection reset before it was taken: go on, after a
-        // pause so that an error that repeats does not spin.
+        // A connection reset before it was taken (Deno's accept asks for its peer: ENOTCONN) is
+        // that connection's end, not the listener's: the next one is taken at once. A pause
+        // there let anyone stop the accepting, 100 ms for each reset connection sent.
+        if (
+          e instanceof Deno.errors.NotConnected || e instanceof Deno.errors.ConnectionReset ||
+          e instanceof Deno.errors.ConnectionAborted
+        ) continue;
+        // Out of descriptors (EMFILE): go on, after a pause so that an error that repeats does
+        // not spin.
         log.warn("accept failed", { error: (e as Error).message });
         await new Promise((r) => setTimeout(r, 100));
         continue;

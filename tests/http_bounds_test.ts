@@ -306,3 +306,36 @@ Deno.test("http: HTTP/2 (prior knowledge) streams on one connection count within
     await l.shutdown();
   }
 });
+
+Deno.test("http: connections reset before they are accepted do not hold up the next ones", async () => {
+  const l = listenBounded({
+    hostname: "127.0.0.1",
+    port: 0,
+    handler: () => new Response("ok"),
+    limits: { perSource: 64, total: 64, idleMs: 60_000 },
+  });
+  try {
+    // 30 connections opened and reset (RST) by another process while this one does not accept:
+    // each is an accept error (ENOTCONN) once it does.
+    const resets = `
+      import net from "node:net";
+      await Promise.all(Array.from({ length: 30 }, () => new Promise((r) => {
+        const s = net.connect({ host: "127.0.0.1", port: ${l.addr.port}, localAddress: "127.1.0.1" });
+        s.on("connect", () => (s.resetAndDestroy(), r()));
+        s.on("error", r);
+      })));`;
+    const out = new Deno.Command(Deno.execPath(), { args: ["eval", resets] }).outputSync();
+    assert.ok(out.success, new TextDecoder().decode(out.stderr));
+    const t0 = Date.now();
+    const c = await client(l.addr.port, "127.1.0.2", "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    try {
+      await until("an answer", () => c.received.includes("ok"), 10_000);
+    } finally {
+      c.sock.destroy();
+    }
+    const ms = Date.now() - t0;
+    assert.ok(ms < 1000, `answered after ${ms} ms`);
+  } finally {
+    await l.shutdown();
+  }
+});
