@@ -33,8 +33,9 @@ export function isLocalClient(address: string): boolean {
 }
 
 export interface ConnectionLimits {
-  /** Open connections from one address (isLocalClient excepted). A node uses one or two at a
-   *  time, a dashboard a handful: 64 leaves room for a few clients behind one NAT address. */
+  /** Open connections from one address (isLocalClient excepted), and requests under way from it
+   *  (HTTP/2 carries many on one connection). A node uses one or two at a time, a dashboard a
+   *  handful: 64 leaves room for a few clients behind one NAT address. */
   perSource: number;
   /** Open connections in all: above a 1,000-node boot storm's, far below the descriptor limit. */
   total: number;
@@ -43,6 +44,11 @@ export interface ConnectionLimits {
 }
 
 export const connectionLimits: ConnectionLimits = { perSource: 64, total: 4096, idleMs: 60_000 };
+
+/** Time for a last answer to leave before its connection is cut at shutdown: Deno counts an
+ *  answer given whole (not a stream) as sent before it has written it, and a cancel drops what is
+ *  unwritten. Short: a stop waits that long after each connection's last answer. */
+const graceMs = 250;
 
 export interface HttpListener {
   addr: Deno.NetAddr;
@@ -59,9 +65,14 @@ interface ConnectionServer {
   shutdown(): Promise<void>;
 }
 
+/** What Deno's per-connection server uses of its abort signal: it adds one listener, its cancel. */
+interface CancelHook {
+  addEventListener(type: "abort", cancel: () => void): void;
+}
+
 type ServeOnConnection = (
   conn: Deno.Conn,
-  signal: AbortSignal | undefined,
+  signal: CancelHook | undefined,
   handler: Deno.ServeHandler,
   onError: (e: unknown) => Response | Promise<Response>,
   onListen: () => void,
@@ -87,7 +98,15 @@ export function listenBounded(opts: {
   if (!serveOnConnection) return unbounded(opts);
   const listener = Deno.listen({ hostname: opts.hostname, port: opts.port });
   const bySource = new Map<string, number>();
-  const servers = new Set<ConnectionServer>();
+  // Requests under way by address: a connection carries one at a time with HTTP/1.1, but Deno
+  // also speaks HTTP/2 to a client that starts with its preface (no browser or iPXE does without
+  // TLS), and then one connection carried 200 at once: 64 connections, 12,800 requests. An
+  // address holds at most `perSource` requests under way, whatever the protocol.
+  const requestsBySource = new Map<string, number>();
+  /** Each open connection's end (its count given back). */
+  const ends = new Set<Promise<void>>();
+  /** For shutdown: each connection closes once no request is under way on it. */
+  const drains = new Set<() => void>();
   let open = 0, refused = 0, lastWarned = 0, stopping = false;
 
   const refuse = (conn: Deno.Conn, source: string, why: string) => {
@@ -109,28 +128,59 @@ export function listenBounded(opts: {
     }
     open++;
     if (!local) bySource.set(source, mine + 1);
-    let underWay = 0;
+    let underWay = 0, lastDone = Date.now();
     let idle: ReturnType<typeof setTimeout> | undefined;
-    // A graceful shutdown of the connection: it closes one that is idle or still sending its
-    // request head at once, and it is harmless once the connection has ended (an abort signal
-    // is not: Deno throws from inside its listener then).
+    // The connection is closed by Deno's cancel, the one an abort signal would run, called here
+    // rather than from a signal's listener: once the connection has ended the cancel throws (its
+    // resource is gone), and from a listener that would be an uncaught error, the process's end.
+    // Not by a graceful shutdown of the connection: that waits for the body of a request answered
+    // without reading it (a 401 to a POST), and a client that declares a body and never sends it
+    // held its connection for ever, idle or not, and held the listener's shutdown as long.
+    let cancel = () => {};
+    const closeIfIdle = () => {
+      if (underWay !== 0) return;
+      try {
+        cancel();
+      } catch { /* it ended meanwhile */ }
+    };
+    // A cancel drops what Deno has not yet written of the last answer: a connection is closed
+    // `graceMs` after its last answer at the soonest (the idle time, or less when stopping).
     const armIdle = () => {
       clearTimeout(idle);
-      idle = setTimeout(() => underWay === 0 && server.shutdown().catch(() => {}), limits.idleMs);
+      const after = stopping ? Math.max(0, lastDone + graceMs - Date.now()) : limits.idleMs;
+      idle = setTimeout(closeIfIdle, after);
     };
     const handler: Deno.ServeHandler = (req, info) => {
+      const requests = requestsBySource.get(source) ?? 0;
+      if (!local && requests >= limits.perSource) {
+        return new Response(`${limits.perSource} requests under way from this address\n`, {
+          status: 503,
+          headers: { "retry-after": "10" },
+        });
+      }
+      if (!local) requestsBySource.set(source, requests + 1);
       underWay++;
       clearTimeout(idle);
-      info.completed.catch(() => {}).finally(() => --underWay === 0 && armIdle());
+      info.completed.catch(() => {}).finally(() => {
+        lastDone = Date.now();
+        if (--underWay === 0) armIdle();
+        if (local) return;
+        const n = (requestsBySource.get(source) ?? 1) - 1;
+        if (n > 0) requestsBySource.set(source, n);
+        else requestsBySource.delete(source);
+      });
       return opts.handler(req, info);
     };
-    const server = serveOnConnection(conn, undefined, handler, defaultOnError, () => {});
-    servers.add(server);
+    const hook: CancelHook = { addEventListener: (_, f) => (cancel = f) };
+    const server = serveOnConnection(conn, hook, handler, defaultOnError, () => {});
+    const drain = () => underWay === 0 && armIdle();
+    drains.add(drain);
     armIdle();
-    server.finished.catch(() => {}).then(() => {
+    const ended = server.finished.catch(() => {}).then(() => {
       clearTimeout(idle);
       underWay = -1; // ended: a late completion must not arm the timer again
-      servers.delete(server);
+      drains.delete(drain);
+      ends.delete(ended);
       open--;
       if (!local) {
         const n = (bySource.get(source) ?? 1) - 1;
@@ -138,6 +188,7 @@ export function listenBounded(opts: {
         else bySource.delete(source);
       }
     });
+    ends.add(ended);
   };
 
   const accepting = (async () => {
@@ -147,8 +198,15 @@ export function listenBounded(opts: {
         conn = await listener.accept();
       } catch (e) {
         if (stopping || e instanceof Deno.errors.BadResource) return;
-        // Out of descriptors (EMFILE) or a connection reset before it was taken: go on, after a
-        // pause so that an error that repeats does not spin.
+        // A connection reset before it was taken (Deno's accept asks for its peer: ENOTCONN) is
+        // that connection's end, not the listener's: the next one is taken at once. A pause
+        // there let anyone stop the accepting, 100 ms for each reset connection sent.
+        if (
+          e instanceof Deno.errors.NotConnected || e instanceof Deno.errors.ConnectionReset ||
+          e instanceof Deno.errors.ConnectionAborted
+        ) continue;
+        // Out of descriptors (EMFILE): go on, after a pause so that an error that repeats does
+        // not spin.
         log.warn("accept failed", { error: (e as Error).message });
         await new Promise((r) => setTimeout(r, 100));
         continue;
@@ -167,7 +225,8 @@ export function listenBounded(opts: {
       stopping = true;
       listener.close();
       await accepting;
-      await Promise.all([...servers].map((s) => s.shutdown().catch(() => {})));
+      for (const drain of drains) drain();
+      await Promise.all(ends);
     },
   };
 }

@@ -3,6 +3,7 @@
 // that stall. Each client binds its own 127.1.x.y address (all of 127/8 is loopback on Linux), so
 // each stands for another host on the boot network; 127.0.0.1 is the server machine itself.
 import assert from "node:assert/strict";
+import http2 from "node:http2";
 import net from "node:net";
 import { join } from "node:path";
 import { defaultConfig } from "../src/config.ts";
@@ -217,5 +218,124 @@ Deno.test("http: the real server under 100 connections with stalled reports from
     for (const c of all) c.sock.destroy();
     await server?.close();
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("http: a request answered without its body (a 401), the body never sent, is closed when idle and does not hold shutdown", async () => {
+  const answer = new Uint8Array(2_000_000).fill(65);
+  const l = listenBounded({
+    hostname: "127.0.0.1",
+    port: 0,
+    handler: async (req) => {
+      if (req.method === "POST") return new Response("token needed", { status: 401 });
+      await sleep(200);
+      return new Response(answer);
+    },
+    limits: { perSource: 64, total: 64, idleMs: 300 },
+  });
+  const port = l.addr.port;
+  const post = "POST /api HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nab";
+  const all: Awaited<ReturnType<typeof client>>[] = [];
+  try {
+    const held = await client(port, "127.1.0.1", post);
+    all.push(held);
+    await until("the 401", () => held.received.startsWith("HTTP/1.1 401"));
+    await until("the idle connection closed", () => held.ended, 3000);
+    assert.equal(l.open(), 0);
+    // At shutdown, the same connection is not waited for.
+    const again = await client(port, "127.1.0.1", post);
+    all.push(again);
+    await until("the 401 again", () => again.received.startsWith("HTTP/1.1 401"));
+    // ... while an answer under way is still sent whole.
+    const slow = await client(port, "127.1.0.2", "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    all.push(slow);
+    await sleep(50);
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const stopped = await Promise.race([
+      l.shutdown().then(() => true),
+      new Promise<boolean>((r) => timer = setTimeout(() => r(false), 3000)),
+    ]);
+    clearTimeout(timer);
+    assert.ok(stopped, "shutdown waited for a body nobody sends");
+    await Promise.all([again.closed, slow.closed]);
+    assert.ok(slow.received.length > answer.length, `${slow.received.length} bytes received`);
+  } finally {
+    for (const c of all) c.sock.destroy();
+    await l.shutdown();
+  }
+});
+
+Deno.test("http: HTTP/2 (prior knowledge) streams on one connection count within the address's share", async () => {
+  let running = 0, most = 0;
+  const from = new Set<string>();
+  const l = listenBounded({
+    hostname: "127.0.0.1",
+    port: 0,
+    handler: async (_req, info) => {
+      from.add((info.remoteAddr as Deno.NetAddr).hostname);
+      most = Math.max(most, ++running);
+      await sleep(300);
+      running--;
+      return new Response("ok");
+    },
+    limits: { perSource: 4, total: 64, idleMs: 60_000 },
+  });
+  // One connection from one host, 40 requests at once (Deno's HTTP/2 takes 200 a connection).
+  const h2 = http2.connect(`http://127.0.0.1:${l.addr.port}`, {
+    localAddress: "127.1.0.1",
+  } as http2.SecureClientSessionOptions);
+  h2.on("error", () => {});
+  try {
+    const statuses = await Promise.all(
+      Array.from({ length: 40 }, (_, i) =>
+        new Promise<number>((resolve) => {
+          const r = h2.request({ ":path": `/${i}` });
+          r.on("response", (h) => resolve(Number(h[":status"])));
+          r.on("error", () => resolve(0));
+          r.resume();
+          r.end();
+        })),
+    );
+    assert.deepEqual([...from], ["127.1.0.1"]);
+    assert.equal(l.open(), 1);
+    assert.ok(most <= 4, `${most} requests under way from one address`);
+    assert.equal(statuses.filter((s) => s === 200).length, 4);
+    assert.equal(statuses.filter((s) => s === 503).length, 36);
+  } finally {
+    h2.destroy();
+    await l.shutdown();
+  }
+});
+
+Deno.test("http: connections reset before they are accepted do not hold up the next ones", async () => {
+  const l = listenBounded({
+    hostname: "127.0.0.1",
+    port: 0,
+    handler: () => new Response("ok"),
+    limits: { perSource: 64, total: 64, idleMs: 60_000 },
+  });
+  try {
+    // 30 connections opened and reset (RST) by another process while this one does not accept:
+    // each is an accept error (ENOTCONN) once it does.
+    const resets = `
+      import net from "node:net";
+      await Promise.all(Array.from({ length: 30 }, () => new Promise((r) => {
+        const s = net.connect({ host: "127.0.0.1", port: ${l.addr.port}, localAddress: "127.1.0.1" });
+        s.on("connect", () => (s.resetAndDestroy(), r()));
+        s.on("error", r);
+      })));`;
+    const out = new Deno.Command(Deno.execPath(), { args: ["eval", resets] }).outputSync();
+    assert.ok(out.success, new TextDecoder().decode(out.stderr));
+    const t0 = Date.now();
+    const c = await client(l.addr.port, "127.1.0.2", "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    try {
+      await until("an answer", () => c.received.includes("ok"), 10_000);
+    } finally {
+      c.sock.destroy();
+    }
+    const ms = Date.now() - t0;
+    assert.ok(ms < 1000, `answered after ${ms} ms`);
+  } finally {
+    await l.shutdown();
   }
 });
