@@ -16,7 +16,9 @@ export interface Boot {
   stage: string | null;
 }
 
-/** Boots kept per node: enough history for the timeline, bounded so the table cannot grow forever. */
+/** Boots kept per node: enough history for the timeline, bounded so the table cannot grow forever.
+ *  The latest boot that reached handover is kept past them: it is what the node runs (the view
+ *  `booted_images`), and 50 script fetches by anyone must not erase it. */
 const keepPerNode = 50;
 
 export function openBoot(db: Db, mac: string, imageId: string | null): string {
@@ -25,9 +27,19 @@ export function openBoot(db: Db, mac: string, imageId: string | null): string {
     .run(token, mac, imageId, new Date().toISOString());
   db.prepare(
     `DELETE FROM boots WHERE mac = ? AND token NOT IN
-       (SELECT token FROM boots WHERE mac = ? ORDER BY started_at DESC, rowid DESC LIMIT ?)`,
-  ).run(mac, mac, keepPerNode);
+       (SELECT token FROM boots WHERE mac = ? ORDER BY started_at DESC, rowid DESC LIMIT ?)
+     AND token IS NOT (SELECT token FROM boots WHERE mac = ? AND stage = 'handover'
+                       ORDER BY started_at DESC, rowid DESC LIMIT 1)`,
+  ).run(mac, mac, keepPerNode, mac);
   return token;
+}
+
+/** The images the node may be running (view `booted_images`): its latest boot's, and its latest
+ *  boot's that reached handover when that is another. */
+export function bootedImages(db: Db, mac: string): string[] {
+  return (db.prepare("SELECT image_id FROM booted_images WHERE mac = ?").all(mac) as {
+    image_id: string;
+  }[]).map((r) => r.image_id);
 }
 
 /** Withdraws a token that never reached a node (its script could not be rendered). */

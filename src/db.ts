@@ -118,6 +118,21 @@ const migrations: string[] = [
   DROP TABLE temp.images_v5;
   ALTER TABLE nodes ADD COLUMN image_pinned INTEGER NOT NULL DEFAULT 0;
   `,
+  // The images a node may be running: its latest boot's (being booted, or running) and that of
+  // its latest boot that reached handover (running). Anyone may fetch a node's script, which
+  // opens a boot: with the latest boot alone, one GET after a deploy took the running version
+  // out of the node's exports, the kept trees and image rm's refusal.
+  `
+  CREATE INDEX boots_mac ON boots(mac, started_at);
+  CREATE VIEW booted_images AS
+    SELECT DISTINCT b.mac, b.image_id FROM boots b
+    WHERE b.image_id IS NOT NULL AND (
+      b.rowid = (SELECT x.rowid FROM boots x WHERE x.mac = b.mac AND x.image_id IS NOT NULL
+                 ORDER BY x.started_at DESC, x.rowid DESC LIMIT 1)
+      OR b.rowid = (SELECT x.rowid FROM boots x
+                    WHERE x.mac = b.mac AND x.image_id IS NOT NULL AND x.stage = 'handover'
+                    ORDER BY x.started_at DESC, x.rowid DESC LIMIT 1));
+  `,
 ];
 
 export const schemaVersion = migrations.length;

@@ -396,13 +396,13 @@ export class NodeRegistry {
 
   /** What the NFS exports follow, for every node with an address: the address (the admin's `ip`
    *  setting, else its bound lease, else the evidence recorded in nodes.ip), whether it has a
-   *  /persist, and the images it may mount as root (its current one and its latest boot's). */
+   *  /persist, and the images it may mount as root (its current one and those it may run: the
+   *  view booted_images). */
   exportTargets(): ExportTarget[] {
     const rows = this.db.prepare(
       `SELECT n.mac AS mac, COALESCE(a.value, l.ip, n.ip) AS ip, s.value AS persist,
          n.image_id AS current,
-         (SELECT b.image_id FROM boots b WHERE b.mac = n.mac
-          ORDER BY b.started_at DESC, b.rowid DESC LIMIT 1) AS booted
+         (SELECT group_concat(b.image_id, ' ') FROM booted_images b WHERE b.mac = n.mac) AS booted
        FROM nodes n
        LEFT JOIN leases l ON l.mac = n.mac AND l.state = 'bound'
        LEFT JOIN node_settings a ON a.mac = n.mac AND a.key = 'ip'
@@ -419,7 +419,8 @@ export class NodeRegistry {
       mac: r.mac,
       ip: r.ip!,
       persist: r.persist !== "false",
-      images: [...new Set([r.current, r.booted].filter((x): x is string => !!x))],
+      images: [...new Set([r.current, ...r.booted?.split(" ") ?? []])]
+        .filter((x): x is string => !!x),
     }));
   }
 

@@ -13,7 +13,7 @@
 // Every ssh is BatchMode (no password prompt), no agent, no X11, no user config.
 import { join } from "node:path";
 import { resolveInRoot } from "../contract/rootpath.ts";
-import { lastBoot } from "./boots.ts";
+import { bootedImages } from "./boots.ts";
 import type { Context } from "./context.ts";
 import { UserError } from "./errors.ts";
 import { logger } from "./log.ts";
@@ -183,8 +183,8 @@ export class NodeSsh {
   target(node: NodeInfo): SshTarget | { unavailable: string } {
     const ip = this.ctx.nodes.addressOf(node.mac);
     if (!ip) return { unavailable: "the node's address is unknown" };
-    // The image it booted (a deploy flips the link before the reboot) and its current one.
-    const images = new Set([lastBoot(this.ctx.db, node.mac)?.imageId, node.imageId]);
+    // The images it booted (a deploy flips the link before the reboot) and its current one.
+    const images = new Set([...bootedImages(this.ctx.db, node.mac), node.imageId]);
     const keys = [...images].filter((i): i is string => !!i).flatMap((i) => this.#keysOf(i));
     if (!keys.length) {
       return {

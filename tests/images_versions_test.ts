@@ -15,6 +15,7 @@ import { buildSampleTree, fixTimes, tempStore } from "./images_helpers.ts";
 import { defaultConfig } from "../src/config.ts";
 import { closeContext, openContext } from "../src/server.ts";
 import { contextBooter } from "../src/boot/booter.ts";
+import { openBoot, recordStage } from "../src/boots.ts";
 
 async function lab() {
   const t = await tempStore();
@@ -316,6 +317,43 @@ Deno.test("thin versions: a node set to a thin version without a deploy gets its
     await closeContext(ctx); // after the initramfs build the script started
 
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("script fetches by anyone after a deploy leave the version a node runs protected, exported and kept", async () => {
+  const { t, nodes, src } = await lab();
+  try {
+    const v1 = await t.store.import(src, "deb");
+    const n1 = nodes.add("52:54:00:00:00:08", { name: "n1", image: "deb" });
+    nodes.observeAddress(n1.mac, "10.0.9.8", "lease");
+    const running = openBoot(t.db, n1.mac, v1.id); // n1 boots v1 and hands over
+    recordStage(t.db, running, "handover");
+    nodes.setState(n1.mac, "booted", "port answered");
+    Deno.writeTextFileSync(`${src}/etc/hostname`, "v2\n");
+    fixTimes(src);
+    const v2 = await t.store.import(src, "deb");
+    await publish({ nodes }, v2, false); // deployed, not rebooted: n1 still runs v1
+    // Anyone on the boot network fetches n1's script, 60 times: each opens a boot of v2.
+    for (let i = 0; i < 60; i++) openBoot(t.db, n1.mac, v2.id);
+    const exported = nodes.exportTargets().find((e) => e.mac === n1.mac)!.images;
+    // (before: [v2] only: n1's root export withdrawn under it by one GET)
+    assert.deepEqual(exported.sort(), [v1.id, v2.id].sort());
+    assert.ok(t.store.neededTrees().has(v1.id), "v1's tree kept: n1's root");
+    assert.throws(
+      () => t.store.remove(`deb@${v1.id}`),
+      (e: UserError) => e.status === 409 && /still running on node n1/.test(e.message),
+    );
+    assert.ok(
+      (t.db.prepare("SELECT count(*) AS n FROM boots WHERE mac = ?").get(n1.mac) as { n: number })
+        .n <= 51,
+      "still bounded: 50 boots and the running one",
+    );
+    // Once n1 boots v2 and hands over, v1 is no longer its.
+    recordStage(t.db, openBoot(t.db, n1.mac, v2.id), "handover");
+    assert.deepEqual(nodes.exportTargets().find((e) => e.mac === n1.mac)!.images, [v2.id]);
+    assert.deepEqual(t.store.remove(`deb@${v1.id}`).map((v) => v.id), [v1.id]);
+  } finally {
+    await t.close();
   }
 });
 

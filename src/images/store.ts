@@ -548,9 +548,7 @@ export class ImageStore {
     const ids = (this.db.prepare(
       `SELECT id FROM images WHERE current = 1
        UNION SELECT image_id FROM nodes WHERE image_id IS NOT NULL
-       UNION SELECT b.image_id FROM boots b WHERE b.image_id IS NOT NULL AND b.rowid =
-         (SELECT x.rowid FROM boots x WHERE x.mac = b.mac
-          ORDER BY x.started_at DESC, x.rowid DESC LIMIT 1)`,
+       UNION SELECT image_id FROM booted_images`,
     ).all() as { id: string }[]).map((r) => r.id);
     const out = new Set(ids);
     for (const s of this.sessions.list()) if (s.base) out.add(s.base.id);
@@ -861,9 +859,8 @@ export class ImageStore {
     // this export until it reboots), and an open session's overlay has it as its lower layer:
     // removing the tree under either pulls their files away.
     const running = (this.db.prepare(
-      `SELECT n.name FROM nodes n JOIN boots b ON b.mac = n.mac
+      `SELECT DISTINCT n.name FROM nodes n JOIN booted_images b ON b.mac = n.mac
        WHERE n.state != 'off' AND b.image_id IN (${ids.map(() => "?").join(",")})
-         AND b.rowid = (SELECT max(rowid) FROM boots WHERE mac = n.mac AND image_id IS NOT NULL)
        ORDER BY n.name`,
     ).all(...ids) as { name: string }[]).map((r) => r.name);
     const shown = all.length === 1 && !info.current
