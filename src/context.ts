@@ -46,4 +46,6 @@ export interface Context {
   /** Base URL nodes use to reach the HTTP server, e.g. http://10.77.0.1:8080 (undefined without
    *  a boot interface). */
   nodeUrl?: string;
+  /** The HTTP listeners' connection counts (src/httpbounds.ts), while they run: /metrics. */
+  httpConnections?: () => { open: number; refused: number };
 }

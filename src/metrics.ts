@@ -204,6 +204,16 @@ export class Metrics {
         [{}, databaseBytes(ctx.data.db)],
       ]),
     );
+    const http = ctx.httpConnections?.();
+    if (http) {
+      lines.push(
+        ...gauge("netroot_http_connections", "HTTP connections open now.", [[{}, http.open]]),
+        "# HELP netroot_http_connections_refused_total HTTP connections closed unanswered: " +
+          "past an address's share or the total (src/httpbounds.ts).",
+        "# TYPE netroot_http_connections_refused_total counter",
+        `netroot_http_connections_refused_total ${http.refused}`,
+      );
+    }
     const m = Deno.memoryUsage();
     lines.push(
       ...gauge("netroot_process_memory_bytes", "Memory of the server process (Deno.memoryUsage).", [

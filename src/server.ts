@@ -124,7 +124,11 @@ function listenHttp(
   hosts: string[],
   port: number,
   handler: Deno.ServeHandler,
-): { addrs: { host: string; port: number }[]; close(): Promise<void> } {
+): {
+  addrs: { host: string; port: number }[];
+  connections(): { open: number; refused: number };
+  close(): Promise<void>;
+} {
   const listeners: HttpListener[] = [];
   const close = async () => {
     await Promise.all(listeners.map((l) => l.shutdown()));
@@ -139,7 +143,14 @@ function listenHttp(
     close();
     throw new UserError(`HTTP cannot listen on ${hosts.join(", ")} port ${port}: ${e}`);
   }
-  return { addrs: listeners.map((l) => ({ host: l.addr.hostname, port: l.addr.port })), close };
+  return {
+    addrs: listeners.map((l) => ({ host: l.addr.hostname, port: l.addr.port })),
+    connections: () => ({
+      open: listeners.reduce((n, l) => n + l.open(), 0),
+      refused: listeners.reduce((n, l) => n + l.refused(), 0),
+    }),
+    close,
+  };
 }
 
 /** Closes what openContext opened, once the work a boot or a commit started in the background
@@ -282,6 +293,7 @@ function followImagesWithInitramfs(ctx: Context): Service {
 function startHttp(ctx: Context, app: Hono) {
   const { config } = ctx;
   const http = listenHttp(httpHosts(config), config.http.port, app.fetch);
+  ctx.httpConnections = http.connections;
   const addr = http.addrs[0];
   if (config.serverIp) ctx.nodeUrl = `http://${config.serverIp}:${addr.port}`;
   if (config.interface && /^(127\.|localhost$|::1$)/.test(config.http.host ?? "")) {

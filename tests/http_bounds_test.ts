@@ -213,6 +213,10 @@ Deno.test("http: the real server under 100 connections with stalled reports from
     assert.doesNotMatch(node.received, /^HTTP\/1\.1 (503|408)/, node.received);
     // The eight that were read end with 408 at the deadline.
     await until("eight 408", () => answers("408").length === 8, 5000);
+    // The admin sees it in /metrics.
+    const metrics = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+    assert.match(metrics, /^netroot_http_connections_refused_total 36$/m);
+    assert.match(metrics, /^netroot_http_connections \d+$/m);
   } finally {
     Object.assign(bodyLimits, saved);
     for (const c of all) c.sock.destroy();
