@@ -21,7 +21,7 @@ import { parseReports, PROGRESS_STAGES, reportFields } from "../contract/report.
 import { Hono } from "hono";
 import type { Context as HonoContext } from "hono";
 import { join } from "node:path";
-import { BodyRefusal, sourceOf, textUpTo } from "../src/httpbounds.ts";
+import { BodyRefusal, sourceOf, textUpTo } from "./httpbody.ts";
 import { logger } from "../src/log.ts";
 import { renderBootScript, renderRefusalScript } from "./ipxe.ts";
 import { ipxeFile } from "./tftp/resolve.ts";

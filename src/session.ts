@@ -11,7 +11,7 @@
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import type { Context as HonoContext, Hono } from "hono";
 import { getCookie } from "hono/cookie";
-import { BodyRefusal, sourceOf, textUpTo } from "./httpbounds.ts";
+import { BodyRefusal, sourceOf, textUpTo } from "../netboot/httpbody.ts";
 import { apiRouter } from "./apierror.ts";
 import type { Context } from "./context.ts";
 import { logger } from "./log.ts";

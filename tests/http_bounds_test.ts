@@ -7,7 +7,8 @@ import http2 from "node:http2";
 import net from "node:net";
 import { join } from "node:path";
 import { defaultConfig } from "../src/config.ts";
-import { bodyLimits, listenBounded, textUpTo } from "../src/httpbounds.ts";
+import { bodyLimits, textUpTo } from "../netboot/httpbody.ts";
+import { listenBounded } from "../src/httpbounds.ts";
 import { type RunningServer, serve } from "../src/server.ts";
 
 /** A raw TCP client from `from` that sends `text` and records when the server ends it. */
