@@ -140,7 +140,7 @@ function listenHttp(
       );
     }
   } catch (e) {
-    close();
+    void close(); // the listeners made so far stop accepting at once; their end is not awaited
     throw new UserError(`HTTP cannot listen on ${hosts.join(", ")} port ${port}: ${e}`);
   }
   return {
