@@ -11,6 +11,25 @@ export function isLocalClient(address: string): boolean {
   return address === "127.0.0.1" || address === "::1" || address === "::ffff:127.0.0.1";
 }
 
+/** What addresses hold against a share each (connections, requests, body readers): counted per
+ *  address, none for the server machine's own (isLocalClient). */
+export class Shares {
+  #held = new Map<string, number>();
+  /** Takes one for `address`; false (nothing taken) when it already holds `share`. */
+  take(address: string, share: number): boolean {
+    if (isLocalClient(address)) return true;
+    const n = this.#held.get(address) ?? 0;
+    if (n >= share) return false;
+    this.#held.set(address, n + 1);
+    return true;
+  }
+  give(address: string): void {
+    const n = (this.#held.get(address) ?? 0) - 1;
+    if (n > 0) this.#held.set(address, n);
+    else this.#held.delete(address);
+  }
+}
+
 /** The sender's address as Deno.serve saw it, loopback included (rate limits' key). */
 export function sourceOf(c: HonoContext): string | undefined {
   return (c.env as Deno.ServeHandlerInfo<Deno.NetAddr> | undefined)?.remoteAddr?.hostname;
@@ -25,7 +44,7 @@ export class BodyRefusal {
 /** Each body is a few hundred bytes sent at once: 10 s is plenty. */
 export const bodyLimits = { deadlineMs: 10_000, readers: 256, readersPerSource: 8 };
 
-const bodyReaders = new Map<string, number>();
+const bodyReaders = new Shares();
 let bodyReadersInAll = 0;
 
 /** The request body as text, at most `max` bytes of it, within `bodyLimits` (`source`: the
@@ -38,15 +57,13 @@ export async function textUpTo(
   const tooLarge = new BodyRefusal(413, `request body larger than ${max} bytes`);
   if (Number(req.headers.get("content-length") ?? 0) > max) return tooLarge;
   if (!req.body) return "";
-  const mine = bodyReaders.get(source) ?? 0;
   if (
     bodyReadersInAll >= bodyLimits.readers ||
-    (!isLocalClient(source) && mine >= bodyLimits.readersPerSource)
+    !bodyReaders.take(source, bodyLimits.readersPerSource)
   ) {
     return new BodyRefusal(503, "too many request bodies under way: try again later");
   }
   bodyReadersInAll++;
-  bodyReaders.set(source, mine + 1);
   const reader = req.body.getReader();
   const tooSlow = () =>
     new BodyRefusal(408, `request body not received within ${bodyLimits.deadlineMs / 1000} s`);
@@ -56,7 +73,7 @@ export async function textUpTo(
     reader.cancel().catch(() => {});
   }, bodyLimits.deadlineMs);
   try {
-    const chunks: Uint8Array[] = [];
+    const chunks: Uint8Array<ArrayBuffer>[] = [];
     let size = 0;
     for (;;) {
       const { done, value } = await reader.read();
@@ -67,23 +84,15 @@ export async function textUpTo(
         reader.cancel().catch(() => {});
         return tooLarge;
       }
-      chunks.push(value);
+      chunks.push(value as Uint8Array<ArrayBuffer>);
     }
-    const all = new Uint8Array(size);
-    let at = 0;
-    for (const chunk of chunks) {
-      all.set(chunk, at);
-      at += chunk.length;
-    }
-    return new TextDecoder().decode(all);
+    return await new Blob(chunks).text();
   } catch (e) {
     if (late) return tooSlow();
     throw e;
   } finally {
     clearTimeout(deadline);
     bodyReadersInAll--;
-    const n = (bodyReaders.get(source) ?? 1) - 1;
-    if (n > 0) bodyReaders.set(source, n);
-    else bodyReaders.delete(source);
+    bodyReaders.give(source);
   }
 }

@@ -101,14 +101,6 @@ export function recordStage(db: Db, token: string, stage: string): void {
   ).run(stage, new Date().toISOString(), token, stage);
 }
 
-/** The node's most recent boot (what `node show` reports as its current stage). */
-export function lastBoot(db: Db, mac: string): Boot | undefined {
-  const r = db.prepare(
-    "SELECT token FROM boots WHERE mac = ? ORDER BY started_at DESC, rowid DESC LIMIT 1",
-  ).get(mac) as { token: string } | undefined;
-  return r && findBoot(db, r.token);
-}
-
 /** The image of the node's latest boot that had one (the order the boots were opened in). */
 export function lastBootImage(db: Db, mac: string): string | undefined {
   const r = db.prepare(

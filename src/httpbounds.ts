@@ -17,7 +17,7 @@
 // a warning says so.
 //
 // The bodies of the routes open to anyone are bounded where they are read: netboot/httpbody.ts.
-import { isLocalClient } from "../netboot/httpbody.ts";
+import { Shares } from "../netboot/httpbody.ts";
 import { logger } from "./log.ts";
 
 const log = logger("http");
@@ -87,17 +87,16 @@ export function listenBounded(opts: {
   const limits = opts.limits ?? connectionLimits;
   if (!serveOnConnection) return unbounded(opts);
   const listener = Deno.listen({ hostname: opts.hostname, port: opts.port });
-  const bySource = new Map<string, number>();
+  const connections = new Shares();
   // Requests under way by address: a connection carries one at a time with HTTP/1.1, but Deno
   // also speaks HTTP/2 to a client that starts with its preface (no browser or iPXE does without
   // TLS), and then one connection carried 200 at once: 64 connections, 12,800 requests. An
   // address holds at most `perSource` requests under way, whatever the protocol.
-  const requestsBySource = new Map<string, number>();
-  /** Each open connection's end (its count given back). */
-  const ends = new Set<Promise<void>>();
-  /** For shutdown: each connection closes once no request is under way on it. */
-  const drains = new Set<() => void>();
-  let open = 0, refused = 0, lastWarned = 0, stopping = false;
+  const requests = new Shares();
+  /** Each open connection's end (its counts given back), and what closes it at shutdown once no
+   *  request is under way on it. */
+  const open = new Map<Promise<void>, () => void>();
+  let refused = 0, lastWarned = 0, stopping = false;
 
   const refuse = (conn: Deno.Conn, source: string, why: string) => {
     refused++;
@@ -110,14 +109,10 @@ export function listenBounded(opts: {
 
   const serve = (conn: Deno.Conn) => {
     const source = (conn.remoteAddr as Deno.NetAddr).hostname;
-    const local = isLocalClient(source);
-    const mine = bySource.get(source) ?? 0;
-    if (open >= limits.total) return refuse(conn, source, `${limits.total} connections open`);
-    if (!local && mine >= limits.perSource) {
+    if (open.size >= limits.total) return refuse(conn, source, `${limits.total} connections open`);
+    if (!connections.take(source, limits.perSource)) {
       return refuse(conn, source, `${limits.perSource} connections open from this address`);
     }
-    open++;
-    if (!local) bySource.set(source, mine + 1);
     let underWay = 0, lastDone = Date.now();
     let idle: ReturnType<typeof setTimeout> | undefined;
     // The connection is closed by Deno's cancel, the one an abort signal would run, called here
@@ -141,44 +136,31 @@ export function listenBounded(opts: {
       idle = setTimeout(closeIfIdle, after);
     };
     const handler: Deno.ServeHandler = (req, info) => {
-      const requests = requestsBySource.get(source) ?? 0;
-      if (!local && requests >= limits.perSource) {
+      if (!requests.take(source, limits.perSource)) {
         return new Response(`${limits.perSource} requests under way from this address\n`, {
           status: 503,
           headers: { "retry-after": "10" },
         });
       }
-      if (!local) requestsBySource.set(source, requests + 1);
       underWay++;
       clearTimeout(idle);
       info.completed.catch(() => {}).finally(() => {
         lastDone = Date.now();
         if (--underWay === 0) armIdle();
-        if (local) return;
-        const n = (requestsBySource.get(source) ?? 1) - 1;
-        if (n > 0) requestsBySource.set(source, n);
-        else requestsBySource.delete(source);
+        requests.give(source);
       });
       return opts.handler(req, info);
     };
     const hook: CancelHook = { addEventListener: (_, f) => (cancel = f) };
     const server = serveOnConnection(conn, hook, handler, defaultOnError, () => {});
-    const drain = () => underWay === 0 && armIdle();
-    drains.add(drain);
     armIdle();
     const ended = server.finished.catch(() => {}).then(() => {
       clearTimeout(idle);
       underWay = -1; // ended: a late completion must not arm the timer again
-      drains.delete(drain);
-      ends.delete(ended);
-      open--;
-      if (!local) {
-        const n = (bySource.get(source) ?? 1) - 1;
-        if (n > 0) bySource.set(source, n);
-        else bySource.delete(source);
-      }
+      open.delete(ended);
+      connections.give(source);
     });
-    ends.add(ended);
+    open.set(ended, () => underWay === 0 && armIdle());
   };
 
   const accepting = (async () => {
@@ -208,15 +190,15 @@ export function listenBounded(opts: {
 
   return {
     addr: listener.addr as Deno.NetAddr,
-    open: () => open,
+    open: () => open.size,
     refused: () => refused,
     async shutdown() {
       if (stopping) return;
       stopping = true;
       listener.close();
       await accepting;
-      for (const drain of drains) drain();
-      await Promise.all(ends);
+      for (const drain of open.values()) drain();
+      await Promise.all(open.keys());
     },
   };
 }
