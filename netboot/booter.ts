@@ -140,8 +140,13 @@ export interface HttpBooter {
   ): Promise<{ imageId: string; path(): Promise<string> } | Refusal>;
   /** The registered node at an address (UEFI HTTP boot fetches iPXE without a MAC). */
   macAt(ip: string): string | undefined;
-  /** Whether a report with this token is taken from this MAC now: the boot's image, or why not. */
-  acceptReport(mac: string, token: string): { imageId: string | null } | { rejected: string };
+  /** Whether a report with this token is taken from this MAC now, sent from `source` (the
+   *  sender's address; undefined: the server machine's own): the boot's image, or why not. */
+  acceptReport(
+    mac: string,
+    token: string,
+    source: string | undefined,
+  ): { imageId: string | null } | { rejected: string };
   /** An accepted report was recorded: the boot's stage and the node's last-seen time move. */
   reported(mac: string, token: string, stage: string): void;
   /** The iPXE binaries' directory (GET /boot/ipxe/<file>). */

@@ -21,7 +21,7 @@ import { parseReports, PROGRESS_STAGES, reportFields } from "../contract/report.
 import { Hono } from "hono";
 import type { Context as HonoContext } from "hono";
 import { join } from "node:path";
-import { BodyRefusal, sourceOf, textUpTo } from "./httpbody.ts";
+import { BodyRefusal, isLocalClient, sourceOf, textUpTo } from "./httpbody.ts";
 import { logger } from "../src/log.ts";
 import { renderBootScript, renderRefusalScript } from "./ipxe.ts";
 import { ipxeFile } from "./tftp/resolve.ts";
@@ -268,6 +268,13 @@ function remoteIpv4(c: HonoContext): string | undefined {
   return ip && isIPv4(ip) && !ip.startsWith("127.") ? ip : undefined;
 }
 
+/** The sender's address as a node's would be written (an IPv4 one without its `::ffff:`);
+ *  undefined for the server machine's own (isLocalClient). */
+function nodeSource(c: HonoContext): string | undefined {
+  const source = sourceOf(c);
+  return source && !isLocalClient(source) ? source.replace(/^::ffff:/, "") : undefined;
+}
+
 /** A report's free-form detail, at most 4 KiB of it: each stored event stays small. */
 function boundedDetail(v: unknown): unknown {
   const s = typeof v === "string" ? v : JSON.stringify(v);
@@ -421,7 +428,7 @@ async function reportRoute(
   const mac = parseMacParam(batch.mac);
   if (!mac) return refusal(c, "report needs token and mac", 400);
   const events = booter.events;
-  const accepted = booter.acceptReport(mac, token);
+  const accepted = booter.acceptReport(mac, token, nodeSource(c));
   if ("rejected" in accepted) {
     const reason = accepted.rejected;
     const stage = reports.length === 1 ? reports[0].stage : `${reports.length} reports`;

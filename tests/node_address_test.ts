@@ -201,6 +201,30 @@ Deno.test("proxy mode (root, netns): fetching another node's boot script does no
     await until("B's /persist still exported to B", () => exportOf(b) === cb.ip);
     assert.equal(exportOf(a), ca.ip, "A's /persist stays exported to A only");
 
+    // B forges A's reports with a token of A's (every script fetch gives one, B's too): a
+    // handover would say which image A runs (its exports, `image rm`). Refused from B's address;
+    // A's own from its address taken; from a second address of A's (the neighbour table maps it
+    // to A's MAC) taken too, and A's address follows it.
+    const report = (from: LanClient, mac: string, token: string, bind = from.ip) =>
+      sh([
+        ..."ip netns exec".split(" "),
+        from.ns,
+        ..."curl -s -o /dev/null -w %{http_code} --interface".split(" "),
+        bind,
+        "-d",
+        JSON.stringify({ token, mac, stage: "handover", ok: true }),
+        `${url}/boot/report`,
+      ]);
+    const tokenIn = (script: string) => /netroot\.token=(\S+)/.exec(script)![1];
+    const forged = tokenIn(await script(cb, a));
+    assert.equal(await report(cb, a, forged), "403", "B's forged handover for A");
+    const own = tokenIn(await script(ca, a));
+    assert.equal(await report(ca, a, own), "200", "A's handover from its address");
+    await sh(["ip", "-n", ca.ns, "addr", "add", "10.86.1.13/24", "dev", "eth0"]);
+    const moved = tokenIn(await script(ca, a));
+    assert.equal(await report(ca, a, moved, "10.86.1.13"), "200", "A's from its second address");
+    await until("A's /persist follows its report's address", () => exportOf(a) === "10.86.1.13");
+
     // The admin fixes A's address: the export follows it and A's own requests do not undo it.
     const token = (await Deno.readTextFile(`${dataDir}/token`)).trim();
     await sh(lan.inSrv([
@@ -229,6 +253,20 @@ Deno.test("proxy mode (root, netns): fetching another node's boot script does no
       const moves = listEvents(db.db, { mac: a }).filter((e) => e.kind === "node.address");
       assert.deepEqual(moves.map((e) => [e.detail.ip, e.detail.evidence]), [
         ["10.86.1.11", "neighbour"],
+        ["10.86.1.13", "neighbour"],
+      ]);
+      const stage = (token: string) =>
+        (db.db.prepare("SELECT stage FROM boots WHERE token = ?").get(token) as {
+          stage: string | null;
+        }).stage;
+      assert.equal(stage(forged), null, "the forged handover changed nothing");
+      assert.equal(stage(own), "handover");
+      assert.equal(stage(moved), "handover");
+      const refused = listEvents(db.db, { mac: a }).filter((e) =>
+        e.kind === "http.report.rejected"
+      );
+      assert.deepEqual(refused.map((e) => e.detail.reason), [
+        "report from 10.86.1.12: the node's address is 10.86.1.11",
       ]);
     } finally {
       db.db.close();

@@ -248,15 +248,18 @@ async function piFile(
   return { data: new TextEncoder().encode(text) };
 }
 
-/** Whether a report with `token` is taken from `mac` now. */
+/** Whether a report with `token` is taken from `mac` now, sent from `source`. */
 function acceptReport(
   ctx: Context,
   mac: string,
   token: string,
+  source: string | undefined,
 ): { imageId: string | null } | { rejected: string } {
   const boot = findBoot(ctx.db, token);
   const node = boot?.mac === mac ? ctx.nodes.find(mac) : undefined;
   if (!boot || !node) return { rejected: "token does not belong to this node's boots" };
+  const foreign = foreignSource(ctx, mac, source);
+  if (foreign) return { rejected: foreign };
   const silentS = Number(node.settings?.["nfs.timeout"]) || DEFAULTS.timeoutS;
   if (Date.now() > bootExpiry(boot, silentS)) {
     return {
@@ -268,6 +271,23 @@ function acceptReport(
     };
   }
   return { imageId: boot.imageId };
+}
+
+/** Why `source` cannot report for `mac`, if it cannot. The token comes with the node's script,
+ *  which anyone may fetch; a report (a handover says which image the node runs: its exports and
+ *  `image rm` follow it) must also come from the node's address bound to its MAC — the evidence
+ *  its NFS exports follow — or from one the boot interface's neighbour table maps to that MAC
+ *  (then recorded, as at a script fetch). A node with no such address yet (nodes behind a router
+ *  without an `ip` setting) cannot be told from anyone; `source` undefined is the server itself. */
+function foreignSource(ctx: Context, mac: string, source: string | undefined): string | undefined {
+  const at = ctx.nodes.addressOf(mac);
+  if (!source || !at || source === at) return undefined;
+  const iface = ctx.config.interface;
+  if (iface && neighbourMac(source, iface) === mac) {
+    if (!boundLeaseIp(ctx.db, mac)) ctx.nodes.observeAddress(mac, source, "neighbour");
+    return undefined;
+  }
+  return `report from ${source}: the node's address is ${at}`;
 }
 
 /** The server's Booter: one per server, shared by DHCP, TFTP and HTTP boot. */
@@ -305,7 +325,7 @@ export function contextBooter(ctx: Context): Booter {
       });
     },
     macAt: (ip) => ctx.nodes.byIp(ip)?.mac,
-    acceptReport: (mac, token) => acceptReport(ctx, mac, token),
+    acceptReport: (mac, token, source) => acceptReport(ctx, mac, token, source),
     reported(mac, token, stage) {
       recordStage(ctx.db, token, stage);
       ctx.nodes.touch(mac);
