@@ -101,10 +101,13 @@ export function recordStage(db: Db, token: string, stage: string): void {
   ).run(stage, new Date().toISOString(), token, stage);
 }
 
-/** The image of the node's latest boot that had one (the order the boots were opened in). */
-export function lastBootImage(db: Db, mac: string): string | undefined {
+/** The image the node runs: that of its latest boot that reached handover, else of its latest
+ *  boot (the order the boots were opened in). Not simply the latest: anyone may fetch a node's
+ *  script, which opens a boot of the image it is set to, not of the one it runs. */
+export function runningImage(db: Db, mac: string): string | undefined {
   const r = db.prepare(
-    "SELECT image_id FROM boots WHERE mac = ? AND image_id IS NOT NULL ORDER BY rowid DESC LIMIT 1",
+    `SELECT image_id FROM boots WHERE mac = ? AND image_id IS NOT NULL
+     ORDER BY stage IS 'handover' DESC, rowid DESC LIMIT 1`,
   ).get(mac) as { image_id: string } | undefined;
   return r?.image_id;
 }

@@ -10,6 +10,7 @@ import { NodeRegistry } from "../src/nodes.ts";
 import { Rebooter } from "../src/reboot.ts";
 import { publish } from "../src/images/versions.ts";
 import { copyOut } from "../src/images/cp.ts";
+import { bootedImage } from "../src/images/save.ts";
 import type { UserError } from "../src/errors.ts";
 import { buildSampleTree, fixTimes, tempStore } from "./images_helpers.ts";
 import { defaultConfig } from "../src/config.ts";
@@ -339,6 +340,8 @@ Deno.test("script fetches by anyone after a deploy leave the version a node runs
     // (before: [v2] only: n1's root export withdrawn under it by one GET)
     assert.deepEqual(exported.sort(), [v1.id, v2.id].sort());
     assert.ok(t.store.neededTrees().has(v1.id), "v1's tree kept: n1's root");
+    // `node save n1` applies n1's upper on v1, the version it runs (before: v2, the latest boot's)
+    assert.equal(bootedImage({ db: t.db, nodes, images: t.store }, "n1"), v1.id);
     assert.throws(
       () => t.store.remove(`deb@${v1.id}`),
       (e: UserError) => e.status === 409 && /still running on node n1/.test(e.message),
@@ -351,6 +354,7 @@ Deno.test("script fetches by anyone after a deploy leave the version a node runs
     // Once n1 boots v2 and hands over, v1 is no longer its.
     recordStage(t.db, openBoot(t.db, n1.mac, v2.id), "handover");
     assert.deepEqual(nodes.exportTargets().find((e) => e.mac === n1.mac)!.images, [v2.id]);
+    assert.equal(bootedImage({ db: t.db, nodes, images: t.store }, "n1"), v2.id);
     assert.deepEqual(t.store.remove(`deb@${v1.id}`).map((v) => v.id), [v1.id]);
   } finally {
     await t.close();

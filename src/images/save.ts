@@ -9,7 +9,7 @@
 // archive), then applied like a session's upper. The conversion happens here only.
 import { join } from "node:path";
 import { defaultLayout } from "../../contract/rootmode.ts";
-import { lastBootImage } from "../boots.ts";
+import { runningImage } from "../boots.ts";
 import type { Context } from "../context.ts";
 import { UserError } from "../errors.ts";
 import { statvfs } from "../linux/fsops.ts";
@@ -20,13 +20,13 @@ import type { Commit } from "./store.ts";
 import { roomIn } from "./tar.ts";
 import { unpack } from "./unpack.ts";
 
-/** The image a node runs: its latest boot's, else the one it is set to boot. */
+/** The image a node runs (boots.ts runningImage), else the one it is set to boot. */
 export function bootedImage(
   ctx: Pick<Context, "db" | "nodes" | "images">,
   nodeRef: string,
 ): string {
   const node = ctx.nodes.get(nodeRef);
-  const id = lastBootImage(ctx.db, node.mac) ?? node.imageId;
+  const id = runningImage(ctx.db, node.mac) ?? node.imageId;
   if (!id) throw new UserError(`node ${node.name} has never booted an image`);
   // removed since (image rm refuses it only while the node is not off): no base to apply onto
   if (!ctx.images.find(id)) {
