@@ -18,8 +18,8 @@ import { manifestText, parseManifest } from "../contract/manifest.ts";
 import { scanTree } from "../src/images/walk.ts";
 import { buildSampleTree, dirEntries, sh, tarOf, tempStore } from "./images_helpers.ts";
 
-async function setup() {
-  const t = await tempStore();
+async function setup(dataRoot?: string) {
+  const t = await tempStore(dataRoot);
   buildSampleTree(`${t.dir}/src`);
   const base = await t.store.import(`${t.dir}/src`, "deb");
   const nodes = new NodeRegistry(t.data, t.db, t.store, new Rebooter(t.db), new EventTarget());
@@ -281,6 +281,48 @@ Deno.test("node save --upper of a node whose booted version was removed since (i
     assert.deepEqual((await dirEntries(t.data.tmp)).filter((e) => !e.startsWith("rm-")), []);
   } finally {
     await t.close();
+  }
+});
+
+Deno.test("node saves at once cannot together fill the data dir: each gets half the room the others left (root)", async () => {
+  assert.equal(Deno.uid(), 0, "needs root (a small tmpfs as the data dir's disk)");
+  const mnt = Deno.makeTempDirSync({ prefix: "nr-save-room-" });
+  mount("tmpfs", mnt, "tmpfs", 0, "size=96m");
+  try {
+    const { t, ctx } = await setup(`${mnt}/data`);
+    try {
+      // Root on two nodes sends 28 MB uppers of random bytes at once (each alone fits in half
+      // the free space; before, both were taken, whatever the disk held).
+      const upper = (name: string) => {
+        Deno.mkdirSync(`${t.dir}/${name}`);
+        using f = Deno.openSync(`${t.dir}/${name}/blob`, { write: true, create: true });
+        const chunk = new Uint8Array(65536);
+        for (let i = 0; i < 28e6 / 65536; i++) f.writeSync(crypto.getRandomValues(chunk));
+        sh("tar", "--numeric-owner", "-C", `${t.dir}/${name}`, "-cf", `${t.dir}/${name}.tar`, ".");
+        return `${t.dir}/${name}.tar`;
+      };
+      const [a, b] = [upper("a"), upper("b")];
+      const free = statvfs(t.data.tmp).freeBytes;
+      assert.ok(free > 88e6 && free < 101e6, `free ${free}`);
+      const both = await Promise.allSettled([
+        saveNode(ctx, "n1", "a", a, null),
+        saveNode(ctx, "n1", "b", b, null),
+      ]);
+      assert.deepEqual(both.map((r) => r.status).sort(), ["fulfilled", "rejected"]);
+      const refused = both.find((r) => r.status === "rejected") as PromiseRejectedResult;
+      assert.match(String(refused.reason), /no space left on device while importing .*b?\.tar/);
+      assert.ok(statvfs(t.data.tmp).freeBytes > free - 40e6, "one upper's worth taken");
+      // Promises end with their save: the refused one alone now fits.
+      const again = both[0].status === "rejected" ? ["a", a] : ["b", b];
+      await saveNode(ctx, "n1", again[0], again[1], null);
+      assert.deepEqual(t.store.names().map((i) => i.name).sort(), ["a", "b", "deb"]);
+      assert.deepEqual(await dirEntries(t.data.tmp), []);
+    } finally {
+      await t.close();
+    }
+  } finally {
+    umount(mnt, MNT_DETACH);
+    Deno.removeSync(mnt);
   }
 });
 

@@ -12,7 +12,6 @@ import { defaultLayout } from "../../contract/rootmode.ts";
 import { runningImage } from "../boots.ts";
 import type { Context } from "../context.ts";
 import { UserError } from "../errors.ts";
-import { statvfs } from "../linux/fsops.ts";
 import type { NodeInfo } from "../nodes.ts";
 import { sshFailure } from "../nodessh.ts";
 import { commitUpper } from "./session.ts";
@@ -52,7 +51,11 @@ export async function saveNode(
   const base = bootedImage(ctx, nodeRef);
   const st = await Deno.lstat(upperTar).catch(() => null);
   if (!st?.isFile) throw new UserError(`${upperTar}: not a regular file (the upper's tarball)`);
-  return await inScratch(ctx, (scratch) => commitTar(ctx, base, scratch, upperTar, name, command));
+  using room = ctx.images.promiseRoom();
+  return await inScratch(
+    ctx,
+    (scratch) => commitTar(ctx, base, scratch, upperTar, room.bytes, name, command),
+  );
 }
 
 /** `node save NODE NAME`: the upper fetched from the running node over ssh. */
@@ -65,12 +68,23 @@ export async function saveLiveNode(
 ): Promise<Commit> {
   const node = ctx.nodes.get(nodeRef);
   const base = bootedImage(ctx, nodeRef);
+  using room = ctx.images.promiseRoom();
   return await inScratch(ctx, async (scratch) => {
     const tar = join(scratch, "upper.tar");
-    // The tar and its extraction share the data dir's file system: half its free space each.
-    const limit = fetch.limitBytes ?? Math.floor(statvfs(scratch).freeBytes / 2);
-    await fetchUpper(ctx, node, tar, { ...fetchDefaults, ...fetch, limitBytes: limit });
-    return await commitTar(ctx, base, scratch, tar, name, command, `the upper of ${node.name}`);
+    // The tarball and its unpacking share the save's room: half of it each.
+    const limit = fetch.limitBytes ?? Math.floor(room.bytes / 2);
+    const got = await fetchUpper(ctx, node, tar, { ...fetchDefaults, ...fetch, limitBytes: limit });
+    const left = room.bytes - got;
+    return await commitTar(
+      ctx,
+      base,
+      scratch,
+      tar,
+      left,
+      name,
+      command,
+      `the upper of ${node.name}`,
+    );
   });
 }
 
@@ -89,14 +103,18 @@ async function commitTar(
   baseId: string,
   scratch: string,
   tar: string,
+  roomBytes: number,
   name: string,
   command: string | null,
   what = tar,
 ): Promise<Commit> {
   const upper = join(scratch, "upper");
   // The stream's bound does not bound what it unpacks to: a sparse member (or a compressed
-  // --upper FILE) of a few KiB can stand for terabytes, all of them hashed: `room`.
-  const u = await unpack(tar, upper, { room: roomIn(scratch), treeOnly: true }).catch((e) => {
+  // --upper FILE) of a few KiB can stand for terabytes, all of them hashed: `room`, what is left
+  // of the save's promise (ImageStore.promiseRoom) and of the disk.
+  const free = roomIn(scratch);
+  const room = { ...free, bytes: Math.min(free.bytes, roomBytes) };
+  const u = await unpack(tar, upper, { room, treeOnly: true }).catch((e) => {
     if (e instanceof UserError && what !== tar) e.message = e.message.replaceAll(tar, what);
     throw e;
   });
@@ -187,7 +205,9 @@ export async function fetchUpper(
       wake();
       bytes += chunk.length;
       if (bytes > o.limitBytes) {
-        stop(`it is larger than ${mb(o.limitBytes)} MB (half the free space of the data dir)`);
+        stop(
+          `it is larger than ${mb(o.limitBytes)} MB (half the room a save gets on the data dir)`,
+        );
         continue; // drain what is buffered; ssh is gone
       }
       for (let at = 0; at < chunk.length;) at += await file.write(chunk.subarray(at));

@@ -9,7 +9,7 @@
 // Same content imported again (any name): no second copy; the existing image is returned with
 // existed=true and keeps its name (`image import` prints "already imported as NAME (id …)").
 // A name already used by another image is refused (409) before any work is done.
-import { syncfs, syncfsLater } from "../linux/fsops.ts";
+import { statvfs, syncfs, syncfsLater } from "../linux/fsops.ts";
 import { existsSync } from "node:fs";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
@@ -139,6 +139,29 @@ export class ImageStore {
   constructor(readonly data: DataDir, readonly db: Db) {
     this.objects = new ObjectStore(data.objects);
     this.sessions = new Sessions(this);
+  }
+
+  /** Bytes of the data dir's disk promised to node saves under way (promiseRoom). */
+  #promised = 0;
+
+  /**
+   * Room on the data dir's disk for one node save (its upper's tarball and that tarball
+   * unpacked): half of the free space not yet promised to saves under way, promised to this one
+   * until it is disposed. One save alone takes at most half the free space, and saves at once
+   * cannot together fill the disk (each new one gets half of what the others left): root on a
+   * few nodes cannot take the room the database and the other commits need.
+   */
+  promiseRoom(): { bytes: number } & Disposable {
+    const bytes = Math.max(0, Math.floor((statvfs(this.data.tmp).freeBytes - this.#promised) / 2));
+    this.#promised += bytes;
+    let held = true;
+    return {
+      bytes,
+      [Symbol.dispose]: () => {
+        if (held) this.#promised -= bytes;
+        held = false;
+      },
+    };
   }
 
   #row(id: string): ImageInfo | undefined {
