@@ -128,7 +128,8 @@ export interface Refusal {
 export type BootFileKind = "kernel" | "initramfs" | "manifest";
 
 export interface HttpBooter {
-  /** The node's boot plan for a script fetch (opens a boot: a new token), or why not. */
+  /** The node's boot plan for a script fetch (opens a boot: a new token), or why not; `remote`
+   *  is the client's address (undefined: the server machine's own). */
   script(mac: string, req: { base: string; remote?: string }): Promise<ScriptPlan | Refusal>;
   /** Where one of the node's boot files is (image pinned by `?image=`, else its current one);
    *  `path` rejects with a missing file (Deno.errors.NotFound, ENOENT or `status` 404: HTTP 404)

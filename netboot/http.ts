@@ -293,7 +293,7 @@ async function scriptRoute(
   // HEAD must not open a boot (a new token) or touch the timeline.
   if (c.req.method === "HEAD") return text(c, "");
   const base = booter.nodeUrl() ?? new URL(c.req.url).origin;
-  const plan = await booter.script(mac, { base, remote: remoteIpv4(c) });
+  const plan = await booter.script(mac, { base, remote: nodeSource(c) });
   const events = booter.events;
   if ("refused" in plan) {
     if (plan.unknown) {

@@ -746,10 +746,11 @@ Deno.test({
   },
 });
 
-// Anyone can fetch any node's script: the request's source address alone never becomes the
-// node's address (what its /persist export follows), on the boot network or off it. The
-// neighbour-table evidence that does is proven in tests/node_address_test.ts (namespaces). An
-// address the admin fixed is what the command line carries.
+// Anyone can fetch the script of a node with no address yet: the request's source address alone
+// never becomes the node's address (what its /persist export follows), on the boot network or off
+// it. The neighbour-table evidence that does is proven in tests/node_address_test.ts
+// (namespaces). Once the admin fixed an address, the command line carries it and only that
+// address gets the script.
 Deno.test("boot script: the asker's source address alone is never taken as the node's", async () => {
   const f = await fixture();
   const mac = "52:54:00:12:34:77";
@@ -771,6 +772,10 @@ Deno.test("boot script: the asker's source address alone is never taken as the n
     assert.equal(f.ctx.nodes.get(mac).ip, null, "a boot-network address proves nothing either");
     f.ctx.nodes.configure(mac, { ip: "198.51.100.50" });
     r = await from("198.51.100.77");
+    const refused = await r.text();
+    assert.match(refused, /request from 198\.51\.100\.77: the node's address is 198\.51\.100\.50/);
+    assert.doesNotMatch(refused, /netroot\.token=/, "no boot opened for the asker");
+    r = await from("198.51.100.50");
     assert.match(await r.text(), /ip=198\.51\.100\.50:198\.51\.100\.1:/);
     assert.equal(f.ctx.nodes.get(mac).ip, "198.51.100.50");
   } finally {

@@ -185,7 +185,8 @@ Deno.test("proxy mode (root, netns): fetching another node's boot script does no
 
     // Before A ever boots, B fetches A's script (the attacker comes first): A gets no address
     // and no export, even once the exports are rendered again (B boots itself).
-    assert.match(await script(cb, a), /ip=10\.86\.1\.12:/);
+    const early = await script(cb, a);
+    assert.match(early, /ip=10\.86\.1\.12:/);
     await script(cb, b);
     await until("B's /persist exported to B", () => exportOf(b) === cb.ip);
     assert.equal(exportOf(a), undefined, "A's /persist is exported to nobody");
@@ -194,17 +195,23 @@ Deno.test("proxy mode (root, netns): fetching another node's boot script does no
     assert.match(await script(ca, a), /ip=10\.86\.1\.11:10\.86\.1\.1:/);
     await until("A's /persist exported to A", () => exportOf(a) === ca.ip);
 
-    // B (another machine on the LAN) fetches A's script again: it gets an answer, nothing more.
-    assert.match(await script(cb, a), /ip=10\.86\.1\.12:/);
+    // B (another machine on the LAN) fetches A's script again: now that A has an address, B gets
+    // a refusal (no boot opened, no token).
+    const refusedScript = await script(cb, a);
+    assert.match(
+      refusedScript,
+      /request from 10\.86\.1\.12: the node's address is 10\.86\.1\.11: not this node's boot/,
+    );
+    assert.doesNotMatch(refusedScript, /netroot\.token=/);
     // B boots itself: exports are rendered again after the hostile fetch.
     await script(cb, b);
     await until("B's /persist still exported to B", () => exportOf(b) === cb.ip);
     assert.equal(exportOf(a), ca.ip, "A's /persist stays exported to A only");
 
-    // B forges A's reports with a token of A's (every script fetch gives one, B's too): a
-    // handover would say which image A runs (its exports, `image rm`). Refused from B's address;
-    // A's own from its address taken; from a second address of A's (the neighbour table maps it
-    // to A's MAC) taken too, and A's address follows it.
+    // B forges A's reports with the token of A's it got before A ever booted: a handover would
+    // say which image A runs (its exports, `image rm`). Refused from B's address; A's own from
+    // its address taken; from a second address of A's (the neighbour table maps it to A's MAC)
+    // taken too, and A's address follows it.
     const report = (from: LanClient, mac: string, token: string, bind = from.ip) =>
       sh([
         ..."ip netns exec".split(" "),
@@ -216,7 +223,7 @@ Deno.test("proxy mode (root, netns): fetching another node's boot script does no
         `${url}/boot/report`,
       ]);
     const tokenIn = (script: string) => /netroot\.token=(\S+)/.exec(script)![1];
-    const forged = tokenIn(await script(cb, a));
+    const forged = tokenIn(early);
     assert.equal(await report(cb, a, forged), "403", "B's forged handover for A");
     const own = tokenIn(await script(ca, a));
     assert.equal(await report(ca, a, own), "200", "A's handover from its address");
@@ -266,7 +273,7 @@ Deno.test("proxy mode (root, netns): fetching another node's boot script does no
         e.kind === "http.report.rejected"
       );
       assert.deepEqual(refused.map((e) => e.detail.reason), [
-        "report from 10.86.1.12: the node's address is 10.86.1.11",
+        "request from 10.86.1.12: the node's address is 10.86.1.11",
       ]);
     } finally {
       db.db.close();

@@ -35,6 +35,7 @@ import {
   renderPiConfig,
 } from "./plan.ts";
 import { hardwareAddress } from "../linux/netif.ts";
+import { isIPv4 } from "node:net";
 
 const log = logger("http");
 
@@ -127,15 +128,16 @@ function script(
   const input = planInput(ctx, node, req.base);
   const early = checkBoot(input);
   if (early) return early;
-  // The registry's address (what its /persist export follows) moves only on evidence bound to
-  // the MAC: anyone can fetch any node's script, so the source address alone proves nothing;
-  // the boot interface's neighbour table holding this MAC for it does (docs/architecture.md).
+  // A boot (its token) is opened only for the node's own address, once it has one; a first
+  // fetch from an address the neighbour table maps to the MAC gives it one (foreignSource).
+  const foreign = foreignSource(ctx, mac, req.remote);
+  if (foreign) return { refused: `${foreign}: not this node's boot` };
   const lease = boundLeaseIp(ctx.db, mac);
-  input.nodeIp = nodeAddress(node, lease, req.remote);
-  const iface = ctx.config.interface;
-  if (!lease && req.remote && iface && neighbourMac(req.remote, iface) === mac) {
-    ctx.nodes.observeAddress(mac, req.remote, "neighbour"); // NFS: /persist follows it
-  }
+  input.nodeIp = nodeAddress(
+    node,
+    lease,
+    req.remote && isIPv4(req.remote) ? req.remote : undefined,
+  );
   if (ctx.images.isThin(input.image!.id)) {
     // A thin version (its tree removed while nothing used it; a node set to it since without a
     // deploy, e.g. `node add --image NAME@ID`): written again now, the node's retry boots it.
@@ -273,21 +275,26 @@ function acceptReport(
   return { imageId: boot.imageId };
 }
 
-/** Why `source` cannot report for `mac`, if it cannot. The token comes with the node's script,
- *  which anyone may fetch; a report (a handover says which image the node runs: its exports and
- *  `image rm` follow it) must also come from the node's address bound to its MAC — the evidence
- *  its NFS exports follow — or from one the boot interface's neighbour table maps to that MAC
- *  (then recorded, as at a script fetch). A node with no such address yet (nodes behind a router
- *  without an `ip` setting) cannot be told from anyone; `source` undefined is the server itself. */
+/**
+ * Why a request from `source` is not the node's, if it is not: a script fetch (which opens a boot
+ * and hands out its token) or a report (a handover says which image the node runs: its exports
+ * and `image rm` follow it) comes from the node's address bound to its MAC — the evidence its NFS
+ * exports follow: the `ip` setting, its bound lease, the registry's address — or from an address
+ * the boot interface's neighbour table maps to that MAC, which then becomes the registry's
+ * address (unless a lease or the setting fixes it). The source address alone proves nothing.
+ * A node with no address yet (never booted in proxy mode; behind a router without an `ip`
+ * setting) cannot be told from anyone; `source` undefined is the server machine itself.
+ */
 function foreignSource(ctx: Context, mac: string, source: string | undefined): string | undefined {
+  if (!source) return undefined;
   const at = ctx.nodes.addressOf(mac);
-  if (!source || !at || source === at) return undefined;
+  if (source === at) return undefined;
   const iface = ctx.config.interface;
-  if (iface && neighbourMac(source, iface) === mac) {
+  if (iface && isIPv4(source) && neighbourMac(source, iface) === mac) {
     if (!boundLeaseIp(ctx.db, mac)) ctx.nodes.observeAddress(mac, source, "neighbour");
     return undefined;
   }
-  return `report from ${source}: the node's address is ${at}`;
+  return at ? `request from ${source}: the node's address is ${at}` : undefined;
 }
 
 /** The server's Booter: one per server, shared by DHCP, TFTP and HTTP boot. */
