@@ -258,7 +258,7 @@ async function bootOne(
   o: StormOptions,
   count: () => void,
   tftpRetransmits: (n: number) => void,
-  http: Deno.HttpClient | undefined,
+  local: Set<string>,
 ): Promise<number> {
   const t = o.timeoutMs ?? 2000;
   let bytes = 0;
@@ -290,6 +290,12 @@ async function bootOne(
   const script = bootfileOf(ipxeAck);
   if (!script?.startsWith("http")) throw new Error(`iPXE: boot file is not a URL: ${script}`);
   if (o.http ?? true) {
+    // From the leased address when the device holds it, as a lab's machine sends: the server
+    // holds each address to its share of connections (src/httpbounds.ts) and, once it knows a
+    // node's address, refuses that node's script to any other.
+    using http = local.has(ipxeAck.yiaddr)
+      ? Deno.createHttpClient({ localAddress: ipxeAck.yiaddr })
+      : undefined;
     const s = await httpGet(script, http);
     bytes += s.bytes;
     const downloads = scriptDownloads(s.script ?? "");
@@ -299,18 +305,11 @@ async function bootOne(
   return bytes;
 }
 
-/** One HTTP client per IPv4 address of `device`, each sending from its address: the simulated
- *  clients take them in turn, so that a server holding each address to its share of connections
- *  (src/httpbounds.ts), as it would a lab's machines, sees several hosts. */
-function httpClientsOf(device: string): (Deno.HttpClient | undefined)[] {
-  const addrs = Deno.networkInterfaces().filter((i) => i.name === device && i.family === "IPv4");
-  return addrs.length > 1
-    ? addrs.map((i) => Deno.createHttpClient({ localAddress: i.address }))
-    : [undefined];
-}
-
 export async function runStorm(o: StormOptions): Promise<StormReport> {
-  const http = httpClientsOf(o.device);
+  const local = new Set(
+    Deno.networkInterfaces().filter((i) => i.name === o.device && i.family === "IPv4")
+      .map((i) => i.address),
+  );
   const tftp = await TftpClientPool.create(o.tftpWorkers ?? 1);
   const port = DhcpClientPort.open(o.device);
   const errors: Record<string, number> = {};
@@ -337,7 +336,7 @@ export async function runStorm(o: StormOptions): Promise<StormReport> {
           o,
           () => exchanges++,
           (n) => tftpRetransmits += n,
-          http[i % http.length],
+          local,
         );
         bytes += got;
         ok++;
@@ -359,7 +358,6 @@ export async function runStorm(o: StormOptions): Promise<StormReport> {
     clearInterval(probe);
     await port.close();
     await tftp.close();
-    for (const c of http) c?.close();
   }
   lags.sort((a, b) => a - b);
   const seconds = (performance.now() - t0) / 1000;
