@@ -1001,7 +1001,8 @@ Deno.test("boot script: a neighbour fetching a booted node's script gets no watc
     t += 1000;
     await monitor.tick();
     assert.equal(f.ctx.nodes.get("pc9").state, "booted");
-    // Anyone on the boot network fetches the node's script (it is open: firmware cannot log in).
+    // Another fetch of the node's script opens a boot (a neighbour's before the node had an
+    // address, a spoofer's of it, or the server machine's: loopback, as here, is not checked).
     await (await fetch(`${f.url}/boot/${mac}.ipxe`)).text();
     for (let i = 0; i < 4; i++) {
       t += 200_000; // past boot.timeout (180 s), each time
