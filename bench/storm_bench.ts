@@ -24,6 +24,8 @@ import { netrootCommand } from "../src/lab/self.ts";
 import { debianKernel } from "../tests/support/kernel.ts";
 import { buildTestImage } from "../tests/support/testimage.ts";
 import { quick, ratio } from "./ratio.ts";
+import { macFor } from "../netboot/storm.ts";
+import { macFromBytes } from "../contract/mac.ts";
 
 const { values: a } = parseArgs({
   args: Deno.args,
@@ -137,6 +139,8 @@ const memTrace = Deno.env.get("STORM_MEMTRACE")
 const kernel = await debianKernel();
 const imageDir = await Deno.makeTempDir({ prefix: "nr-storm-image-" });
 const cliNs = `nr-storm-${Deno.pid}`;
+/** The index (netboot/storm.ts macFor) of the first client of generator process `p`. */
+const firstOf = (p: number) => 1000 + p * Math.ceil(clients / procs);
 // A /21: 1,000 machines and more (10.77.0.0–10.77.7.255; the load generator at .2).
 const lab = await startLab({
   network: { prefixLen: 21, dhcpRange: "10.77.0.100-10.77.7.250" },
@@ -217,23 +221,64 @@ try {
       a["tcp-queue"],
     );
   }
-  // The generator stands for many machines: it holds every address of the DHCP range, and each
-  // client's HTTP goes out from the address it leased, as a machine's would (the server holds
-  // each address to 64 connections, src/httpbounds.ts, and refuses a node's script to any other
-  // address once it knows the node's). The server then has a neighbour entry per client: past
-  // the kernel's default of 1,024 (one table for every namespace) it would drop some, as a lab's
-  // server of 1,000 nodes on one link needs more too: raised for the run (neighThresholds).
-  const range = ["10.77.0.2"]; // the generator's own (its DHCP and TFTP go out from it)
+  // The generator stands for many machines, each with its own MAC and address, as on a lab's
+  // link: one macvlan per client on the veth (the client's MAC, an address of the DHCP range that
+  // its DHCP asks for, netboot/storm.ts) with its own routing table, so each client's HTTP goes
+  // out from its address and its MAC, and the server's neighbour table maps that address to the
+  // client's MAC (the server refuses a node's script to an address the table maps to another
+  // MAC, src/boot/booter.ts). The generator's DHCP and TFTP go out from the veth itself. Each
+  // address answers ARP on its own macvlan only (arp_ignore); broadcasts are not copied to the
+  // macvlans (bcqueuelen 0: the DHCP replies are for the veth's socket, and the server learns
+  // each client's MAC from the client's own ARP request). The server then has a neighbour entry
+  // per client: past the kernel's default of 1,024 (one table for every namespace) it would drop
+  // some, as a lab's server of 1,000 nodes on one link needs more too: raised for the run
+  // (neighThresholds).
+  const indexes = [
+    ...Array.from({ length: 10 }, (_, i) => i), // the warm-up's
+    ...Array.from({ length: procs }, (_, p) => {
+      const n = Math.floor(clients / procs) + (p < clients % procs ? 1 : 0);
+      return Array.from({ length: n }, (_, i) => firstOf(p) + i);
+    }).flat(),
+  ];
+  const range: string[] = [];
   for (let n = 100; n <= 7 * 256 + 250; n++) range.push(`10.77.${n >> 8}.${n & 255}`);
-  const batch = range.map((ip) => `addr add ${ip}/21 dev sc`).join("\n") + "\n";
-  const added = new Deno.Command("ip", { args: ["-n", cliNs, "-batch", "-"], stdin: "piped" })
-    .spawn();
+  if (indexes.length > range.length) throw new Error(`at most ${range.length - 10} clients`);
+  const lines = ["addr add 10.77.0.2/21 dev sc", "link set sc up", "link set lo up"];
+  for (const [k, index] of indexes.entries()) {
+    const mac = macFromBytes(macFor(index));
+    const dev = `mv${k}`, ip = range[k], table = 100 + k;
+    lines.push(
+      `link add ${dev} link sc address ${mac} type macvlan mode private bcqueuelen 0`,
+      `addr add ${ip}/32 dev ${dev}`,
+      `link set ${dev} up`,
+      `route add 10.77.0.0/21 dev ${dev} src ${ip} table ${table}`,
+      `rule add from ${ip} table ${table} priority 100`,
+    );
+  }
+  for (const [key, value] of [["arp_ignore", "1"], ["arp_announce", "2"], ["rp_filter", "0"]]) {
+    await sh("ip", "netns", "exec", cliNs, "sysctl", "-qw", `net.ipv4.conf.all.${key}=${value}`);
+    await sh(
+      "ip",
+      "netns",
+      "exec",
+      cliNs,
+      "sysctl",
+      "-qw",
+      `net.ipv4.conf.default.${key}=${value}`,
+    );
+  }
+  const added = new Deno.Command("ip", {
+    args: ["-n", cliNs, "-batch", "-"],
+    stdin: "piped",
+    stderr: "piped",
+  }).spawn();
   const w = added.stdin.getWriter();
-  await w.write(new TextEncoder().encode(batch));
+  await w.write(new TextEncoder().encode(lines.join("\n") + "\n"));
   await w.close();
-  if (!(await added.status).success) throw new Error("ip -batch: adding the range failed");
-  await sh("ip", "-n", cliNs, "link", "set", "sc", "up");
-  await sh("ip", "-n", cliNs, "link", "set", "lo", "up");
+  const made = await added.output();
+  if (!made.success) {
+    throw new Error(`ip -batch: the clients' interfaces: ${new TextDecoder().decode(made.stderr)}`);
+  }
 
   const storm = async (n: number, first: number) => {
     const out = await new Deno.Command("ip", {
@@ -366,8 +411,7 @@ try {
   const parts = await Promise.all(
     Array.from({ length: procs }, (_, p) => {
       const n = Math.floor(clients / procs) + (p < clients % procs ? 1 : 0);
-      const first = 1000 + p * Math.ceil(clients / procs);
-      return storm(n, first);
+      return storm(n, firstOf(p));
     }),
   ).finally(() => {
     clearInterval(sampler);

@@ -1,11 +1,15 @@
 // Boot-storm generator: N simulated PXE clients, each doing what a BIOS PXE ROM + iPXE does —
 // DHCP as a PXE ROM, TFTP of the iPXE binary, DHCP again as iPXE, HTTP of its script, then HTTP
 // of the kernel and initramfs the script names. Run it on a host (or netns) attached to the boot
-// network; all simulated clients share one interface and are told apart by MAC and xid.
+// network; the simulated clients' DHCP and TFTP share one interface (told apart by MAC and xid).
+// A client whose MAC is on an interface of its own (a macvlan on the boot network) asks DHCP for
+// that interface's address and sends its HTTP from it, as a machine does from its NIC; the
+// others send HTTP from their leased address when the namespace holds it, else from any.
 import { TftpClientPool } from "./tftp/clientpool.ts";
 import { UdpSocket } from "../src/linux/udp.ts";
 import { BOOTREQUEST, decode, type DhcpPacket, encode } from "./dhcp4/packet.ts";
 import { MessageType, Opt, readIp, readText, text, u16, u8 } from "./dhcp4/options.ts";
+import { macFromBytes } from "../contract/mac.ts";
 
 const ZERO = "0.0.0.0";
 
@@ -145,9 +149,10 @@ export class DhcpClientPort {
   }
 
   /** DISCOVER → OFFER (with an address) → REQUEST → ACK. Returns the ACK. */
-  async lease(id: ClientIdentity, timeoutMs = 2000): Promise<DhcpPacket> {
+  /** DORA for `id`; `wanted`: the address it asks for in its DISCOVER (option 50). */
+  async lease(id: ClientIdentity, timeoutMs = 2000, wanted?: string): Promise<DhcpPacket> {
     const offer = await this.exchange(
-      clientPacket(id, this.xid(), MessageType.Discover),
+      clientPacket(id, this.xid(), MessageType.Discover, { requestedIp: wanted }),
       (p) => msgType(p) === MessageType.Offer && p.yiaddr !== ZERO,
       { timeoutMs },
     );
@@ -259,10 +264,11 @@ async function bootOne(
   count: () => void,
   tftpRetransmits: (n: number) => void,
   local: Set<string>,
+  wanted: string | undefined,
 ): Promise<number> {
   const t = o.timeoutMs ?? 2000;
   let bytes = 0;
-  const pxeAck = await port.lease({ mac, kind: "pxe" }, t);
+  const pxeAck = await port.lease({ mac, kind: "pxe" }, t, wanted);
   count();
   const file = bootfileOf(pxeAck);
   if (!file) throw new Error("PXE: no boot file in the ACK");
@@ -285,14 +291,15 @@ async function bootOne(
       throw e;
     }
   }
-  const ipxeAck = await port.lease({ mac, kind: "ipxe" }, t);
+  const ipxeAck = await port.lease({ mac, kind: "ipxe" }, t, wanted);
   count();
   const script = bootfileOf(ipxeAck);
   if (!script?.startsWith("http")) throw new Error(`iPXE: boot file is not a URL: ${script}`);
   if (o.http ?? true) {
-    // From the leased address when the device holds it, as a lab's machine sends: the server
-    // holds each address to its share of connections (src/httpbounds.ts) and, once it knows a
-    // node's address, refuses that node's script to any other.
+    // From the leased address when the namespace holds it, as a lab's machine sends: the server
+    // holds each address to its share of connections (src/httpbounds.ts) and refuses a node's
+    // script to an address its neighbour table maps to another MAC, or (once it knows the
+    // node's) to any other address.
     using http = local.has(ipxeAck.yiaddr)
       ? Deno.createHttpClient({ localAddress: ipxeAck.yiaddr })
       : undefined;
@@ -306,10 +313,10 @@ async function bootOne(
 }
 
 export async function runStorm(o: StormOptions): Promise<StormReport> {
-  const local = new Set(
-    Deno.networkInterfaces().filter((i) => i.name === o.device && i.family === "IPv4")
-      .map((i) => i.address),
-  );
+  const v4 = Deno.networkInterfaces().filter((i) => i.family === "IPv4");
+  const local = new Set(v4.map((i) => i.address));
+  /** A client's own interface's address, by MAC (see the top of this file). */
+  const own = new Map(v4.filter((i) => i.name !== o.device).map((i) => [i.mac, i.address]));
   const tftp = await TftpClientPool.create(o.tftpWorkers ?? 1);
   const port = DhcpClientPort.open(o.device);
   const errors: Record<string, number> = {};
@@ -329,14 +336,16 @@ export async function runStorm(o: StormOptions): Promise<StormReport> {
       const t1 = performance.now();
       try {
         // (not `bytes += await …`: that reads `bytes` before the await and loses updates)
+        const mac = macFor((o.firstIndex ?? 0) + i);
         const got = await bootOne(
           port,
           tftp,
-          macFor((o.firstIndex ?? 0) + i),
+          mac,
           o,
           () => exchanges++,
           (n) => tftpRetransmits += n,
           local,
+          own.get(macFromBytes(mac)),
         );
         bytes += got;
         ok++;

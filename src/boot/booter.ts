@@ -278,19 +278,26 @@ function acceptReport(
 /**
  * Why a request from `source` is not the node's, if it is not: a script fetch (which opens a boot
  * and hands out its token) or a report (a handover says which image the node runs: its exports
- * and `image rm` follow it) comes from the node's address bound to its MAC — the evidence its NFS
- * exports follow: the `ip` setting, its bound lease, the registry's address — or from an address
- * the boot interface's neighbour table maps to that MAC, which then becomes the registry's
- * address (unless a lease or the setting fixes it). The source address alone proves nothing.
- * A node with no address yet (never booted in proxy mode; behind a router without an `ip`
- * setting) cannot be told from anyone; `source` undefined is the server machine itself.
+ * and `image rm` follow it) comes from an address the boot interface's neighbour table maps to
+ * the node's MAC — which then becomes the registry's address (unless a lease or the setting fixes
+ * it) — or, when the table does not know the address, from the node's address bound to its MAC:
+ * the `ip` setting, its bound lease, the registry's address (the evidence its NFS exports follow).
+ * The table is read first: a machine that takes a node's address keeping its own MAC (the node
+ * being off, or the server's ARP cache poisoned) is not the node. The source address alone proves
+ * nothing. A node with no address yet (never booted in proxy mode; behind a router without an
+ * `ip` setting, where the table holds no entry for it) cannot be told from anyone off the link;
+ * `source` undefined is the server machine itself.
  */
 function foreignSource(ctx: Context, mac: string, source: string | undefined): string | undefined {
   if (!source) return undefined;
+  const iface = ctx.config.interface;
+  const seen = iface && isIPv4(source) ? neighbourMac(source, iface) : undefined;
+  if (seen && seen !== mac) {
+    return `request from ${source}: that address is ${seen}'s on ${iface}, not this node's (${mac})`;
+  }
   const at = ctx.nodes.addressOf(mac);
   if (source === at) return undefined;
-  const iface = ctx.config.interface;
-  if (iface && isIPv4(source) && neighbourMac(source, iface) === mac) {
+  if (seen === mac) {
     if (!boundLeaseIp(ctx.db, mac)) ctx.nodes.observeAddress(mac, source, "neighbour");
     return undefined;
   }
