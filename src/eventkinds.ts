@@ -52,6 +52,7 @@ export const EVENT_KINDS = [
   "dhcp.decline",
   "dhcp.decline-ignored",
   "dhcp.release",
+  "dhcp.revoked",
   "dhcp.exhausted",
   "dhcp.register-limited",
   "dhcp.proxy-offer",

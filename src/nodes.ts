@@ -33,6 +33,7 @@ import { conflict, notFound, UserError } from "./errors.ts";
 import { eventsAppended, recordEvent } from "./events.ts";
 import type { ImageStore } from "./images/store.ts";
 import { normalizeMac } from "./mac.ts";
+import { revokeLease } from "./boot/leases.ts";
 import { BOOT_MODES, checkExtra, RULES } from "../contract/cmdline.ts";
 import { ipv4Octets } from "../contract/ipv4.ts";
 import { logger } from "./log.ts";
@@ -688,13 +689,23 @@ export class NodeRegistry {
   }
 
   /** The admin's `ip` setting is the node's address (null: no longer fixed; evidence will
-   *  find it again). One node per fixed address. */
+   *  find it again). One node per fixed address; another client's lease of it ends (else two
+   *  machines would hold it: the other's /persist exported to it, its requests taken as theirs). */
   #fixAddress(mac: string, ip: string | null): void {
     if (ip !== null) {
       const other = this.db.prepare(
         "SELECT mac FROM node_settings WHERE key = 'ip' AND value = ? AND mac <> ?",
       ).get(ip, mac) as { mac: string } | undefined;
       if (other) throw conflict(`address ${ip} is already fixed for node ${other.mac}`);
+      const holder = revokeLease(this.db, ip, mac, Math.floor(Date.now() / 1000));
+      if (holder) {
+        log.warn("lease revoked: its address is fixed for another node", {
+          mac: holder,
+          ip,
+          node: mac,
+        });
+        recordEvent(this.db, holder, "dhcp.revoked", { ip, fixedFor: mac });
+      }
     }
     this.setIp(mac, ip);
   }

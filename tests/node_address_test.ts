@@ -9,6 +9,7 @@ import { defaultConfig } from "../src/config.ts";
 import type { Context } from "../src/context.ts";
 import { UserError } from "../src/errors.ts";
 import { listEvents } from "../src/events.ts";
+import { LeaseStore } from "../src/boot/leases.ts";
 import { parseArpTable } from "../src/linux/neigh.ts";
 import { desiredExports } from "../src/nfs.ts";
 import { closeContext, openContext } from "../src/server.ts";
@@ -86,6 +87,21 @@ Deno.test("the admin's ip setting is validated, unique, and wins over any eviden
     assert.deepEqual(desiredExports(ctx).persists.map((p) => [p.mac, p.ip]), [[a, "10.86.0.60"]]);
     assert.equal(nodes.observeAddress(a, "10.86.0.60", "lease"), true);
     assert.equal(nodes.get("a").ip, "10.86.0.60");
+    // Fixing an address another node leases ends that lease: one machine per address in the
+    // exports and the boot routes' address check; the other gets a new one at its renewal.
+    ctx.db.prepare("INSERT INTO leases (mac, ip, expires_at, state) VALUES (?, ?, ?, 'bound')")
+      .run(b, "10.86.0.70", 2 ** 31);
+    assert.equal(nodes.addressOf(b), "10.86.0.70");
+    nodes.configure("a", { ip: "10.86.0.70" });
+    assert.equal(nodes.addressOf(a), "10.86.0.70");
+    assert.equal(nodes.addressOf(b), null);
+    assert.deepEqual(desiredExports(ctx).persists.map((p) => [p.mac, p.ip]), [[a, "10.86.0.70"]]);
+    const revoked = listEvents(ctx.db, { mac: b }).filter((e) => e.kind === "dhcp.revoked");
+    assert.deepEqual(revoked.map((e) => e.detail), [{ ip: "10.86.0.70", fixedFor: a }]);
+    const leases = new LeaseStore(ctx.db, { range: { start: "10.86.0.60", end: "10.86.0.80" } });
+    const now = Math.floor(Date.now() / 1000);
+    assert.notEqual(leases.pick(b, now, undefined, "10.86.0.70"), "10.86.0.70");
+    assert.equal(leases.pick(a, now, "10.86.0.70"), "10.86.0.70");
   }));
 
 // ---- two clients on one boot LAN (root) ----
@@ -183,10 +199,14 @@ Deno.test("proxy mode (root, netns): fetching another node's boot script does no
       sh(["ip", "netns", "exec", from.ns, "curl", "-sf", `${url}/boot/${mac}.ipxe`]);
     const [ca, cb] = lan.clients;
 
-    // Before A ever boots, B fetches A's script (the attacker comes first): A gets no address
-    // and no export, even once the exports are rendered again (B boots itself).
+    // Before A ever boots, B fetches A's script (the attacker comes first): the neighbour table
+    // maps B's address to B's MAC, so B gets a refusal and no token; A gets no address and no
+    // export, even once the exports are rendered again (B boots itself).
+    const notB = (ip: string) =>
+      new RegExp(`request from ${ip.replaceAll(".", "\\.")}: that address is ${b}'s on br0`);
     const early = await script(cb, a);
-    assert.match(early, /ip=10\.86\.1\.12:/);
+    assert.match(early, notB(cb.ip));
+    assert.doesNotMatch(early, /netroot\.token=/);
     await script(cb, b);
     await until("B's /persist exported to B", () => exportOf(b) === cb.ip);
     assert.equal(exportOf(a), undefined, "A's /persist is exported to nobody");
@@ -195,23 +215,20 @@ Deno.test("proxy mode (root, netns): fetching another node's boot script does no
     assert.match(await script(ca, a), /ip=10\.86\.1\.11:10\.86\.1\.1:/);
     await until("A's /persist exported to A", () => exportOf(a) === ca.ip);
 
-    // B (another machine on the LAN) fetches A's script again: now that A has an address, B gets
-    // a refusal (no boot opened, no token).
+    // B (another machine on the LAN) fetches A's script again: a refusal (no boot opened, no
+    // token).
     const refusedScript = await script(cb, a);
-    assert.match(
-      refusedScript,
-      /request from 10\.86\.1\.12: the node's address is 10\.86\.1\.11: not this node's boot/,
-    );
+    assert.match(refusedScript, notB(cb.ip));
     assert.doesNotMatch(refusedScript, /netroot\.token=/);
     // B boots itself: exports are rendered again after the hostile fetch.
     await script(cb, b);
     await until("B's /persist still exported to B", () => exportOf(b) === cb.ip);
     assert.equal(exportOf(a), ca.ip, "A's /persist stays exported to A only");
 
-    // B forges A's reports with the token of A's it got before A ever booted: a handover would
-    // say which image A runs (its exports, `image rm`). Refused from B's address; A's own from
-    // its address taken; from a second address of A's (the neighbour table maps it to A's MAC)
-    // taken too, and A's address follows it.
+    // B forges A's reports with a token of A's it sniffed: a handover would say which image A
+    // runs (its exports, `image rm`). Refused from B's address; A's own from its address taken;
+    // from a second address of A's (the neighbour table maps it to A's MAC) taken too, and A's
+    // address follows it.
     const report = (from: LanClient, mac: string, token: string, bind = from.ip) =>
       sh([
         ..."ip netns exec".split(" "),
@@ -223,7 +240,7 @@ Deno.test("proxy mode (root, netns): fetching another node's boot script does no
         `${url}/boot/report`,
       ]);
     const tokenIn = (script: string) => /netroot\.token=(\S+)/.exec(script)![1];
-    const forged = tokenIn(early);
+    const forged = tokenIn(await script(ca, a));
     assert.equal(await report(cb, a, forged), "403", "B's forged handover for A");
     const own = tokenIn(await script(ca, a));
     assert.equal(await report(ca, a, own), "200", "A's handover from its address");
@@ -253,6 +270,21 @@ Deno.test("proxy mode (root, netns): fetching another node's boot script does no
     await until("B still exported to B", () => exportOf(b) === cb.ip);
     assert.equal(exportOf(a), "10.86.1.50");
 
+    // A is off; B takes A's address, keeping its own MAC: the neighbour table says B, so
+    // neither A's script (its token) nor a report for A is taken from it.
+    await sh(["ip", "-n", ca.ns, "link", "set", "eth0", "down"]);
+    await sh(["ip", "-n", cb.ns, "addr", "add", "10.86.1.50/24", "dev", "eth0"]);
+    const takeover = await sh([
+      ..."ip netns exec".split(" "),
+      cb.ns,
+      ..."curl -sf --interface 10.86.1.50".split(" "),
+      `${url}/boot/${a}.ipxe`,
+    ]);
+    assert.match(takeover, notB("10.86.1.50"));
+    assert.doesNotMatch(takeover, /netroot\.token=/);
+    assert.equal(await report(cb, a, own, "10.86.1.50"), "403", "a report from A's taken address");
+    assert.equal(exportOf(a), "10.86.1.50", "A's export stays where the admin put it");
+
     await server.stop();
     server = undefined;
     const db = await openContext({ ...defaultConfig(), dataDir });
@@ -273,7 +305,8 @@ Deno.test("proxy mode (root, netns): fetching another node's boot script does no
         e.kind === "http.report.rejected"
       );
       assert.deepEqual(refused.map((e) => e.detail.reason), [
-        "request from 10.86.1.12: the node's address is 10.86.1.11",
+        `request from 10.86.1.12: that address is ${b}'s on br0, not this node's (${a})`,
+        `request from 10.86.1.50: that address is ${b}'s on br0, not this node's (${a})`,
       ]);
     } finally {
       db.db.close();

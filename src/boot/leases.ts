@@ -19,6 +19,21 @@ export function boundLeaseIp(db: Db, mac: string): string | undefined {
   return r?.ip;
 }
 
+/** Ends another client's live lease of `ip` (an admin fixed that address for node `mac`): the
+ *  holder's address is no longer its evidence (exports, the boot routes' address check), and its
+ *  next DHCP renewal gets a NAK (the address is reserved for `mac`), then another address.
+ *  Returns the holder's MAC, if there was one. */
+export function revokeLease(db: Db, ip: string, mac: string, now: number): string | undefined {
+  const holder = db.prepare(
+    `SELECT mac FROM leases WHERE ip = ? AND mac <> ? AND state IN ('offered', 'bound')
+     AND expires_at > ?`,
+  ).get(ip, mac, now) as { mac: string } | undefined;
+  if (!holder) return undefined;
+  db.prepare("UPDATE leases SET state = 'released', expires_at = ? WHERE mac = ?")
+    .run(now, holder.mac);
+  return holder.mac;
+}
+
 export class LeaseStore implements Leases {
   private readonly start: number;
   private readonly end: number;
