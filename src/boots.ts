@@ -102,12 +102,13 @@ export function recordStage(db: Db, token: string, stage: string): void {
 }
 
 /** The image the node runs: that of its latest boot that reached handover, else of its latest
- *  boot (the order the boots were opened in). Not simply the latest: anyone may fetch a node's
- *  script, which opens a boot of the image it is set to, not of the one it runs. */
+ *  boot (latest by start, as the view `booted_images` orders them: the version returned is one
+ *  the view keeps and exports). Not simply the latest: anyone may fetch a node's script, which
+ *  opens a boot of the image it is set to, not of the one it runs. */
 export function runningImage(db: Db, mac: string): string | undefined {
   const r = db.prepare(
     `SELECT image_id FROM boots WHERE mac = ? AND image_id IS NOT NULL
-     ORDER BY stage IS 'handover' DESC, rowid DESC LIMIT 1`,
+     ORDER BY stage IS 'handover' DESC, started_at DESC, rowid DESC LIMIT 1`,
   ).get(mac) as { image_id: string } | undefined;
   return r?.image_id;
 }

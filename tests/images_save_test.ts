@@ -5,6 +5,7 @@ import assert from "node:assert/strict";
 import { dirname } from "node:path";
 import { MNT_DETACH, mount, umount } from "../src/linux/mount.ts";
 import { statvfs } from "../src/linux/fsops.ts";
+import { UserError } from "../src/errors.ts";
 import { removeXattr, setXattr } from "../src/linux/xattr.ts";
 import { NodeRegistry } from "../src/nodes.ts";
 import { Rebooter } from "../src/reboot.ts";
@@ -317,6 +318,21 @@ Deno.test("node saves at once cannot together fill the data dir: each gets half 
       await saveNode(ctx, "n1", again[0], again[1], null);
       assert.deepEqual(t.store.names().map((i) => i.name).sort(), ["a", "b", "deb"]);
       assert.deepEqual(await dirEntries(t.data.tmp), []);
+      // Saves under way holding nearly all the room: the next one is told so, up front.
+      const held = [];
+      while (held.length < 40 && (held.at(-1)?.bytes ?? Infinity) >= 1 << 20) {
+        held.push(t.store.promiseRoom());
+      }
+      await assert.rejects(
+        () => saveNode(ctx, "n1", "c", a, null),
+        (e: UserError) =>
+          e.status === 503 &&
+          /^no room on the data dir for a node save: \d+ MB free, \d+ MB of it held by saves under way/
+            .test(e.message),
+      );
+      for (const p of held) p[Symbol.dispose]();
+      using back = t.store.promiseRoom();
+      assert.ok(back.bytes > 10e6, "the room is back once they end");
     } finally {
       await t.close();
     }

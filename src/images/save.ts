@@ -40,6 +40,22 @@ export function bootedImage(
 
 type SaveContext = Pick<Context, "db" | "nodes" | "images">;
 
+/** Below this room a save is refused up front: it could not hold even a small upper. */
+const MIN_SAVE_ROOM = 1 << 20;
+
+/** The room promised to one save (ImageStore.promiseRoom), or why there is none. */
+function saveRoom(ctx: SaveContext): { bytes: number } & Disposable {
+  const room = ctx.images.promiseRoom();
+  if (room.bytes >= MIN_SAVE_ROOM) return room;
+  room[Symbol.dispose]();
+  throw new UserError(
+    `no room on the data dir for a node save: ${mb(room.free)} MB free` +
+      (room.held ? `, ${mb(room.held)} MB of it held by saves under way` : "") +
+      " (a save may use half of what is free and not held)",
+    503,
+  );
+}
+
 /** `node save NODE NAME --upper FILE`: the upper as a tarball on the server machine. */
 export async function saveNode(
   ctx: SaveContext,
@@ -51,7 +67,7 @@ export async function saveNode(
   const base = bootedImage(ctx, nodeRef);
   const st = await Deno.lstat(upperTar).catch(() => null);
   if (!st?.isFile) throw new UserError(`${upperTar}: not a regular file (the upper's tarball)`);
-  using room = ctx.images.promiseRoom();
+  using room = saveRoom(ctx);
   return await inScratch(
     ctx,
     (scratch) => commitTar(ctx, base, scratch, upperTar, room.bytes, name, command),
@@ -68,7 +84,7 @@ export async function saveLiveNode(
 ): Promise<Commit> {
   const node = ctx.nodes.get(nodeRef);
   const base = bootedImage(ctx, nodeRef);
-  using room = ctx.images.promiseRoom();
+  using room = saveRoom(ctx);
   return await inScratch(ctx, async (scratch) => {
     const tar = join(scratch, "upper.tar");
     // The tarball and its unpacking share the save's room: half of it each.

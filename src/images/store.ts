@@ -151,15 +151,18 @@ export class ImageStore {
    * cannot together fill the disk (each new one gets half of what the others left): root on a
    * few nodes cannot take the room the database and the other commits need.
    */
-  promiseRoom(): { bytes: number } & Disposable {
-    const bytes = Math.max(0, Math.floor((statvfs(this.data.tmp).freeBytes - this.#promised) / 2));
+  promiseRoom(): { bytes: number; free: number; held: number } & Disposable {
+    const free = statvfs(this.data.tmp).freeBytes, held = this.#promised;
+    const bytes = Math.max(0, Math.floor((free - held) / 2));
     this.#promised += bytes;
-    let held = true;
+    let promised = true;
     return {
       bytes,
+      free,
+      held,
       [Symbol.dispose]: () => {
-        if (held) this.#promised -= bytes;
-        held = false;
+        if (promised) this.#promised -= bytes;
+        promised = false;
       },
     };
   }
