@@ -34,6 +34,27 @@ export function openBoot(db: Db, mac: string, imageId: string | null): string {
   return token;
 }
 
+/** How long a boot nothing has been heard from is handed out again (its token) to its node's
+ *  script fetches instead of a new one: firmware that fetches twice in a boot, or a blind flood
+ *  of forged TFTP requests for a Pi's cmdline.txt (UDP: the source is the node's, the answers go
+ *  to the node), which would otherwise open a boot each and push the node's own boot, token
+ *  and all, out of the 50 kept. Past it, a node that never reported boots anew. */
+const unheardReuseMs = 60_000;
+
+/** The token of the node's latest boot when it is of `imageId`, nothing has been heard from it
+ *  yet, and it was opened within the last minute (unheardReuseMs); else undefined. */
+export function unheardBoot(db: Db, mac: string, imageId: string, now = Date.now()) {
+  const r = db.prepare(
+    `SELECT token, image_id, started_at, stage FROM boots WHERE mac = ?
+     ORDER BY started_at DESC, rowid DESC LIMIT 1`,
+  ).get(mac) as
+    | { token: string; image_id: string | null; started_at: string; stage: string | null }
+    | undefined;
+  if (!r || r.stage !== null || r.image_id !== imageId) return undefined;
+  const age = now - Date.parse(r.started_at);
+  return age >= 0 && age < unheardReuseMs ? r.token : undefined;
+}
+
 /** The images the node may be running (view `booted_images`): its latest boot's, and its latest
  *  boot's that reached handover when that is another. */
 export function bootedImages(db: Db, mac: string): string[] {

@@ -240,9 +240,8 @@ Deno.test("proxy mode (root, netns): fetching another node's boot script does no
         `${url}/boot/report`,
       ]);
     const tokenIn = (script: string) => /netroot\.token=(\S+)/.exec(script)![1];
-    const forged = tokenIn(await script(ca, a));
-    assert.equal(await report(cb, a, forged), "403", "B's forged handover for A");
     const own = tokenIn(await script(ca, a));
+    assert.equal(await report(cb, a, own), "403", "B's forged handover for A");
     assert.equal(await report(ca, a, own), "200", "A's handover from its address");
     await sh(["ip", "-n", ca.ns, "addr", "add", "10.86.1.13/24", "dev", "eth0"]);
     const moved = tokenIn(await script(ca, a));
@@ -298,7 +297,6 @@ Deno.test("proxy mode (root, netns): fetching another node's boot script does no
         (db.db.prepare("SELECT stage FROM boots WHERE token = ?").get(token) as {
           stage: string | null;
         }).stage;
-      assert.equal(stage(forged), null, "the forged handover changed nothing");
       assert.equal(stage(own), "handover");
       assert.equal(stage(moved), "handover");
       const refused = listEvents(db.db, { mac: a }).filter((e) =>

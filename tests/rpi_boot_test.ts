@@ -334,3 +334,50 @@ Deno.test("rpi: hostile TFTP names: traversal, another node's serial, made-up di
     }
   });
 });
+
+Deno.test("rpi: a blind flood of forged cmdline.txt requests opens one boot: the Pi's token stays good", async () => {
+  await withContext(async (ctx) => {
+    const image = addPiImage(ctx, "rpi", {
+      "boot/vmlinuz-6.12.0-arm64": "KERNEL",
+      "boot/initrd.img-6.12.0-arm64": "INITRD",
+      "vmlinuz": "->boot/vmlinuz-6.12.0-arm64",
+      "initrd.img": "->boot/initrd.img-6.12.0-arm64",
+    });
+    ctx.nodeUrl = "http://127.0.0.1:8080";
+    const pi = DISCOVERS[1];
+    addNode(ctx, pi.mac, "pi", image);
+    ctx.nodes.setIp(pi.mac, "127.0.0.1");
+    const svc = await startTftpService(ctx);
+    const cmdline = async () =>
+      /netroot\.token=(\S+)/.exec(
+        text(await tftpGet("127.0.0.1", svc.port, `${pi.serial}/cmdline.txt`, { timeoutMs: 2000 })),
+      )![1];
+    const tokens = () =>
+      (ctx.db.prepare("SELECT token FROM boots WHERE mac = ? ORDER BY rowid").all(pi.mac) as {
+        token: string;
+      }[]).map((r) => r.token);
+    try {
+      const own = await cmdline(); // the Pi's firmware
+      // A neighbour sends 60 requests from the Pi's address: UDP, so it never sees the answers,
+      // which go to the Pi. Each one used to open a boot: 50 pushed the Pi's out, its token with
+      // it, and the Pi's init's reports were refused.
+      for (let i = 0; i < 60; i++) assert.equal(await cmdline(), own);
+      assert.deepEqual(tokens(), [own]);
+      const booter = contextBooter(ctx);
+      assert.deepEqual(booter.acceptReport(pi.mac, own, "127.0.0.1"), { imageId: image });
+      // Once the Pi is heard from, its next boot is a new one.
+      booter.reported(pi.mac, own, "handover");
+      const next = await cmdline();
+      assert.notEqual(next, own);
+      assert.equal(await cmdline(), next);
+      // A boot never heard from is handed out for a minute only: then the Pi boots anew.
+      ctx.db.prepare("UPDATE boots SET started_at = ? WHERE token = ?")
+        .run(new Date(Date.now() - 61_000).toISOString(), next);
+      const later = await cmdline();
+      assert.ok(later !== next && later !== own);
+      assert.deepEqual(tokens(), [own, next, later]);
+    } finally {
+      await svc.close();
+    }
+  });
+});

@@ -2,7 +2,7 @@
 // the events table. The protocols ask it; it gathers the facts, lets src/boot/plan.ts decide, and
 // records what the decision opened (a boot token, an address observed, an initramfs build).
 import type { Context } from "../context.ts";
-import { bootExpiry, dropBoot, findBoot, openBoot, recordStage } from "../boots.ts";
+import { bootExpiry, dropBoot, findBoot, openBoot, recordStage, unheardBoot } from "../boots.ts";
 import { DEFAULTS } from "../../contract/cmdline.ts";
 import { resolveInRoot } from "../../contract/rootpath.ts";
 import { tx } from "../db.ts";
@@ -147,11 +147,13 @@ function script(
         "manifest (thin version); retrying",
     };
   }
-  input.token = openBoot(ctx.db, mac, input.image!.id);
+  // A boot not heard from yet is handed out again for a while (boots.ts unheardBoot).
+  const reused = unheardBoot(ctx.db, mac, input.image!.id);
+  input.token = reused ?? openBoot(ctx.db, mac, input.image!.id);
   ctx.images.schedulePrune(); // the version this node ran may be used by nothing now
   const plan = planBoot(input);
   if ("refused" in plan) {
-    dropBoot(ctx.db, input.token);
+    if (!reused) dropBoot(ctx.db, input.token);
     return plan;
   }
   if (plan.initramfs === "netroot") {
