@@ -246,7 +246,7 @@ try {
   const lines = ["addr add 10.77.0.2/21 dev sc", "link set sc up", "link set lo up"];
   for (const [k, index] of indexes.entries()) {
     const mac = macFromBytes(macFor(index));
-    const dev = `mv${k}`, ip = range[k], table = 100 + k;
+    const dev = `mv${k}`, ip = range[k], table = 1000 + k; // (253–255 are the kernel's own tables)
     lines.push(
       `link add ${dev} link sc address ${mac} type macvlan mode private bcqueuelen 0`,
       `addr add ${ip}/32 dev ${dev}`,
