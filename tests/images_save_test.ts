@@ -11,6 +11,7 @@ import { NodeRegistry } from "../src/nodes.ts";
 import { Rebooter } from "../src/reboot.ts";
 import { saveLiveNode, saveNode } from "../src/images/save.ts";
 import { publish } from "../src/images/versions.ts";
+import { openBoot, recordStage } from "../src/boots.ts";
 import { committedText } from "../src/cli/imagework.ts";
 import { setLogSink } from "../src/log.ts";
 import { type PowerServer, withPowerServer } from "./support/power.ts";
@@ -398,7 +399,7 @@ Deno.test("node save: two saves on the same booted version: both land, the later
 async function withLiveNode(
   upper: (lower: string) => string,
   fn: (s: PowerServer, node: FakeNodeSshd, baseId: string) => Promise<void>,
-  opts: { tar?: string; state?: "booted" | "off" } = {},
+  opts: { tar?: string; state?: "booted" | "off"; cmdline?: string } = {},
 ): Promise<void> {
   setLogSink(() => {});
   await withPowerServer(async (s) => {
@@ -414,9 +415,16 @@ async function withLiveNode(
         upper: `${dir}/upper`,
         tar: opts.tar,
         addresses: ["127.0.0.21"],
+        cmdline: `${dir}/cmdline`,
       });
       Deno.writeTextFileSync(`${src}/etc/ssh/ssh_host_ed25519_key.pub`, `${node.hostKey} root\n`);
       const base = await s.ctx.images.import(src, "deb");
+      // What the server put on the node's kernel command line for this boot.
+      Deno.writeTextFileSync(
+        `${dir}/cmdline`,
+        opts.cmdline ??
+          `console=ttyS0 netroot.mac=52:54:00:00:00:21 netroot.image=${base.id} quiet\n`,
+      );
       const up = upper(s.ctx.data.rootfs(base.id));
       Deno.renameSync(up, `${dir}/upper`);
       Deno.removeSync(dirname(up), { recursive: true }); // changedUpper's scratch (tarball, work)
@@ -476,6 +484,41 @@ Deno.test("node save NODE NAME: the upper fetched from the running node over ssh
       assert.deepEqual(await dirEntries(ctx.data.tmp), []);
     },
   );
+});
+
+Deno.test("node save NODE NAME: the base is the version the node says it booted (its kernel command line), not the boots table's", async () => {
+  assert.equal(Deno.uid(), 0, "needs root (overlayfs, mount namespaces)");
+  const upper = (lower: string) =>
+    changedUpper(lower, (r) => Deno.writeTextFileSync(`${r}/etc/new`, "new\n"));
+  await withLiveNode(upper, async (s, _node, baseId) => {
+    const { ctx, cli } = s;
+    // The boots table says n1 runs another version (its report of this boot lost on the way,
+    // the table still at an earlier boot's handover).
+    const other = `${s.dir}/other`;
+    buildSampleTree(other);
+    Deno.writeTextFileSync(`${other}/etc/hostname`, "other\n");
+    const elsewhere = await ctx.images.import(other, "other");
+    recordStage(ctx.db, openBoot(ctx.db, "52:54:00:00:00:21", elsewhere.id), "handover");
+    const r = await cli("node", "save", "n1", "saved");
+    assert.equal(r.code, 0, r.err);
+    const v = ctx.images.get("saved");
+    assert.equal(v.parent, baseId, "applied on the version the node runs");
+    assert.deepEqual(ctx.images.diff(baseId, v.id), {
+      added: ["/etc/new"],
+      removed: [],
+      changed: [],
+    });
+  });
+  // A node that was not booted by netroot (no netroot.image= on its command line): refused.
+  await withLiveNode(upper, async ({ ctx, cli }) => {
+    const r = await cli("node", "save", "n1", "saved");
+    assert.equal(r.code, 1);
+    assert.match(
+      r.err,
+      /cannot fetch the upper of n1: its kernel command line names no netroot image: it was not booted by netroot/,
+    );
+    assert.throws(() => ctx.images.get("saved"), /saved/);
+  }, { cmdline: "BOOT_IMAGE=/vmlinuz root=/dev/sda1 ro quiet\n" });
 });
 
 Deno.test("node save NODE NAME: busybox tar, a node not booted, over the size, idle or total bound: one line, nothing committed", async () => {

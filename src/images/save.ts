@@ -13,11 +13,15 @@ import { runningImage } from "../boots.ts";
 import type { Context } from "../context.ts";
 import { UserError } from "../errors.ts";
 import type { NodeInfo } from "../nodes.ts";
-import { sshFailure } from "../nodessh.ts";
+import { sshFailure, type SshTarget } from "../nodessh.ts";
+import { splitCmdline } from "../../contract/cmdline.ts";
+import { logger } from "../log.ts";
 import { commitUpper } from "./session.ts";
 import type { Commit } from "./store.ts";
 import { roomIn } from "./tar.ts";
 import { unpack } from "./unpack.ts";
+
+const log = logger("images");
 
 /** The image a node runs (boots.ts runningImage), else the one it is set to boot. */
 export function bootedImage(
@@ -27,6 +31,11 @@ export function bootedImage(
   const node = ctx.nodes.get(nodeRef);
   const id = runningImage(ctx.db, node.mac) ?? node.imageId;
   if (!id) throw new UserError(`node ${node.name} has never booted an image`);
+  return storedBase(ctx, node, id);
+}
+
+/** `id`, a version the node booted, when the store still has it. */
+function storedBase(ctx: Pick<Context, "images">, node: NodeInfo, id: string): string {
   // removed since (image rm refuses it only while the node is not off): no base to apply onto
   if (!ctx.images.find(id)) {
     throw new UserError(
@@ -83,13 +92,14 @@ export async function saveLiveNode(
   fetch: Partial<FetchOptions> = {},
 ): Promise<Commit> {
   const node = ctx.nodes.get(nodeRef);
-  const base = bootedImage(ctx, nodeRef);
+  const o = { ...fetchDefaults, ...fetch };
+  const base = await liveBase(ctx, node, o.cmdline);
   using room = saveRoom(ctx);
   return await inScratch(ctx, async (scratch) => {
     const tar = join(scratch, "upper.tar");
     // The tarball and its unpacking share the save's room: half of it each.
     const limit = fetch.limitBytes ?? Math.floor(room.bytes / 2);
-    const got = await fetchUpper(ctx, node, tar, { ...fetchDefaults, ...fetch, limitBytes: limit });
+    const got = await fetchUpper(ctx, node, tar, { ...o, limitBytes: limit });
     const left = room.bytes - got;
     return await commitTar(
       ctx,
@@ -158,9 +168,74 @@ export interface FetchOptions {
   totalMs: number;
   /** The upper on the node (tests point it elsewhere). */
   dir: string;
+  /** The node's kernel command line, which names the image it booted (tests point it elsewhere). */
+  cmdline: string;
 }
 
-const fetchDefaults = { idleMs: 120_000, totalMs: 3_600_000, dir: defaultLayout.upper };
+const fetchDefaults = {
+  idleMs: 120_000,
+  totalMs: 3_600_000,
+  dir: defaultLayout.upper,
+  cmdline: "/proc/cmdline",
+};
+
+/** How long the node gets to say which image it booted. */
+const CMDLINE_TIMEOUT_MS = 30_000;
+
+/**
+ * The image the running node booted, in its own words: `netroot.image=` on its kernel command
+ * line, which the server wrote for that boot. The boots table can lag behind it (a handover report
+ * lost on its way, reports refused): applied onto another version, the upper's changes and
+ * deletions would make a wrong image without a word. Root on the node could name another stored
+ * version, but it writes the upper anyway, and every image is readable to nodes already.
+ */
+async function liveBase(
+  ctx: SaveContext & Pick<Context, "ssh">,
+  node: NodeInfo,
+  cmdline: string,
+): Promise<string> {
+  const t = sshTarget(ctx, node);
+  const r = await ctx.ssh.run(t, `cat ${cmdline}`, CMDLINE_TIMEOUT_MS).catch((e) => {
+    throw cannotFetch(node, (e as Error).message);
+  });
+  if (r.code !== 0) {
+    throw cannotFetch(node, `reading its kernel command line: ${sshFailure(r)}`);
+  }
+  const word = splitCmdline(r.stdout).find((w) => w.startsWith("netroot.image="));
+  const id = word?.slice("netroot.image=".length);
+  if (!id || !/^[0-9a-f]{64}$/.test(id)) {
+    throw cannotFetch(
+      node,
+      word
+        ? `its kernel command line names no image version (${word.slice(0, 90)})`
+        : "its kernel command line names no netroot image: it was not booted by netroot",
+    );
+  }
+  const told = runningImage(ctx.db, node.mac);
+  if (told !== id) {
+    log.info("node save: the node runs another version than its boots say; the node's taken", {
+      node: node.name,
+      runs: id,
+      boots: told ?? null,
+    });
+  }
+  return storedBase(ctx, node, id);
+}
+
+const cannotFetch = (node: NodeInfo, why: string) =>
+  new UserError(`cannot fetch the upper of ${node.name}: ${why} (or use --upper FILE)`, 409);
+
+/** Where to reach the node's sshd, if it can be fetched from now. */
+function sshTarget(ctx: Pick<Context, "ssh">, node: NodeInfo): SshTarget {
+  if (node.state !== "booted") throw cannotFetch(node, `it is ${node.state}, not booted`);
+  if (node.stateReason?.startsWith("handover")) {
+    throw cannotFetch(node, `its sshd never answered (${node.stateReason})`);
+  }
+  ctx.ssh.key.publicKey(); // throws the reason when the server has no key
+  const t = ctx.ssh.target(node);
+  if ("unavailable" in t) throw cannotFetch(node, t.unavailable);
+  return t;
+}
 
 /** Exit codes of the node-side command for its own refusals (tar's own are 1 and 2). */
 const NO_UPPER = 90, NO_GNU_TAR = 91;
@@ -187,15 +262,8 @@ export async function fetchUpper(
   dest: string,
   o: FetchOptions,
 ): Promise<number> {
-  const cannot = (why: string) =>
-    new UserError(`cannot fetch the upper of ${node.name}: ${why} (or use --upper FILE)`, 409);
-  if (node.state !== "booted") throw cannot(`it is ${node.state}, not booted`);
-  if (node.stateReason?.startsWith("handover")) {
-    throw cannot(`its sshd never answered (${node.stateReason})`);
-  }
-  ctx.ssh.key.publicKey(); // throws the reason when the server has no key
-  const t = ctx.ssh.target(node);
-  if ("unavailable" in t) throw cannot(t.unavailable);
+  const cannot = (why: string) => cannotFetch(node, why);
+  const t = sshTarget(ctx, node);
   const [cmd, ...args] = ctx.ssh.argv(t, upperTarCommand(o.dir));
   const child = new Deno.Command(cmd, { args, stdin: "null", stdout: "piped", stderr: "piped" })
     .spawn();

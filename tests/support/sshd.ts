@@ -5,7 +5,8 @@
 // sshd, as a node going down closes its port); anything else runs under /bin/sh with NODE_ID set
 // (no command: an interactive /bin/sh, as a login shell). With `upper`, each command runs in a
 // private mount namespace where that directory is /run/netroot/upper, read-only, as netroot init
-// leaves a node's overlay upper (a tmpfs on /run there: nothing of the host's /run is touched).
+// leaves a node's overlay upper (a tmpfs on /run there: nothing of the host's /run is touched),
+// and, with `cmdline`, a file of ours as /proc/cmdline.
 import { join } from "node:path";
 import { freeTcpPort, waitFor } from "./power.ts";
 
@@ -42,6 +43,9 @@ export async function startSshd(
     /** The node's overlay upper (a host directory) and, optionally, the `tar` it runs. */
     upper?: string;
     tar?: string;
+    /** With `upper`: a host file the node's commands see as /proc/cmdline (the kernel command
+     *  line netroot gave the node, naming the image it booted). */
+    cmdline?: string;
   } = {},
 ): Promise<FakeNodeSshd> {
   try {
@@ -62,6 +66,7 @@ export async function startSshd(
   const asNode = opts.upper
     ? `unshare --mount --propagation private /bin/sh -c 'mount -t tmpfs nr-run /run && ` +
       `mkdir -p /run/netroot/upper && mount --bind -o ro "$0" /run/netroot/upper && ` +
+      (opts.cmdline ? `mount --bind -o ro ${opts.cmdline} /proc/cmdline && ` : "") +
       `${path}exec "$@"' ${opts.upper}`
     : "";
   const force = join(dir, "force.sh");
