@@ -312,11 +312,18 @@ async function bootOne(
   return bytes;
 }
 
-export async function runStorm(o: StormOptions): Promise<StormReport> {
+/** The namespace's IPv4 addresses, and those of interfaces other than `device` by their MAC: a
+ *  client's own interface (see the top of this file). */
+function namespaceAddresses(device: string) {
   const v4 = Deno.networkInterfaces().filter((i) => i.family === "IPv4");
-  const local = new Set(v4.map((i) => i.address));
-  /** A client's own interface's address, by MAC (see the top of this file). */
-  const own = new Map(v4.filter((i) => i.name !== o.device).map((i) => [i.mac, i.address]));
+  return {
+    local: new Set(v4.map((i) => i.address)),
+    own: new Map(v4.filter((i) => i.name !== device).map((i) => [i.mac, i.address])),
+  };
+}
+
+export async function runStorm(o: StormOptions): Promise<StormReport> {
+  const { local, own } = namespaceAddresses(o.device);
   const tftp = await TftpClientPool.create(o.tftpWorkers ?? 1);
   const port = DhcpClientPort.open(o.device);
   const errors: Record<string, number> = {};

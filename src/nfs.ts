@@ -11,6 +11,7 @@ import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Context, Service } from "./context.ts";
+import { followRegistry } from "./follow.ts";
 import { networkCidr } from "../contract/ipv4.ts";
 import { UserError } from "./errors.ts";
 import { recordEvent } from "./events.ts";
@@ -246,32 +247,12 @@ export function startNfs(ctx: Context, opts: NfsOptions = {}): Promise<Service> 
   return Promise.resolve({ name: "nfs", close: () => Promise.resolve() });
 }
 
-/** Runs `apply` now and again after changes (debounced) or every recheck interval; serialised. */
+/** followRegistry, failures logged as the exports'. */
 function follow(ctx: Context, opts: NfsOptions, apply: () => Promise<void>) {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  let running = Promise.resolve();
-  const run = () => {
-    running = running.then(apply).catch((e) =>
-      log.error("applying exports failed", { error: (e as Error).message })
-    );
-    return running;
-  };
-  const onChange = () => {
-    clearTimeout(timer);
-    timer = setTimeout(run, 200);
-  };
-  ctx.changes.addEventListener("nodes", onChange);
-  ctx.changes.addEventListener("images", onChange);
-  const interval = setInterval(run, opts.recheckMs ?? 10_000);
-  return {
-    stop: async () => {
-      ctx.changes.removeEventListener("nodes", onChange);
-      ctx.changes.removeEventListener("images", onChange);
-      clearTimeout(timer);
-      clearInterval(interval);
-      await running;
-    },
-  };
+  return followRegistry(ctx, apply, {
+    recheckMs: opts.recheckMs,
+    failed: (e) => log.error("applying exports failed", { error: e.message }),
+  });
 }
 
 function ensurePersistDirs(set: ExportSet): void {

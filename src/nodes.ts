@@ -425,6 +425,22 @@ export class NodeRegistry {
     }));
   }
 
+  /** The addresses bound to a node's MAC firmly enough to pin at the link layer (boot/pins.ts):
+   *  the admin's `ip` setting and, with `full` (full DHCP mode: netroot hands the addresses out
+   *  and reserves one per node), the address its exports follow (exportTargets). In proxy mode
+   *  only the setting: another DHCP server may give a node's last address to another machine
+   *  tomorrow, which a pin would cut off from the server. */
+  pinnedAddresses(full: boolean): { mac: string; ip: string }[] {
+    return (this.db.prepare(
+      `SELECT mac, ip FROM (
+         SELECT n.mac AS mac, CASE WHEN ? THEN COALESCE(a.value, l.ip, n.ip) ELSE a.value END AS ip
+         FROM nodes n
+         LEFT JOIN leases l ON l.mac = n.mac AND l.state = 'bound'
+         LEFT JOIN node_settings a ON a.mac = n.mac AND a.key = 'ip')
+       WHERE ip IS NOT NULL ORDER BY mac`,
+    ).all(full ? 1 : 0) as { mac: string; ip: string }[]).map((r) => ({ mac: r.mac, ip: r.ip }));
+  }
+
   /** Where the node is reached (probes, ssh): its `ip` setting, else its bound lease, else the
    *  registry's address; as monitored() reads it. */
   addressOf(mac: string): string | null {

@@ -35,6 +35,7 @@ import { startRouterAdvertisements } from "../netboot/ra.ts";
 import { contextBooter } from "./boot/booter.ts";
 import { startDhcpService, startTftpService } from "./boot/services.ts";
 import { startNfs } from "./nfs.ts";
+import { startAddressPins } from "./boot/pins.ts";
 import { startNetconsole } from "./netconsole.ts";
 import { ensureBridge } from "./vnode/bridge.ts";
 import { vnodeRoutes } from "./vnode/api.ts";
@@ -321,6 +322,7 @@ async function startBootNetwork(
   const { config } = ctx;
   if (config.dhcp.mode !== "off") services.push(await startDhcpService(ctx, booter));
   services.push(await startTftpService(ctx, booter));
+  services.push(await startAddressPins(ctx, device));
   // A diagnostic: without it nodes still boot (their plans then carry no netconsole=).
   const nc = config.serverIp ? startNetconsoleOrWarn(ctx, config.serverIp, device) : undefined;
   if (nc) services.push(nc);

@@ -91,9 +91,27 @@ Deno.test("full mode (root): udhcpc and dhclient get leases; PXE and iPXE get bo
     }
     await new Promise((r) => setTimeout(r, 300));
 
+    // Each node's address is pinned in the server's ARP table to the node's MAC, as its exports
+    // follow it (the released lease's node keeps its reservation): a machine that takes one of
+    // these addresses keeping its own MAC gets no answer. The pins go with the server.
+    const pins = async () =>
+      (await sh(link.inSrv(["ip", "neigh", "show", "dev", link.srvIf, "nud", "permanent"])))
+        .split("\n").filter((l) => / proto 110\b/.test(l))
+        .map((l) => l.split(" ").slice(0, 3).join(" ")).sort();
+    for (let i = 0; i < 50 && (await pins()).length < 4; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.deepEqual(await pins(), [
+      "10.81.1.100 lladdr 02:00:00:00:81:01",
+      "10.81.1.101 lladdr 02:00:00:00:81:02",
+      "10.81.1.102 lladdr 02:00:00:00:81:03",
+      "10.81.1.103 lladdr 02:00:00:00:81:04",
+    ]);
+
     const dataDir = server.dataDir;
     await server.stop();
     server = undefined;
+    assert.deepEqual(await pins(), [], "pins removed with the server");
     const db = new DatabaseSync(`${dataDir}/netroot.db`);
     try {
       const nodes = db.prepare("SELECT mac, name, ip FROM nodes ORDER BY mac").all() as {

@@ -104,6 +104,30 @@ Deno.test("the admin's ip setting is validated, unique, and wins over any eviden
     assert.equal(leases.pick(a, now, "10.86.0.70"), "10.86.0.70");
   }));
 
+Deno.test("pinned addresses: the ip setting; in full DHCP mode every address an export follows", () =>
+  withCtx((ctx) => {
+    const nodes = ctx.nodes;
+    const [a, b, c] = ["52:54:00:00:86:11", "52:54:00:00:86:12", "52:54:00:00:86:13"];
+    for (const [mac, name] of [[a, "a"], [b, "b"], [c, "c"]]) nodes.add(mac, { name });
+    nodes.configure("a", { ip: "10.86.0.11" });
+    const lease = ctx.db.prepare(
+      "INSERT INTO leases (mac, ip, expires_at, state) VALUES (?, ?, ?, 'bound')",
+    );
+    lease.run(b, "10.86.0.12", 2 ** 31);
+    lease.run("02:99:00:00:00:99", "10.86.0.99", 2 ** 31); // a client that is no node
+    nodes.observeAddress(c, "10.86.0.13", "neighbour");
+    assert.deepEqual(nodes.pinnedAddresses(false), [{ mac: a, ip: "10.86.0.11" }]);
+    assert.deepEqual(nodes.pinnedAddresses(true), [
+      { mac: a, ip: "10.86.0.11" },
+      { mac: b, ip: "10.86.0.12" },
+      { mac: c, ip: "10.86.0.13" },
+    ]);
+    assert.deepEqual(
+      nodes.pinnedAddresses(true),
+      nodes.exportTargets().map((t) => ({ mac: t.mac, ip: t.ip })),
+    );
+  }));
+
 // ---- two clients on one boot LAN (root) ----
 
 interface LanClient {
@@ -248,6 +272,25 @@ Deno.test("proxy mode (root, netns): fetching another node's boot script does no
     assert.equal(await report(ca, a, moved, "10.86.1.13"), "200", "A's from its second address");
     await until("A's /persist follows its report's address", () => exportOf(a) === "10.86.1.13");
 
+    // A is off, long enough for the server to forget its neighbour entry; B takes A's address,
+    // keeping its own MAC: the neighbour table says B, so neither A's script (its token) nor a
+    // report for A is taken from it (no admin fixed A's address: nothing is pinned, proxy mode).
+    await sh(["ip", "-n", ca.ns, "link", "set", "eth0", "down"]);
+    await sh(lan.inSrv(["ip", "neigh", "flush", "10.86.1.13", "dev", "br0"]));
+    await sh(["ip", "-n", cb.ns, "addr", "add", "10.86.1.13/24", "dev", "eth0"]);
+    const takeover = await sh([
+      ..."ip netns exec".split(" "),
+      cb.ns,
+      ..."curl -sf --interface 10.86.1.13".split(" "),
+      `${url}/boot/${a}.ipxe`,
+    ]);
+    assert.match(takeover, notB("10.86.1.13"));
+    assert.doesNotMatch(takeover, /netroot\.token=/);
+    assert.equal(await report(cb, a, own, "10.86.1.13"), "403", "a report from A's taken address");
+    assert.equal(exportOf(a), "10.86.1.13", "A's export stays with A");
+    await sh(["ip", "-n", cb.ns, "addr", "del", "10.86.1.13/24", "dev", "eth0"]);
+    await sh(["ip", "-n", ca.ns, "link", "set", "eth0", "up"]);
+
     // The admin fixes A's address: the export follows it and A's own requests do not undo it.
     const token = (await Deno.readTextFile(`${dataDir}/token`)).trim();
     await sh(lan.inSrv([
@@ -269,23 +312,31 @@ Deno.test("proxy mode (root, netns): fetching another node's boot script does no
     await until("B still exported to B", () => exportOf(b) === cb.ip);
     assert.equal(exportOf(a), "10.86.1.50");
 
-    // A is off; B takes A's address, keeping its own MAC: the neighbour table says B, so
-    // neither A's script (its token) nor a report for A is taken from it.
+    // The fixed address is pinned in the server's ARP table to A's MAC. A is off; B takes it,
+    // keeping its own MAC: the server answers that address at A's MAC only, so B gets no answer
+    // at all (no script, no report, no NFS), and a forged ARP reply cannot move the entry.
+    const pin = () => sh(lan.inSrv(["ip", "neigh", "show", "10.86.1.50", "dev", "br0"]));
+    for (let i = 0; i < 50 && !/PERMANENT/.test(await pin()); i++) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.match(await pin(), new RegExp(`lladdr ${a} PERMANENT proto 110`));
     await sh(["ip", "-n", ca.ns, "link", "set", "eth0", "down"]);
     await sh(["ip", "-n", cb.ns, "addr", "add", "10.86.1.50/24", "dev", "eth0"]);
-    const takeover = await sh([
-      ..."ip netns exec".split(" "),
-      cb.ns,
-      ..."curl -sf --interface 10.86.1.50".split(" "),
-      `${url}/boot/${a}.ipxe`,
-    ]);
-    assert.match(takeover, notB("10.86.1.50"));
-    assert.doesNotMatch(takeover, /netroot\.token=/);
-    assert.equal(await report(cb, a, own, "10.86.1.50"), "403", "a report from A's taken address");
+    // (B forgets the server's MAC: its connection starts with an ARP request from A's address,
+    // which would move an entry that is not permanent.)
+    await sh(["ip", "-n", cb.ns, "neigh", "flush", "dev", "eth0"]);
+    const cut = await new Deno.Command("ip", {
+      args: ["netns", "exec", cb.ns, ..."curl -sf -m 3 --interface 10.86.1.50".split(" "), url],
+      stdout: "null",
+      stderr: "null",
+    }).output();
+    assert.equal(cut.code, 28, "B's connection from A's pinned address times out");
+    assert.match(await pin(), new RegExp(`lladdr ${a} PERMANENT`), "the pin stays");
     assert.equal(exportOf(a), "10.86.1.50", "A's export stays where the admin put it");
 
     await server.stop();
     server = undefined;
+    assert.doesNotMatch(await pin(), /PERMANENT/, "the pin goes with the server");
     const db = await openContext({ ...defaultConfig(), dataDir });
     try {
       const moves = listEvents(db.db, { mac: a }).filter((e) => e.kind === "node.address");
@@ -304,7 +355,7 @@ Deno.test("proxy mode (root, netns): fetching another node's boot script does no
       );
       assert.deepEqual(refused.map((e) => e.detail.reason), [
         `request from 10.86.1.12: that address is ${b}'s on br0, not this node's (${a})`,
-        `request from 10.86.1.50: that address is ${b}'s on br0, not this node's (${a})`,
+        `request from 10.86.1.13: that address is ${b}'s on br0, not this node's (${a})`,
       ]);
     } finally {
       db.db.close();

@@ -1,0 +1,33 @@
+// What the system holds on the registry's behalf (NFS exports, pinned neighbour entries) kept in
+// line with it: applied again 200 ms after the last change of nodes or images, and every
+// `recheckMs` for what changes without an event (a lease's address). One application at a time.
+import type { Context } from "./context.ts";
+
+export function followRegistry(
+  ctx: Pick<Context, "changes">,
+  apply: () => Promise<void>,
+  o: { recheckMs?: number; failed: (e: Error) => void },
+): { stop(): Promise<void> } {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  let running = Promise.resolve();
+  const run = () => {
+    running = running.then(apply).catch((e) => o.failed(e as Error));
+    return running;
+  };
+  const onChange = () => {
+    clearTimeout(timer);
+    timer = setTimeout(run, 200);
+  };
+  ctx.changes.addEventListener("nodes", onChange);
+  ctx.changes.addEventListener("images", onChange);
+  const interval = setInterval(run, o.recheckMs ?? 10_000);
+  return {
+    stop: async () => {
+      ctx.changes.removeEventListener("nodes", onChange);
+      ctx.changes.removeEventListener("images", onChange);
+      clearTimeout(timer);
+      clearInterval(interval);
+      await running;
+    },
+  };
+}
