@@ -503,11 +503,10 @@ Deno.test("node save NODE NAME: the base is the version the node says it booted 
     assert.equal(r.code, 0, r.err);
     const v = ctx.images.get("saved");
     assert.equal(v.parent, baseId, "applied on the version the node runs");
-    assert.deepEqual(ctx.images.diff(baseId, v.id), {
-      added: ["/etc/new"],
-      removed: [],
-      changed: [],
-    });
+    const d = ctx.images.diff(baseId, v.id);
+    assert.deepEqual([d.added, d.removed], [["/etc/new"], []]);
+    // (/etc's mtime moves with the new file unless both fall in the second the base was made)
+    assert.ok(d.changed.every((p) => p === "/etc"), d.changed.join(" "));
   });
   // A node that was not booted by netroot (no netroot.image= on its command line): refused.
   await withLiveNode(upper, async ({ ctx, cli }) => {
