@@ -26,6 +26,7 @@ import { buildTestImage } from "../tests/support/testimage.ts";
 import { quick, ratio } from "./ratio.ts";
 import { macFor } from "../netboot/storm.ts";
 import { macFromBytes } from "../contract/mac.ts";
+import { runIp } from "../src/linux/iproute.ts";
 
 const { values: a } = parseArgs({
   args: Deno.args,
@@ -255,30 +256,11 @@ try {
       `rule add from ${ip} table ${table} priority 100`,
     );
   }
-  for (const [key, value] of [["arp_ignore", "1"], ["arp_announce", "2"], ["rp_filter", "0"]]) {
-    await sh("ip", "netns", "exec", cliNs, "sysctl", "-qw", `net.ipv4.conf.all.${key}=${value}`);
-    await sh(
-      "ip",
-      "netns",
-      "exec",
-      cliNs,
-      "sysctl",
-      "-qw",
-      `net.ipv4.conf.default.${key}=${value}`,
-    );
-  }
-  const added = new Deno.Command("ip", {
-    args: ["-n", cliNs, "-batch", "-"],
-    stdin: "piped",
-    stderr: "piped",
-  }).spawn();
-  const w = added.stdin.getWriter();
-  await w.write(new TextEncoder().encode(lines.join("\n") + "\n"));
-  await w.close();
-  const made = await added.output();
-  if (!made.success) {
-    throw new Error(`ip -batch: the clients' interfaces: ${new TextDecoder().decode(made.stderr)}`);
-  }
+  const sysctls = [["arp_ignore", "1"], ["arp_announce", "2"], ["rp_filter", "0"]].flatMap((
+    [key, value],
+  ) => [`net.ipv4.conf.all.${key}=${value}`, `net.ipv4.conf.default.${key}=${value}`]);
+  await sh("ip", "netns", "exec", cliNs, "sysctl", "-qw", ...sysctls);
+  await runIp(["-n", cliNs], lines.join("\n") + "\n");
 
   const storm = async (n: number, first: number) => {
     const out = await new Deno.Command("ip", {

@@ -1,5 +1,6 @@
 // Pinned neighbour entries: each address the registry binds firmly to a node's MAC (the admin's
-// `ip` setting; in full DHCP mode the node's bound lease: NodeRegistry.pinnedAddresses) is written
+// `ip` setting; in full DHCP mode every address a node's exports follow, its lease or its
+// reservation: NodeRegistry.pinnedAddresses) is written
 // into the boot interface's ARP table as a permanent entry. The server then sends to that address
 // only at the node's MAC: a machine that takes the address keeping its own MAC (the node being
 // off) gets no answer from any service — not NFS, which exports a node's /persist read-write to
@@ -12,6 +13,7 @@ import { followRegistry } from "../follow.ts";
 import { bootNetwork } from "../nfs.ts";
 import { ipToInt } from "../../contract/ipv4.ts";
 import { logger } from "../log.ts";
+import { runIp } from "../linux/iproute.ts";
 
 const log = logger("pins");
 
@@ -19,29 +21,10 @@ const log = logger("pins");
  *  name; "110" in `ip neigh` output). */
 const PROTOCOL = "110";
 
-async function ip(args: string[], batch?: string): Promise<string> {
-  const child = new Deno.Command("ip", {
-    args: batch === undefined ? args : [...args, "-batch", "-"],
-    stdin: batch === undefined ? "null" : "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  if (batch !== undefined) {
-    const w = child.stdin.getWriter();
-    // (ip reads it all with -force; should it exit early, its status says why)
-    await w.write(new TextEncoder().encode(batch)).then(() => w.close()).catch(() => {});
-  }
-  const out = await child.output();
-  if (!out.success) {
-    throw new Error(`ip ${args.join(" ")}: ${new TextDecoder().decode(out.stderr).trim()}`);
-  }
-  return new TextDecoder().decode(out.stdout);
-}
-
 /** netroot's pinned entries on `device`: address → MAC. */
 export async function listPins(device: string): Promise<Map<string, string>> {
   const rows = JSON.parse(
-    await ip(["-j", "neigh", "show", "dev", device, "nud", "permanent"]) ||
+    await runIp(["-j", "neigh", "show", "dev", device, "nud", "permanent"]) ||
       "[]",
   ) as { dst: string; lladdr?: string; protocol?: string }[];
   return new Map(
@@ -66,7 +49,7 @@ export async function syncPins(
         `neigh replace ${ip} lladdr ${mac} dev ${device} nud permanent protocol ${PROTOCOL}`,
       );
     }
-    return lines.length ? ip(["-force"], lines.join("\n") + "\n") : Promise.resolve("");
+    return lines.length ? runIp(["-force"], lines.join("\n") + "\n") : Promise.resolve("");
   };
   try {
     await batch(held);
