@@ -69,6 +69,27 @@ const checkpointBytes = 256 << 20, checkpointMs = 30_000;
 
 export const imageIdPattern = /^[0-9a-f]{64}$/;
 
+/** The image id names the copy's directory under walt-hybrid/: only a sha256 is taken (what the
+ *  server renders; `netroot.image=..` would have cleared the partition's own entries). */
+export function checkImageId(imageId: string): void {
+  if (!imageIdPattern.test(imageId)) {
+    throw new HybridError(
+      "manifest",
+      `image id ${JSON.stringify(imageId.slice(0, 80))} is not a sha256`,
+    );
+  }
+}
+
+/** Throws unless the manifest's digest is the image id (an image id is its manifest's sha256). */
+export function checkManifestDigest(imageId: string, digest: string): void {
+  if (digest !== imageId) {
+    throw new HybridError(
+      "manifest",
+      `manifest does not hash to image id ${imageId.slice(0, 12)}…`,
+    );
+  }
+}
+
 // No node:* import in the node program's static graph: Deno's node polyfills need /proc, and the
 // init must start before anything is mounted. (The data workers import node:crypto at run time.)
 export async function sha256hex(data: string): Promise<string> {
@@ -636,6 +657,7 @@ export function planCopy(hybridDir: string, imageId: string, entries: ManifestEn
 export async function ensureLocalCopy(opts: CopyOptions): Promise<CopyReport> {
   const t0 = performance.now();
   const { imageId, hybridDir } = opts;
+  checkImageId(imageId);
   clearPlanted(hybridDir, imageId);
   const pool = isComplete(hybridDir, imageId) ? undefined : new Copiers();
   try {
@@ -649,12 +671,7 @@ async function ensureWith(opts: CopyOptions, t0: number, pool?: Copiers): Promis
   const { imageId, hybridDir } = opts;
   await pool?.load();
   const id = pool ? pool.sha256hex(opts.manifestText) : await sha256hex(opts.manifestText);
-  if (id !== imageId) {
-    throw new HybridError(
-      "manifest",
-      `manifest does not hash to image id ${imageId.slice(0, 12)}…`,
-    );
-  }
+  checkManifestDigest(imageId, id);
   const entries = [...manifestLines(opts.manifestText)];
   const report: CopyReport = {
     imageId,

@@ -6,6 +6,8 @@
 import { statvfs } from "../src/linux/fsops.ts";
 import { manifestLines } from "../contract/manifest.ts";
 import {
+  checkImageId,
+  checkManifestDigest,
   clearPlanted,
   copyPaths,
   type CopyPlan,
@@ -18,6 +20,7 @@ import {
   indexOtherCopies,
   isComplete,
   planCopy,
+  sha256hex,
   writeOwnFile,
 } from "./copy.ts";
 
@@ -90,8 +93,14 @@ export async function prepareHybridRoot(opts: PrepareOptions): Promise<HybridRoo
   const p = copyPaths(opts.hybridDir, opts.imageId);
   let evicted: string[] = [];
   let plan: CopyPlan | undefined;
+  checkImageId(opts.imageId);
   clearPlanted(opts.hybridDir, opts.imageId);
   if (!isComplete(opts.hybridDir, opts.imageId)) {
+    // The manifest came over plain HTTP, where anyone on the boot network can answer in the
+    // server's place: nothing is planned, evicted or removed from what it says before it hashes
+    // to the image id (a forged one declaring 1 TB evicted every other copy, a persistent
+    // image's diff/ with it). A complete copy does not use it: ensureLocalCopy checks it then.
+    checkManifestDigest(opts.imageId, await sha256hex(opts.manifestText));
     const entries = [...manifestLines(opts.manifestText)];
     plan = planCopy(opts.hybridDir, opts.imageId, entries);
     const need = { ...plan.need };

@@ -1,0 +1,90 @@
+// Hybrid copy against an attacker on the boot network (who answers the manifest request in the
+// server's place) or one who wrote the node's disk before this boot. Runs in a temporary directory
+// (root needed: the copy sets owners).
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { manifestText } from "../contract/manifest.ts";
+import { scanTree } from "../src/images/walk.ts";
+import { copyPaths, HybridError, isComplete } from "../hybrid/copy.ts";
+import { prepareHybridRoot } from "../hybrid/mode.ts";
+
+const sha = (s: string) => createHash("sha256").update(s).digest("hex");
+
+async function manifestOf(root: string): Promise<{ text: string; id: string }> {
+  const text = manifestText((await scanTree(root)).entries);
+  return { text, id: sha(text) };
+}
+
+/** An image tree of `n` 16 KiB files under /data, and /etc/release. */
+function makeTree(root: string, n: number, seed: number): void {
+  Deno.mkdirSync(`${root}/data`, { recursive: true });
+  Deno.mkdirSync(`${root}/etc`, { recursive: true });
+  Deno.writeTextFileSync(`${root}/etc/release`, `v${seed}\n`);
+  for (let i = 0; i < n; i++) {
+    Deno.writeFileSync(`${root}/data/f${i}`, new Uint8Array(16 << 10).fill(seed * 31 + i));
+  }
+}
+
+async function withTmp(fn: (tmp: string, hybridDir: string) => Promise<void>): Promise<void> {
+  const tmp = await Deno.makeTempDir({ prefix: "rev-node-hybrid-" });
+  try {
+    const hybridDir = `${tmp}/part/walt-hybrid`;
+    Deno.mkdirSync(hybridDir, { recursive: true });
+    await fn(tmp, hybridDir);
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+  }
+}
+
+Deno.test("rev-node hybrid: a manifest that does not hash to the image id evicts nothing", async () => {
+  await withTmp(async (tmp, hybridDir) => {
+    // Another image's complete copy, persistent, with the user's work in its diff/.
+    makeTree(`${tmp}/other`, 4, 1);
+    const other = await manifestOf(`${tmp}/other`);
+    const op = copyPaths(hybridDir, other.id);
+    await prepareHybridRoot({
+      hybridDir,
+      persistent: true,
+      imageId: other.id,
+      manifestText: other.text,
+      source: `${tmp}/other`,
+    });
+    Deno.writeTextFileSync(`${op.upper}/work-of-a-week`, "keep me\n");
+    // This boot's image (its id on the command line), and the manifest an attacker answered in
+    // the server's place: one 1 TB file, more than the disk holds, which only eviction could seat.
+    makeTree(`${tmp}/img`, 4, 2);
+    const img = await manifestOf(`${tmp}/img`);
+    const forged = "netroot-manifest 1\n" +
+      `/\tdir\t0755\t0\t0\t0\t1600000000\t\t\t\t\n` +
+      `/huge\tfile\t0644\t0\t0\t${1e12}\t1600000000\t${"0".repeat(64)}\t\t\t\n`;
+    const err = await prepareHybridRoot({
+      hybridDir,
+      persistent: false,
+      imageId: img.id,
+      manifestText: forged,
+      source: `${tmp}/img`,
+      space: () => ({ freeBytes: 1 << 30, freeInodes: 1e6 }),
+    }).then(() => undefined, (e) => e);
+    assert.ok(isComplete(hybridDir, other.id), "the other image's copy is still there");
+    assert.equal(Deno.readTextFileSync(`${op.upper}/work-of-a-week`), "keep me\n");
+    assert.ok(err instanceof HybridError && err.reason === "manifest", String(err));
+  });
+});
+
+Deno.test("rev-node hybrid: an image id that is not a sha256 never names a path", async () => {
+  await withTmp(async (tmp, hybridDir) => {
+    // What the copy would clear at `walt-hybrid/../`: the partition's own entries.
+    Deno.writeTextFileSync(`${tmp}/part/diff`, "the partition's\n");
+    await assert.rejects(
+      prepareHybridRoot({
+        hybridDir,
+        persistent: false,
+        imageId: "..",
+        manifestText: "netroot-manifest 1\n",
+        source: `${tmp}/nowhere`,
+      }),
+      (e) => e instanceof HybridError && e.reason === "manifest",
+    );
+    assert.equal(Deno.readTextFileSync(`${tmp}/part/diff`), "the partition's\n");
+  });
+});
