@@ -943,10 +943,14 @@ class CopyRun {
         }
       }
       // Changed: written over its own inode when not shared (no new inode, no directory entry);
-      // a file linked from elsewhere is replaced so the other name keeps its content.
-      const st = b ? lstatOrNull(dst) : null;
+      // a file linked from elsewhere is replaced so the other name keeps its content. Whatever
+      // else is at the path is removed first, a new file's path included: the base's tree may
+      // hold entries its manifest does not list (planted), and a symlink there was followed by
+      // the open, the chown and the chmod — the file out of walt-hybrid/ got this one's data,
+      // owner and set-uid bit.
+      const st = lstatOrNull(dst);
       const dropped = Object.keys(b?.xattrs ?? {}).some((k) => !(k in (e.xattrs ?? {})));
-      const overwrite = !!st?.isFile && st.nlink === 1 && !dropped;
+      const overwrite = !!b && !!st?.isFile && st.nlink === 1 && !dropped;
       if (st && !overwrite) removeIfExists(dst);
       if (!st || !overwrite) this.touch(e);
       return this.queue(this.job("copy", e, dst, { overwrite }), e);

@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { manifestText } from "../contract/manifest.ts";
 import { scanTree } from "../src/images/walk.ts";
-import { copyPaths, HybridError, isComplete } from "../hybrid/copy.ts";
+import { copyPaths, ensureLocalCopy, HybridError, isComplete } from "../hybrid/copy.ts";
 import { prepareHybridRoot } from "../hybrid/mode.ts";
 
 const sha = (s: string) => createHash("sha256").update(s).digest("hex");
@@ -86,5 +86,40 @@ Deno.test("rev-node hybrid: an image id that is not a sha256 never names a path"
       (e) => e instanceof HybridError && e.reason === "manifest",
     );
     assert.equal(Deno.readTextFileSync(`${tmp}/part/diff`), "the partition's\n");
+  });
+});
+
+Deno.test("rev-node hybrid: re-deploy in place over a copy with a planted symlink at a new file's path writes nothing outside", async () => {
+  await withTmp(async (tmp, hybridDir) => {
+    makeTree(`${tmp}/v1`, 8, 3);
+    const v1 = await manifestOf(`${tmp}/v1`);
+    await ensureLocalCopy({
+      source: `${tmp}/v1`,
+      hybridDir,
+      imageId: v1.id,
+      manifestText: v1.text,
+    });
+    // Root on the node (a previous boot) plants, in v1's complete copy, a symlink where the next
+    // version has a new file, and points it out of walt-hybrid/.
+    const victim = `${tmp}/part/victim`;
+    Deno.writeTextFileSync(victim, "precious\n", { mode: 0o600 });
+    Deno.symlinkSync(victim, `${copyPaths(hybridDir, v1.id).image}/data/new`);
+    // v2: v1 plus that file (mostly shared: re-deployed over v1 in place).
+    Deno.mkdirSync(`${tmp}/v2`);
+    new Deno.Command("cp", { args: ["-a", `${tmp}/v1/.`, `${tmp}/v2/`] }).outputSync();
+    Deno.writeTextFileSync(`${tmp}/v2/data/new`, "new file of v2\n");
+    Deno.chmodSync(`${tmp}/v2/data/new`, 0o4755);
+    const v2 = await manifestOf(`${tmp}/v2`);
+    const r = await ensureLocalCopy({
+      source: `${tmp}/v2`,
+      hybridDir,
+      imageId: v2.id,
+      manifestText: v2.text,
+    });
+    assert.equal(Deno.lstatSync(victim).mode! & 0o7777, 0o600, "the file outside: its mode");
+    assert.equal(Deno.readTextFileSync(victim), "precious\n", "the file outside is unchanged");
+    assert.ok(r.bytesKept > 0, "re-deployed in place");
+    // the planted link went: the copy holds v2's file
+    assert.equal((await manifestOf(copyPaths(hybridDir, v2.id).image)).text, v2.text);
   });
 });
