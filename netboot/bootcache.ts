@@ -7,16 +7,35 @@
 // Entries are keyed by device, inode, size and mtime, so a rebuilt initramfs is read afresh; least
 // recently used entries go first when the budget is exceeded.
 
+/** A copy of a file that may still be in use: being read, then held weakly (a transfer or a
+ *  download holds it strongly while it sends). */
+interface Copy {
+  key: string;
+  reading?: Promise<Uint8Array>;
+  read?: WeakRef<Uint8Array>;
+}
+
+const fileKey = (st: Deno.FileInfo) => `${st.dev}:${st.ino}:${st.size}:${st.mtime?.getTime()}`;
+
 export class BootFileCache {
   #entries = new Map<string, { key: string; bytes: Promise<Uint8Array>; size: number }>();
   #total = 0;
+  /** The copy of each file that something may still hold, kept or not: one asked for again while
+   *  it is alive is handed out again. The budget bounds what the cache keeps, not what transfers
+   *  hold: without this, requests cycling through more boot files than the budget (nodes of
+   *  several images; forged TFTP sources) or asking for a file over maxFile read a new copy for
+   *  every transfer (10 forged RRQs for a 150 MiB initrd held 1.3 GB; the pool takes 1,000). */
+  #copies = new Map<string, Copy>();
+  #collected = new FinalizationRegistry<{ path: string; copy: Copy }>(({ path, copy }) => {
+    if (this.#copies.get(path) === copy) this.#copies.delete(path);
+  });
 
   constructor(readonly budget = 512 << 20, readonly maxFile = 128 << 20) {}
 
   /** The file's bytes when it fits the cache (read once), else undefined: stream it instead. */
   get(path: string, st: Deno.FileInfo): Promise<Uint8Array> | undefined {
     if (st.size > this.maxFile || st.size > this.budget) return undefined;
-    const key = `${st.dev}:${st.ino}:${st.size}:${st.mtime?.getTime()}`;
+    const key = fileKey(st);
     const hit = this.#entries.get(path);
     if (hit?.key === key) {
       this.#entries.delete(path); // re-insert: Map order is the LRU order
@@ -24,10 +43,7 @@ export class BootFileCache {
       return hit.bytes;
     }
     if (hit) this.#drop(path);
-    const bytes = readShared(path).then((b) => {
-      if (b.length !== st.size) throw new Error(`${path} changed while being read`);
-      return b;
-    });
+    const bytes = this.#copy(path, st, key);
     bytes.catch(() => this.#entries.get(path)?.bytes === bytes && this.#drop(path));
     this.#entries.set(path, { key, bytes, size: st.size });
     this.#total += st.size;
@@ -42,7 +58,29 @@ export class BootFileCache {
   async read(path: string): Promise<Uint8Array> {
     const st = await Deno.stat(path);
     if (!st.isFile) throw new Error("not a regular file");
-    return await (this.get(path, st) ?? readShared(path));
+    return await (this.get(path, st) ?? this.#copy(path, st, fileKey(st)));
+  }
+
+  /** The file's bytes: the copy something still holds, else a new read. */
+  #copy(path: string, st: Deno.FileInfo, key: string): Promise<Uint8Array> {
+    const held = this.#copies.get(path);
+    if (held?.key === key) {
+      if (held.reading) return held.reading;
+      const bytes = held.read?.deref();
+      if (bytes) return Promise.resolve(bytes);
+    }
+    const copy: Copy = { key };
+    copy.reading = readShared(path).then((b) => {
+      if (b.length !== st.size) throw new Error(`${path} changed while being read`);
+      return b;
+    });
+    this.#copies.set(path, copy);
+    copy.reading.then((b) => {
+      copy.reading = undefined; // from now on held only by its users (and a cache entry)
+      copy.read = new WeakRef(b);
+      this.#collected.register(b, { path, copy });
+    }, () => this.#copies.get(path) === copy && this.#copies.delete(path));
+    return copy.reading;
   }
 
   #drop(path: string): void {
