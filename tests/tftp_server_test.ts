@@ -62,7 +62,13 @@ async function withServer(
     events: TransferEvent[],
     server: TftpServer,
   ) => Promise<void>,
-  serverOptions: { timeoutMs?: number; retries?: number; maxTransfers?: number } = {},
+  serverOptions: {
+    timeoutMs?: number;
+    retries?: number;
+    maxTransfers?: number;
+    host?: string;
+    device?: string;
+  } = {},
 ) {
   const f = await fixture();
   const events: TransferEvent[] = [];
@@ -178,6 +184,50 @@ Deno.test("tftp: tftp-hpa, curl and atftp fetch byte-identical files (blksize, t
     ) => [e.outcome, e.windowsize]);
     assert.deepEqual(windowed, [["done", 8], ["done", 16], ["done", 64]]);
   });
+});
+
+Deno.test("tftp (root, veth pairs and a namespace): with a boot interface, a request from the server's other networks gets no answer", async () => {
+  const tag = Deno.pid % 100000;
+  const ns = `nr-tftpdev-${tag}`, boot = `nrtb${tag}`, other = `nrto${tag}`;
+  const sh = async (...a: string[]) => {
+    const r = await run(a[0], a.slice(1));
+    if (r.code) throw new Error(`${a.join(" ")}: ${r.text}`);
+  };
+  try {
+    await sh("ip", "netns", "add", ns);
+    for (const [dev, net] of [[boot, "10.94.1"], [other, "10.94.2"]]) {
+      await sh("ip", "link", "add", dev, "type", "veth", "peer", "name", `${dev}p`, "netns", ns);
+      await sh("ip", "addr", "add", `${net}.1/24`, "dev", dev);
+      await sh("ip", "link", "set", dev, "up");
+      await sh("ip", "-n", ns, "addr", "add", `${net}.2/24`, "dev", `${dev}p`);
+      await sh("ip", "-n", ns, "link", "set", `${dev}p`, "up");
+    }
+    await withServer(async (port, f) => {
+      const out = join(f.dir, "out");
+      const get = (server: string) =>
+        run("ip", [
+          ..."netns exec".split(" "),
+          ns,
+          ..."timeout 4 tftp".split(" "),
+          server,
+          String(port),
+          ..."-m binary -c get undionly.kpxe".split(" "),
+          out,
+        ]);
+      let r = await get("10.94.1.1");
+      assert.equal(r.code, 0, r.text);
+      assert.deepEqual(await Deno.readFile(out), f.files.undionly, "the boot network is served");
+      await Deno.remove(out);
+      // The same server, its address on the other network: the request is never taken.
+      r = await get("10.94.2.1");
+      assert.notEqual(r.code, 0, `answered from the other network: ${r.text}`);
+      assert.equal(await Deno.stat(out).then((s) => s.size, () => 0), 0, "nothing received");
+    }, { host: "0.0.0.0", device: boot });
+  } finally {
+    await run("ip", ["link", "del", boot]);
+    await run("ip", ["link", "del", other]);
+    await run("ip", ["netns", "del", ns]);
+  }
 });
 
 Deno.test("tftp: traversal, escaping symlinks, bad names and writes are refused with an error and an event", async () => {

@@ -47,6 +47,9 @@ export interface TftpServerOptions {
   port: number;
   /** Address to listen on (default 0.0.0.0); transfer sockets bind to it too. */
   host?: string;
+  /** Requests are taken from this interface only (SO_BINDTODEVICE): the boot network's, not the
+   *  server's other networks. */
+  device?: string;
   /** Source address of transfers when listening on 0.0.0.0: the server address clients were
    *  told (siaddr). Without it the kernel picks by route, which is wrong when the boot address
    *  is a secondary one, and firmware then rejects the replies (UEFI: connection refused). */
@@ -215,17 +218,19 @@ async function answerRequest(
  *  default buffer (~208 KiB) overflowed while the main thread was busy streaming HTTP (a storm
  *  of 300: 44 RRQs dropped, each a 4 s PXE timeout for its client). 4 MiB, as DHCP's port 67;
  *  read with libc (one synchronous recvmsg per queued request, src/linux/udp.ts). */
-function openRequestSocket(host: string, port: number): UdpSocket {
+function openRequestSocket(host: string, port: number, device?: string): UdpSocket {
   try {
     return UdpSocket.open({
       port,
       address: host,
+      device,
       reuseAddress: false,
       broadcast: false,
       receiveBuffer: 4 << 20,
     });
   } catch (e) {
-    throw new Error(`TFTP cannot listen on ${host}:${port}: ${(e as Error).message}`);
+    const where = `${host}:${port}${device ? ` on ${device}` : ""}`;
+    throw new Error(`TFTP cannot listen on ${where}: ${(e as Error).message}`);
   }
 }
 
@@ -266,7 +271,7 @@ export async function createTftpServer(opts: TftpServerOptions): Promise<TftpSer
   );
   let sock: UdpSocket;
   try {
-    sock = openRequestSocket(host, opts.port);
+    sock = openRequestSocket(host, opts.port, opts.device);
   } catch (e) {
     await pool.close();
     throw e;
@@ -334,7 +339,7 @@ export function blksizeForInterface(iface: string | undefined): number {
  *  lines go with their events. */
 export interface TftpServiceOptions {
   port: number;
-  /** The boot interface (its MTU bounds blksize). */
+  /** The boot interface: requests are taken from it only, and its MTU bounds blksize. */
   interface?: string;
   /** The server address clients were told (transfers' source address). */
   serverIp?: string;
@@ -350,6 +355,7 @@ export async function startTftp(
 ): Promise<{ name: string; port: number; close(): Promise<void> }> {
   const server = await createTftpServer({
     port: o.port,
+    device: o.interface,
     transferIp: o.serverIp,
     maxBlksize: blksizeForInterface(o.interface),
     cache: o.cache,
