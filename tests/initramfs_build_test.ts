@@ -8,6 +8,7 @@ import { DataDir } from "../src/datadir.ts";
 import { UserError } from "../src/errors.ts";
 import {
   type BootableImage,
+  BUILD_RETRY_MS,
   buildInitramfs,
   ensureInitramfs,
   initramfsBuildsSettled,
@@ -389,6 +390,41 @@ Deno.test("clear errors: no modules.dep, bad kernel version, aarch64 kernel; not
       { message: "the image kernel is aarch64 but the node program is x86-64" },
     );
     await assert.rejects(Deno.stat(out), Deno.errors.NotFound);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("ensureInitramfs: a failed build is remembered for a minute, not started again per request", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nr-initramfs-" });
+  try {
+    const data = new DataDir(join(dir, "data"));
+    await data.ensure();
+    const id = "e".repeat(64);
+    await Deno.mkdir(data.rootfs(id), { recursive: true }); // no /lib/modules: the build fails
+    const image: BootableImage = { id, name: "nomods", bootable: true, kernelVersion: "6.1.0-1" };
+    const ctx = { data, images: { get: () => image } };
+    const program = await probeProgram(dir);
+    const missing =
+      "the image has no /lib/modules/6.1.0-1/modules.dep (run `depmod 6.1.0-1` in the image)";
+    await assert.rejects(
+      ensureInitramfs(ctx, id, { program }),
+      (e) => e instanceof UserError && e.message === missing,
+    );
+    // Asked again (any neighbour can, for any image): the same failure, no build started.
+    for (let i = 0; i < 20; i++) {
+      await assert.rejects(
+        ensureInitramfs(ctx, id, { program }),
+        (e) =>
+          e instanceof UserError && e.status === 400 &&
+          e.message.startsWith(`${missing} (the build failed `) &&
+          e.message.endsWith(`tried again ${BUILD_RETRY_MS / 1000} s after it)`),
+      );
+    }
+    assert.deepEqual(
+      [...Deno.readDirSync(data.initramfs)].filter((e) => e.name.endsWith(".tmp")),
+      [],
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -404,6 +404,12 @@ const inflight = new Map<string, Promise<string>>();
 /** Every ensureInitramfs call under way, from its first step: the program it packs is bundled
  *  into the data dir's cache before its build is in `inflight`. */
 const calls = new Set<Promise<string>>();
+/** A failed build is not tried again for this long: any neighbour on the boot network can ask for
+ *  any image's initramfs (`?image=`, a registered MAC), and each request for an image whose build
+ *  fails would start a build again, seconds of CPU each. */
+export const BUILD_RETRY_MS = 60_000;
+/** The last failure of each key, while it holds (pruned as failures are recorded). */
+const failures = new Map<string, { error: Error; at: number }>();
 
 /** Settles when no initramfs is being built (a boot starts one in the background; shutdown and
  *  tests wait for it before closing the database or removing the data dir). */
@@ -427,7 +433,7 @@ export function initramfsFileName(
  * The path of the image's initramfs for the running program, building it if needed. Concurrent
  * callers for the same key share one build; the file appears complete or not at all (temp name,
  * fsync, then rename), so a killed build or a power cut leaves only a `.tmp` file that a later
- * build sweeps.
+ * build sweeps. A key whose build failed less than BUILD_RETRY_MS ago gets that failure again.
  */
 export function ensureInitramfs(
   ctx: InitramfsContext,
@@ -459,10 +465,29 @@ async function initramfsFor(
     await programFor(imageMachine(rootfs) ?? EM_X86_64, join(cache, "program"));
   const compression = initramfsCompression(rootfs, img.kernelVersion);
   const name = initramfsFileName(img.id, img.kernelVersion, program, compression);
+  const failed = failures.get(name);
+  if (failed && Date.now() - failed.at < BUILD_RETRY_MS) {
+    const ago = Math.round((Date.now() - failed.at) / 1000);
+    const again = `${failed.error.message} (the build failed ${ago} s ago; tried again ${
+      BUILD_RETRY_MS / 1000
+    } s after it)`;
+    throw failed.error instanceof UserError
+      ? new UserError(again, failed.error.status)
+      : new Error(again);
+  }
   // Looked up and registered with no await between: a concurrent caller for the key finds it.
   let build = inflight.get(name);
   if (!build) {
     build = buildOnce(img.id, img.kernelVersion, rootfs, program, compression, cache, name)
+      .then((path) => {
+        failures.delete(name);
+        return path;
+      }, (e) => {
+        const now = Date.now();
+        for (const [k, f] of failures) if (now - f.at >= BUILD_RETRY_MS) failures.delete(k);
+        failures.set(name, { error: e as Error, at: now });
+        throw e;
+      })
       .finally(() => inflight.delete(name));
     inflight.set(name, build);
   }
