@@ -322,7 +322,12 @@ export async function commitUpper(
 
 /** The systemd-nspawn command line for a session's tree (image shell, image build): the
  *  server's network and its resolv.conf, no machine registration, nothing of the host written
- *  into the image (journal, timezone). nspawn mounts a fresh tmpfs on /tmp. */
+ *  into the image (journal, timezone). nspawn mounts a fresh tmpfs on /tmp.
+ *  What runs there is the image's or the Buildfile's (hostile): nspawn's default capabilities
+ *  keep CAP_SYS_ADMIN, with which root in the container remounted nspawn's read-only /proc/sys
+ *  and the host's bind-mounted /etc/resolv.conf read-write, and wrote the server's resolv.conf
+ *  and host-wide sysctls (kernel.core_pattern runs a program as the host's root). Dropped, as
+ *  Docker drops it: package installs do not need it. */
 export function nspawnArgs(
   merged: string,
   command: string[] | undefined,
@@ -336,6 +341,7 @@ export function nspawnArgs(
     "--resolv-conf=bind-host",
     "--timezone=off",
     "--link-journal=no",
+    "--drop-capability=CAP_SYS_ADMIN",
     "-D",
     merged,
     ...(tty ? [] : ["--pipe"]),

@@ -1,0 +1,60 @@
+// A RUN step (or the image's own /bin/sh under `image shell`) is hostile: what it can do to the
+// server through systemd-nspawn. Root in the container kept CAP_SYS_ADMIN, so it remounted
+// nspawn's read-only /proc/sys and the host's bind-mounted /etc/resolv.conf read-write: it wrote
+// the server's resolv.conf and host-wide sysctls (kernel.core_pattern runs a program as the
+// host's root). Only the remounts are tried here (inside the container's own mount namespace,
+// nothing written): they must be refused.
+import assert from "node:assert/strict";
+import { build } from "../src/images/build.ts";
+import { fixTimes, tempStore } from "./images_helpers.ts";
+
+const busybox = new URL("../.work/busybox/busybox", import.meta.url).pathname;
+
+Deno.test("image build: a RUN step cannot remount /proc/sys or the host's /etc/resolv.conf read-write", async () => {
+  assert.equal(Deno.uid(), 0, "needs root (overlayfs, systemd-nspawn)");
+  const t = await tempStore();
+  try {
+    const root = `${t.dir}/src`;
+    for (const d of ["bin", "usr", "etc"]) Deno.mkdirSync(`${root}/${d}`, { recursive: true });
+    Deno.copyFileSync(busybox, `${root}/bin/busybox`);
+    Deno.chmodSync(`${root}/bin/busybox`, 0o755);
+    Deno.symlinkSync("busybox", `${root}/bin/sh`);
+    Deno.writeTextFileSync(`${root}/etc/os-release`, "ID=netroot-test\n");
+    fixTimes(root);
+    await t.store.import(root, "bb");
+    const ctx = `${t.dir}/ctx`;
+    Deno.mkdirSync(ctx);
+    const lines: string[] = [];
+    const attempt = (text: string) => {
+      Deno.writeTextFileSync(`${ctx}/Buildfile`, text);
+      return build(t.store, {
+        name: "bb",
+        buildfile: `${ctx}/Buildfile`,
+        context: ctx,
+        command: null,
+        log: (l) => void lines.push(l),
+      });
+    };
+    // the capability that made every remount possible: bit 21 of the effective set
+    await attempt(
+      "FROM bb\nRUN c=$(/bin/busybox awk '/^CapEff/ { print $2 }' /proc/self/status); " +
+        "echo CapEff $c; exit $(( 0x$c >> 21 & 1 ))\n",
+    );
+    assert.ok(lines.some((l) => /CapEff [0-9a-f]{16}/.test(l)), lines.join("\n"));
+    await assert.rejects(
+      attempt("FROM bb\nRUN /bin/busybox mount -o remount,rw /proc/sys\n"),
+      /line 2 failed: RUN .*: exit code \d+; nothing committed/,
+      "/proc/sys stays read-only",
+    );
+    await assert.rejects(
+      attempt("FROM bb\nRUN /bin/busybox mount -o remount,bind,rw /etc/resolv.conf\n"),
+      /line 2 failed: RUN .*: exit code \d+; nothing committed/,
+      "the host's resolv.conf stays read-only",
+    );
+    // an ordinary step still runs
+    const v = await attempt("FROM bb\nRUN echo ok > /etc/ok\n");
+    assert.equal(Deno.readTextFileSync(`${t.data.rootfs(v.id)}/etc/ok`), "ok\n");
+  } finally {
+    await t.close();
+  }
+});
