@@ -63,6 +63,13 @@ export function bootedImages(db: Db, mac: string): string[] {
   }[]).map((r) => r.image_id);
 }
 
+/** Whether the server opened a boot of version `imageId` for the node (one of its kept boots). */
+export function bootedOn(db: Db, mac: string, imageId: string): boolean {
+  const r = db.prepare("SELECT 1 FROM boots WHERE mac = ? AND image_id = ? LIMIT 1")
+    .get(mac, imageId);
+  return r !== undefined;
+}
+
 /** Withdraws a token that never reached a node (its script could not be rendered). */
 export function dropBoot(db: Db, token: string): void {
   db.prepare("DELETE FROM boots WHERE token = ?").run(token);

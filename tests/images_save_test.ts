@@ -398,7 +398,7 @@ Deno.test("node save: two saves on the same booted version: both land, the later
  *  host key. */
 async function withLiveNode(
   upper: (lower: string) => string,
-  fn: (s: PowerServer, node: FakeNodeSshd, baseId: string) => Promise<void>,
+  fn: (s: PowerServer, node: FakeNodeSshd, baseId: string, cmdline: string) => Promise<void>,
   opts: { tar?: string; state?: "booted" | "off"; cmdline?: string } = {},
 ): Promise<void> {
   setLogSink(() => {});
@@ -433,7 +433,7 @@ async function withLiveNode(
       s.ctx.nodes.setIp("52:54:00:00:00:21", "127.0.0.21");
       await s.ctx.nodes.deploy(["n1"], "deb", { reboot: false });
       s.ctx.nodes.setState("52:54:00:00:00:21", opts.state ?? "booted", "port answered");
-      await fn(s, node, base.id);
+      await fn(s, node, base.id, `${dir}/cmdline`);
       await s.ctx.rebooter.close();
     } finally {
       await node?.stop();
@@ -518,6 +518,43 @@ Deno.test("node save NODE NAME: the base is the version the node says it booted 
     );
     assert.throws(() => ctx.images.get("saved"), /saved/);
   }, { cmdline: "BOOT_IMAGE=/vmlinuz root=/dev/sda1 ro quiet\n" });
+});
+
+Deno.test("node save NODE NAME: a node naming a version it was never given (another image's) is refused: that image's root-only files would be its", async () => {
+  assert.equal(Deno.uid(), 0, "needs root (overlayfs, mount namespaces)");
+  const upper = (lower: string) =>
+    changedUpper(lower, (r) => Deno.writeTextFileSync(`${r}/etc/new`, "new\n"));
+  await withLiveNode(upper, async (s, _node, baseId, cmdline) => {
+    const { ctx, cli } = s;
+    // Another user's image: its host key is root's alone, and its export squashes root for n1.
+    const other = `${s.dir}/other`;
+    buildSampleTree(other);
+    Deno.mkdirSync(`${other}/etc/ssh`, { recursive: true });
+    Deno.writeTextFileSync(`${other}/etc/ssh/ssh_host_ed25519_key`, "PRIVATE\n", { mode: 0o600 });
+    const secret = await ctx.images.import(other, "secret");
+    // Root on n1 names it on the command line the server reads (a bind mount over /proc/cmdline).
+    Deno.writeTextFileSync(
+      cmdline,
+      `console=ttyS0 netroot.mac=52:54:00:00:00:21 netroot.image=${secret.id} quiet\n`,
+    );
+    const r = await cli("node", "save", "n1", "deb");
+    assert.equal(r.code, 1, r.out);
+    assert.match(
+      r.err,
+      new RegExp(
+        `cannot fetch the upper of n1: it names image version ${
+          secret.id.slice(0, 12)
+        }, which netroot never gave it to boot`,
+      ),
+    );
+    assert.deepEqual(ctx.images.history("deb").map((v) => v.id), [baseId], "nothing committed");
+    assert.deepEqual(await dirEntries(ctx.data.tmp), []);
+    // A version the server did give it (a boot it opened for n1, its report lost) is taken.
+    openBoot(ctx.db, "52:54:00:00:00:21", secret.id);
+    const ok = await cli("node", "save", "n1", "deb");
+    assert.equal(ok.code, 0, ok.err);
+    assert.equal(ctx.images.get("deb").parent, secret.id);
+  });
 });
 
 Deno.test("node save NODE NAME: busybox tar, a node not booted, over the size, idle or total bound: one line, nothing committed", async () => {

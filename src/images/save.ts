@@ -9,7 +9,7 @@
 // archive), then applied like a session's upper. The conversion happens here only.
 import { join } from "node:path";
 import { defaultLayout } from "../../contract/rootmode.ts";
-import { runningImage } from "../boots.ts";
+import { bootedOn, runningImage } from "../boots.ts";
 import type { Context } from "../context.ts";
 import { UserError } from "../errors.ts";
 import type { NodeInfo } from "../nodes.ts";
@@ -186,8 +186,11 @@ const CMDLINE_TIMEOUT_MS = 30_000;
  * The image the running node booted, in its own words: `netroot.image=` on its kernel command
  * line, which the server wrote for that boot. The boots table can lag behind it (a handover report
  * lost on its way, reports refused): applied onto another version, the upper's changes and
- * deletions would make a wrong image without a word. Root on the node could name another stored
- * version, but it writes the upper anyway, and every image is readable to nodes already.
+ * deletions would make a wrong image without a word. Root on the node writes that line as it
+ * likes, so only a version the server gave this node is taken (a boot it opened for it, or the
+ * version it is set to): another image's version would be copied whole into the new one, its
+ * root-only files (ssh host keys, /etc/shadow) included, which that image's export squashes for
+ * every node but its own, and the node then boots the new version with root kept.
  */
 async function liveBase(
   ctx: SaveContext & Pick<Context, "ssh">,
@@ -210,6 +213,10 @@ async function liveBase(
         ? `its kernel command line names no image version (${word.slice(0, 90)})`
         : "its kernel command line names no netroot image: it was not booted by netroot",
     );
+  }
+  if (id !== node.imageId && !bootedOn(ctx.db, node.mac, id)) {
+    const v = id.slice(0, 12);
+    throw cannotFetch(node, `it names image version ${v}, which netroot never gave it to boot`);
   }
   const told = runningImage(ctx.db, node.mac);
   if (told !== id) {
