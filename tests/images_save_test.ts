@@ -602,7 +602,8 @@ Deno.test("node save NODE NAME: busybox tar, a node not booted, over the size, i
       assert.throws(() => ctx.images.get("saved"), /saved/);
       assert.deepEqual(await dirEntries(ctx.data.tmp), []);
     }, { tar: `${stall}/tar` });
-    // attacker: a byte now and then, never idle for long (6 s here): the total bound ends it
+    // attacker: a byte now and then, never idle for long (6 s here): the total bound ends it (the
+    // idle bound 2 s, ten times the gap, so that a loaded machine's stall is not taken for idle)
     Deno.writeTextFileSync(
       `${stall}/tar`,
       '#!/bin/sh\n[ "$1" = --version ] && { echo "tar (GNU tar) 1.34"; exit 0; }\n' +
@@ -612,8 +613,8 @@ Deno.test("node save NODE NAME: busybox tar, a node not booted, over the size, i
     await withLiveNode(big, async ({ ctx }) => {
       const t0 = performance.now();
       await assert.rejects(
-        saveLiveNode(ctx, "n1", "saved", null, { idleMs: 1000, totalMs: 1500 }),
-        /cannot fetch the upper of n1: it took over 0.025 min/,
+        saveLiveNode(ctx, "n1", "saved", null, { idleMs: 2000, totalMs: 3000 }),
+        /cannot fetch the upper of n1: it took over 0.05 min/,
       );
       assert.ok(performance.now() - t0 < 8000);
       assert.throws(() => ctx.images.get("saved"), /saved/);
