@@ -3,14 +3,15 @@
 // nspawn's read-only /proc/sys and the host's bind-mounted /etc/resolv.conf read-write: it wrote
 // the server's resolv.conf and host-wide sysctls (kernel.core_pattern runs a program as the
 // host's root). Only the remounts are tried here (inside the container's own mount namespace,
-// nothing written): they must be refused.
+// nothing written): they must be refused. Nor may it reach the server's devices (its disks) through a
+// device node the image ships or one it makes.
 import assert from "node:assert/strict";
 import { build } from "../src/images/build.ts";
 import { fixTimes, tempStore } from "./images_helpers.ts";
 
 const busybox = new URL("../.work/busybox/busybox", import.meta.url).pathname;
 
-Deno.test("image build: a RUN step cannot remount /proc/sys or the host's /etc/resolv.conf read-write", async () => {
+Deno.test("image build: a RUN step cannot remount /proc/sys or the host's /etc/resolv.conf read-write, nor open a host device", async () => {
   assert.equal(Deno.uid(), 0, "needs root (overlayfs, systemd-nspawn)");
   const t = await tempStore();
   try {
@@ -20,6 +21,10 @@ Deno.test("image build: a RUN step cannot remount /proc/sys or the host's /etc/r
     Deno.chmodSync(`${root}/bin/busybox`, 0o755);
     Deno.symlinkSync("busybox", `${root}/bin/sh`);
     Deno.writeTextFileSync(`${root}/etc/os-release`, "ID=netroot-test\n");
+    // an image may ship any device node: here the host's kernel log (1:11; only opened, not read)
+    const made = new Deno.Command("mknod", { args: [`${root}/etc/kmsg`, "c", "1", "11"] })
+      .outputSync();
+    assert.ok(made.success, "mknod");
     fixTimes(root);
     await t.store.import(root, "bb");
     const ctx = `${t.dir}/ctx`;
@@ -35,10 +40,11 @@ Deno.test("image build: a RUN step cannot remount /proc/sys or the host's /etc/r
         log: (l) => void lines.push(l),
       });
     };
-    // the capability that made every remount possible: bit 21 of the effective set
+    // the capabilities that made every remount (bit 21) and a node for a host device (27)
+    // possible: gone from the effective set
     await attempt(
       "FROM bb\nRUN c=$(/bin/busybox awk '/^CapEff/ { print $2 }' /proc/self/status); " +
-        "echo CapEff $c; exit $(( 0x$c >> 21 & 1 ))\n",
+        "echo CapEff $c; exit $(( (0x$c >> 21 & 1) + (0x$c >> 27 & 1) ))\n",
     );
     assert.ok(lines.some((l) => /CapEff [0-9a-f]{16}/.test(l)), lines.join("\n"));
     await assert.rejects(
@@ -51,6 +57,20 @@ Deno.test("image build: a RUN step cannot remount /proc/sys or the host's /etc/r
       /line 2 failed: RUN .*: exit code \d+; nothing committed/,
       "the host's resolv.conf stays read-only",
     );
+    // The host's devices: through the image's own node (the tree is mounted nodev), through one
+    // made in nspawn's /dev (a tmpfs that allows devices) or in the tree.
+    await assert.rejects(
+      attempt("FROM bb\nRUN exec 3</etc/kmsg\n"),
+      /line 2 failed: RUN .*: exit code \d+; nothing committed/,
+      "the image's device node does not open",
+    );
+    for (const at of ["/dev/kmsg2", "/etc/kmsg2"]) {
+      await assert.rejects(
+        attempt(`FROM bb\nRUN /bin/busybox mknod ${at} c 1 11 && exec 3<${at}\n`),
+        /line 2 failed: RUN .*: exit code \d+; nothing committed/,
+        `no device node made at ${at}`,
+      );
+    }
     // an ordinary step still runs
     const v = await attempt("FROM bb\nRUN echo ok > /etc/ok\n");
     assert.equal(Deno.readTextFileSync(`${t.data.rootfs(v.id)}/etc/ok`), "ok\n");

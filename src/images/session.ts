@@ -19,7 +19,7 @@ import { join } from "node:path";
 import { parseEntry } from "../../contract/manifest.ts";
 import { UserError } from "../errors.ts";
 import { syncfsLater } from "../linux/fsops.ts";
-import { MNT_DETACH, mount, umount } from "../linux/mount.ts";
+import { MNT_DETACH, mount, MS_NODEV, umount } from "../linux/mount.ts";
 import { logger } from "../log.ts";
 import type { Commit, ImageInfo, ImageStore, MadeBy } from "./store.ts";
 import { applyUpper } from "./upper.ts";
@@ -171,12 +171,14 @@ export class Sessions {
     if (/[,:\\]/.test(lower + dir)) {
       throw new UserError(`the data dir path ${this.images.data.root} holds , : or \\`);
     }
+    // nodev: a device node in the image (an imported tree may hold any) or made in it is not a
+    // way to the server's own devices: a RUN step read the host's disks through either.
     try {
       mount(
         "overlay",
         s.merged,
         "overlay",
-        0,
+        MS_NODEV,
         `lowerdir=${lower},upperdir=${join(dir, "upper")},workdir=${join(dir, "work")},` +
           OVERLAY_OPTS,
       );
@@ -327,7 +329,9 @@ export async function commitUpper(
  *  keep CAP_SYS_ADMIN, with which root in the container remounted nspawn's read-only /proc/sys
  *  and the host's bind-mounted /etc/resolv.conf read-write, and wrote the server's resolv.conf
  *  and host-wide sysctls (kernel.core_pattern runs a program as the host's root). Dropped, as
- *  Docker drops it: package installs do not need it. */
+ *  Docker drops it: package installs do not need it. CAP_MKNOD too: nspawn's /dev is a tmpfs
+ *  where a node made for the server's disk opened it (the tree itself is mounted nodev), and
+ *  with --keep-unit no device policy of systemd's stands in the way. */
 export function nspawnArgs(
   merged: string,
   command: string[] | undefined,
@@ -341,7 +345,7 @@ export function nspawnArgs(
     "--resolv-conf=bind-host",
     "--timezone=off",
     "--link-journal=no",
-    "--drop-capability=CAP_SYS_ADMIN",
+    "--drop-capability=CAP_SYS_ADMIN,CAP_MKNOD",
     "-D",
     merged,
     ...(tty ? [] : ["--pipe"]),
