@@ -40,11 +40,11 @@ Deno.test("image build: a RUN step cannot remount /proc/sys or the host's /etc/r
         log: (l) => void lines.push(l),
       });
     };
-    // the capabilities that made every remount (bit 21) and a node for a host device (27)
-    // possible: gone from the effective set
+    // the capabilities that made every remount (bit 21), a node for a host device (27) and raw
+    // sockets on the server's network (13) possible: gone from the effective set
     await attempt(
       "FROM bb\nRUN c=$(/bin/busybox awk '/^CapEff/ { print $2 }' /proc/self/status); " +
-        "echo CapEff $c; exit $(( (0x$c >> 21 & 1) + (0x$c >> 27 & 1) ))\n",
+        "echo CapEff $c; exit $(( (0x$c >> 21 & 1) + (0x$c >> 27 & 1) + (0x$c >> 13 & 1) ))\n",
     );
     assert.ok(lines.some((l) => /CapEff [0-9a-f]{16}/.test(l)), lines.join("\n"));
     await assert.rejects(

@@ -331,7 +331,10 @@ export async function commitUpper(
  *  and host-wide sysctls (kernel.core_pattern runs a program as the host's root). Dropped, as
  *  Docker drops it: package installs do not need it. CAP_MKNOD too: nspawn's /dev is a tmpfs
  *  where a node made for the server's disk opened it (the tree itself is mounted nodev), and
- *  with --keep-unit no device policy of systemd's stands in the way. */
+ *  with --keep-unit no device policy of systemd's stands in the way. CAP_NET_RAW as well: the
+ *  container has the server's network, where raw sockets would sniff the boot network (node
+ *  tokens, an API token sent over plain HTTP) and forge on it; apt and ping (an ICMP datagram
+ *  socket where ping_group_range allows it, as Debian's systemd sets) do without. */
 export function nspawnArgs(
   merged: string,
   command: string[] | undefined,
@@ -345,7 +348,7 @@ export function nspawnArgs(
     "--resolv-conf=bind-host",
     "--timezone=off",
     "--link-journal=no",
-    "--drop-capability=CAP_SYS_ADMIN,CAP_MKNOD",
+    "--drop-capability=CAP_SYS_ADMIN,CAP_MKNOD,CAP_NET_RAW",
     "-D",
     merged,
     ...(tty ? [] : ["--pipe"]),
