@@ -128,6 +128,33 @@ export function listEvents(
   return rows.reverse().map((r) => ({ ...r, detail: JSON.parse(r.detail) }));
 }
 
+type EventRow = { id: number; mac: string | null; ts: string; kind: string; detail: string };
+
+/** The oldest `limit` events after id `afterId` (and up to `upToId`), oldest first: what reads
+ *  forward a page at a time (a stream's backlog, a long answer). */
+export function eventsAfter(
+  db: Db,
+  opts: { mac?: string; afterId: number; upToId?: number; limit: number },
+): Event[] {
+  // Two statements, not `(:mac IS NULL OR mac = :mac)`: with that, a node's pages were found by
+  // walking every node's events, not through the index on (mac, id).
+  const range = {
+    after: opts.afterId,
+    upTo: opts.upToId ?? Number.MAX_SAFE_INTEGER,
+    limit: opts.limit,
+  };
+  const select = "SELECT id, mac, ts, kind, detail FROM events";
+  const order = "id > :after AND id <= :upTo ORDER BY id LIMIT :limit";
+  const rows =
+    (opts.mac === undefined
+      ? db.prepare(`${select} WHERE ${order}`).all(range)
+      : db.prepare(`${select} WHERE mac = :mac AND ${order}`).all({
+        ...range,
+        mac: opts.mac,
+      })) as EventRow[];
+  return rows.map((r) => ({ ...r, detail: JSON.parse(r.detail) }));
+}
+
 /** The newest event of each MAC (node lists show it). */
 export function lastEventByMac(db: Db): Map<string, { ts: string; kind: string }> {
   const rows = db.prepare(

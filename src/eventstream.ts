@@ -10,7 +10,7 @@
 // client that closes its side cancels the stream, which stops everything it held; a stopping
 // server ends them all (ctx.changes "closing"), else its HTTP shutdown would wait for them.
 import type { Db } from "./db.ts";
-import { followEvents, listEvents } from "./events.ts";
+import { eventsAfter, followEvents, listEvents } from "./events.ts";
 
 export interface StreamLimits {
   maxStreams: number;
@@ -95,7 +95,9 @@ export function eventStreams(db: Db, limits: StreamLimits = defaultStreamLimits)
     const flush = () => {
       pending = undefined;
       if (stopped) return;
-      const rows = listEvents(db, { mac: filter.mac, sinceId: last, limit: batch });
+      // The oldest `batch` after `last`, not listEvents' newest: a longer backlog came as its
+      // newest 500 only, and the events before them (a reconnect after a busy minute) were lost.
+      const rows = eventsAfter(db, { mac: filter.mac, afterId: last, limit: batch });
       for (const e of rows) {
         send(`id: ${e.id}\ndata: ${JSON.stringify(e)}\n\n`);
         last = e.id;
