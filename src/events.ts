@@ -155,6 +155,34 @@ export function eventsAfter(
   return rows.map((r) => ({ ...r, detail: JSON.parse(r.detail) }));
 }
 
+/**
+ * The events listEvents answers now, read `page` at a time, oldest first, by each call of the
+ * returned function ([]: no more): for an answer too large to build whole. Rows deleted meanwhile
+ * (retention, a progress row replaced) are left out; rows recorded meanwhile are not in it.
+ */
+export function eventPages(
+  db: Db,
+  opts: { mac?: string; sinceId?: number; limit?: number },
+  page: number,
+): () => Event[] {
+  const window = db.prepare(
+    `SELECT min(id) AS first, max(id) AS last FROM (SELECT id FROM events
+       WHERE (:mac IS NULL OR mac = :mac) AND id > :since ORDER BY id DESC LIMIT :limit)`,
+  ).get({ mac: opts.mac ?? null, since: opts.sinceId ?? 0, limit: opts.limit ?? 1000 }) as {
+    first: number | null;
+    last: number | null;
+  };
+  if (window.first === null || window.last === null) return () => [];
+  const last = window.last;
+  let after = window.first - 1;
+  return () => {
+    if (after >= last) return [];
+    const rows = eventsAfter(db, { mac: opts.mac, afterId: after, upToId: last, limit: page });
+    after = rows.length === page ? rows[rows.length - 1].id : last;
+    return rows;
+  };
+}
+
 /** The newest event of each MAC (node lists show it). */
 export function lastEventByMac(db: Db): Map<string, { ts: string; kind: string }> {
   const rows = db.prepare(

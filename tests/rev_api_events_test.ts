@@ -1,5 +1,6 @@
 // The timeline's answers as an attacker on the boot network reads them (reads are open by
-// default), and what they must still give everyone: a stream's backlog comes whole, in order.
+// default): an answer a client never reads holds a page of it, not all of it; and what they must
+// still give everyone: a stream's backlog comes whole, in order.
 import assert from "node:assert/strict";
 import { defaultConfig } from "../src/config.ts";
 import type { Context } from "../src/context.ts";
@@ -7,6 +8,8 @@ import { listEvents, recordEvent } from "../src/events.ts";
 import { eventStreams } from "../src/eventstream.ts";
 import { buildApp, closeContext, openContext } from "../src/server.ts";
 
+const mac = "52:54:00:e7:00:01";
+const other = "52:54:00:e7:00:02";
 const info = {
   remoteAddr: { transport: "tcp", hostname: "10.77.0.66", port: 40000 },
   completed: Promise.resolve(),
@@ -30,6 +33,66 @@ async function withApp(
     await Deno.remove(dir, { recursive: true });
   }
 }
+
+Deno.test("events answers: streamed a page at a time, the same events as before (attacker)", async () => {
+  await withApp(async (ctx, get) => {
+    ctx.nodes.add(mac, { name: "n1" });
+    ctx.nodes.add(other, { name: "n2" });
+    // What a node's root can leave on its timeline over a few hours of reports (4 KiB details,
+    // 60 a minute): 10,000 of them made each answer 40 MB, and 64 answers that one address
+    // asked for and never read held 2 GB of the server.
+    const pad = "x".repeat(2000);
+    ctx.db.exec("BEGIN");
+    for (let i = 0; i < 1500; i++) {
+      recordEvent(ctx.db, i % 3 ? mac : other, "init.network", { pad, i });
+    }
+    ctx.db.exec("COMMIT");
+
+    const res = await get(`/api/v1/events?limit=10000`);
+    assert.equal(res.status, 200);
+    assert.match(res.headers.get("content-type") ?? "", /application\/json/);
+    const reader = res.body!.getReader();
+    const first = (await reader.read()).value!;
+    assert.ok(
+      first.length < 512 * 1024,
+      `the answer was built whole before anyone read it (${first.length} bytes at once)`,
+    );
+    const chunks = [first];
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      chunks.push(value);
+    }
+    const all = JSON.parse(await new Blob(chunks).text());
+    assert.deepEqual(all, listEvents(ctx.db, { limit: 10000 }));
+
+    // The same answers as listEvents for every filter: newest `limit` after `since`, oldest first.
+    const since = listEvents(ctx.db, { mac, limit: 1000 })[0].id;
+    for (
+      const [path, want] of [
+        [`/api/v1/events?mac=${mac}&limit=10000`, listEvents(ctx.db, { mac, limit: 10000 })],
+        [`/api/v1/nodes/n2/events?limit=7`, listEvents(ctx.db, { mac: other, limit: 7 })],
+        [
+          `/api/v1/events?node=n1&since=${since}&limit=250`,
+          listEvents(ctx.db, { mac, sinceId: since, limit: 250 }),
+        ],
+        [`/api/v1/events`, listEvents(ctx.db, { limit: 200 })],
+        [`/api/v1/events?limit=0`, []],
+        [`/api/v1/events?since=999999999`, []],
+      ] as const
+    ) {
+      const r = await get(path);
+      assert.equal(r.status, 200, path);
+      assert.deepEqual(await r.json(), want, path);
+    }
+    const bad = await get(`/api/v1/events?limit=-1`);
+    assert.equal(bad.status, 400);
+    assert.match((await bad.json()).error, /limit must be a whole number/);
+    const unknown = await get(`/api/v1/events?node=nope`);
+    assert.equal(unknown.status, 404);
+    await unknown.body?.cancel();
+  });
+});
 
 Deno.test("event streams: a backlog longer than one batch comes whole and in order", async () => {
   await withApp(async (ctx) => {
