@@ -268,6 +268,12 @@ export function eventRoutes(ctx: Context): Hono {
     const ref = c.req.query("mac") ?? c.req.query("node");
     const mac = ref ? macOf(ctx, ref) : undefined;
     if (c.req.header("accept")?.includes("text/event-stream")) {
+      // Headers only: Hono answers a HEAD with the GET's headers and drops its body without
+      // cancelling it, so a stream opened here would run, unread, for its whole lifetime: 24
+      // HEADs, answered at once and holding no connection, took every place without the token.
+      if (c.req.method === "HEAD") {
+        return new Response(null, { headers: { "content-type": "text/event-stream" } });
+      }
       const since = c.req.header("last-event-id") ?? c.req.query("since");
       const from = since === undefined
         ? undefined

@@ -1,6 +1,6 @@
 // The timeline's answers as an attacker on the boot network reads them (reads are open by
-// default): an answer a client never reads holds a page of it, not all of it; and what they must
-// still give everyone: a stream's backlog comes whole, in order.
+// default): an answer a client never reads holds a page of it, not all of it; a HEAD holds no live
+// stream; and a stream's backlog comes whole, in order.
 import assert from "node:assert/strict";
 import { defaultConfig } from "../src/config.ts";
 import type { Context } from "../src/context.ts";
@@ -91,6 +91,22 @@ Deno.test("events answers: streamed a page at a time, the same events as before 
     const unknown = await get(`/api/v1/events?node=nope`);
     assert.equal(unknown.status, 404);
     await unknown.body?.cancel();
+  });
+});
+
+Deno.test("event streams: a HEAD opens no stream, so HEADs cannot hold every place for 10 minutes (attacker)", async () => {
+  await withApp(async (_ctx, get) => {
+    const sse = { accept: "text/event-stream" };
+    for (let i = 0; i < 40; i++) {
+      const r = await get("/api/v1/events", { method: "HEAD", headers: sse });
+      assert.equal(r.status, 200);
+      assert.match(r.headers.get("content-type") ?? "", /^text\/event-stream/);
+      await r.body?.cancel();
+    }
+    // Each HEAD is over (its connection may be closed): the places are all still free.
+    const r = await get("/api/v1/events", { headers: sse });
+    assert.equal(r.status, 200, "HEADs held the streams' places: " + r.status);
+    await r.body?.cancel();
   });
 });
 
