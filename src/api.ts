@@ -19,7 +19,8 @@ import { logger } from "./log.ts";
 import { writeFileDurable } from "./linux/fsops.ts";
 import { asMac, type NodeInfo, StateChange } from "./nodes.ts";
 import { NODE_STATES, type NodeState } from "./nodestate.ts";
-import { isApiToken, sameOrigin, sessionOf } from "./session.ts";
+import { isApiToken, knownHost, sameOrigin, sessionOf } from "./session.ts";
+import { isLocalClient, sourceOf } from "../netboot/httpbody.ts";
 
 const log = logger("api");
 
@@ -79,6 +80,30 @@ export function bearerAuth(ctx: Context, opts: { reads: boolean }): MiddlewareHa
       }
     }
     await next();
+  };
+}
+
+/**
+ * Refuses (403) a read (GET, HEAD) made under a host name this server does not know as its own
+ * (knownHost) without the API token or a session: it may come from another site's page through DNS
+ * rebinding, which could read the open API, and in a browser on the server machine a node's boot
+ * script with its per-boot token (the script's MAC and address check skips loopback). Other
+ * methods pass: a write needs the token anyway, and a node's report is a POST any page can send
+ * blind, rebinding or not. `boot`: /boot's routes, checked for the server machine's own clients
+ * only (the others get a script only at the node's MAC and address), answered in plain text.
+ */
+export function knownHostOrToken(ctx: Context, opts: { boot?: boolean } = {}): MiddlewareHandler {
+  return async (c, next) => {
+    if (
+      (c.req.method !== "GET" && c.req.method !== "HEAD") ||
+      (opts.boot && !isLocalClient(sourceOf(c) ?? "")) || knownHost(ctx, c) ||
+      isApiToken(bearerToken(c.req.header("authorization")), ctx.token) ||
+      sessionOf(ctx, c) !== undefined
+    ) return await next();
+    const error = `refused under the host name ${c.req.header("host")} without the API token or ` +
+      "a session: another site's page can make its name lead here (DNS rebinding); use the " +
+      "server's address, or log in";
+    return opts.boot ? c.text(`${error}\n`, 403) : c.json({ error }, 403);
   };
 }
 

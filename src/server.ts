@@ -21,6 +21,7 @@ import {
   deployRoutes,
   eventRoutes,
   healthRoutes,
+  knownHostOrToken,
   loadOrCreateToken,
   nodeRoutes,
   waitRoutes,
@@ -237,6 +238,9 @@ export function buildApp(
   api.all("*", noSuchRoute);
 
   const app = new Hono();
+  // Before the routes a page of another site could read through a browser (DNS rebinding).
+  app.use("/api/v1/*", knownHostOrToken(ctx));
+  app.use("/boot/*", knownHostOrToken(ctx, { boot: true }));
   app.route("/api/v1", api);
   app.route("/boot", bootRoutes(booter, booter.files)); //          iPXE scripts, kernels, initramfs, node reports
   app.route("/metrics", metricsRoutes(ctx)); //    Prometheus, no token (counts only)

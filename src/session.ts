@@ -98,6 +98,32 @@ export function sameOrigin(c: HonoContext): boolean {
   }
 }
 
+let machineName: string | undefined;
+
+/**
+ * Whether the request names this server in a way no other site can: by an IP address, localhost,
+ * this machine's own name or the configured HTTP host, or with no Host at all (no browser sends
+ * none). Under any other name the browser may be showing another site's page whose name its owner
+ * made resolve to this server (DNS rebinding): same-origin to that page, which then reads what it
+ * asks. The page has neither the token nor a session (the cookie belongs to this server's name).
+ */
+export function knownHost(ctx: Context, c: HonoContext): boolean {
+  const host = c.req.header("host");
+  if (host === undefined) return true;
+  const name = /^(\[[0-9a-f:.]+\]|[a-z0-9_.-]+)(?::\d{1,5})?$/i.exec(host)?.[1].toLowerCase();
+  if (!name) return false;
+  if (name.startsWith("[") || /^\d{1,3}(\.\d{1,3}){3}$/.test(name)) return true; // never looked up
+  if (machineName === undefined) {
+    try {
+      machineName = Deno.hostname().toLowerCase();
+    } catch {
+      machineName = ""; // no --allow-sys: addresses and localhost only
+    }
+  }
+  return name === "localhost" || name === machineName ||
+    name === ctx.config.http.host?.toLowerCase();
+}
+
 function cookie(c: HonoContext, value: string, maxAgeS: number): string {
   // Secure only when the browser reached us over HTTPS (a TLS proxy in front): a lab on plain
   // HTTP would otherwise never get the cookie back.
