@@ -95,7 +95,7 @@ export function runRoutes(ctx: Context): Hono {
     if ("unavailable" in t) {
       throw new UserError(`cannot reach ${node.name} over ssh: ${t.unavailable}`, 409);
     }
-    return c.json({ ...t, knownHosts: ctx.ssh.pinned(node.mac) });
+    return c.json({ ...t, knownHosts: ctx.ssh.pinned(node.name) });
   });
   return app;
 }

@@ -156,7 +156,12 @@ export class NodeSsh {
   readonly key: ServerKey;
   /** Host keys per image id (images never change: content-addressed). */
   #imageKeys = new Map<string, string[]>();
-  /** Pinned lines per node MAC, and the text last written to known_hosts. */
+  /** Pinned lines per node name, and the text last written to known_hosts. By name, not MAC: ssh
+   *  checks a host key under the node's name (HostKeyAlias), so a name must carry its current
+   *  node's keys only. Kept per MAC, the lines of a node forgotten or renamed stayed under its
+   *  old name, and the next node given that name accepted the old image's keys: root on any node
+   *  that booted that image (its host private keys) answering at the new node's address got the
+   *  commands and reboots meant for it. */
   #pins = new Map<string, string[]>();
   #written = "";
 
@@ -192,13 +197,13 @@ export class NodeSsh {
           "the node cannot be authenticated",
       };
     }
-    this.#pin(node.mac, keys.map((k) => `${node.name} ${k}`));
+    this.#pin(node.name, keys.map((k) => `${node.name} ${k}`));
     const port = probePort(node.settings) ?? 22;
     return { mac: node.mac, name: node.name, ip, port };
   }
 
-  #pin(mac: string, lines: string[]): void {
-    this.#pins.set(mac, lines);
+  #pin(name: string, lines: string[]): void {
+    this.#pins.set(name, lines);
     const text = [...this.#pins.values()].flat().join("\n") + "\n";
     if (text === this.#written) return;
     this.key.publicKey(); // makes the directory (and the key) first
@@ -206,9 +211,10 @@ export class NodeSsh {
     this.#written = text;
   }
 
-  /** The host key lines pinned for the node (`node shell` writes them for its own ssh). */
-  pinned(mac: string): string[] {
-    return this.#pins.get(mac) ?? [];
+  /** The host key lines pinned for the node named `name` (`node shell` writes them for its own
+   *  ssh). */
+  pinned(name: string): string[] {
+    return this.#pins.get(name) ?? [];
   }
 
   /** ssh's argv for `command` on the target. */
