@@ -2,7 +2,8 @@
 // address for offerSeconds (unless the pool runs out: then the oldest offer gives way); at ACK
 // it becomes a lease and, for a registered node, its reservation in nodes.ip (never lapses while
 // the node exists).
-// A declined address is parked under the pseudo-MAC "declined:<ip>" until the hold time passes.
+// A declined address is parked under the pseudo-MAC "declined:<ip>" until the hold time passes
+// (or the pool runs out: after the pending offers, it gives way too).
 // DHCP (netboot/dhcp4/server.ts) sees it through the Leases interface of netboot/booter.ts.
 import { intToIp, ipToInt } from "../../contract/ipv4.ts";
 import type { Lease, LeaseOptions, Leases } from "../../netboot/booter.ts";
@@ -109,17 +110,20 @@ export class LeaseStore implements Leases {
         return ip;
       }
     }
-    return this.oldestOffer(mac);
+    return this.giveWay(mac);
   }
 
-  /** Exhausted: the oldest pending offer of another client gives way. An OFFER is a hint, a
-   *  lease a promise: that client, if it REQUESTs after all, gets a NAK and starts over, and
-   *  DISCOVERs from made-up MACs can never hold the whole pool. Never a lease, a node's
+  /** Exhausted: the oldest pending offer of another client gives way, else the address declined
+   *  longest ago. An OFFER is a hint, a lease a promise: that client, if it REQUESTs after all,
+   *  gets a NAK and starts over, and DISCOVERs from made-up MACs can never hold the whole pool.
+   *  A decline's hold is a hint too: one client may decline every address it is given (two
+   *  packets each), which parked the whole pool for every new client. Never a lease, a node's
    *  reservation or an excluded address. */
-  private oldestOffer(mac: string): string | undefined {
+  private giveWay(mac: string): string | undefined {
     const offers = this.sql(
-      `SELECT ip FROM leases WHERE state = 'offered' AND mac <> ?
-       AND ip NOT IN (SELECT ip FROM nodes WHERE ip IS NOT NULL) ORDER BY expires_at`,
+      `SELECT ip FROM leases WHERE (state = 'offered' AND mac <> ? OR state = 'declined')
+       AND ip NOT IN (SELECT ip FROM nodes WHERE ip IS NOT NULL)
+       ORDER BY state = 'declined', expires_at`,
     ).all(mac) as { ip: string }[];
     return offers.find((o) => this.inRange(o.ip) && !this.exclude.has(o.ip))?.ip;
   }
