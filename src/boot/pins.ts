@@ -1,6 +1,6 @@
 // Pinned neighbour entries: each address the registry binds firmly to a node's MAC (the admin's
 // `ip` setting; in full DHCP mode every address a node's exports follow, its lease or its
-// reservation: NodeRegistry.pinnedAddresses) is written
+// reservation, when DHCP hands it out: NodeRegistry.pinnedAddresses, wantedPins) is written
 // into the boot interface's ARP table as a permanent entry. The server then sends to that address
 // only at the node's MAC: a machine that takes the address keeping its own MAC (the node being
 // off) gets no answer from any service — not NFS, which exports a node's /persist read-write to
@@ -59,14 +59,25 @@ export async function syncPins(
   return new Map(want);
 }
 
-/** The pins the registry asks for now, on the boot subnet. */
-function wanted(ctx: Context): Map<string, string> {
+/** The pins the registry asks for now, on the boot subnet: the admin's `ip` settings and, in
+ *  full DHCP mode, the other addresses only where DHCP hands them out (the range, less the
+ *  router). An address outside it is not ours to give (as none is in proxy mode), and may come
+ *  from the neighbour table, which a forged ARP moves: a node that claimed the router's address
+ *  that way, and fetched its script from it, had the router pinned to its own MAC, for good (a
+ *  permanent entry is what the real router's ARP cannot move). */
+export function wantedPins(ctx: Context): Map<string, string> {
   const net = bootNetwork(ctx);
   if (!net) return new Map();
   const mask = ipToInt(net.netmask), at = ipToInt(net.address) & mask;
-  const full = ctx.config.dhcp.mode === "full";
+  const { mode, range, router } = ctx.config.dhcp;
+  const full = mode === "full";
+  const fixed = new Set(ctx.nodes.pinnedAddresses(false).map((p) => `${p.mac} ${p.ip}`));
+  const handedOut = (ip: string) =>
+    full && !!range && ip !== router && ipToInt(ip) >= ipToInt(range.start) &&
+    ipToInt(ip) <= ipToInt(range.end);
   return new Map(
     ctx.nodes.pinnedAddresses(full)
+      .filter((p) => fixed.has(`${p.mac} ${p.ip}`) || handedOut(p.ip))
       .filter((p) => (ipToInt(p.ip) & mask) === at && p.ip !== net.address)
       .map((p) => [p.ip, p.mac]),
   );
@@ -85,7 +96,7 @@ export async function startAddressPins(ctx: Context, device: string): Promise<Se
     return { name: "pins", close: () => Promise.resolve() };
   }
   const apply = async () => {
-    const want = wanted(ctx);
+    const want = wantedPins(ctx);
     const before = held.size;
     held = await syncPins(device, held, want);
     if (held.size !== before) log.info("node addresses pinned", { device, pinned: held.size });
