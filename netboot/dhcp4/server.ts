@@ -218,7 +218,9 @@ export class DhcpResponder {
     }
     const node = this.booter.register(cls.mac, {
       via: "dhcp",
-      vendorClass: cls.vendorClass,
+      // One option's worth (what firmware sends): repeated pieces are joined (RFC 3396), and one
+      // datagram's 60,000 bytes went into the timeline whole (360 KB of JSON a registration).
+      vendorClass: cls.vendorClass?.slice(0, 255),
       arch: cls.arch,
       firmware: cls.firmware,
       ...(cls.rpi && { rpi: cls.rpi }),
