@@ -169,6 +169,15 @@ export class DhcpResponder {
         (type !== MessageType.Discover && type !== MessageType.Request &&
           type !== MessageType.Inform))
     ) return null;
+    // Full mode serves the boot subnet only: a relay (giaddr) elsewhere has its clients on another
+    // subnet, where none of our addresses works; an INFORM is answered at its ciaddr. Both are
+    // the sender's to write: off the subnet, they sent our answers to any host, through the boot
+    // interface's routes.
+    if (
+      this.cfg.mode === "full" &&
+      ((req.giaddr !== ZERO && !this.onSubnet(req.giaddr)) ||
+        (type === MessageType.Inform && req.ciaddr !== ZERO && !this.onSubnet(req.ciaddr)))
+    ) return null;
     // A first DISCOVER, or a REQUEST for us (not one choosing the lab's server), may register.
     const serverId = readIp(req.options.get(Opt.serverId));
     const mayRegister = type === MessageType.Discover ||
@@ -185,9 +194,11 @@ export class DhcpResponder {
   /** The node's reserved address, if it is on our subnet (a range moved to another subnet, or
    *  an address set by hand elsewhere, must not be handed out here). */
   private reservation(node: DhcpNode): string | undefined {
-    const mask = ipToInt(this.cfg.netmask);
-    if (!node.ip || !isIPv4(node.ip)) return undefined;
-    return ((ipToInt(node.ip) ^ ipToInt(this.cfg.serverIp)) & mask) === 0 ? node.ip : undefined;
+    return node.ip && isIPv4(node.ip) && this.onSubnet(node.ip) ? node.ip : undefined;
+  }
+
+  private onSubnet(ip: string): boolean {
+    return ((ipToInt(ip) ^ ipToInt(this.cfg.serverIp)) & ipToInt(this.cfg.netmask)) === 0;
   }
 
   private event(mac: string | null, kind: EventKind, detail: Record<string, unknown>): void {
