@@ -44,11 +44,36 @@ export type Compression = "zstd" | "gzip" | "lz4" | "none";
  */
 export function initramfsCompression(rootfs: string, kv: string): Compression {
   try {
-    const config = Deno.readTextFileSync(resolveInRoot(rootfs, `boot/config-${kv}`).host);
-    return /^CONFIG_RD_ZSTD=y$/m.test(config) ? "zstd" : "gzip";
+    const config = imageFile(rootfs, `boot/config-${kv}`, MAX_IMAGE_TEXT);
+    return config && /^CONFIG_RD_ZSTD=y$/m.test(Deno.readTextFileSync(config)) ? "zstd" : "gzip";
   } catch {
     return "gzip";
   }
+}
+
+/** The largest module index file or kernel config read from an image: Debian 6.1's largest
+ *  (modules.alias) is 1.3 MB, where 7.9 MB of modules.dep lines took 190 MB and 1.7 s of the
+ *  server's thread to parse; a sparse file of any size costs the image nothing. */
+const MAX_IMAGE_TEXT = 8 << 20;
+
+/**
+ * The host path of `path` in the image, resolved as chroot(rootfs) would (a link to /etc/shadow
+ * is the image's /etc/shadow, never the server's); undefined when it does not exist. Anything but
+ * a regular file (of at most `maxBytes`) is refused before it is opened: an image may ship FIFOs,
+ * whose open waits for a writer for ever (a synchronous one, the kernel config or the first
+ * module's ELF header, stopped the whole server), and device nodes (the server's /dev/zero, read
+ * without end, or its disks).
+ */
+function imageFile(rootfs: string, path: string, maxBytes = Infinity): string | undefined {
+  const r = resolveInRoot(rootfs, path);
+  if (r.missing) return undefined;
+  const st = Deno.statSync(r.host);
+  const what = JSON.stringify(`/${path}`);
+  if (!st.isFile) throw new UserError(`${what} in the image is not a regular file`);
+  if (st.size > maxBytes) {
+    throw new UserError(`${what} in the image is larger than ${maxBytes >> 20} MiB`);
+  }
+  return r.host;
 }
 
 function compressor(c: Compression) {
@@ -117,17 +142,6 @@ export interface BuildResult {
   ms: number;
 }
 
-async function readOptional(path: string): Promise<string | undefined> {
-  try {
-    return await Deno.readTextFile(path);
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound || e instanceof Deno.errors.NotADirectory) {
-      return undefined;
-    }
-    throw e;
-  }
-}
-
 /** The node's machine: the program's (x86-64 or aarch64, the machines with a launcher), which
  *  the image kernel's modules must match. */
 function nodeMachine(program: ProgramFiles, firstModule?: string): number {
@@ -167,24 +181,29 @@ const hostMachine = () => readElfFile(Deno.execPath()).machine;
 /** The kernel's module index: /lib/modules/<kv>, or /usr/lib/modules/<kv> in a merged-/usr
  *  image without the /lib link. `modRel` is where it was found, relative to the root. */
 async function readModuleIndex(rootfs: string, kv: string) {
+  // Each file resolved in the image itself: the directory's host path joined with a name followed
+  // the image's absolute links on the host (modules.alias -> /etc/… put the server's lines
+  // into the archive's plan).
+  const read = async (path: string) => {
+    const host = imageFile(rootfs, path, MAX_IMAGE_TEXT);
+    return host === undefined ? undefined : await Deno.readTextFile(host);
+  };
   let modRel = `lib/modules/${kv}`;
-  let modDir = resolveInRoot(rootfs, modRel).host;
-  let dep = await readOptional(join(modDir, "modules.dep"));
+  let dep = await read(`${modRel}/modules.dep`);
   if (dep === undefined) {
     modRel = `usr/lib/modules/${kv}`;
-    modDir = resolveInRoot(rootfs, modRel).host;
-    dep = await readOptional(join(modDir, "modules.dep"));
+    dep = await read(`${modRel}/modules.dep`);
   }
   if (dep === undefined) {
     throw new UserError(
       `the image has no /lib/modules/${kv}/modules.dep (run \`depmod ${kv}\` in the image)`,
     );
   }
-  const alias = await readOptional(join(modDir, "modules.alias"));
+  const alias = await read(`${modRel}/modules.alias`);
   const idx = parseModuleIndex({
     dep,
-    builtin: await readOptional(join(modDir, "modules.builtin")),
-    softdep: await readOptional(join(modDir, "modules.softdep")),
+    builtin: await read(`${modRel}/modules.builtin`),
+    softdep: await read(`${modRel}/modules.softdep`),
     alias,
   });
   return { modRel, idx, alias };
@@ -356,10 +375,13 @@ export async function buildInitramfs(opts: BuildOptions): Promise<BuildResult> {
   // netconsole is loaded later, with its target (overlay/init.ts), and only when asked for.
   const netconsole = planModules(idx, NETCONSOLE_MODULES).order;
   const modSources = new Map(
-    [...plan.order, ...netconsole].map((rel) => [
-      rel,
-      resolveInRoot(opts.rootfs, `${modRel}/${rel}`).host,
-    ]),
+    [...plan.order, ...netconsole].map((rel) => {
+      const host = imageFile(opts.rootfs, `${modRel}/${rel}`);
+      if (!host) {
+        throw new UserError(`module ${JSON.stringify(rel)} of modules.dep is not in the image`);
+      }
+      return [rel, host];
+    }),
   );
   const machine = nodeMachine(opts.program, modSources.values().next().value);
   const tree = initramfsTree(

@@ -1,0 +1,225 @@
+// A hostile image's files where the initramfs build reads them — its module index
+// (/lib/modules/<kv>/modules.{dep,alias,softdep,builtin}), the modules listed there, its kernel's
+// config — written as an image author would to make the server read its own files into an archive
+// anyone on the boot network downloads, or to hold the build (and the server's thread) for ever.
+// Needs root (mknod).
+import assert from "node:assert/strict";
+import { dirname, join } from "node:path";
+import { UserError } from "../src/errors.ts";
+import { buildInitramfs, initramfsCompression, type ProgramFiles } from "../src/initramfs/build.ts";
+import { launcherElf } from "../src/initramfs/elf.ts";
+
+const KV = "6.1.0-hostile";
+const dec = new TextDecoder();
+
+/** A tiny static x86-64 executable as the node program: no libraries to gather. */
+async function program(dir: string): Promise<ProgramFiles> {
+  const exe = join(dir, "netroot");
+  await Deno.writeFile(exe, launcherElf({ path: "/x", argv: ["x"], envp: [] }));
+  return { kind: "compiled", exe, hash: "2".repeat(64) };
+}
+
+/** An x86-64 ELF header: all of a module the build reads (the first one's machine). */
+function moduleElf(): Uint8Array {
+  const b = new Uint8Array(64);
+  b.set([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1]);
+  new DataView(b.buffer).setUint16(18, 62, true);
+  return b;
+}
+
+/** An image with e1000 and netconsole (after configfs) as modules; returns its root. */
+async function image(dir: string): Promise<string> {
+  const root = join(dir, "rootfs");
+  const mods = join(root, "lib/modules", KV);
+  await Deno.mkdir(join(mods, "kernel"), { recursive: true });
+  await Deno.writeTextFile(
+    join(mods, "modules.dep"),
+    "kernel/e1000.ko:\nkernel/configfs.ko:\nkernel/netconsole.ko: kernel/configfs.ko\n",
+  );
+  for (const m of ["e1000", "configfs", "netconsole"]) {
+    await Deno.writeFile(join(mods, `kernel/${m}.ko`), moduleElf());
+  }
+  return root;
+}
+
+function run(cmd: string, ...args: string[]) {
+  const out = new Deno.Command(cmd, { args, stderr: "piped" }).outputSync();
+  assert.ok(out.success, `${cmd} ${args.join(" ")}: ${dec.decode(out.stderr)}`);
+}
+
+/** A file of an uncompressed newc archive, read back with GNU cpio. */
+async function fromArchive(archive: string, name: string): Promise<string> {
+  const p = new Deno.Command("cpio", {
+    args: ["-i", "--quiet", "--to-stdout", name],
+    stdin: "piped",
+    stdout: "piped",
+  }).spawn();
+  await (await Deno.open(archive)).readable.pipeTo(p.stdin);
+  return dec.decode((await p.output()).stdout);
+}
+
+Deno.test("module index links resolve inside the image: modules.dep and modules.alias -> /a/host/file are the image's files, never the server's", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nr-initramfs-hostile-" });
+  try {
+    const root = await image(dir);
+    const mods = join(root, "lib/modules", KV);
+    await Deno.mkdir(join(mods, "kernel/host"));
+    await Deno.writeFile(join(mods, "kernel/host/e1000.ko"), moduleElf());
+    // The same absolute paths on the server and in the image, with different contents: the
+    // server's lines end up in the archive (its plan, its module list) when the link is followed
+    // on the host.
+    const files = {
+      "modules.dep": ["kernel/host/e1000.ko:\n", "kernel/e1000.ko:\n"],
+      "modules.alias": [
+        "alias server-secret e1000\n",
+        "alias pci:v00008086d0000100Esv*sd* e1000\n",
+      ],
+    };
+    for (const [name, [server, inImage]] of Object.entries(files)) {
+      const target = join(dir, "server", name);
+      await Deno.mkdir(dirname(target), { recursive: true });
+      await Deno.writeTextFile(target, server);
+      await Deno.mkdir(join(root, dirname(target)), { recursive: true });
+      await Deno.writeTextFile(join(root, target), inImage);
+      await Deno.remove(join(mods, name)).catch(() => {});
+      await Deno.symlink(target, join(mods, name));
+    }
+    const out = join(dir, "initrd.cpio");
+    const r = await buildInitramfs({
+      rootfs: root,
+      kernelVersion: KV,
+      out,
+      program: await program(dir),
+      compression: "none",
+      wantedModules: ["e1000"],
+    });
+    assert.deepEqual(r.modules, ["kernel/e1000.ko"]);
+    const plan = await fromArchive(out, "netroot/modules.plan");
+    assert.match(plan, /^alias pci:v00008086d0000100Esv\*sd\* e1000$/m);
+    assert.doesNotMatch(plan, /server-secret/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("modules.dep paths with `..` or absolute ones never become archive members outside /lib/modules (the kernel unpacks `..` at its root: /init)", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nr-initramfs-hostile-" });
+  try {
+    const root = await image(dir);
+    // In the image, so that each path resolves there.
+    await Deno.writeFile(join(root, "init.ko"), moduleElf());
+    await Deno.writeFile(join(root, "lib/modules", KV, "init.ko"), moduleElf());
+    const out = join(dir, "initrd");
+    for (const path of ["../../../init.ko", "/init.ko", "kernel/./e1000.ko"]) {
+      await Deno.writeTextFile(join(root, "lib/modules", KV, "modules.dep"), `${path}:\n`);
+      await assert.rejects(
+        buildInitramfs({
+          rootfs: root,
+          kernelVersion: KV,
+          out,
+          program: await program(dir),
+          compression: "none",
+          wantedModules: ["init", "e1000"],
+        }),
+        /bad archive path/,
+        path,
+      );
+      await assert.rejects(Deno.stat(out), Deno.errors.NotFound);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a hostile image's module index, module or kernel config is a FIFO or a device: refused at once, nothing opened", async () => {
+  // Opening a FIFO for reading waits for a writer: here one comes after 3 s (so that a build that
+  // opens it ends), in an image none would. A synchronous open (the first module's ELF header, the
+  // kernel config) stopped the whole server meanwhile; /dev/zero's node was read without end.
+  const cases: [string, "fifo" | "null", RegExp | "gzip"][] = [
+    [`lib/modules/${KV}/modules.dep`, "fifo", /modules\.dep" in the image is not a regular file/],
+    [`lib/modules/${KV}/kernel/e1000.ko`, "fifo", /e1000\.ko" in the image is not a regular file/],
+    [`lib/modules/${KV}/kernel/configfs.ko`, "fifo", /configfs\.ko" in the image is not a/],
+    [`lib/modules/${KV}/modules.alias`, "null", /modules\.alias" in the image is not a regular/],
+    [`boot/config-${KV}`, "fifo", "gzip"],
+  ];
+  const wrong: string[] = [];
+  for (const [path, kind, expect] of cases) {
+    const dir = await Deno.makeTempDir({ prefix: "nr-initramfs-hostile-" });
+    let writer: Deno.ChildProcess | undefined;
+    try {
+      const root = await image(dir);
+      const host = join(root, path);
+      await Deno.mkdir(dirname(host), { recursive: true });
+      await Deno.remove(host).catch(() => {});
+      if (kind === "fifo") {
+        run("mkfifo", host);
+        writer = new Deno.Command("sh", {
+          args: ["-c", 'sleep 3; exec 3>"$0"', host],
+          stdout: "null",
+          stderr: "null",
+        }).spawn();
+      } else run("mknod", host, "c", "1", "3"); // /dev/null's: reads as an empty file
+      const t0 = performance.now();
+      let problem = "";
+      try {
+        if (expect === "gzip") {
+          assert.equal(initramfsCompression(root, KV), "gzip");
+        } else {
+          await assert.rejects(
+            buildInitramfs({
+              rootfs: root,
+              kernelVersion: KV,
+              out: join(dir, "initrd"),
+              program: await program(dir),
+              compression: "none",
+              wantedModules: ["e1000"],
+            }),
+            (e) => e instanceof UserError && expect.test(e.message),
+          );
+        }
+      } catch (e) {
+        problem = (e as Error).message.split("\n")[0];
+      }
+      const ms = performance.now() - t0;
+      if (ms >= 2000) problem = `${Math.round(ms)} ms (opened, waiting for a writer) ${problem}`;
+      if (problem) wrong.push(`${path}: ${problem}`);
+    } finally {
+      try {
+        writer?.kill("SIGKILL");
+      } catch { /* it opened the FIFO and ended: something read it */ }
+      await writer?.status;
+      await Deno.remove(dir, { recursive: true });
+    }
+  }
+  assert.deepEqual(wrong, []);
+});
+
+Deno.test("a module index or kernel config over 8 MiB is refused before it is read", async () => {
+  // Debian 6.1's largest index (modules.alias) is 1.3 MB; 7.9 MB of modules.dep lines took
+  // 190 MB and 1.7 s of the server's thread to parse, and a sparse file costs the image nothing.
+  const dir = await Deno.makeTempDir({ prefix: "nr-initramfs-hostile-" });
+  try {
+    const root = await image(dir);
+    const config = join(root, "boot", `config-${KV}`);
+    await Deno.mkdir(dirname(config));
+    await Deno.writeTextFile(config, "CONFIG_RD_ZSTD=y\n");
+    assert.equal(initramfsCompression(root, KV), "zstd");
+    await Deno.truncate(config, 64 << 20); // sparse, the line still there
+    assert.equal(initramfsCompression(root, KV), "gzip");
+    await Deno.truncate(join(root, "lib/modules", KV, "modules.dep"), 64 << 20);
+    await assert.rejects(
+      buildInitramfs({
+        rootfs: root,
+        kernelVersion: KV,
+        out: join(dir, "initrd"),
+        program: await program(dir),
+        compression: "none",
+      }),
+      (e) =>
+        e instanceof UserError &&
+        /modules\.dep" in the image is larger than 8 MiB/.test(e.message),
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
