@@ -60,7 +60,11 @@ export function stderrIsJournal(env = Deno.env.get("JOURNAL_STREAM")): boolean {
 
 export function formatValue(v: unknown): string {
   const s = typeof v === "string" ? v : v instanceof Error ? v.message : JSON.stringify(v);
-  return /[\s"=]/.test(s ?? "") ? JSON.stringify(s) : String(s);
+  // Quoted (JSON-escaped) when it holds a blank, a quote, `=` or a control character: values come
+  // from the boot network and from images, and an escape sequence written raw would act on the
+  // terminal of an admin who reads the log.
+  // deno-lint-ignore no-control-regex -- finding control characters is the point
+  return /[\s"=\x00-\x1f]/.test(s ?? "") ? JSON.stringify(s) : String(s);
 }
 
 /** The fields with `node` first when the line is about a known node. */

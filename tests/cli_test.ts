@@ -8,6 +8,7 @@ import { defaultConfig } from "../src/config.ts";
 import type { Context } from "../src/context.ts";
 import { recordEvent, recordProgress } from "../src/events.ts";
 import { buildApp, closeContext, openContext } from "../src/server.ts";
+import { keyValues, table, visibleLines } from "../src/cli/output.ts";
 
 const mainTs = fileURLToPath(new URL("../main.ts", import.meta.url));
 const ports = new WeakMap<Context, number>();
@@ -70,6 +71,17 @@ function fails(r: Run, re: RegExp): void {
   assert.equal(lines.length, 1, `stderr should be one line: ${r.err}`);
   assert.match(lines[0], re);
 }
+
+Deno.test("tables and key-value lines show control characters instead of sending them", () => {
+  // a node's DHCP vendor class or an image's kernel path reaches `node show` / `image ls`
+  const esc = "PXE\x1b]0;owned\x07\x1b[2J";
+  for (const out of [keyValues({ vendorClass: esc }), table([{ kernel: esc }], ["kernel"])]) {
+    // deno-lint-ignore no-control-regex -- no control character may be left
+    assert.ok(!/[\x00-\x09\x0b-\x1f]/.test(out), JSON.stringify(out));
+    assert.match(out, /PXE\\x1b\]0;owned\\x07\\x1b\[2J/);
+  }
+  assert.equal(visibleLines("a\nb\x1b"), "a\nb\\x1b", "a message keeps its lines");
+});
 
 Deno.test("node CLI: add, ls, show, rename, config, boot, log, reboot, forget", () =>
   withServer(async (cli, ctx) => {

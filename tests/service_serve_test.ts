@@ -10,6 +10,17 @@ import { formatLine, setLogFormat, setNodeNamer } from "../src/log.ts";
 const root = fileURLToPath(new URL("..", import.meta.url));
 const mainTs = join(root, "main.ts");
 
+Deno.test("log lines: a value with a control character is quoted, its escape sequence escaped", () => {
+  setLogFormat("text");
+  // an image's kernel path or a DHCP vendor class may hold ESC sequences (retitle, recolour)
+  const line = formatLine("warn", "images", "no kernel", {
+    path: "/boot/vmlinuz-\x1b]0;owned\x07",
+  });
+  // deno-lint-ignore no-control-regex -- no control character may be left
+  assert.ok(!/[\x00-\x1f]/.test(line), JSON.stringify(line));
+  assert.match(line, /path="\/boot\/vmlinuz-\\u001b\]0;owned\\u0007"/);
+});
+
 Deno.test("log lines: node named from its mac, text and json", () => {
   const unset = setNodeNamer((mac) => mac === "52:54:00:00:00:01" ? "rack1-n3" : undefined);
   try {

@@ -1,6 +1,7 @@
 // Command dispatch over the command table (commands.ts).
 import { UserError } from "../errors.ts";
 import { commands } from "./commands.ts";
+import { visibleLines } from "./output.ts";
 
 export type { Command } from "./commands.ts";
 
@@ -50,7 +51,7 @@ export async function main(args: string[]): Promise<number> {
   } catch (e) {
     const err = e as Error & { code?: string };
     if (e instanceof UserError || err.code?.startsWith("ERR_PARSE_ARGS")) {
-      console.error(`netroot ${name}: ${err.message}`);
+      console.error(`netroot ${name}: ${visibleLines(err.message)}`); // may quote a node or image
       return 1;
     }
     console.error(`netroot ${name}: ${err.stack ?? err.message}`);
