@@ -487,7 +487,8 @@ async function initramfsFor(
     await programFor(imageMachine(rootfs) ?? EM_X86_64, join(cache, "program"));
   const compression = initramfsCompression(rootfs, img.kernelVersion);
   const name = initramfsFileName(img.id, img.kernelVersion, program, compression);
-  const failed = failures.get(name);
+  const key = join(cache, name); // per data dir: a test process has many
+  const failed = failures.get(key);
   if (failed && Date.now() - failed.at < BUILD_RETRY_MS) {
     const ago = Math.round((Date.now() - failed.at) / 1000);
     const again = `${failed.error.message} (the build failed ${ago} s ago; tried again ${
@@ -502,12 +503,12 @@ async function initramfsFor(
   if (!build) {
     build = buildOnce(img.id, img.kernelVersion, rootfs, program, compression, cache, name)
       .then((path) => {
-        failures.delete(name);
+        failures.delete(key);
         return path;
       }, (e) => {
         const now = Date.now();
         for (const [k, f] of failures) if (now - f.at >= BUILD_RETRY_MS) failures.delete(k);
-        failures.set(name, { error: e as Error, at: now });
+        failures.set(key, { error: e as Error, at: now });
         throw e;
       })
       .finally(() => inflight.delete(name));
