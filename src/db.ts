@@ -70,7 +70,7 @@ const migrations: string[] = [
   // DHCP, aged out (src/nodes.ts ageOut); an admin's action adopts one (auto_registered = 0)
   `
   ALTER TABLE nodes ADD COLUMN auto_registered INTEGER NOT NULL DEFAULT 0;
-  ALTER TABLE nodes ADD COLUMN booted_at TEXT;  -- first boot script or report: past DHCP
+  ALTER TABLE nodes ADD COLUMN booted_at TEXT;  -- unused since ageOut reads boots (handover)
   CREATE INDEX nodes_auto ON nodes(mac) WHERE auto_registered = 1;  -- counted per registration
   `,
   // 4: per-boot tokens are secrets: older versions put them in the (openly readable) events

@@ -15,7 +15,7 @@
 // only from evidence bound to its MAC: the admin's `ip` setting, which wins; else a lease netroot
 // ACKed; else the boot interface's neighbour table showing that MAC behind the address of its
 // boot-script request (`observeAddress`). Nodes the DHCP service registers on its own
-// (`register`) are `auto_registered`; those that never get past DHCP are aged out (`ageOut`).
+// (`register`) are `auto_registered`; those that never boot their image are aged out (`ageOut`).
 import {
   existsSync,
   mkdirSync,
@@ -510,11 +510,10 @@ export class NodeRegistry {
   }
 
   /** The node did something beyond DHCP (fetched its boot script, reported a boot stage): it
-   *  is seen now, and an auto-registered node is no longer aged out. */
+   *  is seen now (ageOut counts idleness from here). */
   touch(mac: string): void {
     const now = new Date().toISOString();
-    const seen = "UPDATE nodes SET last_seen = ?, booted_at = COALESCE(booted_at, ?) WHERE mac = ?";
-    this.db.prepare(seen).run(now, now, normalizeMac(mac));
+    this.db.prepare("UPDATE nodes SET last_seen = ? WHERE mac = ?").run(now, normalizeMac(mac));
   }
 
   /** Nodes the DHCP service registered that no admin has adopted (the cap counts them). */
@@ -524,21 +523,28 @@ export class NodeRegistry {
     }).n;
   }
 
-  /** Forgets the auto-registered nodes that never got past DHCP and have been idle (no DHCP
-   *  packet either) for `ttlSeconds`: rows, fs links, and their directories when empty (a
-   *  /persist holding files is kept, as `forget` keeps it). Admin-added or adopted nodes are
-   *  never aged out. Returns the MACs forgotten. */
+  /** Forgets the auto-registered nodes that never booted their image (no boot of theirs reached
+   *  handover) and have been idle (no packet, script or report either) for `ttlSeconds`: rows,
+   *  fs links, and their directories when empty (a /persist holding files is kept, as `forget`
+   *  keeps it). A script fetch alone no longer keeps one: a host that changes its MAC and fetches
+   *  each one's script filled `registerMax` for good, and no new machine registered after it.
+   *  Admin-added or adopted nodes are never aged out. Returns the MACs forgotten. */
   ageOut(ttlSeconds: number, now = Date.now()): string[] {
     if (ttlSeconds <= 0) return [];
     const cutoff = new Date(now - ttlSeconds * 1000).toISOString();
     const macs = tx(this.db, () => {
       const rows = this.db.prepare(
-        `SELECT mac FROM nodes WHERE auto_registered = 1 AND booted_at IS NULL
-         AND COALESCE(last_seen, created_at) < ?`,
+        `SELECT mac FROM nodes WHERE auto_registered = 1 AND COALESCE(last_seen, created_at) < ?
+         AND NOT EXISTS (SELECT 1 FROM boots WHERE boots.mac = nodes.mac
+           AND boots.stage = 'handover')`,
       ).all(cutoff) as { mac: string }[];
       const del = this.db.prepare("DELETE FROM nodes WHERE mac = ?");
+      // and their boots (none reached handover): kept, they grew by one row per MAC a host
+      // changing its MAC ever used
+      const delBoots = this.db.prepare("DELETE FROM boots WHERE mac = ?");
       for (const r of rows) {
         del.run(r.mac);
+        delBoots.run(r.mac);
         recordEvent(this.db, r.mac, "node.aged-out", { ttl: ttlSeconds });
       }
       return rows.map((r) => r.mac);

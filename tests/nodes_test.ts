@@ -358,7 +358,7 @@ Deno.test("reconcile makes the tree say what the database says", () =>
     assert.equal(nodes.currentImageId("52:54:00:00:00:01"), a);
   }));
 
-Deno.test("ageOut forgets auto-registered nodes that never got past DHCP, idle past the TTL", () =>
+Deno.test("ageOut forgets auto-registered nodes that never booted their image, idle past the TTL", () =>
   withCtx((ctx) => {
     const nodes = ctx.nodes;
     const day = 86400;
@@ -366,7 +366,16 @@ Deno.test("ageOut forgets auto-registered nodes that never got past DHCP, idle p
     const mac = (i: number) => `52:54:00:00:0a:0${i}`;
     nodes.register(mac(1), { via: "dhcp" }); // never seen again
     nodes.register(mac(2), { via: "dhcp" });
-    nodes.touch(mac(2)); // fetched its boot script: past DHCP
+    nodes.touch(mac(2)); // fetched its boot script, and one of its boots reached handover
+    ctx.db.prepare(
+      "INSERT INTO boots (token, mac, image_id, started_at, stage) VALUES ('t2', ?, NULL, ?, 'handover')",
+    ).run(mac(2), new Date(t0).toISOString());
+    // attacker: a host that changes its MAC fetches each one's script (no boot goes further);
+    // before, a script fetch kept a node for good, and registerMax filled up for ever
+    nodes.register(mac(7), { via: "dhcp" });
+    nodes.touch(mac(7));
+    ctx.db.prepare("INSERT INTO boots (token, mac, image_id, started_at) VALUES ('t7', ?, NULL, ?)")
+      .run(mac(7), new Date(t0).toISOString());
     nodes.register(mac(3), { via: "dhcp" });
     nodes.configure(mac(3), { "boot.mode": "network" }); // adopted by an admin
     nodes.add(mac(4)); // an admin's node, never booted
@@ -376,7 +385,7 @@ Deno.test("ageOut forgets auto-registered nodes that never got past DHCP, idle p
     // Node 1 had an address (a lease netroot ACKed): its /persist was exported to it.
     nodes.observeAddress(mac(1), "10.0.9.1", "lease");
     assert.ok(nodes.exportTargets().some((t) => t.mac === mac(1) && t.persist));
-    assert.equal(nodes.countAutoRegistered(), 4);
+    assert.equal(nodes.countAutoRegistered(), 5);
     const changes: string[] = [];
     ctx.changes.addEventListener("nodes", (e) => changes.push(e.type));
 
@@ -385,7 +394,11 @@ Deno.test("ageOut forgets auto-registered nodes that never got past DHCP, idle p
     ctx.db.prepare("UPDATE nodes SET last_seen = ? WHERE mac = ?")
       .run(new Date(t0 + 12 * 3600_000).toISOString(), mac(6));
     const gone = nodes.ageOut(day, t0 + (day + 60) * 1000);
-    assert.deepEqual(gone.sort(), [mac(1), mac(5)]);
+    assert.deepEqual(gone.sort(), [mac(1), mac(5), mac(7)]);
+    const bootsOf = (m: string) =>
+      (ctx.db.prepare("SELECT count(*) AS n FROM boots WHERE mac = ?").get(m) as { n: number }).n;
+    assert.equal(bootsOf(mac(7)), 0, "its boots went with it");
+    assert.equal(bootsOf(mac(2)), 1, "a node that booted keeps them");
     assert.deepEqual(nodes.list().map((n) => n.mac).sort(), [mac(2), mac(3), mac(4), mac(6)]);
     assert.equal(changes.length, 1, "one change event: exports follow");
     assert.ok(!nodes.exportTargets().some((t) => t.mac === mac(1)), "its export is gone");
