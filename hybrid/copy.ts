@@ -563,7 +563,8 @@ export interface CopyOptions {
    *  own dirty_expire), whichever first */
   checkpointBytes?: number;
   checkpointMs?: number;
-  /** how the copy is made (planCopy); planned here when not given */
+  /** how the copy is made (planCopy), from a manifest the caller checked against the image id
+   *  (prepareHybridRoot does so before it plans); planned here, after that check, when not given */
   plan?: CopyPlan;
   /** data to write from which a first helper worker starts at once, given a second core
    *  (default 32 MiB; smaller copies start on the main thread alone) */
@@ -670,8 +671,10 @@ export async function ensureLocalCopy(opts: CopyOptions): Promise<CopyReport> {
 async function ensureWith(opts: CopyOptions, t0: number, pool?: Copiers): Promise<CopyReport> {
   const { imageId, hybridDir } = opts;
   await pool?.load();
-  const id = pool ? pool.sha256hex(opts.manifestText) : await sha256hex(opts.manifestText);
-  checkManifestDigest(imageId, id);
+  if (!opts.plan) { // (a plan is made from a manifest already checked: not hashed twice)
+    const id = pool ? pool.sha256hex(opts.manifestText) : await sha256hex(opts.manifestText);
+    checkManifestDigest(imageId, id);
+  }
   const entries = [...manifestLines(opts.manifestText)];
   const report: CopyReport = {
     imageId,

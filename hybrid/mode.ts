@@ -99,7 +99,8 @@ export async function prepareHybridRoot(opts: PrepareOptions): Promise<HybridRoo
     // The manifest came over plain HTTP, where anyone on the boot network can answer in the
     // server's place: nothing is planned, evicted or removed from what it says before it hashes
     // to the image id (a forged one declaring 1 TB evicted every other copy, a persistent
-    // image's diff/ with it). A complete copy does not use it: ensureLocalCopy checks it then.
+    // image's diff/ with it). A complete copy does not use it: ensureLocalCopy checks it then
+    // (and only then: it takes the plan made here as checked).
     checkManifestDigest(opts.imageId, await sha256hex(opts.manifestText));
     const entries = [...manifestLines(opts.manifestText)];
     plan = planCopy(opts.hybridDir, opts.imageId, entries);

@@ -18,7 +18,7 @@ const info = {
 async function withApp(
   fn: (ctx: Context, get: (path: string, init?: RequestInit) => Promise<Response>) => Promise<void>,
 ) {
-  const dir = await Deno.makeTempDir({ prefix: "nr-rev-events-" });
+  const dir = await Deno.makeTempDir({ prefix: "nr-api-events-" });
   const ctx = await openContext({ ...defaultConfig(), dataDir: dir });
   const app = buildApp(ctx);
   try {

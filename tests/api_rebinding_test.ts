@@ -25,7 +25,7 @@ async function withApp(
     app: ReturnType<typeof buildApp>,
   ) => Promise<void>,
 ): Promise<void> {
-  const dir = await Deno.makeTempDir({ prefix: "nr-rev-rebind-" });
+  const dir = await Deno.makeTempDir({ prefix: "nr-api-rebind-" });
   const ctx = await openContext({ ...defaultConfig(), ...config, dataDir: dir });
   const image = addImage(ctx, "img");
   ctx.db.prepare("UPDATE images SET kernel = '/vmlinuz', initrd = '/initrd.img' WHERE id = ?")

@@ -5,66 +5,49 @@
 // the boot subnet. Before, a forged giaddr or ciaddr sent an OFFER (with an address of ours) or an
 // ACK to any host, through the boot interface's routes.
 import assert from "node:assert/strict";
-import { defaultConfig } from "../src/config.ts";
-import { closeContext, openContext } from "../src/server.ts";
-import { DhcpResponder } from "../netboot/dhcp4/server.ts";
 import { decode, encode } from "../netboot/dhcp4/packet.ts";
 import { MessageType, Opt } from "../netboot/dhcp4/options.ts";
 import { clientPacket, macFor } from "../netboot/storm.ts";
-import { contextBooter } from "../src/boot/booter.ts";
 import { setLogLevel } from "../src/log.ts";
+import { withResponder } from "./support/dhcp_responder.ts";
 
 setLogLevel("error");
 
 const SERVER = "10.87.2.1";
 
 Deno.test("full mode: replies go to a relay or client address on the boot subnet only", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "nr-dhcp-relay-" });
-  const ctx = await openContext({ ...defaultConfig(), dataDir: dir });
-  try {
-    const r = new DhcpResponder(
-      {
-        mode: "full",
-        serverIp: SERVER,
-        netmask: "255.255.255.0",
-        range: { start: "10.87.2.10", end: "10.87.2.29" },
-        leaseSeconds: 3600,
-        proxyStrategy: "option43",
-        registerUnknown: true,
-      },
-      contextBooter(ctx),
-    );
-    let xid = 1;
-    const ask = (
-      i: number,
-      type: MessageType,
-      fields: { giaddr?: string; ciaddr?: string } = {},
-    ) => {
-      const p = clientPacket({ mac: macFor(i), kind: "pxe" }, xid++, type, {
-        ciaddr: fields.ciaddr,
-        ...(type === MessageType.Inform && { serverId: SERVER }),
-      });
-      if (fields.giaddr) p.giaddr = fields.giaddr;
-      const reply = r.handle(encode(p), { port: 67, from: { address: "0.0.0.0", port: 68 } });
-      return reply && { to: reply.to, p: decode(reply.bytes) };
-    };
+  await withResponder(
+    { serverIp: SERVER, range: { start: "10.87.2.10", end: "10.87.2.29" } },
+    async (r, ctx) => {
+      let xid = 1;
+      const ask = (
+        i: number,
+        type: MessageType,
+        fields: { giaddr?: string; ciaddr?: string } = {},
+      ) => {
+        const p = clientPacket({ mac: macFor(i), kind: "pxe" }, xid++, type, {
+          ciaddr: fields.ciaddr,
+          ...(type === MessageType.Inform && { serverId: SERVER }),
+        });
+        if (fields.giaddr) p.giaddr = fields.giaddr;
+        const reply = r.handle(encode(p), { port: 67, from: { address: "0.0.0.0", port: 68 } });
+        return reply && { to: reply.to, p: decode(reply.bytes) };
+      };
 
-    // A relay on the boot subnet: answered through it.
-    const relayed = ask(1, MessageType.Discover, { giaddr: "10.87.2.254" });
-    assert.deepEqual(relayed?.to, { address: "10.87.2.254", port: 67 });
-    assert.equal(relayed?.p.options.get(Opt.messageType)?.[0], MessageType.Offer);
-    // A "relay" anywhere else: no answer (and nothing registered or offered).
-    assert.equal(ask(2, MessageType.Discover, { giaddr: "198.51.100.7" }), null);
-    assert.equal(ask(1, MessageType.Discover, { giaddr: "198.51.100.7" }), null);
-    assert.equal(ctx.nodes.find("02:6e:72:00:00:02"), undefined);
-    // INFORM: from an address on the boot subnet, answered there; from elsewhere, not at all.
-    assert.deepEqual(ask(1, MessageType.Inform, { ciaddr: "10.87.2.50" })?.to, {
-      address: "10.87.2.50",
-      port: 68,
-    });
-    assert.equal(ask(1, MessageType.Inform, { ciaddr: "203.0.113.9" }), null);
-  } finally {
-    await closeContext(ctx);
-    await Deno.remove(dir, { recursive: true });
-  }
+      // A relay on the boot subnet: answered through it.
+      const relayed = ask(1, MessageType.Discover, { giaddr: "10.87.2.254" });
+      assert.deepEqual(relayed?.to, { address: "10.87.2.254", port: 67 });
+      assert.equal(relayed?.p.options.get(Opt.messageType)?.[0], MessageType.Offer);
+      // A "relay" anywhere else: no answer (and nothing registered or offered).
+      assert.equal(ask(2, MessageType.Discover, { giaddr: "198.51.100.7" }), null);
+      assert.equal(ask(1, MessageType.Discover, { giaddr: "198.51.100.7" }), null);
+      assert.equal(ctx.nodes.find("02:6e:72:00:00:02"), undefined);
+      // INFORM: from an address on the boot subnet, answered there; from elsewhere, not at all.
+      assert.deepEqual(ask(1, MessageType.Inform, { ciaddr: "10.87.2.50" })?.to, {
+        address: "10.87.2.50",
+        port: 68,
+      });
+      assert.equal(ask(1, MessageType.Inform, { ciaddr: "203.0.113.9" }), null);
+    },
+  );
 });

@@ -3,47 +3,18 @@ import assert from "node:assert/strict";
 import { defaultConfig } from "../src/config.ts";
 import { closeContext, openContext } from "../src/server.ts";
 import type { Context } from "../src/context.ts";
-import { DhcpResponder, type ResponderConfig } from "../netboot/dhcp4/server.ts";
+import type { DhcpResponder } from "../netboot/dhcp4/server.ts";
 import { decode, type DhcpPacket, encode } from "../netboot/dhcp4/packet.ts";
 import { MessageType, Opt, readIp, readText, readU16 } from "../netboot/dhcp4/options.ts";
 import { clientPacket, macFor } from "../netboot/storm.ts";
 import { listEvents, recordSuppressed } from "../src/events.ts";
 import { contextBooter } from "../src/boot/booter.ts";
 import { setLogLevel } from "../src/log.ts";
+import { withResponder } from "./support/dhcp_responder.ts";
 
 setLogLevel("warn");
 
 const from = { address: "0.0.0.0", port: 68 };
-
-async function withResponder(
-  cfg: Partial<ResponderConfig>,
-  fn: (r: DhcpResponder, ctx: Context) => Promise<void>,
-  clock?: () => number,
-) {
-  const dir = await Deno.makeTempDir({ prefix: "nr-dhcpr-" });
-  const ctx = await openContext({ ...defaultConfig(), dataDir: dir });
-  try {
-    const r = new DhcpResponder(
-      {
-        mode: "full",
-        serverIp: "10.85.0.1",
-        netmask: "255.255.255.0",
-        range: { start: "10.85.0.10", end: "10.85.0.19" },
-        leaseSeconds: 3600,
-        proxyStrategy: "option43",
-        registerUnknown: true,
-        nodeUrl: "http://10.85.0.1:8080",
-        ...cfg,
-      },
-      contextBooter(ctx),
-      clock,
-    );
-    await fn(r, ctx);
-  } finally {
-    await closeContext(ctx);
-    await Deno.remove(dir, { recursive: true });
-  }
-}
 
 let xid = 1;
 const pkt = (

@@ -26,7 +26,7 @@ function makeTree(root: string, n: number, seed: number): void {
 }
 
 async function withTmp(fn: (tmp: string, hybridDir: string) => Promise<void>): Promise<void> {
-  const tmp = await Deno.makeTempDir({ prefix: "rev-node-hybrid-" });
+  const tmp = await Deno.makeTempDir({ prefix: "nr-hybrid-hostile-" });
   try {
     const hybridDir = `${tmp}/part/walt-hybrid`;
     Deno.mkdirSync(hybridDir, { recursive: true });
@@ -36,7 +36,7 @@ async function withTmp(fn: (tmp: string, hybridDir: string) => Promise<void>): P
   }
 }
 
-Deno.test("rev-node hybrid: a manifest that does not hash to the image id evicts nothing", async () => {
+Deno.test("hybrid (hostile): a manifest that does not hash to the image id evicts nothing", async () => {
   await withTmp(async (tmp, hybridDir) => {
     // Another image's complete copy, persistent, with the user's work in its diff/.
     makeTree(`${tmp}/other`, 4, 1);
@@ -71,7 +71,7 @@ Deno.test("rev-node hybrid: a manifest that does not hash to the image id evicts
   });
 });
 
-Deno.test("rev-node hybrid: an image id that is not a sha256 never names a path", async () => {
+Deno.test("hybrid (hostile): an image id that is not a sha256 never names a path", async () => {
   await withTmp(async (tmp, hybridDir) => {
     // What the copy would clear at `walt-hybrid/../`: the partition's own entries.
     Deno.writeTextFileSync(`${tmp}/part/diff`, "the partition's\n");
@@ -89,7 +89,7 @@ Deno.test("rev-node hybrid: an image id that is not a sha256 never names a path"
   });
 });
 
-Deno.test("rev-node hybrid: re-deploy in place over a copy with a planted symlink at a new file's path writes nothing outside", async () => {
+Deno.test("hybrid (hostile): re-deploy in place over a copy with a planted symlink at a new file's path writes nothing outside", async () => {
   await withTmp(async (tmp, hybridDir) => {
     makeTree(`${tmp}/v1`, 8, 3);
     const v1 = await manifestOf(`${tmp}/v1`);
