@@ -18,7 +18,7 @@ Deno.test("one client declining every address it gets cannot keep the pool from 
   let now = Date.parse("2026-01-01T00:00:00Z");
   await withResponder(
     { serverIp: SERVER, range: { start: "10.87.0.10", end: "10.87.0.29" } },
-    async (r, ctx) => {
+    (r, ctx) => {
       let xid = 1;
       const ask = (
         i: number,

@@ -14,7 +14,7 @@ setLogLevel("error");
 Deno.test("a registration records at most one option's worth of vendor class", async () => {
   await withResponder(
     { serverIp: "10.87.1.1", range: { start: "10.87.1.10", end: "10.87.1.29" } },
-    async (r, ctx) => {
+    (r, ctx) => {
       const p = clientPacket({ mac: macFor(1), kind: "pxe" }, 1, MessageType.Discover);
       p.options.set(
         Opt.vendorClass,

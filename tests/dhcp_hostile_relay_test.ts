@@ -18,7 +18,7 @@ const SERVER = "10.87.2.1";
 Deno.test("full mode: replies go to a relay or client address on the boot subnet only", async () => {
   await withResponder(
     { serverIp: SERVER, range: { start: "10.87.2.10", end: "10.87.2.29" } },
-    async (r, ctx) => {
+    (r, ctx) => {
       let xid = 1;
       const ask = (
         i: number,

@@ -1,14 +1,11 @@
 // DHCP policy without sockets: the responder with a real Context (SQLite state, node registry).
 import assert from "node:assert/strict";
-import { defaultConfig } from "../src/config.ts";
-import { closeContext, openContext } from "../src/server.ts";
 import type { Context } from "../src/context.ts";
 import type { DhcpResponder } from "../netboot/dhcp4/server.ts";
 import { decode, type DhcpPacket, encode } from "../netboot/dhcp4/packet.ts";
 import { MessageType, Opt, readIp, readText, readU16 } from "../netboot/dhcp4/options.ts";
 import { clientPacket, macFor } from "../netboot/storm.ts";
 import { listEvents, recordSuppressed } from "../src/events.ts";
-import { contextBooter } from "../src/boot/booter.ts";
 import { setLogLevel } from "../src/log.ts";
 import { withResponder } from "./support/dhcp_responder.ts";
 

@@ -8,7 +8,7 @@ import { contextBooter } from "../../src/boot/booter.ts";
 
 export async function withResponder(
   cfg: Partial<ResponderConfig>,
-  fn: (r: DhcpResponder, ctx: Context) => Promise<void>,
+  fn: (r: DhcpResponder, ctx: Context) => void | Promise<void>,
   clock?: () => number,
 ) {
   const dir = await Deno.makeTempDir({ prefix: "nr-dhcpr-" });
