@@ -3,6 +3,8 @@
 //   token                              API write token, mode 0600
 //   images/<id>/rootfs/                an image tree (exported read-only)
 //   images/<id>/manifest               its content manifest (id = sha256 of this file)
+//   images-ro/                         `serve --nfs kernel`: a read-only bind mount of images/,
+//                                      what kernel nfsd exports the trees from (src/nfs.ts)
 //   nodes/<mac>/fs -> ../../images/<id>/rootfs   the deploy symlink
 //   nodes/<mac>/persist/               the node's /persist (exported read-write to that node only)
 //   nodes/<mac>/vm/                    virtual node disks and serial console log
@@ -41,6 +43,10 @@ export class DataDir {
   }
   manifest(id: string) {
     return join(this.root, "images", id, "manifest");
+  }
+  /** The read-only view of images/ kernel nfsd exports from. */
+  get imagesReadOnly() {
+    return join(this.root, "images-ro");
   }
   get nodes() {
     return join(this.root, "nodes");

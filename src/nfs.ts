@@ -17,6 +17,7 @@ import { UserError } from "./errors.ts";
 import { recordEvent } from "./events.ts";
 import { logger } from "./log.ts";
 import { writeFileDurableSync } from "./linux/fsops.ts";
+import { bindReadOnly, onReadOnlyMount, remountReadOnly } from "./linux/mount.ts";
 import { StartFailure, startProcess, stopStale, Supervisor } from "./supervisor.ts";
 
 const log = logger("nfs");
@@ -26,10 +27,18 @@ export const kernelExportsFile = "/etc/exports.d/netroot.exports";
 const usesPseudoPaths = (ctx: Context) =>
   ctx.config.nfs.mode === "ganesha" && ctx.config.nfs.version === 4;
 
-/** The path a node mounts for an image (NFSv4 ganesha: pseudo path; otherwise the real path,
- *  which is what kernel nfsd and NFSv3 ganesha export). */
+/** The directory an image tree is exported from: for kernel nfsd its read-only view
+ *  (ensureReadOnlyImages), for ganesha the tree itself. */
+function exportedRootfs(ctx: Context, imageId: string): string {
+  return ctx.config.nfs.mode === "kernel"
+    ? join(ctx.data.imagesReadOnly, imageId, "rootfs")
+    : ctx.data.rootfs(imageId);
+}
+
+/** The path a node mounts for an image (NFSv4 ganesha: pseudo path; otherwise the exported
+ *  directory's real path, which is what kernel nfsd and NFSv3 ganesha export). */
 export function nfsRootPath(ctx: Context, imageId: string): string {
-  return usesPseudoPaths(ctx) ? `/netroot/images/${imageId}` : ctx.data.rootfs(imageId);
+  return usesPseudoPaths(ctx) ? `/netroot/images/${imageId}` : exportedRootfs(ctx, imageId);
 }
 
 /** The path a node mounts for its /persist. */
@@ -219,7 +228,7 @@ export function desiredExports(ctx: Context): ExportSet {
     .filter((id) => existsSync(ctx.data.rootfs(id)))
     .map((id) => ({
       id,
-      path: ctx.data.rootfs(id),
+      path: exportedRootfs(ctx, id),
       pseudo: `/netroot/images/${id}`,
       nodes: targets.filter((t) => t.images.includes(id)).map((t) => t.ip).sort(),
     }));
@@ -261,24 +270,37 @@ function ensurePersistDirs(set: ExportSet): void {
 }
 
 /**
- * Why kernel nfsd is not enough on its own: its LINK checks neither that the file and the target
- * directory are in one export (RENAME does) nor the file's permissions, so a node's root (root is
- * kept on its image, for its 0600 files, and on its /persist) can hard-link its image's files
- * into its /persist and write them there — an image file is an object every image holding the
- * same content shares. Only another file system stops it (EXDEV; measured in tests/nfs_test.ts).
- * The warning while the nodes' directory and the images share one, else undefined.
+ * Why kernel nfsd exports the image trees from a read-only view of images/: its LINK checks
+ * neither that the file and the target directory are in one export (RENAME does) nor the file's
+ * permissions, so a node's root (root is kept on its image, for its 0600 files, and on its
+ * /persist) could hard-link its image's files into its /persist and write them there, and an
+ * image file is an object every image holding the same content shares. Before linking, nfsd asks
+ * the file's export for write access to its mount (fh_want_write: mnt_want_write), so through a
+ * read-only bind mount the link is refused (NFS4ERR_ROFS) whatever file system <data>/nodes is
+ * on (tests/nfs_test.ts forges the LINK). The view stays mounted when netroot stops (nodes keep
+ * their root while it restarts); found writable, it is made read-only again. Returns what it did.
  */
-export function sharedFileSystemWarning(
-  data: { nodes: string; images: string },
-): string | undefined {
+export function ensureReadOnlyImages(
+  data: { images: string; imagesReadOnly: string },
+): "mounted" | "remounted" | "kept" {
+  const view = data.imagesReadOnly;
+  mkdirSync(view, { recursive: true, mode: 0o711 });
+  // lstat: mount(2) follows a symlink at the target, and a bind over what it names is not ours.
+  const seen = Deno.lstatSync(view), images = Deno.statSync(data.images);
+  if (!seen.isDirectory) throw new UserError(`${view} is not a directory: remove it`);
   try {
-    if (Deno.statSync(data.nodes).dev !== Deno.statSync(data.images).dev) return undefined;
-  } catch {
-    return undefined; // not made yet: DataDir.ensure runs first
+    if (seen.dev !== images.dev || seen.ino !== images.ino) {
+      bindReadOnly(data.images, view);
+      return "mounted";
+    }
+    if (onReadOnlyMount(view)) return "kept";
+    remountReadOnly(view);
+    return "remounted";
+  } catch (e) {
+    throw new UserError(
+      `--nfs kernel: cannot mount ${data.images} read-only at ${view}: ${(e as Error).message}`,
+    );
   }
-  return `${data.nodes} and ${data.images} are on one file system: with kernel nfsd a node's ` +
-    "root can hard-link its image's files into its /persist and change them for every image " +
-    `that holds them; mount a file system of its own on ${data.nodes} (docs/security.md)`;
 }
 
 async function startKernelNfs(ctx: Context, opts: NfsOptions): Promise<Service> {
@@ -296,9 +318,10 @@ async function startKernelNfs(ctx: Context, opts: NfsOptions): Promise<Service> 
     throw new UserError("--nfs kernel needs exportfs (Debian package nfs-kernel-server)");
   }
   await checkKernelServer(ctx.config.nfs.version);
-  // Said at every start, as ganesha's limit is: the admin may not have read docs/security.md.
-  const shared = sharedFileSystemWarning(ctx.data);
-  if (shared) log.warn(shared);
+  const view = ensureReadOnlyImages(ctx.data);
+  if (view !== "kept") {
+    log.info(`read-only view of the images ${view}`, { path: ctx.data.imagesReadOnly });
+  }
   let last = "";
   const apply = async () => {
     const set = desiredExports(ctx);

@@ -357,7 +357,13 @@ Deno.test({
         );
       };
       const exportsNow = async () => parseExports(await sh("exportfs -v"));
-      const rootfs = (id: string) => `${dataDir}/images/${id}/rootfs`;
+      // Image trees are exported from the read-only view of images/ serve mounts.
+      const rootfs = (id: string) => `${dataDir}/images-ro/${id}/rootfs`;
+      const views = async () => {
+        const lines = (await sh("cat /proc/self/mountinfo")).split("\n")
+          .filter((l) => l.split(" ")[4] === `${dataDir}/images-ro`);
+        return lines.map((l) => l.split(" ")[5].split(",")[0]);
+      };
       const persistOf = (mac: string) => `${dataDir}/nodes/${mac}/persist`;
 
       // ---- serve (NFSv4) and the state: two images, our node, a neighbour with a fixed address ----
@@ -473,6 +479,11 @@ Deno.test({
           if (p === adminExport) continue;
           for (const c of cs) assert.ok(!c.includes("no_subtree_check"), `${p} ${c}`);
         }
+        assert.deepEqual(await views(), ["ro"], "one read-only view of images/");
+        assert.match(
+          await sh(`touch ${rootfs(id.v1)}/written 2>&1`, { check: false }),
+          /Read-only file system/,
+        );
         assert.equal(
           await sh("cat /etc/exports"),
           `# the admin's own exports\n${adminLine}\n`,
@@ -516,6 +527,7 @@ Deno.test({
         assert.ok((await serve()).up, "serve starts after kill -9");
         await assertExports(moved, "after kill -9");
         await stayedUp("kill -9");
+        assert.deepEqual(await views(), ["ro"], "the view kept, not mounted again");
         say("kill -9 reconciled");
 
         // ---- B: released, the node reboots; the overlay is reset, /persist kept ----

@@ -59,3 +59,57 @@ Deno.test("mount (root, mount ns): freeing a tmpfs root spares mount points and 
     await Deno.remove(diskDir, { recursive: true });
   }
 });
+
+Deno.test("mount (root, mount ns): the read-only view of images/ kernel nfsd exports from", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nr-mount-view-" });
+  try {
+    const out = await inMountNs(`
+      import { ensureReadOnlyImages } from "${root}src/nfs.ts";
+      const d = ${JSON.stringify(dir)};
+      const data = { images: d + "/images", imagesReadOnly: d + "/images-ro" };
+      Deno.mkdirSync(data.images + "/a/rootfs", { recursive: true });
+      Deno.writeTextFileSync(data.images + "/a/rootfs/f", "a");
+      const points = () => Deno.readTextFileSync("/proc/self/mountinfo").split("\\n")
+        .filter((l) => l.split(" ")[4] === data.imagesReadOnly).length;
+      const attempt = (f) => { try { f(); return "ok"; } catch (e) { return e.code ?? e.name; } };
+      console.log("first", ensureReadOnlyImages(data), points());
+      console.log("reads", Deno.readTextFileSync(data.imagesReadOnly + "/a/rootfs/f"));
+      console.log("write", attempt(() => Deno.writeTextFileSync(data.imagesReadOnly + "/a/rootfs/f", "x")));
+      console.log("create", attempt(() => Deno.writeTextFileSync(data.imagesReadOnly + "/a/new", "x")));
+      console.log("again", ensureReadOnlyImages(data), points());
+      const rw = new Deno.Command("mount", { args: ["-o", "remount,bind,rw", data.imagesReadOnly] });
+      console.log("made writable", rw.outputSync().success,
+        attempt(() => Deno.writeTextFileSync(data.imagesReadOnly + "/a/rw", "x")));
+      console.log("writable view", ensureReadOnlyImages(data), points(),
+        attempt(() => Deno.writeTextFileSync(data.imagesReadOnly + "/a/rw2", "x")));
+      // An image made or removed after the view was mounted: seen at once, removable.
+      Deno.mkdirSync(data.images + "/b/rootfs", { recursive: true });
+      console.log("new image", Deno.statSync(data.imagesReadOnly + "/b/rootfs").isDirectory);
+      Deno.removeSync(data.images + "/a", { recursive: true });
+      console.log("removed", attempt(() => Deno.statSync(data.imagesReadOnly + "/a")));
+      // Something else mounted there (a stale view of another directory): the images go on top.
+      const other = new Deno.Command("mount", { args: ["-t", "tmpfs", "x", data.imagesReadOnly] });
+      console.log("covered", other.outputSync().success, ensureReadOnlyImages(data),
+        Deno.statSync(data.imagesReadOnly + "/b/rootfs").isDirectory);
+      // A symlink there is not followed: a bind through it would cover what it names.
+      Deno.mkdirSync(d + "/elsewhere");
+      const linked = { images: data.images, imagesReadOnly: d + "/link" };
+      Deno.symlinkSync(d + "/elsewhere", linked.imagesReadOnly);
+      console.log("symlink", attempt(() => ensureReadOnlyImages(linked)).slice(0, 40),
+        Deno.readDirSync(d + "/elsewhere").toArray().length);
+    `);
+    assert.match(out, /^first mounted 1$/m);
+    assert.match(out, /^reads a$/m);
+    assert.match(out, /^write EROFS$/m);
+    assert.match(out, /^create EROFS$/m);
+    assert.match(out, /^again kept 1$/m, "not mounted twice");
+    assert.match(out, /^made writable true ok$/m);
+    assert.match(out, /^writable view remounted 1 EROFS$/m);
+    assert.match(out, /^new image true$/m);
+    assert.match(out, /^removed ENOENT$/m);
+    assert.match(out, /^covered true mounted true$/m);
+    assert.match(out, /^symlink UserError 0$/m);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

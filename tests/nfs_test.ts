@@ -22,7 +22,6 @@ import {
   nfsRootPath,
   renderGaneshaConfig,
   renderKernelExports,
-  sharedFileSystemWarning,
   startNfs,
 } from "../src/nfs.ts";
 import { networkCidr } from "../contract/ipv4.ts";
@@ -226,20 +225,32 @@ function addNode(ctx: Context, mac: string, name: string, imageId: string, ip: s
   symlinkSync(`../../images/${imageId}/rootfs`, ctx.data.nodeFs(mac));
 }
 
-Deno.test("export paths: ganesha v4 pseudo paths, real paths for kernel nfsd and v3", async () => {
+Deno.test("export paths: ganesha v4 pseudo paths, real paths for v3, kernel nfsd's read-only view", async () => {
   const mac = "52:54:00:00:00:01";
   for (
-    const [nfs, pseudo] of [
-      [{ mode: "ganesha", version: 4 }, true],
-      [{ mode: "ganesha", version: 3 }, false],
-      [{ mode: "kernel", version: 4 }, false],
+    const [nfs, root] of [
+      [{ mode: "ganesha", version: 4 }, "pseudo"],
+      [{ mode: "ganesha", version: 3 }, "tree"],
+      [{ mode: "kernel", version: 4 }, "view"],
+      [{ mode: "kernel", version: 3 }, "view"],
     ] as const
   ) {
     const ctx = await tempContext(nfs, "10.77.0.1");
+    const pseudo = root === "pseudo";
     try {
       assert.equal(
         nfsRootPath(ctx, "abc"),
-        pseudo ? "/netroot/images/abc" : ctx.data.rootfs("abc"),
+        {
+          pseudo: "/netroot/images/abc",
+          tree: ctx.data.rootfs("abc"),
+          view: join(ctx.data.root, "images-ro/abc/rootfs"),
+        }[root],
+      );
+      // What a node mounts is what is exported (ganesha v4: the pseudo path's Path).
+      const id = addImage(ctx, "x");
+      assert.equal(
+        desiredExports(ctx).images.find((i) => i.id === id)?.path,
+        pseudo ? ctx.data.rootfs(id) : nfsRootPath(ctx, id),
       );
       assert.equal(
         nfsPersistPath(ctx, mac),
@@ -285,25 +296,6 @@ Deno.test("startNfs kernel mode refuses clearly on a kernel without nfsd", {
     await assert.rejects(startNfs(ctx), /no NFS server \(nfsd\); use --nfs ganesha/);
   } finally {
     await dropContext(ctx);
-  }
-});
-
-Deno.test("kernel mode warns while the nodes' directory shares the images' file system (root: a tmpfs)", () => {
-  const dir = Deno.makeTempDirSync({ prefix: "nr-nfs-fs-" });
-  const data = { nodes: join(dir, "nodes"), images: join(dir, "images") };
-  mkdirSync(data.nodes);
-  mkdirSync(data.images);
-  try {
-    assert.match(sharedFileSystemWarning(data) ?? "", /are on one file system: with kernel nfsd/);
-    const mount = new Deno.Command("mount", { args: ["-t", "tmpfs", "nodes", data.nodes] });
-    assert.ok(mount.outputSync().success, "mount a tmpfs");
-    try {
-      assert.equal(sharedFileSystemWarning(data), undefined);
-    } finally {
-      new Deno.Command("umount", { args: [data.nodes] }).outputSync();
-    }
-  } finally {
-    Deno.removeSync(dir, { recursive: true });
   }
 });
 
@@ -645,16 +637,18 @@ Deno.test({
       const mac = "52:54:00:00:71:21", data = "/srv/data";
       const otherMac = "52:54:00:00:71:22", theirs = `nodes/${otherMac}/persist`;
       const tree = join(work, "tree");
-      const rootfs = `images/aa11/rootfs`, persist = `nodes/${mac}/persist`;
-      // The same node's /persist as it should be: on a file system of its own (a tmpfs here).
-      const apartMac = "52:54:00:00:71:23", apart = `nodes/${apartMac}/persist`;
-      mkdirSync(join(tree, rootfs, "etc/ssh"), { recursive: true });
+      // The image is exported as netroot exports it, from the read-only view of images/
+      // (`rootfs`), and once more from the writable tree (`writable`, as netroot did before the
+      // view), where a hard link across exports gets through.
+      const rootfs = `images-ro/aa11/rootfs`, writable = `images/aa11/rootfs`;
+      const persist = `nodes/${mac}/persist`;
+      mkdirSync(join(tree, writable, "etc/ssh"), { recursive: true });
+      mkdirSync(join(tree, "images-ro"), { recursive: true });
       mkdirSync(join(tree, persist), { recursive: true });
-      mkdirSync(join(tree, apart), { recursive: true });
       mkdirSync(join(tree, theirs), { recursive: true });
       writeFileSync(join(tree, theirs, "theirs"), "THEIRS\n", { mode: 0o644 });
-      writeFileSync(join(tree, rootfs, "etc/hostname"), "a\n");
-      writeFileSync(join(tree, rootfs, "etc/ssh/ssh_host_ed25519_key"), "key\n", { mode: 0o600 });
+      writeFileSync(join(tree, writable, "etc/hostname"), "a\n");
+      writeFileSync(join(tree, writable, "etc/ssh/ssh_host_ed25519_key"), "key\n", { mode: 0o600 });
       writeFileSync(join(tree, persist, "mine"), "mine\n");
       writeFileSync(join(tree, "netroot.db"), "SECRET\n", { mode: 0o600 });
       writeFileSync(join(tree, "public"), "PUBLIC\n", { mode: 0o644 });
@@ -675,11 +669,13 @@ Deno.test({
       ];
       const text = renderKernelExports({
         subnet: "10.71.0.0/24",
-        images: [{ id: "aa11", path: `${data}/${rootfs}`, pseudo: "", nodes: ["10.71.0.21"] }],
+        images: [
+          { id: "aa11", path: `${data}/${rootfs}`, pseudo: "", nodes: ["10.71.0.21"] },
+          { id: "bb22", path: `${data}/${writable}`, pseudo: "", nodes: ["10.71.0.21"] },
+        ],
         persists: [
           { mac, ip: "10.71.0.21", path: `${data}/${persist}`, pseudo: "" },
           { mac: otherMac, ip: "10.71.0.22", path: `${data}/${theirs}`, pseudo: "" },
-          { mac: apartMac, ip: "10.71.0.21", path: `${data}/${apart}`, pseudo: "" },
         ],
       });
 
@@ -729,7 +725,9 @@ for m in ${
         }; do insmod /mods/$m || echo "INSMOD-FAIL $m"; done
 ip link set lo up; ip link set eth0 up; ip addr add 10.71.0.1/24 dev eth0
 mount -t ext4 /dev/vda ${data} || echo "DISK-MOUNT-FAIL"
-mount -t tmpfs -o mode=0700 apart ${data}/${apart} || echo "DISK-MOUNT-FAIL"
+# What \`serve --nfs kernel\` mounts (ensureReadOnlyImages): a read-only bind mount of images/.
+mount --bind ${data}/images ${data}/images-ro || echo "DISK-MOUNT-FAIL"
+mount -o remount,bind,ro ${data}/images-ro || echo "DISK-MOUNT-FAIL"
 mount -t nfsd nfsd /proc/fs/nfsd
 echo 10 > /proc/fs/nfsd/nfsv4gracetime
 rpc.mountd -N 2 -N 3 -F &
@@ -845,18 +843,17 @@ sleep 600
       );
       // A hard link from the node's image into its own /persist, across the two exports, by the
       // node's root (root kept on both): kernel nfsd checks neither that the two handles share an
-      // export (it does for RENAME) nor the source's permissions, so on one file system the link
-      // is made, and the node could then write its image's file (an object every image holding
-      // that content shares) through its /persist: why `serve --nfs kernel` warns when nodes/ and
-      // images/ share a file system. On a file system of its own, the kernel refuses (EXDEV).
-      // Root squashed on the image (any other host of the subnet): refused (no write access to
-      // its /persist as nobody, the image export's mapping being the one the link runs with).
-      const across = async (from: string, persistDir: string) => {
+      // export (it does for RENAME) nor the source's permissions. Through the writable tree the
+      // link is made, and the node could then write its image's file (an object every image
+      // holding that content shares) through its /persist. Through the read-only view nfsd's
+      // write check on the file's mount refuses it (EROFS), for the node's root and for any
+      // other host. (The view first: a link made leaves its name taken.)
+      const across = async (from: string, image: string, persistDir: string) => {
         const out = await new Deno.Command("ip", {
           args: [
             ...["netns", "exec", from, Deno.execPath(), "run", "-A", "--no-config"],
             fileURLToPath(new URL("./support/nfs4_forge.ts", import.meta.url)),
-            ...["link", "10.71.0.1", `${data}/${rootfs}`, "etc/hostname", `${data}/${persistDir}`],
+            ...["link", "10.71.0.1", `${data}/${image}`, "etc/hostname", `${data}/${persistDir}`],
           ],
           stdout: "piped",
           stderr: "piped",
@@ -864,10 +861,11 @@ sleep 600
         assert.ok(out.success, `nfs4_forge link: ${new TextDecoder().decode(out.stderr)}`);
         return JSON.parse(new TextDecoder().decode(out.stdout)) as { status: number };
       };
-      const NFS4ERR_XDEV = 18;
-      assert.deepEqual(await across(ns, persist), { status: 0 }, "one file system: linked");
-      assert.deepEqual(await across(ns, apart), { status: NFS4ERR_XDEV }, "its own file system");
-      assert.deepEqual(await across(other, theirs), { status: NFS4ERR_ACCESS }, "root squashed");
+      const NFS4ERR_ROFS = 30;
+      assert.deepEqual(await across(ns, rootfs, persist), { status: NFS4ERR_ROFS }, "the view");
+      assert.deepEqual(await across(other, rootfs, theirs), { status: NFS4ERR_ROFS }, "squashed");
+      assert.deepEqual(await across(ns, writable, persist), { status: 0 }, "the tree: linked");
+      assert.deepEqual(await across(other, writable, theirs), { status: NFS4ERR_ACCESS });
       // What nfsd made of the text (exportfs -v prints no_subtree_check only when it is set).
       const exportsV = /EXPORTS-V (.*)/.exec(log())![1];
       assert.match(exportsV, /\/rootfs 10\.71\.0\.21\([^)]*,ro,[^)]*,no_root_squash/, exportsV);

@@ -1,5 +1,6 @@
 // mount(2), umount2(2) and statfs(2) through FFI: what the node init needs to build its new root
-// (proc/sys/devtmpfs, tmpfs, overlay, NFS with kernel text options, bind and MS_MOVE).
+// (proc/sys/devtmpfs, tmpfs, overlay, NFS with kernel text options, bind and MS_MOVE), and the
+// server its read-only view of the image trees for kernel nfsd (src/nfs.ts).
 import { check, cstr, openLibc } from "./libc.ts";
 
 export const MS_RDONLY = 0x1;
@@ -61,19 +62,44 @@ export function umount(target: string, flags = 0): void {
   check("umount2", libc().symbols.umount2(cstr(target), flags), target);
 }
 
-/** A read-only view of directory `source` at `target` (a bind mount, then its read-only remount:
- *  the kernel takes no MS_RDONLY with the bind itself). */
+/** A read-only view of directory `source` at `target`, made if missing (a bind mount, then its
+ *  read-only remount: the kernel takes no MS_RDONLY with the bind itself). If the remount fails,
+ *  the bind goes. */
 export function bindReadOnly(source: string, target: string): void {
   Deno.mkdirSync(target, { recursive: true });
   mount(source, target, null, MS_BIND);
+  try {
+    remountReadOnly(target);
+  } catch (e) {
+    umount(target, MNT_DETACH);
+    throw e;
+  }
+}
+
+/** Makes the bind mount at `target` read-only, nosuid, nodev, noexec: nothing is run or opened
+ *  as a device through it on this machine. */
+export function remountReadOnly(target: string): void {
   mount(null, target, null, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC);
+}
+
+/** statfs(2) of `path`: [f_type, f_flags] (struct statfs is 120 bytes on x86_64 and aarch64:
+ *  f_type the first long, f_flags the eleventh). */
+function statfs(path: string): [number, number] {
+  const buf = new Uint8Array(120);
+  check("statfs", libc().symbols.statfs(cstr(path), buf), path);
+  const v = new DataView(buf.buffer);
+  return [Number(v.getBigInt64(0, true)), Number(v.getBigInt64(80, true))];
 }
 
 /** The filesystem type magic (statfs f_type) of the filesystem holding `path`. */
 export function fsType(path: string): number {
-  const buf = new Uint8Array(120); // struct statfs is 120 bytes on x86_64; f_type is the first long
-  check("statfs", libc().symbols.statfs(cstr(path), buf), path);
-  return Number(new DataView(buf.buffer).getBigInt64(0, true));
+  return statfs(path)[0];
+}
+
+/** True when the mount `path` is on is read-only (statfs f_flags ST_RDONLY: per mount, so a
+ *  read-only bind mount of a writable file system says so). */
+export function onReadOnlyMount(path: string): boolean {
+  return (statfs(path)[1] & 1) !== 0;
 }
 
 /** True when `path` is the root of a mount (its device differs from its parent's, or it is "/"). */
