@@ -53,7 +53,9 @@ export interface ServerConfig {
   /** Not a setting: where a loader missing from ipxeDir is served from when --ipxe-dir is not
    *  given (the release bundle's ipxe/, e.g. ipxe-arm64.efi beside bookworm's x86 package). */
   ipxeFallbackDir?: string;
-  nfs: { mode: NfsMode; version: 3 | 4 };
+  /** `reserve`: bytes of the data dir's file system nodes' /persist may not take (src/nfs.ts,
+   *  PersistRoom; 0: none); not set: 5 % of the file system, at most 1 GiB. */
+  nfs: { mode: NfsMode; version: 3 | 4; reserve?: number };
   /** Send IPv6 router advertisements on the boot interface (stops iPXE's ~13 s IPv6 wait). */
   ra: boolean;
   vnode: { accel: "auto" | "kvm" | "tcg" };
@@ -112,6 +114,7 @@ export const serveOptions = {
   "ipxe-dir": { type: "string" },
   nfs: { type: "string" },
   "nfs-version": { type: "string" },
+  "nfs-reserve": { type: "string" },
   ra: { type: "string" },
   accel: { type: "string" },
   "log-format": { type: "string" },
@@ -154,6 +157,18 @@ function wholeNumber(name: string, v: string | number, min: number, max: number)
   const n = typeof v === "number" ? v : /^\d{1,10}$/.test(v.trim()) ? Number(v) : NaN;
   if (!Number.isInteger(n) || n < min || n > max) {
     throw new UserError(`--${name} expects a whole number from ${min} to ${max}, got ${v}`);
+  }
+  return n;
+}
+
+/** A size in bytes: a whole number, or one with unit K, M, G or T (powers of 1024), e.g. 512M. */
+export function parseBytes(name: string, v: string | number): number {
+  const m = /^(\d{1,15})([KMGT]?)$/.exec(String(v).trim());
+  const n = m ? Number(m[1]) * 1024 ** " KMGT".indexOf(m[2] || " ") : NaN;
+  if (!Number.isSafeInteger(n)) {
+    throw new UserError(
+      `--${name} expects a size (bytes, or with unit K, M, G or T: 1G), got ${v}`,
+    );
   }
   return n;
 }
@@ -242,6 +257,7 @@ const FILE_SPEC: Spec = {
   nfs: {
     mode: choice("nfs", ["kernel", "ganesha", "off"]),
     version: choice("nfs-version", ["3", "4"]),
+    reserve: (v) => parseBytes("nfs-reserve", v as string | number),
   },
   ra: flagBool("ra"),
   vnode: { accel: choice("accel", ["auto", "kvm", "tcg"]) },
@@ -410,6 +426,7 @@ export async function loadServeConfig(args: string[]): Promise<ServerConfig> {
   if (values["nfs-version"]) {
     cfg.nfs.version = Number(oneOf("nfs-version", values["nfs-version"], ["3", "4"])) as 3 | 4;
   }
+  if (values["nfs-reserve"]) cfg.nfs.reserve = parseBytes("nfs-reserve", values["nfs-reserve"]);
   if (values.ra) cfg.ra = bool("ra", values.ra);
   if (values.accel) {
     cfg.vnode.accel = oneOf("accel", values.accel, ["auto", "kvm", "tcg"] as const);

@@ -31,6 +31,8 @@ export const EVENT_KINDS = [
   "image.rename",
   "image.rm",
   "nfs.exports",
+  "nfs.persist-read-only",
+  "nfs.persist-writable",
   "nfs.start",
   "nfs.exit",
   // power drivers (src/power/power.ts), virtual nodes (src/vnode/manager.ts)

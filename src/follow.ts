@@ -7,7 +7,7 @@ export function followRegistry(
   ctx: Pick<Context, "changes">,
   apply: () => Promise<void>,
   o: { recheckMs?: number; failed: (e: Error) => void },
-): { stop(): Promise<void> } {
+): { stop(): Promise<void>; changed(): void } {
   let timer: ReturnType<typeof setTimeout> | undefined;
   let running = Promise.resolve();
   const run = () => {
@@ -22,6 +22,8 @@ export function followRegistry(
   ctx.changes.addEventListener("images", onChange);
   const interval = setInterval(run, o.recheckMs ?? 10_000);
   return {
+    /** Something else changed what to apply (applied as a registry change is). */
+    changed: onChange,
     stop: async () => {
       ctx.changes.removeEventListener("nodes", onChange);
       ctx.changes.removeEventListener("images", onChange);

@@ -16,7 +16,7 @@ import { networkCidr } from "../contract/ipv4.ts";
 import { UserError } from "./errors.ts";
 import { recordEvent } from "./events.ts";
 import { logger } from "./log.ts";
-import { writeFileDurableSync } from "./linux/fsops.ts";
+import { type FsSpace, statvfs, writeFileDurableSync } from "./linux/fsops.ts";
 import { bindReadOnly, onReadOnlyMount, remountReadOnly } from "./linux/mount.ts";
 import { StartFailure, startProcess, stopStale, Supervisor } from "./supervisor.ts";
 
@@ -62,6 +62,8 @@ export interface PersistExport {
   ip: string;
   path: string;
   pseudo: string;
+  /** Exported read-only: the data dir's file system is short of room (PersistRoom). */
+  readOnly?: boolean;
 }
 export interface ExportSet {
   /** CIDR of the boot subnet, the clients of the image exports. */
@@ -136,7 +138,8 @@ export function renderKernelExports(set: ExportSet): string {
     lines.push(`${quoted(i.path)} ${[...clients, `${set.subnet}(${image},${fsid})`].join(" ")}`);
   }
   for (const p of set.persists) {
-    lines.push(`${quoted(p.path)} ${p.ip}(${persist},fsid=${fsidOf(`persist:${p.mac}`)})`);
+    const opts = p.readOnly ? persist.replace("rw,", "ro,") : persist;
+    lines.push(`${quoted(p.path)} ${p.ip}(${opts},fsid=${fsidOf(`persist:${p.mac}`)})`);
   }
   return lines.join("\n") + "\n";
 }
@@ -184,7 +187,7 @@ export function renderGaneshaConfig(set: ExportSet, p: GaneshaParams): string {
     exp(`image:${i.id}`, i.path, i.pseudo, `${own}Clients = ${set.subnet}; ${ro}`);
   }
   for (const x of set.persists) {
-    exp(`persist:${x.mac}`, x.path, x.pseudo, `Clients = ${x.ip}; ${rw}`);
+    exp(`persist:${x.mac}`, x.path, x.pseudo, `Clients = ${x.ip}; ${x.readOnly ? roRoot : rw}`);
   }
   out.push("LOG { Default_Log_Level = EVENT; }", "");
   return out.join("\n");
@@ -218,7 +221,8 @@ export function bootNetwork(ctx: Context): { address: string; netmask: string } 
 }
 
 /** What should be exported now, from the database (the truth) and the node settings. */
-export function desiredExports(ctx: Context): ExportSet {
+/** What the state says to export; every /persist read-only when `persistReadOnly`. */
+export function desiredExports(ctx: Context, persistReadOnly = false): ExportSet {
   const net = bootNetwork(ctx);
   if (!net) {
     throw new UserError("NFS exports need the server address: use --interface or --address");
@@ -237,8 +241,93 @@ export function desiredExports(ctx: Context): ExportSet {
     ip: t.ip,
     path: ctx.data.persist(t.mac),
     pseudo: `/netroot/persist/${t.mac.replaceAll(":", "")}`,
+    ...(persistReadOnly ? { readOnly: true } : {}),
   }));
   return { subnet: networkCidr(net.address, net.netmask), images, persists };
+}
+
+// ---- room on the data dir's file system: /persist read-only while it runs out ----
+// A node's root writes its /persist as root, and nfsd gives a kept root CAP_SYS_RESOURCE (its
+// CAP_NFSD_SET; ganesha runs as root), which passes quota limits and the blocks ext4 reserves for
+// root: one node could fill the data dir's file system, and the database (leases, boots, events),
+// initramfs builds and imports would then fail for the whole lab. So every /persist is exported
+// read-only while the file system holding them has less than the reserve free (bytes, or inodes),
+// and writable again once it has 1/8 more than that (no flapping at the line). A node can still
+// write for the time one check and one export reload take: the reserve is sized for it.
+
+export interface Reserve {
+  bytes: number;
+  inodes: number;
+}
+
+/** The room kept: `bytes` when the admin set it (--nfs-reserve; 0 keeps none), else 5 % of the
+ *  file system, at most 1 GiB; inodes 5 %, at most 50,000. */
+export function reserveFor(space: FsSpace, bytes?: number): Reserve {
+  if (bytes === 0) return { bytes: 0, inodes: 0 };
+  return {
+    bytes: bytes ?? Math.min(2 ** 30, Math.floor(space.totalBytes / 20)),
+    inodes: Math.min(50_000, Math.floor(space.totalInodes / 20)),
+  };
+}
+
+/** Whether /persist is read-only with this much free: under the reserve it is, and once it is,
+ *  it stays so until 1/8 more than the reserve is free. */
+export function persistShortOfRoom(space: FsSpace, reserve: Reserve, now: boolean): boolean {
+  const need = now ? 9 / 8 : 1;
+  return space.freeBytesForRoot < reserve.bytes * need || space.freeInodes < reserve.inodes * need;
+}
+
+/** Watches the room left where the nodes' /persist are; `changed` runs when they must turn
+ *  read-only or writable (the exports are applied again). */
+export class PersistRoom {
+  readOnly = false;
+  #timer: ReturnType<typeof setInterval> | undefined;
+  constructor(private ctx: Context) {}
+  /** Samples once; true when the state changed (logged, and a timeline event). */
+  check(): boolean {
+    const space = statvfs(this.ctx.data.nodes);
+    const reserve = reserveFor(space, this.ctx.config.nfs.reserve);
+    const readOnly = persistShortOfRoom(space, reserve, this.readOnly);
+    if (readOnly === this.readOnly) return false;
+    this.readOnly = readOnly;
+    const detail = {
+      freeBytes: space.freeBytesForRoot,
+      freeInodes: space.freeInodes,
+      reserveBytes: reserve.bytes,
+      reserveInodes: reserve.inodes,
+    };
+    if (readOnly) {
+      log.error(
+        "the data dir's file system is short of room: every node's /persist is read-only " +
+          "until it has room again (--nfs-reserve)",
+        detail,
+      );
+    } else log.info("room again on the data dir's file system: /persist writable", detail);
+    try {
+      recordEvent(
+        this.ctx.db,
+        null,
+        readOnly ? "nfs.persist-read-only" : "nfs.persist-writable",
+        detail,
+      );
+    } catch (e) {
+      log.error("could not record the /persist state", { error: (e as Error).message });
+    }
+    return true;
+  }
+  /** Checks every `everyMs` (a node at 1 Gbit/s writes 125 MB a second), `changed` on a change. */
+  watch(changed: () => void, everyMs = 1000): void {
+    this.#timer = setInterval(() => {
+      try {
+        if (this.check()) changed();
+      } catch (e) {
+        log.error("checking the room for /persist failed", { error: (e as Error).message });
+      }
+    }, everyMs);
+  }
+  stop(): void {
+    clearInterval(this.#timer);
+  }
 }
 
 // ---- the service ----
@@ -248,6 +337,8 @@ export interface NfsOptions {
   wrap?: string[];
   /** Recheck interval for changes that fire no event (lease addresses). */
   recheckMs?: number;
+  /** Interval of the room checks for /persist (PersistRoom). */
+  roomCheckMs?: number;
 }
 
 export function startNfs(ctx: Context, opts: NfsOptions = {}): Promise<Service> {
@@ -319,12 +410,14 @@ async function startKernelNfs(ctx: Context, opts: NfsOptions): Promise<Service> 
   }
   await checkKernelServer(ctx.config.nfs.version);
   const view = ensureReadOnlyImages(ctx.data);
+  const room = new PersistRoom(ctx);
+  room.check();
   if (view !== "kept") {
     log.info(`read-only view of the images ${view}`, { path: ctx.data.imagesReadOnly });
   }
   let last = "";
   const apply = async () => {
-    const set = desiredExports(ctx);
+    const set = desiredExports(ctx, room.readOnly);
     const text = renderKernelExports(set);
     if (text === last) return;
     ensurePersistDirs(set);
@@ -343,8 +436,15 @@ async function startKernelNfs(ctx: Context, opts: NfsOptions): Promise<Service> 
   };
   await apply();
   const f = follow(ctx, opts, apply);
+  room.watch(f.changed, opts.roomCheckMs);
   // Exports stay in place on close: running nodes keep their root while netroot restarts.
-  return { name: "nfs", close: f.stop };
+  return {
+    name: "nfs",
+    close: () => {
+      room.stop();
+      return f.stop();
+    },
+  };
 }
 
 /** The system's NFS server is running the way `version` needs (netroot only writes exports;
@@ -434,6 +534,7 @@ class GaneshaConfig {
     private ctx: Context,
     private paths: ReturnType<typeof ganeshaPaths>,
     private serverIp: string,
+    private room: PersistRoom,
   ) {
     this.#ids = new Map(Object.entries(readJson(paths.ids) as Record<string, number>));
   }
@@ -442,7 +543,7 @@ class GaneshaConfig {
   }
   /** Renders the current state; writes it and returns true when it changed. */
   update(): boolean {
-    this.set = desiredExports(this.ctx);
+    this.set = desiredExports(this.ctx, this.room.readOnly);
     const keys = [
       ...this.set.images.map((i) => `image:${i.id}`),
       ...this.set.persists.map((p) => `persist:${p.mac}`),
@@ -553,7 +654,9 @@ async function startGanesha(ctx: Context, opts: NfsOptions): Promise<Service> {
     10_000,
     (pid) => log.warn("stopping a ganesha.nfsd left by a previous run", { pid }),
   );
-  const config = new GaneshaConfig(ctx, paths, serverIp);
+  const room = new PersistRoom(ctx);
+  room.check();
+  const config = new GaneshaConfig(ctx, paths, serverIp, room);
   config.update();
   const ganesha = ganeshaSupervisor(ctx, opts, paths, config);
   await ganesha.start();
@@ -566,10 +669,12 @@ async function startGanesha(ctx: Context, opts: NfsOptions): Promise<Service> {
     log.info("exports reloaded", counts);
     return Promise.resolve();
   });
+  room.watch(f.changed, opts.roomCheckMs);
 
   return {
     name: "nfs",
     async close() {
+      room.stop();
       await f.stop();
       await ganesha.stop();
     },

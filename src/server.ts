@@ -77,7 +77,7 @@ export interface RunningServer {
 }
 
 /** Config keys a running server takes on reload; any other changed key needs a restart. */
-const RELOADABLE = [/^dhcp\./, /^api\.auth$/, /^events\./, /^logFormat$/];
+const RELOADABLE = [/^dhcp\./, /^api\.auth$/, /^events\./, /^logFormat$/, /^nfs\.reserve$/];
 
 function flatKeys(o: unknown, prefix: string, out: Map<string, string>): Map<string, string> {
   if (o && typeof o === "object" && !Array.isArray(o)) {
@@ -354,6 +354,7 @@ function reloader(ctx: Context, booter: Booter, services: Service[]) {
     config.dhcp = next.dhcp;
     config.api = next.api;
     config.events = next.events;
+    config.nfs.reserve = next.nfs.reserve; // PersistRoom's next check (within a second) takes it
     if (next.logFormat && has("logFormat")) setLogFormat(next.logFormat);
     if (has("events.")) {
       await replaceService(

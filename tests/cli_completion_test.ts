@@ -98,6 +98,7 @@ Deno.test("bash completion: commands, sub-commands, flags, fixed values, directo
     ]);
     assert.deepEqual(await bashComplete(["netroot", "serve", "--nf"], dir), [
       "--nfs",
+      "--nfs-reserve",
       "--nfs-version",
     ]);
     assert.deepEqual(await bashComplete(["netroot", "serve", "--log-format", "j"], dir), ["json"]);

@@ -48,6 +48,9 @@ Deno.test("serve config: a DHCP range means full mode; flags parse and validate"
       [["--tftp-port", "sixty-nine"], /port number/],
       [["--tftp-port", "70000"], /port number/],
       [["--address", "server.lab"], /A\.B\.C\.D/],
+      [["--nfs-reserve", "1.5G"], /expects a size/],
+      [["--nfs-reserve=-1"], /expects a size/],
+      [["--nfs-reserve", "99999999999999999G"], /expects a size/],
     ] as const
   ) {
     await assert.rejects(
@@ -200,6 +203,7 @@ Deno.test("serve config: every flag has a config file key giving the same config
     [["--ipxe-dir", "/opt/ipxe"], { ipxeDir: "/opt/ipxe" }],
     [["--nfs", "ganesha"], { nfs: { mode: "ganesha" } }],
     [["--nfs-version", "3"], { nfs: { version: 3 } }],
+    [["--nfs-reserve", "512M"], { nfs: { reserve: "512M" } }],
     [["--ra", "false"], { ra: false }],
     [["--accel", "tcg"], { vnode: { accel: "tcg" } }],
     [["--log-format", "json"], { logFormat: "json" }],

@@ -10,6 +10,7 @@ import { fileURLToPath } from "node:url";
 import { defaultConfig, type ServerConfig } from "../src/config.ts";
 import type { Context } from "../src/context.ts";
 import { listEvents } from "../src/events.ts";
+import { statvfs } from "../src/linux/fsops.ts";
 import {
   assignExportIds,
   checkKernelServer,
@@ -20,8 +21,10 @@ import {
   ganeshaFsidOf,
   nfsPersistPath,
   nfsRootPath,
+  persistShortOfRoom,
   renderGaneshaConfig,
   renderKernelExports,
+  reserveFor,
   startNfs,
 } from "../src/nfs.ts";
 import { networkCidr } from "../contract/ipv4.ts";
@@ -151,6 +154,55 @@ Deno.test("fsids: one per export, from its key alone, the same in both back ends
     hi.toString(16).padStart(16, "0") + lo.toString(16).padStart(16, "0"),
     fsidOf("image:aa11").replaceAll("-", ""),
   );
+});
+
+Deno.test("a /persist short of room is exported read-only, root still kept (both back ends)", () => {
+  const locked = { ...set, persists: set.persists.map((p) => ({ ...p, readOnly: true })) };
+  const k = renderKernelExports(locked).trim().split("\n")[2];
+  assert.match(
+    k,
+    /^"\/d\/nodes\/52:54:00:00:00:01\/persist" 10\.77\.0\.23\(ro,sync,no_root_squash,/,
+  );
+  const ids = assignExportIds(["image:aa11", "persist:52:54:00:00:00:01"], new Map());
+  const g = renderGaneshaConfig(locked, {
+    bindAddr: "10.77.0.1",
+    version: 4,
+    recoveryDir: "/r",
+    ids,
+  });
+  assert.ok(
+    g.includes("CLIENT { Clients = 10.77.0.23; Access_Type = RO; Squash = No_Root_Squash;"),
+    g,
+  );
+  assert.ok(!g.includes("Access_Type = RW"), g);
+});
+
+Deno.test("room for /persist: the reserve, and read-only under it until 1/8 more is free", () => {
+  const gib = 2 ** 30;
+  const fs = (freeBytesForRoot: number, freeInodes = 1e6) => ({
+    freeBytes: freeBytesForRoot,
+    freeBytesForRoot,
+    totalBytes: 100 * gib,
+    freeInodes,
+    totalInodes: 1e7,
+    blockSize: 4096,
+  });
+  // Defaults: 5 % of the file system, at most 1 GiB; inodes 5 %, at most 50,000.
+  assert.deepEqual(reserveFor(fs(0)), { bytes: gib, inodes: 50_000 });
+  assert.deepEqual(
+    reserveFor({ ...fs(0), totalBytes: 2 * gib, totalInodes: 1e5 }),
+    { bytes: Math.floor(2 * gib / 20), inodes: 5000 },
+  );
+  assert.deepEqual(reserveFor(fs(0), 0), { bytes: 0, inodes: 0 }, "--nfs-reserve 0: none");
+  assert.deepEqual(reserveFor(fs(0), 5 * gib), { bytes: 5 * gib, inodes: 50_000 });
+  const r = reserveFor(fs(0));
+  assert.equal(persistShortOfRoom(fs(gib + 1), r, false), false);
+  assert.equal(persistShortOfRoom(fs(gib - 1), r, false), true, "under the reserve");
+  assert.equal(persistShortOfRoom(fs(gib + 1), r, true), true, "stays read-only at the line");
+  assert.equal(persistShortOfRoom(fs(gib * 9 / 8 - 1), r, true), true);
+  assert.equal(persistShortOfRoom(fs(gib * 9 / 8), r, true), false, "1/8 more: writable");
+  assert.equal(persistShortOfRoom(fs(10 * gib, 49_999), r, false), true, "inodes run out");
+  assert.equal(persistShortOfRoom(fs(0), reserveFor(fs(0), 0), false), false);
 });
 
 Deno.test("ganesha config: v4 only, no access by default, RO + root squashed subnet / RW one node", () => {
@@ -459,17 +511,32 @@ Deno.test("ganesha (root, netns): serves on 2049, follows a deploy by SIGHUP, st
 // ---- a real NFS client (qemu guest, TCG) against the supervised ganesha ----
 
 Deno.test({
-  name: "ganesha (root, netns, qemu): a node mounts its image read-only and only its own /persist",
+  name: "ganesha (root, netns, qemu): a node mounts its image read-only and only its own " +
+    "/persist, read-only while the nodes' file system is short of room",
   ignore: Deno.env.get("NETROOT_SKIP_VM") === "1",
   async fn() {
     const { debianKernel } = await import("./support/kernel.ts");
     const k = await debianKernel();
     const ns = `nr-nfsvm-${Deno.pid}`;
     await ip("netns", "add", ns);
-    const ctx = await tempContext({ mode: "ganesha", version: 4 }, "10.67.0.1");
+    // The nodes' directory on a small file system of its own (64 MiB ext4), a 24 MiB reserve,
+    // 32 MiB free at the start (the rest taken by a ballast file): the node's 12 MiB file puts it
+    // under, and the admin's removal of the ballast gives room again (removing the node's file
+    // would not: the NFS server holds it open for a while).
+    const mib = 2 ** 20, reserve = 24 * mib, fillMb = 12;
+    const ctx = await tempContext({ mode: "ganesha", version: 4, reserve }, "10.67.0.1");
+    const nodesFs = `${ctx.config.dataDir}.nodes.ext4`;
     let service: { close(): Promise<void> } | undefined;
     let qemu: Deno.ChildProcess | undefined;
+    let mounted = false;
     try {
+      const run = (cmd: string, ...args: string[]) =>
+        assert.ok(new Deno.Command(cmd, { args }).outputSync().success, `${cmd} ${args}`);
+      run("mkfs.ext4", "-q", "-F", nodesFs, "64M");
+      run("mount", "-o", "loop", nodesFs, ctx.data.nodes);
+      mounted = true;
+      const ballast = join(ctx.data.nodes, "ballast");
+      writeFileSync(ballast, new Uint8Array(statvfs(ctx.data.nodes).freeBytesForRoot - 32 * mib));
       await ip("-n", ns, "tuntap", "add", "tap0", "mode", "tap");
       await ip("-n", ns, "addr", "add", "10.67.0.1/24", "dev", "tap0");
       await ip("-n", ns, "link", "set", "tap0", "up");
@@ -483,7 +550,7 @@ Deno.test({
       const me = "52:54:00:00:67:21", other = "52:54:00:00:67:22";
       addNode(ctx, me, "vm", img, "10.67.0.21");
       addNode(ctx, other, "neighbour", img, "10.67.0.22");
-      service = await startNfs(ctx, { wrap: ["ip", "netns", "exec", ns] });
+      service = await startNfs(ctx, { wrap: ["ip", "netns", "exec", ns], roomCheckMs: 200 });
 
       // The guest: static busybox, the NIC and NFS modules, and a script printing what works.
       const stage = join(ctx.config.dataDir, "stage");
@@ -524,6 +591,13 @@ else echo "IMG-MOUNT-FAIL"; fi
 if mount -t nfs4 -o rw,${nfs} 10.67.0.1:/netroot/persist/${me.replaceAll(":", "")} /mine; then
   echo hello-from-guest > /mine/hello && echo "PERSIST-WRITE-OK"
   echo "DEVICES img=$(stat -c %d /img) mine=$(stat -c %d /mine)"
+  # Past the server's reserve: /persist turns read-only; writable again once the server has room
+  # (the test makes room on the server when it reads PERSIST-LOCKED).
+  dd if=/dev/zero of=/mine/fill bs=1M count=${fillMb} 2>/dev/null; sync; echo "FILLED"
+  i=0; while [ $i -lt 60 ] && echo x > /mine/after 2>/dev/null; do sleep 0.5; i=$((i+1)); done
+  if [ $i -lt 60 ]; then echo "PERSIST-LOCKED"; else echo "PERSIST-NOT-LOCKED"; fi
+  i=0; until echo y > /mine/after 2>/dev/null || [ $i -ge 120 ]; do sleep 0.5; i=$((i+1)); done
+  if [ $i -lt 120 ]; then echo "PERSIST-UNLOCKED"; else echo "PERSIST-STAYED-LOCKED"; fi
 else echo "PERSIST-MOUNT-FAIL"; fi
 if mount -t nfs4 -o rw,${nfs} 10.67.0.1:/netroot/persist/${other.replaceAll(":", "")} /theirs; then
   echo "OTHER-PERSIST=mounted"
@@ -557,13 +631,20 @@ poweroff -f
         stdout: "null",
         stderr: "null",
       }).spawn();
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      const done = await Promise.race([
-        qemu.status,
-        new Promise<undefined>((r) => timer = setTimeout(() => r(undefined), 150_000)),
-      ]);
-      clearTimeout(timer);
-      assert.ok(done, "guest powered off within 150 s");
+      // The admin makes room once the node's /persist is read-only.
+      let exited = false, removed = false;
+      const status = qemu.status.finally(() => exited = true);
+      for (let i = 0; i < 1000 && !exited; i++) {
+        if (
+          !removed && existsSync(serial) && readFileSync(serial, "utf8").includes("PERSIST-LOCKED")
+        ) {
+          Deno.removeSync(ballast);
+          removed = true;
+        }
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      const done = exited ? await status : undefined;
+      assert.ok(done, "guest powered off within 200 s");
       qemu = undefined;
       const log = readFileSync(serial, "utf8");
       const tail = `serial log ends:\n${log.slice(-2000)}`;
@@ -599,6 +680,13 @@ poweroff -f
       );
       const hello = join(ctx.data.persist(me), "hello");
       assert.equal(readFileSync(hello, "utf8"), "hello-from-guest\n");
+      assert.ok(log.includes("FILLED"), tail);
+      assert.ok(log.includes("PERSIST-LOCKED"), "read-only under the reserve\n" + tail);
+      const kinds = listEvents(ctx.db).map((e) => e.kind)
+        .filter((k) => k.startsWith("nfs.persist-"));
+      assert.deepEqual(kinds, ["nfs.persist-read-only", "nfs.persist-writable"]);
+      assert.ok(log.includes("PERSIST-UNLOCKED"), "writable again with room\n" + tail);
+      assert.equal(readFileSync(join(ctx.data.persist(me), "after"), "utf8"), "y\n");
       assert.equal(Deno.statSync(hello).uid, 0, "root kept on /persist: the node's root owns it");
       assert.ok(!existsSync(join(ctx.data.rootfs(img), "probe")));
     } finally {
@@ -608,6 +696,8 @@ poweroff -f
       }
       await service?.close();
       await ip("netns", "del", ns).catch(() => {});
+      if (mounted) new Deno.Command("umount", { args: [ctx.data.nodes] }).outputSync();
+      await Deno.remove(nodesFs).catch(() => {});
       await dropContext(ctx);
     }
   },

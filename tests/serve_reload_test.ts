@@ -83,12 +83,13 @@ Deno.test("serve: SIGHUP takes a new DHCP range from the config file and names r
   let log = "";
   try {
     const f = join(dir, "config.json");
-    const config = (range: string, port: number) =>
+    const config = (range: string, port: number, reserve?: string) =>
       JSON.stringify({
         dataDir: join(dir, "data"),
         interface: link.srvIf,
         http: { port },
         dhcp: { mode: "full", range, leaseSeconds: 600 },
+        ...(reserve ? { nfs: { reserve } } : {}),
         ra: false,
         events: { maxAgeDays: 30 },
       });
@@ -132,10 +133,10 @@ Deno.test("serve: SIGHUP takes a new DHCP range from the config file and names r
     };
     assert.equal((await lease("02:00:00:00:83:01")).ip, "10.83.1.100");
 
-    await Deno.writeTextFile(f, config("10.83.1.150-10.83.1.160", 18081));
+    await Deno.writeTextFile(f, config("10.83.1.150-10.83.1.160", 18081, "2G"));
     child.kill("SIGHUP");
     await waitFor(/config changes need a restart[^\n]*http\.port/);
-    assert.match(log, /config reloaded[^\n]*dhcp\.range\.end dhcp\.range\.start/);
+    assert.match(log, /config reloaded[^\n]*dhcp\.range\.end dhcp\.range\.start nfs\.reserve/);
     await waitFor(/(dhcp.*listening|listening.*dhcp)[\s\S]*(dhcp.*listening|listening.*dhcp)/i);
     const second = await lease("02:00:00:00:83:02");
     assert.equal(second.ip, "10.83.1.150");

@@ -61,6 +61,7 @@ export const commands: Record<string, CommandSpec> = {
       "ipxe-dir": "DIR",
       nfs: "kernel|ganesha|off",
       "nfs-version": "3|4",
+      "nfs-reserve": "SIZE",
       ra: "true|false",
       accel: "auto|kvm|tcg",
       "log-format": "text|json",

@@ -19,7 +19,7 @@ export const serveHelp =
                      [--register-unknown true|false] [--register-rate PER-MINUTE]
                      [--register-max N] [--register-ttl SECONDS]
                      [--tftp-port N] [--netconsole-port N] [--ipxe-dir DIR]
-                     [--nfs kernel|ganesha|off] [--nfs-version 3|4]
+                     [--nfs kernel|ganesha|off] [--nfs-version 3|4] [--nfs-reserve SIZE]
                      [--ra true|false] [--accel auto|kvm|tcg] [--log-format text|json]
 
 Runs on embedded defaults: data in ./netroot-data (checkout) or /var/lib/netroot, HTTP on port
@@ -32,6 +32,9 @@ Unknown machines register themselves at their first DHCP request: at most --regi
 minute (default 60) and --register-max in all (default 1000); one that never gets past DHCP is
 forgotten after --register-ttl idle seconds (default 86400, 0 = never). An OFFER holds its address
 for --offer-time seconds (default 60); the address is the client's at ACK.
+Nodes' /persist is exported read-only while less than --nfs-reserve is free on the data dir's
+file system (default 5 % of it, at most 1G; 0: never): a node's root writes there past quotas
+and reserved blocks, and the database and imports need room. Writable again with 1/8 more free.
 With a boot interface the server receives the kernel netconsole of nodes with
 console.netconsole=true on UDP --netconsole-port (default 6666) of the boot address.
 Log lines go to stderr: key=value text, or one JSON object per line with --log-format json (or
@@ -42,8 +45,9 @@ SIGINT/SIGTERM stop it cleanly (virtual nodes, ganesha, sockets); a second signa
 --config FILE: JSON with a key for every flag (docs/service.md); without --config,
 /etc/netroot/config.json is read when it exists. Flags override the file. --check-config parses and
 validates, prints the effective config as JSON and exits (1 with the bad key named).
-SIGHUP re-reads the file: DHCP settings, --api-auth, event retention and the log format change at
-once; the log and a server.reload event name the changed keys that need a restart.
+SIGHUP re-reads the file: DHCP settings, --api-auth, event retention, the log format and
+--nfs-reserve change at once; the log and a server.reload event name the changed keys that need
+a restart.
 GET /metrics: Prometheus metrics (no token needed).`;
 
 /** sd_notify that never takes the server down: a service manager that misses it says so itself. */

@@ -180,8 +180,12 @@ export function fsyncDir(path: string): void {
 export interface FsSpace {
   /** bytes available to unprivileged users */
   freeBytes: number;
+  /** bytes free, the blocks reserved for root included (what a process with CAP_SYS_RESOURCE,
+   *  such as nfsd writing for a client's kept root, can still take) */
+  freeBytesForRoot: number;
   totalBytes: number;
   freeInodes: number;
+  totalInodes: number;
   blockSize: number;
 }
 
@@ -193,7 +197,9 @@ export function statvfs(path: string): FsSpace {
     blockSize: frsize,
     totalBytes: Number(buf[2]) * frsize,
     freeBytes: Number(buf[4]) * frsize,
+    freeBytesForRoot: Number(buf[3]) * frsize,
     freeInodes: Number(buf[7]),
+    totalInodes: Number(buf[5]),
   };
 }
 
