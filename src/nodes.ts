@@ -71,6 +71,10 @@ export interface Setting {
   key: string;
   check: SettingValidator;
   secret?: boolean;
+  /** The setting says where the node's secrets are sent (power.host): a change of it must give
+   *  them again or remove them, else one PATCH sent a secret the API shows as `***` (a switch's
+   *  read-write community) to any host the token holder named. */
+  sendsSecrets?: boolean;
 }
 
 /** What the API, CLI, dashboard and events show instead of a secret setting's value. */
@@ -81,12 +85,39 @@ export const secretShown = "***";
 export class SettingRules {
   #checks = new Map<string, SettingValidator>();
   #secrets = new Set<string>();
+  #sendsSecrets = new Set<string>();
 
   constructor(settings: Setting[]) {
-    for (const { key, check, secret } of settings) {
+    for (const { key, check, secret, sendsSecrets } of settings) {
       this.#checks.set(key, check);
       if (secret) this.#secrets.add(key);
       else this.#secrets.delete(key);
+      if (sendsSecrets) this.#sendsSecrets.add(key);
+      else this.#sendsSecrets.delete(key);
+    }
+  }
+
+  /** Refuses a change of a setting that says where secrets go (`sendsSecrets`) when the node
+   *  holds secrets the same change neither gives again nor removes. */
+  checkSecretsFollow(
+    current: Record<string, string>,
+    change: Record<string, string | null>,
+  ): void {
+    for (const [key, value] of Object.entries(change)) {
+      const k = this.#keyOf(key);
+      if (k === undefined || !this.#sendsSecrets.has(k) || value === null) continue;
+      if (value === current[key]) continue;
+      const kept = Object.keys(current).filter((s) => {
+        const sk = this.#keyOf(s);
+        return sk !== undefined && this.#secrets.has(sk) && !(s in change);
+      });
+      if (kept.length) {
+        throw new UserError(
+          `${key} says where ${kept.join(", ")} ${kept.length > 1 ? "are" : "is"} sent: ` +
+            `give ${kept.length > 1 ? "them" : "it"} again in the same change, or remove ` +
+            `${kept.length > 1 ? "them" : "it"} (null)`,
+        );
+      }
     }
   }
 
@@ -686,6 +717,7 @@ export class NodeRegistry {
       }
       normalized.push([key, value === null ? null : validate(key, value)]);
     }
+    this.rules.checkSecretsFollow(this.#settings(node.mac), Object.fromEntries(normalized));
     durableTx(this.db, () => {
       this.db.prepare("UPDATE nodes SET auto_registered = 0 WHERE mac = ?").run(node.mac);
       for (const [key, value] of normalized) {

@@ -104,9 +104,11 @@ Deno.test("ipmi driver: ipmi_sim BMC powers a qemu node on, off, cycle; bad cred
       const user = await power(s, "off");
       assert.equal(user.status, 502);
       assert.match(String(user.json.error), /does not know user "mallory"/);
+      // A new host gets the password only when the change gives it again (power_test).
       await s.call("PATCH", "/nodes/bm1/config", {
         "power.user": "admin",
         "power.host": `127.0.0.1:${freeUdpPort()}`,
+        "power.password": "bmc-pass-1",
       });
       const t0 = Date.now();
       const absent = await power(s, "off");
@@ -117,7 +119,10 @@ Deno.test("ipmi driver: ipmi_sim BMC powers a qemu node on, off, cycle; bad cred
       console.log(`absent BMC reported after ${absentMs} ms`);
       for (const r of [wrong, user, absent]) console.log(r.json.error);
       assert.equal(livePid(qemuPid), first, "a failed power off must leave the node running");
-      await s.call("PATCH", "/nodes/bm1/config", { "power.host": `127.0.0.1:${port}` });
+      await s.call("PATCH", "/nodes/bm1/config", {
+        "power.host": `127.0.0.1:${port}`,
+        "power.password": "bmc-pass-1",
+      });
 
       // `node reboot --hard` (the user's command) of a running node: the BMC's power cycle, a
       // new qemu.

@@ -259,3 +259,46 @@ Deno.test("command driver: deadline ends the program and its children; errors sc
     assert.equal(unset.status, 409);
     assert.match(String(unset.json.error), /power\.driver=ipmi needs power\.host/);
   }));
+
+Deno.test("power.host: a new host gets the stored secrets only when the same change gives them again", () =>
+  withPowerServer(async ({ ctx, call }) => {
+    await call("POST", "/nodes", { mac, name: "bm1" });
+    const set = await call("PATCH", "/nodes/bm1/config", {
+      "power.driver": "snmp-poe",
+      "power.host": "10.255.0.1",
+      "power.poe.port": "4",
+      "power.community": "sw1tch-rw-secret",
+    });
+    assert.equal(set.status, 200, JSON.stringify(set.json));
+    // A listener standing in for a host of the token holder's: the API shows the community as
+    // ***, yet a PATCH of power.host alone sent it there in clear (measured: the SNMP packet).
+    const sock = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 });
+    const port = (sock.addr as Deno.NetAddr).port;
+    try {
+      const moved = await call("PATCH", "/nodes/bm1/config", { "power.host": `127.0.0.1:${port}` });
+      assert.equal(moved.status, 400, JSON.stringify(moved.json));
+      assert.match(String(moved.json.error), /power\.host .*power\.community/);
+      assert.equal(ctx.nodes.secretSettings(mac)["power.host"], "10.255.0.1");
+      // Given again (or removed) in the same change, the move is the admin's.
+      const again = await call("PATCH", "/nodes/bm1/config", {
+        "power.host": "10.255.0.2",
+        "power.community": "sw1tch-rw-secret",
+      });
+      assert.equal(again.status, 200, JSON.stringify(again.json));
+      const dropped = await call("PATCH", "/nodes/bm1/config", {
+        "power.host": `127.0.0.1:${port}`,
+        "power.community": null,
+      });
+      assert.equal(dropped.status, 200, JSON.stringify(dropped.json));
+      const status = await call("POST", "/nodes/bm1/power", { action: "status" });
+      assert.equal(status.status, 409, "no community left to send");
+      // Same host again, or no host: nothing moves.
+      await call("PATCH", "/nodes/bm1/config", { "power.community": "sw1tch-rw-secret" });
+      const same = await call("PATCH", "/nodes/bm1/config", { "power.host": `127.0.0.1:${port}` });
+      assert.equal(same.status, 200, JSON.stringify(same.json));
+      const none = await call("PATCH", "/nodes/bm1/config", { "power.host": null });
+      assert.equal(none.status, 200, JSON.stringify(none.json));
+    } finally {
+      sock.close();
+    }
+  }));

@@ -62,6 +62,7 @@ export function powerSettings(driverNames: () => string[]): Setting[] {
         parseHostPort(value.trim(), 1); // argv-safe: a host never starts with "-"
         return value.trim();
       },
+      sendsSecrets: true,
     },
     {
       key: "power.user",
