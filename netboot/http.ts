@@ -476,8 +476,10 @@ export function bootRoutes(booter: HttpBooter, cache = new BootFileCache()): Hon
   for (const kind of ["kernel", "initramfs", "manifest"] as const) {
     app.get(`/:mac/${kind}`, (c) => bootFileRoute(c, booter, cache, kind, unknownNoted));
   }
+  // At most a file name's 255 bytes: a longer one is no file of the iPXE dir, and its stat failed
+  // (ENAMETOOLONG) as a 500 whose answer and log line carried the name twice, at no rate limit.
   app.get(
-    "/ipxe/:file{[A-Za-z0-9][A-Za-z0-9._-]*\\.(?:efi|kpxe|kkpxe|pxe|lkrn)}",
+    "/ipxe/:file{[A-Za-z0-9][A-Za-z0-9._-]{0,248}\\.(?:efi|kpxe|kkpxe|pxe|lkrn)}",
     (c) => ipxeRoute(c, booter, cache),
   );
   // The last report number of each boot still reporting (bounded: tokens expire anyway).

@@ -39,13 +39,31 @@ import { isIPv4 } from "node:net";
 
 const log = logger("http");
 
+/** A string a sender on the boot network chose (a Range header, a URL, a report's reason) is kept
+ *  to this many characters in an event: a header or a path may be ~64 KiB, a report body 64 KiB,
+ *  and a source adds thousands of events (10,000 kept per node, 100,000 for the rest). */
+const maxSenderText = 4096;
+
+/** `detail` with each string past maxSenderText cut, saying how long it was. */
+export function senderDetail(detail: Record<string, unknown> = {}): Record<string, unknown> {
+  const long = Object.entries(detail).filter(([, v]) =>
+    typeof v === "string" && v.length > maxSenderText
+  );
+  if (!long.length) return detail;
+  const cut = { ...detail };
+  for (const [k, v] of long as [string, string][]) {
+    cut[k] = `${v.slice(0, maxSenderText)}… (${v.length} characters)`;
+  }
+  return cut;
+}
+
 /** The events table as the protocols' sink. */
 export function eventSink(db: Context["db"]): EventSink {
   let record: ReturnType<typeof eventRecorder> | undefined;
   return {
     fromSource: (source, mac, kind, detail, budget) =>
-      recordFromSource(db, source, mac, kind, detail, budget),
-    progress: (mac, kind, detail) => recordProgress(db, mac, kind, detail),
+      recordFromSource(db, source, mac, kind, senderDetail(detail), budget),
+    progress: (mac, kind, detail) => recordProgress(db, mac, kind, senderDetail(detail)),
     record(mac, kind, detail, at) {
       if (!recordDhcpAllowed(db, mac, kind, detail)) return; // spoofed DHCP: bounded per MAC
       (record ??= eventRecorder(db))(mac, kind, detail, at);
