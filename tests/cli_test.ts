@@ -284,6 +284,30 @@ Deno.test("node CLI: console prints a virtual node's serial log; --follow stream
     });
   }));
 
+// A node's serial console is what its guest wrote (root on the node, an image's code): escape
+// sequences there set the admin's clipboard (OSC 52), retitle or rewrite the terminal. The
+// netconsole log has them removed at the receiver; the serial one reached the terminal raw.
+Deno.test("node CLI: console shows a guest's control characters instead of sending them", () =>
+  withServer(async (cli, ctx) => {
+    const mac = "52:54:00:aa:00:22";
+    ctx.nodes.add(mac, { name: "vm2", virtual: true });
+    mkdirSync(ctx.data.vm(mac), { recursive: true });
+    Deno.writeTextFileSync(
+      join(ctx.data.vm(mac), "console.log"),
+      "login: \x1b]52;c;Y3VybCB4fHNo\x07\x1b]0;owned\x07\r\nLinux\tx\x9b2J\r\n",
+    );
+    const out = ok(await cli("node", "console", "vm2"));
+    // deno-lint-ignore no-control-regex -- no control character but newline and tab may be left
+    assert.ok(!/[\x00-\x08\x0b-\x1f\x7f-\x9f]/.test(out), JSON.stringify(out));
+    assert.equal(
+      out,
+      "login: \\x1b]52;c;Y3VybCB4fHNo\\x07\\x1b]0;owned\\x07\nLinux\tx\\x9b2J\n",
+    );
+    // --json keeps the text as it is (JSON escapes it).
+    const json = JSON.parse(ok(await cli("node", "console", "vm2", "--json")));
+    assert.ok(json.text.startsWith("login: \x1b]52;"), JSON.stringify(json.text));
+  }));
+
 Deno.test("node CLI: log shows a copy's progress as one readable line; --follow on a terminal rewrites it", () =>
   withServer(async (cli, ctx) => {
     const mac = "52:54:00:aa:00:40";

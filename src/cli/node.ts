@@ -15,7 +15,7 @@ import { defaultDataDir } from "../datadir.ts";
 import { sshArgv, type SshTarget } from "../nodessh.ts";
 import type { RunResult } from "../noderun.ts";
 import { ApiClient, clientOptions } from "./client.ts";
-import { keyValues, print, table } from "./output.ts";
+import { keyValues, print, table, visibleConsole } from "./output.ts";
 
 type ListedNode = NodeInfo & { lastEvent?: { ts: string; kind: string } | null };
 
@@ -463,7 +463,7 @@ export async function run(args: string[]): Promise<number> {
         });
         const text = typeof r === "string" ? r : r.text;
         if (json) console.log(JSON.stringify(r));
-        else if (text) await Deno.stdout.write(new TextEncoder().encode(text));
+        else if (text) await Deno.stdout.write(new TextEncoder().encode(visibleConsole(text)));
         offset = typeof r === "string" ? offset + new TextEncoder().encode(r).length : r.offset;
         if (!o.follow) return 0;
         await sleep(followMs);
