@@ -2,7 +2,7 @@
 // (`vm/console.log`, rotated when the VM starts) or the netconsole receiver for any node with
 // `console.netconsole=true` (`console/netconsole.log`, rotated as it grows, src/netconsole.ts).
 // Both are bounded the same way (one file up to `consoleRotateBytes`, then it becomes `.1`,
-// replacing the older one) and read the same way, by GET /api/v1/nodes/:ref/console:
+// replacing the older one; the serial one is also checked while its VM runs, src/vnode/manager.ts) and read the same way, by GET /api/v1/nodes/:ref/console:
 //   GET /nodes/:ref/console?offset=N[&source=serial|netconsole]   {text, offset, source}
 //       text from byte N; offset = where the next read starts; a log rotated since (shorter than
 //       N) restarts at 0. Without source: the netconsole log when the node has
@@ -43,6 +43,21 @@ export async function rotateConsole(
   if (size === 0 || size + incoming <= limit) return size;
   await Deno.rename(path, `${path}.1`);
   return 0;
+}
+
+/** rotateConsole for a log its writer holds open in append mode (qemu's serial chardev, which a
+ *  rename would not move: it went on writing to `.1`): copied to `path.1` (replacing it), then
+ *  emptied in place, so that the writer's next bytes start it again. What the writer adds between
+ *  the copy and the emptying is lost (milliseconds of output). True when it rotated. */
+export async function rotateOpenConsole(
+  path: string,
+  limit = consoleRotateBytes,
+): Promise<boolean> {
+  const size = await Deno.stat(path).then((s) => s.size, () => 0);
+  if (size <= limit) return false;
+  await Deno.copyFile(path, `${path}.1`);
+  await Deno.truncate(path, 0);
+  return true;
 }
 
 /** Reads the console log from `offset`; a log rotated (shorter than offset) restarts at 0. */

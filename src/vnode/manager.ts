@@ -16,7 +16,7 @@ import { logger } from "../log.ts";
 import { type ManagedProcess, StartFailure, startProcess, stopStale } from "../supervisor.ts";
 import type { NodeInfo, Setting } from "../nodes.ts";
 import type { RebootTarget } from "../reboot.ts";
-import { consoleLogPath, rotateConsole } from "../consolelog.ts";
+import { consoleLogPath, rotateConsole, rotateOpenConsole } from "../consolelog.ts";
 import { chooseAccel } from "./accel.ts";
 import { addTap, deleteTap, isBridge, linkInfo } from "./bridge.ts";
 import { checkDisk, type DiskSpec, ensureDisks, formatDisk, parseDiskSpec } from "./disks.ts";
@@ -101,6 +101,10 @@ export const vnodeSettings: Setting[] = [
 const virtioRomDirs = ["/usr/lib/ipxe/qemu", "/usr/share/qemu", "/usr/local/share/qemu"];
 /** How long qemu gets to open its QMP socket (a failure to start shows up within this). */
 const startTimeoutMs = 10_000;
+/** How often the serial logs of running VMs are measured: qemu appends whatever the guest writes,
+ *  for as long as it runs (months; root on a node can write without end), so a log is bounded
+ *  at its bound plus this long of output, not only when its VM next starts. */
+const consoleCheckMs = 10_000;
 
 export class VnodeManager {
   #running = new Map<string, Running>();
@@ -108,9 +112,16 @@ export class VnodeManager {
   #closed = false;
   readonly store: VnodeStore;
   #onNodes = () => void this.#reapForgotten();
+  #consoleCheckMs: number;
+  #consoleTimer: ReturnType<typeof setInterval> | undefined;
 
-  constructor(readonly ctx: Context, readonly bridge: string | undefined) {
+  constructor(
+    readonly ctx: Context,
+    readonly bridge: string | undefined,
+    opts: { consoleCheckMs?: number } = {},
+  ) {
     this.store = new VnodeStore(ctx.db);
+    this.#consoleCheckMs = opts.consoleCheckMs ?? consoleCheckMs;
     ctx.changes.addEventListener("nodes", this.#onNodes);
   }
 
@@ -346,6 +357,7 @@ export class VnodeManager {
     };
     this.#running.set(mac, r);
     proc.onExit((st) => this.#exited(mac, r, st));
+    this.#consoleTimer ??= setInterval(() => void this.#boundConsoles(), this.#consoleCheckMs);
     await qmpReady(proc, node.name, vm, qmpSocket);
     recordEvent(this.ctx.db, mac, "vnode.start", {
       pid: proc.pid,
@@ -399,6 +411,16 @@ export class VnodeManager {
     ];
   }
 
+  /** Rotates the serial log of each running VM past its bound (qemu holds it open). */
+  async #boundConsoles(): Promise<void> {
+    for (const mac of this.#running.keys()) {
+      const path = consoleLogPath(this.ctx.data, mac, "serial");
+      await rotateOpenConsole(path).catch((e) =>
+        log.warn("cannot rotate a serial console log", { mac, error: (e as Error).message })
+      );
+    }
+  }
+
   /** `node rm` of a running vnode: its qemu goes too. */
   async #reapForgotten(): Promise<void> {
     for (const mac of [...this.#running.keys()]) {
@@ -430,6 +452,7 @@ export class VnodeManager {
 
   async close(): Promise<void> {
     this.#closed = true;
+    clearInterval(this.#consoleTimer);
     this.ctx.changes.removeEventListener("nodes", this.#onNodes);
     await Promise.all([...this.#running.keys()].map((mac) => this.#stop(mac, "server stop")));
   }
