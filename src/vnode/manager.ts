@@ -262,6 +262,9 @@ export class VnodeManager {
     const node = this.node(ref);
     await this.#lock(node.mac, async () => {
       await this.#stop(node.mac, "removed");
+      // A qemu a dead server left (one that this server never started the VM over, having no
+      // bridge) would run on for good, on disk files deleted under it.
+      await killStale(this.ctx.data.vm(node.mac));
       this.ctx.nodes.forget(node.mac); // cascades to the vnodes row
       await Deno.remove(qmpSocketPath(this.ctx.data.vm(node.mac))).catch(() => {});
       await Deno.remove(this.ctx.data.vm(node.mac), { recursive: true }).catch(() => {});
