@@ -2,7 +2,8 @@
 // (`vm/console.log`, rotated when the VM starts) or the netconsole receiver for any node with
 // `console.netconsole=true` (`console/netconsole.log`, rotated as it grows, src/netconsole.ts).
 // Both are bounded the same way (one file up to `consoleRotateBytes`, then it becomes `.1`,
-// replacing the older one; the serial one is also checked while its VM runs, src/vnode/manager.ts) and read the same way, by GET /api/v1/nodes/:ref/console:
+// replacing the older one; the serial one is also checked while its VM runs, src/vnode/manager.ts)
+// and read the same way, by GET /api/v1/nodes/:ref/console:
 //   GET /nodes/:ref/console?offset=N[&source=serial|netconsole]   {text, offset, source}
 //       text from byte N; offset = where the next read starts; a log rotated since (shorter than
 //       N) restarts at 0. Without source: the netconsole log when the node has
