@@ -170,6 +170,8 @@ export class NodeMonitor {
   #failures = new Map<string, number>();
   #probedAt = new Map<string, number>();
   #pass?: Promise<void>;
+  /** Hard reboots under way, beside the passes (#hardReboot). */
+  #rebooting = new Set<Promise<void>>();
 
   constructor(
     ctx: Pick<Context, "nodes" | "rebooter"> & Partial<Pick<Context, "ssh">>,
@@ -191,7 +193,8 @@ export class NodeMonitor {
     queueMicrotask(() => this.tick().catch(() => {}));
   }
 
-  /** One pass over every node; concurrent calls share the running pass. */
+  /** One pass over every node; concurrent calls share the running pass. The hard reboots it
+   *  starts go on after it (settled). */
   tick(): Promise<void> {
     return this.#pass ??= this.#run().finally(() => this.#pass = undefined);
   }
@@ -243,9 +246,7 @@ export class NodeMonitor {
           this.#set(n, "down", reason, ["booted"]);
           if (n.settings["node.down.action"] === "reboot") {
             // Unreachable: the clean path (ssh) cannot work, so hard at once.
-            const { mac, name, virtual, ip } = n;
-            const cause = `node.down.action=reboot: ${reason}`;
-            await this.#ctx.rebooter.reboot({ mac, name, virtual, ip }, cause, { hard: true });
+            this.#hardReboot(n, `node.down.action=reboot: ${reason}`);
           }
         }
       };
@@ -289,9 +290,7 @@ export class NodeMonitor {
         const cause = `watchdog: no progress for ${wd! / 1000} s (last stage: ${stage}), ` +
           `retry ${n.watchdogReboots + 1}/${retries(n.settings)}`;
         this.#ctx.nodes.countRetry(n.mac, cause, this.#now());
-        // A target without settings: mechanisms look the node's up (n.settings holds boot.* only).
-        const { mac, name, virtual, ip } = n;
-        await this.#ctx.rebooter.reboot({ mac, name, virtual, ip }, cause, { hard: true });
+        this.#hardReboot(n, cause);
       } else {
         this.#set(
           n,
@@ -312,6 +311,24 @@ export class NodeMonitor {
     return n.imageId !== null && (this.#ctx.ssh?.serves(n.imageId) ?? false);
   }
 
+  /** A hard reboot, not awaited by the pass: a power device that takes its whole timeout (twice
+   *  for an ipmi cycle) held every other node's watchdog and probes until it answered. No second
+   *  one for the node follows while it runs: the retry count restarts its watchdog, and a down
+   *  node is rebooted only as it goes down. */
+  #hardReboot(n: MonitoredNode, cause: string): void {
+    // A target without settings: mechanisms look the node's up (n.settings holds boot.* only).
+    const { mac, name, virtual, ip } = n;
+    const r = this.#ctx.rebooter.reboot({ mac, name, virtual, ip }, cause, { hard: true })
+      .then(() => {}, (e) => log.warn("hard reboot failed", { node: name, error: e.message }))
+      .finally(() => this.#rebooting.delete(r));
+    this.#rebooting.add(r);
+  }
+
+  /** Resolves when the hard reboots started so far have ended. */
+  async settled(): Promise<void> {
+    while (this.#rebooting.size) await Promise.all([...this.#rebooting]);
+  }
+
   #set(n: MonitoredNode, to: NodeState, reason: string, from: NodeState[]): void {
     this.#ctx.nodes.setState(n.mac, to, reason, { from, at: this.#now() });
   }
@@ -328,6 +345,7 @@ export class NodeMonitor {
       close: async () => {
         clearInterval(timer);
         await this.#pass;
+        await this.settled();
       },
     };
   }

@@ -39,6 +39,12 @@ function clock() {
   return { now: () => t, advance: (ms: number) => t += ms };
 }
 
+/** One monitor pass, and the hard reboots it started (they run beside the passes). */
+async function pass(monitor: NodeMonitor): Promise<void> {
+  await monitor.tick();
+  await monitor.settled();
+}
+
 const transitions = (ctx: Context) =>
   listEvents(ctx.db, { mac }).filter((e) => e.kind === "node.state").map((e) =>
     `${e.detail.from}→${e.detail.to}`
@@ -66,15 +72,15 @@ Deno.test("state: off → booting → booted after handover when the port answer
 
     ctx.nodes.setState(mac, "booting", "boot script fetched", { at: c.now() });
     const token = openBoot(ctx.db, mac, null);
-    await monitor.tick();
+    await pass(monitor);
     assert.deepEqual(probed, [], "no probe before the handover report");
     report(ctx, token, "handover");
-    await monitor.tick();
+    await pass(monitor);
     assert.deepEqual(probed, ["10.9.0.5:22"]);
     assert.equal(ctx.nodes.get("n1").state, "booting", "handover alone is not booted");
     open = true;
     c.advance(2000);
-    await monitor.tick();
+    await pass(monitor);
     const booted = ctx.nodes.get("n1");
     assert.equal(booted.state, "booted");
     assert.equal(booted.stateReason, "port 22 answered");
@@ -83,21 +89,21 @@ Deno.test("state: off → booting → booted after handover when the port answer
     // Re-probed every 10 s, not at every pass; down after three misses in a row.
     probed.length = 0;
     c.advance(2000);
-    await monitor.tick();
+    await pass(monitor);
     assert.deepEqual(probed, [], "a booted node is re-probed every 10 s only");
     open = false;
     for (let i = 0; i < 2; i++) {
       c.advance(10_000);
-      await monitor.tick();
+      await pass(monitor);
       assert.equal(ctx.nodes.get("n1").state, "booted", `miss ${i + 1} of 3`);
     }
     c.advance(10_000);
-    await monitor.tick();
+    await pass(monitor);
     assert.equal(ctx.nodes.get("n1").state, "down");
     assert.match(ctx.nodes.get("n1").stateReason!, /no answer to 3 probes/);
     open = true;
     c.advance(10_000);
-    await monitor.tick();
+    await pass(monitor);
     assert.equal(ctx.nodes.get("n1").state, "booted");
     assert.deepEqual(transitions(ctx), [
       "off→booting",
@@ -185,11 +191,11 @@ Deno.test("watchdog: reboots a stuck boot through its power driver up to boot.re
     report(ctx, token, "modules");
 
     c.advance(179_000);
-    await monitor.tick();
+    await pass(monitor);
     assert.equal(await cycles(), 0, "not before 180 s");
     for (let i = 1; i <= 2; i++) {
       c.advance(180_000);
-      await monitor.tick();
+      await pass(monitor);
       assert.equal(await cycles(), i, `watchdog reboot ${i}`);
       assert.equal(ctx.nodes.get("n1").state, "booting");
     }
@@ -201,13 +207,13 @@ Deno.test("watchdog: reboots a stuck boot through its power driver up to boot.re
       /^watchdog: no progress for 180 s \(last stage: modules\), retry 1\/2$/,
     );
     c.advance(180_000);
-    await monitor.tick();
+    await pass(monitor);
     assert.equal(await cycles(), 2, "no reboot past boot.retries");
     const n = ctx.nodes.get("n1");
     assert.equal(n.state, "failed");
     assert.match(n.stateReason!, /gave up after 2 reboots; last stage: modules/);
     c.advance(180_000);
-    await monitor.tick();
+    await pass(monitor);
     assert.equal(await cycles(), 2, "a failed node is left alone");
 
     // A new boot that reaches booted starts the count over.
@@ -221,6 +227,48 @@ Deno.test("watchdog: reboots a stuck boot through its power driver up to boot.re
       "failed→booting",
       "booting→booted",
     ]);
+  }));
+
+Deno.test("watchdog: a power device that hangs holds up no other node's watchdog", () =>
+  withCtx(async (ctx) => {
+    const dir = powerCommandDir(ctx.data);
+    await Deno.mkdir(dir, { recursive: true });
+    await Deno.writeTextFile(join(dir, "plug.sh"), plug, { mode: 0o755 });
+    // A device that answers only once released (a hung BMC or PDU, up to its power.timeout).
+    const hung = `#!/bin/sh\nd=$(dirname "$0")\nwhile [ ! -e "$d/release" ]; do sleep 0.1; done\n`;
+    await Deno.writeTextFile(join(dir, "hung.sh"), hung, { mode: 0o755 });
+    const other = "02:00:00:00:5e:02";
+    ctx.nodes.add(mac, { name: "stuck" });
+    ctx.nodes.add(other, { name: "n2" });
+    const command = (script: string) => ({ "power.driver": "command", "power.command": script });
+    ctx.nodes.configure("stuck", { ...command("hung.sh"), "power.timeout": "60" });
+    ctx.nodes.configure("n2", command("plug.sh"));
+    const cycles = async () =>
+      (await Deno.readTextFile(join(dir, "cycles")).catch(() => "")).split("\n").filter((l) => l);
+    const c = clock();
+    const monitor = new NodeMonitor(ctx, { now: c.now, probe: () => Promise.resolve(false) });
+    ctx.nodes.setState(mac, "booting", "boot script fetched", { at: c.now() });
+    c.advance(100_000);
+    ctx.nodes.setState(other, "booting", "boot script fetched", { at: c.now() });
+    try {
+      c.advance(100_000); // the stuck node's watchdog fires; its device hangs
+      const first = await Promise.race([
+        monitor.tick().then(() => "pass ended"),
+        new Promise((r) => setTimeout(() => r("pass held by the hung device"), 5000)),
+      ]);
+      assert.equal(first, "pass ended");
+      c.advance(100_000); // n2's watchdog fires while the device still hangs
+      await monitor.tick();
+      for (let i = 0; i < 100 && !(await cycles()).length; i++) {
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      assert.deepEqual(await cycles(), ["n2"], "n2 rebooted while the other device hangs");
+      assert.ok(!listEvents(ctx.db, { mac }).some((e) => e.kind.startsWith("reboot")));
+    } finally {
+      await Deno.writeTextFile(join(dir, "release"), "");
+      await monitor.settled();
+    }
+    assert.equal(listEvents(ctx.db, { mac }).filter((e) => e.kind === "reboot").length, 1);
   }));
 
 Deno.test("watchdog: a node netroot powered on that never fetches its script (firmware gave up) is power-cycled", () =>
@@ -240,10 +288,10 @@ Deno.test("watchdog: a node netroot powered on that never fetches its script (fi
     assert.equal(n.state, "booting", "powered on: the boot has begun");
     assert.match(n.stateReason!, /^power on \(command\): no boot script fetched yet$/);
     c.advance(179_000);
-    await monitor.tick();
+    await pass(monitor);
     assert.equal(await cycles(), 0, "not before 180 s");
     c.advance(2_000);
-    await monitor.tick();
+    await pass(monitor);
     assert.equal(await cycles(), 1, "no script within the watchdog: power-cycled");
     const reboot = listEvents(ctx.db, { mac }).find((e) => e.kind === "reboot");
     assert.match(
@@ -257,12 +305,12 @@ Deno.test("watchdog: a node netroot powered on that never fetches its script (fi
     c.advance(30_000);
     ctx.nodes.setState(mac, "booting", "boot script fetched", { at: c.now() });
     c.advance(179_000);
-    await monitor.tick();
+    await pass(monitor);
     assert.equal(await cycles(), 1, "the script fetch restarted the clock");
     // A powered-off node is not watched.
     await nodePower(ctx, "n1", "off");
     c.advance(400_000);
-    await monitor.tick();
+    await pass(monitor);
     assert.equal(await cycles(), 1);
     assert.equal(ctx.nodes.get("n1").state, "off");
   }));
@@ -286,22 +334,22 @@ Deno.test("watchdog: progress reports hold it off; a handover without a probe an
     report(ctx, token, "handover");
     const reportedAt = Date.now();
     c.advance(reportedAt + 59_000 - c.now());
-    await monitor.tick();
+    await pass(monitor);
     assert.equal(ctx.nodes.get("n1").state, "booting");
     c.advance(2000);
-    await monitor.tick();
+    await pass(monitor);
     assert.deepEqual(rebooted, [], "a node past handover is not rebooted");
     const n = ctx.nodes.get("n1");
     assert.equal(n.state, "booted");
     assert.match(n.stateReason!, /^handover reported; no answer on port 22 within the watchdog/);
     c.advance(100_000);
-    await monitor.tick();
+    await pass(monitor);
     assert.equal(ctx.nodes.get("n1").state, "booted", "not re-probed into down");
 
     // Without a handover, the watchdog fires.
     ctx.nodes.setState(mac, "booting", "boot script fetched", { at: c.now() });
     c.advance(61_000);
-    await monitor.tick();
+    await pass(monitor);
     assert.deepEqual(rebooted, [mac]);
   }));
 
@@ -331,7 +379,7 @@ Deno.test("watchdog: an image with an sshd that hands over but never answers is 
       report(ctx, token, "handover");
       // 61 s after the latest sign of life (the report's real stamp, or the retry's fake one).
       c.advance(Math.max(Date.now(), c.now()) + 61_000 - c.now());
-      await monitor.tick();
+      await pass(monitor);
     };
     await hangAfterHandover();
     assert.deepEqual(rebooted, [mac], "the hung userland was rebooted");
