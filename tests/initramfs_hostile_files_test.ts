@@ -223,3 +223,62 @@ Deno.test("a module index or kernel config over 8 MiB is refused before it is re
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+/** An x86-64 executable's ELF header whose one program header declares `filesz` bytes of
+ *  `type` at offset 4096 (the rest of the file: a sparse image file, free to the author). */
+function declaringElf(type: number, filesz: number, phentsize = 56, phnum = 1): Uint8Array {
+  const b = new Uint8Array(64 + 56);
+  const v = new DataView(b.buffer);
+  b.set([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1]);
+  v.setUint16(16, 3, true); // ET_DYN
+  v.setUint16(18, 62, true);
+  v.setBigUint64(32, 64n, true); // e_phoff
+  v.setUint16(54, phentsize, true);
+  v.setUint16(56, phnum, true);
+  v.setUint32(64, type, true);
+  v.setBigUint64(64 + 8, 4096n, true); // p_offset
+  v.setBigUint64(64 + 32, BigInt(filesz), true); // p_filesz
+  return b;
+}
+
+Deno.test("an image's /bin/sh or first module whose ELF headers declare GiBs (PT_INTERP, PT_DYNAMIC, the program header table) is not read whole", async () => {
+  // imageMachine reads the image's /bin/sh at every initramfs request (any neighbour's GET
+  // /boot/<mac>/initramfs), nodeMachine its first module at each build, both synchronously on the
+  // server's only thread. A sparse file's header declaring 1 GiB read 1 GiB into one buffer there.
+  const { imageMachine } = await import("../src/initramfs/build.ts");
+  const { readElfFile } = await import("../src/initramfs/elf.ts");
+  const GiB = 1 << 30;
+  const cases: [string, Uint8Array][] = [
+    ["PT_INTERP", declaringElf(3, GiB)],
+    ["PT_DYNAMIC", declaringElf(2, GiB)],
+    ["program headers", declaringElf(1, 0, 65535, 65535)],
+  ];
+  const dir = await Deno.makeTempDir({ prefix: "nr-initramfs-hostile-" });
+  const readSync = Deno.FsFile.prototype.readSync;
+  let bytesRead = 0;
+  Deno.FsFile.prototype.readSync = function (this: Deno.FsFile, p: Uint8Array) {
+    const n = readSync.call(this, p);
+    bytesRead += n ?? 0;
+    return n;
+  };
+  const wrong: string[] = [];
+  try {
+    const root = join(dir, "rootfs");
+    const sh = join(root, "bin/sh");
+    await Deno.mkdir(dirname(sh), { recursive: true });
+    for (const [what, header] of cases) {
+      await Deno.writeFile(sh, header);
+      await Deno.truncate(sh, 4096 + GiB + 8 * 65535 * 65535);
+      bytesRead = 0;
+      imageMachine(root);
+      try {
+        readElfFile(sh);
+      } catch { /* refused: what matters is what it read */ }
+      if (bytesRead > 1 << 20) wrong.push(`${what}: ${bytesRead} bytes read`);
+    }
+  } finally {
+    Deno.FsFile.prototype.readSync = readSync;
+    await Deno.remove(dir, { recursive: true });
+  }
+  assert.deepEqual(wrong, []);
+});

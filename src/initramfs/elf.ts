@@ -29,6 +29,14 @@ export function machineName(m: number): string {
 /** Reads `len` bytes at `offset` (short reads past the end are allowed). */
 export type ReadAt = (offset: number, len: number) => Uint8Array;
 
+/** The most a header may make parseElf read, as the kernel's binfmt_elf bounds them: the program
+ *  header table 64 KiB, PT_INTERP PATH_MAX; PT_DYNAMIC (no kernel bound: a few hundred bytes in
+ *  real binaries) 1 MiB. Image files are parsed (its /bin/sh at every initramfs request, its first
+ *  module), and a sparse file's header declaring GiBs was read whole on the server's only thread. */
+const MAX_PROGRAM_HEADERS = 64 << 10;
+const MAX_INTERP = 4096;
+const MAX_DYNAMIC = 1 << 20;
+
 /** Parses headers through `read` so a 95 MB binary is not loaded for a few KB of headers. */
 export function parseElf(read: ReadAt, what = "file"): ElfInfo {
   const eh = read(0, 64);
@@ -42,6 +50,9 @@ export function parseElf(read: ReadAt, what = "file"): ElfInfo {
   const phoff = Number(h.getBigUint64(32, true));
   const phentsize = h.getUint16(54, true);
   const phnum = h.getUint16(56, true);
+  if (phnum && (phentsize !== 56 || phentsize * phnum > MAX_PROGRAM_HEADERS)) {
+    throw new Error(`${what}: bad program header table (${phnum} of ${phentsize} bytes)`);
+  }
   const ph = read(phoff, phentsize * phnum);
   if (ph.length < phentsize * phnum) throw new Error(`${what}: truncated program headers`);
   const pv = new DataView(ph.buffer, ph.byteOffset, ph.byteLength);
@@ -60,9 +71,13 @@ export function parseElf(read: ReadAt, what = "file"): ElfInfo {
   };
   const info: ElfInfo = { machine, type, needed: [] };
   const interp = segs.find((s) => s.type === PT_INTERP);
+  if (interp && interp.filesz > MAX_INTERP) {
+    throw new Error(`${what}: PT_INTERP of ${interp.filesz} bytes`);
+  }
   if (interp) info.interp = cstring(read(interp.offset, interp.filesz), 0);
   const dyn = segs.find((s) => s.type === PT_DYNAMIC);
   if (!dyn) return info;
+  if (dyn.filesz > MAX_DYNAMIC) throw new Error(`${what}: PT_DYNAMIC of ${dyn.filesz} bytes`);
   const d = read(dyn.offset, dyn.filesz);
   const dv = new DataView(d.buffer, d.byteOffset, d.byteLength);
   const needed: number[] = [];
