@@ -5,12 +5,14 @@
 // serves every concurrent first request. The bytes live in SharedArrayBuffers, so TFTP's transfer
 // workers share one copy (no copy per transfer) and HTTP streams views of it.
 // Entries are keyed by device, inode, size and mtime, so a rebuilt initramfs is read afresh; least
-// recently used entries go first when the budget is exceeded.
+// recently used entries go first when the budget is exceeded. What every copy alive holds, kept or
+// held by a transfer, is bounded too (maxHeld): TFTP sends from memory, whatever the file's size.
 
 /** A copy of a file that may still be in use: being read, then held weakly (a transfer or a
  *  download holds it strongly while it sends). */
 interface Copy {
   key: string;
+  size: number;
   reading?: Promise<Uint8Array>;
   read?: WeakRef<Uint8Array>;
 }
@@ -27,10 +29,20 @@ export class BootFileCache {
    *  every transfer (10 forged RRQs for a 150 MiB initrd held 1.3 GB; the pool takes 1,000). */
   #copies = new Map<string, Copy>();
   #collected = new FinalizationRegistry<{ path: string; copy: Copy }>(({ path, copy }) => {
+    this.#held -= copy.size;
     if (this.#copies.get(path) === copy) this.#copies.delete(path);
   });
+  /** Bytes of the copies alive (being read, kept, or held by a transfer until collected). TFTP
+   *  reads a file whole: without a bound, a hostile image's /boot of sparse files of GiBs each,
+   *  asked for by any host at its node's address, was read into memory until none was left. */
+  #held = 0;
 
-  constructor(readonly budget = 512 << 20, readonly maxFile = 128 << 20) {}
+  constructor(
+    readonly budget = 512 << 20,
+    readonly maxFile = 128 << 20,
+    /** What the copies alive may hold in all: past it, TFTP refuses a file and HTTP streams it. */
+    readonly maxHeld = 1 << 30,
+  ) {}
 
   /** The file's bytes when it fits the cache (read once), else undefined: stream it instead. */
   get(path: string, st: Deno.FileInfo): Promise<Uint8Array> | undefined {
@@ -44,6 +56,7 @@ export class BootFileCache {
     }
     if (hit) this.#drop(path);
     const bytes = this.#copy(path, st, key);
+    if (!bytes) return undefined; // over maxHeld: stream it
     bytes.catch(() => this.#entries.get(path)?.bytes === bytes && this.#drop(path));
     this.#entries.set(path, { key, bytes, size: st.size });
     this.#total += st.size;
@@ -54,22 +67,32 @@ export class BootFileCache {
     return bytes;
   }
 
-  /** A whole regular file (TFTP sends from memory): from the cache when it fits, else read now. */
+  /** A whole regular file (TFTP sends from memory): from the cache when it fits, else read now;
+   *  refused when its copy would pass maxHeld. */
   async read(path: string): Promise<Uint8Array> {
     const st = await Deno.stat(path);
     if (!st.isFile) throw new Error("not a regular file");
-    return await (this.get(path, st) ?? this.#copy(path, st, fileKey(st)));
+    const bytes = this.get(path, st) ?? this.#copy(path, st, fileKey(st));
+    if (!bytes) {
+      throw new Error(
+        `${st.size} bytes more would pass the ${this.maxHeld >> 20} MiB held for boot files`,
+      );
+    }
+    return await bytes;
   }
 
-  /** The file's bytes: the copy something still holds, else a new read. */
-  #copy(path: string, st: Deno.FileInfo, key: string): Promise<Uint8Array> {
+  /** The file's bytes: the copy something still holds, else a new read; undefined when a new
+   *  one would pass maxHeld. */
+  #copy(path: string, st: Deno.FileInfo, key: string): Promise<Uint8Array> | undefined {
     const held = this.#copies.get(path);
     if (held?.key === key) {
       if (held.reading) return held.reading;
       const bytes = held.read?.deref();
       if (bytes) return Promise.resolve(bytes);
     }
-    const copy: Copy = { key };
+    if (this.#held + st.size > this.maxHeld) return undefined;
+    this.#held += st.size;
+    const copy: Copy = { key, size: st.size };
     copy.reading = readShared(path).then((b) => {
       if (b.length !== st.size) throw new Error(`${path} changed while being read`);
       return b;
@@ -79,7 +102,10 @@ export class BootFileCache {
       copy.reading = undefined; // from now on held only by its users (and a cache entry)
       copy.read = new WeakRef(b);
       this.#collected.register(b, { path, copy });
-    }, () => this.#copies.get(path) === copy && this.#copies.delete(path));
+    }, () => {
+      this.#held -= copy.size;
+      if (this.#copies.get(path) === copy) this.#copies.delete(path);
+    });
     return copy.reading;
   }
 

@@ -93,3 +93,43 @@ Deno.test("boot file cache: a copy still held is handed out again, evicted or to
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+// TFTP sends every file from memory (read() reads it whole, whatever its size): a hostile image's
+// /boot holding sparse files of GiBs each, asked for by any host at a node's address, had each
+// read into its own SharedArrayBuffer (until the server's memory ran out). What the copies hold in
+// all is bounded (maxHeld): past it TFTP refuses the file, HTTP streams it from disk.
+Deno.test("boot file cache: copies held at once stay within maxHeld (a sparse GiB file in an image's /boot)", async () => {
+  const { createTftpServer } = await import("../netboot/tftp/server.ts");
+  const { tftpGet, TftpError } = await import("../netboot/tftp/client.ts");
+  const dir = await Deno.makeTempDir();
+  try {
+    const f = (n: string) => `${dir}/${n}`;
+    await Deno.writeFile(f("huge"), new Uint8Array(0));
+    await Deno.truncate(f("huge"), 64 << 20); // sparse: free to the image's author
+    await Deno.writeFile(f("one"), new Uint8Array(3 << 20).fill(1));
+    await Deno.writeFile(f("two"), new Uint8Array(3 << 20).fill(2));
+    const cache = new BootFileCache(1 << 20, 256 << 10, 4 << 20);
+    await assert.rejects(cache.read(f("huge")), /held for boot files/);
+    const one = await cache.read(f("one")); // held by its transfer
+    await assert.rejects(cache.read(f("two")), /held for boot files/, "3 + 3 MiB held at once");
+    assert.equal((await cache.read(f("one"))).buffer, one.buffer, "the copy held is still shared");
+    assert.equal(cache.get(f("two"), Deno.statSync(f("two"))), undefined);
+    // Through TFTP: an error, not DATA from a 64 MiB buffer.
+    const server = await createTftpServer({
+      port: 0,
+      host: "127.0.0.1",
+      cache,
+      resolve: (path) => Promise.resolve({ file: f(path) }),
+    });
+    try {
+      await assert.rejects(
+        tftpGet("127.0.0.1", server.port, "huge", { timeoutMs: 500 }),
+        (e) => e instanceof TftpError,
+      );
+    } finally {
+      await server.close();
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
