@@ -335,6 +335,24 @@ Deno.test("OCI layers: nothing goes through a symlink the image planted (lower l
           }]]),
         /^layer 1\/1 of .*: evil is listed twice with different types; refusing/,
       ));
+    await ctx.step(
+      "a member under a same-layer symlink listed again after a directory stored as 'd/'",
+      () =>
+        refused(
+          t,
+          // The layer's listing is keyed by stored name: "d" (symlink) and "d/" (directory) are
+          // two names of one path, and "d" listed again must still win over "d/" (tar extracts
+          // in that order: the symlink is what d/x is written through).
+          (outside) =>
+            ociArchive(t.dir, [[evil(outside)], [
+              { name: "d", type: "symlink", link: "evil" },
+              { name: "d/", type: "dir" },
+              { name: "d", type: "symlink", link: "evil" },
+              { name: "d/pwned", data: "pwned" },
+            ]]),
+          /^layer 2\/2 of .*: d(\/)? is listed twice with different types; refusing/,
+        ),
+    );
     await ctx.step("a whiteout under a lower layer's symlink", () =>
       refused(
         t,

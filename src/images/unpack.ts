@@ -434,6 +434,12 @@ function planLayer(listing: Map<string, Member>, tree: TreeView, lw: string): La
       for (const a of ancestorsOf(target)) plan.touched.add(a);
       checks.push({ member: p, path: target, verb: "would delete" });
     } else {
+      // The listing is keyed by stored name: "d" and "d/" are one path listed twice, and which
+      // of them tar extracts last is not the one this loop sees last.
+      const before = kinds.get(p.rel);
+      if (before !== undefined && before !== p.kind) {
+        throw unsafe(lw, m.name, "is listed twice with different types");
+      }
       plan.entries.push(p);
       kinds.set(p.rel, p.kind);
       if (p.kind === "dir") plan.dirs.add(p.rel);
