@@ -386,6 +386,11 @@ async function extractWithTar(
   const members = new Map<string, Placed>();
   const relisted = new Set<string>();
   let refused: UserError | undefined;
+  // The members' sizes must fit in the room there is, as a layer's must (listMembers): GNU tar
+  // makes a sparse file's holes without writing them, so a few KB of archive stand for TiB the
+  // disk never refuses, which the hash then reads in full.
+  const room = roomIn(dest);
+  let bytes = 0;
 
   const readNames = async () => {
     let prev: string | undefined;
@@ -405,6 +410,12 @@ async function extractWithTar(
       // A member listed twice was overwritten: its early digest may be of the old content.
       if (members.has(p.rel)) relisted.add(p.rel);
       members.set(p.rel, p);
+      bytes += p.size;
+      if (exceeds(room, bytes, members.size)) {
+        refused = noRoomFor(what);
+        killQuietly(child);
+        return;
+      }
       if (first && p.rel !== "/") {
         if (looksLikeImageArchive.test(p.rel)) hashing = false; // blobs of layers, not a rootfs
         first = false;
@@ -481,10 +492,27 @@ async function firstUnsafeMember(
 }
 
 /** Room left for an extraction (statvfs of the directory it goes to). */
-export function roomIn(dir: string): { bytes: number; inodes?: number } {
+export function roomIn(dir: string): Room {
   const s = statvfs(dir);
   // Some file systems (btrfs) report no inode counts at all.
   return { bytes: s.freeBytes, inodes: s.freeInodes > 0 ? s.freeInodes : undefined };
+}
+
+export interface Room {
+  bytes: number;
+  inodes?: number;
+}
+
+/** Whether `members` of `bytes` in all need more than `room`. */
+function exceeds(room: Room, bytes: number, members: number): boolean {
+  return bytes > room.bytes || (room.inodes !== undefined && members > room.inodes);
+}
+
+function noRoomFor(what: string): UserError {
+  return new UserError(
+    `no space left on device while importing ${what} (its files need more than is free)`,
+    500,
+  );
 }
 
 /**
@@ -496,7 +524,7 @@ export function roomIn(dir: string): { bytes: number; inodes?: number } {
 export async function listMembers(
   file: string,
   what: string,
-  opts: { signal?: AbortSignal; room?: { bytes: number; inodes?: number } } = {},
+  opts: { signal?: AbortSignal; room?: Room } = {},
 ): Promise<Map<string, Member>> {
   const child = new Deno.Command("tar", {
     args: ["-t", "-v", "-P", "-f", file, "--numeric-owner", "--quoting-style=c"],
@@ -516,10 +544,7 @@ export async function listMembers(
       if (before && (before.retyped || before.kind !== m.kind)) m.retyped = true;
       members.set(m.name, m);
       bytes += m.size;
-      const room = opts.room;
-      if (
-        room && (bytes > room.bytes || (room.inodes !== undefined && members.size > room.inodes))
-      ) {
+      if (opts.room && exceeds(opts.room, bytes, members.size)) {
         full = true;
         killQuietly(child);
       }
@@ -531,12 +556,7 @@ export async function listMembers(
       child.status,
     ]);
     opts.signal?.throwIfAborted();
-    if (full) {
-      throw new UserError(
-        `no space left on device while importing ${what} (its files need more than is free)`,
-        500,
-      );
-    }
+    if (full) throw noRoomFor(what);
     if (!status.success) throw tarFailure(stderr, what, "none");
     return members;
   } finally {
