@@ -732,6 +732,68 @@ Deno.test("a sparse member larger than the free space ends as 'no space left on 
   }
 });
 
+/** A pax archive of one empty file whose name (a pax `path` record) is `len` bytes of nested
+ *  directories. */
+function longNameTar(len: number): Uint8Array {
+  const name = ("a".repeat(200) + "/").repeat(Math.floor(len / 201)) + "f";
+  let record = ` path=${name}\n`;
+  let n = record.length;
+  while (`${n}${record}`.length !== n) n = `${n}${record}`.length;
+  record = `${n}${record}`;
+  const header = (fieldName: string, type: string, size: number) =>
+    tarBytes([{ name: fieldName, data: "x".repeat(size) }]).slice(0, 512).map((b, i) =>
+      i === 156 ? type.charCodeAt(0) : b
+    );
+  const fix = (h: Uint8Array) => {
+    h.fill(32, 148, 156);
+    h.set(enc.encode(h.reduce((a, b) => a + b, 0).toString(8).padStart(6, "0") + "\0 "), 148);
+    return h;
+  };
+  const data = enc.encode(record);
+  const pad = (k: number) => new Uint8Array((512 - k % 512) % 512);
+  const parts = [fix(header("pax", "x", data.length)), data, pad(data.length)];
+  parts.push(fix(header("f", "0", 0)), new Uint8Array(1024));
+  const out = new Uint8Array(parts.reduce((k, p) => k + p.length, 0));
+  let o = 0;
+  for (const p of parts) {
+    out.set(p, o);
+    o += p.length;
+  }
+  return out;
+}
+
+Deno.test("a member name of 16 MiB (pax) is refused at once, the server's thread never held", async () => {
+  const t = await tempStore();
+  try {
+    // 90 KB gzipped. GNU tar lists it on one line, which was joined chunk after chunk (64 KiB
+    // each), every join split again: time in the square of its length on the server's only
+    // thread (16 MiB: seconds at a time; 64 MiB: 147 s, 29 s at a time).
+    Deno.writeFileSync(`${t.dir}/long.tar`, longNameTar(16 << 20));
+    sh("gzip", `${t.dir}/long.tar`);
+    let gap = 0, tick = performance.now();
+    const timer = setInterval(() => {
+      gap = Math.max(gap, performance.now() - tick);
+      tick = performance.now();
+    }, 10);
+    try {
+      await assert.rejects(t.store.import(`${t.dir}/long.tar.gz`, "long"), (e: unknown) => {
+        assert.ok(e instanceof UserError, `UserError, got ${(e as Error).stack}`);
+        assert.match(
+          e.message,
+          /^\/.*long\.tar\.gz: a{60}… has a name or link target longer than 1 MiB; refusing \(unsafe image\)$/,
+        );
+        return true;
+      });
+    } finally {
+      clearInterval(timer);
+    }
+    assert.ok(gap < 1000, `the event loop was held for ${Math.round(gap)} ms`);
+    await assertStoreEmpty(t);
+  } finally {
+    await t.close();
+  }
+});
+
 Deno.test("netroot image import of a hostile archive: exit 1, one line naming the member, nothing outside (root)", async () => {
   const t = await tempStore();
   const ac = new AbortController();

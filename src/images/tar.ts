@@ -11,7 +11,7 @@
 //     what runs before and after it (layers, whiteouts, directory fix-ups) is ours to confine.
 import { statvfs } from "../linux/fsops.ts";
 import { UserError } from "../errors.ts";
-import { type Member, place, type Placed, shown } from "./archivepath.ts";
+import { type Member, place, type Placed, shown, unsafe } from "./archivepath.ts";
 import type { CachedHash, Progress, Written } from "./walk.ts";
 import { workerFromSource } from "../worker.ts";
 import { logger } from "../log.ts";
@@ -293,15 +293,43 @@ export interface Extracted {
 const looksLikeImageArchive =
   /^\/(oci-layout|index\.json|manifest\.json|repositories|blobs|[0-9a-f]{64}(\.json|\.tar)?)$/;
 
-/** Lines of a child's output as they come (the last one may lack its newline). */
-async function eachLine(stream: ReadableStream<Uint8Array>, take: (line: string) => void) {
+/** The longest line of tar's listing taken: a member's name and link target, c-quoted (4
+ *  characters a byte at worst), each fit in PATH_MAX (4 KiB) in a tree that can be extracted. */
+const MAX_LINE = 1 << 20;
+
+/**
+ * Lines of tar's listing as they come (the last one may lack its newline). A line longer than
+ * MAX_LINE is a hostile name (a pax record holds any length): refused, not joined chunk after
+ * chunk, which took time in the square of its length on the server's only thread.
+ */
+async function eachLine(
+  stream: ReadableStream<Uint8Array>,
+  take: (line: string) => void,
+  what: string,
+) {
   let rest = "";
   for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
-    const lines = (rest + chunk).split("\n");
-    rest = lines.pop()!;
-    for (const l of lines) take(l);
+    const lines = chunk.split("\n");
+    if (lines.length > 1) {
+      lines[0] = rest + lines[0];
+      rest = lines.pop()!;
+      for (const l of lines) {
+        if (l.length > MAX_LINE) throw tooLong(l, what);
+        take(l);
+      }
+    } else rest += chunk;
+    if (rest.length > MAX_LINE) throw tooLong(rest, what);
   }
   if (rest) take(rest);
+}
+
+function tooLong(line: string, what: string): UserError {
+  const q = line.indexOf('"');
+  return unsafe(
+    what,
+    `${line.slice(q + 1, q + 61)}…`,
+    `has a name or link target longer than ${MAX_LINE >> 20} MiB`,
+  );
 }
 
 /** A child's stderr, kept to its first 64 KiB (a hostile archive can make tar say a lot). */
@@ -422,6 +450,10 @@ async function extractWithTar(
       }
       if (hashing && prev !== undefined) hasher!.post(prev, realDest + prev);
       prev = p.kind === "other" || p.kind === "hardlink" ? p.rel : undefined;
+    }, what).catch((e) => {
+      if (!(e instanceof UserError)) throw e;
+      refused ??= e;
+      killQuietly(child);
     });
     if (hashing && prev !== undefined && !refused) hasher!.post(prev, realDest + prev);
   };
@@ -536,6 +568,7 @@ export async function listMembers(
   const stop = killOnAbort(child, opts.signal);
   const members = new Map<string, Member>();
   let bytes = 0, full = false;
+  let refused: UserError | undefined;
   const readList = () =>
     eachLine(child.stdout, (line) => {
       const m = parseListLine(line);
@@ -548,6 +581,10 @@ export async function listMembers(
         full = true;
         killQuietly(child);
       }
+    }, what).catch((e) => {
+      if (!(e instanceof UserError)) throw e;
+      refused = e;
+      killQuietly(child);
     });
   try {
     const [, stderr, status] = await Promise.all([
@@ -556,6 +593,7 @@ export async function listMembers(
       child.status,
     ]);
     opts.signal?.throwIfAborted();
+    if (refused) throw refused;
     if (full) throw noRoomFor(what);
     if (!status.success) throw tarFailure(stderr, what, "none");
     return members;
