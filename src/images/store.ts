@@ -785,7 +785,12 @@ export class ImageStore {
       }
       durableTx(this.db, () => {
         this.db.prepare("UPDATE images SET current = 0 WHERE name = ? AND current = 1").run(name);
-        this.db.prepare("UPDATE images SET current = 1 WHERE id = ?").run(target!.id);
+        const set = this.db.prepare("UPDATE images SET current = 1 WHERE id = ? AND name = ?")
+          .run(target!.id, name);
+        // Removed or renamed meanwhile: the name must not be left without a current version.
+        if (set.changes !== 1) {
+          throw conflict(`image ${name} changed during the rollback: try again`);
+        }
       });
       recordEvent(this.db, null, "image.rollback", { name, id: target.id, previous });
       this.#changed();
@@ -902,6 +907,13 @@ export class ImageStore {
     }
     if (this.sessions.list().some((s) => s.base && ids.includes(s.base.id))) {
       throw conflict(`image ${shown} has an open image session (shell, cp, build): end it first`);
+    }
+    // A rollback, session open or `image cp` out under way holds its version (its tree being
+    // written or read): removed under it, a rollback pointed the name at no version at all.
+    if (ids.some((id) => this.#holds.has(id))) {
+      throw conflict(
+        `image ${shown} is in use (a rollback, session or image cp under way): try again`,
+      );
     }
     durableTx(this.db, () => {
       for (const v of all) this.db.prepare("DELETE FROM images WHERE id = ?").run(v.id);
