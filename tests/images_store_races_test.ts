@@ -1,8 +1,14 @@
 // The image store under interleavings and damage: removals racing rollbacks and copies, objects
 // damaged on the disk, and hard-link limits.
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { manifestLines } from "../contract/manifest.ts";
 import type { UserError } from "../src/errors.ts";
-import { buildSampleTree, fixTimes, tempStore } from "./images_helpers.ts";
+import { objectKey } from "../src/images/objects.ts";
+import { commitUpper } from "../src/images/session.ts";
+import { buildSampleTree, fixTimes, T0, tempStore } from "./images_helpers.ts";
+
+const sha = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
 
 Deno.test("image rm NAME@ID while a rollback writes that thin version's tree: refused, the name keeps a current version", async () => {
   const t = await tempStore();
@@ -37,6 +43,54 @@ Deno.test("image rm NAME@ID while a rollback writes that thin version's tree: re
     assert.equal(t.store.find("deb")?.id, v1.id, "the name points at v1");
     assert.deepEqual(t.store.history("deb").map((v) => v.id), [v1.id, v2.id]);
     assert.equal(t.store.hasTree(v1.id), true);
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("an object truncated on the disk is not trusted by a later import or save of that content: replaced by the good file", async () => {
+  const t = await tempStore();
+  try {
+    const src = `${t.dir}/src`;
+    buildSampleTree(src);
+    fixTimes(src);
+    const plain = await t.store.import(src, "plain");
+    const big = crypto.getRandomValues(new Uint8Array(65536));
+    Deno.writeFileSync(`${src}/big`, big);
+    fixTimes(src);
+    const a = await t.store.import(src, "a");
+    const entry = [...manifestLines(Deno.readTextFileSync(t.data.manifest(a.id)))]
+      .find((e) => e.path === "/big")!;
+    const obj = t.store.objects.path(objectKey(entry));
+    Deno.truncateSync(obj, 4096); // a disk error, a bad sector zeroed and cut by fsck, ...
+
+    // the same content imported again (another image): its tree must hold the file it was given
+    Deno.writeTextFileSync(`${src}/etc/other`, "b\n");
+    fixTimes(src);
+    const b = await t.store.import(src, "b");
+    assert.equal(
+      sha(Deno.readFileSync(t.data.rootfs(b.id) + "/big")),
+      sha(big),
+      "b's /big is the content its manifest names, not the damaged object",
+    );
+    assert.equal(sha(Deno.readFileSync(obj)), sha(big), "the object is whole again");
+
+    // a save (derived commit) whose upper brings that content: same
+    Deno.truncateSync(obj, 4096);
+    const upper = `${t.dir}/upper`;
+    Deno.mkdirSync(upper);
+    Deno.writeFileSync(`${upper}/big2`, big);
+    Deno.chmodSync(`${upper}/big2`, entry.mode & 0o7777);
+    Deno.utimeSync(`${upper}/big2`, T0, T0);
+    Deno.utimeSync(upper, T0, T0);
+    const c = await commitUpper(t.store, upper, plain.id, "c", { madeBy: "save", command: null });
+    assert.equal(c.existed, false);
+    assert.equal(
+      sha(Deno.readFileSync(t.data.rootfs(c.id) + "/big2")),
+      sha(big),
+      "c's /big is the upper's file, not the damaged object",
+    );
+    assert.equal(sha(Deno.readFileSync(obj)), sha(big), "the object is whole again");
   } finally {
     await t.close();
   }

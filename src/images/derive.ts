@@ -342,8 +342,12 @@ function storeNewFiles(d: Derived, objects: ObjectStore, stats: BuildStats): voi
           Deno.mkdirSync(join(obj, ".."), { recursive: true, mode: 0o700 });
           continue;
         }
-        if (code(err) === "EEXIST") n.obj = obj;
-        else if (code(err) !== "EMLINK") throw err;
+        if (code(err) === "EEXIST") {
+          if (objects.replaceDamaged(obj, Deno.lstatSync(obj).size, n.src!, n.e.size)) {
+            stats.added++;
+            stats.addedBytes += n.e.size;
+          } else n.obj = obj;
+        } else if (code(err) !== "EMLINK") throw err;
         break;
       }
     }

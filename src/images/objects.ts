@@ -97,6 +97,11 @@ export class ObjectStore {
         }
         const o = Deno.lstatSync(obj), f = Deno.lstatSync(file);
         if (o.ino === f.ino && o.dev === f.dev) break; // already the object (a copied tree)
+        if (this.replaceDamaged(obj, o.size, file, e.size)) {
+          stats.added++;
+          stats.addedBytes += e.size;
+          break;
+        }
         try {
           for (const p of [e.path, ...links.get(e.path) ?? []]) replace(obj, root + p);
           stats.shared++;
@@ -109,6 +114,24 @@ export class ObjectStore {
     }
     for (const [dir, st] of dirTimes) Deno.utimeSync(dir, st.atime!, st.mtime!);
     return stats;
+  }
+
+  /**
+   * An object whose size is not its content's was damaged on the disk (truncated, cut short by
+   * fsck): `file`, that content just hashed, takes its place, or every later version of that
+   * content would link to the damaged one and be served so. Trees linked to the old inode keep
+   * it. True when it was replaced. Only the size, which an lstat already gives, is checked:
+   * reading the content again would read every shared file of every commit.
+   */
+  replaceDamaged(obj: string, objSize: number, file: string, size: number): boolean {
+    if (objSize === size) return false;
+    log.warn("an object was damaged on the disk (wrong size): replaced by the file just stored", {
+      object: obj,
+      size: objSize,
+      expected: size,
+    });
+    replaceByLink(file, obj);
+    return true;
   }
 
   /** Removes objects no tree links to (st_nlink 1), except `keep` (keys of the versions kept
