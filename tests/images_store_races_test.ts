@@ -95,3 +95,28 @@ Deno.test("an object truncated on the disk is not trusted by a later import or s
     await t.close();
   }
 });
+
+Deno.test("a thin version whose object was cut short on the disk is not rebuilt with it: the rollback says which file, the name stays", async () => {
+  const t = await tempStore();
+  try {
+    const src = `${t.dir}/src`;
+    buildSampleTree(src);
+    const v1 = await t.store.import(src, "deb");
+    Deno.writeTextFileSync(`${src}/etc/hostname`, "v2\n");
+    fixTimes(src);
+    const v2 = await t.store.import(src, "deb");
+    await t.store.idle();
+    assert.equal(t.store.hasTree(v1.id), false, "v1 is thin");
+    const entry = [...manifestLines(Deno.readTextFileSync(t.data.manifest(v1.id)))]
+      .find((e) => e.path === "/etc/hostname")!;
+    Deno.truncateSync(t.store.objects.path(objectKey(entry)), 0);
+    await assert.rejects(
+      () => t.store.rollback("deb"),
+      /\/etc\/hostname .* is damaged: 0 bytes, 7 expected/,
+    );
+    assert.equal(t.store.get("deb").id, v2.id, "the name stays on v2");
+    assert.equal(t.store.hasTree(v1.id), false, "no tree served with the damaged file");
+  } finally {
+    await t.close();
+  }
+});

@@ -607,6 +607,18 @@ export class ImageStore {
         for (let i = 0; !steps.next().done; i++) {
           if (i % 4 === 3) await new Promise((r) => setTimeout(r, 0));
         }
+        // Objects are trusted by their names: one cut short on the disk would be exported as
+        // the version's file. Its size is checked (an lstat; the content is not read again).
+        for (const e of d.entries) {
+          if (e.type !== "file") continue;
+          const size = Deno.lstatSync(join(work, "rootfs") + e.path).size;
+          if (size !== e.size) {
+            throw new Error(
+              `the object of ${e.path} (${this.objects.path(objectKey(e))}) is damaged: ` +
+                `${size} bytes, ${e.size} expected`,
+            );
+          }
+        }
         syncfs(work);
         await Deno.rename(join(work, "rootfs"), this.data.rootfs(id));
         log.info("rebuilt the tree of a thin version", {
