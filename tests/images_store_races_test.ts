@@ -2,11 +2,13 @@
 // damaged on the disk, and hard-link limits.
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { manifestLines } from "../contract/manifest.ts";
+import { manifestLines, manifestText } from "../contract/manifest.ts";
 import type { UserError } from "../src/errors.ts";
 import { objectKey } from "../src/images/objects.ts";
 import { commitUpper } from "../src/images/session.ts";
+import { scanTree } from "../src/images/walk.ts";
 import { buildSampleTree, fixTimes, T0, tempStore } from "./images_helpers.ts";
+import { withLoopExt4 } from "./support/ext4disk.ts";
 
 const sha = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
 
@@ -120,3 +122,52 @@ Deno.test("a thin version whose object was cut short on the disk is not rebuilt 
     await t.close();
   }
 });
+
+Deno.test("ext4's 65000 links per inode (root, loop ext4): a hard link group of an image too large to share its object stays one group", () =>
+  withLoopExt4(256, async (disk) => {
+    const t = await tempStore(`${disk.mnt}/data`);
+    t.store.autoPrune = false;
+    try {
+      // One content with 33,000 names (a package cache, a hard-linked backup): the second version
+      // shares the first one's object, which cannot take all 33,000 more links.
+      const src = `${disk.mnt}/src`;
+      Deno.mkdirSync(`${src}/l`, { recursive: true });
+      Deno.writeTextFileSync(`${src}/f`, "one content, many names\n");
+      for (let i = 0; i < 33_000; i++) Deno.linkSync(`${src}/f`, `${src}/l/${i}`);
+      Deno.writeTextFileSync(`${src}/v`, "1\n");
+      fixTimes(src);
+      await t.store.import(src, "many");
+      Deno.writeTextFileSync(`${src}/v`, "2\n");
+      fixTimes(src);
+      const v2 = await t.store.import(src, "many");
+      const root = t.data.rootfs(v2.id);
+      const inodes = new Set([Deno.lstatSync(`${root}/f`).ino]);
+      for (let i = 0; i < 33_000; i++) inodes.add(Deno.lstatSync(`${root}/l/${i}`).ino);
+      assert.equal(inodes.size, 1, "the 33,001 names of v2's file are one inode, as imported");
+      assert.equal(Deno.lstatSync(`${root}/f`).nlink, 33_001, "v2 keeps its own copy");
+
+      // a save on v2: its tree (links to v2's inodes) cannot link all 33,001 names either
+      const upper = `${disk.mnt}/upper`;
+      Deno.mkdirSync(upper);
+      Deno.writeTextFileSync(`${upper}/v`, "3\n");
+      fixTimes(upper);
+      const v3 = await commitUpper(t.store, upper, v2.id, "many", {
+        madeBy: "save",
+        command: null,
+      });
+      const root3 = t.data.rootfs(v3.id);
+      const inodes3 = new Set([Deno.lstatSync(`${root3}/f`).ino]);
+      for (let i = 0; i < 33_000; i++) inodes3.add(Deno.lstatSync(`${root3}/l/${i}`).ino);
+      assert.equal(inodes3.size, 1, "the 33,001 names of v3's file are one inode");
+      assert.equal(Deno.readTextFileSync(`${root3}/v`), "3\n");
+      for (const v of [v2, v3]) {
+        assert.equal(
+          manifestText((await scanTree(t.data.rootfs(v.id))).entries),
+          Deno.readTextFileSync(t.data.manifest(v.id)),
+          "the tree scans to its manifest",
+        );
+      }
+    } finally {
+      await t.close();
+    }
+  }));

@@ -12,7 +12,7 @@
 // The same rules as applyUpper (upper.ts): whiteouts delete, opaque directories replace the
 // directory's content, overlayfs's own attributes are dropped, redirect/metacopy are refused.
 // The root directory keeps the base's entry.
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import process from "node:process";
 import {
   compareBytes,
@@ -23,7 +23,7 @@ import {
 } from "../../contract/manifest.ts";
 import { lchown, lutimes, mknod, S_IFBLK, S_IFCHR, S_IFIFO, S_IFSOCK } from "../linux/fsops.ts";
 import { listXattrs, removeXattr, setXattr } from "../linux/xattr.ts";
-import { identity, objectKey, type ObjectStore } from "./objects.ts";
+import { identity, isTooManyLinks, objectKey, type ObjectStore, replaceByLink } from "./objects.ts";
 import { b64, type CachedHash, hashFileSync, lstatNamed, splitDev, statEntry } from "./walk.ts";
 import { isOpaque, isWhiteout, OVERLAY_XATTR, refuseIndirect } from "./upper.ts";
 
@@ -347,7 +347,7 @@ function storeNewFiles(d: Derived, objects: ObjectStore, stats: BuildStats): voi
             stats.added++;
             stats.addedBytes += n.e.size;
           } else n.obj = obj;
-        } else if (code(err) !== "EMLINK") throw err;
+        } else if (!isTooManyLinks(err)) throw err;
         break;
       }
     }
@@ -440,10 +440,9 @@ export function* buildSteps(
       Deno.linkSync(links[i], links[i + 1]);
     } catch {
       const n = linkNodes[i / 2];
-      if (baseRoot === null || n.e.type === "hardlink") {
-        if (n.e.type === "hardlink") Deno.linkSync(tree + n.e.target!, links[i + 1]);
-        else copyObject(links[i], links[i + 1], n.e);
-      } else linkBase(links[i], links[i + 1], n.e, objects);
+      if (n.e.type === "hardlink") linkInGroup(tree, links, linkNodes, i / 2);
+      else if (baseRoot === null) copyObject(links[i], links[i + 1], n.e);
+      else linkBase(links[i], links[i + 1], n.e, objects);
     }
     if (++ops % slice === 0) yield;
   }
@@ -538,8 +537,35 @@ function linkShared(obj: string, dst: string): boolean {
     Deno.linkSync(obj, dst);
     return true;
   } catch (err) {
-    if (code(err) === "ENOENT" || code(err) === "EMLINK") return false;
+    if (code(err) === "ENOENT" || isTooManyLinks(err)) return false;
     throw err;
+  }
+}
+
+/**
+ * linkNodes[at], a hard link, to its group's first path in the new tree. When that inode is full
+ * (the base's, with the base's own names and the new tree's: a group of over 32,500 names on
+ * ext4), the new tree's group moves to a copy of its own, the names linked so far first, and
+ * the names still to link (`links`: source, destination pairs) are linked to it: a group split
+ * over two inodes would not be the tree its manifest says.
+ */
+function linkInGroup(tree: string, links: string[], linkNodes: Node[], at: number): void {
+  const e = linkNodes[at].e, first = tree + e.target!;
+  try {
+    Deno.linkSync(first, tree + e.path);
+    return;
+  } catch (err) {
+    const head = linkNodes.find((n) => n.e.path === e.target);
+    if (!isTooManyLinks(err) || head?.e.type !== "file") throw err;
+    const copy = join(dirname(first), `.nr-${crypto.randomUUID().slice(0, 8)}`);
+    copyObject(first, copy, head.e);
+    const inGroup = (n: Node) => n.e.type === "hardlink" && n.e.target === e.target;
+    for (const n of [head, ...linkNodes.slice(0, at).filter(inGroup)]) {
+      replaceByLink(copy, tree + n.e.path);
+    }
+    Deno.removeSync(copy);
+    Deno.linkSync(first, tree + e.path);
+    for (let j = at + 1; j < linkNodes.length; j++) if (inGroup(linkNodes[j])) links[2 * j] = first;
   }
 }
 
@@ -562,7 +588,7 @@ function linkBase(src: string, dst: string, e: ManifestEntry, objects: ObjectSto
     ) {
       return;
     }
-    if (code(err) !== "EMLINK") throw err;
+    if (!isTooManyLinks(err)) throw err;
   }
   const st = Deno.lstatSync(src);
   Deno.copyFileSync(src, dst);

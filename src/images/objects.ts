@@ -34,6 +34,12 @@ export function objectKey(e: ManifestEntry): string {
 
 const code = (e: unknown) => (e as { code?: string }).code;
 
+/** EMLINK (an inode at the file system's most links: 65000 on ext4). Deno gives that error no
+ *  code, only its message. */
+export function isTooManyLinks(e: unknown): boolean {
+  return code(e) === "EMLINK" || /\(os error 31\)/.test((e as Error)?.message ?? "");
+}
+
 export interface IngestStats {
   /** Files whose content was new to the store. */
   added: number;
@@ -59,7 +65,10 @@ export class ObjectStore {
     const stats: IngestStats = { added: 0, addedBytes: 0, shared: 0 };
     const links = new Map<string, string[]>();
     for (const e of entries) {
-      if (e.type === "hardlink") links.set(e.target!, [...links.get(e.target!) ?? [], e.path]);
+      if (e.type !== "hardlink") continue;
+      const group = links.get(e.target!);
+      if (group) group.push(e.path);
+      else links.set(e.target!, [e.path]);
     }
     const used = new Set<string>();
     // Replacing a file by a link renames over it, which changes its directory's mtime: each
@@ -91,7 +100,7 @@ export class ObjectStore {
             continue;
           }
           if (code(err) !== "EEXIST") {
-            if (code(err) === "EMLINK") break; // too many links: this tree keeps its own copy
+            if (isTooManyLinks(err)) break; // this tree keeps its own copy
             throw err;
           }
         }
@@ -102,12 +111,20 @@ export class ObjectStore {
           stats.addedBytes += e.size;
           break;
         }
+        const group = [e.path, ...links.get(e.path) ?? []];
+        let moved = 0;
         try {
-          for (const p of [e.path, ...links.get(e.path) ?? []]) replace(obj, root + p);
+          for (const p of group) {
+            replace(obj, root + p);
+            moved++;
+          }
           stats.shared++;
           break;
         } catch (err) {
-          if (code(err) === "EMLINK") break;
+          // The paths already moved go back to the tree's own inode (still at the path that
+          // failed): a hard link group split over two inodes is not the tree its manifest says.
+          for (const p of group.slice(0, moved)) replace(root + group[moved], root + p);
+          if (isTooManyLinks(err)) break; // the object is full: this tree keeps its own copy
           if (code(err) !== "ENOENT") throw err; // gc removed the object meanwhile: add it
         }
       }
@@ -162,7 +179,7 @@ export class ObjectStore {
 }
 
 /** Makes `path` a hard link to `obj`: a link under a temporary name renamed over it. */
-function replaceByLink(obj: string, path: string): void {
+export function replaceByLink(obj: string, path: string): void {
   // A short name beside it: `path` may already be as long as a name can be.
   const tmp = join(dirname(path), `.nr-${crypto.randomUUID().slice(0, 8)}`);
   Deno.linkSync(obj, tmp);
