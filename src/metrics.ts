@@ -10,6 +10,7 @@ import { Hono } from "hono";
 import type { Context } from "./context.ts";
 import type { Db } from "./db.ts";
 import { type EventObserver, observeEvents } from "./events.ts";
+import { statvfs } from "./linux/fsops.ts";
 
 type Labels = Record<string, string>;
 
@@ -134,6 +135,9 @@ export class Metrics {
     "Config file reloads (SIGHUP) by result (ok, error).",
   );
 
+  /** 1 while every /persist is exported read-only for want of room (src/nfs.ts, PersistRoom). */
+  persistReadOnly = 0;
+
   readonly observer: EventObserver = (kind, d) => {
     const [component, ...rest] = kind.split(".");
     const what = rest.join(".");
@@ -161,6 +165,8 @@ export class Metrics {
       }
     } else if (kind === "nfs.exports") {
       this.nfsReloads.inc();
+    } else if (kind === "nfs.persist-read-only" || kind === "nfs.persist-writable") {
+      this.persistReadOnly = kind === "nfs.persist-read-only" ? 1 : 0;
     }
   };
 
@@ -203,6 +209,21 @@ export class Metrics {
       ...gauge("netroot_database_bytes", "Size of the database files (netroot.db and its WAL).", [
         [{}, databaseBytes(ctx.data.db)],
       ]),
+    );
+    // What an alert wants before /persist turns read-only: the room left where the nodes' /persist
+    // (and, unless the admin moved them, the images and the database) are.
+    const space = statvfs(ctx.data.nodes);
+    lines.push(
+      ...gauge(
+        "netroot_nodes_fs_free_bytes",
+        "Free bytes on the file system holding the nodes' /persist (root-reserved blocks included).",
+        [[{}, space.freeBytesForRoot]],
+      ),
+      ...gauge(
+        "netroot_persist_read_only",
+        "1 while every node's /persist is exported read-only: less than --nfs-reserve free.",
+        [[{}, this.persistReadOnly]],
+      ),
     );
     const http = ctx.httpConnections?.();
     if (http) {

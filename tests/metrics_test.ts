@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { defaultConfig } from "../src/config.ts";
-import { eventRecorder } from "../src/events.ts";
+import { eventRecorder, recordEvent } from "../src/events.ts";
 import { openBoot } from "../src/boots.ts";
 import { type RunningServer, serve } from "../src/server.ts";
 
@@ -105,6 +105,17 @@ Deno.test("/metrics: counters from real traffic, no token needed, valid expositi
     assert.doesNotMatch(text, /52:54:00/i, "no MAC in any label");
     assert.match(text, /^netroot_process_memory_bytes\{kind="rss"\} [1-9]\d*$/m);
     assert.match(text, /^netroot_database_bytes [1-9]\d*$/m);
+    assert.match(text, /^netroot_nodes_fs_free_bytes [1-9]\d*$/m);
+    has("netroot_persist_read_only 0");
+    // What the NFS service records when the nodes' file system runs short of room, and after.
+    const readOnly = async () =>
+      /^netroot_persist_read_only (\d)$/m.exec(
+        await (await fetch(`http://127.0.0.1:${server.http.port}/metrics`)).text(),
+      )?.[1];
+    recordEvent(server.ctx.db, null, "nfs.persist-read-only", {});
+    assert.equal(await readOnly(), "1");
+    recordEvent(server.ctx.db, null, "nfs.persist-writable", {});
+    assert.equal(await readOnly(), "0");
   } finally {
     await server.close();
     await Deno.remove(dir, { recursive: true });
