@@ -33,6 +33,7 @@ export const EVENT_KINDS = [
   "nfs.exports",
   "nfs.persist-read-only",
   "nfs.persist-writable",
+  "nfs.persist-usage",
   "nfs.start",
   "nfs.exit",
   // power drivers (src/power/power.ts), virtual nodes (src/vnode/manager.ts)

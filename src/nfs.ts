@@ -282,6 +282,8 @@ export function persistShortOfRoom(space: FsSpace, reserve: Reserve, now: boolea
 export class PersistRoom {
   readOnly = false;
   #timer: ReturnType<typeof setInterval> | undefined;
+  #measuring?: Promise<void>;
+  #stopped = false;
   constructor(private ctx: Context) {}
   /** Samples once; true when the state changed (logged, and a timeline event). */
   check(): boolean {
@@ -313,7 +315,27 @@ export class PersistRoom {
     } catch (e) {
       log.error("could not record the /persist state", { error: (e as Error).message });
     }
+    if (readOnly) this.#measuring ??= this.#largest().finally(() => this.#measuring = undefined);
     return true;
+  }
+  /** The nodes whose /persist take the most room, logged and recorded (`nfs.persist-usage`): who
+   *  filled the file system, measured once per shortage (every node is locked meanwhile). */
+  async #largest(): Promise<void> {
+    const sizes: { node: string; bytes: number }[] = [];
+    for (const n of this.ctx.nodes.list()) {
+      const bytes = await treeBytes(this.ctx.data.persist(n.mac), () => this.#stopped);
+      if (this.#stopped) return;
+      if (bytes) sizes.push({ node: n.name, bytes });
+    }
+    const largest = sizes.sort((a, b) => b.bytes - a.bytes).slice(0, 5);
+    log.error("the largest /persist", {
+      nodes: largest.map((l) => `${l.node}:${l.bytes}`).join(" ") || "none",
+    });
+    try {
+      recordEvent(this.ctx.db, null, "nfs.persist-usage", { largest });
+    } catch (e) {
+      log.error("could not record the /persist usage", { error: (e as Error).message });
+    }
   }
   /** Checks every `everyMs` (a node at 1 Gbit/s writes 125 MB a second), `changed` on a change. */
   watch(changed: () => void, everyMs = 1000): void {
@@ -325,9 +347,29 @@ export class PersistRoom {
       }
     }, everyMs);
   }
-  stop(): void {
+  async stop(): Promise<void> {
     clearInterval(this.#timer);
+    this.#stopped = true;
+    await this.#measuring;
   }
+}
+
+/** Bytes the tree at `dir` takes on disk (its blocks; links not followed, hard links counted
+ *  each time), 0 when it is missing; the walk ends early once `stopped()`. */
+async function treeBytes(dir: string, stopped: () => boolean): Promise<number> {
+  let total = 0;
+  const pending = [dir];
+  while (pending.length && !stopped()) {
+    const d = pending.pop()!;
+    const entries = await Array.fromAsync(Deno.readDir(d)).catch(() => []);
+    for (const e of entries) {
+      const st = await Deno.lstat(join(d, e.name)).catch(() => null);
+      if (!st) continue;
+      total += (st.blocks ?? 0) * 512;
+      if (st.isDirectory) pending.push(join(d, e.name));
+    }
+  }
+  return total;
 }
 
 // ---- the service ----
@@ -440,9 +482,9 @@ async function startKernelNfs(ctx: Context, opts: NfsOptions): Promise<Service> 
   // Exports stay in place on close: running nodes keep their root while netroot restarts.
   return {
     name: "nfs",
-    close: () => {
-      room.stop();
-      return f.stop();
+    close: async () => {
+      await room.stop();
+      await f.stop();
     },
   };
 }
@@ -674,7 +716,7 @@ async function startGanesha(ctx: Context, opts: NfsOptions): Promise<Service> {
   return {
     name: "nfs",
     async close() {
-      room.stop();
+      await room.stop();
       await f.stop();
       await ganesha.stop();
     },

@@ -684,7 +684,15 @@ poweroff -f
       assert.ok(log.includes("PERSIST-LOCKED"), "read-only under the reserve\n" + tail);
       const kinds = listEvents(ctx.db).map((e) => e.kind)
         .filter((k) => k.startsWith("nfs.persist-"));
-      assert.deepEqual(kinds, ["nfs.persist-read-only", "nfs.persist-writable"]);
+      assert.deepEqual(kinds.filter((k) => k !== "nfs.persist-usage"), [
+        "nfs.persist-read-only",
+        "nfs.persist-writable",
+      ]);
+      // Who filled it: the node's /persist, measured once the lock was on.
+      const usage = listEvents(ctx.db).find((e) => e.kind === "nfs.persist-usage")!;
+      const largest = usage.detail.largest as { node: string; bytes: number }[];
+      assert.equal(largest[0].node, "vm", JSON.stringify(largest));
+      assert.ok(largest[0].bytes >= fillMb * mib, JSON.stringify(largest));
       assert.ok(log.includes("PERSIST-UNLOCKED"), "writable again with room\n" + tail);
       assert.equal(readFileSync(join(ctx.data.persist(me), "after"), "utf8"), "y\n");
       assert.equal(Deno.statSync(hello).uid, 0, "root kept on /persist: the node's root owns it");
