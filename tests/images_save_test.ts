@@ -602,19 +602,20 @@ Deno.test("node save NODE NAME: busybox tar, a node not booted, over the size, i
       assert.throws(() => ctx.images.get("saved"), /saved/);
       assert.deepEqual(await dirEntries(ctx.data.tmp), []);
     }, { tar: `${stall}/tar` });
-    // attacker: a byte now and then, never idle for long (6 s here): the total bound ends it (the
-    // idle bound 2 s, ten times the gap, so that a loaded machine's stall is not taken for idle)
+    // attacker: a byte now and then, never idle for long (10 s here): the total bound (4.5 s) ends
+    // it; the idle bound (3 s) is fifteen times the gap, so that a loaded machine's stall is not
+    // taken for idle (2 s, ten times, was once, under helpers' load)
     Deno.writeTextFileSync(
       `${stall}/tar`,
       '#!/bin/sh\n[ "$1" = --version ] && { echo "tar (GNU tar) 1.34"; exit 0; }\n' +
-        "for i in $(seq 30); do printf x; sleep 0.2; done\n",
+        "for i in $(seq 50); do printf x; sleep 0.2; done\n",
       { mode: 0o755 },
     );
     await withLiveNode(big, async ({ ctx }) => {
       const t0 = performance.now();
       await assert.rejects(
-        saveLiveNode(ctx, "n1", "saved", null, { idleMs: 2000, totalMs: 3000 }),
-        /cannot fetch the upper of n1: it took over 0.05 min/,
+        saveLiveNode(ctx, "n1", "saved", null, { idleMs: 3000, totalMs: 4500 }),
+        /cannot fetch the upper of n1: it took over 0.075 min/,
       );
       assert.ok(performance.now() - t0 < 8000);
       assert.throws(() => ctx.images.get("saved"), /saved/);
