@@ -3,6 +3,7 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { manifestText, parseManifest } from "../contract/manifest.ts";
+import { UserError } from "../src/errors.ts";
 import { extractArchive, sniff } from "../src/images/tar.ts";
 import { extractFast } from "../src/images/tarfast.ts";
 import { scanTree } from "../src/images/walk.ts";
@@ -438,5 +439,34 @@ Deno.test("our tar reader: large files hashed on another thread, modes and owner
     assert.match(trees[0], /^\/m666\tfile\t0666\t0\t0\t/m);
   } finally {
     await t.close();
+  }
+});
+
+Deno.test("import: an archive of more members than an import keeps state for is refused, by both extractors", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nr-members-" });
+  try {
+    // The root "./" and n empty files: n + 1 members.
+    const archive = (n: number) => {
+      const tree = `${dir}/tree-${n}`, file = `${dir}/${n}.tar`;
+      Deno.mkdirSync(tree);
+      for (let i = 0; i < n; i++) Deno.writeFileSync(`${tree}/f${i}`, new Uint8Array());
+      const tar = new Deno.Command("tar", { args: ["-cf", file, "-C", tree, "."] }).outputSync();
+      assert.ok(tar.success);
+      return file;
+    };
+    const over = archive(100), at = archive(99);
+    for (const extractor of ["fast", "tar"] as const) {
+      Deno.mkdirSync(`${dir}/over-${extractor}`);
+      await assert.rejects(
+        extractArchive(over, "none", `${dir}/over-${extractor}`, { extractor, maxMembers: 100 }),
+        (e) => e instanceof UserError && /has more than 100 members; refusing/.test(e.message),
+        extractor,
+      );
+      Deno.mkdirSync(`${dir}/at-${extractor}`);
+      await extractArchive(at, "none", `${dir}/at-${extractor}`, { extractor, maxMembers: 100 });
+      assert.equal([...Deno.readDirSync(`${dir}/at-${extractor}`)].length, 99, extractor);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
   }
 });

@@ -11,7 +11,15 @@
 //     what runs before and after it (layers, whiteouts, directory fix-ups) is ours to confine.
 import { statvfs } from "../linux/fsops.ts";
 import { UserError } from "../errors.ts";
-import { type Member, place, type Placed, shown, unsafe } from "./archivepath.ts";
+import {
+  MAX_MEMBERS,
+  type Member,
+  place,
+  type Placed,
+  shown,
+  tooManyMembers,
+  unsafe,
+} from "./archivepath.ts";
 import type { CachedHash, Progress, Written } from "./walk.ts";
 import { workerFromSource } from "../worker.ts";
 import { logger } from "../log.ts";
@@ -355,6 +363,8 @@ export interface ExtractOptions {
   /** "tar": GNU tar only (tests compare both paths); default: the fast path, GNU tar for what
    *  it does not handle. */
   extractor?: "fast" | "tar";
+  /** Members refused past this many (default MAX_MEMBERS; tests give a small one). */
+  maxMembers?: number;
 }
 
 /**
@@ -379,6 +389,7 @@ export async function extractArchive(
         signal: opts.signal,
         offsetOf: (pid) => archiveOffset(pid, file),
         imageArchive: looksLikeImageArchive,
+        maxMembers: opts.maxMembers,
       });
     } catch (e) {
       if (!(e instanceof Unsupported)) throw e;
@@ -438,6 +449,11 @@ async function extractWithTar(
       // A member listed twice was overwritten: its early digest may be of the old content.
       if (members.has(p.rel)) relisted.add(p.rel);
       members.set(p.rel, p);
+      if (members.size > (opts.maxMembers ?? MAX_MEMBERS)) {
+        refused = tooManyMembers(what, opts.maxMembers ?? MAX_MEMBERS);
+        killQuietly(child);
+        return;
+      }
       bytes += p.size;
       if (exceeds(room, bytes, members.size)) {
         refused = noRoomFor(what);
@@ -572,10 +588,15 @@ export async function listMembers(
   const readList = () =>
     eachLine(child.stdout, (line) => {
       const m = parseListLine(line);
-      if (!m || full) return;
+      if (!m || full || refused) return;
       const before = members.get(m.name);
       if (before && (before.retyped || before.kind !== m.kind)) m.retyped = true;
       members.set(m.name, m);
+      if (members.size > MAX_MEMBERS) {
+        refused ??= tooManyMembers(what, MAX_MEMBERS);
+        killQuietly(child);
+        return;
+      }
       bytes += m.size;
       if (opts.room && exceeds(opts.room, bytes, members.size)) {
         full = true;

@@ -15,7 +15,14 @@
 import { createHash } from "node:crypto";
 import { cstr, enc, errno, openLibc } from "../linux/libc.ts";
 import { UserError } from "../errors.ts";
-import { ancestorsOf, type Member, place, type Placed } from "./archivepath.ts";
+import {
+  ancestorsOf,
+  MAX_MEMBERS,
+  type Member,
+  place,
+  type Placed,
+  tooManyMembers,
+} from "./archivepath.ts";
 import type { CachedHash, Progress, Written } from "./walk.ts";
 import { sha256Stream } from "./sha256.ts";
 import { syncfsAsync } from "../linux/fsops.ts";
@@ -408,9 +415,11 @@ export async function extractFast(
     signal?: AbortSignal;
     offsetOf: (pid: number) => number | undefined;
     imageArchive: RegExp;
+    /** Members refused past this many (default MAX_MEMBERS). */
+    maxMembers?: number;
   },
 ): Promise<FastResult> {
-  const what = opts.what;
+  const what = opts.what, maxMembers = opts.maxMembers ?? MAX_MEMBERS;
   const sym = libc();
   const src = openSource(file, compression, opts.offsetOf);
   // Two buffers, filled in turn: a buffer is filled again only once the hashes still reading it
@@ -612,6 +621,7 @@ export async function extractFast(
         throw new Unsupported(`${p.rel} listed again with another type`);
       }
       members.set(p.rel, p);
+      if (members.size > maxMembers) throw tooManyMembers(what, maxMembers);
       if (first && p.rel !== "/") {
         if (opts.imageArchive.test(p.rel)) hashing = false; // blobs of layers, not a rootfs
         first = false;
