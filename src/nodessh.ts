@@ -20,7 +20,7 @@ import { logger } from "./log.ts";
 import { syncFileSync, writeFileDurableSync } from "./linux/fsops.ts";
 import type { NodeInfo } from "./nodes.ts";
 import { probePort, tcpProbe } from "./nodestate.ts";
-import { PowerError, runTool, type ToolResult } from "./power/driver.ts";
+import { lastLine, PowerError, runTool, type ToolResult } from "./power/driver.ts";
 import { type RebootTarget, type SoftReboot, softTimeoutMs } from "./reboot.ts";
 
 const log = logger("ssh");
@@ -287,8 +287,8 @@ export function sshArgv(
 
 /** ssh's failure (exit 255) as one line: its own last stderr line. */
 export function sshFailure(r: ToolResult): string {
-  const lines = r.stderr.split("\n").map((l) => l.trim()).filter(Boolean);
-  return lines[lines.length - 1] ?? `ssh exited ${r.code}`;
+  // The node's sshd, or its root, writes that line: at most 300 characters into an event.
+  return lastLine(r.stderr) || `ssh exited ${r.code}`;
 }
 
 /** ssh failures after which the node certainly did not get the command: escalate at once. */

@@ -11,6 +11,7 @@ import type { Context } from "../src/context.ts";
 import { listEvents } from "../src/events.ts";
 import { setLogSink } from "../src/log.ts";
 import type { RunResult } from "../src/noderun.ts";
+import { sshFailure } from "../src/nodessh.ts";
 import { type PowerServer, waitFor, withPowerServer } from "./support/power.ts";
 import { addImage } from "./support/images.ts";
 import { type FakeNodeSshd, startSshd } from "./support/sshd.ts";
@@ -67,6 +68,20 @@ async function withNodes(
     }
   });
 }
+
+Deno.test("sshFailure: the last line ssh said, at most 300 characters (the node writes it)", () => {
+  assert.equal(
+    sshFailure({
+      code: 255,
+      stdout: "",
+      stderr: "Warning: x\nssh: connect: Connection refused\n\n",
+    }),
+    "ssh: connect: Connection refused",
+  );
+  assert.equal(sshFailure({ code: 255, stdout: "", stderr: "" }), "ssh exited 255");
+  const long = sshFailure({ code: 255, stdout: "", stderr: `${"x".repeat(65536)}\n` });
+  assert.equal(long, "x".repeat(300) + "…");
+});
 
 Deno.test("node run: each node's output and exit status, in parallel, over real sshds", () =>
   withNodes(async ({ call, cli }) => {

@@ -97,9 +97,16 @@ const packageOf: Record<string, string> = {
 
 /** The first non-empty line of a tool's output, trimmed and bounded. */
 export function firstLine(text: string): string {
-  const line = text.split("\n").map((l) => l.trim()).find((l) => l !== "") ?? "";
-  return line.length > 300 ? line.slice(0, 300) + "…" : line;
+  return shortLine(text.split("\n").map((l) => l.trim()).find((l) => l !== "") ?? "");
 }
+
+/** The last non-empty line of `text`, as firstLine (what ssh says last is why it failed). */
+export function lastLine(text: string): string {
+  return shortLine(text.split("\n").map((l) => l.trim()).findLast((l) => l !== "") ?? "");
+}
+
+/** A line of a tool's output as events and errors keep it: at most 300 characters. */
+const shortLine = (line: string) => line.length > 300 ? line.slice(0, 300) + "…" : line;
 
 /** Output kept per stream: enough for any status line or error, bounded against a chatty tool. */
 const outputCap = 64 * 1024;
