@@ -5,6 +5,8 @@ import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { powerCommandDir, splitCommandLine } from "../src/power/command.ts";
+import type { PowerTarget } from "../src/power/driver.ts";
+import { ipmiDriver } from "../src/power/ipmi.ts";
 import { livePid, sleep, withPowerServer } from "./support/power.ts";
 
 const mac = "02:00:00:00:aa:01";
@@ -302,3 +304,30 @@ Deno.test("power.host: a new host gets the stored secrets only when the same cha
       sock.close();
     }
   }));
+
+Deno.test("ipmi driver: what ipmitool says of a failure is kept to 300 characters", async () => {
+  // A stand-in ipmitool first on PATH: its error line, the BMC's to shape, is 64 KiB long.
+  const dir = await Deno.makeTempDir({ prefix: "nr-ipmitool-" });
+  const path = Deno.env.get("PATH") ?? "";
+  try {
+    await Deno.writeTextFile(
+      join(dir, "ipmitool"),
+      `#!/bin/sh\nprintf 'Error: %065536d\\n' 0 >&2\nexit 1\n`,
+      { mode: 0o755 },
+    );
+    Deno.env.set("PATH", `${dir}:${path}`);
+    const target = {
+      ctx: {},
+      node: { name: "n1" },
+      settings: { "power.host": "127.0.0.1", "power.user": "u", "power.password": "pw" },
+      timeoutMs: 5000,
+    } as unknown as PowerTarget;
+    const e = await ipmiDriver.status(target).then(() => undefined, (e) => e as Error);
+    assert.ok(e, "failed");
+    assert.match(e.message, /failed: Error: 0{290}/);
+    assert.ok(e.message.length < 500, `${e.message.length} characters`);
+  } finally {
+    Deno.env.set("PATH", path);
+    await Deno.remove(dir, { recursive: true });
+  }
+});

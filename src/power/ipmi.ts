@@ -41,8 +41,11 @@ async function ipmitool(t: PowerTarget, args: string[]): Promise<string> {
   if (r.code !== 0) {
     const bmc = `${host}:${port}`;
     const known = sessionFailures.find(([re]) => re.test(r.stderr));
-    const errorLine = r.stderr.split("\n").map((l) => l.trim()).filter((l) => /error/i.test(l))
-      .at(-1) ?? firstLine(r.stderr);
+    // Cut as firstLine cuts (what a BMC makes ipmitool print goes into events).
+    const errorLine = firstLine(
+      r.stderr.split("\n").map((l) => l.trim()).filter((l) => /error/i.test(l)).at(-1) ??
+        r.stderr,
+    );
     throw new PowerError(
       `ipmitool ${args.join(" ")} (BMC ${bmc}) failed: ` +
         (known ? `${known[1](bmc, user)} — ${errorLine}` : errorLine || `exit ${r.code}`),
