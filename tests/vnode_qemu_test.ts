@@ -1,6 +1,7 @@
 // qemu command line, QMP, bridge and taps. The VM part needs root and qemu: it runs a real qemu
 // (TCG) in a private network namespace through tests/vnode_qemu_child.ts.
 import assert from "node:assert/strict";
+import { runChildInNetns } from "./support/netnschild.ts";
 import {
   AAVMF_CODE,
   OVMF_CODE,
@@ -117,39 +118,10 @@ Deno.test("vnode parameters: RAM, CPUs, MACs, tap names", () => {
 Deno.test({
   name: "bridge, tap and a real qemu through QMP (root, qemu, netns)",
   ignore: Deno.env.get("NETROOT_SKIP_VM") === "1",
-  async fn() {
-    const ns = `nr-vqemu-${Deno.pid}`;
-    const dir = await Deno.makeTempDir({ prefix: "nr-vnode-qemu-" });
-    const ip = (...a: string[]) =>
-      new Deno.Command("ip", { args: a, stdout: "null", stderr: "null" }).output();
-    assert.ok((await ip("netns", "add", ns)).success);
-    try {
-      await ip("-n", ns, "link", "set", "lo", "up");
-      const child = new Deno.Command("timeout", {
-        args: [
-          "180",
-          "ip",
-          "netns",
-          "exec",
-          ns,
-          Deno.execPath(),
-          "run",
-          "-A",
-          new URL("./vnode_qemu_child.ts", import.meta.url).pathname,
-          dir,
-        ],
-        stdin: "null",
-        stdout: "piped",
-        stderr: "piped",
-      });
-      const out = await child.output();
-      const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
-      console.log(text.trim());
-      assert.equal(out.code, 0, text);
-      assert.match(text, /bridge removed/);
-    } finally {
-      await ip("netns", "del", ns);
-      await Deno.remove(dir, { recursive: true });
-    }
-  },
+  fn: () =>
+    runChildInNetns(new URL("./vnode_qemu_child.ts", import.meta.url), {
+      name: "vqemu",
+      timeoutS: 180,
+      done: /bridge removed/,
+    }),
 });
