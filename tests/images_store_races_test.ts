@@ -7,22 +7,28 @@ import type { UserError } from "../src/errors.ts";
 import { objectKey } from "../src/images/objects.ts";
 import { commitUpper } from "../src/images/session.ts";
 import { scanTree } from "../src/images/walk.ts";
-import { buildSampleTree, fixTimes, T0, tempStore } from "./images_helpers.ts";
+import { buildSampleTree, fixTimes, T0, type TempStore, tempStore } from "./images_helpers.ts";
 import { withLoopExt4 } from "./support/ext4disk.ts";
 
 const sha = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
 
+/** Two versions of "deb", the first without a tree of its own (thin). */
+async function thinFirstVersion(t: TempStore) {
+  const src = `${t.dir}/src`;
+  buildSampleTree(src);
+  const v1 = await t.store.import(src, "deb");
+  Deno.writeTextFileSync(`${src}/etc/hostname`, "v2\n");
+  fixTimes(src);
+  const v2 = await t.store.import(src, "deb");
+  await t.store.idle();
+  assert.equal(t.store.hasTree(v1.id), false, "v1 is thin");
+  return { src, v1, v2 };
+}
+
 Deno.test("image rm NAME@ID while a rollback writes that thin version's tree: refused, the name keeps a current version", async () => {
   const t = await tempStore();
   try {
-    const src = `${t.dir}/src`;
-    buildSampleTree(src);
-    const v1 = await t.store.import(src, "deb");
-    Deno.writeTextFileSync(`${src}/etc/hostname`, "v2\n");
-    fixTimes(src);
-    const v2 = await t.store.import(src, "deb");
-    await t.store.idle();
-    assert.equal(t.store.hasTree(v1.id), false, "v1 is thin");
+    const { v1, v2 } = await thinFirstVersion(t);
     // The rebuild's scratch goes after its tree is in place: an `image rm` request answered then.
     let removal: unknown;
     const dropScratch = t.store.dropScratch.bind(t.store);
@@ -101,14 +107,7 @@ Deno.test("an object truncated on the disk is not trusted by a later import or s
 Deno.test("a thin version whose object was cut short on the disk is not rebuilt with it: the rollback says which file, the name stays", async () => {
   const t = await tempStore();
   try {
-    const src = `${t.dir}/src`;
-    buildSampleTree(src);
-    const v1 = await t.store.import(src, "deb");
-    Deno.writeTextFileSync(`${src}/etc/hostname`, "v2\n");
-    fixTimes(src);
-    const v2 = await t.store.import(src, "deb");
-    await t.store.idle();
-    assert.equal(t.store.hasTree(v1.id), false, "v1 is thin");
+    const { v1, v2 } = await thinFirstVersion(t);
     const entry = [...manifestLines(Deno.readTextFileSync(t.data.manifest(v1.id)))]
       .find((e) => e.path === "/etc/hostname")!;
     Deno.truncateSync(t.store.objects.path(objectKey(entry)), 0);
