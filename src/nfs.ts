@@ -220,8 +220,8 @@ export function bootNetwork(ctx: Context): { address: string; netmask: string } 
     : undefined;
 }
 
-/** What should be exported now, from the database (the truth) and the node settings. */
-/** What the state says to export; every /persist read-only when `persistReadOnly`. */
+/** What should be exported now, from the database (the truth) and the node settings; every
+ *  /persist read-only when `persistReadOnly` (PersistRoom). */
 export function desiredExports(ctx: Context, persistReadOnly = false): ExportSet {
   const net = bootNetwork(ctx);
   if (!net) {
