@@ -34,6 +34,8 @@ export const EVENT_KINDS = [
   "nfs.persist-read-only",
   "nfs.persist-writable",
   "nfs.persist-usage",
+  "nfs.persist-over-max",
+  "nfs.persist-under-max",
   "nfs.start",
   "nfs.exit",
   // power drivers (src/power/power.ts), virtual nodes (src/vnode/manager.ts)

@@ -220,9 +220,12 @@ export function bootNetwork(ctx: Context): { address: string; netmask: string } 
     : undefined;
 }
 
-/** What should be exported now, from the database (the truth) and the node settings; every
- *  /persist read-only when `persistReadOnly` (PersistRoom). */
-export function desiredExports(ctx: Context, persistReadOnly = false): ExportSet {
+/** What should be exported now, from the database (the truth) and the node settings; a node's
+ *  /persist read-only when `readOnly(mac)` says so (PersistRoom.readOnlyFor). */
+export function desiredExports(
+  ctx: Context,
+  readOnly: (mac: string) => boolean = () => false,
+): ExportSet {
   const net = bootNetwork(ctx);
   if (!net) {
     throw new UserError("NFS exports need the server address: use --interface or --address");
@@ -241,7 +244,7 @@ export function desiredExports(ctx: Context, persistReadOnly = false): ExportSet
     ip: t.ip,
     path: ctx.data.persist(t.mac),
     pseudo: `/netroot/persist/${t.mac.replaceAll(":", "")}`,
-    ...(persistReadOnly ? { readOnly: true } : {}),
+    ...(readOnly(t.mac) ? { readOnly: true } : {}),
   }));
   return { subnet: networkCidr(net.address, net.netmask), images, persists };
 }
@@ -254,6 +257,8 @@ export function desiredExports(ctx: Context, persistReadOnly = false): ExportSet
 // read-only while the file system holding them has less than the reserve free (bytes, or inodes),
 // and writable again once it has 1/8 more than that (no flapping at the line). A node can still
 // write for the time one check and one export reload take: the reserve is sized for it.
+// A node with `persist.max` has its own /persist measured every minute, and is read-only alone
+// while it takes more: what keeps one node from locking every node's /persist.
 
 export interface Reserve {
   bytes: number;
@@ -281,7 +286,11 @@ export function persistShortOfRoom(space: FsSpace, reserve: Reserve, now: boolea
  *  read-only or writable (the exports are applied again). */
 export class PersistRoom {
   readOnly = false;
+  /** Nodes whose /persist takes more than their `persist.max`. */
+  readonly overBudget = new Set<string>();
   #timer: ReturnType<typeof setInterval> | undefined;
+  #budgetTimer: ReturnType<typeof setInterval> | undefined;
+  #budgets?: Promise<boolean>;
   #measuring?: Promise<void>;
   #stopped = false;
   constructor(private ctx: Context) {}
@@ -337,8 +346,50 @@ export class PersistRoom {
       log.error("could not record the /persist usage", { error: (e as Error).message });
     }
   }
-  /** Checks every `everyMs` (a node at 1 Gbit/s writes 125 MB a second), `changed` on a change. */
-  watch(changed: () => void, everyMs = 1000): void {
+  /** Whether the node's /persist is exported read-only now. */
+  readOnlyFor(mac: string): boolean {
+    return this.readOnly || this.overBudget.has(mac);
+  }
+  /** Measures each /persist that has a `persist.max`; true when a node went over or back under
+   *  (logged, and a timeline event for the node). */
+  async checkBudgets(): Promise<boolean> {
+    let changed = false;
+    const budgeted = this.ctx.nodes.exportTargets().filter((t) => t.persist && t.persistMax);
+    const known = new Set(budgeted.map((t) => t.mac));
+    for (const mac of this.overBudget) {
+      if (!known.has(mac)) changed = this.overBudget.delete(mac) || changed; // limit removed
+    }
+    for (const t of budgeted) {
+      const bytes = await treeBytes(this.ctx.data.persist(t.mac), () => this.#stopped);
+      if (this.#stopped) return changed;
+      const over = bytes > t.persistMax!;
+      if (over === this.overBudget.has(t.mac)) continue;
+      changed = true;
+      if (over) this.overBudget.add(t.mac);
+      else this.overBudget.delete(t.mac);
+      const detail = { bytes, max: t.persistMax };
+      if (over) {
+        log.warn("a node's /persist is over its persist.max: read-only", { mac: t.mac, ...detail });
+      } else {log.info("a node's /persist is within its persist.max again", {
+          mac: t.mac,
+          ...detail,
+        });}
+      try {
+        recordEvent(
+          this.ctx.db,
+          t.mac,
+          over ? "nfs.persist-over-max" : "nfs.persist-under-max",
+          detail,
+        );
+      } catch (e) {
+        log.error("could not record a /persist budget", { error: (e as Error).message });
+      }
+    }
+    return changed;
+  }
+  /** Checks the room every `everyMs` (a node at 1 Gbit/s writes 125 MB a second) and the
+   *  budgets every `budgetMs`; `changed` on a change. */
+  watch(changed: () => void, everyMs = 1000, budgetMs = 60_000): void {
     this.#timer = setInterval(() => {
       try {
         if (this.check()) changed();
@@ -346,11 +397,24 @@ export class PersistRoom {
         log.error("checking the room for /persist failed", { error: (e as Error).message });
       }
     }, everyMs);
+    this.#budgetTimer = setInterval(() => {
+      this.#budgets ??= this.checkBudgets()
+        .then((c) => {
+          if (c) changed();
+          return c;
+        })
+        .catch((e) => {
+          log.error("checking /persist budgets failed", { error: (e as Error).message });
+          return false;
+        })
+        .finally(() => this.#budgets = undefined);
+    }, budgetMs);
   }
   async stop(): Promise<void> {
     clearInterval(this.#timer);
+    clearInterval(this.#budgetTimer);
     this.#stopped = true;
-    await this.#measuring;
+    await Promise.all([this.#measuring, this.#budgets]);
   }
 }
 
@@ -381,6 +445,8 @@ export interface NfsOptions {
   recheckMs?: number;
   /** Interval of the room checks for /persist (PersistRoom). */
   roomCheckMs?: number;
+  /** Interval of the persist.max checks (PersistRoom.checkBudgets). */
+  budgetCheckMs?: number;
 }
 
 export function startNfs(ctx: Context, opts: NfsOptions = {}): Promise<Service> {
@@ -459,7 +525,7 @@ async function startKernelNfs(ctx: Context, opts: NfsOptions): Promise<Service> 
   }
   let last = "";
   const apply = async () => {
-    const set = desiredExports(ctx, room.readOnly);
+    const set = desiredExports(ctx, (mac) => room.readOnlyFor(mac));
     const text = renderKernelExports(set);
     if (text === last) return;
     ensurePersistDirs(set);
@@ -478,7 +544,7 @@ async function startKernelNfs(ctx: Context, opts: NfsOptions): Promise<Service> 
   };
   await apply();
   const f = follow(ctx, opts, apply);
-  room.watch(f.changed, opts.roomCheckMs);
+  room.watch(f.changed, opts.roomCheckMs, opts.budgetCheckMs);
   // Exports stay in place on close: running nodes keep their root while netroot restarts.
   return {
     name: "nfs",
@@ -585,7 +651,7 @@ class GaneshaConfig {
   }
   /** Renders the current state; writes it and returns true when it changed. */
   update(): boolean {
-    this.set = desiredExports(this.ctx, this.room.readOnly);
+    this.set = desiredExports(this.ctx, (mac) => this.room.readOnlyFor(mac));
     const keys = [
       ...this.set.images.map((i) => `image:${i.id}`),
       ...this.set.persists.map((p) => `persist:${p.mac}`),
@@ -711,7 +777,7 @@ async function startGanesha(ctx: Context, opts: NfsOptions): Promise<Service> {
     log.info("exports reloaded", counts);
     return Promise.resolve();
   });
-  room.watch(f.changed, opts.roomCheckMs);
+  room.watch(f.changed, opts.roomCheckMs, opts.budgetCheckMs);
 
   return {
     name: "nfs",

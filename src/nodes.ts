@@ -36,6 +36,7 @@ import { normalizeMac } from "./mac.ts";
 import { revokeLease } from "./boot/leases.ts";
 import { BOOT_MODES, checkExtra, RULES } from "../contract/cmdline.ts";
 import { ipv4Octets } from "../contract/ipv4.ts";
+import { parseBytes } from "./config.ts";
 import { logger } from "./log.ts";
 import type { Rebooter, RebootResult } from "./reboot.ts";
 import { type NodeState, stateSettings } from "./nodestate.ts";
@@ -217,6 +218,18 @@ export const nodeSettings: Setting[] = [
     },
   },
   { key: "persist", check: oneOf(["true", "false"]) },
+  {
+    // The most the node's /persist may take (src/nfs.ts PersistRoom): read-only while over it.
+    key: "persist.max",
+    check: (key, value) => {
+      try {
+        parseBytes(key, value);
+      } catch {
+        throw new UserError(`${key} must be a size (bytes, or with unit K, M, G or T: 10G)`);
+      }
+      return value.trim();
+    },
+  },
   // The kernel's netconsole to the server's receiver (src/netconsole.ts), from the next boot.
   { key: "console.netconsole", check: oneOf(["true", "false"]) },
   ...stateSettings,
@@ -334,6 +347,8 @@ export interface ExportTarget {
   mac: string;
   ip: string;
   persist: boolean;
+  /** Its `persist.max` in bytes, when set. */
+  persistMax?: number;
   images: string[];
 }
 
@@ -433,17 +448,19 @@ export class NodeRegistry {
   exportTargets(): ExportTarget[] {
     const rows = this.db.prepare(
       `SELECT n.mac AS mac, COALESCE(a.value, l.ip, n.ip) AS ip, s.value AS persist,
-         n.image_id AS current,
+         m.value AS persistMax, n.image_id AS current,
          (SELECT group_concat(b.image_id, ' ') FROM booted_images b WHERE b.mac = n.mac) AS booted
        FROM nodes n
        LEFT JOIN leases l ON l.mac = n.mac AND l.state = 'bound'
        LEFT JOIN node_settings a ON a.mac = n.mac AND a.key = 'ip'
        LEFT JOIN node_settings s ON s.mac = n.mac AND s.key = 'persist'
+       LEFT JOIN node_settings m ON m.mac = n.mac AND m.key = 'persist.max'
        ORDER BY n.mac`,
     ).all() as {
       mac: string;
       ip: string | null;
       persist: string | null;
+      persistMax: string | null;
       current: string | null;
       booted: string | null;
     }[];
@@ -451,6 +468,7 @@ export class NodeRegistry {
       mac: r.mac,
       ip: r.ip!,
       persist: r.persist !== "false",
+      ...(r.persistMax ? { persistMax: parseBytes("persist.max", r.persistMax) } : {}),
       images: [...new Set([r.current, ...r.booted?.split(" ") ?? []])]
         .filter((x): x is string => !!x),
     }));
