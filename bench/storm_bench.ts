@@ -24,8 +24,7 @@ import { netrootCommand } from "../src/lab/self.ts";
 import { debianKernel } from "../tests/support/kernel.ts";
 import { buildTestImage } from "../tests/support/testimage.ts";
 import { quick, ratio } from "./ratio.ts";
-import { macFor } from "../netboot/storm.ts";
-import { macFromBytes } from "../contract/mac.ts";
+import { addStormClients, neighThresholds } from "../tests/support/stormclients.ts";
 import { runIp } from "../src/linux/iproute.ts";
 
 const { values: a } = parseArgs({
@@ -223,17 +222,7 @@ try {
     );
   }
   // The generator stands for many machines, each with its own MAC and address, as on a lab's
-  // link: one macvlan per client on the veth (the client's MAC, an address of the DHCP range that
-  // its DHCP asks for, netboot/storm.ts) with its own routing table, so each client's HTTP goes
-  // out from its address and its MAC, and the server's neighbour table maps that address to the
-  // client's MAC (the server refuses a node's script to an address the table maps to another
-  // MAC, src/boot/booter.ts). The generator's DHCP and TFTP go out from the veth itself. Each
-  // address answers ARP on its own macvlan only (arp_ignore); broadcasts are not copied to the
-  // macvlans (bcqueuelen 0: the DHCP replies are for the veth's socket, and the server learns
-  // each client's MAC from the client's own ARP request). The server then has a neighbour entry
-  // per client: past the kernel's default of 1,024 (one table for every namespace) it would drop
-  // some, as a lab's server of 1,000 nodes on one link needs more too: raised for the run
-  // (neighThresholds).
+  // link (tests/support/stormclients.ts).
   const indexes = [
     ...Array.from({ length: 10 }, (_, i) => i), // the warm-up's
     ...Array.from({ length: procs }, (_, p) => {
@@ -244,23 +233,8 @@ try {
   const range: string[] = [];
   for (let n = 100; n <= 7 * 256 + 250; n++) range.push(`10.77.${n >> 8}.${n & 255}`);
   if (indexes.length > range.length) throw new Error(`at most ${range.length - 10} clients`);
-  const lines = ["addr add 10.77.0.2/21 dev sc", "link set sc up", "link set lo up"];
-  for (const [k, index] of indexes.entries()) {
-    const mac = macFromBytes(macFor(index));
-    const dev = `mv${k}`, ip = range[k], table = 1000 + k; // (253–255 are the kernel's own tables)
-    lines.push(
-      `link add ${dev} link sc address ${mac} type macvlan mode private bcqueuelen 0`,
-      `addr add ${ip}/32 dev ${dev}`,
-      `link set ${dev} up`,
-      `route add 10.77.0.0/21 dev ${dev} src ${ip} table ${table}`,
-      `rule add from ${ip} table ${table} priority 100`,
-    );
-  }
-  const sysctls = [["arp_ignore", "1"], ["arp_announce", "2"], ["rp_filter", "0"]].flatMap((
-    [key, value],
-  ) => [`net.ipv4.conf.all.${key}=${value}`, `net.ipv4.conf.default.${key}=${value}`]);
-  await sh("ip", "netns", "exec", cliNs, "sysctl", "-qw", ...sysctls);
-  await runIp(["-n", cliNs], lines.join("\n") + "\n");
+  await runIp(["-n", cliNs], "addr add 10.77.0.2/21 dev sc\nlink set sc up\nlink set lo up\n");
+  await addStormClients(cliNs, "sc", "10.77.0.0/21", indexes, range);
 
   const storm = async (n: number, first: number) => {
     const out = await new Deno.Command("ip", {
@@ -532,15 +506,4 @@ try {
   await new Deno.Command("ip", { args: ["netns", "del", cliNs], stderr: "null" }).output();
   await lab.close();
   await Deno.remove(imageDir, { recursive: true });
-}
-
-/** Sets the kernel's neighbour table thresholds (gc_thresh1–3: one table for every network
- *  namespace, set in the first one only); returns the values they had. */
-function neighThresholds(values: number[]): number[] {
-  const path = (i: number) => `/proc/sys/net/ipv4/neigh/default/gc_thresh${i + 1}`;
-  const before = values.map((_, i) => Number(Deno.readTextFileSync(path(i))));
-  // Raised from the top down, lowered from the bottom up: thresh1 ≤ thresh2 ≤ thresh3 throughout.
-  const order = values[2] >= before[2] ? [2, 1, 0] : [0, 1, 2];
-  for (const i of order) Deno.writeTextFileSync(path(i), String(values[i]));
-  return before;
 }

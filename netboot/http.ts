@@ -21,7 +21,8 @@ import { parseReports, PROGRESS_STAGES, reportFields } from "../contract/report.
 import { Hono } from "hono";
 import type { Context as HonoContext } from "hono";
 import { join } from "node:path";
-import { BodyRefusal, isLocalClient, sourceOf, textUpTo } from "./httpbody.ts";
+import { BodyRefusal, sourceOf, textUpTo } from "./httpbody.ts";
+import { isLocalClient } from "./shares.ts";
 import { logger } from "../src/log.ts";
 import { renderBootScript, renderRefusalScript } from "./ipxe.ts";
 import { ipxeFile } from "./tftp/resolve.ts";

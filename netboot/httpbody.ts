@@ -3,32 +3,7 @@
 // in all and per address (`bodyLimits`). A body under way holds ~170 KiB of the server (Deno's
 // read buffers) for as long as its sender likes. The counts are the process's, as the memory is.
 import type { Context as HonoContext } from "hono";
-
-/** A client on the server machine itself (the CLI, a local reverse proxy): no share per address
- *  applies to it. Only the loopback addresses themselves: the rest of 127/8 is as any other
- *  source (and lets tests stand for many hosts). */
-export function isLocalClient(address: string): boolean {
-  return address === "127.0.0.1" || address === "::1" || address === "::ffff:127.0.0.1";
-}
-
-/** What addresses hold against a share each (connections, requests, body readers): counted per
- *  address, none for the server machine's own (isLocalClient). */
-export class Shares {
-  #held = new Map<string, number>();
-  /** Takes one for `address`; false (nothing taken) when it already holds `share`. */
-  take(address: string, share: number): boolean {
-    if (isLocalClient(address)) return true;
-    const n = this.#held.get(address) ?? 0;
-    if (n >= share) return false;
-    this.#held.set(address, n + 1);
-    return true;
-  }
-  give(address: string): void {
-    const n = (this.#held.get(address) ?? 0) - 1;
-    if (n > 0) this.#held.set(address, n);
-    else this.#held.delete(address);
-  }
-}
+import { Shares } from "./shares.ts";
 
 /** The sender's address as Deno.serve saw it, loopback included (rate limits' key). */
 export function sourceOf(c: HonoContext): string | undefined {

@@ -1,10 +1,10 @@
 // Boot-storm generator: N simulated PXE clients, each doing what a BIOS PXE ROM + iPXE does —
 // DHCP as a PXE ROM, TFTP of the iPXE binary, DHCP again as iPXE, HTTP of its script, then HTTP
 // of the kernel and initramfs the script names. Run it on a host (or netns) attached to the boot
-// network; the simulated clients' DHCP and TFTP share one interface (told apart by MAC and xid).
-// A client whose MAC is on an interface of its own (a macvlan on the boot network) asks DHCP for
-// that interface's address and sends its HTTP from it, as a machine does from its NIC; the
-// others send HTTP from their leased address when the namespace holds it, else from any.
+// network; the simulated clients' DHCP shares one interface (told apart by MAC and xid). A client
+// whose MAC is on an interface of its own (a macvlan on the boot network) asks DHCP for that
+// interface's address and sends its TFTP and HTTP from it, as a machine does from its NIC; the
+// others send them from their leased address when the namespace holds it, else from any.
 import { TftpClientPool } from "./tftp/clientpool.ts";
 import { UdpSocket } from "../src/linux/udp.ts";
 import { BOOTREQUEST, decode, type DhcpPacket, encode } from "./dhcp4/packet.ts";
@@ -274,7 +274,9 @@ async function bootOne(
   if (!file) throw new Error("PXE: no boot file in the ACK");
   const next = pxeAck.siaddr !== ZERO ? pxeAck.siaddr : readIp(pxeAck.options.get(Opt.serverId))!;
   if (o.tftp ?? true) {
-    // In a worker on libc sockets, not on this thread's event loop (netboot/tftp/clientpool.ts).
+    // In a worker on libc sockets, not on this thread's event loop (netboot/tftp/clientpool.ts);
+    // from the leased address when the namespace holds it, as its HTTP below: the server holds
+    // each address to its share of transfers (netboot/tftp/server.ts).
     try {
       const got = await tftp.get({
         host: next,
@@ -283,6 +285,7 @@ async function bootOne(
         blksize: 1432,
         tsize: true,
         timeoutMs: t,
+        localAddress: local.has(pxeAck.yiaddr) ? pxeAck.yiaddr : undefined,
       });
       tftpRetransmits(got.retransmits);
       bytes += got.bytes;

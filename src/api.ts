@@ -20,7 +20,8 @@ import { writeFileDurable } from "./linux/fsops.ts";
 import { asMac, type NodeInfo, StateChange } from "./nodes.ts";
 import { NODE_STATES, type NodeState } from "./nodestate.ts";
 import { isApiToken, knownHost, sameOrigin, sessionOf } from "./session.ts";
-import { isLocalClient, sourceOf } from "../netboot/httpbody.ts";
+import { sourceOf } from "../netboot/httpbody.ts";
+import { isLocalClient } from "../netboot/shares.ts";
 
 const log = logger("api");
 

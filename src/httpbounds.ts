@@ -17,7 +17,7 @@
 // a warning says so.
 //
 // The bodies of the routes open to anyone are bounded where they are read: netboot/httpbody.ts.
-import { Shares } from "../netboot/httpbody.ts";
+import { Shares } from "../netboot/shares.ts";
 import { logger } from "./log.ts";
 
 const log = logger("http");

@@ -5,7 +5,12 @@
 import assert from "node:assert/strict";
 import dgram from "node:dgram";
 import { join } from "node:path";
-import { createTftpServer, type TftpServer, type TransferEvent } from "../netboot/tftp/server.ts";
+import {
+  createTftpServer,
+  type TftpServer,
+  type TransferEvent,
+  transfersPerAddress,
+} from "../netboot/tftp/server.ts";
 import { startTftpService as startTftp } from "../src/boot/services.ts";
 import { resolveRequest } from "../netboot/tftp/resolve.ts";
 import { TftpError, tftpGet, tftpGetDetailed } from "../netboot/tftp/client.ts";
@@ -534,4 +539,52 @@ Deno.test("tftp: a burst of RRQs that never ACK holds no more than maxTransfers 
       sock.close();
     }
   }, { retries: 1, maxTransfers: 20 });
+});
+
+Deno.test("tftp: one address that floods RRQs and never ACKs holds its share only; a node at another address still gets its file (attacker)", async () => {
+  const pool = await TftpClientPool.create(1);
+  const hostile = dgram.createSocket("udp4");
+  try {
+    await withServer(async (port, f, events, server) => {
+      await new Promise<void>((r) => hostile.bind(0, "127.0.0.2", r));
+      // Distinct requests (their bytes differ: none is a resent copy), ten every 20 ms, for as
+      // long as the node boots: more than the whole pool, from one address, none ever ACKed.
+      let sent = 0, peak = 0;
+      const flood = setInterval(() => {
+        for (let i = 0; i < 10; i++, sent++) {
+          const options = { blksize: String(512 + (sent % 900)), tsize: String(sent) };
+          hostile.send(
+            encode({ op: "RRQ", filename: "undionly.kpxe", mode: "octet", options }),
+            port,
+            "127.0.0.1",
+          );
+        }
+        peak = Math.max(peak, server.active);
+      }, 20);
+      try {
+        await new Promise((r) => setTimeout(r, 200)); // the pool is the flood's before the node asks
+        const got = await pool.get({
+          host: "127.0.0.1",
+          port,
+          file: "undionly.kpxe",
+          tsize: true,
+          localAddress: "127.0.0.3",
+        });
+        assert.equal(got.bytes, f.files.undionly.length);
+      } finally {
+        clearInterval(flood);
+      }
+      assert.ok(peak <= transfersPerAddress + 1, `${peak} transfers at once`);
+      const refusedShare = events.filter((e) =>
+        e.client.address === "127.0.0.2" && /under way from this address/.test(e.reason ?? "")
+      );
+      assert.ok(refusedShare.length > 0, "the flood got a clear refusal");
+      for (let i = 0; i < 100 && server.active > 0; i++) {
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    }, { retries: 1, maxTransfers: 20 });
+  } finally {
+    hostile.close();
+    await pool.close();
+  }
 });

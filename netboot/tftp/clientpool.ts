@@ -31,6 +31,9 @@ export interface PooledGet {
   timeoutMs?: number;
   /** Resends before giving up (default 5). */
   retries?: number;
+  /** The address to send from (default: the kernel's choice by route). A simulated machine
+   *  sends from its own: the server holds each address to its share of transfers. */
+  localAddress?: string;
 }
 
 export interface PooledResult {
@@ -137,11 +140,19 @@ function readRequest(g: ClientState, m: Any): Uint8Array {
 function startTransfer(g: ClientState, m: Any): void {
   const k = g.k;
   const fd = g.c.socket(k.AF_INET, k.SOCK_DGRAM | k.NONBLOCK | k.CLOEXEC, 0);
-  if (fd < 0) {
+  const fail = (call: string) => {
     const e = errno(g);
-    g.scope.postMessage({ type: "end", id: m.id, bytes: 0, retransmits: 0, error: `socket: ${e}` });
-    return;
-  }
+    if (fd >= 0) g.c.close(fd);
+    g.scope.postMessage({
+      type: "end",
+      id: m.id,
+      bytes: 0,
+      retransmits: 0,
+      error: `${call}: ${e}`,
+    });
+  };
+  if (fd < 0) return fail("socket");
+  if (m.localAddress && g.c.bind(fd, sockaddr(g, m.localAddress, 0), 16) < 0) return fail("bind");
   const rrq = readRequest(g, m);
   const addr = sockaddr(g, m.host, m.port);
   const t: ClientTransfer = {

@@ -10,8 +10,16 @@ import { decode, encode, ErrorCode, negotiate, TftpDecodeError } from "./packet.
 import { type Resolution, resolveRequest } from "./resolve.ts";
 import type { EventKind } from "../../src/eventkinds.ts";
 import { UdpSocket } from "../../src/linux/udp.ts";
+import { Shares } from "../shares.ts";
 
 const log = logger("tftp");
+
+/** Requests one address may have answered at once (resolving, reading or transferring). A machine
+ *  fetches one file at a time (UEFI's size probe ends before its fetch starts); 8 leaves room for
+ *  a client that restarts and asks again while its old transfers time out. Without it one host
+ *  that never ACKed held all of `maxTransfers` (≈ 170 requests a second) and every node's request
+ *  was refused "server busy". */
+export const transfersPerAddress = 8;
 
 /** What a filename names: a file, bytes, or a TFTP error. `meta` comes back in the transfer's
  *  event (e.g. which node asked, decided when the request came in). */
@@ -69,7 +77,7 @@ export interface TftpServerOptions {
    *  serves both; default: a cache of this server's own). */
   cache?: BootFileCache;
   /** Transfers at once; more are refused with "server busy" so a flood cannot exhaust file
-   *  descriptors (default 1000). */
+   *  descriptors (default 1000). One address holds at most `transfersPerAddress` of them. */
   maxTransfers?: number;
 }
 
@@ -108,6 +116,8 @@ interface RequestScope {
    *  not the pool's transfers: a burst of requests all passed it while the first ones were still
    *  resolving (200 at once against a limit of 20: 43 transfers ran). */
   answering: number;
+  /** The same, by client address: each address's share of them (transfersPerAddress). */
+  answeringFrom: Shares;
 }
 
 /** One request from one client while its first copy is in progress: the same bytes again. */
@@ -139,10 +149,12 @@ async function handleRequest(
   if (p.op !== "RRQ" && p.op !== "WRQ") return; // belongs to no transfer of ours
   if (p.op === "RRQ" && resentRequest(s, msg, client)) return;
   s.answering++;
+  const inShare = s.answeringFrom.take(client.address, transfersPerAddress);
   try {
-    await answerRequest(s, p, client);
+    await answerRequest(s, p, client, inShare);
   } finally {
     s.answering--;
+    if (inShare) s.answeringFrom.give(client.address);
     s.inProgress.delete(`${client.address}:${client.port}`);
   }
 }
@@ -151,6 +163,7 @@ async function answerRequest(
   s: RequestScope,
   p: Extract<ReturnType<typeof decode>, { op: "RRQ" | "WRQ" }>,
   client: ClientAddress,
+  inShare: boolean,
 ): Promise<void> {
   const { opts, pool, cache, limits, retries, report, sendError } = s;
   const file = printableName(p.filename);
@@ -173,6 +186,12 @@ async function answerRequest(
   if (p.op === "WRQ") return refused(ErrorCode.accessViolation, "write requests are refused");
   if (s.answering > (opts.maxTransfers ?? 1000)) { // this request is one of them
     return refused(ErrorCode.notDefined, "server busy, try again");
+  }
+  if (!inShare) {
+    return refused(
+      ErrorCode.notDefined,
+      `${transfersPerAddress} transfers under way from this address, try again`,
+    );
   }
   if (p.mode !== "octet") {
     return refused(ErrorCode.illegalOperation, `mode ${p.mode} not supported, use octet`);
@@ -302,6 +321,7 @@ export async function createTftpServer(opts: TftpServerOptions): Promise<TftpSer
     sendError,
     inProgress: new Map(),
     answering: 0,
+    answeringFrom: new Shares(),
   };
   const handle = (msg: Uint8Array, client: ClientAddress) => handleRequest(scope, msg, client);
   const receiving = receiveRequests(sock, handle);
