@@ -588,3 +588,54 @@ Deno.test("tftp: one address that floods RRQs and never ACKs holds its share onl
     await pool.close();
   }
 });
+
+Deno.test("tftp: requests forged from a node's own address, never ACKed, do not keep the node's request out (attacker)", async () => {
+  const pool = await TftpClientPool.create(1);
+  const forged = Array.from({ length: 3 }, () => dgram.createSocket("udp4"));
+  try {
+    await withServer(async (port, f, events, server) => {
+      // UDP proves no sender: the forger sends from the node's address (here it can bind it; on a
+      // link it writes it), from many ports, and never ACKs: the replies go to the node, which has
+      // no such transfer. Its requests fill the address's share and keep it full.
+      for (const sock of forged) await new Promise<void>((r) => sock.bind(0, "127.0.0.3", r));
+      let sent = 0;
+      const forge = () => {
+        for (let i = 0; i < transfersPerAddress; i++, sent++) {
+          const options = { blksize: "1024", tsize: String(sent) };
+          forged[sent % forged.length].send(
+            encode({ op: "RRQ", filename: "undionly.kpxe", mode: "octet", options }),
+            port,
+            "127.0.0.1",
+          );
+        }
+      };
+      forge();
+      const keepFull = setInterval(forge, 100);
+      try {
+        for (let i = 0; i < 50 && server.active < transfersPerAddress; i++) {
+          await new Promise((r) => setTimeout(r, 10));
+        }
+        assert.equal(server.active, transfersPerAddress, "the forger holds the node's share");
+        const got = await pool.get({
+          host: "127.0.0.1",
+          port,
+          file: "undionly.kpxe",
+          tsize: true,
+          localAddress: "127.0.0.3",
+        });
+        assert.equal(got.bytes, f.files.undionly.length);
+        assert.ok(server.active <= transfersPerAddress, `${server.active} transfers at once`);
+      } finally {
+        clearInterval(keepFull);
+      }
+      const replaced = events.filter((e) => /replaced by a newer request/.test(e.reason ?? ""));
+      assert.ok(replaced.length > 0, "a forged transfer gave its share to the node's");
+      for (let i = 0; i < 100 && server.active > 0; i++) {
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    }, { retries: 1 });
+  } finally {
+    for (const sock of forged) sock.close();
+    await pool.close();
+  }
+});

@@ -13,6 +13,7 @@ import {
   epollWorkerSource,
   errno,
   sockaddr,
+  type Started,
   startEpollWorker,
   strerror,
   unwatchClose,
@@ -72,6 +73,8 @@ interface Transfer {
   resent: number;
   started: number;
   ended: boolean;
+  /** The client has answered (an ACK of ours): it is there, whoever sent the request. */
+  heard: boolean;
   /** Length of a full DATA packet, as the usize send() takes. */
   fullLen: bigint;
 }
@@ -130,6 +133,7 @@ function startTransfer(w: WorkerState, m: Any): void {
     resent: 0,
     started,
     ended: false,
+    heard: false,
     fullLen: BigInt(4 + m.blksize),
   };
   w.transfers.set(fd, t);
@@ -224,6 +228,10 @@ function onPacket(w: WorkerState, t: Transfer, n: number): void {
       return;
     }
   }
+  if (!t.heard) {
+    t.heard = true;
+    w.scope.postMessage({ type: "note", id: t.id, heard: true });
+  }
   t.tries = 0;
   sendWindow(w, t);
 }
@@ -271,6 +279,17 @@ function abandonTransfer(w: WorkerState, t: Transfer): void {
   endTransfer(w, t, "failed", { reason: "server closing" });
 }
 
+/** Ends transfer `id` if its client never answered (a request forged from the client's address
+ *  looks like that); one that has answered is kept. */
+function cancelUnheard(w: WorkerState, id: number): void {
+  for (const t of w.transfers.values()) {
+    if (t.id !== id) continue;
+    if (t.heard) w.scope.postMessage({ type: "kept", id });
+    else endTransfer(w, t, "failed", { reason: "replaced by a newer request from its address" });
+    return;
+  }
+}
+
 function workerMain(): void {
   startEpollWorker(createWorkerState(self), {
     start: startTransfer,
@@ -278,6 +297,7 @@ function workerMain(): void {
     receive,
     timers: timersDue,
     abandon: abandonTransfer,
+    cancel: cancelUnheard,
   });
 }
 
@@ -295,6 +315,7 @@ const WORKER_SOURCE = epollWorkerSource([
   scanTimers,
   timersDue,
   abandonTransfer,
+  cancelUnheard,
 ], workerMain);
 
 /** A fixed set of transfer workers. */
@@ -315,8 +336,9 @@ export class TransferPool {
     return this.pool.active;
   }
 
-  run(req: TransferRequest): Promise<TransferEnd> {
-    return this.pool.run(req);
+  /** Starts a transfer; `heard` is called once its client has answered. */
+  start(req: TransferRequest, heard: () => void): Started<TransferEnd> {
+    return this.pool.start(req, heard);
   }
 
   /** Stops the workers; transfers still running end as failed ("server closing"). */

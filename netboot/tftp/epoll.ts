@@ -217,6 +217,9 @@ export interface LoopHooks<T, W extends EpollState<T>> {
   timers(w: W, now: number): void;
   /** Ends a transfer still running when the worker closes. */
   abandon(w: W, t: T): void;
+  /** A "cancel" message for transfer `id` (EpollWorkerPool.start's cancel): end it, or answer
+   *  "kept"; nothing when it has ended already (its "end" is on its way). */
+  cancel?(w: W, id: number): void;
 }
 
 /** The worker's loop: messages, then one epoll_wait until the next timer, then the timers; on a
@@ -225,6 +228,7 @@ async function runEpollLoop<T, W extends EpollState<T>>(w: W, h: LoopHooks<T, W>
   while (!w.closing) {
     for (const m of w.inbox.splice(0)) {
       if (m.type === "start") h.start(w, m);
+      else if (m.type === "cancel") h.cancel?.(w, m.id);
       else if (m.type === "close") w.closing = true;
     }
     if (w.closing) break;
@@ -303,11 +307,28 @@ export interface PoolCodec<End> {
   lost(reason: string): End | Error;
 }
 
+interface Pending<End> {
+  slot: Slot;
+  settle: (r: End | Error) => void;
+  /** The worker's "note" messages about the request (what they say is the worker's). */
+  note?: (m: Any) => void;
+  /** A cancel under way: told whether the request ended (true) or was kept (false). */
+  cancelled?: (ended: boolean) => void;
+}
+
+/** A request posted to a worker: its end, and a cancel that asks the worker to end it. */
+export interface Started<End> {
+  done: Promise<End>;
+  /** Resolves true once the request has ended (cancelled, or ended meanwhile), false when the
+   *  worker kept it (its hook said so). */
+  cancel(): Promise<boolean>;
+}
+
 /** A fixed set of epoll workers: run() posts one request to the least busy and bumps its eventfd;
  *  each request gets one "end" message back. */
 export class EpollWorkerPool<End> {
   #slots: Slot[] = [];
-  #pending = new Map<number, { slot: Slot; settle: (r: End | Error) => void }>();
+  #pending = new Map<number, Pending<End>>();
   #nextId = 1;
   #lib = Deno.dlopen(
     "libc.so.6",
@@ -348,6 +369,13 @@ export class EpollWorkerPool<End> {
         this.#pending.delete(m.id);
         slot.active--;
         p.settle(this.codec.settle(m));
+        p.cancelled?.(true);
+      } else if (m.type === "note") {
+        this.#pending.get(m.id)?.note?.(m);
+      } else if (m.type === "kept") {
+        const p = this.#pending.get(m.id);
+        p?.cancelled?.(false);
+        if (p) p.cancelled = undefined;
       } else if (m.type === "fatal") {
         // A broken worker fails its transfers; the others keep serving.
         const reason = `${this.codec.what} failed: ${m.error}`;
@@ -356,6 +384,7 @@ export class EpollWorkerPool<End> {
           if (p.slot !== slot) continue;
           this.#pending.delete(id);
           p.settle(this.codec.lost(reason));
+          p.cancelled?.(true);
         }
         worker.terminate();
         ready.reject(new Error(reason));
@@ -374,19 +403,33 @@ export class EpollWorkerPool<End> {
   }
 
   run(req: object): Promise<End> {
+    return this.start(req).done;
+  }
+
+  /** Posts `req` to the least busy worker; `note` gets the worker's notes about it. */
+  start(req: object, note?: (m: Any) => void): Started<End> {
     const slot = this.#slots.reduce((a, b) => (b.active < a.active ? b : a), this.#slots[0]);
     const done = Promise.withResolvers<End>();
     const settle = (r: End | Error) => r instanceof Error ? done.reject(r) : done.resolve(r);
     if (!slot) {
       settle(this.codec.lost(`no ${this.codec.what}`));
-      return done.promise;
+      return { done: done.promise, cancel: () => Promise.resolve(true) };
     }
     const id = this.#nextId++;
-    this.#pending.set(id, { slot, settle });
+    const pending: Pending<End> = { slot, settle, note };
+    this.#pending.set(id, pending);
     slot.active++;
     slot.worker.postMessage({ type: "start", id, ...req });
     this.#lib.symbols.write(slot.eventfd, this.#one, 8n);
-    return done.promise;
+    const cancel = () => {
+      if (this.#pending.get(id) !== pending) return Promise.resolve(true);
+      const told = Promise.withResolvers<boolean>();
+      pending.cancelled = told.resolve;
+      slot.worker.postMessage({ type: "cancel", id });
+      this.#lib.symbols.write(slot.eventfd, this.#one, 8n);
+      return told.promise;
+    };
+    return { done: done.promise, cancel };
   }
 
   /** Stops the workers; what still runs ends as each worker's loop says when it closes. */

@@ -5,7 +5,7 @@
 import { BootFileCache } from "../bootcache.ts";
 import type { PiBootFile, TftpBooter } from "../booter.ts";
 import { logger } from "../../src/log.ts";
-import { TransferPool } from "./engine.ts";
+import { type TransferEnd, TransferPool, type TransferRequest } from "./engine.ts";
 import { decode, encode, ErrorCode, negotiate, TftpDecodeError } from "./packet.ts";
 import { type Resolution, resolveRequest } from "./resolve.ts";
 import type { EventKind } from "../../src/eventkinds.ts";
@@ -18,7 +18,8 @@ const log = logger("tftp");
  *  fetches one file at a time (UEFI's size probe ends before its fetch starts); 8 leaves room for
  *  a client that restarts and asks again while its old transfers time out. Without it one host
  *  that never ACKed held all of `maxTransfers` (≈ 170 requests a second) and every node's request
- *  was refused "server busy". */
+ *  was refused "server busy". Past it, a request takes the share of a transfer from its address
+ *  whose client never answered (replaceUnheard). */
 export const transfersPerAddress = 8;
 
 /** What a filename names: a file, bytes, or a TFTP error. `meta` comes back in the transfer's
@@ -118,6 +119,19 @@ interface RequestScope {
   answering: number;
   /** The same, by client address: each address's share of them (transfersPerAddress). */
   answeringFrom: Shares;
+  /** The transfers under way, by client address, oldest first. */
+  underWay: Map<string, Set<Answering>>;
+}
+
+/** One request being answered, as its address's share sees it. */
+interface Answering {
+  /** It holds one of its address's share (given to a newer request when it is replaced). */
+  inShare: boolean;
+  /** Its client has answered the transfer (an ACK): a machine is there, whoever asked. */
+  heard: boolean;
+  /** Ends the transfer unless its client has answered (true: it ended); set once under way. */
+  cancel?: () => Promise<boolean>;
+  replacing?: boolean;
 }
 
 /** One request from one client while its first copy is in progress: the same bytes again. */
@@ -127,6 +141,22 @@ function resentRequest(s: RequestScope, msg: Uint8Array, client: ClientAddress):
   if (s.inProgress.get(key) === bytes) return true;
   s.inProgress.set(key, bytes);
   return false;
+}
+
+/** A request past its address's share takes the share of the oldest transfer from that address
+ *  whose client never answered, which ends. UDP proves no sender: 8 requests forged from a node's
+ *  address, sent again every 6 s (every 60 s asking `timeout=10`), held its share, and its
+ *  firmware's request was refused. One address still holds its share at most: a transfer whose
+ *  client answered is kept (the new request is refused), and one replaced gives its share away. */
+async function replaceUnheard(s: RequestScope, address: string, a: Answering): Promise<boolean> {
+  const old = [...s.underWay.get(address) ?? []].find((o) => o.inShare && !o.heard && !o.replacing);
+  if (!old) return false;
+  old.replacing = true;
+  if (!(await old.cancel!())) return false; // its client answered meanwhile: kept
+  // Ended: its share is this request's, unless its end gave it back already.
+  if (old.inShare) old.inShare = false, a.inShare = true;
+  else a.inShare = s.answeringFrom.take(address, transfersPerAddress);
+  return a.inShare;
 }
 
 /** Answers one datagram on port 69: a refusal, or a transfer handed to the pool. */
@@ -149,12 +179,15 @@ async function handleRequest(
   if (p.op !== "RRQ" && p.op !== "WRQ") return; // belongs to no transfer of ours
   if (p.op === "RRQ" && resentRequest(s, msg, client)) return;
   s.answering++;
-  const inShare = s.answeringFrom.take(client.address, transfersPerAddress);
+  const a: Answering = {
+    inShare: s.answeringFrom.take(client.address, transfersPerAddress),
+    heard: false,
+  };
   try {
-    await answerRequest(s, p, client, inShare);
+    await answerRequest(s, p, client, a);
   } finally {
     s.answering--;
-    if (inShare) s.answeringFrom.give(client.address);
+    if (a.inShare) s.answeringFrom.give(client.address);
     s.inProgress.delete(`${client.address}:${client.port}`);
   }
 }
@@ -163,9 +196,9 @@ async function answerRequest(
   s: RequestScope,
   p: Extract<ReturnType<typeof decode>, { op: "RRQ" | "WRQ" }>,
   client: ClientAddress,
-  inShare: boolean,
+  a: Answering,
 ): Promise<void> {
-  const { opts, pool, cache, limits, retries, report, sendError } = s;
+  const { opts, cache, limits, retries, report, sendError } = s;
   const file = printableName(p.filename);
   let meta: Record<string, unknown> | undefined;
   const refused = (code: number, reason: string) => {
@@ -187,7 +220,7 @@ async function answerRequest(
   if (s.answering > (opts.maxTransfers ?? 1000)) { // this request is one of them
     return refused(ErrorCode.notDefined, "server busy, try again");
   }
-  if (!inShare) {
+  if (!a.inShare && !(await replaceUnheard(s, client.address, a))) {
     return refused(
       ErrorCode.notDefined,
       `${transfersPerAddress} transfers under way from this address, try again`,
@@ -211,7 +244,7 @@ async function answerRequest(
   }
   const n = negotiate(p.options, data.length, limits);
   // Block numbers wrap after 65535 (as tftp-hpa, curl and iPXE expect), so any size goes.
-  const end = await pool.run({
+  const end = await transferUnderWay(s, a, {
     ip: client.address,
     port: client.port,
     bindIp: opts.transferIp ?? s.host,
@@ -231,6 +264,25 @@ async function answerRequest(
     windowsize: n.windowsize,
     meta,
   });
+}
+
+/** Runs the transfer in the pool, listed under its client's address while it runs (what
+ *  replaceUnheard looks at). */
+async function transferUnderWay(
+  s: RequestScope,
+  a: Answering,
+  req: TransferRequest,
+): Promise<TransferEnd> {
+  const transfer = s.pool.start(req, () => a.heard = true);
+  a.cancel = transfer.cancel;
+  const underWay = s.underWay.get(req.ip) ?? new Set();
+  s.underWay.set(req.ip, underWay.add(a));
+  try {
+    return await transfer.done;
+  } finally {
+    underWay.delete(a);
+    if (underWay.size === 0) s.underWay.delete(req.ip);
+  }
 }
 
 /** Port 69's socket holds the requests of a whole storm until the main thread reads them: the
@@ -322,6 +374,7 @@ export async function createTftpServer(opts: TftpServerOptions): Promise<TftpSer
     inProgress: new Map(),
     answering: 0,
     answeringFrom: new Shares(),
+    underWay: new Map(),
   };
   const handle = (msg: Uint8Array, client: ClientAddress) => handleRequest(scope, msg, client);
   const receiving = receiveRequests(sock, handle);
