@@ -133,6 +133,9 @@ const migrations: string[] = [
                     WHERE x.mac = b.mac AND x.image_id IS NOT NULL AND x.stage = 'handover'
                     ORDER BY x.started_at DESC, x.rowid DESC LIMIT 1));
   `,
+  // 8: the boots of nodes forgotten before `node forget` removed them (src/nodes.ts deleteRow):
+  // their last boot kept the version it ran as a whole tree, for ever
+  `DELETE FROM boots WHERE mac NOT IN (SELECT mac FROM nodes);`,
 ];
 
 export const schemaVersion = migrations.length;

@@ -587,13 +587,8 @@ export class NodeRegistry {
          AND NOT EXISTS (SELECT 1 FROM boots WHERE boots.mac = nodes.mac
            AND boots.stage = 'handover')`,
       ).all(cutoff) as { mac: string }[];
-      const del = this.db.prepare("DELETE FROM nodes WHERE mac = ?");
-      // and their boots (none reached handover): kept, they grew by one row per MAC a host
-      // changing its MAC ever used
-      const delBoots = this.db.prepare("DELETE FROM boots WHERE mac = ?");
       for (const r of rows) {
-        del.run(r.mac);
-        delBoots.run(r.mac);
+        this.#deleteRow(r.mac);
         recordEvent(this.db, r.mac, "node.aged-out", { ttl: ttlSeconds });
       }
       return rows.map((r) => r.mac);
@@ -620,6 +615,15 @@ export class NodeRegistry {
       this.#changed();
     }
     return macs;
+  }
+
+  /** The node's row and its boots. Kept, a forgotten node's boots grew the table by 51 rows
+   *  each, for ever; its last one kept the version it ran on disk as a whole tree that neither
+   *  pruning nor `image gc --keep` freed (booted_images); and they counted as netroot's boots
+   *  for the next node given its MAC. Its events stay: the timeline is history. */
+  #deleteRow(mac: string): void {
+    this.db.prepare("DELETE FROM nodes WHERE mac = ?").run(mac);
+    this.db.prepare("DELETE FROM boots WHERE mac = ?").run(mac);
   }
 
   #defaultName(mac: string): string {
@@ -714,7 +718,7 @@ export class NodeRegistry {
   forget(ref: string): void {
     const node = this.get(ref);
     durableTx(this.db, () => {
-      this.db.prepare("DELETE FROM nodes WHERE mac = ?").run(node.mac);
+      this.#deleteRow(node.mac);
       recordEvent(this.db, node.mac, "node.forgotten", { name: node.name });
       flipSymlink(this.data.nodeFs(node.mac), null);
     });

@@ -407,3 +407,32 @@ Deno.test("image rm and gc --keep leave a version a node still runs or a session
     await t.close();
   }
 });
+
+Deno.test("a forgotten node's boots go with it: the version it ran is thinned and gc --keep frees it", async () => {
+  const { t, nodes, src } = await lab();
+  try {
+    const v1 = await t.store.import(src, "deb");
+    const gone = nodes.add("52:54:00:00:00:09", { name: "gone", image: "deb" });
+    recordStage(t.db, openBoot(t.db, gone.mac, v1.id), "handover"); // it ran v1
+    for (let i = 0; i < 60; i++) openBoot(t.db, gone.mac, v1.id);
+    nodes.forget("gone");
+    const boots = (mac: string) =>
+      (t.db.prepare("SELECT count(*) AS n FROM boots WHERE mac = ?").get(mac) as { n: number }).n;
+    // (before: its 51 boots stayed, for ever: one node added and forgotten a day grew the table)
+    assert.equal(boots(gone.mac), 0);
+    for (const text of ["v2\n", "v3\n"]) {
+      Deno.writeTextFileSync(`${src}/etc/hostname`, text);
+      fixTimes(src);
+      await t.store.import(src, "deb");
+    }
+    await t.store.idle();
+    // (before: v1's whole tree stayed, the forgotten node's last boot naming it, and no gc freed it)
+    assert.equal(t.store.isThin(v1.id), true, "v1's tree pruned: no registered node runs it");
+    assert.ok((await t.store.gc(1)).versions.includes(v1.id));
+    // The MAC added again is a new node: none of the old node's boots count as netroot's to it.
+    const again = nodes.add(gone.mac, { name: "again" });
+    assert.equal(boots(again.mac), 0);
+  } finally {
+    await t.close();
+  }
+});
