@@ -1,6 +1,7 @@
 // What the system holds on the registry's behalf (NFS exports, pinned neighbour entries) kept in
 // line with it: applied again 200 ms after the last change of nodes or images, and every
-// `recheckMs` for what changes without an event (a lease's address). One application at a time.
+// `recheckMs` for what changes without an event (a lease's address). One application at a time,
+// and at most one waiting.
 import type { Context } from "./context.ts";
 
 export function followRegistry(
@@ -10,8 +11,17 @@ export function followRegistry(
 ): { stop(): Promise<void>; changed(): void } {
   let timer: ReturnType<typeof setTimeout> | undefined;
   let running = Promise.resolve();
+  // At most one application waits behind the one under way: it reads the registry when it starts,
+  // so it applies every change made before then. One queued per tick and change, a hung one (a
+  // wedged ganesha, exportfs) queued 360 an hour, all run back to back once it came back.
+  let waiting = false;
   const run = () => {
-    running = running.then(apply).catch((e) => o.failed(e as Error));
+    if (waiting) return running;
+    waiting = true;
+    running = running.then(() => {
+      waiting = false;
+      return apply();
+    }).catch((e) => o.failed(e as Error));
     return running;
   };
   const onChange = () => {
