@@ -306,3 +306,39 @@ Deno.test("the arm64 runtime (root, loop ext4): after a power cut the cached fil
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("the arm64 runtime cache keeps the runtimes of two Deno versions and no killed fetch's leftovers", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nr-runtime-upgrades-" });
+  try {
+    await Deno.mkdir(join(dir, "package"));
+    await Deno.writeFile(join(dir, "package/deno"), armDeno());
+    const tgz = join(dir, "pkg.tgz");
+    assert.ok(
+      (await new Deno.Command("tar", { args: ["-C", dir, "-czf", tgz, "package"] })
+        .output()).success,
+    );
+    const npm = join(dir, "npm");
+    await Deno.writeTextFile(npm, `#!/bin/sh\ncp ${tgz} "$5/"\n`, { mode: 0o755 });
+    const cache = join(dir, "runtime");
+    // A fetch killed with its server (a restart mid-download): its package, unpacked.
+    const dead = join(cache, `.runtime-x1y2z3.${2 ** 22 + 1}.tmp`);
+    await Deno.mkdir(join(dead, "package"), { recursive: true });
+    await Deno.writeFile(join(dead, "package/deno"), new Uint8Array(1 << 20));
+    // A netroot upgraded five times, each on a newer Deno.
+    for (const v of ["2.1.0", "2.2.0", "2.3.0", "2.4.0", "2.5.0"]) {
+      await nodeRuntime(EM_AARCH64, cache, { version: v, npm });
+    }
+    // (before: every version's runtime stayed, ~100 MB each, and every killed fetch's package)
+    assert.deepEqual([...Deno.readDirSync(cache)].map((e) => e.name).sort(), [
+      "deno-2.4.0-aarch64",
+      "deno-2.5.0-aarch64",
+    ]);
+    // The previous version's stays usable (a rollback to it finds its runtime without npm).
+    assert.equal(
+      await nodeRuntime(EM_AARCH64, cache, { version: "2.4.0", npm: "/nonexistent/npm" }),
+      runtimePath(cache, EM_AARCH64, "2.4.0"),
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -12,7 +12,7 @@ import { releaseFreeMemory } from "../linux/malloc.ts";
 import { type CpioEntry, CpioWriter } from "./cpio.ts";
 import { EM_AARCH64, EM_X86_64, machineName, readElfFile } from "./elf.ts";
 import { libraryDirs, sharedLibraries } from "./libs.ts";
-import { keepNewest } from "./prune.ts";
+import { keepNewest, sweepTempFiles } from "./prune.ts";
 import { syncFile } from "../linux/fsops.ts";
 import {
   NETCONSOLE_MODULES,
@@ -560,19 +560,6 @@ async function buildOnce(
     // was allocated since (~35 MB in a server, measured): give them back before the boot storm
     // that a build usually precedes.
     releaseFreeMemory();
-  }
-}
-
-/** Removes temp files of builds whose process is gone (killed mid-build). */
-async function sweepTempFiles(dir: string): Promise<void> {
-  for await (const e of Deno.readDir(dir)) {
-    const m = /^\..*\.(\d+)\.tmp$/.exec(e.name);
-    if (!m || Number(m[1]) === Deno.pid) continue;
-    try {
-      await Deno.stat(`/proc/${m[1]}`);
-    } catch {
-      await Deno.remove(join(dir, e.name)).catch(() => {});
-    }
   }
 }
 

@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { UserError } from "../errors.ts";
 import { syncFile } from "../linux/fsops.ts";
 import { EM_AARCH64, machineName, readElfFile } from "./elf.ts";
+import { keepNewest, sweepTempFiles } from "./prune.ts";
 
 /** npm package of the Deno runtime per node machine. */
 const NPM_RUNTIME: Record<number, string> = { [EM_AARCH64]: "@deno/linux-arm64-glibc" };
@@ -78,7 +79,12 @@ async function fetchRuntime(
     if (readElfFile(path).machine === machine) return path;
   } catch { /* not cached yet */ }
   await Deno.mkdir(cacheDir, { recursive: true });
-  const tmp = await Deno.makeTempDir({ dir: cacheDir, prefix: ".runtime-" });
+  await sweepTempFiles(cacheDir);
+  const tmp = await Deno.makeTempDir({
+    dir: cacheDir,
+    prefix: ".runtime-",
+    suffix: `.${Deno.pid}.tmp`,
+  });
   try {
     const spec = `${pkg}@${version}`;
     try {
@@ -107,6 +113,13 @@ async function fetchRuntime(
     const dir = join(path, "..");
     await Deno.remove(dir, { recursive: true }).catch(() => {});
     await Deno.rename(join(tmp, "package"), dir);
+    // Dated now (npm's archives date every member 1985): this version and the previous one stay,
+    // for a rollback that finds its runtime without npm; older ones go (≈ 100 MB each, one per
+    // Deno upgrade, for ever).
+    const now = new Date();
+    await Deno.utime(dir, now, now);
+    const machineDirs = new RegExp(`^deno-.+-${machineName(machine)}$`);
+    await keepNewest(cacheDir, (n) => machineDirs.test(n), 2);
     return path;
   } finally {
     await Deno.remove(tmp, { recursive: true }).catch(() => {});
