@@ -8,7 +8,8 @@ import { existsSync, readFileSync } from "node:fs";
 export interface ProcessSpec {
   /** Program (looked up on PATH) and arguments. */
   argv: string[];
-  /** The process's stderr is appended to this file; without it, it is discarded. */
+  /** The process's stderr is appended to this file (rotated: stderrLogBytes); without it, it is
+   *  discarded. */
   stderrFile?: string;
   /** stop(): SIGTERM, then SIGKILL after this many ms. */
   stopGraceMs: number;
@@ -97,11 +98,36 @@ export class ManagedProcess {
   }
 }
 
+/** A child's stderr log holds at most this much, and its `.1` as much again: appended at every
+ *  start of the child, for the life of the server, it grew for ever (a vnode's qemu.log). */
+export const stderrLogBytes = 1 << 20;
+
+/** Appends to `path`; a write that would take it past `stderrLogBytes` first moves it to
+ *  `path.1` (replacing it). */
+function rotatedLog(path: string): WritableStream<Uint8Array> {
+  const open = () => Deno.openSync(path, { write: true, create: true, append: true });
+  let file = open();
+  let size = file.statSync().size;
+  return new WritableStream({
+    async write(chunk) {
+      const part = chunk.subarray(Math.max(0, chunk.length - stderrLogBytes));
+      if (size > 0 && size + part.length > stderrLogBytes) {
+        file.close();
+        Deno.renameSync(path, `${path}.1`);
+        file = open();
+        size = 0;
+      }
+      for (let at = 0; at < part.length;) at += await file.write(part.subarray(at));
+      size += part.length;
+    },
+    close: () => file.close(),
+    abort: () => file.close(),
+  });
+}
+
 /** Spawns `spec.argv`. A missing program throws Deno.errors.NotFound (callers name the package). */
 export function startProcess(spec: ProcessSpec): ManagedProcess {
-  const log = spec.stderrFile
-    ? Deno.openSync(spec.stderrFile, { write: true, create: true, append: true })
-    : undefined;
+  const log = spec.stderrFile ? rotatedLog(spec.stderrFile) : undefined;
   let child: Deno.ChildProcess;
   try {
     child = new Deno.Command(spec.argv[0], {
@@ -111,10 +137,10 @@ export function startProcess(spec: ProcessSpec): ManagedProcess {
       stderr: log ? "piped" : "null",
     }).spawn();
   } catch (e) {
-    log?.close();
+    log?.abort();
     throw e;
   }
-  if (log) child.stderr.pipeTo(log.writable).catch(() => {});
+  if (log) child.stderr.pipeTo(log).catch(() => {});
   return new ManagedProcess(child, spec);
 }
 

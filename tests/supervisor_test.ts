@@ -169,3 +169,31 @@ Deno.test("Supervisor: a start that never gets ready is stopped and fails", asyn
   assert.ok(!alive(pid));
   assert.equal(sup.process, undefined);
 });
+
+Deno.test("a child's stderr log is bounded: a chatty child fills its file and one older, no more", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nr-sup-log-" });
+  try {
+    const log = join(dir, "qemu.log");
+    // Older runs' lines, then a run that writes 3 MiB to stderr (a guest that makes qemu warn
+    // in a loop), in chunks of every size.
+    await Deno.writeTextFile(log, "an earlier run\n");
+    const p = startProcess({
+      argv: [
+        "sh",
+        "-c",
+        "yes 'warning: something the guest did' | head -c 3145728 >&2; echo last >&2",
+      ],
+      stderrFile: log,
+      stopGraceMs: 1000,
+    });
+    await p.exited;
+    await sleep(100); // the last chunk's write
+    const size = (f: string) => Deno.statSync(f).size;
+    // (before: one file of 3 MiB and growing with every run, for ever)
+    assert.ok(size(log) <= 1 << 20, `qemu.log: ${size(log)} bytes`);
+    assert.ok(size(`${log}.1`) <= 1 << 20, `qemu.log.1: ${size(`${log}.1`)} bytes`);
+    assert.ok(Deno.readTextFileSync(log).endsWith("last\n"), "the newest lines are kept");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

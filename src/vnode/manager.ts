@@ -4,7 +4,7 @@
 // the qemu process (the node stays registered; `node reboot` starts it again). Reboot resets the
 // VM through QMP, or restarts qemu when its ram/cpus/disks changed since it started.
 // Files under ctx.data.vm(mac): disk<i>.img/.json, console.log (serial, appended), qemu.log
-// (qemu's stderr), qmp.sock (see qmpSocketPath), qemu.pid.
+// (qemu's stderr, 1 MiB then .1: src/supervisor.ts), qmp.sock (see qmpSocketPath), qemu.pid.
 import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
