@@ -46,7 +46,7 @@ import { powerRoutes } from "./power/api.ts";
 import { type PowerDriver, PowerDrivers } from "./power/driver.ts";
 import { builtinPowerDrivers, registerPowerReboots } from "./power/power.ts";
 import { powerSettings } from "./power/settings.ts";
-import { initramfsBuildsSettled, prebuildAll, removeInitramfsFor } from "./initramfs/build.ts";
+import { initramfsBuildsSettled, prebuildAll, pruneInitramfsCache } from "./initramfs/build.ts";
 import { metricsFor, metricsRoutes } from "./metrics.ts";
 
 const log = logger("serve");
@@ -251,18 +251,15 @@ export function buildApp(
 
 /**
  * Keeps the initramfs cache in step with the images (boot servers only): built for every bootable
- * image at start (a program upgrade rebuilds before nodes ask) and after imports, removed with
- * the image. One pass at a time; a change during a pass queues one more.
+ * version something boots (ImageStore.neededTrees) at start (a program upgrade rebuilds before
+ * nodes ask) and after imports, removed once nothing does. One pass at a time; a change during a
+ * pass queues one more.
  */
 function followImagesWithInitramfs(ctx: Context): Service {
   let running: Promise<void> | undefined;
   let again = false;
   const pass = async () => {
-    const known = new Set(ctx.images.list().map((i) => i.id));
-    for await (const e of Deno.readDir(ctx.data.initramfs)) {
-      const id = /^([0-9a-f]{64})-/.exec(e.name)?.[1];
-      if (id && !known.has(id)) await removeInitramfsFor(ctx, id);
-    }
+    await pruneInitramfsCache(ctx);
     await prebuildAll(ctx);
   };
   const kick = () => {

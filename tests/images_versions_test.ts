@@ -17,6 +17,7 @@ import { defaultConfig } from "../src/config.ts";
 import { closeContext, openContext } from "../src/server.ts";
 import { contextBooter } from "../src/boot/booter.ts";
 import { openBoot, recordStage } from "../src/boots.ts";
+import { pruneInitramfsCache } from "../src/initramfs/build.ts";
 
 async function lab() {
   const t = await tempStore();
@@ -432,6 +433,42 @@ Deno.test("a forgotten node's boots go with it: the version it ran is thinned an
     // The MAC added again is a new node: none of the old node's boots count as netroot's to it.
     const again = nodes.add(gone.mac, { name: "again" });
     assert.equal(boots(again.mac), 0);
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("the initramfs cache holds the versions something boots, not every version ever booted", async () => {
+  const { t, nodes, src } = await lab();
+  try {
+    const versions = [];
+    for (const text of ["v1\n", "v2\n", "v3\n"]) {
+      Deno.writeTextFileSync(`${src}/etc/hostname`, text);
+      fixTimes(src);
+      versions.push(await t.store.import(src, "deb"));
+    }
+    const [v1, v2, v3] = versions;
+    nodes.add("52:54:00:00:00:0a", { name: "pinned" });
+    await nodes.deploy(["pinned"], `deb@${v1.id}`, { reboot: false });
+    // Each version got its initramfs (≈ 40 MB each) when it was booted; a program upgrade added
+    // one more of the current version.
+    await Deno.mkdir(t.data.initramfs, { recursive: true });
+    const cached = (id: string, program: string) => `${id}-6.1.0-1-amd64-${program}.cpio.zst`;
+    const files = [cached(v1.id, "a"), cached(v2.id, "a"), cached(v3.id, "a"), cached(v3.id, "b")];
+    for (const f of files) Deno.writeFileSync(`${t.data.initramfs}/${f}`, new Uint8Array(1024));
+    await pruneInitramfsCache({ data: t.data, images: t.store });
+    // (before: v2's stayed until v2 was removed: 100 versions built, booted and superseded kept
+    // 100 initramfs, ≈ 4 GB, while their trees were pruned to save 1 % of that)
+    assert.deepEqual(
+      [...Deno.readDirSync(t.data.initramfs)].map((e) => e.name).sort(),
+      [
+        cached(v1.id, "a"), // a node is set to boot it
+        cached(v3.id, "a"), // the current version, the previous program's file too (a rollback)
+        cached(v3.id, "b"),
+      ].sort(),
+    );
+    await t.store.idle();
+    assert.equal(t.store.isThin(v2.id), true, "v2 is thin: booted again, both are rebuilt");
   } finally {
     await t.close();
   }

@@ -563,11 +563,23 @@ async function buildOnce(
   }
 }
 
-/** Drops every cached initramfs of an image (call when the image is removed). */
-export async function removeInitramfsFor(ctx: { data: DataDir }, imageId: string): Promise<void> {
+/** What of the image store the cache follows: the versions whose trees must stay on disk. */
+interface NeededVersions {
+  neededTrees(): Set<string>;
+}
+
+/** Drops the cached initramfs of every version nothing boots now (ImageStore.neededTrees: the
+ *  current ones, those nodes are set to or booted last): kept until its version was removed,
+ *  each version ever booted held its ≈ 40 MB for ever, though its tree, 1 % of that, was
+ *  pruned. A version booted again gets both written again. */
+export async function pruneInitramfsCache(
+  ctx: { data: DataDir; images: NeededVersions },
+): Promise<void> {
+  const needed = ctx.images.neededTrees();
   try {
     for await (const e of Deno.readDir(ctx.data.initramfs)) {
-      if (e.name.startsWith(`${imageId}-`)) {
+      const id = /^([0-9a-f]{64})-/.exec(e.name)?.[1];
+      if (id && !needed.has(id)) {
         await Deno.remove(join(ctx.data.initramfs, e.name)).catch(() => {});
       }
     }
@@ -577,15 +589,17 @@ export async function removeInitramfsFor(ctx: { data: DataDir }, imageId: string
 }
 
 /**
- * Fire-and-forget, one at a time: the initramfs of every bootable image for the running program.
+ * Fire-and-forget, one at a time: the initramfs of every bootable version something boots
+ * (pruneInitramfsCache) for the running program.
  * Call at server start so a program upgrade rebuilds before nodes ask (cache hits are cheap).
  */
 export function prebuildAll(
-  ctx: InitramfsContext & { images: { list(): BootableImage[] } },
+  ctx: InitramfsContext & { images: NeededVersions & { list(): BootableImage[] } },
 ): Promise<void> {
   return (async () => {
+    const needed = ctx.images.neededTrees();
     for (const img of ctx.images.list()) {
-      if (!img.bootable) continue;
+      if (!img.bootable || !needed.has(img.id)) continue;
       await ensureInitramfs(ctx, img.id).catch((e) =>
         log.warn("prebuild failed", { image: img.id, error: (e as Error).message })
       );
