@@ -381,3 +381,39 @@ Deno.test("netroot image shell (-- CMD and interactive, systemd-nspawn) and cp c
     await t.close();
   }
 });
+
+Deno.test("a session whose `image shell` was killed (kill -9: it could not discard it) goes at the next session's open", async () => {
+  const { t, base } = await setup();
+  try {
+    const cli = new Deno.Command("sleep", { args: ["60"] }).spawn(); // the CLI that opens it
+    const orphan = await t.store.sessions.open(base.id, undefined, cli.pid);
+    Deno.writeTextFileSync(`${orphan.merged}/etc/big`, "x".repeat(1 << 20)); // what it wrote
+    const live = new Deno.Command("sleep", { args: ["60"] }).spawn();
+    const kept = await t.store.sessions.open(base.id, undefined, live.pid);
+    cli.kill("SIGKILL");
+    await cli.status;
+    const next = await t.store.sessions.open(base.id);
+    // (before: the orphan stayed until the server restarted: its overlay mounted, its upper and
+    // its copy of the base's tree in tmp/, the base kept from image rm, one more per killed shell)
+    assert.deepEqual(t.store.sessions.list().map((s) => s.id).sort(), [kept.id, next.id].sort());
+    assert.deepEqual(
+      (await dirEntries(t.data.tmp)).sort(),
+      [
+        `session-${kept.id}`,
+        `session-${next.id}`,
+      ].sort(),
+    );
+    assert.equal(
+      Deno.readTextFileSync("/proc/self/mountinfo").includes(orphan.merged),
+      false,
+      "its overlay is unmounted",
+    );
+    live.kill("SIGKILL");
+    await live.status;
+    const last = await t.store.sessions.open(base.id);
+    assert.deepEqual(t.store.sessions.list().map((s) => s.id).sort(), [next.id, last.id].sort());
+    for (const s of [next, last]) await t.store.sessions.discard(s.id);
+  } finally {
+    await t.close();
+  }
+});

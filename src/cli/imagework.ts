@@ -50,7 +50,12 @@ async function shell(
 ): Promise<number> {
   if (values.commit && values.discard) throw new UserError("--commit or --discard, not both");
   if (command && !command.length) throw new UserError("image shell IMAGE -- CMD: CMD is missing");
-  const s = await client.post<Session>("/images/-/sessions", { image, new: values.new });
+  // Our pid: if we are killed before we discard it, the server does (this runs on its machine).
+  const s = await client.post<Session>("/images/-/sessions", {
+    image,
+    new: values.new,
+    holder: Deno.pid,
+  });
   const discard = () => client.delete(`/images/-/sessions/${s.id}`).catch(() => {});
   // A shell interrupted or killed by a signal commits nothing: the container is stopped and the
   // session goes (Ctrl-C in an interactive shell goes to the container, not to us: the terminal

@@ -59,7 +59,11 @@ export function imageRoutes(ctx: Context): Hono {
     const body = await jsonBody(c.req.raw);
     if (typeof body.image !== "string") throw new UserError("a session needs image");
     const name = body.new === undefined ? undefined : validateName(body.new);
-    return c.json(await ctx.images.sessions.open(body.image, name), 201);
+    // The caller's pid (it runs on this machine): its session goes once it is gone.
+    const holder = Number.isSafeInteger(body.holder) && (body.holder as number) > 0
+      ? body.holder as number
+      : undefined;
+    return c.json(await ctx.images.sessions.open(body.image, name, holder), 201);
   });
   app.post("/-/sessions/:id/commit", async (c) => {
     const body = await jsonBody(c.req.raw);

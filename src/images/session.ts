@@ -46,6 +46,19 @@ export interface Session {
   /** The merged tree (root of the container). */
   merged: string;
   dir: string;
+  /** The process that holds it (`image shell`'s CLI, on this machine), while it lives. */
+  holder?: { pid: number; start: string };
+}
+
+/** When process `pid` started (/proc/PID/stat, field 22), or undefined when there is none: with
+ *  its pid, it names one process (a pid is used again). */
+function processStart(pid: number): string | undefined {
+  try {
+    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19];
+  } catch {
+    return undefined;
+  }
 }
 
 /** Mount options that keep the upper self-contained: renamed directories are copied up whole
@@ -137,29 +150,46 @@ export class Sessions {
   }
 
   /** Opens a session on a version (null: an empty tree); commits go to `name` (default: the
-   *  version's own name). */
-  async open(ref: string | null, name?: string): Promise<Session> {
+   *  version's own name). `holder`: the pid of the process that will commit or discard it (a
+   *  CLI on this machine); once it is gone, the next open discards the session. */
+  async open(ref: string | null, name?: string, holder?: number): Promise<Session> {
+    await this.#discardOrphans();
     const base = ref === null ? null : this.images.get(ref);
     if (!base && !name) throw new UserError("a build FROM scratch needs a name");
     // A thin version's tree is written again first; held until the session is registered.
     const release = base ? this.images.hold(base.id) : () => {};
     try {
       if (base) await this.images.ensureTree(base.id);
-      return await this.#open1(base, name);
+      return await this.#open1(base, name, holder);
     } finally {
       release();
     }
   }
 
-  async #open1(base: ImageInfo | null, name?: string): Promise<Session> {
+  /** Discards the sessions whose holder is gone: an `image shell` killed (kill -9, a lost
+   *  machine) could not, and its session stayed until the server restarted (its overlay
+   *  mounted, its upper and its copy of the base's tree in tmp/, its base kept from image rm),
+   *  one more per killed shell. */
+  async #discardOrphans(): Promise<void> {
+    for (const s of this.list()) {
+      if (!s.holder || processStart(s.holder.pid) === s.holder.start) continue;
+      log.info("image session discarded: its holder is gone", { session: s.id, pid: s.holder.pid });
+      await this.discard(s.id).catch(() => {}); // a commit or discard took it meanwhile
+    }
+  }
+
+  async #open1(base: ImageInfo | null, name?: string, holder?: number): Promise<Session> {
     const id = crypto.randomUUID();
     const dir = join(this.images.data.tmp, `session-${id}`);
+    // A pid this machine does not show (another pid namespace) holds nothing: never discarded.
+    const start = holder === undefined ? undefined : processStart(holder);
     const s: Session = {
       id,
       base: base && { id: base.id, name: base.name },
       name: name ?? base!.name,
       merged: join(dir, "merged"),
       dir,
+      ...(start !== undefined && { holder: { pid: holder!, start } }),
     };
     const lower = base ? this.images.data.rootfs(base.id) : join(dir, "empty");
     for (const d of ["upper", "work", "merged", ...(base ? [] : ["empty"])]) {
