@@ -18,7 +18,8 @@ import { recordEvent } from "./events.ts";
 import { logger } from "./log.ts";
 import { type FsSpace, statvfs, writeFileDurableSync } from "./linux/fsops.ts";
 import { bindReadOnly, onReadOnlyMount, remountReadOnly } from "./linux/mount.ts";
-import { StartFailure, startProcess, stopStale, Supervisor } from "./supervisor.ts";
+import { rotateOpenConsole } from "./consolelog.ts";
+import { StartFailure, startProcess, stderrLogBytes, stopStale, Supervisor } from "./supervisor.ts";
 
 const log = logger("nfs");
 
@@ -769,13 +770,16 @@ async function startGanesha(ctx: Context, opts: NfsOptions): Promise<Service> {
   const ganesha = ganeshaSupervisor(ctx, opts, paths, config);
   await ganesha.start();
 
-  const f = follow(ctx, opts, () => {
-    if (!config.update()) return Promise.resolve();
+  const f = follow(ctx, opts, async () => {
+    // ganesha appends to its log (~290 bytes an export reload, for the server's life) and holds
+    // it open: copied to .1 and emptied in place at each recheck past the bound. Unbounded, it
+    // grew by every reload and was read whole at each ganesha start.
+    await rotateOpenConsole(paths.log, stderrLogBytes);
+    if (!config.update()) return;
     ganesha.process?.signal("SIGHUP"); // ganesha ≥ 2.6 rereads its exports on SIGHUP
     const counts = { images: config.set.images.length, persist: config.set.persists.length };
     recordEvent(ctx.db, null, "nfs.exports", counts);
     log.info("exports reloaded", counts);
-    return Promise.resolve();
   });
   room.watch(f.changed, opts.roomCheckMs, opts.budgetCheckMs);
 
@@ -815,8 +819,10 @@ function fileSize(path: string): number {
   }
 }
 
+/** The log from `offset`; a log rotated since (shorter than offset) from its start. */
 function logSince(path: string, offset: number): string {
-  return readText(path).slice(offset);
+  const text = readText(path);
+  return text.length < offset ? text : text.slice(offset);
 }
 
 /** The pseudo paths of the exports ganesha's log says it could not create. */

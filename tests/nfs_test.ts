@@ -1027,3 +1027,48 @@ sleep 600
     }
   },
 });
+
+Deno.test("ganesha's log is bounded: export reloads for months, nodes coming and going", async () => {
+  const ctx = await tempContext({ mode: "ganesha", version: 4 }, "10.66.0.1");
+  // A stand-in ganesha (started through `wrap`): serves at once, and writes 64 KiB to its log
+  // (opened in append mode, as ganesha's) at each SIGHUP: ~290 bytes a reload in a real one.
+  const fake = join(ctx.config.dataDir, "fake-ganesha");
+  writeFileSync(
+    fake,
+    `#!/bin/sh
+echo $$ > "$8"
+echo "NFS SERVER INITIALIZED" >> "$4"
+trap 'head -c 65536 /dev/zero | tr "\\0" x >> "$4"; echo >> "$4"' HUP
+trap 'exit 0' TERM
+while :; do sleep 0.02; done
+`,
+    { mode: 0o755 },
+  );
+  let service: { close(): Promise<void> } | undefined;
+  try {
+    const a = addImage(ctx, "a");
+    const log = join(ctx.data.run, "ganesha", "ganesha.log");
+    service = await startNfs(ctx, { wrap: [fake], recheckMs: 20 });
+    for (let i = 0; i < 40; i++) {
+      const mac = `52:54:00:00:01:${i.toString(16).padStart(2, "0")}`;
+      addNode(ctx, mac, `n${i}`, a, `10.66.0.${100 + i}`);
+      ctx.changes.dispatchEvent(new Event("nodes"));
+      const conf = join(ctx.data.run, "ganesha", "ganesha.conf");
+      const pseudo = `/netroot/persist/${mac.replaceAll(":", "")}`;
+      for (let w = 0; w < 100 && !readFileSync(conf, "utf8").includes(pseudo); w++) {
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      await new Promise((r) => setTimeout(r, 60)); // its reload written, a recheck after it
+    }
+    const size = (f: string) => existsSync(f) ? Deno.statSync(f).size : 0;
+    // (before: 2.6 MB and growing by every reload, read whole at each ganesha start) 1 MiB, and
+    // what it wrote since the last check
+    const bound = (1 << 20) + 65537;
+    assert.ok(size(log) <= bound, `ganesha.log: ${size(log)} bytes`);
+    assert.ok(size(`${log}.1`) <= bound, `ganesha.log.1: ${size(`${log}.1`)} bytes`);
+    assert.ok(size(log) + size(`${log}.1`) > 512 << 10, "the newest reloads' lines are kept");
+  } finally {
+    await service?.close();
+    await dropContext(ctx);
+  }
+});
