@@ -380,6 +380,81 @@ Deno.test("persist.max: a node over it alone gets its /persist read-only, writab
   }
 });
 
+// ---- a node's root writes its /persist: what the server measures there must stay inside it ----
+
+/** A context with one node "n" whose persist.max is `max`; `other` a second node's /persist. */
+async function budgetedNode(max: string, net: string) {
+  const ctx = await tempContext({ mode: "ganesha", version: 4 }, `${net}.1`);
+  const img = addImage(ctx, "a");
+  const mac = "52:54:00:00:0a:01", otherMac = "52:54:00:00:0a:02";
+  addNode(ctx, mac, "n", img, `${net}.21`);
+  addNode(ctx, otherMac, "other", img, `${net}.22`);
+  ctx.nodes.configure("n", { "persist.max": max });
+  mkdirSync(ctx.data.persist(mac), { recursive: true });
+  mkdirSync(ctx.data.persist(otherMac), { recursive: true });
+  return { ctx, mac, persist: ctx.data.persist(mac), other: ctx.data.persist(otherMac) };
+}
+
+Deno.test("persist.max: bytes below a path longer than PATH_MAX count (a deep tree hides nothing)", async () => {
+  const { ctx, mac, persist } = await budgetedNode("1M", "10.250.10");
+  try {
+    // What the node's root does over NFS, one directory at a time: 20 levels of 250-character
+    // names (5 KB of path, past the server's 4 KiB PATH_MAX), then 8 MiB at the bottom.
+    const cwd = Deno.cwd();
+    try {
+      Deno.chdir(persist);
+      for (let i = 0; i < 20; i++) {
+        Deno.mkdirSync("d".repeat(250));
+        Deno.chdir("d".repeat(250));
+      }
+      writeFileSync("f", new Uint8Array(8 << 20).fill(1));
+    } finally {
+      Deno.chdir(cwd);
+    }
+    const room = new PersistRoom(ctx);
+    assert.equal(await room.checkBudgets(), true);
+    assert.ok(room.readOnlyFor(mac), "8 MiB is over a persist.max of 1M, however deep");
+    const ev = listEvents(ctx.db, { mac }).find((e) => e.kind === "nfs.persist-over-max");
+    assert.ok((ev?.detail.bytes as number) >= 8 << 20, JSON.stringify(ev));
+    await room.stop();
+  } finally {
+    await dropContext(ctx);
+  }
+});
+
+Deno.test("persist.max: a directory swapped for a symlink while measured is not followed out", async () => {
+  const { ctx, mac, persist, other } = await budgetedNode("16M", "10.250.11");
+  // Another node's data, which a walk that follows the swapped link would count as this one's.
+  writeFileSync(join(other, "big"), new Uint8Array(64 << 20).fill(1));
+  // The node's root swaps its directory a/ for a symlink to the other node's /persist and back,
+  // as fast as renames go (on the server, a symlink's target is the server's path).
+  const flipper = new Deno.Command(Deno.execPath(), {
+    args: [
+      "eval",
+      `const [p, to] = [${JSON.stringify(persist)}, ${JSON.stringify(other)}];
+      Deno.mkdirSync(p + "/a"); Deno.symlinkSync(to, p + "/l");
+      for (;;) { Deno.renameSync(p + "/a", p + "/d"); Deno.renameSync(p + "/l", p + "/a");
+        Deno.renameSync(p + "/a", p + "/l"); Deno.renameSync(p + "/d", p + "/a"); }`,
+    ],
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  const room = new PersistRoom(ctx);
+  try {
+    while (!existsSync(join(persist, "l"))) await new Promise((r) => setTimeout(r, 10));
+    for (const end = Date.now() + 2000; Date.now() < end;) {
+      await room.checkBudgets();
+      const ev = listEvents(ctx.db, { mac }).find((e) => e.kind === "nfs.persist-over-max");
+      assert.equal(ev, undefined, `the other node's 64 MiB counted: ${JSON.stringify(ev)}`);
+    }
+  } finally {
+    flipper.kill("SIGKILL");
+    await flipper.status;
+    await room.stop();
+    await dropContext(ctx);
+  }
+});
+
 Deno.test("startNfs kernel mode refuses clearly on a kernel without nfsd", {
   ignore: readFileSync("/proc/filesystems", "utf8").includes("nfsd") ||
     new Deno.Command("modprobe", { args: ["-n", "-q", "nfsd"] }).outputSync().success,
