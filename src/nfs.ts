@@ -337,8 +337,9 @@ export class PersistRoom {
    *  filled the file system, measured once per shortage (every node is locked meanwhile). */
   async #largest(): Promise<void> {
     const sizes: { node: string; bytes: number }[] = [];
+    const perInode = bytesPerInode(statvfs(this.ctx.data.nodes));
     for (const n of this.ctx.nodes.list()) {
-      const bytes = await treeBytes(this.ctx.data.persist(n.mac), this.#stop.signal);
+      const bytes = await treeBytes(this.ctx.data.persist(n.mac), perInode, this.#stop.signal);
       if (this.#stop.signal.aborted) return;
       if (bytes) sizes.push({ node: n.name, bytes });
     }
@@ -365,8 +366,9 @@ export class PersistRoom {
     for (const mac of this.overBudget) {
       if (!known.has(mac)) changed = this.overBudget.delete(mac) || changed; // limit removed
     }
+    const perInode = bytesPerInode(statvfs(this.ctx.data.nodes));
     for (const t of budgeted) {
-      const bytes = await treeBytes(this.ctx.data.persist(t.mac), this.#stop.signal);
+      const bytes = await treeBytes(this.ctx.data.persist(t.mac), perInode, this.#stop.signal);
       if (this.#stop.signal.aborted) return changed;
       const over = bytes > t.persistMax!;
       if (over === this.overBudget.has(t.mac)) continue;
@@ -424,23 +426,41 @@ export class PersistRoom {
   }
 }
 
-/** Bytes the tree at `dir` takes on disk (its blocks; hard links counted each time), 0 when it
- *  is missing or `signal` ends the count. du counts, not a walk of ours: the node's root writes
- *  the tree while it is measured, and a walk by path names followed a directory swapped for a
- *  symlink out of it (another node's files counted as its own), failed past PATH_MAX (what lay
- *  deeper counted nothing: persist.max passed), and held every name of a directory in the
- *  server's memory (a million: 594 MB, and a minute of the server's thread). du walks by open
- *  directories without following links, at any depth, a large directory a batch at a time
- *  (31 MB for a million names), in a process of its own. */
-async function treeBytes(dir: string, signal: AbortSignal): Promise<number> {
-  const out = await new Deno.Command("du", {
-    args: ["--summarize", "--no-dereference", "--one-file-system", "--count-links", "-B1", dir],
-    stdout: "piped",
-    stderr: "null", // names the node chose; a file removed while counted is no failure
-    signal,
-  }).output();
-  // du prints the total even when some entries vanished during the count (exit 1).
-  return signal.aborted ? 0 : Number(/^\d+/.exec(new TextDecoder().decode(out.stdout))?.[0] ?? 0);
+/** Bytes the tree at `dir` takes of the file system, 0 when it is missing or `signal` ends the
+ *  count: its blocks, hard links counted each time, and each of its inodes `bytesPerInode` more.
+ *  An empty file takes no block but one of the file system's inodes, which run out too: counting
+ *  blocks alone, a node with a `persist.max` made empty files until the inodes went under the
+ *  reserve and every node's /persist was locked, what persist.max is there to prevent. With its
+ *  inodes charged at the file system's bytes per inode (16 KiB for ext4 by default), no node takes
+ *  a larger share of the inodes than of the bytes.
+ *  du counts, not a walk of ours: the node's root writes the tree while it is measured, and a walk
+ *  by path names followed a directory swapped for a symlink out of it (another node's files
+ *  counted as its own), failed past PATH_MAX (what lay deeper counted nothing: persist.max
+ *  passed), and held every name of a directory in the server's memory (a million: 594 MB, and a
+ *  minute of the server's thread). du walks by open directories without following links, at any
+ *  depth, a large directory a batch at a time (31 MB for a million names), in a process of its
+ *  own. */
+async function treeBytes(dir: string, bytesPerInode: number, signal: AbortSignal): Promise<number> {
+  const du = async (unit: string) => {
+    const out = await new Deno.Command("du", {
+      args: ["--summarize", "--no-dereference", "--one-file-system", "--count-links", unit, dir],
+      stdout: "piped",
+      stderr: "null", // names the node chose; a file removed while counted is no failure
+      signal,
+    }).output();
+    // The total, even when some entries vanished during the count (exit 1); none: no tree.
+    return Number(/^\d+/.exec(new TextDecoder().decode(out.stdout))?.[0] ?? NaN);
+  };
+  const bytes = await du("-B1");
+  if (Number.isNaN(bytes)) return 0;
+  const inodes = await du("--inodes");
+  return signal.aborted ? 0 : bytes + (inodes || 0) * bytesPerInode;
+}
+
+/** The file system's bytes per inode (what an inode is charged in treeBytes); 0 when it has no
+ *  fixed number of inodes. */
+function bytesPerInode(space: FsSpace): number {
+  return space.totalInodes ? Math.floor(space.totalBytes / space.totalInodes) : 0;
 }
 
 // ---- the service ----

@@ -455,6 +455,23 @@ Deno.test("persist.max: a directory swapped for a symlink while measured is not 
   }
 });
 
+Deno.test("persist.max: empty files count, each at the file system's bytes per inode (inodes run out too)", async () => {
+  const { ctx, mac, persist } = await budgetedNode("1M", "10.250.12");
+  try {
+    // Files without a block: a node counted by blocks alone took the file system's inodes, the
+    // reserve's other half, within any persist.max, and locked every node's /persist.
+    const space = statvfs(persist);
+    const share = Math.ceil((2 << 20) / (space.totalBytes / space.totalInodes));
+    for (let i = 0; i < share; i++) writeFileSync(join(persist, `e${i}`), "");
+    const room = new PersistRoom(ctx);
+    assert.equal(await room.checkBudgets(), true);
+    assert.ok(room.readOnlyFor(mac), `${share} inodes are 2 MiB of the file system, over 1M`);
+    await room.stop();
+  } finally {
+    await dropContext(ctx);
+  }
+});
+
 Deno.test("startNfs kernel mode refuses clearly on a kernel without nfsd", {
   ignore: readFileSync("/proc/filesystems", "utf8").includes("nfsd") ||
     new Deno.Command("modprobe", { args: ["-n", "-q", "nfsd"] }).outputSync().success,
