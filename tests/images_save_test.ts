@@ -2,6 +2,7 @@
 // tree, tarred with GNU tar as a node would, becomes a new version on top of the image the node
 // booted, deletions (whiteouts, opaque directories) included. Hostile tarballs are refused.
 import assert from "node:assert/strict";
+import { existsSync } from "node:fs";
 import { dirname } from "node:path";
 import { MNT_DETACH, mount, umount } from "../src/linux/mount.ts";
 import { statvfs } from "../src/linux/fsops.ts";
@@ -190,6 +191,50 @@ Deno.test("node save: hostile uppers are refused, nothing committed", async () =
     assert.equal(t.store.get("deb").id, base.id);
     assert.deepEqual(await dirEntries(t.data.tmp), []);
   } finally {
+    await t.close();
+  }
+});
+
+Deno.test("node save --upper FILE in the node's /persist: a file swapped for a symlink after the check is not read", async () => {
+  const { t, ctx, nodes } = await setup();
+  // A tarball of the server's (a backup, say: the API token is in one), and the node's upper.tar
+  // in its /persist, the same size; the node's root swaps upper.tar for a symlink to the server's
+  // tarball and back as fast as renames go, while the admin saves it.
+  Deno.mkdirSync(`${t.dir}/secret/etc`, { recursive: true });
+  Deno.writeTextFileSync(`${t.dir}/secret/etc/server-secret`, "the server's\n");
+  tarOf(`${t.dir}/secret`, `${t.dir}/secret.tar`);
+  const persist = t.data.persist(nodes.get("n1").mac);
+  Deno.mkdirSync(`${t.dir}/up/etc`, { recursive: true });
+  Deno.writeTextFileSync(`${t.dir}/up/etc/motd`, "the node's\n");
+  tarOf(`${t.dir}/up`, `${persist}/upper.tar`);
+  assert.equal(
+    Deno.statSync(`${persist}/upper.tar`).size,
+    Deno.statSync(`${t.dir}/secret.tar`).size,
+  );
+  const flipper = new Deno.Command(Deno.execPath(), {
+    args: [
+      "eval",
+      `const [p, to] = [${JSON.stringify(persist)}, ${JSON.stringify(`${t.dir}/secret.tar`)}];
+      Deno.symlinkSync(to, p + "/l");
+      for (;;) { Deno.renameSync(p + "/upper.tar", p + "/f"); Deno.renameSync(p + "/l", p + "/upper.tar");
+        Deno.renameSync(p + "/upper.tar", p + "/l"); Deno.renameSync(p + "/f", p + "/upper.tar"); }`,
+    ],
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  try {
+    while (!existsSync(`${persist}/f`)) await new Promise((r) => setTimeout(r, 10));
+    let saved = 0;
+    for (const end = Date.now() + 3000; Date.now() < end;) {
+      const v = await saveNode(ctx, "n1", "deb", `${persist}/upper.tar`, null).catch(() => null);
+      if (!v) continue;
+      saved++;
+      assert.equal(manifestOf(t, v.id).has("/etc/server-secret"), false, "a server file saved");
+    }
+    assert.ok(saved > 0, "some saves read the node's file");
+  } finally {
+    flipper.kill("SIGKILL");
+    await flipper.status;
     await t.close();
   }
 });

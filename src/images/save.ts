@@ -7,6 +7,7 @@
 // there. Either way it is untrusted: bounded while it arrives, its members' sizes and count held
 // to the room left, unpacked with the import's rules into scratch (as a tree, never as an image
 // archive), then applied like a session's upper. The conversion happens here only.
+import { closeSync, constants, fstatSync, openSync } from "node:fs";
 import { join } from "node:path";
 import { defaultLayout } from "../../contract/rootmode.ts";
 import { bootedOn, runningImage } from "../boots.ts";
@@ -74,13 +75,42 @@ export async function saveNode(
   command: string | null,
 ): Promise<Commit> {
   const base = bootedImage(ctx, nodeRef);
-  const st = await Deno.lstat(upperTar).catch(() => null);
-  if (!st?.isFile) throw new UserError(`${upperTar}: not a regular file (the upper's tarball)`);
+  using upper = heldFile(upperTar);
   using room = saveRoom(ctx);
   return await inScratch(
     ctx,
-    (scratch) => commitTar(ctx, base, scratch, upperTar, room.bytes, name, command),
+    (scratch) => commitTar(ctx, base, scratch, upper.path, room.bytes, name, command, upperTar),
   );
+}
+
+const O_PATH = 0o10000000;
+
+/**
+ * The regular file the path itself names (not through a final symlink; a FIFO is not opened),
+ * held by an O_PATH descriptor until disposed: `path` (/proc/PID/fd/N) reopens that very file,
+ * for this process and for its children (GNU tar, a decompressor). `--upper FILE` is read several
+ * times (sniffed, listed against the room, extracted), where the node made it, its /persist as
+ * often as not, which its root writes while the save runs: read by name each time, it was
+ * swapped for a symlink to a server file after the check, and a tarball of the server's (a backup
+ * holding the API token) was saved as the node's upper, into a version the node boots with root
+ * kept.
+ */
+function heldFile(name: string): { path: string } & Disposable {
+  let fd: number;
+  try {
+    fd = openSync(name, constants.O_RDONLY | constants.O_NOFOLLOW | O_PATH);
+  } catch (e) {
+    throw new UserError(
+      `${name}: ${
+        (e as { code?: string }).code === "ENOENT" ? "no such file" : (e as Error).message
+      }`,
+    );
+  }
+  if (!fstatSync(fd).isFile()) {
+    closeSync(fd);
+    throw new UserError(`${name}: not a regular file (the upper's tarball)`);
+  }
+  return { path: `/proc/${Deno.pid}/fd/${fd}`, [Symbol.dispose]: () => closeSync(fd) };
 }
 
 /** `node save NODE NAME`: the upper fetched from the running node over ssh. */
