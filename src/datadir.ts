@@ -15,8 +15,10 @@
 //   ssh/                               the server's ssh key pair and the nodes' pinned host keys
 //                                      (0700, made on first need by src/nodessh.ts)
 // Modes: nothing here is for other local users. The directories on the way to the NFS exports
-// (the root, images/, nodes/, nodes/<mac>/) are 0711: others may pass through (NFSv4 clients walk
-// the server's path, root-squashed, to reach an export) but not list them; everything secret is
+// (the root, images/) are 0711: others may pass through (NFSv4 clients walk the server's path,
+// root-squashed, to reach an export) but not list them; nodes/ is 0710, group nogroup (65534, the
+// group a squashed client has): a node's root owns the mode of its /persist and puts set-uid or
+// device files there, which a local user of the server must not reach; everything secret is
 // owner-only: the database and the token 0600, each node's persist/, vm/ and console/ (disks, and
 // console logs holding the boot's token) 0700, run/ tmp/ initramfs/ 0700.
 import { join } from "node:path";
@@ -84,7 +86,7 @@ export class DataDir {
     const modes: [string, number][] = [
       [this.root, 0o711],
       [this.images, 0o711],
-      [this.nodes, 0o711],
+      [this.nodes, 0o710],
       [this.initramfs, 0o700],
       [this.objects, 0o700],
       [this.tmp, 0o700],
@@ -94,6 +96,10 @@ export class DataDir {
       await Deno.mkdir(d, { recursive: true, mode });
       await Deno.chmod(d, mode); // an existing (older, or admin-made) directory is narrowed too
     }
+    // Squashed NFSv4 clients pass through nodes/ by its group, local users do not: a node's root
+    // made its /persist 0755 with a set-uid root shell in it, and any user of the server ran it
+    // as root (or opened the server's disks through a device node made there).
+    if (Deno.uid() === 0) await Deno.chown(this.nodes, null, NFS_ANON_GID);
     // Image trees are made in tmp/ (imports, copies, sessions' trees) and renamed into images/:
     // each one in a block group of its own (ext4's allocator), not among the inodes the last
     // removed tree freed, which a file system without a journal skips one by one for a minute
@@ -136,6 +142,9 @@ export class DataDir {
     privateDir(this.console(mac));
   }
 }
+
+/** The group an NFS server gives a squashed client (nfs-utils' and ganesha's anonymous gid). */
+const NFS_ANON_GID = 65534;
 
 /** Creates `path` owner-only (its parents as needed). The parent usually exists: one mkdir, no
  *  recursive walk (a boot storm registers hundreds of nodes a second). */

@@ -48,3 +48,43 @@ Deno.test("ensure: the object store's 256 fan-out directories, owner-only; tmp/ 
     await Deno.remove(root, { recursive: true });
   }
 });
+
+Deno.test("a node's root that makes its /persist 0755 with a set-uid root program in it: no local user of the server reaches it (attacker; root)", async () => {
+  if (Deno.uid() !== 0) throw new Error("this test needs root (chown, setpriv)");
+  const dir = await Deno.makeTempDir();
+  try {
+    Deno.chmodSync(dir, 0o755);
+    const data = new DataDir(`${dir}/data`);
+    await data.ensure();
+    const mac = "02:00:00:00:00:01";
+    data.makePersist(mac);
+    // What the node's root does over NFS (root kept on its own /persist).
+    Deno.chmodSync(data.persist(mac), 0o755);
+    Deno.chmodSync(data.persist(mac).replace(/\/persist$/, ""), 0o755);
+    const rootId = `${data.persist(mac)}/rootid`;
+    Deno.copyFileSync("/usr/bin/id", rootId);
+    Deno.chmodSync(rootId, 0o4755);
+    const asUser = (uid: number, gid: number) =>
+      new Deno.Command("setpriv", {
+        // Through a shell: setpriv's own exec looks the path up with root's capabilities still
+        // held (they go at the exec), a user's process would not.
+        args: [`--reuid=${uid}`, `--regid=${gid}`, "--clear-groups", "sh", "-c", '"$0" -u', rootId],
+        stdout: "piped",
+        stderr: "piped",
+      }).outputSync();
+    const user = asUser(1000, 1000);
+    assert.equal(
+      user.success,
+      false,
+      `a local user ran it: ${new TextDecoder().decode(user.stdout)}`,
+    );
+    assert.match(new TextDecoder().decode(user.stderr), /Permission denied/);
+    // A client the NFS server squashed (nobody:nogroup) still passes through nodes/ to an export.
+    const squashed = asUser(65534, 65534);
+    assert.equal(new TextDecoder().decode(squashed.stdout).trim(), "0", "the walk to an export");
+    assert.equal(Deno.statSync(data.nodes).mode! & 0o777, 0o710);
+    assert.equal(Deno.statSync(data.nodes).gid, 65534);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
