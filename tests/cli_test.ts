@@ -308,6 +308,37 @@ Deno.test("node CLI: console shows a guest's control characters instead of sendi
     assert.ok(json.text.startsWith("login: \x1b]52;"), JSON.stringify(json.text));
   }));
 
+// A file's name is the image author's: `image diff` printed it raw, so an imported image's
+// file named with escape sequences set the admin's clipboard (OSC 52) or rewrote the terminal,
+// and one with a newline added lines of its own to the listing; `image import` printed its
+// /vmlinuz link's target raw in why the image is not bootable.
+Deno.test("image CLI: diff and import show an image's control characters in file names instead of sending them", () =>
+  withServer(async (cli, ctx) => {
+    const tree = join(ctx.data.tmp, "tree");
+    mkdirSync(join(tree, "etc"), { recursive: true });
+    Deno.writeTextFileSync(join(tree, "etc/os-release"), "ID=a\n");
+    Deno.utimeSync(join(tree, "etc"), 1e9, 1e9);
+    await ctx.images.import(tree, "evil");
+    const name = "x\x1b]52;c;Y3VybCB4fHNo\x07\x1b[2J\nM shadow";
+    Deno.writeTextFileSync(join(tree, "etc", name), "");
+    Deno.utimeSync(join(tree, "etc"), 1e9, 1e9); // /etc itself unchanged
+    await ctx.images.import(tree, "evil");
+    const [a, b] = ctx.images.history("evil").map((v) => v.id);
+    const out = ok(await cli("image", "diff", a, b));
+    // deno-lint-ignore no-control-regex -- no control character but the lines' own newlines
+    assert.ok(!/[\x00-\x09\x0b-\x1f\x7f-\x9f]/.test(out), JSON.stringify(out));
+    assert.equal(out, "+ /etc/x\\x1b]52;c;Y3VybCB4fHNo\\x07\\x1b[2J\\x0aM shadow\n");
+    // --json keeps the name as it is (JSON escapes it).
+    const json = JSON.parse(ok(await cli("image", "diff", a, b, "--json")));
+    assert.deepEqual(json.added, [`/etc/${name}`]);
+    // why an image is not bootable names its /vmlinuz link's target, which is the author's too
+    Deno.symlinkSync("\x1b]0;owned\x07", join(tree, "vmlinuz"));
+    const imported = ok(await cli("image", "import", tree, "--name", "evil"));
+    // deno-lint-ignore no-control-regex -- no control character but the lines' own newlines
+    assert.ok(!/[\x00-\x09\x0b-\x1f\x7f-\x9f]/.test(imported), JSON.stringify(imported));
+    assert.match(imported, /bootable: no: \/vmlinuz points to \\x1b\]0;owned\\x07, which/);
+  }));
+
 Deno.test("node CLI: log shows a copy's progress as one readable line; --follow on a terminal rewrites it", () =>
   withServer(async (cli, ctx) => {
     const mac = "52:54:00:aa:00:40";

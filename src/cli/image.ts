@@ -6,7 +6,7 @@ import { UserError } from "../errors.ts";
 import type { Commit, ImageInfo } from "../images/store.ts";
 import { type Published, publishedText } from "../images/versions.ts";
 import { ApiClient, clientOptions, ndjsonLines } from "./client.ts";
-import { humanBytes, keyValues, print, table } from "./output.ts";
+import { humanBytes, keyValues, print, table, visible } from "./output.ts";
 
 const common = "[--server URL] [--json]";
 const help: Record<string, string> = {
@@ -107,8 +107,11 @@ booted last or an image session is open on.`,
 
 const enc = (ref: string) => encodeURIComponent(ref);
 
+/** Why an image is not bootable names its own paths and link targets: its author's text. */
 function bootableText(i: ImageInfo): string {
-  return i.bootable ? `yes (kernel ${i.kernelVersion})` : `no: ${i.reason}`;
+  return i.bootable
+    ? `yes (kernel ${visible(i.kernelVersion ?? "?")})`
+    : `no: ${visible(i.reason ?? "?")}`;
 }
 
 function details(i: ImageInfo): string {
@@ -364,9 +367,10 @@ export async function run(args: string[]): Promise<number> {
       );
       print(json, d, () =>
         [
-          ...d.added.map((p) => `+ ${p}`),
-          ...d.removed.map((p) => `- ${p}`),
-          ...d.changed.map((p) => `M ${p}`),
+          // the image author's file names: one line each, no escape sequence sent
+          ...d.added.map((p) => `+ ${visible(p)}`),
+          ...d.removed.map((p) => `- ${visible(p)}`),
+          ...d.changed.map((p) => `M ${visible(p)}`),
         ].join("\n") || "no differences");
       break;
     }
