@@ -166,6 +166,50 @@ Deno.test("image build: ADD of a tarball's huge sparse member writes no zeros", 
   }
 });
 
+// A file's names (hard links) were copied one by one: a tarball of 1 KiB holding 1 MiB of zeros
+// and 100 names of it wrote 101 MiB into the session (ext4 takes 65,000 names per file: a 1 MiB
+// tarball of 1 GiB stood for 65 TB, the server's disk filled), and the image lost the links.
+Deno.test("image build: ADD of a tarball's file with 100 names writes it once and keeps them as hard links (COPY too)", async () => {
+  const { t, ctxDir } = await setup();
+  try {
+    const names = (dir: string) => {
+      Deno.mkdirSync(dir, { recursive: true });
+      Deno.writeFileSync(`${dir}/f0`, new Uint8Array(1 << 20));
+      for (let i = 1; i <= 100; i++) Deno.linkSync(`${dir}/f0`, `${dir}/f${i}`);
+    };
+    names(`${t.dir}/links`);
+    sh("tar", "-C", `${t.dir}/links`, "-czf", `${ctxDir}/links.tar.gz`, ".");
+    assert.ok(Deno.statSync(`${ctxDir}/links.tar.gz`).size < 8192);
+    names(`${ctxDir}/links`);
+    let used = -1; // KiB in the session's directory once ADD and COPY are done
+    Deno.writeTextFileSync(
+      `${ctxDir}/Buildfile`,
+      "FROM bb\nADD links.tar.gz /srv/\nCOPY links /opt/links/\nENV done=1\n",
+    );
+    const v = await build(t.store, {
+      name: "bb",
+      buildfile: `${ctxDir}/Buildfile`,
+      context: ctxDir,
+      command: null,
+      log: (l) => {
+        if (l.startsWith("step 3/3")) used = Number(sh("du", "-sk", t.data.tmp).split("\t")[0]);
+      },
+    });
+    // the base's busybox (its tree written ahead) and the file twice: not 2 × 101 MiB
+    assert.ok(used > 0 && used < 8 << 10, `${used} KiB written`);
+    const m = manifestOf(t, v.id);
+    for (const dir of ["/srv", "/opt/links"]) {
+      const first = m.get(`${dir}/f0`)!.type === "file" ? `${dir}/f0` : m.get(`${dir}/f0`)!.target;
+      for (let i = 0; i <= 100; i++) {
+        const e = m.get(`${dir}/f${i}`)!;
+        assert.ok(e.path === first || (e.type === "hardlink" && e.target === first), e.path);
+      }
+    }
+  } finally {
+    await t.close();
+  }
+});
+
 Deno.test("image build: ADD of a tarball listing only files keeps the image's parent directories (/root 0700, /tmp 1777)", async () => {
   const t = await tempStore();
   try {

@@ -12,7 +12,7 @@ import { nspawnArgs, type Session } from "./session.ts";
 import type { Commit, ImageStore } from "./store.ts";
 import { TreeView } from "./archivepath.ts";
 import { unpack } from "./unpack.ts";
-import { copyTree, destinationIn, mkdirIn, sourceIn } from "./upper.ts";
+import { type CopiedLinks, copyTree, destinationIn, mkdirIn, sourceIn } from "./upper.ts";
 
 const log = logger("images");
 
@@ -180,8 +180,9 @@ async function copy(
           });
         const to = wrap(step, () => mkdirIn(s.merged, dest));
         keepImageDirs(join(scratch, "rootfs"), to, implied);
+        const links: CopiedLinks = new Map();
         for (const e of Deno.readDirSync(join(scratch, "rootfs"))) {
-          copyTree(join(scratch, "rootfs", e.name), join(to, e.name), {}, s.merged);
+          copyTree(join(scratch, "rootfs", e.name), join(to, e.name), {}, s.merged, links);
         }
       } finally {
         await images.dropScratch(scratch);
@@ -192,8 +193,9 @@ async function copy(
       if (st.isDirectory) {
         // a directory's contents are copied, not the directory itself
         const to = mkdirIn(s.merged, dest);
+        const links: CopiedLinks = new Map();
         for (const e of Deno.readDirSync(host)) {
-          copyTree(join(host, e.name), join(to, e.name), owner, s.merged);
+          copyTree(join(host, e.name), join(to, e.name), owner, s.merged, links);
         }
       } else if (intoDir) {
         copyTree(host, join(mkdirIn(s.merged, dest), basename(host)), owner, s.merged);

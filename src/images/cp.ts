@@ -6,7 +6,7 @@ import { resolveInRoot } from "../../contract/rootpath.ts";
 import { UserError } from "../errors.ts";
 import { lstatOrNull } from "./archivepath.ts";
 import type { Commit, ImageStore } from "./store.ts";
-import { copyTree, destinationIn, sourceIn } from "./upper.ts";
+import { type CopiedLinks, copyTree, destinationIn, sourceIn } from "./upper.ts";
 
 export async function copyIn(
   images: ImageStore,
@@ -28,12 +28,14 @@ export async function copyIn(
   }
   const s = await images.sessions.open(ref, opts.name);
   try {
+    const links: CopiedLinks = new Map();
     for (const src of sources) {
       copyTree(
         src,
         destinationIn(s.merged, path, basename(src.replace(/\/+$/, "")) || "root"),
         {},
         s.merged,
+        links,
       );
     }
   } catch (e) {
