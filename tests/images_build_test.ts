@@ -210,6 +210,38 @@ Deno.test("image build: ADD of a tarball's file with 100 names writes it once an
   }
 });
 
+// The context is its owner's, who may change it while the build copies it: a directory of it
+// swapped for a link to a host directory during a COPY led the copy there, path by path (a
+// process racing the swap got the host's files into 27 of 40 images). Here the swap comes at a
+// set point: the `cp` that copies a sparse file of the context makes it, then runs the real cp.
+Deno.test("image build: a context directory swapped for a link to a host directory during its COPY copies nothing of the host", async () => {
+  const { t, ctxDir, outside } = await setup();
+  const path = Deno.env.get("PATH")!;
+  try {
+    Deno.mkdirSync(`${ctxDir}/d`);
+    const f = Deno.openSync(`${ctxDir}/d/host-secret`, { create: true, write: true });
+    f.truncateSync(1 << 20); // sparse: copied by GNU cp
+    f.close();
+    Deno.mkdirSync(`${t.dir}/racer`);
+    Deno.writeTextFileSync(
+      `${t.dir}/racer/cp`,
+      `#!/bin/sh\nmv ${ctxDir}/d ${ctxDir}/d.was && ln -s ${outside} ${ctxDir}/d\n` +
+        `exec ${sh("sh", "-c", "command -v cp").trim()} "$@"\n`,
+    );
+    Deno.chmodSync(`${t.dir}/racer/cp`, 0o755);
+    Deno.env.set("PATH", `${t.dir}/racer:${path}`);
+    const v = await buildText(t.store, ctxDir, "bb", "FROM bb\nCOPY d /x/\n");
+    Deno.env.set("PATH", path);
+    assert.ok(Deno.lstatSync(`${ctxDir}/d`).isSymlink, "the swap was made");
+    const copied = `${t.data.rootfs(v.id)}/x/host-secret`;
+    assert.notEqual(Deno.readTextFileSync(copied), "host\n", "the host's file was copied");
+    assert.equal(Deno.lstatSync(copied).size, 1 << 20);
+  } finally {
+    Deno.env.set("PATH", path);
+    await t.close();
+  }
+});
+
 Deno.test("image build: ADD of a tarball listing only files keeps the image's parent directories (/root 0700, /tmp 1777)", async () => {
   const t = await tempStore();
   try {

@@ -195,14 +195,16 @@ async function copy(
         const to = mkdirIn(s.merged, dest);
         const links: CopiedLinks = new Map();
         for (const e of Deno.readDirSync(host)) {
-          copyTree(join(host, e.name), join(to, e.name), owner, s.merged, links);
+          copyTree(join(host, e.name), join(to, e.name), owner, s.merged, links, o.context);
         }
       } else if (intoDir) {
-        copyTree(host, join(mkdirIn(s.merged, dest), basename(host)), owner, s.merged);
+        const to = join(mkdirIn(s.merged, dest), basename(host));
+        copyTree(host, to, owner, s.merged, undefined, o.context);
       } else {
         mkdirIn(s.merged, posix.dirname(dest));
         // an existing directory (or a link to one, inside the image) receives the file
-        copyTree(host, destinationIn(s.merged, dest, basename(host)), owner, s.merged);
+        const to = destinationIn(s.merged, dest, basename(host));
+        copyTree(host, to, owner, s.merged, undefined, o.context);
       }
     });
   }

@@ -3,6 +3,7 @@
 // Every path inside an image is reached through real directories only: an existing symlink (or
 // file) where the change needs a directory is replaced, never followed, so nothing the image holds
 // can make a change land outside the copy.
+import fs from "node:fs";
 import { basename, dirname, join, posix } from "node:path";
 import { resolveInRoot } from "../../contract/rootpath.ts";
 import { UserError } from "../errors.ts";
@@ -125,7 +126,7 @@ function copyMeta(
  * few blocks but 1 TiB long would fill the disk it is copied to. Files without holes take the
  * fast path; the others GNU cp, which copies only their data (SEEK_DATA).
  */
-function copyFile(src: string, dst: string, st: Deno.FileInfo): void {
+function copyFile(src: string, dst: string, st: Deno.FileInfo, name = src): void {
   if (st.blocks === null || st.blocks * 512 >= st.size) return Deno.copyFileSync(src, dst);
   const out = new Deno.Command("cp", {
     args: ["--sparse=always", "--no-target-directory", "--", src, dst],
@@ -134,7 +135,7 @@ function copyFile(src: string, dst: string, st: Deno.FileInfo): void {
     stderr: "piped",
   }).outputSync();
   if (!out.success) {
-    throw new Error(`cannot copy ${src}: ${new TextDecoder().decode(out.stderr).trim()}`);
+    throw new Error(`cannot copy ${name}: ${new TextDecoder().decode(out.stderr).trim()}`);
   }
 }
 
@@ -153,6 +154,10 @@ export type CopiedLinks = Map<string, { path: string; ino: number }>;
  * them (`links`, shared by the copies of one change): copied each, a tarball's file of 1 MiB
  * with 100 names wrote 101 MiB (ext4 allows 65,000 names: a tarball of about 1 MiB, 1 GiB of
  * zeros, stood for 65 TB).
+ * `src` is read below `from` (the build context: whoever owns it may change it while it is
+ * copied) through directories held open, each reached without following a link: a directory
+ * swapped for a link during the copy fails it instead of leading it out (path by path, 27 of 40
+ * builds racing a swap copied the files of the host directory the link named).
  */
 export function copyTree(
   src: string,
@@ -160,29 +165,62 @@ export function copyTree(
   o: Override = {},
   root?: string,
   links: CopiedLinks = new Map(),
+  from = dirname(src),
 ): number {
-  const st = Deno.lstatSync(src);
+  const parent = holdPath(from, dirname(src));
+  try {
+    return copyEntry(`${held(parent)}/${basename(src)}`, src, dst, o, root, links);
+  } finally {
+    fs.closeSync(parent);
+  }
+}
+
+/** copyTree of the entry at `at` (a path in a held directory), named `name` in errors. */
+function copyEntry(
+  at: string,
+  name: string,
+  dst: string,
+  o: Override,
+  root: string | undefined,
+  links: CopiedLinks,
+): number {
+  const st = Deno.lstatSync(at);
   const have = lstatOrNull(dst);
   let n = 1;
   if (st.isDirectory) {
     const into = have?.isSymlink && root ? linkedDir(root, dst) : undefined;
-    if (into) {
-      for (const e of Deno.readDirSync(src)) {
-        n += copyTree(join(src, e.name), join(into, e.name), o, root, links);
+    if (!into) {
+      if (have && !have.isDirectory) removeTree(dst);
+      if (!have || !have.isDirectory) Deno.mkdirSync(dst);
+    }
+    const dir = hold(at, st, name);
+    try {
+      for (const e of Deno.readDirSync(held(dir))) {
+        n += copyEntry(
+          `${held(dir)}/${e.name}`,
+          `${name}/${e.name}`,
+          join(into ?? dst, e.name),
+          o,
+          root,
+          links,
+        );
       }
-      return n; // the image's directory keeps its own owner, mode and times
+    } finally {
+      fs.closeSync(dir);
     }
-    if (have && !have.isDirectory) removeTree(dst);
-    if (!have || !have.isDirectory) Deno.mkdirSync(dst);
-    for (const e of Deno.readDirSync(src)) {
-      n += copyTree(join(src, e.name), join(dst, e.name), o, root, links);
-    }
+    if (into) return n; // the image's directory keeps its own owner, mode and times
   } else {
     if (have) removeTree(dst);
     const key = st.isFile && st.nlink! > 1 ? `${st.dev}:${st.ino}` : undefined;
     if (key !== undefined && linkCopied(links.get(key), dst)) return n;
-    if (st.isFile) copyFile(src, dst, st);
-    else if (st.isSymlink) Deno.symlinkSync(Deno.readLinkSync(src), dst);
+    if (st.isFile) {
+      const file = hold(at, st, name);
+      try {
+        copyFile(held(file), dst, st, name);
+      } finally {
+        fs.closeSync(file);
+      }
+    } else if (st.isSymlink) Deno.symlinkSync(Deno.readLinkSync(at), dst);
     else {
       const kind = st.isCharDevice ? S_IFCHR : st.isBlockDevice ? S_IFBLK : S_IFIFO;
       const { major, minor } = splitDev(st.rdev ?? 0);
@@ -190,8 +228,58 @@ export function copyTree(
     }
     if (key !== undefined) links.set(key, { path: dst, ino: Deno.lstatSync(dst).ino! });
   }
-  copyMeta(st, listXattrs(src), dst, false, o);
+  copyMeta(st, listXattrs(at), dst, false, o);
   return n;
+}
+
+/** O_PATH: a reference to an entry, its content not opened (a FIFO does not block). */
+const O_PATH = 0o10000000;
+
+/** The path of this process's file descriptor `fd`, for it and its children (cp). */
+const held = (fd: number) => `/proc/${Deno.pid}/fd/${fd}`;
+
+/** `at` (an entry of a held directory) held as a reference, without following a link, when it
+ *  is still the entry lstat saw (`st`). */
+function hold(at: string, st: Deno.FileInfo, name: string): number {
+  const dir = st.isDirectory ? fs.constants.O_DIRECTORY : 0;
+  let fd: number;
+  try {
+    fd = fs.openSync(at, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | O_PATH | dir);
+  } catch (e) {
+    if (!["ELOOP", "ENOTDIR", "ENOENT"].includes((e as { code?: string }).code!)) throw e;
+    throw changed(name);
+  }
+  const now = Deno.statSync(held(fd));
+  if (now.ino === st.ino && now.dev === st.dev) return fd;
+  fs.closeSync(fd);
+  throw changed(name);
+}
+
+/** Directory `dir` held: `from` (the caller's own path) opened, then each component of `dir`
+ *  below it without following a link. */
+function holdPath(from: string, dir: string): number {
+  const rel = posix.relative(from, dir);
+  if (rel === ".." || rel.startsWith("../")) throw new Error(`${dir} is not under ${from}`);
+  let fd = fs.openSync(from, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY | O_PATH);
+  let at = from;
+  for (const c of rel.split("/").filter(Boolean)) {
+    at = `${at}/${c}`;
+    try {
+      const st = Deno.lstatSync(`${held(fd)}/${c}`);
+      if (!st.isDirectory) throw changed(at); // resolved as a directory by the caller
+      const next = hold(`${held(fd)}/${c}`, st, at);
+      fs.closeSync(fd);
+      fd = next;
+    } catch (e) {
+      fs.closeSync(fd);
+      throw e instanceof Deno.errors.NotFound ? changed(at) : e;
+    }
+  }
+  return fd;
+}
+
+function changed(name: string): UserError {
+  return new UserError(`${shown(name)} changed during the copy (a link swapped in?); refusing`);
 }
 
 /** `dst` made another name of a file the copy made; false when there is none, it was replaced
