@@ -242,6 +242,40 @@ Deno.test("image build: a context directory swapped for a link to a host directo
   }
 });
 
+// The server reads the Buildfile wherever its path leads, and the context's owner made it a link
+// to a file of /proc: its size says 0 and its content may have no end. Read to its end,
+// /proc/self/pagemap (256 GiB: the server's address space) grew the server by 200 MB a second
+// until it was killed (2 GiB in 11 s). A bounded one first (/proc/kpagecount, 8 bytes a page of
+// the machine's memory), measured by the bytes this process reads; only then the endless one.
+Deno.test("image build: a Buildfile linked to an endless file of /proc is refused after 1 MiB, not read to its end", async () => {
+  const t = await tempStore();
+  try {
+    const ctx = `${t.dir}/ctx`;
+    Deno.mkdirSync(ctx);
+    const rchar = () => Number(/^rchar: (\d+)$/m.exec(Deno.readTextFileSync("/proc/self/io"))![1]);
+    for (const file of ["/proc/kpagecount", "/proc/self/pagemap"]) {
+      Deno.removeSync(ctx, { recursive: true });
+      Deno.mkdirSync(ctx);
+      Deno.symlinkSync(file, `${ctx}/Buildfile`);
+      const before = rchar();
+      await assert.rejects(
+        build(t.store, {
+          name: "x",
+          buildfile: `${ctx}/Buildfile`,
+          context: ctx,
+          command: null,
+          log: () => {},
+        }),
+        /Buildfile: larger than 1 MiB/,
+      );
+      const read = rchar() - before;
+      assert.ok(read < 2 << 20, `${read} bytes of ${file} read`);
+    }
+  } finally {
+    await t.close();
+  }
+});
+
 Deno.test("image build: ADD of a tarball listing only files keeps the image's parent directories (/root 0700, /tmp 1777)", async () => {
   const t = await tempStore();
   try {

@@ -6,6 +6,7 @@
 // says which step and Buildfile line failed: nothing is committed.
 import { basename, join, posix } from "node:path";
 import { UserError } from "../errors.ts";
+import { readTextUpTo } from "../linux/fsops.ts";
 import { logger } from "../log.ts";
 import { type BuildStep, parseBuildfile } from "./buildfile.ts";
 import { nspawnArgs, type Session } from "./session.ts";
@@ -35,14 +36,17 @@ const TARBALL = /\.(tar|tar\.gz|tgz|tar\.xz|txz|tar\.bz2|tbz2?|tar\.zst|tzst)$/;
 export async function build(images: ImageStore, o: BuildOptions): Promise<Commit> {
   const st = await Deno.stat(o.buildfile).catch(() => null);
   if (!st?.isFile) throw new UserError(`${o.buildfile}: no such Buildfile`);
-  if (st.size > 1 << 20) throw new UserError(`${o.buildfile}: larger than 1 MiB`);
   const ctxSt = await Deno.stat(o.context).catch(() => null);
   if (!ctxSt?.isDirectory) {
     throw new UserError(`${o.context}: the build context is not a directory`);
   }
   let bf;
   try {
-    bf = parseBuildfile(await Deno.readTextFile(o.buildfile));
+    // read up to its bound, not to its end: a link to /proc/self/pagemap (size 0, no end) in
+    // a context made the server read until it was killed (2 GiB in 11 s)
+    const text = await readTextUpTo(o.buildfile, 1 << 20);
+    if (text === undefined) throw new Error(`${o.buildfile}: larger than 1 MiB`);
+    bf = parseBuildfile(text);
   } catch (e) {
     throw new UserError((e as Error).message);
   }

@@ -3,7 +3,7 @@
 // applied in order with whiteouts and opaque directories. The caller owns `rootfs` (a fresh path
 // in the data dir's tmp/) and removes it on failure. Nothing here acts outside `rootfs`: see
 // archivepath.ts for the rules every name from an archive goes through.
-import { readUpTo, syncfsLater } from "../linux/fsops.ts";
+import { readTextUpTo, readUpTo, syncfsLater } from "../linux/fsops.ts";
 import { resolveInRoot } from "../../contract/rootpath.ts";
 import { UserError } from "../errors.ts";
 import {
@@ -263,13 +263,14 @@ function holds(dir: string, ref: string): boolean {
 }
 
 async function readJson(path: string, ref: string, what: string): Promise<unknown> {
-  if ((await Deno.stat(path)).size > MAX_JSON) {
+  const text = await readTextUpTo(path, MAX_JSON);
+  if (text === undefined) {
     throw new UserError(
       `corrupt image archive ${what}: ${ref} is larger than ${MAX_JSON >> 20} MiB`,
     );
   }
   try {
-    return JSON.parse(await Deno.readTextFile(path));
+    return JSON.parse(text);
   } catch (e) {
     throw new UserError(`corrupt image archive ${what}: ${ref}: ${(e as Error).message}`);
   }

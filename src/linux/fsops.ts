@@ -203,6 +203,14 @@ export function statvfs(path: string): FsSpace {
   };
 }
 
+/** A text file whole, or undefined when it holds more than `max` bytes, whatever its size says: a
+ *  file of /proc says 0 and may have no end (/proc/self/pagemap: 256 GiB, 1 GiB read in 0.3 s). */
+export async function readTextUpTo(path: string, max: number): Promise<string | undefined> {
+  // (8 past the bound, not 1: files of 8-byte entries such as pagemap refuse other read sizes)
+  const bytes = await readUpTo(path, max + 8);
+  return bytes.length > max ? undefined : new TextDecoder().decode(bytes);
+}
+
 /** Reads `path` from `offset` until `length` bytes or its end: what there is (a short read of a
  *  file or a block device is not the end). */
 export async function readUpTo(path: string, length: number, offset = 0): Promise<Uint8Array> {
