@@ -242,6 +242,36 @@ Deno.test("image build: a context directory swapped for a link to a host directo
   }
 });
 
+// An ADD's tarball was opened by its path after it was looked at: swapped for a link to a host
+// tarball at that moment (here when the decompressor starts), the host's tarball was extracted
+// into the image (a backup of the data dir would give its token and ssh key).
+Deno.test("image build: an ADD tarball swapped for a link to a host tarball as it is opened extracts nothing of the host", async () => {
+  const { t, ctxDir, outside } = await setup();
+  const path = Deno.env.get("PATH")!;
+  try {
+    sh("tar", "-C", outside, "-czf", `${t.dir}/backup.tar.gz`, ".");
+    Deno.mkdirSync(`${t.dir}/racer`);
+    const tarball = `${ctxDir}/files.tar.gz`;
+    Deno.writeTextFileSync(
+      `${t.dir}/racer/gzip`,
+      `#!/bin/sh\n[ -L ${tarball} ] || { mv ${tarball} ${tarball}.was && ` +
+        `ln -s ${t.dir}/backup.tar.gz ${tarball}; }\n` +
+        `exec ${sh("sh", "-c", "command -v gzip").trim()} "$@"\n`,
+    );
+    Deno.chmodSync(`${t.dir}/racer/gzip`, 0o755);
+    Deno.env.set("PATH", `${t.dir}/racer:${path}`);
+    const v = await buildText(t.store, ctxDir, "bb", "FROM bb\nADD files.tar.gz /srv/\n");
+    Deno.env.set("PATH", path);
+    assert.ok(Deno.lstatSync(tarball).isSymlink, "the swap was made");
+    const m = manifestOf(t, v.id);
+    assert.ok(!m.has("/srv/host-secret"), "the host's tarball was extracted");
+    assert.ok(m.has("/srv/data/from-tar"));
+  } finally {
+    Deno.env.set("PATH", path);
+    await t.close();
+  }
+});
+
 // The server reads the Buildfile wherever its path leads, and the context's owner made it a link
 // to a file of /proc: its size says 0 and its content may have no end. Read to its end,
 // /proc/self/pagemap (256 GiB: the server's address space) grew the server by 200 MB a second

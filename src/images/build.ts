@@ -13,7 +13,7 @@ import { nspawnArgs, type Session } from "./session.ts";
 import type { Commit, ImageStore } from "./store.ts";
 import { TreeView } from "./archivepath.ts";
 import { unpack } from "./unpack.ts";
-import { type CopiedLinks, copyTree, destinationIn, mkdirIn, sourceIn } from "./upper.ts";
+import { type CopiedLinks, copyTree, destinationIn, heldFile, mkdirIn, sourceIn } from "./upper.ts";
 
 const log = logger("images");
 
@@ -174,14 +174,17 @@ async function copy(
     const st = Deno.lstatSync(host);
     if (step.kind === "ADD" && st.isFile && TARBALL.test(src)) {
       // A tarball is extracted with the import's rules (no member outside, no write through a
-      // link) into scratch, then copied in with its own owners.
+      // link) into scratch, then copied in with its own owners. It is read through a reference
+      // held (the context's owner swapped it for a link to a host tarball as it was opened).
+      using tarball = wrap(step, () => heldFile(o.context, host));
       const scratch = images.scratch("add");
       await Deno.mkdir(scratch, { mode: 0o700 });
       try {
-        const { implied } = await unpack(host, join(scratch, "rootfs"), { signal: o.signal })
-          .catch((e) => {
-            throw failed(step, (e as Error).message);
-          });
+        const { implied } = await unpack(tarball.path, join(scratch, "rootfs"), {
+          signal: o.signal,
+        }).catch((e) => {
+          throw failed(step, (e as Error).message.replaceAll(tarball.path, host));
+        });
         const to = wrap(step, () => mkdirIn(s.merged, dest));
         keepImageDirs(join(scratch, "rootfs"), to, implied);
         const links: CopiedLinks = new Map();

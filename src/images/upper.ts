@@ -278,6 +278,21 @@ function holdPath(from: string, dir: string): number {
   return fd;
 }
 
+/** The regular file `path` (below `from`, as copyTree reads its source) held: read through the
+ *  returned path, it is that file whatever is swapped onto `path` meanwhile. */
+export function heldFile(from: string, path: string): { path: string } & Disposable {
+  const parent = holdPath(from, dirname(path));
+  try {
+    const at = `${held(parent)}/${basename(path)}`;
+    const st = Deno.lstatSync(at);
+    if (!st.isFile) throw changed(path);
+    const fd = hold(at, st, path);
+    return { path: held(fd), [Symbol.dispose]: () => fs.closeSync(fd) };
+  } finally {
+    fs.closeSync(parent);
+  }
+}
+
 function changed(name: string): UserError {
   return new UserError(`${shown(name)} changed during the copy (a link swapped in?); refusing`);
 }
