@@ -17,6 +17,7 @@ import type { NodeInfo } from "../nodes.ts";
 import { sshFailure, type SshTarget } from "../nodessh.ts";
 import { splitCmdline } from "../../contract/cmdline.ts";
 import { logger } from "../log.ts";
+import { heldPath, O_PATH } from "../linux/fsops.ts";
 import { commitUpper } from "./session.ts";
 import type { Commit } from "./store.ts";
 import { roomIn } from "./tar.ts";
@@ -83,8 +84,6 @@ export async function saveNode(
   );
 }
 
-const O_PATH = 0o10000000;
-
 /**
  * The regular file the path itself names (not through a final symlink; a FIFO is not opened),
  * held by an O_PATH descriptor until disposed: `path` (/proc/PID/fd/N) reopens that very file,
@@ -110,7 +109,7 @@ function heldFile(name: string): { path: string } & Disposable {
     closeSync(fd);
     throw new UserError(`${name}: not a regular file (the upper's tarball)`);
   }
-  return { path: `/proc/${Deno.pid}/fd/${fd}`, [Symbol.dispose]: () => closeSync(fd) };
+  return { path: heldPath(fd), [Symbol.dispose]: () => closeSync(fd) };
 }
 
 /** `node save NODE NAME`: the upper fetched from the running node over ssh. */

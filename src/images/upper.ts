@@ -7,7 +7,16 @@ import fs from "node:fs";
 import { basename, dirname, join, posix } from "node:path";
 import { resolveInRoot } from "../../contract/rootpath.ts";
 import { UserError } from "../errors.ts";
-import { lchown, lutimes, mknod, S_IFBLK, S_IFCHR, S_IFIFO } from "../linux/fsops.ts";
+import {
+  heldPath,
+  lchown,
+  lutimes,
+  mknod,
+  O_PATH,
+  S_IFBLK,
+  S_IFCHR,
+  S_IFIFO,
+} from "../linux/fsops.ts";
 import { listXattrs, removeXattr, setXattr } from "../linux/xattr.ts";
 import { lstatOrNull, shown } from "./archivepath.ts";
 import { isTooManyLinks } from "./objects.ts";
@@ -169,7 +178,7 @@ export function copyTree(
 ): number {
   const parent = holdPath(from, dirname(src));
   try {
-    return copyEntry(`${held(parent)}/${basename(src)}`, src, dst, o, root, links);
+    return copyEntry(`${heldPath(parent)}/${basename(src)}`, src, dst, o, root, links);
   } finally {
     fs.closeSync(parent);
   }
@@ -195,9 +204,9 @@ function copyEntry(
     }
     const dir = hold(at, st, name);
     try {
-      for (const e of Deno.readDirSync(held(dir))) {
+      for (const e of Deno.readDirSync(heldPath(dir))) {
         n += copyEntry(
-          `${held(dir)}/${e.name}`,
+          `${heldPath(dir)}/${e.name}`,
           `${name}/${e.name}`,
           join(into ?? dst, e.name),
           o,
@@ -216,7 +225,7 @@ function copyEntry(
     if (st.isFile) {
       const file = hold(at, st, name);
       try {
-        copyFile(held(file), dst, st, name);
+        copyFile(heldPath(file), dst, st, name);
       } finally {
         fs.closeSync(file);
       }
@@ -232,12 +241,6 @@ function copyEntry(
   return n;
 }
 
-/** O_PATH: a reference to an entry, its content not opened (a FIFO does not block). */
-const O_PATH = 0o10000000;
-
-/** The path of this process's file descriptor `fd`, for it and its children (cp). */
-const held = (fd: number) => `/proc/${Deno.pid}/fd/${fd}`;
-
 /** `at` (an entry of a held directory) held as a reference, without following a link, when it
  *  is still the entry lstat saw (`st`). */
 function hold(at: string, st: Deno.FileInfo, name: string): number {
@@ -249,7 +252,7 @@ function hold(at: string, st: Deno.FileInfo, name: string): number {
     if (!["ELOOP", "ENOTDIR", "ENOENT"].includes((e as { code?: string }).code!)) throw e;
     throw changed(name);
   }
-  const now = Deno.statSync(held(fd));
+  const now = Deno.statSync(heldPath(fd));
   if (now.ino === st.ino && now.dev === st.dev) return fd;
   fs.closeSync(fd);
   throw changed(name);
@@ -265,9 +268,9 @@ function holdPath(from: string, dir: string): number {
   for (const c of rel.split("/").filter(Boolean)) {
     at = `${at}/${c}`;
     try {
-      const st = Deno.lstatSync(`${held(fd)}/${c}`);
+      const st = Deno.lstatSync(`${heldPath(fd)}/${c}`);
       if (!st.isDirectory) throw changed(at); // resolved as a directory by the caller
-      const next = hold(`${held(fd)}/${c}`, st, at);
+      const next = hold(`${heldPath(fd)}/${c}`, st, at);
       fs.closeSync(fd);
       fd = next;
     } catch (e) {
@@ -283,11 +286,11 @@ function holdPath(from: string, dir: string): number {
 export function heldFile(from: string, path: string): { path: string } & Disposable {
   const parent = holdPath(from, dirname(path));
   try {
-    const at = `${held(parent)}/${basename(path)}`;
+    const at = `${heldPath(parent)}/${basename(path)}`;
     const st = Deno.lstatSync(at);
     if (!st.isFile) throw changed(path);
     const fd = hold(at, st, path);
-    return { path: held(fd), [Symbol.dispose]: () => fs.closeSync(fd) };
+    return { path: heldPath(fd), [Symbol.dispose]: () => fs.closeSync(fd) };
   } finally {
     fs.closeSync(parent);
   }

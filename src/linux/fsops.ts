@@ -177,6 +177,14 @@ export function fsyncDir(path: string): void {
   withFd(path, O_RDONLY | O_DIRECTORY, (fd) => check("fsync", libc().fsync(fd), path));
 }
 
+/** O_PATH: a reference to an entry, its content not opened (a FIFO does not block, a device is
+ *  not opened). */
+export const O_PATH = 0o10000000;
+
+/** The path of this process's file descriptor `fd`: opening it reopens that very file, for this
+ *  process and its children (GNU tar, cp, a decompressor), whatever is renamed onto its name. */
+export const heldPath = (fd: number) => `/proc/${Deno.pid}/fd/${fd}`;
+
 export interface FsSpace {
   /** bytes available to unprivileged users */
   freeBytes: number;
