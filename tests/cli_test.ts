@@ -339,6 +339,67 @@ Deno.test("image CLI: diff and import show an image's control characters in file
     assert.match(imported, /bootable: no: \/vmlinuz points to \\x1b\]0;owned\\x07, which/);
   }));
 
+// A neighbour on the boot network chooses text that the timeline keeps (a Range header, a URL, a
+// DHCP vendor class). JSON escapes C0 controls but not C1 ones: U+009B is CSI, U+009D OSC, which
+// terminals obey (erase the screen, retitle it, set the clipboard). `node log`, `node show` and
+// their --json printed them raw.
+Deno.test("node CLI: log and show print a neighbour's control characters in the timeline as text (attacker)", () =>
+  withServer(async (cli, ctx) => {
+    const id = "ef".repeat(32);
+    ctx.db.prepare(
+      `INSERT INTO images (id, name, created_at, size, files, kernel, initrd, bootable)
+       VALUES (?, 'img', ?, 0, 0, '/vmlinuz', '/initrd.img', 1)`,
+    ).run(id, new Date().toISOString());
+    mkdirSync(ctx.data.rootfs(id), { recursive: true });
+    Deno.writeFileSync(join(ctx.data.rootfs(id), "vmlinuz"), new Uint8Array(64));
+    const mac = "52:54:00:aa:00:23";
+    ctx.nodes.add(mac, { name: "pc3", image: "img" });
+    // The neighbour asks for the node's kernel (open to anyone) with a Range of its own bytes.
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port: serverPort(ctx) });
+    const enc = new TextEncoder();
+    await conn.write(
+      new Uint8Array([
+        ...enc.encode(`GET /boot/${mac}/kernel HTTP/1.1\r\nHost: 10.0.0.1\r\nRange: pages=1`),
+        ...[0x9b, 0x32, 0x4a, 0x9d, 0x30, 0x3b, 0x6f, 0x77, 0x6e, 0x65, 0x64, 0x9c], // CSI 2J, OSC 0;owned ST
+        ...enc.encode("\r\nConnection: close\r\n\r\n"),
+      ]),
+    );
+    const answer = new TextDecoder().decode(await new Response(conn.readable).arrayBuffer());
+    assert.match(answer, /^HTTP\/1\.1 200/); // a unit not ours: ignored, the whole file
+    // The download goes on the timeline once the answer is sent.
+    const kernelEvent = () =>
+      ctx.db.prepare("SELECT detail FROM events WHERE kind = 'http.kernel'").get() as
+        | { detail: string }
+        | undefined;
+    for (let i = 0; i < 100 && !kernelEvent(); i++) await new Promise((r) => setTimeout(r, 20));
+    const stored = kernelEvent()!;
+    assert.match(stored.detail, /\u009b2J/, "the timeline keeps what the neighbour sent");
+
+    // deno-lint-ignore no-control-regex -- no control character but newlines may be left
+    const raw = /[\x00-\x09\x0b-\x1f\x7f-\x9f]/;
+    for (
+      const args of [["log", "pc3"], ["show", "pc3"], ["log", "pc3", "--json"], [
+        "show",
+        "pc3",
+        "--json",
+      ]]
+    ) {
+      const out = ok(await cli("node", ...args));
+      assert.ok(!raw.test(out), `node ${args.join(" ")}: ${JSON.stringify(out)}`);
+      if (!args.includes("--json")) {
+        assert.match(out, /http\.kernel .*pages=1\\x9b2J\\x9d0;owned\\x9c/);
+      }
+    }
+    // --json is still the same JSON value.
+    const events = ok(await cli("node", "log", "pc3", "--json")).trim().split("\n").map((l) =>
+      JSON.parse(l)
+    );
+    assert.equal(
+      events.find((e: { kind: string }) => e.kind === "http.kernel").detail.range,
+      "pages=1\x9b2J\x9d0;owned\x9c",
+    );
+  }));
+
 Deno.test("node CLI: log shows a copy's progress as one readable line; --follow on a terminal rewrites it", () =>
   withServer(async (cli, ctx) => {
     const mac = "52:54:00:aa:00:40";

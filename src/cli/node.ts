@@ -15,7 +15,7 @@ import { defaultDataDir } from "../datadir.ts";
 import { sshArgv, type SshTarget } from "../nodessh.ts";
 import type { RunResult } from "../noderun.ts";
 import { ApiClient, clientOptions } from "./client.ts";
-import { keyValues, print, table, visibleConsole } from "./output.ts";
+import { jsonText, keyValues, print, table, visible, visibleConsole } from "./output.ts";
 
 type ListedNode = NodeInfo & { lastEvent?: { ts: string; kind: string } | null };
 
@@ -166,11 +166,12 @@ function positionals(args: string[], n: number, usage: string): string[] {
 }
 
 /** One timeline line: copy progress as text ("42% (126.0/300.0 MB, 12.3 MB/s, ETA 14 s)"), any
- *  other detail as JSON. */
+ *  other detail as JSON, its control characters shown: a detail may be what a sender on the boot
+ *  network chose (a Range header, a URL, a DHCP vendor class), and JSON leaves C1 ones raw. */
 export function eventLine(e: Event): string {
   const progress = progressText(e.detail);
   const detail = progress ?? (Object.keys(e.detail).length ? JSON.stringify(e.detail) : "");
-  return `${e.ts}  ${e.kind}${detail ? ` ${detail}` : ""}`;
+  return visible(`${e.ts}  ${e.kind}${detail ? ` ${detail}` : ""}`);
 }
 
 /**
@@ -435,7 +436,7 @@ export async function run(args: string[]): Promise<number> {
           `/nodes/${enc(ref)}/events?since=${since}&limit=${since ? 10000 : enc(limit)}`,
         );
         for (const e of events) {
-          if (json) console.log(JSON.stringify(e));
+          if (json) console.log(jsonText(e));
           else print(e);
         }
         if (events.length) since = events[events.length - 1].id;
@@ -462,7 +463,7 @@ export async function run(args: string[]): Promise<number> {
           throw e;
         });
         const text = typeof r === "string" ? r : r.text;
-        if (json) console.log(JSON.stringify(r));
+        if (json) console.log(jsonText(r));
         else if (text) await Deno.stdout.write(new TextEncoder().encode(visibleConsole(text)));
         offset = typeof r === "string" ? offset + new TextEncoder().encode(r).length : r.offset;
         if (!o.follow) return 0;
@@ -536,7 +537,7 @@ async function runCommand(
     timeout: Number(timeout),
   });
   const failed = results.filter((r) => r.code !== 0);
-  if (json) console.log(JSON.stringify(results, null, 2));
+  if (json) console.log(jsonText(results, 2));
   else {
     const width = Math.max(...results.map((r) => r.name.length));
     const lines = (text: string) => text.replace(/\n$/, "").split("\n");
@@ -548,7 +549,9 @@ async function runCommand(
       }
     }
     for (const r of failed) {
-      console.error(`${r.name}: ${r.code === null ? r.error : `exit status ${r.code}`}`);
+      console.error(
+        `${r.name}: ${r.code === null ? visible(r.error ?? "") : `exit status ${r.code}`}`,
+      );
     }
   }
   return failed.length ? 1 : 0;
