@@ -4,7 +4,8 @@
 // Auth: writes (any method but GET/HEAD) need `Authorization: Bearer <token>`, the token being
 // generated on first start into <data>/token (mode 0600); reads need it too with --api-auth all
 // (config api.auth), and always for what shows secrets (a virtual node's console shows its kernel
-// command line, boot token included). One middleware does all three: bearerAuth. The dashboard's
+// command line, boot token included) or costs the server as much as an image is large (an image
+// diff). One middleware does all three: bearerAuth. The dashboard's
 // session cookie (src/session.ts) stands for the token.
 // Bodies are JSON objects (jsonBody). Errors are `{error}` with 400 (bad input), 401, 404, 409
 // (conflict) or 500: every router is an apiRouter() (src/apierror.ts).
