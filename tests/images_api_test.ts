@@ -117,10 +117,18 @@ Deno.test("images API: what reads or writes the server's files or runs a contain
     const from = (hostname: string) => ({
       remoteAddr: { transport: "tcp", hostname, port: 40000 },
     });
+    // A directory of the server only root reads (its /etc, /root): imported from another host,
+    // its files became an image the token holder deployed to a node and read there as root.
+    const serverDir = `${t.dir}/root-only`;
+    Deno.mkdirSync(serverDir, { mode: 0o700 });
+    Deno.writeTextFileSync(`${serverDir}/shadow`, "root:$6$secret:19000::::::\n", { mode: 0o600 });
     const cases: [string, unknown][] = [
       // cp in read any file of the server as root into an image; a build's RUN has the server's
       // network (the API on 127.0.0.1: local) and COPY from a context of / shows any file.
       ["/-/cp", { sources: ["/etc/shadow"], image: "x", path: "/x" }],
+      // An import or a node save's upper: a path the server reads as root, into an image.
+      ["", { path: serverDir, name: "loot" }],
+      ["/-/save", { node: "x", name: "loot", upper: `${serverDir}/shadow` }],
       ["/-/build", { name: "x", buildfile: "/etc/shadow", context: "/" }],
       ["/-/cp-out", { image: "x", path: "/x", dest: "/etc/x" }],
       ["/-/sessions", { image: "x" }],

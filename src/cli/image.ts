@@ -38,7 +38,8 @@ netroot image COMMAND --help for details.`,
 Imports a rootfs tarball (.tar, .tar.gz, .tar.xz, .tar.zst, .tar.bz2), a directory, or an
 OCI/Docker image archive (docker save, OCI layout tar or directory; layers applied in order with
 whiteouts). Owners, modes, symlinks, hardlinks, device nodes, xattrs and mtimes are kept. PATH is
-resolved here and read by the server (same machine, or a path valid on the server).
+resolved here and read by the server, as root: on the server machine only (from another host it
+would read any of the server's files into an image).
 An existing NAME gets a new version (the name points at it; the old one stays, see image history).
 The image id is the sha256 of its content manifest: importing the same content again copies
 nothing and reports the image it already is (under its existing name). Every file is stored once

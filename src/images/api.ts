@@ -117,6 +117,7 @@ export function imageRoutes(ctx: Context): Hono {
   app.post("/-/save", async (c) => {
     const body = await jsonBody(c.req.raw);
     const { node, upper } = body;
+    if (upper !== undefined) onServerMachine(c, "node save --upper FILE");
     const name = validateName(body.name);
     if (
       typeof node !== "string" ||
@@ -160,6 +161,7 @@ export function imageRoutes(ctx: Context): Hono {
   app.get("/:ref{.+}", (c) => c.json(ctx.images.get(c.req.param("ref"))));
 
   app.post("/", async (c) => {
+    onServerMachine(c, "image import PATH");
     const body = await jsonBody(c.req.raw);
     const path = body.path, name = validateName(body.name);
     const rebootNodes = body.rebootNodes === true;
@@ -277,7 +279,8 @@ function ndjson(
 }
 
 /**
- * What reads or writes the server's own files as root (cp in and out, a build's context) and what
+ * What reads or writes the server's own files as root (an import's or a save's path, cp in and
+ * out, a build's context) and what
  * runs a container as root (shell, build) is for the server machine's root: a request from
  * another host is refused. A build's RUN has the server's network: from a remote build it reached
  * the API on 127.0.0.1 and with it everything local-only, and `COPY` from a context of `/` showed
