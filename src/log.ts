@@ -64,7 +64,18 @@ export function formatValue(v: unknown): string {
   // from the boot network and from images, and an escape sequence written raw would act on the
   // terminal of an admin who reads the log.
   // deno-lint-ignore no-control-regex -- finding control characters is the point
-  return /[\s"=\x00-\x1f]/.test(s ?? "") ? JSON.stringify(s) : String(s);
+  return /[\s"=\x00-\x1f\x7f-\x9f]/.test(s ?? "") ? jsonText(s) : String(s);
+}
+
+/** JSON.stringify for a terminal: it escapes C0 controls but leaves DEL and the C1 ones raw
+ *  (U+0080–U+009F: CSI and OSC among them, which terminals obey, and which a TFTP file name or an
+ *  HTTP header carries byte for byte); they are written \u00XX, the same JSON value (outside
+ *  strings JSON has no such character). */
+export function jsonText(data: unknown, indent?: number): string {
+  return JSON.stringify(data, null, indent).replace(
+    /[\x7f-\x9f]/g,
+    (c) => `\\u00${c.charCodeAt(0).toString(16)}`,
+  );
 }
 
 /** The fields with `node` first when the line is about a known node. */
@@ -87,7 +98,7 @@ export function formatLine(level: Level, component: string, msg: string, fields?
     for (const [k, v] of Object.entries(all)) {
       if (v !== undefined && !(k in obj)) obj[k] = v instanceof Error ? v.message : v;
     }
-    line = JSON.stringify(obj);
+    line = jsonText(obj);
   } else {
     line = `${ts ? `${ts} ` : ""}${level.toUpperCase()} ${component} ${msg}`;
     for (const [k, v] of Object.entries(all)) {

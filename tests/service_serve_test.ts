@@ -5,7 +5,12 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { notifyAddress, watchdogIntervalMs } from "../src/linux/sdnotify.ts";
-import { formatLine, setLogFormat, setNodeNamer } from "../src/log.ts";
+import { formatLine, setLogFormat, setLogSink, setNodeNamer } from "../src/log.ts";
+import { defaultConfig } from "../src/config.ts";
+import { closeContext, openContext } from "../src/server.ts";
+import { Hono } from "hono";
+import { bootRoutes } from "../netboot/http.ts";
+import { contextBooter } from "../src/boot/booter.ts";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
 const mainTs = join(root, "main.ts");
@@ -19,6 +24,49 @@ Deno.test("log lines: a value with a control character is quoted, its escape seq
   // deno-lint-ignore no-control-regex -- no control character may be left
   assert.ok(!/[\x00-\x1f]/.test(line), JSON.stringify(line));
   assert.match(line, /path="\/boot\/vmlinuz-\\u001b\]0;owned\\u0007"/);
+});
+
+// An image's author names what the server quotes in its log: its /vmlinuz link's target (the
+// reason the image is not bootable), refused in a log line at every script fetch of a node set to
+// it. A file name may hold C1 controls (U+009B is CSI, U+009D OSC, which terminals obey), and both
+// the text format's quoting (JSON.stringify) and the JSON format left them raw, for the terminal
+// of an admin who runs the server in the foreground or reads its log.
+Deno.test("log lines: C1 control characters from an image or a sender are escaped, text and json (attacker)", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nr-log-c1-" });
+  const ctx = await openContext({ ...defaultConfig(), dataDir: dir });
+  const lines: string[] = [];
+  setLogSink((line) => lines.push(line));
+  try {
+    const target = "/boot/x\x9b2J\x9d0;owned\x9c";
+    const reason = `/vmlinuz points to ${target}, which is not a file in the image`;
+    ctx.db.prepare(
+      `INSERT INTO images (id, name, created_at, size, files, bootable, reason)
+       VALUES (?, 'hostile', ?, 0, 0, 0, ?)`,
+    ).run("ad".repeat(32), new Date().toISOString(), reason);
+    const mac = "52:54:00:c1:00:01";
+    ctx.nodes.add(mac, { name: "pc1" });
+    await ctx.nodes.deploy([mac], "hostile", { force: true, reboot: false });
+    const app = new Hono().route("/boot", bootRoutes(contextBooter(ctx)));
+    for (const format of ["text", "json"] as const) {
+      setLogFormat(format);
+      lines.length = 0;
+      const r = await app.request(`/boot/${mac}.ipxe`, {}, {
+        remoteAddr: { transport: "tcp", hostname: "10.66.0.9", port: 1 },
+      });
+      assert.match(await r.text(), /not bootable/);
+      const refused = lines.find((l) => l.includes("boot refused"));
+      assert.ok(refused, lines.join("\n"));
+      // deno-lint-ignore no-control-regex -- no control character may be left
+      assert.ok(!/[\x00-\x1f\x7f-\x9f]/.test(refused), JSON.stringify(refused));
+      assert.ok(refused.includes("x\\u009b2J\\u009d0;owned\\u009c"), refused);
+      if (format === "json") assert.match(JSON.parse(refused).reason, new RegExp(target));
+    }
+  } finally {
+    setLogFormat("text");
+    setLogSink((line) => console.error(line));
+    await closeContext(ctx);
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 Deno.test("log lines: node named from its mac, text and json", () => {

@@ -15,7 +15,8 @@ import { defaultDataDir } from "../datadir.ts";
 import { sshArgv, type SshTarget } from "../nodessh.ts";
 import type { RunResult } from "../noderun.ts";
 import { ApiClient, clientOptions } from "./client.ts";
-import { jsonText, keyValues, print, table, visible, visibleConsole } from "./output.ts";
+import { jsonText } from "../log.ts";
+import { keyValues, print, table, visible, visibleConsole } from "./output.ts";
 
 type ListedNode = NodeInfo & { lastEvent?: { ts: string; kind: string } | null };
 

@@ -1,4 +1,5 @@
 // Readable tables by default, JSON with --json.
+import { jsonText } from "../log.ts";
 
 /** A value as one table cell or key-value line, its control characters shown (visible): a value
  *  may come from a node (a DHCP vendor class, a report) or an image (its kernel's path, the
@@ -29,16 +30,6 @@ export function keyValues(obj: Record<string, unknown>): string {
  *  character but the lines' own (answers quote nodes, images, devices: visibleLines). */
 export function print(json: boolean | undefined, data: unknown, human: () => string): void {
   console.log(json ? jsonText(data, 2) : visibleLines(human()));
-}
-
-/** JSON.stringify for the admin's terminal: it escapes C0 controls but leaves DEL and the C1 ones
- *  (U+0080–U+009F, CSI and OSC among them) raw, which terminals obey; they are written \u00XX
- *  (the same JSON value: outside strings JSON has no such character). */
-export function jsonText(data: unknown, indent?: number): string {
-  return JSON.stringify(data, null, indent).replace(
-    /[\x7f-\x9f]/g,
-    (c) => `\\u00${c.charCodeAt(0).toString(16)}`,
-  );
 }
 
 export function humanBytes(n: number): string {
