@@ -400,6 +400,61 @@ Deno.test("node CLI: log and show print a neighbour's control characters in the 
     );
   }));
 
+// Another user of the server machine listens on a loopback port (8080 is free while netroot is
+// stopped, restarting or on another port). Root's CLI read the 0600 token from the data dir and
+// sent it with its first request, a read included: that user then held the token, and with it,
+// as a local client, wrote any file as root (image cp out).
+Deno.test({
+  name:
+    "node CLI (root): the data dir's token goes to no loopback port another user holds (attacker)",
+  ignore: Deno.uid() !== 0,
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "nr-cli-squat-" });
+    Deno.writeTextFileSync(join(dir, "token"), `${"5a".repeat(32)}\n`, { mode: 0o600 });
+    const squatter = new Deno.Command("setpriv", {
+      args: [
+        "--reuid=nobody",
+        "--regid=nogroup",
+        "--clear-groups",
+        "/usr/bin/python3",
+        "-c",
+        `import socket, sys
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(1)
+print(s.getsockname()[1], flush=True)
+c, _ = s.accept(); print(c.recv(65536).decode(errors="replace"), flush=True)
+c.sendall(b"HTTP/1.1 200 OK\\r\\ncontent-length: 2\\r\\n\\r\\n[]")`,
+      ],
+      stdout: "piped",
+      stderr: "inherit",
+    }).spawn();
+    const lines = squatter.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    try {
+      const port = Number((await lines.read()).value!.trim());
+      for (const host of ["127.0.0.1", "localhost"]) {
+        const out = await new Deno.Command(Deno.execPath(), {
+          args: ["run", "-A", mainTs, "node", "ls"],
+          env: { NETROOT_SERVER: `http://${host}:${port}`, NETROOT_DATA: dir, NO_COLOR: "1" },
+          stdout: "piped",
+          stderr: "piped",
+        }).output();
+        fails(
+          { code: out.code, out: "", err: new TextDecoder().decode(out.stderr) },
+          /refusing to send the API token to .*runs as uid 65534, not as the owner of the token/,
+        );
+      }
+    } finally {
+      try {
+        squatter.kill();
+      } catch { /* it ended: it got a request */ }
+      await squatter.status;
+    }
+    let heard = "";
+    for (let r = await lines.read(); !r.done; r = await lines.read()) heard += r.value;
+    assert.doesNotMatch(heard, /authorization|5a5a/i, "what the other user's listener got");
+    await Deno.remove(dir, { recursive: true });
+  },
+});
+
 Deno.test("node CLI: log shows a copy's progress as one readable line; --follow on a terminal rewrites it", () =>
   withServer(async (cli, ctx) => {
     const mac = "52:54:00:aa:00:40";

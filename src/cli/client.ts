@@ -10,20 +10,40 @@ export const clientOptions = {
 } as const;
 
 export class ApiClient {
-  constructor(readonly base: string, readonly token?: string) {}
+  /** `tokenOwner`: the uid owning the token file the token was read from (none: given). */
+  constructor(readonly base: string, readonly token?: string, readonly tokenOwner?: number) {}
 
   static fromEnv(server?: string): ApiClient {
     const base = (server ?? Deno.env.get("NETROOT_SERVER") ?? "http://127.0.0.1:8080").replace(
       /\/$/,
       "",
     );
-    let token = Deno.env.get("NETROOT_TOKEN");
-    if (!token) {
-      try {
-        token = Deno.readTextFileSync(join(defaultDataDir(), "token")).trim();
-      } catch { /* read-only commands work without it */ }
+    const token = Deno.env.get("NETROOT_TOKEN");
+    if (token) return new ApiClient(base, token);
+    const file = join(defaultDataDir(), "token");
+    try {
+      return new ApiClient(base, Deno.readTextFileSync(file).trim(), Deno.statSync(file).uid!);
+    } catch {
+      return new ApiClient(base); // read-only commands work without it
     }
-    return new ApiClient(base, token);
+  }
+
+  /**
+   * Refuses to send the data dir's token to a loopback port held by another user than the token
+   * file's owner. The file is 0600 so that no other user of the server machine has the token (with
+   * it, a local client writes any file as root: image cp out), but any user may listen on
+   * 127.0.0.1:8080 while netroot does not (stopped, restarting, or on another port): root's next
+   * `netroot node ls` handed that user the token.
+   */
+  #checkListener(): void {
+    if (this.tokenOwner === undefined) return;
+    const other = loopbackListeners(new URL(this.base))?.find((uid) => uid !== this.tokenOwner);
+    if (other === undefined) return;
+    throw new UserError(
+      `refusing to send the API token to ${this.base}: the program listening there runs as uid ` +
+        `${other}, not as the owner of the token file (uid ${this.tokenOwner}), so it is not ` +
+        "netroot; set --server or NETROOT_SERVER to the server's address",
+    );
   }
 
   /** The API's raw response (JSON body, token when there is one); an unreachable server is a
@@ -34,6 +54,7 @@ export class ApiClient {
     body?: unknown,
     headers: Record<string, string> = {},
   ): Promise<Response> {
+    if (this.token) this.#checkListener();
     try {
       return await fetch(`${this.base}/api/v1${path}`, {
         method,
@@ -80,6 +101,40 @@ export class ApiClient {
   delete<T = unknown>(path: string) {
     return this.request<T>("DELETE", path);
   }
+}
+
+/**
+ * The uids of the sockets listening where a loopback `url` leads (its address or a wildcard one,
+ * IPv4 and IPv6), from the kernel's tables; undefined for a URL that is not loopback, or where the
+ * tables cannot be read.
+ */
+function loopbackListeners(url: URL): number[] | undefined {
+  const host = url.hostname; // "[::1]" for IPv6
+  const v4 = host === "localhost" ? "127.0.0.1" : /^127(\.\d{1,3}){3}$/.test(host) ? host : "";
+  if (!v4 && host !== "[::1]") return undefined;
+  const port = Number(url.port || (url.protocol === "https:" ? 443 : 80));
+  const v4hex = (ip: string) =>
+    ip.split(".").map((n) => Number(n).toString(16).padStart(2, "0")).reverse().join("")
+      .toUpperCase();
+  const addresses = new Set(["00000000", "0".repeat(32)]); // the wildcards
+  if (v4) addresses.add(v4hex(v4)).add(`0000000000000000FFFF0000${v4hex(v4)}`);
+  if (host !== v4) addresses.add("00000000000000000000000001000000"); // ::1
+  const uids: number[] = [];
+  try {
+    for (const table of ["/proc/net/tcp", "/proc/net/tcp6"]) {
+      for (const line of Deno.readTextFileSync(table).split("\n").slice(1)) {
+        // sl local_address rem_address st tx:rx tr:when retrnsmt uid …; st 0A: LISTEN
+        const f = line.trim().split(/\s+/);
+        const [address, hexPort] = (f[1] ?? "").split(":");
+        if (f[3] === "0A" && parseInt(hexPort, 16) === port && addresses.has(address)) {
+          uids.push(Number(f[7]));
+        }
+      }
+    }
+  } catch {
+    return undefined;
+  }
+  return uids;
 }
 
 /** The JSON objects of an NDJSON stream (image import and build: progress or log lines, then
