@@ -92,10 +92,22 @@ export function bearerAuth(ctx: Context, opts: { reads: boolean }): MiddlewareHa
  * script with its per-boot token (the script's MAC and address check skips loopback). Other
  * methods pass: a write needs the token anyway, and a node's report is a POST any page can send
  * blind, rebinding or not. `boot`: /boot's routes, checked for the server machine's own clients
- * only (the others get a script only at the node's MAC and address), answered in plain text.
+ * only (the others get a script only at the node's MAC and address), answered in plain text; for
+ * those, a request another site's page made (Sec-Fetch-Site) is refused whatever the name.
  */
 export function knownHostOrToken(ctx: Context, opts: { boot?: boolean } = {}): MiddlewareHandler {
   return async (c, next) => {
+    // Another site's page in a browser on the server machine (an <img>, a no-cors fetch of
+    // 127.0.0.1) cannot read a script, but the fetch opens a boot and marks the node booting, and
+    // loopback skips the MAC and address check: any node, its address fixed or not. The admin's
+    // typed URL is "none", curl sends no such header, nodes neither.
+    const site = c.req.header("sec-fetch-site");
+    if (
+      opts.boot && site !== undefined && site !== "none" && site !== "same-origin" &&
+      isLocalClient(sourceOf(c) ?? "")
+    ) {
+      return c.text(`refused: another site's page asked for this (Sec-Fetch-Site: ${site})\n`, 403);
+    }
     if (
       (c.req.method !== "GET" && c.req.method !== "HEAD") ||
       (opts.boot && !isLocalClient(sourceOf(c) ?? "")) || knownHost(ctx, c) ||

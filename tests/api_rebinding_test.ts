@@ -9,6 +9,8 @@ import { defaultConfig, type ServerConfig } from "../src/config.ts";
 import type { Context } from "../src/context.ts";
 import { buildApp, closeContext, openContext } from "../src/server.ts";
 import { addImage } from "./support/images.ts";
+import { Browser, haveChromium } from "./support/cdp.ts";
+import { lastBootByMac } from "../src/boots.ts";
 
 const mac = "52:54:00:eb:1d:01";
 const script = `/boot/${mac.replaceAll(":", "-")}.ipxe`;
@@ -149,4 +151,50 @@ Deno.test("DNS rebinding: the Host a real client sends is the one checked", asyn
       await server.shutdown();
     }
   });
+});
+
+// Another site's page open in a browser on the server machine asks for a node's boot script at
+// 127.0.0.1 (an <img>: no rebinding, the server's own address). It cannot read the answer, but
+// the fetch is made: from loopback, which the MAC and address check skips, it opened a boot and
+// marked the node booting (the watchdog then reboots a node that does not answer its probe), for
+// any node, one with its address fixed included. The browser names whose page asked
+// (Sec-Fetch-Site); the admin typing the URL ("none") and curl (no such header) are answered.
+Deno.test({
+  name:
+    "boot script: another site's page in a browser on the server machine opens no boot (attacker, chromium)",
+  ignore: !haveChromium,
+  async fn() {
+    await withApp({}, async (ctx, _get, app) => {
+      ctx.nodes.setIp(mac, "10.77.0.42");
+      ctx.nodes.setState(mac, "booted", "port 22 answered");
+      const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, app.fetch);
+      const url = `http://127.0.0.1:${server.addr.port}${script}`;
+      // The other site: its own origin on another loopback address.
+      const page = `<!doctype html><img src="${url}"><script>
+        fetch(${JSON.stringify(url)}, { mode: "no-cors" }).finally(() => document.title = "done");
+        </script>`;
+      const site = Deno.serve(
+        { hostname: "127.0.0.2", port: 0, onListen: () => {} },
+        () => new Response(page, { headers: { "content-type": "text/html" } }),
+      );
+      const browser = await Browser.launch();
+      try {
+        const tab = await browser.page();
+        await tab.goto(`http://127.0.0.2:${site.addr.port}/`);
+        await tab.waitFor("document.title === 'done'", "the page's requests");
+        assert.equal(ctx.nodes.get(mac).state, "booted", "the node was marked booting");
+        assert.equal(lastBootByMac(ctx.db).get(mac), undefined, "a boot (and its token) opened");
+        // The admin's own look, typed in the address bar, is answered.
+        await tab.goto(url);
+        assert.match(await tab.eval<string>("document.body.textContent"), /netroot\.token=/);
+      } finally {
+        await browser.close();
+        await site.shutdown();
+        await server.shutdown();
+      }
+      // And curl's (no Sec-Fetch-Site).
+      const curl = await app.fetch(new Request(`http://127.0.0.1:8080${script}`), loopback);
+      assert.match(await curl.text(), /netroot\.token=/);
+    });
+  },
 });
