@@ -89,10 +89,13 @@ Deno.test({
           for (const d of [ctx.data.persist(mac), ctx.data.vm(mac), ctx.data.run, ctx.data.tmp]) {
             assert.equal(mode(d), 0o700, `${d} is ${mode(d).toString(8)}`);
           }
-          // Passable, not listable: NFSv4 clients walk (root-squashed) through to the exports.
-          for (const d of [ctx.data.root, ctx.data.nodes, ctx.data.images]) {
+          // Passable, not listable: NFSv4 clients walk (root-squashed) through to the exports;
+          // nodes/ only by its group, a squashed client's (datadir_test).
+          for (const d of [ctx.data.root, ctx.data.images]) {
             assert.equal(mode(d), 0o711, `${d} is ${mode(d).toString(8)}`);
           }
+          assert.equal(mode(ctx.data.nodes), 0o710, which);
+          assert.equal(Deno.statSync(ctx.data.nodes).gid, 65534, which);
         } finally {
           await closeContext(ctx);
         }
