@@ -17,6 +17,7 @@ import { apiRouter } from "./apierror.ts";
 import type { Context } from "./context.ts";
 import type { DataDir } from "./datadir.ts";
 import { UserError } from "./errors.ts";
+import { rotateInPlace } from "./linux/fsops.ts";
 
 export const CONSOLE_SOURCES = ["serial", "netconsole"] as const;
 export type ConsoleSource = typeof CONSOLE_SOURCES[number];
@@ -46,19 +47,10 @@ export async function rotateConsole(
   return 0;
 }
 
-/** rotateConsole for a log its writer holds open in append mode (qemu's serial chardev, which a
- *  rename would not move: it went on writing to `.1`): copied to `path.1` (replacing it), then
- *  emptied in place, so that the writer's next bytes start it again. What the writer adds between
- *  the copy and the emptying is lost (milliseconds of output). True when it rotated. */
-export async function rotateOpenConsole(
-  path: string,
-  limit = consoleRotateBytes,
-): Promise<boolean> {
-  const size = await Deno.stat(path).then((s) => s.size, () => 0);
-  if (size <= limit) return false;
-  await Deno.copyFile(path, `${path}.1`);
-  await Deno.truncate(path, 0);
-  return true;
+/** rotateConsole for a log its writer holds open in append mode (qemu's serial chardev):
+ *  rotateInPlace at the console's limit. */
+export function rotateOpenConsole(path: string, limit = consoleRotateBytes): Promise<boolean> {
+  return rotateInPlace(path, limit);
 }
 
 /** Reads the console log from `offset`; a log rotated (shorter than offset) restarts at 0. */

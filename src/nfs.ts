@@ -16,9 +16,8 @@ import { networkCidr } from "../contract/ipv4.ts";
 import { UserError } from "./errors.ts";
 import { recordEvent } from "./events.ts";
 import { logger } from "./log.ts";
-import { type FsSpace, statvfs, writeFileDurableSync } from "./linux/fsops.ts";
+import { type FsSpace, rotateInPlace, statvfs, writeFileDurableSync } from "./linux/fsops.ts";
 import { bindReadOnly, onReadOnlyMount, remountReadOnly } from "./linux/mount.ts";
-import { rotateOpenConsole } from "./consolelog.ts";
 import { StartFailure, startProcess, stderrLogBytes, stopStale, Supervisor } from "./supervisor.ts";
 
 const log = logger("nfs");
@@ -800,7 +799,7 @@ async function startGanesha(ctx: Context, opts: NfsOptions): Promise<Service> {
     // ganesha appends to its log (~290 bytes an export reload, for the server's life) and holds
     // it open: copied to .1 and emptied in place at each recheck past the bound. Unbounded, it
     // grew by every reload and was read whole at each ganesha start.
-    await rotateOpenConsole(paths.log, stderrLogBytes);
+    await rotateInPlace(paths.log, stderrLogBytes);
     if (!config.update()) return;
     ganesha.process?.signal("SIGHUP"); // ganesha ≥ 2.6 rereads its exports on SIGHUP
     const counts = { images: config.set.images.length, persist: config.set.persists.length };

@@ -185,6 +185,19 @@ export const O_PATH = 0o10000000;
  *  process and its children (GNU tar, cp, a decompressor), whatever is renamed onto its name. */
 export const heldPath = (fd: number) => `/proc/${Deno.pid}/fd/${fd}`;
 
+/** Rotates a log its writer holds open in append mode (qemu's serial chardev, ganesha's log),
+ *  which a rename would not move (it went on writing to `.1`): past `limit` bytes, copied to
+ *  `path.1` (replacing it), then emptied in place, so that the writer's next bytes start it
+ *  again. What the writer adds between the copy and the emptying is lost (milliseconds of
+ *  output). True when it rotated. */
+export async function rotateInPlace(path: string, limit: number): Promise<boolean> {
+  const size = await Deno.stat(path).then((s) => s.size, () => 0);
+  if (size <= limit) return false;
+  await Deno.copyFile(path, `${path}.1`);
+  await Deno.truncate(path, 0);
+  return true;
+}
+
 export interface FsSpace {
   /** bytes available to unprivileged users */
   freeBytes: number;
