@@ -134,7 +134,19 @@ export async function findHybridPartition(deps: DetectDeps): Promise<HybridTarge
         persistent = true;
       } catch { /* volatile */ }
       await deps.umount(mountpoint);
-      await deps.mount(device, mountpoint, false);
+      try {
+        await deps.mount(device, mountpoint, false);
+      } catch (e) {
+        // The disk is not trusted: an ext4 that mounts read-only but not read-write (a
+        // read-only feature bit the kernel does not know, planted in its superblock; a
+        // write-protected card) threw out of detection, a fatal init failure at every boot,
+        // network mode never reached.
+        log(
+          `${device}: holds ${dirName}/ but cannot mount it read-write ` +
+            `(${(e as Error).message}); skipped`,
+        );
+        continue;
+      }
       return { device, mountpoint, dir, dirName, persistent, superblock: sb };
     }
     await deps.umount(mountpoint);

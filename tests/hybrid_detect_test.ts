@@ -211,3 +211,33 @@ Deno.test("hybrid detect (root): a partition that is not the hybrid one is looke
     assert.match(opts ?? "", /^rw,/, "the hybrid one: read-write for the copy");
   });
 });
+
+Deno.test("hybrid detect (root, hostile disk): a walt-hybrid partition that mounts read-only but not read-write is skipped, not a fatal init failure", async () => {
+  const logs: string[] = [];
+  await withFakeDisk(2, async (dir, imgs) => {
+    // vda1: walt-hybrid/ on an ext4 whose superblock claims a read-only-compatible feature no
+    // kernel knows (bit 31 of s_feature_ro_compat, byte 1024 + 0x67): the kernel mounts it
+    // read-only, and refuses it read-write. vda2: a good hybrid partition.
+    for (const i of [0, 1]) {
+      await Deno.mkdir(`${dir}/stage${i}/walt-hybrid`, { recursive: true });
+      run("mkfs.ext4", "-q", "-F", "-O", "^metadata_csum", "-d", `${dir}/stage${i}`, imgs[i]);
+    }
+    const f = Deno.openSync(imgs[0], { read: true, write: true });
+    const b = new Uint8Array(1);
+    f.seekSync(1024 + 0x67, Deno.SeekMode.Start);
+    f.readSync(b);
+    f.seekSync(1024 + 0x67, Deno.SeekMode.Start);
+    f.writeSync(Uint8Array.of(b[0] | 0x80));
+    f.close();
+  }, async ({ devDir, deps, mounted }) => {
+    const t = await findHybridPartition({ ...deps, log: (m) => logs.push(m) });
+    assert.equal(t?.device, `${devDir}/vda2`, "the next candidate is taken");
+    assert.deepEqual(mounted, [t!.mountpoint], "the refused one is left unmounted");
+    assert.ok(
+      logs.some((l) =>
+        l.startsWith(`${devDir}/vda1: holds walt-hybrid/ but cannot mount it read-write`)
+      ),
+      logs.join("\n"),
+    );
+  });
+});
