@@ -214,9 +214,44 @@ function lstatOrNull(p: string): Deno.FileInfo | null {
   }
 }
 
-function removeIfExists(p: string): void {
-  const st = lstatOrNull(p);
-  if (st) Deno.removeSync(p, { recursive: st.isDirectory });
+/**
+ * Removes `path` and everything below it, never following a link; nothing there is fine. The trees
+ * are the disk's: the last boot's users (through /tmp, no root needed) may have left a directory
+ * thousands of levels deep in a copy's diff/, and Deno's recursive remove holds a directory open
+ * per level: past PID 1's 1024 open files it failed, at every later boot of that image (hybrid
+ * mode never again). What it could not remove is then taken apart flat: each directory is moved
+ * to the top of `path` before it is emptied, so neither a path nor the open files grow with depth.
+ */
+export function removeTree(path: string): void {
+  const st = lstatOrNull(path);
+  if (!st) return;
+  try {
+    return Deno.removeSync(path, { recursive: st.isDirectory });
+  } catch (e) {
+    if (!st.isDirectory) throw e;
+  }
+  let n = 0;
+  for (let entries = [...Deno.readDirSync(path)]; entries.length;) {
+    for (const e of entries) {
+      const dir = `${path}/${e.name}`;
+      if (!e.isDirectory) {
+        Deno.removeSync(dir);
+        continue;
+      }
+      for (const c of [...Deno.readDirSync(dir)]) {
+        if (!c.isDirectory) {
+          Deno.removeSync(`${dir}/${c.name}`);
+          continue;
+        }
+        let to: string;
+        do to = `${path}/.rm${n++}`; while (lstatOrNull(to));
+        Deno.renameSync(`${dir}/${c.name}`, to);
+      }
+      Deno.removeSync(dir);
+    }
+    entries = [...Deno.readDirSync(path)];
+  }
+  Deno.removeSync(path);
 }
 
 function applyMeta(path: string, e: ManifestEntry): void {
@@ -766,7 +801,7 @@ class CopyRun {
     Deno.mkdirSync(this.p.base, { recursive: true });
     // An image/ without its manifest is no copy (an eviction cut short, or planted): left there,
     // it failed the final rename (not empty) after every copy, at every boot.
-    removeIfExists(this.p.image);
+    removeTree(this.p.image);
     this.index = plan.mode === "in-place"
       ? new Map()
       : indexOtherCopies(opts.hybridDir, opts.imageId);
@@ -830,7 +865,7 @@ class CopyRun {
     for (const b of stale.reverse()) {
       try {
         this.checkParents(b.path);
-        removeIfExists(this.dst(b)); // a stale directory went with its parent: nothing left
+        removeTree(this.dst(b)); // a stale directory went with its parent: nothing left
       } catch (err) {
         wrapFsError(err, b.path);
       }
@@ -864,7 +899,7 @@ class CopyRun {
         const path = `${rel}/${d.name}`;
         const type = want.get(path);
         if (type === undefined || (type === "dir") !== d.isDirectory) {
-          removeIfExists(this.p.part + path);
+          removeTree(this.p.part + path);
         } else if (d.isDirectory) walk(path);
       }
     };
@@ -901,7 +936,7 @@ class CopyRun {
       case "symlink":
         if (b && b.target === e.target && sameMeta(b, e)) return;
         this.touch(e);
-        if (this.base || this.report.resumed) removeIfExists(dst);
+        if (this.base || this.report.resumed) removeTree(dst);
         Deno.symlinkSync(e.target!, dst);
         applyMeta(dst, e);
         return;
@@ -914,7 +949,7 @@ class CopyRun {
           return;
         }
         this.touch(e);
-        if (this.base || this.report.resumed) removeIfExists(dst);
+        if (this.base || this.report.resumed) removeTree(dst);
         const kind = { char: S_IFCHR, block: S_IFBLK, fifo: S_IFIFO, socket: S_IFSOCK }[e.type];
         mknod(dst, kind | (e.mode & 0o7777), e.rdev?.major ?? 0, e.rdev?.minor ?? 0);
         applyMeta(dst, e);
@@ -954,7 +989,7 @@ class CopyRun {
       const st = lstatOrNull(dst);
       const dropped = Object.keys(b?.xattrs ?? {}).some((k) => !(k in (e.xattrs ?? {})));
       const overwrite = !!b && !!st?.isFile && st.nlink === 1 && !dropped;
-      if (st && !overwrite) removeIfExists(dst);
+      if (st && !overwrite) removeTree(dst);
       if (!st || !overwrite) this.touch(e);
       return this.queue(this.job("copy", e, dst, { overwrite }), e);
     }
@@ -975,7 +1010,7 @@ class CopyRun {
       return this.queue(this.job("hash", e, dst), e);
     }
     const other = this.index.get(linkKey(e));
-    if (st) removeIfExists(dst);
+    if (st) removeTree(dst);
     if (other) {
       Deno.linkSync(other, dst);
       this.report.bytesLinked += e.size;
@@ -1041,7 +1076,7 @@ class CopyRun {
         if (this.failure) return;
         if (j.op === "hash") {
           if (f) {
-            removeIfExists(j.dst);
+            removeTree(j.dst);
             this.queue(this.job("copy", e, j.dst), e);
             continue;
           }
@@ -1050,7 +1085,7 @@ class CopyRun {
           continue;
         }
         if (f) {
-          removeIfExists(j.dst);
+          removeTree(j.dst);
           throw new HybridError(
             "corrupt",
             `${e.path}: source does not match the manifest (sha256 ${f.digest?.slice(0, 12)}…, ` +
@@ -1082,7 +1117,7 @@ class CopyRun {
       if (this.base || this.report.resumed) {
         const st = lstatOrNull(dst);
         if (st && st.ino === Deno.lstatSync(target).ino) return;
-        if (st) removeIfExists(dst);
+        if (st) removeTree(dst);
       }
       Deno.linkSync(target, dst);
       this.touch(e);
@@ -1143,7 +1178,7 @@ class CopyRun {
       // empty manifest (ext4 allocates a new file's blocks only at writeback, and a directory's
       // fsync commits the renames without them).
       const tmp = `${p.manifest}.tmp`;
-      removeIfExists(tmp); // a new file, never one planted there (see clearPlanted)
+      removeTree(tmp); // a new file, never one planted there (see clearPlanted)
       Deno.writeTextFileSync(tmp, this.opts.manifestText, { createNew: true });
       const flushFrom = performance.now();
       await syncfsAsync(p.base);

@@ -20,6 +20,7 @@ import {
   indexOtherCopies,
   isComplete,
   planCopy,
+  removeTree,
   sha256hex,
   writeOwnFile,
 } from "./copy.ts";
@@ -69,7 +70,7 @@ export function makeRoom(
       lastBooted(hybridDir, a) - lastBooted(hybridDir, b)
     );
   for (const id of others) {
-    Deno.removeSync(copyPaths(hybridDir, id).base, { recursive: true });
+    removeTree(copyPaths(hybridDir, id).base);
     evicted.push(id);
     if (fits()) return evicted;
   }
@@ -142,26 +143,18 @@ export async function prepareHybridRoot(opts: PrepareOptions): Promise<HybridRoo
   } catch (e) {
     // A full disk leaves the partial copy useless and in the way of other copies: remove it.
     if (e instanceof HybridError && e.reason === "no-space") {
-      Deno.removeSync(p.base, { recursive: true });
+      removeTree(p.base);
     }
     throw e;
   }
   const variant: Variant = opts.persistent ? "persistent" : "volatile";
-  rmrf(p.work);
-  if (variant === "volatile") rmrf(p.upper);
-  else rmrf(`${p.upper}/tmp`);
+  removeTree(p.work);
+  if (variant === "volatile") removeTree(p.upper);
+  else removeTree(`${p.upper}/tmp`);
   Deno.mkdirSync(p.upper, { recursive: true });
   Deno.mkdirSync(p.work, { recursive: true });
   writeOwnFile(p.lastBoot, new Date().toISOString() + "\n");
   return { variant, lower: p.image, upper: p.upper, work: p.work, report, evicted };
-}
-
-function rmrf(path: string): void {
-  try {
-    Deno.removeSync(path, { recursive: true });
-  } catch (e) {
-    if (!(e instanceof Deno.errors.NotFound)) throw e;
-  }
 }
 
 const mb = (n: number) => (n / 1e6).toFixed(1);

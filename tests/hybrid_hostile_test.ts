@@ -123,3 +123,59 @@ Deno.test("hybrid (hostile): re-deploy in place over a copy with a planted symli
     assert.equal((await manifestOf(copyPaths(hybridDir, v2.id).image)).text, v2.text);
   });
 });
+
+/** RLIMIT_NOFILE's soft limit set to `soft` while `fn` runs (the hard limit kept). */
+async function withOpenFileLimit(soft: number, fn: () => Promise<void>): Promise<void> {
+  const libc = Deno.dlopen(
+    "libc.so.6",
+    {
+      getrlimit: { parameters: ["i32", "buffer"], result: "i32" },
+      setrlimit: { parameters: ["i32", "buffer"], result: "i32" },
+    } as const,
+  );
+  const RLIMIT_NOFILE = 7;
+  const saved = new BigUint64Array(2);
+  try {
+    assert.equal(libc.symbols.getrlimit(RLIMIT_NOFILE, saved), 0);
+    assert.equal(
+      libc.symbols.setrlimit(RLIMIT_NOFILE, BigUint64Array.of(BigInt(soft), saved[1])),
+      0,
+    );
+    try {
+      await fn();
+    } finally {
+      libc.symbols.setrlimit(RLIMIT_NOFILE, saved);
+    }
+  } finally {
+    libc.close();
+  }
+}
+
+Deno.test("hybrid (hostile): a directory 1500 levels deep left in a volatile copy's diff/ by the last boot's /tmp is removed at the next boot", async () => {
+  await withTmp(async (tmp, hybridDir) => {
+    makeTree(`${tmp}/img`, 2, 3);
+    const img = await manifestOf(`${tmp}/img`);
+    const boot = () =>
+      prepareHybridRoot({
+        hybridDir,
+        persistent: false,
+        imageId: img.id,
+        manifestText: img.text,
+        source: `${tmp}/img`,
+      });
+    await boot();
+    // Any user of the booted image (no root needed): mkdir -p in /tmp, a path of 1500 levels,
+    // lands in the overlay's upper, diff/.
+    const p = copyPaths(hybridDir, img.id);
+    Deno.mkdirSync(`${p.upper}/tmp/${"d/".repeat(1500)}`, { recursive: true });
+    // The init runs with PID 1's limit of 1024 open files (the kernel's default).
+    await withOpenFileLimit(1024, async () => {
+      await boot();
+    });
+    assert.deepEqual(
+      [...Deno.readDirSync(p.upper)],
+      [],
+      "the next boot starts from the image alone",
+    );
+  });
+});
