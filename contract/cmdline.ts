@@ -388,6 +388,16 @@ export function parseCmdline(text: string): BootParams {
   const warnings = [...kv.keys()].filter((k) => k.startsWith("netroot.") && !KNOWN.has(k.slice(8)))
     .map((k) => `unknown ${k} ignored`);
   const id = parseIdentity(kv, problems);
+  // The node's kernel.cmdline comes last and its ip= wins: a hostname longer than Linux takes
+  // (HOST_NAME_MAX) failed sethostname(2), a fatal network stage at every boot; it is left out.
+  const hostname = id.ip?.hostname;
+  if (hostname !== undefined && new TextEncoder().encode(hostname).length > 64) {
+    warnings.push(
+      `ip=: hostname ${hostname.slice(0, 16)}… is ${hostname.length} characters, ` +
+        `more than the 64 bytes Linux takes: not set`,
+    );
+    id.ip.hostname = undefined;
+  }
   const nfs = ruledKey(kv, "netroot.nfs", RULES.nfs, DEFAULTS.nfs, problems);
   const mode = ruledKey(kv, "netroot.mode", RULES.mode, DEFAULTS.mode, problems);
   const timeout = ruledKey(kv, "netroot.timeout", RULES.timeout, `${DEFAULTS.timeoutS}`, problems);

@@ -164,3 +164,24 @@ Deno.test("init (root, namespaces): /persist failing is loud but not fatal", asy
     await Deno.remove(s.dir, { recursive: true });
   }
 });
+
+Deno.test("init (root, namespaces): a hostname too long for Linux in ip= is a warning, not a fatal boot", async () => {
+  const s = await makeScratch();
+  try {
+    // The node's kernel.cmdline setting is appended last, and its ip= wins: a 100-byte hostname
+    // made sethostname(2) fail with EINVAL in the network stage, a fatal boot at every boot.
+    const long = "h".repeat(100);
+    const r = await runHarness(s, {
+      cmdline: cmdline(8099, `ip=10.99.0.2:10.99.0.1:10.99.0.1:255.255.255.0:${long}::off`),
+    });
+    const ctx = `\n--- output ---\n${r.out}`;
+    assert.equal(r.code, 0, ctx);
+    assert.ok(
+      r.lines.some((l) => l.includes(`warning: ip=: hostname ${long.slice(0, 16)}`)),
+      ctx,
+    );
+    assert.equal(marker(r, "pid"), "1", ctx);
+  } finally {
+    await Deno.remove(s.dir, { recursive: true });
+  }
+});
