@@ -138,7 +138,7 @@ export function clearPlanted(hybridDir: string, imageId: string): void {
   for (const [path, kind] of expect) {
     const st = lstatOrNull(path);
     if (!st || (kind === "dir" ? st.isDirectory : st.isFile)) continue;
-    Deno.removeSync(path);
+    removeTree(path); // a directory planted at a file's name too: it failed every boot
     if (path === p.base) return; // nothing below it left to check
   }
 }

@@ -179,3 +179,29 @@ Deno.test("hybrid (hostile): a directory 1500 levels deep left in a volatile cop
     );
   });
 });
+
+Deno.test("hybrid (hostile): a directory with files planted at a copy's last-boot and manifest is removed, not a failure at every boot", async () => {
+  await withTmp(async (tmp, hybridDir) => {
+    makeTree(`${tmp}/img`, 2, 4);
+    const img = await manifestOf(`${tmp}/img`);
+    const boot = () =>
+      prepareHybridRoot({
+        hybridDir,
+        persistent: false,
+        imageId: img.id,
+        manifestText: img.text,
+        source: `${tmp}/img`,
+      });
+    await boot();
+    const p = copyPaths(hybridDir, img.id);
+    for (const own of [p.lastBoot, p.manifest]) {
+      Deno.removeSync(own);
+      Deno.mkdirSync(`${own}/planted`, { recursive: true });
+      Deno.writeTextFileSync(`${own}/planted/file`, "x");
+    }
+    const r = await boot();
+    assert.ok(isComplete(hybridDir, img.id), "copied again, complete");
+    assert.equal(r.report.bytesWritten, r.report.bytesTotal);
+    assert.ok(Deno.lstatSync(p.lastBoot).isFile);
+  });
+});
