@@ -57,7 +57,15 @@ export async function bringUpNetwork(
   }
   setAddress(ifname, ip.address, ip.netmask);
   setUp(ifname);
-  if (ip.gateway) addDefaultRoute(ip.gateway, ifname);
+  if (ip.gateway) {
+    // A gateway off this subnet (dhcp.router, or a node's own ip=) is refused (ENETUNREACH): not
+    // fatal, the server the boot needs is on this link (else NFS fails next, and says so).
+    try {
+      addDefaultRoute(ip.gateway, ifname);
+    } catch (e) {
+      out.line(`warning: no default route via ${ip.gateway} (${(e as Error).message}); going on`);
+    }
+  }
   const tc = performance.now();
   while (!hasCarrier(ifname) && performance.now() - tc < carrierMs) await sleep(20);
   const carrier = hasCarrier(ifname);

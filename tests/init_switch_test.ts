@@ -185,3 +185,21 @@ Deno.test("init (root, namespaces): a hostname too long for Linux in ip= is a wa
     await Deno.remove(s.dir, { recursive: true });
   }
 });
+
+Deno.test("init (root, namespaces): a gateway off the node's subnet in ip= is a warning, not a fatal boot", async () => {
+  const s = await makeScratch();
+  try {
+    // A dhcp.router off the boot network (or a node's kernel.cmdline with its own ip=): the
+    // default route is refused (ENETUNREACH), which failed the network stage at every boot,
+    // while the server the node needs is on its link.
+    const r = await runHarness(s, {
+      cmdline: cmdline(8099, "ip=10.99.0.2:10.99.0.1:10.1.2.3:255.255.255.0:node1::off"),
+    });
+    const ctx = `\n--- output ---\n${r.out}`;
+    assert.equal(r.code, 0, ctx);
+    assert.ok(r.lines.some((l) => l.includes("warning: no default route via 10.1.2.3")), ctx);
+    assert.equal(marker(r, "pid"), "1", ctx);
+  } finally {
+    await Deno.remove(s.dir, { recursive: true });
+  }
+});
