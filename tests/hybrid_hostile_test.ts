@@ -6,7 +6,7 @@ import { createHash } from "node:crypto";
 import { manifestText } from "../contract/manifest.ts";
 import { scanTree } from "../src/images/walk.ts";
 import { copyPaths, ensureLocalCopy, HybridError, isComplete } from "../hybrid/copy.ts";
-import { prepareHybridRoot } from "../hybrid/mode.ts";
+import { makeRoom, prepareHybridRoot } from "../hybrid/mode.ts";
 
 const sha = (s: string) => createHash("sha256").update(s).digest("hex");
 
@@ -203,5 +203,40 @@ Deno.test("hybrid (hostile): a directory with files planted at a copy's last-boo
     assert.ok(isComplete(hybridDir, img.id), "copied again, complete");
     assert.equal(r.report.bytesWritten, r.report.bytesTotal);
     assert.ok(Deno.lstatSync(p.lastBoot).isFile);
+  });
+});
+
+Deno.test("hybrid (hostile): thousands of planted copy directories are each looked at a few times when room is made, not at every comparison of the sort", async () => {
+  await withTmp((_tmp, hybridDir) => {
+    // Each with a last-boot of its own time, in no order: the sort compares ~n·log2(n) pairs.
+    const n = 3000;
+    for (let i = 0; i < n; i++) {
+      const base = `${hybridDir}/${sha(`planted ${i}`)}`;
+      Deno.mkdirSync(base);
+      Deno.writeTextFileSync(`${base}/last-boot`, "");
+      Deno.utimeSync(`${base}/last-boot`, 0, 1e6 + ((i * 7919) % n));
+    }
+    const { lstatSync, statSync } = Deno;
+    let calls = 0;
+    Object.assign(Deno, {
+      lstatSync: (p: string | URL) => (calls++, lstatSync(p)),
+      statSync: (p: string | URL) => (calls++, statSync(p)),
+    });
+    let evicted: string[];
+    const t0 = performance.now();
+    try {
+      // a disk that never has room: every other copy goes, least recently booted first
+      evicted = makeRoom(hybridDir, sha("this image"), { bytes: 1, inodes: 1 }, () => ({
+        freeBytes: 0,
+        freeInodes: 0,
+      }));
+    } finally {
+      Object.assign(Deno, { lstatSync, statSync });
+    }
+    const ms = performance.now() - t0;
+    assert.equal(evicted.length, n);
+    assert.deepEqual([...Deno.readDirSync(hybridDir)], []);
+    assert.ok(calls <= 5 * n, `${calls} stat calls for ${n} planted directories (${ms} ms)`);
+    return Promise.resolve();
   });
 });
