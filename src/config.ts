@@ -345,10 +345,15 @@ export async function loadServeConfig(args: string[]): Promise<ServerConfig> {
   if (values.http) cfg.http = parseHostPort(values.http);
   if (values["api-auth"]) cfg.api.auth = values["api-auth"] as ApiAuth;
   cfg.api.auth = oneOf("api-auth", cfg.api.auth, ["writes", "all"] as const);
-  for (const k of ["maxAgeDays", "maxPerNode", "maxOther"] as const) {
+  // Bounded: past a date's range (≈ 273,790 years) every prune pass failed on the cutoff, and
+  // the counts (run after it) with it, so the events table grew for ever; past SQLite's integers
+  // the count's OFFSET failed the same way.
+  for (
+    const [k, max] of [["maxAgeDays", 36_500], ["maxPerNode", 1e9], ["maxOther", 1e9]] as const
+  ) {
     const v = cfg.events[k];
-    if (!Number.isInteger(v) || v < 1) {
-      throw new UserError(`config events.${k} expects a whole number ≥ 1, got ${v}`);
+    if (!Number.isInteger(v) || v < 1 || v > max) {
+      throw new UserError(`config events.${k} expects a whole number from 1 to ${max}, got ${v}`);
     }
   }
   if (values.interface) cfg.interface = values.interface;

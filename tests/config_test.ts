@@ -1,5 +1,8 @@
 import assert from "node:assert/strict";
 import { defaultConfig, loadServeConfig } from "../src/config.ts";
+import { DatabaseSync } from "node:sqlite";
+import { migrate } from "../src/db.ts";
+import { pruneEvents } from "../src/events.ts";
 import { UserError } from "../src/errors.ts";
 
 Deno.test("serve config: embedded defaults need no file", async () => {
@@ -172,6 +175,41 @@ Deno.test("serve config: --api-auth and event retention keys parse and validate"
     await assert.rejects(loadServeConfig(["--config", f]), /events\.maxPerNode expects/);
     await Deno.writeTextFile(f, JSON.stringify({ api: { auth: "none" } }));
     await assert.rejects(loadServeConfig(["--config", f]), /one of writes, all/);
+  } finally {
+    await Deno.remove(f);
+  }
+});
+
+Deno.test("serve config: an event retention too long to prune by is refused, not taken for ever", async () => {
+  // "Never by age" written as a billion days: the cutoff fell outside a date's range, every prune
+  // pass failed on it (a warning every 10 minutes) before the counts ran, and events piled up.
+  const f = await Deno.makeTempFile({ suffix: ".json" });
+  try {
+    for (
+      const events of [{ maxAgeDays: 1e9 }, { maxPerNode: 2 ** 63 }, { maxOther: 1e300 }]
+    ) {
+      await Deno.writeTextFile(f, JSON.stringify({ events }));
+      await assert.rejects(
+        loadServeConfig(["--config", f]),
+        (e) =>
+          e instanceof UserError &&
+          new RegExp(`events\\.${Object.keys(events)[0]} expects a whole number from 1 to`)
+            .test(e.message),
+      );
+    }
+    // The largest values taken still prune.
+    await Deno.writeTextFile(
+      f,
+      JSON.stringify({ events: { maxAgeDays: 36_500, maxPerNode: 1e9, maxOther: 1e9 } }),
+    );
+    const { events } = await loadServeConfig(["--config", f]);
+    const db = new DatabaseSync(":memory:");
+    try {
+      migrate(db);
+      assert.equal(await pruneEvents(db, events), 0);
+    } finally {
+      db.close();
+    }
   } finally {
     await Deno.remove(f);
   }
