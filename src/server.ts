@@ -342,17 +342,16 @@ function reloader(ctx: Context, booter: Booter, services: Service[]) {
     else at = services.length;
     if (start) services.splice(at, 0, await start());
   };
-  const reload = async (next: ServerConfig) => {
-    next.serverIp ??= config.serverIp; // derived from the interface at start
-    const changed = configChanges(config, next);
-    const restart = changed.filter((k) => !RELOADABLE.some((r) => r.test(k)));
-    const applied = changed.filter((k) => !restart.includes(k));
-    const has = (p: string) => applied.some((k) => k.startsWith(p));
-    config.dhcp = next.dhcp;
-    config.api = next.api;
-    config.events = next.events;
-    config.nfs.reserve = next.nfs.reserve; // PersistRoom's next check (within a second) takes it
-    if (next.logFormat && has("logFormat")) setLogFormat(next.logFormat);
+  /** Puts `live` (the reloadable keys) into the running config and restarts the services whose
+   *  keys changed. */
+  const apply = async (
+    live: Pick<ServerConfig, "dhcp" | "api" | "events" | "nfs">,
+    has: (p: string) => boolean,
+  ) => {
+    config.dhcp = live.dhcp;
+    config.api = live.api;
+    config.events = live.events;
+    config.nfs.reserve = live.nfs.reserve; // PersistRoom's next check (within a second) takes it
     if (has("events.")) {
       await replaceService(
         "events",
@@ -365,6 +364,34 @@ function reloader(ctx: Context, booter: Booter, services: Service[]) {
         config.dhcp.mode === "off" ? undefined : () => startDhcpService(ctx, booter),
       );
     }
+  };
+  const reload = async (next: ServerConfig) => {
+    next.serverIp ??= config.serverIp; // derived from the interface at start
+    const changed = configChanges(config, next);
+    const restart = changed.filter((k) => !RELOADABLE.some((r) => r.test(k)));
+    const applied = changed.filter((k) => !restart.includes(k));
+    const has = (p: string) => applied.some((k) => k.startsWith(p));
+    const running = {
+      dhcp: config.dhcp,
+      api: config.api,
+      events: config.events,
+      nfs: { ...config.nfs },
+    };
+    try {
+      await apply(next, has);
+    } catch (e) {
+      // The new DHCP service did not start (an empty range, port 4011 taken for proxy mode):
+      // the old one is closed by then, and the boot network had no DHCP at all while the log
+      // said the running config stays. The running config goes back whole, services included.
+      await apply(running, has).catch((again) => {
+        throw new Error(
+          `${(e as Error).message}; the running config's services did not start ` +
+            `again either: ${(again as Error).message}`,
+        );
+      });
+      throw e;
+    }
+    if (next.logFormat && has("logFormat")) setLogFormat(next.logFormat);
     recordEvent(ctx.db, null, "server.reload", { applied, restart });
     metricsFor(ctx.db).configReloads.inc({ result: "ok" });
     log.info("config reloaded", { applied: applied.join(" ") || "nothing" });

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { DatabaseSync } from "node:sqlite";
 import { join } from "node:path";
-import { makeLink, parseEnv, sh, udhcpcScript } from "./dhcp_netns.ts";
+import { type Link, makeLink, parseEnv, sh, udhcpcScript } from "./dhcp_netns.ts";
 
 const mainTs = new URL("../main.ts", import.meta.url).pathname;
 
@@ -76,11 +76,61 @@ const udhcpc = (hook: string, iface: string) => [
   hook,
 ];
 
+/** `netroot serve --config FILE` in the link's server namespace, its log collected. */
+function serveIn(link: Link, configFile: string) {
+  const child = new Deno.Command("ip", {
+    args: [
+      "netns",
+      "exec",
+      link.srvNs,
+      Deno.execPath(),
+      "run",
+      "-A",
+      mainTs,
+      "serve",
+      "--config",
+      configFile,
+    ],
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  const served = { child, log: "", exited: false, pump: Promise.resolve(), waitFor };
+  served.pump = child.stderr.pipeThrough(new TextDecoderStream()).pipeTo(
+    new WritableStream({ write: (t) => void (served.log += t) }),
+  ).finally(() => served.exited = true);
+  async function waitFor(re: RegExp) {
+    const deadline = Date.now() + 60_000;
+    while (!re.test(served.log)) {
+      if (served.exited) throw new Error(`serve exited; log:\n${served.log}`);
+      if (Date.now() > deadline) throw new Error(`no ${re} in the log:\n${served.log}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+  return served;
+}
+
+/** Stops a serve child that a failed test left running (by its PID). */
+async function kill(child: Deno.ChildProcess | undefined) {
+  if (!child) return;
+  try {
+    child.kill("SIGKILL");
+  } catch { /* already exited */ }
+  await child.status;
+}
+
+/** A lease for `mac` on the link's client side (busybox udhcpc), from its bound.env. */
+async function leaseFor(link: Link, dir: string, mac: string) {
+  await sh(["ip", "-n", link.cliNs, "link", "set", link.cliIf, "address", mac]);
+  await Deno.remove(join(dir, "bound.env")).catch(() => {});
+  await sh(link.inCli(udhcpc(await udhcpcScript(dir), link.cliIf)));
+  return parseEnv(await Deno.readTextFile(join(dir, "bound.env")));
+}
+
 Deno.test("serve: SIGHUP takes a new DHCP range from the config file and names restart-only keys", async () => {
   const link = await makeLink("hup", "10.83.1");
   const dir = await Deno.makeTempDir({ prefix: "nr-hup-" });
   let child: Deno.ChildProcess | undefined;
-  let log = "";
   try {
     const f = join(dir, "config.json");
     const config = (range: string, port: number, reserve?: string) =>
@@ -94,49 +144,20 @@ Deno.test("serve: SIGHUP takes a new DHCP range from the config file and names r
         events: { maxAgeDays: 30 },
       });
     await Deno.writeTextFile(f, config("10.83.1.100-10.83.1.110", 18080));
-    child = new Deno.Command("ip", {
-      args: [
-        "netns",
-        "exec",
-        link.srvNs,
-        Deno.execPath(),
-        "run",
-        "-A",
-        mainTs,
-        "serve",
-        "--config",
-        f,
-      ],
-      stdin: "null",
-      stdout: "null",
-      stderr: "piped",
-    }).spawn();
-    let exited = false;
-    const pump = child.stderr.pipeThrough(new TextDecoderStream()).pipeTo(
-      new WritableStream({ write: (t) => void (log += t) }),
-    ).finally(() => exited = true);
-    const waitFor = async (re: RegExp) => {
-      const deadline = Date.now() + 60_000;
-      while (!re.test(log)) {
-        if (exited) throw new Error(`serve exited; log:\n${log}`);
-        if (Date.now() > deadline) throw new Error(`no ${re} in the log:\n${log}`);
-        await new Promise((r) => setTimeout(r, 100));
-      }
-    };
+    const served = serveIn(link, f);
+    child = served.child;
+    const waitFor = served.waitFor;
     await waitFor(/dhcp.*listening|listening.*dhcp/i);
-    const hook = await udhcpcScript(dir);
-    const lease = async (mac: string) => {
-      await sh(["ip", "-n", link.cliNs, "link", "set", link.cliIf, "address", mac]);
-      await Deno.remove(join(dir, "bound.env")).catch(() => {});
-      await sh(link.inCli(udhcpc(hook, link.cliIf)));
-      return parseEnv(await Deno.readTextFile(join(dir, "bound.env")));
-    };
+    const lease = (mac: string) => leaseFor(link, dir, mac);
     assert.equal((await lease("02:00:00:00:83:01")).ip, "10.83.1.100");
 
     await Deno.writeTextFile(f, config("10.83.1.150-10.83.1.160", 18081, "2G"));
     child.kill("SIGHUP");
     await waitFor(/config changes need a restart[^\n]*http\.port/);
-    assert.match(log, /config reloaded[^\n]*dhcp\.range\.end dhcp\.range\.start nfs\.reserve/);
+    assert.match(
+      served.log,
+      /config reloaded[^\n]*dhcp\.range\.end dhcp\.range\.start nfs\.reserve/,
+    );
     await waitFor(/(dhcp.*listening|listening.*dhcp)[\s\S]*(dhcp.*listening|listening.*dhcp)/i);
     const second = await lease("02:00:00:00:83:02");
     assert.equal(second.ip, "10.83.1.150");
@@ -149,7 +170,7 @@ Deno.test("serve: SIGHUP takes a new DHCP range from the config file and names r
 
     child.kill("SIGTERM");
     assert.equal((await child.status).code, 0);
-    await pump;
+    await served.pump;
     child = undefined;
     const db = new DatabaseSync(join(dir, "data", "netroot.db"), { readOnly: true });
     try {
@@ -162,13 +183,65 @@ Deno.test("serve: SIGHUP takes a new DHCP range from the config file and names r
       db.close();
     }
   } finally {
-    if (child) {
-      try {
-        child.kill("SIGKILL");
-      } catch { /* already exited */ }
-      await child.status;
-    }
+    await kill(child);
     await link.close();
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
 });
+
+Deno.test("serve: a SIGHUP whose DHCP service cannot start keeps the running one serving", async () => {
+  // The admin turns a full-DHCP server into a proxy while another PXE tool holds UDP 4011 on the
+  // boot network. Before, the reload closed the running DHCP service, failed to open the new one
+  // and logged that the running config stays: no node got an address until a restart.
+  const link = await makeLink("hupfail", "10.83.2");
+  const dir = await Deno.makeTempDir({ prefix: "nr-hupfail-" });
+  let child: Deno.ChildProcess | undefined, holder: Deno.ChildProcess | undefined;
+  try {
+    const f = join(dir, "config.json");
+    const config = (dhcp: Record<string, unknown>) =>
+      JSON.stringify({
+        dataDir: join(dir, "data"),
+        interface: link.srvIf,
+        http: { port: 18082 },
+        dhcp: { leaseSeconds: 600, ...dhcp },
+        ra: false,
+      });
+    await Deno.writeTextFile(f, config({ mode: "full", range: "10.83.2.100-10.83.2.110" }));
+    const served = serveIn(link, f);
+    child = served.child;
+    await served.waitFor(/dhcp.*listening|listening.*dhcp/i);
+    assert.equal((await leaseFor(link, dir, "02:00:00:00:83:11")).ip, "10.83.2.100");
+
+    holder = new Deno.Command("ip", {
+      args: ["netns", "exec", link.srvNs, "socat", "-u", "UDP4-RECV:4011,reuseaddr=0", "-"],
+      stdin: "null",
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+    await waitForPort(link, 4011);
+    await Deno.writeTextFile(f, config({ mode: "proxy" }));
+    child.kill("SIGHUP");
+    await served.waitFor(/config reload failed[^\n]*cannot open DHCP sockets/);
+    // The full service still answers, from its range.
+    assert.equal((await leaseFor(link, dir, "02:00:00:00:83:12")).ip, "10.83.2.101");
+
+    child.kill("SIGTERM");
+    assert.equal((await child.status).code, 0);
+    await served.pump;
+    child = undefined;
+  } finally {
+    await kill(child);
+    await kill(holder);
+    await link.close();
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+});
+
+/** Waits until something in the server namespace listens on UDP `port`. */
+async function waitForPort(link: Link, port: number) {
+  for (let i = 0; i < 100; i++) {
+    if ((await sh(link.inSrv(["ss", "-Hlun", `sport = :${port}`]))).trim()) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`nothing listens on UDP ${port}`);
+}
