@@ -9,6 +9,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { openDatabase, schemaVersion, versionOf } from "../src/db.ts";
 import { backupTo, restoreFrom } from "../src/service/backup.ts";
+import { statvfs } from "../src/linux/fsops.ts";
 import { loopExt4 } from "./support/ext4disk.ts";
 
 const mainTs = fileURLToPath(new URL("../main.ts", import.meta.url));
@@ -275,6 +276,22 @@ Deno.test("restore refuses hostile and damaged backups before touching the data 
           db.close();
         }),
         /not a netroot database \(no table /,
+      ],
+      [
+        // A 110 KiB file: restore read the token whole (2.5 minutes, 6.3 GB of memory, then a
+        // TypeError's stack trace).
+        "a sparse 6 GiB token",
+        forged(dir, good, (t) => Deno.truncate(join(t, "token"), 6 * 2 ** 30), ["--sparse"]),
+        /token holds 6442450944 bytes \(at most 1024\)/,
+      ],
+      [
+        // Extracted into the data dir's tmp/ until the file system was full.
+        "a database larger than the data dir's free space",
+        forged(dir, good, async (t) => {
+          const free = statvfs(dir).freeBytes;
+          await Deno.truncate(join(t, "netroot.db"), free + (1 << 30));
+        }, ["--sparse"]),
+        /extracts to \d+ bytes, more than the \d+ free for /,
       ],
       [
         "no database",
