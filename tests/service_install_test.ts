@@ -3,7 +3,7 @@
 // (The real thing, booted under systemd, is tests/service_nspawn_test.ts.)
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { paths, renderUnit } from "../src/service/install.ts";
 import { withLoopExt4 } from "./support/ext4disk.ts";
@@ -104,6 +104,44 @@ Deno.test("install-service refuses a data dir the wrapper script's shell would r
       assert.equal(r.code, 1, `${data}: ${r.out}`);
       assert.match(r.err, /--data must be an absolute path without spaces/, data);
       assert.deepEqual([...Deno.readDirSync(root)], [], data);
+    }
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("install-service and uninstall-service refuse to replace or remove what is not theirs", async () => {
+  const root = await Deno.makeTempDir({ prefix: "nr-install-other-" });
+  const at = (p: string) => join(root, p);
+  try {
+    // A netroot checkout cloned to /usr/local/lib/netroot and run from there: install moved it
+    // aside and removed it whole (local changes, .git and all). A hand-written unit of the same
+    // name, or another `netroot` command, was replaced, and uninstall removed the unit.
+    const others: [string, Record<string, string>][] = [
+      [paths.lib, { "README.md": "my checkout\n", ".git/HEAD": "ref: refs/heads/mine\n" }],
+      [dirname(paths.unit), { "netroot.service": "[Service]\nExecStart=/opt/mine/netroot\n" }],
+      [dirname(paths.bin), { "netroot": '#!/bin/sh\nexec /opt/mine/netroot "$@"\n' }],
+    ];
+    for (const [dir, files] of others) {
+      for (const [name, text] of Object.entries(files)) {
+        await Deno.mkdir(dirname(join(at(dir), name)), { recursive: true });
+        await Deno.writeTextFile(join(at(dir), name), text);
+      }
+      const what = Object.keys(files)[0];
+      const installing = await netroot("install-service", "--root", root);
+      assert.equal(installing.code, 1, `${what}: ${installing.out}`);
+      const path = dir === paths.lib ? paths.lib : join(dir, what);
+      assert.match(installing.err, new RegExp(`${path} is not netroot's.*nothing was changed`));
+      if (path !== paths.bin) { // (uninstall: with no unit, "not installed")
+        const removing = await netroot("uninstall-service", "--root", root);
+        assert.equal(removing.code, 1, `${what}: ${removing.out}`);
+        assert.match(removing.err, new RegExp(`${path} is not netroot's`));
+      }
+      for (const [name, text] of Object.entries(files)) {
+        assert.equal(await Deno.readTextFile(join(at(dir), name)), text, name);
+      }
+      assert.ok(!existsSync(at(paths.config)), `${what}: nothing installed`);
+      await Deno.remove(at(dir.split("/").slice(0, 2).join("/")), { recursive: true });
     }
   } finally {
     await Deno.remove(root, { recursive: true });

@@ -28,6 +28,45 @@ export const paths = {
 
 /** Marks files this program wrote, so uninstall removes only those. */
 const marker = "installed by netroot install-service";
+/** In the shipped unit's first lines: what tells netroot's unit from another one of that name. */
+const unitMarker = "`netroot install-service` installs this file";
+/** What installProgram puts in the program directory (a bundle, or a compiled executable). */
+const programEntries = new Set(["deno", "netroot.js", "netroot-init.js", "netroot", "ipxe"]);
+
+/**
+ * The paths install and uninstall replace or remove whole that hold something else: a netroot
+ * checkout cloned to /usr/local/lib/netroot (install moved it aside and removed it, local changes
+ * and all, while bundling from it), another program's or the admin's own netroot.service or
+ * `netroot` command (replaced, or removed by uninstall).
+ */
+async function notOurs(root: string): Promise<string[]> {
+  const at = (p: string) => join(root, p);
+  const found: string[] = [];
+  const lib = await Deno.lstat(at(paths.lib)).catch(() => undefined);
+  if (
+    lib && (!lib.isDirectory ||
+      [...Deno.readDirSync(at(paths.lib))].some((e) => !programEntries.has(e.name)))
+  ) found.push(paths.lib);
+  for (const [path, sign] of [[paths.unit, unitMarker], [paths.bin, marker]]) {
+    const text = await Deno.readTextFile(at(path)).catch((e) => {
+      if (e instanceof Deno.errors.NotFound) return undefined;
+      return ""; // a directory, unreadable: not ours either
+    });
+    if (text !== undefined && !text.includes(sign)) found.push(path);
+  }
+  return found;
+}
+
+/** Refuses, before anything changes, when a path it would replace or remove is not netroot's. */
+async function refuseOthers(root: string, what: string): Promise<void> {
+  const others = await notOurs(root);
+  if (others.length) {
+    throw new UserError(
+      `${what}: ${others.join(", ")} ${others.length > 1 ? "are" : "is"} not netroot's ` +
+        "(not written by install-service): move it away first; nothing was changed",
+    );
+  }
+}
 
 export interface InstallOptions {
   /** The service's data dir (default /var/lib/netroot). */
@@ -180,6 +219,7 @@ export async function installService(opts: InstallOptions = {}): Promise<void> {
     );
   }
   if (root === "/" && Deno.uid() !== 0) throw new UserError("install-service needs root");
+  await refuseOthers(root, "install-service");
   const scratch = await Deno.makeTempDir({ prefix: "netroot-install-" });
   let command: string[];
   try {
@@ -238,6 +278,7 @@ export async function uninstallService(
   if (!existsSync(at(paths.unit)) && !existsSync(at(paths.lib))) {
     throw new UserError(`netroot is not installed as a service (no ${paths.unit})`);
   }
+  await refuseOthers(root, "uninstall-service");
   const data = (await installedDataDir(root)) ?? paths.data;
   if (systemdRunning(root)) {
     // disable --now stops it; a unit systemd does not know (already removed) is not an error.
@@ -248,8 +289,7 @@ export async function uninstallService(
   await Deno.remove(at(paths.unit)).catch(() => {});
   await Deno.remove(at(paths.lib), { recursive: true }).catch(() => {});
   for (const f of [paths.bin, paths.bashCompletion, paths.zshCompletion]) {
-    const text = await Deno.readTextFile(at(f)).catch(() => "");
-    if (f !== paths.bin || text.includes(marker)) await Deno.remove(at(f)).catch(() => {});
+    await Deno.remove(at(f)).catch(() => {});
   }
   if (systemdRunning(root)) await run("systemctl", ["daemon-reload"]);
   log(
