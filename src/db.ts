@@ -1,6 +1,7 @@
 // The embedded state: one SQLite file (node:sqlite), WAL, busy timeout, versioned migrations.
 // The database is the truth; the data dir tree (image dirs, node symlinks) is reconciled from it.
 import { DatabaseSync, type StatementSync } from "node:sqlite";
+import { UserError } from "./errors.ts";
 
 export type Db = DatabaseSync;
 
@@ -143,12 +144,20 @@ export const schemaVersion = migrations.length;
 export function openDatabase(path: string): Db {
   ownerOnly(path);
   const db = new DatabaseSync(path, { timeout: 5000 });
-  // journal_size_limit: after a checkpoint the WAL file shrinks back to this, not to its peak.
-  db.exec(
-    "PRAGMA journal_mode=WAL; PRAGMA foreign_keys=ON; PRAGMA synchronous=NORMAL; " +
-      "PRAGMA journal_size_limit=8388608;",
-  );
-  migrate(db);
+  try {
+    // A newer netroot's database is refused before anything is written to it (its journal mode
+    // included), and the file is closed.
+    refuseNewer(db);
+    // journal_size_limit: after a checkpoint the WAL file shrinks back to this, not to its peak.
+    db.exec(
+      "PRAGMA journal_mode=WAL; PRAGMA foreign_keys=ON; PRAGMA synchronous=NORMAL; " +
+        "PRAGMA journal_size_limit=8388608;",
+    );
+    migrate(db);
+  } catch (e) {
+    db.close();
+    throw e;
+  }
   cacheStatements(db);
   return db;
 }
@@ -199,14 +208,21 @@ export function versionOf(db: Db): number {
   return Number((db.prepare("PRAGMA user_version").get() as { user_version: number }).user_version);
 }
 
-/** Brings the schema to `target` (the latest unless a test asks for an older one). */
-export function migrate(db: Db, target = migrations.length): void {
+/** The schema version, or a UserError when a newer netroot wrote it (an admin's mistake: a
+ *  downgrade, a data dir shared between versions), not a stack trace. */
+function refuseNewer(db: Db): number {
   const current = versionOf(db);
   if (current > migrations.length) {
-    throw new Error(
+    throw new UserError(
       `database schema version ${current} is newer than this program (${migrations.length}): upgrade netroot`,
     );
   }
+  return current;
+}
+
+/** Brings the schema to `target` (the latest unless a test asks for an older one). */
+export function migrate(db: Db, target = migrations.length): void {
+  const current = refuseNewer(db);
   for (let v = current; v < target; v++) {
     tx(db, () => {
       db.exec(migrations[v]);

@@ -1,4 +1,7 @@
 import assert from "node:assert/strict";
+import { DatabaseSync } from "node:sqlite";
+import { existsSync } from "node:fs";
+import { UserError } from "../src/errors.ts";
 import { migrate, openDatabase, schemaVersion, tx } from "../src/db.ts";
 
 Deno.test("migrations bring a new database to the current schema, once", async () => {
@@ -47,6 +50,27 @@ Deno.test("a database from a newer program is refused", async () => {
     db.exec(`PRAGMA user_version = ${schemaVersion + 1}`);
     assert.throws(() => migrate(db), /newer than this program/);
     db.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a data dir a newer netroot left: a clear error, its database not written to", async () => {
+  // A downgrade: `netroot serve` printed a stack trace, after switching the newer program's
+  // database to WAL (a write to its header) and leaving the file open.
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/netroot.db`;
+    const newer = new DatabaseSync(path);
+    newer.exec(`PRAGMA journal_mode=DELETE; PRAGMA user_version = ${schemaVersion + 1}`);
+    newer.close();
+    const before = await Deno.readFile(path);
+    assert.throws(
+      () => openDatabase(path),
+      (e) => e instanceof UserError && /newer than this program.*upgrade netroot/.test(e.message),
+    );
+    assert.deepEqual(await Deno.readFile(path), before);
+    assert.ok(!existsSync(`${path}-wal`));
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
