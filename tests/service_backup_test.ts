@@ -275,7 +275,26 @@ Deno.test("restore refuses hostile and damaged backups before touching the data 
           db.exec(`CREATE TABLE other (x TEXT); PRAGMA user_version = ${schemaVersion}`);
           db.close();
         }),
-        /not a netroot database \(no table /,
+        /not a netroot database \(no column /,
+      ],
+      [
+        // netroot's table names at the current user_version, not its columns: restored, and the
+        // next start failed on "no such column".
+        "a database with netroot's tables but not their columns",
+        forged(dir, good, async (t) => {
+          await Deno.remove(join(t, "netroot.db"));
+          const db = new DatabaseSync(join(t, "netroot.db"));
+          for (const table of ["nodes", "node_settings", "leases", "boots", "vnodes"]) {
+            db.exec(`CREATE TABLE ${table} (x TEXT)`);
+          }
+          db.exec(`CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT);
+            CREATE TABLE images (id TEXT PRIMARY KEY, name TEXT, current INTEGER, created_at TEXT,
+              size INTEGER, files INTEGER, kernel TEXT, initrd TEXT, kernel_version TEXT,
+              bootable INTEGER, reason TEXT, made_by TEXT, command TEXT, parent TEXT);
+            PRAGMA user_version = ${schemaVersion}`);
+          db.close();
+        }),
+        /not a netroot database \(no column nodes\.mac, /,
       ],
       [
         // A 110 KiB file: restore read the token whole (2.5 minutes, 6.3 GB of memory, then a
@@ -310,7 +329,7 @@ Deno.test("restore refuses hostile and damaged backups before touching the data 
     for (const [what, file, error] of cases) {
       const r = await netroot("restore", await file, "--data", data, "--config", config);
       assert.equal(r.code, 1, `${what}: ${r.out}`);
-      assert.match(r.err, error, what);
+      assert.match(r.err, error, `${what}: ${r.err}`);
       assert.equal(r.err.trim().split("\n").length, 1, `${what}: one line\n${r.err}`);
       assert.ok(!existsSync(join(dir, "evil")), what);
       assert.equal(await Deno.readTextFile(config), "{}\n", what);

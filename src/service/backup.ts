@@ -378,25 +378,32 @@ async function restoreConfig(
 }
 
 /** Opens the staged database as the server will (migrating an older schema now, so a failure
- *  shows before anything is replaced), refuses one without netroot's tables (a database that is
- *  not ours, whatever its user_version says: it replaced the data dir's, then failed), and names
- *  the images whose files are not in the data dir. */
+ *  shows before anything is replaced), refuses one without netroot's tables and columns (a
+ *  database that is not ours, whatever its user_version says: it replaced the data dir's, then
+ *  failed), and names the images whose files are not in the data dir. */
 function checkedDatabase(path: string, data: DataDir, file: string): string[] {
-  const tables = (db: Db) =>
+  // Every table.column and view.column of netroot's schema: a database with the tables' names
+  // but not their columns (a hand-made or half-copied one at the current user_version) was
+  // restored, and the next start failed on "no such column".
+  const columns = (db: Db) =>
     new Set(
-      (db.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").all() as {
-        name: string;
-      }[]).map((r) => r.name),
+      (db.prepare(
+        `SELECT m.name || '.' || c.name AS col FROM sqlite_master m, pragma_table_info(m.name) c
+         WHERE m.type IN ('table', 'view')`,
+      ).all() as { col: string }[]).map((r) => r.col),
     );
   const fresh = new DatabaseSync(":memory:");
   let db: Db | undefined;
   try {
     migrate(fresh);
     db = openDatabase(path);
-    const have = tables(db);
-    const lacking = [...tables(fresh)].filter((t) => !have.has(t));
+    const have = columns(db);
+    const lacking = [...columns(fresh)].filter((c) => !have.has(c));
     if (lacking.length) {
-      throw new UserError(`${file}: not a netroot database (no table ${lacking.join(", ")})`);
+      throw new UserError(
+        `${file}: not a netroot database (no column ${lacking.slice(0, 8).join(", ")}` +
+          `${lacking.length > 8 ? ", …" : ""})`,
+      );
     }
     return new ImageStore(data, db).list().filter((i) => !existsSync(data.manifest(i.id)))
       .map((i) => i.name);
