@@ -395,3 +395,44 @@ Deno.test("restore (root, loop ext4): a power cut after it returns leaves the re
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("backup (root, mount namespace): /etc/netroot/config.json as a symlink is saved, then restored", async () => {
+  // Configuration management links /etc/netroot/config.json to the file it manages. The backup
+  // took regular files only: the settings were not in it, and nothing said so.
+  const dir = await Deno.makeTempDir({ prefix: "nr-backup-cfglink-" });
+  try {
+    const old = await schemaV1DataDir(dir);
+    const managed = join(dir, "managed.json");
+    await Deno.writeTextFile(managed, '{"http":{"port":81}}\n');
+    for (const d of ["upper", "work"]) await Deno.mkdir(join(dir, d));
+    const file = join(dir, "b.tar");
+    // /etc of this namespace only: an overlay whose writes go to dir/upper, gone with it.
+    const o = await new Deno.Command("unshare", {
+      args: [
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-ec",
+        `mount -t overlay overlay -o lowerdir=/etc,upperdir=${dir}/upper,workdir=${dir}/work /etc
+         mkdir /etc/netroot && ln -s "${managed}" /etc/netroot/config.json
+         exec "$0" run -A "${mainTs}" backup "${file}" --data "${old}"`,
+        Deno.execPath(),
+      ],
+      stdin: "null",
+      env: { NO_COLOR: "1" },
+    }).output();
+    assert.ok(o.success, dec.decode(o.stderr));
+    assert.match(dec.decode(o.stdout), /config\.json|settings/, dec.decode(o.stdout));
+    const members = dec.decode(
+      (await new Deno.Command("tar", { args: ["-tf", file] }).output()).stdout,
+    );
+    assert.match(members, /^config\/config\.json$/m);
+    const restored = join(dir, "restored.json");
+    const r = await netroot("restore", file, "--data", join(dir, "new"), "--config", restored);
+    assert.equal(r.code, 0, r.err);
+    assert.equal(await Deno.readTextFile(restored), '{"http":{"port":81}}\n');
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -76,12 +76,20 @@ async function entries(dir: string): Promise<Deno.DirEntry[]> {
   }
 }
 
-/** Settings files to save: --config FILE, else /etc/netroot/config.* of an installed service. */
-async function configFiles(config?: string): Promise<string[]> {
+/** Settings files to save: --config FILE, else /etc/netroot/config.* of an installed service. A
+ *  symlink there (configuration management's usual way) is saved as the file it names: skipped,
+ *  the settings were silently not in the backup. */
+async function configFiles(
+  config: string | undefined,
+  warn: (l: string) => void,
+): Promise<string[]> {
   if (config) return [resolve(config)];
   const found: string[] = [];
   for (const e of await entries(etcDir)) {
-    if (e.isFile && configName.test(e.name)) found.push(join(etcDir, e.name));
+    if (!configName.test(e.name)) continue;
+    const path = join(etcDir, e.name);
+    if ((await Deno.stat(path).catch(() => undefined))?.isFile) found.push(path);
+    else warn(`not saved: ${path} (not a file, nor a symlink to one)`);
   }
   return found.sort();
 }
@@ -134,7 +142,7 @@ export async function backupTo(
     });
     const power = await copyPower(join(data.root, "power"), join(stage, "power"), warn);
     const config: string[] = [];
-    const configs = await configFiles(opts.config);
+    const configs = await configFiles(opts.config, warn);
     if (configs.length) await Deno.mkdir(join(stage, "config"));
     for (const c of configs) {
       // Saved as config.<ext> (any other name keeps its extension, else .json).
