@@ -3,7 +3,7 @@ import { bundledIpxeDir, defaultIpxeDir } from "./release/ipxe.ts";
 import { parseArgs } from "node:util";
 import { defaultDataDir } from "./datadir.ts";
 import { UserError } from "./errors.ts";
-import { ipv4Octets } from "../contract/ipv4.ts";
+import { ipToInt, ipv4Octets } from "../contract/ipv4.ts";
 import { defaultRetention, type Retention } from "./events.ts";
 
 export type DhcpMode = "full" | "proxy" | "off";
@@ -177,6 +177,11 @@ export function parseRange(s: string): { start: string; end: string } {
   const [start, end] = s.split("-").map((x) => x.trim());
   if (!start || !end || !ipv4Octets(start) || !ipv4Octets(end)) {
     throw new UserError(`--dhcp-range expects START-END IPv4 addresses, got ${s}`);
+  }
+  // Here, not first at the DHCP service's start: --check-config said "config ok", then serve
+  // (or a SIGHUP) failed with a stack trace.
+  if (ipToInt(end) < ipToInt(start)) {
+    throw new UserError(`--dhcp-range ${s} is empty: its end comes before its start`);
   }
   return { start, end };
 }

@@ -215,6 +215,29 @@ Deno.test("serve config: an event retention too long to prune by is refused, not
   }
 });
 
+Deno.test("serve config: a DHCP range whose end comes before its start is refused at load", async () => {
+  // Taken as "config ok" by --check-config; serve then started HTTP and died on a stack trace.
+  await assert.rejects(
+    loadServeConfig(["--dhcp-range", "10.9.0.200-10.9.0.100"]),
+    (e) => e instanceof UserError && /10\.9\.0\.200-10\.9\.0\.100 is empty/.test(e.message),
+  );
+  const f = await Deno.makeTempFile({ suffix: ".json" });
+  try {
+    await Deno.writeTextFile(
+      f,
+      JSON.stringify({ dhcp: { range: { start: "10.9.1.9", end: "10.9.0.250" } } }),
+    );
+    await assert.rejects(
+      loadServeConfig(["--config", f]),
+      (e) => e instanceof UserError && /config key dhcp\.range: .* is empty/.test(e.message),
+    );
+  } finally {
+    await Deno.remove(f);
+  }
+  const one = await loadServeConfig(["--dhcp-range", "10.9.0.7-10.9.0.7"]);
+  assert.deepEqual(one.dhcp.range, { start: "10.9.0.7", end: "10.9.0.7" });
+});
+
 Deno.test("serve config: every flag has a config file key giving the same config", async () => {
   const { serveOptions } = await import("../src/config.ts");
   const cases: [string[], Record<string, unknown>][] = [
