@@ -148,6 +148,26 @@ Deno.test("install-service and uninstall-service refuse to replace or remove wha
   }
 });
 
+Deno.test("install-service over a settings file the new program refuses changes nothing", async () => {
+  // An upgrade: the kept config.json has a key this version refuses. Before, everything was
+  // replaced and the service restarted into "config key … is unknown" at every start.
+  const root = await Deno.makeTempDir({ prefix: "nr-install-cfg-" });
+  const at = (p: string) => join(root, p);
+  try {
+    await Deno.mkdir(at(paths.etc), { recursive: true });
+    await Deno.writeTextFile(at(paths.config), '{"dhcp":{"rnage":"10.0.0.1-10.0.0.9"}}\n');
+    const r = await netroot("install-service", "--root", root);
+    assert.equal(r.code, 1, r.out);
+    assert.match(
+      r.err,
+      /would not start with \/etc\/netroot\/config\.json.*dhcp\.rnage is unknown/,
+    );
+    assert.ok(!existsSync(at(paths.lib)) && !existsSync(at(paths.unit)), "nothing installed");
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
 Deno.test("install-service (root, loop ext4): a power cut after it returns leaves the program and the unit whole", async () => {
   await withLoopExt4(512, async (disk) => {
     const root = await disk.freshDir("root");

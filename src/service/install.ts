@@ -8,6 +8,7 @@ import { bundledIpxeDir } from "../release/ipxe.ts";
 import { existsSync, realpathSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { loadServeConfig } from "../config.ts";
 import { checkoutRoot } from "../datadir.ts";
 import { UserError } from "../errors.ts";
 import { isCompiled } from "../initramfs/bundle.ts";
@@ -55,6 +56,23 @@ async function notOurs(root: string): Promise<string[]> {
     if (text !== undefined && !text.includes(sign)) found.push(path);
   }
   return found;
+}
+
+/** The kept settings file, read as the installed service will: an upgrade over one this program
+ *  refuses (a key it does not know, a value it now bounds) restarted the service into a failure
+ *  at every start, with the old program already replaced. */
+async function checkSettings(root: string): Promise<void> {
+  const file = join(root, paths.config);
+  if (!existsSync(file)) return;
+  try {
+    await loadServeConfig(["--config", file]);
+  } catch (e) {
+    if (!(e instanceof UserError)) throw e;
+    throw new UserError(
+      `install-service: the service would not start with ${paths.config} (${e.message}): ` +
+        "fix it first; nothing was changed",
+    );
+  }
 }
 
 /** Refuses, before anything changes, when a path it would replace or remove is not netroot's. */
@@ -220,6 +238,7 @@ export async function installService(opts: InstallOptions = {}): Promise<void> {
   }
   if (root === "/" && Deno.uid() !== 0) throw new UserError("install-service needs root");
   await refuseOthers(root, "install-service");
+  await checkSettings(root);
   const scratch = await Deno.makeTempDir({ prefix: "netroot-install-" });
   let command: string[];
   try {
