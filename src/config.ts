@@ -2,6 +2,7 @@
 import { bundledIpxeDir, defaultIpxeDir } from "./release/ipxe.ts";
 import { parseArgs } from "node:util";
 import { defaultDataDir } from "./datadir.ts";
+import { readTextUpTo } from "./linux/fsops.ts";
 import { UserError } from "./errors.ts";
 import { ipToInt, ipv4Octets } from "../contract/ipv4.ts";
 import { defaultRetention, type Retention } from "./events.ts";
@@ -308,6 +309,16 @@ export function configPath(args: string[]): string | undefined {
   }
 }
 
+/** The config file's text: a regular file (a FIFO there held serve's start, or a SIGHUP's reload
+ *  and the SIGTERM waiting for it, for ever) of at most 1 MiB (a wrong --config of a big file was
+ *  read whole). */
+async function readConfigText(path: string): Promise<string> {
+  if (!(await Deno.stat(path)).isFile) throw new Error("not a regular file");
+  const text = await readTextUpTo(path, 1 << 20);
+  if (text === undefined) throw new Error("larger than 1 MiB");
+  return text;
+}
+
 /** Merge a config file (JSON, same shape as ServerConfig, partial) and flags over the defaults. */
 export async function loadServeConfig(args: string[]): Promise<ServerConfig> {
   const { values } = parseArgs({ args, options: serveOptions, allowPositionals: false });
@@ -318,7 +329,7 @@ export async function loadServeConfig(args: string[]): Promise<ServerConfig> {
   if (path) {
     let raw: unknown;
     try {
-      raw = JSON.parse(await Deno.readTextFile(path));
+      raw = JSON.parse(await readConfigText(path));
     } catch (e) {
       throw new UserError(`cannot read config file ${path}: ${(e as Error).message}`);
     }

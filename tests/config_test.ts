@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { join } from "node:path";
 import { defaultConfig, loadServeConfig } from "../src/config.ts";
 import { DatabaseSync } from "node:sqlite";
 import { migrate } from "../src/db.ts";
@@ -236,6 +237,40 @@ Deno.test("serve config: a DHCP range whose end comes before its start is refuse
   }
   const one = await loadServeConfig(["--dhcp-range", "10.9.0.7-10.9.0.7"]);
   assert.deepEqual(one.dhcp.range, { start: "10.9.0.7", end: "10.9.0.7" });
+});
+
+Deno.test("serve config: a FIFO or a huge file as the config file is refused, not waited on", async () => {
+  // A FIFO at /etc/netroot/config.json: a SIGHUP's reload waited on it for ever, and SIGTERM (which
+  // waits for the reload) no longer stopped the server.
+  const dir = await Deno.makeTempDir({ prefix: "nr-config-fifo-" });
+  try {
+    const fifo = join(dir, "config.json");
+    const made = await new Deno.Command("mkfifo", { args: [fifo] }).output();
+    assert.ok(made.success);
+    const loading = loadServeConfig(["--config", fifo]).then(() => "loaded", (e) => e);
+    const outcome = await Promise.race([
+      loading,
+      new Promise((r) => setTimeout(r, 3000)).then(() => "waiting"),
+    ]);
+    if (outcome === "waiting") {
+      // Lets the read end (the old code's), so the test itself ends.
+      (await Deno.open(fifo, { write: true })).close();
+      await loading;
+    }
+    assert.ok(
+      outcome instanceof UserError && /config\.json: not a regular file/.test(outcome.message),
+      String(outcome),
+    );
+    const big = join(dir, "big.json");
+    await Deno.writeTextFile(big, "{}");
+    await Deno.truncate(big, 256 << 20);
+    await assert.rejects(
+      loadServeConfig(["--config", big]),
+      (e) => e instanceof UserError && /big\.json: larger than 1 MiB/.test(e.message),
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 Deno.test("serve config: every flag has a config file key giving the same config", async () => {
