@@ -260,7 +260,9 @@ export function tx<T>(db: Db, fn: () => T): T {
     db.exec("COMMIT");
     return out;
   } catch (e) {
-    db.exec("ROLLBACK");
+    // SQLite has rolled back on its own after some errors (SQLITE_FULL: the disk full, IOERR):
+    // a ROLLBACK then fails ("no transaction is active") and would hide what happened.
+    if (db.isTransaction) db.exec("ROLLBACK");
     throw e;
   }
 }

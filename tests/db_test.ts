@@ -43,6 +43,30 @@ Deno.test("tx rolls back on error", async () => {
   }
 });
 
+Deno.test("a transaction the disk full ended says so (SQLite rolled it back itself), and the database goes on", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const db = openDatabase(`${dir}/t.db`);
+    const { page_count } = db.prepare("PRAGMA page_count").get() as { page_count: number };
+    db.exec(`PRAGMA max_page_count = ${page_count}`);
+    assert.throws(
+      () =>
+        tx(db, () => {
+          db.prepare("INSERT INTO events (mac, ts, kind, detail) VALUES (NULL, 'x', 'k', ?)")
+            .run("x".repeat(64 * 1024));
+        }),
+      /database or disk is full/,
+    );
+    assert.equal(db.isTransaction, false);
+    db.exec("PRAGMA max_page_count = 1073741823");
+    tx(db, () => db.prepare("INSERT INTO events (mac, ts, kind) VALUES (NULL, 'x', 'k')").run());
+    assert.equal((db.prepare("SELECT count(*) AS n FROM events").get() as { n: number }).n, 1);
+    db.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("a database from a newer program is refused", async () => {
   const dir = await Deno.makeTempDir();
   try {
