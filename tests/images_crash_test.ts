@@ -259,3 +259,33 @@ Deno.test("a flush that fails under a commit (EIO: data that never reached the d
     await t.close();
   }
 });
+
+Deno.test("a commit whose row cannot be written (the database's disk full) keeps nothing: no tree, none of its new objects", async () => {
+  const t = await tempStore();
+  try {
+    const kept = await t.store.commit(scratchTree(t, "kept"), "full", importMeta);
+    const objects = () => sh("find", t.data.objects, "-type", "f").split("\n").sort();
+    const before = objects();
+    // The disk full under the database: no page more (a build's long command needs several).
+    const { page_count } = t.db.prepare("PRAGMA page_count").get() as { page_count: number };
+    t.db.exec(`PRAGMA max_page_count = ${page_count}`);
+    const work = scratchTree(t, "new");
+    for (let i = 0; i < 50; i++) Deno.writeTextFileSync(`${work}/rootfs/etc/f${i}`, `new ${i}\n`);
+    await assert.rejects(
+      t.store.commit(work, "full", {
+        madeBy: "build",
+        command: "netroot image build " + "x".repeat(64 * 1024),
+        parent: kept.id,
+      }),
+      /full/,
+    );
+    t.db.exec("PRAGMA max_page_count = 1073741823");
+    await t.store.idle();
+    assert.equal(t.store.get("full").id, kept.id, "the previous version stays current");
+    assert.deepEqual(await dirEntries(t.data.images), [kept.id], "no tree without its row");
+    assert.deepEqual(objects(), before, "no object of the failed commit left to fill the disk");
+    assert.deepEqual(await dirEntries(t.data.tmp), [], "nothing left in tmp/");
+  } finally {
+    await t.close();
+  }
+});

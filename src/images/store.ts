@@ -464,12 +464,12 @@ export class ImageStore {
       // Another commit of the same content won the rename; its row is (or will be) there.
       if (!(await Deno.stat(this.data.manifest(id)).catch(() => null))) throw e;
     }
-    // The row promises a complete tree: flush it first (a power cut must not leave a row over
-    // half-written files; one syncfs instead of an fsync per file).
-    syncfs(this.data.image(id));
     const createdAt = new Date().toISOString();
     let previous: string | null = null;
     try {
+      // The row promises a complete tree: flush it first (a power cut must not leave a row over
+      // half-written files; one syncfs instead of an fsync per file).
+      syncfs(this.data.image(id));
       durableTx(this.db, () => {
         previous = (this.db.prepare("SELECT id FROM images WHERE name = ? AND current = 1")
           .get(name) as { id: string } | undefined)?.id ?? null;
@@ -495,8 +495,18 @@ export class ImageStore {
         );
       });
     } catch (e) {
-      // Without its row the tree must not stay (reconcile would remove it at the next start).
-      if (renamed && !this.#row(id)) this.#discard(this.data.image(id));
+      // Without its row the tree must not stay (reconcile would remove it at the next start),
+      // nor its new objects: the disk full under the database would stay full.
+      if (renamed && !this.#row(id)) {
+        const trash = join(this.data.tmp, `rm-${crypto.randomUUID()}`);
+        try {
+          Deno.renameSync(this.data.image(id), trash);
+          this.#dropNewObjects(join(trash, "rootfs"), entries);
+          await this.dropScratch(trash);
+        } catch (err) { // the commit's own error is what to say; the next start removes it
+          log.warn("could not remove a failed commit's tree", { error: (err as Error).message });
+        }
+      }
       const same = this.#row(id);
       if (same) return { ...same, existed: true, previous: null, outdated: null };
       throw e;
