@@ -289,3 +289,45 @@ Deno.test("a commit whose row cannot be written (the database's disk full) keeps
     await t.close();
   }
 });
+
+/** The database's disk full: no page more, the last one of the events filled. */
+function fillDatabase(t: TempStore): void {
+  const { page_count } = t.db.prepare("PRAGMA page_count").get() as { page_count: number };
+  t.db.exec(`PRAGMA max_page_count = ${page_count}`);
+  const insert = t.db.prepare("INSERT INTO events (mac, ts, kind, detail) VALUES (NULL, ?, ?, ?)");
+  for (const size of [200, 20, 0]) {
+    try {
+      for (;;) insert.run("2026-01-01T00:00:00Z", "fill", "x".repeat(size));
+    } catch { /* full */ }
+  }
+}
+
+Deno.test("image rm and rollback on a full database: done with their events, or refused with nothing changed (never rows gone and the error said)", async () => {
+  const t = await tempStore();
+  try {
+    const v1 = await t.store.commit(scratchTree(t, "one"), "full", importMeta);
+    const v2 = await t.store.commit(scratchTree(t, "two"), "full", {
+      ...importMeta,
+      parent: v1.id,
+    });
+    fillDatabase(t);
+    await assert.rejects(t.store.rollback("full"), /database or disk is full/);
+    assert.equal(t.store.get("full").id, v2.id, "no rollback half made: the name where it was");
+    assert.throws(() => t.store.remove("full"), /database or disk is full/);
+    assert.deepEqual(t.store.list().map((v) => v.id).sort(), [v1.id, v2.id].sort(), "kept");
+    assert.deepEqual(await dirEntries(t.data.images), [v1.id, v2.id].sort(), "trees kept");
+    t.db.exec("PRAGMA max_page_count = 1073741823");
+    // Room again: the same commands work.
+    await t.store.rollback("full");
+    t.store.remove("full");
+    assert.deepEqual(t.store.list(), []);
+    assert.equal(
+      (t.db.prepare("SELECT count(*) AS n FROM events WHERE kind = 'image.rm'").get() as {
+        n: number;
+      }).n,
+      2,
+    );
+  } finally {
+    await t.close();
+  }
+});

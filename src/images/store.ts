@@ -493,6 +493,18 @@ export class ImageStore {
           meta.command,
           meta.parent,
         );
+        recordEvent(this.db, null, `image.${meta.madeBy}`, {
+          id,
+          name,
+          parent: meta.parent,
+          previous,
+          command: meta.command ?? undefined,
+          ...meta.detail,
+          files: entries.length,
+          size: bytes,
+          bootable: k.bootable,
+          seconds: Math.round(performance.now() - started) / 1000,
+        });
       });
     } catch (e) {
       // Without its row the tree must not stay (reconcile would remove it at the next start),
@@ -511,18 +523,6 @@ export class ImageStore {
       if (same) return { ...same, existed: true, previous: null, outdated: null };
       throw e;
     }
-    recordEvent(this.db, null, `image.${meta.madeBy}`, {
-      id,
-      name,
-      parent: meta.parent,
-      previous,
-      command: meta.command ?? undefined,
-      ...meta.detail,
-      files: entries.length,
-      size: bytes,
-      bootable: k.bootable,
-      seconds: Math.round(performance.now() - started) / 1000,
-    });
     log.info("committed image version", {
       id: id.slice(0, 12),
       name,
@@ -813,8 +813,10 @@ export class ImageStore {
         if (set.changes !== 1) {
           throw conflict(`image ${name} changed during the rollback: try again`);
         }
+        // In the change's transaction: a failed insert (the disk full) must not report a
+        // rollback that was made as failed.
+        recordEvent(this.db, null, "image.rollback", { name, id: target!.id, previous });
       });
-      recordEvent(this.db, null, "image.rollback", { name, id: target.id, previous });
       this.#changed();
       this.schedulePrune();
     }
@@ -872,11 +874,10 @@ export class ImageStore {
     validateName(newName);
     if (newName === info.name) return info;
     if (this.isName(newName)) throw conflict(`image name ${newName} is already taken`);
-    durableTx(
-      this.db,
-      () => this.db.prepare("UPDATE images SET name = ? WHERE name = ?").run(newName, info.name),
-    );
-    recordEvent(this.db, null, "image.rename", { id: info.id, from: info.name, to: newName });
+    durableTx(this.db, () => {
+      this.db.prepare("UPDATE images SET name = ? WHERE name = ?").run(newName, info.name);
+      recordEvent(this.db, null, "image.rename", { id: info.id, from: info.name, to: newName });
+    });
     this.#changed();
     return { ...info, name: newName };
   }
@@ -938,12 +939,12 @@ export class ImageStore {
       );
     }
     durableTx(this.db, () => {
-      for (const v of all) this.db.prepare("DELETE FROM images WHERE id = ?").run(v.id);
+      for (const v of all) {
+        this.db.prepare("DELETE FROM images WHERE id = ?").run(v.id);
+        recordEvent(this.db, null, "image.rm", { id: v.id, name: v.name });
+      }
     });
-    for (const v of all) {
-      recordEvent(this.db, null, "image.rm", { id: v.id, name: v.name });
-      this.#discard(this.data.image(v.id));
-    }
+    for (const v of all) this.#discard(this.data.image(v.id));
     this.#changed();
     return all;
   }
