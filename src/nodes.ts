@@ -916,11 +916,32 @@ export class NodeRegistry {
       to: string;
       image: string;
     }[];
+    const stuck = new Set<string>();
     for (const to of new Set(moved.map((m) => m.to))) {
       const group = moved.filter((m) => m.to === to);
-      this.#point(group, { id: to, name: group[0].image }, null, false);
+      try {
+        this.#point(group, { id: to, name: group[0].image }, null, false);
+      } catch {
+        // One node's broken directory must not keep the others on the old version, fail the
+        // commit that was made, or (reconcile follows) keep the server from starting: each on
+        // its own, one that cannot move stays, said in the log, tried again at the next start.
+        for (const m of group) {
+          try {
+            this.#point([m], { id: to, name: m.image }, null, false);
+          } catch (e) {
+            stuck.add(m.mac);
+            log.error("cannot move the node to its image's new version", {
+              node: m.name,
+              image: m.image,
+              dir: this.data.node(m.mac),
+              error: (e as Error).message,
+            });
+          }
+        }
+      }
     }
-    return moved.map(({ mac, name, from, to }) => ({ mac, name, from, to }));
+    return moved.filter((m) => !stuck.has(m.mac))
+      .map(({ mac, name, from, to }) => ({ mac, name, from, to }));
   }
 
   /** Reboots nodes through the reboot seam (one cause for all). */

@@ -473,3 +473,34 @@ Deno.test("the initramfs cache holds the versions something boots, not every ver
     await t.close();
   }
 });
+
+Deno.test("one node's broken directory keeps neither the other followers on the old version, nor the commit from being told, nor the next start", async () => {
+  const t = await tempStore();
+  try {
+    const tree = (hostname: string) => {
+      const work = t.store.scratch("import");
+      buildSampleTree(`${work}/rootfs`);
+      Deno.writeTextFileSync(`${work}/rootfs/etc/hostname`, `${hostname}\n`);
+      return work;
+    };
+    const meta = { madeBy: "import" as const, command: null, parent: null };
+    await t.store.commit(tree("one"), "img", meta);
+    const nodes = new NodeRegistry(t.data, t.db, t.store, new Rebooter(t.db), new EventTarget());
+    const good = nodes.add("52:54:00:00:00:01", { name: "good", image: "img" });
+    const broken = nodes.add("52:54:00:00:00:02", { name: "broken", image: "img" });
+    // The attacker (or a bad disk) makes one node's directory a file: its link cannot be made.
+    Deno.removeSync(t.data.node(broken.mac), { recursive: true });
+    Deno.writeTextFileSync(t.data.node(broken.mac), "");
+    const c = await t.store.commit(tree("two"), "img", meta);
+    const p = await publish({ nodes }, c, false);
+    assert.deepEqual(p.followers.map((f) => f.name), ["good"], "the commit is told who moved");
+    assert.equal(nodes.get(good.mac).imageId, c.id);
+    assert.equal(Deno.readLinkSync(t.data.nodeFs(good.mac)), `../../images/${c.id}/rootfs`);
+    assert.equal(nodes.get(broken.mac).imageId, good.imageId, "the broken one where it was");
+    // The next start: the reconcile says what it cannot fix and goes on.
+    await nodes.reconcile();
+    assert.equal(nodes.get(good.mac).imageId, c.id);
+  } finally {
+    await t.close();
+  }
+});
