@@ -94,12 +94,30 @@ export interface PrepareOptions {
   space?: (path: string) => { freeBytes: number; freeInodes: number };
 }
 
+/** walt-hybrid/ holds a directory per image copy: a few dozen names. One whose directory takes
+ *  more than this (ext4: ~14,000 names of an image id's length) was filled by the root of an
+ *  earlier boot, and a copy lists it several times and looks at each entry, in PID 1's memory
+ *  (100,000 planted directories: 22.5 s and 237 MB per copy; millions: PID 1 killed for memory,
+ *  a kernel panic). Emptying it would take as long: the node boots in network mode and says so. */
+export const maxHybridDirBytes = 1 << 20;
+
+function checkHybridDirSize(dir: string): void {
+  const size = Deno.lstatSync(dir).size;
+  if (size <= maxHybridDirBytes) return;
+  throw new HybridError(
+    "corrupt",
+    `${dir} is a directory of ${size} bytes, far more names than copies of images: ` +
+      "not read; wipe it (the copies are made again)",
+  );
+}
+
 export async function prepareHybridRoot(opts: PrepareOptions): Promise<HybridRoot> {
   const log = opts.log ?? (() => {});
   const p = copyPaths(opts.hybridDir, opts.imageId);
   let evicted: string[] = [];
   let plan: CopyPlan | undefined;
   checkImageId(opts.imageId);
+  checkHybridDirSize(opts.hybridDir);
   clearPlanted(opts.hybridDir, opts.imageId);
   if (!isComplete(opts.hybridDir, opts.imageId)) {
     // The manifest came over plain HTTP, where anyone on the boot network can answer in the

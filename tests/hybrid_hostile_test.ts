@@ -6,7 +6,7 @@ import { createHash } from "node:crypto";
 import { manifestText } from "../contract/manifest.ts";
 import { scanTree } from "../src/images/walk.ts";
 import { copyPaths, ensureLocalCopy, HybridError, isComplete } from "../hybrid/copy.ts";
-import { makeRoom, prepareHybridRoot } from "../hybrid/mode.ts";
+import { makeRoom, maxHybridDirBytes, prepareHybridRoot } from "../hybrid/mode.ts";
 
 const sha = (s: string) => createHash("sha256").update(s).digest("hex");
 
@@ -238,5 +238,36 @@ Deno.test("hybrid (hostile): thousands of planted copy directories are each look
     assert.deepEqual([...Deno.readDirSync(hybridDir)], []);
     assert.ok(calls <= 5 * n, `${calls} stat calls for ${n} planted directories (${ms} ms)`);
     return Promise.resolve();
+  });
+});
+
+Deno.test("hybrid (hostile): a walt-hybrid/ filled with names by an earlier root is refused at once, not listed (network mode)", async () => {
+  await withTmp(async (tmp, hybridDir) => {
+    // Long names fill the directory's blocks with few entries (ext4: ~1 MiB for 4,500 of 250
+    // bytes); the attack is millions of short ones, each looked at by every copy.
+    for (let i = 0; Deno.lstatSync(hybridDir).size <= maxHybridDirBytes; i++) {
+      Deno.writeFileSync(`${hybridDir}/${String(i).padStart(250, "x")}`, new Uint8Array());
+    }
+    makeTree(`${tmp}/img`, 2, 3);
+    const img = await manifestOf(`${tmp}/img`);
+    const { readDirSync } = Deno;
+    let listed = 0;
+    Object.assign(Deno, { readDirSync: (p: string | URL) => (listed++, readDirSync(p)) });
+    let err: unknown;
+    try {
+      err = await prepareHybridRoot({
+        hybridDir,
+        persistent: false,
+        imageId: img.id,
+        manifestText: img.text,
+        source: `${tmp}/img`,
+      }).then(() => undefined, (e) => e);
+    } finally {
+      Object.assign(Deno, { readDirSync });
+    }
+    assert.ok(err instanceof HybridError && err.reason === "corrupt", String(err));
+    assert.match((err as Error).message, /wipe it/);
+    assert.equal(listed, 0, "nothing of it listed");
+    assert.equal(isComplete(hybridDir, img.id), false);
   });
 });
