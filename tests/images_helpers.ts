@@ -33,9 +33,12 @@ export async function tempStore(dataRoot?: string): Promise<TempStore> {
     db,
     store,
     async close() {
-      await store.idle();
-      db.close();
-      await Deno.remove(dir, { recursive: true }).catch(() => {});
+      try {
+        await store.idle();
+        db.close(); // throws when a test closed it already (a power cut's next start)
+      } finally {
+        await Deno.remove(dir, { recursive: true }).catch(() => {});
+      }
     },
   };
 }
