@@ -17,7 +17,6 @@ import { apiRouter } from "./apierror.ts";
 import type { Context } from "./context.ts";
 import type { DataDir } from "./datadir.ts";
 import { UserError } from "./errors.ts";
-import { rotateInPlace } from "./linux/fsops.ts";
 
 export const CONSOLE_SOURCES = ["serial", "netconsole"] as const;
 export type ConsoleSource = typeof CONSOLE_SOURCES[number];
@@ -45,12 +44,6 @@ export async function rotateConsole(
   if (size === 0 || size + incoming <= limit) return size;
   await Deno.rename(path, `${path}.1`);
   return 0;
-}
-
-/** rotateConsole for a log its writer holds open in append mode (qemu's serial chardev):
- *  rotateInPlace at the console's limit. */
-export function rotateOpenConsole(path: string, limit = consoleRotateBytes): Promise<boolean> {
-  return rotateInPlace(path, limit);
 }
 
 /** Reads the console log from `offset`; a log rotated (shorter than offset) restarts at 0. */

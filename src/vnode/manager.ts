@@ -16,12 +16,12 @@ import { logger } from "../log.ts";
 import { type ManagedProcess, StartFailure, startProcess, stopStale } from "../supervisor.ts";
 import type { NodeInfo, Setting } from "../nodes.ts";
 import type { RebootTarget } from "../reboot.ts";
-import { consoleLogPath, rotateConsole, rotateOpenConsole } from "../consolelog.ts";
+import { consoleLogPath, consoleRotateBytes, rotateConsole } from "../consolelog.ts";
 import { chooseAccel } from "./accel.ts";
 import { addTap, deleteTap, isBridge, linkInfo } from "./bridge.ts";
 import { checkDisk, type DiskSpec, ensureDisks, formatDisk, parseDiskSpec } from "./disks.ts";
 import { haveTool, missingTool } from "./exec.ts";
-import { syncFile } from "../linux/fsops.ts";
+import { rotateInPlace, syncFile } from "../linux/fsops.ts";
 import {
   parseArch,
   parseCpus,
@@ -418,7 +418,7 @@ export class VnodeManager {
   async #boundConsoles(): Promise<void> {
     for (const mac of this.#running.keys()) {
       const path = consoleLogPath(this.ctx.data, mac, "serial");
-      await rotateOpenConsole(path).catch((e) =>
+      await rotateInPlace(path, consoleRotateBytes).catch((e) =>
         log.warn("cannot rotate a serial console log", { mac, error: (e as Error).message })
       );
     }
