@@ -12,7 +12,7 @@
 // line); the VM is stopped there. Reported as netroot / initramfs-tools (lower is better), per round
 // and min/median/max; RATIO lines are the inverse (initramfs-tools / netroot, higher is better).
 // Root, qemu, nfs-ganesha, rpcbind, iproute2; ≈ 1 min per round under TCG (no KVM).
-//   deno run -A bench/boottime_bench.ts [--rounds N] [--keep]
+//   deno run -A bench/boottime_bench.ts [--rounds N] [--keep] [--cpus N]
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { renderCmdline } from "../contract/cmdline.ts";
@@ -31,9 +31,12 @@ const { values: opt } = parseArgs({
     keep: { type: "boolean" },
     quick: { type: "boolean" },
     compression: { type: "string" },
+    cpus: { type: "string" },
   },
 });
 const rounds = Number(opt.rounds ?? (quick ? 2 : 5));
+/** vCPUs of both VMs (a vnode's default is 1; lab PCs and Raspberry Pis have 2–8 cores). */
+const CPUS = Number(opt.cpus ?? 1);
 const NS = `nrboot${Deno.pid}`;
 const TAP = "nrbt0";
 const SERVER = "10.79.0.1";
@@ -97,7 +100,7 @@ async function boot(
       name: `boottime-${name}`,
       mac: MAC,
       ram: RAM,
-      cpus: 1,
+      cpus: CPUS,
       accel: "tcg",
       tap: TAP,
       disks: [],

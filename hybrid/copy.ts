@@ -13,6 +13,7 @@ import { workerFromSource } from "../src/worker.ts";
 import { sleep } from "../src/timer.ts";
 import { type ManifestEntry, manifestLines } from "../contract/manifest.ts";
 import {
+  clearImmutable,
   fsyncDir,
   lchown,
   lutimes,
@@ -26,8 +27,12 @@ import {
 import { removeXattr, setXattr } from "../src/linux/xattr.ts";
 
 export class HybridError extends Error {
-  constructor(readonly reason: "no-space" | "corrupt" | "io" | "manifest", message: string) {
-    super(message);
+  constructor(
+    readonly reason: "no-space" | "corrupt" | "io" | "manifest",
+    message: string,
+    options?: ErrorOptions,
+  ) {
+    super(message, options);
     this.name = "HybridError";
   }
 }
@@ -148,8 +153,8 @@ export function clearPlanted(hybridDir: string, imageId: string): void {
  *  through a symlink, FIFO, device node or hard link planted at `path`. */
 export function writeOwnFile(path: string, text: string): void {
   const st = lstatOrNull(path);
-  if (st && !(st.isFile && st.nlink === 1)) Deno.removeSync(path);
-  Deno.writeTextFileSync(path, text);
+  if (st && !(st.isFile && st.nlink === 1)) evenIfImmutable(path, () => Deno.removeSync(path));
+  evenIfImmutable(path, () => Deno.writeTextFileSync(path, text));
 }
 
 /** The largest manifest taken: ~800,000 entries (a 700 MB Debian image's is 3.3 MB), while a
@@ -227,31 +232,80 @@ export function removeTree(path: string): void {
   if (!st) return;
   try {
     return Deno.removeSync(path, { recursive: st.isDirectory });
-  } catch (e) {
-    if (!st.isDirectory) throw e;
+  } catch {
+    if (!st.isDirectory) return evenIfImmutable(path, () => Deno.removeSync(path));
   }
   let n = 0;
   for (let entries = [...Deno.readDirSync(path)]; entries.length;) {
     for (const e of entries) {
       const dir = `${path}/${e.name}`;
       if (!e.isDirectory) {
-        Deno.removeSync(dir);
+        evenIfImmutable(dir, () => Deno.removeSync(dir));
         continue;
       }
       for (const c of [...Deno.readDirSync(dir)]) {
+        const child = `${dir}/${c.name}`;
         if (!c.isDirectory) {
-          Deno.removeSync(`${dir}/${c.name}`);
+          evenIfImmutable(child, () => Deno.removeSync(child));
           continue;
         }
         let to: string;
         do to = `${path}/.rm${n++}`; while (lstatOrNull(to));
-        Deno.renameSync(`${dir}/${c.name}`, to);
+        evenIfImmutable(child, () => Deno.renameSync(child, to));
       }
-      Deno.removeSync(dir);
+      evenIfImmutable(dir, () => Deno.removeSync(dir));
     }
     entries = [...Deno.readDirSync(path)];
   }
-  Deno.removeSync(path);
+  evenIfImmutable(path, () => Deno.removeSync(path));
+}
+
+/**
+ * `op` (a removal, a rename or a write of `path`), once more after `chattr -ia` of `path` and of
+ * its directory when they refused it. Through the overlay, `chattr +i` only sets an attribute of
+ * overlayfs's own (trusted.overlay.protattr, Linux ≥ 5.15); but the partition itself is the
+ * node's (root on it remounts /run/netroot/disks/… read-write, another system on the disk writes
+ * it), and an entry made immutable or append-only there failed each boot's emptying of diff/, the
+ * eviction of that copy or the write of its last-boot: hybrid mode lost for good. PID 1 may clear
+ * both flags.
+ */
+function evenIfImmutable(path: string, op: () => void): void {
+  try {
+    op();
+  } catch (e) {
+    if (!(e instanceof Deno.errors.PermissionDenied)) throw e;
+    const cleared = clearImmutable(path);
+    if (!(clearImmutable(path.slice(0, path.lastIndexOf("/")) || "/") || cleared)) throw e;
+    op();
+  }
+}
+
+/** Whether a copy failed on EPERM: a file or directory of the copy it works in (an interrupted
+ *  copy, the previous version re-deployed in place) made immutable or append-only. */
+export function failedOnImmutable(e: unknown): boolean {
+  return e instanceof HybridError && e.reason === "io" &&
+    (e.cause as { code?: string } | undefined)?.code === "EPERM";
+}
+
+/** `chattr -R -ia` of a tree, without following links; whether any flag was cleared. Only on a
+ *  failed copy's tree (one open per entry): the copy then runs once more. */
+export function clearImmutableTree(root: string): boolean {
+  let cleared = false;
+  for (const stack = [root]; stack.length;) {
+    const dir = stack.pop()!;
+    cleared = clearImmutable(dir) || cleared;
+    let entries: Deno.DirEntry[];
+    try {
+      entries = [...Deno.readDirSync(dir)];
+    } catch {
+      continue;
+    }
+    for (const e of entries) {
+      if (e.isDirectory) stack.push(`${dir}/${e.name}`);
+      else if (e.isFile) cleared = clearImmutable(`${dir}/${e.name}`) || cleared;
+    }
+  }
+  return cleared;
 }
 
 function applyMeta(path: string, e: ManifestEntry): void {
@@ -582,7 +636,7 @@ function wrapFsError(e: unknown, what: string): never {
   if (err.code === "ENOSPC" || /No space left|ENOSPC/.test(err.message)) {
     throw new HybridError("no-space", `disk full while writing ${what}`);
   }
-  throw new HybridError("io", `${what}: ${err.message}`);
+  throw new HybridError("io", `${what}: ${err.message}`, { cause: err });
 }
 
 export interface CopyOptions {

@@ -8,6 +8,7 @@ import { manifestLines } from "../contract/manifest.ts";
 import {
   checkImageId,
   checkManifestDigest,
+  clearImmutableTree,
   clearPlanted,
   copyPaths,
   type CopyPlan,
@@ -15,6 +16,7 @@ import {
   type CopyReport,
   ensureLocalCopy,
   estimateNeed,
+  failedOnImmutable,
   HybridError,
   imageIdPattern,
   indexOtherCopies,
@@ -152,9 +154,8 @@ export async function prepareHybridRoot(opts: PrepareOptions): Promise<HybridRoo
       );
     }
   }
-  let report: CopyReport;
-  try {
-    report = await ensureLocalCopy({
+  const copy = (plan?: CopyPlan) =>
+    ensureLocalCopy({
       source: opts.source,
       hybridDir: opts.hybridDir,
       imageId: opts.imageId,
@@ -162,6 +163,16 @@ export async function prepareHybridRoot(opts: PrepareOptions): Promise<HybridRoo
       onProgress: opts.onProgress,
       progressIntervalMs: opts.progressIntervalMs,
       plan,
+    });
+  let report: CopyReport;
+  try {
+    report = await copy(plan).catch((e) => {
+      // Files made immutable on the partition (evenIfImmutable, copy.ts) in the copy this one
+      // works in (the previous version, re-deployed in place; an interrupted copy): cleared
+      // once, and the copy resumes from what is on the disk now (planned again).
+      if (!failedOnImmutable(e) || !clearImmutableTree(p.base)) throw e;
+      log(`${e.message}: cleared immutable and append-only flags in the copy, copying on`);
+      return copy();
     });
   } catch (e) {
     // A full disk leaves the partial copy useless and in the way of other copies: remove it.

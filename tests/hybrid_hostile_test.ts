@@ -271,3 +271,116 @@ Deno.test("hybrid (hostile): a walt-hybrid/ filled with names by an earlier root
     assert.equal(isComplete(hybridDir, img.id), false);
   });
 });
+
+const lstatOrNull = (path: string) => {
+  try {
+    return Deno.lstatSync(path);
+  } catch {
+    return null;
+  }
+};
+
+function chattr(...args: string[]): void {
+  const r = new Deno.Command("chattr", { args, stderr: "piped" }).outputSync();
+  assert.ok(r.success, `chattr ${args.join(" ")}: ${new TextDecoder().decode(r.stderr)}`);
+}
+
+Deno.test("hybrid (hostile): entries made immutable or append-only (chattr +i/+a) on the partition in diff/, at last-boot and in a copy to evict are removed, not a failure at every boot", async () => {
+  await withTmp(async (tmp, hybridDir) => {
+    try {
+      makeTree(`${tmp}/img`, 2, 5);
+      const img = await manifestOf(`${tmp}/img`);
+      const boot = (persistent: boolean) =>
+        prepareHybridRoot({
+          hybridDir,
+          persistent,
+          imageId: img.id,
+          manifestText: img.text,
+          source: `${tmp}/img`,
+        });
+      const p = copyPaths(hybridDir, img.id);
+      // Root on the node, on the partition's own mount (remounted read-write), in the overlay's
+      // upper: an immutable /etc/resolv.conf, an append-only log directory, the same in /tmp,
+      // and an immutable last-boot. (Through the overlay, chattr sets only an attribute of
+      // overlayfs's own.)
+      const plant = () => {
+        Deno.mkdirSync(`${p.upper}/etc`, { recursive: true });
+        Deno.writeTextFileSync(`${p.upper}/etc/resolv.conf`, "nameserver 10.0.0.1\n");
+        chattr("+i", `${p.upper}/etc/resolv.conf`);
+        for (const d of [`${p.upper}/var/log/app`, `${p.upper}/tmp/app`]) {
+          Deno.mkdirSync(d, { recursive: true });
+          Deno.writeTextFileSync(`${d}/log`, "x\n");
+          chattr("+a", d);
+        }
+        Deno.writeTextFileSync(`${p.upper}/tmp/lock`, "x");
+        chattr("+i", `${p.upper}/tmp/lock`);
+        chattr("+i", p.lastBoot);
+      };
+      await boot(true);
+      plant();
+      const before = Deno.statSync(p.lastBoot).mtime!.getTime();
+      await new Promise((r) => setTimeout(r, 20));
+      await boot(true);
+      assert.equal(lstatOrNull(`${p.upper}/tmp`), null, "/tmp emptied");
+      assert.ok(
+        Deno.lstatSync(`${p.upper}/etc/resolv.conf`).isFile,
+        "persistent: the rest of diff/ kept",
+      );
+      assert.ok(Deno.statSync(p.lastBoot).mtime!.getTime() > before, "last-boot written");
+      await boot(false);
+      assert.deepEqual(
+        [...Deno.readDirSync(p.upper)],
+        [],
+        "volatile: the boot starts from the image alone",
+      );
+      plant();
+      const evicted = makeRoom(hybridDir, sha("another image"), { bytes: 1, inodes: 1 }, () => ({
+        freeBytes: 0,
+        freeInodes: 0,
+      }));
+      assert.deepEqual(evicted, [img.id]);
+      assert.deepEqual([...Deno.readDirSync(hybridDir)], [], "the copy is gone");
+    } finally {
+      new Deno.Command("chattr", { args: ["-R", "-ia", tmp], stderr: "null" }).outputSync();
+    }
+  });
+});
+
+Deno.test("hybrid (hostile): a re-deploy in place over a copy whose files and directories were made immutable on the partition (chattr +i) clears them and copies on", async () => {
+  await withTmp(async (tmp, hybridDir) => {
+    try {
+      makeTree(`${tmp}/a`, 3, 7);
+      makeTree(`${tmp}/b`, 3, 7); // the next version: two files changed, the same sizes
+      Deno.writeTextFileSync(`${tmp}/b/etc/release`, "v8\n");
+      Deno.writeFileSync(`${tmp}/b/data/f1`, new Uint8Array(16 << 10).fill(1));
+      const a = await manifestOf(`${tmp}/a`), b = await manifestOf(`${tmp}/b`);
+      const boot = (img: { id: string; text: string }, source: string) =>
+        prepareHybridRoot({
+          hybridDir,
+          persistent: false,
+          imageId: img.id,
+          manifestText: img.text,
+          source,
+        });
+      await boot(a, `${tmp}/a`);
+      const pa = copyPaths(hybridDir, a.id);
+      chattr("+i", `${pa.image}/etc/release`, `${pa.image}/data/f1`);
+      chattr("+a", `${pa.image}/data`);
+      const r = await boot(b, `${tmp}/b`);
+      assert.ok(isComplete(hybridDir, b.id));
+      const pb = copyPaths(hybridDir, b.id);
+      assert.equal(Deno.readTextFileSync(`${pb.image}/etc/release`), "v8\n");
+      assert.deepEqual(
+        (await manifestOf(pb.image)).id,
+        b.id,
+        "the copy is the image, every file as the manifest says",
+      );
+      assert.ok(
+        r.report.bytesWritten < r.report.bytesTotal,
+        "the unchanged files not copied again",
+      );
+    } finally {
+      new Deno.Command("chattr", { args: ["-R", "-ia", tmp], stderr: "null" }).outputSync();
+    }
+  });
+});

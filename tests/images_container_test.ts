@@ -11,6 +11,13 @@ import { fixTimes, tempStore } from "./images_helpers.ts";
 
 const busybox = new URL("../.work/busybox/busybox", import.meta.url).pathname;
 
+/** The paths of the shared libraries `program` loads (ldd), its loader included. */
+function sharedLibraries(program: string): string[] {
+  const out = new Deno.Command("ldd", { args: [program] }).outputSync();
+  assert.ok(out.success, `ldd ${program}`);
+  return [...new TextDecoder().decode(out.stdout).matchAll(/(\/\S+) \(0x/g)].map((m) => m[1]);
+}
+
 Deno.test("image build: a RUN step cannot remount /proc/sys or the host's /etc/resolv.conf read-write, nor open a host device", async () => {
   assert.equal(Deno.uid(), 0, "needs root (overlayfs, systemd-nspawn)");
   const t = await tempStore();
@@ -74,6 +81,58 @@ Deno.test("image build: a RUN step cannot remount /proc/sys or the host's /etc/r
     // an ordinary step still runs
     const v = await attempt("FROM bb\nRUN echo ok > /etc/ok\n");
     assert.equal(Deno.readTextFileSync(`${t.data.rootfs(v.id)}/etc/ok`), "ok\n");
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("image build: a RUN step that makes files immutable or append-only (chattr +i/+a) commits them without the flags, nothing stuck in the data dir", async () => {
+  assert.equal(Deno.uid(), 0, "needs root (overlayfs, systemd-nspawn)");
+  const t = await tempStore();
+  try {
+    const root = `${t.dir}/src`;
+    for (const d of ["bin", "etc"]) Deno.mkdirSync(`${root}/${d}`, { recursive: true });
+    Deno.copyFileSync(busybox, `${root}/bin/busybox`);
+    Deno.chmodSync(`${root}/bin/busybox`, 0o755);
+    Deno.symlinkSync("busybox", `${root}/bin/sh`);
+    // e2fsprogs' chattr and lsattr, as every Debian image has them (busybox has no such
+    // applets): the host's, with the libraries they link
+    for (const f of ["/usr/bin/chattr", "/usr/bin/lsattr", ...sharedLibraries("/usr/bin/chattr")]) {
+      Deno.mkdirSync(`${root}${f.slice(0, f.lastIndexOf("/"))}`, { recursive: true });
+      Deno.copyFileSync(f, `${root}${f}`);
+    }
+    fixTimes(root);
+    await t.store.import(root, "bb");
+    const ctx = `${t.dir}/ctx`;
+    Deno.mkdirSync(ctx);
+    Deno.writeTextFileSync(
+      `${ctx}/Buildfile`,
+      "FROM bb\nRUN mkdir -p /var/app && echo x > /etc/locked && /usr/bin/chattr +i /etc/locked && " +
+        "/usr/bin/chattr +a /var/app && /usr/bin/lsattr -d /etc/locked /var/app\n",
+    );
+    const lines: string[] = [];
+    const v = await build(t.store, {
+      name: "bb",
+      buildfile: `${ctx}/Buildfile`,
+      context: ctx,
+      command: null,
+      log: (l) => void lines.push(l),
+    });
+    // In the container the flags hold (overlayfs keeps them as its own attribute on the upper,
+    // since Linux 5.15, not as the upper's inode flags, which would make the session's files
+    // impossible to move into the object store or to remove).
+    assert.ok(lines.some((l) => /^\s*\S*i\S* \/etc\/locked$/.test(l)), lines.join("\n"));
+    assert.ok(lines.some((l) => /^\s*\S*a\S* \/var\/app$/.test(l)), lines.join("\n"));
+    assert.equal(Deno.readTextFileSync(`${t.data.rootfs(v.id)}/etc/locked`), "x\n");
+    const manifest = Deno.readTextFileSync(t.data.manifest(v.id));
+    assert.doesNotMatch(manifest, /overlay/, "no overlay attribute in the image");
+    const found = new Deno.Command("sh", {
+      args: ["-c", `find "$1" -xdev \\( -type f -o -type d \\) -exec lsattr -d {} +`, "-", t.dir],
+      stderr: "null",
+    }).outputSync();
+    const flagged = new TextDecoder().decode(found.stdout).split("\n")
+      .filter((l) => /^\S*[ia]\S* /.test(l));
+    assert.deepEqual(flagged, [], "no immutable or append-only entry in the data dir");
   } finally {
     await t.close();
   }

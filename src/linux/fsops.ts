@@ -5,6 +5,7 @@ import { check, cstr, openLibc } from "./libc.ts";
 const AT_FDCWD = -100;
 const AT_SYMLINK_NOFOLLOW = 0x100;
 const O_RDONLY = 0, O_DIRECTORY = 0o200000, O_CLOEXEC = 0o2000000;
+const O_NOFOLLOW = 0o400000, O_NONBLOCK = 0o4000, O_NOCTTY = 0o400;
 
 let lib: ReturnType<typeof open> | undefined;
 function open() {
@@ -90,7 +91,30 @@ export async function syncfsAsync(path: string): Promise<void> {
   }
 }
 
-const FS_IOC_GETFLAGS = 0x80086601, FS_IOC_SETFLAGS = 0x40086602, FS_TOPDIR_FL = 0x00020000;
+const FS_IOC_GETFLAGS = 0x80086601, FS_IOC_SETFLAGS = 0x40086602;
+const FS_IMMUTABLE_FL = 0x10, FS_APPEND_FL = 0x20, FS_TOPDIR_FL = 0x00020000;
+
+/** The inode flags of `path` (chattr's) changed by `change`: before and after, or undefined
+ *  when they cannot be read or set (file systems without flags). */
+function changeInodeFlags(
+  path: string,
+  openFlags: number,
+  change: (f: number) => number,
+): { before: number; after: number } | undefined {
+  try {
+    return withFd(path, openFlags, (fd) => {
+      const f = new Int32Array(2);
+      const buf = new Uint8Array(f.buffer);
+      if (libc().ioctl(fd, BigInt(FS_IOC_GETFLAGS), buf) < 0) return undefined;
+      const before = f[0], after = change(before);
+      if (after === before) return { before, after };
+      f[0] = after;
+      return libc().ioctl(fd, BigInt(FS_IOC_SETFLAGS), buf) >= 0 ? { before, after } : undefined;
+    });
+  } catch {
+    return undefined;
+  }
+}
 
 /**
  * Marks a directory as the top of unrelated hierarchies (`chattr +T`): ext4's allocator then
@@ -98,18 +122,28 @@ const FS_IOC_GETFLAGS = 0x80086601, FS_IOC_SETFLAGS = 0x40086602, FS_TOPDIR_FL =
  * next to its parent. Whether it took (false on file systems without the flag).
  */
 export function markTopDir(path: string): boolean {
+  return !!changeInodeFlags(path, O_RDONLY | O_DIRECTORY, (f) => f | FS_TOPDIR_FL);
+}
+
+/**
+ * `chattr -ia` of a regular file or directory (a symlink or special file is left alone: opening
+ * a device runs its driver): what makes unlink, rename and writes fail with EPERM even for root.
+ * Needs CAP_LINUX_IMMUTABLE. Whether a flag was cleared.
+ */
+export function clearImmutable(path: string): boolean {
+  let st: Deno.FileInfo;
   try {
-    return withFd(path, O_RDONLY | O_DIRECTORY, (fd) => {
-      const flags = new Int32Array(2);
-      const buf = new Uint8Array(flags.buffer);
-      if (libc().ioctl(fd, BigInt(FS_IOC_GETFLAGS), buf) < 0) return false;
-      if (flags[0] & FS_TOPDIR_FL) return true;
-      flags[0] |= FS_TOPDIR_FL;
-      return libc().ioctl(fd, BigInt(FS_IOC_SETFLAGS), buf) >= 0;
-    });
+    st = Deno.lstatSync(path);
   } catch {
     return false;
   }
+  if (!st.isFile && !st.isDirectory) return false;
+  const r = changeInodeFlags(
+    path,
+    O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY,
+    (f) => f & ~(FS_IMMUTABLE_FL | FS_APPEND_FL),
+  );
+  return !!r && r.before !== r.after;
 }
 
 /**
