@@ -1,7 +1,10 @@
 // Errors a user can act on. `status` maps onto HTTP (API) and the message is the one clear line
 // the CLI prints on stderr.
 export class UserError extends Error {
-  constructor(message: string, readonly status: 400 | 401 | 404 | 409 | 500 | 502 | 503 = 400) {
+  constructor(
+    message: string,
+    readonly status: 400 | 401 | 404 | 409 | 500 | 502 | 503 | 507 = 400,
+  ) {
     super(message);
     this.name = "UserError";
   }

@@ -440,3 +440,117 @@ Deno.test("a session whose `image shell` was killed (kill -9: it could not disca
     await t.close();
   }
 });
+
+Deno.test("a commit on a full disk is refused before it starts (507): the session and its work stay, and commit once room is made; an interactive image shell asks again, image cp and a non-interactive shell leave no session", async () => {
+  assert.equal(Deno.uid(), 0, "needs root (tmpfs, overlayfs)");
+  const mnt = await Deno.makeTempDir({ prefix: "netroot-full-session-" });
+  sh("mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", mnt);
+  const t = await tempStore(`${mnt}/data`);
+  const ac = new AbortController();
+  try {
+    const nodes = new NodeRegistry(t.data, t.db, t.store, new Rebooter(t.db), new EventTarget());
+    const main = new URL("../main.ts", import.meta.url).pathname;
+    busyboxTree(`${t.dir}/src`, `${t.dir}/outside`);
+    await t.store.import(`${t.dir}/src`, "bb");
+    const s = await t.store.sessions.open("bb");
+    // an hour of work in `image shell`
+    Deno.writeFileSync(`${s.merged}/etc/work`, new Uint8Array(256 << 10).fill(7));
+    // then the disk fills (another image's import, a log)
+    const spare = `${mnt}/spare`, filler = `${mnt}/filler`;
+    Deno.writeFileSync(spare, new Uint8Array(512 << 10).fill(1));
+    try {
+      sh("dd", "if=/dev/zero", `of=${filler}`, "bs=64k", "status=none");
+    } catch { /* ENOSPC: full */ }
+    await assert.rejects(
+      t.store.sessions.commit(s.id, { madeBy: "shell", command: "test" }),
+      (e) =>
+        e instanceof UserError && e.status === 507 &&
+        /^no room to commit: .*MB free.*make room/.test(e.message),
+    );
+    assert.equal(t.store.sessions.list().length, 1, "the session is still open");
+    assert.equal(Deno.statSync(`${s.merged}/etc/work`).size, 256 << 10, "its work is there");
+    assert.equal(t.store.list().length, 1, "nothing committed");
+    // image cp (no one there to make room and ask again), with room for its file but not for
+    // a commit: refused, its session gone
+    Deno.removeSync(spare);
+    Deno.writeTextFileSync(`${t.dir}/note`, "x");
+    await assert.rejects(
+      copyIn(t.store, [`${t.dir}/note`], "bb", "/etc", { command: null }),
+      /no room to commit: .*; nothing committed/,
+    );
+    assert.deepEqual(t.store.sessions.list().map((x) => x.id), [s.id], "cp's session discarded");
+    // `image shell --commit -- CMD` (no terminal to ask at): told, and its session discarded
+    const server = serveImages(t, ac.signal, nodes);
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        main,
+        "image",
+        "shell",
+        "bb",
+        "--commit",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo y > /etc/y",
+      ],
+      env: { NETROOT_SERVER: `http://127.0.0.1:${server.addr.port}`, NETROOT_TOKEN: "t" },
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const stderr = new TextDecoder().decode(out.stderr);
+    assert.equal(out.code, 1, stderr);
+    assert.match(stderr, /no room to commit: .*MB free.*; nothing committed/);
+    assert.deepEqual(
+      t.store.sessions.list().map((x) => x.id),
+      [s.id],
+      "the CLI's session discarded",
+    );
+    // interactive (a terminal, through script(1)): told, asked again; room made meanwhile
+    const tty = new Deno.Command("script", {
+      args: ["-qfec", `${Deno.execPath()} run -A ${main} image shell bb`, "/dev/null"],
+      env: { NETROOT_SERVER: `http://127.0.0.1:${server.addr.port}`, NETROOT_TOKEN: "t" },
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const w = tty.stdin.getWriter();
+    const seen: string[] = [];
+    const reader = (async () => {
+      for await (const c of tty.stdout.pipeThrough(new TextDecoderStream())) seen.push(c);
+    })();
+    const waitFor = async (re: RegExp) => {
+      const until = Date.now() + 60_000;
+      while (!re.test(seen.join(""))) {
+        assert.ok(Date.now() < until, `no ${re} in ${JSON.stringify(seen.join(""))}`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    };
+    const type = (text: string) => w.write(new TextEncoder().encode(text));
+    await waitFor(/\/\S* # /);
+    await type("echo typed > /etc/typed; exit\r");
+    await waitFor(/commit the changes as a new version of bb\? \[y\/N\]/);
+    await type("y\r");
+    await waitFor(/no room to commit: .*the changes are kept meanwhile[^]*commit again\?/);
+    Deno.removeSync(filler); // the admin makes room
+    await type("y\r");
+    await w.close();
+    assert.equal((await tty.status).code, 0, seen.join(""));
+    await reader;
+    assert.match(seen.join(""), /committed bb@[0-9a-f]{12}/);
+    const typed = t.store.get("bb").id;
+    assert.equal(Deno.readTextFileSync(`${t.data.rootfs(typed)}/etc/typed`), "typed\n");
+    // the first session, its room made too, commits its work
+    const v = await t.store.sessions.commit(s.id, { madeBy: "shell", command: "test" });
+    assert.equal(Deno.statSync(`${t.data.rootfs(v.id)}/etc/work`).size, 256 << 10);
+    assert.equal(t.store.get("bb").id, v.id);
+  } finally {
+    ac.abort();
+    for (const x of t.store.sessions.list()) await t.store.sessions.discard(x.id);
+    await t.close();
+    sh("umount", mnt);
+    await Deno.remove(mnt, { recursive: true });
+  }
+});

@@ -110,13 +110,39 @@ async function shell(
     else print(json, { committed: false, exitCode: code }, () => "");
     return code || (command ? 0 : 0);
   }
-  const r = await client.post<Commit & Published>(`/images/-/sessions/${s.id}/commit`, {
+  const r = await commitSession(client, s, {
     madeBy: "shell",
     command: command ? command.join(" ") : "interactive shell",
     rebootNodes,
-  });
+  }, discard);
   print(json, r, () => committedText(r));
   return code;
+}
+
+/** The session's commit; when the server has no room for it (507, the session kept), at a
+ *  terminal the admin makes room and commits again, or gives up (the changes discarded). */
+async function commitSession(
+  client: ApiClient,
+  s: Session,
+  body: Record<string, unknown>,
+  discard: () => Promise<unknown>,
+): Promise<Commit & Published> {
+  for (;;) {
+    try {
+      return await client.post<Commit & Published>(`/images/-/sessions/${s.id}/commit`, body);
+    } catch (e) {
+      if (!(e instanceof UserError && e.status === 507)) throw e;
+      if (!Deno.stdin.isTerminal()) {
+        await discard();
+        throw new UserError(`${e.message}; nothing committed`);
+      }
+      console.error(`${e.message}; the changes are kept meanwhile`);
+      if (!ask(`commit again? (no: the changes are discarded) [y/N]`)) {
+        await discard();
+        throw new UserError("discarded: nothing committed");
+      }
+    }
+  }
 }
 
 /** What a commit did, for people: the version, an outdated base, the nodes. */

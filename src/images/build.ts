@@ -9,7 +9,7 @@ import { UserError } from "../errors.ts";
 import { readTextUpTo } from "../linux/fsops.ts";
 import { logger } from "../log.ts";
 import { type BuildStep, parseBuildfile } from "./buildfile.ts";
-import { nspawnArgs, type Session } from "./session.ts";
+import { commitOrDiscard, nspawnArgs, type Session } from "./session.ts";
 import type { Commit, ImageStore } from "./store.ts";
 import { TreeView } from "./archivepath.ts";
 import { unpack } from "./unpack.ts";
@@ -67,7 +67,7 @@ export async function build(images: ImageStore, o: BuildOptions): Promise<Commit
     throw new UserError(`${(e as Error).message}; nothing committed`);
   }
   log.info("build done, committing", { name: o.name, steps: steps.length });
-  return await images.sessions.commit(s.id, { madeBy: "build", command: o.command });
+  return await commitOrDiscard(images, s.id, { madeBy: "build", command: o.command });
 }
 
 function failed(step: BuildStep, why: string): Error {

@@ -6,6 +6,7 @@ import { resolveInRoot } from "../../contract/rootpath.ts";
 import { UserError } from "../errors.ts";
 import { lstatOrNull } from "./archivepath.ts";
 import type { Commit, ImageStore } from "./store.ts";
+import { commitOrDiscard } from "./session.ts";
 import { type CopiedLinks, copyTree, destinationIn, sourceIn } from "./upper.ts";
 
 export async function copyIn(
@@ -42,7 +43,7 @@ export async function copyIn(
     await images.sessions.discard(s.id);
     throw e instanceof UserError ? e : new UserError(`image cp: ${(e as Error).message}`);
   }
-  return await images.sessions.commit(s.id, { madeBy: "cp", command: opts.command });
+  return await commitOrDiscard(images, s.id, { madeBy: "cp", command: opts.command });
 }
 
 export async function copyOut(

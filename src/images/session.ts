@@ -269,14 +269,37 @@ export class Sessions {
   }
 
   /**
+   * What a commit writes besides what the session holds (its upper's files are moved, not
+   * copied): the new manifest and, unless written ahead, the new tree's directories — about four
+   * times the base's manifest (ext4: directories ≈ 3× the manifest's bytes) — and 1 MiB for the
+   * database. A disk without it fails the commit half-way (ENOSPC), which drops the session.
+   */
+  #checkRoom(s: Session): void {
+    const manifest = s.base ? Deno.statSync(this.images.data.manifest(s.base.id)).size : 0;
+    const need = 4 * manifest + (1 << 20), free = this.images.freeRoom();
+    if (free >= need) return;
+    const mb = (n: number) => (Math.max(0, n) / 1e6).toFixed(1);
+    throw new UserError(
+      `no room to commit: the data dir's disk has ${mb(free)} MB free, the commit needs about ` +
+        `${mb(need)} MB (the new version's manifest and directories): make room (netroot image ` +
+        "gc, netroot image rm NAME@ID)",
+      507,
+    );
+  }
+
+  /**
    * Commits the session's changes as a new version of its name. No change: nothing is committed
-   * (`existed` with the base). The session is gone afterwards, whatever happens.
+   * (`existed` with the base). The session is gone afterwards, whatever happens, except when the
+   * disk has no room for the commit (checked first, status 507): then it stays as it was, to be
+   * committed again once room is made (an hour's work in `image shell` is not lost to a full
+   * disk).
    */
   async commit(
     id: string,
     meta: { madeBy: MadeBy; command: string | null },
   ): Promise<Commit> {
     const s = this.get(id);
+    this.#checkRoom(s);
     this.#open.delete(id);
     detach(s.merged);
     try {
@@ -292,6 +315,22 @@ export class Sessions {
       this.#dropPrep(id);
       await this.images.dropScratch(s.dir);
     }
+  }
+}
+
+/** A commit, then the session gone even when it was refused for room (image build, image cp:
+ *  no one there to make room and ask again). */
+export async function commitOrDiscard(
+  images: ImageStore,
+  id: string,
+  meta: { madeBy: MadeBy; command: string | null },
+): Promise<Commit> {
+  try {
+    return await images.sessions.commit(id, meta);
+  } catch (e) {
+    if (!(e instanceof UserError && e.status === 507)) throw e;
+    await images.sessions.discard(id);
+    throw new UserError(`${e.message}; nothing committed`, 507);
   }
 }
 

@@ -167,6 +167,11 @@ export class ImageStore {
     };
   }
 
+  /** Bytes free on the data dir's disk and not promised to node saves under way. */
+  freeRoom(): number {
+    return statvfs(this.data.tmp).freeBytes - this.#promised;
+  }
+
   #row(id: string): ImageInfo | undefined {
     const r = this.db.prepare("SELECT * FROM images WHERE id = ?").get(id) as Row | undefined;
     return r && toInfo(r);
