@@ -299,14 +299,14 @@ export class Sessions {
     meta: { madeBy: MadeBy; command: string | null },
   ): Promise<Commit> {
     const s = this.get(id);
-    this.#checkRoom(s);
+    if (!unchanged(s)) this.#checkRoom(s);
     this.#open.delete(id);
     detach(s.merged);
     try {
       const upper = join(s.dir, "upper");
-      if (s.base && ![...Deno.readDirSync(upper)].length && s.name === s.base.name) {
+      if (unchanged(s)) {
         this.#dropPrep(id);
-        const base = this.images.get(s.base.id);
+        const base = this.images.get(s.base!.id);
         return { ...base, existed: true, previous: null, outdated: null };
       }
       const prepared = await this.#takePrep(id);
@@ -317,6 +317,10 @@ export class Sessions {
     }
   }
 }
+
+/** Nothing changed in the session, which commits to its base's name: nothing to commit. */
+const unchanged = (s: Session) =>
+  s.base !== null && s.name === s.base.name && ![...Deno.readDirSync(join(s.dir, "upper"))].length;
 
 /** A commit, then the session gone even when it was refused for room (image build, image cp:
  *  no one there to make room and ask again). */
