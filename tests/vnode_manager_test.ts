@@ -2,6 +2,7 @@
 // a clear message before anything is registered; node settings override the stored spec; the
 // API routes and the console reader.
 import assert from "node:assert/strict";
+import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { defaultConfig } from "../src/config.ts";
 import type { Context } from "../src/context.ts";
@@ -133,6 +134,35 @@ Deno.test("node settings ram/cpus/disks/firmware are validated and override the 
     // A physical node is not a vnode.
     ctx.nodes.add("aa:bb:cc:dd:ee:ff", { name: "pc1" });
     assert.throws(() => m.node("pc1"), /not a virtual node/);
+    await m.close();
+  });
+});
+
+Deno.test("a vnode's disks are at most qemu's free PCI slots: more are refused before any is made", async () => {
+  await withCtx(async (ctx) => {
+    const m = new VnodeManager(ctx, "nrnone0");
+    // 100 formatted disks: 31 s of mkfs and 418 MB written before qemu refused the 30th.
+    const many = Array(100).fill("64M[template=ext4]");
+    await assert.rejects(m.create({ name: "vm1", disks: many }), /100 disks: .* at most 29/);
+    assert.equal(ctx.nodes.list().length, 0);
+    const mac = "52:54:00:00:00:03";
+    ctx.nodes.add(mac, { name: "vm3", virtual: true });
+    ctx.db.prepare("INSERT INTO vnodes (mac, ram, cpus, disks) VALUES (?, '512M', 1, '[]')").run(
+      mac,
+    );
+    assert.throws(() => ctx.nodes.configure(mac, { disks: many.join(",") }), /at most 29/);
+    assert.equal(ctx.nodes.get(mac).settings.disks, undefined);
+    assert.equal(
+      ctx.nodes.configure(mac, { disks: Array(29).fill("1M").join(",") }).settings.disks.split(",")
+        .length,
+      29,
+    );
+    // A list an older netroot stored: listed, but its start is refused before any disk is made.
+    ctx.db.prepare("UPDATE node_settings SET value = ? WHERE mac = ? AND key = 'disks'")
+      .run(many.join(","), mac);
+    assert.equal(m.list()[0].disks.length, 100);
+    await assert.rejects(m.powerOn(mac), /100 disks: .* at most 29/);
+    assert.ok(!existsSync(ctx.data.vm(mac)), "nothing made on disk");
     await m.close();
   });
 });

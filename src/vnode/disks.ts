@@ -47,6 +47,9 @@ const units: Record<string, number> = { M: 1e6, G: 1e9, T: 1e12 };
 export const partitionOffset = 1024 * 1024;
 /** mkfs.vfat needs ≥ 65525 clusters for FAT32; 64 MB is a round size above that at 512 B/cluster. */
 const minFormatted = 64e6;
+/** Each disk is a virtio-blk PCI device: qemu's pc machine has 29 slots left for them (its virt
+ *  machine 30), and refuses the VM past that, after every disk file was made and formatted. */
+export const maxDisks = 29;
 
 export function parseTemplate(s: string): Template {
   if (!(templates as readonly string[]).includes(s)) {
@@ -78,6 +81,16 @@ export function parseDiskSpec(s: string): DiskSpec {
     template = parseTemplate(v);
   }
   return checkDisk({ size: parseSize(m[1]), template });
+}
+
+/** Refuses more disks than a VM can have: where disks are set, and again before any is made (a
+ *  list an older netroot stored). */
+export function checkDiskCount(disks: readonly unknown[]): void {
+  if (disks.length > maxDisks) {
+    throw new UserError(
+      `${disks.length} disks: a virtual node has at most ${maxDisks} (qemu's free PCI slots)`,
+    );
+  }
 }
 
 /** Validates a disk (also the JSON form the API receives). */

@@ -19,7 +19,14 @@ import type { RebootTarget } from "../reboot.ts";
 import { consoleLogPath, consoleRotateBytes, rotateConsole } from "../consolelog.ts";
 import { chooseAccel } from "./accel.ts";
 import { addTap, deleteTap, isBridge, linkInfo } from "./bridge.ts";
-import { checkDisk, type DiskSpec, ensureDisks, formatDisk, parseDiskSpec } from "./disks.ts";
+import {
+  checkDisk,
+  checkDiskCount,
+  type DiskSpec,
+  ensureDisks,
+  formatDisk,
+  parseDiskSpec,
+} from "./disks.ts";
 import { haveTool, missingTool } from "./exec.ts";
 import { rotateInPlace, syncFile } from "../linux/fsops.ts";
 import {
@@ -94,7 +101,14 @@ export const vnodeSettings: Setting[] = [
   { key: "arch", check: (_k, v) => parseArch(v) },
   { key: "ram", check: (_k, v) => parseRam(v) },
   { key: "cpus", check: (_k, v) => String(parseCpus(v)) },
-  { key: "disks", check: (_k, v) => parseDiskList(v).map(formatDisk).join(",") },
+  {
+    key: "disks",
+    check: (_k, v) => {
+      const disks = parseDiskList(v);
+      checkDiskCount(disks);
+      return disks.map(formatDisk).join(",");
+    },
+  },
 ];
 
 /** Where qemu builds look for option ROMs (Debian: /usr/lib/ipxe/qemu, others: share/qemu). */
@@ -210,6 +224,7 @@ export class VnodeManager {
     }
     if (!Array.isArray(req.disks ?? [])) throw new UserError("disks must be a list");
     const arch = parseArch(req.arch ?? "x86_64");
+    checkDiskCount(req.disks ?? []);
     const spec: VnodeSpec = {
       ram: parseRam(req.ram ?? "512M"),
       cpus: parseCpus(req.cpus ?? 1),
@@ -306,6 +321,7 @@ export class VnodeManager {
     if (this.#running.has(mac)) return;
     const node = this.ctx.nodes.get(mac);
     const spec = this.spec(node);
+    checkDiskCount(spec.disks);
     const bridge = this.#requireHost(spec.arch);
     const vm = this.ctx.data.vm(mac);
     this.ctx.data.makeVm(mac);
