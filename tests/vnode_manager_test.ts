@@ -10,6 +10,7 @@ import { buildApp, closeContext, openContext } from "../src/server.ts";
 import { readConsole } from "../src/consolelog.ts";
 import {
   ensureUefiVars,
+  killStale,
   parseDiskList,
   qmpSocketPath,
   startVnodes,
@@ -17,7 +18,7 @@ import {
   vnodeManager,
 } from "../src/vnode/manager.ts";
 import { missingTool } from "../src/vnode/exec.ts";
-import { uefiFirmware } from "../src/vnode/qemu.ts";
+import { qemuArgs, uefiFirmware } from "../src/vnode/qemu.ts";
 import { withLoopExt4 } from "./support/ext4disk.ts";
 
 async function withCtx(fn: (ctx: Context, dir: string) => Promise<void>): Promise<void> {
@@ -218,6 +219,42 @@ Deno.test("vnode API routes: list, create errors as JSON, console offsets", asyn
       await svc.close();
     }
   });
+});
+
+Deno.test("a stale qemu is found whatever its data dir's path holds (a comma, doubled in qemu's options)", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nr-vnode-stale-" });
+  const vm = join(dir, "lab,1", "nodes", "52:54:00:00:00:04", "vm");
+  await Deno.mkdir(vm, { recursive: true });
+  // What the dead server's qemu ran with (the program a stand-in that sleeps): its pid file names
+  // it; the next start must end it, or the new qemu finds the tap and the disks' locks taken.
+  const argv = qemuArgs({
+    name: "vm4",
+    mac: "52:54:00:00:00:04",
+    ram: "128M",
+    cpus: 1,
+    accel: "tcg",
+    tap: "nr525400000004",
+    disks: [join(vm, "disk0.img")],
+    consoleLog: join(dir, "lab,1", "console.log"),
+    qmpSocket: qmpSocketPath(vm),
+    pidFile: join(vm, "qemu.pid"),
+  });
+  const stale = new Deno.Command(Deno.execPath(), {
+    args: ["eval", "await new Promise((r) => setTimeout(r, 30_000))", ...argv],
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  try {
+    await Deno.writeTextFile(join(vm, "qemu.pid"), `${stale.pid}\n`);
+    await killStale(vm);
+    assert.ok(!existsSync(`/proc/${stale.pid}/cmdline`), "the stale qemu still runs");
+  } finally {
+    try {
+      stale.kill("SIGKILL");
+    } catch { /* ended */ }
+    await stale.status;
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 Deno.test("console reader: a log shorter than the offset (rotated) restarts at 0", async () => {

@@ -349,7 +349,7 @@ export class VnodeManager {
       disks,
       consoleLog,
       qmpSocket,
-      pidFile: join(vm, "qemu.pid"),
+      pidFile: pidFilePath(vm),
       firmware: spec.firmware,
       uefiVars,
       arch: spec.arch,
@@ -512,13 +512,17 @@ export function qmpSocketPath(vm: string): string {
   return `/tmp/netroot-qmp-${createHash("sha256").update(vm).digest("hex").slice(0, 16)}.sock`;
 }
 
+/** Where a VM's qemu writes its pid. */
+const pidFilePath = (vm: string) => join(vm, "qemu.pid");
+
 /** A qemu left running by a server that died (kill -9) still holds the tap and disks: end it.
- *  Only a qemu whose command line names this VM's QMP socket is ours to stop. */
+ *  Only a qemu whose command line names this VM's pid file is ours to stop: an argument of its
+ *  own, as given (the paths inside qemu's options have their commas doubled). */
 export async function killStale(vm: string): Promise<void> {
-  const socket = qmpSocketPath(vm);
+  const pidFile = pidFilePath(vm);
   await stopStale(
-    join(vm, "qemu.pid"),
-    (argv) => argv.some((a) => a.includes(socket)),
+    pidFile,
+    (argv) => argv.includes(pidFile),
     5000,
     (pid) => log.warn("stopping a stale qemu from a previous server run", { pid }),
   );
