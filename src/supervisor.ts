@@ -13,6 +13,8 @@ export interface ProcessSpec {
   stderrFile?: string;
   /** stop(): SIGTERM, then SIGKILL after this many ms. */
   stopGraceMs: number;
+  /** The process's working directory (default: the server's). */
+  cwd?: string;
 }
 
 /** Why a start did not come up: the process exited first (`exit`), or it did not get ready in
@@ -132,6 +134,7 @@ export function startProcess(spec: ProcessSpec): ManagedProcess {
   try {
     child = new Deno.Command(spec.argv[0], {
       args: spec.argv.slice(1),
+      cwd: spec.cwd,
       stdin: "null", // CI has no stdin; a daemon must never read one
       stdout: "null",
       stderr: log ? "piped" : "null",

@@ -4,8 +4,7 @@
 // the qemu process (the node stays registered; `node reboot` starts it again). Reboot resets the
 // VM through QMP, or restarts qemu when its ram/cpus/disks changed since it started.
 // Files under ctx.data.vm(mac): disk<i>.img/.json, console.log (serial, appended), qemu.log
-// (qemu's stderr, 1 MiB then .1: src/supervisor.ts), qmp.sock (see qmpSocketPath), qemu.pid.
-import { createHash } from "node:crypto";
+// (qemu's stderr, 1 MiB then .1: src/supervisor.ts), qmp.sock (see qmpAddress), qemu.pid.
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import type { Context, Service } from "../context.ts";
@@ -281,7 +280,6 @@ export class VnodeManager {
       // bridge) would run on for good, on disk files deleted under it.
       await killStale(this.ctx.data.vm(node.mac));
       this.ctx.nodes.forget(node.mac); // cascades to the vnodes row
-      await Deno.remove(qmpSocketPath(this.ctx.data.vm(node.mac))).catch(() => {});
       await Deno.remove(this.ctx.data.vm(node.mac), { recursive: true }).catch(() => {});
     });
   }
@@ -292,7 +290,7 @@ export class VnodeManager {
       const r = this.#running.get(mac);
       const node = this.ctx.nodes.get(mac);
       if (r && r.spec === JSON.stringify(this.spec(node))) {
-        await qmp(qmpSocketPath(this.ctx.data.vm(mac)), "system_reset");
+        await qmp(qmpAddress(r.proc.pid), "system_reset");
         recordEvent(this.ctx.db, mac, "vnode.reset", {});
         this.ctx.nodes.poweredOn(mac, "vnode reset: no boot script fetched yet");
         return;
@@ -331,8 +329,6 @@ export class VnodeManager {
     // qemu appends to the serial console log: a long one is rotated when the VM starts.
     const consoleLog = consoleLogPath(this.ctx.data, mac, "serial");
     await rotateConsole(consoleLog);
-    const qmpSocket = qmpSocketPath(vm);
-    await Deno.remove(qmpSocket).catch(() => {});
     const accel = await chooseAccel(this.ctx.config.vnode.accel, {
       kernels: this.#probeKernels(),
       cacheFile: join(this.ctx.data.run, "accel.json"),
@@ -348,7 +344,7 @@ export class VnodeManager {
       tap,
       disks,
       consoleLog,
-      qmpSocket,
+      qmpSocket: qmpSocketName,
       pidFile: pidFilePath(vm),
       firmware: spec.firmware,
       uefiVars,
@@ -362,6 +358,7 @@ export class VnodeManager {
         argv: [qemuBinary, ...qemuArgs(vmSpec)],
         stderrFile: join(vm, "qemu.log"),
         stopGraceMs: 5000,
+        cwd: vm, // where its QMP socket is made
       });
     } catch (e) {
       await deleteTap(tap);
@@ -377,7 +374,7 @@ export class VnodeManager {
     this.#running.set(mac, r);
     proc.onExit((st) => this.#exited(mac, r, st));
     this.#consoleTimer ??= setInterval(() => void this.#boundConsoles(), this.#consoleCheckMs);
-    await qmpReady(proc, node.name, vm, qmpSocket);
+    await qmpReady(proc, node.name, vm);
     recordEvent(this.ctx.db, mac, "vnode.start", {
       pid: proc.pid,
       accel: accel.accel,
@@ -504,13 +501,12 @@ function defaultFirmware(arch: VnodeArch): VnodeFirmware {
   return arch === "aarch64" ? "uefi" : "bios";
 }
 
-/** A unix socket path holds at most 107 bytes: a deep data dir gets its sockets in /tmp, named
- *  by a hash of the VM directory (stable across restarts). */
-export function qmpSocketPath(vm: string): string {
-  const p = join(vm, "qmp.sock");
-  if (new TextEncoder().encode(p).length <= 100) return p;
-  return `/tmp/netroot-qmp-${createHash("sha256").update(vm).digest("hex").slice(0, 16)}.sock`;
-}
+/** qemu makes its QMP socket in its working directory, the VM's (the server's alone), and the
+ *  server reaches it through /proc: a unix socket's path holds at most 107 bytes, which a deep
+ *  data dir's VM directory passes. (Such sockets went to a name in /tmp that any local user could
+ *  work out and take first: a directory of theirs there made every start of the VM fail.) */
+const qmpSocketName = "qmp.sock";
+export const qmpAddress = (pid: number) => `/proc/${pid}/cwd/${qmpSocketName}`;
 
 /** Where a VM's qemu writes its pid. */
 const pidFilePath = (vm: string) => join(vm, "qemu.pid");
@@ -562,15 +558,10 @@ export async function startVnodes(ctx: Context): Promise<Service> {
 
 /** Started means QMP answers; an early exit (bad tap, bad drive…) is the caller's error, with the
  *  end of qemu's log. */
-async function qmpReady(
-  proc: ManagedProcess,
-  name: string,
-  vm: string,
-  qmpSocket: string,
-): Promise<void> {
+async function qmpReady(proc: ManagedProcess, name: string, vm: string): Promise<void> {
   try {
     await proc.waitReady(async () => {
-      await qmp(qmpSocket, "query-status", undefined, 2000);
+      await qmp(qmpAddress(proc.pid), "query-status", undefined, 2000);
       return true;
     }, startTimeoutMs);
   } catch (e) {
