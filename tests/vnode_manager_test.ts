@@ -286,3 +286,22 @@ Deno.test("a UEFI vnode's variable store (root, loop ext4): a power cut after it
     assert.equal((await Deno.stat(vars)).size, want);
   });
 });
+
+Deno.test("a UEFI vnode whose arch changes gets its new machine's variable store, not one qemu refuses", async () => {
+  const vm = await Deno.makeTempDir({ prefix: "nr-vnode-vars-" });
+  try {
+    const x86 = await ensureUefiVars(vm, "x86_64");
+    const nvram = await Deno.readFile(x86);
+    nvram[nvram.length - 1] ^= 1; // what OVMF wrote there (boot entries)
+    await Deno.writeFile(x86, nvram);
+    assert.deepEqual(await Deno.readFile(await ensureUefiVars(vm, "x86_64")), nvram, "kept");
+    // `node config NAME arch=aarch64`, applied at the next start: OVMF's 528 KiB store in AAVMF's
+    // 64 MiB flash made qemu refuse every start ("device requires 67108864 bytes").
+    const arm = await ensureUefiVars(vm, "aarch64");
+    assert.equal((await Deno.stat(arm)).size, (await Deno.stat(uefiFirmware("aarch64").vars)).size);
+    const back = await ensureUefiVars(vm, "x86_64");
+    assert.equal((await Deno.stat(back)).size, (await Deno.stat(uefiFirmware("x86_64").vars)).size);
+  } finally {
+    await Deno.remove(vm, { recursive: true });
+  }
+});

@@ -486,7 +486,10 @@ export async function ensureUefiVars(vm: string, arch: VnodeArch): Promise<strin
     );
   }
   const vars = join(vm, "uefi-vars.fd");
-  if (existsSync(vars)) return vars;
+  // One of another size is another machine's (the node's `arch` changed since): qemu refuses it at
+  // every start, so this machine's template replaces it.
+  const size = (await Deno.stat(template)).size;
+  if ((await Deno.stat(vars).catch(() => undefined))?.size === size) return vars;
   // Copied aside, flushed, then named: a file under this name is kept for good, so a kill or a
   // power cut must not leave an empty or partial one there (qemu refuses a short flash image).
   const tmp = `${vars}.new`;
