@@ -95,6 +95,11 @@ export function checkDiskCount(disks: readonly unknown[]): void {
 
 /** Validates a disk (also the JSON form the API receives). */
 export function checkDisk(d: { size: unknown; template?: unknown }): DiskSpec {
+  if (typeof d !== "object" || d === null) {
+    throw new UserError(
+      `bad disk ${JSON.stringify(d)}: a disk is SIZE[template=T] or {size, template}`,
+    );
+  }
   const size = typeof d.size === "string" ? parseSize(d.size) : d.size;
   if (typeof size !== "number" || !Number.isSafeInteger(size) || size < 1e6) {
     throw new UserError(`bad disk size ${d.size}: at least 1M`);
