@@ -8,6 +8,7 @@ import { defaultConfig } from "../src/config.ts";
 import type { Context } from "../src/context.ts";
 import { recordEvent, recordProgress } from "../src/events.ts";
 import { buildApp, closeContext, openContext } from "../src/server.ts";
+import { ApiClient } from "../src/cli/client.ts";
 import { keyValues, table, visibleLines } from "../src/cli/output.ts";
 
 const mainTs = fileURLToPath(new URL("../main.ts", import.meta.url));
@@ -452,6 +453,67 @@ c.sendall(b"HTTP/1.1 200 OK\\r\\ncontent-length: 2\\r\\n\\r\\n[]")`,
     for (let r = await lines.read(); !r.done; r = await lines.read()) heard += r.value;
     assert.doesNotMatch(heard, /authorization|5a5a/i, "what the other user's listener got");
     await Deno.remove(dir, { recursive: true });
+  },
+});
+
+Deno.test({
+  name:
+    "node CLI (root): the data dir's token goes to no port of this machine another user holds, however the URL names it (attacker)",
+  ignore: Deno.uid() !== 0,
+  fn: async () => {
+    // nobody listens on every address, IPv4 and IPv6, as any user may while netroot is stopped
+    // or on another port; the CLI's URL names this machine by an address other than loopback's.
+    const squatter = new Deno.Command("setpriv", {
+      args: [
+        "--reuid=nobody",
+        "--regid=nogroup",
+        "--clear-groups",
+        "/usr/bin/python3",
+        "-c",
+        `import socket
+s = socket.socket(socket.AF_INET6); s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.bind(("::", 0)); s.listen(8); print(s.getsockname()[1], flush=True)
+while True:
+    c, _ = s.accept(); print(repr(c.recv(65536)), flush=True)
+    c.sendall(b"HTTP/1.1 200 OK\\r\\ncontent-length: 2\\r\\nconnection: close\\r\\n\\r\\n[]"); c.close()`,
+      ],
+      stdout: "piped",
+      stderr: "inherit",
+    }).spawn();
+    const lines = squatter.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    const own = Deno.networkInterfaces().find((i) => i.family === "IPv4" && i.name !== "lo");
+    const hosts = ["0.0.0.0", "[::]", "[::ffff:127.0.0.1]", ...own ? [own.address] : []];
+    try {
+      const port = Number((await lines.read()).value!.trim());
+      for (const host of hosts) {
+        const cli = new ApiClient(`http://${host}:${port}`, "5a".repeat(32), 0);
+        await assert.rejects(
+          cli.get("/nodes"),
+          /refusing to send the API token to .*runs as uid 65534, not as the owner of the token/,
+          host,
+        );
+      }
+    } finally {
+      squatter.kill();
+      await squatter.status;
+    }
+    let heard = "";
+    for (let r = await lines.read(); !r.done; r = await lines.read()) heard += r.value;
+    assert.doesNotMatch(heard, /authorization|5a5a/i, "what the other user's listener got");
+
+    // netroot's own listener (the token file's owner) on every address still gets it.
+    const server = Deno.serve(
+      { hostname: "::", port: 0, onListen() {} },
+      (req) => Response.json({ auth: req.headers.get("authorization") }),
+    );
+    try {
+      for (const host of ["0.0.0.0", "[::1]", ...own ? [own.address] : []]) {
+        const cli = new ApiClient(`http://${host}:${server.addr.port}`, "5a".repeat(32), 0);
+        assert.deepEqual(await cli.get("/nodes"), { auth: `Bearer ${"5a".repeat(32)}` }, host);
+      }
+    } finally {
+      await server.shutdown();
+    }
   },
 });
 
