@@ -2,7 +2,7 @@
 // tree, tarred with GNU tar as a node would, becomes a new version on top of the image the node
 // booted, deletions (whiteouts, opaque directories) included. Hostile tarballs are refused.
 import assert from "node:assert/strict";
-import { existsSync } from "node:fs";
+import { existsSync, lstatSync } from "node:fs";
 import { dirname } from "node:path";
 import { MNT_DETACH, mount, umount } from "../src/linux/mount.ts";
 import { statvfs } from "../src/linux/fsops.ts";
@@ -235,6 +235,47 @@ Deno.test("node save --upper FILE in the node's /persist: a file swapped for a s
   } finally {
     flipper.kill("SIGKILL");
     await flipper.status;
+    await t.close();
+  }
+});
+
+Deno.test("node save --upper FILE in the node's /persist: a directory its root made a link leads the save nowhere else (attacker)", async () => {
+  const { t, ctx, nodes } = await setup();
+  try {
+    // Every node leaves its upper at /persist/save/upper.tar (the admin's routine). Node n1's
+    // root makes its save/ a link to another node's (its upper: that node's host keys) before
+    // the admin saves n1; or to any server directory holding a file of that name.
+    const persist = t.data.persist(nodes.get("n1").mac);
+    const other = t.data.persist("52:54:00:00:00:99");
+    Deno.mkdirSync(`${other}/save`, { recursive: true });
+    Deno.mkdirSync(`${t.dir}/theirs/etc/ssh`, { recursive: true });
+    Deno.writeTextFileSync(`${t.dir}/theirs/etc/ssh/ssh_host_ed25519_key`, "the other node's\n");
+    tarOf(`${t.dir}/theirs`, `${other}/save/upper.tar`);
+    for (const target of [`${other}/save`, "../../52:54:00:00:00:99/persist/save"]) {
+      if (lstatSync(`${persist}/save`, { throwIfNoEntry: false })) {
+        Deno.removeSync(`${persist}/save`);
+      }
+      Deno.symlinkSync(target, `${persist}/save`);
+      await assert.rejects(
+        saveNode(ctx, "n1", "deb", `${persist}/save/upper.tar`, null),
+        /is a link in a node's directory, not followed/,
+        target,
+      );
+    }
+    assert.equal(t.store.list().filter((i) => i.name === "deb").length, 1, "nothing saved");
+
+    // Links outside nodes/ are the admin's: a path to the data dir through one still saves.
+    Deno.removeSync(`${persist}/save`);
+    Deno.mkdirSync(`${persist}/save`);
+    Deno.mkdirSync(`${t.dir}/mine/etc`, { recursive: true });
+    Deno.writeTextFileSync(`${t.dir}/mine/etc/motd`, "the node's\n");
+    tarOf(`${t.dir}/mine`, `${persist}/save/upper.tar`);
+    Deno.symlinkSync(t.data.root, `${t.dir}/data-link`);
+    const via = `${t.dir}/data-link/nodes/${nodes.get("n1").mac}/persist/save/upper.tar`;
+    const v = await saveNode(ctx, "n1", "deb", via, null);
+    assert.equal(manifestOf(t, v.id).has("/etc/motd"), true);
+    assert.equal(manifestOf(t, v.id).has("/etc/ssh/ssh_host_ed25519_key"), false);
+  } finally {
     await t.close();
   }
 });

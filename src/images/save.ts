@@ -7,8 +7,8 @@
 // there. Either way it is untrusted: bounded while it arrives, its members' sizes and count held
 // to the room left, unpacked with the import's rules into scratch (as a tree, never as an image
 // archive), then applied like a session's upper. The conversion happens here only.
-import { closeSync, constants, fstatSync, openSync } from "node:fs";
-import { join } from "node:path";
+import { closeSync, constants, fstatSync, openSync, statSync } from "node:fs";
+import { join, posix } from "node:path";
 import { defaultLayout } from "../../contract/rootmode.ts";
 import { bootedOn, runningImage } from "../boots.ts";
 import type { Context } from "../context.ts";
@@ -21,6 +21,7 @@ import { heldPath, O_PATH } from "../linux/fsops.ts";
 import { commitUpper } from "./session.ts";
 import type { Commit } from "./store.ts";
 import { roomIn } from "./tar.ts";
+import { lstatOrNull } from "./archivepath.ts";
 import { unpack } from "./unpack.ts";
 
 const log = logger("images");
@@ -76,7 +77,7 @@ export async function saveNode(
   command: string | null,
 ): Promise<Commit> {
   const base = bootedImage(ctx, nodeRef);
-  using upper = heldFile(upperTar);
+  using upper = heldFile(upperTar, ctx.images.data.nodes);
   using room = saveRoom(ctx);
   return await inScratch(
     ctx,
@@ -85,31 +86,72 @@ export async function saveNode(
 }
 
 /**
- * The regular file the path itself names (not through a final symlink; a FIFO is not opened),
- * held by an O_PATH descriptor until disposed: `path` (/proc/PID/fd/N) reopens that very file,
- * for this process and for its children (GNU tar, a decompressor). `--upper FILE` is read several
- * times (sniffed, listed against the room, extracted), where the node made it, its /persist as
- * often as not, which its root writes while the save runs: read by name each time, it was
- * swapped for a symlink to a server file after the check, and a tarball of the server's (a backup
- * holding the API token) was saved as the node's upper, into a version the node boots with root
- * kept.
+ * The regular file `name` names, held by an O_PATH descriptor until disposed: `path`
+ * (/proc/PID/fd/N) reopens that very file, for this process and for its children (GNU tar, a
+ * decompressor). `--upper FILE` is read several times (sniffed, listed against the room,
+ * extracted), where the node made it, its /persist as often as not, which its root writes while
+ * the save runs: read by name each time, it was swapped for a symlink to a server file after the
+ * check, and a tarball of the server's (a backup holding the API token) was saved as the node's
+ * upper, into a version the node boots with root kept.
+ * The path is walked a directory at a time, each held: a link is followed (one step, from the
+ * directory that holds it) only outside `nodes` (the data dir's nodes/), whose /persist
+ * directories any node's root fills as it likes. A directory on the way made a link there by the
+ * node led the save to another node's upper (its host keys) or to any server file of that name;
+ * the final name is never followed, nor a FIFO opened.
  */
-function heldFile(name: string): { path: string } & Disposable {
-  let fd: number;
-  try {
-    fd = openSync(name, constants.O_RDONLY | constants.O_NOFOLLOW | O_PATH);
-  } catch (e) {
-    throw new UserError(
-      `${name}: ${
-        (e as { code?: string }).code === "ENOENT" ? "no such file" : (e as Error).message
-      }`,
-    );
+function heldFile(name: string, nodes: string): { path: string } & Disposable {
+  const refused = (why: string) => new UserError(`${name}: ${why} (the upper's tarball)`);
+  const nodesDir = statSync(nodes);
+  let path = posix.resolve(name);
+  for (let hops = 0;; hops++) {
+    if (hops > 40) throw refused("too many levels of symbolic links");
+    const parts = path.split("/").filter(Boolean);
+    let fd = openSync("/", constants.O_RDONLY | constants.O_DIRECTORY | O_PATH);
+    let at = "", inNodes = false, followed = false;
+    try {
+      for (const [i, part] of parts.entries()) {
+        const last = i === parts.length - 1;
+        const entry = `${heldPath(fd)}/${part}`;
+        const st = lstatOrNull(entry);
+        if (!st) throw refused("no such file");
+        if (st.isSymlink) {
+          if (last) throw refused("not a regular file"); // its link is not followed
+          if (inNodes) throw refused(`${at}/${part} is a link in a node's directory, not followed`);
+          // One step: the link's target from the directory holding it, a real one (walked
+          // without links), so ".." in it is that directory's parent.
+          const target = Deno.readLinkSync(entry);
+          path = posix.join(
+            target.startsWith("/") ? "/" : at || "/",
+            target,
+            ...parts.slice(i + 1),
+          );
+          followed = true;
+          break;
+        }
+        const next = openSync(
+          entry,
+          constants.O_RDONLY | constants.O_NOFOLLOW | O_PATH | (last ? 0 : constants.O_DIRECTORY),
+        );
+        closeSync(fd);
+        fd = next;
+        at = `${at}/${part}`;
+        const held = fstatSync(fd);
+        if (held.dev === nodesDir.dev && held.ino === nodesDir.ino) inNodes = true;
+      }
+      if (!followed) {
+        if (!fstatSync(fd).isFile()) throw refused("not a regular file");
+        const file = fd;
+        fd = -1;
+        return { path: heldPath(file), [Symbol.dispose]: () => closeSync(file) };
+      }
+    } catch (e) {
+      if (e instanceof UserError) throw e;
+      // The walk found an entry changed under it (a directory swapped for a link): refused.
+      throw refused((e as Error).message);
+    } finally {
+      if (fd >= 0) closeSync(fd);
+    }
   }
-  if (!fstatSync(fd).isFile()) {
-    closeSync(fd);
-    throw new UserError(`${name}: not a regular file (the upper's tarball)`);
-  }
-  return { path: heldPath(fd), [Symbol.dispose]: () => closeSync(fd) };
 }
 
 /** `node save NODE NAME`: the upper fetched from the running node over ssh. */
