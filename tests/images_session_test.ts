@@ -4,6 +4,7 @@
 // it must stay inside the copy.
 import assert from "node:assert/strict";
 import { copyIn, copyOut } from "../src/images/cp.ts";
+import { processStart } from "../src/images/session.ts";
 import { UserError } from "../src/errors.ts";
 import { NodeRegistry } from "../src/nodes.ts";
 import { Rebooter } from "../src/reboot.ts";
@@ -408,24 +409,40 @@ Deno.test("netroot image shell (-- CMD and interactive, systemd-nspawn) and cp c
 Deno.test("a session whose `image shell` was killed (kill -9: it could not discard it) goes at the next session's open", async () => {
   const { t, base } = await setup();
   try {
+    const holder = (pid: number) => ({ pid, start: processStart(pid)! });
     const cli = new Deno.Command("sleep", { args: ["60"] }).spawn(); // the CLI that opens it
-    const orphan = await t.store.sessions.open(base.id, undefined, cli.pid);
+    const orphan = await t.store.sessions.open(base.id, undefined, holder(cli.pid));
     Deno.writeTextFileSync(`${orphan.merged}/etc/big`, "x".repeat(1 << 20)); // what it wrote
     const live = new Deno.Command("sleep", { args: ["60"] }).spawn();
-    const kept = await t.store.sessions.open(base.id, undefined, live.pid);
+    const kept = await t.store.sessions.open(base.id, undefined, holder(live.pid));
+    // A CLI in another pid namespace (a container on the host's network): its pid names another
+    // process here, whose end must not discard the session (before: it was discarded, its work
+    // lost, once that unrelated process exited).
+    const unrelated = new Deno.Command("sleep", { args: ["60"] }).spawn();
+    const foreign = await t.store.sessions.open(base.id, undefined, {
+      pid: unrelated.pid,
+      start: String(Number(processStart(unrelated.pid)) + 12345), // the container's process's
+    });
+    unrelated.kill("SIGKILL");
+    await unrelated.status;
     cli.kill("SIGKILL");
     await cli.status;
     const next = await t.store.sessions.open(base.id);
     // (before: the orphan stayed until the server restarted: its overlay mounted, its upper and
     // its copy of the base's tree in tmp/, the base kept from image rm, one more per killed shell)
-    assert.deepEqual(t.store.sessions.list().map((s) => s.id).sort(), [kept.id, next.id].sort());
+    assert.deepEqual(
+      t.store.sessions.list().map((s) => s.id).sort(),
+      [kept.id, foreign.id, next.id].sort(),
+    );
     assert.deepEqual(
       (await dirEntries(t.data.tmp)).sort(),
       [
         `session-${kept.id}`,
+        `session-${foreign.id}`,
         `session-${next.id}`,
       ].sort(),
     );
+    await t.store.sessions.discard(foreign.id);
     assert.equal(
       Deno.readTextFileSync("/proc/self/mountinfo").includes(orphan.merged),
       false,

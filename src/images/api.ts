@@ -63,9 +63,12 @@ export function imageRoutes(ctx: Context): Hono {
     const body = await jsonBody(c.req.raw);
     if (typeof body.image !== "string") throw new UserError("a session needs image");
     const name = body.new === undefined ? undefined : validateName(body.new);
-    // The caller's pid (it runs on this machine): its session goes once it is gone.
-    const holder = Number.isSafeInteger(body.holder) && (body.holder as number) > 0
-      ? body.holder as number
+    // The caller's pid and start time (it runs on this machine): its session goes once it is
+    // gone.
+    const h = body.holder as { pid?: unknown; start?: unknown } | undefined;
+    const holder = h && Number.isSafeInteger(h.pid) && (h.pid as number) > 0 &&
+        typeof h.start === "string" && /^\d{1,20}$/.test(h.start)
+      ? { pid: h.pid as number, start: h.start }
       : undefined;
     return c.json(await ctx.images.sessions.open(body.image, name, holder), 201);
   });

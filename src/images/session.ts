@@ -47,12 +47,19 @@ export interface Session {
   merged: string;
   dir: string;
   /** The process that holds it (`image shell`'s CLI, on this machine), while it lives. */
-  holder?: { pid: number; start: string };
+  holder?: Holder;
+}
+
+/** The process that will commit or discard a session: its pid and its start time (processStart),
+ *  as it sees them. */
+export interface Holder {
+  pid: number;
+  start: string;
 }
 
 /** When process `pid` started (/proc/PID/stat, field 22), or undefined when there is none: with
  *  its pid, it names one process (a pid is used again). */
-function processStart(pid: number): string | undefined {
+export function processStart(pid: number): string | undefined {
   try {
     const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
     return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19];
@@ -152,7 +159,7 @@ export class Sessions {
   /** Opens a session on a version (null: an empty tree); commits go to `name` (default: the
    *  version's own name). `holder`: the pid of the process that will commit or discard it (a
    *  CLI on this machine); once it is gone, the next open discards the session. */
-  async open(ref: string | null, name?: string, holder?: number): Promise<Session> {
+  async open(ref: string | null, name?: string, holder?: Holder): Promise<Session> {
     await this.#discardOrphans();
     const base = ref === null ? null : this.images.get(ref);
     if (!base && !name) throw new UserError("a build FROM scratch needs a name");
@@ -178,18 +185,20 @@ export class Sessions {
     }
   }
 
-  async #open1(base: ImageInfo | null, name?: string, holder?: number): Promise<Session> {
+  async #open1(base: ImageInfo | null, name?: string, holder?: Holder): Promise<Session> {
     const id = crypto.randomUUID();
     const dir = join(this.images.data.tmp, `session-${id}`);
-    // A pid this machine does not show (another pid namespace) holds nothing: never discarded.
-    const start = holder === undefined ? undefined : processStart(holder);
+    // The holder says which process it is, by pid and start time: a pid of another pid
+    // namespace (a CLI in a container on the host's network) names some other process here,
+    // whose exit discarded the live session; such a holder holds nothing (never discarded).
+    const held = holder !== undefined && processStart(holder.pid) === holder.start;
     const s: Session = {
       id,
       base: base && { id: base.id, name: base.name },
       name: name ?? base!.name,
       merged: join(dir, "merged"),
       dir,
-      ...(start !== undefined && { holder: { pid: holder!, start } }),
+      ...(held && { holder }),
     };
     const lower = base ? this.images.data.rootfs(base.id) : join(dir, "empty");
     for (const d of ["upper", "work", "merged", ...(base ? [] : ["empty"])]) {
