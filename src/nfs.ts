@@ -193,14 +193,28 @@ export function renderGaneshaConfig(set: ExportSet, p: GaneshaParams): string {
   return out.join("\n");
 }
 
-/** Keeps known ids, gives new keys numbers above every known one: an id dropped in this reload
- *  is not handed to another export in the same reload (ganesha would take that for a change of
- *  the old export's path and refuse it; clients' handles of the old export carry the id). */
+/** ganesha's Export_Id is 16 bits (0 is its pseudo root): an EXPORT block with a larger one is
+ *  refused, its export not made, and ganesha goes on serving without it. */
+const maxExportId = 65535;
+
+/** Keeps known ids, gives each new key the lowest id no export of `known` holds: an id dropped in
+ *  this reload is not handed to another export in the same reload (ganesha would take that for a
+ *  change of the old export's path and refuse it; clients' handles of the old export carry the
+ *  id), and is free again from the next one. Handed out ever higher, ids ran past 65535: a host
+ *  on the boot network that moves one address between two MACs it registered drops and re-adds
+ *  a /persist export at each move, and every export made after that (a node's /persist, an image
+ *  version) was refused by ganesha, silently. */
 export function assignExportIds(keys: string[], known: Map<string, number>): Map<string, number> {
   const ids = new Map<string, number>();
   for (const k of keys) if (known.has(k)) ids.set(k, known.get(k)!);
-  let next = Math.max(0, ...known.values()) + 1;
-  for (const k of keys) if (!ids.has(k)) ids.set(k, next++);
+  const taken = new Set(known.values());
+  let next = 1;
+  for (const k of keys) {
+    if (ids.has(k)) continue;
+    while (taken.has(next)) next++;
+    if (next > maxExportId) throw new Error(`more than ${maxExportId} NFS exports`);
+    ids.set(k, next++);
+  }
   return ids;
 }
 
@@ -670,7 +684,11 @@ class GaneshaConfig {
     private serverIp: string,
     private room: PersistRoom,
   ) {
-    this.#ids = new Map(Object.entries(readJson(paths.ids) as Record<string, number>));
+    // An id ganesha refuses (past 16 bits: an older netroot handed those out) is given anew.
+    const saved = Object.entries(readJson(paths.ids) as Record<string, number>);
+    this.#ids = new Map(
+      saved.filter(([, id]) => Number.isInteger(id) && id > 0 && id <= maxExportId),
+    );
   }
   get exports(): number {
     return this.#ids.size;
@@ -682,19 +700,21 @@ class GaneshaConfig {
       ...this.set.images.map((i) => `image:${i.id}`),
       ...this.set.persists.map((p) => `persist:${p.mac}`),
     ];
-    this.#ids = assignExportIds(keys, this.#ids);
+    // Taken once written: an id dropped by a config ganesha never got may still be its export's.
+    const ids = assignExportIds(keys, this.#ids);
     const t = renderGaneshaConfig(this.set, {
       bindAddr: this.serverIp,
       version: this.ctx.config.nfs.version,
       recoveryDir: this.paths.recovery,
-      ids: this.#ids,
+      ids,
     });
     if (t === this.text) return false;
     ensurePersistDirs(this.set);
     // Whole or not at all, durably: a power cut must not lose export-ids.json, which keeps the
     // nodes' NFS handles valid across restarts.
-    writeFileDurableSync(this.paths.ids, JSON.stringify(Object.fromEntries(this.#ids)), 0o644);
+    writeFileDurableSync(this.paths.ids, JSON.stringify(Object.fromEntries(ids)), 0o644);
     writeFileDurableSync(this.paths.conf, t, 0o644);
+    this.#ids = ids;
     this.text = t;
     return true;
   }
@@ -801,7 +821,14 @@ async function startGanesha(ctx: Context, opts: NfsOptions): Promise<Service> {
     // grew by every reload and was read whole at each ganesha start.
     await rotateInPlace(paths.log, stderrLogBytes);
     if (!config.update()) return;
-    ganesha.process?.signal("SIGHUP"); // ganesha ≥ 2.6 rereads its exports on SIGHUP
+    // ganesha ≥ 2.6 rereads its exports on SIGHUP, when its signal thread gets to it: two SIGHUPs
+    // pending there are one, and it went from the config before last to the last, an id the one
+    // between freed given to another export in one step (refused: "Path for export update …
+    // doesn't match"). The next config waits until it has read this one.
+    const from = fileSize(paths.log);
+    if (ganesha.process?.signal("SIGHUP") && !(await reread(paths.log, from))) {
+      log.warn("ganesha did not say it reread its exports within 10 s", { log: paths.log });
+    }
     const counts = { images: config.set.images.length, persist: config.set.persists.length };
     recordEvent(ctx.db, null, "nfs.exports", counts);
     log.info("exports reloaded", counts);
@@ -848,6 +875,15 @@ function fileSize(path: string): number {
 function logSince(path: string, offset: number): string {
   const text = readText(path);
   return text.length < offset ? text : text.slice(offset);
+}
+
+/** Whether ganesha logged, past `offset` of its log and within 10 s, that it reread its exports. */
+async function reread(path: string, offset: number): Promise<boolean> {
+  for (const end = Date.now() + 10_000; Date.now() < end;) {
+    if (logSince(path, offset).includes("Reread exports complete")) return true;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return false;
 }
 
 /** The pseudo paths of the exports ganesha's log says it could not create. */

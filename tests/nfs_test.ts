@@ -243,10 +243,28 @@ Deno.test("export ids survive additions and removals (NFS file handles carry the
   assert.equal(b.get("persist:m1"), 3);
   assert.equal(b.get("image:z"), 4);
   assert.equal(b.has("image:x"), false);
-  // The highest id dropped and a new export added in one reload: the new one gets a fresh id
-  // (ganesha would otherwise see export 4 change its path, and refuse).
+  // The highest id dropped and a new export added in one reload: the new one does not get it
+  // (ganesha would otherwise see export 4 change its path, and refuse), but the id dropped a
+  // reload earlier, free again.
   const c = assignExportIds(["image:y", "persist:m1", "image:w"], b);
-  assert.equal(c.get("image:w"), 5);
+  assert.equal(c.get("image:w"), 1);
+});
+
+Deno.test("export ids stay within ganesha's 16 bits: an address moved between two MACs 70,000 times", () => {
+  // Each move drops one node's /persist export and adds the other's (src/nodes.ts
+  // observeAddress: an address is one node's). Before: every re-added export got a new, higher
+  // id, 70,002 at the end, and ganesha refuses an Export_Id past 65535.
+  let ids = assignExportIds(["image:a", "persist:m1"], new Map());
+  for (let i = 0; i < 70_000; i++) {
+    const next = assignExportIds(["image:a", i % 2 ? "persist:m1" : "persist:m2"], ids);
+    const dropped = [...ids].filter(([k]) => !next.has(k)).map(([, id]) => id);
+    for (const [k, id] of next) {
+      assert.ok(!ids.has(k) || ids.get(k) === id, "a kept export keeps its id");
+      assert.ok(!dropped.includes(id), "an id dropped in this reload is not handed out in it");
+    }
+    ids = next;
+  }
+  assert.ok(Math.max(...ids.values()) <= 3, `ids: ${[...ids]}`);
 });
 
 async function tempContext(nfs: ServerConfig["nfs"], serverIp?: string): Promise<Context> {
@@ -637,6 +655,160 @@ Deno.test("ganesha (root, netns): serves on 2049, follows a deploy by SIGHUP, st
   } finally {
     await service?.close();
     await ip("netns", "del", ns).catch(() => {});
+    await dropContext(ctx);
+  }
+});
+
+Deno.test("ganesha (root, netns): a node's /persist exported again after its address moved is served", async () => {
+  // A host on the boot network registers two MACs and moves one address between them: each move
+  // drops a /persist export and adds one. Before, each added export got a higher Export_Id than
+  // any before it; the state after 65,534 moves is seeded here (the moves themselves are the unit
+  // test above). The next move gave the export 65536: ganesha logged "out of range", made no
+  // export, and served on without it; netroot logged "exports reloaded". The node at that
+  // address found no /persist (NFS4ERR_NOENT), nor did any node or image version added later.
+  const ns = `nr-nfsid-${Deno.pid}`, client = `nr-nfsidc-${Deno.pid}`;
+  await ip("netns", "add", ns);
+  await ip("netns", "add", client);
+  const ctx = await tempContext({ mode: "ganesha", version: 4 }, "10.68.0.1");
+  let service: { close(): Promise<void> } | undefined;
+  try {
+    await ip(
+      "-n",
+      ns,
+      "link",
+      "add",
+      "nr0",
+      "type",
+      "veth",
+      "peer",
+      "name",
+      "nr1",
+      "netns",
+      client,
+    );
+    await ip("-n", ns, "addr", "add", "10.68.0.1/24", "dev", "nr0");
+    await ip("-n", ns, "link", "set", "nr0", "up");
+    await ip("-n", client, "addr", "add", "10.68.0.21/24", "dev", "nr1");
+    await ip("-n", client, "link", "set", "nr1", "up");
+    const img = addImage(ctx, "a"), older = addImage(ctx, "b");
+    const [first, second] = ["52:54:00:00:68:01", "52:54:00:00:68:02"];
+    addNode(ctx, first, "first", img, "10.68.0.21");
+    addNode(ctx, second, "second", img, null);
+    mkdirSync(ctx.data.persist(second), { recursive: true, mode: 0o700 });
+    writeFileSync(join(ctx.data.persist(second), "mine"), "mine\n");
+    const dir = join(ctx.data.run, "ganesha");
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(
+      join(dir, "export-ids.json"),
+      // and an id past 65535 that such moves left in an older netroot's file: given anew
+      JSON.stringify({
+        [`image:${img}`]: 1,
+        [`persist:${first}`]: 65535,
+        [`image:${older}`]: 65536,
+      }),
+    );
+    service = await startNfs(ctx, { wrap: ["ip", "netns", "exec", ns] });
+    const logFile = join(dir, "ganesha.log");
+    const reloads = () => readFileSync(logFile, "utf8").split("Reread exports complete").length;
+    const before = reloads();
+
+    ctx.nodes.observeAddress(second, "10.68.0.21", "neighbour"); // the address moves
+    const pseudo = `/netroot/persist/${second.replaceAll(":", "")}`;
+    const conf = () => readFileSync(join(dir, "ganesha.conf"), "utf8");
+    for (let i = 0; i < 50 && !conf().includes(pseudo); i++) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.ok(conf().includes(pseudo), "the config follows the move");
+    for (let i = 0; i < 50 && reloads() === before; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.ok(reloads() > before, "ganesha reread its exports");
+
+    const out = await new Deno.Command("ip", {
+      args: [
+        ...["netns", "exec", client, Deno.execPath(), "run", "-A", "--no-config"],
+        fileURLToPath(new URL("./support/nfs4_forge.ts", import.meta.url)),
+        ...["10.68.0.1", pseudo, "mine"],
+      ],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert.ok(out.success, `the node reads its /persist: ${new TextDecoder().decode(out.stderr)}`);
+    const { legit } = JSON.parse(new TextDecoder().decode(out.stdout));
+    assert.deepEqual(legit, { status: 0, data: "mine\n" });
+    assert.ok(!/out of range/.test(readFileSync(logFile, "utf8")), "ganesha took every export");
+    const ids = [...conf().matchAll(/Export_Id = (\d+);/g)].map((m) => Number(m[1]));
+    assert.ok(ids.every((id) => id >= 1 && id <= 65535), `Export_Ids: ${ids}`);
+  } finally {
+    await service?.close();
+    await ip("netns", "del", client).catch(() => {});
+    await ip("netns", "del", ns).catch(() => {});
+    await dropContext(ctx);
+  }
+});
+
+Deno.test("ganesha gets every export config in turn: an id freed in one is not another export's in the next it reads", async () => {
+  // ganesha rereads its config when its signal thread gets to a SIGHUP; SIGHUPs that arrive
+  // while it is busy are one. A stand-in that reads the config at each SIGHUP, then is busy for
+  // a second: an address moved between MACs three times in that second gave it the config
+  // before last and then the last, where an id freed by the one between was another export's
+  // (a real ganesha refuses that export: "Path for export update 3 … doesn't match").
+  const ctx = await tempContext({ mode: "ganesha", version: 4 }, "10.66.0.1");
+  const fake = join(ctx.config.dataDir, "fake-ganesha");
+  writeFileSync(
+    fake,
+    `#!/bin/sh
+echo $$ > "$8"
+cat "$6" >> "$4.read"; echo "--" >> "$4.read"
+echo "NFS SERVER INITIALIZED" >> "$4"
+trap 'cat "$6" >> "$4.read"; echo "--" >> "$4.read"; sleep 1; echo "Reread exports complete" >> "$4"' HUP
+trap 'exit 0' TERM
+while :; do sleep 0.02; done
+`,
+    { mode: 0o755 },
+  );
+  let service: { close(): Promise<void> } | undefined;
+  try {
+    const img = addImage(ctx, "a");
+    const macs = [
+      "52:54:00:00:66:01",
+      "52:54:00:00:66:02",
+      "52:54:00:00:66:03",
+      "52:54:00:00:66:04",
+    ];
+    macs.forEach((mac, i) => addNode(ctx, mac, `n${i}`, img, i ? null : "10.66.0.21"));
+    service = await startNfs(ctx, { wrap: [fake] });
+    const conf = join(ctx.data.run, "ganesha", "ganesha.conf");
+    for (const mac of macs.slice(1)) {
+      ctx.nodes.observeAddress(mac, "10.66.0.21", "neighbour"); // the address moves
+      const pseudo = `/netroot/persist/${mac.replaceAll(":", "")}`;
+      for (let w = 0; w < 200 && !readFileSync(conf, "utf8").includes(pseudo); w++) {
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    }
+    await service.close();
+    service = undefined;
+    const read = readFileSync(join(ctx.data.run, "ganesha", "ganesha.log.read"), "utf8")
+      .split("--\n").filter(Boolean)
+      .map((c) =>
+        new Map([...c.matchAll(/Export_Id = (\d+); Path = "([^"]*)"/g)].map((m) => [m[1], m[2]]))
+      );
+    const last = read.at(-1)!;
+    assert.ok(
+      macs.slice(-1).every((m) => [...last.values()].includes(ctx.data.persist(m))),
+      "the last config read",
+    );
+    for (let i = 1; i < read.length; i++) {
+      for (const [id, path] of read[i]) {
+        const before = read[i - 1].get(id);
+        assert.ok(
+          before === undefined || before === path,
+          `Export_Id ${id}: ${before}, then ${path}`,
+        );
+      }
+    }
+  } finally {
+    await service?.close();
     await dropContext(ctx);
   }
 });
@@ -1123,14 +1295,15 @@ sleep 600
 Deno.test("ganesha's log is bounded: export reloads for months, nodes coming and going", async () => {
   const ctx = await tempContext({ mode: "ganesha", version: 4 }, "10.66.0.1");
   // A stand-in ganesha (started through `wrap`): serves at once, and writes 64 KiB to its log
-  // (opened in append mode, as ganesha's) at each SIGHUP: ~290 bytes a reload in a real one.
+  // (opened in append mode, as ganesha's) at each SIGHUP, its last line the one ganesha ends a
+  // reload with: ~290 bytes a reload in a real one.
   const fake = join(ctx.config.dataDir, "fake-ganesha");
   writeFileSync(
     fake,
     `#!/bin/sh
 echo $$ > "$8"
 echo "NFS SERVER INITIALIZED" >> "$4"
-trap 'head -c 65536 /dev/zero | tr "\\0" x >> "$4"; echo >> "$4"' HUP
+trap 'head -c 65512 /dev/zero | tr "\\0" x >> "$4"; echo >> "$4"; echo "Reread exports complete" >> "$4"' HUP
 trap 'exit 0' TERM
 while :; do sleep 0.02; done
 `,
