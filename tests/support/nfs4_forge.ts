@@ -58,7 +58,10 @@ export class Nfs4Client {
   #buf = new Uint8Array(0);
   #wake?: () => void;
   #xid = 1;
-  private constructor(private readonly sock: net.Socket) {
+  private constructor(
+    private readonly sock: net.Socket,
+    private readonly who: { uid: number; gid: number },
+  ) {
     sock.on("data", (d: Uint8Array) => {
       const n = new Uint8Array(this.#buf.length + d.length);
       n.set(this.#buf);
@@ -68,14 +71,15 @@ export class Nfs4Client {
     });
   }
 
-  static async connect(host: string): Promise<Nfs4Client> {
+  /** AUTH_SYS as `who` (any uid and gid a client likes: the server takes its word). */
+  static async connect(host: string, who = { uid: 0, gid: 0 }): Promise<Nfs4Client> {
     for (let port = 1023; port > 600; port--) {
       const sock = net.connect({ host, port: 2049, localPort: port });
       const error = await new Promise<(Error & { code?: string }) | undefined>((resolve) => {
         sock.once("connect", () => resolve(undefined));
         sock.once("error", resolve);
       });
-      if (!error) return new Nfs4Client(sock);
+      if (!error) return new Nfs4Client(sock, who);
       sock.destroy();
       if (error.code !== "EADDRINUSE") throw error;
     }
@@ -96,7 +100,8 @@ export class Nfs4Client {
   /** One COMPOUND; returns the reader positioned at its first operation result. */
   async #compound(ops: (x: Xdr) => void, count: number): Promise<Reader> {
     const x = new Xdr().u32(this.#xid++).u32(0).u32(2).u32(100003).u32(4).u32(1);
-    const cred = new Xdr().u32(0).string("forger").u32(0).u32(0).u32(0); // uid 0, gid 0
+    const { uid, gid } = this.who;
+    const cred = new Xdr().u32(0).string("forger").u32(uid).u32(gid).u32(0); // no other groups
     x.u32(1).opaque(Uint8Array.from(cred.bytes)).u32(0).u32(0); // AUTH_SYS, null verifier
     x.string("").u32(0).u32(count); // tag, minor version 0
     ops(x);
@@ -204,7 +209,22 @@ async function linkAcross(args: string[]): Promise<void> {
   }
 }
 
+/** `as <uid>:<gid> <server> <export> <file inside>`: reads the file as that user and group;
+ *  prints {"status": N, "data": …} (0: read). */
+async function readAs(args: string[]): Promise<void> {
+  const [who, server, exportPath, inside] = args;
+  const [uid, gid] = who.split(":").map(Number);
+  const c = await Nfs4Client.connect(server, { uid, gid });
+  try {
+    const path = [...exportPath.split("/"), ...inside.split("/")].filter(Boolean);
+    console.log(JSON.stringify(await c.read(await c.lookup(path))));
+  } finally {
+    c.close();
+  }
+}
+
 if (import.meta.main && Deno.args[0] === "link") await linkAcross(Deno.args.slice(1));
+else if (import.meta.main && Deno.args[0] === "as") await readAs(Deno.args.slice(1));
 else if (import.meta.main) {
   const [server, exportPath, inside, ...inodes] = Deno.args;
   const c = await Nfs4Client.connect(server);
