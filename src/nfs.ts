@@ -167,8 +167,12 @@ export function renderGaneshaConfig(set: ExportSet, p: GaneshaParams): string {
     `Enable_NLM = false; Enable_RQUOTA = false; Enable_UDP = false; }`,
     `NFSv4 { Graceless = true; Only_Numeric_Owners = true; RecoveryBackend = fs; ` +
     `RecoveryRoot = ${quoted(p.recoveryDir)}; }`,
-    `EXPORT_DEFAULTS { SecType = sys; Squash = Root_Squash; Anonymous_Uid = ${anonId}; ` +
-    `Anonymous_Gid = ${anonId}; Transports = TCP; Protocols = ${proto}; Access_Type = None; }`,
+    // AUTH_SYS tells root only by its port under 1024, which only root binds (kernel nfsd's
+    // `secure`, its default): ganesha takes any port by default, and any user of a node claimed
+    // uid 0 from its own and was root on the node's /persist and image, root kept there.
+    `EXPORT_DEFAULTS { SecType = sys; PrivilegedPort = true; Squash = Root_Squash; ` +
+    `Anonymous_Uid = ${anonId}; Anonymous_Gid = ${anonId}; Transports = TCP; ` +
+    `Protocols = ${proto}; Access_Type = None; }`,
   ];
   const exp = (key: string, path: string, pseudo: string, client: string) => {
     const id = p.ids.get(key);

@@ -875,6 +875,80 @@ Deno.test("ganesha (root, netns): a host of the subnet that is no node of the im
   }
 });
 
+Deno.test("ganesha (root, netns): a user of a node who is not root gets no root on its exports", async () => {
+  // AUTH_SYS says uid 0 with nothing but the source port to tell root: only root binds a port
+  // under 1024. ganesha takes any port by default, so any user of a node claimed uid 0 from an
+  // unprivileged port and was root where the node's root is kept: its image's 0600 files, and
+  // its /persist read-write (a set-uid shell left there ran as root on the node).
+  const ns = `nr-nfspp-${Deno.pid}`, client = `nr-nfsppc-${Deno.pid}`;
+  await ip("netns", "add", ns);
+  await ip("netns", "add", client);
+  const ctx = await tempContext({ mode: "ganesha", version: 4 }, "10.68.2.1");
+  let service: { close(): Promise<void> } | undefined;
+  try {
+    await ip(
+      "-n",
+      ns,
+      "link",
+      "add",
+      "nr0",
+      "type",
+      "veth",
+      "peer",
+      "name",
+      "nr1",
+      "netns",
+      client,
+    );
+    await ip("-n", ns, "addr", "add", "10.68.2.1/24", "dev", "nr0");
+    await ip("-n", ns, "link", "set", "nr0", "up");
+    await ip("-n", client, "addr", "add", "10.68.2.21/24", "dev", "nr1");
+    await ip("-n", client, "link", "set", "nr1", "up");
+    const img = addImage(ctx, "a"), mac = "52:54:00:00:68:21";
+    mkdirSync(join(ctx.data.rootfs(img), "etc/ssh"), { recursive: true });
+    writeFileSync(join(ctx.data.rootfs(img), "etc/ssh/ssh_host_ed25519_key"), "key\n", {
+      mode: 0o600,
+    });
+    addNode(ctx, mac, "node", img, "10.68.2.21");
+    mkdirSync(ctx.data.persist(mac), { recursive: true, mode: 0o700 });
+    writeFileSync(join(ctx.data.persist(mac), "root-only"), "mine\n", { mode: 0o600 });
+    service = await startNfs(ctx, { wrap: ["ip", "netns", "exec", ns] });
+    const readAs = async (who: string, exportPath: string, file: string) => {
+      const out = await new Deno.Command("ip", {
+        args: [
+          ...["netns", "exec", client, Deno.execPath(), "run", "-A", "--no-config"],
+          fileURLToPath(new URL("./support/nfs4_forge.ts", import.meta.url)),
+          ...["as", who, "10.68.2.1", exportPath, file],
+        ],
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const err = new TextDecoder().decode(out.stderr);
+      return out.success ? JSON.parse(new TextDecoder().decode(out.stdout)) : err.split("\n")[0];
+    };
+    const image = `/netroot/images/${img}`, persist = `/netroot/persist/${mac.replaceAll(":", "")}`;
+    // The node's root (a privileged port) keeps root on both.
+    assert.deepEqual(await readAs("0:0", image, "etc/ssh/ssh_host_ed25519_key"), {
+      status: 0,
+      data: "key\n",
+    });
+    assert.deepEqual(await readAs("0:0", persist, "root-only"), { status: 0, data: "mine\n" });
+    // Another user of the node claiming uid 0 does not.
+    for (const [exp, file] of [[image, "etc/ssh/ssh_host_ed25519_key"], [persist, "root-only"]]) {
+      const got = await readAs("0:0:any-port", exp, file);
+      assert.ok(
+        typeof got === "string" || got.status !== 0,
+        `${exp}/${file}: ${JSON.stringify(got)}`,
+      );
+    }
+  } finally {
+    await service?.close();
+    await ip("netns", "del", client).catch(() => {});
+    await ip("netns", "del", ns).catch(() => {});
+    await dropContext(ctx);
+  }
+});
+
 // ---- a real NFS client (qemu guest, TCG) against the supervised ganesha ----
 
 Deno.test({

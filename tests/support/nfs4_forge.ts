@@ -71,10 +71,15 @@ export class Nfs4Client {
     });
   }
 
-  /** AUTH_SYS as `who` (any uid and gid a client likes: the server takes its word). */
-  static async connect(host: string, who = { uid: 0, gid: 0 }): Promise<Nfs4Client> {
+  /** AUTH_SYS as `who` (any uid and gid a client likes: the server takes its word), from a
+   *  privileged port, or from any port (`privileged` false: what a user who is not root can do). */
+  static async connect(
+    host: string,
+    who = { uid: 0, gid: 0 },
+    privileged = true,
+  ): Promise<Nfs4Client> {
     for (let port = 1023; port > 600; port--) {
-      const sock = net.connect({ host, port: 2049, localPort: port });
+      const sock = net.connect({ host, port: 2049, ...(privileged ? { localPort: port } : {}) });
       const error = await new Promise<(Error & { code?: string }) | undefined>((resolve) => {
         sock.once("connect", () => resolve(undefined));
         sock.once("error", resolve);
@@ -209,12 +214,12 @@ async function linkAcross(args: string[]): Promise<void> {
   }
 }
 
-/** `as <uid>:<gid> <server> <export> <file inside>`: reads the file as that user and group;
- *  prints {"status": N, "data": …} (0: read). */
+/** `as <uid>:<gid>[:any-port] <server> <export> <file inside>`: reads the file as that user and
+ *  group (from any port: not root's); prints {"status": N, "data": …} (0: read). */
 async function readAs(args: string[]): Promise<void> {
   const [who, server, exportPath, inside] = args;
   const [uid, gid] = who.split(":").map(Number);
-  const c = await Nfs4Client.connect(server, { uid, gid });
+  const c = await Nfs4Client.connect(server, { uid, gid }, !who.endsWith(":any-port"));
   try {
     const path = [...exportPath.split("/"), ...inside.split("/")].filter(Boolean);
     console.log(JSON.stringify(await c.read(await c.lookup(path))));
