@@ -170,13 +170,14 @@ export class DhcpResponder {
           type !== MessageType.Inform))
     ) return null;
     // Full mode serves the boot subnet only: a relay (giaddr) elsewhere has its clients on another
-    // subnet, where none of our addresses works; an INFORM is answered at its ciaddr. Both are
-    // the sender's to write: off the subnet, they sent our answers to any host, through the boot
-    // interface's routes.
+    // subnet, where none of our addresses works; any answer but a NAK goes to a ciaddr (finish),
+    // whatever the message. Both are the sender's to write: off the subnet, they sent our answers
+    // (an OFFER or ACK to a DISCOVER or REQUEST with a forged ciaddr too) to any host, through the
+    // boot interface's routes.
     if (
       this.cfg.mode === "full" &&
       ((req.giaddr !== ZERO && !this.onSubnet(req.giaddr)) ||
-        (type === MessageType.Inform && req.ciaddr !== ZERO && !this.onSubnet(req.ciaddr)))
+        (req.ciaddr !== ZERO && !this.onSubnet(req.ciaddr)))
     ) return null;
     // A first DISCOVER, or a REQUEST for us (not one choosing the lab's server), may register.
     const serverId = readIp(req.options.get(Opt.serverId));
