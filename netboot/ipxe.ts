@@ -1,9 +1,17 @@
 // iPXE scripts, as pure text rendering (no I/O): http.ts gathers the values, this module only
 // formats them. The kernel command line inside them is the node contract's (contract/cmdline.ts).
 
-/** Text safe inside an iPXE `echo` (no setting expansion, no line breaks). */
+/**
+ * Text safe inside an iPXE `echo`: no setting expansion, no line break, and one command. iPXE has
+ * no quoting: a word that is `||`, `&&` or `;` starts another command with the rest of the line
+ * (a refusal quotes an image's own link targets: `; chain http://…` ran the image author's
+ * script), one from `#` on is a comment, and a final `\` joins the next line. Such words are
+ * shown in quotes, a final `\` as `?`.
+ */
 export function echoText(s: string): string {
-  return s.replace(/[^\x20-\x7e]/g, "?").replace(/\$/g, "S");
+  return s.replace(/[^\x20-\x7e]/g, "?").replace(/\$/g, "S")
+    .replace(/(?<=^| )(\|\||&&|;|#[^ ]*)(?= |$)/g, "'$1'")
+    .replace(/\\$/, "?");
 }
 
 export interface BootScriptParams {
