@@ -2,7 +2,15 @@
 // the events table. The protocols ask it; it gathers the facts, lets src/boot/plan.ts decide, and
 // records what the decision opened (a boot token, an address observed, an initramfs build).
 import type { Context } from "../context.ts";
-import { bootExpiry, dropBoot, findBoot, openBoot, recordStage, unheardBoot } from "../boots.ts";
+import {
+  bootedOn,
+  bootExpiry,
+  dropBoot,
+  findBoot,
+  openBoot,
+  recordStage,
+  unheardBoot,
+} from "../boots.ts";
 import { DEFAULTS } from "../../contract/cmdline.ts";
 import { resolveInRoot } from "../../contract/rootpath.ts";
 import { tx } from "../db.ts";
@@ -350,6 +358,15 @@ export function contextBooter(ctx: Context): Booter {
       const node = ctx.nodes.find(mac);
       if (!node) {
         return Promise.resolve({ refused: `node ${mac} is not registered`, unknown: true });
+      }
+      // Anyone may claim the MAC: a pin is taken only for a version netroot gave this node (its
+      // current one, or one a boot was opened for: a deploy landed after its script). Any other
+      // version or image name served every image's manifest (each file's sha256 and xattrs),
+      // kernel and initrd to the boot network.
+      if (pinned && pinned !== node.imageId && !bootedOn(ctx.db, node.mac, pinned)) {
+        return Promise.resolve({
+          refused: `image ${pinned.slice(0, 80)}: not a version node ${node.name} was given`,
+        });
       }
       const image = imageFor(ctx, node.mac, pinned);
       if (!image) return Promise.resolve({ refused: `node ${node.name} has no image to boot` });
