@@ -172,6 +172,20 @@ function extraWords(extra: string | undefined): string[] {
   return [checkExtra(extra).trim().replace(/\s+/g, " ")];
 }
 
+/** What the boot loader's kernel line puts before the command line: EFI iPXE hands the initrd
+ *  over by this name (netboot/ipxe.ts); the kernel counts it with the rest. */
+export const LOADER_ARGS = "initrd=initramfs";
+
+/** What x86 Linux gets from iPXE before the command line, at most: under EFI the image's name
+ *  first (iPXE's LoadOptions are `<name> <arguments>`, the name the last segment of the kernel's
+ *  URL, `…/kernel`: src/boot/plan.ts), then LOADER_ARGS; BIOS iPXE passes the arguments alone. */
+const LOADER_PREFIX = `kernel ${LOADER_ARGS} `;
+
+/** The bytes of command line x86 Linux keeps (COMMAND_LINE_SIZE less its NUL); BIOS iPXE keeps
+ *  one less of its arguments (snprintf into the header's cmdline_size, 2047, NUL included),
+ *  which LOADER_PREFIX's name more than covers. */
+const KERNEL_ARGS_MAX = 2047;
+
 /** The command line the server sends; throws a one-line reason when it cannot be rendered. */
 export function renderCmdline(v: CmdlineValues): string {
   const ip = v.nodeIp
@@ -203,9 +217,14 @@ export function renderCmdline(v: CmdlineValues): string {
     ...extraWords(v.extra),
   ];
   const line = words.join(" ");
-  // x86 Linux keeps 2048 bytes (COMMAND_LINE_SIZE) and silently cuts the rest.
-  if (line.length > 2047) {
-    throw new Error(`kernel command line is ${line.length} bytes; Linux keeps 2047`);
+  // Silently cut past it, the per-node words last: what the kernel gets is the iPXE kernel line's
+  // arguments (the loader's first), in bytes (UTF-8: a setting of 1,000 `é` took 2,000).
+  const bytes = new TextEncoder().encode(`${LOADER_PREFIX}${line}`).length;
+  if (bytes > KERNEL_ARGS_MAX) {
+    throw new Error(
+      `kernel command line is ${bytes} bytes with iPXE's "${LOADER_PREFIX.trim()}"; Linux keeps ` +
+        `${KERNEL_ARGS_MAX}`,
+    );
   }
   return line;
 }

@@ -1,5 +1,6 @@
 // iPXE scripts, as pure text rendering (no I/O): http.ts gathers the values, this module only
 // formats them. The kernel command line inside them is the node contract's (contract/cmdline.ts).
+import { LOADER_ARGS } from "../contract/cmdline.ts";
 
 /**
  * Text safe inside an iPXE `echo`: no setting expansion, no line break, and one command. iPXE has
@@ -29,8 +30,8 @@ export interface BootScriptParams {
 /**
  * The per-node boot script. A failed download is retried (after `imgfree`, so a half-fetched image
  * is not booted) and after the last try the node reboots instead of sitting at an iPXE prompt.
- * `initrd=initramfs` on the kernel line is what EFI iPXE needs to hand the initrd over; BIOS
- * ignores it.
+ * `initrd=initramfs` (LOADER_ARGS) on the kernel line is what EFI iPXE needs to hand the initrd
+ * over; BIOS ignores it.
  */
 export function renderBootScript(p: BootScriptParams): string {
   const tries = p.tries ?? 5;
@@ -40,7 +41,7 @@ export function renderBootScript(p: BootScriptParams): string {
     `echo netroot: image ${echoText(p.imageName)} (${p.imageId.slice(0, 12)})`,
     "set netroot-try:int32 0",
     ":retry",
-    `kernel ${p.kernelUrl} initrd=initramfs ${p.cmdline} || goto failed`,
+    `kernel ${p.kernelUrl} ${LOADER_ARGS} ${p.cmdline} || goto failed`,
     `initrd --name initramfs ${p.initramfsUrl} || goto failed`,
     "boot || goto failed",
     ":failed",

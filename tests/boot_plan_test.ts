@@ -1,7 +1,16 @@
 // The boot decision without sockets, database or files: src/boot/plan.ts planBoot.
 import assert from "node:assert/strict";
 import { parseCmdline } from "../contract/cmdline.ts";
-import { checkBoot, nodeAddress, planBoot, type PlanInput } from "../src/boot/plan.ts";
+import {
+  type BootPlan,
+  checkBoot,
+  nodeAddress,
+  planBoot,
+  type PlanInput,
+} from "../src/boot/plan.ts";
+import { renderBootScript } from "../netboot/ipxe.ts";
+import { nodeSettings } from "../src/nodes.ts";
+import { ipxeLines } from "./support/ipxescript.ts";
 
 const mac = "52:54:00:aa:bb:cc";
 const imageId = "ab".repeat(32);
@@ -150,4 +159,57 @@ Deno.test("plan: console.netconsole=true sends the kernel log to the receiver, o
   assert.doesNotMatch(cmdline({ network: net }, {}), /netconsole=/);
   assert.doesNotMatch(cmdline({}, on), /netconsole=/);
   assert.doesNotMatch(cmdline({ network: net, nodeIp: "10.0.9.7" }, on), /netconsole=/);
+});
+
+Deno.test("plan: the kernel gets the whole command line iPXE hands it, or the boot is refused (never cut)", () => {
+  // What x86 Linux keeps of the iPXE kernel line's arguments (its own initrd= first): BIOS iPXE
+  // snprintf()s them into the kernel header's cmdline_size (2047) bytes, the NUL included; EFI
+  // iPXE passes `<image name> <arguments>` (the name: the URL's last segment), of which the
+  // kernel keeps COMMAND_LINE_SIZE (2048) bytes, the NUL included.
+  const cut = (text: string, bytes: number) =>
+    new TextDecoder().decode(new TextEncoder().encode(text).subarray(0, bytes));
+  const intact = (args: string, kernelUrl: string) => {
+    const efi = `${new URL(kernelUrl).pathname.split("/").at(-1)} ${args}`;
+    return cut(args, 2046) === args && cut(efi, 2047) === efi;
+  };
+  const kernelArgs = (plan: BootPlan) => {
+    const script = renderBootScript({
+      mac,
+      node: plan.nodeName,
+      imageName: plan.image.name,
+      imageId: plan.image.id,
+      kernelUrl: plan.kernelUrl,
+      initramfsUrl: plan.initramfsUrl,
+      cmdline: plan.cmdline,
+    });
+    const kernel = ipxeLines(script).flatMap((l) => l.commands).find((c) => c[0] === "kernel")!;
+    return kernel.slice(2).join(" ");
+  };
+  const setting = nodeSettings.find((s) => s.key === "kernel.cmdline")!;
+  // A data dir with a long path (both exports name it), and settings the node setting takes (at
+  // most 1024 characters): one ASCII, filling the line to 2026 characters; one of 1,000 `é`.
+  const long = `/srv/${"lab-storage/".repeat(25)}netroot`;
+  const network = {
+    ...input().network,
+    rootPath: `${long}/images/${imageId}/rootfs`,
+    persistPath: `${long}/persist/525400aabbcc`,
+  };
+  const base = planBoot(input({ network }));
+  assert.ok(!("refused" in base));
+  const ascii = `x=${"y".repeat(2026 - base.cmdline.length - 3)}`;
+  for (const extra of [ascii, `msg=${"é".repeat(1000)}`]) {
+    const value = setting.check("kernel.cmdline", extra);
+    const plan = planBoot(input({ network }, { "kernel.cmdline": value }));
+    if ("refused" in plan) {
+      assert.match(plan.refused, /^kernel command line is \d+ bytes with iPXE's "kernel initrd=/);
+      continue;
+    }
+    const args = kernelArgs(plan);
+    const bytes = new TextEncoder().encode(args).length;
+    assert.ok(intact(args, plan.kernelUrl), `${extra.slice(0, 12)}…: ${bytes} bytes, cut by Linux`);
+  }
+  // Short of the limit, the same setting boots.
+  const plan = planBoot(input({ network }, { "kernel.cmdline": `msg=${"é".repeat(300)}` }));
+  assert.ok(!("refused" in plan), JSON.stringify(plan));
+  assert.ok(intact(kernelArgs(plan), plan.kernelUrl));
 });

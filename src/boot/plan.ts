@@ -168,7 +168,8 @@ export function planBoot(i: PlanInput): BootPlan | Refusal {
     return { refused: (e as Error).message };
   }
   const hyphen = i.mac.replaceAll(":", "-"); // colons in URL paths break some HTTP clients
-  // ?image= pins both files to one image even if a deploy lands mid-boot.
+  // ?image= pins both files to one image even if a deploy lands mid-boot. The kernel's last
+  // segment, `kernel`, is its name under EFI iPXE, on the command line (cmdline.ts LOADER_PREFIX).
   const q = `?image=${image.id}`;
   return {
     mac: i.mac,
