@@ -130,6 +130,13 @@ function reportOf(body: unknown): WireReport | { error: string } {
   return fieldsOf(body, token, mac);
 }
 
+/** A report's numbers are counts, bytes, ms or bytes/s: 0 to 2^53, where a double still counts
+ *  by ones. Each is added to a server-wide counter (src/metrics.ts): two reports of 1.7e308 bytes
+ *  made one +Inf for the server's life, and one of 1e300 swallowed every later boot's bytes. */
+function isCount(v: number): boolean {
+  return v >= 0 && v <= Number.MAX_SAFE_INTEGER;
+}
+
 function fieldsOf(
   body: Record<string, unknown>,
   token: string,
@@ -149,7 +156,7 @@ function fieldsOf(
   }
   for (const [k, type] of Object.entries(FIELDS) as [Field, string][]) {
     const v = body[k];
-    if (typeof v === type && (type !== "number" || Number.isFinite(v))) {
+    if (typeof v === type && (type !== "number" || isCount(v as number))) {
       (r as unknown as Record<string, unknown>)[k] = v;
     }
   }

@@ -6,7 +6,8 @@ import { join } from "node:path";
 import { defaultConfig } from "../src/config.ts";
 import { eventRecorder, recordEvent } from "../src/events.ts";
 import { openBoot } from "../src/boots.ts";
-import { type RunningServer, serve } from "../src/server.ts";
+import { metricsFor } from "../src/metrics.ts";
+import { buildApp, closeContext, openContext, type RunningServer, serve } from "../src/server.ts";
 
 function freePort(): number {
   const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
@@ -205,4 +206,47 @@ scrape_configs:
       await Deno.remove(dir, { recursive: true });
     }
   },
+});
+
+Deno.test("/metrics: a node's reports cannot make a counter infinite or swallow later boots (attacker)", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nr-metrics-huge-" });
+  const ctx = await openContext({ ...defaultConfig(), dataDir: dir });
+  try {
+    metricsFor(ctx.db); // counting from the first event on, as serve does
+    const app = buildApp(ctx);
+    const local = {
+      remoteAddr: { transport: "tcp", hostname: "127.0.0.1", port: 40000 },
+      completed: Promise.resolve(),
+    };
+    const post = (text: string) =>
+      app.fetch(
+        new Request("http://127.0.0.1:8080/boot/report", { method: "POST", body: text }),
+        local,
+      );
+    ctx.nodes.add(MAC, { name: "m1" });
+    // Root on a node reads its boot's token from /proc/cmdline and reports what it likes: numbers
+    // JSON allows, as large as a double holds, in one batch.
+    const token = openBoot(ctx.db, MAC, null);
+    const huge = { bytesWritten: 1.7e308, bytesLinked: -5, ms: 1e308 };
+    const reports = [1, 2].map((seq) => ({ seq, stage: "hybrid-ready", ...huge }));
+    let r = await post(JSON.stringify({ token, mac: MAC, reports }));
+    assert.equal(r.status, 200, await r.text());
+    // Then a real copy of 4 GB, which the counters must still count.
+    const real = { stage: "hybrid-ready", bytesWritten: 4e9, bytesLinked: 2e9, ms: 90_000 };
+    r = await post(JSON.stringify({ token: openBoot(ctx.db, MAC, null), mac: MAC, ...real }));
+    assert.equal(r.status, 200, await r.text());
+    const text = await (await app.fetch(new Request("http://127.0.0.1:8080/metrics"), local))
+      .text();
+    const value = (series: string) =>
+      Number(new RegExp(`^${series.replace(/[{}]/g, "\\$&")} (\\S+)$`, "m").exec(text)?.[1]);
+    assert.equal(value('netroot_hybrid_copy_bytes_total{how="written"}'), 4e9, text);
+    assert.equal(value('netroot_hybrid_copy_bytes_total{how="linked"}'), 2e9, text);
+    assert.equal(value('netroot_boot_stage_duration_seconds_sum{stage="hybrid-ready"}'), 90);
+    for (const line of text.split("\n").filter((l) => l && !l.startsWith("#"))) {
+      assert.match(line, / \d+(\.\d+)?$/, "every value a plain finite number");
+    }
+  } finally {
+    await closeContext(ctx);
+    await Deno.remove(dir, { recursive: true });
+  }
 });
