@@ -217,6 +217,13 @@ export function buildApp(
 ): Hono {
   const api = new Hono();
   api.onError(apiErrorResponse);
+  // Answers are live, and some secret (a console shows the kernel command line, its boot token;
+  // with --api-auth all, everything): no browser or proxy keeps them. The dashboard's browser
+  // served them from its cache after a logout, to whoever used it next.
+  api.use("*", async (c, next) => {
+    await next();
+    c.header("cache-control", "no-store");
+  });
   // Chosen per request: api.auth changes on reload (SIGHUP).
   const tokenForWrites = bearerAuth(ctx, { reads: false });
   const tokenForAll = bearerAuth(ctx, { reads: true });

@@ -368,6 +368,56 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name: "dashboard: after logout, the browser keeps nothing the session read (attacker)",
+  ignore: !haveChromium,
+  async fn() {
+    await withServer({ api: { auth: "all" } }, async (ctx, base) => {
+      // A virtual node's console shows its kernel command line, with its boot's token.
+      ctx.nodes.add(macVm, { name: "vm-2", virtual: true });
+      await Deno.mkdir(ctx.data.vm(macVm), { recursive: true });
+      await Deno.writeTextFile(join(ctx.data.vm(macVm), "console.log"), "netroot.token=0123abcd\n");
+      const browser = await Browser.launch();
+      try {
+        const page = await browser.page();
+        await page.goto(`${base}/`);
+        await page.eval(`document.getElementById('login-token').value = '${ctx.token}';
+          document.getElementById('login').requestSubmit()`);
+        await page.waitFor("!document.getElementById('logout').hidden", "logged in");
+        await page.eval(`location.hash = '#/node/${macVm}'`);
+        await page.waitFor(
+          "document.getElementById('console').textContent.includes('netroot.token=')",
+          "the console",
+        );
+        await page.eval("document.getElementById('logout').click()");
+        await page.waitFor("!document.getElementById('login').hidden", "logged out");
+        // The next user of this browser (a lab's shared machine) asks its cache for every API
+        // answer the session read: the console, the node, the lists.
+        const read = await page.eval<string[]>(
+          "[...new Set(performance.getEntriesByType('resource').map((e) => e.name)" +
+            ".filter((u) => new URL(u).pathname.startsWith('/api/v1/')))]",
+        );
+        assert.ok(read.some((u) => u.includes("/console")), `the console was read: ${read}`);
+        for (const url of read) {
+          const kept = await page.eval<string>(
+            `fetch(${JSON.stringify(url)}, { cache: "only-if-cached", mode: "same-origin" })
+              .then((r) => r.text(), () => "")`,
+          );
+          assert.equal(kept, "", `${url} is still in the browser's cache: ${kept}`);
+        }
+        assert.equal(
+          (await fetch(`${base}/api/v1/nodes/${macVm}/console`)).status,
+          401,
+          "and the API itself answers no more",
+        );
+        page.close();
+      } finally {
+        await browser.close();
+      }
+    });
+  },
+});
+
 Deno.test("dashboard sessions: login, cookie attributes, Origin checks, logout, auth modes", async () => {
   await withServer({ api: { auth: "all" } }, async (ctx, base) => {
     ctx.nodes.add(mac1, { name: "n1" });
