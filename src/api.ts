@@ -319,7 +319,7 @@ export function eventRoutes(ctx: Context): Hono {
         : int(since, "since", 0, Number.MAX_SAFE_INTEGER);
       const admin = isApiToken(bearerToken(c.req.header("authorization")), ctx.token) ||
         sessionOf(ctx, c) !== undefined;
-      return streams.respond({ mac, since: from }, admin);
+      return streams.respond({ mac, since: from }, admin, sourceOf(c));
     }
     return events(ctx, c, mac);
   });

@@ -3,7 +3,8 @@
 // event (the JSON of GET /events), from event `since` (or the browser's Last-Event-ID) on, then
 // each new one as it is recorded: the stream wakes on src/events.ts followEvents, nothing polls.
 // Every stream is bounded: at most `maxStreams` open per server (503 past it), of which at most
-// `maxAnonymous` opened without the API token or a dashboard session, each closed after
+// `maxAnonymous` opened without the API token or a dashboard session (`anonymousPerAddress` of
+// them from one address), each closed after
 // `lifetimeMs` (EventSource reconnects by itself, with Last-Event-ID, so nothing is missed), a
 // comment every `heartbeatMs` (a client that went away without closing is found by the failed
 // write), and closed when more than `maxQueuedBytes` wait for a client that does not read. A
@@ -11,6 +12,7 @@
 // server ends them all (ctx.changes "closing"), else its HTTP shutdown would wait for them.
 import type { Db } from "./db.ts";
 import { eventsAfter, followEvents, listEvents } from "./events.ts";
+import { Shares } from "../netboot/shares.ts";
 
 export interface StreamLimits {
   maxStreams: number;
@@ -18,6 +20,9 @@ export interface StreamLimits {
    *  boot network may open streams: without this share, one neighbour holding all 32 refused the
    *  admin's dashboard its live timeline for as long as it liked. */
   maxAnonymous: number;
+  /** Of those, from one address: one neighbour holding all 24 left every dashboard not logged
+   *  in (reads are open: it shows all but the actions) without its live timeline, for good. */
+  anonymousPerAddress: number;
   lifetimeMs: number;
   heartbeatMs: number;
   maxQueuedBytes: number;
@@ -26,6 +31,7 @@ export interface StreamLimits {
 export const defaultStreamLimits: StreamLimits = {
   maxStreams: 32,
   maxAnonymous: 24,
+  anonymousPerAddress: 4,
   lifetimeMs: 10 * 60_000,
   heartbeatMs: 15_000,
   maxQueuedBytes: 1024 * 1024,
@@ -40,8 +46,9 @@ export interface EventStreams {
   /** Streams open now. */
   readonly open: number;
   /** The SSE response for `mac`'s events (all events without one) after id `since` (undefined:
-   *  only events recorded from now on). `admin`: asked with the API token or a session. */
-  respond(filter: { mac?: string; since?: number }, admin?: boolean): Response;
+   *  only events recorded from now on). `admin`: asked with the API token or a session; else
+   *  `source`, the client's address (undefined: the server machine itself, as for Shares). */
+  respond(filter: { mac?: string; since?: number }, admin?: boolean, source?: string): Response;
   /** Ends every open stream (the server is stopping: an HTTP shutdown waits for open responses). */
   closeAll(): void;
 }
@@ -51,11 +58,23 @@ export function eventStreams(db: Db, limits: StreamLimits = defaultStreamLimits)
   let open = 0, anonymous = 0;
   const enc = new TextEncoder();
   const stops = new Set<() => void>();
-  const respond = (filter: { mac?: string; since?: number }, admin = false): Response => {
+  const perAddress = new Shares();
+  const refuse = (error: string) =>
+    Response.json({ error }, { status: 503, headers: { "retry-after": "10" } });
+  const respond = (
+    filter: { mac?: string; since?: number },
+    admin = false,
+    source?: string,
+  ): Response => {
     if (open >= limits.maxStreams || (!admin && anonymous >= limits.maxAnonymous)) {
-      return Response.json(
-        { error: `too many event streams open (${limits.maxStreams}): try again later` },
-        { status: 503, headers: { "retry-after": "10" } },
+      return refuse(`too many event streams open (${limits.maxStreams}): try again later`);
+    }
+    // The server machine's own clients (a local proxy) share the total only, as for HTTP.
+    const share = admin ? undefined : source;
+    if (share !== undefined && !perAddress.take(share, limits.anonymousPerAddress)) {
+      return refuse(
+        `${limits.anonymousPerAddress} event streams open from ${share} without the API token: ` +
+          "close one, or log in",
       );
     }
     open++;
@@ -71,6 +90,7 @@ export function eventStreams(db: Db, limits: StreamLimits = defaultStreamLimits)
       stopped = true;
       open--;
       if (!admin) anonymous--;
+      if (share !== undefined) perAddress.give(share);
       stops.delete(stopAndClose);
       unfollow();
       clearTimeout(pending);

@@ -16,7 +16,10 @@ const info = {
 };
 
 async function withApp(
-  fn: (ctx: Context, get: (path: string, init?: RequestInit) => Promise<Response>) => Promise<void>,
+  fn: (
+    ctx: Context,
+    get: (path: string, init?: RequestInit, from?: string) => Promise<Response>,
+  ) => Promise<void>,
 ) {
   const dir = await Deno.makeTempDir({ prefix: "nr-api-events-" });
   const ctx = await openContext({ ...defaultConfig(), dataDir: dir });
@@ -24,8 +27,11 @@ async function withApp(
   try {
     await fn(
       ctx,
-      async (path, init) =>
-        await app.fetch(new Request(`http://127.0.0.1:8080${path}`, init), info),
+      async (path, init, from) =>
+        await app.fetch(
+          new Request(`http://127.0.0.1:8080${path}`, init),
+          from ? { ...info, remoteAddr: { ...info.remoteAddr, hostname: from } } : info,
+        ),
     );
   } finally {
     ctx.changes.dispatchEvent(new Event("closing")); // what serve's close does: streams end
@@ -107,6 +113,29 @@ Deno.test("event streams: a HEAD opens no stream, so HEADs cannot hold every pla
     const r = await get("/api/v1/events", { headers: sse });
     assert.equal(r.status, 200, "HEADs held the streams' places: " + r.status);
     await r.body?.cancel();
+  });
+});
+
+Deno.test("event streams: one neighbour without the token cannot take every place open to the read-only dashboards (attacker)", async () => {
+  await withApp(async (_ctx, get) => {
+    const sse = { accept: "text/event-stream" };
+    // Reads are open by default: a neighbour opens live streams, as many as it is given.
+    const held: Response[] = [];
+    for (let i = 0; i < 40; i++) {
+      const r = await get("/api/v1/events", { headers: sse });
+      if (r.status !== 200) {
+        assert.equal(r.status, 503);
+        assert.match((await r.json()).error, /event streams open from 10\.77\.0\.66/);
+        break;
+      }
+      held.push(r);
+    }
+    // An admin's dashboard, not logged in (it shows everything but the actions), from another
+    // machine: its node page's timeline is live.
+    const viewer = await get("/api/v1/events?mac=" + mac, { headers: sse }, "10.77.0.67");
+    assert.equal(viewer.status, 200, `the neighbour holds ${held.length} streams: none left`);
+    await viewer.body?.cancel();
+    for (const r of held) await r.body?.cancel();
   });
 });
 

@@ -627,6 +627,7 @@ Deno.test("event streams end after their lifetime, and let go of a client that d
     const limits = {
       maxStreams: 4,
       maxAnonymous: 4,
+      anonymousPerAddress: 4,
       lifetimeMs: 300,
       heartbeatMs: 50,
       maxQueuedBytes: 64 * 1024,
