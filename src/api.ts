@@ -20,7 +20,7 @@ import { logger } from "./log.ts";
 import { writeFileDurable } from "./linux/fsops.ts";
 import { asMac, type NodeInfo, StateChange } from "./nodes.ts";
 import { NODE_STATES, type NodeState } from "./nodestate.ts";
-import { isApiToken, knownHost, sameOrigin, sessionOf } from "./session.ts";
+import { isApiToken, knownHost, liveSession, sameOrigin, sessionOf } from "./session.ts";
 import { sourceOf } from "../netboot/httpbody.ts";
 import { isLocalClient } from "../netboot/shares.ts";
 
@@ -317,9 +317,11 @@ export function eventRoutes(ctx: Context): Hono {
       const from = since === undefined
         ? undefined
         : int(since, "since", 0, Number.MAX_SAFE_INTEGER);
-      const admin = isApiToken(bearerToken(c.req.header("authorization")), ctx.token) ||
-        sessionOf(ctx, c) !== undefined;
-      return streams.respond({ mac, since: from }, admin, sourceOf(c));
+      return streams.respond({ mac, since: from }, {
+        admin: isApiToken(bearerToken(c.req.header("authorization")), ctx.token) ||
+          liveSession(ctx, c),
+        source: sourceOf(c),
+      });
     }
     return events(ctx, c, mac);
   });

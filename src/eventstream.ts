@@ -37,6 +37,17 @@ export const defaultStreamLimits: StreamLimits = {
   maxQueuedBytes: 1024 * 1024,
 };
 
+/** Who asked for a stream. */
+export interface StreamClient {
+  /** Asked with the API token (true) or a dashboard session: whether that session is still live.
+   *  A stream ends with its session (a logout, its expiry): it went on for up to its lifetime
+   *  after a logout, every event of the lab to the logged-out browser's other tabs. */
+  admin?: boolean | (() => boolean);
+  /** The client's address, for the share of a client without either (undefined: the server
+   *  machine itself, as for Shares). */
+  source?: string;
+}
+
 /** Events read per database query; a backlog is sent in batches of this many. */
 const batch = 500;
 /** New events are read at most this often (a boot writes bursts of them). */
@@ -46,9 +57,8 @@ export interface EventStreams {
   /** Streams open now. */
   readonly open: number;
   /** The SSE response for `mac`'s events (all events without one) after id `since` (undefined:
-   *  only events recorded from now on). `admin`: asked with the API token or a session; else
-   *  `source`, the client's address (undefined: the server machine itself, as for Shares). */
-  respond(filter: { mac?: string; since?: number }, admin?: boolean, source?: string): Response;
+   *  only events recorded from now on), to `client`. */
+  respond(filter: { mac?: string; since?: number }, client?: StreamClient): Response;
   /** Ends every open stream (the server is stopping: an HTTP shutdown waits for open responses). */
   closeAll(): void;
 }
@@ -63,14 +73,15 @@ export function eventStreams(db: Db, limits: StreamLimits = defaultStreamLimits)
     Response.json({ error }, { status: 503, headers: { "retry-after": "10" } });
   const respond = (
     filter: { mac?: string; since?: number },
-    admin = false,
-    source?: string,
+    client: StreamClient = {},
   ): Response => {
+    const admin = !!client.admin;
+    const stillAdmin = typeof client.admin === "function" ? client.admin : () => true;
     if (open >= limits.maxStreams || (!admin && anonymous >= limits.maxAnonymous)) {
       return refuse(`too many event streams open (${limits.maxStreams}): try again later`);
     }
     // The server machine's own clients (a local proxy) share the total only, as for HTTP.
-    const share = admin ? undefined : source;
+    const share = admin ? undefined : client.source;
     if (share !== undefined && !perAddress.take(share, limits.anonymousPerAddress)) {
       return refuse(
         `${limits.anonymousPerAddress} event streams open from ${share} without the API token: ` +
@@ -105,6 +116,7 @@ export function eventStreams(db: Db, limits: StreamLimits = defaultStreamLimits)
     stops.add(stopAndClose);
     const send = (text: string) => {
       if (stopped) return;
+      if (!stillAdmin()) return stop(true); // logged out: EventSource asks again, as who it is now
       try {
         out.enqueue(enc.encode(text));
       } catch {

@@ -82,6 +82,14 @@ export function sessionOf(ctx: Context, c: HonoContext): number | undefined {
   return ctx.sessions.check(getCookie(c, sessionCookie));
 }
 
+/** The request's live session as a check that holds until the session ends (a logout, its
+ *  expiry), or undefined: for what outlives the request (an event stream). */
+export function liveSession(ctx: Context, c: HonoContext): (() => boolean) | undefined {
+  const id = getCookie(c, sessionCookie);
+  if (ctx.sessions.check(id) === undefined) return undefined;
+  return () => ctx.sessions.check(id) !== undefined;
+}
+
 /**
  * Whether a write comes from the page of this same server: the browser's Origin names the host
  * the request was sent to. (SameSite=Strict already keeps other sites' requests cookie-less; this

@@ -620,6 +620,42 @@ Deno.test("event streams: live events from since, bounded count, released when c
   });
 });
 
+Deno.test("event streams: a logout ends the live streams its session opened (attacker)", async () => {
+  await withServer({ api: { auth: "all" } }, async (ctx, base) => {
+    const login = await fetch(`${base}/login`, {
+      method: "POST",
+      headers: { origin: base },
+      body: new URLSearchParams({ token: ctx.token }),
+    });
+    assert.equal(login.status, 200);
+    await login.body?.cancel();
+    const cookie = login.headers.get("set-cookie")!.split(";")[0];
+    // The admin's other tab: a node page, live.
+    const stream = await fetch(`${base}/api/v1/events`, {
+      headers: { cookie, accept: "text/event-stream" },
+    });
+    assert.equal(stream.status, 200);
+    const reader = stream.body!.getReader();
+    await readUntil(reader, /retry/);
+    const logout = await fetch(`${base}/logout`, {
+      method: "POST",
+      headers: { cookie, origin: base },
+    });
+    assert.equal(logout.status, 200);
+    await logout.body?.cancel();
+    // The lab goes on; the logged-out browser is told nothing of it.
+    recordEvent(ctx.db, mac1, "node.config", { "kernel.cmdline": "after the logout" });
+    const rest = await readUntil(reader, /after the logout/);
+    assert.doesNotMatch(rest, /after the logout/, "an event after the logout reached the stream");
+    // EventSource asks again, as what it is now: refused (reads need the token here).
+    const again = await fetch(`${base}/api/v1/events`, {
+      headers: { cookie, accept: "text/event-stream" },
+    });
+    assert.equal(again.status, 401);
+    await again.body?.cancel();
+  });
+});
+
 Deno.test("event streams end after their lifetime, and let go of a client that does not read", async () => {
   const dir = await Deno.makeTempDir({ prefix: "nr-dash-sse-" });
   const ctx = await openContext({ ...defaultConfig(), dataDir: dir });
