@@ -317,9 +317,11 @@ export function eventRoutes(ctx: Context): Hono {
       const from = since === undefined
         ? undefined
         : int(since, "since", 0, Number.MAX_SAFE_INTEGER);
+      const token = isApiToken(bearerToken(c.req.header("authorization")), ctx.token);
+      const session = liveSession(ctx, c);
       return streams.respond({ mac, since: from }, {
-        admin: isApiToken(bearerToken(c.req.header("authorization")), ctx.token) ||
-          liveSession(ctx, c),
+        admin: token || session !== undefined,
+        allowed: token ? undefined : session ?? (() => ctx.config.api.auth !== "all"),
         source: sourceOf(c),
       });
     }

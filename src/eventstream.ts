@@ -39,10 +39,13 @@ export const defaultStreamLimits: StreamLimits = {
 
 /** Who asked for a stream. */
 export interface StreamClient {
-  /** Asked with the API token (true) or a dashboard session: whether that session is still live.
-   *  A stream ends with its session (a logout, its expiry): it went on for up to its lifetime
-   *  after a logout, every event of the lab to the logged-out browser's other tabs. */
-  admin?: boolean | (() => boolean);
+  /** Asked with the API token or a dashboard session. */
+  admin?: boolean;
+  /** Whether what let the client in still holds (its session; reads open to all), checked at each
+   *  send: the stream ends once it does not, and EventSource asks again as what it is now. A
+   *  stream went on for up to its lifetime after a logout, every event of the lab to the
+   *  logged-out browser's other tabs, and to every neighbour after a reload to api.auth all. */
+  allowed?: () => boolean;
   /** The client's address, for the share of a client without either (undefined: the server
    *  machine itself, as for Shares). */
   source?: string;
@@ -75,8 +78,7 @@ export function eventStreams(db: Db, limits: StreamLimits = defaultStreamLimits)
     filter: { mac?: string; since?: number },
     client: StreamClient = {},
   ): Response => {
-    const admin = !!client.admin;
-    const stillAdmin = typeof client.admin === "function" ? client.admin : () => true;
+    const { admin = false, allowed = () => true } = client;
     if (open >= limits.maxStreams || (!admin && anonymous >= limits.maxAnonymous)) {
       return refuse(`too many event streams open (${limits.maxStreams}): try again later`);
     }
@@ -116,7 +118,7 @@ export function eventStreams(db: Db, limits: StreamLimits = defaultStreamLimits)
     stops.add(stopAndClose);
     const send = (text: string) => {
       if (stopped) return;
-      if (!stillAdmin()) return stop(true); // logged out: EventSource asks again, as who it is now
+      if (!allowed()) return stop(true);
       try {
         out.enqueue(enc.encode(text));
       } catch {

@@ -139,6 +139,36 @@ Deno.test("event streams: one neighbour without the token cannot take every plac
   });
 });
 
+Deno.test("event streams: a reload to api.auth all ends the streams opened without the token (attacker)", async () => {
+  await withApp(async (ctx, get) => {
+    const sse = { accept: "text/event-stream" };
+    const reader = (await get("/api/v1/events", { headers: sse })).body!.getReader();
+    const dec = new TextDecoder();
+    let text = dec.decode((await reader.read()).value);
+    assert.match(text, /retry/);
+    // The admin sees a neighbour reading the lab's timeline and closes reads (SIGHUP after
+    // api.auth "all" in the config file: what the reload sets).
+    ctx.config.api = { ...ctx.config.api, auth: "all" };
+    recordEvent(ctx.db, mac, "node.config", { "kernel.cmdline": "after the reload" });
+    const until = Date.now() + 5000;
+    for (;;) {
+      const next = await Promise.race([
+        reader.read(),
+        new Promise<undefined>((r) =>
+          setTimeout(() => r(undefined), Math.max(0, until - Date.now()))
+        ),
+      ]);
+      if (!next || next.done) break;
+      text += dec.decode(next.value);
+    }
+    assert.doesNotMatch(text, /after the reload/, "the neighbour still reads the timeline");
+    const again = await get("/api/v1/events", { headers: sse });
+    assert.equal(again.status, 401, "and cannot open it again");
+    await again.body?.cancel();
+    await reader.cancel();
+  });
+});
+
 Deno.test("event streams: a backlog longer than one batch comes whole and in order", async () => {
   await withApp(async (ctx) => {
     ctx.db.exec("BEGIN");
