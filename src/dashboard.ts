@@ -219,7 +219,10 @@ $("logout").onclick = async () => {
 // ---- pages ----
 function route() {
   const m = location.hash.match(/^#\/node\/([^/?]+)/) || location.hash.match(/^#node=([^&]+)/);
-  const mac = m ? decodeURIComponent(m[1]) : "";
+  let mac = "";
+  try {
+    mac = m ? decodeURIComponent(m[1]) : "";
+  } catch { /* a malformed escape in a link: the overview (it left the page at "loading…") */ }
   if (mac !== current || !stream) openPage(mac);
   else refresh();
 }

@@ -369,6 +369,30 @@ Deno.test({
 });
 
 Deno.test({
+  name:
+    "dashboard: a link with a malformed escape (#/node/%E0%A4%A) shows the overview, not 'loading…' for good (attacker)",
+  ignore: !haveChromium,
+  async fn() {
+    await withServer({}, async (ctx, base) => {
+      ctx.nodes.add("52:54:00:d4:5b:0a", { name: "link-node" });
+      const browser = await Browser.launch();
+      try {
+        const page = await browser.page();
+        await page.goto(`${base}/#/node/%E0%A4%A`);
+        await page.waitFor(
+          "document.querySelector('#nodes tr[data-mac=\"52:54:00:d4:5b:0a\"]')",
+          "the overview",
+        );
+        assert.deepEqual(page.errors, []);
+        page.close();
+      } finally {
+        await browser.close();
+      }
+    });
+  },
+});
+
+Deno.test({
   name: "dashboard: after logout, the browser keeps nothing the session read (attacker)",
   ignore: !haveChromium,
   async fn() {
