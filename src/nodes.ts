@@ -900,13 +900,16 @@ export class NodeRegistry {
   /**
    * Moves every node that follows an image name (deployed on the name, not pinned) and sits on an
    * older version to the name's current version (after a commit or a rollback). Their next boot
-   * serves it; the running system keeps its own version's export until then. Returns them.
+   * serves it; the running system keeps its own version's export until then. Returns them. A
+   * current version that is not bootable (no kernel: an import of the wrong tarball, a shell that
+   * removed it) is not followed, as `deploy` refuses it: every follower would boot into a refusal
+   * script; they stay, and follow the next bootable version (`staying` names them).
    */
   follow(name?: string): { mac: string; name: string; from: string; to: string }[] {
     const moved = this.db.prepare(
       `SELECT n.mac, n.name, n.image_id AS "from", c.id AS "to", c.name AS image
        FROM nodes n JOIN images v ON v.id = n.image_id
-       JOIN images c ON c.name = v.name AND c.current = 1
+       JOIN images c ON c.name = v.name AND c.current = 1 AND c.bootable = 1
        WHERE n.image_pinned = 0 AND v.current = 0 AND (? IS NULL OR v.name = ?)
        ORDER BY n.name`,
     ).all(name ?? null, name ?? null) as {
@@ -942,6 +945,15 @@ export class NodeRegistry {
     }
     return moved.filter((m) => !stuck.has(m.mac))
       .map(({ mac, name, from, to }) => ({ mac, name, from, to }));
+  }
+
+  /** The nodes that follow image name `name` and are not on its current version (it is not
+   *  bootable: follow leaves them where they are). */
+  staying(name: string): { mac: string; name: string; imageId: string }[] {
+    return this.db.prepare(
+      `SELECT n.mac, n.name, n.image_id AS imageId FROM nodes n JOIN images v ON v.id = n.image_id
+       WHERE n.image_pinned = 0 AND v.current = 0 AND v.name = ? ORDER BY n.name`,
+    ).all(name) as { mac: string; name: string; imageId: string }[];
   }
 
   /** Reboots nodes through the reboot seam (one cause for all). */

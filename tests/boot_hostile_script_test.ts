@@ -34,7 +34,7 @@ Deno.test("refusal script: an image's kernel link naming iPXE commands is echoed
     ];
     for (const [i, target] of targets.entries()) {
       // A bootable first version, deployed on its name; the author's next one, imported under
-      // that name, which the node follows (as the API publishes an import).
+      // that name: the node does not follow it (not bootable), an admin deploys it with force.
       const name = `evil${i}`;
       const tree = join(dir, name);
       buildSampleTree(tree);
@@ -45,7 +45,9 @@ Deno.test("refusal script: an image's kernel link naming iPXE commands is echoed
       Deno.removeSync(join(tree, "vmlinuz"));
       Deno.symlinkSync(target, join(tree, "vmlinuz"));
       await ctx.images.import(tree, name);
-      assert.equal((await publish(ctx, ctx.images.get(name), false)).followers.length, 1);
+      const p = await publish(ctx, ctx.images.get(name), false);
+      assert.deepEqual([p.followers.length, p.staying?.length], [0, 1]);
+      await ctx.nodes.deploy([mac], name, { reboot: false, force: true });
 
       const script = await (await app.request(`/boot/${mac}.ipxe`, {}, env)).text();
       assert.ok(script.includes("points to gone"), script);

@@ -8,7 +8,7 @@ import { manifestText } from "../contract/manifest.ts";
 import { scanTree } from "../src/images/walk.ts";
 import { NodeRegistry } from "../src/nodes.ts";
 import { Rebooter } from "../src/reboot.ts";
-import { publish } from "../src/images/versions.ts";
+import { publish, publishedText } from "../src/images/versions.ts";
 import { copyOut } from "../src/images/cp.ts";
 import { bootedImage } from "../src/images/save.ts";
 import type { UserError } from "../src/errors.ts";
@@ -109,6 +109,43 @@ Deno.test("versions: names follow commits, pinned nodes stay, rollback, rm NAME@
     nodes.follow();
     t.store.remove(`deb@${v1.id.slice(0, 8)}`);
     assert.deepEqual(t.store.history("deb").map((v) => v.id), [v2.id]);
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("a new version that is not bootable is not followed: the followers stay, are named, and follow the next bootable one", async () => {
+  const { t, nodes, src } = await lab();
+  try {
+    const v1 = await t.store.import(src, "deb");
+    const follower = nodes.add("52:54:00:00:00:11", { name: "follower" });
+    await nodes.deploy(["follower"], "deb", { reboot: false });
+    // the next version lost its kernel (a shell's apt-get remove, the wrong tarball)
+    Deno.removeSync(`${src}/vmlinuz`);
+    Deno.removeSync(`${src}/boot/vmlinuz-6.1.0-test`);
+    fixTimes(src);
+    const broken = await t.store.import(src, "deb");
+    assert.equal(broken.bootable, false);
+    const p = await publish({ nodes }, broken, false);
+    // before: the follower moved onto it and booted into a refusal script at every boot
+    assert.deepEqual(p.followers, []);
+    assert.deepEqual(p.staying, [{ name: "follower", imageId: v1.id }]);
+    assert.match(
+      publishedText("deb", p),
+      /^warning: this version is not bootable \(.+\): the nodes that follow deb stay on their version until a bootable one: follower \([0-9a-f]{12}\)$/,
+    );
+    assert.equal(link(t, follower.mac), v1.id);
+    assert.equal(nodes.get("follower").imageId, v1.id);
+    assert.equal(nodes.follow().length, 0, "nor at the next start (reconcile)");
+    // the kernel back: the next version is followed
+    Deno.writeTextFileSync(`${src}/boot/vmlinuz-6.1.0-test`, "kernel image\n");
+    Deno.symlinkSync("boot/vmlinuz-6.1.0-test", `${src}/vmlinuz`);
+    Deno.writeTextFileSync(`${src}/etc/hostname`, "fixed\n");
+    fixTimes(src);
+    const v3 = await t.store.import(src, "deb");
+    const q = await publish({ nodes }, v3, false);
+    assert.deepEqual(q.followers.map((f) => [f.name, f.from, f.to]), [["follower", v1.id, v3.id]]);
+    assert.equal(link(t, follower.mac), v3.id);
   } finally {
     await t.close();
   }

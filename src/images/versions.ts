@@ -19,14 +19,22 @@ export interface Published {
   followers: Follower[];
   /** Their reboots (rebootNodes), else empty: they still run `from`. */
   reboots: RebootResult[];
+  /** The new version is not bootable (why): the nodes that follow the name stay where they are
+   *  (`staying`, each with its version). */
+  notBootable?: string;
+  staying?: { name: string; imageId: string }[];
 }
 
 export async function publish(
   ctx: Pick<Context, "nodes">,
-  image: Pick<ImageInfo, "id" | "name" | "current">,
+  image: Pick<ImageInfo, "id" | "name" | "current" | "bootable" | "reason">,
   rebootNodes: boolean,
 ): Promise<Published> {
   if (!image.current) return { followers: [], reboots: [] };
+  if (!image.bootable) {
+    const staying = ctx.nodes.staying(image.name).map(({ name, imageId }) => ({ name, imageId }));
+    return { followers: [], reboots: [], notBootable: image.reason ?? "not bootable", staying };
+  }
   const followers = ctx.nodes.follow(image.name);
   const reboots = rebootNodes && followers.length
     ? await ctx.nodes.rebootAll(
@@ -39,6 +47,11 @@ export async function publish(
 
 /** One line for the CLI: who boots the new version now, or who still runs an old one. */
 export function publishedText(name: string, p: Published): string {
+  if (p.notBootable !== undefined && p.staying?.length) {
+    const names = p.staying.map((n) => `${n.name} (${n.imageId.slice(0, 12)})`).join(", ");
+    return `warning: this version is not bootable (${p.notBootable}): the nodes that follow ` +
+      `${name} stay on their version until a bootable one: ${names}`;
+  }
   if (!p.followers.length) return "";
   if (p.reboots.length) {
     return p.reboots.map((r) => {
