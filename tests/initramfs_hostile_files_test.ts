@@ -6,8 +6,14 @@
 import assert from "node:assert/strict";
 import { dirname, join } from "node:path";
 import { UserError } from "../src/errors.ts";
-import { buildInitramfs, initramfsCompression, type ProgramFiles } from "../src/initramfs/build.ts";
-import { launcherElf } from "../src/initramfs/elf.ts";
+import {
+  buildInitramfs,
+  imageMachine,
+  initramfsCompression,
+  type ProgramFiles,
+} from "../src/initramfs/build.ts";
+import { EM_AARCH64, launcherElf } from "../src/initramfs/elf.ts";
+import { elf } from "./support/elf.ts";
 
 const KV = "6.1.0-hostile";
 const dec = new TextDecoder();
@@ -281,4 +287,33 @@ Deno.test("an image's /bin/sh or first module whose ELF headers declare GiBs (PT
     await Deno.remove(dir, { recursive: true });
   }
   assert.deepEqual(wrong, []);
+});
+
+Deno.test("an image's /bin/sh with 65,000 DT_NEEDED names (1.5 MB) is refused after a few reads, not read name by name at each initramfs request", () => {
+  // imageMachine reads the image's /bin/sh at every GET /boot/<mac>/initramfs (any neighbour's),
+  // synchronously on the server's only thread; each DT_NEEDED name was a read of its own: 65,000
+  // of them took 1 s there per request. A real binary has a few dozen (qemu: 31).
+  const dir = Deno.makeTempDirSync({ prefix: "nr-initramfs-hostile-" });
+  const readSync = Deno.FsFile.prototype.readSync;
+  let reads = 0;
+  Deno.FsFile.prototype.readSync = function (this: Deno.FsFile, p: Uint8Array) {
+    reads++;
+    return readSync.call(this, p);
+  };
+  try {
+    const sh = join(dir, "bin/sh");
+    Deno.mkdirSync(dirname(sh), { recursive: true });
+    const needed = Array.from({ length: 65_000 }, (_, i) => `lib${i}.so`);
+    Deno.writeFileSync(sh, elf(EM_AARCH64, { needed }));
+    const machine = imageMachine(dir);
+    assert.ok(reads < 1000, `${reads} reads of /bin/sh`);
+    // Refused as no machine: the server's own is taken, as for a /bin/sh that is a script.
+    assert.equal(machine, undefined);
+    reads = 0;
+    Deno.writeFileSync(sh, elf(EM_AARCH64, { needed: needed.slice(0, 31) }));
+    assert.equal(imageMachine(dir), EM_AARCH64);
+  } finally {
+    Deno.FsFile.prototype.readSync = readSync;
+    Deno.removeSync(dir, { recursive: true });
+  }
 });

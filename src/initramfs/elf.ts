@@ -36,6 +36,9 @@ export type ReadAt = (offset: number, len: number) => Uint8Array;
 const MAX_PROGRAM_HEADERS = 64 << 10;
 const MAX_INTERP = 4096;
 const MAX_DYNAMIC = 1 << 20;
+/** DT_NEEDED names: each is a read of its own, and a /bin/sh of 65,000 (1.5 MB) took 1 s of the
+ *  server's only thread at every initramfs request. A real binary has a few dozen (qemu: 31). */
+const MAX_NEEDED = 256;
 
 /** Parses headers through `read` so a 95 MB binary is not loaded for a few KB of headers. */
 export function parseElf(read: ReadAt, what = "file"): ElfInfo {
@@ -86,7 +89,9 @@ export function parseElf(read: ReadAt, what = "file"): ElfInfo {
     const tag = Number(dv.getBigInt64(o, true));
     const val = Number(dv.getBigUint64(o + 8, true));
     if (tag === DT_NULL) break;
-    if (tag === DT_NEEDED) needed.push(val);
+    if (tag === DT_NEEDED && needed.push(val) > MAX_NEEDED) {
+      throw new Error(`${what}: more than ${MAX_NEEDED} DT_NEEDED entries`);
+    }
     if (tag === DT_STRTAB) strtab = val;
   }
   if (!needed.length) return info;
