@@ -11,7 +11,7 @@ import { UserError } from "../src/errors.ts";
 import { buildInitramfs, ensureInitramfs, imageMachine } from "../src/initramfs/build.ts";
 import { NODE_DENO, nodeLauncher } from "../src/initramfs/bundle.ts";
 import { EM_AARCH64, EM_X86_64, readElfFile } from "../src/initramfs/elf.ts";
-import { LIBRARY_DIRS_AARCH64, sharedLibraries } from "../src/initramfs/libs.ts";
+import { LIBRARY_DIRS_AARCH64, MAX_LIBRARIES, sharedLibraries } from "../src/initramfs/libs.ts";
 import { nodeRuntime, runtimePath } from "../src/initramfs/runtime.ts";
 import { elf } from "./support/elf.ts";
 import { loopExt4 } from "./support/ext4disk.ts";
@@ -95,6 +95,33 @@ Deno.test("aarch64 image: libraries resolve inside the image for the runtime's m
     assert.throws(
       () => sharedLibraries(deno, LIBRARY_DIRS_AARCH64, root),
       new RegExp(`shared library libc\\.so\\.6 \\(needed by .*\\) not found in .* in ${root}`),
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("aarch64 image: libraries that each name 64 others (4,096 links to one file) are refused past 64, not walked", async () => {
+  // sharedLibraries runs synchronously on the server's only thread, at each build an arm64 image's
+  // boot asks for (and again a minute after each failure). 256 x 256 links took 28.5 s there; the
+  // image's members (2,000,000) allow a level more.
+  const dir = await Deno.makeTempDir({ prefix: "nr-a64-" });
+  try {
+    const root = await arm64Image(dir);
+    const multi = join(root, "usr/lib/aarch64-linux-gnu");
+    await Deno.writeFile(join(multi, "leaf.so"), elf(EM_AARCH64));
+    const wide = Array.from({ length: 64 }, (_, i) => `wide${i}.so`);
+    await Deno.writeFile(join(multi, "libc.so.6"), elf(EM_AARCH64, { needed: wide }));
+    for (const [i, name] of wide.entries()) {
+      const leaves = Array.from({ length: 64 }, (_, j) => `leaf${i}-${j}.so`);
+      await Deno.writeFile(join(multi, name), elf(EM_AARCH64, { needed: leaves }));
+      for (const leaf of leaves) await Deno.symlink("leaf.so", join(multi, leaf));
+    }
+    const deno = join(dir, "deno");
+    await Deno.writeFile(deno, armDeno());
+    assert.throws(
+      () => sharedLibraries(deno, LIBRARY_DIRS_AARCH64, root),
+      new RegExp(`needs more than ${MAX_LIBRARIES} shared libraries in ${root}`),
     );
   } finally {
     await Deno.remove(dir, { recursive: true });

@@ -67,9 +67,15 @@ function resolver(root?: string): Resolver {
   };
 }
 
+/** The most libraries one program may need: the node's Deno needs 6. An image's libraries each
+ *  naming 256 others (65,536 links to one file) were all walked, 28.5 s of the server's only
+ *  thread, and in time growing with the square of their number. */
+export const MAX_LIBRARIES = 64;
+
 /**
  * Every file the loader opens to start `exe`, interpreter first, found on the host or, with
- * `root`, inside that tree (symlinks resolved within it). Throws naming what is missing.
+ * `root`, inside that tree (symlinks resolved within it). Throws naming what is missing, or when
+ * it needs more than MAX_LIBRARIES.
  */
 export function sharedLibraries(
   exe: string,
@@ -84,20 +90,31 @@ export function sharedLibraries(
   const interp = resolve(top.interp);
   if (!interp) throw new Error(`the loader ${top.interp} (of ${exe}) not found${where}`);
   out.push({ path: top.interp, ...interp });
+  const paths = new Set([top.interp]);
+  // Each soname queued once: a queue of every name every library lists held them by the million.
   const seen = new Set<string>();
-  const queue: { soname: string; by: string }[] = top.needed.map((soname) => ({ soname, by: exe }));
-  while (queue.length) {
-    const { soname, by } = queue.shift()!;
-    if (seen.has(soname)) continue;
-    seen.add(soname);
+  const queue: { soname: string; by: string }[] = [];
+  const enqueue = (needed: string[], by: string) => {
+    for (const soname of needed) {
+      if (!seen.has(soname)) queue.push({ soname, by });
+      seen.add(soname);
+    }
+  };
+  enqueue(top.needed, exe);
+  for (let i = 0; i < queue.length; i++) {
+    const { soname, by } = queue[i];
     const found = findLibrary(soname, top.machine, dirs, resolve);
     if (!found) {
       throw new Error(
         `shared library ${soname} (needed by ${by}) not found in ${dirs.join(", ")}${where}`,
       );
     }
-    if (!out.some((f) => f.path === found.path)) out.push(found);
-    for (const n of readElfFile(found.host).needed) queue.push({ soname: n, by: found.path });
+    if (paths.has(found.path)) continue;
+    paths.add(found.path);
+    if (out.push(found) > MAX_LIBRARIES) {
+      throw new Error(`${exe} needs more than ${MAX_LIBRARIES} shared libraries${where}`);
+    }
+    enqueue(readElfFile(found.host).needed, found.path);
   }
   return out;
 }
