@@ -317,3 +317,54 @@ Deno.test("an image's /bin/sh with 65,000 DT_NEEDED names (1.5 MB) is refused af
     Deno.removeSync(dir, { recursive: true });
   }
 });
+
+Deno.test("a hostile image's modules.dep ships thousands of modules, or GiBs of holes, through links to one file: refused before the archive is written", async () => {
+  // Every module of the plan went into the archive, whatever their number or size: one wanted
+  // module depending on 100,000 links took 38 s (8 s at a stretch on the server's only thread);
+  // links to a sparse file of 4 GiB cost the image nothing and the build 3 s of compression each,
+  // as many as an 8 MiB modules.dep lists (its output filling the data dir's disk).
+  const dir = await Deno.makeTempDir({ prefix: "nr-initramfs-hostile-" });
+  try {
+    const root = await image(dir);
+    const mods = join(root, "lib/modules", KV);
+    const out = join(dir, "initrd");
+    const dependingOn = async (links: number, size: number) => {
+      const names = Array.from({ length: links }, (_, i) => `kernel/dep${i}.ko`);
+      await Deno.writeTextFile(
+        join(mods, "modules.dep"),
+        `kernel/e1000.ko: ${names.join(" ")}\n${names.map((n) => `${n}:\n`).join("")}`,
+      );
+      await Deno.writeFile(join(mods, "kernel/hole.ko"), moduleElf());
+      await Deno.truncate(join(mods, "kernel/hole.ko"), size);
+      for (const n of names) {
+        await Deno.remove(join(mods, n)).catch(() => {});
+        await Deno.symlink("hole.ko", join(mods, n));
+      }
+    };
+    const build = () =>
+      buildInitramfs({
+        rootfs: root,
+        kernelVersion: KV,
+        out,
+        program: prog,
+        compression: "gzip",
+        wantedModules: ["e1000"],
+      });
+    const prog = await program(dir);
+    for (
+      const [links, size, refusal] of [
+        [2000, 64, /modules\.dep makes 2001 modules to ship, more than 1024/],
+        [3, 100 << 20, /modules to ship from the image hold more than 256 MiB/],
+      ] as const
+    ) {
+      await dependingOn(links, size);
+      await assert.rejects(build(), (e) => e instanceof UserError && refusal.test(e.message));
+      await assert.rejects(Deno.lstat(out), Deno.errors.NotFound);
+    }
+    // Debian's own: 62 modules of 16 MB.
+    await dependingOn(61, 256 << 10);
+    assert.equal((await build()).modules.length, 62);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
