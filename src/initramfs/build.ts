@@ -82,25 +82,39 @@ function compressor(c: Compression) {
     : createGzip({ level: 9 });
 }
 
+/** What an archive takes from the image in all, checked as its tree is made, before a byte of it
+ *  is written: Debian 6.1's modules for a node are 16 MB (its whole kernel's 397 MB), arm64 libc
+ *  and the rest of the runtime's libraries 3 MB. Each file may be 4 GiB of holes, free to the
+ *  image: 6.8 GB of module links to one took 10 s to compress (an 8 MiB modules.dep lists 500,000),
+ *  and an arm64 libc of 2 GiB 11 s, at each build any neighbour asks for. */
+const MAX_IMAGE_BYTES = 256 << 20;
+
 /** Archive contents in write order; parents are added as directories before their children. */
 class Tree {
   entries: CpioEntry[] = [];
   #paths = new Map<string, CpioEntry>();
+  /** Bytes of the host files read from under `rootfs` (the image's modules; an aarch64 node's
+   *  libraries): at most MAX_IMAGE_BYTES. */
+  #imageBytes = 0;
 
-  add(e: CpioEntry): void {
+  constructor(readonly rootfs: string) {}
+
+  /** Adds `e` unless the same is there already (false); throws when another entry is. */
+  add(e: CpioEntry): boolean {
     const path = e.path.replace(/^\/+/, "");
     const parent = dirname(path);
     if (parent !== ".") this.dir(parent);
     const old = this.#paths.get(path);
     if (old) {
       // The same host file reached twice (e.g. the loader as PT_INTERP and as DT_NEEDED) is fine.
-      if (old.type === "hostfile" && e.type === "hostfile" && old.source === e.source) return;
-      if (old.type === "symlink" && e.type === "symlink" && old.target === e.target) return;
+      if (old.type === "hostfile" && e.type === "hostfile" && old.source === e.source) return false;
+      if (old.type === "symlink" && e.type === "symlink" && old.target === e.target) return false;
       throw new Error(`initramfs path /${path} wanted twice with different contents`);
     }
     const entry = { ...e, path };
     this.#paths.set(path, entry);
     this.entries.push(entry);
+    return true;
   }
 
   dir(path: string, mode = 0o755): void {
@@ -112,7 +126,16 @@ class Tree {
   }
 
   hostFile(path: string, source: string, mode: number): void {
-    this.add({ type: "hostfile", path, source, mode, size: Deno.statSync(source).size });
+    const size = Deno.statSync(source).size;
+    if (!this.add({ type: "hostfile", path, source, mode, size })) return;
+    if (!source.startsWith(this.rootfs.replace(/\/*$/, "/"))) return;
+    if ((this.#imageBytes += size) > MAX_IMAGE_BYTES) {
+      throw new UserError(
+        `the files taken from the image (modules, libraries) hold more than ${
+          MAX_IMAGE_BYTES >> 20
+        } MiB`,
+      );
+    }
   }
 }
 
@@ -225,7 +248,7 @@ function initramfsTree(
   modSources: Map<string, string>,
   modulesPlan: string,
 ): Tree {
-  const tree = new Tree();
+  const tree = new Tree(rootfs);
   for (const d of ["dev", "proc", "sys", "run", "tmp", "newroot", "netroot"]) tree.dir(d);
   tree.add({ type: "char", path: "dev/console", mode: 0o600, major: 5, minor: 1 });
   tree.add({ type: "char", path: "dev/null", mode: 0o666, major: 1, minor: 3 });
@@ -362,16 +385,14 @@ async function writeCpio(tree: Tree, path: string, compression: Compression): Pr
   return cpio;
 }
 
-/** The most modules an archive ships, and their bytes in all. Debian 6.1's wanted ones with their
- *  dependencies are 62 files of 16 MB (its whole kernel: 4,023 of 397 MB). An image's modules.dep
- *  can list any number (one wanted module depending on 100,000 links to one file took 38 s, 8 s
- *  of it at a stretch on the server's only thread), each up to 4 GiB of holes (6.8 GB of them
- *  took 10 s to compress, to 6.6 MB; an 8 MiB modules.dep lists 500,000 links). */
+/** The most modules an archive ships. Debian 6.1's wanted ones with their dependencies are 62
+ *  (its whole kernel: 4,023). An image's modules.dep can list any number: one wanted module
+ *  depending on 100,000 links to one file took 38 s, 8 s of it at a stretch on the server's only
+ *  thread. */
 const MAX_MODULES = 1024;
-const MAX_MODULE_BYTES = 256 << 20;
 
-/** The host file of each module to ship (relative path → host path), checked against the bounds
- *  before any is read. */
+/** The host file of each module to ship (relative path → host path); their number bounded
+ *  before any is looked at. */
 function moduleFiles(rootfs: string, modRel: string, modules: Set<string>): Map<string, string> {
   if (modules.size > MAX_MODULES) {
     throw new UserError(
@@ -379,17 +400,10 @@ function moduleFiles(rootfs: string, modRel: string, modules: Set<string>): Map<
     );
   }
   const files = new Map<string, string>();
-  let bytes = 0;
   for (const rel of modules) {
     const host = imageFile(rootfs, `${modRel}/${rel}`);
     if (!host) {
       throw new UserError(`module ${JSON.stringify(rel)} of modules.dep is not in the image`);
-    }
-    bytes += Deno.statSync(host).size;
-    if (bytes > MAX_MODULE_BYTES) {
-      throw new UserError(
-        `the modules to ship from the image hold more than ${MAX_MODULE_BYTES >> 20} MiB`,
-      );
     }
     files.set(rel, host);
   }
