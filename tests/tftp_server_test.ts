@@ -297,6 +297,43 @@ Deno.test("tftp: traversal, escaping symlinks, bad names and writes are refused 
   });
 });
 
+Deno.test("tftp: a hostile image's /boot link chain (40 links, each 4 KB of `d/../`) is refused after a few hundred lookups, not walked at each RRQ", async () => {
+  // The name is resolved synchronously on the server's only thread at each RRQ, and UDP proves
+  // no sender: any host can ask in a node's name. Walked whole, the chain took 32,000 lstat calls
+  // and 250 ms per request (Debian's own links take at most 9 lookups beyond a path's own).
+  const dir = await Deno.makeTempDir({ prefix: "nr-tftp-" });
+  const lstatSync = Deno.lstatSync;
+  let lookups = 0;
+  Deno.lstatSync = (path) => {
+    lookups++;
+    return lstatSync(path);
+  };
+  try {
+    const rootfs = join(dir, "rootfs");
+    await Deno.mkdir(join(rootfs, "boot/d"), { recursive: true });
+    const detour = "d/../".repeat(798);
+    for (let i = 0; i < 40; i++) {
+      await Deno.symlink(`${detour}L${i + 1}`, join(rootfs, `boot/L${i}`));
+    }
+    await Deno.writeFile(join(rootfs, "boot/L40"), new Uint8Array(8));
+    await Deno.symlink(rootfs, join(dir, "fs"));
+    const r = await resolveRequest("L0", { ipxeDir: join(dir, "ipxe"), nodeFs: join(dir, "fs") });
+    assert.ok(lookups < 1000, `${lookups} lookups`);
+    assert.ok("error" in r && r.error === 2, JSON.stringify(r));
+    // Debian's /vmlinuz -> boot/vmlinuz-<kv> still resolves.
+    await Deno.writeFile(join(rootfs, "boot/vmlinuz-6.1.0-57-amd64"), new Uint8Array(8));
+    await Deno.symlink("boot/vmlinuz-6.1.0-57-amd64", join(rootfs, "vmlinuz"));
+    const ok = await resolveRequest("vmlinuz", {
+      ipxeDir: join(dir, "ipxe"),
+      nodeFs: join(dir, "fs"),
+    });
+    assert.deepEqual(ok, { file: join(rootfs, "boot/vmlinuz-6.1.0-57-amd64") });
+  } finally {
+    Deno.lstatSync = lstatSync;
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("tftp: lost and duplicated ACKs still deliver the file (stop-and-wait and windowed)", async () => {
   await withServer(async (port, f, events) => {
     for (const windowsize of [1, 4]) {
