@@ -6,8 +6,10 @@
 import assert from "node:assert/strict";
 import { dirname, join } from "node:path";
 import { UserError } from "../src/errors.ts";
+import { DataDir } from "../src/datadir.ts";
 import {
   buildInitramfs,
+  ensureInitramfs,
   imageMachine,
   initramfsCompression,
   type ProgramFiles,
@@ -365,6 +367,47 @@ Deno.test("a hostile image's modules.dep ships thousands of modules, or GiBs of 
     await dependingOn(61, 256 << 10);
     assert.equal((await build()).modules.length, 62);
   } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("an image's 8 MiB kernel config is read once per tree, not at every initramfs request (a cached file's too)", async () => {
+  // Any neighbour may GET /boot/<mac>/initramfs as often as it likes; each request read the
+  // image's /boot/config-<kv> (and /bin/sh) synchronously to name the cached file: 9 ms of the
+  // server's only thread per request where one costs 0.2 ms.
+  const dir = await Deno.makeTempDir({ prefix: "nr-initramfs-hostile-" });
+  const readTextFileSync = Deno.readTextFileSync;
+  let configReads = 0;
+  Deno.readTextFileSync = (path) => {
+    if (String(path).includes("/boot/config-")) configReads++;
+    return readTextFileSync(path);
+  };
+  try {
+    const data = new DataDir(join(dir, "data"));
+    const id = "c".repeat(64);
+    const version = { id, bootable: true, kernelVersion: KV };
+    const ctx = { data, images: { get: () => version } };
+    const prog = await program(dir);
+    // A thin version (no tree yet): what is read then is not kept.
+    await assert.rejects(ensureInitramfs(ctx, id, { program: prog }), /modules\.dep/);
+    await Deno.mkdir(dirname(data.rootfs(id)), { recursive: true });
+    await Deno.rename(await image(join(dir, "tree")), data.rootfs(id));
+    const config = join(data.rootfs(id), "boot", `config-${KV}`);
+    await Deno.mkdir(dirname(config));
+    const line = "# CONFIG_X is not set\n";
+    await Deno.writeTextFile(
+      config,
+      line.repeat((8 << 20) / line.length - 1) + "CONFIG_RD_ZSTD=y\n",
+    );
+    configReads = 0;
+    const built = await ensureInitramfs(ctx, id, { program: prog });
+    assert.match(built, /\.cpio\.zst$/); // the tree's config, not the missing tree's gzip
+    for (let i = 0; i < 20; i++) {
+      assert.equal(await ensureInitramfs(ctx, id, { program: prog }), built);
+    }
+    assert.equal(configReads, 1);
+  } finally {
+    Deno.readTextFileSync = readTextFileSync;
     await Deno.remove(dir, { recursive: true });
   }
 });
