@@ -902,14 +902,15 @@ export class NodeRegistry {
    * older version to the name's current version (after a commit or a rollback). Their next boot
    * serves it; the running system keeps its own version's export until then. Returns them. A
    * current version that is not bootable (no kernel: an import of the wrong tarball, a shell that
-   * removed it) is not followed, as `deploy` refuses it: every follower would boot into a refusal
-   * script; they stay, and follow the next bootable version (`staying` names them).
+   * removed it) is not followed from a bootable one, as `deploy` refuses it without force: every
+   * follower would boot into a refusal script; they stay, and follow the next bootable version
+   * (`staying` names them).
    */
   follow(name?: string): { mac: string; name: string; from: string; to: string }[] {
     const moved = this.db.prepare(
       `SELECT n.mac, n.name, n.image_id AS "from", c.id AS "to", c.name AS image
        FROM nodes n JOIN images v ON v.id = n.image_id
-       JOIN images c ON c.name = v.name AND c.current = 1 AND c.bootable = 1
+       JOIN images c ON c.name = v.name AND c.current = 1 AND (c.bootable = 1 OR v.bootable = 0)
        WHERE n.image_pinned = 0 AND v.current = 0 AND (? IS NULL OR v.name = ?)
        ORDER BY n.name`,
     ).all(name ?? null, name ?? null) as {
@@ -947,12 +948,13 @@ export class NodeRegistry {
       .map(({ mac, name, from, to }) => ({ mac, name, from, to }));
   }
 
-  /** The nodes that follow image name `name` and are not on its current version (it is not
-   *  bootable: follow leaves them where they are). */
+  /** The nodes that follow image name `name` on a bootable version other than its current one
+   *  (which is not bootable: follow leaves them there). */
   staying(name: string): { mac: string; name: string; imageId: string }[] {
     return this.db.prepare(
       `SELECT n.mac, n.name, n.image_id AS imageId FROM nodes n JOIN images v ON v.id = n.image_id
-       WHERE n.image_pinned = 0 AND v.current = 0 AND v.name = ? ORDER BY n.name`,
+       WHERE n.image_pinned = 0 AND v.current = 0 AND v.bootable = 1 AND v.name = ?
+       ORDER BY n.name`,
     ).all(name) as { mac: string; name: string; imageId: string }[];
   }
 

@@ -55,6 +55,39 @@ async function setup() {
   return { t, nodes, base, outside, untouched };
 }
 
+/** `netroot image shell bb` at a terminal (script(1)), against the server at `port`: what it
+ *  prints is waited for, what is typed goes to it; `end()` waits for its exit 0, gives its text. */
+function interactiveShell(main: string, port: number) {
+  const tty = new Deno.Command("script", {
+    args: ["-qfec", `${Deno.execPath()} run -A ${main} image shell bb`, "/dev/null"],
+    env: { NETROOT_SERVER: `http://127.0.0.1:${port}`, NETROOT_TOKEN: "t" },
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const w = tty.stdin.getWriter();
+  const seen: string[] = [];
+  const reader = (async () => {
+    for await (const c of tty.stdout.pipeThrough(new TextDecoderStream())) seen.push(c);
+  })();
+  return {
+    async waitFor(re: RegExp) {
+      const until = Date.now() + 60_000;
+      while (!re.test(seen.join(""))) {
+        assert.ok(Date.now() < until, `no ${re} in ${JSON.stringify(seen.join(""))}`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    },
+    type: (text: string) => w.write(new TextEncoder().encode(text)),
+    async end(): Promise<string> {
+      await w.close();
+      assert.equal((await tty.status).code, 0, seen.join(""));
+      await reader;
+      return seen.join("");
+    },
+  };
+}
+
 const manifestOf = (t: Awaited<ReturnType<typeof tempStore>>, id: string) =>
   new Map(parseManifest(Deno.readTextFileSync(t.data.manifest(id))).map((e) => [e.path, e]));
 
@@ -350,37 +383,12 @@ Deno.test("netroot image shell (-- CMD and interactive, systemd-nspawn) and cp c
     assert.equal(t.store.sessions.list().length, 0);
 
     // interactive (a terminal, through script(1)): the shell, then the question on exit
-    const tty = new Deno.Command("script", {
-      args: [
-        "-qfec",
-        `${Deno.execPath()} run -A ${main} image shell bb`,
-        "/dev/null",
-      ],
-      env: { NETROOT_SERVER: `http://127.0.0.1:${server.addr.port}`, NETROOT_TOKEN: "t" },
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    const w = tty.stdin.getWriter();
-    const seen: string[] = [];
-    const reader = (async () => {
-      for await (const c of tty.stdout.pipeThrough(new TextDecoderStream())) seen.push(c);
-    })();
-    const waitFor = async (re: RegExp) => {
-      const until = Date.now() + 60_000;
-      while (!re.test(seen.join(""))) {
-        assert.ok(Date.now() < until, `no ${re} in ${JSON.stringify(seen.join(""))}`);
-        await new Promise((r) => setTimeout(r, 100));
-      }
-    };
-    await waitFor(/\/\S* # /); // busybox ash, in /root
-    await w.write(new TextEncoder().encode("echo typed > /etc/typed; exit\r"));
-    await waitFor(/commit the changes as a new version of bb\? \[y\/N\]/);
-    await w.write(new TextEncoder().encode("y\r"));
-    await w.close();
-    assert.equal((await tty.status).code, 0, seen.join(""));
-    await reader;
-    assert.match(seen.join(""), /committed bb@[0-9a-f]{12}/);
+    const tty = interactiveShell(main, server.addr.port);
+    await tty.waitFor(/\/\S* # /); // busybox ash, in /root
+    await tty.type("echo typed > /etc/typed; exit\r");
+    await tty.waitFor(/commit the changes as a new version of bb\? \[y\/N\]/);
+    await tty.type("y\r");
+    assert.match(await tty.end(), /committed bb@[0-9a-f]{12}/);
     assert.equal(
       Deno.readTextFileSync(`${t.data.rootfs(t.store.get("bb").id)}/etc/typed`),
       "typed\n",
@@ -526,37 +534,15 @@ Deno.test("a commit on a full disk is refused before it starts (507): the sessio
       "the CLI's session discarded",
     );
     // interactive (a terminal, through script(1)): told, asked again; room made meanwhile
-    const tty = new Deno.Command("script", {
-      args: ["-qfec", `${Deno.execPath()} run -A ${main} image shell bb`, "/dev/null"],
-      env: { NETROOT_SERVER: `http://127.0.0.1:${server.addr.port}`, NETROOT_TOKEN: "t" },
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    const w = tty.stdin.getWriter();
-    const seen: string[] = [];
-    const reader = (async () => {
-      for await (const c of tty.stdout.pipeThrough(new TextDecoderStream())) seen.push(c);
-    })();
-    const waitFor = async (re: RegExp) => {
-      const until = Date.now() + 60_000;
-      while (!re.test(seen.join(""))) {
-        assert.ok(Date.now() < until, `no ${re} in ${JSON.stringify(seen.join(""))}`);
-        await new Promise((r) => setTimeout(r, 100));
-      }
-    };
-    const type = (text: string) => w.write(new TextEncoder().encode(text));
-    await waitFor(/\/\S* # /);
-    await type("echo typed > /etc/typed; exit\r");
-    await waitFor(/commit the changes as a new version of bb\? \[y\/N\]/);
-    await type("y\r");
-    await waitFor(/no room to commit: .*the changes are kept meanwhile[^]*commit again\?/);
+    const tty = interactiveShell(main, server.addr.port);
+    await tty.waitFor(/\/\S* # /);
+    await tty.type("echo typed > /etc/typed; exit\r");
+    await tty.waitFor(/commit the changes as a new version of bb\? \[y\/N\]/);
+    await tty.type("y\r");
+    await tty.waitFor(/no room to commit: .*the changes are kept meanwhile[^]*commit again\?/);
     Deno.removeSync(filler); // the admin makes room
-    await type("y\r");
-    await w.close();
-    assert.equal((await tty.status).code, 0, seen.join(""));
-    await reader;
-    assert.match(seen.join(""), /committed bb@[0-9a-f]{12}/);
+    await tty.type("y\r");
+    assert.match(await tty.end(), /committed bb@[0-9a-f]{12}/);
     const typed = t.store.get("bb").id;
     assert.equal(Deno.readTextFileSync(`${t.data.rootfs(typed)}/etc/typed`), "typed\n");
     // the first session, its room made too, commits its work

@@ -659,17 +659,23 @@ Deno.test("ganesha (root, netns): serves on 2049, follows a deploy by SIGHUP, st
   }
 });
 
-Deno.test("ganesha (root, netns): a node's /persist exported again after its address moved is served", async () => {
-  // A host on the boot network registers two MACs and moves one address between them: each move
-  // drops a /persist export and adds one. Before, each added export got a higher Export_Id than
-  // any before it; the state after 65,534 moves is seeded here (the moves themselves are the unit
-  // test above). The next move gave the export 65536: ganesha logged "out of range", made no
-  // export, and served on without it; netroot logged "exports reloaded". The node at that
-  // address found no /persist (NFS4ERR_NOENT), nor did any node or image version added later.
-  const ns = `nr-nfsid-${Deno.pid}`, client = `nr-nfsidc-${Deno.pid}`;
+/** A supervised ganesha for a temporary context, its services in a network namespace at
+ *  `server`/24, and a client namespace at `clientIp` on a veth to it: `forge(...)` runs
+ *  tests/support/nfs4_forge.ts there (an NFS client that says what it likes in AUTH_SYS). */
+async function withGaneshaClient(
+  name: string,
+  server: string,
+  clientIp: string,
+  fn: (t: {
+    ctx: Context;
+    start(): Promise<void>;
+    forge(...args: string[]): Promise<Deno.CommandOutput>;
+  }) => Promise<void>,
+): Promise<void> {
+  const ns = `nr-${name}-${Deno.pid}`, client = `nr-${name}c-${Deno.pid}`;
   await ip("netns", "add", ns);
   await ip("netns", "add", client);
-  const ctx = await tempContext({ mode: "ganesha", version: 4 }, "10.68.0.1");
+  const ctx = await tempContext({ mode: "ganesha", version: 4 }, server);
   let service: { close(): Promise<void> } | undefined;
   try {
     await ip(
@@ -686,10 +692,42 @@ Deno.test("ganesha (root, netns): a node's /persist exported again after its add
       "netns",
       client,
     );
-    await ip("-n", ns, "addr", "add", "10.68.0.1/24", "dev", "nr0");
+    await ip("-n", ns, "addr", "add", `${server}/24`, "dev", "nr0");
     await ip("-n", ns, "link", "set", "nr0", "up");
-    await ip("-n", client, "addr", "add", "10.68.0.21/24", "dev", "nr1");
+    await ip("-n", client, "addr", "add", `${clientIp}/24`, "dev", "nr1");
     await ip("-n", client, "link", "set", "nr1", "up");
+    await fn({
+      ctx,
+      start: async () => {
+        service = await startNfs(ctx, { wrap: ["ip", "netns", "exec", ns] });
+      },
+      forge: (...args) =>
+        new Deno.Command("ip", {
+          args: [
+            ...["netns", "exec", client, Deno.execPath(), "run", "-A", "--no-config"],
+            fileURLToPath(new URL("./support/nfs4_forge.ts", import.meta.url)),
+            ...args,
+          ],
+          stdout: "piped",
+          stderr: "piped",
+        }).output(),
+    });
+  } finally {
+    await service?.close();
+    await ip("netns", "del", client).catch(() => {});
+    await ip("netns", "del", ns).catch(() => {});
+    await dropContext(ctx);
+  }
+}
+
+Deno.test("ganesha (root, netns): a node's /persist exported again after its address moved is served", async () => {
+  // A host on the boot network registers two MACs and moves one address between them: each move
+  // drops a /persist export and adds one. Before, each added export got a higher Export_Id than
+  // any before it; the state after 65,534 moves is seeded here (the moves themselves are the unit
+  // test above). The next move gave the export 65536: ganesha logged "out of range", made no
+  // export, and served on without it; netroot logged "exports reloaded". The node at that
+  // address found no /persist (NFS4ERR_NOENT), nor did any node or image version added later.
+  await withGaneshaClient("nfsid", "10.68.0.1", "10.68.0.21", async ({ ctx, start, forge }) => {
     const img = addImage(ctx, "a"), older = addImage(ctx, "b");
     const [first, second] = ["52:54:00:00:68:01", "52:54:00:00:68:02"];
     addNode(ctx, first, "first", img, "10.68.0.21");
@@ -707,7 +745,7 @@ Deno.test("ganesha (root, netns): a node's /persist exported again after its add
         [`image:${older}`]: 65536,
       }),
     );
-    service = await startNfs(ctx, { wrap: ["ip", "netns", "exec", ns] });
+    await start();
     const logFile = join(dir, "ganesha.log");
     const reloads = () => readFileSync(logFile, "utf8").split("Reread exports complete").length;
     const before = reloads();
@@ -724,27 +762,14 @@ Deno.test("ganesha (root, netns): a node's /persist exported again after its add
     }
     assert.ok(reloads() > before, "ganesha reread its exports");
 
-    const out = await new Deno.Command("ip", {
-      args: [
-        ...["netns", "exec", client, Deno.execPath(), "run", "-A", "--no-config"],
-        fileURLToPath(new URL("./support/nfs4_forge.ts", import.meta.url)),
-        ...["10.68.0.1", pseudo, "mine"],
-      ],
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
+    const out = await forge("10.68.0.1", pseudo, "mine");
     assert.ok(out.success, `the node reads its /persist: ${new TextDecoder().decode(out.stderr)}`);
     const { legit } = JSON.parse(new TextDecoder().decode(out.stdout));
     assert.deepEqual(legit, { status: 0, data: "mine\n" });
     assert.ok(!/out of range/.test(readFileSync(logFile, "utf8")), "ganesha took every export");
     const ids = [...conf().matchAll(/Export_Id = (\d+);/g)].map((m) => Number(m[1]));
     assert.ok(ids.every((id) => id >= 1 && id <= 65535), `Export_Ids: ${ids}`);
-  } finally {
-    await service?.close();
-    await ip("netns", "del", client).catch(() => {});
-    await ip("netns", "del", ns).catch(() => {});
-    await dropContext(ctx);
-  }
+  });
 });
 
 Deno.test("ganesha gets every export config in turn: an id freed in one is not another export's in the next it reads", async () => {
@@ -817,30 +842,7 @@ Deno.test("ganesha (root, netns): a host of the subnet that is no node of the im
   // Root is squashed for the subnet, but AUTH_SYS takes the client's word for any other user and
   // group: before, a host claiming gid 42 (shadow) read the image's /etc/shadow (root:shadow
   // 0640), and one claiming a user's uid that user's private key, from every image.
-  const ns = `nr-nfssq-${Deno.pid}`, client = `nr-nfssqc-${Deno.pid}`;
-  await ip("netns", "add", ns);
-  await ip("netns", "add", client);
-  const ctx = await tempContext({ mode: "ganesha", version: 4 }, "10.68.1.1");
-  let service: { close(): Promise<void> } | undefined;
-  try {
-    await ip(
-      "-n",
-      ns,
-      "link",
-      "add",
-      "nr0",
-      "type",
-      "veth",
-      "peer",
-      "name",
-      "nr1",
-      "netns",
-      client,
-    );
-    await ip("-n", ns, "addr", "add", "10.68.1.1/24", "dev", "nr0");
-    await ip("-n", ns, "link", "set", "nr0", "up");
-    await ip("-n", client, "addr", "add", "10.68.1.99/24", "dev", "nr1");
-    await ip("-n", client, "link", "set", "nr1", "up");
+  await withGaneshaClient("nfssq", "10.68.1.1", "10.68.1.99", async ({ ctx, start, forge }) => {
     const img = addImage(ctx, "a"), rootfs = ctx.data.rootfs(img);
     writeFileSync(join(rootfs, "etc/shadow"), "root:secret:\n", { mode: 0o640 });
     Deno.chownSync(join(rootfs, "etc/shadow"), 0, 42);
@@ -848,17 +850,9 @@ Deno.test("ganesha (root, netns): a host of the subnet that is no node of the im
     writeFileSync(join(rootfs, "home/user/key"), "user's key\n", { mode: 0o600 });
     Deno.chownSync(join(rootfs, "home/user/key"), 1000, 1000);
     addNode(ctx, "52:54:00:00:68:11", "node", img, "10.68.1.21"); // root kept: its own node
-    service = await startNfs(ctx, { wrap: ["ip", "netns", "exec", ns] });
+    await start();
     const readAs = async (who: string, file: string) => {
-      const out = await new Deno.Command("ip", {
-        args: [
-          ...["netns", "exec", client, Deno.execPath(), "run", "-A", "--no-config"],
-          fileURLToPath(new URL("./support/nfs4_forge.ts", import.meta.url)),
-          ...["as", who, "10.68.1.1", `/netroot/images/${img}`, file],
-        ],
-        stdout: "piped",
-        stderr: "piped",
-      }).output();
+      const out = await forge("as", who, "10.68.1.1", `/netroot/images/${img}`, file);
       assert.ok(out.success, `nfs4_forge as: ${new TextDecoder().decode(out.stderr)}`);
       return JSON.parse(new TextDecoder().decode(out.stdout)) as { status: number; data?: string };
     };
@@ -867,12 +861,7 @@ Deno.test("ganesha (root, netns): a host of the subnet that is no node of the im
     assert.deepEqual(await readAs("1000:42", "etc/shadow"), { status: NFS4ERR_ACCESS });
     assert.deepEqual(await readAs("1000:1000", "home/user/key"), { status: NFS4ERR_ACCESS });
     assert.deepEqual(await readAs("0:0", "etc/shadow"), { status: NFS4ERR_ACCESS });
-  } finally {
-    await service?.close();
-    await ip("netns", "del", client).catch(() => {});
-    await ip("netns", "del", ns).catch(() => {});
-    await dropContext(ctx);
-  }
+  });
 });
 
 Deno.test("ganesha (root, netns): a user of a node who is not root gets no root on its exports", async () => {
@@ -880,30 +869,7 @@ Deno.test("ganesha (root, netns): a user of a node who is not root gets no root 
   // under 1024. ganesha takes any port by default, so any user of a node claimed uid 0 from an
   // unprivileged port and was root where the node's root is kept: its image's 0600 files, and
   // its /persist read-write (a set-uid shell left there ran as root on the node).
-  const ns = `nr-nfspp-${Deno.pid}`, client = `nr-nfsppc-${Deno.pid}`;
-  await ip("netns", "add", ns);
-  await ip("netns", "add", client);
-  const ctx = await tempContext({ mode: "ganesha", version: 4 }, "10.68.2.1");
-  let service: { close(): Promise<void> } | undefined;
-  try {
-    await ip(
-      "-n",
-      ns,
-      "link",
-      "add",
-      "nr0",
-      "type",
-      "veth",
-      "peer",
-      "name",
-      "nr1",
-      "netns",
-      client,
-    );
-    await ip("-n", ns, "addr", "add", "10.68.2.1/24", "dev", "nr0");
-    await ip("-n", ns, "link", "set", "nr0", "up");
-    await ip("-n", client, "addr", "add", "10.68.2.21/24", "dev", "nr1");
-    await ip("-n", client, "link", "set", "nr1", "up");
+  await withGaneshaClient("nfspp", "10.68.2.1", "10.68.2.21", async ({ ctx, start, forge }) => {
     const img = addImage(ctx, "a"), mac = "52:54:00:00:68:21";
     mkdirSync(join(ctx.data.rootfs(img), "etc/ssh"), { recursive: true });
     writeFileSync(join(ctx.data.rootfs(img), "etc/ssh/ssh_host_ed25519_key"), "key\n", {
@@ -912,17 +878,9 @@ Deno.test("ganesha (root, netns): a user of a node who is not root gets no root 
     addNode(ctx, mac, "node", img, "10.68.2.21");
     mkdirSync(ctx.data.persist(mac), { recursive: true, mode: 0o700 });
     writeFileSync(join(ctx.data.persist(mac), "root-only"), "mine\n", { mode: 0o600 });
-    service = await startNfs(ctx, { wrap: ["ip", "netns", "exec", ns] });
+    await start();
     const readAs = async (who: string, exportPath: string, file: string) => {
-      const out = await new Deno.Command("ip", {
-        args: [
-          ...["netns", "exec", client, Deno.execPath(), "run", "-A", "--no-config"],
-          fileURLToPath(new URL("./support/nfs4_forge.ts", import.meta.url)),
-          ...["as", who, "10.68.2.1", exportPath, file],
-        ],
-        stdout: "piped",
-        stderr: "piped",
-      }).output();
+      const out = await forge("as", who, "10.68.2.1", exportPath, file);
       const err = new TextDecoder().decode(out.stderr);
       return out.success ? JSON.parse(new TextDecoder().decode(out.stdout)) : err.split("\n")[0];
     };
@@ -941,12 +899,7 @@ Deno.test("ganesha (root, netns): a user of a node who is not root gets no root 
         `${exp}/${file}: ${JSON.stringify(got)}`,
       );
     }
-  } finally {
-    await service?.close();
-    await ip("netns", "del", client).catch(() => {});
-    await ip("netns", "del", ns).catch(() => {});
-    await dropContext(ctx);
-  }
+  });
 });
 
 // ---- a real NFS client (qemu guest, TCG) against the supervised ganesha ----

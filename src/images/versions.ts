@@ -31,27 +31,34 @@ export async function publish(
   rebootNodes: boolean,
 ): Promise<Published> {
   if (!image.current) return { followers: [], reboots: [] };
-  if (!image.bootable) {
-    const staying = ctx.nodes.staying(image.name).map(({ name, imageId }) => ({ name, imageId }));
-    return { followers: [], reboots: [], notBootable: image.reason ?? "not bootable", staying };
-  }
   const followers = ctx.nodes.follow(image.name);
+  const staying = image.bootable
+    ? []
+    : ctx.nodes.staying(image.name).map(({ name, imageId }) => ({ name, imageId }));
   const reboots = rebootNodes && followers.length
     ? await ctx.nodes.rebootAll(
       followers.map((f) => f.mac),
       `image ${image.name} now at version ${image.id.slice(0, 12)}`,
     )
     : [];
-  return { followers, reboots };
+  return {
+    followers,
+    reboots,
+    ...(staying.length && { notBootable: image.reason ?? "not bootable", staying }),
+  };
 }
 
 /** One line for the CLI: who boots the new version now, or who still runs an old one. */
 export function publishedText(name: string, p: Published): string {
-  if (p.notBootable !== undefined && p.staying?.length) {
-    const names = p.staying.map((n) => `${n.name} (${n.imageId.slice(0, 12)})`).join(", ");
-    return `warning: this version is not bootable (${p.notBootable}): the nodes that follow ` +
-      `${name} stay on their version until a bootable one: ${names}`;
-  }
+  const staying = p.staying?.length
+    ? `warning: this version is not bootable (${p.notBootable}): the nodes that follow ${name} ` +
+      "stay on their version until a bootable one: " +
+      p.staying.map((n) => `${n.name} (${n.imageId.slice(0, 12)})`).join(", ")
+    : "";
+  return [staying, followersText(name, p)].filter(Boolean).join("\n");
+}
+
+function followersText(name: string, p: Published): string {
   if (!p.followers.length) return "";
   if (p.reboots.length) {
     return p.reboots.map((r) => {
