@@ -94,7 +94,11 @@ Deno.test({
   async fn() {
     await withServer({}, async (ctx, base) => {
       const { imageId, powerLog } = await seed(ctx);
-      const shots = await Deno.makeTempDir({ prefix: "nr-dash-shots-" });
+      // Kept for a look after the run, in one place replaced at each run (not one more
+      // directory in /tmp at every run).
+      const shots = new URL("../.work/dashboard-shots", import.meta.url).pathname;
+      await Deno.remove(shots, { recursive: true }).catch(() => {});
+      await Deno.mkdir(shots, { recursive: true });
       const browser = await Browser.launch();
       try {
         const page = await browser.page();

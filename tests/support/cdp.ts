@@ -195,7 +195,17 @@ export class Browser {
       this.child.kill("SIGTERM");
     } catch { /* exited */ }
     await this.child.status;
-    await Deno.remove(this.profile, { recursive: true }).catch(() => {});
+    // Its helper processes still write the profile as they go: a removal meeting one of their
+    // files fails (ENOTEMPTY), and one profile was left in /tmp for every few launches.
+    for (let i = 0;; i++) {
+      try {
+        return await Deno.remove(this.profile, { recursive: true });
+      } catch (e) {
+        if (e instanceof Deno.errors.NotFound) return;
+        if (i >= 50) throw e;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
   }
 }
 
