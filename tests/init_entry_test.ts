@@ -17,7 +17,9 @@ Deno.test("node entry (root, mount ns): bundle has no server imports and starts 
     const text = await Deno.readTextFile(js);
     // (a string holding a worker's source may mention node:crypto: only real imports count)
     assert.doesNotMatch(text, /^import .*from "(node:|npm:)|hono/m);
-    assert.ok(text.length < 120_000, `bundle is ${text.length} bytes`);
+    // What the init itself holds (120.2 kB with the hybrid copy's immutable-flag handling): a
+    // bound that server code pulled in (Hono alone is larger) or a runaway dependency passes.
+    assert.ok(text.length < 128_000, `bundle is ${text.length} bytes`);
 
     // As the kernel's /init sees it: /proc not mounted (an empty tmpfs over it), not PID 1 here.
     const o = await new Deno.Command("unshare", {
