@@ -140,8 +140,11 @@ export class Browser {
 
   static async launch(): Promise<Browser> {
     const profile = await Deno.makeTempDir({ prefix: "nr-cdp-" });
-    const child = new Deno.Command(chromiumPath, {
+    // In a process group of its own (setsid): its helper processes (zygote, renderers, GPU)
+    // outlive its main one for a while, and went on writing the profile after it was removed.
+    const child = new Deno.Command("setsid", {
       args: [
+        chromiumPath,
         "--headless",
         "--no-sandbox",
         "--disable-gpu",
@@ -191,12 +194,23 @@ export class Browser {
   }
 
   async close(): Promise<void> {
-    try {
-      this.child.kill("SIGTERM");
-    } catch { /* exited */ }
+    const group = -this.child.pid;
+    const signal = (sig: Deno.Signal) => {
+      try {
+        Deno.kill(group, sig);
+        return true;
+      } catch {
+        return false; // the group is gone
+      }
+    };
+    signal("SIGTERM");
     await this.child.status;
-    // Its helper processes still write the profile as they go: a removal meeting one of their
-    // files fails (ENOTEMPTY), and one profile was left in /tmp for every few launches.
+    // Every process of the group gone before its profile goes: a helper still writing it made
+    // the removal fail, or made the profile again after it, one left in /tmp every few launches.
+    for (let i = 0; signal("SIGCONT"); i++) {
+      if (i === 30) signal("SIGKILL");
+      await new Promise((r) => setTimeout(r, 100));
+    }
     for (let i = 0;; i++) {
       try {
         return await Deno.remove(this.profile, { recursive: true });
