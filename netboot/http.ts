@@ -24,7 +24,7 @@ import { join } from "node:path";
 import { BodyRefusal, sourceOf, textUpTo } from "./httpbody.ts";
 import { isLocalClient } from "./shares.ts";
 import { logger } from "../src/log.ts";
-import { renderBootScript, renderRefusalScript } from "./ipxe.ts";
+import { renderPlanScript, renderRefusalScript } from "./ipxe.ts";
 import { ipxeFile } from "./tftp/resolve.ts";
 
 const log = logger("http");
@@ -310,18 +310,7 @@ async function scriptRoute(
     return refusal(c, plan.refused, 200, true);
   }
   events.fromSource(sourceOf(c), mac, "http.script", { image: plan.image.id }, "node");
-  return text(
-    c,
-    renderBootScript({
-      mac,
-      node: plan.nodeName,
-      imageName: plan.image.name,
-      imageId: plan.image.id,
-      kernelUrl: plan.kernelUrl,
-      initramfsUrl: plan.initramfsUrl,
-      cmdline: plan.cmdline,
-    }),
-  );
+  return text(c, renderPlanScript(plan));
 }
 
 /** GET /boot/<mac>/<kind>: streams one boot file and puts the download on the node's timeline

@@ -1,6 +1,7 @@
 // iPXE scripts, as pure text rendering (no I/O): http.ts gathers the values, this module only
 // formats them. The kernel command line inside them is the node contract's (contract/cmdline.ts).
 import { LOADER_ARGS } from "../contract/cmdline.ts";
+import type { ScriptPlan } from "./booter.ts";
 
 /**
  * Text safe inside an iPXE `echo`: no setting expansion, no line break, and one command. iPXE has
@@ -25,6 +26,19 @@ export interface BootScriptParams {
   cmdline: string;
   /** Download attempts before giving up and rebooting. */
   tries?: number;
+}
+
+/** The boot script of a node's plan (what GET /boot/<mac>.ipxe answers). */
+export function renderPlanScript(p: ScriptPlan): string {
+  return renderBootScript({
+    mac: p.mac,
+    node: p.nodeName,
+    imageName: p.image.name,
+    imageId: p.image.id,
+    kernelUrl: p.kernelUrl,
+    initramfsUrl: p.initramfsUrl,
+    cmdline: p.cmdline,
+  });
 }
 
 /**

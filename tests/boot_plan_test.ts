@@ -8,7 +8,7 @@ import {
   planBoot,
   type PlanInput,
 } from "../src/boot/plan.ts";
-import { renderBootScript } from "../netboot/ipxe.ts";
+import { renderPlanScript } from "../netboot/ipxe.ts";
 import { nodeSettings } from "../src/nodes.ts";
 import { ipxeLines } from "./support/ipxescript.ts";
 
@@ -173,15 +173,7 @@ Deno.test("plan: the kernel gets the whole command line iPXE hands it, or the bo
     return cut(args, 2046) === args && cut(efi, 2047) === efi;
   };
   const kernelArgs = (plan: BootPlan) => {
-    const script = renderBootScript({
-      mac,
-      node: plan.nodeName,
-      imageName: plan.image.name,
-      imageId: plan.image.id,
-      kernelUrl: plan.kernelUrl,
-      initramfsUrl: plan.initramfsUrl,
-      cmdline: plan.cmdline,
-    });
+    const script = renderPlanScript(plan);
     const kernel = ipxeLines(script).flatMap((l) => l.commands).find((c) => c[0] === "kernel")!;
     return kernel.slice(2).join(" ");
   };

@@ -15,6 +15,14 @@ async function manifestOf(root: string): Promise<{ text: string; id: string }> {
   return { text, id: sha(text) };
 }
 
+/** A copy of the image at `source` (as a boot makes it), volatile unless `persistent`. */
+const bootFrom = (
+  hybridDir: string,
+  source: string,
+  img: { id: string; text: string },
+  persistent = false,
+) => prepareHybridRoot({ hybridDir, persistent, imageId: img.id, manifestText: img.text, source });
+
 /** An image tree of `n` 16 KiB files under /data, and /etc/release. */
 function makeTree(root: string, n: number, seed: number): void {
   Deno.mkdirSync(`${root}/data`, { recursive: true });
@@ -155,14 +163,7 @@ Deno.test("hybrid (hostile): a directory 1500 levels deep left in a volatile cop
   await withTmp(async (tmp, hybridDir) => {
     makeTree(`${tmp}/img`, 2, 3);
     const img = await manifestOf(`${tmp}/img`);
-    const boot = () =>
-      prepareHybridRoot({
-        hybridDir,
-        persistent: false,
-        imageId: img.id,
-        manifestText: img.text,
-        source: `${tmp}/img`,
-      });
+    const boot = () => bootFrom(hybridDir, `${tmp}/img`, img);
     await boot();
     // Any user of the booted image (no root needed): mkdir -p in /tmp, a path of 1500 levels,
     // lands in the overlay's upper, diff/.
@@ -184,14 +185,7 @@ Deno.test("hybrid (hostile): a directory with files planted at a copy's last-boo
   await withTmp(async (tmp, hybridDir) => {
     makeTree(`${tmp}/img`, 2, 4);
     const img = await manifestOf(`${tmp}/img`);
-    const boot = () =>
-      prepareHybridRoot({
-        hybridDir,
-        persistent: false,
-        imageId: img.id,
-        manifestText: img.text,
-        source: `${tmp}/img`,
-      });
+    const boot = () => bootFrom(hybridDir, `${tmp}/img`, img);
     await boot();
     const p = copyPaths(hybridDir, img.id);
     for (const own of [p.lastBoot, p.manifest]) {
@@ -290,14 +284,7 @@ Deno.test("hybrid (hostile): entries made immutable or append-only (chattr +i/+a
     try {
       makeTree(`${tmp}/img`, 2, 5);
       const img = await manifestOf(`${tmp}/img`);
-      const boot = (persistent: boolean) =>
-        prepareHybridRoot({
-          hybridDir,
-          persistent,
-          imageId: img.id,
-          manifestText: img.text,
-          source: `${tmp}/img`,
-        });
+      const boot = (persistent: boolean) => bootFrom(hybridDir, `${tmp}/img`, img, persistent);
       const p = copyPaths(hybridDir, img.id);
       // Root on the node, on the partition's own mount (remounted read-write), in the overlay's
       // upper: an immutable /etc/resolv.conf, an append-only log directory, the same in /tmp,
@@ -355,13 +342,7 @@ Deno.test("hybrid (hostile): a re-deploy in place over a copy whose files and di
       Deno.writeFileSync(`${tmp}/b/data/f1`, new Uint8Array(16 << 10).fill(1));
       const a = await manifestOf(`${tmp}/a`), b = await manifestOf(`${tmp}/b`);
       const boot = (img: { id: string; text: string }, source: string) =>
-        prepareHybridRoot({
-          hybridDir,
-          persistent: false,
-          imageId: img.id,
-          manifestText: img.text,
-          source,
-        });
+        bootFrom(hybridDir, source, img);
       await boot(a, `${tmp}/a`);
       const pa = copyPaths(hybridDir, a.id);
       chattr("+i", `${pa.image}/etc/release`, `${pa.image}/data/f1`);

@@ -55,6 +55,19 @@ async function setup() {
   return { t, nodes, base, outside, untouched };
 }
 
+/** `netroot image ARGS…` without a terminal, against the server at `port`. */
+async function imageCli(main: string, port: number, args: string[]) {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", main, "image", ...args],
+    env: { NETROOT_SERVER: `http://127.0.0.1:${port}`, NETROOT_TOKEN: "t" },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const d = new TextDecoder();
+  return { code: out.code, stdout: d.decode(out.stdout), stderr: d.decode(out.stderr) };
+}
+
 /** `netroot image shell bb` at a terminal (script(1)), against the server at `port`: what it
  *  prints is waited for, what is typed goes to it; `end()` waits for its exit 0, gives its text. */
 function interactiveShell(main: string, port: number) {
@@ -310,17 +323,7 @@ Deno.test("netroot image shell (-- CMD and interactive, systemd-nspawn) and cp c
     nodes.add("52:54:00:00:00:07", { name: "n7" });
     await nodes.deploy(["n7"], "bb", { reboot: false, force: true });
     const main = new URL("../main.ts", import.meta.url).pathname;
-    const cli = async (...args: string[]) => {
-      const out = await new Deno.Command(Deno.execPath(), {
-        args: ["run", "-A", main, "image", ...args],
-        env: { NETROOT_SERVER: `http://127.0.0.1:${server.addr.port}`, NETROOT_TOKEN: "t" },
-        stdin: "null",
-        stdout: "piped",
-        stderr: "piped",
-      }).output();
-      const d = new TextDecoder();
-      return { code: out.code, stdout: d.decode(out.stdout), stderr: d.decode(out.stderr) };
-    };
+    const cli = (...args: string[]) => imageCli(main, server.addr.port, args);
     const ok = await cli(
       "shell",
       "bb",
@@ -506,28 +509,17 @@ Deno.test("a commit on a full disk is refused before it starts (507): the sessio
     assert.deepEqual(t.store.sessions.list().map((x) => x.id), [s.id], "cp's session discarded");
     // `image shell --commit -- CMD` (no terminal to ask at): told, and its session discarded
     const server = serveImages(t, ac.signal, nodes);
-    const out = await new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        "-A",
-        main,
-        "image",
-        "shell",
-        "bb",
-        "--commit",
-        "--",
-        "/bin/sh",
-        "-c",
-        "echo y > /etc/y",
-      ],
-      env: { NETROOT_SERVER: `http://127.0.0.1:${server.addr.port}`, NETROOT_TOKEN: "t" },
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    const stderr = new TextDecoder().decode(out.stderr);
-    assert.equal(out.code, 1, stderr);
-    assert.match(stderr, /no room to commit: .*MB free.*; nothing committed/);
+    const out = await imageCli(main, server.addr.port, [
+      "shell",
+      "bb",
+      "--commit",
+      "--",
+      "/bin/sh",
+      "-c",
+      "echo y > /etc/y",
+    ]);
+    assert.equal(out.code, 1, out.stderr);
+    assert.match(out.stderr, /no room to commit: .*MB free.*; nothing committed/);
     assert.deepEqual(
       t.store.sessions.list().map((x) => x.id),
       [s.id],

@@ -308,12 +308,13 @@ export class Sessions {
     meta: { madeBy: MadeBy; command: string | null },
   ): Promise<Commit> {
     const s = this.get(id);
-    if (!unchanged(s)) this.#checkRoom(s);
+    const nothing = unchanged(s); // its container is gone: the upper changes no more
+    if (!nothing) this.#checkRoom(s);
     this.#open.delete(id);
     detach(s.merged);
     try {
       const upper = join(s.dir, "upper");
-      if (unchanged(s)) {
+      if (nothing) {
         this.#dropPrep(id);
         const base = this.images.get(s.base!.id);
         return { ...base, existed: true, previous: null, outdated: null };
