@@ -14,20 +14,29 @@ export interface MountSource {
   mount(target: string, readOnly: boolean): void;
 }
 
-/** fstype and data for mount(2): no mount.nfs to translate, so `addr=` is explicit. */
+/** Caching for an image version's tree, which the server never changes in place (a change is
+ *  a new version in a new tree; docs/architecture.md, "Object store"): no attribute check at
+ *  each open (`nocto`) and attributes kept an hour. A stock Debian boot to multi-user asked the
+ *  server 207 GETATTRs without them, 1 with them (of ≈ 1,700 calls; docs/benchmarks.md). */
+const IMMUTABLE_TREE = "nocto,actimeo=3600";
+
+/** fstype and data for mount(2): no mount.nfs to translate, so `addr=` is explicit. `immutable`:
+ *  an image's tree (IMMUTABLE_TREE), not a node's /persist. */
 export function nfsMountArgs(
   t: NfsTarget,
   version: NfsVersion,
+  immutable: boolean,
 ): { source: string; fstype: string; data: string } {
   const source = `${t.host}:${t.path}`;
+  const caching = immutable ? `,${IMMUTABLE_TREE}` : "";
   if (version === "3") {
-    return { source, fstype: "nfs", data: `vers=3,proto=tcp,nolock,addr=${t.host}` };
+    return { source, fstype: "nfs", data: `vers=3,proto=tcp,nolock,addr=${t.host}${caching}` };
   }
-  return { source, fstype: "nfs4", data: `vers=${version},addr=${t.host}` };
+  return { source, fstype: "nfs4", data: `vers=${version},addr=${t.host}${caching}` };
 }
 
-export function nfsSource(t: NfsTarget, version: NfsVersion): MountSource {
-  const a = nfsMountArgs(t, version);
+export function nfsSource(t: NfsTarget, version: NfsVersion, immutable: boolean): MountSource {
+  const a = nfsMountArgs(t, version, immutable);
   return {
     describe: `${a.fstype} ${a.source} (${a.data})`,
     mount: (target, ro) => mount(a.source, target, a.fstype, ro ? MS_RDONLY : 0, a.data),

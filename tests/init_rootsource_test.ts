@@ -9,17 +9,22 @@ import {
 
 const t = { host: "10.77.0.1", path: "/netroot/images/abc" };
 
-Deno.test("nfs mount(2) arguments: kernel text options with explicit addr", () => {
-  assert.deepEqual(nfsMountArgs(t, "4.2"), {
+Deno.test("nfs mount(2) arguments: kernel text options with explicit addr; an image's tree cached as immutable, a /persist not", () => {
+  assert.deepEqual(nfsMountArgs(t, "4.2", false), {
     source: "10.77.0.1:/netroot/images/abc",
     fstype: "nfs4",
     data: "vers=4.2,addr=10.77.0.1",
   });
-  assert.deepEqual(nfsMountArgs(t, "3"), {
+  assert.deepEqual(nfsMountArgs(t, "3", false), {
     source: "10.77.0.1:/netroot/images/abc",
     fstype: "nfs",
     data: "vers=3,proto=tcp,nolock,addr=10.77.0.1",
   });
+  assert.equal(nfsMountArgs(t, "4.2", true).data, "vers=4.2,addr=10.77.0.1,nocto,actimeo=3600");
+  assert.equal(
+    nfsMountArgs(t, "3", true).data,
+    "vers=3,proto=tcp,nolock,addr=10.77.0.1,nocto,actimeo=3600",
+  );
 });
 
 function recorder(): InitConsole & { lines: string[] } {

@@ -53,6 +53,7 @@ echo "E2E-PROBE etc-before=$(cat /etc/e2e-probe 2>/dev/null || echo none)"
 echo "written at uptime $(cut -d' ' -f1 /proc/uptime)" > /etc/e2e-probe
 echo "E2E-PROBE etc-now=$(cat /etc/e2e-probe)"
 if grep -q ' /persist ' /proc/mounts; then cut -d' ' -f2 /etc/image-release >> /persist/releases; fi
+grep -E ' /run/netroot/lower | /persist ' /proc/mounts | sed 's/^/E2E-MOUNT /'
 exec /sbin/init.testimage
 `,
     { mode: 0o755 },
@@ -137,6 +138,10 @@ labTest(
       assert.match(b, new RegExp(`bootcount=${i + 1}\\b`), `boot ${i + 1}: /persist kept`);
       assert.match(b, /overlay \/ overlay/);
       assert.match(b, / \/persist nfs4? /);
+      // The image's tree, never changed in place, is cached as such; the node's /persist is not.
+      assert.match(b, /E2E-MOUNT \S+ \/run\/netroot\/lower nfs4? ro,\S*nocto/);
+      assert.match(b, /E2E-MOUNT \S+ \/persist nfs4? rw,/);
+      assert.doesNotMatch(b, /E2E-MOUNT \S+ \/persist \S+ \S*nocto/);
     }
     assert.equal((await Deno.readTextFile(join(persist, "bootcount"))).trim(), "2");
     assert.equal(await Deno.readTextFile(join(persist, "releases")), "v1\nv1\n");
