@@ -31,7 +31,8 @@ export interface StageReport {
   bytesKept?: number;
   resumed?: boolean;
   evicted?: number;
-  /** hybrid-failed: why (no-space, corrupt, io, manifest). */
+  /** hybrid-failed: why (no-space, corrupt, io, manifest, overlay: the kernel refused the overlay
+   *  on the local copy). */
   reason?: string;
 }
 

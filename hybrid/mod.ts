@@ -204,12 +204,41 @@ export const hybridMode: RootMode = {
           : "no walt-hybrid partition: network mode",
     );
     if (!boot) return false;
-    await env.stage("hybrid", "the hybrid partition of this node", () => {
-      mountLocalRoot(boot, env.layout);
-    });
-    return true;
+    return await env.stage(
+      "hybrid",
+      "the hybrid partition of this node",
+      () => enterLocalRoot(boot, env.layout, env),
+    );
   },
 };
+
+/**
+ * mountLocalRoot, or network mode when the kernel refuses it (an overlay it will not mount over
+ * what the partition holds): like a failed copy, said loudly, reported, and every mount made for
+ * the hybrid root let go — the node boots, where it went into a fatal reboot loop before.
+ */
+export function enterLocalRoot(
+  boot: HybridBoot,
+  l: Layout,
+  o: Pick<RootEnv, "log" | "report">,
+): boolean {
+  try {
+    mountLocalRoot(boot, l);
+    return true;
+  } catch (e) {
+    const msg = `the local copy's overlay: ${(e as Error).message}`;
+    o.log(`HYBRID MODE FAILED: ${msg} — falling back to network mode`);
+    o.report({ stage: "hybrid-failed", ok: false, detail: msg, reason: "overlay" });
+    // Whatever of it was mounted (each absent one fails alone), the image's NFS mount included:
+    // network mode mounts it again.
+    for (const dir of [l.upper, l.newRoot, l.lower, boot.target.mountpoint]) {
+      try {
+        umount(dir, MNT_DETACH);
+      } catch { /* not mounted */ }
+    }
+    return false;
+  }
+}
 
 /**
  * The manifest, with a few short attempts rather than one long one: a connection can stall (a

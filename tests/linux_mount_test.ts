@@ -113,3 +113,55 @@ Deno.test("mount (root, mount ns): the read-only view of images/ kernel nfsd exp
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("hybrid (root, mount ns): an overlay the kernel refuses on the local copy falls back to network mode with nothing of it left mounted", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nr-mount-hybrid-" });
+  try {
+    const out = await inMountNs(`
+      import * as m from "${root}src/linux/mount.ts";
+      import { enterLocalRoot } from "${root}hybrid/mod.ts";
+      const d = ${JSON.stringify(dir)};
+      const layout = { root: d, newRoot: d + "/newroot", lower: d + "/run/lower", rw: d + "/run/rw",
+        upper: d + "/run/upper" };
+      for (const p of ["newroot", "run/lower", "part"]) Deno.mkdirSync(d + "/" + p, { recursive: true });
+      const mounts = () => Deno.readTextFileSync("/proc/self/mountinfo").split("\\n")
+        .map((l) => l.split(" ")[4]).filter((p) => p && p.startsWith(d + "/"));
+      const boot = (lower) => {
+        m.mount("image", layout.lower, "tmpfs", 0, null); // the NFS image the copy came from
+        m.mount("disk", d + "/part", "tmpfs", 0, null); // the walt-hybrid partition
+        for (const p of ["copy", "upper", "work"]) Deno.mkdirSync(d + "/part/" + p);
+        Deno.writeTextFileSync(d + "/part/copy/etc-release", "v1");
+        return { variant: "volatile", lower, upper: d + "/part/upper", work: d + "/part/work",
+          report: {}, evicted: [], target: { mountpoint: d + "/part" } };
+      };
+      const lines = [], reports = [];
+      const o = { log: (l) => lines.push(l), report: (r) => reports.push(r) };
+      // The copy the kernel will not take as the overlay's lower layer (here: gone by then).
+      const refused = enterLocalRoot(boot(d + "/part/gone"), layout, o);
+      console.log(JSON.stringify({ refused, lines, reports, left: mounts() }));
+      // The same with a copy it takes: the root is mounted, the image's NFS mount let go.
+      const ok = enterLocalRoot(boot(d + "/part/copy"), layout, o);
+      console.log(JSON.stringify({ ok, release: Deno.readTextFileSync(layout.newRoot + "/etc-release"),
+        left: mounts() }));
+    `);
+    const [failed, entered] = out.trim().split("\n").map((l) => JSON.parse(l));
+    assert.equal(failed.refused, false, "network mode, not a fatal failure");
+    assert.match(
+      failed.lines.join("\n"),
+      /^HYBRID MODE FAILED: the local copy's overlay: .* falling back to network mode$/m,
+    );
+    assert.equal(failed.reports.length, 1);
+    assert.equal(failed.reports[0].stage, "hybrid-failed");
+    assert.equal(failed.reports[0].reason, "overlay");
+    assert.deepEqual(
+      failed.left,
+      [],
+      "the image's mount and the partition let go, nothing mounted",
+    );
+    assert.equal(entered.ok, true);
+    assert.equal(entered.release, "v1");
+    assert.deepEqual(entered.left.sort(), [`${dir}/newroot`, `${dir}/part`, `${dir}/run/upper`]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
