@@ -401,7 +401,7 @@ async function ipxeRoute(
 }
 
 /** Boots whose last report number is remembered (past it, the least recent is forgotten). */
-const maxReportingBoots = 4096;
+export const MAX_REPORTING_BOOTS = 4096;
 
 /** POST /boot/report: stage reports of the node-side init, taken while its boot's token is: one
  *  report, or a batch of numbered ones (contract/report.ts parseReports), recorded all or none. */
@@ -433,7 +433,7 @@ async function reportRoute(
       if (last !== undefined && report.seq <= last) continue;
       lastSeq.delete(token); // most recent last: the oldest boots are the ones forgotten
       lastSeq.set(token, report.seq);
-      if (lastSeq.size > maxReportingBoots) lastSeq.delete(lastSeq.keys().next().value!);
+      if (lastSeq.size > MAX_REPORTING_BOOTS) lastSeq.delete(lastSeq.keys().next().value!);
     }
     const stage = report.stage;
     // A progress report replaces the previous one: one line that updates, not one per second.

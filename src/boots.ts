@@ -120,13 +120,14 @@ export function bootExpiry(boot: Boot, silentS = 0): number {
 
 /** Records an accepted report. After the final stage the boot's end time no longer moves (a
  *  repeated or late report must not stretch the grace window), except that a `fatal` after
- *  `handover` is the boot's true outcome. */
-export function recordStage(db: Db, token: string, stage: string): void {
-  db.prepare(
+ *  `handover` is the boot's true outcome. True when the report changed the boot's stage: for a
+ *  final stage, the first time the boot ends so (what the boot counters count once). */
+export function recordStage(db: Db, token: string, stage: string): boolean {
+  return db.prepare(
     `UPDATE boots SET stage = ?, reported_at = ?
      WHERE token = ? AND (stage IS NULL OR stage NOT IN ('handover', 'fatal')
                           OR (stage = 'handover' AND ? = 'fatal'))`,
-  ).run(stage, new Date().toISOString(), token, stage);
+  ).run(stage, new Date().toISOString(), token, stage).changes > 0;
 }
 
 /** The image the node runs: that of its latest boot that reached handover, else of its latest

@@ -154,9 +154,6 @@ export class Metrics {
       if (typeof d.ms === "number" && stage !== "hybrid-copy") {
         this.stageSeconds.observe({ stage }, d.ms / 1000);
       }
-      if (stage === "handover" || stage === "fatal" || stage === "hybrid-failed") {
-        this.boots.inc({ outcome: stage });
-      }
       if (stage === "hybrid-ready") {
         this.hybridBytes.inc({ how: "written" }, num(d.bytesWritten));
         this.hybridBytes.inc({ how: "linked" }, num(d.bytesLinked));

@@ -50,10 +50,20 @@ async function traffic(server: RunningServer): Promise<number> {
     const script = await fetch(`${base}/boot/${MAC}.ipxe`);
     await script.body?.cancel();
     const token = openBoot(server.ctx.db, MAC, null);
-    for (const [stage, ms] of [["network", 200], ["handover", 1500]] as const) {
+    // The node reports a fallback from hybrid mode twice, then its outcome again and again, one
+    // report at a time and in a numbered batch: each boot is counted once by outcome.
+    const reports = [
+      { stage: "network", ms: 200, ok: true },
+      { stage: "hybrid-failed", ok: false },
+      { stage: "hybrid-failed", ok: false },
+      { stage: "handover", ms: 1500, ok: true },
+      { stage: "handover", ok: true },
+      { reports: [1, 2, 3].map((seq) => ({ seq, stage: "handover", ok: true })) },
+    ];
+    for (const report of reports) {
       const r = await fetch(`${base}/boot/report`, {
         method: "POST",
-        body: JSON.stringify({ token, mac: MAC, stage, ms, ok: true }),
+        body: JSON.stringify({ token, mac: MAC, ...report }),
       });
       assert.equal(r.status, 200, await r.text());
     }
@@ -97,6 +107,8 @@ Deno.test("/metrics: counters from real traffic, no token needed, valid expositi
     has(`netroot_tftp_bytes_total ${size}`);
     has('netroot_http_boot_scripts_total{outcome="refused"} 1');
     has('netroot_boots_total{outcome="handover"} 1');
+    has('netroot_boots_total{outcome="hybrid-failed"} 1');
+    has('netroot_boot_reports_total{stage="handover"} 5');
     has('netroot_boot_reports_total{stage="other"} 1');
     has('netroot_boot_stage_duration_seconds_bucket{stage="handover",le="1"} 0');
     has('netroot_boot_stage_duration_seconds_bucket{stage="handover",le="2.5"} 1');

@@ -15,11 +15,13 @@ import { DEFAULTS } from "../../contract/cmdline.ts";
 import { resolveInRoot } from "../../contract/rootpath.ts";
 import { tx } from "../db.ts";
 import { BootFileCache } from "../../netboot/bootcache.ts";
+import { MAX_REPORTING_BOOTS } from "../../netboot/http.ts";
 import { notFound } from "../errors.ts";
 import { eventRecorder, recordDhcpAllowed, recordFromSource, recordProgress } from "../events.ts";
 import { ensureInitramfs } from "../initramfs/build.ts";
 import { neighbourMac } from "../linux/neigh.ts";
 import { logger } from "../log.ts";
+import { metricsFor } from "../metrics.ts";
 import { bootNetwork, nfsPersistPath, nfsRootPath } from "../nfs.ts";
 import type { NodeInfo } from "../nodes.ts";
 import { nodeReported, SCRIPT_FETCHED } from "../nodestate.ts";
@@ -335,6 +337,18 @@ function foreignSource(ctx: Context, mac: string, source: string | undefined): s
 /** The server's Booter: one per server, shared by DHCP, TFTP and HTTP boot. */
 export function contextBooter(ctx: Context): Booter {
   const events = eventSink(ctx.db);
+  // Boots counted by outcome once each: a node's token may repeat a report under new numbers (one
+  // inflated `handover` to 640). handover and fatal end a boot, once (recordStage); a fallback
+  // from hybrid mode is not final, so the boots that reported one are remembered (the most
+  // recent, as many as the report route remembers).
+  const fellBack = new Set<string>();
+  const isBootOutcome = (stage: string, token: string) => {
+    if (stage === "handover" || stage === "fatal") return true;
+    if (stage !== "hybrid-failed" || fellBack.has(token)) return false;
+    fellBack.add(token);
+    if (fellBack.size > MAX_REPORTING_BOOTS) fellBack.delete(fellBack.values().next().value!);
+    return true;
+  };
   return {
     events,
     files: new BootFileCache(),
@@ -378,7 +392,8 @@ export function contextBooter(ctx: Context): Booter {
     macAt: (ip) => ctx.nodes.byIp(ip)?.mac,
     acceptReport: (mac, token, source) => acceptReport(ctx, mac, token, source),
     reported(mac, token, stage) {
-      recordStage(ctx.db, token, stage);
+      const changed = recordStage(ctx.db, token, stage);
+      if (changed && isBootOutcome(stage, token)) metricsFor(ctx.db).boots.inc({ outcome: stage });
       ctx.nodes.touch(mac);
       nodeReported(ctx, mac, stage);
     },
