@@ -4,8 +4,8 @@
 // thread before anything else is checked, so it must cost time linear in its size: one such
 // datagram took seconds.
 import assert from "node:assert/strict";
-import { MAGIC_COOKIE } from "../netboot/dhcp4/packet.ts";
-import { MessageType, Opt } from "../netboot/dhcp4/options.ts";
+import { decode, MAGIC_COOKIE } from "../netboot/dhcp4/packet.ts";
+import { MessageType, Opt, readText } from "../netboot/dhcp4/options.ts";
 import { setLogLevel } from "../src/log.ts";
 import { withResponder } from "./support/dhcp_responder.ts";
 
@@ -56,4 +56,26 @@ Deno.test("a vendor class of 64,000 NULs then a letter is classified in millisec
     assert.ok(ms < 100, `${Math.round(ms)} ms for one datagram`);
     assert.equal(r.stats.errors, 0);
   });
+});
+
+Deno.test("a datagram of 21,000 one-byte pieces of one option is decoded in milliseconds", async () => {
+  await withResponder({}, (r) => {
+    const datagram = discoverWith(Opt.userClass, new Uint8Array(21_000).fill(0x41), 1);
+    const ms = answerTime(datagram, (d) => r.handle(d, { port: 67, from }));
+    // Joined piece by piece, the pieces copied 220 MB: 330 ms a datagram.
+    assert.ok(ms < 50, `${Math.round(ms)} ms for one datagram`);
+    assert.equal(r.stats.errors, 0);
+  });
+});
+
+Deno.test("repeated options are still joined in order, overload areas after the options area", () => {
+  const b = discoverWith(Opt.vendorClass, new TextEncoder().encode("PXEClient:Arch:00000"), 4);
+  const file = new Uint8Array([Opt.vendorClass, 3, 0x3a, 0x55, 0x4e, 255]); // ":UN"
+  b.set(file, 108);
+  const withOverload = new Uint8Array(b.length + 3);
+  withOverload.set(b.subarray(0, b.length - 1));
+  withOverload.set([Opt.overload, 1, 1, 255], b.length - 1);
+  const p = decode(withOverload);
+  assert.equal(readText(p.options.get(Opt.vendorClass)), "PXEClient:Arch:00000:UN");
+  assert.equal(p.file, "");
 });

@@ -47,8 +47,9 @@ function cString(b: Uint8Array): string {
   return dec.decode(end < 0 ? b : b.subarray(0, end));
 }
 
-/** Parses one option area into `into`; throws on an option running past the area. */
-function parseOptions(area: Uint8Array, into: Map<number, Uint8Array>, where: string): void {
+/** Parses one option area, adding each option's value to its code's pieces in `into`; throws on
+ *  an option running past the area. */
+function parseOptions(area: Uint8Array, into: Map<number, Uint8Array[]>, where: string): void {
   let i = 0;
   while (i < area.length) {
     const code = area[i];
@@ -62,17 +63,25 @@ function parseOptions(area: Uint8Array, into: Map<number, Uint8Array>, where: st
     if (i + 2 + len > area.length) {
       throw new DhcpDecodeError(`option ${code} (length ${len}) runs past the end of ${where}`);
     }
-    const value = area.slice(i + 2, i + 2 + len);
-    const prev = into.get(code);
-    if (prev) {
-      const joined = new Uint8Array(prev.length + value.length);
-      joined.set(prev);
-      joined.set(value, prev.length);
-      into.set(code, joined);
-    } else into.set(code, value);
+    const value = area.subarray(i + 2, i + 2 + len);
+    const pieces = into.get(code);
+    if (pieces) pieces.push(value);
+    else into.set(code, [value]);
     i += 2 + len;
   }
   // No end option: tolerated (some clients pad to the end or stop short).
+}
+
+/** An option's pieces joined (RFC 3396), in one copy: joined piece by piece, a datagram of
+ *  21,000 one-byte pieces of one option copied 220 MB (140 to 330 ms of the server's only thread). */
+function joined(pieces: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(pieces.reduce((n, p) => n + p.length, 0));
+  let o = 0;
+  for (const p of pieces) {
+    out.set(p, o);
+    o += p.length;
+  }
+  return out;
 }
 
 export function decode(bytes: Uint8Array): DhcpPacket {
@@ -85,12 +94,13 @@ export function decode(bytes: Uint8Array): DhcpPacket {
   const hlen = bytes[2];
   if (hlen > 16) throw new DhcpDecodeError(`bad hlen ${hlen}`);
   if (v.getUint32(HEADER) !== MAGIC_COOKIE) throw new DhcpDecodeError("no DHCP magic cookie");
-  const options = new Map<number, Uint8Array>();
-  parseOptions(bytes.subarray(FIXED), options, "options");
+  const pieces = new Map<number, Uint8Array[]>();
+  parseOptions(bytes.subarray(FIXED), pieces, "options");
   const fileField = bytes.subarray(108, 236), snameField = bytes.subarray(44, 108);
-  const overload = options.get(52)?.[0] ?? 0;
-  if (overload & 1) parseOptions(fileField, options, "file field");
-  if (overload & 2) parseOptions(snameField, options, "sname field");
+  const overload = pieces.has(52) ? joined(pieces.get(52)!)[0] ?? 0 : 0;
+  if (overload & 1) parseOptions(fileField, pieces, "file field");
+  if (overload & 2) parseOptions(snameField, pieces, "sname field");
+  const options = new Map([...pieces].map(([code, p]) => [code, joined(p)]));
   return {
     op,
     htype: bytes[1],
