@@ -334,14 +334,15 @@ export function recordFromSource(
 }
 
 /**
- * Whether a DHCP event may be recorded: within its MAC's `node` budget (200 at once, then 60 a
+ * Whether a DHCP event, or a node's address move (`node.address`, which DHCP leases and script
+ * fetches cause), may be recorded: within its MAC's `node` budget (200 at once, then 60 a
  * minute). A DHCP packet has no source address to limit by (a client has none before its lease:
  * 0.0.0.0), so the claimed MAC stands in. That is sound here and nowhere else: DHCP records events
- * only for registered MACs (an unknown one is registered at most `registerRate` a minute and
- * `registerMax` in all, and ignored past them), so spoofed packets claiming any number of MACs
- * add at most 60 events a minute per node, and cannot push a node's real history out of its
- * `maxPerNode` in seconds. A suppressed event is counted in the `events.suppressed` summary
- * ("dhcp <mac>") and by the metrics.
+ * (and address moves) only for registered MACs (an unknown one is registered at most
+ * `registerRate` a minute and `registerMax` in all, and ignored past them), so spoofed packets
+ * claiming any number of MACs add at most 60 events a minute per node, and cannot push a node's
+ * real history out of its `maxPerNode` in seconds. A suppressed event is counted in the
+ * `events.suppressed` summary ("dhcp <mac>") and by the metrics.
  */
 export function recordDhcpAllowed(
   db: Db,
