@@ -49,11 +49,14 @@ export function parseRange(
   size: number,
 ): ByteRange | "unsatisfiable" | undefined {
   if (!header) return undefined;
-  const m = /^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$/i.exec(header);
+  // Blanks only where one `\s*` alone can take them: with two in a row (around an empty number),
+  // the regex tried every split of a run of blanks, and a 60 KB Range header of them held the
+  // server's only thread 1.5 to 4 s a request.
+  const m = /^\s*bytes\s*=\s*(?:(\d+)\s*)?-\s*(?:(\d+)\s*)?$/i.exec(header);
   if (!m) {
     return /^\s*bytes\s*=/i.test(header) && !header.includes(",") ? "unsatisfiable" : undefined;
   }
-  const [a, b] = [m[1], m[2]];
+  const [a = "", b = ""] = [m[1], m[2]];
   if (a === "" && b === "") return "unsatisfiable";
   if (a === "") {
     const n = Number(b); // suffix: the last n bytes
