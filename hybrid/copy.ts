@@ -280,6 +280,12 @@ function evenIfImmutable(path: string, op: () => void): void {
   }
 }
 
+/** `mkdir -p` of one of the copy's own directories (`<id>/`, its image.part, diff/, work/), even
+ *  when its directory was made immutable or append-only on the partition (see evenIfImmutable). */
+export function makeOwnDir(path: string): void {
+  evenIfImmutable(path, () => Deno.mkdirSync(path, { recursive: true }));
+}
+
 /** Whether a copy failed on EPERM: a file or directory of the copy it works in (an interrupted
  *  copy, the previous version re-deployed in place) made immutable or append-only. */
 export function failedOnImmutable(e: unknown): boolean {
@@ -852,7 +858,7 @@ class CopyRun {
     readonly pool: Copiers,
   ) {
     this.p = copyPaths(opts.hybridDir, opts.imageId);
-    Deno.mkdirSync(this.p.base, { recursive: true });
+    makeOwnDir(this.p.base);
     // An image/ without its manifest is no copy (an eviction cut short, or planted): left there,
     // it failed the final rename (not empty) after every copy, at every boot.
     removeTree(this.p.image);
@@ -866,11 +872,13 @@ class CopyRun {
       this.base = new Map(found.map((e) => [e.path, e]));
       // The one step that takes the base: durable before any file of it is changed, so that a
       // power cut leaves either the base complete or this image's image.part (re-verified).
-      Deno.renameSync(bp.image, this.p.part);
+      // (The base's image/, or its directory, made immutable or append-only on the partition
+      // refused this rename at every boot: the base is kept for it, so never evicted either.)
+      evenIfImmutable(bp.image, () => Deno.renameSync(bp.image, this.p.part));
       fsyncDir(this.p.base);
     } else {
       report.resumed = lstatOrNull(this.p.part) !== null;
-      Deno.mkdirSync(this.p.part, { recursive: true });
+      makeOwnDir(this.p.part);
     }
     this.sinceCheckpoint = { bytes: report.bytesWritten, at: performance.now() };
   }

@@ -21,6 +21,7 @@ import {
   imageIdPattern,
   indexOtherCopies,
   isComplete,
+  makeOwnDir,
   planCopy,
   removeTree,
   sha256hex,
@@ -185,8 +186,8 @@ export async function prepareHybridRoot(opts: PrepareOptions): Promise<HybridRoo
   removeTree(p.work);
   if (variant === "volatile") removeTree(p.upper);
   else removeTree(`${p.upper}/tmp`);
-  Deno.mkdirSync(p.upper, { recursive: true });
-  Deno.mkdirSync(p.work, { recursive: true });
+  makeOwnDir(p.upper);
+  makeOwnDir(p.work);
   writeOwnFile(p.lastBoot, new Date().toISOString() + "\n");
   return { variant, lower: p.image, upper: p.upper, work: p.work, report, evicted };
 }

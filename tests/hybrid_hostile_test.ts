@@ -365,3 +365,44 @@ Deno.test("hybrid (hostile): a re-deploy in place over a copy whose files and di
     }
   });
 });
+
+Deno.test("hybrid (hostile): the copy's own directories made immutable or append-only on the partition (the base's image/ and its directory, walt-hybrid/, a copy's directory without work/) are cleared, not a failure at every boot", async () => {
+  // Each: what root on the node did to the partition after the boot of image a; then image b
+  // (a's next version: a re-deploy in place over a's copy) or a again boots, twice.
+  const cases: [
+    string,
+    (pa: ReturnType<typeof copyPaths>, hybridDir: string) => void,
+    "a" | "b",
+  ][] = [
+    ["+i on the base's image/", (pa) => chattr("+i", pa.image), "b"],
+    ["+a on the base's directory", (pa) => chattr("+a", pa.base), "b"],
+    ["+i on walt-hybrid/", (_, hybridDir) => chattr("+i", hybridDir), "b"],
+    ["work/ removed, +i on the copy's directory", (pa) => {
+      Deno.removeSync(pa.work);
+      chattr("+i", pa.base);
+    }, "a"],
+  ];
+  for (const [what, plant, next] of cases) {
+    await withTmp(async (tmp, hybridDir) => {
+      try {
+        makeTree(`${tmp}/a`, 3, 7);
+        makeTree(`${tmp}/b`, 3, 7);
+        Deno.writeTextFileSync(`${tmp}/b/etc/release`, "v8\n");
+        const a = await manifestOf(`${tmp}/a`), b = await manifestOf(`${tmp}/b`);
+        await bootFrom(hybridDir, `${tmp}/a`, a, true);
+        plant(copyPaths(hybridDir, a.id), hybridDir);
+        const img = next === "a" ? a : b;
+        for (let boot = 1; boot <= 2; boot++) {
+          const err = await bootFrom(hybridDir, `${tmp}/${next}`, img, true).then(
+            () => undefined,
+            (e) => e,
+          );
+          assert.equal(err, undefined, `${what}, boot ${boot}: ${err}`);
+          assert.ok(isComplete(hybridDir, img.id), what);
+        }
+      } finally {
+        new Deno.Command("chattr", { args: ["-R", "-ia", tmp], stderr: "null" }).outputSync();
+      }
+    });
+  }
+});
