@@ -35,15 +35,16 @@ export class ApiClient {
    * 127.0.0.1:8080 while netroot does not (stopped, restarting, or on another port): root's next
    * `netroot node ls` handed that user the token. The same went for a server URL naming this
    * machine otherwise (its host name, its boot network address, 0.0.0.0) and a user's listener
-   * on the wildcard address: the socket that accepts a connection to the URL is looked at too.
+   * on the wildcard address: the address a connection to the URL reaches is looked at too.
    */
   async #checkListener(): Promise<void> {
     if (this.tokenOwner === undefined) return;
     const url = new URL(this.base);
-    const notOwner = (uid?: number) => uid !== undefined && uid !== this.tokenOwner;
     // Loopback is answered from the tables alone; any other name is connected to once.
-    const uids = loopbackListeners(url) ?? [await acceptingUid(url)];
-    const other = uids.find(notOwner);
+    const ip = loopbackAddress(url) ?? await localAddressOf(url, this.base);
+    const other = ip === undefined
+      ? undefined
+      : listenersAt(ip, portOf(url)).find((uid) => uid !== this.tokenOwner);
     if (other === undefined) return;
     throw new UserError(
       `refusing to send the API token to ${this.base}: the program listening there runs as uid ` +
@@ -72,11 +73,7 @@ export class ApiClient {
         body: body === undefined ? undefined : JSON.stringify(body),
       });
     } catch (e) {
-      throw new UserError(
-        `cannot reach the netroot server at ${this.base} (${(e as Error).message}); ` +
-          "is `netroot serve` running? (set --server or NETROOT_SERVER)",
-        503,
-      );
+      throw unreachable(this.base, e);
     }
   }
 
@@ -132,19 +129,54 @@ function portOf(url: URL): number {
   return Number(url.port || (url.protocol === "https:" ? 443 : 80));
 }
 
-/**
- * The uids of the sockets listening where a loopback `url` leads (its address or a wildcard one,
- * IPv4 and IPv6), from the kernel's tables; undefined for a URL that is not loopback, or where the
- * tables cannot be read.
- */
-function loopbackListeners(url: URL): number[] | undefined {
+/** The address a loopback `url` names (literally, or as localhost), else undefined. */
+function loopbackAddress(url: URL): string | undefined {
   const host = url.hostname; // "[::1]" for IPv6
-  const v4 = host === "localhost" ? "127.0.0.1" : /^127(\.\d{1,3}){3}$/.test(host) ? host : "";
-  if (!v4 && host !== "[::1]") return undefined;
-  const port = portOf(url);
-  const addresses = new Set(["00000000", "0".repeat(32)]); // the wildcards
-  if (v4) { for (const a of tableAddresses(v4)) addresses.add(a); }
-  if (host !== v4) addresses.add(tableAddresses("::1")[0]);
+  if (host === "localhost") return "127.0.0.1";
+  if (/^127(\.\d{1,3}){3}$/.test(host)) return host;
+  return host === "[::1]" ? "::1" : undefined;
+}
+
+function unreachable(base: string, e: unknown): UserError {
+  return new UserError(
+    `cannot reach the netroot server at ${base} (${(e as Error).message}); ` +
+      "is `netroot serve` running? (set --server or NETROOT_SERVER)",
+    503,
+  );
+}
+
+/**
+ * The address of this machine a connection to `url` reaches (whatever names it: a host name, an
+ * address of any interface, 0.0.0.0), learnt by connecting once; undefined when it is another
+ * machine's. A connection that fails is the server unreachable, the token not sent: a listener
+ * that resets it at once (another user's) got the token in the next one.
+ */
+async function localAddressOf(url: URL, base: string): Promise<string | undefined> {
+  let conn: Deno.TcpConn;
+  try {
+    conn = await Deno.connect({
+      hostname: url.hostname.replace(/^\[(.*)\]$/, "$1"),
+      port: portOf(url),
+    });
+  } catch (e) {
+    throw unreachable(base, e);
+  }
+  const ip = conn.remoteAddr.hostname.replace(/^::ffff:(?=\d+\.)/i, "").replace(/%.*$/, "");
+  conn.close();
+  const local = /^(127\.|0\.0\.0\.0$)/.test(ip) || ip === "::1" || ip === "::" ||
+    Deno.networkInterfaces().some((i) => i.address.replace(/%.*$/, "") === ip);
+  return local ? ip : undefined;
+}
+
+/**
+ * The uids of the sockets listening on this machine at `ip`'s `port` (or a wildcard address's,
+ * IPv4 and IPv6), from the kernel's tables, the one that accepts a connection there among them;
+ * none when the tables cannot be read. The listeners, not the connection made to learn the
+ * address: a listener that closed that connection at once left nothing of it in the tables to
+ * look at, and got the token in the next one.
+ */
+function listenersAt(ip: string, port: number): number[] {
+  const addresses = new Set(["00000000", "0".repeat(32), ...tableAddresses(ip)]);
   const uids: number[] = [];
   try {
     for (const f of socketTable()) {
@@ -154,7 +186,7 @@ function loopbackListeners(url: URL): number[] | undefined {
       }
     }
   } catch {
-    return undefined;
+    return [];
   }
   return uids;
 }
@@ -168,45 +200,6 @@ function* socketTable(): Generator<string[]> {
       if (f.length > 7) yield f;
     }
   }
-}
-
-/**
- * The uid of the socket that accepts a connection to `url` when that socket is on this machine
- * (whatever names it: a host name, an address of any interface, 0.0.0.0), found by connecting
- * once and looking for the other end in the kernel's tables (the accepted socket, or the request
- * still waiting to be, carries its listener's uid); undefined when the other end is elsewhere,
- * nothing answers (fetch then says so), or the tables cannot be read.
- */
-async function acceptingUid(url: URL): Promise<number | undefined> {
-  let conn: Deno.TcpConn;
-  try {
-    conn = await Deno.connect({
-      hostname: url.hostname.replace(/^\[(.*)\]$/, "$1"),
-      port: portOf(url),
-    });
-  } catch {
-    return undefined;
-  }
-  try {
-    const endpoints = (a: Deno.NetAddr) =>
-      new Set(
-        tableAddresses(a.hostname).map((h) =>
-          `${h}:${a.port.toString(16).padStart(4, "0").toUpperCase()}`
-        ),
-      );
-    const theirs = endpoints(conn.remoteAddr), ours = endpoints(conn.localAddr);
-    for (const f of socketTable()) {
-      // 01: established (accepted, or in the accept queue); 03: the handshake's last ACK on its way.
-      if ((f[3] === "01" || f[3] === "03") && theirs.has(f[1]) && ours.has(f[2])) {
-        return Number(f[7]);
-      }
-    }
-  } catch {
-    return undefined;
-  } finally {
-    conn.close();
-  }
-  return undefined;
 }
 
 /** The JSON objects of an NDJSON stream (image import and build: progress or log lines, then
