@@ -549,3 +549,39 @@ Deno.test("a commit on a full disk is refused before it starts (507): the sessio
     await Deno.remove(mnt, { recursive: true });
   }
 });
+
+Deno.test("a commit whose upper adds thousands of files, on a disk with room for the base's share alone, is refused (507) and keeps them: the room counts the upper's lines too (attacker: a full disk)", async () => {
+  assert.equal(Deno.uid(), 0, "needs root (tmpfs, overlayfs)");
+  const mnt = await Deno.makeTempDir({ prefix: "netroot-full-session-" });
+  sh("mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", mnt);
+  const t = await tempStore(`${mnt}/data`);
+  try {
+    Deno.mkdirSync(`${t.dir}/src/etc`, { recursive: true });
+    Deno.writeTextFileSync(`${t.dir}/src/etc/hostname`, "bb\n");
+    const base = await t.store.import(`${t.dir}/src`, "bb");
+    const s = await t.store.sessions.open("bb");
+    // the session's work: 20,000 files (a package's documentation, a build's objects)
+    Deno.mkdirSync(`${s.merged}/many`);
+    for (let i = 0; i < 20_000; i++) Deno.writeTextFileSync(`${s.merged}/many/file-${i}`, "");
+    // the disk then fills, up to what the base's share of a commit needs and 256 KiB more
+    const baseShare = 4 * Deno.statSync(t.data.manifest(base.id)).size + (1 << 20);
+    const filler = `${mnt}/filler`;
+    Deno.writeFileSync(filler, new Uint8Array(t.store.freeRoom() - baseShare - (256 << 10)));
+    // (before: the check passed, the new manifest met ENOSPC and the session went, its work with
+    // it)
+    await assert.rejects(
+      t.store.sessions.commit(s.id, { madeBy: "shell", command: "test" }),
+      (e) => e instanceof UserError && e.status === 507 && /^no room to commit/.test(e.message),
+    );
+    assert.deepEqual(t.store.sessions.list().map((x) => x.id), [s.id], "the session is open");
+    assert.equal([...Deno.readDirSync(`${s.merged}/many`)].length, 20_000, "its work is there");
+    Deno.removeSync(filler); // the admin makes room
+    const v = await t.store.sessions.commit(s.id, { madeBy: "shell", command: "test" });
+    assert.equal([...Deno.readDirSync(`${t.data.rootfs(v.id)}/many`)].length, 20_000);
+  } finally {
+    for (const x of t.store.sessions.list()) await t.store.sessions.discard(x.id);
+    await t.close();
+    sh("umount", mnt);
+    await Deno.remove(mnt, { recursive: true });
+  }
+});
