@@ -1057,11 +1057,7 @@ class CopyRun {
     }
     if (!this.report.resumed) {
       const other = this.index.get(linkKey(e));
-      if (other) {
-        Deno.linkSync(other, dst);
-        this.report.bytesLinked += e.size;
-        return;
-      }
+      if (other && this.linkFrom(other, dst, e)) return;
       return this.queue(this.job("copy", e, dst), e);
     }
     const st = lstatOrNull(dst);
@@ -1073,12 +1069,26 @@ class CopyRun {
     }
     const other = this.index.get(linkKey(e));
     if (st) removeTree(dst);
-    if (other) {
-      Deno.linkSync(other, dst);
-      this.report.bytesLinked += e.size;
-      return;
-    }
+    if (other && this.linkFrom(other, dst, e)) return;
     return this.queue(this.job("copy", e, dst), e);
+  }
+
+  /**
+   * A hard link at `dst` to `other`, the same file in another complete copy; false when that file
+   * takes no more links (then copied). The other copies are the partition's, written by root on
+   * the node as it likes: such a file made immutable or append-only refused the link (EPERM), one
+   * given the file system's most links (ext4: 65,000) too (EMLINK), at every boot of the image
+   * while that copy was there: hybrid mode lost for it. The flags are cleared (evenIfImmutable).
+   */
+  linkFrom(other: string, dst: string, e: ManifestEntry): boolean {
+    try {
+      evenIfImmutable(other, () => Deno.linkSync(other, dst));
+    } catch (err) {
+      if (/\(os error 31\)/.test((err as Error).message)) return false; // EMLINK (no code)
+      throw err;
+    }
+    this.report.bytesLinked += e.size;
+    return true;
   }
 
   job(op: Job["op"], e: ManifestEntry, dst: string, extra?: { overwrite: boolean }): Job {

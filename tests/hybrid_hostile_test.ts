@@ -406,3 +406,42 @@ Deno.test("hybrid (hostile): the copy's own directories made immutable or append
     });
   }
 });
+
+Deno.test("hybrid (hostile): a file of another copy that the new copy links, made immutable, append-only or given the most links on the partition, is linked or copied, not a failure at every boot", async () => {
+  // Each: what root on the node did to the copy of image a on the partition; image b (mostly
+  // other files: a fresh copy) has one file a's copy holds, linked from there.
+  const cases: [string, (file: string) => void][] = [
+    ["+i", (file) => chattr("+i", file)],
+    ["+a", (file) => chattr("+a", file)],
+    ["65,000 links", (file) => {
+      const dir = `${file}.links`;
+      Deno.mkdirSync(dir);
+      try {
+        for (let i = 0;; i++) Deno.linkSync(file, `${dir}/${i}`);
+      } catch (e) {
+        assert.match((e as Error).message, /Too many links/);
+      }
+    }],
+  ];
+  for (const [what, plant] of cases) {
+    await withTmp(async (tmp, hybridDir) => {
+      try {
+        makeTree(`${tmp}/a`, 2, 7);
+        makeTree(`${tmp}/b`, 6, 9);
+        const shared = Deno.statSync(`${tmp}/a/data/f0`).mtime!;
+        Deno.copyFileSync(`${tmp}/a/data/f0`, `${tmp}/b/data/f0`);
+        Deno.utimeSync(`${tmp}/b/data/f0`, shared, shared);
+        const a = await manifestOf(`${tmp}/a`), b = await manifestOf(`${tmp}/b`);
+        await bootFrom(hybridDir, `${tmp}/a`, a);
+        plant(`${copyPaths(hybridDir, a.id).image}/data/f0`);
+        const err = await bootFrom(hybridDir, `${tmp}/b`, b).then(() => undefined, (e) => e);
+        assert.equal(err, undefined, `${what}: ${err}`);
+        const pb = copyPaths(hybridDir, b.id);
+        assert.equal((await manifestOf(pb.image)).id, b.id, `${what}: the copy is the image`);
+        assert.ok(isComplete(hybridDir, a.id), `${what}: a's copy is still there`);
+      } finally {
+        new Deno.Command("chattr", { args: ["-R", "-ia", tmp], stderr: "null" }).outputSync();
+      }
+    });
+  }
+});
