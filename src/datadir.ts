@@ -21,13 +21,19 @@
 // device files there, which a local user of the server must not reach; everything secret is
 // owner-only: the database and the token 0600, each node's persist/, vm/ and console/ (disks, and
 // console logs holding the boot's token) 0700, run/ tmp/ initramfs/ 0700.
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { chmodSync, existsSync } from "node:fs";
 import { markTopDir } from "./linux/fsops.ts";
 
 export class DataDir {
-  constructor(readonly root: string) {}
+  /** Absolute, whatever was given (`--data lab`): processes started elsewhere get its paths (a
+   *  vnode's qemu runs in its VM's directory, where it makes its QMP socket: every relative path
+   *  on its command line, its pid file first, led nowhere and no vnode started). */
+  readonly root: string;
+  constructor(root: string) {
+    this.root = resolve(root);
+  }
   get db() {
     return join(this.root, "netroot.db");
   }

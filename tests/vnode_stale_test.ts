@@ -27,3 +27,15 @@ Deno.test({
       done: /starts whatever other users put in \/tmp/,
     }),
 });
+
+Deno.test({
+  name:
+    "a relative data dir's vnode starts: qemu, run in its VM's directory, gets every path whole (root, qemu, netns)",
+  ignore: Deno.env.get("NETROOT_SKIP_VM") === "1",
+  fn: () =>
+    runChildInNetns(new URL("./vnode_relative_child.ts", import.meta.url), {
+      name: "vrel",
+      timeoutS: 120,
+      done: /a relative data dir's vnode starts/,
+    }),
+});
