@@ -585,3 +585,67 @@ Deno.test("a commit whose upper adds thousands of files, on a disk with room for
     await Deno.remove(mnt, { recursive: true });
   }
 });
+
+Deno.test("an image shell in a pid namespace of its own that sees the server's /proc names itself, not the server's process of its pid: that one's exit leaves its session (attacker: pid namespaces)", async () => {
+  assert.equal(Deno.uid(), 0, "needs root (unshare, overlayfs)");
+  const { t } = await setup();
+  const ac = new AbortController();
+  const fakeDir = await Deno.makeTempDir({ prefix: "netroot-fake-nspawn-" });
+  // The container the shell runs: a second or so of work, nothing changed.
+  Deno.writeTextFileSync(`${fakeDir}/systemd-nspawn`, "#!/bin/sh\nsleep 1.5\n", { mode: 0o755 });
+  const unrelated = new Deno.Command("sleep", { args: ["60"] }).spawn(); // the server's side
+  try {
+    const server = serveImages(t, ac.signal);
+    const main = new URL("../main.ts", import.meta.url).pathname;
+    // `unshare --pid --fork` without --mount-proc: the shell's own pid namespace, the server's
+    // /proc. Its pid there is made the unrelated process's pid here.
+    const cli = new Deno.Command("unshare", {
+      args: [
+        "--pid",
+        "--fork",
+        "python3",
+        "-c",
+        `import os, sys
+open("/proc/sys/kernel/ns_last_pid", "w").write(str(${unrelated.pid} - 1))
+pid = os.fork()
+if pid == 0: os.execv(sys.argv[1], sys.argv[1:])
+assert pid == ${unrelated.pid}, pid
+sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))`,
+        Deno.execPath(),
+        ...["run", "-A", main, "image", "shell", "bb", "--commit", "--", "true"],
+      ],
+      env: {
+        NETROOT_SERVER: `http://127.0.0.1:${server.addr.port}`,
+        NETROOT_TOKEN: "t",
+        PATH: `${fakeDir}:${Deno.env.get("PATH")}`,
+      },
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    for (let i = 0; i < 200 && !t.store.sessions.list().length; i++) {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    assert.equal(t.store.sessions.list().length, 1, "the shell's session is open");
+    unrelated.kill("SIGKILL");
+    await unrelated.status;
+    // a next session's open sweeps the sessions whose holder is gone
+    const next = await t.store.sessions.open("bb");
+    await t.store.sessions.discard(next.id);
+    const out = await cli.output();
+    const stderr = new TextDecoder().decode(out.stderr);
+    // (before: its holder was the unrelated process; its session was discarded under it, and its
+    // commit found no session)
+    assert.equal(out.code, 0, stderr);
+    assert.match(new TextDecoder().decode(out.stdout) + stderr, /bb/);
+  } finally {
+    try {
+      unrelated.kill("SIGKILL");
+    } catch { /* ended */ }
+    await unrelated.status;
+    ac.abort();
+    for (const x of t.store.sessions.list()) await t.store.sessions.discard(x.id);
+    await Deno.remove(fakeDir, { recursive: true });
+    await t.close();
+  }
+});

@@ -4,7 +4,7 @@
 // the server's network and its /etc/resolv.conf bind-mounted.
 import { resolve } from "node:path";
 import { UserError } from "../errors.ts";
-import { nspawnArgs, processStart, type Session } from "../images/session.ts";
+import { nspawnArgs, type Session, thisProcess } from "../images/session.ts";
 import type { Commit } from "../images/store.ts";
 import { type Published, publishedText } from "../images/versions.ts";
 import type { ApiClient } from "./client.ts";
@@ -54,7 +54,7 @@ async function shell(
   const s = await client.post<Session>("/images/-/sessions", {
     image,
     new: values.new,
-    holder: { pid: Deno.pid, start: processStart(Deno.pid) },
+    holder: thisProcess(),
   });
   const discard = () => client.delete(`/images/-/sessions/${s.id}`).catch(() => {});
   // A shell interrupted or killed by a signal commits nothing: the container is stopped and the

@@ -68,6 +68,21 @@ export function processStart(pid: number): string | undefined {
   }
 }
 
+/** The calling process as a holder, named as the /proc it sees names it (`/proc/self`): its pid
+ *  there, not getpid()'s. A process in a pid namespace of its own that was left the server's
+ *  /proc (`unshare --pid --fork`) has another pid in it, and got the start time of the server's
+ *  process of its own pid: that process's exit discarded its live session. (With a /proc of its
+ *  own, the start time names nothing the server sees: it holds nothing.) */
+export function thisProcess(): Holder | undefined {
+  try {
+    const pid = Number(Deno.readLinkSync("/proc/self"));
+    const start = processStart(pid);
+    return start === undefined ? undefined : { pid, start };
+  } catch {
+    return undefined;
+  }
+}
+
 /** Mount options that keep the upper self-contained: renamed directories are copied up whole
  *  (no redirect), files copied up with their content (no metacopy), no inode index. */
 const OVERLAY_OPTS = "redirect_dir=off,metacopy=off,index=off,xino=off";
