@@ -789,7 +789,13 @@ async function ensureWith(opts: CopyOptions, t0: number, pool?: Copiers): Promis
     const plan = opts.plan ?? planCopy(hybridDir, imageId, entries);
     pool.first(plan.need.bytes, opts.firstWorkerBytes);
     pool.start();
-    const run = new CopyRun(opts, report, t0, plan, pool);
+    let run: CopyRun;
+    try {
+      run = new CopyRun(opts, report, t0, plan, pool);
+    } catch (err) {
+      // an error of its own (EPERM: see failedOnImmutable), as those of the copy itself
+      wrapFsError(err, "preparing the copy");
+    }
     await run.copyTree(entries);
     await run.complete();
     report.threads = 1 + pool.workers;

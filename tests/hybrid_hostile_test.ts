@@ -366,12 +366,12 @@ Deno.test("hybrid (hostile): a re-deploy in place over a copy whose files and di
   });
 });
 
-Deno.test("hybrid (hostile): the copy's own directories made immutable or append-only on the partition (the base's image/ and its directory, walt-hybrid/, a copy's directory without work/) are cleared, not a failure at every boot", async () => {
+Deno.test("hybrid (hostile): the copy's own directories made immutable or append-only on the partition (the base's image/ and its directory, walt-hybrid/, a copy's directory without work/, the next version's made ahead) are cleared, not a failure at every boot", async () => {
   // Each: what root on the node did to the partition after the boot of image a; then image b
   // (a's next version: a re-deploy in place over a's copy) or a again boots, twice.
   const cases: [
     string,
-    (pa: ReturnType<typeof copyPaths>, hybridDir: string) => void,
+    (pa: ReturnType<typeof copyPaths>, hybridDir: string, pb: ReturnType<typeof copyPaths>) => void,
     "a" | "b",
   ][] = [
     ["+i on the base's image/", (pa) => chattr("+i", pa.image), "b"],
@@ -381,6 +381,10 @@ Deno.test("hybrid (hostile): the copy's own directories made immutable or append
       Deno.removeSync(pa.work);
       chattr("+i", pa.base);
     }, "a"],
+    ["+i on the next version's own directory, made ahead", (_, __, pb) => {
+      Deno.mkdirSync(pb.base);
+      chattr("+i", pb.base);
+    }, "b"],
   ];
   for (const [what, plant, next] of cases) {
     await withTmp(async (tmp, hybridDir) => {
@@ -390,7 +394,7 @@ Deno.test("hybrid (hostile): the copy's own directories made immutable or append
         Deno.writeTextFileSync(`${tmp}/b/etc/release`, "v8\n");
         const a = await manifestOf(`${tmp}/a`), b = await manifestOf(`${tmp}/b`);
         await bootFrom(hybridDir, `${tmp}/a`, a, true);
-        plant(copyPaths(hybridDir, a.id), hybridDir);
+        plant(copyPaths(hybridDir, a.id), hybridDir, copyPaths(hybridDir, b.id));
         const img = next === "a" ? a : b;
         for (let boot = 1; boot <= 2; boot++) {
           const err = await bootFrom(hybridDir, `${tmp}/${next}`, img, true).then(
