@@ -878,10 +878,18 @@ function fileSize(path: string): number {
   }
 }
 
-/** The log from `offset`; a log rotated since (shorter than offset) from its start. */
-function logSince(path: string, offset: number): string {
-  const text = readText(path);
-  return text.length < offset ? text : text.slice(offset);
+/** The log from byte `offset` (a size taken before); a log rotated since (shorter than offset)
+ *  from its start. Cut as bytes: cut as text, one multi-byte character before the offset put a
+ *  "Reread exports complete" of an earlier reload after it (a wait met at once) or cut the new
+ *  one off (a wait of 10 s a reload). */
+export function logSince(path: string, offset: number): string {
+  let bytes: Uint8Array;
+  try {
+    bytes = Deno.readFileSync(path);
+  } catch {
+    return "";
+  }
+  return new TextDecoder().decode(bytes.length < offset ? bytes : bytes.subarray(offset));
 }
 
 /** Whether ganesha logged, past `offset` of its log and within 10 s, that it reread its exports. */

@@ -19,6 +19,7 @@ import {
   type ExportSet,
   fsidOf,
   ganeshaFsidOf,
+  logSince,
   nfsPersistPath,
   nfsRootPath,
   PersistRoom,
@@ -517,6 +518,23 @@ Deno.test("ganesha's log: the exports it could not create (it serves without the
   ].join("\n");
   assert.deepEqual(exportFailures(log), ["/netroot/images/ab12", "/netroot/persist/525400780021"]);
   assert.deepEqual(exportFailures(log.split("\n").at(-1)!), []);
+});
+
+Deno.test("ganesha's log since a reload's start: cut at the size taken before it, in bytes", () => {
+  const dir = Deno.makeTempDirSync({ prefix: "nr-ganesha-log-" });
+  try {
+    const path = join(dir, "ganesha.log");
+    // An earlier reload's line, then a path with multi-byte characters (a node's name, an image's).
+    writeFileSync(path, `Reread exports complete\nexport /netroot/images/${"é".repeat(500)}\n`);
+    const before = Deno.statSync(path).size;
+    assert.equal(logSince(path, before), "", "nothing of the earlier reload");
+    writeFileSync(path, "…Reread exports complete\n", { flag: "a" });
+    assert.equal(logSince(path, before), "…Reread exports complete\n");
+    writeFileSync(path, "rotated\n"); // emptied in place: from its start
+    assert.equal(logSince(path, before), "rotated\n");
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
 });
 
 Deno.test("kernel mode requires the system's NFS server: nfsd threads, the version, a live rpc.mountd", async () => {
