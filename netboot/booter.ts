@@ -66,6 +66,8 @@ export interface Leases {
   offer(mac: string, ip: string, now: number): void;
   bind(mac: string, ip: string, seconds: number, now: number): void;
   release(mac: string, ip: string, now: number): boolean;
+  /** Whether `ip` is offered or leased to `mac` (only then may it decline it). */
+  declinable(mac: string, ip: string): boolean;
   /** False (nothing changed) unless `ip` was offered or leased to `mac`. */
   decline(mac: string, ip: string, now: number): boolean;
 }

@@ -56,6 +56,7 @@ export const EVENT_KINDS = [
   "dhcp.inform",
   "dhcp.decline",
   "dhcp.decline-ignored",
+  "dhcp.decline-refused",
   "dhcp.release",
   "dhcp.revoked",
   "dhcp.exhausted",

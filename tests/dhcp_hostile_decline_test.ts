@@ -1,14 +1,19 @@
 // One client's own DECLINEs against the pool: each parks an address for the decline hold (10
 // minutes), and the client may decline every address it is given. Without a bound, one MAC
 // (lease, decline, lease the next, …: two packets an address) parked the whole pool, again every
-// 10 minutes, and no new client got an address.
+// 10 minutes, and no new client got an address. And anyone's DECLINE forged with a running node's
+// MAC moved that node's lease, reservation and exports off the address it still held.
 import assert from "node:assert/strict";
+import { DatabaseSync } from "node:sqlite";
 import { decode, type DhcpPacket, encode } from "../netboot/dhcp4/packet.ts";
 import { MessageType, Opt } from "../netboot/dhcp4/options.ts";
 import { clientPacket, macFor } from "../netboot/storm.ts";
 import { setLogLevel } from "../src/log.ts";
 import { listEvents } from "../src/events.ts";
 import { withResponder } from "./support/dhcp_responder.ts";
+import { makeLink, parseEnv, sh, startServer, udhcpcScript } from "./dhcp_netns.ts";
+
+const forge = new URL("./dhcp_forge.ts", import.meta.url).pathname;
 
 setLogLevel("error");
 
@@ -19,7 +24,7 @@ Deno.test("one client declining every address it gets cannot keep the pool from 
   let now = Date.parse("2026-01-01T00:00:00Z");
   await withResponder(
     { serverIp: SERVER, range: { start: "10.87.0.10", end: "10.87.0.29" } },
-    (r, ctx) => {
+    async (r, ctx) => {
       let xid = 1;
       const ask = (
         i: number,
@@ -48,6 +53,7 @@ Deno.test("one client declining every address it gets cannot keep the pool from 
         const ack = ask(attacker, MessageType.Request, { serverId: SERVER, requestedIp: ip });
         assert.equal(kind(ack), MessageType.Ack);
         ask(attacker, MessageType.Decline, { serverId: SERVER, requestedIp: ip });
+        await r.settled();
         declined++;
         now += 100;
       }
@@ -72,7 +78,7 @@ Deno.test("one client declining every address it is leased: its address moves ar
   let now = Date.parse("2026-01-01T00:00:00Z");
   await withResponder(
     { serverIp: SERVER, range: { start: "10.87.0.10", end: "10.87.0.249" } },
-    (r, ctx) => {
+    async (r, ctx) => {
       let xid = 1;
       const ask = (type: MessageType, extra: Parameters<typeof clientPacket>[3] = {}) => {
         const p = clientPacket({ mac: macFor(1), kind: "linux" }, xid++, type, extra);
@@ -88,6 +94,7 @@ Deno.test("one client declining every address it is leased: its address moves ar
         assert.equal(ack?.options.get(Opt.messageType)?.[0], MessageType.Ack);
         last = ack!.yiaddr;
         ask(MessageType.Decline, { serverId: SERVER, requestedIp: last });
+        await r.settled();
         now += 100;
       }
       const mac = [...macFor(1)].map((b) => b.toString(16).padStart(2, "0")).join(":");
@@ -100,4 +107,97 @@ Deno.test("one client declining every address it is leased: its address moves ar
     },
     () => now,
   );
+});
+
+Deno.test("full mode (root): a forged DECLINE with a running node's MAC leaves its address where it is; a real conflict still moves it", async () => {
+  const link = await makeLink("decl", "10.79.5");
+  const dir = await Deno.makeTempDir({ prefix: "nr-decl-" });
+  let server;
+  try {
+    server = await startServer(link, {
+      dhcp: { mode: "full", range: { start: "10.79.5.10", end: "10.79.5.19" }, leaseSeconds: 600 },
+      ra: false,
+    });
+    const db = new DatabaseSync(`${server.dataDir}/netroot.db`, { readOnly: true });
+    const row = (sql: string, ...args: string[]) => ({ ...db.prepare(sql).get(...args) });
+    const events = (kind: string) =>
+      (db.prepare("SELECT count(*) AS n FROM events WHERE kind = ?").get(kind) as { n: number }).n;
+    const cli = (...a: string[]) => sh(["ip", "-n", link.cliNs, ...a]);
+    const node = "02:00:00:79:05:01";
+    try {
+      // The node: a real client, leased an address it then holds on its interface.
+      await cli("link", "set", link.cliIf, "address", node);
+      const hook = await udhcpcScript(dir);
+      await sh(link.inCli([
+        "/bin/busybox",
+        "udhcpc",
+        ...["-i", link.cliIf, "-n", "-q", "-f", "-t", "6", "-T", "1", "-s", hook],
+      ]));
+      const ip = parseEnv(await Deno.readTextFile(`${dir}/bound.env`)).ip;
+      assert.equal(ip, "10.79.5.10");
+      await cli("addr", "add", `${ip}/24`, "dev", link.cliIf);
+
+      // The attacker, anywhere on the link: a DECLINE of that address with the node's MAC.
+      const decline = async (n: number) => {
+        await sh(link.inCli([
+          Deno.execPath(),
+          "run",
+          "-A",
+          forge,
+          ...["--device", link.cliIf, "--decline", ip, "--server", "10.79.5.1", "--mac", node],
+        ]));
+        const seen = () => events("dhcp.decline") + events("dhcp.decline-refused") >= n;
+        for (let i = 0; i < 50 && !seen(); i++) await new Promise((r) => setTimeout(r, 100));
+        assert.ok(seen(), "the server saw the DECLINE");
+      };
+      await decline(1);
+      // The node answers at its address with its own MAC: the DECLINE is refused, said once.
+      assert.equal(events("dhcp.decline-refused"), 1);
+      assert.equal(events("dhcp.decline"), 0);
+      assert.deepEqual(row("SELECT ip, state FROM leases WHERE mac = ?", node), {
+        ip,
+        state: "bound",
+      });
+      assert.deepEqual(row("SELECT ip FROM nodes WHERE mac = ?", node), { ip });
+      assert.equal(db.prepare("SELECT 1 FROM leases WHERE state = 'declined'").get(), undefined);
+
+      // Another machine really holds the address (another MAC answers): the DECLINE stands.
+      await cli("link", "set", link.cliIf, "address", "02:00:00:79:05:99");
+      await decline(2);
+      assert.equal(events("dhcp.decline"), 1);
+      assert.deepEqual(row("SELECT mac, state FROM leases WHERE ip = ?", ip), {
+        mac: `declined:${ip}`,
+        state: "declined",
+      });
+
+      // Nobody answers: the client's word stands too. The node takes the next address, which
+      // no one holds.
+      await cli("addr", "flush", "dev", link.cliIf);
+      await cli("link", "set", link.cliIf, "address", node);
+      await Deno.remove(`${dir}/bound.env`);
+      await sh(link.inCli([
+        "/bin/busybox",
+        "udhcpc",
+        ...["-i", link.cliIf, "-n", "-q", "-f", "-t", "6", "-T", "1", "-s", hook],
+      ]));
+      const next = parseEnv(await Deno.readTextFile(`${dir}/bound.env`)).ip;
+      assert.equal(next, "10.79.5.11");
+      await sh(link.inCli([
+        Deno.execPath(),
+        "run",
+        "-A",
+        forge,
+        ...["--device", link.cliIf, "--decline", next, "--server", "10.79.5.1", "--mac", node],
+      ]));
+      const parked = () => db.prepare("SELECT 1 FROM leases WHERE mac = ?").get(`declined:${next}`);
+      for (let i = 0; i < 50 && !parked(); i++) await new Promise((r) => setTimeout(r, 100));
+      assert.ok(parked(), "the unanswered address is parked");
+    } finally {
+      db.close();
+    }
+  } finally {
+    await server?.stop();
+    await link.close();
+    await Deno.remove(dir, { recursive: true });
+  }
 });

@@ -23,6 +23,7 @@ const pkt = (
 
 async function ask(r: DhcpResponder, p: DhcpPacket, port = 67) {
   const reply = await r.handle(encode(p), { port, from });
+  await r.settled(); // a DECLINE is applied once its address is asked for
   return reply && { ...reply, p: decode(reply.bytes) };
 }
 const type = (p: DhcpPacket) => p.options.get(Opt.messageType)?.[0];

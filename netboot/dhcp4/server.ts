@@ -8,6 +8,7 @@ import { join } from "node:path";
 import { intToIp, ipToInt, ipv4Bytes, isIPv4 } from "../../contract/ipv4.ts";
 import { logger } from "../../src/log.ts";
 import { UdpSocket } from "../../src/linux/udp.ts";
+import { arpAnswers } from "../../src/linux/arp.ts";
 import type { DhcpBooter, DhcpNode, Leases } from "../booter.ts";
 import type { EventKind } from "../../src/eventkinds.ts";
 import { type Classification, classify, REQUIRED_IPXE_FILES } from "./classify.ts";
@@ -37,6 +38,9 @@ import {
 const log = logger("dhcp");
 const ZERO = "0.0.0.0";
 const BROADCAST = "255.255.255.255";
+/** How long a declined address is asked for on the link: a host on the segment answers ARP in
+ *  well under a millisecond; Linux itself retries a neighbour each second. */
+const DECLINE_PROBE_MS = 300;
 
 export type { DhcpBooter, DhcpNode };
 
@@ -101,12 +105,17 @@ export class DhcpResponder {
   /** Per warning kind: packets ignored since it was last said, and when (once a minute). */
   private readonly notices = new Map<string, { count: number; at: number }>();
   private readonly broadcastAddr: string;
+  /** DECLINEs being checked (checkDecline), by address. */
+  private readonly declines = new Map<string, Promise<void>>();
 
   constructor(
     private readonly cfg: ResponderConfig,
     private readonly booter: DhcpBooter,
     /** Milliseconds since the epoch (tests move it). */
     private readonly clock: () => number = Date.now,
+    /** The MACs that answer at an address on the boot network (startDhcp asks by ARP); none
+     *  without a network (tests). */
+    private readonly whoAnswers: (ip: string) => Promise<string[]> = () => Promise.resolve([]),
   ) {
     this.limit = new RegistrationLimit(cfg.registerRate ?? 60, clock());
     const mask = ipToInt(cfg.netmask);
@@ -303,7 +312,7 @@ export class DhcpResponder {
         if (serverId !== this.cfg.serverIp || !requested) return null;
         // Only the client the address was offered or leased to can decline it: a DECLINE for
         // another client's address (a spoof) must not take it away.
-        if (!leases.decline(mac, requested, now)) {
+        if (!leases.declinable(mac, requested)) {
           this.notice(
             "dhcp.decline-ignored",
             "DECLINE of an address not offered or leased to that client: ignored",
@@ -311,8 +320,7 @@ export class DhcpResponder {
           );
           return null;
         }
-        log.warn("client declined address (in use elsewhere)", { mac, ip: requested });
-        this.event(mac, "dhcp.decline", { ip: requested });
+        this.checkDecline(mac, requested);
         return null;
       }
       case MessageType.Release: {
@@ -329,6 +337,47 @@ export class DhcpResponder {
       default:
         return null;
     }
+  }
+
+  /** A DECLINE says another host has the address (RFC 2131 §3.1.5). Anyone may send one with a
+   *  node's MAC: four broadcast packets (DISCOVER, DECLINE, DISCOVER, REQUEST) moved a running
+   *  node's lease, reservation and /persist export to another address, and after the hold its
+   *  address went to the next client. So it is applied only once the address is asked for on
+   *  the link (ARP) and the declining MAC itself does not answer; asked after the reply path, as
+   *  a DECLINE gets no reply. One question per address at a time: the pool bounds them. */
+  private checkDecline(mac: string, ip: string): void {
+    if (this.declines.has(ip)) return;
+    const apply = (answers: string[]) => {
+      this.booter.transaction(() => {
+        if (answers.includes(mac)) {
+          log.warn("DECLINE refused: the declining client answers at the address itself", {
+            mac,
+            ip,
+          });
+          this.event(mac, "dhcp.decline-refused", { ip, answeredBy: mac });
+          return;
+        }
+        // Checked again: the lease may have moved while the address was asked for.
+        if (!this.leases!.decline(mac, ip, Math.floor(this.clock() / 1000))) return;
+        log.warn("client declined address (in use elsewhere)", { mac, ip, answeredBy: answers });
+        this.event(mac, "dhcp.decline", { ip, answeredBy: answers });
+      });
+    };
+    const asked = this.whoAnswers(ip)
+      .catch((e) => {
+        // Unknown is no answer: the client's word stands, as it did before the question.
+        log.warn("cannot ask who answers at a declined address", { ip, error: e });
+        return [];
+      })
+      .then(apply)
+      .catch((e) => log.error("DECLINE failed", { mac, ip, error: e }))
+      .finally(() => this.declines.delete(ip));
+    this.declines.set(ip, asked);
+  }
+
+  /** Resolves once every DECLINE being checked is applied or refused. */
+  async settled(): Promise<void> {
+    while (this.declines.size) await Promise.all(this.declines.values());
   }
 
   /** OFFER/ACK with an address (full mode) or without (INFORM). */
@@ -573,7 +622,12 @@ export function startDhcp(
 ): Promise<{ name: string; stats: DhcpStats; close(): Promise<void> }> {
   const { device, responder: cfg } = o;
   checkIpxeFiles(o.ipxeDir);
-  const responder = new DhcpResponder(cfg, booter);
+  const responder = new DhcpResponder(
+    cfg,
+    booter,
+    Date.now,
+    (ip) => arpAnswers(device, ip, cfg.serverIp, DECLINE_PROBE_MS),
+  );
   let sockets: UdpSocket[];
   try {
     sockets = openSockets(device, cfg.mode);
@@ -609,6 +663,7 @@ export function startDhcp(
       clearInterval(ageOut);
       await Promise.all(sockets.map((s) => s.close()));
       await Promise.all(loops);
+      await responder.settled();
       log.info("stopped", {
         ...responder.stats,
         sent: JSON.stringify(responder.stats.sent),

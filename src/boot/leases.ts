@@ -156,12 +156,17 @@ export class LeaseStore implements Leases {
     return Number(r.changes) > 0;
   }
 
+  /** Whether `ip` is offered or leased to `mac`, which alone may decline it. */
+  declinable(mac: string, ip: string): boolean {
+    const own = this.get(mac);
+    return !!own && own.ip === ip && (own.state === "offered" || own.state === "bound");
+  }
+
   /** The client found `ip` in use by someone else: keep it out of the pool for a while. Only
    *  the client `ip` was offered or leased to can decline it (Kea checks the lease's owner the
    *  same way): false, and nothing changed, for anyone else. */
   decline(mac: string, ip: string, now: number): boolean {
-    const own = this.get(mac);
-    if (!own || own.ip !== ip || (own.state !== "offered" && own.state !== "bound")) return false;
+    if (!this.declinable(mac, ip)) return false;
     this.sql("DELETE FROM leases WHERE mac = ? AND ip = ?").run(mac, ip);
     this.put(`declined:${ip}`, ip, now + this.declineSeconds, "declined");
     return true;

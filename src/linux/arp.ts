@@ -1,0 +1,96 @@
+// Who answers ARP for an address on one interface, asked on the wire (an AF_PACKET socket). The
+// kernel's neighbour table cannot say: netroot pins node addresses there as permanent entries
+// (src/boot/pins.ts), and the kernel never resolves a pinned address again, whoever holds it.
+import { ipv4Bytes } from "../../contract/ipv4.ts";
+import { check, openLibc } from "./libc.ts";
+import { hardwareAddress } from "./netif.ts";
+import { ifIndex } from "./udp.ts";
+
+const AF_PACKET = 17, SOCK_DGRAM = 2, SOCK_CLOEXEC = 0o2000000;
+const ETH_P_ARP = 0x0806, ARPHRD_ETHER = 1, ETH_P_IP = 0x0800;
+const ARPOP_REQUEST = 1, ARPOP_REPLY = 2;
+const MSG_DONTWAIT = 0x40;
+
+let lib: ReturnType<typeof load> | undefined;
+function load() {
+  return openLibc(
+    {
+      socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
+      bind: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+      sendto: {
+        parameters: ["i32", "buffer", "usize", "i32", "buffer", "u32"],
+        result: "isize",
+      },
+      recv: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },
+      close: { parameters: ["i32"], result: "i32" },
+    } as const,
+  ).symbols;
+}
+const libc = () => (lib ??= load());
+const htons = (n: number) => ((n & 0xff) << 8) | (n >> 8);
+
+/** struct sockaddr_ll for ARP on `ifindex`, to `mac` (bytes) when sending. */
+function sockaddrLl(ifindex: number, mac?: Uint8Array): Uint8Array<ArrayBuffer> {
+  const b = new Uint8Array(20);
+  const v = new DataView(b.buffer);
+  v.setUint16(0, AF_PACKET, true);
+  v.setUint16(2, ETH_P_ARP, false);
+  v.setInt32(4, ifindex, true);
+  if (mac) {
+    b[11] = 6;
+    b.set(mac, 12);
+  }
+  return b;
+}
+
+const macBytes = (mac: string) => new Uint8Array(mac.split(":").map((h) => parseInt(h, 16)));
+const macText = (b: Uint8Array) => [...b].map((x) => x.toString(16).padStart(2, "0")).join(":");
+
+/** The MACs that answer an ARP request for `ip` sent from `device` (as `from`, our address
+ *  there) within `waitMs`, each once, in the order they answered. */
+export async function arpAnswers(
+  device: string,
+  ip: string,
+  from: string,
+  waitMs: number,
+): Promise<string[]> {
+  const ifindex = ifIndex(device);
+  const request = new Uint8Array(28);
+  const v = new DataView(request.buffer);
+  v.setUint16(0, ARPHRD_ETHER);
+  v.setUint16(2, ETH_P_IP);
+  request[4] = 6;
+  request[5] = 4;
+  v.setUint16(6, ARPOP_REQUEST);
+  request.set(macBytes(hardwareAddress(device)), 8);
+  request.set(ipv4Bytes(from), 14);
+  request.set(ipv4Bytes(ip), 24);
+  const fd = check("socket", libc().socket(AF_PACKET, SOCK_DGRAM | SOCK_CLOEXEC, htons(ETH_P_ARP)));
+  try {
+    const here = sockaddrLl(ifindex);
+    check("bind", libc().bind(fd, here, here.length), device);
+    const to = sockaddrLl(ifindex, new Uint8Array(6).fill(0xff));
+    check("sendto", libc().sendto(fd, request, 28n, 0, to, to.length), `ARP ${ip}`);
+    const answers: string[] = [];
+    const buf = new Uint8Array(64);
+    const want = ipv4Bytes(ip);
+    const end = performance.now() + waitMs;
+    // Polled: a packet socket has no shutdown() to wake a blocked read, and a few hundred ms of
+    // 20 ms polls cost nothing.
+    while (performance.now() < end) {
+      const n = Number(libc().recv(fd, buf, 64n, MSG_DONTWAIT));
+      if (n < 0) {
+        await new Promise((r) => setTimeout(r, 20));
+        continue;
+      }
+      const r = new DataView(buf.buffer);
+      if (n < 28 || r.getUint16(6) !== ARPOP_REPLY || r.getUint16(2) !== ETH_P_IP) continue;
+      if (!want.every((b, i) => buf[14 + i] === b)) continue;
+      const mac = macText(buf.subarray(8, 14));
+      if (!answers.includes(mac)) answers.push(mac);
+    }
+    return answers;
+  } finally {
+    libc().close(fd);
+  }
+}
