@@ -374,6 +374,13 @@ export class NodeRegistry {
     readonly rules: SettingRules = new SettingRules(nodeSettings),
   ) {}
 
+  #addressEpoch = 0;
+  /** Counts the changes that may free a node's address (its address set or cleared, its row
+   *  deleted): DHCP's exhausted pool holds until it moves (src/boot/leases.ts). */
+  get addressEpoch(): number {
+    return this.#addressEpoch;
+  }
+
   #info(row: NodeRow, settings: Record<string, string>): NodeInfo {
     return {
       mac: row.mac,
@@ -535,6 +542,7 @@ export class NodeRegistry {
   /** Records the node's address; an address belongs to one node only. */
   setIp(mac: string, ip: string | null): void {
     const m = normalizeMac(mac);
+    this.#addressEpoch++;
     tx(this.db, () => {
       if (ip !== null) {
         this.db.prepare("UPDATE nodes SET ip = NULL WHERE ip = ? AND mac <> ?").run(ip, m);
@@ -637,6 +645,7 @@ export class NodeRegistry {
    *  pruning nor `image gc --keep` freed (booted_images); and they counted as netroot's boots
    *  for the next node given its MAC. Its events stay: the timeline is history. */
   #deleteRow(mac: string): void {
+    this.#addressEpoch++;
     this.db.prepare("DELETE FROM nodes WHERE mac = ?").run(mac);
     this.db.prepare("DELETE FROM boots WHERE mac = ?").run(mac);
   }

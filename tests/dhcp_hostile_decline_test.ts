@@ -9,6 +9,9 @@ import { decode, type DhcpPacket, encode } from "../netboot/dhcp4/packet.ts";
 import { MessageType, Opt } from "../netboot/dhcp4/options.ts";
 import { clientPacket, macFor } from "../netboot/storm.ts";
 import { setLogLevel } from "../src/log.ts";
+import { contextBooter } from "../src/boot/booter.ts";
+import type { LeaseStore } from "../src/boot/leases.ts";
+import { DhcpResponder } from "../netboot/dhcp4/server.ts";
 import { listEvents } from "../src/events.ts";
 import { withResponder } from "./support/dhcp_responder.ts";
 import { makeLink, parseEnv, sh, startServer, udhcpcScript } from "./dhcp_netns.ts";
@@ -200,4 +203,87 @@ Deno.test("full mode (root): a forged DECLINE with a running node's MAC leaves i
     await link.close();
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("an exhausted pool is not scanned again at each DISCOVER; whatever frees an address has it offered at once", async () => {
+  const t0 = Date.parse("2026-01-01T00:00:00Z");
+  let now = t0;
+  const range = { start: "10.87.0.10", end: "10.87.0.19" };
+  await withResponder({ serverIp: SERVER, range }, (first, ctx) => {
+    let xid = 1;
+    const macOf = (i: number) =>
+      [...macFor(i)].map((b) => b.toString(16).padStart(2, "0")).join(":");
+    const ask = (
+      r: DhcpResponder,
+      i: number,
+      type: MessageType,
+      extra: Parameters<typeof clientPacket>[3] = {},
+    ) => {
+      const p = clientPacket({ mac: macFor(i), kind: "linux" }, xid++, type, extra);
+      const reply = r.handle(encode(p), { port: 67, from });
+      return reply && decode(reply.bytes);
+    };
+    const offered = (i: number, r = first) => ask(r, i, MessageType.Discover)?.yiaddr ?? null;
+    const lease = (i: number, r = first) => {
+      const ip = offered(i, r)!;
+      const ack = ask(r, i, MessageType.Request, { serverId: SERVER, requestedIp: ip });
+      assert.equal(ack?.yiaddr, ip);
+      return ip;
+    };
+    // The range's addresses looked at: each a lookup or two.
+    const store = first.leases as LeaseStore;
+    const isFree = store.isFree.bind(store);
+    let lookups = 0;
+    store.isFree = (...a) => (lookups++, isFree(...a));
+
+    // Full: the leases of eight nodes (their reservations) and two admins' reservations.
+    ctx.nodes.add(macOf(7));
+    ctx.nodes.setIp(macOf(7), "10.87.0.18");
+    ctx.nodes.add(macOf(8));
+    ctx.nodes.setIp(macOf(8), "10.87.0.19");
+    const leased = [1, 2, 3, 4, 5, 6, 9, 10].map((i) => lease(i));
+    assert.equal(new Set([...leased, "10.87.0.18", "10.87.0.19"]).size, 10);
+    assert.equal(offered(50), null, "exhausted");
+
+    // Once known, a DISCOVER reads none of the range: 10 lookups each before (4,085 for a
+    // pool of 4,085, 15 ms a DISCOVER).
+    lookups = 0;
+    for (let i = 51; i < 61; i++) assert.equal(offered(i), null);
+    assert.equal(lookups, 0, `${lookups} addresses looked at for 10 DISCOVERs`);
+
+    // A node forgotten: its reservation.
+    now += 1000_000;
+    ctx.nodes.forget(macOf(7));
+    assert.equal(lease(51), "10.87.0.18");
+    assert.equal(offered(52), null);
+    // A node's address changed (off the range).
+    ctx.nodes.configure(macOf(8), { ip: "10.87.1.200" });
+    assert.equal(lease(52), "10.87.0.19");
+    assert.equal(offered(53), null);
+    // A release: the lease a node no longer needs (its address fixed elsewhere) held its address.
+    ctx.nodes.configure(macOf(1), { ip: "10.87.1.201" });
+    assert.equal(offered(53), null);
+    ask(first, 1, MessageType.Release, { serverId: SERVER, ciaddr: leased[0] });
+    assert.equal(lease(53), leased[0]);
+    // A lease's expiry: a forgotten node's lease holds its address until then.
+    ctx.nodes.forget(macOf(9));
+    assert.equal(offered(54), null);
+    now = t0 + 3600_000;
+    assert.equal(offered(54), leased[6]);
+    // A reload (a new responder, a wider range).
+    const next = new DhcpResponder(
+      {
+        mode: "full",
+        serverIp: SERVER,
+        netmask: "255.255.255.0",
+        range: { ...range, end: "10.87.0.20" },
+        leaseSeconds: 3600,
+        proxyStrategy: "option43",
+        registerUnknown: true,
+      },
+      contextBooter(ctx),
+      () => now,
+    );
+    assert.equal(lease(55, next), "10.87.0.20");
+  }, () => now);
 });

@@ -98,7 +98,11 @@ Deno.test("the admin's ip setting is validated, unique, and wins over any eviden
     assert.deepEqual(desiredExports(ctx).persists.map((p) => [p.mac, p.ip]), [[a, "10.86.0.70"]]);
     const revoked = listEvents(ctx.db, { mac: b }).filter((e) => e.kind === "dhcp.revoked");
     assert.deepEqual(revoked.map((e) => e.detail), [{ ip: "10.86.0.70", fixedFor: a }]);
-    const leases = new LeaseStore(ctx.db, { range: { start: "10.86.0.60", end: "10.86.0.80" } });
+    const leases = new LeaseStore(
+      ctx.db,
+      { range: { start: "10.86.0.60", end: "10.86.0.80" } },
+      ctx.nodes,
+    );
     const now = Math.floor(Date.now() / 1000);
     assert.notEqual(leases.pick(b, now, undefined, "10.86.0.70"), "10.86.0.70");
     assert.equal(leases.pick(a, now, "10.86.0.70"), "10.86.0.70");

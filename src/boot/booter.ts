@@ -358,7 +358,7 @@ export function contextBooter(ctx: Context): Booter {
     observeAddress: (mac, ip, evidence) => ctx.nodes.observeAddress(mac, ip, evidence),
     countAutoRegistered: () => ctx.nodes.countAutoRegistered(),
     ageOut: (ttl) => ctx.nodes.ageOut(ttl),
-    leases: (o) => new LeaseStore(ctx.db, o),
+    leases: (o) => new LeaseStore(ctx.db, o, ctx.nodes),
     transaction: (fn) => tx(ctx.db, fn),
     // TFTP
     nodeAt(ip) {

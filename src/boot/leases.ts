@@ -42,8 +42,19 @@ export class LeaseStore implements Leases {
   readonly offerSeconds: number;
   readonly declineSeconds: number;
   private cursor: number;
+  /** The range had no free address at the last scan: it stays so until `until` (the next expiry
+   *  of a lease, offer or parked address) unless a release or the registry's addresses (`epoch`:
+   *  a node forgotten or its address changed) free one first; a client's row that moves leaves
+   *  an address some node's reservation holds (else it was free). A new store (a config reload)
+   *  starts without it. With a parked pool each DISCOVER scanned the whole range (4,085
+   *  addresses: 4,085 lookups, 15 ms; a /16 is 16 times that). */
+  private exhausted?: { until: number; epoch: number };
 
-  constructor(private readonly db: Db, o: LeaseOptions) {
+  constructor(
+    private readonly db: Db,
+    o: LeaseOptions,
+    private readonly nodes: { readonly addressEpoch: number },
+  ) {
     this.start = ipToInt(o.range.start);
     this.end = ipToInt(o.range.end);
     if (this.end < this.start) {
@@ -99,18 +110,31 @@ export class LeaseStore implements Leases {
     const current = this.get(mac);
     if (current && this.inRange(current.ip) && this.isFree(mac, current.ip, now)) return current.ip;
     if (requested && this.inRange(requested) && this.isFree(mac, requested, now)) return requested;
-    // Scan from where the last allocation stopped (O(1) in the usual case instead of reading
-    // every lease), wrapping around once.
+    return this.scan(mac, now) ?? this.giveWay(mac);
+  }
+
+  /** The next free address of the range, scanned from where the last allocation stopped (O(1)
+   *  in the usual case instead of reading every lease), wrapping around once; none, at once,
+   *  while the range is known to have none (`exhausted`). */
+  private scan(mac: string, now: number): string | undefined {
+    const known = this.exhausted;
+    if (known && now < known.until && known.epoch === this.nodes.addressEpoch) return undefined;
+    const epoch = this.nodes.addressEpoch;
     const size = this.end - this.start + 1;
     for (let k = 0; k < size; k++) {
       const n = this.start + ((this.cursor - this.start + k) % size);
       const ip = intToIp(n);
       if (this.isFree(mac, ip, now)) {
         this.cursor = n;
+        this.exhausted = undefined;
         return ip;
       }
     }
-    return this.giveWay(mac);
+    const next = this.sql(
+      "SELECT min(expires_at) AS t FROM leases WHERE expires_at > ? AND state <> 'released'",
+    ).get(now) as { t: number | null };
+    this.exhausted = { until: next.t ?? Infinity, epoch };
+    return undefined;
   }
 
   /** Exhausted: the oldest pending offer of another client gives way, else the address declined
@@ -120,12 +144,23 @@ export class LeaseStore implements Leases {
    *  packets each), which parked the whole pool for every new client. Never a lease, a node's
    *  reservation or an excluded address. */
   private giveWay(mac: string): string | undefined {
-    const offers = this.sql(
-      `SELECT ip FROM leases WHERE (state = 'offered' AND mac <> ? OR state = 'declined')
-       AND ip NOT IN (SELECT ip FROM nodes WHERE ip IS NOT NULL)
-       ORDER BY state = 'declined', expires_at`,
-    ).all(mac) as { ip: string }[];
-    return offers.find((o) => this.inRange(o.ip) && !this.exclude.has(o.ip))?.ip;
+    // In expiry order through the index (leases_expiry), the first that fits: an exhausted
+    // pool is every row, at each DISCOVER (sorted whole, a parked /16 took 35 ms).
+    const first = (rows: Iterable<{ ip: string }>) => {
+      for (const r of rows) if (this.inRange(r.ip) && !this.exclude.has(r.ip)) return r.ip;
+    };
+    const unreserved = "NOT EXISTS (SELECT 1 FROM nodes WHERE nodes.ip = leases.ip)";
+    return first(
+      this.sql(
+        `SELECT ip FROM leases WHERE state = 'offered' AND mac <> ? AND ${unreserved}
+         ORDER BY expires_at`,
+      ).iterate(mac) as Iterable<{ ip: string }>,
+    ) ?? first(
+      this.sql(
+        `SELECT ip FROM leases WHERE state = 'declined' AND ${unreserved} ORDER BY expires_at`,
+      )
+        .iterate() as Iterable<{ ip: string }>,
+    );
   }
 
   private put(mac: string, ip: string, expiresAt: number, state: Lease["state"]): void {
@@ -153,7 +188,9 @@ export class LeaseStore implements Leases {
     const r = this.sql(
       "UPDATE leases SET state = 'released', expires_at = ? WHERE mac = ? AND ip = ?",
     ).run(now, mac, ip);
-    return Number(r.changes) > 0;
+    if (Number(r.changes) === 0) return false;
+    this.exhausted = undefined;
+    return true;
   }
 
   /** Whether `ip` is offered or leased to `mac`, which alone may decline it. */
