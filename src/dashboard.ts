@@ -107,6 +107,8 @@ td.time { white-space: nowrap; }
 .state-off { background: #eee; } .state-booting { background: #fff3c4; }
 .state-booted { background: #d6f5d6; } .state-down { background: #ffe0b3; }
 .state-failed { background: #ffc9c9; }
+.auto-registered { padding: 0 .45em; border-radius: 3px; font-size: 12px; background: #ffe0b3;
+  cursor: help; }
 #live.on { color: #080; }
 pre.console { background: #111; color: #ddd; padding: .6em; max-height: 28em; overflow: auto;
   white-space: pre-wrap; word-break: break-all; font-size: 12px; min-height: 3em; }
@@ -295,6 +297,16 @@ function lastBootText(n) {
   return when(n.lastBoot.startedAt) + (n.lastBoot.stage ? " (" + n.lastBoot.stage + ")" : "");
 }
 
+// A node the DHCP service registered on its own: its MAC is what a machine claimed, its name a
+// guess from it (a look-alike MAC registered first takes the name the admin looks for).
+const autoText = "registered by DHCP at its first request, not adopted by an admin: " +
+  "check its MAC before deploying to it";
+function autoMark() {
+  const m = el("span", "auto", "auto-registered");
+  m.title = autoText;
+  return m;
+}
+
 function renderNodes(nodes) {
   const tbody = $("nodes").tBodies[0];
   const checked = new Set([...tbody.querySelectorAll("input:checked")].map((c) => c.value));
@@ -306,6 +318,7 @@ function renderNodes(nodes) {
     box.checked = checked.has(n.mac); pick.append(box);
     const name = el("td"); const a = el("a", n.name, "node-name");
     a.href = "#/node/" + encodeURIComponent(n.mac); name.append(a);
+    if (n.autoRegistered) name.append(" ", autoMark());
     const state = el("td"); state.append(stateCell(n));
     const last = n.lastEvent ? n.lastEvent.kind + " (" + age(n.lastEvent.ts) + " ago)" : "-";
     tr.append(pick, name, state, el("td", n.imageName || n.imageId || "-"),
@@ -365,6 +378,7 @@ function renderNode(missing) {
       (n.stateReason ? " — " + n.stateReason : "")],
     ["last boot", lastBootText(n)], ["last seen", when(n.lastSeen)], ["model", n.model],
     ["virtual", n.virtual ? "yes" : "no"],
+    ["added by", n.autoRegistered ? "DHCP — " + autoText : "an admin"],
   ];
   $("node-facts").tBodies[0].replaceChildren(...facts.map(([k, v]) => {
     const tr = el("tr"); tr.append(el("th", k), el("td", v)); tr.dataset.fact = k; return tr;

@@ -53,6 +53,10 @@ export interface NodeInfo {
   imagePinned: boolean;
   ip: string | null;
   virtual: boolean;
+  /** The DHCP service registered it on its own (first contact of an unknown MAC) and no admin
+   *  has adopted it since (renamed, configured, deployed): its name is a guess from a MAC that
+   *  anyone on the boot network can claim. */
+  autoRegistered: boolean;
   createdAt: string;
   lastSeen: string | null;
   /** Where the node is in its life (src/nodestate.ts), since when, and why. */
@@ -308,6 +312,11 @@ function entriesOf(dir: string): string[] {
   }
 }
 
+/** A node's name when none is given: `node-` and the MAC's last three bytes. */
+function defaultNameOf(mac: string): string {
+  return `node-${mac.split(":").slice(3).join("")}`;
+}
+
 interface NodeRow {
   mac: string;
   name: string;
@@ -317,6 +326,7 @@ interface NodeRow {
   image_pinned: number;
   ip: string | null;
   virtual: number;
+  auto_registered: number;
   created_at: string;
   last_seen: string | null;
   state: NodeState;
@@ -326,7 +336,7 @@ interface NodeRow {
 
 const selectNodes = `SELECT n.mac, n.name, n.model, n.image_id, i.name AS image_name,
   n.image_pinned, n.ip,
-  n.virtual, n.created_at, n.last_seen, n.state, n.state_since, n.state_reason
+  n.virtual, n.auto_registered, n.created_at, n.last_seen, n.state, n.state_since, n.state_reason
   FROM nodes n LEFT JOIN images i ON i.id = n.image_id`;
 
 /** The "state" event on ctx.changes: which node moved to which state (node wait follows it). */
@@ -391,6 +401,7 @@ export class NodeRegistry {
       imagePinned: row.image_pinned === 1,
       ip: row.ip,
       virtual: row.virtual === 1,
+      autoRegistered: row.auto_registered === 1,
       createdAt: row.created_at,
       lastSeen: row.last_seen,
       state: row.state,
@@ -650,8 +661,9 @@ export class NodeRegistry {
     this.db.prepare("DELETE FROM boots WHERE mac = ?").run(mac);
   }
 
+  /** `node-<last 3 MAC bytes>`, with `-2`, `-3`… when taken. */
   #defaultName(mac: string): string {
-    const base = `node-${mac.split(":").slice(3).join("")}`;
+    const base = defaultNameOf(mac);
     const taken = (n: string) => this.db.prepare("SELECT 1 FROM nodes WHERE name = ?").get(n);
     let name = base;
     for (let i = 2; taken(name); i++) name = `${base}-${i}`;
@@ -720,7 +732,14 @@ export class NodeRegistry {
     const existing = this.find(m);
     if (existing) return existing;
     const node = this.add(m, { auto: true });
-    recordEvent(this.db, m, "node.registered", source);
+    // Its default name was taken: by another machine sharing its last three MAC bytes, maybe a
+    // neighbour that registered a made-up MAC first to take the name an admin will look for.
+    const holder = node.name === defaultNameOf(m) ? undefined : this.find(defaultNameOf(m));
+    const nameTaken = holder && { name: holder.name, by: holder.mac };
+    if (nameTaken) {
+      log.warn("registered node's default name was taken", { mac: m, name: node.name, nameTaken });
+    }
+    recordEvent(this.db, m, "node.registered", { ...source, ...(nameTaken && { nameTaken }) });
     return node;
   }
 

@@ -8,6 +8,7 @@ import { defaultConfig } from "../src/config.ts";
 import type { Context } from "../src/context.ts";
 import { recordEvent, recordProgress } from "../src/events.ts";
 import { buildApp, closeContext, openContext } from "../src/server.ts";
+import type { NodeInfo } from "../src/nodes.ts";
 import { ApiClient } from "../src/cli/client.ts";
 import { keyValues, table, visibleLines } from "../src/cli/output.ts";
 
@@ -628,4 +629,26 @@ Deno.test("node CLI: log shows a copy's progress as one readable line; --follow 
       await child.status;
       await reader.cancel().catch(() => {});
     }
+  }));
+
+Deno.test("node ls marks the nodes the DHCP service registered on its own (a look-alike MAC's squat shows)", () =>
+  withServer(async (cli, ctx) => {
+    ctx.nodes.register("02:00:00:11:22:33", { via: "dhcp" }); // a neighbour, first
+    ctx.nodes.register("b8:ac:6f:11:22:33", { via: "dhcp" }); // the real machine
+    ctx.nodes.add("52:54:00:aa:00:09", { name: "by-hand" });
+    const lines = ok(await cli("node", "ls")).split("\n");
+    assert.match(lines[0], /^NAME\s+MAC\s+IP\s+IMAGE\s+STATE\s+MODEL\s+VIRTUAL\s+ADDED BY\s+LAST/);
+    const at = lines[0].indexOf("ADDED BY");
+    const addedBy = (name: string) =>
+      lines.find((l) => l.startsWith(`${name} `))?.slice(at).split(/\s+/)[0];
+    assert.equal(addedBy("node-112233"), "dhcp");
+    assert.equal(addedBy("node-112233-2"), "dhcp");
+    assert.equal(addedBy("by-hand"), "admin");
+    const list = JSON.parse(ok(await cli("node", "ls", "--json"))) as NodeInfo[];
+    assert.deepEqual(list.map((n) => [n.name, n.autoRegistered]), [
+      ["by-hand", false],
+      ["node-112233", true],
+      ["node-112233-2", true],
+    ]);
+    assert.match(ok(await cli("node", "ls", "--help")), /ADDED BY is "dhcp" for a node/);
   }));

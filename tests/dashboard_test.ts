@@ -769,3 +769,46 @@ Deno.test("event streams: a neighbour without the token holding every stream doe
     }
   });
 });
+
+Deno.test({
+  name:
+    "dashboard: the nodes the DHCP service registered on its own are marked (a look-alike MAC's squat shows)",
+  ignore: !haveChromium,
+  async fn() {
+    await withServer({}, async (ctx, base) => {
+      const squatter = "02:00:00:11:22:33";
+      ctx.nodes.register(squatter, { via: "dhcp" });
+      ctx.nodes.add("52:54:00:d4:5b:0b", { name: "by-hand" });
+      const browser = await Browser.launch();
+      try {
+        const page = await browser.page();
+        await page.goto(`${base}/`);
+        const row = (mac: string) => `document.querySelector('#nodes tr[data-mac="${mac}"]')`;
+        await page.waitFor(row(squatter), "the list");
+        const mark = await page.eval<string | null>(
+          `${row(squatter)}.querySelector('.auto-registered')?.title ?? null`,
+        );
+        assert.match(mark ?? "", /registered by DHCP .* check its MAC/);
+        assert.equal(
+          await page.eval(`${row("52:54:00:d4:5b:0b")}.querySelector('.auto-registered')`),
+          null,
+        );
+        await page.goto(`${base}/#/node/${encodeURIComponent(squatter)}`);
+        await page.waitFor(
+          `document.querySelector('#node-facts tr[data-fact="added by"]')`,
+          "the node page",
+        );
+        assert.match(
+          await page.eval<string>(
+            `document.querySelector('#node-facts tr[data-fact="added by"]').textContent`,
+          ),
+          /DHCP/,
+        );
+        assert.deepEqual(page.errors, []);
+        page.close();
+      } finally {
+        await browser.close();
+      }
+    });
+  },
+});

@@ -59,7 +59,12 @@ Registers a node. Default name node-<last 3 MAC bytes>; default image the one na
 ${common}`,
   ls: `usage: netroot node ls [--json]
 
-Lists nodes: name, MAC, IP, image, state and its age, last event. ${common}`,
+Lists nodes: name, MAC, IP, image, state and its age, model, virtual, who added it, last event.
+ADDED BY is "dhcp" for a node the DHCP service registered on its own at a machine's first request,
+which no admin has adopted since (renamed, configured or deployed to): its MAC is only what a
+machine on the boot network claimed, and its name (node-<last 3 MAC bytes>) only a guess from it.
+A look-alike MAC registered first takes that name: check the MAC before deploying to the node.
+"admin" for every other node. ${common}`,
   wait: `usage: netroot node wait NODE[,NODE…] [--state STATE] [--timeout SECONDS]
 
 Waits until every node is in STATE (off, booting, booted, down, failed; default booted). Exits 0
@@ -226,6 +231,7 @@ function nodeRow(n: ListedNode): Record<string, unknown> {
     state: stateText(n),
     model: n.model,
     virtual: n.virtual ? "yes" : "no",
+    "added by": n.autoRegistered ? "dhcp" : "admin",
     "last event": n.lastEvent ? `${n.lastEvent.kind} ${n.lastEvent.ts}` : null,
   };
 }
@@ -298,6 +304,7 @@ export async function run(args: string[]): Promise<number> {
               "state",
               "model",
               "virtual",
+              "added by",
               "last event",
             ])
             : "no nodes (they register on first DHCP contact, or: netroot node add MAC)",
