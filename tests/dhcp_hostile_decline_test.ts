@@ -287,3 +287,64 @@ Deno.test("an exhausted pool is not scanned again at each DISCOVER; whatever fre
     assert.equal(lease(55, next), "10.87.0.20");
   }, () => now);
 });
+
+Deno.test("DECLINEs forged for every leased address: at most 16 are asked about at once, the rest ignored", async () => {
+  // Each question holds a packet socket that sees every ARP reply on the link.
+  const pending: { ip: string; answer: (macs: string[]) => void }[] = [];
+  const whoAnswers = (ip: string) =>
+    new Promise<string[]>((answer) => pending.push({ ip, answer }));
+  await withResponder(
+    { serverIp: SERVER, range: { start: "10.87.0.10", end: "10.87.0.249" } },
+    async (r, ctx) => {
+      let xid = 1;
+      const ask = (i: number, type: MessageType, extra: Parameters<typeof clientPacket>[3]) => {
+        const p = clientPacket({ mac: macFor(i), kind: "linux" }, xid++, type, extra);
+        const reply = r.handle(encode(p), { port: 67, from });
+        return reply && decode(reply.bytes);
+      };
+      const leased = new Map<number, string>();
+      for (let i = 1; i <= 40; i++) {
+        const offer = ask(i, MessageType.Discover, {})!;
+        ask(i, MessageType.Request, { serverId: SERVER, requestedIp: offer.yiaddr });
+        leased.set(i, offer.yiaddr);
+      }
+      // The attacker: a DECLINE with each node's MAC for its address, twice over.
+      for (let round = 0; round < 2; round++) {
+        for (const [i, ip] of leased) {
+          ask(i, MessageType.Decline, { serverId: SERVER, requestedIp: ip });
+        }
+      }
+      assert.equal(pending.length, 16, `${pending.length} addresses asked about at once`);
+      // Every node answers at its own address: nothing moves.
+      const macOf = (ip: string) => {
+        const i = [...leased].find(([, a]) => a === ip)![0];
+        return [...macFor(i)].map((b) => b.toString(16).padStart(2, "0")).join(":");
+      };
+      for (const p of pending.splice(0)) p.answer([macOf(p.ip)]);
+      await r.settled();
+      assert.equal(
+        ctx.db.prepare("SELECT 1 FROM leases WHERE state = 'declined'").get(),
+        undefined,
+      );
+      assert.equal(
+        listEvents(ctx.db, { limit: 10_000 }).filter((e) => e.kind === "dhcp.decline-refused")
+          .length,
+        16,
+      );
+      // The slots are free again.
+      ask(40, MessageType.Decline, { serverId: SERVER, requestedIp: leased.get(40)! });
+      assert.equal(pending.length, 1);
+      pending[0].answer([]);
+      await r.settled();
+      assert.equal(
+        (ctx.db.prepare("SELECT state FROM leases WHERE ip = ?").get(leased.get(40)!) as {
+          state: string;
+        }).state,
+        "declined",
+        "nobody answers: the DECLINE stands",
+      );
+    },
+    undefined,
+    whoAnswers,
+  );
+});

@@ -41,6 +41,7 @@ const BROADCAST = "255.255.255.255";
 /** How long a declined address is asked for on the link: a host on the segment answers ARP in
  *  well under a millisecond; Linux itself retries a neighbour each second. */
 const DECLINE_PROBE_MS = 300;
+const MAX_DECLINE_CHECKS = 16;
 
 export type { DhcpBooter, DhcpNode };
 
@@ -344,9 +345,17 @@ export class DhcpResponder {
    *  node's lease, reservation and /persist export to another address, and after the hold its
    *  address went to the next client. So it is applied only once the address is asked for on
    *  the link (ARP) and the declining MAC itself does not answer; asked after the reply path, as
-   *  a DECLINE gets no reply. One question per address at a time: the pool bounds them. */
+   *  a DECLINE gets no reply. One question per address, MAX_DECLINE_CHECKS in all at a time:
+   *  each holds a packet socket for DECLINE_PROBE_MS, which sees every ARP reply on the link;
+   *  DECLINEs forged for every lease held one each at once (and a question that cannot be asked,
+   *  descriptors run out, lets its DECLINE stand). Past it a DECLINE is ignored: a client that
+   *  really found its address taken declines it again. */
   private checkDecline(mac: string, ip: string): void {
     if (this.declines.has(ip)) return;
+    if (this.declines.size >= MAX_DECLINE_CHECKS) {
+      this.notice("dhcp.decline-ignored", "DECLINE ignored: too many being checked", { mac, ip });
+      return;
+    }
     const apply = (answers: string[]) => {
       this.booter.transaction(() => {
         if (answers.includes(mac)) {

@@ -1,5 +1,6 @@
 // The DHCP responder with a real Context (SQLite state, node registry), no sockets: full mode on
-// a /24 by default, `cfg` over it; the context and its data dir go when `fn` is done.
+// a /24 by default, `cfg` over it; the context and its data dir go when `fn` is done. Who answers
+// at a declined address: nobody unless `whoAnswers` says.
 import { defaultConfig } from "../../src/config.ts";
 import { closeContext, openContext } from "../../src/server.ts";
 import type { Context } from "../../src/context.ts";
@@ -10,6 +11,7 @@ export async function withResponder(
   cfg: Partial<ResponderConfig>,
   fn: (r: DhcpResponder, ctx: Context) => void | Promise<void>,
   clock?: () => number,
+  whoAnswers?: (ip: string) => Promise<string[]>,
 ) {
   const dir = await Deno.makeTempDir({ prefix: "nr-dhcpr-" });
   const ctx = await openContext({ ...defaultConfig(), dataDir: dir });
@@ -28,6 +30,7 @@ export async function withResponder(
       },
       contextBooter(ctx),
       clock,
+      whoAnswers,
     );
     await fn(r, ctx);
   } finally {
