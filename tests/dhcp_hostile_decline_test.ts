@@ -4,6 +4,7 @@
 // 10 minutes, and no new client got an address. And anyone's DECLINE forged with a running node's
 // MAC moved that node's lease, reservation and exports off the address it still held.
 import assert from "node:assert/strict";
+import { collectAnswers } from "../src/linux/arp.ts";
 import { DatabaseSync } from "node:sqlite";
 import { decode, type DhcpPacket, encode } from "../netboot/dhcp4/packet.ts";
 import { MessageType, Opt } from "../netboot/dhcp4/options.ts";
@@ -347,4 +348,35 @@ Deno.test("DECLINEs forged for every leased address: at most 16 are asked about 
     undefined,
     whoAnswers,
   );
+});
+
+Deno.test("an ARP flood while a DECLINE's address is asked about: the question reads a bounded number of replies and lets the event loop run", async () => {
+  // A neighbour answering every ARP question of the link with a stream of replies, for the
+  // address asked about and for others: there is always one waiting.
+  const reply = new Uint8Array(28);
+  const v = new DataView(reply.buffer);
+  v.setUint16(2, 0x0800);
+  v.setUint16(6, 2); // ARPOP_REPLY
+  let reads = 0;
+  const flood = (buf: Uint8Array) => {
+    reads++;
+    reply.set([2, 0, 0, 0, (reads >> 8) & 0xff, reads & 0xff], 8);
+    reply.set(reads % 2 ? [10, 87, 0, 10] : [10, 87, 0, 11], 14);
+    buf.set(reply);
+    return reply.length;
+  };
+  let turns = 0, ticking = true;
+  const tick = () => {
+    turns++;
+    if (ticking) setTimeout(tick, 0);
+  };
+  setTimeout(tick, 0);
+  const t0 = performance.now();
+  const answers = await collectAnswers(flood, "10.87.0.10", 60_000);
+  ticking = false;
+  const ms = performance.now() - t0;
+  assert.ok(reads <= 4096, `${reads} replies read for one question`);
+  assert.ok(turns >= 16, `the event loop ran ${turns} times meanwhile`);
+  assert.ok(ms < 30_000, `the question took ${Math.round(ms)} ms of a 60 s wait`);
+  assert.equal(answers.length, reads / 2, "each flooding MAC that claimed the address, once");
 });

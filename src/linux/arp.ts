@@ -10,6 +10,7 @@ const AF_PACKET = 17, SOCK_DGRAM = 2, SOCK_CLOEXEC = 0o2000000;
 const ETH_P_ARP = 0x0806, ARPHRD_ETHER = 1, ETH_P_IP = 0x0800;
 const ARPOP_REQUEST = 1, ARPOP_REPLY = 2;
 const MSG_DONTWAIT = 0x40;
+const READS_PER_TURN = 64, MAX_READS = 4096;
 
 let lib: ReturnType<typeof load> | undefined;
 function load() {
@@ -71,26 +72,45 @@ export async function arpAnswers(
     check("bind", libc().bind(fd, here, here.length), device);
     const to = sockaddrLl(ifindex, new Uint8Array(6).fill(0xff));
     check("sendto", libc().sendto(fd, request, 28n, 0, to, to.length), `ARP ${ip}`);
-    const answers: string[] = [];
-    const buf = new Uint8Array(64);
-    const want = ipv4Bytes(ip);
-    const end = performance.now() + waitMs;
-    // Polled: a packet socket has no shutdown() to wake a blocked read, and a few hundred ms of
-    // 20 ms polls cost nothing.
-    while (performance.now() < end) {
-      const n = Number(libc().recv(fd, buf, 64n, MSG_DONTWAIT));
-      if (n < 0) {
-        await new Promise((r) => setTimeout(r, 20));
-        continue;
-      }
-      const r = new DataView(buf.buffer);
-      if (n < 28 || r.getUint16(6) !== ARPOP_REPLY || r.getUint16(2) !== ETH_P_IP) continue;
-      if (!want.every((b, i) => buf[14 + i] === b)) continue;
-      const mac = macText(buf.subarray(8, 14));
-      if (!answers.includes(mac)) answers.push(mac);
-    }
-    return answers;
+    return await collectAnswers(
+      (buf) => Number(libc().recv(fd, buf, BigInt(buf.length), MSG_DONTWAIT)),
+      ip,
+      waitMs,
+    );
   } finally {
     libc().close(fd);
   }
+}
+
+/**
+ * The MACs of the ARP replies for `ip` that `recv` (a non-blocking read of one frame into the
+ * buffer: its length, or < 0 when none is waiting) gives within `waitMs`, each once, in the order
+ * they came. Polled: a packet socket has no shutdown() to wake a blocked read, and a few hundred ms
+ * of 20 ms polls cost nothing. Every ARP reply on the link comes here: a link flooded with them
+ * must not keep the server's thread in this loop (the event loop gets its turn every
+ * READS_PER_TURN frames), nor for more than MAX_READS of them (the answers so far are the answer).
+ */
+export async function collectAnswers(
+  recv: (buf: Uint8Array<ArrayBuffer>) => number,
+  ip: string,
+  waitMs: number,
+): Promise<string[]> {
+  const answers: string[] = [];
+  const buf = new Uint8Array(64);
+  const r = new DataView(buf.buffer);
+  const want = ipv4Bytes(ip);
+  const end = performance.now() + waitMs;
+  for (let reads = 0; performance.now() < end && reads < MAX_READS;) {
+    const n = recv(buf);
+    if (n < 0) {
+      await new Promise((r) => setTimeout(r, 20));
+      continue;
+    }
+    if (++reads % READS_PER_TURN === 0) await new Promise((r) => setTimeout(r, 0));
+    if (n < 28 || r.getUint16(6) !== ARPOP_REPLY || r.getUint16(2) !== ETH_P_IP) continue;
+    if (!want.every((b, i) => buf[14 + i] === b)) continue;
+    const mac = macText(buf.subarray(8, 14));
+    if (!answers.includes(mac)) answers.push(mac);
+  }
+  return answers;
 }
