@@ -164,6 +164,8 @@ export class NodeSsh {
    *  commands and reboots meant for it. */
   #pins = new Map<string, string[]>();
   #written = "";
+  /** Aborted when the server stops: every ssh under way ends then (close). */
+  #stopping = new AbortController();
 
   constructor(private ctx: Pick<Context, "data" | "db" | "nodes">) {
     this.key = new ServerKey(join(ctx.data.root, "ssh"));
@@ -235,7 +237,19 @@ export class NodeSsh {
    *  waits until its child has exec'd, which a CPU busy with 50 handshakes delays tenfold). */
   run(t: SshTarget, command: string, timeoutMs: number): Promise<ToolResult> {
     this.key.publicKey();
-    return runTool(["nice", "-n", "19", ...this.argv(t, command)], { timeoutMs, group: false });
+    return runTool(["nice", "-n", "19", ...this.argv(t, command)], {
+      timeoutMs,
+      group: false,
+      signal: this.#stopping.signal,
+    });
+  }
+
+  /** Ends every ssh under way, and refuses new ones: the node's sshd decides when a session ends
+   *  (a `reboot` or a `node run` command taken and never answered), and the stop waited for the
+   *  run's deadline (HTTP answers its requests first), then left the soft reboots' ssh running
+   *  after the server, up to `reboot.soft-timeout` (an hour), or for ever once orphaned. */
+  close(): void {
+    this.#stopping.abort("ssh ended: the server stops");
   }
 }
 

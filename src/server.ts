@@ -439,6 +439,9 @@ export async function serve(
     if (config.nfs.mode !== "off") services.push(await startNfs(ctx));
     if (config.interface) services.push(followImagesWithInitramfs(ctx));
     services.push(await startVnodes(ctx));
+    // Then every ssh under way ends (a node may hold one open): not before the reboots stop
+    // following, or a soft reboot's ended ssh would escalate to the hard mechanism.
+    services.push({ name: "ssh", close: () => Promise.resolve(ctx.ssh.close()) });
     // Closed first: a soft reboot being followed must not escalate while the rest stops.
     services.push({ name: "reboots", close: () => ctx.rebooter.close() });
     recordEvent(ctx.db, null, "server.start", {

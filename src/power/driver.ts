@@ -172,9 +172,13 @@ export async function runTool(
     /** false: no process group of its own (a tool that starts nothing, like ssh): spawned without
      *  fork (posix_spawn), ~4× less CPU for the server; the timeout ends the tool alone. */
     group?: boolean;
+    /** Ends the tool at once (SIGKILL) with a UserError naming the signal's reason: the server
+     *  stops, and a node that holds its ssh open must not hold the stop, nor outlive it. */
+    signal?: AbortSignal;
   },
 ): Promise<ToolResult> {
   const group = opts.group ?? true;
+  if (opts.signal?.aborted) throw new UserError(`${opts.signal.reason}`, 503);
   let child: Deno.ChildProcess;
   try {
     child = new Deno.Command(argv[0], {
@@ -211,6 +215,8 @@ export async function runTool(
     signal("SIGTERM");
     killer = setTimeout(() => signal("SIGKILL"), killGraceMs);
   }, opts.timeoutMs);
+  const abort = () => signal("SIGKILL");
+  opts.signal?.addEventListener("abort", abort);
   const status = child.status;
   const [stdout, stderr, st] = await Promise.all([
     readCapped(child.stdout, status),
@@ -219,7 +225,9 @@ export async function runTool(
   ]).finally(() => {
     clearTimeout(timer);
     clearTimeout(killer);
+    opts.signal?.removeEventListener("abort", abort);
   });
+  if (opts.signal?.aborted) throw new UserError(`${opts.signal.reason}`, 503);
   if (timedOut) {
     signal("SIGKILL"); // whatever the tool left behind in its group
     const said = firstLine(stderr);

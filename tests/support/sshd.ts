@@ -17,6 +17,9 @@ export interface FakeNodeSshd {
   port: number;
   /** The host key line (`ssh-ed25519 AAAA…`), as an image's /etc/ssh/ssh_host_ed25519_key.pub. */
   hostKey: string;
+  /** Where a command that must never end writes its pid (`echo $$ >> <hung>; exec sleep …`):
+   *  stop() ends those, which outlive a session the client left. */
+  hung: string;
   /** Lines appended by `reboot` requests. */
   reboots(): number;
   running(): boolean;
@@ -35,6 +38,8 @@ export async function startSshd(
   opts: {
     nodeId?: string;
     dieOnReboot?: boolean;
+    /** `reboot` is taken and never answered (a hostile or hung node: the session stays open). */
+    hangOnReboot?: boolean;
     maxStartups?: number;
     addresses?: string[];
     /** Runs sshd (and its sessions) on these CPUs only (`taskset -c` list): a bench's stand-in
@@ -77,6 +82,7 @@ case "$SSH_ORIGINAL_COMMAND" in
   reboot)
     echo "$SSH_CONNECTION" >> ${dir}/reboots
     ${opts.dieOnReboot ? `kill "$(cat ${dir}/sshd.pid)"` : ""}
+    ${opts.hangOnReboot ? `echo $$ >> ${dir}/hung; exec sleep 600` : ""}
     exit 0 ;;
   "") NODE_ID=${opts.nodeId ?? "node"} exec /bin/sh ;;
   *) NODE_ID=${opts.nodeId ?? "node"} exec ${asNode} /bin/sh -c "$SSH_ORIGINAL_COMMAND" ;;
@@ -136,6 +142,7 @@ esac
     dir,
     port,
     hostKey,
+    hung: join(dir, "hung"),
     reboots: () => {
       try {
         return Deno.readTextFileSync(join(dir, "reboots")).trim().split("\n").length;
@@ -151,6 +158,15 @@ esac
         } catch { /* gone */ }
       }
       await status;
+      let hung: string[] = [];
+      try {
+        hung = Deno.readTextFileSync(join(dir, "hung")).split("\n").filter(Boolean);
+      } catch { /* none */ }
+      for (const pid of hung) {
+        try {
+          Deno.kill(Number(pid), "SIGKILL");
+        } catch { /* gone */ }
+      }
       await Deno.remove(dir, { recursive: true });
     },
   };
