@@ -29,6 +29,14 @@ const log = logger("ssh");
 export const connectTimeoutS = 10; // also bounds sshd's banner: a busy node is not "gone"
 /** A host key file larger than this in an image is ignored (they are ~100 bytes). */
 const maxHostKeyFile = 16 * 1024;
+/** An image's /etc/ssh directory larger than this is not read (Debian's: 4 KiB, 15 names; 64 KiB
+ *  holds ~2,000 names of a key's length). Its listing and a key per name were read on the server's
+ *  only thread at a node's first ssh or watchdog check, or a GET of its ssh target (open to the
+ *  boot network): 100,000 key files named `ssh_host_N_key.pub` in an image took 8.7 s, and pinned
+ *  8.6 MB that known_hosts rewrote for every other node's pin and each ssh then parsed. */
+const maxSshDirBytes = 64 * 1024;
+/** Host keys taken from an image at most: one per type (ed25519, rsa, ecdsa; dsa of old ones). */
+const maxHostKeys = 8;
 /** Host key types ssh pins (a line of another form in the image is skipped). */
 const hostKeyLine =
   /^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(?:256|384|521)) ([A-Za-z0-9+/]+={0,2})(?:\s|$)/;
@@ -125,12 +133,22 @@ export function imageHostKeys(rootfs: string): string[] {
   const keys: string[] = [];
   let names: string[];
   try {
-    names = [...Deno.readDirSync(dir.host)].map((e) => e.name).sort();
+    const st = Deno.statSync(dir.host);
+    if (!st.isDirectory) return [];
+    if (st.size > maxSshDirBytes) {
+      log.warn("an image's /etc/ssh is too large to be read: its nodes are rebooted hard", {
+        image: rootfs,
+        bytes: st.size,
+      });
+      return [];
+    }
+    names = [...Deno.readDirSync(dir.host)].map((e) => e.name)
+      .filter((name) => /^ssh_host_[a-z0-9]+_key\.pub$/.test(name)).sort();
   } catch {
     return [];
   }
   for (const name of names) {
-    if (!/^ssh_host_[a-z0-9]+_key\.pub$/.test(name)) continue;
+    if (keys.length === maxHostKeys) break;
     try {
       const p = resolveInRoot(rootfs, `/etc/ssh/${name}`);
       if (p.missing) continue;

@@ -70,3 +70,40 @@ Deno.test("a name's host keys are its current node's only: a forgotten node's pi
     }
   });
 });
+
+Deno.test("an image's /etc/ssh of 5,000 host key files is not read (its node has no ssh), and no image pins more than 8 keys", async () => {
+  setLogSink(() => {});
+  await withPowerServer(async ({ ctx, call, url }) => {
+    const key = (i: number) =>
+      `ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI${String(i).padStart(43, "A")} x\n`;
+    const withKeys = (name: string, files: number, distinct: boolean) => {
+      const image = addImage(ctx, name);
+      const etc = join(ctx.data.rootfs(image), "etc/ssh");
+      Deno.mkdirSync(etc, { recursive: true });
+      const first = join(etc, "ssh_host_0_key.pub");
+      Deno.writeTextFileSync(first, key(0));
+      for (let i = 1; i < files; i++) {
+        const file = join(etc, `ssh_host_${i}_key.pub`);
+        if (distinct) Deno.writeTextFileSync(file, key(i));
+        else Deno.linkSync(first, file); // names cost the image nothing
+      }
+    };
+    withKeys("img-flood", 5000, false);
+    withKeys("img-many", 20, true);
+    for (const [i, name] of ["flood", "many"].entries()) {
+      const mac = `02:00:00:00:79:0${i}`;
+      ctx.nodes.add(mac, { name });
+      ctx.nodes.setIp(mac, `10.9.9.${i + 1}`);
+      await ctx.nodes.deploy([name], `img-${name}`, { reboot: false });
+    }
+    // Anyone on the boot network asks for the flood node's ssh target (a read: no token).
+    const res = await fetch(`${url}/api/v1/nodes/flood/ssh`);
+    const body = await res.json();
+    assert.equal(res.status, 409, `pinned ${body.knownHosts?.length} keys`);
+    assert.match(body.error, /no ssh host keys/);
+    const many = await call("GET", "/nodes/many/ssh");
+    assert.equal((many.json.knownHosts as string[]).length, 8);
+    const known = Deno.readTextFileSync(ctx.ssh.key.knownHosts).trim().split("\n");
+    assert.deepEqual(known, many.json.knownHosts);
+  });
+});
