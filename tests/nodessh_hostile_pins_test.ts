@@ -107,3 +107,28 @@ Deno.test("an image's /etc/ssh of 5,000 host key files is not read (its node has
     assert.deepEqual(known, many.json.knownHosts);
   });
 });
+
+Deno.test("a host key longer than ssh takes (16 KiB of base64 in an image) is not pinned: every node of the image would carry it", async () => {
+  setLogSink(() => {});
+  await withPowerServer(async ({ ctx, call }) => {
+    const image = addImage(ctx, "img-long");
+    const etc = join(ctx.data.rootfs(image), "etc/ssh");
+    Deno.mkdirSync(etc, { recursive: true });
+    const rsa16k = `ssh-rsa ${"A".repeat(2764)}`; // as long as OpenSSH's largest (16,384 bits)
+    const keys = {
+      ed25519: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKMHj83yeeLODUf1pJRROOeTQa4EijiNoC8FKOc0/Scb",
+      rsa: rsa16k,
+      long1: `ssh-rsa ${"B".repeat(16_000)}`,
+      long2: `ssh-ed25519 ${"C".repeat(2765)}`,
+    };
+    for (const [name, key] of Object.entries(keys)) {
+      Deno.writeTextFileSync(join(etc, `ssh_host_${name}_key.pub`), `${key} root@image\n`);
+    }
+    ctx.nodes.add("02:00:00:00:7a:01", { name: "long" });
+    ctx.nodes.setIp("02:00:00:00:7a:01", "10.9.9.9");
+    await ctx.nodes.deploy(["long"], "img-long", { reboot: false });
+    const r = await call("GET", "/nodes/long/ssh");
+    assert.deepEqual(r.json.knownHosts, [`long ${keys.ed25519}`, `long ${rsa16k}`]);
+    assert.ok(Deno.statSync(ctx.ssh.key.knownHosts).size < 3000);
+  });
+});
