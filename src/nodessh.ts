@@ -187,6 +187,8 @@ export class NodeSsh {
   #written = "";
   /** Aborted when the server stops: every ssh under way ends then (close). */
   #stopping = new AbortController();
+  /** Aborted when the server stops: an ssh run outside `run` (node save's stream) ends on it. */
+  readonly stopping = this.#stopping.signal;
 
   constructor(private ctx: Pick<Context, "data" | "db" | "nodes">) {
     this.key = new ServerKey(join(ctx.data.root, "ssh"));
@@ -270,14 +272,15 @@ export class NodeSsh {
     return runTool(["nice", "-n", "19", ...this.argv(t, command)], {
       timeoutMs,
       group: false,
-      signal: this.#stopping.signal,
+      signal: this.stopping,
     });
   }
 
   /** Ends every ssh under way, and refuses new ones: the node's sshd decides when a session ends
-   *  (a `reboot` or a `node run` command taken and never answered), and the stop waited for the
-   *  run's deadline (HTTP answers its requests first), then left the soft reboots' ssh running
-   *  after the server, up to `reboot.soft-timeout` (an hour), or for ever once orphaned. */
+   *  (a `reboot` or a `node run` command taken and never answered, an upper trickled to
+   *  `node save` a byte a minute), and the stop waited for the run's or the save's deadline (HTTP
+   *  answers its requests first: up to an hour), then left the soft reboots' ssh running after
+   *  the server, up to `reboot.soft-timeout` (an hour), or for ever once orphaned. */
   close(): void {
     this.#stopping.abort("ssh ended: the server stops");
   }

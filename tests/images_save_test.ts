@@ -15,7 +15,7 @@ import { publish } from "../src/images/versions.ts";
 import { openBoot, recordStage } from "../src/boots.ts";
 import { committedText } from "../src/cli/imagework.ts";
 import { setLogSink } from "../src/log.ts";
-import { type PowerServer, withPowerServer } from "./support/power.ts";
+import { type PowerServer, waitFor, withPowerServer } from "./support/power.ts";
 import { type FakeNodeSshd, startSshd } from "./support/sshd.ts";
 import { manifestText, parseManifest } from "../contract/manifest.ts";
 import { scanTree } from "../src/images/walk.ts";
@@ -704,6 +704,34 @@ Deno.test("node save NODE NAME: busybox tar, a node not booted, over the size, i
         /cannot fetch the upper of n1: it took over 0.075 min/,
       );
       assert.ok(performance.now() - t0 < 8000);
+      assert.throws(() => ctx.images.get("saved"), /saved/);
+      assert.deepEqual(await dirEntries(ctx.data.tmp), []);
+    }, { tar: `${stall}/tar` });
+  } finally {
+    Deno.removeSync(stall, { recursive: true });
+  }
+});
+
+Deno.test("node save NODE NAME: a node that trickles its upper does not hold the server's stop: the save's ssh ends with the others", async () => {
+  assert.equal(Deno.uid(), 0, "needs root (overlayfs, mount namespaces)");
+  const stall = Deno.makeTempDirSync({ prefix: "nr-trickle-" });
+  // attacker: a byte every 0.2 s, never idle, for the whole save's hour (here 10 s)
+  Deno.writeTextFileSync(
+    `${stall}/tar`,
+    '#!/bin/sh\n[ "$1" = --version ] && { echo "tar (GNU tar) 1.34"; exit 0; }\n' +
+      `: > ${stall}/started\nfor i in $(seq 50); do printf x; sleep 0.2; done\n`,
+    { mode: 0o755 },
+  );
+  const big = (lower: string) =>
+    changedUpper(lower, (r) => Deno.writeTextFileSync(`${r}/big`, "x"));
+  try {
+    await withLiveNode(big, async ({ ctx }) => {
+      const saving = saveLiveNode(ctx, "n1", "saved", null);
+      await waitFor("the node's stream under way", () => existsSync(`${stall}/started`));
+      const t0 = performance.now();
+      ctx.ssh.close(); // as the server's stop does
+      await assert.rejects(saving, /cannot fetch the upper of n1: the server stops/);
+      assert.ok(performance.now() - t0 < 3000, `${Math.round(performance.now() - t0)} ms`);
       assert.throws(() => ctx.images.get("saved"), /saved/);
       assert.deepEqual(await dirEntries(ctx.data.tmp), []);
     }, { tar: `${stall}/tar` });

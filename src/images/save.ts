@@ -342,10 +342,18 @@ export async function fetchUpper(
 ): Promise<number> {
   const cannot = (why: string) => cannotFetch(node, why);
   const t = sshTarget(ctx, node);
+  if (ctx.ssh.stopping.aborted) throw cannot("the server stops");
   const [cmd, ...args] = ctx.ssh.argv(t, upperTarCommand(o.dir));
-  const child = new Deno.Command(cmd, { args, stdin: "null", stdout: "piped", stderr: "piped" })
-    .spawn();
+  // The file first: a child spawned before a failed open was left running, its pipes unread.
   const file = await Deno.open(dest, { createNew: true, write: true, mode: 0o600 });
+  let child: Deno.ChildProcess;
+  try {
+    child = new Deno.Command(cmd, { args, stdin: "null", stdout: "piped", stderr: "piped" })
+      .spawn();
+  } catch (e) {
+    file.close();
+    throw e;
+  }
   let bytes = 0;
   let stopped: string | undefined;
   const stop = (why: string) => {
@@ -354,6 +362,9 @@ export async function fetchUpper(
       child.kill("SIGKILL");
     } catch { /* gone */ }
   };
+  // The node decides when its stream ends (within the save's hour): not when the server stops.
+  const serverStops = () => stop("the server stops");
+  ctx.ssh.stopping.addEventListener("abort", serverStops);
   let idle: ReturnType<typeof setTimeout> | undefined;
   const wake = () => {
     clearTimeout(idle);
@@ -381,6 +392,7 @@ export async function fetchUpper(
   } finally {
     clearTimeout(idle);
     clearTimeout(total);
+    ctx.ssh.stopping.removeEventListener("abort", serverStops);
     file.close();
   }
   const status = await child.status;
