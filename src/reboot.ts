@@ -101,6 +101,8 @@ export class Rebooter {
   #mechanisms: RebootMechanism[] = [];
   /** The soft step (set by openContext once the context exists); none: every reboot is hard. */
   soft?: SoftReboot;
+  /** A soft-rebooted node went down (openContext: it is `booting`, under the watchdog). */
+  wentDown?: (mac: string, mechanism: string) => void;
   #following = new Set<Promise<void>>();
   #closed = false;
   /** The waits under way (sleeps, soft requests being sent), each ended early when the server
@@ -180,6 +182,7 @@ export class Rebooter {
           mechanism,
           downMs: Math.round(this.#now() - t0),
         });
+        this.wentDown?.(node.mac, mechanism);
         return;
       }
       if (this.#now() - t0 >= req.timeoutMs) break;

@@ -205,6 +205,13 @@ export async function openContext(config: ServerConfig, plugins: Plugins = {}): 
     changes,
   };
   rebooter.soft = sshSoftReboot(ctx); // soft first: ssh `reboot`, then the hard mechanism
+  // Down after a clean reboot, the node's next boot is watched as a hard reboot's is: a shutdown
+  // that hangs, or firmware that never fetches its script, sat `down` for good (the watchdog
+  // watches `booting` nodes). A node the soft step found booting already, or turned off, stays.
+  rebooter.wentDown = (mac, mechanism) =>
+    void nodes.setState(mac, "booting", `clean reboot (${mechanism}): down, no boot script yet`, {
+      from: ["booted", "down"],
+    });
   registerPowerReboots(ctx); // before vnodes' QMP reset: an explicit power.driver wins
   return ctx;
 }

@@ -175,8 +175,13 @@ Deno.test("soft reboot: `reboot` runs on the node over ssh; it goes down; no har
     assert.equal(done?.detail.cause, "test");
     assert.ok(events.some((e) => e.kind === "reboot.requested" && e.detail.mechanism === "ssh"));
     assert.deepEqual(hard, [], "not escalated");
+    // Down, its next boot is watched as a hard reboot's.
+    assert.match(ctx.nodes.get("na").stateReason ?? "", /^clean reboot \(ssh\): down/);
+    assert.equal(ctx.nodes.get("na").state, "booting");
 
-    // Now its port is closed (an image without sshd): straight to hard, and the event says why.
+    // Taken for booted again with its port closed (an image without sshd): straight to hard, and
+    // the event says why.
+    ctx.nodes.setState("02:00:00:00:77:01", "booted", "port 22 answered");
     await call("POST", "/nodes/na/reboot", { cause: "again" });
     await ctx.rebooter.settled();
     assert.deepEqual(hard, ["na"]);

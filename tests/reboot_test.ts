@@ -210,3 +210,41 @@ Deno.test("reboot: a soft reboot leaves nothing behind once it ends (the server 
   console.log(`soft reboot of 20 checks: ${perReboot} bytes retained`);
   assert.ok(perReboot < 200, `each soft reboot (20 checks) kept ${perReboot} bytes`);
 });
+
+Deno.test("reboot: a node down after a clean reboot that never boots again is watched: the watchdog reboots it hard", () =>
+  withCtx(async (ctx) => {
+    const hard: { name: string; cause: string }[] = [];
+    ctx.rebooter.register({
+      name: "plug",
+      handles: () => true,
+      reboot: (n, cause) => (hard.push({ name: n.name, cause }), Promise.resolve()),
+    });
+    ctx.nodes.configure("n1", { ip: "10.9.0.1" });
+    ctx.nodes.setState(mac, "booted", "port 22 answered");
+    // The node takes `reboot`, closes its port, and hangs on its way down (or its firmware never
+    // fetches a script): nothing of it is heard again.
+    ctx.rebooter.soft = { name: "ssh", request: () => delivered(30_000, 0) };
+    await ctx.rebooter.reboot(ctx.nodes.get("n1"), "deploy");
+    await ctx.rebooter.settled();
+    assert.equal(ctx.nodes.get("n1").state, "booting");
+    assert.match(ctx.nodes.get("n1").stateReason ?? "", /^clean reboot \(ssh\): down/);
+    let t = Date.now();
+    const monitor = new NodeMonitor(ctx, { now: () => t, probe: () => Promise.resolve(false) });
+    t += 181_000; // past boot.timeout (180 s)
+    await monitor.tick();
+    await ctx.rebooter.settled();
+    assert.equal(hard.length, 1, "rebooted hard by the watchdog");
+    assert.match(hard[0].cause, /^watchdog: no progress for 180 s/);
+    // A node turned off meanwhile is left off.
+    ctx.nodes.setState(mac, "booted", "port 22 answered");
+    ctx.rebooter.soft = {
+      name: "ssh",
+      request: () => {
+        ctx.nodes.setState(mac, "off", "powered off by hand");
+        return delivered(30_000, 0);
+      },
+    };
+    await ctx.rebooter.reboot(ctx.nodes.get("n1"), "deploy");
+    await ctx.rebooter.settled();
+    assert.equal(ctx.nodes.get("n1").state, "off");
+  }));
