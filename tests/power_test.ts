@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { powerCommandDir, splitCommandLine } from "../src/power/command.ts";
-import type { PowerTarget } from "../src/power/driver.ts";
+import { type PowerTarget, runTool } from "../src/power/driver.ts";
 import { ipmiDriver } from "../src/power/ipmi.ts";
 import { livePid, sleep, withPowerServer } from "./support/power.ts";
 
@@ -330,4 +330,11 @@ Deno.test("ipmi driver: what ipmitool says of a failure is kept to 300 character
     Deno.env.set("PATH", path);
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("runTool: a tool run under nice is named in its timeout, not nice", async () => {
+  await assert.rejects(
+    runTool(["nice", "-n", "19", "sleep", "5"], { timeoutMs: 200, group: false }),
+    /^PowerError: sleep did not finish within 0.2 s/,
+  );
 });

@@ -178,6 +178,8 @@ export async function runTool(
   },
 ): Promise<ToolResult> {
   const group = opts.group ?? true;
+  // The tool a `nice -n N` runs is the one to name (ssh's timeouts were said as nice's).
+  const tool = argv[0] === "nice" && argv[1] === "-n" ? argv[3] : argv[0];
   if (opts.signal?.aborted) throw new UserError(`${opts.signal.reason}`, 503);
   let child: Deno.ChildProcess;
   try {
@@ -232,7 +234,7 @@ export async function runTool(
     signal("SIGKILL"); // whatever the tool left behind in its group
     const said = firstLine(stderr);
     throw new PowerError(
-      `${argv[0]} did not finish within ${opts.timeoutMs / 1000} s${said ? ` (${said})` : ""}`,
+      `${tool} did not finish within ${opts.timeoutMs / 1000} s${said ? ` (${said})` : ""}`,
     );
   }
   return { code: st.code, stdout, stderr };
