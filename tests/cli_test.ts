@@ -415,11 +415,7 @@ Deno.test({
     Deno.writeTextFileSync(join(dir, "token"), `${"5a".repeat(32)}\n`, { mode: 0o600 });
     const squatter = new Deno.Command("setpriv", {
       args: [
-        "--reuid=nobody",
-        "--regid=nogroup",
-        "--clear-groups",
-        "/usr/bin/python3",
-        "-c",
+        ...pythonAsNobody,
         `import socket, sys
 s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(1)
 print(s.getsockname()[1], flush=True)
@@ -457,17 +453,22 @@ c.sendall(b"HTTP/1.1 200 OK\\r\\ncontent-length: 2\\r\\n\\r\\n[]")`,
   },
 });
 
+/** setpriv's arguments for a Python program (the next argument) run as user nobody. */
+const pythonAsNobody = [
+  "--reuid=nobody",
+  "--regid=nogroup",
+  "--clear-groups",
+  "/usr/bin/python3",
+  "-c",
+];
+
 /** User nobody listening on every address, IPv4 and IPv6, of a free port (as any user may while
  *  netroot is stopped or on another port): `serve` is the Python loop over the accepted
  *  connections (socket s, what it hears printed); `heard()` ends it and gives what it heard. */
 async function listenAsNobody(serve: string) {
   const listener = new Deno.Command("setpriv", {
     args: [
-      "--reuid=nobody",
-      "--regid=nogroup",
-      "--clear-groups",
-      "/usr/bin/python3",
-      "-c",
+      ...pythonAsNobody,
       `import socket, struct
 s = socket.socket(socket.AF_INET6); s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
 s.bind(("::", 0)); s.listen(8); print(s.getsockname()[1], flush=True)

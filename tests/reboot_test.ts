@@ -53,6 +53,17 @@ const reboots = (ctx: Context) =>
     ...e.detail,
   } as Record<string, unknown>));
 
+/** The hard reboots of the server's own Rebooter, through a fake plug registered on it. */
+function plugged(ctx: Context): { name: string; cause: string }[] {
+  const hard: { name: string; cause: string }[] = [];
+  ctx.rebooter.register({
+    name: "plug",
+    handles: () => true,
+    reboot: (n, cause) => (hard.push({ name: n.name, cause }), Promise.resolve()),
+  });
+  return hard;
+}
+
 /** A soft request that is delivered and goes down after `downAfter` checks. */
 function delivered(timeoutMs: number, downAfter: number): SoftRequest {
   let checks = 0;
@@ -161,12 +172,7 @@ Deno.test("settings: reboot.soft-timeout and node.down.action are checked", () =
 
 Deno.test("node.down.action=reboot: a booted node that stops answering is rebooted hard", () =>
   withCtx(async (ctx) => {
-    const hard: { name: string; cause: string }[] = [];
-    ctx.rebooter.register({
-      name: "plug",
-      handles: () => true,
-      reboot: (n, cause) => (hard.push({ name: n.name, cause }), Promise.resolve()),
-    });
+    const hard = plugged(ctx);
     ctx.rebooter.soft = { name: "ssh", request: () => assert.fail("unreachable: no soft step") };
     ctx.nodes.add("02:00:00:00:5f:02", { name: "n2" });
     for (const n of ["n1", "n2"]) {
@@ -213,12 +219,7 @@ Deno.test("reboot: a soft reboot leaves nothing behind once it ends (the server 
 
 Deno.test("reboot: a node down after a clean reboot that never boots again is watched: the watchdog reboots it hard", () =>
   withCtx(async (ctx) => {
-    const hard: { name: string; cause: string }[] = [];
-    ctx.rebooter.register({
-      name: "plug",
-      handles: () => true,
-      reboot: (n, cause) => (hard.push({ name: n.name, cause }), Promise.resolve()),
-    });
+    const hard = plugged(ctx);
     ctx.nodes.configure("n1", { ip: "10.9.0.1" });
     ctx.nodes.setState(mac, "booted", "port 22 answered");
     // The node takes `reboot`, closes its port, and hangs on its way down (or its firmware never
