@@ -380,3 +380,41 @@ Deno.test("an ARP flood while a DECLINE's address is asked about: the question r
   assert.ok(ms < 30_000, `the question took ${Math.round(ms)} ms of a 60 s wait`);
   assert.equal(answers.length, reads / 2, "each flooding MAC that claimed the address, once");
 });
+
+Deno.test("an exhausted pool: a node whose fixed address moved takes its new one at its next DISCOVER, and its old lease's address is offered at once", async () => {
+  const now = Date.parse("2026-01-01T00:00:00Z");
+  await withResponder(
+    { serverIp: SERVER, range: { start: "10.87.0.10", end: "10.87.0.12" } },
+    (r, ctx) => {
+      let xid = 1;
+      const ask = (
+        i: number,
+        type: MessageType,
+        extra: Parameters<typeof clientPacket>[3] = {},
+      ) => {
+        const p = clientPacket({ mac: macFor(i), kind: "linux" }, xid++, type, extra);
+        const reply = r.handle(encode(p), { port: 67, from });
+        return reply && decode(reply.bytes);
+      };
+      const offered = (i: number) => ask(i, MessageType.Discover)?.yiaddr ?? null;
+      const lease = (i: number) => {
+        const ip = offered(i)!;
+        assert.equal(
+          ask(i, MessageType.Request, { serverId: SERVER, requestedIp: ip })?.yiaddr,
+          ip,
+        );
+        return ip;
+      };
+      const leased = [1, 2, 3].map(lease);
+      const node = [...macFor(1)].map((b) => b.toString(16).padStart(2, "0")).join(":");
+      // The admin fixes node 1 off the range (on its subnet); the pool is still full (its lease holds its address).
+      ctx.nodes.configure(node, { ip: "10.87.0.200" });
+      assert.equal(offered(50), null, "exhausted");
+      // Node 1 reboots (a node does not RELEASE): it is offered its fixed address.
+      assert.equal(offered(1), "10.87.0.200");
+      // Its old lease's address is free: the next client gets it, not an hour later.
+      assert.equal(offered(51), leased[0]);
+    },
+    () => now,
+  );
+});

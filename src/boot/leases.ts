@@ -44,10 +44,9 @@ export class LeaseStore implements Leases {
   private cursor: number;
   /** The range had no free address at the last scan: it stays so until `until` (the next expiry
    *  of a lease, offer or parked address) unless a release or the registry's addresses (`epoch`:
-   *  a node forgotten or its address changed) free one first; a client's row that moves leaves
-   *  an address some node's reservation holds (else it was free). A new store (a config reload)
-   *  starts without it. With a parked pool each DISCOVER scanned the whole range (4,085
-   *  addresses: 4,085 lookups, 15 ms; a /16 is 16 times that). */
+   *  a node forgotten or its address changed) or a client's row that moves (put) free one
+   *  first. A new store (a config reload) starts without it. With a parked pool each DISCOVER
+   *  scanned the whole range (4,085 addresses: 4,085 lookups, 15 ms; a /16 is 16 times that). */
   private exhausted?: { until: number; epoch: number };
 
   constructor(
@@ -164,6 +163,11 @@ export class LeaseStore implements Leases {
   }
 
   private put(mac: string, ip: string, expiresAt: number, state: Lease["state"]): void {
+    // A client's row that moves frees the address it held: a node whose fixed address the
+    // admin moved takes the new one at its next DISCOVER (a node reboots, it does not RELEASE),
+    // and its old lease's address stayed unoffered until the pool's next expiry (an hour).
+    const held = this.exhausted && this.get(mac)?.ip;
+    if (held && held !== ip) this.exhausted = undefined;
     // The address may still sit in an expired row of another client (ip is UNIQUE).
     this.sql("DELETE FROM leases WHERE ip = ? AND mac <> ?").run(ip, mac);
     this.sql(
