@@ -348,16 +348,27 @@ export class DhcpResponder {
    *  a DECLINE gets no reply. One question per address, MAX_DECLINE_CHECKS in all at a time:
    *  each holds a packet socket for DECLINE_PROBE_MS, which sees every ARP reply on the link;
    *  DECLINEs forged for every lease held one each at once (and a question that cannot be asked,
-   *  descriptors run out, lets its DECLINE stand). Past it a DECLINE is ignored: a client that
-   *  really found its address taken declines it again. */
+   *  descriptors run out, let its DECLINE stand). Past it a DECLINE is ignored: a client that
+   *  really found its address taken declines it again. So is one whose question found no answer
+   *  (the link flooded with ARP replies, the interface gone): taken as "nobody answers", a flood
+   *  hid the node's own reply to a DECLINE forged with its MAC, and its address moved. */
   private checkDecline(mac: string, ip: string): void {
     if (this.declines.has(ip)) return;
     if (this.declines.size >= MAX_DECLINE_CHECKS) {
       this.notice("dhcp.decline-ignored", "DECLINE ignored: too many being checked", { mac, ip });
       return;
     }
-    const apply = (answers: string[]) => {
+    const apply = (answers: string[] | Error) => {
       this.booter.transaction(() => {
+        if (answers instanceof Error) {
+          log.warn("DECLINE refused: who answers at the address is not known", {
+            mac,
+            ip,
+            error: answers,
+          });
+          this.event(mac, "dhcp.decline-refused", { ip, unanswered: answers.message });
+          return;
+        }
         if (answers.includes(mac)) {
           log.warn("DECLINE refused: the declining client answers at the address itself", {
             mac,
@@ -373,11 +384,7 @@ export class DhcpResponder {
       });
     };
     const asked = this.whoAnswers(ip)
-      .catch((e) => {
-        // Unknown is no answer: the client's word stands, as it did before the question.
-        log.warn("cannot ask who answers at a declined address", { ip, error: e });
-        return [];
-      })
+      .catch((e) => e instanceof Error ? e : new Error(String(e)))
       .then(apply)
       .catch((e) => log.error("DECLINE failed", { mac, ip, error: e }))
       .finally(() => this.declines.delete(ip));

@@ -10,6 +10,7 @@ const AF_PACKET = 17, SOCK_DGRAM = 2, SOCK_CLOEXEC = 0o2000000;
 const ETH_P_ARP = 0x0806, ARPHRD_ETHER = 1, ETH_P_IP = 0x0800;
 const ARPOP_REQUEST = 1, ARPOP_REPLY = 2;
 const MSG_DONTWAIT = 0x40;
+const SOL_PACKET = 263, PACKET_STATISTICS = 6;
 const READS_PER_TURN = 64, MAX_READS = 4096;
 
 let lib: ReturnType<typeof load> | undefined;
@@ -23,6 +24,7 @@ function load() {
         result: "isize",
       },
       recv: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },
+      getsockopt: { parameters: ["i32", "i32", "i32", "buffer", "buffer"], result: "i32" },
       close: { parameters: ["i32"], result: "i32" },
     } as const,
   ).symbols;
@@ -72,14 +74,29 @@ export async function arpAnswers(
     check("bind", libc().bind(fd, here, here.length), device);
     const to = sockaddrLl(ifindex, new Uint8Array(6).fill(0xff));
     check("sendto", libc().sendto(fd, request, 28n, 0, to, to.length), `ARP ${ip}`);
-    return await collectAnswers(
+    const answers = await collectAnswers(
       (buf) => Number(libc().recv(fd, buf, BigInt(buf.length), MSG_DONTWAIT)),
       ip,
       waitMs,
     );
+    // A flood faster than the reads fills the socket's buffer: the kernel drops what comes
+    // next, the answer that matters maybe among them.
+    const dropped = droppedFrames(fd);
+    if (dropped) throw new Error(`ARP flood: ${dropped} frames dropped, not read`);
+    return answers;
   } finally {
     libc().close(fd);
   }
+}
+
+/** The frames the kernel dropped for want of room in the socket's buffer (struct tpacket_stats's
+ *  tp_drops), since the socket was made. */
+function droppedFrames(fd: number): number {
+  const stats = new Uint8Array(8);
+  const len = new Uint8Array(4);
+  new DataView(len.buffer).setUint32(0, stats.length, true);
+  check("getsockopt", libc().getsockopt(fd, SOL_PACKET, PACKET_STATISTICS, stats, len));
+  return new DataView(stats.buffer).getUint32(4, true);
 }
 
 /**
@@ -88,7 +105,9 @@ export async function arpAnswers(
  * they came. Polled: a packet socket has no shutdown() to wake a blocked read, and a few hundred ms
  * of 20 ms polls cost nothing. Every ARP reply on the link comes here: a link flooded with them
  * must not keep the server's thread in this loop (the event loop gets its turn every
- * READS_PER_TURN frames), nor for more than MAX_READS of them (the answers so far are the answer).
+ * READS_PER_TURN frames), nor for more than MAX_READS of them. Past MAX_READS there is no answer
+ * (an error): the replies not read may hold the one that matters, and "nobody answered" taken from
+ * the answers so far let a flood hide a node's own reply to a DECLINE forged with its MAC.
  */
 export async function collectAnswers(
   recv: (buf: Uint8Array<ArrayBuffer>) => number,
@@ -99,8 +118,12 @@ export async function collectAnswers(
   const buf = new Uint8Array(64);
   const r = new DataView(buf.buffer);
   const want = ipv4Bytes(ip);
-  const end = performance.now() + waitMs;
-  for (let reads = 0; performance.now() < end && reads < MAX_READS;) {
+  const started = performance.now(), end = started + waitMs;
+  for (let reads = 0; performance.now() < end;) {
+    if (reads === MAX_READS) {
+      const ms = Math.round(performance.now() - started);
+      throw new Error(`ARP flood: ${MAX_READS} frames in ${ms} ms, the rest not read`);
+    }
     const n = recv(buf);
     if (n < 0) {
       await new Promise((r) => setTimeout(r, 20));
