@@ -8,13 +8,14 @@ import { MNT_DETACH, mount, umount } from "../src/linux/mount.ts";
 import { statvfs } from "../src/linux/fsops.ts";
 import { UserError } from "../src/errors.ts";
 import { removeXattr, setXattr } from "../src/linux/xattr.ts";
-import { NodeRegistry } from "../src/nodes.ts";
+import { type NodeInfo, NodeRegistry } from "../src/nodes.ts";
 import { Rebooter } from "../src/reboot.ts";
-import { saveLiveNode, saveNode } from "../src/images/save.ts";
+import { fetchUpper, saveLiveNode, saveNode } from "../src/images/save.ts";
 import { publish } from "../src/images/versions.ts";
 import { openBoot, recordStage } from "../src/boots.ts";
 import { committedText } from "../src/cli/imagework.ts";
 import { setLogSink } from "../src/log.ts";
+import type { Context } from "../src/context.ts";
 import { type PowerServer, waitFor, withPowerServer } from "./support/power.ts";
 import { type FakeNodeSshd, startSshd } from "./support/sshd.ts";
 import { manifestText, parseManifest } from "../contract/manifest.ts";
@@ -737,6 +738,37 @@ Deno.test("node save NODE NAME: a node that trickles its upper does not hold the
     }, { tar: `${stall}/tar` });
   } finally {
     Deno.removeSync(stall, { recursive: true });
+  }
+});
+
+Deno.test("node save: the server's stop while the stream is being set up still ends the node's ssh", async () => {
+  // The stop lands while the tarball's file is opened, the ssh not yet spawned: its listener,
+  // added after the stop, never heard it, and the node held the stop for the save's hour.
+  const dir = Deno.makeTempDirSync({ prefix: "nr-fetchstop-" });
+  const stopping = new AbortController();
+  const ssh = {
+    stopping: stopping.signal,
+    key: { publicKey: () => "" },
+    target: () => ({ ip: "10.0.0.2", port: 22 }),
+    // attacker: the node sends its stream late (here 3 s; within the save's hour)
+    argv: () => ["sh", "-c", `: > ${dir}/started; sleep 3; printf x`],
+  };
+  const node = { name: "n1", state: "booted", stateReason: "port 22 answered" } as NodeInfo;
+  try {
+    const t0 = performance.now();
+    const fetching = fetchUpper({ ssh } as unknown as Pick<Context, "ssh">, node, `${dir}/t`, {
+      limitBytes: 1 << 20,
+      idleMs: 60_000,
+      totalMs: 60_000,
+      dir: "/",
+      cmdline: "/proc/cmdline",
+    });
+    stopping.abort("ssh ended: the server stops"); // as NodeSsh.close does
+    await assert.rejects(fetching, /cannot fetch the upper of n1: the server stops/);
+    assert.ok(performance.now() - t0 < 2000, `${Math.round(performance.now() - t0)} ms`);
+    assert.ok(!existsSync(`${dir}/started`), "no ssh started after the stop");
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
   }
 });
 

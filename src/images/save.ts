@@ -342,12 +342,14 @@ export async function fetchUpper(
 ): Promise<number> {
   const cannot = (why: string) => cannotFetch(node, why);
   const t = sshTarget(ctx, node);
-  if (ctx.ssh.stopping.aborted) throw cannot("the server stops");
   const [cmd, ...args] = ctx.ssh.argv(t, upperTarCommand(o.dir));
   // The file first: a child spawned before a failed open was left running, its pipes unread.
   const file = await Deno.open(dest, { createNew: true, write: true, mode: 0o600 });
   let child: Deno.ChildProcess;
   try {
+    // Asked after the open, from here to the listener below without a turn of the event loop:
+    // a stop during the open went unheard, and the node held it for the save's hour.
+    if (ctx.ssh.stopping.aborted) throw cannot("the server stops");
     child = new Deno.Command(cmd, { args, stdin: "null", stdout: "piped", stderr: "piped" })
       .spawn();
   } catch (e) {
