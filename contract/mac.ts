@@ -13,6 +13,11 @@ export function isMac(input: string): boolean {
   return /^[0-9a-fA-F]{2}([:\-]?[0-9a-fA-F]{2}){5}$/.test(input.trim());
 }
 
+/** The 6 bytes of a colon-separated MAC (a canonical one, or the kernel's). */
+export function macToBytes(mac: string): Uint8Array<ArrayBuffer> {
+  return new Uint8Array(mac.split(":").map((h) => parseInt(h, 16)));
+}
+
 export function macFromBytes(b: Uint8Array): string {
   return Array.from(b.subarray(0, 6), (x) => x.toString(16).padStart(2, "0")).join(":");
 }

@@ -4,6 +4,7 @@
 // as a default router; the on-link /64 prefixes of the interface are announced for SLAAC.
 import { logger } from "../src/log.ts";
 import { Icmp6Socket, ipv6Bytes } from "../src/linux/udp.ts";
+import { macToBytes } from "../contract/mac.ts";
 
 const log = logger("ra");
 const ROUTER_SOLICITATION = 133, ROUTER_ADVERTISEMENT = 134;
@@ -73,7 +74,7 @@ export function interfacePrefixes(name: string): { prefixes: Prefix[]; mac?: Uin
     }
   }
   const mac = all[0]?.mac && all[0].mac !== "00:00:00:00:00:00"
-    ? new Uint8Array(all[0].mac.split(":").map((h) => parseInt(h, 16)))
+    ? macToBytes(all[0].mac)
     : undefined;
   return { prefixes, mac };
 }

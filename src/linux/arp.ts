@@ -2,6 +2,7 @@
 // kernel's neighbour table cannot say: netroot pins node addresses there as permanent entries
 // (src/boot/pins.ts), and the kernel never resolves a pinned address again, whoever holds it.
 import { ipv4Bytes } from "../../contract/ipv4.ts";
+import { macFromBytes, macToBytes } from "../../contract/mac.ts";
 import { check, openLibc } from "./libc.ts";
 import { hardwareAddress } from "./netif.ts";
 import { ifIndex } from "./udp.ts";
@@ -46,9 +47,6 @@ function sockaddrLl(ifindex: number, mac?: Uint8Array): Uint8Array<ArrayBuffer> 
   return b;
 }
 
-const macBytes = (mac: string) => new Uint8Array(mac.split(":").map((h) => parseInt(h, 16)));
-const macText = (b: Uint8Array) => [...b].map((x) => x.toString(16).padStart(2, "0")).join(":");
-
 /** The MACs that answer an ARP request for `ip` sent from `device` (as `from`, our address
  *  there) within `waitMs`, each once, in the order they answered. */
 export async function arpAnswers(
@@ -65,7 +63,7 @@ export async function arpAnswers(
   request[4] = 6;
   request[5] = 4;
   v.setUint16(6, ARPOP_REQUEST);
-  request.set(macBytes(hardwareAddress(device)), 8);
+  request.set(macToBytes(hardwareAddress(device)), 8);
   request.set(ipv4Bytes(from), 14);
   request.set(ipv4Bytes(ip), 24);
   const fd = check("socket", libc().socket(AF_PACKET, SOCK_DGRAM | SOCK_CLOEXEC, htons(ETH_P_ARP)));
@@ -132,7 +130,7 @@ export async function collectAnswers(
     if (++reads % READS_PER_TURN === 0) await new Promise((r) => setTimeout(r, 0));
     if (n < 28 || r.getUint16(6) !== ARPOP_REPLY || r.getUint16(2) !== ETH_P_IP) continue;
     if (!want.every((b, i) => buf[14 + i] === b)) continue;
-    const mac = macText(buf.subarray(8, 14));
+    const mac = macFromBytes(buf.subarray(8, 14));
     if (!answers.includes(mac)) answers.push(mac);
   }
   return answers;
