@@ -833,3 +833,65 @@ Deno.test("netroot image import of a hostile archive: exit 1, one line naming th
     await t.close();
   }
 });
+
+Deno.test("an OCI archive's blobs and its layers' files (256 MiB of holes each, 1 KB gzipped) are not read on the server's thread", async () => {
+  // The blobs' digests, and the digests of the tree's files once the layers were applied, were
+  // computed with synchronous reads on the server's only thread, and their sizes are the
+  // author's: 8 GiB of holes (581 bytes gzipped, within the free space) held it 32 s, DHCP, TFTP
+  // and HTTP with it.
+  const t = await tempStore();
+  const readSync = Deno.FsFile.prototype.readSync;
+  let readOnThread = 0;
+  Deno.FsFile.prototype.readSync = function (this: Deno.FsFile, p: Uint8Array) {
+    const n = readSync.call(this, p);
+    readOnThread += n ?? 0;
+    return n;
+  };
+  try {
+    const lay = `${t.dir}/oci`;
+    const blobs = `${lay}/blobs/sha256`;
+    Deno.mkdirSync(blobs, { recursive: true });
+    /** A blob of `mib` MiB of holes (a layer of zeros is an empty tar) under its digest. */
+    const holes = (mib: number) => {
+      sh("truncate", "-s", `${mib}M`, `${blobs}/x`);
+      const digest = sh("sha256sum", `${blobs}/x`).split(" ")[0];
+      Deno.renameSync(`${blobs}/x`, `${blobs}/${digest}`);
+      return { digest: `sha256:${digest}`, size: mib << 20 };
+    };
+    /** A layer holding one file of `mib` MiB of holes (kept sparse by GNU tar). */
+    const sparseFile = (mib: number) => {
+      Deno.mkdirSync(`${t.dir}/l`);
+      sh("truncate", "-s", `${mib}M`, `${t.dir}/l/big`);
+      sh("tar", "--sparse", "-C", `${t.dir}/l`, "-cf", `${blobs}/x`, "big");
+      const digest = sh("sha256sum", `${blobs}/x`).split(" ")[0];
+      Deno.renameSync(`${blobs}/x`, `${blobs}/${digest}`);
+      return { digest: `sha256:${digest}`, size: Deno.statSync(`${blobs}/${digest}`).size };
+    };
+    const manifest = enc.encode(JSON.stringify({
+      schemaVersion: 2,
+      config: { mediaType: "application/vnd.oci.image.config.v1+json", ...holes(256) },
+      layers: [holes(256), sparseFile(256)].map((l) => ({
+        mediaType: "application/vnd.oci.image.layer.v1.tar",
+        ...l,
+      })),
+    }));
+    Deno.writeFileSync(`${blobs}/${sha(manifest)}`, manifest);
+    Deno.writeTextFileSync(
+      `${lay}/index.json`,
+      JSON.stringify({
+        schemaVersion: 2,
+        manifests: [{ digest: `sha256:${sha(manifest)}`, size: manifest.length }],
+      }),
+    );
+    Deno.writeTextFileSync(`${lay}/oci-layout`, '{"imageLayoutVersion":"1.0.0"}');
+    sh("tar", "--sparse", "-C", lay, "-czf", `${lay}.tar.gz`, ".");
+    Deno.removeSync(lay, { recursive: true });
+    readOnThread = 0;
+    const img = await t.store.import(`${lay}.tar.gz`, "holes");
+    assert.equal(Deno.statSync(`${t.data.rootfs(img.id)}/big`).size, 256 << 20);
+    assert.ok(readOnThread < 1 << 20, `${readOnThread} bytes read on the server's thread`);
+  } finally {
+    Deno.FsFile.prototype.readSync = readSync;
+    await t.close();
+  }
+});

@@ -26,7 +26,8 @@ import {
   runDrained,
   sniff,
 } from "./tar.ts";
-import { type CachedHash, hashFileSync, manifestOfWritten, type Progress } from "./walk.ts";
+import { type CachedHash, manifestOfWritten, type Progress } from "./walk.ts";
+import { hashFile } from "./sha256.ts";
 import type { ManifestEntry } from "../../contract/manifest.ts";
 
 export interface Unpacked {
@@ -276,13 +277,14 @@ async function readJson(path: string, ref: string, what: string): Promise<unknow
   }
 }
 
-/** A blob the image needs: present (a regular file inside the archive) and matching its digest. */
-function blob(dir: string, digest: unknown, what: string, role: string): string {
+/** A blob the image needs: present (a regular file inside the archive) and matching its digest
+ *  (hashed off the server's thread: its size is the author's). */
+async function blob(dir: string, digest: unknown, what: string, role: string): Promise<string> {
   const m = /^(sha256|sha512):([0-9a-f]+)$/.exec(typeof digest === "string" ? digest : "");
   if (!m) throw new UserError(`corrupt image archive ${what}: bad digest ${digest}`);
   const path = archiveFile(dir, `blobs/${m[1]}/${m[2]}`, what);
   if (!path) throw new UserError(`corrupt image archive ${what}: ${role} ${digest} is missing`);
-  if (hashFileSync(path, m[1]) !== m[2]) {
+  if (await hashFile(path, m[1]) !== m[2]) {
     throw new UserError(
       `corrupt image archive ${what}: ${role} ${digest} does not match its digest`,
     );
@@ -349,7 +351,11 @@ async function imageLayout(dir: string, what: string): Promise<Layout | undefine
           : `corrupt image archive ${what}: index.json lists no image`,
       );
     }
-    const doc = await readJson(blob(dir, pick.digest, what, "manifest"), pick.digest, what) as {
+    const doc = await readJson(
+      await blob(dir, pick.digest, what, "manifest"),
+      pick.digest,
+      what,
+    ) as {
       manifests?: Descriptor[];
       config?: Descriptor;
       layers?: Descriptor[];
@@ -361,7 +367,7 @@ async function imageLayout(dir: string, what: string): Promise<Layout | undefine
     if (!Array.isArray(doc.layers)) {
       throw new UserError(`corrupt image archive ${what}: manifest ${pick.digest} has no layers`);
     }
-    blob(dir, doc.config?.digest, what, "config");
+    await blob(dir, doc.config?.digest, what, "config");
     return {
       kind: "oci",
       layers: doc.layers.map((l) => {
@@ -513,7 +519,7 @@ async function applyLayers(
     onProgress?.({ phase: "layers", done: i, total: n });
     if (!layer.path) throw new UserError(`corrupt image archive ${what}: ${lw} is missing`);
     const m = /^(sha256|sha512):([0-9a-f]+)$/.exec(layer.digest ?? "");
-    if (m && hashFileSync(layer.path, m[1]) !== m[2]) {
+    if (m && await hashFile(layer.path, m[1]) !== m[2]) {
       throw new UserError(`corrupt image archive ${what}: ${lw} does not match its digest`);
     }
     const listing = await listMembers(layer.path, lw, { signal, room: roomIn(rootfs) });

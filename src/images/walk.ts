@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { UserError } from "../errors.ts";
 import { compareBytes, type EntryType, type ManifestEntry } from "../../contract/manifest.ts";
 import { listXattrs } from "../linux/xattr.ts";
+import { hashFile } from "./sha256.ts";
 
 /** A digest computed while the file was being extracted; used only if the file is unchanged. */
 export interface CachedHash {
@@ -18,6 +19,9 @@ export interface CachedHash {
 export type Progress = (p: { phase: string; done: number; total?: number }) => void;
 
 const buf = new Uint8Array(1 << 20);
+
+/** Files from this size on are hashed by hashFile (async reads, libcrypto on another thread). */
+const OFF_THREAD = 4 << 20;
 
 /** sha256 (or `algorithm`) hex of a file's content, read synchronously in 1 MiB chunks. */
 export function hashFileSync(path: string, algorithm = "sha256"): string {
@@ -192,7 +196,9 @@ async function resolve(
   let done = 0;
   if (toHash.length) opts.onProgress?.({ phase: "hash", done, total });
   for (const r of toHash) {
-    r.entry.sha256 = hashFileSync(r.full);
+    // A large file is read and hashed off the server's thread: a layer's file (its size the
+    // author's, 8 GiB of holes in a 1 KB archive) held it the whole file through.
+    r.entry.sha256 = r.entry.size >= OFF_THREAD ? await hashFile(r.full) : hashFileSync(r.full);
     done += r.entry.size;
     if (performance.now() - last > 50) {
       opts.onProgress?.({ phase: "hash", done, total });
