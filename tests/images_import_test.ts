@@ -470,3 +470,52 @@ Deno.test("import: an archive of more members than an import keeps state for is 
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("import: a blob of 512 MiB in an uncompressed image archive is written with turns of the server's thread between its chunks", async () => {
+  // Our reader reads an uncompressed archive synchronously, and turned the event loop between
+  // members only (or while a file's digest was computed on another thread; an image archive's
+  // blobs are not hashed as files): a layer of 1 GiB held the server's thread 2.4 s (DHCP, TFTP,
+  // HTTP with it), and the import could not be cancelled before its end.
+  const t = await tempStore();
+  try {
+    const lay = `${t.dir}/oci`, blobs = `${lay}/blobs/sha256`;
+    Deno.mkdirSync(blobs, { recursive: true });
+    const blob = (bytes: Uint8Array) => {
+      const digest = createHash("sha256").update(bytes).digest("hex");
+      Deno.writeFileSync(`${blobs}/${digest}`, bytes);
+      return { digest: `sha256:${digest}`, size: bytes.length };
+    };
+    // A layer of zeros: an empty tar, stored in full (not --sparse) in the archive.
+    const layer = blob(new Uint8Array(512 << 20));
+    const manifest = blob(new TextEncoder().encode(JSON.stringify({
+      schemaVersion: 2,
+      config: blob(new TextEncoder().encode("{}")),
+      layers: [{ mediaType: "application/vnd.oci.image.layer.v1.tar", ...layer }],
+    })));
+    Deno.writeTextFileSync(`${lay}/index.json`, JSON.stringify({ manifests: [manifest] }));
+    Deno.writeTextFileSync(`${lay}/oci-layout`, '{"imageLayoutVersion":"1.0.0"}');
+    sh("tar", "-C", lay, "-cf", `${lay}.tar`, ".");
+    Deno.removeSync(lay, { recursive: true });
+    // Reads of the archive (4 MiB each) between two turns of the event loop, at most.
+    const readSync = Deno.FsFile.prototype.readSync;
+    let reads = 0, most = 0;
+    Deno.FsFile.prototype.readSync = function (this: Deno.FsFile, p: Uint8Array) {
+      reads++;
+      return readSync.call(this, p);
+    };
+    const timer = setInterval(() => {
+      most = Math.max(most, reads);
+      reads = 0;
+    }, 0);
+    try {
+      await t.store.import(`${lay}.tar`, "big");
+    } finally {
+      clearInterval(timer);
+      Deno.FsFile.prototype.readSync = readSync;
+    }
+    // 64 MiB between turns: 16 reads (before: the whole blob, 128 reads and more)
+    assert.ok(most <= 32, `${most} reads of the archive without a turn of the event loop`);
+  } finally {
+    await t.close();
+  }
+});
