@@ -649,3 +649,28 @@ sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))`,
     await t.close();
   }
 });
+
+Deno.test("a commit whose upper holds a file of 256 MiB of holes (a RUN's, a shell's) does not read it on the server's thread", async () => {
+  // The upper's files were hashed with synchronous reads on the server's only thread at the
+  // commit, and their size is whatever the image's shell or a Buildfile's RUN made (`truncate -s
+  // 8G`: the hash that held the thread 32 s for 8 GiB of holes at an import).
+  const { t } = await setup();
+  const readSync = Deno.FsFile.prototype.readSync;
+  let readOnThread = 0;
+  try {
+    const s = await t.store.sessions.open("bb");
+    sh("truncate", "-s", "256M", `${s.merged}/opt/big`);
+    Deno.FsFile.prototype.readSync = function (this: Deno.FsFile, p: Uint8Array) {
+      const n = readSync.call(this, p);
+      readOnThread += n ?? 0;
+      return n;
+    };
+    const v = await t.store.sessions.commit(s.id, { madeBy: "shell", command: "test" });
+    Deno.FsFile.prototype.readSync = readSync;
+    assert.equal(manifestOf(t, v.id).get("/opt/big")?.size, 256 << 20);
+    assert.ok(readOnThread < 1 << 20, `${readOnThread} bytes read on the server's thread`);
+  } finally {
+    Deno.FsFile.prototype.readSync = readSync;
+    await t.close();
+  }
+});

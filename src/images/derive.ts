@@ -25,6 +25,7 @@ import { lchown, lutimes, mknod, S_IFBLK, S_IFCHR, S_IFIFO, S_IFSOCK } from "../
 import { listXattrs, removeXattr, setXattr } from "../linux/xattr.ts";
 import { identity, isTooManyLinks, objectKey, type ObjectStore, replaceByLink } from "./objects.ts";
 import { b64, type CachedHash, hashFileSync, lstatNamed, splitDev, statEntry } from "./walk.ts";
+import { hashFile } from "./sha256.ts";
 import { isOpaque, isWhiteout, OVERLAY_XATTR, refuseIndirect } from "./upper.ts";
 
 const code = (e: unknown) => (e as { code?: string }).code;
@@ -99,6 +100,38 @@ export function indexBase(baseText: string): BaseIndex {
   const index = new Map<string, number>();
   for (let i = 0; i < paths.length; i++) index.set(paths[i], i);
   return { lines, paths, index, entries: new Array(lines.length) };
+}
+
+/** Files from this size on are hashed before deriveManifest, off the server's thread. */
+const HASH_AHEAD = 4 << 20;
+
+/**
+ * `hashes` with digests of the upper's regular files of HASH_AHEAD and more that it lacks, read
+ * asynchronously and hashed on another thread (hashFile): deriveManifest hashes what is left
+ * synchronously, and a file's size is whoever wrote it: a RUN's or a shell's sparse file of 8
+ * GiB held the server's only thread 32 s at the commit.
+ */
+export async function hashLargeFiles(
+  upper: string,
+  hashes?: Map<string, CachedHash>,
+): Promise<Map<string, CachedHash>> {
+  const out = new Map(hashes);
+  const dirs = ["/"];
+  while (dirs.length) {
+    const rel = dirs.pop()!;
+    for (const e of Deno.readDirSync(rel === "/" ? upper : upper + rel)) {
+      const r = `${rel === "/" ? "" : rel}/${e.name}`;
+      if (e.isDirectory) dirs.push(r);
+      if (!e.isFile) continue;
+      const st = lstatNamed(upper + r, r); // (a name not UTF-8 refused as deriveManifest does)
+      const c = out.get(r);
+      const known = c?.ino === st.ino && c.size === st.size && c.mtimeMs === st.mtime!.getTime();
+      if (st.size < HASH_AHEAD || known) continue;
+      const sha256 = await hashFile(upper + r);
+      out.set(r, { ino: st.ino!, size: st.size, mtimeMs: st.mtime!.getTime(), sha256 });
+    }
+  }
+  return out;
 }
 
 /**

@@ -31,6 +31,7 @@ import {
   buildDerived,
   buildSteps,
   deriveManifest,
+  hashLargeFiles,
   indexBase,
   SLICE,
 } from "./derive.ts";
@@ -425,7 +426,7 @@ export async function commitUpper(
     // The upper's files become objects: on the disk first (commitManifest waits for this).
     const flushing = syncfsLater(upper);
     const base = prepared?.base ?? await Deno.readTextFile(images.data.manifest(baseId));
-    const d = deriveManifest(base, upper, hashes);
+    const d = deriveManifest(base, upper, await hashLargeFiles(upper, hashes));
     return await images.commitManifest(work, name, commitMeta, {
       entries: d.entries,
       bytes: d.bytes,
