@@ -639,6 +639,24 @@ Deno.test("manifest.json / index.json references: confined to the archive, every
         /^\/.*docker\.tar has 257 layers, more than 256; refusing$/,
       ));
     await ctx.step(
+      "a docker save config that does not match the digest it is named by",
+      () =>
+        refused(
+          t,
+          () => {
+            const tar = dockerArchive(t.dir, ["l/layer.tar"], { "l/layer.tar": layer });
+            const name = `${"0".repeat(64)}.json`; // classic docker save: <digest>.json
+            Deno.renameSync(`${t.dir}/docker/c.json`, `${t.dir}/docker/${name}`);
+            const m = JSON.parse(Deno.readTextFileSync(`${t.dir}/docker/manifest.json`));
+            m[0].Config = name;
+            Deno.writeTextFileSync(`${t.dir}/docker/manifest.json`, JSON.stringify(m));
+            sh("tar", "-C", `${t.dir}/docker`, "-cf", tar, ".");
+            return tar;
+          },
+          /^corrupt image archive .*docker\.tar: config 0{64}\.json does not match its digest$/,
+        ),
+    );
+    await ctx.step(
       "classic docker save links a repeated layer to its first copy: imported",
       () =>
         accepted(

@@ -332,8 +332,17 @@ async function imageLayout(dir: string, what: string): Promise<Layout | undefine
         }
         return x;
       };
-      if (!archiveFile(dir, ref(config), what)) {
+      const configPath = archiveFile(dir, ref(config), what);
+      if (!configPath) {
         throw new UserError(`corrupt image archive ${what}: config ${config} is missing`);
+      }
+      // Named by its digest (Docker 25+: blobs/sha256/<hex>; before: <hex>.json): it must match,
+      // as every blob of an OCI layout must.
+      const named = /^(?:blobs\/sha256\/([0-9a-f]{64})|([0-9a-f]{64})\.json)$/.exec(ref(config));
+      if (named && await hashFile(configPath) !== (named[1] ?? named[2])) {
+        throw new UserError(
+          `corrupt image archive ${what}: config ${config} does not match its digest`,
+        );
       }
       return {
         kind: "docker",
