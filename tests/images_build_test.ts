@@ -568,3 +568,40 @@ Deno.test("netroot image build streams its log and says which line failed", asyn
     await t.close();
   }
 });
+
+Deno.test("image build: ADD of a tarball holding a saved image (manifest.json, layers) or a manifest.json that is not JSON puts its files at dest, as Docker does", async () => {
+  const { t, ctxDir } = await setup();
+  try {
+    // A docker save archive's files, to be shipped in the image (loaded on the node later)
+    const saved = `${t.dir}/saved`;
+    Deno.mkdirSync(`${saved}/l`, { recursive: true });
+    Deno.mkdirSync(`${t.dir}/layer`);
+    Deno.writeTextFileSync(`${t.dir}/layer/from-layer`, "layer\n");
+    sh("tar", "-C", `${t.dir}/layer`, "-cf", `${saved}/l/layer.tar`, "from-layer");
+    Deno.writeTextFileSync(`${saved}/c.json`, "{}");
+    Deno.writeTextFileSync(
+      `${saved}/manifest.json`,
+      JSON.stringify([{ Config: "c.json", Layers: ["l/layer.tar"] }]),
+    );
+    sh("tar", "-C", saved, "-cf", `${ctxDir}/saved.tar`, ".");
+    // A web app whose manifest.json has a comment (JSON5)
+    const app = `${t.dir}/app`;
+    Deno.mkdirSync(app);
+    Deno.writeTextFileSync(`${app}/manifest.json`, '// the app\n{ "name": "x" }\n');
+    sh("tar", "-C", app, "-czf", `${ctxDir}/app.tar.gz`, ".");
+    const v = await buildText(
+      t.store,
+      ctxDir,
+      "bb",
+      "FROM bb\nADD saved.tar /var/lib/images/x/\nADD app.tar.gz /srv/app/\n",
+    );
+    const m = manifestOf(t, v.id);
+    for (const p of ["/var/lib/images/x/manifest.json", "/var/lib/images/x/l/layer.tar"]) {
+      assert.equal(m.get(p)?.type, "file", p);
+    }
+    assert.equal(m.has("/var/lib/images/x/from-layer"), false, "the layer is not applied");
+    assert.equal(m.get("/srv/app/manifest.json")?.type, "file");
+  } finally {
+    await t.close();
+  }
+});

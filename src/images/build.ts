@@ -180,8 +180,13 @@ async function copy(
       const scratch = images.scratch("add");
       await Deno.mkdir(scratch, { mode: 0o700 });
       try {
+        // Its files as they are, as Docker extracts them: a tarball whose root holds a
+        // manifest.json or an oci-layout is no image archive to apply (a saved image to ship in
+        // this one had its layers' files put at dest instead; a web app's manifest.json that was
+        // not JSON failed the step).
         const { implied } = await unpack(tarball.path, join(scratch, "rootfs"), {
           signal: o.signal,
+          treeOnly: true,
         }).catch((e) => {
           throw failed(step, (e as Error).message.replaceAll(tarball.path, host));
         });
