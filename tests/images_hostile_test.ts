@@ -606,6 +606,27 @@ Deno.test("manifest.json / index.json references: confined to the archive, every
         },
         /^corrupt image archive .*oci\.tar: bad digest sha256:\.\.\//,
       ));
+    // A document of another shape made the import fail with a TypeError: "internal error: …
+    // is not a function" at the API, logged as the server's own failure.
+    for (
+      const [index, re] of [
+        [{ manifests: {} }, /index\.json has a "manifests" that is not a list of descriptors$/],
+        [{ manifests: [null] }, /index\.json has a "manifests" that is not a list of descriptors$/],
+        [null, /index\.json is not a JSON object$/],
+      ] as const
+    ) {
+      await ctx.step(`an OCI index.json of ${JSON.stringify(index)}`, () =>
+        refused(
+          t,
+          () => {
+            const tar = ociArchive(t.dir, [layer]);
+            Deno.writeTextFileSync(`${t.dir}/oci/index.json`, JSON.stringify(index));
+            sh("tar", "-C", `${t.dir}/oci`, "-cf", tar, ".");
+            return tar;
+          },
+          new RegExp(`^corrupt image archive .*oci\\.tar: ${re.source}`),
+        ));
+    }
     await ctx.step("an OCI manifest whose config blob is missing", () =>
       refused(
         t,

@@ -312,6 +312,33 @@ interface Descriptor {
   platform?: { os?: string; architecture?: string };
 }
 
+interface OciDocument {
+  manifests?: Descriptor[];
+  config?: Descriptor;
+  layers?: Descriptor[];
+}
+
+const isObject = (v: unknown) => typeof v === "object" && v !== null && !Array.isArray(v);
+
+/** An index or a manifest as JSON gave it, of the shape the code below reads (else a clear
+ *  error: `{"manifests": {}}` or `null` reached the API as "internal error: … is not a
+ *  function", logged as the server's own failure). */
+function ociDocument(v: unknown, ref: string, what: string): OciDocument {
+  const bad = (why: string) => new UserError(`corrupt image archive ${what}: ${ref} ${why}`);
+  if (!isObject(v)) throw bad("is not a JSON object");
+  const doc = v as Record<string, unknown>;
+  for (const key of ["manifests", "layers"]) {
+    const list = doc[key];
+    if (list !== undefined && (!Array.isArray(list) || !list.every(isObject))) {
+      throw bad(`has a "${key}" that is not a list of descriptors`);
+    }
+  }
+  if (doc.config !== undefined && !isObject(doc.config)) {
+    throw bad(`has a "config" that is not a descriptor`);
+  }
+  return doc as OciDocument;
+}
+
 /** The layers of an image archive laid out in `dir`, or undefined when dir is not one. */
 async function imageLayout(dir: string, what: string): Promise<Layout | undefined> {
   if (holds(dir, "manifest.json")) {
@@ -357,9 +384,11 @@ async function imageLayout(dir: string, what: string): Promise<Layout | undefine
     }
   }
   if (!holds(dir, "oci-layout") || !holds(dir, "index.json")) return undefined;
-  let index = await readJson(archiveFile(dir, "index.json", what)!, "index.json", what) as {
-    manifests?: Descriptor[];
-  };
+  let index = ociDocument(
+    await readJson(archiveFile(dir, "index.json", what)!, "index.json", what),
+    "index.json",
+    what,
+  );
   for (let depth = 0; depth < 4; depth++) {
     const all = (index.manifests ?? []).filter((d) => d.platform?.architecture !== "unknown");
     const matching = all.filter((d) =>
@@ -373,15 +402,11 @@ async function imageLayout(dir: string, what: string): Promise<Layout | undefine
           : `corrupt image archive ${what}: index.json lists no image`,
       );
     }
-    const doc = await readJson(
-      await blob(dir, pick.digest, what, "manifest"),
+    const doc = ociDocument(
+      await readJson(await blob(dir, pick.digest, what, "manifest"), pick.digest, what),
       pick.digest,
       what,
-    ) as {
-      manifests?: Descriptor[];
-      config?: Descriptor;
-      layers?: Descriptor[];
-    };
+    );
     if (doc.manifests) {
       index = doc; // a nested index (multi-platform image)
       continue;
