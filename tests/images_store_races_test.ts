@@ -170,3 +170,45 @@ Deno.test("ext4's 65000 links per inode (root, loop ext4): a hard link group of 
       await t.close();
     }
   }));
+
+Deno.test("a rollback that lands while pruneTrees waits to remove that version's tree: the tree stays (the name's current version is never left thin)", async () => {
+  const t = await tempStore();
+  t.store.autoPrune = false; // v1 keeps its tree until the prune below
+  try {
+    const src = `${t.dir}/src`;
+    buildSampleTree(src);
+    const v1 = await t.store.import(src, "deb");
+    Deno.writeTextFileSync(`${src}/etc/hostname`, "v2\n");
+    fixTimes(src);
+    await t.store.import(src, "deb");
+    assert.equal(t.store.hasTree(v1.id), true, "v1 still has its tree, needed by nothing");
+    // The rollback request is answered at the prune's first wait on the disk under tmp/ (where a
+    // removed tree goes): a real interleaving of the two, one event-loop turn apart.
+    const mkdir = Deno.mkdir;
+    let rolledBack: Promise<unknown> | undefined;
+    Deno.mkdir = async (path, options) => {
+      if (String(path) === t.data.tmp && !rolledBack) {
+        rolledBack = t.store.rollback("deb").catch((e) => e);
+        await rolledBack;
+      }
+      return await mkdir(path, options);
+    };
+    try {
+      await t.store.pruneTrees();
+    } finally {
+      Deno.mkdir = mkdir;
+    }
+    assert.ok(rolledBack, "the rollback ran while the prune was under way");
+    const rb = await rolledBack;
+    assert.ok(!(rb instanceof Error), `the rollback lands (${rb})`);
+    assert.equal(t.store.get("deb").id, v1.id, "the name points at v1");
+    assert.equal(t.store.hasTree(v1.id), true, "the current version keeps its tree (NFS, boots)");
+    assert.equal(
+      manifestText((await scanTree(t.data.rootfs(v1.id))).entries),
+      Deno.readTextFileSync(t.data.manifest(v1.id)),
+      "the tree is whole",
+    );
+  } finally {
+    await t.close();
+  }
+});

@@ -704,6 +704,7 @@ export class ImageStore {
   pruneTrees(): Promise<string[]> {
     const run = async () => {
       const thinned: string[] = [];
+      await Deno.mkdir(this.data.tmp, { recursive: true });
       for (const v of this.list()) {
         if (!this.hasTree(v.id) || this.neededTrees().has(v.id)) continue;
         if (!(await this.#objectsComplete(v.id))) {
@@ -712,11 +713,12 @@ export class ImageStore {
           });
           continue;
         }
-        // Needed meanwhile (a deploy, a session, a rebuild), or gone: leave it.
+        // Needed meanwhile (a deploy, a session, a rebuild), or gone: leave it. Nothing awaited
+        // from this check to the rename: a rollback, deploy or session open answered in between
+        // found the tree there (ensureTree wrote nothing) and was left with no tree under it.
         if (!this.#row(v.id) || this.neededTrees().has(v.id)) continue;
         const trash = join(this.data.tmp, `rm-${crypto.randomUUID()}`);
         try {
-          await Deno.mkdir(this.data.tmp, { recursive: true });
           Deno.renameSync(this.data.rootfs(v.id), trash);
         } catch (e) {
           if (e instanceof Deno.errors.NotFound) continue;
