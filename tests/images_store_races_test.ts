@@ -212,3 +212,36 @@ Deno.test("a rollback that lands while pruneTrees waits to remove that version's
     await t.close();
   }
 });
+
+Deno.test("image rm NAME@ID while a session on that version commits (image cp's, at once): refused, the commit lands with the session's work (root)", async () => {
+  const t = await tempStore();
+  try {
+    const { v1, v2 } = await thinFirstVersion(t);
+    // image cp into deb@v1: a session on v1, the copy, the commit — no turn of the event loop
+    // between them, as the cp route does it.
+    const s = await t.store.sessions.open(`deb@${v1.id}`);
+    Deno.writeTextFileSync(`${s.merged}/etc/added`, "the session's work\n");
+    const committing = t.store.sessions.commit(s.id, { madeBy: "cp", command: "cp" })
+      .catch((e) => e as Error);
+    // The commit is under way (waiting on the disk): an `image rm` request answered now.
+    let removal: unknown;
+    try {
+      removal = t.store.remove(`deb@${v1.id}`);
+    } catch (e) {
+      removal = e;
+    }
+    const c = await committing;
+    assert.ok(
+      removal instanceof Error && (removal as UserError).status === 409,
+      `the removal is refused while a commit on the version is under way (got ${
+        JSON.stringify(removal)
+      })`,
+    );
+    assert.ok(!(c instanceof Error), `the commit lands (${c})`);
+    assert.equal(Deno.readTextFileSync(`${t.data.rootfs(c.id)}/etc/added`), "the session's work\n");
+    assert.equal(t.store.get("deb").id, c.id, "the name points at the new version");
+    assert.deepEqual(t.store.history("deb").map((v) => v.id), [v1.id, v2.id, c.id]);
+  } finally {
+    await t.close();
+  }
+});

@@ -329,6 +329,10 @@ export class Sessions {
     const s = this.get(id);
     const nothing = unchanged(s); // its container is gone: the upper changes no more
     if (!nothing) this.#checkRoom(s);
+    // Out of the list, the session no longer keeps its base from `image rm` or gc: held until
+    // the commit ends (removed under it, the commit failed on the base's manifest and the
+    // session's work went with it).
+    const release = s.base ? this.images.hold(s.base.id) : () => {};
     this.#open.delete(id);
     detach(s.merged);
     try {
@@ -341,6 +345,7 @@ export class Sessions {
       const prepared = await this.#takePrep(id);
       return await commitUpper(this.images, upper, s.base?.id ?? null, s.name, meta, prepared);
     } finally {
+      release();
       this.#dropPrep(id);
       await this.images.dropScratch(s.dir);
     }
