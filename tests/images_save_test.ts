@@ -373,6 +373,40 @@ Deno.test("node save --upper of a node whose booted version was removed since (i
   }
 });
 
+Deno.test("node save --upper of an off node: image rm of its booted version during the save is refused, the save lands", async () => {
+  const { t, base, nodes, ctx } = await setup();
+  try {
+    Deno.writeTextFileSync(`${t.dir}/src/etc/hostname`, "v2\n");
+    const v2 = await t.store.import(`${t.dir}/src`, "deb");
+    await publish(ctx, v2, false); // n1 follows deb, its last boot stays on base; n1 is off
+    Deno.mkdirSync(`${t.dir}/up/etc`, { recursive: true });
+    Deno.writeTextFileSync(`${t.dir}/up/etc/new`, "new\n");
+    sh("tar", "--numeric-owner", "-C", `${t.dir}/up`, "-cf", `${t.dir}/up.tar`, ".");
+    const saving = saveNode(ctx, "n1", "deb", `${t.dir}/up.tar`, null).catch((e) => e as Error);
+    // The save is under way (unpacking the upper): an `image rm` request answered now.
+    let removal: unknown;
+    try {
+      removal = t.store.remove(`deb@${base.id}`);
+    } catch (e) {
+      removal = e;
+    }
+    const saved = await saving;
+    // (before: the removal went through and the save failed with "No such file or directory
+    // (os error 2): readfile '<data>/images/<id>/manifest'")
+    assert.ok(
+      removal instanceof Error && /in use/.test(removal.message),
+      `the removal is refused while a save applies onto the version (got ${removal})`,
+    );
+    assert.ok(!(saved instanceof Error), `the save lands (${saved})`);
+    assert.equal(Deno.readTextFileSync(`${t.data.rootfs(saved.id)}/etc/new`), "new\n");
+    assert.equal(saved.parent, base.id);
+    assert.deepEqual(t.store.history("deb").map((v) => v.id), [base.id, v2.id, saved.id]);
+    assert.equal(nodes.get("n1").imageId, v2.id, "n1 moves only when the save is published");
+  } finally {
+    await t.close();
+  }
+});
+
 Deno.test("node saves at once cannot together fill the data dir: each gets half the room the others left (root)", async () => {
   assert.equal(Deno.uid(), 0, "needs root (a small tmpfs as the data dir's disk)");
   const mnt = Deno.makeTempDirSync({ prefix: "nr-save-room-" });

@@ -52,6 +52,13 @@ function storedBase(ctx: Pick<Context, "images">, node: NodeInfo, id: string): s
 
 type SaveContext = Pick<Context, "db" | "nodes" | "images">;
 
+/** The version a save applies onto, kept from `image rm` and gc until the save ends: an off
+ *  node's booted version may be removed, and removed during the save (its upper streamed or
+ *  unpacked), the commit failed on the base's missing manifest. */
+function holdBase(ctx: SaveContext, id: string): Disposable {
+  return { [Symbol.dispose]: ctx.images.hold(id) };
+}
+
 /** Below this room a save is refused up front: it could not hold even a small upper. */
 const MIN_SAVE_ROOM = 1 << 20;
 
@@ -77,6 +84,7 @@ export async function saveNode(
   command: string | null,
 ): Promise<Commit> {
   const base = bootedImage(ctx, nodeRef);
+  using _base = holdBase(ctx, base);
   using upper = heldFile(upperTar, ctx.images.data.nodes);
   using room = saveRoom(ctx);
   return await inScratch(
@@ -165,6 +173,7 @@ export async function saveLiveNode(
   const node = ctx.nodes.get(nodeRef);
   const o = { ...fetchDefaults, ...fetch };
   const base = await liveBase(ctx, node, o.cmdline);
+  using _base = holdBase(ctx, base);
   using room = saveRoom(ctx);
   return await inScratch(ctx, async (scratch) => {
     const tar = join(scratch, "upper.tar");
