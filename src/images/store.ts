@@ -938,11 +938,13 @@ export class ImageStore {
     if (this.sessions.list().some((s) => s.base && ids.includes(s.base.id))) {
       throw conflict(`image ${shown} has an open image session (shell, cp, build): end it first`);
     }
-    // A rollback, session open or `image cp` out under way holds its version (its tree being
-    // written or read): removed under it, a rollback pointed the name at no version at all.
+    // A rollback, deploy, session open or commit, node save or `image cp` out under way holds
+    // its version (its tree being written or read, its manifest applied onto): removed under it,
+    // a rollback pointed the name at no version at all, a commit failed and lost its session.
     if (ids.some((id) => this.#holds.has(id))) {
       throw conflict(
-        `image ${shown} is in use (a rollback, session or image cp under way): try again`,
+        `image ${shown} is in use (a rollback, deploy, commit, node save or image cp under way): ` +
+          "try again",
       );
     }
     durableTx(this.db, () => {
