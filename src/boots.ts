@@ -44,15 +44,27 @@ const unheardReuseMs = 60_000;
 /** The token of the node's latest boot when it is of `imageId`, nothing has been heard from it
  *  yet, and it was opened within the last minute (unheardReuseMs); else undefined. */
 export function unheardBoot(db: Db, mac: string, imageId: string, now = Date.now()) {
+  const r = latestUnheard(db, mac, now);
+  return r?.image_id === imageId ? r.token : undefined;
+}
+
+/** The version of the node's latest boot while nothing has been heard from it and it is under a
+ *  minute old (unheardReuseMs): the boot a Pi's cmdline.txt just opened, whose kernel and
+ *  initramfs it fetches next by names that carry no version. */
+export function unheardBootImage(db: Db, mac: string, now = Date.now()): string | undefined {
+  return latestUnheard(db, mac, now)?.image_id ?? undefined;
+}
+
+function latestUnheard(db: Db, mac: string, now: number) {
   const r = db.prepare(
     `SELECT token, image_id, started_at, stage FROM boots WHERE mac = ?
      ORDER BY started_at DESC, rowid DESC LIMIT 1`,
   ).get(mac) as
     | { token: string; image_id: string | null; started_at: string; stage: string | null }
     | undefined;
-  if (!r || r.stage !== null || r.image_id !== imageId) return undefined;
+  if (!r || r.stage !== null) return undefined;
   const age = now - Date.parse(r.started_at);
-  return age >= 0 && age < unheardReuseMs ? r.token : undefined;
+  return age >= 0 && age < unheardReuseMs ? r : undefined;
 }
 
 /** The images the node may be running (view `booted_images`): its latest boot's, and its latest

@@ -381,3 +381,44 @@ Deno.test("rpi: a blind flood of forged cmdline.txt requests opens one boot: the
     }
   });
 });
+
+Deno.test("rpi: a deploy landing between the Pi's cmdline.txt and its kernel fetch: kernel and initramfs of the version its command line names", async () => {
+  await withContext(async (ctx) => {
+    ctx.images.autoPrune = false;
+    const pi = (kernel: string) => ({
+      "boot/vmlinuz-6.12.0-arm64": `KERNEL ${kernel}`,
+      "boot/initrd.img-6.12.0-arm64": `INITRD ${kernel}`,
+      "vmlinuz": "->boot/vmlinuz-6.12.0-arm64",
+      "initrd.img": "->boot/initrd.img-6.12.0-arm64",
+    });
+    const [a, b] = [addPiImage(ctx, "rpi-a", pi("a")), addPiImage(ctx, "rpi-b", pi("b"))];
+    ctx.nodeUrl = "http://127.0.0.1:8080";
+    const d = DISCOVERS[1];
+    addNode(ctx, d.mac, "pi", a);
+    ctx.nodes.setIp(d.mac, "127.0.0.1");
+    const svc = await startTftpService(ctx);
+    const get = async (name: string) =>
+      text(await tftpGet("127.0.0.1", svc.port, `${d.serial}/${name}`, { timeoutMs: 2000 }));
+    try {
+      const cmdline = await get("cmdline.txt"); // the firmware: its boot is opened on a
+      assert.match(cmdline, new RegExp(`netroot\\.image=${a}`));
+      // An admin's deploy (or a commit the node follows) lands now, before the kernel's fetch.
+      await ctx.nodes.deploy(["pi"], b, { reboot: false });
+      assert.equal(
+        await get("netroot-kernel"),
+        "KERNEL a",
+        "the kernel of the version the command line and NFS root name",
+      );
+      assert.equal(await get("netroot-initramfs"), "INITRD a");
+      // Its next boot is all b.
+      const booter = contextBooter(ctx);
+      const token = /netroot\.token=(\S+)/.exec(cmdline)![1];
+      booter.reported(d.mac, token, "handover");
+      assert.match(await get("cmdline.txt"), new RegExp(`netroot\\.image=${b}`));
+      assert.equal(await get("netroot-kernel"), "KERNEL b");
+      assert.equal(await get("netroot-initramfs"), "INITRD b");
+    } finally {
+      await svc.close();
+    }
+  });
+});

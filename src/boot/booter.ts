@@ -10,6 +10,7 @@ import {
   openBoot,
   recordStage,
   unheardBoot,
+  unheardBootImage,
 } from "../boots.ts";
 import { DEFAULTS } from "../../contract/cmdline.ts";
 import { resolveInRoot } from "../../contract/rootpath.ts";
@@ -266,7 +267,11 @@ async function piFile(
   if (early) return early;
   if (name === "netroot-kernel" || name === "netroot-initramfs") {
     const kind = name === "netroot-kernel" ? "kernel" : "initramfs";
-    const image = imageFor(ctx, mac, input.imageId!)!;
+    // From the version of the boot its cmdline.txt (fetched first) opened, as an iPXE script
+    // pins them (`?image=`): a deploy or a commit's follow landing in between gave the Pi the new
+    // version's kernel and initramfs under the old one's command line and NFS root.
+    const opened = unheardBootImage(ctx.db, mac);
+    const image = (opened && imageFor(ctx, mac, opened)) || imageFor(ctx, mac, input.imageId!)!;
     return { file: await bootFilePath(ctx, node, image, kind) };
   }
   let text: string;
