@@ -7,6 +7,7 @@ import type { UserError } from "../src/errors.ts";
 import { objectKey } from "../src/images/objects.ts";
 import { commitUpper } from "../src/images/session.ts";
 import { scanTree } from "../src/images/walk.ts";
+import { setLogSink } from "../src/log.ts";
 import { buildSampleTree, fixTimes, T0, type TempStore, tempStore } from "./images_helpers.ts";
 import { withLoopExt4 } from "./support/ext4disk.ts";
 
@@ -242,6 +243,42 @@ Deno.test("image rm NAME@ID while a session on that version commits (image cp's,
     assert.equal(t.store.get("deb").id, c.id, "the name points at the new version");
     assert.deepEqual(t.store.history("deb").map((v) => v.id), [v1.id, v2.id, c.id]);
   } finally {
+    await t.close();
+  }
+});
+
+Deno.test("image rm of a version while pruneTrees checks its files against the object store: no warning of a file missing from the store", async () => {
+  const t = await tempStore();
+  t.store.autoPrune = false; // v1 keeps its tree until the prune below
+  const lines: string[] = [];
+  setLogSink((line) => lines.push(line));
+  const readTextFile = Deno.readTextFile;
+  try {
+    const src = `${t.dir}/src`;
+    buildSampleTree(src);
+    const v1 = await t.store.import(src, "deb");
+    Deno.writeTextFileSync(`${src}/etc/hostname`, "v2\n");
+    fixTimes(src);
+    await t.store.import(src, "deb");
+    // The removal is answered as the prune reads v1's manifest to check its files.
+    let removed: unknown;
+    Deno.readTextFile = (path, options) => {
+      if (String(path) === t.data.manifest(v1.id) && removed === undefined) {
+        removed = t.store.remove(`deb@${v1.id}`);
+      }
+      return readTextFile(path, options);
+    };
+    assert.deepEqual(await t.store.pruneTrees(), []);
+    assert.ok(removed, "the removal ran during the prune");
+    assert.equal(t.store.find(`deb@${v1.id}`), undefined);
+    assert.deepEqual(
+      lines.filter((l) => /not in the object store/.test(l)),
+      [],
+      "a removed version's tree is not said to miss objects (the store is whole)",
+    );
+  } finally {
+    Deno.readTextFile = readTextFile;
+    setLogSink((line) => console.error(line));
     await t.close();
   }
 });

@@ -708,9 +708,12 @@ export class ImageStore {
       for (const v of this.list()) {
         if (!this.hasTree(v.id) || this.neededTrees().has(v.id)) continue;
         if (!(await this.#objectsComplete(v.id))) {
-          log.warn("keeping a version's tree: a file of it is not in the object store", {
-            id: v.id.slice(0, 12),
-          });
+          // Removed meanwhile (image rm, gc): its files are gone, not missing from the store.
+          if (this.#row(v.id) && this.hasTree(v.id)) {
+            log.warn("keeping a version's tree: a file of it is not in the object store", {
+              id: v.id.slice(0, 12),
+            });
+          }
           continue;
         }
         // Needed meanwhile (a deploy, a session, a rebuild), or gone: leave it. Nothing awaited
