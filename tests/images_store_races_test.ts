@@ -2,6 +2,7 @@
 // damaged on the disk, and hard-link limits.
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
+import { existsSync } from "node:fs";
 import { manifestLines, manifestText } from "../contract/manifest.ts";
 import type { UserError } from "../src/errors.ts";
 import { objectKey } from "../src/images/objects.ts";
@@ -279,6 +280,54 @@ Deno.test("image rm of a version while pruneTrees checks its files against the o
   } finally {
     Deno.readTextFile = readTextFile;
     setLogSink((line) => console.error(line));
+    await t.close();
+  }
+});
+
+Deno.test("image gc --keep removing a version while an import of that same content lands: the import's version keeps its tree and manifest", async () => {
+  const t = await tempStore();
+  t.store.autoPrune = false;
+  const [rename, remove] = [Deno.rename, Deno.remove];
+  try {
+    const src = `${t.dir}/src`;
+    buildSampleTree(src);
+    const v1 = await t.store.import(src, "deb");
+    Deno.writeTextFileSync(`${src}/etc/hostname`, "v2\n");
+    fixTimes(src);
+    await t.store.import(src, "deb");
+    Deno.writeTextFileSync(`${src}/etc/hostname`, "sample\n"); // v1's content again
+    fixTimes(src);
+    // The import (a script restoring v1's tarball) is answered at gc's first wait on the disk
+    // after it deleted v1's row.
+    let imported: Promise<unknown> | undefined;
+    const during = async (path: string | URL) => {
+      const p = String(path);
+      if (imported || !(p === t.data.image(v1.id) || p.startsWith(`${t.data.tmp}/rm-`))) return;
+      imported = t.store.import(src, "deb").catch((e) => e);
+      await imported;
+    };
+    Deno.rename = async (from, to) => {
+      await during(from);
+      return await rename(from, to);
+    };
+    Deno.remove = async (path, options) => {
+      await during(path);
+      return await remove(path, options);
+    };
+    const gc = await t.store.gc(1).finally(() => {
+      Deno.rename = rename;
+      Deno.remove = remove;
+    });
+    assert.deepEqual(gc.versions, [v1.id]);
+    const back = await imported;
+    assert.ok(back && !(back instanceof Error), `the import lands (${back})`);
+    assert.equal((back as { id: string }).id, v1.id, "same content, same id");
+    assert.equal(t.store.get("deb").id, v1.id, "the name points at it");
+    assert.ok(existsSync(t.data.manifest(v1.id)), "its manifest is there");
+    assert.equal(t.store.hasTree(v1.id), true, "its tree is there (its nodes boot it)");
+  } finally {
+    Deno.rename = rename;
+    Deno.remove = remove;
     await t.close();
   }
 });

@@ -864,8 +864,14 @@ export class ImageStore {
             this.db.prepare("DELETE FROM images WHERE id = ?").run(v.id);
             recordEvent(this.db, null, "image.rm", { id: v.id, name: v.name, by: "gc" });
           });
+          // Moved away in the turn its row went: an import or commit of the same content
+          // answered in between renamed nothing (the directory was there), wrote its row, and
+          // lost its tree and manifest to this rename.
           const trash = join(this.data.tmp, `rm-${crypto.randomUUID()}`);
-          await Deno.rename(this.data.image(v.id), trash).catch(() => {});
+          try {
+            Deno.mkdirSync(this.data.tmp, { recursive: true });
+            Deno.renameSync(this.data.image(v.id), trash);
+          } catch { /* gone already (a start removes a directory without a row) */ }
           await Deno.remove(trash, { recursive: true }).catch(() => {});
           versions.push(v.id);
         }
