@@ -81,7 +81,9 @@ A CMD that fails commits nothing. Runs on the server machine, as root.`,
 
 Copies files and trees (owners, modes, symlinks, xattrs kept) into an image, committing a new
 version, or out of an image. Every IMAGE:PATH is resolved inside the image as if chrooted: a
-symlink in the image never leads outside it. Paths are read and written by the server.`,
+symlink in the image never leads outside it. A PATH that is itself a symlink is copied as the
+symlink (cp -P), not what it names: Debian's /etc/os-release is a link to ../usr/lib/os-release, so
+copy that one out. Paths are read and written by the server.`,
   build:
     `usage: netroot image build NAME --from IMAGE -f Buildfile [CONTEXT] [--reboot-nodes] ${common}
 
