@@ -226,3 +226,51 @@ Deno.test("serve under a service manager: READY after start, watchdog pings, loc
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+// An admin's first `netroot serve --bridge …` without the privileges it needs: the bridge, the
+// DHCP port or the data dir refused it, and the admin got a stack trace of whichever came first
+// ("ip link add … Operation not permitted\n    at runTool …") that never said to run as root.
+Deno.test("serve without the privileges it needs: one line saying so, no stack trace (root)", async () => {
+  if (Deno.uid() !== 0) throw new Error("this test needs root (unshare, setpriv)");
+  const dir = await Deno.makeTempDir({ prefix: "nr-noperm-" });
+  try {
+    // root in a network namespace of its own (no bridge can leak), every capability dropped: the
+    // position of an admin in a container, and of a non-root one for every step that needs root
+    const out = await new Deno.Command("unshare", {
+      args: [
+        "--net",
+        "--",
+        "setpriv",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+        "--",
+        Deno.execPath(),
+        "run",
+        "-A",
+        mainTs,
+        "serve",
+        "--data",
+        join(dir, "data"),
+        "--http",
+        "127.0.0.1:0",
+        "--bridge",
+        "nrperm0",
+        "--address",
+        "10.79.0.1/24",
+        "--nfs",
+        "off",
+      ],
+      env: { NO_COLOR: "1" },
+      stdin: "null",
+      stdout: "null",
+      stderr: "piped",
+    }).output();
+    const err = new TextDecoder().decode(out.stderr);
+    assert.equal(out.code, 1, err);
+    assert.match(err, /netroot serve: .*(Operation not permitted|Permission denied)/);
+    assert.match(err, /lacks a capability netroot serve needs \(it creates the bridge/);
+    assert.doesNotMatch(err, /^\s+at /m, "no stack trace");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

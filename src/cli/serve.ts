@@ -128,9 +128,28 @@ export async function run(args: string[]): Promise<number> {
     await server.close();
     log.info("stopped");
     return 0;
+  } catch (e) {
+    throw server ? e : startRefused(e);
   } finally {
     clearInterval(watchdog);
     for (const sig of signals) Deno.removeSignalListener(sig, onSignal);
     Deno.removeSignalListener("SIGHUP", onHup);
   }
+}
+
+/** A start refused for want of privilege (an admin's first try without sudo) is one line saying
+ *  what to do, not the stack of whichever socket, tool or directory met it first. */
+function startRefused(e: unknown): unknown {
+  const message = e instanceof Error ? e.message : String(e);
+  if (e instanceof UserError || !/Permission denied|Operation not permitted/.test(message)) {
+    return e;
+  }
+  const what = message.split("\n")[0];
+  return new UserError(
+    Deno.uid() === 0
+      ? `${what}: this root lacks a capability netroot serve needs (it creates the bridge, ` +
+        "binds the DHCP and TFTP ports, mounts, chowns its data dir: a container without them?)"
+      : `${what}: run netroot serve as root (it creates the bridge, binds the DHCP and TFTP ` +
+        "ports, exports images over NFS and owns its data dir)",
+  );
 }
