@@ -143,7 +143,11 @@ function listenHttp(
     }
   } catch (e) {
     void close(); // the listeners made so far stop accepting at once; their end is not awaited
-    throw new UserError(`HTTP cannot listen on ${hosts.join(", ")} port ${port}: ${e}`);
+    const inUse = e instanceof Deno.errors.AddrInUse
+      ? " (another program listens there, a second netroot serve?): stop it, or choose another " +
+        "port with --http PORT"
+      : "";
+    throw new UserError(`HTTP cannot listen on ${hosts.join(", ")} port ${port}: ${e}${inUse}`);
   }
   return {
     addrs: listeners.map((l) => ({ host: l.addr.hostname, port: l.addr.port })),

@@ -274,3 +274,85 @@ Deno.test("serve without the privileges it needs: one line saying so, no stack t
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+// The lab machine's own dnsmasq or isc-dhcp-server holding port 67 (tftpd-hpa port 69): serve
+// stopped with a stack trace ("cannot open DHCP sockets on eth1: bind 0.0.0.0:67: Address already
+// in use\n    at openSockets …") and no word of what holds the port or what to do.
+Deno.test("serve with the DHCP port held by another program: one line naming what to do, no stack trace (root)", async () => {
+  if (Deno.uid() !== 0) throw new Error("this test needs root (unshare, port 67)");
+  const dir = await Deno.makeTempDir({ prefix: "nr-inuse-" });
+  try {
+    // In a network namespace of its own: python binds UDP 0.0.0.0:67 (as dnsmasq does), keeps the
+    // socket across its exec of the server, which then finds the port taken.
+    const holder = `import os, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 67))
+s.set_inheritable(True)
+os.system("ip link set lo up")
+os.execv(sys.argv[1], sys.argv[1:])`;
+    const out = await new Deno.Command("unshare", {
+      args: [
+        "--net",
+        "--",
+        "python3",
+        "-c",
+        holder,
+        Deno.execPath(),
+        "run",
+        "-A",
+        mainTs,
+        "serve",
+        "--data",
+        join(dir, "data"),
+        "--http",
+        "127.0.0.1:0",
+        "--interface",
+        "lo",
+        "--dhcp-range",
+        "127.0.0.100-127.0.0.110",
+        "--nfs",
+        "off",
+      ],
+      env: { NO_COLOR: "1" },
+      stdin: "null",
+      stdout: "null",
+      stderr: "piped",
+    }).output();
+    const err = new TextDecoder().decode(out.stderr);
+    assert.equal(out.code, 1, err);
+    assert.match(err, /netroot serve: .*:67: Address already in use/);
+    assert.match(err, /another program holds that port \(`ss -lntup` names it/);
+    assert.doesNotMatch(err, /^\s+at /m, "no stack trace");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("serve with its HTTP port taken: the error says to stop the other program or choose --http PORT", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nr-httpinuse-" });
+  const taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  try {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        mainTs,
+        "serve",
+        "--data",
+        join(dir, "data"),
+        "--http",
+        `127.0.0.1:${taken.addr.port}`,
+      ],
+      env: { NO_COLOR: "1" },
+      stdin: "null",
+      stdout: "null",
+      stderr: "piped",
+    }).output();
+    const err = new TextDecoder().decode(out.stderr);
+    assert.equal(out.code, 1, err);
+    assert.match(err, /Address already in use .*choose another port with --http PORT/);
+  } finally {
+    taken.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});

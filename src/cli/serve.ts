@@ -137,14 +137,20 @@ export async function run(args: string[]): Promise<number> {
   }
 }
 
-/** A start refused for want of privilege (an admin's first try without sudo) is one line saying
+/** A start refused for want of privilege (an admin's first try without sudo) or for a port another
+ *  program holds (the lab machine's dnsmasq, isc-dhcp-server or tftpd-hpa) is one line saying
  *  what to do, not the stack of whichever socket, tool or directory met it first. */
 function startRefused(e: unknown): unknown {
   const message = e instanceof Error ? e.message : String(e);
-  if (e instanceof UserError || !/Permission denied|Operation not permitted/.test(message)) {
-    return e;
-  }
+  if (e instanceof UserError) return e;
   const what = message.split("\n")[0];
+  if (/Address already in use/.test(message)) {
+    return new UserError(
+      `${what}: another program holds that port (\`ss -lntup\` names it: a second netroot ` +
+        "serve, dnsmasq, isc-dhcp-server, tftpd-hpa?): stop it",
+    );
+  }
+  if (!/Permission denied|Operation not permitted/.test(message)) return e;
   return new UserError(
     Deno.uid() === 0
       ? `${what}: this root lacks a capability netroot serve needs (it creates the bridge, ` +
