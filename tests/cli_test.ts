@@ -653,3 +653,31 @@ Deno.test("node ls marks the nodes the DHCP service registered on its own (a loo
     ]);
     assert.match(ok(await cli("node", "ls", "--help")), /ADDED BY is "dhcp" for a node/);
   }));
+
+// A typo in an option: node:util's message ("Unknown option '--jsn'. To specify a positional
+// argument starting with a '-', place it at the end of the command after '--', as in '-- "--jsn")
+// spoke of positionals and said nothing of where the options are listed.
+Deno.test("a mistyped option: one line naming it and the command's --help", async () => {
+  for (
+    const [args, help] of [
+      [["image", "ls", "--jsn"], "netroot image ls --help"],
+      [["node", "boot", "n1", "img", "--forse"], "netroot node boot --help"],
+      [["serve", "--dhcp-rang", "10.0.0.1-10.0.0.9"], "netroot serve --help"],
+      [["deploy", "n1", "img", "--forse"], "netroot deploy --help"],
+    ]
+  ) {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", mainTs, ...args],
+      env: { NETROOT_SERVER: "http://127.0.0.1:9", NO_COLOR: "1" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const err = new TextDecoder().decode(out.stderr);
+    assert.equal(out.code, 1, err);
+    const typo = args.at(-1)!.startsWith("-") ? args.at(-1)! : args.at(-2)!;
+    assert.equal(
+      err,
+      `netroot ${args[0]}: unknown option ${typo} (${help} lists the options)\n`,
+    );
+  }
+});

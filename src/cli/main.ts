@@ -50,6 +50,17 @@ export async function main(args: string[]): Promise<number> {
     return await (await cmd.load())(rest);
   } catch (e) {
     const err = e as Error & { code?: string };
+    if (err.code === "ERR_PARSE_ARGS_UNKNOWN_OPTION") {
+      // node:util's own text goes on about positionals after `--`; a typo wants the option list
+      const option = /'([^']*)'/.exec(err.message)?.[1] ?? "";
+      const grouped = ["image", "node", "vnode"].includes(name); // their first word: a command
+      const sub = grouped && rest[0] && !rest[0].startsWith("-") ? ` ${rest[0]}` : "";
+      console.error(
+        `netroot ${name}: unknown option ${visibleLines(option)} ` +
+          `(netroot ${name}${sub} --help lists the options)`,
+      );
+      return 1;
+    }
     if (e instanceof UserError || err.code?.startsWith("ERR_PARSE_ARGS")) {
       console.error(`netroot ${name}: ${visibleLines(err.message)}`); // may quote a node or image
       return 1;
