@@ -75,7 +75,9 @@ systemd-container), on the server's network (apt-get works where the lab has a m
 an overlay on the image: the image itself never changes. When the shell exits you are asked whether
 to commit the changes as a new version of IMAGE (or of NAME with --new); --commit or --discard
 answer in advance (without a terminal the default is --discard for a shell, --commit for CMD).
-A CMD that fails commits nothing. Runs on the server machine, as root.`,
+A CMD that fails commits nothing. CMD is run as its words (no shell, unlike node run): for
+redirections or &&, run one: -- sh -c 'apt-get update && apt-get install -y htop'. Runs on the
+server machine, as root.`,
   cp: `usage: netroot image cp SRC… IMAGE:PATH [--new NAME] [--reboot-nodes] ${common}
        netroot image cp IMAGE:PATH DEST ${common}
 
