@@ -212,7 +212,7 @@ export class NodeSsh {
   /** The node's ssh target with its host keys pinned, or a one-line reason it has none. */
   target(node: NodeInfo): SshTarget | { unavailable: string } {
     const ip = this.ctx.nodes.addressOf(node.mac);
-    if (!ip) return { unavailable: "the node's address is unknown" };
+    if (!ip) return { unavailable: `the node's address is unknown (it is ${node.state})` };
     // The images it booted (a deploy flips the link before the reboot) and its current one.
     const images = new Set([...bootedImages(this.ctx.db, node.mac), node.imageId]);
     const keys = [...images].filter((i): i is string => !!i).flatMap((i) => this.#keysOf(i));

@@ -681,3 +681,17 @@ Deno.test("a mistyped option: one line naming it and the command's --help", asyn
     );
   }
 });
+
+// `node shell` on a node that never booted: the server has no ssh key yet (it makes one for a
+// node's first boot), and the CLI, reading the key before asking about the node, told root on the
+// server to "run this as root on the server", never that the node was off.
+Deno.test("node shell on a node that is off: it says so, not that the server's ssh key is missing", () =>
+  withServer(async (cli) => {
+    assert.equal((await cli("node", "add", "52:54:00:00:0a:01", "--name", "p1")).code, 0);
+    const r = await cli("node", "shell", "p1");
+    assert.equal(r.code, 1, r.err);
+    assert.equal(
+      r.err,
+      "netroot node: cannot reach p1 over ssh: the node's address is unknown (it is off)\n",
+    );
+  }));

@@ -567,6 +567,11 @@ async function runCommand(
 
 /** `node shell`: ssh run here, with the data dir's key and the host keys the server pinned. */
 async function shell(api: ApiClient, ref: string): Promise<number> {
+  // The node first: one that is off or never booted is the answer, not the key the server makes
+  // only when a node first boots (asked the other way round, root was told to run as root).
+  const t = await api.get<SshTarget & { knownHosts: string[] }>(
+    `/nodes/${encodeURIComponent(ref)}/ssh`,
+  );
   const key = join(defaultDataDir(), "ssh", "id_ed25519");
   try {
     Deno.openSync(key).close();
@@ -576,9 +581,6 @@ async function shell(api: ApiClient, ref: string): Promise<number> {
         "server, with NETROOT_DATA=DIR when it runs with --data DIR)",
     );
   }
-  const t = await api.get<SshTarget & { knownHosts: string[] }>(
-    `/nodes/${encodeURIComponent(ref)}/ssh`,
-  );
   const knownHosts = Deno.makeTempFileSync({ prefix: "netroot-known-hosts-" });
   try {
     Deno.writeTextFileSync(knownHosts, t.knownHosts.join("\n") + "\n");
