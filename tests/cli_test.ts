@@ -10,6 +10,7 @@ import { recordEvent, recordProgress } from "../src/events.ts";
 import { buildApp, closeContext, openContext } from "../src/server.ts";
 import type { NodeInfo } from "../src/nodes.ts";
 import { ApiClient } from "../src/cli/client.ts";
+import { VnodeManager } from "../src/vnode/manager.ts";
 import { keyValues, table, visibleLines } from "../src/cli/output.ts";
 
 const mainTs = fileURLToPath(new URL("../main.ts", import.meta.url));
@@ -693,5 +694,18 @@ Deno.test("node shell on a node that is off: it says so, not that the server's s
     assert.equal(
       r.err,
       "netroot node: cannot reach p1 over ssh: the node's address is unknown (it is off)\n",
+    );
+  }));
+
+// "virtual node p1 (p1 is not a virtual node) not found": a node that exists, called not found.
+Deno.test("vnode rm of a physical node: it says the node is not virtual and how a node is removed", () =>
+  withServer(async (cli, ctx) => {
+    ctx.vnodes = new VnodeManager(ctx, undefined); // the vnode API up, no bridge: no qemu here
+    assert.equal((await cli("node", "add", "52:54:00:00:0a:02", "--name", "p2")).code, 0);
+    const r = await cli("vnode", "rm", "p2");
+    assert.equal(r.code, 1, r.err);
+    assert.equal(
+      r.err,
+      "netroot vnode: p2 is not a virtual node (netroot node forget p2 removes a node)\n",
     );
   }));

@@ -168,7 +168,10 @@ export class VnodeManager {
   node(ref: string): NodeInfo {
     const node = this.ctx.nodes.get(ref);
     if (!node.virtual || !this.store.get(node.mac)) {
-      throw notFound(`virtual node ${ref} (${node.name} is not a virtual node)`);
+      throw new UserError(
+        `${node.name} is not a virtual node (netroot node forget ${node.name} removes a node)`,
+        404,
+      );
     }
     return node;
   }
