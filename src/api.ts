@@ -368,9 +368,13 @@ export function waitRoutes(ctx: Context): Hono {
     }
     const timeoutS = int(c.req.query("timeout"), "timeout", 30, waitMaxS);
     const wanted = nodesByRef(ctx, refs);
+    // A node asked for a clean reboot (a deploy, `node reboot`) stays `booted` until it goes
+    // down: it is not there yet, or `node boot N IMG; node wait N` answered at once, the old
+    // system still up.
+    const leaving = (mac: string) => state === "booted" && ctx.rebooter.softRebooting(mac);
     const check = (): WaitResult => {
       const now = nodesByRef(ctx, wanted.map((n) => n.mac));
-      const laggards = now.filter((n) => n.state !== state);
+      const laggards = now.filter((n) => n.state !== state || leaving(n.mac));
       return {
         reached: laggards.length === 0,
         state,
@@ -379,18 +383,22 @@ export function waitRoutes(ctx: Context): Hono {
           mac,
           state,
           stateSince,
-          stateReason,
+          stateReason: leaving(mac) ? "clean reboot requested, not down yet" : stateReason,
         })),
         laggards: laggards.map((n) => n.name),
       };
     };
     const done = (r: WaitResult) =>
-      r.reached || r.nodes.every((n) => n.state === state || n.state === "failed");
+      r.reached ||
+      r.nodes.every((n) => (n.state === state && !leaving(n.mac)) || n.state === "failed");
     let result = check();
     if (done(result) || timeoutS === 0) return c.json(result);
     // Followed change by change (each names its node and state): O(1) per change, no query —
-    // 500 nodes booting fire 500 changes. `open` counts the nodes neither there nor failed.
-    const states = new Map(result.nodes.map((n) => [n.mac, n.state]));
+    // 500 nodes booting fire 500 changes. `open` counts the nodes neither there nor failed; a
+    // node on its way down counts as `booting` (its going down is a change to that).
+    const states = new Map(
+      result.nodes.map((n) => [n.mac, leaving(n.mac) ? "booting" as NodeState : n.state]),
+    );
     const isOpen = (s: NodeState | undefined) => s !== state && s !== "failed";
     let open = [...states.values()].filter(isOpen).length;
     result = await new Promise<WaitResult>((resolve) => {

@@ -104,6 +104,9 @@ export class Rebooter {
   /** A soft-rebooted node went down (openContext: it is `booting`, under the watchdog). */
   wentDown?: (mac: string, mechanism: string) => void;
   #following = new Set<Promise<void>>();
+  /** Nodes asked for a clean reboot that have not gone down (nor been rebooted hard) yet: still
+   *  `booted`, on their way out (GET /wait does not count them there). */
+  #softPending = new Map<string, number>();
   #closed = false;
   /** The waits under way (sleeps, soft requests being sent), each ended early when the server
    *  stops. Each leaves the set as it ends: callbacks hung on a promise of the server's closing
@@ -151,9 +154,15 @@ export class Rebooter {
     const mechanism = this.soft.name;
     const timeoutS = req.timeoutMs / 1000;
     recordEvent(this.db, node.mac, "reboot.requested", { cause, mechanism, timeoutS });
+    this.#softPending.set(node.mac, (this.#softPending.get(node.mac) ?? 0) + 1);
     const follow = this.#follow(node, cause, req).catch((e) =>
       log.warn("soft reboot follow-up failed", { node: node.name, error: (e as Error).message })
-    ).finally(() => this.#following.delete(follow));
+    ).finally(() => {
+      this.#following.delete(follow);
+      const left = (this.#softPending.get(node.mac) ?? 1) - 1;
+      if (left) this.#softPending.set(node.mac, left);
+      else this.#softPending.delete(node.mac);
+    });
     this.#following.add(follow);
     return Promise.resolve({
       mac: node.mac,
@@ -240,6 +249,12 @@ export class Rebooter {
       });
       return { mac: node.mac, mechanism: m.name, ok: false, message };
     }
+  }
+
+  /** Whether node `mac` was asked for a clean reboot and has not gone down yet (nor been
+   *  rebooted hard): its state still says what it was before. */
+  softRebooting(mac: string): boolean {
+    return this.#softPending.has(mac);
   }
 
   /** Resolves when every soft reboot under way has ended (down, or escalated). */

@@ -509,3 +509,40 @@ Deno.test("node reboot: several nodes at once, the cause in each reboot event, 1
     assert.equal(bad.code, 1);
     assert.match(bad.out, /nope: node nope not found|nope: .*not found/);
   }));
+
+// The README's sequence `node boot N IMG; node wait N`: a clean (ssh) reboot leaves the node
+// `booted` until it goes down, and the wait answered at once — the old system still up (measured
+// on a qemu node: `node run` right after it still saw the old image's files).
+Deno.test("node wait after a deploy: a node asked for a clean reboot is not booted until it went down and came back", () =>
+  withPowerServer(async ({ ctx, call, cli }) => {
+    const mac = "02:00:00:00:5e:21";
+    addImage(ctx, "img");
+    ctx.nodes.add(mac, { name: "d1" });
+    ctx.nodes.configure("d1", { ip: "10.9.0.21" });
+    ctx.nodes.setState(mac, "booted", "port 22 answered");
+    let down = false;
+    ctx.rebooter.soft = {
+      name: "ssh",
+      request: () => ({
+        sent: Promise.resolve({ delivered: true, detail: "reboot accepted" }),
+        timeoutMs: 30_000,
+        isDown: () => Promise.resolve(down),
+      }),
+    };
+    const deployed = await call("POST", "/deploy", { nodes: ["d1"], image: "img", reboot: true });
+    assert.equal(deployed.status, 200, JSON.stringify(deployed.json));
+    assert.equal(ctx.nodes.get("d1").state, "booted", "still up: the reboot is only requested");
+
+    const early = await cli("node", "wait", "d1", "--timeout", "1");
+    assert.equal(early.code, 1, `answered before the reboot: ${early.out}`);
+    assert.match(early.out, /not booted: d1 \(booted \d+s: clean reboot requested, not down yet\)/);
+
+    // The node goes down, boots, answers: the wait held meanwhile answers then.
+    const held = call("GET", "/wait?nodes=d1&timeout=20");
+    down = true;
+    await waitFor("down after the clean reboot", () => ctx.nodes.get("d1").state === "booting");
+    ctx.nodes.setState(mac, "booted", "port 22 answered");
+    const answer = await held;
+    assert.equal(answer.json.reached, true, JSON.stringify(answer.json));
+    assert.equal((await cli("node", "wait", "d1", "--timeout", "1")).code, 0);
+  }));

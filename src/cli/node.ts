@@ -507,11 +507,13 @@ async function waitNodes(
     const r = await api.get<WaitResult>(
       `/wait?nodes=${enc(nodes)}&state=${enc(state)}&timeout=${Math.min(left, 60)}`,
     );
-    const givenUp = r.nodes.every((n) => n.state === r.state || n.state === "failed");
+    // the server's laggards: a node in the state but on its way down (a clean reboot asked) is one
+    const lagging = r.nodes.filter((n) => r.laggards.includes(n.name));
+    const givenUp = lagging.every((n) => n.state === "failed");
     if (r.reached || givenUp || Date.now() >= deadline) {
       print(json, r, () => {
         if (r.reached) return `${r.nodes.length} node(s) ${r.state}`;
-        const late = r.nodes.filter((n) => n.state !== r.state)
+        const late = lagging
           .map((n) => `${n.name} (${stateText(n)}${n.stateReason ? `: ${n.stateReason}` : ""})`);
         return `not ${r.state}: ${late.join(", ")}`;
       });
