@@ -91,7 +91,9 @@ copy that one out. Paths are read and written by the server.`,
 
 Builds a new version of NAME (-f is short for --file) from a Dockerfile subset: FROM (an image name, or scratch), RUN, COPY,
 ADD (local files and tarballs), ENV, WORKDIR, ARG, comments and line continuations. --from
-replaces the Buildfile's FROM image. RUN steps run in systemd-nspawn with the server's network;
+replaces the Buildfile's FROM image. ENV and ARG values reach the RUN steps that follow, not the
+booted system (its environment is its init's: write /etc/environment in a RUN for that). RUN
+steps run in systemd-nspawn with the server's network;
 COPY and ADD sources are read from CONTEXT (default: the Buildfile's directory) and may not leave
 it. The log is streamed; a failing step is reported with its line number and nothing is committed.`,
   rm: `usage: netroot image rm IMAGE | IMAGE@VERSION ${common}
