@@ -58,9 +58,19 @@ export async function runOnNodes(
           continue;
         }
         const r = await ctx.ssh.run(t, command, timeoutMs);
-        // 255 is ssh's own failure (no sshd, key refused, host key mismatch), not the command's.
-        if (r.code === 255 && !r.stdout) done({ error: `ssh: ${sshFailure(r)}`, stderr: r.stderr });
-        else done({ code: r.code, stdout: r.stdout, stderr: r.stderr });
+        // 255 is ssh's own failure (no sshd, key refused, host key mismatch), not the command's;
+        // a node netroot knows is off or down is said so (a connect that timed out says nothing).
+        if (r.code === 255 && !r.stdout) {
+          const failure = sshFailure(r);
+          const now = ctx.nodes.find(node.mac) ?? node;
+          const known = now.state === "off" || now.state === "down"
+            ? ` (${now.name} is ${now.state}${now.stateReason ? `: ${now.stateReason}` : ""})`
+            : "";
+          done({
+            error: `${failure.startsWith("ssh: ") ? "" : "ssh: "}${failure}${known}`,
+            stderr: r.stderr,
+          });
+        } else done({ code: r.code, stdout: r.stdout, stderr: r.stderr });
       } catch (e) {
         done({ error: (e as Error).message });
       }

@@ -12,7 +12,7 @@ import { listEvents } from "../src/events.ts";
 import { setLogSink } from "../src/log.ts";
 import type { RunResult } from "../src/noderun.ts";
 import { sshFailure } from "../src/nodessh.ts";
-import { type PowerServer, waitFor, withPowerServer } from "./support/power.ts";
+import { freeTcpPort, type PowerServer, waitFor, withPowerServer } from "./support/power.ts";
 import { addImage } from "./support/images.ts";
 import { type FakeNodeSshd, startSshd } from "./support/sshd.ts";
 
@@ -194,4 +194,19 @@ Deno.test("soft reboot: `reboot` runs on the node over ssh; it goes down; no har
     const h = await call("POST", "/nodes/nb/reboot", { hard: true });
     assert.equal(h.json.mechanism, "fake-power");
     assert.deepEqual(hard, ["na", "nb"]);
+  }));
+
+// `node run` on a node powered off: ssh's "connect to host … Connection timed out" (after 10 s on
+// a real network), prefixed "ssh: ssh:", and nothing said of what netroot knew: the node is off.
+Deno.test("node run on a node netroot knows is off: the error says so, ssh's own line once", () =>
+  withNodes(async ({ ctx, cli }) => {
+    const closed = freeTcpPort(); // nothing listens there: the node's sshd is gone
+    ctx.nodes.configure("nb", { "boot.probe-port": String(closed) });
+    ctx.nodes.setState("02:00:00:00:77:02", "off", "vnode stopped: power off");
+    const r = await cli("node", "run", "nb", "--", "true");
+    assert.equal(r.code, 1);
+    assert.match(
+      r.err,
+      /^nb: ssh: connect to host 127\.0\.0\.12 port \d+: Connection refused \(nb is off: vnode stopped: power off\)$/m,
+    );
   }));
