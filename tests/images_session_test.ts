@@ -674,3 +674,61 @@ Deno.test("a commit whose upper holds a file of 256 MiB of holes (a RUN's, a she
     await t.close();
   }
 });
+
+// The README's --bridge server run in a network namespace with `ip netns exec`, which also makes
+// a mount namespace: the session's overlay was mounted there, the CLI's nspawn got an empty
+// directory ("doesn't look like it has an OS tree … Refusing."), and the CLI said "the command
+// exited with 1: nothing committed".
+Deno.test("image shell against a server in another mount namespace: one line saying so, the session discarded (root)", async () => {
+  if (Deno.uid() !== 0) throw new Error("this test needs root (unshare -m, overlay mounts)");
+  const dir = await Deno.makeTempDir({ prefix: "nr-mntns-" });
+  const main = new URL("../main.ts", import.meta.url).pathname;
+  const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = probe.addr.port;
+  probe.close();
+  const server = new Deno.Command("unshare", {
+    args: ["--mount", "--propagation", "private", "--", Deno.execPath(), "run", "-A", main]
+      .concat(["serve", "--data", `${dir}/data`, "--http", `127.0.0.1:${port}`]),
+    env: { NO_COLOR: "1" },
+    stdin: "null",
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  const cli = (...args: string[]) =>
+    new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", main, "image", ...args],
+      env: { NETROOT_SERVER: `http://127.0.0.1:${port}`, NETROOT_DATA: `${dir}/data` },
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).output().then((o) => ({
+      code: o.code,
+      out: new TextDecoder().decode(o.stdout),
+      err: new TextDecoder().decode(o.stderr),
+    }));
+  try {
+    const up = Date.now() + 30_000;
+    while (
+      !(await fetch(`http://127.0.0.1:${port}/api/v1/health`).then((r) => r.ok, () => false))
+    ) {
+      if (Date.now() > up) throw new Error("the server did not come up");
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    busyboxTree(`${dir}/src`, `${dir}/outside`);
+    const imported = await cli("import", `${dir}/src`, "--name", "bb");
+    assert.equal(imported.code, 0, imported.err);
+    const r = await cli("shell", "bb", "--", "true");
+    assert.equal(r.code, 1, r.err);
+    assert.match(
+      r.err,
+      /^netroot image: the session's tree \S+ is not mounted in this mount namespace: the server runs in another one/,
+    );
+    assert.doesNotMatch(r.err, /OS tree|exited with/);
+    const sessions = await Array.fromAsync(Deno.readDir(`${dir}/data/tmp`));
+    assert.deepEqual(sessions.filter((e) => e.name.startsWith("session-")), [], "discarded");
+  } finally {
+    server.kill("SIGTERM");
+    await server.status;
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -2,7 +2,7 @@
 // overlay on a version, src/images/session.ts); the shell's container runs here, on the server
 // machine, as root: systemd-nspawn (Debian systemd-container) on the session's merged tree, with
 // the server's network and its /etc/resolv.conf bind-mounted.
-import { resolve } from "node:path";
+import { dirname, resolve } from "node:path";
 import { UserError } from "../errors.ts";
 import { nspawnArgs, type Session, thisProcess } from "../images/session.ts";
 import type { Commit } from "../images/store.ts";
@@ -40,6 +40,18 @@ function ask(question: string): boolean {
   return /^y(es)?$/i.test(answer?.trim() ?? "");
 }
 
+/** Whether the server's overlay of a session is mounted here: its merged directory is a mount
+ *  point (a device of its own). A server in another mount namespace (`ip netns exec` makes one)
+ *  leaves us an empty directory, and nspawn's own complaint ("doesn't look like it has an OS
+ *  tree"), then "the command exited with 1", said nothing of why. */
+function mountedHere(merged: string): boolean {
+  try {
+    return Deno.statSync(merged).dev !== Deno.statSync(dirname(merged)).dev;
+  } catch {
+    return false;
+  }
+}
+
 async function shell(
   client: ApiClient,
   image: string,
@@ -57,6 +69,14 @@ async function shell(
     holder: thisProcess(),
   });
   const discard = () => client.delete(`/images/-/sessions/${s.id}`).catch(() => {});
+  if (!mountedHere(s.merged)) {
+    await discard();
+    throw new UserError(
+      `the session's tree ${s.merged} is not mounted in this mount namespace: the server runs in ` +
+        "another one (started with `ip netns exec`, which makes one? start it with " +
+        "`nsenter --net=/run/netns/NAME` instead, or run image shell in its namespace)",
+    );
+  }
   // A shell interrupted or killed by a signal commits nothing: the container is stopped and the
   // session goes (Ctrl-C in an interactive shell goes to the container, not to us: the terminal
   // is nspawn's).
