@@ -1,7 +1,7 @@
 // What follows a new current version of an image name (a commit: import, shell, cp, build, save;
 // or a rollback): the nodes that follow the name are moved to it (their next boot serves it), and
 // with `rebootNodes` rebooted through the reboot seam; otherwise the answer names them, as nodes
-// still running the old version.
+// that boot the new version at their next boot.
 import type { Context } from "../context.ts";
 import type { RebootResult } from "../reboot.ts";
 import type { ImageInfo } from "./store.ts";
@@ -66,7 +66,8 @@ function followersText(name: string, p: Published): string {
       return `${node}: ${r.ok ? r.message : `not rebooted: ${r.message}`}`;
     }).join("\n");
   }
-  const names = p.followers.map((f) => `${f.name} (${f.from.slice(0, 12)})`).join(", ");
-  return `still running the old version of ${name} until they reboot: ${names} ` +
-    "(--reboot-nodes reboots them)";
+  // Not "still running the old version": a follower may be off, or never booted at all.
+  const names = p.followers.map((f) => `${f.name} (was ${f.from.slice(0, 12)})`).join(", ");
+  return `the new version of ${name} boots at the next boot of: ${names} ` +
+    "(--reboot-nodes reboots them now)";
 }
