@@ -415,6 +415,20 @@ Deno.test("netroot image shell (-- CMD and interactive, systemd-nspawn) and cp c
     const hist = await cli("history", "bb");
     assert.match(hist.stdout, /\*\s+[0-9a-f]{12}\s+\S+ \S+\s+cp /);
     assert.match(hist.stdout, /\s+[0-9a-f]{12}\s+\S+ \S+\s+shell /);
+    // ls --all: every version's unique size, as history shows it (it was "-" for every one)
+    const all = JSON.parse((await cli("ls", "--all", "--json")).stdout) as {
+      id: string;
+      uniqueSize?: number;
+    }[];
+    assert.ok(all.length >= 3, JSON.stringify(all));
+    const unique = new Map(
+      (JSON.parse((await cli("history", "bb", "--json")).stdout) as typeof all)
+        .map((v) => [v.id, v.uniqueSize]),
+    );
+    for (const v of all) {
+      assert.equal(typeof v.uniqueSize, "number", `${v.id}: no unique size`);
+      assert.equal(v.uniqueSize, unique.get(v.id));
+    }
   } finally {
     ac.abort();
     await t.close();

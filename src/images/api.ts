@@ -24,9 +24,7 @@ export function imageRoutes(ctx: Context): Hono {
     "/",
     (c) =>
       c.json(
-        c.req.query("all")
-          ? ctx.images.list().map((i) => ({ ...i, tree: ctx.images.hasTree(i.id) }))
-          : ctx.images.names(),
+        c.req.query("all") ? ctx.images.versions() : ctx.images.names(),
       ),
   );
   // Actions sit under "/-/" (no name starts with "-"), before the refs that may hold "/".

@@ -195,6 +195,15 @@ export class ImageStore {
       .all() as unknown as Row[]).map(toInfo);
   }
 
+  /** Every version with its unique size and whether its tree is kept (`image ls --all`). */
+  versions(): ImageInfo[] {
+    return this.list().map((i) => ({
+      ...i,
+      uniqueSize: this.#unique(i.id),
+      tree: this.hasTree(i.id),
+    }));
+  }
+
   /** The images as users name them: the current version of each name. */
   names(): ImageInfo[] {
     return (this.db.prepare("SELECT * FROM images WHERE current = 1 ORDER BY name")
