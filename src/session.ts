@@ -162,7 +162,13 @@ export function sessionRoutes(ctx: Context): Hono {
   const app = apiRouter();
   let refusedLogins = 0, refusalLoggedAt = 0;
   app.post("/login", async (c) => {
-    if (!sameOrigin(c)) return c.json({ error: "cross-origin login refused" }, 403);
+    if (!sameOrigin(c)) {
+      // curl and scripts send no Origin: tell them what they use instead of a session
+      return c.json({
+        error: "login refused: not posted from the dashboard's own page (Origin); scripts send " +
+          "Authorization: Bearer <token> with each request instead",
+      }, 403);
+    }
     const given = await givenToken(c);
     if (given instanceof BodyRefusal) return c.json({ error: given.message }, given.status);
     if (!isApiToken(given, ctx.token)) {

@@ -468,6 +468,10 @@ Deno.test("dashboard sessions: login, cookie attributes, Origin checks, logout, 
     r = await login(ctx.token, "http://evil.example");
     assert.equal(r.status, 403, "a login posted from another site");
     await r.body?.cancel();
+    // curl without Origin (an admin scripting the API): told to use the token instead
+    r = await login(ctx.token, null);
+    assert.equal(r.status, 403);
+    assert.match((await r.json()).error, /scripts send Authorization: Bearer <token>/);
     r = await login(ctx.token);
     assert.equal(r.status, 200);
     await r.body?.cancel();
