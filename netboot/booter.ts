@@ -106,6 +106,10 @@ export interface TftpBooter {
     name: PiBootFile,
     remote: string,
   ): Promise<{ file: string } | { data: Uint8Array } | Refusal>;
+  /** The image root a node's fetch of `file` (a name under its image's /boot, a Pi's serial
+   *  directory dropped) is read from: that of the version the Booter picks for the fetch (a Pi's
+   *  whole boot from one version: src/boot/piboot.ts). Without it, the deploy link `fs`. */
+  bootRoot?(mac: string, file: string): string;
   events: EventSink;
 }
 

@@ -11,6 +11,7 @@ import { closeContext, openContext } from "../src/server.ts";
 import { contextBooter } from "../src/boot/booter.ts";
 import { startTftpService } from "../src/boot/services.ts";
 import { renderPiConfig } from "../src/boot/plan.ts";
+import { PiBootVersions } from "../src/boot/piboot.ts";
 import { setLogLevel } from "../src/log.ts";
 import { listEvents } from "../src/events.ts";
 import { DhcpResponder } from "../netboot/dhcp4/server.ts";
@@ -417,6 +418,91 @@ Deno.test("rpi: a deploy landing between the Pi's cmdline.txt and its kernel fet
       assert.match(await get("cmdline.txt"), new RegExp(`netroot\\.image=${b}`));
       assert.equal(await get("netroot-kernel"), "KERNEL b");
       assert.equal(await get("netroot-initramfs"), "INITRD b");
+    } finally {
+      await svc.close();
+    }
+  });
+});
+
+Deno.test("rpi: a deploy landing after the Pi's first fetch: every file of that boot from the first version, the next boot all the new one; a forged fetch holds it back at most a minute", async () => {
+  await withContext(async (ctx) => {
+    ctx.images.autoPrune = false;
+    const version = (v: string) => {
+      const files: Record<string, string> = {
+        "boot/vmlinuz-6.12.0-arm64": `KERNEL ${v}`,
+        "boot/initrd.img-6.12.0-arm64": `INITRD ${v}`,
+        "vmlinuz": "->boot/vmlinuz-6.12.0-arm64",
+        "initrd.img": "->boot/initrd.img-6.12.0-arm64",
+      };
+      for (const f of FIRMWARE) files[`boot/firmware/${f}`] = `firmware ${f} ${v}`;
+      return files;
+    };
+    const ids = {
+      a: addPiImage(ctx, "rpi-a", version("a")),
+      b: addPiImage(ctx, "rpi-b", version("b")),
+    };
+    ctx.nodeUrl = "http://127.0.0.1:8080";
+    let now = performance.now();
+    const svc = await startTftpService(ctx, contextBooter(ctx, new PiBootVersions(() => now)));
+    const get = (path: string) =>
+      tftpGet("127.0.0.1", svc.port, path, { blksize: 1024, timeoutMs: 2000 }).then(text);
+    /** One boot of model `d` as its firmware fetches it; `between` runs after its first fetch.
+     *  Each file must be of version `v`. */
+    const boot = async (d: PiDiscover, name: string, v: "a" | "b", between = async () => {}) => {
+      const { steps } = TFTP_SEQUENCES[d.model];
+      for (const [i, step] of steps.entries()) {
+        const path = step.name.replace("S/", `${d.serial}/`);
+        const base = path.split("/").slice(path.startsWith(d.serial) ? 1 : 0).join("/");
+        const what = `${d.model} ${path} (fetch ${i + 1})`;
+        if (step.expect === "missing") {
+          await assert.rejects(get(path), (e) => e instanceof TftpError && e.code === 1, what);
+        } else {
+          const got = await get(path);
+          if (step.expect === "image") assert.equal(got, `firmware ${base} ${v}`, what);
+          else if (base === "config.txt") {
+            assert.equal(
+              got,
+              renderPiConfig({ nodeName: name, image: { id: ids[v], name: `rpi-${v}` } }),
+              what,
+            );
+          } else if (base === "cmdline.txt") {
+            assert.match(got, new RegExp(`netroot\\.image=${ids[v]} `), what);
+          } else if (base === "netroot-kernel") assert.equal(got, `KERNEL ${v}`, what);
+          else if (base === "netroot-initramfs") assert.equal(got, `INITRD ${v}`, what);
+          else assert.fail(`unexpected rendered ${base}`);
+        }
+        if (i === 0) await between();
+      }
+    };
+    try {
+      for (const d of DISCOVERS) {
+        const name = `pi-${d.model.toLowerCase().replace("+", "p")}`;
+        addNode(ctx, d.mac, name, ids.a);
+        ctx.nodes.setIp(d.mac, "127.0.0.1"); // the address its lease bound (one at a time here)
+        // A deploy (or a commit the node follows) lands after the firmware's first fetch: that
+        // boot is a's from its first file to its initramfs (a Pi 4's start4.elf of a with b's
+        // config.txt and device tree, a 3B+'s bootcode.bin and start.elf of a with b's kernel).
+        await boot(d, name, "a", async () => {
+          await ctx.nodes.deploy([name], ids.b, { reboot: false });
+        });
+        // The firmware starting over after cmdline.txt is the next boot (nothing reported: the
+        // image's own initrd does not report): all b.
+        await boot(d, name, "b");
+        ctx.nodes.setIp(d.mac, null);
+      }
+      // The bound: a fetch forged with the Pi's address (UDP: anyone on the boot network) fixes
+      // its boot's version for a minute from that fetch, and more fetches do not lengthen it.
+      const d = DISCOVERS[1];
+      ctx.nodes.setIp(d.mac, "127.0.0.1");
+      const t0 = now;
+      assert.equal(await get(`${d.serial}/start4.elf`), "firmware start4.elf b"); // forged
+      await ctx.nodes.deploy(["pi-4"], ids.a, { reboot: false });
+      now = t0 + 30_000;
+      assert.equal(await get(`${d.serial}/start4.elf`), "firmware start4.elf b"); // forged again
+      now = t0 + 59_999;
+      assert.equal(await get(`${d.serial}/bcm2711-rpi-4-b.dtb`), "firmware bcm2711-rpi-4-b.dtb b");
+      now = t0 + 60_000; // the Pi boots a minute after the forged fetch: the deploy's version
+      await boot(d, "pi-4", "a");
     } finally {
       await svc.close();
     }

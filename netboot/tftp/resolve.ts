@@ -151,6 +151,9 @@ export interface PolicyInput {
   ipxeFallbackDir?: string;
   /** The deploy link of the node behind the client address, if the client is a known node. */
   nodeFs?: string;
+  /** The root the node's fetch of `file` is read from (a Pi's boot's version), instead of
+   *  `nodeFs`. */
+  nodeRoot?(file: string): string;
   /** The node's rendered Pi boot files (config.txt, cmdline.txt, kernel, initramfs). */
   piFile?(name: PiBootFile): Promise<Resolution>;
 }
@@ -167,5 +170,5 @@ export async function resolveRequest(name: string, p: PolicyInput): Promise<Reso
   if (p.piFile && parts.length === 1 && PI_RENDERED.includes(parts[0])) {
     return p.piFile(parts[0] as PiBootFile);
   }
-  return resolveNodeBoot(p.nodeFs, parts);
+  return resolveNodeBoot(p.nodeRoot?.(parts.join("/")) ?? p.nodeFs, parts);
 }

@@ -448,6 +448,7 @@ export async function startTftp(
         ipxeDir: o.ipxeDir,
         ipxeFallbackDir: o.ipxeFallbackDir,
         nodeFs: node?.fs,
+        nodeRoot: node && booter.bootRoot && ((file) => booter.bootRoot!(node.mac, file)),
         piFile,
       });
       return { ...r, meta: { mac: node?.mac ?? null } };

@@ -46,6 +46,7 @@ import {
   renderPiConfig,
 } from "./plan.ts";
 import { hardwareAddress } from "../linux/netif.ts";
+import { PiBootVersions } from "./piboot.ts";
 import { isIPv4 } from "node:net";
 
 const log = logger("http");
@@ -106,9 +107,14 @@ function netconsoleTarget(ctx: Context): PlanNetwork["netconsole"] {
   }
 }
 
-/** The plan's input for a node; `token` and `nodeIp` are filled in once the boot passes checkBoot. */
-function planInput(ctx: Context, node: NodeInfo, base: string): PlanInput {
-  const imageId = ctx.nodes.currentImageId(node.mac);
+/** The plan's input for a node, of version `imageId` (default: its current one); `token` and
+ *  `nodeIp` are filled in once the boot passes checkBoot. */
+function planInput(
+  ctx: Context,
+  node: NodeInfo,
+  base: string,
+  imageId = ctx.nodes.currentImageId(node.mac),
+): PlanInput {
   const image = imageId ? imageFor(ctx, node.mac, imageId) : undefined;
   const serverIp = ctx.config.serverIp ?? new URL(base).hostname;
   return {
@@ -141,12 +147,14 @@ function serverKey(ctx: Context): string | undefined {
   }
 }
 
-/** A script fetch: the node's plan (a new boot opened for it), or why it boots nothing. */
+/** A script fetch: the node's plan (a new boot opened for it), or why it boots nothing; of
+ *  version `imageId` when given (a Pi's boot's: piboot.ts), else of the node's current one. */
 function script(
   ctx: Context,
   mac: string,
   req: { base: string; remote?: string },
-): ScriptPlan | Refusal {
+  imageId?: string,
+): (ScriptPlan & { token: string }) | Refusal {
   const node = ctx.nodes.find(mac);
   if (!node) {
     return {
@@ -154,7 +162,7 @@ function script(
       unknown: true,
     };
   }
-  const input = planInput(ctx, node, req.base);
+  const input = planInput(ctx, node, req.base, imageId);
   const early = checkBoot(input);
   if (early) return early;
   // A boot (its token) is opened only for the node's own address, once it has one; a first
@@ -193,7 +201,7 @@ function script(
   }
   ctx.nodes.touch(mac);
   ctx.nodes.setState(mac, "booting", SCRIPT_FETCHED);
-  return plan;
+  return { ...plan, token: input.token };
 }
 
 /** `path` (absolute, inside an image) resolved to a file under `root` (contract/rootpath.ts); a
@@ -249,11 +257,26 @@ async function thinTreeWritten(ctx: Context, mac: string): Promise<Refusal | und
   }
 }
 
+/** The version node `mac`'s TFTP fetch of `file` (under its image's /boot) is served from: for a
+ *  Pi, the one its boot's first fetch fixed while it can be served and the boot it opened has
+ *  not been heard from (piboot.ts). */
+function piBootVersion(ctx: Context, pins: PiBootVersions, mac: string, file: string) {
+  return pins.version(
+    mac,
+    file,
+    ctx.nodes.currentImageId(mac),
+    (id, token) =>
+      ctx.images.hasTree(id) && imageFor(ctx, mac, id) !== undefined &&
+      (!token || findBoot(ctx.db, token)?.stage === null),
+  );
+}
+
 /** A Pi node's boot file fetched by TFTP: the kernel and initramfs of its image (as HTTP boot
- *  serves them), or config.txt / cmdline.txt rendered in memory. cmdline.txt opens the boot, as an
- *  iPXE script fetch does. */
+ *  serves them), or config.txt / cmdline.txt rendered in memory, of the version of the Pi's boot
+ *  (piBootVersion). cmdline.txt opens the boot, as an iPXE script fetch does. */
 async function piFile(
   ctx: Context,
+  pins: PiBootVersions,
   mac: string,
   name: PiBootFile,
   remote: string,
@@ -262,10 +285,10 @@ async function piFile(
   if (!node) return { refused: `node ${mac} is not registered`, unknown: true };
   const base = ctx.nodeUrl;
   if (!base) return { refused: "the HTTP address nodes use is unknown (no --http for nodes)" };
-  const input = planInput(ctx, node, base);
-  const early = checkBoot(input) ?? await thinTreeWritten(ctx, mac);
-  if (early) return early;
   if (name === "netroot-kernel" || name === "netroot-initramfs") {
+    const input = planInput(ctx, node, base);
+    const early = checkBoot(input) ?? await thinTreeWritten(ctx, mac);
+    if (early) return early;
     const kind = name === "netroot-kernel" ? "kernel" : "initramfs";
     // From the version of the boot its cmdline.txt (fetched first) opened, as an iPXE script
     // pins them (`?image=`): a deploy or a commit's follow landing in between gave the Pi the new
@@ -274,12 +297,17 @@ async function piFile(
     const image = (opened && imageFor(ctx, mac, opened)) || imageFor(ctx, mac, input.imageId!)!;
     return { file: await bootFilePath(ctx, node, image, kind) };
   }
+  const input = planInput(ctx, node, base, piBootVersion(ctx, pins, mac, name) ?? undefined);
+  // A thin current version is written now (a pinned one has its tree: piBootVersion).
+  const early = checkBoot(input) ?? await thinTreeWritten(ctx, mac);
+  if (early) return early;
   let text: string;
   if (name === "config.txt") {
     text = renderPiConfig({ nodeName: node.name, image: input.image! });
   } else {
-    const plan = script(ctx, mac, { base, remote });
+    const plan = script(ctx, mac, { base, remote }, input.imageId!);
     if ("refused" in plan) return plan;
+    pins.cmdlineServed(mac, plan.image.id, plan.token);
     text = plan.cmdline + "\n";
   }
   return { data: new TextEncoder().encode(text) };
@@ -340,7 +368,7 @@ function foreignSource(ctx: Context, mac: string, source: string | undefined): s
 }
 
 /** The server's Booter: one per server, shared by DHCP, TFTP and HTTP boot. */
-export function contextBooter(ctx: Context): Booter {
+export function contextBooter(ctx: Context, piBoots = new PiBootVersions()): Booter {
   const events = eventSink(ctx.db);
   // Boots counted by outcome once each: a node's token may repeat a report under new numbers (one
   // inflated `handover` to 640). handover and fatal end a boot, once (recordStage); a fallback
@@ -370,7 +398,11 @@ export function contextBooter(ctx: Context): Booter {
       const node = ctx.nodes.byIp(ip);
       return node && { mac: node.mac, fs: ctx.data.nodeFs(node.mac) };
     },
-    piFile: (mac, name, remote) => piFile(ctx, mac, name, remote),
+    piFile: (mac, name, remote) => piFile(ctx, piBoots, mac, name, remote),
+    bootRoot(mac, file) {
+      const version = piBootVersion(ctx, piBoots, mac, file);
+      return version ? ctx.data.rootfs(version) : ctx.data.nodeFs(mac);
+    },
     // HTTP
     script: async (mac, req) => (await thinTreeWritten(ctx, mac)) ?? script(ctx, mac, req),
     bootFile(mac, kind, pinned) {
