@@ -13,6 +13,7 @@
 import { Hono } from "hono";
 import { progressText } from "../contract/report.ts";
 import type { Context } from "./context.ts";
+import { nodeText, nodeTextReady } from "./nodetext.ts";
 
 const page = `<!doctype html>
 <html lang="en">
@@ -120,6 +121,10 @@ const script = String.raw`"use strict";
 const api = "/api/v1";
 // A copy's progress as one line: the function netroot node log uses (contract/report.ts).
 const progressText = ${progressText};
+// A node's console text as plain text (colours removed, every other control character shown as
+// \xNN), and how much of a read it can take now: the CLI's functions (src/nodetext.ts).
+const nodeText = ${nodeText};
+const nodeTextReady = ${nodeTextReady};
 const $ = (id) => document.getElementById(id);
 let session = { loggedIn: false, apiAuth: "writes" };
 let current = "";          // the MAC of the node page shown, "" on the list
@@ -129,6 +134,7 @@ let stream = null;         // the EventSource of the page shown
 let streamLast = 0;        // the id of the newest event shown
 let refreshTimer, consoleTimer, pending;
 let consoleOffset = 0;
+let consoleWaiting = "";   // the end of the last read: an escape sequence or CR cut short
 const maxTimelineRows = 1000, maxConsoleChars = 200000;
 
 function canRead() { return session.apiAuth !== "all" || session.loggedIn; }
@@ -239,6 +245,7 @@ function openPage(mac) {
   nodeInfo = null;
   streamLast = 0;
   consoleOffset = 0;
+  consoleWaiting = "";
   $("timeline").tBodies[0].replaceChildren();
   $("console").textContent = "";
   result($("action-result"), "");
@@ -539,7 +546,6 @@ function closeStream() {
 }
 
 // ---- console: read through the API from the last offset (the server keeps the log) ----
-const controlChars = /\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Za-z0-9]|[\x00-\x08\x0b-\x1f\x7f]/g;
 async function loadConsole() {
   clearTimeout(consoleTimer);
   const mac = current;
@@ -553,11 +559,17 @@ async function loadConsole() {
   try {
     const r = await get("/nodes/" + encodeURIComponent(mac) + "/console?offset=" + consoleOffset);
     if (mac !== current) return;
-    if (r.offset < consoleOffset) box.textContent = ""; // the log was rotated
+    if (r.offset < consoleOffset) { // the log was rotated
+      box.textContent = "";
+      consoleWaiting = "";
+    }
     consoleOffset = r.offset;
     if (r.text) {
       const stick = box.scrollTop + box.clientHeight >= box.scrollHeight - 4;
-      let text = box.textContent + r.text.replace(controlChars, "");
+      const got = consoleWaiting + r.text;
+      const ready = nodeTextReady(got);
+      consoleWaiting = got.slice(ready);
+      let text = box.textContent + nodeText(got.slice(0, ready), "strip");
       if (text.length > maxConsoleChars) text = text.slice(-maxConsoleChars);
       box.textContent = text;
       if (stick) box.scrollTop = box.scrollHeight;

@@ -12,6 +12,7 @@ import type { NodeInfo } from "../src/nodes.ts";
 import { ApiClient } from "../src/cli/client.ts";
 import { VnodeManager } from "../src/vnode/manager.ts";
 import { keyValues, table, visibleLines } from "../src/cli/output.ts";
+import { cliOnTerminal, onTerminal } from "./support/terminal.ts";
 
 const mainTs = fileURLToPath(new URL("../main.ts", import.meta.url));
 const ports = new WeakMap<Context, number>();
@@ -309,6 +310,65 @@ Deno.test("node CLI: console shows a guest's control characters instead of sendi
     // --json keeps the text as it is (JSON escapes it).
     const json = JSON.parse(ok(await cli("node", "console", "vm2", "--json")));
     assert.ok(json.text.startsWith("login: \x1b]52;"), JSON.stringify(json.text));
+  }));
+
+// On the admin's terminal, a guest's colours (systemd's "[  OK  ]" on every boot) were shown as
+// "\x1b[0;32m": now SGR sequences pass, each coloured line ends with a reset, and every other
+// escape sequence or control character is still shown. To a pipe or a file: plain text.
+Deno.test("node CLI: console keeps a guest's colours on a terminal, nothing else; plain text to a pipe", () =>
+  withServer(async (cli, ctx) => {
+    const mac = "52:54:00:aa:00:23";
+    ctx.nodes.add(mac, { name: "vm3", virtual: true });
+    mkdirSync(ctx.data.vm(mac), { recursive: true });
+    const log = join(ctx.data.vm(mac), "console.log");
+    Deno.writeTextFileSync(
+      log,
+      "[\x1b[0;32m  OK  \x1b[0m] Started \x1b[1;39mJournal\x1b[0m.\r\n" +
+        "\x1b[8mconcealed\n" + // left on: the reset at the line's end ends it
+        "\x1b]52;c;Y3VybCB4fHNo\x07\x1b]0;owned\x07\x1bP1$qm\x1b\\\x1b[2J\x1b[1A\x1b[31;" +
+        "1\u009b2J\u009d0;x\x08\x07a\rb\x1b\tc\x1b[" + "1;".repeat(20) + "m\r\n",
+    );
+    const env = { NETROOT_SERVER: `http://127.0.0.1:${serverPort(ctx)}`, NETROOT_TOKEN: ctx.token };
+    const shown = "\\x1b]52;c;Y3VybCB4fHNo\\x07\\x1b]0;owned\\x07\\x1bP1$qm\\x1b\\\\x1b[2J" +
+      "\\x1b[1A\\x1b[31;1\\x9b2J\\x9d0;x\\x08\\x07a\\x0db\\x1b\tc\\x1b[" + "1;".repeat(20) + "m";
+    const term = await onTerminal(["node", "console", "vm3"], env);
+    assert.equal(term.code, 0, term.out);
+    assert.equal(
+      term.out,
+      "[\x1b[0;32m  OK  \x1b[0m] Started \x1b[1;39mJournal\x1b[0m.\x1b[0m\r\n" +
+        "\x1b[8mconcealed\x1b[0m\r\n" + shown + "\r\n",
+    );
+    assert.equal(
+      ok(await cli("node", "console", "vm3", env)),
+      "[  OK  ] Started Journal.\nconcealed\n" + shown + "\n",
+    );
+
+    // --follow: a read that ends inside a colour or between CR and LF leaves it to the next read.
+    Deno.writeTextFileSync(log, "[\x1b[0;3");
+    const child = cliOnTerminal(["node", "console", "vm3", "--follow"], env);
+    const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    let seen = "";
+    const until = async (text: string) => {
+      const deadline = Date.now() + 15_000;
+      while (!seen.includes(text) && Date.now() < deadline) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        seen += value;
+      }
+      assert.ok(seen.includes(text), `printed ${JSON.stringify(seen)}`);
+    };
+    try {
+      await until("[");
+      Deno.writeTextFileSync(log, "2m  OK  \x1b[0m] up\r", { append: true });
+      await until("up");
+      Deno.writeTextFileSync(log, "\nnext\n", { append: true });
+      await until("next\r\n");
+      assert.equal(seen, "[\x1b[0;32m  OK  \x1b[0m] up\x1b[0m\r\nnext\r\n");
+    } finally {
+      child.kill("SIGTERM");
+      await child.status;
+      await reader.cancel().catch(() => {});
+    }
   }));
 
 // A file's name is the image author's: `image diff` printed it raw, so an imported image's

@@ -26,7 +26,10 @@ const macEvil = "52:54:00:d4:5b:03";
 const evilName = `<img src=x onerror="window.pwned='name'"><script>window.pwned='name2'</script>`;
 const evilSetting = `<script>window.pwned='setting'</script>`;
 const evilDetail = `<img src=x onerror="window.pwned='detail'">`;
-const evilConsole = `login: <script>window.pwned='console'</script>\x1b[1;31mred\x1b[0m\r\n`;
+// A console: markup, colours, a title (OSC), a screen clear (CSI 2J, and C1 CSI), and a colour
+// cut short by the end of the log (the rest comes later: the page reads the log in pieces).
+const evilConsole = `login: <script>window.pwned='console'</script>\x1b[1;31mred\x1b[0m\r\n` +
+  "\x1b]0;owned\x07\x1b[2J\u009b2J done\r\n[\x1b[0;3";
 
 async function withServer(
   config: Partial<ServerConfig>,
@@ -287,15 +290,31 @@ Deno.test({
         const nodeShot = await page.screenshot(join(shots, "node.png"));
         assert.ok(isPng(nodeShot), "the node page screenshot is a PNG");
 
-        // A virtual node's console, read through the API (escape sequences dropped).
+        // A virtual node's console, read through the API: as plain text (colours removed), every
+        // other control character shown as \xNN, as `node console` prints it to a file
+        // (src/nodetext.ts). It removed every CSI and left an OSC's text, C1 controls raw.
         await page.eval(`location.hash = '#/node/${macVm}'`);
         await page.waitFor(
-          "document.getElementById('console').textContent.includes('red')",
+          "document.getElementById('console').textContent.includes('done')",
           "the console",
         );
         assert.equal(
           await page.eval("document.getElementById('console').textContent"),
-          "login: <script>window.pwned='console'</script>red\n",
+          "login: <script>window.pwned='console'</script>red\n" +
+            "\\x1b]0;owned\\x07\\x1b[2J\\x9b2J done\n[",
+        );
+        // The colour cut short is completed by the next read: removed whole, not shown in halves.
+        await Deno.writeTextFile(join(ctx.data.vm(macVm), "console.log"), "2m  OK  \x1b[0m] up\n", {
+          append: true,
+        });
+        await page.waitFor(
+          "document.getElementById('console').textContent.includes('up')",
+          "the console's next read",
+        );
+        assert.equal(
+          await page.eval("document.getElementById('console').textContent"),
+          "login: <script>window.pwned='console'</script>red\n" +
+            "\\x1b]0;owned\\x07\\x1b[2J\\x9b2J done\n[  OK  ] up\n",
         );
         // The hostile name: shown as written, in the list and on its page.
         await page.eval(`location.hash = '#/node/${macEvil}'`);

@@ -16,7 +16,8 @@ import { sshArgv, type SshTarget } from "../nodessh.ts";
 import type { RunResult } from "../noderun.ts";
 import { ApiClient, clientOptions } from "./client.ts";
 import { jsonText } from "../log.ts";
-import { keyValues, print, table, visible, visibleConsole } from "./output.ts";
+import { nodeText, nodeTextReady } from "../nodetext.ts";
+import { keyValues, print, table, visible } from "./output.ts";
 
 type ListedNode = NodeInfo & { lastEvent?: { ts: string; kind: string } | null };
 
@@ -142,7 +143,8 @@ ${common}`,
 Prints the node's console output; --follow keeps printing new output. A node with
 console.netconsole=true sends its kernel log (and netroot init's lines) to the server by the
 kernel's netconsole: shown by default, for physical and virtual nodes. A virtual node's serial
-console: --source serial (the default without netconsole). ${common}`,
+console: --source serial (the default without netconsole). On a terminal the node's colours are
+kept, elsewhere removed; any other control character is shown as \\xNN. ${common}`,
 };
 
 const options = {
@@ -460,6 +462,10 @@ export async function run(args: string[]): Promise<number> {
       // GET /nodes/:ref/console?offset=N[&source=S] answers {text, offset, source} (offset =
       // where the next read starts; src/consolelog.ts) or plain text.
       let offset = 0;
+      // Colours for a terminal, plain text elsewhere; the rest shown (src/nodetext.ts). Following,
+      // a read may end inside an escape sequence or between CR and LF: that waits for the next.
+      const colours = Deno.stdout.isTerminal() ? "keep" : "strip";
+      let waiting = "";
       for (;;) {
         const source = o.source ? `&source=${enc(o.source)}` : "";
         const r = await api.get<{ text: string; offset: number } | string>(
@@ -472,7 +478,13 @@ export async function run(args: string[]): Promise<number> {
         });
         const text = typeof r === "string" ? r : r.text;
         if (json) console.log(jsonText(r));
-        else if (text) await Deno.stdout.write(new TextEncoder().encode(visibleConsole(text)));
+        else if (text) {
+          const got = waiting + text;
+          const ready = o.follow ? nodeTextReady(got) : got.length;
+          waiting = got.slice(ready);
+          const shown = nodeText(got.slice(0, ready), colours);
+          if (shown) await Deno.stdout.write(new TextEncoder().encode(shown));
+        }
         offset = typeof r === "string" ? offset + new TextEncoder().encode(r).length : r.offset;
         if (!o.follow) return 0;
         await sleep(followMs);

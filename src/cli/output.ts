@@ -55,13 +55,6 @@ export function visibleLines(text: string): string {
   return shown(text, /[\x00-\x08\x0b-\x1f\x7f-\x9f]/g);
 }
 
-/** A node's console text (what its guest or kernel wrote) for the admin's terminal: lines and tabs
- *  kept, a serial line's CR before its LF dropped, every other control character shown. */
-export function visibleConsole(text: string): string {
-  // deno-lint-ignore no-control-regex -- finding control characters is the point
-  return shown(text.replaceAll("\r\n", "\n"), /[\x00-\x08\x0b-\x1f\x7f-\x9f]/g);
-}
-
 function shown(text: string, controls: RegExp): string {
   return text.replace(controls, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`);
 }
