@@ -15,6 +15,7 @@ import { sshFailure } from "../src/nodessh.ts";
 import { freeTcpPort, type PowerServer, waitFor, withPowerServer } from "./support/power.ts";
 import { addImage } from "./support/images.ts";
 import { type FakeNodeSshd, startSshd } from "./support/sshd.ts";
+import { onTerminal } from "./support/terminal.ts";
 
 const mainTs = fileURLToPath(new URL("../main.ts", import.meta.url));
 
@@ -107,6 +108,36 @@ Deno.test("node run: each node's output and exit status, in parallel, over real 
     assert.match(bad.err, /^nb: exit status 1$/m);
     const json = await cli("node", "run", "nb", "--json", "--", "echo hi");
     assert.equal(JSON.parse(json.out)[0].stdout, "hi\n");
+  }));
+
+// What a node prints is the node's (a hostile image, a compromised node): `node run` wrote it raw
+// to the admin's terminal, where OSC 52 sets the clipboard, OSC 0 the title, a CSI clears the
+// screen or moves the cursor over lines already printed. On a terminal now: colours pass (each
+// coloured line reset at its end, so SGR 8 hides no line after it), the rest is shown as \xNN, in
+// stdout and stderr. To a pipe or a file: the command's bytes as they are.
+Deno.test("node run: on a terminal a node's colours pass and its other escapes are shown; piped, its bytes", () =>
+  withNodes(async ({ cli, dir, url }) => {
+    const command = [
+      String.raw`printf '\033[1;31mred\033[0m \033]52;c;Y3VybCB4fHNo\007\033[2J\033[8mhid\n'`,
+      String.raw`printf '\033]0;owned\007err\r\n' >&2`,
+    ].join("; ");
+    const term = await onTerminal(["node", "run", "na", "--", command], {
+      NETROOT_SERVER: url,
+      NETROOT_DATA: dir,
+    });
+    assert.equal(term.code, 0, term.out);
+    assert.equal(
+      term.out,
+      "na | \x1b[1;31mred\x1b[0m \\x1b]52;c;Y3VybCB4fHNo\\x07\\x1b[2J\x1b[8mhid\x1b[0m\r\n" +
+        "na | \\x1b]0;owned\\x07err\r\n",
+    );
+    const piped = await cli("node", "run", "na", "--", command);
+    assert.equal(piped.code, 0, piped.err);
+    assert.equal(
+      piped.out,
+      "na | \x1b[1;31mred\x1b[0m \x1b]52;c;Y3VybCB4fHNo\x07\x1b[2J\x1b[8mhid\n",
+    );
+    assert.equal(piped.err, "na | \x1b]0;owned\x07err\r\n");
   }));
 
 Deno.test("node shell: ssh run by the CLI with the data dir's key; a clear error without it", () =>

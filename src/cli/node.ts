@@ -112,8 +112,9 @@ when any node could not be rebooted. ${common}`,
 Runs COMMAND as root on every node at once, over ssh with the server's key (netroot init puts it
 in the image's /root/.ssh/authorized_keys at each boot; the node's host key is pinned from its
 image). The words are joined with spaces and read by the node's shell, as ssh does. Prints each
-output line prefixed by the node's name (stderr to stderr), then the exit status of each node
-that failed; exits 1 when any node failed or could not be reached. --timeout (default 300) ends
+output line prefixed by the node's name (stderr to stderr): on a terminal its colours kept and
+any other control character shown as \\xNN, to a pipe or a file as the command wrote it. Then the
+exit status of each node that failed; exits 1 when any node failed or could not be reached. --timeout (default 300) ends
 a command that runs longer. Output is kept up to 64 KiB per stream and node. ${common}`,
   shell: `usage: netroot node shell NODE
 
@@ -562,12 +563,19 @@ async function runCommand(
   if (json) console.log(jsonText(results, 2));
   else {
     const width = Math.max(...results.map((r) => r.name.length));
-    const lines = (text: string) => text.replace(/\n$/, "").split("\n");
+    // What the node printed: on a terminal, its colours kept and every other control character
+    // shown (src/nodetext.ts: a node is not trusted with the admin's terminal); to a pipe or a
+    // file, as the command wrote it (`node run n1 -- cat f > out` wants the bytes).
+    const lines = (text: string, terminal: boolean) =>
+      (terminal ? nodeText(text, "keep") : text).replace(/\n$/, "").split("\n");
+    const outTerminal = Deno.stdout.isTerminal(), errTerminal = Deno.stderr.isTerminal();
     for (const r of results) {
       const tag = `${r.name.padEnd(width)} |`;
-      if (r.stdout) console.log(lines(r.stdout).map((l) => `${tag} ${l}`).join("\n"));
+      if (r.stdout) {
+        console.log(lines(r.stdout, outTerminal).map((l) => `${tag} ${l}`).join("\n"));
+      }
       if (r.stderr && r.code !== null) {
-        console.error(lines(r.stderr).map((l) => `${tag} ${l}`).join("\n"));
+        console.error(lines(r.stderr, errTerminal).map((l) => `${tag} ${l}`).join("\n"));
       }
     }
     for (const r of failed) {
