@@ -68,10 +68,26 @@ export async function readConsole(
       if (r === null) break;
       n += r;
     }
-    return { text: new TextDecoder().decode(buf.subarray(0, n)), offset: offset + n };
+    // A read ends at a character's end: a character cut by the chunk or by a write still under way
+    // (qemu writes as the guest does) became two U+FFFD, one at each side; its bytes wait for the
+    // next read.
+    const whole = utf8Whole(buf.subarray(0, n));
+    return { text: new TextDecoder().decode(buf.subarray(0, whole)), offset: offset + whole };
   } finally {
     f.close();
   }
+}
+
+/** How many of `bytes` end with a whole UTF-8 character: all, unless the last lead byte in the last
+ *  three starts a character longer than what follows it. */
+function utf8Whole(bytes: Uint8Array): number {
+  for (let i = bytes.length - 1; i >= Math.max(0, bytes.length - 3); i--) {
+    const b = bytes[i];
+    if ((b & 0xc0) === 0x80) continue; // a continuation byte: look further back
+    const size = b >= 0xf0 ? 4 : b >= 0xe0 ? 3 : b >= 0xc0 ? 2 : 1;
+    return i + size > bytes.length ? i : bytes.length;
+  }
+  return bytes.length;
 }
 
 export function consoleRoutes(ctx: Context): Hono {

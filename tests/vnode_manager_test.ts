@@ -260,6 +260,22 @@ Deno.test("a stale qemu is found whatever its data dir's path holds (a comma, do
   }
 });
 
+// qemu writes the console as the guest does: a read could end inside a UTF-8 character (or at the
+// 1 MiB chunk's end), and each side became U+FFFD. The character's bytes wait for the next read.
+Deno.test("console reader: a read ends at a whole UTF-8 character", async () => {
+  const f = await Deno.makeTempFile();
+  try {
+    await Deno.writeFile(f, new Uint8Array([0x61, 0x62, 0xe2, 0x82])); // "ab" and 2 of "€"'s 3
+    assert.deepEqual(await readConsole(f, 0), { text: "ab", offset: 2 });
+    await Deno.writeFile(f, new Uint8Array([0xac, 0xc3]), { append: true }); // "€" whole, 1 of "é"
+    assert.deepEqual(await readConsole(f, 2), { text: "€", offset: 5 });
+    await Deno.writeFile(f, new Uint8Array([0xa9, 0x0a]), { append: true });
+    assert.deepEqual(await readConsole(f, 5), { text: "é\n", offset: 8 });
+  } finally {
+    await Deno.remove(f);
+  }
+});
+
 Deno.test("console reader: a log shorter than the offset (rotated) restarts at 0", async () => {
   const f = await Deno.makeTempFile();
   try {
