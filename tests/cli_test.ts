@@ -371,6 +371,24 @@ Deno.test("node CLI: console keeps a guest's colours on a terminal, nothing else
     }
   }));
 
+// An answer holds 1 MiB of the log: `node console` without --follow showed the first MiB of a log up
+// to 16 MiB, whose end is the latest boot; a character cut at the MiB showed as two U+FFFD.
+Deno.test("node CLI: console prints the whole log, past its first MiB, no character cut", () =>
+  withServer(async (cli, ctx) => {
+    const mac = "52:54:00:aa:00:24";
+    ctx.nodes.add(mac, { name: "vm4", virtual: true });
+    mkdirSync(ctx.data.vm(mac), { recursive: true });
+    const before = "boot 1\n".repeat(149796) + "xyz"; // 1 MiB - 1 byte: "é" spans the MiB
+    Deno.writeTextFileSync(
+      join(ctx.data.vm(mac), "console.log"),
+      `${before}é\x1b[32mgreen\x1b[0m\r\nboot 2: login:\r\n`,
+    );
+    const out = ok(await cli("node", "console", "vm4", { NETROOT_TOKEN: ctx.token }));
+    assert.equal(out.length, before.length + "égreen\nboot 2: login:\n".length);
+    assert.ok(out.startsWith(before));
+    assert.equal(out.slice(before.length), "égreen\nboot 2: login:\n");
+  }));
+
 // A file's name is the image author's: `image diff` printed it raw, so an imported image's
 // file named with escape sequences set the admin's clipboard (OSC 52) or rewrote the terminal,
 // and one with a newline added lines of its own to the listing; `image import` printed its

@@ -463,8 +463,8 @@ export async function run(args: string[]): Promise<number> {
       // GET /nodes/:ref/console?offset=N[&source=S] answers {text, offset, source} (offset =
       // where the next read starts; src/consolelog.ts) or plain text.
       let offset = 0;
-      // Colours for a terminal, plain text elsewhere; the rest shown (src/nodetext.ts). Following,
-      // a read may end inside an escape sequence or between CR and LF: that waits for the next.
+      // Colours for a terminal, plain text elsewhere; the rest shown (src/nodetext.ts). A read may
+      // end inside an escape sequence or between CR and LF: that waits for the next (or the end).
       const colours = Deno.stdout.isTerminal() ? "keep" : "strip";
       let waiting = "";
       for (;;) {
@@ -481,14 +481,22 @@ export async function run(args: string[]): Promise<number> {
         if (json) console.log(jsonText(r));
         else if (text) {
           const got = waiting + text;
-          const ready = o.follow ? nodeTextReady(got) : got.length;
+          const ready = nodeTextReady(got);
           waiting = got.slice(ready);
           const shown = nodeText(got.slice(0, ready), colours);
           if (shown) await Deno.stdout.write(new TextEncoder().encode(shown));
         }
         offset = typeof r === "string" ? offset + new TextEncoder().encode(r).length : r.offset;
-        if (!o.follow) return 0;
-        await sleep(followMs);
+        if (o.follow) await sleep(followMs);
+        // An answer holds at most 1 MiB: without --follow, read on to the log's end (only the
+        // first MiB was shown, of a log up to 16 MiB whose end is the latest boot); --json
+        // answers the first read, its offset says where to go on.
+        else if (json || !text || typeof r === "string") {
+          if (waiting) {
+            await Deno.stdout.write(new TextEncoder().encode(nodeText(waiting, colours)));
+          }
+          return 0;
+        }
       }
     }
   }
