@@ -5,7 +5,8 @@
 //
 //   <data>/ssh/              0700
 //     id_ed25519(.pub)       the server's key pair, made with ssh-keygen on first need (0600)
-//     known_hosts            the nodes' host keys, pinned from their images (HostKeyAlias = name)
+//     known_hosts            the nodes' host keys, pinned from their images (HostKeyAlias:
+//                            hostKeyAlias(name))
 //
 // The node is authenticated by the host keys of the image it booted (`/etc/ssh/ssh_host_*_key.pub`
 // in the image tree, which the server holds): an image without them cannot be told from an
@@ -222,7 +223,7 @@ export class NodeSsh {
           "the node cannot be authenticated",
       };
     }
-    this.#pin(node.name, keys.map((k) => `${node.name} ${k}`));
+    this.#pin(node.name, keys.map((k) => `${hostKeyAlias(node.name)} ${k}`));
     const port = probePort(node.settings) ?? 22;
     return { mac: node.mac, name: node.name, ip, port };
   }
@@ -286,6 +287,15 @@ export class NodeSsh {
   }
 }
 
+/** The name ssh knows a node's host keys by (HostKeyAlias, the first field of its known_hosts
+ *  lines). ssh matches those names regardless of case, where node names are unique
+ *  case-sensitively: the pins of a node named LAB1 were taken for lab1's, so root on a machine that
+ *  booted LAB1's image answering at lab1's address got lab1's commands. Each capital is written `_`
+ *  and its lower case (a node name holds no `_`: nodes.ts), one alias per name. */
+export function hostKeyAlias(name: string): string {
+  return name.replace(/[A-Z]/g, (c) => "_" + c.toLowerCase());
+}
+
 /** The ssh command line: key only, pinned host key, no prompt, no agent, no X11, no user config. */
 export function sshArgv(
   t: { name: string; ip: string; port: number },
@@ -313,7 +323,7 @@ export function sshArgv(
     "-o",
     "GlobalKnownHostsFile=/dev/null",
     "-o",
-    `HostKeyAlias=${t.name}`,
+    `HostKeyAlias=${hostKeyAlias(t.name)}`,
     "-o",
     "ForwardAgent=no",
     "-o",

@@ -11,7 +11,7 @@ import type { Context } from "../src/context.ts";
 import { listEvents } from "../src/events.ts";
 import { setLogSink } from "../src/log.ts";
 import type { RunResult } from "../src/noderun.ts";
-import { sshFailure } from "../src/nodessh.ts";
+import { hostKeyAlias, sshFailure } from "../src/nodessh.ts";
 import { freeTcpPort, type PowerServer, waitFor, withPowerServer } from "./support/power.ts";
 import { addImage } from "./support/images.ts";
 import { type FakeNodeSshd, startSshd } from "./support/sshd.ts";
@@ -179,6 +179,21 @@ Deno.test("node run: a host key other than the image's is refused; no host keys:
     assert.match(rd.error!, /no ssh host keys .*cannot be authenticated/);
     const known = Deno.readTextFileSync(ctx.ssh.key.knownHosts);
     assert.equal(known, `nc ${b.hostKey}\n`, "pinned under the node's name: its image's key only");
+  }));
+
+Deno.test("node run: the pins of a node named NA are not taken for na (ssh matches names without case)", () =>
+  withNodes(async ({ ctx, call }, a, b) => {
+    // NA's image holds B's host key, and NA answers at A's sshd: an impostor at NA's address
+    // that holds na's image (A's key). With na's pins under `na`, ssh took them for `NA`.
+    await addNode(ctx, "NA", "02:00:00:00:77:05", "127.0.0.13", a.port, b.hostKey);
+    const first = await call("POST", "/nodes/run", { nodes: ["na"], command: "echo $NODE_ID" });
+    assert.equal((first.json as unknown as RunResult[])[0].stdout, "A\n", "na's pins written");
+    const r = await call("POST", "/nodes/run", { nodes: ["NA"], command: "echo $NODE_ID" });
+    const [ra] = r.json as unknown as RunResult[];
+    assert.equal(ra.code, null, "NA's command did not run on the impostor");
+    assert.match(ra.error!, /Host key verification failed/);
+    assert.equal(hostKeyAlias("NA"), "_n_a");
+    assert.notEqual(hostKeyAlias("Lab-1"), hostKeyAlias("lab-1"));
   }));
 
 Deno.test("soft reboot: `reboot` runs on the node over ssh; it goes down; no hard reset", () =>
