@@ -331,3 +331,39 @@ Deno.test("image gc --keep removing a version while an import of that same conte
     await t.close();
   }
 });
+
+Deno.test("two identical `image rollback NAME ID` at once: both answer success, the name at that version; rollbacks to two versions at once: one is told to try again", async () => {
+  const t = await tempStore();
+  try {
+    const { src, v1, v2 } = await thinFirstVersion(t);
+    // (before: the second found the name moved since it looked and answered 409 "changed during
+    // the rollback: try again", though the name was where it asked)
+    const both = await Promise.allSettled([
+      t.store.rollback("deb", v1.id),
+      t.store.rollback("deb", v1.id),
+    ]);
+    assert.deepEqual(
+      both.map((r) => r.status === "fulfilled" ? r.value.image.id : String(r.reason)),
+      [v1.id, v1.id],
+    );
+    assert.equal(t.store.get("deb").id, v1.id);
+    // A third version; then rollbacks to v1 and to v2 at once: one lands, the other is refused
+    // (the name is not where that one asked).
+    Deno.writeTextFileSync(`${src}/etc/hostname`, "v3\n");
+    fixTimes(src);
+    const v3 = await t.store.import(src, "deb");
+    await t.store.idle();
+    const two = await Promise.allSettled([
+      t.store.rollback("deb", v1.id),
+      t.store.rollback("deb", v2.id),
+    ]);
+    const landed = two.filter((r) => r.status === "fulfilled");
+    const refused = two.filter((r) => r.status === "rejected");
+    assert.equal(landed.length, 1, JSON.stringify(two));
+    assert.match(String(refused[0].reason), /image deb changed during the rollback: try again/);
+    assert.equal(t.store.get("deb").id, landed[0].value.image.id);
+    assert.notEqual(t.store.get("deb").id, v3.id);
+  } finally {
+    await t.close();
+  }
+});

@@ -63,7 +63,8 @@ save) and the command; * marks the version the name points at.`,
 
 Points the image name at VERSION (an id or id prefix of one of its versions; default: the version
 before the current one). Nodes deployed on the name boot it at their next boot (--reboot-nodes:
-now); nodes deployed on a version id stay on it.`,
+now); nodes deployed on a version id stay on it. A rollback that finds the name already at that
+version (another one landed first) succeeds; one that finds it moved elsewhere says to try again.`,
   diff: `usage: netroot image diff A B ${common}
 
 Files added, removed and changed from version A to version B (from their manifests: instant).`,

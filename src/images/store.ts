@@ -821,7 +821,11 @@ export class ImageStore {
       } finally {
         release();
       }
-      if (this.get(name).id !== previous) {
+      const now = this.get(name).id;
+      // Another rollback to the same version landed meanwhile: the name is where it was asked
+      // to be, and this one is done too.
+      if (now === target.id) return { image: this.#row(target.id)!, previous };
+      if (now !== previous) {
         throw conflict(`image ${name} changed during the rollback: try again`);
       }
       durableTx(this.db, () => {
