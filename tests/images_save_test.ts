@@ -407,6 +407,33 @@ Deno.test("node save --upper of an off node: image rm of its booted version duri
   }
 });
 
+Deno.test("image rename of the name a node save commits to, while the save is under way: refused (409), the save lands on that name", async () => {
+  const { t, base, nodes, ctx } = await setup();
+  try {
+    Deno.mkdirSync(`${t.dir}/up/etc`, { recursive: true });
+    Deno.writeTextFileSync(`${t.dir}/up/etc/new`, "new\n");
+    tarOf(`${t.dir}/up`, `${t.dir}/up.tar`);
+    const saving = saveNode(ctx, "n1", "deb", `${t.dir}/up.tar`, null).catch((e) => e as Error);
+    // (before: renamed; the save then made a new image "deb" of its own, and n1, following the
+    // renamed image, never got it)
+    assert.throws(
+      () => t.store.rename("deb", "renamed"),
+      (e: UserError) =>
+        e.status === 409 && /an image session or commit on deb is under way: end it first/
+          .test(e.message),
+    );
+    const saved = await saving;
+    assert.ok(!(saved instanceof Error), String(saved));
+    assert.deepEqual(t.store.history("deb").map((v) => v.id), [base.id, saved.id]);
+    await publish(ctx, saved, false);
+    assert.equal(nodes.get("n1").imageId, saved.id);
+    t.store.rename("deb", "renamed"); // once it is done
+    assert.equal(t.store.history("renamed").length, 2);
+  } finally {
+    await t.close();
+  }
+});
+
 Deno.test("node saves at once cannot together fill the data dir: each gets half the room the others left (root)", async () => {
   assert.equal(Deno.uid(), 0, "needs root (a small tmpfs as the data dir's disk)");
   const mnt = Deno.makeTempDirSync({ prefix: "nr-save-room-" });

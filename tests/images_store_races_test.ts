@@ -367,3 +367,47 @@ Deno.test("two identical `image rollback NAME ID` at once: both answer success, 
     await t.close();
   }
 });
+
+Deno.test("image rename while an import, a session or a session's commit on that name (or on the new name) is under way: refused (409); the commit lands on its name (root)", async () => {
+  const t = await tempStore();
+  try {
+    const { src, v2 } = await thinFirstVersion(t);
+    const refusedOn = (name: string, from = "deb", to = "renamed") => {
+      assert.throws(
+        () => t.store.rename(from, to),
+        (e: UserError) =>
+          e.status === 409 &&
+          e.message === `an image session or commit on ${name} is under way: end it first`,
+      );
+    };
+    // An import into deb under way.
+    Deno.writeTextFileSync(`${src}/etc/hostname`, "v3\n");
+    const importing = t.store.import(src, "deb").catch((e) => e as Error);
+    // (before: renamed; the import then landed as a separate image under the old name, and the
+    // nodes following the renamed image never got it)
+    refusedOn("deb");
+    const v3 = await importing;
+    assert.ok(!(v3 instanceof Error), String(v3));
+    assert.equal(v3.parent, v2.id);
+    assert.equal(t.store.get("deb").id, v3.id);
+    // An import into a new name under way: deb cannot be renamed onto that name (the import
+    // would land as a version of deb).
+    const fresh = t.store.import(src, "fresh").catch((e) => e as Error);
+    refusedOn("fresh", "deb", "fresh");
+    await fresh;
+    // A session open on deb, then its commit under way.
+    const s = await t.store.sessions.open("deb");
+    refusedOn("deb");
+    Deno.writeTextFileSync(`${s.merged}/etc/added`, "the session's work\n");
+    const committing = t.store.sessions.commit(s.id, { madeBy: "shell", command: null });
+    refusedOn("deb");
+    const c = await committing;
+    assert.equal(t.store.get("deb").id, c.id, "the commit lands on deb");
+    // Nothing under way: renamed, every version with it.
+    assert.equal(t.store.rename("deb", "renamed").name, "renamed");
+    assert.equal(t.store.history("renamed").length, 4);
+    assert.equal(t.store.find("deb"), undefined);
+  } finally {
+    await t.close();
+  }
+});

@@ -105,7 +105,9 @@ still runs one (booted it last and is not off), or an image session is open on o
 named). The files go at the next image gc.`,
   rename: `usage: netroot image rename IMAGE NEW ${common}
 
-Renames an image: all its versions (their ids do not change).`,
+Renames an image: all its versions (their ids do not change). Refused while an import, an image
+session (shell, cp, build) or a node save on IMAGE or on NEW is under way: its commit lands on the
+name it started on.`,
   gc: `usage: netroot image gc [--keep N] ${common}
 
 Removes the stored files no image version uses any more. --keep N also removes, for each image, the

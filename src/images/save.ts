@@ -83,6 +83,7 @@ export async function saveNode(
   upperTar: string,
   command: string | null,
 ): Promise<Commit> {
+  using _name = ctx.images.committing(name);
   const base = bootedImage(ctx, nodeRef);
   using _base = holdBase(ctx, base);
   using upper = heldFile(upperTar, ctx.images.data.nodes);
@@ -170,6 +171,7 @@ export async function saveLiveNode(
   command: string | null,
   fetch: Partial<FetchOptions> = {},
 ): Promise<Commit> {
+  using _name = ctx.images.committing(name);
   const node = ctx.nodes.get(nodeRef);
   const o = { ...fetchDefaults, ...fetch };
   const base = await liveBase(ctx, node, o.cmdline);

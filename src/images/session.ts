@@ -179,6 +179,8 @@ export class Sessions {
     await this.#discardOrphans();
     const base = ref === null ? null : this.images.get(ref);
     if (!base && !name) throw new UserError("a build FROM scratch needs a name");
+    // Renamed while its base's tree is written, the session committed to the old name.
+    using _name = this.images.committing(name ?? base!.name);
     // A thin version's tree is written again first; held until the session is registered.
     const release = base ? this.images.hold(base.id) : () => {};
     try {
@@ -327,6 +329,8 @@ export class Sessions {
     meta: { madeBy: MadeBy; command: string | null },
   ): Promise<Commit> {
     const s = this.get(id);
+    // Out of the list below, the session still keeps `image rename` off its name.
+    using _name = this.images.committing(s.name);
     const nothing = unchanged(s); // its container is gone: the upper changes no more
     if (!nothing) this.#checkRoom(s);
     // Out of the list, the session no longer keeps its base from `image rm` or gc: held until

@@ -311,6 +311,7 @@ export class ImageStore {
   ): Promise<Commit> {
     validateName(name);
     if (!source.startsWith("/")) throw new UserError(`import path must be absolute: ${source}`);
+    using _name = this.committing(name);
     const work = this.scratch("import");
     try {
       // Owner-only, as every other version's images/<id>/: an untrusted image's set-uid files
@@ -897,11 +898,39 @@ export class ImageStore {
     return { versions, objects, bytes };
   }
 
-  /** Renames an image: every version moves to the new name. */
+  /** Names a commit is under way to (an import, a node save, a session's open or commit). */
+  #committing = new Map<string, number>();
+
+  /** Marks `name` as the name a commit under way lands on, until disposed: `rename` refuses it. */
+  committing(name: string): Disposable {
+    this.#committing.set(name, (this.#committing.get(name) ?? 0) + 1);
+    let done = false;
+    return {
+      [Symbol.dispose]: () => {
+        if (done) return;
+        done = true;
+        const n = this.#committing.get(name)! - 1;
+        if (n) this.#committing.set(name, n);
+        else this.#committing.delete(name);
+      },
+    };
+  }
+
+  /**
+   * Renames an image: every version moves to the new name. Refused while a session is open or a
+   * commit is under way on either name: the commit lands on the name it was started on, so it
+   * became an image of its own under the old name (its followers, now on the new one, never got
+   * it), or a version of the image renamed onto its name.
+   */
   rename(ref: string, newName: string): ImageInfo {
     const info = this.get(ref);
     validateName(newName);
     if (newName === info.name) return info;
+    for (const name of [info.name, newName]) {
+      if (this.#committing.has(name) || this.sessions.list().some((s) => s.name === name)) {
+        throw conflict(`an image session or commit on ${name} is under way: end it first`);
+      }
+    }
     if (this.isName(newName)) throw conflict(`image name ${newName} is already taken`);
     durableTx(this.db, () => {
       this.db.prepare("UPDATE images SET name = ? WHERE name = ?").run(newName, info.name);
