@@ -12,10 +12,10 @@
 // refused); the file is rewritten through a new file created with O_EXCL and renamed over the old
 // one (a hard link planted there is broken, not written through); only netroot's own marked line
 // is replaced, the image's keys are kept; a file over 256 KiB or of another type is refused.
+import { isServerLine, keyMarker } from "../contract/serverkey.ts";
 import { lchown } from "../src/linux/fsops.ts";
 
-/** Ends netroot's line in authorized_keys (the key comment): the line replaced at each boot. */
-export const keyMarker = "netroot-server";
+export { keyMarker };
 /** The largest authorized_keys kept (a planted huge file is refused, not read into RAM). */
 export const maxAuthorizedKeys = 256 * 1024;
 
@@ -42,11 +42,6 @@ function kindOf(st: Deno.FileInfo): string {
 export function withServerKey(text: string, key: string): string {
   const kept = text.split("\n").filter((l) => l.trim() !== "" && !isServerLine(l));
   return [...kept, `${key} ${keyMarker}`].join("\n") + "\n";
-}
-
-function isServerLine(line: string): boolean {
-  const words = line.trim().split(/\s+/);
-  return words[words.length - 1] === keyMarker;
 }
 
 /**

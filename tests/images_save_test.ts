@@ -20,11 +20,16 @@ import { type PowerServer, waitFor, withPowerServer } from "./support/power.ts";
 import { type FakeNodeSshd, startSshd } from "./support/sshd.ts";
 import { manifestText, parseManifest } from "../contract/manifest.ts";
 import { scanTree } from "../src/images/walk.ts";
-import { buildSampleTree, dirEntries, sh, tarOf, tempStore } from "./images_helpers.ts";
+import { installServerKey, keyMarker } from "../overlay/sshkey.ts";
+import { buildSampleTree, dirEntries, fixTimes, sh, tarOf, tempStore } from "./images_helpers.ts";
 
-async function setup(dataRoot?: string) {
+async function setup(dataRoot?: string, more?: (root: string) => void) {
   const t = await tempStore(dataRoot);
   buildSampleTree(`${t.dir}/src`);
+  if (more) {
+    more(`${t.dir}/src`);
+    fixTimes(`${t.dir}/src`);
+  }
   const base = await t.store.import(`${t.dir}/src`, "deb");
   const nodes = new NodeRegistry(t.data, t.db, t.store, new Rebooter(t.db), new EventTarget());
   nodes.add("52:54:00:00:00:11", { name: "n1" });
@@ -111,6 +116,137 @@ Deno.test("node save: a real overlay upper (tar) with deletions becomes a versio
     );
     assert.equal(nodes.follow().length, 1, "n1 follows deb to the saved version");
     assert.deepEqual(await dirEntries(t.data.tmp), []);
+  } finally {
+    await t.close();
+  }
+});
+
+/** What a Debian node writes for itself as it runs (measured on a booted node's upper), and what
+ *  netroot init adds: the server's key line. */
+function runMachine(r: string): void {
+  const w = (p: string, text: string) => {
+    Deno.mkdirSync(dirname(`${r}${p}`), { recursive: true });
+    Deno.writeTextFileSync(`${r}${p}`, text);
+  };
+  installServerKey(r, "ssh-ed25519 AAAAserver"); // netroot init's, before the switch
+  w("/etc/machine-id", "0123456789abcdef0123456789abcdef\n");
+  w("/var/lib/systemd/random-seed", "seed bytes");
+  w("/var/lib/systemd/credential.secret", "secret");
+  w("/var/lib/systemd/timers/stamp-apt-daily.timer", "");
+  w("/var/log/journal/0123456789abcdef0123456789abcdef/system.journal", "journal");
+  w("/var/log/journal/0123456789abcdef0123456789abcdef/user-1000.journal", "journal");
+  Deno.mkdirSync(`${r}/tmp/.X11-unix`, { recursive: true });
+  w("/tmp/.X11-unix/X0.lock", "");
+  w("/var/tmp/systemd-private-1/tmp/x", "");
+  Deno.mkdirSync(`${r}/persist`); // netroot init's mount point
+}
+
+Deno.test("node save leaves the machine's own state out (random seed, journal, timer stamps, tmp, machine-id, /persist, the server's key line): the admin's changes stay", async () => {
+  assert.equal(Deno.uid(), 0, "needs root (overlayfs)");
+  const { t, base, ctx } = await setup(undefined, (root) => {
+    for (const d of ["/tmp", "/var/tmp", "/var/log/journal", "/var/lib/systemd", "/root/.ssh"]) {
+      Deno.mkdirSync(`${root}${d}`, { recursive: true });
+    }
+    Deno.chmodSync(`${root}/tmp`, 0o1777);
+    Deno.writeTextFileSync(`${root}/etc/machine-id`, "uninitialized\n");
+    // the image's own key, a blank line after it (netroot init writes it back without)
+    Deno.writeTextFileSync(`${root}/root/.ssh/authorized_keys`, "ssh-rsa AAAAimage admin@lab\n\n");
+  });
+  try {
+    const machine = upperTarball(`${t.dir}/node`, t.data.rootfs(base.id), (r) => {
+      runMachine(r);
+      Deno.writeTextFileSync(`${r}/etc/motd`, "the admin's change\n");
+    });
+    const v = await saveNode(ctx, "n1", "clean", machine, "netroot node save n1 clean");
+    // (before: every path above in the new version: its nodes shared one random seed, the old
+    // journal, and the image held the server's key)
+    const d = t.store.diff(base.id, v.id);
+    assert.deepEqual(d, { added: ["/etc/motd"], removed: [], changed: ["/etc"] });
+    assert.deepEqual(v.leftOut, [
+      "machine-id",
+      "random-seed",
+      "credential.secret",
+      "timer stamps (1 file)",
+      "journal (2 files)",
+      "/tmp (1 file)",
+      "/var/tmp (1 file)",
+      "the /persist mount point",
+      "the server's key in /root/.ssh/authorized_keys",
+    ]);
+    assert.match(
+      committedText({ ...v, followers: [], reboots: [] }),
+      /\nleft out per-machine state: machine-id, random-seed, .*, the server's key in \/root\/\.ssh\/authorized_keys \(--keep-machine-state saves it\)/,
+    );
+
+    // Keys the admin added on the node stay; only netroot's line goes.
+    const keys = upperTarball(`${t.dir}/node2`, t.data.rootfs(base.id), (r) => {
+      runMachine(r);
+      Deno.writeTextFileSync(`${r}/root/.ssh/authorized_keys`, "ssh-ed25519 AAAAmine me@laptop\n", {
+        append: true,
+      });
+    });
+    const k = await saveNode(ctx, "n1", "keys", keys, null);
+    assert.equal(
+      Deno.readTextFileSync(`${t.data.rootfs(k.id)}/root/.ssh/authorized_keys`),
+      "ssh-rsa AAAAimage admin@lab\nssh-ed25519 AAAAmine me@laptop\n",
+    );
+    assert.equal(manifestOf(t, k.id).get("/root/.ssh/authorized_keys")?.mode, 0o600);
+    assert.deepEqual(t.store.diff(base.id, k.id).changed, [
+      "/root/.ssh", // (its time)
+      "/root/.ssh/authorized_keys",
+    ]);
+
+    // --keep-machine-state: saved whole, as before.
+    const all = await saveNode(ctx, "n1", "all", machine, null, { keepMachineState: true });
+    assert.deepEqual(all.leftOut, []);
+    const m = manifestOf(t, all.id);
+    for (const p of ["/var/lib/systemd/random-seed", "/persist", "/tmp/.X11-unix/X0.lock"]) {
+      assert.ok(m.has(p), p);
+    }
+    assert.match(
+      Deno.readTextFileSync(`${t.data.rootfs(all.id)}/root/.ssh/authorized_keys`),
+      new RegExp(`ssh-ed25519 AAAAserver ${keyMarker}`),
+    );
+    assert.deepEqual(await dirEntries(t.data.tmp), []);
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("node save: whiteouts of the machine's own state are left out too (the base's stays); netroot's /root/.ssh on an image without one goes with its key", async () => {
+  const { t, base, ctx } = await setup(undefined, (root) => {
+    Deno.mkdirSync(`${root}/var/lib/systemd`, { recursive: true });
+    Deno.writeTextFileSync(`${root}/var/lib/systemd/random-seed`, "the image's seed");
+    Deno.mkdirSync(`${root}/var/log/journal/old`, { recursive: true });
+    Deno.writeTextFileSync(`${root}/var/log/journal/old/system.journal`, "old");
+    Deno.writeTextFileSync(`${root}/etc/machine-id`, "");
+  });
+  try {
+    // a hand-made upper: the seed and machine-id deleted, the journal dir opaque (emptied),
+    // /root/.ssh made by netroot init holding only its line
+    const up = `${t.dir}/up`;
+    Deno.mkdirSync(`${up}/var/log/journal`, { recursive: true });
+    Deno.mkdirSync(`${up}/var/lib/systemd`, { recursive: true });
+    Deno.mkdirSync(`${up}/etc`, { recursive: true });
+    sh("mknod", `${up}/var/lib/systemd/random-seed`, "c", "0", "0");
+    sh("mknod", `${up}/etc/machine-id`, "c", "0", "0");
+    setXattr(`${up}/var/log/journal`, "trusted.overlay.opaque", new TextEncoder().encode("y"));
+    Deno.writeTextFileSync(`${up}/etc/motd`, "kept\n");
+    installServerKey(up, "ssh-ed25519 AAAAserver");
+    tarOf(up, `${t.dir}/up.tar`);
+    const v = await saveNode(ctx, "n1", "deb", `${t.dir}/up.tar`, null);
+    const d = t.store.diff(base.id, v.id);
+    assert.deepEqual(d, { added: ["/etc/motd"], removed: [], changed: ["/etc"] });
+    assert.deepEqual(v.leftOut, [
+      "machine-id",
+      "random-seed",
+      "journal",
+      "the server's key in /root/.ssh/authorized_keys",
+    ]);
+    assert.equal(
+      Deno.readTextFileSync(`${t.data.rootfs(v.id)}/var/log/journal/old/system.journal`),
+      "old",
+    );
   } finally {
     await t.close();
   }
@@ -608,10 +744,19 @@ Deno.test("node save NODE NAME: the upper fetched from the running node over ssh
         Deno.mkdirSync(`${r}/home/user`);
         Deno.writeTextFileSync(`${r}/home/user/only`, "only this\n");
         Deno.writeTextFileSync(`${r}/etc/new`, "new\n");
+        // left out, as from an --upper FILE
+        installServerKey(r, "ssh-ed25519 AAAAserver");
+        Deno.mkdirSync(`${r}/var/lib/systemd`, { recursive: true });
+        Deno.writeTextFileSync(`${r}/var/lib/systemd/random-seed`, "seed");
+        Deno.mkdirSync(`${r}/persist`);
       }),
     async ({ ctx, call, cli }, _node, baseId) => {
       const r = await cli("node", "save", "n1", "saved");
       assert.equal(r.code, 0, r.err);
+      assert.match(
+        r.out,
+        /\nleft out per-machine state: random-seed, the \/persist mount point, the server's key in \/root\/\.ssh\/authorized_keys \(/,
+      );
       const v = ctx.images.get("saved");
       assert.equal(v.madeBy, "save");
       assert.equal(v.parent, baseId);
@@ -629,6 +774,11 @@ Deno.test("node save NODE NAME: the upper fetched from the running node over ssh
       const again = await call("POST", "/images/-/save", { node: "n1", name: "saved" });
       assert.equal(again.status, 200, JSON.stringify(again.json));
       assert.equal(again.json.id, v.id);
+      const whole = await cli("node", "save", "n1", "whole", "--keep-machine-state");
+      assert.equal(whole.code, 0, whole.err);
+      assert.doesNotMatch(whole.out, /left out/);
+      const all = ctx.images.diff(baseId, ctx.images.get("whole").id).added;
+      assert.ok(all.includes("/var/lib/systemd/random-seed"), all.join(" "));
       assert.deepEqual(await dirEntries(ctx.data.tmp), []);
     },
   );

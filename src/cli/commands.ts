@@ -29,6 +29,7 @@ const nodeFlags = {
   timeout: "SECONDS",
   hard: "",
   upper: "FILE",
+  "keep-machine-state": "",
   "reboot-nodes": "",
   source: "serial|netconsole",
 } as const;

@@ -165,18 +165,26 @@ async function commitSession(
   }
 }
 
-/** What a commit did, for people: the version, an outdated base, the nodes. */
-export function committedText(r: Commit & Published): string {
+/** What a commit did, for people: the version, an outdated base, the nodes; for a node save,
+ *  what of the machine's own state it left out. */
+export function committedText(r: Commit & Published & { leftOut?: string[] }): string {
+  const leftOut = r.leftOut?.length
+    ? `left out per-machine state: ${r.leftOut.join(", ")} (--keep-machine-state saves it)`
+    : "";
   if (r.existed) {
-    return r.current
-      ? `no changes: ${r.name} stays at ${r.id.slice(0, 12)}`
-      : `identical to ${r.name}@${r.id.slice(0, 12)} (not current): nothing committed; ` +
-        `netroot image rollback ${r.name} ${r.id.slice(0, 12)} points the name at it`;
+    return [
+      r.current
+        ? `no changes: ${r.name} stays at ${r.id.slice(0, 12)}`
+        : `identical to ${r.name}@${r.id.slice(0, 12)} (not current): nothing committed; ` +
+          `netroot image rollback ${r.name} ${r.id.slice(0, 12)} points the name at it`,
+      leftOut,
+    ].filter(Boolean).join("\n");
   }
   return [
     `committed ${r.name}@${r.id.slice(0, 12)}${
       r.previous ? ` (was ${r.previous.slice(0, 12)})` : " (new image)"
     }`,
+    leftOut,
     // (not "meanwhile": a save or session committed to another image's name is made on a
     // version of its own image, and does not contain what that name had either)
     r.outdated

@@ -1,6 +1,6 @@
 // `netroot node …` (and `netroot deploy`): node management through the running server's API.
 import { resolve } from "node:path";
-import type { Commit } from "../images/store.ts";
+import type { Saved } from "../images/save.ts";
 import type { Published } from "../images/versions.ts";
 import { parseArgs } from "node:util";
 import { progressText } from "../../contract/report.ts";
@@ -40,10 +40,11 @@ const help: Record<string, string> = {
   wait NODE[,NODE…] [--state S] [--timeout S]   until the nodes reach a state (default booted)
   log NODE [--follow]                       the node's timeline
   console NODE [--follow] [--source S]      the node's console (serial or netconsole)
-  save NODE NAME [--upper FILE] [--reboot-nodes]   the node's changes as a new image version
+  save NODE NAME [--upper FILE] [--keep-machine-state] [--reboot-nodes]
+                                            the node's changes as a new image version
 
 NODE is a name or a MAC address (any common spelling). ${common}`,
-  save: `usage: netroot node save NODE NAME [--upper FILE] [--reboot-nodes]
+  save: `usage: netroot node save NODE NAME [--upper FILE] [--keep-machine-state] [--reboot-nodes]
 
 Turns what the node changed in its running system (its overlay upper: network mode, the RAM layer;
 hybrid mode, walt-hybrid/<id>/diff; netroot init shows either read-only at /run/netroot/upper) into
@@ -52,8 +53,13 @@ whiteouts and opaque directories). The server fetches the upper from the booted 
 node run does, with the image's own GNU tar (busybox tar keeps no xattrs: refused). --upper FILE
 instead reads a tarball of the upper on the server machine, made on the node with GNU tar keeping
 xattrs and numeric owners (README, "Changing images"): for a node that is down. NAME may be the
-booted image's own name (a new version of it) or another. --reboot-nodes reboots the nodes that
-follow NAME. ${common}`,
+booted image's own name (a new version of it) or another.
+What the machine wrote for itself is left out (as systemd's "Building images safely" asks), as
+the base image has it: /etc/machine-id, /var/lib/systemd/random-seed and credential.secret,
+/var/lib/systemd/timers/, the contents of /var/log/journal/, /tmp/ and /var/tmp/, the /persist
+mount point netroot made, and the server's key line netroot init adds to
+/root/.ssh/authorized_keys (keys added on the node stay); the answer says what was left out.
+--keep-machine-state saves it all. --reboot-nodes reboots the nodes that follow NAME. ${common}`,
   add: `usage: netroot node add MAC [--name NAME] [--model MODEL] [--image IMAGE]
 
 Registers a node. Default name node-<last 3 MAC bytes>; default image the one named "default".
@@ -162,6 +168,7 @@ const options = {
   timeout: { type: "string" },
   hard: { type: "boolean" },
   upper: { type: "string" },
+  "keep-machine-state": { type: "boolean" },
   "reboot-nodes": { type: "boolean" },
   source: { type: "string" },
 } as const;
@@ -270,10 +277,11 @@ export async function run(args: string[]): Promise<number> {
   switch (cmd) {
     case "save": {
       const [node, name] = positionals(p, 2, help.save);
-      const r = await api.post<Commit & Published>("/images/-/save", {
+      const r = await api.post<Saved & Published>("/images/-/save", {
         node,
         name,
         upper: o.upper === undefined ? undefined : resolve(o.upper),
+        keepMachineState: o["keep-machine-state"] ?? false,
         rebootNodes: o["reboot-nodes"] ?? false,
         command: ["netroot", "node", ...args].join(" "),
       });

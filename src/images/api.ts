@@ -114,7 +114,8 @@ export function imageRoutes(ctx: Context): Hono {
     return c.json(await copyOut(ctx.images, image, path, dest));
   });
   // node save: a node's overlay upper as a new version on the image the node booted, fetched from
-  // the running node over ssh, or (upper) a tarball the server reads.
+  // the running node over ssh, or (upper) a tarball the server reads; the machine's own state
+  // left out unless keepMachineState.
   app.post("/-/save", async (c) => {
     const body = await jsonBody(c.req.raw);
     const { node, upper } = body;
@@ -127,9 +128,10 @@ export function imageRoutes(ctx: Context): Hono {
       throw new UserError("save needs node, name and maybe upper (an absolute path on the server)");
     }
     const command = typeof body.command === "string" ? body.command.slice(0, 4096) : null;
+    const opts = { keepMachineState: body.keepMachineState === true };
     const image = upper === undefined
-      ? await saveLiveNode(ctx, node, name, command)
-      : await saveNode(ctx, node, name, upper as string, command);
+      ? await saveLiveNode(ctx, node, name, command, {}, opts)
+      : await saveNode(ctx, node, name, upper as string, command, opts);
     return c.json({ ...image, ...await publish(ctx, image, body.rebootNodes === true) });
   });
   // image build: the log streamed as NDJSON {log} lines, then {image} or {error}.

@@ -6,7 +6,9 @@
 // server's ssh channel (src/nodessh.ts) with the image's own GNU tar, or a file the admin made
 // there. Either way it is untrusted: bounded while it arrives, its members' sizes and count held
 // to the room left, unpacked with the import's rules into scratch (as a tree, never as an image
-// archive), then applied like a session's upper. The conversion happens here only.
+// archive), then applied like a session's upper, the machine's own state left out first
+// (machinestate.ts: its random seed, journal, machine-id, the server's key line…). The conversion
+// happens here only.
 import { closeSync, constants, fstatSync, openSync, statSync } from "node:fs";
 import { join, posix } from "node:path";
 import { defaultLayout } from "../../contract/rootmode.ts";
@@ -23,6 +25,8 @@ import type { Commit } from "./store.ts";
 import { roomIn } from "./tar.ts";
 import { lstatOrNull } from "./archivepath.ts";
 import { unpack } from "./unpack.ts";
+import { indexBase } from "./derive.ts";
+import { leaveOutMachineState } from "./machinestate.ts";
 
 const log = logger("images");
 
@@ -51,6 +55,17 @@ function storedBase(ctx: Pick<Context, "images">, node: NodeInfo, id: string): s
 }
 
 type SaveContext = Pick<Context, "db" | "nodes" | "images">;
+
+/** A save's commit, and what of the machine's own state it left out (machinestate.ts). */
+export interface Saved extends Commit {
+  /** A short phrase per kind left out ("journal (3 files)"); empty with keepMachineState. */
+  leftOut: string[];
+}
+
+export interface SaveOptions {
+  /** Save the node's upper whole, its random seed, journal, machine-id, the server's key… */
+  keepMachineState?: boolean;
+}
 
 /** The version a save applies onto, kept from `image rm` and gc until the save ends: an off
  *  node's booted version may be removed, and removed during the save (its upper streamed or
@@ -82,7 +97,8 @@ export async function saveNode(
   name: string,
   upperTar: string,
   command: string | null,
-): Promise<Commit> {
+  opts: SaveOptions = {},
+): Promise<Saved> {
   using _name = ctx.images.committing(name);
   const base = bootedImage(ctx, nodeRef);
   using _base = holdBase(ctx, base);
@@ -90,7 +106,8 @@ export async function saveNode(
   using room = saveRoom(ctx);
   return await inScratch(
     ctx,
-    (scratch) => commitTar(ctx, base, scratch, upper.path, room.bytes, name, command, upperTar),
+    (scratch) =>
+      commitTar(ctx, base, scratch, upper.path, room.bytes, name, command, opts, upperTar),
   );
 }
 
@@ -170,7 +187,8 @@ export async function saveLiveNode(
   name: string,
   command: string | null,
   fetch: Partial<FetchOptions> = {},
-): Promise<Commit> {
+  opts: SaveOptions = {},
+): Promise<Saved> {
   using _name = ctx.images.committing(name);
   const node = ctx.nodes.get(nodeRef);
   const o = { ...fetchDefaults, ...fetch };
@@ -191,6 +209,7 @@ export async function saveLiveNode(
       left,
       name,
       command,
+      opts,
       `the upper of ${node.name}`,
     );
   });
@@ -214,8 +233,9 @@ async function commitTar(
   roomBytes: number,
   name: string,
   command: string | null,
+  opts: SaveOptions,
   what = tar,
-): Promise<Commit> {
+): Promise<Saved> {
   const upper = join(scratch, "upper");
   // The stream's bound does not bound what it unpacks to: a sparse member (or a compressed
   // --upper FILE) of a few KiB can stand for terabytes, all of them hashed: `room`, what is left
@@ -227,9 +247,14 @@ async function commitTar(
     throw e;
   });
   if (!u.format.startsWith("tar")) throw new UserError(`${what}: not a tarball`);
+  const leftOut = opts.keepMachineState ? [] : leaveOutMachineState(
+    upper,
+    indexBase(await Deno.readTextFile(ctx.images.data.manifest(baseId))),
+    ctx.images.objects,
+  );
   // Its files were hashed as they were unpacked (on other threads for the large ones): hashed
   // again here, they held the server's event loop (2 s for a 2 GiB file).
-  return await commitUpper(
+  const commit = await commitUpper(
     ctx.images,
     upper,
     baseId,
@@ -238,6 +263,7 @@ async function commitTar(
     undefined,
     u.cache,
   );
+  return { ...commit, leftOut };
 }
 
 export interface FetchOptions {
