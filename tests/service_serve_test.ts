@@ -227,39 +227,15 @@ Deno.test("serve under a service manager: READY after start, watchdog pings, loc
   }
 });
 
-// An admin's first `netroot serve --bridge …` without the privileges it needs: the bridge, the
-// DHCP port or the data dir refused it, and the admin got a stack trace of whichever came first
-// ("ip link add … Operation not permitted\n    at runTool …") that never said to run as root.
-Deno.test("serve without the privileges it needs: one line saying so, no stack trace (root)", async () => {
-  if (Deno.uid() !== 0) throw new Error("this test needs root (unshare, setpriv)");
-  const dir = await Deno.makeTempDir({ prefix: "nr-noperm-" });
+/** `netroot serve ARGS` with a data dir of its own, run by `wrapper` (words before deno, e.g.
+ *  unshare): it must refuse to start, exit 1 and say why, with no stack trace. Returns what it
+ *  wrote on stderr. */
+async function serveRefused(wrapper: string[], args: string[]): Promise<string> {
+  const dir = await Deno.makeTempDir({ prefix: "nr-refused-" });
   try {
-    // root in a network namespace of its own (no bridge can leak), every capability dropped: the
-    // position of an admin in a container, and of a non-root one for every step that needs root
-    const out = await new Deno.Command("unshare", {
-      args: [
-        "--net",
-        "--",
-        "setpriv",
-        "--inh-caps=-all",
-        "--bounding-set=-all",
-        "--",
-        Deno.execPath(),
-        "run",
-        "-A",
-        mainTs,
-        "serve",
-        "--data",
-        join(dir, "data"),
-        "--http",
-        "127.0.0.1:0",
-        "--bridge",
-        "nrperm0",
-        "--address",
-        "10.79.0.1/24",
-        "--nfs",
-        "off",
-      ],
+    const [cmd, ...pre] = [...wrapper, Deno.execPath()];
+    const out = await new Deno.Command(cmd, {
+      args: [...pre, "run", "-A", mainTs, "serve", "--data", join(dir, "data"), ...args],
       env: { NO_COLOR: "1" },
       stdin: "null",
       stdout: "null",
@@ -267,12 +243,26 @@ Deno.test("serve without the privileges it needs: one line saying so, no stack t
     }).output();
     const err = new TextDecoder().decode(out.stderr);
     assert.equal(out.code, 1, err);
-    assert.match(err, /netroot serve: .*(Operation not permitted|Permission denied)/);
-    assert.match(err, /lacks a capability netroot serve needs \(it creates the bridge/);
     assert.doesNotMatch(err, /^\s+at /m, "no stack trace");
+    return err;
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+}
+
+// An admin's first `netroot serve --bridge …` without the privileges it needs: the bridge, the
+// DHCP port or the data dir refused it, and the admin got a stack trace of whichever came first
+// ("ip link add … Operation not permitted\n    at runTool …") that never said to run as root.
+Deno.test("serve without the privileges it needs: one line saying so, no stack trace (root)", async () => {
+  if (Deno.uid() !== 0) throw new Error("this test needs root (unshare, setpriv)");
+  // root in a network namespace of its own (no bridge can leak), every capability dropped: the
+  // position of an admin in a container, and of a non-root one for every step that needs root
+  const err = await serveRefused(
+    ["unshare", "--net", "--", "setpriv", "--inh-caps=-all", "--bounding-set=-all", "--"],
+    ["--http", "127.0.0.1:0", "--bridge", "nrperm0", "--address", "10.79.0.1/24", "--nfs", "off"],
+  );
+  assert.match(err, /netroot serve: .*(Operation not permitted|Permission denied)/);
+  assert.match(err, /lacks a capability netroot serve needs \(it creates the bridge/);
 });
 
 // The lab machine's own dnsmasq or isc-dhcp-server holding port 67 (tftpd-hpa port 69): serve
@@ -280,79 +270,34 @@ Deno.test("serve without the privileges it needs: one line saying so, no stack t
 // in use\n    at openSockets …") and no word of what holds the port or what to do.
 Deno.test("serve with the DHCP port held by another program: one line naming what to do, no stack trace (root)", async () => {
   if (Deno.uid() !== 0) throw new Error("this test needs root (unshare, port 67)");
-  const dir = await Deno.makeTempDir({ prefix: "nr-inuse-" });
-  try {
-    // In a network namespace of its own: python binds UDP 0.0.0.0:67 (as dnsmasq does), keeps the
-    // socket across its exec of the server, which then finds the port taken.
-    const holder = `import os, socket, sys
+  // In a network namespace of its own: python binds UDP 0.0.0.0:67 (as dnsmasq does), keeps the
+  // socket across its exec of the server, which then finds the port taken.
+  const holder = `import os, socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind(("0.0.0.0", 67))
 s.set_inheritable(True)
 os.system("ip link set lo up")
 os.execv(sys.argv[1], sys.argv[1:])`;
-    const out = await new Deno.Command("unshare", {
-      args: [
-        "--net",
-        "--",
-        "python3",
-        "-c",
-        holder,
-        Deno.execPath(),
-        "run",
-        "-A",
-        mainTs,
-        "serve",
-        "--data",
-        join(dir, "data"),
-        "--http",
-        "127.0.0.1:0",
-        "--interface",
-        "lo",
-        "--dhcp-range",
-        "127.0.0.100-127.0.0.110",
-        "--nfs",
-        "off",
-      ],
-      env: { NO_COLOR: "1" },
-      stdin: "null",
-      stdout: "null",
-      stderr: "piped",
-    }).output();
-    const err = new TextDecoder().decode(out.stderr);
-    assert.equal(out.code, 1, err);
-    assert.match(err, /netroot serve: .*:67: Address already in use/);
-    assert.match(err, /another program holds that port \(`ss -lntup` names it/);
-    assert.doesNotMatch(err, /^\s+at /m, "no stack trace");
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  const err = await serveRefused(["unshare", "--net", "--", "python3", "-c", holder], [
+    "--http",
+    "127.0.0.1:0",
+    "--interface",
+    "lo",
+    "--dhcp-range",
+    "127.0.0.100-127.0.0.110",
+    "--nfs",
+    "off",
+  ]);
+  assert.match(err, /netroot serve: .*:67: Address already in use/);
+  assert.match(err, /another program holds that port \(`ss -lntup` names it/);
 });
 
 Deno.test("serve with its HTTP port taken: the error says to stop the other program or choose --http PORT", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "nr-httpinuse-" });
   const taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   try {
-    const out = await new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        "-A",
-        mainTs,
-        "serve",
-        "--data",
-        join(dir, "data"),
-        "--http",
-        `127.0.0.1:${taken.addr.port}`,
-      ],
-      env: { NO_COLOR: "1" },
-      stdin: "null",
-      stdout: "null",
-      stderr: "piped",
-    }).output();
-    const err = new TextDecoder().decode(out.stderr);
-    assert.equal(out.code, 1, err);
+    const err = await serveRefused([], ["--http", `127.0.0.1:${taken.addr.port}`]);
     assert.match(err, /Address already in use .*choose another port with --http PORT/);
   } finally {
     taken.close();
-    await Deno.remove(dir, { recursive: true });
   }
 });
