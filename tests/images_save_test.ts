@@ -18,7 +18,10 @@ import { setLogSink } from "../src/log.ts";
 import type { Context } from "../src/context.ts";
 import { type PowerServer, waitFor, withPowerServer } from "./support/power.ts";
 import { type FakeNodeSshd, startSshd } from "./support/sshd.ts";
-import { manifestText, parseManifest } from "../contract/manifest.ts";
+import { MANIFEST_HEADER, manifestText, parseManifest } from "../contract/manifest.ts";
+import { leaveOutMachineState } from "../src/images/machinestate.ts";
+import { indexBase } from "../src/images/derive.ts";
+import type { ObjectStore } from "../src/images/objects.ts";
 import { scanTree } from "../src/images/walk.ts";
 import { installServerKey, keyMarker } from "../overlay/sshkey.ts";
 import { buildSampleTree, dirEntries, fixTimes, sh, tarOf, tempStore } from "./images_helpers.ts";
@@ -249,6 +252,39 @@ Deno.test("node save: whiteouts of the machine's own state are left out too (the
     );
   } finally {
     await t.close();
+  }
+});
+
+/** No object store: an upper without the server's key line reads none of the base's files. */
+const noObjects = {} as ObjectStore;
+
+Deno.test("node save: a node's /tmp of 100,000 files is left out with the server's thread turning (it held it 2 s)", async () => {
+  const dir = Deno.makeTempDirSync({ prefix: "netroot-machinestate-" });
+  try {
+    for (const d of ["tmp/a", "var/tmp"]) Deno.mkdirSync(`${dir}/${d}`, { recursive: true });
+    const empty = new Uint8Array();
+    for (let i = 0; i < 100_000; i++) Deno.writeFileSync(`${dir}/tmp/a/${i}`, empty);
+    Deno.writeFileSync(`${dir}/var/tmp/x`, empty);
+    // The longest the event loop went without a turn while the state was left out.
+    let longest = 0, last = performance.now();
+    const ticks = setInterval(() => {
+      const now = performance.now();
+      longest = Math.max(longest, now - last);
+      last = now;
+    }, 5);
+    let out: string[];
+    try {
+      last = performance.now();
+      out = await leaveOutMachineState(dir, indexBase(MANIFEST_HEADER + "\n"), noObjects);
+      longest = Math.max(longest, performance.now() - last);
+    } finally {
+      clearInterval(ticks);
+    }
+    assert.deepEqual(out, ["/tmp (100000 files)", "/var/tmp (1 file)"]);
+    assert.deepEqual([...Deno.readDirSync(`${dir}/tmp`)], []);
+    assert.ok(longest < 1000, `the server's thread held ${Math.round(longest)} ms`);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
   }
 });
 

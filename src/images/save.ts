@@ -247,7 +247,7 @@ async function commitTar(
     throw e;
   });
   if (!u.format.startsWith("tar")) throw new UserError(`${what}: not a tarball`);
-  const leftOut = opts.keepMachineState ? [] : leaveOutMachineState(
+  const leftOut = opts.keepMachineState ? [] : await leaveOutMachineState(
     upper,
     indexBase(await Deno.readTextFile(ctx.images.data.manifest(baseId))),
     ctx.images.objects,
