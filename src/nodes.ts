@@ -339,7 +339,8 @@ const selectNodes = `SELECT n.mac, n.name, n.model, n.image_id, i.name AS image_
   n.virtual, n.auto_registered, n.created_at, n.last_seen, n.state, n.state_since, n.state_reason
   FROM nodes n LEFT JOIN images i ON i.id = n.image_id`;
 
-/** The "state" event on ctx.changes: which node moved to which state (node wait follows it). */
+/** The "state" event on ctx.changes: which node moved to which state (node wait follows it), or
+ *  is in still once its clean reboots ended (src/server.ts softEnded: no longer on its way out). */
 export class StateChange extends Event {
   constructor(readonly mac: string, readonly state: NodeState) {
     super("state");

@@ -103,6 +103,9 @@ export class Rebooter {
   soft?: SoftReboot;
   /** A soft-rebooted node went down (openContext: it is `booting`, under the watchdog). */
   wentDown?: (mac: string, mechanism: string) => void;
+  /** Node `mac`'s clean reboots have all ended (down, escalated, given up, or the server
+   *  stops): softRebooting is false again, though its state may not have changed. */
+  softEnded?: (mac: string) => void;
   #following = new Set<Promise<void>>();
   /** Nodes asked for a clean reboot that have not gone down (nor been rebooted hard) yet: still
    *  `booted`, on their way out (GET /wait does not count them there). */
@@ -161,7 +164,10 @@ export class Rebooter {
       this.#following.delete(follow);
       const left = (this.#softPending.get(node.mac) ?? 1) - 1;
       if (left) this.#softPending.set(node.mac, left);
-      else this.#softPending.delete(node.mac);
+      else {
+        this.#softPending.delete(node.mac);
+        this.softEnded?.(node.mac);
+      }
     });
     this.#following.add(follow);
     return Promise.resolve({

@@ -10,7 +10,7 @@ import { recordEvent, startEventRetention } from "./events.ts";
 import { ImageStore } from "./images/store.ts";
 import { type HttpListener, listenBounded } from "./httpbounds.ts";
 import { logger, setLogFormat, setNodeNamer } from "./log.ts";
-import { NodeRegistry, nodeSettings, type Setting, SettingRules } from "./nodes.ts";
+import { NodeRegistry, nodeSettings, type Setting, SettingRules, StateChange } from "./nodes.ts";
 import { type MonitorOptions, NodeMonitor } from "./nodestate.ts";
 import { Rebooter, rebootSettings } from "./reboot.ts";
 import { NodeSsh, sshSoftReboot } from "./nodessh.ts";
@@ -216,6 +216,12 @@ export async function openContext(config: ServerConfig, plugins: Plugins = {}): 
     void nodes.setState(mac, "booting", `clean reboot (${mechanism}): down, no boot script yet`, {
       from: ["booted", "down"],
     });
+  // A clean reboot given up with the node still booted (no hard mechanism, or it failed) changes
+  // no state, and `node wait` counted the node as on its way out: its wait held to its timeout.
+  rebooter.softEnded = (mac) => {
+    const node = nodes.find(mac);
+    if (node) changes.dispatchEvent(new StateChange(mac, node.state));
+  };
   registerPowerReboots(ctx); // before vnodes' QMP reset: an explicit power.driver wins
   return ctx;
 }

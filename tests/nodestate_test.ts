@@ -513,6 +513,31 @@ Deno.test("node reboot: several nodes at once, the cause in each reboot event, 1
 // The README's sequence `node boot N IMG; node wait N`: a clean (ssh) reboot leaves the node
 // `booted` until it goes down, and the wait answered at once — the old system still up (measured
 // on a qemu node: `node run` right after it still saw the old image's files).
+Deno.test("node wait: a clean reboot given up with the node still booted (no hard mechanism) answers then, not at the wait's timeout", () =>
+  withPowerServer(async ({ ctx, call }) => {
+    const mac = "02:00:00:00:5e:22";
+    addImage(ctx, "img");
+    ctx.nodes.add(mac, { name: "d2" });
+    ctx.nodes.configure("d2", { ip: "10.9.0.22" });
+    ctx.nodes.setState(mac, "booted", "port 22 answered");
+    ctx.rebooter.soft = {
+      name: "ssh",
+      request: () => ({
+        sent: Promise.resolve({ delivered: true, detail: "reboot accepted" }),
+        timeoutMs: 200, // never down: given up at the first poll, no power control to escalate to
+        isDown: () => Promise.resolve(false),
+      }),
+    };
+    const rebooted = await call("POST", "/nodes/d2/reboot", {});
+    assert.equal(rebooted.status, 200, JSON.stringify(rebooted.json));
+    const t0 = performance.now();
+    const answer = await call("GET", "/wait?nodes=d2&timeout=30");
+    const tookS = (performance.now() - t0) / 1000;
+    assert.equal(answer.json.reached, true, JSON.stringify(answer.json));
+    assert.ok(tookS < 10, `answered after ${tookS.toFixed(1)} s (the reboot was given up at ~1 s)`);
+    assert.equal(ctx.nodes.get("d2").state, "booted");
+  }));
+
 Deno.test("node wait after a deploy: a node asked for a clean reboot is not booted until it went down and came back", () =>
   withPowerServer(async ({ ctx, call, cli }) => {
     const mac = "02:00:00:00:5e:21";
