@@ -46,16 +46,18 @@ export async function rotateConsole(
   return 0;
 }
 
-/** Reads the console log from `offset`; a log rotated (shorter than offset) restarts at 0. */
+/** Reads the console log from `offset`; a log rotated (shorter than offset) restarts at 0.
+ *  `size`: the log's size when read, so a reader knows whether more is waiting (a read's text
+ *  is at most 1 MiB of bytes, fewer characters) and where the log ended when it began reading. */
 export async function readConsole(
   path: string,
   offset: number,
-): Promise<{ text: string; offset: number }> {
+): Promise<{ text: string; offset: number; size: number }> {
   let f: Deno.FsFile;
   try {
     f = await Deno.open(path);
   } catch {
-    return { text: "", offset: 0 }; // not started yet
+    return { text: "", offset: 0, size: 0 }; // not started yet
   }
   try {
     const size = (await f.stat()).size;
@@ -72,7 +74,11 @@ export async function readConsole(
     // (qemu writes as the guest does) became two U+FFFD, one at each side; its bytes wait for the
     // next read.
     const whole = utf8Whole(buf.subarray(0, n));
-    return { text: new TextDecoder().decode(buf.subarray(0, whole)), offset: offset + whole };
+    return {
+      text: new TextDecoder().decode(buf.subarray(0, whole)),
+      offset: offset + whole,
+      size,
+    };
   } finally {
     f.close();
   }

@@ -573,7 +573,9 @@ async function loadConsole() {
       if (text.length > maxConsoleChars) text = text.slice(-maxConsoleChars);
       box.textContent = text;
       if (stick) box.scrollTop = box.scrollHeight;
-      if (r.text.length >= 1048576) wait = 0; // more is waiting
+      // More is waiting: by bytes (a 1 MiB read of multi-byte characters is fewer characters,
+      // and a read ends on a whole one; counted in characters, a log caught up 2 s per read)
+      if (r.size - r.offset >= 4) wait = 0;
     }
   } catch (e) {
     if (mac !== current) return;

@@ -389,6 +389,49 @@ Deno.test("node CLI: console prints the whole log, past its first MiB, no charac
     assert.equal(out.slice(before.length), "égreen\nboot 2: login:\n");
   }));
 
+// A node (or netconsole packets sent as it) that writes its console faster than the CLI reads it:
+// `node console` without --follow read until a read came back empty, so it went on for as long
+// as the writing did. It stops at the log's end as it was at its first read.
+Deno.test("node CLI: console without --follow stops at the log's end of its first read, however fast the node writes", () =>
+  withServer(async (cli, ctx) => {
+    const mac = "52:54:00:aa:00:25";
+    ctx.nodes.add(mac, { name: "vm5", virtual: true });
+    mkdirSync(ctx.data.vm(mac), { recursive: true });
+    const log = join(ctx.data.vm(mac), "console.log");
+    const line = "x".repeat(1023) + "\n";
+    Deno.writeTextFileSync(log, line.repeat(3 << 10)); // 3 MiB
+    let done = false, appended = 0;
+    const writer = (async () => {
+      // From the CLI's first connection to the server (its deno starts slower than this writes):
+      // a server-side socket of the API's port established, in the kernel's table.
+      const port = ports.get(ctx)!.toString(16).toUpperCase().padStart(4, "0");
+      const connected = () =>
+        Deno.readTextFileSync("/proc/net/tcp").split("\n").some((l) => {
+          const f = l.trim().split(/\s+/);
+          return f[1]?.endsWith(`:${port}`) && f[3] === "01";
+        });
+      while (!done && !connected()) await new Promise((r) => setTimeout(r, 5));
+      const chunk = new TextEncoder().encode(line.repeat(1 << 10)); // 1 MiB
+      while (!done && appended < 48 << 20) {
+        await Deno.writeFile(log, chunk, { append: true });
+        appended += chunk.length;
+        await new Promise((r) => setTimeout(r, 1)); // ~1 MiB a ms: faster than 1 MiB a read
+      }
+    })();
+    const out = await cli("node", "console", "vm5", { NETROOT_TOKEN: ctx.token }).finally(() => {
+      done = true;
+    });
+    await writer;
+    const printed = ok(out).length;
+    assert.ok(printed >= 3 << 20, `the log as it was is printed (${printed} bytes)`);
+    // The first read comes a few of the writer's MiB after the connection; reading until a read
+    // came back empty, the CLI printed all 51 MiB.
+    assert.ok(
+      printed < ((3 << 20) + appended) / 2,
+      `printing stopped near the first read's end: ${printed} bytes printed, ${appended} appended`,
+    );
+  }));
+
 // A file's name is the image author's: `image diff` printed it raw, so an imported image's
 // file named with escape sequences set the admin's clipboard (OSC 52) or rewrote the terminal,
 // and one with a newline added lines of its own to the listing; `image import` printed its

@@ -316,6 +316,19 @@ Deno.test({
           "login: <script>window.pwned='console'</script>red\n" +
             "\\x1b]0;owned\\x07\\x1b[2J\\x9b2J done\n[  OK  ] up\n",
         );
+        // A log that grew by 12 MiB of two-byte characters: each 1 MiB read is 524,288 characters,
+        // and the page, which took fewer than 1,048,576 for "caught up", waited 2 s after each
+        // (24 s to show the end); the server's size says how much is left to read.
+        await Deno.writeTextFile(
+          join(ctx.data.vm(macVm), "console.log"),
+          "é".repeat(6 << 20) + "\ntail-end\n",
+          { append: true },
+        );
+        await page.waitFor(
+          "document.getElementById('console').textContent.includes('tail-end')",
+          "the console's end, read without a wait between full reads",
+          8000,
+        );
         // The hostile name: shown as written, in the list and on its page.
         await page.eval(`location.hash = '#/node/${macEvil}'`);
         await page.waitFor(

@@ -205,11 +205,16 @@ Deno.test("vnode API routes: list, create errors as JSON, console offsets", asyn
       assert.equal(res.status, 401);
       await res.body?.cancel();
       res = await app.request("/api/v1/nodes/vm3/console", { headers: auth });
-      assert.deepEqual(await res.json(), { text: "", offset: 0, source: "serial" }); // not started
+      assert.deepEqual(await res.json(), { text: "", offset: 0, size: 0, source: "serial" }); // not started
       await Deno.mkdir(ctx.data.vm(mac), { recursive: true });
       await Deno.writeTextFile(join(ctx.data.vm(mac), "console.log"), "hello\nworld\n");
       res = await app.request("/api/v1/nodes/vm3/console?offset=6", { headers: auth });
-      assert.deepEqual(await res.json(), { text: "world\n", offset: 12, source: "serial" });
+      assert.deepEqual(await res.json(), {
+        text: "world\n",
+        offset: 12,
+        size: 12,
+        source: "serial",
+      });
       res = await app.request("/api/v1/nodes/vm3/console?offset=x", { headers: auth });
       assert.equal(res.status, 400);
       res = await app.request(`/api/v1/vnodes/${mac}`, { method: "DELETE", headers: auth });
@@ -266,11 +271,11 @@ Deno.test("console reader: a read ends at a whole UTF-8 character", async () => 
   const f = await Deno.makeTempFile();
   try {
     await Deno.writeFile(f, new Uint8Array([0x61, 0x62, 0xe2, 0x82])); // "ab" and 2 of "€"'s 3
-    assert.deepEqual(await readConsole(f, 0), { text: "ab", offset: 2 });
+    assert.deepEqual(await readConsole(f, 0), { text: "ab", offset: 2, size: 4 });
     await Deno.writeFile(f, new Uint8Array([0xac, 0xc3]), { append: true }); // "€" whole, 1 of "é"
-    assert.deepEqual(await readConsole(f, 2), { text: "€", offset: 5 });
+    assert.deepEqual(await readConsole(f, 2), { text: "€", offset: 5, size: 6 });
     await Deno.writeFile(f, new Uint8Array([0xa9, 0x0a]), { append: true });
-    assert.deepEqual(await readConsole(f, 5), { text: "é\n", offset: 8 });
+    assert.deepEqual(await readConsole(f, 5), { text: "é\n", offset: 8, size: 8 });
   } finally {
     await Deno.remove(f);
   }
@@ -280,10 +285,10 @@ Deno.test("console reader: a log shorter than the offset (rotated) restarts at 0
   const f = await Deno.makeTempFile();
   try {
     await Deno.writeTextFile(f, "abc");
-    assert.deepEqual(await readConsole(f, 0), { text: "abc", offset: 3 });
-    assert.deepEqual(await readConsole(f, 3), { text: "", offset: 3 });
-    assert.deepEqual(await readConsole(f, 99), { text: "abc", offset: 3 });
-    assert.deepEqual(await readConsole(`${f}.none`, 5), { text: "", offset: 0 });
+    assert.deepEqual(await readConsole(f, 0), { text: "abc", offset: 3, size: 3 });
+    assert.deepEqual(await readConsole(f, 3), { text: "", offset: 3, size: 3 });
+    assert.deepEqual(await readConsole(f, 99), { text: "abc", offset: 3, size: 3 });
+    assert.deepEqual(await readConsole(`${f}.none`, 5), { text: "", offset: 0, size: 0 });
   } finally {
     await Deno.remove(f);
   }

@@ -468,16 +468,19 @@ export async function run(args: string[]): Promise<number> {
     }
     case "console": {
       const [ref] = positionals(p, 1, help.console);
-      // GET /nodes/:ref/console?offset=N[&source=S] answers {text, offset, source} (offset =
-      // where the next read starts; src/consolelog.ts) or plain text.
+      // GET /nodes/:ref/console?offset=N[&source=S] answers {text, offset, size, source} (offset =
+      // where the next read starts, size the log's then; src/consolelog.ts) or plain text.
       let offset = 0;
+      /** Without --follow: the log's size at the first read, where the printing stops (a node
+       *  writing faster than we read would otherwise keep it going for good). */
+      let end: number | undefined;
       // Colours for a terminal, plain text elsewhere; the rest shown (src/nodetext.ts). A read may
       // end inside an escape sequence or between CR and LF: that waits for the next (or the end).
       const colours = Deno.stdout.isTerminal() ? "keep" : "strip";
       let waiting = "";
       for (;;) {
         const source = o.source ? `&source=${enc(o.source)}` : "";
-        const r = await api.get<{ text: string; offset: number } | string>(
+        const r = await api.get<{ text: string; offset: number; size?: number } | string>(
           `/nodes/${enc(ref)}/console?offset=${offset}${source}`,
         ).catch((e) => {
           if (/no such API route/.test(e.message)) {
@@ -495,11 +498,12 @@ export async function run(args: string[]): Promise<number> {
           if (shown) await Deno.stdout.write(new TextEncoder().encode(shown));
         }
         offset = typeof r === "string" ? offset + new TextEncoder().encode(r).length : r.offset;
+        if (typeof r !== "string") end ??= r.size;
         if (o.follow) await sleep(followMs);
         // An answer holds at most 1 MiB: without --follow, read on to the log's end (only the
         // first MiB was shown, of a log up to 16 MiB whose end is the latest boot); --json
         // answers the first read, its offset says where to go on.
-        else if (json || !text || typeof r === "string") {
+        else if (json || !text || typeof r === "string" || (end !== undefined && offset >= end)) {
           if (waiting) {
             await Deno.stdout.write(new TextEncoder().encode(nodeText(waiting, colours)));
           }
