@@ -96,7 +96,12 @@ Deno.test({
       await res.body?.cancel();
       const auth = { authorization: `Bearer ${ctx.token}` };
       res = await app.request("/api/v1/nodes/node-a/console", { headers: auth });
-      assert.deepEqual(await res.json(), { text: line, offset: line.length, source: "netconsole" });
+      assert.deepEqual(await res.json(), {
+        text: line,
+        offset: line.length,
+        size: line.length,
+        source: "netconsole",
+      });
       res = await app.request("/api/v1/nodes/node-b/console", { headers: auth });
       assert.equal(res.status, 404);
       assert.match((await res.json()).error, /console\.netconsole=true/);
