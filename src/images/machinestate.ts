@@ -14,6 +14,7 @@ import { lstatOrNull } from "./archivepath.ts";
 import type { BaseIndex } from "./derive.ts";
 import { objectKey, type ObjectStore } from "./objects.ts";
 import { isOpaque } from "./upper.ts";
+import { Turns } from "../turns.ts";
 
 /**
  * The paths left out, with what is taken out of the upper:
@@ -79,28 +80,17 @@ function inUpper(upper: string, path: string): string | undefined {
   return at;
 }
 
-/** The event loop's turns while an upper's tree is removed: its size is the node's (a /tmp of
- *  200,000 files held the server's only thread 4 s, DHCP, TFTP and the API with it). */
-function turns(): () => Promise<void> {
-  let last = performance.now();
-  return async () => {
-    if (performance.now() - last < 50) return;
-    await new Promise((r) => setTimeout(r, 0));
-    last = performance.now();
-  };
-}
-
 /** Removes `host` and all below it (a link never followed); returns the non-directory entries
  *  removed: what a summary counts as files. */
-async function removeCounting(host: string, turn: () => Promise<void>): Promise<number> {
+async function removeCounting(host: string, turns: Turns): Promise<number> {
   let n = 1;
   if (Deno.lstatSync(host).isDirectory) {
     n = 0;
     // Read off the thread (readDirSync reads all entries at once: 0.5 s for 200,000).
-    for await (const e of Deno.readDir(host)) n += await removeCounting(`${host}/${e.name}`, turn);
+    for await (const e of Deno.readDir(host)) n += await removeCounting(`${host}/${e.name}`, turns);
   }
   Deno.removeSync(host);
-  await turn();
+  await turns.take();
   return n;
 }
 
@@ -118,8 +108,9 @@ export async function leaveOutMachineState(
   const out: string[] = [];
   /** The paths whose entry, or something below it, was taken out. */
   const touched: string[] = [];
-  const turn = turns();
-  const drop = (host: string) => removeCounting(host, turn);
+  // Its size is the node's: a /tmp of 200,000 files held the server's only thread 4 s.
+  const turns = new Turns();
+  const drop = (host: string) => removeCounting(host, turns);
   for (const rule of RULES) {
     const host = inUpper(upper, rule.path);
     if (!host) continue;

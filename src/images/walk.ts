@@ -7,6 +7,7 @@ import { UserError } from "../errors.ts";
 import { compareBytes, type EntryType, type ManifestEntry } from "../../contract/manifest.ts";
 import { listXattrs } from "../linux/xattr.ts";
 import { hashFile } from "./sha256.ts";
+import { Turns } from "../turns.ts";
 
 /** A digest computed while the file was being extracted; used only if the file is unchanged. */
 export interface CachedHash {
@@ -127,13 +128,7 @@ export async function scanTree(
 ): Promise<{ entries: ManifestEntry[]; bytes: number }> {
   const raws: Raw[] = [];
   const dirs: string[] = ["/"];
-  let last = performance.now();
-  const maybeYield = async () => {
-    if (performance.now() - last > 50) {
-      await new Promise((r) => setTimeout(r, 0));
-      last = performance.now();
-    }
-  };
+  const turns = new Turns();
   const add = (rel: string, full: string, st: Deno.FileInfo) => {
     const r = rawOf(rel, full, st);
     raws.push(r);
@@ -149,10 +144,10 @@ export async function scanTree(
       const full = `${fullDir}/${d.name}`;
       add(rel, full, lstatNamed(full, rel));
     }
-    await maybeYield();
+    await turns.take();
   }
   opts.onProgress?.({ phase: "scan", done: raws.length, total: raws.length });
-  return await resolve(raws, opts, last);
+  return await resolve(raws, opts, turns);
 }
 
 /** Sorts the raw entries, resolves hard links (the first path of an inode is the file) and hashes
@@ -160,14 +155,8 @@ export async function scanTree(
 async function resolve(
   raws: Raw[],
   opts: { cache?: Map<string, CachedHash>; onProgress?: Progress },
-  last = performance.now(),
+  turns = new Turns(),
 ): Promise<{ entries: ManifestEntry[]; bytes: number }> {
-  const maybeYield = async () => {
-    if (performance.now() - last > 50) {
-      await new Promise((r) => setTimeout(r, 0));
-      last = performance.now();
-    }
-  };
   raws.sort((a, b) => compareBytes(a.entry.path, b.entry.path));
   // Hardlinks: the first path of an inode (in manifest order) is the file, the others point to it.
   const firstOfInode = new Map<number, string>();
@@ -200,9 +189,9 @@ async function resolve(
     // author's, 8 GiB of holes in a 1 KB archive) held it the whole file through.
     r.entry.sha256 = r.entry.size >= OFF_THREAD ? await hashFile(r.full) : hashFileSync(r.full);
     done += r.entry.size;
-    if (performance.now() - last > 50) {
+    if (turns.due) {
       opts.onProgress?.({ phase: "hash", done, total });
-      await maybeYield();
+      await turns.take();
     }
   }
   if (toHash.length) opts.onProgress?.({ phase: "hash", done, total });
