@@ -247,22 +247,16 @@ async function commitTar(
     throw e;
   });
   if (!u.format.startsWith("tar")) throw new UserError(`${what}: not a tarball`);
-  const leftOut = opts.keepMachineState ? [] : await leaveOutMachineState(
-    upper,
-    indexBase(await Deno.readTextFile(ctx.images.data.manifest(baseId))),
-    ctx.images.objects,
-  );
+  const base = indexBase(await Deno.readTextFile(ctx.images.data.manifest(baseId)));
+  const leftOut = opts.keepMachineState
+    ? []
+    : await leaveOutMachineState(upper, base, ctx.images.objects);
   // Its files were hashed as they were unpacked (on other threads for the large ones): hashed
   // again here, they held the server's event loop (2 s for a 2 GiB file).
-  const commit = await commitUpper(
-    ctx.images,
-    upper,
-    baseId,
-    name,
-    { madeBy: "save", command },
-    undefined,
-    u.cache,
-  );
+  const commit = await commitUpper(ctx.images, upper, baseId, name, { madeBy: "save", command }, {
+    base,
+    hashes: u.cache,
+  });
   return { ...commit, leftOut };
 }
 

@@ -347,7 +347,7 @@ export class Sessions {
         return { ...base, existed: true, previous: null, outdated: null };
       }
       const prepared = await this.#takePrep(id);
-      return await commitUpper(this.images, upper, s.base?.id ?? null, s.name, meta, prepared);
+      return await commitUpper(this.images, upper, s.base?.id ?? null, s.name, meta, { prepared });
     } finally {
       release();
       this.#dropPrep(id);
@@ -416,11 +416,16 @@ export async function commitUpper(
   baseId: string | null,
   name: string,
   meta: { madeBy: MadeBy; command: string | null },
-  /** A complete copy of the base version's tree (prepareTree), moved in and changed in place. */
-  prepared?: Prepared,
-  /** Digests of the upper's files made while it was unpacked (node save): not hashed again. */
-  hashes?: Map<string, CachedHash>,
+  from: {
+    /** A complete copy of the base version's tree (prepareTree), moved in and changed in place. */
+    prepared?: Prepared;
+    /** The base version's manifest, indexed already (node save's filter read it). */
+    base?: BaseIndex;
+    /** Digests of the upper's files made while it was unpacked (node save): not hashed again. */
+    hashes?: Map<string, CachedHash>;
+  } = {},
 ): Promise<Commit> {
+  const { prepared, hashes } = from;
   const work = images.scratch("commit");
   try {
     await Deno.mkdir(work, { mode: 0o700 });
@@ -434,7 +439,8 @@ export async function commitUpper(
     const started = performance.now();
     // The upper's files become objects: on the disk first (commitManifest waits for this).
     const flushing = syncfsLater(upper);
-    const base = prepared?.base ?? await Deno.readTextFile(images.data.manifest(baseId));
+    const base = prepared?.base ?? from.base ??
+      await Deno.readTextFile(images.data.manifest(baseId));
     const d = deriveManifest(base, upper, await hashLargeFiles(upper, hashes));
     return await images.commitManifest(work, name, commitMeta, {
       entries: d.entries,
