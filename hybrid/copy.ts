@@ -348,6 +348,20 @@ function runJobs(jobs: Job[], buf: Uint8Array, createHash: CreateHash): JobFault
   const one = (j: Job): JobFault | null => {
     const h = createHash("sha256");
     let size = 0;
+    if (j.op === "copy") {
+      // The source is the image's NFS export, and whoever answers at the server's address serves
+      // it: a link there is followed on this node, where a FIFO blocked the open for ever and
+      // /dev/zero was read without end (2 GB written to the partition in 8 s, the init silent).
+      // Only a regular file of the export's own file system is opened.
+      const st = Deno.statSync(j.src);
+      if (!st.isFile || st.dev !== j.srcDev) {
+        const what = st.isFile ? "a file of another file system" : "not a regular file";
+        return {
+          i: -1,
+          foreign: `${what} (the export's file system is ${j.srcDev}, this ${st.dev})`,
+        };
+      }
+    }
     const inF = Deno.openSync(j.op === "hash" ? j.dst : j.src, { read: true });
     let outF: Deno.FsFile | null = null;
     try {
@@ -364,8 +378,9 @@ function runJobs(jobs: Job[], buf: Uint8Array, createHash: CreateHash): JobFault
         if (outF) { for (let off = 0; off < n;) off += outF.writeSync(chunk.subarray(off)); }
         size += n;
         // A short read of a regular file is its end: no read for the EOF when it ends where the
-        // manifest says (a longer or shorter file still reads on and fails the size check).
-        if (n < buf.length && size === j.size) break;
+        // manifest says (a shorter file reads on and fails the size check); a longer one is read
+        // no further than a read past its size, whatever the source says its size is.
+        if ((n < buf.length && size === j.size) || size > j.size) break;
       }
       const digest = h.digest("hex");
       if (digest !== j.sha256 || size !== j.size) return { i: -1, digest, size };
@@ -424,6 +439,8 @@ interface Job {
   gid: number;
   mode: number;
   mtime: number;
+  /** st_dev of the source tree (copy): a file to copy must be on that file system */
+  srcDev?: number;
   /** write over the existing file (same inode, no truncate first; its own, not linked) */
   overwrite?: boolean;
   /** set the owner (not needed for a new file of root's in a fresh copy made by root) */
@@ -437,6 +454,8 @@ interface JobFault {
   i: number;
   digest?: string;
   size?: number;
+  /** the source is not a regular file of the export (what it is) */
+  foreign?: string;
   error?: string;
   code?: string;
 }
@@ -844,6 +863,8 @@ class CopyRun {
   readonly touched = new Set<string>();
   /** In place: directories of the base's tree found to be real directories (checkParents). */
   readonly realDirs = new Set<string>();
+  /** The source tree's file system (Job.srcDev). */
+  readonly srcDev: number;
   /** The first failure of a file copy (they run concurrently; the others stop early). */
   failure: unknown;
   pending: Promise<void>[] = [];
@@ -864,6 +885,7 @@ class CopyRun {
     readonly pool: Copiers,
   ) {
     this.p = copyPaths(opts.hybridDir, opts.imageId);
+    this.srcDev = Deno.statSync(opts.source).dev;
     makeOwnDir(this.p.base);
     // An image/ without its manifest is no copy (an eviction cut short, or planted): left there,
     // it failed the final rename (not empty) after every copy, at every boot.
@@ -1109,6 +1131,7 @@ class CopyRun {
       chown: !(fresh && e.uid === 0 && e.gid === 0 && rootCreates),
       op,
       src: this.opts.source + e.path,
+      srcDev: this.srcDev,
       dst,
       size: e.size,
       sha256: e.sha256 ?? "",
@@ -1161,6 +1184,12 @@ class CopyRun {
           this.report.bytesReused += e.size;
           applyMeta(j.dst, e);
           continue;
+        }
+        if (f?.foreign) {
+          throw new HybridError(
+            "corrupt",
+            `${e.path}: the source is ${f.foreign}, where the manifest has a file: not read`,
+          );
         }
         if (f) {
           removeTree(j.dst);

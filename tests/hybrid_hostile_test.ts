@@ -449,3 +449,45 @@ Deno.test("hybrid (hostile): a file of another copy that the new copy links, mad
     });
   }
 });
+
+const hostileSources = [
+  ["zero", "a link to the node's /dev/zero", /the source is not a regular file/],
+  ["fifo", "a FIFO", /the source is not a regular file/],
+  [
+    "huge",
+    "a file of 64 GiB where the manifest says 3 bytes",
+    /source does not match the manifest/,
+  ],
+] as const;
+for (const [kind, what, says] of hostileSources) {
+  Deno.test(`hybrid (hostile): a source file that is ${what} (the export served by whoever answers at the server's address) fails the copy at once`, async () => {
+    const tmp = await Deno.makeTempDir({ prefix: "nr-hybrid-source-" });
+    try {
+      // The copy runs in a child: the old one read /dev/zero into the partition without end
+      // (2 GB in 8 s, until the partition was full), read all 64 GiB of the file, and blocked
+      // for ever in the FIFO's open, PID 1 silent all along.
+      const out = await new Deno.Command(Deno.execPath(), {
+        args: [
+          ...["run", "-A", "--no-check"],
+          new URL("./hybrid_source_child.ts", import.meta.url).pathname,
+          tmp,
+          kind,
+        ],
+        stdin: "null",
+        signal: AbortSignal.timeout(20_000),
+      }).output();
+      const text = new TextDecoder().decode(out.stdout);
+      const err = new TextDecoder().decode(out.stderr);
+      assert.equal(out.code, 0, `the copy did not end in 20 s: ${text}${err}`);
+      const r = JSON.parse(text.trim().split("\n").at(-1)!);
+      assert.equal(r.ok, false);
+      assert.equal(r.reason, "corrupt", r.message);
+      assert.match(r.message, /^\/etc\/release: /);
+      assert.match(r.message, says);
+      const part = copyPaths(`${tmp}/part/walt-hybrid`, r.imageId).part;
+      assert.throws(() => Deno.lstatSync(`${part}/etc/release`), Deno.errors.NotFound);
+    } finally {
+      await Deno.remove(tmp, { recursive: true });
+    }
+  });
+}
