@@ -1109,10 +1109,16 @@ class CopyRun {
    * while that copy was there: hybrid mode lost for it. The flags are cleared (evenIfImmutable).
    */
   linkFrom(other: string, dst: string, e: ManifestEntry): boolean {
+    // Nor is that copy's tree what its manifest says: a file gone from it (removed there, or put
+    // in lost+found by a fsck) failed the link (ENOENT), and so the copy, of every image sharing
+    // the file, at every boot until that copy was evicted; so did a link or another file system
+    // on the way (ELOOP, ENOTDIR, EXDEV). Such a file is copied; a link is never linked.
+    if (!lstatOrNull(other)?.isFile) return false;
     try {
       evenIfImmutable(other, () => Deno.linkSync(other, dst));
     } catch (err) {
-      if (/\(os error 31\)/.test((err as Error).message)) return false; // EMLINK (no code)
+      // EMLINK, EXDEV (no code), ENOENT, ENOTDIR, ELOOP: no file to link there
+      if (/\(os error (31|18|2|20|40)\)/.test((err as Error).message)) return false;
       throw err;
     }
     this.report.bytesLinked += e.size;

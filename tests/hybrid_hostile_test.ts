@@ -491,3 +491,36 @@ for (const [kind, what, says] of hostileSources) {
     }
   });
 }
+
+Deno.test("hybrid (hostile): a file gone from another complete copy, or a link there in its place, is copied, not linked: the copy completes with the file", async () => {
+  await withTmp(async (tmp, hybridDir) => {
+    // Two images sharing one file (same content and metadata), too different for a re-deploy in
+    // place: the second's copy links that file from the first's.
+    const image = async (name: string, seed: number) => {
+      makeTree(`${tmp}/${name}`, 4, seed);
+      Deno.writeTextFileSync(`${tmp}/${name}/etc/shared`, "the same in both\n");
+      Deno.utimeSync(`${tmp}/${name}/etc/shared`, 1600000000, 1600000000);
+      return await manifestOf(`${tmp}/${name}`);
+    };
+    const a = await image("a", 1), b = await image("b", 2);
+    const c = await image("c", 3);
+    await bootFrom(hybridDir, `${tmp}/a`, a);
+    const shared = `${copyPaths(hybridDir, a.id).image}/etc/shared`;
+    // Gone (removed there by root, or put in lost+found by a fsck): the link failed (ENOENT), so
+    // did the copy of every image sharing it, at every boot while that copy was on the disk.
+    Deno.removeSync(shared);
+    await bootFrom(hybridDir, `${tmp}/b`, b);
+    const bShared = `${copyPaths(hybridDir, b.id).image}/etc/shared`;
+    assert.ok(Deno.lstatSync(bShared).isFile);
+    assert.equal(Deno.readTextFileSync(bShared), "the same in both\n");
+    // A symlink in its place: the link was made to the symlink, which the copy then held where
+    // its manifest has a file.
+    Deno.removeSync(bShared);
+    Deno.symlinkSync("/etc/hostname", bShared);
+    Deno.removeSync(copyPaths(hybridDir, a.id).base, { recursive: true });
+    await bootFrom(hybridDir, `${tmp}/c`, c);
+    const cShared = `${copyPaths(hybridDir, c.id).image}/etc/shared`;
+    assert.ok(Deno.lstatSync(cShared).isFile, "a file, not the planted link");
+    assert.equal(Deno.readTextFileSync(cShared), "the same in both\n");
+  });
+});
