@@ -524,3 +524,34 @@ Deno.test("hybrid (hostile): a file gone from another complete copy, or a link t
     assert.equal(Deno.readTextFileSync(cShared), "the same in both\n");
   });
 });
+
+Deno.test("hybrid (hostile): what a user of the last boot left in diff/ is emptied with a line on the console, not in silence", async () => {
+  await withTmp(async (tmp, hybridDir) => {
+    makeTree(`${tmp}/img`, 2, 1);
+    const img = await manifestOf(`${tmp}/img`);
+    const boot = async (persistent: boolean) => {
+      const lines: string[] = [];
+      await prepareHybridRoot({
+        hybridDir,
+        persistent,
+        imageId: img.id,
+        manifestText: img.text,
+        source: `${tmp}/img`,
+        log: (m) => lines.push(m),
+      });
+      return lines;
+    };
+    assert.deepEqual((await boot(false)).filter((l) => /emptying/.test(l)), []);
+    // Any user of that boot, through /tmp: as many files as the partition has inodes (a disk's
+    // worth takes minutes to remove), here a few thousand.
+    const upper = copyPaths(hybridDir, img.id).upper;
+    for (const persistent of [false, true]) {
+      Deno.mkdirSync(`${upper}/tmp/junk`, { recursive: true });
+      for (let i = 0; i < 5000; i++) Deno.writeTextFileSync(`${upper}/tmp/junk/${i}`, "");
+      const lines = await boot(persistent);
+      const said = persistent ? "emptying diff/tmp/" : "emptying diff/ ";
+      assert.ok(lines.some((l) => l.startsWith(said)), lines.join("\n"));
+      assert.deepEqual([...Deno.readDirSync(upper)].filter((e) => e.name === "tmp"), []);
+    }
+  });
+});
