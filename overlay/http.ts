@@ -22,6 +22,7 @@ export interface HttpAnswer {
 
 const maxHeadBytes = 16 << 10;
 const enc = new TextEncoder(), dec = new TextDecoder();
+const strictDec = new TextDecoder("utf-8", { fatal: true });
 
 /** Fails with `HTTP <status>` unless the answer is 2xx. */
 export async function httpRequest(url: string, req: HttpRequest): Promise<HttpAnswer> {
@@ -30,8 +31,17 @@ export async function httpRequest(url: string, req: HttpRequest): Promise<HttpAn
   return a;
 }
 
+/** The answer as UTF-8 text; one that is not UTF-8 is refused, not decoded: each byte of it became
+ *  U+FFFD, two bytes of the string and three when hashed again as UTF-8 (128 MiB of 0xFF, which
+ *  anyone at the server's address may send for the manifest, peaked at 1.16 GiB of PID 1, where
+ *  the text a manifest is takes 0.5). */
 export async function httpGetText(url: string, signal: AbortSignal, maxBytes?: number) {
-  return dec.decode((await httpRequest(url, { method: "GET", signal, maxBytes })).body);
+  const { body } = await httpRequest(url, { method: "GET", signal, maxBytes });
+  try {
+    return strictDec.decode(body);
+  } catch {
+    throw new Error(`the answer of ${new URL(url).host} is not UTF-8 text (${body.length} bytes)`);
+  }
 }
 
 export async function httpPostJson(url: string, body: string, signal: AbortSignal): Promise<void> {

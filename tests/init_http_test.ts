@@ -225,3 +225,25 @@ Deno.test("init http: an answer of 1-byte chunks is gathered in one buffer, not 
     await server.close();
   }
 });
+
+Deno.test("init http: an answer that is not UTF-8 is refused as text, not decoded into U+FFFD", async () => {
+  // Each byte of it became U+FFFD: two bytes of the string, three when the manifest is hashed
+  // again as UTF-8 (128 MiB of 0xFF peaked at 1.16 GiB of PID 1).
+  const server = rawServer(() =>
+    new Uint8Array([
+      ...new TextEncoder().encode("HTTP/1.1 200 OK\r\nContent-Length: 4096\r\n\r\n"),
+      ...new Uint8Array(4096).fill(0xff),
+    ])
+  );
+  const utf8 = rawServer(() => "HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nnetroot é\n");
+  try {
+    await assert.rejects(
+      httpGetText(`${server.url}/m`, AbortSignal.timeout(2000)),
+      /^Error: the answer of 127\.0\.0\.1:\d+ is not UTF-8 text \(4096 bytes\)$/,
+    );
+    assert.equal(await httpGetText(`${utf8.url}/m`, AbortSignal.timeout(2000)), "netroot é\n");
+  } finally {
+    await server.close();
+    await utf8.close();
+  }
+});
