@@ -395,6 +395,53 @@ Deno.test("clear errors: no modules.dep, bad kernel version, aarch64 kernel; not
   }
 });
 
+Deno.test("a full disk fails the build with its path, in time, leaving nothing (root: tmpfs)", async () => {
+  const k = await debianKernel();
+  const dir = await Deno.makeTempDir({ prefix: "nr-initramfs-" });
+  const full = join(dir, "full");
+  await Deno.mkdir(full);
+  run("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", full);
+  try {
+    const e1000 = await Deno.readFile(
+      join(k.root, "lib/modules", k.kv, "kernel/drivers/net/ethernet/intel/e1000/e1000.ko"),
+    );
+    const root = await smallImage(dir, "9.9.9-test", e1000);
+    const program = await probeProgram(dir);
+    for (const compression of ["zstd", "gzip", "none"] as const) {
+      const out = join(full, `i.${compression}`);
+      // The archive (the deno binary: tens of MB) cannot fit in 1 MiB. The zlib builds waited
+      // for ever once the file failed: the node asking for it, and every later one, hung.
+      let timer = 0;
+      const hung = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`${compression}: no answer in 60 s`)), 60_000);
+      });
+      try {
+        await assert.rejects(
+          Promise.race([
+            buildInitramfs({
+              rootfs: root,
+              kernelVersion: "9.9.9-test",
+              out,
+              program,
+              compression,
+            }),
+            hung,
+          ]),
+          (e) =>
+            e instanceof UserError &&
+            e.message === `no space left on device for the initramfs ${out}`,
+        );
+      } finally {
+        clearTimeout(timer);
+      }
+      await assert.rejects(Deno.stat(out), Deno.errors.NotFound);
+    }
+  } finally {
+    run("umount", full);
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("ensureInitramfs: a failed build is remembered for a minute, not started again per request", async () => {
   const dir = await Deno.makeTempDir({ prefix: "nr-initramfs-" });
   try {

@@ -302,11 +302,19 @@ function zlibSink(c: "zstd" | "gzip", path: string): Sink {
   const out = compressor(c);
   const written = pipeline(out, createWriteStream(path, { mode: 0o644 }));
   written.catch(() => {}); // observed below; avoids an unhandled rejection while writing
+  // The file failing (ENOSPC) ends the pipeline, which destroys the compressor with a chunk in
+  // it: that chunk's callback never comes. Each write also ends with the pipeline's failure: on
+  // a full disk a build (and every node asking for its initramfs) waited for ever.
+  const failed = new Promise<never>((_, reject) => written.catch(reject));
+  failed.catch(() => {});
   return {
     // Resolved once zlib has taken the chunk in (the write's callback), not merely queued it: the
     // cpio writer reuses its buffer (Sink).
     write: (chunk) =>
-      new Promise((resolve, reject) => out.write(chunk, (e) => e ? reject(e) : resolve())),
+      Promise.race([
+        new Promise<void>((resolve, reject) => out.write(chunk, (e) => e ? reject(e) : resolve())),
+        failed,
+      ]),
     end: async () => {
       out.end();
       await written;
@@ -380,6 +388,11 @@ async function writeCpio(tree: Tree, path: string, compression: Compression): Pr
   } catch (e) {
     await out.abort();
     await Deno.remove(path).catch(() => {});
+    // Node's and Deno's words for ENOSPC name neither the file nor the disk: the admin reading
+    // the log (and the node's refusal) is told which file system to make room on.
+    if (/no space left on device|os error 28|ENOSPC/i.test((e as Error)?.message ?? "")) {
+      throw new UserError(`no space left on device for the initramfs ${path}`, 507);
+    }
     throw e;
   }
   return cpio;
