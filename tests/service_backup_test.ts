@@ -10,6 +10,7 @@ import { fileURLToPath } from "node:url";
 import { openDatabase, schemaVersion, versionOf } from "../src/db.ts";
 import { backupTo, restoreFrom } from "../src/service/backup.ts";
 import { statvfs } from "../src/linux/fsops.ts";
+import { ServerKey } from "../src/nodessh.ts";
 import { loopExt4 } from "./support/ext4disk.ts";
 
 const mainTs = fileURLToPath(new URL("../main.ts", import.meta.url));
@@ -239,6 +240,31 @@ Deno.test("restore refuses hostile and damaged backups before touching the data 
         /unexpected member power\/null/,
       ],
       [
+        "the ssh key as a symlink",
+        forged(dir, good, async (t) => {
+          await Deno.mkdir(join(t, "ssh"));
+          await Deno.writeTextFile(join(t, "ssh", "id_ed25519.pub"), "ssh-ed25519 AAAA x\n");
+          await Deno.symlink("/etc/shadow", join(t, "ssh", "id_ed25519"));
+        }),
+        /unexpected member ssh\/id_ed25519$/m,
+      ],
+      [
+        "another file in ssh/",
+        forged(dir, good, async (t) => {
+          await Deno.mkdir(join(t, "ssh"));
+          await Deno.writeTextFile(join(t, "ssh", "known_hosts"), "x\n");
+        }),
+        /unexpected member ssh\/known_hosts/,
+      ],
+      [
+        "half an ssh key pair",
+        forged(dir, good, async (t) => {
+          await Deno.mkdir(join(t, "ssh"));
+          await Deno.writeTextFile(join(t, "ssh", "id_ed25519"), "x\n");
+        }),
+        /malformed ssh key pair/,
+      ],
+      [
         "a damaged database",
         forged(dir, good, async (t) => {
           await Deno.writeTextFile(join(t, "netroot.db"), "SQLite format 3\0 but not really");
@@ -337,6 +363,52 @@ Deno.test("restore refuses hostile and damaged backups before touching the data 
       assert.equal(await Deno.readTextFile(join(data, "token")), token, what);
       assert.ok(![...Deno.readDirSync(data)].some((e) => e.name.startsWith("replaced-")), what);
     }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("restore onto a new machine gives back the server's ssh key, the one the nodes accept", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nr-backup-ssh-" });
+  try {
+    const data = join(dir, "data");
+    const server = await startServer(data);
+    await addNode(server.base, data, "52:54:00:00:00:01", "n1");
+    await server.stop();
+    // The key every node that booted holds in its authorized_keys (made at the first boot script).
+    const pub = new ServerKey(join(data, "ssh")).publicKey();
+    const file = join(dir, "b.tar");
+    const b = await netroot("backup", file, "--data", data);
+    assert.equal(b.code, 0, b.err);
+    assert.match(b.out, /: database, token, ssh key$/m);
+
+    // A new machine (a fresh data dir): without the key, the server made a new one, which no
+    // running node accepted (node run and clean reboots failed until each was power-cycled).
+    const fresh = join(dir, "fresh");
+    const r = await netroot("restore", file, "--data", fresh);
+    assert.equal(r.code, 0, r.err);
+    assert.equal(new ServerKey(join(fresh, "ssh")).publicKey(), pub);
+    assert.deepEqual(
+      await Deno.readFile(join(fresh, "ssh", "id_ed25519")),
+      await Deno.readFile(join(data, "ssh", "id_ed25519")),
+    );
+    assert.equal((await Deno.stat(join(fresh, "ssh", "id_ed25519"))).mode! & 0o777, 0o600);
+    assert.equal((await Deno.stat(join(fresh, "ssh"))).mode! & 0o777, 0o700);
+
+    // Over a data dir with a key of its own: that one is kept aside with the rest, owner-only.
+    const other = join(dir, "other");
+    const otherPub = new ServerKey(join(other, "ssh")).publicKey();
+    assert.notEqual(otherPub, pub);
+    const again = await netroot("restore", file, "--data", other);
+    assert.equal(again.code, 0, again.err);
+    assert.equal(new ServerKey(join(other, "ssh")).publicKey(), pub);
+    const replaced = /the files it replaced: (\S+)/.exec(again.out)?.[1];
+    assert.ok(replaced, again.out);
+    assert.equal(
+      (await Deno.readTextFile(join(replaced, "ssh", "id_ed25519.pub"))).trim(),
+      otherPub,
+    );
+    assert.equal((await Deno.stat(replaced)).mode! & 0o777, 0o700);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

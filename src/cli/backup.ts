@@ -13,9 +13,10 @@ const backupHelp = `usage: netroot backup FILE [--data DIR] [--config FILE]
 
 Saves the server's state to FILE (a tar; .tar.gz, .tar.zst, .tar.xz compress): the database (an
 online SQLite backup: consistent while the server runs and writes), the API token, the power
-programs (<data>/power/) and the settings file. Not the image trees, the nodes' /persist or the
-initramfs cache: copy <data>/images and <data>/nodes with rsync or a file-system snapshot.
-FILE is written mode 0600 (it holds the token and the power passwords).
+programs (<data>/power/), the server's ssh key (the one the nodes accept) and the settings file.
+Not the image trees, the nodes' /persist or the initramfs cache: copy <data>/images and
+<data>/nodes with rsync or a file-system snapshot.
+FILE is written mode 0600 (it holds the token, the power passwords and the ssh key).
 ${dataHelp}
   --config FILE  the settings file to save (default: /etc/netroot/config.* when present)`;
 
@@ -23,7 +24,7 @@ const restoreHelp = `usage: netroot restore FILE [--data DIR] [--config FILE]
 
 Puts a backup back: refused while a server uses the data dir (stop it first: systemctl stop
 netroot). The whole backup is checked first (members, token, database integrity, a schema this
-netroot knows); then the current database, token and power programs move to
+netroot knows); then the current database, token, power programs and ssh key move to
 <data>/replaced-<time>/ and the backup's take their place. A backup from an older netroot is
 migrated here. Images the database names but the data dir lacks are listed: re-import them or
 copy their trees back.
@@ -52,6 +53,7 @@ export async function backup(args: string[]): Promise<number> {
   const extra = [
     r.manifest.power.length ? `${r.manifest.power.length} power program(s)` : "",
     r.manifest.config.length ? `settings ${r.manifest.config.join(", ")}` : "",
+    r.manifest.ssh ? "ssh key" : "",
   ].filter(Boolean);
   console.log(
     `backup of ${o.data} (schema ${r.manifest.schemaVersion}) written to ${r.file}, ` +

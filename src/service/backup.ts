@@ -6,10 +6,12 @@
 //   token                 the API write token
 //   power/                the power programs (power.command), files and symlinks
 //   config/config.*       the settings file(s) (/etc/netroot/config.* or --config FILE)
+//   ssh/id_ed25519(.pub)  the server's ssh key pair (src/nodessh.ts), when it has one: every
+//                         node that booted holds its public half in authorized_keys
 //
 // Not in it: the image trees, the nodes' /persist and the initramfs cache (file trees, big;
 // copy <data>/images and <data>/nodes with rsync or a file-system snapshot). The file holds the
-// token and power passwords: it is written mode 0600.
+// token, the power passwords and the ssh key: it is written mode 0600.
 //
 // Restore takes the data dir's lock (a running server holds it: restore refuses), checks the
 // whole backup before touching anything, moves the current files to <data>/replaced-<time>/
@@ -32,6 +34,10 @@ export const etcDir = "/etc/netroot";
 
 const powerName = /^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$/;
 const configName = /^config\.[a-z]{1,8}$/;
+/** The server's key pair in <data>/ssh/. Restored on a new machine without it, the server made a
+ *  new one, which no running node accepts: `node run` and clean reboots failed on every node
+ *  until it was power-cycled. */
+const sshKeyNames = ["id_ed25519", "id_ed25519.pub"];
 
 export interface Manifest {
   format: typeof FORMAT;
@@ -41,6 +47,8 @@ export interface Manifest {
   dataDir: string;
   config: string[];
   power: string[];
+  /** The server's ssh key pair is in it (absent in backups of older netroots). */
+  ssh?: boolean;
 }
 
 async function tar(args: string[]): Promise<string> {
@@ -110,6 +118,18 @@ async function copyPower(from: string, to: string, warn: (l: string) => void): P
   return names.sort();
 }
 
+/** Copies the server's key pair when it has both halves as files; false when it has none yet. */
+async function copySshKey(from: string, to: string): Promise<boolean> {
+  const files = await Promise.all(
+    sshKeyNames.map((n) => Deno.lstat(join(from, n)).then((st) => st.isFile, () => false)),
+  );
+  if (!files.every(Boolean)) return false;
+  await Deno.mkdir(to, { mode: 0o700 });
+  for (const n of sshKeyNames) await Deno.copyFile(join(from, n), join(to, n));
+  await Deno.chmod(join(to, "id_ed25519"), 0o600);
+  return true;
+}
+
 export interface BackupResult {
   file: string;
   bytes: number;
@@ -141,6 +161,7 @@ export async function backupTo(
       throw new UserError(`no token in ${opts.dataDir} (has the server ever run there?)`);
     });
     const power = await copyPower(join(data.root, "power"), join(stage, "power"), warn);
+    const ssh = await copySshKey(join(data.root, "ssh"), join(stage, "ssh"));
     const config: string[] = [];
     const configs = await configFiles(opts.config, warn);
     if (configs.length) await Deno.mkdir(join(stage, "config"));
@@ -161,6 +182,7 @@ export async function backupTo(
       dataDir: resolve(opts.dataDir),
       config,
       power,
+      ssh,
     };
     await Deno.writeTextFile(join(stage, MANIFEST), JSON.stringify(manifest, null, 2) + "\n");
     const members = [
@@ -169,6 +191,7 @@ export async function backupTo(
       "token",
       "power",
       ...(config.length ? ["config"] : []),
+      ...(ssh ? ["ssh"] : []),
     ];
     // Created 0600 before tar writes into it: the token and the power passwords are inside.
     (await Deno.open(partial, { write: true, createNew: true, mode: 0o600 })).close();
@@ -198,6 +221,7 @@ export async function backupTo(
 function memberMax(name: string): number {
   if (name === "netroot.db") return Infinity;
   if (name === "token") return 1024;
+  if (name.startsWith("ssh/")) return 64 << 10;
   return name.startsWith("power/") ? 64 << 20 : 1 << 20;
 }
 
@@ -227,8 +251,10 @@ async function checkMembers(file: string, room: string): Promise<void> {
     const type = long[i][0];
     const ok = (name === MANIFEST || name === "netroot.db" || name === "token")
       ? type === "-"
-      : name === "power" || name === "config"
+      : name === "power" || name === "config" || name === "ssh"
       ? type === "d"
+      : name.startsWith("ssh/")
+      ? sshKeyNames.includes(name.slice(4)) && type === "-"
       : name.startsWith("power/")
       ? powerName.test(name.slice(6)) && (type === "-" || type === "l")
       : name.startsWith("config/")
@@ -279,6 +305,14 @@ async function checkExtracted(stage: string, file: string): Promise<Manifest> {
   }
   const token = (await Deno.readTextFile(join(stage, "token"))).trim();
   if (!/^[0-9a-f]{64}$/.test(token)) throw new UserError(`${file}: malformed token`);
+  const keys = sshKeyNames.filter((n) => existsSync(join(stage, "ssh", n)));
+  if (
+    keys.length === 1 ||
+    keys.length === 2 &&
+      !/^ssh-ed25519 \S+/.test(await Deno.readTextFile(join(stage, "ssh", "id_ed25519.pub")))
+  ) {
+    throw new UserError(`${file}: malformed ssh key pair`);
+  }
   let db: DatabaseSync | undefined;
   try {
     // Read-write on the staged copy: a WAL-mode file opened read-only needs a -shm it lacks.
@@ -337,9 +371,14 @@ export async function restoreFrom(
     // Everything checked: from here on only renames within the data dir.
     const stamp = new Date().toISOString().replace(/[:.]/g, "-");
     const replaced = join(data.root, `replaced-${stamp}`);
-    const current = ["netroot.db", "netroot.db-wal", "netroot.db-shm", "token", "power"]
-      .filter((n) => existsSync(join(data.root, n)));
-    if (current.length) await Deno.mkdir(replaced);
+    const key = existsSync(join(stage, "ssh", "id_ed25519"));
+    const current = [
+      ...["netroot.db", "netroot.db-wal", "netroot.db-shm", "token", "power"],
+      ...(key ? sshKeyNames.map((n) => join("ssh", n)) : []),
+    ].filter((n) => existsSync(join(data.root, n)));
+    // Owner-only, as what it keeps is: the database, the token, the ssh key.
+    if (current.length) await Deno.mkdir(replaced, { mode: 0o700 });
+    if (current.some((n) => n.startsWith("ssh/"))) await Deno.mkdir(join(replaced, "ssh"));
     for (const n of current) await Deno.rename(join(data.root, n), join(replaced, n));
     await Deno.chmod(join(stage, "token"), 0o600);
     for (const n of ["netroot.db", "token"]) {
@@ -347,6 +386,15 @@ export async function restoreFrom(
     }
     if (existsSync(join(stage, "power"))) {
       await Deno.rename(join(stage, "power"), join(data.root, "power"));
+    }
+    if (key) {
+      const ssh = join(data.root, "ssh");
+      await Deno.mkdir(ssh, { mode: 0o700 }).catch((e) => {
+        if (!(e instanceof Deno.errors.AlreadyExists)) throw e;
+      });
+      await Deno.chmod(join(stage, "ssh", "id_ed25519"), 0o600);
+      for (const n of sshKeyNames) await Deno.rename(join(stage, "ssh", n), join(ssh, n));
+      fsyncDir(ssh);
     }
     fsyncDir(data.root); // restored once restore returns
     const config = await restoreConfig(stage, manifest, opts.config, stamp);
