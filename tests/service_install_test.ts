@@ -5,6 +5,8 @@ import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { DatabaseSync } from "node:sqlite";
+import { schemaVersion } from "../src/db.ts";
 import { paths, renderUnit } from "../src/service/install.ts";
 import { withLoopExt4 } from "./support/ext4disk.ts";
 
@@ -163,6 +165,39 @@ Deno.test("install-service over a settings file the new program refuses changes 
       /would not start with \/etc\/netroot\/config\.json.*dhcp\.rnage is unknown/,
     );
     assert.ok(!existsSync(at(paths.lib)) && !existsSync(at(paths.unit)), "nothing installed");
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("install-service of an older netroot over a data dir a newer one migrated changes nothing", async () => {
+  // A rollback after an upgrade: the data dir's database has a schema this program does not know.
+  // Before, the program was replaced and the service refused the database at every start.
+  const root = await Deno.makeTempDir({ prefix: "nr-install-downgrade-" });
+  const at = (p: string) => join(root, p);
+  try {
+    await Deno.mkdir(at(paths.data), { recursive: true });
+    const db = new DatabaseSync(at(join(paths.data, "netroot.db")));
+    db.exec(`PRAGMA journal_mode=WAL; PRAGMA user_version = ${schemaVersion + 1}`);
+    db.close();
+    const r = await netroot("install-service", "--root", root);
+    assert.equal(r.code, 1, r.out);
+    assert.match(
+      r.err,
+      new RegExp(
+        `/var/lib/netroot/netroot\\.db was upgraded by a newer netroot \\(schema ${
+          schemaVersion + 1
+        }; this one knows ${schemaVersion}\\).*nothing was changed`,
+      ),
+    );
+    assert.ok(!existsSync(at(paths.lib)) && !existsSync(at(paths.unit)), "nothing installed");
+    // The schema this program knows installs.
+    const ok = new DatabaseSync(at(join(paths.data, "netroot.db")));
+    ok.exec(`PRAGMA user_version = ${schemaVersion}`);
+    ok.close();
+    const again = await netroot("install-service", "--root", root);
+    assert.equal(again.code, 0, again.err);
+    assert.ok(existsSync(at(paths.unit)));
   } finally {
     await Deno.remove(root, { recursive: true });
   }

@@ -8,8 +8,10 @@ import { bundledIpxeDir } from "../release/ipxe.ts";
 import { existsSync, realpathSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { DatabaseSync } from "node:sqlite";
 import { loadServeConfig } from "../config.ts";
 import { checkoutRoot } from "../datadir.ts";
+import { schemaVersion, versionOf } from "../db.ts";
 import { UserError } from "../errors.ts";
 import { isCompiled } from "../initramfs/bundle.ts";
 import { completionScript } from "../cli/completion.ts";
@@ -71,6 +73,29 @@ async function checkSettings(root: string): Promise<void> {
     throw new UserError(
       `install-service: the service would not start with ${paths.config} (${e.message}): ` +
         "fix it first; nothing was changed",
+    );
+  }
+}
+
+/** The data dir's database, read as the installed program will: an older program over a data dir
+ *  a newer one migrated (a rollback after an upgrade) replaced the newer program, then refused
+ *  the database at every start of the service. */
+function checkDataDir(root: string, data: string): void {
+  const file = join(root, data, "netroot.db");
+  if (!existsSync(file)) return;
+  let version: number;
+  const db = new DatabaseSync(file, { readOnly: true, timeout: 5000 });
+  try {
+    version = versionOf(db);
+  } finally {
+    db.close();
+  }
+  if (version > schemaVersion) {
+    throw new UserError(
+      `install-service: ${join(data, "netroot.db")} was upgraded by a newer netroot (schema ` +
+        `${version}; this one knows ${schemaVersion}), which this program would refuse at every ` +
+        "start: install that netroot or a newer one, or restore the backup taken before the " +
+        "upgrade (netroot restore); nothing was changed",
     );
   }
 }
@@ -239,6 +264,7 @@ export async function installService(opts: InstallOptions = {}): Promise<void> {
   if (root === "/" && Deno.uid() !== 0) throw new UserError("install-service needs root");
   await refuseOthers(root, "install-service");
   await checkSettings(root);
+  checkDataDir(root, data);
   const scratch = await Deno.makeTempDir({ prefix: "netroot-install-" });
   let command: string[];
   try {
