@@ -414,6 +414,50 @@ Deno.test("restore onto a new machine gives back the server's ssh key, the one t
   }
 });
 
+Deno.test("a backup interrupted (SIGINT, SIGTERM, SIGHUP) leaves no copy of the database or the token behind", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nr-backup-int-" });
+  try {
+    const data = join(dir, "data");
+    const server = await startServer(data);
+    await server.stop();
+    // 150 MB of events that do not compress: the backup takes seconds in xz.
+    const db = new DatabaseSync(join(data, "netroot.db"));
+    db.exec(`WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 150000)
+      INSERT INTO events (mac, ts, kind, detail)
+      SELECT NULL, '2026-01-01', 'filler', hex(randomblob(500)) FROM c`);
+    db.close();
+    const systemTmp = join(dir, "systmp");
+    const out = join(dir, "out");
+    for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
+      await Deno.mkdir(systemTmp);
+      await Deno.mkdir(out);
+      const child = new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", mainTs, "backup", join(out, "b.tar.xz"), "--data", data],
+        stdin: "null",
+        stdout: "null",
+        stderr: "null",
+        env: { NO_COLOR: "1", TMPDIR: systemTmp },
+      }).spawn();
+      // Once the database is copied and tar writes the file (its partial name beside it).
+      while (![...Deno.readDirSync(out)].some((e) => e.name.endsWith(".partial"))) {
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      child.kill(sig);
+      const status = await child.status;
+      assert.ok(!status.success, sig);
+      const left = [systemTmp, out, join(data, "tmp")].flatMap((d) =>
+        [...Deno.readDirSync(d)].map((e) => join(d, e.name))
+      );
+      // Before: the system's /tmp kept the database's copy (and the token), for good.
+      assert.deepEqual(left, [], `${sig}: left behind`);
+      await Deno.remove(systemTmp);
+      await Deno.remove(out);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 /** `dir`/old: a data dir whose database is the schema-v1 fixture, with an API token. */
 async function schemaV1DataDir(dir: string): Promise<string> {
   const old = join(dir, "old");

@@ -51,19 +51,52 @@ export interface Manifest {
   ssh?: boolean;
 }
 
+/** The tar processes running (an interrupted backup stops them before it exits). */
+const tars = new Set<Deno.ChildProcess>();
+
 async function tar(args: string[]): Promise<string> {
-  const out = await new Deno.Command("tar", {
+  const child = new Deno.Command("tar", {
     args,
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
     env: { LC_ALL: "C" },
-  }).output();
+  }).spawn();
+  tars.add(child);
+  const out = await child.output().finally(() => tars.delete(child));
   const text = new TextDecoder();
   if (!out.success) {
     throw new UserError(`tar: ${text.decode(out.stderr).trim().split("\n").pop()}`);
   }
   return text.decode(out.stdout);
+}
+
+/**
+ * Runs tar with its archive on stdout, written into `out` (closed after): only this process opens
+ * the file by its name. Told `--file PATH`, tar's compressor (a process of its own) opened it,
+ * and a backup interrupted before it did had the file made again after it was removed, then
+ * written whole, by a compressor that outlived us.
+ */
+async function tarInto(out: Deno.FsFile, path: string, args: string[]): Promise<void> {
+  const child = new Deno.Command("tar", {
+    args,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    env: { LC_ALL: "C" },
+  }).spawn();
+  tars.add(child);
+  try {
+    const [written, status, err] = await Promise.all([
+      child.stdout.pipeTo(out.writable).then(() => undefined, (e: Error) => e),
+      child.status,
+      new Response(child.stderr).text(),
+    ]);
+    if (written) throw new UserError(`cannot write ${path}: ${written.message}`);
+    if (!status.success) throw new UserError(`tar: ${err.trim().split("\n").pop()}`);
+  } finally {
+    tars.delete(child);
+  }
 }
 
 /** Compression from the file name (tar's own --auto-compress would look at the temporary name). */
@@ -144,8 +177,32 @@ export async function backupTo(
   const data = new DataDir(opts.dataDir);
   if (!existsSync(data.db)) throw new UserError(`no netroot database in ${opts.dataDir}`);
   const target = resolve(file);
-  const stage = await Deno.makeTempDir({ prefix: "netroot-backup-" });
+  // Staged in the data dir's tmp/ (owner-only, wiped at every start of the server, and on the
+  // file system sized for the database), not the system's /tmp: a backup interrupted there
+  // (Ctrl-C, a cron job's timeout) left a copy of the database and the token for good, in RAM
+  // where /tmp is a tmpfs (553 MB of database, per interrupted backup).
+  // (A data dir that cannot be written, a read-only snapshot's, stages in the system's.)
+  await Deno.mkdir(data.tmp, { recursive: true, mode: 0o700 }).catch(() => {});
+  const stage = await Deno.makeTempDir({ dir: data.tmp, prefix: "backup-" })
+    .catch(() => Deno.makeTempDir({ prefix: "netroot-backup-" }));
   const partial = join(dirname(target), `.${basename(target)}.${Deno.pid}.partial`);
+  // Interrupted, the process exits without running `finally`: tar (which, left running, wrote the
+  // whole file on) and the half-written file and the stage go first.
+  const interrupted = () => {
+    for (const child of tars) {
+      try {
+        child.kill("SIGKILL");
+      } catch { /* exited */ }
+    }
+    for (const path of [partial, stage]) {
+      try {
+        Deno.removeSync(path, { recursive: true });
+      } catch { /* not made yet */ }
+    }
+    Deno.exit(130);
+  };
+  const signals = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
+  for (const sig of signals) Deno.addSignalListener(sig, interrupted);
   try {
     const db = new DatabaseSync(data.db, { timeout: 5000 });
     let schema: number;
@@ -194,12 +251,12 @@ export async function backupTo(
       ...(ssh ? ["ssh"] : []),
     ];
     // Created 0600 before tar writes into it: the token and the power passwords are inside.
-    (await Deno.open(partial, { write: true, createNew: true, mode: 0o600 })).close();
-    await tar([
+    const out = await Deno.open(partial, { write: true, createNew: true, mode: 0o600 });
+    await tarInto(out, partial, [
       "--create",
       ...compressionFlag(target),
       "--file",
-      partial,
+      "-",
       "--directory",
       stage,
       "--owner=0",
@@ -211,6 +268,7 @@ export async function backupTo(
     await Deno.rename(partial, target);
     return { file: target, bytes: (await Deno.stat(target)).size, manifest };
   } finally {
+    for (const sig of signals) Deno.removeSignalListener(sig, interrupted);
     await Deno.remove(partial).catch(() => {});
     await Deno.remove(stage, { recursive: true });
   }
