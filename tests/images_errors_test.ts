@@ -1,6 +1,8 @@
 // Bad input and store rules: every failure is one clear error and leaves nothing behind.
 import assert from "node:assert/strict";
+import { openDatabase } from "../src/db.ts";
 import { UserError } from "../src/errors.ts";
+import { ImageStore } from "../src/images/store.ts";
 import {
   assertStoreEmpty,
   buildSampleTree,
@@ -240,10 +242,12 @@ Deno.test("reconcile: wipes tmp/, drops directories without a row, flags rows wi
     const kept = await t.store.import(tarOf(src, `${t.dir}/x.tar`), "kept");
     Deno.writeTextFileSync(`${src}/etc/more`, "more");
     const broken = await t.store.import(tarOf(src, `${t.dir}/y.tar`), "broken");
-    // an interrupted import, an orphan image dir (killed between rename and insert), a lost tree
+    // an interrupted import, an orphan image dir (killed between rename and insert: the commit's
+    // marker is in it), a lost tree
     Deno.mkdirSync(`${t.data.tmp}/import-x/rootfs/etc`, { recursive: true });
     const orphan = "f".repeat(64);
     Deno.mkdirSync(`${t.data.image(orphan)}/rootfs`, { recursive: true });
+    Deno.writeFileSync(`${t.data.image(orphan)}/disposable`, new Uint8Array());
     Deno.removeSync(t.data.image(broken.id), { recursive: true });
 
     assert.equal(await t.store.reconcile(), 3);
@@ -256,5 +260,49 @@ Deno.test("reconcile: wipes tmp/, drops directories without a row, flags rows wi
     assert.equal(await t.store.reconcile(), 0, "idempotent");
   } finally {
     await t.close();
+  }
+});
+
+const rmIfThere = (path: string) => Deno.remove(path).catch(() => {});
+
+Deno.test("reconcile on a lost or older database keeps the image trees it has no row for", async () => {
+  const t = await tempStore();
+  try {
+    const src = `${t.dir}/src`;
+    buildSampleTree(src);
+    const first = await t.store.import(tarOf(src, `${t.dir}/x.tar`), "first");
+    // Last week's backup of the database, then a version made since.
+    t.db.exec(`VACUUM INTO '${t.dir}/older.db'`);
+    Deno.writeTextFileSync(`${src}/etc/more`, "more");
+    const since = await t.store.import(tarOf(src, `${t.dir}/y.tar`), "since");
+    assert.deepEqual(await dirEntries(t.data.images), [first.id, since.id].sort());
+    t.db.close();
+
+    // The older database restored: the version made since has no row.
+    Deno.renameSync(`${t.dir}/older.db`, t.data.db);
+    for (const f of ["-wal", "-shm"]) await rmIfThere(t.data.db + f);
+    const older = openDatabase(t.data.db);
+    try {
+      await new ImageStore(t.data, older).reconcile();
+    } finally {
+      older.close();
+    }
+    // Before, the start removed it: every version made since the backup, gone from the disk.
+    assert.ok(Deno.statSync(t.data.manifest(since.id)).isFile);
+    assert.ok(Deno.statSync(t.data.rootfs(since.id)).isDirectory);
+
+    // The database lost (deleted, a new empty one at the next start): before, every tree went.
+    Deno.removeSync(t.data.db);
+    for (const f of ["-wal", "-shm"]) await rmIfThere(t.data.db + f);
+    const empty = openDatabase(t.data.db);
+    try {
+      await new ImageStore(t.data, empty).reconcile();
+    } finally {
+      empty.close();
+    }
+    assert.deepEqual(await dirEntries(t.data.images), [first.id, since.id].sort());
+    assert.ok(Deno.statSync(t.data.rootfs(first.id)).isDirectory);
+  } finally {
+    await t.close().catch(() => {}); // (its database closed above: the directory still goes)
   }
 });

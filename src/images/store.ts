@@ -9,7 +9,7 @@
 // Same content imported again (any name): no second copy; the existing image is returned with
 // existed=true and keeps its name (`image import` prints "already imported as NAME (id …)").
 // A name already used by another image is refused (409) before any work is done.
-import { statvfs, syncfs, syncfsLater } from "../linux/fsops.ts";
+import { fsyncDir, statvfs, syncfs, syncfsLater } from "../linux/fsops.ts";
 import { existsSync } from "node:fs";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
@@ -124,6 +124,14 @@ export function validateName(name: unknown): string {
   if (ID.test(name)) throw new UserError(`invalid image name ${name}: it looks like an image id`);
   return name;
 }
+
+/** In a version's directory while its row is being written (from before its rename into images/
+ *  until the row is committed) or deleted (from before the row goes until the directory does):
+ *  what tells a directory a crash left without its row (removed at the next start) from one whose
+ *  row the database lost (kept). Without it, a server started on a lost, deleted or older database
+ *  (a restore of last week's backup) removed every image tree it had no row for: all of them, or
+ *  every version made since the backup. */
+const DISPOSABLE = "disposable";
 
 function isNoSpace(e: unknown): boolean {
   return /no space left on device|os error 28/i.test((e as Error)?.message ?? "");
@@ -466,6 +474,7 @@ export class ImageStore {
     try {
       await m.materialize();
       await Deno.writeFile(join(work, "manifest"), text);
+      await Deno.writeFile(join(work, DISPOSABLE), new Uint8Array());
     } catch (e) {
       this.#dropNewObjects(join(work, "rootfs"), entries);
       throw e;
@@ -538,6 +547,8 @@ export class ImageStore {
       if (same) return { ...same, existed: true, previous: null, outdated: null };
       throw e;
     }
+    // (Left by a crash now, it stays harmless: the directory has its row.)
+    await Deno.remove(join(this.data.image(id), DISPOSABLE)).catch(() => {});
     log.info("committed image version", {
       id: id.slice(0, 12),
       name,
@@ -874,10 +885,11 @@ export class ImageStore {
           // last, an open session's base (its overlay's lower layer), one held (asked each time:
           // a session may open while trees are deleted).
           if (v.current || this.neededTrees().has(v.id)) continue;
-          durableTx(this.db, () => {
-            this.db.prepare("DELETE FROM images WHERE id = ?").run(v.id);
-            recordEvent(this.db, null, "image.rm", { id: v.id, name: v.name, by: "gc" });
-          });
+          this.#rowsGoing([v.id], () =>
+            durableTx(this.db, () => {
+              this.db.prepare("DELETE FROM images WHERE id = ?").run(v.id);
+              recordEvent(this.db, null, "image.rm", { id: v.id, name: v.name, by: "gc" });
+            }));
           // Moved away in the turn its row went: an import or commit of the same content
           // answered in between renamed nothing (the directory was there), wrote its row, and
           // lost its tree and manifest to this rename.
@@ -998,12 +1010,13 @@ export class ImageStore {
           "try again",
       );
     }
-    durableTx(this.db, () => {
-      for (const v of all) {
-        this.db.prepare("DELETE FROM images WHERE id = ?").run(v.id);
-        recordEvent(this.db, null, "image.rm", { id: v.id, name: v.name });
-      }
-    });
+    this.#rowsGoing(ids, () =>
+      durableTx(this.db, () => {
+        for (const v of all) {
+          this.db.prepare("DELETE FROM images WHERE id = ?").run(v.id);
+          recordEvent(this.db, null, "image.rm", { id: v.id, name: v.name });
+        }
+      }));
     for (const v of all) this.#discard(this.data.image(v.id));
     this.#changed();
     return all;
@@ -1037,6 +1050,32 @@ export class ImageStore {
     }
   }
 
+  /** Runs `deleteRows` (the rows of `ids`) with their directories marked DISPOSABLE first, on the
+   *  disk: a crash after the rows went leaves the directories for the next start to remove. The
+   *  marks go again when the rows stay (the transaction failed). */
+  #rowsGoing(ids: string[], deleteRows: () => void): void {
+    const marked: string[] = [];
+    for (const id of ids) {
+      try {
+        Deno.writeFileSync(join(this.data.image(id), DISPOSABLE), new Uint8Array());
+        fsyncDir(this.data.image(id));
+        marked.push(id);
+      } catch (e) {
+        if (!(e instanceof Deno.errors.NotFound)) throw e;
+      }
+    }
+    try {
+      deleteRows();
+    } catch (e) {
+      for (const id of marked) {
+        try {
+          Deno.removeSync(join(this.data.image(id), DISPOSABLE));
+        } catch { /* its row says it stays either way */ }
+      }
+      throw e;
+    }
+  }
+
   /** Moves a tree into tmp/ (instant, atomic) and deletes it in the background; a crash midway
    *  leaves it in tmp/, which the next start wipes. */
   #discard(dir: string): void {
@@ -1055,7 +1094,8 @@ export class ImageStore {
 
   /**
    * At start: wipes tmp/ (interrupted imports and removals) and removes image directories without
-   * a row (an import killed between rename and insert). A row whose tree is gone (someone deleted
+   * a row that a commit left (killed between rename and insert: DISPOSABLE); others without a row
+   * (a database lost or replaced) are kept, with an error. A row whose tree is gone (someone deleted
    * it by hand) is kept — nodes may reference it — but marked not bootable with the reason, so
    * `image show` says what to do. Returns how many things were fixed.
    */
@@ -1080,7 +1120,19 @@ export class ImageStore {
     }
     await Deno.mkdir(this.data.images, { recursive: true });
     for await (const e of Deno.readDir(this.data.images)) {
-      if (this.#row(e.name)) continue;
+      if (this.#row(e.name)) {
+        // A mark a crash left beside a row: without it, this directory stays should the row go.
+        await Deno.remove(join(this.data.images, e.name, DISPOSABLE)).catch(() => {});
+        continue;
+      }
+      if (!existsSync(join(this.data.images, e.name, DISPOSABLE))) {
+        log.error(
+          "image directory without a database row, kept: was the database lost or replaced by " +
+            "an older one? (netroot restore puts a backup back; remove the directory if unwanted)",
+          { dir: this.data.image(e.name) },
+        );
+        continue;
+      }
       log.warn("removing image directory without a database row (interrupted import)", {
         dir: e.name,
       });
