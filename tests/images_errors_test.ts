@@ -296,12 +296,19 @@ Deno.test("reconcile on a lost or older database keeps the image trees it has no
     for (const f of ["-wal", "-shm"]) await rmIfThere(t.data.db + f);
     const empty = openDatabase(t.data.db);
     try {
-      await new ImageStore(t.data, empty).reconcile();
+      const store = new ImageStore(t.data, empty);
+      await store.reconcile();
+      assert.deepEqual(await dirEntries(t.data.images), [first.id, since.id].sort());
+      assert.ok(Deno.statSync(t.data.rootfs(first.id)).isDirectory);
+      // The same content imported again takes its kept directory back.
+      const back = await store.import(tarOf(src, `${t.dir}/z.tar`), "back");
+      assert.equal(back.id, since.id);
+      assert.equal(store.get("back").bootable, since.bootable);
+      assert.deepEqual(await dirEntries(t.data.images), [first.id, since.id].sort());
+      await store.idle();
     } finally {
       empty.close();
     }
-    assert.deepEqual(await dirEntries(t.data.images), [first.id, since.id].sort());
-    assert.ok(Deno.statSync(t.data.rootfs(first.id)).isDirectory);
   } finally {
     await t.close().catch(() => {}); // (its database closed above: the directory still goes)
   }
