@@ -292,6 +292,65 @@ os.execv(sys.argv[1], sys.argv[1:])`;
   assert.match(err, /another program holds that port \(`ss -lntup` names it/);
 });
 
+// The server machine back up with the data dir's disk full: serve stopped on SQLite's "disk I/O
+// error" and a stack trace, which said neither "full" nor where (and systemd restarted it every 2 s).
+Deno.test("serve on a full data dir: one line saying which file system to make room on (root: tmpfs)", async () => {
+  if (Deno.uid() !== 0) throw new Error("this test needs root (mount)");
+  const dir = await Deno.makeTempDir({ prefix: "nr-full-" });
+  const mnt = join(dir, "mnt");
+  await Deno.mkdir(mnt);
+  const mount = (...args: string[]) => new Deno.Command(args[0], { args: args.slice(1) }).output();
+  assert.ok((await mount("mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", mnt)).success);
+  try {
+    const data = join(mnt, "data");
+    // Once with room: the data dir and its database exist, as on any server.
+    const first = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", mainTs, "serve", "--data", data, "--http", "127.0.0.1:0"],
+      env: { NO_COLOR: "1" },
+      stdin: "null",
+      stdout: "null",
+      stderr: "piped",
+    }).spawn();
+    let log = "";
+    const reader = first.stderr.pipeThrough(new TextDecoderStream()).getReader();
+    while (!/http listening/.test(log)) {
+      const { value, done } = await reader.read();
+      if (done) throw new Error(`serve exited:\n${log}`);
+      log += value;
+    }
+    first.kill("SIGTERM");
+    while (!(await reader.read()).done) { /* to its end */ }
+    await first.status;
+    // Full: a file takes every byte left.
+    const filler = await Deno.open(join(mnt, "filler"), { write: true, create: true });
+    const chunk = new Uint8Array(1 << 16);
+    try {
+      for (;;) await filler.write(chunk);
+    } catch (e) {
+      assert.ok(e instanceof Error && /os error 28/.test(e.message), String(e));
+    } finally {
+      filler.close();
+    }
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", mainTs, "serve", "--data", data, "--http", "127.0.0.1:0"],
+      env: { NO_COLOR: "1" },
+      stdin: "null",
+      stdout: "null",
+      stderr: "piped",
+    }).output();
+    const err = new TextDecoder().decode(out.stderr);
+    assert.equal(out.code, 1, err);
+    assert.doesNotMatch(err, /^\s+at /m, "no stack trace");
+    assert.match(
+      err,
+      new RegExp(`no space left on the file system of ${data} \\(\\d+ bytes, \\d+ inodes free\\)`),
+    );
+  } finally {
+    await mount("umount", mnt);
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("serve with its HTTP port taken: the error says to stop the other program or choose --http PORT", async () => {
   const taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   try {

@@ -6,6 +6,8 @@ import { sdNotify, watchdogIntervalMs } from "../linux/sdnotify.ts";
 import { logger, setLogFormat } from "../log.ts";
 import { serve } from "../server.ts";
 import { lockDataDir } from "../service/lock.ts";
+import { statvfs } from "../linux/fsops.ts";
+import { dirname } from "node:path";
 
 const log = logger("serve");
 
@@ -129,7 +131,7 @@ export async function run(args: string[]): Promise<number> {
     log.info("stopped");
     return 0;
   } catch (e) {
-    throw server ? e : startRefused(e);
+    throw server ? e : startRefused(e, config.dataDir);
   } finally {
     clearInterval(watchdog);
     for (const sig of signals) Deno.removeSignalListener(sig, onSignal);
@@ -137,13 +139,33 @@ export async function run(args: string[]): Promise<number> {
   }
 }
 
+/** Why the data dir's file system has no room to start in, or undefined. A server machine that
+ *  came back up with its disk full stopped on SQLite's "disk I/O error" (the database's shared
+ *  memory file could not be made) and a stack trace, restarted every 2 s, and nothing said where
+ *  to make room. */
+function noRoom(dataDir: string): string | undefined {
+  for (let dir = dataDir;; dir = dirname(dir)) {
+    try {
+      const fs = statvfs(dir);
+      if (fs.freeBytesForRoot >= 1 << 20 && fs.freeInodes > 0) return undefined;
+      return `no space left on the file system of ${dataDir} (${fs.freeBytesForRoot} bytes, ` +
+        `${fs.freeInodes} inodes free): make room there (the database is written from the start)`;
+    } catch {
+      if (dir === dirname(dir)) return undefined;
+    }
+  }
+}
+
 /** A start refused for want of privilege (an admin's first try without sudo) or for a port another
  *  program holds (the lab machine's dnsmasq, isc-dhcp-server or tftpd-hpa) is one line saying
  *  what to do, not the stack of whichever socket, tool or directory met it first. */
-function startRefused(e: unknown): unknown {
+function startRefused(e: unknown, dataDir: string): unknown {
   const message = e instanceof Error ? e.message : String(e);
   if (e instanceof UserError) return e;
   const what = message.split("\n")[0];
+  const full = /disk I\/O error|database or disk is full|No space left on device|os error 28/
+    .test(message) && noRoom(dataDir);
+  if (full) return new UserError(`${what}: ${full}`);
   if (/Address already in use/.test(message)) {
     return new UserError(
       `${what}: another program holds that port (\`ss -lntup\` names it: a second netroot ` +
