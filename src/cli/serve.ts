@@ -143,11 +143,12 @@ export async function run(args: string[]): Promise<number> {
  *  came back up with its disk full stopped on SQLite's "disk I/O error" (the database's shared
  *  memory file could not be made) and a stack trace, restarted every 2 s, and nothing said where
  *  to make room. */
-function noRoom(dataDir: string): string | undefined {
+function noRoom(dataDir: string, sure: boolean): string | undefined {
   for (let dir = dataDir;; dir = dirname(dir)) {
     try {
       const fs = statvfs(dir);
-      if (fs.freeBytesForRoot >= 1 << 20 && fs.freeInodes > 0) return undefined;
+      // (ext4 keeps up to 16 MiB from root too: "free" for root, yet ENOSPC.)
+      if (!sure && fs.freeBytesForRoot >= 32 << 20 && fs.freeInodes > 0) return undefined;
       return `no space left on the file system of ${dataDir} (${fs.freeBytesForRoot} bytes, ` +
         `${fs.freeInodes} inodes free): make room there (the database is written from the start)`;
     } catch {
@@ -163,8 +164,9 @@ function startRefused(e: unknown, dataDir: string): unknown {
   const message = e instanceof Error ? e.message : String(e);
   if (e instanceof UserError) return e;
   const what = message.split("\n")[0];
-  const full = /disk I\/O error|database or disk is full|No space left on device|os error 28/
-    .test(message) && noRoom(dataDir);
+  // ENOSPC says it; SQLite's "disk I/O error" may be the disk full too (its shared memory file).
+  const noSpace = /database or disk is full|No space left on device|os error 28/.test(message);
+  const full = (noSpace || /disk I\/O error/.test(message)) && noRoom(dataDir, noSpace);
   if (full) return new UserError(`${what}: ${full}`);
   if (/Address already in use/.test(message)) {
     return new UserError(
