@@ -87,7 +87,8 @@ Deno.test("backup while serving and writing is consistent; restore puts it all b
   const server = await startServer(data);
   try {
     await addNode(server.base, data, "52:54:00:00:00:01", "kept-n1");
-    await Deno.mkdir(join(data, "power"));
+    // Owner-only, as an admin keeps scripts with a PDU's password in them.
+    await Deno.mkdir(join(data, "power"), { mode: 0o700 });
     await Deno.writeTextFile(join(data, "power", "pdu.sh"), "#!/bin/sh\necho on\n", {
       mode: 0o755,
     });
@@ -163,6 +164,7 @@ Deno.test("backup while serving and writing is consistent; restore puts it all b
     assert.equal((await Deno.stat(join(data, "token"))).mode! & 0o777, 0o600);
     assert.equal(await Deno.readTextFile(join(data, "power", "pdu.sh")), "#!/bin/sh\necho on\n");
     assert.equal(await Deno.readLink(join(data, "power", "noop")), "/usr/bin/true");
+    assert.equal((await Deno.stat(join(data, "power"))).mode! & 0o777, 0o700, "power/ mode");
     assert.equal(await Deno.readTextFile(config), '{"http":{"port":8081}}\n');
     // Nothing lost: what restore replaced is kept.
     const replaced = /the files it replaced: (\S+)/.exec(r.out)?.[1];

@@ -138,6 +138,10 @@ async function configFiles(
 /** Copies the power programs: regular files and symlinks with plain names (others are named). */
 async function copyPower(from: string, to: string, warn: (l: string) => void): Promise<string[]> {
   await Deno.mkdir(to);
+  // With its mode: a power/ of 0700 came back 0755 (the umask's), and its scripts of 0644 with a
+  // PDU's password in them readable by every user of the server.
+  const mode = (await Deno.stat(from).catch(() => undefined))?.mode;
+  await Deno.chmod(to, mode === undefined ? 0o700 : mode & 0o7777);
   const names: string[] = [];
   for (const e of await entries(from)) {
     if (!powerName.test(e.name) || !(e.isFile || e.isSymlink)) {
