@@ -14,8 +14,9 @@ const backupHelp = `usage: netroot backup FILE [--data DIR] [--config FILE]
 Saves the server's state to FILE (a tar; .tar.gz, .tar.zst, .tar.xz compress): the database (an
 online SQLite backup: consistent while the server runs and writes), the API token, the power
 programs (<data>/power/), the server's ssh key (the one the nodes accept) and the settings file.
-Not the image trees, the nodes' /persist or the initramfs cache: copy <data>/images and
-<data>/nodes with rsync or a file-system snapshot.
+Not the image trees, the nodes' /persist or the initramfs cache: copy <data>/images,
+<data>/objects (old versions are only their objects) and <data>/nodes in one
+\`rsync -aHAX --numeric-ids\` (hard links, owners by number, xattrs), or a file-system snapshot.
 FILE is written mode 0600 (it holds the token, the power passwords and the ssh key).
 ${dataHelp}
   --config FILE  the settings file to save (default: /etc/netroot/config.* when present)`;

@@ -10,7 +10,8 @@
 //                         node that booted holds its public half in authorized_keys
 //
 // Not in it: the image trees, the nodes' /persist and the initramfs cache (file trees, big;
-// copy <data>/images and <data>/nodes with rsync or a file-system snapshot). The file holds the
+// copy <data>/images, objects and nodes in one `rsync -aHAX --numeric-ids`, or a file-system
+// snapshot: a version no node uses is only its manifest and objects). The file holds the
 // token, the power passwords and the ssh key: it is written mode 0600.
 //
 // Restore takes the data dir's lock (a running server holds it: restore refuses), checks the
