@@ -411,7 +411,7 @@ Deno.test("a full disk fails the build with its path, in time, leaving nothing (
       const out = join(full, `i.${compression}`);
       // The archive (the deno binary: tens of MB) cannot fit in 1 MiB. The zlib builds waited
       // for ever once the file failed: the node asking for it, and every later one, hung.
-      let timer = 0;
+      let timer: ReturnType<typeof setTimeout> | undefined;
       const hung = new Promise<never>((_, reject) => {
         timer = setTimeout(() => reject(new Error(`${compression}: no answer in 60 s`)), 60_000);
       });

@@ -142,7 +142,7 @@ async function copyPower(from: string, to: string, warn: (l: string) => void): P
   // With its mode: a power/ of 0700 came back 0755 (the umask's), and its scripts of 0644 with a
   // PDU's password in them readable by every user of the server.
   const mode = (await Deno.stat(from).catch(() => undefined))?.mode;
-  await Deno.chmod(to, mode === undefined ? 0o700 : mode & 0o7777);
+  await Deno.chmod(to, mode == null ? 0o700 : mode & 0o7777);
   const names: string[] = [];
   for (const e of await entries(from)) {
     if (!powerName.test(e.name) || !(e.isFile || e.isSymlink)) {
