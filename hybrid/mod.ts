@@ -2,6 +2,7 @@
 // netroot.mode=auto: detect the partition, copy/verify the image, lay out the overlay. Not applying
 // (false) means network mode: no partition, or any failure — the node must still boot, so failures
 // fall back to network mode and are said loudly.
+import { bootFileUrl } from "../contract/bootfiles.ts";
 import { progressText, type StageReport } from "../contract/report.ts";
 import type { Layout, RootEnv, RootMode } from "../contract/rootmode.ts";
 import {
@@ -170,18 +171,22 @@ function detectAndCopy(env: RootEnv): Promise<HybridBoot | undefined> {
     env.log("hybrid: no netroot.image/netroot.url on the command line: network mode");
     return Promise.resolve(undefined);
   }
-  const manifestUrl = `${p.url}/boot/${p.mac}/manifest`;
+  // Pinned to the version the command line names, the one mounted as the copy's source: unpinned,
+  // a deploy landing after the script gave the new version's manifest, which that tree failed.
+  const manifestUrl = bootFileUrl(p.url, p.mac, "manifest", p.image);
   const imageId = p.image;
   return tryHybridBoot({
     imageId,
     mountBase: "/run/netroot/disks",
     mount: (dev, dir, readOnly) => Promise.resolve(mountPartition(dev, dir, readOnly)),
-    umount: (dir) => Promise.resolve(umount(dir)),
+    // A failed umount (EBUSY) is a rejection the fallback to network mode catches, not a throw out
+    // of that fallback, which ended the boot.
+    umount: (dir) => Promise.resolve().then(() => umount(dir)),
     mountSource: async () => {
       await env.mountImage(l.lower);
       return l.lower;
     },
-    unmountSource: () => Promise.resolve(umount(l.lower, MNT_DETACH)),
+    unmountSource: () => Promise.resolve().then(() => umount(l.lower, MNT_DETACH)),
     fetchManifest: () => fetchManifest(env.getText, manifestUrl, env.log),
     log: env.log,
     report: env.report,

@@ -131,7 +131,8 @@ export interface Refusal {
   unknown?: boolean;
 }
 
-export type BootFileKind = "kernel" | "initramfs" | "manifest";
+import type { BootFileKind } from "../contract/bootfiles.ts";
+export type { BootFileKind };
 
 export interface HttpBooter {
   /** The node's boot plan for a script fetch (opens a boot: a new token), or why not; `remote`

@@ -13,7 +13,8 @@ import { closeContext, openContext } from "../src/server.ts";
 import { bootRoutes, parseMacParam, parseRange } from "../netboot/http.ts";
 import { BootFileCache } from "../netboot/bootcache.ts";
 import { contextBooter, resolveInImage as resolveInRoot } from "../src/boot/booter.ts";
-import { renderCmdline } from "../contract/cmdline.ts";
+import { parseCmdline, renderCmdline } from "../contract/cmdline.ts";
+import { bootFileUrl } from "../contract/bootfiles.ts";
 import { renderBootScript, renderRefusalScript } from "../netboot/ipxe.ts";
 import { NodeMonitor } from "../src/nodestate.ts";
 
@@ -468,6 +469,35 @@ Deno.test("boot routes: script, kernel, initramfs, manifest, Range, HEAD, report
         }
       },
     );
+  } finally {
+    await f.close();
+  }
+});
+
+Deno.test("hybrid: the node asks for the manifest of its command line's version; a deploy after its script changes nothing", async () => {
+  // The hybrid copy's source is the NFS root the command line names (a version's own export):
+  // its manifest must be that version's. Unpinned, a deploy landing between the script and the
+  // manifest fetch gave the new version's manifest, which the old tree then failed (network mode).
+  const f = await fixture();
+  const mac = "52:54:00:12:34:5b";
+  try {
+    addNode(f.ctx, mac, "pc12", f.imageId);
+    f.ctx.db.prepare("INSERT INTO leases (mac, ip, expires_at, state) VALUES (?, ?, ?, 'bound')")
+      .run(mac, "10.77.0.43", 2 ** 31);
+    const script = await (await fetch(`${f.url}/boot/${mac}.ipxe`)).text();
+    const p = parseCmdline(/^kernel \S+ initrd=initramfs (.*) \|\| goto failed$/m.exec(script)![1]);
+    assert.equal(p.image, f.imageId);
+    const other = addImage(f.ctx, "deployed-later", { "vmlinuz": "k", "etc/os-release": "x" });
+    f.ctx.db.prepare("UPDATE nodes SET image_id = ? WHERE mac = ?").run(other, mac);
+    Deno.removeSync(f.ctx.data.nodeFs(mac)); // the deploy's flip of the node's link
+    symlinkSync(`../../images/${other}/rootfs`, f.ctx.data.nodeFs(mac));
+    const url = bootFileUrl(p.url!, p.mac!, "manifest", p.image!);
+    let r = await fetch(url);
+    assert.equal(r.status, 200);
+    assert.equal(await r.text(), await Deno.readTextFile(f.ctx.data.manifest(f.imageId)));
+    // What the unpinned request gets now: the new version's.
+    r = await fetch(url.replace(/\?.*/, ""));
+    assert.equal(await r.text(), await Deno.readTextFile(f.ctx.data.manifest(other)));
   } finally {
     await f.close();
   }

@@ -3,6 +3,7 @@
 // `planBoot` reads no database, socket or file: src/boot/booter.ts gathers its input from the
 // stores, and HTTP boot (netboot/http.ts) renders the plan as an iPXE script. The command line is
 // the node contract's (contract/cmdline.ts).
+import { bootFileUrl } from "../../contract/bootfiles.ts";
 import { renderCmdline } from "../../contract/cmdline.ts";
 import { networkCidr } from "../../contract/ipv4.ts";
 import type { Refusal } from "../../netboot/booter.ts";
@@ -167,18 +168,16 @@ export function planBoot(i: PlanInput): BootPlan | Refusal {
   } catch (e) {
     return { refused: (e as Error).message };
   }
-  const hyphen = i.mac.replaceAll(":", "-"); // colons in URL paths break some HTTP clients
-  // ?image= pins both files to one image even if a deploy lands mid-boot. The kernel's last
-  // segment, `kernel`, is its name under EFI iPXE, on the command line (cmdline.ts LOADER_PREFIX).
-  const q = `?image=${image.id}`;
+  // The kernel's last segment, `kernel`, is its name under EFI iPXE, on the command line
+  // (cmdline.ts LOADER_PREFIX).
   return {
     mac: i.mac,
     nodeName: node.name,
     image: { id: image.id, name: image.name },
     loader: "ipxe",
     initramfs: initramfsSource(node),
-    kernelUrl: `${net.base}/boot/${hyphen}/kernel${q}`,
-    initramfsUrl: `${net.base}/boot/${hyphen}/initramfs${q}`,
+    kernelUrl: bootFileUrl(net.base, i.mac, "kernel", image.id),
+    initramfsUrl: bootFileUrl(net.base, i.mac, "initramfs", image.id),
     cmdline,
     exports: { root, persist },
     mode: node.settings["boot.mode"] || undefined,
