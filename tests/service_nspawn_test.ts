@@ -6,7 +6,7 @@
 //   start, the installed `netroot` command reaching the API, journal lines without timestamps with
 //   their priorities, restart (a new process, READY again), the watchdog (WatchdogSec=2: still the
 //   same process after 6 s, i.e. pinged), an upgrade by re-install keeping the data, a backup while
-//   serving, a clean stop, and uninstall-service keeping settings and data.
+//   serving, a start that keeps failing ending after StartLimitBurst tries, a clean stop, and uninstall-service keeping settings and data.
 // Needs root, systemd-nspawn (systemd-container) and debootstrap (first run: ≈ 2 min to build the
 // cache).
 import assert from "node:assert/strict";
@@ -62,6 +62,19 @@ check reinstall-new-process sh -c "[ \\"\\$(systemctl show -p MainPID --value ne
 check reinstall-kept-data sh -c 'netroot node show svc-n1 | grep -q 52:54:00:aa:bb:cc'
 check reinstall-kept-dropin test -f /etc/systemd/system/netroot.service.d/watchdog.conf
 check backup-while-serving netroot backup /results/backup.tar.gz
+# a start that always fails (a settings file that is not there) ends after StartLimitBurst tries,
+# failed, not in a new try every few seconds for ever (RestartSec shortened here, not the limit)
+printf '[Service]\\nRestartSec=100ms\\nExecStart=\\nExecStart=/usr/local/lib/netroot/deno run -A --no-config /usr/local/lib/netroot/netroot.js serve --config /nonexistent.json\\n' > /etc/systemd/system/netroot.service.d/failing.conf
+systemctl daemon-reload
+systemctl restart netroot 2>/dev/null
+for i in $(seq 120); do systemctl is-failed --quiet netroot && break; sleep 0.5; done
+sleep 2 # no further try
+echo "restarts before the limit $(systemctl show -p NRestarts --value netroot)" >> $R
+check start-limit sh -c 'systemctl is-failed --quiet netroot && [ "$(systemctl show -p NRestarts --value netroot)" -ge 9 ] && journalctl -u netroot -o cat | grep -q "cannot read config file /nonexistent.json"'
+rm /etc/systemd/system/netroot.service.d/failing.conf
+systemctl daemon-reload
+systemctl reset-failed netroot
+check start-after-fix systemctl start netroot
 t0=$(date +%s.%N)
 check stop systemctl stop netroot
 echo "time stop $(since $t0) s" >> $R
@@ -113,6 +126,8 @@ const expected = [
   "reinstall-kept-data",
   "reinstall-kept-dropin",
   "backup-while-serving",
+  "start-limit",
+  "start-after-fix",
   "stop",
   "stop-clean",
   "stop-logged",
