@@ -510,6 +510,52 @@ Deno.test("node reboot: several nodes at once, the cause in each reboot event, 1
     assert.match(bad.out, /nope: node nope not found|nope: .*not found/);
   }));
 
+// 40 PCs, one of them behind a dead BMC (each of its commands waits out power.timeout): the other
+// nodes' reboots go on. In batches of 16, the dead one held nodes 17–32 until it timed out.
+Deno.test("node reboot: one hung power device holds up no other node's reboot", () =>
+  withPowerServer(async ({ ctx, dir, url }) => {
+    const power = join(dir, "power");
+    await Deno.mkdir(power, { recursive: true });
+    await Deno.writeTextFile(join(power, "plug.sh"), plug, { mode: 0o755 });
+    const hung = `#!/bin/sh\nd=$(dirname "$0")\nwhile [ ! -e "$d/release" ]; do sleep 0.1; done\n`;
+    await Deno.writeTextFile(join(power, "hung.sh"), hung, { mode: 0o755 });
+    const names = Array.from({ length: 40 }, (_, i) => `pc${String(i + 1).padStart(2, "0")}`);
+    names.forEach((name, i) => {
+      const m = `02:00:00:00:5f:${(i + 1).toString(16).padStart(2, "0")}`;
+      ctx.nodes.add(m, { name });
+      ctx.nodes.configure(m, {
+        "power.driver": "command",
+        "power.command": i === 0 ? "hung.sh" : "plug.sh",
+        "power.timeout": "60",
+      });
+    });
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", join(import.meta.dirname!, "../main.ts"), "node", "reboot", "--hard"]
+        .concat(names.join(",")),
+      env: { NETROOT_SERVER: url, NETROOT_DATA: dir, NO_COLOR: "1" },
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const cycled = () => {
+      try {
+        return Deno.readTextFileSync(join(power, "cycles")).trim().split("\n").length;
+      } catch {
+        return 0;
+      }
+    };
+    try {
+      await waitFor("the 39 other nodes' power cycles", () => cycled() === 39, 20_000);
+    } finally {
+      await Deno.writeTextFile(join(power, "release"), "");
+    }
+    const out = await child.output();
+    const text = new TextDecoder().decode(out.stdout);
+    assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+    assert.equal(text.trim().split("\n").length, 40);
+    assert.match(text, /^pc01: rebooted by command$/m);
+    assert.match(text, /^pc40: rebooted by command$/m);
+  }));
+
 // The README's sequence `node boot N IMG; node wait N`: a clean (ssh) reboot leaves the node
 // `booted` until it goes down, and the wait answered at once — the old system still up (measured
 // on a qemu node: `node run` right after it still saw the old image's files).

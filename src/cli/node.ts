@@ -400,22 +400,24 @@ export async function run(args: string[]): Promise<number> {
     case "reboot": {
       const refs = positionals(p, 1, help.reboot).flatMap((a) => a.split(","))
         .map((r) => r.trim()).filter(Boolean);
-      const results: (RebootResult & { ref: string })[] = [];
-      // A few at a time: each may wait on a power device for up to power.timeout.
-      for (let i = 0; i < refs.length; i += 16) {
-        results.push(
-          ...await Promise.all(
-            refs.slice(i, i + 16).map(async (ref) => ({
-              ref,
-              ...await api.post<RebootResult>(`/nodes/${enc(ref)}/reboot`, {
-                cause: o.cause,
-                hard: o.hard ?? false,
-              })
-                .catch((e): RebootResult => ({ mac: "", ok: false, message: e.message })),
-            })),
-          ),
-        );
-      }
+      const results: (RebootResult & { ref: string })[] = new Array(refs.length);
+      // 16 at a time, each slot taking the next node as soon as its own is done: each may wait
+      // on a power device for up to power.timeout (twice for an ipmi cycle), and in batches of 16
+      // one dead BMC held the next 16 nodes until its timeout.
+      let next = 0;
+      const worker = async () => {
+        while (next < refs.length) {
+          const i = next++;
+          results[i] = {
+            ref: refs[i],
+            ...await api.post<RebootResult>(`/nodes/${enc(refs[i])}/reboot`, {
+              cause: o.cause,
+              hard: o.hard ?? false,
+            }).catch((e): RebootResult => ({ mac: "", ok: false, message: e.message })),
+          };
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(16, refs.length) }, worker));
       const shown = results.map(({ ref: _, ...r }) => r);
       print(
         json,
