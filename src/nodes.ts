@@ -1033,6 +1033,17 @@ export class NodeRegistry {
     return changed;
   }
 
+  /** Replaces the reason of node `mac`'s state while it is still `state` for reason `was` (the
+   *  watchdog's reboot failed: the reason it wrote said a reboot was under way). No event: the
+   *  state did not change; "state" is fired so that waits and the dashboard read it again. */
+  amendReason(mac: string, state: NodeState, was: string, reason: string): void {
+    const m = normalizeMac(mac);
+    const r = this.db.prepare(
+      "UPDATE nodes SET state_reason = ? WHERE mac = ? AND state = ? AND state_reason = ?",
+    ).run(reason, m, state, was);
+    if (r.changes) this.changes.dispatchEvent(new StateChange(m, state));
+  }
+
   /** netroot powered the node on or reset it (vnode start or reset, power on or cycle): a boot
    *  begins now, so the watchdog also covers the firmware's part of it (a PC whose network boot
    *  fell through to its firmware shell fetches no script and would otherwise sit `off` for

@@ -169,6 +169,8 @@ export class NodeMonitor {
   #concurrency: number;
   #failures = new Map<string, number>();
   #probedAt = new Map<string, number>();
+  /** The message of each node's last watchdog or down reboot, while it failed. */
+  #rebootFailed = new Map<string, { reason: string; message: string }>();
   #pass?: Promise<void>;
   /** Hard reboots under way, beside the passes (#hardReboot). */
   #rebooting = new Set<Promise<void>>();
@@ -209,7 +211,7 @@ export class NodeMonitor {
     }
     // Forgotten nodes leave nothing behind here.
     const known = new Set(nodes.map((n) => n.mac));
-    for (const map of [this.#failures, this.#probedAt]) {
+    for (const map of [this.#failures, this.#probedAt, this.#rebootFailed]) {
       for (const mac of map.keys()) if (!known.has(mac)) map.delete(mac);
     }
     let next = 0;
@@ -246,7 +248,7 @@ export class NodeMonitor {
           this.#set(n, "down", reason, ["booted"]);
           if (n.settings["node.down.action"] === "reboot") {
             // Unreachable: the clean path (ssh) cannot work, so hard at once.
-            this.#hardReboot(n, `node.down.action=reboot: ${reason}`);
+            this.#hardReboot(n, `node.down.action=reboot: ${reason}`, { state: "down", reason });
           }
         }
       };
@@ -290,12 +292,16 @@ export class NodeMonitor {
         const cause = `watchdog: no progress for ${wd! / 1000} s (last stage: ${stage}), ` +
           `retry ${n.watchdogReboots + 1}/${retries(n.settings)}`;
         this.#ctx.nodes.countRetry(n.mac, cause, this.#now());
-        this.#hardReboot(n, cause);
+        this.#hardReboot(n, cause, { state: "booting", reason: cause });
       } else {
+        // The last reboot's failure, while its reason still stands (no sign of a boot since).
+        const failed = this.#rebootFailed.get(n.mac);
+        const lastFailed = failed?.reason === n.stateReason ? failed.message : undefined;
         this.#set(
           n,
           "failed",
-          `watchdog: gave up after ${n.watchdogReboots} reboots; last stage: ${stage}`,
+          `watchdog: gave up after ${n.watchdogReboots} reboots` +
+            `${lastFailed ? ` (the last failed: ${lastFailed})` : ""}; last stage: ${stage}`,
           ["booting"],
         );
       }
@@ -315,11 +321,18 @@ export class NodeMonitor {
    *  for an ipmi cycle) held every other node's watchdog and probes until it answered. No second
    *  one for the node follows while it runs: the retry count restarts its watchdog, and a down
    *  node is rebooted only as it goes down. */
-  #hardReboot(n: MonitoredNode, cause: string): void {
+  #hardReboot(n: MonitoredNode, cause: string, shown: { state: NodeState; reason: string }): void {
     // A target without settings: mechanisms look the node's up (n.settings holds boot.* only).
     const { mac, name, virtual, ip } = n;
     const r = this.#ctx.rebooter.reboot({ mac, name, virtual, ip }, cause, { hard: true })
-      .then(() => {}, (e) => log.warn("hard reboot failed", { node: name, error: e.message }))
+      .then((result) => {
+        // A failed reboot (a BMC refusing the password, a PDU not answering) changed nothing on
+        // the node: its state's reason says so, not only its log, and so does the giving up.
+        if (result.ok) return void this.#rebootFailed.delete(mac);
+        const reason = `${shown.reason}; ${result.message}`;
+        this.#rebootFailed.set(mac, { reason, message: result.message });
+        this.#ctx.nodes.amendReason(mac, shown.state, shown.reason, reason);
+      }, (e) => log.warn("hard reboot failed", { node: name, error: e.message }))
       .finally(() => this.#rebooting.delete(r));
     this.#rebooting.add(r);
   }

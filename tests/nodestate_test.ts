@@ -229,6 +229,58 @@ Deno.test("watchdog: reboots a stuck boot through its power driver up to boot.re
     ]);
   }));
 
+// A BMC that refuses the password: the watchdog's reboots never happen. The node's state said
+// "retry 1/2" and then "gave up after 2 reboots", as if it had been rebooted twice; `node wait`
+// and the dashboard showed that, the reason only in the node's log.
+Deno.test("watchdog: a reboot that fails says so in the node's state, and in its giving up", () =>
+  withCtx(async (ctx) => {
+    const dir = powerCommandDir(ctx.data);
+    await Deno.mkdir(dir, { recursive: true });
+    const refused = `#!/bin/sh\necho "BMC refused the password" >&2\nexit 1\n`;
+    await Deno.writeTextFile(join(dir, "refused.sh"), refused, { mode: 0o755 });
+    await Deno.writeTextFile(join(dir, "plug.sh"), plug, { mode: 0o755 });
+    ctx.nodes.add(mac, { name: "n1" });
+    ctx.nodes.configure("n1", {
+      "power.driver": "command",
+      "power.command": "refused.sh",
+      "boot.retries": "2",
+    });
+    const c = clock();
+    const monitor = new NodeMonitor(ctx, { now: c.now, probe: () => Promise.resolve(false) });
+    ctx.nodes.setState(mac, "booting", "boot script fetched", { at: c.now() });
+    c.advance(180_000);
+    await pass(monitor);
+    let n = ctx.nodes.get("n1");
+    assert.equal(n.state, "booting");
+    assert.match(
+      n.stateReason!,
+      /^watchdog: no progress for 180 s .*retry 1\/2; command reboot failed: refused\.sh cycle failed \(exit 1\): BMC refused the password$/,
+    );
+    // A reboot that works clears it: the next one's reason is the watchdog's alone.
+    ctx.nodes.configure("n1", { "power.command": "plug.sh" });
+    c.advance(180_000);
+    await pass(monitor);
+    assert.match(ctx.nodes.get("n1").stateReason!, /retry 2\/2$/);
+    c.advance(180_000);
+    await pass(monitor);
+    assert.match(ctx.nodes.get("n1").stateReason!, /^watchdog: gave up after 2 reboots; last/);
+
+    // Failing to the end: the giving up names the failure.
+    ctx.nodes.configure("n1", { "power.command": "refused.sh" });
+    ctx.nodes.setState(mac, "booted", "port 22 answered", { at: c.now() }); // the count restarts
+    ctx.nodes.setState(mac, "booting", "boot script fetched", { at: c.now() });
+    for (let i = 0; i < 3; i++) {
+      c.advance(180_000);
+      await pass(monitor);
+    }
+    n = ctx.nodes.get("n1");
+    assert.equal(n.state, "failed");
+    assert.match(
+      n.stateReason!,
+      /^watchdog: gave up after 2 reboots \(the last failed: command reboot failed: .*BMC refused the password\); last stage: /,
+    );
+  }));
+
 Deno.test("watchdog: a power device that hangs holds up no other node's watchdog", () =>
   withCtx(async (ctx) => {
     const dir = powerCommandDir(ctx.data);
