@@ -636,6 +636,29 @@ Deno.test("node wait: a clean reboot given up with the node still booted (no har
     assert.equal(ctx.nodes.get("d2").state, "booted");
   }));
 
+// `node boot N IMG && node wait N`: the node's BMC refuses, so the node is not rebooted and runs
+// its old image, `booted`. The deploy exited 0 (the failure only in its table), and the wait
+// then answered at once: the script went on with the old system.
+Deno.test("node boot: exits 1 when a node's reboot failed", () =>
+  withPowerServer(async ({ ctx, dir, cli }) => {
+    const power = join(dir, "power");
+    await Deno.mkdir(power, { recursive: true });
+    const refused = `#!/bin/sh\necho "BMC refused the password" >&2\nexit 1\n`;
+    await Deno.writeTextFile(join(power, "refused.sh"), refused, { mode: 0o755 });
+    await Deno.writeTextFile(join(power, "plug.sh"), plug, { mode: 0o755 });
+    addImage(ctx, "img");
+    for (const [i, script] of ["refused.sh", "plug.sh"].entries()) {
+      ctx.nodes.add(`02:00:00:00:5e:3${i}`, { name: `d${i}` });
+      ctx.nodes.configure(`d${i}`, { "power.driver": "command", "power.command": script });
+    }
+    const r = await cli("node", "boot", "d0,d1", "img", "--hard");
+    assert.equal(r.code, 1, r.out);
+    assert.match(r.out, /d0 .* command reboot failed: .*BMC refused the password/);
+    assert.match(r.out, /d1 .* rebooted by command/);
+    assert.equal(ctx.nodes.get("d0").imageName, "img", "the deploy stands");
+    assert.equal((await cli("node", "boot", "d1", "img", "--hard")).code, 0);
+  }));
+
 Deno.test("node wait after a deploy: a node asked for a clean reboot is not booted until it went down and came back", () =>
   withPowerServer(async ({ ctx, call, cli }) => {
     const mac = "02:00:00:00:5e:21";

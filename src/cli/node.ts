@@ -103,7 +103,8 @@ Points the nodes at IMAGE (one transaction; each node's fs link flips atomically
 them as node reboot does (cleanly first; --hard: at once by the hard mechanism). --no-reboot only
 switches; --force deploys an image that is not bootable. IMAGE as a name: the nodes follow its new
 versions (image shell, cp, build, import, rollback move them at their next boot); as NAME@ID or an
-id: they stay on that version. ${common}`,
+id: they stay on that version. Exits 1 when a node's reboot mechanism failed (the deploy stands:
+the node boots IMAGE at its next boot). ${common}`,
   reboot: `usage: netroot node reboot NODE[,NODE…]… [--hard] [--cause TEXT]
 
 Soft first: a booted node is asked over ssh to reboot itself (its own init shuts down cleanly:
@@ -395,7 +396,10 @@ export async function run(args: string[]): Promise<number> {
           ["name", "mac", "image", "reboot"],
         );
       });
-      return 0;
+      // Deployed, but a node whose reboot failed (a BMC refused) still runs its old image and is
+      // `booted`: a script's `node wait` would answer at once. The exit status says so. A node
+      // with no mechanism at all is the lab's normal case (the table says: by hand).
+      return r.reboots.every((x) => x.ok || !x.mechanism) ? 0 : 1;
     }
     case "reboot": {
       const refs = positionals(p, 1, help.reboot).flatMap((a) => a.split(","))
