@@ -48,11 +48,14 @@ export class PowerDrivers {
   }
 }
 
-/** A failure of the power device or its tool (bad credentials, no answer): HTTP 502. */
+/** A failure of the power device or its tool (bad credentials, no answer): HTTP 502.
+ *  `leftOff`: the action failed half-way with the node switched off (a cycle whose "on" failed). */
 export class PowerError extends UserError {
-  constructor(message: string) {
+  readonly leftOff: boolean;
+  constructor(message: string, opts: { leftOff?: boolean } = {}) {
     super(message, 502);
     this.name = "PowerError";
+    this.leftOff = opts.leftOff ?? false;
   }
 }
 

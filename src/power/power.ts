@@ -12,6 +12,7 @@ import {
   type PowerAction,
   powerActions,
   type PowerDriver,
+  PowerError,
   type PowerState,
   type PowerTarget,
 } from "./driver.ts";
@@ -115,6 +116,10 @@ export function nodePower(ctx: Context, ref: string, action: PowerAction): Promi
       if (!(e instanceof Error)) throw e;
       const message = scrub(ctx, e.message, settings);
       recordEvent(ctx.db, node.mac, "power.failed", { driver: driver.name, action, message });
+      if (e instanceof PowerError && e.leftOff) {
+        // Shown running (booted) while its power is off: no wait or dashboard would say why.
+        ctx.nodes.setState(node.mac, "off", `power ${action} (${driver.name}) failed: ${message}`);
+      }
       if (e instanceof UserError) throw new UserError(message, e.status);
       throw new Error(message);
     }

@@ -20,20 +20,25 @@ export const pethPsePortAdminEnable = "1.3.6.1.2.1.105.1.1.1.3";
 /** How long the port stays off in a cycle (WalT: 2 s). */
 const cycleOffMs = 2000;
 
+/** A value as snmp.conf reads it back as is: net-snmp takes a value that begins with `"` as a
+ *  quoted word (a community `"lab"rw` was sent as `lab`, and read as a wrong community), and
+ *  inside quotes a backslash escapes the next character. */
+const confWord = (v: string) => `"${v.replace(/["\\]/g, (c) => `\\${c}`)}"`;
+
 /** snmp.conf lines for the node's credentials: v3 when power.user is set, else v2c. */
 function clientConfig(t: PowerTarget): string {
   const s = t.settings;
   if (!s["power.user"]) {
     const community = required(t, "power.community", "SNMP v2c community, or power.user for v3");
-    return `defVersion 2c\ndefCommunity ${community}\n`;
+    return `defVersion 2c\ndefCommunity ${confWord(community)}\n`;
   }
-  const lines = ["defVersion 3", `defSecurityName ${s["power.user"]}`];
+  const lines = ["defVersion 3", `defSecurityName ${confWord(s["power.user"])}`];
   if (s["power.auth.key"]) {
     lines.push(`defAuthType ${s["power.auth.protocol"] ?? "SHA"}`);
-    lines.push(`defAuthPassphrase ${s["power.auth.key"]}`);
+    lines.push(`defAuthPassphrase ${confWord(s["power.auth.key"])}`);
     if (s["power.priv.key"]) {
       lines.push(`defPrivType ${s["power.priv.protocol"] ?? "AES"}`);
-      lines.push(`defPrivPassphrase ${s["power.priv.key"]}`);
+      lines.push(`defPrivPassphrase ${confWord(s["power.priv.key"])}`);
       lines.push("defSecurityLevel authPriv");
     } else lines.push("defSecurityLevel authNoPriv");
   } else {
@@ -66,7 +71,8 @@ async function snmp(t: PowerTarget, tool: "snmpget" | "snmpset", value?: 1 | 2):
     const r = await runTool(
       [
         tool,
-        ...["-m", "", "-Oqve", "-t", "2", "-r", "1"], // no MIB files: numeric OIDs and values
+        // No MIB files: numeric OIDs and values, each answer as "OID VALUE".
+        ...["-m", "", "-Oqne", "-t", "2", "-r", "1"],
         agent,
         oid,
         ...(value === undefined ? [] : ["i", String(value)]),
@@ -80,11 +86,23 @@ async function snmp(t: PowerTarget, tool: "snmpget" | "snmpset", value?: 1 | 2):
     if (r.code !== 0) {
       throw new PowerError(`${tool} of ${oid} on ${host}:${port} failed: ${snmpError(r.stderr)}`);
     }
-    const answer = r.stdout.trim();
+    const out = r.stdout.trim();
+    const gap = out.indexOf(" ");
+    const [answeredOid, answer] = gap < 0 ? [out, ""] : [out.slice(0, gap), out.slice(gap + 1)];
+    const portName = `pethPsePortAdminEnable.${portRef.includes(".") ? portRef : `1.${portRef}`}`;
+    // The port the answer is for: a switch that answers another port's state (its firmware's
+    // index off by one, a hostile agent) would have the node taken for on, or off, by its
+    // neighbour's.
+    if (answeredOid !== `.${oid}`) {
+      throw new PowerError(
+        `${host}:${port} answered for ${firstLine(answeredOid)}, not ${portName} (.${oid}): ` +
+          "not taken (a switch answering for another port)",
+      );
+    }
     if (answer !== "1" && answer !== "2") {
       throw new PowerError(
-        `${host}:${port} answered "${firstLine(answer)}" for pethPsePortAdminEnable.` +
-          `${oid.slice(pethPsePortAdminEnable.length + 1)} (no such PoE port? see power.poe.port)`,
+        `${host}:${port} answered "${firstLine(answer)}" for ${portName} ` +
+          "(no such PoE port? see power.poe.port)",
       );
     }
     return answer;
@@ -100,7 +118,19 @@ export const snmpPoeDriver: PowerDriver = {
   async cycle(t) {
     await snmp(t, "snmpset", 2);
     await new Promise((r) => setTimeout(r, cycleOffMs));
-    await snmp(t, "snmpset", 1);
+    try {
+      await snmp(t, "snmpset", 1);
+    } catch (e) {
+      // The port is off now: the node must not stay shown as running (src/power/power.ts).
+      if (e instanceof PowerError) {
+        throw new PowerError(
+          `switched the port off, then not on again: ${e.message} ` +
+            `(netroot node power ${t.node.name} on)`,
+          { leftOff: true },
+        );
+      }
+      throw e;
+    }
   },
   status: async (t) => (await snmp(t, "snmpget")) === "1" ? "on" : "off",
 };
