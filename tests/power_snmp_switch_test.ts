@@ -2,10 +2,11 @@
 // an admin meets (no qemu: the port's state is a file). A community that begins with a quote, a
 // switch answering for another port than the one asked, a cycle whose "on" is refused after its
 // "off" went through: each said as it is, and the node's state says what its power is.
-// Needs snmpd and snmp (tools/apt-packages.txt).
+// And 60 nodes on one switch power-cycled at once. Needs snmpd and snmp (tools/apt-packages.txt).
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { listEvents } from "../src/events.ts";
+import { nodePower } from "../src/power/power.ts";
 import { pethPsePortAdminEnable } from "../src/power/snmp.ts";
 import { startProcess } from "../src/supervisor.ts";
 import { freeUdpPort, type PowerServer, withPowerServer } from "./support/power.ts";
@@ -134,4 +135,77 @@ Deno.test("snmp-poe: a cycle whose 'on' is refused after its 'off' leaves the no
     await Deno.writeTextFile(join(dir, "refuse-on"), "");
     assert.equal((await call("POST", "/nodes/poe1/power", { action: "on" })).status, 502);
     assert.equal(ctx.nodes.get("poe1").state, "booted");
+  }));
+
+// A deploy (or `node reboot --hard`) of 60 nodes on one PoE switch, an agent answering one request
+// at a time, 50 ms each (a PDU's or switch's small CPU; snmpd itself forks the handler for each).
+// Before: 60 snmpsets at once, the queue past the tools' 2 s timeout, their retries queued more,
+// and all 60 cycles failed, every port left off. Now 4 commands at a time per device.
+Deno.test("snmp-poe: 60 nodes on one switch power-cycled at once all come back on", () =>
+  withPowerServer(async ({ ctx, dir }) => {
+    const port = freeUdpPort();
+    const script = join(dir, "poe-ports.sh");
+    await Deno.mkdir(join(dir, "ports"));
+    await Deno.writeTextFile(
+      script,
+      `#!/bin/sh
+sleep 0.05
+case "$2" in .${pethPsePortAdminEnable}.1.*) p=${"${2##*.}"} ;; *) exit 0 ;; esac
+case "$1" in
+-g) echo "$2"; echo integer; cat ${dir}/ports/$p 2>/dev/null || echo 1 ;;
+-s) echo "$4" > ${dir}/ports/$p; echo "$4" >> ${dir}/ports/$p.sets ;;
+esac
+`,
+      { mode: 0o755 },
+    );
+    const state = join(dir, "snmpd-state");
+    await Deno.mkdir(state);
+    const conf = join(dir, "snmpd.conf");
+    await Deno.writeTextFile(
+      conf,
+      `agentAddress udp:127.0.0.1:${port}
+com2sec rwsec 127.0.0.1 ${plain}
+group rwgroup v2c rwsec
+view all included .1
+access rwgroup "" any noauth exact all all none
+pass .${pethPsePortAdminEnable} ${script}
+`,
+    );
+    const agent = startProcess({
+      argv: ["env", `SNMP_PERSISTENT_DIR=${state}`, "snmpd"]
+        .concat(["-f", "-C", "-c", conf, "-m", "", "-Lf", join(dir, "snmpd.log")]),
+      stopGraceMs: 2000,
+    });
+    try {
+      const names = Array.from({ length: 60 }, (_, i) => `pc${i + 1}`);
+      names.forEach((name, i) => {
+        const m = `02:00:00:00:dd:${(i + 1).toString(16).padStart(2, "0")}`;
+        ctx.nodes.add(m, { name });
+        ctx.nodes.configure(m, {
+          "power.driver": "snmp-poe",
+          "power.host": `127.0.0.1:${port}`,
+          "power.poe.port": String(i + 1),
+          "power.community": plain,
+        });
+      });
+      await agent.waitReady(
+        async () => (await nodePower(ctx, "pc1", "status").catch(() => null)) !== null,
+        10_000,
+        200,
+      );
+      const results = await Promise.all(
+        names.map((n) => ctx.nodes.reboot(n, "rack maintenance", { hard: true })),
+      );
+      const failed = results.filter((r) => !r.ok).map((r) => r.message);
+      assert.deepEqual(failed, [], `${failed.length} of 60 failed, e.g. ${failed[0]}`);
+      for (let i = 1; i <= 60; i++) {
+        assert.equal(
+          (await Deno.readTextFile(join(dir, "ports", `${i}.sets`))).trim().split("\n").at(-1),
+          "1",
+          `port ${i} on again`,
+        );
+      }
+    } finally {
+      await agent.stop();
+    }
   }));

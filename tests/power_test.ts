@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { powerCommandDir, splitCommandLine } from "../src/power/command.ts";
-import { type PowerTarget, runTool } from "../src/power/driver.ts";
+import { PowerDrivers, type PowerTarget, runTool } from "../src/power/driver.ts";
 import { ipmiDriver } from "../src/power/ipmi.ts";
 import { livePid, sleep, withPowerServer } from "./support/power.ts";
 
@@ -317,7 +317,7 @@ Deno.test("ipmi driver: what ipmitool says of a failure is kept to 300 character
     );
     Deno.env.set("PATH", `${dir}:${path}`);
     const target = {
-      ctx: {},
+      ctx: { power: new PowerDrivers([]) },
       node: { name: "n1" },
       settings: { "power.host": "127.0.0.1", "power.user": "u", "power.password": "pw" },
       timeoutMs: 5000,

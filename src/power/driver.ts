@@ -28,12 +28,20 @@ export interface PowerDriver {
   status(t: PowerTarget): Promise<PowerState>;
 }
 
+/** Commands sent to one power device at once. A PDU or PoE switch is a small agent that answers
+ *  one request at a time: a hard reboot of 100 nodes on one switch sent 100 snmpsets at once, the
+ *  queue outgrew the tools' 2 s timeout, their retries queued more, and all 100 cycles failed,
+ *  each port left off (measured with snmpd). */
+export const commandsPerDevice = 4;
+
 /** The power drivers of one server (built-in and an embedder's), selectable with
  *  `power.driver=<name>`; a later driver with the same name replaces an earlier one. */
 export class PowerDrivers {
   #byName = new Map<string, PowerDriver>();
   /** The action running per node: one at a time (a cycle must not interleave with an off). */
   readonly running = new Map<string, Promise<unknown>>();
+  /** Per device (host:port): commands running, and those waiting for one of them to end. */
+  #devices = new Map<string, { running: number; waiting: (() => void)[] }>();
 
   constructor(drivers: PowerDriver[]) {
     for (const d of drivers) this.#byName.set(d.name, d);
@@ -45,6 +53,22 @@ export class PowerDrivers {
 
   names(): string[] {
     return [...this.#byName.keys()].sort();
+  }
+
+  /** Runs `fn` (one command to the device `key`) once fewer than commandsPerDevice run there;
+   *  its deadline starts when it runs, not while it waits. */
+  async toDevice<T>(key: string, fn: () => Promise<T>): Promise<T> {
+    let d = this.#devices.get(key);
+    if (!d) this.#devices.set(key, d = { running: 0, waiting: [] });
+    if (d.running < commandsPerDevice) d.running++;
+    else await new Promise<void>((r) => d!.waiting.push(r)); // handed a running one's place
+    try {
+      return await fn();
+    } finally {
+      const next = d.waiting.shift();
+      if (next) next();
+      else if (--d.running === 0) this.#devices.delete(key);
+    }
   }
 }
 

@@ -37,7 +37,10 @@ async function ipmitool(t: PowerTarget, args: string[]): Promise<string> {
     "-v", // the session errors say which credential is wrong only in verbose mode
     ...args,
   ];
-  const r = await runTool(argv, { env: { IPMI_PASSWORD: password }, timeoutMs: t.timeoutMs });
+  const r = await t.ctx.power.toDevice(
+    `${host.toLowerCase()}:${port}`,
+    () => runTool(argv, { env: { IPMI_PASSWORD: password }, timeoutMs: t.timeoutMs }),
+  );
   if (r.code !== 0) {
     const bmc = `${host}:${port}`;
     const known = sessionFailures.find(([re]) => re.test(r.stderr));

@@ -68,21 +68,22 @@ async function snmp(t: PowerTarget, tool: "snmpget" | "snmpset", value?: 1 | 2):
   const dir = await Deno.makeTempDir({ prefix: "netroot-snmp-" }); // mode 0700
   try {
     await Deno.writeTextFile(`${dir}/snmp.conf`, clientConfig(t), { mode: 0o600 });
-    const r = await runTool(
-      [
-        tool,
-        // No MIB files: numeric OIDs and values, each answer as "OID VALUE".
-        ...["-m", "", "-Oqne", "-t", "2", "-r", "1"],
-        agent,
-        oid,
-        ...(value === undefined ? [] : ["i", String(value)]),
-      ],
-      {
-        // Only our snmp.conf is read, and nothing is written outside the temp dir.
-        env: { SNMPCONFPATH: dir, SNMP_PERSISTENT_DIR: dir },
-        timeoutMs: t.timeoutMs,
-      },
-    );
+    const r = await t.ctx.power.toDevice(`${host.toLowerCase()}:${port}`, () =>
+      runTool(
+        [
+          tool,
+          // No MIB files: numeric OIDs and values, each answer as "OID VALUE".
+          ...["-m", "", "-Oqne", "-t", "2", "-r", "1"],
+          agent,
+          oid,
+          ...(value === undefined ? [] : ["i", String(value)]),
+        ],
+        {
+          // Only our snmp.conf is read, and nothing is written outside the temp dir.
+          env: { SNMPCONFPATH: dir, SNMP_PERSISTENT_DIR: dir },
+          timeoutMs: t.timeoutMs,
+        },
+      ));
     if (r.code !== 0) {
       throw new PowerError(`${tool} of ${oid} on ${host}:${port} failed: ${snmpError(r.stderr)}`);
     }
