@@ -279,6 +279,20 @@ Deno.test("watchdog: a reboot that fails says so in the node's state, and in its
       n.stateReason!,
       /^watchdog: gave up after 2 reboots \(the last failed: command reboot failed: .*BMC refused the password\); last stage: /,
     );
+
+    // node.down.action=reboot: the down node's reason says its reboot failed too.
+    ctx.nodes.configure("n1", { ip: "10.9.0.5", "node.down.action": "reboot" });
+    ctx.nodes.setState(mac, "booted", "port 22 answered", { at: c.now() });
+    for (let i = 0; i < 3; i++) {
+      c.advance(10_000);
+      await pass(monitor);
+    }
+    n = ctx.nodes.get("n1");
+    assert.equal(n.state, "down");
+    assert.match(
+      n.stateReason!,
+      /^port 22: no answer to 3 probes; command reboot failed: .*BMC refused the password$/,
+    );
   }));
 
 Deno.test("watchdog: a power device that hangs holds up no other node's watchdog", () =>
