@@ -295,6 +295,30 @@ Deno.test("watchdog: a reboot that fails says so in the node's state, and in its
     );
   }));
 
+// "power on" clicked for a node that runs: the device does nothing, yet the node was marked
+// `booting` as if a boot began, and one whose image has no sshd (no probe answer) was power-cycled
+// by the watchdog 180 s later, its running system cut.
+Deno.test("power on of a node that is already on is no new boot: the watchdog leaves it alone", () =>
+  withCtx(async (ctx) => {
+    const dir = powerCommandDir(ctx.data);
+    await Deno.mkdir(dir, { recursive: true });
+    await Deno.writeTextFile(join(dir, "plug.sh"), plug, { mode: 0o755 }); // status: on
+    ctx.nodes.add(mac, { name: "n1" });
+    ctx.nodes.configure("n1", { "power.driver": "command", "power.command": "plug.sh" });
+    const c = clock();
+    const monitor = new NodeMonitor(ctx, { now: c.now, probe: () => Promise.resolve(false) });
+    const reason = "handover reported; no answer on port 22 within the watchdog (180 s)";
+    ctx.nodes.setState(mac, "booted", reason, { at: c.now() });
+    const r = await nodePower(ctx, "n1", "on");
+    assert.equal(r.state, "on");
+    assert.equal(ctx.nodes.get("n1").state, "booted");
+    c.advance(181_000);
+    await pass(monitor);
+    const cycles = await Deno.readTextFile(join(dir, "cycles")).catch(() => "");
+    assert.equal(cycles, "", "the running node was power-cycled");
+    assert.equal(ctx.nodes.get("n1").stateReason, reason);
+  }));
+
 Deno.test("watchdog: a power device that hangs holds up no other node's watchdog", () =>
   withCtx(async (ctx) => {
     const dir = powerCommandDir(ctx.data);

@@ -133,6 +133,7 @@ Deno.test("snmp-poe: a cycle whose 'on' is refused after its 'off' leaves the no
     assert.equal((await call("POST", "/nodes/poe1/power", { action: "on" })).status, 200);
     ctx.nodes.setState(mac, "booted", "port 22 answered");
     await Deno.writeTextFile(join(dir, "refuse-on"), "");
+    await Deno.writeTextFile(join(dir, "state"), "2\n"); // off at the switch, so "on" is sent
     assert.equal((await call("POST", "/nodes/poe1/power", { action: "on" })).status, 502);
     assert.equal(ctx.nodes.get("poe1").state, "booted");
   }));

@@ -101,6 +101,16 @@ export function nodePower(ctx: Context, ref: string, action: PowerAction): Promi
   return serialized(ctx, node.mac, async () => {
     try {
       if (action === "status") return result(await driver.status(target));
+      if (
+        action === "on" && node.state !== "off" &&
+        await driver.status(target).catch(() => null) === "on"
+      ) {
+        // Already on and not known off: no boot begins. Marked booting, a node running an image
+        // without sshd (no probe answer) was power-cycled by the watchdog once its boot.timeout
+        // passed. (A node known off that is on, stuck in its firmware, still gets the watchdog.)
+        recordEvent(ctx.db, node.mac, "power.on", { driver: driver.name, already: true });
+        return result("on");
+      }
       await driver[action](target);
       recordEvent(ctx.db, node.mac, `power.${action}`, { driver: driver.name });
       if (action === "off") {
