@@ -332,7 +332,8 @@ export class NodeMonitor {
         const reason = `${shown.reason}; ${result.message}`;
         this.#rebootFailed.set(mac, { reason, message: result.message });
         this.#ctx.nodes.amendReason(mac, shown.state, shown.reason, reason);
-      }, (e) => log.warn("hard reboot failed", { node: name, error: e.message }))
+      })
+      .catch((e) => log.warn("hard reboot failed", { node: name, error: e.message }))
       .finally(() => this.#rebooting.delete(r));
     this.#rebooting.add(r);
   }

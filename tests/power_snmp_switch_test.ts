@@ -136,6 +136,10 @@ Deno.test("snmp-poe: a cycle whose 'on' is refused after its 'off' leaves the no
     await Deno.writeTextFile(join(dir, "state"), "2\n"); // off at the switch, so "on" is sent
     assert.equal((await call("POST", "/nodes/poe1/power", { action: "on" })).status, 502);
     assert.equal(ctx.nodes.get("poe1").state, "booted");
+    // A booting node stays booting, its watchdog to try again.
+    ctx.nodes.setState(mac, "booting", "boot script fetched");
+    assert.equal((await call("POST", "/nodes/poe1/power", { action: "cycle" })).status, 502);
+    assert.equal(ctx.nodes.get("poe1").state, "booting");
   }));
 
 // A deploy (or `node reboot --hard`) of 60 nodes on one PoE switch, an agent answering one request

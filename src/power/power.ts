@@ -127,8 +127,11 @@ export function nodePower(ctx: Context, ref: string, action: PowerAction): Promi
       const message = scrub(ctx, e.message, settings);
       recordEvent(ctx.db, node.mac, "power.failed", { driver: driver.name, action, message });
       if (e instanceof PowerError && e.leftOff) {
-        // Shown running (booted) while its power is off: no wait or dashboard would say why.
-        ctx.nodes.setState(node.mac, "off", `power ${action} (${driver.name}) failed: ${message}`);
+        // Shown running (booted) while its power is off: no wait or dashboard would say why. A
+        // booting node stays so: its watchdog tries again (and says why, src/nodestate.ts).
+        ctx.nodes.setState(node.mac, "off", `power ${action} (${driver.name}) failed: ${message}`, {
+          from: ["booted", "down", "failed"],
+        });
       }
       if (e instanceof UserError) throw new UserError(message, e.status);
       throw new Error(message);
