@@ -605,3 +605,29 @@ Deno.test("image build: ADD of a tarball holding a saved image (manifest.json, l
     await t.close();
   }
 });
+
+// The context is held from the build's start: its owner swapping the context directory itself
+// for a link to a host directory between two steps (here when the RUN's container starts) led
+// every later COPY into the host directory (its files copied into the image).
+Deno.test("image build: the context directory swapped for a link to a host directory between steps copies nothing of the host", async () => {
+  const { t, ctxDir, outside } = await setup();
+  const path = Deno.env.get("PATH")!;
+  try {
+    Deno.writeTextFileSync(`${ctxDir}/host-secret`, "context\n");
+    Deno.mkdirSync(`${t.dir}/racer`);
+    Deno.writeTextFileSync(
+      `${t.dir}/racer/systemd-nspawn`,
+      `#!/bin/sh\nmv ${ctxDir} ${ctxDir}.was && ln -s ${outside} ${ctxDir}\n` +
+        `exec ${sh("sh", "-c", "command -v systemd-nspawn").trim()} "$@"\n`,
+    );
+    Deno.chmodSync(`${t.dir}/racer/systemd-nspawn`, 0o755);
+    Deno.env.set("PATH", `${t.dir}/racer:${path}`);
+    const v = await buildText(t.store, ctxDir, "bb", "FROM bb\nRUN true\nCOPY host-secret /x\n");
+    Deno.env.set("PATH", path);
+    assert.ok(Deno.lstatSync(ctxDir).isSymlink, "the swap was made");
+    assert.equal(Deno.readTextFileSync(`${t.data.rootfs(v.id)}/x`), "context\n");
+  } finally {
+    Deno.env.set("PATH", path);
+    await t.close();
+  }
+});

@@ -4,9 +4,10 @@
 // symlinks are resolved inside it, never towards the host) and write into the image the way
 // `image cp` does. The log goes to `log` line by line; a failing step discards the session and
 // says which step and Buildfile line failed: nothing is committed.
+import fs from "node:fs";
 import { basename, join, posix } from "node:path";
 import { UserError } from "../errors.ts";
-import { readTextUpTo } from "../linux/fsops.ts";
+import { heldPath, O_PATH, readTextUpTo } from "../linux/fsops.ts";
 import { logger } from "../log.ts";
 import { type BuildStep, parseBuildfile } from "./buildfile.ts";
 import { commitOrDiscard, nspawnArgs, type Session } from "./session.ts";
@@ -51,23 +52,38 @@ export async function build(images: ImageStore, o: BuildOptions): Promise<Commit
     throw new UserError((e as Error).message);
   }
   const from = o.from ?? bf.from;
-  const s = await images.sessions.open(from, o.name);
-  const state = { env: new Map<string, string>(), workdir: "/" };
-  const steps = bf.steps;
-  await o.log(`FROM ${from ?? "scratch"} (line ${bf.fromLine})`);
+  // The context is held from here on, and read through that reference only: its path is its
+  // owner's, who swapped the context directory for a link to a host directory between two steps,
+  // and the next COPY took the host's files into the image.
+  let held: number;
   try {
-    for (const [i, step] of steps.entries()) {
-      o.signal?.throwIfAborted();
-      await o.log(`step ${i + 1}/${steps.length} (line ${step.line}): ${step.text}`);
-      await runStep(images, s, step, state, o);
-    }
-  } catch (e) {
-    await images.sessions.discard(s.id);
-    if (o.signal?.aborted) throw new UserError("build cancelled: nothing committed");
-    throw new UserError(`${(e as Error).message}; nothing committed`);
+    held = fs.openSync(o.context, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY | O_PATH);
+  } catch {
+    throw new UserError(`${o.context}: the build context is not a directory`);
   }
-  log.info("build done, committing", { name: o.name, steps: steps.length });
-  return await commitOrDiscard(images, s.id, { madeBy: "build", command: o.command });
+  const context = heldPath(held);
+  try {
+    const s = await images.sessions.open(from, o.name);
+    const state = { env: new Map<string, string>(), workdir: "/" };
+    const steps = bf.steps;
+    await o.log(`FROM ${from ?? "scratch"} (line ${bf.fromLine})`);
+    try {
+      for (const [i, step] of steps.entries()) {
+        o.signal?.throwIfAborted();
+        await o.log(`step ${i + 1}/${steps.length} (line ${step.line}): ${step.text}`);
+        await runStep(images, s, step, state, { ...o, context });
+      }
+    } catch (e) {
+      await images.sessions.discard(s.id);
+      if (o.signal?.aborted) throw new UserError("build cancelled: nothing committed");
+      const why = (e as Error).message.replaceAll(context, o.context);
+      throw new UserError(`${why}; nothing committed`);
+    }
+    log.info("build done, committing", { name: o.name, steps: steps.length });
+    return await commitOrDiscard(images, s.id, { madeBy: "build", command: o.command });
+  } finally {
+    fs.closeSync(held);
+  }
 }
 
 function failed(step: BuildStep, why: string): Error {
