@@ -129,6 +129,14 @@ function wrap<T>(step: BuildStep, fn: () => T): T {
   }
 }
 
+async function wrapAsync(step: BuildStep, fn: () => Promise<void>): Promise<void> {
+  try {
+    await fn();
+  } catch (e) {
+    throw failed(step, (e as Error).message);
+  }
+}
+
 async function run(
   s: Session,
   step: Extract<BuildStep, { kind: "RUN" }>,
@@ -209,30 +217,33 @@ async function copy(
         const to = wrap(step, () => mkdirIn(s.merged, dest));
         keepImageDirs(join(scratch, "rootfs"), to, implied);
         const links: CopiedLinks = new Map();
-        for (const e of Deno.readDirSync(join(scratch, "rootfs"))) {
-          copyTree(join(scratch, "rootfs", e.name), join(to, e.name), {}, s.merged, links);
-        }
+        await wrapAsync(step, async () => {
+          for (const e of Deno.readDirSync(join(scratch, "rootfs"))) {
+            const tree = join(scratch, "rootfs", e.name);
+            await copyTree(tree, join(to, e.name), {}, s.merged, links);
+          }
+        });
       } finally {
         await images.dropScratch(scratch);
       }
       continue;
     }
-    wrap(step, () => {
+    await wrapAsync(step, async () => {
       if (st.isDirectory) {
         // a directory's contents are copied, not the directory itself
         const to = mkdirIn(s.merged, dest);
         const links: CopiedLinks = new Map();
         for (const e of Deno.readDirSync(host)) {
-          copyTree(join(host, e.name), join(to, e.name), owner, s.merged, links, o.context);
+          await copyTree(join(host, e.name), join(to, e.name), owner, s.merged, links, o.context);
         }
       } else if (intoDir) {
         const to = join(mkdirIn(s.merged, dest), basename(host));
-        copyTree(host, to, owner, s.merged, undefined, o.context);
+        await copyTree(host, to, owner, s.merged, undefined, o.context);
       } else {
         mkdirIn(s.merged, posix.dirname(dest));
         // an existing directory (or a link to one, inside the image) receives the file
         const to = destinationIn(s.merged, dest, basename(host));
-        copyTree(host, to, owner, s.merged, undefined, o.context);
+        await copyTree(host, to, owner, s.merged, undefined, o.context);
       }
     });
   }

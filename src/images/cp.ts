@@ -22,7 +22,7 @@ export async function copyIn(
   if (sources.length > 1) {
     // Several sources go into a directory, as cp(1) wants.
     await images.ensureTree(images.get(ref).id);
-    const d = inImage(() => resolveInRoot(images.data.rootfs(images.get(ref).id), path));
+    const d = await inImage(() => resolveInRoot(images.data.rootfs(images.get(ref).id), path));
     if (d.missing !== undefined || !Deno.lstatSync(d.host).isDirectory) {
       throw new UserError(`${path}: not a directory in the image`);
     }
@@ -31,7 +31,7 @@ export async function copyIn(
   try {
     const links: CopiedLinks = new Map();
     for (const src of sources) {
-      copyTree(
+      await copyTree(
         src,
         destinationIn(s.merged, path, basename(src.replace(/\/+$/, "")) || "root"),
         {},
@@ -56,7 +56,7 @@ export async function copyOut(
   const release = images.hold(id);
   try {
     await images.ensureTree(id);
-    return inImage(() => copyFrom(images.data.rootfs(id), path, dest));
+    return await inImage(() => copyFrom(images.data.rootfs(id), path, dest));
   } finally {
     release();
     images.schedulePrune();
@@ -65,17 +65,21 @@ export async function copyOut(
 
 /** The image's paths are the caller's: what they lead to (a symlink loop the image holds, say)
  *  is the caller's error, not the server's. */
-function inImage<T>(fn: () => T): T {
+async function inImage<T>(fn: () => T | Promise<T>): Promise<T> {
   try {
-    return fn();
+    return await fn();
   } catch (e) {
     throw e instanceof UserError ? e : new UserError(`image cp: ${(e as Error).message}`);
   }
 }
 
-function copyFrom(root: string, path: string, dest: string): { copied: number; dest: string } {
+async function copyFrom(
+  root: string,
+  path: string,
+  dest: string,
+): Promise<{ copied: number; dest: string }> {
   const src = sourceIn(root, path);
   const st = lstatOrNull(dest);
   const to = st?.isDirectory ? join(dest, basename(src) || "root") : dest;
-  return { copied: copyTree(src, to), dest: to };
+  return { copied: await copyTree(src, to), dest: to };
 }
