@@ -32,7 +32,6 @@ CMD ["/bin/true"]
   assert.equal(b.fromLine, 3);
   const brief = b.steps.map((s) => [s.kind, s.line]);
   assert.deepEqual(brief, [
-    ["ARG", 2],
     ["ENV", 5],
     ["ENV", 6],
     ["WORKDIR", 7],
@@ -43,15 +42,15 @@ CMD ["/bin/true"]
     ["ignored", 15],
   ]);
   const s = b.steps;
-  assert.deepEqual(s[1].kind === "ENV" && s[1].vars, [["A", "1"], ["B", "two words"]]);
-  assert.deepEqual(s[2].kind === "ENV" && s[2].vars, [["LEGACY", "the rest of it"]]);
-  assert.equal(s[3].kind === "WORKDIR" && s[3].dir, "/opt/1");
+  assert.deepEqual(s[0].kind === "ENV" && s[0].vars, [["A", "1"], ["B", "two words"]]);
+  assert.deepEqual(s[1].kind === "ENV" && s[1].vars, [["LEGACY", "the rest of it"]]);
+  assert.equal(s[2].kind === "WORKDIR" && s[2].dir, "/opt/1");
   assert.equal(
-    s[4].kind === "RUN" && s[4].shell,
+    s[3].kind === "RUN" && s[3].shell,
     "apt-get update &&     apt-get install -y       curl",
   );
-  assert.deepEqual(s[5].kind === "RUN" && s[5].argv, ["/bin/echo", "exec form"]);
-  const copy = s[6];
+  assert.deepEqual(s[4].kind === "RUN" && s[4].argv, ["/bin/echo", "exec form"]);
+  const copy = s[5];
   assert.ok(copy.kind === "COPY");
   assert.deepEqual(copy.sources, ["/conf/a.conf", "/b"]);
   assert.equal(copy.dest, "/etc/app/");
@@ -95,4 +94,96 @@ Deno.test("buildfile: words and substitutions", () => {
     expand("$A ${A} ${B:-dflt} ${A:+set} ${E:-empty} \\$A $", v, 1),
     "1 1 dflt set empty $A $",
   );
+});
+
+/** The steps of `text` as [kind, line, what it holds]. */
+const stepsOf = (text: string) =>
+  parseBuildfile(text).steps.map((s) => {
+    const what = s.kind === "RUN"
+      ? s.shell ?? s.argv
+      : s.kind === "ENV"
+      ? s.vars
+      : s.kind === "ARG"
+      ? [s.name, s.value]
+      : s.kind === "WORKDIR"
+      ? s.dir
+      : s.kind;
+    return [s.kind, s.line, what];
+  });
+
+// Forms of Dockerfiles that work with Docker. Before: a here-document's lines were read as
+// instructions (line 3: "unsupported instruction ECHO", or worse, an ENV or RUN of the document
+// taken as the Buildfile's), a blank line inside a continuation ended the instruction, a Windows
+// "# escape=`" was ignored, ENV A='$B' and A=\$B were substituted, an ENV's quotes in the old
+// form kept, ${A:-$B} gave "$B", and an ARG outweighed the ENV of its name.
+Deno.test("buildfile: Docker's forms — here-documents, continuations, quoting, ARG and ENV scopes", () => {
+  assert.deepEqual(
+    stepsOf(`FROM a
+RUN <<EOF
+echo one
+ENV NOT=an-instruction
+EOF
+RUN cat <<-"END" > /etc/motd && echo done
+\thello $USER
+\t# kept: the document's line
+\tEND
+RUN echo after
+`),
+    [
+      ["RUN", 2, "echo one\nENV NOT=an-instruction"],
+      [
+        "RUN",
+        6,
+        'cat <<-"END" > /etc/motd && echo done\n\thello $USER\n\t# kept: the document\'s line\n\tEND',
+      ],
+      ["RUN", 10, "echo after"],
+    ],
+  );
+  fails("FROM a\nRUN <<EOF\necho never ends\n", /here-document <<EOF has no line EOF/, 2);
+  fails("FROM a\nCOPY <<EOF /x\nhello\nEOF\n", /COPY of a here-document/, 2);
+  fails("FROM a\nRUN <<EOF\n#!/usr/bin/python3\nprint(1)\nEOF\n", /#!: COPY it and RUN it/, 2);
+  fails("# escape=`\nFROM a\nRUN echo a `\n  b\n", /escape=`: only \\ is/, 1);
+  assert.equal(parseBuildfile("# syntax=docker/dockerfile:1\n# escape=\\\nFROM a\n").from, "a");
+  // a blank line (or a comment) inside a continuation does not end it, as in Docker
+  assert.deepEqual(stepsOf("FROM a\nRUN echo a \\\n\n  # c\n  && echo b\nRUN x\n"), [
+    ["RUN", 2, "echo a   && echo b"],
+    ["RUN", 6, "x"],
+  ]);
+  assert.deepEqual(
+    stepsOf(`FROM a
+ENV B=b
+ENV S='$B' E=\\$B D="\\$B \${B}" N=\${X:-$B} M=\${B:+"<$B>"}
+ENV OLD "two words" and $B
+WORKDIR /srv/my app
+`),
+    [
+      ["ENV", 2, [["B", "b"]]],
+      ["ENV", 3, [["S", "$B"], ["E", "$B"], ["D", "$B b"], ["N", "b"], ["M", "<b>"]]],
+      ["ENV", 4, [["OLD", "two words and b"]]],
+      ["WORKDIR", 5, "/srv/my app"],
+    ],
+  );
+  // an ARG before FROM is FROM's; after it, an ARG without a default takes its value
+  const b = parseBuildfile(`ARG V=1 BASE=deb
+FROM $BASE
+ENV E0=$V
+ARG V
+ARG V=2 W=w
+ENV E1=$V$W
+ENV V=env
+ARG V=arg
+ENV E2=$V
+`);
+  assert.equal(b.from, "deb");
+  assert.deepEqual(b.steps.map((s) => s.kind === "ENV" ? s.vars[0] : s.kind === "ARG" && s.value), [
+    ["E0", ""],
+    "1",
+    "2",
+    "w",
+    ["E1", "2w"],
+    ["V", "env"],
+    "arg",
+    ["E2", "env"],
+  ]);
+  fails("FROM a\nENV A=${B:-${B:-${B:-${B:-${B:-${B:-${B:-${B:-${B:-x}}}}}}}}}\n", /8 deep/, 2);
 });

@@ -675,3 +675,32 @@ Deno.test("image build: a COPY of 10,000 files and of a 512 MiB file leaves the 
     await t.close();
   }
 });
+
+// A Dockerfile's here-documents run as Docker runs them (before: their lines were taken for
+// instructions), and its variables reach RUN as Docker scopes them: the ARG before FROM through
+// its ARG after it, an ENV over the ARG of its name.
+Deno.test("image build: RUN here-documents, and ARG/ENV scopes in RUN's environment, as Docker has them", async () => {
+  const { t, ctxDir } = await setup();
+  try {
+    const v = await buildText(
+      t.store,
+      ctxDir,
+      "bb",
+      `ARG GREETING=hi
+FROM bb
+ARG GREETING
+ENV WHO=world
+ARG WHO=nobody
+RUN <<EOF
+echo "$GREETING $WHO" > /out
+EOF
+RUN cat <<'X' >> /out
+$literal
+X
+`,
+    );
+    assert.equal(Deno.readTextFileSync(`${t.data.rootfs(v.id)}/out`), "hi world\n$literal\n");
+  } finally {
+    await t.close();
+  }
+});

@@ -64,7 +64,7 @@ export async function build(images: ImageStore, o: BuildOptions): Promise<Commit
   const context = heldPath(held);
   try {
     const s = await images.sessions.open(from, o.name);
-    const state = { env: new Map<string, string>(), workdir: "/" };
+    const state: State = { env: new Map(), envNames: new Set(), workdir: "/" };
     const steps = bf.steps;
     await o.log(`FROM ${from ?? "scratch"} (line ${bf.fromLine})`);
     try {
@@ -86,6 +86,13 @@ export async function build(images: ImageStore, o: BuildOptions): Promise<Commit
   }
 }
 
+/** What the steps so far set for the next: variables (an ENV's outweigh an ARG's) and WORKDIR. */
+interface State {
+  env: Map<string, string>;
+  envNames: Set<string>;
+  workdir: string;
+}
+
 function failed(step: BuildStep, why: string): Error {
   return new Error(`Buildfile line ${step.line} failed: ${step.text.split("\n")[0]}: ${why}`);
 }
@@ -94,15 +101,15 @@ async function runStep(
   images: ImageStore,
   s: Session,
   step: BuildStep,
-  state: { env: Map<string, string>; workdir: string },
+  state: State,
   o: BuildOptions,
 ): Promise<void> {
   switch (step.kind) {
     case "ENV":
-      for (const [k, v] of step.vars) state.env.set(k, v);
+      for (const [k, v] of step.vars) state.env.set(k, v), state.envNames.add(k);
       return;
     case "ARG":
-      if (step.value !== undefined && !state.env.has(step.name)) {
+      if (step.value !== undefined && !state.envNames.has(step.name)) {
         state.env.set(step.name, step.value);
       }
       return;
@@ -140,7 +147,7 @@ async function wrapAsync(step: BuildStep, fn: () => Promise<void>): Promise<void
 async function run(
   s: Session,
   step: Extract<BuildStep, { kind: "RUN" }>,
-  state: { env: Map<string, string>; workdir: string },
+  state: State,
   o: BuildOptions,
 ): Promise<void> {
   wrap(step, () => mkdirIn(s.merged, state.workdir));

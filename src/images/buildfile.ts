@@ -2,16 +2,23 @@
 // steps out; no file system): the builder (src/images/build.ts) runs them.
 //
 //   FROM image|scratch            first instruction (ARGs may precede it); one stage only
-//   RUN cmd | RUN ["exe", "arg"]  /bin/sh -c cmd inside the container, or the exec form
+//   RUN cmd | RUN ["exe", "arg"]  /bin/sh -c cmd inside the container, or the exec form;
+//                                 here-documents as Docker has them (RUN <<EOF alone: the
+//                                 document is the shell's script; RUN cat <<EOF >f: sh reads it)
 //   COPY [--chown=U:G] [--chmod=MODE] src… dest     sources inside the build context
 //   ADD  (the same)               a local tarball source is extracted at dest; no URLs
 //   ENV k=v … | ENV k v           environment of the next steps (and $k in their arguments)
 //   WORKDIR dir                   relative to the previous one; created when missing
-//   ARG name[=default]            a variable for the next steps (no --build-arg yet)
-//   # comments, blank lines, "\" line continuations (comment lines inside one are skipped)
+//   ARG name[=default] …          a variable for the next steps (no --build-arg yet); one
+//                                 before FROM is FROM's, and an ARG name after FROM takes it
+//   # comments, blank lines, "\" line continuations (comments and blank lines inside one are
+//   skipped), the parser directives `# syntax=` (ignored) and `# escape=\` (no other)
+// $NAME, ${NAME}, ${NAME:-word}, ${NAME:+word} are substituted in FROM, ENV, ARG, COPY, ADD and
+// WORKDIR (never in RUN: its shell does), outside single quotes, as Docker does.
 // Metadata-only instructions (CMD, ENTRYPOINT, LABEL, EXPOSE, MAINTAINER, VOLUME, STOPSIGNAL,
 // HEALTHCHECK) mean nothing to a netroot image: kept as `ignored` steps the builder reports.
-// Anything else (USER, SHELL, ONBUILD, multi-stage FROM…) is refused with its line number.
+// Anything else (USER, SHELL, ONBUILD, multi-stage FROM, COPY of a here-document…) is refused
+// with its line number.
 // Source paths are checked here: one that leaves the context (absolute paths are taken inside
 // it, as Docker does; ".." may not climb above it) is refused.
 
@@ -60,25 +67,82 @@ const IGNORED = new Set([
 /** Limits: a Buildfile is small; a hostile one must not grow anything without bound. */
 const MAX_BYTES = 1 << 20, MAX_STEPS = 1000;
 
-/** Logical lines: continuations joined, comments and blanks dropped, each with its first line. */
-function logicalLines(text: string): { line: number; text: string }[] {
-  const out: { line: number; text: string }[] = [];
+/** A logical line: its instruction's text, the Buildfile line it starts on, and the bodies of
+ *  the here-documents its words open (`<<EOF`… up to a line `EOF`), in order. */
+interface LogicalLine {
+  line: number;
+  text: string;
+  heredocs: { name: string; strip: boolean; body: string[]; raw: string[] }[];
+}
+
+/** `<<EOF`, `<<-EOF`, `<<"EOF"` as one word outside quotes, as BuildKit reads them. */
+function heredocWords(text: string): { name: string; strip: boolean }[] {
+  const out: { name: string; strip: boolean }[] = [];
+  let quote = "";
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (quote) {
+      if (c === quote) quote = "";
+      else if (c === "\\" && quote === '"') i++;
+    } else if (c === '"' || c === "'") quote = c;
+    else if (c === "\\") i++;
+    else if (c === "<" && text[i + 1] === "<" && text[i + 2] !== "<" && text[i - 1] !== "<") {
+      const m = /^<<(-?)(["']?)([A-Za-z0-9_.-]+)\2(?=\s|$)/.exec(text.slice(i));
+      if (m) {
+        out.push({ name: m[3], strip: m[1] === "-" });
+        i += m[0].length - 1;
+      }
+    }
+  }
+  return out;
+}
+
+/**
+ * Logical lines: continuations joined, comments and blank lines dropped (inside a continuation
+ * too, as Docker does), each with its first line; a here-document's lines taken as they are.
+ * The parser directives above the first instruction are read: `escape` may only be "\\" (a
+ * Windows Dockerfile's "`" made every continuation a new instruction).
+ */
+function logicalLines(text: string): LogicalLine[] {
+  const out: LogicalLine[] = [];
   const lines = text.replace(/\r\n/g, "\n").split("\n");
-  let cur: string | null = null, start = 0;
+  let cur: string | null = null, start = 0, directives = true;
   for (let i = 0; i < lines.length; i++) {
     const raw = lines[i];
     const trimmed = raw.trim();
-    if (trimmed.startsWith("#") || (cur === null && trimmed === "")) continue;
+    if (directives) {
+      const d = /^#\s*([A-Za-z]+)\s*=\s*(.*?)\s*$/.exec(trimmed);
+      if (d && d[1].toLowerCase() === "escape" && d[2] !== "\\") {
+        throw new BuildfileError(i + 1, `# escape=${d[2]}: only \\ is the escape character here`);
+      }
+      if (!d) directives = false;
+    }
+    if (trimmed.startsWith("#") || trimmed === "") continue;
     if (cur === null) start = i + 1;
     const cont = /\\\s*$/.test(raw);
     const piece = cont ? raw.replace(/\\\s*$/, "") : raw;
     cur = cur === null ? piece.trimStart() : cur + piece;
-    if (!cont) {
-      if (cur.trim()) out.push({ line: start, text: cur.trim() });
-      cur = null;
+    if (cont) continue;
+    const logical: LogicalLine = { line: start, text: cur.trim(), heredocs: [] };
+    cur = null;
+    const ins = logical.text.split(/\s/, 1)[0].toUpperCase();
+    const opened = ["RUN", "COPY", "ADD"].includes(ins) ? heredocWords(logical.text) : [];
+    for (const h of opened) {
+      const body: string[] = [], rawLines: string[] = [];
+      for (;;) {
+        if (++i >= lines.length) {
+          throw new BuildfileError(start, `here-document <<${h.name} has no line ${h.name}`);
+        }
+        const l = lines[i];
+        rawLines.push(l);
+        if ((h.strip ? l.replace(/^\t+/, "") : l) === h.name) break;
+        body.push(h.strip ? l.replace(/^\t+/, "") : l);
+      }
+      logical.heredocs.push({ ...h, body, raw: rawLines });
     }
+    out.push(logical);
   }
-  if (cur !== null && cur.trim()) out.push({ line: start, text: cur.trim() });
+  if (cur !== null && cur.trim()) out.push({ line: start, text: cur.trim(), heredocs: [] });
   return out;
 }
 
@@ -97,15 +161,43 @@ function jsonArray(s: string, line: number): string[] | undefined {
   return v;
 }
 
-/** Words split on blanks, with "…" and '…' quoting and \ escapes (ENV, ARG, COPY). */
-export function words(s: string, line: number): string[] {
+/**
+ * What substitutions may still add to one Buildfile. Values are substituted into values
+ * (ENV A=$A$A$A$A quadruples A at each line): a few short lines would make gigabytes.
+ */
+export interface Budget {
+  left: number;
+}
+
+/**
+ * Words of `s` as Docker's shell lexer makes them for ENV, ARG, COPY, WORKDIR and FROM: "…" and
+ * '…' quoting, \ escapes, and with `vars` $NAME, ${NAME}, ${NAME:-word} and ${NAME:+word}
+ * substituted, outside single quotes only (ENV A='$B' is "$B", as `\$B` is). A value substituted
+ * is never split into words. `split` false: one word, blanks kept (WORKDIR /a b, ENV's old form).
+ */
+export function words(
+  s: string,
+  line: number,
+  vars?: Map<string, string>,
+  budget: Budget = { left: MAX_BYTES },
+  split = true,
+  depth = 0,
+): string[] {
   const out: string[] = [];
   let cur = "", quote = "", has = false;
   for (let i = 0; i < s.length; i++) {
     const c = s[i];
-    if (quote) {
-      if (c === quote) quote = "";
-      else if (c === "\\" && quote === '"' && i + 1 < s.length) cur += s[++i];
+    if (quote === "'") {
+      if (c === "'") quote = "";
+      else cur += c;
+    } else if (c === "$" && vars) {
+      const [value, end] = substitution(s, i, vars, line, budget, depth);
+      cur += value;
+      has = true;
+      i = end - 1;
+    } else if (quote === '"') {
+      if (c === '"') quote = "";
+      else if (c === "\\" && i + 1 < s.length && '"\\$'.includes(s[i + 1])) cur += s[++i];
       else cur += c;
     } else if (c === '"' || c === "'") {
       quote = c;
@@ -113,7 +205,7 @@ export function words(s: string, line: number): string[] {
     } else if (c === "\\" && i + 1 < s.length) {
       cur += s[++i];
       has = true;
-    } else if (/\s/.test(c)) {
+    } else if (split && /\s/.test(c)) {
       if (has || cur) out.push(cur);
       cur = "";
       has = false;
@@ -127,21 +219,15 @@ export function words(s: string, line: number): string[] {
   return out;
 }
 
-/**
- * What substitutions may still add to one Buildfile. Values are substituted into values
- * (ENV A=$A$A$A$A quadruples A at each line): a few short lines would make gigabytes.
- */
-export interface Budget {
-  left: number;
-}
-
-/** $NAME, ${NAME}, ${NAME:-default}, ${NAME:+alt} from `vars`; \$ stays a literal $. */
-export function expand(
+/** The substitution starting at `s[at]` ("$"): its value and the index after it. */
+function substitution(
   s: string,
+  at: number,
   vars: Map<string, string>,
   line: number,
-  budget: Budget = { left: MAX_BYTES },
-): string {
+  budget: Budget,
+  depth = 0,
+): [string, number] {
   // counted as substituted: the refusal comes before the string is built
   const sub = (v: string) => {
     if ((budget.left -= v.length) < 0) {
@@ -149,18 +235,51 @@ export function expand(
     }
     return v;
   };
-  return s.replace(
-    /\\\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([-+])([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)|\$\{[^}]*\}?/g,
-    (m, braced, op, word, bare) => {
-      if (m === "\\$") return "$";
-      const name = braced ?? bare;
-      if (name === undefined) throw new BuildfileError(line, `bad substitution ${m}`);
-      const v = vars.get(name);
-      if (op === "-") return sub(v ? v : word);
-      if (op === "+") return v ? word : "";
-      return sub(v ?? "");
-    },
-  );
+  const bare = /^\$([A-Za-z_][A-Za-z0-9_]*)/.exec(s.slice(at));
+  if (bare) return [sub(vars.get(bare[1]) ?? ""), at + bare[0].length];
+  if (s[at + 1] !== "{") return ["$", at + 1];
+  // ${…}: up to its own "}", past the ${…} its word may hold
+  let end = at + 2;
+  for (let depth = 1; end < s.length; end++) {
+    if (s[end] === "\\") end++;
+    else if (s[end] === "$" && s[end + 1] === "{") depth++, end++;
+    else if (s[end] === "}" && --depth === 0) break;
+  }
+  const m = end < s.length
+    ? /^([A-Za-z_][A-Za-z0-9_]*)(?::([-+])([\s\S]*))?$/.exec(s.slice(at + 2, end))
+    : null;
+  if (!m) throw new BuildfileError(line, `bad substitution ${s.slice(at, end + 1)}`);
+  const [, name, op, word] = m;
+  const v = vars.get(name);
+  // the word is substituted (${A:-$B}) when it is used, not before
+  if (op && depth >= 8) {
+    // each level reads its word again: 100,000 of them took minutes of the server's thread
+    throw new BuildfileError(line, "substitutions nested more than 8 deep");
+  }
+  const alt = () => words(word, line, vars, budget, false, depth + 1)[0] ?? "";
+  if (op === "-") return [v ? sub(v) : alt(), end + 1];
+  if (op === "+") return [v ? alt() : "", end + 1];
+  return [sub(v ?? ""), end + 1];
+}
+
+/** $NAME, ${NAME}, ${NAME:-default}, ${NAME:+alt} from `vars` in `s`, its quotes kept. */
+export function expand(
+  s: string,
+  vars: Map<string, string>,
+  line: number,
+  budget: Budget = { left: MAX_BYTES },
+): string {
+  let out = "";
+  for (let i = 0; i < s.length; i++) {
+    if (s[i] === "\\" && s[i + 1] === "$") out += s[++i];
+    else if (s[i] !== "$") out += s[i];
+    else {
+      const [value, end] = substitution(s, i, vars, line, budget);
+      out += value;
+      i = end - 1;
+    }
+  }
+  return out;
 }
 
 /** A source path inside the context: "/"-rooted, normalised; refused when it climbs out. */
@@ -186,13 +305,12 @@ function copyStep(
   vars: Map<string, string>,
   budget: Budget,
 ): BuildStep {
-  let list = jsonArray(args, line);
+  let list = jsonArray(args, line)?.map((w) => words(w, line, vars, budget, false)[0] ?? "");
   const flags: string[] = [];
   if (!list) {
-    list = words(args, line);
+    list = words(args, line, vars, budget);
     while (list.length && list[0].startsWith("--")) flags.push(list.shift()!);
   }
-  list = list.map((w) => expand(w, vars, line, budget));
   if (list.length < 2) throw new BuildfileError(line, `${kind} needs a source and a destination`);
   const step: BuildStep = {
     kind,
@@ -226,31 +344,54 @@ function envVars(
   vars: Map<string, string>,
   budget: Budget,
 ): [string, string][] {
-  const w = words(args, line);
-  if (!w.length) throw new BuildfileError(line, "ENV needs a name and a value");
+  const first = /^\S*/.exec(args.trim())![0];
+  if (!first) throw new BuildfileError(line, "ENV needs a name and a value");
   const name = /^[A-Za-z_][A-Za-z0-9_]*$/;
-  if (!w[0].includes("=")) {
-    // legacy form: ENV NAME the rest of the line
-    if (!name.test(w[0])) throw new BuildfileError(line, `bad variable name ${w[0]}`);
-    const rest = args.trim().slice(args.trim().indexOf(w[0]) + w[0].length).trim();
-    return [[w[0], expand(rest, vars, line, budget)]];
+  if (!first.includes("=")) {
+    // legacy form: ENV NAME the rest of the line (one word: its blanks kept, its quotes not)
+    if (!name.test(first)) throw new BuildfileError(line, `bad variable name ${first}`);
+    const rest = args.trim().slice(first.length).trim();
+    return [[first, words(rest, line, vars, budget, false)[0] ?? ""]];
   }
-  return w.map((kv) => {
+  return words(args, line, vars, budget).map((kv) => {
     const i = kv.indexOf("=");
     const k = kv.slice(0, i);
     if (i < 0 || !name.test(k)) throw new BuildfileError(line, `bad ENV item ${kv}`);
-    return [k, expand(kv.slice(i + 1), vars, line, budget)];
+    return [k, kv.slice(i + 1)];
   });
+}
+
+/**
+ * The shell text of a RUN with here-documents. `RUN <<EOF` alone runs the document as the shell's
+ * script, as Docker does; otherwise the shell reads the documents itself (`RUN cat <<EOF >f`), so
+ * they are given to it as written.
+ */
+function heredocRun(args: string, heredocs: LogicalLine["heredocs"], line: number): string {
+  if (args.startsWith("[")) {
+    throw new BuildfileError(line, "a here-document needs the shell form of RUN");
+  }
+  if (/^<<-?(["']?)[A-Za-z0-9_.-]+\1$/.test(args)) {
+    const script = heredocs[0].body;
+    if (script[0]?.startsWith("#!")) {
+      // Docker runs it with that interpreter; /bin/sh -c would read another language as shell
+      throw new BuildfileError(line, "a here-document script with #!: COPY it and RUN it");
+    }
+    return script.join("\n");
+  }
+  return [args, ...heredocs.flatMap((h) => h.raw)].join("\n");
 }
 
 export function parseBuildfile(text: string): Buildfile {
   if (text.length > MAX_BYTES) throw new BuildfileError(1, "Buildfile larger than 1 MiB");
   if (text.includes("\0")) throw new BuildfileError(1, "Buildfile holds a NUL byte");
-  const vars = new Map<string, string>();
+  // Docker's scopes: an ARG before FROM is for FROM only, its default taken by the same name's
+  // ARG without one after FROM; after FROM, an ENV outweighs the ARG of its name
+  const global = new Map<string, string>(), envNames = new Set<string>();
+  let vars = global;
   const budget: Budget = { left: MAX_BYTES };
   const steps: BuildStep[] = [];
   let from: string | null | undefined, fromLine = 0;
-  for (const { line, text: t } of logicalLines(text)) {
+  for (const { line, text: t, heredocs } of logicalLines(text)) {
     const m = /^(\S+)\s*([\s\S]*)$/.exec(t)!;
     const ins = m[1].toUpperCase(), args = m[2];
     if (steps.length >= MAX_STEPS) throw new BuildfileError(line, "more than 1000 steps");
@@ -258,31 +399,41 @@ export function parseBuildfile(text: string): Buildfile {
       if (from !== undefined) {
         throw new BuildfileError(line, "a second FROM: multi-stage builds are not supported");
       }
-      const w = words(expand(args, vars, line, budget), line);
+      const w = words(args, line, vars, budget);
       if (w.length !== 1 && !(w.length === 3 && w[1].toUpperCase() === "AS")) {
         throw new BuildfileError(line, "FROM takes one image (FROM image [AS name])");
       }
       from = w[0].toLowerCase() === "scratch" ? null : w[0];
       fromLine = line;
+      vars = new Map();
       continue;
     }
     if (ins === "ARG") {
-      const w = words(args, line);
-      if (w.length !== 1) throw new BuildfileError(line, "ARG takes one name[=default]");
-      const i = w[0].indexOf("=");
-      const name = i < 0 ? w[0] : w[0].slice(0, i);
-      if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) {
-        throw new BuildfileError(line, `bad ARG name ${name}`);
+      const w = words(args, line, vars, budget);
+      if (!w.length) throw new BuildfileError(line, "ARG takes name[=default]…");
+      for (const arg of w) {
+        const i = arg.indexOf("=");
+        const name = i < 0 ? arg : arg.slice(0, i);
+        if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) {
+          throw new BuildfileError(line, `bad ARG name ${name}`);
+        }
+        const value = i < 0
+          ? (from === undefined ? undefined : global.get(name))
+          : arg.slice(i + 1);
+        if (value !== undefined && !envNames.has(name)) vars.set(name, value);
+        if (from !== undefined) steps.push({ kind: "ARG", line, text: t, name, value });
       }
-      const value = i < 0 ? undefined : expand(w[0].slice(i + 1), vars, line, budget);
-      if (value !== undefined) vars.set(name, value);
-      steps.push({ kind: "ARG", line, text: t, name, value });
       continue;
     }
     if (from === undefined) {
       throw new BuildfileError(line, `${ins} before FROM (only ARG may come first)`);
     }
-    if (ins === "RUN") {
+    if (heredocs.length && ins !== "RUN") {
+      throw new BuildfileError(line, `${ins} of a here-document: put the file in the context`);
+    }
+    if (ins === "RUN" && heredocs.length) {
+      steps.push({ kind: "RUN", line, text: t, shell: heredocRun(args.trim(), heredocs, line) });
+    } else if (ins === "RUN") {
       if (!args.trim()) throw new BuildfileError(line, "RUN needs a command");
       const argv = jsonArray(args.trim(), line);
       steps.push(
@@ -297,12 +448,12 @@ export function parseBuildfile(text: string): Buildfile {
       steps.push(copyStep(ins, args.trim(), line, t, vars, budget));
     } else if (ins === "ENV") {
       const kv = envVars(args, line, vars, budget);
-      for (const [k, v] of kv) vars.set(k, v);
+      for (const [k, v] of kv) vars.set(k, v), envNames.add(k);
       steps.push({ kind: "ENV", line, text: t, vars: kv });
     } else if (ins === "WORKDIR") {
-      const w = words(expand(args, vars, line, budget), line);
-      if (w.length !== 1) throw new BuildfileError(line, "WORKDIR takes one directory");
-      steps.push({ kind: "WORKDIR", line, text: t, dir: w[0] });
+      const dir = words(args.trim(), line, vars, budget, false)[0];
+      if (!dir) throw new BuildfileError(line, "WORKDIR takes one directory");
+      steps.push({ kind: "WORKDIR", line, text: t, dir });
     } else if (IGNORED.has(ins)) {
       steps.push({ kind: "ignored", line, text: t, instruction: ins });
     } else {
