@@ -704,3 +704,45 @@ X
     await t.close();
   }
 });
+
+// Docker's ADD extracts a local file when its content is a tar archive (plain, gzip, bzip2, xz,
+// zstd), whatever its name, and copies any other file as it is. Before, the name decided: an
+// empty `placeholder.tar.gz` failed the step, a gzipped tar named `bundle.gz` was copied.
+Deno.test("image build: ADD extracts by content, not by name: every compression, and any other file copied as it is", async () => {
+  const { t, ctxDir } = await setup();
+  try {
+    const tarsrc = `${t.dir}/tarsrc`; // data/from-tar
+    sh("tar", "-C", tarsrc, "-cf", `${t.dir}/plain.tar`, ".");
+    const packed: [string, string[]][] = [
+      ["bundle.gz", ["gzip", "-c"]],
+      ["bundle.bz2", ["bzip2", "-c"]],
+      ["bundle.xz", ["xz", "-c"]],
+      ["bundle.zst", ["zstd", "-q", "-c"]],
+      ["bundle", ["cat"]],
+    ];
+    const output = (cmd: string, ...args: string[]) =>
+      new Deno.Command(cmd, { args, stdout: "piped" }).outputSync().stdout;
+    for (const [name, [cmd, ...args]] of packed) {
+      Deno.writeFileSync(`${ctxDir}/${name}`, output(cmd, ...args, `${t.dir}/plain.tar`));
+    }
+    Deno.writeFileSync(`${ctxDir}/placeholder.tar.gz`, new Uint8Array(0));
+    Deno.writeTextFileSync(`${t.dir}/notes.txt`, "notes\n");
+    Deno.writeFileSync(`${ctxDir}/notes.txt.gz`, output("gzip", "-c", `${t.dir}/notes.txt`));
+    const v = await buildText(
+      t.store,
+      ctxDir,
+      "bb",
+      "FROM bb\n" + packed.map(([n]) => `ADD ${n} /x/${n}/\n`).join("") +
+        "ADD placeholder.tar.gz notes.txt.gz /y/\n",
+    );
+    const m = manifestOf(t, v.id);
+    for (const [name] of packed) {
+      assert.equal(m.get(`/x/${name}/data/from-tar`)?.type, "file", name);
+    }
+    assert.equal(m.get("/y/placeholder.tar.gz")?.type, "file");
+    assert.equal(m.get("/y/placeholder.tar.gz")?.size, 0);
+    assert.equal(m.get("/y/notes.txt.gz")?.type, "file", "a compressed file that holds no tar");
+  } finally {
+    await t.close();
+  }
+});

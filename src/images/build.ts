@@ -13,6 +13,7 @@ import { type BuildStep, parseBuildfile } from "./buildfile.ts";
 import { commitOrDiscard, nspawnArgs, type Session } from "./session.ts";
 import type { Commit, ImageStore } from "./store.ts";
 import { TreeView } from "./archivepath.ts";
+import { holdsTar } from "./tar.ts";
 import { unpack } from "./unpack.ts";
 import { type CopiedLinks, copyTree, destinationIn, heldFile, mkdirIn, sourceIn } from "./upper.ts";
 
@@ -31,8 +32,6 @@ export interface BuildOptions {
   log: (line: string) => unknown;
   signal?: AbortSignal;
 }
-
-const TARBALL = /\.(tar|tar\.gz|tgz|tar\.xz|txz|tar\.bz2|tbz2?|tar\.zst|tzst)$/;
 
 export async function build(images: ImageStore, o: BuildOptions): Promise<Commit> {
   const st = await Deno.stat(o.buildfile).catch(() => null);
@@ -203,11 +202,14 @@ async function copy(
   for (const src of step.sources) {
     const host = wrap(step, () => sourceIn(o.context, src));
     const st = Deno.lstatSync(host);
-    if (step.kind === "ADD" && st.isFile && TARBALL.test(src)) {
-      // A tarball is extracted with the import's rules (no member outside, no write through a
-      // link) into scratch, then copied in with its own owners. It is read through a reference
-      // held (the context's owner swapped it for a link to a host tarball as it was opened).
-      using tarball = wrap(step, () => heldFile(o.context, host));
+    // A tarball (as Docker tells one: by its content, not its name) is extracted with the
+    // import's rules (no member outside, no write through a link) into scratch, then copied in
+    // with its own owners. It is read through a reference held (the context's owner swapped it
+    // for a link to a host tarball as it was opened).
+    using tarball = step.kind === "ADD" && st.isFile
+      ? wrap(step, () => heldFile(o.context, host))
+      : undefined;
+    if (tarball && await holdsTar(tarball.path)) {
       const scratch = images.scratch("add");
       await Deno.mkdir(scratch, { mode: 0o700 });
       try {

@@ -6,7 +6,8 @@
 //                                 here-documents as Docker has them (RUN <<EOF alone: the
 //                                 document is the shell's script; RUN cat <<EOF >f: sh reads it)
 //   COPY [--chown=U:G] [--chmod=MODE] src… dest     sources inside the build context
-//   ADD  (the same)               a local tarball source is extracted at dest; no URLs
+//   ADD  (the same)               a local tar archive (plain, gzip, bzip2, xz, zstd: by its
+//                                 content, as Docker tells one) is extracted at dest; no URLs
 //   ENV k=v … | ENV k v           environment of the next steps (and $k in their arguments)
 //   WORKDIR dir                   relative to the previous one; created when missing
 //   ARG name[=default] …          a variable for the next steps (no --build-arg yet); one

@@ -9,7 +9,7 @@
 //     Within one run GNU tar itself never writes outside `-C` (it strips a leading "/", skips
 //     ".." names, and extracts a symlink pointing up or out as a placeholder file until the end);
 //     what runs before and after it (layers, whiteouts, directory fix-ups) is ours to confine.
-import { statvfs } from "../linux/fsops.ts";
+import { readUpTo, statvfs } from "../linux/fsops.ts";
 import { UserError } from "../errors.ts";
 import {
   MAX_MEMBERS,
@@ -65,6 +65,45 @@ export function sniff(head: Uint8Array): Compression | null {
   if (starts(0x42, 0x5a, 0x68)) return "bzip2";
   if (tarHeaderValid(head)) return "none";
   return null;
+}
+
+/**
+ * Whether the file at `path` is a tar archive, plain or compressed: from its content, never its
+ * name, as Docker's ADD decides whether it extracts a local file (a `.tar.gz` that is no tar is
+ * copied as it is; a gzipped tar named `x.gz` is extracted). A compressed file is decompressed
+ * only up to its first header.
+ */
+export async function holdsTar(path: string): Promise<boolean> {
+  const compression = sniff(await readUpTo(path, 512));
+  if (compression === null || compression === "none") return compression === "none";
+  // on its standard input: zstd ignores a path that is a link (the held file's /proc/…/fd/N)
+  const file = await Deno.open(path);
+  const child = new Deno.Command(compression, {
+    args: ["-dc"],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "null",
+  }).spawn();
+  const fed = file.readable.pipeTo(child.stdin).catch(() => {}); // ends when the child does
+  const head = new Uint8Array(512);
+  let got = 0;
+  const reader = child.stdout.getReader();
+  try {
+    while (got < head.length) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      head.set(value.subarray(0, head.length - got), got);
+      got += Math.min(value.length, head.length - got);
+    }
+  } finally {
+    await reader.cancel().catch(() => {});
+    try {
+      child.kill("SIGKILL");
+    } catch { /* it ended */ }
+    await child.status;
+    await fed;
+  }
+  return got === head.length && tarHeaderValid(head);
 }
 
 /** A hint for the unknown-format error: what the file looks like instead. */
