@@ -54,7 +54,7 @@ CMD ["/bin/true"]
   assert.ok(copy.kind === "COPY");
   assert.deepEqual(copy.sources, ["/conf/a.conf", "/b"]);
   assert.equal(copy.dest, "/etc/app/");
-  assert.deepEqual(copy.chown, { uid: 1000, gid: 1000 });
+  assert.deepEqual(copy.chown, { user: "1000", group: "1000" });
   assert.equal(copy.chmod, 0o640);
   assert.equal(parseBuildfile("FROM scratch\n").from, null);
 });
@@ -68,7 +68,9 @@ Deno.test("buildfile: hostile and broken input is refused with its line", () => 
   fails("FROM a\nFROM b\n", /multi-stage/, 2);
   fails("FROM a\nUSER nobody\n", /unsupported instruction USER/, 2);
   fails("FROM a\nCOPY onlyone\n", /source and a destination/, 2);
-  fails("FROM a\nCOPY --chown=root:root a /b\n", /numeric/, 2);
+  fails("FROM a\nCOPY --chown=root:a:b a /b\n", /USER\[:GROUP\]/, 2);
+  fails("FROM a\nCOPY --chown=4294967295 a /b\n", /USER\[:GROUP\]/, 2); // chown's "no change"
+  fails("FROM a\nUSER app\n", /USER: RUN runs as root here/, 2);
   fails("FROM a\nCOPY --from=build a /b\n", /unsupported flag --from/, 2);
   fails('FROM a\nENV X="unterminated\n', /unterminated/, 2);
   fails("FROM a\nCOPY ${X /b\n", /bad substitution/, 2);

@@ -746,3 +746,53 @@ Deno.test("image build: ADD extracts by content, not by name: every compression,
     await t.close();
   }
 });
+
+// COPY as Dockerfiles write it: wildcards in sources (before: "no such file"), --chown by the
+// image's names (before: refused), --link (before: refused), flags before the JSON form.
+Deno.test("image build: COPY with wildcards, --chown by name, --link, and flags before a JSON array", async () => {
+  const { t, ctxDir } = await setup();
+  try {
+    Deno.writeTextFileSync(`${ctxDir}/conf/b.conf`, "b\n");
+    Deno.writeTextFileSync(`${ctxDir}/conf/c.txt`, "c\n");
+    Deno.mkdirSync(`${ctxDir}/pkgs/one`, { recursive: true });
+    Deno.mkdirSync(`${ctxDir}/pkgs/two`);
+    Deno.writeTextFileSync(`${ctxDir}/pkgs/one/Makefile`, "one\n");
+    // a name that made a regular expression of the pattern below take exponential time
+    Deno.writeTextFileSync(`${ctxDir}/${"a".repeat(60)}b`, "x\n");
+    const v = await buildText(
+      t.store,
+      ctxDir,
+      "bb",
+      `FROM bb
+RUN echo 'app:x:1234:1234::/:/bin/sh' >> /etc/passwd && echo 'staff:x:50:' >> /etc/group
+COPY --chown=app:staff conf/*.conf /etc/app/
+COPY --link --chown=app conf/[a-b].conf /link/
+COPY pkgs/*/Makefile /mk/
+COPY --chown=7:8 ["conf/c.txt", "/json/"]
+COPY ${"*a".repeat(60)}c* /none-but-fast/
+`,
+    ).catch((e) => e as Error);
+    // the last line matches nothing: refused as Docker refuses it, quickly
+    assert.match(String(v), /line 7 failed: .*no file of the context matches; nothing committed/);
+    const w = await buildText(
+      t.store,
+      ctxDir,
+      "bb",
+      (await Deno.readTextFile(`${ctxDir}/Buildfile`)).replace(/COPY \*a.*\n/, ""),
+    );
+    const m = manifestOf(t, w.id);
+    const owner = (p: string) => [m.get(p)?.uid, m.get(p)?.gid];
+    assert.deepEqual(owner("/etc/app/a.conf"), [1234, 50]);
+    assert.deepEqual(owner("/etc/app/b.conf"), [1234, 50]);
+    assert.equal(m.has("/etc/app/c.txt"), false);
+    assert.deepEqual(owner("/link/b.conf"), [1234, 1234], "a user alone: its id as the group's");
+    assert.equal(m.get("/mk/Makefile")?.type, "file");
+    assert.deepEqual(owner("/json/c.txt"), [7, 8]);
+    await assert.rejects(
+      buildText(t.store, ctxDir, "bb", "FROM bb\nCOPY --chown=ghost conf/a.conf /x\n"),
+      /line 2 failed: .*--chown: no ghost in the image's \/etc\/passwd/,
+    );
+  } finally {
+    await t.close();
+  }
+});

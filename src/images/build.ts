@@ -12,7 +12,8 @@ import { logger } from "../log.ts";
 import { type BuildStep, parseBuildfile } from "./buildfile.ts";
 import { commitOrDiscard, nspawnArgs, type Session } from "./session.ts";
 import type { Commit, ImageStore } from "./store.ts";
-import { TreeView } from "./archivepath.ts";
+import { resolveInRoot } from "../../contract/rootpath.ts";
+import { lstatOrNull, TreeView } from "./archivepath.ts";
 import { holdsTar } from "./tar.ts";
 import { unpack } from "./unpack.ts";
 import { type CopiedLinks, copyTree, destinationIn, heldFile, mkdirIn, sourceIn } from "./upper.ts";
@@ -135,9 +136,9 @@ function wrap<T>(step: BuildStep, fn: () => T): T {
   }
 }
 
-async function wrapAsync(step: BuildStep, fn: () => Promise<void>): Promise<void> {
+async function wrapAsync<T>(step: BuildStep, fn: () => Promise<T>): Promise<T> {
   try {
-    await fn();
+    return await fn();
   } catch (e) {
     throw failed(step, (e as Error).message);
   }
@@ -196,10 +197,12 @@ async function copy(
   o: BuildOptions,
 ): Promise<void> {
   const dest = posix.resolve(state.workdir, step.dest);
-  const intoDir = step.dest.endsWith("/") || step.sources.length > 1;
+  const sources = wrap(step, () => step.sources.flatMap((src) => matching(o.context, src)));
+  const intoDir = step.dest.endsWith("/") || sources.length > 1;
   // COPY makes root the owner unless --chown says otherwise (as Docker does)
-  const owner = { uid: step.chown?.uid ?? 0, gid: step.chown?.gid ?? 0, mode: step.chmod };
-  for (const src of step.sources) {
+  const ids = step.chown ? await wrapAsync(step, () => owners(s.merged, step.chown!)) : undefined;
+  const owner = { uid: ids?.uid ?? 0, gid: ids?.gid ?? 0, mode: step.chmod };
+  for (const src of sources) {
     const host = wrap(step, () => sourceIn(o.context, src));
     const st = Deno.lstatSync(host);
     // A tarball (as Docker tells one: by its content, not its name) is extracted with the
@@ -256,6 +259,123 @@ async function copy(
       }
     });
   }
+}
+
+const WILDCARD = /[*?[]/;
+
+/**
+ * The context's paths source `src` names: itself, or, when it holds wildcards (`*`, `?`,
+ * `[…]`, as Go's filepath.Match has them, Docker's), the entries they match, in order; none is
+ * an error, as in Docker. Directories are listed as the context resolves them (inside it).
+ */
+function matching(context: string, src: string): string[] {
+  if (!WILDCARD.test(src)) return [src];
+  let found = ["/"];
+  for (const part of src.split("/").filter(Boolean)) {
+    const next: string[] = [];
+    for (const dir of found) {
+      const at = (name: string) => `${dir === "/" ? "" : dir}/${name}`;
+      if (!WILDCARD.test(part)) {
+        next.push(at(part));
+        continue;
+      }
+      const pattern = globPattern(part, src);
+      let r;
+      try {
+        r = resolveInRoot(context, dir);
+      } catch {
+        continue; // a loop of links
+      }
+      if (r.missing !== undefined || !lstatOrNull(r.host)?.isDirectory) continue;
+      const names = [...Deno.readDirSync(r.host)].map((e) => e.name).sort();
+      next.push(...names.filter((n) => globMatch(pattern, n)).map(at));
+    }
+    found = next;
+  }
+  // (a name after a wildcard, `*/Makefile`, is in some of the directories matched only)
+  found = found.filter((p) => {
+    try {
+      const parent = resolveInRoot(context, posix.dirname(p));
+      return parent.missing === undefined && !!lstatOrNull(join(parent.host, posix.basename(p)));
+    } catch {
+      return false; // a loop of links
+    }
+  });
+  if (!found.length) throw new UserError(`${src}: no file of the context matches`);
+  return found;
+}
+
+/** One character, or `*` (any run of them), of a pattern's component. */
+type GlobToken = { star: true } | { star?: false; test: (c: string) => boolean };
+
+/** A component's wildcards: `*`, `?`, `[a-z]`, `[^…]`, `\\x`, as Go's filepath.Match has them. */
+function globPattern(part: string, src: string): GlobToken[] {
+  const tokens: GlobToken[] = [];
+  for (let i = 0; i < part.length; i++) {
+    const c = part[i];
+    if (c === "*") tokens.push({ star: true });
+    else if (c === "?") tokens.push({ test: () => true });
+    else if (c === "[") {
+      const end = part.indexOf("]", i + 2);
+      if (end < 0) throw new UserError(`${src}: bad pattern (a [ without ])`);
+      let set = part.slice(i + 1, end);
+      const negated = set[0] === "^" || set[0] === "!";
+      if (negated) set = set.slice(1);
+      const ranges: [string, string][] = [];
+      for (let j = 0; j < set.length; j++) {
+        const lo = set[j] === "\\" && j + 1 < set.length ? set[++j] : set[j];
+        if (set[j + 1] === "-" && j + 2 < set.length) ranges.push([lo, set[j += 2]]);
+        else ranges.push([lo, lo]);
+      }
+      tokens.push({ test: (x) => ranges.some(([l, h]) => l <= x && x <= h) !== negated });
+      i = end;
+    } else {
+      const lit = c === "\\" && i + 1 < part.length ? part[++i] : c;
+      tokens.push({ test: (x) => x === lit });
+    }
+  }
+  return tokens;
+}
+
+/** Whether `name` matches `tokens`: one backtrack point (the last `*`), so time is at most the
+ *  product of their lengths (a regular expression of 100 `*a` took exponential time). */
+function globMatch(tokens: GlobToken[], name: string): boolean {
+  let t = 0, n = 0, starT = -1, starN = 0;
+  while (n < name.length) {
+    const tok = tokens[t];
+    if (tok && !tok.star && tok.test(name[n])) t++, n++;
+    else if (tok?.star) starT = t++, starN = n;
+    else if (starT >= 0) t = starT + 1, n = ++starN;
+    else return false;
+  }
+  while (tokens[t]?.star) t++;
+  return t === tokens.length;
+}
+
+/**
+ * --chown's user and group as ids: numbers as they are, names from the image's own
+ * /etc/passwd and /etc/group (read as files of the image, resolved inside it, 4 MiB at most),
+ * as Docker does; a user alone gives its id as the group's too (Docker's rule).
+ */
+async function owners(
+  root: string,
+  chown: { user: string; group?: string },
+): Promise<{ uid: number; gid: number }> {
+  const lookup = async (file: string, name: string): Promise<number> => {
+    if (/^\d+$/.test(name)) return Number(name);
+    const r = resolveInRoot(root, file);
+    const text = r.missing === undefined && lstatOrNull(r.host)?.isFile
+      ? await readTextUpTo(r.host, 4 << 20)
+      : undefined;
+    for (const l of (text ?? "").split("\n")) {
+      const f = l.split(":");
+      if (f[0] === name && /^\d+$/.test(f[2] ?? "")) return Number(f[2]);
+    }
+    throw new UserError(`--chown: no ${name} in the image's ${file}`);
+  };
+  const uid = await lookup("/etc/passwd", chown.user);
+  const gid = chown.group === undefined ? uid : await lookup("/etc/group", chown.group);
+  return { uid, gid };
 }
 
 /**

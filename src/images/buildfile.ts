@@ -5,7 +5,8 @@
 //   RUN cmd | RUN ["exe", "arg"]  /bin/sh -c cmd inside the container, or the exec form;
 //                                 here-documents as Docker has them (RUN <<EOF alone: the
 //                                 document is the shell's script; RUN cat <<EOF >f: sh reads it)
-//   COPY [--chown=U:G] [--chmod=MODE] src… dest     sources inside the build context
+//   COPY [--chown=U[:G]] [--chmod=MODE] [--link] src… dest   sources inside the build context,
+//                                 with Go's wildcards (* ? [a-z]); U and G names of the image
 //   ADD  (the same)               a local tar archive (plain, gzip, bzip2, xz, zstd: by its
 //                                 content, as Docker tells one) is extracted at dest; no URLs
 //   ENV k=v … | ENV k v           environment of the next steps (and $k in their arguments)
@@ -39,7 +40,8 @@ export type BuildStep =
     /** Paths inside the context, normalised, "/"-rooted ("/" is the context itself). */
     sources: string[];
     dest: string;
-    chown?: { uid: number; gid: number };
+    /** --chown's user and group, names or numbers: names are the image's, looked up when run. */
+    chown?: { user: string; group?: string };
     chmod?: number;
   }
   | { kind: "ENV"; line: number; text: string; vars: [string, string][] }
@@ -64,6 +66,13 @@ const IGNORED = new Set([
   "STOPSIGNAL",
   "HEALTHCHECK",
 ]);
+
+/** What a Docker user reads instead of an instruction refused. */
+const REFUSED: Record<string, string> = {
+  USER: "RUN runs as root here (runuser or su in the RUN; a service's user is its unit's User=)",
+  SHELL: 'RUN runs /bin/sh -c here (or any shell in the exec form: RUN ["bash", "-c", "…"])',
+  ONBUILD: "nothing builds upon a netroot image's Buildfile",
+};
 
 /** Limits: a Buildfile is small; a hostile one must not grow anything without bound. */
 const MAX_BYTES = 1 << 20, MAX_STEPS = 1000;
@@ -306,12 +315,14 @@ function copyStep(
   vars: Map<string, string>,
   budget: Budget,
 ): BuildStep {
-  let list = jsonArray(args, line)?.map((w) => words(w, line, vars, budget, false)[0] ?? "");
+  // flags first, then the sources and dest as words or a JSON array (COPY --chown=1 ["a", "/b/"])
   const flags: string[] = [];
-  if (!list) {
-    list = words(args, line, vars, budget);
-    while (list.length && list[0].startsWith("--")) flags.push(list.shift()!);
+  for (let f; (f = /^(--\S+)\s+/.exec(args));) {
+    flags.push(...words(f[1], line, vars, budget));
+    args = args.slice(f[0].length);
   }
+  const list = jsonArray(args, line)?.map((w) => words(w, line, vars, budget, false)[0] ?? "") ??
+    words(args, line, vars, budget);
   if (list.length < 2) throw new BuildfileError(line, `${kind} needs a source and a destination`);
   const step: BuildStep = {
     kind,
@@ -326,12 +337,19 @@ function copyStep(
     dest: list.at(-1)!,
   };
   for (const f of flags) {
-    const m = /^--(chown|chmod)=(.*)$/.exec(f);
-    if (m?.[1] === "chown") {
-      const o = /^(\d+)(?::(\d+))?$/.exec(m[2]);
-      if (!o) throw new BuildfileError(line, `--chown takes numeric UID[:GID], not ${m[2]}`);
-      step.chown = { uid: Number(o[1]), gid: Number(o[2] ?? o[1]) };
-    } else if (m?.[1] === "chmod") {
+    const m = /^--(chown|chmod|link)(?:=(.*))?$/.exec(f);
+    if (m?.[1] === "link" && /^(|true|false)$/.test(m[2] ?? "")) {
+      // the same files, on a layer of their own in Docker: one tree here
+    } else if (m?.[1] === "chown" && m[2] !== undefined) {
+      const o = /^([A-Za-z0-9_.][A-Za-z0-9_.-]*)(?::([A-Za-z0-9_.][A-Za-z0-9_.-]*))?$/.exec(m[2]);
+      // (2^32 - 1 is "no change" to chown: the context owner's uid would stay)
+      const bad = (id?: string) =>
+        id !== undefined && /^\d+$/.test(id) && Number(id) >= 2 ** 32 - 1;
+      if (!o || bad(o[1]) || bad(o[2])) {
+        throw new BuildfileError(line, `--chown takes USER[:GROUP] (names or ids), not ${m[2]}`);
+      }
+      step.chown = { user: o[1], group: o[2] };
+    } else if (m?.[1] === "chmod" && m[2] !== undefined) {
       if (!/^[0-7]{3,4}$/.test(m[2])) throw new BuildfileError(line, `bad --chmod ${m[2]}`);
       step.chmod = parseInt(m[2], 8);
     } else throw new BuildfileError(line, `${kind}: unsupported flag ${f}`);
@@ -458,7 +476,8 @@ export function parseBuildfile(text: string): Buildfile {
     } else if (IGNORED.has(ins)) {
       steps.push({ kind: "ignored", line, text: t, instruction: ins });
     } else {
-      throw new BuildfileError(line, `unsupported instruction ${ins}`);
+      const why = REFUSED[ins] ? `: ${REFUSED[ins]}` : "";
+      throw new BuildfileError(line, `unsupported instruction ${ins}${why}`);
     }
   }
   if (from === undefined) throw new BuildfileError(1, "no FROM (FROM image, or FROM scratch)");
