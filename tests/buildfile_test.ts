@@ -76,6 +76,12 @@ Deno.test("buildfile: hostile and broken input is refused with its line", () => 
   fails("FROM a\nCOPY ${X /b\n", /bad substitution/, 2);
   fails("# nothing\n", /no FROM/);
   fails("FROM a\n" + "RUN true\n".repeat(1001), /more than 1000 steps/);
+  fails("FROM a\nARG " + "a ".repeat(2000) + "\n", /more than 1000 steps/, 2);
+  // a message quotes at most 400 characters of the Buildfile (before: all of a 1 MiB word)
+  assert.throws(() => parseBuildfile(`FROM a\n${"X".repeat(1 << 19)} y\n`), (e: Error) => {
+    assert.match(e.message, /^Buildfile line 2: unsupported instruction X{370,}…$/);
+    return e.message.length < 500;
+  });
   fails("FROM a\0", /NUL/);
   fails("FROM a\n" + "#".repeat(1 << 20), /larger than 1 MiB/);
   // substitutions feeding each other: 40 lines of 15 bytes would make 16 × 4^40 bytes (before:

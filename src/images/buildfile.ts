@@ -26,7 +26,10 @@
 
 export class BuildfileError extends Error {
   constructor(readonly line: number, message: string) {
-    super(`Buildfile line ${line}: ${message}`);
+    // the Buildfile's own text cut: a word of 1 MiB made a message of 1 MiB
+    super(
+      `Buildfile line ${line}: ${message.length > 400 ? message.slice(0, 400) + "…" : message}`,
+    );
     this.name = "BuildfileError";
   }
 }
@@ -413,6 +416,7 @@ export function parseBuildfile(text: string): Buildfile {
   for (const { line, text: t, heredocs } of logicalLines(text)) {
     const m = /^(\S+)\s*([\s\S]*)$/.exec(t)!;
     const ins = m[1].toUpperCase(), args = m[2];
+    // (again below: one ARG line of 1 MiB names 350,000 variables, a step each)
     if (steps.length >= MAX_STEPS) throw new BuildfileError(line, "more than 1000 steps");
     if (ins === "FROM") {
       if (from !== undefined) {
@@ -441,6 +445,7 @@ export function parseBuildfile(text: string): Buildfile {
           : arg.slice(i + 1);
         if (value !== undefined && !envNames.has(name)) vars.set(name, value);
         if (from !== undefined) steps.push({ kind: "ARG", line, text: t, name, value });
+        if (steps.length > MAX_STEPS) throw new BuildfileError(line, "more than 1000 steps");
       }
       continue;
     }
