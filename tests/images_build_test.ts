@@ -796,3 +796,35 @@ COPY ${"*a".repeat(60)}c* /none-but-fast/
     await t.close();
   }
 });
+
+// Docker follows a source that is a link of the context (inside the context): `COPY current
+// /app/` with current -> releases/2 copies that directory. Before, the link itself was copied
+// (the image got a link to a path it does not have).
+Deno.test("image build: a COPY source that is a link of the context is followed inside the context, never out", async () => {
+  const { t, ctxDir, outside } = await setup();
+  try {
+    Deno.mkdirSync(`${ctxDir}/releases/2`, { recursive: true });
+    Deno.writeTextFileSync(`${ctxDir}/releases/2/app.js`, "v2\n");
+    Deno.symlinkSync("releases/2", `${ctxDir}/current`);
+    Deno.symlinkSync("conf/a.conf", `${ctxDir}/cfg`);
+    Deno.symlinkSync("/conf/a.conf", `${ctxDir}/abs`); // the context's own /conf
+    Deno.symlinkSync(`${outside}/host-secret`, `${ctxDir}/out`);
+    const v = await buildText(
+      t.store,
+      ctxDir,
+      "bb",
+      "FROM bb\nCOPY current /app/\nCOPY cfg /etc/cfg\nCOPY abs /abs/\n",
+    );
+    const root = t.data.rootfs(v.id);
+    assert.equal(Deno.readTextFileSync(`${root}/app/app.js`), "v2\n");
+    assert.equal(Deno.lstatSync(`${root}/etc/cfg`).isFile, true);
+    assert.equal(Deno.readTextFileSync(`${root}/etc/cfg`), "a=1\n");
+    assert.equal(Deno.readTextFileSync(`${root}/abs/abs`), "a=1\n");
+    await assert.rejects(
+      buildText(t.store, ctxDir, "bb", "FROM bb\nCOPY out /x\n"),
+      /line 2 failed: COPY out \/x: \/out: no such file in the build context/,
+    );
+  } finally {
+    await t.close();
+  }
+});

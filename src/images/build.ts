@@ -5,7 +5,7 @@
 // `image cp` does. The log goes to `log` line by line; a failing step discards the session and
 // says which step and Buildfile line failed: nothing is committed.
 import fs from "node:fs";
-import { basename, join, posix } from "node:path";
+import { join, posix } from "node:path";
 import { UserError } from "../errors.ts";
 import { heldPath, O_PATH, readTextUpTo } from "../linux/fsops.ts";
 import { logger } from "../log.ts";
@@ -16,7 +16,7 @@ import { resolveInRoot } from "../../contract/rootpath.ts";
 import { lstatOrNull, TreeView } from "./archivepath.ts";
 import { holdsTar } from "./tar.ts";
 import { unpack } from "./unpack.ts";
-import { type CopiedLinks, copyTree, destinationIn, heldFile, mkdirIn, sourceIn } from "./upper.ts";
+import { type CopiedLinks, copyTree, destinationIn, heldFile, mkdirIn } from "./upper.ts";
 
 const log = logger("images");
 
@@ -203,7 +203,7 @@ async function copy(
   const ids = step.chown ? await wrapAsync(step, () => owners(s.merged, step.chown!)) : undefined;
   const owner = { uid: ids?.uid ?? 0, gid: ids?.gid ?? 0, mode: step.chmod };
   for (const src of sources) {
-    const host = wrap(step, () => sourceIn(o.context, src));
+    const host = wrap(step, () => contextSource(o.context, src));
     const st = Deno.lstatSync(host);
     // A tarball (as Docker tells one: by its content, not its name) is extracted with the
     // import's rules (no member outside, no write through a link) into scratch, then copied in
@@ -249,16 +249,29 @@ async function copy(
           await copyTree(join(host, e.name), join(to, e.name), owner, s.merged, links, o.context);
         }
       } else if (intoDir) {
-        const to = join(mkdirIn(s.merged, dest), basename(host));
+        const to = join(mkdirIn(s.merged, dest), posix.basename(src));
         await copyTree(host, to, owner, s.merged, undefined, o.context);
       } else {
         mkdirIn(s.merged, posix.dirname(dest));
         // an existing directory (or a link to one, inside the image) receives the file
-        const to = destinationIn(s.merged, dest, basename(host));
+        const to = destinationIn(s.merged, dest, posix.basename(src));
         await copyTree(host, to, owner, s.merged, undefined, o.context);
       }
     });
   }
+}
+
+/**
+ * The host path of source `src`, resolved inside the context: a link of the context, the source
+ * itself too, is followed as chroot(context) would, as Docker follows it (`COPY current /app/`
+ * with `current -> releases/2` copies that directory; before, a link named current).
+ */
+function contextSource(context: string, src: string): string {
+  const r = resolveInRoot(context, src);
+  if (r.missing !== undefined || !lstatOrNull(r.host)) {
+    throw new UserError(`${src}: no such file in the build context`);
+  }
+  return r.host;
 }
 
 const WILDCARD = /[*?[]/;
