@@ -828,3 +828,32 @@ Deno.test("image build: a COPY source that is a link of the context is followed 
     await t.close();
   }
 });
+
+// Docker leaves out of the context what .dockerignore names; before, `COPY . /app` took the
+// .git, node_modules and the .env of secrets into the image (which any host of the boot network
+// reads), and `COPY .env /x` copied it.
+Deno.test("image build: .dockerignore leaves its files out of COPY, exceptions taken back", async () => {
+  const { t, ctxDir } = await setup();
+  try {
+    for (const d of [".git", "node_modules/x", "src", "keep"]) {
+      Deno.mkdirSync(`${ctxDir}/${d}`, { recursive: true });
+    }
+    const files = [".git/config", "node_modules/x/index.js", "src/app.js", ".env", "src/.env"];
+    for (const f of [...files, "keep/.env"]) Deno.writeTextFileSync(`${ctxDir}/${f}`, f);
+    Deno.writeTextFileSync(`${ctxDir}/.dockerignore`, ".git\nnode_modules\n**/.env\n!keep/.env\n");
+    const v = await buildText(t.store, ctxDir, "bb", "FROM bb\nCOPY . /app/\nCOPY src/* /s/\n");
+    const m = manifestOf(t, v.id);
+    for (const p of ["/app/src/app.js", "/app/keep/.env", "/s/app.js", "/app/conf/a.conf"]) {
+      assert.equal(m.get(p)?.type, "file", p);
+    }
+    for (const p of ["/app/.git", "/app/node_modules", "/app/.env", "/app/src/.env", "/s/.env"]) {
+      assert.equal(m.has(p), false, p);
+    }
+    await assert.rejects(
+      buildText(t.store, ctxDir, "bb", "FROM bb\nCOPY .env /x\n"),
+      /line 2 failed: .*\.dockerignore leaves it out/,
+    );
+  } finally {
+    await t.close();
+  }
+});

@@ -14,6 +14,14 @@ import { commitOrDiscard, nspawnArgs, type Session } from "./session.ts";
 import type { Commit, ImageStore } from "./store.ts";
 import { resolveInRoot } from "../../contract/rootpath.ts";
 import { lstatOrNull, TreeView } from "./archivepath.ts";
+import {
+  globMatch,
+  globPattern,
+  ignored,
+  type IgnoreRules,
+  parseIgnore,
+  skipped,
+} from "./contextmatch.ts";
 import { holdsTar } from "./tar.ts";
 import { unpack } from "./unpack.ts";
 import { type CopiedLinks, copyTree, destinationIn, heldFile, mkdirIn } from "./upper.ts";
@@ -63,6 +71,9 @@ export async function build(images: ImageStore, o: BuildOptions): Promise<Commit
   }
   const context = heldPath(held);
   try {
+    const ignore = await readIgnore(context).catch((e) => {
+      throw new UserError((e as Error).message.replaceAll(context, o.context));
+    });
     const s = await images.sessions.open(from, o.name);
     const state: State = { env: new Map(), envNames: new Set(), workdir: "/" };
     const steps = bf.steps;
@@ -71,7 +82,7 @@ export async function build(images: ImageStore, o: BuildOptions): Promise<Commit
       for (const [i, step] of steps.entries()) {
         o.signal?.throwIfAborted();
         await o.log(`step ${i + 1}/${steps.length} (line ${step.line}): ${step.text}`);
-        await runStep(images, s, step, state, { ...o, context });
+        await runStep(images, s, step, state, { ...o, context, ignore });
       }
     } catch (e) {
       await images.sessions.discard(s.id);
@@ -85,6 +96,27 @@ export async function build(images: ImageStore, o: BuildOptions): Promise<Commit
     fs.closeSync(held);
   }
 }
+
+/** A build under way: its options, the context held, the context's .dockerignore. */
+type Running = BuildOptions & { ignore: IgnoreRules };
+
+/**
+ * The context's .dockerignore, as Docker reads it: what it leaves out is not in the context for
+ * COPY and ADD (before, `COPY . /app` took the .git, node_modules and the .env of secrets it
+ * names into the image, which any host of the boot network reads).
+ */
+async function readIgnore(context: string): Promise<IgnoreRules> {
+  const r = resolveInRoot(context, "/.dockerignore");
+  if (r.missing !== undefined) return parseIgnore("");
+  if (!lstatOrNull(r.host)?.isFile) throw new UserError(".dockerignore: not a regular file");
+  const text = await readTextUpTo(r.host, 1 << 20);
+  if (text === undefined) throw new UserError(".dockerignore: larger than 1 MiB");
+  return parseIgnore(text);
+}
+
+/** The path `host` (below the held context) as components, for .dockerignore. */
+const belowContext = (context: string, host: string) =>
+  host.slice(context.length).split("/").filter(Boolean);
 
 /** What the steps so far set for the next: variables (an ENV's outweigh an ARG's) and WORKDIR. */
 interface State {
@@ -102,7 +134,7 @@ async function runStep(
   s: Session,
   step: BuildStep,
   state: State,
-  o: BuildOptions,
+  o: Running,
 ): Promise<void> {
   switch (step.kind) {
     case "ENV":
@@ -194,16 +226,21 @@ async function copy(
   s: Session,
   step: Extract<BuildStep, { kind: "COPY" | "ADD" }>,
   state: { workdir: string },
-  o: BuildOptions,
+  o: Running,
 ): Promise<void> {
   const dest = posix.resolve(state.workdir, step.dest);
-  const sources = wrap(step, () => step.sources.flatMap((src) => matching(o.context, src)));
+  const sources = wrap(
+    step,
+    () => step.sources.flatMap((src) => matching(o.context, src, o.ignore)),
+  );
+  const skip = (name: string, isDirectory: boolean) =>
+    skipped(o.ignore, belowContext(o.context, name), isDirectory);
   const intoDir = step.dest.endsWith("/") || sources.length > 1;
   // COPY makes root the owner unless --chown says otherwise (as Docker does)
   const ids = step.chown ? await wrapAsync(step, () => owners(s.merged, step.chown!)) : undefined;
   const owner = { uid: ids?.uid ?? 0, gid: ids?.gid ?? 0, mode: step.chmod };
   for (const src of sources) {
-    const host = wrap(step, () => contextSource(o.context, src));
+    const host = wrap(step, () => contextSource(o.context, src, o.ignore));
     const st = Deno.lstatSync(host);
     // A tarball (as Docker tells one: by its content, not its name) is extracted with the
     // import's rules (no member outside, no write through a link) into scratch, then copied in
@@ -246,16 +283,17 @@ async function copy(
         const to = mkdirIn(s.merged, dest);
         const links: CopiedLinks = new Map();
         for (const e of Deno.readDirSync(host)) {
-          await copyTree(join(host, e.name), join(to, e.name), owner, s.merged, links, o.context);
+          const from = join(host, e.name);
+          await copyTree(from, join(to, e.name), owner, s.merged, links, o.context, skip);
         }
       } else if (intoDir) {
         const to = join(mkdirIn(s.merged, dest), posix.basename(src));
-        await copyTree(host, to, owner, s.merged, undefined, o.context);
+        await copyTree(host, to, owner, s.merged, undefined, o.context, skip);
       } else {
         mkdirIn(s.merged, posix.dirname(dest));
         // an existing directory (or a link to one, inside the image) receives the file
         const to = destinationIn(s.merged, dest, posix.basename(src));
-        await copyTree(host, to, owner, s.merged, undefined, o.context);
+        await copyTree(host, to, owner, s.merged, undefined, o.context, skip);
       }
     });
   }
@@ -266,10 +304,13 @@ async function copy(
  * itself too, is followed as chroot(context) would, as Docker follows it (`COPY current /app/`
  * with `current -> releases/2` copies that directory; before, a link named current).
  */
-function contextSource(context: string, src: string): string {
+function contextSource(context: string, src: string, ignore: IgnoreRules): string {
   const r = resolveInRoot(context, src);
   if (r.missing !== undefined || !lstatOrNull(r.host)) {
     throw new UserError(`${src}: no such file in the build context`);
+  }
+  if (ignored(ignore, belowContext(context, r.host))) {
+    throw new UserError(`${src}: no such file in the build context (.dockerignore leaves it out)`);
   }
   return r.host;
 }
@@ -281,7 +322,7 @@ const WILDCARD = /[*?[]/;
  * `[…]`, as Go's filepath.Match has them, Docker's), the entries they match, in order; none is
  * an error, as in Docker. Directories are listed as the context resolves them (inside it).
  */
-function matching(context: string, src: string): string[] {
+function matching(context: string, src: string, ignore: IgnoreRules): string[] {
   if (!WILDCARD.test(src)) return [src];
   let found = ["/"];
   for (const part of src.split("/").filter(Boolean)) {
@@ -309,60 +350,15 @@ function matching(context: string, src: string): string[] {
   found = found.filter((p) => {
     try {
       const parent = resolveInRoot(context, posix.dirname(p));
-      return parent.missing === undefined && !!lstatOrNull(join(parent.host, posix.basename(p)));
+      const host = join(parent.host, posix.basename(p));
+      return parent.missing === undefined && !!lstatOrNull(host) &&
+        !ignored(ignore, belowContext(context, host));
     } catch {
       return false; // a loop of links
     }
   });
   if (!found.length) throw new UserError(`${src}: no file of the context matches`);
   return found;
-}
-
-/** One character, or `*` (any run of them), of a pattern's component. */
-type GlobToken = { star: true } | { star?: false; test: (c: string) => boolean };
-
-/** A component's wildcards: `*`, `?`, `[a-z]`, `[^…]`, `\\x`, as Go's filepath.Match has them. */
-function globPattern(part: string, src: string): GlobToken[] {
-  const tokens: GlobToken[] = [];
-  for (let i = 0; i < part.length; i++) {
-    const c = part[i];
-    if (c === "*") tokens.push({ star: true });
-    else if (c === "?") tokens.push({ test: () => true });
-    else if (c === "[") {
-      const end = part.indexOf("]", i + 2);
-      if (end < 0) throw new UserError(`${src}: bad pattern (a [ without ])`);
-      let set = part.slice(i + 1, end);
-      const negated = set[0] === "^" || set[0] === "!";
-      if (negated) set = set.slice(1);
-      const ranges: [string, string][] = [];
-      for (let j = 0; j < set.length; j++) {
-        const lo = set[j] === "\\" && j + 1 < set.length ? set[++j] : set[j];
-        if (set[j + 1] === "-" && j + 2 < set.length) ranges.push([lo, set[j += 2]]);
-        else ranges.push([lo, lo]);
-      }
-      tokens.push({ test: (x) => ranges.some(([l, h]) => l <= x && x <= h) !== negated });
-      i = end;
-    } else {
-      const lit = c === "\\" && i + 1 < part.length ? part[++i] : c;
-      tokens.push({ test: (x) => x === lit });
-    }
-  }
-  return tokens;
-}
-
-/** Whether `name` matches `tokens`: one backtrack point (the last `*`), so time is at most the
- *  product of their lengths (a regular expression of 100 `*a` took exponential time). */
-function globMatch(tokens: GlobToken[], name: string): boolean {
-  let t = 0, n = 0, starT = -1, starN = 0;
-  while (n < name.length) {
-    const tok = tokens[t];
-    if (tok && !tok.star && tok.test(name[n])) t++, n++;
-    else if (tok?.star) starT = t++, starN = n;
-    else if (starT >= 0) t = starT + 1, n = ++starN;
-    else return false;
-  }
-  while (tokens[t]?.star) t++;
-  return t === tokens.length;
 }
 
 /**

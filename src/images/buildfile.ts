@@ -6,7 +6,8 @@
 //                                 here-documents as Docker has them (RUN <<EOF alone: the
 //                                 document is the shell's script; RUN cat <<EOF >f: sh reads it)
 //   COPY [--chown=U[:G]] [--chmod=MODE] [--link] src… dest   sources inside the build context,
-//                                 with Go's wildcards (* ? [a-z]); U and G names of the image
+//                                 with Go's wildcards (* ? [a-z]); U and G names of the image;
+//                                 what the context's .dockerignore names is not in it
 //   ADD  (the same)               a local tar archive (plain, gzip, bzip2, xz, zstd: by its
 //                                 content, as Docker tells one) is extracted at dest; no URLs
 //   ENV k=v … | ENV k v           environment of the next steps (and $k in their arguments)
