@@ -72,6 +72,7 @@ WORKDIR $APP
 COPY conf/ ./conf/
 COPY --chown=1000:1000 --chmod=0600 secret.txt /etc/secret
 ADD files.tar.gz /srv/
+ADD --chown=3:4 files.tar.gz /chowned/
 ADD files.tar.gz /opt/evil-dir/
 RUN echo "$GREETING from $APP in $(/bin/busybox pwd)" > out.txt && \\
     /bin/busybox cat conf/a.conf >> out.txt
@@ -98,9 +99,11 @@ CMD ["/bin/sh"]
     assert.deepEqual([m.get("/opt/app/conf/a.conf")!.uid], [0], "COPY makes root the owner");
     const fromTar = m.get("/srv/data/from-tar")!;
     assert.deepEqual([fromTar.uid, fromTar.gid], [7, 8], "ADD keeps the tarball's owners");
+    const chowned = m.get("/chowned/data/from-tar")!;
+    assert.deepEqual([chowned.uid, chowned.gid], [3, 4], "unless --chown says otherwise");
     assert.ok(m.has(`${outside}/data/from-tar`), "ADD through an image link: inside the image");
     assert.deepEqual(await dirEntries(outside), ["host-secret"], "nothing written on the host");
-    assert.ok(lines.some((l) => /^step 8\/9 \(line 10\): RUN echo/.test(l)), lines.join("\n"));
+    assert.ok(lines.some((l) => /^step 9\/10 \(line 11\): RUN echo/.test(l)), lines.join("\n"));
     assert.ok(lines.some((l) => /CMD means nothing/.test(l)));
   } finally {
     await t.close();

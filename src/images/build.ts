@@ -269,7 +269,8 @@ async function copy(
         await wrapAsync(step, async () => {
           for (const e of Deno.readDirSync(join(scratch, "rootfs"))) {
             const tree = join(scratch, "rootfs", e.name);
-            await copyTree(tree, join(to, e.name), {}, s.merged, links);
+            // its members' owners, unless --chown says otherwise (as BuildKit's unpack does)
+            await copyTree(tree, join(to, e.name), ids ?? {}, s.merged, links);
           }
         });
       } finally {

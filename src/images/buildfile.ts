@@ -456,10 +456,19 @@ export function parseBuildfile(text: string): Buildfile {
     if (heredocs.length && ins !== "RUN") {
       throw new BuildfileError(line, `${ins} of a here-document: put the file in the context`);
     }
-    if (ins === "RUN" && heredocs.length) {
+    if (ins === "RUN" && heredocs.length && !args.trim().startsWith("--")) {
       steps.push({ kind: "RUN", line, text: t, shell: heredocRun(args.trim(), heredocs, line) });
     } else if (ins === "RUN") {
       if (!args.trim()) throw new BuildfileError(line, "RUN needs a command");
+      const flag = /^--([a-z-]+)/.exec(args.trim());
+      if (flag) {
+        // BuildKit's --mount, --network, --security: before, handed to sh as its own options
+        // ("sh: illegal option --", exit code 2)
+        throw new BuildfileError(
+          line,
+          `RUN --${flag[1]} is not supported (no cache or secret mounts; the server's network)`,
+        );
+      }
       const argv = jsonArray(args.trim(), line);
       steps.push(
         argv ? { kind: "RUN", line, text: t, argv } : {
