@@ -194,5 +194,13 @@ ENV E2=$V
     "arg",
     ["E2", "env"],
   ]);
+  // --build-arg: over an ARG's default, before FROM too; one no ARG declares is reported
+  const given = parseBuildfile(
+    "ARG BASE=deb\nFROM $BASE\nARG V=1\nARG W\nENV X=$V$W\n",
+    new Map([["BASE", "alpine"], ["V", "2"], ["W", "w"], ["NOPE", "x"]]),
+  );
+  assert.equal(given.from, "alpine");
+  assert.deepEqual(given.steps.at(-1)!.kind === "ENV" && given.steps.at(-1)!.vars, [["X", "2w"]]);
+  assert.deepEqual(given.unused, ["NOPE"]);
   fails("FROM a\nENV A=${B:-${B:-${B:-${B:-${B:-${B:-${B:-${B:-${B:-x}}}}}}}}}\n", /8 deep/, 2);
 });

@@ -561,6 +561,25 @@ Deno.test("netroot image build streams its log and says which line failed", asyn
     for (const c of ["\x1b", "\x07", "\r"]) assert.ok(!ok.stderr.includes(c), "shown, not sent");
     assert.match(ok.stdout, /^committed bb2@[0-9a-f]{12} \(new image\)/);
     assert.equal(t.store.get("bb2").parent, t.store.get("bb").id);
+    // --build-arg NAME=VALUE, and NAME alone for the CLI's environment's value, as docker build
+    Deno.writeTextFileSync(
+      `${ctxDir}/args`,
+      'FROM bb\nARG WHO=default\nARG FROMENV\nRUN echo "$WHO $FROMENV" > /who\n',
+    );
+    Deno.env.set("FROMENV", "from-env");
+    const args = await cli(
+      "build",
+      "bb3",
+      "-f",
+      "args",
+      "--build-arg",
+      "WHO=cli",
+      "--build-arg",
+      "FROMENV",
+    ).finally(() => Deno.env.delete("FROMENV"));
+    assert.equal(args.code, 0, args.stderr);
+    const who = `${t.data.rootfs(t.store.get("bb3").id)}/who`;
+    assert.equal(Deno.readTextFileSync(who), "cli from-env\n");
     Deno.writeTextFileSync(`${ctxDir}/bad`, "FROM bb\n\nRUN echo before\nRUN false\n");
     const bad = await cli("build", "bb2", "-f", "bad");
     assert.equal(bad.code, 1);

@@ -97,6 +97,7 @@ export const commands: Record<string, CommandSpec> = {
       discard: "",
       from: "IMAGE",
       file: "FILE",
+      "build-arg": "NAME=VALUE",
     },
   },
   node: {

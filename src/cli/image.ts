@@ -88,11 +88,12 @@ symlink in the image never leads outside it. A PATH that is itself a symlink is 
 symlink (cp -P), not what it names: Debian's /etc/os-release is a link to ../usr/lib/os-release, so
 copy that one out. Paths are read and written by the server.`,
   build:
-    `usage: netroot image build NAME --from IMAGE -f Buildfile [CONTEXT] [--reboot-nodes] ${common}
+    `usage: netroot image build NAME --from IMAGE -f Buildfile [CONTEXT] [--build-arg NAME[=VALUE]…] [--reboot-nodes] ${common}
 
 Builds a new version of NAME (-f is short for --file) from a Dockerfile subset: FROM (an image name, or scratch), RUN, COPY,
 ADD (local files and tarballs), ENV, WORKDIR, ARG, comments and line continuations. --from
-replaces the Buildfile's FROM image. ENV and ARG values reach the RUN steps that follow, not the
+replaces the Buildfile's FROM image. --build-arg sets an ARG the Buildfile declares, as
+docker build does (NAME alone: its value in this environment). ENV and ARG values reach the RUN steps that follow, not the
 booted system (its environment is its init's: write /etc/environment in a RUN for that). RUN
 steps run in systemd-nspawn with the server's network;
 COPY and ADD sources are read from CONTEXT (default: the Buildfile's directory) and may not leave
@@ -240,6 +241,7 @@ const options = {
   discard: { type: "boolean" },
   from: { type: "string" },
   file: { type: "string", short: "f" },
+  "build-arg": { type: "string", multiple: true },
 } as const;
 
 /** Positional counts: [min, max]. */
@@ -265,7 +267,7 @@ const flagsOf: Record<string, string[]> = {
   rollback: ["reboot-nodes"],
   shell: ["new", "commit", "discard", "reboot-nodes"],
   cp: ["new", "reboot-nodes"],
-  build: ["from", "file", "reboot-nodes"],
+  build: ["from", "file", "build-arg", "reboot-nodes"],
   gc: ["keep"],
 };
 

@@ -11,18 +11,26 @@ import { print, visible } from "./output.ts";
 export async function run(
   client: ApiClient,
   positionals: string[],
-  values: Record<string, string | boolean | undefined>,
+  values: Record<string, string | string[] | boolean | undefined>,
   rebootNodes: boolean,
   json: boolean,
 ): Promise<number> {
   const [name, context] = positionals;
   if (typeof values.file !== "string") throw new UserError("image build needs -f Buildfile");
   const buildfile = resolve(values.file);
+  // NAME=VALUE, or NAME alone for this environment's value (unset: not given), as docker build
+  const buildArgs: Record<string, string> = {};
+  for (const a of (values["build-arg"] ?? []) as string[]) {
+    const i = a.indexOf("=");
+    const value = i < 0 ? Deno.env.get(a) : a.slice(i + 1);
+    if (value !== undefined) buildArgs[i < 0 ? a : a.slice(0, i)] = value;
+  }
   const res = await client.fetch("POST", "/images/-/build", {
     name,
     buildfile,
     context: resolve(context ?? dirname(buildfile)),
     from: values.from,
+    buildArgs,
     rebootNodes,
     command: ["netroot", "image", "build", ...Deno.args.slice(2)].join(" "),
   });

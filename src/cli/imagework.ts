@@ -10,7 +10,7 @@ import { type Published, publishedText } from "../images/versions.ts";
 import type { ApiClient } from "./client.ts";
 import { print } from "./output.ts";
 
-type Values = Record<string, string | boolean | undefined>;
+type Values = Record<string, string | string[] | boolean | undefined>;
 
 export async function run(
   sub: string,

@@ -147,12 +147,14 @@ export function imageRoutes(ctx: Context): Hono {
     ) {
       throw new UserError("build needs name, buildfile and context (absolute host paths)");
     }
+    const buildArgs = buildArgsOf(body.buildArgs);
     return ndjson(async (send, signal) => {
       const image = await build(ctx.images, {
         name,
         buildfile,
         context,
         from: from as string | undefined,
+        buildArgs,
         command: typeof body.command === "string" ? body.command.slice(0, 4096) : null,
         log: (line) => send({ log: line }),
         signal,
@@ -293,4 +295,25 @@ function onServerMachine(c: HonoContext, what: string): void {
   const host = (c.env as Deno.ServeHandlerInfo<Deno.NetAddr> | undefined)?.remoteAddr?.hostname;
   if (host === undefined || host === "::1" || host.startsWith("127.")) return;
   throw new UserError(`${what} works on the server machine only (this request came from ${host})`);
+}
+
+/** A build's --build-arg values: ARG names to strings, a Buildfile's worth at most (they are
+ *  substituted as its own text is). */
+function buildArgsOf(v: unknown): Map<string, string> {
+  const args = new Map<string, string>();
+  if (v === undefined) return args;
+  if (typeof v !== "object" || v === null || Array.isArray(v)) {
+    throw new UserError("buildArgs must be an object of names to strings");
+  }
+  let bytes = 0;
+  for (const [k, value] of Object.entries(v)) {
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k) || typeof value !== "string") {
+      throw new UserError(`buildArgs: ${k.slice(0, 64)} must be an ARG name given a string`);
+    }
+    if ((bytes += k.length + value.length) > 1 << 20) {
+      throw new UserError("buildArgs: more than 1 MiB");
+    }
+    args.set(k, value);
+  }
+  return args;
 }

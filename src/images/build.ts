@@ -36,6 +36,8 @@ export interface BuildOptions {
   context: string;
   /** Replaces the Buildfile's FROM. */
   from?: string;
+  /** --build-arg: values of the ARGs the Buildfile declares, over their defaults. */
+  buildArgs?: Map<string, string>;
   command: string | null;
   /** A promise returned: the reader has no room; the build waits for it (output is not kept). */
   log: (line: string) => unknown;
@@ -55,7 +57,7 @@ export async function build(images: ImageStore, o: BuildOptions): Promise<Commit
     // a context made the server read until it was killed (2 GiB in 11 s)
     const text = await readTextUpTo(o.buildfile, 1 << 20);
     if (text === undefined) throw new Error(`${o.buildfile}: larger than 1 MiB`);
-    bf = parseBuildfile(text);
+    bf = parseBuildfile(text, o.buildArgs);
   } catch (e) {
     throw new UserError((e as Error).message);
   }
@@ -78,6 +80,9 @@ export async function build(images: ImageStore, o: BuildOptions): Promise<Commit
     const state: State = { env: new Map(), envNames: new Set(), workdir: "/" };
     const steps = bf.steps;
     await o.log(`FROM ${from ?? "scratch"} (line ${bf.fromLine})`);
+    if (bf.unused.length) {
+      await o.log(`warning: no ARG takes --build-arg ${bf.unused.join(", ")}: not used`);
+    }
     try {
       for (const [i, step] of steps.entries()) {
         o.signal?.throwIfAborted();

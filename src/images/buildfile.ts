@@ -12,7 +12,7 @@
 //                                 content, as Docker tells one) is extracted at dest; no URLs
 //   ENV k=v … | ENV k v           environment of the next steps (and $k in their arguments)
 //   WORKDIR dir                   relative to the previous one; created when missing
-//   ARG name[=default] …          a variable for the next steps (no --build-arg yet); one
+//   ARG name[=default] …          a variable for the next steps (--build-arg sets it); one
 //                                 before FROM is FROM's, and an ARG name after FROM takes it
 //   # comments, blank lines, "\" line continuations (comments and blank lines inside one are
 //   skipped), the parser directives `# syntax=` (ignored) and `# escape=\` (no other)
@@ -58,6 +58,8 @@ export interface Buildfile {
   from: string | null;
   fromLine: number;
   steps: BuildStep[];
+  /** --build-arg names no ARG declares (docker build warns of them too). */
+  unused: string[];
 }
 
 const IGNORED = new Set([
@@ -404,12 +406,16 @@ function heredocRun(args: string, heredocs: LogicalLine["heredocs"], line: numbe
   return [args, ...heredocs.flatMap((h) => h.raw)].join("\n");
 }
 
-export function parseBuildfile(text: string): Buildfile {
+export function parseBuildfile(
+  text: string,
+  buildArgs: Map<string, string> = new Map(),
+): Buildfile {
   if (text.length > MAX_BYTES) throw new BuildfileError(1, "Buildfile larger than 1 MiB");
   if (text.includes("\0")) throw new BuildfileError(1, "Buildfile holds a NUL byte");
   // Docker's scopes: an ARG before FROM is for FROM only, its default taken by the same name's
   // ARG without one after FROM; after FROM, an ENV outweighs the ARG of its name
   const global = new Map<string, string>(), envNames = new Set<string>();
+  const declared = new Set<string>();
   let vars = global;
   const budget: Budget = { left: MAX_BYTES };
   const steps: BuildStep[] = [];
@@ -441,9 +447,10 @@ export function parseBuildfile(text: string): Buildfile {
         if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) {
           throw new BuildfileError(line, `bad ARG name ${name}`);
         }
-        const value = i < 0
-          ? (from === undefined ? undefined : global.get(name))
-          : arg.slice(i + 1);
+        // --build-arg over the default; after FROM, a name alone takes the ARG before FROM's
+        const value = buildArgs.get(name) ??
+          (i < 0 ? (from === undefined ? undefined : global.get(name)) : arg.slice(i + 1));
+        declared.add(name);
         if (value !== undefined && !envNames.has(name)) vars.set(name, value);
         if (from !== undefined) steps.push({ kind: "ARG", line, text: t, name, value });
         if (steps.length > MAX_STEPS) throw new BuildfileError(line, "more than 1000 steps");
@@ -496,5 +503,6 @@ export function parseBuildfile(text: string): Buildfile {
     }
   }
   if (from === undefined) throw new BuildfileError(1, "no FROM (FROM image, or FROM scratch)");
-  return { from, fromLine, steps };
+  const unused = [...buildArgs.keys()].filter((k) => !declared.has(k));
+  return { from, fromLine, steps, unused };
 }
