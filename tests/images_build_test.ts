@@ -879,3 +879,30 @@ Deno.test("image build: .dockerignore leaves its files out of COPY, exceptions t
     await t.close();
   }
 });
+
+// A build cancelled (its client gone) during a COPY went on copying, and when the COPY was the
+// last step, committed: the client was told nothing, and the name moved.
+Deno.test("image build: cancelled during its last step, a COPY, the copy stops and nothing is committed", async () => {
+  const { t, ctxDir } = await setup();
+  const ac = new AbortController();
+  try {
+    const before = t.store.history("bb").map((v) => v.id);
+    Deno.mkdirSync(`${ctxDir}/many`);
+    for (let i = 0; i < 5000; i++) Deno.writeFileSync(`${ctxDir}/many/f${i}`, new Uint8Array(1));
+    Deno.writeTextFileSync(`${ctxDir}/Buildfile`, "FROM bb\nCOPY many /many/\n");
+    const ended = await build(t.store, {
+      name: "bb",
+      buildfile: `${ctxDir}/Buildfile`,
+      context: ctxDir,
+      command: null,
+      // the client goes away once the COPY has begun
+      log: (l) => void (l.startsWith("step 1/1") && setTimeout(() => ac.abort(), 10)),
+      signal: ac.signal,
+    }).then(() => "committed", (e) => (e as Error).message);
+    assert.equal(ended, "build cancelled: nothing committed");
+    assert.deepEqual(t.store.history("bb").map((v) => v.id), before);
+    assert.deepEqual(await dirEntries(t.data.tmp), []);
+  } finally {
+    await t.close();
+  }
+});

@@ -24,7 +24,14 @@ import {
 } from "./contextmatch.ts";
 import { holdsTar } from "./tar.ts";
 import { unpack } from "./unpack.ts";
-import { type CopiedLinks, copyTree, destinationIn, heldFile, mkdirIn } from "./upper.ts";
+import {
+  type CopiedLinks,
+  copyTree,
+  destinationIn,
+  heldFile,
+  mkdirIn,
+  type Walk,
+} from "./upper.ts";
 
 const log = logger("images");
 
@@ -89,6 +96,8 @@ export async function build(images: ImageStore, o: BuildOptions): Promise<Commit
         await o.log(`step ${i + 1}/${steps.length} (line ${step.line}): ${step.text}`);
         await runStep(images, s, step, state, { ...o, context, ignore });
       }
+      // cancelled during the last step (a COPY: only RUN fails when cancelled), still nothing
+      o.signal?.throwIfAborted();
     } catch (e) {
       await images.sessions.discard(s.id);
       if (o.signal?.aborted) throw new UserError("build cancelled: nothing committed");
@@ -238,8 +247,10 @@ async function copy(
     step,
     () => step.sources.flatMap((src) => matching(o.context, src, o.ignore)),
   );
-  const skip = (name: string, isDirectory: boolean) =>
-    skipped(o.ignore, belowContext(o.context, name), isDirectory);
+  const walk: Walk = {
+    skip: (name, isDirectory) => skipped(o.ignore, belowContext(o.context, name), isDirectory),
+    signal: o.signal,
+  };
   const intoDir = step.dest.endsWith("/") || sources.length > 1;
   // COPY makes root the owner unless --chown says otherwise (as Docker does)
   const ids = step.chown ? await wrapAsync(step, () => owners(s.merged, step.chown!)) : undefined;
@@ -272,10 +283,11 @@ async function copy(
         keepImageDirs(join(scratch, "rootfs"), to, implied);
         const links: CopiedLinks = new Map();
         await wrapAsync(step, async () => {
-          for (const e of Deno.readDirSync(join(scratch, "rootfs"))) {
+          for await (const e of Deno.readDir(join(scratch, "rootfs"))) {
             const tree = join(scratch, "rootfs", e.name);
             // its members' owners, unless --chown says otherwise (as BuildKit's unpack does)
-            await copyTree(tree, join(to, e.name), ids ?? {}, s.merged, links);
+            const walk = { signal: o.signal };
+            await copyTree(tree, join(to, e.name), ids ?? {}, s.merged, links, undefined, walk);
           }
         });
       } finally {
@@ -288,18 +300,18 @@ async function copy(
         // a directory's contents are copied, not the directory itself
         const to = mkdirIn(s.merged, dest);
         const links: CopiedLinks = new Map();
-        for (const e of Deno.readDirSync(host)) {
+        for await (const e of Deno.readDir(host)) {
           const from = join(host, e.name);
-          await copyTree(from, join(to, e.name), owner, s.merged, links, o.context, skip);
+          await copyTree(from, join(to, e.name), owner, s.merged, links, o.context, walk);
         }
       } else if (intoDir) {
         const to = join(mkdirIn(s.merged, dest), posix.basename(src));
-        await copyTree(host, to, owner, s.merged, undefined, o.context, skip);
+        await copyTree(host, to, owner, s.merged, undefined, o.context, walk);
       } else {
         mkdirIn(s.merged, posix.dirname(dest));
         // an existing directory (or a link to one, inside the image) receives the file
         const to = destinationIn(s.merged, dest, posix.basename(src));
-        await copyTree(host, to, owner, s.merged, undefined, o.context, skip);
+        await copyTree(host, to, owner, s.merged, undefined, o.context, walk);
       }
     });
   }
