@@ -19,7 +19,7 @@ import { join } from "node:path";
 import { parseEntry } from "../../contract/manifest.ts";
 import { UserError } from "../errors.ts";
 import { syncfsLater } from "../linux/fsops.ts";
-import { MNT_DETACH, mount, MS_NODEV, umount } from "../linux/mount.ts";
+import { MNT_DETACH, mount, MS_NODEV, umount, umountAsync } from "../linux/mount.ts";
 import { logger } from "../log.ts";
 import type { Commit, ImageInfo, ImageStore, MadeBy } from "./store.ts";
 import { applyUpper } from "./upper.ts";
@@ -289,8 +289,8 @@ export class Sessions {
     const s = this.get(id);
     this.#open.delete(id);
     this.#dropPrep(id);
-    detach(s.merged);
-    const done = this.images.dropScratch(s.dir).finally(() => this.#closing.delete(id));
+    const done = detachAsync(s.merged).then(() => this.images.dropScratch(s.dir))
+      .finally(() => this.#closing.delete(id));
     this.#closing.set(id, done);
     await done;
   }
@@ -338,8 +338,8 @@ export class Sessions {
     // session's work went with it).
     const release = s.base ? this.images.hold(s.base.id) : () => {};
     this.#open.delete(id);
-    detach(s.merged);
     try {
+      await detachAsync(s.merged);
       const upper = join(s.dir, "upper");
       if (nothing) {
         this.#dropPrep(id);
@@ -498,6 +498,15 @@ export function nspawnArgs(
 function detach(path: string): void {
   try {
     umount(path, MNT_DETACH);
+  } catch (e) {
+    log.warn("could not unmount an image session", { path, error: (e as Error).message });
+  }
+}
+
+/** detach off the server's thread: the overlay's unmount flushes its upper's file system. */
+async function detachAsync(path: string): Promise<void> {
+  try {
+    await umountAsync(path, MNT_DETACH);
   } catch (e) {
     log.warn("could not unmount an image session", { path, error: (e as Error).message });
   }
