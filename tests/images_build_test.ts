@@ -941,3 +941,35 @@ Deno.test("image build: the commit after a RUN that wrote 1 GiB leaves the serve
     await t.close();
   }
 });
+
+// The Buildfile was looked at (a regular file?) by its path, then opened by it again: its owner
+// flipping a link between a file and a FIFO got the FIFO opened, and the build waited for a
+// writer for ever, past its client's going away (a thread of the server's pool held too).
+Deno.test("image build: a Buildfile flipped between a file and a FIFO never holds the build", async () => {
+  const t = await tempStore();
+  const ctx = `${t.dir}/ctx`;
+  Deno.mkdirSync(ctx);
+  Deno.writeTextFileSync(`${ctx}/file`, "FROM nope\n");
+  sh("mkfifo", `${ctx}/fifo`);
+  const flipper = new Deno.Command("sh", {
+    args: ["-c", 'cd "$1" && while :; do ln -sfn fifo B; ln -sfn file B; done', "sh", ctx],
+  }).spawn();
+  try {
+    for (let i = 0; i < 100; i++) {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const ended = await Promise.race([
+        build(t.store, { name: "x", buildfile: `${ctx}/B`, context: ctx, command: null, log() {} })
+          .then(() => "built", (e) => (e as Error).message),
+        new Promise((r) => timer = setTimeout(() => r("still reading after 3 s"), 3000)),
+      ]);
+      clearTimeout(timer);
+      assert.match(String(ended), /image nope not found|no such Buildfile/, `attempt ${i}`);
+    }
+  } finally {
+    flipper.kill("SIGKILL");
+    await flipper.status;
+    // a reader left waiting (before the fix) is let go
+    await new Deno.Command("sh", { args: ["-c", ': <>"$1"', "sh", `${ctx}/fifo`] }).output();
+    await t.close();
+  }
+});

@@ -52,8 +52,6 @@ export interface BuildOptions {
 }
 
 export async function build(images: ImageStore, o: BuildOptions): Promise<Commit> {
-  const st = await Deno.stat(o.buildfile).catch(() => null);
-  if (!st?.isFile) throw new UserError(`${o.buildfile}: no such Buildfile`);
   const ctxSt = await Deno.stat(o.context).catch(() => null);
   if (!ctxSt?.isDirectory) {
     throw new UserError(`${o.context}: the build context is not a directory`);
@@ -62,9 +60,7 @@ export async function build(images: ImageStore, o: BuildOptions): Promise<Commit
   try {
     // read up to its bound, not to its end: a link to /proc/self/pagemap (size 0, no end) in
     // a context made the server read until it was killed (2 GiB in 11 s)
-    const text = await readTextUpTo(o.buildfile, 1 << 20);
-    if (text === undefined) throw new Error(`${o.buildfile}: larger than 1 MiB`);
-    bf = parseBuildfile(text, o.buildArgs);
+    bf = parseBuildfile(await readHeld(o.buildfile, "no such Buildfile"), o.buildArgs);
   } catch (e) {
     throw new UserError((e as Error).message);
   }
@@ -111,6 +107,31 @@ export async function build(images: ImageStore, o: BuildOptions): Promise<Commit
   }
 }
 
+/**
+ * The regular file at `path` (a link followed), its text up to 1 MiB; `missing` says what the
+ * error says when it is no regular file. It is looked at and read through one reference: looked
+ * at by its path and opened by it again, a link flipped between a file and a FIFO by its owner
+ * got the FIFO opened, and the build waited for a writer for ever (its client gone, a thread of
+ * the server's pool held).
+ */
+async function readHeld(path: string, missing: string, follow = true): Promise<string> {
+  let fd: number;
+  try {
+    const nofollow = follow ? 0 : fs.constants.O_NOFOLLOW;
+    fd = fs.openSync(path, fs.constants.O_RDONLY | O_PATH | nofollow);
+  } catch {
+    throw new UserError(`${path}: ${missing}`);
+  }
+  try {
+    if (!fs.fstatSync(fd).isFile()) throw new UserError(`${path}: ${missing}`);
+    const text = await readTextUpTo(heldPath(fd), 1 << 20);
+    if (text === undefined) throw new UserError(`${path}: larger than 1 MiB`);
+    return text;
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 /** A build under way: its options, the context held, the context's .dockerignore. */
 type Running = BuildOptions & { ignore: IgnoreRules };
 
@@ -120,12 +141,10 @@ type Running = BuildOptions & { ignore: IgnoreRules };
  * names into the image, which any host of the boot network reads).
  */
 async function readIgnore(context: string): Promise<IgnoreRules> {
-  const r = resolveInRoot(context, "/.dockerignore");
-  if (r.missing !== undefined) return parseIgnore("");
-  if (!lstatOrNull(r.host)?.isFile) throw new UserError(".dockerignore: not a regular file");
-  const text = await readTextUpTo(r.host, 1 << 20);
-  if (text === undefined) throw new UserError(".dockerignore: larger than 1 MiB");
-  return parseIgnore(text);
+  const path = `${context}/.dockerignore`;
+  if (!lstatOrNull(path)) return parseIgnore("");
+  // itself, never a link (swapped for one to a host file, its lines would be the patterns)
+  return parseIgnore(await readHeld(path, "not a regular file (nor a link)", false));
 }
 
 /** The path `host` (below the held context) as components, for .dockerignore. */
