@@ -71,6 +71,7 @@ Deno.test("buildfile: hostile and broken input is refused with its line", () => 
   fails("FROM a\nCOPY --chown=root:a:b a /b\n", /USER\[:GROUP\]/, 2);
   fails("FROM a\nCOPY --chown=4294967295 a /b\n", /USER\[:GROUP\]/, 2); // chown's "no change"
   fails("FROM a\nUSER app\n", /USER: RUN runs as root here/, 2);
+  fails("FROM a\nENV A\n", /ENV A needs a value/, 2);
   fails("FROM a\nRUN --mount=type=cache,target=/var/cache/apt apt-get update\n", /RUN --mount/, 2);
   fails("FROM a\nCOPY --from=build a /b\n", /unsupported flag --from/, 2);
   fails('FROM a\nENV X="unterminated\n', /unterminated/, 2);

@@ -376,6 +376,8 @@ function envVars(
     // legacy form: ENV NAME the rest of the line (one word: its blanks kept, its quotes not)
     if (!name.test(first)) throw new BuildfileError(line, `bad variable name ${first}`);
     const rest = args.trim().slice(first.length).trim();
+    // as Docker: `ENV A` alone is a mistake, not A set to nothing (that is `ENV A=`)
+    if (!rest) throw new BuildfileError(line, `ENV ${first} needs a value (ENV ${first}=…)`);
     return [[first, words(rest, line, vars, budget, false)[0] ?? ""]];
   }
   return words(args, line, vars, budget).map((kv) => {
