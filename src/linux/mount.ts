@@ -75,9 +75,9 @@ export async function umountAsync(target: string, flags = 0): Promise<void> {
     { umount2: { parameters: ["buffer", "i32"], result: "i32", nonblocking: true } } as const,
   );
   const path = cstr(target); // held until the call returns
-  if (await asyncLib.symbols.umount2(path, flags) < 0) {
-    throw new Error(`umount2 ${target}: failed (the errno of another thread is not ours)`);
-  }
+  // errno is the other thread's: a failure is tried again here, where umount() reads it (a call
+  // that failed flushed nothing), and throws with the reason, or succeeds after all
+  if (await asyncLib.symbols.umount2(path, flags) < 0) umount(target, flags);
 }
 
 /** A read-only view of directory `source` at `target`, made if missing (a bind mount, then its
