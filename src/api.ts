@@ -371,34 +371,41 @@ export function waitRoutes(ctx: Context): Hono {
     // A node asked for a clean reboot (a deploy, `node reboot`) stays `booted` until it goes
     // down: it is not there yet, or `node boot N IMG; node wait N` answered at once, the old
     // system still up.
-    const leaving = (mac: string) => state === "booted" && ctx.rebooter.softRebooting(mac);
+    // Nor is a node whose reboot did not happen (no mechanism, or the BMC refused): still
+    // `booted`, on what it ran before, it counted as there. It is a laggard until it reboots
+    // (power-cycled by hand, say), with the reason.
+    const leaving = (n: { mac: string; state: NodeState; stateSince: string | null }) =>
+      state === "booted" && n.state === "booted" &&
+      (ctx.rebooter.softRebooting(n.mac)
+        ? "clean reboot requested, not down yet"
+        : ctx.rebooter.notRebootedSince(n.mac, n.stateSince));
     const check = (): WaitResult => {
       const now = nodesByRef(ctx, wanted.map((n) => n.mac));
-      const laggards = now.filter((n) => n.state !== state || leaving(n.mac));
+      const laggards = now.filter((n) => n.state !== state || leaving(n));
       return {
         reached: laggards.length === 0,
         state,
-        nodes: now.map(({ name, mac, state, stateSince, stateReason }) => ({
-          name,
-          mac,
-          state,
-          stateSince,
-          stateReason: leaving(mac) ? "clean reboot requested, not down yet" : stateReason,
+        nodes: now.map((n) => ({
+          name: n.name,
+          mac: n.mac,
+          state: n.state,
+          stateSince: n.stateSince,
+          stateReason: leaving(n) || n.stateReason,
         })),
         laggards: laggards.map((n) => n.name),
       };
     };
     const done = (r: WaitResult) =>
       r.reached ||
-      r.nodes.every((n) => (n.state === state && !leaving(n.mac)) || n.state === "failed");
+      r.nodes.every((n) => (n.state === state && !leaving(n)) || n.state === "failed");
     let result = check();
     if (done(result) || timeoutS === 0) return c.json(result);
     // Followed change by change (each names its node and state): O(1) per change, no query —
     // 500 nodes booting fire 500 changes. `open` counts the nodes neither there nor failed; a
     // node on its way down counts as `booting` (its going down is a change to that).
-    const states = new Map(
-      result.nodes.map((n) => [n.mac, leaving(n.mac) ? "booting" as NodeState : n.state]),
-    );
+    const effective = (n: Parameters<typeof leaving>[0]): NodeState =>
+      leaving(n) ? "booting" : n.state;
+    const states = new Map(result.nodes.map((n) => [n.mac, effective(n)]));
     const isOpen = (s: NodeState | undefined) => s !== state && s !== "failed";
     let open = [...states.values()].filter(isOpen).length;
     result = await new Promise<WaitResult>((resolve) => {
@@ -409,8 +416,14 @@ export function waitRoutes(ctx: Context): Hono {
       };
       const onChange = (e: Event) => {
         if (!(e instanceof StateChange) || !states.has(e.mac)) return;
-        open += Number(isOpen(e.state)) - Number(isOpen(states.get(e.mac)));
-        states.set(e.mac, e.state);
+        // a clean reboot's end (softEnded) names the node `booted`: there only if it rebooted
+        // (read again only for a node with a reboot on record: 500 nodes booting, 500 changes)
+        const r = ctx.rebooter;
+        const recorded = r.softRebooting(e.mac) || r.notRebootedSince(e.mac, null) !== undefined;
+        const node = e.state === state && recorded ? ctx.nodes.find(e.mac) : undefined;
+        const now = node ? effective(node) : e.state;
+        open += Number(isOpen(now)) - Number(isOpen(states.get(e.mac)));
+        states.set(e.mac, now);
         if (open === 0) finish();
       };
       const timer = setTimeout(finish, timeoutS * 1000);

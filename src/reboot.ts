@@ -110,6 +110,10 @@ export class Rebooter {
   /** Nodes asked for a clean reboot that have not gone down (nor been rebooted hard) yet: still
    *  `booted`, on their way out (GET /wait does not count them there). */
   #softPending = new Map<string, number>();
+  /** Node → its last reboot that did not happen (no mechanism, or it failed: the node still runs
+   *  what it booted before), with when (Date.now()). Kept until the node's next reboot request;
+   *  GET /wait compares it with the node's state's start. */
+  #notRebooted = new Map<string, { at: number; why: string }>();
   #closed = false;
   /** The waits under way (sleeps, soft requests being sent), each ended early when the server
    *  stops. Each leaves the set as it ends: callbacks hung on a promise of the server's closing
@@ -144,6 +148,7 @@ export class Rebooter {
 
   /** Soft first (unless `hard`); returns once the soft request is issued or the hard one done. */
   reboot(node: RebootTarget, cause: string, opts: { hard?: boolean } = {}): Promise<RebootResult> {
+    this.#notRebooted.delete(node.mac);
     if (opts.hard || !this.soft) return this.#hard(node, cause, {});
     let req: SoftRequest | SoftUnavailable;
     try {
@@ -234,6 +239,7 @@ export class Rebooter {
     if (!m) {
       const message = `no reboot mechanism for this node: power-cycle it by hand${after}`;
       recordEvent(this.db, node.mac, "reboot.none", { cause, message, ...extra });
+      this.#notRebooted.set(node.mac, { at: Date.now(), why: message });
       return { mac: node.mac, ok: false, message };
     }
     try {
@@ -253,6 +259,7 @@ export class Rebooter {
         message,
         ...extra,
       });
+      this.#notRebooted.set(node.mac, { at: Date.now(), why: message });
       return { mac: node.mac, mechanism: m.name, ok: false, message };
     }
   }
@@ -261,6 +268,15 @@ export class Rebooter {
    *  rebooted hard): its state still says what it was before. */
   softRebooting(mac: string): boolean {
     return this.#softPending.has(mac);
+  }
+
+  /** Why node `mac`'s last reboot did not happen, if it did not and the node has been in its
+   *  state since before then (`stateSince`, ISO): it still runs what it booted before. A node
+   *  that went down or booted since (power-cycled by hand) is past it. */
+  notRebootedSince(mac: string, stateSince: string | null): string | undefined {
+    const f = this.#notRebooted.get(mac);
+    if (!f || (stateSince && Date.parse(stateSince) > f.at)) return undefined;
+    return f.why;
   }
 
   /** Resolves when every soft reboot under way has ended (down, or escalated). */

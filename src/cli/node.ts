@@ -77,6 +77,8 @@ A look-alike MAC registered first takes that name: check the MAC before deployin
 Waits until every node is in STATE (off, booting, booted, down, failed; default booted). Exits 0
 when all got there, 1 naming the laggards (and their states) after --timeout (default 600) or
 once each laggard is failed. The server answers when states change: waiting costs no polling.
+A node asked to reboot is not booted until it went down and came back; one whose reboot did not
+happen (no mechanism, or it failed) is not there until it reboots (power-cycled by hand, say).
 ${common}`,
   show: `usage: netroot node show NODE [--json]\n\n${common}`,
   rename: `usage: netroot node rename NODE NEW-NAME\n\n${common}`,
