@@ -260,6 +260,9 @@ export class Rebooter {
         ...extra,
       });
       this.#notRebooted.set(node.mac, { at: Date.now(), why: message });
+      // in the server's log too: a BMC refusing its password, say, fails every reboot of the node
+      // (the watchdog's, a deploy's) and the journal said nothing of it
+      log.warn("reboot failed", { node: node.name, cause, error: message });
       return { mac: node.mac, mechanism: m.name, ok: false, message };
     }
   }

@@ -249,7 +249,18 @@ Deno.test("watchdog: a reboot that fails says so in the node's state, and in its
     const monitor = new NodeMonitor(ctx, { now: c.now, probe: () => Promise.resolve(false) });
     ctx.nodes.setState(mac, "booting", "boot script fetched", { at: c.now() });
     c.advance(180_000);
-    await pass(monitor);
+    const logged: string[] = [];
+    setLogSink((line) => logged.push(line));
+    try {
+      await pass(monitor);
+    } finally {
+      setLogSink((line) => console.error(line));
+    }
+    // and in the server's log (the journal), not only in the node's
+    assert.ok(
+      logged.some((l) => /WARN reboot reboot failed .*node=n1 .*BMC refused the password/.test(l)),
+      logged.join("\n"),
+    );
     let n = ctx.nodes.get("n1");
     assert.equal(n.state, "booting");
     assert.match(
