@@ -56,3 +56,19 @@ export function resolveInRoot(root: string, path: string, maxLinks = 40): RootPa
   }
   return { host: `${base}/${done.join("/")}`, escaped };
 }
+
+/** True when `path`, resolved inside `root` as chroot(root) would, is an executable regular file.
+ *  The init checks the image's init with it before the point of no return (the hybrid root
+ *  before it is taken: network mode is still there to fall back to). */
+export function isExecutableIn(root: string, path: string): boolean {
+  let host: string;
+  try {
+    const r = resolveInRoot(root, path);
+    if (r.missing) return false;
+    host = r.host;
+  } catch {
+    return false; // a symlink loop
+  }
+  const st = Deno.statSync(host);
+  return st.isFile && ((st.mode ?? 0) & 0o111) !== 0;
+}

@@ -18,6 +18,7 @@ import { findHybridPartition, type HybridTarget } from "./detect.ts";
 import { type HybridRoot, prepareHybridRoot } from "./mode.ts";
 import { type CopyProgress, type CopyReport, type HybridError, maxManifestBytes } from "./copy.ts";
 import { withEarlyWriteback } from "./writeback.ts";
+import { isExecutableIn } from "../contract/rootpath.ts";
 import { sleep } from "../src/timer.ts";
 
 export { HYBRID_DIR_NAMES } from "./detect.ts";
@@ -212,28 +213,37 @@ export const hybridMode: RootMode = {
     return await env.stage(
       "hybrid",
       "the hybrid partition of this node",
-      () => enterLocalRoot(boot, env.layout, env),
+      () => enterLocalRoot(boot, env.layout, env, env.params.init),
     );
   },
 };
 
 /**
  * mountLocalRoot, or network mode when the kernel refuses it (an overlay it will not mount over
- * what the partition holds): like a failed copy, said loudly, reported, and every mount made for
- * the hybrid root let go — the node boots, where it went into a fatal reboot loop before.
+ * what the partition holds) or when the root it makes has no `init` to hand over to: like a
+ * failed copy, said loudly, reported, and every mount made for the hybrid root let go — the node
+ * boots, where it went into a fatal reboot loop before. (A complete copy is trusted as it stands:
+ * a file of it gone since — a fsck's lost+found, a persistent copy's user removing /sbin/init —
+ * failed the handover at every boot, network mode never tried.)
  */
 export function enterLocalRoot(
   boot: HybridBoot,
   l: Layout,
   o: Pick<RootEnv, "log" | "report">,
+  init?: string,
 ): boolean {
+  let reason = "overlay";
   try {
     mountLocalRoot(boot, l);
+    if (init !== undefined && !isExecutableIn(l.newRoot, init)) {
+      reason = "init";
+      throw new Error(`${init} is missing or not executable there`);
+    }
     return true;
   } catch (e) {
-    const msg = `the local copy's overlay: ${(e as Error).message}`;
+    const msg = `the local copy's ${reason}: ${(e as Error).message}`;
     o.log(`HYBRID MODE FAILED: ${msg} — falling back to network mode`);
-    o.report({ stage: "hybrid-failed", ok: false, detail: msg, reason: "overlay" });
+    o.report({ stage: "hybrid-failed", ok: false, detail: msg, reason });
     // Whatever of it was mounted (each absent one fails alone), the image's NFS mount included:
     // network mode mounts it again.
     for (const dir of [l.upper, l.newRoot, l.lower, boot.target.mountpoint]) {

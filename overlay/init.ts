@@ -33,7 +33,8 @@ import { type MountSource, mountWithRetry, nfsSource } from "./rootsource.ts";
 import { installServerKey } from "./sshkey.ts";
 import { errText, InitFailure, Stages } from "./stage.ts";
 import { sleep } from "../src/timer.ts";
-import { isExecutableIn, mountApiFilesystems, switchRoot } from "./switchroot.ts";
+import { isExecutableIn } from "../contract/rootpath.ts";
+import { mountApiFilesystems, switchRoot } from "./switchroot.ts";
 
 export interface InitDeps {
   out: InitConsole;

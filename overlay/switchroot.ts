@@ -2,7 +2,6 @@
 // /run) mounted first thing, and switchRoot(newRoot, init) last: move them into the new root, free
 // the initramfs, make the new root "/", execve the image's init with our PID (Deno must not stay
 // PID 1). Each step is a small function so the privileged test drives the very same sequence.
-import { resolveInRoot } from "../contract/rootpath.ts";
 import { execve, removeSameDevice, switchRoot as enterRoot } from "../src/linux/exec.ts";
 import {
   fsType,
@@ -35,21 +34,6 @@ export function mountApiFilesystems(): string[] {
     done.push(m.dir);
   }
   return done;
-}
-
-/** True when `path`, resolved inside `root` as chroot(root) would (contract/rootpath.ts), is an
- *  executable regular file. Checks the image's init before the point of no return. */
-export function isExecutableIn(root: string, path: string): boolean {
-  let host: string;
-  try {
-    const r = resolveInRoot(root, path);
-    if (r.missing) return false;
-    host = r.host;
-  } catch {
-    return false; // a symlink loop
-  }
-  const st = Deno.statSync(host);
-  return st.isFile && ((st.mode ?? 0) & 0o111) !== 0;
 }
 
 /** Moves /dev, /proc, /sys, /run (with what is mounted below them) into `newRoot`. */

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { resolveInRoot } from "../contract/rootpath.ts";
-import { isExecutableIn } from "../overlay/switchroot.ts";
+import { isExecutableIn } from "../contract/rootpath.ts";
 
 Deno.test("resolveInRoot: absolute and relative symlinks resolve inside the new root, never outside", async () => {
   const r = await Deno.makeTempDir({ prefix: "nr-newroot-" });

@@ -126,11 +126,15 @@ Deno.test("hybrid (root, mount ns): an overlay the kernel refuses on the local c
       for (const p of ["newroot", "run/lower", "part"]) Deno.mkdirSync(d + "/" + p, { recursive: true });
       const mounts = () => Deno.readTextFileSync("/proc/self/mountinfo").split("\\n")
         .map((l) => l.split(" ")[4]).filter((p) => p && p.startsWith(d + "/"));
-      const boot = (lower) => {
+      const boot = (lower, withInit = false) => {
         m.mount("image", layout.lower, "tmpfs", 0, null); // the NFS image the copy came from
         m.mount("disk", d + "/part", "tmpfs", 0, null); // the walt-hybrid partition
         for (const p of ["copy", "upper", "work"]) Deno.mkdirSync(d + "/part/" + p);
         Deno.writeTextFileSync(d + "/part/copy/etc-release", "v1");
+        if (withInit) {
+          Deno.mkdirSync(d + "/part/copy/sbin");
+          Deno.writeTextFileSync(d + "/part/copy/sbin/init", "#!/bin/sh\\n", { mode: 0o755 });
+        }
         return { variant: "volatile", lower, upper: d + "/part/upper", work: d + "/part/work",
           report: {}, evicted: [], target: { mountpoint: d + "/part" } };
       };
@@ -139,12 +143,24 @@ Deno.test("hybrid (root, mount ns): an overlay the kernel refuses on the local c
       // The copy the kernel will not take as the overlay's lower layer (here: gone by then).
       const refused = enterLocalRoot(boot(d + "/part/gone"), layout, o);
       console.log(JSON.stringify({ refused, lines, reports, left: mounts() }));
+      // A copy the kernel takes but whose root has no init (a file of a complete copy gone since
+      // it was verified): network mode too, not a handover that fails at every boot.
+      lines.length = 0, reports.length = 0;
+      const noInit = enterLocalRoot(boot(d + "/part/copy"), layout, o, "/sbin/init");
+      console.log(JSON.stringify({ noInit, lines, reports, left: mounts() }));
       // The same with a copy it takes: the root is mounted, the image's NFS mount let go.
-      const ok = enterLocalRoot(boot(d + "/part/copy"), layout, o);
+      const ok = enterLocalRoot(boot(d + "/part/copy", true), layout, o, "/sbin/init");
       console.log(JSON.stringify({ ok, release: Deno.readTextFileSync(layout.newRoot + "/etc-release"),
         left: mounts() }));
     `);
-    const [failed, entered] = out.trim().split("\n").map((l) => JSON.parse(l));
+    const [failed, missing, entered] = out.trim().split("\n").map((l) => JSON.parse(l));
+    assert.equal(missing.noInit, false, "network mode, not a fatal handover");
+    assert.match(
+      missing.lines.join("\n"),
+      /^HYBRID MODE FAILED: the local copy's init: \/sbin\/init is missing or not executable there — falling back to network mode$/m,
+    );
+    assert.deepEqual(missing.reports.map((r: { reason: string }) => r.reason), ["init"]);
+    assert.deepEqual(missing.left, [], "nothing of the hybrid root left mounted");
     assert.equal(failed.refused, false, "network mode, not a fatal failure");
     assert.match(
       failed.lines.join("\n"),
