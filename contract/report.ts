@@ -32,7 +32,7 @@ export interface StageReport {
   resumed?: boolean;
   evicted?: number;
   /** hybrid-failed: why (no-space, corrupt, io, manifest, overlay: the kernel refused the overlay
-   *  on the local copy). */
+   *  on the local copy, init: the root it made has no init to hand over to). */
   reason?: string;
 }
 
