@@ -41,3 +41,19 @@ Deno.test("contextmatch: .dockerignore as Docker's reference has it", () => {
   assert.ok(skipped(keep, ["a", ".env"], false) && !skipped(keep, ["keep", ".env"], false));
   assert.throws(() => parseIgnore("x\n".repeat(201)), /more than 200 patterns/);
 });
+
+Deno.test("contextmatch: a .dockerignore's patterns cost at most a few ms a path, however deep", () => {
+  // 200 patterns of `**/` repeated: each `**` was tried from every place it could start (n² a
+  // `**`, for every one): 5 s of the server's thread for each file 200 directories deep
+  const rules = parseIgnore(`${"**/".repeat(1360)}x\n`.repeat(200));
+  const deep = Array.from({ length: 200 }, (_, i) => `d${i}`);
+  const t0 = performance.now();
+  assert.equal(skipped(rules, deep, true), false);
+  assert.equal(skipped(rules, [...deep, "x"], false), true);
+  assert.ok(performance.now() - t0 < 500, `${performance.now() - t0} ms`);
+  // the same patterns, their `**` and `*` runs one each
+  assert.ok(out("a/**/**/b\n", "a/b") && out("a/**/**/b\n", "a/x/y/b") && !out("a/**/b", "b"));
+  assert.ok(out("**/**\n", "x") && out("a**b\n", "ab") && out("a***b\n", "axxb"));
+  // a pattern is a path: PATH_MAX at most
+  assert.throws(() => parseIgnore(`${"a".repeat(4097)}\n`), /more than 4096 characters \(aaa/);
+});
