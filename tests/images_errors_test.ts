@@ -1,6 +1,9 @@
 // Bad input and store rules: every failure is one clear error and leaves nothing behind.
 import assert from "node:assert/strict";
+import { existsSync } from "node:fs";
+import { manifestLines } from "../contract/manifest.ts";
 import { openDatabase } from "../src/db.ts";
+import { objectKey } from "../src/images/objects.ts";
 import { UserError } from "../src/errors.ts";
 import { ImageStore } from "../src/images/store.ts";
 import {
@@ -311,5 +314,53 @@ Deno.test("reconcile on a lost or older database keeps the image trees it has no
     }
   } finally {
     await t.close().catch(() => {}); // (its database closed above: the directory still goes)
+  }
+});
+
+Deno.test("image gc on an older database keeps the objects of the thin versions it has no row for", async () => {
+  const t = await tempStore();
+  try {
+    const src = `${t.dir}/src`;
+    buildSampleTree(src);
+    const first = await t.store.import(tarOf(src, `${t.dir}/x.tar`), "a");
+    // Last week's backup of the database; then two versions, the older one thin (only its
+    // manifest and its objects: what every version no node uses becomes).
+    t.db.exec(`VACUUM INTO '${t.dir}/older.db'`);
+    Deno.writeTextFileSync(`${src}/etc/two`, "only in the second version\n");
+    const second = await t.store.import(tarOf(src, `${t.dir}/y.tar`), "a");
+    Deno.removeSync(`${src}/etc/two`);
+    Deno.writeTextFileSync(`${src}/etc/three`, "only in the third\n");
+    await t.store.import(tarOf(src, `${t.dir}/z.tar`), "a");
+    await t.store.pruneTrees();
+    assert.ok(t.store.isThin(second.id), "the second version is thin");
+    await t.store.idle();
+    t.db.close();
+
+    Deno.renameSync(`${t.dir}/older.db`, t.data.db);
+    for (const f of ["-wal", "-shm"]) await rmIfThere(t.data.db + f);
+    const older = openDatabase(t.data.db);
+    try {
+      const store = new ImageStore(t.data, older);
+      store.autoPrune = false;
+      await store.reconcile();
+      assert.deepEqual(store.list().map((v) => v.id), [first.id]);
+      const files = [...manifestLines(Deno.readTextFileSync(t.data.manifest(second.id)))]
+        .filter((e) => e.type === "file");
+      assert.ok(files.some((e) => e.path === "/etc/two"));
+      // Before, gc removed the objects only the kept manifest names (/etc/two's): the version
+      // made since the backup, kept by the start, was lost all the same.
+      await store.gc();
+      for (const e of files) {
+        assert.ok(
+          existsSync(store.objects.path(objectKey(e))),
+          `the object of ${e.path}, which the kept version names`,
+        );
+      }
+      await store.idle();
+    } finally {
+      older.close();
+    }
+  } finally {
+    await t.close().catch(() => {});
   }
 });

@@ -789,17 +789,28 @@ export class ImageStore {
     );
   }
 
-  /** Object keys of the versions without a tree: `gc` keeps them (no tree links to them). */
+  /** Object keys of the versions without a tree: `gc` keeps them (no tree links to them). Those
+   *  of every directory of images/, with a row or not: one a start kept without its row (a
+   *  database restored from before it was made) is only its manifest and these objects, and gc
+   *  removed them, so that what the start kept was lost all the same. */
   #thinObjects(): Set<string> {
     const keys = new Set<string>();
-    for (const v of this.list()) {
-      if (this.hasTree(v.id)) continue;
+    let ids: string[];
+    try {
+      ids = [...Deno.readDirSync(this.data.images)].map((e) => e.name);
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) return keys;
+      throw e;
+    }
+    for (const id of ids) {
+      if (this.hasTree(id)) continue;
       try {
-        for (const e of manifestLines(Deno.readTextFileSync(this.data.manifest(v.id)))) {
+        for (const e of manifestLines(Deno.readTextFileSync(this.data.manifest(id)))) {
           if (e.type === "file") keys.add(objectKey(e));
         }
       } catch (e) {
-        if (!(e instanceof Deno.errors.NotFound)) throw e;
+        // (a file in images/ is no version: NotADirectory)
+        if (!(e instanceof Deno.errors.NotFound || e instanceof Deno.errors.NotADirectory)) throw e;
       }
     }
     return keys;
