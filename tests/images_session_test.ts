@@ -750,3 +750,29 @@ Deno.test("image shell against a server in another mount namespace: one line say
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("image cp in and out: a socket stays a socket, a FIFO a FIFO (a socket became a FIFO)", async () => {
+  const t = await tempStore();
+  try {
+    Deno.mkdirSync(`${t.dir}/src/etc`, { recursive: true });
+    Deno.writeTextFileSync(`${t.dir}/src/etc/hostname`, "n\n");
+    fixTimes(`${t.dir}/src`);
+    await t.store.import(`${t.dir}/src`, "special");
+    // a project directory with a running program's socket in it, and a FIFO
+    const host = `${t.dir}/host/run`;
+    Deno.mkdirSync(host, { recursive: true });
+    // (listening while it is copied: Deno removes the socket's file as it closes it)
+    const listener = Deno.listen({ transport: "unix", path: `${host}/app.sock` });
+    sh("mkfifo", `${host}/queue`);
+    const v = await copyIn(t.store, [host], "special", "/", { command: "test" })
+      .finally(() => listener.close());
+    const m = manifestOf(t, v.id);
+    assert.equal(m.get("/run/app.sock")?.type, "socket");
+    assert.equal(m.get("/run/queue")?.type, "fifo");
+    await copyOut(t.store, "special", "/run", `${t.dir}/out`);
+    assert.ok(Deno.lstatSync(`${t.dir}/out/app.sock`).isSocket, "a socket copied out");
+    assert.ok(Deno.lstatSync(`${t.dir}/out/queue`).isFifo);
+  } finally {
+    await t.close();
+  }
+});

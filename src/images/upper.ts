@@ -16,6 +16,7 @@ import {
   S_IFBLK,
   S_IFCHR,
   S_IFIFO,
+  S_IFSOCK,
 } from "../linux/fsops.ts";
 import { listXattrs, removeXattr, setXattr } from "../linux/xattr.ts";
 import { Turns } from "../turns.ts";
@@ -260,7 +261,14 @@ async function copyEntry(
       }
     } else if (st.isSymlink) Deno.symlinkSync(Deno.readLinkSync(at), dst);
     else {
-      const kind = st.isCharDevice ? S_IFCHR : st.isBlockDevice ? S_IFBLK : S_IFIFO;
+      // (a socket was made a FIFO: the manifest has sockets, as derive.ts and the node make them)
+      const kind = st.isCharDevice
+        ? S_IFCHR
+        : st.isBlockDevice
+        ? S_IFBLK
+        : st.isSocket
+        ? S_IFSOCK
+        : S_IFIFO;
       const { major, minor } = splitDev(st.rdev ?? 0);
       mknod(dst, kind | (st.mode! & 0o7777), major, minor);
     }
