@@ -776,3 +776,42 @@ Deno.test("image cp in and out: a socket stays a socket, a FIFO a FIFO (a socket
     await t.close();
   }
 });
+
+Deno.test("image cp over HTTP: its client gone during the copy, the copy stops and nothing is committed", async () => {
+  const t = await tempStore();
+  const ac = new AbortController();
+  try {
+    Deno.mkdirSync(`${t.dir}/src/etc`, { recursive: true });
+    Deno.writeTextFileSync(`${t.dir}/src/etc/hostname`, "n\n");
+    fixTimes(`${t.dir}/src`);
+    const base = await t.store.import(`${t.dir}/src`, "gone");
+    const host = `${t.dir}/many`;
+    Deno.mkdirSync(host);
+    for (let i = 0; i < 10000; i++) Deno.writeFileSync(`${host}/f${i}`, new Uint8Array(1));
+    const server = serveImages(t, ac.signal);
+    const client = new AbortController();
+    const asked = fetch(`http://127.0.0.1:${server.addr.port}/api/v1/images/-/cp`, {
+      method: "POST",
+      body: JSON.stringify({ sources: [host], image: "gone", path: "/" }),
+      signal: client.signal,
+    }).catch(() => "gone");
+    // the client goes away (Ctrl-C) once the copy's session is open
+    for (let i = 0; i < 6000 && !t.store.sessions.list().length; i++) {
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    client.abort();
+    assert.equal(await asked, "gone");
+    // the copy's end: its session gone and its scratch (a commit's too) gone from tmp/
+    for (let i = 0; i < 600; i++) {
+      if (!t.store.sessions.list().length && !(await dirEntries(t.data.tmp)).length) break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    await t.store.idle();
+    // before, the copy went on and committed, for no one
+    assert.deepEqual(t.store.history("gone").map((v) => v.id), [base.id]);
+    assert.deepEqual(await dirEntries(t.data.tmp), []);
+  } finally {
+    ac.abort();
+    await t.close();
+  }
+});

@@ -98,6 +98,7 @@ export function imageRoutes(ctx: Context): Hono {
     const out = await copyIn(ctx.images, sources as string[], image, path, {
       name,
       command: typeof body.command === "string" ? body.command.slice(0, 4096) : null,
+      signal: c.req.raw.signal, // aborted when the client goes away
     });
     return c.json({ ...out, ...await publish(ctx, out, body.rebootNodes === true) });
   });

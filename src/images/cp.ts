@@ -14,7 +14,7 @@ export async function copyIn(
   sources: string[],
   ref: string,
   path: string,
-  opts: { name?: string; command: string | null },
+  opts: { name?: string; command: string | null; signal?: AbortSignal },
 ): Promise<Commit> {
   for (const src of sources) {
     if (!lstatOrNull(src)) throw new UserError(`${src}: no such file or directory`);
@@ -37,10 +37,16 @@ export async function copyIn(
         {},
         s.merged,
         links,
+        undefined,
+        { signal: opts.signal },
       );
     }
+    // Its client gone (Ctrl-C), the copy stops between two files and nothing is committed, as a
+    // build's: before, it went on and committed (and with --reboot-nodes rebooted the nodes).
+    opts.signal?.throwIfAborted();
   } catch (e) {
     await images.sessions.discard(s.id);
+    if (opts.signal?.aborted) throw new UserError("image cp cancelled: nothing committed");
     throw e instanceof UserError ? e : new UserError(`image cp: ${(e as Error).message}`);
   }
   return await commitOrDiscard(images, s.id, { madeBy: "cp", command: opts.command });
