@@ -792,9 +792,10 @@ Deno.test("image cp over HTTP: its client gone during the copy, the copy stops a
     const client = new AbortController();
     const asked = fetch(`http://127.0.0.1:${server.addr.port}/api/v1/images/-/cp`, {
       method: "POST",
+      headers: { accept: "application/x-ndjson" },
       body: JSON.stringify({ sources: [host], image: "gone", path: "/" }),
       signal: client.signal,
-    }).catch(() => "gone");
+    }).then((r) => r.text()).catch(() => "gone");
     // the client goes away (Ctrl-C) once the copy's session is open
     for (let i = 0; i < 6000 && !t.store.sessions.list().length; i++) {
       await new Promise((r) => setTimeout(r, 5));

@@ -7,7 +7,7 @@ import { UserError } from "../errors.ts";
 import { nspawnArgs, type Session, thisProcess } from "../images/session.ts";
 import type { Commit } from "../images/store.ts";
 import { type Published, publishedText } from "../images/versions.ts";
-import type { ApiClient } from "./client.ts";
+import { type ApiClient, ndjsonLines } from "./client.ts";
 import { print } from "./output.ts";
 
 type Values = Record<string, string | string[] | boolean | undefined>;
@@ -195,6 +195,24 @@ export function committedText(r: Commit & Published & { leftOut?: string[] }): s
   ].filter(Boolean).join("\n");
 }
 
+/** The {image} (or {error}) an NDJSON answer ends with; a plain answer (an error) as it is. */
+async function streamedResult<T>(res: Response, what: string): Promise<T> {
+  if (!(res.headers.get("content-type") ?? "").includes("ndjson")) {
+    const text = await res.text();
+    let data: { error?: string } | undefined;
+    try {
+      data = JSON.parse(text);
+    } catch { /* not JSON: said below */ }
+    if (!res.ok) throw new UserError(data?.error ?? `HTTP ${res.status} ${text.slice(0, 200)}`);
+    return data as T;
+  }
+  let final: { image?: T; error?: string } | undefined;
+  for await (const m of ndjsonLines(res.body!)) if (m.image || m.error) final = m;
+  if (!final) throw new UserError(`the server closed the connection before the ${what} finished`);
+  if (final.error) throw new UserError(final.error);
+  return final.image!;
+}
+
 /** "IMAGE:PATH" → [IMAGE, PATH]; a plain path → undefined. Image paths are absolute. */
 function imagePath(arg: string): [string, string] | undefined {
   const i = arg.indexOf(":/");
@@ -217,14 +235,17 @@ async function cp(
     if (sources.some((s) => imagePath(s))) {
       throw new UserError("image cp copies between an image and host paths, not two images");
     }
-    const r = await client.post<Commit & Published>("/images/-/cp", {
+    // As a stream: this process's end (Ctrl-C) cancels it, and with it the copy (nothing
+    // committed); a plain answer's request went on without its client.
+    const res = await client.fetch("POST", "/images/-/cp", {
       sources: sources.map((s) => resolve(s)),
       image: into[0],
       path: into[1],
       new: values.new,
       rebootNodes,
       command: line,
-    });
+    }, { accept: "application/x-ndjson" });
+    const r = await streamedResult<Commit & Published>(res, "image cp");
     print(json, r, () => committedText(r));
     return 0;
   }

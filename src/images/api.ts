@@ -95,12 +95,18 @@ export function imageRoutes(ctx: Context): Hono {
       throw new UserError("cp needs sources (absolute host paths), image and path (absolute)");
     }
     const name = body.new === undefined ? undefined : validateName(body.new);
-    const out = await copyIn(ctx.images, sources as string[], image, path, {
-      name,
-      command: typeof body.command === "string" ? body.command.slice(0, 4096) : null,
-      signal: c.req.raw.signal, // aborted when the client goes away
-    });
-    return c.json({ ...out, ...await publish(ctx, out, body.rebootNodes === true) });
+    const copied = async (signal?: AbortSignal) => {
+      const out = await copyIn(ctx.images, sources as string[], image, path, {
+        name,
+        command: typeof body.command === "string" ? body.command.slice(0, 4096) : null,
+        signal,
+      });
+      return { ...out, ...await publish(ctx, out, body.rebootNodes === true) };
+    };
+    if (!c.req.header("accept")?.includes("application/x-ndjson")) return c.json(await copied());
+    // A client that goes away (Ctrl-C on `netroot image cp`) cancels the stream, which stops the
+    // copy: nothing committed. (request.signal is not used: Deno also aborts it on success.)
+    return ndjson((_send, signal) => copied(signal));
   });
   app.post("/-/cp-out", async (c) => {
     onServerMachine(c, "image cp IMAGE:PATH DEST");
