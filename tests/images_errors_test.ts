@@ -364,3 +364,37 @@ Deno.test("image gc on an older database keeps the objects of the thin versions 
     await t.close().catch(() => {});
   }
 });
+
+Deno.test("image rm and gc on a file system out of inodes free what they remove (root: tmpfs mount)", async () => {
+  const mnt = await Deno.makeTempDir({ prefix: "netroot-inodes-" });
+  sh("mount", "-t", "tmpfs", "-o", "size=64m,nr_inodes=4000", "tmpfs", mnt);
+  const t = await tempStore(`${mnt}/data`);
+  try {
+    const src = `${mnt}/src`;
+    buildSampleTree(src);
+    await t.store.import(src, "kept");
+    for (let i = 0; i < 3; i++) {
+      Deno.writeTextFileSync(`${src}/etc/n`, `${i}\n`);
+      await t.store.import(src, "old");
+    }
+    await t.store.idle();
+    // every inode taken (a store of many small files, hard links aside, runs out of them first)
+    Deno.mkdirSync(`${mnt}/fill`);
+    try {
+      for (let i = 0;; i++) Deno.writeFileSync(`${mnt}/fill/${i}`, new Uint8Array());
+    } catch (e) {
+      assert.match((e as Error).message, /No space left on device|os error 28/);
+    }
+    // Before, each refused with ENOSPC: the mark written first needs an inode, and the way to
+    // make room was shut.
+    const gone = await t.store.gc(1);
+    assert.equal(gone.versions.length, 2);
+    assert.equal(t.store.remove("old").length, 1);
+    assert.deepEqual(t.store.list().map((v) => v.name), ["kept"]);
+    await t.store.idle();
+  } finally {
+    await t.close();
+    sh("umount", mnt);
+    await Deno.remove(mnt, { recursive: true });
+  }
+});

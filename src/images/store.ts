@@ -1072,7 +1072,14 @@ export class ImageStore {
         fsyncDir(this.data.image(id));
         marked.push(id);
       } catch (e) {
-        if (!(e instanceof Deno.errors.NotFound)) throw e;
+        if (e instanceof Deno.errors.NotFound) continue;
+        // Unmarked, a crash before the directory goes leaves it kept (named in the log), not
+        // lost: no reason to refuse. Refused, `image rm` and `gc` on a disk out of inodes (the
+        // mark needs one) failed with ENOSPC, the way to make room shut.
+        log.warn("removing an image version without its disposable mark", {
+          dir: this.data.image(id),
+          error: (e as Error).message,
+        });
       }
     }
     try {
