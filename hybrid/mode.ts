@@ -184,8 +184,8 @@ export async function prepareHybridRoot(opts: PrepareOptions): Promise<HybridRoo
   }
   const variant: Variant = opts.persistent ? "persistent" : "volatile";
   removeTree(p.work);
-  if (variant === "volatile") emptyLastBoot(p.upper, "diff/", log);
-  else emptyLastBoot(`${p.upper}/tmp`, "diff/tmp/", log);
+  if (variant === "volatile") await emptyLastBoot(p.upper, "diff/", log);
+  else await emptyLastBoot(`${p.upper}/tmp`, "diff/tmp/", log);
   makeOwnDir(p.upper);
   makeOwnDir(p.work);
   writeOwnFile(p.lastBoot, new Date().toISOString() + "\n");
@@ -196,11 +196,21 @@ export async function prepareHybridRoot(opts: PrepareOptions): Promise<HybridRoo
  *  there is something: any user of that boot may have left millions of files there, and PID 1
  *  was silent while it removed them (11.5 µs a file on the test host's disk: a 1 TB partition's
  *  61 million inodes would take 12 minutes; an SD card is slower). */
-function emptyLastBoot(path: string, what: string, log: (msg: string) => void): void {
+async function emptyLastBoot(
+  path: string,
+  what: string,
+  log: (msg: string) => void,
+): Promise<void> {
   let held = false;
   try {
-    held = lstatOrNull(path)?.isDirectory === true &&
-      !Deno.readDirSync(path)[Symbol.iterator]().next().done;
+    // Its first name only: Deno.readDirSync reads them all at once, ~1 KiB of PID 1 each (100,000
+    // names in /tmp took 90 MiB; a few million, an OOM kill of PID 1 at every boot).
+    if (lstatOrNull(path)?.isDirectory) {
+      for await (const _ of Deno.readDir(path)) {
+        held = true;
+        break;
+      }
+    }
   } catch { /* removeTree says what fails */ }
   if (!held) return removeTree(path);
   log(`emptying ${what} (what the last boot left there)`);
