@@ -18,6 +18,7 @@ import {
   lchown,
   lutimes,
   mknod,
+  readDirStream,
   S_IFBLK,
   S_IFCHR,
   S_IFIFO,
@@ -235,15 +236,20 @@ export function removeTree(path: string): void {
   } catch {
     if (!st.isDirectory) return evenIfImmutable(path, () => Deno.removeSync(path));
   }
+  // The listings are read as they are used (readDirStream), never whole: a directory of millions
+  // of names (any user of the last boot can make one) listed at once took ~1 KiB of PID 1 a name.
+  // The directories moved up while `path` is read are taken in this pass or the next.
   let n = 0;
-  for (let entries = [...Deno.readDirSync(path)]; entries.length;) {
-    for (const e of entries) {
+  for (let again = true; again;) {
+    again = false;
+    for (const e of readDirStream(path)) {
+      again = true;
       const dir = `${path}/${e.name}`;
       if (!e.isDirectory) {
         evenIfImmutable(dir, () => Deno.removeSync(dir));
         continue;
       }
-      for (const c of [...Deno.readDirSync(dir)]) {
+      for (const c of readDirStream(dir)) {
         const child = `${dir}/${c.name}`;
         if (!c.isDirectory) {
           evenIfImmutable(child, () => Deno.removeSync(child));
@@ -255,7 +261,6 @@ export function removeTree(path: string): void {
       }
       evenIfImmutable(dir, () => Deno.removeSync(dir));
     }
-    entries = [...Deno.readDirSync(path)];
   }
   evenIfImmutable(path, () => Deno.removeSync(path));
 }

@@ -562,9 +562,15 @@ Deno.test("hybrid (hostile): emptying what a user of the last boot left in diff/
     const img = await manifestOf(`${tmp}/img`);
     await bootFrom(hybridDir, `${tmp}/img`, img, true);
     Deno.writeTextFileSync(`${tmp}/manifest`, img.text);
-    const boot = async () => {
-      const out = await new Deno.Command(Deno.execPath(), {
+    // `files`: the child's open-file limit (a low one makes the recursive remove fail on a deep
+    // tree, so that removeTree takes it apart flat)
+    const boot = async (files?: number) => {
+      const out = await new Deno.Command("sh", {
         args: [
+          "-c",
+          `${files ? `ulimit -n ${files} && ` : ""}exec "$@"`,
+          "sh",
+          Deno.execPath(),
           ...["run", "-A", "--no-check"],
           new URL("./hybrid_empty_child.ts", import.meta.url).pathname,
           ...[hybridDir, `${tmp}/img`, `${tmp}/manifest`],
@@ -589,5 +595,17 @@ Deno.test("hybrid (hostile): emptying what a user of the last boot left in diff/
     assert.deepEqual([...Deno.readDirSync(upper)].filter((e) => e.name === "tmp"), []);
     const grown = (many.hwm - empty.hwm) / 1024;
     assert.ok(grown < 40, `PID 1 took ${Math.round(grown)} MiB more`);
+    // The same names at the bottom of a tree deeper than the open files PID 1 may hold: the
+    // recursive remove fails on the way down, and the flat removal listed each directory whole.
+    let deep = `${upper}/tmp/d`;
+    for (let i = 0; i < 300; i++) deep += "/d";
+    Deno.mkdirSync(deep, { recursive: true });
+    for (let i = 0; i < 100_000; i++) {
+      Deno.writeFileSync(`${deep}/${String(i).padStart(200, "x")}`, new Uint8Array());
+    }
+    const flat = await boot(128);
+    assert.deepEqual([...Deno.readDirSync(upper)].filter((e) => e.name === "tmp"), []);
+    const flatGrown = (flat.hwm - empty.hwm) / 1024;
+    assert.ok(flatGrown < 40, `PID 1 took ${Math.round(flatGrown)} MiB more, taking it apart`);
   });
 });
