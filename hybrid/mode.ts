@@ -3,7 +3,7 @@
 //   volatile   — upper and work emptied at every boot: each boot starts from the image alone;
 //   persistent — upper kept across reboots (except /tmp), work emptied.
 // Any HybridError makes the caller fall back to network mode.
-import { statvfs } from "../src/linux/fsops.ts";
+import { readDirStream, statvfs } from "../src/linux/fsops.ts";
 import { manifestLines } from "../contract/manifest.ts";
 import {
   checkImageId,
@@ -184,8 +184,8 @@ export async function prepareHybridRoot(opts: PrepareOptions): Promise<HybridRoo
   }
   const variant: Variant = opts.persistent ? "persistent" : "volatile";
   removeTree(p.work);
-  if (variant === "volatile") await emptyLastBoot(p.upper, "diff/", log);
-  else await emptyLastBoot(`${p.upper}/tmp`, "diff/tmp/", log);
+  if (variant === "volatile") emptyLastBoot(p.upper, "diff/", log);
+  else emptyLastBoot(`${p.upper}/tmp`, "diff/tmp/", log);
   makeOwnDir(p.upper);
   makeOwnDir(p.work);
   writeOwnFile(p.lastBoot, new Date().toISOString() + "\n");
@@ -196,20 +196,14 @@ export async function prepareHybridRoot(opts: PrepareOptions): Promise<HybridRoo
  *  there is something: any user of that boot may have left millions of files there, and PID 1
  *  was silent while it removed them (11.5 µs a file on the test host's disk: a 1 TB partition's
  *  61 million inodes would take 12 minutes; an SD card is slower). */
-async function emptyLastBoot(
-  path: string,
-  what: string,
-  log: (msg: string) => void,
-): Promise<void> {
+function emptyLastBoot(path: string, what: string, log: (msg: string) => void): void {
   let held = false;
   try {
-    // Its first name only: Deno.readDirSync reads them all at once, ~1 KiB of PID 1 each (100,000
-    // names in /tmp took 90 MiB; a few million, an OOM kill of PID 1 at every boot).
+    // Its first name only (readDirStream: not the whole listing, which a user may make huge).
     if (lstatOrNull(path)?.isDirectory) {
-      for await (const _ of Deno.readDir(path)) {
-        held = true;
-        break;
-      }
+      const names = readDirStream(path);
+      held = !names.next().done;
+      names.return(undefined); // closes the directory
     }
   } catch { /* removeTree says what fails */ }
   if (!held) return removeTree(path);
