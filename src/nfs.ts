@@ -9,7 +9,7 @@
 // deploy until it reboots, so the old image must stay reachable.
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync } from "node:fs";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import type { Context, Service } from "./context.ts";
 import { followRegistry } from "./follow.ts";
 import { networkCidr } from "../contract/ipv4.ts";
@@ -494,12 +494,69 @@ export interface NfsOptions {
   roomCheckMs?: number;
   /** Interval of the persist.max checks (PersistRoom.checkBudgets). */
   budgetCheckMs?: number;
+  /** The kernel exports file (kernelExportsFile) and a command prefix for exportfs (tests). */
+  kernelExportsFile?: string;
+  exportfsWrap?: string[];
 }
 
-export function startNfs(ctx: Context, opts: NfsOptions = {}): Promise<Service> {
+export async function startNfs(ctx: Context, opts: NfsOptions = {}): Promise<Service> {
   if (ctx.config.nfs.mode === "kernel") return startKernelNfs(ctx, opts);
+  // A `--nfs kernel` run on this data dir left its exports in place (for booted nodes, across a
+  // restart); this run does not follow them.
+  await dropKernelExports(ctx.data.root, {
+    file: opts.kernelExportsFile,
+    wrap: opts.exportfsWrap,
+    why: `--nfs ${ctx.config.nfs.mode}`,
+  });
   if (ctx.config.nfs.mode === "ganesha") return startGanesha(ctx, opts);
-  return Promise.resolve({ name: "nfs", close: () => Promise.resolve() });
+  return { name: "nfs", close: () => Promise.resolve() };
+}
+
+/** Whether every export of an exports(5) text is a path below `dataDir`: the file a
+ *  `--nfs kernel` run on that data dir wrote (another instance's, or one an admin edited, is not
+ *  ours to drop). */
+export function exportsBelow(text: string, dataDir: string): boolean {
+  const below = `"${dataDir.replace(/\/+$/, "")}/`;
+  return text.split("\n").every((l) => !l.trim() || l.startsWith("#") || l.startsWith(below));
+}
+
+/** Removes the kernel exports file netroot wrote for `dataDir`, and has nfsd drop its exports
+ *  (`exportfs -ra`). A kernel run leaves its exports when it stops, for the booted nodes to keep
+ *  their roots through a restart; once netroot no longer serves through kernel nfsd (started
+ *  again with `--nfs off` or `ganesha`, or uninstalled) nothing follows them any more: every
+ *  /persist stayed exported read-write, root kept, and images with root kept, to the addresses
+ *  nodes had then, which the lab's DHCP server may give to any machine, and nfs-kernel-server
+ *  exported them again at each boot of the server. Returns what it found. */
+export async function dropKernelExports(
+  dataDir: string,
+  o: { file?: string; wrap?: string[]; apply?: boolean; why: string },
+): Promise<"none" | "dropped" | "foreign"> {
+  const file = o.file ?? kernelExportsFile;
+  let text: string;
+  try {
+    text = Deno.readTextFileSync(file);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return "none";
+    throw e;
+  }
+  if (!exportsBelow(text, dataDir)) {
+    log.warn(`${file} exports paths outside this data dir: left alone`, { data: dataDir });
+    return "foreign";
+  }
+  Deno.removeSync(file);
+  if (o.apply === false) return "dropped";
+  const argv = [...(o.wrap ?? []), "exportfs", "-ra"];
+  const out = await new Deno.Command(argv[0], { args: argv.slice(1), stderr: "piped" }).output()
+    .catch((e) => {
+      if (e instanceof Deno.errors.NotFound) return undefined; // no nfs-kernel-server any more
+      throw e;
+    });
+  if (out && !out.success) {
+    log.error(`removed ${file}, but exportfs -ra failed: nfsd may still export it`, {
+      error: new TextDecoder().decode(out.stderr).trim(),
+    });
+  } else log.info(`removed the kernel NFS exports of an earlier run (${o.why})`, { file });
+  return "dropped";
 }
 
 /** followRegistry, failures logged as the exports'. */
@@ -576,9 +633,11 @@ async function startKernelNfs(ctx: Context, opts: NfsOptions): Promise<Service> 
     const text = renderKernelExports(set);
     if (text === last) return;
     ensurePersistDirs(set);
-    mkdirSync("/etc/exports.d", { recursive: true });
-    writeFileDurableSync(kernelExportsFile, text, 0o644);
-    const out = await new Deno.Command("exportfs", { args: ["-ra"], stderr: "piped" }).output();
+    const file = opts.kernelExportsFile ?? kernelExportsFile;
+    mkdirSync(dirname(file), { recursive: true });
+    writeFileDurableSync(file, text, 0o644);
+    const argv = [...(opts.exportfsWrap ?? []), "exportfs", "-ra"];
+    const out = await new Deno.Command(argv[0], { args: argv.slice(1), stderr: "piped" }).output();
     if (!out.success) {
       throw new Error(`exportfs -ra failed: ${new TextDecoder().decode(out.stderr).trim()}`);
     }

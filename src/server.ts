@@ -453,7 +453,7 @@ export async function serve(
     } else {
       await startBootNetwork(ctx, config.interface, booter, services);
     }
-    if (config.nfs.mode !== "off") services.push(await startNfs(ctx));
+    services.push(await startNfs(ctx)); // off: drops what a kernel run left (dropKernelExports)
     if (config.interface) services.push(followImagesWithInitramfs(ctx));
     services.push(await startVnodes(ctx));
     // Then every ssh under way ends (a node may hold one open): not before the reboots stop

@@ -6,7 +6,7 @@
 // data dir.
 import { bundledIpxeDir } from "../release/ipxe.ts";
 import { existsSync, realpathSync } from "node:fs";
-import { dirname, join } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { DatabaseSync } from "node:sqlite";
 import { loadServeConfig } from "../config.ts";
@@ -16,6 +16,7 @@ import { UserError } from "../errors.ts";
 import { isCompiled } from "../initramfs/bundle.ts";
 import { completionScript } from "../cli/completion.ts";
 import { syncFile, writeFileDurable } from "../linux/fsops.ts";
+import { dropKernelExports, kernelExportsFile } from "../nfs.ts";
 import unitTemplate from "./netroot.service" with { type: "text" };
 
 export const paths = {
@@ -331,6 +332,15 @@ export async function uninstallService(
       log(`systemctl disable: ${(e as Error).message}`)
     );
   }
+  // Its kernel NFS exports stay when netroot stops (booted nodes keep their roots through a
+  // restart); uninstalled, nothing follows them any more: nfsd would go on exporting every
+  // /persist, root kept, to addresses the lab may now give to any machine (dropKernelExports).
+  const nfs = await dropKernelExports(resolve(data), {
+    file: at(kernelExportsFile),
+    apply: root === "/",
+    why: "uninstall-service",
+  });
+  if (nfs === "dropped") log(`removed ${kernelExportsFile} (netroot's kernel NFS exports)`);
   await Deno.remove(at(paths.unit)).catch(() => {});
   await Deno.remove(at(paths.lib), { recursive: true }).catch(() => {});
   for (const f of [paths.bin, paths.bashCompletion, paths.zshCompletion]) {
