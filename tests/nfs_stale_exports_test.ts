@@ -9,26 +9,10 @@ import { dirname, join } from "node:path";
 import { defaultConfig } from "../src/config.ts";
 import { dropKernelExports, exportsBelow, renderKernelExports, startNfs } from "../src/nfs.ts";
 import { closeContext, openContext } from "../src/server.ts";
-import { knfsdTools } from "./support/knfsd.ts";
+import { exportfsInNamespace, knfsdTools } from "./support/knfsd.ts";
 
 const isRoot = Deno.uid() === 0;
 const mac = "52:54:00:aa:00:01";
-
-/** A command prefix that runs exportfs with `dir`'s /etc/exports.d and /var/lib/nfs. */
-function exportfsInNamespace(dir: string, exportfsDir: string): string[] {
-  for (const d of ["up", "work", "exports.d", "varlib"]) {
-    mkdirSync(join(dir, d), { recursive: true });
-  }
-  const script = [
-    `mount --bind ${dir}/varlib /var/lib/nfs`,
-    `mount -t overlay ovl -o lowerdir=/etc,upperdir=${dir}/up,workdir=${dir}/work /etc`,
-    "mkdir -p /etc/exports.d",
-    `mount --bind ${dir}/exports.d /etc/exports.d`,
-    ": > /etc/exports", // the host's own, if any, is not this test's
-    `PATH=${exportfsDir}:$PATH exec "$@"`,
-  ].join(" && ");
-  return ["unshare", "--mount", "--propagation", "private", "sh", "-euc", script, "sh"];
-}
 
 async function run(argv: string[]): Promise<void> {
   const o = await new Deno.Command(argv[0], { args: argv.slice(1), stderr: "piped" }).output();

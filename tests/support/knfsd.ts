@@ -2,6 +2,7 @@
 // nfs-kernel-server) for a qemu guest that serves NFS with the Debian test kernel's nfsd. Never
 // installed on the host (its postinst would start services): `apt-get download` + `dpkg-deb -x`
 // into `<checkout>/.work/nfs-kernel-server/<version>/` once, appearing by rename when complete.
+import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -43,4 +44,22 @@ export async function knfsdTools(): Promise<{ programs: string[]; libs: string[]
     for (const m of (await sh("ldd", [p])).matchAll(/=> (\/\S+)/g)) libs.add(m[1]);
   }
   return { programs, libs: [...libs] };
+}
+
+/** A command prefix that runs a command (exportfs from `exportfsDir`) in a private mount namespace
+ *  whose /etc/exports.d and /var/lib/nfs are `dir`'s (`exports.d/`, `varlib/`), and /etc/exports
+ *  empty: the host's files are never touched (root). */
+export function exportfsInNamespace(dir: string, exportfsDir: string): string[] {
+  for (const d of ["up", "work", "exports.d", "varlib"]) {
+    mkdirSync(join(dir, d), { recursive: true });
+  }
+  const script = [
+    `mount --bind ${dir}/varlib /var/lib/nfs`,
+    `mount -t overlay ovl -o lowerdir=/etc,upperdir=${dir}/up,workdir=${dir}/work /etc`,
+    "mkdir -p /etc/exports.d",
+    `mount --bind ${dir}/exports.d /etc/exports.d`,
+    ": > /etc/exports", // the host's own, if any, is not this test's
+    `PATH=${exportfsDir}:$PATH exec "$@"`,
+  ].join(" && ");
+  return ["unshare", "--mount", "--propagation", "private", "sh", "-euc", script, "sh"];
 }
