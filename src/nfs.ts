@@ -511,6 +511,8 @@ export interface NfsOptions {
   /** The kernel exports file (kernelExportsFile) and a command prefix for exportfs (tests). */
   kernelExportsFile?: string;
   exportfsWrap?: string[];
+  /** exportfs's table of every export (Debian: /var/lib/nfs/etab). */
+  etabFile?: string;
 }
 
 export async function startNfs(ctx: Context, opts: NfsOptions = {}): Promise<Service> {
@@ -641,7 +643,8 @@ async function startKernelNfs(ctx: Context, opts: NfsOptions): Promise<Service> 
   if (view !== "kept") {
     log.info(`read-only view of the images ${view}`, { path: ctx.data.imagesReadOnly });
   }
-  let last = "";
+  let last = "", lastOpening = "";
+  const etabFile = opts.etabFile ?? "/var/lib/nfs/etab";
   const apply = async () => {
     const set = desiredExports(ctx, (mac) => room.readOnlyFor(mac));
     const text = renderKernelExports(set);
@@ -656,6 +659,17 @@ async function startKernelNfs(ctx: Context, opts: NfsOptions): Promise<Service> 
       throw new Error(`exportfs -ra failed: ${new TextDecoder().decode(out.stderr).trim()}`);
     }
     last = text;
+    const own = new Set([...set.images, ...set.persists].map((e) => e.path));
+    const opening = exportsOpeningDataFs(readText(etabFile), ctx.data.root, own).join(" ");
+    if (opening && opening !== lastOpening) {
+      log.warn(
+        "other exports of the data dir's file system have no subtree check: through them a " +
+          "forged NFS file handle reaches any file of it, other nodes' /persist included (add " +
+          "subtree_check to them, or put the data dir on a file system of its own)",
+        { exports: opening },
+      );
+    }
+    lastOpening = opening;
     recordEvent(ctx.db, null, "nfs.exports", {
       images: set.images.length,
       persist: set.persists.length,
@@ -673,6 +687,36 @@ async function startKernelNfs(ctx: Context, opts: NfsOptions): Promise<Service> 
       await f.stop();
     },
   };
+}
+
+/** The exports of the system's table (exportfs's etab: `path<TAB>client(options)` lines, the path
+ *  with octal escapes) that are not netroot's (`own` paths), lie on the data dir's file system and
+ *  have no subtree check. nfsd decodes a handle per file system: through such an export a forged
+ *  handle opens any inode of it, whatever export it lies in (measured, Debian 12's nfsd in qemu:
+ *  an admin's `<data>/share 10.71.0.0/24(ro,no_subtree_check)` line, exportfs's default, let any
+ *  host of the subnet read another node's /persist file, and with no_root_squash netroot.db): the
+ *  subtree check on netroot's own exports does not help then. "path client" each. */
+export function exportsOpeningDataFs(etab: string, dataDir: string, own: Set<string>): string[] {
+  let dev: number;
+  try {
+    dev = Deno.statSync(dataDir).dev;
+  } catch {
+    return [];
+  }
+  const found = new Set<string>();
+  for (const line of etab.split("\n")) {
+    const [raw, client] = line.split("\t");
+    if (!client || !/[(,]no_subtree_check[,)]/.test(client)) continue;
+    const path = raw.replace(/\\([0-7]{3})/g, (_, o) => String.fromCharCode(parseInt(o, 8)));
+    if (own.has(path)) continue;
+    try {
+      if (Deno.statSync(path).dev !== dev) continue;
+    } catch {
+      continue;
+    }
+    found.add(`${path} ${client.replace(/\(.*$/, "")}`);
+  }
+  return [...found];
 }
 
 /** The system's NFS server is running the way `version` needs (netroot only writes exports;
