@@ -2,6 +2,8 @@
 // hostile input refused with its line number.
 import assert from "node:assert/strict";
 import { BuildfileError, expand, parseBuildfile, words } from "../src/images/buildfile.ts";
+import { defaultBuildfile } from "../src/cli/imagebuild.ts";
+import { UserError } from "../src/errors.ts";
 
 const fails = (text: string, re: RegExp, line?: number) =>
   assert.throws(() => parseBuildfile(text), (e: BuildfileError) => {
@@ -205,4 +207,21 @@ ENV E2=$V
   assert.deepEqual(last.kind === "ENV" && last.vars, [["X", "2w"]]);
   assert.deepEqual(given.unused, ["NOPE"]);
   fails("FROM a\nENV A=${B:-${B:-${B:-${B:-${B:-${B:-${B:-${B:-${B:-x}}}}}}}}}\n", /8 deep/, 2);
+});
+
+Deno.test("image build without -f: CONTEXT's Buildfile, else its Dockerfile, as docker build finds it", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nr-buildfile-" });
+  try {
+    assert.throws(
+      () => defaultBuildfile(dir),
+      (e: Error) =>
+        e instanceof UserError && e.message.includes("holds no Buildfile or Dockerfile"),
+    );
+    await Deno.writeTextFile(`${dir}/Dockerfile`, "FROM scratch\n");
+    assert.equal(defaultBuildfile(dir), `${dir}/Dockerfile`);
+    await Deno.writeTextFile(`${dir}/Buildfile`, "FROM scratch\n");
+    assert.equal(defaultBuildfile(dir), `${dir}/Buildfile`);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

@@ -23,7 +23,7 @@ const help: Record<string, string> = {
   shell IMAGE [--new NAME] [-- CMD…]   a root shell (or CMD) in a copy of the image; commit or
                             discard the changes as a new version
   cp SRC… IMAGE:PATH        copy files into an image (a new version); cp IMAGE:PATH DEST: out
-  build NAME --from IMAGE -f Buildfile [CONTEXT]   build a version from a Dockerfile subset
+  build NAME --from IMAGE [-f FILE] [CONTEXT]   build a version from a Dockerfile subset
   rm IMAGE | IMAGE@VERSION  remove an image with all its versions, or one version
   rename IMAGE NEW          give an image (all its versions) another name
   gc [--keep N]             free the space of files no version uses (--keep N: also remove the
@@ -88,7 +88,7 @@ symlink in the image never leads outside it. A PATH that is itself a symlink is 
 symlink (cp -P), not what it names: Debian's /etc/os-release is a link to ../usr/lib/os-release, so
 copy that one out. Paths are read and written by the server.`,
   build:
-    `usage: netroot image build NAME --from IMAGE -f Buildfile [CONTEXT] [--build-arg NAME[=VALUE]…] [--reboot-nodes] ${common}
+    `usage: netroot image build NAME --from IMAGE [-f Buildfile] [CONTEXT] [--build-arg NAME[=VALUE]…] [--reboot-nodes] ${common}
 
 Builds a new version of NAME (-f is short for --file) from a Dockerfile subset: FROM (an image name, or scratch), RUN, COPY,
 ADD (local files and tarballs), ENV, WORKDIR, ARG, comments and line continuations. --from
@@ -96,8 +96,8 @@ replaces the Buildfile's FROM image. --build-arg sets an ARG the Buildfile decla
 docker build does (NAME alone: its value in this environment). ENV and ARG values reach the RUN steps that follow, not the
 booted system (its environment is its init's: write /etc/environment in a RUN for that). RUN
 steps run in systemd-nspawn with the server's network;
-COPY and ADD sources are read from CONTEXT (default: the Buildfile's directory) and may not leave
-it. The log is streamed; a failing step is reported with its line number and nothing is committed.`,
+COPY and ADD sources are read from CONTEXT (default: the Buildfile's directory, or . without -f)
+and may not leave it. Without -f, CONTEXT's Buildfile is built, else its Dockerfile. The log is streamed; a failing step is reported with its line number and nothing is committed.`,
   rm: `usage: netroot image rm IMAGE | IMAGE@VERSION ${common}
 
 Removes an image with all its versions (its name), or one version (NAME@ID or an id; the current

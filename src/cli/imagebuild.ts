@@ -1,6 +1,7 @@
-// `netroot image build NAME --from IMAGE -f Buildfile [CONTEXT]`: the server runs the build
+// `netroot image build NAME --from IMAGE [-f Buildfile] [CONTEXT]`: the server runs the build
 // (src/images/build.ts) and streams its log, printed here as it comes.
-import { dirname, resolve } from "node:path";
+import { existsSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
 import { UserError } from "../errors.ts";
 import type { Commit } from "../images/store.ts";
 import type { Published } from "../images/versions.ts";
@@ -16,8 +17,9 @@ export async function run(
   json: boolean,
 ): Promise<number> {
   const [name, context] = positionals;
-  if (typeof values.file !== "string") throw new UserError("image build needs -f Buildfile");
-  const buildfile = resolve(values.file);
+  const buildfile = typeof values.file === "string"
+    ? resolve(values.file)
+    : defaultBuildfile(resolve(context ?? "."));
   // NAME=VALUE, or NAME alone for this environment's value (unset: not given), as docker build
   const buildArgs: Record<string, string> = {};
   for (const a of (values["build-arg"] ?? []) as string[]) {
@@ -48,4 +50,16 @@ export async function run(
   const image = final.image!;
   print(json, image, () => committedText(image));
   return 0;
+}
+
+/** Without -f, as `docker build CONTEXT` finds its Dockerfile: CONTEXT's Buildfile, else its
+ *  Dockerfile (a Docker user's `image build NAME --from IMAGE .` was refused for want of -f). */
+export function defaultBuildfile(context: string): string {
+  for (const name of ["Buildfile", "Dockerfile"]) {
+    const path = join(context, name);
+    if (existsSync(path)) return path;
+  }
+  throw new UserError(
+    `image build: no -f FILE, and ${context} holds no Buildfile or Dockerfile`,
+  );
 }
