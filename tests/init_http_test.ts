@@ -219,7 +219,9 @@ Deno.test("init http: an answer of 1-byte chunks is gathered in one buffer, not 
     );
     assert.equal(body.body.length, n);
     assert.ok(body.body.every((b) => b === 0x6d));
-    assert.ok(grew < 48, `reading ${n} bytes in 1-byte chunks grew the process by ${grew} MiB`);
+    // A part per chunk: +162 MiB. Gathered: +2 MiB on a quiet machine, and up to +57 MiB in the
+    // whole suite, where the young generation's garbage (a size line per chunk) is collected later.
+    assert.ok(grew < 96, `reading ${n} bytes in 1-byte chunks grew the process by ${grew} MiB`);
   } finally {
     clearInterval(sampler);
     await server.close();
