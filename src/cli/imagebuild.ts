@@ -5,8 +5,8 @@ import { dirname, join, resolve } from "node:path";
 import { UserError } from "../errors.ts";
 import type { Commit } from "../images/store.ts";
 import type { Published } from "../images/versions.ts";
-import { type ApiClient, ndjsonLines } from "./client.ts";
-import { committedText } from "./imagework.ts";
+import type { ApiClient } from "./client.ts";
+import { committedText, streamedResult } from "./imagework.ts";
 import { print, visible } from "./output.ts";
 
 export async function run(
@@ -36,18 +36,12 @@ export async function run(
     rebootNodes,
     command: ["netroot", "image", "build", ...Deno.args.slice(2)].join(" "),
   });
-  if (!(res.headers.get("content-type") ?? "").includes("ndjson")) {
-    const data = await res.json().catch(() => ({}));
-    throw new UserError(data.error ?? `HTTP ${res.status}`, res.status as 400);
-  }
-  let final: { image?: Commit & Published; error?: string } | undefined;
-  for await (const m of ndjsonLines(res.body!)) {
-    if (m.log !== undefined) console.error(visible(String(m.log))); // a RUN's output: untrusted
-    else final = m;
-  }
-  if (!final) throw new UserError("the server closed the connection before the build finished");
-  if (final.error) throw new UserError(final.error);
-  const image = final.image!;
+  // a RUN's output: untrusted
+  const image = await streamedResult<Commit & Published>(
+    res,
+    "build",
+    (line) => console.error(visible(line)),
+  );
   print(json, image, () => committedText(image));
   return 0;
 }

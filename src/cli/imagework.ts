@@ -195,19 +195,32 @@ export function committedText(r: Commit & Published & { leftOut?: string[] }): s
   ].filter(Boolean).join("\n");
 }
 
-/** The {image} (or {error}) an NDJSON answer ends with; a plain answer (an error) as it is. */
-async function streamedResult<T>(res: Response, what: string): Promise<T> {
+/** The {image} (or {error}) an NDJSON answer ends with, its {log} lines given to `onLog` as they
+ *  come; a plain answer (an error) as it is. `what` names the job in a cut answer's error. */
+export async function streamedResult<T>(
+  res: Response,
+  what: string,
+  onLog?: (line: string) => void,
+): Promise<T> {
   if (!(res.headers.get("content-type") ?? "").includes("ndjson")) {
     const text = await res.text();
     let data: { error?: string } | undefined;
     try {
       data = JSON.parse(text);
     } catch { /* not JSON: said below */ }
-    if (!res.ok) throw new UserError(data?.error ?? `HTTP ${res.status} ${text.slice(0, 200)}`);
+    if (!res.ok) {
+      throw new UserError(
+        data?.error ?? `HTTP ${res.status} ${text.slice(0, 200)}`,
+        res.status as 400,
+      );
+    }
     return data as T;
   }
   let final: { image?: T; error?: string } | undefined;
-  for await (const m of ndjsonLines(res.body!)) if (m.image || m.error) final = m;
+  for await (const m of ndjsonLines(res.body!)) {
+    if (m.log !== undefined) onLog?.(String(m.log));
+    else if (m.image || m.error) final = m;
+  }
   if (!final) throw new UserError(`the server closed the connection before the ${what} finished`);
   if (final.error) throw new UserError(final.error);
   return final.image!;
