@@ -55,7 +55,8 @@ export interface Manifest {
 /** The tar processes running (an interrupted backup stops them before it exits). */
 const tars = new Set<Deno.ChildProcess>();
 
-async function tar(args: string[]): Promise<string> {
+/** tar with `args`, its output piped, counted in `tars` until the caller takes it out. */
+function spawnTar(args: string[]): Deno.ChildProcess {
   const child = new Deno.Command("tar", {
     args,
     stdin: "null",
@@ -64,6 +65,11 @@ async function tar(args: string[]): Promise<string> {
     env: { LC_ALL: "C" },
   }).spawn();
   tars.add(child);
+  return child;
+}
+
+async function tar(args: string[]): Promise<string> {
+  const child = spawnTar(args);
   const out = await child.output().finally(() => tars.delete(child));
   const text = new TextDecoder();
   if (!out.success) {
@@ -79,14 +85,7 @@ async function tar(args: string[]): Promise<string> {
  * written whole, by a compressor that outlived us.
  */
 async function tarInto(out: Deno.FsFile, path: string, args: string[]): Promise<void> {
-  const child = new Deno.Command("tar", {
-    args,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-    env: { LC_ALL: "C" },
-  }).spawn();
-  tars.add(child);
+  const child = spawnTar(args);
   try {
     const [written, status, err] = await Promise.all([
       child.stdout.pipeTo(out.writable).then(() => undefined, (e: Error) => e),
